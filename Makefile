@@ -1,0 +1,54 @@
+# One task runner: these recipes are what CI and the README run.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CLUSTER := e2e/cluster
+include $(CLUSTER)/versions.env
+CACHE ?= $(HOME)/.cache/airlock
+# Upstream tools built by the cluster scripts, on PATH for every recipe.
+TOOLS_PATH := $(CACHE)/bin/kubernetes-$(K8S_VERSION):$(CACHE)/bin/crane-$(CRANE_VERSION):$(CACHE)/bin/helm-$(HELM_VERSION):$(CACHE)/bin/cosign-$(COSIGN_VERSION):$(CACHE)/bin/crictl-$(CRICTL_VERSION)
+export PATH := $(TOOLS_PATH):$(PATH)
+# The local cluster unless the caller points at another one.
+export KUBECONFIG ?= /var/lib/airlock-cluster/kubeconfig
+
+.PHONY: help demo test lint fmt-check clippy unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images e2e
+
+help: ## list the recipes
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+demo: cluster-up e2e-images ## bring up the local cluster and run a demo pod end to end
+	@bash e2e/demo.sh
+
+test: lint unit e2e ## the whole suite: fmt, clippy, unit tests, cluster e2e
+
+lint: fmt-check clippy ## formatting and lints
+
+fmt-check:
+	cargo fmt --all --check
+
+clippy:
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit: ## unit tests (no cluster)
+	cargo test --workspace --locked --exclude airlock-e2e
+
+cluster-deps: ## install the Debian packages the cluster needs
+	$(CLUSTER)/deps.sh
+
+cluster-build: cluster-deps ## build every pinned upstream binary (cached under ~/.cache/airlock)
+	$(CLUSTER)/build.sh
+
+cluster-up: cluster-deps ## start (or reuse) the local cluster
+	$(CLUSTER)/up.sh
+
+cluster-down: ## stop the local cluster and remove everything it created
+	$(CLUSTER)/down.sh
+
+cluster-status: ## is the local cluster up and healthy?
+	$(CLUSTER)/status.sh
+
+e2e-images: ## build and push the images the e2e suite runs
+	e2e/images.sh
+
+e2e: cluster-up e2e-images ## end-to-end tests against the cluster
+	cargo test --locked -p airlock-e2e -- --test-threads=4

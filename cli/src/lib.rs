@@ -1,0 +1,1 @@
+//! `airlockctl`: keys, bundle packing and signing, hook invocation and status inspection.

@@ -1,0 +1,9 @@
+//! Types of Airlock's custom resources (`Plugin`, `PluginTrustPolicy`) in the `airlock.dev` API
+//! group, their schemas and the pure validation the controller and the API server share.
+//!
+//! Owns: the CRD schema. Generated YAML is written to `charts/airlock/crds/` by `crdgen`.
+
+/// The API group of every Airlock resource.
+pub const API_GROUP: &str = "airlock.dev";
+/// The served and stored version of the Airlock resources.
+pub const API_VERSION: &str = "v1alpha1";
