@@ -28,6 +28,7 @@ spec:
       seccompProfile: {type: RuntimeDefault}
 YAML
 $KUBECTL -n "$NS" wait pod/demo --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s >/dev/null
-log "the pod says: $($KUBECTL -n "$NS" logs demo)"
+said=$($KUBECTL -n "$NS" logs demo)
+log "the pod says: $said"
 $KUBECTL delete namespace "$NS" --wait=false >/dev/null
 log "demo done; the cluster keeps running (make cluster-down stops it)"

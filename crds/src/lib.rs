@@ -7,3 +7,12 @@
 pub const API_GROUP: &str = "airlock.dev";
 /// The served and stored version of the Airlock resources.
 pub const API_VERSION: &str = "v1alpha1";
+
+pub mod generate;
+pub mod permission;
+pub mod plugin;
+pub mod trust_policy;
+
+pub use permission::Permission;
+pub use plugin::{Plugin, PluginSpec, PluginStatus};
+pub use trust_policy::{PluginTrustPolicy, PluginTrustPolicySpec, TrustLevel};

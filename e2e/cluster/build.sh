@@ -4,7 +4,7 @@
 # so a second run costs nothing. Usage: build.sh [component...]  (default: all)
 . "$(dirname "$0")/lib.sh"
 
-ETCD_VERSION=${ETCD_VERSION:-v3.6.5}
+
 export GOMODCACHE=${GOMODCACHE_AIRLOCK:-$AIRLOCK_CACHE/gomod}
 export GOCACHE=${GOCACHE_AIRLOCK:-$AIRLOCK_CACHE/gobuild}
 export GOFLAGS=-buildvcs=false
@@ -74,24 +74,44 @@ build_etcd() {
   mark_built etcd "$ETCD_VERSION"
 }
 
-# A plain `go install mod/cmd@version` for tools whose go.mod has no replace directives.
+# go_install <name> <version> <module> <package> [env...]: builds a tool's main package at a pinned
+# module version. Not `go install pkg@version`: that also reads the module's version list to look for
+# deprecations, and the module proxy here refuses the list for some modules (403) while serving the
+# version itself. A wrapper module that requires the exact version needs only the version.
 go_install() {
-  local name=$1 version=$2 pkg=$3; shift 3
+  local name=$1 version=$2 module=$3 pkg=$4; shift 4
   local out; out=$(bin_dir "$name" "$version")
   is_built "$name" "$version" && { log "$name $version: cached"; return; }
-  mkdir -p "$out"
-  with_progress "$name $version: go install" env GOBIN="$out" "$@" go install -trimpath -ldflags "-s -w" "$pkg@$version"
+  local mod=$AIRLOCK_CACHE/src/$name-$version
+  mkdir -p "$mod" "$out"
+  (
+    cd "$mod"
+    [ -f go.mod ] || go mod init "local/$name-build" >/dev/null 2>&1
+    local r
+    for r in ${GO_REPLACES:-}; do go mod edit -replace="$r"; done
+    with_progress "$name $version: resolve modules" env "$@" go get "$pkg@$version"
+    with_progress "$name $version: build" env "$@" go build -p 2 -trimpath -ldflags "-s -w" -o "$out/" "$pkg"
+  )
   mark_built "$name" "$version"
 }
 
 build_kube_router() {
-  go_install kube-router "$KUBE_ROUTER_VERSION" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router CGO_ENABLED=0
+  GO_REPLACES=$KUBE_ROUTER_GO_REPLACES go_install kube-router "$KUBE_ROUTER_VERSION" \
+    github.com/cloudnativelabs/kube-router/v2 github.com/cloudnativelabs/kube-router/v2/cmd/kube-router CGO_ENABLED=0
 }
-build_helm() { go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm CGO_ENABLED=0; }
-build_crane() { go_install crane "$CRANE_VERSION" github.com/google/go-containerregistry/cmd/crane CGO_ENABLED=0; }
-build_cosign() { go_install cosign "$COSIGN_VERSION" github.com/sigstore/cosign/v2/cmd/cosign CGO_ENABLED=0; }
+build_helm() { go_install helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm CGO_ENABLED=0; }
+build_crane() {
+  go_install crane "$CRANE_VERSION" github.com/google/go-containerregistry \
+    github.com/google/go-containerregistry/cmd/crane CGO_ENABLED=0
+}
+build_cosign() {
+  go_install cosign "$COSIGN_VERSION" github.com/sigstore/cosign/v2 github.com/sigstore/cosign/v2/cmd/cosign CGO_ENABLED=0
+}
 # cri-tools is missing from the checksum database's mirror here; the module proxy still serves it.
-build_crictl() { go_install crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl CGO_ENABLED=0 GONOSUMDB=sigs.k8s.io/cri-tools; }
+build_crictl() {
+  go_install crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools sigs.k8s.io/cri-tools/cmd/crictl \
+    CGO_ENABLED=0 GONOSUMDB=sigs.k8s.io/cri-tools
+}
 
 ALL="kubernetes etcd kube_router crane helm cosign crictl"
 for c in ${@:-$ALL}; do

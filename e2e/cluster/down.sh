@@ -52,10 +52,12 @@ stop kube-apiserver; stop etcd
 # Whatever chains remain (CNI portmap/masquerade, kubelet canaries, kube-router leftovers).
 for table in filter nat mangle raw; do
   rules=$(iptables-save -t "$table" 2>/dev/null) || continue
-  echo "$rules" | grep -E -- '^-A .* -j (CNI-|KUBE-)' | sed 's/^-A /-D /' | while read -r r; do
-    # shellcheck disable=SC2086
-    iptables -t "$table" $r 2>/dev/null || true
-  done
+  # Jumps from the built-in chains into ours first, so our chains can be deleted.
+  { echo "$rules" | grep -E -- '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j (CNI-|KUBE-)' || true; } |
+    sed 's/^-A /-D /' | while read -r r; do
+      # shellcheck disable=SC2086
+      eval iptables -t "$table" $r 2>/dev/null || true
+    done
   for ch in $(echo "$rules" | sed -n 's/^:\(\(CNI\|KUBE\)-[^ ]*\) .*/\1/p'); do
     iptables -t "$table" -F "$ch" 2>/dev/null || true
   done
@@ -75,7 +77,7 @@ ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
 for v in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^veth' || true); do
   [ "$(cat "/sys/class/net/$v/master/ifindex" 2>/dev/null)" = "" ] && ip link delete "$v" 2>/dev/null || true
 done
-ip link show "$NODE_IF" >/dev/null 2>&1 && ip link delete "$NODE_IF"
+ip addr show dev lo | grep -q " $NODE_IP/32 " && ip addr del "$NODE_IP/32" dev lo
 ip link show kube-dummy-if >/dev/null 2>&1 && ip link delete kube-dummy-if
 
 # Pod cgroups (kubepods hierarchy), leaves first.

@@ -15,7 +15,7 @@ LOGS=$STATE/logs
 PKI=$STATE/pki
 
 # Addresses: loopback and the benchmarking range 198.18.0.0/15 only.
-NODE_IF=airlock0
+NODE_IF=lo:airlock
 NODE_IP=198.19.255.1
 NODE_NAME=airlock-node
 POD_CIDR=198.18.0.0/16

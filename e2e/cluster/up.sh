@@ -17,7 +17,7 @@ fi
 "$CLUSTER_DIR/build.sh" kubernetes etcd kube_router crane
 
 K8S_BIN=$(bin_dir kubernetes "$K8S_VERSION")
-ETCD_BIN=$(bin_dir etcd "${ETCD_VERSION:-v3.6.5}")
+ETCD_BIN=$(bin_dir etcd "$ETCD_VERSION")
 ROUTER_BIN=$(bin_dir kube-router "$KUBE_ROUTER_VERSION")
 CRANE=$(bin_dir crane "$CRANE_VERSION")/crane
 
@@ -51,15 +51,15 @@ wait_for() {
 }
 
 # --- host ---------------------------------------------------------------------------------------
-log "preparing the host (shared mounts, sysctls, $NODE_IF with $NODE_IP)"
+log "preparing the host (shared mounts, sysctls, $NODE_IP on lo as $NODE_IF)"
 mount --make-rshared /
 sysctl -qw net.ipv4.ip_forward=1
 sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || log "warning: br_netfilter sysctl missing; NetworkPolicy between pods may not be enforced"
 # buildah/podman leave a bridge on 10.88/16 that steals pod routes (research notes); not ours, only warn.
 ip link show cni-podman0 >/dev/null 2>&1 && log "warning: cni-podman0 exists (from podman/buildah); it may disturb pod routing"
-ip link show "$NODE_IF" >/dev/null 2>&1 || ip link add "$NODE_IF" type dummy
-ip addr replace "$NODE_IP/32" dev "$NODE_IF"
-ip link set "$NODE_IF" up
+# The kernel here has no dummy interface driver, so the node address lives on the loopback device
+# under its own label; Linux accepts a local address on any interface, so pods reach it too.
+ip addr replace "$NODE_IP/32" dev lo label "$NODE_IF"
 
 # --- registry -----------------------------------------------------------------------------------
 mkdir -p "$AIRLOCK_CACHE/registry"
@@ -162,7 +162,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
   --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-  --service-node-port-range=30000-32767 --profiling=false
+  --kubelet-preferred-address-types=InternalIP --service-node-port-range=30000-32767 --profiling=false
 KUBECONFIG_ADMIN=$PKI/admin.kubeconfig
 kc() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 wait_for "kube-apiserver" 120 kube-apiserver kc get --raw /readyz

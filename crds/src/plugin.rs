@@ -1,0 +1,341 @@
+//! The `Plugin` resource: what a platform team applies to run one plugin.
+//!
+//! Every rule that can be checked without the cluster is in the schema (OpenAPI bounds and enums,
+//! CEL `x-kubernetes-validations`), so `kubectl apply` rejects a bad Plugin with a message that
+//! names the field. Rules that need the signed manifest or the trust policy live in the controller.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::permission::Permission;
+
+/// Longest `metadata.name` of a Plugin: the children it owns are named `<plugin>-<suffix>` and
+/// Service names are DNS labels (≤ 63 characters).
+pub const MAX_PLUGIN_NAME_LEN: usize = 52;
+/// The plugin API versions this release of Airlock can host.
+pub const SUPPORTED_PLUGIN_API_VERSIONS: &[i32] = &[1];
+/// Upper bound of any hook timeout; a trust level may cap it further.
+pub const MAX_HOOK_TIMEOUT: &str = "30s";
+
+/// A plugin: its image, its signed bundle, the hooks it serves and the permissions the applier
+/// approves. Airlock verifies image and bundle against the cluster's `PluginTrustPolicy` before
+/// anything runs, and reports every step in `status`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "airlock.dev",
+    version = "v1alpha1",
+    kind = "Plugin",
+    plural = "plugins",
+    namespaced,
+    status = "PluginStatus",
+    shortname = "plg",
+    category = "airlock",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
+    printcolumn(name = "Trust", type_ = "string", json_path = ".status.trustLevel"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 52")
+        .message("metadata.name must be at most 52 characters: the Plugin's Deployment, Service and Secrets are named after it")
+        .reason(FieldValueInvalid)
+        .field_path(".metadata.name"),
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.network) || !has(self.network.egress) || size(self.network.egress) == 0 || (has(self.permissions) && self.permissions.exists(p, p == 'net:egress'))")
+        .message("spec.network.egress needs the net:egress permission: add it to spec.permissions or remove the egress rules")
+        .field_path(".network.egress"),
+    validation = Rule::new("!has(self.hooks) || self.hooks.all(h, self.hooks.exists_one(o, o.name == h.name))")
+        .message("spec.hooks lists a hook twice: each hook name may appear once")
+        .field_path(".hooks"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginSpec {
+    /// false stops the plugin: no pods run, its storage and status are kept. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Version of the plugin (semantic versioning, e.g. 1.2.3). Must equal the version in the
+    /// signed manifest of the bundle.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new(r"self.matches('^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$')")
+        .message("spec.version must be a semantic version such as 1.2.3 or 1.2.3-rc.1"))]
+    pub version: String,
+
+    /// Container image of the plugin, by tag or digest (registry/repository:tag[@sha256:...]).
+    /// Airlock resolves it to a digest, verifies its signature and pins the pod to that digest.
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[a-zA-Z0-9][a-zA-Z0-9._:/@-]*$')")
+        .message("spec.image must be an image reference such as registry.example/acme/plugin:1.2.3"))]
+    pub image: String,
+
+    /// The signed plugin package: its manifest (plugin.yaml) and files.
+    pub bundle: BundleSpec,
+
+    /// The plugin API version the plugin targets; must match the signed manifest. Plugins that
+    /// target a version this Airlock cannot host get `Compatible=False` and are not rolled out.
+    #[schemars(range(min = 1, max = 100))]
+    pub plugin_api_version: i32,
+
+    /// Hooks the host may call on this plugin; each must be declared by the signed manifest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub hooks: Vec<HookSpec>,
+
+    /// Permissions the applier approves. The plugin runs with the intersection of these, the ones
+    /// its signed manifest declares and the ones its trust level allows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub permissions: Vec<Permission>,
+
+    /// Network access of the plugin pod. Egress is denied unless listed here (needs net:egress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+
+    /// CPU and memory of the plugin container, capped by the trust level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<PluginResources>,
+
+    /// Number of plugin pods. Default 1.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 10))]
+    pub replicas: i32,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Where the signed bundle comes from, and optionally its pinned digest.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleSpec {
+    pub source: BundleSource,
+    /// Expected sha256 digest of the bundle (sha256:<64 hex>). When set, any other content is
+    /// rejected before its signature is even checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^sha256:[a-f0-9]{64}$')")
+        .message("spec.bundle.digest must look like sha256:<64 lowercase hex digits>"))]
+    pub digest: Option<String>,
+}
+
+/// Exactly one source of the bundle.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.oci) ? 1 : 0) + (has(self.http) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) == 1")
+    .message("spec.bundle.source must set exactly one of oci, http or configMapRef"))]
+pub struct BundleSource {
+    /// An OCI artifact holding the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciBundleSource>,
+    /// An HTTP(S) URL serving the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpBundleSource>,
+    /// A ConfigMap in the Plugin's namespace holding the bundle (binaryData).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapBundleSource>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct OciBundleSource {
+    /// Reference of the bundle artifact, e.g. registry.example/acme/plugin-bundle:1.2.3.
+    #[serde(rename = "ref")]
+    #[schemars(length(min = 1, max = 512))]
+    pub reference: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HttpBundleSource {
+    /// URL of the bundle (.tar.gz).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')")
+        .message("spec.bundle.source.http.url must be an http:// or https:// URL"))]
+    pub url: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConfigMapBundleSource {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in binaryData holding the bundle. Default bundle.tar.gz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+/// One hook the host may call.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HookSpec {
+    /// Name of the hook.
+    pub name: HookName,
+    /// Deadline of one invocation, e.g. 200ms (default). Above 0 and at most 30s; the trust level
+    /// may allow less.
+    #[serde(default = "default_timeout")]
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[0-9]+(ms|s)$') && duration(self) > duration('0s') && duration(self) <= duration('30s')")
+        .message("hook timeout must be a duration above 0 and at most 30s, written like 200ms or 2s"))]
+    pub timeout: String,
+    /// What the host does when the hook fails or times out: Fail returns the error, Ignore
+    /// continues as if the plugin had not been called.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// Order in pipelines and broadcasts: lower runs first. Default 100.
+    #[serde(default = "default_priority")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub priority: i32,
+}
+
+fn default_timeout() -> String {
+    "200ms".into()
+}
+fn default_priority() -> i32 {
+    100
+}
+
+/// The hooks a host application can call (plugin API version 1).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookName {
+    /// Called once when the plugin starts.
+    #[serde(rename = "onLoad")]
+    OnLoad,
+    /// Called once before the plugin stops.
+    #[serde(rename = "onUnload")]
+    OnUnload,
+    /// Transforms a JSON document; plugins run as a pipeline in priority order.
+    #[serde(rename = "transform")]
+    Transform,
+    /// Receives an event broadcast to every subscribed plugin.
+    #[serde(rename = "onEvent")]
+    OnEvent,
+}
+
+impl HookName {
+    pub const ALL: [HookName; 4] = [Self::OnLoad, Self::OnUnload, Self::Transform, Self::OnEvent];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnLoad => "onLoad",
+            Self::OnUnload => "onUnload",
+            Self::Transform => "transform",
+            Self::OnEvent => "onEvent",
+        }
+    }
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// The host receives the error.
+    #[default]
+    Fail,
+    /// The host continues without this plugin's result.
+    Ignore,
+}
+
+/// Network access of the plugin pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct NetworkSpec {
+    /// Destinations the plugin may reach (needs the net:egress permission). Empty: no egress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub egress: Vec<EgressRule>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EgressRule {
+    /// Destination network in CIDR notation, e.g. 198.18.4.0/24.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("isCIDR(self)")
+        .message("egress cidr must be a CIDR such as 198.18.4.0/24"))]
+    pub cidr: String,
+    /// TCP ports allowed at that destination. Empty: every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ports: Vec<EgressPort>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EgressPort {
+    /// Port number (1-65535).
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// CPU and memory of the plugin container (Kubernetes quantities, e.g. 250m, 64Mi).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct PluginResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceAmounts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ResourceAmounts>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ResourceAmounts {
+    /// CPU, e.g. 250m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
+        .message("cpu must be a positive Kubernetes quantity such as 250m or 1"))]
+    pub cpu: Option<String>,
+    /// Memory, e.g. 64Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
+        .message("memory must be a positive Kubernetes quantity such as 64Mi"))]
+    pub memory: Option<String>,
+}
+
+/// What Airlock observed and did. Written only by the controller.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PluginPhase>,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Verified, PermissionsApproved, Compatible, Ready, Healthy (kstatus-compatible).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The image digest the pods are pinned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// Digest of the verified bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_digest: Option<String>,
+    /// Trust level derived from the key that signed the plugin; never taken from the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_level: Option<String>,
+    /// Revision being rolled out or serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    /// Last revision that became Ready; a failed rollout returns to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good_revision: Option<String>,
+    /// Hooks the router can call on this plugin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
+}
+
+/// Lifecycle phase, for humans and `kubectl get`; automation should read the conditions.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PluginPhase {
+    Pending,
+    Verifying,
+    Deploying,
+    Active,
+    Degraded,
+    Disabled,
+    Failed,
+    Terminating,
+}

@@ -1,0 +1,107 @@
+//! The `PluginTrustPolicy` resource (cluster-scoped): which keys a cluster admin trusts, and what
+//! a plugin signed by each may do.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::permission::Permission;
+
+/// Trusted signing keys and the limits of each trust level, for the namespaces it selects.
+/// When several policies select a namespace, the most restrictive answer wins: a key must be
+/// trusted (and not revoked) by every selecting policy, and caps are the smallest of them.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "airlock.dev",
+    version = "v1alpha1",
+    kind = "PluginTrustPolicy",
+    plural = "plugintrustpolicies",
+    shortname = "ptp",
+    category = "airlock",
+    printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    status = "PluginTrustPolicyStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginTrustPolicySpec {
+    /// Signing keys. A plugin's trust level is the level of the key that signed it.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, self.exists_one(o, o.name == k.name))")
+        .message("spec.keys: each key name may appear once"))]
+    pub keys: Vec<TrustedKey>,
+    /// Caps and allowed permissions per trust level. A level without an entry allows nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trust_levels: BTreeMap<TrustLevel, TrustLevelLimits>,
+    /// Namespaces this policy governs. Empty: every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<LabelSelector>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.ed25519) || has(self.cosign)")
+    .message("a key needs ed25519 (bundle signatures) or cosign (image signatures), or both"))]
+pub struct TrustedKey {
+    /// Name of the key, referenced in status and audit records.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Base64 of the raw 32-byte ed25519 public key that verifies bundle signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub ed25519: Option<String>,
+    /// PEM public key that verifies cosign image signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub cosign: Option<String>,
+    /// Trust level of plugins signed with this key.
+    pub trust_level: TrustLevel,
+    /// A revoked key verifies nothing; running plugins it signed are quarantined.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub enum TrustLevel {
+    Untrusted,
+    Trusted,
+    BuiltIn,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustLevelLimits {
+    /// Run plugins without a valid signature at this level (only meaningful for Untrusted).
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// Largest memory limit a plugin of this level may have, e.g. 64Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub max_memory: Option<String>,
+    /// Largest CPU limit, e.g. 500m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub max_cpu: Option<String>,
+    /// Longest hook timeout, e.g. 200ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub max_timeout: Option<String>,
+    /// Permissions a plugin of this level may be granted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub permissions: Vec<Permission>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginTrustPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Number of keys that are not revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_count: Option<i32>,
+}

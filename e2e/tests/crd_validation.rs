@@ -1,0 +1,164 @@
+//! The real API server rejects invalid Plugins with a message that names the field, using only the
+//! schema generated from `airlock-crds` (no controller involved). Requests are server-side applies
+//! with strict field validation and dry-run, which is what `kubectl apply --server-side` sends.
+
+use std::time::{Duration, Instant};
+
+use airlock_crds::{Plugin, PluginTrustPolicy};
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, CustomResourceExt};
+use serde_json::{Value, json};
+
+const MANAGER: &str = "airlock-e2e";
+
+/// Installs the CRDs (unless present) and returns the names of the ones this test created.
+async fn install_crds(client: &Client) -> Result<Vec<String>> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut created = Vec::new();
+    for crd in [Plugin::crd(), PluginTrustPolicy::crd()] {
+        let name = crd.metadata.name.clone().context("CRD has a name")?;
+        if crds.get_opt(&name).await?.is_none() {
+            created.push(name.clone());
+        }
+        crds.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+        let deadline = Instant::now() + airlock_e2e::WAIT;
+        loop {
+            let c = crds.get(&name).await?;
+            let established = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "CRD {name} never became Established");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    Ok(created)
+}
+
+fn valid_plugin(name: &str) -> Value {
+    json!({
+        "apiVersion": "airlock.dev/v1alpha1",
+        "kind": "Plugin",
+        "metadata": {"name": name},
+        "spec": {
+            "version": "1.2.3",
+            "image": "198.19.255.1:5000/acme/data-formatter:1.2.3",
+            "bundle": {"source": {"oci": {"ref": "198.19.255.1:5000/acme/data-formatter-bundle:1.2.3"}}},
+            "pluginApiVersion": 1,
+            "hooks": [{"name": "transform", "timeout": "200ms", "failurePolicy": "Fail", "priority": 100}],
+            "permissions": ["log", "storage:read"],
+            "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}
+        }
+    })
+}
+
+/// Dry-run server-side apply with strict field validation; returns the API error, if any.
+async fn dry_apply(api: &Api<Plugin>, obj: &Value) -> Result<Option<kube::core::Status>> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let params = PatchParams::apply(MANAGER).validation_strict().dry_run();
+    match api.patch(&name, &params, &Patch::Apply(obj)).await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) => Ok(Some(*status)),
+        Err(e) => Err(e).context("talking to the API server"),
+    }
+}
+
+#[tokio::test]
+async fn the_api_server_rejects_invalid_plugins_naming_the_field() -> Result<()> {
+    let client = airlock_e2e::client().await?;
+    let created = install_crds(&client).await?;
+    let outcome = check_cases(&client).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in created {
+        crds.delete(&name, &DeleteParams::default()).await?;
+    }
+    outcome
+}
+
+async fn check_cases(client: &Client) -> Result<()> {
+    let ns = airlock_e2e::TestNamespace::create(client, "crd", &[]).await?;
+    let api: Api<Plugin> = Api::namespaced(client.clone(), &ns.name);
+    let outcome = async {
+        if let Some(status) = dry_apply(&api, &valid_plugin("formatter")).await? {
+            bail!("a valid Plugin was rejected: {}", status.message);
+        }
+
+        type Mutation = fn(&mut Value);
+        let cases: [(&str, Mutation, &str); 9] = [
+            ("bad semver", |p| p["spec"]["version"] = json!("1.2"), "spec.version"),
+            (
+                "unknown hook",
+                |p| p["spec"]["hooks"][0]["name"] = json!("onExplode"),
+                "spec.hooks[0].name",
+            ),
+            (
+                "timeout 0",
+                |p| p["spec"]["hooks"][0]["timeout"] = json!("0ms"),
+                "spec.hooks[0].timeout",
+            ),
+            (
+                "timeout above the bound",
+                |p| p["spec"]["hooks"][0]["timeout"] = json!("31s"),
+                "spec.hooks[0].timeout",
+            ),
+            (
+                "name too long",
+                |p| p["metadata"]["name"] = json!("p".repeat(53)),
+                "metadata.name",
+            ),
+            ("unknown field", |p| p["spec"]["colour"] = json!("blue"), "spec.colour"),
+            (
+                "egress without permission",
+                |p| p["spec"]["network"] = json!({"egress": [{"cidr": "198.18.4.0/24"}]}),
+                "spec.network.egress",
+            ),
+            (
+                "two bundle sources",
+                |p| p["spec"]["bundle"]["source"]["http"] = json!({"url": "https://example.invalid/b.tgz"}),
+                "spec.bundle.source",
+            ),
+            (
+                "unknown permission",
+                |p| p["spec"]["permissions"] = json!(["root"]),
+                "spec.permissions[0]",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (case, mutate, field) in cases {
+            let mut plugin = valid_plugin("formatter");
+            mutate(&mut plugin);
+            match dry_apply(&api, &plugin).await? {
+                None => failures.push(format!("{case}: accepted")),
+                Some(s) if !s.message.contains(field) => {
+                    failures.push(format!("{case}: message does not name {field}: {}", s.message))
+                }
+                Some(s) if !(s.code == 422 || s.code == 400) => {
+                    failures.push(format!("{case}: HTTP {} instead of 422/400", s.code))
+                }
+                Some(_) => {}
+            }
+        }
+        ensure!(failures.is_empty(), "invalid Plugins:\n  {}", failures.join("\n  "));
+
+        // Egress is accepted once the permission is granted.
+        let mut with_egress = valid_plugin("formatter");
+        with_egress["spec"]["network"] = json!({"egress": [{"cidr": "198.18.4.0/24", "ports": [{"port": 443}]}]});
+        with_egress["spec"]["permissions"] = json!(["log", "net:egress"]);
+        if let Some(status) = dry_apply(&api, &with_egress).await? {
+            bail!("egress with net:egress was rejected: {}", status.message);
+        }
+        Ok(())
+    }
+    .await;
+    ns.delete().await?;
+    outcome
+}
