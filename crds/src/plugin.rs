@@ -43,8 +43,7 @@ pub const MAX_HOOK_TIMEOUT: &str = "30s";
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 52")
         .message("metadata.name must be at most 52 characters: the Plugin's Deployment, Service and Secrets are named after it")
-        .reason(FieldValueInvalid)
-        .field_path(".metadata.name"),
+        .reason(kube::core::Reason::FieldValueInvalid),
 )]
 #[x_kube(
     validation = Rule::new("!has(self.network) || !has(self.network.egress) || size(self.network.egress) == 0 || (has(self.permissions) && self.permissions.exists(p, p == 'net:egress'))")
@@ -203,7 +202,9 @@ fn default_priority() -> i32 {
 }
 
 /// The hooks a host application can call (plugin API version 1).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub enum HookName {
     /// Called once when the plugin starts.
     #[serde(rename = "onLoad")]

@@ -22,7 +22,11 @@ use crate::permission::Permission;
     shortname = "ptp",
     category = "airlock",
     printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     status = "PluginTrustPolicyStatus"
 )]
 #[serde(rename_all = "camelCase")]

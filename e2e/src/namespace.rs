@@ -12,10 +12,18 @@ use kube::{Api, Client};
 /// Label carried by every namespace the e2e suite creates.
 pub const E2E_LABEL: &str = "airlock.dev/e2e";
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TestNamespace {
     pub client: Client,
     pub name: String,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 impl TestNamespace {

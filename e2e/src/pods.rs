@@ -77,7 +77,10 @@ pub async fn wait_pod<T>(
 ) -> Result<T> {
     let deadline = Instant::now() + crate::WAIT;
     loop {
-        let pod = api.get(name).await.with_context(|| format!("reading pod {name}"))?;
+        let pod = api
+            .get(name)
+            .await
+            .with_context(|| format!("reading pod {name}"))?;
         if let Some(v) = check(&pod) {
             return Ok(v);
         }

@@ -20,7 +20,12 @@ use serde_json::json;
 async fn a_pod_runs_and_its_log_is_read_back() -> Result<()> {
     with_namespace("log", &[], |ns| async move {
         let nonce = airlock_e2e::unique_suffix();
-        let pod = probe_pod("hello", &probe_image(), &["echo", "hello from", &nonce], None)?;
+        let pod = probe_pod(
+            "hello",
+            &probe_image(),
+            &["echo", "hello from", &nonce],
+            None,
+        )?;
         let log = run_to_completion(&ns, &pod).await?;
         ensure!(
             log.trim() == format!("hello from {nonce}"),
@@ -51,7 +56,10 @@ async fn an_image_pushed_to_the_local_registry_is_pulled_by_the_kubelet() -> Res
         );
 
         // And a tag the registry does not have is not magically found elsewhere.
-        let missing = format!("{}/airlock/e2e-missing:none", airlock_e2e::images::registry());
+        let missing = format!(
+            "{}/airlock/e2e-missing:none",
+            airlock_e2e::images::registry()
+        );
         create(&ns, &probe_pod("missing", &missing, &["echo", "x"], None)?).await?;
         let reason = pods::wait_pod(&ns.api::<Pod>(), "missing", "a pull error", |p| {
             let state = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
@@ -103,7 +111,8 @@ async fn a_localhost_seccomp_profile_denies_its_syscall_with_eperm() -> Result<(
     with_namespace("seccomp-lh", &[], |ns| async move {
         let image = probe_image();
         // Installed by e2e/cluster/up.sh under the kubelet's seccomp root.
-        let profile = json!({"type": "Localhost", "localhostProfile": "profiles/airlock-deny-mkdir.json"});
+        let profile =
+            json!({"type": "Localhost", "localhostProfile": "profiles/airlock-deny-mkdir.json"});
         let denied = probe_pod("denied", &image, &["mkdir", "/scratch/d"], Some(profile))?;
         let log = run_to_completion(&ns, &denied).await?;
         ensure!(

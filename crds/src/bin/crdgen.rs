@@ -16,7 +16,10 @@ fn main() -> ExitCode {
         }
     };
     if let Err(e) = std::fs::create_dir_all(dir) {
-        eprintln!("crdgen: cannot create {}: {e} (run from the workspace root)", dir.display());
+        eprintln!(
+            "crdgen: cannot create {}: {e} (run from the workspace root)",
+            dir.display()
+        );
         return ExitCode::FAILURE;
     }
     for (name, yaml) in files {

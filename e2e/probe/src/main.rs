@@ -19,7 +19,12 @@ const GREETING: &str = "airlock-probe";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["echo", text @ ..] => {
             println!("{}", text.join(" "));
             Ok(())
@@ -85,11 +90,9 @@ fn serve(port: &str) -> Result<(), String> {
     let listener =
         TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("bind port {port}: {e}"))?;
     println!("serve=listening port={port}");
-    for conn in listener.incoming() {
-        // A failed accept (client reset) must not stop the server the other tests talk to.
-        if let Ok(mut s) = conn {
-            let _ = writeln!(s, "{GREETING}");
-        }
+    // A failed accept (client reset) must not stop the server the other tests talk to.
+    for mut s in listener.incoming().flatten() {
+        let _ = writeln!(s, "{GREETING}");
     }
     Ok(())
 }
