@@ -1,2 +1,4 @@
 //! The Airlock operator: the `Plugin` controller (fetch → validate → verify → build → apply →
 //! status), image and bundle verification, the hook router, audit stream and metrics.
+
+pub mod build;

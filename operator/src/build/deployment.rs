@@ -1,0 +1,318 @@
+//! The plugin's Deployment: the sandboxed pod of DESIGN §3.5.
+//!
+//! An init container copies the static shim into an emptyDir; the plugin container runs the
+//! plugin's own image, pinned by digest, with the shim as its command and the plugin's entry point
+//! after `--`. The pod passes Pod Security "restricted": non-root, read-only root filesystem, no
+//! privilege escalation, all capabilities dropped, a seccomp profile, no service-account token.
+
+use std::collections::BTreeMap;
+
+use airlock_crds::Plugin;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use super::bundle_secret::{BUNDLE_KEY, bundle_secret_name};
+use super::{BuildConfig, GRPC_PORT, Rollout, child_name, labels};
+
+/// Where the init container puts the shim, inside the plugin container.
+pub const SHIM_PATH: &str = "/airlock/bin/airlock-shim";
+const BUNDLE_DIR: &str = "/airlock/bundle";
+const WORK_DIR: &str = "/airlock/work";
+/// Non-root identity of every plugin process (the "nonroot" uid of distroless images).
+pub const PLUGIN_UID: i64 = 65532;
+
+/// Annotations on the pod template: what a human needs to tell revisions apart.
+pub const IMAGE_DIGEST_ANNOTATION: &str = "airlock.dev/image-digest";
+pub const BUNDLE_DIGEST_ANNOTATION: &str = "airlock.dev/bundle-digest";
+pub const REVISION_ANNOTATION: &str = "airlock.dev/revision";
+
+pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> Deployment {
+    let name = child_name(&plugin.name_any());
+    let replicas = if plugin.spec.enabled {
+        plugin.spec.replicas
+    } else {
+        0
+    };
+    let mut pod_labels = labels::common(plugin);
+    pod_labels.insert(labels::REVISION_LABEL.into(), rollout.revision.clone());
+    let annotations = BTreeMap::from([
+        (
+            IMAGE_DIGEST_ANNOTATION.to_string(),
+            rollout.image_digest.clone(),
+        ),
+        (
+            BUNDLE_DIGEST_ANNOTATION.to_string(),
+            rollout.bundle_digest.clone(),
+        ),
+        (REVISION_ANNOTATION.to_string(), rollout.revision.clone()),
+    ]);
+
+    let mut shim_args = vec![
+        "run".to_string(),
+        "--bundle".into(),
+        format!("{BUNDLE_DIR}/{BUNDLE_KEY}"),
+        "--expect-digest".into(),
+        rollout.bundle_digest.clone(),
+        "--workdir".into(),
+        WORK_DIR.into(),
+        "--listen".into(),
+        format!("0.0.0.0:{GRPC_PORT}"),
+        "--".into(),
+    ];
+    shim_args.extend(rollout.entry_point.iter().cloned());
+
+    let grpc_probe = |period: i32, failures: i32| {
+        json!({
+            "grpc": {"port": GRPC_PORT},
+            "periodSeconds": period,
+            "timeoutSeconds": 1,
+            "failureThreshold": failures,
+        })
+    };
+
+    let value = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": plugin.namespace(),
+            "labels": labels::common(plugin),
+            "annotations": {REVISION_ANNOTATION: rollout.revision},
+            "ownerReferences": labels::owner(plugin),
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels::selector(plugin)},
+            "progressDeadlineSeconds": config.progress_deadline_seconds,
+            "revisionHistoryLimit": 5,
+            // Never take a serving pod away before its replacement is Ready: a bad revision
+            // leaves the old one answering until it is rolled back.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "spec": {
+                    "serviceAccountName": name,
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "terminationGracePeriodSeconds": 10,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": PLUGIN_UID,
+                        "runAsGroup": PLUGIN_UID,
+                        "fsGroup": PLUGIN_UID,
+                        "seccompProfile": seccomp_profile(config),
+                    },
+                    "initContainers": [{
+                        "name": "install-shim",
+                        "image": config.shim_image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["/airlock-shim", "install", SHIM_PATH],
+                        "securityContext": container_security_context(),
+                        "resources": {
+                            "limits": {"cpu": "100m", "memory": "32Mi"},
+                            "requests": {"cpu": "10m", "memory": "16Mi"},
+                        },
+                        "volumeMounts": [{"name": "shim", "mountPath": "/airlock/bin"}],
+                    }],
+                    "containers": [{
+                        "name": "plugin",
+                        "image": rollout.pinned_image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": [SHIM_PATH],
+                        "args": shim_args,
+                        "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
+                        "securityContext": container_security_context(),
+                        "resources": {
+                            "limits": {"cpu": rollout.resources.cpu_limit, "memory": rollout.resources.memory_limit},
+                            "requests": {"cpu": rollout.resources.cpu_request, "memory": rollout.resources.memory_request},
+                        },
+                        "readinessProbe": grpc_probe(2, 3),
+                        "livenessProbe": grpc_probe(10, 3),
+                        "volumeMounts": [
+                            {"name": "shim", "mountPath": "/airlock/bin", "readOnly": true},
+                            {"name": "bundle", "mountPath": BUNDLE_DIR, "readOnly": true},
+                            {"name": "work", "mountPath": WORK_DIR},
+                            {"name": "tmp", "mountPath": "/tmp"},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "shim", "emptyDir": {"sizeLimit": "64Mi"}},
+                        {"name": "bundle", "secret": {
+                            "secretName": bundle_secret_name(&plugin.name_any(), &rollout.bundle_digest),
+                            "defaultMode": 0o444,
+                        }},
+                        {"name": "work", "emptyDir": {"sizeLimit": "16Mi"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+                    ],
+                },
+            },
+        },
+    });
+    from_json(value)
+}
+
+fn container_security_context() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "allowPrivilegeEscalation": false,
+        "privileged": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
+fn seccomp_profile(config: &BuildConfig) -> Value {
+    match &config.seccomp_localhost_profile {
+        Some(path) => json!({"type": "Localhost", "localhostProfile": path}),
+        None => json!({"type": "RuntimeDefault"}),
+    }
+}
+
+/// The JSON above is written against the Kubernetes schema; a mismatch is a bug in this file that
+/// every unit test below would catch, so falling back to an empty object is unreachable in practice.
+fn from_json(value: Value) -> Deployment {
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::*;
+
+    fn pod_spec(d: &Deployment) -> k8s_openapi::api::core::v1::PodSpec {
+        d.spec
+            .clone()
+            .and_then(|s| s.template.spec)
+            .expect("pod spec")
+    }
+
+    #[test]
+    fn the_plugin_runs_its_pinned_image_under_the_shim() {
+        let d = deployment(&plugin(HELLO), &rollout(), &config());
+        let pod = pod_spec(&d);
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("198.19.255.1:5000/acme/hello@sha256:bbbb")
+        );
+        assert_eq!(c.command.as_deref(), Some(&[SHIM_PATH.to_string()][..]));
+        let args = c.args.clone().expect("args");
+        let dashdash = args.iter().position(|a| a == "--").expect("-- separator");
+        assert_eq!(&args[dashdash + 1..], &["/hello".to_string()]);
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--expect-digest" && w[1] == rollout().bundle_digest),
+            "the shim re-checks the verified bundle digest: {args:?}"
+        );
+        let init = &pod.init_containers.expect("init")[0];
+        assert_eq!(init.image.as_deref(), Some(config().shim_image.as_str()));
+    }
+
+    #[test]
+    fn the_pod_meets_pod_security_restricted() {
+        let pod = pod_spec(&deployment(&plugin(HELLO), &rollout(), &config()));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.enable_service_links, Some(false));
+        let psc = pod.security_context.clone().expect("pod security context");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.map(|s| s.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+        for c in pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+        {
+            let sc = c
+                .security_context
+                .clone()
+                .expect("container security context");
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+            assert_eq!(sc.privileged, Some(false), "{}", c.name);
+            let caps = sc.capabilities.expect("capabilities");
+            assert_eq!(caps.drop, Some(vec!["ALL".to_string()]), "{}", c.name);
+            assert!(caps.add.is_none(), "{}", c.name);
+            let res = c.resources.clone().expect("resources");
+            assert!(
+                res.limits.is_some_and(|l| l.contains_key("memory")),
+                "{}",
+                c.name
+            );
+        }
+        for v in pod.volumes.iter().flatten() {
+            assert!(v.host_path.is_none(), "no hostPath volumes: {}", v.name);
+        }
+    }
+
+    #[test]
+    fn limits_come_from_the_verified_rollout_and_probes_use_grpc() {
+        let pod = pod_spec(&deployment(&plugin(HELLO), &rollout(), &config()));
+        let c = &pod.containers[0];
+        let limits = c.resources.clone().and_then(|r| r.limits).expect("limits");
+        assert_eq!(limits["cpu"].0, "250m");
+        assert_eq!(limits["memory"].0, "64Mi");
+        let probe = c
+            .readiness_probe
+            .clone()
+            .and_then(|p| p.grpc)
+            .expect("grpc probe");
+        assert_eq!(probe.port, GRPC_PORT);
+    }
+
+    #[test]
+    fn a_localhost_seccomp_profile_can_be_chosen() {
+        let mut cfg = config();
+        cfg.seccomp_localhost_profile = Some("profiles/airlock-plugin.json".into());
+        let pod = pod_spec(&deployment(&plugin(HELLO), &rollout(), &cfg));
+        let profile = pod
+            .security_context
+            .and_then(|s| s.seccomp_profile)
+            .expect("profile");
+        assert_eq!(profile.type_, "Localhost");
+        assert_eq!(
+            profile.localhost_profile.as_deref(),
+            Some("profiles/airlock-plugin.json")
+        );
+    }
+
+    #[test]
+    fn a_disabled_plugin_has_no_pods_but_keeps_its_deployment() {
+        let mut p = plugin(HELLO);
+        p.spec.enabled = false;
+        p.spec.replicas = 3;
+        let d = deployment(&p, &rollout(), &config());
+        assert_eq!(d.spec.expect("spec").replicas, Some(0));
+    }
+
+    #[test]
+    fn rollouts_keep_the_old_pod_until_the_new_one_is_ready() {
+        let d = deployment(&plugin(HELLO), &rollout(), &config());
+        let spec = d.spec.expect("spec");
+        let ru = spec
+            .strategy
+            .and_then(|s| s.rolling_update)
+            .expect("rolling update");
+        assert_eq!(
+            ru.max_unavailable,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+        );
+        assert_eq!(spec.progress_deadline_seconds, Some(60));
+        let labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .expect("labels");
+        assert_eq!(labels[labels::REVISION_LABEL], "r1a2b3c4d");
+        // The selector must not contain the revision: Deployments cannot change their selector.
+        assert!(
+            !spec
+                .selector
+                .match_labels
+                .expect("selector")
+                .contains_key(labels::REVISION_LABEL)
+        );
+    }
+}

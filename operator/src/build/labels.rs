@@ -1,0 +1,32 @@
+//! Labels and owner references shared by every child object.
+
+use std::collections::BTreeMap;
+
+use airlock_crds::Plugin;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+
+/// Label carrying the plugin name on every child and pod; the Service and NetworkPolicy select on it.
+pub const PLUGIN_LABEL: &str = "airlock.dev/plugin";
+/// Label carrying the revision on pods.
+pub const REVISION_LABEL: &str = "airlock.dev/revision";
+
+/// Labels of every object Airlock creates for `plugin`.
+pub fn common(plugin: &Plugin) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), plugin.name_any()),
+        ("app.kubernetes.io/component".into(), "plugin".into()),
+        ("app.kubernetes.io/managed-by".into(), "airlock".into()),
+        (PLUGIN_LABEL.into(), plugin.name_any()),
+    ])
+}
+
+/// The selector of the plugin's pods (stable across revisions: Deployments forbid changing it).
+pub fn selector(plugin: &Plugin) -> BTreeMap<String, String> {
+    BTreeMap::from([(PLUGIN_LABEL.into(), plugin.name_any())])
+}
+
+/// Controller owner reference, so deleting the Plugin garbage-collects its children.
+pub fn owner(plugin: &Plugin) -> Vec<OwnerReference> {
+    plugin.controller_owner_ref(&()).into_iter().collect()
+}

@@ -1,0 +1,123 @@
+//! Pure builders of the objects a `Plugin` owns: one file per kind, each a function from the
+//! Plugin and what verification established ([`Rollout`]) to the desired object. No IO here; the
+//! controller applies what these return with server-side apply.
+
+pub mod bundle_secret;
+pub mod deployment;
+pub mod labels;
+pub mod network_policy;
+pub mod service;
+pub mod service_account;
+
+use std::collections::BTreeSet;
+
+use airlock_crds::Permission;
+
+/// Port the shim serves `airlock.plugin.v1.Plugin` and gRPC health on.
+pub const GRPC_PORT: i32 = 50051;
+/// Field manager of every server-side apply Airlock makes.
+pub const FIELD_MANAGER: &str = "airlock-operator";
+
+/// Cluster-wide settings the builders need, from the operator's configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BuildConfig {
+    /// Image of the shim, copied into every plugin pod by an init container (pinned by digest).
+    pub shim_image: String,
+    /// Namespace of the hook router, the only client allowed to reach plugin pods.
+    pub router_namespace: String,
+    /// Labels selecting the router's pods.
+    pub router_pod_labels: Vec<(String, String)>,
+    /// Seconds a new revision has to become Ready before it is rolled back.
+    pub progress_deadline_seconds: i32,
+    /// `None`: the container runtime's default profile; `Some(path)`: a Localhost profile relative
+    /// to the kubelet's seccomp root, installed by the chart.
+    pub seccomp_localhost_profile: Option<String>,
+}
+
+/// CPU and memory the plugin container gets, after the trust level's caps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_limit: String,
+    pub memory_limit: String,
+    pub cpu_request: String,
+    pub memory_request: String,
+}
+
+/// What verification established for one revision of a plugin: everything in it was checked,
+/// nothing is taken from the spec unverified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rollout {
+    /// `repository@sha256:...`: the pod never runs a tag.
+    pub pinned_image: String,
+    pub image_digest: String,
+    pub bundle_digest: String,
+    /// The bundle bytes (a gzipped tar), stored in an immutable Secret named by digest.
+    pub bundle: Vec<u8>,
+    /// argv of the plugin process, from the signed manifest.
+    pub entry_point: Vec<String>,
+    /// Signed manifest ∩ spec ∩ trust level.
+    pub permissions: BTreeSet<Permission>,
+    pub resources: Resources,
+    /// Short hash of everything that changes the pod; names the revision in status.
+    pub revision: String,
+}
+
+/// Name of the objects that exist once per plugin (ServiceAccount, Deployment, Service,
+/// NetworkPolicy): the plugin's own name, which the CRD limits to 52 characters.
+pub fn child_name(plugin_name: &str) -> String {
+    plugin_name.to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use airlock_crds::Plugin;
+
+    use super::*;
+
+    pub fn plugin(yaml: &str) -> Plugin {
+        let mut p: Plugin = serde_yaml::from_str(yaml).expect("test Plugin YAML parses");
+        p.metadata.uid = Some("0b7c1e9e-1111-2222-3333-444455556666".into());
+        p
+    }
+
+    pub const HELLO: &str = r#"
+apiVersion: airlock.dev/v1alpha1
+kind: Plugin
+metadata: {name: hello, namespace: plugins, generation: 3}
+spec:
+  version: 1.0.0
+  image: 198.19.255.1:5000/acme/hello:1.0.0
+  bundle: {source: {configMapRef: {name: hello-bundle}}}
+  pluginApiVersion: 1
+  hooks: [{name: transform, timeout: 200ms}]
+  permissions: [log]
+"#;
+
+    pub fn config() -> BuildConfig {
+        BuildConfig {
+            shim_image: "198.19.255.1:5000/airlock/shim@sha256:aaaa".into(),
+            router_namespace: "airlock-system".into(),
+            router_pod_labels: vec![("app.kubernetes.io/name".into(), "airlock-router".into())],
+            progress_deadline_seconds: 60,
+            seccomp_localhost_profile: None,
+        }
+    }
+
+    pub fn rollout() -> Rollout {
+        Rollout {
+            pinned_image: "198.19.255.1:5000/acme/hello@sha256:bbbb".into(),
+            image_digest: "sha256:bbbb".into(),
+            bundle_digest: format!("sha256:{}", "c".repeat(64)),
+            bundle: b"bundle bytes".to_vec(),
+            entry_point: vec!["/hello".into()],
+            permissions: [airlock_crds::Permission::Log].into_iter().collect(),
+            resources: Resources {
+                cpu_limit: "250m".into(),
+                memory_limit: "64Mi".into(),
+                cpu_request: "50m".into(),
+                memory_request: "64Mi".into(),
+            },
+            revision: "r1a2b3c4d".into(),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The plugin's NetworkPolicy: ingress only from the router's pods on the gRPC port; egress denied
+//! unless the plugin holds `net:egress`, and then only to the destinations its spec lists.
+
+use airlock_crds::{Permission, Plugin};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use super::{BuildConfig, GRPC_PORT, Rollout, child_name, labels};
+
+pub fn network_policy(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> NetworkPolicy {
+    let router_labels: serde_json::Map<String, Value> = config
+        .router_pod_labels
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let egress: Vec<Value> = if rollout.permissions.contains(&Permission::NetEgress) {
+        plugin
+            .spec
+            .network
+            .iter()
+            .flat_map(|n| n.egress.iter())
+            .map(|rule| {
+                let ports: Vec<Value> = rule
+                    .ports
+                    .iter()
+                    .map(|p| json!({"protocol": "TCP", "port": p.port}))
+                    .collect();
+                let mut r = json!({"to": [{"ipBlock": {"cidr": rule.cidr}}]});
+                if !ports.is_empty() {
+                    r["ports"] = Value::Array(ports);
+                }
+                r
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let value = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": child_name(&plugin.name_any()),
+            "namespace": plugin.namespace(),
+            "labels": labels::common(plugin),
+            "ownerReferences": labels::owner(plugin),
+        },
+        "spec": {
+            "podSelector": {"matchLabels": labels::selector(plugin)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{
+                "from": [{
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.router_namespace}},
+                    "podSelector": {"matchLabels": router_labels},
+                }],
+                "ports": [{"protocol": "TCP", "port": GRPC_PORT}],
+            }],
+            // An empty list denies all egress for the selected pods.
+            "egress": egress,
+        },
+    });
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::*;
+
+    const WITH_EGRESS: &str = r#"
+apiVersion: airlock.dev/v1alpha1
+kind: Plugin
+metadata: {name: fetcher, namespace: plugins}
+spec:
+  version: 1.0.0
+  image: 198.19.255.1:5000/acme/fetcher:1.0.0
+  bundle: {source: {configMapRef: {name: fetcher-bundle}}}
+  pluginApiVersion: 1
+  permissions: [net:egress]
+  network: {egress: [{cidr: 198.18.4.0/24, ports: [{port: 443}]}]}
+"#;
+
+    #[test]
+    fn only_the_router_may_connect_and_egress_is_denied_by_default() {
+        let np = network_policy(&plugin(HELLO), &rollout(), &config());
+        let spec = np.spec.expect("spec");
+        assert_eq!(
+            spec.policy_types,
+            Some(vec!["Ingress".to_string(), "Egress".to_string()])
+        );
+        assert_eq!(
+            spec.egress,
+            Some(vec![]),
+            "no egress rule = all egress denied"
+        );
+        let ingress = &spec.ingress.expect("ingress")[0];
+        let peer = &ingress.from.clone().expect("from")[0];
+        let pods = peer
+            .pod_selector
+            .clone()
+            .and_then(|s| s.match_labels)
+            .expect("pods");
+        assert_eq!(pods["app.kubernetes.io/name"], "airlock-router");
+        let ns = peer
+            .namespace_selector
+            .clone()
+            .and_then(|s| s.match_labels)
+            .expect("ns");
+        assert_eq!(ns["kubernetes.io/metadata.name"], "airlock-system");
+        assert_eq!(
+            ingress.ports.clone().expect("ports")[0].port,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(GRPC_PORT))
+        );
+    }
+
+    #[test]
+    fn egress_is_opened_only_with_the_permission_and_only_to_listed_destinations() {
+        let p = plugin(WITH_EGRESS);
+        let mut granted = rollout();
+        granted.permissions = [Permission::NetEgress].into_iter().collect();
+        let spec = network_policy(&p, &granted, &config()).spec.expect("spec");
+        let egress = spec.egress.expect("egress");
+        assert_eq!(egress.len(), 1);
+        let to = &egress[0].to.clone().expect("to")[0];
+        assert_eq!(to.ip_block.clone().expect("ipBlock").cidr, "198.18.4.0/24");
+
+        // Same spec, but the permission was not granted (signed manifest or trust level lack it).
+        let spec = network_policy(&p, &rollout(), &config())
+            .spec
+            .expect("spec");
+        assert_eq!(spec.egress, Some(vec![]));
+    }
+}
