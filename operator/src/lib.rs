@@ -2,3 +2,6 @@
 //! status), image and bundle verification, the hook router, audit stream and metrics.
 
 pub mod build;
+pub mod plan;
+pub mod policy;
+pub mod quantity;

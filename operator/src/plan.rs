@@ -1,0 +1,523 @@
+//! Validate step of the reconcile pipeline (pure): from the Plugin, its fetched bundle manifest,
+//! the resolved image and the governing trust limits, decide whether a revision may roll out and
+//! with what ([`Rollout`]), or exactly why not — one verdict per condition type.
+
+use std::collections::BTreeSet;
+
+use airlock_crds::plugin::SUPPORTED_PLUGIN_API_VERSIONS;
+use airlock_crds::{Permission, Plugin, TrustLevel};
+use airlock_plugin_shim::manifest::Manifest;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+
+use crate::build::{Resources, Rollout};
+use crate::policy::{Limits, duration_ms};
+use crate::quantity;
+
+/// Defaults when the spec sets no resources (DESIGN §4: 64 MiB per plugin).
+pub const DEFAULT_CPU_LIMIT: &str = "250m";
+pub const DEFAULT_MEMORY_LIMIT: &str = "64Mi";
+
+/// The verdict for one condition type. `Ok` = condition True.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok {
+        reason: &'static str,
+        message: String,
+    },
+    Blocked {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Verdict {
+    fn ok(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::Ok {
+            reason,
+            message: message.into(),
+        }
+    }
+    fn blocked(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::Blocked {
+            reason,
+            message: message.into(),
+        }
+    }
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Ok { .. })
+    }
+}
+
+/// What the verify step established about the image and bundle.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub pinned_image: String,
+    pub image_digest: String,
+    pub bundle: Vec<u8>,
+    pub bundle_digest: String,
+    pub manifest: Manifest,
+    /// Whether image and bundle signatures were verified against a trusted key. Until signature
+    /// verification lands this is always false, and only `allowUnsigned` levels can run plugins.
+    pub signed_by: Option<(String, TrustLevel)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub compatible: Verdict,
+    pub verified: Verdict,
+    pub permissions_approved: Verdict,
+    pub trust_level: TrustLevel,
+    /// Present only when every verdict is Ok.
+    pub rollout: Option<Rollout>,
+}
+
+/// Decides a revision. `limits` is `None` when no PluginTrustPolicy governs the namespace.
+pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan {
+    let trust_level = fetched
+        .signed_by
+        .as_ref()
+        .map(|(_, level)| *level)
+        .unwrap_or(TrustLevel::Untrusted);
+    let compatible = compatibility(plugin, &fetched.manifest);
+    let verified = verification(plugin, fetched, limits, trust_level);
+    let (permissions_approved, effective, resources) = match limits {
+        Some(l) => approval(plugin, &fetched.manifest, l),
+        None => (
+            Verdict::blocked(
+                "NoTrustPolicy",
+                "no permissions can be approved without a PluginTrustPolicy",
+            ),
+            BTreeSet::new(),
+            None,
+        ),
+    };
+    let rollout = match (&compatible, &verified, &permissions_approved, resources) {
+        (Verdict::Ok { .. }, Verdict::Ok { .. }, Verdict::Ok { .. }, Some(resources)) => {
+            Some(rollout(fetched, effective, resources))
+        }
+        _ => None,
+    };
+    Plan {
+        compatible,
+        verified,
+        permissions_approved,
+        trust_level,
+        rollout,
+    }
+}
+
+fn compatibility(plugin: &Plugin, manifest: &Manifest) -> Verdict {
+    let spec = &plugin.spec;
+    if !SUPPORTED_PLUGIN_API_VERSIONS.contains(&spec.plugin_api_version) {
+        return Verdict::blocked(
+            "UnsupportedPluginApiVersion",
+            format!(
+                "spec.pluginApiVersion {} is not supported by this Airlock (supported: {:?}); use a plugin built for a supported version or upgrade Airlock",
+                spec.plugin_api_version, SUPPORTED_PLUGIN_API_VERSIONS
+            ),
+        );
+    }
+    if i64::from(manifest.api_version) != i64::from(spec.plugin_api_version) {
+        return Verdict::blocked(
+            "PluginApiVersionMismatch",
+            format!(
+                "spec.pluginApiVersion is {} but the signed manifest targets {}; set spec.pluginApiVersion to {}",
+                spec.plugin_api_version, manifest.api_version, manifest.api_version
+            ),
+        );
+    }
+    if manifest.version.to_string() != spec.version {
+        return Verdict::blocked(
+            "VersionMismatch",
+            format!(
+                "spec.version is {} but the bundle's signed manifest says {}; set spec.version to {} or point spec.bundle at version {}",
+                spec.version, manifest.version, manifest.version, spec.version
+            ),
+        );
+    }
+    let undeclared: Vec<&str> = spec
+        .hooks
+        .iter()
+        .map(|h| h.name.as_str())
+        .filter(|h| !manifest.declares(h))
+        .collect();
+    if !undeclared.is_empty() {
+        let declared: Vec<&str> = manifest.hooks.iter().map(|h| h.as_str()).collect();
+        return Verdict::blocked(
+            "HookNotDeclared",
+            format!(
+                "spec.hooks names {} which the signed manifest does not declare (it declares {}); remove them from spec.hooks",
+                undeclared.join(", "),
+                declared.join(", ")
+            ),
+        );
+    }
+    Verdict::ok(
+        "Compatible",
+        format!(
+            "plugin API version {} is supported",
+            spec.plugin_api_version
+        ),
+    )
+}
+
+fn verification(
+    plugin: &Plugin,
+    fetched: &Fetched,
+    limits: Option<&Limits>,
+    level: TrustLevel,
+) -> Verdict {
+    let Some(limits) = limits else {
+        return Verdict::blocked(
+            "NoTrustPolicy",
+            format!(
+                "no PluginTrustPolicy governs namespace {}; apply one that selects it (see examples/trust-policy.yaml)",
+                plugin.namespace().unwrap_or_default()
+            ),
+        );
+    };
+    if let Some(bound) = &fetched.manifest.image_digest
+        && bound != &fetched.image_digest
+    {
+        return Verdict::blocked(
+            "ImageDigestMismatch",
+            format!(
+                "spec.image resolves to {} but the signed manifest binds the plugin to {}; use the image the bundle was signed for",
+                fetched.image_digest, bound
+            ),
+        );
+    }
+    match &fetched.signed_by {
+        Some((key, level)) => Verdict::ok(
+            "Verified",
+            format!("image and bundle signed by key {key} (trust level {level:?})"),
+        ),
+        None if limits.allow_unsigned => Verdict::ok(
+            "UnsignedAllowed",
+            format!(
+                "image {} and bundle {} are not signature-verified; the trust policy allows unsigned plugins at level {level:?}",
+                fetched.image_digest, fetched.bundle_digest
+            ),
+        ),
+        None => Verdict::blocked(
+            "SignatureRequired",
+            format!(
+                "the plugin is not signed by a trusted key and the trust policy does not allow unsigned plugins at level {level:?}; sign it with a key listed in the PluginTrustPolicy"
+            ),
+        ),
+    }
+}
+
+type Approval = (Verdict, BTreeSet<Permission>, Option<Resources>);
+
+fn approval(plugin: &Plugin, manifest: &Manifest, limits: &Limits) -> Approval {
+    let spec = &plugin.spec;
+    let declared: BTreeSet<Permission> = manifest
+        .permissions
+        .iter()
+        .filter_map(|p| {
+            Permission::ALL
+                .into_iter()
+                .find(|q| q.as_str() == p.as_str())
+        })
+        .collect();
+    let requested: BTreeSet<Permission> = spec.permissions.iter().copied().collect();
+    let not_declared: Vec<String> = requested
+        .difference(&declared)
+        .map(|p| p.to_string())
+        .collect();
+    if !not_declared.is_empty() {
+        return blocked(
+            "NotDeclaredBySigner",
+            format!(
+                "spec.permissions asks for {} which the signed manifest does not declare; remove them from spec.permissions or get a bundle signed with them",
+                not_declared.join(", ")
+            ),
+        );
+    }
+    let not_allowed: Vec<String> = requested
+        .difference(&limits.permissions)
+        .map(|p| p.to_string())
+        .collect();
+    if !not_allowed.is_empty() {
+        return blocked(
+            "NotAllowedByTrustLevel",
+            format!(
+                "spec.permissions asks for {} which the trust level does not allow; remove them or have an admin allow them in the PluginTrustPolicy",
+                not_allowed.join(", ")
+            ),
+        );
+    }
+    if let Some(max) = limits.max_timeout_ms {
+        for h in &spec.hooks {
+            if duration_ms(&h.timeout).is_none_or(|t| t > max) {
+                return blocked(
+                    "TimeoutAboveTrustLevel",
+                    format!(
+                        "spec.hooks[{}].timeout {} is above the trust level's maxTimeout {}; lower it",
+                        h.name.as_str(),
+                        h.timeout,
+                        limits.max_timeout.as_deref().unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
+    let resources = match resources(plugin, limits) {
+        Ok(r) => r,
+        Err(message) => return blocked("ResourcesAboveTrustLevel", message),
+    };
+    let effective = requested.intersection(&declared).copied().collect();
+    (
+        Verdict::ok(
+            "Approved",
+            format!(
+                "granted: {}",
+                if requested.is_empty() {
+                    "no permissions".to_string()
+                } else {
+                    requested
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+        ),
+        effective,
+        Some(resources),
+    )
+}
+
+fn blocked(reason: &'static str, message: String) -> Approval {
+    (Verdict::blocked(reason, message), BTreeSet::new(), None)
+}
+
+/// Limits from the spec (or the defaults), checked against the caps; requests default to a small
+/// CPU share and the full memory limit (memory is not overcommitted).
+fn resources(plugin: &Plugin, limits: &Limits) -> Result<Resources, String> {
+    let spec_res = plugin.spec.resources.clone().unwrap_or_default();
+    let lim = spec_res.limits.unwrap_or_default();
+    let req = spec_res.requests.unwrap_or_default();
+    let cpu_limit = lim.cpu.unwrap_or_else(|| DEFAULT_CPU_LIMIT.into());
+    let memory_limit = lim.memory.unwrap_or_else(|| DEFAULT_MEMORY_LIMIT.into());
+    let cpu =
+        quantity::cpu_millis(&cpu_limit).map_err(|e| format!("spec.resources.limits.cpu: {e}"))?;
+    let mem = quantity::memory_bytes(&memory_limit)
+        .map_err(|e| format!("spec.resources.limits.memory: {e}"))?;
+    if let Some(max) = limits.max_cpu_millis
+        && cpu > max
+    {
+        return Err(format!(
+            "spec.resources.limits.cpu {cpu_limit} is above the trust level's maxCpu {}; lower it",
+            limits.max_cpu.as_deref().unwrap_or_default()
+        ));
+    }
+    if let Some(max) = limits.max_memory_bytes
+        && mem > max
+    {
+        return Err(format!(
+            "spec.resources.limits.memory {memory_limit} is above the trust level's maxMemory {}; lower it",
+            limits.max_memory.as_deref().unwrap_or_default()
+        ));
+    }
+    let cpu_request = req.cpu.unwrap_or_else(|| {
+        if cpu < 50 {
+            cpu_limit.clone()
+        } else {
+            "50m".into()
+        }
+    });
+    let memory_request = req.memory.unwrap_or_else(|| memory_limit.clone());
+    Ok(Resources {
+        cpu_limit,
+        memory_limit,
+        cpu_request,
+        memory_request,
+    })
+}
+
+fn rollout(fetched: &Fetched, permissions: BTreeSet<Permission>, resources: Resources) -> Rollout {
+    let entry_point = fetched.manifest.entry_point.clone();
+    // Everything that changes the pod, and nothing that does not (replicas, enabled).
+    let mut h = Sha256::new();
+    for part in [
+        fetched.pinned_image.as_str(),
+        fetched.bundle_digest.as_str(),
+        &entry_point.join("\u{0}"),
+        &permissions
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        &resources.cpu_limit,
+        &resources.memory_limit,
+        &resources.cpu_request,
+        &resources.memory_request,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0xff]);
+    }
+    let revision = format!("r{}", &hex::encode(h.finalize())[..10]);
+    Rollout {
+        pinned_image: fetched.pinned_image.clone(),
+        image_digest: fetched.image_digest.clone(),
+        bundle_digest: fetched.bundle_digest.clone(),
+        bundle: fetched.bundle.clone(),
+        entry_point,
+        permissions,
+        resources,
+        revision,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::{HELLO, plugin};
+
+    fn manifest(extra: &str) -> Manifest {
+        Manifest::parse(&format!(
+            "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\npermissions: [log, storage:read]\nentryPoint: [/hello]\n{extra}"
+        ))
+        .expect("manifest parses")
+    }
+
+    fn fetched(m: Manifest) -> Fetched {
+        Fetched {
+            pinned_image: "198.19.255.1:5000/acme/hello@sha256:bbbb".into(),
+            image_digest: "sha256:bbbb".into(),
+            bundle: b"bytes".to_vec(),
+            bundle_digest: format!("sha256:{}", "c".repeat(64)),
+            manifest: m,
+            signed_by: None,
+        }
+    }
+
+    fn open_limits() -> Limits {
+        Limits {
+            allow_unsigned: true,
+            permissions: Permission::ALL.into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    fn blocked_reason(v: &Verdict) -> &'static str {
+        match v {
+            Verdict::Blocked { reason, .. } => reason,
+            Verdict::Ok { .. } => "Ok",
+        }
+    }
+
+    #[test]
+    fn a_matching_plugin_rolls_out_with_default_resources() {
+        let p = plan(&plugin(HELLO), &fetched(manifest("")), Some(&open_limits()));
+        let r = p.rollout.expect("rolls out");
+        assert_eq!(r.entry_point, vec!["/hello".to_string()]);
+        assert_eq!(r.resources.memory_limit, "64Mi");
+        assert_eq!(r.permissions, BTreeSet::from([Permission::Log]));
+        assert!(r.revision.starts_with('r') && r.revision.len() == 11);
+    }
+
+    #[test]
+    fn the_revision_changes_with_the_pod_and_only_then() {
+        let mut p = plugin(HELLO);
+        let f = fetched(manifest(""));
+        let a = plan(&p, &f, Some(&open_limits())).rollout.expect("a");
+        p.spec.replicas = 3;
+        let b = plan(&p, &f, Some(&open_limits())).rollout.expect("b");
+        assert_eq!(a.revision, b.revision, "scaling is not a new revision");
+        let mut f2 = f.clone();
+        f2.bundle_digest = format!("sha256:{}", "d".repeat(64));
+        let c = plan(&p, &f2, Some(&open_limits())).rollout.expect("c");
+        assert_ne!(a.revision, c.revision);
+    }
+
+    #[test]
+    fn an_unsupported_api_version_is_not_compatible() {
+        let mut p = plugin(HELLO);
+        p.spec.plugin_api_version = 2;
+        let plan = plan(&p, &fetched(manifest("")), Some(&open_limits()));
+        assert_eq!(
+            blocked_reason(&plan.compatible),
+            "UnsupportedPluginApiVersion"
+        );
+        assert!(plan.rollout.is_none());
+    }
+
+    #[test]
+    fn spec_and_signed_manifest_must_agree() {
+        let mut p = plugin(HELLO);
+        p.spec.version = "1.0.1".into();
+        let v = plan(&p, &fetched(manifest("")), Some(&open_limits())).compatible;
+        assert_eq!(blocked_reason(&v), "VersionMismatch");
+        let Verdict::Blocked { message, .. } = v else {
+            unreachable!()
+        };
+        assert!(message.contains("spec.version"), "{message}");
+
+        let p = plugin(&HELLO.replace("name: transform", "name: onEvent"));
+        let v = plan(&p, &fetched(manifest("")), Some(&open_limits())).compatible;
+        assert_eq!(blocked_reason(&v), "HookNotDeclared");
+    }
+
+    #[test]
+    fn no_policy_or_no_unsigned_allowance_blocks_the_rollout() {
+        let p = plugin(HELLO);
+        let none = plan(&p, &fetched(manifest("")), None);
+        assert_eq!(blocked_reason(&none.verified), "NoTrustPolicy");
+        assert!(none.rollout.is_none());
+        let strict = Limits {
+            allow_unsigned: false,
+            ..open_limits()
+        };
+        let s = plan(&p, &fetched(manifest("")), Some(&strict));
+        assert_eq!(blocked_reason(&s.verified), "SignatureRequired");
+        assert!(s.rollout.is_none());
+    }
+
+    #[test]
+    fn a_manifest_bound_to_another_image_is_not_verified() {
+        let m = manifest(&format!("imageDigest: sha256:{}\n", "e".repeat(64)));
+        let v = plan(&plugin(HELLO), &fetched(m), Some(&open_limits())).verified;
+        assert_eq!(blocked_reason(&v), "ImageDigestMismatch");
+    }
+
+    #[test]
+    fn permissions_must_be_declared_and_allowed() {
+        let p = plugin(&HELLO.replace("permissions: [log]", "permissions: [log, storage:write]"));
+        let v = plan(&p, &fetched(manifest("")), Some(&open_limits())).permissions_approved;
+        assert_eq!(blocked_reason(&v), "NotDeclaredBySigner");
+        let Verdict::Blocked { message, .. } = v else {
+            unreachable!()
+        };
+        assert!(message.contains("storage:write"), "{message}");
+
+        let p = plugin(&HELLO.replace("permissions: [log]", "permissions: [log, storage:read]"));
+        let only_log = Limits {
+            permissions: BTreeSet::from([Permission::Log]),
+            ..open_limits()
+        };
+        let v = plan(&p, &fetched(manifest("")), Some(&only_log)).permissions_approved;
+        assert_eq!(blocked_reason(&v), "NotAllowedByTrustLevel");
+    }
+
+    #[test]
+    fn caps_of_the_trust_level_apply() {
+        let capped = Limits {
+            max_memory_bytes: Some(32 << 20),
+            max_memory: Some("32Mi".into()),
+            ..open_limits()
+        };
+        let v = plan(&plugin(HELLO), &fetched(manifest("")), Some(&capped)).permissions_approved;
+        assert_eq!(blocked_reason(&v), "ResourcesAboveTrustLevel");
+        let slow = Limits {
+            max_timeout_ms: Some(100),
+            max_timeout: Some("100ms".into()),
+            ..open_limits()
+        };
+        let v = plan(&plugin(HELLO), &fetched(manifest("")), Some(&slow)).permissions_approved;
+        assert_eq!(blocked_reason(&v), "TimeoutAboveTrustLevel");
+    }
+}

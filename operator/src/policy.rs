@@ -1,0 +1,213 @@
+//! Which `PluginTrustPolicy` objects govern a namespace, and what they allow at a trust level.
+//!
+//! Several policies may select one namespace. The most restrictive answer wins: a level allows
+//! running unsigned plugins only if every selecting policy says so, permissions are the
+//! intersection, and each cap is the smallest one set. A level missing from any selecting policy
+//! allows nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use airlock_crds::trust_policy::{TrustLevel, TrustLevelLimits};
+use airlock_crds::{Permission, PluginTrustPolicy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::quantity;
+
+/// Does `selector` match `labels`? An absent selector matches everything.
+pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    let Some(sel) = selector else { return true };
+    let labels_ok = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            // An operator the API server would have rejected: select nothing (fail closed).
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// The policies that govern a namespace with these labels.
+pub fn governing<'a>(
+    policies: &'a [PluginTrustPolicy],
+    namespace_labels: &BTreeMap<String, String>,
+) -> Vec<&'a PluginTrustPolicy> {
+    policies
+        .iter()
+        .filter(|p| selects(p.spec.namespaces.as_ref(), namespace_labels))
+        .collect()
+}
+
+/// What a plugin at one trust level may have, combined over every governing policy.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Limits {
+    pub allow_unsigned: bool,
+    pub permissions: BTreeSet<Permission>,
+    pub max_cpu_millis: Option<u64>,
+    pub max_memory_bytes: Option<u64>,
+    /// Original spellings, for messages.
+    pub max_cpu: Option<String>,
+    pub max_memory: Option<String>,
+    pub max_timeout_ms: Option<u64>,
+    pub max_timeout: Option<String>,
+}
+
+/// Combines the limits of `level` over `policies` (most restrictive wins). `None` when no policy
+/// governs the namespace. Caps that do not parse are treated as 0, so a typo never widens access.
+pub fn limits(policies: &[&PluginTrustPolicy], level: TrustLevel) -> Option<Limits> {
+    let mut iter = policies.iter();
+    let first = iter.next()?;
+    let mut acc = one(first.spec.trust_levels.get(&level));
+    for p in iter {
+        let l = one(p.spec.trust_levels.get(&level));
+        acc.allow_unsigned &= l.allow_unsigned;
+        acc.permissions = acc
+            .permissions
+            .intersection(&l.permissions)
+            .copied()
+            .collect();
+        (acc.max_cpu_millis, acc.max_cpu) =
+            min_cap(acc.max_cpu_millis, acc.max_cpu, l.max_cpu_millis, l.max_cpu);
+        (acc.max_memory_bytes, acc.max_memory) = min_cap(
+            acc.max_memory_bytes,
+            acc.max_memory,
+            l.max_memory_bytes,
+            l.max_memory,
+        );
+        (acc.max_timeout_ms, acc.max_timeout) = min_cap(
+            acc.max_timeout_ms,
+            acc.max_timeout,
+            l.max_timeout_ms,
+            l.max_timeout,
+        );
+    }
+    Some(acc)
+}
+
+fn one(level: Option<&TrustLevelLimits>) -> Limits {
+    let Some(l) = level else {
+        // Not configured at this level: nothing allowed.
+        return Limits {
+            max_cpu_millis: Some(0),
+            max_memory_bytes: Some(0),
+            max_timeout_ms: Some(0),
+            max_cpu: Some("0 (level not configured)".into()),
+            max_memory: Some("0 (level not configured)".into()),
+            max_timeout: Some("0 (level not configured)".into()),
+            ..Default::default()
+        };
+    };
+    Limits {
+        allow_unsigned: l.allow_unsigned,
+        permissions: l.permissions.iter().copied().collect(),
+        max_cpu_millis: l
+            .max_cpu
+            .as_deref()
+            .map(|v| quantity::cpu_millis(v).unwrap_or(0)),
+        max_memory_bytes: l
+            .max_memory
+            .as_deref()
+            .map(|v| quantity::memory_bytes(v).unwrap_or(0)),
+        max_timeout_ms: l
+            .max_timeout
+            .as_deref()
+            .map(|v| duration_ms(v).unwrap_or(0)),
+        max_cpu: l.max_cpu.clone(),
+        max_memory: l.max_memory.clone(),
+        max_timeout: l.max_timeout.clone(),
+    }
+}
+
+fn min_cap(
+    a: Option<u64>,
+    a_text: Option<String>,
+    b: Option<u64>,
+    b_text: Option<String>,
+) -> (Option<u64>, Option<String>) {
+    match (a, b) {
+        (Some(x), Some(y)) if y < x => (b, b_text),
+        (Some(_), _) => (a, a_text),
+        (None, _) => (b, b_text),
+    }
+}
+
+/// "200ms" → 200, "2s" → 2000 (the spellings the CRD allows).
+pub fn duration_ms(value: &str) -> Option<u64> {
+    if let Some(ms) = value.strip_suffix("ms") {
+        ms.parse().ok()
+    } else if let Some(s) = value.strip_suffix('s') {
+        s.parse::<u64>().ok().map(|s| s * 1000)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> PluginTrustPolicy {
+        serde_yaml::from_str(yaml).expect("policy parses")
+    }
+
+    const TEAM: &str = r#"
+apiVersion: airlock.dev/v1alpha1
+kind: PluginTrustPolicy
+metadata: {name: team}
+spec:
+  keys: []
+  namespaces: {matchLabels: {team: a}}
+  trustLevels:
+    Untrusted: {allowUnsigned: true, maxMemory: 128Mi, maxTimeout: 2s, permissions: [log, storage:read]}
+"#;
+    const STRICT: &str = r#"
+apiVersion: airlock.dev/v1alpha1
+kind: PluginTrustPolicy
+metadata: {name: strict}
+spec:
+  keys: []
+  trustLevels:
+    Untrusted: {allowUnsigned: false, maxMemory: 64Mi, permissions: [log]}
+"#;
+
+    #[test]
+    fn a_policy_governs_only_the_namespaces_it_selects() {
+        let all = [policy(TEAM)];
+        let a = BTreeMap::from([("team".to_string(), "a".to_string())]);
+        let b = BTreeMap::from([("team".to_string(), "b".to_string())]);
+        assert_eq!(governing(&all, &a).len(), 1);
+        assert!(governing(&all, &b).is_empty());
+        assert!(limits(&governing(&all, &b), TrustLevel::Untrusted).is_none());
+    }
+
+    #[test]
+    fn the_most_restrictive_policy_wins() {
+        let all = [policy(TEAM), policy(STRICT)];
+        let a = BTreeMap::from([("team".to_string(), "a".to_string())]);
+        let l = limits(&governing(&all, &a), TrustLevel::Untrusted).expect("governed");
+        assert!(!l.allow_unsigned);
+        assert_eq!(l.permissions, BTreeSet::from([Permission::Log]));
+        assert_eq!(l.max_memory_bytes, Some(64 << 20));
+        assert_eq!(l.max_memory.as_deref(), Some("64Mi"));
+        assert_eq!(l.max_timeout_ms, Some(2000));
+    }
+
+    #[test]
+    fn a_level_no_policy_configures_allows_nothing() {
+        let all = [policy(TEAM)];
+        let a = BTreeMap::from([("team".to_string(), "a".to_string())]);
+        let l = limits(&governing(&all, &a), TrustLevel::Trusted).expect("governed");
+        assert!(!l.allow_unsigned);
+        assert!(l.permissions.is_empty());
+        assert_eq!(l.max_memory_bytes, Some(0));
+    }
+}
