@@ -5,3 +5,4 @@ pub mod build;
 pub mod plan;
 pub mod policy;
 pub mod quantity;
+pub mod status;

@@ -1,0 +1,372 @@
+//! Status step of the reconcile pipeline (pure): from the plan and what the cluster reports about
+//! the applied Deployment, the next `Plugin.status` — kstatus-compatible conditions with
+//! `observedGeneration`, CamelCase reasons and messages that say what to do — and the list of
+//! transitions that deserve an Event and an audit record.
+//!
+//! A condition keeps its `lastTransitionTime` while its status does not change, so re-running a
+//! reconcile on an unchanged world produces an identical status and the controller writes nothing.
+
+use airlock_crds::Plugin;
+use airlock_crds::plugin::{PluginPhase, PluginStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::plan::{Plan, Verdict};
+
+pub const VERIFIED: &str = "Verified";
+pub const PERMISSIONS_APPROVED: &str = "PermissionsApproved";
+pub const COMPATIBLE: &str = "Compatible";
+pub const READY: &str = "Ready";
+
+/// What the cluster says about the plugin's Deployment after the apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollout {
+    pub revision: String,
+    pub desired_replicas: i32,
+    pub ready_replicas: i32,
+    pub updated_replicas: i32,
+    /// The Deployment controller has seen the current spec.
+    pub observed: bool,
+    /// `Progressing=False, reason ProgressDeadlineExceeded`.
+    pub deadline_exceeded: bool,
+}
+
+/// Why a reconcile could not get as far as a plan (fetching the bundle or image failed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchFailure {
+    pub condition: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub enum Outcome<'a> {
+    /// Image or bundle could not be fetched or read.
+    FetchFailed(&'a FetchFailure),
+    /// A plan was made; `rollout` is the applied Deployment's state when the plan rolled out.
+    Planned(&'a Plan, Option<&'a Rollout>),
+}
+
+/// One change worth telling the user about (Event + audit record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub condition: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub warning: bool,
+}
+
+pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> PluginStatus {
+    let prev = plugin.status.clone().unwrap_or_default();
+    let generation = plugin.metadata.generation;
+    let mut status = PluginStatus {
+        observed_generation: generation,
+        image_digest: prev.image_digest.clone(),
+        bundle_digest: prev.bundle_digest.clone(),
+        trust_level: prev.trust_level.clone(),
+        current_revision: prev.current_revision.clone(),
+        last_good_revision: prev.last_good_revision.clone(),
+        hooks: prev.hooks.clone(),
+        ..Default::default()
+    };
+    let mut set = |ty: &str, ok: bool, reason: &str, message: String| {
+        status
+            .conditions
+            .push(condition(&prev, ty, ok, reason, message, generation, now));
+    };
+    let phase;
+    match outcome {
+        Outcome::FetchFailed(f) => {
+            set(f.condition, false, f.reason, f.message.clone());
+            set(READY, false, f.reason, f.message.clone());
+            phase = PluginPhase::Failed;
+        }
+        Outcome::Planned(plan, rollout) => {
+            for (ty, verdict) in [
+                (COMPATIBLE, &plan.compatible),
+                (VERIFIED, &plan.verified),
+                (PERMISSIONS_APPROVED, &plan.permissions_approved),
+            ] {
+                match verdict {
+                    Verdict::Ok { reason, message } => set(ty, true, reason, message.clone()),
+                    Verdict::Blocked { reason, message } => set(ty, false, reason, message.clone()),
+                }
+            }
+            let blocked = [&plan.compatible, &plan.verified, &plan.permissions_approved]
+                .into_iter()
+                .find_map(|v| match v {
+                    Verdict::Blocked { reason, message } => Some((*reason, message.clone())),
+                    Verdict::Ok { .. } => None,
+                });
+            match (blocked, plan.rollout.as_ref(), rollout) {
+                (Some((reason, message)), _, _) => {
+                    set(READY, false, reason, format!("not rolled out: {message}"));
+                    phase = PluginPhase::Failed;
+                }
+                (None, Some(planned), Some(applied)) => {
+                    status.image_digest = Some(planned.image_digest.clone());
+                    status.bundle_digest = Some(planned.bundle_digest.clone());
+                    status.trust_level = Some(format!("{:?}", plan.trust_level));
+                    status.current_revision = Some(planned.revision.clone());
+                    status.hooks = plugin
+                        .spec
+                        .hooks
+                        .iter()
+                        .map(|h| h.name.as_str().to_string())
+                        .collect();
+                    phase = ready(plugin, applied, &mut status, &prev, generation, now);
+                }
+                (None, _, _) => {
+                    set(READY, false, "Pending", "waiting for the rollout".into());
+                    phase = PluginPhase::Pending;
+                }
+            }
+        }
+    }
+    status.phase = Some(phase);
+    status
+}
+
+fn ready(
+    plugin: &Plugin,
+    applied: &Rollout,
+    status: &mut PluginStatus,
+    prev: &PluginStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> PluginPhase {
+    let (ok, reason, message, phase) = if !plugin.spec.enabled {
+        (
+            true,
+            "Disabled",
+            "spec.enabled is false: no pods run; storage and status are kept".to_string(),
+            PluginPhase::Disabled,
+        )
+    } else if applied.deadline_exceeded {
+        (
+            false,
+            "ProgressDeadlineExceeded",
+            format!(
+                "revision {} did not become ready within its progress deadline; check the plugin pod's events and logs",
+                applied.revision
+            ),
+            PluginPhase::Degraded,
+        )
+    } else if applied.observed
+        && applied.ready_replicas >= applied.desired_replicas
+        && applied.updated_replicas >= applied.desired_replicas
+    {
+        status.last_good_revision = Some(applied.revision.clone());
+        (
+            true,
+            "Active",
+            format!(
+                "revision {} is serving on {} pod(s)",
+                applied.revision, applied.ready_replicas
+            ),
+            PluginPhase::Active,
+        )
+    } else {
+        (
+            false,
+            "Deploying",
+            format!(
+                "revision {}: {}/{} pod(s) ready",
+                applied.revision, applied.ready_replicas, applied.desired_replicas
+            ),
+            PluginPhase::Deploying,
+        )
+    };
+    status
+        .conditions
+        .push(condition(prev, READY, ok, reason, message, generation, now));
+    phase
+}
+
+fn condition(
+    prev: &PluginStatus,
+    ty: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_string();
+    let last_transition_time = prev
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ty && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: ty.into(),
+        status,
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Conditions whose status or reason changed, and a phase change; each gets an Event and an audit
+/// record. Message-only changes (e.g. a ready-pod count) are not transitions.
+pub fn transitions(prev: Option<&PluginStatus>, next: &PluginStatus) -> Vec<Transition> {
+    let mut out = Vec::new();
+    for c in &next.conditions {
+        let before = prev.and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_));
+        if before.is_none_or(|b| b.status != c.status || b.reason != c.reason) {
+            out.push(Transition {
+                condition: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                warning: c.status == "False",
+            });
+        }
+    }
+    let prev_phase = prev.and_then(|p| p.phase);
+    if prev_phase != next.phase
+        && let Some(phase) = next.phase
+    {
+        out.push(Transition {
+            condition: "Phase".into(),
+            status: format!("{phase:?}"),
+            reason: format!("{phase:?}"),
+            message: format!(
+                "phase {} -> {phase:?}",
+                prev_phase.map_or("none".to_string(), |p| format!("{p:?}"))
+            ),
+            warning: matches!(phase, PluginPhase::Failed | PluginPhase::Degraded),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::{HELLO, plugin};
+    use crate::plan::Verdict;
+
+    fn ok_plan() -> Plan {
+        Plan {
+            compatible: Verdict::Ok {
+                reason: "Compatible",
+                message: "ok".into(),
+            },
+            verified: Verdict::Ok {
+                reason: "UnsignedAllowed",
+                message: "ok".into(),
+            },
+            permissions_approved: Verdict::Ok {
+                reason: "Approved",
+                message: "ok".into(),
+            },
+            trust_level: airlock_crds::TrustLevel::Untrusted,
+            rollout: Some(crate::build::test_support::rollout()),
+        }
+    }
+
+    fn applied(ready: i32) -> Rollout {
+        Rollout {
+            revision: "r1a2b3c4d".into(),
+            desired_replicas: 1,
+            ready_replicas: ready,
+            updated_replicas: 1,
+            observed: true,
+            deadline_exceeded: false,
+        }
+    }
+
+    fn cond<'a>(s: &'a PluginStatus, ty: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == ty)
+            .expect("condition")
+    }
+
+    #[test]
+    fn ready_pods_make_the_plugin_active_and_the_revision_good() {
+        let p = plugin(HELLO);
+        let plan = ok_plan();
+        let s = next_status(
+            &p,
+            Outcome::Planned(&plan, Some(&applied(1))),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(s.phase, Some(PluginPhase::Active));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(cond(&s, READY).observed_generation, Some(3));
+        assert_eq!(s.last_good_revision.as_deref(), Some("r1a2b3c4d"));
+        assert_eq!(s.hooks, vec!["transform".to_string()]);
+    }
+
+    #[test]
+    fn an_unchanged_world_gives_an_identical_status() {
+        let mut p = plugin(HELLO);
+        let plan = ok_plan();
+        let first = next_status(
+            &p,
+            Outcome::Planned(&plan, Some(&applied(1))),
+            Timestamp::UNIX_EPOCH,
+        );
+        p.status = Some(first.clone());
+        let later = Timestamp::from_second(1_000_000).expect("valid");
+        let second = next_status(&p, Outcome::Planned(&plan, Some(&applied(1))), later);
+        assert_eq!(first, second, "no write, no hot loop");
+        assert!(transitions(Some(&first), &second).is_empty());
+    }
+
+    #[test]
+    fn a_blocked_plan_is_failed_and_says_why() {
+        let p = plugin(HELLO);
+        let mut plan = ok_plan();
+        plan.permissions_approved = Verdict::Blocked {
+            reason: "NotDeclaredBySigner",
+            message: "spec.permissions asks for storage:write ...".into(),
+        };
+        plan.rollout = None;
+        let s = next_status(&p, Outcome::Planned(&plan, None), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, Some(PluginPhase::Failed));
+        let c = cond(&s, PERMISSIONS_APPROVED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NotDeclaredBySigner")
+        );
+        let r = cond(&s, READY);
+        assert_eq!(r.reason, "NotDeclaredBySigner");
+        assert!(r.message.contains("spec.permissions"));
+        let t = transitions(None, &s);
+        assert!(
+            t.iter()
+                .any(|t| t.condition == PERMISSIONS_APPROVED && t.warning)
+        );
+    }
+
+    #[test]
+    fn disabled_is_ready_with_no_pods() {
+        let mut p = plugin(HELLO);
+        p.spec.enabled = false;
+        let plan = ok_plan();
+        let mut a = applied(0);
+        a.desired_replicas = 0;
+        let s = next_status(&p, Outcome::Planned(&plan, Some(&a)), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, Some(PluginPhase::Disabled));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, READY).reason, "Disabled");
+    }
+
+    #[test]
+    fn a_missed_deadline_is_degraded() {
+        let p = plugin(HELLO);
+        let plan = ok_plan();
+        let mut a = applied(0);
+        a.deadline_exceeded = true;
+        let s = next_status(&p, Outcome::Planned(&plan, Some(&a)), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, Some(PluginPhase::Degraded));
+        assert_eq!(cond(&s, READY).reason, "ProgressDeadlineExceeded");
+    }
+}
