@@ -109,7 +109,7 @@ build_cosign() {
 }
 # cri-tools is missing from the checksum database's mirror here; the module proxy still serves it.
 build_crictl() {
-  go_install crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools sigs.k8s.io/cri-tools/cmd/crictl \
+  GO_REPLACES=$CRICTL_GO_REPLACES go_install crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools sigs.k8s.io/cri-tools/cmd/crictl \
     CGO_ENABLED=0 GONOSUMDB=sigs.k8s.io/cri-tools
 }
 

@@ -1,8 +1,82 @@
 //! The Airlock operator: the `Plugin` controller (fetch → validate → verify → build → apply →
 //! status), image and bundle verification, the hook router, audit stream and metrics.
 
+pub mod audit;
 pub mod build;
+pub mod config;
+pub mod controller;
+pub mod fetch;
+pub mod http;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod quantity;
 pub mod status;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(
+        "cannot reach the Kubernetes API ({0}); check the in-cluster service account or KUBECONFIG"
+    )]
+    Kube(#[from] kube::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("HTTP endpoint on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Starts the operator and runs it until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    init_tracing(config.log_json);
+    let build = config.build_config().map_err(StartError::Config)?;
+    let client = kube::Client::try_default().await?;
+    let metrics = metrics::Metrics::new()?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let http = {
+        let (addr, metrics, ready) = (config.http_addr, metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            http::serve(addr, metrics, ready)
+                .await
+                .map_err(|source| StartError::Http { addr, source })
+        })
+    };
+    let ctx = Arc::new(controller::Context::new(
+        client,
+        build,
+        fetch::Registry::new(config.insecure_registries.clone()),
+        metrics,
+        config.max_bundle_bytes,
+    ));
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("airlock operator started");
+    tokio::select! {
+        _ = controller::run(ctx) => Ok(()),
+        res = http => match res {
+            Ok(Err(e)) => Err(e),
+            _ => Ok(()),
+        },
+    }
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

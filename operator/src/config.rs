@@ -1,0 +1,73 @@
+//! Configuration of the operator process: flags (and their environment variables).
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+use crate::build::BuildConfig;
+
+/// Airlock operator: verifies and runs Plugins as sandboxed workloads.
+#[derive(Parser, Debug, Clone)]
+#[command(version)]
+pub struct Config {
+    /// Image of the plugin shim (pin it by digest), copied into every plugin pod.
+    #[arg(long, env = "AIRLOCK_SHIM_IMAGE")]
+    pub shim_image: String,
+    /// Namespace of the hook router: the only place plugin pods accept connections from.
+    #[arg(
+        long,
+        env = "AIRLOCK_ROUTER_NAMESPACE",
+        default_value = "airlock-system"
+    )]
+    pub router_namespace: String,
+    /// Label (key=value) selecting the router's pods; repeat for several.
+    #[arg(
+        long = "router-label",
+        default_value = "app.kubernetes.io/name=airlock-router"
+    )]
+    pub router_labels: Vec<String>,
+    /// Registries (host:port) reached over plain HTTP instead of HTTPS, e.g. a local test registry.
+    #[arg(
+        long = "insecure-registry",
+        env = "AIRLOCK_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// Seconds a new revision has to become Ready.
+    #[arg(long, default_value_t = 120)]
+    pub progress_deadline_seconds: i32,
+    /// Localhost seccomp profile for plugin pods (relative to the kubelet's seccomp root);
+    /// unset: RuntimeDefault.
+    #[arg(long)]
+    pub seccomp_localhost_profile: Option<String>,
+    /// Largest bundle accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_bundle_bytes: u64,
+    /// Address of the HTTP endpoints /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Log as JSON lines (for log collectors) instead of text.
+    #[arg(long, env = "AIRLOCK_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Config {
+    pub fn build_config(&self) -> Result<BuildConfig, String> {
+        let router_pod_labels = self
+            .router_labels
+            .iter()
+            .map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| format!("--router-label {l:?}: expected key=value"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(BuildConfig {
+            shim_image: self.shim_image.clone(),
+            router_namespace: self.router_namespace.clone(),
+            router_pod_labels,
+            progress_deadline_seconds: self.progress_deadline_seconds,
+            seccomp_localhost_profile: self.seccomp_localhost_profile.clone(),
+        })
+    }
+}

@@ -1,0 +1,350 @@
+//! The `Plugin` controller: watches Plugins, the children they own and trust policies, and runs
+//! the reconcile pipeline fetch → validate ([`crate::plan`]) → build ([`crate::build`]) → apply →
+//! status ([`crate::status`]). Invalid specs wait for a change; transient errors back off.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_crds::{Plugin, PluginTrustPolicy};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::build::{self, BuildConfig, FIELD_MANAGER};
+use crate::fetch::{self, Registry};
+use crate::metrics::Metrics;
+use crate::plan::{self, Plan};
+use crate::status::{self, Outcome};
+use crate::{audit, policy};
+
+pub const FINALIZER: &str = "airlock.dev/cleanup";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("Plugin has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// Stable label for the errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// Everything a reconcile needs; shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub build: BuildConfig,
+    pub registry: Arc<Registry>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub max_bundle_bytes: u64,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("build", &self.build)
+            .finish()
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        build: BuildConfig,
+        registry: Registry,
+        metrics: Metrics,
+        max_bundle_bytes: u64,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "airlock-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            build,
+            registry: Arc::new(registry),
+            metrics,
+            max_bundle_bytes,
+        }
+    }
+}
+
+/// Runs the controller until the process is asked to stop.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let plugins: Api<Plugin> = Api::all(client.clone());
+    let policies: Api<PluginTrustPolicy> = Api::all(client.clone());
+    let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=airlock");
+    let plugin_store_for_policies = Controller::new(plugins.clone(), watcher::Config::default());
+    let store = plugin_store_for_policies.store();
+    plugin_store_for_policies
+        .owns(Api::<Deployment>::all(client.clone()), cfg.clone())
+        .owns(Api::<Service>::all(client.clone()), cfg.clone())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), cfg.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), cfg.clone())
+        // A trust policy change can block or unblock any plugin: re-check them all.
+        .watches(policies, watcher::Config::default(), move |_policy| {
+            store
+                .state()
+                .iter()
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(_plugin: Arc<Plugin>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(error.metric_label());
+    Action::requeue(Duration::from_secs(10))
+}
+
+#[instrument(skip_all, fields(plugin = %plugin.name_any(), namespace = plugin.namespace().unwrap_or_default()))]
+async fn reconcile(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, plugin, |event| async {
+        match event {
+            Finalizer::Apply(p) => apply(&p, &ctx).await,
+            Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics.observe_reconcile(started.elapsed());
+    result
+}
+
+async fn apply(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let client = &ctx.client;
+
+    // Fetch.
+    let namespace = Api::<Namespace>::all(client.clone()).get(&ns).await?;
+    let ns_labels: BTreeMap<String, String> = namespace.labels().clone();
+    let policies = Api::<PluginTrustPolicy>::all(client.clone())
+        .list(&Default::default())
+        .await?
+        .items;
+    let fetched = fetch::fetch(client, &ctx.registry, plugin, ctx.max_bundle_bytes).await;
+
+    let (next, requeue) = match &fetched {
+        Err(failure) => (
+            status::next_status(plugin, Outcome::FetchFailed(failure), Timestamp::now()),
+            Duration::from_secs(30),
+        ),
+        Ok(fetched) => {
+            // Validate.
+            let governing = policy::governing(&policies, &ns_labels);
+            let level = fetched
+                .signed_by
+                .as_ref()
+                .map(|(_, l)| *l)
+                .unwrap_or(airlock_crds::TrustLevel::Untrusted);
+            let limits = policy::limits(&governing, level);
+            let plan = plan::plan(plugin, fetched, limits.as_ref());
+            // Build + apply.
+            let applied = match &plan.rollout {
+                Some(rollout) => Some(apply_children(plugin, rollout, ctx).await?),
+                None => None,
+            };
+            let next = status::next_status(
+                plugin,
+                Outcome::Planned(&plan, applied.as_ref()),
+                Timestamp::now(),
+            );
+            (next, requeue_after(&plan, applied.as_ref()))
+        }
+    };
+    record_status(plugin, next, ctx).await?;
+    Ok(Action::requeue(requeue))
+}
+
+fn requeue_after(plan: &Plan, applied: Option<&status::Rollout>) -> Duration {
+    match (plan.rollout.as_ref(), applied) {
+        // Changes of the owned Deployment wake us up; this is only a safety net.
+        (Some(_), Some(a)) if a.ready_replicas < a.desired_replicas => Duration::from_secs(15),
+        (Some(_), _) => Duration::from_secs(300),
+        // Blocked: the user must change something; spec and policy changes wake us up.
+        (None, _) => Duration::from_secs(300),
+    }
+}
+
+async fn apply_children(
+    plugin: &Plugin,
+    rollout: &build::Rollout,
+    ctx: &Context,
+) -> Result<status::Rollout, Error> {
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let client = &ctx.client;
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let sa = build::service_account::service_account(plugin);
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .patch(&name_of(&sa), &pp, &Patch::Apply(&sa))
+        .await?;
+    let secret = build::bundle_secret::bundle_secret(plugin, rollout);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    // Immutable and named by digest: once it exists it is already right.
+    if secrets.get_opt(&name_of(&secret)).await?.is_none() {
+        secrets
+            .patch(&name_of(&secret), &pp, &Patch::Apply(&secret))
+            .await?;
+    }
+    let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
+    Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+        .patch(&name_of(&np), &pp, &Patch::Apply(&np))
+        .await?;
+    let svc = build::service::service(plugin);
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .patch(&name_of(&svc), &pp, &Patch::Apply(&svc))
+        .await?;
+    let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
+    let applied = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .patch(&name_of(&deploy), &pp, &Patch::Apply(&deploy))
+        .await?;
+    Ok(observe(&applied, &rollout.revision))
+}
+
+fn name_of<K: Resource>(obj: &K) -> String {
+    obj.meta().name.clone().unwrap_or_default()
+}
+
+/// What the Deployment's status says about the revision just applied.
+fn observe(d: &Deployment, revision: &str) -> status::Rollout {
+    let generation = d.metadata.generation.unwrap_or_default();
+    let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let deadline_exceeded = st.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    status::Rollout {
+        revision: revision.to_string(),
+        desired_replicas: spec_replicas,
+        ready_replicas: st.ready_replicas.unwrap_or_default(),
+        updated_replicas: st.updated_replicas.unwrap_or_default(),
+        observed: st.observed_generation.unwrap_or_default() >= generation,
+        deadline_exceeded,
+    }
+}
+
+/// Events and audit records for every transition, then the status itself — only if it changed.
+async fn record_status(
+    plugin: &Plugin,
+    next: airlock_crds::plugin::PluginStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    if plugin.status.as_ref() == Some(&next) {
+        return Ok(());
+    }
+    let transitions = status::transitions(plugin.status.as_ref(), &next);
+    let now = Timestamp::now();
+    for t in &transitions {
+        audit::emit(&audit::record(plugin, &next, t, now));
+        let event = Event {
+            type_: if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: t.reason.clone(),
+            note: Some(truncate(&t.message, 1000)),
+            action: t.condition.clone(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &plugin.object_ref(&())).await {
+            // An Event is a courtesy; the status and the audit record carry the same facts.
+            warn!(error = %e, "could not publish an Event");
+        }
+    }
+    if !transitions.is_empty() {
+        info!(phase = ?next.phase, "status changed");
+    }
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let patch = json!({
+        "apiVersion": "airlock.dev/v1alpha1",
+        "kind": "Plugin",
+        "status": next,
+    });
+    Api::<Plugin>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &plugin.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.metrics.set_phase(plugin, &next);
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Deletion: children go with their owner (garbage collection); record it before letting go.
+async fn cleanup(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
+    let status = plugin.status.clone().unwrap_or_default();
+    let t = status::Transition {
+        condition: "Deleted".into(),
+        status: "True".into(),
+        reason: "Deleted".into(),
+        message: "the Plugin was deleted: its pods, Service, NetworkPolicy, ServiceAccount and bundle Secrets are removed".into(),
+        warning: false,
+    };
+    audit::emit(&audit::record(plugin, &status, &t, Timestamp::now()));
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Deleted".into(),
+        note: Some(t.message.clone()),
+        action: "Delete".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &plugin.object_ref(&())).await {
+        warn!(error = %e, "could not publish an Event");
+    }
+    ctx.metrics.forget(plugin);
+    Ok(Action::await_change())
+}

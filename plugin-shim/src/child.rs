@@ -1,0 +1,554 @@
+//! The plugin process: starting it, talking to it (see [`crate::protocol`]) and replacing it.
+//!
+//! Owns exactly one child process at a time. The child runs the manifest's entry point with a
+//! clean environment (`PATH` and `AIRLOCK_BUNDLE_DIR` only), in the bundle directory, in a
+//! process group of its own so that everything it forks can be killed with it. Invocations are
+//! serialised (one in flight per child). A child that misses its deadline, answers with more than
+//! the output limit or breaks the protocol is killed (SIGKILL to the whole group) and replaced
+//! right away; a child that exited by itself is replaced on the next call. Every replacement is
+//! counted. Publishes whether the plugin is ready (started and answered) on a watch channel.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{debug, info, warn};
+
+use crate::manifest::Hook;
+use crate::protocol::{self, MAX_LINE_BYTES};
+
+/// The only `PATH` the plugin process sees.
+pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// How to start the plugin process.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    /// The entry point: program and arguments. A program with a `/` in it that is not absolute is
+    /// relative to the bundle directory; a bare name is looked up in [`CHILD_PATH`].
+    pub argv: Vec<String>,
+    /// The unpacked bundle: the child's working directory and `AIRLOCK_BUNDLE_DIR`.
+    pub bundle_dir: PathBuf,
+    /// Whether to send `onLoad` after each start (and only then report ready).
+    pub on_load: bool,
+    /// Whether to send `onUnload` before stopping.
+    pub on_unload: bool,
+    /// How long `onLoad` and `onUnload` may take.
+    pub lifecycle_timeout: Duration,
+}
+
+/// The answer to one invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The plugin's output: JSON text exactly as the plugin wrote it, on one line.
+    pub output: String,
+    /// Time from writing the request to reading the answer.
+    pub duration: Duration,
+}
+
+/// Why an invocation produced no output.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The plugin did not answer in time; it was killed and is being replaced.
+    #[error(
+        "the plugin did not answer within {} ms; its processes were killed and it is being restarted",
+        .0.as_millis()
+    )]
+    Timeout(Duration),
+    /// The deadline passed before the plugin was free to take the call.
+    #[error(
+        "the deadline of {} ms passed before the plugin could take the call (a previous call or \
+         a start of the plugin process was still in progress)",
+        .0.as_millis()
+    )]
+    QueueTimeout(Duration),
+    /// The entry point could not be started.
+    #[error("the plugin process could not be started ({program}): {source}")]
+    Spawn {
+        /// The program that was started.
+        program: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The plugin process is gone.
+    #[error("the plugin process exited ({status}); it will be restarted on the next call")]
+    Exited {
+        /// Exit status, as far as it is known.
+        status: String,
+    },
+    /// `onLoad` failed, so the new process is not used.
+    #[error("the plugin's onLoad hook failed: {0}")]
+    LoadFailed(Box<InvokeError>),
+    /// The plugin answered `"ok": false`.
+    #[error("{0}")]
+    Plugin(String),
+    /// The plugin's answer was over the limit; it was killed and is being replaced.
+    #[error("the plugin's answer is larger than {MAX_LINE_BYTES} bytes; it is being restarted")]
+    OutputTooLarge,
+    /// The plugin broke the protocol; it was killed and is being replaced.
+    #[error("the plugin broke the shim protocol ({0}); it is being restarted")]
+    Protocol(String),
+}
+
+/// The lock on the plugin process slot, held for a whole invocation.
+type Slot = OwnedMutexGuard<Option<Running>>;
+
+/// Runs invocations on the plugin process, starting and replacing it as needed.
+#[derive(Debug)]
+pub struct Supervisor {
+    spec: ChildSpec,
+    slot: Arc<Mutex<Option<Running>>>,
+    starts: AtomicU64,
+    ready: watch::Sender<bool>,
+}
+
+impl Supervisor {
+    /// A supervisor that has not started the plugin yet; see [`Supervisor::warm_up`].
+    pub fn new(spec: ChildSpec) -> Arc<Self> {
+        Arc::new(Self {
+            spec,
+            slot: Arc::new(Mutex::new(None)),
+            starts: AtomicU64::new(0),
+            ready: watch::Sender::new(false),
+        })
+    }
+
+    /// Whether the plugin started and answered (`onLoad`, when it has one). Changes when the
+    /// plugin is restarted.
+    pub fn subscribe_ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// How many times the plugin process was started again after the first start.
+    pub fn restarts(&self) -> u64 {
+        self.starts.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// Starts the plugin if it is not running. Without an `onLoad` hook there is nothing to ask
+    /// it, so it counts as started once it is still running after a short grace period.
+    pub async fn warm_up(&self) -> Result<(), InvokeError> {
+        let mut slot = self.slot.lock().await;
+        self.ensure_running(&mut slot, self.spec.on_load).await?;
+        if !self.spec.on_load {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(running) = slot.as_mut()
+                && let Some(status) = running.exited()
+            {
+                *slot = None;
+                self.ready.send_replace(false);
+                return Err(InvokeError::Exited { status });
+            }
+            self.ready.send_replace(true);
+        }
+        Ok(())
+    }
+
+    /// Runs `hook` on `payload_json` (valid JSON) within `deadline` from now, queueing and a
+    /// plugin (re)start included.
+    ///
+    /// Callers must not drop this future before it finishes (run it in its own task): a request
+    /// abandoned between write and read would leave its answer for the next call.
+    #[tracing::instrument(level = "debug", skip(self, payload_json), fields(restarts))]
+    pub async fn invoke(
+        self: &Arc<Self>,
+        hook: &str,
+        payload_json: &str,
+        invocation_id: &str,
+        deadline: Duration,
+    ) -> Result<Answer, InvokeError> {
+        let until = Instant::now() + deadline;
+        let slot = timeout_at(until, Arc::clone(&self.slot).lock_owned())
+            .await
+            .map_err(|_| InvokeError::QueueTimeout(deadline))?;
+        let mut slot = self.running_by(slot, until, deadline).await?;
+        let result = self
+            .exchange_on(
+                &mut slot,
+                hook,
+                payload_json,
+                invocation_id,
+                until,
+                deadline,
+            )
+            .await;
+        if let Err(e) = &result {
+            let killed = matches!(
+                e,
+                InvokeError::Timeout(_) | InvokeError::OutputTooLarge | InvokeError::Protocol(_)
+            );
+            if killed {
+                // Dropping the handle kills the process group. Start the replacement now, in the
+                // background, so the next call does not pay for the start; it takes the lock, so
+                // calls queue behind it rather than seeing a half-started plugin.
+                *slot = None;
+                drop(slot);
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let mut slot = this.slot.lock().await;
+                    if let Err(e) = this.ensure_running(&mut slot, true).await {
+                        warn!(error = %e, "restarting the plugin failed; retrying on the next call");
+                    }
+                });
+            }
+            tracing::Span::current().record("restarts", self.restarts());
+        }
+        result
+    }
+
+    /// Returns the lock with a running, loaded plugin in it, starting one if needed. A start
+    /// runs in a task of its own with the lifecycle timeout: if it outlasts this call's deadline,
+    /// the call fails with DEADLINE_EXCEEDED but the start completes for the calls after it
+    /// (otherwise a plugin with a slow onLoad could never be restarted by short calls).
+    async fn running_by(
+        self: &Arc<Self>,
+        mut slot: Slot,
+        until: Instant,
+        deadline: Duration,
+    ) -> Result<Slot, InvokeError> {
+        if slot
+            .as_mut()
+            .is_some_and(|running| running.exited().is_none())
+        {
+            return Ok(slot);
+        }
+        let this = Arc::clone(self);
+        let start = tokio::spawn(async move {
+            let started = this.ensure_running(&mut slot, true).await.map(|_| ());
+            (slot, started)
+        });
+        match timeout_at(until, start).await {
+            Err(_) => Err(InvokeError::QueueTimeout(deadline)),
+            Ok(Err(join)) => Err(InvokeError::Exited {
+                status: format!("the start task failed: {join}"),
+            }),
+            Ok(Ok((_, Err(e)))) => Err(e),
+            Ok(Ok((slot, Ok(())))) => Ok(slot),
+        }
+    }
+
+    async fn exchange_on(
+        &self,
+        slot: &mut Option<Running>,
+        hook: &str,
+        payload_json: &str,
+        invocation_id: &str,
+        until: Instant,
+        deadline: Duration,
+    ) -> Result<Answer, InvokeError> {
+        let running = slot.as_mut().ok_or_else(|| InvokeError::Exited {
+            status: "not running".to_string(),
+        })?;
+        let remaining = until.saturating_duration_since(Instant::now());
+        let line = protocol::encode_request(
+            invocation_id,
+            hook,
+            payload_json,
+            remaining.as_millis() as u64,
+        );
+        let started = Instant::now();
+        let exchanged = match timeout_at(until, running.exchange(&line, invocation_id)).await {
+            Ok(exchanged) => exchanged,
+            Err(_) => return Err(InvokeError::Timeout(deadline)),
+        };
+        let duration = started.elapsed();
+        match exchanged {
+            Ok(Ok(output)) => Ok(Answer { output, duration }),
+            Ok(Err(message)) => Err(InvokeError::Plugin(message)),
+            Err(ExchangeError::Closed) => {
+                let status = running.exit_status().await;
+                *slot = None;
+                Err(InvokeError::Exited { status })
+            }
+            Err(ExchangeError::Fatal(e)) => Err(e),
+        }
+    }
+
+    /// Makes sure a plugin process is running and loaded, starting one if there is none or the
+    /// last one exited. A new process is reported ready if `mark_ready`; a failed start always
+    /// reports not ready.
+    async fn ensure_running<'a>(
+        &self,
+        slot: &'a mut Option<Running>,
+        mark_ready: bool,
+    ) -> Result<&'a mut Running, InvokeError> {
+        if let Some(running) = slot.as_mut()
+            && let Some(status) = running.exited()
+        {
+            warn!(%status, "the plugin process exited; restarting it");
+            *slot = None;
+        }
+        if slot.is_none() {
+            match self.start().await {
+                Ok(running) => {
+                    *slot = Some(running);
+                    if mark_ready {
+                        self.ready.send_replace(true);
+                    }
+                }
+                Err(e) => {
+                    self.ready.send_replace(false);
+                    return Err(e);
+                }
+            }
+        }
+        slot.as_mut().ok_or_else(|| InvokeError::Exited {
+            status: "not running".to_string(),
+        })
+    }
+
+    /// Spawns the plugin process and, if it has one, runs its `onLoad` hook within the
+    /// lifecycle timeout.
+    async fn start(&self) -> Result<Running, InvokeError> {
+        let mut running = self.spawn()?;
+        let n = self.starts.fetch_add(1, Ordering::Relaxed);
+        info!(
+            pid = running.pid,
+            restarts = n,
+            "started the plugin process"
+        );
+        if self.spec.on_load {
+            let limit = self.spec.lifecycle_timeout;
+            let id = format!("onload-{}", n + 1);
+            let line = protocol::encode_request(
+                &id,
+                Hook::OnLoad.as_str(),
+                "{}",
+                limit.as_millis() as u64,
+            );
+            let loaded = match timeout(limit, running.exchange(&line, &id)).await {
+                Err(_) => Err(InvokeError::Timeout(limit)),
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err(message))) => Err(InvokeError::Plugin(message)),
+                Ok(Err(ExchangeError::Closed)) => Err(InvokeError::Exited {
+                    status: running.exit_status().await,
+                }),
+                Ok(Err(ExchangeError::Fatal(e))) => Err(e),
+            };
+            // A failed onLoad drops (kills) the new process.
+            loaded.map_err(|e| InvokeError::LoadFailed(Box::new(e)))?;
+        }
+        Ok(running)
+    }
+
+    fn spawn(&self) -> Result<Running, InvokeError> {
+        let spawn_err = |program: &str, source| InvokeError::Spawn {
+            program: program.to_string(),
+            source,
+        };
+        let Some(program) = self.spec.argv.first() else {
+            return Err(spawn_err(
+                "",
+                io::Error::new(io::ErrorKind::InvalidInput, "the entry point is empty"),
+            ));
+        };
+        // A relative path with a slash means "in the bundle"; std leaves its resolution against
+        // the new working directory unspecified, so make it absolute.
+        let resolved = if program.contains('/') && !program.starts_with('/') {
+            self.spec.bundle_dir.join(program)
+        } else {
+            PathBuf::from(program)
+        };
+        let mut cmd = Command::new(&resolved);
+        cmd.args(&self.spec.argv[1..])
+            .env_clear()
+            .env("PATH", CHILD_PATH)
+            .env("AIRLOCK_BUNDLE_DIR", &self.spec.bundle_dir)
+            .current_dir(&self.spec.bundle_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // The plugin's log goes straight to the container log.
+            .stderr(Stdio::inherit())
+            // A group of its own, led by the child: killpg reaches everything it forks.
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| spawn_err(program, e))?;
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .unwrap_or(0);
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(spawn_err(
+                program,
+                io::Error::other("the child's stdin/stdout pipes are missing"),
+            ));
+        };
+        Ok(Running {
+            child,
+            pid,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout),
+        })
+    }
+
+    /// Runs `f` with the pid of the current plugin process (if any) while no process can be
+    /// started or replaced. An exited plugin process is reaped (by tokio) first.
+    pub(crate) async fn with_current_pid<T>(&self, f: impl FnOnce(Option<i32>) -> T) -> T {
+        let mut slot = self.slot.lock().await;
+        let pid = slot.as_mut().map(|running| {
+            let _ = running.exited();
+            running.pid
+        });
+        f(pid)
+    }
+
+    /// Stops the plugin: `onUnload` (if declared, within the lifecycle timeout), then closes its
+    /// stdin and gives it a moment to exit before killing its process group.
+    pub async fn shutdown(&self) {
+        let mut slot = self.slot.lock().await;
+        self.ready.send_replace(false);
+        let Some(mut running) = slot.take() else {
+            return;
+        };
+        if self.spec.on_unload && running.exited().is_none() {
+            let line = protocol::encode_request(
+                "onunload",
+                Hook::OnUnload.as_str(),
+                "{}",
+                self.spec.lifecycle_timeout.as_millis() as u64,
+            );
+            match timeout(
+                self.spec.lifecycle_timeout,
+                running.exchange(&line, "onunload"),
+            )
+            .await
+            {
+                Ok(Ok(Ok(_))) => debug!("onUnload done"),
+                Ok(Ok(Err(message))) => warn!(%message, "the plugin's onUnload hook failed"),
+                Ok(Err(e)) => warn!(error = %e.describe(), "the plugin's onUnload hook failed"),
+                Err(_) => warn!("the plugin's onUnload hook timed out"),
+            }
+        }
+        running.stdin = None;
+        if timeout(Duration::from_millis(500), running.child.wait())
+            .await
+            .is_err()
+        {
+            debug!("the plugin did not exit after its stdin closed; killing it");
+        }
+        // Dropping `running` kills whatever is left of the group.
+    }
+}
+
+/// A running plugin process.
+#[derive(Debug)]
+struct Running {
+    child: Child,
+    /// Also the process group id.
+    pid: i32,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+#[derive(Debug)]
+enum ExchangeError {
+    /// stdin or stdout closed: the process is (about to be) gone.
+    Closed,
+    /// The answer is unusable; the process must be replaced.
+    Fatal(InvokeError),
+}
+
+impl ExchangeError {
+    fn describe(&self) -> String {
+        match self {
+            ExchangeError::Closed => "the plugin process exited".to_string(),
+            ExchangeError::Fatal(e) => e.to_string(),
+        }
+    }
+}
+
+impl Running {
+    /// Writes one request line and reads one answer line for `id`.
+    async fn exchange(
+        &mut self,
+        line: &str,
+        id: &str,
+    ) -> Result<Result<String, String>, ExchangeError> {
+        let stdin = self.stdin.as_mut().ok_or(ExchangeError::Closed)?;
+        // A write error is a closed pipe (EPIPE): the child is gone.
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|_| ExchangeError::Closed)?;
+        stdin.flush().await.map_err(|_| ExchangeError::Closed)?;
+
+        let mut buf = Vec::new();
+        (&mut self.stdout)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+            .map_err(|_| ExchangeError::Closed)?;
+        if buf.last() != Some(&b'\n') {
+            return Err(if buf.len() > MAX_LINE_BYTES {
+                ExchangeError::Fatal(InvokeError::OutputTooLarge)
+            } else {
+                // EOF, possibly after part of a line.
+                ExchangeError::Closed
+            });
+        }
+        let text = std::str::from_utf8(&buf).map_err(|_| {
+            ExchangeError::Fatal(InvokeError::Protocol("the answer is not UTF-8".into()))
+        })?;
+        let response = protocol::parse_response(text).map_err(|e| {
+            ExchangeError::Fatal(InvokeError::Protocol(format!(
+                "{e}; stdout is for answers only, write logs to stderr"
+            )))
+        })?;
+        if response.id != id {
+            return Err(ExchangeError::Fatal(InvokeError::Protocol(format!(
+                "answered id {:?} to request {id:?}",
+                response.id
+            ))));
+        }
+        Ok(response.result)
+    }
+
+    /// `Some(status)` if the process has exited.
+    fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(describe(status)),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown status: {e}")),
+        }
+    }
+
+    /// The exit status, waiting briefly: a process that closed stdout may still be exiting.
+    async fn exit_status(&mut self) -> String {
+        match timeout(Duration::from_millis(200), self.child.wait()).await {
+            Ok(Ok(status)) => describe(status),
+            Ok(Err(e)) => format!("unknown status: {e}"),
+            Err(_) => "closed its stdout but is still running; killed".to_string(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            // The child leads its own group (process_group(0)), so its pid is the group id; this
+            // also reaches every process it forked that stayed in the group. ESRCH (already gone)
+            // is fine. tokio reaps the direct child in the background (kill_on_drop).
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => match Signal::try_from(signal) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {signal}"),
+        },
+        _ => status.to_string(),
+    }
+}

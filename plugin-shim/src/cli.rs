@@ -1,0 +1,405 @@
+//! The `airlock-shim` command line: `install` (init container: copy the shim into a shared
+//! volume) and `run` (plugin container: unpack the bundle, start the plugin, serve gRPC until
+//! SIGTERM). Flags are plain structs so tests build them directly and call [`run`].
+
+use std::fs;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::bundle::{self, BundleError};
+use crate::child::{ChildSpec, Supervisor};
+use crate::manifest::{Hook, ManifestError, is_sha256_digest};
+use crate::server::{self, PluginService, ServeError};
+
+/// The in-pod runtime of an Airlock plugin.
+///
+/// It unpacks the plugin's verified bundle, runs the plugin's entry point as a child process and
+/// serves the `airlock.plugin.v1.Plugin` gRPC API (plus health and reflection) in front of it.
+#[derive(Debug, Parser)]
+#[command(name = "airlock-shim", version, about, long_about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy this executable to DEST with mode 0755 (for an init container filling an emptyDir).
+    Install(InstallArgs),
+    /// Unpack the bundle, start the plugin and serve gRPC until SIGTERM.
+    Run(RunArgs),
+}
+
+/// Flags of `airlock-shim install`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// Where to put the shim: a file path, or an existing directory (the file is then
+    /// DEST/airlock-shim). Replaced atomically if present.
+    pub dest: PathBuf,
+}
+
+/// Flags of `airlock-shim run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The plugin bundle: a gzipped tar with plugin.yaml at its root.
+    #[arg(long, value_name = "PATH")]
+    pub bundle: PathBuf,
+
+    /// A writable directory for the shim. The bundle is unpacked into WORKDIR/bundle (replacing
+    /// what an earlier run left there), which is the plugin's working directory and
+    /// AIRLOCK_BUNDLE_DIR.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: PathBuf,
+
+    /// Address to serve gRPC on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Largest bundle accepted, both packed and unpacked, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = bundle::DEFAULT_MAX_BYTES)]
+    pub max_bundle_bytes: u64,
+
+    /// Refuse to start unless the bundle's digest is this one (sha256:<64 hex>).
+    #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
+    pub expect_digest: Option<String>,
+
+    /// Deadline for invocations that do not set one, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub default_deadline_ms: u32,
+
+    /// How long the plugin's onLoad and onUnload hooks may take, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub lifecycle_timeout_ms: u32,
+
+    /// The plugin's entry point (program and arguments), after `--`. Empty: the manifest's
+    /// entryPoint.
+    #[arg(last = true, value_name = "ENTRY_POINT")]
+    pub entry_point: Vec<String>,
+}
+
+fn parse_digest(s: &str) -> Result<String, String> {
+    let d = s.to_ascii_lowercase();
+    if is_sha256_digest(&d) {
+        Ok(d)
+    } else {
+        Err("expected sha256: followed by 64 hex digits".to_string())
+    }
+}
+
+/// Why `run` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The bundle file could not be read.
+    #[error("cannot read the bundle {}: {source}", path.display())]
+    ReadBundle {
+        /// The bundle path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `--expect-digest` did not match.
+    #[error("the bundle's digest is {actual}, not the expected {expected}; refusing to run it")]
+    DigestMismatch {
+        /// The digest that was expected.
+        expected: String,
+        /// The bundle's digest.
+        actual: String,
+    },
+    /// The work directory could not be prepared.
+    #[error("cannot prepare the work directory {}: {source}", path.display())]
+    Workdir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `install` could not write the shim.
+    #[error("cannot install the shim at {}: {source}", path.display())]
+    Install {
+        /// The destination.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The bundle was refused.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The manifest cannot be served by this shim.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install the SIGTERM handler: {0}")]
+    Signals(#[source] io::Error),
+    /// The async runtime could not be built.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] io::Error),
+    /// The server failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Entry point of the binary: parses flags, runs, and turns errors into a logged message and
+/// exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init();
+    let result = match cli.command {
+        Command::Install(args) => install(&args.dest).map(|path| {
+            info!(path = %path.display(), "installed airlock-shim");
+        }),
+        Command::Run(args) => run_blocking(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "airlock-shim failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Copies the running executable (`/proc/self/exe`) to `dest` with mode 0755, atomically
+/// (written beside it, then renamed). Returns the path written.
+pub fn install(dest: &Path) -> Result<PathBuf, RunError> {
+    let dest = if dest.is_dir() {
+        dest.join("airlock-shim")
+    } else {
+        dest.to_path_buf()
+    };
+    let err = |source| RunError::Install {
+        path: dest.clone(),
+        source,
+    };
+    let name = dest.file_name().ok_or_else(|| {
+        err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a file path",
+        ))
+    })?;
+    let tmp = dest.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // /proc/self/exe still opens when the file on disk was replaced since the shim started.
+    fs::copy("/proc/self/exe", &tmp).map_err(err)?;
+    let done = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
+        .and_then(|()| fs::rename(&tmp, &dest));
+    if let Err(e) = done {
+        let _ = fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(dest)
+}
+
+fn run_blocking(args: RunArgs) -> Result<(), RunError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // A plugin pod gets a fraction of a core; two workers are plenty for one plugin.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| RunError::Listen {
+                addr: args.listen,
+                source,
+            })?;
+        let shutdown = shutdown_signal().map_err(RunError::Signals)?;
+        run(args, listener, shutdown).await
+    })
+}
+
+/// SIGTERM (the kubelet stopping the pod) or SIGINT.
+fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+    })
+}
+
+/// `airlock-shim run` on an already bound listener, until `shutdown` resolves: unpacks and checks
+/// the bundle, starts the plugin and serves gRPC; then drains in-flight calls and stops the
+/// plugin (`onUnload` if it has one).
+///
+/// A plugin that cannot be started does not stop the shim: health says NOT_SERVING (so the pod
+/// is not ready and the reason is in the log) and every call tries to start it again.
+pub async fn run(
+    args: RunArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let bytes = fs::read(&args.bundle).map_err(|source| RunError::ReadBundle {
+        path: args.bundle.clone(),
+        source,
+    })?;
+    // Check the digest before unpacking anything.
+    if let Some(expected) = &args.expect_digest {
+        let actual = bundle::digest(&bytes);
+        if &actual != expected {
+            return Err(RunError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+    }
+    let bundle_dir = args.workdir.join("bundle");
+    if bundle_dir.exists() {
+        // Left by an earlier run of the shim in the same pod (the emptyDir outlives restarts).
+        fs::remove_dir_all(&bundle_dir).map_err(|source| RunError::Workdir {
+            path: bundle_dir.clone(),
+            source,
+        })?;
+    }
+    let extracted = bundle::extract(&bytes, &bundle_dir, args.max_bundle_bytes)?;
+    let manifest = extracted.manifest;
+    manifest.check_api_version()?;
+    info!(
+        plugin = %manifest.name,
+        version = %manifest.version,
+        digest = %extracted.digest,
+        "unpacked the bundle"
+    );
+
+    let argv = if args.entry_point.is_empty() {
+        manifest.entry_point.clone()
+    } else {
+        args.entry_point.clone()
+    };
+    let supervisor = Supervisor::new(ChildSpec {
+        argv,
+        bundle_dir,
+        on_load: manifest.hooks.contains(&Hook::OnLoad),
+        on_unload: manifest.hooks.contains(&Hook::OnUnload),
+        lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
+    });
+    let service = PluginService::new(
+        supervisor.clone(),
+        manifest,
+        extracted.digest,
+        Duration::from_millis(u64::from(args.default_deadline_ms)),
+    );
+
+    // Start the plugin while the server comes up; keep trying, with backoff, until it runs.
+    let warm = supervisor.clone();
+    let warm_up = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match warm.warm_up().await {
+                Ok(()) => {
+                    info!("the plugin is ready");
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "the plugin is not ready");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+
+    // As PID 1 of the container the shim inherits whatever the plugin forked and left behind.
+    let reaper =
+        crate::reaper::inherits_orphans().then(|| crate::reaper::spawn(supervisor.clone()));
+
+    let served = server::serve(service, listener, shutdown).await;
+    warm_up.abort();
+    if let Some(reaper) = reaper {
+        reaper.abort();
+    }
+    supervisor.shutdown().await;
+    info!(restarts = supervisor.restarts(), "stopped");
+    Ok(served?)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent_and_parses_the_entry_point_after_dashes() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "airlock-shim",
+            "run",
+            "--bundle",
+            "/b.tgz",
+            "--workdir",
+            "/w",
+            "--expect-digest",
+            &format!("sha256:{}", "AB".repeat(32)),
+            "--",
+            "python3",
+            "main.py",
+            "--flag",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.entry_point, ["python3", "main.py", "--flag"]);
+        assert_eq!(args.listen, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(args.max_bundle_bytes, 1024 * 1024);
+        assert_eq!(
+            args.expect_digest,
+            Some(format!("sha256:{}", "ab".repeat(32)))
+        );
+        assert!(
+            Cli::try_parse_from([
+                "airlock-shim",
+                "run",
+                "--bundle",
+                "b",
+                "--workdir",
+                "w",
+                "--expect-digest",
+                "md5:x"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn install_copies_an_executable_into_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = install(dir.path()).unwrap();
+        assert_eq!(path, dir.path().join("airlock-shim"));
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        assert_eq!(meta.len(), fs::metadata("/proc/self/exe").unwrap().len());
+        // No temporary file left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,254 @@
+//! The shim's gRPC server: `airlock.plugin.v1.Plugin` in front of the [`Supervisor`], standard
+//! health (`grpc.health.v1`, following the supervisor's readiness) and reflection
+//! (`grpc.reflection.v1`).
+//!
+//! The service is thin: it checks the request against the manifest, runs the invocation in a task
+//! of its own (so a caller hanging up cannot leave a half-finished exchange with the plugin) and
+//! maps errors to gRPC codes in one place, [`status_of`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use airlock_proto::plugin::v1::plugin_server::{Plugin, PluginServer};
+use airlock_proto::plugin::v1::{
+    HandshakeRequest, HandshakeResponse, InvokeRequest, InvokeResponse,
+};
+use tokio::net::TcpListener;
+use tonic::{Code, Request, Response, Status};
+use tonic_health::ServingStatus;
+use tracing::{debug, info, warn};
+
+use crate::child::{InvokeError, Supervisor};
+use crate::manifest::Manifest;
+
+/// Longest deadline a caller may ask for; longer ones are cut to this.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Longest invocation id accepted (it goes into logs and to the plugin).
+pub const MAX_INVOCATION_ID_LEN: usize = 256;
+
+/// The fully qualified name of the plugin service, as health and reflection know it.
+pub const SERVICE_NAME: &str = "airlock.plugin.v1.Plugin";
+
+/// The `airlock.plugin.v1.Plugin` service of one plugin.
+#[derive(Debug)]
+pub struct PluginService {
+    supervisor: Arc<Supervisor>,
+    manifest: Arc<Manifest>,
+    bundle_digest: String,
+    default_deadline: Duration,
+    next_id: AtomicU64,
+}
+
+impl PluginService {
+    /// A service for the plugin described by `manifest`, unpacked from the bundle with
+    /// `bundle_digest`, running under `supervisor`. `default_deadline` applies when a request
+    /// sets none.
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        manifest: Manifest,
+        bundle_digest: String,
+        default_deadline: Duration,
+    ) -> Self {
+        Self {
+            supervisor,
+            manifest: Arc::new(manifest),
+            bundle_digest,
+            default_deadline,
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Plugin for PluginService {
+    async fn handshake(
+        &self,
+        request: Request<HandshakeRequest>,
+    ) -> Result<Response<HandshakeResponse>, Status> {
+        let host = request.into_inner().host_api_version;
+        let plugin = self.manifest.api_version;
+        if host != 0 && host != plugin {
+            return Err(Status::failed_precondition(format!(
+                "the host speaks plugin API version {host}, this plugin targets version {plugin}"
+            )));
+        }
+        Ok(Response::new(HandshakeResponse {
+            plugin_api_version: plugin,
+            name: self.manifest.name.clone(),
+            version: self.manifest.version.to_string(),
+            hooks: self.manifest.hooks.iter().map(|h| h.to_string()).collect(),
+            permissions: self
+                .manifest
+                .permissions
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            shim_version: env!("CARGO_PKG_VERSION").to_string(),
+            bundle_digest: self.bundle_digest.clone(),
+        }))
+    }
+
+    async fn invoke(
+        &self,
+        request: Request<InvokeRequest>,
+    ) -> Result<Response<InvokeResponse>, Status> {
+        let InvokeRequest {
+            hook,
+            payload_json,
+            deadline_ms,
+            invocation_id,
+        } = request.into_inner();
+        if !self.manifest.declares(&hook) {
+            let declared: Vec<_> = self.manifest.hooks.iter().map(|h| h.as_str()).collect();
+            return Err(Status::invalid_argument(format!(
+                "plugin {} does not implement hook {hook:?}; it declares {}",
+                self.manifest.name,
+                declared.join(", ")
+            )));
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&payload_json) {
+            // The position only: the payload itself never goes into errors or logs.
+            return Err(Status::invalid_argument(format!(
+                "payload_json is not a JSON document (line {}, column {}: {})",
+                e.line(),
+                e.column(),
+                classify(&e)
+            )));
+        }
+        if invocation_id.len() > MAX_INVOCATION_ID_LEN {
+            return Err(Status::invalid_argument(format!(
+                "invocation_id is {} bytes long; the limit is {MAX_INVOCATION_ID_LEN}",
+                invocation_id.len()
+            )));
+        }
+        let invocation_id = if invocation_id.is_empty() {
+            format!(
+                "shim-{}-{}",
+                std::process::id(),
+                self.next_id.fetch_add(1, Ordering::Relaxed)
+            )
+        } else {
+            invocation_id
+        };
+        let deadline = match deadline_ms {
+            0 => self.default_deadline,
+            ms => Duration::from_millis(u64::from(ms)).min(MAX_DEADLINE),
+        };
+
+        // Its own task: if the caller goes away, the exchange with the plugin still completes
+        // (or times out) and the plugin stays in step with the shim.
+        let supervisor = Arc::clone(&self.supervisor);
+        let (task_hook, task_id) = (hook.clone(), invocation_id.clone());
+        let result = tokio::spawn(async move {
+            supervisor
+                .invoke(&task_hook, &payload_json, &task_id, deadline)
+                .await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the invocation task failed: {e}")))?;
+
+        match result {
+            Ok(answer) => {
+                debug!(%hook, %invocation_id, duration_ms = answer.duration.as_millis() as u64, "invoked");
+                Ok(Response::new(InvokeResponse {
+                    output_json: answer.output,
+                    duration_ms: u32::try_from(answer.duration.as_millis()).unwrap_or(u32::MAX),
+                    invocation_id,
+                }))
+            }
+            Err(e) => {
+                let status = status_of(&e);
+                warn!(%hook, %invocation_id, code = ?status.code(), error = %e, "invocation failed");
+                Err(status)
+            }
+        }
+    }
+}
+
+/// The gRPC status for an invocation error; the only place that decides codes.
+pub fn status_of(error: &InvokeError) -> Status {
+    let code = match error {
+        InvokeError::Timeout(_) | InvokeError::QueueTimeout(_) => Code::DeadlineExceeded,
+        InvokeError::Spawn { .. } | InvokeError::Exited { .. } | InvokeError::LoadFailed(_) => {
+            Code::Unavailable
+        }
+        InvokeError::Plugin(_) => Code::Aborted,
+        InvokeError::OutputTooLarge => Code::ResourceExhausted,
+        InvokeError::Protocol(_) => Code::Internal,
+    };
+    Status::new(code, error.to_string())
+}
+
+/// The kind of JSON error without serde_json's quoting of input.
+fn classify(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Eof => "unexpected end of input",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "invalid data",
+        serde_json::error::Category::Io => "read error",
+    }
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not load the descriptors.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `service` with health and reflection on `listener` until `shutdown` resolves, then
+/// drains in-flight calls. Health follows the supervisor's readiness.
+pub async fn serve(
+    service: PluginService,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let mut ready = service.supervisor.subscribe_ready();
+    // tonic-health starts "" as SERVING; set the real status before the first request can come.
+    let publish = |reporter: tonic_health::server::HealthReporter, ready: bool| async move {
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        reporter.set_service_status(SERVICE_NAME, status).await;
+    };
+    let now = *ready.borrow_and_update();
+    publish(reporter.clone(), now).await;
+    // Then health mirrors readiness for as long as the server runs.
+    let health_task = tokio::spawn(async move {
+        while ready.changed().await.is_ok() {
+            let now = *ready.borrow_and_update();
+            publish(reporter.clone(), now).await;
+        }
+    });
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(airlock_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, plugin = %service.manifest.name, "serving {SERVICE_NAME}");
+    }
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(PluginServer::new(service))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await;
+    health_task.abort();
+    Ok(result?)
+}

@@ -1,0 +1,661 @@
+//! The shim in-process, end to end: a real bundle, a real plugin process (Python or /bin/sh), the
+//! real gRPC server on 127.0.0.1:0 and tonic clients. One server per test.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airlock_plugin_shim::cli::{self, RunArgs};
+use airlock_proto::plugin::v1::plugin_client::PluginClient;
+use airlock_proto::plugin::v1::{HandshakeRequest, InvokeRequest};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A Python plugin that echoes, and misbehaves on request (payload fields):
+/// `sleep` (seconds; forks a `sleep` grandchild first and reports its pid in `pidfile`),
+/// `fail` (error answer), `exit` (exit code), `junk` (print a non-protocol line), `big` (bytes of
+/// output). `onLoad` counts loads in the bundle dir, and takes 1 s if `slow-load` exists there.
+const PY_PLUGIN: &str = r#"
+import json, os, subprocess, sys, time
+for line in sys.stdin:
+    req = json.loads(line)
+    p = req["payload"] if isinstance(req["payload"], dict) else {}
+    if req["hook"] == "onLoad":
+        with open("loads", "a") as f: f.write("x")
+        if os.path.exists("slow-load"): time.sleep(1)
+    if req["hook"] == "onUnload":
+        open("unloaded", "w").close()
+    if "sleep" in p:
+        g = subprocess.Popen(["sleep", "30"], stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        with open(p["pidfile"], "w") as f: f.write(str(g.pid))
+        time.sleep(p["sleep"])
+    if "exit" in p:
+        sys.exit(p["exit"])
+    if "junk" in p:
+        print("debug: oops, this belongs on stderr", flush=True)
+    if "fail" in p:
+        ans = {"id": req["id"], "ok": False, "error": p["fail"]}
+    elif "big" in p:
+        ans = {"id": req["id"], "ok": True, "output": "x" * p["big"]}
+    else:
+        ans = {"id": req["id"], "ok": True, "output": {
+            "hook": req["hook"], "echo": req["payload"], "pid": os.getpid(),
+            "deadlineMs": req["deadlineMs"], "cwd": os.getcwd(), "env": dict(os.environ)}}
+    print(json.dumps(ans), flush=True)
+"#;
+
+fn manifest(hooks: &str, entry: &str) -> String {
+    format!(
+        "name: echo\nversion: 1.2.3\napiVersion: 1\nhooks: {hooks}\n\
+         permissions: [log, storage:read]\nentryPoint: {entry}\n"
+    )
+}
+
+fn tgz(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+    for (path, text) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o755);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, text.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+struct Shim {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), cli::RunError>>,
+}
+
+impl Shim {
+    fn args(dir: &Path, bundle: &[u8], entry_point: &[&str]) -> RunArgs {
+        let path = dir.join("bundle.tar.gz");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(bundle)
+            .unwrap();
+        RunArgs {
+            bundle: path,
+            workdir: dir.join("work"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_bundle_bytes: 1024 * 1024,
+            expect_digest: None,
+            default_deadline_ms: 2000,
+            lifecycle_timeout_ms: 5000,
+            entry_point: entry_point.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    async fn start_with(dir: tempfile::TempDir, args: RunArgs) -> Shim {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(cli::run(args, listener, async {
+            let _ = stopped.await;
+        }));
+        Shim {
+            addr,
+            dir,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The Python plugin with the given hooks.
+    async fn python(hooks: &str) -> Shim {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = tgz(&[
+            ("plugin.yaml", &manifest(hooks, "[python3, plugin.py]")),
+            ("plugin.py", PY_PLUGIN),
+        ]);
+        let args = Self::args(dir.path(), &bundle, &[]);
+        Self::start_with(dir, args).await
+    }
+
+    fn bundle_dir(&self) -> PathBuf {
+        self.dir.path().join("work/bundle")
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn client(&self) -> PluginClient<Channel> {
+        PluginClient::new(self.channel().await)
+    }
+
+    async fn health(&self, service: &str) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel().await);
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        ServingStatus::try_from(status).unwrap()
+    }
+
+    /// Waits until health reports `want` for both names, or fails after 10 s.
+    async fn wait_health(&self, want: ServingStatus) {
+        let start = Instant::now();
+        loop {
+            if self.health("").await == want
+                && self.health("airlock.plugin.v1.Plugin").await == want
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "health never became {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("the shim did not stop within 10 s")
+            .unwrap()
+            .unwrap();
+        self.dir
+    }
+}
+
+async fn invoke(
+    client: &mut PluginClient<Channel>,
+    hook: &str,
+    payload: Value,
+    deadline_ms: u32,
+) -> Result<(Value, String), tonic::Status> {
+    let r = client
+        .invoke(InvokeRequest {
+            hook: hook.to_string(),
+            payload_json: payload.to_string(),
+            deadline_ms,
+            invocation_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok((
+        serde_json::from_str(&r.output_json).unwrap(),
+        r.invocation_id,
+    ))
+}
+
+#[tokio::test]
+async fn handshake_describes_the_plugin_and_invoke_echoes() {
+    let shim = Shim::python("[transform, onEvent]").await;
+    let mut client = shim.client().await;
+
+    let hs = client
+        .handshake(HandshakeRequest {
+            host_api_version: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hs.plugin_api_version, 1);
+    assert_eq!(hs.name, "echo");
+    assert_eq!(hs.version, "1.2.3");
+    assert_eq!(hs.hooks, ["transform", "onEvent"]);
+    assert_eq!(hs.permissions, ["log", "storage:read"]);
+    assert_eq!(hs.shim_version, env!("CARGO_PKG_VERSION"));
+    let bundle = std::fs::read(shim.dir.path().join("bundle.tar.gz")).unwrap();
+    assert_eq!(
+        hs.bundle_digest,
+        airlock_plugin_shim::bundle::digest(&bundle)
+    );
+
+    let err = client
+        .handshake(HandshakeRequest {
+            host_api_version: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // Pretty-printed payload with a newline in a string and a number too big for f64.
+    let payload = "{\n \"text\": \"line1\\nline2\",\n \"n\": 123456789012345678901234567890\n}";
+    let r = client
+        .invoke(InvokeRequest {
+            hook: "transform".into(),
+            payload_json: payload.into(),
+            deadline_ms: 0,
+            invocation_id: "inv-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.invocation_id, "inv-1");
+    let out: Value = serde_json::from_str(&r.output_json).unwrap();
+    assert_eq!(out["hook"], "transform");
+    assert_eq!(out["echo"]["text"], "line1\nline2");
+    // Python parsed the big integer exactly, so the shim passed the digits through unchanged.
+    assert!(
+        r.output_json.contains("123456789012345678901234567890"),
+        "{}",
+        r.output_json
+    );
+    // The default deadline (2000 ms here) is what the plugin was told, minus a little.
+    let told = out["deadlineMs"].as_u64().unwrap();
+    assert!((1000..=2000).contains(&told), "{told}");
+
+    // The child runs in the bundle directory with a clean environment.
+    let bundle_dir = shim.bundle_dir().canonicalize().unwrap();
+    assert_eq!(Path::new(out["cwd"].as_str().unwrap()), bundle_dir);
+    let env = out["env"].as_object().unwrap();
+    assert_eq!(env["PATH"], "/usr/local/bin:/usr/bin:/bin");
+    assert_eq!(
+        Path::new(env["AIRLOCK_BUNDLE_DIR"].as_str().unwrap())
+            .canonicalize()
+            .unwrap(),
+        bundle_dir
+    );
+    let leaked: Vec<_> = env
+        .keys()
+        .filter(|k| !["PATH", "AIRLOCK_BUNDLE_DIR", "LC_CTYPE"].contains(&k.as_str()))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "unexpected environment variables: {leaked:?}"
+    );
+
+    // No invocation id: the shim makes one up.
+    let (out, id) = invoke(&mut client, "onEvent", json!([1, "two"]), 1000)
+        .await
+        .unwrap();
+    assert_eq!(out["echo"], json!([1, "two"]));
+    assert!(id.starts_with("shim-"), "{id}");
+
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_hook_and_bad_json_are_invalid_argument() {
+    let shim = Shim::python("[transform]").await;
+    let mut client = shim.client().await;
+
+    let err = invoke(&mut client, "onEvent", json!({}), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("\"onEvent\"") && err.message().contains("declares transform"),
+        "{}",
+        err.message()
+    );
+    let err = invoke(&mut client, "nonsense", json!({}), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    for bad in ["", "{\"secret\": ", "{} {}", "not json"] {
+        let err = client
+            .invoke(InvokeRequest {
+                hook: "transform".into(),
+                payload_json: bad.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
+        assert!(
+            !err.message().contains("secret"),
+            "payload leaked into {}",
+            err.message()
+        );
+    }
+    // The plugin was never bothered: the first real call reaches the first process.
+    invoke(&mut client, "transform", json!(1), 0).await.unwrap();
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn timeout_kills_the_process_group_and_the_next_call_succeeds() {
+    let shim = Shim::python("[transform]").await;
+    let mut client = shim.client().await;
+    let (before, _) = invoke(&mut client, "transform", json!({}), 0)
+        .await
+        .unwrap();
+
+    let pidfile = shim.dir.path().join("grandchild.pid");
+    let started = Instant::now();
+    let err = invoke(
+        &mut client,
+        "transform",
+        json!({"sleep": 30, "pidfile": pidfile}),
+        500,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The grandchild the plugin forked was in its process group and died with it (it may linger
+    // as a zombie until its new parent reaps it, but it no longer runs).
+    let grandchild: u32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
+    let state = async {
+        loop {
+            match std::fs::read_to_string(format!("/proc/{grandchild}/stat")) {
+                Err(_) => return "gone".to_string(),
+                Ok(stat) => {
+                    let state = stat.rsplit(") ").next().unwrap_or("").chars().next();
+                    if state == Some('Z') {
+                        return "zombie".to_string();
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), state)
+        .await
+        .expect("the plugin's grandchild survived the timeout kill");
+
+    // A new process answers the next call.
+    let (after, _) = invoke(&mut client, "transform", json!({"again": true}), 0)
+        .await
+        .unwrap();
+    assert_eq!(after["echo"], json!({"again": true}));
+    assert_ne!(before["pid"], after["pid"]);
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn plugin_errors_crashes_and_protocol_violations() {
+    let shim = Shim::python("[transform]").await;
+    let mut client = shim.client().await;
+    let (first, _) = invoke(&mut client, "transform", json!({}), 0)
+        .await
+        .unwrap();
+
+    // An error answer: ABORTED with the plugin's message; the process keeps running.
+    let err = invoke(
+        &mut client,
+        "transform",
+        json!({"fail": "no text field"}),
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    assert_eq!(err.message(), "no text field");
+    let (same, _) = invoke(&mut client, "transform", json!({}), 0)
+        .await
+        .unwrap();
+    assert_eq!(first["pid"], same["pid"]);
+
+    // The plugin exits: UNAVAILABLE, then a new process on the next call.
+    let err = invoke(&mut client, "transform", json!({"exit": 3}), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("exit code 3"), "{}", err.message());
+    let (restarted, _) = invoke(&mut client, "transform", json!({}), 0)
+        .await
+        .unwrap();
+    assert_ne!(first["pid"], restarted["pid"]);
+
+    // Something on stdout that is not an answer: INTERNAL, with a hint.
+    let err = invoke(&mut client, "transform", json!({"junk": 1}), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(err.message().contains("stderr"), "{}", err.message());
+
+    // An answer over 1 MiB: RESOURCE_EXHAUSTED. Just under still works.
+    let err = invoke(&mut client, "transform", json!({"big": 1_100_000}), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let (ok, _) = invoke(&mut client, "transform", json!({"big": 1_000_000}), 0)
+        .await
+        .unwrap();
+    assert_eq!(ok.as_str().unwrap().len(), 1_000_000);
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn health_is_serving_once_loaded_and_on_unload_runs_at_shutdown() {
+    let shim = Shim::python("[onLoad, onUnload, transform]").await;
+    shim.wait_health(ServingStatus::Serving).await;
+    let bundle_dir = shim.bundle_dir();
+    assert_eq!(
+        std::fs::read_to_string(bundle_dir.join("loads")).unwrap(),
+        "x"
+    );
+
+    // A restart (after a timeout) loads the new process too.
+    let mut client = shim.client().await;
+    let pidfile = shim.dir.path().join("pid");
+    let err = invoke(
+        &mut client,
+        "transform",
+        json!({"sleep": 30, "pidfile": pidfile}),
+        300,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    invoke(&mut client, "transform", json!({}), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(bundle_dir.join("loads")).unwrap(),
+        "xx"
+    );
+
+    let _dir = shim.stop().await;
+    assert!(bundle_dir.join("unloaded").exists(), "onUnload did not run");
+}
+
+#[tokio::test]
+async fn a_restart_slower_than_the_deadline_still_completes_for_later_calls() {
+    let shim = Shim::python("[onLoad, transform]").await;
+    shim.wait_health(ServingStatus::Serving).await;
+    let mut client = shim.client().await;
+    std::fs::write(shim.bundle_dir().join("slow-load"), b"").unwrap();
+
+    let err = invoke(&mut client, "transform", json!({"exit": 1}), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    // The restart's onLoad takes 1 s: a 300 ms call gives up, the start goes on.
+    let err = invoke(&mut client, "transform", json!({}), 300)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    // A later short call gets the process that call started (loaded once, not once per call).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    invoke(&mut client, "transform", json!({}), 300)
+        .await
+        .unwrap();
+    let loads = std::fs::read_to_string(shim.bundle_dir().join("loads")).unwrap();
+    assert_eq!(loads, "xx");
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn a_plugin_that_cannot_start_is_not_serving_and_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = tgz(&[(
+        "plugin.yaml",
+        &manifest("[transform]", "[./missing-binary]"),
+    )]);
+    let args = Shim::args(dir.path(), &bundle, &[]);
+    let shim = Shim::start_with(dir, args).await;
+    shim.wait_health(ServingStatus::NotServing).await;
+    let mut client = shim.client().await;
+    let err = invoke(&mut client, "transform", json!({}), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("missing-binary"),
+        "{}",
+        err.message()
+    );
+    // Handshake still works: the caller learns what is (not) running.
+    client.handshake(HandshakeRequest::default()).await.unwrap();
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn expect_digest_and_bad_bundles_stop_the_shim() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = tgz(&[("plugin.yaml", &manifest("[transform]", "[python3, x.py]"))]);
+    let mut args = Shim::args(dir.path(), &bundle, &[]);
+    args.expect_digest = Some(format!("sha256:{}", "0".repeat(64)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = cli::run(args, listener, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, cli::RunError::DigestMismatch { .. }), "{err}");
+    assert!(
+        !dir.path().join("work/bundle").exists(),
+        "unpacked before the digest check"
+    );
+
+    let bundle = tgz(&[(
+        "plugin.yaml",
+        "name: echo\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\nentryPoint: [x]\nextra: 1\n",
+    )]);
+    let args = Shim::args(dir.path(), &bundle, &[]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = cli::run(args, listener, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown field `extra`"), "{err}");
+}
+
+/// The Python and shell examples in PROTOCOL.md, run as they are written there.
+#[tokio::test]
+async fn the_examples_in_protocol_md_work() {
+    let doc = include_str!("../PROTOCOL.md");
+    let block = |lang: &str| {
+        let start = doc.find(&format!("```{lang}\n")).unwrap() + lang.len() + 4;
+        let len = doc[start..].find("```").unwrap();
+        doc[start..start + len].to_string()
+    };
+    for (file, code, entry) in [
+        ("plugin.py", block("python"), "[python3, plugin.py]"),
+        ("plugin.sh", block("sh"), "[/bin/sh, plugin.sh]"),
+    ] {
+        assert!(code.lines().count() <= 12, "{file} example is too long");
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = tgz(&[
+            ("plugin.yaml", &manifest("[transform]", entry)),
+            (file, &code),
+        ]);
+        let args = Shim::args(dir.path(), &bundle, &[]);
+        let shim = Shim::start_with(dir, args).await;
+        let mut client = shim.client().await;
+        let payload = json!({"text": "hi \"there\"", "n": [1, 2]});
+        let (out, _) = invoke(&mut client, "transform", payload.clone(), 0)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e:?}"));
+        let echoed = if file == "plugin.py" {
+            &out["echo"]
+        } else {
+            &out["payload"]
+        };
+        assert_eq!(echoed, &payload, "{file}: {out}");
+        shim.stop().await;
+    }
+}
+
+/// The binary itself: `run` serves until SIGTERM and then exits 0; `install` copies it.
+#[tokio::test]
+async fn the_binary_serves_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = tgz(&[
+        (
+            "plugin.yaml",
+            &manifest("[transform]", "[python3, plugin.py]"),
+        ),
+        ("plugin.py", PY_PLUGIN),
+    ]);
+    let bundle_path = dir.path().join("b.tgz");
+    std::fs::write(&bundle_path, &bundle).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_airlock-shim"))
+        .args(["run", "--bundle"])
+        .arg(&bundle_path)
+        .arg("--workdir")
+        .arg(dir.path().join("work"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--expect-digest")
+        .arg(airlock_plugin_shim::bundle::digest(&bundle))
+        .args(["--", "python3", "plugin.py"])
+        .env("AIRLOCK_LOG_FORMAT", "json")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let start = Instant::now();
+    let mut client = loop {
+        match PluginClient::connect(format!("http://127.0.0.1:{port}")).await {
+            Ok(c) => break c,
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the shim never listened: {e}"),
+        }
+    };
+    let (out, _) = invoke(&mut client, "transform", json!({"a": 1}), 0)
+        .await
+        .unwrap();
+    assert_eq!(out["echo"], json!({"a": 1}));
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("no exit within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    let copy = dir.path().join("bin/airlock-shim");
+    std::fs::create_dir(dir.path().join("bin")).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_airlock-shim"))
+        .arg("install")
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let help = std::process::Command::new(&copy)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("in-pod runtime"));
+}
