@@ -51,4 +51,5 @@ e2e-images: ## build and push the images the e2e suite runs
 	e2e/images.sh
 
 e2e: cluster-up e2e-images ## end-to-end tests against the cluster
+	cargo build --locked -p airlock-operator
 	cargo test --locked -p airlock-e2e -- --test-threads=4

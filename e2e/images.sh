@@ -16,11 +16,33 @@ push_static_image() {
   install -m 0755 "$bin" "$work/$name"
   # Deterministic layer: same binary, same digest.
   tar --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -C "$work" -cf "$work/layer.tar" "$name"
-  "$CRANE" append --insecure -f "$work/layer.tar" -t "$ref" >/dev/null
-  "$CRANE" mutate --insecure --entrypoint="/$name" --user 65534:65534 "$ref" >/dev/null
+  "$CRANE" append --insecure -f "$work/layer.tar" -t "$ref" >/dev/null 2>"$work/crane.log" ||
+    { cat "$work/crane.log" >&2; die "pushing $ref failed"; }
+  "$CRANE" mutate --insecure --entrypoint="/$name" --user 65534:65534 "$ref" >/dev/null 2>"$work/crane.log" ||
+    { cat "$work/crane.log" >&2; die "configuring $ref failed"; }
   rm -rf "$work"
   log "pushed $ref ($("$CRANE" digest --insecure "$ref"))"
 }
 
-( cd "$ROOT" && cargo build --quiet --release --locked -p airlock-e2e-probe --target "$TARGET" )
-push_static_image "$ROOT/target/$TARGET/release/airlock-e2e-probe" "$REG/airlock/e2e-probe:dev"
+OUT=$ROOT/target/e2e
+mkdir -p "$OUT"
+( cd "$ROOT" && cargo build --quiet --release --locked --target "$TARGET" \
+    -p airlock-e2e-probe -p airlock-plugin-shim -p airlock-example-hello )
+REL=$ROOT/target/$TARGET/release
+push_static_image "$REL/airlock-e2e-probe" "$REG/airlock/e2e-probe:dev"
+push_static_image "$REL/airlock-shim" "$REG/airlock/shim:dev"
+push_static_image "$REL/hello" "$REG/examples/hello:1.0.0"
+
+# The hello plugin's bundle: its manifest, packed deterministically (same bytes, same digest).
+bundle_dir=$(mktemp -d)
+cp "$ROOT/examples/hello/plugin.yaml" "$bundle_dir/"
+tar --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -C "$bundle_dir" -cf - plugin.yaml |
+  gzip -n -9 >"$OUT/hello-bundle.tar.gz"
+rm -rf "$bundle_dir"
+# References by digest, for the chart values and the tests.
+{
+  echo "AIRLOCK_SHIM_IMAGE=$REG/airlock/shim@$("$CRANE" digest --insecure "$REG/airlock/shim:dev")"
+  echo "AIRLOCK_HELLO_IMAGE=$REG/examples/hello:1.0.0"
+  echo "AIRLOCK_HELLO_BUNDLE=$OUT/hello-bundle.tar.gz"
+} >"$OUT/images.env"
+log "wrote $OUT/images.env and $OUT/hello-bundle.tar.gz"

@@ -2,54 +2,12 @@
 //! schema generated from `airlock-crds` (no controller involved). Requests are server-side applies
 //! with strict field validation and dry-run, which is what `kubectl apply --server-side` sends.
 
-use std::time::{Duration, Instant};
-
-use airlock_crds::{Plugin, PluginTrustPolicy};
+use airlock_crds::Plugin;
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::{Client, CustomResourceExt};
+use kube::Client;
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
-
-const MANAGER: &str = "airlock-e2e";
-
-/// Installs the CRDs (unless present) and returns the names of the ones this test created.
-async fn install_crds(client: &Client) -> Result<Vec<String>> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut created = Vec::new();
-    for crd in [Plugin::crd(), PluginTrustPolicy::crd()] {
-        let name = crd.metadata.name.clone().context("CRD has a name")?;
-        if crds.get_opt(&name).await?.is_none() {
-            created.push(name.clone());
-        }
-        crds.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying CRD {name}"))?;
-        let deadline = Instant::now() + airlock_e2e::WAIT;
-        loop {
-            let c = crds.get(&name).await?;
-            let established = c
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "CRD {name} never became Established"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-    Ok(created)
-}
 
 fn valid_plugin(name: &str) -> Value {
     json!({
@@ -88,7 +46,7 @@ async fn dry_create(client: &Client, ns: &str, obj: &Value) -> Result<Option<kub
 #[tokio::test]
 async fn the_api_server_rejects_invalid_plugins_naming_the_field() -> Result<()> {
     let client = airlock_e2e::client().await?;
-    let created = install_crds(&client).await?;
+    let created = airlock_e2e::crds::install(&client).await?;
     let outcome = check_cases(&client).await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in created {

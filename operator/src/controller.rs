@@ -2,10 +2,11 @@
 //! the reconcile pipeline fetch → validate ([`crate::plan`]) → build ([`crate::build`]) → apply →
 //! status ([`crate::status`]). Invalid specs wait for a change; transient errors back off.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use airlock_crds::plugin::PluginStatus;
 use airlock_crds::{Plugin, PluginTrustPolicy};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -60,6 +61,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub max_bundle_bytes: u64,
+    /// The status this process last wrote, per Plugin uid. The watch cache can lag behind our own
+    /// writes; comparing with it would repeat Events and audit records for the same transition.
+    last_written: Mutex<HashMap<String, PluginStatus>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -89,6 +93,7 @@ impl Context {
             registry: Arc::new(registry),
             metrics,
             max_bundle_bytes,
+            last_written: Mutex::default(),
         }
     }
 }
@@ -265,15 +270,16 @@ fn observe(d: &Deployment, revision: &str) -> status::Rollout {
 }
 
 /// Events and audit records for every transition, then the status itself — only if it changed.
-async fn record_status(
-    plugin: &Plugin,
-    next: airlock_crds::plugin::PluginStatus,
-    ctx: &Context,
-) -> Result<(), Error> {
-    if plugin.status.as_ref() == Some(&next) {
+async fn record_status(plugin: &Plugin, next: PluginStatus, ctx: &Context) -> Result<(), Error> {
+    let uid = plugin.uid().unwrap_or_default();
+    let prev = {
+        let written = ctx.last_written.lock().unwrap_or_else(|e| e.into_inner());
+        written.get(&uid).cloned().or_else(|| plugin.status.clone())
+    };
+    if prev.as_ref() == Some(&next) {
         return Ok(());
     }
-    let transitions = status::transitions(plugin.status.as_ref(), &next);
+    let transitions = status::transitions(prev.as_ref(), &next);
     let now = Timestamp::now();
     for t in &transitions {
         audit::emit(&audit::record(plugin, &next, t, now));
@@ -310,6 +316,10 @@ async fn record_status(
         )
         .await?;
     ctx.metrics.set_phase(plugin, &next);
+    ctx.last_written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(uid, next);
     Ok(())
 }
 
@@ -346,5 +356,9 @@ async fn cleanup(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
         warn!(error = %e, "could not publish an Event");
     }
     ctx.metrics.forget(plugin);
+    ctx.last_written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&plugin.uid().unwrap_or_default());
     Ok(Action::await_change())
 }

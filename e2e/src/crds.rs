@@ -1,0 +1,49 @@
+//! Installing Airlock's CRDs (generated from `airlock-crds`) into the cluster under test.
+
+use std::time::{Duration, Instant};
+
+use airlock_crds::{Plugin, PluginTrustPolicy};
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, CustomResourceExt};
+
+const MANAGER: &str = "airlock-e2e";
+
+/// Installs the CRDs (unless present) and returns the names of the ones this test created.
+pub async fn install(client: &Client) -> Result<Vec<String>> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut created = Vec::new();
+    for crd in [Plugin::crd(), PluginTrustPolicy::crd()] {
+        let name = crd.metadata.name.clone().context("CRD has a name")?;
+        if crds.get_opt(&name).await?.is_none() {
+            created.push(name.clone());
+        }
+        crds.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+        let deadline = Instant::now() + crate::WAIT;
+        loop {
+            let c = crds.get(&name).await?;
+            let established = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "CRD {name} never became Established"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    Ok(created)
+}
