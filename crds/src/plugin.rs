@@ -323,6 +323,10 @@ pub struct PluginStatus {
     /// Last revision that became Ready; a failed rollout returns to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_good_revision: Option<String>,
+    /// A revision that did not become Ready within its progress deadline and was rolled back. It
+    /// is not tried again until the spec (or what it resolves to) changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_revision: Option<String>,
     /// Hooks the router can call on this plugin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<String>,

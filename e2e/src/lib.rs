@@ -7,6 +7,7 @@
 
 pub mod crds;
 pub mod images;
+pub mod install;
 pub mod namespace;
 pub mod pods;
 

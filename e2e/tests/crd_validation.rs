@@ -4,9 +4,7 @@
 
 use airlock_crds::Plugin;
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 
 fn valid_plugin(name: &str) -> Value {
@@ -46,13 +44,9 @@ async fn dry_create(client: &Client, ns: &str, obj: &Value) -> Result<Option<kub
 #[tokio::test]
 async fn the_api_server_rejects_invalid_plugins_naming_the_field() -> Result<()> {
     let client = airlock_e2e::client().await?;
-    let created = airlock_e2e::crds::install(&client).await?;
-    let outcome = check_cases(&client).await;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in created {
-        crds.delete(&name, &DeleteParams::default()).await?;
-    }
-    outcome
+    // The CRDs stay installed: like the chart, they are shared by every test of the suite.
+    airlock_e2e::crds::install(&client).await?;
+    check_cases(&client).await
 }
 
 async fn check_cases(client: &Client) -> Result<()> {

@@ -1,10 +1,8 @@
 //! A Plugin from `kubectl apply` to a sandboxed pod whose hook answers, and its lifecycle:
-//! disable/enable, an unsupported plugin API version, delete. The operator runs as a process on
-//! the host with the admin kubeconfig (the Helm chart that runs it in-cluster under its own RBAC
-//! is not written yet); everything else is the real cluster, registry and images.
+//! disable/enable, an unsupported plugin API version, a broken upgrade rolled back, delete, and an
+//! operator killed mid-rollout. Airlock is installed with its Helm chart; the operator runs
+//! in-cluster under the chart's RBAC.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use airlock_crds::Plugin;
@@ -21,55 +19,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `target/e2e/images.env`, written by `make e2e-images`.
-fn images_env(key: &str) -> Result<String> {
-    let path = workspace().join("target/e2e/images.env");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}: run `make e2e-images` first", path.display()))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
-        .with_context(|| format!("{key} missing from {}", path.display()))
-}
-
-/// The operator as a child process; killed when dropped.
-struct Operator(Child);
-
-impl Operator {
-    fn start(metrics_port: u16) -> Result<Self> {
-        let bin = workspace().join("target/debug/airlock-operator");
-        ensure!(
-            bin.exists(),
-            "{} is missing: run `cargo build -p airlock-operator`",
-            bin.display()
-        );
-        let mut cmd = Command::new(bin);
-        cmd.arg("--shim-image")
-            .arg(images_env("AIRLOCK_SHIM_IMAGE")?)
-            .arg("--insecure-registry")
-            .arg(airlock_e2e::images::registry())
-            .arg("--http-addr")
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .arg("--progress-deadline-seconds")
-            .arg("60")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if std::env::var_os("KUBECONFIG").is_none() {
-            cmd.env("KUBECONFIG", airlock_e2e::LOCAL_CLUSTER_KUBECONFIG);
-        }
-        Ok(Self(cmd.spawn().context("starting the operator")?))
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use airlock_e2e::install::{images_env, workspace};
 
 async fn wait_plugin(
     api: &Api<Plugin>,
@@ -150,96 +100,140 @@ async fn running_pods(client: &Client, ns: &str, plugin: &str) -> Result<usize> 
         .count())
 }
 
-#[tokio::test]
-async fn a_plugin_becomes_active_in_a_restricted_namespace_and_follows_its_lifecycle() -> Result<()>
-{
-    let client = airlock_e2e::client().await?;
-    airlock_e2e::crds::install(&client).await?;
-    let suffix = airlock_e2e::unique_suffix();
-    let sandbox_label = ("airlock.dev/e2e-sandbox", suffix.as_str());
-    let ns = TestNamespace::create(
-        &client,
-        "plugin",
-        &[
-            sandbox_label,
-            ("pod-security.kubernetes.io/enforce", "restricted"),
-            ("pod-security.kubernetes.io/enforce-version", "latest"),
-        ],
-    )
-    .await?;
-    let policy_name = format!("e2e-sandbox-{suffix}");
-    let operator = Operator::start(18081)?;
-    let outcome = lifecycle(&client, &ns, &policy_name, sandbox_label).await;
-    // Delete the namespace while the operator runs, so its finalizers are honoured.
-    let cleanup = async {
-        ns.delete().await?;
-        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+/// A namespace governed by its own trust policy (allowing unsigned plugins), with Pod Security
+/// "restricted" enforced, the hello bundle in a ConfigMap, and Airlock installed by Helm.
+struct Sandbox {
+    client: Client,
+    ns: TestNamespace,
+    policy: String,
+}
+
+impl Sandbox {
+    async fn new(prefix: &str) -> Result<Self> {
+        airlock_e2e::install::ensure_installed().await?;
+        let client = airlock_e2e::client().await?;
+        let suffix = airlock_e2e::unique_suffix();
+        let ns = TestNamespace::create(
+            &client,
+            prefix,
+            &[
+                ("airlock.dev/e2e-sandbox", suffix.as_str()),
+                ("pod-security.kubernetes.io/enforce", "restricted"),
+                ("pod-security.kubernetes.io/enforce-version", "latest"),
+            ],
+        )
+        .await?;
+        let policy = format!("e2e-sandbox-{suffix}");
+        let body = json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "PluginTrustPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "keys": [],
+                "namespaces": {"matchLabels": {"airlock.dev/e2e-sandbox": suffix}},
+                "trustLevels": {"Untrusted": {
+                    "allowUnsigned": true, "maxMemory": "64Mi", "maxCpu": "250m",
+                    "maxTimeout": "2s", "permissions": ["log"]
+                }}
+            }
+        });
+        Api::<airlock_crds::PluginTrustPolicy>::all(client.clone())
+            .patch(
+                &policy,
+                &PatchParams::apply("airlock-e2e").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .context("applying the trust policy")?;
+        let bundle = std::fs::read(images_env("AIRLOCK_HELLO_BUNDLE")?)?;
+        let cm = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some("hello-bundle".into()),
+                ..Default::default()
+            },
+            binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
+            ..Default::default()
+        };
+        ns.api::<ConfigMap>()
+            .create(&PostParams::default(), &cm)
+            .await?;
+        Ok(Self { client, ns, policy })
+    }
+
+    /// examples/hello-plugin.yaml named `name`, with the image pushed by `make e2e-images`.
+    fn hello(&self, name: &str) -> Result<serde_json::Value> {
+        let manifest = std::fs::read_to_string(workspace().join("examples/hello-plugin.yaml"))?;
+        let mut plugin = serde_yaml_value(&manifest)?;
+        plugin["metadata"]["name"] = json!(name);
+        plugin["spec"]["image"] = json!(images_env("AIRLOCK_HELLO_IMAGE")?);
+        Ok(plugin)
+    }
+
+    async fn apply(&self, plugin: &serde_json::Value) -> Result<()> {
+        let name = plugin["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.ns
+            .api::<Plugin>()
+            .patch(
+                &name,
+                &PatchParams::apply("airlock-e2e").force(),
+                &Patch::Apply(plugin),
+            )
+            .await
+            .with_context(|| format!("applying Plugin {name}"))?;
+        Ok(())
+    }
+
+    /// Deletes the namespace (the operator honours the Plugins' finalizers) and the policy.
+    async fn teardown(self) -> Result<()> {
+        self.ns.delete().await?;
+        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let deadline = Instant::now() + airlock_e2e::WAIT;
-        while nss.get_opt(&ns.name).await?.is_some() && Instant::now() < deadline {
+        while nss.get_opt(&self.ns.name).await?.is_some() {
+            ensure!(
+                Instant::now() < deadline,
+                "namespace {} was not deleted: are the Plugins' finalizers stuck?",
+                self.ns.name
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Api::<airlock_crds::PluginTrustPolicy>::all(client.clone())
-            .delete(&policy_name, &DeleteParams::default())
+        match Api::<airlock_crds::PluginTrustPolicy>::all(self.client.clone())
+            .delete(&self.policy, &DeleteParams::default())
             .await
-            .map(|_| ())
-            .or_else(|e| match e {
-                kube::Error::Api(s) if s.code == 404 => Ok(()),
-                e => Err(e),
-            })?;
-        anyhow::Ok(())
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
-    .await;
-    drop(operator);
+}
+
+/// Runs `body` in a sandbox and tears it down whatever the outcome.
+async fn in_sandbox<F>(prefix: &str, body: F) -> Result<()>
+where
+    F: AsyncFnOnce(&Sandbox) -> Result<()>,
+{
+    let sandbox = Sandbox::new(prefix).await?;
+    let outcome = body(&sandbox).await;
+    let cleanup = sandbox.teardown().await;
     outcome?;
     cleanup
 }
 
-async fn lifecycle(
-    client: &Client,
-    ns: &TestNamespace,
-    policy_name: &str,
-    (label_key, label_value): (&str, &str),
-) -> Result<()> {
+#[tokio::test]
+async fn a_plugin_becomes_active_in_a_restricted_namespace_and_follows_its_lifecycle() -> Result<()>
+{
+    in_sandbox("plugin", async |s| lifecycle(s).await).await
+}
+
+async fn lifecycle(s: &Sandbox) -> Result<()> {
+    let (client, ns) = (&s.client, &s.ns);
     let pp = PatchParams::apply("airlock-e2e").force();
-    let policy = json!({
-        "apiVersion": "airlock.dev/v1alpha1",
-        "kind": "PluginTrustPolicy",
-        "metadata": {"name": policy_name},
-        "spec": {
-            "keys": [],
-            "namespaces": {"matchLabels": {label_key: label_value}},
-            "trustLevels": {"Untrusted": {
-                "allowUnsigned": true, "maxMemory": "64Mi", "maxCpu": "250m",
-                "maxTimeout": "2s", "permissions": ["log"]
-            }}
-        }
-    });
-    Api::<airlock_crds::PluginTrustPolicy>::all(client.clone())
-        .patch(policy_name, &pp, &Patch::Apply(&policy))
-        .await
-        .context("applying the trust policy")?;
-
-    let bundle = std::fs::read(images_env("AIRLOCK_HELLO_BUNDLE")?)?;
-    let cm = ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some("hello-bundle".into()),
-            ..Default::default()
-        },
-        binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
-        ..Default::default()
-    };
-    ns.api::<ConfigMap>()
-        .create(&PostParams::default(), &cm)
-        .await?;
-
-    let manifest = std::fs::read_to_string(workspace().join("examples/hello-plugin.yaml"))?;
-    let mut plugin: serde_json::Value = serde_yaml_value(&manifest)?;
-    plugin["spec"]["image"] = json!(images_env("AIRLOCK_HELLO_IMAGE")?);
+    let plugin = s.hello("hello")?;
+    s.apply(&plugin).await?;
     let plugins: Api<Plugin> = ns.api();
-    plugins
-        .patch("hello", &pp, &Patch::Apply(&plugin))
-        .await
-        .context("applying examples/hello-plugin.yaml")?;
 
     // Active, with a real pod that the restricted namespace admitted, and the hook answers.
     let p = wait_plugin(&plugins, "hello", "phase Active", |p| {
@@ -371,4 +365,164 @@ fn with_enabled(plugin: &serde_json::Value, enabled: bool) -> serde_json::Value 
 fn serde_yaml_value(text: &str) -> Result<serde_json::Value> {
     let v: serde_json::Value = serde_yaml::from_str(text).context("parsing YAML")?;
     Ok(v)
+}
+
+#[tokio::test]
+async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revision_serves()
+-> Result<()> {
+    in_sandbox("rollback", async |s| {
+        let plugins: Api<Plugin> = s.ns.api();
+        let good = s.hello("hello")?;
+        s.apply(&good).await?;
+        let p = wait_plugin(&plugins, "hello", "phase Active", |p| {
+            phase(p) == Some(PluginPhase::Active)
+        })
+        .await?;
+        let good_revision = p
+            .status
+            .and_then(|st| st.current_revision)
+            .context("current revision")?;
+
+        // The upgrade's image exists, but the plugin process in it never starts.
+        let mut broken = good.clone();
+        broken["spec"]["image"] = json!(images_env("AIRLOCK_HELLO_BROKEN_IMAGE")?);
+        s.apply(&broken).await?;
+        let p = wait_plugin(&plugins, "hello", "Ready=False reason RolledBack", |p| {
+            condition(p, "Ready").is_some_and(|c| c.reason == "RolledBack")
+        })
+        .await?;
+        let st = p.status.clone().context("status")?;
+        ensure!(
+            st.phase == Some(PluginPhase::Degraded),
+            "phase {:?}",
+            st.phase
+        );
+        ensure!(
+            st.current_revision.as_deref() == Some(good_revision.as_str()),
+            "serving {:?}, expected the last good revision {good_revision}",
+            st.current_revision
+        );
+        let failed = st
+            .failed_revision
+            .clone()
+            .context("failed revision recorded")?;
+        ensure!(
+            failed != good_revision,
+            "the failed revision is the new one"
+        );
+        let msg = &condition(&p, "Ready").context("Ready")?.message;
+        ensure!(
+            msg.contains(&failed) && msg.contains(&good_revision),
+            "message: {msg}"
+        );
+
+        // The old revision keeps answering, and the broken one is not retried.
+        let out = invoke(&s.client, &s.ns.name, "hello").await?;
+        ensure!(out["greeting"] == "hello, airlock", "after rollback: {out}");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let d = s.ns.api::<Deployment>().get("hello").await?;
+        let serving = d
+            .spec
+            .and_then(|sp| sp.template.metadata)
+            .and_then(|m| m.labels)
+            .and_then(|l| l.get("airlock.dev/revision").cloned());
+        ensure!(
+            serving.as_deref() == Some(good_revision.as_str()),
+            "the Deployment went back to {serving:?}"
+        );
+
+        // Fixing the spec rolls forward again.
+        s.apply(&good).await?;
+        wait_plugin(&plugins, "hello", "Active after the fix", |p| {
+            phase(p) == Some(PluginPhase::Active)
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn killing_the_operator_mid_rollout_converges_without_duplicates() -> Result<()> {
+    in_sandbox("restart", async |s| {
+        let plugins: Api<Plugin> = s.ns.api();
+        s.apply(&s.hello("survivor")?).await?;
+        // As soon as the operator has started on it, kill every operator pod.
+        wait_plugin(&plugins, "survivor", "the rollout to start", |p| {
+            p.status.is_some()
+        })
+        .await?;
+        let operators: Api<Pod> =
+            Api::namespaced(s.client.clone(), airlock_e2e::install::NAMESPACE);
+        let lp = ListParams::default().labels("app.kubernetes.io/name=airlock-operator");
+        for pod in operators.list(&lp).await?.items {
+            let name = pod.metadata.name.unwrap_or_default();
+            operators
+                .delete(
+                    &name,
+                    &DeleteParams {
+                        grace_period_seconds: Some(0),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+        }
+        wait_plugin(
+            &plugins,
+            "survivor",
+            "phase Active after the restart",
+            |p| phase(p) == Some(PluginPhase::Active),
+        )
+        .await?;
+        let out = invoke(&s.client, &s.ns.name, "survivor").await?;
+        ensure!(out["greeting"] == "hello, airlock", "output {out}");
+
+        // Exactly one of each child, whatever happened in between.
+        let by_plugin = ListParams::default().labels("airlock.dev/plugin=survivor");
+        let counts = [
+            (
+                "Deployment",
+                s.ns.api::<Deployment>().list(&by_plugin).await?.items.len(),
+            ),
+            (
+                "Service",
+                s.ns.api::<Service>().list(&by_plugin).await?.items.len(),
+            ),
+            (
+                "NetworkPolicy",
+                s.ns.api::<NetworkPolicy>()
+                    .list(&by_plugin)
+                    .await?
+                    .items
+                    .len(),
+            ),
+            (
+                "ServiceAccount",
+                s.ns.api::<k8s_openapi::api::core::v1::ServiceAccount>()
+                    .list(&by_plugin)
+                    .await?
+                    .items
+                    .len(),
+            ),
+            (
+                "bundle Secret",
+                s.ns.api::<Secret>().list(&by_plugin).await?.items.len(),
+            ),
+        ];
+        for (kind, n) in counts {
+            ensure!(n == 1, "{n} {kind} objects for one plugin");
+        }
+        // The Active transition was recorded (Event; the audit record is written just before it).
+        let events: Api<k8s_openapi::api::events::v1::Event> = s.ns.api();
+        let active = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("survivor"))
+            .any(|e| e.reason.as_deref() == Some("Active"));
+        ensure!(active, "no Event records the plugin becoming Active");
+        Ok(())
+    })
+    .await
 }

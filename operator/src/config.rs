@@ -46,6 +46,15 @@ pub struct Config {
     /// Address of the HTTP endpoints /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Elect a leader through a Lease so that several replicas can run; only the leader reconciles.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Namespace of the leader-election Lease (in-cluster: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "airlock-system")]
+    pub lease_namespace: String,
+    /// Identity in the leader-election Lease (in-cluster: the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "airlock-operator")]
+    pub identity: String,
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "AIRLOCK_LOG_JSON")]
     pub log_json: bool,

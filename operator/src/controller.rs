@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use airlock_crds::plugin::PluginStatus;
 use airlock_crds::{Plugin, PluginTrustPolicy};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -185,7 +185,7 @@ async fn apply(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
             let plan = plan::plan(plugin, fetched, limits.as_ref());
             // Build + apply.
             let applied = match &plan.rollout {
-                Some(rollout) => Some(apply_children(plugin, rollout, ctx).await?),
+                Some(rollout) => Some(roll_out(plugin, rollout, ctx).await?),
                 None => None,
             };
             let next = status::next_status(
@@ -208,6 +208,73 @@ fn requeue_after(plan: &Plan, applied: Option<&status::Rollout>) -> Duration {
         // Blocked: the user must change something; spec and policy changes wake us up.
         (None, _) => Duration::from_secs(300),
     }
+}
+
+/// Applies the planned revision, unless it already failed once; a revision that misses its
+/// progress deadline is replaced by the last good one.
+async fn roll_out(
+    plugin: &Plugin,
+    rollout: &build::Rollout,
+    ctx: &Context,
+) -> Result<status::Rollout, Error> {
+    let prev = plugin.status.clone().unwrap_or_default();
+    let good = prev.last_good_revision.filter(|g| g != &rollout.revision);
+    if let Some(good) = &good
+        && prev.failed_revision.as_deref() == Some(rollout.revision.as_str())
+        && let Some(back) = rollback(plugin, rollout, good, ctx).await?
+    {
+        return Ok(back);
+    }
+    let applied = apply_children(plugin, rollout, ctx).await?;
+    if applied.deadline_exceeded
+        && let Some(good) = &good
+        && let Some(back) = rollback(plugin, rollout, good, ctx).await?
+    {
+        warn!(failed = %rollout.revision, %good, "rolled back");
+        return Ok(back);
+    }
+    Ok(applied)
+}
+
+/// Re-applies the Deployment with the pod template of `good`'s ReplicaSet. `None` when that
+/// ReplicaSet is gone (then the failed revision stays and the status says so).
+async fn rollback(
+    plugin: &Plugin,
+    failed: &build::Rollout,
+    good: &str,
+    ctx: &Context,
+) -> Result<Option<status::Rollout>, Error> {
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let selector = format!(
+        "{}={},{}={good}",
+        build::labels::PLUGIN_LABEL,
+        plugin.name_any(),
+        build::labels::REVISION_LABEL
+    );
+    let sets = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let Some(template) = sets
+        .items
+        .into_iter()
+        .max_by_key(|rs| rs.metadata.creation_timestamp.clone())
+        .and_then(|rs| rs.spec)
+        .and_then(|s| s.template)
+    else {
+        return Ok(None);
+    };
+    let current = build::deployment::deployment(plugin, failed, &ctx.build);
+    let deploy = build::deployment::rolled_back(current, template, good);
+    let applied = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &name_of(&deploy),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&deploy),
+        )
+        .await?;
+    let mut observed = observe(&applied, good);
+    observed.rolled_back_from = Some(failed.revision.clone());
+    Ok(Some(observed))
 }
 
 async fn apply_children(
@@ -266,6 +333,7 @@ fn observe(d: &Deployment, revision: &str) -> status::Rollout {
         updated_replicas: st.updated_replicas.unwrap_or_default(),
         observed: st.observed_generation.unwrap_or_default() >= generation,
         deadline_exceeded,
+        rolled_back_from: None,
     }
 }
 

@@ -33,6 +33,14 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "leader election: {0}; check the Role that lets the operator manage Leases in its namespace"
+    )]
+    LeaderElection(String),
+    #[error(
+        "lost leadership; exiting so that the new leader alone reconciles (the pod restarts as a standby)"
+    )]
+    LostLeadership,
 }
 
 /// Starts the operator and runs it until SIGTERM/SIGINT.
@@ -59,12 +67,56 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     ));
     ready.store(true, Ordering::Relaxed);
     tracing::info!("airlock operator started");
+    let work = async {
+        if config.leader_election {
+            lead(&ctx.client, &config, controller::run(ctx.clone())).await
+        } else {
+            controller::run(ctx.clone()).await;
+            Ok(())
+        }
+    };
     tokio::select! {
-        _ = controller::run(ctx) => Ok(()),
+        res = work => res,
         res = http => match res {
             Ok(Err(e)) => Err(e),
             _ => Ok(()),
         },
+    }
+}
+
+/// Waits until this replica holds the Lease, then runs `work` until it ends or leadership is lost.
+async fn lead(
+    client: &kube::Client,
+    config: &Config,
+    work: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "airlock-operator")
+        .with_namespace(config.lease_namespace.clone())
+        .with_identity(config.identity.clone())
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .map_err(|e| StartError::LeaderElection(e.to_string()))?;
+    let (mut leader, _task) = manager.watch().await;
+    tracing::info!(identity = %config.identity, "waiting to become the leader");
+    while !*leader.borrow_and_update() {
+        leader
+            .changed()
+            .await
+            .map_err(|e| StartError::LeaderElection(e.to_string()))?;
+    }
+    tracing::info!(identity = %config.identity, "became the leader");
+    let lost = async {
+        loop {
+            if leader.changed().await.is_err() || !*leader.borrow_and_update() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = work => Ok(()),
+        _ = lost => Err(StartError::LostLeadership),
     }
 }
 

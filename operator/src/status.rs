@@ -29,6 +29,8 @@ pub struct Rollout {
     pub observed: bool,
     /// `Progressing=False, reason ProgressDeadlineExceeded`.
     pub deadline_exceeded: bool,
+    /// Set when `revision` is the last good one, re-applied because this newer revision failed.
+    pub rolled_back_from: Option<String>,
 }
 
 /// Why a reconcile could not get as far as a plan (fetching the bundle or image failed).
@@ -67,6 +69,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
         trust_level: prev.trust_level.clone(),
         current_revision: prev.current_revision.clone(),
         last_good_revision: prev.last_good_revision.clone(),
+        failed_revision: prev.failed_revision.clone(),
         hooks: prev.hooks.clone(),
         ..Default::default()
     };
@@ -79,8 +82,16 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
     match outcome {
         Outcome::FetchFailed(f) => {
             set(f.condition, false, f.reason, f.message.clone());
-            set(READY, false, f.reason, f.message.clone());
-            phase = PluginPhase::Failed;
+            // An earlier revision that was rolled out keeps running untouched.
+            let (phase_now, suffix) = match &prev.last_good_revision {
+                Some(good) => (
+                    PluginPhase::Degraded,
+                    format!(" (revision {good} keeps serving)"),
+                ),
+                None => (PluginPhase::Failed, String::new()),
+            };
+            set(READY, false, f.reason, format!("{}{suffix}", f.message));
+            phase = phase_now;
         }
         Outcome::Planned(plan, rollout) => {
             for (ty, verdict) in [
@@ -108,7 +119,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                     status.image_digest = Some(planned.image_digest.clone());
                     status.bundle_digest = Some(planned.bundle_digest.clone());
                     status.trust_level = Some(format!("{:?}", plan.trust_level));
-                    status.current_revision = Some(planned.revision.clone());
+                    status.current_revision = Some(applied.revision.clone());
                     status.hooks = plugin
                         .spec
                         .hooks
@@ -143,6 +154,17 @@ fn ready(
             "spec.enabled is false: no pods run; storage and status are kept".to_string(),
             PluginPhase::Disabled,
         )
+    } else if let Some(failed) = &applied.rolled_back_from {
+        status.failed_revision = Some(failed.clone());
+        (
+            false,
+            "RolledBack",
+            format!(
+                "revision {failed} did not become ready within its progress deadline and was rolled back; revision {} keeps serving. Fix the plugin (see the failed pod's events and logs) and change the spec to try again",
+                applied.revision
+            ),
+            PluginPhase::Degraded,
+        )
     } else if applied.deadline_exceeded {
         (
             false,
@@ -158,6 +180,7 @@ fn ready(
         && applied.updated_replicas >= applied.desired_replicas
     {
         status.last_good_revision = Some(applied.revision.clone());
+        status.failed_revision = None;
         (
             true,
             "Active",
@@ -277,6 +300,7 @@ mod tests {
             updated_replicas: 1,
             observed: true,
             deadline_exceeded: false,
+            rolled_back_from: None,
         }
     }
 
@@ -357,6 +381,50 @@ mod tests {
         assert_eq!(s.phase, Some(PluginPhase::Disabled));
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, READY).reason, "Disabled");
+    }
+
+    #[test]
+    fn a_rolled_back_revision_is_degraded_names_both_revisions_and_is_remembered() {
+        let mut p = plugin(HELLO);
+        p.status = Some(PluginStatus {
+            last_good_revision: Some("rgood".into()),
+            ..Default::default()
+        });
+        let plan = ok_plan();
+        let mut a = applied(1);
+        a.revision = "rgood".into();
+        a.rolled_back_from = Some("rbad".into());
+        let s = next_status(&p, Outcome::Planned(&plan, Some(&a)), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, Some(PluginPhase::Degraded));
+        let r = cond(&s, READY);
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "RolledBack")
+        );
+        assert!(
+            r.message.contains("rbad") && r.message.contains("rgood"),
+            "{}",
+            r.message
+        );
+        assert_eq!(s.failed_revision.as_deref(), Some("rbad"));
+        assert_eq!(s.current_revision.as_deref(), Some("rgood"));
+    }
+
+    #[test]
+    fn a_fetch_failure_after_a_good_rollout_is_degraded_not_failed() {
+        let mut p = plugin(HELLO);
+        p.status = Some(PluginStatus {
+            last_good_revision: Some("rgood".into()),
+            ..Default::default()
+        });
+        let f = FetchFailure {
+            condition: VERIFIED,
+            reason: "ImageUnresolvable",
+            message: "could not resolve".into(),
+        };
+        let s = next_status(&p, Outcome::FetchFailed(&f), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, Some(PluginPhase::Degraded));
+        assert!(cond(&s, READY).message.contains("rgood keeps serving"));
     }
 
     #[test]

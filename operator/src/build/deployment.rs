@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use airlock_crds::Plugin;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -152,6 +153,33 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
     from_json(value)
 }
 
+/// The Deployment serving `good_revision` again: `current` with the pod template of that
+/// revision's ReplicaSet, which Kubernetes keeps (revisionHistoryLimit) — what
+/// `kubectl rollout undo` does. The bundle Secret of that revision is immutable and still there.
+pub fn rolled_back(
+    mut current: Deployment,
+    mut good_template: PodTemplateSpec,
+    good_revision: &str,
+) -> Deployment {
+    // Added by the Deployment controller to its ReplicaSets, never part of our template.
+    if let Some(labels) = good_template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.labels.as_mut())
+    {
+        labels.remove("pod-template-hash");
+    }
+    current
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(REVISION_ANNOTATION.into(), good_revision.into());
+    if let Some(spec) = current.spec.as_mut() {
+        spec.template = good_template;
+    }
+    current
+}
+
 fn container_security_context() -> Value {
     json!({
         "runAsNonRoot": true,
@@ -275,6 +303,31 @@ mod tests {
         assert_eq!(
             profile.localhost_profile.as_deref(),
             Some("profiles/airlock-plugin.json")
+        );
+    }
+
+    #[test]
+    fn a_rollback_restores_the_good_template_without_the_replicaset_hash() {
+        let good = deployment(&plugin(HELLO), &rollout(), &config());
+        let mut template = good.spec.clone().expect("spec").template;
+        template
+            .metadata
+            .as_mut()
+            .and_then(|m| m.labels.as_mut())
+            .expect("labels")
+            .insert("pod-template-hash".into(), "abc".into());
+        let mut bad_rollout = rollout();
+        bad_rollout.pinned_image = "198.19.255.1:5000/acme/hello@sha256:dead".into();
+        bad_rollout.revision = "rbad".into();
+        let bad = deployment(&plugin(HELLO), &bad_rollout, &config());
+        let back = rolled_back(bad, template, "r1a2b3c4d");
+        assert_eq!(
+            back.spec.clone().expect("spec").template,
+            good.spec.expect("spec").template
+        );
+        assert_eq!(
+            back.metadata.annotations.expect("annotations")[REVISION_ANNOTATION],
+            "r1a2b3c4d"
         );
     }
 
