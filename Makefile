@@ -16,7 +16,8 @@ export KUBECONFIG ?= /var/lib/airlock-cluster/kubeconfig
 help: ## list the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-demo: cluster-up e2e-images ## bring up the local cluster and run a demo pod end to end
+demo: cluster-up e2e-images ## local cluster, Airlock installed with Helm, the hello plugin applied and its hook called
+	cargo build --locked -p airlockctl
 	@bash e2e/demo.sh
 
 test: lint unit e2e ## the whole suite: fmt, clippy, unit tests, cluster e2e
@@ -51,5 +52,4 @@ e2e-images: ## build and push the images the e2e suite runs
 	e2e/images.sh
 
 e2e: cluster-up e2e-images ## end-to-end tests against the cluster
-	cargo build --locked -p airlock-operator
 	cargo test --locked -p airlock-e2e -- --test-threads=4

@@ -47,8 +47,23 @@ pub enum StartError {
 pub async fn run(config: Config) -> Result<(), StartError> {
     init_tracing(config.log_json);
     let build = config.build_config().map_err(StartError::Config)?;
-    let client = kube::Client::try_default().await?;
     let metrics = metrics::Metrics::new()?;
+    let client = {
+        // Every API request is counted, so the cost of a reconcile (and of a steady state, which
+        // should write nothing) is visible in /metrics.
+        let counter = metrics.clone();
+        let count =
+            tower::util::MapRequestLayer::new(move |req: ::http::Request<kube::client::Body>| {
+                counter.kube_request(req.method().as_str());
+                req
+            });
+        let config = kube::Config::infer()
+            .await
+            .map_err(|e| StartError::Config(format!("finding the cluster: {e}")))?;
+        kube::client::ClientBuilder::try_from(config)?
+            .with_layer(&count)
+            .build()
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let http = {
         let (addr, metrics, ready) = (config.http_addr, metrics.clone(), ready.clone());

@@ -15,6 +15,7 @@ pub struct Metrics {
     reconcile_duration: HistogramVec,
     reconcile_errors: IntCounterVec,
     plugins: IntGaugeVec,
+    kube_requests: IntCounterVec,
     /// Last (phase, trust level) seen per plugin, so the gauge counts each plugin once.
     seen: Arc<Mutex<HashMap<String, (String, String)>>>,
 }
@@ -49,14 +50,31 @@ impl Metrics {
         )?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
+        let kube_requests = IntCounterVec::new(
+            Opts::new(
+                "airlock_kube_requests_total",
+                "Requests the operator sent to the Kubernetes API, by HTTP method (writes: POST, PUT, PATCH, DELETE)",
+            ),
+            &["method"],
+        )?;
         registry.register(Box::new(plugins.clone()))?;
+        registry.register(Box::new(kube_requests.clone()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             registry,
             reconcile_duration,
             reconcile_errors,
             plugins,
+            kube_requests,
             seen: Arc::default(),
         })
+    }
+
+    /// Counts one request to the Kubernetes API (called by the client's middleware).
+    pub fn kube_request(&self, method: &str) {
+        self.kube_requests.with_label_values(&[method]).inc();
     }
 
     pub fn observe_reconcile(&self, took: Duration) {
