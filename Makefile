@@ -11,7 +11,7 @@ export PATH := $(TOOLS_PATH):$(PATH)
 # The local cluster unless the caller points at another one.
 export KUBECONFIG ?= /var/lib/airlock-cluster/kubeconfig
 
-.PHONY: help demo test lint fmt-check clippy unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images e2e
+.PHONY: help demo bench test lint fmt-check clippy unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images e2e
 
 help: ## list the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -19,6 +19,9 @@ help: ## list the recipes
 demo: cluster-up e2e-images ## local cluster, Airlock installed with Helm, the hello plugin applied and its hook called
 	cargo build --locked -p airlockctl
 	@bash e2e/demo.sh
+
+bench: cluster-up e2e-images ## controller scale benchmark: 1000 disabled Plugins (BENCH_PLUGINS=N)
+	@bash e2e/bench.sh
 
 test: lint unit e2e ## the whole suite: fmt, clippy, unit tests, cluster e2e
 

@@ -9,9 +9,7 @@ export KUBECONFIG=${KUBECONFIG:-$STATE/kubeconfig}
 NS=airlock-demo
 
 log "installing Airlock with Helm (namespace airlock-system)"
-helm upgrade --install airlock "$ROOT/charts/airlock" --namespace airlock-system --create-namespace \
-  --set operator.image="$AIRLOCK_OPERATOR_IMAGE" --set shim.image="$AIRLOCK_SHIM_IMAGE" \
-  --set "insecureRegistries={$REGISTRY}" --wait --timeout 3m >/dev/null
+"$ROOT/e2e/helm-install.sh"
 kubectl -n airlock-system get deploy airlock-operator
 
 log "trust policy: unsigned plugins allowed in namespaces labelled airlock.dev/sandbox=true"

@@ -43,7 +43,13 @@ async fn the_chart_lints_and_its_manifests_pass_a_server_side_dry_run() -> Resul
     let rendered = tool("helm")
         .args(["template", "airlock"])
         .arg(&chart)
-        .args(["--namespace", NAMESPACE, "--include-crds"])
+        .args([
+            "--namespace",
+            NAMESPACE,
+            "--include-crds",
+            "--kube-version",
+            "1.34.0",
+        ])
         .args(values()?)
         .output()
         .context("running helm template")?;

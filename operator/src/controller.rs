@@ -331,6 +331,8 @@ fn observe(d: &Deployment, revision: &str) -> status::Rollout {
         desired_replicas: spec_replicas,
         ready_replicas: st.ready_replicas.unwrap_or_default(),
         updated_replicas: st.updated_replicas.unwrap_or_default(),
+        total_replicas: st.replicas.unwrap_or_default(),
+        available_replicas: st.available_replicas.unwrap_or_default(),
         observed: st.observed_generation.unwrap_or_default() >= generation,
         deadline_exceeded,
         rolled_back_from: None,

@@ -91,21 +91,29 @@ pub async fn fetch(
     }
     let inspected = {
         let bytes = bytes.clone();
-        tokio::task::spawn_blocking(move || -> Result<bundle::Extracted, String> {
+        tokio::task::spawn_blocking(move || {
             // Full extraction into a throw-away directory: the same safety checks the shim makes
             // (paths, links, devices, size), before anything is rolled out.
-            let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-            bundle::extract(&bytes, dir.path(), max_bundle_bytes).map_err(|e| e.to_string())
+            let dir = tempfile::tempdir().map_err(|e| FetchFailure {
+                condition: VERIFIED,
+                reason: "BundleInspectionFailed",
+                message: format!(
+                    "the operator could not create a temporary directory to inspect the bundle ({e}); it needs a writable /tmp, which the chart mounts (retrying)"
+                ),
+            })?;
+            bundle::extract(&bytes, dir.path(), max_bundle_bytes).map_err(|e| FetchFailure {
+                condition: VERIFIED,
+                reason: "InvalidBundle",
+                message: format!("the bundle was refused: {e}; fix the bundle and publish it again"),
+            })
         })
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r)
-    }
-    .map_err(|e| FetchFailure {
-        condition: VERIFIED,
-        reason: "InvalidBundle",
-        message: format!("the bundle was refused: {e}; fix the bundle and publish it again"),
-    })?;
+        .map_err(|e| FetchFailure {
+            condition: VERIFIED,
+            reason: "BundleInspectionFailed",
+            message: format!("inspecting the bundle did not finish: {e} (retrying)"),
+        })??
+    };
     let (pinned_image, image_digest) = registry.resolve(&plugin.spec.image).await?;
     Ok(Fetched {
         pinned_image,

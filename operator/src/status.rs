@@ -25,6 +25,9 @@ pub struct Rollout {
     pub desired_replicas: i32,
     pub ready_replicas: i32,
     pub updated_replicas: i32,
+    /// Pods of every revision (old ones linger during a rollout).
+    pub total_replicas: i32,
+    pub available_replicas: i32,
     /// The Deployment controller has seen the current spec.
     pub observed: bool,
     /// `Progressing=False, reason ProgressDeadlineExceeded`.
@@ -175,10 +178,7 @@ fn ready(
             ),
             PluginPhase::Degraded,
         )
-    } else if applied.observed
-        && applied.ready_replicas >= applied.desired_replicas
-        && applied.updated_replicas >= applied.desired_replicas
-    {
+    } else if rollout_complete(applied) {
         status.last_good_revision = Some(applied.revision.clone());
         status.failed_revision = None;
         (
@@ -205,6 +205,16 @@ fn ready(
         .conditions
         .push(condition(prev, READY, ok, reason, message, generation, now));
     phase
+}
+
+/// The same test as `kubectl rollout status`: the controller saw the current spec, every pod runs
+/// the new template, no pod of an older revision is left, and the new ones are available. Counting
+/// ready pods alone would call a broken revision good while the old pod still answers.
+fn rollout_complete(r: &Rollout) -> bool {
+    r.observed
+        && r.updated_replicas >= r.desired_replicas
+        && r.total_replicas <= r.updated_replicas
+        && r.available_replicas >= r.desired_replicas
 }
 
 fn condition(
@@ -298,6 +308,8 @@ mod tests {
             desired_replicas: 1,
             ready_replicas: ready,
             updated_replicas: 1,
+            total_replicas: 1,
+            available_replicas: ready,
             observed: true,
             deadline_exceeded: false,
             rolled_back_from: None,
@@ -425,6 +437,27 @@ mod tests {
         let s = next_status(&p, Outcome::FetchFailed(&f), Timestamp::UNIX_EPOCH);
         assert_eq!(s.phase, Some(PluginPhase::Degraded));
         assert!(cond(&s, READY).message.contains("rgood keeps serving"));
+    }
+
+    #[test]
+    fn an_old_ready_pod_does_not_make_a_new_revision_good() {
+        let p = plugin(HELLO);
+        let plan = ok_plan();
+        // Mid-rollout: the new pod exists (updated 1) but is not ready; the old pod still serves.
+        let mid = Rollout {
+            ready_replicas: 1,
+            available_replicas: 1,
+            updated_replicas: 1,
+            total_replicas: 2,
+            ..applied(1)
+        };
+        let s = next_status(
+            &p,
+            Outcome::Planned(&plan, Some(&mid)),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(s.phase, Some(PluginPhase::Deploying));
+        assert_eq!(s.last_good_revision, None);
     }
 
     #[test]

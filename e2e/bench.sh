@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Scale benchmark of the controller: N disabled Plugins (default 1000) in one namespace.
+# Prints time to steady state, Kubernetes API requests per Plugin, API writes per minute at steady
+# state (goal: 0) against the same operator idle before the Plugins existed (the baseline), and
+# the operator's resident memory. Counts come from the operator's own request counter.
+. "$(dirname "$0")/cluster/lib.sh"
+ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
+export KUBECONFIG=${KUBECONFIG:-$STATE/kubeconfig}
+# shellcheck source=/dev/null
+. "$ROOT/target/e2e/images.env"
+N=${BENCH_PLUGINS:-1000}
+NS=airlock-bench
+STEADY_SECONDS=${BENCH_STEADY_SECONDS:-60}
+
+"$ROOT/e2e/helm-install.sh"
+# The leader's metrics (the standby reconciles nothing).
+leader_metrics() {
+  local holder ip
+  holder=$(kubectl -n airlock-system get lease airlock-operator -o jsonpath='{.spec.holderIdentity}')
+  ip=$(kubectl -n airlock-system get pod "$holder" -o jsonpath='{.status.podIP}')
+  curl -sf "http://$ip:8080/metrics"
+}
+metric_sum() { # metric_sum <metrics text> <name> [label filter regex]
+  echo "$1" | grep -E "^$2(\{|\s)" | grep -E -- "${3:-.}" | awk '{s += $NF} END {printf "%.0f", s}'
+}
+writes() { metric_sum "$1" airlock_kube_requests_total 'method="(POST|PUT|PATCH|DELETE)"'; }
+requests() { metric_sum "$1" airlock_kube_requests_total; }
+
+kubectl delete namespace "$NS" --ignore-not-found --wait=true >/dev/null
+kubectl apply -f "$ROOT/examples/trust-policy.yaml" >/dev/null
+kubectl create namespace "$NS" >/dev/null
+kubectl label namespace "$NS" airlock.dev/sandbox=true >/dev/null
+kubectl -n "$NS" create configmap hello-bundle --from-file=bundle.tar.gz="$AIRLOCK_HELLO_BUNDLE" >/dev/null
+
+log "baseline: operator idle for ${STEADY_SECONDS}s"
+m0=$(leader_metrics)
+sleep "$STEADY_SECONDS"
+m1=$(leader_metrics)
+base_writes=$(( $(writes "$m1") - $(writes "$m0") ))
+
+log "applying $N disabled Plugins"
+manifests=$(mktemp)
+for i in $(seq 1 "$N"); do
+  cat <<YAML
+---
+apiVersion: airlock.dev/v1alpha1
+kind: Plugin
+metadata: {name: bench-$i}
+spec:
+  enabled: false
+  version: 1.0.0
+  image: $AIRLOCK_HELLO_IMAGE
+  bundle: {source: {configMapRef: {name: hello-bundle}}}
+  pluginApiVersion: 1
+  hooks: [{name: transform}]
+  permissions: [log]
+YAML
+done >"$manifests"
+before=$(leader_metrics)
+t0=$(date +%s.%N)
+kubectl -n "$NS" apply --server-side -f "$manifests" >/dev/null
+rm -f "$manifests"
+while :; do
+  done_count=$(kubectl -n "$NS" get plugins -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -c '^Disabled$' || true)
+  [ "$done_count" -ge "$N" ] && break
+  sleep 2
+done
+t1=$(date +%s.%N)
+after=$(leader_metrics)
+log "steady state: watching for ${STEADY_SECONDS}s"
+sleep "$STEADY_SECONDS"
+steady=$(leader_metrics)
+
+reqs=$(( $(requests "$after") - $(requests "$before") ))
+wr=$(( $(writes "$after") - $(writes "$before") ))
+steady_writes=$(( $(writes "$steady") - $(writes "$after") ))
+rss=$(metric_sum "$steady" process_resident_memory_bytes)
+printf '\n== airlock controller bench: %d disabled Plugins ==\n' "$N"
+awk -v n="$N" -v t0="$t0" -v t1="$t1" -v reqs="$reqs" -v wr="$wr" -v sw="$steady_writes" \
+    -v bw="$base_writes" -v secs="$STEADY_SECONDS" -v rss="$rss" 'BEGIN {
+  printf "time to steady state:          %.1f s (%.1f Plugins/s)\n", t1 - t0, n / (t1 - t0)
+  printf "API requests per Plugin:       %.1f (writes %.1f)\n", reqs / n, wr / n
+  printf "API writes/min, steady state:  %.1f   (baseline, no Plugins: %.1f; ratio %s)\n", sw * 60 / secs, bw * 60 / secs, (bw > 0 ? sprintf("%.1f", sw / bw) : "n/a")
+  printf "operator RSS:                  %.1f MiB\n", rss / 1048576
+}'
+log "cleaning up"
+kubectl delete namespace "$NS" --wait=true --timeout=600s >/dev/null

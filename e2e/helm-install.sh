@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs (or upgrades) Airlock from charts/airlock with the images `make e2e-images` pushed.
+# Extra arguments go to helm (e.g. --set progressDeadlineSeconds=20).
+. "$(dirname "$0")/cluster/lib.sh"
+ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
+export KUBECONFIG=${KUBECONFIG:-$STATE/kubeconfig}
+# shellcheck source=/dev/null
+. "$ROOT/target/e2e/images.env"
+helm upgrade --install airlock "$ROOT/charts/airlock" --namespace airlock-system --create-namespace \
+  --set operator.image="$AIRLOCK_OPERATOR_IMAGE" --set shim.image="$AIRLOCK_SHIM_IMAGE" \
+  --set "insecureRegistries={${AIRLOCK_E2E_REGISTRY:-$REGISTRY}}" --wait --timeout 3m "$@" >/dev/null
