@@ -14,11 +14,12 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
@@ -56,6 +57,9 @@ impl Error {
 /// Everything a reconcile needs; shared by all reconciles.
 pub struct Context {
     pub client: Client,
+    /// Watched caches: a reconcile reads policies and namespace labels without an API request.
+    pub policies: Store<PluginTrustPolicy>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub build: BuildConfig,
     pub registry: Arc<Registry>,
     pub recorder: Recorder,
@@ -86,8 +90,28 @@ impl Context {
             controller: "airlock-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let (policies, policy_writer) = reflector::store();
+        let (namespaces, namespace_writer) = reflector::store();
+        let policy_stream = reflector::reflector(
+            policy_writer,
+            watcher(
+                Api::<PluginTrustPolicy>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        );
+        let namespace_stream = reflector::reflector(
+            namespace_writer,
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        );
+        tokio::spawn(policy_stream.default_backoff().for_each(|_| async {}));
+        tokio::spawn(namespace_stream.default_backoff().for_each(|_| async {}));
         Self {
             recorder: Recorder::new(client.clone(), reporter),
+            policies,
+            namespaces,
             client,
             build,
             registry: Arc::new(registry),
@@ -100,6 +124,13 @@ impl Context {
 
 /// Runs the controller until the process is asked to stop.
 pub async fn run(ctx: Arc<Context>) {
+    // Deciding with an empty policy cache would block every plugin for a moment: wait for it.
+    if ctx.policies.wait_until_ready().await.is_err()
+        || ctx.namespaces.wait_until_ready().await.is_err()
+    {
+        warn!("the policy and namespace caches stopped before they were ready");
+        return;
+    }
     let client = ctx.client.clone();
     let plugins: Api<Plugin> = Api::all(client.clone());
     let policies: Api<PluginTrustPolicy> = Api::all(client.clone());
@@ -119,6 +150,14 @@ pub async fn run(ctx: Arc<Context>) {
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // Our own applies echo back as events on the children: collapse the burst into one
+        // reconcile, and bound how many run at once so a thousand Plugins do not all queue on
+        // the API server together.
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .debounce(Duration::from_millis(500))
+                .concurrency(8),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -159,13 +198,18 @@ async fn apply(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let client = &ctx.client;
 
-    // Fetch.
-    let namespace = Api::<Namespace>::all(client.clone()).get(&ns).await?;
-    let ns_labels: BTreeMap<String, String> = namespace.labels().clone();
-    let policies = Api::<PluginTrustPolicy>::all(client.clone())
-        .list(&Default::default())
-        .await?
-        .items;
+    // Fetch (namespace labels and policies from the watch caches).
+    let ns_labels: BTreeMap<String, String> = ctx
+        .namespaces
+        .get(&ObjectRef::new(&ns))
+        .map(|n| n.labels().clone())
+        .unwrap_or_default();
+    let policies: Vec<PluginTrustPolicy> = ctx
+        .policies
+        .state()
+        .iter()
+        .map(|p| p.as_ref().clone())
+        .collect();
     let fetched = fetch::fetch(client, &ctx.registry, plugin, ctx.max_bundle_bytes).await;
 
     let (next, requeue) = match &fetched {
