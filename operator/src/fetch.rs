@@ -15,6 +15,9 @@ use oci_client::{Client as OciClient, Reference};
 use crate::plan::Fetched;
 use crate::status::{FetchFailure, VERIFIED};
 
+/// How long one registry request may take: a hung registry must not hold a reconcile slot.
+const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Talks to image registries. One client for the process: it caches registry tokens.
 pub struct Registry {
     client: OciClient,
@@ -47,11 +50,22 @@ impl Registry {
         })?;
         let digest = match reference.digest() {
             Some(d) => d.to_string(),
-            None => self
-                .client
-                .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous)
-                .await
-                .map_err(|e| FetchFailure {
+            None => tokio::time::timeout(
+                REGISTRY_TIMEOUT,
+                self.client
+                    .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous),
+            )
+            .await
+            .map_err(|_| FetchFailure {
+                condition: VERIFIED,
+                reason: "RegistryTimeout",
+                message: format!(
+                    "the registry {} did not answer within {}s while resolving spec.image {image}; check that it is reachable (retrying)",
+                    reference.resolve_registry(),
+                    REGISTRY_TIMEOUT.as_secs()
+                ),
+            })?
+            .map_err(|e| FetchFailure {
                     condition: VERIFIED,
                     reason: "ImageUnresolvable",
                     message: format!(
