@@ -150,14 +150,6 @@ pub async fn run(ctx: Arc<Context>) {
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
         })
-        // Our own applies echo back as events on the children: collapse the burst into one
-        // reconcile, and bound how many run at once so a thousand Plugins do not all queue on
-        // the API server together.
-        .with_config(
-            kube::runtime::controller::Config::default()
-                .debounce(Duration::from_millis(500))
-                .concurrency(8),
-        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
