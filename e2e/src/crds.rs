@@ -10,15 +10,11 @@ use kube::{Client, CustomResourceExt};
 
 const MANAGER: &str = "airlock-e2e";
 
-/// Installs the CRDs (unless present) and returns the names of the ones this test created.
-pub async fn install(client: &Client) -> Result<Vec<String>> {
+/// Installs (server-side applies) the CRDs and waits until they are Established.
+pub async fn install(client: &Client) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut created = Vec::new();
     for crd in [Plugin::crd(), PluginTrustPolicy::crd()] {
         let name = crd.metadata.name.clone().context("CRD has a name")?;
-        if crds.get_opt(&name).await?.is_none() {
-            created.push(name.clone());
-        }
         crds.patch(
             &name,
             &PatchParams::apply(MANAGER).force(),
@@ -45,5 +41,5 @@ pub async fn install(client: &Client) -> Result<Vec<String>> {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    Ok(created)
+    Ok(())
 }

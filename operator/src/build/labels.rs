@@ -26,6 +26,17 @@ pub fn selector(plugin: &Plugin) -> BTreeMap<String, String> {
     BTreeMap::from([(PLUGIN_LABEL.into(), plugin.name_any())])
 }
 
+/// `metadata` of a per-plugin child (name, namespace, labels, owner), as JSON for the builders
+/// that write their objects as JSON.
+pub fn child_metadata(plugin: &Plugin) -> serde_json::Value {
+    serde_json::json!({
+        "name": super::child_name(&plugin.name_any()),
+        "namespace": plugin.namespace(),
+        "labels": common(plugin),
+        "ownerReferences": owner(plugin),
+    })
+}
+
 /// Controller owner reference, so deleting the Plugin garbage-collects its children.
 pub fn owner(plugin: &Plugin) -> Vec<OwnerReference> {
     plugin.controller_owner_ref(&()).into_iter().collect()

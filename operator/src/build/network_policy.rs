@@ -3,10 +3,9 @@
 
 use airlock_crds::{Permission, Plugin};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use super::{BuildConfig, GRPC_PORT, Rollout, child_name, labels};
+use super::{BuildConfig, GRPC_PORT, Rollout, labels};
 
 pub fn network_policy(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> NetworkPolicy {
     let router_labels: serde_json::Map<String, Value> = config
@@ -39,12 +38,7 @@ pub fn network_policy(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) 
     let value = json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": child_name(&plugin.name_any()),
-            "namespace": plugin.namespace(),
-            "labels": labels::common(plugin),
-            "ownerReferences": labels::owner(plugin),
-        },
+        "metadata": labels::child_metadata(plugin),
         "spec": {
             "podSelector": {"matchLabels": labels::selector(plugin)},
             "policyTypes": ["Ingress", "Egress"],

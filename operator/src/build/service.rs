@@ -2,21 +2,15 @@
 
 use airlock_crds::Plugin;
 use k8s_openapi::api::core::v1::Service;
-use kube::ResourceExt;
 use serde_json::json;
 
-use super::{GRPC_PORT, child_name, labels};
+use super::{GRPC_PORT, labels};
 
 pub fn service(plugin: &Plugin) -> Service {
     let value = json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": child_name(&plugin.name_any()),
-            "namespace": plugin.namespace(),
-            "labels": labels::common(plugin),
-            "ownerReferences": labels::owner(plugin),
-        },
+        "metadata": labels::child_metadata(plugin),
         "spec": {
             "type": "ClusterIP",
             "selector": labels::selector(plugin),
