@@ -21,9 +21,12 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
+use crate::applied::{self, Applied, Fingerprint};
 use crate::build::{self, BuildConfig, FIELD_MANAGER};
 use crate::fetch::{self, Registry};
 use crate::metrics::Metrics;
@@ -68,6 +71,8 @@ pub struct Context {
     /// The status this process last wrote, per Plugin uid. The watch cache can lag behind our own
     /// writes; comparing with it would repeat Events and audit records for the same transition.
     last_written: Mutex<HashMap<String, PluginStatus>>,
+    /// What this process applied to each child: an unchanged reconcile writes nothing.
+    applied: Applied,
 }
 
 impl std::fmt::Debug for Context {
@@ -118,8 +123,27 @@ impl Context {
             metrics,
             max_bundle_bytes,
             last_written: Mutex::default(),
+            applied: Applied::default(),
         }
     }
+}
+
+/// Watch caches of the children, filled by the same watches that trigger reconciles. Reads of the
+/// children come from here, so a reconcile of an unchanged Plugin makes no API request for them.
+struct Children {
+    deployments: Store<Deployment>,
+    services: Store<PartialObjectMeta<Service>>,
+    network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
+    service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    /// Bundle Secrets known to exist: immutable and named by digest, so existing means right.
+    /// (Not watched: a watch on Secrets would need `list` on every Secret in the cluster.)
+    secrets: Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+/// One leadership term: the shared context and the child caches its watches fill.
+struct Term {
+    ctx: Arc<Context>,
+    children: Children,
 }
 
 /// Runs the controller until the process is asked to stop.
@@ -135,13 +159,59 @@ pub async fn run(ctx: Arc<Context>) {
     let plugins: Api<Plugin> = Api::all(client.clone());
     let policies: Api<PluginTrustPolicy> = Api::all(client.clone());
     let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=airlock");
-    let plugin_store_for_policies = Controller::new(plugins.clone(), watcher::Config::default());
-    let store = plugin_store_for_policies.store();
-    plugin_store_for_policies
-        .owns(Api::<Deployment>::all(client.clone()), cfg.clone())
-        .owns(Api::<Service>::all(client.clone()), cfg.clone())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), cfg.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), cfg.clone())
+
+    // managedFields are large and never read here: keep them out of the caches.
+    let (deployments, w) = reflector::store();
+    let deployment_stream = watcher(Api::<Deployment>::all(client.clone()), cfg.clone())
+        .default_backoff()
+        .modify(|d: &mut Deployment| d.managed_fields_mut().clear())
+        .reflect(w)
+        .touched_objects();
+    let (services, w) = reflector::store();
+    let service_stream = watcher(
+        Api::<PartialObjectMeta<Service>>::all(client.clone()),
+        cfg.clone(),
+    )
+    .default_backoff()
+    .modify(|m: &mut PartialObjectMeta<Service>| m.managed_fields_mut().clear())
+    .reflect(w)
+    .touched_objects();
+    let (network_policies, w) = reflector::store();
+    let network_policy_stream = watcher(
+        Api::<PartialObjectMeta<NetworkPolicy>>::all(client.clone()),
+        cfg.clone(),
+    )
+    .default_backoff()
+    .modify(|m: &mut PartialObjectMeta<NetworkPolicy>| m.managed_fields_mut().clear())
+    .reflect(w)
+    .touched_objects();
+    let (service_accounts, w) = reflector::store();
+    let service_account_stream = watcher(
+        Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
+        cfg.clone(),
+    )
+    .default_backoff()
+    .modify(|m: &mut PartialObjectMeta<ServiceAccount>| m.managed_fields_mut().clear())
+    .reflect(w)
+    .touched_objects();
+    let term = Arc::new(Term {
+        ctx,
+        children: Children {
+            deployments,
+            services,
+            network_policies,
+            service_accounts,
+            secrets: Mutex::default(),
+        },
+    });
+
+    let controller = Controller::new(plugins, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .owns_stream(deployment_stream)
+        .owns_stream(service_stream)
+        .owns_stream(network_policy_stream)
+        .owns_stream(service_account_stream)
         // A trust policy change can block or unblock any plugin: re-check them all.
         .watches(policies, watcher::Config::default(), move |_policy| {
             store
@@ -151,7 +221,7 @@ pub async fn run(ctx: Arc<Context>) {
                 .collect::<Vec<_>>()
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, term)
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "reconcile failed");
@@ -160,20 +230,21 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
 }
 
-fn error_policy(_plugin: Arc<Plugin>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(error.metric_label());
+fn error_policy(_plugin: Arc<Plugin>, error: &Error, term: Arc<Term>) -> Action {
+    term.ctx.metrics.reconcile_error(error.metric_label());
     Action::requeue(Duration::from_secs(10))
 }
 
 #[instrument(skip_all, fields(plugin = %plugin.name_any(), namespace = plugin.namespace().unwrap_or_default()))]
-async fn reconcile(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(plugin: Arc<Plugin>, term: Arc<Term>) -> Result<Action, Error> {
+    let ctx = &term.ctx;
     let started = Instant::now();
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, plugin, |event| async {
         match event {
-            Finalizer::Apply(p) => apply(&p, &ctx).await,
-            Finalizer::Cleanup(p) => cleanup(&p, &ctx).await,
+            Finalizer::Apply(p) => apply(&p, ctx, &term.children).await,
+            Finalizer::Cleanup(p) => cleanup(&p, ctx).await,
         }
     })
     .await
@@ -186,7 +257,7 @@ async fn reconcile(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<Action, Err
     result
 }
 
-async fn apply(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
+async fn apply(plugin: &Plugin, ctx: &Context, children: &Children) -> Result<Action, Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let client = &ctx.client;
 
@@ -221,7 +292,7 @@ async fn apply(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
             let plan = plan::plan(plugin, fetched, limits.as_ref());
             // Build + apply.
             let applied = match &plan.rollout {
-                Some(rollout) => Some(roll_out(plugin, rollout, ctx).await?),
+                Some(rollout) => Some(roll_out(plugin, rollout, ctx, children).await?),
                 None => None,
             };
             let next = status::next_status(
@@ -252,19 +323,20 @@ async fn roll_out(
     plugin: &Plugin,
     rollout: &build::Rollout,
     ctx: &Context,
+    children: &Children,
 ) -> Result<status::Rollout, Error> {
     let prev = plugin.status.clone().unwrap_or_default();
     let good = prev.last_good_revision.filter(|g| g != &rollout.revision);
     if let Some(good) = &good
         && prev.failed_revision.as_deref() == Some(rollout.revision.as_str())
-        && let Some(back) = rollback(plugin, rollout, good, ctx).await?
+        && let Some(back) = rollback(plugin, rollout, good, ctx, children).await?
     {
         return Ok(back);
     }
-    let applied = apply_children(plugin, rollout, ctx).await?;
+    let applied = apply_children(plugin, rollout, ctx, children).await?;
     if applied.deadline_exceeded
         && let Some(good) = &good
-        && let Some(back) = rollback(plugin, rollout, good, ctx).await?
+        && let Some(back) = rollback(plugin, rollout, good, ctx, children).await?
     {
         warn!(failed = %rollout.revision, %good, "rolled back");
         return Ok(back);
@@ -279,6 +351,7 @@ async fn rollback(
     failed: &build::Rollout,
     good: &str,
     ctx: &Context,
+    children: &Children,
 ) -> Result<Option<status::Rollout>, Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let selector = format!(
@@ -301,13 +374,7 @@ async fn rollback(
     };
     let current = build::deployment::deployment(plugin, failed, &ctx.build);
     let deploy = build::deployment::rolled_back(current, template, good);
-    let applied = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &name_of(&deploy),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&deploy),
-        )
-        .await?;
+    let applied = ensure_deployment(plugin, &deploy, ctx, children).await?;
     let mut observed = observe(&applied, good);
     observed.rolled_back_from = Some(failed.revision.clone());
     Ok(Some(observed))
@@ -317,35 +384,139 @@ async fn apply_children(
     plugin: &Plugin,
     rollout: &build::Rollout,
     ctx: &Context,
+    children: &Children,
 ) -> Result<status::Rollout, Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
-    let client = &ctx.client;
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
     let sa = build::service_account::service_account(plugin);
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .patch(&name_of(&sa), &pp, &Patch::Apply(&sa))
-        .await?;
-    let secret = build::bundle_secret::bundle_secret(plugin, rollout);
-    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
-    // Immutable and named by digest: once it exists it is already right.
-    if secrets.get_opt(&name_of(&secret)).await?.is_none() {
-        secrets
-            .patch(&name_of(&secret), &pp, &Patch::Apply(&secret))
-            .await?;
-    }
+    ensure(
+        plugin,
+        &sa,
+        ctx,
+        cached_meta(&children.service_accounts, &sa),
+    )
+    .await?;
+    ensure_bundle_secret(plugin, rollout, ctx, children, &ns).await?;
     let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
-    Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
-        .patch(&name_of(&np), &pp, &Patch::Apply(&np))
-        .await?;
+    ensure(
+        plugin,
+        &np,
+        ctx,
+        cached_meta(&children.network_policies, &np),
+    )
+    .await?;
     let svc = build::service::service(plugin);
-    Api::<Service>::namespaced(client.clone(), &ns)
-        .patch(&name_of(&svc), &pp, &Patch::Apply(&svc))
-        .await?;
+    ensure(plugin, &svc, ctx, cached_meta(&children.services, &svc)).await?;
     let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
-    let applied = Api::<Deployment>::namespaced(client.clone(), &ns)
-        .patch(&name_of(&deploy), &pp, &Patch::Apply(&deploy))
-        .await?;
+    let applied = ensure_deployment(plugin, &deploy, ctx, children).await?;
     Ok(observe(&applied, &rollout.revision))
+}
+
+async fn ensure_bundle_secret(
+    plugin: &Plugin,
+    rollout: &build::Rollout,
+    ctx: &Context,
+    children: &Children,
+    ns: &str,
+) -> Result<(), Error> {
+    let secret = build::bundle_secret::bundle_secret(plugin, rollout);
+    let key = (ns.to_string(), name_of(&secret));
+    let known = |c: &Children| {
+        c.secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+    };
+    if known(children) {
+        return Ok(());
+    }
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), ns);
+    if secrets.get_opt(&key.1).await?.is_none() {
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        secrets.patch(&key.1, &pp, &Patch::Apply(&secret)).await?;
+    }
+    children
+        .secrets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key);
+    Ok(())
+}
+
+/// The cached metadata of the object `desired` will become, if the watch has seen it.
+fn cached_meta<K, C>(store: &Store<C>, desired: &K) -> Option<kube::core::ObjectMeta>
+where
+    K: Resource,
+    C: Resource<DynamicType = ()> + Clone,
+{
+    let m = desired.meta();
+    let r = ObjectRef::<C>::new(m.name.as_deref().unwrap_or_default())
+        .within(m.namespace.as_deref().unwrap_or_default());
+    store.get(&r).map(|o| o.meta().clone())
+}
+
+/// Server-side applies `desired` unless this process already applied the same desired state to
+/// the object the watch cache still shows. Returns the object the API server answered with, or
+/// `None` when nothing was sent.
+async fn ensure<K>(
+    plugin: &Plugin,
+    desired: &K,
+    ctx: &Context,
+    cached: Option<kube::core::ObjectMeta>,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let uid = plugin.uid().unwrap_or_default();
+    let kind = K::kind(&());
+    let name = name_of(desired);
+    let hash = applied::desired_hash(desired);
+    if let Some(meta) = &cached
+        && ctx
+            .applied
+            .is_current(&uid, &kind, &name, hash, &Fingerprint::of(&kind, meta))
+    {
+        return Ok(None);
+    }
+    let ns = desired.meta().namespace.clone().ok_or(Error::NoNamespace)?;
+    let obj = Api::<K>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await?;
+    ctx.applied
+        .record(&uid, &kind, &name, hash, Fingerprint::of(&kind, obj.meta()));
+    Ok(Some(obj))
+}
+
+/// [`ensure`] for the Deployment, whose status the rollout is judged by: when nothing was sent,
+/// the watch cache has the current status.
+async fn ensure_deployment(
+    plugin: &Plugin,
+    desired: &Deployment,
+    ctx: &Context,
+    children: &Children,
+) -> Result<Deployment, Error> {
+    let r = ObjectRef::<Deployment>::new(&name_of(desired))
+        .within(desired.meta().namespace.as_deref().unwrap_or_default());
+    let cached = children.deployments.get(&r);
+    match ensure(
+        plugin,
+        desired,
+        ctx,
+        cached.as_ref().map(|d| d.metadata.clone()),
+    )
+    .await?
+    {
+        Some(applied) => Ok(applied),
+        // `ensure` only skips when the cache had the object.
+        None => Ok(cached.map(|d| d.as_ref().clone()).unwrap_or_default()),
+    }
 }
 
 fn name_of<K: Resource>(obj: &K) -> String {
@@ -462,6 +633,7 @@ async fn cleanup(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
         warn!(error = %e, "could not publish an Event");
     }
     ctx.metrics.forget(plugin);
+    ctx.applied.forget(&plugin.uid().unwrap_or_default());
     ctx.last_written
         .lock()
         .unwrap_or_else(|e| e.into_inner())

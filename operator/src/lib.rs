@@ -1,6 +1,7 @@
 //! The Airlock operator: the `Plugin` controller (fetch → validate → verify → build → apply →
 //! status), image and bundle verification, the hook router, audit stream and metrics.
 
+pub mod applied;
 pub mod audit;
 pub mod build;
 pub mod config;

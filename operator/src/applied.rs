@@ -1,0 +1,228 @@
+//! What this process last applied to each child object, so that a reconcile of an unchanged
+//! Plugin sends nothing to the API server.
+//!
+//! Server-side apply of an unchanged object is a no-op for the object but still a write request:
+//! with a periodic requeue and a thousand Plugins that is a steady stream of PATCHes. A child is
+//! re-applied only when the desired state changed (its hash differs from the one we applied) or
+//! the object changed since we applied it (its fingerprint in the watch cache differs from the
+//! one the API server returned to us) — so drift made by someone else is still repaired.
+//!
+//! The memory is per process: a new leader applies every child once, then goes quiet.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+/// What identifies the state of an object as the API server stores it.
+///
+/// A Deployment's `resourceVersion` moves with every status update its controller writes, so for
+/// it the spec's `generation` is the fingerprint; other children have no status that moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(String);
+
+impl Fingerprint {
+    pub fn of(kind: &str, meta: &ObjectMeta) -> Self {
+        match kind {
+            "Deployment" => Fingerprint(format!("generation={}", meta.generation.unwrap_or(-1))),
+            _ => Fingerprint(format!(
+                "resourceVersion={}",
+                meta.resource_version.as_deref().unwrap_or("")
+            )),
+        }
+    }
+}
+
+/// Hash of a desired object as it would be sent. Only compared within this process.
+pub fn desired_hash<T: Serialize>(desired: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    // Serialization of our own builders' output cannot fail; an empty hash only costs a re-apply.
+    serde_json::to_vec(desired).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Child {
+    kind: String,
+    name: String,
+}
+
+/// Per child of one Plugin: the desired hash applied and the fingerprint that resulted.
+type PluginChildren = HashMap<Child, (u64, Fingerprint)>;
+
+/// Per Plugin (by uid), what was applied to its children.
+#[derive(Debug, Default)]
+pub struct Applied {
+    inner: Mutex<HashMap<String, PluginChildren>>,
+}
+
+impl Applied {
+    /// True when `desired_hash` was applied by this process and the object still looks the way
+    /// the API server returned it (`current` is the fingerprint in the watch cache).
+    pub fn is_current(
+        &self,
+        plugin_uid: &str,
+        kind: &str,
+        name: &str,
+        desired_hash: u64,
+        current: &Fingerprint,
+    ) -> bool {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let child = Child {
+            kind: kind.into(),
+            name: name.into(),
+        };
+        map.get(plugin_uid)
+            .and_then(|children| children.get(&child))
+            .is_some_and(|(h, fp)| *h == desired_hash && fp == current)
+    }
+
+    pub fn record(
+        &self,
+        plugin_uid: &str,
+        kind: &str,
+        name: &str,
+        desired_hash: u64,
+        result: Fingerprint,
+    ) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(plugin_uid.to_string()).or_default().insert(
+            Child {
+                kind: kind.into(),
+                name: name.into(),
+            },
+            (desired_hash, result),
+        );
+    }
+
+    /// The Plugin is gone: so are its children.
+    pub fn forget(&self, plugin_uid: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(plugin_uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(rv: &str, generation: i64) -> ObjectMeta {
+        ObjectMeta {
+            resource_version: Some(rv.into()),
+            generation: Some(generation),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nothing_applied_yet_means_apply() {
+        let a = Applied::default();
+        assert!(!a.is_current(
+            "u",
+            "Service",
+            "p",
+            1,
+            &Fingerprint::of("Service", &meta("5", 1))
+        ));
+    }
+
+    #[test]
+    fn same_desired_state_over_the_object_we_left_is_skipped() {
+        let a = Applied::default();
+        a.record(
+            "u",
+            "Service",
+            "p",
+            7,
+            Fingerprint::of("Service", &meta("5", 1)),
+        );
+        assert!(a.is_current(
+            "u",
+            "Service",
+            "p",
+            7,
+            &Fingerprint::of("Service", &meta("5", 1))
+        ));
+    }
+
+    #[test]
+    fn changed_desired_state_is_applied() {
+        let a = Applied::default();
+        a.record(
+            "u",
+            "Service",
+            "p",
+            7,
+            Fingerprint::of("Service", &meta("5", 1)),
+        );
+        assert!(!a.is_current(
+            "u",
+            "Service",
+            "p",
+            8,
+            &Fingerprint::of("Service", &meta("5", 1))
+        ));
+    }
+
+    #[test]
+    fn an_object_edited_by_someone_else_is_repaired() {
+        let a = Applied::default();
+        a.record(
+            "u",
+            "NetworkPolicy",
+            "p",
+            7,
+            Fingerprint::of("NetworkPolicy", &meta("5", 1)),
+        );
+        assert!(!a.is_current(
+            "u",
+            "NetworkPolicy",
+            "p",
+            7,
+            &Fingerprint::of("NetworkPolicy", &meta("6", 1))
+        ));
+    }
+
+    #[test]
+    fn deployment_status_updates_do_not_cause_a_reapply_but_spec_edits_do() {
+        let a = Applied::default();
+        a.record(
+            "u",
+            "Deployment",
+            "p",
+            7,
+            Fingerprint::of("Deployment", &meta("5", 2)),
+        );
+        // The deployment controller wrote status: new resourceVersion, same generation.
+        assert!(a.is_current(
+            "u",
+            "Deployment",
+            "p",
+            7,
+            &Fingerprint::of("Deployment", &meta("9", 2))
+        ));
+        // Someone scaled it: the generation moved.
+        assert!(!a.is_current(
+            "u",
+            "Deployment",
+            "p",
+            7,
+            &Fingerprint::of("Deployment", &meta("10", 3))
+        ));
+    }
+
+    #[test]
+    fn forgetting_a_plugin_forgets_its_children_only() {
+        let a = Applied::default();
+        let fp = Fingerprint::of("Service", &meta("5", 1));
+        a.record("u1", "Service", "p", 7, fp.clone());
+        a.record("u2", "Service", "p", 7, fp.clone());
+        a.forget("u1");
+        assert!(!a.is_current("u1", "Service", "p", 7, &fp));
+        assert!(a.is_current("u2", "Service", "p", 7, &fp));
+    }
+}
