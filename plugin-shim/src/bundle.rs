@@ -21,6 +21,16 @@ pub const MANIFEST_FILE: &str = "plugin.yaml";
 /// Default limit for both the bundle file and the sum of the files it unpacks to: 1 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
 
+/// A bundle published to an OCI registry is an artifact of this type: an image manifest whose
+/// config is the empty descriptor, whose first layer is the bundle and whose optional second layer
+/// is its detached signature ([`crate::signing`] text).
+pub const OCI_ARTIFACT_TYPE: &str = "application/vnd.airlock.bundle.v1";
+pub const OCI_BUNDLE_MEDIA_TYPE: &str = "application/vnd.airlock.bundle.v1.tar+gzip";
+pub const OCI_SIGNATURE_MEDIA_TYPE: &str = "application/vnd.airlock.bundle.signature.v1";
+
+/// In a ConfigMap (or next to a bundle file or URL), the signature of `<key>` is at `<key>.sig`.
+pub const SIGNATURE_SUFFIX: &str = ".sig";
+
 /// Most entries a bundle may have; each costs an inode even when empty.
 pub const MAX_ENTRIES: usize = 10_000;
 

@@ -24,3 +24,5 @@ pub mod reaper;
 pub mod server;
 #[cfg(feature = "runtime")]
 pub mod telemetry;
+#[cfg(feature = "runtime")]
+pub mod signing;
