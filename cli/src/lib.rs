@@ -1,14 +1,43 @@
-//! `airlockctl`: keys, bundle packing and signing, hook invocation and status inspection.
-//! Today it has `invoke`, which calls a hook on a plugin's shim directly; the router, signing and
-//! bundle commands come with their issues.
+//! `airlockctl`: keys, bundle packing, signing and publishing, and hook invocation.
+//!
+//! - [`keys`]: `keygen`, an ed25519 key pair for signing bundles;
+//! - [`pack`]: `bundle pack`, a plugin directory to a reproducible bundle;
+//! - [`signing`]: `sign` and `verify`, detached bundle signatures;
+//! - [`oci`]: `bundle push` and `bundle pull`, bundles as OCI artifacts in a registry;
+//! - [`invoke`]: `invoke`, one hook call on a plugin's shim.
+//!
+//! Each command returns a report whose `Display` is what the user sees; [`Error::exit_code`] is
+//! the one place errors become exit codes.
 
+pub mod files;
 pub mod invoke;
+pub mod keys;
+pub mod oci;
+pub mod pack;
+pub mod signing;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+const LONG_ABOUT: &str = "\
+Command line of Airlock: make signing keys, pack, sign, verify and publish plugin bundles, and \
+call a plugin's hooks.
+
+A bundle is a gzipped tar with plugin.yaml at its root. The operator runs a plugin only if its \
+bundle is signed by a key a PluginTrustPolicy trusts (or the policy allows unsigned plugins).
+
+Workflow:
+  airlockctl keygen release --dir ~/.airlock        # once; the private key never leaves this machine
+  airlockctl bundle pack ./hello -o hello-1.0.0.tar.gz
+  airlockctl sign --key ~/.airlock/release.key hello-1.0.0.tar.gz      # writes hello-1.0.0.tar.gz.sig
+  airlockctl verify --key ~/.airlock/release.pub hello-1.0.0.tar.gz
+  airlockctl bundle push hello-1.0.0.tar.gz registry.example.com/plugins/hello:1.0.0
+
+Put the public key (the base64 keygen prints) into a PluginTrustPolicy's spec.keys[].ed25519. \
+Only the bundle, its signature and the public key are ever published; signing happens locally.";
 
 /// Command line of Airlock.
 #[derive(Parser, Debug)]
-#[command(name = "airlockctl", version, about)]
+#[command(name = "airlockctl", version, about, long_about = LONG_ABOUT)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -16,6 +45,153 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Make an ed25519 key pair for signing bundles: NAME.key (private, 0600) and NAME.pub.
+    #[command(long_about = "\
+Make an ed25519 key pair for signing bundles: DIR/NAME.key (PKCS#8 PEM, mode 0600) and \
+DIR/NAME.pub (SPKI PEM). Existing files are never replaced unless --force is given.
+
+The private key stays on this machine: `airlockctl sign` reads it locally and nothing sends it \
+anywhere. Publish only the public key: keygen prints it in the form a PluginTrustPolicy takes \
+(spec.keys[].ed25519).
+
+Example:
+  airlockctl keygen release --dir ~/.airlock")]
+    Keygen(keys::KeygenArgs),
+
+    /// Pack, push and pull plugin bundles.
+    Bundle(BundleArgs),
+
+    /// Sign a bundle with a private key; writes the detached signature to BUNDLE.sig.
+    #[command(long_about = "\
+Sign a bundle with a private key; writes the detached signature (one line of base64) to \
+BUNDLE.sig, or to --output. What is signed is the bundle's sha256 digest, so any change to the \
+bundle invalidates the signature.
+
+The key is read here and sent nowhere. Publish the signature with the bundle: `bundle push` \
+picks up BUNDLE.sig, and a ConfigMap holds it under <key>.sig.
+
+Example:
+  airlockctl sign --key ~/.airlock/release.key hello-1.0.0.tar.gz")]
+    Sign(signing::SignArgs),
+
+    /// Check a bundle's signature and contents as the operator does; exit code 0, 1 or 2.
+    #[command(
+        long_about = "\
+Check a bundle's signature against one or more public keys, then unpack it with the same \
+safety checks the operator runs and print its manifest: the key that signed it, the digest, \
+name, version, hooks, permissions and imageDigest.
+
+Example:
+  airlockctl verify --key ~/.airlock/release.pub hello-1.0.0.tar.gz",
+        after_long_help = "\
+Exit codes:
+  0  the signature verifies under one of the keys and the bundle is accepted
+  1  the signature does not verify under any of the keys (the bundle changed, or another key signed it)
+  2  nothing could be verified: bad command line, a file missing or unreadable, a malformed key or \
+signature, or a bundle the operator would refuse"
+    )]
+    Verify(signing::VerifyArgs),
+
     /// Call a hook on a plugin and print its JSON output (exit code 0 only on success).
     Invoke(invoke::InvokeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BundleArgs {
+    #[command(subcommand)]
+    pub command: BundleCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCommand {
+    /// Pack a plugin directory (plugin.yaml at its root) into a reproducible bundle.
+    #[command(long_about = "\
+Pack a plugin directory (plugin.yaml at its root) into a bundle: a gzipped tar that the operator \
+accepts. The same directory always packs to the same bytes (sorted entries, no times or owners, \
+modes 0755/0644), so its digest can be reproduced from source.
+
+plugin.yaml is validated, symlinks, devices, FIFOs, sockets and private keys are refused, and the \
+result is unpacked with the operator's own checks before it is written. Put `imageDigest: \
+sha256:...` in plugin.yaml to bind the bundle to one image. The digest is printed.
+
+Example:
+  airlockctl bundle pack ./hello -o hello-1.0.0.tar.gz")]
+    Pack(pack::PackArgs),
+
+    /// Push a bundle (and its signature) to a registry as an OCI artifact.
+    #[command(long_about = "\
+Push a bundle to an image registry as an OCI artifact (artifactType \
+application/vnd.airlock.bundle.v1): layer 0 is the bundle, layer 1 its signature when there is \
+one (--signature, or BUNDLE.sig beside the bundle). The registry is reached anonymously. Prints \
+REFERENCE@sha256:... , the digest to pin.
+
+Example:
+  airlockctl bundle push hello-1.0.0.tar.gz registry.example.com/plugins/hello:1.0.0
+  airlockctl bundle push x.tar.gz 198.19.255.1:5000/test/x:dev --insecure-registry 198.19.255.1:5000")]
+    Push(oci::PushArgs),
+
+    /// Pull a bundle artifact from a registry: OUTPUT and, if signed, OUTPUT.sig.
+    #[command(long_about = "\
+Pull a bundle artifact pushed by `bundle push`: the bundle goes to OUTPUT and its signature, if \
+the artifact has one, to OUTPUT.sig. Check it with `airlockctl verify`.
+
+Example:
+  airlockctl bundle pull registry.example.com/plugins/hello:1.0.0 -o hello.tar.gz
+  airlockctl verify --key ~/.airlock/release.pub hello.tar.gz")]
+    Pull(oci::PullArgs),
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Keygen(#[from] keys::KeygenError),
+    #[error(transparent)]
+    Pack(#[from] pack::PackError),
+    #[error(transparent)]
+    Sign(#[from] signing::SignError),
+    #[error(transparent)]
+    Verify(#[from] signing::VerifyError),
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+    #[error(transparent)]
+    Invoke(#[from] invoke::InvokeError),
+}
+
+impl Error {
+    /// The process exit code: `verify` has its documented 0/1/2; every other command exits 1
+    /// when it fails (and 2 on a command-line error, which clap reports before anything runs).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Verify(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+/// Runs one command; the `Ok` text is its report for stdout.
+pub async fn run(cli: Cli) -> Result<String, Error> {
+    Ok(match cli.command {
+        Command::Keygen(args) => keys::run(&args)?.to_string(),
+        Command::Bundle(BundleArgs { command }) => match command {
+            BundleCommand::Pack(args) => pack::run(&args)?.to_string(),
+            BundleCommand::Push(args) => oci::push(&args).await?.to_string(),
+            BundleCommand::Pull(args) => oci::pull(&args).await?.to_string(),
+        },
+        Command::Sign(args) => signing::sign(&args)?.to_string(),
+        Command::Verify(args) => signing::verify(&args)?.to_string(),
+        Command::Invoke(args) => invoke::run(args).await?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

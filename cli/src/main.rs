@@ -2,21 +2,19 @@
 
 use std::process::ExitCode;
 
-use airlockctl::{Cli, Command};
+use airlockctl::Cli;
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Invoke(args) => match airlockctl::invoke::run(args).await {
-            Ok(out) => {
-                println!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("airlockctl: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    match airlockctl::run(Cli::parse()).await {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("airlockctl: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }

@@ -341,6 +341,8 @@ pub enum PluginPhase {
     Active,
     Degraded,
     Disabled,
+    /// Signed by a key that was revoked: scaled to zero until a trusted signature replaces it.
+    Quarantined,
     Failed,
     Terminating,
 }

@@ -40,6 +40,10 @@ pub struct Config {
     /// unset: RuntimeDefault.
     #[arg(long)]
     pub seccomp_localhost_profile: Option<String>,
+    /// How long a verified image signature is trusted before the registry is asked again, in
+    /// seconds. Key changes in a PluginTrustPolicy take effect at once regardless.
+    #[arg(long, default_value_t = 600)]
+    pub reverify_interval_seconds: u64,
     /// Largest bundle accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_bundle_bytes: u64,

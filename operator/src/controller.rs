@@ -32,7 +32,7 @@ use crate::fetch::{self, Registry};
 use crate::metrics::Metrics;
 use crate::plan::{self, Plan};
 use crate::status::{self, Outcome};
-use crate::{audit, policy};
+use crate::{audit, policy, trust};
 
 pub const FINALIZER: &str = "airlock.dev/cleanup";
 
@@ -273,16 +273,22 @@ async fn apply(plugin: &Plugin, ctx: &Context, children: &Children) -> Result<Ac
         .iter()
         .map(|p| p.as_ref().clone())
         .collect();
-    let fetched = fetch::fetch(client, &ctx.registry, plugin, ctx.max_bundle_bytes).await;
+    let governing = policy::governing(&policies, &ns_labels);
+    let keys = trust::trusted_keys(&governing);
+    let fetched = fetch::fetch(client, &ctx.registry, plugin, &keys, ctx.max_bundle_bytes).await;
 
     let (next, requeue) = match &fetched {
-        Err(failure) => (
-            status::next_status(plugin, Outcome::FetchFailed(failure), Timestamp::now()),
-            Duration::from_secs(30),
-        ),
+        Err(failure) => {
+            if failure.reason == trust::KEY_REVOKED {
+                quarantine(plugin, ctx, children).await?;
+            }
+            (
+                status::next_status(plugin, Outcome::FetchFailed(failure), Timestamp::now()),
+                Duration::from_secs(30),
+            )
+        }
         Ok(fetched) => {
             // Validate.
-            let governing = policy::governing(&policies, &ns_labels);
             let level = fetched
                 .signed_by
                 .as_ref()
@@ -315,6 +321,30 @@ fn requeue_after(plan: &Plan, applied: Option<&status::Rollout>) -> Duration {
         // Blocked: the user must change something; spec and policy changes wake us up.
         (None, _) => Duration::from_secs(300),
     }
+}
+
+/// A plugin signed by a revoked key must not keep running: scale its Deployment to zero. The
+/// next verified revision is applied by the normal path and brings the replicas back.
+async fn quarantine(plugin: &Plugin, ctx: &Context, children: &Children) -> Result<(), Error> {
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let name = build::child_name(&plugin.name_any());
+    let r = ObjectRef::<Deployment>::new(&name).within(&ns);
+    let running = children
+        .deployments
+        .get(&r)
+        .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
+        .is_some_and(|n| n > 0);
+    if running {
+        warn!(plugin = %plugin.name_any(), "signer key revoked: scaling the plugin to zero");
+        Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 0}})),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Applies the planned revision, unless it already failed once; a revision that misses its
@@ -634,6 +664,7 @@ async fn cleanup(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
     }
     ctx.metrics.forget(plugin);
     ctx.applied.forget(&plugin.uid().unwrap_or_default());
+    ctx.registry.forget(&plugin.uid().unwrap_or_default());
     ctx.last_written
         .lock()
         .unwrap_or_else(|e| e.into_inner())

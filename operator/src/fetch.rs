@@ -1,8 +1,15 @@
-//! Fetch/verify step (IO): resolve the plugin's image to a digest at its registry and read its
-//! bundle, checking the bundle's digest and safety and parsing its manifest. Signature checks plug
-//! in here (the signature issue); until then [`Fetched::signed_by`] is `None`.
+//! Fetch/verify step (IO): read the plugin's bundle and its detached signature, check the digest
+//! pin and the signature against the trusted keys *before* unpacking anything, unpack it with the
+//! shim's safety checks, resolve the image to a digest and verify its cosign signatures. What the
+//! signatures prove is decided by the pure [`crate::trust`] functions.
+//!
+//! Registry answers are cached per Plugin generation (tag → digest, OCI bundle) and per
+//! (digest, key set) (image signatures), so a re-reconcile of an unchanged Plugin makes no
+//! registry request. A tag that moves later is only looked at again when the Plugin changes:
+//! the running pods stay on the verified digest.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use airlock_crds::Plugin;
 use airlock_plugin_shim::bundle;
@@ -14,6 +21,23 @@ use oci_client::{Client as OciClient, Reference};
 
 use crate::plan::Fetched;
 use crate::status::{FetchFailure, VERIFIED};
+use crate::trust::{self, TrustedKeys};
+use crate::verify::ImageVerifier;
+
+/// A bundle and the text of its detached signature, if one was published.
+#[derive(Clone, Debug)]
+struct SignedBundle {
+    bytes: Vec<u8>,
+    signature: Option<String>,
+}
+
+/// Registry answers for one generation of one Plugin.
+#[derive(Clone, Debug, Default)]
+struct Pins {
+    generation: i64,
+    image: Option<(String, (String, String))>,
+    bundle: Option<(String, SignedBundle)>,
+}
 
 /// How long one registry request may take: a hung registry must not hold a reconcile slot.
 const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -21,6 +45,9 @@ const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// Talks to image registries. One client for the process: it caches registry tokens.
 pub struct Registry {
     client: OciClient,
+    pub images: ImageVerifier,
+    /// Per Plugin uid.
+    pins: Mutex<HashMap<String, Pins>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -31,14 +58,153 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     /// `insecure`: `host:port` of registries reached over plain HTTP (the local test registry).
-    pub fn new(insecure: Vec<String>) -> Self {
+    /// `reverify`: how long an image verification result is trusted before it is checked again.
+    pub fn new(insecure: Vec<String>, reverify: std::time::Duration) -> Self {
         let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure),
+            protocol: ClientProtocol::HttpsExcept(insecure.clone()),
             ..Default::default()
         };
         Self {
             client: OciClient::new(config),
+            images: ImageVerifier::new(insecure, reverify),
+            pins: Mutex::default(),
         }
+    }
+
+    /// The Plugin is gone.
+    pub fn forget(&self, uid: &str) {
+        self.pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+
+    fn pinned<T>(&self, plugin: &Plugin, get: impl FnOnce(&Pins) -> Option<T>) -> Option<T> {
+        let uid = plugin.uid().unwrap_or_default();
+        let generation = plugin.metadata.generation.unwrap_or_default();
+        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        pins.get(&uid)
+            .filter(|p| p.generation == generation)
+            .and_then(get)
+    }
+
+    fn pin(&self, plugin: &Plugin, set: impl FnOnce(&mut Pins)) {
+        let uid = plugin.uid().unwrap_or_default();
+        let generation = plugin.metadata.generation.unwrap_or_default();
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = pins.entry(uid).or_default();
+        if entry.generation != generation {
+            *entry = Pins {
+                generation,
+                ..Default::default()
+            };
+        }
+        set(entry);
+    }
+
+    /// [`Registry::resolve`], once per Plugin generation.
+    async fn resolve_pinned(&self, plugin: &Plugin) -> Result<(String, String), FetchFailure> {
+        let image = &plugin.spec.image;
+        if let Some(hit) = self.pinned(plugin, |p| {
+            p.image
+                .as_ref()
+                .filter(|(i, _)| i == image)
+                .map(|(_, r)| r.clone())
+        }) {
+            return Ok(hit);
+        }
+        let resolved = self.resolve(image).await?;
+        self.pin(plugin, |p| {
+            p.image = Some((image.clone(), resolved.clone()))
+        });
+        Ok(resolved)
+    }
+
+    /// Pulls a bundle artifact (layer 0: bundle, optional layer 1: signature), refusing layers
+    /// over `max_bytes` before downloading them.
+    async fn pull_bundle(
+        &self,
+        reference_text: &str,
+        max_bytes: u64,
+    ) -> Result<SignedBundle, FetchFailure> {
+        let failure = |reason: &'static str, message: String| FetchFailure {
+            condition: VERIFIED,
+            reason,
+            message,
+        };
+        let reference: Reference = reference_text.parse().map_err(|e| {
+            failure(
+                "InvalidBundleReference",
+                format!("spec.bundle.source.oci.ref {reference_text:?} is not a valid OCI reference: {e}"),
+            )
+        })?;
+        let auth = RegistryAuth::Anonymous;
+        let unavailable = |e: String| {
+            failure(
+                "RegistryUnavailable",
+                format!(
+                    "could not read the bundle artifact {reference_text}: {e}; check that it was pushed (`airlockctl bundle push`) and the registry is reachable (retrying)"
+                ),
+            )
+        };
+        let (manifest, _) = tokio::time::timeout(
+            REGISTRY_TIMEOUT,
+            self.client.pull_image_manifest(&reference, &auth),
+        )
+        .await
+        .map_err(|_| unavailable(format!("no answer within {}s", REGISTRY_TIMEOUT.as_secs())))?
+        .map_err(|e| unavailable(e.to_string()))?;
+        let bundle_layer = manifest
+            .layers
+            .first()
+            .filter(|l| l.media_type == bundle::OCI_BUNDLE_MEDIA_TYPE)
+            .ok_or_else(|| {
+                failure(
+                    "InvalidBundleArtifact",
+                    format!(
+                        "{reference_text} is not an Airlock bundle artifact: its first layer must have media type {}; push it with `airlockctl bundle push`",
+                        bundle::OCI_BUNDLE_MEDIA_TYPE
+                    ),
+                )
+            })?;
+        if u64::try_from(bundle_layer.size).unwrap_or(u64::MAX) > max_bytes {
+            return Err(failure(
+                "BundleTooLarge",
+                format!(
+                    "the bundle in {reference_text} is {} bytes, over the limit of {max_bytes}; make it smaller (or raise --max-bundle-bytes)",
+                    bundle_layer.size
+                ),
+            ));
+        }
+        let mut bytes = Vec::new();
+        tokio::time::timeout(
+            REGISTRY_TIMEOUT,
+            self.client.pull_blob(&reference, bundle_layer, &mut bytes),
+        )
+        .await
+        .map_err(|_| unavailable(format!("no answer within {}s", REGISTRY_TIMEOUT.as_secs())))?
+        .map_err(|e| unavailable(e.to_string()))?;
+        let signature = match manifest
+            .layers
+            .get(1)
+            .filter(|l| l.media_type == bundle::OCI_SIGNATURE_MEDIA_TYPE && l.size <= 4096)
+        {
+            Some(layer) => {
+                let mut sig = Vec::new();
+                tokio::time::timeout(
+                    REGISTRY_TIMEOUT,
+                    self.client.pull_blob(&reference, layer, &mut sig),
+                )
+                .await
+                .map_err(|_| {
+                    unavailable(format!("no answer within {}s", REGISTRY_TIMEOUT.as_secs()))
+                })?
+                .map_err(|e| unavailable(e.to_string()))?;
+                Some(String::from_utf8_lossy(&sig).into_owned())
+            }
+            None => None,
+        };
+        Ok(SignedBundle { bytes, signature })
     }
 
     /// `(repository@digest, digest)` of an image reference given by tag or digest.
@@ -83,26 +249,47 @@ impl Registry {
     }
 }
 
-/// Reads and inspects the plugin's bundle, then resolves its image.
+/// Reads, verifies and inspects the plugin's bundle, then resolves and verifies its image.
 pub async fn fetch(
     client: &Client,
     registry: &Arc<Registry>,
     plugin: &Plugin,
+    keys: &TrustedKeys,
     max_bundle_bytes: u64,
 ) -> Result<Fetched, FetchFailure> {
-    let bytes = read_bundle(client, plugin).await?;
-    if let Some(pinned) = &plugin.spec.bundle.digest {
-        let actual = bundle::digest(&bytes);
-        if &actual != pinned {
-            return Err(FetchFailure {
-                condition: VERIFIED,
-                reason: "BundleDigestMismatch",
-                message: format!(
-                    "the bundle's digest is {actual} but spec.bundle.digest pins {pinned}; the bundle changed: restore it or update the pin"
-                ),
-            });
-        }
+    let SignedBundle { bytes, signature } =
+        read_bundle(client, registry, plugin, max_bundle_bytes).await?;
+    let digest = bundle::digest(&bytes);
+    if let Some(pinned) = &plugin.spec.bundle.digest
+        && &digest != pinned
+    {
+        return Err(FetchFailure {
+            condition: VERIFIED,
+            reason: "BundleDigestMismatch",
+            message: format!(
+                "the bundle's digest is {digest} but spec.bundle.digest pins {pinned}; the bundle changed: restore it or update the pin"
+            ),
+        });
     }
+    // The signature is checked before a single byte of the bundle is parsed.
+    let bundle_signature = trust::bundle_signature(keys, &digest, signature.as_deref());
+    let (pinned_image, image_digest) = registry.resolve_pinned(plugin).await?;
+    let image_signature = if keys.image.is_empty() && signature.is_none() {
+        // Nothing could verify it and nothing else is signed: skip the registry round trip.
+        trust::Signature::Absent
+    } else {
+        registry
+            .images
+            .verify(&pinned_image, &image_digest, &keys.image)
+            .await?
+    };
+    let signed_by = trust::signer(&bundle_signature, &image_signature, &keys.problems).map_err(
+        |(reason, message)| FetchFailure {
+            condition: VERIFIED,
+            reason,
+            message,
+        },
+    )?;
     let inspected = {
         let bytes = bytes.clone();
         tokio::task::spawn_blocking(move || {
@@ -128,27 +315,53 @@ pub async fn fetch(
             message: format!("inspecting the bundle did not finish: {e} (retrying)"),
         })??
     };
-    let (pinned_image, image_digest) = registry.resolve(&plugin.spec.image).await?;
     Ok(Fetched {
         pinned_image,
         image_digest,
         bundle: bytes,
         bundle_digest: inspected.digest,
+        bundle_signature: match (&bundle_signature, signature, &signed_by) {
+            (trust::Signature::SignedBy { key, .. }, Some(signature), Some(_)) => keys
+                .bundle_key_pem(key)
+                .map(|public_key| crate::build::BundleSignature {
+                    signature,
+                    public_key,
+                }),
+            _ => None,
+        },
         manifest: inspected.manifest,
-        signed_by: None,
+        signed_by,
     })
 }
 
-async fn read_bundle(client: &Client, plugin: &Plugin) -> Result<Vec<u8>, FetchFailure> {
+async fn read_bundle(
+    client: &Client,
+    registry: &Registry,
+    plugin: &Plugin,
+    max_bytes: u64,
+) -> Result<SignedBundle, FetchFailure> {
     let source = &plugin.spec.bundle.source;
+    if let Some(oci) = &source.oci {
+        let reference = &oci.reference;
+        if let Some(hit) = registry.pinned(plugin, |p| {
+            p.bundle
+                .as_ref()
+                .filter(|(r, _)| r == reference)
+                .map(|(_, b)| b.clone())
+        }) {
+            return Ok(hit);
+        }
+        let pulled = registry.pull_bundle(reference, max_bytes).await?;
+        registry.pin(plugin, |p| {
+            p.bundle = Some((reference.clone(), pulled.clone()))
+        });
+        return Ok(pulled);
+    }
     let Some(cm_ref) = &source.config_map_ref else {
-        let kind = if source.oci.is_some() { "oci" } else { "http" };
         return Err(FetchFailure {
             condition: VERIFIED,
             reason: "BundleSourceNotSupported",
-            message: format!(
-                "spec.bundle.source.{kind} is not supported by this version of Airlock yet; use spec.bundle.source.configMapRef"
-            ),
+            message: "spec.bundle.source.http is not supported by this version of Airlock yet; publish the bundle with `airlockctl bundle push` and use spec.bundle.source.oci, or use spec.bundle.source.configMapRef".into(),
         });
     };
     let ns = plugin.namespace().unwrap_or_default();
@@ -172,15 +385,31 @@ async fn read_bundle(client: &Client, plugin: &Plugin) -> Result<Vec<u8>, FetchF
             ),
         });
     };
-    cm.binary_data
-        .and_then(|mut d| d.remove(&key))
-        .map(|b| b.0)
-        .ok_or_else(|| FetchFailure {
+    let mut data = cm.binary_data.unwrap_or_default();
+    let sig_key = format!("{key}{}", bundle::SIGNATURE_SUFFIX);
+    // The signature is text: `kubectl create configmap --from-file` puts it under data.
+    let signature = cm.data.and_then(|mut d| d.remove(&sig_key)).or_else(|| {
+        data.remove(&sig_key)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    });
+    let bytes = data.remove(&key).map(|b| b.0).ok_or_else(|| FetchFailure {
             condition: VERIFIED,
             reason: "BundleNotFound",
             message: format!(
                 "ConfigMap {ns}/{} has no binaryData key {key:?}; put the bundle there with --from-file={key}=<bundle.tar.gz>",
                 cm_ref.name
             ),
-        })
+        })?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max_bytes {
+        return Err(FetchFailure {
+            condition: VERIFIED,
+            reason: "BundleTooLarge",
+            message: format!(
+                "the bundle in ConfigMap {ns}/{} is {} bytes, over the limit of {max_bytes}; make it smaller (or raise --max-bundle-bytes)",
+                cm_ref.name,
+                bytes.len()
+            ),
+        });
+    }
+    Ok(SignedBundle { bytes, signature })
 }

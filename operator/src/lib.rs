@@ -13,6 +13,8 @@ pub mod plan;
 pub mod policy;
 pub mod quantity;
 pub mod status;
+pub mod trust;
+pub mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,7 +79,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let ctx = Arc::new(controller::Context::new(
         client,
         build,
-        fetch::Registry::new(config.insecure_registries.clone()),
+        fetch::Registry::new(
+            config.insecure_registries.clone(),
+            std::time::Duration::from_secs(config.reverify_interval_seconds),
+        ),
         metrics,
         config.max_bundle_bytes,
     ));

@@ -56,9 +56,11 @@ pub struct Fetched {
     pub image_digest: String,
     pub bundle: Vec<u8>,
     pub bundle_digest: String,
+    /// The detached signature, when it verified (the shim checks it again at start).
+    pub bundle_signature: Option<crate::build::BundleSignature>,
     pub manifest: Manifest,
-    /// Whether image and bundle signatures were verified against a trusted key. Until signature
-    /// verification lands this is always false, and only `allowUnsigned` levels can run plugins.
+    /// The trusted key(s) that signed both image and bundle, and the resulting trust level;
+    /// `None` when neither is signed (then only `allowUnsigned` levels run the plugin).
     pub signed_by: Option<(String, TrustLevel)>,
 }
 
@@ -186,6 +188,12 @@ fn verification(
                 "spec.image resolves to {} but the signed manifest binds the plugin to {}; use the image the bundle was signed for",
                 fetched.image_digest, bound
             ),
+        );
+    }
+    if fetched.signed_by.is_some() && fetched.manifest.image_digest.is_none() {
+        return Verdict::blocked(
+            "ImageNotBound",
+            "the signed manifest (plugin.yaml) has no imageDigest, so the signature does not say which image it vouches for; add `imageDigest: sha256:…` of the image, re-pack and re-sign the bundle",
         );
     }
     match &fetched.signed_by {
@@ -355,6 +363,11 @@ fn rollout(fetched: &Fetched, permissions: BTreeSet<Permission>, resources: Reso
         &resources.memory_limit,
         &resources.cpu_request,
         &resources.memory_request,
+        fetched
+            .bundle_signature
+            .as_ref()
+            .map(|s| s.public_key.as_str())
+            .unwrap_or_default(),
     ] {
         h.update(part.as_bytes());
         h.update([0xff]);
@@ -365,6 +378,7 @@ fn rollout(fetched: &Fetched, permissions: BTreeSet<Permission>, resources: Reso
         image_digest: fetched.image_digest.clone(),
         bundle_digest: fetched.bundle_digest.clone(),
         bundle: fetched.bundle.clone(),
+        bundle_signature: fetched.bundle_signature.clone(),
         entry_point,
         permissions,
         resources,
@@ -390,6 +404,7 @@ mod tests {
             image_digest: "sha256:bbbb".into(),
             bundle: b"bytes".to_vec(),
             bundle_digest: format!("sha256:{}", "c".repeat(64)),
+            bundle_signature: None,
             manifest: m,
             signed_by: None,
         }

@@ -85,8 +85,12 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
     match outcome {
         Outcome::FetchFailed(f) => {
             set(f.condition, false, f.reason, f.message.clone());
-            // An earlier revision that was rolled out keeps running untouched.
+            // An earlier revision that was rolled out keeps running untouched — unless its signer
+            // was revoked, which scales it to zero.
             let (phase_now, suffix) = match &prev.last_good_revision {
+                _ if f.reason == crate::trust::KEY_REVOKED => {
+                    (PluginPhase::Quarantined, String::new())
+                }
                 Some(good) => (
                     PluginPhase::Degraded,
                     format!(" (revision {good} keeps serving)"),
@@ -115,8 +119,24 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                 });
             match (blocked, plan.rollout.as_ref(), rollout) {
                 (Some((reason, message)), _, _) => {
-                    set(READY, false, reason, format!("not rolled out: {message}"));
-                    phase = PluginPhase::Failed;
+                    // Nothing new is applied; what ran before keeps running.
+                    match (&prev.last_good_revision, plugin.spec.enabled) {
+                        (Some(good), true) => {
+                            set(
+                                READY,
+                                false,
+                                reason,
+                                format!(
+                                    "not rolled out: {message} (revision {good} keeps serving)"
+                                ),
+                            );
+                            phase = PluginPhase::Degraded;
+                        }
+                        _ => {
+                            set(READY, false, reason, format!("not rolled out: {message}"));
+                            phase = PluginPhase::Failed;
+                        }
+                    }
                 }
                 (None, Some(planned), Some(applied)) => {
                     status.image_digest = Some(planned.image_digest.clone());

@@ -23,6 +23,6 @@ pub mod reaper;
 #[cfg(feature = "runtime")]
 pub mod server;
 #[cfg(feature = "runtime")]
-pub mod telemetry;
-#[cfg(feature = "runtime")]
 pub mod signing;
+#[cfg(feature = "runtime")]
+pub mod telemetry;

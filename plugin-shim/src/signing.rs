@@ -30,7 +30,9 @@ pub enum SigningError {
         "the public key is neither an ed25519 SPKI PEM key nor the base64 of 32 bytes ({0}); use the .pub file `airlockctl keygen` wrote"
     )]
     PublicKey(String),
-    #[error("the signature is not the base64 of 64 bytes ({0}); sign the bundle again with `airlockctl sign`")]
+    #[error(
+        "the signature is not the base64 of 64 bytes ({0}); sign the bundle again with `airlockctl sign`"
+    )]
     MalformedSignature(String),
     #[error("the random number generator failed: {0}")]
     Random(String),

@@ -9,15 +9,32 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
+use sha2::{Digest, Sha256};
+
 use super::{Rollout, labels};
 
 /// Key of the bundle inside the Secret (and file name in the pod).
 pub const BUNDLE_KEY: &str = "bundle.tar.gz";
 
-/// `<plugin>-bundle-<first 10 hex digits of the digest>`.
-pub fn bundle_secret_name(plugin_name: &str, bundle_digest: &str) -> String {
-    let hex = bundle_digest.trim_start_matches("sha256:");
-    format!("{plugin_name}-bundle-{}", &hex[..hex.len().min(10)])
+/// Keys of the detached signature and the signer's public key, when the bundle is signed.
+pub const SIGNATURE_KEY: &str = "bundle.tar.gz.sig";
+pub const PUBLIC_KEY_KEY: &str = "signer.pub";
+
+/// `<plugin>-bundle-<first 10 hex digits of the digest>`, plus `-<6 hex>` of the signature and
+/// key when signed: the Secret is immutable, so different contents need different names.
+pub fn bundle_secret_name(plugin_name: &str, rollout: &Rollout) -> String {
+    let hex = rollout.bundle_digest.trim_start_matches("sha256:");
+    let base = format!("{plugin_name}-bundle-{}", &hex[..hex.len().min(10)]);
+    match &rollout.bundle_signature {
+        None => base,
+        Some(s) => {
+            let mut h = Sha256::new();
+            h.update(s.signature.as_bytes());
+            h.update([0]);
+            h.update(s.public_key.as_bytes());
+            format!("{base}-{}", &hex::encode(h.finalize())[..6])
+        }
+    }
 }
 
 pub fn bundle_secret(plugin: &Plugin, rollout: &Rollout) -> Secret {
@@ -28,10 +45,7 @@ pub fn bundle_secret(plugin: &Plugin, rollout: &Rollout) -> Secret {
     );
     Secret {
         metadata: ObjectMeta {
-            name: Some(bundle_secret_name(
-                &plugin.name_any(),
-                &rollout.bundle_digest,
-            )),
+            name: Some(bundle_secret_name(&plugin.name_any(), rollout)),
             namespace: plugin.namespace(),
             labels: Some(labels::common(plugin)),
             annotations: Some(annotations),
@@ -40,10 +54,21 @@ pub fn bundle_secret(plugin: &Plugin, rollout: &Rollout) -> Secret {
         },
         immutable: Some(true),
         type_: Some("airlock.dev/bundle".into()),
-        data: Some(BTreeMap::from([(
-            BUNDLE_KEY.to_string(),
-            ByteString(rollout.bundle.clone()),
-        )])),
+        data: Some({
+            let mut data =
+                BTreeMap::from([(BUNDLE_KEY.to_string(), ByteString(rollout.bundle.clone()))]);
+            if let Some(s) = &rollout.bundle_signature {
+                data.insert(
+                    SIGNATURE_KEY.into(),
+                    ByteString(s.signature.clone().into_bytes()),
+                );
+                data.insert(
+                    PUBLIC_KEY_KEY.into(),
+                    ByteString(s.public_key.clone().into_bytes()),
+                );
+            }
+            data
+        }),
         ..Default::default()
     }
 }
@@ -63,11 +88,34 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_bundle_carries_its_signature_and_signer_for_the_shim() {
+        let mut r = rollout();
+        r.bundle_signature = Some(crate::build::BundleSignature {
+            signature: "c2ln".into(),
+            public_key: "-----BEGIN PUBLIC KEY-----".into(),
+        });
+        let s = bundle_secret(&plugin(HELLO), &r);
+        let name = s.metadata.name.clone().expect("name");
+        assert!(name.starts_with("hello-bundle-cccccccccc-"), "{name}");
+        let data = s.data.expect("data");
+        assert_eq!(data[SIGNATURE_KEY].0, b"c2ln");
+        assert_eq!(data[PUBLIC_KEY_KEY].0, b"-----BEGIN PUBLIC KEY-----");
+    }
+
+    #[test]
     fn a_new_bundle_gets_a_new_secret() {
-        let a = bundle_secret_name("hello", &format!("sha256:{}", "1".repeat(64)));
-        let b = bundle_secret_name("hello", &format!("sha256:{}", "2".repeat(64)));
+        let with_digest = |d: &str| {
+            let mut r = rollout();
+            r.bundle_digest = d.into();
+            r
+        };
+        let a = bundle_secret_name("hello", &with_digest(&format!("sha256:{}", "1".repeat(64))));
+        let b = bundle_secret_name("hello", &with_digest(&format!("sha256:{}", "2".repeat(64))));
         assert_ne!(a, b);
-        let longest = bundle_secret_name(&"p".repeat(52), &format!("sha256:{}", "1".repeat(64)));
+        let longest = bundle_secret_name(
+            &"p".repeat(52),
+            &with_digest(&format!("sha256:{}", "1".repeat(64))),
+        );
         assert!(
             longest.len() <= 253,
             "a Secret name is a DNS subdomain: {longest}"

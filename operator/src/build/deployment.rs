@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use super::bundle_secret::{BUNDLE_KEY, bundle_secret_name};
+use super::bundle_secret::{BUNDLE_KEY, PUBLIC_KEY_KEY, SIGNATURE_KEY, bundle_secret_name};
 use super::{BuildConfig, GRPC_PORT, Rollout, child_name, labels};
 
 /// Where the init container puts the shim, inside the plugin container.
@@ -59,8 +59,16 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
         WORK_DIR.into(),
         "--listen".into(),
         format!("0.0.0.0:{GRPC_PORT}"),
-        "--".into(),
     ];
+    if rollout.bundle_signature.is_some() {
+        shim_args.extend([
+            "--signature".into(),
+            format!("{BUNDLE_DIR}/{SIGNATURE_KEY}"),
+            "--public-key".into(),
+            format!("{BUNDLE_DIR}/{PUBLIC_KEY_KEY}"),
+        ]);
+    }
+    shim_args.push("--".into());
     shim_args.extend(rollout.entry_point.iter().cloned());
 
     let grpc_probe = |period: i32, failures: i32| {
@@ -140,7 +148,7 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
                     "volumes": [
                         {"name": "shim", "emptyDir": {"sizeLimit": "64Mi"}},
                         {"name": "bundle", "secret": {
-                            "secretName": bundle_secret_name(&plugin.name_any(), &rollout.bundle_digest),
+                            "secretName": bundle_secret_name(&plugin.name_any(), rollout),
                             "defaultMode": 0o444,
                         }},
                         {"name": "work", "emptyDir": {"sizeLimit": "16Mi"}},

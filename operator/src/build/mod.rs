@@ -53,6 +53,8 @@ pub struct Rollout {
     pub bundle_digest: String,
     /// The bundle bytes (a gzipped tar), stored in an immutable Secret named by digest.
     pub bundle: Vec<u8>,
+    /// Detached signature and the signer's public key, for the shim to check again at start.
+    pub bundle_signature: Option<BundleSignature>,
     /// argv of the plugin process, from the signed manifest.
     pub entry_point: Vec<String>,
     /// Signed manifest ∩ spec ∩ trust level.
@@ -60,6 +62,14 @@ pub struct Rollout {
     pub resources: Resources,
     /// Short hash of everything that changes the pod; names the revision in status.
     pub revision: String,
+}
+
+/// A verified detached bundle signature and the public key it verified under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleSignature {
+    pub signature: String,
+    /// SPKI PEM.
+    pub public_key: String,
 }
 
 /// Name of the objects that exist once per plugin (ServiceAccount, Deployment, Service,
@@ -109,6 +119,7 @@ spec:
             image_digest: "sha256:bbbb".into(),
             bundle_digest: format!("sha256:{}", "c".repeat(64)),
             bundle: b"bundle bytes".to_vec(),
+            bundle_signature: None,
             entry_point: vec!["/hello".into()],
             permissions: [airlock_crds::Permission::Log].into_iter().collect(),
             resources: Resources {
