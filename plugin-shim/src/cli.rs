@@ -74,6 +74,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
     pub expect_digest: Option<String>,
 
+    /// Detached ed25519 signature of the bundle (`airlockctl sign` output). With
+    /// `--public-key`, the shim refuses to run a bundle whose signature does not verify.
+    #[arg(long, value_name = "FILE", requires = "public_key")]
+    pub signature: Option<PathBuf>,
+
+    /// Public key (SPKI PEM or base64) the signature must verify under.
+    #[arg(long, value_name = "FILE", requires = "signature")]
+    pub public_key: Option<PathBuf>,
+
     /// Deadline for invocations that do not set one, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     pub default_deadline_ms: u32,
@@ -117,6 +126,19 @@ pub enum RunError {
         /// The bundle's digest.
         actual: String,
     },
+    /// `--signature` / `--public-key` could not be read or parsed.
+    #[error("cannot use the bundle signature {}: {reason}", path.display())]
+    SignatureUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The bundle's signature does not verify under the given key.
+    #[error(
+        "the bundle's signature does not verify under the signer's key: the bundle was changed after it was verified; refusing to run it"
+    )]
+    SignatureInvalid,
     /// The work directory could not be prepared.
     #[error("cannot prepare the work directory {}: {source}", path.display())]
     Workdir {
@@ -271,6 +293,31 @@ pub async fn run(
                 actual,
             });
         }
+    }
+    // Defense in depth: the operator verified this signature; check it again before unpacking.
+    if let (Some(sig_path), Some(key_path)) = (&args.signature, &args.public_key) {
+        let read = |path: &PathBuf| {
+            fs::read_to_string(path).map_err(|e| RunError::SignatureUnreadable {
+                path: path.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let signature = crate::signing::parse_signature(&read(sig_path)?).map_err(|e| {
+            RunError::SignatureUnreadable {
+                path: sig_path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let key = crate::signing::parse_public_key(&read(key_path)?).map_err(|e| {
+            RunError::SignatureUnreadable {
+                path: key_path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        if !crate::signing::verifies(&key, &bundle::digest(&bytes), &signature) {
+            return Err(RunError::SignatureInvalid);
+        }
+        info!("bundle signature verified");
     }
     let bundle_dir = args.workdir.join("bundle");
     if bundle_dir.exists() {

@@ -93,6 +93,8 @@ impl Shim {
             listen: "127.0.0.1:0".parse().unwrap(),
             max_bundle_bytes: 1024 * 1024,
             expect_digest: None,
+            signature: None,
+            public_key: None,
             default_deadline_ms: 2000,
             lifecycle_timeout_ms: 5000,
             entry_point: entry_point.iter().map(|s| s.to_string()).collect(),
@@ -553,6 +555,56 @@ async fn expect_digest_and_bad_bundles_stop_the_shim() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("unknown field `extra`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bundle_whose_signature_does_not_verify_is_not_run() {
+    use airlock_plugin_shim::{bundle, signing};
+    let dir = tempfile::tempdir().unwrap();
+    let bundle_bytes = tgz(&[("plugin.yaml", &manifest("[transform]", "[python3, x.py]"))]);
+    let (private, public) = signing::generate().unwrap();
+    let key = signing::parse_private_key(&private).unwrap();
+    // Signed for other bytes: what a tampered bundle looks like to the shim.
+    let mut other = bundle_bytes.clone();
+    other.push(0);
+    let sig = signing::sign(&key, &bundle::digest(&other));
+    std::fs::write(dir.path().join("sig"), &sig).unwrap();
+    std::fs::write(dir.path().join("pub"), &public).unwrap();
+    let mut args = Shim::args(dir.path(), &bundle_bytes, &[]);
+    args.signature = Some(dir.path().join("sig"));
+    args.public_key = Some(dir.path().join("pub"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = cli::run(args, listener, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, cli::RunError::SignatureInvalid), "{err}");
+    assert!(
+        !dir.path().join("work/bundle").exists(),
+        "unpacked before the signature check"
+    );
+
+    // The right signature lets it start and serve.
+    let dir = tempfile::tempdir().unwrap();
+    let good = tgz(&[
+        (
+            "plugin.yaml",
+            &manifest("[transform]", "[python3, plugin.py]"),
+        ),
+        ("plugin.py", PY_PLUGIN),
+    ]);
+    std::fs::write(
+        dir.path().join("sig"),
+        signing::sign(&key, &bundle::digest(&good)),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("pub"), &public).unwrap();
+    let mut args = Shim::args(dir.path(), &good, &[]);
+    args.signature = Some(dir.path().join("sig"));
+    args.public_key = Some(dir.path().join("pub"));
+    let shim = Shim::start_with(dir, args).await;
+    shim.wait_health(ServingStatus::Serving).await;
+    assert!(shim.bundle_dir().join("plugin.py").exists());
+    shim.stop().await;
 }
 
 /// The Python and shell examples in PROTOCOL.md, run as they are written there.
