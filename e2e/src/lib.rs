@@ -9,6 +9,7 @@ pub mod crds;
 pub mod images;
 pub mod install;
 pub mod namespace;
+pub mod plugins;
 pub mod pods;
 
 use std::path::Path;

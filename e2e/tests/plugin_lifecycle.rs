@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
 use airlock_e2e::TestNamespace;
-use airlock_proto::plugin::v1::InvokeRequest;
-use airlock_proto::plugin::v1::plugin_client::PluginClient;
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -20,74 +18,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use airlock_e2e::install::{images_env, workspace};
-
-async fn wait_plugin(
-    api: &Api<Plugin>,
-    name: &str,
-    what: &str,
-    check: impl Fn(&Plugin) -> bool,
-) -> Result<Plugin> {
-    let deadline = Instant::now() + airlock_e2e::WAIT;
-    loop {
-        let p = api.get(name).await?;
-        if check(&p) {
-            return Ok(p);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "Plugin {name}: timed out waiting for {what}; status: {}",
-                serde_json::to_string(&p.status).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn phase(p: &Plugin) -> Option<PluginPhase> {
-    p.status.as_ref().and_then(|s| s.phase)
-}
-
-fn condition<'a>(
-    p: &'a Plugin,
-    ty: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    p.status.as_ref()?.conditions.iter().find(|c| c.type_ == ty)
-}
-
-/// Calls `transform` on the plugin through its Service.
-async fn invoke(client: &Client, ns: &str, name: &str) -> Result<serde_json::Value> {
-    let svc = Api::<Service>::namespaced(client.clone(), ns)
-        .get(name)
-        .await?;
-    let ip = svc
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("the plugin Service has a cluster IP")?;
-    // kube-router programs a new pod's firewall chain a moment after the pod starts; until then
-    // connections may be refused. Retry for a bounded time.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut grpc = loop {
-        match PluginClient::connect(format!("http://{ip}:50051")).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e).context("connecting to the plugin's gRPC port"),
-        }
-    };
-    let answer = grpc
-        .invoke(InvokeRequest {
-            hook: "transform".into(),
-            payload_json: json!({"name": "airlock"}).to_string(),
-            deadline_ms: 2000,
-            invocation_id: "e2e-1".into(),
-        })
-        .await
-        .context("invoking transform")?
-        .into_inner();
-    Ok(serde_json::from_str(&answer.output_json)?)
-}
+use airlock_e2e::plugins::{condition, invoke, phase, wait_plugin};
 
 async fn running_pods(client: &Client, ns: &str, plugin: &str) -> Result<usize> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns)

@@ -60,8 +60,7 @@ impl Error {
 /// Everything a reconcile needs; shared by all reconciles.
 pub struct Context {
     pub client: Client,
-    /// Watched caches: a reconcile reads policies and namespace labels without an API request.
-    pub policies: Store<PluginTrustPolicy>,
+    /// Watched cache: a reconcile reads namespace labels without an API request.
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub build: BuildConfig,
     pub registry: Arc<Registry>,
@@ -95,15 +94,7 @@ impl Context {
             controller: "airlock-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        let (policies, policy_writer) = reflector::store();
         let (namespaces, namespace_writer) = reflector::store();
-        let policy_stream = reflector::reflector(
-            policy_writer,
-            watcher(
-                Api::<PluginTrustPolicy>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        );
         let namespace_stream = reflector::reflector(
             namespace_writer,
             watcher(
@@ -111,11 +102,9 @@ impl Context {
                 watcher::Config::default(),
             ),
         );
-        tokio::spawn(policy_stream.default_backoff().for_each(|_| async {}));
         tokio::spawn(namespace_stream.default_backoff().for_each(|_| async {}));
         Self {
             recorder: Recorder::new(client.clone(), reporter),
-            policies,
             namespaces,
             client,
             build,
@@ -131,6 +120,7 @@ impl Context {
 /// Watch caches of the children, filled by the same watches that trigger reconciles. Reads of the
 /// children come from here, so a reconcile of an unchanged Plugin makes no API request for them.
 struct Children {
+    policies: Store<PluginTrustPolicy>,
     deployments: Store<Deployment>,
     services: Store<PartialObjectMeta<Service>>,
     network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
@@ -148,17 +138,25 @@ struct Term {
 
 /// Runs the controller until the process is asked to stop.
 pub async fn run(ctx: Arc<Context>) {
-    // Deciding with an empty policy cache would block every plugin for a moment: wait for it.
-    if ctx.policies.wait_until_ready().await.is_err()
-        || ctx.namespaces.wait_until_ready().await.is_err()
-    {
-        warn!("the policy and namespace caches stopped before they were ready");
+    if ctx.namespaces.wait_until_ready().await.is_err() {
+        warn!("the namespace cache stopped before it was ready");
         return;
     }
     let client = ctx.client.clone();
     let plugins: Api<Plugin> = Api::all(client.clone());
-    let policies: Api<PluginTrustPolicy> = Api::all(client.clone());
     let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=airlock");
+
+    // The same watch fills the policy cache and triggers the reconciles, so a reconcile caused by
+    // a policy change always sees that change.
+    let (policies, w) = reflector::store();
+    let policy_stream = watcher(
+        Api::<PluginTrustPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|p: &mut PluginTrustPolicy| p.managed_fields_mut().clear())
+    .reflect(w)
+    .touched_objects();
 
     // managedFields are large and never read here: keep them out of the caches.
     let (deployments, w) = reflector::store();
@@ -197,6 +195,7 @@ pub async fn run(ctx: Arc<Context>) {
     let term = Arc::new(Term {
         ctx,
         children: Children {
+            policies,
             deployments,
             services,
             network_policies,
@@ -213,7 +212,7 @@ pub async fn run(ctx: Arc<Context>) {
         .owns_stream(network_policy_stream)
         .owns_stream(service_account_stream)
         // A trust policy change can block or unblock any plugin: re-check them all.
-        .watches(policies, watcher::Config::default(), move |_policy| {
+        .watches_stream(policy_stream, move |_policy| {
             store
                 .state()
                 .iter()
@@ -267,7 +266,12 @@ async fn apply(plugin: &Plugin, ctx: &Context, children: &Children) -> Result<Ac
         .get(&ObjectRef::new(&ns))
         .map(|n| n.labels().clone())
         .unwrap_or_default();
-    let policies: Vec<PluginTrustPolicy> = ctx
+    // Deciding with an empty policy cache would block every plugin for a moment: wait for it
+    // (at once after the first list).
+    if children.policies.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let policies: Vec<PluginTrustPolicy> = children
         .policies
         .state()
         .iter()

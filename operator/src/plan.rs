@@ -500,6 +500,20 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_plugin_must_name_its_image_and_gets_its_signers_level() {
+        let mut f = fetched(manifest(""));
+        f.signed_by = Some(("acme/author".into(), TrustLevel::Trusted));
+        let v = plan(&plugin(HELLO), &f, Some(&open_limits())).verified;
+        assert_eq!(blocked_reason(&v), "ImageNotBound");
+
+        let mut f = fetched(manifest("imageDigest: sha256:bbbb\n"));
+        f.signed_by = Some(("acme/author".into(), TrustLevel::Trusted));
+        let p = plan(&plugin(HELLO), &f, Some(&open_limits()));
+        assert!(p.verified.is_ok(), "{:?}", p.verified);
+        assert_eq!(p.trust_level, TrustLevel::Trusted);
+    }
+
+    #[test]
     fn permissions_must_be_declared_and_allowed() {
         let p = plugin(&HELLO.replace("permissions: [log]", "permissions: [log, storage:write]"));
         let v = plan(&p, &fetched(manifest("")), Some(&open_limits())).permissions_approved;

@@ -1,0 +1,537 @@
+//! Signatures gate every rollout: the tamper matrix, on the local cluster, with images signed by
+//! the real cosign CLI and bundles signed with airlockctl's format. Each tampered Plugin is
+//! blocked with its own condition reason and an audit record, while a correctly signed plugin in
+//! the same namespace stays Active and answers.
+//!
+//! One test, run as a sequence: the registry-down step blocks the registry for the operator's
+//! pods, which must not overlap with the other steps.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use airlock_crds::plugin::PluginPhase;
+use airlock_crds::{Plugin, PluginTrustPolicy};
+use airlock_e2e::TestNamespace;
+use airlock_e2e::images::{crane, push_unique_variant, registry};
+use airlock_e2e::install::images_env;
+use airlock_e2e::plugins::{audit_records, condition, invoke, phase, wait_plugin};
+use airlock_plugin_shim::signing;
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const REGISTRY_LOG: &str = "/var/lib/airlock-cluster/logs/registry.log";
+
+/// A cosign key pair made by the real cosign CLI (empty password).
+struct CosignKey {
+    dir: PathBuf,
+}
+
+impl CosignKey {
+    fn generate(dir: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        cosign(&dir, &["generate-key-pair"])?;
+        Ok(Self { dir })
+    }
+    fn public(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.dir.join("cosign.pub"))?)
+    }
+    /// `cosign sign` as the README tells users to: key-based, no transparency log, HTTP registry.
+    fn sign(&self, image_by_digest: &str) -> Result<()> {
+        cosign(
+            &self.dir,
+            &[
+                "sign",
+                "--key",
+                "cosign.key",
+                "--tlog-upload=false",
+                "--allow-http-registry",
+                "-y",
+                image_by_digest,
+            ],
+        )
+    }
+}
+
+fn cosign(dir: &Path, args: &[&str]) -> Result<()> {
+    let bin = std::env::var("COSIGN").unwrap_or_else(|_| "cosign".into());
+    let out = Command::new(&bin)
+        .args(args)
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", "")
+        .output()
+        .with_context(|| format!("running {bin}: put cosign on PATH (make test does)"))?;
+    ensure!(
+        out.status.success(),
+        "cosign {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// An image variant of the hello example: `(tag reference, repository@digest, digest)`.
+struct Image {
+    tag: String,
+    pinned: String,
+    digest: String,
+}
+
+fn variant(repository: &str) -> Result<Image> {
+    let (tag, digest) = push_unique_variant(&images_env("AIRLOCK_HELLO_IMAGE")?, repository)?;
+    let pinned = format!("{}/{repository}@{digest}", registry());
+    Ok(Image {
+        tag,
+        pinned,
+        digest,
+    })
+}
+
+/// The hello bundle, bound to `image_digest`, packed the way `airlockctl bundle pack` packs it.
+fn bundle(work: &Path, name: &str, image_digest: &str) -> Result<Vec<u8>> {
+    let dir = work.join(format!("bundle-{name}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("plugin.yaml"),
+        format!(
+            "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\npermissions: [log]\nentryPoint: [/hello]\nimageDigest: {image_digest}\n"
+        ),
+    )?;
+    Ok(airlockctl::pack::pack(&dir, airlock_plugin_shim::bundle::DEFAULT_MAX_BYTES)?.bytes)
+}
+
+struct Matrix {
+    client: Client,
+    ns: TestNamespace,
+    policy: String,
+    suffix: String,
+    work: tempfile::TempDir,
+    author: BundleKey,
+    revokee: BundleKey,
+}
+
+/// An ed25519 bundle signing key pair (PEM texts), as `airlockctl keygen` writes them.
+struct BundleKey {
+    private: String,
+    public: String,
+}
+
+impl Matrix {
+    fn keypair() -> Result<BundleKey> {
+        let (private, public) = signing::generate()?;
+        Ok(BundleKey { private, public })
+    }
+
+    fn sign(&self, pair: &BundleKey, bundle: &[u8]) -> Result<String> {
+        let key = signing::parse_private_key(&pair.private)?;
+        Ok(signing::sign(
+            &key,
+            &airlock_plugin_shim::bundle::digest(bundle),
+        ))
+    }
+
+    /// The bundle (and its signature) in a ConfigMap named `<plugin>-bundle`.
+    async fn publish(
+        &self,
+        plugin: &str,
+        bundle: Vec<u8>,
+        signature: Option<String>,
+    ) -> Result<()> {
+        let cm = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{plugin}-bundle")),
+                ..Default::default()
+            },
+            binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
+            data: signature.map(|s| [("bundle.tar.gz.sig".to_string(), s)].into()),
+            ..Default::default()
+        };
+        self.ns
+            .api::<ConfigMap>()
+            .create(&PostParams::default(), &cm)
+            .await
+            .with_context(|| format!("creating the bundle ConfigMap of {plugin}"))?;
+        Ok(())
+    }
+
+    fn plugin(&self, name: &str, image: &str, permissions: &[&str]) -> serde_json::Value {
+        json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "Plugin",
+            "metadata": {"name": name},
+            "spec": {
+                "version": "1.0.0",
+                "image": image,
+                "bundle": {"source": {"configMapRef": {"name": format!("{name}-bundle")}}},
+                "pluginApiVersion": 1,
+                "hooks": [{"name": "transform", "timeout": "200ms"}],
+                "permissions": permissions,
+                "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}}
+            }
+        })
+    }
+
+    async fn apply(&self, plugin: &serde_json::Value) -> Result<()> {
+        let name = plugin["metadata"]["name"].as_str().unwrap_or_default();
+        self.ns
+            .api::<Plugin>()
+            .patch(
+                name,
+                &PatchParams::apply("airlock-e2e").force(),
+                &Patch::Apply(plugin),
+            )
+            .await
+            .with_context(|| format!("applying Plugin {name}"))?;
+        Ok(())
+    }
+
+    /// Waits until `name` is blocked on `condition` with `reason`, and checks the audit stream
+    /// recorded it.
+    async fn expect_blocked(&self, name: &str, cond: &str, reason: &str) -> Result<Plugin> {
+        let api: Api<Plugin> = self.ns.api();
+        let p = wait_plugin(&api, name, &format!("{cond}=False reason {reason}"), |p| {
+            condition(p, cond).is_some_and(|c| c.status == "False" && c.reason == reason)
+        })
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let records = audit_records(&self.client).await?;
+            if records.iter().any(|r| {
+                r["plugin"]["namespace"] == self.ns.name.as_str()
+                    && r["plugin"]["name"] == name
+                    && r["reason"] == reason
+            }) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no audit record with reason {reason} for Plugin {name}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let deployments: Api<Deployment> = self.ns.api();
+        if reason != "KeyRevoked" {
+            ensure!(
+                deployments.get_opt(name).await?.is_none()
+                    || phase(&p) == Some(PluginPhase::Degraded),
+                "Plugin {name} blocked with {reason} but something was rolled out"
+            );
+        }
+        Ok(p)
+    }
+
+    async fn expect_active(&self, name: &str) -> Result<()> {
+        let api: Api<Plugin> = self.ns.api();
+        wait_plugin(&api, name, "phase Active", |p| {
+            phase(p) == Some(PluginPhase::Active)
+        })
+        .await?;
+        let out = invoke(&self.client, &self.ns.name, name).await?;
+        ensure!(out["greeting"] == "hello, airlock", "{name} answered {out}");
+        Ok(())
+    }
+
+    async fn set_revoked(
+        &self,
+        revoked: bool,
+        author_cosign: &str,
+        revokee_cosign: &str,
+    ) -> Result<()> {
+        let body = json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "PluginTrustPolicy",
+            "metadata": {"name": self.policy},
+            "spec": {
+                "namespaces": {"matchLabels": {"airlock.dev/e2e-signed": self.suffix}},
+                "keys": [
+                    {"name": "author", "ed25519": self.author.public, "cosign": author_cosign, "trustLevel": "Trusted"},
+                    {"name": "revokee", "ed25519": self.revokee.public, "cosign": revokee_cosign, "trustLevel": "Trusted", "revoked": revoked}
+                ],
+                "trustLevels": {"Trusted": {
+                    "maxMemory": "64Mi", "maxCpu": "250m", "maxTimeout": "2s", "permissions": ["log"]
+                }}
+            }
+        });
+        Api::<PluginTrustPolicy>::all(self.client.clone())
+            .patch(
+                &self.policy,
+                &PatchParams::apply("airlock-e2e").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .context("applying the trust policy")?;
+        Ok(())
+    }
+}
+
+/// Drops packets from pods to the registry while alive: the registry hangs, as far as the
+/// operator (which runs in a pod) can tell. The kubelet pulls from the host and is not affected.
+/// In the raw table, ahead of kube-router's filter chains (which accept pod traffic first).
+struct RegistryBlocked;
+
+const BLOCK_RULE: &[&str] = &[
+    "PREROUTING",
+    "-s",
+    "198.18.0.0/16",
+    "-d",
+    "198.19.255.1",
+    "-p",
+    "tcp",
+    "--dport",
+    "5000",
+    "-j",
+    "DROP",
+];
+
+impl RegistryBlocked {
+    fn new() -> Result<Self> {
+        let mut args = vec!["-t", "raw", "-I"];
+        args.extend_from_slice(BLOCK_RULE);
+        let st = Command::new("iptables").args(&args).status()?;
+        ensure!(st.success(), "iptables -I failed");
+        Ok(Self)
+    }
+}
+
+impl Drop for RegistryBlocked {
+    fn drop(&mut self) {
+        let mut args = vec!["-t", "raw", "-D"];
+        args.extend_from_slice(BLOCK_RULE);
+        let _ = Command::new("iptables").args(&args).status();
+    }
+}
+
+fn registry_requests_for(repository: &str) -> Result<usize> {
+    let log =
+        std::fs::read_to_string(REGISTRY_LOG).with_context(|| format!("reading {REGISTRY_LOG}"))?;
+    let needle = format!("/v2/{repository}/");
+    Ok(log.lines().filter(|l| l.contains(&needle)).count())
+}
+
+#[tokio::test]
+async fn the_tamper_matrix_is_blocked_while_a_signed_plugin_stays_active() -> Result<()> {
+    airlock_e2e::install::ensure_installed().await?;
+    let client = airlock_e2e::client().await?;
+    let suffix = airlock_e2e::unique_suffix();
+    let ns = TestNamespace::create(
+        &client,
+        "signed",
+        &[
+            ("airlock.dev/e2e-signed", suffix.as_str()),
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+            ("pod-security.kubernetes.io/enforce-version", "latest"),
+        ],
+    )
+    .await?;
+    let m = Matrix {
+        client: client.clone(),
+        policy: format!("e2e-signed-{suffix}"),
+        suffix,
+        ns,
+        work: tempfile::tempdir()?,
+        author: Matrix::keypair()?,
+        revokee: Matrix::keypair()?,
+    };
+    let outcome = matrix(&m).await;
+    // Clean up whatever happened.
+    let _ = m.ns.delete().await;
+    let _ = Api::<PluginTrustPolicy>::all(client.clone())
+        .delete(&m.policy, &DeleteParams::default())
+        .await;
+    outcome
+}
+
+async fn matrix(m: &Matrix) -> Result<()> {
+    let work = m.work.path();
+    let trusted = CosignKey::generate(work.join("cosign-trusted"))?;
+    let stranger = CosignKey::generate(work.join("cosign-stranger"))?;
+    let revokee_cosign = CosignKey::generate(work.join("cosign-revokee"))?;
+    m.set_revoked(false, &trusted.public()?, &revokee_cosign.public()?)
+        .await?;
+    let repo = format!("e2e-signed/{}", m.suffix);
+
+    // The happy path: image signed with cosign, bundle signed, both by trusted keys.
+    let good = variant(&format!("{repo}/good"))?;
+    trusted.sign(&good.pinned)?;
+    let b = bundle(work, "good", &good.digest)?;
+    m.publish("good", b.clone(), Some(m.sign(&m.author, &b)?))
+        .await?;
+    m.apply(&m.plugin("good", &good.tag, &["log"])).await?;
+    m.expect_active("good").await?;
+    let good_plugin = m.ns.api::<Plugin>().get("good").await?;
+    ensure!(
+        good_plugin
+            .status
+            .as_ref()
+            .and_then(|s| s.trust_level.as_deref())
+            == Some("Trusted"),
+        "trust level comes from the signer: {:?}",
+        good_plugin.status
+    );
+
+    // A re-reconcile of the unchanged plugin asks the registry nothing.
+    let before = registry_requests_for(&format!("{repo}/good"))?;
+    m.ns.api::<Plugin>()
+        .patch(
+            "good",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"e2e/poke": "1"}}})),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = registry_requests_for(&format!("{repo}/good"))?;
+    ensure!(
+        after == before,
+        "re-reconciling an unchanged Plugin made {} registry requests",
+        after - before
+    );
+
+    // Unsigned image.
+    let unsigned = variant(&format!("{repo}/unsigned"))?;
+    let b = bundle(work, "unsigned", &unsigned.digest)?;
+    m.publish("unsigned", b.clone(), Some(m.sign(&m.author, &b)?))
+        .await?;
+    m.apply(&m.plugin("unsigned", &unsigned.tag, &["log"]))
+        .await?;
+    m.expect_blocked("unsigned", "Verified", "ImageNotSigned")
+        .await?;
+
+    // Image signed by a key no policy trusts.
+    let foreign = variant(&format!("{repo}/foreign"))?;
+    stranger.sign(&foreign.pinned)?;
+    let b = bundle(work, "foreign", &foreign.digest)?;
+    m.publish("foreign", b.clone(), Some(m.sign(&m.author, &b)?))
+        .await?;
+    m.apply(&m.plugin("foreign", &foreign.tag, &["log"]))
+        .await?;
+    m.expect_blocked("foreign", "Verified", "ImageSignatureUntrusted")
+        .await?;
+
+    // One byte of the bundle flipped after signing.
+    let b = bundle(work, "flipped", &good.digest)?;
+    let sig = m.sign(&m.author, &b)?;
+    let mut flipped = b.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    m.publish("flipped", flipped, Some(sig)).await?;
+    m.apply(&m.plugin("flipped", &good.tag, &["log"])).await?;
+    m.expect_blocked("flipped", "Verified", "BundleSignatureInvalid")
+        .await?;
+
+    // Permission escalation: the spec asks for more than the signer declared.
+    let b = bundle(work, "escalate", &good.digest)?;
+    m.publish("escalate", b.clone(), Some(m.sign(&m.author, &b)?))
+        .await?;
+    m.apply(&m.plugin("escalate", &good.tag, &["log", "storage:write"]))
+        .await?;
+    m.expect_blocked("escalate", "PermissionsApproved", "NotDeclaredBySigner")
+        .await?;
+
+    // The image is signed, but not the one the signed manifest is bound to.
+    let other = variant(&format!("{repo}/other"))?;
+    trusted.sign(&other.pinned)?;
+    let b = bundle(work, "mismatch", &good.digest)?;
+    m.publish("mismatch", b.clone(), Some(m.sign(&m.author, &b)?))
+        .await?;
+    m.apply(&m.plugin("mismatch", &other.tag, &["log"])).await?;
+    m.expect_blocked("mismatch", "Verified", "ImageDigestMismatch")
+        .await?;
+
+    // Tag moved to an unsigned digest after verification: the running pods keep the verified
+    // digest; the next rollout is blocked.
+    let mover = variant(&format!("{repo}/mover"))?;
+    trusted.sign(&mover.pinned)?;
+    let b = bundle(work, "mover", &mover.digest)?;
+    m.publish("mover", b.clone(), Some(m.sign(&m.author, &b)?))
+        .await?;
+    m.apply(&m.plugin("mover", &mover.tag, &["log"])).await?;
+    m.expect_active("mover").await?;
+    let moved = variant(&format!("{repo}/mover"))?;
+    crane(&[
+        "tag",
+        &moved.pinned,
+        mover.tag.rsplit(':').next().unwrap_or_default(),
+    ])?;
+    ensure!(
+        crane(&["digest", &mover.tag])? == moved.digest,
+        "the tag did not move"
+    );
+    let mut changed = m.plugin("mover", &mover.tag, &["log"]);
+    changed["spec"]["hooks"][0]["timeout"] = json!("300ms");
+    m.apply(&changed).await?;
+    let p = m
+        .expect_blocked("mover", "Verified", "ImageNotSigned")
+        .await?;
+    ensure!(
+        phase(&p) == Some(PluginPhase::Degraded),
+        "the old revision keeps serving, so the phase is Degraded: {:?}",
+        p.status
+    );
+    let d = m.ns.api::<Deployment>().get("mover").await?;
+    let image = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.first().and_then(|c| c.image.clone()))
+        .unwrap_or_default();
+    ensure!(
+        image.ends_with(&mover.digest),
+        "the running Deployment left the verified digest: {image}"
+    );
+    invoke(&m.client, &m.ns.name, "mover").await?;
+
+    // Registry unreachable from the operator: fail closed, recover when it returns.
+    {
+        let _blocked = RegistryBlocked::new()?;
+        let late = variant(&format!("{repo}/late"))?;
+        trusted.sign(&late.pinned)?;
+        let b = bundle(work, "late", &late.digest)?;
+        m.publish("late", b.clone(), Some(m.sign(&m.author, &b)?))
+            .await?;
+        m.apply(&m.plugin("late", &late.tag, &["log"])).await?;
+        m.expect_blocked("late", "Verified", "RegistryTimeout")
+            .await?;
+    }
+    m.expect_active("late").await?;
+
+    // Key revoked while the plugin runs: quarantined (scaled to zero).
+    let revoked = variant(&format!("{repo}/revoked"))?;
+    revokee_cosign.sign(&revoked.pinned)?;
+    let b = bundle(work, "revoked", &revoked.digest)?;
+    m.publish("revoked", b.clone(), Some(m.sign(&m.revokee, &b)?))
+        .await?;
+    m.apply(&m.plugin("revoked", &revoked.tag, &["log"]))
+        .await?;
+    m.expect_active("revoked").await?;
+    m.set_revoked(true, &trusted.public()?, &revokee_cosign.public()?)
+        .await?;
+    let p = m
+        .expect_blocked("revoked", "Verified", "KeyRevoked")
+        .await?;
+    ensure!(
+        phase(&p) == Some(PluginPhase::Quarantined),
+        "phase {:?}",
+        phase(&p)
+    );
+    let deadline = Instant::now() + airlock_e2e::WAIT;
+    loop {
+        let d = m.ns.api::<Deployment>().get("revoked").await?;
+        let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(-1);
+        let running = d.status.and_then(|s| s.replicas).unwrap_or(0);
+        if replicas == 0 && running == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the quarantined plugin still runs: spec.replicas {replicas}, pods {running}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Through all of it, the signed plugin kept serving.
+    m.expect_active("good").await?;
+    Ok(())
+}
