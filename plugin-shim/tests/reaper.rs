@@ -49,6 +49,8 @@ async fn orphans_of_a_killed_plugin_are_reaped() {
         listen: "127.0.0.1:0".parse().unwrap(),
         max_bundle_bytes: 1 << 20,
         expect_digest: None,
+        signature: None,
+        public_key: None,
         default_deadline_ms: 200,
         lifecycle_timeout_ms: 5000,
         entry_point: vec![],
