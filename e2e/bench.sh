@@ -12,6 +12,20 @@ N=${BENCH_PLUGINS:-1000}
 NS=airlock-bench
 STEADY_SECONDS=${BENCH_STEADY_SECONDS:-60}
 
+# --- image signature verification: cold vs cached, with registry request counts -------------------
+log "image verification bench: signing a fresh image with cosign"
+KEYDIR=$(mktemp -d)
+trap 'rm -rf "$KEYDIR"' EXIT
+(cd "$KEYDIR" && COSIGN_PASSWORD='' cosign generate-key-pair >/dev/null 2>&1)
+BENCH_REPO=$REGISTRY/bench/verify
+crane mutate --insecure "$AIRLOCK_HELLO_IMAGE" --env "AIRLOCK_BENCH=$(date +%s%N)" -t "$BENCH_REPO:latest" >/dev/null
+BENCH_DIGEST=$(crane digest --insecure "$BENCH_REPO:latest")
+(cd "$KEYDIR" && COSIGN_PASSWORD='' cosign sign --key cosign.key --tlog-upload=false --allow-http-registry -y "$BENCH_REPO@$BENCH_DIGEST" >/dev/null 2>&1)
+AIRLOCK_BENCH_IMAGE=$BENCH_REPO@$BENCH_DIGEST AIRLOCK_BENCH_COSIGN_PUB=$KEYDIR/cosign.pub \
+  AIRLOCK_BENCH_REGISTRY_LOG=$STATE/logs/registry.log \
+  cargo bench -q --locked -p airlock-operator --bench verification
+[ "$N" -gt 0 ] || exit 0
+
 "$ROOT/e2e/helm-install.sh"
 # The leader's metrics (the standby reconciles nothing).
 # After an upgrade the Lease may still name a pod that is gone until a new leader takes over.

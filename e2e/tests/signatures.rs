@@ -374,6 +374,28 @@ async fn matrix(m: &Matrix) -> Result<()> {
         good_plugin.status
     );
 
+    // The same, with the bundle published as an OCI artifact next to the image.
+    let b = bundle(work, "good-oci", &good.digest)?;
+    let bundle_path = work.join("good-oci.tar.gz");
+    std::fs::write(&bundle_path, &b)?;
+    std::fs::write(work.join("good-oci.tar.gz.sig"), m.sign(&m.author, &b)?)?;
+    let bundle_ref = format!("{}/{repo}/good-bundle:1.0.0", registry());
+    airlockctl::oci::push(&airlockctl::oci::PushArgs {
+        bundle: bundle_path,
+        reference: bundle_ref.clone(),
+        signature: None,
+        registry: airlockctl::oci::RegistryArgs {
+            insecure: vec![registry()],
+        },
+        max_bytes: airlock_plugin_shim::bundle::DEFAULT_MAX_BYTES,
+    })
+    .await
+    .context("airlockctl bundle push")?;
+    let mut from_oci = m.plugin("good-oci", &good.tag, &["log"]);
+    from_oci["spec"]["bundle"] = json!({"source": {"oci": {"ref": bundle_ref}}});
+    m.apply(&from_oci).await?;
+    m.expect_active("good-oci").await?;
+
     // A re-reconcile of the unchanged plugin asks the registry nothing.
     let before = registry_requests_for(&format!("{repo}/good"))?;
     m.ns.api::<Plugin>()

@@ -304,7 +304,7 @@ pub async fn fetch(
             })?;
             bundle::extract(&bytes, dir.path(), max_bundle_bytes).map_err(|e| FetchFailure {
                 condition: VERIFIED,
-                reason: "InvalidBundle",
+                reason: e.reason(),
                 message: format!("the bundle was refused: {e}; fix the bundle and publish it again"),
             })
         })

@@ -145,6 +145,28 @@ pub enum BundleError {
     },
 }
 
+impl BundleError {
+    /// A CamelCase reason for status conditions: each way a bundle can be refused has its own.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BundleError::TooLarge { .. } | BundleError::UnpackedTooLarge { .. } => "BundleTooLarge",
+            BundleError::TooManyEntries => "BundleTooManyEntries",
+            BundleError::AbsolutePath { .. } | BundleError::ParentDir { .. } => "BundleUnsafePath",
+            BundleError::Symlink { .. } | BundleError::HardLink { .. } => "BundleContainsLink",
+            BundleError::Device { .. } | BundleError::UnsupportedEntry { .. } => {
+                "BundleContainsSpecialFile"
+            }
+            BundleError::DuplicateEntry { .. } => "BundleDuplicateEntry",
+            BundleError::MissingManifest => "ManifestMissing",
+            BundleError::ManifestNotUtf8 | BundleError::Manifest(_) => "InvalidManifest",
+            BundleError::Archive(_) => "InvalidBundleArchive",
+            BundleError::DestinationNotEmpty { .. } | BundleError::Write { .. } => {
+                "BundleInspectionFailed"
+            }
+        }
+    }
+}
+
 /// `sha256:<64 lowercase hex>` of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
