@@ -32,6 +32,9 @@ static INSTALLED: OnceCell<()> = OnceCell::const_new();
 pub async fn ensure_installed() -> Result<()> {
     INSTALLED
         .get_or_try_init(|| async {
+            // Helm installs CRDs but never upgrades them: apply the current ones first, as the
+            // README tells users to on upgrade.
+            crate::crds::install(&crate::client().await?).await?;
             let args = helm_args()?;
             tokio::task::spawn_blocking(move || run_helm(&args)).await?
         })
