@@ -105,6 +105,21 @@ fn bundle(work: &Path, name: &str, image_digest: &str) -> Result<Vec<u8>> {
     Ok(airlockctl::pack::pack(&dir, airlock_plugin_shim::bundle::DEFAULT_MAX_BYTES)?.bytes)
 }
 
+/// A bundle with this `plugin.yaml`, packed without the checks `airlockctl bundle pack` makes,
+/// as an attacker (or a broken tool) could.
+fn raw_bundle(manifest: &str) -> Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "plugin.yaml", manifest.as_bytes())?;
+    Ok(tar.into_inner()?.finish()?)
+}
+
 struct Matrix {
     client: Client,
     ns: TestNamespace,
@@ -452,6 +467,24 @@ async fn matrix(m: &Matrix) -> Result<()> {
     m.apply(&m.plugin("escalate", &good.tag, &["log", "storage:write"]))
         .await?;
     m.expect_blocked("escalate", "PermissionsApproved", "NotDeclaredBySigner")
+        .await?;
+
+    // Fail closed on garbage: a signature that is not one, and a signed bundle whose manifest
+    // has a duplicate key (it verifies, then unpacking refuses it).
+    let b = bundle(work, "garbled", &good.digest)?;
+    m.publish("garbled", b, Some("this is not a signature".into()))
+        .await?;
+    m.apply(&m.plugin("garbled", &good.tag, &["log"])).await?;
+    m.expect_blocked("garbled", "Verified", "MalformedSignature")
+        .await?;
+    let b = raw_bundle(&format!(
+        "name: hello\nname: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\nentryPoint: [/hello]\nimageDigest: {}\n",
+        good.digest
+    ))?;
+    m.publish("dupkey", b.clone(), Some(m.sign(&m.author, &b)?))
+        .await?;
+    m.apply(&m.plugin("dupkey", &good.tag, &["log"])).await?;
+    m.expect_blocked("dupkey", "Verified", "InvalidManifest")
         .await?;
 
     // The image is signed, but not the one the signed manifest is bound to.
