@@ -120,6 +120,58 @@ fn raw_bundle(manifest: &str) -> Result<Vec<u8>> {
     Ok(tar.into_inner()?.finish()?)
 }
 
+/// A minimal HTTP/1.1 file server on the node address, reachable from the operator's pod.
+struct FileServer {
+    base: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FileServer {
+    async fn start(files: Vec<(String, Vec<u8>)>) -> Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("198.19.255.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        let files = std::sync::Arc::new(files);
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let files = files.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]);
+                    let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let response = match files.iter().find(|(p, _)| *p == path) {
+                        Some((_, body)) => {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            r.extend_from_slice(body);
+                            r
+                        }
+                        None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    };
+                    let _ = conn.write_all(&response).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        Ok(Self { base, hits, task })
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 struct Matrix {
     client: Client,
     ns: TestNamespace,
@@ -410,6 +462,24 @@ async fn matrix(m: &Matrix) -> Result<()> {
     from_oci["spec"]["bundle"] = json!({"source": {"oci": {"ref": bundle_ref}}});
     m.apply(&from_oci).await?;
     m.expect_active("good-oci").await?;
+
+    // The same, with the bundle and its .sig served over HTTP.
+    let b = bundle(work, "good-http", &good.digest)?;
+    let sig = m.sign(&m.author, &b)?;
+    let server = FileServer::start(vec![
+        ("/good.tar.gz".into(), b),
+        ("/good.tar.gz.sig".into(), sig.into_bytes()),
+    ])
+    .await?;
+    let mut from_http = m.plugin("good-http", &good.tag, &["log"]);
+    from_http["spec"]["bundle"] =
+        json!({"source": {"http": {"url": format!("{}/good.tar.gz", server.base)}}});
+    m.apply(&from_http).await?;
+    m.expect_active("good-http").await?;
+    ensure!(
+        server.hits.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the operator did not download the bundle and its signature from the server"
+    );
 
     // A re-reconcile of the unchanged plugin asks the registry nothing.
     let before = registry_requests_for(&format!("{repo}/good"))?;

@@ -45,6 +45,8 @@ const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// Talks to image registries. One client for the process: it caches registry tokens.
 pub struct Registry {
     client: OciClient,
+    /// For `spec.bundle.source.http`.
+    http: reqwest::Client,
     pub images: ImageVerifier,
     /// Per Plugin uid.
     pins: Mutex<HashMap<String, Pins>>,
@@ -66,6 +68,10 @@ impl Registry {
         };
         Self {
             client: OciClient::new(config),
+            http: reqwest::Client::builder()
+                .timeout(REGISTRY_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
             images: ImageVerifier::new(insecure, reverify),
             pins: Mutex::default(),
         }
@@ -118,6 +124,76 @@ impl Registry {
             p.image = Some((image.clone(), resolved.clone()))
         });
         Ok(resolved)
+    }
+
+    /// Downloads a bundle and `<url>.sig` (absent: unsigned), refusing more than `max_bytes`.
+    async fn download_bundle(
+        &self,
+        url: &str,
+        max_bytes: u64,
+    ) -> Result<SignedBundle, FetchFailure> {
+        let bytes = self
+            .download(url, max_bytes)
+            .await?
+            .ok_or_else(|| FetchFailure {
+                condition: VERIFIED,
+                reason: "BundleNotFound",
+                message: format!(
+                    "spec.bundle.source.http.url {url} answered 404; publish the bundle there or fix the URL"
+                ),
+            })?;
+        let sig_url = format!("{url}{}", bundle::SIGNATURE_SUFFIX);
+        // Not knowing whether a signature exists is not "unsigned": fail closed on errors.
+        let signature = self
+            .download(&sig_url, 4096)
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        Ok(SignedBundle { bytes, signature })
+    }
+
+    /// `None` on 404.
+    async fn download(&self, url: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, FetchFailure> {
+        let unreadable = |e: String| FetchFailure {
+            condition: VERIFIED,
+            reason: "BundleUnreadable",
+            message: format!(
+                "could not download {url}: {e}; check the URL and that the server is reachable from the operator (retrying)"
+            ),
+        };
+        let too_large = || FetchFailure {
+            condition: VERIFIED,
+            reason: "BundleTooLarge",
+            message: format!(
+                "{url} is larger than the limit of {max_bytes} bytes; make the bundle smaller (or raise --max-bundle-bytes)"
+            ),
+        };
+        let mut response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(unreadable(format!("HTTP {}", response.status())));
+        }
+        if response.content_length().is_some_and(|n| n > max_bytes) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| unreadable(e.to_string()))?
+        {
+            body.extend_from_slice(&chunk);
+            if u64::try_from(body.len()).unwrap_or(u64::MAX) > max_bytes {
+                return Err(too_large());
+            }
+        }
+        Ok(Some(body))
     }
 
     /// Pulls a bundle artifact (layer 0: bundle, optional layer 1: signature), refusing layers
@@ -357,11 +433,27 @@ async fn read_bundle(
         });
         return Ok(pulled);
     }
+    if let Some(http) = &source.http {
+        let url = &http.url;
+        if let Some(hit) = registry.pinned(plugin, |p| {
+            p.bundle
+                .as_ref()
+                .filter(|(r, _)| r == url)
+                .map(|(_, b)| b.clone())
+        }) {
+            return Ok(hit);
+        }
+        let downloaded = registry.download_bundle(url, max_bytes).await?;
+        registry.pin(plugin, |p| {
+            p.bundle = Some((url.clone(), downloaded.clone()))
+        });
+        return Ok(downloaded);
+    }
     let Some(cm_ref) = &source.config_map_ref else {
         return Err(FetchFailure {
             condition: VERIFIED,
-            reason: "BundleSourceNotSupported",
-            message: "spec.bundle.source.http is not supported by this version of Airlock yet; publish the bundle with `airlockctl bundle push` and use spec.bundle.source.oci, or use spec.bundle.source.configMapRef".into(),
+            reason: "BundleSourceMissing",
+            message: "spec.bundle.source sets none of oci, http or configMapRef; set one".into(),
         });
     };
     let ns = plugin.namespace().unwrap_or_default();
