@@ -29,15 +29,66 @@ kubectl -n "$NS" wait plugin/hello --for=jsonpath='{.status.phase}'=Active --tim
 kubectl -n "$NS" get plugins
 kubectl -n "$NS" get pods -l airlock.dev/plugin=hello -o wide
 
-pod_ip=$(kubectl -n "$NS" get pods -l airlock.dev/plugin=hello -o jsonpath='{.items[0].status.podIP}')
-log "invoking hook transform on the plugin (from the node; plugin pods admit only the router and the node)"
-for _ in $(seq 1 30); do
-  if out=$("$ROOT/target/debug/airlockctl" invoke --plugin-address "http://$pod_ip:50051" \
-      --hook transform --payload '{"name":"platform team"}' 2>/dev/null); then
-    echo "$out"
-    log "demo done: the plugin keeps running; kubectl -n $NS describe plugin hello shows its conditions"
-    exit 0
-  fi
-  sleep 1
-done
-die "the hook did not answer; see: kubectl -n $NS logs deploy/hello"
+AIRLOCKCTL=$ROOT/target/debug/airlockctl
+invoke() { # invoke <namespace>
+  local pod_ip out
+  pod_ip=$(kubectl -n "$1" get pods -l airlock.dev/plugin=hello -o jsonpath='{.items[0].status.podIP}')
+  log "invoking hook transform on the plugin in $1 (from the node; plugin pods admit only the router and the node)"
+  for _ in $(seq 1 30); do
+    if out=$("$AIRLOCKCTL" invoke --plugin-address "http://$pod_ip:50051" \
+        --hook transform --payload '{"name":"platform team"}' 2>/dev/null); then
+      echo "$out"
+      return 0
+    fi
+    sleep 1
+  done
+  die "the hook did not answer; see: kubectl -n $1 logs deploy/hello"
+}
+invoke "$NS"
+
+# --- the same plugin, signed: cosign for the image, airlockctl for the bundle --------------------
+SNS=airlock-demo-signed
+KEYS=$(mktemp -d)
+trap 'rm -rf "$KEYS"' EXIT
+log "signing: a cosign key pair (image) and an airlockctl key pair (bundle) in $KEYS"
+(cd "$KEYS" && COSIGN_PASSWORD='' cosign generate-key-pair >/dev/null 2>&1)
+"$AIRLOCKCTL" keygen demo --dir "$KEYS" >/dev/null
+DIGEST=$(crane digest --insecure "$AIRLOCK_HELLO_IMAGE")
+REPO=${AIRLOCK_HELLO_IMAGE%:*}
+log "cosign sign $REPO@$DIGEST (key-based, no transparency log)"
+(cd "$KEYS" && COSIGN_PASSWORD='' cosign sign --key cosign.key --tlog-upload=false \
+  --allow-http-registry -y "$REPO@$DIGEST" >/dev/null 2>&1) || die "cosign sign failed"
+log "packing, signing, verifying and pushing the bundle (bound to $DIGEST)"
+mkdir -p "$KEYS/bundle"
+cp "$ROOT/examples/hello/plugin.yaml" "$KEYS/bundle/plugin.yaml"
+echo "imageDigest: $DIGEST" >>"$KEYS/bundle/plugin.yaml"
+"$AIRLOCKCTL" bundle pack "$KEYS/bundle" -o "$KEYS/hello.tar.gz"
+"$AIRLOCKCTL" sign --key "$KEYS/demo.key" "$KEYS/hello.tar.gz"
+"$AIRLOCKCTL" verify --key "$KEYS/demo.pub" "$KEYS/hello.tar.gz"
+BUNDLE_REF=$REGISTRY/examples/hello-bundle:1.0.0
+"$AIRLOCKCTL" bundle push "$KEYS/hello.tar.gz" "$BUNDLE_REF" --insecure-registry "$REGISTRY"
+
+log "trust policy demo-signed: the two public keys at trust level Trusted, no unsigned plugins"
+{
+  printf 'apiVersion: airlock.dev/v1alpha1\nkind: PluginTrustPolicy\nmetadata: {name: demo-signed}\n'
+  printf 'spec:\n  namespaces: {matchLabels: {airlock.dev/demo-signed: "true"}}\n  keys:\n'
+  printf '    - name: demo\n      trustLevel: Trusted\n      ed25519: |\n'
+  sed 's/^/        /' "$KEYS/demo.pub"
+  printf '      cosign: |\n'
+  sed 's/^/        /' "$KEYS/cosign.pub"
+  printf '  trustLevels:\n    Trusted: {permissions: [log], maxMemory: 64Mi, maxCpu: 250m, maxTimeout: 2s}\n'
+} | kubectl apply -f - >/dev/null
+kubectl create namespace "$SNS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace "$SNS" --overwrite airlock.dev/demo-signed=true \
+  pod-security.kubernetes.io/enforce=restricted >/dev/null
+log "applying the hello plugin with its bundle from the OCI artifact $BUNDLE_REF"
+sed -e "s|image: .*examples/hello:1.0.0|image: $AIRLOCK_HELLO_IMAGE|" \
+    -e "s|configMapRef: {name: hello-bundle}|oci: {ref: \"$BUNDLE_REF\"}|" \
+    "$ROOT/examples/hello-plugin.yaml" | kubectl -n "$SNS" apply -f - >/dev/null
+kubectl -n "$SNS" wait plugin/hello --for=jsonpath='{.status.phase}'=Active --timeout=180s >/dev/null ||
+  die "the signed plugin did not become Active: kubectl -n $SNS describe plugin hello"
+kubectl -n "$SNS" get plugins
+kubectl -n "$SNS" get plugin hello \
+  -o jsonpath='{range .status.conditions[?(@.type=="Verified")]}Verified: {.message}{"\n"}{end}'
+invoke "$SNS"
+log "demo done: both plugins keep running; kubectl -n $SNS describe plugin hello shows the conditions"
