@@ -455,6 +455,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn each_kind_of_refusal_has_its_own_condition_reason() {
+        let cases = [
+            (
+                extract_err(&[Item::File("/tmp/escaped", b"x", 0o644)]),
+                "BundleUnsafePath",
+            ),
+            (
+                extract_err(&[Item::File("../escaped", b"x", 0o644)]),
+                "BundleUnsafePath",
+            ),
+            (
+                extract_err(&[Item::Symlink("plugin.yaml", "/etc/passwd")]),
+                "BundleContainsLink",
+            ),
+            (
+                extract_err(&[Item::Device("null")]),
+                "BundleContainsSpecialFile",
+            ),
+            (
+                extract_err(&[Item::Fifo("pipe")]),
+                "BundleContainsSpecialFile",
+            ),
+            (
+                extract_err(&[Item::File("main.py", b"x", 0o644)]),
+                "ManifestMissing",
+            ),
+            (
+                extract_err(&[Item::File("plugin.yaml", b"name: [", 0o644)]),
+                "InvalidManifest",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.reason(), want, "{e}");
+        }
+    }
+
+    #[test]
     fn refuses_bundles_over_the_limit_packed_or_unpacked() {
         let dir = tempfile::tempdir().unwrap();
         // Compresses to a few KiB but unpacks to 2 MiB.
