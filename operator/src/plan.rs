@@ -506,7 +506,9 @@ mod tests {
         let v = plan(&plugin(HELLO), &f, Some(&open_limits())).verified;
         assert_eq!(blocked_reason(&v), "ImageNotBound");
 
-        let mut f = fetched(manifest("imageDigest: sha256:bbbb\n"));
+        let bound = format!("sha256:{}", "b".repeat(64));
+        let mut f = fetched(manifest(&format!("imageDigest: {bound}\n")));
+        f.image_digest = bound;
         f.signed_by = Some(("acme/author".into(), TrustLevel::Trusted));
         let p = plan(&plugin(HELLO), &f, Some(&open_limits()));
         assert!(p.verified.is_ok(), "{:?}", p.verified);
