@@ -24,7 +24,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tracing::{info, instrument, warn};
+use tracing::{Instrument, info, instrument, warn};
 
 use crate::applied::{self, Applied, Fingerprint};
 use crate::build::{self, BuildConfig, FIELD_MANAGER};
@@ -44,6 +44,8 @@ pub enum Error {
     Finalizer(String),
     #[error("Plugin has no namespace")]
     NoNamespace,
+    #[error("the reconcile task failed: {0}")]
+    Task(String),
 }
 
 impl Error {
@@ -53,6 +55,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
             Error::NoNamespace => "no_namespace",
+            Error::Task(_) => "task",
         }
     }
 }
@@ -242,7 +245,16 @@ async fn reconcile(plugin: Arc<Plugin>, term: Arc<Term>) -> Result<Action, Error
     let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, plugin, |event| async {
         match event {
-            Finalizer::Apply(p) => apply(&p, ctx, &term.children).await,
+            // On its own task: a reconcile that blocks its thread must not freeze the
+            // controller's stream, which drives every other reconcile.
+            Finalizer::Apply(p) => {
+                let term = term.clone();
+                tokio::spawn(
+                    async move { apply(&p, &term.ctx, &term.children).await }.in_current_span(),
+                )
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+            }
             Finalizer::Cleanup(p) => cleanup(&p, ctx).await,
         }
     })
