@@ -65,6 +65,12 @@ for table in filter nat mangle raw; do
     iptables -t "$table" -X "$ch" 2>/dev/null || true
   done
 done
+# The signature e2e's "registry down" rule, if a killed run left it.
+while iptables -t raw -S PREROUTING 2>/dev/null | grep -q airlock-e2e-registry-block; do
+  r=$(iptables -t raw -S PREROUTING | grep airlock-e2e-registry-block | head -1 | sed 's/^-A /-D /')
+  # shellcheck disable=SC2086
+  eval iptables -t raw $r || break
+done
 for s in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)' || true); do ipset destroy "$s" 2>/dev/null || true; done
 
 # Mounts under our directories (kubelet volumes, container rootfs, network namespaces), deepest first.

@@ -351,12 +351,18 @@ const BLOCK_RULE: &[&str] = &[
     "tcp",
     "--dport",
     "5000",
+    "-m",
+    "comment",
+    "--comment",
+    "airlock-e2e-registry-block",
     "-j",
     "DROP",
 ];
 
 impl RegistryBlocked {
     fn new() -> Result<Self> {
+        // A run killed inside this step left its rule behind: remove it first.
+        Self::remove_all();
         let mut args = vec!["-t", "raw", "-I"];
         args.extend_from_slice(BLOCK_RULE);
         let st = Command::new("iptables").args(&args).status()?;
@@ -365,11 +371,22 @@ impl RegistryBlocked {
     }
 }
 
-impl Drop for RegistryBlocked {
-    fn drop(&mut self) {
+impl RegistryBlocked {
+    fn remove_all() {
         let mut args = vec!["-t", "raw", "-D"];
         args.extend_from_slice(BLOCK_RULE);
-        let _ = Command::new("iptables").args(&args).status();
+        while Command::new("iptables")
+            .args(&args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {}
+    }
+}
+
+impl Drop for RegistryBlocked {
+    fn drop(&mut self) {
+        Self::remove_all();
     }
 }
 

@@ -139,6 +139,33 @@ struct Term {
     children: Children,
 }
 
+/// A watch whose stream both fills a cache and triggers reconciles. managedFields are large and
+/// never read here: they are kept out of the cache.
+fn cached_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
 /// Runs the controller until the process is asked to stop.
 pub async fn run(ctx: Arc<Context>) {
     if ctx.namespaces.wait_until_ready().await.is_err() {
@@ -151,50 +178,24 @@ pub async fn run(ctx: Arc<Context>) {
 
     // The same watch fills the policy cache and triggers the reconciles, so a reconcile caused by
     // a policy change always sees that change.
-    let (policies, w) = reflector::store();
-    let policy_stream = watcher(
+    let (policies, policy_stream) = cached_watch(
         Api::<PluginTrustPolicy>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|p: &mut PluginTrustPolicy| p.managed_fields_mut().clear())
-    .reflect(w)
-    .touched_objects();
-
-    // managedFields are large and never read here: keep them out of the caches.
-    let (deployments, w) = reflector::store();
-    let deployment_stream = watcher(Api::<Deployment>::all(client.clone()), cfg.clone())
-        .default_backoff()
-        .modify(|d: &mut Deployment| d.managed_fields_mut().clear())
-        .reflect(w)
-        .touched_objects();
-    let (services, w) = reflector::store();
-    let service_stream = watcher(
+    );
+    let (deployments, deployment_stream) =
+        cached_watch(Api::<Deployment>::all(client.clone()), cfg.clone());
+    let (services, service_stream) = cached_watch(
         Api::<PartialObjectMeta<Service>>::all(client.clone()),
         cfg.clone(),
-    )
-    .default_backoff()
-    .modify(|m: &mut PartialObjectMeta<Service>| m.managed_fields_mut().clear())
-    .reflect(w)
-    .touched_objects();
-    let (network_policies, w) = reflector::store();
-    let network_policy_stream = watcher(
+    );
+    let (network_policies, network_policy_stream) = cached_watch(
         Api::<PartialObjectMeta<NetworkPolicy>>::all(client.clone()),
         cfg.clone(),
-    )
-    .default_backoff()
-    .modify(|m: &mut PartialObjectMeta<NetworkPolicy>| m.managed_fields_mut().clear())
-    .reflect(w)
-    .touched_objects();
-    let (service_accounts, w) = reflector::store();
-    let service_account_stream = watcher(
+    );
+    let (service_accounts, service_account_stream) = cached_watch(
         Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
         cfg.clone(),
-    )
-    .default_backoff()
-    .modify(|m: &mut PartialObjectMeta<ServiceAccount>| m.managed_fields_mut().clear())
-    .reflect(w)
-    .touched_objects();
+    );
     let term = Arc::new(Term {
         ctx,
         children: Children {

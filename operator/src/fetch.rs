@@ -410,6 +410,28 @@ pub async fn fetch(
     })
 }
 
+/// The bundle from `location`, fetched once per Plugin generation.
+async fn pinned_bundle(
+    registry: &Registry,
+    plugin: &Plugin,
+    location: &str,
+    fetch: impl std::future::Future<Output = Result<SignedBundle, FetchFailure>>,
+) -> Result<SignedBundle, FetchFailure> {
+    if let Some(hit) = registry.pinned(plugin, |p| {
+        p.bundle
+            .as_ref()
+            .filter(|(l, _)| l == location)
+            .map(|(_, b)| b.clone())
+    }) {
+        return Ok(hit);
+    }
+    let fetched = fetch.await?;
+    registry.pin(plugin, |p| {
+        p.bundle = Some((location.to_string(), fetched.clone()))
+    });
+    Ok(fetched)
+}
+
 async fn read_bundle(
     client: &Client,
     registry: &Registry,
@@ -419,35 +441,23 @@ async fn read_bundle(
     let source = &plugin.spec.bundle.source;
     if let Some(oci) = &source.oci {
         let reference = &oci.reference;
-        if let Some(hit) = registry.pinned(plugin, |p| {
-            p.bundle
-                .as_ref()
-                .filter(|(r, _)| r == reference)
-                .map(|(_, b)| b.clone())
-        }) {
-            return Ok(hit);
-        }
-        let pulled = registry.pull_bundle(reference, max_bytes).await?;
-        registry.pin(plugin, |p| {
-            p.bundle = Some((reference.clone(), pulled.clone()))
-        });
-        return Ok(pulled);
+        return pinned_bundle(
+            registry,
+            plugin,
+            reference,
+            registry.pull_bundle(reference, max_bytes),
+        )
+        .await;
     }
     if let Some(http) = &source.http {
         let url = &http.url;
-        if let Some(hit) = registry.pinned(plugin, |p| {
-            p.bundle
-                .as_ref()
-                .filter(|(r, _)| r == url)
-                .map(|(_, b)| b.clone())
-        }) {
-            return Ok(hit);
-        }
-        let downloaded = registry.download_bundle(url, max_bytes).await?;
-        registry.pin(plugin, |p| {
-            p.bundle = Some((url.clone(), downloaded.clone()))
-        });
-        return Ok(downloaded);
+        return pinned_bundle(
+            registry,
+            plugin,
+            url,
+            registry.download_bundle(url, max_bytes),
+        )
+        .await;
     }
     let Some(cm_ref) = &source.config_map_ref else {
         return Err(FetchFailure {
