@@ -36,6 +36,9 @@ use crate::{audit, policy, trust};
 
 pub const FINALIZER: &str = "airlock.dev/cleanup";
 
+/// Longest a reconcile may take; registry calls have their own, shorter timeouts.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
@@ -251,7 +254,22 @@ async fn reconcile(plugin: Arc<Plugin>, term: Arc<Term>) -> Result<Action, Error
             Finalizer::Apply(p) => {
                 let term = term.clone();
                 tokio::spawn(
-                    async move { apply(&p, &term.ctx, &term.children).await }.in_current_span(),
+                    async move {
+                        // A reconcile that never finishes would hold every later trigger of
+                        // this Plugin (seen in CI; cause unknown): give up and retry instead.
+                        tokio::time::timeout(
+                            RECONCILE_TIMEOUT,
+                            apply(&p, &term.ctx, &term.children),
+                        )
+                        .await
+                        .map_err(|_| {
+                            warn!(
+                                "reconcile did not finish within {RECONCILE_TIMEOUT:?}; retrying"
+                            );
+                            Error::Task(format!("timed out after {RECONCILE_TIMEOUT:?}"))
+                        })?
+                    }
+                    .in_current_span(),
                 )
                 .await
                 .map_err(|e| Error::Task(e.to_string()))?
