@@ -25,9 +25,13 @@ pub async fn wait_plugin(
             return Ok(p);
         }
         if Instant::now() > deadline {
+            let warnings = operator_warnings(&api.clone().into_client())
+                .await
+                .unwrap_or_else(|e| vec![format!("(could not read the operator logs: {e})")]);
             bail!(
-                "Plugin {name}: timed out waiting for {what}; status: {}",
-                serde_json::to_string(&p.status).unwrap_or_default()
+                "Plugin {name}: timed out waiting for {what}; status: {}\noperator warnings:\n{}",
+                serde_json::to_string(&p.status).unwrap_or_default(),
+                warnings.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -80,21 +84,45 @@ pub async fn invoke(client: &Client, ns: &str, name: &str) -> Result<serde_json:
     Ok(serde_json::from_str(&answer.output_json)?)
 }
 
-/// The audit records the operator pods wrote (their stdout), oldest first per pod.
-pub async fn audit_records(client: &Client) -> Result<Vec<serde_json::Value>> {
+/// The last warnings and errors of the operator pods: what a user would look at when a Plugin
+/// does not move.
+pub async fn operator_warnings(client: &Client) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (pod, text) in operator_logs(client).await? {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+            .collect();
+        let tail = lines.len().saturating_sub(20);
+        out.extend(lines[tail..].iter().map(|l| format!("{pod}: {l}")));
+    }
+    Ok(out)
+}
+
+/// The log of every operator pod, by pod name.
+async fn operator_logs(client: &Client) -> Result<Vec<(String, String)>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), crate::install::NAMESPACE);
     let lp = ListParams::default().labels("app.kubernetes.io/name=airlock-operator");
     let mut out = Vec::new();
     for pod in pods.list(&lp).await?.items {
         let name = pod.metadata.name.unwrap_or_default();
-        let Ok(text) = pods.logs(&name, &Default::default()).await else {
-            continue;
-        };
-        out.extend(
-            text.lines()
-                .filter(|l| l.contains("\"airlock.audit\""))
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()),
-        );
+        if let Ok(text) = pods.logs(&name, &Default::default()).await {
+            out.push((name, text));
+        }
     }
     Ok(out)
+}
+
+/// The audit records the operator pods wrote (their stdout), oldest first per pod.
+pub async fn audit_records(client: &Client) -> Result<Vec<serde_json::Value>> {
+    Ok(operator_logs(client)
+        .await?
+        .iter()
+        .flat_map(|(_, text)| {
+            text.lines()
+                .filter(|l| l.contains("\"airlock.audit\""))
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect())
 }

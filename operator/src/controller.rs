@@ -256,7 +256,8 @@ async fn reconcile(plugin: Arc<Plugin>, term: Arc<Term>) -> Result<Action, Error
                 tokio::spawn(
                     async move {
                         // A reconcile that never finishes would hold every later trigger of
-                        // this Plugin (seen in CI; cause unknown): give up and retry instead.
+                        // this Plugin. Every await below has its own timeout (API requests:
+                        // kube_client::REQUEST_TIMEOUT; registry calls); this is the backstop.
                         tokio::time::timeout(
                             RECONCILE_TIMEOUT,
                             apply(&p, &term.ctx, &term.children),
@@ -298,8 +299,13 @@ async fn apply(plugin: &Plugin, ctx: &Context, children: &Children) -> Result<Ac
         .map(|n| n.labels().clone())
         .unwrap_or_default();
     // Deciding with an empty policy cache would block every plugin for a moment: wait for it
-    // (at once after the first list).
-    if children.policies.wait_until_ready().await.is_err() {
+    // (at once after the first list; a list that takes longer is retried, not waited on).
+    let ready = tokio::time::timeout(
+        Duration::from_secs(10),
+        children.policies.wait_until_ready(),
+    );
+    if !matches!(ready.await, Ok(Ok(()))) {
+        info!("the trust policy cache is not filled yet; retrying in 5s");
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let policies: Vec<PluginTrustPolicy> = children

@@ -8,6 +8,7 @@ pub mod config;
 pub mod controller;
 pub mod fetch;
 pub mod http;
+pub mod kube_client;
 pub mod metrics;
 pub mod plan;
 pub mod policy;
@@ -52,20 +53,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let build = config.build_config().map_err(StartError::Config)?;
     let metrics = metrics::Metrics::new()?;
     let client = {
-        // Every API request is counted, so the cost of a reconcile (and of a steady state, which
-        // should write nothing) is visible in /metrics.
-        let counter = metrics.clone();
-        let count =
-            tower::util::MapRequestLayer::new(move |req: ::http::Request<kube::client::Body>| {
-                counter.kube_request(req.method().as_str());
-                req
-            });
         let config = kube::Config::infer()
             .await
             .map_err(|e| StartError::Config(format!("finding the cluster: {e}")))?;
-        kube::client::ClientBuilder::try_from(config)?
-            .with_layer(&count)
-            .build()
+        kube_client::client(config, &metrics)?
     };
     let ready = Arc::new(AtomicBool::new(false));
     let http = {
