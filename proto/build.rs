@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 /// Every API this crate defines; each file is compiled with its imports.
-const PROTOS: &[&str] = &["airlock/plugin/v1/plugin.proto"];
+const PROTOS: &[&str] = &[
+    "airlock/plugin/v1/plugin.proto",
+    "airlock/router/v1/router.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");

@@ -19,6 +19,28 @@ pub const SUPPORTED_PLUGIN_API_VERSIONS: &[i32] = &[1];
 /// Upper bound of any hook timeout; a trust level may cap it further.
 pub const MAX_HOOK_TIMEOUT: &str = "30s";
 
+/// Annotation the router sets on a Plugin it auto-disabled after repeated timeouts or crashes;
+/// its value says why. The controller scales such a plugin to zero and reports it (Ready=False,
+/// reason AutoDisabled) until an admin removes the annotation:
+/// `kubectl annotate plugin -n <ns> <name> airlock.dev/auto-disabled-`.
+pub const AUTO_DISABLED_ANNOTATION: &str = "airlock.dev/auto-disabled";
+
+impl Plugin {
+    /// Why the router auto-disabled this plugin, if it did.
+    pub fn auto_disabled(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(AUTO_DISABLED_ANNOTATION))
+            .map(String::as_str)
+    }
+
+    /// Whether the plugin should run pods: enabled in its spec and not auto-disabled.
+    pub fn should_run(&self) -> bool {
+        self.spec.enabled && self.auto_disabled().is_none()
+    }
+}
+
 /// A plugin: its image, its signed bundle, the hooks it serves and the permissions the applier
 /// approves. Airlock verifies image and bundle against the cluster's `PluginTrustPolicy` before
 /// anything runs, and reports every step in `status`.

@@ -44,6 +44,30 @@ pub fn record(
     })
 }
 
+/// The record of a plugin the router auto-disabled (pure).
+pub fn auto_disabled(
+    route: &crate::router::table::Route,
+    reason: &str,
+    actor: &str,
+    now: Timestamp,
+) -> serde_json::Value {
+    json!({
+        "stream": "airlock.audit",
+        "time": now.to_string(),
+        "actor": actor,
+        "plugin": {
+            "namespace": route.plugin.namespace,
+            "name": route.plugin.name,
+            "uid": route.uid,
+        },
+        "event": "AutoDisabled",
+        "status": "True",
+        "reason": "AutoDisabled",
+        "message": format!("auto-disabled after {reason}; calls are refused and its pods scaled to zero until an admin re-enables it"),
+        "version": route.version,
+    })
+}
+
 /// Writes one record as a single line. Stdout is line-buffered per write here, so concurrent
 /// reconciles never interleave within a record.
 pub fn emit(record: &serde_json::Value) {

@@ -177,7 +177,7 @@ pub async fn run(ctx: Arc<Context>) {
     }
     let client = ctx.client.clone();
     let plugins: Api<Plugin> = Api::all(client.clone());
-    let cfg = watcher::Config::default().labels("app.kubernetes.io/managed-by=airlock");
+    let cfg = watcher::Config::default().labels(build::labels::MANAGED_BY_SELECTOR);
 
     // The same watch fills the policy cache and triggers the reconciles, so a reconcile caused by
     // a policy change always sees that change.

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod quantity;
+pub mod router;
 pub mod status;
 pub mod trust;
 pub mod verify;
@@ -132,7 +133,7 @@ async fn lead(
     }
 }
 
-fn init_tracing(json: bool) {
+pub(crate) fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

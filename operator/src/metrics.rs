@@ -16,6 +16,9 @@ pub struct Metrics {
     reconcile_errors: IntCounterVec,
     plugins: IntGaugeVec,
     kube_requests: IntCounterVec,
+    hook_invocations: IntCounterVec,
+    hook_duration: HistogramVec,
+    auto_disabled: IntCounterVec,
     /// Last (phase, trust level) seen per plugin, so the gauge counts each plugin once.
     seen: Arc<Mutex<HashMap<String, (String, String)>>>,
 }
@@ -59,6 +62,34 @@ impl Metrics {
         )?;
         registry.register(Box::new(plugins.clone()))?;
         registry.register(Box::new(kube_requests.clone()))?;
+        // The router's series (its own process; the operator's stay empty and vice versa).
+        let hook_invocations = IntCounterVec::new(
+            Opts::new(
+                "airlock_hook_invocations_total",
+                "Hook calls the router made or refused, by plugin (namespace/name), hook and result (ok, timeout, unavailable, plugin_error, resource_exhausted, internal, refused, ...)",
+            ),
+            &["plugin", "hook", "result"],
+        )?;
+        let hook_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "airlock_hook_duration_seconds",
+                "Time of one hook call as the router saw it, by hook",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["hook"],
+        )?;
+        let auto_disabled = IntCounterVec::new(
+            Opts::new(
+                "airlock_plugins_auto_disabled_total",
+                "Plugins the router auto-disabled after repeated timeouts or crashes",
+            ),
+            &[],
+        )?;
+        registry.register(Box::new(hook_invocations.clone()))?;
+        registry.register(Box::new(hook_duration.clone()))?;
+        registry.register(Box::new(auto_disabled.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -68,6 +99,9 @@ impl Metrics {
             reconcile_errors,
             plugins,
             kube_requests,
+            hook_invocations,
+            hook_duration,
+            auto_disabled,
             seen: Arc::default(),
         })
     }
@@ -75,6 +109,22 @@ impl Metrics {
     /// Counts one request to the Kubernetes API (called by the client's middleware).
     pub fn kube_request(&self, method: &str) {
         self.kube_requests.with_label_values(&[method]).inc();
+    }
+
+    /// One hook call; `took` is None for calls refused before reaching the plugin.
+    pub fn hook_invocation(&self, plugin: &str, hook: &str, result: &str, took: Option<Duration>) {
+        self.hook_invocations
+            .with_label_values(&[plugin, hook, result])
+            .inc();
+        if let Some(took) = took {
+            self.hook_duration
+                .with_label_values(&[hook])
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn auto_disabled(&self) {
+        self.auto_disabled.with_label_values::<&str>(&[]).inc();
     }
 
     pub fn observe_reconcile(&self, took: Duration) {

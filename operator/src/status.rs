@@ -7,9 +7,10 @@
 //! reconcile on an unchanged world produces an identical status and the controller writes nothing.
 
 use airlock_crds::Plugin;
-use airlock_crds::plugin::{PluginPhase, PluginStatus};
+use airlock_crds::plugin::{AUTO_DISABLED_ANNOTATION, PluginPhase, PluginStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 
 use crate::plan::{Plan, Verdict};
 
@@ -120,7 +121,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
             match (blocked, plan.rollout.as_ref(), rollout) {
                 (Some((reason, message)), _, _) => {
                     // Nothing new is applied; what ran before keeps running.
-                    match (&prev.last_good_revision, plugin.spec.enabled) {
+                    match (&prev.last_good_revision, plugin.should_run()) {
                         (Some(good), true) => {
                             set(
                                 READY,
@@ -170,7 +171,18 @@ fn ready(
     generation: Option<i64>,
     now: Timestamp,
 ) -> PluginPhase {
-    let (ok, reason, message, phase) = if !plugin.spec.enabled {
+    let (ok, reason, message, phase) = if let Some(why) = plugin.auto_disabled() {
+        (
+            false,
+            "AutoDisabled",
+            format!(
+                "the router auto-disabled the plugin ({why}): no pods run, storage is kept. Fix the plugin, then re-enable it with `kubectl annotate plugin -n {} {} {AUTO_DISABLED_ANNOTATION}-`",
+                plugin.namespace().unwrap_or_default(),
+                plugin.name_any()
+            ),
+            PluginPhase::Disabled,
+        )
+    } else if !plugin.spec.enabled {
         (
             true,
             "Disabled",
@@ -413,6 +425,40 @@ mod tests {
         assert_eq!(s.phase, Some(PluginPhase::Disabled));
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, READY).reason, "Disabled");
+    }
+
+    #[test]
+    fn auto_disabled_is_not_ready_and_says_how_to_re_enable() {
+        let mut p = plugin(HELLO);
+        p.annotations_mut().insert(
+            AUTO_DISABLED_ANNOTATION.into(),
+            "5 consecutive timeouts".into(),
+        );
+        let plan = ok_plan();
+        let mut a = applied(0);
+        a.desired_replicas = 0;
+        let s = next_status(&p, Outcome::Planned(&plan, Some(&a)), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, Some(PluginPhase::Disabled));
+        let r = cond(&s, READY);
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "AutoDisabled")
+        );
+        assert!(
+            r.message.contains("(5 consecutive timeouts)"),
+            "{}",
+            r.message
+        );
+        assert!(
+            r.message.contains("airlock.dev/auto-disabled-"),
+            "{}",
+            r.message
+        );
+        assert!(
+            transitions(None, &s)
+                .iter()
+                .any(|t| t.reason == "AutoDisabled" && t.warning)
+        );
     }
 
     #[test]

@@ -179,7 +179,30 @@ pub fn status_of(error: &InvokeError) -> Status {
         InvokeError::OutputTooLarge => Code::ResourceExhausted,
         InvokeError::Protocol(_) => Code::Internal,
     };
-    Status::new(code, error.to_string())
+    let mut status = Status::new(code, error.to_string());
+    status.metadata_mut().insert(
+        FAILURE_METADATA,
+        tonic::metadata::MetadataValue::from_static(failure_kind(error)),
+    );
+    status
+}
+
+/// Metadata (trailer) on every failed Invoke saying what happened to the plugin process, so the
+/// router can count timeouts and crashes without parsing messages.
+pub const FAILURE_METADATA: &str = "airlock-failure";
+
+/// The value of [`FAILURE_METADATA`] for an error.
+pub fn failure_kind(error: &InvokeError) -> &'static str {
+    match error {
+        InvokeError::Timeout(_) => "timeout",
+        InvokeError::QueueTimeout(_) => "queue-timeout",
+        InvokeError::Spawn { .. } | InvokeError::Exited { .. } | InvokeError::LoadFailed(_) => {
+            "crash"
+        }
+        InvokeError::Plugin(_) => "plugin-error",
+        InvokeError::OutputTooLarge => "output-too-large",
+        InvokeError::Protocol(_) => "protocol",
+    }
 }
 
 /// The kind of JSON error without serde_json's quoting of input.

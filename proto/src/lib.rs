@@ -1,4 +1,5 @@
-//! The wire contract of Airlock: `airlock.plugin.v1` (served by the shim in every plugin pod).
+//! The wire contract of Airlock: `airlock.plugin.v1` (served by the shim in every plugin pod) and
+//! `airlock.router.v1` (served by the router to host applications).
 //! The `.proto` files under `proto/` are the only definition of these APIs; this crate compiles
 //! them at build time (with `protox`, no system `protoc`) into prost messages and tonic clients
 //! and servers.
@@ -9,6 +10,15 @@ pub mod plugin {
     #[allow(missing_docs, clippy::all, clippy::pedantic)]
     pub mod v1 {
         tonic::include_proto!("airlock.plugin.v1");
+    }
+}
+
+/// `airlock.router.*`: the API host applications call.
+pub mod router {
+    /// `airlock.router.v1`: `Invoke`, `Broadcast`, `Transform`, `ListPlugins`.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("airlock.router.v1");
     }
 }
 
@@ -23,9 +33,10 @@ mod tests {
 
     /// Reflection serves this set; it must decode and describe the plugin service.
     #[test]
-    fn descriptor_set_describes_the_plugin_service() {
+    fn descriptor_set_describes_the_plugin_and_router_services() {
         let set = prost_types_free_decode(super::FILE_DESCRIPTOR_SET);
         assert!(set.contains(&"airlock.plugin.v1".to_string()), "{set:?}");
+        assert!(set.contains(&"airlock.router.v1".to_string()), "{set:?}");
     }
 
     /// Decodes just the package names of a FileDescriptorSet (field 1 = file, whose field 2 =

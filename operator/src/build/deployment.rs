@@ -30,7 +30,7 @@ pub const REVISION_ANNOTATION: &str = "airlock.dev/revision";
 
 pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> Deployment {
     let name = child_name(&plugin.name_any());
-    let replicas = if plugin.spec.enabled {
+    let replicas = if plugin.should_run() {
         plugin.spec.replicas
     } else {
         0
@@ -344,6 +344,20 @@ mod tests {
         let mut p = plugin(HELLO);
         p.spec.enabled = false;
         p.spec.replicas = 3;
+        let d = deployment(&p, &rollout(), &config());
+        assert_eq!(d.spec.expect("spec").replicas, Some(0));
+    }
+
+    #[test]
+    fn an_auto_disabled_plugin_runs_no_pods() {
+        let mut p = plugin(HELLO);
+        p.metadata.annotations = Some(
+            [(
+                airlock_crds::plugin::AUTO_DISABLED_ANNOTATION.to_string(),
+                "3 crashes within 60 minutes".to_string(),
+            )]
+            .into(),
+        );
         let d = deployment(&p, &rollout(), &config());
         assert_eq!(d.spec.expect("spec").replicas, Some(0));
     }

@@ -11,6 +11,9 @@ pub const PLUGIN_LABEL: &str = "airlock.dev/plugin";
 /// Label carrying the revision on pods.
 pub const REVISION_LABEL: &str = "airlock.dev/revision";
 
+/// Label selector matching every object Airlock creates for plugins.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=airlock";
+
 /// Labels of every object Airlock creates for `plugin`.
 pub fn common(plugin: &Plugin) -> BTreeMap<String, String> {
     BTreeMap::from([

@@ -1,0 +1,318 @@
+//! The router's gRPC edges: `airlock.router.v1.HookRouter` served to host applications, and the
+//! [`Caller`] that reaches plugin shims over `airlock.plugin.v1`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_crds::plugin::FailurePolicy;
+use airlock_proto::plugin::v1::InvokeRequest as ShimInvokeRequest;
+use airlock_proto::plugin::v1::plugin_client::PluginClient;
+use airlock_proto::router::v1 as api;
+use airlock_proto::router::v1::hook_router_server::HookRouter;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use super::breaker::Outcome;
+use super::dispatch::{Answer, CallFailure, CallRequest, Caller, Router, StepResult};
+use super::table::{PluginKey, Route};
+
+/// Metadata the shim sets on a failed Invoke (see plugin.proto).
+const FAILURE_METADATA: &str = "airlock-failure";
+
+/// Reaches plugin shims over gRPC, one lazily connected channel per endpoint.
+#[derive(Debug, Default)]
+pub struct GrpcCaller {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl GrpcCaller {
+    fn channel(&self, endpoint: &str) -> Result<Channel, CallFailure> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|e| CallFailure {
+                code: Code::Internal,
+                message: format!("bad plugin endpoint {endpoint}: {e}"),
+                outcome: Outcome::Unreachable,
+            })?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(endpoint.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl Caller for Arc<GrpcCaller> {
+    fn call(
+        &self,
+        route: Arc<Route>,
+        request: CallRequest,
+    ) -> impl Future<Output = Result<Answer, CallFailure>> + Send {
+        let channel = self.channel(&route.endpoint);
+        async move {
+            let mut client = PluginClient::new(channel?);
+            let deadline_ms = u32::try_from(request.deadline.as_millis()).unwrap_or(u32::MAX);
+            let mut req = Request::new(ShimInvokeRequest {
+                hook: request.hook.as_str().to_string(),
+                payload_json: request.payload,
+                deadline_ms,
+                invocation_id: request.invocation_id,
+            });
+            req.set_timeout(request.deadline + super::dispatch::NETWORK_GRACE);
+            match client.invoke(req).await {
+                Ok(res) => {
+                    let res = res.into_inner();
+                    Ok(Answer {
+                        output: res.output_json,
+                        duration: Duration::from_millis(u64::from(res.duration_ms)),
+                    })
+                }
+                Err(status) => Err(failure_of(&status)),
+            }
+        }
+    }
+}
+
+/// What a shim's error status means for the plugin's health.
+pub fn failure_of(status: &Status) -> CallFailure {
+    let kind = status
+        .metadata()
+        .get(FAILURE_METADATA)
+        .and_then(|v| v.to_str().ok());
+    let outcome = match kind {
+        Some("timeout") => Outcome::Timeout,
+        Some("crash") => Outcome::Crash,
+        Some("protocol" | "output-too-large") => Outcome::Misbehaved,
+        // Busy with an earlier call: a breaker failure, not a sign the plugin hangs.
+        Some("queue-timeout") => Outcome::Unreachable,
+        Some(_) => Outcome::Answered,
+        // No verdict from a shim: the call did not reach one (connection refused, reset, ...),
+        // unless the shim refused the request itself.
+        None if status.code() == Code::InvalidArgument => Outcome::Answered,
+        None => Outcome::Unreachable,
+    };
+    CallFailure {
+        code: status.code(),
+        message: status.message().to_string(),
+        outcome,
+    }
+}
+
+/// `airlock.router.v1.HookRouter` over a [`Router`].
+#[derive(Debug)]
+pub struct HookRouterService<C> {
+    router: Arc<Router<C>>,
+}
+
+impl<C> HookRouterService<C> {
+    pub fn new(router: Arc<Router<C>>) -> Self {
+        Self { router }
+    }
+}
+
+fn namespace(ns: &str) -> Option<&str> {
+    (!ns.is_empty()).then_some(ns)
+}
+
+fn plugin_ref(key: &PluginKey) -> api::PluginRef {
+    api::PluginRef {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn policy_name(p: FailurePolicy) -> &'static str {
+    match p {
+        FailurePolicy::Fail => "Fail",
+        FailurePolicy::Ignore => "Ignore",
+    }
+}
+
+fn result(r: StepResult) -> api::PluginResult {
+    api::PluginResult {
+        plugin: Some(plugin_ref(&r.plugin)),
+        code: if r.code == Code::Ok {
+            "OK".into()
+        } else {
+            code_name(r.code).into()
+        },
+        output_json: r.output,
+        error: r.error,
+        duration_ms: millis(r.duration),
+        failure_policy: policy_name(r.failure_policy).into(),
+    }
+}
+
+/// The canonical upper-case name of a gRPC code.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[tonic::async_trait]
+impl<C: Caller> HookRouter for HookRouterService<C> {
+    async fn invoke(
+        &self,
+        request: Request<api::InvokeRequest>,
+    ) -> Result<Response<api::InvokeResponse>, Status> {
+        let r = request.into_inner();
+        let plugin = r
+            .plugin
+            .filter(|p| !p.namespace.is_empty() && !p.name.is_empty())
+            .ok_or_else(|| Status::invalid_argument("plugin (namespace and name) is required"))?;
+        let key = PluginKey::new(plugin.namespace, plugin.name);
+        let (answer, id) = self
+            .router
+            .invoke(
+                &key,
+                &r.hook,
+                r.payload_json,
+                r.deadline_ms,
+                r.invocation_id,
+            )
+            .await
+            .map_err(|e| Status::new(e.code, e.message))?;
+        Ok(Response::new(api::InvokeResponse {
+            output_json: answer.output,
+            duration_ms: millis(answer.duration),
+            invocation_id: id,
+        }))
+    }
+
+    async fn broadcast(
+        &self,
+        request: Request<api::BroadcastRequest>,
+    ) -> Result<Response<api::BroadcastResponse>, Status> {
+        let r = request.into_inner();
+        let b = self
+            .router
+            .broadcast(
+                &r.hook,
+                r.payload_json,
+                r.deadline_ms,
+                r.invocation_id,
+                namespace(&r.namespace),
+            )
+            .await
+            .map_err(|e| Status::new(e.code, e.message))?;
+        Ok(Response::new(api::BroadcastResponse {
+            results: b.results.into_iter().map(result).collect(),
+            failed: b.failed,
+            invocation_id: b.invocation_id,
+        }))
+    }
+
+    async fn transform(
+        &self,
+        request: Request<api::TransformRequest>,
+    ) -> Result<Response<api::TransformResponse>, Status> {
+        let r = request.into_inner();
+        let p = self
+            .router
+            .transform(
+                r.payload_json,
+                r.deadline_ms,
+                r.invocation_id,
+                namespace(&r.namespace),
+            )
+            .await
+            .map_err(|e| Status::new(e.code, e.message))?;
+        Ok(Response::new(api::TransformResponse {
+            output_json: p.output,
+            steps: p.steps.into_iter().map(result).collect(),
+            invocation_id: p.invocation_id,
+        }))
+    }
+
+    async fn list_plugins(
+        &self,
+        request: Request<api::ListPluginsRequest>,
+    ) -> Result<Response<api::ListPluginsResponse>, Status> {
+        let r = request.into_inner();
+        let plugins = self
+            .router
+            .list(namespace(&r.namespace))
+            .into_iter()
+            .map(|l| api::ActivePlugin {
+                plugin: Some(plugin_ref(&l.route.plugin)),
+                version: l.route.version.clone(),
+                hooks: l
+                    .route
+                    .hooks
+                    .iter()
+                    .map(|(name, h)| api::HookRoute {
+                        name: name.as_str().into(),
+                        timeout_ms: millis(h.timeout),
+                        failure_policy: policy_name(h.failure_policy).into(),
+                        priority: h.priority,
+                    })
+                    .collect(),
+                breaker: l.breaker.into(),
+            })
+            .collect();
+        Ok(Response::new(api::ListPluginsResponse { plugins }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_kind(code: Code, kind: Option<&'static str>) -> Status {
+        let mut s = Status::new(code, "x");
+        if let Some(k) = kind {
+            s.metadata_mut().insert(
+                FAILURE_METADATA,
+                tonic::metadata::MetadataValue::from_static(k),
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn the_shims_verdict_decides_what_a_failure_says_about_health() {
+        let outcome = |code, kind| failure_of(&with_kind(code, kind)).outcome;
+        assert_eq!(
+            outcome(Code::DeadlineExceeded, Some("timeout")),
+            Outcome::Timeout
+        );
+        assert_eq!(outcome(Code::Unavailable, Some("crash")), Outcome::Crash);
+        assert_eq!(
+            outcome(Code::Internal, Some("protocol")),
+            Outcome::Misbehaved
+        );
+        assert_eq!(
+            outcome(Code::Aborted, Some("plugin-error")),
+            Outcome::Answered
+        );
+        // Connection refused: no shim answered.
+        assert_eq!(outcome(Code::Unavailable, None), Outcome::Unreachable);
+        assert_eq!(outcome(Code::InvalidArgument, None), Outcome::Answered);
+    }
+}
