@@ -8,14 +8,19 @@ CRANE=${CRANE:-$(bin_dir crane "$CRANE_VERSION")/crane}
 REG=${AIRLOCK_E2E_REGISTRY:-$REGISTRY}
 TARGET=x86_64-unknown-linux-musl
 
-# push_static_image <binary> <image ref> [with-ca]: a one-layer scratch image running
-# /<binary name>; with-ca adds the host's CA bundle (for clients of HTTPS registries).
+# push_static_image <binary> <image ref> [with-ca [more binaries...]]: a one-layer scratch image
+# running /<binary name>; with-ca adds the host's CA bundle (for clients of HTTPS registries); more
+# binaries are copied next to the first (run them with the pod's `command`).
 push_static_image() {
-  local bin=$1 ref=$2 work name files
+  local bin=$1 ref=$2 work name files extra
   name=$(basename "$bin")
   work=$(mktemp -d)
   install -m 0755 "$bin" "$work/$name"
   files=$name
+  for extra in "${@:4}"; do
+    install -m 0755 "$extra" "$work/$(basename "$extra")"
+    files="$files $(basename "$extra")"
+  done
   if [ "${3:-}" = with-ca ]; then
     install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$work/etc/ssl/certs/ca-certificates.crt"
     files="$files etc"
@@ -34,22 +39,39 @@ push_static_image() {
 OUT=$ROOT/target/e2e
 mkdir -p "$OUT"
 ( cd "$ROOT" && cargo build --quiet --release --locked --target "$TARGET" \
-    -p airlock-e2e-probe -p airlock-plugin-shim -p airlock-example-hello -p airlock-operator )
+    -p airlock-e2e-probe -p airlock-plugin-shim -p airlock-operator -p airlock-example-hello \
+    -p airlock-example-data-formatter -p airlock-example-event-logger -p airlock-example-crash-test )
 REL=$ROOT/target/$TARGET/release
 push_static_image "$REL/airlock-e2e-probe" "$REG/airlock/e2e-probe:dev"
 push_static_image "$REL/airlock-shim" "$REG/airlock/shim:dev"
 push_static_image "$REL/hello" "$REG/examples/hello:1.0.0"
-push_static_image "$REL/airlock-operator" "$REG/airlock/operator:dev" with-ca
+for sample in data-formatter event-logger crash-test; do
+  push_static_image "$REL/$sample" "$REG/examples/$sample:1.0.0"
+done
+push_static_image "$REL/airlock-operator" "$REG/airlock/operator:dev" with-ca "$REL/airlock-router"
 # A hello image whose plugin never starts (the entry point is missing): an upgrade to it cannot
 # become ready, which the rollback test needs.
 push_static_image "$REL/airlock-e2e-probe" "$REG/examples/hello:broken"
 
-# The hello plugin's bundle: its manifest, packed deterministically (same bytes, same digest).
-bundle_dir=$(mktemp -d)
-cp "$ROOT/examples/hello/plugin.yaml" "$bundle_dir/"
-tar --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -C "$bundle_dir" -cf - plugin.yaml |
-  gzip -n -9 >"$OUT/hello-bundle.tar.gz"
-rm -rf "$bundle_dir"
+# pack_bundle <out.tar.gz> <files...>: a bundle packed deterministically (same bytes, same digest).
+pack_bundle() {
+  local out=$1 dir f; shift
+  dir=$(mktemp -d)
+  for f in "$@"; do cp "$f" "$dir/"; done
+  # shellcheck disable=SC2046 # file names without spaces, one argument each
+  tar --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -C "$dir" -cf - $(ls "$dir") |
+    gzip -n -9 >"$out"
+  rm -rf "$dir"
+}
+pack_bundle "$OUT/hello-bundle.tar.gz" "$ROOT/examples/hello/plugin.yaml"
+for sample in data-formatter event-logger crash-test; do
+  pack_bundle "$OUT/$sample-bundle.tar.gz" "$ROOT/examples/$sample/plugin.yaml"
+done
+# crash-test whose onLoad exhausts memory: same image, a bundle that says so.
+oom_config=$(mktemp -d)/crash-test.json
+echo '{"onLoad": "exhaust-memory"}' >"$oom_config"
+pack_bundle "$OUT/crash-test-oom-bundle.tar.gz" "$ROOT/examples/crash-test/plugin.yaml" "$oom_config"
+rm -rf "$(dirname "$oom_config")"
 # References by digest, for the chart values and the tests.
 {
   echo "AIRLOCK_SHIM_IMAGE=$REG/airlock/shim@$("$CRANE" digest --insecure "$REG/airlock/shim:dev")"
@@ -57,5 +79,10 @@ rm -rf "$bundle_dir"
   echo "AIRLOCK_HELLO_IMAGE=$REG/examples/hello:1.0.0"
   echo "AIRLOCK_HELLO_BROKEN_IMAGE=$REG/examples/hello:broken"
   echo "AIRLOCK_HELLO_BUNDLE=$OUT/hello-bundle.tar.gz"
+  for sample in data-formatter event-logger crash-test crash-test-oom; do
+    key=$(echo "$sample" | tr 'a-z-' 'A-Z_')
+    echo "AIRLOCK_${key}_IMAGE=$REG/examples/${sample%-oom}:1.0.0"
+    echo "AIRLOCK_${key}_BUNDLE=$OUT/$sample-bundle.tar.gz"
+  done
 } >"$OUT/images.env"
-log "wrote $OUT/images.env and $OUT/hello-bundle.tar.gz"
+log "wrote $OUT/images.env and the example bundles in $OUT"

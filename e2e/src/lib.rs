@@ -11,6 +11,7 @@ pub mod install;
 pub mod namespace;
 pub mod plugins;
 pub mod pods;
+pub mod router;
 
 use std::path::Path;
 use std::time::Duration;

@@ -8,3 +8,7 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 app.kubernetes.io/name: airlock-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
+{{- define "airlock.routerSelector" -}}
+app.kubernetes.io/name: airlock-router
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}

@@ -152,9 +152,11 @@ fn route(
         ));
     }
     let status = plugin.status.clone().unwrap_or_default();
-    // Degraded: a newer revision is blocked or failed, the last good one still serves.
+    // Degraded with a last good revision: a newer revision is blocked or failed and the last good
+    // one still serves. Without one, nothing serves.
     match status.phase {
-        Some(PluginPhase::Active | PluginPhase::Degraded) => {}
+        Some(PluginPhase::Active) => {}
+        Some(PluginPhase::Degraded) if status.last_good_revision.is_some() => {}
         phase => {
             let phase = phase.map_or("Pending".to_string(), |p| format!("{p:?}"));
             return Err(format!(
@@ -264,20 +266,41 @@ mod tests {
             AUTO_DISABLED_ANNOTATION.into(),
             "5 consecutive timeouts".into(),
         );
+        let never_served = plugin("a", "never", "Degraded", hooks.clone());
+        let mut still_serving = plugin("a", "serving", "Degraded", hooks.clone());
+        still_serving
+            .status
+            .as_mut()
+            .expect("status")
+            .last_good_revision = Some("r1".into());
         let no_service = plugin("a", "lonely", "Active", hooks);
         let t = RouteTable::build(
-            [&disabled, &deploying, &auto, &no_service],
+            [
+                &disabled,
+                &deploying,
+                &auto,
+                &never_served,
+                &still_serving,
+                &no_service,
+            ],
             &ips(&[
                 ("a", &svc("off"), "198.19.0.1"),
                 ("a", &svc("new"), "198.19.0.2"),
                 ("a", &svc("bad"), "198.19.0.3"),
+                ("a", &svc("never"), "198.19.0.4"),
+                ("a", &svc("serving"), "198.19.0.5"),
             ]),
+        );
+        assert!(
+            t.get(&PluginKey::new("a", "serving")).is_ok(),
+            "the last good revision serves"
         );
         let why = |n: &str| t.get(&PluginKey::new("a", n)).expect_err("no route");
         assert!(why("off").contains("spec.enabled: false"), "{}", why("off"));
         assert!(why("new").contains("is Deploying"), "{}", why("new"));
         assert!(why("bad").contains("auto-disabled (5 consecutive timeouts)"));
         assert!(why("bad").contains("airlock.dev/auto-disabled-"));
+        assert!(why("never").contains("is Degraded"), "{}", why("never"));
         assert!(why("lonely").contains("no Service"), "{}", why("lonely"));
         assert!(why("ghost").contains("there is no Plugin a/ghost"));
     }

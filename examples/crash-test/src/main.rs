@@ -1,0 +1,48 @@
+//! crash-test: misbehaves on purpose, so tests (and sceptical users) can watch Airlock contain it.
+//!
+//! - `transform` throws (the SDK turns the panic into an error answer: the caller gets ABORTED and
+//!   the process keeps running); with `{"mode": "exit"}` the process dies instead (a crash).
+//! - `onEvent` loops forever: the shim kills it at the deadline and starts a fresh process.
+//! - `onLoad` exhausts memory when the bundle's `crash-test.json` says
+//!   `{"onLoad": "exhaust-memory"}`: the kernel kills it at the pod's memory limit and the plugin
+//!   never becomes ready. Otherwise onLoad succeeds.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+fn load_mode() -> Option<String> {
+    let dir = PathBuf::from(std::env::var_os("AIRLOCK_BUNDLE_DIR")?);
+    let text = std::fs::read_to_string(dir.join("crash-test.json")).ok()?;
+    let config: Value = serde_json::from_str(&text).ok()?;
+    config["onLoad"].as_str().map(str::to_string)
+}
+
+fn exhaust_memory() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Touch every page so the memory is really used, not just reserved.
+        hoard.push(vec![1u8; 8 << 20]);
+        eprintln!("crash-test: holding {} MiB", hoard.len() * 8);
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    airlock_plugin_shim::sdk::run(|hook: &str, payload: Value| match hook {
+        "onLoad" => match load_mode().as_deref() {
+            Some("exhaust-memory") => exhaust_memory(),
+            _ => Ok(json!({"loaded": true})),
+        },
+        "transform" => {
+            if payload["mode"] == "exit" {
+                eprintln!("crash-test: exiting in the middle of a call");
+                std::process::exit(3);
+            }
+            panic!("crash-test: transform throws");
+        }
+        "onEvent" => loop {
+            std::hint::spin_loop();
+        },
+        other => Err(format!("crash-test does not implement hook {other}")),
+    })
+}
