@@ -10,7 +10,7 @@ NS=airlock-demo
 
 log "installing Airlock with Helm (namespace airlock-system)"
 "$ROOT/e2e/helm-install.sh"
-kubectl -n airlock-system get deploy airlock-operator
+kubectl -n airlock-system get deploy airlock-operator airlock-router
 
 log "trust policy: unsigned plugins allowed in namespaces labelled airlock.dev/sandbox=true"
 kubectl apply -f "$ROOT/examples/trust-policy.yaml" >/dev/null
@@ -30,19 +30,22 @@ kubectl -n "$NS" get plugins
 kubectl -n "$NS" get pods -l airlock.dev/plugin=hello -o wide
 
 AIRLOCKCTL=$ROOT/target/debug/airlockctl
+kubectl -n airlock-system rollout status deploy/airlock-router --timeout=120s >/dev/null
+AIRLOCK_ROUTER=http://$(kubectl -n airlock-system get svc airlock-router -o jsonpath='{.spec.clusterIP}'):50050
+export AIRLOCK_ROUTER
 invoke() { # invoke <namespace>
-  local pod_ip out
-  pod_ip=$(kubectl -n "$1" get pods -l airlock.dev/plugin=hello -o jsonpath='{.items[0].status.podIP}')
-  log "invoking hook transform on the plugin in $1 (from the node; plugin pods admit only the router and the node)"
+  local out
+  log "invoking hook transform on $1/hello through the router ($AIRLOCK_ROUTER)"
+  # The router learns of the plugin from its watch a moment after the status says Active.
   for _ in $(seq 1 30); do
-    if out=$("$AIRLOCKCTL" invoke --plugin-address "http://$pod_ip:50051" \
-        --hook transform --payload '{"name":"platform team"}' 2>/dev/null); then
+    if out=$("$AIRLOCKCTL" invoke "$1/hello" transform --payload '{"name":"platform team"}' 2>/dev/null); then
       echo "$out"
       return 0
     fi
     sleep 1
   done
-  die "the hook did not answer; see: kubectl -n $1 logs deploy/hello"
+  "$AIRLOCKCTL" invoke "$1/hello" transform --payload '{"name":"platform team"}' ||
+    die "the hook did not answer; see: kubectl -n $1 logs deploy/hello"
 }
 invoke "$NS"
 
@@ -91,4 +94,6 @@ kubectl -n "$SNS" get plugins
 kubectl -n "$SNS" get plugin hello \
   -o jsonpath='{range .status.conditions[?(@.type=="Verified")]}Verified: {.message}{"\n"}{end}'
 invoke "$SNS"
+log "what the router can call:"
+"$AIRLOCKCTL" plugins
 log "demo done: both plugins keep running; kubectl -n $SNS describe plugin hello shows the conditions"

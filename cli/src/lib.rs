@@ -4,7 +4,7 @@
 //! - [`pack`]: `bundle pack`, a plugin directory to a reproducible bundle;
 //! - [`signing`]: `sign` and `verify`, detached bundle signatures;
 //! - [`oci`]: `bundle push` and `bundle pull`, bundles as OCI artifacts in a registry;
-//! - [`invoke`]: `invoke`, one hook call on a plugin's shim.
+//! - [`invoke`]: `invoke`, one hook call through the router, and `plugins`, what it can call.
 //!
 //! Each command returns a report whose `Display` is what the user sees; [`Error::exit_code`] is
 //! the one place errors become exit codes.
@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 
 const LONG_ABOUT: &str = "\
 Command line of Airlock: make signing keys, pack, sign, verify and publish plugin bundles, and \
-call a plugin's hooks.
+call plugins' hooks through the router.
 
 A bundle is a gzipped tar with plugin.yaml at its root. The operator runs a plugin only if its \
 bundle is signed by a key a PluginTrustPolicy trusts (or the policy allows unsigned plugins).
@@ -92,8 +92,32 @@ signature, or a bundle the operator would refuse"
     )]
     Verify(signing::VerifyArgs),
 
-    /// Call a hook on a plugin and print its JSON output (exit code 0 only on success).
+    /// Call one hook of one plugin through the router and print its JSON output.
+    #[command(
+        long_about = "\
+Call one hook of one plugin through the Airlock router, as a host application would, and print \
+the plugin's JSON output (pretty-printed) on stdout; timing and the invocation id go to stderr.
+
+The payload comes from --payload, --payload-file, or stdin (--payload - or --payload-file -).
+
+Examples:
+  kubectl port-forward -n airlock-system svc/airlock-router 50050 &
+  airlockctl invoke team-a/hello transform --payload '{\"name\":\"you\"}'
+  echo '{\"type\":\"deploy\"}' | airlockctl invoke event-logger onEvent -n team-a --payload -",
+        after_long_help = "\
+Exit codes:
+  0  the plugin answered
+  1  another failure (e.g. INTERNAL: the plugin broke the protocol or answered too much)
+  2  bad input: the payload is not JSON, or the hook is not one the plugin declares
+  3  the plugin answered with an error (ABORTED)
+  4  the plugin did not answer within its timeout (DEADLINE_EXCEEDED)
+  5  no such Active plugin (NOT_FOUND: disabled, auto-disabled, not verified, or absent)
+  6  the router or the plugin cannot take the call now (UNAVAILABLE, RESOURCE_EXHAUSTED)"
+    )]
     Invoke(invoke::InvokeArgs),
+
+    /// List the plugins the router can call, their hooks and circuit breakers.
+    Plugins(invoke::PluginsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -164,6 +188,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Verify(e) => e.exit_code(),
+            Error::Invoke(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -181,6 +206,7 @@ pub async fn run(cli: Cli) -> Result<String, Error> {
         Command::Sign(args) => signing::sign(&args)?.to_string(),
         Command::Verify(args) => signing::verify(&args)?.to_string(),
         Command::Invoke(args) => invoke::run(args).await?,
+        Command::Plugins(args) => invoke::plugins(args).await?,
     })
 }
 
