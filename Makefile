@@ -6,12 +6,14 @@ CLUSTER := e2e/cluster
 include $(CLUSTER)/versions.env
 CACHE ?= $(HOME)/.cache/airlock
 # Upstream tools built by the cluster scripts, on PATH for every recipe.
-TOOLS_PATH := $(CACHE)/bin/kubernetes-$(K8S_VERSION):$(CACHE)/bin/crane-$(CRANE_VERSION):$(CACHE)/bin/helm-$(HELM_VERSION):$(CACHE)/bin/cosign-$(COSIGN_VERSION):$(CACHE)/bin/crictl-$(CRICTL_VERSION)
+TOOLS_PATH := $(CACHE)/bin/kubernetes-$(K8S_VERSION):$(CACHE)/bin/crane-$(CRANE_VERSION):$(CACHE)/bin/helm-$(HELM_VERSION):$(CACHE)/bin/cosign-$(COSIGN_VERSION):$(CACHE)/bin/crictl-$(CRICTL_VERSION):$(CACHE)/bin/grpcurl-$(GRPCURL_VERSION)
 export PATH := $(TOOLS_PATH):$(PATH)
+# Python with grpcio, for the e2e test that calls the router from a Python client.
+export AIRLOCK_PYTHON ?= $(CACHE)/venv/bin/python
 # The local cluster unless the caller points at another one.
 export KUBECONFIG ?= /var/lib/airlock-cluster/kubeconfig
 
-.PHONY: help demo bench test lint fmt-check clippy unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images e2e
+.PHONY: help demo bench test lint fmt-check clippy unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
 
 help: ## list the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -54,5 +56,10 @@ cluster-status: ## is the local cluster up and healthy?
 e2e-images: ## build and push the images the e2e suite runs
 	e2e/images.sh
 
-e2e: cluster-up e2e-images ## end-to-end tests against the cluster
+client-deps: ## gRPC clients written elsewhere, for the e2e: grpcurl (Go, from source) and Python grpcio
+	$(CLUSTER)/build.sh grpcurl
+	@[ -x $(AIRLOCK_PYTHON) ] || python3 -m venv $(CACHE)/venv
+	@$(CACHE)/venv/bin/pip install --quiet --disable-pip-version-check grpcio==1.85.1 grpcio-tools==1.85.1
+
+e2e: cluster-up e2e-images client-deps ## end-to-end tests against the cluster
 	cargo test --locked -p airlock-e2e -- --test-threads=4

@@ -113,7 +113,11 @@ build_crictl() {
     CGO_ENABLED=0 GONOSUMDB=sigs.k8s.io/cri-tools
 }
 
-ALL="kubernetes etcd kube_router crane helm cosign crictl"
+build_grpcurl() {
+  go_install grpcurl "$GRPCURL_VERSION" github.com/fullstorydev/grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl CGO_ENABLED=0
+}
+
+ALL="kubernetes etcd kube_router crane helm cosign crictl grpcurl"
 for c in ${@:-$ALL}; do
   "build_${c//-/_}"
 done

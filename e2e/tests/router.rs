@@ -316,6 +316,47 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "pipeline steps {steps:?}"
     );
 
+    // Clients nobody here wrote: grpcurl (through server reflection) and Python grpcio.
+    let addr = router::address(&f.client).await?;
+    let request = json!({
+        "plugin": {"namespace": f.ns(), "name": "hello"},
+        "hook": "transform",
+        "payload_json": json!({"name": "grpcurl"}).to_string(),
+    });
+    let out = run(
+        "grpcurl",
+        &[
+            "-plaintext",
+            "-d",
+            &request.to_string(),
+            &addr,
+            "airlock.router.v1.HookRouter/Invoke",
+        ],
+    )?;
+    let answer: Value = serde_json::from_str(&out)?;
+    let output: Value = serde_json::from_str(answer["outputJson"].as_str().unwrap_or_default())?;
+    ensure!(
+        output["greeting"] == "hello, grpcurl",
+        "grpcurl got {answer}"
+    );
+    let python = std::env::var("AIRLOCK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let client = airlock_e2e::install::workspace().join("examples/clients/python/router_client.py");
+    let out = run(
+        &python,
+        &[
+            &client.display().to_string(),
+            "--router",
+            &addr,
+            "invoke",
+            &format!("{}/hello", f.ns()),
+            "transform",
+            &json!({"name": "python"}).to_string(),
+        ],
+    )?;
+    let answer: Value = serde_json::from_str(&out)?;
+    let output: Value = serde_json::from_str(answer["output_json"].as_str().unwrap_or_default())?;
+    ensure!(output["greeting"] == "hello, python", "python got {answer}");
+
     // Broadcast an event: event-logger logs it; crash-test loops forever, is killed at 300 ms and
     // ignored (failurePolicy Ignore), so the broadcast as a whole did not fail.
     let started = Instant::now();
@@ -539,6 +580,22 @@ async fn scenario(f: &Fixture) -> Result<()> {
             == "hello, survivor"
     );
     Ok(())
+}
+
+/// Runs a client program and returns its stdout; fails with its stderr.
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| {
+            format!("running {program}: `make client-deps` builds grpcurl and the Python venv")
+        })?;
+    ensure!(
+        out.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Audit records the router pods wrote.
