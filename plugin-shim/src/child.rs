@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::manifest::Hook;
 use crate::protocol::{self, MAX_LINE_BYTES};
+use crate::sandbox::SandboxSpec;
 
 /// The only `PATH` the plugin process sees.
 pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -43,6 +44,45 @@ pub struct ChildSpec {
     pub on_unload: bool,
     /// How long `onLoad` and `onUnload` may take.
     pub lifecycle_timeout: Duration,
+    /// The plugin process's own sandbox, applied by `airlock-shim sandbox-exec` in front of the
+    /// entry point. `None` runs the entry point directly (unit tests of the supervisor).
+    pub sandbox: Option<Sandbox>,
+}
+
+/// The sandbox of the plugin process and the executable that applies it.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub spec: SandboxSpec,
+    /// The `airlock-shim` executable (in the pod: the running shim itself).
+    pub launcher: PathBuf,
+}
+
+/// The executable `program` names: itself when it has a `/`, else found in [`CHILD_PATH`].
+fn locate(program: &std::path::Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 || program.is_absolute() {
+        return if executable(program) {
+            Ok(program.to_path_buf())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not an executable file", program.display()),
+            ))
+        };
+    }
+    CHILD_PATH
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not in {CHILD_PATH}", program.display()),
+            )
+        })
 }
 
 /// The answer to one invocation.
@@ -357,9 +397,26 @@ impl Supervisor {
         } else {
             PathBuf::from(program)
         };
-        let mut cmd = Command::new(&resolved);
-        cmd.args(&self.spec.argv[1..])
-            .env_clear()
+        let mut cmd = match &self.spec.sandbox {
+            Some(sandbox) => {
+                // The launcher execs the entry point after the fork; check it here so a missing
+                // program is reported by name, as a direct spawn would.
+                locate(&resolved).map_err(|e| spawn_err(program, e))?;
+                let mut cmd = Command::new(&sandbox.launcher);
+                cmd.arg("sandbox-exec")
+                    .args(sandbox.spec.to_args())
+                    .arg("--")
+                    .arg(&resolved)
+                    .args(&self.spec.argv[1..]);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(&resolved);
+                cmd.args(&self.spec.argv[1..]);
+                cmd
+            }
+        };
+        cmd.env_clear()
             .env("PATH", CHILD_PATH)
             .env("AIRLOCK_BUNDLE_DIR", &self.spec.bundle_dir)
             .current_dir(&self.spec.bundle_dir)
@@ -537,6 +594,13 @@ impl Drop for Running {
             // also reaches every process it forked that stayed in the group. ESRCH (already gone)
             // is fine. tokio reaps the direct child in the background (kill_on_drop).
             let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            // A descendant that left the group (setsid) is not reached by killpg. As PID 1 of
+            // the container's PID namespace, the shim is the only process that is not the
+            // plugin's, so signalling every process (-1, which spares PID 1) kills exactly the
+            // plugin's whole tree. Never anywhere else: outside a container -1 means the host.
+            if std::process::id() == 1 {
+                let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+            }
         }
     }
 }

@@ -16,8 +16,9 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::bundle::{self, BundleError};
-use crate::child::{ChildSpec, Supervisor};
+use crate::child::{ChildSpec, Sandbox, Supervisor};
 use crate::manifest::{Hook, ManifestError, is_sha256_digest};
+use crate::sandbox::SandboxSpec;
 use crate::server::{self, PluginService, ServeError};
 
 /// The in-pod runtime of an Airlock plugin.
@@ -39,6 +40,50 @@ pub enum Command {
     Install(InstallArgs),
     /// Unpack the bundle, start the plugin and serve gRPC until SIGTERM.
     Run(RunArgs),
+    /// (Internal) Apply the plugin process's sandbox, then run ENTRY_POINT in place of this
+    /// process. `run` starts the plugin this way.
+    #[command(hide = true)]
+    SandboxExec(SandboxExecArgs),
+}
+
+/// Flags of `airlock-shim sandbox-exec` (and the sandbox part of `run`).
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Let the plugin open network sockets (its effective permissions include net:egress).
+    /// Without it, creating IPv4/IPv6/packet sockets fails with EACCES.
+    #[arg(long)]
+    pub allow_network: bool,
+    /// Most files the plugin process may have open.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_open_files: u64,
+    /// Most processes (and threads) of the plugin's user (RLIMIT_NPROC). Only where plugins do not
+    /// share a user id; the pod's pids limit bounds fork bombs in general.
+    #[arg(long, value_name = "N")]
+    pub max_processes: Option<u64>,
+    /// The airlock-shim executable that applies the sandbox; default: this one. (Tests that run
+    /// the shim in-process point it at the built binary.)
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub sandbox_launcher: Option<PathBuf>,
+}
+
+impl SandboxArgs {
+    pub fn spec(&self) -> SandboxSpec {
+        SandboxSpec {
+            allow_network: self.allow_network,
+            max_open_files: self.max_open_files,
+            max_processes: self.max_processes,
+        }
+    }
+}
+
+/// Flags of `airlock-shim sandbox-exec`.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxExecArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "ENTRY_POINT")]
+    pub entry_point: Vec<String>,
 }
 
 /// Flags of `airlock-shim install`.
@@ -91,6 +136,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub lifecycle_timeout_ms: u32,
 
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+
     /// The plugin's entry point (program and arguments), after `--`. Empty: the manifest's
     /// entryPoint.
     #[arg(last = true, value_name = "ENTRY_POINT")]
@@ -109,6 +157,9 @@ fn parse_digest(s: &str) -> Result<String, String> {
 /// Why `run` stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The shim cannot find its own executable, which applies the plugin's sandbox.
+    #[error("cannot find this executable (/proc/self/exe) to sandbox the plugin with: {0}")]
+    CurrentExe(#[source] io::Error),
     /// The bundle file could not be read.
     #[error("cannot read the bundle {}: {source}", path.display())]
     ReadBundle {
@@ -187,12 +238,19 @@ pub enum RunError {
 /// exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::SandboxExec(args) = &cli.command {
+        // Only returns on failure; stderr is the plugin's log, where this belongs.
+        let Err(e) = crate::sandbox::exec(&args.sandbox.spec(), &args.entry_point);
+        eprintln!("airlock-shim sandbox-exec: {e}");
+        return ExitCode::from(126);
+    }
     crate::telemetry::init();
     let result = match cli.command {
         Command::Install(args) => install(&args.dest).map(|path| {
             info!(path = %path.display(), "installed airlock-shim");
         }),
         Command::Run(args) => run_blocking(args),
+        Command::SandboxExec(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -348,6 +406,13 @@ pub async fn run(
         on_load: manifest.hooks.contains(&Hook::OnLoad),
         on_unload: manifest.hooks.contains(&Hook::OnUnload),
         lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
+        sandbox: Some(Sandbox {
+            spec: args.sandbox.spec(),
+            launcher: match &args.sandbox.sandbox_launcher {
+                Some(p) => p.clone(),
+                None => std::env::current_exe().map_err(RunError::CurrentExe)?,
+            },
+        }),
     });
     let service = PluginService::new(
         supervisor.clone(),

@@ -4,7 +4,7 @@
 //! - [`protocol`]: the newline-delimited JSON spoken with the plugin process (always built).
 //! - [`sdk`]: a plugin's side of that protocol in Rust (always built; `serde_json` only).
 //! - With the default `runtime` feature, the shim itself: [`manifest`] (`plugin.yaml`),
-//!   [`bundle`] (safe unpacking), [`child`] (the plugin process), [`reaper`] (orphans, as PID 1), [`server`] (gRPC)
+//!   [`bundle`] (safe unpacking), [`child`] (the plugin process), [`sandbox`] (its seccomp filter and limits), [`reaper`] (orphans, as PID 1), [`server`] (gRPC)
 //!   and [`cli`].
 
 pub mod protocol;
@@ -20,6 +20,8 @@ pub mod cli;
 pub mod manifest;
 #[cfg(feature = "runtime")]
 pub mod reaper;
+#[cfg(feature = "runtime")]
+pub mod sandbox;
 #[cfg(feature = "runtime")]
 pub mod server;
 #[cfg(feature = "runtime")]

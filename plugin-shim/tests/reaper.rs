@@ -53,6 +53,7 @@ async fn orphans_of_a_killed_plugin_are_reaped() {
         public_key: None,
         default_deadline_ms: 200,
         lifecycle_timeout_ms: 5000,
+        sandbox: sandbox(),
         entry_point: vec![],
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -95,4 +96,15 @@ async fn orphans_of_a_killed_plugin_are_reaped() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// The sandbox of the plugin process, applied by the built shim binary (this test runs the shim
+/// in-process, so its own executable is the test harness).
+fn sandbox() -> airlock_plugin_shim::cli::SandboxArgs {
+    airlock_plugin_shim::cli::SandboxArgs {
+        allow_network: false,
+        max_open_files: 256,
+        max_processes: None,
+        sandbox_launcher: Some(env!("CARGO_BIN_EXE_airlock-shim").into()),
+    }
 }

@@ -97,6 +97,7 @@ impl Shim {
             public_key: None,
             default_deadline_ms: 2000,
             lifecycle_timeout_ms: 5000,
+            sandbox: sandbox(),
             entry_point: entry_point.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -710,4 +711,15 @@ async fn the_binary_serves_until_sigterm() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("in-pod runtime"));
+}
+
+/// The sandbox of the plugin process, applied by the built shim binary (this test runs the shim
+/// in-process, so its own executable is the test harness).
+fn sandbox() -> airlock_plugin_shim::cli::SandboxArgs {
+    airlock_plugin_shim::cli::SandboxArgs {
+        allow_network: false,
+        max_open_files: 256,
+        max_processes: None,
+        sandbox_launcher: Some(env!("CARGO_BIN_EXE_airlock-shim").into()),
+    }
 }

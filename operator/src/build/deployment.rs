@@ -68,6 +68,14 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
             format!("{BUNDLE_DIR}/{PUBLIC_KEY_KEY}"),
         ]);
     }
+    // The plugin process may open network sockets only with its egress permission (the shim's
+    // seccomp filter); where its packets may go is the NetworkPolicy's business.
+    if rollout
+        .permissions
+        .contains(&airlock_crds::Permission::NetEgress)
+    {
+        shim_args.push("--allow-network".into());
+    }
     shim_args.push("--".into());
     shim_args.extend(rollout.entry_point.iter().cloned());
 
@@ -346,6 +354,23 @@ mod tests {
         p.spec.replicas = 3;
         let d = deployment(&p, &rollout(), &config());
         assert_eq!(d.spec.expect("spec").replicas, Some(0));
+    }
+
+    #[test]
+    fn only_a_plugin_with_egress_may_open_network_sockets() {
+        let args = |r: &Rollout| {
+            let d = deployment(&plugin(HELLO), r, &config());
+            let spec = d.spec.expect("spec").template.spec.expect("pod");
+            spec.containers[0].args.clone().expect("args")
+        };
+        let closed = rollout();
+        assert!(!args(&closed).contains(&"--allow-network".to_string()));
+        let mut open = rollout();
+        open.permissions.insert(airlock_crds::Permission::NetEgress);
+        let a = args(&open);
+        let flag = a.iter().position(|x| x == "--allow-network").expect("flag");
+        let dashdash = a.iter().position(|x| x == "--").expect("--");
+        assert!(flag < dashdash, "a shim flag, not the plugin's: {a:?}");
     }
 
     #[test]
