@@ -127,6 +127,8 @@ impl Context {
 /// children come from here, so a reconcile of an unchanged Plugin makes no API request for them.
 struct Children {
     policies: Store<PluginTrustPolicy>,
+    /// True once `policies` holds the first complete list.
+    policies_listed: tokio::sync::watch::Receiver<bool>,
     deployments: Store<Deployment>,
     services: Store<PartialObjectMeta<Service>>,
     network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
@@ -143,12 +145,14 @@ struct Term {
 }
 
 /// A watch whose stream both fills a cache and triggers reconciles. managedFields are large and
-/// never read here: they are kept out of the cache.
+/// never read here: they are kept out of the cache. The receiver turns true once the cache holds
+/// the first complete list.
 fn cached_watch<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> (
     Store<K>,
+    tokio::sync::watch::Receiver<bool>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
@@ -161,12 +165,39 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects();
-    (store, stream)
+    let (events, ready) = signal_listed(
+        watcher(api, config)
+            .default_backoff()
+            .modify(|o: &mut K| o.managed_fields_mut().clear())
+            .reflect(writer),
+    );
+    (store, ready, events.touched_objects())
+}
+
+/// Passes a watch stream through and reports, on the returned receiver, when its first complete
+/// list has gone by (and so into any store reflecting it).
+///
+/// Why not `Store::wait_until_ready`: in kube-runtime 5.0 it shares one oneshot receiver between
+/// all waiters, which remembers only the last waiter's waker. Reconciles that start together
+/// (every Plugin, when a new leader starts) all waited there and only one was woken: the others
+/// hung forever, holding every later trigger of their Plugins. A watch channel wakes every
+/// waiter.
+fn signal_listed<K, S>(
+    events: S,
+) -> (
+    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    tokio::sync::watch::Receiver<bool>,
+)
+where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let events = events.inspect(move |e| {
+        if matches!(e, Ok(watcher::Event::InitDone)) {
+            tx.send_replace(true);
+        }
+    });
+    (events, rx)
 }
 
 /// Runs the controller until the process is asked to stop.
@@ -181,21 +212,21 @@ pub async fn run(ctx: Arc<Context>) {
 
     // The same watch fills the policy cache and triggers the reconciles, so a reconcile caused by
     // a policy change always sees that change.
-    let (policies, policy_stream) = cached_watch(
+    let (policies, policies_listed, policy_stream) = cached_watch(
         Api::<PluginTrustPolicy>::all(client.clone()),
         watcher::Config::default(),
     );
-    let (deployments, deployment_stream) =
+    let (deployments, _, deployment_stream) =
         cached_watch(Api::<Deployment>::all(client.clone()), cfg.clone());
-    let (services, service_stream) = cached_watch(
+    let (services, _, service_stream) = cached_watch(
         Api::<PartialObjectMeta<Service>>::all(client.clone()),
         cfg.clone(),
     );
-    let (network_policies, network_policy_stream) = cached_watch(
+    let (network_policies, _, network_policy_stream) = cached_watch(
         Api::<PartialObjectMeta<NetworkPolicy>>::all(client.clone()),
         cfg.clone(),
     );
-    let (service_accounts, service_account_stream) = cached_watch(
+    let (service_accounts, _, service_account_stream) = cached_watch(
         Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
         cfg.clone(),
     );
@@ -207,6 +238,7 @@ pub async fn run(ctx: Arc<Context>) {
             services,
             network_policies,
             service_accounts,
+            policies_listed,
             secrets: Mutex::default(),
         },
     });
@@ -300,11 +332,9 @@ async fn apply(plugin: &Plugin, ctx: &Context, children: &Children) -> Result<Ac
         .unwrap_or_default();
     // Deciding with an empty policy cache would block every plugin for a moment: wait for it
     // (at once after the first list; a list that takes longer is retried, not waited on).
-    let ready = tokio::time::timeout(
-        Duration::from_secs(10),
-        children.policies.wait_until_ready(),
-    );
-    if !matches!(ready.await, Ok(Ok(()))) {
+    let mut listed = children.policies_listed.clone();
+    let ready = tokio::time::timeout(Duration::from_secs(10), listed.wait_for(|l| *l));
+    if !matches!(ready.await, Ok(Ok(_))) {
         info!("the trust policy cache is not filled yet; retrying in 5s");
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
@@ -711,4 +741,42 @@ async fn cleanup(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
         .unwrap_or_else(|e| e.into_inner())
         .remove(&plugin.uid().unwrap_or_default());
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    /// Every reconcile waiting for the policy cache must wake when it is filled — also when they
+    /// all started waiting before the list arrived (a new leader reconciling every Plugin).
+    #[tokio::test]
+    async fn every_waiter_wakes_when_the_first_list_has_gone_by() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let (events, listed) = signal_listed::<ConfigMap, _>(rx);
+        let waiters: Vec<_> = (0..16)
+            .map(|_| {
+                let mut listed = listed.clone();
+                tokio::spawn(async move { listed.wait_for(|l| *l).await.is_ok() })
+            })
+            .collect();
+        let drive = tokio::spawn(events.for_each(|_| async {}));
+        tokio::task::yield_now().await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "nobody is woken early"
+        );
+        tx.unbounded_send(Ok(watcher::Event::Init)).expect("send");
+        tx.unbounded_send(Ok(watcher::Event::InitDone))
+            .expect("send");
+        for w in waiters {
+            let woke = tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .expect("joined");
+            assert!(woke);
+        }
+        drop(tx);
+        drive.await.expect("the stream ends");
+    }
 }
