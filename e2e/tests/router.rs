@@ -185,6 +185,22 @@ impl Fixture {
         }
     }
 
+    /// Waits until a call to `name` reaches its shim (any answer but UNAVAILABLE).
+    async fn wait_reachable(&self, name: &str, hook: &str) -> Result<()> {
+        let deadline = Instant::now() + airlock_e2e::WAIT;
+        loop {
+            match self.invoke(name, hook, json!({})).await {
+                Err(e) if e.code() == Code::Unavailable => {
+                    if Instant::now() > deadline {
+                        bail!("{name} is still unreachable through the router: {e:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
     async fn teardown(self) -> Result<()> {
         self.ns.delete().await?;
         match Api::<airlock_crds::PluginTrustPolicy>::all(self.client.clone())
@@ -249,6 +265,18 @@ async fn scenario(f: &Fixture) -> Result<()> {
         wait_plugin(&api, name, "phase Active", active).await?;
     }
     f.wait_routed(&all).await?;
+    // The helm upgrade at the start may have replaced the router pods: plugin pods admit them
+    // once kube-router has programmed the new pods into their NetworkPolicy (seconds). Wait
+    // until every plugin answers through the router (crash-test's transform answers with an
+    // error, which is an answer).
+    for (name, hook) in [
+        ("hello", "transform"),
+        ("data-formatter", "transform"),
+        ("event-logger", "onEvent"),
+        ("crash-test", "transform"),
+    ] {
+        f.wait_reachable(name, hook).await?;
+    }
 
     // Invoke one plugin.
     let out = f
@@ -313,7 +341,8 @@ async fn scenario(f: &Fixture) -> Result<()> {
                 ("crash-test".to_string(), "ABORTED".to_string()),
                 ("hello".to_string(), "OK".to_string()),
             ],
-        "pipeline steps {steps:?}"
+        "pipeline steps {steps:?}: {:?}",
+        pipeline.steps
     );
 
     // Clients nobody here wrote: grpcurl (through server reflection) and Python grpcio.
@@ -392,7 +421,8 @@ async fn scenario(f: &Fixture) -> Result<()> {
                 ("crash-test".to_string(), "DEADLINE_EXCEEDED".to_string()),
                 ("event-logger".to_string(), "OK".to_string()),
             ],
-        "broadcast results {results:?}"
+        "broadcast results {results:?}: {:?}",
+        broadcast.results
     );
     ensure!(!broadcast.failed, "only an Ignore plugin failed");
     ensure!(

@@ -55,27 +55,49 @@ impl Caller for Arc<GrpcCaller> {
     ) -> impl Future<Output = Result<Answer, CallFailure>> + Send {
         let channel = self.channel(&route.endpoint);
         async move {
-            let mut client = PluginClient::new(channel?);
-            let deadline_ms = u32::try_from(request.deadline.as_millis()).unwrap_or(u32::MAX);
-            let mut req = Request::new(ShimInvokeRequest {
-                hook: request.hook.as_str().to_string(),
-                payload_json: request.payload,
-                deadline_ms,
-                invocation_id: request.invocation_id,
-            });
-            req.set_timeout(request.deadline + super::dispatch::NETWORK_GRACE);
-            match client.invoke(req).await {
-                Ok(res) => {
-                    let res = res.into_inner();
-                    Ok(Answer {
-                        output: res.output_json,
-                        duration: Duration::from_millis(u64::from(res.duration_ms)),
-                    })
+            let client = PluginClient::new(channel?);
+            let until = tokio::time::Instant::now() + request.deadline;
+            let mut backoff = Duration::from_millis(20);
+            loop {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                let deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
+                let mut req = Request::new(ShimInvokeRequest {
+                    hook: request.hook.as_str().to_string(),
+                    payload_json: request.payload.clone(),
+                    deadline_ms,
+                    invocation_id: request.invocation_id.clone(),
+                });
+                req.set_timeout(left + super::dispatch::NETWORK_GRACE);
+                match client.clone().invoke(req).await {
+                    Ok(res) => {
+                        let res = res.into_inner();
+                        return Ok(Answer {
+                            output: res.output_json,
+                            duration: Duration::from_millis(u64::from(res.duration_ms)),
+                        });
+                    }
+                    // Not connected: the request never left, so trying again cannot run the
+                    // hook twice. A pod that just became ready may not be reachable for a moment
+                    // (the network policy of new pods is programmed asynchronously).
+                    Err(status)
+                        if is_connect_failure(&status)
+                            && tokio::time::Instant::now() + backoff < until =>
+                    {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(200));
+                    }
+                    Err(status) => return Err(failure_of(&status)),
                 }
-                Err(status) => Err(failure_of(&status)),
             }
         }
     }
+}
+
+/// Whether the call failed before a connection to the shim existed (nothing was sent).
+fn is_connect_failure(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        && status.metadata().get(FAILURE_METADATA).is_none()
+        && status.message().contains("connect error")
 }
 
 /// What a shim's error status means for the plugin's health.
@@ -314,5 +336,22 @@ mod tests {
         // Connection refused: no shim answered.
         assert_eq!(outcome(Code::Unavailable, None), Outcome::Unreachable);
         assert_eq!(outcome(Code::InvalidArgument, None), Outcome::Answered);
+    }
+
+    #[test]
+    fn only_a_failure_to_connect_is_retried() {
+        assert!(is_connect_failure(&Status::unavailable(
+            "tcp connect error"
+        )));
+        assert!(!is_connect_failure(&with_kind(
+            Code::Unavailable,
+            Some("crash")
+        )));
+        assert!(!is_connect_failure(&Status::unavailable(
+            "connection reset"
+        )));
+        assert!(!is_connect_failure(&Status::deadline_exceeded(
+            "tcp connect error"
+        )));
     }
 }
