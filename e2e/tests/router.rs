@@ -185,6 +185,22 @@ impl Fixture {
         }
     }
 
+    /// Phase and Ready condition of a Plugin, for failure messages.
+    async fn describe(&self, name: &str) -> String {
+        match self.ns.api::<Plugin>().get(name).await {
+            Ok(p) => format!(
+                "phase {:?}, Ready {:?}",
+                phase(&p),
+                condition(&p, "Ready").map(|c| (
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone()
+                ))
+            ),
+            Err(e) => format!("cannot read it: {e}"),
+        }
+    }
+
     /// Waits until a call to `name` reaches its shim (any answer but UNAVAILABLE).
     async fn wait_reachable(&self, name: &str, hook: &str) -> Result<()> {
         let deadline = Instant::now() + airlock_e2e::WAIT;
@@ -341,8 +357,9 @@ async fn scenario(f: &Fixture) -> Result<()> {
                 ("crash-test".to_string(), "ABORTED".to_string()),
                 ("hello".to_string(), "OK".to_string()),
             ],
-        "pipeline steps {steps:?}: {:?}",
-        pipeline.steps
+        "pipeline steps {steps:?}: {:?}; crash-test: {}",
+        pipeline.steps,
+        f.describe("crash-test").await
     );
 
     // Clients nobody here wrote: grpcurl (through server reflection) and Python grpcio.

@@ -30,7 +30,9 @@ use crate::protocol;
 ///
 /// An `Err(message)` from the handler becomes an error answer with that message (the caller
 /// sees gRPC ABORTED). A panic in the handler is turned into an error answer too, so the process
-/// keeps serving. Returns when stdin ends (the shim is stopping the plugin) or on an IO error.
+/// keeps serving — when the plugin is built with `panic = "unwind"` (Rust's default). Built with
+/// `panic = "abort"` the process dies instead; the shim restarts it and the router counts a
+/// crash (three in an hour auto-disable the plugin). Return `Err` for expected failures. Returns when stdin ends (the shim is stopping the plugin) or on an IO error.
 pub fn run<F>(handler: F) -> io::Result<()>
 where
     F: FnMut(&str, Value) -> Result<Value, String>,

@@ -1,7 +1,9 @@
 //! crash-test: misbehaves on purpose, so tests (and sceptical users) can watch Airlock contain it.
 //!
-//! - `transform` throws (the SDK turns the panic into an error answer: the caller gets ABORTED and
-//!   the process keeps running); with `{"mode": "exit"}` the process dies instead (a crash).
+//! - `transform` throws: it answers with an error (the caller gets ABORTED; the process keeps
+//!   running). With `{"mode": "exit"}` the process exits mid-call, with `{"mode": "panic"}` it
+//!   panics (built with `panic = "abort"`, as this workspace's release profile is, that kills the
+//!   process): both are crashes the shim restarts and the router counts.
 //! - `onEvent` loops forever: the shim kills it at the deadline and starts a fresh process.
 //! - `onLoad` exhausts memory when the bundle's `crash-test.json` says
 //!   `{"onLoad": "exhaust-memory"}`: the kernel kills it at the pod's memory limit and the plugin
@@ -33,13 +35,14 @@ fn main() -> std::io::Result<()> {
             Some("exhaust-memory") => exhaust_memory(),
             _ => Ok(json!({"loaded": true})),
         },
-        "transform" => {
-            if payload["mode"] == "exit" {
+        "transform" => match payload["mode"].as_str() {
+            Some("exit") => {
                 eprintln!("crash-test: exiting in the middle of a call");
                 std::process::exit(3);
             }
-            panic!("crash-test: transform throws");
-        }
+            Some("panic") => panic!("crash-test: transform panics"),
+            _ => Err("crash-test: transform throws, as it was written to".to_string()),
+        },
         "onEvent" => loop {
             std::hint::spin_loop();
         },
