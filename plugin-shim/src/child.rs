@@ -23,6 +23,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
+use crate::logs::{LineBudget, LogStats};
 use crate::manifest::Hook;
 use crate::protocol::{self, MAX_LINE_BYTES};
 use crate::sandbox::SandboxSpec;
@@ -47,6 +48,8 @@ pub struct ChildSpec {
     /// The plugin process's own sandbox, applied by `airlock-shim sandbox-exec` in front of the
     /// entry point. `None` runs the entry point directly (unit tests of the supervisor).
     pub sandbox: Option<Sandbox>,
+    /// Lines of the plugin's stderr forwarded per minute; the rest are dropped and counted.
+    pub log_lines_per_minute: u32,
 }
 
 /// The sandbox of the plugin process and the executable that applies it.
@@ -146,6 +149,9 @@ type Slot = OwnedMutexGuard<Option<Running>>;
 #[derive(Debug)]
 pub struct Supervisor {
     spec: ChildSpec,
+    /// Shared by every process of this plugin: a restart does not refill it.
+    log_budget: Arc<std::sync::Mutex<LineBudget>>,
+    log_stats: Arc<LogStats>,
     slot: Arc<Mutex<Option<Running>>>,
     starts: AtomicU64,
     ready: watch::Sender<bool>,
@@ -155,6 +161,11 @@ impl Supervisor {
     /// A supervisor that has not started the plugin yet; see [`Supervisor::warm_up`].
     pub fn new(spec: ChildSpec) -> Arc<Self> {
         Arc::new(Self {
+            log_budget: Arc::new(std::sync::Mutex::new(LineBudget::new(
+                spec.log_lines_per_minute,
+                Instant::now(),
+            ))),
+            log_stats: Arc::default(),
             spec,
             slot: Arc::new(Mutex::new(None)),
             starts: AtomicU64::new(0),
@@ -166,6 +177,14 @@ impl Supervisor {
     /// plugin is restarted.
     pub fn subscribe_ready(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
+    }
+
+    /// Plugin log lines forwarded and dropped (over the rate limit) so far.
+    pub fn log_lines(&self) -> (u64, u64) {
+        (
+            self.log_stats.forwarded.load(Ordering::Relaxed),
+            self.log_stats.dropped.load(Ordering::Relaxed),
+        )
     }
 
     /// How many times the plugin process was started again after the first start.
@@ -422,8 +441,8 @@ impl Supervisor {
             .current_dir(&self.spec.bundle_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            // The plugin's log goes straight to the container log.
-            .stderr(Stdio::inherit())
+            // The plugin's log goes to the container log through the rate limit.
+            .stderr(Stdio::piped())
             // A group of its own, led by the child: killpg reaches everything it forks.
             .process_group(0)
             .kill_on_drop(true);
@@ -432,6 +451,14 @@ impl Supervisor {
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .unwrap_or(0);
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(crate::logs::forward(
+                stderr,
+                tokio::io::stderr(),
+                Arc::clone(&self.log_budget),
+                Arc::clone(&self.log_stats),
+            ));
+        }
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(spawn_err(
                 program,

@@ -136,6 +136,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub lifecycle_timeout_ms: u32,
 
+    /// Lines of the plugin's log (stderr) forwarded per minute; more are dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_log_lines_per_minute: u32,
+
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 
@@ -406,6 +410,7 @@ pub async fn run(
         on_load: manifest.hooks.contains(&Hook::OnLoad),
         on_unload: manifest.hooks.contains(&Hook::OnUnload),
         lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
+        log_lines_per_minute: args.max_log_lines_per_minute,
         sandbox: Some(Sandbox {
             spec: args.sandbox.spec(),
             launcher: match &args.sandbox.sandbox_launcher {

@@ -17,6 +17,8 @@ pub mod child;
 #[cfg(feature = "runtime")]
 pub mod cli;
 #[cfg(feature = "runtime")]
+pub mod logs;
+#[cfg(feature = "runtime")]
 pub mod manifest;
 #[cfg(feature = "runtime")]
 pub mod reaper;

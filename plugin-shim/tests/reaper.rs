@@ -53,6 +53,7 @@ async fn orphans_of_a_killed_plugin_are_reaped() {
         public_key: None,
         default_deadline_ms: 200,
         lifecycle_timeout_ms: 5000,
+        max_log_lines_per_minute: 100,
         sandbox: sandbox(),
         entry_point: vec![],
     };

@@ -97,6 +97,7 @@ impl Shim {
             public_key: None,
             default_deadline_ms: 2000,
             lifecycle_timeout_ms: 5000,
+            max_log_lines_per_minute: 100,
             sandbox: sandbox(),
             entry_point: entry_point.iter().map(|s| s.to_string()).collect(),
         }

@@ -1,0 +1,153 @@
+//! The plugin's log: its stderr, forwarded line by line to the container log under a rate limit
+//! (default 100 lines per minute), so a plugin that floods its log cannot fill the node's disk or
+//! drown the logs of everything else. Lines over the limit are dropped and counted; once a minute
+//! with drops, one line says how many. Overlong lines are cut.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::time::Instant;
+
+/// Longest line forwarded; the rest of it is cut.
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
+
+/// A token bucket of `per_minute` lines, refilled continuously (pure; time passed in).
+#[derive(Debug, Clone)]
+pub struct LineBudget {
+    per_minute: u32,
+    tokens: f64,
+    last: Instant,
+}
+
+impl LineBudget {
+    pub fn new(per_minute: u32, now: Instant) -> Self {
+        Self {
+            per_minute,
+            tokens: f64::from(per_minute),
+            last: now,
+        }
+    }
+
+    /// Whether one more line may go out now.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let refill =
+            now.duration_since(self.last).as_secs_f64() / 60.0 * f64::from(self.per_minute);
+        self.tokens = (self.tokens + refill).min(f64::from(self.per_minute));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Lines dropped so far, over every plugin process of this shim.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub forwarded: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// Forwards `input` (the plugin's stderr) to `output` until it closes, within `budget`.
+pub async fn forward<R, W>(
+    input: R,
+    mut output: W,
+    budget: Arc<Mutex<LineBudget>>,
+    stats: Arc<LogStats>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut reader = BufReader::new(input);
+    let mut line = Vec::new();
+    let mut dropped_since_report: u64 = 0;
+    let mut last_report = Instant::now();
+    loop {
+        line.clear();
+        // A line longer than the cap is read in full (to stay in step) but cut when written.
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let now = Instant::now();
+        let allowed = budget.lock().unwrap_or_else(|e| e.into_inner()).take(now);
+        if allowed {
+            stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            let text = &line[..line.len().min(MAX_LOG_LINE_BYTES)];
+            let _ = output.write_all(text).await;
+            if !text.ends_with(b"\n") {
+                let _ = output.write_all(b"\n").await;
+            }
+        } else {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            dropped_since_report += 1;
+        }
+        if dropped_since_report > 0 && now.duration_since(last_report) >= Duration::from_secs(60) {
+            let _ = output
+                .write_all(report(dropped_since_report).as_bytes())
+                .await;
+            dropped_since_report = 0;
+            last_report = now;
+        }
+        let _ = output.flush().await;
+    }
+    if dropped_since_report > 0 {
+        let _ = output
+            .write_all(report(dropped_since_report).as_bytes())
+            .await;
+        let _ = output.flush().await;
+    }
+}
+
+fn report(dropped: u64) -> String {
+    format!("airlock-shim: {dropped} plugin log lines dropped (over the log rate limit)\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_allows_a_burst_then_refills_with_time() {
+        let t0 = Instant::now();
+        let mut b = LineBudget::new(100, t0);
+        assert_eq!((0..150).filter(|_| b.take(t0)).count(), 100);
+        // 30 s later, half the budget is back.
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!((0..150).filter(|_| b.take(later)).count(), 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_is_cut_to_the_budget_and_the_drops_are_reported() {
+        let flood: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        let mut out = Vec::new();
+        let stats = Arc::new(LogStats::default());
+        let budget = Arc::new(Mutex::new(LineBudget::new(100, Instant::now())));
+        forward(flood.as_bytes(), &mut out, budget, stats.clone()).await;
+        let text = String::from_utf8(out).expect("utf8");
+        assert_eq!(stats.forwarded.load(Ordering::Relaxed), 100);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 900);
+        assert!(text.starts_with("line 0\nline 1\n"));
+        assert!(
+            text.ends_with(
+                "airlock-shim: 900 plugin log lines dropped (over the log rate limit)\n"
+            )
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overlong_lines_are_cut() {
+        let long = format!("{}\nnext\n", "x".repeat(10_000));
+        let mut out = Vec::new();
+        let budget = Arc::new(Mutex::new(LineBudget::new(100, Instant::now())));
+        forward(long.as_bytes(), &mut out, budget, Arc::default()).await;
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0].len(), MAX_LOG_LINE_BYTES);
+        assert_eq!(lines[1], "next");
+    }
+}
