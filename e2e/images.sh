@@ -39,7 +39,7 @@ push_static_image() {
 OUT=$ROOT/target/e2e
 mkdir -p "$OUT"
 ( cd "$ROOT" && cargo build --quiet --release --locked --target "$TARGET" \
-    -p airlock-e2e-probe -p airlock-plugin-shim -p airlock-operator -p airlock-example-hello \
+    -p airlock-e2e-probe -p airlock-e2e-hostile -p airlock-plugin-shim -p airlock-operator -p airlock-example-hello \
     -p airlock-example-data-formatter -p airlock-example-event-logger -p airlock-example-crash-test )
 REL=$ROOT/target/$TARGET/release
 push_static_image "$REL/airlock-e2e-probe" "$REG/airlock/e2e-probe:dev"
@@ -48,6 +48,7 @@ push_static_image "$REL/hello" "$REG/examples/hello:1.0.0"
 for sample in data-formatter event-logger crash-test; do
   push_static_image "$REL/$sample" "$REG/examples/$sample:1.0.0"
 done
+push_static_image "$REL/hostile" "$REG/airlock/e2e-hostile:dev"
 push_static_image "$REL/airlock-operator" "$REG/airlock/operator:dev" with-ca "$REL/airlock-router"
 # A hello image whose plugin never starts (the entry point is missing): an upgrade to it cannot
 # become ready, which the rollback test needs.
@@ -67,6 +68,7 @@ pack_bundle "$OUT/hello-bundle.tar.gz" "$ROOT/examples/hello/plugin.yaml"
 for sample in data-formatter event-logger crash-test; do
   pack_bundle "$OUT/$sample-bundle.tar.gz" "$ROOT/examples/$sample/plugin.yaml"
 done
+pack_bundle "$OUT/hostile-bundle.tar.gz" "$ROOT/e2e/hostile/plugin.yaml"
 # crash-test whose onLoad exhausts memory: same image, a bundle that says so.
 oom_config=$(mktemp -d)/crash-test.json
 echo '{"onLoad": "exhaust-memory"}' >"$oom_config"
@@ -79,6 +81,8 @@ rm -rf "$(dirname "$oom_config")"
   echo "AIRLOCK_HELLO_IMAGE=$REG/examples/hello:1.0.0"
   echo "AIRLOCK_HELLO_BROKEN_IMAGE=$REG/examples/hello:broken"
   echo "AIRLOCK_HELLO_BUNDLE=$OUT/hello-bundle.tar.gz"
+  echo "AIRLOCK_HOSTILE_IMAGE=$REG/airlock/e2e-hostile:dev"
+  echo "AIRLOCK_HOSTILE_BUNDLE=$OUT/hostile-bundle.tar.gz"
   for sample in data-formatter event-logger crash-test crash-test-oom; do
     key=$(echo "$sample" | tr 'a-z-' 'A-Z_')
     echo "AIRLOCK_${key}_IMAGE=$REG/examples/${sample%-oom}:1.0.0"

@@ -13,6 +13,9 @@ for d in $DAEMONS; do
     say "  $d: not running"; ok=false
   fi
 done
+if $ok && [ "$(cat "$STATE/config-version" 2>/dev/null)" != "$CLUSTER_CONFIG_VERSION" ]; then
+  say "  configuration: started with an older one (want version $CLUSTER_CONFIG_VERSION)"; ok=false
+fi
 KUBECTL=$(bin_dir kubernetes "$K8S_VERSION")/kubectl
 if $ok; then
   if [ "$("$KUBECTL" --kubeconfig "$PKI/admin.kubeconfig" get --raw /readyz 2>/dev/null)" != ok ]; then

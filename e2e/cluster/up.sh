@@ -26,6 +26,7 @@ if [ -d "$STATE" ]; then
   "$CLUSTER_DIR/down.sh"
 fi
 mkdir -p "$PIDS" "$LOGS" "$PKI" "$STATE/etc"
+echo "$CLUSTER_CONFIG_VERSION" >"$STATE/config-version"
 
 # start <name> <cmd...>: a daemon in its own session, PID recorded, log in $LOGS/<name>.log
 start() {
@@ -219,6 +220,8 @@ failSwapOn: false
 containerRuntimeEndpoint: unix://$CTRD_SOCK
 imageServiceEndpoint: unix://$CTRD_SOCK
 seccompDefault: true
+# Bounds every pod's processes and threads: a plugin's fork bomb stops here, not at the node.
+podPidsLimit: 512
 oomScoreAdj: 0
 authentication:
   anonymous: {enabled: false}

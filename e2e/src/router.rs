@@ -3,15 +3,23 @@
 
 use std::time::{Duration, Instant};
 
+use airlock_crds::Plugin;
+use airlock_crds::plugin::PluginPhase;
 use airlock_proto::router::v1::hook_router_client::HookRouterClient;
+use airlock_proto::router::v1::{InvokeRequest, ListPluginsRequest, PluginRef};
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::install::NAMESPACE;
+use crate::TestNamespace;
+use crate::install::{NAMESPACE, images_env};
+use crate::plugins::{condition, phase};
 
 /// The router's gRPC port (chart value router.port).
 pub const ROUTER_PORT: u16 = 50050;
@@ -88,4 +96,230 @@ async fn http_get(addr: &str, path: &str) -> Result<String> {
         }
         _ => bail!("GET {addr}{path}: unexpected answer"),
     }
+}
+
+/// A namespace governed by its own trust policy (unsigned plugins allowed, with `permissions`),
+/// Pod Security "restricted", Airlock installed by Helm, and a client of the router: what the
+/// router and sandbox e2e tests call plugins through.
+pub struct Fixture {
+    pub client: Client,
+    pub ns: TestNamespace,
+    policy: String,
+    pub grpc: HookRouterClient<Channel>,
+}
+
+impl std::fmt::Debug for Fixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fixture").field("ns", &self.ns).finish()
+    }
+}
+
+impl Fixture {
+    pub async fn new(prefix: &str, permissions: &[&str]) -> Result<Self> {
+        crate::install::ensure_installed().await?;
+        let client = crate::client().await?;
+        let suffix = crate::unique_suffix();
+        let ns = TestNamespace::create(
+            &client,
+            prefix,
+            &[
+                ("airlock.dev/e2e-sandbox", suffix.as_str()),
+                ("pod-security.kubernetes.io/enforce", "restricted"),
+            ],
+        )
+        .await?;
+        let policy = format!("e2e-{prefix}-{suffix}");
+        let body = json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "PluginTrustPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "keys": [],
+                "namespaces": {"matchLabels": {"airlock.dev/e2e-sandbox": suffix}},
+                "trustLevels": {"Untrusted": {
+                    "allowUnsigned": true, "maxMemory": "64Mi", "maxCpu": "250m",
+                    "maxTimeout": "2s", "permissions": permissions
+                }}
+            }
+        });
+        Api::<airlock_crds::PluginTrustPolicy>::all(client.clone())
+            .patch(
+                &policy,
+                &PatchParams::apply("airlock-e2e").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .context("applying the trust policy")?;
+        let grpc = connect(&client).await?;
+        Ok(Self {
+            client,
+            ns,
+            policy,
+            grpc,
+        })
+    }
+
+    pub fn ns(&self) -> &str {
+        &self.ns.name
+    }
+
+    /// A Plugin from the sample `sample` (image and bundle from `make e2e-images`, keys
+    /// AIRLOCK_<SAMPLE>_IMAGE/_BUNDLE), its bundle in a ConfigMap of its own. `extra` is merged
+    /// into the spec (e.g. `network`).
+    pub async fn apply(
+        &self,
+        name: &str,
+        sample: &str,
+        hooks: Value,
+        permissions: Value,
+        extra: Value,
+    ) -> Result<()> {
+        let key = sample.to_uppercase().replace('-', "_");
+        let bundle = std::fs::read(images_env(&format!("AIRLOCK_{key}_BUNDLE"))?)?;
+        let cm = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{name}-bundle")),
+                ..Default::default()
+            },
+            binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
+            ..Default::default()
+        };
+        self.ns
+            .api::<ConfigMap>()
+            .create(&PostParams::default(), &cm)
+            .await?;
+        let mut plugin = json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "Plugin",
+            "metadata": {"name": name},
+            "spec": {
+                "version": "1.0.0",
+                "image": images_env(&format!("AIRLOCK_{key}_IMAGE"))?,
+                "bundle": {"source": {"configMapRef": {"name": format!("{name}-bundle")}}},
+                "pluginApiVersion": 1,
+                "hooks": hooks,
+                "permissions": permissions,
+                "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}},
+            }
+        });
+        if let Value::Object(extra) = extra {
+            for (k, v) in extra {
+                plugin["spec"][k] = v;
+            }
+        }
+        self.ns
+            .api::<Plugin>()
+            .patch(
+                name,
+                &PatchParams::apply("airlock-e2e").force(),
+                &Patch::Apply(&plugin),
+            )
+            .await
+            .with_context(|| format!("applying Plugin {name}"))?;
+        Ok(())
+    }
+
+    pub fn plugin_ref(&self, name: &str) -> Option<PluginRef> {
+        Some(PluginRef {
+            namespace: self.ns().into(),
+            name: name.into(),
+        })
+    }
+
+    pub async fn invoke(
+        &self,
+        name: &str,
+        hook: &str,
+        payload: Value,
+    ) -> Result<Value, tonic::Status> {
+        let answer = self
+            .grpc
+            .clone()
+            .invoke(InvokeRequest {
+                plugin: self.plugin_ref(name),
+                hook: hook.into(),
+                payload_json: payload.to_string(),
+                deadline_ms: 0,
+                invocation_id: format!("e2e-{name}-{hook}"),
+            })
+            .await?
+            .into_inner();
+        serde_json::from_str(&answer.output_json)
+            .map_err(|e| tonic::Status::internal(format!("the output is not JSON: {e}")))
+    }
+
+    /// Waits until the router lists every one of `names` (its watch trails the status a little).
+    pub async fn wait_routed(&self, names: &[&str]) -> Result<()> {
+        let deadline = Instant::now() + crate::WAIT;
+        loop {
+            let listed = self
+                .grpc
+                .clone()
+                .list_plugins(ListPluginsRequest {
+                    namespace: self.ns().into(),
+                })
+                .await?
+                .into_inner();
+            let have: Vec<String> = listed
+                .plugins
+                .iter()
+                .filter_map(|p| p.plugin.as_ref().map(|r| r.name.clone()))
+                .collect();
+            if names.iter().all(|n| have.iter().any(|h| h == n)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the router lists {have:?}, expected {names:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Phase and Ready condition of a Plugin, for failure messages.
+    pub async fn describe(&self, name: &str) -> String {
+        match self.ns.api::<Plugin>().get(name).await {
+            Ok(p) => format!(
+                "phase {:?}, Ready {:?}",
+                phase(&p),
+                condition(&p, "Ready").map(|c| (
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone()
+                ))
+            ),
+            Err(e) => format!("cannot read it: {e}"),
+        }
+    }
+
+    /// Waits until a call to `name` reaches its shim (any answer but UNAVAILABLE).
+    pub async fn wait_reachable(&self, name: &str, hook: &str) -> Result<()> {
+        let deadline = Instant::now() + crate::WAIT;
+        loop {
+            match self.invoke(name, hook, json!({})).await {
+                Err(e) if e.code() == Code::Unavailable => {
+                    if Instant::now() > deadline {
+                        bail!("{name} is still unreachable through the router: {e:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    pub async fn teardown(self) -> Result<()> {
+        self.ns.delete().await?;
+        match Api::<airlock_crds::PluginTrustPolicy>::all(self.client.clone())
+            .delete(&self.policy, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+pub fn active(p: &Plugin) -> bool {
+    phase(p) == Some(PluginPhase::Active)
 }

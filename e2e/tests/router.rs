@@ -8,235 +8,22 @@ use std::time::{Duration, Instant};
 
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
-use airlock_e2e::TestNamespace;
-use airlock_e2e::install::images_env;
 use airlock_e2e::plugins::{condition, phase, wait_plugin};
-use airlock_e2e::router;
-use airlock_proto::router::v1::hook_router_client::HookRouterClient;
-use airlock_proto::router::v1::{
-    BroadcastRequest, InvokeRequest, ListPluginsRequest, PluginRef, TransformRequest,
-};
-use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::ByteString;
+use airlock_e2e::router::{self, Fixture, active};
+use airlock_proto::router::v1::{BroadcastRequest, TransformRequest};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use tonic::Code;
-use tonic::transport::Channel;
 
 const AUTO_DISABLED: &str = "airlock.dev/auto-disabled";
 
-struct Fixture {
-    client: Client,
-    ns: TestNamespace,
-    policy: String,
-    grpc: HookRouterClient<Channel>,
-}
-
-impl Fixture {
-    async fn new() -> Result<Self> {
-        airlock_e2e::install::ensure_installed().await?;
-        let client = airlock_e2e::client().await?;
-        let suffix = airlock_e2e::unique_suffix();
-        let ns = TestNamespace::create(
-            &client,
-            "router",
-            &[
-                ("airlock.dev/e2e-sandbox", suffix.as_str()),
-                ("pod-security.kubernetes.io/enforce", "restricted"),
-            ],
-        )
-        .await?;
-        let policy = format!("e2e-router-{suffix}");
-        let body = json!({
-            "apiVersion": "airlock.dev/v1alpha1",
-            "kind": "PluginTrustPolicy",
-            "metadata": {"name": policy},
-            "spec": {
-                "keys": [],
-                "namespaces": {"matchLabels": {"airlock.dev/e2e-sandbox": suffix}},
-                "trustLevels": {"Untrusted": {
-                    "allowUnsigned": true, "maxMemory": "64Mi", "maxCpu": "250m",
-                    "maxTimeout": "2s", "permissions": ["log", "read:data", "storage:write"]
-                }}
-            }
-        });
-        Api::<airlock_crds::PluginTrustPolicy>::all(client.clone())
-            .patch(
-                &policy,
-                &PatchParams::apply("airlock-e2e").force(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .context("applying the trust policy")?;
-        let grpc = router::connect(&client).await?;
-        Ok(Self {
-            client,
-            ns,
-            policy,
-            grpc,
-        })
-    }
-
-    fn ns(&self) -> &str {
-        &self.ns.name
-    }
-
-    /// A Plugin from the sample `sample` (image and bundle from `make e2e-images`), its bundle in a
-    /// ConfigMap of its own.
-    async fn apply(
-        &self,
-        name: &str,
-        sample: &str,
-        hooks: Value,
-        permissions: Value,
-    ) -> Result<()> {
-        let key = sample.to_uppercase().replace('-', "_");
-        let bundle = std::fs::read(images_env(&format!("AIRLOCK_{key}_BUNDLE"))?)?;
-        let cm = ConfigMap {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("{name}-bundle")),
-                ..Default::default()
-            },
-            binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
-            ..Default::default()
-        };
-        self.ns
-            .api::<ConfigMap>()
-            .create(&PostParams::default(), &cm)
-            .await?;
-        let plugin = json!({
-            "apiVersion": "airlock.dev/v1alpha1",
-            "kind": "Plugin",
-            "metadata": {"name": name},
-            "spec": {
-                "version": "1.0.0",
-                "image": images_env(&format!("AIRLOCK_{key}_IMAGE"))?,
-                "bundle": {"source": {"configMapRef": {"name": format!("{name}-bundle")}}},
-                "pluginApiVersion": 1,
-                "hooks": hooks,
-                "permissions": permissions,
-                "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}},
-            }
-        });
-        self.ns
-            .api::<Plugin>()
-            .patch(
-                name,
-                &PatchParams::apply("airlock-e2e").force(),
-                &Patch::Apply(&plugin),
-            )
-            .await
-            .with_context(|| format!("applying Plugin {name}"))?;
-        Ok(())
-    }
-
-    fn plugin_ref(&self, name: &str) -> Option<PluginRef> {
-        Some(PluginRef {
-            namespace: self.ns().into(),
-            name: name.into(),
-        })
-    }
-
-    async fn invoke(&self, name: &str, hook: &str, payload: Value) -> Result<Value, tonic::Status> {
-        let answer = self
-            .grpc
-            .clone()
-            .invoke(InvokeRequest {
-                plugin: self.plugin_ref(name),
-                hook: hook.into(),
-                payload_json: payload.to_string(),
-                deadline_ms: 0,
-                invocation_id: format!("e2e-{name}-{hook}"),
-            })
-            .await?
-            .into_inner();
-        serde_json::from_str(&answer.output_json)
-            .map_err(|e| tonic::Status::internal(format!("the output is not JSON: {e}")))
-    }
-
-    /// Waits until the router lists every one of `names` (its watch trails the status a little).
-    async fn wait_routed(&self, names: &[&str]) -> Result<()> {
-        let deadline = Instant::now() + airlock_e2e::WAIT;
-        loop {
-            let listed = self
-                .grpc
-                .clone()
-                .list_plugins(ListPluginsRequest {
-                    namespace: self.ns().into(),
-                })
-                .await?
-                .into_inner();
-            let have: Vec<String> = listed
-                .plugins
-                .iter()
-                .filter_map(|p| p.plugin.as_ref().map(|r| r.name.clone()))
-                .collect();
-            if names.iter().all(|n| have.iter().any(|h| h == n)) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the router lists {have:?}, expected {names:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// Phase and Ready condition of a Plugin, for failure messages.
-    async fn describe(&self, name: &str) -> String {
-        match self.ns.api::<Plugin>().get(name).await {
-            Ok(p) => format!(
-                "phase {:?}, Ready {:?}",
-                phase(&p),
-                condition(&p, "Ready").map(|c| (
-                    c.status.clone(),
-                    c.reason.clone(),
-                    c.message.clone()
-                ))
-            ),
-            Err(e) => format!("cannot read it: {e}"),
-        }
-    }
-
-    /// Waits until a call to `name` reaches its shim (any answer but UNAVAILABLE).
-    async fn wait_reachable(&self, name: &str, hook: &str) -> Result<()> {
-        let deadline = Instant::now() + airlock_e2e::WAIT;
-        loop {
-            match self.invoke(name, hook, json!({})).await {
-                Err(e) if e.code() == Code::Unavailable => {
-                    if Instant::now() > deadline {
-                        bail!("{name} is still unreachable through the router: {e:?}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                _ => return Ok(()),
-            }
-        }
-    }
-
-    async fn teardown(self) -> Result<()> {
-        self.ns.delete().await?;
-        match Api::<airlock_crds::PluginTrustPolicy>::all(self.client.clone())
-            .delete(&self.policy, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
-fn active(p: &Plugin) -> bool {
-    phase(p) == Some(PluginPhase::Active)
-}
-
 #[tokio::test]
 async fn hooks_through_the_router_and_a_misbehaving_plugin_contained() -> Result<()> {
-    let f = Fixture::new().await?;
+    let f = Fixture::new("router", &["log", "read:data", "storage:write"]).await?;
     let result = scenario(&f).await;
     let cleanup = f.teardown().await;
     result.and(cleanup)
@@ -249,6 +36,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "hello",
         json!([{"name": "transform", "timeout": "1s", "priority": 100}]),
         json!(["log"]),
+        json!({}),
     )
     .await?;
     f.apply(
@@ -256,6 +44,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "data-formatter",
         json!([{"name": "transform", "timeout": "1s", "priority": 10}]),
         json!(["read:data", "log"]),
+        json!({}),
     )
     .await?;
     f.apply(
@@ -263,6 +52,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "event-logger",
         json!([{"name": "onEvent", "timeout": "1s"}]),
         json!(["log", "storage:write"]),
+        json!({}),
     )
     .await?;
     f.apply(
@@ -274,6 +64,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
             {"name": "onEvent", "timeout": "300ms", "failurePolicy": "Ignore"},
         ]),
         json!(["log"]),
+        json!({}),
     )
     .await?;
     let all = ["hello", "data-formatter", "event-logger", "crash-test"];
@@ -597,6 +388,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "crash-test-oom",
         json!([{"name": "onLoad", "timeout": "2s"}, {"name": "transform"}]),
         json!(["log"]),
+        json!({}),
     )
     .await?;
     let failed = wait_plugin(

@@ -1,0 +1,203 @@
+//! Hostile plugins, each contained and reported while the other plugins keep answering: a socket
+//! opened without the egress permission (refused by the shim's seccomp filter), the network
+//! reached with it (dropped by the NetworkPolicy), the service-account token read (none is
+//! mounted), the root filesystem written (read-only), a 2 MiB answer (over the output limit), a
+//! log flood (rate-limited), a grandchild that outlives a timeout (killed with the plugin), and a
+//! fork bomb (stopped by the pod's pids limit). Everything runs on the local cluster through the
+//! router, as installed by the chart.
+
+use std::time::Duration;
+
+use airlock_e2e::install::NAMESPACE;
+use airlock_e2e::plugins::wait_plugin;
+use airlock_e2e::router::{Fixture, active};
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, LogParams};
+use serde_json::{Value, json};
+use tonic::Code;
+
+#[tokio::test]
+async fn hostile_plugins_are_contained_while_the_others_keep_answering() -> Result<()> {
+    let f = Fixture::new("hostile", &["log", "net:egress"]).await?;
+    let result = scenario(&f).await;
+    let cleanup = f.teardown().await;
+    result.and(cleanup)
+}
+
+async fn scenario(f: &Fixture) -> Result<()> {
+    let hook = |timeout: &str| json!([{"name": "transform", "timeout": timeout}]);
+    f.apply("hello", "hello", hook("1s"), json!(["log"]), json!({}))
+        .await?;
+    // Without net:egress: no network sockets at all.
+    f.apply("hostile", "hostile", hook("2s"), json!(["log"]), json!({}))
+        .await?;
+    // With net:egress, allowed to one empty network only: sockets open, packets go nowhere else.
+    f.apply(
+        "hostile-net",
+        "hostile",
+        hook("2s"),
+        json!(["log", "net:egress"]),
+        json!({"network": {"egress": [{"cidr": "198.18.255.0/24", "ports": [{"port": 9}]}]}}),
+    )
+    .await?;
+    let api = f.ns.api::<airlock_crds::Plugin>();
+    for name in ["hello", "hostile", "hostile-net"] {
+        wait_plugin(&api, name, "phase Active", active).await?;
+    }
+    f.wait_routed(&["hello", "hostile", "hostile-net"]).await?;
+    f.wait_reachable("hello", "transform").await?;
+    f.wait_reachable("hostile", "transform").await?;
+    f.wait_reachable("hostile-net", "transform").await?;
+    let attack = |plugin: &'static str, payload: Value| async move {
+        f.invoke(plugin, "transform", payload)
+            .await
+            .with_context(|| format!("{plugin}: the attack call itself failed"))
+    };
+    let hello_answers = || async {
+        let out = f
+            .invoke("hello", "transform", json!({"name": "bystander"}))
+            .await?;
+        ensure!(
+            out["greeting"] == "hello, bystander",
+            "hello answered {out}"
+        );
+        Ok(())
+    };
+
+    // The registry on the node is a real, listening TCP service.
+    let registry = json!({"attack": "socket", "target": "198.19.255.1:5000"});
+    let out = attack("hostile", registry.clone()).await?;
+    ensure!(
+        out["socket"] == "PermissionDenied",
+        "without net:egress the seccomp filter refuses the socket: {out}"
+    );
+    let out = attack("hostile-net", registry).await?;
+    ensure!(
+        out["socket"] != "ok" && out["socket"] != "PermissionDenied",
+        "with net:egress the socket opens but the NetworkPolicy keeps the registry out of reach: {out}"
+    );
+
+    let out = attack("hostile", json!({"attack": "token"})).await?;
+    ensure!(
+        out["token"] == "NotFound",
+        "no service-account token is mounted: {out}"
+    );
+    let out = attack("hostile", json!({"attack": "write-root"})).await?;
+    ensure!(
+        out["write"] == "ReadOnlyFilesystem",
+        "the root filesystem is read-only: {out}"
+    );
+
+    let big = f
+        .invoke("hostile", "transform", json!({"attack": "output"}))
+        .await
+        .err()
+        .context("a 2 MiB answer must be refused")?;
+    ensure!(
+        big.code() == Code::ResourceExhausted,
+        "a 2 MiB answer is over the 1 MiB output limit: {big:?}"
+    );
+    hello_answers().await?;
+
+    // Log flood: 5000 lines, of which the shim forwards at most its budget (100 a minute).
+    let out = attack("hostile-net", json!({"attack": "log-flood"})).await?;
+    ensure!(out["written"] == 5000, "{out}");
+    let log = plugin_log(f, "hostile-net").await?;
+    let forwarded = log
+        .lines()
+        .filter(|l| l.contains("flooding the log"))
+        .count();
+    ensure!(
+        (1..=100).contains(&forwarded),
+        "the shim forwarded {forwarded} of 5000 flood lines"
+    );
+    ensure!(
+        log.contains("plugin log lines dropped (over the log rate limit)"),
+        "the drop is reported in the log"
+    );
+
+    // A grandchild in its own process group, then a hang: at the timeout the shim kills the
+    // plugin and, as PID 1 of the container, everything the plugin left behind.
+    let hung = f
+        .invoke("hostile", "transform", json!({"attack": "grandchild"}))
+        .await
+        .err()
+        .context("the grandchild attack hangs until its timeout")?;
+    ensure!(hung.code() == Code::DeadlineExceeded, "{hung:?}");
+    let out = attack("hostile", json!({"attack": "processes"})).await?;
+    let processes: Vec<String> = serde_json::from_value(out["processes"].clone())?;
+    ensure!(
+        !processes.iter().any(|p| p.contains("linger")),
+        "the grandchild died with the plugin; processes in the pod: {processes:?}"
+    );
+
+    // Fork bomb: the pod's pids limit stops it (or the memory limit kills the plugin first);
+    // either way the node and the other plugins do not notice.
+    let bomb = f
+        .invoke("hostile-net", "transform", json!({"attack": "fork-bomb"}))
+        .await;
+    match &bomb {
+        Ok(out) => ensure!(
+            out["started"].as_u64().is_some_and(|n| n < 5000) && out["error"] != "none",
+            "the fork bomb hit a limit: {out}"
+        ),
+        Err(e) => ensure!(
+            matches!(
+                e.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Internal
+            ),
+            "the fork bomb killed only its own plugin: {e:?}"
+        ),
+    }
+    hello_answers().await?;
+    // The hostile plugins are still what they were: routed, and their pods running.
+    ensure!(
+        f.invoke("hostile", "transform", json!({"attack": "token"}))
+            .await
+            .is_ok(),
+        "hostile keeps answering after its neighbour's fork bomb"
+    );
+    // The operator and router never restarted.
+    let pods = Api::<Pod>::namespaced(f.client.clone(), NAMESPACE)
+        .list(&ListParams::default())
+        .await?;
+    for pod in pods.items {
+        let restarts: i32 = pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.restart_count)
+            .sum();
+        ensure!(
+            restarts == 0,
+            "{} restarted {restarts} times",
+            pod.metadata.name.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The container log of the plugin's pod (what `kubectl logs` shows), after a moment for the
+/// shim to flush.
+async fn plugin_log(f: &Fixture, plugin: &str) -> Result<String> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pods = f.ns.api::<Pod>();
+    let pod = pods
+        .list(&ListParams::default().labels(&format!("airlock.dev/plugin={plugin}")))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .context("the plugin's pod")?;
+    Ok(pods
+        .logs(
+            &pod.metadata.name.unwrap_or_default(),
+            &LogParams {
+                container: Some("plugin".into()),
+                ..LogParams::default()
+            },
+        )
+        .await?)
+}
