@@ -113,7 +113,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "the shim forwarded {forwarded} of 5000 flood lines"
     );
     ensure!(
-        log.contains("plugin log lines dropped (over the log rate limit)"),
+        log.contains("the plugin's log is over its rate limit; dropping lines"),
         "the drop is reported in the log"
     );
 

@@ -1,11 +1,10 @@
 //! The plugin's log: its stderr, forwarded line by line to the container log under a rate limit
 //! (default 100 lines per minute), so a plugin that floods its log cannot fill the node's disk or
-//! drown the logs of everything else. Lines over the limit are dropped and counted; once a minute
-//! with drops, one line says how many. Overlong lines are cut.
+//! drown the logs of everything else. Lines over the limit are dropped and counted: the first drop
+//! of a burst is announced at once, the count when lines flow again. Overlong lines are cut.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
@@ -64,8 +63,9 @@ pub async fn forward<R, W>(
 {
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
+    // Lines dropped since the last report: the first drop of a burst is announced at once, the
+    // count when lines flow again (or the plugin's stderr closes).
     let mut dropped_since_report: u64 = 0;
-    let mut last_report = Instant::now();
     loop {
         line.clear();
         // A line longer than the cap is read in full (to stay in step) but cut when written.
@@ -73,9 +73,17 @@ pub async fn forward<R, W>(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let now = Instant::now();
-        let allowed = budget.lock().unwrap_or_else(|e| e.into_inner()).take(now);
+        let allowed = budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(Instant::now());
         if allowed {
+            if dropped_since_report > 0 {
+                let _ = output
+                    .write_all(report(dropped_since_report).as_bytes())
+                    .await;
+                dropped_since_report = 0;
+            }
             stats.forwarded.fetch_add(1, Ordering::Relaxed);
             let text = &line[..line.len().min(MAX_LOG_LINE_BYTES)];
             let _ = output.write_all(text).await;
@@ -83,15 +91,11 @@ pub async fn forward<R, W>(
                 let _ = output.write_all(b"\n").await;
             }
         } else {
+            if dropped_since_report == 0 {
+                let _ = output.write_all(OVER_LIMIT.as_bytes()).await;
+            }
             stats.dropped.fetch_add(1, Ordering::Relaxed);
             dropped_since_report += 1;
-        }
-        if dropped_since_report > 0 && now.duration_since(last_report) >= Duration::from_secs(60) {
-            let _ = output
-                .write_all(report(dropped_since_report).as_bytes())
-                .await;
-            dropped_since_report = 0;
-            last_report = now;
         }
         let _ = output.flush().await;
     }
@@ -103,6 +107,10 @@ pub async fn forward<R, W>(
     }
 }
 
+/// Written when a burst of lines starts being dropped.
+pub const OVER_LIMIT: &str =
+    "airlock-shim: the plugin's log is over its rate limit; dropping lines until it refills\n";
+
 fn report(dropped: u64) -> String {
     format!("airlock-shim: {dropped} plugin log lines dropped (over the log rate limit)\n")
 }
@@ -110,6 +118,8 @@ fn report(dropped: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_allows_a_burst_then_refills_with_time() {
