@@ -268,7 +268,9 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(PluginServer::new(service))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Nagle would hold the response's last small write for the client's delayed ACK
+            // (≈ 40 ms a call).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await;
