@@ -22,7 +22,7 @@ demo: cluster-up e2e-images ## local cluster, Airlock installed with Helm, the h
 	cargo build --locked -p airlockctl
 	@bash e2e/demo.sh
 
-bench: cluster-up e2e-images ## controller scale benchmark: 1000 disabled Plugins (BENCH_PLUGINS=N)
+bench: cluster-up e2e-images ## benchmarks: verification, router vs direct shim, 1000 disabled Plugins (BENCH_PLUGINS=N)
 	@bash e2e/bench.sh
 
 test: lint unit e2e ## the whole suite: fmt, clippy, unit tests, cluster e2e

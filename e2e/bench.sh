@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Scale benchmark of the controller: N disabled Plugins (default 1000) in one namespace.
+# Benchmarks: image verification (cold vs cached), the router against direct shim calls, and the
+# controller at scale: N disabled Plugins (default 1000) in one namespace.
 # Prints time to steady state, Kubernetes API requests per Plugin, API writes per minute at steady
 # state (goal: 0) against the same operator idle before the Plugins existed (the baseline), and
 # the operator's resident memory. Counts come from the operator's own request counter.
@@ -24,6 +25,11 @@ BENCH_DIGEST=$(crane digest --insecure "$BENCH_REPO:latest")
 AIRLOCK_BENCH_IMAGE=$BENCH_REPO@$BENCH_DIGEST AIRLOCK_BENCH_COSIGN_PUB=$KEYDIR/cosign.pub \
   AIRLOCK_BENCH_REGISTRY_LOG=$STATE/logs/registry.log \
   cargo bench -q --locked -p airlock-operator --bench verification
+
+# --- the router's cost: the same call direct to the shim and through the router, and a pipeline --
+log "router bench: direct to the shim vs through the router (3 data-formatter plugins)"
+cargo run -q --locked -p airlock-e2e --bin router-bench
+
 [ "$N" -gt 0 ] || exit 0
 
 "$ROOT/e2e/helm-install.sh"
