@@ -36,6 +36,18 @@ push_static_image() {
   log "pushed $ref ($("$CRANE" digest --insecure "$ref"))"
 }
 
+# push_dir_image <dir> <image ref>: a one-layer scratch image with <dir> as its root (no entry
+# point: the plugin's bundle names the program).
+push_dir_image() {
+  local dir=$1 ref=$2 layer
+  layer=$(mktemp)
+  tar --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -C "$dir" -cf "$layer" .
+  "$CRANE" append --insecure -f "$layer" -t "$ref" >/dev/null || die "pushing $ref failed"
+  "$CRANE" mutate --insecure --user 65534:65534 "$ref" >/dev/null || die "configuring $ref failed"
+  rm -f "$layer"
+  log "pushed $ref ($("$CRANE" digest --insecure "$ref"))"
+}
+
 OUT=$ROOT/target/e2e
 mkdir -p "$OUT"
 ( cd "$ROOT" && cargo build --quiet --release --locked --target "$TARGET" \
@@ -49,6 +61,17 @@ for sample in data-formatter event-logger crash-test; do
   push_static_image "$REL/$sample" "$REG/examples/$sample:1.0.0"
 done
 push_static_image "$REL/hostile" "$REG/airlock/e2e-hostile:dev"
+# Examples in other languages: Go (a static binary) and Python (a runtime image; the code is in
+# the signed bundle).
+GO_OUT=$(mktemp -d)
+( cd "$ROOT/examples/go-greeter" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local \
+    go build -trimpath -ldflags '-s -w' -o "$GO_OUT/go-greeter" . ) || die "building examples/go-greeter failed"
+push_static_image "$GO_OUT/go-greeter" "$REG/examples/go-greeter:1.0.0"
+rm -rf "$GO_OUT"
+PY_ROOT=$(mktemp -d)
+"$ROOT/e2e/python-runtime.sh" "$PY_ROOT"
+push_dir_image "$PY_ROOT" "$REG/examples/python-runtime:3"
+rm -rf "$PY_ROOT"
 push_static_image "$REL/airlock-operator" "$REG/airlock/operator:dev" with-ca "$REL/airlock-router"
 # A hello image whose plugin never starts (the entry point is missing): an upgrade to it cannot
 # become ready, which the rollback test needs.
@@ -69,6 +92,9 @@ for sample in data-formatter event-logger crash-test; do
   pack_bundle "$OUT/$sample-bundle.tar.gz" "$ROOT/examples/$sample/plugin.yaml"
 done
 pack_bundle "$OUT/hostile-bundle.tar.gz" "$ROOT/e2e/hostile/plugin.yaml"
+pack_bundle "$OUT/go-greeter-bundle.tar.gz" "$ROOT/examples/go-greeter/plugin.yaml"
+pack_bundle "$OUT/python-upper-bundle.tar.gz" "$ROOT/examples/python-upper/plugin.yaml" \
+  "$ROOT/examples/python-upper/plugin.py"
 # crash-test whose onLoad exhausts memory: same image, a bundle that says so.
 oom_config=$(mktemp -d)/crash-test.json
 echo '{"onLoad": "exhaust-memory"}' >"$oom_config"
@@ -81,6 +107,10 @@ rm -rf "$(dirname "$oom_config")"
   echo "AIRLOCK_HELLO_IMAGE=$REG/examples/hello:1.0.0"
   echo "AIRLOCK_HELLO_BROKEN_IMAGE=$REG/examples/hello:broken"
   echo "AIRLOCK_HELLO_BUNDLE=$OUT/hello-bundle.tar.gz"
+  echo "AIRLOCK_GO_GREETER_IMAGE=$REG/examples/go-greeter:1.0.0"
+  echo "AIRLOCK_GO_GREETER_BUNDLE=$OUT/go-greeter-bundle.tar.gz"
+  echo "AIRLOCK_PYTHON_UPPER_IMAGE=$REG/examples/python-runtime:3"
+  echo "AIRLOCK_PYTHON_UPPER_BUNDLE=$OUT/python-upper-bundle.tar.gz"
   echo "AIRLOCK_HOSTILE_IMAGE=$REG/airlock/e2e-hostile:dev"
   echo "AIRLOCK_HOSTILE_BUNDLE=$OUT/hostile-bundle.tar.gz"
   for sample in data-formatter event-logger crash-test crash-test-oom; do

@@ -29,6 +29,75 @@ async fn hooks_through_the_router_and_a_misbehaving_plugin_contained() -> Result
     result.and(cleanup)
 }
 
+/// The same contract in three languages: the Rust SDK (hello), Go with only its standard library
+/// (go-greeter) and Python whose code ships in the signed bundle (python-upper), each called
+/// through the router.
+#[tokio::test]
+async fn plugins_in_rust_go_and_python_answer_through_the_router() -> Result<()> {
+    let f = Fixture::new("languages", &["log"]).await?;
+    let result = async {
+        let transform = json!([{"name": "transform", "timeout": "2s"}]);
+        f.apply(
+            "hello",
+            "hello",
+            transform.clone(),
+            json!(["log"]),
+            json!({}),
+        )
+        .await?;
+        f.apply(
+            "go-greeter",
+            "go-greeter",
+            transform.clone(),
+            json!(["log"]),
+            json!({}),
+        )
+        .await?;
+        f.apply(
+            "python-upper",
+            "python-upper",
+            json!([{"name": "transform", "timeout": "2s"}, {"name": "onEvent", "timeout": "2s"}]),
+            json!(["log"]),
+            json!({}),
+        )
+        .await?;
+        let api = f.ns.api::<Plugin>();
+        let all = ["hello", "go-greeter", "python-upper"];
+        for name in all {
+            wait_plugin(&api, name, "phase Active", active).await?;
+        }
+        f.wait_routed(&all).await?;
+        for name in all {
+            f.wait_reachable(name, "transform").await?;
+        }
+        let out = f
+            .invoke("hello", "transform", json!({"name": "rust"}))
+            .await?;
+        ensure!(out["greeting"] == "hello, rust", "rust: {out}");
+        let out = f
+            .invoke("go-greeter", "transform", json!({"name": "gopher"}))
+            .await?;
+        ensure!(out["greeting"] == "hello from Go, gopher", "go: {out}");
+        let out = f
+            .invoke("python-upper", "transform", json!({"text": "snake"}))
+            .await?;
+        ensure!(out["text"] == "SNAKE", "python: {out}");
+        let err = f
+            .invoke("python-upper", "transform", json!({}))
+            .await
+            .err()
+            .context("the call succeeded but must fail: python-upper needs a text")?;
+        ensure!(
+            err.code() == Code::Aborted && err.message().contains("needs a string"),
+            "a Python exception is an error answer: {err:?}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let cleanup = f.teardown().await;
+    result.and(cleanup)
+}
+
 async fn scenario(f: &Fixture) -> Result<()> {
     let api = f.ns.api::<Plugin>();
     f.apply(

@@ -1,0 +1,3 @@
+module example.invalid/airlock/go-greeter
+
+go 1.22
