@@ -131,6 +131,17 @@ pub enum InvokeError {
     /// `onLoad` failed, so the new process is not used.
     #[error("the plugin's onLoad hook failed: {0}")]
     LoadFailed(Box<InvokeError>),
+    /// The plugin keeps crashing: it is not started again before its backoff ends.
+    #[error(
+        "the plugin crashed {crashes} times in a row; it is started again in {} ms",
+        .retry_in.as_millis()
+    )]
+    Backoff {
+        /// Consecutive crashes (exits and failed starts) so far.
+        crashes: u32,
+        /// Time left before the next start.
+        retry_in: Duration,
+    },
     /// The plugin answered `"ok": false`.
     #[error("{0}")]
     Plugin(String),
@@ -142,6 +153,40 @@ pub enum InvokeError {
     Protocol(String),
 }
 
+/// Restart backoff after crashes: the first restart is immediate, then 250 ms, doubling up to
+/// [`MAX_BACKOFF`]; an answer from the plugin resets it.
+#[derive(Debug, Default, Clone, Copy)]
+struct CrashBackoff {
+    crashes: u32,
+    not_before: Option<Instant>,
+}
+
+/// Longest wait between two starts of a crashing plugin.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The wait before the start that follows the `crashes`-th consecutive crash.
+pub fn backoff(crashes: u32) -> Duration {
+    match crashes {
+        0 | 1 => Duration::ZERO,
+        n => (Duration::from_millis(250) * 2u32.saturating_pow((n - 2).min(16))).min(MAX_BACKOFF),
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_restart_is_immediate_then_the_wait_doubles_up_to_the_cap() {
+        let waits: Vec<u128> = (1..=9).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(
+            waits,
+            vec![0, 250, 500, 1000, 2000, 4000, 8000, 10000, 10000]
+        );
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+}
+
 /// The lock on the plugin process slot, held for a whole invocation.
 type Slot = OwnedMutexGuard<Option<Running>>;
 
@@ -149,6 +194,9 @@ type Slot = OwnedMutexGuard<Option<Running>>;
 #[derive(Debug)]
 pub struct Supervisor {
     spec: ChildSpec,
+    /// Consecutive crashes and when the next start may happen (guarded by the slot lock's holder;
+    /// a std mutex because it is never held across an await).
+    crashes: std::sync::Mutex<CrashBackoff>,
     /// Shared by every process of this plugin: a restart does not refill it.
     log_budget: Arc<std::sync::Mutex<LineBudget>>,
     log_stats: Arc<LogStats>,
@@ -161,6 +209,7 @@ impl Supervisor {
     /// A supervisor that has not started the plugin yet; see [`Supervisor::warm_up`].
     pub fn new(spec: ChildSpec) -> Arc<Self> {
         Arc::new(Self {
+            crashes: std::sync::Mutex::default(),
             log_budget: Arc::new(std::sync::Mutex::new(LineBudget::new(
                 spec.log_lines_per_minute,
                 Instant::now(),
@@ -239,6 +288,10 @@ impl Supervisor {
                 deadline,
             )
             .await;
+        // Any answer, even an error one, shows the process works.
+        if matches!(result, Ok(_) | Err(InvokeError::Plugin(_))) {
+            *self.crashes.lock().unwrap_or_else(|e| e.into_inner()) = CrashBackoff::default();
+        }
         if let Err(e) = &result {
             let killed = matches!(
                 e,
@@ -325,6 +378,7 @@ impl Supervisor {
             Err(ExchangeError::Closed) => {
                 let status = running.exit_status().await;
                 *slot = None;
+                self.crashed();
                 Err(InvokeError::Exited { status })
             }
             Err(ExchangeError::Fatal(e)) => Err(e),
@@ -344,9 +398,23 @@ impl Supervisor {
         {
             warn!(%status, "the plugin process exited; restarting it");
             *slot = None;
+            self.crashed();
         }
         if slot.is_none() {
-            match self.start().await {
+            let state = *self.crashes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = state.not_before
+                && Instant::now() < at
+            {
+                return Err(InvokeError::Backoff {
+                    crashes: state.crashes,
+                    retry_in: at - Instant::now(),
+                });
+            }
+            let started = self.start().await;
+            if started.is_err() {
+                self.crashed();
+            }
+            match started {
                 Ok(running) => {
                     *slot = Some(running);
                     if mark_ready {
@@ -362,6 +430,14 @@ impl Supervisor {
         slot.as_mut().ok_or_else(|| InvokeError::Exited {
             status: "not running".to_string(),
         })
+    }
+
+    /// Counts a crash (an exit the shim did not cause, or a failed start) and sets when the next
+    /// start may happen.
+    fn crashed(&self) {
+        let mut state = self.crashes.lock().unwrap_or_else(|e| e.into_inner());
+        state.crashes = state.crashes.saturating_add(1);
+        state.not_before = Some(Instant::now() + backoff(state.crashes));
     }
 
     /// Spawns the plugin process and, if it has one, runs its `onLoad` hook within the

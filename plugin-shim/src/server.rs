@@ -172,9 +172,10 @@ impl Plugin for PluginService {
 pub fn status_of(error: &InvokeError) -> Status {
     let code = match error {
         InvokeError::Timeout(_) | InvokeError::QueueTimeout(_) => Code::DeadlineExceeded,
-        InvokeError::Spawn { .. } | InvokeError::Exited { .. } | InvokeError::LoadFailed(_) => {
-            Code::Unavailable
-        }
+        InvokeError::Spawn { .. }
+        | InvokeError::Exited { .. }
+        | InvokeError::LoadFailed(_)
+        | InvokeError::Backoff { .. } => Code::Unavailable,
         InvokeError::Plugin(_) => Code::Aborted,
         InvokeError::OutputTooLarge => Code::ResourceExhausted,
         InvokeError::Protocol(_) => Code::Internal,
@@ -199,6 +200,7 @@ pub fn failure_kind(error: &InvokeError) -> &'static str {
         InvokeError::Spawn { .. } | InvokeError::Exited { .. } | InvokeError::LoadFailed(_) => {
             "crash"
         }
+        InvokeError::Backoff { .. } => "backoff",
         InvokeError::Plugin(_) => "plugin-error",
         InvokeError::OutputTooLarge => "output-too-large",
         InvokeError::Protocol(_) => "protocol",

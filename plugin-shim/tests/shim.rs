@@ -447,6 +447,47 @@ async fn plugin_errors_crashes_and_protocol_violations() {
 }
 
 #[tokio::test]
+async fn a_plugin_that_keeps_crashing_is_restarted_with_backoff() {
+    let shim = Shim::python("[transform]").await;
+    let mut client = shim.client().await;
+    let crash = |client: &mut _| {
+        let client: &mut PluginClient<Channel> = client;
+        let mut client = client.clone();
+        async move { invoke(&mut client, "transform", json!({"exit": 3}), 0).await }
+    };
+    // First and second crash: each next call starts a new process at once.
+    crash(&mut client).await.unwrap_err();
+    crash(&mut client).await.unwrap_err();
+    // After the second crash in a row, the next start waits 250 ms: a call now is refused, with
+    // the shim's verdict, and nothing is started.
+    let err = invoke(&mut client, "transform", json!({}), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("crashed 2 times in a row"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        err.metadata()
+            .get("airlock-failure")
+            .and_then(|v| v.to_str().ok()),
+        Some("backoff")
+    );
+    // After the backoff the plugin starts again, and an answer resets the count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    invoke(&mut client, "transform", json!({}), 0)
+        .await
+        .unwrap();
+    crash(&mut client).await.unwrap_err();
+    invoke(&mut client, "transform", json!({}), 0)
+        .await
+        .unwrap();
+    shim.stop().await;
+}
+
+#[tokio::test]
 async fn health_is_serving_once_loaded_and_on_unload_runs_at_shutdown() {
     let shim = Shim::python("[onLoad, onUnload, transform]").await;
     shim.wait_health(ServingStatus::Serving).await;

@@ -112,6 +112,8 @@ pub fn failure_of(status: &Status) -> CallFailure {
         Some("protocol" | "output-too-large") => Outcome::Misbehaved,
         // Busy with an earlier call: a breaker failure, not a sign the plugin hangs.
         Some("queue-timeout") => Outcome::Unreachable,
+        // Not started again yet after crashes (already counted): the breaker's business only.
+        Some("backoff") => Outcome::Unreachable,
         Some(_) => Outcome::Answered,
         // No verdict from a shim: the call did not reach one (connection refused, reset, ...),
         // unless the shim refused the request itself.
