@@ -19,6 +19,8 @@ pub struct Metrics {
     hook_invocations: IntCounterVec,
     hook_duration: HistogramVec,
     auto_disabled: IntCounterVec,
+    plugin_restarts: IntCounterVec,
+    breaker_open: IntGaugeVec,
     /// Last (phase, trust level) seen per plugin, so the gauge counts each plugin once.
     seen: Arc<Mutex<HashMap<String, (String, String)>>>,
 }
@@ -87,6 +89,22 @@ impl Metrics {
             ),
             &[],
         )?;
+        let plugin_restarts = IntCounterVec::new(
+            Opts::new(
+                "airlock_plugin_restarts_total",
+                "Plugin processes the shim replaced after a call the router made (timeout, crash, protocol violation, oversized answer), by plugin",
+            ),
+            &["plugin"],
+        )?;
+        let breaker_open = IntGaugeVec::new(
+            Opts::new(
+                "airlock_breaker_open",
+                "1 while the router's circuit breaker for a plugin refuses calls (open or half-open), else 0",
+            ),
+            &["plugin"],
+        )?;
+        registry.register(Box::new(plugin_restarts.clone()))?;
+        registry.register(Box::new(breaker_open.clone()))?;
         registry.register(Box::new(hook_invocations.clone()))?;
         registry.register(Box::new(hook_duration.clone()))?;
         registry.register(Box::new(auto_disabled.clone()))?;
@@ -102,6 +120,8 @@ impl Metrics {
             hook_invocations,
             hook_duration,
             auto_disabled,
+            plugin_restarts,
+            breaker_open,
             seen: Arc::default(),
         })
     }
@@ -121,6 +141,16 @@ impl Metrics {
                 .with_label_values(&[hook])
                 .observe(took.as_secs_f64());
         }
+    }
+
+    pub fn plugin_restarted(&self, plugin: &str) {
+        self.plugin_restarts.with_label_values(&[plugin]).inc();
+    }
+
+    pub fn breaker(&self, plugin: &str, open: bool) {
+        self.breaker_open
+            .with_label_values(&[plugin])
+            .set(i64::from(open));
     }
 
     pub fn auto_disabled(&self) {

@@ -415,7 +415,20 @@ impl<C: Caller> Router<C> {
         self.metrics
             .hook_invocation(&key.to_string(), hook.as_str(), label, Some(elapsed));
         let now = now();
-        let disabled = self.health_of(&key, |h| h.record(outcome, now, &self.config.breaker));
+        let (disabled, state) = self.health_of(&key, |h| {
+            (
+                h.record(outcome, now, &self.config.breaker),
+                h.state_name(now),
+            )
+        });
+        let label = key.to_string();
+        if matches!(
+            outcome,
+            Outcome::Timeout | Outcome::Crash | Outcome::Misbehaved
+        ) {
+            self.metrics.plugin_restarted(&label);
+        }
+        self.metrics.breaker(&label, state != "closed");
         if let Some(reason) = disabled {
             warn!(plugin = %key, %reason, "auto-disabling the plugin");
             self.metrics.auto_disabled();
@@ -905,6 +918,19 @@ mod tests {
         assert_eq!(
             *lock(&s.disabled.0),
             vec![("ns/bad".to_string(), "5 consecutive timeouts".to_string())]
+        );
+        let text = s.router.metrics.render();
+        assert!(
+            text.contains("airlock_plugin_restarts_total{plugin=\"ns/bad\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("airlock_breaker_open{plugin=\"ns/bad\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("airlock_plugins_auto_disabled_total 1"),
+            "{text}"
         );
         // The other plugin never noticed.
         s.router
