@@ -363,12 +363,18 @@ impl<C: Caller> Router<C> {
                 outcome: Outcome::Answered,
             });
         }
+        // If this future is dropped before the outcome is recorded (the caller hung up), a
+        // half-open breaker's trial must be given back, or the breaker would refuse forever.
+        let mut trial = TrialRelease {
+            router: self,
+            key: &key,
+            armed: true,
+        };
         let slots = lock(&self.slots)
             .entry(key.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrency)))
             .clone();
         let Ok(_slot) = slots.try_acquire_owned() else {
-            self.health_of(&key, Health::release_trial);
             self.metrics
                 .hook_invocation(&key.to_string(), hook.as_str(), "refused", None);
             return Err(CallFailure {
@@ -421,6 +427,7 @@ impl<C: Caller> Router<C> {
                 h.state_name(now),
             )
         });
+        trial.armed = false;
         let label = key.to_string();
         if matches!(
             outcome,
@@ -461,6 +468,21 @@ impl<C: Caller> Router<C> {
             std::process::id(),
             self.next_id.fetch_add(1, Ordering::Relaxed)
         ))
+    }
+}
+
+/// Gives a half-open breaker's trial back unless disarmed (see [`Router::call_one`]).
+struct TrialRelease<'a, C: Caller> {
+    router: &'a Router<C>,
+    key: &'a PluginKey,
+    armed: bool,
+}
+
+impl<C: Caller> Drop for TrialRelease<'_, C> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.router.health_of(self.key, Health::release_trial);
+        }
     }
 }
 
@@ -943,6 +965,40 @@ mod tests {
             )
             .await
             .expect("good answers");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_call_abandoned_by_its_caller_does_not_wedge_the_breaker() {
+        let s = setup(&[("flaky", Transform, 1000, Fail, 1)]);
+        let key = PluginKey::new("ns", "flaky");
+        behave(
+            &s,
+            "flaky",
+            Behaviour::Fail(Code::Unavailable, Outcome::Unreachable),
+        );
+        for _ in 0..3 {
+            let _ = s
+                .router
+                .invoke(&key, "transform", "{}".into(), 0, String::new())
+                .await;
+        }
+        tokio::time::advance(Duration::from_secs(31)).await;
+        // The trial call hangs and its caller gives up: the future is dropped mid-call.
+        behave(&s, "flaky", Behaviour::Hang);
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(10),
+            s.router
+                .invoke(&key, "transform", "{}".into(), 0, String::new()),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the caller gave up");
+        // The next caller gets the trial instead of "a trial call is in flight" forever.
+        behave(&s, "flaky", Behaviour::Append(Duration::ZERO));
+        s.router
+            .invoke(&key, "transform", "{}".into(), 0, String::new())
+            .await
+            .expect("the next trial runs and closes the breaker");
+        assert_eq!(s.router.list(None)[0].breaker, "closed");
     }
 
     #[tokio::test(start_paused = true)]
