@@ -71,6 +71,15 @@ pub enum InvokeError {
     Call { code: Code, message: String },
 }
 
+impl From<tonic::Status> for InvokeError {
+    fn from(s: tonic::Status) -> Self {
+        InvokeError::Call {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+}
+
 impl InvokeError {
     /// Exit code by what happened (documented in `airlockctl invoke --help`).
     pub fn exit_code(&self) -> u8 {
@@ -154,10 +163,7 @@ pub async fn run(args: InvokeArgs) -> Result<String, InvokeError> {
             invocation_id: format!("airlockctl-{}", std::process::id()),
         })
         .await
-        .map_err(|s| InvokeError::Call {
-            code: s.code(),
-            message: s.message().to_string(),
-        })?
+        .map_err(InvokeError::from)?
         .into_inner();
     let pretty = serde_json::from_str::<serde_json::Value>(&answer.output_json)
         .and_then(|v| serde_json::to_string_pretty(&v))
@@ -179,10 +185,7 @@ pub async fn plugins(args: PluginsArgs) -> Result<String, InvokeError> {
             namespace: args.namespace.clone().unwrap_or_default(),
         })
         .await
-        .map_err(|s| InvokeError::Call {
-            code: s.code(),
-            message: s.message().to_string(),
-        })?
+        .map_err(InvokeError::from)?
         .into_inner();
     let mut rows = vec![[
         "PLUGIN".to_string(),

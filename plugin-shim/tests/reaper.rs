@@ -5,9 +5,12 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use airlock_plugin_shim::cli::{self, RunArgs};
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
+use common::sandbox;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use tonic::Code;
@@ -97,15 +100,4 @@ async fn orphans_of_a_killed_plugin_are_reaped() {
         .unwrap()
         .unwrap()
         .unwrap();
-}
-
-/// The sandbox of the plugin process, applied by the built shim binary (this test runs the shim
-/// in-process, so its own executable is the test harness).
-fn sandbox() -> airlock_plugin_shim::cli::SandboxArgs {
-    airlock_plugin_shim::cli::SandboxArgs {
-        allow_network: false,
-        max_open_files: 256,
-        max_processes: None,
-        sandbox_launcher: Some(env!("CARGO_BIN_EXE_airlock-shim").into()),
-    }
 }

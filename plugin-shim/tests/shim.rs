@@ -6,9 +6,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use airlock_plugin_shim::cli::{self, RunArgs};
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::plugin::v1::{HandshakeRequest, InvokeRequest};
+use common::sandbox;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Value, json};
@@ -753,15 +756,4 @@ async fn the_binary_serves_until_sigterm() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("in-pod runtime"));
-}
-
-/// The sandbox of the plugin process, applied by the built shim binary (this test runs the shim
-/// in-process, so its own executable is the test harness).
-fn sandbox() -> airlock_plugin_shim::cli::SandboxArgs {
-    airlock_plugin_shim::cli::SandboxArgs {
-        allow_network: false,
-        max_open_files: 256,
-        max_processes: None,
-        sandbox_launcher: Some(env!("CARGO_BIN_EXE_airlock-shim").into()),
-    }
 }

@@ -15,7 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use super::breaker::Outcome;
-use super::dispatch::{Answer, CallFailure, CallRequest, Caller, Router, StepResult};
+use super::dispatch::{Answer, CallFailure, CallRequest, Caller, RouteError, Router, StepResult};
 use super::table::{PluginKey, Route};
 
 /// Metadata the shim sets on a failed Invoke (see plugin.proto).
@@ -127,6 +127,12 @@ pub fn failure_of(status: &Status) -> CallFailure {
     }
 }
 
+impl From<RouteError> for Status {
+    fn from(e: RouteError) -> Self {
+        Status::new(e.code, e.message)
+    }
+}
+
 /// `airlock.router.v1.HookRouter` over a [`Router`].
 #[derive(Debug)]
 pub struct HookRouterService<C> {
@@ -221,7 +227,7 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
                 r.invocation_id,
             )
             .await
-            .map_err(|e| Status::new(e.code, e.message))?;
+            .map_err(Status::from)?;
         Ok(Response::new(api::InvokeResponse {
             output_json: answer.output,
             duration_ms: millis(answer.duration),
@@ -244,7 +250,7 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
                 namespace(&r.namespace),
             )
             .await
-            .map_err(|e| Status::new(e.code, e.message))?;
+            .map_err(Status::from)?;
         Ok(Response::new(api::BroadcastResponse {
             results: b.results.into_iter().map(result).collect(),
             failed: b.failed,
@@ -266,7 +272,7 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
                 namespace(&r.namespace),
             )
             .await
-            .map_err(|e| Status::new(e.code, e.message))?;
+            .map_err(Status::from)?;
         Ok(Response::new(api::TransformResponse {
             output_json: p.output,
             steps: p.steps.into_iter().map(result).collect(),
