@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// Every API this crate defines; each file is compiled with its imports.
 const PROTOS: &[&str] = &[
+    "airlock/host/v1/host.proto",
     "airlock/plugin/v1/plugin.proto",
     "airlock/router/v1/router.proto",
 ];

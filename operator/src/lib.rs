@@ -7,6 +7,7 @@ pub mod build;
 pub mod config;
 pub mod controller;
 pub mod fetch;
+pub mod host;
 pub mod http;
 pub mod kube_client;
 pub mod metrics;

@@ -9,6 +9,17 @@
 //! plugin → shim  {"id":"inv-1","ok":false,"error":"field a is missing"}
 //! ```
 //!
+//! While it handles a request, a plugin may also write host calls on its stdout (the callbacks of
+//! `airlock.host.v1.Host`), each answered on its stdin before the plugin goes on. The shim does not
+//! forward them yet; this module only defines the lines ([`parse_stdout_line`],
+//! [`encode_call_result`]):
+//!
+//! ```text
+//! plugin → shim  {"call":"storage.put","callId":"c1","args":{"key":"k","value":{"n":1}}}
+//! shim → plugin  {"callId":"c1","ok":true,"result":{}}
+//! shim → plugin  {"callId":"c1","ok":false,"code":"PERMISSION_DENIED","error":"..."}
+//! ```
+//!
 //! It depends on `serde_json` only, so the SDK stays light. Unknown fields are ignored on both
 //! sides, so either side can add fields later.
 
@@ -42,6 +53,63 @@ pub struct Response {
     /// `Ok(output)` for `"ok": true`, with the output as the plugin wrote it (JSON text; a
     /// missing `output` is `null`), `Err(message)` otherwise.
     pub result: Result<String, String>,
+}
+
+/// The host calls a plugin can make: the `call` of a host-call line. This is the one list of their
+/// names; the host's permission checks and denials use the same ones.
+pub mod calls {
+    /// Write a log line (args `level`, `message`).
+    pub const LOG: &str = "log";
+    /// Read a key of the plugin's storage (args `key`).
+    pub const STORAGE_GET: &str = "storage.get";
+    /// Store a JSON value under a key (args `key`, `value`).
+    pub const STORAGE_PUT: &str = "storage.put";
+    /// Remove a key (args `key`).
+    pub const STORAGE_DELETE: &str = "storage.delete";
+    /// List keys by prefix, one page at a time (args `prefix`, `pageToken`, `pageSize`).
+    pub const STORAGE_LIST: &str = "storage.list";
+    /// Emit an event to the host (args `type`, `payload`).
+    pub const EMIT: &str = "emit";
+    /// Every call, in the order of the RPCs of `airlock.host.v1.Host`.
+    pub const ALL: [&str; 6] = [
+        LOG,
+        STORAGE_GET,
+        STORAGE_PUT,
+        STORAGE_DELETE,
+        STORAGE_LIST,
+        EMIT,
+    ];
+}
+
+/// A host call as the shim receives it on the plugin's stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCallLine {
+    /// The call's name, one of [`calls::ALL`] for this version. Not checked here: an unknown
+    /// call is answered with an error, it does not break the protocol.
+    pub call: String,
+    /// The plugin's id for this call; the result carries the same one.
+    pub call_id: String,
+    /// The call's arguments: a JSON object as the plugin wrote it (`{}` when left out), kept as
+    /// text so a stored value is passed on without rounding.
+    pub args: String,
+}
+
+/// A line the plugin wrote on its stdout while handling a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StdoutLine {
+    /// The answer to the request (it has an `id`).
+    Response(Response),
+    /// A host call (it has a `call` and no `id`).
+    HostCall(HostCallLine),
+}
+
+/// Why a host call failed, as the plugin is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    /// The gRPC code name of the failure, e.g. `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED`.
+    pub code: String,
+    /// What went wrong and what to do, for the plugin's author.
+    pub message: String,
 }
 
 /// A line that does not follow the protocol.
@@ -105,9 +173,61 @@ pub fn encode_response(id: &str, result: &Result<Value, String>) -> String {
 /// The output is kept as text rather than parsed into a [`Value`], so the shim passes on exactly
 /// what the plugin wrote (a `Value` would round integers beyond 64 bits and long decimals).
 pub fn parse_response(line: &str) -> Result<Response, ProtocolError> {
-    let mut fields: BTreeMap<String, Box<RawValue>> =
-        serde_json::from_str(line.trim_end_matches(['\n', '\r']))
-            .map_err(|e| ProtocolError(format!("response line is not a JSON object: {e}")))?;
+    let fields = raw_fields(line)
+        .map_err(|e| ProtocolError(format!("response line is not a JSON object: {e}")))?;
+    response_from_fields(fields)
+}
+
+/// Parses a line of the plugin's stdout (a trailing newline is allowed): the answer to the
+/// request, or a host call made while handling it.
+///
+/// A line with an `id` is an answer, parsed exactly as [`parse_response`] does, even if it also
+/// has a `call`: answers written before host calls existed keep their meaning. A line with a
+/// `call` and no `id` is a host call.
+pub fn parse_stdout_line(line: &str) -> Result<StdoutLine, ProtocolError> {
+    let fields = raw_fields(line)
+        .map_err(|e| ProtocolError(format!("stdout line is not a JSON object: {e}")))?;
+    if fields.contains_key("id") {
+        response_from_fields(fields).map(StdoutLine::Response)
+    } else if fields.contains_key("call") {
+        host_call_from_fields(fields).map(StdoutLine::HostCall)
+    } else {
+        Err(ProtocolError(
+            "a stdout line needs \"id\" (an answer) or \"call\" (a host call)".to_string(),
+        ))
+    }
+}
+
+/// Encodes the result of a host call (with its trailing newline): `Ok(result_json)` or the error.
+///
+/// `result_json` must already be valid JSON; it is spliced in as text, like a request's payload
+/// (see [`encode_request`]), so a stored value reaches the plugin exactly as it was stored.
+pub fn encode_call_result(call_id: &str, result: &Result<String, CallError>) -> String {
+    match result {
+        Ok(result_json) => format!(
+            "{{\"callId\":{},\"ok\":true,\"result\":{}}}\n",
+            Value::from(call_id),
+            result_json.replace(['\n', '\r'], " "),
+        ),
+        Err(e) => {
+            let mut obj = Map::new();
+            obj.insert("callId".into(), Value::from(call_id));
+            obj.insert("ok".into(), Value::Bool(false));
+            obj.insert("code".into(), Value::from(e.code.as_str()));
+            obj.insert("error".into(), Value::from(e.message.as_str()));
+            format!("{}\n", Value::Object(obj))
+        }
+    }
+}
+
+type RawFields = BTreeMap<String, Box<RawValue>>;
+
+/// The top-level fields of a JSON object line, values kept as text.
+fn raw_fields(line: &str) -> Result<RawFields, serde_json::Error> {
+    serde_json::from_str(line.trim_end_matches(['\n', '\r']))
+}
+
+fn response_from_fields(mut fields: RawFields) -> Result<Response, ProtocolError> {
     let id = match fields
         .get("id")
         .map(|raw| serde_json::from_str::<String>(raw.get()))
@@ -136,6 +256,36 @@ pub fn parse_response(line: &str) -> Result<Response, ProtocolError> {
         }
     };
     Ok(Response { id, result })
+}
+
+fn host_call_from_fields(mut fields: RawFields) -> Result<HostCallLine, ProtocolError> {
+    let string = |fields: &RawFields, key: &str| match fields
+        .get(key)
+        .map(|raw| serde_json::from_str::<String>(raw.get()))
+    {
+        Some(Ok(s)) => Ok(s),
+        Some(Err(_)) => Err(ProtocolError(format!("\"{key}\" must be a string"))),
+        None => Err(ProtocolError(format!(
+            "\"{key}\" is missing from the host call"
+        ))),
+    };
+    let call = string(&fields, "call")?;
+    let call_id = string(&fields, "callId")?;
+    let args = match fields.remove("args") {
+        None => "{}".to_string(),
+        // A raw value holds exactly the value's text, so an object starts with its brace.
+        Some(raw) if raw.get().starts_with('{') => raw.get().to_string(),
+        Some(_) => {
+            return Err(ProtocolError(
+                "\"args\" of a host call must be a JSON object".to_string(),
+            ));
+        }
+    };
+    Ok(HostCallLine {
+        call,
+        call_id,
+        args,
+    })
 }
 
 fn parse_object(line: &str, what: &str) -> Result<Map<String, Value>, ProtocolError> {
@@ -185,6 +335,134 @@ mod tests {
         assert_eq!(output, json!({"multi\nline": "v\n"}));
         let err = encode_response("y", &Err("boom".into()));
         assert_eq!(parse_response(&err).unwrap().result, Err("boom".into()));
+    }
+
+    #[test]
+    fn a_stdout_line_is_an_answer_or_a_host_call() {
+        let line = r#"{"call":"storage.put","callId":"c1","args":{"key":"k","value":{"n": 1.10, "big": 123456789012345678901234567890}}}"#;
+        assert_eq!(
+            parse_stdout_line(&format!("{line}\n")).unwrap(),
+            StdoutLine::HostCall(HostCallLine {
+                call: "storage.put".into(),
+                call_id: "c1".into(),
+                // The arguments are passed on as written: no rounding, no reformatting.
+                args: r#"{"key":"k","value":{"n": 1.10, "big": 123456789012345678901234567890}}"#
+                    .into(),
+            })
+        );
+        // Arguments may be left out; unknown calls and extra fields are not a protocol error.
+        assert_eq!(
+            parse_stdout_line(r#"{"callId":"c2","call":"storage.drop","extra":1}"#).unwrap(),
+            StdoutLine::HostCall(HostCallLine {
+                call: "storage.drop".into(),
+                call_id: "c2".into(),
+                args: "{}".into(),
+            })
+        );
+        assert_eq!(
+            parse_stdout_line(r#"{"id":"inv-1","ok":true,"output":{"a":2}}"#).unwrap(),
+            StdoutLine::Response(Response {
+                id: "inv-1".into(),
+                result: Ok(r#"{"a":2}"#.into()),
+            })
+        );
+        // An "id" makes it an answer, whatever else the line has.
+        assert!(matches!(
+            parse_stdout_line(r#"{"id":"inv-1","ok":false,"error":"e","call":"log"}"#).unwrap(),
+            StdoutLine::Response(Response { result: Err(_), .. })
+        ));
+    }
+
+    #[test]
+    fn stdout_lines_parse_answers_exactly_as_parse_response_does() {
+        for line in [
+            r#"{"id":"a","ok":true,"extra":1}"#,
+            r#"{"id":"a","ok":true,"output":{"n": 1.10}}"#,
+            r#"{"id":"a","ok":false}"#,
+            r#"{"id":"a","ok":false,"error":{"not":"a string"}}"#,
+            r#"{"id":"a","output":1}"#,
+            r#"{"id":7,"ok":true}"#,
+        ] {
+            assert_eq!(
+                parse_stdout_line(line).map(|l| match l {
+                    StdoutLine::Response(r) => r,
+                    StdoutLine::HostCall(c) => panic!("{line} parsed as {c:?}"),
+                }),
+                parse_response(line),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn stdout_lines_that_break_the_protocol_are_rejected() {
+        for (line, why) in [
+            ("hello from print()", "not a JSON object"),
+            ("[1,2]", "not a JSON object"),
+            (
+                r#"{"ok":true,"output":1}"#,
+                "needs \"id\" (an answer) or \"call\"",
+            ),
+            (r#"{"call":"log","args":{}}"#, "\"callId\" is missing"),
+            (
+                r#"{"call":"log","callId":7}"#,
+                "\"callId\" must be a string",
+            ),
+            (
+                r#"{"call":["log"],"callId":"c"}"#,
+                "\"call\" must be a string",
+            ),
+            (
+                r#"{"call":"log","callId":"c","args":[1]}"#,
+                "must be a JSON object",
+            ),
+            (
+                r#"{"call":"log","callId":"c","args":null}"#,
+                "must be a JSON object",
+            ),
+            (
+                r#"{"call":"log","callId":"c","args":"{}"}"#,
+                "must be a JSON object",
+            ),
+        ] {
+            let err = parse_stdout_line(line).unwrap_err().to_string();
+            assert!(err.contains(why), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn call_results_are_one_line_and_carry_the_call_id() {
+        let ok = encode_call_result(
+            "c\"1",
+            &Ok("{\n \"found\": true,\n \"value\": 123456789012345678901234567890\n}".into()),
+        );
+        assert_eq!(ok.matches('\n').count(), 1, "{ok}");
+        assert!(ok.ends_with('\n'));
+        assert!(ok.contains("123456789012345678901234567890"), "{ok}");
+        let v: Value = serde_json::from_str(&ok).unwrap();
+        assert_eq!(v["callId"], json!("c\"1"));
+        assert_eq!(v["ok"], json!(true));
+        assert_eq!(v["result"]["found"], json!(true));
+
+        let err = encode_call_result(
+            "c2",
+            &Err(CallError {
+                code: "PERMISSION_DENIED".into(),
+                message: "storage.put needs the permission storage:write;\nthe plugin has log"
+                    .into(),
+            }),
+        );
+        assert_eq!(err.matches('\n').count(), 1, "{err}");
+        let v: Value = serde_json::from_str(&err).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "callId": "c2",
+                "ok": false,
+                "code": "PERMISSION_DENIED",
+                "error": "storage.put needs the permission storage:write;\nthe plugin has log",
+            })
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The wire contract of Airlock: `airlock.plugin.v1` (served by the shim in every plugin pod) and
-//! `airlock.router.v1` (served by the router to host applications).
+//! The wire contract of Airlock: `airlock.plugin.v1` (served by the shim in every plugin pod),
+//! `airlock.router.v1` (served by the router to host applications) and `airlock.host.v1` (served
+//! by the router to plugin shims: the plugins' callbacks).
 //! The `.proto` files under `proto/` are the only definition of these APIs; this crate compiles
 //! them at build time (with `protox`, no system `protoc`) into prost messages and tonic clients
 //! and servers.
@@ -31,12 +32,13 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 mod tests {
     use prost::Message;
 
-    /// Reflection serves this set; it must decode and describe the plugin service.
+    /// Reflection serves this set; it must decode and describe every service.
     #[test]
-    fn descriptor_set_describes_the_plugin_and_router_services() {
+    fn descriptor_set_describes_the_plugin_router_and_host_services() {
         let set = prost_types_free_decode(super::FILE_DESCRIPTOR_SET);
         assert!(set.contains(&"airlock.plugin.v1".to_string()), "{set:?}");
         assert!(set.contains(&"airlock.router.v1".to_string()), "{set:?}");
+        assert!(set.contains(&"airlock.host.v1".to_string()), "{set:?}");
     }
 
     /// Decodes just the package names of a FileDescriptorSet (field 1 = file, whose field 2 =
