@@ -4,13 +4,15 @@ use std::time::{Duration, Instant};
 
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
+use airlock_proto::identity::plugin_identity;
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::Client;
 use kube::api::{Api, ListParams};
 use serde_json::json;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 pub async fn wait_plugin(
     api: &Api<Plugin>,
@@ -49,28 +51,91 @@ pub fn condition<'a>(
     p.status.as_ref()?.conditions.iter().find(|c| c.type_ == ty)
 }
 
-/// Calls `transform` on the plugin through its Service.
-pub async fn invoke(client: &Client, ns: &str, name: &str) -> Result<serde_json::Value> {
-    let svc = Api::<Service>::namespaced(client.clone(), ns)
+/// A certificate, its key and the CA, as the operator stores them in a TLS Secret.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    // Keys stay out of test output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles").finish_non_exhaustive()
+    }
+}
+
+/// The TLS Secret `ns/name`.
+pub async fn tls_files(client: &Client, ns: &str, name: &str) -> Result<TlsFiles> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
         .get(name)
-        .await?;
-    let ip = svc
+        .await
+        .with_context(|| format!("reading the TLS Secret {ns}/{name}"))?;
+    let text = |key: &str| -> Result<String> {
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .with_context(|| format!("{ns}/{name} has no {key}"))?;
+        Ok(String::from_utf8(bytes.0.clone())?)
+    };
+    Ok(TlsFiles {
+        ca: text("ca.crt")?,
+        cert: text("tls.crt")?,
+        key: text("tls.key")?,
+    })
+}
+
+/// The router's identity, which the operator issues (the only one a shim serves).
+pub async fn router_identity(client: &Client) -> Result<TlsFiles> {
+    tls_files(client, crate::install::NAMESPACE, "airlock-router-tls").await
+}
+
+/// The cluster IP of the plugin's Service.
+pub async fn service_ip(client: &Client, ns: &str, name: &str) -> Result<String> {
+    Api::<Service>::namespaced(client.clone(), ns)
+        .get(name)
+        .await?
         .spec
         .and_then(|s| s.cluster_ip)
-        .context("the plugin Service has a cluster IP")?;
-    // kube-router programs a new pod's firewall chain a moment after the pod starts; until then
-    // connections may be refused. Retry for a bounded time.
+        .context("the plugin Service has a cluster IP")
+}
+
+/// A connection to the plugin's shim through its Service, over mutual TLS as `caller`, expecting
+/// the plugin's own identity — what the router does. kube-router programs a new pod's firewall
+/// chain a moment after the pod starts, so connecting is retried for a bounded time.
+pub async fn shim_channel(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    caller: &TlsFiles,
+) -> Result<Channel> {
+    let ip = service_ip(client, ns, name).await?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&caller.ca))
+        .identity(Identity::from_pem(&caller.cert, &caller.key))
+        .domain_name(plugin_identity(ns, name));
+    let endpoint = Channel::from_shared(format!("https://{ip}:50051"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut grpc = loop {
-        match PluginClient::connect(format!("http://{ip}:50051")).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
+    loop {
+        match endpoint.connect().await {
+            Ok(c) => return Ok(c),
+            Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => return Err(e).context("connecting to the plugin's gRPC port"),
+            Err(e) => return Err(e).context("connecting to the plugin's gRPC port over mTLS"),
         }
-    };
+    }
+}
+
+/// Calls `transform` on the plugin through its Service, as the router would.
+pub async fn invoke(client: &Client, ns: &str, name: &str) -> Result<serde_json::Value> {
+    let router = router_identity(client).await?;
+    let mut grpc = PluginClient::new(shim_channel(client, ns, name, &router).await?);
     let answer = grpc
         .invoke(InvokeRequest {
             hook: "transform".into(),

@@ -3,14 +3,17 @@
 //! reached with it (dropped by the NetworkPolicy), the service-account token read (none is
 //! mounted), the root filesystem written (read-only), a 2 MiB answer (over the output limit), a
 //! log flood (rate-limited), a grandchild that outlives a timeout (killed with the plugin), and a
-//! fork bomb (stopped by the pod's pids limit). Everything runs on the local cluster through the
+//! fork bomb (stopped by the pod's pids limit); and a caller that is not the router (refused by
+//! the shim's mutual TLS). Everything runs on the local cluster through the
 //! router, as installed by the chart.
 
 use std::time::Duration;
 
 use airlock_e2e::install::NAMESPACE;
-use airlock_e2e::plugins::wait_plugin;
+use airlock_e2e::plugins::{self, wait_plugin};
 use airlock_e2e::router::{Fixture, active};
+use airlock_proto::plugin::v1::InvokeRequest;
+use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, LogParams};
@@ -158,6 +161,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
             .is_ok(),
         "hostile keeps answering after its neighbour's fork bomb"
     );
+    only_the_router_reaches_a_shim(f).await?;
     // The operator and router never restarted.
     let pods = Api::<Pod>::namespaced(f.client.clone(), NAMESPACE)
         .list(&ListParams::default())
@@ -176,6 +180,78 @@ async fn scenario(f: &Fixture) -> Result<()> {
             pod.metadata.name.unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+/// The shim of `hello` is called from the node, as something other than the router: refused unless
+/// the caller presents the router's identity, and the router's own call fails if the pod is not
+/// the plugin it meant.
+async fn only_the_router_reaches_a_shim(f: &Fixture) -> Result<()> {
+    let ns = f.ns();
+    let request = || InvokeRequest {
+        hook: "transform".into(),
+        payload_json: json!({"name": "mtls"}).to_string(),
+        deadline_ms: 2000,
+        invocation_id: "e2e-mtls".into(),
+    };
+    // The router's identity: served.
+    let router = plugins::router_identity(&f.client).await?;
+    let out = PluginClient::new(plugins::shim_channel(&f.client, ns, "hello", &router).await?)
+        .invoke(request())
+        .await
+        .context("the router's identity is served")?
+        .into_inner();
+    ensure!(
+        out.output_json.contains("hello, mtls"),
+        "{}",
+        out.output_json
+    );
+
+    // Another plugin's identity (hostile's own certificate, as if it had stolen its key):
+    // refused by hello's shim, with the reason.
+    let hostile = plugins::tls_files(&f.client, ns, "hostile-tls").await?;
+    let err = PluginClient::new(plugins::shim_channel(&f.client, ns, "hello", &hostile).await?)
+        .invoke(request())
+        .await
+        .err()
+        .context("a plugin's certificate must not invoke another plugin")?;
+    ensure!(err.code() == Code::PermissionDenied, "{err:?}");
+    ensure!(
+        err.message().contains("only from the Airlock router"),
+        "{err:?}"
+    );
+
+    // Plain text, no certificate: nothing.
+    let ip = plugins::service_ip(&f.client, ns, "hello").await?;
+    let plain = match tonic::transport::Channel::from_shared(format!("http://{ip}:50051"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(c) => PluginClient::new(c).invoke(request()).await.is_err(),
+    };
+    ensure!(plain, "a plain-text caller reached hello's shim");
+
+    // The router's identity, but expecting hostile at hello's address: the handshake fails, so a
+    // stale route cannot run the wrong plugin.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&router.ca))
+        .identity(tonic::transport::Identity::from_pem(
+            &router.cert,
+            &router.key,
+        ))
+        .domain_name(airlock_proto::identity::plugin_identity(ns, "hostile"));
+    let wrong = match tonic::transport::Channel::from_shared(format!("https://{ip}:50051"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(c) => PluginClient::new(c).invoke(request()).await.is_err(),
+    };
+    ensure!(wrong, "hello's shim passed for hostile");
     Ok(())
 }
 

@@ -30,9 +30,10 @@ use crate::applied::{self, Applied, Fingerprint};
 use crate::build::{self, BuildConfig, FIELD_MANAGER};
 use crate::fetch::{self, Registry};
 use crate::metrics::Metrics;
+use crate::pki::Ca;
 use crate::plan::{self, Plan};
 use crate::status::{self, Outcome};
-use crate::{audit, policy, trust};
+use crate::{audit, certs, policy, trust};
 
 pub const FINALIZER: &str = "airlock.dev/cleanup";
 
@@ -49,6 +50,8 @@ pub enum Error {
     NoNamespace,
     #[error("the reconcile task failed: {0}")]
     Task(String),
+    #[error("plugin certificate: {0}")]
+    Certificate(#[from] certs::CertError),
 }
 
 impl Error {
@@ -59,6 +62,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::NoNamespace => "no_namespace",
             Error::Task(_) => "task",
+            Error::Certificate(_) => "certificate",
         }
     }
 }
@@ -136,6 +140,62 @@ struct Children {
     /// Bundle Secrets known to exist: immutable and named by digest, so existing means right.
     /// (Not watched: a watch on Secrets would need `list` on every Secret in the cluster.)
     secrets: Mutex<std::collections::HashSet<(String, String)>>,
+    /// The CA that issues the plugins' certificates, loaded when this term began.
+    ca: Ca,
+    /// When each plugin's certificate Secret was last found good: it is read again an hour later
+    /// (renewal starts with a third of the 30-day lifetime left, so an hour is plenty).
+    certificates_checked: Mutex<HashMap<(String, String), Instant>>,
+}
+
+/// How long a plugin certificate found good is not looked at again.
+const CERTIFICATE_RECHECK: Duration = Duration::from_secs(3600);
+
+/// Loads (or creates) the CA, retrying until it works: no plugin can be served without it.
+async fn load_ca(ctx: &Context) -> Ca {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match certs::load_or_create_ca(&ctx.client, &ctx.build.router_namespace).await {
+            Ok(ca) => return ca,
+            Err(e) => {
+                warn!(error = %e, "cannot load the plugin CA; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Keeps the router's certificate issued and fresh for as long as this term lasts.
+async fn maintain_router_certificate(client: Client, namespace: String, ca: Ca) {
+    let meta = kube::api::ObjectMeta {
+        name: Some(certs::ROUTER_TLS_SECRET.into()),
+        namespace: Some(namespace.clone()),
+        labels: Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "airlock".to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    loop {
+        let next = match certs::ensure_certificate(
+            &client,
+            meta.clone(),
+            airlock_proto::identity::ROUTER_IDENTITY,
+            &ca,
+        )
+        .await
+        {
+            Ok(_) => CERTIFICATE_RECHECK,
+            Err(e) => {
+                warn!(error = %e, "cannot issue the router's certificate; retrying");
+                Duration::from_secs(5)
+            }
+        };
+        tokio::time::sleep(next).await;
+    }
 }
 
 /// One leadership term: the shared context and the child caches its watches fill.
@@ -230,6 +290,12 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
         cfg.clone(),
     );
+    let ca = load_ca(&ctx).await;
+    let router_certificate = tokio::spawn(maintain_router_certificate(
+        client.clone(),
+        ctx.build.router_namespace.clone(),
+        ca.clone(),
+    ));
     let term = Arc::new(Term {
         ctx,
         children: Children {
@@ -240,6 +306,8 @@ pub async fn run(ctx: Arc<Context>) {
             service_accounts,
             policies_listed,
             secrets: Mutex::default(),
+            ca,
+            certificates_checked: Mutex::default(),
         },
     });
 
@@ -266,6 +334,7 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+    router_certificate.abort();
 }
 
 fn error_policy(_plugin: Arc<Plugin>, error: &Error, term: Arc<Term>) -> Action {
@@ -497,6 +566,7 @@ async fn apply_children(
     )
     .await?;
     ensure_bundle_secret(plugin, rollout, ctx, children, &ns).await?;
+    ensure_plugin_certificate(plugin, ctx, children, &ns).await?;
     let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
     ensure(
         plugin,
@@ -540,6 +610,38 @@ async fn ensure_bundle_secret(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key);
+    Ok(())
+}
+
+/// Makes the plugin's TLS Secret hold a good certificate for its identity (checked at most once an
+/// hour per plugin).
+async fn ensure_plugin_certificate(
+    plugin: &Plugin,
+    ctx: &Context,
+    children: &Children,
+    ns: &str,
+) -> Result<(), Error> {
+    let key = (ns.to_string(), plugin.name_any());
+    let fresh = children
+        .certificates_checked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .is_some_and(|at| at.elapsed() < CERTIFICATE_RECHECK);
+    if fresh {
+        return Ok(());
+    }
+    let identity = airlock_proto::identity::plugin_identity(ns, &key.1);
+    let meta = build::tls_secret::plugin_tls_meta(plugin);
+    if let Some(why) = certs::ensure_certificate(&ctx.client, meta, &identity, &children.ca).await?
+    {
+        info!(plugin = %key.1, namespace = ns, reason = %why, "issued the plugin's certificate");
+    }
+    children
+        .certificates_checked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, Instant::now());
     Ok(())
 }
 

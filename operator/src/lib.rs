@@ -4,6 +4,7 @@
 pub mod applied;
 pub mod audit;
 pub mod build;
+pub mod certs;
 pub mod config;
 pub mod controller;
 pub mod fetch;
@@ -11,6 +12,7 @@ pub mod host;
 pub mod http;
 pub mod kube_client;
 pub mod metrics;
+pub mod pki;
 pub mod plan;
 pub mod policy;
 pub mod quantity;

@@ -39,7 +39,8 @@ pub enum Command {
     /// Copy this executable to DEST with mode 0755 (for an init container filling an emptyDir).
     Install(InstallArgs),
     /// Unpack the bundle, start the plugin and serve gRPC until SIGTERM.
-    Run(RunArgs),
+    // Boxed: by far the largest variant (clippy::large_enum_variant).
+    Run(Box<RunArgs>),
     /// (Internal) Apply the plugin process's sandbox, then run ENTRY_POINT in place of this
     /// process. `run` starts the plugin this way.
     #[command(hide = true)]
@@ -110,6 +111,17 @@ pub struct RunArgs {
     /// Address to serve gRPC on.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
+
+    /// Directory with the shim's TLS identity (tls.crt, tls.key) and the CA (ca.crt): the plugin
+    /// API is then served over mutual TLS to the Airlock router only. Without it the API is plain
+    /// text, for local development.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// Also serve plain-text gRPC health (and nothing else) on this address, for the kubelet's
+    /// probes.
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
 
     /// Largest bundle accepted, both packed and unpacked, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = bundle::DEFAULT_MAX_BYTES)]
@@ -218,6 +230,9 @@ pub enum RunError {
     /// The manifest cannot be served by this shim.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The TLS identity could not be loaded.
+    #[error("cannot serve mutual TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -253,7 +268,7 @@ pub fn main() -> ExitCode {
         Command::Install(args) => install(&args.dest).map(|path| {
             info!(path = %path.display(), "installed airlock-shim");
         }),
-        Command::Run(args) => run_blocking(args),
+        Command::Run(args) => run_blocking(*args),
         Command::SandboxExec(_) => Ok(()),
     };
     match result {
@@ -342,6 +357,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // TLS and the health port first: a pod without its certificate should say so at once.
+    let tls = match &args.tls_dir {
+        Some(dir) => Some(crate::tls::ServerTls::from_dir(dir)?),
+        None => {
+            warn!("no --tls-dir: serving the plugin API in plain text to any caller");
+            None
+        }
+    };
+    let health = match args.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
     let bytes = fs::read(&args.bundle).map_err(|source| RunError::ReadBundle {
         path: args.bundle.clone(),
         source,
@@ -449,7 +480,12 @@ pub async fn run(
     let reaper =
         crate::reaper::inherits_orphans().then(|| crate::reaper::spawn(supervisor.clone()));
 
-    let served = server::serve(service, listener, shutdown).await;
+    let listeners = server::Listeners {
+        grpc: listener,
+        tls,
+        health,
+    };
+    let served = server::serve(service, listeners, shutdown).await;
     warm_up.abort();
     if let Some(reaper) = reaper {
         reaper.abort();

@@ -30,3 +30,5 @@ pub mod server;
 pub mod signing;
 #[cfg(feature = "runtime")]
 pub mod telemetry;
+#[cfg(feature = "runtime")]
+pub mod tls;

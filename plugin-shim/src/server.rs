@@ -228,11 +228,23 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves `service` with health and reflection on `listener` until `shutdown` resolves, then
-/// drains in-flight calls. Health follows the supervisor's readiness.
+/// Where and how the shim serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The plugin API, health and reflection.
+    pub grpc: TcpListener,
+    /// With TLS, `grpc` requires the router's client certificate (mTLS); without, it is plain
+    /// text (local development and tests).
+    pub tls: Option<crate::tls::ServerTls>,
+    /// Plain-text gRPC health only, for the kubelet's probes, which cannot present a certificate.
+    pub health: Option<TcpListener>,
+}
+
+/// Serves `service` with health and reflection until `shutdown` resolves, then drains in-flight
+/// calls. Health follows the supervisor's readiness.
 pub async fn serve(
     service: PluginService,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -262,20 +274,73 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, plugin = %service.manifest.name, "serving {SERVICE_NAME}");
+    // One shutdown signal for both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let health_server = listeners.health.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "serving plain-text gRPC health for probes");
+        }
+        let health = health.clone();
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    stopped(rx),
+                )
+                .await
+        })
+    });
+
+    if let Ok(addr) = listeners.grpc.local_addr() {
+        let mode = if listeners.tls.is_some() {
+            "mutual TLS, router only"
+        } else {
+            "plain text"
+        };
+        info!(%addr, plugin = %service.manifest.name, %mode, "serving {SERVICE_NAME}");
     }
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(reflection)
-        .add_service(PluginServer::new(service))
-        .serve_with_incoming_shutdown(
-            // Nagle would hold the response's last small write for the client's delayed ACK
-            // (≈ 40 ms a call).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await;
+        .add_service(reflection);
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let result = match listeners.tls {
+        Some(tls) => {
+            router
+                .add_service(PluginServer::with_interceptor(
+                    service,
+                    crate::tls::only_the_router,
+                ))
+                .serve_with_incoming_shutdown(tls.incoming(listeners.grpc), signal)
+                .await
+        }
+        None => {
+            router
+                .add_service(PluginServer::new(service))
+                .serve_with_incoming_shutdown(
+                    // Nagle would hold the response's last small write for the client's delayed
+                    // ACK (≈ 40 ms a call).
+                    tonic::transport::server::TcpIncoming::from(listeners.grpc)
+                        .with_nodelay(Some(true)),
+                    signal,
+                )
+                .await
+        }
+    };
     health_task.abort();
+    if let Some(task) = health_server {
+        match task.await {
+            Ok(Err(e)) => warn!(error = %e, "the health server failed"),
+            Err(e) => warn!(error = %e, "the health server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     Ok(result?)
 }

@@ -94,6 +94,8 @@ impl Shim {
             bundle: path,
             workdir: dir.join("work"),
             listen: "127.0.0.1:0".parse().unwrap(),
+            tls_dir: None,
+            health_listen: None,
             max_bundle_bytes: 1024 * 1024,
             expect_digest: None,
             signature: None,

@@ -10,8 +10,7 @@ use airlock_e2e::router::{Fixture, active};
 use airlock_proto::plugin::v1::InvokeRequest as ShimRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::router::v1::{InvokeRequest, TransformRequest};
-use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::Service;
+use anyhow::{Result, ensure};
 use serde_json::json;
 
 const SEQUENTIAL: usize = 2000;
@@ -106,15 +105,12 @@ async fn bench(f: &Fixture) -> Result<()> {
     }
     let ns = f.ns.name.clone();
 
-    // Direct: the plugin's Service from the node, as the router would reach it.
-    let ip =
-        f.ns.api::<Service>()
-            .get("fmt-a")
-            .await?
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .context("fmt-a's Service has a cluster IP")?;
-    let shim = PluginClient::connect(format!("http://{ip}:50051")).await?;
+    // Direct: the plugin's Service from the node, as the router reaches it (mutual TLS with the
+    // router's identity).
+    let router_id = airlock_e2e::plugins::router_identity(&f.client).await?;
+    let shim = PluginClient::new(
+        airlock_e2e::plugins::shim_channel(&f.client, &ns, "fmt-a", &router_id).await?,
+    );
     let direct = measure(move || {
         let mut shim = shim.clone();
         async move {

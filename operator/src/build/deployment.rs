@@ -14,7 +14,8 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::bundle_secret::{BUNDLE_KEY, PUBLIC_KEY_KEY, SIGNATURE_KEY, bundle_secret_name};
-use super::{BuildConfig, GRPC_PORT, Rollout, child_name, labels};
+use super::tls_secret::tls_secret_name;
+use super::{BuildConfig, GRPC_PORT, HEALTH_PORT, Rollout, TLS_DIR, child_name, labels};
 
 /// Where the init container puts the shim, inside the plugin container.
 pub const SHIM_PATH: &str = "/airlock/bin/airlock-shim";
@@ -59,6 +60,10 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
         WORK_DIR.into(),
         "--listen".into(),
         format!("0.0.0.0:{GRPC_PORT}"),
+        "--tls-dir".into(),
+        TLS_DIR.into(),
+        "--health-listen".into(),
+        format!("0.0.0.0:{HEALTH_PORT}"),
     ];
     if rollout.bundle_signature.is_some() {
         shim_args.extend([
@@ -81,7 +86,7 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
 
     let grpc_probe = |period: i32, failures: i32| {
         json!({
-            "grpc": {"port": GRPC_PORT},
+            "grpc": {"port": HEALTH_PORT},
             "periodSeconds": period,
             "timeoutSeconds": 1,
             "failureThreshold": failures,
@@ -138,7 +143,10 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
                         "imagePullPolicy": "IfNotPresent",
                         "command": [SHIM_PATH],
                         "args": shim_args,
-                        "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
+                        "ports": [
+                            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                            {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
+                        ],
                         "securityContext": container_security_context(),
                         "resources": {
                             "limits": {"cpu": rollout.resources.cpu_limit, "memory": rollout.resources.memory_limit},
@@ -151,6 +159,7 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
                             {"name": "bundle", "mountPath": BUNDLE_DIR, "readOnly": true},
                             {"name": "work", "mountPath": WORK_DIR},
                             {"name": "tmp", "mountPath": "/tmp"},
+                            {"name": "tls", "mountPath": TLS_DIR, "readOnly": true},
                         ],
                     }],
                     "volumes": [
@@ -161,6 +170,11 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
                         }},
                         {"name": "work", "emptyDir": {"sizeLimit": "16Mi"}},
                         {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+                        // Updated in place when the certificate is re-issued; the shim reloads it.
+                        {"name": "tls", "secret": {
+                            "secretName": tls_secret_name(&plugin.name_any()),
+                            "defaultMode": 0o440,
+                        }},
                     ],
                 },
             },
@@ -292,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn limits_come_from_the_verified_rollout_and_probes_use_grpc() {
+    fn limits_come_from_the_verified_rollout_and_probes_use_the_plain_health_port() {
         let pod = pod_spec(&deployment(&plugin(HELLO), &rollout(), &config()));
         let c = &pod.containers[0];
         let limits = c.resources.clone().and_then(|r| r.limits).expect("limits");
@@ -303,7 +317,35 @@ mod tests {
             .clone()
             .and_then(|p| p.grpc)
             .expect("grpc probe");
-        assert_eq!(probe.port, GRPC_PORT);
+        // The kubelet cannot present the router's certificate, so it probes the health port.
+        assert_eq!(probe.port, HEALTH_PORT);
+    }
+
+    #[test]
+    fn the_shim_serves_with_the_plugins_own_certificate() {
+        let pod = pod_spec(&deployment(&plugin(HELLO), &rollout(), &config()));
+        let c = &pod.containers[0];
+        let args = c.args.clone().unwrap_or_default();
+        let tls_dir = args
+            .iter()
+            .position(|a| a == "--tls-dir")
+            .expect("--tls-dir");
+        assert_eq!(args[tls_dir + 1], TLS_DIR);
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == TLS_DIR)
+            .expect("TLS mount");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .and_then(|v| v.secret.clone())
+            .expect("TLS secret volume");
+        assert_eq!(volume.secret_name.as_deref(), Some("hello-tls"));
     }
 
     #[test]

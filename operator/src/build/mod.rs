@@ -8,6 +8,7 @@ pub mod labels;
 pub mod network_policy;
 pub mod service;
 pub mod service_account;
+pub mod tls_secret;
 
 use std::collections::BTreeSet;
 
@@ -15,6 +16,11 @@ use airlock_crds::Permission;
 
 /// Port the shim serves `airlock.plugin.v1.Plugin` and gRPC health on.
 pub const GRPC_PORT: i32 = 50051;
+/// Port the shim serves plain-text gRPC health on, for the kubelet's probes (which cannot present
+/// a client certificate); [`GRPC_PORT`] requires the router's.
+pub const HEALTH_PORT: i32 = 50052;
+/// Where the plugin's TLS Secret is mounted in its pod.
+pub const TLS_DIR: &str = "/var/run/airlock/tls";
 /// Field manager of every server-side apply Airlock makes.
 pub const FIELD_MANAGER: &str = "airlock-operator";
 

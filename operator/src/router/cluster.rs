@@ -175,3 +175,60 @@ impl Disabler for KubeDisabler {
         });
     }
 }
+
+/// Keeps `caller`'s mTLS identity in step with the Secret `namespace/name` (issued and renewed by
+/// the operator): polled every 2 s until it exists, then every 30 s. `loaded` turns true with the
+/// first identity.
+pub async fn watch_identity(
+    client: Client,
+    namespace: String,
+    name: String,
+    caller: Arc<super::grpc::GrpcCaller>,
+    loaded: tokio::sync::watch::Sender<bool>,
+) {
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, &namespace);
+    let mut reported = false;
+    loop {
+        let got = secrets.get_opt(&name).await;
+        let identity = match &got {
+            Ok(Some(secret)) => {
+                let text = |key: &str| {
+                    secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(key))
+                        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                };
+                match (text("ca.crt"), text("tls.crt"), text("tls.key")) {
+                    (Some(ca_pem), Some(cert_pem), Some(key_pem)) => {
+                        Some(super::grpc::ClientIdentity {
+                            ca_pem,
+                            cert_pem,
+                            key_pem,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match (identity, got) {
+            (Some(identity), _) => {
+                if caller.set_identity(identity) {
+                    info!(secret = %format!("{namespace}/{name}"), "loaded the router's client certificate");
+                }
+                loaded.send_replace(true);
+            }
+            (None, Err(e)) => {
+                warn!(error = %e, secret = %format!("{namespace}/{name}"), "cannot read the router's client certificate")
+            }
+            (None, Ok(_)) if !reported => {
+                reported = true;
+                warn!(secret = %format!("{namespace}/{name}"), "the router's client certificate is not issued yet (the operator issues it); plugins cannot be called until then");
+            }
+            (None, Ok(_)) => {}
+        }
+        let every = if *loaded.borrow() { 30 } else { 2 };
+        tokio::time::sleep(std::time::Duration::from_secs(every)).await;
+    }
+}

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_crds::plugin::FailurePolicy;
+use airlock_proto::identity::plugin_identity;
 use airlock_proto::plugin::v1::InvokeRequest as ShimInvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::router::v1 as api;
 use airlock_proto::router::v1::hook_router_server::HookRouter;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Response, Status};
 
 use super::breaker::Outcome;
@@ -21,28 +22,129 @@ use super::table::{PluginKey, Route};
 /// Metadata the shim sets on a failed Invoke (see plugin.proto).
 const FAILURE_METADATA: &str = "airlock-failure";
 
-/// Reaches plugin shims over gRPC, one lazily connected channel per endpoint.
-#[derive(Debug, Default)]
+/// The router's mTLS client identity: its certificate and key, and the CA plugin certificates
+/// must chain to. Issued by the operator into the Secret `airlock-router-tls`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    // The key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").finish_non_exhaustive()
+    }
+}
+
+/// How the router talks to shims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Transport {
+    /// Plain text: local development against a shim run by hand.
+    Plain,
+    /// Mutual TLS with this identity (`None` until the operator has issued it).
+    Mutual(Option<ClientIdentity>),
+}
+
+/// Reaches plugin shims over gRPC, one lazily connected channel per endpoint and plugin.
+///
+/// With mutual TLS every channel expects the plugin's own identity
+/// (`airlock_proto::identity::plugin_identity`) in the shim's certificate: a Service IP that now
+/// leads to another plugin fails the handshake instead of running the wrong plugin's hook.
+#[derive(Debug)]
 pub struct GrpcCaller {
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<(String, PluginKey), Channel>>,
+    transport: Mutex<Transport>,
+}
+
+impl Default for GrpcCaller {
+    fn default() -> Self {
+        Self::plain()
+    }
 }
 
 impl GrpcCaller {
-    fn channel(&self, endpoint: &str) -> Result<Channel, CallFailure> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = channels.get(endpoint) {
+    /// Calls shims in plain text.
+    pub fn plain() -> Self {
+        Self {
+            channels: Mutex::default(),
+            transport: Mutex::new(Transport::Plain),
+        }
+    }
+
+    /// Calls shims over mutual TLS, once [`GrpcCaller::set_identity`] gave it an identity.
+    pub fn mutual() -> Self {
+        Self {
+            channels: Mutex::default(),
+            transport: Mutex::new(Transport::Mutual(None)),
+        }
+    }
+
+    /// Uses `identity` from now on (a re-issued certificate): later calls open new connections
+    /// with it; calls in flight finish on theirs. Returns whether it changed.
+    pub fn set_identity(&self, identity: ClientIdentity) -> bool {
+        let mut transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        let next = Transport::Mutual(Some(identity));
+        if *transport == next {
+            return false;
+        }
+        *transport = next;
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        true
+    }
+
+    fn channel(&self, route: &Route) -> Result<Channel, CallFailure> {
+        let key = (route.endpoint.clone(), route.plugin.clone());
+        if let Some(c) = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| CallFailure {
-                code: Code::Internal,
-                message: format!("bad plugin endpoint {endpoint}: {e}"),
-                outcome: Outcome::Unreachable,
-            })?
+        let failure = |message: String| CallFailure {
+            code: Code::Unavailable,
+            message,
+            outcome: Outcome::Unreachable,
+        };
+        let transport = self
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let endpoint = match transport {
+            Transport::Plain => Endpoint::from_shared(format!("http://{}", route.endpoint))
+                .map_err(|e| failure(format!("bad plugin endpoint {}: {e}", route.endpoint)))?,
+            Transport::Mutual(None) => {
+                return Err(failure(
+                    "the router has no client certificate yet: the operator issues it into the \
+                     Secret airlock-router-tls when it starts; check that the operator is running"
+                        .to_string(),
+                ));
+            }
+            Transport::Mutual(Some(id)) => {
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&id.ca_pem))
+                    .identity(Identity::from_pem(&id.cert_pem, &id.key_pem))
+                    .domain_name(plugin_identity(&route.plugin.namespace, &route.plugin.name));
+                Endpoint::from_shared(format!("https://{}", route.endpoint))
+                    .and_then(|e| e.tls_config(tls))
+                    .map_err(|e| failure(format!("bad plugin endpoint {}: {e}", route.endpoint)))?
+            }
+        };
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
-        channels.insert(endpoint.to_string(), channel.clone());
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, channel.clone());
         Ok(channel)
     }
 }
@@ -53,7 +155,7 @@ impl Caller for Arc<GrpcCaller> {
         route: Arc<Route>,
         request: CallRequest,
     ) -> impl Future<Output = Result<Answer, CallFailure>> + Send {
-        let channel = self.channel(&route.endpoint);
+        let channel = self.channel(&route);
         async move {
             let client = PluginClient::new(channel?);
             let until = tokio::time::Instant::now() + request.deadline;

@@ -56,6 +56,14 @@ pub struct Config {
     /// Crashes within an hour that auto-disable a plugin.
     #[arg(long, default_value_t = 3)]
     pub disable_after_crashes: u32,
+    /// Secret (in --namespace) with the router's mTLS client certificate: tls.crt, tls.key and
+    /// the operator CA's ca.crt. The operator issues and renews it. Empty: plugins are called in
+    /// plain text (only for a shim run by hand during development).
+    #[arg(long, default_value = "airlock-router-tls")]
+    pub tls_secret: String,
+    /// The router's namespace (where --tls-secret is).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "airlock-system")]
+    pub namespace: String,
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "AIRLOCK_LOG_JSON")]
     pub log_json: bool,
@@ -110,8 +118,26 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
             .map_err(|e| RouterError::Config(format!("finding the cluster: {e}")))?;
         crate::kube_client::client(kube_config, &metrics)?
     };
+    let caller = Arc::new(if config.tls_secret.is_empty() {
+        tracing::warn!("--tls-secret is empty: calling plugins in plain text");
+        grpc::GrpcCaller::plain()
+    } else {
+        grpc::GrpcCaller::mutual()
+    });
+    // Ready needs the client certificate too: without it no plugin can be called.
+    let (identity_tx, mut identity_loaded) =
+        tokio::sync::watch::channel(config.tls_secret.is_empty());
+    if !config.tls_secret.is_empty() {
+        tokio::spawn(cluster::watch_identity(
+            client.clone(),
+            config.namespace.clone(),
+            config.tls_secret.clone(),
+            caller.clone(),
+            identity_tx,
+        ));
+    }
     let router = Arc::new(Router::new(
-        Arc::new(grpc::GrpcCaller::default()),
+        caller,
         Arc::new(cluster::KubeDisabler::new(client.clone())),
         config.router_config(),
         metrics.clone(),
@@ -140,7 +166,7 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     // Serving once the route table is loaded: a router that answered NOT_FOUND for every plugin
     // while it was still listing them would look like an outage.
     tokio::spawn(async move {
-        if loaded.wait_for(|l| *l).await.is_ok() {
+        if loaded.wait_for(|l| *l).await.is_ok() && identity_loaded.wait_for(|l| *l).await.is_ok() {
             reporter
                 .set_service_status(SERVICE_NAME, ServingStatus::Serving)
                 .await;

@@ -1,0 +1,133 @@
+//! Kubernetes side of the operator's CA ([`crate::pki`]): the CA lives in the Secret
+//! [`CA_SECRET`] of the operator's namespace, created by the first leader that needs it; issued
+//! certificates live in `kubernetes.io/tls` Secrets that are re-issued in place when
+//! [`pki::renewal_due`] says so.
+
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tracing::info;
+
+use crate::build::FIELD_MANAGER;
+use crate::build::tls_secret::{CERT_KEY, PRIVATE_KEY_KEY, tls_secret};
+use crate::pki::{self, Ca};
+
+/// The CA's Secret, in the operator's namespace. Deleting it makes the operator create a new CA
+/// and re-issue every certificate (see the README's rotation section).
+pub const CA_SECRET: &str = "airlock-ca";
+/// The router's certificate, in the operator's namespace; the router reads it through the API.
+pub const ROUTER_TLS_SECRET: &str = "airlock-router-tls";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(
+        "Secret {namespace}/{CA_SECRET} does not hold a usable CA ({source}); delete it and the \
+         operator creates a new CA and re-issues every plugin and router certificate"
+    )]
+    BrokenCa {
+        namespace: String,
+        #[source]
+        source: pki::PkiError,
+    },
+    #[error("issuing a certificate failed: {0}")]
+    Issue(#[from] pki::PkiError),
+}
+
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// The CA stored in `namespace`, created when there is none. Two operators racing to create it
+/// both end up with the one that was stored first.
+pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<Ca, CertError> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let broken = |source| CertError::BrokenCa {
+        namespace: namespace.to_string(),
+        source,
+    };
+    let parse = |s: &Secret| -> Result<Ca, CertError> {
+        let cert = text(s, CERT_KEY).unwrap_or_default();
+        let key = text(s, PRIVATE_KEY_KEY).unwrap_or_default();
+        Ca::from_pem(&cert, &key).map_err(broken)
+    };
+    if let Some(existing) = secrets.get_opt(CA_SECRET).await? {
+        return parse(&existing);
+    }
+    let ca = Ca::generate(SystemTime::now())?;
+    let issued = pki::Issued {
+        cert_pem: ca.cert_pem().to_string(),
+        key_pem: ca.key_pem().to_string(),
+    };
+    let meta = ObjectMeta {
+        name: Some(CA_SECRET.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "airlock".to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    match secrets
+        .create(
+            &PostParams::default(),
+            &tls_secret(meta, &issued, ca.cert_pem()),
+        )
+        .await
+    {
+        Ok(_) => {
+            info!(namespace, "created the plugin CA");
+            Ok(ca)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let stored = secrets.get(CA_SECRET).await?;
+            parse(&stored)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes the TLS Secret `meta` names hold a good certificate for `identity` from `ca`, issuing one
+/// when it is missing or [`pki::renewal_due`]. Returns why it issued, `None` when the stored one
+/// is good.
+pub async fn ensure_certificate(
+    client: &Client,
+    meta: ObjectMeta,
+    identity: &str,
+    ca: &Ca,
+) -> Result<Option<String>, CertError> {
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
+    let now = SystemTime::now();
+    let why = match secrets.get_opt(&name).await? {
+        None => "there is no certificate yet".to_string(),
+        Some(s) => match text(&s, CERT_KEY) {
+            None => "the Secret has no certificate".to_string(),
+            Some(cert) => match pki::renewal_due(&cert, ca, identity, now) {
+                None => return Ok(None),
+                Some(why) => why,
+            },
+        },
+    };
+    let issued = ca.issue(identity, now)?;
+    secrets
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&tls_secret(meta, &issued, ca.cert_pem())),
+        )
+        .await?;
+    info!(secret = %format!("{namespace}/{name}"), %identity, reason = %why, "issued a certificate");
+    Ok(Some(why))
+}
