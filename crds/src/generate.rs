@@ -3,7 +3,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::{Plugin, PluginTrustPolicy};
+use crate::{Plugin, PluginStorage, PluginTrustPolicy};
 
 /// Directory of the generated CRDs, relative to the workspace root.
 pub const CHART_CRD_DIR: &str = "charts/airlock/crds";
@@ -24,6 +24,10 @@ pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
                 "{HEADER}{}",
                 serde_yaml::to_string(&PluginTrustPolicy::crd())?
             ),
+        ),
+        (
+            "pluginstorages.airlock.dev.yaml",
+            format!("{HEADER}{}", serde_yaml::to_string(&PluginStorage::crd())?),
         ),
     ])
 }

@@ -1,4 +1,4 @@
-//! Types of Airlock's custom resources (`Plugin`, `PluginTrustPolicy`) in the `airlock.dev` API
+//! Types of Airlock's custom resources (`Plugin`, `PluginTrustPolicy`, `PluginStorage`) in the `airlock.dev` API
 //! group, their schemas and the pure validation the controller and the API server share.
 //!
 //! Owns: the CRD schema. Generated YAML is written to `charts/airlock/crds/` by `crdgen`.
@@ -11,8 +11,10 @@ pub const API_VERSION: &str = "v1alpha1";
 pub mod generate;
 pub mod permission;
 pub mod plugin;
+pub mod storage;
 pub mod trust_policy;
 
 pub use permission::Permission;
 pub use plugin::{Plugin, PluginSpec, PluginStatus};
+pub use storage::{PluginStorage, PluginStorageSpec};
 pub use trust_policy::{PluginTrustPolicy, PluginTrustPolicySpec, TrustLevel};

@@ -352,6 +352,11 @@ pub struct PluginStatus {
     /// Hooks the router can call on this plugin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<String>,
+    /// Permissions the plugin holds: declared in its signed manifest, approved in
+    /// spec.permissions and allowed by its trust level. The host API checks every call against
+    /// these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<Permission>,
 }
 
 /// Lifecycle phase, for humans and `kubectl get`; automation should read the conditions.

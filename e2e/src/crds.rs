@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use airlock_crds::{Plugin, PluginTrustPolicy};
+use airlock_crds::{Plugin, PluginStorage, PluginTrustPolicy};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
@@ -13,7 +13,11 @@ const MANAGER: &str = "airlock-e2e";
 /// Installs (server-side applies) the CRDs and waits until they are Established.
 pub async fn install(client: &Client) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [Plugin::crd(), PluginTrustPolicy::crd()] {
+    for crd in [
+        Plugin::crd(),
+        PluginTrustPolicy::crd(),
+        PluginStorage::crd(),
+    ] {
         let name = crd.metadata.name.clone().context("CRD has a name")?;
         crds.patch(
             &name,

@@ -323,3 +323,32 @@ impl Fixture {
 pub fn active(p: &Plugin) -> bool {
     phase(p) == Some(PluginPhase::Active)
 }
+
+/// Audit records the router pods wrote (their stdout).
+pub async fn router_audit(client: &Client) -> Result<Vec<Value>> {
+    Ok(router_log_lines(client, "\"airlock.audit\"")
+        .await?
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect())
+}
+
+/// Lines of the router pods' logs that contain `needle`.
+pub async fn router_log_lines(client: &Client, needle: &str) -> Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut out = Vec::new();
+    for pod in pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=airlock-router"))
+        .await?
+        .items
+    {
+        let name = pod.metadata.name.unwrap_or_default();
+        let text = pods.logs(&name, &Default::default()).await?;
+        out.extend(
+            text.lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string),
+        );
+    }
+    Ok(out)
+}

@@ -14,8 +14,7 @@ use airlock_proto::router::v1::{BroadcastRequest, TransformRequest};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
-use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -413,7 +412,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         }),
         "an AutoDisabled Event on crash-test"
     );
-    let audit = router_audit(&f.client).await?;
+    let audit = router::router_audit(&f.client).await?;
     ensure!(
         audit.iter().any(|r| r["event"] == "AutoDisabled"
             && r["plugin"]["name"] == "crash-test"
@@ -504,25 +503,4 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?)
-}
-
-/// Audit records the router pods wrote.
-async fn router_audit(client: &Client) -> Result<Vec<Value>> {
-    let pods: Api<k8s_openapi::api::core::v1::Pod> =
-        Api::namespaced(client.clone(), airlock_e2e::install::NAMESPACE);
-    let mut out = Vec::new();
-    for pod in pods
-        .list(&ListParams::default().labels("app.kubernetes.io/name=airlock-router"))
-        .await?
-        .items
-    {
-        let name = pod.metadata.name.unwrap_or_default();
-        let text = pods.logs(&name, &Default::default()).await?;
-        out.extend(
-            text.lines()
-                .filter(|l| l.contains("\"airlock.audit\""))
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok()),
-        );
-    }
-    Ok(out)
 }

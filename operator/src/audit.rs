@@ -68,6 +68,35 @@ pub fn auto_disabled(
     })
 }
 
+/// The record of a host API call the router refused for a missing permission (pure).
+pub fn host_call_denied(
+    plugin: &crate::router::table::PluginKey,
+    holder: &crate::router::table::Holder,
+    denied: &crate::host::Denied,
+    invocation_id: &str,
+    actor: &str,
+    now: Timestamp,
+) -> serde_json::Value {
+    json!({
+        "stream": "airlock.audit",
+        "time": now.to_string(),
+        "actor": actor,
+        "plugin": {
+            "namespace": plugin.namespace,
+            "name": plugin.name,
+            "uid": holder.uid,
+        },
+        "event": "HostCallDenied",
+        "status": "True",
+        "reason": "PermissionDenied",
+        "call": denied.call.as_str(),
+        "permissions": holder.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        "invocationId": invocation_id,
+        "message": denied.to_string(),
+        "version": holder.version,
+    })
+}
+
 /// Writes one record as a single line. Stdout is line-buffered per write here, so concurrent
 /// reconciles never interleave within a record.
 pub fn emit(record: &serde_json::Value) {

@@ -26,6 +26,11 @@ pub struct Config {
         default_value = "app.kubernetes.io/name=airlock-router"
     )]
     pub router_labels: Vec<String>,
+    /// host:port plugin shims call the router's host API on. Unset: the cluster IP of the
+    /// `airlock-router` Service in --router-namespace, port 50051, looked up at start (plugin pods
+    /// resolve no DNS: their NetworkPolicy allows no egress but this).
+    #[arg(long, env = "AIRLOCK_ROUTER_HOST_API")]
+    pub router_host_api: Option<String>,
     /// Registries (host:port) reached over plain HTTP instead of HTTPS, e.g. a local test registry.
     #[arg(
         long = "insecure-registry",
@@ -81,6 +86,7 @@ impl Config {
             router_pod_labels,
             progress_deadline_seconds: self.progress_deadline_seconds,
             seccomp_localhost_profile: self.seccomp_localhost_profile.clone(),
+            host_api: self.router_host_api.clone(),
         })
     }
 }

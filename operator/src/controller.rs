@@ -566,7 +566,7 @@ async fn apply_children(
     )
     .await?;
     ensure_bundle_secret(plugin, rollout, ctx, children, &ns).await?;
-    ensure_plugin_certificate(plugin, ctx, children, &ns).await?;
+    hourly_checks(plugin, ctx, children, &ns).await?;
     let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
     ensure(
         plugin,
@@ -613,9 +613,10 @@ async fn ensure_bundle_secret(
     Ok(())
 }
 
-/// Makes the plugin's TLS Secret hold a good certificate for its identity (checked at most once an
-/// hour per plugin).
-async fn ensure_plugin_certificate(
+/// Once an hour per plugin: its TLS Secret holds a good certificate for its identity, and a
+/// `PluginStorage` an installer created for it (initial data) is owned by it, so it is deleted
+/// with the Plugin even if the plugin never writes it (the router sets the owner when it does).
+async fn hourly_checks(
     plugin: &Plugin,
     ctx: &Context,
     children: &Children,
@@ -637,11 +638,43 @@ async fn ensure_plugin_certificate(
     {
         info!(plugin = %key.1, namespace = ns, reason = %why, "issued the plugin's certificate");
     }
+    adopt_storage(plugin, ctx, ns).await?;
     children
         .certificates_checked
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, Instant::now());
+    Ok(())
+}
+
+/// Makes the Plugin the owner of its `PluginStorage`, if there is one without.
+async fn adopt_storage(plugin: &Plugin, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let api = Api::<airlock_crds::PluginStorage>::namespaced(ctx.client.clone(), ns);
+    let Some(storage) = api.get_opt(&plugin.name_any()).await? else {
+        return Ok(());
+    };
+    let uid = plugin.uid().unwrap_or_default();
+    if storage
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid)
+    {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "airlock.dev/v1alpha1",
+        "kind": "PluginStorage",
+        "metadata": {"name": plugin.name_any(), "ownerReferences": build::labels::owner(plugin)},
+    });
+    api.patch(
+        &plugin.name_any(),
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    info!(plugin = %plugin.name_any(), namespace = ns, "adopted the plugin's PluginStorage");
     Ok(())
 }
 

@@ -51,10 +51,34 @@ pub enum StartError {
     LostLeadership,
 }
 
+/// `ip:port` of the router's host API: the cluster IP of its Service. `None` (with a warning) when
+/// there is no such Service: plugins then get no host API.
+async fn router_host_api(client: &kube::Client, namespace: &str) -> Option<String> {
+    let services =
+        kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), namespace);
+    match services.get_opt("airlock-router").await {
+        Ok(Some(svc)) => {
+            let ip = svc.spec.and_then(|s| s.cluster_ip)?;
+            Some(format!("{ip}:{}", build::HOST_API_PORT))
+        }
+        Ok(None) => {
+            tracing::warn!(
+                namespace,
+                "no Service airlock-router: plugins get no host API"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up the router's Service: plugins get no host API");
+            None
+        }
+    }
+}
+
 /// Starts the operator and runs it until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
     init_tracing(config.log_json);
-    let build = config.build_config().map_err(StartError::Config)?;
+    let mut build = config.build_config().map_err(StartError::Config)?;
     let metrics = metrics::Metrics::new()?;
     let client = {
         let config = kube::Config::infer()
@@ -62,6 +86,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             .map_err(|e| StartError::Config(format!("finding the cluster: {e}")))?;
         kube_client::client(config, &metrics)?
     };
+    if build.host_api.is_none() {
+        build.host_api = router_host_api(&client, &build.router_namespace).await;
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let http = {
         let (addr, metrics, ready) = (config.http_addr, metrics.clone(), ready.clone());

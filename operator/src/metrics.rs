@@ -20,6 +20,8 @@ pub struct Metrics {
     hook_duration: HistogramVec,
     auto_disabled: IntCounterVec,
     plugin_restarts: IntCounterVec,
+    host_calls: IntCounterVec,
+    host_log_dropped: IntCounterVec,
     breaker_open: IntGaugeVec,
     /// Last (phase, trust level) seen per plugin, so the gauge counts each plugin once.
     seen: Arc<Mutex<HashMap<String, (String, String)>>>,
@@ -103,6 +105,22 @@ impl Metrics {
             ),
             &["plugin"],
         )?;
+        let host_calls = IntCounterVec::new(
+            Opts::new(
+                "airlock_host_calls_total",
+                "Host API calls plugins made (log, storage.*, emit), by plugin, call and result (ok or the gRPC code)",
+            ),
+            &["plugin", "call", "result"],
+        )?;
+        let host_log_dropped = IntCounterVec::new(
+            Opts::new(
+                "airlock_host_log_dropped_total",
+                "Host API log lines dropped over a plugin's rate limit, by plugin",
+            ),
+            &["plugin"],
+        )?;
+        registry.register(Box::new(host_calls.clone()))?;
+        registry.register(Box::new(host_log_dropped.clone()))?;
         registry.register(Box::new(plugin_restarts.clone()))?;
         registry.register(Box::new(breaker_open.clone()))?;
         registry.register(Box::new(hook_invocations.clone()))?;
@@ -121,6 +139,8 @@ impl Metrics {
             hook_duration,
             auto_disabled,
             plugin_restarts,
+            host_calls,
+            host_log_dropped,
             breaker_open,
             seen: Arc::default(),
         })
@@ -151,6 +171,17 @@ impl Metrics {
         self.breaker_open
             .with_label_values(&[plugin])
             .set(i64::from(open));
+    }
+
+    /// Counts one host API call of `plugin` ("namespace/name").
+    pub fn host_call(&self, plugin: &str, call: &str, result: &str) {
+        self.host_calls
+            .with_label_values(&[plugin, call, result])
+            .inc();
+    }
+
+    pub fn host_log_dropped(&self, plugin: &str) {
+        self.host_log_dropped.with_label_values(&[plugin]).inc();
     }
 
     pub fn auto_disabled(&self) {

@@ -75,6 +75,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
         last_good_revision: prev.last_good_revision.clone(),
         failed_revision: prev.failed_revision.clone(),
         hooks: prev.hooks.clone(),
+        permissions: prev.permissions.clone(),
         ..Default::default()
     };
     let mut set = |ty: &str, ok: bool, reason: &str, message: String| {
@@ -150,6 +151,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                         .iter()
                         .map(|h| h.name.as_str().to_string())
                         .collect();
+                    status.permissions = planned.permissions.iter().copied().collect();
                     phase = ready(plugin, applied, &mut status, &prev, generation, now);
                 }
                 (None, _, _) => {
@@ -370,6 +372,8 @@ mod tests {
         assert_eq!(cond(&s, READY).observed_generation, Some(3));
         assert_eq!(s.last_good_revision.as_deref(), Some("r1a2b3c4d"));
         assert_eq!(s.hooks, vec!["transform".to_string()]);
+        // The effective permissions, which the host API checks calls against.
+        assert_eq!(s.permissions, vec![airlock_crds::Permission::Log]);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! `airlock_proto::identity`) and mounts it with the CA certificate in `--tls-dir`. The shim
 //! serves TLS with it, requires a client certificate from the same CA, and then admits only the
 //! router's identity to the plugin API ([`only_the_router`]): another plugin's certificate, or no
-//! certificate at all, gets nothing. The certificate is re-read when Kubernetes updates the mounted
-//! Secret (re-issued before it expires), so rotation needs no restart; the CA itself is read once.
+//! certificate at all, gets nothing. The files are re-read when Kubernetes updates the mounted
+//! Secret (re-issued before it expires, or after the CA was replaced), so rotation needs no
+//! restart. The router serves the host API with the same [`server_config`] and [`Acceptor`].
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,7 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
+use rustls::server::WebPkiClientVerifier;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -31,7 +31,7 @@ pub const CERT_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
 pub const CA_FILE: &str = "ca.crt";
 
-/// How often the mounted certificate is checked for a new one.
+/// How often the mounted files are checked for new ones.
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,116 +68,79 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// The certificate chain and key in `dir`, and the certificate's bytes (to see changes).
-fn load_certified_key(dir: &Path) -> Result<(Vec<u8>, Arc<CertifiedKey>), TlsError> {
-    let cert_path = dir.join(CERT_FILE);
-    let key_path = dir.join(KEY_FILE);
-    let cert_pem = read(&cert_path)?;
-    let key_pem = read(&key_path)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+/// A server configuration for mutual TLS: serves `cert_pem` (chain) with `key_pem` and requires a
+/// client certificate issued by `ca_pem`. `origin` names where the PEM came from, for errors.
+pub fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    ca_pem: &[u8],
+    origin: &Path,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let pem_error = |file: &str, what| TlsError::Pem {
+        path: origin.join(file),
+        what,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .ok()
         .filter(|c: &Vec<_>| !c.is_empty())
-        .ok_or(TlsError::Pem {
-            path: cert_path,
-            what: "certificate",
-        })?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem {
-        path: key_path.clone(),
-        what: "private key",
-    })?;
-    let signing = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(TlsError::Config)?;
-    Ok((cert_pem, Arc::new(CertifiedKey::new(chain, signing))))
+        .ok_or_else(|| pem_error(CERT_FILE, "certificate"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| pem_error(KEY_FILE, "private key"))?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|_| pem_error(CA_FILE, "CA certificate"))?;
+        roots.add(cert).map_err(TlsError::Config)?;
+    }
+    if roots.is_empty() {
+        return Err(pem_error(CA_FILE, "CA certificate"));
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    // gRPC is HTTP/2 only.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
-/// The serving certificate, replaced when the file changes.
+/// Accepts TLS connections with a configuration that can be replaced while serving (a re-issued
+/// certificate, a new CA): each new connection uses the configuration of the moment.
 #[derive(Debug)]
-pub struct ReloadingCert {
-    dir: PathBuf,
-    current: RwLock<(Vec<u8>, Arc<CertifiedKey>)>,
+pub struct Acceptor {
+    config: RwLock<Arc<rustls::ServerConfig>>,
 }
 
-impl ReloadingCert {
-    /// Re-reads the certificate; true when it changed. A broken new file keeps the old one.
-    pub fn reload(&self) -> Result<bool, TlsError> {
-        let (bytes, key) = load_certified_key(&self.dir)?;
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if current.0 == bytes {
-            return Ok(false);
-        }
-        *current = (bytes, key);
-        Ok(true)
-    }
-}
-
-impl ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(
-            &self.current.read().unwrap_or_else(|e| e.into_inner()).1,
-        ))
-    }
-}
-
-/// The shim's TLS server: its configuration and the certificate it reloads.
-#[derive(Debug, Clone)]
-pub struct ServerTls {
-    config: Arc<rustls::ServerConfig>,
-    cert: Arc<ReloadingCert>,
-}
-
-impl ServerTls {
-    /// Reads `dir` (see [`CERT_FILE`], [`KEY_FILE`], [`CA_FILE`]).
-    pub fn from_dir(dir: &Path) -> Result<Self, TlsError> {
-        let ca_path = dir.join(CA_FILE);
-        let ca_pem = read(&ca_path)?;
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&ca_pem) {
-            let cert = cert.map_err(|_| TlsError::Pem {
-                path: ca_path.clone(),
-                what: "CA certificate",
-            })?;
-            roots.add(cert).map_err(TlsError::Config)?;
-        }
-        if roots.is_empty() {
-            return Err(TlsError::Pem {
-                path: ca_path,
-                what: "CA certificate",
-            });
-        }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
-        let cert = Arc::new(ReloadingCert {
-            dir: dir.to_path_buf(),
-            current: RwLock::new(load_certified_key(dir)?),
-        });
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(cert.clone());
-        // gRPC is HTTP/2 only.
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Self {
-            config: Arc::new(config),
-            cert,
+impl Acceptor {
+    pub fn new(config: rustls::ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config: RwLock::new(Arc::new(config)),
         })
+    }
+
+    /// Uses `config` for the connections accepted from now on.
+    pub fn replace(&self, config: rustls::ServerConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    fn current(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(
+            &self.config.read().unwrap_or_else(|e| e.into_inner()),
+        ))
     }
 
     /// Accepted TLS connections on `listener`, for `Server::serve_with_incoming`. Handshakes run
     /// in tasks of their own (a slow client holds up nobody); failed ones are logged and dropped.
-    /// Also re-reads the certificate every 30 s for as long as the stream lives.
     pub fn incoming(
-        &self,
+        self: &Arc<Self>,
         listener: TcpListener,
     ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(Arc::clone(&self.config));
-        let cert = Arc::clone(&self.cert);
+        let this = Arc::clone(self);
         tokio::spawn(async move {
-            let mut reload = tokio::time::interval(RELOAD_EVERY);
             loop {
                 let (tcp, peer) = tokio::select! {
                     accepted = listener.accept() => match accepted {
@@ -189,19 +152,11 @@ impl ServerTls {
                             continue;
                         }
                     },
-                    _ = reload.tick() => {
-                        match cert.reload() {
-                            Ok(true) => info!("loaded the re-issued TLS certificate"),
-                            Ok(false) => {}
-                            Err(e) => warn!(error = %e, "cannot reload the TLS certificate; keeping the current one"),
-                        }
-                        continue;
-                    }
                     _ = tx.closed() => return,
                 };
                 // Nagle would hold a response's last small write for the client's delayed ACK.
                 let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
+                let acceptor = this.current();
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -209,7 +164,7 @@ impl ServerTls {
                             let _ = tx.send(Ok(tls)).await;
                         }
                         Ok(Err(e)) => {
-                            warn!(%peer, error = %e, "refused a connection: TLS handshake failed (only the Airlock router, with a certificate from the operator's CA, may connect)");
+                            warn!(%peer, error = %e, "refused a connection: TLS handshake failed (a client certificate from the operator's CA is required)");
                         }
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
@@ -217,6 +172,67 @@ impl ServerTls {
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+/// The shim's TLS server: the files in `--tls-dir`, re-read every 30 s so a re-issued certificate
+/// (or a new CA) is used without a restart.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    dir: PathBuf,
+    acceptor: Arc<Acceptor>,
+}
+
+impl ServerTls {
+    /// Reads `dir` (see [`CERT_FILE`], [`KEY_FILE`], [`CA_FILE`]).
+    pub fn from_dir(dir: &Path) -> Result<Self, TlsError> {
+        let (_, config) = Self::load(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            acceptor: Acceptor::new(config),
+        })
+    }
+
+    /// The three files' bytes and the configuration they make.
+    fn load(dir: &Path) -> Result<(Vec<u8>, rustls::ServerConfig), TlsError> {
+        let cert = read(&dir.join(CERT_FILE))?;
+        let key = read(&dir.join(KEY_FILE))?;
+        let ca = read(&dir.join(CA_FILE))?;
+        let config = server_config(&cert, &key, &ca, dir)?;
+        Ok(([cert, key, ca].concat(), config))
+    }
+
+    /// Accepted TLS connections on `listener` (see [`Acceptor::incoming`]); also re-reads the
+    /// files every 30 s for as long as the server runs. A broken new file keeps the old ones.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+        let (dir, acceptor) = (self.dir.clone(), Arc::clone(&self.acceptor));
+        let weak = Arc::downgrade(&self.acceptor);
+        tokio::spawn(async move {
+            let mut last = Self::load(&dir).map(|(bytes, _)| bytes).unwrap_or_default();
+            let mut tick = tokio::time::interval(RELOAD_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(acceptor) = weak.upgrade() else {
+                    return;
+                };
+                match Self::load(&dir) {
+                    Ok((bytes, config)) if bytes != last => {
+                        acceptor.replace(config);
+                        last = bytes;
+                        info!("loaded the re-issued TLS certificate");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, "cannot reload the TLS certificate; keeping the current one");
+                    }
+                }
+            }
+        });
+        acceptor.incoming(listener)
     }
 }
 

@@ -73,6 +73,9 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
             format!("{BUNDLE_DIR}/{PUBLIC_KEY_KEY}"),
         ]);
     }
+    if let Some(addr) = &config.host_api {
+        shim_args.extend(["--host-api".into(), addr.clone()]);
+    }
     // The plugin process may open network sockets only with its egress permission (the shim's
     // seccomp filter); where its packets may go is the NetworkPolicy's business.
     if rollout

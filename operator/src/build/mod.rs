@@ -19,6 +19,8 @@ pub const GRPC_PORT: i32 = 50051;
 /// Port the shim serves plain-text gRPC health on, for the kubelet's probes (which cannot present
 /// a client certificate); [`GRPC_PORT`] requires the router's.
 pub const HEALTH_PORT: i32 = 50052;
+/// Port of the router's host API (`airlock.host.v1.Host`).
+pub const HOST_API_PORT: i32 = 50051;
 /// Where the plugin's TLS Secret is mounted in its pod.
 pub const TLS_DIR: &str = "/var/run/airlock/tls";
 /// Field manager of every server-side apply Airlock makes.
@@ -38,6 +40,10 @@ pub struct BuildConfig {
     /// `None`: the container runtime's default profile; `Some(path)`: a Localhost profile relative
     /// to the kubelet's seccomp root, installed by the chart.
     pub seccomp_localhost_profile: Option<String>,
+    /// `ip:port` of the router's host API, which shims call back on (`--host-api`); the
+    /// NetworkPolicy lets plugin pods reach the router's pods on [`HOST_API_PORT`] only then.
+    /// `None`: plugins get no host API.
+    pub host_api: Option<String>,
 }
 
 /// CPU and memory the plugin container gets, after the trust level's caps.
@@ -116,6 +122,7 @@ spec:
             router_pod_labels: vec![("app.kubernetes.io/name".into(), "airlock-router".into())],
             progress_deadline_seconds: 60,
             seccomp_localhost_profile: None,
+            host_api: None,
         }
     }
 

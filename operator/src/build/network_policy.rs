@@ -5,7 +5,7 @@ use airlock_crds::{Permission, Plugin};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Value, json};
 
-use super::{BuildConfig, GRPC_PORT, Rollout, labels};
+use super::{BuildConfig, GRPC_PORT, HOST_API_PORT, Rollout, labels};
 
 pub fn network_policy(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> NetworkPolicy {
     let router_labels: serde_json::Map<String, Value> = config
@@ -13,7 +13,7 @@ pub fn network_policy(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) 
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    let egress: Vec<Value> = if rollout.permissions.contains(&Permission::NetEgress) {
+    let mut egress: Vec<Value> = if rollout.permissions.contains(&Permission::NetEgress) {
         plugin
             .spec
             .network
@@ -35,6 +35,17 @@ pub fn network_policy(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) 
     } else {
         Vec::new()
     };
+    // The shim (not the plugin: its seccomp filter has no sockets without net:egress) calls the
+    // host API on the router's pods.
+    if config.host_api.is_some() {
+        egress.push(json!({
+            "to": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.router_namespace}},
+                "podSelector": {"matchLabels": router_labels.clone()},
+            }],
+            "ports": [{"protocol": "TCP", "port": HOST_API_PORT}],
+        }));
+    }
     let value = json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -108,6 +119,32 @@ spec:
         assert_eq!(
             ingress.ports.clone().expect("ports")[0].port,
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(GRPC_PORT))
+        );
+    }
+
+    #[test]
+    fn with_a_host_api_the_pod_may_reach_the_routers_host_port_and_nothing_else() {
+        let mut cfg = config();
+        cfg.host_api = Some("198.19.0.10:50051".into());
+        let spec = network_policy(&plugin(HELLO), &rollout(), &cfg)
+            .spec
+            .expect("spec");
+        let egress = spec.egress.expect("egress");
+        assert_eq!(egress.len(), 1, "{egress:?}");
+        let peer = &egress[0].to.clone().expect("to")[0];
+        assert!(
+            peer.ip_block.is_none(),
+            "router pods by label, not an address range"
+        );
+        let pods = peer
+            .pod_selector
+            .clone()
+            .and_then(|s| s.match_labels)
+            .expect("pods");
+        assert_eq!(pods["app.kubernetes.io/name"], "airlock-router");
+        assert_eq!(
+            egress[0].ports.clone().expect("ports")[0].port,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(HOST_API_PORT))
         );
     }
 

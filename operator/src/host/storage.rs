@@ -220,6 +220,32 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Every entry as text (key → compact JSON), the form `PluginStorage.spec.entries` persists.
+    pub fn to_entries(&self) -> BTreeMap<String, String> {
+        self.values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get().to_string()))
+            .collect()
+    }
+
+    /// A store from persisted entries. An entry that is not JSON (edited by hand) is an error
+    /// naming its key: dropping it would lose data at the next write.
+    pub fn from_entries(entries: &BTreeMap<String, String>) -> Result<Self, String> {
+        let values = entries
+            .iter()
+            .map(|(k, v)| {
+                let compact =
+                    compact_json(v).map_err(|e| format!("entry {k:?} is not JSON ({e})"))?;
+                RawValue::from_string(compact)
+                    .map(|v| (k.clone(), v))
+                    .map_err(|e| format!("entry {k:?} is not JSON ({e})"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { values })
+    }
+}
+
 impl<'de> Deserialize<'de> for Store {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = BTreeMap::<String, Box<RawValue>>::deserialize(deserializer)?;
@@ -598,5 +624,25 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Store>("[1]").is_err());
+    }
+
+    #[test]
+    fn entries_round_trip_and_a_hand_edited_non_json_entry_is_named() {
+        let mut store = Store::new();
+        store
+            .put("greeting", "\"hello\"", &Limits::default())
+            .unwrap();
+        store
+            .put("n", "{ \"v\": 1.10 }", &Limits::default())
+            .unwrap();
+        let entries = store.to_entries();
+        assert_eq!(entries["n"], "{\"v\":1.10}");
+        let back = Store::from_entries(&entries).unwrap();
+        assert_eq!(back.get("greeting"), Some("\"hello\""));
+        assert_eq!(back.usage(), store.usage());
+        let mut broken = entries;
+        broken.insert("oops".into(), "not json".into());
+        let err = Store::from_entries(&broken).unwrap_err();
+        assert!(err.contains("\"oops\""), "{err}");
     }
 }

@@ -177,14 +177,14 @@ impl Disabler for KubeDisabler {
 }
 
 /// Keeps `caller`'s mTLS identity in step with the Secret `namespace/name` (issued and renewed by
-/// the operator): polled every 2 s until it exists, then every 30 s. `loaded` turns true with the
-/// first identity.
+/// the operator): polled every 2 s until it exists, then every 30 s. `loaded` carries the current
+/// identity (for the host API server) once there is one.
 pub async fn watch_identity(
     client: Client,
     namespace: String,
     name: String,
     caller: Arc<super::grpc::GrpcCaller>,
-    loaded: tokio::sync::watch::Sender<bool>,
+    loaded: tokio::sync::watch::Sender<Option<super::grpc::ClientIdentity>>,
 ) {
     let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, &namespace);
     let mut reported = false;
@@ -214,10 +214,10 @@ pub async fn watch_identity(
         };
         match (identity, got) {
             (Some(identity), _) => {
-                if caller.set_identity(identity) {
-                    info!(secret = %format!("{namespace}/{name}"), "loaded the router's client certificate");
+                if caller.set_identity(identity.clone()) {
+                    info!(secret = %format!("{namespace}/{name}"), "loaded the router's certificate");
+                    loaded.send_replace(Some(identity));
                 }
-                loaded.send_replace(true);
             }
             (None, Err(e)) => {
                 warn!(error = %e, secret = %format!("{namespace}/{name}"), "cannot read the router's client certificate")
@@ -228,7 +228,7 @@ pub async fn watch_identity(
             }
             (None, Ok(_)) => {}
         }
-        let every = if *loaded.borrow() { 30 } else { 2 };
+        let every = if loaded.borrow().is_some() { 30 } else { 2 };
         tokio::time::sleep(std::time::Duration::from_secs(every)).await;
     }
 }

@@ -183,6 +183,11 @@ impl<C: Caller> Router<C> {
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
     }
 
+    /// The plugin `key` as a caller of the host API.
+    pub fn holder(&self, key: &PluginKey) -> Option<super::table::Holder> {
+        self.table().holder(key).cloned()
+    }
+
     fn table(&self) -> Arc<RouteTable> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

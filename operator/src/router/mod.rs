@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod cluster;
 pub mod dispatch;
 pub mod grpc;
+pub mod host;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -38,6 +39,10 @@ pub struct Config {
     /// Address of the gRPC API (airlock.router.v1.HookRouter, health, reflection).
     #[arg(long, default_value = "0.0.0.0:50050")]
     pub grpc_addr: SocketAddr,
+    /// Address of the host API (airlock.host.v1.Host) plugin shims call back on, over mutual TLS
+    /// with the router's certificate (needs --tls-secret).
+    #[arg(long, default_value = "0.0.0.0:50051")]
+    pub host_addr: SocketAddr,
     /// Address of the HTTP endpoints /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -125,8 +130,9 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
         grpc::GrpcCaller::mutual()
     });
     // Ready needs the client certificate too: without it no plugin can be called.
-    let (identity_tx, mut identity_loaded) =
-        tokio::sync::watch::channel(config.tls_secret.is_empty());
+    let (identity_tx, identity) = tokio::sync::watch::channel(None);
+    let plain = config.tls_secret.is_empty();
+    let mut identity_loaded = identity.clone();
     if !config.tls_secret.is_empty() {
         tokio::spawn(cluster::watch_identity(
             client.clone(),
@@ -144,7 +150,11 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     ));
 
     let (loaded_tx, mut loaded) = tokio::sync::watch::channel(false);
-    tokio::spawn(cluster::watch_routes(client, router.clone(), loaded_tx));
+    tokio::spawn(cluster::watch_routes(
+        client.clone(),
+        router.clone(),
+        loaded_tx,
+    ));
 
     let ready = Arc::new(AtomicBool::new(false));
     let http = {
@@ -166,7 +176,9 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     // Serving once the route table is loaded: a router that answered NOT_FOUND for every plugin
     // while it was still listing them would look like an outage.
     tokio::spawn(async move {
-        if loaded.wait_for(|l| *l).await.is_ok() && identity_loaded.wait_for(|l| *l).await.is_ok() {
+        if loaded.wait_for(|l| *l).await.is_ok()
+            && (plain || identity_loaded.wait_for(|l| l.is_some()).await.is_ok())
+        {
             reporter
                 .set_service_status(SERVICE_NAME, ServingStatus::Serving)
                 .await;
@@ -181,6 +193,14 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
         .register_encoded_file_descriptor_set(airlock_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let host = (!plain).then(|| {
+        let service = host::HostService::new(
+            router.clone(),
+            host::KubeStorage::new(client.clone()),
+            metrics.clone(),
+        );
+        tokio::spawn(serve_host(config.host_addr, service, identity))
+    });
     let addr = config.grpc_addr;
     info!(%addr, "serving {SERVICE_NAME}");
     let grpc = tonic::transport::Server::builder()
@@ -188,13 +208,74 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
         .add_service(reflection)
         .add_service(HookRouterServer::new(grpc::HookRouterService::new(router)))
         .serve_with_shutdown(addr, shutdown_signal());
+    let host_failed = async move {
+        match host {
+            Some(task) => match task.await {
+                Ok(Err(e)) => Err(e),
+                _ => Ok(()),
+            },
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         res = grpc => res.map_err(|source| RouterError::Grpc { addr, source }),
+        res = host_failed => res,
         res = http => match res {
             Ok(Err(e)) => Err(e),
             _ => Ok(()),
         },
     }
+}
+
+/// Serves the host API once the router has its certificate, with the certificate of the moment
+/// (a renewal is used for new connections at once).
+async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
+    addr: SocketAddr,
+    service: host::HostService<C, S>,
+    mut identity: tokio::sync::watch::Receiver<Option<grpc::ClientIdentity>>,
+) -> Result<(), RouterError> {
+    let config_of = |id: &grpc::ClientIdentity| {
+        airlock_plugin_shim::tls::server_config(
+            id.cert_pem.as_bytes(),
+            id.key_pem.as_bytes(),
+            id.ca_pem.as_bytes(),
+            std::path::Path::new("Secret airlock-router-tls"),
+        )
+    };
+    let first = match identity.wait_for(|i| i.is_some()).await {
+        Ok(id) => id.clone(),
+        Err(_) => return Ok(()),
+    };
+    let Some(first) = first else { return Ok(()) };
+    let acceptor = airlock_plugin_shim::tls::Acceptor::new(
+        config_of(&first)
+            .map_err(|e| RouterError::Config(format!("the router's certificate: {e}")))?,
+    );
+    let renewals = acceptor.clone();
+    tokio::spawn(async move {
+        while identity.changed().await.is_ok() {
+            let next = identity.borrow_and_update().clone();
+            if let Some(id) = next {
+                match config_of(&id) {
+                    Ok(c) => renewals.replace(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the renewed router certificate is unusable; keeping the current one")
+                    }
+                }
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RouterError::Http { addr, source })?;
+    info!(%addr, "serving airlock.host.v1.Host (mutual TLS, plugins only)");
+    tonic::transport::Server::builder()
+        .add_service(airlock_proto::host::v1::host_server::HostServer::new(
+            service,
+        ))
+        .serve_with_incoming_shutdown(acceptor.incoming(listener), shutdown_signal())
+        .await
+        .map_err(|source| RouterError::Grpc { addr, source })
 }
 
 /// SIGTERM (kubelet) or SIGINT (a terminal): stop taking calls and drain the ones in flight.

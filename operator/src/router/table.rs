@@ -2,13 +2,13 @@
 //! where their pods answer, and each hook's timeout, failure policy and priority. A Plugin that
 //! cannot be called keeps a one-line reason, so a host application asking for it learns why.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_crds::Plugin;
 pub use airlock_crds::plugin::AUTO_DISABLED_ANNOTATION;
 use airlock_crds::plugin::{FailurePolicy, HookName, PluginPhase};
+use airlock_crds::{Permission, Plugin};
 use kube::ResourceExt;
 
 use crate::build::GRPC_PORT;
@@ -61,6 +61,17 @@ pub struct RouteTable {
     routes: BTreeMap<PluginKey, Arc<Route>>,
     /// Plugins that exist but cannot be called, with why.
     unroutable: BTreeMap<PluginKey, String>,
+    /// Every Plugin not being deleted, callable or not: whom host API calls may come from.
+    holders: BTreeMap<PluginKey, Holder>,
+}
+
+/// What the host API needs to know about a plugin that calls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub uid: String,
+    pub version: String,
+    /// Its effective permissions (`status.permissions`, written by the controller).
+    pub permissions: BTreeSet<Permission>,
 }
 
 impl RouteTable {
@@ -73,6 +84,20 @@ impl RouteTable {
         let mut table = Self::default();
         for plugin in plugins {
             let key = PluginKey::new(plugin.namespace().unwrap_or_default(), plugin.name_any());
+            if plugin.metadata.deletion_timestamp.is_none() {
+                table.holders.insert(
+                    key.clone(),
+                    Holder {
+                        uid: plugin.uid().unwrap_or_default(),
+                        version: plugin.spec.version.clone(),
+                        permissions: plugin
+                            .status
+                            .iter()
+                            .flat_map(|s| s.permissions.iter().copied())
+                            .collect(),
+                    },
+                );
+            }
             match route(plugin, &key, service_ips) {
                 Ok(r) => {
                     table.routes.insert(key, Arc::new(r));
@@ -93,7 +118,14 @@ impl RouteTable {
                 .map(|r| (r.plugin.clone(), Arc::new(r)))
                 .collect(),
             unroutable: BTreeMap::new(),
+            holders: BTreeMap::new(),
         }
+    }
+
+    /// The plugin `key` as a caller of the host API; `None` when there is no such Plugin (or it is
+    /// being deleted).
+    pub fn holder(&self, key: &PluginKey) -> Option<&Holder> {
+        self.holders.get(key)
     }
 
     /// The route to `key`, or why there is none.
