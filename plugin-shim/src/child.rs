@@ -7,6 +7,10 @@
 //! the output limit or breaks the protocol is killed (SIGKILL to the whole group) and replaced
 //! right away; a child that exited by itself is replaced on the next call. Every replacement is
 //! counted. Publishes whether the plugin is ready (started and answered) on a watch channel.
+//!
+//! While a request is in flight, the plugin may make host calls (see [`crate::host`]): each one is
+//! handed to the configured [`HostCalls`] with the request's id and its result written back on the
+//! plugin's stdin, until the answer comes. The request's deadline covers them all.
 
 use std::io;
 use std::path::PathBuf;
@@ -23,9 +27,10 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
+use crate::host::HostCalls;
 use crate::logs::{LineBudget, LogStats};
 use crate::manifest::Hook;
-use crate::protocol::{self, MAX_LINE_BYTES};
+use crate::protocol::{self, MAX_HOST_CALLS, MAX_LINE_BYTES, StdoutLine};
 use crate::sandbox::SandboxSpec;
 
 /// The only `PATH` the plugin process sees.
@@ -50,6 +55,9 @@ pub struct ChildSpec {
     pub sandbox: Option<Sandbox>,
     /// Lines of the plugin's stderr forwarded per minute; the rest are dropped and counted.
     pub log_lines_per_minute: u32,
+    /// Where the plugin's host calls go. `None`: every call fails with UNAVAILABLE (the plugin
+    /// is told, and goes on).
+    pub host: Option<Arc<dyn HostCalls>>,
 }
 
 /// The sandbox of the plugin process and the executable that applies it.
@@ -367,7 +375,9 @@ impl Supervisor {
             remaining.as_millis() as u64,
         );
         let started = Instant::now();
-        let exchanged = match timeout_at(until, running.exchange(&line, invocation_id)).await {
+        let host = self.spec.host.as_deref();
+        let exchanged = match timeout_at(until, running.exchange(&line, invocation_id, host)).await
+        {
             Ok(exchanged) => exchanged,
             Err(_) => return Err(InvokeError::Timeout(deadline)),
         };
@@ -459,7 +469,8 @@ impl Supervisor {
                 "{}",
                 limit.as_millis() as u64,
             );
-            let loaded = match timeout(limit, running.exchange(&line, &id)).await {
+            let host = self.spec.host.as_deref();
+            let loaded = match timeout(limit, running.exchange(&line, &id, host)).await {
                 Err(_) => Err(InvokeError::Timeout(limit)),
                 Ok(Ok(Ok(_))) => Ok(()),
                 Ok(Ok(Err(message))) => Err(InvokeError::Plugin(message)),
@@ -577,7 +588,7 @@ impl Supervisor {
             );
             match timeout(
                 self.spec.lifecycle_timeout,
-                running.exchange(&line, "onunload"),
+                running.exchange(&line, "onunload", self.spec.host.as_deref()),
             )
             .await
             {
@@ -626,20 +637,73 @@ impl ExchangeError {
 }
 
 impl Running {
-    /// Writes one request line and reads one answer line for `id`.
+    /// Writes one request line and reads lines until the answer for `id`, answering the host
+    /// calls the plugin makes meanwhile through `host` (with `id` as their invocation id).
     async fn exchange(
         &mut self,
         line: &str,
         id: &str,
+        host: Option<&dyn HostCalls>,
     ) -> Result<Result<String, String>, ExchangeError> {
+        self.write_line(line).await?;
+        let mut calls = 0u32;
+        loop {
+            let text = self.read_line().await?;
+            let call = match protocol::parse_stdout_line(&text) {
+                Ok(StdoutLine::Response(response)) if response.id == id => {
+                    return Ok(response.result);
+                }
+                Ok(StdoutLine::Response(response)) => {
+                    return Err(ExchangeError::Fatal(InvokeError::Protocol(format!(
+                        "answered id {:?} to request {id:?}",
+                        response.id
+                    ))));
+                }
+                Ok(StdoutLine::HostCall(call)) => call,
+                Err(e) => {
+                    return Err(ExchangeError::Fatal(InvokeError::Protocol(format!(
+                        "{e}; stdout is for answers and host calls only, write logs to stderr"
+                    ))));
+                }
+            };
+            calls += 1;
+            if calls > MAX_HOST_CALLS {
+                return Err(ExchangeError::Fatal(InvokeError::Protocol(format!(
+                    "more than {MAX_HOST_CALLS} host calls while handling request {id:?}"
+                ))));
+            }
+            let (name, call_id) = (call.call.clone(), call.call_id.clone());
+            let result = match host {
+                _ if !protocol::calls::ALL.contains(&name.as_str()) => {
+                    Err(crate::host::unimplemented(&name))
+                }
+                Some(host) => host.call(id, call).await,
+                None => Err(crate::host::not_configured()),
+            };
+            match &result {
+                Ok(_) => debug!(invocation = id, call = %name, call_id, "host call done"),
+                Err(e) => {
+                    debug!(invocation = id, call = %name, call_id, code = %e.code, "host call failed");
+                }
+            }
+            self.write_line(&protocol::encode_call_result(&call_id, &result))
+                .await?;
+        }
+    }
+
+    /// Writes one line (newline included) to the plugin's stdin.
+    async fn write_line(&mut self, line: &str) -> Result<(), ExchangeError> {
         let stdin = self.stdin.as_mut().ok_or(ExchangeError::Closed)?;
         // A write error is a closed pipe (EPIPE): the child is gone.
         stdin
             .write_all(line.as_bytes())
             .await
             .map_err(|_| ExchangeError::Closed)?;
-        stdin.flush().await.map_err(|_| ExchangeError::Closed)?;
+        stdin.flush().await.map_err(|_| ExchangeError::Closed)
+    }
 
+    /// Reads one line (newline included) of the plugin's stdout.
+    async fn read_line(&mut self) -> Result<String, ExchangeError> {
         let mut buf = Vec::new();
         (&mut self.stdout)
             .take(MAX_LINE_BYTES as u64 + 1)
@@ -654,21 +718,9 @@ impl Running {
                 ExchangeError::Closed
             });
         }
-        let text = std::str::from_utf8(&buf).map_err(|_| {
+        String::from_utf8(buf).map_err(|_| {
             ExchangeError::Fatal(InvokeError::Protocol("the answer is not UTF-8".into()))
-        })?;
-        let response = protocol::parse_response(text).map_err(|e| {
-            ExchangeError::Fatal(InvokeError::Protocol(format!(
-                "{e}; stdout is for answers only, write logs to stderr"
-            )))
-        })?;
-        if response.id != id {
-            return Err(ExchangeError::Fatal(InvokeError::Protocol(format!(
-                "answered id {:?} to request {id:?}",
-                response.id
-            ))));
-        }
-        Ok(response.result)
+        })
     }
 
     /// `Some(status)` if the process has exited.

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -17,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::bundle::{self, BundleError};
 use crate::child::{ChildSpec, Sandbox, Supervisor};
+use crate::host::{ClientTlsFiles, GrpcHost, HostApiError, HostCalls};
 use crate::manifest::{Hook, ManifestError, is_sha256_digest};
 use crate::sandbox::SandboxSpec;
 use crate::server::{self, PluginService, ServeError};
@@ -152,6 +154,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_log_lines_per_minute: u32,
 
+    /// The router's host API (HOST:PORT), where the plugin's host calls (log, storage, emit) are
+    /// forwarded. With --tls-dir the connection is mutual TLS with the shim's own certificate
+    /// (tls.crt, tls.key), to a server with the router's identity from the same CA (ca.crt).
+    /// Without it, every host call fails with UNAVAILABLE.
+    #[arg(long, value_name = "ADDR")]
+    pub host_api: Option<String>,
+
+    /// Host calls handled in-process instead of over --host-api (tests).
+    #[arg(skip)]
+    pub host_calls: Option<Arc<dyn HostCalls>>,
+
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 
@@ -233,6 +246,9 @@ pub enum RunError {
     /// The TLS identity could not be loaded.
     #[error("cannot serve mutual TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The host API client could not be set up.
+    #[error(transparent)]
+    HostApi(#[from] HostApiError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -365,6 +381,7 @@ pub async fn run(
             None
         }
     };
+    let host = host_calls(&args)?;
     let health = match args.health_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -442,6 +459,7 @@ pub async fn run(
         on_unload: manifest.hooks.contains(&Hook::OnUnload),
         lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
         log_lines_per_minute: args.max_log_lines_per_minute,
+        host,
         sandbox: Some(Sandbox {
             spec: args.sandbox.spec(),
             launcher: match &args.sandbox.sandbox_launcher {
@@ -495,6 +513,22 @@ pub async fn run(
     Ok(served?)
 }
 
+/// Where the plugin's host calls go: `--host-api` (over mutual TLS with `--tls-dir`), or nowhere.
+fn host_calls(args: &RunArgs) -> Result<Option<Arc<dyn HostCalls>>, RunError> {
+    if let Some(host) = &args.host_calls {
+        return Ok(Some(Arc::clone(host)));
+    }
+    let Some(addr) = &args.host_api else {
+        info!("no --host-api: the plugin's host calls fail with UNAVAILABLE");
+        return Ok(None);
+    };
+    let tls = args.tls_dir.as_deref().map(ClientTlsFiles::in_dir);
+    if tls.is_none() {
+        warn!(%addr, "no --tls-dir: calling the host API in plain text, as no plugin in particular");
+    }
+    Ok(Some(Arc::new(GrpcHost::connect_lazy(addr, tls)?)))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -529,6 +563,23 @@ mod tests {
             args.expect_digest,
             Some(format!("sha256:{}", "ab".repeat(32)))
         );
+        assert_eq!(args.host_api, None);
+        let cli = Cli::try_parse_from([
+            "airlock-shim",
+            "run",
+            "--bundle",
+            "b",
+            "--workdir",
+            "w",
+            "--host-api",
+            "198.19.0.10:50051",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.host_api.as_deref(), Some("198.19.0.10:50051"));
+        assert!(args.host_calls.is_none());
         assert!(
             Cli::try_parse_from([
                 "airlock-shim",

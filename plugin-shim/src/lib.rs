@@ -4,8 +4,8 @@
 //! - [`protocol`]: the newline-delimited JSON spoken with the plugin process (always built).
 //! - [`sdk`]: a plugin's side of that protocol in Rust (always built; `serde_json` only).
 //! - With the default `runtime` feature, the shim itself: [`manifest`] (`plugin.yaml`),
-//!   [`bundle`] (safe unpacking), [`child`] (the plugin process), [`sandbox`] (its seccomp filter and limits), [`reaper`] (orphans, as PID 1), [`server`] (gRPC)
-//!   and [`cli`].
+//!   [`bundle`] (safe unpacking), [`child`] (the plugin process), [`sandbox`] (its seccomp filter and limits), [`reaper`] (orphans, as PID 1), [`server`] (gRPC),
+//!   [`host`] (the plugin's host calls, forwarded to the router) and [`cli`].
 
 pub mod protocol;
 pub mod sdk;
@@ -16,6 +16,8 @@ pub mod bundle;
 pub mod child;
 #[cfg(feature = "runtime")]
 pub mod cli;
+#[cfg(feature = "runtime")]
+pub mod host;
 #[cfg(feature = "runtime")]
 pub mod logs;
 #[cfg(feature = "runtime")]

@@ -10,9 +10,10 @@
 //! ```
 //!
 //! While it handles a request, a plugin may also write host calls on its stdout (the callbacks of
-//! `airlock.host.v1.Host`), each answered on its stdin before the plugin goes on. The shim does not
-//! forward them yet; this module only defines the lines ([`parse_stdout_line`],
-//! [`encode_call_result`]):
+//! `airlock.host.v1.Host`), each answered on its stdin before the plugin goes on: the shim reads
+//! them with [`parse_stdout_line`] and answers with [`encode_call_result`]; the SDK writes them with
+//! [`encode_host_call`] and reads the result with [`parse_call_result`]. At most
+//! [`MAX_HOST_CALLS`] per request:
 //!
 //! ```text
 //! plugin → shim  {"call":"storage.put","callId":"c1","args":{"key":"k","value":{"n":1}}}
@@ -31,6 +32,11 @@ use serde_json::{Map, Value};
 
 /// Largest line either side may send, newline excluded: 1 MiB.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Most host calls a plugin may make while it handles one request. The shim treats one more as a
+/// broken protocol (the request fails, the process is replaced): a plugin looping on host calls
+/// must not hold its invocation, and the host, until the deadline.
+pub const MAX_HOST_CALLS: u32 = 64;
 
 /// A request line as a plugin receives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +116,15 @@ pub struct CallError {
     pub code: String,
     /// What went wrong and what to do, for the plugin's author.
     pub message: String,
+}
+
+/// The result of a host call as the plugin receives it on its stdin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallResult {
+    /// The `callId` of the call this answers.
+    pub call_id: String,
+    /// The call's `result` (`{}` when the shim left it out) or why the call failed.
+    pub result: Result<Value, CallError>,
 }
 
 /// A line that does not follow the protocol.
@@ -218,6 +233,43 @@ pub fn encode_call_result(call_id: &str, result: &Result<String, CallError>) -> 
             format!("{}\n", Value::Object(obj))
         }
     }
+}
+
+/// Encodes a host call line (with its trailing newline), as a plugin writes it on its stdout.
+pub fn encode_host_call(call: &str, call_id: &str, args: &Value) -> String {
+    let mut obj = Map::new();
+    obj.insert("call".into(), Value::from(call));
+    obj.insert("callId".into(), Value::from(call_id));
+    obj.insert("args".into(), args.clone());
+    format!("{}\n", Value::Object(obj))
+}
+
+/// Parses the result of a host call (a trailing newline is allowed), as a plugin reads it on its
+/// stdin.
+pub fn parse_call_result(line: &str) -> Result<CallResult, ProtocolError> {
+    let mut obj = parse_object(line, "host call result")?;
+    let call_id = take_string(&mut obj, "callId")?;
+    let result = match obj.get("ok").and_then(Value::as_bool) {
+        Some(true) => Ok(obj
+            .remove("result")
+            .unwrap_or_else(|| Value::Object(Map::new()))),
+        Some(false) => Err(CallError {
+            code: match obj.remove("code") {
+                Some(Value::String(code)) => code,
+                _ => "UNKNOWN".to_string(),
+            },
+            message: match obj.remove("error") {
+                Some(Value::String(message)) => message,
+                _ => "the host call failed without a message".to_string(),
+            },
+        }),
+        None => {
+            return Err(ProtocolError(
+                "host call result needs \"ok\": true or false".to_string(),
+            ));
+        }
+    };
+    Ok(CallResult { call_id, result })
 }
 
 type RawFields = BTreeMap<String, Box<RawValue>>;
@@ -463,6 +515,61 @@ mod tests {
                 "error": "storage.put needs the permission storage:write;\nthe plugin has log",
             })
         );
+    }
+
+    #[test]
+    fn host_calls_and_their_results_round_trip() {
+        let line = encode_host_call(
+            "storage.put",
+            "c\"1",
+            &json!({"key": "a\nb", "value": {"n": 1}}),
+        );
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        let StdoutLine::HostCall(call) = parse_stdout_line(&line).unwrap() else {
+            panic!("{line} is not a host call")
+        };
+        assert_eq!(call.call, "storage.put");
+        assert_eq!(call.call_id, "c\"1");
+        let args: Value = serde_json::from_str(&call.args).unwrap();
+        assert_eq!(args, json!({"key": "a\nb", "value": {"n": 1}}));
+
+        let ok = encode_call_result("c1", &Ok(r#"{"found":true,"value":[1]}"#.into()));
+        assert_eq!(
+            parse_call_result(&ok).unwrap(),
+            CallResult {
+                call_id: "c1".into(),
+                result: Ok(json!({"found": true, "value": [1]})),
+            }
+        );
+        let denied = CallError {
+            code: "PERMISSION_DENIED".into(),
+            message: "no".into(),
+        };
+        let err = encode_call_result("c2", &Err(denied.clone()));
+        assert_eq!(parse_call_result(&err).unwrap().result, Err(denied));
+        // A result may be left out; an error without code or message still reads as an error.
+        assert_eq!(
+            parse_call_result(r#"{"callId":"c3","ok":true}"#)
+                .unwrap()
+                .result,
+            Ok(json!({}))
+        );
+        assert_eq!(
+            parse_call_result(r#"{"callId":"c4","ok":false}"#)
+                .unwrap()
+                .result
+                .unwrap_err()
+                .code,
+            "UNKNOWN"
+        );
+        for bad in [
+            "nope",
+            r#"{"ok":true}"#,
+            r#"{"callId":"c","result":{}}"#,
+            r#"{"callId":1,"ok":true}"#,
+        ] {
+            assert!(parse_call_result(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -146,6 +146,8 @@ async fn only_the_router_may_invoke_a_plugin_over_mutual_tls() {
         default_deadline_ms: 5000,
         lifecycle_timeout_ms: 5000,
         max_log_lines_per_minute: 100,
+        host_api: None,
+        host_calls: None,
         sandbox: common::sandbox(),
         entry_point: Vec::new(),
     };

@@ -59,6 +59,8 @@ async fn orphans_of_a_killed_plugin_are_reaped() {
         default_deadline_ms: 200,
         lifecycle_timeout_ms: 5000,
         max_log_lines_per_minute: 100,
+        host_api: None,
+        host_calls: None,
         sandbox: sandbox(),
         entry_point: vec![],
     };

@@ -103,6 +103,8 @@ impl Shim {
             default_deadline_ms: 2000,
             lifecycle_timeout_ms: 5000,
             max_log_lines_per_minute: 100,
+            host_api: None,
+            host_calls: None,
             sandbox: sandbox(),
             entry_point: entry_point.iter().map(|s| s.to_string()).collect(),
         }

@@ -1,17 +1,132 @@
-//! event-logger: `onEvent` writes each event it receives to its log (stderr, which the shim
-//! forwards) and answers with what it logged.
+//! event-logger: `onEvent` logs each event through the host API, counts the events in its
+//! key-value storage and tries to announce them, and answers with what happened.
+//!
+//! It shows the host API from the plugin's side, including a refusal: the plugin declares `log`
+//! and `storage:write` but not `events:emit`, so its `emit` fails with PERMISSION_DENIED — which it
+//! reports in its answer rather than failing the event.
 
+use airlock_plugin_shim::sdk::{self, Host};
 use serde_json::{Value, json};
 
 fn main() -> std::io::Result<()> {
-    let mut seen: u64 = 0;
-    airlock_plugin_shim::sdk::run(move |hook: &str, payload: Value| match hook {
-        "onEvent" => {
-            seen += 1;
-            let kind = payload["type"].as_str().unwrap_or("unknown").to_string();
-            eprintln!("event-logger: event #{seen} of type {kind}");
-            Ok(json!({"logged": true, "type": kind, "seen": seen}))
+    sdk::run_with_host(
+        |host: &mut Host<'_>, hook: &str, payload: Value| match hook {
+            "onEvent" => on_event(host, &payload),
+            other => Err(format!("event-logger does not implement hook {other}")),
+        },
+    )
+}
+
+/// Logs the event, reads `greeting` and `count` (both set by the installer; a missing or
+/// non-numeric `count` counts as 0), stores `count + 1` and tries to emit `event-logger.seen`.
+/// A storage failure fails the event; the emit's outcome is part of the answer.
+fn on_event(host: &mut Host<'_>, payload: &Value) -> Result<Value, String> {
+    let kind = payload["type"].as_str().unwrap_or("unknown").to_string();
+    // A line the host did not keep still goes to the container log (stderr).
+    let logged = match host.log("info", &format!("event-logger: event of type {kind}")) {
+        Ok(true) => true,
+        Ok(false) => {
+            eprintln!("event-logger: event of type {kind} (over the host's log rate limit)");
+            false
         }
-        other => Err(format!("event-logger does not implement hook {other}")),
-    })
+        Err(e) => {
+            eprintln!("event-logger: event of type {kind} (host log failed: {e})");
+            false
+        }
+    };
+    let storage = |e: sdk::HostError| format!("event-logger: storage failed: {e}");
+    let greeting = host
+        .get("greeting")
+        .map_err(storage)?
+        .unwrap_or(Value::Null);
+    let count = host
+        .get("count")
+        .map_err(storage)?
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+        + 1;
+    host.put("count", &json!(count)).map_err(storage)?;
+    let emit = match host.emit(
+        "event-logger.seen",
+        &json!({ "type": kind, "count": count }),
+    ) {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.code,
+    };
+    Ok(json!({
+        "logged": logged,
+        "type": kind,
+        "greeting": greeting,
+        "count": count,
+        "emit": emit,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `on_event` against scripted host-call results; returns the answer and the calls made.
+    fn run(results: &[&str]) -> (Result<Value, String>, Vec<Value>) {
+        let results = results.join("\n") + "\n";
+        let mut input = results.as_bytes();
+        let mut output = Vec::new();
+        let answer = on_event(
+            &mut Host::new(&mut input, &mut output),
+            &json!({"type": "deploy"}),
+        );
+        let calls = String::from_utf8(output)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (answer, calls)
+    }
+
+    #[test]
+    fn counts_the_event_in_storage_and_reports_the_refused_emit() {
+        let (answer, calls) = run(&[
+            r#"{"callId":"c1","ok":true,"result":{"kept":true,"dropped":0}}"#,
+            r#"{"callId":"c2","ok":true,"result":{"found":true,"value":"hello from the installer"}}"#,
+            r#"{"callId":"c3","ok":true,"result":{"found":true,"value":41}}"#,
+            r#"{"callId":"c4","ok":true,"result":{}}"#,
+            r#"{"callId":"c5","ok":false,"code":"PERMISSION_DENIED","error":"emit needs events:emit"}"#,
+        ]);
+        assert_eq!(
+            answer,
+            Ok(json!({
+                "logged": true, "type": "deploy", "greeting": "hello from the installer",
+                "count": 42, "emit": "PERMISSION_DENIED",
+            }))
+        );
+        let names: Vec<_> = calls.iter().map(|c| c["call"].clone()).collect();
+        assert_eq!(
+            names,
+            ["log", "storage.get", "storage.get", "storage.put", "emit"]
+        );
+        assert_eq!(calls[3]["args"], json!({"key": "count", "value": 42}));
+        assert_eq!(calls[4]["args"]["type"], "event-logger.seen");
+    }
+
+    #[test]
+    fn a_missing_count_starts_at_one_and_a_storage_failure_fails_the_event() {
+        let (answer, _) = run(&[
+            r#"{"callId":"c1","ok":true,"result":{"kept":true,"dropped":0}}"#,
+            r#"{"callId":"c2","ok":true,"result":{"found":false}}"#,
+            r#"{"callId":"c3","ok":true,"result":{"found":false}}"#,
+            r#"{"callId":"c4","ok":true,"result":{}}"#,
+            r#"{"callId":"c5","ok":true,"result":{}}"#,
+        ]);
+        let answer = answer.unwrap();
+        assert_eq!(answer["greeting"], Value::Null);
+        assert_eq!(answer["count"], 1);
+        assert_eq!(answer["emit"], "ok");
+
+        let (answer, _) = run(&[
+            r#"{"callId":"c1","ok":false,"code":"PERMISSION_DENIED","error":"no log"}"#,
+            r#"{"callId":"c2","ok":false,"code":"UNAVAILABLE","error":"no host API"}"#,
+        ]);
+        let message = answer.unwrap_err();
+        assert!(message.contains("UNAVAILABLE: no host API"), "{message}");
+    }
 }

@@ -1,0 +1,454 @@
+//! Host calls through the shim, in-process: a real Python plugin writes host calls in the middle of
+//! an invocation, the shim hands them to a fake host (`RunArgs::host_calls`) with the invocation id
+//! and writes the results back on the plugin's stdin, until the plugin answers.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use airlock_plugin_shim::cli::{self, RunArgs};
+use airlock_plugin_shim::host::{CallFuture, HostCalls};
+use airlock_plugin_shim::protocol::{CallError, HostCallLine, MAX_HOST_CALLS};
+use airlock_proto::plugin::v1::InvokeRequest;
+use airlock_proto::plugin::v1::plugin_client::PluginClient;
+use common::sandbox;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Makes the host calls listed in the payload (`calls`: `[{"call", "args"}]`; onLoad makes one
+/// `log`), then answers with the results it read and its pid.
+const PLUGIN: &str = r#"
+import json, os, sys
+def call(name, args, cid):
+    print(json.dumps({"call": name, "callId": cid, "args": args}), flush=True)
+    return json.loads(sys.stdin.readline())
+for line in sys.stdin:
+    req = json.loads(line)
+    p = req["payload"] if isinstance(req["payload"], dict) else {}
+    results = []
+    if req["hook"] == "onLoad":
+        results.append(call("log", {"level": "info", "message": "loading"}, "load"))
+    for i, c in enumerate(p.get("calls", [])):
+        results.append(call(c["call"], c.get("args", {}), "c%d" % i))
+    out = {"results": results, "pid": os.getpid()}
+    print(json.dumps({"id": req["id"], "ok": True, "output": out}), flush=True)
+"#;
+
+/// A host that records every call and answers from a script: `storage.get` of `count` is 41, of
+/// any other key a big number; `storage.put` is denied if `deny_put`; `storage.list` takes 5 s
+/// (longer than any deadline here); the rest succeed.
+#[derive(Debug, Default)]
+struct FakeHost {
+    seen: Mutex<Vec<(String, HostCallLine)>>,
+    deny_put: bool,
+}
+
+impl FakeHost {
+    fn denying_puts() -> Arc<Self> {
+        Arc::new(Self {
+            deny_put: true,
+            ..Self::default()
+        })
+    }
+
+    fn seen(&self) -> Vec<(String, HostCallLine)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl HostCalls for FakeHost {
+    fn call<'a>(&'a self, invocation_id: &'a str, call: HostCallLine) -> CallFuture<'a> {
+        Box::pin(async move {
+            self.seen
+                .lock()
+                .unwrap()
+                .push((invocation_id.to_string(), call.clone()));
+            match call.call.as_str() {
+                "log" => Ok(r#"{"kept":true,"dropped":0}"#.to_string()),
+                "storage.get" if call.args.contains(r#""count""#) => {
+                    Ok(r#"{"found":true,"value":41}"#.to_string())
+                }
+                "storage.get" => Ok(
+                    r#"{"found":true,"value":{"big":123456789012345678901234567890}}"#.to_string(),
+                ),
+                "storage.put" if self.deny_put => Err(CallError {
+                    code: "PERMISSION_DENIED".into(),
+                    message: "storage.put needs the permission storage:write; the plugin has \
+                              log, storage:read"
+                        .into(),
+                }),
+                "storage.list" => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(r#"{"keys":[],"nextPageToken":""}"#.to_string())
+                }
+                _ => Ok("{}".to_string()),
+            }
+        })
+    }
+}
+
+fn tgz(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+    for (path, text) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o755);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, text.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+struct Shim {
+    addr: std::net::SocketAddr,
+    dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), cli::RunError>>,
+}
+
+impl Shim {
+    /// [`PLUGIN`] with `hooks`.
+    async fn start(hooks: &str, host: Option<Arc<dyn HostCalls>>) -> Shim {
+        let manifest = format!(
+            "name: caller\nversion: 1.0.0\napiVersion: 1\nhooks: {hooks}\n\
+             permissions: [log, storage:read]\nentryPoint: [python3, plugin.py]\n"
+        );
+        let bundle = tgz(&[("plugin.yaml", &manifest), ("plugin.py", PLUGIN)]);
+        Self::start_bundle(tempfile::tempdir().unwrap(), &bundle, host).await
+    }
+
+    async fn start_bundle(
+        dir: tempfile::TempDir,
+        bundle: &[u8],
+        host: Option<Arc<dyn HostCalls>>,
+    ) -> Shim {
+        let path = dir.path().join("bundle.tar.gz");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(bundle)
+            .unwrap();
+        let args = RunArgs {
+            bundle: path,
+            workdir: dir.path().join("work"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls_dir: None,
+            health_listen: None,
+            max_bundle_bytes: 1024 * 1024,
+            expect_digest: None,
+            signature: None,
+            public_key: None,
+            default_deadline_ms: 5000,
+            lifecycle_timeout_ms: 5000,
+            max_log_lines_per_minute: 100,
+            host_api: None,
+            host_calls: host,
+            sandbox: sandbox(),
+            entry_point: vec![],
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(cli::run(args, listener, async {
+            let _ = stopped.await;
+        }));
+        Shim {
+            addr,
+            dir,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn client(&self) -> PluginClient<Channel> {
+        PluginClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        self.stop_keeping_dir().await;
+    }
+
+    async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("the shim did not stop within 10 s")
+            .unwrap()
+            .unwrap();
+        self.dir
+    }
+}
+
+/// Runs the plugin with `calls` (`[(call, args)]`) during invocation `id`.
+async fn invoke(
+    client: &mut PluginClient<Channel>,
+    id: &str,
+    calls: &[(&str, Value)],
+    deadline_ms: u32,
+) -> Result<Value, tonic::Status> {
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|(call, args)| json!({"call": call, "args": args}))
+        .collect();
+    let r = client
+        .invoke(InvokeRequest {
+            hook: "transform".into(),
+            payload_json: json!({ "calls": calls }).to_string(),
+            deadline_ms,
+            invocation_id: id.into(),
+        })
+        .await?
+        .into_inner();
+    Ok(serde_json::from_str(&r.output_json).unwrap())
+}
+
+#[tokio::test]
+async fn host_calls_are_forwarded_with_the_invocation_id_and_answered_on_stdin() {
+    let host = FakeHost::denying_puts();
+    let shim = Shim::start("[transform]", Some(host.clone())).await;
+    let mut client = shim.client().await;
+
+    let out = invoke(
+        &mut client,
+        "inv-host-1",
+        &[
+            (
+                "log",
+                json!({"level": "info", "message": "hello from the plugin"}),
+            ),
+            ("storage.get", json!({"key": "orders/42"})),
+            (
+                "storage.put",
+                json!({"key": "orders/42", "value": {"total": 1.5}}),
+            ),
+            ("storage.drop", json!({"key": "orders/42"})),
+            ("emit", json!({"type": "order.created", "payload": [1]})),
+        ],
+        0,
+    )
+    .await
+    .unwrap();
+
+    // Every known call reached the host, in order, with the invocation id and the args as the
+    // plugin wrote them; the unknown one did not.
+    let seen = host.seen();
+    let names: Vec<_> = seen.iter().map(|(_, c)| c.call.as_str()).collect();
+    assert_eq!(names, ["log", "storage.get", "storage.put", "emit"]);
+    assert!(seen.iter().all(|(id, _)| id == "inv-host-1"), "{seen:?}");
+    assert_eq!(seen[1].1.call_id, "c1");
+    assert_eq!(
+        serde_json::from_str::<Value>(&seen[2].1.args).unwrap(),
+        json!({"key": "orders/42", "value": {"total": 1.5}})
+    );
+
+    // The plugin read each result, with its callId, and still answered its request.
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(
+        results[0],
+        json!({"callId": "c0", "ok": true, "result": {"kept": true, "dropped": 0}})
+    );
+    assert_eq!(results[1]["result"]["found"], json!(true));
+    assert_eq!(
+        results[2],
+        json!({"callId": "c2", "ok": false, "code": "PERMISSION_DENIED",
+               "error": "storage.put needs the permission storage:write; the plugin has log, storage:read"})
+    );
+    assert_eq!(results[3]["callId"], "c3");
+    assert_eq!(results[3]["ok"], json!(false));
+    assert_eq!(results[3]["code"], "UNIMPLEMENTED");
+    assert!(
+        results[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"storage.drop\""),
+        "{}",
+        results[3]
+    );
+    assert_eq!(
+        results[4],
+        json!({"callId": "c4", "ok": true, "result": {}})
+    );
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_value_reaches_the_plugin_unrounded() {
+    let host = Arc::new(FakeHost::default());
+    let shim = Shim::start("[transform]", Some(host)).await;
+    let mut client = shim.client().await;
+    let r = client
+        .invoke(InvokeRequest {
+            hook: "transform".into(),
+            payload_json: json!({"calls": [{"call": "storage.get", "args": {"key": "k"}}]})
+                .to_string(),
+            deadline_ms: 0,
+            invocation_id: "inv-big".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Python parsed the big integer exactly and wrote it back: the shim spliced it through.
+    assert!(
+        r.output_json.contains("123456789012345678901234567890"),
+        "{}",
+        r.output_json
+    );
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn more_than_64_host_calls_break_the_protocol_and_restart_the_plugin() {
+    let host = Arc::new(FakeHost::default());
+    let shim = Shim::start("[transform]", Some(host.clone())).await;
+    let mut client = shim.client().await;
+    let log = ("log", json!({"level": "debug", "message": "x"}));
+
+    // 64 calls are fine.
+    let limit = MAX_HOST_CALLS as usize;
+    assert_eq!(limit, 64);
+    let out = invoke(&mut client, "inv-64", &vec![log.clone(); limit], 0)
+        .await
+        .unwrap();
+    assert_eq!(out["results"].as_array().unwrap().len(), limit);
+    let pid = out["pid"].clone();
+
+    // The 65th fails the invocation as a protocol error; the host never sees it.
+    let err = invoke(&mut client, "inv-65", &vec![log.clone(); limit + 1], 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(
+        err.message().contains("more than 64 host calls"),
+        "{}",
+        err.message()
+    );
+    let for_65 = host.seen().iter().filter(|(id, _)| id == "inv-65").count();
+    assert_eq!(for_65, limit);
+
+    // The process was replaced.
+    let out = invoke(&mut client, "inv-after", &[], 0).await.unwrap();
+    assert_ne!(out["pid"], pid);
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn the_deadline_covers_the_host_calls() {
+    let host = Arc::new(FakeHost::default());
+    let shim = Shim::start("[transform]", Some(host)).await;
+    let mut client = shim.client().await;
+    let first = invoke(&mut client, "inv-1", &[], 0).await.unwrap();
+
+    // The host takes 5 s to list; the invocation has 500 ms.
+    let started = Instant::now();
+    let err = invoke(
+        &mut client,
+        "inv-slow",
+        &[("storage.list", json!({"prefix": ""}))],
+        500,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A plugin still waiting for a result at the deadline is replaced like any late plugin.
+    let next = invoke(&mut client, "inv-2", &[], 0).await.unwrap();
+    assert_ne!(next["pid"], first["pid"]);
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn on_load_host_calls_carry_the_lifecycle_id() {
+    let host = Arc::new(FakeHost::default());
+    let shim = Shim::start("[onLoad, transform]", Some(host.clone())).await;
+    let mut client = shim.client().await;
+    // The first invocation waits for the start, onLoad included.
+    invoke(&mut client, "inv-1", &[], 0).await.unwrap();
+    let seen = host.seen();
+    assert_eq!(seen[0].0, "onload-1", "{seen:?}");
+    assert_eq!(seen[0].1.call, "log");
+    assert_eq!(seen[0].1.call_id, "load");
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_host_api_calls_fail_with_unavailable_and_the_plugin_goes_on() {
+    let shim = Shim::start("[transform]", None).await;
+    let mut client = shim.client().await;
+    let out = invoke(
+        &mut client,
+        "inv-1",
+        &[
+            ("storage.get", json!({"key": "k"})),
+            ("nonsense", json!({})),
+        ],
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out["results"][0],
+        json!({"callId": "c0", "ok": false, "code": "UNAVAILABLE",
+               "error": "this shim has no host API configured"})
+    );
+    assert_eq!(out["results"][1]["code"], "UNIMPLEMENTED");
+    shim.stop().await;
+}
+
+/// The Python host-call example in PROTOCOL.md, run as it is written there.
+#[tokio::test]
+async fn the_host_call_example_in_protocol_md_works() {
+    let doc = include_str!("../PROTOCOL.md");
+    let section = &doc[doc.find("## Host calls").unwrap()..];
+    let start = section.find("```python\n").unwrap() + "```python\n".len();
+    let code = &section[start..start + section[start..].find("```").unwrap()];
+
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = tgz(&[
+        (
+            "plugin.yaml",
+            "name: counter\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\n\
+             permissions: [storage:write]\nentryPoint: [python3, plugin.py]\n",
+        ),
+        ("plugin.py", code),
+    ]);
+    let host = Arc::new(FakeHost::default());
+    let shim = Shim::start_bundle(dir, &bundle, Some(host.clone())).await;
+    let mut client = shim.client().await;
+    let out = invoke(&mut client, "inv-doc", &[], 0).await.unwrap();
+    assert_eq!(out, json!({"count": 42}));
+    let seen = host.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].1.call, "storage.put");
+    assert_eq!(
+        serde_json::from_str::<Value>(&seen[1].1.args).unwrap(),
+        json!({"key": "count", "value": 42})
+    );
+
+    // A refused call becomes the plugin's error answer.
+    let shim_dir = shim.stop_keeping_dir().await;
+    let shim = Shim::start_bundle(shim_dir, &bundle, Some(FakeHost::denying_puts())).await;
+    let mut client = shim.client().await;
+    let err = invoke(&mut client, "inv-doc", &[], 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    assert!(
+        err.message().starts_with("PERMISSION_DENIED: "),
+        "{}",
+        err.message()
+    );
+    shim.stop().await;
+}
