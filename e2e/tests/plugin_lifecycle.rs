@@ -437,7 +437,19 @@ async fn killing_the_operator_mid_rollout_converges_without_duplicates() -> Resu
             ),
             (
                 "bundle Secret",
-                s.ns.api::<Secret>().list(&by_plugin).await?.items.len(),
+                s.ns.api::<Secret>()
+                    .list(&by_plugin.clone().fields("type=airlock.dev/bundle"))
+                    .await?
+                    .items
+                    .len(),
+            ),
+            (
+                "TLS Secret",
+                s.ns.api::<Secret>()
+                    .list(&by_plugin.clone().fields("type=kubernetes.io/tls"))
+                    .await?
+                    .items
+                    .len(),
             ),
         ];
         for (kind, n) in counts {
