@@ -1,11 +1,11 @@
 //! Hostile plugins, each contained and reported while the other plugins keep answering: a socket
 //! opened without the egress permission (refused by the shim's seccomp filter), the network
 //! reached with it (dropped by the NetworkPolicy), the service-account token read (none is
-//! mounted), the root filesystem written (read-only), a 2 MiB answer (over the output limit), a
-//! log flood (rate-limited), a grandchild that outlives a timeout (killed with the plugin), and a
-//! fork bomb (stopped by the pod's pids limit); and a caller that is not the router (refused by
-//! the shim's mutual TLS). Everything runs on the local cluster through the
-//! router, as installed by the chart.
+//! mounted), the root filesystem written (read-only), its own bundle rewritten (a read-only
+//! mount), a 2 MiB answer (over the output limit), a log flood (rate-limited), a grandchild that
+//! outlives a timeout (killed with the plugin), a fork bomb (stopped by the pod's pids limit), and
+//! a caller that is not the router (refused by the shim's mutual TLS). Everything runs on the
+//! local cluster through the router, as installed by the chart.
 
 use std::time::Duration;
 
@@ -90,6 +90,12 @@ async fn scenario(f: &Fixture) -> Result<()> {
     ensure!(
         out["write"] == "ReadOnlyFilesystem",
         "the root filesystem is read-only: {out}"
+    );
+    // Its own code: unpacked and verified by the init container, mounted read-only.
+    let out = attack("hostile", json!({"attack": "write-bundle"})).await?;
+    ensure!(
+        out["modify"] == "ReadOnlyFilesystem" && out["create"] == "ReadOnlyFilesystem",
+        "the plugin cannot change its bundle: {out}"
     );
 
     let big = f

@@ -40,6 +40,10 @@ pub struct Cli {
 pub enum Command {
     /// Copy this executable to DEST with mode 0755 (for an init container filling an emptyDir).
     Install(InstallArgs),
+    /// Verify the bundle (digest, signature) and unpack it into DEST/bundle, its digest in
+    /// DEST/digest: an init container does this so that the plugin container can mount DEST
+    /// read-only (`run --unpacked DEST`).
+    Unpack(UnpackArgs),
     /// Unpack the bundle, start the plugin and serve gRPC until SIGTERM.
     // Boxed: by far the largest variant (clippy::large_enum_variant).
     Run(Box<RunArgs>),
@@ -89,6 +93,29 @@ pub struct SandboxExecArgs {
     pub entry_point: Vec<String>,
 }
 
+/// Flags of `airlock-shim unpack`.
+#[derive(Debug, Clone, Args)]
+pub struct UnpackArgs {
+    /// The plugin bundle: a gzipped tar with plugin.yaml at its root.
+    #[arg(long, value_name = "PATH")]
+    pub bundle: PathBuf,
+    /// Where to unpack (DEST/bundle, DEST/digest).
+    #[arg(long, value_name = "DEST")]
+    pub dest: PathBuf,
+    /// Largest bundle accepted, both packed and unpacked, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = bundle::DEFAULT_MAX_BYTES)]
+    pub max_bundle_bytes: u64,
+    /// Refuse unless the bundle's digest is this one (sha256:<64 hex>).
+    #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
+    pub expect_digest: Option<String>,
+    /// Detached ed25519 signature of the bundle; with `--public-key` it must verify.
+    #[arg(long, value_name = "FILE", requires = "public_key")]
+    pub signature: Option<PathBuf>,
+    /// Public key (SPKI PEM or base64) the signature must verify under.
+    #[arg(long, value_name = "FILE", requires = "signature")]
+    pub public_key: Option<PathBuf>,
+}
+
 /// Flags of `airlock-shim install`.
 #[derive(Debug, Clone, Args)]
 pub struct InstallArgs {
@@ -113,6 +140,11 @@ pub struct RunArgs {
     /// Address to serve gRPC on.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
+
+    /// A directory `airlock-shim unpack` filled (mounted read-only): run the bundle from there
+    /// instead of unpacking it into WORKDIR. Its digest must be the one of --bundle.
+    #[arg(long, value_name = "DIR")]
+    pub unpacked: Option<PathBuf>,
 
     /// Directory with the shim's TLS identity (tls.crt, tls.key) and the CA (ca.crt): the plugin
     /// API is then served over mutual TLS to the Airlock router only. Without it the API is plain
@@ -284,6 +316,9 @@ pub fn main() -> ExitCode {
         Command::Install(args) => install(&args.dest).map(|path| {
             info!(path = %path.display(), "installed airlock-shim");
         }),
+        Command::Unpack(args) => unpack(&args).map(|path| {
+            info!(path = %path.display(), "unpacked the bundle");
+        }),
         Command::Run(args) => run_blocking(*args),
         Command::SandboxExec(_) => Ok(()),
     };
@@ -349,6 +384,88 @@ fn run_blocking(args: RunArgs) -> Result<(), RunError> {
     })
 }
 
+/// Files `unpack` writes into its destination.
+pub const UNPACKED_BUNDLE_DIR: &str = "bundle";
+pub const UNPACKED_DIGEST_FILE: &str = "digest";
+
+/// The bundle's bytes, after checking its digest and (with both files) its signature.
+fn read_verified(
+    bundle: &Path,
+    expect_digest: Option<&str>,
+    signature: Option<&Path>,
+    public_key: Option<&Path>,
+) -> Result<Vec<u8>, RunError> {
+    let bytes = fs::read(bundle).map_err(|source| RunError::ReadBundle {
+        path: bundle.to_path_buf(),
+        source,
+    })?;
+    // Check the digest before unpacking anything.
+    if let Some(expected) = expect_digest {
+        let actual = bundle::digest(&bytes);
+        if actual != expected {
+            return Err(RunError::DigestMismatch {
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    // Defense in depth: the operator verified this signature; check it again before unpacking.
+    if let (Some(sig_path), Some(key_path)) = (signature, public_key) {
+        let unreadable = |path: &Path, reason: String| RunError::SignatureUnreadable {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let read =
+            |path: &Path| fs::read_to_string(path).map_err(|e| unreadable(path, e.to_string()));
+        let signature = crate::signing::parse_signature(&read(sig_path)?)
+            .map_err(|e| unreadable(sig_path, e.to_string()))?;
+        let key = crate::signing::parse_public_key(&read(key_path)?)
+            .map_err(|e| unreadable(key_path, e.to_string()))?;
+        if !crate::signing::verifies(&key, &bundle::digest(&bytes), &signature) {
+            return Err(RunError::SignatureInvalid);
+        }
+        info!("bundle signature verified");
+    }
+    Ok(bytes)
+}
+
+/// Unpacks `bytes` into `dir`, replacing what an earlier run left there (an emptyDir outlives
+/// container restarts).
+fn unpack_into(bytes: &[u8], dir: &Path, max_bytes: u64) -> Result<bundle::Extracted, RunError> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(|source| RunError::Workdir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(bundle::extract(bytes, dir, max_bytes)?)
+}
+
+/// `airlock-shim unpack`: verifies the bundle as `run` does and unpacks it into
+/// DEST/bundle, with its digest in DEST/digest.
+pub fn unpack(args: &UnpackArgs) -> Result<PathBuf, RunError> {
+    let bytes = read_verified(
+        &args.bundle,
+        args.expect_digest.as_deref(),
+        args.signature.as_deref(),
+        args.public_key.as_deref(),
+    )?;
+    let extracted = unpack_into(
+        &bytes,
+        &args.dest.join(UNPACKED_BUNDLE_DIR),
+        args.max_bundle_bytes,
+    )?;
+    extracted.manifest.check_api_version()?;
+    let digest_file = args.dest.join(UNPACKED_DIGEST_FILE);
+    fs::write(&digest_file, format!("{}\n", extracted.digest)).map_err(|source| {
+        RunError::Workdir {
+            path: digest_file,
+            source,
+        }
+    })?;
+    Ok(args.dest.join(UNPACKED_BUNDLE_DIR))
+}
+
 /// SIGTERM (the kubelet stopping the pod) or SIGINT.
 fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -390,61 +507,51 @@ pub async fn run(
         ),
         None => None,
     };
-    let bytes = fs::read(&args.bundle).map_err(|source| RunError::ReadBundle {
-        path: args.bundle.clone(),
-        source,
-    })?;
-    // Check the digest before unpacking anything.
-    if let Some(expected) = &args.expect_digest {
-        let actual = bundle::digest(&bytes);
-        if &actual != expected {
-            return Err(RunError::DigestMismatch {
-                expected: expected.clone(),
-                actual,
-            });
-        }
-    }
-    // Defense in depth: the operator verified this signature; check it again before unpacking.
-    if let (Some(sig_path), Some(key_path)) = (&args.signature, &args.public_key) {
-        let read = |path: &PathBuf| {
-            fs::read_to_string(path).map_err(|e| RunError::SignatureUnreadable {
-                path: path.clone(),
-                reason: e.to_string(),
-            })
-        };
-        let signature = crate::signing::parse_signature(&read(sig_path)?).map_err(|e| {
-            RunError::SignatureUnreadable {
-                path: sig_path.clone(),
-                reason: e.to_string(),
+    let bytes = read_verified(
+        &args.bundle,
+        args.expect_digest.as_deref(),
+        args.signature.as_deref(),
+        args.public_key.as_deref(),
+    )?;
+    let (bundle_dir, manifest, digest) = match &args.unpacked {
+        // Unpacked by the init container (`airlock-shim unpack`) into a volume this container
+        // mounts read-only: the plugin cannot change its own code. Same bytes, or nothing runs.
+        Some(dir) => {
+            let stored = fs::read_to_string(dir.join(UNPACKED_DIGEST_FILE)).map_err(|source| {
+                RunError::Workdir {
+                    path: dir.join(UNPACKED_DIGEST_FILE),
+                    source,
+                }
+            })?;
+            let digest = bundle::digest(&bytes);
+            if stored.trim() != digest {
+                return Err(RunError::DigestMismatch {
+                    expected: digest,
+                    actual: stored.trim().to_string(),
+                });
             }
-        })?;
-        let key = crate::signing::parse_public_key(&read(key_path)?).map_err(|e| {
-            RunError::SignatureUnreadable {
-                path: key_path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        if !crate::signing::verifies(&key, &bundle::digest(&bytes), &signature) {
-            return Err(RunError::SignatureInvalid);
+            let bundle_dir = dir.join(UNPACKED_BUNDLE_DIR);
+            let yaml = fs::read_to_string(bundle_dir.join("plugin.yaml")).map_err(|source| {
+                RunError::Workdir {
+                    path: bundle_dir.join("plugin.yaml"),
+                    source,
+                }
+            })?;
+            (bundle_dir, crate::manifest::Manifest::parse(&yaml)?, digest)
         }
-        info!("bundle signature verified");
-    }
-    let bundle_dir = args.workdir.join("bundle");
-    if bundle_dir.exists() {
-        // Left by an earlier run of the shim in the same pod (the emptyDir outlives restarts).
-        fs::remove_dir_all(&bundle_dir).map_err(|source| RunError::Workdir {
-            path: bundle_dir.clone(),
-            source,
-        })?;
-    }
-    let extracted = bundle::extract(&bytes, &bundle_dir, args.max_bundle_bytes)?;
-    let manifest = extracted.manifest;
+        None => {
+            let bundle_dir = args.workdir.join("bundle");
+            let extracted = unpack_into(&bytes, &bundle_dir, args.max_bundle_bytes)?;
+            (bundle_dir, extracted.manifest, extracted.digest)
+        }
+    };
     manifest.check_api_version()?;
     info!(
         plugin = %manifest.name,
         version = %manifest.version,
-        digest = %extracted.digest,
-        "unpacked the bundle"
+        %digest,
+        read_only = args.unpacked.is_some(),
+        "the bundle is ready"
     );
 
     let argv = if args.entry_point.is_empty() {
@@ -471,7 +578,7 @@ pub async fn run(
     let service = PluginService::new(
         supervisor.clone(),
         manifest,
-        extracted.digest,
+        digest,
         Duration::from_millis(u64::from(args.default_deadline_ms)),
     );
 

@@ -140,6 +140,7 @@ impl Shim {
             workdir: dir.path().join("work"),
             listen: "127.0.0.1:0".parse().unwrap(),
             tls_dir: None,
+            unpacked: None,
             health_listen: None,
             max_bundle_bytes: 1024 * 1024,
             expect_digest: None,

@@ -138,6 +138,7 @@ async fn only_the_router_may_invoke_a_plugin_over_mutual_tls() {
         workdir: dir.path().join("work"),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_dir: Some(tls_dir),
+        unpacked: None,
         health_listen: Some(health_addr),
         max_bundle_bytes: 1024 * 1024,
         expect_digest: None,

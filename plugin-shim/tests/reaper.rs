@@ -51,6 +51,7 @@ async fn orphans_of_a_killed_plugin_are_reaped() {
         workdir: dir.path().join("work"),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_dir: None,
+        unpacked: None,
         health_listen: None,
         max_bundle_bytes: 1 << 20,
         expect_digest: None,

@@ -95,6 +95,7 @@ impl Shim {
             workdir: dir.join("work"),
             listen: "127.0.0.1:0".parse().unwrap(),
             tls_dir: None,
+            unpacked: None,
             health_listen: None,
             max_bundle_bytes: 1024 * 1024,
             expect_digest: None,
@@ -760,4 +761,57 @@ async fn the_binary_serves_until_sigterm() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("in-pod runtime"));
+}
+
+/// The pod's way: an init container unpacks and verifies (`airlock-shim unpack`) into a volume the
+/// plugin container mounts read-only, and `run --unpacked` runs the plugin from there — only if
+/// the unpacked bundle is the one `--bundle` names.
+#[tokio::test]
+async fn a_bundle_unpacked_by_the_init_step_runs_from_its_directory_and_only_if_it_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = tgz(&[
+        (
+            "plugin.yaml",
+            &manifest("[transform]", "[python3, plugin.py]"),
+        ),
+        ("plugin.py", PY_PLUGIN),
+    ]);
+    let mut args = Shim::args(dir.path(), &bundle, &[]);
+    let dest = dir.path().join("unpacked");
+    let unpacked = cli::unpack(&cli::UnpackArgs {
+        bundle: args.bundle.clone(),
+        dest: dest.clone(),
+        max_bundle_bytes: 1024 * 1024,
+        expect_digest: None,
+        signature: None,
+        public_key: None,
+    })
+    .unwrap();
+    assert_eq!(unpacked, dest.join("bundle"));
+    args.unpacked = Some(dest.clone());
+    let shim = Shim::start_with(dir, args).await;
+    let mut client = shim.client().await;
+    let (out, _) = invoke(&mut client, "transform", json!({"x": 1}), 5000)
+        .await
+        .unwrap();
+    assert_eq!(
+        Path::new(out["cwd"].as_str().unwrap()),
+        dest.join("bundle").canonicalize().unwrap(),
+        "the plugin runs in the unpacked (read-only in the pod) directory"
+    );
+    assert!(
+        !shim.bundle_dir().exists(),
+        "nothing is unpacked into the writable work directory"
+    );
+    let dir = shim.stop().await;
+
+    // Another bundle's unpacked files: refused before anything runs.
+    let other = tgz(&[("plugin.yaml", &manifest("[onEvent]", "[python3, x.py]"))]);
+    let mut args = Shim::args(dir.path(), &other, &[]);
+    args.unpacked = Some(dest);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = cli::run(args, listener, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, cli::RunError::DigestMismatch { .. }), "{err}");
 }

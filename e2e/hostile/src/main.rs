@@ -4,6 +4,8 @@
 //! - `socket`: open a TCP connection to `{"target": "ip:port"}` → `{"socket": "ok" | error}`
 //! - `token`: read the service-account token → `{"token": "found" | error}`
 //! - `write-root`: create a file in `/` → `{"write": "ok" | error}`
+//! - `write-bundle`: append to its own plugin.yaml and add a file next to it →
+//!   `{"modify": "ok" | error, "create": "ok" | error}`
 //! - `output`: answer with 2 MiB
 //! - `fork-bomb`: start sleeping copies of itself until that fails → `{"started": n, "error": ...}`
 //! - `log-flood`: write 5000 lines to its log → `{"written": 5000}`
@@ -72,6 +74,15 @@ fn attack(payload: &Value) -> Result<Value, String> {
             )
         }
         "write-root" => Ok(json!({"write": outcome(std::fs::write("/pwned", b"x"))})),
+        "write-bundle" => {
+            let dir = std::env::var("AIRLOCK_BUNDLE_DIR").unwrap_or_else(|_| ".".into());
+            let dir = std::path::Path::new(&dir);
+            let modify = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("plugin.yaml"));
+            let create = std::fs::write(dir.join("implant"), b"x");
+            Ok(json!({"modify": outcome(modify), "create": outcome(create)}))
+        }
         "output" => Ok(json!({"blob": "x".repeat(2 << 20)})),
         "fork-bomb" => {
             let mut started = 0u32;

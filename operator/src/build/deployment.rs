@@ -21,8 +21,28 @@ use super::{BuildConfig, GRPC_PORT, HEALTH_PORT, Rollout, TLS_DIR, child_name, l
 pub const SHIM_PATH: &str = "/airlock/bin/airlock-shim";
 const BUNDLE_DIR: &str = "/airlock/bundle";
 const WORK_DIR: &str = "/airlock/work";
-/// Non-root identity of every plugin process (the "nonroot" uid of distroless images).
-pub const PLUGIN_UID: i64 = 65532;
+/// Where the init container unpacks the verified bundle; read-only in the plugin container.
+pub const UNPACKED_DIR: &str = "/airlock/unpacked";
+/// First user id of plugin pods; see [`plugin_uid`].
+pub const PLUGIN_UID_BASE: i64 = 1_000_000;
+/// How many user ids plugin pods are spread over.
+pub const PLUGIN_UID_RANGE: u64 = 1_000_000;
+/// Processes and threads a plugin's user may have on a node (RLIMIT_NPROC of the plugin
+/// process; the shim's own threads count too). The pod's pids limit still caps the pod.
+pub const PLUGIN_MAX_PROCESSES: u32 = 256;
+
+/// The non-root user (and group) a plugin's pod runs as: one per Plugin (namespace and name),
+/// so that RLIMIT_NPROC, which Linux counts per user on the whole node, bounds this plugin alone,
+/// and plugins on one node cannot signal each other's processes. Derived from a hash, so
+/// stable across revisions; two plugins may share one by chance (1 in a million per pair), which
+/// then only shares that limit.
+pub fn plugin_uid(namespace: &str, name: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{namespace}/{name}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    PLUGIN_UID_BASE + (u64::from_be_bytes(first) % PLUGIN_UID_RANGE) as i64
+}
 
 /// Annotations on the pod template: what a human needs to tell revisions apart.
 pub const IMAGE_DIGEST_ANNOTATION: &str = "airlock.dev/image-digest";
@@ -36,6 +56,7 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
     } else {
         0
     };
+    let uid = plugin_uid(&plugin.namespace().unwrap_or_default(), &plugin.name_any());
     let mut pod_labels = labels::common(plugin);
     pod_labels.insert(labels::REVISION_LABEL.into(), rollout.revision.clone());
     let annotations = BTreeMap::from([
@@ -65,13 +86,28 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
         "--health-listen".into(),
         format!("0.0.0.0:{HEALTH_PORT}"),
     ];
+    let mut unpack_args = vec![
+        "/airlock-shim".to_string(),
+        "unpack".into(),
+        "--bundle".into(),
+        format!("{BUNDLE_DIR}/{BUNDLE_KEY}"),
+        "--expect-digest".into(),
+        rollout.bundle_digest.clone(),
+        "--dest".into(),
+        UNPACKED_DIR.into(),
+    ];
+    // The plugin runs the bundle the init container unpacked, from a read-only mount: it cannot
+    // change its own code.
+    shim_args.extend(["--unpacked".into(), UNPACKED_DIR.into()]);
     if rollout.bundle_signature.is_some() {
-        shim_args.extend([
-            "--signature".into(),
+        let signed = [
+            "--signature".to_string(),
             format!("{BUNDLE_DIR}/{SIGNATURE_KEY}"),
             "--public-key".into(),
             format!("{BUNDLE_DIR}/{PUBLIC_KEY_KEY}"),
-        ]);
+        ];
+        shim_args.extend(signed.iter().cloned());
+        unpack_args.extend(signed);
     }
     if let Some(addr) = &config.host_api {
         shim_args.extend(["--host-api".into(), addr.clone()]);
@@ -84,6 +120,10 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
     {
         shim_args.push("--allow-network".into());
     }
+    shim_args.extend([
+        "--max-processes".into(),
+        PLUGIN_MAX_PROCESSES.to_string(),
+    ]);
     shim_args.push("--".into());
     shim_args.extend(rollout.entry_point.iter().cloned());
 
@@ -123,9 +163,9 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
                     "terminationGracePeriodSeconds": 10,
                     "securityContext": {
                         "runAsNonRoot": true,
-                        "runAsUser": PLUGIN_UID,
-                        "runAsGroup": PLUGIN_UID,
-                        "fsGroup": PLUGIN_UID,
+                        "runAsUser": uid,
+                        "runAsGroup": uid,
+                        "fsGroup": uid,
                         "seccompProfile": seccomp_profile(config),
                     },
                     "initContainers": [{
@@ -139,6 +179,20 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
                             "requests": {"cpu": "10m", "memory": "16Mi"},
                         },
                         "volumeMounts": [{"name": "shim", "mountPath": "/airlock/bin"}],
+                    }, {
+                        "name": "unpack-bundle",
+                        "image": config.shim_image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": unpack_args,
+                        "securityContext": container_security_context(),
+                        "resources": {
+                            "limits": {"cpu": "100m", "memory": "32Mi"},
+                            "requests": {"cpu": "10m", "memory": "16Mi"},
+                        },
+                        "volumeMounts": [
+                            {"name": "bundle", "mountPath": BUNDLE_DIR, "readOnly": true},
+                            {"name": "unpacked", "mountPath": UNPACKED_DIR},
+                        ],
                     }],
                     "containers": [{
                         "name": "plugin",
@@ -160,6 +214,7 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
                         "volumeMounts": [
                             {"name": "shim", "mountPath": "/airlock/bin", "readOnly": true},
                             {"name": "bundle", "mountPath": BUNDLE_DIR, "readOnly": true},
+                            {"name": "unpacked", "mountPath": UNPACKED_DIR, "readOnly": true},
                             {"name": "work", "mountPath": WORK_DIR},
                             {"name": "tmp", "mountPath": "/tmp"},
                             {"name": "tls", "mountPath": TLS_DIR, "readOnly": true},
@@ -171,6 +226,7 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
                             "secretName": bundle_secret_name(&plugin.name_any(), rollout),
                             "defaultMode": 0o444,
                         }},
+                        {"name": "unpacked", "emptyDir": {"sizeLimit": "16Mi"}},
                         {"name": "work", "emptyDir": {"sizeLimit": "16Mi"}},
                         {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
                         // Updated in place when the certificate is re-issued; the shim reloads it.
@@ -322,6 +378,65 @@ mod tests {
             .expect("grpc probe");
         // The kubelet cannot present the router's certificate, so it probes the health port.
         assert_eq!(probe.port, HEALTH_PORT);
+    }
+
+    #[test]
+    fn the_plugin_runs_its_bundle_from_a_read_only_mount_unpacked_by_an_init_container() {
+        let pod = pod_spec(&deployment(&plugin(HELLO), &rollout(), &config()));
+        let init = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == "unpack-bundle")
+            .expect("unpack init container");
+        let command = init.command.clone().unwrap_or_default();
+        assert_eq!(command[1], "unpack");
+        let digest = command
+            .iter()
+            .position(|a| a == "--expect-digest")
+            .expect("digest");
+        assert_eq!(command[digest + 1], rollout().bundle_digest);
+        let c = &pod.containers[0];
+        let args = c.args.clone().unwrap_or_default();
+        let unpacked = args
+            .iter()
+            .position(|a| a == "--unpacked")
+            .expect("--unpacked");
+        assert_eq!(args[unpacked + 1], UNPACKED_DIR);
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == UNPACKED_DIR)
+            .expect("mount");
+        assert_eq!(
+            mount.read_only,
+            Some(true),
+            "the plugin cannot change its bundle"
+        );
+        let init_mount = init
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == UNPACKED_DIR)
+            .expect("init mount");
+        assert_eq!(init_mount.name, mount.name);
+        assert_ne!(init_mount.read_only, Some(true));
+    }
+
+    #[test]
+    fn each_plugin_runs_as_its_own_user_with_a_process_limit() {
+        let pod = pod_spec(&deployment(&plugin(HELLO), &rollout(), &config()));
+        let sc = pod.security_context.expect("pod security context");
+        let uid = plugin_uid("plugins", "hello");
+        assert_eq!(sc.run_as_user, Some(uid));
+        assert_eq!(sc.fs_group, Some(uid));
+        assert!((PLUGIN_UID_BASE..PLUGIN_UID_BASE + PLUGIN_UID_RANGE as i64).contains(&uid));
+        assert_ne!(uid, plugin_uid("plugins", "other"), "another plugin, another user");
+        assert_ne!(uid, plugin_uid("other", "hello"), "same name elsewhere, another user");
+        let args = pod.containers[0].args.clone().unwrap_or_default();
+        let n = args.iter().position(|a| a == "--max-processes").expect("limit");
+        assert_eq!(args[n + 1], PLUGIN_MAX_PROCESSES.to_string());
     }
 
     #[test]
