@@ -158,6 +158,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         .invoke("hello", "transform", json!({"name": "router"}))
         .await?;
     ensure!(out["greeting"] == "hello, router", "hello answered {out}");
+    one_trace_across_router_and_shim(&f).await?;
     let missing = f
         .invoke("nobody", "transform", json!({}))
         .await
@@ -503,4 +504,54 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A host application's `traceparent` continues through the router into the shim (which hands
+/// the plugin a span of its own): both log a span record with the caller's trace id and the
+/// invocation id.
+async fn one_trace_across_router_and_shim(f: &Fixture) -> Result<()> {
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut req = tonic::Request::new(airlock_proto::router::v1::InvokeRequest {
+        plugin: f.plugin_ref("hello"),
+        hook: "transform".into(),
+        payload_json: json!({"name": "trace"}).to_string(),
+        deadline_ms: 0,
+        invocation_id: "e2e-traced".into(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-b7ad6b7169203331-01").parse()?,
+    );
+    f.grpc.clone().invoke(req).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let router_spans = router::router_log_lines(&f.client, trace_id).await?;
+        let router_ok = router_spans
+            .iter()
+            .any(|l| l.contains("span router.call") && l.contains("e2e-traced"));
+        let pods = f.ns.api::<k8s_openapi::api::core::v1::Pod>();
+        let mut shim_ok = false;
+        for pod in pods
+            .list(&ListParams::default().labels("airlock.dev/plugin=hello"))
+            .await?
+            .items
+        {
+            let name = pod.metadata.name.unwrap_or_default();
+            let log = pods
+                .logs(&name, &Default::default())
+                .await
+                .unwrap_or_default();
+            shim_ok |= log.lines().any(|l| {
+                l.contains("span shim.invoke") && l.contains(trace_id) && l.contains("e2e-traced")
+            });
+        }
+        if router_ok && shim_ok {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "span records with trace id {trace_id}: router {router_ok}, shim {shim_ok}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

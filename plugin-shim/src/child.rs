@@ -273,6 +273,7 @@ impl Supervisor {
     ///
     /// Callers must not drop this future before it finishes (run it in its own task): a request
     /// abandoned between write and read would leave its answer for the next call.
+    /// `traceparent` (the plugin's span) is passed on to the plugin in its request line.
     #[tracing::instrument(level = "debug", skip(self, payload_json), fields(restarts))]
     pub async fn invoke(
         self: &Arc<Self>,
@@ -280,6 +281,7 @@ impl Supervisor {
         payload_json: &str,
         invocation_id: &str,
         deadline: Duration,
+        traceparent: Option<&str>,
     ) -> Result<Answer, InvokeError> {
         let until = Instant::now() + deadline;
         let slot = timeout_at(until, Arc::clone(&self.slot).lock_owned())
@@ -294,6 +296,7 @@ impl Supervisor {
                 invocation_id,
                 until,
                 deadline,
+                traceparent,
             )
             .await;
         // Any answer, even an error one, shows the process works.
@@ -363,16 +366,18 @@ impl Supervisor {
         invocation_id: &str,
         until: Instant,
         deadline: Duration,
+        traceparent: Option<&str>,
     ) -> Result<Answer, InvokeError> {
         let running = slot.as_mut().ok_or_else(|| InvokeError::Exited {
             status: "not running".to_string(),
         })?;
         let remaining = until.saturating_duration_since(Instant::now());
-        let line = protocol::encode_request(
+        let line = protocol::encode_traced_request(
             invocation_id,
             hook,
             payload_json,
             remaining.as_millis() as u64,
+            traceparent,
         );
         let started = Instant::now();
         let host = self.spec.host.as_deref();

@@ -49,6 +49,9 @@ pub struct Request {
     pub payload: Value,
     /// Milliseconds the plugin has before the shim kills it.
     pub deadline_ms: u64,
+    /// W3C trace context of the plugin's span (`00-<trace id>-<span id>-<flags>`), to continue
+    /// the trace in the plugin's own logs or calls.
+    pub traceparent: Option<String>,
 }
 
 /// A response line as the shim receives it.
@@ -146,9 +149,23 @@ impl std::error::Error for ProtocolError {}
 /// Newlines in valid JSON can only be insignificant whitespace (inside strings they must be
 /// escaped), so replacing them with spaces keeps the document and makes it one line.
 pub fn encode_request(id: &str, hook: &str, payload_json: &str, deadline_ms: u64) -> String {
+    encode_traced_request(id, hook, payload_json, deadline_ms, None)
+}
+
+/// [`encode_request`] with the W3C `traceparent` of the plugin's span, when there is a trace.
+pub fn encode_traced_request(
+    id: &str,
+    hook: &str,
+    payload_json: &str,
+    deadline_ms: u64,
+    traceparent: Option<&str>,
+) -> String {
     let payload = payload_json.replace(['\n', '\r'], " ");
+    let trace = traceparent
+        .map(|t| format!(",\"traceparent\":{}", Value::from(t)))
+        .unwrap_or_default();
     format!(
-        "{{\"id\":{},\"hook\":{},\"payload\":{payload},\"deadlineMs\":{deadline_ms}}}\n",
+        "{{\"id\":{},\"hook\":{},\"payload\":{payload},\"deadlineMs\":{deadline_ms}{trace}}}\n",
         Value::from(id),
         Value::from(hook),
     )
@@ -162,6 +179,10 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
         hook: take_string(&mut obj, "hook")?,
         payload: obj.remove("payload").unwrap_or(Value::Null),
         deadline_ms: obj.get("deadlineMs").and_then(Value::as_u64).unwrap_or(0),
+        traceparent: obj
+            .get("traceparent")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 
@@ -375,6 +396,12 @@ mod tests {
         assert_eq!(req.hook, "transform");
         assert_eq!(req.payload["text"], json!("a\nb"));
         assert_eq!(req.deadline_ms, 200);
+        assert_eq!(req.traceparent, None);
+        let traced = encode_traced_request("i", "transform", "{}", 5, Some("00-ab-cd-01"));
+        assert_eq!(
+            parse_request(&traced).unwrap().traceparent.as_deref(),
+            Some("00-ab-cd-01")
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use airlock_proto::plugin::v1::plugin_server::{Plugin, PluginServer};
 use airlock_proto::plugin::v1::{
     HandshakeRequest, HandshakeResponse, InvokeRequest, InvokeResponse,
 };
+use airlock_proto::trace::{TRACEPARENT, TraceContext};
 use tokio::net::TcpListener;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::ServingStatus;
@@ -95,6 +96,13 @@ impl Plugin for PluginService {
         &self,
         request: Request<InvokeRequest>,
     ) -> Result<Response<InvokeResponse>, Status> {
+        // This call is a span of the caller's trace (the router's), or starts one.
+        let (span, parent) = TraceContext::continue_from(
+            request
+                .metadata()
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        );
         let InvokeRequest {
             hook,
             payload_json,
@@ -142,13 +150,34 @@ impl Plugin for PluginService {
         // (or times out) and the plugin stays in step with the shim.
         let supervisor = Arc::clone(&self.supervisor);
         let (task_hook, task_id) = (hook.clone(), invocation_id.clone());
+        // The plugin's own span, a child of the shim's.
+        let plugin_span = span.child().traceparent();
+        let started = std::time::Instant::now();
         let result = tokio::spawn(async move {
             supervisor
-                .invoke(&task_hook, &payload_json, &task_id, deadline)
+                .invoke(
+                    &task_hook,
+                    &payload_json,
+                    &task_id,
+                    deadline,
+                    Some(&plugin_span),
+                )
                 .await
         })
         .await
         .map_err(|e| Status::internal(format!("the invocation task failed: {e}")))?;
+        // The shim's span record: one line per call, correlated with the router's by trace id.
+        info!(
+            target: "airlock::trace",
+            trace_id = %span.trace_id(),
+            span_id = %span.span_id(),
+            parent_span_id = %parent.map(|p| p.span_id()).unwrap_or_default(),
+            invocation = %invocation_id,
+            %hook,
+            duration_ms = started.elapsed().as_millis() as u64,
+            result = match &result { Ok(_) => "ok", Err(e) => failure_kind(e) },
+            "span shim.invoke"
+        );
 
         match result {
             Ok(answer) => {

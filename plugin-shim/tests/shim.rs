@@ -53,7 +53,8 @@ for line in sys.stdin:
     else:
         ans = {"id": req["id"], "ok": True, "output": {
             "hook": req["hook"], "echo": req["payload"], "pid": os.getpid(),
-            "deadlineMs": req["deadlineMs"], "cwd": os.getcwd(), "env": dict(os.environ)}}
+            "deadlineMs": req["deadlineMs"], "cwd": os.getcwd(), "env": dict(os.environ),
+            "traceparent": req.get("traceparent")}}
     print(json.dumps(ans), flush=True)
 "#;
 
@@ -814,4 +815,40 @@ async fn a_bundle_unpacked_by_the_init_step_runs_from_its_directory_and_only_if_
         .await
         .unwrap_err();
     assert!(matches!(err, cli::RunError::DigestMismatch { .. }), "{err}");
+}
+
+/// The caller's trace continues into the plugin: the request line carries a `traceparent` with the
+/// caller's trace id and a span of its own; without one, the shim starts a trace.
+#[tokio::test]
+async fn the_trace_context_reaches_the_plugin() {
+    let shim = Shim::python("[transform]").await;
+    let mut client = shim.client().await;
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut req = tonic::Request::new(InvokeRequest {
+        hook: "transform".into(),
+        payload_json: "{}".into(),
+        deadline_ms: 5000,
+        invocation_id: "traced".into(),
+    });
+    req.metadata_mut()
+        .insert("traceparent", caller.parse().unwrap());
+    let out: Value =
+        serde_json::from_str(&client.invoke(req).await.unwrap().into_inner().output_json).unwrap();
+    let seen = out["traceparent"]
+        .as_str()
+        .expect("the plugin got a traceparent");
+    assert!(
+        seen.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "same trace: {seen}"
+    );
+    assert!(
+        !seen.contains("00f067aa0ba902b7"),
+        "a span of its own: {seen}"
+    );
+    let (out, _) = invoke(&mut client, "transform", json!({}), 5000)
+        .await
+        .unwrap();
+    let started = out["traceparent"].as_str().expect("a new trace");
+    assert_eq!(started.len(), 55, "{started}");
+    shim.stop().await;
 }

@@ -70,6 +70,163 @@ pub mod host {
     }
 }
 
+/// W3C Trace Context for one invocation across router → shim → plugin. The router continues the
+/// host application's `traceparent` (gRPC metadata) or starts a trace, and sends each call to a
+/// shim as a child span; the shim does the same for the plugin, which gets `traceparent` in its
+/// request line. Router and shim log one span record per call with the trace id, span ids and the
+/// invocation id, so one invocation is one trace in the logs.
+pub mod trace {
+    /// The gRPC metadata key (and request-line field) carrying the context.
+    pub const TRACEPARENT: &str = "traceparent";
+
+    /// A trace id and the id of the current span.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct TraceContext {
+        pub trace_id: [u8; 16],
+        pub span_id: [u8; 8],
+        /// Trace flags (bit 0: sampled).
+        pub flags: u8,
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+        if s.len() != 2 * N
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return None;
+        }
+        let mut out = [0u8; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(out)
+    }
+
+    fn random<const N: usize>() -> [u8; N] {
+        let mut b = [0u8; N];
+        // Without an OS random source fall back to the clock: ids must only be unlikely to
+        // collide, not secret.
+        if getrandom::fill(&mut b).is_err() || b.iter().all(|x| *x == 0) {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos());
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = (t >> ((i % 16) * 8)) as u8 | 1;
+            }
+        }
+        b
+    }
+
+    impl TraceContext {
+        /// A new trace (sampled).
+        pub fn root() -> Self {
+            Self {
+                trace_id: random(),
+                span_id: random(),
+                flags: 1,
+            }
+        }
+
+        /// A `traceparent` value (version 00); `None` when malformed or with an all-zero id.
+        pub fn parse(value: &str) -> Option<Self> {
+            let mut parts = value.trim().split('-');
+            let (version, trace, span, flags) =
+                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            if version != "00" || parts.next().is_some() {
+                return None;
+            }
+            let trace_id = unhex::<16>(trace)?;
+            let span_id = unhex::<8>(span)?;
+            let [flags] = unhex::<1>(flags)?;
+            if trace_id == [0; 16] || span_id == [0; 8] {
+                return None;
+            }
+            Some(Self {
+                trace_id,
+                span_id,
+                flags,
+            })
+        }
+
+        /// The context of a new span whose parent is this one.
+        pub fn child(&self) -> Self {
+            Self {
+                span_id: random(),
+                ..*self
+            }
+        }
+
+        /// The `traceparent` value.
+        pub fn traceparent(&self) -> String {
+            format!(
+                "00-{}-{}-{:02x}",
+                self.trace_id(),
+                self.span_id(),
+                self.flags
+            )
+        }
+
+        pub fn trace_id(&self) -> String {
+            hex(&self.trace_id)
+        }
+
+        pub fn span_id(&self) -> String {
+            hex(&self.span_id)
+        }
+
+        /// The span of a call that arrived with `traceparent` (a child of the caller's span), or
+        /// the root of a new trace when the caller sent none (or a malformed one).
+        pub fn continue_from(traceparent: Option<&str>) -> (Self, Option<Self>) {
+            match traceparent.and_then(Self::parse) {
+                Some(parent) => (parent.child(), Some(parent)),
+                None => (Self::root(), None),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_traceparent_round_trips_and_a_child_keeps_the_trace() {
+            let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let c = TraceContext::parse(v).unwrap();
+            assert_eq!(c.traceparent(), v);
+            let child = c.child();
+            assert_eq!(child.trace_id, c.trace_id);
+            assert_ne!(child.span_id, c.span_id);
+            let (span, parent) = TraceContext::continue_from(Some(v));
+            assert_eq!(parent, Some(c));
+            assert_eq!(span.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        }
+
+        #[test]
+        fn malformed_or_zero_contexts_start_a_new_trace() {
+            for bad in [
+                "",
+                "garbage",
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            ] {
+                assert_eq!(TraceContext::parse(bad), None, "{bad}");
+                let (span, parent) = TraceContext::continue_from(Some(bad));
+                assert!(parent.is_none());
+                assert_ne!(span.trace_id, [0; 16]);
+            }
+            assert_ne!(TraceContext::root().trace_id, TraceContext::root().trace_id);
+        }
+    }
+}
+
 /// Encoded `google.protobuf.FileDescriptorSet` of every `.proto` in this crate (with imports), for
 /// `tonic_reflection::server::Builder::register_encoded_file_descriptor_set`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -120,10 +120,7 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
     {
         shim_args.push("--allow-network".into());
     }
-    shim_args.extend([
-        "--max-processes".into(),
-        PLUGIN_MAX_PROCESSES.to_string(),
-    ]);
+    shim_args.extend(["--max-processes".into(), PLUGIN_MAX_PROCESSES.to_string()]);
     shim_args.push("--".into());
     shim_args.extend(rollout.entry_point.iter().cloned());
 
@@ -432,10 +429,21 @@ mod tests {
         assert_eq!(sc.run_as_user, Some(uid));
         assert_eq!(sc.fs_group, Some(uid));
         assert!((PLUGIN_UID_BASE..PLUGIN_UID_BASE + PLUGIN_UID_RANGE as i64).contains(&uid));
-        assert_ne!(uid, plugin_uid("plugins", "other"), "another plugin, another user");
-        assert_ne!(uid, plugin_uid("other", "hello"), "same name elsewhere, another user");
+        assert_ne!(
+            uid,
+            plugin_uid("plugins", "other"),
+            "another plugin, another user"
+        );
+        assert_ne!(
+            uid,
+            plugin_uid("other", "hello"),
+            "same name elsewhere, another user"
+        );
         let args = pod.containers[0].args.clone().unwrap_or_default();
-        let n = args.iter().position(|a| a == "--max-processes").expect("limit");
+        let n = args
+            .iter()
+            .position(|a| a == "--max-processes")
+            .expect("limit");
         assert_eq!(args[n + 1], PLUGIN_MAX_PROCESSES.to_string());
     }
 

@@ -12,12 +12,32 @@ use airlock_proto::plugin::v1::InvokeRequest as ShimInvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::router::v1 as api;
 use airlock_proto::router::v1::hook_router_server::HookRouter;
+use airlock_proto::trace::{TRACEPARENT, TraceContext};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Response, Status};
 
 use super::breaker::Outcome;
 use super::dispatch::{Answer, CallFailure, CallRequest, Caller, RouteError, Router, StepResult};
 use super::table::{PluginKey, Route};
+
+tokio::task_local! {
+    /// The span of the host application's call being served (see `airlock_proto::trace`): each
+    /// call to a shim is a child of it. Broadcast and pipeline steps run on the serving task
+    /// (joined, not spawned), so they all see it.
+    pub static TRACE: TraceContext;
+}
+
+/// The router's span for a host application's call (a child of the caller's `traceparent`, or
+/// a new trace).
+fn serving_span<T>(request: &Request<T>) -> TraceContext {
+    TraceContext::continue_from(
+        request
+            .metadata()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    )
+    .0
+}
 
 /// Metadata the shim sets on a failed Invoke (see plugin.proto).
 const FAILURE_METADATA: &str = "airlock-failure";
@@ -157,39 +177,69 @@ impl Caller for Arc<GrpcCaller> {
     ) -> impl Future<Output = Result<Answer, CallFailure>> + Send {
         let channel = self.channel(&route);
         async move {
-            let client = PluginClient::new(channel?);
-            let until = tokio::time::Instant::now() + request.deadline;
-            let mut backoff = Duration::from_millis(20);
-            loop {
-                let left = until.saturating_duration_since(tokio::time::Instant::now());
-                let deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
-                let mut req = Request::new(ShimInvokeRequest {
-                    hook: request.hook.as_str().to_string(),
-                    payload_json: request.payload.clone(),
-                    deadline_ms,
-                    invocation_id: request.invocation_id.clone(),
-                });
-                req.set_timeout(left + super::dispatch::NETWORK_GRACE);
-                match client.clone().invoke(req).await {
-                    Ok(res) => {
-                        let res = res.into_inner();
-                        return Ok(Answer {
-                            output: res.output_json,
-                            duration: Duration::from_millis(u64::from(res.duration_ms)),
-                        });
-                    }
-                    // Not connected: the request never left, so trying again cannot run the
-                    // hook twice. A pod that just became ready may not be reachable for a moment
-                    // (the network policy of new pods is programmed asynchronously).
-                    Err(status)
-                        if is_connect_failure(&status)
-                            && tokio::time::Instant::now() + backoff < until =>
-                    {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(200));
-                    }
-                    Err(status) => return Err(failure_of(&status)),
+            let parent = TRACE.try_with(|t| *t).ok();
+            let span = parent.map_or_else(TraceContext::root, |p| p.child());
+            let started = std::time::Instant::now();
+            let result = GrpcCaller::call_shim(channel, &request, &span).await;
+            // The router's span record of this call, correlated with the shim's by trace id.
+            tracing::info!(
+                target: "airlock::trace",
+                trace_id = %span.trace_id(),
+                span_id = %span.span_id(),
+                parent_span_id = %parent.map(|p| p.span_id()).unwrap_or_default(),
+                invocation = %request.invocation_id,
+                plugin = %route.plugin,
+                hook = request.hook.as_str(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                result = match &result { Ok(_) => "ok", Err(f) => super::dispatch::code_label(f.code) },
+                "span router.call"
+            );
+            result
+        }
+    }
+}
+
+impl GrpcCaller {
+    async fn call_shim(
+        channel: Result<Channel, CallFailure>,
+        request: &CallRequest,
+        span: &TraceContext,
+    ) -> Result<Answer, CallFailure> {
+        let client = PluginClient::new(channel?);
+        let until = tokio::time::Instant::now() + request.deadline;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
+            let mut req = Request::new(ShimInvokeRequest {
+                hook: request.hook.as_str().to_string(),
+                payload_json: request.payload.clone(),
+                deadline_ms,
+                invocation_id: request.invocation_id.clone(),
+            });
+            req.set_timeout(left + super::dispatch::NETWORK_GRACE);
+            if let Ok(v) = span.traceparent().parse() {
+                req.metadata_mut().insert(TRACEPARENT, v);
+            }
+            match client.clone().invoke(req).await {
+                Ok(res) => {
+                    let res = res.into_inner();
+                    return Ok(Answer {
+                        output: res.output_json,
+                        duration: Duration::from_millis(u64::from(res.duration_ms)),
+                    });
                 }
+                // Not connected: the request never left, so trying again cannot run the
+                // hook twice. A pod that just became ready may not be reachable for a moment
+                // (the network policy of new pods is programmed asynchronously).
+                Err(status)
+                    if is_connect_failure(&status)
+                        && tokio::time::Instant::now() + backoff < until =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err(status) => return Err(failure_of(&status)),
             }
         }
     }
@@ -313,20 +363,23 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
         &self,
         request: Request<api::InvokeRequest>,
     ) -> Result<Response<api::InvokeResponse>, Status> {
+        let span = serving_span(&request);
         let r = request.into_inner();
         let plugin = r
             .plugin
             .filter(|p| !p.namespace.is_empty() && !p.name.is_empty())
             .ok_or_else(|| Status::invalid_argument("plugin (namespace and name) is required"))?;
         let key = PluginKey::new(plugin.namespace, plugin.name);
-        let (answer, id) = self
-            .router
-            .invoke(
-                &key,
-                &r.hook,
-                r.payload_json,
-                r.deadline_ms,
-                r.invocation_id,
+        let (answer, id) = TRACE
+            .scope(
+                span,
+                self.router.invoke(
+                    &key,
+                    &r.hook,
+                    r.payload_json,
+                    r.deadline_ms,
+                    r.invocation_id,
+                ),
             )
             .await
             .map_err(Status::from)?;
@@ -341,15 +394,18 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
         &self,
         request: Request<api::BroadcastRequest>,
     ) -> Result<Response<api::BroadcastResponse>, Status> {
+        let span = serving_span(&request);
         let r = request.into_inner();
-        let b = self
-            .router
-            .broadcast(
-                &r.hook,
-                r.payload_json,
-                r.deadline_ms,
-                r.invocation_id,
-                namespace(&r.namespace),
+        let b = TRACE
+            .scope(
+                span,
+                self.router.broadcast(
+                    &r.hook,
+                    r.payload_json,
+                    r.deadline_ms,
+                    r.invocation_id,
+                    namespace(&r.namespace),
+                ),
             )
             .await
             .map_err(Status::from)?;
@@ -364,14 +420,17 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
         &self,
         request: Request<api::TransformRequest>,
     ) -> Result<Response<api::TransformResponse>, Status> {
+        let span = serving_span(&request);
         let r = request.into_inner();
-        let p = self
-            .router
-            .transform(
-                r.payload_json,
-                r.deadline_ms,
-                r.invocation_id,
-                namespace(&r.namespace),
+        let p = TRACE
+            .scope(
+                span,
+                self.router.transform(
+                    r.payload_json,
+                    r.deadline_ms,
+                    r.invocation_id,
+                    namespace(&r.namespace),
+                ),
             )
             .await
             .map_err(Status::from)?;
