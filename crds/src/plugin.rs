@@ -357,6 +357,36 @@ pub struct PluginStatus {
     /// these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permissions: Vec<Permission>,
+    /// Runtime limits from the plugin's trust level (defaults where it sets none), which the
+    /// shim and the router's host API enforce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<PluginLimits>,
+}
+
+/// The limits a plugin runs under (see `PluginStatus.limits`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginLimits {
+    /// Log lines a minute (stderr per shim; host `log` calls per router replica).
+    pub log_lines_per_minute: u32,
+    /// Largest storage value, in bytes of JSON text.
+    pub storage_max_value_bytes: u64,
+    /// Most bytes of keys plus values in the plugin's storage.
+    pub storage_max_bytes: u64,
+    /// Most keys in the plugin's storage.
+    pub storage_max_keys: u32,
+}
+
+impl Default for PluginLimits {
+    /// The defaults of the product requirements.
+    fn default() -> Self {
+        Self {
+            log_lines_per_minute: 100,
+            storage_max_value_bytes: 100 * 1024,
+            storage_max_bytes: 1024 * 1024,
+            storage_max_keys: 1024,
+        }
+    }
 }
 
 /// Lifecycle phase, for humans and `kubectl get`; automation should read the conditions.

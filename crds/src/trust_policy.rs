@@ -98,6 +98,33 @@ pub struct TrustLevelLimits {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub permissions: Vec<Permission>,
+    /// Log lines a plugin of this level may write a minute: its stderr (counted by its shim) and
+    /// its host API `log` calls (counted by each router replica). Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub log_lines_per_minute: Option<u32>,
+    /// Caps of a plugin's host API storage at this level; unset fields keep the defaults, which
+    /// are also the most a level may allow (the storage is one Kubernetes object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageLimits>,
+}
+
+/// Host API storage caps of one trust level.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageLimits {
+    /// Largest value, in bytes of JSON text. Default and maximum 102400 (100 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 102400))]
+    pub max_value_bytes: Option<u64>,
+    /// Most bytes of keys plus values per plugin. Default and maximum 1048576 (1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub max_bytes: Option<u64>,
+    /// Most keys per plugin. Default and maximum 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1024))]
+    pub max_keys: Option<u32>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

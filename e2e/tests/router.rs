@@ -158,7 +158,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         .invoke("hello", "transform", json!({"name": "router"}))
         .await?;
     ensure!(out["greeting"] == "hello, router", "hello answered {out}");
-    one_trace_across_router_and_shim(&f).await?;
+    one_trace_across_router_and_shim(f).await?;
     let missing = f
         .invoke("nobody", "transform", json!({}))
         .await

@@ -96,7 +96,8 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
     };
     let rollout = match (&compatible, &verified, &permissions_approved, resources) {
         (Verdict::Ok { .. }, Verdict::Ok { .. }, Verdict::Ok { .. }, Some(resources)) => {
-            Some(rollout(fetched, effective, resources))
+            let runtime = limits.map(Limits::runtime).unwrap_or_default();
+            Some(rollout(fetched, effective, resources, runtime))
         }
         _ => None,
     };
@@ -346,7 +347,12 @@ fn resources(plugin: &Plugin, limits: &Limits) -> Result<Resources, String> {
     })
 }
 
-fn rollout(fetched: &Fetched, permissions: BTreeSet<Permission>, resources: Resources) -> Rollout {
+fn rollout(
+    fetched: &Fetched,
+    permissions: BTreeSet<Permission>,
+    resources: Resources,
+    limits: airlock_crds::plugin::PluginLimits,
+) -> Rollout {
     let entry_point = fetched.manifest.entry_point.clone();
     // Everything that changes the pod, and nothing that does not (replicas, enabled).
     let mut h = Sha256::new();
@@ -368,6 +374,8 @@ fn rollout(fetched: &Fetched, permissions: BTreeSet<Permission>, resources: Reso
             .as_ref()
             .map(|s| s.public_key.as_str())
             .unwrap_or_default(),
+        // The shim's log rate is an argument of the pod (the storage caps are the router's).
+        &limits.log_lines_per_minute.to_string(),
     ] {
         h.update(part.as_bytes());
         h.update([0xff]);
@@ -382,6 +390,7 @@ fn rollout(fetched: &Fetched, permissions: BTreeSet<Permission>, resources: Reso
         entry_point,
         permissions,
         resources,
+        limits,
         revision,
     }
 }
@@ -416,6 +425,34 @@ mod tests {
             permissions: Permission::ALL.into_iter().collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn runtime_limits_come_from_the_trust_level_and_the_log_rate_is_part_of_the_revision() {
+        let p = plugin(HELLO);
+        let f = fetched(manifest(""));
+        let default = plan(&p, &f, Some(&open_limits())).rollout.expect("default");
+        assert_eq!(
+            default.limits,
+            airlock_crds::plugin::PluginLimits::default()
+        );
+        let tight = Limits {
+            log_lines_per_minute: Some(10),
+            storage_max_keys: Some(5),
+            ..open_limits()
+        };
+        let r = plan(&p, &f, Some(&tight)).rollout.expect("tight");
+        assert_eq!(r.limits.log_lines_per_minute, 10);
+        assert_eq!(r.limits.storage_max_keys, 5);
+        assert_eq!(
+            r.limits.storage_max_bytes,
+            1024 * 1024,
+            "unset: the default"
+        );
+        assert_ne!(
+            r.revision, default.revision,
+            "the shim's log rate changes the pod"
+        );
     }
 
     fn blocked_reason(v: &Verdict) -> &'static str {

@@ -59,6 +59,35 @@ pub struct Limits {
     pub max_memory: Option<String>,
     pub max_timeout_ms: Option<u64>,
     pub max_timeout: Option<String>,
+    /// Runtime caps; `None` where no policy sets one (the default applies).
+    pub log_lines_per_minute: Option<u32>,
+    pub storage_max_value_bytes: Option<u64>,
+    pub storage_max_bytes: Option<u64>,
+    pub storage_max_keys: Option<u32>,
+}
+
+impl Limits {
+    /// The limits a plugin runs under: these caps, or the defaults where none is set.
+    pub fn runtime(&self) -> airlock_crds::plugin::PluginLimits {
+        let d = airlock_crds::plugin::PluginLimits::default();
+        airlock_crds::plugin::PluginLimits {
+            log_lines_per_minute: self.log_lines_per_minute.unwrap_or(d.log_lines_per_minute),
+            storage_max_value_bytes: self
+                .storage_max_value_bytes
+                .unwrap_or(d.storage_max_value_bytes),
+            storage_max_bytes: self.storage_max_bytes.unwrap_or(d.storage_max_bytes),
+            storage_max_keys: self.storage_max_keys.unwrap_or(d.storage_max_keys),
+        }
+    }
+}
+
+/// The smaller of two optional caps (unset = no cap).
+fn min_opt<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
 }
 
 /// Combines the limits of `level` over `policies` (most restrictive wins). `None` when no policy
@@ -89,6 +118,11 @@ pub fn limits(policies: &[&PluginTrustPolicy], level: TrustLevel) -> Option<Limi
             l.max_timeout_ms,
             l.max_timeout,
         );
+        acc.log_lines_per_minute = min_opt(acc.log_lines_per_minute, l.log_lines_per_minute);
+        acc.storage_max_value_bytes =
+            min_opt(acc.storage_max_value_bytes, l.storage_max_value_bytes);
+        acc.storage_max_bytes = min_opt(acc.storage_max_bytes, l.storage_max_bytes);
+        acc.storage_max_keys = min_opt(acc.storage_max_keys, l.storage_max_keys);
     }
     Some(acc)
 }
@@ -124,6 +158,10 @@ fn one(level: Option<&TrustLevelLimits>) -> Limits {
         max_cpu: l.max_cpu.clone(),
         max_memory: l.max_memory.clone(),
         max_timeout: l.max_timeout.clone(),
+        log_lines_per_minute: l.log_lines_per_minute,
+        storage_max_value_bytes: l.storage.as_ref().and_then(|s| s.max_value_bytes),
+        storage_max_bytes: l.storage.as_ref().and_then(|s| s.max_bytes),
+        storage_max_keys: l.storage.as_ref().and_then(|s| s.max_keys),
     }
 }
 

@@ -76,6 +76,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
         failed_revision: prev.failed_revision.clone(),
         hooks: prev.hooks.clone(),
         permissions: prev.permissions.clone(),
+        limits: prev.limits.clone(),
         ..Default::default()
     };
     let mut set = |ty: &str, ok: bool, reason: &str, message: String| {
@@ -152,6 +153,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                         .map(|h| h.name.as_str().to_string())
                         .collect();
                     status.permissions = planned.permissions.iter().copied().collect();
+                    status.limits = Some(planned.limits.clone());
                     phase = ready(plugin, applied, &mut status, &prev, generation, now);
                 }
                 (None, _, _) => {

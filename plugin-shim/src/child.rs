@@ -291,12 +291,16 @@ impl Supervisor {
         let result = self
             .exchange_on(
                 &mut slot,
-                hook,
-                payload_json,
+                protocol::encode_traced_request(
+                    invocation_id,
+                    hook,
+                    payload_json,
+                    until.saturating_duration_since(Instant::now()).as_millis() as u64,
+                    traceparent,
+                ),
                 invocation_id,
                 until,
                 deadline,
-                traceparent,
             )
             .await;
         // Any answer, even an error one, shows the process works.
@@ -358,27 +362,18 @@ impl Supervisor {
         }
     }
 
+    /// Sends the request `line` (for `invocation_id`) and waits for its answer until `until`.
     async fn exchange_on(
         &self,
         slot: &mut Option<Running>,
-        hook: &str,
-        payload_json: &str,
+        line: String,
         invocation_id: &str,
         until: Instant,
         deadline: Duration,
-        traceparent: Option<&str>,
     ) -> Result<Answer, InvokeError> {
         let running = slot.as_mut().ok_or_else(|| InvokeError::Exited {
             status: "not running".to_string(),
         })?;
-        let remaining = until.saturating_duration_since(Instant::now());
-        let line = protocol::encode_traced_request(
-            invocation_id,
-            hook,
-            payload_json,
-            remaining.as_millis() as u64,
-            traceparent,
-        );
         let started = Instant::now();
         let host = self.spec.host.as_deref();
         let exchanged = match timeout_at(until, running.exchange(&line, invocation_id, host)).await

@@ -72,6 +72,8 @@ pub struct Rollout {
     /// Signed manifest ∩ spec ∩ trust level.
     pub permissions: BTreeSet<Permission>,
     pub resources: Resources,
+    /// Runtime limits from the trust level (or the defaults).
+    pub limits: airlock_crds::plugin::PluginLimits,
     /// Short hash of everything that changes the pod; names the revision in status.
     pub revision: String,
 }
@@ -141,6 +143,7 @@ spec:
                 cpu_request: "50m".into(),
                 memory_request: "64Mi".into(),
             },
+            limits: Default::default(),
             revision: "r1a2b3c4d".into(),
         }
     }

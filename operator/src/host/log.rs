@@ -83,6 +83,7 @@ pub struct LogLimiter<K> {
 #[derive(Debug)]
 struct PluginLog {
     budget: LineBudget,
+    rate: u32,
     dropped: u64,
     dropped_in_burst: u64,
 }
@@ -99,15 +100,25 @@ impl<K: Ord + Clone> LogLimiter<K> {
 
     /// Decides whether `plugin` may log one more line at `now`, and counts it.
     pub fn admit(&mut self, plugin: &K, now: Instant) -> Admission {
-        let per_minute = self.per_minute;
+        self.admit_at_rate(plugin, self.per_minute, now)
+    }
+
+    /// [`LogLimiter::admit`] for a plugin whose own rate is `per_minute` (from its trust level).
+    /// A changed rate starts a fresh budget at the new rate; the drop count is kept.
+    pub fn admit_at_rate(&mut self, plugin: &K, per_minute: u32, now: Instant) -> Admission {
         let log = self
             .plugins
             .entry(plugin.clone())
             .or_insert_with(|| PluginLog {
                 budget: LineBudget::new(per_minute, now),
+                rate: per_minute,
                 dropped: 0,
                 dropped_in_burst: 0,
             });
+        if log.rate != per_minute {
+            log.budget = LineBudget::new(per_minute, now);
+            log.rate = per_minute;
+        }
         if log.budget.take(now) {
             let burst = std::mem::take(&mut log.dropped_in_burst);
             Admission {

@@ -205,6 +205,18 @@ impl<C, S> HostService<C, S> {
     }
 }
 
+/// The storage limits of `holder`: its trust level's caps (never above the service's own).
+fn limits_of(base: &Limits, holder: &Holder) -> Limits {
+    let l = &holder.limits;
+    let cap = |configured: u64, max: usize| usize::try_from(configured).map_or(max, |c| c.min(max));
+    Limits {
+        max_value_bytes: cap(l.storage_max_value_bytes, base.max_value_bytes),
+        max_total_bytes: cap(l.storage_max_bytes, base.max_total_bytes),
+        max_keys: cap(u64::from(l.storage_max_keys), base.max_keys),
+        ..*base
+    }
+}
+
 /// The plugin a request comes from, by its client certificate.
 fn caller<T>(request: &Request<T>) -> Result<PluginKey, Status> {
     let Some(certs) = request.peer_certs() else {
@@ -335,13 +347,17 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
             request,
             HostCall::Log,
             |r| r.invocation_id.clone(),
-            |plugin, _holder, r| async move {
+            |plugin, holder, r| async move {
                 let level = Level::parse(&r.level).map_err(|e| status_of(&e.into()))?;
                 let admission = self
                     .log
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .admit(&plugin, tokio::time::Instant::now());
+                    .admit_at_rate(
+                        &plugin,
+                        holder.limits.log_lines_per_minute.max(1),
+                        tokio::time::Instant::now(),
+                    );
                 if admission.kept {
                     let message = cut_message(&r.message);
                     info!(
@@ -406,7 +422,7 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
             |plugin, holder, r| async move {
                 self.update(&plugin, &holder, |store| {
                     store
-                        .put(&r.key, &r.value_json, &self.limits)
+                        .put(&r.key, &r.value_json, &limits_of(&self.limits, &holder))
                         .map(|()| ((), true))
                         .map_err(|e| status_of(&e.into()))
                 })
@@ -792,6 +808,55 @@ mod tests {
         assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
         let err = svc.put_as(me(), put("k", "not json")).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn the_trust_levels_caps_apply_to_storage_and_log() {
+        let (svc, _) = service(&["storage:write", "log"]);
+        // The controller wrote tighter limits into the status (from the trust level).
+        let mut table_plugin: airlock_crds::Plugin = serde_json::from_value(serde_json::json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "Plugin",
+            "metadata": {"name": "logger", "namespace": "team-a", "uid": "uid-1"},
+            "spec": {
+                "version": "1.0.0",
+                "image": "r/logger:1",
+                "bundle": {"source": {"configMapRef": {"name": "b"}}},
+                "pluginApiVersion": 1,
+            },
+            "status": {"phase": "Active", "permissions": ["log", "storage:write"],
+                "limits": {"logLinesPerMinute": 3, "storageMaxValueBytes": 10,
+                    "storageMaxBytes": 30, "storageMaxKeys": 2}},
+        }))
+        .unwrap();
+        table_plugin.metadata.resource_version = Some("2".into());
+        svc.router
+            .update(RouteTable::build([&table_plugin], &HashMap::new()));
+        let err = svc
+            .put_as(me(), put("k", "\"0123456789\""))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::ResourceExhausted,
+            "value over 10 bytes: {err:?}"
+        );
+        svc.put_as(me(), put("a", "1")).await.unwrap();
+        svc.put_as(me(), put("b", "2")).await.unwrap();
+        let err = svc.put_as(me(), put("c", "3")).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "a third key: {err:?}");
+        let line = || api::LogRequest {
+            invocation_id: "inv-1".into(),
+            level: "info".into(),
+            message: "hello".into(),
+        };
+        let mut kept = 0;
+        for _ in 0..10 {
+            if svc.log_as(me(), line()).await.unwrap().kept {
+                kept += 1;
+            }
+        }
+        assert_eq!(kept, 3);
     }
 
     #[tokio::test]

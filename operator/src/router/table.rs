@@ -72,6 +72,8 @@ pub struct Holder {
     pub version: String,
     /// Its effective permissions (`status.permissions`, written by the controller).
     pub permissions: BTreeSet<Permission>,
+    /// Its runtime limits (`status.limits`; the defaults until the controller wrote them).
+    pub limits: airlock_crds::plugin::PluginLimits,
 }
 
 impl RouteTable {
@@ -95,6 +97,11 @@ impl RouteTable {
                             .iter()
                             .flat_map(|s| s.permissions.iter().copied())
                             .collect(),
+                        limits: plugin
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.limits.clone())
+                            .unwrap_or_default(),
                     },
                 );
             }
