@@ -57,6 +57,11 @@ async fn scenario(f: &Fixture) -> Result<()> {
         permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>() == ["log", "storage:write"],
         "status.permissions lists the effective permissions: {permissions:?}"
     );
+    ensure!(
+        plugin.status.clone().unwrap_or_default().limits
+            == Some(airlock_crds::plugin::PluginLimits::default()),
+        "status.limits shows the limits it runs under (the trust level sets none: the defaults)"
+    );
     f.wait_routed(&["event-logger"]).await?;
     f.wait_reachable("event-logger", "onEvent").await?;
 
