@@ -37,7 +37,8 @@ pub enum CertError {
     Issue(#[from] pki::PkiError),
 }
 
-fn text(secret: &Secret, key: &str) -> Option<String> {
+/// The text under `key` of a Secret's data (a PEM file of a TLS Secret).
+pub fn text(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()

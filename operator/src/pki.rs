@@ -8,12 +8,12 @@
 
 use std::time::{Duration, SystemTime};
 
+use airlock_plugin_shim::tls::dns_names;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 use time::OffsetDateTime;
-use x509_parser::extensions::GeneralName;
 use x509_parser::pem::parse_x509_pem;
 
 /// How long a certificate the CA issues is valid.
@@ -169,24 +169,6 @@ pub fn renewal_due(cert_pem: &str, ca: &Ca, identity: &str, now: SystemTime) -> 
             (not_after - now).max(0) / 3600
         )
     })
-}
-
-/// The DNS names a certificate is for (its subject alternative names).
-pub fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
-    cert.subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some(d.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -244,6 +244,12 @@ pub fn peer_identities(certs: &[CertificateDer<'_>]) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
         return Vec::new();
     };
+    dns_names(&cert)
+}
+
+/// The DNS names a certificate is for (its subject alternative names): how Airlock identities
+/// are carried (see `airlock_proto::identity`).
+pub fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
     cert.subject_alternative_name()
         .ok()
         .flatten()

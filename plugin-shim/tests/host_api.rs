@@ -6,6 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
+use common::Pki;
+
 use airlock_plugin_shim::host::{ClientTlsFiles, GrpcHost, HostCalls};
 use airlock_plugin_shim::protocol::{CallError, HostCallLine};
 use airlock_proto::host::v1::host_server::{Host, HostServer};
@@ -14,7 +18,6 @@ use airlock_proto::host::v1::{
     ListResponse, LogRequest, LogResponse, PutRequest, PutResponse,
 };
 use airlock_proto::identity::{ROUTER_IDENTITY, plugin_identity};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -261,52 +264,18 @@ async fn an_unreachable_host_api_is_unavailable_to_the_plugin() {
     assert_eq!(err.code, "UNAVAILABLE", "{err:?}");
 }
 
-struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        let ca_pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            ca_pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (certificate PEM, key PEM) for `identity`.
-    fn issue(&self, identity: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec![identity.to_string()]).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A server that requires a client certificate from this CA, serving as `identity`.
-    fn server(&self, identity: &str) -> ServerTlsConfig {
-        let (cert, key) = self.issue(identity);
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(cert, key))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-    }
-
-    /// Writes a certificate for `identity` into `dir` as the operator mounts it for a plugin.
-    fn write_plugin_tls(&self, dir: &std::path::Path, identity: &str) {
-        let (cert, key) = self.issue(identity);
-        std::fs::write(dir.join("tls.crt"), cert).unwrap();
-        std::fs::write(dir.join("tls.key"), key).unwrap();
-        std::fs::write(dir.join("ca.crt"), &self.ca_pem).unwrap();
-    }
+/// A server that requires a client certificate from `pki`'s CA, serving as `identity`.
+fn server_tls(pki: &Pki, identity: &str) -> ServerTlsConfig {
+    let (cert, key) = pki.issue(identity);
+    ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .client_ca_root(Certificate::from_pem(&pki.ca_pem))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_mutual_tls_the_shim_speaks_as_its_certificate_and_follows_a_reissue() {
     let pki = Pki::new();
-    let (addr, seen) = serve(Some(pki.server(ROUTER_IDENTITY))).await;
+    let (addr, seen) = serve(Some(server_tls(&pki, ROUTER_IDENTITY))).await;
     let dir = tempfile::tempdir().unwrap();
     let me = plugin_identity("team-a", "echo");
     pki.write_plugin_tls(dir.path(), &me);
@@ -344,7 +313,11 @@ async fn over_mutual_tls_the_shim_speaks_as_its_certificate_and_follows_a_reissu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shim_calls_only_a_server_with_the_router_identity() {
     let pki = Pki::new();
-    let (addr, seen) = serve(Some(pki.server(&plugin_identity("team-a", "impostor")))).await;
+    let (addr, seen) = serve(Some(server_tls(
+        &pki,
+        &plugin_identity("team-a", "impostor"),
+    )))
+    .await;
     let dir = tempfile::tempdir().unwrap();
     pki.write_plugin_tls(dir.path(), &plugin_identity("team-a", "echo"));
     let host = GrpcHost::connect_lazy(&addr, Some(ClientTlsFiles::in_dir(dir.path()))).unwrap();

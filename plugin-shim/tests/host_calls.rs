@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::tgz;
+
 use airlock_plugin_shim::cli::{self, RunArgs};
 use airlock_plugin_shim::host::{CallFuture, HostCalls};
 use airlock_plugin_shim::protocol::{CallError, HostCallLine, MAX_HOST_CALLS};
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use common::sandbox;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -93,18 +93,6 @@ impl HostCalls for FakeHost {
             }
         })
     }
-}
-
-fn tgz(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
-    for (path, text) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o755);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, text.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
 }
 
 struct Shim {

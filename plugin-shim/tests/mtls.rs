@@ -2,19 +2,16 @@
 //! plugin; another plugin's certificate, no certificate and plain text are refused; the router can
 //! tell it reached the plugin it meant; the kubelet's plain-text health port keeps working.
 
-use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 mod common;
+
+use common::{Pki, tgz};
 
 use airlock_plugin_shim::cli::{self, RunArgs};
 use airlock_proto::identity::{ROUTER_IDENTITY, plugin_identity};
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -28,51 +25,6 @@ for line in sys.stdin:
     req = json.loads(line)
     print(json.dumps({"id": req["id"], "ok": True, "output": {"hook": req["hook"]}}), flush=True)
 "#;
-
-struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        let ca_pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            ca_pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (certificate PEM, key PEM) for `identity`.
-    fn issue(&self, identity: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec![identity.to_string()]).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-fn tgz(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
-    for (path, text) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o755);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, text.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::File::create(path)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-}
 
 async fn free_port() -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -115,10 +67,7 @@ async fn only_the_router_may_invoke_a_plugin_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let tls_dir = dir.path().join("tls");
     std::fs::create_dir(&tls_dir).unwrap();
-    let (cert, key) = pki.issue(&me);
-    write(&tls_dir.join("tls.crt"), &cert);
-    write(&tls_dir.join("tls.key"), &key);
-    write(&tls_dir.join("ca.crt"), &pki.ca_pem);
+    pki.write_plugin_tls(&tls_dir, &me);
     let bundle = dir.path().join("bundle.tar.gz");
     std::fs::write(
         &bundle,

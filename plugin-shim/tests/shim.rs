@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::tgz;
+
 use airlock_plugin_shim::cli::{self, RunArgs};
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::plugin::v1::{HandshakeRequest, InvokeRequest};
 use common::sandbox;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -63,18 +63,6 @@ fn manifest(hooks: &str, entry: &str) -> String {
         "name: echo\nversion: 1.2.3\napiVersion: 1\nhooks: {hooks}\n\
          permissions: [log, storage:read]\nentryPoint: {entry}\n"
     )
-}
-
-fn tgz(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
-    for (path, text) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o755);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, text.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
 }
 
 struct Shim {

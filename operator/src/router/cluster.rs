@@ -192,14 +192,9 @@ pub async fn watch_identity(
         let got = secrets.get_opt(&name).await;
         let identity = match &got {
             Ok(Some(secret)) => {
-                let text = |key: &str| {
-                    secret
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get(key))
-                        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-                };
-                match (text("ca.crt"), text("tls.crt"), text("tls.key")) {
+                use crate::build::tls_secret::{CA_KEY, CERT_KEY, PRIVATE_KEY_KEY};
+                let text = |key| crate::certs::text(secret, key);
+                match (text(CA_KEY), text(CERT_KEY), text(PRIVATE_KEY_KEY)) {
                     (Some(ca_pem), Some(cert_pem), Some(key_pem)) => {
                         Some(super::grpc::ClientIdentity {
                             ca_pem,

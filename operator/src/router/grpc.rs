@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_crds::plugin::FailurePolicy;
+use airlock_plugin_shim::host::code_name;
 use airlock_proto::identity::plugin_identity;
 use airlock_proto::plugin::v1::InvokeRequest as ShimInvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
@@ -322,38 +323,11 @@ fn policy_name(p: FailurePolicy) -> &'static str {
 fn result(r: StepResult) -> api::PluginResult {
     api::PluginResult {
         plugin: Some(plugin_ref(&r.plugin)),
-        code: if r.code == Code::Ok {
-            "OK".into()
-        } else {
-            code_name(r.code).into()
-        },
+        code: code_name(r.code).into(),
         output_json: r.output,
         error: r.error,
         duration_ms: millis(r.duration),
         failure_policy: policy_name(r.failure_policy).into(),
-    }
-}
-
-/// The canonical upper-case name of a gRPC code.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

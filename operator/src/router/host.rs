@@ -660,10 +660,9 @@ mod tests {
         fn disable(&self, _: &Route, _: &str) {}
     }
 
-    fn service(
-        permissions: &[&str],
-    ) -> (HostService<NoCalls, Arc<MemoryStorage>>, Arc<MemoryStorage>) {
-        let plugin: airlock_crds::Plugin = serde_json::from_value(serde_json::json!({
+    /// The Plugin team-a/logger with `status`.
+    fn logger(status: serde_json::Value) -> airlock_crds::Plugin {
+        serde_json::from_value(serde_json::json!({
             "apiVersion": "airlock.dev/v1alpha1",
             "kind": "Plugin",
             "metadata": {"name": "logger", "namespace": "team-a", "uid": "uid-1"},
@@ -673,9 +672,15 @@ mod tests {
                 "bundle": {"source": {"configMapRef": {"name": "b"}}},
                 "pluginApiVersion": 1,
             },
-            "status": {"phase": "Active", "permissions": permissions},
+            "status": status,
         }))
-        .unwrap();
+        .unwrap()
+    }
+
+    fn service(
+        permissions: &[&str],
+    ) -> (HostService<NoCalls, Arc<MemoryStorage>>, Arc<MemoryStorage>) {
+        let plugin = logger(serde_json::json!({"phase": "Active", "permissions": permissions}));
         let metrics = Metrics::new().unwrap();
         let router = Arc::new(Router::new(
             NoCalls,
@@ -814,22 +819,11 @@ mod tests {
     async fn the_trust_levels_caps_apply_to_storage_and_log() {
         let (svc, _) = service(&["storage:write", "log"]);
         // The controller wrote tighter limits into the status (from the trust level).
-        let mut table_plugin: airlock_crds::Plugin = serde_json::from_value(serde_json::json!({
-            "apiVersion": "airlock.dev/v1alpha1",
-            "kind": "Plugin",
-            "metadata": {"name": "logger", "namespace": "team-a", "uid": "uid-1"},
-            "spec": {
-                "version": "1.0.0",
-                "image": "r/logger:1",
-                "bundle": {"source": {"configMapRef": {"name": "b"}}},
-                "pluginApiVersion": 1,
-            },
-            "status": {"phase": "Active", "permissions": ["log", "storage:write"],
-                "limits": {"logLinesPerMinute": 3, "storageMaxValueBytes": 10,
-                    "storageMaxBytes": 30, "storageMaxKeys": 2}},
-        }))
-        .unwrap();
-        table_plugin.metadata.resource_version = Some("2".into());
+        let table_plugin = logger(serde_json::json!({
+            "phase": "Active", "permissions": ["log", "storage:write"],
+            "limits": {"logLinesPerMinute": 3, "storageMaxValueBytes": 10,
+                "storageMaxBytes": 30, "storageMaxKeys": 2},
+        }));
         svc.router
             .update(RouteTable::build([&table_plugin], &HashMap::new()));
         let err = svc
