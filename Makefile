@@ -13,19 +13,26 @@ export AIRLOCK_PYTHON ?= $(CACHE)/venv/bin/python
 # The local cluster unless the caller points at another one.
 export KUBECONFIG ?= /var/lib/airlock-cluster/kubeconfig
 
-.PHONY: help demo bench test lint fmt-check clippy unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
+.PHONY: help tools demo bench test lint fmt-check clippy unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
 
 help: ## list the recipes
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-demo: cluster-up e2e-images ## local cluster, Airlock installed with Helm, the hello plugin applied and its hook called
+# The one prerequisite every README command and CI share: Debian packages, the pinned Rust
+# toolchain with the musl target, and every upstream tool the recipes call (kubectl, helm, cosign,
+# crane, grpcurl, ...). Each step is a no-op when already done, so a warm machine pays nothing.
+tools: cluster-deps ## install what every recipe needs (Debian packages, Rust + musl target, upstream tools)
+	$(CLUSTER)/toolchain.sh
+	$(CLUSTER)/build.sh
+
+demo: tools cluster-up e2e-images ## local cluster, Airlock installed with Helm, the hello plugin applied and its hook called
 	cargo build --locked -p airlockctl
 	@bash e2e/demo.sh
 
-bench: cluster-up e2e-images ## benchmarks: verification, router vs direct shim, 1000 disabled Plugins (BENCH_PLUGINS=N)
+bench: tools cluster-up e2e-images ## benchmarks: verification, router vs direct shim, 1000 disabled Plugins (BENCH_PLUGINS=N)
 	@bash e2e/bench.sh
 
-test: lint unit e2e ## the whole suite: fmt, clippy, unit tests, cluster e2e
+test: tools lint unit e2e ## the whole suite: fmt, clippy, unit tests, cluster e2e
 
 lint: fmt-check clippy ## formatting and lints
 
@@ -41,10 +48,9 @@ unit: ## unit tests (no cluster)
 cluster-deps: ## install the Debian packages the cluster needs
 	$(CLUSTER)/deps.sh
 
-cluster-build: cluster-deps ## build every pinned upstream binary (cached under ~/.cache/airlock)
-	$(CLUSTER)/build.sh
+cluster-build: tools ## build every pinned upstream binary (cached under ~/.cache/airlock)
 
-cluster-up: cluster-deps ## start (or reuse) the local cluster
+cluster-up: tools ## start (or reuse) the local cluster
 	$(CLUSTER)/up.sh
 
 cluster-down: ## stop the local cluster and remove everything it created
@@ -53,11 +59,10 @@ cluster-down: ## stop the local cluster and remove everything it created
 cluster-status: ## is the local cluster up and healthy?
 	$(CLUSTER)/status.sh
 
-e2e-images: ## build and push the images the e2e suite runs
+e2e-images: tools ## build and push the images the e2e suite runs
 	e2e/images.sh
 
-client-deps: ## gRPC clients written elsewhere, for the e2e: grpcurl (Go, from source) and Python grpcio
-	$(CLUSTER)/build.sh grpcurl
+client-deps: tools ## gRPC clients written elsewhere, for the e2e: grpcurl (Go, from source) and Python grpcio
 	@[ -x $(AIRLOCK_PYTHON) ] || python3 -m venv $(CACHE)/venv
 	@$(CACHE)/venv/bin/pip install --quiet --disable-pip-version-check grpcio==1.85.1 grpcio-tools==1.85.1
 
