@@ -1,19 +1,6 @@
 //! `airlockctl bundle push` and `bundle pull`: a bundle (and its signature) as an OCI artifact in
-//! an image registry, in the format the operator reads ([`airlock_plugin_shim::bundle`]'s
-//! `OCI_*` constants):
-//!
-//! ```json
-//! { "schemaVersion": 2,
-//!   "mediaType": "application/vnd.oci.image.manifest.v1+json",
-//!   "artifactType": "application/vnd.airlock.bundle.v1",
-//!   "config": { "mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
-//!               "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a" },
-//!   "layers": [
-//!     { "mediaType": "application/vnd.airlock.bundle.v1.tar+gzip", "digest": "<bundle digest>", ... },
-//!     { "mediaType": "application/vnd.airlock.bundle.signature.v1", "digest": ..., ... } ] }
-//! ```
-//!
-//! The second layer is there only when the bundle is signed. Registries are reached anonymously.
+//! an image registry, written and read by [`airlock_bundle::oci`], the same code the operator reads
+//! `spec.bundle.source.oci` with. Registries are reached anonymously.
 
 use std::fmt;
 use std::fs;
@@ -21,30 +8,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_plugin_shim::bundle::{
-    self, BundleError, DEFAULT_MAX_BYTES, OCI_ARTIFACT_TYPE, OCI_BUNDLE_MEDIA_TYPE,
-    OCI_SIGNATURE_MEDIA_TYPE,
-};
-use airlock_plugin_shim::signing::{self, SigningError};
+use airlock_bundle::oci::{self, OciError as ArtifactError};
+use airlock_bundle::signing::{self, SigningError};
+use airlock_bundle::{self as bundle, BundleError, DEFAULT_MAX_BYTES};
 use clap::Args;
-use futures::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::errors::OciDistributionError;
-use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest, OciManifest};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, ParseError, Reference};
 
 use crate::signing::default_signature_path;
 
-/// Media type of the OCI empty descriptor, the config of an artifact that has none.
-pub const OCI_EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
-/// Content of the OCI empty descriptor.
-pub const OCI_EMPTY_CONTENT: &[u8] = b"{}";
-
-/// A signature is 88 base64 characters and a newline; anything much larger is not one.
-const MAX_SIGNATURE_BYTES: u64 = 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one registry request may take before the command gives up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct RegistryArgs {
@@ -113,45 +85,22 @@ pub enum OciError {
     #[error("cannot create a temporary directory to check the bundle in: {0}; check TMPDIR")]
     Scratch(#[source] io::Error),
     #[error(
-        "`{reference}` is not an image reference ({source}); write REGISTRY/REPOSITORY:TAG, e.g. \
-         registry.example.com/plugins/hello:1.0.0"
-    )]
-    InvalidReference {
-        reference: String,
-        #[source]
-        source: ParseError,
-    },
-    #[error(
         "`{0}` names a digest; a push needs a tag (REGISTRY/REPOSITORY:TAG): the digest is the \
          registry's answer, printed after the push"
     )]
     PushToDigest(String),
     #[error(
-        "{action} {reference} failed: {source}; check the reference and that the registry is \
-         reachable and allows anonymous access (for a plain-HTTP registry pass \
-         --insecure-registry {registry})"
+        "{source}; check the reference and that the registry is reachable and allows anonymous access (for a plain-HTTP registry pass --insecure-registry {registry})"
     )]
     Registry {
-        action: &'static str,
-        reference: String,
         registry: String,
         #[source]
-        source: OciDistributionError,
+        source: ArtifactError,
     },
-    #[error(
-        "{reference} is not an Airlock bundle (artifactType {found}, expected \
-         {OCI_ARTIFACT_TYPE}); push bundles with `airlockctl bundle push`"
-    )]
-    NotABundle { reference: String, found: String },
-    #[error("{reference}: {problem}; push it again with `airlockctl bundle push`")]
-    Malformed { reference: String, problem: String },
-    #[error("{reference}: reading layer {digest}: {source}")]
-    Download {
-        reference: String,
-        digest: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Artifact(ArtifactError),
+    #[error("cannot serialise the artifact manifest: {0}")]
+    Manifest(#[source] serde_json::Error),
     #[error("cannot write {}: {source}; check that its directory exists and is writable", path.display())]
     Write {
         path: PathBuf,
@@ -160,53 +109,30 @@ pub enum OciError {
     },
 }
 
-/// The artifact that represents a bundle in a registry.
-pub struct Artifact {
-    pub config: Config,
-    pub layers: Vec<ImageLayer>,
-    /// The manifest exactly as it is pushed.
-    pub manifest_json: Vec<u8>,
-    /// `sha256:` of [`Artifact::manifest_json`]: what the registry serves the artifact under.
-    pub manifest_digest: String,
-}
-
-// `Config` has no `Debug`; the digest says all there is to say about the artifact.
-impl fmt::Debug for Artifact {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Artifact")
-            .field("manifest_digest", &self.manifest_digest)
-            .field("layers", &self.layers.len())
-            .finish_non_exhaustive()
+impl From<ArtifactError> for OciError {
+    /// Registry trouble gets the hint about reachability and --insecure-registry; an artifact
+    /// that is not a bundle says so on its own.
+    fn from(e: ArtifactError) -> Self {
+        let registry = match &e {
+            ArtifactError::Registry { reference, .. }
+            | ArtifactError::Timeout { reference, .. }
+            | ArtifactError::Download { reference, .. } => Some(
+                reference
+                    .split('/')
+                    .next()
+                    .unwrap_or(reference.as_str())
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        match registry {
+            Some(registry) => OciError::Registry {
+                registry,
+                source: e,
+            },
+            None => OciError::Artifact(e),
+        }
     }
-}
-
-/// Builds the artifact of `bundle` and its optional `signature` text. Pure; the manifest is
-/// serialised here, once, so the printed digest is the digest of the bytes sent.
-pub fn artifact(bundle: &[u8], signature: Option<&str>) -> Result<Artifact, serde_json::Error> {
-    let config = Config::new(OCI_EMPTY_CONTENT, OCI_EMPTY_MEDIA_TYPE.to_string(), None);
-    let mut layers = vec![ImageLayer::new(
-        bundle.to_vec(),
-        OCI_BUNDLE_MEDIA_TYPE.to_string(),
-        None,
-    )];
-    if let Some(signature) = signature {
-        layers.push(ImageLayer::new(
-            signature.as_bytes().to_vec(),
-            OCI_SIGNATURE_MEDIA_TYPE.to_string(),
-            None,
-        ));
-    }
-    let mut manifest = OciImageManifest::build(&layers, &config, None);
-    manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
-    manifest.artifact_type = Some(OCI_ARTIFACT_TYPE.to_string());
-    let manifest_json = serde_json::to_vec(&manifest)?;
-    let manifest_digest = bundle::digest(&manifest_json);
-    Ok(Artifact {
-        config,
-        layers,
-        manifest_json,
-        manifest_digest,
-    })
 }
 
 /// What `bundle push` did.
@@ -233,7 +159,7 @@ impl fmt::Display for PushReport {
 }
 
 pub async fn push(args: &PushArgs) -> Result<PushReport, OciError> {
-    let reference = parse_reference(&args.reference)?;
+    let reference = oci::parse_reference(&args.reference)?;
     if reference.digest().is_some() {
         return Err(OciError::PushToDigest(args.reference.clone()));
     }
@@ -272,51 +198,11 @@ pub async fn push(args: &PushArgs) -> Result<PushReport, OciError> {
         None => None,
     };
 
-    let artifact = artifact(&bytes, signature.as_deref()).map_err(|e| OciError::Malformed {
-        reference: args.reference.clone(),
-        problem: format!("cannot serialise the manifest: {e}"),
-    })?;
-    let client = client(&args.registry);
-    let registry_err = |action| {
-        let shown = args.reference.clone();
-        let registry = reference_registry(&reference);
-        move |source| OciError::Registry {
-            action,
-            reference: shown,
-            registry,
-            source,
-        }
-    };
-    client
-        .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
-        .await;
-    for layer in &artifact.layers {
-        client
-            .push_blob(&reference, layer.data.clone(), &layer.sha256_digest())
-            .await
-            .map_err(registry_err("pushing a layer to"))?;
-    }
-    client
-        .push_blob(
-            &reference,
-            artifact.config.data.clone(),
-            &artifact.config.sha256_digest(),
-        )
-        .await
-        .map_err(registry_err("pushing the config to"))?;
-    let content_type = OCI_IMAGE_MEDIA_TYPE
-        .parse()
-        .map_err(|e| OciError::Malformed {
-            reference: args.reference.clone(),
-            problem: format!("invalid content type: {e}"),
-        })?;
-    client
-        .push_manifest_raw(&reference, artifact.manifest_json.clone(), content_type)
-        .await
-        .map_err(registry_err("pushing the manifest to"))?;
-
+    let artifact = oci::artifact(&bytes, signature.as_deref()).map_err(OciError::Manifest)?;
+    let client = oci::client(args.registry.insecure.clone());
+    let digest = oci::push(&client, &reference, &artifact).await?;
     Ok(PushReport {
-        pinned: format!("{}@{}", args.reference, artifact.manifest_digest),
+        pinned: format!("{}@{digest}", args.reference),
         bundle_digest: extracted.digest,
         signed: signature_path,
     })
@@ -363,46 +249,10 @@ impl fmt::Display for PullReport {
 }
 
 pub async fn pull(args: &PullArgs) -> Result<PullReport, OciError> {
-    let reference = parse_reference(&args.reference)?;
-    let client = client(&args.registry);
-    let (manifest, manifest_digest) = client
-        .pull_manifest(&reference, &RegistryAuth::Anonymous)
-        .await
-        .map_err(|source| OciError::Registry {
-            action: "pulling",
-            reference: args.reference.clone(),
-            registry: reference_registry(&reference),
-            source,
-        })?;
-    let OciManifest::Image(manifest) = manifest else {
-        return Err(OciError::NotABundle {
-            reference: args.reference.clone(),
-            found: "(an image index)".to_string(),
-        });
-    };
-    let (bundle_layer, signature_layer) = bundle_layers(&args.reference, &manifest)?;
-
-    let bytes = download(
-        &client,
-        &reference,
-        &args.reference,
-        bundle_layer,
-        args.max_bytes,
-    )
-    .await?;
-    let signature = match signature_layer {
-        Some(layer) => Some(
-            download(
-                &client,
-                &reference,
-                &args.reference,
-                layer,
-                MAX_SIGNATURE_BYTES,
-            )
-            .await?,
-        ),
-        None => None,
-    };
+    let reference = oci::parse_reference(&args.reference)?;
+    let client = oci::client(args.registry.insecure.clone());
+    let pulled = oci::pull(&client, &reference, args.max_bytes, REQUEST_TIMEOUT).await?;
+    let (bytes, signature) = (pulled.bundle, pulled.signature);
 
     let write = |path: &Path, data: &[u8]| {
         crate::files::write_atomically(path, data, 0o644).map_err(|source| OciError::Write {
@@ -414,7 +264,7 @@ pub async fn pull(args: &PullArgs) -> Result<PullReport, OciError> {
     let signature_path = default_signature_path(&args.output);
     let mut removed_stale = None;
     match &signature {
-        Some(sig) => write(&signature_path, sig)?,
+        Some(sig) => write(&signature_path, sig.as_bytes())?,
         // A signature left from an earlier pull would be taken for this bundle's.
         None => match fs::remove_file(&signature_path) {
             Ok(()) => removed_stale = Some(signature_path.clone()),
@@ -428,221 +278,10 @@ pub async fn pull(args: &PullArgs) -> Result<PullReport, OciError> {
         },
     }
     Ok(PullReport {
-        pinned: pinned(&reference, &manifest_digest),
+        pinned: oci::pinned(&reference, &pulled.manifest_digest),
         output: args.output.clone(),
         bundle_digest: bundle::digest(&bytes),
         signature: signature.map(|_| signature_path),
         removed_stale,
     })
-}
-
-/// Checks that `manifest` is a bundle artifact; returns its bundle and signature layers.
-fn bundle_layers<'m>(
-    reference: &str,
-    manifest: &'m OciImageManifest,
-) -> Result<(&'m OciDescriptor, Option<&'m OciDescriptor>), OciError> {
-    let found = manifest.artifact_type.as_deref().unwrap_or("(none)");
-    if found != OCI_ARTIFACT_TYPE {
-        return Err(OciError::NotABundle {
-            reference: reference.to_string(),
-            found: found.to_string(),
-        });
-    }
-    let malformed = |problem: String| OciError::Malformed {
-        reference: reference.to_string(),
-        problem,
-    };
-    let (bundle_layer, signature_layer) = match manifest.layers.as_slice() {
-        [b] => (b, None),
-        [b, s] => (b, Some(s)),
-        other => {
-            return Err(malformed(format!(
-                "the artifact has {} layers; a bundle artifact has the bundle and optionally its \
-                 signature",
-                other.len()
-            )));
-        }
-    };
-    if bundle_layer.media_type != OCI_BUNDLE_MEDIA_TYPE {
-        return Err(malformed(format!(
-            "layer 0 has media type {}, expected {OCI_BUNDLE_MEDIA_TYPE}",
-            bundle_layer.media_type
-        )));
-    }
-    if let Some(s) = signature_layer
-        && s.media_type != OCI_SIGNATURE_MEDIA_TYPE
-    {
-        return Err(malformed(format!(
-            "layer 1 has media type {}, expected {OCI_SIGNATURE_MEDIA_TYPE}",
-            s.media_type
-        )));
-    }
-    Ok((bundle_layer, signature_layer))
-}
-
-/// Downloads one layer, at most `limit` bytes, and checks it against its descriptor's digest.
-async fn download(
-    client: &Client,
-    reference: &Reference,
-    shown: &str,
-    layer: &OciDescriptor,
-    limit: u64,
-) -> Result<Vec<u8>, OciError> {
-    let err = |source| OciError::Download {
-        reference: shown.to_string(),
-        digest: layer.digest.clone(),
-        source,
-    };
-    let too_large = || {
-        err(io::Error::other(format!(
-            "the layer is larger than the limit of {limit} bytes (see --max-bytes)"
-        )))
-    };
-    if !layer.digest.starts_with("sha256:") {
-        return Err(err(io::Error::other(
-            "only sha256 layer digests are supported",
-        )));
-    }
-    if u64::try_from(layer.size).map_or(true, |size| size > limit) {
-        return Err(too_large());
-    }
-    let mut stream = client
-        .pull_blob_stream(reference, layer)
-        .await
-        .map_err(|source| OciError::Registry {
-            action: "pulling a layer of",
-            reference: shown.to_string(),
-            registry: reference_registry(reference),
-            source,
-        })?;
-    let mut data = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        data.extend_from_slice(&chunk.map_err(err)?);
-        if data.len() as u64 > limit {
-            return Err(too_large());
-        }
-    }
-    if bundle::digest(&data) != layer.digest {
-        return Err(err(io::Error::other(
-            "the content does not match its digest",
-        )));
-    }
-    Ok(data)
-}
-
-fn client(args: &RegistryArgs) -> Client {
-    Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(args.insecure.clone()),
-        connect_timeout: Some(CONNECT_TIMEOUT),
-        read_timeout: Some(READ_TIMEOUT),
-        ..Default::default()
-    })
-}
-
-fn parse_reference(text: &str) -> Result<Reference, OciError> {
-    text.parse().map_err(|source| OciError::InvalidReference {
-        reference: text.to_string(),
-        source,
-    })
-}
-
-fn reference_registry(reference: &Reference) -> String {
-    reference.resolve_registry().to_string()
-}
-
-/// `registry/repository[:tag]@digest`.
-fn pinned(reference: &Reference, digest: &str) -> String {
-    match reference.tag() {
-        Some(tag) => format!(
-            "{}/{}:{tag}@{digest}",
-            reference.registry(),
-            reference.repository()
-        ),
-        None => format!(
-            "{}/{}@{digest}",
-            reference.registry(),
-            reference.repository()
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::{Value, json};
-
-    use super::*;
-
-    const EMPTY_DIGEST: &str =
-        "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
-
-    #[test]
-    fn the_manifest_is_a_bundle_artifact_with_an_empty_config() {
-        let bundle = b"pretend gzip";
-        let a = artifact(bundle, Some("c2ln\n")).unwrap();
-        let m: Value = serde_json::from_slice(&a.manifest_json).unwrap();
-        assert_eq!(
-            m,
-            json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "artifactType": "application/vnd.airlock.bundle.v1",
-                "config": {
-                    "mediaType": "application/vnd.oci.empty.v1+json",
-                    "digest": EMPTY_DIGEST,
-                    "size": 2,
-                },
-                "layers": [
-                    {
-                        "mediaType": "application/vnd.airlock.bundle.v1.tar+gzip",
-                        "digest": bundle::digest(bundle),
-                        "size": bundle.len(),
-                    },
-                    {
-                        "mediaType": "application/vnd.airlock.bundle.signature.v1",
-                        "digest": bundle::digest(b"c2ln\n"),
-                        "size": 5,
-                    },
-                ],
-            })
-        );
-        assert_eq!(a.manifest_digest, bundle::digest(&a.manifest_json));
-    }
-
-    #[test]
-    fn an_unsigned_bundle_has_one_layer_and_reads_back() {
-        let a = artifact(b"x", None).unwrap();
-        let m: OciImageManifest = serde_json::from_slice(&a.manifest_json).unwrap();
-        assert_eq!(m.layers.len(), 1);
-        let (b, s) = bundle_layers("r", &m).unwrap();
-        assert_eq!(b.digest, bundle::digest(b"x"));
-        assert!(s.is_none());
-    }
-
-    #[test]
-    fn other_artifacts_are_not_taken_for_bundles() {
-        let a = artifact(b"x", Some("sig")).unwrap();
-        let mut m: OciImageManifest = serde_json::from_slice(&a.manifest_json).unwrap();
-        m.artifact_type = None;
-        assert!(matches!(
-            bundle_layers("r", &m),
-            Err(OciError::NotABundle { .. })
-        ));
-        m.artifact_type = Some(OCI_ARTIFACT_TYPE.into());
-        m.layers.swap(0, 1);
-        let e = bundle_layers("r", &m).unwrap_err().to_string();
-        assert!(e.contains("layer 0 has media type"), "{e}");
-    }
-
-    #[test]
-    fn references_need_a_tag_to_push_and_print_pinned() {
-        let r = parse_reference("198.19.255.1:5000/test/bundle:dev").unwrap();
-        assert_eq!(
-            pinned(&r, "sha256:ab"),
-            "198.19.255.1:5000/test/bundle:dev@sha256:ab"
-        );
-        assert!(matches!(
-            parse_reference("no spaces/in references:x"),
-            Err(OciError::InvalidReference { .. })
-        ));
-    }
 }

@@ -9,9 +9,9 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use airlock_plugin_shim::bundle::{self, BundleError, DEFAULT_MAX_BYTES, SIGNATURE_SUFFIX};
-use airlock_plugin_shim::manifest::Manifest;
-use airlock_plugin_shim::signing::{self, SigningError};
+use airlock_bundle::Manifest;
+use airlock_bundle::signing::{self, SigningError};
+use airlock_bundle::{self as bundle, BundleError, DEFAULT_MAX_BYTES, SIGNATURE_SUFFIX};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args;

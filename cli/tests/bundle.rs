@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use airlock_plugin_shim::bundle;
+use airlock_bundle as bundle;
 
 const MANIFEST: &str = "\
 # The signed manifest of the hello plugin (the bundle's plugin.yaml).

@@ -9,12 +9,11 @@ pub const API_GROUP: &str = "airlock.dev";
 pub const API_VERSION: &str = "v1alpha1";
 
 pub mod generate;
-pub mod permission;
 pub mod plugin;
 pub mod storage;
 pub mod trust_policy;
 
-pub use permission::Permission;
+pub use airlock_core::{Hook, Permission};
 pub use plugin::{Plugin, PluginSpec, PluginStatus};
 pub use storage::{PluginStorage, PluginStorageSpec};
 pub use trust_policy::{PluginTrustPolicy, PluginTrustPolicySpec, TrustLevel};

@@ -9,13 +9,11 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::permission::Permission;
+use airlock_core::{Hook, Permission};
 
 /// Longest `metadata.name` of a Plugin: the children it owns are named `<plugin>-<suffix>` and
 /// Service names are DNS labels (≤ 63 characters).
 pub const MAX_PLUGIN_NAME_LEN: usize = 52;
-/// The plugin API versions this release of Airlock can host.
-pub const SUPPORTED_PLUGIN_API_VERSIONS: &[i32] = &[1];
 /// Upper bound of any hook timeout; a trust level may cap it further.
 pub const MAX_HOOK_TIMEOUT: &str = "30s";
 
@@ -198,7 +196,7 @@ pub struct ConfigMapBundleSource {
 #[serde(rename_all = "camelCase")]
 pub struct HookSpec {
     /// Name of the hook.
-    pub name: HookName,
+    pub name: Hook,
     /// Deadline of one invocation, e.g. 200ms (default). Above 0 and at most 30s; the trust level
     /// may allow less.
     #[serde(default = "default_timeout")]
@@ -221,38 +219,6 @@ fn default_timeout() -> String {
 }
 fn default_priority() -> i32 {
     100
-}
-
-/// The hooks a host application can call (plugin API version 1).
-#[derive(
-    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
-)]
-pub enum HookName {
-    /// Called once when the plugin starts.
-    #[serde(rename = "onLoad")]
-    OnLoad,
-    /// Called once before the plugin stops.
-    #[serde(rename = "onUnload")]
-    OnUnload,
-    /// Transforms a JSON document; plugins run as a pipeline in priority order.
-    #[serde(rename = "transform")]
-    Transform,
-    /// Receives an event broadcast to every subscribed plugin.
-    #[serde(rename = "onEvent")]
-    OnEvent,
-}
-
-impl HookName {
-    pub const ALL: [HookName; 4] = [Self::OnLoad, Self::OnUnload, Self::Transform, Self::OnEvent];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OnLoad => "onLoad",
-            Self::OnUnload => "onUnload",
-            Self::Transform => "transform",
-            Self::OnEvent => "onEvent",
-        }
-    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

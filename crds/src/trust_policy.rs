@@ -8,7 +8,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::permission::Permission;
+use airlock_core::Permission;
 
 /// Trusted signing keys and the limits of each trust level, for the namespaces it selects.
 /// When several policies select a namespace, the most restrictive answer wins: a key must be

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use airlock_core::identity::plugin_identity;
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
-use airlock_proto::identity::plugin_identity;
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use anyhow::{Context, Result, bail};

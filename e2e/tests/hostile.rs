@@ -247,7 +247,7 @@ async fn only_the_router_reaches_a_shim(f: &Fixture) -> Result<()> {
             &router.cert,
             &router.key,
         ))
-        .domain_name(airlock_proto::identity::plugin_identity(ns, "hostile"));
+        .domain_name(airlock_core::identity::plugin_identity(ns, "hostile"));
     let wrong = match tonic::transport::Channel::from_shared(format!("https://{ip}:50051"))?
         .tls_config(tls)?
         .connect_timeout(Duration::from_secs(2))

@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use airlock_bundle::signing;
 use airlock_crds::plugin::PluginPhase;
 use airlock_crds::{Plugin, PluginTrustPolicy};
 use airlock_e2e::TestNamespace;
 use airlock_e2e::images::{crane, push_unique_variant, registry};
 use airlock_e2e::install::images_env;
 use airlock_e2e::plugins::{audit_records, condition, invoke, phase, wait_plugin};
-use airlock_plugin_shim::signing;
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -102,7 +102,7 @@ fn bundle(work: &Path, name: &str, image_digest: &str) -> Result<Vec<u8>> {
             "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\npermissions: [log]\nentryPoint: [/hello]\nimageDigest: {image_digest}\n"
         ),
     )?;
-    Ok(airlockctl::pack::pack(&dir, airlock_plugin_shim::bundle::DEFAULT_MAX_BYTES)?.bytes)
+    Ok(airlock_bundle::pack::pack(&dir, airlock_bundle::DEFAULT_MAX_BYTES)?.bytes)
 }
 
 /// A bundle with this `plugin.yaml`, packed without the checks `airlockctl bundle pack` makes,
@@ -196,10 +196,7 @@ impl Matrix {
 
     fn sign(&self, pair: &BundleKey, bundle: &[u8]) -> Result<String> {
         let key = signing::parse_private_key(&pair.private)?;
-        Ok(signing::sign(
-            &key,
-            &airlock_plugin_shim::bundle::digest(bundle),
-        ))
+        Ok(signing::sign(&key, &airlock_bundle::digest(bundle)))
     }
 
     /// The bundle (and its signature) in a ConfigMap named `<plugin>-bundle`.
@@ -464,17 +461,15 @@ async fn matrix(m: &Matrix) -> Result<()> {
     std::fs::write(&bundle_path, &b)?;
     std::fs::write(work.join("good-oci.tar.gz.sig"), m.sign(&m.author, &b)?)?;
     let bundle_ref = format!("{}/{repo}/good-bundle:1.0.0", registry());
-    airlockctl::oci::push(&airlockctl::oci::PushArgs {
-        bundle: bundle_path,
-        reference: bundle_ref.clone(),
-        signature: None,
-        registry: airlockctl::oci::RegistryArgs {
-            insecure: vec![registry()],
-        },
-        max_bytes: airlock_plugin_shim::bundle::DEFAULT_MAX_BYTES,
-    })
-    .await
-    .context("airlockctl bundle push")?;
+    {
+        use airlock_bundle::oci;
+        let signature = std::fs::read_to_string(work.join("good-oci.tar.gz.sig"))?;
+        let artifact = oci::artifact(&std::fs::read(&bundle_path)?, Some(&signature))?;
+        let client = oci::client(vec![registry()]);
+        oci::push(&client, &oci::parse_reference(&bundle_ref)?, &artifact)
+            .await
+            .context("pushing the bundle artifact")?;
+    }
     let mut from_oci = m.plugin("good-oci", &good.tag, &["log"]);
     from_oci["spec"]["bundle"] = json!({"source": {"oci": {"ref": bundle_ref}}});
     m.apply(&from_oci).await?;

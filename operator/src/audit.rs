@@ -3,8 +3,6 @@
 //! up. Records are written before the status that reflects them, so a crash in between repeats a
 //! record rather than losing one.
 
-use std::io::Write;
-
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginStatus;
 use k8s_openapi::jiff::Timestamp;
@@ -24,7 +22,7 @@ pub fn record(
     now: Timestamp,
 ) -> serde_json::Value {
     json!({
-        "stream": "airlock.audit",
+        "stream": airlock_runtime::audit::STREAM,
         "time": now.to_string(),
         "actor": ACTOR,
         "plugin": {
@@ -44,65 +42,5 @@ pub fn record(
     })
 }
 
-/// The record of a plugin the router auto-disabled (pure).
-pub fn auto_disabled(
-    route: &crate::router::table::Route,
-    reason: &str,
-    actor: &str,
-    now: Timestamp,
-) -> serde_json::Value {
-    json!({
-        "stream": "airlock.audit",
-        "time": now.to_string(),
-        "actor": actor,
-        "plugin": {
-            "namespace": route.plugin.namespace,
-            "name": route.plugin.name,
-            "uid": route.uid,
-        },
-        "event": "AutoDisabled",
-        "status": "True",
-        "reason": "AutoDisabled",
-        "message": format!("auto-disabled after {reason}; calls are refused and its pods scaled to zero until an admin re-enables it"),
-        "version": route.version,
-    })
-}
-
-/// The record of a host API call the router refused for a missing permission (pure).
-pub fn host_call_denied(
-    plugin: &crate::router::table::PluginKey,
-    holder: &crate::router::table::Holder,
-    denied: &crate::host::Denied,
-    invocation_id: &str,
-    actor: &str,
-    now: Timestamp,
-) -> serde_json::Value {
-    json!({
-        "stream": "airlock.audit",
-        "time": now.to_string(),
-        "actor": actor,
-        "plugin": {
-            "namespace": plugin.namespace,
-            "name": plugin.name,
-            "uid": holder.uid,
-        },
-        "event": "HostCallDenied",
-        "status": "True",
-        "reason": "PermissionDenied",
-        "call": denied.call.as_str(),
-        "permissions": holder.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-        "invocationId": invocation_id,
-        "message": denied.to_string(),
-        "version": holder.version,
-    })
-}
-
-/// Writes one record as a single line. Stdout is line-buffered per write here, so concurrent
-/// reconciles never interleave within a record.
-pub fn emit(record: &serde_json::Value) {
-    let line = format!("{record}\n");
-    let mut out = std::io::stdout().lock();
-    // The audit stream is stdout; if it is gone there is nowhere left to report to.
-    let _ = out.write_all(line.as_bytes());
-    let _ = out.flush();
-}
+/// Writes one record to the audit stream.
+pub use airlock_runtime::audit::emit;

@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::build::FIELD_MANAGER;
 use crate::build::tls_secret::{CERT_KEY, PRIVATE_KEY_KEY, tls_secret};
-use crate::pki::{self, Ca};
+use airlock_tls::pki::{self, Ca};
 
 /// The CA's Secret, in the operator's namespace. Deleting it makes the operator create a new CA
 /// and re-issue every certificate (see the README's rotation section).
@@ -38,13 +38,7 @@ pub enum CertError {
 }
 
 /// The text under `key` of a Secret's data (a PEM file of a TLS Secret).
-pub fn text(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-}
+pub use airlock_runtime::secrets::text;
 
 /// The CA stored in `namespace`, created when there is none. Two operators racing to create it
 /// both end up with the one that was stored first.

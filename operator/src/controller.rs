@@ -30,10 +30,11 @@ use crate::applied::{self, Applied, Fingerprint};
 use crate::build::{self, BuildConfig, FIELD_MANAGER};
 use crate::fetch::{self, Registry};
 use crate::metrics::Metrics;
-use crate::pki::Ca;
 use crate::plan::{self, Plan};
 use crate::status::{self, Outcome};
 use crate::{audit, certs, policy, trust};
+use airlock_core::names;
+use airlock_tls::pki::Ca;
 
 pub const FINALIZER: &str = "airlock.dev/cleanup";
 
@@ -183,7 +184,7 @@ async fn maintain_router_certificate(client: Client, namespace: String, ca: Ca) 
         let next = match certs::ensure_certificate(
             &client,
             meta.clone(),
-            airlock_proto::identity::ROUTER_IDENTITY,
+            airlock_core::identity::ROUTER_IDENTITY,
             &ca,
         )
         .await
@@ -268,7 +269,7 @@ pub async fn run(ctx: Arc<Context>) {
     }
     let client = ctx.client.clone();
     let plugins: Api<Plugin> = Api::all(client.clone());
-    let cfg = watcher::Config::default().labels(build::labels::MANAGED_BY_SELECTOR);
+    let cfg = watcher::Config::default().labels(names::MANAGED_BY_SELECTOR);
 
     // The same watch fills the policy cache and triggers the reconciles, so a reconcile caused by
     // a policy change always sees that change.
@@ -467,7 +468,7 @@ fn requeue_after(plan: &Plan, applied: Option<&status::Rollout>) -> Duration {
 /// next verified revision is applied by the normal path and brings the replicas back.
 async fn quarantine(plugin: &Plugin, ctx: &Context, children: &Children) -> Result<(), Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
-    let name = build::child_name(&plugin.name_any());
+    let name = names::child_name(&plugin.name_any());
     let r = ObjectRef::<Deployment>::new(&name).within(&ns);
     let running = children
         .deployments
@@ -526,9 +527,9 @@ async fn rollback(
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let selector = format!(
         "{}={},{}={good}",
-        build::labels::PLUGIN_LABEL,
+        names::PLUGIN_LABEL,
         plugin.name_any(),
-        build::labels::REVISION_LABEL
+        names::REVISION_LABEL
     );
     let sets = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default().labels(&selector))
@@ -632,7 +633,7 @@ async fn hourly_checks(
     if fresh {
         return Ok(());
     }
-    let identity = airlock_proto::identity::plugin_identity(ns, &key.1);
+    let identity = airlock_core::identity::plugin_identity(ns, &key.1);
     let meta = build::tls_secret::plugin_tls_meta(plugin);
     if let Some(why) = certs::ensure_certificate(&ctx.client, meta, &identity, &children.ca).await?
     {

@@ -11,11 +11,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use airlock_bundle as bundle;
 use airlock_crds::Plugin;
-use airlock_plugin_shim::bundle;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client, ResourceExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client as OciClient, Reference};
 
@@ -62,12 +61,8 @@ impl Registry {
     /// `insecure`: `host:port` of registries reached over plain HTTP (the local test registry).
     /// `reverify`: how long an image verification result is trusted before it is checked again.
     pub fn new(insecure: Vec<String>, reverify: std::time::Duration) -> Self {
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure.clone()),
-            ..Default::default()
-        };
         Self {
-            client: OciClient::new(config),
+            client: airlock_bundle::oci::client(insecure.clone()),
             http: reqwest::Client::builder()
                 .timeout(REGISTRY_TIMEOUT)
                 .build()
@@ -196,91 +191,52 @@ impl Registry {
         Ok(Some(body))
     }
 
-    /// Pulls a bundle artifact (layer 0: bundle, optional layer 1: signature), refusing layers
-    /// over `max_bytes` before downloading them.
+    /// Pulls a bundle artifact with the one reader of that format ([`airlock_bundle::oci`]);
+    /// a bundle layer over `max_bytes` is refused before it is downloaded.
     async fn pull_bundle(
         &self,
         reference_text: &str,
         max_bytes: u64,
     ) -> Result<SignedBundle, FetchFailure> {
+        use airlock_bundle::oci::{self, OciError};
         let failure = |reason: &'static str, message: String| FetchFailure {
             condition: VERIFIED,
             reason,
             message,
         };
-        let reference: Reference = reference_text.parse().map_err(|e| {
+        let reference = oci::parse_reference(reference_text).map_err(|e| {
             failure(
                 "InvalidBundleReference",
-                format!("spec.bundle.source.oci.ref {reference_text:?} is not a valid OCI reference: {e}"),
+                format!("spec.bundle.source.oci.ref: {e}"),
             )
         })?;
-        let auth = RegistryAuth::Anonymous;
-        let unavailable = |e: String| {
-            failure(
-                "RegistryUnavailable",
-                format!(
-                    "could not read the bundle artifact {reference_text}: {e}; check that it was pushed (`airlockctl bundle push`) and the registry is reachable (retrying)"
+        let pulled = oci::pull(&self.client, &reference, max_bytes, REGISTRY_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                OciError::NotABundle { .. } | OciError::Malformed { .. } => {
+                    failure("InvalidBundleArtifact", format!("spec.bundle.source.oci.ref: {e}"))
+                }
+                OciError::TooLarge { .. } => failure(
+                    "BundleTooLarge",
+                    format!("{e}; make the bundle smaller (or raise --max-bundle-bytes)"),
                 ),
-            )
-        };
-        let (manifest, _) = tokio::time::timeout(
-            REGISTRY_TIMEOUT,
-            self.client.pull_image_manifest(&reference, &auth),
-        )
-        .await
-        .map_err(|_| unavailable(format!("no answer within {}s", REGISTRY_TIMEOUT.as_secs())))?
-        .map_err(|e| unavailable(e.to_string()))?;
-        let bundle_layer = manifest
-            .layers
-            .first()
-            .filter(|l| l.media_type == bundle::OCI_BUNDLE_MEDIA_TYPE)
-            .ok_or_else(|| {
-                failure(
-                    "InvalidBundleArtifact",
-                    format!(
-                        "{reference_text} is not an Airlock bundle artifact: its first layer must have media type {}; push it with `airlockctl bundle push`",
-                        bundle::OCI_BUNDLE_MEDIA_TYPE
-                    ),
-                )
+                OciError::InvalidReference { .. } => failure(
+                    "InvalidBundleReference",
+                    format!("spec.bundle.source.oci.ref: {e}"),
+                ),
+                OciError::Registry { .. } | OciError::Timeout { .. } | OciError::Download { .. } => {
+                    failure(
+                        "RegistryUnavailable",
+                        format!(
+                            "could not read the bundle artifact {reference_text}: {e}; check that it was pushed (`airlockctl bundle push`) and the registry is reachable (retrying)"
+                        ),
+                    )
+                }
             })?;
-        if u64::try_from(bundle_layer.size).unwrap_or(u64::MAX) > max_bytes {
-            return Err(failure(
-                "BundleTooLarge",
-                format!(
-                    "the bundle in {reference_text} is {} bytes, over the limit of {max_bytes}; make it smaller (or raise --max-bundle-bytes)",
-                    bundle_layer.size
-                ),
-            ));
-        }
-        let mut bytes = Vec::new();
-        tokio::time::timeout(
-            REGISTRY_TIMEOUT,
-            self.client.pull_blob(&reference, bundle_layer, &mut bytes),
-        )
-        .await
-        .map_err(|_| unavailable(format!("no answer within {}s", REGISTRY_TIMEOUT.as_secs())))?
-        .map_err(|e| unavailable(e.to_string()))?;
-        let signature = match manifest
-            .layers
-            .get(1)
-            .filter(|l| l.media_type == bundle::OCI_SIGNATURE_MEDIA_TYPE && l.size <= 4096)
-        {
-            Some(layer) => {
-                let mut sig = Vec::new();
-                tokio::time::timeout(
-                    REGISTRY_TIMEOUT,
-                    self.client.pull_blob(&reference, layer, &mut sig),
-                )
-                .await
-                .map_err(|_| {
-                    unavailable(format!("no answer within {}s", REGISTRY_TIMEOUT.as_secs()))
-                })?
-                .map_err(|e| unavailable(e.to_string()))?;
-                Some(String::from_utf8_lossy(&sig).into_owned())
-            }
-            None => None,
-        };
-        Ok(SignedBundle { bytes, signature })
+        Ok(SignedBundle {
+            bytes: pulled.bundle,
+            signature: pulled.signature,
+        })
     }
 
     /// `(repository@digest, digest)` of an image reference given by tag or digest.

@@ -1,5 +1,7 @@
-//! The Airlock operator: the `Plugin` controller (fetch → validate → verify → build → apply →
-//! status), image and bundle verification, the hook router, audit stream and metrics.
+//! The Airlock operator, the control plane: the `Plugin` controller (fetch → verify → plan →
+//! apply → status), image and bundle verification, the CA that issues mTLS identities, audit
+//! records and metrics. The data plane (the router) is the `airlock-router` crate; neither
+//! depends on the other.
 
 pub mod applied;
 pub mod audit;
@@ -8,15 +10,10 @@ pub mod certs;
 pub mod config;
 pub mod controller;
 pub mod fetch;
-pub mod host;
-pub mod http;
-pub mod kube_client;
 pub mod metrics;
-pub mod pki;
 pub mod plan;
 pub mod policy;
 pub mod quantity;
-pub mod router;
 pub mod status;
 pub mod trust;
 pub mod verify;
@@ -77,14 +74,14 @@ async fn router_host_api(client: &kube::Client, namespace: &str) -> Option<Strin
 
 /// Starts the operator and runs it until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    init_tracing(config.log_json);
+    airlock_runtime::telemetry::init_tracing(config.log_json);
     let mut build = config.build_config().map_err(StartError::Config)?;
     let metrics = metrics::Metrics::new()?;
     let client = {
         let config = kube::Config::infer()
             .await
             .map_err(|e| StartError::Config(format!("finding the cluster: {e}")))?;
-        kube_client::client(config, &metrics)?
+        airlock_runtime::kube_client::client(config, &metrics.kube_requests)?
     };
     if build.host_api.is_none() {
         build.host_api = router_host_api(&client, &build.router_namespace).await;
@@ -93,7 +90,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let http = {
         let (addr, metrics, ready) = (config.http_addr, metrics.clone(), ready.clone());
         tokio::spawn(async move {
-            http::serve(addr, metrics, ready)
+            airlock_runtime::http::serve(addr, metrics.registry, ready)
                 .await
                 .map_err(|source| StartError::Http { addr, source })
         })
@@ -160,18 +157,5 @@ async fn lead(
     tokio::select! {
         _ = work => Ok(()),
         _ = lost => Err(StartError::LostLeadership),
-    }
-}
-
-pub(crate) fn init_tracing(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -4,14 +4,15 @@
 
 use std::collections::BTreeSet;
 
-use airlock_crds::plugin::SUPPORTED_PLUGIN_API_VERSIONS;
+use airlock_bundle::Manifest;
+use airlock_core::api;
+use airlock_core::duration::duration_ms;
 use airlock_crds::{Permission, Plugin, TrustLevel};
-use airlock_plugin_shim::manifest::Manifest;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 use crate::build::{Resources, Rollout};
-use crate::policy::{Limits, duration_ms};
+use crate::policy::Limits;
 use crate::quantity;
 
 /// Defaults when the spec sets no resources (DESIGN §4: 64 MiB per plugin).
@@ -112,12 +113,13 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
 
 fn compatibility(plugin: &Plugin, manifest: &Manifest) -> Verdict {
     let spec = &plugin.spec;
-    if !SUPPORTED_PLUGIN_API_VERSIONS.contains(&spec.plugin_api_version) {
+    if !u32::try_from(spec.plugin_api_version).is_ok_and(api::is_supported) {
         return Verdict::blocked(
             "UnsupportedPluginApiVersion",
             format!(
-                "spec.pluginApiVersion {} is not supported by this Airlock (supported: {:?}); use a plugin built for a supported version or upgrade Airlock",
-                spec.plugin_api_version, SUPPORTED_PLUGIN_API_VERSIONS
+                "spec.pluginApiVersion {} is not supported by this Airlock (supported: {}); use a plugin built for a supported version or upgrade Airlock",
+                spec.plugin_api_version,
+                api::supported_list()
             ),
         );
     }
@@ -142,8 +144,9 @@ fn compatibility(plugin: &Plugin, manifest: &Manifest) -> Verdict {
     let undeclared: Vec<&str> = spec
         .hooks
         .iter()
-        .map(|h| h.name.as_str())
-        .filter(|h| !manifest.declares(h))
+        .map(|h| h.name)
+        .filter(|h| !manifest.hooks.contains(h))
+        .map(|h| h.as_str())
         .collect();
     if !undeclared.is_empty() {
         let declared: Vec<&str> = manifest.hooks.iter().map(|h| h.as_str()).collect();
@@ -222,15 +225,7 @@ type Approval = (Verdict, BTreeSet<Permission>, Option<Resources>);
 
 fn approval(plugin: &Plugin, manifest: &Manifest, limits: &Limits) -> Approval {
     let spec = &plugin.spec;
-    let declared: BTreeSet<Permission> = manifest
-        .permissions
-        .iter()
-        .filter_map(|p| {
-            Permission::ALL
-                .into_iter()
-                .find(|q| q.as_str() == p.as_str())
-        })
-        .collect();
+    let declared: BTreeSet<Permission> = manifest.permissions.iter().copied().collect();
     let requested: BTreeSet<Permission> = spec.permissions.iter().copied().collect();
     let not_declared: Vec<String> = requested
         .difference(&declared)

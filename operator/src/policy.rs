@@ -154,7 +154,7 @@ fn one(level: Option<&TrustLevelLimits>) -> Limits {
         max_timeout_ms: l
             .max_timeout
             .as_deref()
-            .map(|v| duration_ms(v).unwrap_or(0)),
+            .map(|v| airlock_core::duration::duration_ms(v).unwrap_or(0)),
         max_cpu: l.max_cpu.clone(),
         max_memory: l.max_memory.clone(),
         max_timeout: l.max_timeout.clone(),
@@ -175,17 +175,6 @@ fn min_cap(
         (Some(x), Some(y)) if y < x => (b, b_text),
         (Some(_), _) => (a, a_text),
         (None, _) => (b, b_text),
-    }
-}
-
-/// "200ms" → 200, "2s" → 2000 (the spellings the CRD allows).
-pub fn duration_ms(value: &str) -> Option<u64> {
-    if let Some(ms) = value.strip_suffix("ms") {
-        ms.parse().ok()
-    } else if let Some(s) = value.strip_suffix('s') {
-        s.parse::<u64>().ok().map(|s| s * 1000)
-    } else {
-        None
     }
 }
 

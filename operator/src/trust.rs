@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use airlock_bundle::signing;
 use airlock_crds::PluginTrustPolicy;
 use airlock_crds::trust_policy::TrustLevel;
-use airlock_plugin_shim::signing;
 use ed25519_dalek::VerifyingKey;
 use kube::ResourceExt;
 

@@ -28,10 +28,11 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
 use crate::host::HostCalls;
-use crate::logs::{LineBudget, LogStats};
-use crate::manifest::Hook;
-use crate::protocol::{self, MAX_HOST_CALLS, MAX_LINE_BYTES, StdoutLine};
+use crate::logs::LogStats;
 use crate::sandbox::SandboxSpec;
+use airlock_core::Hook;
+use airlock_core::rate::LineBudget;
+use airlock_sdk::protocol::{self, MAX_HOST_CALLS, MAX_LINE_BYTES, StdoutLine};
 
 /// The only `PATH` the plugin process sees.
 pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -220,7 +221,7 @@ impl Supervisor {
             crashes: std::sync::Mutex::default(),
             log_budget: Arc::new(std::sync::Mutex::new(LineBudget::new(
                 spec.log_lines_per_minute,
-                Instant::now(),
+                Instant::now().into_std(),
             ))),
             log_stats: Arc::default(),
             spec,

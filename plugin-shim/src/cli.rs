@@ -16,12 +16,13 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use crate::bundle::{self, BundleError};
 use crate::child::{ChildSpec, Sandbox, Supervisor};
 use crate::host::{ClientTlsFiles, GrpcHost, HostApiError, HostCalls};
-use crate::manifest::{Hook, ManifestError, is_sha256_digest};
 use crate::sandbox::SandboxSpec;
 use crate::server::{self, PluginService, ServeError};
+use airlock_bundle::manifest::{ManifestError, is_sha256_digest};
+use airlock_bundle::{self as bundle, BundleError};
+use airlock_core::Hook;
 
 /// The in-pod runtime of an Airlock plugin.
 ///
@@ -277,7 +278,7 @@ pub enum RunError {
     Manifest(#[from] ManifestError),
     /// The TLS identity could not be loaded.
     #[error("cannot serve mutual TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] airlock_tls::TlsError),
     /// The host API client could not be set up.
     #[error(transparent)]
     HostApi(#[from] HostApiError),
@@ -417,11 +418,11 @@ fn read_verified(
         };
         let read =
             |path: &Path| fs::read_to_string(path).map_err(|e| unreadable(path, e.to_string()));
-        let signature = crate::signing::parse_signature(&read(sig_path)?)
+        let signature = airlock_bundle::signing::parse_signature(&read(sig_path)?)
             .map_err(|e| unreadable(sig_path, e.to_string()))?;
-        let key = crate::signing::parse_public_key(&read(key_path)?)
+        let key = airlock_bundle::signing::parse_public_key(&read(key_path)?)
             .map_err(|e| unreadable(key_path, e.to_string()))?;
-        if !crate::signing::verifies(&key, &bundle::digest(&bytes), &signature) {
+        if !airlock_bundle::signing::verifies(&key, &bundle::digest(&bytes), &signature) {
             return Err(RunError::SignatureInvalid);
         }
         info!("bundle signature verified");
@@ -492,7 +493,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // TLS and the health port first: a pod without its certificate should say so at once.
     let tls = match &args.tls_dir {
-        Some(dir) => Some(crate::tls::ServerTls::from_dir(dir)?),
+        Some(dir) => Some(airlock_tls::ServerTls::from_dir(dir)?),
         None => {
             warn!("no --tls-dir: serving the plugin API in plain text to any caller");
             None
@@ -537,7 +538,7 @@ pub async fn run(
                     source,
                 }
             })?;
-            (bundle_dir, crate::manifest::Manifest::parse(&yaml)?, digest)
+            (bundle_dir, airlock_bundle::Manifest::parse(&yaml)?, digest)
         }
         None => {
             let bundle_dir = args.workdir.join("bundle");

@@ -1,10 +1,10 @@
 //! The host API as the shim reaches it: the host calls a plugin makes while it handles a request
-//! (log, its storage, emit; `PROTOCOL.md`, "Host calls") forwarded to the router's
+//! (log, its storage, emit; `sdk/PROTOCOL.md`, "Host calls") forwarded to the router's
 //! `airlock.host.v1.Host`.
 //!
 //! [`HostCalls`] is all the supervisor needs: one call in, its result JSON or a [`CallError`] out.
 //! [`GrpcHost`] implements it over gRPC and owns both mappings: a call's `args` to the RPC's
-//! request, and the RPC's response (or status) back to the result line of `PROTOCOL.md`. Values
+//! request, and the RPC's response (or status) back to the result line of `sdk/PROTOCOL.md`. Values
 //! and payloads travel as the plugin wrote them (raw JSON text), never parsed into numbers and
 //! written again. Over mutual TLS the shim speaks with its own certificate, so the router learns
 //! the plugin from the connection, never from the call; the certificate is re-read when the
@@ -29,9 +29,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
-use crate::protocol::{CallError, HostCallLine, calls};
+use airlock_sdk::protocol::{CallError, HostCallLine, calls};
 
-/// The result of one host call: the `result` JSON of `PROTOCOL.md` (one document, as text) or why
+/// The result of one host call: the `result` JSON of `sdk/PROTOCOL.md` (one document, as text) or why
 /// the call failed.
 pub type CallFuture<'a> = Pin<Box<dyn Future<Output = Result<String, CallError>> + Send + 'a>>;
 
@@ -65,27 +65,9 @@ pub fn not_configured() -> CallError {
     }
 }
 
-/// The gRPC code name as `PROTOCOL.md` spells it in a failed call's `code`.
+/// The gRPC code name as `sdk/PROTOCOL.md` spells it in a failed call's `code`.
 pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    airlock_core::grpc::code_name(code as i32)
 }
 
 /// The one place a host API status becomes what the plugin is told.
@@ -225,7 +207,7 @@ impl HostRequest {
         })
     }
 
-    /// Makes the RPC; the result JSON of `PROTOCOL.md` or the call's failure.
+    /// Makes the RPC; the result JSON of `sdk/PROTOCOL.md` or the call's failure.
     async fn send(self, client: &mut HostClient<Channel>) -> Result<String, CallError> {
         let status = |s: Status| call_error(&s);
         match self {
@@ -297,9 +279,9 @@ impl ClientTlsFiles {
     /// `ca.crt`, `tls.crt` and `tls.key` in `dir` (see [`crate::tls`]).
     pub fn in_dir(dir: &Path) -> Self {
         Self {
-            ca: dir.join(crate::tls::CA_FILE),
-            cert: dir.join(crate::tls::CERT_FILE),
-            key: dir.join(crate::tls::KEY_FILE),
+            ca: dir.join(airlock_tls::CA_FILE),
+            cert: dir.join(airlock_tls::CERT_FILE),
+            key: dir.join(airlock_tls::KEY_FILE),
         }
     }
 }
@@ -455,7 +437,7 @@ fn build(
     let config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
         .identity(Identity::from_pem(&cert_pem, read(&tls.key)?))
-        .domain_name(airlock_proto::identity::ROUTER_IDENTITY);
+        .domain_name(airlock_core::identity::ROUTER_IDENTITY);
     let endpoint = endpoint
         .tls_config(config)
         .map_err(|e| HostApiError::Tls(chain(&e)))?;

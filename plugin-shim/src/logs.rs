@@ -6,43 +6,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use airlock_core::rate::{LineBudget, MAX_LOG_LINE_BYTES};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
-
-/// Longest line forwarded; the rest of it is cut.
-pub const MAX_LOG_LINE_BYTES: usize = 4096;
-
-/// A token bucket of `per_minute` lines, refilled continuously (pure; time passed in).
-#[derive(Debug, Clone)]
-pub struct LineBudget {
-    per_minute: u32,
-    tokens: f64,
-    last: Instant,
-}
-
-impl LineBudget {
-    pub fn new(per_minute: u32, now: Instant) -> Self {
-        Self {
-            per_minute,
-            tokens: f64::from(per_minute),
-            last: now,
-        }
-    }
-
-    /// Whether one more line may go out now.
-    pub fn take(&mut self, now: Instant) -> bool {
-        let refill =
-            now.duration_since(self.last).as_secs_f64() / 60.0 * f64::from(self.per_minute);
-        self.tokens = (self.tokens + refill).min(f64::from(self.per_minute));
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Lines dropped so far, over every plugin process of this shim.
 #[derive(Debug, Default)]
@@ -76,7 +42,7 @@ pub async fn forward<R, W>(
         let allowed = budget
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take(Instant::now());
+            .take(Instant::now().into_std());
         if allowed {
             if dropped_since_report > 0 {
                 let _ = output
@@ -119,24 +85,12 @@ fn report(dropped: u64) -> String {
 mod tests {
     use super::*;
 
-    use std::time::Duration;
-
-    #[tokio::test(start_paused = true)]
-    async fn the_budget_allows_a_burst_then_refills_with_time() {
-        let t0 = Instant::now();
-        let mut b = LineBudget::new(100, t0);
-        assert_eq!((0..150).filter(|_| b.take(t0)).count(), 100);
-        // 30 s later, half the budget is back.
-        let later = t0 + Duration::from_secs(30);
-        assert_eq!((0..150).filter(|_| b.take(later)).count(), 50);
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_flood_is_cut_to_the_budget_and_the_drops_are_reported() {
         let flood: String = (0..1000).map(|i| format!("line {i}\n")).collect();
         let mut out = Vec::new();
         let stats = Arc::new(LogStats::default());
-        let budget = Arc::new(Mutex::new(LineBudget::new(100, Instant::now())));
+        let budget = Arc::new(Mutex::new(LineBudget::new(100, Instant::now().into_std())));
         forward(flood.as_bytes(), &mut out, budget, stats.clone()).await;
         let text = String::from_utf8(out).expect("utf8");
         assert_eq!(stats.forwarded.load(Ordering::Relaxed), 100);
@@ -153,7 +107,7 @@ mod tests {
     async fn overlong_lines_are_cut() {
         let long = format!("{}\nnext\n", "x".repeat(10_000));
         let mut out = Vec::new();
-        let budget = Arc::new(Mutex::new(LineBudget::new(100, Instant::now())));
+        let budget = Arc::new(Mutex::new(LineBudget::new(100, Instant::now().into_std())));
         forward(long.as_bytes(), &mut out, budget, Arc::default()).await;
         let text = String::from_utf8(out).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();

@@ -22,7 +22,8 @@ use tonic_health::ServingStatus;
 use tracing::{debug, info, warn};
 
 use crate::child::{InvokeError, Supervisor};
-use crate::manifest::Manifest;
+use airlock_bundle::Manifest;
+use airlock_core::failure::{FAILURE_METADATA, FailureKind};
 
 /// Longest deadline a caller may ask for; longer ones are cut to this.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
@@ -175,7 +176,7 @@ impl Plugin for PluginService {
             invocation = %invocation_id,
             %hook,
             duration_ms = started.elapsed().as_millis() as u64,
-            result = match &result { Ok(_) => "ok", Err(e) => failure_kind(e) },
+            result = match &result { Ok(_) => "ok", Err(e) => failure_kind(e).as_str() },
             "span shim.invoke"
         );
 
@@ -212,27 +213,24 @@ pub fn status_of(error: &InvokeError) -> Status {
     let mut status = Status::new(code, error.to_string());
     status.metadata_mut().insert(
         FAILURE_METADATA,
-        tonic::metadata::MetadataValue::from_static(failure_kind(error)),
+        tonic::metadata::MetadataValue::from_static(failure_kind(error).as_str()),
     );
     status
 }
 
-/// Metadata (trailer) on every failed Invoke saying what happened to the plugin process, so the
-/// router can count timeouts and crashes without parsing messages.
-pub const FAILURE_METADATA: &str = "airlock-failure";
-
-/// The value of [`FAILURE_METADATA`] for an error.
-pub fn failure_kind(error: &InvokeError) -> &'static str {
+/// What happened to the plugin process, for the [`FAILURE_METADATA`] trailer on every failed
+/// Invoke: the router counts timeouts and crashes from it without parsing messages.
+pub fn failure_kind(error: &InvokeError) -> FailureKind {
     match error {
-        InvokeError::Timeout(_) => "timeout",
-        InvokeError::QueueTimeout(_) => "queue-timeout",
+        InvokeError::Timeout(_) => FailureKind::Timeout,
+        InvokeError::QueueTimeout(_) => FailureKind::QueueTimeout,
         InvokeError::Spawn { .. } | InvokeError::Exited { .. } | InvokeError::LoadFailed(_) => {
-            "crash"
+            FailureKind::Crash
         }
-        InvokeError::Backoff { .. } => "backoff",
-        InvokeError::Plugin(_) => "plugin-error",
-        InvokeError::OutputTooLarge => "output-too-large",
-        InvokeError::Protocol(_) => "protocol",
+        InvokeError::Backoff { .. } => FailureKind::Backoff,
+        InvokeError::Plugin(_) => FailureKind::PluginError,
+        InvokeError::OutputTooLarge => FailureKind::OutputTooLarge,
+        InvokeError::Protocol(_) => FailureKind::Protocol,
     }
 }
 
@@ -264,7 +262,7 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// With TLS, `grpc` requires the router's client certificate (mTLS); without, it is plain
     /// text (local development and tests).
-    pub tls: Option<crate::tls::ServerTls>,
+    pub tls: Option<airlock_tls::ServerTls>,
     /// Plain-text gRPC health only, for the kubelet's probes, which cannot present a certificate.
     pub health: Option<TcpListener>,
 }
@@ -345,7 +343,7 @@ pub async fn serve(
             router
                 .add_service(PluginServer::with_interceptor(
                     service,
-                    crate::tls::only_the_router,
+                    airlock_tls::only_the_router,
                 ))
                 .serve_with_incoming_shutdown(tls.incoming(listeners.grpc), signal)
                 .await

@@ -10,14 +10,14 @@ mod common;
 
 use common::Pki;
 
+use airlock_core::identity::{ROUTER_IDENTITY, plugin_identity};
 use airlock_plugin_shim::host::{ClientTlsFiles, GrpcHost, HostCalls};
-use airlock_plugin_shim::protocol::{CallError, HostCallLine};
 use airlock_proto::host::v1::host_server::{Host, HostServer};
 use airlock_proto::host::v1::{
     DeleteRequest, DeleteResponse, EmitRequest, EmitResponse, GetRequest, GetResponse, ListRequest,
     ListResponse, LogRequest, LogResponse, PutRequest, PutResponse,
 };
-use airlock_proto::identity::{ROUTER_IDENTITY, plugin_identity};
+use airlock_sdk::protocol::{CallError, HostCallLine};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -34,7 +34,7 @@ impl Seen {
     fn record<T: std::fmt::Debug>(&self, request: &Request<T>) {
         let who = request
             .peer_certs()
-            .map(|certs| airlock_plugin_shim::tls::peer_identities(&certs))
+            .map(|certs| airlock_tls::peer_identities(&certs))
             .unwrap_or_default();
         self.0
             .lock()

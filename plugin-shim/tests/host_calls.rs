@@ -12,9 +12,9 @@ use common::tgz;
 
 use airlock_plugin_shim::cli::{self, RunArgs};
 use airlock_plugin_shim::host::{CallFuture, HostCalls};
-use airlock_plugin_shim::protocol::{CallError, HostCallLine, MAX_HOST_CALLS};
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
+use airlock_sdk::protocol::{CallError, HostCallLine, MAX_HOST_CALLS};
 use common::sandbox;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -401,7 +401,7 @@ async fn without_a_host_api_calls_fail_with_unavailable_and_the_plugin_goes_on()
 /// The Python host-call example in PROTOCOL.md, run as it is written there.
 #[tokio::test]
 async fn the_host_call_example_in_protocol_md_works() {
-    let doc = include_str!("../PROTOCOL.md");
+    let doc = include_str!("../../sdk/PROTOCOL.md");
     let section = &doc[doc.find("## Host calls").unwrap()..];
     let start = section.find("```python\n").unwrap() + "```python\n".len();
     let code = &section[start..start + section[start..].find("```").unwrap()];

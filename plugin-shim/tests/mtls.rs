@@ -8,8 +8,8 @@ mod common;
 
 use common::{Pki, tgz};
 
+use airlock_core::identity::{ROUTER_IDENTITY, plugin_identity};
 use airlock_plugin_shim::cli::{self, RunArgs};
-use airlock_proto::identity::{ROUTER_IDENTITY, plugin_identity};
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use tokio::net::TcpListener;

@@ -225,10 +225,7 @@ async fn handshake_describes_the_plugin_and_invoke_echoes() {
     assert_eq!(hs.permissions, ["log", "storage:read"]);
     assert_eq!(hs.shim_version, env!("CARGO_PKG_VERSION"));
     let bundle = std::fs::read(shim.dir.path().join("bundle.tar.gz")).unwrap();
-    assert_eq!(
-        hs.bundle_digest,
-        airlock_plugin_shim::bundle::digest(&bundle)
-    );
+    assert_eq!(hs.bundle_digest, airlock_bundle::digest(&bundle));
 
     let err = client
         .handshake(HandshakeRequest {
@@ -599,7 +596,7 @@ async fn expect_digest_and_bad_bundles_stop_the_shim() {
 
 #[tokio::test]
 async fn a_bundle_whose_signature_does_not_verify_is_not_run() {
-    use airlock_plugin_shim::{bundle, signing};
+    use airlock_bundle::{self as bundle, signing};
     let dir = tempfile::tempdir().unwrap();
     let bundle_bytes = tgz(&[("plugin.yaml", &manifest("[transform]", "[python3, x.py]"))]);
     let (private, public) = signing::generate().unwrap();
@@ -650,7 +647,7 @@ async fn a_bundle_whose_signature_does_not_verify_is_not_run() {
 /// The Python and shell examples in PROTOCOL.md, run as they are written there.
 #[tokio::test]
 async fn the_examples_in_protocol_md_work() {
-    let doc = include_str!("../PROTOCOL.md");
+    let doc = include_str!("../../sdk/PROTOCOL.md");
     let block = |lang: &str| {
         let start = doc.find(&format!("```{lang}\n")).unwrap() + lang.len() + 4;
         let len = doc[start..].find("```").unwrap();
@@ -707,7 +704,7 @@ async fn the_binary_serves_until_sigterm() {
         .arg(dir.path().join("work"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--expect-digest")
-        .arg(airlock_plugin_shim::bundle::digest(&bundle))
+        .arg(airlock_bundle::digest(&bundle))
         .args(["--", "python3", "plugin.py"])
         .env("AIRLOCK_LOG_FORMAT", "json")
         .kill_on_drop(true)

@@ -123,7 +123,7 @@ fn main() -> std::io::Result<()> {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    airlock_plugin_shim::sdk::run(|hook: &str, payload: Value| match hook {
+    airlock_sdk::run(|hook: &str, payload: Value| match hook {
         "transform" => attack(&payload),
         other => Err(format!("hostile does not implement hook {other}")),
     })

@@ -30,7 +30,7 @@ fn exhaust_memory() -> ! {
 }
 
 fn main() -> std::io::Result<()> {
-    airlock_plugin_shim::sdk::run(|hook: &str, payload: Value| match hook {
+    airlock_sdk::run(|hook: &str, payload: Value| match hook {
         "onLoad" => match load_mode().as_deref() {
             Some("exhaust-memory") => exhaust_memory(),
             _ => Ok(json!({"loaded": true})),

@@ -14,7 +14,7 @@ fn tidy(value: Value) -> Value {
 }
 
 fn main() -> std::io::Result<()> {
-    airlock_plugin_shim::sdk::run(|hook: &str, payload: Value| match hook {
+    airlock_sdk::run(|hook: &str, payload: Value| match hook {
         "transform" => {
             let mut out = tidy(payload);
             if let Value::Object(map) = &mut out {

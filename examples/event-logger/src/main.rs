@@ -5,7 +5,7 @@
 //! and `storage:write` but not `events:emit`, so its `emit` fails with PERMISSION_DENIED — which it
 //! reports in its answer rather than failing the event.
 
-use airlock_plugin_shim::sdk::{self, Host};
+use airlock_sdk::{self as sdk, Host};
 use serde_json::{Value, json};
 
 fn main() -> std::io::Result<()> {

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 fn main() -> std::io::Result<()> {
-    airlock_plugin_shim::sdk::run(|hook: &str, payload: Value| match hook {
+    airlock_sdk::run(|hook: &str, payload: Value| match hook {
         "transform" => {
             let name = payload["name"].as_str().unwrap_or("world");
             Ok(json!({"greeting": format!("hello, {name}"), "plugin": "hello"}))

@@ -6,13 +6,7 @@ use airlock_crds::Plugin;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-/// Label carrying the plugin name on every child and pod; the Service and NetworkPolicy select on it.
-pub const PLUGIN_LABEL: &str = "airlock.dev/plugin";
-/// Label carrying the revision on pods.
-pub const REVISION_LABEL: &str = "airlock.dev/revision";
-
-/// Label selector matching every object Airlock creates for plugins.
-pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=airlock";
+pub use airlock_core::names::{MANAGED_BY_SELECTOR, PLUGIN_LABEL, REVISION_LABEL};
 
 /// Labels of every object Airlock creates for `plugin`.
 pub fn common(plugin: &Plugin) -> BTreeMap<String, String> {

@@ -14,13 +14,7 @@ use std::collections::BTreeSet;
 
 use airlock_crds::Permission;
 
-/// Port the shim serves `airlock.plugin.v1.Plugin` and gRPC health on.
-pub const GRPC_PORT: i32 = 50051;
-/// Port the shim serves plain-text gRPC health on, for the kubelet's probes (which cannot present
-/// a client certificate); [`GRPC_PORT`] requires the router's.
-pub const HEALTH_PORT: i32 = 50052;
-/// Port of the router's host API (`airlock.host.v1.Host`).
-pub const HOST_API_PORT: i32 = 50051;
+pub use airlock_core::names::{GRPC_PORT, HEALTH_PORT, HOST_API_PORT, child_name};
 /// Where the plugin's TLS Secret is mounted in its pod.
 pub const TLS_DIR: &str = "/var/run/airlock/tls";
 /// Field manager of every server-side apply Airlock makes.
@@ -84,12 +78,6 @@ pub struct BundleSignature {
     pub signature: String,
     /// SPKI PEM.
     pub public_key: String,
-}
-
-/// Name of the objects that exist once per plugin (ServiceAccount, Deployment, Service,
-/// NetworkPolicy): the plugin's own name, which the CRD limits to 52 characters.
-pub fn child_name(plugin_name: &str) -> String {
-    plugin_name.to_string()
 }
 
 #[cfg(test)]

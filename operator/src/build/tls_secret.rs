@@ -1,5 +1,5 @@
 //! The plugin's mTLS identity: a `kubernetes.io/tls` Secret with the certificate the operator's
-//! CA issued for the Plugin (see [`crate::pki`]), its key and the CA certificate. It is updated in
+//! CA issued for the Plugin (see [`airlock_tls::pki`]), its key and the CA certificate. It is updated in
 //! place when the certificate is re-issued; the shim picks the new files up without a restart.
 
 use std::collections::BTreeMap;
@@ -11,12 +11,11 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
 use super::labels;
-use crate::pki::Issued;
+use airlock_tls::pki::Issued;
 
-/// Keys of a TLS Secret, which are also the file names the shim reads (`--tls-dir`).
-pub const CERT_KEY: &str = "tls.crt";
-pub const PRIVATE_KEY_KEY: &str = "tls.key";
-pub const CA_KEY: &str = "ca.crt";
+/// Keys of a TLS Secret, which are also the file names the shim reads (`--tls-dir`): one
+/// definition, the shim's.
+pub use airlock_tls::{CA_FILE as CA_KEY, CERT_FILE as CERT_KEY, KEY_FILE as PRIVATE_KEY_KEY};
 
 /// `<plugin>-tls`.
 pub fn tls_secret_name(plugin_name: &str) -> String {

@@ -1,0 +1,692 @@
+//! `plugin.yaml`, the manifest at the root of every bundle: who the plugin is, which hooks it
+//! implements, which permissions it asks for and how to start it. The bundle is signed, so the
+//! manifest is what the operator and the shim trust; parsing is strict (unknown fields, duplicate
+//! keys and unknown hooks or permissions are errors that say how to fix them), because a typo that
+//! is silently ignored in a security manifest is a permission the author did not mean to ask for,
+//! or one they think they have and do not.
+//!
+//! ```yaml
+//! name: data-formatter
+//! version: 1.2.3
+//! apiVersion: 1
+//! hooks: [transform]
+//! permissions: [log, storage:read]
+//! entryPoint: ["python3", "main.py"]
+//! imageDigest: sha256:0123...   # optional: binds the bundle to one image
+//! ```
+
+use std::fmt;
+
+use airlock_core::api;
+pub use airlock_core::{Hook, Permission};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_yaml::Value;
+
+/// Longest plugin name: a DNS label, since the operator derives Kubernetes names from it.
+const MAX_NAME_LEN: usize = 63;
+
+/// A parsed, validated `plugin.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The plugin's name, a DNS label (lowercase letters, digits, `-`).
+    pub name: String,
+    /// The plugin's version.
+    pub version: semver::Version,
+    /// The plugin API version the plugin targets.
+    pub api_version: u32,
+    /// Hooks the plugin implements, in manifest order, no duplicates.
+    pub hooks: Vec<Hook>,
+    /// Permissions the plugin asks for, in manifest order, no duplicates.
+    pub permissions: Vec<Permission>,
+    /// The command that starts the plugin process (argv; the first element is looked up in PATH
+    /// or relative to the bundle directory).
+    pub entry_point: Vec<String>,
+    /// The image the bundle is bound to, `sha256:<64 hex>`, if any.
+    pub image_digest: Option<String>,
+}
+
+/// Why a `plugin.yaml` was rejected. Each message names the field and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not YAML at all.
+    #[error("plugin.yaml is not valid YAML: {0}")]
+    Syntax(#[source] serde_yaml::Error),
+    /// The document is not a mapping.
+    #[error("plugin.yaml must be a mapping of fields at the top level ({})", FIELDS.join(", "))]
+    NotAMapping,
+    /// A top-level key that is not a string.
+    #[error("plugin.yaml: top-level key {key} is not a string; use one of {}", FIELDS.join(", "))]
+    NonStringKey {
+        /// The key, as YAML.
+        key: String,
+    },
+    /// The same key twice.
+    #[error("plugin.yaml: field `{field}` appears more than once; keep a single `{field}:` entry")]
+    DuplicateKey {
+        /// The repeated field.
+        field: String,
+    },
+    /// A field this version does not know.
+    #[error("plugin.yaml: unknown field `{field}`; {hint}allowed fields are {}", FIELDS.join(", "))]
+    UnknownField {
+        /// The unknown field.
+        field: String,
+        /// "did you mean `x`? " or empty.
+        hint: String,
+    },
+    /// A required field is missing.
+    #[error("plugin.yaml: required field `{field}` is missing; add it, e.g. `{example}`")]
+    MissingField {
+        /// The missing field.
+        field: &'static str,
+        /// An example line.
+        example: &'static str,
+    },
+    /// A field with the wrong type or value.
+    #[error("plugin.yaml: field `{field}` {problem}; {fix}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
+    /// A hook this plugin API does not have.
+    #[error(
+        "plugin.yaml: `hooks` lists unknown hook `{hook}`; use only {}",
+        list(&Hook::ALL)
+    )]
+    UnknownHook {
+        /// The unknown hook.
+        hook: String,
+    },
+    /// A permission this plugin API does not have.
+    #[error(
+        "plugin.yaml: `permissions` lists unknown permission `{permission}`; use only {}",
+        list(&Permission::ALL)
+    )]
+    UnknownPermission {
+        /// The unknown permission.
+        permission: String,
+    },
+    /// The same hook or permission twice.
+    #[error("plugin.yaml: `{field}` lists `{value}` more than once; list it once")]
+    DuplicateEntry {
+        /// `hooks` or `permissions`.
+        field: &'static str,
+        /// The repeated value.
+        value: String,
+    },
+    /// An API version this shim cannot serve.
+    #[error(
+        "plugin.yaml: apiVersion {found} is not supported by this airlock-shim (it supports {}); \
+         build the plugin against a supported plugin API or use a newer airlock-shim",
+        api::supported_list()
+    )]
+    UnsupportedApiVersion {
+        /// The manifest's apiVersion.
+        found: u32,
+    },
+}
+
+const FIELDS: &[&str] = &[
+    "name",
+    "version",
+    "apiVersion",
+    "hooks",
+    "permissions",
+    "entryPoint",
+    "imageDigest",
+];
+
+fn list<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Manifest {
+    /// Parses and validates a `plugin.yaml`.
+    pub fn parse(yaml: &str) -> Result<Self, ManifestError> {
+        // An empty document is an EOF error to the YAML parser; it is "no fields" to the author.
+        let blank = |l: &str| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#') || l == "---"
+        };
+        if yaml.lines().all(blank) {
+            return Err(ManifestError::NotAMapping);
+        }
+        let fields = match serde_yaml::from_str::<TopLevel>(yaml) {
+            Ok(TopLevel::Map(fields)) => fields,
+            Ok(TopLevel::NotAMap) => return Err(ManifestError::NotAMapping),
+            Err(e) => return Err(ManifestError::Syntax(e)),
+        };
+        let mut raw = RawFields::default();
+        for (key, value) in fields {
+            let Value::String(field) = key else {
+                return Err(ManifestError::NonStringKey {
+                    key: yaml_inline(&key),
+                });
+            };
+            let slot = match field.as_str() {
+                "name" => &mut raw.name,
+                "version" => &mut raw.version,
+                "apiVersion" => &mut raw.api_version,
+                "hooks" => &mut raw.hooks,
+                "permissions" => &mut raw.permissions,
+                "entryPoint" => &mut raw.entry_point,
+                "imageDigest" => &mut raw.image_digest,
+                _ => {
+                    let hint = closest(&field, FIELDS)
+                        .map(|f| format!("did you mean `{f}`? "))
+                        .unwrap_or_default();
+                    return Err(ManifestError::UnknownField { field, hint });
+                }
+            };
+            if slot.replace(value).is_some() {
+                return Err(ManifestError::DuplicateKey { field });
+            }
+        }
+        raw.validate()
+    }
+
+    /// Fails unless this shim can serve the manifest's plugin API version.
+    pub fn check_api_version(&self) -> Result<(), ManifestError> {
+        if api::is_supported(self.api_version) {
+            Ok(())
+        } else {
+            Err(ManifestError::UnsupportedApiVersion {
+                found: self.api_version,
+            })
+        }
+    }
+
+    /// Whether the manifest declares `hook` (by its manifest spelling).
+    pub fn declares(&self, hook: &str) -> bool {
+        self.hooks.iter().any(|h| h.as_str() == hook)
+    }
+}
+
+/// The top-level mapping as written, keys in order and duplicates kept, so they can be reported
+/// (deserialising straight into a struct or a map would drop or blur them).
+enum TopLevel {
+    Map(Vec<(Value, Value)>),
+    NotAMap,
+}
+
+impl<'de> Deserialize<'de> for TopLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopLevel;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<Value, Value>()? {
+                    entries.push(entry);
+                }
+                Ok(TopLevel::Map(entries))
+            }
+            // Anything else is reported as "not a mapping" rather than as a serde type error.
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(TopLevel::NotAMap)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<TopLevel, E> {
+                Ok(TopLevel::NotAMap)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<TopLevel, E> {
+                Ok(TopLevel::NotAMap)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<TopLevel, E> {
+                Ok(TopLevel::NotAMap)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<TopLevel, E> {
+                Ok(TopLevel::NotAMap)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<TopLevel, E> {
+                Ok(TopLevel::NotAMap)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<TopLevel, E> {
+                Ok(TopLevel::NotAMap)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Default)]
+struct RawFields {
+    name: Option<Value>,
+    version: Option<Value>,
+    api_version: Option<Value>,
+    hooks: Option<Value>,
+    permissions: Option<Value>,
+    entry_point: Option<Value>,
+    image_digest: Option<Value>,
+}
+
+impl RawFields {
+    fn validate(self) -> Result<Manifest, ManifestError> {
+        let name = required_string(self.name, "name", "name: data-formatter")?;
+        if !is_dns_label(&name) {
+            return Err(ManifestError::InvalidField {
+                field: "name",
+                problem: format!("is `{name}`, which is not a DNS label"),
+                fix: format!(
+                    "use 1-{MAX_NAME_LEN} lowercase letters, digits and `-`, starting with a \
+                     letter and ending with a letter or digit"
+                ),
+            });
+        }
+
+        let version_text = match self.version {
+            // `version: 1.2` parses as a float; quote it or give three parts.
+            Some(Value::Number(n)) => n.to_string(),
+            other => required_string(other, "version", "version: 1.0.0")?,
+        };
+        let version =
+            semver::Version::parse(&version_text).map_err(|e| ManifestError::InvalidField {
+                field: "version",
+                problem: format!("is `{version_text}`, which is not a semantic version ({e})"),
+                fix: "use MAJOR.MINOR.PATCH, e.g. `version: 1.2.3`".to_string(),
+            })?;
+
+        let api_version = match self.api_version {
+            None => {
+                return Err(ManifestError::MissingField {
+                    field: "apiVersion",
+                    example: "apiVersion: 1",
+                });
+            }
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|v| *v > 0),
+            Some(_) => None,
+        }
+        .ok_or_else(|| ManifestError::InvalidField {
+            field: "apiVersion",
+            problem: "is not a positive integer".to_string(),
+            fix: "write the plugin API version as a bare number, e.g. `apiVersion: 1`".to_string(),
+        })?;
+
+        let hooks = string_list(self.hooks, "hooks", "hooks: [transform]")?;
+        if hooks.is_empty() {
+            return Err(ManifestError::InvalidField {
+                field: "hooks",
+                problem: "is empty".to_string(),
+                fix: format!("list at least one of {}", list(&Hook::ALL)),
+            });
+        }
+        let hooks = unique(hooks, "hooks", |h| {
+            Hook::parse(&h).ok_or(ManifestError::UnknownHook { hook: h })
+        })?;
+
+        let permissions = match self.permissions {
+            // No permissions is a valid (and the safest) manifest.
+            None => Vec::new(),
+            some => string_list(some, "permissions", "permissions: [log]")?,
+        };
+        let permissions = unique(permissions, "permissions", |p| {
+            Permission::parse(&p).ok_or(ManifestError::UnknownPermission { permission: p })
+        })?;
+
+        let entry_point = string_list(
+            self.entry_point,
+            "entryPoint",
+            r#"entryPoint: ["python3", "main.py"]"#,
+        )?;
+        if entry_point.first().is_none_or(|e| e.is_empty()) {
+            return Err(ManifestError::InvalidField {
+                field: "entryPoint",
+                problem: "has no command".to_string(),
+                fix: r#"give the command and its arguments, e.g. `entryPoint: ["python3", "main.py"]`"#
+                    .to_string(),
+            });
+        }
+
+        let image_digest = match self.image_digest {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let d = required_string(Some(v), "imageDigest", "")?;
+                if !is_sha256_digest(&d) {
+                    return Err(ManifestError::InvalidField {
+                        field: "imageDigest",
+                        problem: format!("is `{d}`, which is not a sha256 digest"),
+                        fix: "write `sha256:` followed by 64 lowercase hex digits, or leave the \
+                              field out"
+                            .to_string(),
+                    });
+                }
+                Some(d)
+            }
+        };
+
+        Ok(Manifest {
+            name,
+            version,
+            api_version,
+            hooks,
+            permissions,
+            entry_point,
+            image_digest,
+        })
+    }
+}
+
+fn required_string(
+    value: Option<Value>,
+    field: &'static str,
+    example: &'static str,
+) -> Result<String, ManifestError> {
+    match value {
+        None | Some(Value::Null) => Err(ManifestError::MissingField { field, example }),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(ManifestError::InvalidField {
+            field,
+            problem: format!("is {}, not a string", yaml_inline(&other)),
+            fix: format!("quote the value, e.g. `{example}`"),
+        }),
+    }
+}
+
+fn string_list(
+    value: Option<Value>,
+    field: &'static str,
+    example: &'static str,
+) -> Result<Vec<String>, ManifestError> {
+    let items = match value {
+        None | Some(Value::Null) => return Err(ManifestError::MissingField { field, example }),
+        Some(Value::Sequence(items)) => items,
+        Some(other) => {
+            return Err(ManifestError::InvalidField {
+                field,
+                problem: format!("is {}, not a list", yaml_inline(&other)),
+                fix: format!("write a list of strings, e.g. `{example}`"),
+            });
+        }
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::String(s) => Ok(s),
+            other => Err(ManifestError::InvalidField {
+                field,
+                problem: format!(
+                    "has the item {}, which is not a string",
+                    yaml_inline(&other)
+                ),
+                fix: format!("write a list of strings, e.g. `{example}`"),
+            }),
+        })
+        .collect()
+}
+
+fn unique<T: PartialEq + fmt::Display>(
+    items: Vec<String>,
+    field: &'static str,
+    parse: impl Fn(String) -> Result<T, ManifestError>,
+) -> Result<Vec<T>, ManifestError> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        let parsed = parse(item)?;
+        if out.contains(&parsed) {
+            return Err(ManifestError::DuplicateEntry {
+                field,
+                value: parsed.to_string(),
+            });
+        }
+        out.push(parsed);
+    }
+    Ok(out)
+}
+
+fn yaml_inline(value: &Value) -> String {
+    match serde_yaml::to_string(value) {
+        Ok(s) => format!("`{}`", s.trim_end()),
+        Err(_) => "a value".to_string(),
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// `sha256:` followed by 64 lowercase hex digits.
+pub fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// The allowed name closest to `field` when it looks like a typo (case or up to two edits).
+fn closest(field: &str, allowed: &[&'static str]) -> Option<&'static str> {
+    allowed
+        .iter()
+        .map(|a| {
+            (
+                edit_distance(&field.to_ascii_lowercase(), &a.to_ascii_lowercase()),
+                *a,
+            )
+        })
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name: data-formatter
+version: 1.2.3
+apiVersion: 1
+hooks: [transform, onLoad]
+permissions: [log, "storage:read"]
+entryPoint: ["python3", "main.py"]
+imageDigest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+"#;
+
+    fn with(line_from: &str, line_to: &str) -> String {
+        assert!(GOOD.contains(line_from), "{line_from}");
+        GOOD.replace(line_from, line_to)
+    }
+
+    fn err(yaml: &str) -> (ManifestError, String) {
+        let e = Manifest::parse(yaml).unwrap_err();
+        let msg = e.to_string();
+        (e, msg)
+    }
+
+    #[test]
+    fn parses_a_complete_manifest() {
+        let m = Manifest::parse(GOOD).unwrap();
+        assert_eq!(m.name, "data-formatter");
+        assert_eq!(m.version, semver::Version::new(1, 2, 3));
+        assert_eq!(m.api_version, 1);
+        assert_eq!(m.hooks, vec![Hook::Transform, Hook::OnLoad]);
+        assert_eq!(
+            m.permissions,
+            vec![Permission::Log, Permission::StorageRead]
+        );
+        assert_eq!(m.entry_point, vec!["python3", "main.py"]);
+        assert!(m.image_digest.is_some());
+        assert!(m.declares("transform") && !m.declares("onEvent"));
+        m.check_api_version().unwrap();
+    }
+
+    #[test]
+    fn permissions_and_image_digest_are_optional() {
+        let yaml =
+            "name: p\nversion: 0.1.0\napiVersion: 1\nhooks: [onEvent]\nentryPoint: [./run]\n";
+        let m = Manifest::parse(yaml).unwrap();
+        assert!(m.permissions.is_empty());
+        assert_eq!(m.image_digest, None);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_a_suggestion() {
+        let (e, msg) = err(&with("hooks:", "hook:"));
+        assert!(matches!(e, ManifestError::UnknownField { ref field, .. } if field == "hook"));
+        assert!(msg.contains("did you mean `hooks`?"), "{msg}");
+        let (_, msg) = err(&format!("{GOOD}sandbox: off\n"));
+        assert!(msg.contains("unknown field `sandbox`"), "{msg}");
+        assert!(!msg.contains("did you mean"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_key_is_an_error_not_last_one_wins() {
+        // The classic attack on a signed manifest reviewed by eye: a second `permissions:` below.
+        let (e, msg) = err(&format!("{GOOD}permissions: [net:egress]\n"));
+        assert!(
+            matches!(e, ManifestError::DuplicateKey { ref field } if field == "permissions"),
+            "{e:?}"
+        );
+        assert!(msg.contains("keep a single `permissions:`"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_hook_and_permission_list_the_allowed_ones() {
+        let (e, msg) = err(&with(
+            "hooks: [transform, onLoad]",
+            "hooks: [transform, onSave]",
+        ));
+        assert!(matches!(e, ManifestError::UnknownHook { ref hook } if hook == "onSave"));
+        assert!(
+            msg.contains("`onLoad`, `onUnload`, `transform`, `onEvent`"),
+            "{msg}"
+        );
+        let (e, msg) = err(&with(r#""storage:read""#, "root"));
+        assert!(
+            matches!(e, ManifestError::UnknownPermission { ref permission } if permission == "root")
+        );
+        assert!(msg.contains("`net:egress`"), "{msg}");
+        let (e, _) = err(&with("[log, ", "[log, log, "));
+        assert!(matches!(
+            e,
+            ManifestError::DuplicateEntry {
+                field: "permissions",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn missing_and_mistyped_fields_say_how_to_fix_them() {
+        let (e, msg) = err(&with("apiVersion: 1\n", ""));
+        assert!(matches!(
+            e,
+            ManifestError::MissingField {
+                field: "apiVersion",
+                ..
+            }
+        ));
+        assert!(msg.contains("apiVersion: 1"), "{msg}");
+        let (e, _) = err(&with("apiVersion: 1", "apiVersion: \"1\""));
+        assert!(matches!(
+            e,
+            ManifestError::InvalidField {
+                field: "apiVersion",
+                ..
+            }
+        ));
+        let (e, msg) = err(&with("version: 1.2.3", "version: 1.2"));
+        assert!(matches!(
+            e,
+            ManifestError::InvalidField {
+                field: "version",
+                ..
+            }
+        ));
+        assert!(msg.contains("MAJOR.MINOR.PATCH"), "{msg}");
+        let (e, _) = err(&with(
+            r#"entryPoint: ["python3", "main.py"]"#,
+            "entryPoint: python3 main.py",
+        ));
+        assert!(matches!(
+            e,
+            ManifestError::InvalidField {
+                field: "entryPoint",
+                ..
+            }
+        ));
+        let (e, _) = err(&with(
+            r#"entryPoint: ["python3", "main.py"]"#,
+            "entryPoint: []",
+        ));
+        assert!(matches!(
+            e,
+            ManifestError::InvalidField {
+                field: "entryPoint",
+                ..
+            }
+        ));
+        let (e, _) = err(&with("sha256:0123", "sha256:XYZ"));
+        assert!(matches!(
+            e,
+            ManifestError::InvalidField {
+                field: "imageDigest",
+                ..
+            }
+        ));
+        let (e, _) = err(&with("name: data-formatter", "name: Data_Formatter"));
+        assert!(matches!(
+            e,
+            ManifestError::InvalidField { field: "name", .. }
+        ));
+        let (e, _) = err(&with("hooks: [transform, onLoad]", "hooks: []"));
+        assert!(matches!(
+            e,
+            ManifestError::InvalidField { field: "hooks", .. }
+        ));
+    }
+
+    #[test]
+    fn not_a_mapping_and_bad_yaml() {
+        assert!(matches!(err("- a\n- b\n").0, ManifestError::NotAMapping));
+        assert!(matches!(err("").0, ManifestError::NotAMapping));
+        assert!(matches!(err("just text").0, ManifestError::NotAMapping));
+        assert!(matches!(
+            err("name: [unclosed\n").0,
+            ManifestError::Syntax(_)
+        ));
+    }
+
+    #[test]
+    fn unsupported_api_version_is_reported_by_the_check() {
+        let m = Manifest::parse(&with("apiVersion: 1", "apiVersion: 2")).unwrap();
+        let msg = m.check_api_version().unwrap_err().to_string();
+        assert!(
+            msg.contains("apiVersion 2 is not supported") && msg.contains("supports 1"),
+            "{msg}"
+        );
+    }
+}

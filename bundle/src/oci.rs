@@ -1,0 +1,472 @@
+//! Bundles as OCI artifacts: the one writer (`airlockctl bundle push`) and the one reader (the
+//! operator's `spec.bundle.source.oci`, `airlockctl bundle pull`) of this format:
+//!
+//! ```json
+//! { "schemaVersion": 2,
+//!   "mediaType": "application/vnd.oci.image.manifest.v1+json",
+//!   "artifactType": "application/vnd.airlock.bundle.v1",
+//!   "config": { "mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+//!               "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a" },
+//!   "layers": [
+//!     { "mediaType": "application/vnd.airlock.bundle.v1.tar+gzip", "digest": "<bundle digest>", ... },
+//!     { "mediaType": "application/vnd.airlock.bundle.signature.v1", "digest": ..., ... } ] }
+//! ```
+//!
+//! The second layer is there only when the bundle is signed. Every layer is size-checked before it
+//! is downloaded and digest-checked after; every registry request has a deadline. Registries are
+//! reached anonymously.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use futures::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, ParseError, Reference};
+
+use crate::archive::digest;
+
+/// `artifactType` of a bundle artifact.
+pub const OCI_ARTIFACT_TYPE: &str = "application/vnd.airlock.bundle.v1";
+/// Media type of layer 0, the bundle.
+pub const OCI_BUNDLE_MEDIA_TYPE: &str = "application/vnd.airlock.bundle.v1.tar+gzip";
+/// Media type of layer 1, the detached signature.
+pub const OCI_SIGNATURE_MEDIA_TYPE: &str = "application/vnd.airlock.bundle.signature.v1";
+/// Media type of the OCI empty descriptor, the config of an artifact that has none.
+pub const OCI_EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// Content of the OCI empty descriptor.
+pub const OCI_EMPTY_CONTENT: &[u8] = b"{}";
+
+/// A signature is 88 base64 characters and a newline; anything much larger is not one.
+pub const MAX_SIGNATURE_BYTES: u64 = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error(
+        "`{reference}` is not a valid OCI reference ({source}); write REGISTRY/REPOSITORY:TAG, e.g. registry.example.com/plugins/hello:1.0.0"
+    )]
+    InvalidReference {
+        reference: String,
+        #[source]
+        source: ParseError,
+    },
+    #[error("{action} {reference} failed: {source}")]
+    Registry {
+        action: &'static str,
+        reference: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("{action} {reference}: no answer from the registry within {}s", timeout.as_secs())]
+    Timeout {
+        action: &'static str,
+        reference: String,
+        timeout: Duration,
+    },
+    #[error(
+        "{reference} is not an Airlock bundle (artifactType {found}, expected {OCI_ARTIFACT_TYPE}); push bundles with `airlockctl bundle push`"
+    )]
+    NotABundle { reference: String, found: String },
+    #[error("{reference}: {problem}; push it again with `airlockctl bundle push`")]
+    Malformed { reference: String, problem: String },
+    #[error("{reference}: layer {digest} is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        reference: String,
+        digest: String,
+        size: i64,
+        limit: u64,
+    },
+    #[error("{reference}: reading layer {digest}: {source}")]
+    Download {
+        reference: String,
+        digest: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A registry client for bundle artifacts. `insecure`: `host:port` of registries reached over
+/// plain HTTP (a local test registry).
+pub fn client(insecure: Vec<String>) -> Client {
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(insecure),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
+        ..Default::default()
+    })
+}
+
+/// Parses an OCI reference, with an error that says how to write one.
+pub fn parse_reference(text: &str) -> Result<Reference, OciError> {
+    text.parse().map_err(|source| OciError::InvalidReference {
+        reference: text.to_string(),
+        source,
+    })
+}
+
+/// `registry/repository[:tag]@digest`.
+pub fn pinned(reference: &Reference, digest: &str) -> String {
+    match reference.tag() {
+        Some(tag) => format!(
+            "{}/{}:{tag}@{digest}",
+            reference.registry(),
+            reference.repository()
+        ),
+        None => format!(
+            "{}/{}@{digest}",
+            reference.registry(),
+            reference.repository()
+        ),
+    }
+}
+
+/// The artifact that represents a bundle in a registry.
+pub struct Artifact {
+    pub config: Config,
+    pub layers: Vec<ImageLayer>,
+    /// The manifest exactly as it is pushed.
+    pub manifest_json: Vec<u8>,
+    /// `sha256:` of [`Artifact::manifest_json`]: what the registry serves the artifact under.
+    pub manifest_digest: String,
+}
+
+// `Config` has no `Debug`; the digest says all there is to say about the artifact.
+impl fmt::Debug for Artifact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Artifact")
+            .field("manifest_digest", &self.manifest_digest)
+            .field("layers", &self.layers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the artifact of `bundle` and its optional `signature` text. Pure; the manifest is
+/// serialised here, once, so the printed digest is the digest of the bytes sent.
+pub fn artifact(bundle: &[u8], signature: Option<&str>) -> Result<Artifact, serde_json::Error> {
+    let config = Config::new(OCI_EMPTY_CONTENT, OCI_EMPTY_MEDIA_TYPE.to_string(), None);
+    let mut layers = vec![ImageLayer::new(
+        bundle.to_vec(),
+        OCI_BUNDLE_MEDIA_TYPE.to_string(),
+        None,
+    )];
+    if let Some(signature) = signature {
+        layers.push(ImageLayer::new(
+            signature.as_bytes().to_vec(),
+            OCI_SIGNATURE_MEDIA_TYPE.to_string(),
+            None,
+        ));
+    }
+    let mut manifest = OciImageManifest::build(&layers, &config, None);
+    manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
+    manifest.artifact_type = Some(OCI_ARTIFACT_TYPE.to_string());
+    let manifest_json = serde_json::to_vec(&manifest)?;
+    let manifest_digest = digest(&manifest_json);
+    Ok(Artifact {
+        config,
+        layers,
+        manifest_json,
+        manifest_digest,
+    })
+}
+
+/// Pushes `artifact` under `reference` (a tag). Returns the manifest digest.
+pub async fn push(
+    client: &Client,
+    reference: &Reference,
+    artifact: &Artifact,
+) -> Result<String, OciError> {
+    let shown = reference.whole();
+    let registry_err = |action| {
+        let shown = shown.clone();
+        move |source| OciError::Registry {
+            action,
+            reference: shown,
+            source,
+        }
+    };
+    client
+        .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
+        .await;
+    for layer in &artifact.layers {
+        client
+            .push_blob(reference, layer.data.clone(), &layer.sha256_digest())
+            .await
+            .map_err(registry_err("pushing a layer to"))?;
+    }
+    client
+        .push_blob(
+            reference,
+            artifact.config.data.clone(),
+            &artifact.config.sha256_digest(),
+        )
+        .await
+        .map_err(registry_err("pushing the config to"))?;
+    let content_type = OCI_IMAGE_MEDIA_TYPE
+        .parse()
+        .map_err(|e| OciError::Malformed {
+            reference: shown.clone(),
+            problem: format!("invalid content type: {e}"),
+        })?;
+    client
+        .push_manifest_raw(reference, artifact.manifest_json.clone(), content_type)
+        .await
+        .map_err(registry_err("pushing the manifest to"))?;
+    Ok(artifact.manifest_digest.clone())
+}
+
+/// A bundle read from its artifact: both layers digest-checked.
+#[derive(Debug)]
+pub struct Pulled {
+    pub bundle: Vec<u8>,
+    /// The signature layer's text, if the artifact has one.
+    pub signature: Option<String>,
+    /// The artifact's manifest digest.
+    pub manifest_digest: String,
+}
+
+/// Reads the bundle artifact at `reference`: refuses anything that is not one, a bundle layer
+/// over `max_bytes` before downloading it, and content that does not match its digest. Each
+/// registry request must answer within `timeout`.
+pub async fn pull(
+    client: &Client,
+    reference: &Reference,
+    max_bytes: u64,
+    timeout: Duration,
+) -> Result<Pulled, OciError> {
+    let shown = reference.whole();
+    let (manifest, manifest_digest) = within(
+        timeout,
+        "pulling",
+        &shown,
+        client.pull_manifest(reference, &RegistryAuth::Anonymous),
+    )
+    .await?
+    .map_err(|source| OciError::Registry {
+        action: "pulling",
+        reference: shown.clone(),
+        source,
+    })?;
+    let OciManifest::Image(manifest) = manifest else {
+        return Err(OciError::NotABundle {
+            reference: shown,
+            found: "(an image index)".to_string(),
+        });
+    };
+    let (bundle_layer, signature_layer) = bundle_layers(&shown, &manifest)?;
+    let bundle = download(client, reference, bundle_layer, max_bytes, timeout).await?;
+    let signature = match signature_layer {
+        Some(layer) => {
+            let bytes = download(client, reference, layer, MAX_SIGNATURE_BYTES, timeout).await?;
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        None => None,
+    };
+    Ok(Pulled {
+        bundle,
+        signature,
+        manifest_digest,
+    })
+}
+
+async fn within<T>(
+    timeout: Duration,
+    action: &'static str,
+    reference: &str,
+    request: impl Future<Output = T>,
+) -> Result<T, OciError> {
+    tokio::time::timeout(timeout, request)
+        .await
+        .map_err(|_| OciError::Timeout {
+            action,
+            reference: reference.to_string(),
+            timeout,
+        })
+}
+
+/// Checks that `manifest` is a bundle artifact; returns its bundle and signature layers.
+pub fn bundle_layers<'m>(
+    reference: &str,
+    manifest: &'m OciImageManifest,
+) -> Result<(&'m OciDescriptor, Option<&'m OciDescriptor>), OciError> {
+    let found = manifest.artifact_type.as_deref().unwrap_or("(none)");
+    if found != OCI_ARTIFACT_TYPE {
+        return Err(OciError::NotABundle {
+            reference: reference.to_string(),
+            found: found.to_string(),
+        });
+    }
+    let malformed = |problem: String| OciError::Malformed {
+        reference: reference.to_string(),
+        problem,
+    };
+    let (bundle_layer, signature_layer) = match manifest.layers.as_slice() {
+        [b] => (b, None),
+        [b, s] => (b, Some(s)),
+        other => {
+            return Err(malformed(format!(
+                "the artifact has {} layers; a bundle artifact has the bundle and optionally its \
+                 signature",
+                other.len()
+            )));
+        }
+    };
+    if bundle_layer.media_type != OCI_BUNDLE_MEDIA_TYPE {
+        return Err(malformed(format!(
+            "layer 0 has media type {}, expected {OCI_BUNDLE_MEDIA_TYPE}",
+            bundle_layer.media_type
+        )));
+    }
+    if let Some(s) = signature_layer
+        && s.media_type != OCI_SIGNATURE_MEDIA_TYPE
+    {
+        return Err(malformed(format!(
+            "layer 1 has media type {}, expected {OCI_SIGNATURE_MEDIA_TYPE}",
+            s.media_type
+        )));
+    }
+    Ok((bundle_layer, signature_layer))
+}
+
+/// Downloads one layer, at most `limit` bytes, and checks it against its descriptor's digest.
+async fn download(
+    client: &Client,
+    reference: &Reference,
+    layer: &OciDescriptor,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Vec<u8>, OciError> {
+    let shown = reference.whole();
+    let err = |source| OciError::Download {
+        reference: shown.clone(),
+        digest: layer.digest.clone(),
+        source,
+    };
+    if !layer.digest.starts_with("sha256:") {
+        return Err(err(io::Error::other(
+            "only sha256 layer digests are supported",
+        )));
+    }
+    if u64::try_from(layer.size).map_or(true, |size| size > limit) {
+        return Err(OciError::TooLarge {
+            reference: shown.clone(),
+            digest: layer.digest.clone(),
+            size: layer.size,
+            limit,
+        });
+    }
+    let read = async {
+        let mut stream = client
+            .pull_blob_stream(reference, layer)
+            .await
+            .map_err(|source| OciError::Registry {
+                action: "pulling a layer of",
+                reference: shown.clone(),
+                source,
+            })?;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            data.extend_from_slice(&chunk.map_err(err)?);
+            // The registry may send more than the descriptor said.
+            if u64::try_from(data.len()).unwrap_or(u64::MAX) > limit {
+                return Err(OciError::TooLarge {
+                    reference: shown.clone(),
+                    digest: layer.digest.clone(),
+                    size: i64::try_from(data.len()).unwrap_or(i64::MAX),
+                    limit,
+                });
+            }
+        }
+        Ok(data)
+    };
+    let data = within(timeout, "pulling a layer of", &shown, read).await??;
+    if digest(&data) != layer.digest {
+        return Err(err(io::Error::other(
+            "the content does not match its digest",
+        )));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const EMPTY_DIGEST: &str =
+        "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
+    #[test]
+    fn the_manifest_is_a_bundle_artifact_with_an_empty_config() {
+        let bundle = b"pretend gzip";
+        let a = artifact(bundle, Some("c2ln\n")).unwrap();
+        let m: Value = serde_json::from_slice(&a.manifest_json).unwrap();
+        assert_eq!(
+            m,
+            json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "artifactType": "application/vnd.airlock.bundle.v1",
+                "config": {
+                    "mediaType": "application/vnd.oci.empty.v1+json",
+                    "digest": EMPTY_DIGEST,
+                    "size": 2,
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.airlock.bundle.v1.tar+gzip",
+                        "digest": digest(bundle),
+                        "size": bundle.len(),
+                    },
+                    {
+                        "mediaType": "application/vnd.airlock.bundle.signature.v1",
+                        "digest": digest(b"c2ln\n"),
+                        "size": 5,
+                    },
+                ],
+            })
+        );
+        assert_eq!(a.manifest_digest, digest(&a.manifest_json));
+    }
+
+    #[test]
+    fn an_unsigned_bundle_has_one_layer_and_reads_back() {
+        let a = artifact(b"x", None).unwrap();
+        let m: OciImageManifest = serde_json::from_slice(&a.manifest_json).unwrap();
+        assert_eq!(m.layers.len(), 1);
+        let (b, s) = bundle_layers("r", &m).unwrap();
+        assert_eq!(b.digest, digest(b"x"));
+        assert!(s.is_none());
+    }
+
+    #[test]
+    fn other_artifacts_are_not_taken_for_bundles() {
+        let a = artifact(b"x", Some("sig")).unwrap();
+        let mut m: OciImageManifest = serde_json::from_slice(&a.manifest_json).unwrap();
+        m.artifact_type = None;
+        assert!(matches!(
+            bundle_layers("r", &m),
+            Err(OciError::NotABundle { .. })
+        ));
+        m.artifact_type = Some(OCI_ARTIFACT_TYPE.into());
+        m.layers.swap(0, 1);
+        let e = bundle_layers("r", &m).unwrap_err().to_string();
+        assert!(e.contains("layer 0 has media type"), "{e}");
+    }
+
+    #[test]
+    fn references_print_pinned_and_bad_ones_say_how_to_write_them() {
+        let r = parse_reference("198.19.255.1:5000/test/bundle:dev").unwrap();
+        assert_eq!(
+            pinned(&r, "sha256:ab"),
+            "198.19.255.1:5000/test/bundle:dev@sha256:ab"
+        );
+        let e = parse_reference("no spaces/in references:x").unwrap_err();
+        assert!(e.to_string().contains("REGISTRY/REPOSITORY:TAG"), "{e}");
+    }
+}

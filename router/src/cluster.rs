@@ -1,0 +1,230 @@
+//! The router's Kubernetes side: watches of Plugins and their Services that keep the
+//! [`RouteTable`] current, and the [`Disabler`] that records an auto-disable on the Plugin
+//! (annotation), as an Event and on the audit stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use airlock_crds::Plugin;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::audit;
+use crate::dispatch::{Caller, Disabler, Router};
+use crate::table::{AUTO_DISABLED_ANNOTATION, Route, RouteTable};
+use airlock_core::names::MANAGED_BY_SELECTOR;
+
+/// Who the router's audit records and Events name.
+pub const ACTOR: &str = "airlock-router";
+
+/// Keeps `router`'s table in step with the cluster until the watches end. `loaded` turns true
+/// once both watches listed everything (the router is then ready to serve).
+pub async fn watch_routes<C: Caller>(
+    client: Client,
+    router: Arc<Router<C>>,
+    loaded: watch::Sender<bool>,
+) {
+    let (plugins, plugin_writer) = reflector::store::<Plugin>();
+    let (services, service_writer) = reflector::store::<Service>();
+    // Each watch event becomes (which watch, whether it finished its initial list).
+    let plugin_events = reflector::reflector(
+        plugin_writer,
+        watcher(
+            Api::<Plugin>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .filter_map(|e| async move { change(e).map(|listed| (0, listed)) });
+    let service_events = reflector::reflector(
+        service_writer,
+        watcher(
+            Api::<Service>::all(client),
+            watcher::Config::default().labels(MANAGED_BY_SELECTOR),
+        ),
+    )
+    .default_backoff()
+    .filter_map(|e| async move { change(e).map(|listed| (1, listed)) });
+    let mut changes = std::pin::pin!(futures::stream::select(plugin_events, service_events));
+    let mut listed = [false, false];
+    while let Some((watch, done)) = changes.next().await {
+        listed[watch] |= done;
+        if !listed.iter().all(|l| *l) {
+            continue;
+        }
+        router.update(table(&plugins, &services));
+        if !*loaded.borrow() {
+            info!(plugins = plugins.state().len(), "route table loaded");
+            loaded.send_replace(true);
+        }
+    }
+    warn!("the Plugin and Service watches ended");
+}
+
+/// Whether a watch event changes the table: `Some(true)` when the initial list is complete,
+/// `Some(false)` for an object applied or deleted, `None` for the rest (list pages, errors).
+fn change<K>(event: Result<watcher::Event<K>, watcher::Error>) -> Option<bool> {
+    match event {
+        Ok(watcher::Event::InitDone) => Some(true),
+        Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(false),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(error = %e, "watch failed; retrying with backoff");
+            None
+        }
+    }
+}
+
+fn table(plugins: &Store<Plugin>, services: &Store<Service>) -> RouteTable {
+    let ips: HashMap<(String, String), String> = services
+        .state()
+        .iter()
+        .filter_map(|s| {
+            let ip = s.spec.as_ref()?.cluster_ip.clone()?;
+            Some(((s.namespace()?, s.name_any()), ip))
+        })
+        .collect();
+    let plugins = plugins.state();
+    RouteTable::build(plugins.iter().map(|p| p.as_ref()), &ips)
+}
+
+/// Records an auto-disable in the cluster: the annotation (which the controller turns into
+/// zero replicas and a status), an Event and an audit record.
+pub struct KubeDisabler {
+    client: Client,
+    recorder: Recorder,
+}
+
+impl std::fmt::Debug for KubeDisabler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeDisabler")
+    }
+}
+
+impl KubeDisabler {
+    pub fn new(client: Client) -> Self {
+        let reporter = Reporter {
+            controller: ACTOR.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+        }
+    }
+}
+
+impl Disabler for KubeDisabler {
+    fn disable(&self, route: &Route, reason: &str) {
+        // Written first, so the record exists even if the API calls below fail.
+        audit::emit(&audit::auto_disabled(
+            route,
+            reason,
+            ACTOR,
+            Timestamp::now(),
+        ));
+        let (client, recorder) = (self.client.clone(), self.recorder.clone());
+        let (route, reason) = (route.clone(), reason.to_string());
+        tokio::spawn(async move {
+            let key = &route.plugin;
+            let api: Api<Plugin> = Api::namespaced(client, &key.namespace);
+            // The uid precondition: never disable a Plugin re-created under the same name.
+            let patch = json!({
+                "metadata": {
+                    "uid": route.uid,
+                    "annotations": {AUTO_DISABLED_ANNOTATION: reason},
+                }
+            });
+            if let Err(e) = api
+                .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                warn!(plugin = %key, error = %e, "could not annotate the auto-disabled Plugin; this router keeps refusing its calls");
+                return;
+            }
+            let reference = ObjectReference {
+                api_version: Some("airlock.dev/v1alpha1".into()),
+                kind: Some("Plugin".into()),
+                namespace: Some(key.namespace.clone()),
+                name: Some(key.name.clone()),
+                uid: Some(route.uid.clone()),
+                ..Default::default()
+            };
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "AutoDisabled".into(),
+                note: Some(format!(
+                    "auto-disabled by the router: {reason}. Re-enable with `kubectl annotate plugin -n {} {} {AUTO_DISABLED_ANNOTATION}-`",
+                    key.namespace, key.name
+                )),
+                action: "Disable".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!(plugin = %key, error = %e, "could not publish the AutoDisabled Event");
+            }
+        });
+    }
+}
+
+/// Keeps `caller`'s mTLS identity in step with the Secret `namespace/name` (issued and renewed by
+/// the operator): polled every 2 s until it exists, then every 30 s. `loaded` carries the current
+/// identity (for the host API server) once there is one.
+pub async fn watch_identity(
+    client: Client,
+    namespace: String,
+    name: String,
+    caller: Arc<crate::grpc::GrpcCaller>,
+    loaded: tokio::sync::watch::Sender<Option<crate::grpc::ClientIdentity>>,
+) {
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, &namespace);
+    let mut reported = false;
+    loop {
+        let got = secrets.get_opt(&name).await;
+        let identity = match &got {
+            Ok(Some(secret)) => {
+                // The Secret's keys are the file names a mounted copy would have.
+                use airlock_tls::{CA_FILE, CERT_FILE, KEY_FILE};
+                let text = |key| airlock_runtime::secrets::text(secret, key);
+                match (text(CA_FILE), text(CERT_FILE), text(KEY_FILE)) {
+                    (Some(ca_pem), Some(cert_pem), Some(key_pem)) => {
+                        Some(crate::grpc::ClientIdentity {
+                            ca_pem,
+                            cert_pem,
+                            key_pem,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match (identity, got) {
+            (Some(identity), _) => {
+                if caller.set_identity(identity.clone()) {
+                    info!(secret = %format!("{namespace}/{name}"), "loaded the router's certificate");
+                    loaded.send_replace(Some(identity));
+                }
+            }
+            (None, Err(e)) => {
+                warn!(error = %e, secret = %format!("{namespace}/{name}"), "cannot read the router's client certificate")
+            }
+            (None, Ok(_)) if !reported => {
+                reported = true;
+                warn!(secret = %format!("{namespace}/{name}"), "the router's client certificate is not issued yet (the operator issues it); plugins cannot be called until then");
+            }
+            (None, Ok(_)) => {}
+        }
+        let every = if loaded.borrow().is_some() { 30 } else { 2 };
+        tokio::time::sleep(std::time::Duration::from_secs(every)).await;
+    }
+}

@@ -1,0 +1,1026 @@
+//! The router's core, independent of gRPC and Kubernetes: invoke one plugin, broadcast to every
+//! subscriber, run a transform pipeline under a deadline budget — with per-hook timeouts, failure
+//! policies, a per-plugin concurrency limit, circuit breakers and auto-disable. The network side
+//! is a [`Caller`]; the cluster side a [`Disabler`] and the [`RouteTable`] handed to
+//! [`Router::update`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use airlock_core::Hook;
+use airlock_crds::plugin::FailurePolicy;
+use tokio::sync::Semaphore;
+use tonic::Code;
+use tracing::{info, warn};
+
+use crate::breaker::{BreakerConfig, Health, Outcome};
+use crate::metrics::Metrics;
+use crate::table::{HookRoute, Route, RouteTable};
+use airlock_core::PluginKey;
+
+/// Longest invocation id accepted (it goes into logs and to the plugin).
+pub const MAX_INVOCATION_ID_LEN: usize = 256;
+
+/// Time the router allows on top of a plugin's deadline for the network and the shim, before it
+/// gives up on the call itself.
+pub const NETWORK_GRACE: Duration = Duration::from_millis(250);
+
+/// One call to a plugin's shim.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    pub hook: Hook,
+    pub payload: String,
+    /// What the plugin may take; the shim enforces it.
+    pub deadline: Duration,
+    pub invocation_id: String,
+}
+
+/// A plugin's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub output: String,
+    pub duration: Duration,
+}
+
+/// A call that produced no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFailure {
+    pub code: Code,
+    pub message: String,
+    /// What the failure says about the plugin's health.
+    pub outcome: Outcome,
+}
+
+/// Calls a plugin's shim (gRPC in the router; a fake in tests).
+pub trait Caller: Send + Sync + 'static {
+    fn call(
+        &self,
+        route: Arc<Route>,
+        request: CallRequest,
+    ) -> impl Future<Output = Result<Answer, CallFailure>> + Send;
+}
+
+/// Takes a plugin out of service in the cluster (annotation, Event, audit record).
+pub trait Disabler: Send + Sync + 'static {
+    fn disable(&self, route: &Route, reason: &str);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterConfig {
+    pub breaker: BreakerConfig,
+    /// Calls in flight per plugin; more are refused with RESOURCE_EXHAUSTED.
+    pub max_concurrency: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            breaker: BreakerConfig::default(),
+            max_concurrency: 16,
+        }
+    }
+}
+
+/// An error for the host application: a gRPC code and a message that names the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RouteError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl RouteError {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What one plugin did in a broadcast or a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepResult {
+    pub plugin: PluginKey,
+    pub code: Code,
+    pub output: String,
+    pub error: String,
+    pub duration: Duration,
+    pub failure_policy: FailurePolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broadcast {
+    pub results: Vec<StepResult>,
+    /// A plugin whose failure policy is Fail failed.
+    pub failed: bool,
+    pub invocation_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pipeline {
+    pub output: String,
+    pub steps: Vec<StepResult>,
+    pub invocation_id: String,
+}
+
+/// An active plugin and its breaker state, for listings.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub route: Arc<Route>,
+    pub breaker: &'static str,
+}
+
+pub struct Router<C> {
+    table: RwLock<Arc<RouteTable>>,
+    caller: C,
+    disabler: Arc<dyn Disabler>,
+    config: RouterConfig,
+    metrics: Metrics,
+    health: Mutex<HashMap<PluginKey, Health>>,
+    slots: Mutex<HashMap<PluginKey, Arc<Semaphore>>>,
+    next_id: AtomicU64,
+}
+
+impl<C> std::fmt::Debug for Router<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<C: Caller> Router<C> {
+    pub fn new(
+        caller: C,
+        disabler: Arc<dyn Disabler>,
+        config: RouterConfig,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            table: RwLock::default(),
+            caller,
+            disabler,
+            config,
+            metrics,
+            health: Mutex::default(),
+            slots: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Replaces the view of the cluster. Health of plugins that are gone (or were re-created
+    /// under the same name) is forgotten, so a re-enabled plugin starts with a closed breaker.
+    pub fn update(&self, table: RouteTable) {
+        let table = Arc::new(table);
+        let live: HashMap<PluginKey, String> = table
+            .routes(None)
+            .map(|r| (r.plugin.clone(), r.uid.clone()))
+            .collect();
+        lock(&self.health).retain(|k, _| live.contains_key(k));
+        lock(&self.slots).retain(|k, _| live.contains_key(k));
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
+    }
+
+    /// The plugin `key` as a caller of the host API.
+    pub fn holder(&self, key: &PluginKey) -> Option<crate::table::Holder> {
+        self.table().holder(key).cloned()
+    }
+
+    fn table(&self) -> Arc<RouteTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `hook` of one plugin.
+    pub async fn invoke(
+        &self,
+        plugin: &PluginKey,
+        hook: &str,
+        payload: String,
+        deadline_ms: u32,
+        invocation_id: String,
+    ) -> Result<(Answer, String), RouteError> {
+        let hook = parse_hook(hook)?;
+        check_json(&payload)?;
+        let id = self.invocation_id(invocation_id)?;
+        let route = self
+            .table()
+            .get(plugin)
+            .map_err(|why| RouteError::new(Code::NotFound, why))?;
+        let Some(hook_route) = route.hooks.get(&hook).copied() else {
+            let declared: Vec<_> = route.hooks.keys().map(|h| h.as_str()).collect();
+            return Err(RouteError::new(
+                Code::InvalidArgument,
+                format!(
+                    "Plugin {plugin} does not declare hook {}; it declares {}",
+                    hook.as_str(),
+                    if declared.is_empty() {
+                        "none".to_string()
+                    } else {
+                        declared.join(", ")
+                    }
+                ),
+            ));
+        };
+        let budget = (deadline_ms > 0).then(|| Duration::from_millis(u64::from(deadline_ms)));
+        self.call_one(route, hook, hook_route, payload, budget, &id)
+            .await
+            .map(|a| (a, id))
+            .map_err(|f| RouteError::new(f.code, format!("Plugin {plugin}: {}", f.message)))
+    }
+
+    /// Sends `payload` to every plugin that declares `hook`, in parallel.
+    pub async fn broadcast(
+        &self,
+        hook: &str,
+        payload: String,
+        deadline_ms: u32,
+        invocation_id: String,
+        namespace: Option<&str>,
+    ) -> Result<Broadcast, RouteError> {
+        let hook = if hook.is_empty() {
+            Hook::OnEvent
+        } else {
+            parse_hook(hook)?
+        };
+        check_json(&payload)?;
+        let id = self.invocation_id(invocation_id)?;
+        let budget = (deadline_ms > 0).then(|| Duration::from_millis(u64::from(deadline_ms)));
+        let subscribers = self.table().subscribers(hook, namespace);
+        let calls = subscribers.into_iter().map(|(route, hr)| {
+            let (payload, id) = (payload.clone(), id.clone());
+            async move {
+                let key = route.plugin.clone();
+                let res = self.call_one(route, hook, hr, payload, budget, &id).await;
+                step(key, hr.failure_policy, res)
+            }
+        });
+        let mut results = futures::future::join_all(calls).await;
+        results.sort_by(|a, b| a.plugin.cmp(&b.plugin));
+        let failed = results
+            .iter()
+            .any(|r| r.code != Code::Ok && r.failure_policy == FailurePolicy::Fail);
+        Ok(Broadcast {
+            results,
+            failed,
+            invocation_id: id,
+        })
+    }
+
+    /// Runs `payload` through every `transform` plugin in priority order within `budget_ms`.
+    pub async fn transform(
+        &self,
+        payload: String,
+        budget_ms: u32,
+        invocation_id: String,
+        namespace: Option<&str>,
+    ) -> Result<Pipeline, RouteError> {
+        check_json(&payload)?;
+        let id = self.invocation_id(invocation_id)?;
+        let subscribers = self.table().subscribers(Hook::Transform, namespace);
+        let budget = match budget_ms {
+            0 => subscribers.iter().map(|(_, hr)| hr.timeout).sum(),
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let started = tokio::time::Instant::now();
+        let mut current = payload;
+        let mut steps = Vec::new();
+        for (route, hr) in subscribers {
+            let key = route.plugin.clone();
+            let left = budget.saturating_sub(started.elapsed());
+            let res = if left.is_zero() {
+                Err(CallFailure {
+                    code: Code::DeadlineExceeded,
+                    message: format!(
+                        "the pipeline's budget of {} ms was spent before this step",
+                        budget.as_millis()
+                    ),
+                    // Not the plugin's fault: its health is untouched (it was not called).
+                    outcome: Outcome::Answered,
+                })
+            } else {
+                self.call_one(route, Hook::Transform, hr, current.clone(), Some(left), &id)
+                    .await
+            };
+            let result = step(key.clone(), hr.failure_policy, res);
+            if result.code == Code::Ok {
+                current = result.output.clone();
+            } else if hr.failure_policy == FailurePolicy::Fail {
+                return Err(RouteError::new(
+                    result.code,
+                    format!(
+                        "pipeline step {key} (priority {}, failurePolicy Fail) failed: {}",
+                        hr.priority, result.error
+                    ),
+                ));
+            }
+            steps.push(result);
+        }
+        Ok(Pipeline {
+            output: current,
+            steps,
+            invocation_id: id,
+        })
+    }
+
+    /// The plugins the router can call now.
+    pub fn list(&self, namespace: Option<&str>) -> Vec<Listed> {
+        let table = self.table();
+        let now = now();
+        let health = lock(&self.health);
+        table
+            .routes(namespace)
+            .map(|r| Listed {
+                route: r.clone(),
+                breaker: health
+                    .get(&r.plugin)
+                    .map_or("closed", |h| h.state_name(now)),
+            })
+            .collect()
+    }
+
+    /// One call, through the breaker and the concurrency limit, with health accounting.
+    async fn call_one(
+        &self,
+        route: Arc<Route>,
+        hook: Hook,
+        hook_route: HookRoute,
+        payload: String,
+        budget: Option<Duration>,
+        invocation_id: &str,
+    ) -> Result<Answer, CallFailure> {
+        let key = route.plugin.clone();
+        let deadline = budget.map_or(hook_route.timeout, |b| b.min(hook_route.timeout));
+        if let Err(refusal) = self.health_of(&key, |h| h.admit(now())) {
+            self.metrics
+                .hook_invocation(&key.to_string(), hook.as_str(), "refused", None);
+            return Err(CallFailure {
+                code: Code::Unavailable,
+                message: refusal.to_string(),
+                outcome: Outcome::Answered,
+            });
+        }
+        // If this future is dropped before the outcome is recorded (the caller hung up), a
+        // half-open breaker's trial must be given back, or the breaker would refuse forever.
+        let mut trial = TrialRelease {
+            router: self,
+            key: &key,
+            armed: true,
+        };
+        let slots = lock(&self.slots)
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrency)))
+            .clone();
+        let Ok(_slot) = slots.try_acquire_owned() else {
+            self.metrics
+                .hook_invocation(&key.to_string(), hook.as_str(), "refused", None);
+            return Err(CallFailure {
+                code: Code::ResourceExhausted,
+                message: format!(
+                    "{} calls are already in flight, the limit per plugin; retry later",
+                    self.config.max_concurrency
+                ),
+                outcome: Outcome::Answered,
+            });
+        };
+        let request = CallRequest {
+            hook,
+            payload,
+            deadline,
+            invocation_id: invocation_id.to_string(),
+        };
+        let started = tokio::time::Instant::now();
+        let result = match tokio::time::timeout(
+            deadline + NETWORK_GRACE,
+            self.caller.call(route.clone(), request),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(CallFailure {
+                code: Code::DeadlineExceeded,
+                message: format!(
+                    "no answer within {} ms (the hook's timeout or the caller's deadline)",
+                    deadline.as_millis()
+                ),
+                outcome: Outcome::Timeout,
+            }),
+        };
+        let elapsed = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => Outcome::Answered,
+            Err(f) => f.outcome,
+        };
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(f) => code_label(f.code),
+        };
+        self.metrics
+            .hook_invocation(&key.to_string(), hook.as_str(), label, Some(elapsed));
+        let now = now();
+        let (disabled, state) = self.health_of(&key, |h| {
+            (
+                h.record(outcome, now, &self.config.breaker),
+                h.state_name(now),
+            )
+        });
+        trial.armed = false;
+        let label = key.to_string();
+        if matches!(
+            outcome,
+            Outcome::Timeout | Outcome::Crash | Outcome::Misbehaved
+        ) {
+            self.metrics.plugin_restarted(&label);
+        }
+        self.metrics.breaker(&label, state != "closed");
+        if let Some(reason) = disabled {
+            warn!(plugin = %key, %reason, "auto-disabling the plugin");
+            self.metrics.auto_disabled();
+            self.disabler.disable(&route, &reason);
+        } else if let Err(f) = &result {
+            info!(plugin = %key, hook = hook.as_str(), %invocation_id, code = ?f.code, "hook call failed");
+        }
+        result
+    }
+
+    fn health_of<T>(&self, key: &PluginKey, f: impl FnOnce(&mut Health) -> T) -> T {
+        f(lock(&self.health).entry(key.clone()).or_default())
+    }
+
+    fn invocation_id(&self, given: String) -> Result<String, RouteError> {
+        if given.len() > MAX_INVOCATION_ID_LEN {
+            return Err(RouteError::new(
+                Code::InvalidArgument,
+                format!(
+                    "invocation_id is {} bytes long; the limit is {MAX_INVOCATION_ID_LEN}",
+                    given.len()
+                ),
+            ));
+        }
+        if !given.is_empty() {
+            return Ok(given);
+        }
+        Ok(format!(
+            "router-{}-{}",
+            std::process::id(),
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+}
+
+/// Gives a half-open breaker's trial back unless disarmed (see [`Router::call_one`]).
+struct TrialRelease<'a, C: Caller> {
+    router: &'a Router<C>,
+    key: &'a PluginKey,
+    armed: bool,
+}
+
+impl<C: Caller> Drop for TrialRelease<'_, C> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.router.health_of(self.key, Health::release_trial);
+        }
+    }
+}
+
+fn step(
+    plugin: PluginKey,
+    failure_policy: FailurePolicy,
+    res: Result<Answer, CallFailure>,
+) -> StepResult {
+    match res {
+        Ok(a) => StepResult {
+            plugin,
+            code: Code::Ok,
+            output: a.output,
+            error: String::new(),
+            duration: a.duration,
+            failure_policy,
+        },
+        Err(f) => StepResult {
+            plugin,
+            code: f.code,
+            output: String::new(),
+            error: f.message,
+            duration: Duration::ZERO,
+            failure_policy,
+        },
+    }
+}
+
+fn parse_hook(hook: &str) -> Result<Hook, RouteError> {
+    Hook::ALL
+        .into_iter()
+        .find(|h| h.as_str() == hook)
+        .ok_or_else(|| {
+            RouteError::new(
+                Code::InvalidArgument,
+                format!(
+                    "hook {hook:?} is not a hook of plugin API version 1; use one of onLoad, onUnload, transform, onEvent"
+                ),
+            )
+        })
+}
+
+fn check_json(payload: &str) -> Result<(), RouteError> {
+    serde_json::from_str::<serde::de::IgnoredAny>(payload)
+        .map(|_| ())
+        .map_err(|e| {
+            // The position only: the payload never goes into errors or logs.
+            RouteError::new(
+                Code::InvalidArgument,
+                format!(
+                    "payload_json is not a JSON document (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
+}
+
+/// Metric label of a gRPC code: stable, lower case.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::DeadlineExceeded => "timeout",
+        Code::Unavailable => "unavailable",
+        Code::Aborted => "plugin_error",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::InvalidArgument => "invalid_argument",
+        Code::Internal => "internal",
+        _ => "other",
+    }
+}
+
+/// The router's clock: tokio's, so tests with paused time see breakers cool down.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// What a fake plugin does with a call.
+    #[derive(Clone)]
+    enum Behaviour {
+        /// Answers with its name appended to the payload's "path" array, after `delay`.
+        Append(Duration),
+        /// Fails with this code and health outcome.
+        Fail(Code, Outcome),
+        /// Never answers.
+        Hang,
+    }
+
+    #[derive(Default)]
+    struct FakeShims {
+        behaviour: Mutex<HashMap<String, Behaviour>>,
+        calls: Mutex<Vec<(String, Duration)>>,
+    }
+
+    impl Caller for Arc<FakeShims> {
+        fn call(
+            &self,
+            route: Arc<Route>,
+            request: CallRequest,
+        ) -> impl Future<Output = Result<Answer, CallFailure>> + Send {
+            let name = route.plugin.name.clone();
+            lock(&self.calls).push((name.clone(), request.deadline));
+            let b = lock(&self.behaviour)
+                .get(&name)
+                .cloned()
+                .unwrap_or(Behaviour::Append(Duration::ZERO));
+            async move {
+                match b {
+                    Behaviour::Append(delay) => {
+                        tokio::time::sleep(delay).await;
+                        let mut v: serde_json::Value =
+                            serde_json::from_str(&request.payload).expect("json");
+                        v["path"]
+                            .as_array_mut()
+                            .map(|a| a.push(name.clone().into()))
+                            .unwrap_or_else(|| v["path"] = serde_json::json!([name]));
+                        Ok(Answer {
+                            output: v.to_string(),
+                            duration: delay,
+                        })
+                    }
+                    Behaviour::Fail(code, outcome) => Err(CallFailure {
+                        code,
+                        message: format!("{name} failed"),
+                        outcome,
+                    }),
+                    Behaviour::Hang => {
+                        std::future::pending::<()>().await;
+                        unreachable!()
+                    }
+                }
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct RecordingDisabler(Mutex<Vec<(String, String)>>);
+
+    impl Disabler for RecordingDisabler {
+        fn disable(&self, route: &Route, reason: &str) {
+            lock(&self.0).push((route.plugin.to_string(), reason.to_string()));
+        }
+    }
+
+    struct Setup {
+        router: Router<Arc<FakeShims>>,
+        shims: Arc<FakeShims>,
+        disabled: Arc<RecordingDisabler>,
+    }
+
+    /// Plugins in namespace "ns": (name, hook, timeout ms, policy, priority).
+    fn setup(plugins: &[(&str, Hook, u64, FailurePolicy, i32)]) -> Setup {
+        let shims = Arc::new(FakeShims::default());
+        let disabled = Arc::new(RecordingDisabler::default());
+        let router = Router::new(
+            shims.clone(),
+            disabled.clone(),
+            RouterConfig {
+                breaker: BreakerConfig {
+                    open_after: 3,
+                    ..BreakerConfig::default()
+                },
+                max_concurrency: 2,
+            },
+            Metrics::new().expect("metrics"),
+        );
+        let routes = plugins.iter().map(|(name, hook, ms, fp, prio)| Route {
+            plugin: PluginKey::new("ns", *name),
+            uid: format!("uid-{name}"),
+            version: "1.0.0".into(),
+            endpoint: "198.19.0.1:50051".into(),
+            hooks: BTreeMap::from([(
+                *hook,
+                HookRoute {
+                    timeout: Duration::from_millis(*ms),
+                    failure_policy: *fp,
+                    priority: *prio,
+                },
+            )]),
+        });
+        router.update(RouteTable::from_routes(routes));
+        Setup {
+            router,
+            shims,
+            disabled,
+        }
+    }
+
+    fn behave(s: &Setup, name: &str, b: Behaviour) {
+        lock(&s.shims.behaviour).insert(name.into(), b);
+    }
+
+    use FailurePolicy::{Fail, Ignore};
+    use Hook::{OnEvent, Transform};
+
+    #[tokio::test(start_paused = true)]
+    async fn invoke_passes_the_smaller_of_hook_timeout_and_caller_deadline() {
+        let s = setup(&[("a", Transform, 200, Fail, 1)]);
+        let key = PluginKey::new("ns", "a");
+        let (answer, id) = s
+            .router
+            .invoke(&key, "transform", "{}".into(), 0, "inv-1".into())
+            .await
+            .expect("answer");
+        assert_eq!(answer.output, r#"{"path":["a"]}"#);
+        assert_eq!(id, "inv-1");
+        s.router
+            .invoke(&key, "transform", "{}".into(), 50, String::new())
+            .await
+            .expect("answer");
+        let deadlines: Vec<_> = lock(&s.shims.calls).iter().map(|(_, d)| *d).collect();
+        assert_eq!(
+            deadlines,
+            vec![Duration::from_millis(200), Duration::from_millis(50)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invoke_refuses_bad_input_and_unknown_plugins_with_a_reason() {
+        let s = setup(&[("a", Transform, 200, Fail, 1)]);
+        let key = PluginKey::new("ns", "a");
+        let err = |r: Result<(Answer, String), RouteError>| r.expect_err("refused");
+        let e = err(s
+            .router
+            .invoke(&key, "transform", "{".into(), 0, String::new())
+            .await);
+        assert_eq!(e.code, Code::InvalidArgument);
+        assert!(e.message.contains("not a JSON document"), "{e}");
+        let e = err(s
+            .router
+            .invoke(&key, "onEvent", "{}".into(), 0, String::new())
+            .await);
+        assert_eq!(e.code, Code::InvalidArgument);
+        assert!(e.message.contains("it declares transform"), "{e}");
+        let e = err(s
+            .router
+            .invoke(&key, "bogus", "{}".into(), 0, String::new())
+            .await);
+        assert!(e.message.contains("use one of onLoad"), "{e}");
+        let e = err(s
+            .router
+            .invoke(
+                &PluginKey::new("ns", "zz"),
+                "transform",
+                "{}".into(),
+                0,
+                String::new(),
+            )
+            .await);
+        assert_eq!(e.code, Code::NotFound);
+        assert!(lock(&s.shims.calls).is_empty(), "nothing reached a plugin");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_plugin_times_out_at_its_hook_timeout() {
+        let s = setup(&[("slow", Transform, 100, Fail, 1)]);
+        behave(&s, "slow", Behaviour::Hang);
+        let started = tokio::time::Instant::now();
+        let e = s
+            .router
+            .invoke(
+                &PluginKey::new("ns", "slow"),
+                "transform",
+                "{}".into(),
+                0,
+                String::new(),
+            )
+            .await
+            .expect_err("timeout");
+        assert_eq!(e.code, Code::DeadlineExceeded);
+        assert!(
+            e.message
+                .starts_with("Plugin ns/slow: no answer within 100 ms"),
+            "{e}"
+        );
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(100) + NETWORK_GRACE
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broadcast_reaches_every_subscriber_in_parallel_and_applies_failure_policies() {
+        let s = setup(&[
+            ("a", OnEvent, 1000, Fail, 1),
+            ("b", OnEvent, 1000, Ignore, 2),
+            ("c", OnEvent, 1000, Fail, 3),
+            ("t", Transform, 1000, Fail, 1),
+        ]);
+        behave(&s, "a", Behaviour::Append(Duration::from_millis(300)));
+        behave(&s, "b", Behaviour::Fail(Code::Aborted, Outcome::Answered));
+        behave(&s, "c", Behaviour::Append(Duration::from_millis(300)));
+        let started = tokio::time::Instant::now();
+        let b = s
+            .router
+            .broadcast("", r#"{"e":1}"#.into(), 0, String::new(), None)
+            .await
+            .expect("broadcast");
+        // Parallel: two 300 ms plugins take 300 ms, not 600.
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        let codes: Vec<_> = b
+            .results
+            .iter()
+            .map(|r| (r.plugin.name.as_str(), r.code))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![("a", Code::Ok), ("b", Code::Aborted), ("c", Code::Ok)]
+        );
+        assert!(!b.failed, "only an Ignore plugin failed");
+
+        behave(&s, "c", Behaviour::Fail(Code::Unavailable, Outcome::Crash));
+        let b = s
+            .router
+            .broadcast("onEvent", "{}".into(), 0, String::new(), None)
+            .await
+            .expect("broadcast");
+        assert!(b.failed, "a Fail plugin failed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipeline_runs_in_priority_order_and_skips_ignored_failures() {
+        let s = setup(&[
+            ("third", Transform, 200, Fail, 30),
+            ("first", Transform, 200, Fail, 10),
+            ("second", Transform, 200, Ignore, 20),
+        ]);
+        behave(
+            &s,
+            "second",
+            Behaviour::Fail(Code::Aborted, Outcome::Answered),
+        );
+        let p = s
+            .router
+            .transform(r#"{"path":[]}"#.into(), 0, String::new(), None)
+            .await
+            .expect("pipeline");
+        assert_eq!(p.output, r#"{"path":["first","third"]}"#);
+        let steps: Vec<_> = p
+            .steps
+            .iter()
+            .map(|r| (r.plugin.name.as_str(), r.code))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                ("first", Code::Ok),
+                ("second", Code::Aborted),
+                ("third", Code::Ok)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_fail_step_ends_the_pipeline_naming_the_plugin() {
+        let s = setup(&[
+            ("first", Transform, 200, Fail, 10),
+            ("second", Transform, 200, Fail, 20),
+        ]);
+        behave(
+            &s,
+            "first",
+            Behaviour::Fail(Code::Aborted, Outcome::Answered),
+        );
+        let e = s
+            .router
+            .transform("{}".into(), 0, String::new(), None)
+            .await
+            .expect_err("fails");
+        assert_eq!(e.code, Code::Aborted);
+        assert!(
+            e.message.contains("pipeline step ns/first (priority 10"),
+            "{e}"
+        );
+        assert_eq!(lock(&s.shims.calls).len(), 1, "second never ran");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pipeline_budget_shrinks_each_later_step() {
+        let s = setup(&[
+            ("a", Transform, 1000, Fail, 1),
+            ("b", Transform, 1000, Ignore, 2),
+        ]);
+        behave(&s, "a", Behaviour::Append(Duration::from_millis(700)));
+        let p = s
+            .router
+            .transform("{}".into(), 900, String::new(), None)
+            .await
+            .expect("pipeline");
+        let deadlines: Vec<_> = lock(&s.shims.calls)
+            .iter()
+            .map(|(n, d)| (n.clone(), *d))
+            .collect();
+        assert_eq!(
+            deadlines,
+            vec![
+                ("a".into(), Duration::from_millis(900)),
+                ("b".into(), Duration::from_millis(200))
+            ]
+        );
+        assert_eq!(p.output, r#"{"path":["a","b"]}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_failures_open_the_breaker_and_timeouts_auto_disable() {
+        let s = setup(&[
+            ("bad", Transform, 100, Fail, 1),
+            ("good", Transform, 100, Fail, 2),
+        ]);
+        behave(
+            &s,
+            "bad",
+            Behaviour::Fail(Code::DeadlineExceeded, Outcome::Timeout),
+        );
+        let bad = PluginKey::new("ns", "bad");
+        for _ in 0..3 {
+            s.router
+                .invoke(&bad, "transform", "{}".into(), 0, String::new())
+                .await
+                .expect_err("fails");
+        }
+        let e = s
+            .router
+            .invoke(&bad, "transform", "{}".into(), 0, String::new())
+            .await
+            .expect_err("breaker open");
+        assert_eq!(e.code, Code::Unavailable);
+        assert!(e.message.contains("circuit breaker is open"), "{e}");
+        assert_eq!(
+            lock(&s.shims.calls).len(),
+            3,
+            "the open breaker made no call"
+        );
+        let listed = s.router.list(None);
+        assert_eq!(listed[0].breaker, "open");
+        assert_eq!(listed[1].breaker, "closed");
+
+        // Two more timeouts (trial calls after cool-downs) make five: auto-disabled, once.
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(31)).await;
+            s.router
+                .invoke(&bad, "transform", "{}".into(), 0, String::new())
+                .await
+                .expect_err("fails");
+        }
+        assert_eq!(
+            *lock(&s.disabled.0),
+            vec![("ns/bad".to_string(), "5 consecutive timeouts".to_string())]
+        );
+        let text = s.router.metrics.render();
+        assert!(
+            text.contains("airlock_plugin_restarts_total{plugin=\"ns/bad\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("airlock_breaker_open{plugin=\"ns/bad\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("airlock_plugins_auto_disabled_total 1"),
+            "{text}"
+        );
+        // The other plugin never noticed.
+        s.router
+            .invoke(
+                &PluginKey::new("ns", "good"),
+                "transform",
+                "{}".into(),
+                0,
+                String::new(),
+            )
+            .await
+            .expect("good answers");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_call_abandoned_by_its_caller_does_not_wedge_the_breaker() {
+        let s = setup(&[("flaky", Transform, 1000, Fail, 1)]);
+        let key = PluginKey::new("ns", "flaky");
+        behave(
+            &s,
+            "flaky",
+            Behaviour::Fail(Code::Unavailable, Outcome::Unreachable),
+        );
+        for _ in 0..3 {
+            let _ = s
+                .router
+                .invoke(&key, "transform", "{}".into(), 0, String::new())
+                .await;
+        }
+        tokio::time::advance(Duration::from_secs(31)).await;
+        // The trial call hangs and its caller gives up: the future is dropped mid-call.
+        behave(&s, "flaky", Behaviour::Hang);
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(10),
+            s.router
+                .invoke(&key, "transform", "{}".into(), 0, String::new()),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the caller gave up");
+        // The next caller gets the trial instead of "a trial call is in flight" forever.
+        behave(&s, "flaky", Behaviour::Append(Duration::ZERO));
+        s.router
+            .invoke(&key, "transform", "{}".into(), 0, String::new())
+            .await
+            .expect("the next trial runs and closes the breaker");
+        assert_eq!(s.router.list(None)[0].breaker, "closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_beyond_the_concurrency_limit_are_refused() {
+        let s = Arc::new(setup(&[("busy", Transform, 1000, Fail, 1)]));
+        behave(&s, "busy", Behaviour::Append(Duration::from_millis(500)));
+        let key = PluginKey::new("ns", "busy");
+        let call = |s: Arc<Setup>, key: PluginKey| async move {
+            s.router
+                .invoke(&key, "transform", "{}".into(), 0, String::new())
+                .await
+        };
+        let (a, b, c) = tokio::join!(
+            call(s.clone(), key.clone()),
+            call(s.clone(), key.clone()),
+            call(s.clone(), key.clone())
+        );
+        let codes: Vec<_> = [a, b, c]
+            .into_iter()
+            .map(|r| r.map(|_| Code::Ok).unwrap_or_else(|e| e.code))
+            .collect();
+        assert_eq!(codes.iter().filter(|c| **c == Code::Ok).count(), 2);
+        assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
+    }
+}

@@ -1,0 +1,501 @@
+//! The router's gRPC edges: `airlock.router.v1.HookRouter` served to host applications, and the
+//! [`Caller`] that reaches plugin shims over `airlock.plugin.v1`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_core::failure::{FAILURE_METADATA, FailureKind};
+use airlock_core::identity::plugin_identity;
+use airlock_crds::plugin::FailurePolicy;
+use airlock_proto::plugin::v1::InvokeRequest as ShimInvokeRequest;
+use airlock_proto::plugin::v1::plugin_client::PluginClient;
+use airlock_proto::router::v1 as api;
+use airlock_proto::router::v1::hook_router_server::HookRouter;
+use airlock_proto::trace::{TRACEPARENT, TraceContext};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request, Response, Status};
+
+use crate::breaker::Outcome;
+use crate::dispatch::{Answer, CallFailure, CallRequest, Caller, RouteError, Router, StepResult};
+use crate::table::Route;
+use airlock_core::PluginKey;
+
+tokio::task_local! {
+    /// The span of the host application's call being served (see `airlock_proto::trace`): each
+    /// call to a shim is a child of it. Broadcast and pipeline steps run on the serving task
+    /// (joined, not spawned), so they all see it.
+    pub static TRACE: TraceContext;
+}
+
+/// The router's span for a host application's call (a child of the caller's `traceparent`, or
+/// a new trace).
+fn serving_span<T>(request: &Request<T>) -> TraceContext {
+    TraceContext::continue_from(
+        request
+            .metadata()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    )
+    .0
+}
+
+/// The router's mTLS client identity: its certificate and key, and the CA plugin certificates
+/// must chain to. Issued by the operator into the Secret `airlock-router-tls`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    // The key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").finish_non_exhaustive()
+    }
+}
+
+/// How the router talks to shims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Transport {
+    /// Plain text: local development against a shim run by hand.
+    Plain,
+    /// Mutual TLS with this identity (`None` until the operator has issued it).
+    Mutual(Option<ClientIdentity>),
+}
+
+/// Reaches plugin shims over gRPC, one lazily connected channel per endpoint and plugin.
+///
+/// With mutual TLS every channel expects the plugin's own identity
+/// (`airlock_proto::identity::plugin_identity`) in the shim's certificate: a Service IP that now
+/// leads to another plugin fails the handshake instead of running the wrong plugin's hook.
+#[derive(Debug)]
+pub struct GrpcCaller {
+    channels: Mutex<HashMap<(String, PluginKey), Channel>>,
+    transport: Mutex<Transport>,
+}
+
+impl Default for GrpcCaller {
+    fn default() -> Self {
+        Self::plain()
+    }
+}
+
+impl GrpcCaller {
+    /// Calls shims in plain text.
+    pub fn plain() -> Self {
+        Self {
+            channels: Mutex::default(),
+            transport: Mutex::new(Transport::Plain),
+        }
+    }
+
+    /// Calls shims over mutual TLS, once [`GrpcCaller::set_identity`] gave it an identity.
+    pub fn mutual() -> Self {
+        Self {
+            channels: Mutex::default(),
+            transport: Mutex::new(Transport::Mutual(None)),
+        }
+    }
+
+    /// Uses `identity` from now on (a re-issued certificate): later calls open new connections
+    /// with it; calls in flight finish on theirs. Returns whether it changed.
+    pub fn set_identity(&self, identity: ClientIdentity) -> bool {
+        let mut transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
+        let next = Transport::Mutual(Some(identity));
+        if *transport == next {
+            return false;
+        }
+        *transport = next;
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        true
+    }
+
+    fn channel(&self, route: &Route) -> Result<Channel, CallFailure> {
+        let key = (route.endpoint.clone(), route.plugin.clone());
+        if let Some(c) = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(c.clone());
+        }
+        let failure = |message: String| CallFailure {
+            code: Code::Unavailable,
+            message,
+            outcome: Outcome::Unreachable,
+        };
+        let transport = self
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let endpoint = match transport {
+            Transport::Plain => Endpoint::from_shared(format!("http://{}", route.endpoint))
+                .map_err(|e| failure(format!("bad plugin endpoint {}: {e}", route.endpoint)))?,
+            Transport::Mutual(None) => {
+                return Err(failure(
+                    "the router has no client certificate yet: the operator issues it into the \
+                     Secret airlock-router-tls when it starts; check that the operator is running"
+                        .to_string(),
+                ));
+            }
+            Transport::Mutual(Some(id)) => {
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&id.ca_pem))
+                    .identity(Identity::from_pem(&id.cert_pem, &id.key_pem))
+                    .domain_name(plugin_identity(&route.plugin.namespace, &route.plugin.name));
+                Endpoint::from_shared(format!("https://{}", route.endpoint))
+                    .and_then(|e| e.tls_config(tls))
+                    .map_err(|e| failure(format!("bad plugin endpoint {}: {e}", route.endpoint)))?
+            }
+        };
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, channel.clone());
+        Ok(channel)
+    }
+}
+
+impl Caller for Arc<GrpcCaller> {
+    fn call(
+        &self,
+        route: Arc<Route>,
+        request: CallRequest,
+    ) -> impl Future<Output = Result<Answer, CallFailure>> + Send {
+        let channel = self.channel(&route);
+        async move {
+            let parent = TRACE.try_with(|t| *t).ok();
+            let span = parent.map_or_else(TraceContext::root, |p| p.child());
+            let started = std::time::Instant::now();
+            let result = GrpcCaller::call_shim(channel, &request, &span).await;
+            // The router's span record of this call, correlated with the shim's by trace id.
+            tracing::info!(
+                target: "airlock::trace",
+                trace_id = %span.trace_id(),
+                span_id = %span.span_id(),
+                parent_span_id = %parent.map(|p| p.span_id()).unwrap_or_default(),
+                invocation = %request.invocation_id,
+                plugin = %route.plugin,
+                hook = request.hook.as_str(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                result = match &result { Ok(_) => "ok", Err(f) => crate::dispatch::code_label(f.code) },
+                "span router.call"
+            );
+            result
+        }
+    }
+}
+
+impl GrpcCaller {
+    async fn call_shim(
+        channel: Result<Channel, CallFailure>,
+        request: &CallRequest,
+        span: &TraceContext,
+    ) -> Result<Answer, CallFailure> {
+        let client = PluginClient::new(channel?);
+        let until = tokio::time::Instant::now() + request.deadline;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
+            let mut req = Request::new(ShimInvokeRequest {
+                hook: request.hook.as_str().to_string(),
+                payload_json: request.payload.clone(),
+                deadline_ms,
+                invocation_id: request.invocation_id.clone(),
+            });
+            req.set_timeout(left + crate::dispatch::NETWORK_GRACE);
+            if let Ok(v) = span.traceparent().parse() {
+                req.metadata_mut().insert(TRACEPARENT, v);
+            }
+            match client.clone().invoke(req).await {
+                Ok(res) => {
+                    let res = res.into_inner();
+                    return Ok(Answer {
+                        output: res.output_json,
+                        duration: Duration::from_millis(u64::from(res.duration_ms)),
+                    });
+                }
+                // Not connected: the request never left, so trying again cannot run the
+                // hook twice. A pod that just became ready may not be reachable for a moment
+                // (the network policy of new pods is programmed asynchronously).
+                Err(status)
+                    if is_connect_failure(&status)
+                        && tokio::time::Instant::now() + backoff < until =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err(status) => return Err(failure_of(&status)),
+            }
+        }
+    }
+}
+
+/// Whether the call failed before a connection to the shim existed (nothing was sent).
+fn is_connect_failure(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        && status.metadata().get(FAILURE_METADATA).is_none()
+        && status.message().contains("connect error")
+}
+
+/// What a shim's error status means for the plugin's health.
+pub fn failure_of(status: &Status) -> CallFailure {
+    let kind = status
+        .metadata()
+        .get(FAILURE_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(FailureKind::parse);
+    let outcome = match kind {
+        Some(Some(FailureKind::Timeout)) => Outcome::Timeout,
+        Some(Some(FailureKind::Crash)) => Outcome::Crash,
+        Some(Some(FailureKind::Protocol | FailureKind::OutputTooLarge)) => Outcome::Misbehaved,
+        // Busy with an earlier call: a breaker failure, not a sign the plugin hangs.
+        Some(Some(FailureKind::QueueTimeout)) => Outcome::Unreachable,
+        // Not started again yet after crashes (already counted): the breaker's business only.
+        Some(Some(FailureKind::Backoff)) => Outcome::Unreachable,
+        // The plugin answered with an error, or a newer shim named a kind this router does not
+        // know: the plugin process is alive.
+        Some(Some(FailureKind::PluginError) | None) => Outcome::Answered,
+        // No verdict from a shim: the call did not reach one (connection refused, reset, ...),
+        // unless the shim refused the request itself.
+        None if status.code() == Code::InvalidArgument => Outcome::Answered,
+        None => Outcome::Unreachable,
+    };
+    CallFailure {
+        code: status.code(),
+        message: status.message().to_string(),
+        outcome,
+    }
+}
+
+impl From<RouteError> for Status {
+    fn from(e: RouteError) -> Self {
+        Status::new(e.code, e.message)
+    }
+}
+
+/// `airlock.router.v1.HookRouter` over a [`Router`].
+#[derive(Debug)]
+pub struct HookRouterService<C> {
+    router: Arc<Router<C>>,
+}
+
+impl<C> HookRouterService<C> {
+    pub fn new(router: Arc<Router<C>>) -> Self {
+        Self { router }
+    }
+}
+
+fn namespace(ns: &str) -> Option<&str> {
+    (!ns.is_empty()).then_some(ns)
+}
+
+fn plugin_ref(key: &PluginKey) -> api::PluginRef {
+    api::PluginRef {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn policy_name(p: FailurePolicy) -> &'static str {
+    match p {
+        FailurePolicy::Fail => "Fail",
+        FailurePolicy::Ignore => "Ignore",
+    }
+}
+
+fn result(r: StepResult) -> api::PluginResult {
+    api::PluginResult {
+        plugin: Some(plugin_ref(&r.plugin)),
+        code: airlock_core::grpc::code_name(r.code as i32).into(),
+        output_json: r.output,
+        error: r.error,
+        duration_ms: millis(r.duration),
+        failure_policy: policy_name(r.failure_policy).into(),
+    }
+}
+
+#[tonic::async_trait]
+impl<C: Caller> HookRouter for HookRouterService<C> {
+    async fn invoke(
+        &self,
+        request: Request<api::InvokeRequest>,
+    ) -> Result<Response<api::InvokeResponse>, Status> {
+        let span = serving_span(&request);
+        let r = request.into_inner();
+        let plugin = r
+            .plugin
+            .filter(|p| !p.namespace.is_empty() && !p.name.is_empty())
+            .ok_or_else(|| Status::invalid_argument("plugin (namespace and name) is required"))?;
+        let key = PluginKey::new(plugin.namespace, plugin.name);
+        let (answer, id) = TRACE
+            .scope(
+                span,
+                self.router.invoke(
+                    &key,
+                    &r.hook,
+                    r.payload_json,
+                    r.deadline_ms,
+                    r.invocation_id,
+                ),
+            )
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(api::InvokeResponse {
+            output_json: answer.output,
+            duration_ms: millis(answer.duration),
+            invocation_id: id,
+        }))
+    }
+
+    async fn broadcast(
+        &self,
+        request: Request<api::BroadcastRequest>,
+    ) -> Result<Response<api::BroadcastResponse>, Status> {
+        let span = serving_span(&request);
+        let r = request.into_inner();
+        let b = TRACE
+            .scope(
+                span,
+                self.router.broadcast(
+                    &r.hook,
+                    r.payload_json,
+                    r.deadline_ms,
+                    r.invocation_id,
+                    namespace(&r.namespace),
+                ),
+            )
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(api::BroadcastResponse {
+            results: b.results.into_iter().map(result).collect(),
+            failed: b.failed,
+            invocation_id: b.invocation_id,
+        }))
+    }
+
+    async fn transform(
+        &self,
+        request: Request<api::TransformRequest>,
+    ) -> Result<Response<api::TransformResponse>, Status> {
+        let span = serving_span(&request);
+        let r = request.into_inner();
+        let p = TRACE
+            .scope(
+                span,
+                self.router.transform(
+                    r.payload_json,
+                    r.deadline_ms,
+                    r.invocation_id,
+                    namespace(&r.namespace),
+                ),
+            )
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(api::TransformResponse {
+            output_json: p.output,
+            steps: p.steps.into_iter().map(result).collect(),
+            invocation_id: p.invocation_id,
+        }))
+    }
+
+    async fn list_plugins(
+        &self,
+        request: Request<api::ListPluginsRequest>,
+    ) -> Result<Response<api::ListPluginsResponse>, Status> {
+        let r = request.into_inner();
+        let plugins = self
+            .router
+            .list(namespace(&r.namespace))
+            .into_iter()
+            .map(|l| api::ActivePlugin {
+                plugin: Some(plugin_ref(&l.route.plugin)),
+                version: l.route.version.clone(),
+                hooks: l
+                    .route
+                    .hooks
+                    .iter()
+                    .map(|(name, h)| api::HookRoute {
+                        name: name.as_str().into(),
+                        timeout_ms: millis(h.timeout),
+                        failure_policy: policy_name(h.failure_policy).into(),
+                        priority: h.priority,
+                    })
+                    .collect(),
+                breaker: l.breaker.into(),
+            })
+            .collect();
+        Ok(Response::new(api::ListPluginsResponse { plugins }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_kind(code: Code, kind: Option<&'static str>) -> Status {
+        let mut s = Status::new(code, "x");
+        if let Some(k) = kind {
+            s.metadata_mut().insert(
+                FAILURE_METADATA,
+                tonic::metadata::MetadataValue::from_static(k),
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn the_shims_verdict_decides_what_a_failure_says_about_health() {
+        let outcome = |code, kind| failure_of(&with_kind(code, kind)).outcome;
+        assert_eq!(
+            outcome(Code::DeadlineExceeded, Some("timeout")),
+            Outcome::Timeout
+        );
+        assert_eq!(outcome(Code::Unavailable, Some("crash")), Outcome::Crash);
+        assert_eq!(
+            outcome(Code::Internal, Some("protocol")),
+            Outcome::Misbehaved
+        );
+        assert_eq!(
+            outcome(Code::Aborted, Some("plugin-error")),
+            Outcome::Answered
+        );
+        // Connection refused: no shim answered.
+        assert_eq!(outcome(Code::Unavailable, None), Outcome::Unreachable);
+        assert_eq!(outcome(Code::InvalidArgument, None), Outcome::Answered);
+    }
+
+    #[test]
+    fn only_a_failure_to_connect_is_retried() {
+        assert!(is_connect_failure(&Status::unavailable(
+            "tcp connect error"
+        )));
+        assert!(!is_connect_failure(&with_kind(
+            Code::Unavailable,
+            Some("crash")
+        )));
+        assert!(!is_connect_failure(&Status::unavailable(
+            "connection reset"
+        )));
+        assert!(!is_connect_failure(&Status::deadline_exceeded(
+            "tcp connect error"
+        )));
+    }
+}

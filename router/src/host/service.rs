@@ -1,0 +1,884 @@
+//! `airlock.host.v1.Host`: the plugins' callbacks (log, storage, emit), served by the router to
+//! plugin shims over mutual TLS.
+//!
+//! The caller is the plugin named by its client certificate (issued by the operator to that
+//! Plugin's pods only), so a plugin can only act as itself. Every call is checked against the
+//! plugin's effective permissions (`status.permissions`) before anything else: a denied call is
+//! PERMISSION_DENIED, audited and counted, and changes nothing. The rules (limits, quotas, event
+//! shape) are the pure [`crate::host`] core; storage lives in the Plugin's `PluginStorage` object,
+//! behind [`StorageBackend`] so the service is tested without a cluster.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use airlock_core::identity::parse_plugin_identity;
+use airlock_crds::{PluginStorage, PluginStorageSpec};
+use airlock_proto::host::v1 as api;
+use airlock_proto::host::v1::host_server::Host;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::dispatch::{Caller, Router};
+use crate::host::log::{Level, LogLimiter, cut_message};
+use crate::host::permission::{HostCall, check};
+use crate::host::storage::{DEFAULT_PAGE_SIZE, Limits, Store};
+use crate::host::{HostError, event};
+use crate::metrics::Metrics;
+use crate::table::Holder;
+use airlock_core::PluginKey;
+
+/// A plugin's storage as loaded, with the object it came from.
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    pub store: Store,
+    /// The stored object's metadata (its resourceVersion is what a write replaces; labels,
+    /// annotations and owners someone else set are kept); `None` when there is no object yet.
+    pub meta: Option<ObjectMeta>,
+}
+
+/// Why a write did not happen.
+#[derive(Debug)]
+pub enum SaveError {
+    /// Someone else (another router replica) wrote in between: load again and retry.
+    Conflict,
+    Failed(Status),
+}
+
+/// Where plugin storage is persisted.
+pub trait StorageBackend: Send + Sync + 'static {
+    fn load(&self, plugin: &PluginKey) -> impl Future<Output = Result<Stored, Status>> + Send;
+    fn save(
+        &self,
+        plugin: &PluginKey,
+        owner: &Holder,
+        store: &Store,
+        previous: Option<ObjectMeta>,
+    ) -> impl Future<Output = Result<(), SaveError>> + Send;
+}
+
+/// Largest serialised PluginStorage written: below etcd's default request limit (1.5 MiB) with
+/// room for metadata. Within the 1 MiB quota only values full of characters JSON must escape
+/// get there.
+const MAX_OBJECT_BYTES: usize = 1_400_000;
+
+/// Storage in the Plugin's `PluginStorage` object (same name and namespace, owned by the Plugin).
+#[derive(Clone)]
+pub struct KubeStorage {
+    client: Client,
+}
+
+impl std::fmt::Debug for KubeStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStorage").finish_non_exhaustive()
+    }
+}
+
+impl KubeStorage {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    fn api(&self, plugin: &PluginKey) -> Api<PluginStorage> {
+        Api::namespaced(self.client.clone(), &plugin.namespace)
+    }
+}
+
+impl StorageBackend for KubeStorage {
+    async fn load(&self, plugin: &PluginKey) -> Result<Stored, Status> {
+        let obj = self.api(plugin).get_opt(&plugin.name).await.map_err(|e| {
+            Status::unavailable(format!("cannot read the plugin's storage ({e}); retry"))
+        })?;
+        let Some(obj) = obj else {
+            return Ok(Stored::default());
+        };
+        let store = Store::from_entries(&obj.spec.entries).map_err(|why| {
+            Status::failed_precondition(format!(
+                "PluginStorage {plugin} is damaged: {why}; fix or remove that entry with `kubectl edit pluginstorage -n {} {}`",
+                plugin.namespace, plugin.name
+            ))
+        })?;
+        Ok(Stored {
+            store,
+            meta: Some(obj.metadata),
+        })
+    }
+
+    async fn save(
+        &self,
+        plugin: &PluginKey,
+        owner: &Holder,
+        store: &Store,
+        previous: Option<ObjectMeta>,
+    ) -> Result<(), SaveError> {
+        let usage = store.usage();
+        let exists = previous.is_some();
+        // Keep what others set (GitOps tools annotate and label what they manage); add ours.
+        let mut metadata = previous.unwrap_or_else(|| ObjectMeta {
+            name: Some(plugin.name.clone()),
+            namespace: Some(plugin.namespace.clone()),
+            ..Default::default()
+        });
+        metadata.managed_fields = None;
+        metadata.labels.get_or_insert_with(BTreeMap::new).insert(
+            airlock_core::names::PLUGIN_LABEL.to_string(),
+            plugin.name.clone(),
+        );
+        // Deleted with the Plugin (uninstall), kept while it is disabled or upgraded.
+        let owners = metadata.owner_references.get_or_insert_with(Vec::new);
+        if !owners.iter().any(|o| o.uid == owner.uid) {
+            owners.push(OwnerReference {
+                api_version: "airlock.dev/v1alpha1".into(),
+                kind: "Plugin".into(),
+                name: plugin.name.clone(),
+                uid: owner.uid.clone(),
+                controller: None,
+                block_owner_deletion: Some(true),
+            });
+        }
+        let obj = PluginStorage {
+            metadata,
+            spec: PluginStorageSpec {
+                entries: store.to_entries(),
+                key_count: u32::try_from(usage.keys).unwrap_or(u32::MAX),
+                bytes: usage.bytes as u64,
+            },
+        };
+        let size = serde_json::to_vec(&obj).map_or(usize::MAX, |v| v.len());
+        if size > MAX_OBJECT_BYTES {
+            return Err(SaveError::Failed(Status::resource_exhausted(format!(
+                "the stored form of this plugin's storage would be {size} bytes, over the \
+                 {MAX_OBJECT_BYTES} bytes a Kubernetes object may hold (values with many \
+                 characters JSON must escape take more room); delete keys or store smaller values"
+            ))));
+        }
+        let api = self.api(plugin);
+        let written = match exists {
+            false => api.create(&PostParams::default(), &obj).await.map(|_| ()),
+            true => api
+                .replace(&plugin.name, &PostParams::default(), &obj)
+                .await
+                .map(|_| ()),
+        };
+        match written {
+            Ok(()) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(SaveError::Conflict),
+            Err(e) => Err(SaveError::Failed(Status::unavailable(format!(
+                "cannot write the plugin's storage ({e}); retry"
+            )))),
+        }
+    }
+}
+
+/// Loads, changes and saves again on conflict (another router replica wrote in between).
+const SAVE_ATTEMPTS: usize = 5;
+
+/// The `airlock.host.v1.Host` service.
+#[derive(Debug)]
+pub struct HostService<C, S> {
+    router: Arc<Router<C>>,
+    storage: S,
+    limits: Limits,
+    max_event_bytes: usize,
+    log: Mutex<LogLimiter<PluginKey>>,
+    metrics: Metrics,
+    actor: String,
+}
+
+impl<C, S> HostService<C, S> {
+    pub fn new(router: Arc<Router<C>>, storage: S, metrics: Metrics) -> Self {
+        Self {
+            router,
+            storage,
+            limits: Limits::default(),
+            max_event_bytes: event::DEFAULT_MAX_PAYLOAD_BYTES,
+            log: Mutex::new(LogLimiter::default()),
+            metrics,
+            actor: format!(
+                "airlock-router/{}",
+                std::env::var("POD_NAME").unwrap_or_else(|_| "local".into())
+            ),
+        }
+    }
+}
+
+/// The storage limits of `holder`: its trust level's caps (never above the service's own).
+fn limits_of(base: &Limits, holder: &Holder) -> Limits {
+    let l = &holder.limits;
+    let cap = |configured: u64, max: usize| usize::try_from(configured).map_or(max, |c| c.min(max));
+    Limits {
+        max_value_bytes: cap(l.storage_max_value_bytes, base.max_value_bytes),
+        max_total_bytes: cap(l.storage_max_bytes, base.max_total_bytes),
+        max_keys: cap(u64::from(l.storage_max_keys), base.max_keys),
+        ..*base
+    }
+}
+
+/// The plugin a request comes from, by its client certificate.
+fn caller<T>(request: &Request<T>) -> Result<PluginKey, Status> {
+    let Some(certs) = request.peer_certs() else {
+        return Err(Status::unauthenticated(
+            "the host API is for plugin shims over mutual TLS; no client certificate was presented",
+        ));
+    };
+    let identities = airlock_tls::peer_identities(&certs);
+    identities
+        .iter()
+        .find_map(|id| parse_plugin_identity(id))
+        .map(|(ns, name)| PluginKey::new(ns, name))
+        .ok_or_else(|| {
+            Status::permission_denied(format!(
+                "the host API is for plugins; the caller is {identities:?}"
+            ))
+        })
+}
+
+fn status_of(e: &HostError) -> Status {
+    Status::new(e.code(), e.to_string())
+}
+
+/// Metric label of a host call's result: ok or the gRPC code, lower case.
+fn result_label(r: &Result<(), Status>) -> &'static str {
+    use tonic::Code;
+    match r.as_ref().map_err(Status::code) {
+        Ok(()) => "ok",
+        Err(Code::PermissionDenied) => "permission_denied",
+        Err(Code::InvalidArgument) => "invalid_argument",
+        Err(Code::ResourceExhausted) => "resource_exhausted",
+        Err(Code::Unavailable) => "unavailable",
+        Err(Code::FailedPrecondition) => "failed_precondition",
+        Err(Code::Unauthenticated) => "unauthenticated",
+        Err(Code::Aborted) => "aborted",
+        Err(_) => "other",
+    }
+}
+
+impl<C: Caller, S: StorageBackend> HostService<C, S> {
+    /// Who calls, and whether it may make `call`: the plugin and what it holds, or the refusal
+    /// (audited when it is a missing permission).
+    fn authorize(
+        &self,
+        plugin: &PluginKey,
+        call: HostCall,
+        invocation_id: &str,
+    ) -> Result<Holder, Status> {
+        let holder = self.router.holder(plugin).ok_or_else(|| {
+            Status::permission_denied(format!(
+                "there is no Plugin {plugin} (or it is being deleted); its calls are refused"
+            ))
+        })?;
+        if let Err(denied) = check(call, &holder.permissions) {
+            let record = crate::audit::host_call_denied(
+                plugin,
+                &holder,
+                &denied,
+                invocation_id,
+                &self.actor,
+                Timestamp::now(),
+            );
+            crate::audit::emit(&record);
+            warn!(plugin = %plugin, call = call.as_str(), invocation = invocation_id, "host call denied");
+            return Err(status_of(&HostError::Denied(denied)));
+        }
+        Ok(holder)
+    }
+
+    /// Runs `f` as `call` for `plugin` once it is authorized, counting the result.
+    async fn call_as<T, R, F, Fut>(
+        &self,
+        plugin: PluginKey,
+        body: T,
+        call: HostCall,
+        invocation_id: impl Fn(&T) -> String,
+        f: F,
+    ) -> Result<R, Status>
+    where
+        F: FnOnce(PluginKey, Holder, T) -> Fut,
+        Fut: Future<Output = Result<R, Status>>,
+    {
+        let id = invocation_id(&body);
+        let result = match self.authorize(&plugin, call, &id) {
+            Ok(holder) => f(plugin.clone(), holder, body).await,
+            Err(e) => Err(e),
+        };
+        let label = result_label(&result.as_ref().map(|_| ()).map_err(Clone::clone));
+        self.metrics
+            .host_call(&plugin.to_string(), call.as_str(), label);
+        result
+    }
+
+    /// Load → change → save, again from the start when another writer got in between.
+    async fn update<R>(
+        &self,
+        plugin: &PluginKey,
+        holder: &Holder,
+        change: impl Fn(&mut Store) -> Result<(R, bool), Status>,
+    ) -> Result<R, Status> {
+        for _ in 0..SAVE_ATTEMPTS {
+            let Stored { mut store, meta } = self.storage.load(plugin).await?;
+            let (out, changed) = change(&mut store)?;
+            if !changed {
+                return Ok(out);
+            }
+            match self.storage.save(plugin, holder, &store, meta).await {
+                Ok(()) => return Ok(out),
+                Err(SaveError::Conflict) => continue,
+                Err(SaveError::Failed(s)) => return Err(s),
+            }
+        }
+        Err(Status::aborted(
+            "the plugin's storage kept changing while this call tried to write it; retry",
+        ))
+    }
+}
+
+impl<C: Caller, S: StorageBackend> HostService<C, S> {
+    /// `log` as `plugin` (whom the client certificate names).
+    pub async fn log_as(
+        &self,
+        plugin: PluginKey,
+        request: api::LogRequest,
+    ) -> Result<api::LogResponse, Status> {
+        self.call_as(
+            plugin,
+            request,
+            HostCall::Log,
+            |r| r.invocation_id.clone(),
+            |plugin, holder, r| async move {
+                let level = Level::parse(&r.level).map_err(|e| status_of(&e.into()))?;
+                let admission = self
+                    .log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .admit_at_rate(
+                        &plugin,
+                        holder.limits.log_lines_per_minute.max(1),
+                        tokio::time::Instant::now(),
+                    );
+                if admission.kept {
+                    let message = cut_message(&r.message);
+                    info!(
+                        target: "airlock::plugin",
+                        plugin = %plugin,
+                        invocation = %r.invocation_id,
+                        level = level.as_str(),
+                        message,
+                        "plugin log"
+                    );
+                } else {
+                    self.metrics.host_log_dropped(&plugin.to_string());
+                }
+                Ok(api::LogResponse {
+                    kept: admission.kept,
+                    dropped: admission.dropped,
+                })
+            },
+        )
+        .await
+    }
+
+    /// `get` as `plugin` (whom the client certificate names).
+    pub async fn get_as(
+        &self,
+        plugin: PluginKey,
+        request: api::GetRequest,
+    ) -> Result<api::GetResponse, Status> {
+        self.call_as(
+            plugin,
+            request,
+            HostCall::Get,
+            |r| r.invocation_id.clone(),
+            |plugin, _holder, r| async move {
+                let stored = self.storage.load(&plugin).await?;
+                Ok(match stored.store.get(&r.key) {
+                    Some(v) => api::GetResponse {
+                        found: true,
+                        value_json: v.to_string(),
+                    },
+                    None => api::GetResponse {
+                        found: false,
+                        value_json: String::new(),
+                    },
+                })
+            },
+        )
+        .await
+    }
+
+    /// `put` as `plugin` (whom the client certificate names).
+    pub async fn put_as(
+        &self,
+        plugin: PluginKey,
+        request: api::PutRequest,
+    ) -> Result<api::PutResponse, Status> {
+        self.call_as(
+            plugin,
+            request,
+            HostCall::Put,
+            |r| r.invocation_id.clone(),
+            |plugin, holder, r| async move {
+                self.update(&plugin, &holder, |store| {
+                    store
+                        .put(&r.key, &r.value_json, &limits_of(&self.limits, &holder))
+                        .map(|()| ((), true))
+                        .map_err(|e| status_of(&e.into()))
+                })
+                .await?;
+                Ok(api::PutResponse {})
+            },
+        )
+        .await
+    }
+
+    /// `delete` as `plugin` (whom the client certificate names).
+    pub async fn delete_as(
+        &self,
+        plugin: PluginKey,
+        request: api::DeleteRequest,
+    ) -> Result<api::DeleteResponse, Status> {
+        self.call_as(
+            plugin,
+            request,
+            HostCall::Delete,
+            |r| r.invocation_id.clone(),
+            |plugin, holder, r| async move {
+                let existed = self
+                    .update(&plugin, &holder, |store| {
+                        let existed = store.delete(&r.key);
+                        Ok((existed, existed))
+                    })
+                    .await?;
+                Ok(api::DeleteResponse { existed })
+            },
+        )
+        .await
+    }
+
+    /// `list` as `plugin` (whom the client certificate names).
+    pub async fn list_as(
+        &self,
+        plugin: PluginKey,
+        request: api::ListRequest,
+    ) -> Result<api::ListResponse, Status> {
+        self.call_as(
+            plugin,
+            request,
+            HostCall::List,
+            |r| r.invocation_id.clone(),
+            |plugin, _holder, r| async move {
+                let stored = self.storage.load(&plugin).await?;
+                let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+                let size = match r.page_size {
+                    0 => DEFAULT_PAGE_SIZE,
+                    n => n as usize,
+                };
+                let page = stored.store.list(&r.prefix, after, size);
+                Ok(api::ListResponse {
+                    keys: page.keys,
+                    next_page_token: page.next.unwrap_or_default(),
+                })
+            },
+        )
+        .await
+    }
+
+    /// `emit` as `plugin` (whom the client certificate names).
+    pub async fn emit_as(
+        &self,
+        plugin: PluginKey,
+        request: api::EmitRequest,
+    ) -> Result<api::EmitResponse, Status> {
+        self.call_as(
+            plugin,
+            request,
+            HostCall::Emit,
+            |r| r.invocation_id.clone(),
+            |plugin, holder, r| async move {
+                let ev = event::check_event(&r.event_type, &r.payload_json, self.max_event_bytes)
+                    .map_err(|e| status_of(&e.into()))?;
+                // The plugin's events stream: one JSON line per event on the router's stdout
+                // (next to the audit stream), stamped with who emitted it and when.
+                // Embedded as sent (no re-encoding of numbers); check_event made sure it is JSON.
+                let payload = serde_json::value::RawValue::from_string(ev.payload_json.clone())
+                    .map_err(|e| Status::invalid_argument(format!("payload_json: {e}")))?;
+                let line = serde_json::json!({
+                    "stream": "airlock.events",
+                    "time": Timestamp::now().to_string(),
+                    "plugin": {"namespace": plugin.namespace, "name": plugin.name, "uid": holder.uid},
+                    "invocationId": r.invocation_id,
+                    "type": ev.event_type,
+                    "payload": payload,
+                });
+                println!("{line}");
+                Ok(api::EmitResponse {})
+            },
+        )
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl<C: Caller, S: StorageBackend> Host for HostService<C, S> {
+    async fn log(
+        &self,
+        request: Request<api::LogRequest>,
+    ) -> Result<Response<api::LogResponse>, Status> {
+        let plugin = caller(&request)?;
+        self.log_as(plugin, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get(
+        &self,
+        request: Request<api::GetRequest>,
+    ) -> Result<Response<api::GetResponse>, Status> {
+        let plugin = caller(&request)?;
+        self.get_as(plugin, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn put(
+        &self,
+        request: Request<api::PutRequest>,
+    ) -> Result<Response<api::PutResponse>, Status> {
+        let plugin = caller(&request)?;
+        self.put_as(plugin, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<api::DeleteRequest>,
+    ) -> Result<Response<api::DeleteResponse>, Status> {
+        let plugin = caller(&request)?;
+        self.delete_as(plugin, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list(
+        &self,
+        request: Request<api::ListRequest>,
+    ) -> Result<Response<api::ListResponse>, Status> {
+        let plugin = caller(&request)?;
+        self.list_as(plugin, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn emit(
+        &self,
+        request: Request<api::EmitRequest>,
+    ) -> Result<Response<api::EmitResponse>, Status> {
+        let plugin = caller(&request)?;
+        self.emit_as(plugin, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tonic::Code;
+
+    use super::*;
+    use crate::dispatch::{Answer, CallFailure, CallRequest, RouterConfig};
+    use crate::table::{Route, RouteTable};
+
+    /// Storage in memory; the first `conflicts` saves lose to "another replica".
+    #[derive(Debug, Default)]
+    struct MemoryStorage {
+        stored: Mutex<Option<(BTreeMap<String, String>, u64)>>,
+        conflicts: AtomicUsize,
+    }
+
+    impl StorageBackend for Arc<MemoryStorage> {
+        async fn load(&self, _plugin: &PluginKey) -> Result<Stored, Status> {
+            let stored = self.stored.lock().unwrap().clone();
+            Ok(match stored {
+                None => Stored::default(),
+                Some((entries, v)) => Stored {
+                    store: Store::from_entries(&entries).map_err(Status::failed_precondition)?,
+                    meta: Some(ObjectMeta {
+                        resource_version: Some(v.to_string()),
+                        ..Default::default()
+                    }),
+                },
+            })
+        }
+
+        async fn save(
+            &self,
+            _plugin: &PluginKey,
+            _owner: &Holder,
+            store: &Store,
+            previous: Option<ObjectMeta>,
+        ) -> Result<(), SaveError> {
+            let version = previous.and_then(|m| m.resource_version);
+            let mut stored = self.stored.lock().unwrap();
+            if self.conflicts.load(Ordering::SeqCst) > 0 {
+                self.conflicts.fetch_sub(1, Ordering::SeqCst);
+                // Someone else wrote: the version moves on.
+                if let Some((_, v)) = stored.as_mut() {
+                    *v += 1;
+                }
+                return Err(SaveError::Conflict);
+            }
+            let current = stored.as_ref().map(|(_, v)| v.to_string());
+            if current != version {
+                return Err(SaveError::Conflict);
+            }
+            let next = stored.as_ref().map_or(1, |(_, v)| v + 1);
+            *stored = Some((store.to_entries(), next));
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct NoCalls;
+    impl Caller for NoCalls {
+        async fn call(&self, _: Arc<Route>, _: CallRequest) -> Result<Answer, CallFailure> {
+            Err(CallFailure {
+                code: Code::Unavailable,
+                message: "not in this test".into(),
+                outcome: crate::breaker::Outcome::Unreachable,
+            })
+        }
+    }
+    #[derive(Debug)]
+    struct NoDisable;
+    impl crate::dispatch::Disabler for NoDisable {
+        fn disable(&self, _: &Route, _: &str) {}
+    }
+
+    /// The Plugin team-a/logger with `status`.
+    fn logger(status: serde_json::Value) -> airlock_crds::Plugin {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "Plugin",
+            "metadata": {"name": "logger", "namespace": "team-a", "uid": "uid-1"},
+            "spec": {
+                "version": "1.0.0",
+                "image": "r/logger:1",
+                "bundle": {"source": {"configMapRef": {"name": "b"}}},
+                "pluginApiVersion": 1,
+            },
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn service(
+        permissions: &[&str],
+    ) -> (HostService<NoCalls, Arc<MemoryStorage>>, Arc<MemoryStorage>) {
+        let plugin = logger(serde_json::json!({"phase": "Active", "permissions": permissions}));
+        let metrics = Metrics::new().unwrap();
+        let router = Arc::new(Router::new(
+            NoCalls,
+            Arc::new(NoDisable),
+            RouterConfig::default(),
+            metrics.clone(),
+        ));
+        router.update(RouteTable::build([&plugin], &HashMap::new()));
+        let storage = Arc::new(MemoryStorage::default());
+        (HostService::new(router, storage.clone(), metrics), storage)
+    }
+
+    fn me() -> PluginKey {
+        PluginKey::new("team-a", "logger")
+    }
+
+    fn put(key: &str, value: &str) -> api::PutRequest {
+        api::PutRequest {
+            invocation_id: "inv-1".into(),
+            key: key.into(),
+            value_json: value.into(),
+        }
+    }
+
+    fn get(key: &str) -> api::GetRequest {
+        api::GetRequest {
+            invocation_id: "inv-1".into(),
+            key: key.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plugin_with_storage_write_stores_reads_lists_and_deletes() {
+        let (svc, _) = service(&["storage:write"]);
+        svc.put_as(me(), put("orders/1", "{ \"total\": 1.10 }"))
+            .await
+            .unwrap();
+        svc.put_as(me(), put("orders/2", "2")).await.unwrap();
+        let got = svc.get_as(me(), get("orders/1")).await.unwrap();
+        assert!(got.found);
+        assert_eq!(
+            got.value_json, "{\"total\":1.10}",
+            "kept as sent, compacted"
+        );
+        let listed = svc
+            .list_as(
+                me(),
+                api::ListRequest {
+                    invocation_id: "inv-1".into(),
+                    prefix: "orders/".into(),
+                    page_token: String::new(),
+                    page_size: 1,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.keys, ["orders/1"]);
+        assert_eq!(listed.next_page_token, "orders/1");
+        let gone = svc
+            .delete_as(
+                me(),
+                api::DeleteRequest {
+                    invocation_id: "inv-1".into(),
+                    key: "orders/1".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(gone.existed);
+        assert!(!svc.get_as(me(), get("orders/1")).await.unwrap().found);
+    }
+
+    #[tokio::test]
+    async fn a_call_without_its_permission_is_denied_and_changes_nothing() {
+        let (svc, storage) = service(&["log", "storage:read"]);
+        let err = svc.put_as(me(), put("k", "1")).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("storage:write"), "{err:?}");
+        assert!(storage.stored.lock().unwrap().is_none(), "nothing written");
+        let err = svc
+            .emit_as(
+                me(),
+                api::EmitRequest {
+                    invocation_id: "inv-1".into(),
+                    event_type: "seen".into(),
+                    payload_json: "{}".into(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("events:emit"), "{err:?}");
+        // Reading is allowed with storage:read.
+        assert!(!svc.get_as(me(), get("k")).await.unwrap().found);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_plugin_is_refused() {
+        let (svc, _) = service(&["storage:write"]);
+        let err = svc
+            .get_as(PluginKey::new("team-a", "ghost"), get("k"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("no Plugin team-a/ghost"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_loses_a_race_is_retried_on_the_new_version() {
+        let (svc, storage) = service(&["storage:write"]);
+        svc.put_as(me(), put("a", "1")).await.unwrap();
+        storage.conflicts.store(2, Ordering::SeqCst);
+        svc.put_as(me(), put("b", "2")).await.unwrap();
+        let got = svc.get_as(me(), get("b")).await.unwrap();
+        assert_eq!(got.value_json, "2");
+        assert!(
+            svc.get_as(me(), get("a")).await.unwrap().found,
+            "nothing lost"
+        );
+        storage.conflicts.store(SAVE_ATTEMPTS, Ordering::SeqCst);
+        let err = svc.put_as(me(), put("c", "3")).await.unwrap_err();
+        assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn limits_come_back_with_their_codes() {
+        let (svc, _) = service(&["storage:write"]);
+        let big = format!("\"{}\"", "x".repeat(200 * 1024));
+        let err = svc.put_as(me(), put("k", &big)).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        let err = svc.put_as(me(), put("k", "not json")).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn the_trust_levels_caps_apply_to_storage_and_log() {
+        let (svc, _) = service(&["storage:write", "log"]);
+        // The controller wrote tighter limits into the status (from the trust level).
+        let table_plugin = logger(serde_json::json!({
+            "phase": "Active", "permissions": ["log", "storage:write"],
+            "limits": {"logLinesPerMinute": 3, "storageMaxValueBytes": 10,
+                "storageMaxBytes": 30, "storageMaxKeys": 2},
+        }));
+        svc.router
+            .update(RouteTable::build([&table_plugin], &HashMap::new()));
+        let err = svc
+            .put_as(me(), put("k", "\"0123456789\""))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::ResourceExhausted,
+            "value over 10 bytes: {err:?}"
+        );
+        svc.put_as(me(), put("a", "1")).await.unwrap();
+        svc.put_as(me(), put("b", "2")).await.unwrap();
+        let err = svc.put_as(me(), put("c", "3")).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "a third key: {err:?}");
+        let line = || api::LogRequest {
+            invocation_id: "inv-1".into(),
+            level: "info".into(),
+            message: "hello".into(),
+        };
+        let mut kept = 0;
+        for _ in 0..10 {
+            if svc.log_as(me(), line()).await.unwrap().kept {
+                kept += 1;
+            }
+        }
+        assert_eq!(kept, 3);
+    }
+
+    #[tokio::test]
+    async fn log_lines_over_the_rate_limit_are_dropped_not_failed() {
+        let (svc, _) = service(&["log"]);
+        let line = || api::LogRequest {
+            invocation_id: "inv-1".into(),
+            level: "info".into(),
+            message: "hello".into(),
+        };
+        let mut kept = 0;
+        for _ in 0..150 {
+            if svc.log_as(me(), line()).await.unwrap().kept {
+                kept += 1;
+            }
+        }
+        assert_eq!(kept, 100, "the default budget is 100 lines a minute");
+        let err = svc
+            .log_as(
+                me(),
+                api::LogRequest {
+                    level: "loud".into(),
+                    ..line()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+}

@@ -1,0 +1,223 @@
+//! Starting the router: the Kubernetes client and watches, the HookRouter API for host
+//! applications, the host API for plugin shims, and the HTTP endpoints; all until SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use airlock_proto::router::v1::hook_router_server::HookRouterServer;
+use tonic_health::ServingStatus;
+use tracing::info;
+
+use crate::dispatch::Router;
+use crate::metrics::Metrics;
+use crate::{Config, cluster, dispatch, grpc, host};
+
+/// The fully qualified name of the router service, as health and reflection know it.
+pub const SERVICE_NAME: &str = "airlock.router.v1.HookRouter";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(
+        "cannot reach the Kubernetes API ({0}); check the in-cluster service account or KUBECONFIG"
+    )]
+    Kube(#[from] kube::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("HTTP endpoint on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC endpoint on {addr}: {source}")]
+    Grpc {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Runs the router until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<(), RouterError> {
+    airlock_runtime::telemetry::init_tracing(config.log_json);
+    let metrics = Metrics::new()?;
+    let client = {
+        let kube_config = kube::Config::infer()
+            .await
+            .map_err(|e| RouterError::Config(format!("finding the cluster: {e}")))?;
+        airlock_runtime::kube_client::client(kube_config, &metrics.kube_requests)?
+    };
+    let caller = Arc::new(if config.tls_secret.is_empty() {
+        tracing::warn!("--tls-secret is empty: calling plugins in plain text");
+        grpc::GrpcCaller::plain()
+    } else {
+        grpc::GrpcCaller::mutual()
+    });
+    // Ready needs the client certificate too: without it no plugin can be called.
+    let (identity_tx, identity) = tokio::sync::watch::channel(None);
+    let plain = config.tls_secret.is_empty();
+    let mut identity_loaded = identity.clone();
+    if !config.tls_secret.is_empty() {
+        tokio::spawn(cluster::watch_identity(
+            client.clone(),
+            config.namespace.clone(),
+            config.tls_secret.clone(),
+            caller.clone(),
+            identity_tx,
+        ));
+    }
+    let router = Arc::new(Router::new(
+        caller,
+        Arc::new(cluster::KubeDisabler::new(client.clone())),
+        config.router_config(),
+        metrics.clone(),
+    ));
+
+    let (loaded_tx, mut loaded) = tokio::sync::watch::channel(false);
+    tokio::spawn(cluster::watch_routes(
+        client.clone(),
+        router.clone(),
+        loaded_tx,
+    ));
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let http = {
+        let (addr, metrics, ready) = (config.http_addr, metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            airlock_runtime::http::serve(addr, metrics.registry, ready)
+                .await
+                .map_err(|source| RouterError::Http { addr, source })
+        })
+    };
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    // Serving once the route table is loaded: a router that answered NOT_FOUND for every plugin
+    // while it was still listing them would look like an outage.
+    tokio::spawn(async move {
+        if loaded.wait_for(|l| *l).await.is_ok()
+            && (plain || identity_loaded.wait_for(|l| l.is_some()).await.is_ok())
+        {
+            reporter
+                .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+                .await;
+            reporter
+                .set_service_status("", ServingStatus::Serving)
+                .await;
+            ready.store(true, Ordering::Relaxed);
+        }
+    });
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(airlock_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let host = (!plain).then(|| {
+        let service = host::HostService::new(
+            router.clone(),
+            host::KubeStorage::new(client.clone()),
+            metrics.clone(),
+        );
+        tokio::spawn(serve_host(config.host_addr, service, identity))
+    });
+    let addr = config.grpc_addr;
+    info!(%addr, "serving {SERVICE_NAME}");
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(HookRouterServer::new(grpc::HookRouterService::new(router)))
+        .serve_with_shutdown(addr, shutdown_signal());
+    let host_failed = async move {
+        match host {
+            Some(task) => match task.await {
+                Ok(Err(e)) => Err(e),
+                _ => Ok(()),
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        res = grpc => res.map_err(|source| RouterError::Grpc { addr, source }),
+        res = host_failed => res,
+        res = http => match res {
+            Ok(Err(e)) => Err(e),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Serves the host API once the router has its certificate, with the certificate of the moment
+/// (a renewal is used for new connections at once).
+async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
+    addr: SocketAddr,
+    service: host::HostService<C, S>,
+    mut identity: tokio::sync::watch::Receiver<Option<grpc::ClientIdentity>>,
+) -> Result<(), RouterError> {
+    let config_of = |id: &grpc::ClientIdentity| {
+        airlock_tls::server_config(
+            id.cert_pem.as_bytes(),
+            id.key_pem.as_bytes(),
+            id.ca_pem.as_bytes(),
+            std::path::Path::new("Secret airlock-router-tls"),
+        )
+    };
+    let first = match identity.wait_for(|i| i.is_some()).await {
+        Ok(id) => id.clone(),
+        Err(_) => return Ok(()),
+    };
+    let Some(first) = first else { return Ok(()) };
+    let acceptor = airlock_tls::Acceptor::new(
+        config_of(&first)
+            .map_err(|e| RouterError::Config(format!("the router's certificate: {e}")))?,
+    );
+    let renewals = acceptor.clone();
+    tokio::spawn(async move {
+        while identity.changed().await.is_ok() {
+            let next = identity.borrow_and_update().clone();
+            if let Some(id) = next {
+                match config_of(&id) {
+                    Ok(c) => renewals.replace(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the renewed router certificate is unusable; keeping the current one")
+                    }
+                }
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RouterError::Http { addr, source })?;
+    info!(%addr, "serving airlock.host.v1.Host (mutual TLS, plugins only)");
+    tonic::transport::Server::builder()
+        .add_service(airlock_proto::host::v1::host_server::HostServer::new(
+            service,
+        ))
+        .serve_with_incoming_shutdown(acceptor.incoming(listener), shutdown_signal())
+        .await
+        .map_err(|source| RouterError::Grpc { addr, source })
+}
+
+/// SIGTERM (kubelet) or SIGINT (a terminal): stop taking calls and drain the ones in flight.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    info!("shutting down: draining calls in flight");
+}

@@ -1,0 +1,375 @@
+//! The router's view of the cluster, computed by a pure function: which Plugins can be called,
+//! where their pods answer, and each hook's timeout, failure policy and priority. A Plugin that
+//! cannot be called keeps a one-line reason, so a host application asking for it learns why.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::Hook;
+pub use airlock_crds::plugin::AUTO_DISABLED_ANNOTATION;
+use airlock_crds::plugin::{FailurePolicy, PluginPhase};
+use airlock_crds::{Permission, Plugin};
+use kube::ResourceExt;
+
+use airlock_core::PluginKey;
+use airlock_core::duration::duration_ms;
+use airlock_core::names::{GRPC_PORT, child_name};
+
+/// How one hook of one plugin is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookRoute {
+    pub timeout: Duration,
+    pub failure_policy: FailurePolicy,
+    pub priority: i32,
+}
+
+/// A Plugin the router can call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub plugin: PluginKey,
+    pub uid: String,
+    pub version: String,
+    /// host:port of the plugin's Service.
+    pub endpoint: String,
+    pub hooks: BTreeMap<Hook, HookRoute>,
+}
+
+/// Every Plugin the router knows, callable or not.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RouteTable {
+    routes: BTreeMap<PluginKey, Arc<Route>>,
+    /// Plugins that exist but cannot be called, with why.
+    unroutable: BTreeMap<PluginKey, String>,
+    /// Every Plugin not being deleted, callable or not: whom host API calls may come from.
+    holders: BTreeMap<PluginKey, Holder>,
+}
+
+/// What the host API needs to know about a plugin that calls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub uid: String,
+    pub version: String,
+    /// Its effective permissions (`status.permissions`, written by the controller).
+    pub permissions: BTreeSet<Permission>,
+    /// Its runtime limits (`status.limits`; the defaults until the controller wrote them).
+    pub limits: airlock_crds::plugin::PluginLimits,
+}
+
+impl RouteTable {
+    /// The table for `plugins`, whose Services have the cluster IPs in `service_ips` (keyed by
+    /// namespace and Service name).
+    pub fn build<'a>(
+        plugins: impl IntoIterator<Item = &'a Plugin>,
+        service_ips: &HashMap<(String, String), String>,
+    ) -> Self {
+        let mut table = Self::default();
+        for plugin in plugins {
+            let key = PluginKey::new(plugin.namespace().unwrap_or_default(), plugin.name_any());
+            if plugin.metadata.deletion_timestamp.is_none() {
+                table.holders.insert(
+                    key.clone(),
+                    Holder {
+                        uid: plugin.uid().unwrap_or_default(),
+                        version: plugin.spec.version.clone(),
+                        permissions: plugin
+                            .status
+                            .iter()
+                            .flat_map(|s| s.permissions.iter().copied())
+                            .collect(),
+                        limits: plugin
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.limits.clone())
+                            .unwrap_or_default(),
+                    },
+                );
+            }
+            match route(plugin, &key, service_ips) {
+                Ok(r) => {
+                    table.routes.insert(key, Arc::new(r));
+                }
+                Err(why) => {
+                    table.unroutable.insert(key, why);
+                }
+            }
+        }
+        table
+    }
+
+    /// A table of exactly these routes (tests, benchmarks).
+    pub fn from_routes(routes: impl IntoIterator<Item = Route>) -> Self {
+        Self {
+            routes: routes
+                .into_iter()
+                .map(|r| (r.plugin.clone(), Arc::new(r)))
+                .collect(),
+            unroutable: BTreeMap::new(),
+            holders: BTreeMap::new(),
+        }
+    }
+
+    /// The plugin `key` as a caller of the host API; `None` when there is no such Plugin (or it is
+    /// being deleted).
+    pub fn holder(&self, key: &PluginKey) -> Option<&Holder> {
+        self.holders.get(key)
+    }
+
+    /// The route to `key`, or why there is none.
+    pub fn get(&self, key: &PluginKey) -> Result<Arc<Route>, String> {
+        if let Some(r) = self.routes.get(key) {
+            return Ok(r.clone());
+        }
+        Err(self.unroutable.get(key).cloned().unwrap_or_else(|| {
+            format!("there is no Plugin {key}; `kubectl get plugins -A` lists them")
+        }))
+    }
+
+    /// The plugins that declare `hook`, optionally in one namespace, in the order pipelines and
+    /// broadcasts use: ascending priority, then namespace, then name.
+    pub fn subscribers(&self, hook: Hook, namespace: Option<&str>) -> Vec<(Arc<Route>, HookRoute)> {
+        let mut out: Vec<_> = self
+            .routes
+            .values()
+            .filter(|r| namespace.is_none_or(|ns| r.plugin.namespace == ns))
+            .filter_map(|r| r.hooks.get(&hook).map(|h| (r.clone(), *h)))
+            .collect();
+        out.sort_by(|(a, ha), (b, hb)| (ha.priority, &a.plugin).cmp(&(hb.priority, &b.plugin)));
+        out
+    }
+
+    /// Every callable plugin, optionally in one namespace, by namespace and name.
+    pub fn routes(&self, namespace: Option<&str>) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes
+            .values()
+            .filter(move |r| namespace.is_none_or(|ns| r.plugin.namespace == ns))
+    }
+}
+
+/// The route to one Plugin, or the reason it has none (phrased for the caller).
+fn route(
+    plugin: &Plugin,
+    key: &PluginKey,
+    service_ips: &HashMap<(String, String), String>,
+) -> Result<Route, String> {
+    if plugin.metadata.deletion_timestamp.is_some() {
+        return Err(format!("Plugin {key} is being deleted"));
+    }
+    if !plugin.spec.enabled {
+        return Err(format!(
+            "Plugin {key} is disabled (spec.enabled: false); enable it to call it"
+        ));
+    }
+    if let Some(why) = plugin.auto_disabled() {
+        return Err(format!(
+            "Plugin {key} was auto-disabled ({why}); after fixing it, re-enable it with `kubectl annotate plugin -n {} {} {AUTO_DISABLED_ANNOTATION}-`",
+            key.namespace, key.name
+        ));
+    }
+    let status = plugin.status.clone().unwrap_or_default();
+    // Degraded with a last good revision: a newer revision is blocked or failed and the last good
+    // one still serves. Without one, nothing serves.
+    match status.phase {
+        Some(PluginPhase::Active) => {}
+        Some(PluginPhase::Degraded) if status.last_good_revision.is_some() => {}
+        phase => {
+            let phase = phase.map_or("Pending".to_string(), |p| format!("{p:?}"));
+            return Err(format!(
+                "Plugin {key} is {phase}, not Active; `kubectl describe plugin -n {} {}` says why",
+                key.namespace, key.name
+            ));
+        }
+    }
+    let service = child_name(&key.name);
+    let ip = service_ips
+        .get(&(key.namespace.clone(), service.clone()))
+        .filter(|ip| !ip.is_empty() && ip.as_str() != "None")
+        .ok_or_else(|| format!("Plugin {key} has no Service {service} yet; retry shortly"))?;
+    // Only hooks the controller verified against the signed manifest (status.hooks).
+    let hooks = plugin
+        .spec
+        .hooks
+        .iter()
+        .filter(|h| status.hooks.iter().any(|s| s == h.name.as_str()))
+        .map(|h| {
+            let timeout = duration_ms(&h.timeout).unwrap_or(200);
+            (
+                h.name,
+                HookRoute {
+                    timeout: Duration::from_millis(timeout),
+                    failure_policy: h.failure_policy,
+                    priority: h.priority,
+                },
+            )
+        })
+        .collect();
+    Ok(Route {
+        plugin: key.clone(),
+        uid: plugin.uid().unwrap_or_default(),
+        version: plugin.spec.version.clone(),
+        endpoint: format!("{ip}:{GRPC_PORT}"),
+        hooks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn plugin(ns: &str, name: &str, phase: &str, hooks: serde_json::Value) -> Plugin {
+        let names: Vec<_> = hooks
+            .as_array()
+            .map(|a| a.iter().map(|h| h["name"].clone()).collect())
+            .unwrap_or_default();
+        serde_json::from_value(json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "Plugin",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}")},
+            "spec": {
+                "version": "1.0.0",
+                "image": "registry.test/p:1",
+                "bundle": {"source": {"configMapRef": {"name": "b"}}},
+                "pluginApiVersion": 1,
+                "hooks": hooks,
+            },
+            "status": {"phase": phase, "hooks": names},
+        }))
+        .expect("plugin")
+    }
+
+    fn ips(entries: &[(&str, &str, &str)]) -> HashMap<(String, String), String> {
+        entries
+            .iter()
+            .map(|(ns, svc, ip)| ((ns.to_string(), svc.to_string()), ip.to_string()))
+            .collect()
+    }
+
+    fn svc(name: &str) -> String {
+        child_name(name)
+    }
+
+    #[test]
+    fn an_active_plugin_is_routed_to_its_service_with_its_hook_settings() {
+        let p = plugin(
+            "team",
+            "fmt",
+            "Active",
+            json!([{"name": "transform", "timeout": "2s", "failurePolicy": "Ignore", "priority": 5}]),
+        );
+        let t = RouteTable::build([&p], &ips(&[("team", &svc("fmt"), "198.19.0.9")]));
+        let r = t.get(&PluginKey::new("team", "fmt")).expect("route");
+        assert_eq!(r.endpoint, format!("198.19.0.9:{GRPC_PORT}"));
+        assert_eq!(
+            r.hooks[&Hook::Transform],
+            HookRoute {
+                timeout: Duration::from_secs(2),
+                failure_policy: FailurePolicy::Ignore,
+                priority: 5
+            }
+        );
+    }
+
+    #[test]
+    fn plugins_that_cannot_be_called_say_why() {
+        let hooks = json!([{"name": "transform"}]);
+        let mut disabled = plugin("a", "off", "Disabled", hooks.clone());
+        disabled.spec.enabled = false;
+        let deploying = plugin("a", "new", "Deploying", hooks.clone());
+        let mut auto = plugin("a", "bad", "Active", hooks.clone());
+        auto.annotations_mut().insert(
+            AUTO_DISABLED_ANNOTATION.into(),
+            "5 consecutive timeouts".into(),
+        );
+        let never_served = plugin("a", "never", "Degraded", hooks.clone());
+        let mut still_serving = plugin("a", "serving", "Degraded", hooks.clone());
+        still_serving
+            .status
+            .as_mut()
+            .expect("status")
+            .last_good_revision = Some("r1".into());
+        let no_service = plugin("a", "lonely", "Active", hooks);
+        let t = RouteTable::build(
+            [
+                &disabled,
+                &deploying,
+                &auto,
+                &never_served,
+                &still_serving,
+                &no_service,
+            ],
+            &ips(&[
+                ("a", &svc("off"), "198.19.0.1"),
+                ("a", &svc("new"), "198.19.0.2"),
+                ("a", &svc("bad"), "198.19.0.3"),
+                ("a", &svc("never"), "198.19.0.4"),
+                ("a", &svc("serving"), "198.19.0.5"),
+            ]),
+        );
+        assert!(
+            t.get(&PluginKey::new("a", "serving")).is_ok(),
+            "the last good revision serves"
+        );
+        let why = |n: &str| t.get(&PluginKey::new("a", n)).expect_err("no route");
+        assert!(why("off").contains("spec.enabled: false"), "{}", why("off"));
+        assert!(why("new").contains("is Deploying"), "{}", why("new"));
+        assert!(why("bad").contains("auto-disabled (5 consecutive timeouts)"));
+        assert!(why("bad").contains("airlock.dev/auto-disabled-"));
+        assert!(why("never").contains("is Degraded"), "{}", why("never"));
+        assert!(why("lonely").contains("no Service"), "{}", why("lonely"));
+        assert!(why("ghost").contains("there is no Plugin a/ghost"));
+    }
+
+    #[test]
+    fn only_hooks_verified_against_the_manifest_are_routed() {
+        let mut p = plugin(
+            "a",
+            "p",
+            "Active",
+            json!([{"name": "transform"}, {"name": "onEvent"}]),
+        );
+        p.status.as_mut().expect("status").hooks = vec!["transform".into()];
+        let t = RouteTable::build([&p], &ips(&[("a", &svc("p"), "198.19.0.1")]));
+        let r = t.get(&PluginKey::new("a", "p")).expect("route");
+        assert_eq!(
+            r.hooks.keys().copied().collect::<Vec<_>>(),
+            vec![Hook::Transform]
+        );
+    }
+
+    #[test]
+    fn subscribers_come_in_priority_then_name_order_and_respect_the_namespace() {
+        let p = |ns: &str, n: &str, prio: i32| {
+            plugin(
+                ns,
+                n,
+                "Active",
+                json!([{"name": "transform", "priority": prio}]),
+            )
+        };
+        let (a, b, c, d) = (
+            p("x", "b", 10),
+            p("x", "a", 10),
+            p("x", "c", 1),
+            p("y", "d", 0),
+        );
+        let t = RouteTable::build(
+            [&a, &b, &c, &d],
+            &ips(&[
+                ("x", &svc("a"), "198.19.0.1"),
+                ("x", &svc("b"), "198.19.0.2"),
+                ("x", &svc("c"), "198.19.0.3"),
+                ("y", &svc("d"), "198.19.0.4"),
+            ]),
+        );
+        let order = |ns| {
+            t.subscribers(Hook::Transform, ns)
+                .iter()
+                .map(|(r, _)| r.plugin.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(None), vec!["y/d", "x/c", "x/a", "x/b"]);
+        assert_eq!(order(Some("x")), vec!["x/c", "x/a", "x/b"]);
+        assert!(t.subscribers(Hook::OnEvent, None).is_empty());
+    }
+}
