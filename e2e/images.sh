@@ -51,7 +51,7 @@ push_dir_image() {
 OUT=$ROOT/target/e2e
 mkdir -p "$OUT"
 ( cd "$ROOT" && cargo build --quiet --release --locked --target "$TARGET" \
-    -p airlock-e2e-probe -p airlock-e2e-hostile -p airlock-plugin-shim -p airlock-operator -p airlock-example-hello \
+    -p airlock-e2e-probe -p airlock-e2e-hostile -p airlock-plugin-shim -p airlock-operator -p airlock-router -p airlock-example-hello \
     -p airlock-example-data-formatter -p airlock-example-event-logger -p airlock-example-crash-test )
 REL=$ROOT/target/$TARGET/release
 push_static_image "$REL/airlock-e2e-probe" "$REG/airlock/e2e-probe:dev"
