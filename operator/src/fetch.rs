@@ -19,7 +19,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client as OciClient, Reference};
 
 use crate::plan::Fetched;
-use crate::status::{FetchFailure, VERIFIED};
+use crate::status::{FetchFailure, RunningRevision, VERIFIED};
 use crate::trust::{self, TrustedKeys};
 use crate::verify::ImageVerifier;
 
@@ -136,6 +136,7 @@ impl Registry {
                 message: format!(
                     "spec.bundle.source.http.url {url} answered 404; publish the bundle there or fix the URL"
                 ),
+                running: RunningRevision::KeepsServing,
             })?;
         let sig_url = format!("{url}{}", bundle::SIGNATURE_SUFFIX);
         // Not knowing whether a signature exists is not "unsigned": fail closed on errors.
@@ -154,6 +155,7 @@ impl Registry {
             message: format!(
                 "could not download {url}: {e}; check the URL and that the server is reachable from the operator (retrying)"
             ),
+            running: RunningRevision::KeepsServing,
         };
         let too_large = || FetchFailure {
             condition: VERIFIED,
@@ -161,6 +163,7 @@ impl Registry {
             message: format!(
                 "{url} is larger than the limit of {max_bytes} bytes; make the bundle smaller (or raise --max-bundle-bytes)"
             ),
+            running: RunningRevision::KeepsServing,
         };
         let mut response = self
             .http
@@ -203,6 +206,7 @@ impl Registry {
             condition: VERIFIED,
             reason,
             message,
+            running: RunningRevision::KeepsServing,
         };
         let reference = oci::parse_reference(reference_text).map_err(|e| {
             failure(
@@ -245,6 +249,7 @@ impl Registry {
             condition: VERIFIED,
             reason: "InvalidImageReference",
             message: format!("spec.image {image:?} is not a valid image reference: {e}"),
+            running: RunningRevision::KeepsServing,
         })?;
         let digest = match reference.digest() {
             Some(d) => d.to_string(),
@@ -262,6 +267,7 @@ impl Registry {
                     reference.resolve_registry(),
                     REGISTRY_TIMEOUT.as_secs()
                 ),
+                running: RunningRevision::KeepsServing,
             })?
             .map_err(|e| FetchFailure {
                     condition: VERIFIED,
@@ -270,6 +276,7 @@ impl Registry {
                         "could not resolve spec.image {image} to a digest at {}: {e}; check that the image exists and the registry is reachable (retrying)",
                         reference.resolve_registry()
                     ),
+                    running: RunningRevision::KeepsServing,
                 })?,
         };
         let pinned = format!(
@@ -301,6 +308,7 @@ pub async fn fetch(
             message: format!(
                 "the bundle's digest is {digest} but spec.bundle.digest pins {pinned}; the bundle changed: restore it or update the pin"
             ),
+            running: RunningRevision::KeepsServing,
         });
     }
     // The signature is checked before a single byte of the bundle is parsed.
@@ -315,13 +323,18 @@ pub async fn fetch(
             .verify(&pinned_image, &image_digest, &keys.image)
             .await?
     };
-    let signed_by = trust::signer(&bundle_signature, &image_signature, &keys.problems).map_err(
-        |(reason, message)| FetchFailure {
-            condition: VERIFIED,
-            reason,
-            message,
-        },
-    )?;
+    let signed_by =
+        trust::signer(&bundle_signature, &image_signature, &keys.problems).map_err(|refusal| {
+            FetchFailure {
+                condition: VERIFIED,
+                reason: refusal.reason(),
+                message: refusal.message().to_string(),
+                running: match refusal {
+                    trust::Refusal::Revoked { .. } => RunningRevision::Quarantined,
+                    trust::Refusal::Blocked { .. } => RunningRevision::KeepsServing,
+                },
+            }
+        })?;
     let inspected = {
         let bytes = bytes.clone();
         tokio::task::spawn_blocking(move || {
@@ -333,11 +346,13 @@ pub async fn fetch(
                 message: format!(
                     "the operator could not create a temporary directory to inspect the bundle ({e}); it needs a writable /tmp, which the chart mounts (retrying)"
                 ),
+                running: RunningRevision::KeepsServing,
             })?;
             bundle::extract(&bytes, dir.path(), max_bundle_bytes).map_err(|e| FetchFailure {
                 condition: VERIFIED,
                 reason: e.reason(),
                 message: format!("the bundle was refused: {e}; fix the bundle and publish it again"),
+                running: RunningRevision::KeepsServing,
             })
         })
         .await
@@ -345,6 +360,7 @@ pub async fn fetch(
             condition: VERIFIED,
             reason: "BundleInspectionFailed",
             message: format!("inspecting the bundle did not finish: {e} (retrying)"),
+            running: RunningRevision::KeepsServing,
         })??
     };
     Ok(Fetched {
@@ -420,6 +436,7 @@ async fn read_bundle(
             condition: VERIFIED,
             reason: "BundleSourceMissing",
             message: "spec.bundle.source sets none of oci, http or configMapRef; set one".into(),
+            running: RunningRevision::KeepsServing,
         });
     };
     let ns = plugin.namespace().unwrap_or_default();
@@ -432,6 +449,7 @@ async fn read_bundle(
         condition: VERIFIED,
         reason: "BundleUnreadable",
         message: format!("reading ConfigMap {ns}/{}: {e} (retrying)", cm_ref.name),
+        running: RunningRevision::KeepsServing,
     })?;
     let Some(cm) = cm else {
         return Err(FetchFailure {
@@ -441,6 +459,7 @@ async fn read_bundle(
                 "spec.bundle.source.configMapRef: ConfigMap {ns}/{} does not exist; create it with `kubectl -n {ns} create configmap {} --from-file={key}=<bundle.tar.gz>`",
                 cm_ref.name, cm_ref.name
             ),
+            running: RunningRevision::KeepsServing,
         });
     };
     let mut data = cm.binary_data.unwrap_or_default();
@@ -457,6 +476,7 @@ async fn read_bundle(
                 "ConfigMap {ns}/{} has no binaryData key {key:?}; put the bundle there with --from-file={key}=<bundle.tar.gz>",
                 cm_ref.name
             ),
+            running: RunningRevision::KeepsServing,
         })?;
     if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max_bytes {
         return Err(FetchFailure {
@@ -467,6 +487,7 @@ async fn read_bundle(
                 cm_ref.name,
                 bytes.len()
             ),
+            running: RunningRevision::KeepsServing,
         });
     }
     Ok(SignedBundle { bytes, signature })

@@ -8,12 +8,12 @@ pub mod audit;
 pub mod build;
 pub mod certs;
 pub mod config;
-pub mod controller;
 pub mod fetch;
 pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod quantity;
+pub mod reconcile;
 pub mod status;
 pub mod trust;
 pub mod verify;
@@ -95,7 +95,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 .map_err(|source| StartError::Http { addr, source })
         })
     };
-    let ctx = Arc::new(controller::Context::new(
+    let ctx = Arc::new(reconcile::Context::new(
         client,
         build,
         fetch::Registry::new(
@@ -109,9 +109,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!("airlock operator started");
     let work = async {
         if config.leader_election {
-            lead(&ctx.client, &config, controller::run(ctx.clone())).await
+            lead(&ctx.client, &config, reconcile::run(ctx.clone())).await
         } else {
-            controller::run(ctx.clone()).await;
+            reconcile::run(ctx.clone()).await;
             Ok(())
         }
     };

@@ -43,6 +43,18 @@ pub struct FetchFailure {
     pub condition: &'static str,
     pub reason: &'static str,
     pub message: String,
+    /// What the failure does to a revision already running.
+    pub running: RunningRevision,
+}
+
+/// What a failure to fetch or verify the current spec does to the revision already running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RunningRevision {
+    /// It keeps serving (phase Degraded): the failure concerns the new spec only.
+    #[default]
+    KeepsServing,
+    /// Its signer was revoked: it is scaled to zero (phase Quarantined).
+    Quarantined,
 }
 
 #[derive(Debug)]
@@ -91,7 +103,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
             // An earlier revision that was rolled out keeps running untouched — unless its signer
             // was revoked, which scales it to zero.
             let (phase_now, suffix) = match &prev.last_good_revision {
-                _ if f.reason == crate::trust::KEY_REVOKED => {
+                _ if f.running == RunningRevision::Quarantined => {
                     (PluginPhase::Quarantined, String::new())
                 }
                 Some(good) => (
@@ -505,10 +517,33 @@ mod tests {
             condition: VERIFIED,
             reason: "ImageUnresolvable",
             message: "could not resolve".into(),
+            running: RunningRevision::KeepsServing,
         };
         let s = next_status(&p, Outcome::FetchFailed(&f), Timestamp::UNIX_EPOCH);
         assert_eq!(s.phase, Some(PluginPhase::Degraded));
         assert!(cond(&s, READY).message.contains("rgood keeps serving"));
+    }
+
+    #[test]
+    fn a_revoked_signer_quarantines_what_runs_and_nothing_else_does() {
+        let mut p = plugin(HELLO);
+        p.status = Some(PluginStatus {
+            last_good_revision: Some("rgood".into()),
+            ..Default::default()
+        });
+        let failure = |running| FetchFailure {
+            condition: VERIFIED,
+            reason: crate::trust::KEY_REVOKED,
+            message: "revoked".into(),
+            running,
+        };
+        let revoked = failure(RunningRevision::Quarantined);
+        let s = next_status(&p, Outcome::FetchFailed(&revoked), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, Some(PluginPhase::Quarantined));
+        // The decision is the typed verdict, not the reason's spelling.
+        let blocked = failure(RunningRevision::KeepsServing);
+        let s = next_status(&p, Outcome::FetchFailed(&blocked), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, Some(PluginPhase::Degraded));
     }
 
     #[test]

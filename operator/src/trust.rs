@@ -153,6 +153,43 @@ pub fn bundle_signature(keys: &TrustedKeys, digest: &str, signature: Option<&str
 /// Condition reason of a plugin signed by a revoked key; the controller quarantines it.
 pub const KEY_REVOKED: &str = "KeyRevoked";
 
+/// Why [`signer`] refuses a plugin. Revocation is its own variant because it acts on what already
+/// runs (the revision is quarantined), while every other refusal only blocks the new spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A signature by a key a policy revoked.
+    Revoked { message: String },
+    /// Missing, untrusted or unreadable signatures: `reason` is the condition reason.
+    Blocked {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Refusal {
+    fn blocked(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::Blocked {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Revoked { .. } => KEY_REVOKED,
+            Self::Blocked { reason, .. } => reason,
+        }
+    }
+
+    /// The condition message: what is wrong and what to do.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Revoked { message } | Self::Blocked { message, .. } => message,
+        }
+    }
+}
+
 /// Who vouches for the plugin: `Ok(Some((key, level)))` when both the image and the bundle are
 /// signed by trusted keys (the lower of the two levels applies), `Ok(None)` when neither is signed
 /// (only `allowUnsigned` levels run it), otherwise why not — `(condition reason, message)`.
@@ -162,7 +199,7 @@ pub fn signer(
     bundle: &Signature,
     image: &Signature,
     problems: &[String],
-) -> Result<Option<(KeyName, TrustLevel)>, (&'static str, String)> {
+) -> Result<Option<(KeyName, TrustLevel)>, Refusal> {
     let hint = if problems.is_empty() {
         String::new()
     } else {
@@ -170,34 +207,33 @@ pub fn signer(
     };
     for (what, sig) in [("bundle", bundle), ("image", image)] {
         if let Signature::Revoked { key } = sig {
-            return Err((
-                KEY_REVOKED,
-                format!(
+            return Err(Refusal::Revoked {
+                message: format!(
                     "the {what} is signed by key {key}, which a PluginTrustPolicy revoked; the plugin is quarantined (scaled to zero). Publish a version signed by a trusted key"
                 ),
-            ));
+            });
         }
     }
     if let Signature::Malformed(e) = bundle {
-        return Err((
+        return Err(Refusal::blocked(
             "MalformedSignature",
             format!("the bundle's signature cannot be read: {e}"),
         ));
     }
     if let Signature::Malformed(e) = image {
-        return Err((
+        return Err(Refusal::blocked(
             "MalformedSignature",
             format!("the image's cosign signature cannot be read: {e}"),
         ));
     }
     match (bundle, image) {
-        (Signature::NotTrusted, _) => Err((
+        (Signature::NotTrusted, _) => Err(Refusal::blocked(
             "BundleSignatureInvalid",
             format!(
                 "the bundle's signature does not verify against any trusted ed25519 key: the bundle was changed after signing, or signed by a key no governing PluginTrustPolicy lists{hint}. Re-sign it with a trusted key (`airlockctl sign`)"
             ),
         )),
-        (_, Signature::NotTrusted) => Err((
+        (_, Signature::NotTrusted) => Err(Refusal::blocked(
             "ImageSignatureUntrusted",
             format!(
                 "the image has cosign signatures, but none by a key listed in spec.keys[].cosign of a governing PluginTrustPolicy{hint}. Sign it with a trusted key (`cosign sign --key …`)"
@@ -214,13 +250,13 @@ pub fn signer(
             },
             (*bl).min(*il),
         ))),
-        (Signature::SignedBy { .. }, Signature::Absent) => Err((
+        (Signature::SignedBy { .. }, Signature::Absent) => Err(Refusal::blocked(
             "ImageNotSigned",
             format!(
                 "the bundle is signed but the image digest has no cosign signature{hint}; sign the image (`cosign sign --key cosign.key --tlog-upload=false <image>@<digest>`)"
             ),
         )),
-        (Signature::Absent, Signature::SignedBy { .. }) => Err((
+        (Signature::Absent, Signature::SignedBy { .. }) => Err(Refusal::blocked(
             "BundleNotSigned",
             "the image is signed but the bundle has no signature; sign it (`airlockctl sign`) and publish the .sig next to it".to_string(),
         )),
@@ -317,9 +353,9 @@ mod tests {
         }
     }
 
-    fn reason(r: Result<Option<(KeyName, TrustLevel)>, (&'static str, String)>) -> &'static str {
+    fn reason(r: Result<Option<(KeyName, TrustLevel)>, Refusal>) -> &'static str {
         match r {
-            Err((reason, _)) => reason,
+            Err(refusal) => refusal.reason(),
             Ok(_) => "Ok",
         }
     }

@@ -16,7 +16,7 @@ use sigstore::cosign::{ClientBuilder, CosignCapabilities};
 use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
 use tracing::warn;
 
-use crate::status::{FetchFailure, VERIFIED};
+use crate::status::{FetchFailure, RunningRevision, VERIFIED};
 use crate::trust::{ImageKey, Signature};
 
 /// How long a registry may take for the whole signature lookup.
@@ -65,6 +65,7 @@ impl ImageVerifier {
                     "the registry did not answer within {}s while reading the cosign signatures of {pinned}; nothing is rolled out until it does (retrying)",
                     VERIFY_TIMEOUT.as_secs()
                 ),
+                running: RunningRevision::KeepsServing,
             })??;
         let sig = judge(&layers, keys);
         self.cache
@@ -84,11 +85,13 @@ impl ImageVerifier {
             message: format!(
                 "could not read the cosign signatures of {pinned}: {e}; nothing is rolled out until the registry answers (retrying)"
             ),
+            running: RunningRevision::KeepsServing,
         };
         let reference: OciReference = pinned.parse().map_err(|e| FetchFailure {
             condition: VERIFIED,
             reason: "InvalidImageReference",
             message: format!("{pinned} is not a valid image reference: {e}"),
+            running: RunningRevision::KeepsServing,
         })?;
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),

@@ -1,0 +1,273 @@
+//! The apply step: server-side apply of the watches a planned revision needs (only when the
+//! desired state or the object changed since this process applied it), rollback of a revision
+//! that missed its progress deadline to the last good one, and quarantine of a revision whose
+//! signer was revoked. Desired objects come from the pure builders in [`crate::build`].
+
+use airlock_core::names;
+use airlock_crds::Plugin;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::warn;
+
+use super::watches::Watches;
+use super::{Context, Error};
+use crate::applied::{self, Fingerprint};
+use crate::build::{self, FIELD_MANAGER};
+use crate::status;
+
+/// A plugin signed by a revoked key must not keep running: scale its Deployment to zero. The
+/// next verified revision is applied by the normal path and brings the replicas back.
+pub(super) async fn quarantine(
+    plugin: &Plugin,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<(), Error> {
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let name = names::child_name(&plugin.name_any());
+    let r = ObjectRef::<Deployment>::new(&name).within(&ns);
+    let running = watches
+        .deployments
+        .get(&r)
+        .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
+        .is_some_and(|n| n > 0);
+    if running {
+        warn!(plugin = %plugin.name_any(), "signer key revoked: scaling the plugin to zero");
+        Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 0}})),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Applies the planned revision, unless it already failed once; a revision that misses its
+/// progress deadline is replaced by the last good one.
+pub(super) async fn roll_out(
+    plugin: &Plugin,
+    rollout: &build::Rollout,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<status::Rollout, Error> {
+    let prev = plugin.status.clone().unwrap_or_default();
+    let good = prev.last_good_revision.filter(|g| g != &rollout.revision);
+    if let Some(good) = &good
+        && prev.failed_revision.as_deref() == Some(rollout.revision.as_str())
+        && let Some(back) = rollback(plugin, rollout, good, ctx, watches).await?
+    {
+        return Ok(back);
+    }
+    let applied = apply_children(plugin, rollout, ctx, watches).await?;
+    if applied.deadline_exceeded
+        && let Some(good) = &good
+        && let Some(back) = rollback(plugin, rollout, good, ctx, watches).await?
+    {
+        warn!(failed = %rollout.revision, %good, "rolled back");
+        return Ok(back);
+    }
+    Ok(applied)
+}
+
+/// Re-applies the Deployment with the pod template of `good`'s ReplicaSet. `None` when that
+/// ReplicaSet is gone (then the failed revision stays and the status says so).
+async fn rollback(
+    plugin: &Plugin,
+    failed: &build::Rollout,
+    good: &str,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<Option<status::Rollout>, Error> {
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let selector = format!(
+        "{}={},{}={good}",
+        names::PLUGIN_LABEL,
+        plugin.name_any(),
+        names::REVISION_LABEL
+    );
+    let sets = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let Some(template) = sets
+        .items
+        .into_iter()
+        .max_by_key(|rs| rs.metadata.creation_timestamp.clone())
+        .and_then(|rs| rs.spec)
+        .and_then(|s| s.template)
+    else {
+        return Ok(None);
+    };
+    let current = build::deployment::deployment(plugin, failed, &ctx.build);
+    let deploy = build::deployment::rolled_back(current, template, good);
+    let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
+    let mut observed = observe(&applied, good);
+    observed.rolled_back_from = Some(failed.revision.clone());
+    Ok(Some(observed))
+}
+
+async fn apply_children(
+    plugin: &Plugin,
+    rollout: &build::Rollout,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<status::Rollout, Error> {
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let sa = build::service_account::service_account(plugin);
+    ensure(
+        plugin,
+        &sa,
+        ctx,
+        cached_meta(&watches.service_accounts, &sa),
+    )
+    .await?;
+    ensure_bundle_secret(plugin, rollout, ctx, &ns).await?;
+    let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
+    ensure(
+        plugin,
+        &np,
+        ctx,
+        cached_meta(&watches.network_policies, &np),
+    )
+    .await?;
+    let svc = build::service::service(plugin);
+    ensure(plugin, &svc, ctx, cached_meta(&watches.services, &svc)).await?;
+    let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
+    let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
+    Ok(observe(&applied, &rollout.revision))
+}
+
+/// The bundle Secret of the revision: immutable and named by digest, so it is created once and
+/// then only remembered (per Plugin uid: a re-created Plugin creates it again).
+async fn ensure_bundle_secret(
+    plugin: &Plugin,
+    rollout: &build::Rollout,
+    ctx: &Context,
+    ns: &str,
+) -> Result<(), Error> {
+    let secret = build::bundle_secret::bundle_secret(plugin, rollout);
+    let uid = plugin.uid().unwrap_or_default();
+    let name = name_of(&secret);
+    if ctx.caches.bundle_secret_known(&uid, &name) {
+        return Ok(());
+    }
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), ns);
+    if secrets.get_opt(&name).await?.is_none() {
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        secrets.patch(&name, &pp, &Patch::Apply(&secret)).await?;
+    }
+    ctx.caches.bundle_secret_exists(&uid, &name);
+    Ok(())
+}
+
+/// The cached metadata of the object `desired` will become, if the watch has seen it.
+fn cached_meta<K, C>(store: &Store<C>, desired: &K) -> Option<kube::core::ObjectMeta>
+where
+    K: Resource,
+    C: Resource<DynamicType = ()> + Clone,
+{
+    let m = desired.meta();
+    let r = ObjectRef::<C>::new(m.name.as_deref().unwrap_or_default())
+        .within(m.namespace.as_deref().unwrap_or_default());
+    store.get(&r).map(|o| o.meta().clone())
+}
+
+/// Server-side applies `desired` unless this process already applied the same desired state to
+/// the object the watch cache still shows. Returns the object the API server answered with, or
+/// `None` when nothing was sent.
+async fn ensure<K>(
+    plugin: &Plugin,
+    desired: &K,
+    ctx: &Context,
+    cached: Option<kube::core::ObjectMeta>,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let uid = plugin.uid().unwrap_or_default();
+    let kind = K::kind(&());
+    let name = name_of(desired);
+    let hash = applied::desired_hash(desired);
+    if let Some(meta) = &cached
+        && ctx
+            .caches
+            .applied
+            .is_current(&uid, &kind, &name, hash, &Fingerprint::of(&kind, meta))
+    {
+        return Ok(None);
+    }
+    let ns = desired.meta().namespace.clone().ok_or(Error::NoNamespace)?;
+    let obj = Api::<K>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await?;
+    ctx.caches
+        .applied
+        .record(&uid, &kind, &name, hash, Fingerprint::of(&kind, obj.meta()));
+    Ok(Some(obj))
+}
+
+/// [`ensure`] for the Deployment, whose status the rollout is judged by: when nothing was sent,
+/// the watch cache has the current status.
+async fn ensure_deployment(
+    plugin: &Plugin,
+    desired: &Deployment,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<Deployment, Error> {
+    let r = ObjectRef::<Deployment>::new(&name_of(desired))
+        .within(desired.meta().namespace.as_deref().unwrap_or_default());
+    let cached = watches.deployments.get(&r);
+    match ensure(
+        plugin,
+        desired,
+        ctx,
+        cached.as_ref().map(|d| d.metadata.clone()),
+    )
+    .await?
+    {
+        Some(applied) => Ok(applied),
+        // `ensure` only skips when the cache had the object.
+        None => Ok(cached.map(|d| d.as_ref().clone()).unwrap_or_default()),
+    }
+}
+
+fn name_of<K: Resource>(obj: &K) -> String {
+    obj.meta().name.clone().unwrap_or_default()
+}
+
+/// What the Deployment's status says about the revision just applied.
+fn observe(d: &Deployment, revision: &str) -> status::Rollout {
+    let generation = d.metadata.generation.unwrap_or_default();
+    let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let deadline_exceeded = st.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    status::Rollout {
+        revision: revision.to_string(),
+        desired_replicas: spec_replicas,
+        ready_replicas: st.ready_replicas.unwrap_or_default(),
+        updated_replicas: st.updated_replicas.unwrap_or_default(),
+        total_replicas: st.replicas.unwrap_or_default(),
+        available_replicas: st.available_replicas.unwrap_or_default(),
+        observed: st.observed_generation.unwrap_or_default() >= generation,
+        deadline_exceeded,
+        rolled_back_from: None,
+    }
+}

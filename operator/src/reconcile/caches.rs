@@ -1,0 +1,137 @@
+//! Everything the controller remembers about one Plugin between reconciles, in one place, keyed
+//! by the Plugin's uid and dropped when the Plugin is deleted.
+//!
+//! Why by uid: a Plugin deleted and re-created under the same name is a new object whose children
+//! Kubernetes has garbage-collected. Keyed by namespace/name, the memory of the old one ("its
+//! bundle Secret exists", "its certificate was checked an hour ago") would make the controller
+//! skip creating the new one's Secrets, and its pod would never start.
+//!
+//! Watch caches of the children (what the cluster has) live in [`super::watches`]; this is what
+//! this process did or saw last, so that a steady state costs no API request.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use airlock_crds::plugin::PluginStatus;
+
+use crate::applied::Applied;
+
+/// How long a plugin's certificate and storage ownership, once found good, are not looked at
+/// again (renewal starts with a third of the 30-day lifetime left, so an hour is plenty).
+pub const HOURLY_CHECKS_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Default)]
+pub struct PluginCaches {
+    /// What this process applied to each child: an unchanged reconcile writes nothing.
+    pub applied: Applied,
+    plugins: Mutex<HashMap<String, PerPlugin>>,
+}
+
+#[derive(Debug, Default)]
+struct PerPlugin {
+    /// The status this process last wrote. The watch cache can lag behind our own writes;
+    /// comparing with it would repeat Events and audit records for the same transition.
+    last_written: Option<PluginStatus>,
+    /// Bundle Secrets known to exist: immutable and named by digest, so existing means right.
+    /// (Not watched: a watch on Secrets would need `list` on every Secret in the cluster.)
+    bundle_secrets: HashSet<String>,
+    /// When the certificate and storage checks last passed.
+    checked_at: Option<Instant>,
+}
+
+impl PluginCaches {
+    fn with<T>(&self, uid: &str, f: impl FnOnce(&mut PerPlugin) -> T) -> T {
+        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        f(plugins.entry(uid.to_string()).or_default())
+    }
+
+    fn read<T>(&self, uid: &str, f: impl FnOnce(&PerPlugin) -> T) -> Option<T> {
+        let plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        plugins.get(uid).map(f)
+    }
+
+    /// The status this process last wrote for the Plugin `uid`.
+    pub fn last_written(&self, uid: &str) -> Option<PluginStatus> {
+        self.read(uid, |p| p.last_written.clone()).flatten()
+    }
+
+    pub fn written(&self, uid: &str, status: PluginStatus) {
+        self.with(uid, |p| p.last_written = Some(status));
+    }
+
+    /// Whether the bundle Secret `name` of the Plugin `uid` is known to exist.
+    pub fn bundle_secret_known(&self, uid: &str, name: &str) -> bool {
+        self.read(uid, |p| p.bundle_secrets.contains(name))
+            .unwrap_or(false)
+    }
+
+    pub fn bundle_secret_exists(&self, uid: &str, name: &str) {
+        self.with(uid, |p| p.bundle_secrets.insert(name.to_string()));
+    }
+
+    /// Whether the hourly checks of the Plugin `uid` are due at `now`.
+    pub fn hourly_checks_due(&self, uid: &str, now: Instant) -> bool {
+        self.read(uid, |p| p.checked_at)
+            .flatten()
+            .is_none_or(|at| now.saturating_duration_since(at) >= HOURLY_CHECKS_EVERY)
+    }
+
+    pub fn hourly_checks_passed(&self, uid: &str, now: Instant) {
+        self.with(uid, |p| p.checked_at = Some(now));
+    }
+
+    /// The Plugin `uid` is gone: so is everything remembered about it.
+    pub fn forget(&self, uid: &str) {
+        self.applied.forget(uid);
+        self.plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_recreated_under_the_same_name_starts_from_nothing() {
+        let caches = PluginCaches::default();
+        let now = Instant::now();
+        // The first "hello": its bundle Secret exists, its certificate was just checked.
+        caches.bundle_secret_exists("uid-1", "hello-bundle-0123");
+        caches.hourly_checks_passed("uid-1", now);
+        caches.written("uid-1", PluginStatus::default());
+        assert!(caches.bundle_secret_known("uid-1", "hello-bundle-0123"));
+        assert!(!caches.hourly_checks_due("uid-1", now));
+
+        // Deleted and applied again with the same name and bundle: a new uid, whose Secrets
+        // Kubernetes has not created yet. Nothing of the first one may be believed for it.
+        assert!(!caches.bundle_secret_known("uid-2", "hello-bundle-0123"));
+        assert!(caches.hourly_checks_due("uid-2", now));
+        assert_eq!(caches.last_written("uid-2"), None);
+    }
+
+    #[test]
+    fn forgetting_a_plugin_drops_everything_about_it() {
+        let caches = PluginCaches::default();
+        let now = Instant::now();
+        caches.bundle_secret_exists("uid-1", "b");
+        caches.hourly_checks_passed("uid-1", now);
+        caches.written("uid-1", PluginStatus::default());
+        caches.forget("uid-1");
+        assert!(!caches.bundle_secret_known("uid-1", "b"));
+        assert!(caches.hourly_checks_due("uid-1", now));
+        assert_eq!(caches.last_written("uid-1"), None);
+    }
+
+    #[test]
+    fn the_checks_come_due_again_after_an_hour() {
+        let caches = PluginCaches::default();
+        let now = Instant::now();
+        caches.hourly_checks_passed("u", now);
+        assert!(!caches.hourly_checks_due("u", now + Duration::from_secs(3599)));
+        assert!(caches.hourly_checks_due("u", now + HOURLY_CHECKS_EVERY));
+    }
+}

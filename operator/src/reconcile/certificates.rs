@@ -1,0 +1,135 @@
+//! The plugin's and the router's mTLS identities: the CA (loaded or created once per term), the
+//! router's certificate (kept fresh for the term), and per Plugin the named pipeline step
+//! [`ensure_identity`]: certificate issuing and storage adoption.
+
+use std::time::{Duration, Instant};
+
+use airlock_crds::Plugin;
+use airlock_tls::pki::Ca;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::caches::HOURLY_CHECKS_EVERY;
+use super::watches::Watches;
+use super::{Context, Error};
+use crate::build::{self, FIELD_MANAGER};
+use crate::certs;
+
+/// Loads (or creates) the CA, retrying until it works: no plugin can be served without it.
+pub(super) async fn load_ca(ctx: &Context) -> Ca {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match certs::load_or_create_ca(&ctx.client, &ctx.build.router_namespace).await {
+            Ok(ca) => return ca,
+            Err(e) => {
+                warn!(error = %e, "cannot load the plugin CA; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Keeps the router's certificate issued and fresh for as long as this term lasts.
+pub(super) async fn maintain_router_certificate(client: Client, namespace: String, ca: Ca) {
+    let meta = kube::api::ObjectMeta {
+        name: Some(certs::ROUTER_TLS_SECRET.into()),
+        namespace: Some(namespace.clone()),
+        labels: Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "airlock".to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    loop {
+        let next = match certs::ensure_certificate(
+            &client,
+            meta.clone(),
+            airlock_core::identity::ROUTER_IDENTITY,
+            &ca,
+        )
+        .await
+        {
+            Ok(_) => HOURLY_CHECKS_EVERY,
+            Err(e) => {
+                warn!(error = %e, "cannot issue the router's certificate; retrying");
+                Duration::from_secs(5)
+            }
+        };
+        tokio::time::sleep(next).await;
+    }
+}
+
+/// The plugin's identity, before anything that runs it: its TLS Secret holds a good certificate
+/// for its identity ([`issue_plugin_certificate`]) and the `PluginStorage` an installer created for
+/// it is owned by it ([`adopt_storage`]). Both are checked once an hour per Plugin (by uid: a
+/// re-created Plugin is checked at once, its old Secrets having been garbage-collected).
+pub(super) async fn ensure_identity(
+    plugin: &Plugin,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<(), Error> {
+    let uid = plugin.uid().unwrap_or_default();
+    let now = Instant::now();
+    if !ctx.caches.hourly_checks_due(&uid, now) {
+        return Ok(());
+    }
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    issue_plugin_certificate(plugin, ctx, watches, &ns).await?;
+    adopt_storage(plugin, ctx, &ns).await?;
+    ctx.caches.hourly_checks_passed(&uid, now);
+    Ok(())
+}
+
+/// Issues (or renews) the certificate of the plugin's mTLS identity into its TLS Secret.
+async fn issue_plugin_certificate(
+    plugin: &Plugin,
+    ctx: &Context,
+    watches: &Watches,
+    ns: &str,
+) -> Result<(), Error> {
+    let identity = airlock_core::identity::plugin_identity(ns, &plugin.name_any());
+    let meta = build::tls_secret::plugin_tls_meta(plugin);
+    if let Some(why) = certs::ensure_certificate(&ctx.client, meta, &identity, &watches.ca).await? {
+        info!(plugin = %plugin.name_any(), namespace = ns, reason = %why, "issued the plugin's certificate");
+    }
+    Ok(())
+}
+
+/// The `PluginStorage` an installer created for the plugin (initial data) becomes owned by it, so
+/// it is deleted with the Plugin even if the plugin never writes it (the router sets the owner
+/// when it does).
+async fn adopt_storage(plugin: &Plugin, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let api = Api::<airlock_crds::PluginStorage>::namespaced(ctx.client.clone(), ns);
+    let Some(storage) = api.get_opt(&plugin.name_any()).await? else {
+        return Ok(());
+    };
+    let uid = plugin.uid().unwrap_or_default();
+    if storage
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid)
+    {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "airlock.dev/v1alpha1",
+        "kind": "PluginStorage",
+        "metadata": {"name": plugin.name_any(), "ownerReferences": build::labels::owner(plugin)},
+    });
+    api.patch(
+        &plugin.name_any(),
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    info!(plugin = %plugin.name_any(), namespace = ns, "adopted the plugin's PluginStorage");
+    Ok(())
+}

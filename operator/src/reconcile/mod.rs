@@ -1,0 +1,268 @@
+//! The Plugin controller: watches Plugins (and the children and trust policies that affect
+//! them) and runs one reconcile per change, as a named pipeline readable top-down in
+//! [`pipeline::run`]:
+//!
+//! 1. **fetch** (IO): namespace labels and governing policies from watch caches; the bundle and
+//!    the image from their sources ([`crate::fetch`]);
+//! 2. **verify** (pure): every signature and trust decision, one typed verdict ([`crate::trust`],
+//!    [`crate::verify`]);
+//! 3. **plan** (pure): the revision to roll out and each condition ([`crate::plan`]);
+//! 4. **apply** (IO, [`apply`]): the plugin's identity ([`certificates`]), then its children with
+//!    server-side apply, rollback to the last good revision, quarantine of a revoked one;
+//! 5. **status** (IO, [`record`]): conditions, Events and audit records, from what was applied.
+//!
+//! Per-Plugin memory lives in [`caches::PluginCaches`] (by uid, cleared on delete); watch caches of
+//! the children in [`watches`].
+
+mod apply;
+pub mod caches;
+mod certificates;
+mod pipeline;
+mod record;
+mod watches;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_crds::{Plugin, PluginTrustPolicy};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tracing::{Instrument, instrument, warn};
+
+use crate::build::BuildConfig;
+use crate::certs;
+use crate::fetch::Registry;
+use crate::metrics::Metrics;
+use airlock_core::names;
+use caches::PluginCaches;
+use watches::{Watches, cached_watch};
+
+pub const FINALIZER: &str = "airlock.dev/cleanup";
+
+/// Longest a reconcile may take; registry calls have their own, shorter timeouts.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("Plugin has no namespace")]
+    NoNamespace,
+    #[error("the reconcile task failed: {0}")]
+    Task(String),
+    #[error("plugin certificate: {0}")]
+    Certificate(#[from] certs::CertError),
+}
+
+impl Error {
+    /// Stable label for the errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::NoNamespace => "no_namespace",
+            Error::Task(_) => "task",
+            Error::Certificate(_) => "certificate",
+        }
+    }
+}
+
+/// Everything a reconcile needs; shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    /// Watched cache: a reconcile reads namespace labels without an API request.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub build: BuildConfig,
+    pub registry: Arc<Registry>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub max_bundle_bytes: u64,
+    /// What this process remembers per Plugin (by uid), dropped when the Plugin is deleted.
+    pub caches: PluginCaches,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("build", &self.build)
+            .finish()
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        build: BuildConfig,
+        registry: Registry,
+        metrics: Metrics,
+        max_bundle_bytes: u64,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "airlock-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let (namespaces, namespace_writer) = reflector::store();
+        let namespace_stream = reflector::reflector(
+            namespace_writer,
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        );
+        tokio::spawn(namespace_stream.default_backoff().for_each(|_| async {}));
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            namespaces,
+            client,
+            build,
+            registry: Arc::new(registry),
+            metrics,
+            max_bundle_bytes,
+            caches: PluginCaches::default(),
+        }
+    }
+}
+
+/// One leadership term: the shared context and the caches its watches fill.
+struct Term {
+    ctx: Arc<Context>,
+    watches: Watches,
+}
+
+/// Runs the controller until the process is asked to stop.
+pub async fn run(ctx: Arc<Context>) {
+    if ctx.namespaces.wait_until_ready().await.is_err() {
+        warn!("the namespace cache stopped before it was ready");
+        return;
+    }
+    let client = ctx.client.clone();
+    let plugins: Api<Plugin> = Api::all(client.clone());
+    let cfg = watcher::Config::default().labels(names::MANAGED_BY_SELECTOR);
+
+    // The same watch fills the policy cache and triggers the reconciles, so a reconcile caused by
+    // a policy change always sees that change.
+    let (policies, policies_listed, policy_stream) = cached_watch(
+        Api::<PluginTrustPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (deployments, _, deployment_stream) =
+        cached_watch(Api::<Deployment>::all(client.clone()), cfg.clone());
+    let (services, _, service_stream) = cached_watch(
+        Api::<PartialObjectMeta<Service>>::all(client.clone()),
+        cfg.clone(),
+    );
+    let (network_policies, _, network_policy_stream) = cached_watch(
+        Api::<PartialObjectMeta<NetworkPolicy>>::all(client.clone()),
+        cfg.clone(),
+    );
+    let (service_accounts, _, service_account_stream) = cached_watch(
+        Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
+        cfg.clone(),
+    );
+    let ca = certificates::load_ca(&ctx).await;
+    let router_certificate = tokio::spawn(certificates::maintain_router_certificate(
+        client.clone(),
+        ctx.build.router_namespace.clone(),
+        ca.clone(),
+    ));
+    let term = Arc::new(Term {
+        ctx,
+        watches: Watches {
+            policies,
+            deployments,
+            services,
+            network_policies,
+            service_accounts,
+            policies_listed,
+            ca,
+        },
+    });
+
+    let controller = Controller::new(plugins, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .owns_stream(deployment_stream)
+        .owns_stream(service_stream)
+        .owns_stream(network_policy_stream)
+        .owns_stream(service_account_stream)
+        // A trust policy change can block or unblock any plugin: re-check them all.
+        .watches_stream(policy_stream, move |_policy| {
+            store
+                .state()
+                .iter()
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, term)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+    router_certificate.abort();
+}
+
+fn error_policy(_plugin: Arc<Plugin>, error: &Error, term: Arc<Term>) -> Action {
+    term.ctx.metrics.reconcile_error(error.metric_label());
+    Action::requeue(Duration::from_secs(10))
+}
+
+#[instrument(skip_all, fields(plugin = %plugin.name_any(), namespace = plugin.namespace().unwrap_or_default()))]
+async fn reconcile(plugin: Arc<Plugin>, term: Arc<Term>) -> Result<Action, Error> {
+    let ctx = &term.ctx;
+    let started = Instant::now();
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, plugin, |event| async {
+        match event {
+            // On its own task: a reconcile that blocks its thread must not freeze the
+            // controller's stream, which drives every other reconcile.
+            Finalizer::Apply(p) => {
+                let term = term.clone();
+                tokio::spawn(
+                    async move {
+                        // A reconcile that never finishes would hold every later trigger of
+                        // this Plugin. Every await below has its own timeout (API requests:
+                        // kube_client::REQUEST_TIMEOUT; registry calls); this is the backstop.
+                        tokio::time::timeout(
+                            RECONCILE_TIMEOUT,
+                            pipeline::run(&p, &term.ctx, &term.watches),
+                        )
+                        .await
+                        .map_err(|_| {
+                            warn!(
+                                "reconcile did not finish within {RECONCILE_TIMEOUT:?}; retrying"
+                            );
+                            Error::Task(format!("timed out after {RECONCILE_TIMEOUT:?}"))
+                        })?
+                    }
+                    .in_current_span(),
+                )
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+            }
+            Finalizer::Cleanup(p) => record::cleanup(&p, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics.observe_reconcile(started.elapsed());
+    result
+}

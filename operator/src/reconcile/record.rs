@@ -1,0 +1,111 @@
+//! The status step: conditions written with server-side apply only when they changed, one Event
+//! and one audit record per transition; and the record of a deletion.
+
+use airlock_crds::Plugin;
+use airlock_crds::plugin::PluginStatus;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Context, Error};
+use crate::build::FIELD_MANAGER;
+use crate::{audit, status};
+
+/// Events and audit records for every transition, then the status itself — only if it changed.
+pub(super) async fn record_status(
+    plugin: &Plugin,
+    next: PluginStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let uid = plugin.uid().unwrap_or_default();
+    let prev = ctx
+        .caches
+        .last_written(&uid)
+        .or_else(|| plugin.status.clone());
+    if prev.as_ref() == Some(&next) {
+        return Ok(());
+    }
+    let transitions = status::transitions(prev.as_ref(), &next);
+    let now = Timestamp::now();
+    for t in &transitions {
+        audit::emit(&audit::record(plugin, &next, t, now));
+        let event = Event {
+            type_: if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: t.reason.clone(),
+            note: Some(truncate(&t.message, 1000)),
+            action: t.condition.clone(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &plugin.object_ref(&())).await {
+            // An Event is a courtesy; the status and the audit record carry the same facts.
+            warn!(error = %e, "could not publish an Event");
+        }
+    }
+    if !transitions.is_empty() {
+        info!(phase = ?next.phase, "status changed");
+    }
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let patch = json!({
+        "apiVersion": "airlock.dev/v1alpha1",
+        "kind": "Plugin",
+        "status": next,
+    });
+    Api::<Plugin>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &plugin.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.metrics.set_phase(plugin, &next);
+    ctx.caches.written(&uid, next);
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Deletion: children go with their owner (garbage collection); record it before letting go.
+pub(super) async fn cleanup(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
+    let status = plugin.status.clone().unwrap_or_default();
+    let t = status::Transition {
+        condition: "Deleted".into(),
+        status: "True".into(),
+        reason: "Deleted".into(),
+        message: "the Plugin was deleted: its pods, Service, NetworkPolicy, ServiceAccount and bundle Secrets are removed".into(),
+        warning: false,
+    };
+    audit::emit(&audit::record(plugin, &status, &t, Timestamp::now()));
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Deleted".into(),
+        note: Some(t.message.clone()),
+        action: "Delete".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &plugin.object_ref(&())).await {
+        warn!(error = %e, "could not publish an Event");
+    }
+    // Everything remembered about this Plugin goes with it (by uid).
+    let uid = plugin.uid().unwrap_or_default();
+    ctx.metrics.forget(plugin);
+    ctx.caches.forget(&uid);
+    ctx.registry.forget(&uid);
+    Ok(Action::await_change())
+}

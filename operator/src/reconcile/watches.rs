@@ -1,0 +1,125 @@
+//! The watches of one leadership term: each fills a cache the reconcile reads and triggers the
+//! reconciles of the Plugins it concerns.
+
+use airlock_crds::PluginTrustPolicy;
+use airlock_tls::pki::Ca;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+/// Watch caches of the children and of the trust policies, filled by the same watches that
+/// trigger reconciles. Reads come from here, so a reconcile of an unchanged Plugin makes no API
+/// request for them. What this process itself did per Plugin is in [`super::caches`].
+pub(super) struct Watches {
+    pub policies: Store<PluginTrustPolicy>,
+    /// True once `policies` holds the first complete list.
+    pub policies_listed: tokio::sync::watch::Receiver<bool>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<PartialObjectMeta<Service>>,
+    pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
+    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    /// The CA that issues the plugins' certificates, loaded when this term began.
+    pub ca: Ca,
+}
+
+/// A watch whose stream both fills a cache and triggers reconciles. managedFields are large and
+/// never read here: they are kept out of the cache. The receiver turns true once the cache holds
+/// the first complete list.
+pub(super) fn cached_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    tokio::sync::watch::Receiver<bool>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let (events, ready) = signal_listed(
+        watcher(api, config)
+            .default_backoff()
+            .modify(|o: &mut K| o.managed_fields_mut().clear())
+            .reflect(writer),
+    );
+    (store, ready, events.touched_objects())
+}
+
+/// Passes a watch stream through and reports, on the returned receiver, when its first complete
+/// list has gone by (and so into any store reflecting it).
+///
+/// Why not `Store::wait_until_ready`: in kube-runtime 5.0 it shares one oneshot receiver between
+/// all waiters, which remembers only the last waiter's waker. Reconciles that start together
+/// (every Plugin, when a new leader starts) all waited there and only one was woken: the others
+/// hung forever, holding every later trigger of their Plugins. A watch channel wakes every
+/// waiter.
+fn signal_listed<K, S>(
+    events: S,
+) -> (
+    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    tokio::sync::watch::Receiver<bool>,
+)
+where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let events = events.inspect(move |e| {
+        if matches!(e, Ok(watcher::Event::InitDone)) {
+            tx.send_replace(true);
+        }
+    });
+    (events, rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    /// Every reconcile waiting for the policy cache must wake when it is filled — also when they
+    /// all started waiting before the list arrived (a new leader reconciling every Plugin).
+    #[tokio::test]
+    async fn every_waiter_wakes_when_the_first_list_has_gone_by() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let (events, listed) = signal_listed::<ConfigMap, _>(rx);
+        let waiters: Vec<_> = (0..16)
+            .map(|_| {
+                let mut listed = listed.clone();
+                tokio::spawn(async move { listed.wait_for(|l| *l).await.is_ok() })
+            })
+            .collect();
+        let drive = tokio::spawn(events.for_each(|_| async {}));
+        tokio::task::yield_now().await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "nobody is woken early"
+        );
+        tx.unbounded_send(Ok(watcher::Event::Init)).expect("send");
+        tx.unbounded_send(Ok(watcher::Event::InitDone))
+            .expect("send");
+        for w in waiters {
+            let woke = tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .expect("joined");
+            assert!(woke);
+        }
+        drop(tx);
+        drive.await.expect("the stream ends");
+    }
+}
