@@ -13,10 +13,10 @@ export AIRLOCK_PYTHON ?= $(CACHE)/venv/bin/python
 # The local cluster unless the caller points at another one.
 export KUBECONFIG ?= /var/lib/airlock-cluster/kubeconfig
 
-.PHONY: help tools demo bench test lint fmt-check clippy unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
+.PHONY: help tools demo bench test lint fmt-check clippy shellcheck unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
 
 help: ## list the recipes
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 # The one prerequisite every README command and CI share: Debian packages, the pinned Rust
 # toolchain with the musl target, and every upstream tool the recipes call (kubectl, helm, cosign,
@@ -32,15 +32,19 @@ demo: tools cluster-up e2e-images ## local cluster, Airlock installed with Helm,
 bench: tools cluster-up e2e-images ## benchmarks: verification, router vs direct shim, 1000 disabled Plugins (BENCH_PLUGINS=N)
 	@bash e2e/bench.sh
 
-test: tools lint unit e2e ## the whole suite: fmt, clippy, unit tests, cluster e2e
+test: tools lint unit e2e ## the whole suite: fmt, clippy, shellcheck, unit tests, cluster e2e
 
-lint: fmt-check clippy ## formatting and lints
+lint: fmt-check clippy shellcheck ## formatting and lints (Rust and shell)
 
 fmt-check:
 	cargo fmt --all --check
 
 clippy:
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The Debian package, installed by `make tools` (e2e/cluster/deps.sh).
+shellcheck:
+	shellcheck -x e2e/*.sh e2e/cluster/*.sh .ci/run
 
 unit: ## unit tests (no cluster)
 	cargo test --workspace --locked --exclude airlock-e2e

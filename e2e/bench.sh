@@ -4,6 +4,7 @@
 # Prints time to steady state, Kubernetes API requests per Plugin, API writes per minute at steady
 # state (goal: 0) against the same operator idle before the Plugins existed (the baseline), and
 # the operator's resident memory. Counts come from the operator's own request counter.
+# shellcheck source=SCRIPTDIR/cluster/lib.sh
 . "$(dirname "$0")/cluster/lib.sh"
 ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
 export KUBECONFIG=${KUBECONFIG:-$STATE/kubeconfig}
@@ -36,8 +37,8 @@ cargo run -q --locked -p airlock-e2e --bin router-bench
 # The leader's metrics (the standby reconciles nothing).
 # After an upgrade the Lease may still name a pod that is gone until a new leader takes over.
 leader_metrics() {
-  local holder ip i
-  for i in $(seq 1 60); do
+  local holder ip
+  for _ in $(seq 1 60); do
     holder=$(kubectl -n airlock-system get lease airlock-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)
     ip=$(kubectl -n airlock-system get pod "$holder" -o jsonpath='{.status.podIP}' 2>/dev/null) &&
       [ -n "$ip" ] && curl -sf "http://$ip:8080/metrics" && return 0
@@ -75,6 +76,7 @@ export -f body
 export API NS AIRLOCK_HELLO_IMAGE PKI
 before=$(leader_metrics)
 t0=$(date +%s.%N)
+# shellcheck disable=SC2016 # single quotes on purpose: the inner bash expands $PKI, $API and $NS (exported above)
 seq 1 "$N" | xargs -P 8 -I{} bash -c 'body {} | curl -sf -o /dev/null --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
   -H "Content-Type: application/json" --data-binary @- "$API/apis/airlock.dev/v1alpha1/namespaces/$NS/plugins"'
 t_created=$(date +%s.%N)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: install Airlock with Helm into the local cluster, apply the hello plugin and its trust
 # policy, wait until it is Active in a Pod Security "restricted" namespace, and call its hook.
+# shellcheck source=SCRIPTDIR/cluster/lib.sh
 . "$(dirname "$0")/cluster/lib.sh"
 ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
 export KUBECONFIG=${KUBECONFIG:-$STATE/kubeconfig}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs (or upgrades) Airlock from charts/airlock with the images `make e2e-images` pushed.
 # Extra arguments go to helm (e.g. --set progressDeadlineSeconds=20).
+# shellcheck source=SCRIPTDIR/cluster/lib.sh
 . "$(dirname "$0")/cluster/lib.sh"
 ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
 export KUBECONFIG=${KUBECONFIG:-$STATE/kubeconfig}

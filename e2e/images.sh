@@ -2,6 +2,7 @@
 # Builds the images the e2e suite runs and pushes them to the cluster's registry, without a Docker
 # engine: a static binary in a FROM-scratch image assembled with crane.
 # Usage: images.sh   (env: AIRLOCK_E2E_REGISTRY, default the local cluster's registry)
+# shellcheck source=SCRIPTDIR/cluster/lib.sh
 . "$(dirname "$0")/cluster/lib.sh"
 ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
 CRANE=${CRANE:-$(bin_dir crane "$CRANE_VERSION")/crane}

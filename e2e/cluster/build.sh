@@ -2,6 +2,7 @@
 # Builds the pinned upstream binaries of the local cluster from the Go module proxy, cached under
 # ~/.cache/airlock/bin/<component>-<version>/. A component whose cache entry is complete is skipped,
 # so a second run costs nothing. Usage: build.sh [component...]  (default: all)
+# shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 
@@ -33,15 +34,15 @@ build_kubernetes() {
   local stg="v0.${K8S_VERSION#v1.}" mod=$AIRLOCK_CACHE/src/k8s-$K8S_VERSION
   mkdir -p "$mod" "$out"
   (
-    cd "$mod"
+    cd "$mod" || exit
     [ -f go.mod ] || go mod init local/k8s-build >/dev/null 2>&1
     go mod edit -go=1.24.0 -godebug=default=go1.24
     local gomod
     gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
     [ -f "$gomod" ] || die "could not download k8s.io/kubernetes@$K8S_VERSION go.mod"
-    for m in $(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod"); do
+    while read -r m; do
       go mod edit -replace="$m=$m@$stg"
-    done
+    done < <(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod")
     go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
     local cmds="kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl kubelet"
     # shellcheck disable=SC2046
@@ -66,7 +67,7 @@ build_etcd() {
   local mod=$AIRLOCK_CACHE/src/etcd-$ETCD_VERSION
   mkdir -p "$mod" "$out"
   (
-    cd "$mod"
+    cd "$mod" || exit
     [ -f go.mod ] || go mod init local/etcd-build >/dev/null 2>&1
     with_progress "etcd: resolve modules" go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
     with_progress "etcd: build" env CGO_ENABLED=0 go build -p 2 -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
@@ -79,13 +80,13 @@ build_etcd() {
 # deprecations, and the module proxy here refuses the list for some modules (403) while serving the
 # version itself. A wrapper module that requires the exact version needs only the version.
 go_install() {
-  local name=$1 version=$2 module=$3 pkg=$4; shift 4
+  local name=$1 version=$2 pkg=$4; shift 4 # $3, the module, is there for the reader of the call
   local out; out=$(bin_dir "$name" "$version")
   is_built "$name" "$version" && { log "$name $version: cached"; return; }
   local mod=$AIRLOCK_CACHE/src/$name-$version
   mkdir -p "$mod" "$out"
   (
-    cd "$mod"
+    cd "$mod" || exit
     [ -f go.mod ] || go mod init "local/$name-build" >/dev/null 2>&1
     local r
     for r in ${GO_REPLACES:-}; do go mod edit -replace="$r"; done
@@ -117,8 +118,9 @@ build_grpcurl() {
   go_install grpcurl "$GRPCURL_VERSION" github.com/fullstorydev/grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl CGO_ENABLED=0
 }
 
-ALL="kubernetes etcd kube_router crane helm cosign crictl grpcurl"
-for c in ${@:-$ALL}; do
+ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl)
+[ $# -gt 0 ] || set -- "${ALL[@]}"
+for c in "$@"; do
   "build_${c//-/_}"
 done
 log "binaries ready under $BIN_CACHE"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local cluster needs (idempotent; apt is skipped when all are present).
+# shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
 PKGS="containerd runc containernetworking-plugins iptables ipset conntrack socat ebtables iproute2 \
-  docker-registry musl-tools openssl curl ca-certificates jq python3-venv"
+  docker-registry musl-tools openssl curl ca-certificates jq python3-venv shellcheck"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

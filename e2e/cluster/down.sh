@@ -2,6 +2,7 @@
 # Stops exactly what up.sh started (by recorded PID) and removes what it created: containers,
 # mounts, network namespaces, interfaces, iptables chains, ipsets, cgroups and state. Safe to run
 # twice and after a run that was killed half-way.
+# shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
 [ "$(id -u)" -eq 0 ] || die "down needs root"
 
@@ -41,14 +42,17 @@ for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $CTRD_SOCK" 2>/dev/null)
 done
 # Any container process still alive is in a kubepods cgroup: kill it there.
 for cg in /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods; do
-  [ -d "$cg" ] && find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  if [ -d "$cg" ]; then
+    # shellcheck disable=SC2038 # xargs reads the PIDs inside the cgroup.procs files, not file names
+    find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  fi
 done
 for d in containerd etcd kube-apiserver registry; do stop "$d"; done
 stop kube-apiserver; stop etcd
 
 # NetworkPolicy and Service rules: each tool cleans its own chains and ipsets.
-[ -x "$ROUTER_BIN/kube-router" ] && "$ROUTER_BIN/kube-router" --cleanup-config >/dev/null 2>&1 || true
-[ -x "$K8S_BIN/kube-proxy" ] && "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+if [ -x "$ROUTER_BIN/kube-router" ]; then "$ROUTER_BIN/kube-router" --cleanup-config >/dev/null 2>&1 || true; fi
+if [ -x "$K8S_BIN/kube-proxy" ]; then "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
 # Whatever chains remain (CNI portmap/masquerade, kubelet canaries, kube-router leftovers).
 for table in filter nat mangle raw; do
   rules=$(iptables-save -t "$table" 2>/dev/null) || continue
@@ -74,21 +78,21 @@ done
 for s in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)' || true); do ipset destroy "$s" 2>/dev/null || true; done
 
 # Mounts under our directories (kubelet volumes, container rootfs, network namespaces), deepest first.
-for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E "^(/var/lib/kubelet|$STATE|$CTRD_RUN|/run/netns/cni-|/var/run/netns/cni-)" | sort -r); do
+while read -r m; do
   umount -l "$m" 2>/dev/null || true
-done
+done < <(awk '{print $5}' /proc/self/mountinfo | grep -E "^(/var/lib/kubelet|$STATE|$CTRD_RUN|/run/netns/cni-|/var/run/netns/cni-)" | sort -r)
 for ns in /run/netns/cni-*; do [ -e "$ns" ] && { ip netns delete "$(basename "$ns")" 2>/dev/null || rm -f "$ns"; }; done
 
 ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
 for v in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^veth' || true); do
-  [ "$(cat "/sys/class/net/$v/master/ifindex" 2>/dev/null)" = "" ] && ip link delete "$v" 2>/dev/null || true
+  if [ "$(cat "/sys/class/net/$v/master/ifindex" 2>/dev/null)" = "" ]; then ip link delete "$v" 2>/dev/null || true; fi
 done
 ip addr show dev lo | grep -q " $NODE_IP/32 " && ip addr del "$NODE_IP/32" dev lo
 ip link show kube-dummy-if >/dev/null 2>&1 && ip link delete kube-dummy-if
 
 # Pod cgroups (kubepods hierarchy), leaves first.
 for ctl in /sys/fs/cgroup/*/; do
-  [ -d "$ctl/kubepods" ] && find "$ctl/kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  if [ -d "$ctl/kubepods" ]; then find "$ctl/kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true; fi
 done
 
 rm -rf "$STATE" "$CTRD_RUN" /var/lib/kubelet

@@ -1,9 +1,12 @@
 # Shared helpers for the local-cluster scripts. Sourced, never executed.
 # shellcheck shell=bash
+# The variables set here are settings of the scripts that source this file, not used in it.
+# shellcheck disable=SC2034
 set -euo pipefail
 
 CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=versions.env
+# Found next to this file, whether it is checked alone or through a script in e2e/ or e2e/cluster/.
+# shellcheck source-path=SCRIPTDIR source-path=SCRIPTDIR/cluster source=versions.env
 . "$CLUSTER_DIR/versions.env"
 
 AIRLOCK_CACHE=${AIRLOCK_CACHE:-$HOME/.cache/airlock}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reports whether the local cluster is running and healthy; exit 0 only when every daemon we
 # started is alive, the API server is ready and the node is Ready. --quiet: exit code only.
+# shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
 quiet=false; [ "${1:-}" = --quiet ] && quiet=true
 say() { $quiet || echo "$@"; }

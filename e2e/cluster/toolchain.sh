@@ -2,6 +2,7 @@
 # Installs the pinned Rust toolchain of rust-toolchain.toml with the musl target the images need.
 # rustup reads `targets` from rust-toolchain.toml only when it installs the toolchain, never for a
 # toolchain that is already there, so the target is added explicitly (a no-op when present).
+# shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
 ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
 channel=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")

@@ -3,6 +3,7 @@
 # registry, containerd, etcd, kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy,
 # kube-router (NetworkPolicy). Idempotent: a healthy running cluster is reused as it is; the
 # leftovers of a killed run are cleaned first (down.sh), then everything starts fresh.
+# shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || die "the local cluster runs kubelet and containerd and needs root"
