@@ -130,14 +130,9 @@ impl Registry {
         let bytes = self
             .download(url, max_bytes)
             .await?
-            .ok_or_else(|| FetchFailure {
-                condition: VERIFIED,
-                reason: "BundleNotFound",
-                message: format!(
+            .ok_or_else(|| FetchFailure::verified("BundleNotFound", format!(
                     "spec.bundle.source.http.url {url} answered 404; publish the bundle there or fix the URL"
-                ),
-                running: RunningRevision::KeepsServing,
-            })?;
+                )))?;
         let sig_url = format!("{url}{}", bundle::SIGNATURE_SUFFIX);
         // Not knowing whether a signature exists is not "unsigned": fail closed on errors.
         let signature = self
@@ -149,21 +144,21 @@ impl Registry {
 
     /// `None` on 404.
     async fn download(&self, url: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, FetchFailure> {
-        let unreadable = |e: String| FetchFailure {
-            condition: VERIFIED,
-            reason: "BundleUnreadable",
-            message: format!(
-                "could not download {url}: {e}; check the URL and that the server is reachable from the operator (retrying)"
-            ),
-            running: RunningRevision::KeepsServing,
+        let unreadable = |e: String| {
+            FetchFailure::verified(
+                "BundleUnreadable",
+                format!(
+                    "could not download {url}: {e}; check the URL and that the server is reachable from the operator (retrying)"
+                ),
+            )
         };
-        let too_large = || FetchFailure {
-            condition: VERIFIED,
-            reason: "BundleTooLarge",
-            message: format!(
-                "{url} is larger than the limit of {max_bytes} bytes; make the bundle smaller (or raise --max-bundle-bytes)"
-            ),
-            running: RunningRevision::KeepsServing,
+        let too_large = || {
+            FetchFailure::verified(
+                "BundleTooLarge",
+                format!(
+                    "{url} is larger than the limit of {max_bytes} bytes; make the bundle smaller (or raise --max-bundle-bytes)"
+                ),
+            )
         };
         let mut response = self
             .http
@@ -245,11 +240,11 @@ impl Registry {
 
     /// `(repository@digest, digest)` of an image reference given by tag or digest.
     pub async fn resolve(&self, image: &str) -> Result<(String, String), FetchFailure> {
-        let reference: Reference = image.parse().map_err(|e| FetchFailure {
-            condition: VERIFIED,
-            reason: "InvalidImageReference",
-            message: format!("spec.image {image:?} is not a valid image reference: {e}"),
-            running: RunningRevision::KeepsServing,
+        let reference: Reference = image.parse().map_err(|e| {
+            FetchFailure::verified(
+                "InvalidImageReference",
+                format!("spec.image {image:?} is not a valid image reference: {e}"),
+            )
         })?;
         let digest = match reference.digest() {
             Some(d) => d.to_string(),
@@ -259,25 +254,15 @@ impl Registry {
                     .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous),
             )
             .await
-            .map_err(|_| FetchFailure {
-                condition: VERIFIED,
-                reason: "RegistryTimeout",
-                message: format!(
+            .map_err(|_| FetchFailure::verified("RegistryTimeout", format!(
                     "the registry {} did not answer within {}s while resolving spec.image {image}; check that it is reachable (retrying)",
                     reference.resolve_registry(),
                     REGISTRY_TIMEOUT.as_secs()
-                ),
-                running: RunningRevision::KeepsServing,
-            })?
-            .map_err(|e| FetchFailure {
-                    condition: VERIFIED,
-                    reason: "ImageUnresolvable",
-                    message: format!(
+                )))?
+            .map_err(|e| FetchFailure::verified("ImageUnresolvable", format!(
                         "could not resolve spec.image {image} to a digest at {}: {e}; check that the image exists and the registry is reachable (retrying)",
                         reference.resolve_registry()
-                    ),
-                    running: RunningRevision::KeepsServing,
-                })?,
+                    )))?,
         };
         let pinned = format!(
             "{}/{}@{digest}",
@@ -302,14 +287,12 @@ pub async fn fetch(
     if let Some(pinned) = &plugin.spec.bundle.digest
         && &digest != pinned
     {
-        return Err(FetchFailure {
-            condition: VERIFIED,
-            reason: "BundleDigestMismatch",
-            message: format!(
+        return Err(FetchFailure::verified(
+            "BundleDigestMismatch",
+            format!(
                 "the bundle's digest is {digest} but spec.bundle.digest pins {pinned}; the bundle changed: restore it or update the pin"
             ),
-            running: RunningRevision::KeepsServing,
-        });
+        ));
     }
     // The signature is checked before a single byte of the bundle is parsed.
     let bundle_signature = trust::bundle_signature(keys, &digest, signature.as_deref());
@@ -340,28 +323,13 @@ pub async fn fetch(
         tokio::task::spawn_blocking(move || {
             // Full extraction into a throw-away directory: the same safety checks the shim makes
             // (paths, links, devices, size), before anything is rolled out.
-            let dir = tempfile::tempdir().map_err(|e| FetchFailure {
-                condition: VERIFIED,
-                reason: "BundleInspectionFailed",
-                message: format!(
+            let dir = tempfile::tempdir().map_err(|e| FetchFailure::verified("BundleInspectionFailed", format!(
                     "the operator could not create a temporary directory to inspect the bundle ({e}); it needs a writable /tmp, which the chart mounts (retrying)"
-                ),
-                running: RunningRevision::KeepsServing,
-            })?;
-            bundle::extract(&bytes, dir.path(), max_bundle_bytes).map_err(|e| FetchFailure {
-                condition: VERIFIED,
-                reason: e.reason(),
-                message: format!("the bundle was refused: {e}; fix the bundle and publish it again"),
-                running: RunningRevision::KeepsServing,
-            })
+                )))?;
+            bundle::extract(&bytes, dir.path(), max_bundle_bytes).map_err(|e| FetchFailure::verified(e.reason(), format!("the bundle was refused: {e}; fix the bundle and publish it again")))
         })
         .await
-        .map_err(|e| FetchFailure {
-            condition: VERIFIED,
-            reason: "BundleInspectionFailed",
-            message: format!("inspecting the bundle did not finish: {e} (retrying)"),
-            running: RunningRevision::KeepsServing,
-        })??
+        .map_err(|e| FetchFailure::verified("BundleInspectionFailed", format!("inspecting the bundle did not finish: {e} (retrying)")))??
     };
     Ok(Fetched {
         pinned_image,
@@ -432,12 +400,10 @@ async fn read_bundle(
         .await;
     }
     let Some(cm_ref) = &source.config_map_ref else {
-        return Err(FetchFailure {
-            condition: VERIFIED,
-            reason: "BundleSourceMissing",
-            message: "spec.bundle.source sets none of oci, http or configMapRef; set one".into(),
-            running: RunningRevision::KeepsServing,
-        });
+        return Err(FetchFailure::verified(
+            "BundleSourceMissing",
+            "spec.bundle.source sets none of oci, http or configMapRef; set one",
+        ));
     };
     let ns = plugin.namespace().unwrap_or_default();
     let key = cm_ref
@@ -445,22 +411,20 @@ async fn read_bundle(
         .clone()
         .unwrap_or_else(|| crate::build::bundle_secret::BUNDLE_KEY.to_string());
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let cm = api.get_opt(&cm_ref.name).await.map_err(|e| FetchFailure {
-        condition: VERIFIED,
-        reason: "BundleUnreadable",
-        message: format!("reading ConfigMap {ns}/{}: {e} (retrying)", cm_ref.name),
-        running: RunningRevision::KeepsServing,
+    let cm = api.get_opt(&cm_ref.name).await.map_err(|e| {
+        FetchFailure::verified(
+            "BundleUnreadable",
+            format!("reading ConfigMap {ns}/{}: {e} (retrying)", cm_ref.name),
+        )
     })?;
     let Some(cm) = cm else {
-        return Err(FetchFailure {
-            condition: VERIFIED,
-            reason: "BundleNotFound",
-            message: format!(
+        return Err(FetchFailure::verified(
+            "BundleNotFound",
+            format!(
                 "spec.bundle.source.configMapRef: ConfigMap {ns}/{} does not exist; create it with `kubectl -n {ns} create configmap {} --from-file={key}=<bundle.tar.gz>`",
                 cm_ref.name, cm_ref.name
             ),
-            running: RunningRevision::KeepsServing,
-        });
+        ));
     };
     let mut data = cm.binary_data.unwrap_or_default();
     let sig_key = format!("{key}{}", bundle::SIGNATURE_SUFFIX);
@@ -469,26 +433,19 @@ async fn read_bundle(
         data.remove(&sig_key)
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
     });
-    let bytes = data.remove(&key).map(|b| b.0).ok_or_else(|| FetchFailure {
-            condition: VERIFIED,
-            reason: "BundleNotFound",
-            message: format!(
+    let bytes = data.remove(&key).map(|b| b.0).ok_or_else(|| FetchFailure::verified("BundleNotFound", format!(
                 "ConfigMap {ns}/{} has no binaryData key {key:?}; put the bundle there with --from-file={key}=<bundle.tar.gz>",
                 cm_ref.name
-            ),
-            running: RunningRevision::KeepsServing,
-        })?;
+            )))?;
     if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max_bytes {
-        return Err(FetchFailure {
-            condition: VERIFIED,
-            reason: "BundleTooLarge",
-            message: format!(
+        return Err(FetchFailure::verified(
+            "BundleTooLarge",
+            format!(
                 "the bundle in ConfigMap {ns}/{} is {} bytes, over the limit of {max_bytes}; make it smaller (or raise --max-bundle-bytes)",
                 cm_ref.name,
                 bytes.len()
             ),
-            running: RunningRevision::KeepsServing,
-        });
+        ));
     }
     Ok(SignedBundle { bytes, signature })
 }

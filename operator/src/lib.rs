@@ -25,19 +25,8 @@ pub use config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error(
-        "cannot reach the Kubernetes API ({0}); check the in-cluster service account or KUBECONFIG"
-    )]
-    Kube(#[from] kube::Error),
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-    #[error("HTTP endpoint on {addr}: {source}")]
-    Http {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Start(#[from] airlock_runtime::StartError),
     #[error(
         "leader election: {0}; check the Role that lets the operator manage Leases in its namespace"
     )]
@@ -72,15 +61,29 @@ async fn router_host_api(client: &kube::Client, namespace: &str) -> Option<Strin
     }
 }
 
+impl From<kube::Error> for StartError {
+    fn from(e: kube::Error) -> Self {
+        Self::Start(e.into())
+    }
+}
+
+impl From<prometheus::Error> for StartError {
+    fn from(e: prometheus::Error) -> Self {
+        Self::Start(e.into())
+    }
+}
+
 /// Starts the operator and runs it until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
     airlock_runtime::telemetry::init_tracing(config.log_json);
-    let mut build = config.build_config().map_err(StartError::Config)?;
+    let mut build = config
+        .build_config()
+        .map_err(airlock_runtime::StartError::Config)?;
     let metrics = metrics::Metrics::new()?;
     let client = {
-        let config = kube::Config::infer()
-            .await
-            .map_err(|e| StartError::Config(format!("finding the cluster: {e}")))?;
+        let config = kube::Config::infer().await.map_err(|e| {
+            airlock_runtime::StartError::Config(format!("finding the cluster: {e}"))
+        })?;
         airlock_runtime::kube_client::client(config, &metrics.kube_requests)?
     };
     if build.host_api.is_none() {
@@ -92,7 +95,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tokio::spawn(async move {
             airlock_runtime::http::serve(addr, metrics.registry, ready)
                 .await
-                .map_err(|source| StartError::Http { addr, source })
+                .map_err(|source| {
+                    StartError::from(airlock_runtime::StartError::Http { addr, source })
+                })
         })
     };
     let ctx = Arc::new(reconcile::Context::new(

@@ -47,6 +47,18 @@ pub struct FetchFailure {
     pub running: RunningRevision,
 }
 
+impl FetchFailure {
+    /// A failure of the `Verified` condition that leaves what runs alone.
+    pub fn verified(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            condition: VERIFIED,
+            reason,
+            message: message.into(),
+            running: RunningRevision::KeepsServing,
+        }
+    }
+}
+
 /// What a failure to fetch or verify the current spec does to the revision already running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RunningRevision {

@@ -16,7 +16,7 @@ use sigstore::cosign::{ClientBuilder, CosignCapabilities};
 use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
 use tracing::warn;
 
-use crate::status::{FetchFailure, RunningRevision, VERIFIED};
+use crate::status::FetchFailure;
 use crate::trust::{ImageKey, Signature};
 
 /// How long a registry may take for the whole signature lookup.
@@ -58,15 +58,10 @@ impl ImageVerifier {
         }
         let layers = tokio::time::timeout(VERIFY_TIMEOUT, self.signature_layers(pinned))
             .await
-            .map_err(|_| FetchFailure {
-                condition: VERIFIED,
-                reason: "RegistryTimeout",
-                message: format!(
+            .map_err(|_| FetchFailure::verified("RegistryTimeout", format!(
                     "the registry did not answer within {}s while reading the cosign signatures of {pinned}; nothing is rolled out until it does (retrying)",
                     VERIFY_TIMEOUT.as_secs()
-                ),
-                running: RunningRevision::KeepsServing,
-            })??;
+                )))??;
         let sig = judge(&layers, keys);
         self.cache
             .lock()
@@ -79,19 +74,19 @@ impl ImageVerifier {
         &self,
         pinned: &str,
     ) -> Result<Vec<sigstore::cosign::SignatureLayer>, FetchFailure> {
-        let unavailable = |e: String| FetchFailure {
-            condition: VERIFIED,
-            reason: "RegistryUnavailable",
-            message: format!(
-                "could not read the cosign signatures of {pinned}: {e}; nothing is rolled out until the registry answers (retrying)"
-            ),
-            running: RunningRevision::KeepsServing,
+        let unavailable = |e: String| {
+            FetchFailure::verified(
+                "RegistryUnavailable",
+                format!(
+                    "could not read the cosign signatures of {pinned}: {e}; nothing is rolled out until the registry answers (retrying)"
+                ),
+            )
         };
-        let reference: OciReference = pinned.parse().map_err(|e| FetchFailure {
-            condition: VERIFIED,
-            reason: "InvalidImageReference",
-            message: format!("{pinned} is not a valid image reference: {e}"),
-            running: RunningRevision::KeepsServing,
+        let reference: OciReference = pinned.parse().map_err(|e| {
+            FetchFailure::verified(
+                "InvalidImageReference",
+                format!("{pinned} is not a valid image reference: {e}"),
+            )
         })?;
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),

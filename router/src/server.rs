@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use airlock_proto::router::v1::hook_router_server::HookRouterServer;
 use tonic_health::ServingStatus;
+use airlock_runtime::StartError;
 use tracing::info;
 
 use crate::dispatch::Router;
@@ -18,19 +19,8 @@ pub const SERVICE_NAME: &str = "airlock.router.v1.HookRouter";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error(
-        "cannot reach the Kubernetes API ({0}); check the in-cluster service account or KUBECONFIG"
-    )]
-    Kube(#[from] kube::Error),
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-    #[error("HTTP endpoint on {addr}: {source}")]
-    Http {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error("gRPC endpoint on {addr}: {source}")]
     Grpc {
         addr: SocketAddr,
@@ -40,6 +30,18 @@ pub enum RouterError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+impl From<kube::Error> for RouterError {
+    fn from(e: kube::Error) -> Self {
+        Self::Start(e.into())
+    }
+}
+
+impl From<prometheus::Error> for RouterError {
+    fn from(e: prometheus::Error) -> Self {
+        Self::Start(e.into())
+    }
+}
+
 /// Runs the router until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), RouterError> {
     airlock_runtime::telemetry::init_tracing(config.log_json);
@@ -47,7 +49,7 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     let client = {
         let kube_config = kube::Config::infer()
             .await
-            .map_err(|e| RouterError::Config(format!("finding the cluster: {e}")))?;
+            .map_err(|e| RouterError::from(StartError::Config(format!("finding the cluster: {e}"))))?;
         airlock_runtime::kube_client::client(kube_config, &metrics.kube_requests)?
     };
     let caller = Arc::new(if config.tls_secret.is_empty() {
@@ -89,7 +91,7 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
         tokio::spawn(async move {
             airlock_runtime::http::serve(addr, metrics.registry, ready)
                 .await
-                .map_err(|source| RouterError::Http { addr, source })
+                .map_err(|source| RouterError::from(StartError::Http { addr, source }))
         })
     };
 
@@ -134,7 +136,7 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
         .add_service(health)
         .add_service(reflection)
         .add_service(HookRouterServer::new(grpc::HookRouterService::new(router)))
-        .serve_with_shutdown(addr, shutdown_signal());
+        .serve_with_shutdown(addr, airlock_runtime::shutdown::signal());
     let host_failed = async move {
         match host {
             Some(task) => match task.await {
@@ -176,7 +178,7 @@ async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
     let Some(first) = first else { return Ok(()) };
     let acceptor = airlock_tls::Acceptor::new(
         config_of(&first)
-            .map_err(|e| RouterError::Config(format!("the router's certificate: {e}")))?,
+            .map_err(|e| RouterError::from(StartError::Config(format!("the router's certificate: {e}"))))?,
     );
     let renewals = acceptor.clone();
     tokio::spawn(async move {
@@ -194,30 +196,13 @@ async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
     });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| RouterError::Http { addr, source })?;
+        .map_err(|source| RouterError::from(StartError::Http { addr, source }))?;
     info!(%addr, "serving airlock.host.v1.Host (mutual TLS, plugins only)");
     tonic::transport::Server::builder()
         .add_service(airlock_proto::host::v1::host_server::HostServer::new(
             service,
         ))
-        .serve_with_incoming_shutdown(acceptor.incoming(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(acceptor.incoming(listener), airlock_runtime::shutdown::signal())
         .await
         .map_err(|source| RouterError::Grpc { addr, source })
-}
-
-/// SIGTERM (kubelet) or SIGINT (a terminal): stop taking calls and drain the ones in flight.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-    info!("shutting down: draining calls in flight");
 }

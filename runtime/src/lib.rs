@@ -1,6 +1,7 @@
 //! Plumbing shared by the two binaries that talk to Kubernetes, the operator (control plane) and
 //! the router (data plane), so neither depends on the other:
 //!
+//! - [`error::StartError`]: why a binary could not start, the failures both binaries share;
 //! - [`kube_client`]: the Kubernetes client with a response timeout and counted requests;
 //! - [`metrics`]: the series every such binary exports;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
@@ -10,9 +11,12 @@
 //! - [`shutdown`]: stop on SIGTERM or SIGINT.
 
 pub mod audit;
+pub mod error;
 pub mod http;
 pub mod kube_client;
 pub mod metrics;
 pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
+
+pub use error::StartError;
