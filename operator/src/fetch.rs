@@ -296,6 +296,14 @@ pub async fn fetch(
     }
     // The signature is checked before a single byte of the bundle is parsed.
     let bundle_signature = trust::bundle_signature(keys, &digest, signature.as_deref());
+    // A bundle signed by a revoked key is refused before anything is asked of a registry: an
+    // unreachable or slow registry must not keep a revoked revision from being quarantined.
+    if matches!(bundle_signature, trust::Signature::Revoked { .. }) {
+        let verdict = trust::signer(&bundle_signature, &trust::Signature::Absent, &keys.problems);
+        return Err(verdict.err().map(refused).unwrap_or_else(|| {
+            FetchFailure::verified(trust::KEY_REVOKED, "the bundle's signer was revoked")
+        }));
+    }
     let (pinned_image, image_digest) = registry.resolve_pinned(plugin).await?;
     let image_signature = if keys.image.is_empty() && signature.is_none() {
         // Nothing could verify it and nothing else is signed: skip the registry round trip.
@@ -307,17 +315,7 @@ pub async fn fetch(
             .await?
     };
     let signed_by =
-        trust::signer(&bundle_signature, &image_signature, &keys.problems).map_err(|refusal| {
-            FetchFailure {
-                condition: VERIFIED,
-                reason: refusal.reason(),
-                message: refusal.message().to_string(),
-                running: match refusal {
-                    trust::Refusal::Revoked { .. } => RunningRevision::Quarantined,
-                    trust::Refusal::Blocked { .. } => RunningRevision::KeepsServing,
-                },
-            }
-        })?;
+        trust::signer(&bundle_signature, &image_signature, &keys.problems).map_err(refused)?;
     let inspected = {
         let bytes = bytes.clone();
         tokio::task::spawn_blocking(move || {
@@ -348,6 +346,18 @@ pub async fn fetch(
         manifest: inspected.manifest,
         signed_by,
     })
+}
+
+/// A refusal of the signatures as a failure; a revoked signer quarantines what runs.
+fn refused(refusal: trust::Refusal) -> FetchFailure {
+    let running = match refusal {
+        trust::Refusal::Revoked { .. } => RunningRevision::Quarantined,
+        trust::Refusal::Blocked { .. } => RunningRevision::KeepsServing,
+    };
+    FetchFailure {
+        running,
+        ..FetchFailure::verified(refusal.reason(), refusal.message())
+    }
 }
 
 /// The bundle from `location`, fetched once per Plugin generation.

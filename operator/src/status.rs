@@ -47,6 +47,14 @@ pub struct FetchFailure {
     pub running: RunningRevision,
 }
 
+/// Now, to the second: what a condition's `lastTransitionTime` can hold (`metav1.Time` has second
+/// precision). A status computed with sub-second times never equals the one read back, and each
+/// reconcile would write it again.
+pub fn now() -> Timestamp {
+    let now = Timestamp::now();
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
 impl FetchFailure {
     /// A failure of the `Verified` condition that leaves what runs alone.
     pub fn verified(reason: &'static str, message: impl Into<String>) -> Self {

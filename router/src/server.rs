@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use airlock_proto::router::v1::hook_router_server::HookRouterServer;
-use tonic_health::ServingStatus;
 use airlock_runtime::StartError;
+use tonic_health::ServingStatus;
 use tracing::info;
 
 use crate::dispatch::Router;
@@ -47,9 +47,9 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     airlock_runtime::telemetry::init_tracing(config.log_json);
     let metrics = Metrics::new()?;
     let client = {
-        let kube_config = kube::Config::infer()
-            .await
-            .map_err(|e| RouterError::from(StartError::Config(format!("finding the cluster: {e}"))))?;
+        let kube_config = kube::Config::infer().await.map_err(|e| {
+            RouterError::from(StartError::Config(format!("finding the cluster: {e}")))
+        })?;
         airlock_runtime::kube_client::client(kube_config, &metrics.kube_requests)?
     };
     let caller = Arc::new(if config.tls_secret.is_empty() {
@@ -176,10 +176,9 @@ async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
         Err(_) => return Ok(()),
     };
     let Some(first) = first else { return Ok(()) };
-    let acceptor = airlock_tls::Acceptor::new(
-        config_of(&first)
-            .map_err(|e| RouterError::from(StartError::Config(format!("the router's certificate: {e}"))))?,
-    );
+    let acceptor = airlock_tls::Acceptor::new(config_of(&first).map_err(|e| {
+        RouterError::from(StartError::Config(format!("the router's certificate: {e}")))
+    })?);
     let renewals = acceptor.clone();
     tokio::spawn(async move {
         while identity.changed().await.is_ok() {
@@ -202,7 +201,10 @@ async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
         .add_service(airlock_proto::host::v1::host_server::HostServer::new(
             service,
         ))
-        .serve_with_incoming_shutdown(acceptor.incoming(listener), airlock_runtime::shutdown::signal())
+        .serve_with_incoming_shutdown(
+            acceptor.incoming(listener),
+            airlock_runtime::shutdown::signal(),
+        )
         .await
         .map_err(|source| RouterError::Grpc { addr, source })
 }

@@ -21,6 +21,9 @@ mod pipeline;
 mod record;
 mod watches;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,10 +111,6 @@ impl Context {
         metrics: Metrics,
         max_bundle_bytes: u64,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "airlock-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         let (namespaces, namespace_writer) = reflector::store();
         let namespace_stream = reflector::reflector(
             namespace_writer,
@@ -121,6 +120,30 @@ impl Context {
             ),
         );
         tokio::spawn(namespace_stream.default_backoff().for_each(|_| async {}));
+        Self::with_namespaces(
+            client,
+            namespaces,
+            build,
+            registry,
+            metrics,
+            max_bundle_bytes,
+        )
+    }
+
+    /// A context reading namespace labels from `namespaces`, a cache someone else fills (the
+    /// watch [`Context::new`] starts, or a test).
+    pub fn with_namespaces(
+        client: Client,
+        namespaces: Store<PartialObjectMeta<Namespace>>,
+        build: BuildConfig,
+        registry: Registry,
+        metrics: Metrics,
+        max_bundle_bytes: u64,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "airlock-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             namespaces,

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use airlock_crds::{Plugin, PluginTrustPolicy};
-use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -59,7 +58,7 @@ pub(super) async fn run(
                 apply::quarantine(plugin, ctx, watches).await?;
             }
             (
-                status::next_status(plugin, Outcome::FetchFailed(failure), Timestamp::now()),
+                status::next_status(plugin, Outcome::FetchFailed(failure), status::now()),
                 Duration::from_secs(30),
             )
         }
@@ -83,7 +82,7 @@ pub(super) async fn run(
             let next = status::next_status(
                 plugin,
                 Outcome::Planned(&plan, applied.as_ref()),
-                Timestamp::now(),
+                status::now(),
             );
             (next, requeue_after(&plan, applied.as_ref()))
         }

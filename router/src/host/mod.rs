@@ -9,17 +9,22 @@
 //!
 //! The adapters come on top of this and own no rules: [`service`], the gRPC service (which learns
 //! the caller's plugin from its mTLS certificate, calls [`permission::check`] then the matching
-//! rule here, and turns a [`HostError`] into a status with [`HostError::code`]), and the
-//! Kubernetes persistence of each plugin's [`storage::Store`].
+//! rule here, and turns a [`HostError`] into a status with [`HostError::code`]), and
+//! [`kube_storage`], the Kubernetes persistence of each plugin's [`storage::Store`] (its
+//! `PluginStorage` object, written with optimistic concurrency).
 
 pub mod event;
+pub mod kube_storage;
 pub mod log;
 pub mod permission;
 pub mod service;
 pub mod storage;
 
+// The paths the rest of the router (and its users) name: `host::HostService`,
+// `host::KubeStorage`, `host::StorageBackend`, whichever module owns them.
+pub use kube_storage::{KubeStorage, StorageBackend};
 pub use permission::{Denied, HostCall};
-pub use service::{HostService, KubeStorage, StorageBackend};
+pub use service::HostService;
 
 /// Why a host call failed: everything a call can be refused for. The Display is the message the
 /// plugin gets; none of them contains a value or payload the plugin sent.

@@ -3,6 +3,12 @@
 //! policies, a per-plugin concurrency limit, circuit breakers and auto-disable. The network side
 //! is a [`Caller`]; the cluster side a [`Disabler`] and the [`RouteTable`] handed to
 //! [`Router::update`].
+//!
+//! This module owns the requests and their routing (which plugins, in which order, with what
+//! deadline) and the one call to a plugin; `outcome` owns what a call's result does afterwards
+//! (breaker, metrics, auto-disable), kept apart so the call path reads as "admit, call, record".
+
+mod outcome;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,12 +20,15 @@ use airlock_core::Hook;
 use airlock_crds::plugin::FailurePolicy;
 use tokio::sync::Semaphore;
 use tonic::Code;
-use tracing::{info, warn};
 
 use crate::breaker::{BreakerConfig, Health, Outcome};
 use crate::metrics::Metrics;
 use crate::table::{HookRoute, Route, RouteTable};
 use airlock_core::PluginKey;
+use outcome::TrialRelease;
+
+// `crate::dispatch::code_label` is the metric label the gRPC edge uses too.
+pub use outcome::code_label;
 
 /// Longest invocation id accepted (it goes into logs and to the plugin).
 pub const MAX_INVOCATION_ID_LEN: usize = 256;
@@ -342,7 +351,9 @@ impl<C: Caller> Router<C> {
             .collect()
     }
 
-    /// One call, through the breaker and the concurrency limit, with health accounting.
+    /// One call, through the breaker and the concurrency limit. What its result does to the
+    /// plugin's health, the metrics and its place in service is [`Router::record`] (in
+    /// [`outcome`]); this only decides whether to call, and calls.
     async fn call_one(
         &self,
         route: Arc<Route>,
@@ -355,8 +366,7 @@ impl<C: Caller> Router<C> {
         let key = route.plugin.clone();
         let deadline = budget.map_or(hook_route.timeout, |b| b.min(hook_route.timeout));
         if let Err(refusal) = self.health_of(&key, |h| h.admit(now())) {
-            self.metrics
-                .hook_invocation(&key.to_string(), hook.as_str(), "refused", None);
+            self.record_refused(&key, hook);
             return Err(CallFailure {
                 code: Code::Unavailable,
                 message: refusal.to_string(),
@@ -365,18 +375,13 @@ impl<C: Caller> Router<C> {
         }
         // If this future is dropped before the outcome is recorded (the caller hung up), a
         // half-open breaker's trial must be given back, or the breaker would refuse forever.
-        let mut trial = TrialRelease {
-            router: self,
-            key: &key,
-            armed: true,
-        };
+        let trial = TrialRelease::arm(self, &key);
         let slots = lock(&self.slots)
             .entry(key.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrency)))
             .clone();
         let Ok(_slot) = slots.try_acquire_owned() else {
-            self.metrics
-                .hook_invocation(&key.to_string(), hook.as_str(), "refused", None);
+            self.record_refused(&key, hook);
             return Err(CallFailure {
                 code: Code::ResourceExhausted,
                 message: format!(
@@ -409,40 +414,14 @@ impl<C: Caller> Router<C> {
                 outcome: Outcome::Timeout,
             }),
         };
-        let elapsed = started.elapsed();
-        let outcome = match &result {
-            Ok(_) => Outcome::Answered,
-            Err(f) => f.outcome,
-        };
-        let label = match &result {
-            Ok(_) => "ok",
-            Err(f) => code_label(f.code),
-        };
-        self.metrics
-            .hook_invocation(&key.to_string(), hook.as_str(), label, Some(elapsed));
-        let now = now();
-        let (disabled, state) = self.health_of(&key, |h| {
-            (
-                h.record(outcome, now, &self.config.breaker),
-                h.state_name(now),
-            )
-        });
-        trial.armed = false;
-        let label = key.to_string();
-        if matches!(
-            outcome,
-            Outcome::Timeout | Outcome::Crash | Outcome::Misbehaved
-        ) {
-            self.metrics.plugin_restarted(&label);
-        }
-        self.metrics.breaker(&label, state != "closed");
-        if let Some(reason) = disabled {
-            warn!(plugin = %key, %reason, "auto-disabling the plugin");
-            self.metrics.auto_disabled();
-            self.disabler.disable(&route, &reason);
-        } else if let Err(f) = &result {
-            info!(plugin = %key, hook = hook.as_str(), %invocation_id, code = ?f.code, "hook call failed");
-        }
+        self.record(
+            &route,
+            hook,
+            invocation_id,
+            &result,
+            started.elapsed(),
+            trial,
+        );
         result
     }
 
@@ -468,21 +447,6 @@ impl<C: Caller> Router<C> {
             std::process::id(),
             self.next_id.fetch_add(1, Ordering::Relaxed)
         ))
-    }
-}
-
-/// Gives a half-open breaker's trial back unless disarmed (see [`Router::call_one`]).
-struct TrialRelease<'a, C: Caller> {
-    router: &'a Router<C>,
-    key: &'a PluginKey,
-    armed: bool,
-}
-
-impl<C: Caller> Drop for TrialRelease<'_, C> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.router.health_of(self.key, Health::release_trial);
-        }
     }
 }
 
@@ -539,20 +503,6 @@ fn check_json(payload: &str) -> Result<(), RouteError> {
                 ),
             )
         })
-}
-
-/// Metric label of a gRPC code: stable, lower case.
-pub fn code_label(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::DeadlineExceeded => "timeout",
-        Code::Unavailable => "unavailable",
-        Code::Aborted => "plugin_error",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::InvalidArgument => "invalid_argument",
-        Code::Internal => "internal",
-        _ => "other",
-    }
 }
 
 /// The router's clock: tokio's, so tests with paused time see breakers cool down.

@@ -1,0 +1,540 @@
+//! The reconcile pipeline against a fake API server, without a cluster (kube-rs controller-rs
+//! style): the fake answers the exact requests a reconcile makes from an in-memory object map and
+//! records them, so each test reads like what a user would see — which objects were written, and
+//! what the Plugin's status says. The same behaviours are proven on the real cluster by the e2e
+//! suite; these run in `make unit` in well under a second.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use airlock_crds::{Plugin, PluginTrustPolicy};
+use airlock_tls::pki::Ca;
+use base64::Engine as _;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::client::Body;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use super::watches::Watches;
+use super::{Context, pipeline, record};
+use crate::build::BuildConfig;
+use crate::fetch::Registry;
+use crate::metrics::Metrics;
+
+const NS: &str = "plugins";
+const IMAGE: &str = "198.19.255.1:5000/acme/hello@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const MANIFEST: &str = "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\n\
+    permissions: [log]\nentryPoint: [/hello]\n";
+
+/// What the fake API server holds and saw.
+#[derive(Default)]
+struct State {
+    /// Objects by path (`/api/v1/namespaces/plugins/secrets/x`).
+    objects: BTreeMap<String, Value>,
+    /// Every request: method and path (without the query).
+    requests: Vec<(Method, String)>,
+    /// Bodies of PATCH requests, by path.
+    patches: Vec<(String, Value)>,
+}
+
+#[derive(Clone, Default)]
+struct FakeApi(Arc<Mutex<State>>);
+
+impl FakeApi {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, path: &str, object: Value) {
+        self.state().objects.insert(path.into(), object);
+    }
+
+    fn requests(&self) -> Vec<(Method, String)> {
+        self.state().requests.clone()
+    }
+
+    /// Writes (anything but GET) since the last call, as `METHOD path`.
+    fn take_writes(&self) -> Vec<String> {
+        let mut st = self.state();
+        let writes = st
+            .requests
+            .iter()
+            .filter(|(m, _)| *m != Method::GET)
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect();
+        st.requests.clear();
+        writes
+    }
+
+    fn last_patch(&self, path: &str) -> Option<Value> {
+        self.state()
+            .patches
+            .iter()
+            .rev()
+            .find(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
+    }
+
+    /// Kubernetes' garbage collector after a Plugin is deleted: its owned objects go.
+    fn collect_garbage_of(&self, uid: &str) {
+        self.state().objects.retain(|_, o| {
+            !o["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+        });
+    }
+
+    async fn answer(self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut st = self.state();
+        st.requests.push((method.clone(), path.clone()));
+        let (code, answer) = match method {
+            Method::GET if query.contains("labelSelector") => {
+                // A list: every stored object under the collection whose labels match.
+                let wanted: Vec<(String, String)> = selector(&query);
+                let items: Vec<Value> = st
+                    .objects
+                    .iter()
+                    .filter(|(p, _)| p.starts_with(&format!("{path}/")))
+                    .filter(|(_, o)| {
+                        wanted
+                            .iter()
+                            .all(|(k, v)| o["metadata"]["labels"][k] == v.as_str())
+                    })
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                (StatusCode::OK, json!({"metadata": {}, "items": items}))
+            }
+            Method::GET => match st.objects.get(&path) {
+                Some(o) => (StatusCode::OK, o.clone()),
+                None => not_found(),
+            },
+            Method::PATCH => {
+                st.patches.push((path.clone(), body.clone()));
+                let (object_path, status_only) = match path.strip_suffix("/status") {
+                    Some(p) => (p.to_string(), true),
+                    None => (path.clone(), false),
+                };
+                let mut object = st.objects.get(&object_path).cloned().unwrap_or(json!({}));
+                if status_only {
+                    object["status"] = body["status"].clone();
+                } else {
+                    // Server-side apply, as far as these tests look: the applied fields replace
+                    // the stored ones; the status (written by others) stays.
+                    for (k, v) in body.as_object().into_iter().flatten() {
+                        if k != "status" {
+                            object[k] = v.clone();
+                        }
+                    }
+                    if object["spec"]["replicas"].is_null() && object_path.contains("/deployments/")
+                    {
+                        object["spec"]["replicas"] = json!(1);
+                    }
+                }
+                object["metadata"]["resourceVersion"] = json!(st.requests.len().to_string());
+                st.objects.insert(object_path, object.clone());
+                (StatusCode::OK, object)
+            }
+            Method::POST => (StatusCode::CREATED, body),
+            _ => not_found(),
+        };
+        let bytes = serde_json::to_vec(&answer).unwrap_or_default();
+        let mut response = Response::new(Body::from(bytes));
+        *response.status_mut() = code;
+        Ok(response)
+    }
+}
+
+fn not_found() -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": "not found", "reason": "NotFound", "code": 404}),
+    )
+}
+
+/// `a=b,c=d` from a query's `labelSelector`.
+fn selector(query: &str) -> Vec<(String, String)> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("labelSelector="))
+        .unwrap_or_default()
+        .replace("%3D", "=")
+        .replace("%2C", ",")
+        .replace("%2F", "/");
+    raw.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A test bundle (packed like `airlockctl bundle pack`) with `manifest` as its plugin.yaml.
+fn bundle(manifest: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plugin.yaml"), manifest).unwrap();
+    airlock_bundle::pack::pack(dir.path(), airlock_bundle::DEFAULT_MAX_BYTES)
+        .unwrap()
+        .bytes
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn plugin(uid: &str, permissions: &str) -> Plugin {
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: airlock.dev/v1alpha1
+kind: Plugin
+metadata: {{name: hello, namespace: {NS}, uid: {uid}, generation: 1}}
+spec:
+  version: 1.0.0
+  image: {IMAGE}
+  bundle: {{source: {{configMapRef: {{name: hello-bundle}}}}}}
+  pluginApiVersion: 1
+  hooks: [{{name: transform, timeout: 200ms}}]
+  permissions: {permissions}
+"#
+    ))
+    .unwrap()
+}
+
+/// A policy that lets unsigned plugins run at level Untrusted, and lists `keys`.
+fn policy(keys: Value) -> PluginTrustPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "airlock.dev/v1alpha1",
+        "kind": "PluginTrustPolicy",
+        "metadata": {"name": "dev"},
+        "spec": {
+            "keys": keys,
+            "trustLevels": {
+                "Untrusted": {"allowUnsigned": true, "maxMemory": "128Mi", "maxTimeout": "2s",
+                              "permissions": ["log", "storage:read", "storage:write"]},
+                "Trusted": {"maxMemory": "128Mi", "maxTimeout": "2s", "permissions": ["log"]},
+            },
+        },
+    }))
+    .unwrap()
+}
+
+/// One leadership term against the fake: the context and the watch caches, which the tests fill
+/// themselves (the watches that would fill them are not under test here).
+struct Harness {
+    api: FakeApi,
+    ctx: Context,
+    watches: Watches,
+    deployments: Writer<Deployment>,
+    _listed: tokio::sync::watch::Sender<bool>,
+}
+
+impl Harness {
+    fn new(policy: PluginTrustPolicy, config_map: Value) -> Self {
+        let api = FakeApi::default();
+        api.put(
+            &format!("/api/v1/namespaces/{NS}/configmaps/hello-bundle"),
+            config_map,
+        );
+        let service = tower::service_fn({
+            let api = api.clone();
+            move |req| api.clone().answer(req)
+        });
+        let client = kube::Client::new(service, NS);
+        let (namespaces, _) = reflector::store();
+        let ctx = Context::with_namespaces(
+            client,
+            namespaces,
+            BuildConfig {
+                shim_image: "198.19.255.1:5000/airlock/shim@sha256:aaaa".into(),
+                router_namespace: "airlock-system".into(),
+                router_pod_labels: vec![],
+                progress_deadline_seconds: 20,
+                seccomp_localhost_profile: None,
+                host_api: None,
+            },
+            Registry::new(vec![], Duration::from_secs(3600)),
+            Metrics::new().unwrap(),
+            airlock_bundle::DEFAULT_MAX_BYTES,
+        );
+        let (policies, mut policy_writer) = reflector::store();
+        policy_writer.apply_watcher_event(&watcher::Event::Apply(policy));
+        let (deployments, deployment_writer) = reflector::store();
+        let (listed_tx, policies_listed) = tokio::sync::watch::channel(true);
+        let watches = Watches {
+            policies,
+            policies_listed,
+            deployments,
+            services: reflector::store().0,
+            network_policies: reflector::store().0,
+            service_accounts: reflector::store().0,
+            ca: Ca::generate(SystemTime::now()).unwrap(),
+        };
+        Self {
+            api,
+            ctx,
+            watches,
+            deployments: deployment_writer,
+            _listed: listed_tx,
+        }
+    }
+
+    fn unsigned(manifest: &str) -> Self {
+        Self::new(
+            policy(json!([])),
+            json!({"metadata": {"name": "hello-bundle", "namespace": NS},
+                   "binaryData": {"bundle.tar.gz": b64(&bundle(manifest))}}),
+        )
+    }
+
+    async fn reconcile(&self, plugin: &Plugin) {
+        // The API server holds the Plugin (its status patch answers with the whole object).
+        self.api.put(
+            &format!("/apis/airlock.dev/v1alpha1/namespaces/{NS}/plugins/hello"),
+            serde_json::to_value(plugin).unwrap(),
+        );
+        pipeline::run(plugin, &self.ctx, &self.watches)
+            .await
+            .expect("the reconcile succeeds");
+    }
+
+    /// The status the reconcile last wrote.
+    fn status(&self) -> Value {
+        self.api
+            .last_patch(&format!(
+                "/apis/airlock.dev/v1alpha1/namespaces/{NS}/plugins/hello/status"
+            ))
+            .map(|b| b["status"].clone())
+            .expect("a status was written")
+    }
+
+    /// The plugin's Deployment as the watch would show it now.
+    fn watch_deployment(&mut self) {
+        let path = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
+        let d: Deployment =
+            serde_json::from_value(self.api.state().objects[&path].clone()).unwrap();
+        self.deployments
+            .apply_watcher_event(&watcher::Event::Apply(d));
+    }
+}
+
+fn condition(status: &Value, ty: &str) -> (String, String) {
+    let c = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == ty)
+        .unwrap_or_else(|| panic!("condition {ty} in {status}"));
+    (
+        c["status"].as_str().unwrap_or_default().into(),
+        c["reason"].as_str().unwrap_or_default().into(),
+    )
+}
+
+fn wrote(writes: &[String], what: &str) -> bool {
+    writes.iter().any(|w| w.contains(what))
+}
+
+#[tokio::test]
+async fn a_new_plugin_gets_its_identity_and_children_then_an_unchanged_one_writes_nothing() {
+    let mut h = Harness::unsigned(MANIFEST);
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+
+    let writes = h.api.take_writes();
+    for child in [
+        "PATCH /api/v1/namespaces/plugins/serviceaccounts/hello",
+        "PATCH /api/v1/namespaces/plugins/secrets/hello-tls",
+        "PATCH /apis/networking.k8s.io/v1/namespaces/plugins/networkpolicies/hello",
+        "PATCH /api/v1/namespaces/plugins/services/hello",
+        "PATCH /apis/apps/v1/namespaces/plugins/deployments/hello",
+        "PATCH /apis/airlock.dev/v1alpha1/namespaces/plugins/plugins/hello/status",
+    ] {
+        assert!(
+            writes.contains(&child.to_string()),
+            "{child} in {writes:#?}"
+        );
+    }
+    assert!(wrote(&writes, "secrets/hello-bundle-"), "{writes:#?}");
+    assert!(wrote(&writes, "POST /apis/events.k8s.io/v1"), "{writes:#?}");
+    let status = h.status();
+    assert_eq!(status["phase"], "Deploying", "{status}");
+    assert_eq!(condition(&status, "Verified").0, "True");
+    assert_eq!(status["trustLevel"], "Untrusted");
+
+    // The watch now shows what was applied: the same Plugin again costs no write at all.
+    h.watch_deployment();
+    let mut seen = p.clone();
+    seen.status = serde_json::from_value(status).ok();
+    h.reconcile(&seen).await;
+    let again: Vec<String> = h
+        .api
+        .take_writes()
+        .into_iter()
+        .filter(|w| {
+            !w.contains("/serviceaccounts/")
+                && !w.contains("/services/")
+                && !w.contains("/networkpolicies/")
+        })
+        .collect();
+    assert_eq!(
+        again,
+        Vec::<String>::new(),
+        "no writes for an unchanged Plugin"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_asking_for_an_undeclared_permission_is_blocked_and_nothing_is_rolled_out() {
+    let h = Harness::unsigned(MANIFEST);
+    h.reconcile(&plugin("uid-1", "[log, storage:write]")).await;
+
+    let writes = h.api.take_writes();
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.contains("/status") || w.starts_with("POST")),
+        "only the status and Events are written: {writes:#?}"
+    );
+    let status = h.status();
+    assert_eq!(status["phase"], "Failed", "{status}");
+    let (ok, reason) = condition(&status, "PermissionsApproved");
+    assert_eq!(
+        (ok.as_str(), reason.as_str()),
+        ("False", "NotDeclaredBySigner")
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_recreated_under_the_same_name_gets_fresh_secrets() {
+    let h = Harness::unsigned(MANIFEST);
+    h.reconcile(&plugin("uid-1", "[log]")).await;
+    let first = h.api.take_writes();
+    assert!(wrote(&first, "secrets/hello-bundle-") && wrote(&first, "secrets/hello-tls"));
+
+    // Deleted: the controller records it, Kubernetes collects what the Plugin owned.
+    record::cleanup(&plugin("uid-1", "[log]"), &h.ctx)
+        .await
+        .expect("cleanup");
+    h.api.collect_garbage_of("uid-1");
+    h.api.take_writes();
+
+    // Applied again with the same name and bundle, within the same leadership term.
+    h.reconcile(&plugin("uid-2", "[log]")).await;
+    let second = h.api.take_writes();
+    assert!(
+        wrote(
+            &second,
+            "PATCH /api/v1/namespaces/plugins/secrets/hello-bundle-"
+        ),
+        "the bundle Secret is created again: {second:#?}"
+    );
+    assert!(
+        wrote(
+            &second,
+            "PATCH /api/v1/namespaces/plugins/secrets/hello-tls"
+        ),
+        "the TLS Secret is issued again: {second:#?}"
+    );
+    let tls = h.api.state().objects
+        ["/api/v1/namespaces/plugins/secrets/hello-tls"]["metadata"]["ownerReferences"][0]["uid"]
+        .clone();
+    assert_eq!(tls, "uid-2", "the new Secret belongs to the new Plugin");
+}
+
+#[tokio::test]
+async fn a_revision_that_misses_its_deadline_is_rolled_back_to_the_last_good_one() {
+    let h = Harness::unsigned(MANIFEST);
+    let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
+    // The Deployment says the new revision did not progress in time.
+    h.api.put(
+        &deployment,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "hello", "namespace": NS, "generation": 2},
+               "status": {"observedGeneration": 2, "conditions": [
+                   {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}}),
+    );
+    // The last good revision's ReplicaSet, whose template is what rolls back.
+    h.api.put(
+        &format!("/apis/apps/v1/namespaces/{NS}/replicasets/hello-rgood"),
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+               "metadata": {"name": "hello-rgood", "namespace": NS,
+                            "labels": {"airlock.dev/plugin": "hello", "airlock.dev/revision": "rgood"}},
+               "spec": {"selector": {"matchLabels": {"airlock.dev/plugin": "hello"}},
+                        "template": {"metadata": {"labels": {"airlock.dev/plugin": "hello",
+                                                             "airlock.dev/revision": "rgood"}},
+                                     "spec": {"containers": [{"name": "plugin", "image": "good-image"}]}}}}),
+    );
+    let mut p = plugin("uid-1", "[log]");
+    p.status =
+        serde_json::from_value(json!({"lastGoodRevision": "rgood", "currentRevision": "rgood"}))
+            .ok();
+    h.reconcile(&p).await;
+
+    let applied = h
+        .api
+        .last_patch(&deployment)
+        .expect("the Deployment was applied");
+    assert_eq!(
+        applied["spec"]["template"]["spec"]["containers"][0]["image"], "good-image",
+        "the last good revision's pod template is applied again"
+    );
+    let status = h.status();
+    assert_eq!(status["currentRevision"], "rgood", "{status}");
+    assert!(status["failedRevision"].is_string(), "{status}");
+}
+
+#[tokio::test]
+async fn a_revoked_signer_quarantines_the_running_revision_without_asking_a_registry() {
+    let (private, public) = airlock_bundle::signing::generate().unwrap();
+    let key = airlock_bundle::signing::parse_private_key(&private).unwrap();
+    let bytes = bundle(MANIFEST);
+    let signature = airlock_bundle::signing::sign(&key, &airlock_bundle::digest(&bytes));
+    let mut h = Harness::new(
+        policy(
+            json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted", "revoked": true}]),
+        ),
+        json!({"metadata": {"name": "hello-bundle", "namespace": NS},
+               "binaryData": {"bundle.tar.gz": b64(&bytes), "bundle.tar.gz.sig": b64(signature.as_bytes())}}),
+    );
+    // A revision of it is running.
+    let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
+    h.api.put(
+        &deployment,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "hello", "namespace": NS}, "spec": {"replicas": 2}}),
+    );
+    h.watch_deployment();
+    let mut p = plugin("uid-1", "[log]");
+    p.status = serde_json::from_value(json!({"lastGoodRevision": "rgood"})).ok();
+    h.reconcile(&p).await;
+
+    assert_eq!(
+        h.api
+            .last_patch(&deployment)
+            .map(|b| b["spec"]["replicas"].clone()),
+        Some(json!(0)),
+        "scaled to zero"
+    );
+    let status = h.status();
+    assert_eq!(status["phase"], "Quarantined", "{status}");
+    assert_eq!(condition(&status, "Verified").1, "KeyRevoked");
+    // The image is pinned by digest and the bundle refused first: no registry was contacted
+    // (a registry request would have failed this test: nothing listens at the image's host).
+    assert!(
+        h.api.requests().iter().all(|(_, p)| p.starts_with("/api")),
+        "only API server requests"
+    );
+}

@@ -1,0 +1,137 @@
+//! The plugin process: starting it, talking to it (see [`airlock_sdk::protocol`]) and replacing
+//! it.
+//!
+//! Owns exactly one child process at a time. The child runs the manifest's entry point with a
+//! clean environment (`PATH` and `AIRLOCK_BUNDLE_DIR` only), in the bundle directory, in a
+//! process group of its own so that everything it forks can be killed with it. Invocations are
+//! serialised (one in flight per child). A child that misses its deadline, answers with more than
+//! the output limit or breaks the protocol is killed (SIGKILL to the whole group) and replaced
+//! right away; a child that exited by itself is replaced on the next call. Every replacement is
+//! counted. Publishes whether the plugin is ready (started and answered) on a watch channel.
+//!
+//! While a request is in flight, the plugin may make host calls (see [`crate::host`]): each one is
+//! handed to the configured [`HostCalls`] with the request's id and its result written back on the
+//! plugin's stdin, until the answer comes. The request's deadline covers them all.
+//!
+//! This module holds what callers see ([`ChildSpec`], [`Answer`], [`InvokeError`]); the work is
+//! split by concern, each module owning one:
+//!
+//! - `spawn`: starting the sandboxed process and the handle that kills its group when dropped;
+//! - `supervisor`: [`Supervisor`], which serialises invocations, restarts the process with
+//!   backoff and publishes readiness;
+//! - `exchange`: one request on the process's stdio, with the host calls it makes until it
+//!   answers.
+
+mod exchange;
+mod spawn;
+mod supervisor;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::host::HostCalls;
+use crate::sandbox::SandboxSpec;
+use airlock_sdk::protocol::MAX_LINE_BYTES;
+
+// The public paths (`child::Supervisor`, `child::CHILD_PATH`, ...), whichever module owns them.
+pub use spawn::CHILD_PATH;
+pub use supervisor::{MAX_BACKOFF, Supervisor, backoff};
+
+/// How to start the plugin process.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    /// The entry point: program and arguments. A program with a `/` in it that is not absolute is
+    /// relative to the bundle directory; a bare name is looked up in [`CHILD_PATH`].
+    pub argv: Vec<String>,
+    /// The unpacked bundle: the child's working directory and `AIRLOCK_BUNDLE_DIR`.
+    pub bundle_dir: PathBuf,
+    /// Whether to send `onLoad` after each start (and only then report ready).
+    pub on_load: bool,
+    /// Whether to send `onUnload` before stopping.
+    pub on_unload: bool,
+    /// How long `onLoad` and `onUnload` may take.
+    pub lifecycle_timeout: Duration,
+    /// The plugin process's own sandbox, applied by `airlock-shim sandbox-exec` in front of the
+    /// entry point. `None` runs the entry point directly (unit tests of the supervisor).
+    pub sandbox: Option<Sandbox>,
+    /// Lines of the plugin's stderr forwarded per minute; the rest are dropped and counted.
+    pub log_lines_per_minute: u32,
+    /// Where the plugin's host calls go. `None`: every call fails with UNAVAILABLE (the plugin
+    /// is told, and goes on).
+    pub host: Option<Arc<dyn HostCalls>>,
+}
+
+/// The sandbox of the plugin process and the executable that applies it.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub spec: SandboxSpec,
+    /// The `airlock-shim` executable (in the pod: the running shim itself).
+    pub launcher: PathBuf,
+}
+
+/// The answer to one invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The plugin's output: JSON text exactly as the plugin wrote it, on one line.
+    pub output: String,
+    /// Time from writing the request to reading the answer.
+    pub duration: Duration,
+}
+
+/// Why an invocation produced no output.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The plugin did not answer in time; it was killed and is being replaced.
+    #[error(
+        "the plugin did not answer within {} ms; its processes were killed and it is being restarted",
+        .0.as_millis()
+    )]
+    Timeout(Duration),
+    /// The deadline passed before the plugin was free to take the call.
+    #[error(
+        "the deadline of {} ms passed before the plugin could take the call (a previous call or \
+         a start of the plugin process was still in progress)",
+        .0.as_millis()
+    )]
+    QueueTimeout(Duration),
+    /// The entry point could not be started.
+    #[error("the plugin process could not be started ({program}): {source}")]
+    Spawn {
+        /// The program that was started.
+        program: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The plugin process is gone.
+    #[error("the plugin process exited ({status}); it will be restarted on the next call")]
+    Exited {
+        /// Exit status, as far as it is known.
+        status: String,
+    },
+    /// `onLoad` failed, so the new process is not used.
+    #[error("the plugin's onLoad hook failed: {0}")]
+    LoadFailed(Box<InvokeError>),
+    /// The plugin keeps crashing: it is not started again before its backoff ends.
+    #[error(
+        "the plugin crashed {crashes} times in a row; it is started again in {} ms",
+        .retry_in.as_millis()
+    )]
+    Backoff {
+        /// Consecutive crashes (exits and failed starts) so far.
+        crashes: u32,
+        /// Time left before the next start.
+        retry_in: Duration,
+    },
+    /// The plugin answered `"ok": false`.
+    #[error("{0}")]
+    Plugin(String),
+    /// The plugin's answer was over the limit; it was killed and is being replaced.
+    #[error("the plugin's answer is larger than {MAX_LINE_BYTES} bytes; it is being restarted")]
+    OutputTooLarge,
+    /// The plugin broke the protocol; it was killed and is being replaced.
+    #[error("the plugin broke the shim protocol ({0}); it is being restarted")]
+    Protocol(String),
+}

@@ -1,0 +1,195 @@
+//! Starting the plugin process, and the handle that owns it.
+//!
+//! The entry point runs behind `airlock-shim sandbox-exec` when the spec has a sandbox (the
+//! launcher applies the plugin's own sandbox, then execs it), with a clean environment, in the
+//! bundle directory and in a process group of its own. [`Running`] holds its pipes; dropping it kills the whole group, so a process
+//! the supervisor lets go of can never linger.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::BufReader;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::time::timeout;
+
+use super::{ChildSpec, InvokeError};
+use crate::logs::LogStats;
+use airlock_core::rate::LineBudget;
+
+/// The only `PATH` the plugin process sees.
+pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The executable `program` names: itself when it has a `/`, else found in [`CHILD_PATH`].
+fn locate(program: &std::path::Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 || program.is_absolute() {
+        return if executable(program) {
+            Ok(program.to_path_buf())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not an executable file", program.display()),
+            ))
+        };
+    }
+    CHILD_PATH
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not in {CHILD_PATH}", program.display()),
+            )
+        })
+}
+
+/// Starts the plugin process of `spec`: its entry point (behind the sandbox launcher when `spec`
+/// has a sandbox), with a clean environment, in the bundle directory, in a process group of its
+/// own, its stderr forwarded to the shim's under `log_budget` (counted in `log_stats`).
+pub(super) fn spawn(
+    spec: &ChildSpec,
+    log_budget: &Arc<std::sync::Mutex<LineBudget>>,
+    log_stats: &Arc<LogStats>,
+) -> Result<Running, InvokeError> {
+    let spawn_err = |program: &str, source| InvokeError::Spawn {
+        program: program.to_string(),
+        source,
+    };
+    let Some(program) = spec.argv.first() else {
+        return Err(spawn_err(
+            "",
+            io::Error::new(io::ErrorKind::InvalidInput, "the entry point is empty"),
+        ));
+    };
+    // A relative path with a slash means "in the bundle"; std leaves its resolution against
+    // the new working directory unspecified, so make it absolute.
+    let resolved = if program.contains('/') && !program.starts_with('/') {
+        spec.bundle_dir.join(program)
+    } else {
+        PathBuf::from(program)
+    };
+    let mut cmd = match &spec.sandbox {
+        Some(sandbox) => {
+            // The launcher execs the entry point after the fork; check it here so a missing
+            // program is reported by name, as a direct spawn would.
+            locate(&resolved).map_err(|e| spawn_err(program, e))?;
+            let mut cmd = Command::new(&sandbox.launcher);
+            cmd.arg("sandbox-exec")
+                .args(sandbox.spec.to_args())
+                .arg("--")
+                .arg(&resolved)
+                .args(&spec.argv[1..]);
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(&resolved);
+            cmd.args(&spec.argv[1..]);
+            cmd
+        }
+    };
+    cmd.env_clear()
+        .env("PATH", CHILD_PATH)
+        .env("AIRLOCK_BUNDLE_DIR", &spec.bundle_dir)
+        .current_dir(&spec.bundle_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        // The plugin's log goes to the container log through the rate limit.
+        .stderr(Stdio::piped())
+        // A group of its own, led by the child: killpg reaches everything it forks.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| spawn_err(program, e))?;
+    let pid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .unwrap_or(0);
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(crate::logs::forward(
+            stderr,
+            tokio::io::stderr(),
+            Arc::clone(log_budget),
+            Arc::clone(log_stats),
+        ));
+    }
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(spawn_err(
+            program,
+            io::Error::other("the child's stdin/stdout pipes are missing"),
+        ));
+    };
+    Ok(Running {
+        child,
+        pid,
+        stdin: Some(stdin),
+        stdout: BufReader::new(stdout),
+    })
+}
+
+/// A running plugin process.
+#[derive(Debug)]
+pub(super) struct Running {
+    pub(super) child: Child,
+    /// Also the process group id.
+    pub(super) pid: i32,
+    pub(super) stdin: Option<ChildStdin>,
+    pub(super) stdout: BufReader<ChildStdout>,
+}
+
+impl Running {
+    /// `Some(status)` if the process has exited.
+    pub(super) fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(describe(status)),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown status: {e}")),
+        }
+    }
+
+    /// The exit status, waiting briefly: a process that closed stdout may still be exiting.
+    pub(super) async fn exit_status(&mut self) -> String {
+        match timeout(Duration::from_millis(200), self.child.wait()).await {
+            Ok(Ok(status)) => describe(status),
+            Ok(Err(e)) => format!("unknown status: {e}"),
+            Err(_) => "closed its stdout but is still running; killed".to_string(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            // The child leads its own group (process_group(0)), so its pid is the group id; this
+            // also reaches every process it forked that stayed in the group. ESRCH (already gone)
+            // is fine. tokio reaps the direct child in the background (kill_on_drop).
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            // A descendant that left the group (setsid) is not reached by killpg. As PID 1 of
+            // the container's PID namespace, the shim is the only process that is not the
+            // plugin's, so signalling every process (-1, which spares PID 1) kills exactly the
+            // plugin's whole tree. Never anywhere else: outside a container -1 means the host.
+            if std::process::id() == 1 {
+                let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => match Signal::try_from(signal) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {signal}"),
+        },
+        _ => status.to_string(),
+    }
+}

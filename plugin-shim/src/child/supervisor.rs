@@ -1,0 +1,395 @@
+//! [`Supervisor`]: runs invocations on the plugin process, one at a time, and keeps a process
+//! there: started on demand (with `onLoad`, when the plugin has one), replaced after a crash, a
+//! missed deadline or a protocol breach, with a growing backoff while it keeps crashing. Publishes
+//! whether the plugin is ready, and stops it (`onUnload`) at shutdown.
+//!
+//! Starting a process is [`super::spawn`]; one request on its stdio is [`super::exchange`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{debug, info, warn};
+
+use super::exchange::ExchangeError;
+use super::spawn::{self, Running};
+use super::{Answer, ChildSpec, InvokeError};
+use crate::logs::LogStats;
+use airlock_core::Hook;
+use airlock_core::rate::LineBudget;
+use airlock_sdk::protocol;
+
+/// Restart backoff after crashes: the first restart is immediate, then 250 ms, doubling up to
+/// [`MAX_BACKOFF`]; an answer from the plugin resets it.
+#[derive(Debug, Default, Clone, Copy)]
+struct CrashBackoff {
+    crashes: u32,
+    not_before: Option<Instant>,
+}
+
+/// Longest wait between two starts of a crashing plugin.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The wait before the start that follows the `crashes`-th consecutive crash.
+pub fn backoff(crashes: u32) -> Duration {
+    match crashes {
+        0 | 1 => Duration::ZERO,
+        n => (Duration::from_millis(250) * 2u32.saturating_pow((n - 2).min(16))).min(MAX_BACKOFF),
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_restart_is_immediate_then_the_wait_doubles_up_to_the_cap() {
+        let waits: Vec<u128> = (1..=9).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(
+            waits,
+            vec![0, 250, 500, 1000, 2000, 4000, 8000, 10000, 10000]
+        );
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+}
+
+/// The lock on the plugin process slot, held for a whole invocation.
+type Slot = OwnedMutexGuard<Option<Running>>;
+
+/// Runs invocations on the plugin process, starting and replacing it as needed.
+#[derive(Debug)]
+pub struct Supervisor {
+    spec: ChildSpec,
+    /// Consecutive crashes and when the next start may happen (guarded by the slot lock's holder;
+    /// a std mutex because it is never held across an await).
+    crashes: std::sync::Mutex<CrashBackoff>,
+    /// Shared by every process of this plugin: a restart does not refill it.
+    log_budget: Arc<std::sync::Mutex<LineBudget>>,
+    log_stats: Arc<LogStats>,
+    slot: Arc<Mutex<Option<Running>>>,
+    starts: AtomicU64,
+    ready: watch::Sender<bool>,
+}
+
+impl Supervisor {
+    /// A supervisor that has not started the plugin yet; see [`Supervisor::warm_up`].
+    pub fn new(spec: ChildSpec) -> Arc<Self> {
+        Arc::new(Self {
+            crashes: std::sync::Mutex::default(),
+            log_budget: Arc::new(std::sync::Mutex::new(LineBudget::new(
+                spec.log_lines_per_minute,
+                Instant::now().into_std(),
+            ))),
+            log_stats: Arc::default(),
+            spec,
+            slot: Arc::new(Mutex::new(None)),
+            starts: AtomicU64::new(0),
+            ready: watch::Sender::new(false),
+        })
+    }
+
+    /// Whether the plugin started and answered (`onLoad`, when it has one). Changes when the
+    /// plugin is restarted.
+    pub fn subscribe_ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Plugin log lines forwarded and dropped (over the rate limit) so far.
+    pub fn log_lines(&self) -> (u64, u64) {
+        (
+            self.log_stats.forwarded.load(Ordering::Relaxed),
+            self.log_stats.dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How many times the plugin process was started again after the first start.
+    pub fn restarts(&self) -> u64 {
+        self.starts.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// Starts the plugin if it is not running. Without an `onLoad` hook there is nothing to ask
+    /// it, so it counts as started once it is still running after a short grace period.
+    pub async fn warm_up(&self) -> Result<(), InvokeError> {
+        let mut slot = self.slot.lock().await;
+        self.ensure_running(&mut slot, self.spec.on_load).await?;
+        if !self.spec.on_load {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(running) = slot.as_mut()
+                && let Some(status) = running.exited()
+            {
+                *slot = None;
+                self.ready.send_replace(false);
+                return Err(InvokeError::Exited { status });
+            }
+            self.ready.send_replace(true);
+        }
+        Ok(())
+    }
+
+    /// Runs `hook` on `payload_json` (valid JSON) within `deadline` from now, queueing and a
+    /// plugin (re)start included.
+    ///
+    /// Callers must not drop this future before it finishes (run it in its own task): a request
+    /// abandoned between write and read would leave its answer for the next call.
+    /// `traceparent` (the plugin's span) is passed on to the plugin in its request line.
+    #[tracing::instrument(level = "debug", skip(self, payload_json), fields(restarts))]
+    pub async fn invoke(
+        self: &Arc<Self>,
+        hook: &str,
+        payload_json: &str,
+        invocation_id: &str,
+        deadline: Duration,
+        traceparent: Option<&str>,
+    ) -> Result<Answer, InvokeError> {
+        let until = Instant::now() + deadline;
+        let slot = timeout_at(until, Arc::clone(&self.slot).lock_owned())
+            .await
+            .map_err(|_| InvokeError::QueueTimeout(deadline))?;
+        let mut slot = self.running_by(slot, until, deadline).await?;
+        let result = self
+            .exchange_on(
+                &mut slot,
+                protocol::encode_traced_request(
+                    invocation_id,
+                    hook,
+                    payload_json,
+                    until.saturating_duration_since(Instant::now()).as_millis() as u64,
+                    traceparent,
+                ),
+                invocation_id,
+                until,
+                deadline,
+            )
+            .await;
+        // Any answer, even an error one, shows the process works.
+        if matches!(result, Ok(_) | Err(InvokeError::Plugin(_))) {
+            *self.crashes.lock().unwrap_or_else(|e| e.into_inner()) = CrashBackoff::default();
+        }
+        if let Err(e) = &result {
+            let killed = matches!(
+                e,
+                InvokeError::Timeout(_) | InvokeError::OutputTooLarge | InvokeError::Protocol(_)
+            );
+            if killed {
+                // Dropping the handle kills the process group. Start the replacement now, in the
+                // background, so the next call does not pay for the start; it takes the lock, so
+                // calls queue behind it rather than seeing a half-started plugin.
+                *slot = None;
+                drop(slot);
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let mut slot = this.slot.lock().await;
+                    if let Err(e) = this.ensure_running(&mut slot, true).await {
+                        warn!(error = %e, "restarting the plugin failed; retrying on the next call");
+                    }
+                });
+            }
+            tracing::Span::current().record("restarts", self.restarts());
+        }
+        result
+    }
+
+    /// Returns the lock with a running, loaded plugin in it, starting one if needed. A start
+    /// runs in a task of its own with the lifecycle timeout: if it outlasts this call's deadline,
+    /// the call fails with DEADLINE_EXCEEDED but the start completes for the calls after it
+    /// (otherwise a plugin with a slow onLoad could never be restarted by short calls).
+    async fn running_by(
+        self: &Arc<Self>,
+        mut slot: Slot,
+        until: Instant,
+        deadline: Duration,
+    ) -> Result<Slot, InvokeError> {
+        if slot
+            .as_mut()
+            .is_some_and(|running| running.exited().is_none())
+        {
+            return Ok(slot);
+        }
+        let this = Arc::clone(self);
+        let start = tokio::spawn(async move {
+            let started = this.ensure_running(&mut slot, true).await.map(|_| ());
+            (slot, started)
+        });
+        match timeout_at(until, start).await {
+            Err(_) => Err(InvokeError::QueueTimeout(deadline)),
+            Ok(Err(join)) => Err(InvokeError::Exited {
+                status: format!("the start task failed: {join}"),
+            }),
+            Ok(Ok((_, Err(e)))) => Err(e),
+            Ok(Ok((slot, Ok(())))) => Ok(slot),
+        }
+    }
+
+    /// Sends the request `line` (for `invocation_id`) and waits for its answer until `until`.
+    async fn exchange_on(
+        &self,
+        slot: &mut Option<Running>,
+        line: String,
+        invocation_id: &str,
+        until: Instant,
+        deadline: Duration,
+    ) -> Result<Answer, InvokeError> {
+        let running = slot.as_mut().ok_or_else(|| InvokeError::Exited {
+            status: "not running".to_string(),
+        })?;
+        let started = Instant::now();
+        let host = self.spec.host.as_deref();
+        let exchanged = match timeout_at(until, running.exchange(&line, invocation_id, host)).await
+        {
+            Ok(exchanged) => exchanged,
+            Err(_) => return Err(InvokeError::Timeout(deadline)),
+        };
+        let duration = started.elapsed();
+        match exchanged {
+            Ok(Ok(output)) => Ok(Answer { output, duration }),
+            Ok(Err(message)) => Err(InvokeError::Plugin(message)),
+            Err(ExchangeError::Closed) => {
+                let status = running.exit_status().await;
+                *slot = None;
+                self.crashed();
+                Err(InvokeError::Exited { status })
+            }
+            Err(ExchangeError::Fatal(e)) => Err(e),
+        }
+    }
+
+    /// Makes sure a plugin process is running and loaded, starting one if there is none or the
+    /// last one exited. A new process is reported ready if `mark_ready`; a failed start always
+    /// reports not ready.
+    async fn ensure_running<'a>(
+        &self,
+        slot: &'a mut Option<Running>,
+        mark_ready: bool,
+    ) -> Result<&'a mut Running, InvokeError> {
+        if let Some(running) = slot.as_mut()
+            && let Some(status) = running.exited()
+        {
+            warn!(%status, "the plugin process exited; restarting it");
+            *slot = None;
+            self.crashed();
+        }
+        if slot.is_none() {
+            let state = *self.crashes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = state.not_before
+                && Instant::now() < at
+            {
+                return Err(InvokeError::Backoff {
+                    crashes: state.crashes,
+                    retry_in: at - Instant::now(),
+                });
+            }
+            let started = self.start().await;
+            if started.is_err() {
+                self.crashed();
+            }
+            match started {
+                Ok(running) => {
+                    *slot = Some(running);
+                    if mark_ready {
+                        self.ready.send_replace(true);
+                    }
+                }
+                Err(e) => {
+                    self.ready.send_replace(false);
+                    return Err(e);
+                }
+            }
+        }
+        slot.as_mut().ok_or_else(|| InvokeError::Exited {
+            status: "not running".to_string(),
+        })
+    }
+
+    /// Counts a crash (an exit the shim did not cause, or a failed start) and sets when the next
+    /// start may happen.
+    fn crashed(&self) {
+        let mut state = self.crashes.lock().unwrap_or_else(|e| e.into_inner());
+        state.crashes = state.crashes.saturating_add(1);
+        state.not_before = Some(Instant::now() + backoff(state.crashes));
+    }
+
+    /// Spawns the plugin process and, if it has one, runs its `onLoad` hook within the
+    /// lifecycle timeout.
+    async fn start(&self) -> Result<Running, InvokeError> {
+        let mut running = spawn::spawn(&self.spec, &self.log_budget, &self.log_stats)?;
+        let n = self.starts.fetch_add(1, Ordering::Relaxed);
+        info!(
+            pid = running.pid,
+            restarts = n,
+            "started the plugin process"
+        );
+        if self.spec.on_load {
+            let limit = self.spec.lifecycle_timeout;
+            let id = format!("onload-{}", n + 1);
+            let line = protocol::encode_request(
+                &id,
+                Hook::OnLoad.as_str(),
+                "{}",
+                limit.as_millis() as u64,
+            );
+            let host = self.spec.host.as_deref();
+            let loaded = match timeout(limit, running.exchange(&line, &id, host)).await {
+                Err(_) => Err(InvokeError::Timeout(limit)),
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err(message))) => Err(InvokeError::Plugin(message)),
+                Ok(Err(ExchangeError::Closed)) => Err(InvokeError::Exited {
+                    status: running.exit_status().await,
+                }),
+                Ok(Err(ExchangeError::Fatal(e))) => Err(e),
+            };
+            // A failed onLoad drops (kills) the new process.
+            loaded.map_err(|e| InvokeError::LoadFailed(Box::new(e)))?;
+        }
+        Ok(running)
+    }
+
+    /// Runs `f` with the pid of the current plugin process (if any) while no process can be
+    /// started or replaced. An exited plugin process is reaped (by tokio) first.
+    pub(crate) async fn with_current_pid<T>(&self, f: impl FnOnce(Option<i32>) -> T) -> T {
+        let mut slot = self.slot.lock().await;
+        let pid = slot.as_mut().map(|running| {
+            let _ = running.exited();
+            running.pid
+        });
+        f(pid)
+    }
+
+    /// Stops the plugin: `onUnload` (if declared, within the lifecycle timeout), then closes its
+    /// stdin and gives it a moment to exit before killing its process group.
+    pub async fn shutdown(&self) {
+        let mut slot = self.slot.lock().await;
+        self.ready.send_replace(false);
+        let Some(mut running) = slot.take() else {
+            return;
+        };
+        if self.spec.on_unload && running.exited().is_none() {
+            let line = protocol::encode_request(
+                "onunload",
+                Hook::OnUnload.as_str(),
+                "{}",
+                self.spec.lifecycle_timeout.as_millis() as u64,
+            );
+            match timeout(
+                self.spec.lifecycle_timeout,
+                running.exchange(&line, "onunload", self.spec.host.as_deref()),
+            )
+            .await
+            {
+                Ok(Ok(Ok(_))) => debug!("onUnload done"),
+                Ok(Ok(Err(message))) => warn!(%message, "the plugin's onUnload hook failed"),
+                Ok(Err(e)) => warn!(error = %e.describe(), "the plugin's onUnload hook failed"),
+                Err(_) => warn!("the plugin's onUnload hook timed out"),
+            }
+        }
+        running.stdin = None;
+        if timeout(Duration::from_millis(500), running.child.wait())
+            .await
+            .is_err()
+        {
+            debug!("the plugin did not exit after its stdin closed; killing it");
+        }
+        // Dropping `running` kills whatever is left of the group.
+    }
+}

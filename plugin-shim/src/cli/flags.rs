@@ -1,0 +1,273 @@
+//! The flags of every `airlock-shim` subcommand, as clap structs. Plain data, so that tests build
+//! them directly (`RunArgs { .. }`) and call [`super::run()`]; acting on them is left to where
+//! they are used (`verify` for the bundle's, `run` for the rest).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::host::HostCalls;
+use crate::sandbox::SandboxSpec;
+use airlock_bundle as bundle;
+use airlock_bundle::manifest::is_sha256_digest;
+
+/// The in-pod runtime of an Airlock plugin.
+///
+/// It unpacks the plugin's verified bundle, runs the plugin's entry point as a child process and
+/// serves the `airlock.plugin.v1.Plugin` gRPC API (plus health and reflection) in front of it.
+#[derive(Debug, Parser)]
+#[command(name = "airlock-shim", version, about, long_about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy this executable to DEST with mode 0755 (for an init container filling an emptyDir).
+    Install(InstallArgs),
+    /// Verify the bundle (digest, signature) and unpack it into DEST/bundle, its digest in
+    /// DEST/digest: an init container does this so that the plugin container can mount DEST
+    /// read-only (`run --unpacked DEST`).
+    Unpack(UnpackArgs),
+    /// Unpack the bundle, start the plugin and serve gRPC until SIGTERM.
+    // Boxed: by far the largest variant (clippy::large_enum_variant).
+    Run(Box<RunArgs>),
+    /// (Internal) Apply the plugin process's sandbox, then run ENTRY_POINT in place of this
+    /// process. `run` starts the plugin this way.
+    #[command(hide = true)]
+    SandboxExec(SandboxExecArgs),
+}
+
+/// Flags of `airlock-shim sandbox-exec` (and the sandbox part of `run`).
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Let the plugin open network sockets (its effective permissions include net:egress).
+    /// Without it, creating IPv4/IPv6/packet sockets fails with EACCES.
+    #[arg(long)]
+    pub allow_network: bool,
+    /// Most files the plugin process may have open.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_open_files: u64,
+    /// Most processes (and threads) of the plugin's user (RLIMIT_NPROC). Only where plugins do not
+    /// share a user id; the pod's pids limit bounds fork bombs in general.
+    #[arg(long, value_name = "N")]
+    pub max_processes: Option<u64>,
+    /// The airlock-shim executable that applies the sandbox; default: this one. (Tests that run
+    /// the shim in-process point it at the built binary.)
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub sandbox_launcher: Option<PathBuf>,
+}
+
+impl SandboxArgs {
+    pub fn spec(&self) -> SandboxSpec {
+        SandboxSpec {
+            allow_network: self.allow_network,
+            max_open_files: self.max_open_files,
+            max_processes: self.max_processes,
+        }
+    }
+}
+
+/// Flags of `airlock-shim sandbox-exec`.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxExecArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "ENTRY_POINT")]
+    pub entry_point: Vec<String>,
+}
+
+/// Flags of `airlock-shim unpack`.
+#[derive(Debug, Clone, Args)]
+pub struct UnpackArgs {
+    /// The plugin bundle: a gzipped tar with plugin.yaml at its root.
+    #[arg(long, value_name = "PATH")]
+    pub bundle: PathBuf,
+    /// Where to unpack (DEST/bundle, DEST/digest).
+    #[arg(long, value_name = "DEST")]
+    pub dest: PathBuf,
+    /// Largest bundle accepted, both packed and unpacked, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = bundle::DEFAULT_MAX_BYTES)]
+    pub max_bundle_bytes: u64,
+    /// Refuse unless the bundle's digest is this one (sha256:<64 hex>).
+    #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
+    pub expect_digest: Option<String>,
+    /// Detached ed25519 signature of the bundle; with `--public-key` it must verify.
+    #[arg(long, value_name = "FILE", requires = "public_key")]
+    pub signature: Option<PathBuf>,
+    /// Public key (SPKI PEM or base64) the signature must verify under.
+    #[arg(long, value_name = "FILE", requires = "signature")]
+    pub public_key: Option<PathBuf>,
+}
+
+/// Flags of `airlock-shim install`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// Where to put the shim: a file path, or an existing directory (the file is then
+    /// DEST/airlock-shim). Replaced atomically if present.
+    pub dest: PathBuf,
+}
+
+/// Flags of `airlock-shim run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The plugin bundle: a gzipped tar with plugin.yaml at its root.
+    #[arg(long, value_name = "PATH")]
+    pub bundle: PathBuf,
+
+    /// A writable directory for the shim. The bundle is unpacked into WORKDIR/bundle (replacing
+    /// what an earlier run left there), which is the plugin's working directory and
+    /// AIRLOCK_BUNDLE_DIR.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: PathBuf,
+
+    /// Address to serve gRPC on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// A directory `airlock-shim unpack` filled (mounted read-only): run the bundle from there
+    /// instead of unpacking it into WORKDIR. Its digest must be the one of --bundle.
+    #[arg(long, value_name = "DIR")]
+    pub unpacked: Option<PathBuf>,
+
+    /// Directory with the shim's TLS identity (tls.crt, tls.key) and the CA (ca.crt): the plugin
+    /// API is then served over mutual TLS to the Airlock router only. Without it the API is plain
+    /// text, for local development.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// Also serve plain-text gRPC health (and nothing else) on this address, for the kubelet's
+    /// probes.
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
+
+    /// Largest bundle accepted, both packed and unpacked, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = bundle::DEFAULT_MAX_BYTES)]
+    pub max_bundle_bytes: u64,
+
+    /// Refuse to start unless the bundle's digest is this one (sha256:<64 hex>).
+    #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
+    pub expect_digest: Option<String>,
+
+    /// Detached ed25519 signature of the bundle (`airlockctl sign` output). With
+    /// `--public-key`, the shim refuses to run a bundle whose signature does not verify.
+    #[arg(long, value_name = "FILE", requires = "public_key")]
+    pub signature: Option<PathBuf>,
+
+    /// Public key (SPKI PEM or base64) the signature must verify under.
+    #[arg(long, value_name = "FILE", requires = "signature")]
+    pub public_key: Option<PathBuf>,
+
+    /// Deadline for invocations that do not set one, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub default_deadline_ms: u32,
+
+    /// How long the plugin's onLoad and onUnload hooks may take, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub lifecycle_timeout_ms: u32,
+
+    /// Lines of the plugin's log (stderr) forwarded per minute; more are dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_log_lines_per_minute: u32,
+
+    /// The router's host API (HOST:PORT), where the plugin's host calls (log, storage, emit) are
+    /// forwarded. With --tls-dir the connection is mutual TLS with the shim's own certificate
+    /// (tls.crt, tls.key), to a server with the router's identity from the same CA (ca.crt).
+    /// Without it, every host call fails with UNAVAILABLE.
+    #[arg(long, value_name = "ADDR")]
+    pub host_api: Option<String>,
+
+    /// Host calls handled in-process instead of over --host-api (tests).
+    #[arg(skip)]
+    pub host_calls: Option<Arc<dyn HostCalls>>,
+
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+
+    /// The plugin's entry point (program and arguments), after `--`. Empty: the manifest's
+    /// entryPoint.
+    #[arg(last = true, value_name = "ENTRY_POINT")]
+    pub entry_point: Vec<String>,
+}
+
+fn parse_digest(s: &str) -> Result<String, String> {
+    let d = s.to_ascii_lowercase();
+    if is_sha256_digest(&d) {
+        Ok(d)
+    } else {
+        Err("expected sha256: followed by 64 hex digits".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent_and_parses_the_entry_point_after_dashes() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "airlock-shim",
+            "run",
+            "--bundle",
+            "/b.tgz",
+            "--workdir",
+            "/w",
+            "--expect-digest",
+            &format!("sha256:{}", "AB".repeat(32)),
+            "--",
+            "python3",
+            "main.py",
+            "--flag",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.entry_point, ["python3", "main.py", "--flag"]);
+        assert_eq!(args.listen, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(args.max_bundle_bytes, 1024 * 1024);
+        assert_eq!(
+            args.expect_digest,
+            Some(format!("sha256:{}", "ab".repeat(32)))
+        );
+        assert_eq!(args.host_api, None);
+        let cli = Cli::try_parse_from([
+            "airlock-shim",
+            "run",
+            "--bundle",
+            "b",
+            "--workdir",
+            "w",
+            "--host-api",
+            "198.19.0.10:50051",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.host_api.as_deref(), Some("198.19.0.10:50051"));
+        assert!(args.host_calls.is_none());
+        assert!(
+            Cli::try_parse_from([
+                "airlock-shim",
+                "run",
+                "--bundle",
+                "b",
+                "--workdir",
+                "w",
+                "--expect-digest",
+                "md5:x"
+            ])
+            .is_err()
+        );
+    }
+}

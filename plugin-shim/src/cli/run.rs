@@ -1,0 +1,173 @@
+//! `airlock-shim run`: the plugin container's main loop. Checks the bundle (see
+//! [`super::verify`]), starts the plugin under its [`Supervisor`], serves the gRPC plugin API
+//! (and health) until SIGTERM, then drains calls and stops the plugin.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use super::RunError;
+use super::flags::RunArgs;
+use super::verify;
+use crate::child::{ChildSpec, Sandbox, Supervisor};
+use crate::host::{ClientTlsFiles, GrpcHost, HostCalls};
+use crate::server::{self, PluginService};
+use airlock_core::Hook;
+
+/// `airlock-shim run` from the command line: its own runtime, the listener bound, SIGTERM and
+/// SIGINT as the shutdown.
+pub(super) fn run_blocking(args: RunArgs) -> Result<(), RunError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // A plugin pod gets a fraction of a core; two workers are plenty for one plugin.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| RunError::Listen {
+                addr: args.listen,
+                source,
+            })?;
+        let shutdown = shutdown_signal().map_err(RunError::Signals)?;
+        run(args, listener, shutdown).await
+    })
+}
+
+/// SIGTERM (the kubelet stopping the pod) or SIGINT.
+fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+    })
+}
+
+/// `airlock-shim run` on an already bound listener, until `shutdown` resolves: unpacks and checks
+/// the bundle, starts the plugin and serves gRPC; then drains in-flight calls and stops the
+/// plugin (`onUnload` if it has one).
+///
+/// A plugin that cannot be started does not stop the shim: health says NOT_SERVING (so the pod
+/// is not ready and the reason is in the log) and every call tries to start it again.
+pub async fn run(
+    args: RunArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    // TLS and the health port first: a pod without its certificate should say so at once.
+    let tls = match &args.tls_dir {
+        Some(dir) => Some(airlock_tls::ServerTls::from_dir(dir)?),
+        None => {
+            warn!("no --tls-dir: serving the plugin API in plain text to any caller");
+            None
+        }
+    };
+    let host = host_calls(&args)?;
+    let health = match args.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    let (bundle_dir, manifest, digest) = verify::bundle_for_run(&args)?;
+    manifest.check_api_version()?;
+    info!(
+        plugin = %manifest.name,
+        version = %manifest.version,
+        %digest,
+        read_only = args.unpacked.is_some(),
+        "the bundle is ready"
+    );
+
+    let argv = if args.entry_point.is_empty() {
+        manifest.entry_point.clone()
+    } else {
+        args.entry_point.clone()
+    };
+    let supervisor = Supervisor::new(ChildSpec {
+        argv,
+        bundle_dir,
+        on_load: manifest.hooks.contains(&Hook::OnLoad),
+        on_unload: manifest.hooks.contains(&Hook::OnUnload),
+        lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
+        log_lines_per_minute: args.max_log_lines_per_minute,
+        host,
+        sandbox: Some(Sandbox {
+            spec: args.sandbox.spec(),
+            launcher: match &args.sandbox.sandbox_launcher {
+                Some(p) => p.clone(),
+                None => std::env::current_exe().map_err(RunError::CurrentExe)?,
+            },
+        }),
+    });
+    let service = PluginService::new(
+        supervisor.clone(),
+        manifest,
+        digest,
+        Duration::from_millis(u64::from(args.default_deadline_ms)),
+    );
+
+    // Start the plugin while the server comes up; keep trying, with backoff, until it runs.
+    let warm = supervisor.clone();
+    let warm_up = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match warm.warm_up().await {
+                Ok(()) => {
+                    info!("the plugin is ready");
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "the plugin is not ready");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+
+    // As PID 1 of the container the shim inherits whatever the plugin forked and left behind.
+    let reaper =
+        crate::reaper::inherits_orphans().then(|| crate::reaper::spawn(supervisor.clone()));
+
+    let listeners = server::Listeners {
+        grpc: listener,
+        tls,
+        health,
+    };
+    let served = server::serve(service, listeners, shutdown).await;
+    warm_up.abort();
+    if let Some(reaper) = reaper {
+        reaper.abort();
+    }
+    supervisor.shutdown().await;
+    info!(restarts = supervisor.restarts(), "stopped");
+    Ok(served?)
+}
+
+/// Where the plugin's host calls go: `--host-api` (over mutual TLS with `--tls-dir`), or nowhere.
+fn host_calls(args: &RunArgs) -> Result<Option<Arc<dyn HostCalls>>, RunError> {
+    if let Some(host) = &args.host_calls {
+        return Ok(Some(Arc::clone(host)));
+    }
+    let Some(addr) = &args.host_api else {
+        info!("no --host-api: the plugin's host calls fail with UNAVAILABLE");
+        return Ok(None);
+    };
+    let tls = args.tls_dir.as_deref().map(ClientTlsFiles::in_dir);
+    if tls.is_none() {
+        warn!(%addr, "no --tls-dir: calling the host API in plain text, as no plugin in particular");
+    }
+    Ok(Some(Arc::new(GrpcHost::connect_lazy(addr, tls)?)))
+}

@@ -1,0 +1,118 @@
+//! What a plugin call's result does once the call is over: the invocation metric, the plugin's
+//! breaker (and through it the restart, breaker-open and auto-disable bookkeeping), and the log
+//! line of a failed call. Also the counting of calls refused before they were made, and the
+//! guard that gives a half-open breaker's trial back when a call is abandoned before its result
+//! could be recorded.
+//!
+//! Kept out of [`super::Router::call_one`] so that the call path only decides and calls, and
+//! every side effect of a result is in one place, in the order the breaker needs.
+
+use std::time::Duration;
+
+use airlock_core::Hook;
+use airlock_core::PluginKey;
+use tonic::Code;
+use tracing::{info, warn};
+
+use super::{Answer, CallFailure, Caller, Router, now};
+use crate::breaker::{Health, Outcome};
+use crate::table::Route;
+
+impl<C: Caller> Router<C> {
+    /// Counts a call refused before it reached the plugin (open breaker, concurrency limit).
+    /// Only the metric: the plugin was not called, so there is no outcome for its breaker.
+    pub(super) fn record_refused(&self, key: &PluginKey, hook: Hook) {
+        self.metrics
+            .hook_invocation(&key.to_string(), hook.as_str(), "refused", None);
+    }
+
+    /// Records the `result` of a call to `route` that took `elapsed`: the invocation metric, the
+    /// outcome in the plugin's breaker (which disarms `trial`: the outcome now is recorded),
+    /// restarts and breaker state, and the auto-disable the breaker asks for, if any.
+    pub(super) fn record(
+        &self,
+        route: &Route,
+        hook: Hook,
+        invocation_id: &str,
+        result: &Result<Answer, CallFailure>,
+        elapsed: Duration,
+        mut trial: TrialRelease<'_, C>,
+    ) {
+        let key = &route.plugin;
+        let outcome = match result {
+            Ok(_) => Outcome::Answered,
+            Err(f) => f.outcome,
+        };
+        let label = match result {
+            Ok(_) => "ok",
+            Err(f) => code_label(f.code),
+        };
+        self.metrics
+            .hook_invocation(&key.to_string(), hook.as_str(), label, Some(elapsed));
+        let now = now();
+        let (disabled, state) = self.health_of(key, |h| {
+            (
+                h.record(outcome, now, &self.config.breaker),
+                h.state_name(now),
+            )
+        });
+        trial.armed = false;
+        let label = key.to_string();
+        // The shim replaced the plugin process after these; an error answer or an unreachable
+        // pod is no restart.
+        if matches!(
+            outcome,
+            Outcome::Timeout | Outcome::Crash | Outcome::Misbehaved
+        ) {
+            self.metrics.plugin_restarted(&label);
+        }
+        self.metrics.breaker(&label, state != "closed");
+        if let Some(reason) = disabled {
+            warn!(plugin = %key, %reason, "auto-disabling the plugin");
+            self.metrics.auto_disabled();
+            self.disabler.disable(route, &reason);
+        } else if let Err(f) = result {
+            info!(plugin = %key, hook = hook.as_str(), %invocation_id, code = ?f.code, "hook call failed");
+        }
+    }
+}
+
+/// Gives a half-open breaker's trial back unless disarmed (see [`Router::call_one`]).
+pub(super) struct TrialRelease<'a, C: Caller> {
+    router: &'a Router<C>,
+    key: &'a PluginKey,
+    armed: bool,
+}
+
+impl<'a, C: Caller> TrialRelease<'a, C> {
+    /// Armed until [`Router::record`] has recorded the call's outcome.
+    pub(super) fn arm(router: &'a Router<C>, key: &'a PluginKey) -> Self {
+        Self {
+            router,
+            key,
+            armed: true,
+        }
+    }
+}
+
+impl<C: Caller> Drop for TrialRelease<'_, C> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.router.health_of(self.key, Health::release_trial);
+        }
+    }
+}
+
+/// Metric label of a gRPC code: stable, lower case.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::DeadlineExceeded => "timeout",
+        Code::Unavailable => "unavailable",
+        Code::Aborted => "plugin_error",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::InvalidArgument => "invalid_argument",
+        Code::Internal => "internal",
+        _ => "other",
+    }
+}

@@ -1,0 +1,315 @@
+//! Where a plugin's key-value store is persisted: the Plugin's `PluginStorage` object (same name
+//! and namespace, owned by the Plugin), read and replaced with optimistic concurrency.
+//!
+//! Owns the [`StorageBackend`] seam (so the host service is tested without a cluster), its
+//! Kubernetes implementation [`KubeStorage`], and [`update`], the load → change → save loop that
+//! starts again when another router replica wrote in between. The rules of the store itself
+//! (limits, quotas, the JSON form of its entries) are [`crate::host::storage`]; who may call and
+//! how a call becomes a gRPC answer is [`crate::host::service`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use airlock_crds::{PluginStorage, PluginStorageSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tonic::Status;
+
+use crate::host::storage::Store;
+use crate::table::Holder;
+use airlock_core::PluginKey;
+
+/// A plugin's storage as loaded, with the object it came from.
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    pub store: Store,
+    /// The stored object's metadata (its resourceVersion is what a write replaces; labels,
+    /// annotations and owners someone else set are kept); `None` when there is no object yet.
+    pub meta: Option<ObjectMeta>,
+}
+
+/// Why a write did not happen.
+#[derive(Debug)]
+pub enum SaveError {
+    /// Someone else (another router replica) wrote in between: load again and retry.
+    Conflict,
+    Failed(Status),
+}
+
+/// Where plugin storage is persisted.
+pub trait StorageBackend: Send + Sync + 'static {
+    fn load(&self, plugin: &PluginKey) -> impl Future<Output = Result<Stored, Status>> + Send;
+    fn save(
+        &self,
+        plugin: &PluginKey,
+        owner: &Holder,
+        store: &Store,
+        previous: Option<ObjectMeta>,
+    ) -> impl Future<Output = Result<(), SaveError>> + Send;
+}
+
+/// Largest serialised PluginStorage written: below etcd's default request limit (1.5 MiB) with
+/// room for metadata. Within the 1 MiB quota only values full of characters JSON must escape
+/// get there.
+const MAX_OBJECT_BYTES: usize = 1_400_000;
+
+/// Storage in the Plugin's `PluginStorage` object (same name and namespace, owned by the Plugin).
+#[derive(Clone)]
+pub struct KubeStorage {
+    client: Client,
+}
+
+impl std::fmt::Debug for KubeStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStorage").finish_non_exhaustive()
+    }
+}
+
+impl KubeStorage {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    fn api(&self, plugin: &PluginKey) -> Api<PluginStorage> {
+        Api::namespaced(self.client.clone(), &plugin.namespace)
+    }
+}
+
+impl StorageBackend for KubeStorage {
+    async fn load(&self, plugin: &PluginKey) -> Result<Stored, Status> {
+        let obj = self.api(plugin).get_opt(&plugin.name).await.map_err(|e| {
+            Status::unavailable(format!("cannot read the plugin's storage ({e}); retry"))
+        })?;
+        let Some(obj) = obj else {
+            return Ok(Stored::default());
+        };
+        let store = Store::from_entries(&obj.spec.entries).map_err(|why| {
+            Status::failed_precondition(format!(
+                "PluginStorage {plugin} is damaged: {why}; fix or remove that entry with `kubectl edit pluginstorage -n {} {}`",
+                plugin.namespace, plugin.name
+            ))
+        })?;
+        Ok(Stored {
+            store,
+            meta: Some(obj.metadata),
+        })
+    }
+
+    async fn save(
+        &self,
+        plugin: &PluginKey,
+        owner: &Holder,
+        store: &Store,
+        previous: Option<ObjectMeta>,
+    ) -> Result<(), SaveError> {
+        let usage = store.usage();
+        let exists = previous.is_some();
+        // Keep what others set (GitOps tools annotate and label what they manage); add ours.
+        let mut metadata = previous.unwrap_or_else(|| ObjectMeta {
+            name: Some(plugin.name.clone()),
+            namespace: Some(plugin.namespace.clone()),
+            ..Default::default()
+        });
+        metadata.managed_fields = None;
+        metadata.labels.get_or_insert_with(BTreeMap::new).insert(
+            airlock_core::names::PLUGIN_LABEL.to_string(),
+            plugin.name.clone(),
+        );
+        // Deleted with the Plugin (uninstall), kept while it is disabled or upgraded.
+        let owners = metadata.owner_references.get_or_insert_with(Vec::new);
+        if !owners.iter().any(|o| o.uid == owner.uid) {
+            owners.push(OwnerReference {
+                api_version: "airlock.dev/v1alpha1".into(),
+                kind: "Plugin".into(),
+                name: plugin.name.clone(),
+                uid: owner.uid.clone(),
+                controller: None,
+                block_owner_deletion: Some(true),
+            });
+        }
+        let obj = PluginStorage {
+            metadata,
+            spec: PluginStorageSpec {
+                entries: store.to_entries(),
+                key_count: u32::try_from(usage.keys).unwrap_or(u32::MAX),
+                bytes: usage.bytes as u64,
+            },
+        };
+        let size = serde_json::to_vec(&obj).map_or(usize::MAX, |v| v.len());
+        if size > MAX_OBJECT_BYTES {
+            return Err(SaveError::Failed(Status::resource_exhausted(format!(
+                "the stored form of this plugin's storage would be {size} bytes, over the \
+                 {MAX_OBJECT_BYTES} bytes a Kubernetes object may hold (values with many \
+                 characters JSON must escape take more room); delete keys or store smaller values"
+            ))));
+        }
+        let api = self.api(plugin);
+        let written = match exists {
+            false => api.create(&PostParams::default(), &obj).await.map(|_| ()),
+            true => api
+                .replace(&plugin.name, &PostParams::default(), &obj)
+                .await
+                .map(|_| ()),
+        };
+        match written {
+            Ok(()) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(SaveError::Conflict),
+            Err(e) => Err(SaveError::Failed(Status::unavailable(format!(
+                "cannot write the plugin's storage ({e}); retry"
+            )))),
+        }
+    }
+}
+
+/// Loads, changes and saves again on conflict (another router replica wrote in between).
+const SAVE_ATTEMPTS: usize = 5;
+
+/// Load → change → save of `plugin`'s storage in `storage`, again from the start when another
+/// writer got in between. `change` returns its result and whether it changed the store (an
+/// unchanged store is not written). Gives up with ABORTED after `SAVE_ATTEMPTS` (5) conflicts.
+///
+/// Every router replica serves host calls with no leader, so two replicas may write the same
+/// PluginStorage at once; replacing by resourceVersion and redoing the change on the newer
+/// object is what keeps either write from losing the other's keys.
+pub async fn update<S: StorageBackend, R>(
+    storage: &S,
+    plugin: &PluginKey,
+    holder: &Holder,
+    change: impl Fn(&mut Store) -> Result<(R, bool), Status>,
+) -> Result<R, Status> {
+    for _ in 0..SAVE_ATTEMPTS {
+        let Stored { mut store, meta } = storage.load(plugin).await?;
+        let (out, changed) = change(&mut store)?;
+        if !changed {
+            return Ok(out);
+        }
+        match storage.save(plugin, holder, &store, meta).await {
+            Ok(()) => return Ok(out),
+            Err(SaveError::Conflict) => continue,
+            Err(SaveError::Failed(s)) => return Err(s),
+        }
+    }
+    Err(Status::aborted(
+        "the plugin's storage kept changing while this call tried to write it; retry",
+    ))
+}
+
+/// A [`StorageBackend`] in memory with the API server's optimistic concurrency, for the tests of
+/// this module and of [`crate::host::service`].
+#[cfg(test)]
+pub(crate) mod memory {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use kube::api::ObjectMeta;
+    use tonic::Status;
+
+    use super::{SaveError, StorageBackend, Stored};
+    use crate::host::storage::Store;
+    use crate::table::Holder;
+    use airlock_core::PluginKey;
+
+    /// Storage in memory; the first `conflicts` saves lose to "another replica".
+    #[derive(Debug, Default)]
+    pub(crate) struct MemoryStorage {
+        pub(crate) stored: Mutex<Option<(BTreeMap<String, String>, u64)>>,
+        pub(crate) conflicts: AtomicUsize,
+    }
+
+    impl StorageBackend for Arc<MemoryStorage> {
+        async fn load(&self, _plugin: &PluginKey) -> Result<Stored, Status> {
+            let stored = self.stored.lock().unwrap().clone();
+            Ok(match stored {
+                None => Stored::default(),
+                Some((entries, v)) => Stored {
+                    store: Store::from_entries(&entries).map_err(Status::failed_precondition)?,
+                    meta: Some(ObjectMeta {
+                        resource_version: Some(v.to_string()),
+                        ..Default::default()
+                    }),
+                },
+            })
+        }
+
+        async fn save(
+            &self,
+            _plugin: &PluginKey,
+            _owner: &Holder,
+            store: &Store,
+            previous: Option<ObjectMeta>,
+        ) -> Result<(), SaveError> {
+            let version = previous.and_then(|m| m.resource_version);
+            let mut stored = self.stored.lock().unwrap();
+            if self.conflicts.load(Ordering::SeqCst) > 0 {
+                self.conflicts.fetch_sub(1, Ordering::SeqCst);
+                // Someone else wrote: the version moves on.
+                if let Some((_, v)) = stored.as_mut() {
+                    *v += 1;
+                }
+                return Err(SaveError::Conflict);
+            }
+            let current = stored.as_ref().map(|(_, v)| v.to_string());
+            if current != version {
+                return Err(SaveError::Conflict);
+            }
+            let next = stored.as_ref().map_or(1, |(_, v)| v + 1);
+            *stored = Some((store.to_entries(), next));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use tonic::Code;
+
+    use super::memory::MemoryStorage;
+    use super::*;
+    use crate::host::storage::Limits;
+
+    fn me() -> (PluginKey, Holder) {
+        let holder = Holder {
+            uid: "uid-1".into(),
+            version: "1.0.0".into(),
+            permissions: BTreeSet::new(),
+            limits: Default::default(),
+        };
+        (PluginKey::new("team-a", "logger"), holder)
+    }
+
+    /// `update` with a `put` of `key` = `value`.
+    async fn put(storage: &Arc<MemoryStorage>, key: &str, value: &str) -> Result<(), Status> {
+        let (plugin, holder) = me();
+        update(storage, &plugin, &holder, |store| {
+            store
+                .put(key, value, &Limits::default())
+                .map(|()| ((), true))
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        })
+        .await
+    }
+
+    async fn get(storage: &Arc<MemoryStorage>, key: &str) -> Option<String> {
+        let stored = storage.load(&me().0).await.unwrap();
+        stored.store.get(key).map(str::to_string)
+    }
+
+    #[tokio::test]
+    async fn a_write_that_loses_a_race_is_retried_on_the_new_version() {
+        let storage = Arc::new(MemoryStorage::default());
+        put(&storage, "a", "1").await.unwrap();
+        storage.conflicts.store(2, Ordering::SeqCst);
+        put(&storage, "b", "2").await.unwrap();
+        assert_eq!(get(&storage, "b").await.as_deref(), Some("2"));
+        assert!(get(&storage, "a").await.is_some(), "nothing lost");
+        storage.conflicts.store(SAVE_ATTEMPTS, Ordering::SeqCst);
+        let err = put(&storage, "c", "3").await.unwrap_err();
+        assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    }
+}
