@@ -1,6 +1,6 @@
 //! A Plugin from `kubectl apply` to a sandboxed pod whose hook answers, and its lifecycle:
-//! disable/enable, an unsupported plugin API version, a broken upgrade rolled back, delete, and an
-//! operator killed mid-rollout. Airlock is installed with its Helm chart; the operator runs
+//! disable/enable, an unsupported plugin API version, a broken upgrade rolled back, delete and
+//! re-create under the same name, and an operator killed mid-rollout. Airlock is installed with its Helm chart; the operator runs
 //! in-cluster under the chart's RBAC.
 
 use std::time::{Duration, Instant};
@@ -284,6 +284,41 @@ async fn lifecycle(s: &Sandbox) -> Result<()> {
     let _ = plugins
         .delete("from-the-future", &DeleteParams::default())
         .await;
+
+    // Applied again under the same name, within the same leadership term: a new object whose
+    // Secrets Kubernetes deleted with the old one. It must get new ones and become Active (the
+    // operator once remembered "Secret exists" by name and left the pod unable to start).
+    s.apply(&plugin).await?;
+    let again = wait_plugin(&plugins, "hello", "phase Active after re-create", |p| {
+        phase(p) == Some(PluginPhase::Active)
+    })
+    .await?;
+    let uid = again.metadata.uid.clone().unwrap_or_default();
+    let secrets = ns
+        .api::<Secret>()
+        .list(&ListParams::default().labels("airlock.dev/plugin=hello"))
+        .await?;
+    ensure!(
+        secrets.items.len() >= 2
+            && secrets.items.iter().all(|s| {
+                s.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.uid == uid)
+            }),
+        "the re-created Plugin owns fresh bundle and TLS Secrets: {:?}",
+        secrets
+            .items
+            .iter()
+            .map(|s| s.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let out = invoke(client, &ns.name, "hello").await?;
+    ensure!(
+        out["greeting"] == "hello, airlock",
+        "the re-created plugin answers: {out}"
+    );
     Ok(())
 }
 
