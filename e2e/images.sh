@@ -52,7 +52,7 @@ push_dir_image() {
 OUT=$ROOT/target/e2e
 mkdir -p "$OUT"
 ( cd "$ROOT" && cargo build --quiet --release --locked --target "$TARGET" \
-    -p airlock-e2e-probe -p airlock-e2e-hostile -p airlock-plugin-shim -p airlock-operator -p airlock-router -p airlock-example-hello \
+    -p airlock-e2e-probe -p airlock-e2e-hostile -p airlock-plugin-shim -p airlock-operator -p airlock-router -p airlockctl -p airlock-example-hello \
     -p airlock-example-data-formatter -p airlock-example-event-logger -p airlock-example-crash-test )
 REL=$ROOT/target/$TARGET/release
 push_static_image "$REL/airlock-e2e-probe" "$REG/airlock/e2e-probe:dev"
@@ -78,14 +78,14 @@ push_static_image "$REL/airlock-operator" "$REG/airlock/operator:dev" with-ca "$
 # become ready, which the rollback test needs.
 push_static_image "$REL/airlock-e2e-probe" "$REG/examples/hello:broken"
 
-# pack_bundle <out.tar.gz> <files...>: a bundle packed deterministically (same bytes, same digest).
+# pack_bundle <out.tar.gz> <files...>: the files packed into a bundle by `airlockctl bundle pack`,
+# the one packer users have: reproducible (same files, same digest) and checked as the operator
+# checks bundles.
 pack_bundle() {
   local out=$1 dir f; shift
   dir=$(mktemp -d)
   for f in "$@"; do cp "$f" "$dir/"; done
-  # shellcheck disable=SC2046 # file names without spaces, one argument each
-  tar --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -C "$dir" -cf - $(ls "$dir") |
-    gzip -n -9 >"$out"
+  "$REL/airlockctl" bundle pack "$dir" --output "$out" >/dev/null
   rm -rf "$dir"
 }
 pack_bundle "$OUT/hello-bundle.tar.gz" "$ROOT/examples/hello/plugin.yaml"
