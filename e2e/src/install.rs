@@ -28,59 +28,37 @@ pub fn images_env(key: &str) -> Result<String> {
 static INSTALLED: OnceCell<()> = OnceCell::const_new();
 
 /// Installs (or upgrades to) the current chart and images once per test process and waits until
-/// the operator Deployment is rolled out.
+/// the operator Deployment is rolled out. The install is `e2e/helm-install.sh`, the same script
+/// `make demo` and `make bench` run: one Helm install path.
 pub async fn ensure_installed() -> Result<()> {
     INSTALLED
         .get_or_try_init(|| async {
-            // Helm installs CRDs but never upgrades them: apply the current ones first, as the
-            // README tells users to on upgrade.
-            crate::crds::install(&crate::client().await?).await?;
-            let args = helm_args()?;
-            tokio::task::spawn_blocking(move || run_helm(&args)).await?
+            tokio::task::spawn_blocking(|| {
+                // Short, so the rollback test does not wait two minutes.
+                helm_install(&["--set", "progressDeadlineSeconds=20"])
+            })
+            .await?
         })
         .await
         .map(|_| ())
 }
 
-fn helm_args() -> Result<Vec<String>> {
-    let chart = workspace().join("charts/airlock");
-    Ok(vec![
-        "upgrade".into(),
-        "--install".into(),
-        RELEASE.into(),
-        chart.display().to_string(),
-        "--namespace".into(),
-        NAMESPACE.into(),
-        "--create-namespace".into(),
-        "--set".into(),
-        format!("operator.image={}", images_env("AIRLOCK_OPERATOR_IMAGE")?),
-        "--set".into(),
-        format!("shim.image={}", images_env("AIRLOCK_SHIM_IMAGE")?),
-        "--set".into(),
-        format!("insecureRegistries={{{}}}", crate::images::registry()),
-        // Short, so the rollback test does not wait two minutes.
-        "--set".into(),
-        "progressDeadlineSeconds=20".into(),
-        "--wait".into(),
-        "--timeout".into(),
-        "3m".into(),
-    ])
-}
-
-fn run_helm(args: &[String]) -> Result<()> {
-    let bin = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
-    let mut cmd = Command::new(&bin);
-    cmd.args(args);
+/// Runs `e2e/helm-install.sh` with extra Helm arguments.
+fn helm_install(extra: &[&str]) -> Result<()> {
+    let script = workspace().join("e2e/helm-install.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).args(extra);
     if std::env::var_os("KUBECONFIG").is_none() {
         cmd.env("KUBECONFIG", crate::LOCAL_CLUSTER_KUBECONFIG);
     }
-    let out = cmd.output().with_context(|| {
-        format!("running {bin}: put helm on PATH (the Makefile does) or set HELM")
-    })?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
         bail!(
-            "helm {} failed: {}{}",
-            args.join(" "),
+            "{} {} failed (helm and kubectl must be on PATH, as the Makefile puts them): {}{}",
+            script.display(),
+            extra.join(" "),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
