@@ -61,30 +61,19 @@ async fn router_host_api(client: &kube::Client, namespace: &str) -> Option<Strin
     }
 }
 
-impl From<kube::Error> for StartError {
-    fn from(e: kube::Error) -> Self {
-        Self::Start(e.into())
-    }
-}
-
-impl From<prometheus::Error> for StartError {
-    fn from(e: prometheus::Error) -> Self {
-        Self::Start(e.into())
-    }
-}
-
 /// Starts the operator and runs it until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
     airlock_runtime::telemetry::init_tracing(config.log_json);
     let mut build = config
         .build_config()
         .map_err(airlock_runtime::StartError::Config)?;
-    let metrics = metrics::Metrics::new()?;
+    let metrics = metrics::Metrics::new().map_err(airlock_runtime::StartError::from)?;
     let client = {
         let config = kube::Config::infer().await.map_err(|e| {
             airlock_runtime::StartError::Config(format!("finding the cluster: {e}"))
         })?;
-        airlock_runtime::kube_client::client(config, &metrics.kube_requests)?
+        airlock_runtime::kube_client::client(config, &metrics.kube_requests)
+            .map_err(airlock_runtime::StartError::from)?
     };
     if build.host_api.is_none() {
         build.host_api = router_host_api(&client, &build.router_namespace).await;

@@ -10,7 +10,7 @@ use airlock_runtime::metrics::KubeRequests;
 use kube::ResourceExt;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
     pub registry: Registry,
     pub kube_requests: KubeRequests,
@@ -19,12 +19,6 @@ pub struct Metrics {
     plugins: IntGaugeVec,
     /// Last (phase, trust level) seen per plugin, so the gauge counts each plugin once.
     seen: Arc<Mutex<HashMap<String, (String, String)>>>,
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
 }
 
 impl Metrics {

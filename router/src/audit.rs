@@ -4,35 +4,43 @@
 
 use airlock_core::PluginKey;
 use k8s_openapi::jiff::Timestamp;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::host::Denied;
 use crate::table::{Holder, Route};
 
 pub use airlock_runtime::audit::emit;
 
-/// The record of a plugin the router auto-disabled (pure).
-pub fn auto_disabled(
-    route: &Route,
-    reason: &str,
-    actor: &str,
-    now: Timestamp,
-) -> serde_json::Value {
+/// The fields every record of the router has: who acted on which plugin, when, and what.
+fn record(actor: &str, now: Timestamp, plugin: &PluginKey, uid: &str, event: &str) -> Value {
     json!({
         "stream": airlock_runtime::audit::STREAM,
         "time": now.to_string(),
         "actor": actor,
-        "plugin": {
-            "namespace": route.plugin.namespace,
-            "name": route.plugin.name,
-            "uid": route.uid,
-        },
-        "event": "AutoDisabled",
+        "plugin": {"namespace": plugin.namespace, "name": plugin.name, "uid": uid},
+        "event": event,
         "status": "True",
-        "reason": "AutoDisabled",
-        "message": format!("auto-disabled after {reason}; calls are refused and its pods scaled to zero until an admin re-enables it"),
-        "version": route.version,
     })
+}
+
+/// Adds `fields` to `record`.
+fn with(mut record: Value, fields: Value) -> Value {
+    if let (Some(r), Value::Object(f)) = (record.as_object_mut(), fields) {
+        r.extend(f);
+    }
+    record
+}
+
+/// The record of a plugin the router auto-disabled (pure).
+pub fn auto_disabled(route: &Route, reason: &str, actor: &str, now: Timestamp) -> Value {
+    with(
+        record(actor, now, &route.plugin, &route.uid, "AutoDisabled"),
+        json!({
+            "reason": "AutoDisabled",
+            "message": format!("auto-disabled after {reason}; calls are refused and its pods scaled to zero until an admin re-enables it"),
+            "version": route.version,
+        }),
+    )
 }
 
 /// The record of a host API call the router refused for a missing permission (pure).
@@ -43,23 +51,16 @@ pub fn host_call_denied(
     invocation_id: &str,
     actor: &str,
     now: Timestamp,
-) -> serde_json::Value {
-    json!({
-        "stream": airlock_runtime::audit::STREAM,
-        "time": now.to_string(),
-        "actor": actor,
-        "plugin": {
-            "namespace": plugin.namespace,
-            "name": plugin.name,
-            "uid": holder.uid,
-        },
-        "event": "HostCallDenied",
-        "status": "True",
-        "reason": "PermissionDenied",
-        "call": denied.call.as_str(),
-        "permissions": holder.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-        "invocationId": invocation_id,
-        "message": denied.to_string(),
-        "version": holder.version,
-    })
+) -> Value {
+    with(
+        record(actor, now, plugin, &holder.uid, "HostCallDenied"),
+        json!({
+            "reason": "PermissionDenied",
+            "call": denied.call.as_str(),
+            "permissions": holder.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            "invocationId": invocation_id,
+            "message": denied.to_string(),
+            "version": holder.version,
+        }),
+    )
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use airlock_runtime::metrics::KubeRequests;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
     pub registry: Registry,
     pub kube_requests: KubeRequests,
@@ -17,12 +17,6 @@ pub struct Metrics {
     host_calls: IntCounterVec,
     host_log_dropped: IntCounterVec,
     breaker_open: IntGaugeVec,
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
 }
 
 impl Metrics {

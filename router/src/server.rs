@@ -30,27 +30,16 @@ pub enum RouterError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-impl From<kube::Error> for RouterError {
-    fn from(e: kube::Error) -> Self {
-        Self::Start(e.into())
-    }
-}
-
-impl From<prometheus::Error> for RouterError {
-    fn from(e: prometheus::Error) -> Self {
-        Self::Start(e.into())
-    }
-}
-
 /// Runs the router until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), RouterError> {
     airlock_runtime::telemetry::init_tracing(config.log_json);
-    let metrics = Metrics::new()?;
+    let metrics = Metrics::new().map_err(airlock_runtime::StartError::from)?;
     let client = {
         let kube_config = kube::Config::infer().await.map_err(|e| {
             RouterError::from(StartError::Config(format!("finding the cluster: {e}")))
         })?;
-        airlock_runtime::kube_client::client(kube_config, &metrics.kube_requests)?
+        airlock_runtime::kube_client::client(kube_config, &metrics.kube_requests)
+            .map_err(airlock_runtime::StartError::from)?
     };
     let caller = Arc::new(if config.tls_secret.is_empty() {
         tracing::warn!("--tls-secret is empty: calling plugins in plain text");
