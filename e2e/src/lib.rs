@@ -12,6 +12,7 @@ pub mod namespace;
 pub mod plugins;
 pub mod pods;
 pub mod router;
+pub mod sandbox;
 
 use std::path::Path;
 use std::time::Duration;

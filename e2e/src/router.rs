@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 use crate::TestNamespace;
 use crate::install::{NAMESPACE, images_env};
 use crate::plugins::{condition, phase};
+use crate::sandbox::Sandbox;
 
 /// The router's gRPC port (chart value router.port).
 pub const ROUTER_PORT: u16 = 50050;
@@ -98,13 +99,12 @@ async fn http_get(addr: &str, path: &str) -> Result<String> {
     }
 }
 
-/// A namespace governed by its own trust policy (unsigned plugins allowed, with `permissions`),
-/// Pod Security "restricted", Airlock installed by Helm, and a client of the router: what the
-/// router and sandbox e2e tests call plugins through.
+/// A [`Sandbox`] (namespace + trust policy allowing `permissions`) and a client of the router:
+/// what the router and sandbox e2e tests call plugins through.
 pub struct Fixture {
+    pub sandbox: Sandbox,
     pub client: Client,
     pub ns: TestNamespace,
-    policy: String,
     pub grpc: HookRouterClient<Channel>,
 }
 
@@ -116,45 +116,12 @@ impl std::fmt::Debug for Fixture {
 
 impl Fixture {
     pub async fn new(prefix: &str, permissions: &[&str]) -> Result<Self> {
-        crate::install::ensure_installed().await?;
-        let client = crate::client().await?;
-        let suffix = crate::unique_suffix();
-        let ns = TestNamespace::create(
-            &client,
-            prefix,
-            &[
-                ("airlock.dev/e2e-sandbox", suffix.as_str()),
-                ("pod-security.kubernetes.io/enforce", "restricted"),
-            ],
-        )
-        .await?;
-        let policy = format!("e2e-{prefix}-{suffix}");
-        let body = json!({
-            "apiVersion": "airlock.dev/v1alpha1",
-            "kind": "PluginTrustPolicy",
-            "metadata": {"name": policy},
-            "spec": {
-                "keys": [],
-                "namespaces": {"matchLabels": {"airlock.dev/e2e-sandbox": suffix}},
-                "trustLevels": {"Untrusted": {
-                    "allowUnsigned": true, "maxMemory": "64Mi", "maxCpu": "250m",
-                    "maxTimeout": "2s", "permissions": permissions
-                }}
-            }
-        });
-        Api::<airlock_crds::PluginTrustPolicy>::all(client.clone())
-            .patch(
-                &policy,
-                &PatchParams::apply("airlock-e2e").force(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .context("applying the trust policy")?;
-        let grpc = connect(&client).await?;
+        let sandbox = Sandbox::new(prefix, permissions).await?;
+        let grpc = connect(&sandbox.client).await?;
         Ok(Self {
-            client,
-            ns,
-            policy,
+            client: sandbox.client.clone(),
+            ns: sandbox.ns.clone(),
+            sandbox,
             grpc,
         })
     }
@@ -308,15 +275,7 @@ impl Fixture {
     }
 
     pub async fn teardown(self) -> Result<()> {
-        self.ns.delete().await?;
-        match Api::<airlock_crds::PluginTrustPolicy>::all(self.client.clone())
-            .delete(&self.policy, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.sandbox.teardown().await
     }
 }
 

@@ -1,24 +1,24 @@
 //! A Plugin from `kubectl apply` to a sandboxed pod whose hook answers, and its lifecycle:
 //! disable/enable, an unsupported plugin API version, a broken upgrade rolled back, delete and
-//! re-create under the same name, and an operator killed mid-rollout. Airlock is installed with its Helm chart; the operator runs
+//! re-create under the same name. (The operator killed mid-rollout is `operator_restart.rs`: it
+//! disrupts the whole cluster, so it runs alone.) Airlock is installed with its Helm chart; the operator runs
 //! in-cluster under the chart's RBAC.
 
 use std::time::{Duration, Instant};
 
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
-use airlock_e2e::TestNamespace;
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-use airlock_e2e::install::{images_env, workspace};
+use airlock_e2e::install::images_env;
 use airlock_e2e::plugins::{condition, invoke, phase, wait_plugin};
+use airlock_e2e::sandbox::{self, Sandbox};
 
 async fn running_pods(client: &Client, ns: &str, plugin: &str) -> Result<usize> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
@@ -31,126 +31,17 @@ async fn running_pods(client: &Client, ns: &str, plugin: &str) -> Result<usize> 
         .count())
 }
 
-/// A namespace governed by its own trust policy (allowing unsigned plugins), with Pod Security
-/// "restricted" enforced, the hello bundle in a ConfigMap, and Airlock installed by Helm.
-struct Sandbox {
-    client: Client,
-    ns: TestNamespace,
-    policy: String,
-}
-
-impl Sandbox {
-    async fn new(prefix: &str) -> Result<Self> {
-        airlock_e2e::install::ensure_installed().await?;
-        let client = airlock_e2e::client().await?;
-        let suffix = airlock_e2e::unique_suffix();
-        let ns = TestNamespace::create(
-            &client,
-            prefix,
-            &[
-                ("airlock.dev/e2e-sandbox", suffix.as_str()),
-                ("pod-security.kubernetes.io/enforce", "restricted"),
-                ("pod-security.kubernetes.io/enforce-version", "latest"),
-            ],
-        )
-        .await?;
-        let policy = format!("e2e-sandbox-{suffix}");
-        let body = json!({
-            "apiVersion": "airlock.dev/v1alpha1",
-            "kind": "PluginTrustPolicy",
-            "metadata": {"name": policy},
-            "spec": {
-                "keys": [],
-                "namespaces": {"matchLabels": {"airlock.dev/e2e-sandbox": suffix}},
-                "trustLevels": {"Untrusted": {
-                    "allowUnsigned": true, "maxMemory": "64Mi", "maxCpu": "250m",
-                    "maxTimeout": "2s", "permissions": ["log"]
-                }}
-            }
-        });
-        Api::<airlock_crds::PluginTrustPolicy>::all(client.clone())
-            .patch(
-                &policy,
-                &PatchParams::apply("airlock-e2e").force(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .context("applying the trust policy")?;
-        let bundle = std::fs::read(images_env("AIRLOCK_HELLO_BUNDLE")?)?;
-        let cm = ConfigMap {
-            metadata: kube::api::ObjectMeta {
-                name: Some("hello-bundle".into()),
-                ..Default::default()
-            },
-            binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
-            ..Default::default()
-        };
-        ns.api::<ConfigMap>()
-            .create(&PostParams::default(), &cm)
-            .await?;
-        Ok(Self { client, ns, policy })
-    }
-
-    /// examples/hello-plugin.yaml named `name`, with the image pushed by `make e2e-images`.
-    fn hello(&self, name: &str) -> Result<serde_json::Value> {
-        let manifest = std::fs::read_to_string(workspace().join("examples/hello-plugin.yaml"))?;
-        let mut plugin = serde_yaml_value(&manifest)?;
-        plugin["metadata"]["name"] = json!(name);
-        plugin["spec"]["image"] = json!(images_env("AIRLOCK_HELLO_IMAGE")?);
-        Ok(plugin)
-    }
-
-    async fn apply(&self, plugin: &serde_json::Value) -> Result<()> {
-        let name = plugin["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        self.ns
-            .api::<Plugin>()
-            .patch(
-                &name,
-                &PatchParams::apply("airlock-e2e").force(),
-                &Patch::Apply(plugin),
-            )
-            .await
-            .with_context(|| format!("applying Plugin {name}"))?;
-        Ok(())
-    }
-
-    /// Deletes the namespace (the operator honours the Plugins' finalizers) and the policy.
-    async fn teardown(self) -> Result<()> {
-        self.ns.delete().await?;
-        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
-        let deadline = Instant::now() + airlock_e2e::WAIT;
-        while nss.get_opt(&self.ns.name).await?.is_some() {
-            ensure!(
-                Instant::now() < deadline,
-                "namespace {} was not deleted: are the Plugins' finalizers stuck?",
-                self.ns.name
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        match Api::<airlock_crds::PluginTrustPolicy>::all(self.client.clone())
-            .delete(&self.policy, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
-/// Runs `body` in a sandbox and tears it down whatever the outcome.
+/// A sandbox allowing `log`, with the hello bundle in the ConfigMap `hello-bundle`; torn down
+/// whatever the outcome.
 async fn in_sandbox<F>(prefix: &str, body: F) -> Result<()>
 where
     F: AsyncFnOnce(&Sandbox) -> Result<()>,
 {
-    let sandbox = Sandbox::new(prefix).await?;
-    let outcome = body(&sandbox).await;
-    let cleanup = sandbox.teardown().await;
-    outcome?;
-    cleanup
+    sandbox::in_sandbox(prefix, &["log"], async |s: &Sandbox| {
+        s.with_hello_bundle().await?;
+        body(s).await
+    })
+    .await
 }
 
 #[tokio::test]
@@ -328,11 +219,6 @@ fn with_enabled(plugin: &serde_json::Value, enabled: bool) -> serde_json::Value 
     p
 }
 
-fn serde_yaml_value(text: &str) -> Result<serde_json::Value> {
-    let v: serde_json::Value = serde_yaml::from_str(text).context("parsing YAML")?;
-    Ok(v)
-}
-
 #[tokio::test]
 async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revision_serves()
 -> Result<()> {
@@ -403,103 +289,6 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revisi
             phase(p) == Some(PluginPhase::Active)
         })
         .await?;
-        Ok(())
-    })
-    .await
-}
-
-#[tokio::test]
-async fn killing_the_operator_mid_rollout_converges_without_duplicates() -> Result<()> {
-    in_sandbox("restart", async |s| {
-        let plugins: Api<Plugin> = s.ns.api();
-        s.apply(&s.hello("survivor")?).await?;
-        // As soon as the operator has started on it, kill every operator pod.
-        wait_plugin(&plugins, "survivor", "the rollout to start", |p| {
-            p.status.is_some()
-        })
-        .await?;
-        let operators: Api<Pod> =
-            Api::namespaced(s.client.clone(), airlock_e2e::install::NAMESPACE);
-        let lp = ListParams::default().labels("app.kubernetes.io/name=airlock-operator");
-        for pod in operators.list(&lp).await?.items {
-            let name = pod.metadata.name.unwrap_or_default();
-            operators
-                .delete(
-                    &name,
-                    &DeleteParams {
-                        grace_period_seconds: Some(0),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-        }
-        wait_plugin(
-            &plugins,
-            "survivor",
-            "phase Active after the restart",
-            |p| phase(p) == Some(PluginPhase::Active),
-        )
-        .await?;
-        let out = invoke(&s.client, &s.ns.name, "survivor").await?;
-        ensure!(out["greeting"] == "hello, airlock", "output {out}");
-
-        // Exactly one of each child, whatever happened in between.
-        let by_plugin = ListParams::default().labels("airlock.dev/plugin=survivor");
-        let counts = [
-            (
-                "Deployment",
-                s.ns.api::<Deployment>().list(&by_plugin).await?.items.len(),
-            ),
-            (
-                "Service",
-                s.ns.api::<Service>().list(&by_plugin).await?.items.len(),
-            ),
-            (
-                "NetworkPolicy",
-                s.ns.api::<NetworkPolicy>()
-                    .list(&by_plugin)
-                    .await?
-                    .items
-                    .len(),
-            ),
-            (
-                "ServiceAccount",
-                s.ns.api::<k8s_openapi::api::core::v1::ServiceAccount>()
-                    .list(&by_plugin)
-                    .await?
-                    .items
-                    .len(),
-            ),
-            (
-                "bundle Secret",
-                s.ns.api::<Secret>()
-                    .list(&by_plugin.clone().fields("type=airlock.dev/bundle"))
-                    .await?
-                    .items
-                    .len(),
-            ),
-            (
-                "TLS Secret",
-                s.ns.api::<Secret>()
-                    .list(&by_plugin.clone().fields("type=kubernetes.io/tls"))
-                    .await?
-                    .items
-                    .len(),
-            ),
-        ];
-        for (kind, n) in counts {
-            ensure!(n == 1, "{n} {kind} objects for one plugin");
-        }
-        // The Active transition was recorded (Event; the audit record is written just before it).
-        let events: Api<k8s_openapi::api::events::v1::Event> = s.ns.api();
-        let active = events
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("survivor"))
-            .any(|e| e.reason.as_deref() == Some("Active"));
-        ensure!(active, "no Event records the plugin becoming Active");
         Ok(())
     })
     .await

@@ -1,0 +1,197 @@
+//! The one fixture of the e2e tests that run plugins: a namespace of its own, governed by a trust
+//! policy of its own (unsigned plugins allowed, with the permissions the test names), under Pod
+//! Security "restricted", with Airlock installed.
+//!
+//! The policy is cluster-scoped, so a test that fails or panics must not leave it behind:
+//! [`Sandbox::teardown`] deletes the namespace (the operator honours the Plugins' finalizers) and
+//! the policy and reports what went wrong; if a test never gets there (a panic), `Drop` deletes
+//! both without waiting, through `kubectl`, which needs no async runtime.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use airlock_crds::Plugin;
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::TestNamespace;
+use crate::install::{images_env, workspace};
+
+pub struct Sandbox {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub policy: String,
+    torn_down: bool,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("ns", &self.ns)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// A sandbox whose trust level Untrusted allows `permissions`.
+    pub async fn new(prefix: &str, permissions: &[&str]) -> Result<Self> {
+        crate::install::ensure_installed().await?;
+        let client = crate::client().await?;
+        let suffix = crate::unique_suffix();
+        let ns = TestNamespace::create(
+            &client,
+            prefix,
+            &[
+                ("airlock.dev/e2e-sandbox", suffix.as_str()),
+                ("pod-security.kubernetes.io/enforce", "restricted"),
+                ("pod-security.kubernetes.io/enforce-version", "latest"),
+            ],
+        )
+        .await?;
+        let policy = format!("e2e-{prefix}-{suffix}");
+        // From here on, Drop cleans up whatever happens next.
+        let sandbox = Self {
+            client: client.clone(),
+            ns,
+            policy: policy.clone(),
+            torn_down: false,
+        };
+        let body = json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "PluginTrustPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "keys": [],
+                "namespaces": {"matchLabels": {"airlock.dev/e2e-sandbox": suffix}},
+                "trustLevels": {"Untrusted": {
+                    "allowUnsigned": true, "maxMemory": "64Mi", "maxCpu": "250m",
+                    "maxTimeout": "2s", "permissions": permissions
+                }}
+            }
+        });
+        Api::<airlock_crds::PluginTrustPolicy>::all(client)
+            .patch(
+                &policy,
+                &PatchParams::apply("airlock-e2e").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .context("applying the trust policy")?;
+        Ok(sandbox)
+    }
+
+    pub fn ns(&self) -> &str {
+        &self.ns.name
+    }
+
+    /// Puts the hello plugin's bundle (from `make e2e-images`) in the ConfigMap `hello-bundle`.
+    pub async fn with_hello_bundle(&self) -> Result<()> {
+        let bundle = std::fs::read(images_env("AIRLOCK_HELLO_BUNDLE")?)?;
+        let cm = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some("hello-bundle".into()),
+                ..Default::default()
+            },
+            binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
+            ..Default::default()
+        };
+        self.ns
+            .api::<ConfigMap>()
+            .create(&PostParams::default(), &cm)
+            .await?;
+        Ok(())
+    }
+
+    /// examples/hello-plugin.yaml named `name`, with the image pushed by `make e2e-images`.
+    pub fn hello(&self, name: &str) -> Result<Value> {
+        let manifest = std::fs::read_to_string(workspace().join("examples/hello-plugin.yaml"))?;
+        let mut plugin: Value = serde_yaml::from_str(&manifest).context("parsing YAML")?;
+        plugin["metadata"]["name"] = json!(name);
+        plugin["spec"]["image"] = json!(images_env("AIRLOCK_HELLO_IMAGE")?);
+        Ok(plugin)
+    }
+
+    /// Server-side applies `plugin` in the sandbox.
+    pub async fn apply(&self, plugin: &Value) -> Result<()> {
+        let name = plugin["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.ns
+            .api::<Plugin>()
+            .patch(
+                &name,
+                &PatchParams::apply("airlock-e2e").force(),
+                &Patch::Apply(plugin),
+            )
+            .await
+            .with_context(|| format!("applying Plugin {name}"))?;
+        Ok(())
+    }
+
+    /// Deletes the namespace, waits until it is gone (a stuck finalizer fails the test) and
+    /// deletes the policy.
+    pub async fn teardown(mut self) -> Result<()> {
+        self.torn_down = true;
+        self.ns.delete().await?;
+        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let deadline = Instant::now() + crate::WAIT;
+        while nss.get_opt(&self.ns.name).await?.is_some() {
+            ensure!(
+                Instant::now() < deadline,
+                "namespace {} was not deleted: are the Plugins' finalizers stuck?",
+                self.ns.name
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        match Api::<airlock_crds::PluginTrustPolicy>::all(self.client.clone())
+            .delete(&self.policy, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        // A panicking test: delete without waiting, and never panic here.
+        for args in [
+            vec!["delete", "namespace", self.ns.name.as_str()],
+            vec!["delete", "plugintrustpolicy", self.policy.as_str()],
+        ] {
+            let mut kubectl = Command::new("kubectl");
+            if std::env::var_os("KUBECONFIG").is_none() {
+                kubectl.env("KUBECONFIG", crate::LOCAL_CLUSTER_KUBECONFIG);
+            }
+            let _ = kubectl
+                .args(args)
+                .args(["--ignore-not-found", "--wait=false"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs `body` in a sandbox and tears it down whatever the outcome.
+pub async fn in_sandbox<F>(prefix: &str, permissions: &[&str], body: F) -> Result<()>
+where
+    F: AsyncFnOnce(&Sandbox) -> Result<()>,
+{
+    let sandbox = Sandbox::new(prefix, permissions).await?;
+    let outcome = body(&sandbox).await;
+    let cleanup = sandbox.teardown().await;
+    outcome?;
+    cleanup
+}
