@@ -71,4 +71,7 @@ client-deps: tools ## gRPC clients written elsewhere, for the e2e: grpcurl (Go, 
 	@$(CACHE)/venv/bin/pip install --quiet --disable-pip-version-check grpcio==1.85.1 grpcio-tools==1.85.1
 
 e2e: cluster-up e2e-images client-deps ## end-to-end tests against the cluster
-	cargo test --locked -p airlock-e2e -- --test-threads=4
+	@# Airlock is installed once for the run (the tests skip their own install when told so);
+	@# a short progress deadline so the rollback test does not wait two minutes.
+	e2e/helm-install.sh --set progressDeadlineSeconds=20
+	AIRLOCK_E2E_INSTALLED=1 cargo test --locked -p airlock-e2e -- --test-threads=4

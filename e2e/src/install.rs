@@ -27,12 +27,19 @@ pub fn images_env(key: &str) -> Result<String> {
 
 static INSTALLED: OnceCell<()> = OnceCell::const_new();
 
-/// Installs (or upgrades to) the current chart and images once per test process and waits until
-/// the operator Deployment is rolled out. The install is `e2e/helm-install.sh`, the same script
+/// Set by `make e2e` after it installed Airlock once for the whole run.
+pub const INSTALLED_ENV: &str = "AIRLOCK_E2E_INSTALLED";
+
+/// Installs (or upgrades to) the current chart and images and waits until the operator Deployment
+/// is rolled out: once per run when `make e2e` did it (it sets [`INSTALLED_ENV`]), else once per
+/// test process (a test run by hand). The install is `e2e/helm-install.sh`, the same script
 /// `make demo` and `make bench` run: one Helm install path.
 pub async fn ensure_installed() -> Result<()> {
     INSTALLED
         .get_or_try_init(|| async {
+            if std::env::var_os(INSTALLED_ENV).is_some() {
+                return Ok(());
+            }
             tokio::task::spawn_blocking(|| {
                 // Short, so the rollback test does not wait two minutes.
                 helm_install(&["--set", "progressDeadlineSeconds=20"])
