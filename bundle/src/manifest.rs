@@ -96,7 +96,7 @@ pub enum ManifestError {
     /// A hook this plugin API does not have.
     #[error(
         "plugin.yaml: `hooks` lists unknown hook `{hook}`; use only {}",
-        list(&Hook::ALL)
+        list(Hook::ALL)
     )]
     UnknownHook {
         /// The unknown hook.
@@ -105,7 +105,7 @@ pub enum ManifestError {
     /// A permission this plugin API does not have.
     #[error(
         "plugin.yaml: `permissions` lists unknown permission `{permission}`; use only {}",
-        list(&Permission::ALL)
+        list(Permission::ALL)
     )]
     UnknownPermission {
         /// The unknown permission.
@@ -322,7 +322,7 @@ impl RawFields {
             return Err(ManifestError::InvalidField {
                 field: "hooks",
                 problem: "is empty".to_string(),
-                fix: format!("list at least one of {}", list(&Hook::ALL)),
+                fix: format!("list at least one of {}", list(Hook::ALL)),
             });
         }
         let hooks = unique(hooks, "hooks", |h| {

@@ -23,6 +23,7 @@ pub mod names;
 pub mod permission;
 pub mod plugin_key;
 pub mod rate;
+pub mod vocabulary;
 
 pub use failure::FailureKind;
 pub use hook::Hook;

@@ -8,10 +8,10 @@ use airlock_crds::plugin::PluginPhase;
 use airlock_proto::router::v1::hook_router_client::HookRouterClient;
 use airlock_proto::router::v1::{InvokeRequest, ListPluginsRequest, PluginRef};
 use anyhow::{Context, Result, bail};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -143,17 +143,8 @@ impl Fixture {
     ) -> Result<()> {
         let key = sample.to_uppercase().replace('-', "_");
         let bundle = std::fs::read(images_env(&format!("AIRLOCK_{key}_BUNDLE"))?)?;
-        let cm = ConfigMap {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("{name}-bundle")),
-                ..Default::default()
-            },
-            binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
-            ..Default::default()
-        };
-        self.ns
-            .api::<ConfigMap>()
-            .create(&PostParams::default(), &cm)
+        self.sandbox
+            .put_bundle(&format!("{name}-bundle"), bundle)
             .await?;
         let mut plugin = json!({
             "apiVersion": "airlock.dev/v1alpha1",

@@ -89,12 +89,11 @@ impl Sandbox {
         &self.ns.name
     }
 
-    /// Puts the hello plugin's bundle (from `make e2e-images`) in the ConfigMap `hello-bundle`.
-    pub async fn with_hello_bundle(&self) -> Result<()> {
-        let bundle = std::fs::read(images_env("AIRLOCK_HELLO_BUNDLE")?)?;
+    /// Puts `bundle` in the ConfigMap `name` (key `bundle.tar.gz`), as the README tells users to.
+    pub async fn put_bundle(&self, name: &str, bundle: Vec<u8>) -> Result<()> {
         let cm = ConfigMap {
             metadata: kube::api::ObjectMeta {
-                name: Some("hello-bundle".into()),
+                name: Some(name.into()),
                 ..Default::default()
             },
             binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
@@ -103,8 +102,15 @@ impl Sandbox {
         self.ns
             .api::<ConfigMap>()
             .create(&PostParams::default(), &cm)
-            .await?;
+            .await
+            .with_context(|| format!("creating ConfigMap {name}"))?;
         Ok(())
+    }
+
+    /// Puts the hello plugin's bundle (from `make e2e-images`) in the ConfigMap `hello-bundle`.
+    pub async fn with_hello_bundle(&self) -> Result<()> {
+        let bundle = std::fs::read(images_env("AIRLOCK_HELLO_BUNDLE")?)?;
+        self.put_bundle("hello-bundle", bundle).await
     }
 
     /// examples/hello-plugin.yaml named `name`, with the image pushed by `make e2e-images`.

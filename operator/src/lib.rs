@@ -79,16 +79,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         build.host_api = router_host_api(&client, &build.router_namespace).await;
     }
     let ready = Arc::new(AtomicBool::new(false));
-    let http = {
-        let (addr, metrics, ready) = (config.http_addr, metrics.clone(), ready.clone());
-        tokio::spawn(async move {
-            airlock_runtime::http::serve(addr, metrics.registry, ready)
-                .await
-                .map_err(|source| {
-                    StartError::from(airlock_runtime::StartError::Http { addr, source })
-                })
-        })
-    };
+    let http = tokio::spawn(airlock_runtime::http::serve_or_fail(
+        config.http_addr,
+        metrics.registry.clone(),
+        ready.clone(),
+    ));
     let ctx = Arc::new(reconcile::Context::new(
         client,
         build,
@@ -111,10 +106,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     tokio::select! {
         res = work => res,
-        res = http => match res {
-            Ok(Err(e)) => Err(e),
-            _ => Ok(()),
-        },
+        res = http => res.unwrap_or(Ok(())).map_err(StartError::from),
     }
 }
 

@@ -417,7 +417,7 @@ mod tests {
     fn open_limits() -> Limits {
         Limits {
             allow_unsigned: true,
-            permissions: Permission::ALL.into_iter().collect(),
+            permissions: Permission::ALL.iter().copied().collect(),
             ..Default::default()
         }
     }

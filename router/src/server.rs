@@ -75,14 +75,11 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     ));
 
     let ready = Arc::new(AtomicBool::new(false));
-    let http = {
-        let (addr, metrics, ready) = (config.http_addr, metrics.clone(), ready.clone());
-        tokio::spawn(async move {
-            airlock_runtime::http::serve(addr, metrics.registry, ready)
-                .await
-                .map_err(|source| RouterError::from(StartError::Http { addr, source }))
-        })
-    };
+    let http = tokio::spawn(airlock_runtime::http::serve_or_fail(
+        config.http_addr,
+        metrics.registry.clone(),
+        ready.clone(),
+    ));
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -138,10 +135,7 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     tokio::select! {
         res = grpc => res.map_err(|source| RouterError::Grpc { addr, source }),
         res = host_failed => res,
-        res = http => match res {
-            Ok(Err(e)) => Err(e),
-            _ => Ok(()),
-        },
+        res = http => res.unwrap_or(Ok(())).map_err(RouterError::from),
     }
 }
 

@@ -11,6 +11,17 @@ use axum::routing::get;
 
 use prometheus::{Registry, TextEncoder};
 
+/// [`serve`], failing with the error a binary reports (the port, and what to check).
+pub async fn serve_or_fail(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+) -> Result<(), crate::StartError> {
+    serve(addr, registry, ready)
+        .await
+        .map_err(|source| crate::StartError::Http { addr, source })
+}
+
 pub async fn serve(
     addr: SocketAddr,
     registry: Registry,

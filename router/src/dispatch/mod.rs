@@ -476,10 +476,7 @@ fn step(
 }
 
 fn parse_hook(hook: &str) -> Result<Hook, RouteError> {
-    Hook::ALL
-        .into_iter()
-        .find(|h| h.as_str() == hook)
-        .ok_or_else(|| {
+    Hook::parse(hook).ok_or_else(|| {
             RouteError::new(
                 Code::InvalidArgument,
                 format!(
