@@ -332,6 +332,15 @@ fn result(r: StepResult) -> api::PluginResult {
     }
 }
 
+/// Runs one call of a host application inside its span (calls to shims made while it runs are
+/// children of it) and turns a refusal into its gRPC status.
+async fn traced<T>(
+    span: TraceContext,
+    call: impl Future<Output = Result<T, RouteError>>,
+) -> Result<T, Status> {
+    TRACE.scope(span, call).await.map_err(Status::from)
+}
+
 #[tonic::async_trait]
 impl<C: Caller> HookRouter for HookRouterService<C> {
     async fn invoke(
@@ -345,19 +354,14 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
             .filter(|p| !p.namespace.is_empty() && !p.name.is_empty())
             .ok_or_else(|| Status::invalid_argument("plugin (namespace and name) is required"))?;
         let key = PluginKey::new(plugin.namespace, plugin.name);
-        let (answer, id) = TRACE
-            .scope(
-                span,
-                self.router.invoke(
-                    &key,
-                    &r.hook,
-                    r.payload_json,
-                    r.deadline_ms,
-                    r.invocation_id,
-                ),
-            )
-            .await
-            .map_err(Status::from)?;
+        let call = self.router.invoke(
+            &key,
+            &r.hook,
+            r.payload_json,
+            r.deadline_ms,
+            r.invocation_id,
+        );
+        let (answer, id) = traced(span, call).await?;
         Ok(Response::new(api::InvokeResponse {
             output_json: answer.output,
             duration_ms: millis(answer.duration),
@@ -371,19 +375,14 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
     ) -> Result<Response<api::BroadcastResponse>, Status> {
         let span = serving_span(&request);
         let r = request.into_inner();
-        let b = TRACE
-            .scope(
-                span,
-                self.router.broadcast(
-                    &r.hook,
-                    r.payload_json,
-                    r.deadline_ms,
-                    r.invocation_id,
-                    namespace(&r.namespace),
-                ),
-            )
-            .await
-            .map_err(Status::from)?;
+        let call = self.router.broadcast(
+            &r.hook,
+            r.payload_json,
+            r.deadline_ms,
+            r.invocation_id,
+            namespace(&r.namespace),
+        );
+        let b = traced(span, call).await?;
         Ok(Response::new(api::BroadcastResponse {
             results: b.results.into_iter().map(result).collect(),
             failed: b.failed,
@@ -397,18 +396,13 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
     ) -> Result<Response<api::TransformResponse>, Status> {
         let span = serving_span(&request);
         let r = request.into_inner();
-        let p = TRACE
-            .scope(
-                span,
-                self.router.transform(
-                    r.payload_json,
-                    r.deadline_ms,
-                    r.invocation_id,
-                    namespace(&r.namespace),
-                ),
-            )
-            .await
-            .map_err(Status::from)?;
+        let call = self.router.transform(
+            r.payload_json,
+            r.deadline_ms,
+            r.invocation_id,
+            namespace(&r.namespace),
+        );
+        let p = traced(span, call).await?;
         Ok(Response::new(api::TransformResponse {
             output_json: p.output,
             steps: p.steps.into_iter().map(result).collect(),
