@@ -40,8 +40,9 @@ pub const OCI_EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// Content of the OCI empty descriptor.
 pub const OCI_EMPTY_CONTENT: &[u8] = b"{}";
 
-/// A signature is 88 base64 characters and a newline; anything much larger is not one.
-pub const MAX_SIGNATURE_BYTES: u64 = 1024;
+/// A signature is 88 base64 characters and a newline; anything much larger is not one. The same
+/// limit as a signature next to an HTTP or ConfigMap bundle.
+pub const MAX_SIGNATURE_BYTES: u64 = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -74,12 +75,21 @@ pub enum OciError {
     NotABundle { reference: String, found: String },
     #[error("{reference}: {problem}; push it again with `airlockctl bundle push`")]
     Malformed { reference: String, problem: String },
-    #[error("{reference}: layer {digest} is {size} bytes, over the limit of {limit}")]
+    #[error("{reference}: the {what} layer {digest} is {size} bytes, over the limit of {limit}")]
     TooLarge {
+        what: &'static str,
         reference: String,
         digest: String,
         size: i64,
         limit: u64,
+    },
+    #[error(
+        "{reference}: layer {digest} is not what its digest says ({problem}); the artifact was changed or corrupted: push it again with `airlockctl bundle push`"
+    )]
+    DigestMismatch {
+        reference: String,
+        digest: String,
+        problem: &'static str,
     },
     #[error("{reference}: reading layer {digest}: {source}")]
     Download {
@@ -258,10 +268,19 @@ pub async fn pull(
         });
     };
     let (bundle_layer, signature_layer) = bundle_layers(&shown, &manifest)?;
-    let bundle = download(client, reference, bundle_layer, max_bytes, timeout).await?;
+    let bundle = download(
+        client,
+        reference,
+        bundle_layer,
+        "bundle",
+        max_bytes,
+        timeout,
+    )
+    .await?;
     let signature = match signature_layer {
         Some(layer) => {
-            let bytes = download(client, reference, layer, MAX_SIGNATURE_BYTES, timeout).await?;
+            let limit = MAX_SIGNATURE_BYTES;
+            let bytes = download(client, reference, layer, "signature", limit, timeout).await?;
             Some(String::from_utf8_lossy(&bytes).into_owned())
         }
         None => None,
@@ -337,6 +356,7 @@ async fn download(
     client: &Client,
     reference: &Reference,
     layer: &OciDescriptor,
+    what: &'static str,
     limit: u64,
     timeout: Duration,
 ) -> Result<Vec<u8>, OciError> {
@@ -346,13 +366,17 @@ async fn download(
         digest: layer.digest.clone(),
         source,
     };
+    let mismatch = |problem| OciError::DigestMismatch {
+        reference: shown.clone(),
+        digest: layer.digest.clone(),
+        problem,
+    };
     if !layer.digest.starts_with("sha256:") {
-        return Err(err(io::Error::other(
-            "only sha256 layer digests are supported",
-        )));
+        return Err(mismatch("only sha256 layer digests are supported"));
     }
     if u64::try_from(layer.size).map_or(true, |size| size > limit) {
         return Err(OciError::TooLarge {
+            what,
             reference: shown.clone(),
             digest: layer.digest.clone(),
             size: layer.size,
@@ -374,6 +398,7 @@ async fn download(
             // The registry may send more than the descriptor said.
             if u64::try_from(data.len()).unwrap_or(u64::MAX) > limit {
                 return Err(OciError::TooLarge {
+                    what,
                     reference: shown.clone(),
                     digest: layer.digest.clone(),
                     size: i64::try_from(data.len()).unwrap_or(i64::MAX),
@@ -385,9 +410,7 @@ async fn download(
     };
     let data = within(timeout, "pulling a layer of", &shown, read).await??;
     if digest(&data) != layer.digest {
-        return Err(err(io::Error::other(
-            "the content does not match its digest",
-        )));
+        return Err(mismatch("the content does not match the digest"));
     }
     Ok(data)
 }

@@ -37,7 +37,7 @@ pub const INSTALLED_ENV: &str = "AIRLOCK_E2E_INSTALLED";
 pub async fn ensure_installed() -> Result<()> {
     INSTALLED
         .get_or_try_init(|| async {
-            if std::env::var_os(INSTALLED_ENV).is_some() {
+            if std::env::var(INSTALLED_ENV).is_ok_and(|v| v == "1") {
                 return Ok(());
             }
             tokio::task::spawn_blocking(|| {

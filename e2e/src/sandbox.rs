@@ -143,7 +143,7 @@ impl Sandbox {
     /// Deletes the namespace, waits until it is gone (a stuck finalizer fails the test) and
     /// deletes the policy.
     pub async fn teardown(mut self) -> Result<()> {
-        self.torn_down = true;
+        // On an early return below, Drop still deletes what is left.
         self.ns.delete().await?;
         let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let deadline = Instant::now() + crate::WAIT;
@@ -159,10 +159,12 @@ impl Sandbox {
             .delete(&self.policy, &DeleteParams::default())
             .await
         {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
         }
+        self.torn_down = true;
+        Ok(())
     }
 }
 

@@ -212,9 +212,17 @@ impl Registry {
         let pulled = oci::pull(&self.client, &reference, max_bytes, REGISTRY_TIMEOUT)
             .await
             .map_err(|e| match e {
-                OciError::NotABundle { .. } | OciError::Malformed { .. } => {
+                OciError::NotABundle { .. }
+                | OciError::Malformed { .. }
+                | OciError::DigestMismatch { .. } => {
                     failure("InvalidBundleArtifact", format!("spec.bundle.source.oci.ref: {e}"))
                 }
+                OciError::TooLarge {
+                    what: "signature", ..
+                } => failure(
+                    "InvalidBundleArtifact",
+                    format!("spec.bundle.source.oci.ref: {e}; a signature is one line of base64"),
+                ),
                 OciError::TooLarge { .. } => failure(
                     "BundleTooLarge",
                     format!("{e}; make the bundle smaller (or raise --max-bundle-bytes)"),

@@ -1,4 +1,4 @@
-//! The apply step: server-side apply of the watches a planned revision needs (only when the
+//! The apply step: server-side apply of the children a planned revision needs (only when the
 //! desired state or the object changed since this process applied it), rollback of a revision
 //! that missed its progress deadline to the last good one, and quarantine of a revision whose
 //! signer was revoked. Desired objects come from the pure builders in [`crate::build`].
@@ -16,7 +16,7 @@ use serde_json::json;
 use tracing::warn;
 
 use super::watches::Watches;
-use super::{Context, Error};
+use super::{Context, Error, certificates};
 use crate::applied::{self, Fingerprint};
 use crate::build::{self, FIELD_MANAGER};
 use crate::status;
@@ -65,6 +65,9 @@ pub(super) async fn roll_out(
     {
         return Ok(back);
     }
+    // The plugin's identity before the pods that mount it. Not before a rollback above: going
+    // back to a good revision must not wait on the CA or on storage ownership.
+    certificates::ensure_identity(plugin, ctx, watches).await?;
     let applied = apply_children(plugin, rollout, ctx, watches).await?;
     if applied.deadline_exceeded
         && let Some(good) = &good

@@ -7,8 +7,9 @@
 //! 2. **verify** (pure): every signature and trust decision, one typed verdict ([`crate::trust`],
 //!    [`crate::verify`]);
 //! 3. **plan** (pure): the revision to roll out and each condition ([`crate::plan`]);
-//! 4. **apply** (IO, [`apply`]): the plugin's identity ([`certificates`]), then its children with
-//!    server-side apply, rollback to the last good revision, quarantine of a revoked one;
+//! 4. **apply** (IO, [`apply`]): rollback to the last good revision when the planned one failed;
+//!    else the plugin's identity ([`certificates`]), then its children with server-side apply;
+//!    quarantine of a revoked one;
 //! 5. **status** (IO, [`record`]): conditions, Events and audit records, from what was applied.
 //!
 //! Per-Plugin memory lives in [`caches::PluginCaches`] (by uid, cleared on delete); watch caches of

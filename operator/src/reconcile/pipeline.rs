@@ -13,7 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::info;
 
 use super::watches::Watches;
-use super::{Context, Error, apply, certificates, record};
+use super::{Context, Error, apply, record};
 use crate::plan::{self, Plan};
 use crate::status::{self, Outcome};
 use crate::{fetch, policy, trust};
@@ -71,12 +71,9 @@ pub(super) async fn run(
                 .unwrap_or(airlock_crds::TrustLevel::Untrusted);
             let limits = policy::limits(&governing, level);
             let plan = plan::plan(plugin, fetched, limits.as_ref());
-            // 4. Apply: the plugin's identity first (its pods mount it), then its watches.
+            // 4. Apply: the revision's children (the plugin's identity first), or a rollback.
             let applied = match &plan.rollout {
-                Some(rollout) => {
-                    certificates::ensure_identity(plugin, ctx, watches).await?;
-                    Some(apply::roll_out(plugin, rollout, ctx, watches).await?)
-                }
+                Some(rollout) => Some(apply::roll_out(plugin, rollout, ctx, watches).await?),
                 None => None,
             };
             let next = status::next_status(
