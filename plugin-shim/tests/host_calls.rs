@@ -10,7 +10,7 @@ mod common;
 
 use common::tgz;
 
-use airlock_plugin_shim::cli::{self, RunArgs};
+use airlock_plugin_shim::cli::{self, BundleArgs, RunArgs};
 use airlock_plugin_shim::host::{CallFuture, HostCalls};
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
@@ -124,16 +124,18 @@ impl Shim {
             .write_all(bundle)
             .unwrap();
         let args = RunArgs {
-            bundle: path,
+            bundle: BundleArgs {
+                bundle: path,
+                max_bundle_bytes: 1024 * 1024,
+                expect_digest: None,
+                signature: None,
+                public_key: None,
+            },
             workdir: dir.path().join("work"),
             listen: "127.0.0.1:0".parse().unwrap(),
             tls_dir: None,
             unpacked: None,
             health_listen: None,
-            max_bundle_bytes: 1024 * 1024,
-            expect_digest: None,
-            signature: None,
-            public_key: None,
             default_deadline_ms: 5000,
             lifecycle_timeout_ms: 5000,
             max_log_lines_per_minute: 100,

@@ -9,7 +9,7 @@ mod common;
 use common::{Pki, tgz};
 
 use airlock_core::identity::{ROUTER_IDENTITY, plugin_identity};
-use airlock_plugin_shim::cli::{self, RunArgs};
+use airlock_plugin_shim::cli::{self, BundleArgs, RunArgs};
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use tokio::net::TcpListener;
@@ -83,16 +83,18 @@ async fn only_the_router_may_invoke_a_plugin_over_mutual_tls() {
     .unwrap();
     let health_addr = free_port().await;
     let args = RunArgs {
-        bundle,
+        bundle: BundleArgs {
+            bundle,
+            max_bundle_bytes: 1024 * 1024,
+            expect_digest: None,
+            signature: None,
+            public_key: None,
+        },
         workdir: dir.path().join("work"),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_dir: Some(tls_dir),
         unpacked: None,
         health_listen: Some(health_addr),
-        max_bundle_bytes: 1024 * 1024,
-        expect_digest: None,
-        signature: None,
-        public_key: None,
         default_deadline_ms: 5000,
         lifecycle_timeout_ms: 5000,
         max_log_lines_per_minute: 100,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use airlock_plugin_shim::cli::{self, RunArgs};
+use airlock_plugin_shim::cli::{self, BundleArgs, RunArgs};
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use common::sandbox;
@@ -47,16 +47,18 @@ async fn orphans_of_a_killed_plugin_are_reaped() {
         .write_all(&bundle)
         .unwrap();
     let args = RunArgs {
-        bundle: bundle_path,
+        bundle: BundleArgs {
+            bundle: bundle_path,
+            max_bundle_bytes: 1 << 20,
+            expect_digest: None,
+            signature: None,
+            public_key: None,
+        },
         workdir: dir.path().join("work"),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_dir: None,
         unpacked: None,
         health_listen: None,
-        max_bundle_bytes: 1 << 20,
-        expect_digest: None,
-        signature: None,
-        public_key: None,
         default_deadline_ms: 200,
         lifecycle_timeout_ms: 5000,
         max_log_lines_per_minute: 100,

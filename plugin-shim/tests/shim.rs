@@ -10,7 +10,7 @@ mod common;
 
 use common::tgz;
 
-use airlock_plugin_shim::cli::{self, RunArgs};
+use airlock_plugin_shim::cli::{self, BundleArgs, RunArgs};
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::plugin::v1::{HandshakeRequest, InvokeRequest};
 use common::sandbox;
@@ -80,16 +80,18 @@ impl Shim {
             .write_all(bundle)
             .unwrap();
         RunArgs {
-            bundle: path,
+            bundle: BundleArgs {
+                bundle: path,
+                max_bundle_bytes: 1024 * 1024,
+                expect_digest: None,
+                signature: None,
+                public_key: None,
+            },
             workdir: dir.join("work"),
             listen: "127.0.0.1:0".parse().unwrap(),
             tls_dir: None,
             unpacked: None,
             health_listen: None,
-            max_bundle_bytes: 1024 * 1024,
-            expect_digest: None,
-            signature: None,
-            public_key: None,
             default_deadline_ms: 2000,
             lifecycle_timeout_ms: 5000,
             max_log_lines_per_minute: 100,
@@ -571,7 +573,7 @@ async fn expect_digest_and_bad_bundles_stop_the_shim() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = tgz(&[("plugin.yaml", &manifest("[transform]", "[python3, x.py]"))]);
     let mut args = Shim::args(dir.path(), &bundle, &[]);
-    args.expect_digest = Some(format!("sha256:{}", "0".repeat(64)));
+    args.bundle.expect_digest = Some(format!("sha256:{}", "0".repeat(64)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = cli::run(args, listener, std::future::pending())
         .await
@@ -608,8 +610,8 @@ async fn a_bundle_whose_signature_does_not_verify_is_not_run() {
     std::fs::write(dir.path().join("sig"), &sig).unwrap();
     std::fs::write(dir.path().join("pub"), &public).unwrap();
     let mut args = Shim::args(dir.path(), &bundle_bytes, &[]);
-    args.signature = Some(dir.path().join("sig"));
-    args.public_key = Some(dir.path().join("pub"));
+    args.bundle.signature = Some(dir.path().join("sig"));
+    args.bundle.public_key = Some(dir.path().join("pub"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = cli::run(args, listener, std::future::pending())
         .await
@@ -636,8 +638,8 @@ async fn a_bundle_whose_signature_does_not_verify_is_not_run() {
     .unwrap();
     std::fs::write(dir.path().join("pub"), &public).unwrap();
     let mut args = Shim::args(dir.path(), &good, &[]);
-    args.signature = Some(dir.path().join("sig"));
-    args.public_key = Some(dir.path().join("pub"));
+    args.bundle.signature = Some(dir.path().join("sig"));
+    args.bundle.public_key = Some(dir.path().join("pub"));
     let shim = Shim::start_with(dir, args).await;
     shim.wait_health(ServingStatus::Serving).await;
     assert!(shim.bundle_dir().join("plugin.py").exists());
@@ -765,12 +767,14 @@ async fn a_bundle_unpacked_by_the_init_step_runs_from_its_directory_and_only_if_
     let mut args = Shim::args(dir.path(), &bundle, &[]);
     let dest = dir.path().join("unpacked");
     let unpacked = cli::unpack(&cli::UnpackArgs {
-        bundle: args.bundle.clone(),
+        bundle: BundleArgs {
+            bundle: args.bundle.bundle.clone(),
+            max_bundle_bytes: 1024 * 1024,
+            expect_digest: None,
+            signature: None,
+            public_key: None,
+        },
         dest: dest.clone(),
-        max_bundle_bytes: 1024 * 1024,
-        expect_digest: None,
-        signature: None,
-        public_key: None,
     })
     .unwrap();
     assert_eq!(unpacked, dest.join("bundle"));

@@ -83,27 +83,36 @@ pub struct SandboxExecArgs {
     pub entry_point: Vec<String>,
 }
 
-/// Flags of `airlock-shim unpack`.
+/// The bundle and how to verify it: the same flags for `unpack` and `run`, which both check
+/// it before anything in it is used.
 #[derive(Debug, Clone, Args)]
-pub struct UnpackArgs {
+pub struct BundleArgs {
     /// The plugin bundle: a gzipped tar with plugin.yaml at its root.
     #[arg(long, value_name = "PATH")]
     pub bundle: PathBuf,
-    /// Where to unpack (DEST/bundle, DEST/digest).
-    #[arg(long, value_name = "DEST")]
-    pub dest: PathBuf,
     /// Largest bundle accepted, both packed and unpacked, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = bundle::DEFAULT_MAX_BYTES)]
     pub max_bundle_bytes: u64,
     /// Refuse unless the bundle's digest is this one (sha256:<64 hex>).
     #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
     pub expect_digest: Option<String>,
-    /// Detached ed25519 signature of the bundle; with `--public-key` it must verify.
+    /// Detached ed25519 signature of the bundle (`airlockctl sign` output). With
+    /// `--public-key`, a bundle whose signature does not verify is refused.
     #[arg(long, value_name = "FILE", requires = "public_key")]
     pub signature: Option<PathBuf>,
     /// Public key (SPKI PEM or base64) the signature must verify under.
     #[arg(long, value_name = "FILE", requires = "signature")]
     pub public_key: Option<PathBuf>,
+}
+
+/// Flags of `airlock-shim unpack`.
+#[derive(Debug, Clone, Args)]
+pub struct UnpackArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Where to unpack (DEST/bundle, DEST/digest).
+    #[arg(long, value_name = "DEST")]
+    pub dest: PathBuf,
 }
 
 /// Flags of `airlock-shim install`.
@@ -117,9 +126,8 @@ pub struct InstallArgs {
 /// Flags of `airlock-shim run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The plugin bundle: a gzipped tar with plugin.yaml at its root.
-    #[arg(long, value_name = "PATH")]
-    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub bundle: BundleArgs,
 
     /// A writable directory for the shim. The bundle is unpacked into WORKDIR/bundle (replacing
     /// what an earlier run left there), which is the plugin's working directory and
@@ -146,23 +154,6 @@ pub struct RunArgs {
     /// probes.
     #[arg(long, value_name = "ADDR")]
     pub health_listen: Option<SocketAddr>,
-
-    /// Largest bundle accepted, both packed and unpacked, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = bundle::DEFAULT_MAX_BYTES)]
-    pub max_bundle_bytes: u64,
-
-    /// Refuse to start unless the bundle's digest is this one (sha256:<64 hex>).
-    #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
-    pub expect_digest: Option<String>,
-
-    /// Detached ed25519 signature of the bundle (`airlockctl sign` output). With
-    /// `--public-key`, the shim refuses to run a bundle whose signature does not verify.
-    #[arg(long, value_name = "FILE", requires = "public_key")]
-    pub signature: Option<PathBuf>,
-
-    /// Public key (SPKI PEM or base64) the signature must verify under.
-    #[arg(long, value_name = "FILE", requires = "signature")]
-    pub public_key: Option<PathBuf>,
 
     /// Deadline for invocations that do not set one, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 200)]
@@ -234,9 +225,9 @@ mod tests {
         };
         assert_eq!(args.entry_point, ["python3", "main.py", "--flag"]);
         assert_eq!(args.listen, "0.0.0.0:50051".parse().unwrap());
-        assert_eq!(args.max_bundle_bytes, 1024 * 1024);
+        assert_eq!(args.bundle.max_bundle_bytes, 1024 * 1024);
         assert_eq!(
-            args.expect_digest,
+            args.bundle.expect_digest,
             Some(format!("sha256:{}", "ab".repeat(32)))
         );
         assert_eq!(args.host_api, None);

@@ -31,7 +31,9 @@ use airlock_bundle::manifest::ManifestError;
 
 // The public paths (`cli::RunArgs`, `cli::run`, ...) used by the binary and the tests, whichever
 // module owns them.
-pub use flags::{Cli, Command, InstallArgs, RunArgs, SandboxArgs, SandboxExecArgs, UnpackArgs};
+pub use flags::{
+    BundleArgs, Cli, Command, InstallArgs, RunArgs, SandboxArgs, SandboxExecArgs, UnpackArgs,
+};
 pub use install::install;
 pub use run::run;
 pub use verify::{UNPACKED_BUNDLE_DIR, UNPACKED_DIGEST_FILE, unpack};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use tracing::info;
 
 use super::RunError;
-use super::flags::{RunArgs, UnpackArgs};
+use super::flags::{BundleArgs, RunArgs, UnpackArgs};
 use airlock_bundle::{self as bundle, Manifest};
 
 /// Files `unpack` writes into its destination.
@@ -17,18 +17,13 @@ pub const UNPACKED_BUNDLE_DIR: &str = "bundle";
 pub const UNPACKED_DIGEST_FILE: &str = "digest";
 
 /// The bundle's bytes, after checking its digest and (with both files) its signature.
-fn read_verified(
-    bundle: &Path,
-    expect_digest: Option<&str>,
-    signature: Option<&Path>,
-    public_key: Option<&Path>,
-) -> Result<Vec<u8>, RunError> {
-    let bytes = fs::read(bundle).map_err(|source| RunError::ReadBundle {
-        path: bundle.to_path_buf(),
+fn read_verified(args: &BundleArgs) -> Result<Vec<u8>, RunError> {
+    let bytes = fs::read(&args.bundle).map_err(|source| RunError::ReadBundle {
+        path: args.bundle.clone(),
         source,
     })?;
     // Check the digest before unpacking anything.
-    if let Some(expected) = expect_digest {
+    if let Some(expected) = args.expect_digest.as_deref() {
         let actual = bundle::digest(&bytes);
         if actual != expected {
             return Err(RunError::DigestMismatch {
@@ -38,7 +33,7 @@ fn read_verified(
         }
     }
     // Defense in depth: the operator verified this signature; check it again before unpacking.
-    if let (Some(sig_path), Some(key_path)) = (signature, public_key) {
+    if let (Some(sig_path), Some(key_path)) = (&args.signature, &args.public_key) {
         let unreadable = |path: &Path, reason: String| RunError::SignatureUnreadable {
             path: path.to_path_buf(),
             reason,
@@ -72,16 +67,11 @@ fn unpack_into(bytes: &[u8], dir: &Path, max_bytes: u64) -> Result<bundle::Extra
 /// `airlock-shim unpack`: verifies the bundle as `run` does and unpacks it into
 /// DEST/bundle, with its digest in DEST/digest.
 pub fn unpack(args: &UnpackArgs) -> Result<PathBuf, RunError> {
-    let bytes = read_verified(
-        &args.bundle,
-        args.expect_digest.as_deref(),
-        args.signature.as_deref(),
-        args.public_key.as_deref(),
-    )?;
+    let bytes = read_verified(&args.bundle)?;
     let extracted = unpack_into(
         &bytes,
         &args.dest.join(UNPACKED_BUNDLE_DIR),
-        args.max_bundle_bytes,
+        args.bundle.max_bundle_bytes,
     )?;
     extracted.manifest.check_api_version()?;
     let digest_file = args.dest.join(UNPACKED_DIGEST_FILE);
@@ -98,12 +88,7 @@ pub fn unpack(args: &UnpackArgs) -> Result<PathBuf, RunError> {
 /// is verified first; then either the directory `unpack` filled (`--unpacked`) must hold the same
 /// bytes, or the bundle is unpacked into WORKDIR/bundle.
 pub(super) fn bundle_for_run(args: &RunArgs) -> Result<(PathBuf, Manifest, String), RunError> {
-    let bytes = read_verified(
-        &args.bundle,
-        args.expect_digest.as_deref(),
-        args.signature.as_deref(),
-        args.public_key.as_deref(),
-    )?;
+    let bytes = read_verified(&args.bundle)?;
     let ready = match &args.unpacked {
         // Unpacked by the init container (`airlock-shim unpack`) into a volume this container
         // mounts read-only: the plugin cannot change its own code. Same bytes, or nothing runs.
@@ -132,7 +117,7 @@ pub(super) fn bundle_for_run(args: &RunArgs) -> Result<(PathBuf, Manifest, Strin
         }
         None => {
             let bundle_dir = args.workdir.join("bundle");
-            let extracted = unpack_into(&bytes, &bundle_dir, args.max_bundle_bytes)?;
+            let extracted = unpack_into(&bytes, &bundle_dir, args.bundle.max_bundle_bytes)?;
             (bundle_dir, extracted.manifest, extracted.digest)
         }
     };
