@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use airlock_core::{Hook, Permission};
 
@@ -42,6 +43,7 @@ impl Plugin {
 /// A plugin: its image, its signed bundle, the hooks it serves and the permissions the applier
 /// approves. Airlock verifies image and bundle against the cluster's `PluginTrustPolicy` before
 /// anything runs, and reports every step in `status`.
+#[skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "airlock.dev",
@@ -113,11 +115,9 @@ pub struct PluginSpec {
     pub permissions: Vec<Permission>,
 
     /// Network access of the plugin pod. Egress is denied unless listed here (needs net:egress).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSpec>,
 
     /// CPU and memory of the plugin container, capped by the trust level.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<PluginResources>,
 
     /// Number of plugin pods. Default 1.
@@ -134,32 +134,30 @@ fn default_replicas() -> i32 {
 }
 
 /// Where the signed bundle comes from, and optionally its pinned digest.
+#[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BundleSpec {
     pub source: BundleSource,
     /// Expected sha256 digest of the bundle (sha256:<64 hex>). When set, any other content is
     /// rejected before its signature is even checked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^sha256:[a-f0-9]{64}$')")
         .message("spec.bundle.digest must look like sha256:<64 lowercase hex digits>"))]
     pub digest: Option<String>,
 }
 
 /// Exactly one source of the bundle.
+#[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.oci) ? 1 : 0) + (has(self.http) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) == 1")
     .message("spec.bundle.source must set exactly one of oci, http or configMapRef"))]
 pub struct BundleSource {
     /// An OCI artifact holding the bundle.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<OciBundleSource>,
     /// An HTTP(S) URL serving the bundle.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpBundleSource>,
     /// A ConfigMap in the Plugin's namespace holding the bundle (binaryData).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_ref: Option<ConfigMapBundleSource>,
 }
 
@@ -180,13 +178,13 @@ pub struct HttpBundleSource {
     pub url: String,
 }
 
+#[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ConfigMapBundleSource {
     /// Name of the ConfigMap.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Key in binaryData holding the bundle. Default bundle.tar.gz.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub key: Option<String>,
 }
@@ -260,24 +258,22 @@ pub struct EgressPort {
 }
 
 /// CPU and memory of the plugin container (Kubernetes quantities, e.g. 250m, 64Mi).
+#[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct PluginResources {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ResourceAmounts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<ResourceAmounts>,
 }
 
+#[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ResourceAmounts {
     /// CPU, e.g. 250m.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
         .message("cpu must be a positive Kubernetes quantity such as 250m or 1"))]
     pub cpu: Option<String>,
     /// Memory, e.g. 64Mi.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
         .message("memory must be a positive Kubernetes quantity such as 64Mi"))]
@@ -285,35 +281,28 @@ pub struct ResourceAmounts {
 }
 
 /// What Airlock observed and did. Written only by the controller.
+#[skip_serializing_none]
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<PluginPhase>,
     /// The metadata.generation this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Verified, PermissionsApproved, Compatible, Ready, Healthy (kstatus-compatible).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The image digest the pods are pinned to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
     /// Digest of the verified bundle.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_digest: Option<String>,
     /// Trust level derived from the key that signed the plugin; never taken from the spec.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_level: Option<String>,
     /// Revision being rolled out or serving.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<String>,
     /// Last revision that became Ready; a failed rollout returns to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_good_revision: Option<String>,
     /// A revision that did not become Ready within its progress deadline and was rolled back. It
     /// is not tried again until the spec (or what it resolves to) changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_revision: Option<String>,
     /// Hooks the router can call on this plugin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -325,7 +314,6 @@ pub struct PluginStatus {
     pub permissions: Vec<Permission>,
     /// Runtime limits from the plugin's trust level (defaults where it sets none), which the
     /// shim and the router's host API enforce.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<PluginLimits>,
 }
 

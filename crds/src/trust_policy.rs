@@ -7,12 +7,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use airlock_core::Permission;
 
 /// Trusted signing keys and the limits of each trust level, for the namespaces it selects.
 /// When several policies select a namespace, the most restrictive answer wins: a key must be
 /// trusted (and not revoked) by every selecting policy, and caps are the smallest of them.
+#[skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "airlock.dev",
@@ -40,10 +42,10 @@ pub struct PluginTrustPolicySpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub trust_levels: BTreeMap<TrustLevel, TrustLevelLimits>,
     /// Namespaces this policy governs. Empty: every namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<LabelSelector>,
 }
 
+#[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.ed25519) || has(self.cosign)")
@@ -53,11 +55,9 @@ pub struct TrustedKey {
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// Base64 of the raw 32-byte ed25519 public key that verifies bundle signatures.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub ed25519: Option<String>,
     /// PEM public key that verifies cosign image signatures.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub cosign: Option<String>,
     /// Trust level of plugins signed with this key.
@@ -76,6 +76,7 @@ pub enum TrustLevel {
     BuiltIn,
 }
 
+#[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TrustLevelLimits {
@@ -83,15 +84,12 @@ pub struct TrustLevelLimits {
     #[serde(default)]
     pub allow_unsigned: bool,
     /// Largest memory limit a plugin of this level may have, e.g. 64Mi.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub max_memory: Option<String>,
     /// Largest CPU limit, e.g. 500m.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub max_cpu: Option<String>,
     /// Longest hook timeout, e.g. 200ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     pub max_timeout: Option<String>,
     /// Permissions a plugin of this level may be granted.
@@ -100,39 +98,34 @@ pub struct TrustLevelLimits {
     pub permissions: Vec<Permission>,
     /// Log lines a plugin of this level may write a minute: its stderr (counted by its shim) and
     /// its host API `log` calls (counted by each router replica). Default 100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub log_lines_per_minute: Option<u32>,
     /// Caps of a plugin's host API storage at this level; unset fields keep the defaults, which
     /// are also the most a level may allow (the storage is one Kubernetes object).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageLimits>,
 }
 
 /// Host API storage caps of one trust level.
+#[skip_serializing_none]
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageLimits {
     /// Largest value, in bytes of JSON text. Default and maximum 102400 (100 KiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 102400))]
     pub max_value_bytes: Option<u64>,
     /// Most bytes of keys plus values per plugin. Default and maximum 1048576 (1 MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1048576))]
     pub max_bytes: Option<u64>,
     /// Most keys per plugin. Default and maximum 1024.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1024))]
     pub max_keys: Option<u32>,
 }
 
+#[skip_serializing_none]
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginTrustPolicyStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Number of keys that are not revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_count: Option<i32>,
 }
