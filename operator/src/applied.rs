@@ -118,69 +118,44 @@ mod tests {
         }
     }
 
-    /// The child `p` of kind `kind` of Plugin `u`, as applied and as the watch shows it.
-    struct Child<'a> {
-        applied: &'a Applied,
-        kind: &'a str,
-    }
-
-    impl Child<'_> {
-        /// We applied desired state `hash` and the server answered with (rv, generation).
-        fn applied(&self, hash: u64, rv: &str, generation: i64) {
-            let fp = Fingerprint::of(self.kind, &meta(rv, generation));
-            self.applied.record("u", self.kind, "p", hash, fp);
-        }
-
-        /// Would desired state `hash` over the object the watch shows at (rv, generation) be
-        /// skipped?
-        fn skipped(&self, hash: u64, rv: &str, generation: i64) -> bool {
-            let fp = Fingerprint::of(self.kind, &meta(rv, generation));
-            self.applied.is_current("u", self.kind, "p", hash, &fp)
-        }
-    }
-
-    fn child<'a>(applied: &'a Applied, kind: &'a str) -> Child<'a> {
-        Child { applied, kind }
-    }
-
     #[test]
     fn nothing_applied_yet_means_apply() {
-        assert!(!child(&Applied::default(), "Service").skipped(1, "5", 1));
+        let fp = Fingerprint::of("Service", &meta("5", 1));
+        assert!(!Applied::default().is_current("u", "Service", "p", 1, &fp));
     }
 
     #[test]
-    fn same_desired_state_over_the_object_we_left_is_skipped() {
-        let a = Applied::default();
-        let service = child(&a, "Service");
-        service.applied(7, "5", 1);
-        assert!(service.skipped(7, "5", 1));
-    }
-
-    #[test]
-    fn changed_desired_state_is_applied() {
-        let a = Applied::default();
-        let service = child(&a, "Service");
-        service.applied(7, "5", 1);
-        assert!(!service.skipped(8, "5", 1));
-    }
-
-    #[test]
-    fn an_object_edited_by_someone_else_is_repaired() {
-        let a = Applied::default();
-        let policy = child(&a, "NetworkPolicy");
-        policy.applied(7, "5", 1);
-        assert!(!policy.skipped(7, "6", 1));
-    }
-
-    #[test]
-    fn deployment_status_updates_do_not_cause_a_reapply_but_spec_edits_do() {
-        let a = Applied::default();
-        let deployment = child(&a, "Deployment");
-        deployment.applied(7, "5", 2);
-        // The deployment controller wrote status: new resourceVersion, same generation.
-        assert!(deployment.skipped(7, "9", 2));
-        // Someone scaled it: the generation moved.
-        assert!(!deployment.skipped(7, "10", 3));
+    fn a_child_is_skipped_only_while_its_desired_state_and_the_object_are_unchanged() {
+        // (kind, what we applied and the server answered, then what we want and the watch
+        // shows, skipped?); each side is (desired hash, resourceVersion, generation).
+        let cases = [
+            // The same desired state over the object we left.
+            ("Service", (7, "5", 1), (7, "5", 1), true),
+            // A changed desired state is applied.
+            ("Service", (7, "5", 1), (8, "5", 1), false),
+            // An object edited by someone else is repaired.
+            ("NetworkPolicy", (7, "5", 1), (7, "6", 1), false),
+            // The deployment controller wrote status: new resourceVersion, same generation.
+            ("Deployment", (7, "5", 2), (7, "9", 2), true),
+            // Someone scaled it: the generation moved.
+            ("Deployment", (7, "5", 2), (7, "10", 3), false),
+        ];
+        for (kind, (hash, rv, generation), (want, seen_rv, seen_generation), skipped) in cases {
+            let a = Applied::default();
+            a.record(
+                "u",
+                kind,
+                "p",
+                hash,
+                Fingerprint::of(kind, &meta(rv, generation)),
+            );
+            let seen = Fingerprint::of(kind, &meta(seen_rv, seen_generation));
+            assert_eq!(
+                a.is_current("u", kind, "p", want, &seen),
+                skipped,
+                "{kind}: applied {hash} at {rv}/{generation}, then {want} at {seen_rv}/{seen_generation}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! up. Records are written before the status that reflects them, so a crash in between repeats a
 //! record rather than losing one.
 
+use std::sync::Arc;
+
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginStatus;
 use k8s_openapi::jiff::Timestamp;
@@ -44,3 +46,7 @@ pub fn record(
 
 /// Writes one record to the audit stream.
 pub use airlock_runtime::audit::emit;
+
+/// Where a reconcile hands its records: [`emit`] in the operator (see
+/// [`crate::reconcile::Context::audit`]); tests collect them instead of printing them.
+pub type Sink = Arc<dyn Fn(&serde_json::Value) + Send + Sync>;

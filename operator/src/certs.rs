@@ -37,6 +37,23 @@ pub enum CertError {
     Issue(#[from] pki::PkiError),
 }
 
+/// `metadata` of a Secret the operator keeps for itself in its own namespace (the CA, the
+/// router's certificate): named, labelled as Airlock's, owned by no Plugin.
+pub fn operator_secret_meta(name: &str, namespace: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "airlock".to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
 /// The text under `key` of a Secret's data (a PEM file of a TLS Secret).
 pub use airlock_runtime::secrets::text;
 
@@ -61,18 +78,7 @@ pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<Ca, C
         cert_pem: ca.cert_pem().to_string(),
         key_pem: ca.key_pem().to_string(),
     };
-    let meta = ObjectMeta {
-        name: Some(CA_SECRET.into()),
-        namespace: Some(namespace.into()),
-        labels: Some(
-            [(
-                "app.kubernetes.io/managed-by".to_string(),
-                "airlock".to_string(),
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
+    let meta = operator_secret_meta(CA_SECRET, namespace);
     match secrets
         .create(
             &PostParams::default(),

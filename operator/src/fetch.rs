@@ -80,18 +80,29 @@ impl Registry {
             .remove(uid);
     }
 
-    fn pinned<T>(&self, plugin: &Plugin, get: impl FnOnce(&Pins) -> Option<T>) -> Option<T> {
+    /// What `fetch` answers for `key` (the image reference, the bundle's location), asked once
+    /// per Plugin generation; `slot` is where the answer is pinned. A failure is not pinned.
+    async fn once_per_generation<T: Clone>(
+        &self,
+        plugin: &Plugin,
+        key: &str,
+        slot: fn(&mut Pins) -> &mut Option<(String, T)>,
+        fetch: impl std::future::Future<Output = Result<T, FetchFailure>>,
+    ) -> Result<T, FetchFailure> {
         let uid = plugin.uid().unwrap_or_default();
         let generation = plugin.metadata.generation.unwrap_or_default();
-        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-        pins.get(&uid)
-            .filter(|p| p.generation == generation)
-            .and_then(get)
-    }
-
-    fn pin(&self, plugin: &Plugin, set: impl FnOnce(&mut Pins)) {
-        let uid = plugin.uid().unwrap_or_default();
-        let generation = plugin.metadata.generation.unwrap_or_default();
+        let pinned = {
+            let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+            pins.get_mut(&uid)
+                .filter(|p| p.generation == generation)
+                .and_then(|p| slot(p).as_ref())
+                .filter(|(k, _)| k == key)
+                .map(|(_, answer)| answer.clone())
+        };
+        if let Some(hit) = pinned {
+            return Ok(hit);
+        }
+        let answer = fetch.await?;
         let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
         let entry = pins.entry(uid).or_default();
         if entry.generation != generation {
@@ -100,25 +111,26 @@ impl Registry {
                 ..Default::default()
             };
         }
-        set(entry);
+        *slot(entry) = Some((key.to_string(), answer.clone()));
+        Ok(answer)
     }
 
     /// [`Registry::resolve`], once per Plugin generation.
     async fn resolve_pinned(&self, plugin: &Plugin) -> Result<(String, String), FetchFailure> {
         let image = &plugin.spec.image;
-        if let Some(hit) = self.pinned(plugin, |p| {
-            p.image
-                .as_ref()
-                .filter(|(i, _)| i == image)
-                .map(|(_, r)| r.clone())
-        }) {
-            return Ok(hit);
-        }
-        let resolved = self.resolve(image).await?;
-        self.pin(plugin, |p| {
-            p.image = Some((image.clone(), resolved.clone()))
-        });
-        Ok(resolved)
+        self.once_per_generation(plugin, image, |p| &mut p.image, self.resolve(image))
+            .await
+    }
+
+    /// The bundle at `location` (a registry or a web server), fetched once per Plugin generation.
+    async fn pinned_bundle(
+        &self,
+        plugin: &Plugin,
+        location: &str,
+        fetch: impl std::future::Future<Output = Result<SignedBundle, FetchFailure>>,
+    ) -> Result<SignedBundle, FetchFailure> {
+        self.once_per_generation(plugin, location, |p| &mut p.bundle, fetch)
+            .await
     }
 
     /// Downloads a bundle and `<url>.sig` (absent: unsigned), refusing more than `max_bytes`.
@@ -368,28 +380,6 @@ fn refused(refusal: trust::Refusal) -> FetchFailure {
     }
 }
 
-/// The bundle from `location`, fetched once per Plugin generation.
-async fn pinned_bundle(
-    registry: &Registry,
-    plugin: &Plugin,
-    location: &str,
-    fetch: impl std::future::Future<Output = Result<SignedBundle, FetchFailure>>,
-) -> Result<SignedBundle, FetchFailure> {
-    if let Some(hit) = registry.pinned(plugin, |p| {
-        p.bundle
-            .as_ref()
-            .filter(|(l, _)| l == location)
-            .map(|(_, b)| b.clone())
-    }) {
-        return Ok(hit);
-    }
-    let fetched = fetch.await?;
-    registry.pin(plugin, |p| {
-        p.bundle = Some((location.to_string(), fetched.clone()))
-    });
-    Ok(fetched)
-}
-
 async fn read_bundle(
     client: &Client,
     registry: &Registry,
@@ -398,24 +388,12 @@ async fn read_bundle(
 ) -> Result<SignedBundle, FetchFailure> {
     let source = &plugin.spec.bundle.source;
     if let Some(oci) = &source.oci {
-        let reference = &oci.reference;
-        return pinned_bundle(
-            registry,
-            plugin,
-            reference,
-            registry.pull_bundle(reference, max_bytes),
-        )
-        .await;
+        let pull = registry.pull_bundle(&oci.reference, max_bytes);
+        return registry.pinned_bundle(plugin, &oci.reference, pull).await;
     }
     if let Some(http) = &source.http {
-        let url = &http.url;
-        return pinned_bundle(
-            registry,
-            plugin,
-            url,
-            registry.download_bundle(url, max_bytes),
-        )
-        .await;
+        let download = registry.download_bundle(&http.url, max_bytes);
+        return registry.pinned_bundle(plugin, &http.url, download).await;
     }
     let Some(cm_ref) = &source.config_map_ref else {
         return Err(FetchFailure::verified(

@@ -227,29 +227,19 @@ fn approval(plugin: &Plugin, manifest: &Manifest, limits: &Limits) -> Approval {
     let spec = &plugin.spec;
     let declared: BTreeSet<Permission> = manifest.permissions.iter().copied().collect();
     let requested: BTreeSet<Permission> = spec.permissions.iter().copied().collect();
-    let not_declared: Vec<String> = requested
-        .difference(&declared)
-        .map(|p| p.to_string())
-        .collect();
-    if !not_declared.is_empty() {
+    if let Some(not_declared) = listed(requested.difference(&declared)) {
         return blocked(
             "NotDeclaredBySigner",
             format!(
-                "spec.permissions asks for {} which the signed manifest does not declare; remove them from spec.permissions or get a bundle signed with them",
-                not_declared.join(", ")
+                "spec.permissions asks for {not_declared} which the signed manifest does not declare; remove them from spec.permissions or get a bundle signed with them"
             ),
         );
     }
-    let not_allowed: Vec<String> = requested
-        .difference(&limits.permissions)
-        .map(|p| p.to_string())
-        .collect();
-    if !not_allowed.is_empty() {
+    if let Some(not_allowed) = listed(requested.difference(&limits.permissions)) {
         return blocked(
             "NotAllowedByTrustLevel",
             format!(
-                "spec.permissions asks for {} which the trust level does not allow; remove them or have an admin allow them in the PluginTrustPolicy",
-                not_allowed.join(", ")
+                "spec.permissions asks for {not_allowed} which the trust level does not allow; remove them or have an admin allow them in the PluginTrustPolicy"
             ),
         );
     }
@@ -278,20 +268,18 @@ fn approval(plugin: &Plugin, manifest: &Manifest, limits: &Limits) -> Approval {
             "Approved",
             format!(
                 "granted: {}",
-                if requested.is_empty() {
-                    "no permissions".to_string()
-                } else {
-                    requested
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
+                listed(requested.iter()).unwrap_or_else(|| "no permissions".into())
             ),
         ),
         effective,
         Some(resources),
     )
+}
+
+/// `a, b, c` for a message; `None` for no permissions.
+fn listed<'a>(permissions: impl Iterator<Item = &'a Permission>) -> Option<String> {
+    let names: Vec<String> = permissions.map(|p| p.to_string()).collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 fn blocked(reason: &'static str, message: String) -> Approval {
@@ -457,6 +445,15 @@ mod tests {
         }
     }
 
+    /// `v` blocks for `reason`, with a message that names `what`.
+    fn assert_blocked(v: &Verdict, reason: &str, what: &str) {
+        assert_eq!(blocked_reason(v), reason);
+        let Verdict::Blocked { message, .. } = v else {
+            unreachable!()
+        };
+        assert!(message.contains(what), "{what:?} in {message}");
+    }
+
     #[test]
     fn a_matching_plugin_rolls_out_with_default_resources() {
         let p = plan(&plugin(HELLO), &fetched(manifest("")), Some(&open_limits()));
@@ -498,15 +495,11 @@ mod tests {
         let mut p = plugin(HELLO);
         p.spec.version = "1.0.1".into();
         let v = plan(&p, &fetched(manifest("")), Some(&open_limits())).compatible;
-        assert_eq!(blocked_reason(&v), "VersionMismatch");
-        let Verdict::Blocked { message, .. } = v else {
-            unreachable!()
-        };
-        assert!(message.contains("spec.version"), "{message}");
+        assert_blocked(&v, "VersionMismatch", "spec.version");
 
         let p = plugin(&HELLO.replace("name: transform", "name: onEvent"));
         let v = plan(&p, &fetched(manifest("")), Some(&open_limits())).compatible;
-        assert_eq!(blocked_reason(&v), "HookNotDeclared");
+        assert_blocked(&v, "HookNotDeclared", "onEvent");
     }
 
     #[test]
@@ -551,11 +544,7 @@ mod tests {
     fn permissions_must_be_declared_and_allowed() {
         let p = plugin(&HELLO.replace("permissions: [log]", "permissions: [log, storage:write]"));
         let v = plan(&p, &fetched(manifest("")), Some(&open_limits())).permissions_approved;
-        assert_eq!(blocked_reason(&v), "NotDeclaredBySigner");
-        let Verdict::Blocked { message, .. } = v else {
-            unreachable!()
-        };
-        assert!(message.contains("storage:write"), "{message}");
+        assert_blocked(&v, "NotDeclaredBySigner", "storage:write");
 
         let p = plugin(&HELLO.replace("permissions: [log]", "permissions: [log, storage:read]"));
         let only_log = Limits {
@@ -563,7 +552,7 @@ mod tests {
             ..open_limits()
         };
         let v = plan(&p, &fetched(manifest("")), Some(&only_log)).permissions_approved;
-        assert_eq!(blocked_reason(&v), "NotAllowedByTrustLevel");
+        assert_blocked(&v, "NotAllowedByTrustLevel", "storage:read");
     }
 
     #[test]

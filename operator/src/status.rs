@@ -391,15 +391,37 @@ mod tests {
             .expect("condition")
     }
 
+    /// The status after a good plan rolled out and the Deployment reports `applied`.
+    fn after_rollout(p: &Plugin, applied: &Rollout) -> PluginStatus {
+        next_status(
+            p,
+            Outcome::Planned(&ok_plan(), Some(applied)),
+            Timestamp::UNIX_EPOCH,
+        )
+    }
+
+    /// A Plugin whose revision `rgood` was rolled out and became ready before.
+    fn served_before() -> Plugin {
+        let mut p = plugin(HELLO);
+        p.status = Some(PluginStatus {
+            last_good_revision: Some("rgood".into()),
+            ..Default::default()
+        });
+        p
+    }
+
+    /// Ready is False for `reason`, with a message containing each of `says`.
+    fn assert_not_ready(s: &PluginStatus, reason: &str, says: &[&str]) {
+        let r = cond(s, READY);
+        assert_eq!((r.status.as_str(), r.reason.as_str()), ("False", reason));
+        for part in says {
+            assert!(r.message.contains(part), "{part:?} in {:?}", r.message);
+        }
+    }
+
     #[test]
     fn ready_pods_make_the_plugin_active_and_the_revision_good() {
-        let p = plugin(HELLO);
-        let plan = ok_plan();
-        let s = next_status(
-            &p,
-            Outcome::Planned(&plan, Some(&applied(1))),
-            Timestamp::UNIX_EPOCH,
-        );
+        let s = after_rollout(&plugin(HELLO), &applied(1));
         assert_eq!(s.phase, Some(PluginPhase::Active));
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(s.observed_generation, Some(3));
@@ -413,14 +435,10 @@ mod tests {
     #[test]
     fn an_unchanged_world_gives_an_identical_status() {
         let mut p = plugin(HELLO);
-        let plan = ok_plan();
-        let first = next_status(
-            &p,
-            Outcome::Planned(&plan, Some(&applied(1))),
-            Timestamp::UNIX_EPOCH,
-        );
+        let first = after_rollout(&p, &applied(1));
         p.status = Some(first.clone());
         let later = Timestamp::from_second(1_000_000).expect("valid");
+        let plan = ok_plan();
         let second = next_status(&p, Outcome::Planned(&plan, Some(&applied(1))), later);
         assert_eq!(first, second, "no write, no hot loop");
         assert!(transitions(Some(&first), &second).is_empty());
@@ -442,9 +460,7 @@ mod tests {
             (c.status.as_str(), c.reason.as_str()),
             ("False", "NotDeclaredBySigner")
         );
-        let r = cond(&s, READY);
-        assert_eq!(r.reason, "NotDeclaredBySigner");
-        assert!(r.message.contains("spec.permissions"));
+        assert_not_ready(&s, "NotDeclaredBySigner", &["spec.permissions"]);
         let t = transitions(None, &s);
         assert!(
             t.iter()
@@ -456,10 +472,9 @@ mod tests {
     fn disabled_is_ready_with_no_pods() {
         let mut p = plugin(HELLO);
         p.spec.enabled = false;
-        let plan = ok_plan();
         let mut a = applied(0);
         a.desired_replicas = 0;
-        let s = next_status(&p, Outcome::Planned(&plan, Some(&a)), Timestamp::UNIX_EPOCH);
+        let s = after_rollout(&p, &a);
         assert_eq!(s.phase, Some(PluginPhase::Disabled));
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, READY).reason, "Disabled");
@@ -472,25 +487,14 @@ mod tests {
             AUTO_DISABLED_ANNOTATION.into(),
             "5 consecutive timeouts".into(),
         );
-        let plan = ok_plan();
         let mut a = applied(0);
         a.desired_replicas = 0;
-        let s = next_status(&p, Outcome::Planned(&plan, Some(&a)), Timestamp::UNIX_EPOCH);
+        let s = after_rollout(&p, &a);
         assert_eq!(s.phase, Some(PluginPhase::Disabled));
-        let r = cond(&s, READY);
-        assert_eq!(
-            (r.status.as_str(), r.reason.as_str()),
-            ("False", "AutoDisabled")
-        );
-        assert!(
-            r.message.contains("(5 consecutive timeouts)"),
-            "{}",
-            r.message
-        );
-        assert!(
-            r.message.contains("airlock.dev/auto-disabled-"),
-            "{}",
-            r.message
+        assert_not_ready(
+            &s,
+            "AutoDisabled",
+            &["(5 consecutive timeouts)", "airlock.dev/auto-disabled-"],
         );
         assert!(
             transitions(None, &s)
@@ -501,56 +505,31 @@ mod tests {
 
     #[test]
     fn a_rolled_back_revision_is_degraded_names_both_revisions_and_is_remembered() {
-        let mut p = plugin(HELLO);
-        p.status = Some(PluginStatus {
-            last_good_revision: Some("rgood".into()),
-            ..Default::default()
-        });
-        let plan = ok_plan();
         let mut a = applied(1);
         a.revision = "rgood".into();
         a.rolled_back_from = Some("rbad".into());
-        let s = next_status(&p, Outcome::Planned(&plan, Some(&a)), Timestamp::UNIX_EPOCH);
+        let s = after_rollout(&served_before(), &a);
         assert_eq!(s.phase, Some(PluginPhase::Degraded));
-        let r = cond(&s, READY);
-        assert_eq!(
-            (r.status.as_str(), r.reason.as_str()),
-            ("False", "RolledBack")
-        );
-        assert!(
-            r.message.contains("rbad") && r.message.contains("rgood"),
-            "{}",
-            r.message
-        );
+        assert_not_ready(&s, "RolledBack", &["rbad", "rgood"]);
         assert_eq!(s.failed_revision.as_deref(), Some("rbad"));
         assert_eq!(s.current_revision.as_deref(), Some("rgood"));
     }
 
     #[test]
     fn a_fetch_failure_after_a_good_rollout_is_degraded_not_failed() {
-        let mut p = plugin(HELLO);
-        p.status = Some(PluginStatus {
-            last_good_revision: Some("rgood".into()),
-            ..Default::default()
-        });
-        let f = FetchFailure {
-            condition: VERIFIED,
-            reason: "ImageUnresolvable",
-            message: "could not resolve".into(),
-            running: RunningRevision::KeepsServing,
-        };
-        let s = next_status(&p, Outcome::FetchFailed(&f), Timestamp::UNIX_EPOCH);
+        let f = FetchFailure::verified("ImageUnresolvable", "could not resolve");
+        let s = next_status(
+            &served_before(),
+            Outcome::FetchFailed(&f),
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(s.phase, Some(PluginPhase::Degraded));
-        assert!(cond(&s, READY).message.contains("rgood keeps serving"));
+        assert_not_ready(&s, "ImageUnresolvable", &["rgood keeps serving"]);
     }
 
     #[test]
     fn a_revoked_signer_quarantines_what_runs_and_nothing_else_does() {
-        let mut p = plugin(HELLO);
-        p.status = Some(PluginStatus {
-            last_good_revision: Some("rgood".into()),
-            ..Default::default()
-        });
+        let p = served_before();
         let failure = |running| FetchFailure {
             condition: VERIFIED,
             reason: crate::trust::KEY_REVOKED,
@@ -568,8 +547,6 @@ mod tests {
 
     #[test]
     fn an_old_ready_pod_does_not_make_a_new_revision_good() {
-        let p = plugin(HELLO);
-        let plan = ok_plan();
         // Mid-rollout: the new pod exists (updated 1) but is not ready; the old pod still serves.
         let mid = Rollout {
             ready_replicas: 1,
@@ -578,23 +555,17 @@ mod tests {
             total_replicas: 2,
             ..applied(1)
         };
-        let s = next_status(
-            &p,
-            Outcome::Planned(&plan, Some(&mid)),
-            Timestamp::UNIX_EPOCH,
-        );
+        let s = after_rollout(&plugin(HELLO), &mid);
         assert_eq!(s.phase, Some(PluginPhase::Deploying));
         assert_eq!(s.last_good_revision, None);
     }
 
     #[test]
     fn a_missed_deadline_is_degraded() {
-        let p = plugin(HELLO);
-        let plan = ok_plan();
         let mut a = applied(0);
         a.deadline_exceeded = true;
-        let s = next_status(&p, Outcome::Planned(&plan, Some(&a)), Timestamp::UNIX_EPOCH);
+        let s = after_rollout(&plugin(HELLO), &a);
         assert_eq!(s.phase, Some(PluginPhase::Degraded));
-        assert_eq!(cond(&s, READY).reason, "ProgressDeadlineExceeded");
+        assert_not_ready(&s, "ProgressDeadlineExceeded", &["r1a2b3c4d"]);
     }
 }

@@ -130,23 +130,35 @@ pub fn bundle_signature(keys: &TrustedKeys, digest: &str, signature: Option<&str
         Ok(s) => s,
         Err(e) => return Signature::Malformed(e.to_string()),
     };
-    let matching = keys
-        .bundle
-        .iter()
-        .filter(|k| signing::verifies(&k.key, digest, &sig));
-    let mut revoked = None;
-    for k in matching {
-        if !k.revoked {
-            return Signature::SignedBy {
-                key: k.name.clone(),
-                level: k.level,
-            };
+    Signature::verified_by(
+        keys.bundle
+            .iter()
+            .filter(|k| signing::verifies(&k.key, digest, &sig))
+            .map(|k| (&k.name, k.level, k.revoked)),
+    )
+}
+
+impl Signature {
+    /// What a signature proves, from the keys it verifies under (`(name, level, revoked)`, in
+    /// the order they are tried): signed by the first that is not revoked (keys after it are not
+    /// tried); revoked when only revoked keys verify it; not trusted when none does.
+    pub fn verified_by<'a>(
+        verifying: impl IntoIterator<Item = (&'a KeyName, TrustLevel, bool)>,
+    ) -> Self {
+        let mut revoked = None;
+        for (name, level, is_revoked) in verifying {
+            if !is_revoked {
+                return Signature::SignedBy {
+                    key: name.clone(),
+                    level,
+                };
+            }
+            revoked = Some(name.clone());
         }
-        revoked = Some(k.name.clone());
-    }
-    match revoked {
-        Some(key) => Signature::Revoked { key },
-        None => Signature::NotTrusted,
+        match revoked {
+            Some(key) => Signature::Revoked { key },
+            None => Signature::NotTrusted,
+        }
     }
 }
 

@@ -110,30 +110,21 @@ fn judge(layers: &[sigstore::cosign::SignatureLayer], keys: &[ImageKey]) -> Sign
     if layers.is_empty() {
         return Signature::Absent;
     }
-    let mut revoked = None;
-    for key in keys {
-        let verifier = match PublicKeyVerifier::try_from(key.pem.as_bytes()) {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(key = %key.name, error = %e, "cosign key cannot be used");
-                continue;
-            }
-        };
-        let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
-        if sigstore::cosign::verify_constraints(layers, constraints.iter()).is_ok() {
-            if !key.revoked {
-                return Signature::SignedBy {
-                    key: key.name.clone(),
-                    level: key.level,
-                };
-            }
-            revoked = Some(key.name.clone());
+    let verifies = |key: &&ImageKey| match PublicKeyVerifier::try_from(key.pem.as_bytes()) {
+        Ok(verifier) => {
+            let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
+            sigstore::cosign::verify_constraints(layers, constraints.iter()).is_ok()
         }
-    }
-    match revoked {
-        Some(key) => Signature::Revoked { key },
-        None => Signature::NotTrusted,
-    }
+        Err(e) => {
+            warn!(key = %key.name, error = %e, "cosign key cannot be used");
+            false
+        }
+    };
+    Signature::verified_by(
+        keys.iter()
+            .filter(verifies)
+            .map(|k| (&k.name, k.level, k.revoked)),
+    )
 }
 
 fn key_set_hash(keys: &[ImageKey]) -> u64 {

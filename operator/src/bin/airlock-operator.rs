@@ -7,12 +7,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
-    match airlock_operator::run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("airlock-operator: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    airlock_runtime::exit_code(
+        "airlock-operator",
+        airlock_operator::run(Config::parse()).await,
+    )
 }

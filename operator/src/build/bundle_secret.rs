@@ -89,17 +89,15 @@ mod tests {
 
     #[test]
     fn a_signed_bundle_carries_its_signature_and_signer_for_the_shim() {
+        let signed = bundle_signature();
         let mut r = rollout();
-        r.bundle_signature = Some(crate::build::BundleSignature {
-            signature: "c2ln".into(),
-            public_key: "-----BEGIN PUBLIC KEY-----".into(),
-        });
+        r.bundle_signature = Some(signed.clone());
         let s = bundle_secret(&plugin(HELLO), &r);
         let name = s.metadata.name.clone().expect("name");
         assert!(name.starts_with("hello-bundle-cccccccccc-"), "{name}");
         let data = s.data.expect("data");
-        assert_eq!(data[SIGNATURE_KEY].0, b"c2ln");
-        assert_eq!(data[PUBLIC_KEY_KEY].0, b"-----BEGIN PUBLIC KEY-----");
+        assert_eq!(data[SIGNATURE_KEY].0, signed.signature.as_bytes());
+        assert_eq!(data[PUBLIC_KEY_KEY].0, signed.public_key.as_bytes());
     }
 
     #[test]

@@ -291,6 +291,8 @@ fn from_json(value: Value) -> Deployment {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::{Container, VolumeMount};
+
     use super::*;
     use crate::build::test_support::*;
 
@@ -299,6 +301,24 @@ mod tests {
             .clone()
             .and_then(|s| s.template.spec)
             .expect("pod spec")
+    }
+
+    /// The argument of `flag` in `argv`.
+    fn value_of<'a>(argv: &'a [String], flag: &str) -> &'a str {
+        let at = argv
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} in {argv:?}"));
+        &argv[at + 1]
+    }
+
+    /// The volume mounted at `path` in container `c`.
+    fn mount_at<'a>(c: &'a Container, path: &str) -> &'a VolumeMount {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == path)
+            .unwrap_or_else(|| panic!("{} mounts nothing at {path}", c.name))
     }
 
     #[test]
@@ -314,10 +334,10 @@ mod tests {
         let args = c.args.clone().expect("args");
         let dashdash = args.iter().position(|a| a == "--").expect("-- separator");
         assert_eq!(&args[dashdash + 1..], &["/hello".to_string()]);
-        assert!(
-            args.windows(2)
-                .any(|w| w[0] == "--expect-digest" && w[1] == rollout().bundle_digest),
-            "the shim re-checks the verified bundle digest: {args:?}"
+        assert_eq!(
+            value_of(&args, "--expect-digest"),
+            rollout().bundle_digest,
+            "the shim re-checks the verified bundle digest"
         );
         let init = &pod.init_containers.expect("init")[0];
         assert_eq!(init.image.as_deref(), Some(config().shim_image.as_str()));
@@ -388,35 +408,20 @@ mod tests {
             .expect("unpack init container");
         let command = init.command.clone().unwrap_or_default();
         assert_eq!(command[1], "unpack");
-        let digest = command
-            .iter()
-            .position(|a| a == "--expect-digest")
-            .expect("digest");
-        assert_eq!(command[digest + 1], rollout().bundle_digest);
+        assert_eq!(
+            value_of(&command, "--expect-digest"),
+            rollout().bundle_digest
+        );
         let c = &pod.containers[0];
         let args = c.args.clone().unwrap_or_default();
-        let unpacked = args
-            .iter()
-            .position(|a| a == "--unpacked")
-            .expect("--unpacked");
-        assert_eq!(args[unpacked + 1], UNPACKED_DIR);
-        let mount = c
-            .volume_mounts
-            .iter()
-            .flatten()
-            .find(|m| m.mount_path == UNPACKED_DIR)
-            .expect("mount");
+        assert_eq!(value_of(&args, "--unpacked"), UNPACKED_DIR);
+        let mount = mount_at(c, UNPACKED_DIR);
         assert_eq!(
             mount.read_only,
             Some(true),
             "the plugin cannot change its bundle"
         );
-        let init_mount = init
-            .volume_mounts
-            .iter()
-            .flatten()
-            .find(|m| m.mount_path == UNPACKED_DIR)
-            .expect("init mount");
+        let init_mount = mount_at(init, UNPACKED_DIR);
         assert_eq!(init_mount.name, mount.name);
         assert_ne!(init_mount.read_only, Some(true));
     }
@@ -440,11 +445,10 @@ mod tests {
             "same name elsewhere, another user"
         );
         let args = pod.containers[0].args.clone().unwrap_or_default();
-        let n = args
-            .iter()
-            .position(|a| a == "--max-processes")
-            .expect("limit");
-        assert_eq!(args[n + 1], PLUGIN_MAX_PROCESSES.to_string());
+        assert_eq!(
+            value_of(&args, "--max-processes"),
+            PLUGIN_MAX_PROCESSES.to_string()
+        );
     }
 
     #[test]
@@ -452,17 +456,8 @@ mod tests {
         let pod = pod_spec(&deployment(&plugin(HELLO), &rollout(), &config()));
         let c = &pod.containers[0];
         let args = c.args.clone().unwrap_or_default();
-        let tls_dir = args
-            .iter()
-            .position(|a| a == "--tls-dir")
-            .expect("--tls-dir");
-        assert_eq!(args[tls_dir + 1], TLS_DIR);
-        let mount = c
-            .volume_mounts
-            .iter()
-            .flatten()
-            .find(|m| m.mount_path == TLS_DIR)
-            .expect("TLS mount");
+        assert_eq!(value_of(&args, "--tls-dir"), TLS_DIR);
+        let mount = mount_at(c, TLS_DIR);
         assert_eq!(mount.read_only, Some(true));
         let volume = pod
             .volumes

@@ -80,8 +80,12 @@ pub struct BundleSignature {
     pub public_key: String,
 }
 
-#[cfg(test)]
-pub(crate) mod test_support {
+/// The Plugin, [`Rollout`] and [`BuildConfig`] the builders' unit tests start from, for other
+/// crates' tests too (the shim's contract test builds the pod spec from them) with the feature
+/// `test-support`, which the operator's own builds do not enable.
+#[cfg(any(test, feature = "test-support"))]
+#[allow(clippy::expect_used)] // a fixture that does not parse is a broken test
+pub mod test_support {
     use airlock_crds::Plugin;
 
     use super::*;
@@ -113,6 +117,15 @@ spec:
             progress_deadline_seconds: 60,
             seccomp_localhost_profile: None,
             host_api: None,
+        }
+    }
+
+    /// A detached bundle signature and its signer's key, as verification hands them on.
+    pub fn bundle_signature() -> BundleSignature {
+        BundleSignature {
+            signature: "c2lnbmF0dXJl".into(),
+            public_key: "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"
+                .into(),
         }
     }
 

@@ -74,8 +74,39 @@ pub fn network_policy(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) 
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
     use super::*;
     use crate::build::test_support::*;
+
+    /// `peer` selects the router's pods (by the configured labels) in the router's namespace.
+    fn assert_is_the_router(peer: &NetworkPolicyPeer) {
+        let labels = |selector: &Option<LabelSelector>| {
+            selector
+                .clone()
+                .and_then(|s| s.match_labels)
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            labels(&peer.pod_selector).get("app.kubernetes.io/name"),
+            Some(&"airlock-router".to_string()),
+            "{peer:?}"
+        );
+        assert_eq!(
+            labels(&peer.namespace_selector).get("kubernetes.io/metadata.name"),
+            Some(&"airlock-system".to_string()),
+            "{peer:?}"
+        );
+    }
+
+    /// The port of a rule that opens exactly one.
+    fn only_port(ports: &Option<Vec<NetworkPolicyPort>>) -> IntOrString {
+        let ports = ports.clone().unwrap_or_default();
+        assert_eq!(ports.len(), 1, "{ports:?}");
+        ports[0].port.clone().expect("a port number")
+    }
 
     const WITH_EGRESS: &str = r#"
 apiVersion: airlock.dev/v1alpha1
@@ -103,23 +134,8 @@ spec:
             "no egress rule = all egress denied"
         );
         let ingress = &spec.ingress.expect("ingress")[0];
-        let peer = &ingress.from.clone().expect("from")[0];
-        let pods = peer
-            .pod_selector
-            .clone()
-            .and_then(|s| s.match_labels)
-            .expect("pods");
-        assert_eq!(pods["app.kubernetes.io/name"], "airlock-router");
-        let ns = peer
-            .namespace_selector
-            .clone()
-            .and_then(|s| s.match_labels)
-            .expect("ns");
-        assert_eq!(ns["kubernetes.io/metadata.name"], "airlock-system");
-        assert_eq!(
-            ingress.ports.clone().expect("ports")[0].port,
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(GRPC_PORT))
-        );
+        assert_is_the_router(&ingress.from.clone().expect("from")[0]);
+        assert_eq!(only_port(&ingress.ports), IntOrString::Int(GRPC_PORT));
     }
 
     #[test]
@@ -136,16 +152,8 @@ spec:
             peer.ip_block.is_none(),
             "router pods by label, not an address range"
         );
-        let pods = peer
-            .pod_selector
-            .clone()
-            .and_then(|s| s.match_labels)
-            .expect("pods");
-        assert_eq!(pods["app.kubernetes.io/name"], "airlock-router");
-        assert_eq!(
-            egress[0].ports.clone().expect("ports")[0].port,
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(HOST_API_PORT))
-        );
+        assert_is_the_router(peer);
+        assert_eq!(only_port(&egress[0].ports), IntOrString::Int(HOST_API_PORT));
     }
 
     #[test]
@@ -167,6 +175,7 @@ spec:
         assert_eq!(egress.len(), 1);
         let to = &egress[0].to.clone().expect("to")[0];
         assert_eq!(to.ip_block.clone().expect("ipBlock").cidr, "198.18.4.0/24");
+        assert_eq!(only_port(&egress[0].ports), IntOrString::Int(443));
 
         // Same spec, but the permission was not granted (signed manifest or trust level lack it).
         let spec = network_policy(&p, &rollout(), &config())

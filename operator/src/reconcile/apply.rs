@@ -3,6 +3,8 @@
 //! that missed its progress deadline to the last good one, and quarantine of a revision whose
 //! signer was revoked. Desired objects come from the pure builders in [`crate::build`].
 
+use std::sync::Arc;
+
 use airlock_core::names;
 use airlock_crds::Plugin;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -123,24 +125,12 @@ async fn apply_children(
 ) -> Result<status::Rollout, Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let sa = build::service_account::service_account(plugin);
-    ensure(
-        plugin,
-        &sa,
-        ctx,
-        cached_meta(&watches.service_accounts, &sa),
-    )
-    .await?;
+    ensure(plugin, &sa, ctx, &watches.service_accounts).await?;
     ensure_bundle_secret(plugin, rollout, ctx, &ns).await?;
     let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
-    ensure(
-        plugin,
-        &np,
-        ctx,
-        cached_meta(&watches.network_policies, &np),
-    )
-    .await?;
+    ensure(plugin, &np, ctx, &watches.network_policies).await?;
     let svc = build::service::service(plugin);
-    ensure(plugin, &svc, ctx, cached_meta(&watches.services, &svc)).await?;
+    ensure(plugin, &svc, ctx, &watches.services).await?;
     let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
     let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
     Ok(observe(&applied, &rollout.revision))
@@ -169,47 +159,46 @@ async fn ensure_bundle_secret(
     Ok(())
 }
 
-/// The cached metadata of the object `desired` will become, if the watch has seen it.
-fn cached_meta<K, C>(store: &Store<C>, desired: &K) -> Option<kube::core::ObjectMeta>
-where
-    K: Resource,
-    C: Resource<DynamicType = ()> + Clone,
-{
-    let m = desired.meta();
-    let r = ObjectRef::<C>::new(m.name.as_deref().unwrap_or_default())
-        .within(m.namespace.as_deref().unwrap_or_default());
-    store.get(&r).map(|o| o.meta().clone())
+/// What [`ensure`] did.
+enum Ensured<K, C> {
+    /// Applied: the object as the API server answered.
+    Applied(K),
+    /// Nothing sent: the watch cache shows the object as this process left it.
+    Unchanged(Arc<C>),
 }
 
 /// Server-side applies `desired` unless this process already applied the same desired state to
-/// the object the watch cache still shows. Returns the object the API server answered with, or
-/// `None` when nothing was sent.
-async fn ensure<K>(
+/// the object the watch cache `watched` still shows.
+async fn ensure<K, C>(
     plugin: &Plugin,
     desired: &K,
     ctx: &Context,
-    cached: Option<kube::core::ObjectMeta>,
-) -> Result<Option<K>, Error>
+    watched: &Store<C>,
+) -> Result<Ensured<K, C>, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + Serialize
         + DeserializeOwned
         + std::fmt::Debug,
+    C: Resource<DynamicType = ()> + Clone,
 {
     let uid = plugin.uid().unwrap_or_default();
     let kind = K::kind(&());
     let name = name_of(desired);
     let hash = applied::desired_hash(desired);
-    if let Some(meta) = &cached
-        && ctx
-            .caches
-            .applied
-            .is_current(&uid, &kind, &name, hash, &Fingerprint::of(&kind, meta))
-    {
-        return Ok(None);
-    }
     let ns = desired.meta().namespace.clone().ok_or(Error::NoNamespace)?;
+    if let Some(cached) = watched.get(&ObjectRef::new(&name).within(&ns))
+        && ctx.caches.applied.is_current(
+            &uid,
+            &kind,
+            &name,
+            hash,
+            &Fingerprint::of(&kind, cached.meta()),
+        )
+    {
+        return Ok(Ensured::Unchanged(cached));
+    }
     let obj = Api::<K>::namespaced(ctx.client.clone(), &ns)
         .patch(
             &name,
@@ -220,7 +209,7 @@ where
     ctx.caches
         .applied
         .record(&uid, &kind, &name, hash, Fingerprint::of(&kind, obj.meta()));
-    Ok(Some(obj))
+    Ok(Ensured::Applied(obj))
 }
 
 /// [`ensure`] for the Deployment, whose status the rollout is judged by: when nothing was sent,
@@ -231,21 +220,11 @@ async fn ensure_deployment(
     ctx: &Context,
     watches: &Watches,
 ) -> Result<Deployment, Error> {
-    let r = ObjectRef::<Deployment>::new(&name_of(desired))
-        .within(desired.meta().namespace.as_deref().unwrap_or_default());
-    let cached = watches.deployments.get(&r);
-    match ensure(
-        plugin,
-        desired,
-        ctx,
-        cached.as_ref().map(|d| d.metadata.clone()),
-    )
-    .await?
-    {
-        Some(applied) => Ok(applied),
-        // `ensure` only skips when the cache had the object.
-        None => Ok(cached.map(|d| d.as_ref().clone()).unwrap_or_default()),
-    }
+    let ensured = ensure(plugin, desired, ctx, &watches.deployments).await?;
+    Ok(match ensured {
+        Ensured::Applied(applied) => applied,
+        Ensured::Unchanged(cached) => cached.as_ref().clone(),
+    })
 }
 
 fn name_of<K: Resource>(obj: &K) -> String {

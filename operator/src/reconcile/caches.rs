@@ -95,35 +95,50 @@ impl PluginCaches {
 mod tests {
     use super::*;
 
+    const BUNDLE_SECRET: &str = "hello-bundle-0123";
+
+    /// The Plugin `uid` as a reconcile leaves it: its bundle Secret exists, its certificate and
+    /// storage were just checked, its status was written.
+    fn remember(caches: &PluginCaches, uid: &str, now: Instant) {
+        caches.bundle_secret_exists(uid, BUNDLE_SECRET);
+        caches.hourly_checks_passed(uid, now);
+        caches.written(uid, PluginStatus::default());
+    }
+
+    /// Nothing is believed about the Plugin `uid`: each of its objects is looked at again.
+    fn assert_knows_nothing_of(caches: &PluginCaches, uid: &str, now: Instant) {
+        assert!(!caches.bundle_secret_known(uid, BUNDLE_SECRET), "{uid}");
+        assert!(caches.hourly_checks_due(uid, now), "{uid}");
+        assert_eq!(caches.last_written(uid), None, "{uid}");
+    }
+
     #[test]
     fn a_plugin_recreated_under_the_same_name_starts_from_nothing() {
         let caches = PluginCaches::default();
         let now = Instant::now();
-        // The first "hello": its bundle Secret exists, its certificate was just checked.
-        caches.bundle_secret_exists("uid-1", "hello-bundle-0123");
-        caches.hourly_checks_passed("uid-1", now);
-        caches.written("uid-1", PluginStatus::default());
-        assert!(caches.bundle_secret_known("uid-1", "hello-bundle-0123"));
+        // The first "hello".
+        remember(&caches, "uid-1", now);
+        assert!(caches.bundle_secret_known("uid-1", BUNDLE_SECRET));
         assert!(!caches.hourly_checks_due("uid-1", now));
+        assert_eq!(caches.last_written("uid-1"), Some(PluginStatus::default()));
 
         // Deleted and applied again with the same name and bundle: a new uid, whose Secrets
         // Kubernetes has not created yet. Nothing of the first one may be believed for it.
-        assert!(!caches.bundle_secret_known("uid-2", "hello-bundle-0123"));
-        assert!(caches.hourly_checks_due("uid-2", now));
-        assert_eq!(caches.last_written("uid-2"), None);
+        assert_knows_nothing_of(&caches, "uid-2", now);
     }
 
     #[test]
     fn forgetting_a_plugin_drops_everything_about_it() {
         let caches = PluginCaches::default();
         let now = Instant::now();
-        caches.bundle_secret_exists("uid-1", "b");
-        caches.hourly_checks_passed("uid-1", now);
-        caches.written("uid-1", PluginStatus::default());
+        remember(&caches, "uid-1", now);
+        remember(&caches, "uid-2", now);
         caches.forget("uid-1");
-        assert!(!caches.bundle_secret_known("uid-1", "b"));
-        assert!(caches.hourly_checks_due("uid-1", now));
-        assert_eq!(caches.last_written("uid-1"), None);
+        assert_knows_nothing_of(&caches, "uid-1", now);
+        assert!(
+            caches.bundle_secret_known("uid-2", BUNDLE_SECRET),
+            "another Plugin is kept"
+        );
     }
 
     #[test]

@@ -34,18 +34,7 @@ pub(super) async fn load_ca(ctx: &Context) -> Ca {
 
 /// Keeps the router's certificate issued and fresh for as long as this term lasts.
 pub(super) async fn maintain_router_certificate(client: Client, namespace: String, ca: Ca) {
-    let meta = kube::api::ObjectMeta {
-        name: Some(certs::ROUTER_TLS_SECRET.into()),
-        namespace: Some(namespace.clone()),
-        labels: Some(
-            [(
-                "app.kubernetes.io/managed-by".to_string(),
-                "airlock".to_string(),
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
+    let meta = certs::operator_secret_meta(certs::ROUTER_TLS_SECRET, &namespace);
     loop {
         let next = match certs::ensure_certificate(
             &client,

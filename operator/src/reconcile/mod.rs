@@ -43,9 +43,9 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{Instrument, instrument, warn};
 
 use crate::build::BuildConfig;
-use crate::certs;
 use crate::fetch::Registry;
 use crate::metrics::Metrics;
+use crate::{audit, certs};
 use airlock_core::names;
 use caches::PluginCaches;
 use watches::{Watches, cached_watch};
@@ -94,6 +94,8 @@ pub struct Context {
     pub max_bundle_bytes: u64,
     /// What this process remembers per Plugin (by uid), dropped when the Plugin is deleted.
     pub caches: PluginCaches,
+    /// Where audit records go: [`audit::emit`], the operator's stdout.
+    pub audit: audit::Sink,
 }
 
 impl std::fmt::Debug for Context {
@@ -154,6 +156,7 @@ impl Context {
             metrics,
             max_bundle_bytes,
             caches: PluginCaches::default(),
+            audit: Arc::new(audit::emit),
         }
     }
 }

@@ -32,7 +32,7 @@ pub(super) async fn record_status(
     let transitions = status::transitions(prev.as_ref(), &next);
     let now = Timestamp::now();
     for t in &transitions {
-        audit::emit(&audit::record(plugin, &next, t, now));
+        (ctx.audit)(&audit::record(plugin, &next, t, now));
         let event = Event {
             type_: if t.warning {
                 EventType::Warning
@@ -91,7 +91,7 @@ pub(super) async fn cleanup(plugin: &Plugin, ctx: &Context) -> Result<Action, Er
         message: "the Plugin was deleted: its pods, Service, NetworkPolicy, ServiceAccount and bundle Secrets are removed".into(),
         warning: false,
     };
-    audit::emit(&audit::record(plugin, &status, &t, Timestamp::now()));
+    (ctx.audit)(&audit::record(plugin, &status, &t, Timestamp::now()));
     let event = Event {
         type_: EventType::Normal,
         reason: "Deleted".into(),

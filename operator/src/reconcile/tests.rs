@@ -236,6 +236,8 @@ fn policy(keys: Value) -> PluginTrustPolicy {
 struct Harness {
     api: FakeApi,
     ctx: Context,
+    /// The audit records the reconciles wrote (collected, not printed).
+    audit: Arc<Mutex<Vec<Value>>>,
     watches: Watches,
     deployments: Writer<Deployment>,
     _listed: tokio::sync::watch::Sender<bool>,
@@ -254,7 +256,7 @@ impl Harness {
         });
         let client = kube::Client::new(service, NS);
         let (namespaces, _) = reflector::store();
-        let ctx = Context::with_namespaces(
+        let mut ctx = Context::with_namespaces(
             client,
             namespaces,
             BuildConfig {
@@ -269,6 +271,11 @@ impl Harness {
             Metrics::new().unwrap(),
             airlock_bundle::DEFAULT_MAX_BYTES,
         );
+        let audit = Arc::new(Mutex::new(Vec::new()));
+        ctx.audit = Arc::new({
+            let audit = audit.clone();
+            move |record: &Value| audit.lock().unwrap().push(record.clone())
+        });
         let (policies, mut policy_writer) = reflector::store();
         policy_writer.apply_watcher_event(&watcher::Event::Apply(policy));
         let (deployments, deployment_writer) = reflector::store();
@@ -285,6 +292,7 @@ impl Harness {
         Self {
             api,
             ctx,
+            audit,
             watches,
             deployments: deployment_writer,
             _listed: listed_tx,
@@ -318,6 +326,19 @@ impl Harness {
             ))
             .map(|b| b["status"].clone())
             .expect("a status was written")
+    }
+
+    /// `(event, reason)` of each audit record written so far.
+    fn audited(&self) -> Vec<(String, String)> {
+        let records = self.audit.lock().unwrap();
+        records
+            .iter()
+            .map(|r| {
+                assert_eq!(r["stream"], "airlock.audit", "{r}");
+                let field = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (field("event"), field("reason"))
+            })
+            .collect()
     }
 
     /// The plugin's Deployment as the watch would show it now.
@@ -373,6 +394,11 @@ async fn a_new_plugin_gets_its_identity_and_children_then_an_unchanged_one_write
     assert_eq!(status["phase"], "Deploying", "{status}");
     assert_eq!(condition(&status, "Verified").0, "True");
     assert_eq!(status["trustLevel"], "Untrusted");
+    let audited = h.audited();
+    assert!(
+        audited.contains(&("Phase".into(), "Deploying".into())),
+        "{audited:?}"
+    );
 
     // The watch now shows what was applied: the same Plugin again costs no write at all.
     h.watch_deployment();
@@ -394,6 +420,7 @@ async fn a_new_plugin_gets_its_identity_and_children_then_an_unchanged_one_write
         Vec::<String>::new(),
         "no writes for an unchanged Plugin"
     );
+    assert_eq!(h.audited(), audited, "and no audit record");
 }
 
 #[tokio::test]
@@ -428,6 +455,7 @@ async fn a_plugin_recreated_under_the_same_name_gets_fresh_secrets() {
     record::cleanup(&plugin("uid-1", "[log]"), &h.ctx)
         .await
         .expect("cleanup");
+    assert!(h.audited().contains(&("Deleted".into(), "Deleted".into())));
     h.api.collect_garbage_of("uid-1");
     h.api.take_writes();
 
@@ -531,6 +559,13 @@ async fn a_revoked_signer_quarantines_the_running_revision_without_asking_a_regi
     let status = h.status();
     assert_eq!(status["phase"], "Quarantined", "{status}");
     assert_eq!(condition(&status, "Verified").1, "KeyRevoked");
+    let audited = h.audited();
+    for record in [("Verified", "KeyRevoked"), ("Phase", "Quarantined")] {
+        assert!(
+            audited.contains(&(record.0.into(), record.1.into())),
+            "{record:?} in {audited:?}"
+        );
+    }
     // The image is pinned by digest and the bundle refused first: no registry was contacted
     // (a registry request would have failed this test: nothing listens at the image's host).
     assert!(
