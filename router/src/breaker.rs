@@ -210,6 +210,12 @@ mod tests {
         crash_window: Duration::from_secs(3600),
     };
 
+    /// A new plugin's health, and the time it starts at.
+    fn fresh() -> (Health, Instant) {
+        (Health::default(), Instant::now())
+    }
+
+    /// `n` calls at `now` that end in `outcome`; the auto-disable reason they gave, if any.
     fn fail(h: &mut Health, outcome: Outcome, now: Instant, n: u32) -> Option<String> {
         let mut last = None;
         for _ in 0..n {
@@ -222,8 +228,7 @@ mod tests {
     #[test]
     fn the_breaker_opens_after_consecutive_failures_and_lets_one_trial_through_after_the_cool_down()
     {
-        let t0 = Instant::now();
-        let mut h = Health::default();
+        let (mut h, t0) = fresh();
         fail(&mut h, Outcome::Unreachable, t0, 3);
         assert_eq!(h.state_name(t0), "open");
         let refused = h.admit(t0 + Duration::from_secs(10)).expect_err("open");
@@ -242,8 +247,7 @@ mod tests {
 
     #[test]
     fn a_failed_trial_opens_the_breaker_again() {
-        let t0 = Instant::now();
-        let mut h = Health::default();
+        let (mut h, t0) = fresh();
         fail(&mut h, Outcome::Misbehaved, t0, 3);
         let later = t0 + Duration::from_secs(31);
         h.admit(later).expect("trial");
@@ -253,8 +257,7 @@ mod tests {
 
     #[test]
     fn a_plugin_error_answer_is_not_a_failure() {
-        let t0 = Instant::now();
-        let mut h = Health::default();
+        let (mut h, t0) = fresh();
         fail(&mut h, Outcome::Unreachable, t0, 2);
         h.record(Outcome::Answered, t0, &CFG);
         fail(&mut h, Outcome::Unreachable, t0, 2);
@@ -263,8 +266,7 @@ mod tests {
 
     #[test]
     fn five_consecutive_timeouts_auto_disable_once() {
-        let t0 = Instant::now();
-        let mut h = Health::default();
+        let (mut h, t0) = fresh();
         assert_eq!(fail(&mut h, Outcome::Timeout, t0, 4), None);
         assert_eq!(
             h.record(Outcome::Timeout, t0, &CFG).as_deref(),
@@ -276,8 +278,7 @@ mod tests {
 
     #[test]
     fn timeouts_interrupted_by_an_answer_do_not_count_as_consecutive() {
-        let t0 = Instant::now();
-        let mut h = Health::default();
+        let (mut h, t0) = fresh();
         fail(&mut h, Outcome::Timeout, t0, 4);
         h.record(Outcome::Answered, t0, &CFG);
         assert_eq!(fail(&mut h, Outcome::Timeout, t0, 4), None);
@@ -285,8 +286,7 @@ mod tests {
 
     #[test]
     fn three_crashes_within_the_hour_auto_disable_but_older_ones_are_forgotten() {
-        let t0 = Instant::now();
-        let mut h = Health::default();
+        let (mut h, t0) = fresh();
         h.record(Outcome::Crash, t0, &CFG);
         h.record(Outcome::Answered, t0, &CFG);
         h.record(Outcome::Crash, t0 + Duration::from_secs(60), &CFG);

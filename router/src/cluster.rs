@@ -198,9 +198,8 @@ pub async fn watch_identity(
                 match (text(CA_FILE), text(CERT_FILE), text(KEY_FILE)) {
                     (Some(ca_pem), Some(cert_pem), Some(key_pem)) => {
                         Some(crate::grpc::ClientIdentity {
+                            leaf: airlock_tls::CertAndKey { cert_pem, key_pem },
                             ca_pem,
-                            cert_pem,
-                            key_pem,
                         })
                     }
                     _ => None,

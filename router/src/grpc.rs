@@ -14,6 +14,7 @@ use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::router::v1 as api;
 use airlock_proto::router::v1::hook_router_server::HookRouter;
 use airlock_proto::trace::{TRACEPARENT, TraceContext};
+use airlock_tls::CertAndKey;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Response, Status};
 
@@ -43,18 +44,12 @@ fn serving_span<T>(request: &Request<T>) -> TraceContext {
 
 /// The router's mTLS client identity: its certificate and key, and the CA plugin certificates
 /// must chain to. Issued by the operator into the Secret `airlock-router-tls`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
+    /// The router's certificate and key (whose Debug leaves the key out: it never reaches a log).
+    pub leaf: CertAndKey,
+    /// The CA certificate, PEM.
     pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for ClientIdentity {
-    // The key never reaches a log.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientIdentity").finish_non_exhaustive()
-    }
 }
 
 /// How the router talks to shims.
@@ -149,7 +144,7 @@ impl GrpcCaller {
             Transport::Mutual(Some(id)) => {
                 let tls = ClientTlsConfig::new()
                     .ca_certificate(Certificate::from_pem(&id.ca_pem))
-                    .identity(Identity::from_pem(&id.cert_pem, &id.key_pem))
+                    .identity(Identity::from_pem(&id.leaf.cert_pem, &id.leaf.key_pem))
                     .domain_name(plugin_identity(&route.plugin.namespace, &route.plugin.name));
                 Endpoint::from_shared(format!("https://{}", route.endpoint))
                     .and_then(|e| e.tls_config(tls))
@@ -332,13 +327,18 @@ fn result(r: StepResult) -> api::PluginResult {
     }
 }
 
-/// Runs one call of a host application inside its span (calls to shims made while it runs are
-/// children of it) and turns a refusal into its gRPC status.
-async fn traced<T>(
-    span: TraceContext,
-    call: impl Future<Output = Result<T, RouteError>>,
-) -> Result<T, Status> {
-    TRACE.scope(span, call).await.map_err(Status::from)
+/// Serves one call of a host application: `call` answers the request inside the call's span (a
+/// child of the caller's `traceparent`, or a new trace; calls to shims made while it runs are
+/// children of it).
+async fn traced<T, A>(
+    request: Request<T>,
+    call: impl AsyncFnOnce(T) -> Result<A, Status>,
+) -> Result<Response<A>, Status> {
+    let span = serving_span(&request);
+    TRACE
+        .scope(span, call(request.into_inner()))
+        .await
+        .map(Response::new)
 }
 
 #[tonic::async_trait]
@@ -347,67 +347,69 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
         &self,
         request: Request<api::InvokeRequest>,
     ) -> Result<Response<api::InvokeResponse>, Status> {
-        let span = serving_span(&request);
-        let r = request.into_inner();
-        let plugin = r
-            .plugin
-            .filter(|p| !p.namespace.is_empty() && !p.name.is_empty())
-            .ok_or_else(|| Status::invalid_argument("plugin (namespace and name) is required"))?;
-        let key = PluginKey::new(plugin.namespace, plugin.name);
-        let call = self.router.invoke(
-            &key,
-            &r.hook,
-            r.payload_json,
-            r.deadline_ms,
-            r.invocation_id,
-        );
-        let (answer, id) = traced(span, call).await?;
-        Ok(Response::new(api::InvokeResponse {
-            output_json: answer.output,
-            duration_ms: millis(answer.duration),
-            invocation_id: id,
-        }))
+        traced(request, async |r| {
+            let plugin = r
+                .plugin
+                .filter(|p| !p.namespace.is_empty() && !p.name.is_empty())
+                .ok_or_else(|| {
+                    Status::invalid_argument("plugin (namespace and name) is required")
+                })?;
+            let key = PluginKey::new(plugin.namespace, plugin.name);
+            let (answer, id) = self
+                .router
+                .invoke(
+                    &key,
+                    &r.hook,
+                    r.payload_json,
+                    r.deadline_ms,
+                    r.invocation_id,
+                )
+                .await?;
+            Ok(api::InvokeResponse {
+                output_json: answer.output,
+                duration_ms: millis(answer.duration),
+                invocation_id: id,
+            })
+        })
+        .await
     }
 
     async fn broadcast(
         &self,
         request: Request<api::BroadcastRequest>,
     ) -> Result<Response<api::BroadcastResponse>, Status> {
-        let span = serving_span(&request);
-        let r = request.into_inner();
-        let call = self.router.broadcast(
-            &r.hook,
-            r.payload_json,
-            r.deadline_ms,
-            r.invocation_id,
-            namespace(&r.namespace),
-        );
-        let b = traced(span, call).await?;
-        Ok(Response::new(api::BroadcastResponse {
-            results: b.results.into_iter().map(result).collect(),
-            failed: b.failed,
-            invocation_id: b.invocation_id,
-        }))
+        traced(request, async |r| {
+            let ns = namespace(&r.namespace);
+            let b = self
+                .router
+                .broadcast(&r.hook, r.payload_json, r.deadline_ms, r.invocation_id, ns)
+                .await?;
+            Ok(api::BroadcastResponse {
+                results: b.results.into_iter().map(result).collect(),
+                failed: b.failed,
+                invocation_id: b.invocation_id,
+            })
+        })
+        .await
     }
 
     async fn transform(
         &self,
         request: Request<api::TransformRequest>,
     ) -> Result<Response<api::TransformResponse>, Status> {
-        let span = serving_span(&request);
-        let r = request.into_inner();
-        let call = self.router.transform(
-            r.payload_json,
-            r.deadline_ms,
-            r.invocation_id,
-            namespace(&r.namespace),
-        );
-        let p = traced(span, call).await?;
-        Ok(Response::new(api::TransformResponse {
-            output_json: p.output,
-            steps: p.steps.into_iter().map(result).collect(),
-            invocation_id: p.invocation_id,
-        }))
+        traced(request, async |r| {
+            let ns = namespace(&r.namespace);
+            let p = self
+                .router
+                .transform(r.payload_json, r.deadline_ms, r.invocation_id, ns)
+                .await?;
+            Ok(api::TransformResponse {
+                output_json: p.output,
+                steps: p.steps.into_iter().map(result).collect(),
+                invocation_id: p.invocation_id,
+            })
+        })
+        .await
     }
 
     async fn list_plugins(

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use airlock_runtime::metrics::KubeRequests;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use airlock_runtime::metrics::{KubeRequests, counter, gauge, histogram};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -22,76 +22,54 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let kube_requests = KubeRequests::register(&registry, "router")?;
-        let hook_invocations = IntCounterVec::new(
-            Opts::new(
+        Ok(Self {
+            kube_requests: KubeRequests::register(&registry, "router")?,
+            hook_invocations: counter(
+                &registry,
                 "airlock_hook_invocations_total",
                 "Hook calls the router made or refused, by plugin (namespace/name), hook and result (ok, timeout, unavailable, plugin_error, resource_exhausted, internal, refused, ...)",
-            ),
-            &["plugin", "hook", "result"],
-        )?;
-        let hook_duration = HistogramVec::new(
-            HistogramOpts::new(
+                &["plugin", "hook", "result"],
+            )?,
+            hook_duration: histogram(
+                &registry,
                 "airlock_hook_duration_seconds",
                 "Time of one hook call as the router saw it, by hook",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0,
-            ]),
-            &["hook"],
-        )?;
-        let auto_disabled = IntCounterVec::new(
-            Opts::new(
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0,
+                ],
+                &["hook"],
+            )?,
+            auto_disabled: counter(
+                &registry,
                 "airlock_plugins_auto_disabled_total",
                 "Plugins the router auto-disabled after repeated timeouts or crashes",
-            ),
-            &[],
-        )?;
-        let plugin_restarts = IntCounterVec::new(
-            Opts::new(
+                &[],
+            )?,
+            plugin_restarts: counter(
+                &registry,
                 "airlock_plugin_restarts_total",
                 "Plugin processes the shim replaced after a call the router made (timeout, crash, protocol violation, oversized answer), by plugin",
-            ),
-            &["plugin"],
-        )?;
-        let breaker_open = IntGaugeVec::new(
-            Opts::new(
+                &["plugin"],
+            )?,
+            breaker_open: gauge(
+                &registry,
                 "airlock_breaker_open",
                 "1 while the router's circuit breaker for a plugin refuses calls (open or half-open), else 0",
-            ),
-            &["plugin"],
-        )?;
-        let host_calls = IntCounterVec::new(
-            Opts::new(
+                &["plugin"],
+            )?,
+            host_calls: counter(
+                &registry,
                 "airlock_host_calls_total",
                 "Host API calls plugins made (log, storage.*, emit), by plugin, call and result (ok or the gRPC code)",
-            ),
-            &["plugin", "call", "result"],
-        )?;
-        let host_log_dropped = IntCounterVec::new(
-            Opts::new(
+                &["plugin", "call", "result"],
+            )?,
+            host_log_dropped: counter(
+                &registry,
                 "airlock_host_log_dropped_total",
                 "Host API log lines dropped over a plugin's rate limit, by plugin",
-            ),
-            &["plugin"],
-        )?;
-        registry.register(Box::new(host_calls.clone()))?;
-        registry.register(Box::new(host_log_dropped.clone()))?;
-        registry.register(Box::new(plugin_restarts.clone()))?;
-        registry.register(Box::new(breaker_open.clone()))?;
-        registry.register(Box::new(hook_invocations.clone()))?;
-        registry.register(Box::new(hook_duration.clone()))?;
-        registry.register(Box::new(auto_disabled.clone()))?;
-        Ok(Self {
+                &["plugin"],
+            )?,
             registry,
-            kube_requests,
-            hook_invocations,
-            hook_duration,
-            auto_disabled,
-            plugin_restarts,
-            host_calls,
-            host_log_dropped,
-            breaker_open,
         })
     }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use airlock_proto::router::v1::hook_router_server::HookRouterServer;
 use airlock_runtime::StartError;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 use tracing::info;
 
 use crate::dispatch::Router;
@@ -82,24 +83,14 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     ));
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    report(&reporter, ServingStatus::NotServing).await;
     // Serving once the route table is loaded: a router that answered NOT_FOUND for every plugin
     // while it was still listing them would look like an outage.
     tokio::spawn(async move {
         if loaded.wait_for(|l| *l).await.is_ok()
             && (plain || identity_loaded.wait_for(|l| l.is_some()).await.is_ok())
         {
-            reporter
-                .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-                .await;
-            reporter
-                .set_service_status("", ServingStatus::Serving)
-                .await;
+            report(&reporter, ServingStatus::Serving).await;
             ready.store(true, Ordering::Relaxed);
         }
     });
@@ -139,6 +130,13 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     }
 }
 
+/// Reports `status` for the router service and for the server as a whole (the service "").
+async fn report(reporter: &HealthReporter, status: ServingStatus) {
+    for service in [SERVICE_NAME, ""] {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
 /// Serves the host API once the router has its certificate, with the certificate of the moment
 /// (a renewal is used for new connections at once).
 async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
@@ -148,8 +146,8 @@ async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
 ) -> Result<(), RouterError> {
     let config_of = |id: &grpc::ClientIdentity| {
         airlock_tls::server_config(
-            id.cert_pem.as_bytes(),
-            id.key_pem.as_bytes(),
+            id.leaf.cert_pem.as_bytes(),
+            id.leaf.key_pem.as_bytes(),
             id.ca_pem.as_bytes(),
             std::path::Path::new("Secret airlock-router-tls"),
         )

@@ -2,7 +2,9 @@
 //! share. Each binary's own error wraps this one and adds what only it can fail at (leader
 //! election, a gRPC endpoint), so a message reads the same whichever binary prints it.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -19,4 +21,28 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// How the binary `name` exits once its run ended with `result`: success, or the error on stderr
+/// after the binary's name, and failure.
+pub fn exit_code(name: &str, result: Result<(), impl Display>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_ended_with_an_error_exits_with_failure() {
+        assert_eq!(exit_code("bin", Ok::<(), String>(())), ExitCode::SUCCESS);
+        let failed = StartError::Config("no cluster".into());
+        assert_eq!(exit_code("bin", Err(failed)), ExitCode::FAILURE);
+    }
 }

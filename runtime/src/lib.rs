@@ -1,7 +1,8 @@
 //! Plumbing shared by the two binaries that talk to Kubernetes, the operator (control plane) and
 //! the router (data plane), so neither depends on the other:
 //!
-//! - [`error::StartError`]: why a binary could not start, the failures both binaries share;
+//! - [`error::StartError`]: why a binary could not start, the failures both binaries share, and
+//!   [`exit_code`], how a binary exits once its run ended;
 //! - [`kube_client`]: the Kubernetes client with a response timeout and counted requests;
 //! - [`metrics`]: the series every such binary exports;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
@@ -19,4 +20,4 @@ pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use error::StartError;
+pub use error::{StartError, exit_code};

@@ -73,6 +73,21 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// A certificate (with its chain) and its private key, both PEM: what the operator's CA issues
+/// (`pki::Issued`) and what the router presents to plugin shims.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertAndKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertAndKey {
+    // The private key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAndKey").finish_non_exhaustive()
+    }
+}
+
 /// A server configuration for mutual TLS: serves `cert_pem` (chain) with `key_pem` and requires a
 /// client certificate issued by `ca_pem`. `origin` names where the PEM came from, for errors.
 pub fn server_config(

@@ -35,19 +35,9 @@ pub enum PkiError {
     Clock,
 }
 
-/// A certificate and its private key, both PEM.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Issued {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for Issued {
-    // The private key never reaches a log.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued").finish_non_exhaustive()
-    }
-}
+/// A certificate and its private key, both PEM, as the CA issues them (its Debug leaves the key
+/// out).
+pub type Issued = crate::CertAndKey;
 
 /// The certificate authority: a self-signed ECDSA P-256 certificate and its key.
 #[derive(Clone, PartialEq, Eq, Debug)]

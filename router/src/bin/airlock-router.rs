@@ -7,12 +7,5 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
-    match airlock_router::run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("airlock-router: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    airlock_runtime::exit_code("airlock-router", airlock_router::run(Config::parse()).await)
 }

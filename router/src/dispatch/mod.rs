@@ -627,8 +627,47 @@ mod tests {
         }
     }
 
-    fn behave(s: &Setup, name: &str, b: Behaviour) {
-        lock(&s.shims.behaviour).insert(name.into(), b);
+    impl Setup {
+        /// `hook` of the plugin ns/`name` with `payload`, with no deadline of the caller's and no
+        /// invocation id.
+        async fn invoke(
+            &self,
+            name: &str,
+            hook: &str,
+            payload: &str,
+        ) -> Result<(Answer, String), RouteError> {
+            let key = PluginKey::new("ns", name);
+            self.router
+                .invoke(&key, hook, payload.into(), 0, String::new())
+                .await
+        }
+
+        /// The pipeline over `payload` within `budget_ms` (0: no deadline of the caller's).
+        async fn transform(&self, payload: &str, budget_ms: u32) -> Result<Pipeline, RouteError> {
+            self.router
+                .transform(payload.into(), budget_ms, String::new(), None)
+                .await
+        }
+
+        /// `hook` broadcast to every subscriber in every namespace.
+        async fn broadcast(&self, hook: &str, payload: &str) -> Result<Broadcast, RouteError> {
+            self.router
+                .broadcast(hook, payload.into(), 0, String::new(), None)
+                .await
+        }
+
+        /// From now on the fake plugin `name` answers with `b`.
+        fn behave(&self, name: &str, b: Behaviour) {
+            lock(&self.shims.behaviour).insert(name.into(), b);
+        }
+    }
+
+    /// Who answered what, in order.
+    fn codes(steps: &[StepResult]) -> Vec<(&str, Code)> {
+        steps
+            .iter()
+            .map(|r| (r.plugin.name.as_str(), r.code))
+            .collect()
     }
 
     use FailurePolicy::{Fail, Ignore};
@@ -659,53 +698,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn invoke_refuses_bad_input_and_unknown_plugins_with_a_reason() {
         let s = setup(&[("a", Transform, 200, Fail, 1)]);
-        let key = PluginKey::new("ns", "a");
-        let err = |r: Result<(Answer, String), RouteError>| r.expect_err("refused");
-        let e = err(s
-            .router
-            .invoke(&key, "transform", "{".into(), 0, String::new())
-            .await);
-        assert_eq!(e.code, Code::InvalidArgument);
-        assert!(e.message.contains("not a JSON document"), "{e}");
-        let e = err(s
-            .router
-            .invoke(&key, "onEvent", "{}".into(), 0, String::new())
-            .await);
-        assert_eq!(e.code, Code::InvalidArgument);
-        assert!(e.message.contains("it declares transform"), "{e}");
-        let e = err(s
-            .router
-            .invoke(&key, "bogus", "{}".into(), 0, String::new())
-            .await);
-        assert!(e.message.contains("use one of onLoad"), "{e}");
-        let e = err(s
-            .router
-            .invoke(
-                &PluginKey::new("ns", "zz"),
-                "transform",
-                "{}".into(),
-                0,
-                String::new(),
-            )
-            .await);
-        assert_eq!(e.code, Code::NotFound);
+        let invalid = [
+            ("transform", "{", "not a JSON document"),
+            ("onEvent", "{}", "it declares transform"),
+            ("bogus", "{}", "use one of onLoad"),
+        ];
+        for (hook, payload, reason) in invalid {
+            let e = s.invoke("a", hook, payload).await.expect_err("refused");
+            assert_eq!(e.code, Code::InvalidArgument, "{hook} {payload}: {e}");
+            assert!(e.message.contains(reason), "{e}");
+        }
+        let e = s
+            .invoke("zz", "transform", "{}")
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code, Code::NotFound, "{e}");
         assert!(lock(&s.shims.calls).is_empty(), "nothing reached a plugin");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_hanging_plugin_times_out_at_its_hook_timeout() {
         let s = setup(&[("slow", Transform, 100, Fail, 1)]);
-        behave(&s, "slow", Behaviour::Hang);
+        s.behave("slow", Behaviour::Hang);
         let started = tokio::time::Instant::now();
         let e = s
-            .router
-            .invoke(
-                &PluginKey::new("ns", "slow"),
-                "transform",
-                "{}".into(),
-                0,
-                String::new(),
-            )
+            .invoke("slow", "transform", "{}")
             .await
             .expect_err("timeout");
         assert_eq!(e.code, Code::DeadlineExceeded);
@@ -728,34 +745,21 @@ mod tests {
             ("c", OnEvent, 1000, Fail, 3),
             ("t", Transform, 1000, Fail, 1),
         ]);
-        behave(&s, "a", Behaviour::Append(Duration::from_millis(300)));
-        behave(&s, "b", Behaviour::Fail(Code::Aborted, Outcome::Answered));
-        behave(&s, "c", Behaviour::Append(Duration::from_millis(300)));
+        s.behave("a", Behaviour::Append(Duration::from_millis(300)));
+        s.behave("b", Behaviour::Fail(Code::Aborted, Outcome::Answered));
+        s.behave("c", Behaviour::Append(Duration::from_millis(300)));
         let started = tokio::time::Instant::now();
-        let b = s
-            .router
-            .broadcast("", r#"{"e":1}"#.into(), 0, String::new(), None)
-            .await
-            .expect("broadcast");
+        let b = s.broadcast("", r#"{"e":1}"#).await.expect("broadcast");
         // Parallel: two 300 ms plugins take 300 ms, not 600.
         assert_eq!(started.elapsed(), Duration::from_millis(300));
-        let codes: Vec<_> = b
-            .results
-            .iter()
-            .map(|r| (r.plugin.name.as_str(), r.code))
-            .collect();
         assert_eq!(
-            codes,
+            codes(&b.results),
             vec![("a", Code::Ok), ("b", Code::Aborted), ("c", Code::Ok)]
         );
         assert!(!b.failed, "only an Ignore plugin failed");
 
-        behave(&s, "c", Behaviour::Fail(Code::Unavailable, Outcome::Crash));
-        let b = s
-            .router
-            .broadcast("onEvent", "{}".into(), 0, String::new(), None)
-            .await
-            .expect("broadcast");
+        s.behave("c", Behaviour::Fail(Code::Unavailable, Outcome::Crash));
+        let b = s.broadcast("onEvent", "{}").await.expect("broadcast");
         assert!(b.failed, "a Fail plugin failed");
     }
 
@@ -766,24 +770,11 @@ mod tests {
             ("first", Transform, 200, Fail, 10),
             ("second", Transform, 200, Ignore, 20),
         ]);
-        behave(
-            &s,
-            "second",
-            Behaviour::Fail(Code::Aborted, Outcome::Answered),
-        );
-        let p = s
-            .router
-            .transform(r#"{"path":[]}"#.into(), 0, String::new(), None)
-            .await
-            .expect("pipeline");
+        s.behave("second", Behaviour::Fail(Code::Aborted, Outcome::Answered));
+        let p = s.transform(r#"{"path":[]}"#, 0).await.expect("pipeline");
         assert_eq!(p.output, r#"{"path":["first","third"]}"#);
-        let steps: Vec<_> = p
-            .steps
-            .iter()
-            .map(|r| (r.plugin.name.as_str(), r.code))
-            .collect();
         assert_eq!(
-            steps,
+            codes(&p.steps),
             vec![
                 ("first", Code::Ok),
                 ("second", Code::Aborted),
@@ -798,16 +789,8 @@ mod tests {
             ("first", Transform, 200, Fail, 10),
             ("second", Transform, 200, Fail, 20),
         ]);
-        behave(
-            &s,
-            "first",
-            Behaviour::Fail(Code::Aborted, Outcome::Answered),
-        );
-        let e = s
-            .router
-            .transform("{}".into(), 0, String::new(), None)
-            .await
-            .expect_err("fails");
+        s.behave("first", Behaviour::Fail(Code::Aborted, Outcome::Answered));
+        let e = s.transform("{}", 0).await.expect_err("fails");
         assert_eq!(e.code, Code::Aborted);
         assert!(
             e.message.contains("pipeline step ns/first (priority 10"),
@@ -822,12 +805,8 @@ mod tests {
             ("a", Transform, 1000, Fail, 1),
             ("b", Transform, 1000, Ignore, 2),
         ]);
-        behave(&s, "a", Behaviour::Append(Duration::from_millis(700)));
-        let p = s
-            .router
-            .transform("{}".into(), 900, String::new(), None)
-            .await
-            .expect("pipeline");
+        s.behave("a", Behaviour::Append(Duration::from_millis(700)));
+        let p = s.transform("{}", 900).await.expect("pipeline");
         let deadlines: Vec<_> = lock(&s.shims.calls)
             .iter()
             .map(|(n, d)| (n.clone(), *d))
@@ -848,21 +827,15 @@ mod tests {
             ("bad", Transform, 100, Fail, 1),
             ("good", Transform, 100, Fail, 2),
         ]);
-        behave(
-            &s,
+        s.behave(
             "bad",
             Behaviour::Fail(Code::DeadlineExceeded, Outcome::Timeout),
         );
-        let bad = PluginKey::new("ns", "bad");
         for _ in 0..3 {
-            s.router
-                .invoke(&bad, "transform", "{}".into(), 0, String::new())
-                .await
-                .expect_err("fails");
+            s.invoke("bad", "transform", "{}").await.expect_err("fails");
         }
         let e = s
-            .router
-            .invoke(&bad, "transform", "{}".into(), 0, String::new())
+            .invoke("bad", "transform", "{}")
             .await
             .expect_err("breaker open");
         assert_eq!(e.code, Code::Unavailable);
@@ -879,10 +852,7 @@ mod tests {
         // Two more timeouts (trial calls after cool-downs) make five: auto-disabled, once.
         for _ in 0..2 {
             tokio::time::advance(Duration::from_secs(31)).await;
-            s.router
-                .invoke(&bad, "transform", "{}".into(), 0, String::new())
-                .await
-                .expect_err("fails");
+            s.invoke("bad", "transform", "{}").await.expect_err("fails");
         }
         assert_eq!(
             *lock(&s.disabled.0),
@@ -902,14 +872,7 @@ mod tests {
             "{text}"
         );
         // The other plugin never noticed.
-        s.router
-            .invoke(
-                &PluginKey::new("ns", "good"),
-                "transform",
-                "{}".into(),
-                0,
-                String::new(),
-            )
+        s.invoke("good", "transform", "{}")
             .await
             .expect("good answers");
     }
@@ -917,32 +880,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_trial_call_abandoned_by_its_caller_does_not_wedge_the_breaker() {
         let s = setup(&[("flaky", Transform, 1000, Fail, 1)]);
-        let key = PluginKey::new("ns", "flaky");
-        behave(
-            &s,
+        s.behave(
             "flaky",
             Behaviour::Fail(Code::Unavailable, Outcome::Unreachable),
         );
         for _ in 0..3 {
-            let _ = s
-                .router
-                .invoke(&key, "transform", "{}".into(), 0, String::new())
-                .await;
+            let _ = s.invoke("flaky", "transform", "{}").await;
         }
         tokio::time::advance(Duration::from_secs(31)).await;
         // The trial call hangs and its caller gives up: the future is dropped mid-call.
-        behave(&s, "flaky", Behaviour::Hang);
+        s.behave("flaky", Behaviour::Hang);
         let abandoned = tokio::time::timeout(
             Duration::from_millis(10),
-            s.router
-                .invoke(&key, "transform", "{}".into(), 0, String::new()),
+            s.invoke("flaky", "transform", "{}"),
         )
         .await;
         assert!(abandoned.is_err(), "the caller gave up");
         // The next caller gets the trial instead of "a trial call is in flight" forever.
-        behave(&s, "flaky", Behaviour::Append(Duration::ZERO));
-        s.router
-            .invoke(&key, "transform", "{}".into(), 0, String::new())
+        s.behave("flaky", Behaviour::Append(Duration::ZERO));
+        s.invoke("flaky", "transform", "{}")
             .await
             .expect("the next trial runs and closes the breaker");
         assert_eq!(s.router.list(None)[0].breaker, "closed");
@@ -950,18 +906,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn calls_beyond_the_concurrency_limit_are_refused() {
-        let s = Arc::new(setup(&[("busy", Transform, 1000, Fail, 1)]));
-        behave(&s, "busy", Behaviour::Append(Duration::from_millis(500)));
-        let key = PluginKey::new("ns", "busy");
-        let call = |s: Arc<Setup>, key: PluginKey| async move {
-            s.router
-                .invoke(&key, "transform", "{}".into(), 0, String::new())
-                .await
-        };
+        let s = setup(&[("busy", Transform, 1000, Fail, 1)]);
+        s.behave("busy", Behaviour::Append(Duration::from_millis(500)));
         let (a, b, c) = tokio::join!(
-            call(s.clone(), key.clone()),
-            call(s.clone(), key.clone()),
-            call(s.clone(), key.clone())
+            s.invoke("busy", "transform", "{}"),
+            s.invoke("busy", "transform", "{}"),
+            s.invoke("busy", "transform", "{}")
         );
         let codes: Vec<_> = [a, b, c]
             .into_iter()

@@ -9,6 +9,12 @@
 //! behind [`StorageBackend`] so the service is tested without a cluster. How that object is read
 //! and written (and retried when another replica wrote first) is [`crate::host::kube_storage`];
 //! this module owns only the gRPC side: who calls, whether they may, and the answer.
+//!
+//! Every RPC takes the same steps, written once: `caller` names the plugin from its certificate
+//! (or the call is UNAUTHENTICATED / PERMISSION_DENIED), `HostService::call_as` authorizes it (the
+//! Plugin must exist and hold the call's permission; a denial is audited), runs the RPC's handler
+//! (its own limits, then the storage or the log) and counts the result. The table `host_rpcs!`
+//! names, per RPC, the [`HostCall`] it is checked as and its handler.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -95,10 +101,10 @@ fn status_of(e: &HostError) -> Status {
 }
 
 /// Metric label of a host call's result: ok or the gRPC code, lower case.
-fn result_label(r: &Result<(), Status>) -> &'static str {
+fn result_label<T>(r: &Result<T, Status>) -> &'static str {
     use tonic::Code;
     match r.as_ref().map_err(Status::code) {
-        Ok(()) => "ok",
+        Ok(_) => "ok",
         Err(Code::PermissionDenied) => "permission_denied",
         Err(Code::InvalidArgument) => "invalid_argument",
         Err(Code::ResourceExhausted) => "resource_exhausted",
@@ -108,6 +114,32 @@ fn result_label(r: &Result<(), Status>) -> &'static str {
         Err(Code::Aborted) => "aborted",
         Err(_) => "other",
     }
+}
+
+/// A call [`HostService::authorize`] let through: the plugin that makes it, what that plugin
+/// holds, and the request.
+#[derive(Debug)]
+struct Call<R> {
+    plugin: PluginKey,
+    holder: Holder,
+    request: R,
+}
+
+/// A request of `airlock.host.v1.Host`, as [`HostService::call_as`] runs it. Implemented for each
+/// RPC's request by `host_rpcs!`.
+trait HostRequest: Sized {
+    /// The call it is: the permission it needs, its name in denials, audit records and metrics.
+    const CALL: HostCall;
+    type Response;
+
+    /// The invocation the call is made for (it goes into the audit record of a denial).
+    fn invocation_id(&self) -> &str;
+
+    /// The answer to `call` once it is authorized: the RPC's handler.
+    fn answer<C: Caller, S: StorageBackend>(
+        service: &HostService<C, S>,
+        call: Call<Self>,
+    ) -> impl Future<Output = Result<Self::Response, Status>> + Send;
 }
 
 impl<C: Caller, S: StorageBackend> HostService<C, S> {
@@ -140,275 +172,191 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
         Ok(holder)
     }
 
-    /// Runs `f` as `call` for `plugin` once it is authorized, counting the result.
-    async fn call_as<T, R, F, Fut>(
+    /// Runs `request` as `plugin` (whom the client certificate names): authorizes it, answers it
+    /// once it is allowed, and counts the result.
+    async fn call_as<R: HostRequest>(
         &self,
         plugin: PluginKey,
-        body: T,
-        call: HostCall,
-        invocation_id: impl Fn(&T) -> String,
-        f: F,
-    ) -> Result<R, Status>
-    where
-        F: FnOnce(PluginKey, Holder, T) -> Fut,
-        Fut: Future<Output = Result<R, Status>>,
-    {
-        let id = invocation_id(&body);
-        let result = match self.authorize(&plugin, call, &id) {
-            Ok(holder) => f(plugin.clone(), holder, body).await,
+        request: R,
+    ) -> Result<R::Response, Status> {
+        let result = match self.authorize(&plugin, R::CALL, request.invocation_id()) {
+            Ok(holder) => {
+                let call = Call {
+                    plugin: plugin.clone(),
+                    holder,
+                    request,
+                };
+                R::answer(self, call).await
+            }
             Err(e) => Err(e),
         };
-        let label = result_label(&result.as_ref().map(|_| ()).map_err(Clone::clone));
         self.metrics
-            .host_call(&plugin.to_string(), call.as_str(), label);
+            .host_call(&plugin.to_string(), R::CALL.as_str(), result_label(&result));
         result
     }
 }
 
-impl<C: Caller, S: StorageBackend> HostService<C, S> {
-    /// `log` as `plugin` (whom the client certificate names).
-    pub async fn log_as(
-        &self,
-        plugin: PluginKey,
-        request: api::LogRequest,
-    ) -> Result<api::LogResponse, Status> {
-        self.call_as(
-            plugin,
-            request,
-            HostCall::Log,
-            |r| r.invocation_id.clone(),
-            |plugin, holder, r| async move {
-                let level = Level::parse(&r.level).map_err(|e| status_of(&e.into()))?;
-                let admission = self
-                    .log
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .admit_at_rate(
-                        &plugin,
-                        holder.limits.log_lines_per_minute.max(1),
-                        tokio::time::Instant::now(),
-                    );
-                if admission.kept {
-                    let message = cut_message(&r.message);
-                    info!(
-                        target: "airlock::plugin",
-                        plugin = %plugin,
-                        invocation = %r.invocation_id,
-                        level = level.as_str(),
-                        message,
-                        "plugin log"
-                    );
-                } else {
-                    self.metrics.host_log_dropped(&plugin.to_string());
+/// The RPCs of `airlock.host.v1.Host`, one line each: the RPC, its request and response types,
+/// the [`HostCall`] it is checked as, and its handler. Every RPC is served alike: the caller is
+/// named by its client certificate ([`caller`]), then [`HostService::call_as`] authorizes the
+/// call, runs the handler and counts the result.
+macro_rules! host_rpcs {
+    ($($rpc:ident($request:ident) -> $response:ident: $call:ident, $handler:ident;)*) => {
+        $(
+            impl HostRequest for api::$request {
+                const CALL: HostCall = HostCall::$call;
+                type Response = api::$response;
+
+                fn invocation_id(&self) -> &str {
+                    &self.invocation_id
                 }
-                Ok(api::LogResponse {
-                    kept: admission.kept,
-                    dropped: admission.dropped,
-                })
-            },
-        )
-        .await
-    }
 
-    /// `get` as `plugin` (whom the client certificate names).
-    pub async fn get_as(
-        &self,
-        plugin: PluginKey,
-        request: api::GetRequest,
-    ) -> Result<api::GetResponse, Status> {
-        self.call_as(
-            plugin,
-            request,
-            HostCall::Get,
-            |r| r.invocation_id.clone(),
-            |plugin, _holder, r| async move {
-                let stored = self.storage.load(&plugin).await?;
-                Ok(match stored.store.get(&r.key) {
-                    Some(v) => api::GetResponse {
-                        found: true,
-                        value_json: v.to_string(),
-                    },
-                    None => api::GetResponse {
-                        found: false,
-                        value_json: String::new(),
-                    },
-                })
-            },
-        )
-        .await
-    }
+                fn answer<C: Caller, S: StorageBackend>(
+                    service: &HostService<C, S>,
+                    call: Call<Self>,
+                ) -> impl Future<Output = Result<Self::Response, Status>> + Send {
+                    service.$handler(call)
+                }
+            }
+        )*
 
-    /// `put` as `plugin` (whom the client certificate names).
-    pub async fn put_as(
-        &self,
-        plugin: PluginKey,
-        request: api::PutRequest,
-    ) -> Result<api::PutResponse, Status> {
-        self.call_as(
-            plugin,
-            request,
-            HostCall::Put,
-            |r| r.invocation_id.clone(),
-            |plugin, holder, r| async move {
-                kube_storage::update(&self.storage, &plugin, &holder, |store| {
-                    store
-                        .put(&r.key, &r.value_json, &limits_of(&self.limits, &holder))
-                        .map(|()| ((), true))
-                        .map_err(|e| status_of(&e.into()))
-                })
-                .await?;
-                Ok(api::PutResponse {})
-            },
-        )
-        .await
-    }
-
-    /// `delete` as `plugin` (whom the client certificate names).
-    pub async fn delete_as(
-        &self,
-        plugin: PluginKey,
-        request: api::DeleteRequest,
-    ) -> Result<api::DeleteResponse, Status> {
-        self.call_as(
-            plugin,
-            request,
-            HostCall::Delete,
-            |r| r.invocation_id.clone(),
-            |plugin, holder, r| async move {
-                let existed = kube_storage::update(&self.storage, &plugin, &holder, |store| {
-                    let existed = store.delete(&r.key);
-                    Ok((existed, existed))
-                })
-                .await?;
-                Ok(api::DeleteResponse { existed })
-            },
-        )
-        .await
-    }
-
-    /// `list` as `plugin` (whom the client certificate names).
-    pub async fn list_as(
-        &self,
-        plugin: PluginKey,
-        request: api::ListRequest,
-    ) -> Result<api::ListResponse, Status> {
-        self.call_as(
-            plugin,
-            request,
-            HostCall::List,
-            |r| r.invocation_id.clone(),
-            |plugin, _holder, r| async move {
-                let stored = self.storage.load(&plugin).await?;
-                let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
-                let size = match r.page_size {
-                    0 => DEFAULT_PAGE_SIZE,
-                    n => n as usize,
-                };
-                let page = stored.store.list(&r.prefix, after, size);
-                Ok(api::ListResponse {
-                    keys: page.keys,
-                    next_page_token: page.next.unwrap_or_default(),
-                })
-            },
-        )
-        .await
-    }
-
-    /// `emit` as `plugin` (whom the client certificate names).
-    pub async fn emit_as(
-        &self,
-        plugin: PluginKey,
-        request: api::EmitRequest,
-    ) -> Result<api::EmitResponse, Status> {
-        self.call_as(
-            plugin,
-            request,
-            HostCall::Emit,
-            |r| r.invocation_id.clone(),
-            |plugin, holder, r| async move {
-                let ev = event::check_event(&r.event_type, &r.payload_json, self.max_event_bytes)
-                    .map_err(|e| status_of(&e.into()))?;
-                // The plugin's events stream: one JSON line per event on the router's stdout
-                // (next to the audit stream), stamped with who emitted it and when.
-                // Embedded as sent (no re-encoding of numbers); check_event made sure it is JSON.
-                let payload = serde_json::value::RawValue::from_string(ev.payload_json.clone())
-                    .map_err(|e| Status::invalid_argument(format!("payload_json: {e}")))?;
-                let line = serde_json::json!({
-                    "stream": "airlock.events",
-                    "time": Timestamp::now().to_string(),
-                    "plugin": {"namespace": plugin.namespace, "name": plugin.name, "uid": holder.uid},
-                    "invocationId": r.invocation_id,
-                    "type": ev.event_type,
-                    "payload": payload,
-                });
-                println!("{line}");
-                Ok(api::EmitResponse {})
-            },
-        )
-        .await
-    }
+        #[tonic::async_trait]
+        impl<C: Caller, S: StorageBackend> Host for HostService<C, S> {
+            $(
+                async fn $rpc(
+                    &self,
+                    request: Request<api::$request>,
+                ) -> Result<Response<api::$response>, Status> {
+                    let plugin = caller(&request)?;
+                    self.call_as(plugin, request.into_inner())
+                        .await
+                        .map(Response::new)
+                }
+            )*
+        }
+    };
 }
 
-#[tonic::async_trait]
-impl<C: Caller, S: StorageBackend> Host for HostService<C, S> {
-    async fn log(
-        &self,
-        request: Request<api::LogRequest>,
-    ) -> Result<Response<api::LogResponse>, Status> {
-        let plugin = caller(&request)?;
-        self.log_as(plugin, request.into_inner())
-            .await
-            .map(Response::new)
+host_rpcs! {
+    log(LogRequest) -> LogResponse: Log, log_line;
+    get(GetRequest) -> GetResponse: Get, get_value;
+    put(PutRequest) -> PutResponse: Put, put_value;
+    delete(DeleteRequest) -> DeleteResponse: Delete, delete_key;
+    list(ListRequest) -> ListResponse: List, list_keys;
+    emit(EmitRequest) -> EmitResponse: Emit, emit_event;
+}
+
+/// The handlers, run once the call is authorized.
+impl<C: Caller, S: StorageBackend> HostService<C, S> {
+    /// `log`: the line goes to the router's log while the plugin is within its rate.
+    async fn log_line(&self, call: Call<api::LogRequest>) -> Result<api::LogResponse, Status> {
+        let (plugin, r) = (&call.plugin, &call.request);
+        let level = Level::parse(&r.level).map_err(|e| status_of(&e.into()))?;
+        let admission = self
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit_at_rate(
+                plugin,
+                call.holder.limits.log_lines_per_minute.max(1),
+                tokio::time::Instant::now(),
+            );
+        if admission.kept {
+            let message = cut_message(&r.message);
+            info!(
+                target: "airlock::plugin",
+                plugin = %plugin,
+                invocation = %r.invocation_id,
+                level = level.as_str(),
+                message,
+                "plugin log"
+            );
+        } else {
+            self.metrics.host_log_dropped(&plugin.to_string());
+        }
+        Ok(api::LogResponse {
+            kept: admission.kept,
+            dropped: admission.dropped,
+        })
     }
 
-    async fn get(
-        &self,
-        request: Request<api::GetRequest>,
-    ) -> Result<Response<api::GetResponse>, Status> {
-        let plugin = caller(&request)?;
-        self.get_as(plugin, request.into_inner())
-            .await
-            .map(Response::new)
+    /// `storage.get`: the value stored under the key, if any.
+    async fn get_value(&self, call: Call<api::GetRequest>) -> Result<api::GetResponse, Status> {
+        let stored = self.storage.load(&call.plugin).await?;
+        Ok(match stored.store.get(&call.request.key) {
+            Some(v) => api::GetResponse {
+                found: true,
+                value_json: v.to_string(),
+            },
+            None => api::GetResponse {
+                found: false,
+                value_json: String::new(),
+            },
+        })
     }
 
-    async fn put(
-        &self,
-        request: Request<api::PutRequest>,
-    ) -> Result<Response<api::PutResponse>, Status> {
-        let plugin = caller(&request)?;
-        self.put_as(plugin, request.into_inner())
-            .await
-            .map(Response::new)
+    /// `storage.put`: stores the value within the plugin's storage limits.
+    async fn put_value(&self, call: Call<api::PutRequest>) -> Result<api::PutResponse, Status> {
+        let (r, limits) = (&call.request, limits_of(&self.limits, &call.holder));
+        kube_storage::update(&self.storage, &call.plugin, &call.holder, |store| {
+            store
+                .put(&r.key, &r.value_json, &limits)
+                .map(|()| ((), true))
+                .map_err(|e| status_of(&e.into()))
+        })
+        .await?;
+        Ok(api::PutResponse {})
     }
 
-    async fn delete(
+    /// `storage.delete`: removes the key, saying whether it was there.
+    async fn delete_key(
         &self,
-        request: Request<api::DeleteRequest>,
-    ) -> Result<Response<api::DeleteResponse>, Status> {
-        let plugin = caller(&request)?;
-        self.delete_as(plugin, request.into_inner())
-            .await
-            .map(Response::new)
+        call: Call<api::DeleteRequest>,
+    ) -> Result<api::DeleteResponse, Status> {
+        let existed = kube_storage::update(&self.storage, &call.plugin, &call.holder, |store| {
+            let existed = store.delete(&call.request.key);
+            Ok((existed, existed))
+        })
+        .await?;
+        Ok(api::DeleteResponse { existed })
     }
 
-    async fn list(
-        &self,
-        request: Request<api::ListRequest>,
-    ) -> Result<Response<api::ListResponse>, Status> {
-        let plugin = caller(&request)?;
-        self.list_as(plugin, request.into_inner())
-            .await
-            .map(Response::new)
+    /// `storage.list`: one page of the keys with the prefix.
+    async fn list_keys(&self, call: Call<api::ListRequest>) -> Result<api::ListResponse, Status> {
+        let stored = self.storage.load(&call.plugin).await?;
+        let r = call.request;
+        let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n as usize,
+        };
+        let page = stored.store.list(&r.prefix, after, size);
+        Ok(api::ListResponse {
+            keys: page.keys,
+            next_page_token: page.next.unwrap_or_default(),
+        })
     }
 
-    async fn emit(
-        &self,
-        request: Request<api::EmitRequest>,
-    ) -> Result<Response<api::EmitResponse>, Status> {
-        let plugin = caller(&request)?;
-        self.emit_as(plugin, request.into_inner())
-            .await
-            .map(Response::new)
+    /// `emit`: one line on the plugin's events stream.
+    async fn emit_event(&self, call: Call<api::EmitRequest>) -> Result<api::EmitResponse, Status> {
+        let (plugin, r) = (&call.plugin, &call.request);
+        let ev = event::check_event(&r.event_type, &r.payload_json, self.max_event_bytes)
+            .map_err(|e| status_of(&e.into()))?;
+        // The plugin's events stream: one JSON line per event on the router's stdout
+        // (next to the audit stream), stamped with who emitted it and when.
+        // Embedded as sent (no re-encoding of numbers); check_event made sure it is JSON.
+        let payload = serde_json::value::RawValue::from_string(ev.payload_json.clone())
+            .map_err(|e| Status::invalid_argument(format!("payload_json: {e}")))?;
+        let line = serde_json::json!({
+            "stream": "airlock.events",
+            "time": Timestamp::now().to_string(),
+            "plugin": {"namespace": plugin.namespace, "name": plugin.name, "uid": call.holder.uid},
+            "invocationId": r.invocation_id,
+            "type": ev.event_type,
+            "payload": payload,
+        });
+        println!("{line}");
+        Ok(api::EmitResponse {})
     }
 }
 
@@ -440,6 +388,8 @@ mod tests {
         fn disable(&self, _: &Route, _: &str) {}
     }
 
+    type Service = HostService<NoCalls, Arc<MemoryStorage>>;
+
     /// The Plugin team-a/logger with `status`.
     fn logger(status: serde_json::Value) -> airlock_crds::Plugin {
         serde_json::from_value(serde_json::json!({
@@ -457,9 +407,7 @@ mod tests {
         .unwrap()
     }
 
-    fn service(
-        permissions: &[&str],
-    ) -> (HostService<NoCalls, Arc<MemoryStorage>>, Arc<MemoryStorage>) {
+    fn service(permissions: &[&str]) -> (Service, Arc<MemoryStorage>) {
         let plugin = logger(serde_json::json!({"phase": "Active", "permissions": permissions}));
         let metrics = Metrics::new().unwrap();
         let router = Arc::new(Router::new(
@@ -492,21 +440,40 @@ mod tests {
         }
     }
 
+    fn log(level: &str) -> api::LogRequest {
+        api::LogRequest {
+            invocation_id: "inv-1".into(),
+            level: level.into(),
+            message: "hello".into(),
+        }
+    }
+
+    /// How many of `lines` info lines logged in a row the service keeps.
+    async fn lines_kept(svc: &Service, lines: usize) -> usize {
+        let mut kept = 0;
+        for _ in 0..lines {
+            if svc.call_as(me(), log("info")).await.unwrap().kept {
+                kept += 1;
+            }
+        }
+        kept
+    }
+
     #[tokio::test]
     async fn a_plugin_with_storage_write_stores_reads_lists_and_deletes() {
         let (svc, _) = service(&["storage:write"]);
-        svc.put_as(me(), put("orders/1", "{ \"total\": 1.10 }"))
+        svc.call_as(me(), put("orders/1", "{ \"total\": 1.10 }"))
             .await
             .unwrap();
-        svc.put_as(me(), put("orders/2", "2")).await.unwrap();
-        let got = svc.get_as(me(), get("orders/1")).await.unwrap();
+        svc.call_as(me(), put("orders/2", "2")).await.unwrap();
+        let got = svc.call_as(me(), get("orders/1")).await.unwrap();
         assert!(got.found);
         assert_eq!(
             got.value_json, "{\"total\":1.10}",
             "kept as sent, compacted"
         );
         let listed = svc
-            .list_as(
+            .call_as(
                 me(),
                 api::ListRequest {
                     invocation_id: "inv-1".into(),
@@ -520,7 +487,7 @@ mod tests {
         assert_eq!(listed.keys, ["orders/1"]);
         assert_eq!(listed.next_page_token, "orders/1");
         let gone = svc
-            .delete_as(
+            .call_as(
                 me(),
                 api::DeleteRequest {
                     invocation_id: "inv-1".into(),
@@ -530,18 +497,18 @@ mod tests {
             .await
             .unwrap();
         assert!(gone.existed);
-        assert!(!svc.get_as(me(), get("orders/1")).await.unwrap().found);
+        assert!(!svc.call_as(me(), get("orders/1")).await.unwrap().found);
     }
 
     #[tokio::test]
     async fn a_call_without_its_permission_is_denied_and_changes_nothing() {
         let (svc, storage) = service(&["log", "storage:read"]);
-        let err = svc.put_as(me(), put("k", "1")).await.unwrap_err();
+        let err = svc.call_as(me(), put("k", "1")).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
         assert!(err.message().contains("storage:write"), "{err:?}");
         assert!(storage.stored.lock().unwrap().is_none(), "nothing written");
         let err = svc
-            .emit_as(
+            .call_as(
                 me(),
                 api::EmitRequest {
                     invocation_id: "inv-1".into(),
@@ -554,14 +521,14 @@ mod tests {
         assert_eq!(err.code(), Code::PermissionDenied);
         assert!(err.message().contains("events:emit"), "{err:?}");
         // Reading is allowed with storage:read.
-        assert!(!svc.get_as(me(), get("k")).await.unwrap().found);
+        assert!(!svc.call_as(me(), get("k")).await.unwrap().found);
     }
 
     #[tokio::test]
     async fn an_unknown_plugin_is_refused() {
         let (svc, _) = service(&["storage:write"]);
         let err = svc
-            .get_as(PluginKey::new("team-a", "ghost"), get("k"))
+            .call_as(PluginKey::new("team-a", "ghost"), get("k"))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
@@ -572,9 +539,9 @@ mod tests {
     async fn limits_come_back_with_their_codes() {
         let (svc, _) = service(&["storage:write"]);
         let big = format!("\"{}\"", "x".repeat(200 * 1024));
-        let err = svc.put_as(me(), put("k", &big)).await.unwrap_err();
+        let err = svc.call_as(me(), put("k", &big)).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-        let err = svc.put_as(me(), put("k", "not json")).await.unwrap_err();
+        let err = svc.call_as(me(), put("k", "not json")).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     }
 
@@ -590,7 +557,7 @@ mod tests {
         svc.router
             .update(RouteTable::build([&table_plugin], &HashMap::new()));
         let err = svc
-            .put_as(me(), put("k", "\"0123456789\""))
+            .call_as(me(), put("k", "\"0123456789\""))
             .await
             .unwrap_err();
         assert_eq!(
@@ -598,49 +565,22 @@ mod tests {
             Code::ResourceExhausted,
             "value over 10 bytes: {err:?}"
         );
-        svc.put_as(me(), put("a", "1")).await.unwrap();
-        svc.put_as(me(), put("b", "2")).await.unwrap();
-        let err = svc.put_as(me(), put("c", "3")).await.unwrap_err();
+        svc.call_as(me(), put("a", "1")).await.unwrap();
+        svc.call_as(me(), put("b", "2")).await.unwrap();
+        let err = svc.call_as(me(), put("c", "3")).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted, "a third key: {err:?}");
-        let line = || api::LogRequest {
-            invocation_id: "inv-1".into(),
-            level: "info".into(),
-            message: "hello".into(),
-        };
-        let mut kept = 0;
-        for _ in 0..10 {
-            if svc.log_as(me(), line()).await.unwrap().kept {
-                kept += 1;
-            }
-        }
-        assert_eq!(kept, 3);
+        assert_eq!(lines_kept(&svc, 10).await, 3);
     }
 
     #[tokio::test]
     async fn log_lines_over_the_rate_limit_are_dropped_not_failed() {
         let (svc, _) = service(&["log"]);
-        let line = || api::LogRequest {
-            invocation_id: "inv-1".into(),
-            level: "info".into(),
-            message: "hello".into(),
-        };
-        let mut kept = 0;
-        for _ in 0..150 {
-            if svc.log_as(me(), line()).await.unwrap().kept {
-                kept += 1;
-            }
-        }
-        assert_eq!(kept, 100, "the default budget is 100 lines a minute");
-        let err = svc
-            .log_as(
-                me(),
-                api::LogRequest {
-                    level: "loud".into(),
-                    ..line()
-                },
-            )
-            .await
-            .unwrap_err();
+        assert_eq!(
+            lines_kept(&svc, 150).await,
+            100,
+            "the default budget is 100 lines a minute"
+        );
+        let err = svc.call_as(me(), log("loud")).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
     }
 }

@@ -321,6 +321,22 @@ mod tests {
         store.put(key, value, &Limits::default())
     }
 
+    /// The default limits but at most `bytes` bytes of storage.
+    fn quota(bytes: usize) -> Limits {
+        Limits {
+            max_total_bytes: bytes,
+            ..Limits::default()
+        }
+    }
+
+    /// The default limits but at most `keys` keys.
+    fn max_keys(keys: usize) -> Limits {
+        Limits {
+            max_keys: keys,
+            ..Limits::default()
+        }
+    }
+
     #[test]
     fn the_defaults_are_the_documented_limits() {
         let l = Limits::default();
@@ -440,10 +456,7 @@ mod tests {
 
     #[test]
     fn a_put_over_the_byte_quota_is_refused_with_the_usage() {
-        let limits = Limits {
-            max_total_bytes: 100,
-            ..Limits::default()
-        };
+        let limits = quota(100);
         let mut s = Store::new();
         s.put("a", &format!("\"{}\"", "x".repeat(88)), &limits)
             .unwrap(); // 1 + 90 bytes
@@ -478,10 +491,7 @@ mod tests {
 
     #[test]
     fn replacing_a_key_counts_its_old_value_as_freed() {
-        let limits = Limits {
-            max_total_bytes: 100,
-            ..Limits::default()
-        };
+        let limits = quota(100);
         let mut s = Store::new();
         let big = format!("\"{}\"", "x".repeat(97)); // 1 + 99 bytes: the store is full
         s.put("a", &big, &limits).unwrap();
@@ -494,10 +504,7 @@ mod tests {
 
     #[test]
     fn the_key_limit_refuses_new_keys_but_not_replacements() {
-        let limits = Limits {
-            max_keys: 2,
-            ..Limits::default()
-        };
+        let limits = max_keys(2);
         let mut s = Store::new();
         s.put("a", "1", &limits).unwrap();
         s.put("b", "1", &limits).unwrap();
@@ -579,10 +586,7 @@ mod tests {
     #[test]
     fn page_size_0_is_the_default_and_large_sizes_are_capped() {
         let mut s = Store::new();
-        let limits = Limits {
-            max_keys: 2000,
-            ..Limits::default()
-        };
+        let limits = max_keys(2000);
         for i in 0..1500 {
             s.put(&format!("{i:04}"), "0", &limits).unwrap();
         }
