@@ -610,63 +610,40 @@ imageDigest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab
             }
         ));
         assert!(msg.contains("apiVersion: 1"), "{msg}");
-        let (e, _) = err(&with("apiVersion: 1", "apiVersion: \"1\""));
-        assert!(matches!(
-            e,
-            ManifestError::InvalidField {
-                field: "apiVersion",
-                ..
-            }
-        ));
-        let (e, msg) = err(&with("version: 1.2.3", "version: 1.2"));
-        assert!(matches!(
-            e,
-            ManifestError::InvalidField {
-                field: "version",
-                ..
-            }
-        ));
-        assert!(msg.contains("MAJOR.MINOR.PATCH"), "{msg}");
-        let (e, _) = err(&with(
-            r#"entryPoint: ["python3", "main.py"]"#,
-            "entryPoint: python3 main.py",
-        ));
-        assert!(matches!(
-            e,
-            ManifestError::InvalidField {
-                field: "entryPoint",
-                ..
-            }
-        ));
-        let (e, _) = err(&with(
-            r#"entryPoint: ["python3", "main.py"]"#,
-            "entryPoint: []",
-        ));
-        assert!(matches!(
-            e,
-            ManifestError::InvalidField {
-                field: "entryPoint",
-                ..
-            }
-        ));
-        let (e, _) = err(&with("sha256:0123", "sha256:XYZ"));
-        assert!(matches!(
-            e,
-            ManifestError::InvalidField {
-                field: "imageDigest",
-                ..
-            }
-        ));
-        let (e, _) = err(&with("name: data-formatter", "name: Data_Formatter"));
-        assert!(matches!(
-            e,
-            ManifestError::InvalidField { field: "name", .. }
-        ));
-        let (e, _) = err(&with("hooks: [transform, onLoad]", "hooks: []"));
-        assert!(matches!(
-            e,
-            ManifestError::InvalidField { field: "hooks", .. }
-        ));
+        // (a line of the valid manifest, what replaces it, the field named, a hint the message
+        // must give: "" for none in particular)
+        let mistyped = [
+            ("apiVersion: 1", "apiVersion: \"1\"", "apiVersion", ""),
+            (
+                "version: 1.2.3",
+                "version: 1.2",
+                "version",
+                "MAJOR.MINOR.PATCH",
+            ),
+            (
+                r#"entryPoint: ["python3", "main.py"]"#,
+                "entryPoint: python3 main.py",
+                "entryPoint",
+                "",
+            ),
+            (
+                r#"entryPoint: ["python3", "main.py"]"#,
+                "entryPoint: []",
+                "entryPoint",
+                "",
+            ),
+            ("sha256:0123", "sha256:XYZ", "imageDigest", ""),
+            ("name: data-formatter", "name: Data_Formatter", "name", ""),
+            ("hooks: [transform, onLoad]", "hooks: []", "hooks", ""),
+        ];
+        for (valid, invalid, field, hint) in mistyped {
+            let (e, msg) = err(&with(valid, invalid));
+            assert!(
+                matches!(e, ManifestError::InvalidField { field: f, .. } if f == field),
+                "{invalid}: {msg}"
+            );
+            assert!(msg.contains(hint), "{msg}");
+        }
     }
 
     #[test]

@@ -100,12 +100,8 @@ pub enum PackError {
          directory and pack again"
     )]
     Refused(#[source] BundleError),
-    #[error("cannot write {}: {source}; check that its directory exists and is writable", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot create a temporary directory to check the bundle in: {0}; check TMPDIR")]
+    Scratch(#[source] io::Error),
 }
 
 /// A bundle that was packed and checked.
@@ -156,10 +152,7 @@ pub fn pack(dir: &Path, max_bytes: u64) -> Result<Packed, PackError> {
         .count();
 
     // The operator's own check, on exactly these bytes.
-    let scratch = tempfile::tempdir().map_err(|source| PackError::Write {
-        path: std::env::temp_dir(),
-        source,
-    })?;
+    let scratch = tempfile::tempdir().map_err(PackError::Scratch)?;
     let extracted =
         bundle::extract(&bytes, scratch.path(), max_bytes).map_err(PackError::Refused)?;
     Ok(Packed {

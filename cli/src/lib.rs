@@ -173,6 +173,8 @@ pub enum Error {
     #[error(transparent)]
     Pack(#[from] pack::PackError),
     #[error(transparent)]
+    File(#[from] files::FileError),
+    #[error(transparent)]
     Sign(#[from] signing::SignError),
     #[error(transparent)]
     Verify(#[from] signing::VerifyError),

@@ -3,9 +3,8 @@
 //! `spec.bundle.source.oci` with. Registries are reached anonymously.
 
 use std::fmt;
-use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_bundle::oci::{self, OciError as ArtifactError};
@@ -13,6 +12,7 @@ use airlock_bundle::signing::{self, SigningError};
 use airlock_bundle::{self as bundle, BundleError, DEFAULT_MAX_BYTES};
 use clap::Args;
 
+use crate::files::{self, FileError};
 use crate::signing::default_signature_path;
 
 /// How long one registry request may take before the command gives up.
@@ -59,13 +59,8 @@ pub struct PullArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("cannot read {what} {}: {source}; check the path", path.display())]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(
         "the bundle {} is refused by the check the operator runs: {source}; pack it again with \
          `airlockctl bundle pack`",
@@ -101,12 +96,6 @@ pub enum OciError {
     Artifact(ArtifactError),
     #[error("cannot serialise the artifact manifest: {0}")]
     Manifest(#[source] serde_json::Error),
-    #[error("cannot write {}: {source}; check that its directory exists and is writable", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
 }
 
 impl From<ArtifactError> for OciError {
@@ -163,11 +152,7 @@ pub async fn push(args: &PushArgs) -> Result<PushReport, OciError> {
     if reference.digest().is_some() {
         return Err(OciError::PushToDigest(args.reference.clone()));
     }
-    let bytes = fs::read(&args.bundle).map_err(|source| OciError::Read {
-        what: "the bundle",
-        path: args.bundle.clone(),
-        source,
-    })?;
+    let bytes = files::read(&args.bundle, "the bundle")?;
     // Publish only what the operator accepts.
     let scratch = tempfile::tempdir().map_err(OciError::Scratch)?;
     let extracted = bundle::extract(&bytes, scratch.path(), args.max_bytes).map_err(|source| {
@@ -183,11 +168,7 @@ pub async fn push(args: &PushArgs) -> Result<PushReport, OciError> {
     };
     let signature = match &signature_path {
         Some(path) => {
-            let text = fs::read_to_string(path).map_err(|source| OciError::Read {
-                what: "the signature",
-                path: path.clone(),
-                source,
-            })?;
+            let text = files::read_to_string(path, "the signature")?;
             // Refuse to publish something that is not a signature at all.
             signing::parse_signature(&text).map_err(|source| OciError::Signature {
                 path: path.clone(),
@@ -214,9 +195,19 @@ pub struct PullReport {
     pub pinned: String,
     pub output: PathBuf,
     pub bundle_digest: String,
-    pub signature: Option<PathBuf>,
-    /// A signature file from before that did not belong to the pulled bundle and was removed.
-    pub removed_stale: Option<PathBuf>,
+    pub signature: PulledSignature,
+}
+
+/// What `bundle pull` did about OUTPUT.sig.
+#[derive(Debug)]
+pub enum PulledSignature {
+    /// Wrote the artifact's signature there.
+    Wrote(PathBuf),
+    /// The artifact is unsigned; removed a signature file from before, which did not belong to
+    /// the pulled bundle.
+    RemovedStale(PathBuf),
+    /// The artifact is unsigned, and there was no signature file.
+    Unsigned,
 }
 
 impl fmt::Display for PullReport {
@@ -228,23 +219,20 @@ impl fmt::Display for PullReport {
             self.output.display(),
             self.bundle_digest
         )?;
-        match (&self.signature, &self.removed_stale) {
-            (Some(sig), _) => write!(f, "wrote {}", sig.display())?,
-            (None, Some(stale)) => write!(
+        match &self.signature {
+            PulledSignature::Wrote(sig) => write!(
+                f,
+                "wrote {}\nnext: airlockctl verify --key <NAME.pub> {}",
+                sig.display(),
+                self.output.display()
+            ),
+            PulledSignature::RemovedStale(stale) => write!(
                 f,
                 "the artifact is unsigned; removed the old {}",
                 stale.display()
-            )?,
-            (None, None) => write!(f, "the artifact is unsigned")?,
+            ),
+            PulledSignature::Unsigned => write!(f, "the artifact is unsigned"),
         }
-        if self.signature.is_some() {
-            write!(
-                f,
-                "\nnext: airlockctl verify --key <NAME.pub> {}",
-                self.output.display()
-            )?;
-        }
-        Ok(())
     }
 }
 
@@ -254,34 +242,23 @@ pub async fn pull(args: &PullArgs) -> Result<PullReport, OciError> {
     let pulled = oci::pull(&client, &reference, args.max_bytes, REQUEST_TIMEOUT).await?;
     let (bytes, signature) = (pulled.bundle, pulled.signature);
 
-    let write = |path: &Path, data: &[u8]| {
-        crate::files::write_atomically(path, data, 0o644).map_err(|source| OciError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    write(&args.output, &bytes)?;
+    files::write_atomically(&args.output, &bytes, 0o644)?;
     let signature_path = default_signature_path(&args.output);
-    let mut removed_stale = None;
-    match &signature {
-        Some(sig) => write(&signature_path, sig.as_bytes())?,
+    let signature = match &signature {
+        Some(sig) => {
+            files::write_atomically(&signature_path, sig.as_bytes(), 0o644)?;
+            PulledSignature::Wrote(signature_path)
+        }
         // A signature left from an earlier pull would be taken for this bundle's.
-        None => match fs::remove_file(&signature_path) {
-            Ok(()) => removed_stale = Some(signature_path.clone()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(OciError::Write {
-                    path: signature_path,
-                    source,
-                });
-            }
-        },
-    }
+        None if files::remove_if_present(&signature_path)? => {
+            PulledSignature::RemovedStale(signature_path)
+        }
+        None => PulledSignature::Unsigned,
+    };
     Ok(PullReport {
         pinned: oci::pinned(&reference, &pulled.manifest_digest),
         output: args.output.clone(),
         bundle_digest: bundle::digest(&bytes),
-        signature: signature.map(|_| signature_path),
-        removed_stale,
+        signature,
     })
 }

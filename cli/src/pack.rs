@@ -51,16 +51,13 @@ impl fmt::Display for PackReport {
     }
 }
 
-pub fn run(args: &PackArgs) -> Result<PackReport, PackError> {
+/// Packs and writes the bundle; fails with a [`PackError`] or, writing it, a
+/// [`crate::files::FileError`].
+pub fn run(args: &PackArgs) -> Result<PackReport, crate::Error> {
     refuse_output_inside(&args.dir, &args.output)?;
     let packed = pack(&args.dir, args.max_bytes)?;
     // Bundles are published: readable by all, like any build output.
-    crate::files::write_atomically(&args.output, &packed.bytes, 0o644).map_err(|source| {
-        PackError::Write {
-            path: args.output.clone(),
-            source,
-        }
-    })?;
+    crate::files::write_atomically(&args.output, &packed.bytes, 0o644)?;
     Ok(PackReport {
         output: args.output.clone(),
         packed,

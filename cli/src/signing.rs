@@ -1,5 +1,5 @@
 //! `airlockctl sign` and `airlockctl verify`: detached ed25519 signatures of bundles, in the one
-//! format the operator and the shim check ([`airlock_plugin_shim::signing`]). The signature of
+//! format the operator and the shim check ([`airlock_bundle::signing`]). The signature of
 //! `x.tar.gz` lives beside it as `x.tar.gz.sig`, as it does in ConfigMaps and OCI artifacts.
 
 use std::ffi::OsString;
@@ -15,6 +15,8 @@ use airlock_bundle::{self as bundle, BundleError, DEFAULT_MAX_BYTES, SIGNATURE_S
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args;
+
+use crate::files::{self, FileError};
 
 /// `verify`: the signature verifies and the bundle is accepted.
 pub const EXIT_VALID: u8 = 0;
@@ -45,24 +47,13 @@ pub struct SignArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
-    #[error("cannot read {what} {}: {source}; check the path", path.display())]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{}: {source}", path.display())]
     Key {
         path: PathBuf,
         #[source]
         source: SigningError,
-    },
-    #[error("cannot write {}: {source}; check that its directory exists and is writable", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
     },
 }
 
@@ -90,28 +81,20 @@ impl fmt::Display for Signed {
 }
 
 pub fn sign(args: &SignArgs) -> Result<Signed, SignError> {
-    let key_text = read_to_string(&args.key, "the private key").map_err(sign_read)?;
+    let key_text = files::read_to_string(&args.key, "the private key")?;
     warn_if_readable_by_others(&args.key);
     let key = signing::parse_private_key(&key_text).map_err(|source| SignError::Key {
         path: args.key.clone(),
         source,
     })?;
-    let bytes = fs::read(&args.bundle).map_err(|source| SignError::Read {
-        what: "the bundle",
-        path: args.bundle.clone(),
-        source,
-    })?;
+    let bytes = files::read(&args.bundle, "the bundle")?;
     let digest = bundle::digest(&bytes);
     let signature = signing::sign(&key, &digest);
     let signature_path = args
         .output
         .clone()
         .unwrap_or_else(|| default_signature_path(&args.bundle));
-    crate::files::write_atomically(&signature_path, format!("{signature}\n").as_bytes(), 0o644)
-        .map_err(|source| SignError::Write {
-            path: signature_path.clone(),
-            source,
-        })?;
+    files::write_atomically(&signature_path, format!("{signature}\n").as_bytes(), 0o644)?;
     Ok(Signed {
         bundle: args.bundle.clone(),
         signature_path,
@@ -153,13 +136,8 @@ pub struct VerifyArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("cannot read {what} {}: {source}; check the path", path.display())]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(
         "there is no signature at {}; sign the bundle with `airlockctl sign`, or pass \
          --signature",
@@ -257,7 +235,7 @@ impl fmt::Display for Verified {
 pub fn verify(args: &VerifyArgs) -> Result<Verified, VerifyError> {
     let mut keys = Vec::with_capacity(args.keys.len());
     for path in &args.keys {
-        let text = read_to_string(path, "the public key").map_err(verify_read)?;
+        let text = files::read_to_string(path, "the public key")?;
         let key = signing::parse_public_key(&text).map_err(|source| VerifyError::Key {
             path: path.clone(),
             source,
@@ -269,12 +247,13 @@ pub fn verify(args: &VerifyArgs) -> Result<Verified, VerifyError> {
         .signature
         .clone()
         .unwrap_or_else(|| default_signature_path(&args.bundle));
-    let signature_text = match read_to_string(&signature_path, "the signature") {
-        Ok(text) => text,
-        Err((_, path, e)) if e.kind() == io::ErrorKind::NotFound && args.signature.is_none() => {
+    let signature_text = match files::read_to_string(&signature_path, "the signature") {
+        Err(FileError::Read { path, source, .. })
+            if source.kind() == io::ErrorKind::NotFound && args.signature.is_none() =>
+        {
             return Err(VerifyError::NoSignature(path));
         }
-        Err(e) => return Err(verify_read(e)),
+        read => read?,
     };
     let signature =
         signing::parse_signature(&signature_text).map_err(|source| VerifyError::Signature {
@@ -282,11 +261,7 @@ pub fn verify(args: &VerifyArgs) -> Result<Verified, VerifyError> {
             source,
         })?;
 
-    let bytes = fs::read(&args.bundle).map_err(|source| VerifyError::Read {
-        what: "the bundle",
-        path: args.bundle.clone(),
-        source,
-    })?;
+    let bytes = files::read(&args.bundle, "the bundle")?;
     let digest = bundle::digest(&bytes);
 
     // The signature first: a tampered bundle is "not signed" (exit 1) even when the tampering
@@ -311,20 +286,6 @@ pub fn verify(args: &VerifyArgs) -> Result<Verified, VerifyError> {
         digest: extracted.digest,
         manifest: extracted.manifest,
     })
-}
-
-type ReadFailure = (&'static str, PathBuf, io::Error);
-
-fn read_to_string(path: &Path, what: &'static str) -> Result<String, ReadFailure> {
-    fs::read_to_string(path).map_err(|e| (what, path.to_path_buf(), e))
-}
-
-fn sign_read((what, path, source): ReadFailure) -> SignError {
-    SignError::Read { what, path, source }
-}
-
-fn verify_read((what, path, source): ReadFailure) -> VerifyError {
-    VerifyError::Read { what, path, source }
 }
 
 #[cfg(test)]

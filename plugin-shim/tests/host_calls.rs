@@ -2,24 +2,19 @@
 //! an invocation, the shim hands them to a fake host (`RunArgs::host_calls`) with the invocation id
 //! and writes the results back on the plugin's stdin, until the plugin answers.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
-use common::tgz;
+use common::{Shim, assert_deadline_exceeded, assert_status, tgz};
 
-use airlock_plugin_shim::cli::{self, BundleArgs, RunArgs};
+use airlock_plugin_shim::cli::RunArgs;
 use airlock_plugin_shim::host::{CallFuture, HostCalls};
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_sdk::protocol::{CallError, HostCallLine, MAX_HOST_CALLS};
-use common::sandbox;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -95,90 +90,29 @@ impl HostCalls for FakeHost {
     }
 }
 
-struct Shim {
-    addr: std::net::SocketAddr,
-    dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), cli::RunError>>,
+/// A shim running [`PLUGIN`] with `hooks`, its host calls going to `host`, and a client of it.
+async fn start(hooks: &str, host: Option<Arc<dyn HostCalls>>) -> (Shim, PluginClient<Channel>) {
+    let manifest = format!(
+        "name: caller\nversion: 1.0.0\napiVersion: 1\nhooks: {hooks}\n\
+         permissions: [log, storage:read]\nentryPoint: [python3, plugin.py]\n"
+    );
+    let bundle = tgz(&[("plugin.yaml", &manifest), ("plugin.py", PLUGIN)]);
+    start_bundle(tempfile::tempdir().unwrap(), &bundle, host).await
 }
 
-impl Shim {
-    /// [`PLUGIN`] with `hooks`.
-    async fn start(hooks: &str, host: Option<Arc<dyn HostCalls>>) -> Shim {
-        let manifest = format!(
-            "name: caller\nversion: 1.0.0\napiVersion: 1\nhooks: {hooks}\n\
-             permissions: [log, storage:read]\nentryPoint: [python3, plugin.py]\n"
-        );
-        let bundle = tgz(&[("plugin.yaml", &manifest), ("plugin.py", PLUGIN)]);
-        Self::start_bundle(tempfile::tempdir().unwrap(), &bundle, host).await
-    }
-
-    async fn start_bundle(
-        dir: tempfile::TempDir,
-        bundle: &[u8],
-        host: Option<Arc<dyn HostCalls>>,
-    ) -> Shim {
-        let path = dir.path().join("bundle.tar.gz");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(bundle)
-            .unwrap();
-        let args = RunArgs {
-            bundle: BundleArgs {
-                bundle: path,
-                max_bundle_bytes: 1024 * 1024,
-                expect_digest: None,
-                signature: None,
-                public_key: None,
-            },
-            workdir: dir.path().join("work"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls_dir: None,
-            unpacked: None,
-            health_listen: None,
-            default_deadline_ms: 5000,
-            lifecycle_timeout_ms: 5000,
-            max_log_lines_per_minute: 100,
-            host_api: None,
-            host_calls: host,
-            sandbox: sandbox(),
-            entry_point: vec![],
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(cli::run(args, listener, async {
-            let _ = stopped.await;
-        }));
-        Shim {
-            addr,
-            dir,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn client(&self) -> PluginClient<Channel> {
-        PluginClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    async fn stop(self) {
-        self.stop_keeping_dir().await;
-    }
-
-    async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
-            .await
-            .expect("the shim did not stop within 10 s")
-            .unwrap()
-            .unwrap();
-        self.dir
-    }
+/// A shim running `bundle` in `dir`, its host calls going to `host`, and a client of it.
+async fn start_bundle(
+    dir: tempfile::TempDir,
+    bundle: &[u8],
+    host: Option<Arc<dyn HostCalls>>,
+) -> (Shim, PluginClient<Channel>) {
+    let args = RunArgs {
+        host_calls: host,
+        ..Shim::args(dir.path(), bundle)
+    };
+    let shim = Shim::start(dir, args).await;
+    let client = shim.client().await;
+    (shim, client)
 }
 
 /// Runs the plugin with `calls` (`[(call, args)]`) during invocation `id`.
@@ -207,8 +141,7 @@ async fn invoke(
 #[tokio::test]
 async fn host_calls_are_forwarded_with_the_invocation_id_and_answered_on_stdin() {
     let host = FakeHost::denying_puts();
-    let shim = Shim::start("[transform]", Some(host.clone())).await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = start("[transform]", Some(host.clone())).await;
 
     let out = invoke(
         &mut client,
@@ -276,8 +209,7 @@ async fn host_calls_are_forwarded_with_the_invocation_id_and_answered_on_stdin()
 #[tokio::test]
 async fn a_stored_value_reaches_the_plugin_unrounded() {
     let host = Arc::new(FakeHost::default());
-    let shim = Shim::start("[transform]", Some(host)).await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = start("[transform]", Some(host)).await;
     let r = client
         .invoke(InvokeRequest {
             hook: "transform".into(),
@@ -301,8 +233,7 @@ async fn a_stored_value_reaches_the_plugin_unrounded() {
 #[tokio::test]
 async fn more_than_64_host_calls_break_the_protocol_and_restart_the_plugin() {
     let host = Arc::new(FakeHost::default());
-    let shim = Shim::start("[transform]", Some(host.clone())).await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = start("[transform]", Some(host.clone())).await;
     let log = ("log", json!({"level": "debug", "message": "x"}));
 
     // 64 calls are fine.
@@ -318,12 +249,7 @@ async fn more_than_64_host_calls_break_the_protocol_and_restart_the_plugin() {
     let err = invoke(&mut client, "inv-65", &vec![log.clone(); limit + 1], 0)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Internal, "{err:?}");
-    assert!(
-        err.message().contains("more than 64 host calls"),
-        "{}",
-        err.message()
-    );
+    assert_status(&err, Code::Internal, "more than 64 host calls");
     let for_65 = host.seen().iter().filter(|(id, _)| id == "inv-65").count();
     assert_eq!(for_65, limit);
 
@@ -336,26 +262,12 @@ async fn more_than_64_host_calls_break_the_protocol_and_restart_the_plugin() {
 #[tokio::test]
 async fn the_deadline_covers_the_host_calls() {
     let host = Arc::new(FakeHost::default());
-    let shim = Shim::start("[transform]", Some(host)).await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = start("[transform]", Some(host)).await;
     let first = invoke(&mut client, "inv-1", &[], 0).await.unwrap();
 
     // The host takes 5 s to list; the invocation has 500 ms.
-    let started = Instant::now();
-    let err = invoke(
-        &mut client,
-        "inv-slow",
-        &[("storage.list", json!({"prefix": ""}))],
-        500,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    let list = [("storage.list", json!({"prefix": ""}))];
+    assert_deadline_exceeded(invoke(&mut client, "inv-slow", &list, 500)).await;
     // A plugin still waiting for a result at the deadline is replaced like any late plugin.
     let next = invoke(&mut client, "inv-2", &[], 0).await.unwrap();
     assert_ne!(next["pid"], first["pid"]);
@@ -365,8 +277,7 @@ async fn the_deadline_covers_the_host_calls() {
 #[tokio::test]
 async fn on_load_host_calls_carry_the_lifecycle_id() {
     let host = Arc::new(FakeHost::default());
-    let shim = Shim::start("[onLoad, transform]", Some(host.clone())).await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = start("[onLoad, transform]", Some(host.clone())).await;
     // The first invocation waits for the start, onLoad included.
     invoke(&mut client, "inv-1", &[], 0).await.unwrap();
     let seen = host.seen();
@@ -378,8 +289,7 @@ async fn on_load_host_calls_carry_the_lifecycle_id() {
 
 #[tokio::test]
 async fn without_a_host_api_calls_fail_with_unavailable_and_the_plugin_goes_on() {
-    let shim = Shim::start("[transform]", None).await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = start("[transform]", None).await;
     let out = invoke(
         &mut client,
         "inv-1",
@@ -418,8 +328,7 @@ async fn the_host_call_example_in_protocol_md_works() {
         ("plugin.py", code),
     ]);
     let host = Arc::new(FakeHost::default());
-    let shim = Shim::start_bundle(dir, &bundle, Some(host.clone())).await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = start_bundle(dir, &bundle, Some(host.clone())).await;
     let out = invoke(&mut client, "inv-doc", &[], 0).await.unwrap();
     assert_eq!(out, json!({"count": 42}));
     let seen = host.seen();
@@ -431,9 +340,8 @@ async fn the_host_call_example_in_protocol_md_works() {
     );
 
     // A refused call becomes the plugin's error answer.
-    let shim_dir = shim.stop_keeping_dir().await;
-    let shim = Shim::start_bundle(shim_dir, &bundle, Some(FakeHost::denying_puts())).await;
-    let mut client = shim.client().await;
+    let shim_dir = shim.stop().await;
+    let (shim, mut client) = start_bundle(shim_dir, &bundle, Some(FakeHost::denying_puts())).await;
     let err = invoke(&mut client, "inv-doc", &[], 0).await.unwrap_err();
     assert_eq!(err.code(), Code::Aborted, "{err:?}");
     assert!(

@@ -6,18 +6,16 @@ use std::time::Duration;
 
 mod common;
 
-use common::{Pki, tgz};
+use common::{Pki, Shim, assert_status, tgz, wait_health};
 
 use airlock_core::identity::{ROUTER_IDENTITY, plugin_identity};
-use airlock_plugin_shim::cli::{self, BundleArgs, RunArgs};
-use airlock_proto::plugin::v1::InvokeRequest;
+use airlock_plugin_shim::cli::RunArgs;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
+use airlock_proto::plugin::v1::{InvokeRequest, InvokeResponse};
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 const PLUGIN: &str = r#"
 import json, sys
@@ -60,6 +58,31 @@ fn invoke() -> InvokeRequest {
     }
 }
 
+/// Invokes the plugin as `client` (certificate, key) expecting to reach `expect`; the TLS
+/// connection itself must succeed.
+async fn invoke_as(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    client: &(String, String),
+    expect: &str,
+) -> Result<InvokeResponse, tonic::Status> {
+    let channel = tls_channel(addr, ca_pem, Some(client), expect)
+        .await
+        .expect("TLS with a certificate of the CA connects");
+    PluginClient::new(channel)
+        .invoke(invoke())
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Whether a call over `channel` is answered (not when connecting failed).
+async fn answered(channel: Result<Channel, tonic::transport::Error>) -> bool {
+    match channel {
+        Ok(c) => PluginClient::new(c).invoke(invoke()).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_router_may_invoke_a_plugin_over_mutual_tls() {
     let pki = Pki::new();
@@ -68,139 +91,63 @@ async fn only_the_router_may_invoke_a_plugin_over_mutual_tls() {
     let tls_dir = dir.path().join("tls");
     std::fs::create_dir(&tls_dir).unwrap();
     pki.write_plugin_tls(&tls_dir, &me);
-    let bundle = dir.path().join("bundle.tar.gz");
-    std::fs::write(
-        &bundle,
-        tgz(&[
-            (
-                "plugin.yaml",
-                "name: echo\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\n\
-                 permissions: []\nentryPoint: [python3, plugin.py]\n",
-            ),
-            ("plugin.py", PLUGIN),
-        ]),
-    )
-    .unwrap();
+    let bundle = tgz(&[
+        (
+            "plugin.yaml",
+            "name: echo\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\n\
+             permissions: []\nentryPoint: [python3, plugin.py]\n",
+        ),
+        ("plugin.py", PLUGIN),
+    ]);
     let health_addr = free_port().await;
     let args = RunArgs {
-        bundle: BundleArgs {
-            bundle,
-            max_bundle_bytes: 1024 * 1024,
-            expect_digest: None,
-            signature: None,
-            public_key: None,
-        },
-        workdir: dir.path().join("work"),
-        listen: "127.0.0.1:0".parse().unwrap(),
         tls_dir: Some(tls_dir),
-        unpacked: None,
         health_listen: Some(health_addr),
-        default_deadline_ms: 5000,
-        lifecycle_timeout_ms: 5000,
-        max_log_lines_per_minute: 100,
-        host_api: None,
-        host_calls: None,
-        sandbox: common::sandbox(),
-        entry_point: Vec::new(),
+        ..Shim::args(dir.path(), &bundle)
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(cli::run(args, listener, async {
-        let _ = stopped.await;
-    }));
+    let shim = Shim::start(dir, args).await;
+    let addr = shim.addr;
 
     // The kubelet's probe: plain text, no certificate, health only.
-    let mut health = None;
-    for _ in 0..100 {
-        if let Ok(c) = Channel::from_shared(format!("http://{health_addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            let status = HealthClient::new(c)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|r| r.into_inner().status)
-                .ok();
-            if status == Some(ServingStatus::Serving as i32) {
-                health = Some(());
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        health.is_some(),
-        "the plain-text health port never said SERVING"
-    );
+    wait_health(health_addr, ServingStatus::Serving).await;
 
     // The router, checking it reached the plugin it meant: answered.
     let router = pki.issue(ROUTER_IDENTITY);
-    let channel = tls_channel(addr, &pki.ca_pem, Some(&router), &me)
+    let answer = invoke_as(addr, &pki.ca_pem, &router, &me)
         .await
-        .expect("the router connects");
-    let answer = PluginClient::new(channel)
-        .invoke(invoke())
-        .await
-        .expect("the router's call is served")
-        .into_inner();
+        .expect("the router's call is served");
     assert_eq!(answer.output_json, r#"{"hook": "transform"}"#);
 
     // Another plugin, with a certificate from the same CA: refused, and told why.
     let other = pki.issue(&plugin_identity("team-a", "other"));
-    let channel = tls_channel(addr, &pki.ca_pem, Some(&other), &me)
-        .await
-        .expect("TLS with another plugin's certificate connects");
-    let err = PluginClient::new(channel)
-        .invoke(invoke())
+    let err = invoke_as(addr, &pki.ca_pem, &other, &me)
         .await
         .expect_err("another plugin must not invoke this one");
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert!(
-        err.message().contains("only from the Airlock router"),
-        "{err:?}"
-    );
+    assert_status(&err, Code::PermissionDenied, "only from the Airlock router");
 
     // No client certificate: the handshake itself fails.
-    let refused = match tls_channel(addr, &pki.ca_pem, None, &me).await {
-        Err(_) => true,
-        Ok(c) => PluginClient::new(c).invoke(invoke()).await.is_err(),
-    };
-    assert!(refused, "a caller without a certificate was served");
+    let anonymous = tls_channel(addr, &pki.ca_pem, None, &me).await;
+    assert!(
+        !answered(anonymous).await,
+        "a caller without a certificate was served"
+    );
 
     // Plain text on the TLS port: no answer.
-    let plain = match Channel::from_shared(format!("http://{addr}"))
+    let plain = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .connect()
-        .await
-    {
-        Err(_) => true,
-        Ok(c) => PluginClient::new(c).invoke(invoke()).await.is_err(),
-    };
-    assert!(plain, "a plain-text caller was served");
+        .await;
+    assert!(!answered(plain).await, "a plain-text caller was served");
 
     // The router expecting a different plugin (a stale endpoint now used by someone else) finds
     // out during the handshake instead of invoking the wrong plugin.
-    let wrong = match tls_channel(
-        addr,
-        &pki.ca_pem,
-        Some(&router),
-        &plugin_identity("team-a", "someone-else"),
-    )
-    .await
-    {
-        Err(_) => true,
-        Ok(c) => PluginClient::new(c).invoke(invoke()).await.is_err(),
-    };
+    let someone_else = plugin_identity("team-a", "someone-else");
+    let wrong = tls_channel(addr, &pki.ca_pem, Some(&router), &someone_else).await;
     assert!(
-        wrong,
+        !answered(wrong).await,
         "the router reached a plugin other than the one it meant"
     );
 
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    shim.stop().await;
 }

@@ -3,72 +3,35 @@
 //! every combination of options the operator can set. A renamed or removed flag fails here, in
 //! `make unit`, instead of as a CrashLoopBackOff on a cluster.
 
-use std::collections::BTreeSet;
-
 use airlock_core::Permission;
-use airlock_crds::Plugin;
 use airlock_operator::build::deployment::deployment;
-use airlock_operator::build::{BuildConfig, BundleSignature, Resources, Rollout};
+use airlock_operator::build::{BuildConfig, Rollout, test_support};
 use airlock_plugin_shim::cli::{Cli, Command};
 use clap::Parser;
 
-fn plugin() -> Plugin {
-    serde_yaml::from_str(
-        r#"
-apiVersion: airlock.dev/v1alpha1
-kind: Plugin
-metadata: {name: hello, namespace: plugins, uid: 0b7c1e9e-1111-2222-3333-444455556666}
-spec:
-  version: 1.0.0
-  image: 198.19.255.1:5000/acme/hello:1.0.0
-  bundle: {source: {configMapRef: {name: hello-bundle}}}
-  pluginApiVersion: 1
-  hooks: [{name: transform, timeout: 200ms}]
-  permissions: [log, net:egress]
-"#,
-    )
-    .expect("the test Plugin parses")
-}
-
+/// The builders' test Rollout, signed or not, with `permissions` and an entry point with
+/// arguments.
 fn rollout(signed: bool, permissions: &[Permission]) -> Rollout {
     Rollout {
-        pinned_image: "198.19.255.1:5000/acme/hello@sha256:bbbb".into(),
-        image_digest: "sha256:bbbb".into(),
-        bundle_digest: format!("sha256:{}", "c".repeat(64)),
-        bundle: b"bundle bytes".to_vec(),
-        bundle_signature: signed.then(|| BundleSignature {
-            signature: "c2lnbmF0dXJl".into(),
-            public_key: "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"
-                .into(),
-        }),
+        bundle_signature: signed.then(test_support::bundle_signature),
         entry_point: vec!["python3".into(), "-u".into(), "main.py".into()],
-        permissions: permissions.iter().copied().collect::<BTreeSet<_>>(),
-        resources: Resources {
-            cpu_limit: "250m".into(),
-            memory_limit: "64Mi".into(),
-            cpu_request: "50m".into(),
-            memory_request: "64Mi".into(),
-        },
-        limits: Default::default(),
-        revision: "r1a2b3c4d".into(),
+        permissions: permissions.iter().copied().collect(),
+        ..test_support::rollout()
     }
 }
 
+/// The builders' test BuildConfig, with or without a host API.
 fn config(host_api: Option<&str>) -> BuildConfig {
     BuildConfig {
-        shim_image: "198.19.255.1:5000/airlock/shim@sha256:aaaa".into(),
-        router_namespace: "airlock-system".into(),
-        router_pod_labels: vec![],
-        progress_deadline_seconds: 60,
-        seccomp_localhost_profile: None,
         host_api: host_api.map(str::to_string),
+        ..test_support::config()
     }
 }
 
 /// Every argv the pod runs with the shim, as the shim's parser sees it (`command` + `args`,
 /// the shim's path as argv[0]).
 fn shim_command_lines(rollout: &Rollout, config: &BuildConfig) -> Vec<Vec<String>> {
-    let d = deployment(&plugin(), rollout, config);
+    let d = deployment(&test_support::plugin(test_support::HELLO), rollout, config);
     let pod = d
         .spec
         .and_then(|s| s.template.spec)

@@ -1,28 +1,21 @@
 //! The shim in-process, end to end: a real bundle, a real plugin process (Python or /bin/sh), the
 //! real gRPC server on 127.0.0.1:0 and tonic clients. One server per test.
 
-use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
-use common::tgz;
+use common::{Shim, assert_deadline_exceeded, assert_status, eventually, tgz, wait_health};
 
-use airlock_plugin_shim::cli::{self, BundleArgs, RunArgs};
+use airlock_plugin_shim::cli::{self, RunArgs};
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::plugin::v1::{HandshakeRequest, InvokeRequest};
-use common::sandbox;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// A Python plugin that echoes, and misbehaves on request (payload fields):
 /// `sleep` (seconds; forks a `sleep` grandchild first and reports its pid in `pidfile`),
@@ -65,128 +58,56 @@ fn manifest(hooks: &str, entry: &str) -> String {
     )
 }
 
-struct Shim {
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), cli::RunError>>,
-}
-
-impl Shim {
-    fn args(dir: &Path, bundle: &[u8], entry_point: &[&str]) -> RunArgs {
-        let path = dir.join("bundle.tar.gz");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(bundle)
-            .unwrap();
-        RunArgs {
-            bundle: BundleArgs {
-                bundle: path,
-                max_bundle_bytes: 1024 * 1024,
-                expect_digest: None,
-                signature: None,
-                public_key: None,
-            },
-            workdir: dir.join("work"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls_dir: None,
-            unpacked: None,
-            health_listen: None,
-            default_deadline_ms: 2000,
-            lifecycle_timeout_ms: 5000,
-            max_log_lines_per_minute: 100,
-            host_api: None,
-            host_calls: None,
-            sandbox: sandbox(),
-            entry_point: entry_point.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    async fn start_with(dir: tempfile::TempDir, args: RunArgs) -> Shim {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(cli::run(args, listener, async {
-            let _ = stopped.await;
-        }));
-        Shim {
-            addr,
-            dir,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// The Python plugin with the given hooks.
-    async fn python(hooks: &str) -> Shim {
-        let dir = tempfile::tempdir().unwrap();
-        let bundle = tgz(&[
-            ("plugin.yaml", &manifest(hooks, "[python3, plugin.py]")),
-            ("plugin.py", PY_PLUGIN),
-        ]);
-        let args = Self::args(dir.path(), &bundle, &[]);
-        Self::start_with(dir, args).await
-    }
-
-    fn bundle_dir(&self) -> PathBuf {
-        self.dir.path().join("work/bundle")
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn client(&self) -> PluginClient<Channel> {
-        PluginClient::new(self.channel().await)
-    }
-
-    async fn health(&self, service: &str) -> ServingStatus {
-        let mut health = HealthClient::new(self.channel().await);
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.to_string(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        ServingStatus::try_from(status).unwrap()
-    }
-
-    /// Waits until health reports `want` for both names, or fails after 10 s.
-    async fn wait_health(&self, want: ServingStatus) {
-        let start = Instant::now();
-        loop {
-            if self.health("").await == want
-                && self.health("airlock.plugin.v1.Plugin").await == want
-            {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "health never became {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
-            .await
-            .expect("the shim did not stop within 10 s")
-            .unwrap()
-            .unwrap();
-        self.dir
+/// [`Shim::args`] with the default deadline of these tests, 2 s.
+fn run_args(dir: &Path, bundle: &[u8]) -> RunArgs {
+    RunArgs {
+        default_deadline_ms: 2000,
+        ..Shim::args(dir, bundle)
     }
 }
 
+/// A bundle of the Python plugin with the given hooks.
+fn python_bundle(hooks: &str) -> Vec<u8> {
+    tgz(&[
+        ("plugin.yaml", &manifest(hooks, "[python3, plugin.py]")),
+        ("plugin.py", PY_PLUGIN),
+    ])
+}
+
+/// A shim running the Python plugin with the given hooks, and a client of it.
+async fn python(hooks: &str) -> (Shim, PluginClient<Channel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let args = run_args(dir.path(), &python_bundle(hooks));
+    let shim = Shim::start(dir, args).await;
+    let client = shim.client().await;
+    (shim, client)
+}
+
+/// [`run_args`] for `bundle` with its `signature` and the signer's `public_key`, in files
+/// beside it.
+fn signed_run_args(dir: &Path, bundle: &[u8], signature: &str, public_key: &str) -> RunArgs {
+    std::fs::write(dir.join("sig"), signature).unwrap();
+    std::fs::write(dir.join("pub"), public_key).unwrap();
+    let mut args = run_args(dir, bundle);
+    args.bundle.signature = Some(dir.join("sig"));
+    args.bundle.public_key = Some(dir.join("pub"));
+    args
+}
+
+/// Where a shim unpacks its bundle.
+fn bundle_dir(shim: &Shim) -> PathBuf {
+    shim.dir.path().join("work/bundle")
+}
+
+/// Runs a shim with `args` that must stop before it serves: why it stopped.
+async fn refused(args: RunArgs) -> cli::RunError {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    cli::run(args, listener, std::future::pending())
+        .await
+        .unwrap_err()
+}
+
+/// Invokes `hook` with `payload`: the plugin's output and the invocation id.
 async fn invoke(
     client: &mut PluginClient<Channel>,
     hook: &str,
@@ -208,10 +129,33 @@ async fn invoke(
     ))
 }
 
+/// Invokes `transform` with `payload`: the plugin's output.
+async fn transform(
+    client: &mut PluginClient<Channel>,
+    payload: Value,
+    deadline_ms: u32,
+) -> Result<Value, tonic::Status> {
+    invoke(client, "transform", payload, deadline_ms)
+        .await
+        .map(|(output, _)| output)
+}
+
+/// Invokes `transform` with `payload`, which must fail with `code` and a message containing
+/// `says`: the status.
+async fn transform_fails(
+    client: &mut PluginClient<Channel>,
+    payload: Value,
+    code: Code,
+    says: &str,
+) -> tonic::Status {
+    let err = transform(client, payload, 0).await.unwrap_err();
+    assert_status(&err, code, says);
+    err
+}
+
 #[tokio::test]
 async fn handshake_describes_the_plugin_and_invoke_echoes() {
-    let shim = Shim::python("[transform, onEvent]").await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = python("[transform, onEvent]").await;
 
     let hs = client
         .handshake(HandshakeRequest {
@@ -264,7 +208,7 @@ async fn handshake_describes_the_plugin_and_invoke_echoes() {
     assert!((1000..=2000).contains(&told), "{told}");
 
     // The child runs in the bundle directory with a clean environment.
-    let bundle_dir = shim.bundle_dir().canonicalize().unwrap();
+    let bundle_dir = bundle_dir(&shim).canonicalize().unwrap();
     assert_eq!(Path::new(out["cwd"].as_str().unwrap()), bundle_dir);
     let env = out["env"].as_object().unwrap();
     assert_eq!(env["PATH"], "/usr/local/bin:/usr/bin:/bin");
@@ -295,8 +239,7 @@ async fn handshake_describes_the_plugin_and_invoke_echoes() {
 
 #[tokio::test]
 async fn unknown_hook_and_bad_json_are_invalid_argument() {
-    let shim = Shim::python("[transform]").await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = python("[transform]").await;
 
     let err = invoke(&mut client, "onEvent", json!({}), 0)
         .await
@@ -329,34 +272,18 @@ async fn unknown_hook_and_bad_json_are_invalid_argument() {
         );
     }
     // The plugin was never bothered: the first real call reaches the first process.
-    invoke(&mut client, "transform", json!(1), 0).await.unwrap();
+    transform(&mut client, json!(1), 0).await.unwrap();
     shim.stop().await;
 }
 
 #[tokio::test]
 async fn timeout_kills_the_process_group_and_the_next_call_succeeds() {
-    let shim = Shim::python("[transform]").await;
-    let mut client = shim.client().await;
-    let (before, _) = invoke(&mut client, "transform", json!({}), 0)
-        .await
-        .unwrap();
+    let (shim, mut client) = python("[transform]").await;
+    let before = transform(&mut client, json!({}), 0).await.unwrap();
 
     let pidfile = shim.dir.path().join("grandchild.pid");
-    let started = Instant::now();
-    let err = invoke(
-        &mut client,
-        "transform",
-        json!({"sleep": 30, "pidfile": pidfile}),
-        500,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    let sleep = json!({"sleep": 30, "pidfile": pidfile});
+    assert_deadline_exceeded(transform(&mut client, sleep, 500)).await;
 
     // The grandchild the plugin forked was in its process group and died with it (it may linger
     // as a zombie until its new parent reaps it, but it no longer runs).
@@ -380,7 +307,7 @@ async fn timeout_kills_the_process_group_and_the_next_call_succeeds() {
         .expect("the plugin's grandchild survived the timeout kill");
 
     // A new process answers the next call.
-    let (after, _) = invoke(&mut client, "transform", json!({"again": true}), 0)
+    let after = transform(&mut client, json!({"again": true}), 0)
         .await
         .unwrap();
     assert_eq!(after["echo"], json!({"again": true}));
@@ -390,52 +317,34 @@ async fn timeout_kills_the_process_group_and_the_next_call_succeeds() {
 
 #[tokio::test]
 async fn plugin_errors_crashes_and_protocol_violations() {
-    let shim = Shim::python("[transform]").await;
-    let mut client = shim.client().await;
-    let (first, _) = invoke(&mut client, "transform", json!({}), 0)
-        .await
-        .unwrap();
+    let (shim, mut client) = python("[transform]").await;
+    let first = transform(&mut client, json!({}), 0).await.unwrap();
 
     // An error answer: ABORTED with the plugin's message; the process keeps running.
-    let err = invoke(
-        &mut client,
-        "transform",
-        json!({"fail": "no text field"}),
-        0,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::Aborted);
+    let fail = json!({"fail": "no text field"});
+    let err = transform_fails(&mut client, fail, Code::Aborted, "no text field").await;
     assert_eq!(err.message(), "no text field");
-    let (same, _) = invoke(&mut client, "transform", json!({}), 0)
-        .await
-        .unwrap();
+    let same = transform(&mut client, json!({}), 0).await.unwrap();
     assert_eq!(first["pid"], same["pid"]);
 
     // The plugin exits: UNAVAILABLE, then a new process on the next call.
-    let err = invoke(&mut client, "transform", json!({"exit": 3}), 0)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(err.message().contains("exit code 3"), "{}", err.message());
-    let (restarted, _) = invoke(&mut client, "transform", json!({}), 0)
-        .await
-        .unwrap();
+    transform_fails(
+        &mut client,
+        json!({"exit": 3}),
+        Code::Unavailable,
+        "exit code 3",
+    )
+    .await;
+    let restarted = transform(&mut client, json!({}), 0).await.unwrap();
     assert_ne!(first["pid"], restarted["pid"]);
 
     // Something on stdout that is not an answer: INTERNAL, with a hint.
-    let err = invoke(&mut client, "transform", json!({"junk": 1}), 0)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Internal, "{err:?}");
-    assert!(err.message().contains("stderr"), "{}", err.message());
+    transform_fails(&mut client, json!({"junk": 1}), Code::Internal, "stderr").await;
 
     // An answer over 1 MiB: RESOURCE_EXHAUSTED. Just under still works.
-    let err = invoke(&mut client, "transform", json!({"big": 1_100_000}), 0)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    let (ok, _) = invoke(&mut client, "transform", json!({"big": 1_000_000}), 0)
+    let too_big = json!({"big": 1_100_000});
+    transform_fails(&mut client, too_big, Code::ResourceExhausted, "").await;
+    let ok = transform(&mut client, json!({"big": 1_000_000}), 0)
         .await
         .unwrap();
     assert_eq!(ok.as_str().unwrap().len(), 1_000_000);
@@ -444,27 +353,19 @@ async fn plugin_errors_crashes_and_protocol_violations() {
 
 #[tokio::test]
 async fn a_plugin_that_keeps_crashing_is_restarted_with_backoff() {
-    let shim = Shim::python("[transform]").await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = python("[transform]").await;
     let crash = |client: &mut _| {
         let client: &mut PluginClient<Channel> = client;
         let mut client = client.clone();
-        async move { invoke(&mut client, "transform", json!({"exit": 3}), 0).await }
+        async move { transform(&mut client, json!({"exit": 3}), 0).await }
     };
     // First and second crash: each next call starts a new process at once.
     crash(&mut client).await.unwrap_err();
     crash(&mut client).await.unwrap_err();
     // After the second crash in a row, the next start waits 250 ms: a call now is refused, with
     // the shim's verdict, and nothing is started.
-    let err = invoke(&mut client, "transform", json!({}), 0)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(
-        err.message().contains("crashed 2 times in a row"),
-        "{}",
-        err.message()
-    );
+    let verdict = "crashed 2 times in a row";
+    let err = transform_fails(&mut client, json!({}), Code::Unavailable, verdict).await;
     assert_eq!(
         err.metadata()
             .get("airlock-failure")
@@ -473,41 +374,29 @@ async fn a_plugin_that_keeps_crashing_is_restarted_with_backoff() {
     );
     // After the backoff the plugin starts again, and an answer resets the count.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    invoke(&mut client, "transform", json!({}), 0)
-        .await
-        .unwrap();
+    transform(&mut client, json!({}), 0).await.unwrap();
     crash(&mut client).await.unwrap_err();
-    invoke(&mut client, "transform", json!({}), 0)
-        .await
-        .unwrap();
+    transform(&mut client, json!({}), 0).await.unwrap();
     shim.stop().await;
 }
 
 #[tokio::test]
 async fn health_is_serving_once_loaded_and_on_unload_runs_at_shutdown() {
-    let shim = Shim::python("[onLoad, onUnload, transform]").await;
-    shim.wait_health(ServingStatus::Serving).await;
-    let bundle_dir = shim.bundle_dir();
+    let (shim, mut client) = python("[onLoad, onUnload, transform]").await;
+    wait_health(shim.addr, ServingStatus::Serving).await;
+    let bundle_dir = bundle_dir(&shim);
     assert_eq!(
         std::fs::read_to_string(bundle_dir.join("loads")).unwrap(),
         "x"
     );
 
     // A restart (after a timeout) loads the new process too.
-    let mut client = shim.client().await;
     let pidfile = shim.dir.path().join("pid");
-    let err = invoke(
-        &mut client,
-        "transform",
-        json!({"sleep": 30, "pidfile": pidfile}),
-        300,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded);
-    invoke(&mut client, "transform", json!({}), 0)
+    let err = transform(&mut client, json!({"sleep": 30, "pidfile": pidfile}), 300)
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    transform(&mut client, json!({}), 0).await.unwrap();
     assert_eq!(
         std::fs::read_to_string(bundle_dir.join("loads")).unwrap(),
         "xx"
@@ -519,26 +408,21 @@ async fn health_is_serving_once_loaded_and_on_unload_runs_at_shutdown() {
 
 #[tokio::test]
 async fn a_restart_slower_than_the_deadline_still_completes_for_later_calls() {
-    let shim = Shim::python("[onLoad, transform]").await;
-    shim.wait_health(ServingStatus::Serving).await;
-    let mut client = shim.client().await;
-    std::fs::write(shim.bundle_dir().join("slow-load"), b"").unwrap();
+    let (shim, mut client) = python("[onLoad, transform]").await;
+    wait_health(shim.addr, ServingStatus::Serving).await;
+    std::fs::write(bundle_dir(&shim).join("slow-load"), b"").unwrap();
 
-    let err = invoke(&mut client, "transform", json!({"exit": 1}), 0)
+    let err = transform(&mut client, json!({"exit": 1}), 0)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     // The restart's onLoad takes 1 s: a 300 ms call gives up, the start goes on.
-    let err = invoke(&mut client, "transform", json!({}), 300)
-        .await
-        .unwrap_err();
+    let err = transform(&mut client, json!({}), 300).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     // A later short call gets the process that call started (loaded once, not once per call).
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    invoke(&mut client, "transform", json!({}), 300)
-        .await
-        .unwrap();
-    let loads = std::fs::read_to_string(shim.bundle_dir().join("loads")).unwrap();
+    transform(&mut client, json!({}), 300).await.unwrap();
+    let loads = std::fs::read_to_string(bundle_dir(&shim).join("loads")).unwrap();
     assert_eq!(loads, "xx");
     shim.stop().await;
 }
@@ -550,19 +434,11 @@ async fn a_plugin_that_cannot_start_is_not_serving_and_unavailable() {
         "plugin.yaml",
         &manifest("[transform]", "[./missing-binary]"),
     )]);
-    let args = Shim::args(dir.path(), &bundle, &[]);
-    let shim = Shim::start_with(dir, args).await;
-    shim.wait_health(ServingStatus::NotServing).await;
+    let args = run_args(dir.path(), &bundle);
+    let shim = Shim::start(dir, args).await;
+    wait_health(shim.addr, ServingStatus::NotServing).await;
     let mut client = shim.client().await;
-    let err = invoke(&mut client, "transform", json!({}), 0)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(
-        err.message().contains("missing-binary"),
-        "{}",
-        err.message()
-    );
+    transform_fails(&mut client, json!({}), Code::Unavailable, "missing-binary").await;
     // Handshake still works: the caller learns what is (not) running.
     client.handshake(HandshakeRequest::default()).await.unwrap();
     shim.stop().await;
@@ -572,12 +448,9 @@ async fn a_plugin_that_cannot_start_is_not_serving_and_unavailable() {
 async fn expect_digest_and_bad_bundles_stop_the_shim() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = tgz(&[("plugin.yaml", &manifest("[transform]", "[python3, x.py]"))]);
-    let mut args = Shim::args(dir.path(), &bundle, &[]);
+    let mut args = run_args(dir.path(), &bundle);
     args.bundle.expect_digest = Some(format!("sha256:{}", "0".repeat(64)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = cli::run(args, listener, std::future::pending())
-        .await
-        .unwrap_err();
+    let err = refused(args).await;
     assert!(matches!(err, cli::RunError::DigestMismatch { .. }), "{err}");
     assert!(
         !dir.path().join("work/bundle").exists(),
@@ -588,11 +461,8 @@ async fn expect_digest_and_bad_bundles_stop_the_shim() {
         "plugin.yaml",
         "name: echo\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\nentryPoint: [x]\nextra: 1\n",
     )]);
-    let args = Shim::args(dir.path(), &bundle, &[]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = cli::run(args, listener, std::future::pending())
-        .await
-        .unwrap_err();
+    let args = run_args(dir.path(), &bundle);
+    let err = refused(args).await;
     assert!(err.to_string().contains("unknown field `extra`"), "{err}");
 }
 
@@ -607,15 +477,8 @@ async fn a_bundle_whose_signature_does_not_verify_is_not_run() {
     let mut other = bundle_bytes.clone();
     other.push(0);
     let sig = signing::sign(&key, &bundle::digest(&other));
-    std::fs::write(dir.path().join("sig"), &sig).unwrap();
-    std::fs::write(dir.path().join("pub"), &public).unwrap();
-    let mut args = Shim::args(dir.path(), &bundle_bytes, &[]);
-    args.bundle.signature = Some(dir.path().join("sig"));
-    args.bundle.public_key = Some(dir.path().join("pub"));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = cli::run(args, listener, std::future::pending())
-        .await
-        .unwrap_err();
+    let args = signed_run_args(dir.path(), &bundle_bytes, &sig, &public);
+    let err = refused(args).await;
     assert!(matches!(err, cli::RunError::SignatureInvalid), "{err}");
     assert!(
         !dir.path().join("work/bundle").exists(),
@@ -624,25 +487,12 @@ async fn a_bundle_whose_signature_does_not_verify_is_not_run() {
 
     // The right signature lets it start and serve.
     let dir = tempfile::tempdir().unwrap();
-    let good = tgz(&[
-        (
-            "plugin.yaml",
-            &manifest("[transform]", "[python3, plugin.py]"),
-        ),
-        ("plugin.py", PY_PLUGIN),
-    ]);
-    std::fs::write(
-        dir.path().join("sig"),
-        signing::sign(&key, &bundle::digest(&good)),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("pub"), &public).unwrap();
-    let mut args = Shim::args(dir.path(), &good, &[]);
-    args.bundle.signature = Some(dir.path().join("sig"));
-    args.bundle.public_key = Some(dir.path().join("pub"));
-    let shim = Shim::start_with(dir, args).await;
-    shim.wait_health(ServingStatus::Serving).await;
-    assert!(shim.bundle_dir().join("plugin.py").exists());
+    let good = python_bundle("[transform]");
+    let sig = signing::sign(&key, &bundle::digest(&good));
+    let args = signed_run_args(dir.path(), &good, &sig, &public);
+    let shim = Shim::start(dir, args).await;
+    wait_health(shim.addr, ServingStatus::Serving).await;
+    assert!(bundle_dir(&shim).join("plugin.py").exists());
     shim.stop().await;
 }
 
@@ -665,11 +515,11 @@ async fn the_examples_in_protocol_md_work() {
             ("plugin.yaml", &manifest("[transform]", entry)),
             (file, &code),
         ]);
-        let args = Shim::args(dir.path(), &bundle, &[]);
-        let shim = Shim::start_with(dir, args).await;
+        let args = run_args(dir.path(), &bundle);
+        let shim = Shim::start(dir, args).await;
         let mut client = shim.client().await;
         let payload = json!({"text": "hi \"there\"", "n": [1, 2]});
-        let (out, _) = invoke(&mut client, "transform", payload.clone(), 0)
+        let out = transform(&mut client, payload.clone(), 0)
             .await
             .unwrap_or_else(|e| panic!("{file}: {e:?}"));
         let echoed = if file == "plugin.py" {
@@ -686,13 +536,7 @@ async fn the_examples_in_protocol_md_work() {
 #[tokio::test]
 async fn the_binary_serves_until_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = tgz(&[
-        (
-            "plugin.yaml",
-            &manifest("[transform]", "[python3, plugin.py]"),
-        ),
-        ("plugin.py", PY_PLUGIN),
-    ]);
+    let bundle = python_bundle("[transform]");
     let bundle_path = dir.path().join("b.tgz");
     std::fs::write(&bundle_path, &bundle).unwrap();
     let port = {
@@ -713,19 +557,12 @@ async fn the_binary_serves_until_sigterm() {
         .spawn()
         .unwrap();
 
-    let start = Instant::now();
-    let mut client = loop {
-        match PluginClient::connect(format!("http://127.0.0.1:{port}")).await {
-            Ok(c) => break c,
-            Err(_) if start.elapsed() < Duration::from_secs(10) => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("the shim never listened: {e}"),
-        }
-    };
-    let (out, _) = invoke(&mut client, "transform", json!({"a": 1}), 0)
-        .await
-        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut client = eventually("the shim to listen", || async {
+        PluginClient::connect(url.clone()).await.ok()
+    })
+    .await;
+    let out = transform(&mut client, json!({"a": 1}), 0).await.unwrap();
     assert_eq!(out["echo"], json!({"a": 1}));
 
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
@@ -757,52 +594,35 @@ async fn the_binary_serves_until_sigterm() {
 #[tokio::test]
 async fn a_bundle_unpacked_by_the_init_step_runs_from_its_directory_and_only_if_it_matches() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = tgz(&[
-        (
-            "plugin.yaml",
-            &manifest("[transform]", "[python3, plugin.py]"),
-        ),
-        ("plugin.py", PY_PLUGIN),
-    ]);
-    let mut args = Shim::args(dir.path(), &bundle, &[]);
+    let bundle = python_bundle("[transform]");
+    let mut args = run_args(dir.path(), &bundle);
     let dest = dir.path().join("unpacked");
     let unpacked = cli::unpack(&cli::UnpackArgs {
-        bundle: BundleArgs {
-            bundle: args.bundle.bundle.clone(),
-            max_bundle_bytes: 1024 * 1024,
-            expect_digest: None,
-            signature: None,
-            public_key: None,
-        },
+        bundle: args.bundle.clone(),
         dest: dest.clone(),
     })
     .unwrap();
     assert_eq!(unpacked, dest.join("bundle"));
     args.unpacked = Some(dest.clone());
-    let shim = Shim::start_with(dir, args).await;
+    let shim = Shim::start(dir, args).await;
     let mut client = shim.client().await;
-    let (out, _) = invoke(&mut client, "transform", json!({"x": 1}), 5000)
-        .await
-        .unwrap();
+    let out = transform(&mut client, json!({"x": 1}), 5000).await.unwrap();
     assert_eq!(
         Path::new(out["cwd"].as_str().unwrap()),
         dest.join("bundle").canonicalize().unwrap(),
         "the plugin runs in the unpacked (read-only in the pod) directory"
     );
     assert!(
-        !shim.bundle_dir().exists(),
+        !bundle_dir(&shim).exists(),
         "nothing is unpacked into the writable work directory"
     );
     let dir = shim.stop().await;
 
     // Another bundle's unpacked files: refused before anything runs.
     let other = tgz(&[("plugin.yaml", &manifest("[onEvent]", "[python3, x.py]"))]);
-    let mut args = Shim::args(dir.path(), &other, &[]);
+    let mut args = run_args(dir.path(), &other);
     args.unpacked = Some(dest);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = cli::run(args, listener, std::future::pending())
-        .await
-        .unwrap_err();
+    let err = refused(args).await;
     assert!(matches!(err, cli::RunError::DigestMismatch { .. }), "{err}");
 }
 
@@ -810,8 +630,7 @@ async fn a_bundle_unpacked_by_the_init_step_runs_from_its_directory_and_only_if_
 /// caller's trace id and a span of its own; without one, the shim starts a trace.
 #[tokio::test]
 async fn the_trace_context_reaches_the_plugin() {
-    let shim = Shim::python("[transform]").await;
-    let mut client = shim.client().await;
+    let (shim, mut client) = python("[transform]").await;
     let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut req = tonic::Request::new(InvokeRequest {
         hook: "transform".into(),
@@ -834,9 +653,7 @@ async fn the_trace_context_reaches_the_plugin() {
         !seen.contains("00f067aa0ba902b7"),
         "a span of its own: {seen}"
     );
-    let (out, _) = invoke(&mut client, "transform", json!({}), 5000)
-        .await
-        .unwrap();
+    let out = transform(&mut client, json!({}), 5000).await.unwrap();
     let started = out["traceparent"].as_str().expect("a new trace");
     assert_eq!(started.len(), 55, "{started}");
     shim.stop().await;

@@ -202,27 +202,29 @@ mod tests {
 
     use super::*;
 
+    /// `airlock-shim run --bundle b --workdir w` followed by `extra`, parsed.
+    fn parse_run(extra: &[&str]) -> Result<Box<RunArgs>, clap::Error> {
+        let required = ["airlock-shim", "run", "--bundle", "b", "--workdir", "w"];
+        let cli = Cli::try_parse_from(required.iter().chain(extra))?;
+        match cli.command {
+            Command::Run(args) => Ok(args),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
     #[test]
     fn cli_is_consistent_and_parses_the_entry_point_after_dashes() {
         Cli::command().debug_assert();
-        let cli = Cli::try_parse_from([
-            "airlock-shim",
-            "run",
-            "--bundle",
-            "/b.tgz",
-            "--workdir",
-            "/w",
+        let digest = format!("sha256:{}", "AB".repeat(32));
+        let args = parse_run(&[
             "--expect-digest",
-            &format!("sha256:{}", "AB".repeat(32)),
+            &digest,
             "--",
             "python3",
             "main.py",
             "--flag",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
         assert_eq!(args.entry_point, ["python3", "main.py", "--flag"]);
         assert_eq!(args.listen, "0.0.0.0:50051".parse().unwrap());
         assert_eq!(args.bundle.max_bundle_bytes, 1024 * 1024);
@@ -231,34 +233,11 @@ mod tests {
             Some(format!("sha256:{}", "ab".repeat(32)))
         );
         assert_eq!(args.host_api, None);
-        let cli = Cli::try_parse_from([
-            "airlock-shim",
-            "run",
-            "--bundle",
-            "b",
-            "--workdir",
-            "w",
-            "--host-api",
-            "198.19.0.10:50051",
-        ])
-        .unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
+
+        let args = parse_run(&["--host-api", "198.19.0.10:50051"]).unwrap();
         assert_eq!(args.host_api.as_deref(), Some("198.19.0.10:50051"));
         assert!(args.host_calls.is_none());
-        assert!(
-            Cli::try_parse_from([
-                "airlock-shim",
-                "run",
-                "--bundle",
-                "b",
-                "--workdir",
-                "w",
-                "--expect-digest",
-                "md5:x"
-            ])
-            .is_err()
-        );
+
+        assert!(parse_run(&["--expect-digest", "md5:x"]).is_err());
     }
 }
