@@ -48,6 +48,8 @@ shellcheck:
 
 unit: ## unit tests (no cluster)
 	cargo test --workspace --locked --exclude airlock-e2e
+	@# The e2e crate's own unit tests (artifacts, waits, bench reports) need no cluster either.
+	cargo test --locked -p airlock-e2e --lib --bins
 
 cluster-deps: ## install the Debian packages the cluster needs
 	$(CLUSTER)/deps.sh
@@ -64,7 +66,7 @@ cluster-status: ## is the local cluster up and healthy?
 	$(CLUSTER)/status.sh
 
 e2e-images: tools ## build and push the images the e2e suite runs
-	e2e/images.sh
+	cargo run --quiet --locked -p airlock-e2e --bin e2e-images
 
 client-deps: tools ## gRPC clients written elsewhere, for the e2e: grpcurl (Go, from source) and Python grpcio
 	@[ -x $(AIRLOCK_PYTHON) ] || python3 -m venv $(CACHE)/venv

@@ -5,6 +5,7 @@
 //! The cluster is the local one that `e2e/cluster/up.sh` starts (its admin kubeconfig is used when
 //! `KUBECONFIG` is not set), or any cluster `KUBECONFIG` points at. No part of Kubernetes is mocked.
 
+pub mod artifacts;
 pub mod crds;
 pub mod images;
 pub mod install;
@@ -13,6 +14,7 @@ pub mod plugins;
 pub mod pods;
 pub mod router;
 pub mod sandbox;
+pub mod wait;
 
 use std::path::Path;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use std::future::Future;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 /// Label carried by every namespace the e2e suite creates.
@@ -67,6 +67,18 @@ impl TestNamespace {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// How many objects of kind `K` in the namespace `list` selects.
+    pub async fn count<K>(&self, list: &ListParams) -> Result<usize>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + k8s_openapi::serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Ok(self.api::<K>().list(list).await?.items.len())
     }
 }
 

@@ -7,11 +7,11 @@ use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::Client;
-use kube::api::{Api, ListParams};
-use serde_json::json;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 pub async fn wait_plugin(
@@ -44,6 +44,57 @@ pub fn phase(p: &Plugin) -> Option<PluginPhase> {
     p.status.as_ref().and_then(|s| s.phase)
 }
 
+/// Whether the Plugin is in phase Active.
+pub fn active(p: &Plugin) -> bool {
+    phase(p) == Some(PluginPhase::Active)
+}
+
+/// Fails unless the Plugin is in phase `want`; `why` says why it should be.
+pub fn ensure_phase(p: &Plugin, want: PluginPhase, why: &str) -> Result<()> {
+    ensure!(
+        phase(p) == Some(want),
+        "{why}: phase {:?}, expected {want:?}; status: {:?}",
+        phase(p),
+        p.status
+    );
+    Ok(())
+}
+
+/// Server-side applies `plugin` (a Plugin manifest) as the e2e suite's field manager.
+pub async fn apply(api: &Api<Plugin>, plugin: &Value) -> Result<()> {
+    let name = plugin["metadata"]["name"].as_str().unwrap_or_default();
+    api.patch(
+        name,
+        &PatchParams::apply("airlock-e2e").force(),
+        &Patch::Apply(plugin),
+    )
+    .await
+    .with_context(|| format!("applying Plugin {name}"))?;
+    Ok(())
+}
+
+/// Disables or re-enables the Plugin `name` (only `spec.enabled`, through a field manager of its
+/// own, so the rest of the spec stays as it was applied) and waits until it is Disabled or Active.
+pub async fn set_enabled(api: &Api<Plugin>, name: &str, enabled: bool) -> Result<Plugin> {
+    api.patch(
+        name,
+        &PatchParams::apply("airlock-e2e-toggle").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "airlock.dev/v1alpha1", "kind": "Plugin",
+            "spec": {"enabled": enabled},
+        })),
+    )
+    .await
+    .with_context(|| format!("setting spec.enabled of Plugin {name} to {enabled}"))?;
+    let want = if enabled {
+        PluginPhase::Active
+    } else {
+        PluginPhase::Disabled
+    };
+    let what = format!("phase {want:?} after setting spec.enabled to {enabled}");
+    wait_plugin(api, name, &what, |p| phase(p) == Some(want)).await
+}
+
 pub fn condition<'a>(
     p: &'a Plugin,
     ty: &str,
@@ -51,18 +102,30 @@ pub fn condition<'a>(
     p.status.as_ref()?.conditions.iter().find(|c| c.type_ == ty)
 }
 
-/// A certificate, its key and the CA, as the operator stores them in a TLS Secret.
+/// A certificate, its key and the CA, as the operator stores them in a TLS Secret: what a client
+/// presents and trusts over mutual TLS ([`TlsFiles::client_config`]).
 #[derive(Clone)]
 pub struct TlsFiles {
-    pub ca: String,
-    pub cert: String,
-    pub key: String,
+    ca: String,
+    cert: String,
+    key: String,
 }
 
 impl std::fmt::Debug for TlsFiles {
     // Keys stay out of test output.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsFiles").finish_non_exhaustive()
+    }
+}
+
+impl TlsFiles {
+    /// A client presenting this certificate, trusting this CA, that accepts only a server
+    /// proving `server_identity` (the plugin's, for a shim).
+    pub fn client_config(&self, server_identity: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .domain_name(server_identity)
     }
 }
 
@@ -112,12 +175,8 @@ pub async fn shim_channel(
     caller: &TlsFiles,
 ) -> Result<Channel> {
     let ip = service_ip(client, ns, name).await?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&caller.ca))
-        .identity(Identity::from_pem(&caller.cert, &caller.key))
-        .domain_name(plugin_identity(ns, name));
     let endpoint = Channel::from_shared(format!("https://{ip}:50051"))?
-        .tls_config(tls)?
+        .tls_config(caller.client_config(&plugin_identity(ns, name)))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -132,17 +191,25 @@ pub async fn shim_channel(
     }
 }
 
+/// A call of `transform` with `payload_json` and a 2 s deadline, as the router makes it to a shim.
+pub fn transform_request(payload_json: String, invocation_id: &str) -> InvokeRequest {
+    InvokeRequest {
+        hook: "transform".into(),
+        payload_json,
+        deadline_ms: 2000,
+        invocation_id: invocation_id.into(),
+    }
+}
+
 /// Calls `transform` on the plugin through its Service, as the router would.
 pub async fn invoke(client: &Client, ns: &str, name: &str) -> Result<serde_json::Value> {
     let router = router_identity(client).await?;
     let mut grpc = PluginClient::new(shim_channel(client, ns, name, &router).await?);
     let answer = grpc
-        .invoke(InvokeRequest {
-            hook: "transform".into(),
-            payload_json: json!({"name": "airlock"}).to_string(),
-            deadline_ms: 2000,
-            invocation_id: "e2e-1".into(),
-        })
+        .invoke(transform_request(
+            json!({"name": "airlock"}).to_string(),
+            "e2e-1",
+        ))
         .await
         .context("invoking transform")?
         .into_inner();

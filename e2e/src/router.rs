@@ -4,23 +4,27 @@
 use std::time::{Duration, Instant};
 
 use airlock_crds::Plugin;
-use airlock_crds::plugin::PluginPhase;
 use airlock_proto::router::v1::hook_router_client::HookRouterClient;
-use airlock_proto::router::v1::{InvokeRequest, ListPluginsRequest, PluginRef};
-use anyhow::{Context, Result, bail};
+use airlock_proto::router::v1::{
+    BroadcastRequest, BroadcastResponse, InvokeRequest, ListPluginsRequest, PluginRef,
+    TransformRequest, TransformResponse,
+};
+use anyhow::{Context, Result, bail, ensure};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::Code;
 use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use crate::TestNamespace;
 use crate::install::{NAMESPACE, images_env};
-use crate::plugins::{condition, phase};
+pub use crate::plugins::active;
+use crate::plugins::{condition, phase, wait_plugin};
 use crate::sandbox::Sandbox;
+use crate::wait;
 
 /// The router's gRPC port (chart value router.port).
 pub const ROUTER_PORT: u16 = 50050;
@@ -78,8 +82,9 @@ pub fn counter_sum(metrics: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// A minimal HTTP/1.0 GET (the tests need nothing more and no HTTP client crate).
-async fn http_get(addr: &str, path: &str) -> Result<String> {
+/// A minimal HTTP/1.0 GET of `http://{addr}{path}` (the tests and benches need nothing more and no
+/// HTTP client crate).
+pub async fn http_get(addr: &str, path: &str) -> Result<String> {
     let mut stream =
         tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
             .await
@@ -165,16 +170,7 @@ impl Fixture {
                 plugin["spec"][k] = v;
             }
         }
-        self.ns
-            .api::<Plugin>()
-            .patch(
-                name,
-                &PatchParams::apply("airlock-e2e").force(),
-                &Patch::Apply(&plugin),
-            )
-            .await
-            .with_context(|| format!("applying Plugin {name}"))?;
-        Ok(())
+        crate::plugins::apply(&self.ns.api::<Plugin>(), &plugin).await
     }
 
     pub fn plugin_ref(&self, name: &str) -> Option<PluginRef> {
@@ -184,12 +180,7 @@ impl Fixture {
         })
     }
 
-    pub async fn invoke(
-        &self,
-        name: &str,
-        hook: &str,
-        payload: Value,
-    ) -> Result<Value, tonic::Status> {
+    pub async fn invoke(&self, name: &str, hook: &str, payload: Value) -> Result<Value, Status> {
         let answer = self
             .grpc
             .clone()
@@ -203,34 +194,117 @@ impl Fixture {
             .await?
             .into_inner();
         serde_json::from_str(&answer.output_json)
-            .map_err(|e| tonic::Status::internal(format!("the output is not JSON: {e}")))
+            .map_err(|e| Status::internal(format!("the output is not JSON: {e}")))
+    }
+
+    /// Runs the namespace's transform pipeline on `payload`.
+    pub async fn transform(
+        &self,
+        payload: Value,
+        deadline_ms: u32,
+        invocation_id: &str,
+    ) -> Result<TransformResponse, Status> {
+        let request = TransformRequest {
+            payload_json: payload.to_string(),
+            deadline_ms,
+            invocation_id: invocation_id.into(),
+            namespace: self.ns().into(),
+        };
+        Ok(self.grpc.clone().transform(request).await?.into_inner())
+    }
+
+    /// Broadcasts `hook` with `payload` to the namespace's plugins, each under its own timeout.
+    pub async fn broadcast(
+        &self,
+        hook: &str,
+        payload: Value,
+        invocation_id: &str,
+    ) -> Result<BroadcastResponse, Status> {
+        let request = BroadcastRequest {
+            hook: hook.into(),
+            payload_json: payload.to_string(),
+            deadline_ms: 0,
+            invocation_id: invocation_id.into(),
+            namespace: self.ns().into(),
+        };
+        Ok(self.grpc.clone().broadcast(request).await?.into_inner())
+    }
+
+    /// Calls `hook` on `name` where the call must fail, and returns the failure.
+    pub async fn invoke_err(&self, name: &str, hook: &str, payload: Value) -> Result<Status> {
+        match self.invoke(name, hook, payload).await {
+            Ok(out) => bail!("{name} answered {hook} with {out}, but the call must fail"),
+            Err(status) => Ok(status),
+        }
+    }
+
+    /// Calls `hook` on `name` where the call must fail with `code` and a message that contains
+    /// `message` (`""`: any message).
+    pub async fn expect_failure(
+        &self,
+        name: &str,
+        hook: &str,
+        payload: Value,
+        code: Code,
+        message: &str,
+    ) -> Result<()> {
+        ensure_status(&self.invoke_err(name, hook, payload).await?, code, message)
+    }
+
+    /// Calls `transform` on the greeter `name` (hello, go-greeter) with `payload` and checks that
+    /// it answers with `greeting`.
+    pub async fn expect_greeting(&self, name: &str, payload: Value, greeting: &str) -> Result<()> {
+        let out = self
+            .invoke(name, "transform", payload)
+            .await
+            .with_context(|| format!("calling {name}, which must answer {greeting:?}"))?;
+        ensure!(
+            out["greeting"] == greeting,
+            "{name} answered {out}, expected the greeting {greeting:?}"
+        );
+        Ok(())
     }
 
     /// Waits until the router lists every one of `names` (its watch trails the status a little).
     pub async fn wait_routed(&self, names: &[&str]) -> Result<()> {
-        let deadline = Instant::now() + crate::WAIT;
-        loop {
-            let listed = self
-                .grpc
-                .clone()
-                .list_plugins(ListPluginsRequest {
-                    namespace: self.ns().into(),
-                })
-                .await?
-                .into_inner();
-            let have: Vec<String> = listed
-                .plugins
-                .iter()
-                .filter_map(|p| p.plugin.as_ref().map(|r| r.name.clone()))
-                .collect();
-            if names.iter().all(|n| have.iter().any(|h| h == n)) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the router lists {have:?}, expected {names:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        let what = format!("the router to list {names:?}");
+        wait::until(
+            &what,
+            crate::WAIT,
+            async || {
+                let listed = self
+                    .grpc
+                    .clone()
+                    .list_plugins(ListPluginsRequest {
+                        namespace: self.ns().into(),
+                    })
+                    .await?
+                    .into_inner();
+                Ok(listed
+                    .plugins
+                    .iter()
+                    .filter_map(|p| p.plugin.as_ref().map(|r| r.name.clone()))
+                    .collect::<Vec<String>>())
+            },
+            |have| names.iter().all(|n| have.iter().any(|h| h == n)),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Waits until every one of `names` is Active, listed by the router and answers `hook` through
+    /// it. The helm upgrade at the start of a test may have replaced the router pods: plugin pods
+    /// admit them once kube-router has programmed the new pods into their NetworkPolicy (seconds).
+    pub async fn wait_serving(&self, names: &[&str], hook: &str) -> Result<()> {
+        let api = self.ns.api::<Plugin>();
+        for name in names {
+            wait_plugin(&api, name, "phase Active", active).await?;
         }
+        self.wait_routed(names).await?;
+        for name in names {
+            self.wait_reachable(name, hook).await?;
+        }
+        Ok(())
     }
 
     /// Phase and Ready condition of a Plugin, for failure messages.
@@ -251,18 +325,15 @@ impl Fixture {
 
     /// Waits until a call to `name` reaches its shim (any answer but UNAVAILABLE).
     pub async fn wait_reachable(&self, name: &str, hook: &str) -> Result<()> {
-        let deadline = Instant::now() + crate::WAIT;
-        loop {
-            match self.invoke(name, hook, json!({})).await {
-                Err(e) if e.code() == Code::Unavailable => {
-                    if Instant::now() > deadline {
-                        bail!("{name} is still unreachable through the router: {e:?}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                _ => return Ok(()),
-            }
-        }
+        let what = format!("{name} to be reachable through the router");
+        wait::until(
+            &what,
+            crate::WAIT,
+            async || Ok(self.invoke(name, hook, json!({})).await),
+            |answer| !matches!(answer, Err(e) if e.code() == Code::Unavailable),
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn teardown(self) -> Result<()> {
@@ -270,8 +341,22 @@ impl Fixture {
     }
 }
 
-pub fn active(p: &Plugin) -> bool {
-    phase(p) == Some(PluginPhase::Active)
+/// Runs `body` with a [`Fixture`] and tears it down whatever the outcome.
+pub async fn in_fixture<F>(prefix: &str, permissions: &[&str], body: F) -> Result<()>
+where
+    F: AsyncFnOnce(&Fixture) -> Result<()>,
+{
+    let fixture = Fixture::new(prefix, permissions).await?;
+    crate::sandbox::torn_down_after(fixture, body, Fixture::teardown).await
+}
+
+/// Fails unless `status` has `code` and a message that contains `message` (`""`: any message).
+pub fn ensure_status(status: &Status, code: Code, message: &str) -> Result<()> {
+    ensure!(
+        status.code() == code && status.message().contains(message),
+        "expected {code:?} with a message containing {message:?}, got {status:?}"
+    );
+    Ok(())
 }
 
 /// Audit records the router pods wrote (their stdout).

@@ -91,20 +91,7 @@ impl Sandbox {
 
     /// Puts `bundle` in the ConfigMap `name` (key `bundle.tar.gz`), as the README tells users to.
     pub async fn put_bundle(&self, name: &str, bundle: Vec<u8>) -> Result<()> {
-        let cm = ConfigMap {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
-            ..Default::default()
-        };
-        self.ns
-            .api::<ConfigMap>()
-            .create(&PostParams::default(), &cm)
-            .await
-            .with_context(|| format!("creating ConfigMap {name}"))?;
-        Ok(())
+        put_bundle(&self.ns, name, bundle, None).await
     }
 
     /// Puts the hello plugin's bundle (from `make e2e-images`) in the ConfigMap `hello-bundle`.
@@ -124,20 +111,7 @@ impl Sandbox {
 
     /// Server-side applies `plugin` in the sandbox.
     pub async fn apply(&self, plugin: &Value) -> Result<()> {
-        let name = plugin["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        self.ns
-            .api::<Plugin>()
-            .patch(
-                &name,
-                &PatchParams::apply("airlock-e2e").force(),
-                &Patch::Apply(plugin),
-            )
-            .await
-            .with_context(|| format!("applying Plugin {name}"))?;
-        Ok(())
+        crate::plugins::apply(&self.ns.api::<Plugin>(), plugin).await
     }
 
     /// Deletes the namespace, waits until it is gone (a stuck finalizer fails the test) and
@@ -192,14 +166,52 @@ impl Drop for Sandbox {
     }
 }
 
+/// Puts `bundle` in the ConfigMap `name` in `ns` (key `bundle.tar.gz`), with its detached
+/// `signature` (key `bundle.tar.gz.sig`) if any, as the README tells users to.
+pub async fn put_bundle(
+    ns: &TestNamespace,
+    name: &str,
+    bundle: Vec<u8>,
+    signature: Option<String>,
+) -> Result<()> {
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
+        data: signature.map(|s| [("bundle.tar.gz.sig".to_string(), s)].into()),
+        ..Default::default()
+    };
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .with_context(|| format!("creating the bundle ConfigMap {name}"))?;
+    Ok(())
+}
+
 /// Runs `body` in a sandbox and tears it down whatever the outcome.
 pub async fn in_sandbox<F>(prefix: &str, permissions: &[&str], body: F) -> Result<()>
 where
     F: AsyncFnOnce(&Sandbox) -> Result<()>,
 {
-    let sandbox = Sandbox::new(prefix, permissions).await?;
-    let outcome = body(&sandbox).await;
-    let cleanup = sandbox.teardown().await;
+    torn_down_after(
+        Sandbox::new(prefix, permissions).await?,
+        body,
+        Sandbox::teardown,
+    )
+    .await
+}
+
+/// Runs `body` on `fixture`, then `teardown` whatever the outcome; when both fail, the body's
+/// failure is the one reported.
+pub(crate) async fn torn_down_after<T>(
+    fixture: T,
+    body: impl AsyncFnOnce(&T) -> Result<()>,
+    teardown: impl AsyncFnOnce(T) -> Result<()>,
+) -> Result<()> {
+    let outcome = body(&fixture).await;
+    let cleanup = teardown(fixture).await;
     outcome?;
     cleanup
 }

@@ -23,24 +23,40 @@ fn tool(name: &str) -> Command {
     cmd
 }
 
+/// Runs `cmd` with `input` on its stdin and returns its stdout; fails with what it printed unless
+/// it succeeds.
+fn run(cmd: &mut Command, input: &[u8]) -> Result<Vec<u8>> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {:?} (on PATH?)", cmd.get_program()))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(input)?;
+    }
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout)
+}
+
 #[tokio::test]
 async fn the_chart_lints_and_its_manifests_pass_a_server_side_dry_run() -> Result<()> {
     airlock_e2e::install::ensure_installed().await?;
     let chart = workspace().join("charts/airlock");
-    let lint = tool("helm")
-        .arg("lint")
-        .arg("--strict")
-        .arg(&chart)
-        .args(values()?)
-        .output()
-        .context("running helm lint (helm on PATH)")?;
-    ensure!(
-        lint.status.success(),
-        "helm lint: {}",
-        String::from_utf8_lossy(&lint.stdout)
-    );
+    let mut lint = tool("helm");
+    lint.arg("lint").arg("--strict").arg(&chart).args(values()?);
+    run(&mut lint, &[]).context("helm lint")?;
 
-    let rendered = tool("helm")
+    let mut template = tool("helm");
+    template
         .args(["template", "airlock"])
         .arg(&chart)
         .args([
@@ -50,40 +66,20 @@ async fn the_chart_lints_and_its_manifests_pass_a_server_side_dry_run() -> Resul
             "--kube-version",
             "1.34.0",
         ])
-        .args(values()?)
-        .output()
-        .context("running helm template")?;
-    ensure!(
-        rendered.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
-    let mut apply = tool("kubectl")
-        .args([
-            "apply",
-            "--dry-run=server",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running kubectl (kubectl on PATH)")?;
-    {
-        use std::io::Write;
-        let mut stdin = apply.stdin.take().context("stdin")?;
-        stdin.write_all(&rendered.stdout)?;
-    }
-    let out = apply.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "the API server rejected rendered manifests: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let accepted = String::from_utf8_lossy(&out.stdout);
+        .args(values()?);
+    let rendered = run(&mut template, &[]).context("helm template")?;
+    let mut apply = tool("kubectl");
+    apply.args([
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+    ]);
+    let out =
+        run(&mut apply, &rendered).context("a server-side dry run of the rendered manifests")?;
+    let accepted = String::from_utf8_lossy(&out);
     for kind in [
         "customresourcedefinition",
         "clusterrole",

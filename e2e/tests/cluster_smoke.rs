@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use airlock_e2e::TestNamespace;
 use airlock_e2e::images::{probe_image, push_unique_variant};
 use airlock_e2e::namespace::with_namespace;
 use airlock_e2e::pods::{
@@ -14,7 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::PostParams;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_pod_runs_and_its_log_is_read_back() -> Result<()> {
@@ -76,32 +77,9 @@ async fn an_image_pushed_to_the_local_registry_is_pulled_by_the_kubelet() -> Res
 #[tokio::test]
 async fn runtime_default_seccomp_denies_unshare() -> Result<()> {
     with_namespace("seccomp-rd", &[], |ns| async move {
-        let image = probe_image();
-        let confined = probe_pod(
-            "confined",
-            &image,
-            &["unshare"],
-            Some(json!({"type": "RuntimeDefault"})),
-        )?;
-        let log = run_to_completion(&ns, &confined).await?;
-        ensure!(
-            log.starts_with("unshare=EPERM"),
-            "RuntimeDefault let unshare through: {log:?}"
-        );
-
-        // Control: the same call without a filter succeeds, so the EPERM above is the profile's.
-        let unconfined = probe_pod(
-            "unconfined",
-            &image,
-            &["unshare"],
-            Some(json!({"type": "Unconfined"})),
-        )?;
-        let log = run_to_completion(&ns, &unconfined).await?;
-        ensure!(
-            log.starts_with("unshare=ok"),
-            "unshare fails even unconfined: {log:?}"
-        );
-        Ok(())
+        let runtime_default = json!({"type": "RuntimeDefault"});
+        let unconfined = json!({"type": "Unconfined"});
+        denied_only_under(&ns, &["unshare"], runtime_default, unconfined).await
     })
     .await
 }
@@ -109,31 +87,39 @@ async fn runtime_default_seccomp_denies_unshare() -> Result<()> {
 #[tokio::test]
 async fn a_localhost_seccomp_profile_denies_its_syscall_with_eperm() -> Result<()> {
     with_namespace("seccomp-lh", &[], |ns| async move {
-        let image = probe_image();
         // Installed by e2e/cluster/up.sh under the kubelet's seccomp root.
         let profile =
             json!({"type": "Localhost", "localhostProfile": "profiles/airlock-deny-mkdir.json"});
-        let denied = probe_pod("denied", &image, &["mkdir", "/scratch/d"], Some(profile))?;
-        let log = run_to_completion(&ns, &denied).await?;
-        ensure!(
-            log.starts_with("mkdir=EPERM"),
-            "the Localhost profile did not deny mkdir: {log:?}"
-        );
-
-        let control = probe_pod(
-            "control",
-            &image,
-            &["mkdir", "/scratch/d"],
-            Some(json!({"type": "RuntimeDefault"})),
-        )?;
-        let log = run_to_completion(&ns, &control).await?;
-        ensure!(
-            log.starts_with("mkdir=ok"),
-            "mkdir fails even without the profile: {log:?}"
-        );
-        Ok(())
+        let runtime_default = json!({"type": "RuntimeDefault"});
+        denied_only_under(&ns, &["mkdir", "/scratch/d"], profile, runtime_default).await
     })
     .await
+}
+
+/// Runs the probe `args` (a syscall and its arguments) under the seccomp profile `denying`, which
+/// must deny the syscall with EPERM, and as the control under `allowing`, where the same call must
+/// succeed, so that the EPERM is the profile's.
+async fn denied_only_under(
+    ns: &TestNamespace,
+    args: &[&str],
+    denying: Value,
+    allowing: Value,
+) -> Result<()> {
+    let image = probe_image();
+    let syscall = args.first().context("a syscall to probe")?;
+    let pod = probe_pod("denied", &image, args, Some(denying.clone()))?;
+    let log = run_to_completion(ns, &pod).await?;
+    ensure!(
+        log.starts_with(&format!("{syscall}=EPERM")),
+        "{denying} let {syscall} through: {log:?}"
+    );
+    let pod = probe_pod("control", &image, args, Some(allowing.clone()))?;
+    let log = run_to_completion(ns, &pod).await?;
+    ensure!(
+        log.starts_with(&format!("{syscall}=ok")),
+        "{syscall} fails even under {allowing}: {log:?}"
+    );
+    Ok(())
 }
 
 #[tokio::test]
@@ -160,38 +146,28 @@ async fn network_policy_blocks_real_pod_traffic_and_an_allow_rule_reopens_it() -
         let is_blocked = |l: &str| l.starts_with("connect=blocked");
 
         // No policy: both clients reach the server.
-        wait_last_log_line(&ns, "client", "an open connection", is_open).await?;
-        wait_last_log_line(&ns, "other", "an open connection", is_open).await?;
+        for client in ["client", "other"] {
+            wait_last_log_line(&ns, client, "an open connection", is_open).await?;
+        }
 
         // Default deny for ingress in the namespace: the server becomes unreachable.
-        apply_policy(
-            &ns,
-            json!({
-                "metadata": {"name": "default-deny"},
-                "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
-            }),
-        )
-        .await?;
-        wait_last_log_line(&ns, "client", "the connection to be blocked", is_blocked).await?;
-        wait_last_log_line(&ns, "other", "the connection to be blocked", is_blocked).await?;
+        let deny_all = json!({"podSelector": {}, "policyTypes": ["Ingress"]});
+        apply_policy(&ns, "default-deny", deny_all).await?;
+        for client in ["client", "other"] {
+            wait_last_log_line(&ns, client, "the connection to be blocked", is_blocked).await?;
+        }
 
         // Allow only role=client on the server's port: the client gets through again, the other
         // pod stays blocked.
-        apply_policy(
-            &ns,
-            json!({
-                "metadata": {"name": "allow-client"},
-                "spec": {
-                    "podSelector": {"matchLabels": {"role": "server"}},
-                    "policyTypes": ["Ingress"],
-                    "ingress": [{
-                        "from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
-                        "ports": [{"protocol": "TCP", "port": 8080}]
-                    }]
-                }
-            }),
-        )
-        .await?;
+        let allow_client = json!({
+            "podSelector": {"matchLabels": {"role": "server"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                "ports": [{"protocol": "TCP", "port": 8080}]
+            }]
+        });
+        apply_policy(&ns, "allow-client", allow_client).await?;
         wait_last_log_line(&ns, "client", "the connection to re-open", is_open).await?;
         // Watch the other client for a while: it must never get through.
         let until = Instant::now() + Duration::from_secs(5);
@@ -209,14 +185,18 @@ async fn network_policy_blocks_real_pod_traffic_and_an_allow_rule_reopens_it() -
     .await
 }
 
-async fn apply_policy(ns: &airlock_e2e::TestNamespace, mut body: serde_json::Value) -> Result<()> {
-    body["apiVersion"] = json!("networking.k8s.io/v1");
-    body["kind"] = json!("NetworkPolicy");
-    let policy: NetworkPolicy = serde_json::from_value(body)?;
+/// Creates the NetworkPolicy `name` with `spec`.
+async fn apply_policy(ns: &TestNamespace, name: &str, spec: Value) -> Result<()> {
+    let policy: NetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?;
     ns.api::<NetworkPolicy>()
         .create(&PostParams::default(), &policy)
         .await
-        .context("creating the NetworkPolicy")?;
+        .with_context(|| format!("creating the NetworkPolicy {name}"))?;
     Ok(())
 }
 

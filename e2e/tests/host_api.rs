@@ -5,21 +5,22 @@
 //! with PERMISSION_DENIED and audited while the plugin keeps answering. Its storage is kept while
 //! it is disabled and deleted with it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_crds::{Plugin, PluginStorage};
-use airlock_e2e::plugins::{phase, wait_plugin};
-use airlock_e2e::router::{self, Fixture, active};
-use anyhow::{Context, Result, bail, ensure};
+use airlock_e2e::plugins::{set_enabled, wait_plugin};
+use airlock_e2e::router::{self, Fixture, active, in_fixture};
+use airlock_e2e::wait;
+use anyhow::{Context, Result, ensure};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
+/// How long the router's audit records and log, and the garbage collector, may trail the test.
+const TRAIL: Duration = Duration::from_secs(60);
+
 #[tokio::test]
 async fn a_plugin_uses_its_storage_and_logs_and_a_denied_call_is_audited() -> Result<()> {
-    let f = Fixture::new("host", &["log", "storage:read", "storage:write"]).await?;
-    let result = scenario(&f).await;
-    let cleanup = f.teardown().await;
-    result.and(cleanup)
+    in_fixture("host", &["log", "storage:read", "storage:write"], scenario).await
 }
 
 async fn scenario(f: &Fixture) -> Result<()> {
@@ -87,7 +88,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         out["emit"] == "PERMISSION_DENIED",
         "emit without permission: {out}"
     );
-    let denied = wait_for(|| async {
+    let denied = wait::found("an audit record of the denied emit", TRAIL, async || {
         Ok(router::router_audit(&f.client)
             .await?
             .into_iter()
@@ -97,8 +98,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
                     && r["plugin"]["name"] == "event-logger"
             }))
     })
-    .await
-    .context("an audit record of the denied emit")?;
+    .await?;
     ensure!(denied["call"] == "emit", "{denied}");
     ensure!(
         denied["permissions"] == json!(["log", "storage:write"]),
@@ -111,14 +111,14 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "the record names the permission needed: {denied}"
     );
     // The log line went through the host (rate-limited per plugin), tagged with the plugin.
-    let logged = wait_for(|| async {
+    let what = "the plugin's host log line in the router's log";
+    let logged = wait::found(what, TRAIL, async || {
         Ok(router::router_log_lines(&f.client, "plugin log")
             .await?
             .into_iter()
             .find(|l| l.contains(f.ns()) && l.contains("order.created")))
     })
-    .await
-    .context("the plugin's host log line in the router's log")?;
+    .await?;
     ensure!(logged.contains("event-logger"), "{logged}");
     let metrics = router::metrics(&f.client).await?;
     let series = |call: &str, result: &str| {
@@ -155,37 +155,13 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "owner is this Plugin"
     );
     let kept = before + 1;
-    plugins
-        .patch(
-            "event-logger",
-            &PatchParams::apply("airlock-e2e-toggle").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "airlock.dev/v1alpha1", "kind": "Plugin",
-                "spec": {"enabled": false},
-            })),
-        )
-        .await?;
-    wait_plugin(&plugins, "event-logger", "phase Disabled", |p| {
-        phase(p) == Some(airlock_crds::plugin::PluginPhase::Disabled)
-    })
-    .await?;
+    set_enabled(&plugins, "event-logger", false).await?;
     ensure!(
         count_in(&storage).await? == kept,
         "storage is kept while disabled"
     );
-    plugins
-        .patch(
-            "event-logger",
-            &PatchParams::apply("airlock-e2e-toggle").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "airlock.dev/v1alpha1", "kind": "Plugin",
-                "spec": {"enabled": true},
-            })),
-        )
-        .await?;
-    wait_plugin(&plugins, "event-logger", "phase Active", active).await?;
-    f.wait_routed(&["event-logger"]).await?;
-    f.wait_reachable("event-logger", "onEvent").await?;
+    set_enabled(&plugins, "event-logger", true).await?;
+    f.wait_serving(&["event-logger"], "onEvent").await?;
     let after = count_in(&storage).await?;
     ensure!(
         after > kept,
@@ -195,7 +171,8 @@ async fn scenario(f: &Fixture) -> Result<()> {
     plugins
         .delete("event-logger", &DeleteParams::default())
         .await?;
-    wait_for(|| async {
+    let what = "the PluginStorage to be deleted with its Plugin";
+    wait::found(what, TRAIL, async || {
         Ok(storage
             .get_opt("event-logger")
             .await?
@@ -203,8 +180,6 @@ async fn scenario(f: &Fixture) -> Result<()> {
             .then_some(()))
     })
     .await
-    .context("the PluginStorage is deleted with its Plugin")?;
-    Ok(())
 }
 
 /// The `count` entry of event-logger's storage.
@@ -217,22 +192,4 @@ async fn count_in(storage: &kube::Api<PluginStorage>) -> Result<u64> {
         .context("the storage has a count")?;
     let v: Value = serde_json::from_str(text)?;
     v.as_u64().context("count is a number")
-}
-
-/// Polls `f` until it yields something (60 s at most).
-async fn wait_for<T, F, Fut>(f: F) -> Result<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }

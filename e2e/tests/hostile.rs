@@ -9,9 +9,10 @@
 
 use std::time::Duration;
 
+use airlock_core::identity::plugin_identity;
 use airlock_e2e::install::NAMESPACE;
-use airlock_e2e::plugins::{self, wait_plugin};
-use airlock_e2e::router::{Fixture, active};
+use airlock_e2e::plugins;
+use airlock_e2e::router::{Fixture, ensure_status, in_fixture};
 use airlock_proto::plugin::v1::InvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use anyhow::{Context, Result, ensure};
@@ -19,13 +20,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, LogParams};
 use serde_json::{Value, json};
 use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
 
 #[tokio::test]
 async fn hostile_plugins_are_contained_while_the_others_keep_answering() -> Result<()> {
-    let f = Fixture::new("hostile", &["log", "net:egress"]).await?;
-    let result = scenario(&f).await;
-    let cleanup = f.teardown().await;
-    result.and(cleanup)
+    in_fixture("hostile", &["log", "net:egress"], scenario).await
 }
 
 async fn scenario(f: &Fixture) -> Result<()> {
@@ -44,29 +43,15 @@ async fn scenario(f: &Fixture) -> Result<()> {
         json!({"network": {"egress": [{"cidr": "198.18.255.0/24", "ports": [{"port": 9}]}]}}),
     )
     .await?;
-    let api = f.ns.api::<airlock_crds::Plugin>();
-    for name in ["hello", "hostile", "hostile-net"] {
-        wait_plugin(&api, name, "phase Active", active).await?;
-    }
-    f.wait_routed(&["hello", "hostile", "hostile-net"]).await?;
-    f.wait_reachable("hello", "transform").await?;
-    f.wait_reachable("hostile", "transform").await?;
-    f.wait_reachable("hostile-net", "transform").await?;
+    f.wait_serving(&["hello", "hostile", "hostile-net"], "transform")
+        .await?;
     let attack = |plugin: &'static str, payload: Value| async move {
         f.invoke(plugin, "transform", payload)
             .await
             .with_context(|| format!("{plugin}: the attack call itself failed"))
     };
-    let hello_answers = || async {
-        let out = f
-            .invoke("hello", "transform", json!({"name": "bystander"}))
-            .await?;
-        ensure!(
-            out["greeting"] == "hello, bystander",
-            "hello answered {out}"
-        );
-        Ok(())
-    };
+    let hello_answers =
+        || f.expect_greeting("hello", json!({"name": "bystander"}), "hello, bystander");
 
     // The registry on the node is a real, listening TCP service.
     let registry = json!({"attack": "socket", "target": "198.19.255.1:5000"});
@@ -98,15 +83,10 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "the plugin cannot change its bundle: {out}"
     );
 
-    let big = f
-        .invoke("hostile", "transform", json!({"attack": "output"}))
+    let output = json!({"attack": "output"});
+    f.expect_failure("hostile", "transform", output, Code::ResourceExhausted, "")
         .await
-        .err()
-        .context("a 2 MiB answer must be refused")?;
-    ensure!(
-        big.code() == Code::ResourceExhausted,
-        "a 2 MiB answer is over the 1 MiB output limit: {big:?}"
-    );
+        .context("a 2 MiB answer is over the 1 MiB output limit")?;
     hello_answers().await?;
 
     // Log flood: 5000 lines, of which the shim forwards at most its budget (100 a minute).
@@ -128,12 +108,16 @@ async fn scenario(f: &Fixture) -> Result<()> {
 
     // A grandchild in its own process group, then a hang: at the timeout the shim kills the
     // plugin and, as PID 1 of the container, everything the plugin left behind.
-    let hung = f
-        .invoke("hostile", "transform", json!({"attack": "grandchild"}))
-        .await
-        .err()
-        .context("the grandchild attack hangs until its timeout")?;
-    ensure!(hung.code() == Code::DeadlineExceeded, "{hung:?}");
+    let grandchild = json!({"attack": "grandchild"});
+    f.expect_failure(
+        "hostile",
+        "transform",
+        grandchild,
+        Code::DeadlineExceeded,
+        "",
+    )
+    .await
+    .context("the grandchild attack hangs until its timeout")?;
     let out = attack("hostile", json!({"attack": "processes"})).await?;
     let processes: Vec<String> = serde_json::from_value(out["processes"].clone())?;
     ensure!(
@@ -194,12 +178,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
 /// the plugin it meant.
 async fn only_the_router_reaches_a_shim(f: &Fixture) -> Result<()> {
     let ns = f.ns();
-    let request = || InvokeRequest {
-        hook: "transform".into(),
-        payload_json: json!({"name": "mtls"}).to_string(),
-        deadline_ms: 2000,
-        invocation_id: "e2e-mtls".into(),
-    };
+    let request = || plugins::transform_request(json!({"name": "mtls"}).to_string(), "e2e-mtls");
     // The router's identity: served.
     let router = plugins::router_identity(&f.client).await?;
     let out = PluginClient::new(plugins::shim_channel(&f.client, ns, "hello", &router).await?)
@@ -221,44 +200,37 @@ async fn only_the_router_reaches_a_shim(f: &Fixture) -> Result<()> {
         .await
         .err()
         .context("a plugin's certificate must not invoke another plugin")?;
-    ensure!(err.code() == Code::PermissionDenied, "{err:?}");
-    ensure!(
-        err.message().contains("only from the Airlock router"),
-        "{err:?}"
-    );
+    ensure_status(&err, Code::PermissionDenied, "only from the Airlock router")?;
 
     // Plain text, no certificate: nothing.
     let ip = plugins::service_ip(&f.client, ns, "hello").await?;
-    let plain = match tonic::transport::Channel::from_shared(format!("http://{ip}:50051"))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-    {
-        Err(_) => true,
-        Ok(c) => PluginClient::new(c).invoke(request()).await.is_err(),
-    };
-    ensure!(plain, "a plain-text caller reached hello's shim");
+    let plain = Channel::from_shared(format!("http://{ip}:50051"))?;
+    ensure!(
+        refused(plain, request()).await,
+        "a plain-text caller reached hello's shim"
+    );
 
     // The router's identity, but expecting hostile at hello's address: the handshake fails, so a
     // stale route cannot run the wrong plugin.
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(&router.ca))
-        .identity(tonic::transport::Identity::from_pem(
-            &router.cert,
-            &router.key,
-        ))
-        .domain_name(airlock_core::identity::plugin_identity(ns, "hostile"));
-    let wrong = match tonic::transport::Channel::from_shared(format!("https://{ip}:50051"))?
-        .tls_config(tls)?
+    let wrong = Channel::from_shared(format!("https://{ip}:50051"))?
+        .tls_config(router.client_config(&plugin_identity(ns, "hostile")))?;
+    ensure!(
+        refused(wrong, request()).await,
+        "hello's shim passed for hostile"
+    );
+    Ok(())
+}
+
+/// Whether a call through `endpoint` goes unanswered: no connection within 2 s, or a failed call.
+async fn refused(endpoint: Endpoint, request: InvokeRequest) -> bool {
+    match endpoint
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await
     {
         Err(_) => true,
-        Ok(c) => PluginClient::new(c).invoke(request()).await.is_err(),
-    };
-    ensure!(wrong, "hello's shim passed for hostile");
-    Ok(())
+        Ok(c) => PluginClient::new(c).invoke(request).await.is_err(),
+    }
 }
 
 /// The container log of the plugin's pod (what `kubectl logs` shows), after a moment for the

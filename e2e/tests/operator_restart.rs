@@ -3,12 +3,11 @@
 //! own (cargo runs test binaries one after another): no other test runs beside it.
 
 use airlock_crds::Plugin;
-use airlock_crds::plugin::PluginPhase;
-use airlock_e2e::plugins::{invoke, phase, wait_plugin};
+use airlock_e2e::plugins::{active, invoke, wait_plugin};
 use airlock_e2e::sandbox::{self, Sandbox};
 use anyhow::{Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams};
 
@@ -42,7 +41,7 @@ async fn killing_the_operator_mid_rollout_converges_without_duplicates() -> Resu
             &plugins,
             "survivor",
             "phase Active after the restart",
-            |p| phase(p) == Some(PluginPhase::Active),
+            active,
         )
         .await?;
         let out = invoke(&s.client, &s.ns.name, "survivor").await?;
@@ -50,46 +49,27 @@ async fn killing_the_operator_mid_rollout_converges_without_duplicates() -> Resu
 
         // Exactly one of each child, whatever happened in between.
         let by_plugin = ListParams::default().labels("airlock.dev/plugin=survivor");
+        let ns = &s.ns;
         let counts = [
-            (
-                "Deployment",
-                s.ns.api::<Deployment>().list(&by_plugin).await?.items.len(),
-            ),
-            (
-                "Service",
-                s.ns.api::<Service>().list(&by_plugin).await?.items.len(),
-            ),
+            ("Deployment", ns.count::<Deployment>(&by_plugin).await?),
+            ("Service", ns.count::<Service>(&by_plugin).await?),
             (
                 "NetworkPolicy",
-                s.ns.api::<NetworkPolicy>()
-                    .list(&by_plugin)
-                    .await?
-                    .items
-                    .len(),
+                ns.count::<NetworkPolicy>(&by_plugin).await?,
             ),
             (
                 "ServiceAccount",
-                s.ns.api::<k8s_openapi::api::core::v1::ServiceAccount>()
-                    .list(&by_plugin)
-                    .await?
-                    .items
-                    .len(),
+                ns.count::<ServiceAccount>(&by_plugin).await?,
             ),
             (
                 "bundle Secret",
-                s.ns.api::<Secret>()
-                    .list(&by_plugin.clone().fields("type=airlock.dev/bundle"))
-                    .await?
-                    .items
-                    .len(),
+                ns.count::<Secret>(&by_plugin.clone().fields("type=airlock.dev/bundle"))
+                    .await?,
             ),
             (
                 "TLS Secret",
-                s.ns.api::<Secret>()
-                    .list(&by_plugin.clone().fields("type=kubernetes.io/tls"))
-                    .await?
-                    .items
-                    .len(),
+                ns.count::<Secret>(&by_plugin.clone().fields("type=kubernetes.io/tls"))
+                    .await?,
             ),
         ];
         for (kind, n) in counts {

@@ -4,21 +4,22 @@
 //! disrupts the whole cluster, so it runs alone.) Airlock is installed with its Helm chart; the operator runs
 //! in-cluster under the chart's RBAC.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
 
 use airlock_e2e::install::images_env;
-use airlock_e2e::plugins::{condition, invoke, phase, wait_plugin};
+use airlock_e2e::plugins::{active, condition, ensure_phase, invoke, set_enabled, wait_plugin};
 use airlock_e2e::sandbox::{self, Sandbox};
+use airlock_e2e::wait;
 
 async fn running_pods(client: &Client, ns: &str, plugin: &str) -> Result<usize> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
@@ -52,16 +53,12 @@ async fn a_plugin_becomes_active_in_a_restricted_namespace_and_follows_its_lifec
 
 async fn lifecycle(s: &Sandbox) -> Result<()> {
     let (client, ns) = (&s.client, &s.ns);
-    let pp = PatchParams::apply("airlock-e2e").force();
     let plugin = s.hello("hello")?;
     s.apply(&plugin).await?;
     let plugins: Api<Plugin> = ns.api();
 
     // Active, with a real pod that the restricted namespace admitted, and the hook answers.
-    let p = wait_plugin(&plugins, "hello", "phase Active", |p| {
-        phase(p) == Some(PluginPhase::Active)
-    })
-    .await?;
+    let p = wait_plugin(&plugins, "hello", "phase Active", active).await?;
     let ready = condition(&p, "Ready").context("Ready condition")?;
     ensure!(ready.status == "True", "Ready is {}", ready.status);
     ensure!(
@@ -82,32 +79,19 @@ async fn lifecycle(s: &Sandbox) -> Result<()> {
     );
 
     // Disable: no pods, Disabled; enable: back to Active and answering.
-    plugins
-        .patch("hello", &pp, &Patch::Apply(&with_enabled(&plugin, false)))
-        .await?;
-    wait_plugin(&plugins, "hello", "phase Disabled", |p| {
-        phase(p) == Some(PluginPhase::Disabled)
-    })
+    set_enabled(&plugins, "hello", false).await?;
+    wait::until(
+        "no running pods after disable",
+        airlock_e2e::WAIT,
+        async || running_pods(client, &ns.name, "hello").await,
+        |running| *running == 0,
+    )
     .await?;
-    let deadline = Instant::now() + airlock_e2e::WAIT;
-    while running_pods(client, &ns.name, "hello").await? > 0 {
-        ensure!(
-            Instant::now() < deadline,
-            "pods still running after disable"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
     ensure!(
         ns.api::<Deployment>().get_opt("hello").await?.is_some(),
         "a disabled plugin keeps its Deployment (scaled to zero)"
     );
-    plugins
-        .patch("hello", &pp, &Patch::Apply(&with_enabled(&plugin, true)))
-        .await?;
-    wait_plugin(&plugins, "hello", "phase Active again", |p| {
-        phase(p) == Some(PluginPhase::Active)
-    })
-    .await?;
+    set_enabled(&plugins, "hello", true).await?;
     let out = invoke(client, &ns.name, "hello").await?;
     ensure!(
         out["greeting"] == "hello, airlock",
@@ -118,9 +102,7 @@ async fn lifecycle(s: &Sandbox) -> Result<()> {
     let mut future = plugin.clone();
     future["metadata"]["name"] = json!("from-the-future");
     future["spec"]["pluginApiVersion"] = json!(2);
-    plugins
-        .patch("from-the-future", &pp, &Patch::Apply(&future))
-        .await?;
+    s.apply(&future).await?;
     let p = wait_plugin(&plugins, "from-the-future", "Compatible=False", |p| {
         condition(p, "Compatible").is_some_and(|c| c.status == "False")
     })
@@ -146,32 +128,26 @@ async fn lifecycle(s: &Sandbox) -> Result<()> {
 
     // Delete: every child goes.
     plugins.delete("hello", &DeleteParams::default()).await?;
-    let deadline = Instant::now() + airlock_e2e::WAIT;
-    loop {
-        let left = [
-            ns.api::<Deployment>().get_opt("hello").await?.is_some(),
-            ns.api::<Service>().get_opt("hello").await?.is_some(),
-            ns.api::<NetworkPolicy>().get_opt("hello").await?.is_some(),
-            ns.api::<k8s_openapi::api::core::v1::ServiceAccount>()
-                .get_opt("hello")
-                .await?
-                .is_some(),
-            !ns.api::<Secret>()
-                .list(&ListParams::default().labels("airlock.dev/plugin=hello"))
-                .await?
-                .items
-                .is_empty(),
-            plugins.get_opt("hello").await?.is_some(),
-        ];
-        if left.iter().all(|l| !l) {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "children left after delete (deployment, service, netpol, sa, secrets, plugin): {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait::until(
+        "the Plugin and its children to go (left: deployment, service, netpol, sa, secrets, plugin)",
+        airlock_e2e::WAIT,
+        async || {
+            Ok([
+                ns.api::<Deployment>().get_opt("hello").await?.is_some(),
+                ns.api::<Service>().get_opt("hello").await?.is_some(),
+                ns.api::<NetworkPolicy>().get_opt("hello").await?.is_some(),
+                ns.api::<ServiceAccount>().get_opt("hello").await?.is_some(),
+                !ns.api::<Secret>()
+                    .list(&ListParams::default().labels("airlock.dev/plugin=hello"))
+                    .await?
+                    .items
+                    .is_empty(),
+                plugins.get_opt("hello").await?.is_some(),
+            ])
+        },
+        |left| left.iter().all(|l| !l),
+    )
+    .await?;
     let _ = plugins
         .delete("from-the-future", &DeleteParams::default())
         .await;
@@ -180,10 +156,7 @@ async fn lifecycle(s: &Sandbox) -> Result<()> {
     // Secrets Kubernetes deleted with the old one. It must get new ones and become Active (the
     // operator once remembered "Secret exists" by name and left the pod unable to start).
     s.apply(&plugin).await?;
-    let again = wait_plugin(&plugins, "hello", "phase Active after re-create", |p| {
-        phase(p) == Some(PluginPhase::Active)
-    })
-    .await?;
+    let again = wait_plugin(&plugins, "hello", "phase Active after re-create", active).await?;
     let uid = again.metadata.uid.clone().unwrap_or_default();
     let secrets = ns
         .api::<Secret>()
@@ -213,12 +186,6 @@ async fn lifecycle(s: &Sandbox) -> Result<()> {
     Ok(())
 }
 
-fn with_enabled(plugin: &serde_json::Value, enabled: bool) -> serde_json::Value {
-    let mut p = plugin.clone();
-    p["spec"]["enabled"] = json!(enabled);
-    p
-}
-
 #[tokio::test]
 async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revision_serves()
 -> Result<()> {
@@ -226,10 +193,7 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revisi
         let plugins: Api<Plugin> = s.ns.api();
         let good = s.hello("hello")?;
         s.apply(&good).await?;
-        let p = wait_plugin(&plugins, "hello", "phase Active", |p| {
-            phase(p) == Some(PluginPhase::Active)
-        })
-        .await?;
+        let p = wait_plugin(&plugins, "hello", "phase Active", active).await?;
         let good_revision = p
             .status
             .and_then(|st| st.current_revision)
@@ -243,12 +207,8 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revisi
             condition(p, "Ready").is_some_and(|c| c.reason == "RolledBack")
         })
         .await?;
+        ensure_phase(&p, PluginPhase::Degraded, "the last good revision serves")?;
         let st = p.status.clone().context("status")?;
-        ensure!(
-            st.phase == Some(PluginPhase::Degraded),
-            "phase {:?}",
-            st.phase
-        );
         ensure!(
             st.current_revision.as_deref() == Some(good_revision.as_str()),
             "serving {:?}, expected the last good revision {good_revision}",
@@ -285,10 +245,7 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revisi
 
         // Fixing the spec rolls forward again.
         s.apply(&good).await?;
-        wait_plugin(&plugins, "hello", "Active after the fix", |p| {
-            phase(p) == Some(PluginPhase::Active)
-        })
-        .await?;
+        wait_plugin(&plugins, "hello", "Active after the fix", active).await?;
         Ok(())
     })
     .await

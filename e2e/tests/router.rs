@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
 use airlock_e2e::plugins::{condition, phase, wait_plugin};
-use airlock_e2e::router::{self, Fixture, active};
-use airlock_proto::router::v1::{BroadcastRequest, TransformRequest};
+use airlock_e2e::router::{self, Fixture, active, in_fixture};
+use airlock_e2e::wait;
+use airlock_proto::router::v1::PluginResult;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
@@ -22,10 +23,7 @@ const AUTO_DISABLED: &str = "airlock.dev/auto-disabled";
 
 #[tokio::test]
 async fn hooks_through_the_router_and_a_misbehaving_plugin_contained() -> Result<()> {
-    let f = Fixture::new("router", &["log", "read:data", "storage:write"]).await?;
-    let result = scenario(&f).await;
-    let cleanup = f.teardown().await;
-    result.and(cleanup)
+    in_fixture("router", &["log", "read:data", "storage:write"], scenario).await
 }
 
 /// The same contract in three languages: the Rust SDK (hello), Go with only its standard library
@@ -33,189 +31,120 @@ async fn hooks_through_the_router_and_a_misbehaving_plugin_contained() -> Result
 /// through the router.
 #[tokio::test]
 async fn plugins_in_rust_go_and_python_answer_through_the_router() -> Result<()> {
-    let f = Fixture::new("languages", &["log"]).await?;
-    let result = async {
+    in_fixture("languages", &["log"], async |f: &Fixture| {
         let transform = json!([{"name": "transform", "timeout": "2s"}]);
-        f.apply(
-            "hello",
-            "hello",
-            transform.clone(),
-            json!(["log"]),
-            json!({}),
-        )
-        .await?;
-        f.apply(
-            "go-greeter",
-            "go-greeter",
-            transform.clone(),
-            json!(["log"]),
-            json!({}),
-        )
-        .await?;
-        f.apply(
-            "python-upper",
-            "python-upper",
-            json!([{"name": "transform", "timeout": "2s"}, {"name": "onEvent", "timeout": "2s"}]),
-            json!(["log"]),
-            json!({}),
-        )
-        .await?;
-        let api = f.ns.api::<Plugin>();
-        let all = ["hello", "go-greeter", "python-upper"];
-        for name in all {
-            wait_plugin(&api, name, "phase Active", active).await?;
+        let python =
+            json!([{"name": "transform", "timeout": "2s"}, {"name": "onEvent", "timeout": "2s"}]);
+        for (name, hooks) in [
+            ("hello", &transform),
+            ("go-greeter", &transform),
+            ("python-upper", &python),
+        ] {
+            f.apply(name, name, hooks.clone(), json!(["log"]), json!({}))
+                .await?;
         }
-        f.wait_routed(&all).await?;
-        for name in all {
-            f.wait_reachable(name, "transform").await?;
-        }
-        let out = f
-            .invoke("hello", "transform", json!({"name": "rust"}))
+        f.wait_serving(&["hello", "go-greeter", "python-upper"], "transform")
             .await?;
-        ensure!(out["greeting"] == "hello, rust", "rust: {out}");
-        let out = f
-            .invoke("go-greeter", "transform", json!({"name": "gopher"}))
+        f.expect_greeting("hello", json!({"name": "rust"}), "hello, rust")
             .await?;
-        ensure!(out["greeting"] == "hello from Go, gopher", "go: {out}");
+        f.expect_greeting(
+            "go-greeter",
+            json!({"name": "gopher"}),
+            "hello from Go, gopher",
+        )
+        .await?;
         let out = f
             .invoke("python-upper", "transform", json!({"text": "snake"}))
             .await?;
         ensure!(out["text"] == "SNAKE", "python: {out}");
-        let err = f
-            .invoke("python-upper", "transform", json!({}))
-            .await
-            .err()
-            .context("the call succeeded but must fail: python-upper needs a text")?;
-        ensure!(
-            err.code() == Code::Aborted && err.message().contains("needs a string"),
-            "a Python exception is an error answer: {err:?}"
-        );
-        anyhow::Ok(())
-    }
-    .await;
-    let cleanup = f.teardown().await;
-    result.and(cleanup)
+        f.expect_failure(
+            "python-upper",
+            "transform",
+            json!({}),
+            Code::Aborted,
+            "needs a string",
+        )
+        .await
+        .context("a Python exception is an error answer (python-upper needs a text)")
+    })
+    .await
 }
 
 async fn scenario(f: &Fixture) -> Result<()> {
     let api = f.ns.api::<Plugin>();
-    f.apply(
-        "hello",
-        "hello",
-        json!([{"name": "transform", "timeout": "1s", "priority": 100}]),
-        json!(["log"]),
-        json!({}),
-    )
-    .await?;
-    f.apply(
-        "data-formatter",
-        "data-formatter",
-        json!([{"name": "transform", "timeout": "1s", "priority": 10}]),
-        json!(["read:data", "log"]),
-        json!({}),
-    )
-    .await?;
-    f.apply(
-        "event-logger",
-        "event-logger",
-        json!([{"name": "onEvent", "timeout": "1s"}]),
-        json!(["log", "storage:write"]),
-        json!({}),
-    )
-    .await?;
-    f.apply(
-        "crash-test",
-        "crash-test",
-        json!([
-            {"name": "onLoad", "timeout": "1s"},
-            {"name": "transform", "timeout": "1s", "failurePolicy": "Ignore", "priority": 50},
-            {"name": "onEvent", "timeout": "300ms", "failurePolicy": "Ignore"},
-        ]),
-        json!(["log"]),
-        json!({}),
-    )
-    .await?;
-    let all = ["hello", "data-formatter", "event-logger", "crash-test"];
-    for name in all {
-        wait_plugin(&api, name, "phase Active", active).await?;
-    }
-    f.wait_routed(&all).await?;
-    // The helm upgrade at the start may have replaced the router pods: plugin pods admit them
-    // once kube-router has programmed the new pods into their NetworkPolicy (seconds). Wait
-    // until every plugin answers through the router (crash-test's transform answers with an
-    // error, which is an answer).
-    for (name, hook) in [
-        ("hello", "transform"),
-        ("data-formatter", "transform"),
-        ("event-logger", "onEvent"),
-        ("crash-test", "transform"),
+    for (name, hooks, permissions) in [
+        (
+            "hello",
+            json!([{"name": "transform", "timeout": "1s", "priority": 100}]),
+            json!(["log"]),
+        ),
+        (
+            "data-formatter",
+            json!([{"name": "transform", "timeout": "1s", "priority": 10}]),
+            json!(["read:data", "log"]),
+        ),
+        (
+            "event-logger",
+            json!([{"name": "onEvent", "timeout": "1s"}]),
+            json!(["log", "storage:write"]),
+        ),
+        (
+            "crash-test",
+            json!([
+                {"name": "onLoad", "timeout": "1s"},
+                {"name": "transform", "timeout": "1s", "failurePolicy": "Ignore", "priority": 50},
+                {"name": "onEvent", "timeout": "300ms", "failurePolicy": "Ignore"},
+            ]),
+            json!(["log"]),
+        ),
     ] {
-        f.wait_reachable(name, hook).await?;
+        f.apply(name, name, hooks, permissions, json!({})).await?;
     }
+    // crash-test's transform answers with an error, which is an answer.
+    let transformers = ["hello", "data-formatter", "crash-test"];
+    f.wait_serving(&transformers, "transform").await?;
+    f.wait_serving(&["event-logger"], "onEvent").await?;
 
     // Invoke one plugin.
-    let out = f
-        .invoke("hello", "transform", json!({"name": "router"}))
+    f.expect_greeting("hello", json!({"name": "router"}), "hello, router")
         .await?;
-    ensure!(out["greeting"] == "hello, router", "hello answered {out}");
     one_trace_across_router_and_shim(f).await?;
-    let missing = f
-        .invoke("nobody", "transform", json!({}))
-        .await
-        .err()
-        .context("the call succeeded but must fail: no such plugin")?;
-    ensure!(
-        missing.code() == Code::NotFound && missing.message().contains("no Plugin"),
-        "unknown plugin: {missing:?}"
-    );
-    let wrong_hook = f
-        .invoke("hello", "onEvent", json!({}))
-        .await
-        .err()
-        .context("the call succeeded but must fail: undeclared hook")?;
-    ensure!(
-        wrong_hook.code() == Code::InvalidArgument
-            && wrong_hook.message().contains("it declares transform"),
-        "undeclared hook: {wrong_hook:?}"
-    );
+    f.expect_failure(
+        "nobody",
+        "transform",
+        json!({}),
+        Code::NotFound,
+        "no Plugin",
+    )
+    .await
+    .context("an unknown plugin")?;
+    f.expect_failure(
+        "hello",
+        "onEvent",
+        json!({}),
+        Code::InvalidArgument,
+        "it declares transform",
+    )
+    .await
+    .context("an undeclared hook")?;
 
     // A transform pipeline in priority order: data-formatter (10) tidies, crash-test (50)
     // throws and is skipped (failurePolicy Ignore), hello (100) greets the tidied name.
     let pipeline = f
-        .grpc
-        .clone()
-        .transform(TransformRequest {
-            payload_json: json!({"name": "  Ada   Lovelace "}).to_string(),
-            deadline_ms: 3000,
-            invocation_id: "e2e-pipeline".into(),
-            namespace: f.ns().into(),
-        })
-        .await?
-        .into_inner();
+        .transform(json!({"name": "  Ada   Lovelace "}), 3000, "e2e-pipeline")
+        .await?;
     let out: Value = serde_json::from_str(&pipeline.output_json)?;
     ensure!(
         out["greeting"] == "hello, Ada Lovelace",
         "pipeline output {out}"
     );
-    let steps: Vec<(String, String)> = pipeline
-        .steps
-        .iter()
-        .map(|s| {
-            (
-                s.plugin
-                    .as_ref()
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default(),
-                s.code.clone(),
-            )
-        })
-        .collect();
+    let steps = outcomes(&pipeline.steps);
     ensure!(
         steps
-            == vec![
-                ("data-formatter".to_string(), "OK".to_string()),
-                ("crash-test".to_string(), "ABORTED".to_string()),
-                ("hello".to_string(), "OK".to_string()),
+            == [
+                ("data-formatter", "OK"),
+                ("crash-test", "ABORTED"),
+                ("hello", "OK")
             ],
         "pipeline steps {steps:?}: {:?}; crash-test: {}",
         pipeline.steps,
@@ -267,37 +196,12 @@ async fn scenario(f: &Fixture) -> Result<()> {
     // ignored (failurePolicy Ignore), so the broadcast as a whole did not fail.
     let started = Instant::now();
     let broadcast = f
-        .grpc
-        .clone()
-        .broadcast(BroadcastRequest {
-            hook: "onEvent".into(),
-            payload_json: json!({"type": "deploy"}).to_string(),
-            deadline_ms: 0,
-            invocation_id: "e2e-broadcast".into(),
-            namespace: f.ns().into(),
-        })
-        .await?
-        .into_inner();
+        .broadcast("onEvent", json!({"type": "deploy"}), "e2e-broadcast")
+        .await?;
     let took = started.elapsed();
-    let results: Vec<(String, String)> = broadcast
-        .results
-        .iter()
-        .map(|r| {
-            (
-                r.plugin
-                    .as_ref()
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default(),
-                r.code.clone(),
-            )
-        })
-        .collect();
+    let results = outcomes(&broadcast.results);
     ensure!(
-        results
-            == vec![
-                ("crash-test".to_string(), "DEADLINE_EXCEEDED".to_string()),
-                ("event-logger".to_string(), "OK".to_string()),
-            ],
+        results == [("crash-test", "DEADLINE_EXCEEDED"), ("event-logger", "OK")],
         "broadcast results {results:?}: {:?}",
         broadcast.results
     );
@@ -318,36 +222,24 @@ async fn scenario(f: &Fixture) -> Result<()> {
 
     // A crash in the middle of a call: the caller learns it, the shim restarts the process, the
     // other plugins never notice.
-    let crash = f
-        .invoke("crash-test", "transform", json!({"mode": "exit"}))
+    let exit = json!({"mode": "exit"});
+    f.expect_failure("crash-test", "transform", exit, Code::Unavailable, "")
         .await
-        .err()
-        .context("the call succeeded but must fail: the process exits")?;
-    ensure!(crash.code() == Code::Unavailable, "crash: {crash:?}");
-    ensure!(
-        f.invoke("hello", "transform", json!({"name": "still here"}))
-            .await?["greeting"]
-            == "hello, still here"
-    );
+        .context("crash-test's process exits during the call")?;
+    f.expect_greeting("hello", json!({"name": "still here"}), "hello, still here")
+        .await?;
     // crash-test is back: its transform throws again (an answer, which resets its failure count).
-    let thrown = f
-        .invoke("crash-test", "transform", json!({}))
+    f.expect_failure("crash-test", "transform", json!({}), Code::Aborted, "")
         .await
-        .err()
-        .context("the call succeeded but must fail: throws")?;
-    ensure!(
-        thrown.code() == Code::Aborted,
-        "after the restart: {thrown:?}"
-    );
+        .context("crash-test's transform throws after the restart")?;
 
     // Five consecutive timeouts auto-disable crash-test.
     let mut codes = Vec::new();
     for _ in 0..12 {
         let e = f
-            .invoke("crash-test", "onEvent", json!({"type": "hang"}))
+            .invoke_err("crash-test", "onEvent", json!({"type": "hang"}))
             .await
-            .err()
-            .context("the call succeeded but must fail: onEvent never answers")?;
+            .context("crash-test's onEvent never answers")?;
         codes.push(e.code());
         let p = api.get("crash-test").await?;
         if p.metadata
@@ -379,15 +271,15 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "the status says how to re-enable: {}",
         ready.message
     );
-    let refused = f
-        .invoke("crash-test", "transform", json!({}))
-        .await
-        .err()
-        .context("the call succeeded but must fail: not routed")?;
-    ensure!(
-        refused.code() == Code::NotFound && refused.message().contains("auto-disabled"),
-        "{refused:?}"
-    );
+    f.expect_failure(
+        "crash-test",
+        "transform",
+        json!({}),
+        Code::NotFound,
+        "auto-disabled",
+    )
+    .await
+    .context("an auto-disabled plugin is not routed")?;
     // Its pods are gone; the others still answer.
     let replicas =
         f.ns.api::<Deployment>()
@@ -399,7 +291,8 @@ async fn scenario(f: &Fixture) -> Result<()> {
         replicas == Some(0),
         "an auto-disabled plugin runs no pods: {replicas:?}"
     );
-    ensure!(f.invoke("hello", "transform", json!({})).await?["greeting"] == "hello, world");
+    f.expect_greeting("hello", json!({}), "hello, world")
+        .await?;
     // Event, audit record and metric.
     let events =
         f.ns.api::<Event>()
@@ -443,12 +336,9 @@ async fn scenario(f: &Fixture) -> Result<()> {
     .await?;
     wait_plugin(&api, "crash-test", "Active again", active).await?;
     f.wait_routed(&["crash-test"]).await?;
-    let thrown = f
-        .invoke("crash-test", "transform", json!({}))
+    f.expect_failure("crash-test", "transform", json!({}), Code::Aborted, "")
         .await
-        .err()
-        .context("the call succeeded but must fail: throws")?;
-    ensure!(thrown.code() == Code::Aborted, "re-enabled: {thrown:?}");
+        .context("the re-enabled crash-test's transform throws")?;
 
     // onLoad that exhausts memory: the plugin never becomes ready, is not routed, and the
     // others keep answering.
@@ -476,18 +366,11 @@ async fn scenario(f: &Fixture) -> Result<()> {
         !active(&failed),
         "an onLoad that never finishes is not Active"
     );
-    let refused = f
-        .invoke("crash-test-oom", "transform", json!({}))
+    f.expect_failure("crash-test-oom", "transform", json!({}), Code::NotFound, "")
         .await
-        .err()
-        .context("the call succeeded but must fail: not routed")?;
-    ensure!(refused.code() == Code::NotFound, "{refused:?}");
-    ensure!(
-        f.invoke("hello", "transform", json!({"name": "survivor"}))
-            .await?["greeting"]
-            == "hello, survivor"
-    );
-    Ok(())
+        .context("a plugin that never became ready is not routed")?;
+    f.expect_greeting("hello", json!({"name": "survivor"}), "hello, survivor")
+        .await
 }
 
 /// Runs a client program and returns its stdout; fails with its stderr.
@@ -504,6 +387,17 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// (plugin name, gRPC code) of each step of a pipeline or result of a broadcast, in order.
+fn outcomes(results: &[PluginResult]) -> Vec<(&str, &str)> {
+    results
+        .iter()
+        .map(|r| {
+            let name = r.plugin.as_ref().map_or("", |p| p.name.as_str());
+            (name, r.code.as_str())
+        })
+        .collect()
 }
 
 /// A host application's `traceparent` continues through the router into the shim (which hands
@@ -523,13 +417,13 @@ async fn one_trace_across_router_and_shim(f: &Fixture) -> Result<()> {
         format!("00-{trace_id}-b7ad6b7169203331-01").parse()?,
     );
     f.grpc.clone().invoke(req).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let pods = f.ns.api::<k8s_openapi::api::core::v1::Pod>();
+    let what = format!("span records with trace id {trace_id} from the router and the shim");
+    let found = async || {
         let router_spans = router::router_log_lines(&f.client, trace_id).await?;
         let router_ok = router_spans
             .iter()
             .any(|l| l.contains("span router.call") && l.contains("e2e-traced"));
-        let pods = f.ns.api::<k8s_openapi::api::core::v1::Pod>();
         let mut shim_ok = false;
         for pod in pods
             .list(&ListParams::default().labels("airlock.dev/plugin=hello"))
@@ -545,13 +439,9 @@ async fn one_trace_across_router_and_shim(f: &Fixture) -> Result<()> {
                 l.contains("span shim.invoke") && l.contains(trace_id) && l.contains("e2e-traced")
             });
         }
-        if router_ok && shim_ok {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "span records with trace id {trace_id}: router {router_ok}, shim {shim_ok}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok([("router", router_ok), ("shim", shim_ok)])
+    };
+    let within = Duration::from_secs(30);
+    wait::until(&what, within, found, |seen| seen.iter().all(|(_, ok)| *ok)).await?;
+    Ok(())
 }

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_bundle::signing;
 use airlock_crds::plugin::PluginPhase;
@@ -16,13 +16,15 @@ use airlock_crds::{Plugin, PluginTrustPolicy};
 use airlock_e2e::TestNamespace;
 use airlock_e2e::images::{crane, push_unique_variant, registry};
 use airlock_e2e::install::images_env;
-use airlock_e2e::plugins::{audit_records, condition, invoke, phase, wait_plugin};
-use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::ByteString;
+use airlock_e2e::plugins::{
+    active, audit_records, condition, ensure_phase, invoke, phase, wait_plugin,
+};
+use airlock_e2e::sandbox::put_bundle;
+use airlock_e2e::wait;
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 const REGISTRY_LOG: &str = "/var/lib/airlock-cluster/logs/registry.log";
@@ -206,21 +208,33 @@ impl Matrix {
         bundle: Vec<u8>,
         signature: Option<String>,
     ) -> Result<()> {
-        let cm = ConfigMap {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("{plugin}-bundle")),
-                ..Default::default()
-            },
-            binary_data: Some([("bundle.tar.gz".to_string(), ByteString(bundle))].into()),
-            data: signature.map(|s| [("bundle.tar.gz.sig".to_string(), s)].into()),
-            ..Default::default()
-        };
-        self.ns
-            .api::<ConfigMap>()
-            .create(&PostParams::default(), &cm)
-            .await
-            .with_context(|| format!("creating the bundle ConfigMap of {plugin}"))?;
-        Ok(())
+        put_bundle(&self.ns, &format!("{plugin}-bundle"), bundle, signature).await
+    }
+
+    /// The hello bundle bound to `image_digest`, signed by `signer` and published, and the Plugin
+    /// `name` running `image` with `permissions` applied.
+    async fn deploy(
+        &self,
+        name: &str,
+        image: &str,
+        image_digest: &str,
+        signer: &BundleKey,
+        permissions: &[&str],
+    ) -> Result<()> {
+        let b = bundle(self.work.path(), name, image_digest)?;
+        self.publish_signed(name, b, signer).await?;
+        self.apply(&self.plugin(name, image, permissions)).await
+    }
+
+    /// `publish` with the signature of `signer`.
+    async fn publish_signed(
+        &self,
+        plugin: &str,
+        bundle: Vec<u8>,
+        signer: &BundleKey,
+    ) -> Result<()> {
+        let signature = self.sign(signer, &bundle)?;
+        self.publish(plugin, bundle, Some(signature)).await
     }
 
     fn plugin(&self, name: &str, image: &str, permissions: &[&str]) -> serde_json::Value {
@@ -241,17 +255,7 @@ impl Matrix {
     }
 
     async fn apply(&self, plugin: &serde_json::Value) -> Result<()> {
-        let name = plugin["metadata"]["name"].as_str().unwrap_or_default();
-        self.ns
-            .api::<Plugin>()
-            .patch(
-                name,
-                &PatchParams::apply("airlock-e2e").force(),
-                &Patch::Apply(plugin),
-            )
-            .await
-            .with_context(|| format!("applying Plugin {name}"))?;
-        Ok(())
+        airlock_e2e::plugins::apply(&self.ns.api(), plugin).await
     }
 
     /// Waits until `name` is blocked on `condition` with `reason`, and checks the audit stream
@@ -262,22 +266,16 @@ impl Matrix {
             condition(p, cond).is_some_and(|c| c.status == "False" && c.reason == reason)
         })
         .await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("an audit record with reason {reason} for Plugin {name}");
+        wait::found(&what, Duration::from_secs(30), async || {
             let records = audit_records(&self.client).await?;
-            if records.iter().any(|r| {
+            Ok(records.into_iter().find(|r| {
                 r["plugin"]["namespace"] == self.ns.name.as_str()
                     && r["plugin"]["name"] == name
                     && r["reason"] == reason
-            }) {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "no audit record with reason {reason} for Plugin {name}"
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+            }))
+        })
+        .await?;
         let deployments: Api<Deployment> = self.ns.api();
         if reason != "KeyRevoked" {
             ensure!(
@@ -291,10 +289,7 @@ impl Matrix {
 
     async fn expect_active(&self, name: &str) -> Result<()> {
         let api: Api<Plugin> = self.ns.api();
-        wait_plugin(&api, name, "phase Active", |p| {
-            phase(p) == Some(PluginPhase::Active)
-        })
-        .await?;
+        wait_plugin(&api, name, "phase Active", active).await?;
         let out = invoke(&self.client, &self.ns.name, name).await?;
         ensure!(out["greeting"] == "hello, airlock", "{name} answered {out}");
         Ok(())
@@ -439,10 +434,8 @@ async fn matrix(m: &Matrix) -> Result<()> {
     // The happy path: image signed with cosign, bundle signed, both by trusted keys.
     let good = variant(&format!("{repo}/good"))?;
     trusted.sign(&good.pinned)?;
-    let b = bundle(work, "good", &good.digest)?;
-    m.publish("good", b.clone(), Some(m.sign(&m.author, &b)?))
+    m.deploy("good", &good.tag, &good.digest, &m.author, &["log"])
         .await?;
-    m.apply(&m.plugin("good", &good.tag, &["log"])).await?;
     m.expect_active("good").await?;
     let good_plugin = m.ns.api::<Plugin>().get("good").await?;
     ensure!(
@@ -510,26 +503,27 @@ async fn matrix(m: &Matrix) -> Result<()> {
         after - before
     );
 
-    // Unsigned image.
-    let unsigned = variant(&format!("{repo}/unsigned"))?;
-    let b = bundle(work, "unsigned", &unsigned.digest)?;
-    m.publish("unsigned", b.clone(), Some(m.sign(&m.author, &b)?))
-        .await?;
-    m.apply(&m.plugin("unsigned", &unsigned.tag, &["log"]))
-        .await?;
-    m.expect_blocked("unsigned", "Verified", "ImageNotSigned")
-        .await?;
-
-    // Image signed by a key no policy trusts.
-    let foreign = variant(&format!("{repo}/foreign"))?;
-    stranger.sign(&foreign.pinned)?;
-    let b = bundle(work, "foreign", &foreign.digest)?;
-    m.publish("foreign", b.clone(), Some(m.sign(&m.author, &b)?))
-        .await?;
-    m.apply(&m.plugin("foreign", &foreign.tag, &["log"]))
-        .await?;
-    m.expect_blocked("foreign", "Verified", "ImageSignatureUntrusted")
-        .await?;
+    // Images the signed manifest does not vouch for: an unsigned one, one signed by a key no
+    // policy trusts, and a signed one that is not the image the manifest is bound to.
+    for (name, signer, bound_to, reason) in [
+        ("unsigned", None, None, "ImageNotSigned"),
+        ("foreign", Some(&stranger), None, "ImageSignatureUntrusted"),
+        (
+            "mismatch",
+            Some(&trusted),
+            Some(&good.digest),
+            "ImageDigestMismatch",
+        ),
+    ] {
+        let image = variant(&format!("{repo}/{name}"))?;
+        if let Some(key) = signer {
+            key.sign(&image.pinned)?;
+        }
+        let digest = bound_to.unwrap_or(&image.digest);
+        m.deploy(name, &image.tag, digest, &m.author, &["log"])
+            .await?;
+        m.expect_blocked(name, "Verified", reason).await?;
+    }
 
     // One byte of the bundle flipped after signing.
     let b = bundle(work, "flipped", &good.digest)?;
@@ -543,11 +537,14 @@ async fn matrix(m: &Matrix) -> Result<()> {
         .await?;
 
     // Permission escalation: the spec asks for more than the signer declared.
-    let b = bundle(work, "escalate", &good.digest)?;
-    m.publish("escalate", b.clone(), Some(m.sign(&m.author, &b)?))
-        .await?;
-    m.apply(&m.plugin("escalate", &good.tag, &["log", "storage:write"]))
-        .await?;
+    m.deploy(
+        "escalate",
+        &good.tag,
+        &good.digest,
+        &m.author,
+        &["log", "storage:write"],
+    )
+    .await?;
     m.expect_blocked("escalate", "PermissionsApproved", "NotDeclaredBySigner")
         .await?;
 
@@ -563,30 +560,17 @@ async fn matrix(m: &Matrix) -> Result<()> {
         "name: hello\nname: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\nentryPoint: [/hello]\nimageDigest: {}\n",
         good.digest
     ))?;
-    m.publish("dupkey", b.clone(), Some(m.sign(&m.author, &b)?))
-        .await?;
+    m.publish_signed("dupkey", b, &m.author).await?;
     m.apply(&m.plugin("dupkey", &good.tag, &["log"])).await?;
     m.expect_blocked("dupkey", "Verified", "InvalidManifest")
-        .await?;
-
-    // The image is signed, but not the one the signed manifest is bound to.
-    let other = variant(&format!("{repo}/other"))?;
-    trusted.sign(&other.pinned)?;
-    let b = bundle(work, "mismatch", &good.digest)?;
-    m.publish("mismatch", b.clone(), Some(m.sign(&m.author, &b)?))
-        .await?;
-    m.apply(&m.plugin("mismatch", &other.tag, &["log"])).await?;
-    m.expect_blocked("mismatch", "Verified", "ImageDigestMismatch")
         .await?;
 
     // Tag moved to an unsigned digest after verification: the running pods keep the verified
     // digest; the next rollout is blocked.
     let mover = variant(&format!("{repo}/mover"))?;
     trusted.sign(&mover.pinned)?;
-    let b = bundle(work, "mover", &mover.digest)?;
-    m.publish("mover", b.clone(), Some(m.sign(&m.author, &b)?))
+    m.deploy("mover", &mover.tag, &mover.digest, &m.author, &["log"])
         .await?;
-    m.apply(&m.plugin("mover", &mover.tag, &["log"])).await?;
     m.expect_active("mover").await?;
     let moved = variant(&format!("{repo}/mover"))?;
     crane(&[
@@ -604,11 +588,7 @@ async fn matrix(m: &Matrix) -> Result<()> {
     let p = m
         .expect_blocked("mover", "Verified", "ImageNotSigned")
         .await?;
-    ensure!(
-        phase(&p) == Some(PluginPhase::Degraded),
-        "the old revision keeps serving, so the phase is Degraded: {:?}",
-        p.status
-    );
+    ensure_phase(&p, PluginPhase::Degraded, "the old revision keeps serving")?;
     let d = m.ns.api::<Deployment>().get("mover").await?;
     let image = d
         .spec
@@ -626,10 +606,8 @@ async fn matrix(m: &Matrix) -> Result<()> {
         let _blocked = RegistryBlocked::new()?;
         let late = variant(&format!("{repo}/late"))?;
         trusted.sign(&late.pinned)?;
-        let b = bundle(work, "late", &late.digest)?;
-        m.publish("late", b.clone(), Some(m.sign(&m.author, &b)?))
+        m.deploy("late", &late.tag, &late.digest, &m.author, &["log"])
             .await?;
-        m.apply(&m.plugin("late", &late.tag, &["log"])).await?;
         m.expect_blocked("late", "Verified", "RegistryTimeout")
             .await?;
     }
@@ -638,35 +616,33 @@ async fn matrix(m: &Matrix) -> Result<()> {
     // Key revoked while the plugin runs: quarantined (scaled to zero).
     let revoked = variant(&format!("{repo}/revoked"))?;
     revokee_cosign.sign(&revoked.pinned)?;
-    let b = bundle(work, "revoked", &revoked.digest)?;
-    m.publish("revoked", b.clone(), Some(m.sign(&m.revokee, &b)?))
-        .await?;
-    m.apply(&m.plugin("revoked", &revoked.tag, &["log"]))
-        .await?;
+    m.deploy(
+        "revoked",
+        &revoked.tag,
+        &revoked.digest,
+        &m.revokee,
+        &["log"],
+    )
+    .await?;
     m.expect_active("revoked").await?;
     m.set_revoked(true, &trusted.public()?, &revokee_cosign.public()?)
         .await?;
     let p = m
         .expect_blocked("revoked", "Verified", "KeyRevoked")
         .await?;
-    ensure!(
-        phase(&p) == Some(PluginPhase::Quarantined),
-        "phase {:?}",
-        phase(&p)
-    );
-    let deadline = Instant::now() + airlock_e2e::WAIT;
-    loop {
-        let d = m.ns.api::<Deployment>().get("revoked").await?;
-        let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(-1);
-        let running = d.status.and_then(|s| s.replicas).unwrap_or(0);
-        if replicas == 0 && running == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the quarantined plugin still runs: spec.replicas {replicas}, pods {running}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    ensure_phase(&p, PluginPhase::Quarantined, "its signing key is revoked")?;
+    wait::until(
+        "the quarantined plugin to stop (spec.replicas, pods)",
+        airlock_e2e::WAIT,
+        async || {
+            let d = m.ns.api::<Deployment>().get("revoked").await?;
+            let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(-1);
+            let running = d.status.and_then(|s| s.replicas).unwrap_or(0);
+            Ok((replicas, running))
+        },
+        |stopped| *stopped == (0, 0),
+    )
+    .await?;
 
     // Through all of it, the signed plugin kept serving.
     m.expect_active("good").await?;

@@ -6,8 +6,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use airlock_e2e::router::{Fixture, active};
-use airlock_proto::plugin::v1::InvokeRequest as ShimRequest;
+use airlock_e2e::plugins::transform_request;
+use airlock_e2e::router::{Fixture, in_fixture};
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::router::v1::{InvokeRequest, TransformRequest};
 use anyhow::{Result, ensure};
@@ -20,10 +20,7 @@ const THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let f = Fixture::new("bench-router", &["log", "read:data"]).await?;
-    let result = bench(&f).await;
-    let cleanup = f.teardown().await;
-    result.and(cleanup)
+    in_fixture("bench-router", &["log", "read:data"], bench).await
 }
 
 fn payload() -> String {
@@ -95,14 +92,8 @@ async fn bench(f: &Fixture) -> Result<()> {
         f.apply(name, "data-formatter", hook(prio), perms.clone(), json!({}))
             .await?;
     }
-    let api = f.ns.api::<airlock_crds::Plugin>();
-    for name in ["fmt-a", "fmt-b", "fmt-c"] {
-        airlock_e2e::plugins::wait_plugin(&api, name, "phase Active", active).await?;
-    }
-    f.wait_routed(&["fmt-a", "fmt-b", "fmt-c"]).await?;
-    for name in ["fmt-a", "fmt-b", "fmt-c"] {
-        f.wait_reachable(name, "transform").await?;
-    }
+    f.wait_serving(&["fmt-a", "fmt-b", "fmt-c"], "transform")
+        .await?;
     let ns = f.ns.name.clone();
 
     // Direct: the plugin's Service from the node, as the router reaches it (mutual TLS with the
@@ -114,14 +105,7 @@ async fn bench(f: &Fixture) -> Result<()> {
     let direct = measure(move || {
         let mut shim = shim.clone();
         async move {
-            let out = shim
-                .invoke(ShimRequest {
-                    hook: "transform".into(),
-                    payload_json: payload(),
-                    deadline_ms: 2000,
-                    invocation_id: "bench".into(),
-                })
-                .await?;
+            let out = shim.invoke(transform_request(payload(), "bench")).await?;
             ensure!(out.get_ref().output_json.contains("formattedBy"));
             Ok(())
         }

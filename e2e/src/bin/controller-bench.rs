@@ -1,0 +1,289 @@
+//! `make bench` part 4: the controller at scale. N disabled Plugins (`BENCH_PLUGINS`, default
+//! 1000) are created in one namespace at once; it prints the time until every one reports phase
+//! Disabled, the Kubernetes API requests per Plugin, the operator's API writes per minute at
+//! steady state against the same operator idle before the Plugins existed (the floor, measured in
+//! the same run; goal: no more writes than idle), and the operator's resident memory.
+//! Counts come from the operator's own request counter (`airlock_kube_requests_total`) on the
+//! leader (the standby reconciles nothing). It asserts nothing: numbers depend on the machine.
+
+use std::time::{Duration, Instant};
+
+use airlock_crds::Plugin;
+use airlock_crds::plugin::PluginPhase;
+use airlock_e2e::install::{NAMESPACE, images_env};
+use airlock_e2e::plugins::phase;
+use airlock_e2e::router::http_get;
+use airlock_e2e::sandbox::Sandbox;
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+/// Parallel creators: enough that the API server, not the bench, is what limits creation.
+const CREATORS: usize = 8;
+/// The longest the Plugins may take to settle before the bench gives up.
+const SETTLE_LIMIT: Duration = Duration::from_secs(1800);
+/// The operator's leader election Lease and metrics port (see the chart).
+const LEASE: &str = "airlock-operator";
+const METRICS_PORT: u16 = 8080;
+
+fn env_number(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v}: expected a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let plugins = env_number("BENCH_PLUGINS", 1000)? as usize;
+    let steady = Duration::from_secs(env_number("BENCH_STEADY_SECONDS", 60)?);
+    if plugins == 0 {
+        return Ok(());
+    }
+    let sandbox = Sandbox::new("bench-controller", &["log"]).await?;
+    sandbox.with_hello_bundle().await?;
+    let result = bench(&sandbox, plugins, steady).await;
+    // Deleting 1000 Plugins takes a while: the namespace waits for their finalizers.
+    let cleanup = sandbox.teardown().await;
+    result.and(cleanup)
+}
+
+/// The operator's counters, read from the leader.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Counts {
+    requests: f64,
+    writes: f64,
+    rss_bytes: f64,
+}
+
+impl Counts {
+    fn parse(metrics: &str) -> Self {
+        let mut counts = Counts::default();
+        for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            if let Some(labels) = series.strip_prefix("airlock_kube_requests_total") {
+                counts.requests += value;
+                if ["POST", "PUT", "PATCH", "DELETE"]
+                    .iter()
+                    .any(|m| labels.contains(&format!("method=\"{m}\"")))
+                {
+                    counts.writes += value;
+                }
+            } else if series == "process_resident_memory_bytes" {
+                counts.rss_bytes = value;
+            }
+        }
+        counts
+    }
+}
+
+/// The metrics of the operator that holds the leader Lease. After an upgrade the Lease may still
+/// name a pod that is gone until a new leader takes over: retried for a minute.
+async fn leader_counts(client: &Client) -> Result<Counts> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let holder = leases
+            .get_opt(LEASE)
+            .await?
+            .and_then(|l| l.spec?.holder_identity);
+        if let Some(holder) = holder {
+            let ip = pods.get_opt(&holder).await?.and_then(|p| p.status?.pod_ip);
+            if let Some(ip) = ip
+                && let Ok(text) = http_get(&format!("{ip}:{METRICS_PORT}"), "/metrics").await
+            {
+                return Ok(Counts::parse(&text));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no operator pod holds the Lease {NAMESPACE}/{LEASE} and answers on /metrics");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn disabled_plugin(name: &str, image: &str) -> Result<Plugin> {
+    serde_json::from_value(json!({
+        "apiVersion": "airlock.dev/v1alpha1",
+        "kind": "Plugin",
+        "metadata": {"name": name},
+        "spec": {
+            "enabled": false,
+            "version": "1.0.0",
+            "image": image,
+            "bundle": {"source": {"configMapRef": {"name": "hello-bundle"}}},
+            "pluginApiVersion": 1,
+            "hooks": [{"name": "transform"}],
+            "permissions": ["log"]
+        }
+    }))
+    .context("building a Plugin")
+}
+
+async fn bench(sandbox: &Sandbox, n: usize, steady: Duration) -> Result<()> {
+    let client = airlock_e2e::client().await?;
+    let api: Api<Plugin> = Api::namespaced(client.clone(), sandbox.ns());
+    let image = images_env("AIRLOCK_HELLO_IMAGE")?;
+
+    eprintln!("floor: the operator idle for {}s", steady.as_secs());
+    let idle0 = leader_counts(&client).await?;
+    tokio::time::sleep(steady).await;
+    let idle1 = leader_counts(&client).await?;
+
+    eprintln!("creating {n} disabled Plugins ({CREATORS} at a time)");
+    let before = leader_counts(&client).await?;
+    let t0 = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (api, image) = (api.clone(), image.clone());
+            async move {
+                let plugin = disabled_plugin(&format!("bench-{i}"), &image)?;
+                api.create(&PostParams::default(), &plugin)
+                    .await
+                    .with_context(|| format!("creating Plugin bench-{i}"))?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CREATORS)
+        .try_collect::<()>()
+        .await?;
+    let created = t0.elapsed();
+
+    loop {
+        let list = api.list(&ListParams::default()).await?;
+        let disabled = list
+            .items
+            .iter()
+            .filter(|p| phase(p) == Some(PluginPhase::Disabled))
+            .count();
+        if disabled >= n {
+            break;
+        }
+        if t0.elapsed() > SETTLE_LIMIT {
+            bail!(
+                "only {disabled} of {n} Plugins reached phase Disabled in {}s",
+                SETTLE_LIMIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let settled = t0.elapsed();
+    let after = leader_counts(&client).await?;
+    eprintln!("steady state: watching for {}s", steady.as_secs());
+    tokio::time::sleep(steady).await;
+    let end = leader_counts(&client).await?;
+
+    print!(
+        "{}",
+        report(
+            n,
+            created,
+            settled,
+            steady,
+            (idle0, idle1),
+            (before, after, end)
+        )
+    );
+    Ok(())
+}
+
+/// The printed report. `idle` is the floor (before, after an idle window); `run` is the counts
+/// before the creates, once settled, and after the steady window.
+fn report(
+    n: usize,
+    created: Duration,
+    settled: Duration,
+    steady: Duration,
+    idle: (Counts, Counts),
+    run: (Counts, Counts, Counts),
+) -> String {
+    let per_minute = |writes: f64| writes * 60.0 / steady.as_secs_f64();
+    let idle_writes = per_minute(idle.1.writes - idle.0.writes);
+    let steady_writes = per_minute(run.2.writes - run.1.writes);
+    let ratio = if idle_writes > 0.0 {
+        format!("{:.1}", steady_writes / idle_writes)
+    } else {
+        "n/a".to_string()
+    };
+    let n_f = n as f64;
+    format!(
+        "\n== airlock controller bench: {n} disabled Plugins ==\n\
+         Plugins created in:            {:.1} s\n\
+         time to steady state:          {:.1} s from the first create ({:.1} Plugins/s)\n\
+         API requests per Plugin:       {:.1} (writes {:.1})\n\
+         API writes/min, steady state:  {steady_writes:.1}   (floor, no Plugins: {idle_writes:.1}; ratio {ratio})\n\
+         operator RSS:                  {:.1} MiB\n",
+        created.as_secs_f64(),
+        settled.as_secs_f64(),
+        n_f / settled.as_secs_f64(),
+        (run.1.requests - run.0.requests) / n_f,
+        (run.1.writes - run.0.writes) / n_f,
+        run.2.rss_bytes / 1_048_576.0,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_requests_writes_and_memory_from_the_operator_metrics() {
+        let text = "# HELP airlock_kube_requests_total Requests\n\
+            airlock_kube_requests_total{method=\"GET\"} 40\n\
+            airlock_kube_requests_total{method=\"PATCH\"} 7\n\
+            airlock_kube_requests_total{method=\"POST\"} 3\n\
+            airlock_kube_requests_total{method=\"DELETE\"} 1\n\
+            airlock_plugins{phase=\"Disabled\"} 1000\n\
+            process_resident_memory_bytes 2.097152e7\n";
+        assert_eq!(
+            Counts::parse(text),
+            Counts {
+                requests: 51.0,
+                writes: 11.0,
+                rss_bytes: 20_971_520.0
+            }
+        );
+    }
+
+    #[test]
+    fn the_report_compares_steady_writes_with_the_idle_floor() {
+        let at = |writes: f64| Counts {
+            requests: writes * 2.0,
+            writes,
+            rss_bytes: 50.0 * 1_048_576.0,
+        };
+        let text = report(
+            1000,
+            Duration::from_secs(10),
+            Duration::from_secs(50),
+            Duration::from_secs(60),
+            (at(0.0), at(2.0)),
+            (at(10.0), at(3010.0), at(3014.0)),
+        );
+        assert!(text.contains("(20.0 Plugins/s)"), "{text}");
+        assert!(
+            text.contains("API requests per Plugin:       6.0 (writes 3.0)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("steady state:  4.0   (floor, no Plugins: 2.0; ratio 2.0)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("operator RSS:                  50.0 MiB"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! A bounded smoke of `make bench` in the suite: the benches are binaries that must keep working
+//! against the real cluster, but their full runs take minutes. Each runs here with small counts;
+//! the test checks that it finished and printed its report, never its numbers.
+
+use std::process::Command;
+
+use anyhow::{Result, ensure};
+
+fn run_bench(bin: &str, env: &[(&str, &str)]) -> Result<String> {
+    let out = Command::new(bin).envs(env.iter().copied()).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "{bin} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+#[test]
+fn the_controller_bench_reports_on_a_few_plugins() -> Result<()> {
+    let report = run_bench(
+        env!("CARGO_BIN_EXE_controller-bench"),
+        &[("BENCH_PLUGINS", "20"), ("BENCH_STEADY_SECONDS", "5")],
+    )?;
+    for line in [
+        "== airlock controller bench: 20 disabled Plugins ==",
+        "time to steady state:",
+        "API requests per Plugin:",
+        "API writes/min, steady state:",
+        "operator RSS:",
+    ] {
+        ensure!(
+            report.contains(line),
+            "no {line:?} in the report:\n{report}"
+        );
+    }
+    Ok(())
+}
