@@ -65,8 +65,9 @@ impl Layer {
         }
     }
 
-    /// The layer as an uncompressed tar: entries in name order, owned by root, time 0 and the
-    /// file's own mode (0755 for binaries), so the digest depends on the content only.
+    /// The layer as an uncompressed tar: entries in name order, owned by root, fixed times
+    /// (tar's deterministic mode for files, 0 for directories) and modes 0755 (executables,
+    /// directories) or 0644, so the digest depends on the content only.
     pub fn tar(&self) -> Result<Vec<u8>> {
         let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
         match self {
@@ -75,10 +76,16 @@ impl Layer {
                     let name = bin.file_name().with_context(|| {
                         format!("{} names no file: point at a binary", bin.display())
                     })?;
-                    files.push((PathBuf::from(name), bin.clone()));
+                    // The file itself, not a link to it (the layer keeps links as links).
+                    let file = fs::canonicalize(bin)
+                        .with_context(|| format!("reading {}", bin.display()))?;
+                    files.push((PathBuf::from(name), file));
                 }
                 if *ca {
-                    files.push((PathBuf::from(CA_BUNDLE), Path::new("/").join(CA_BUNDLE)));
+                    let host = fs::canonicalize(Path::new("/").join(CA_BUNDLE)).context(
+                        "reading the host's CA bundle (apt-get install ca-certificates)",
+                    )?;
+                    files.push((PathBuf::from(CA_BUNDLE), host));
                 }
             }
             Layer::Root(dir) => walk(dir, Path::new(""), &mut files)?,

@@ -196,7 +196,7 @@ fn run() -> Result<()> {
     )?;
     oom.files.push((
         "crash-test.json".into(),
-        br#"{"onLoad": "exhaust-memory"}"#.to_vec(),
+        b"{\"onLoad\": \"exhaust-memory\"}\n".to_vec(),
     ));
     env.samples.push(Sample {
         key: Sample::key_of("crash-test-oom"),

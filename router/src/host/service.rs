@@ -524,6 +524,68 @@ mod tests {
         assert!(!svc.call_as(me(), get("k")).await.unwrap().found);
     }
 
+    /// What `call_as` answers `request` for a plugin holding `permissions`: Ok, or the code.
+    async fn outcome<R: HostRequest>(permissions: &[&str], request: R) -> Result<(), Code> {
+        let (svc, _) = service(permissions);
+        svc.call_as(me(), request)
+            .await
+            .map(drop)
+            .map_err(|e| e.code())
+    }
+
+    /// Each RPC is checked as its own call: with no permission every one is denied, and each is
+    /// allowed by exactly the permissions `permission::required` names for it (a row of the
+    /// `host_rpcs!` table bound to the wrong call would fail here).
+    #[tokio::test]
+    async fn every_rpc_needs_the_permission_of_its_own_call() {
+        let list = || api::ListRequest {
+            invocation_id: "inv-1".into(),
+            ..Default::default()
+        };
+        let delete = || api::DeleteRequest {
+            invocation_id: "inv-1".into(),
+            key: "k".into(),
+        };
+        let emit = || api::EmitRequest {
+            invocation_id: "inv-1".into(),
+            event_type: "seen".into(),
+            payload_json: "{}".into(),
+        };
+        let denied = Err(Code::PermissionDenied);
+        for (permissions, expected) in [
+            (&[][..], [denied, denied, denied, denied, denied, denied]),
+            (
+                &["log"][..],
+                [Ok(()), denied, denied, denied, denied, denied],
+            ),
+            (
+                &["storage:read"][..],
+                [denied, Ok(()), denied, denied, Ok(()), denied],
+            ),
+            (
+                &["storage:write"][..],
+                [denied, Ok(()), Ok(()), Ok(()), Ok(()), denied],
+            ),
+            (
+                &["events:emit"][..],
+                [denied, denied, denied, denied, denied, Ok(())],
+            ),
+        ] {
+            let got = [
+                outcome(permissions, log("info")).await,
+                outcome(permissions, get("k")).await,
+                outcome(permissions, put("k", "1")).await,
+                outcome(permissions, delete()).await,
+                outcome(permissions, list()).await,
+                outcome(permissions, emit()).await,
+            ];
+            assert_eq!(
+                got, expected,
+                "log, get, put, delete, list, emit with {permissions:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn an_unknown_plugin_is_refused() {
         let (svc, _) = service(&["storage:write"]);
