@@ -12,8 +12,9 @@ use serde_with::skip_serializing_none;
 use airlock_core::Permission;
 
 /// Trusted signing keys and the limits of each trust level, for the namespaces it selects.
-/// When several policies select a namespace, the most restrictive answer wins: a key must be
-/// trusted (and not revoked) by every selecting policy, and caps are the smallest of them.
+/// When several policies select a namespace, the most restrictive answer wins: a key is trusted
+/// there only if every selecting policy lists it (at the lowest level any gives it), a key that
+/// any policy of the cluster revokes is revoked everywhere, and caps are the smallest of them.
 #[skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(

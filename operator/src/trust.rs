@@ -1,10 +1,10 @@
 //! Which keys the governing trust policies trust, and what a bundle signature proves (pure).
 //!
-//! Several policies may list keys. A key is identified by its material, not its name: the same
-//! key listed by two policies gets the lower of their trust levels, and a key revoked by any
-//! governing policy is revoked (most restrictive wins, as for the limits in [`crate::policy`]).
+//! Several policies may govern a namespace: a key is trusted there only if every one of them
+//! lists it, and a key revoked by any policy of the cluster is revoked everywhere (see
+//! [`trusted_keys`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use airlock_bundle::signing;
 use airlock_crds::PluginTrustPolicy;
@@ -40,58 +40,168 @@ pub struct TrustedKeys {
     pub problems: Vec<String>,
 }
 
-/// The keys of the governing policies, merged most-restrictive-wins.
-pub fn trusted_keys(governing: &[&PluginTrustPolicy]) -> TrustedKeys {
+/// A key's material with what the policies say about it.
+struct Listed<K> {
+    key: K,
+    /// Governing policies that list it.
+    by: BTreeSet<String>,
+}
+
+/// The keys a plugin in a namespace may be signed by, from the `governing` policies, with
+/// revocations from `all` policies of the cluster. The rule (most restrictive wins, as for the
+/// limits in [`crate::policy`]):
+/// - a key is trusted only where every governing policy lists it, at the lowest level any of
+///   them gives it: a broad policy cannot add its keys to a namespace a narrower one governs;
+/// - a key revoked by any PluginTrustPolicy of the cluster is revoked everywhere: revocation means
+///   the key is compromised, wherever it was listed;
+/// - keys are identified by their material, not their names.
+///
+/// Keys listed by only some governing policies and keys that cannot be read are reported in
+/// `problems` (the refusal message names them), never silently dropped.
+pub fn trusted_keys(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy]) -> TrustedKeys {
     let mut out = TrustedKeys::default();
-    // Keyed by material so duplicates merge.
-    let mut bundle: BTreeMap<[u8; 32], BundleKey> = BTreeMap::new();
-    let mut image: BTreeMap<String, ImageKey> = BTreeMap::new();
+    let mut bundle: BTreeMap<[u8; 32], Listed<BundleKey>> = BTreeMap::new();
+    let mut image: BTreeMap<String, Listed<ImageKey>> = BTreeMap::new();
     for policy in governing {
+        let policy_name = policy.name_any();
         for (i, k) in policy.spec.keys.iter().enumerate() {
-            let name = format!("{}/{}", policy.name_any(), k.name);
+            let name = format!("{policy_name}/{}", k.name);
             if let Some(text) = &k.ed25519 {
                 match signing::parse_public_key(text) {
                     Ok(key) => {
-                        let e = bundle.entry(key.to_bytes()).or_insert(BundleKey {
-                            name: name.clone(),
-                            level: k.trust_level,
-                            revoked: false,
-                            key,
+                        let e = bundle.entry(key.to_bytes()).or_insert(Listed {
+                            key: BundleKey {
+                                name: name.clone(),
+                                level: k.trust_level,
+                                revoked: false,
+                                key,
+                            },
+                            by: BTreeSet::new(),
                         });
-                        e.level = e.level.min(k.trust_level);
-                        e.revoked |= k.revoked;
+                        e.key.level = e.key.level.min(k.trust_level);
+                        e.by.insert(policy_name.clone());
                     }
                     Err(e) => out.problems.push(format!(
-                        "PluginTrustPolicy {} spec.keys[{i}].ed25519 ({}): {e}",
-                        policy.name_any(),
+                        "PluginTrustPolicy {policy_name} spec.keys[{i}].ed25519 ({}): {e}",
                         k.name
                     )),
                 }
             }
             if let Some(pem) = &k.cosign {
-                let material: String = pem.split_whitespace().collect();
                 if !pem.contains("BEGIN PUBLIC KEY") {
                     out.problems.push(format!(
-                        "PluginTrustPolicy {} spec.keys[{i}].cosign ({}): not a PEM public key; paste the cosign.pub file `cosign generate-key-pair` wrote",
-                        policy.name_any(),
+                        "PluginTrustPolicy {policy_name} spec.keys[{i}].cosign ({}): not a PEM public key; paste the cosign.pub file `cosign generate-key-pair` wrote",
                         k.name
                     ));
                     continue;
                 }
-                let e = image.entry(material).or_insert(ImageKey {
-                    name: name.clone(),
-                    level: k.trust_level,
-                    revoked: false,
-                    pem: pem.trim().to_string(),
+                let e = image.entry(cosign_material(pem)).or_insert(Listed {
+                    key: ImageKey {
+                        name: name.clone(),
+                        level: k.trust_level,
+                        revoked: false,
+                        pem: pem.trim().to_string(),
+                    },
+                    by: BTreeSet::new(),
                 });
-                e.level = e.level.min(k.trust_level);
-                e.revoked |= k.revoked;
+                e.key.level = e.key.level.min(k.trust_level);
+                e.by.insert(policy_name.clone());
             }
         }
     }
-    out.bundle = bundle.into_values().collect();
-    out.image = image.into_values().collect();
+    let (revoked_bundle, revoked_image) = revoked_anywhere(all);
+    let governing_names: BTreeSet<String> = governing.iter().map(|p| p.name_any()).collect();
+    for (material, mut listed) in bundle {
+        if let Some(by) = revoked_bundle.get(&material) {
+            listed.key.revoked = true;
+            listed.key.name = by.clone();
+        } else if let Some(missing) = not_agreed(&listed.by, &governing_names) {
+            out.problems.push(format!("{} {missing}", listed.key.name));
+            continue;
+        }
+        out.bundle.push(listed.key);
+    }
+    for (material, mut listed) in image {
+        if let Some((by, _)) = revoked_image.get(&material) {
+            listed.key.revoked = true;
+            listed.key.name = by.clone();
+        } else if let Some(missing) = not_agreed(&listed.by, &governing_names) {
+            out.problems.push(format!("{} {missing}", listed.key.name));
+            continue;
+        }
+        out.image.push(listed.key);
+    }
+    // A revoked key no governing policy lists still marks what it signed as revoked (quarantine),
+    // not merely as "not trusted".
+    for (material, name) in revoked_bundle {
+        if !out.bundle.iter().any(|k| k.key.to_bytes() == material)
+            && let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&material)
+        {
+            out.bundle.push(BundleKey {
+                name,
+                level: TrustLevel::Untrusted,
+                revoked: true,
+                key,
+            });
+        }
+    }
+    for (material, (name, pem)) in revoked_image {
+        if !out.image.iter().any(|k| cosign_material(&k.pem) == material) {
+            out.image.push(ImageKey {
+                name,
+                level: TrustLevel::Untrusted,
+                revoked: true,
+                pem,
+            });
+        }
+    }
     out
+}
+
+/// Why a key listed by the policies `by` is not trusted in a namespace `governing` govern, if it
+/// is not: the policies that do not list it.
+fn not_agreed(by: &BTreeSet<String>, governing: &BTreeSet<String>) -> Option<String> {
+    let missing: Vec<&str> = governing.difference(by).map(String::as_str).collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "is not listed by PluginTrustPolicy {}, which also governs this namespace (a key must be listed by every governing policy)",
+            missing.join(", ")
+        )
+    })
+}
+
+/// A cosign PEM without its white space: the same key pasted with other line breaks is the same.
+fn cosign_material(pem: &str) -> String {
+    pem.split_whitespace().collect()
+}
+
+/// Revoked ed25519 keys by material, with `<policy>/<key>` of the (first) policy that revokes it.
+type RevokedBundleKeys = BTreeMap<[u8; 32], KeyName>;
+/// Revoked cosign keys by material, with the revoking `<policy>/<key>` and the PEM.
+type RevokedImageKeys = BTreeMap<String, (KeyName, String)>;
+
+/// Every key some policy of the cluster revokes.
+fn revoked_anywhere(all: &[PluginTrustPolicy]) -> (RevokedBundleKeys, RevokedImageKeys) {
+    let mut bundle = BTreeMap::new();
+    let mut image = BTreeMap::new();
+    for policy in all {
+        for k in policy.spec.keys.iter().filter(|k| k.revoked) {
+            let name = format!("{}/{}", policy.name_any(), k.name);
+            if let Some(key) = k
+                .ed25519
+                .as_deref()
+                .and_then(|t| signing::parse_public_key(t).ok())
+            {
+                bundle.entry(key.to_bytes()).or_insert_with(|| name.clone());
+            }
+            if let Some(pem) = &k.cosign {
+                image
+                    .entry(cosign_material(pem))
+                    .or_insert((name, pem.trim().to_string()));
+            }
+        }
+    }
+    (bundle, image)
 }
 
 impl TrustedKeys {
@@ -215,7 +325,7 @@ pub fn signer(
     let hint = if problems.is_empty() {
         String::new()
     } else {
-        format!(" (keys that could not be read: {})", problems.join("; "))
+        format!(" (keys not used here: {})", problems.join("; "))
     };
     for (what, sig) in [("bundle", bundle), ("image", image)] {
         if let Signature::Revoked { key } = sig {
@@ -296,13 +406,19 @@ mod tests {
         ))
     }
 
+    /// The keys for a namespace the `governing` policies govern, in a cluster of just those.
+    fn keys_of(governing: &[&PluginTrustPolicy]) -> TrustedKeys {
+        let all: Vec<PluginTrustPolicy> = governing.iter().map(|p| (*p).clone()).collect();
+        trusted_keys(governing, &all)
+    }
+
     const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
     #[test]
     fn a_bundle_signed_by_a_trusted_key_carries_its_level() {
         let (sk, public) = keypair();
         let p = with_key("acme", &public, "Trusted", false);
-        let keys = trusted_keys(&[&p]);
+        let keys = keys_of(&[&p]);
         let sig = signing::sign(&sk, DIGEST);
         assert_eq!(
             bundle_signature(&keys, DIGEST, Some(&sig)),
@@ -317,7 +433,7 @@ mod tests {
     fn a_flipped_bundle_or_another_key_is_not_trusted() {
         let (sk, public) = keypair();
         let (other, _) = keypair();
-        let keys = trusted_keys(&[&with_key("acme", &public, "Trusted", false)]);
+        let keys = keys_of(&[&with_key("acme", &public, "Trusted", false)]);
         let sig = signing::sign(&sk, DIGEST);
         let flipped = DIGEST.replace("11", "12");
         assert_eq!(
@@ -342,7 +458,7 @@ mod tests {
         let a = with_key("a", &public, "BuiltIn", false);
         let b = with_key("b", &public, "Trusted", false);
         let sig = signing::sign(&sk, DIGEST);
-        let keys = trusted_keys(&[&a, &b]);
+        let keys = keys_of(&[&a, &b]);
         assert!(matches!(
             bundle_signature(&keys, DIGEST, Some(&sig)),
             Signature::SignedBy {
@@ -351,11 +467,66 @@ mod tests {
             }
         ));
         let revoked = with_key("c", &public, "BuiltIn", true);
-        let keys = trusted_keys(&[&a, &revoked]);
+        let keys = keys_of(&[&a, &revoked]);
         assert!(matches!(
             bundle_signature(&keys, DIGEST, Some(&sig)),
             Signature::Revoked { .. }
         ));
+    }
+
+    #[test]
+    fn a_key_only_some_governing_policies_list_is_not_trusted_and_the_others_are_named() {
+        let (sk, public) = keypair();
+        let (_, other_public) = keypair();
+        let broad = with_key("broad", &public, "Trusted", false);
+        let team = with_key("team-a", &other_public, "Trusted", false);
+        let keys = keys_of(&[&broad, &team]);
+        let sig = signing::sign(&sk, DIGEST);
+        assert_eq!(
+            bundle_signature(&keys, DIGEST, Some(&sig)),
+            Signature::NotTrusted
+        );
+        assert_eq!(keys.problems.len(), 2, "{:?}", keys.problems);
+        assert!(
+            keys.problems
+                .iter()
+                .any(|p| p.starts_with("broad/k is not listed by PluginTrustPolicy team-a")),
+            "{:?}",
+            keys.problems
+        );
+        // The refusal a user reads names it.
+        let refusal = signer(&Signature::NotTrusted, &Signature::Absent, &keys.problems)
+            .expect_err("refused");
+        assert!(
+            refusal.message().contains("broad/k is not listed by PluginTrustPolicy team-a"),
+            "{}",
+            refusal.message()
+        );
+    }
+
+    #[test]
+    fn a_key_revoked_by_a_policy_that_governs_elsewhere_is_revoked_here_too() {
+        let (sk, public) = keypair();
+        let here = with_key("here", &public, "Trusted", false);
+        let elsewhere = with_key("elsewhere", &public, "Trusted", true);
+        let keys = trusted_keys(&[&here], &[here.clone(), elsewhere.clone()]);
+        let sig = signing::sign(&sk, DIGEST);
+        assert_eq!(
+            bundle_signature(&keys, DIGEST, Some(&sig)),
+            Signature::Revoked {
+                key: "elsewhere/k".into()
+            }
+        );
+        // Also when no governing policy lists it: what it signed is revoked, not merely untrusted.
+        let (_, unrelated) = keypair();
+        let other = with_key("other", &unrelated, "Trusted", false);
+        let keys = trusted_keys(&[&other], &[other.clone(), elsewhere]);
+        assert_eq!(
+            bundle_signature(&keys, DIGEST, Some(&sig)),
+            Signature::Revoked {
+                key: "elsewhere/k".into()
+            }
+        );
     }
 
     fn signed(key: &str, level: TrustLevel) -> Signature {
@@ -433,7 +604,7 @@ mod tests {
     #[test]
     fn an_unreadable_key_is_reported_with_its_field() {
         let p = with_key("acme", "not-a-key", "Trusted", false);
-        let keys = trusted_keys(&[&p]);
+        let keys = keys_of(&[&p]);
         assert!(keys.bundle.is_empty());
         assert_eq!(keys.problems.len(), 1);
         assert!(

@@ -49,7 +49,7 @@ pub(super) async fn run(
         .map(|p| p.as_ref().clone())
         .collect();
     let governing = policy::governing(&policies, &ns_labels);
-    let keys = trust::trusted_keys(&governing);
+    let keys = trust::trusted_keys(&governing, &policies);
     let fetched = fetch::fetch(client, &ctx.registry, plugin, &keys, ctx.max_bundle_bytes).await;
 
     let (next, requeue) = match &fetched {
