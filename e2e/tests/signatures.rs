@@ -4,7 +4,8 @@
 //! the same namespace stays Active and answers.
 //!
 //! One test, run as a sequence: the registry-down step blocks the registry for the operator's
-//! pods, which must not overlap with the other steps.
+//! pods, which must not overlap with the other steps. It ends with two policies governing the
+//! namespace: a key must be listed by both.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -301,16 +302,22 @@ impl Matrix {
         author_cosign: &str,
         revokee_cosign: &str,
     ) -> Result<()> {
+        let keys = json!([
+            {"name": "author", "ed25519": self.author.public, "cosign": author_cosign, "trustLevel": "Trusted"},
+            {"name": "revokee", "ed25519": self.revokee.public, "cosign": revokee_cosign, "trustLevel": "Trusted", "revoked": revoked}
+        ]);
+        self.apply_policy(&self.policy, keys).await
+    }
+
+    /// The trust policy `name` governing this namespace with `keys` and the Trusted level's caps.
+    async fn apply_policy(&self, name: &str, keys: serde_json::Value) -> Result<()> {
         let body = json!({
             "apiVersion": "airlock.dev/v1alpha1",
             "kind": "PluginTrustPolicy",
-            "metadata": {"name": self.policy},
+            "metadata": {"name": name},
             "spec": {
                 "namespaces": {"matchLabels": {"airlock.dev/e2e-signed": self.suffix}},
-                "keys": [
-                    {"name": "author", "ed25519": self.author.public, "cosign": author_cosign, "trustLevel": "Trusted"},
-                    {"name": "revokee", "ed25519": self.revokee.public, "cosign": revokee_cosign, "trustLevel": "Trusted", "revoked": revoked}
-                ],
+                "keys": keys,
                 "trustLevels": {"Trusted": {
                     "maxMemory": "64Mi", "maxCpu": "250m", "maxTimeout": "2s", "permissions": ["log"]
                 }}
@@ -318,12 +325,12 @@ impl Matrix {
         });
         Api::<PluginTrustPolicy>::all(self.client.clone())
             .patch(
-                &self.policy,
+                name,
                 &PatchParams::apply("airlock-e2e").force(),
                 &Patch::Apply(&body),
             )
             .await
-            .context("applying the trust policy")?;
+            .with_context(|| format!("applying the trust policy {name}"))?;
         Ok(())
     }
 }
@@ -646,5 +653,41 @@ async fn matrix(m: &Matrix) -> Result<()> {
 
     // Through all of it, the signed plugin kept serving.
     m.expect_active("good").await?;
-    Ok(())
+
+    // A second policy governs the namespace: a key only the first one lists is not trusted here
+    // (a broad policy cannot add its keys to a namespace a narrower one also governs), and the
+    // refusal names the policy that does not list it. Once that one lists the key too, it runs.
+    let second = format!("{}-second", m.policy);
+    let other = Matrix::keypair()?;
+    let outcome = async {
+        m.apply_policy(&second, json!([{"name": "other", "ed25519": other.public, "trustLevel": "Trusted"}]))
+            .await?;
+        m.deploy("agreed", &good.tag, &good.digest, &m.author, &["log"])
+            .await?;
+        let p = m
+            .expect_blocked("agreed", "Verified", "BundleSignatureInvalid")
+            .await?;
+        let message = condition(&p, "Verified")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let expected = format!("is not listed by PluginTrustPolicy {second}");
+        ensure!(
+            message.contains(&expected),
+            "the refusal should say {expected:?}: {message}"
+        );
+        m.apply_policy(
+            &second,
+            json!([
+                {"name": "other", "ed25519": other.public, "trustLevel": "Trusted"},
+                {"name": "author", "ed25519": m.author.public, "cosign": trusted.public()?, "trustLevel": "Trusted"}
+            ]),
+        )
+        .await?;
+        m.expect_active("agreed").await
+    }
+    .await;
+    let _ = Api::<PluginTrustPolicy>::all(m.client.clone())
+        .delete(&second, &DeleteParams::default())
+        .await;
+    outcome
 }
