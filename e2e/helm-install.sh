@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs (or upgrades) Airlock from charts/airlock with the images `make e2e-images` pushed.
+# The node address may serve bundles over plain HTTP (the e2e's file servers listen there).
 # Extra arguments go to helm (e.g. --set progressDeadlineSeconds=20).
 # shellcheck source=SCRIPTDIR/cluster/lib.sh
 . "$(dirname "$0")/cluster/lib.sh"
@@ -11,4 +12,6 @@ export KUBECONFIG=${KUBECONFIG:-$STATE/kubeconfig}
 kubectl apply --server-side --force-conflicts -f "$ROOT/charts/airlock/crds/" >/dev/null
 helm upgrade --install airlock "$ROOT/charts/airlock" --namespace airlock-system --create-namespace \
   --set operator.image="$AIRLOCK_OPERATOR_IMAGE" --set shim.image="$AIRLOCK_SHIM_IMAGE" \
-  --set "insecureRegistries={${AIRLOCK_E2E_REGISTRY:-$REGISTRY}}" --wait --timeout 3m "$@" >/dev/null
+  --set "insecureRegistries={${AIRLOCK_E2E_REGISTRY:-$REGISTRY}}" \
+  --set "bundleHttp.insecureHosts={$NODE_IP}" --set "bundleHttp.allowedCidrs={$NODE_IP/32}" \
+  --wait --timeout 3m "$@" >/dev/null

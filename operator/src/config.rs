@@ -38,6 +38,22 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// Hosts (`host` or `host:port`) HTTP bundles may be downloaded from over plain HTTP;
+    /// everything else must be https://.
+    #[arg(
+        long = "bundle-http-insecure-host",
+        env = "AIRLOCK_BUNDLE_HTTP_INSECURE_HOSTS",
+        value_delimiter = ','
+    )]
+    pub bundle_http_insecure_hosts: Vec<String>,
+    /// Address ranges that are not globally reachable (private, loopback, link-local, …) but
+    /// that HTTP bundles may still be downloaded from, e.g. an in-cluster bundle server's range.
+    #[arg(
+        long = "bundle-http-allow-cidr",
+        env = "AIRLOCK_BUNDLE_HTTP_ALLOWED_CIDRS",
+        value_delimiter = ','
+    )]
+    pub bundle_http_allowed_cidrs: Vec<ipnet::IpNet>,
     /// Seconds a new revision has to become Ready.
     #[arg(long, default_value_t = 120)]
     pub progress_deadline_seconds: i32,
@@ -70,6 +86,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where HTTP bundles may come from, beyond the default (HTTPS to public addresses).
+    pub fn bundle_http(&self) -> crate::bundle_http::HttpPolicy {
+        crate::bundle_http::HttpPolicy {
+            insecure_hosts: self.bundle_http_insecure_hosts.clone(),
+            allowed_cidrs: self.bundle_http_allowed_cidrs.clone(),
+        }
+    }
+
     pub fn build_config(&self) -> Result<BuildConfig, String> {
         let router_pod_labels = self
             .router_labels

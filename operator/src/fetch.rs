@@ -18,6 +18,9 @@ use kube::{Api, Client, ResourceExt};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client as OciClient, Reference};
 
+use tracing::warn;
+
+use crate::bundle_http::{self, HttpPolicy, Refused};
 use crate::plan::Fetched;
 use crate::status::{FetchFailure, RunningRevision, VERIFIED};
 use crate::trust::{self, TrustedKeys};
@@ -41,11 +44,26 @@ struct Pins {
 /// How long one registry request may take: a hung registry must not hold a reconcile slot.
 const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The client for HTTP bundles: time-bounded, no redirects, no proxy from the environment, and
+/// names resolved only to addresses `policy` allows.
+/// A client that cannot be built is kept as its error: every HTTP bundle then fails with it,
+/// rather than being fetched by a client without these limits.
+fn bundle_client(policy: Arc<HttpPolicy>) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(REGISTRY_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(bundle_http::Resolver(policy)))
+        .build()
+        .map_err(|e| format!("the operator's HTTP client could not start ({e}); check the operator's log and restart it"))
+}
+
 /// Talks to image registries. One client for the process: it caches registry tokens.
 pub struct Registry {
     client: OciClient,
-    /// For `spec.bundle.source.http`.
-    http: reqwest::Client,
+    /// For `spec.bundle.source.http`, under `bundle_http` (see [`crate::bundle_http`]).
+    http: Result<reqwest::Client, String>,
+    bundle_http: Arc<HttpPolicy>,
     pub images: ImageVerifier,
     /// Per Plugin uid.
     pins: Mutex<HashMap<String, Pins>>,
@@ -63,13 +81,19 @@ impl Registry {
     pub fn new(insecure: Vec<String>, reverify: std::time::Duration) -> Self {
         Self {
             client: airlock_bundle::oci::client(insecure.clone()),
-            http: reqwest::Client::builder()
-                .timeout(REGISTRY_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
+            http: bundle_client(Arc::default()),
+            bundle_http: Arc::default(),
             images: ImageVerifier::new(insecure, reverify),
             pins: Mutex::default(),
         }
+    }
+
+    /// Downloads HTTP bundles under `policy` instead of the default (HTTPS to public addresses).
+    pub fn with_bundle_http(mut self, policy: HttpPolicy) -> Self {
+        let policy = Arc::new(policy);
+        self.http = bundle_client(policy.clone());
+        self.bundle_http = policy;
+        self
     }
 
     /// The Plugin is gone.
@@ -172,17 +196,29 @@ impl Registry {
                 ),
             )
         };
-        let mut response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| unreadable(e.to_string()))?;
+        let refused = |r: Refused| FetchFailure::verified("BundleSourceRefused", r.to_string());
+        let checked = self.bundle_http.check_url(url).map_err(refused)?;
+        let http = self.http.as_ref().map_err(|e| unreadable(e.clone()))?;
+        let mut response = http.get(checked).send().await.map_err(|e| {
+            if let Some(r) = bundle_http::refusal_in(&e) {
+                return refused(r);
+            }
+            // The details stay in the operator's log: the status only says what kind of failure
+            // it was, so a URL cannot be used to probe what answers inside the cluster.
+            warn!(error = %e, "downloading an HTTP bundle failed");
+            unreadable(bundle_http::failure_kind(&e).to_string())
+        })?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
+        if response.status().is_redirection() {
+            return Err(unreadable(format!(
+                "it answered HTTP {} (a redirect, which the operator does not follow: write the final URL)",
+                response.status().as_u16()
+            )));
+        }
         if !response.status().is_success() {
-            return Err(unreadable(format!("HTTP {}", response.status())));
+            return Err(unreadable(format!("HTTP {}", response.status().as_u16())));
         }
         if response.content_length().is_some_and(|n| n > max_bytes) {
             return Err(too_large());
@@ -191,7 +227,7 @@ impl Registry {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| unreadable(e.to_string()))?
+            .map_err(|e| unreadable(bundle_http::failure_kind(&e).to_string()))?
         {
             body.extend_from_slice(&chunk);
             if u64::try_from(body.len()).unwrap_or(u64::MAX) > max_bytes {

@@ -6,6 +6,7 @@
 pub mod applied;
 pub mod audit;
 pub mod build;
+pub mod bundle_http;
 pub mod certs;
 pub mod config;
 pub mod fetch;
@@ -90,7 +91,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         fetch::Registry::new(
             config.insecure_registries.clone(),
             std::time::Duration::from_secs(config.reverify_interval_seconds),
-        ),
+        )
+        .with_bundle_http(config.bundle_http()),
         metrics,
         config.max_bundle_bytes,
     ));

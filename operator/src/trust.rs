@@ -146,7 +146,11 @@ pub fn trusted_keys(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy])
         }
     }
     for (material, (name, pem)) in revoked_image {
-        if !out.image.iter().any(|k| cosign_material(&k.pem) == material) {
+        if !out
+            .image
+            .iter()
+            .any(|k| cosign_material(&k.pem) == material)
+        {
             out.image.push(ImageKey {
                 name,
                 level: TrustLevel::Untrusted,
@@ -498,7 +502,9 @@ mod tests {
         let refusal = signer(&Signature::NotTrusted, &Signature::Absent, &keys.problems)
             .expect_err("refused");
         assert!(
-            refusal.message().contains("broad/k is not listed by PluginTrustPolicy team-a"),
+            refusal
+                .message()
+                .contains("broad/k is not listed by PluginTrustPolicy team-a"),
             "{}",
             refusal.message()
         );
