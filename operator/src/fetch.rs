@@ -481,3 +481,96 @@ async fn read_bundle(
     }
     Ok(SignedBundle { bytes, signature })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn plugin(uid: &str, generation: i64) -> Plugin {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "Plugin",
+            "metadata": {"name": "hello", "namespace": "plugins", "uid": uid, "generation": generation},
+            "spec": {
+                "version": "1.0.0",
+                "image": "r/hello:1",
+                "bundle": {"source": {"configMapRef": {"name": "b"}}},
+                "pluginApiVersion": 1,
+            },
+        }))
+        .expect("plugin")
+    }
+
+    /// Looks `key` up for `plugin` through the image pin, counting the registry requests made.
+    async fn look_up(
+        registry: &Registry,
+        plugin: &Plugin,
+        key: &str,
+        answer: Result<&str, &'static str>,
+        requests: &AtomicUsize,
+    ) -> Result<(String, String), FetchFailure> {
+        let fetch = async {
+            requests.fetch_add(1, Ordering::SeqCst);
+            answer
+                .map(|digest| (key.to_string(), digest.to_string()))
+                .map_err(|reason| FetchFailure::verified(reason, "the registry said no"))
+        };
+        registry
+            .once_per_generation(plugin, key, |p| &mut p.image, fetch)
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_pinned_per_generation_and_key_and_a_failure_never_is() {
+        let registry = Registry::new(vec![], std::time::Duration::from_secs(60));
+        let requests = AtomicUsize::new(0);
+        let v1 = plugin("uid-1", 1);
+
+        // A failure is not pinned: the next reconcile asks again.
+        let err = look_up(
+            &registry,
+            &v1,
+            "r/hello:1",
+            Err("RegistryTimeout"),
+            &requests,
+        )
+        .await;
+        assert_eq!(err.map_err(|f| f.reason), Err("RegistryTimeout"));
+        let ok = look_up(&registry, &v1, "r/hello:1", Ok("sha256:a"), &requests).await;
+        assert_eq!(ok.map(|(_, d)| d).ok().as_deref(), Some("sha256:a"));
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+
+        // Pinned: the same generation and key ask nothing, even if the registry changed.
+        let again = look_up(&registry, &v1, "r/hello:1", Ok("sha256:b"), &requests).await;
+        assert_eq!(again.map(|(_, d)| d).ok().as_deref(), Some("sha256:a"));
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+
+        // Another key, a new generation, or another Plugin (uid) asks again.
+        for (p, key) in [
+            (&v1, "r/hello:2"),
+            (&plugin("uid-1", 2), "r/hello:1"),
+            (&plugin("uid-2", 1), "r/hello:1"),
+        ] {
+            let before = requests.load(Ordering::SeqCst);
+            let fresh = look_up(&registry, p, key, Ok("sha256:c"), &requests).await;
+            assert_eq!(fresh.map(|(_, d)| d).ok().as_deref(), Some("sha256:c"));
+            assert_eq!(requests.load(Ordering::SeqCst), before + 1, "{key}");
+        }
+
+        // A deleted Plugin's pins are gone.
+        registry.forget("uid-2");
+        let before = requests.load(Ordering::SeqCst);
+        look_up(
+            &registry,
+            &plugin("uid-2", 1),
+            "r/hello:1",
+            Ok("sha256:d"),
+            &requests,
+        )
+        .await
+        .expect("fetched");
+        assert_eq!(requests.load(Ordering::SeqCst), before + 1);
+    }
+}
