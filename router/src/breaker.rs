@@ -44,6 +44,11 @@ pub enum Outcome {
     Misbehaved,
     /// Its pods could not be reached.
     Unreachable,
+    /// Ran out of the caller's own deadline, which was shorter than the hook's timeout. Says
+    /// nothing about the plugin (it was not given its timeout), so it neither counts as a failure
+    /// nor resets the failures counted so far: otherwise any caller could open the breaker or
+    /// auto-disable a plugin with `deadline_ms: 1`, or hide a hanging plugin behind short calls.
+    CallerDeadline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +134,11 @@ impl Health {
         now: Instant,
         cfg: &BreakerConfig,
     ) -> Option<String> {
+        if outcome == Outcome::CallerDeadline {
+            // A trial call cut short by its caller proved nothing: the next call may try again.
+            self.release_trial();
+            return None;
+        }
         if outcome == Outcome::Answered {
             self.consecutive_failures = 0;
             self.consecutive_timeouts = 0;
@@ -282,6 +292,32 @@ mod tests {
         fail(&mut h, Outcome::Timeout, t0, 4);
         h.record(Outcome::Answered, t0, &CFG);
         assert_eq!(fail(&mut h, Outcome::Timeout, t0, 4), None);
+    }
+
+    #[test]
+    fn running_out_of_the_callers_deadline_neither_counts_nor_forgives() {
+        let (mut h, t0) = fresh();
+        assert_eq!(fail(&mut h, Outcome::CallerDeadline, t0, 20), None);
+        assert_eq!(h.state_name(t0), "closed");
+        h.admit(t0).expect("never opened");
+        // Four real timeouts, short calls in between, one more real timeout: five consecutive.
+        fail(&mut h, Outcome::Timeout, t0, 2);
+        fail(&mut h, Outcome::CallerDeadline, t0, 3);
+        fail(&mut h, Outcome::Timeout, t0, 2);
+        assert_eq!(
+            h.record(Outcome::Timeout, t0, &CFG).as_deref(),
+            Some("5 consecutive timeouts")
+        );
+    }
+
+    #[test]
+    fn a_trial_cut_short_by_its_caller_lets_the_next_call_try() {
+        let (mut h, t0) = fresh();
+        fail(&mut h, Outcome::Unreachable, t0, 3);
+        let later = t0 + Duration::from_secs(31);
+        h.admit(later).expect("trial");
+        h.record(Outcome::CallerDeadline, later, &CFG);
+        h.admit(later).expect("another trial, not TrialInFlight");
     }
 
     #[test]

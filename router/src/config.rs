@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 
 use crate::breaker::BreakerConfig;
 use crate::dispatch::RouterConfig;
+use crate::dispatch::limits::{self, BroadcastLimits, PayloadLimits};
 
 /// Airlock hook router: calls plugin hooks on behalf of host applications.
 #[derive(Parser, Debug, Clone)]
@@ -38,6 +40,42 @@ pub struct Config {
     /// Crashes within an hour that auto-disable a plugin.
     #[arg(long, default_value_t = 3)]
     pub disable_after_crashes: u32,
+    /// Largest payload_json (and pipeline step output) passed to a plugin, in bytes; larger is
+    /// refused with INVALID_ARGUMENT. At most the plugin protocol's 1 MiB line less 4 KiB for the
+    /// request around it (the default), so every request line stays within what plugins are
+    /// promised.
+    #[arg(
+        long,
+        default_value_t = limits::DEFAULT_MAX_BYTES,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::DEFAULT_MAX_BYTES as u64),
+    )]
+    pub max_payload_bytes: usize,
+    /// Deepest nesting of arrays and objects in a payload_json (and pipeline step output) passed to
+    /// a plugin; deeper is refused with INVALID_ARGUMENT. At most 128, the most the Rust SDK's
+    /// parser takes.
+    #[arg(
+        long,
+        default_value_t = limits::DEFAULT_MAX_DEPTH,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::MAX_DEPTH as u64),
+    )]
+    pub max_payload_depth: usize,
+    /// Most plugins one Broadcast reaches; more subscribers (in the requested namespace, or all)
+    /// and the broadcast is refused with FAILED_PRECONDITION before any plugin is called.
+    #[arg(
+        long,
+        default_value_t = limits::DEFAULT_MAX_SUBSCRIBERS,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..),
+    )]
+    pub max_broadcast_subscribers: usize,
+    /// Most bytes one Broadcast sends: payload bytes × subscribers (each call holds its own copy
+    /// until sent); more and the broadcast is refused with FAILED_PRECONDITION. Size it well under
+    /// the router's memory limit (the default, 16 MiB, fits a 128 Mi router).
+    #[arg(
+        long,
+        default_value_t = limits::DEFAULT_MAX_BROADCAST_BYTES,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..),
+    )]
+    pub max_broadcast_bytes: usize,
     /// Secret (in --namespace) with the router's mTLS client certificate: tls.crt, tls.key and
     /// the operator CA's ca.crt. The operator issues and renews it. Empty: plugins are called in
     /// plain text (only for a shim run by hand during development).
@@ -62,6 +100,64 @@ impl Config {
                 ..BreakerConfig::default()
             },
             max_concurrency: self.max_concurrency.max(1),
+            payload: PayloadLimits {
+                max_bytes: self.max_payload_bytes,
+                max_depth: self.max_payload_depth,
+            },
+            broadcast: BroadcastLimits {
+                max_subscribers: self.max_broadcast_subscribers,
+                max_bytes: self.max_broadcast_bytes,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("airlock-router").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_limit_flags_default_to_the_router_configs_defaults() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(config.router_config(), RouterConfig::default());
+    }
+
+    #[test]
+    fn limits_are_read_and_checked_at_start() {
+        let config = parse(&[
+            "--max-payload-bytes=65536",
+            "--max-payload-depth=32",
+            "--max-broadcast-subscribers=8",
+            "--max-broadcast-bytes=1048576",
+        ])
+        .expect("valid");
+        let rc = config.router_config();
+        assert_eq!(
+            (rc.payload, rc.broadcast),
+            (
+                PayloadLimits {
+                    max_bytes: 65536,
+                    max_depth: 32
+                },
+                BroadcastLimits {
+                    max_subscribers: 8,
+                    max_bytes: 1048576
+                }
+            )
+        );
+        for bad in [
+            "--max-payload-bytes=0",
+            // Over the protocol's line limit: plugins could be sent lines they may not read.
+            "--max-payload-bytes=1048576",
+            "--max-payload-depth=129",
+            "--max-broadcast-subscribers=0",
+            "--max-broadcast-bytes=0",
+        ] {
+            assert!(parse(&[bad]).is_err(), "{bad} is refused");
         }
     }
 }

@@ -207,7 +207,8 @@ impl GrpcCaller {
             let deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
             let mut req = Request::new(ShimInvokeRequest {
                 hook: request.hook.as_str().to_string(),
-                payload_json: request.payload.clone(),
+                // The one copy per call: the message owns its String (see `CallRequest`).
+                payload_json: String::clone(&request.payload),
                 deadline_ms,
                 invocation_id: request.invocation_id.clone(),
             });

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub kube_requests: KubeRequests,
     hook_invocations: IntCounterVec,
+    refused: IntCounterVec,
     hook_duration: HistogramVec,
     auto_disabled: IntCounterVec,
     plugin_restarts: IntCounterVec,
@@ -27,8 +28,14 @@ impl Metrics {
             hook_invocations: counter(
                 &registry,
                 "airlock_hook_invocations_total",
-                "Hook calls the router made or refused, by plugin (namespace/name), hook and result (ok, timeout, unavailable, plugin_error, resource_exhausted, internal, refused, ...)",
+                "Hook calls the router made or refused, by plugin (namespace/name), hook and result (ok, timeout, caller_deadline, unavailable, plugin_error, resource_exhausted, internal, refused, ...); caller_deadline: the caller's deadline, shorter than the hook's timeout, ran out (not counted against the plugin)",
                 &["plugin", "hook", "result"],
+            )?,
+            refused: counter(
+                &registry,
+                "airlock_router_refused_total",
+                "Requests (or pipeline steps' outputs) the router refused before calling a plugin with them, by RPC (invoke, broadcast, transform) and reason (payload_too_large, payload_too_deep, payload_not_json, output_too_large, output_too_deep, output_not_json, too_many_subscribers, broadcast_too_large)",
+                &["rpc", "reason"],
             )?,
             hook_duration: histogram(
                 &registry,
@@ -82,6 +89,12 @@ impl Metrics {
                 .with_label_values(&[hook])
                 .observe(took.as_secs_f64());
         }
+    }
+
+    /// A request the router refused before calling any plugin with it (`reason` is a stable
+    /// label, never request content).
+    pub fn refused(&self, rpc: &str, reason: &str) {
+        self.refused.with_label_values(&[rpc, reason]).inc();
     }
 
     pub fn plugin_restarted(&self, plugin: &str) {

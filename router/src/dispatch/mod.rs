@@ -5,9 +5,12 @@
 //! [`Router::update`].
 //!
 //! This module owns the requests and their routing (which plugins, in which order, with what
-//! deadline) and the one call to a plugin; `outcome` owns what a call's result does afterwards
-//! (breaker, metrics, auto-disable), kept apart so the call path reads as "admit, call, record".
+//! deadline) and the one call to a plugin; `limits` what is refused before any plugin is called
+//! (payload size and depth, broadcast fan-out); `outcome` what a call's result does afterwards
+//! (breaker, metrics, auto-disable), kept apart so the call path reads as "check, admit, call,
+//! record".
 
+pub mod limits;
 mod outcome;
 
 use std::collections::HashMap;
@@ -25,7 +28,8 @@ use crate::breaker::{BreakerConfig, Health, Outcome};
 use crate::metrics::Metrics;
 use crate::table::{HookRoute, Route, RouteTable};
 use airlock_core::PluginKey;
-use outcome::TrialRelease;
+use limits::{BroadcastLimits, Field, PayloadLimits};
+use outcome::{Made, TrialRelease};
 
 // `crate::dispatch::code_label` is the metric label the gRPC edge uses too.
 pub use outcome::code_label;
@@ -41,10 +45,58 @@ pub const NETWORK_GRACE: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone)]
 pub struct CallRequest {
     pub hook: Hook,
-    pub payload: String,
+    /// Shared, not copied, by every call of a broadcast (an `Arc<String>` rather than `Arc<str>`:
+    /// wrapping the request's own String costs no copy either). Only the gRPC edge copies it, once
+    /// per call, into the message it sends.
+    pub payload: Arc<String>,
     /// What the plugin may take; the shim enforces it.
     pub deadline: Duration,
     pub invocation_id: String,
+}
+
+/// How long one call may take, and whose limit that is: it decides whether running out of time
+/// is the plugin's failure or the caller's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// The hook's timeout (the caller asked for no less): running out is a plugin timeout.
+    Hook(Duration),
+    /// The caller's own deadline, shorter than the hook's timeout: running out says nothing about
+    /// the plugin and is not counted against it (see [`Outcome::CallerDeadline`]).
+    Caller(Duration),
+}
+
+impl Deadline {
+    /// The smaller of the hook's `timeout` and the caller's deadline, if it set one.
+    pub fn of(timeout: Duration, caller: Option<Duration>) -> Self {
+        match caller {
+            Some(c) if c < timeout => Self::Caller(c),
+            _ => Self::Hook(timeout),
+        }
+    }
+
+    pub fn duration(self) -> Duration {
+        match self {
+            Self::Hook(d) | Self::Caller(d) => d,
+        }
+    }
+}
+
+/// The RPC a request came in on, for the refusal metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rpc {
+    Invoke,
+    Broadcast,
+    Transform,
+}
+
+impl Rpc {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Invoke => "invoke",
+            Self::Broadcast => "broadcast",
+            Self::Transform => "transform",
+        }
+    }
 }
 
 /// A plugin's answer.
@@ -82,6 +134,10 @@ pub struct RouterConfig {
     pub breaker: BreakerConfig,
     /// Calls in flight per plugin; more are refused with RESOURCE_EXHAUSTED.
     pub max_concurrency: usize,
+    /// Size and depth of a document passed to a plugin; more is refused with INVALID_ARGUMENT.
+    pub payload: PayloadLimits,
+    /// How far one broadcast fans out; more is refused with FAILED_PRECONDITION.
+    pub broadcast: BroadcastLimits,
 }
 
 impl Default for RouterConfig {
@@ -89,6 +145,8 @@ impl Default for RouterConfig {
         Self {
             breaker: BreakerConfig::default(),
             max_concurrency: 16,
+            payload: PayloadLimits::default(),
+            broadcast: BroadcastLimits::default(),
         }
     }
 }
@@ -213,7 +271,7 @@ impl<C: Caller> Router<C> {
         invocation_id: String,
     ) -> Result<(Answer, String), RouteError> {
         let hook = parse_hook(hook)?;
-        check_json(&payload)?;
+        self.check_payload(Rpc::Invoke, &payload)?;
         let id = self.invocation_id(invocation_id)?;
         let route = self
             .table()
@@ -234,14 +292,16 @@ impl<C: Caller> Router<C> {
                 ),
             ));
         };
-        let budget = (deadline_ms > 0).then(|| Duration::from_millis(u64::from(deadline_ms)));
-        self.call_one(route, hook, hook_route, payload, budget, &id)
+        let budget = caller_deadline(deadline_ms);
+        self.call_one(route, hook, hook_route, Arc::new(payload), budget, &id)
             .await
             .map(|a| (a, id))
             .map_err(|f| RouteError::new(f.code, format!("Plugin {plugin}: {}", f.message)))
     }
 
-    /// Sends `payload` to every plugin that declares `hook`, in parallel.
+    /// Sends `payload` to every plugin that declares `hook`, in parallel: one payload shared by
+    /// every call, to at most as many subscribers (and payload bytes × subscribers) as the
+    /// broadcast limits allow, checked before any plugin is called.
     pub async fn broadcast(
         &self,
         hook: &str,
@@ -255,12 +315,21 @@ impl<C: Caller> Router<C> {
         } else {
             parse_hook(hook)?
         };
-        check_json(&payload)?;
+        self.check_payload(Rpc::Broadcast, &payload)?;
         let id = self.invocation_id(invocation_id)?;
-        let budget = (deadline_ms > 0).then(|| Duration::from_millis(u64::from(deadline_ms)));
+        let budget = caller_deadline(deadline_ms);
         let subscribers = self.table().subscribers(hook, namespace);
+        limits::check_fan_out(
+            hook,
+            namespace,
+            payload.len(),
+            subscribers.len(),
+            &self.config.broadcast,
+        )
+        .map_err(|e| self.refuse(Rpc::Broadcast, e.reason(), Code::FailedPrecondition, &e))?;
+        let payload = Arc::new(payload);
         let calls = subscribers.into_iter().map(|(route, hr)| {
-            let (payload, id) = (payload.clone(), id.clone());
+            let (payload, id) = (Arc::clone(&payload), id.clone());
             async move {
                 let key = route.plugin.clone();
                 let res = self.call_one(route, hook, hr, payload, budget, &id).await;
@@ -279,7 +348,10 @@ impl<C: Caller> Router<C> {
         })
     }
 
-    /// Runs `payload` through every `transform` plugin in priority order within `budget_ms`.
+    /// Runs `payload` through every `transform` plugin in priority order within `budget_ms` (0:
+    /// each step within its hook's timeout, so the whole within the sum of them). Each step's
+    /// output is checked like a request's payload before it goes on: a plugin must not be able to
+    /// hand the next one what a caller could not.
     pub async fn transform(
         &self,
         payload: String,
@@ -287,21 +359,18 @@ impl<C: Caller> Router<C> {
         invocation_id: String,
         namespace: Option<&str>,
     ) -> Result<Pipeline, RouteError> {
-        check_json(&payload)?;
+        self.check_payload(Rpc::Transform, &payload)?;
         let id = self.invocation_id(invocation_id)?;
         let subscribers = self.table().subscribers(Hook::Transform, namespace);
-        let budget = match budget_ms {
-            0 => subscribers.iter().map(|(_, hr)| hr.timeout).sum(),
-            ms => Duration::from_millis(u64::from(ms)),
-        };
+        let budget = caller_deadline(budget_ms);
         let started = tokio::time::Instant::now();
-        let mut current = payload;
+        let mut current = Arc::new(payload);
         let mut steps = Vec::new();
         for (route, hr) in subscribers {
             let key = route.plugin.clone();
-            let left = budget.saturating_sub(started.elapsed());
-            let res = if left.is_zero() {
-                Err(CallFailure {
+            let left = budget.map(|b| b.saturating_sub(started.elapsed()));
+            let res = match (budget, left) {
+                (Some(budget), Some(left)) if left.is_zero() => Err(CallFailure {
                     code: Code::DeadlineExceeded,
                     message: format!(
                         "the pipeline's budget of {} ms was spent before this step",
@@ -309,14 +378,15 @@ impl<C: Caller> Router<C> {
                     ),
                     // Not the plugin's fault: its health is untouched (it was not called).
                     outcome: Outcome::Answered,
-                })
-            } else {
-                self.call_one(route, Hook::Transform, hr, current.clone(), Some(left), &id)
+                }),
+                _ => self
+                    .call_one(route, Hook::Transform, hr, Arc::clone(&current), left, &id)
                     .await
+                    .and_then(|answer| self.check_output(answer)),
             };
             let result = step(key.clone(), hr.failure_policy, res);
             if result.code == Code::Ok {
-                current = result.output.clone();
+                current = Arc::new(result.output.clone());
             } else if hr.failure_policy == FailurePolicy::Fail {
                 return Err(RouteError::new(
                     result.code,
@@ -329,7 +399,8 @@ impl<C: Caller> Router<C> {
             steps.push(result);
         }
         Ok(Pipeline {
-            output: current,
+            // The last holder, unless no step ran and the caller's String is still shared: no copy.
+            output: Arc::try_unwrap(current).unwrap_or_else(|shared| shared.as_ref().clone()),
             steps,
             invocation_id: id,
         })
@@ -359,12 +430,12 @@ impl<C: Caller> Router<C> {
         route: Arc<Route>,
         hook: Hook,
         hook_route: HookRoute,
-        payload: String,
+        payload: Arc<String>,
         budget: Option<Duration>,
         invocation_id: &str,
     ) -> Result<Answer, CallFailure> {
         let key = route.plugin.clone();
-        let deadline = budget.map_or(hook_route.timeout, |b| b.min(hook_route.timeout));
+        let deadline = Deadline::of(hook_route.timeout, budget);
         if let Err(refusal) = self.health_of(&key, |h| h.admit(now())) {
             self.record_refused(&key, hook);
             return Err(CallFailure {
@@ -394,12 +465,12 @@ impl<C: Caller> Router<C> {
         let request = CallRequest {
             hook,
             payload,
-            deadline,
+            deadline: deadline.duration(),
             invocation_id: invocation_id.to_string(),
         };
         let started = tokio::time::Instant::now();
         let result = match tokio::time::timeout(
-            deadline + NETWORK_GRACE,
+            deadline.duration() + NETWORK_GRACE,
             self.caller.call(route.clone(), request),
         )
         .await
@@ -407,22 +478,65 @@ impl<C: Caller> Router<C> {
             Ok(r) => r,
             Err(_) => Err(CallFailure {
                 code: Code::DeadlineExceeded,
-                message: format!(
-                    "no answer within {} ms (the hook's timeout or the caller's deadline)",
-                    deadline.as_millis()
-                ),
+                message: match deadline {
+                    Deadline::Hook(d) => {
+                        format!("no answer within {} ms (the hook's timeout)", d.as_millis())
+                    }
+                    Deadline::Caller(d) => format!(
+                        "no answer within {} ms (the caller's deadline, shorter than the hook's \
+                         timeout of {} ms)",
+                        d.as_millis(),
+                        hook_route.timeout.as_millis()
+                    ),
+                },
                 outcome: Outcome::Timeout,
             }),
         };
-        self.record(
-            &route,
+        let made = Made {
+            route: &route,
             hook,
             invocation_id,
-            &result,
-            started.elapsed(),
-            trial,
-        );
+            deadline,
+        };
+        self.record(made, &result, started.elapsed(), trial);
         result
+    }
+
+    /// Refuses a request's `payload_json` over the payload limits (INVALID_ARGUMENT), counted.
+    fn check_payload(&self, rpc: Rpc, payload: &str) -> Result<(), RouteError> {
+        limits::check(payload, Field::PayloadJson, &self.config.payload)
+            .map_err(|e| self.refuse(rpc, e.reason(), Code::InvalidArgument, &e))
+    }
+
+    /// A pipeline step's answer, unless its output is over the payload limits: then a failure of
+    /// the step (INTERNAL, as an answer over the protocol's size limit is), which its failure
+    /// policy applies to. Not counted against the plugin's health: a caller can steer a benign
+    /// plugin's output (one that wraps its input adds a level), and the process is fine.
+    fn check_output(&self, answer: Answer) -> Result<Answer, CallFailure> {
+        match limits::check(&answer.output, Field::OutputJson, &self.config.payload) {
+            Ok(()) => Ok(answer),
+            Err(e) => {
+                self.metrics.refused(Rpc::Transform.as_str(), e.reason());
+                Err(CallFailure {
+                    code: Code::Internal,
+                    message: format!("its answer was not passed on: {e}"),
+                    outcome: Outcome::Answered,
+                })
+            }
+        }
+    }
+
+    /// Counts a request refused before any plugin was called and makes its error. `error`'s
+    /// message names the limit and the fix; never the payload.
+    fn refuse(
+        &self,
+        rpc: Rpc,
+        reason: &'static str,
+        code: Code,
+        error: &dyn std::error::Error,
+    ) -> RouteError {
+        self.metrics.refused(rpc.as_str(), reason);
+        RouteError::new(code, error.to_string())
     }
 
     fn health_of<T>(&self, key: &PluginKey, f: impl FnOnce(&mut Health) -> T) -> T {
@@ -486,20 +600,9 @@ fn parse_hook(hook: &str) -> Result<Hook, RouteError> {
         })
 }
 
-fn check_json(payload: &str) -> Result<(), RouteError> {
-    serde_json::from_str::<serde::de::IgnoredAny>(payload)
-        .map(|_| ())
-        .map_err(|e| {
-            // The position only: the payload never goes into errors or logs.
-            RouteError::new(
-                Code::InvalidArgument,
-                format!(
-                    "payload_json is not a JSON document (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })
+/// The caller's deadline of a request: `deadline_ms`, 0 for none.
+fn caller_deadline(deadline_ms: u32) -> Option<Duration> {
+    (deadline_ms > 0).then(|| Duration::from_millis(u64::from(deadline_ms)))
 }
 
 /// The router's clock: tokio's, so tests with paused time see breakers cool down.
@@ -521,6 +624,8 @@ mod tests {
     enum Behaviour {
         /// Answers with its name appended to the payload's "path" array, after `delay`.
         Append(Duration),
+        /// Answers with this output at once.
+        Answer(String),
         /// Fails with this code and health outcome.
         Fail(Code, Outcome),
         /// Never answers.
@@ -531,6 +636,8 @@ mod tests {
     struct FakeShims {
         behaviour: Mutex<HashMap<String, Behaviour>>,
         calls: Mutex<Vec<(String, Duration)>>,
+        /// The payload of every call, as handed over (to see whether it was shared).
+        payloads: Mutex<Vec<Arc<String>>>,
     }
 
     impl Caller for Arc<FakeShims> {
@@ -541,6 +648,7 @@ mod tests {
         ) -> impl Future<Output = Result<Answer, CallFailure>> + Send {
             let name = route.plugin.name.clone();
             lock(&self.calls).push((name.clone(), request.deadline));
+            lock(&self.payloads).push(Arc::clone(&request.payload));
             let b = lock(&self.behaviour)
                 .get(&name)
                 .cloned()
@@ -560,6 +668,10 @@ mod tests {
                             duration: delay,
                         })
                     }
+                    Behaviour::Answer(output) => Ok(Answer {
+                        output,
+                        duration: Duration::ZERO,
+                    }),
                     Behaviour::Fail(code, outcome) => Err(CallFailure {
                         code,
                         message: format!("{name} failed"),
@@ -589,20 +701,34 @@ mod tests {
         disabled: Arc<RecordingDisabler>,
     }
 
+    /// The tests' configuration: the breaker opens after 3 failures, 2 calls per plugin.
+    fn config() -> RouterConfig {
+        RouterConfig {
+            breaker: BreakerConfig {
+                open_after: 3,
+                ..BreakerConfig::default()
+            },
+            max_concurrency: 2,
+            ..RouterConfig::default()
+        }
+    }
+
     /// Plugins in namespace "ns": (name, hook, timeout ms, policy, priority).
     fn setup(plugins: &[(&str, Hook, u64, FailurePolicy, i32)]) -> Setup {
+        setup_with(config(), plugins)
+    }
+
+    /// [`setup`] with `config`.
+    fn setup_with(
+        config: RouterConfig,
+        plugins: &[(&str, Hook, u64, FailurePolicy, i32)],
+    ) -> Setup {
         let shims = Arc::new(FakeShims::default());
         let disabled = Arc::new(RecordingDisabler::default());
         let router = Router::new(
             shims.clone(),
             disabled.clone(),
-            RouterConfig {
-                breaker: BreakerConfig {
-                    open_after: 3,
-                    ..BreakerConfig::default()
-                },
-                max_concurrency: 2,
-            },
+            config,
             Metrics::new().expect("metrics"),
         );
         let routes = plugins.iter().map(|(name, hook, ms, fp, prio)| Route {
@@ -654,6 +780,37 @@ mod tests {
             self.router
                 .broadcast(hook, payload.into(), 0, String::new(), None)
                 .await
+        }
+
+        /// `hook` of the plugin ns/`name` with `payload` under the caller's `deadline_ms`.
+        async fn invoke_within(
+            &self,
+            name: &str,
+            hook: &str,
+            payload: &str,
+            deadline_ms: u32,
+        ) -> Result<(Answer, String), RouteError> {
+            let key = PluginKey::new("ns", name);
+            self.router
+                .invoke(&key, hook, payload.into(), deadline_ms, String::new())
+                .await
+        }
+
+        /// The breaker state the router lists for ns/`name`.
+        fn breaker(&self, name: &str) -> &'static str {
+            self.router
+                .list(None)
+                .iter()
+                .find(|l| l.route.plugin.name == name)
+                .map_or("not listed", |l| l.breaker)
+        }
+
+        /// The value of the metric series `series` (name and labels), 0 when absent.
+        fn metric(&self, series: &str) -> u64 {
+            let text = self.router.metrics.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or(0)
         }
 
         /// From now on the fake plugin `name` answers with `b`.
@@ -714,6 +871,287 @@ mod tests {
             .expect_err("refused");
         assert_eq!(e.code, Code::NotFound, "{e}");
         assert!(lock(&s.shims.calls).is_empty(), "nothing reached a plugin");
+    }
+
+    /// `depth` nested arrays: `[[[...]]]`.
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    /// The review's attack. Before the depth check the router passed it on (its `IgnoredAny`
+    /// parse has no recursion limit) and the plugin's own parse failed: here the fake plugin's
+    /// `serde_json::Value` parse panicked with "recursion limit exceeded" at column 128.
+    #[tokio::test(start_paused = true)]
+    async fn a_payload_nested_100000_deep_is_refused_before_any_plugin_is_called() {
+        let s = setup(&[("a", Transform, 200, Fail, 1), ("e", OnEvent, 200, Fail, 1)]);
+        let deep = nested(100_000);
+        let e = s
+            .invoke("a", "transform", &deep)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code, Code::InvalidArgument, "{e}");
+        assert_eq!(
+            e.message,
+            "payload_json nests arrays and objects more than 64 levels deep; the router passes \
+             at most 64 levels to a plugin (--max-payload-depth): flatten the document"
+        );
+        let e = s.broadcast("onEvent", &deep).await.expect_err("refused");
+        assert_eq!(e.code, Code::InvalidArgument, "{e}");
+        let e = s.transform(&deep, 0).await.expect_err("refused");
+        assert_eq!(e.code, Code::InvalidArgument, "{e}");
+        assert!(lock(&s.shims.calls).is_empty(), "nothing reached a plugin");
+        for rpc in ["invoke", "broadcast", "transform"] {
+            let series = format!(
+                "airlock_router_refused_total{{reason=\"payload_too_deep\",rpc=\"{rpc}\"}}"
+            );
+            assert_eq!(s.metric(&series), 1, "{series}");
+        }
+        // 64 levels pass.
+        s.invoke("a", "transform", &format!("{{\"x\":{}}}", nested(63)))
+            .await
+            .expect("64 levels");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_payload_over_the_size_limit_is_refused_naming_field_limit_and_fix() {
+        let s = setup_with(
+            RouterConfig {
+                payload: PayloadLimits {
+                    max_bytes: 100,
+                    max_depth: 64,
+                },
+                ..config()
+            },
+            &[("a", Transform, 200, Fail, 1)],
+        );
+        let big = format!("{{\"secret\":\"{}\"}}", "s".repeat(100));
+        let e = s.invoke("a", "transform", &big).await.expect_err("refused");
+        assert_eq!(e.code, Code::InvalidArgument);
+        for part in [
+            "payload_json is 113 bytes",
+            "at most 100 bytes",
+            "--max-payload-bytes",
+            "send a smaller document",
+        ] {
+            assert!(e.message.contains(part), "{e}");
+        }
+        assert!(!e.message.contains("secret"), "no payload bytes: {e}");
+        assert!(lock(&s.shims.calls).is_empty(), "nothing reached a plugin");
+        assert_eq!(
+            s.metric("airlock_router_refused_total{reason=\"payload_too_large\",rpc=\"invoke\"}"),
+            1
+        );
+    }
+
+    /// A hostile (or steered) plugin's output does not reach the next step: the step fails with
+    /// INTERNAL and its failure policy decides; the plugin's health is untouched.
+    #[tokio::test(start_paused = true)]
+    async fn a_pipeline_steps_output_is_held_to_the_payload_limits() {
+        let s = setup(&[
+            ("deep", Transform, 200, Ignore, 1),
+            ("next", Transform, 200, Fail, 2),
+        ]);
+        s.behave("deep", Behaviour::Answer(nested(65)));
+        let p = s.transform(r#"{"path":[]}"#, 0).await.expect("pipeline");
+        assert_eq!(
+            codes(&p.steps),
+            vec![("deep", Code::Internal), ("next", Code::Ok)]
+        );
+        assert!(
+            p.steps[0]
+                .error
+                .contains("output_json nests arrays and objects more than 64"),
+            "{:?}",
+            p.steps[0].error
+        );
+        // The skipped step's input passed on unchanged.
+        assert_eq!(p.output, r#"{"path":["next"]}"#);
+        assert_eq!(
+            s.metric("airlock_router_refused_total{reason=\"output_too_deep\",rpc=\"transform\"}"),
+            1
+        );
+
+        let s = setup(&[
+            ("deep", Transform, 200, Fail, 1),
+            ("next", Transform, 200, Fail, 2),
+        ]);
+        s.behave("deep", Behaviour::Answer(nested(65)));
+        for _ in 0..5 {
+            let e = s.transform("{}", 0).await.expect_err("fails");
+            assert_eq!(e.code, Code::Internal);
+            assert!(
+                e.message.starts_with(
+                    "pipeline step ns/deep (priority 1, failurePolicy Fail) failed: its answer \
+                     was not passed on: output_json nests"
+                ),
+                "{e}"
+            );
+        }
+        assert_eq!(lock(&s.shims.calls).len(), 5, "next never ran");
+        assert_eq!(
+            s.breaker("deep"),
+            "closed",
+            "not counted against the plugin"
+        );
+    }
+
+    /// Issue 12: five calls with `deadline_ms: 1` to a slow plugin are the caller's outcome (the
+    /// breaker stays closed, nothing is auto-disabled), while five real hook timeouts still open
+    /// the breaker and auto-disable it.
+    #[tokio::test(start_paused = true)]
+    async fn the_callers_short_deadline_is_not_counted_against_the_plugin() {
+        let s = setup(&[("slow", Transform, 1000, Fail, 1)]);
+        s.behave("slow", Behaviour::Hang);
+        for _ in 0..5 {
+            let e = s
+                .invoke_within("slow", "transform", "{}", 1)
+                .await
+                .expect_err("the caller's deadline runs out");
+            assert_eq!(e.code, Code::DeadlineExceeded);
+            assert!(
+                e.message.contains(
+                    "no answer within 1 ms (the caller's deadline, shorter than the hook's \
+                     timeout of 1000 ms)"
+                ),
+                "{e}"
+            );
+        }
+        // What the shim answers when it kills the plugin at (or queues past) a 1 ms deadline.
+        for outcome in [Outcome::Timeout, Outcome::Unreachable] {
+            s.behave("slow", Behaviour::Fail(Code::DeadlineExceeded, outcome));
+            s.invoke_within("slow", "transform", "{}", 1)
+                .await
+                .expect_err("timeout");
+        }
+        assert_eq!(s.breaker("slow"), "closed");
+        assert!(lock(&s.disabled.0).is_empty(), "not auto-disabled");
+        assert_eq!(
+            s.metric(
+                "airlock_hook_invocations_total{hook=\"transform\",plugin=\"ns/slow\",result=\"caller_deadline\"}"
+            ),
+            7
+        );
+        // Still restarts: the shim kills a plugin at whatever deadline it was given (the five
+        // calls the router gave up on, and the one the shim reported as a timeout).
+        assert_eq!(
+            s.metric("airlock_plugin_restarts_total{plugin=\"ns/slow\"}"),
+            6
+        );
+
+        // The hook's own timeout (no deadline, or one no shorter than the timeout): the plugin's.
+        s.behave("slow", Behaviour::Hang);
+        for (i, deadline_ms) in [0, 1000, 5000, 0, 0].into_iter().enumerate() {
+            if i >= 3 {
+                // The breaker opened after 3; a trial call after each cool-down.
+                tokio::time::advance(Duration::from_secs(31)).await;
+            }
+            let e = s
+                .invoke_within("slow", "transform", "{}", deadline_ms)
+                .await
+                .expect_err("timeout");
+            assert!(e.message.contains("(the hook's timeout)"), "{e}");
+        }
+        assert_eq!(s.breaker("slow"), "open");
+        assert_eq!(
+            *lock(&s.disabled.0),
+            vec![("ns/slow".to_string(), "5 consecutive timeouts".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_deadline_is_the_callers_only_when_shorter_than_the_hooks_timeout() {
+        let timeout = Duration::from_millis(100);
+        let ms = Duration::from_millis;
+        assert_eq!(Deadline::of(timeout, None), Deadline::Hook(timeout));
+        assert_eq!(
+            Deadline::of(timeout, Some(ms(100))),
+            Deadline::Hook(timeout)
+        );
+        assert_eq!(
+            Deadline::of(timeout, Some(ms(500))),
+            Deadline::Hook(timeout)
+        );
+        assert_eq!(Deadline::of(timeout, Some(ms(1))), Deadline::Caller(ms(1)));
+    }
+
+    /// A pipeline's budget is the caller's: a step cut short by it is not the plugin's timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_step_cut_short_by_the_pipeline_budget_is_the_callers_outcome() {
+        let s = setup(&[("slow", Transform, 1000, Fail, 1)]);
+        s.behave("slow", Behaviour::Hang);
+        for _ in 0..5 {
+            let e = s.transform("{}", 10).await.expect_err("budget spent");
+            assert_eq!(e.code, Code::DeadlineExceeded);
+        }
+        assert_eq!(s.breaker("slow"), "closed");
+        assert!(lock(&s.disabled.0).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broadcast_shares_one_payload_among_its_subscribers() {
+        let s = setup(&[
+            ("a", OnEvent, 1000, Fail, 1),
+            ("b", OnEvent, 1000, Fail, 2),
+            ("c", OnEvent, 1000, Fail, 3),
+        ]);
+        s.broadcast("", r#"{"e":1}"#).await.expect("broadcast");
+        let payloads = lock(&s.shims.payloads);
+        assert_eq!(payloads.len(), 3);
+        assert!(
+            payloads.iter().all(|p| Arc::ptr_eq(p, &payloads[0])),
+            "one payload, not a copy per subscriber"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broadcast_over_the_fan_out_limits_is_refused_before_any_call() {
+        let plugins = [
+            ("a", OnEvent, 1000, Fail, 1),
+            ("b", OnEvent, 1000, Fail, 2),
+            ("c", OnEvent, 1000, Fail, 3),
+        ];
+        let s = setup_with(
+            RouterConfig {
+                broadcast: BroadcastLimits {
+                    max_subscribers: 2,
+                    max_bytes: 1000,
+                },
+                ..config()
+            },
+            &plugins,
+        );
+        let e = s.broadcast("", "{}").await.expect_err("3 > 2 subscribers");
+        assert_eq!(e.code, Code::FailedPrecondition);
+        assert!(
+            e.message
+                .starts_with("3 plugins subscribe to onEvent across all namespaces; a broadcast reaches at most 2"),
+            "{e}"
+        );
+        let s = setup_with(
+            RouterConfig {
+                broadcast: BroadcastLimits {
+                    max_subscribers: 3,
+                    max_bytes: 1000,
+                },
+                ..config()
+            },
+            &plugins,
+        );
+        let big = format!(r#"{{"x":"{}"}}"#, "x".repeat(326));
+        let e = s.broadcast("", &big).await.expect_err("3 × 334 > 1000");
+        assert_eq!(e.code, Code::FailedPrecondition);
+        assert!(e.message.contains("makes 1002 bytes to send"), "{e}");
+        assert!(!e.message.contains("xxx"), "no payload bytes: {e}");
+        assert!(lock(&s.shims.calls).is_empty(), "nothing reached a plugin");
+        assert_eq!(
+            s.metric(
+                "airlock_router_refused_total{reason=\"broadcast_too_large\",rpc=\"broadcast\"}"
+            ),
+            1
+        );
+        s.broadcast("", &format!(r#"{{"x":"{}"}}"#, "x".repeat(325)))
+            .await
+            .expect("3 × 333 = 999");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,8 +1,8 @@
-//! What a plugin call's result does once the call is over: the invocation metric, the plugin's
-//! breaker (and through it the restart, breaker-open and auto-disable bookkeeping), and the log
-//! line of a failed call. Also the counting of calls refused before they were made, and the
-//! guard that gives a half-open breaker's trial back when a call is abandoned before its result
-//! could be recorded.
+//! What a plugin call's result does once the call is over: whose failure it was (the plugin's, or
+//! the caller's own short deadline), the invocation metric, the plugin's breaker (and through it
+//! the restart, breaker-open and auto-disable bookkeeping), and the log line of a failed call.
+//! Also the counting of calls refused before they were made, and the guard that gives a half-open
+//! breaker's trial back when a call is abandoned before its result could be recorded.
 //!
 //! Kept out of [`super::Router::call_one`] so that the call path only decides and calls, and
 //! every side effect of a result is in one place, in the order the breaker needs.
@@ -14,7 +14,7 @@ use airlock_core::PluginKey;
 use tonic::Code;
 use tracing::{info, warn};
 
-use super::{Answer, CallFailure, Caller, Router, now};
+use super::{Answer, CallFailure, Caller, Deadline, Router, now};
 use crate::breaker::{Health, Outcome};
 use crate::table::Route;
 
@@ -26,26 +26,31 @@ impl<C: Caller> Router<C> {
             .hook_invocation(&key.to_string(), hook.as_str(), "refused", None);
     }
 
-    /// Records the `result` of a call to `route` that took `elapsed`: the invocation metric, the
-    /// outcome in the plugin's breaker (which disarms `trial`: the outcome now is recorded),
-    /// restarts and breaker state, and the auto-disable the breaker asks for, if any.
+    /// Records the `result` of `call` that took `elapsed`: the invocation metric, the outcome in
+    /// the plugin's breaker (which disarms `trial`: the outcome now is recorded), restarts and
+    /// breaker state, and the auto-disable the breaker asks for, if any.
     pub(super) fn record(
         &self,
-        route: &Route,
-        hook: Hook,
-        invocation_id: &str,
+        call: Made<'_>,
         result: &Result<Answer, CallFailure>,
         elapsed: Duration,
         mut trial: TrialRelease<'_, C>,
     ) {
+        let Made {
+            route,
+            hook,
+            invocation_id,
+            deadline,
+        } = call;
         let key = &route.plugin;
         let outcome = match result {
             Ok(_) => Outcome::Answered,
-            Err(f) => f.outcome,
+            Err(f) => attribute(f, deadline),
         };
-        let label = match result {
-            Ok(_) => "ok",
-            Err(f) => code_label(f.code),
+        let label = match (result, outcome) {
+            (Ok(_), _) => "ok",
+            (Err(_), Outcome::CallerDeadline) => "caller_deadline",
+            (Err(f), _) => code_label(f.code),
         };
         self.metrics
             .hook_invocation(&key.to_string(), hook.as_str(), label, Some(elapsed));
@@ -58,12 +63,15 @@ impl<C: Caller> Router<C> {
         });
         trial.armed = false;
         let label = key.to_string();
-        // The shim replaced the plugin process after these; an error answer or an unreachable
-        // pod is no restart.
-        if matches!(
-            outcome,
-            Outcome::Timeout | Outcome::Crash | Outcome::Misbehaved
-        ) {
+        // The shim replaced the plugin process after these (whoever's deadline it missed: the
+        // shim kills at the deadline it was given); an error answer or an unreachable pod is no
+        // restart.
+        if let Err(f) = result
+            && matches!(
+                f.outcome,
+                Outcome::Timeout | Outcome::Crash | Outcome::Misbehaved
+            )
+        {
             self.metrics.plugin_restarted(&label);
         }
         self.metrics.breaker(&label, state != "closed");
@@ -72,9 +80,32 @@ impl<C: Caller> Router<C> {
             self.metrics.auto_disabled();
             self.disabler.disable(route, &reason);
         } else if let Err(f) = result {
-            info!(plugin = %key, hook = hook.as_str(), %invocation_id, code = ?f.code, "hook call failed");
+            let caller_deadline = outcome == Outcome::CallerDeadline;
+            info!(plugin = %key, hook = hook.as_str(), %invocation_id, code = ?f.code, caller_deadline, "hook call failed");
         }
     }
+}
+
+/// What a failed call says about the plugin's health. Running out of time under the caller's own
+/// deadline (shorter than the hook's timeout) is the caller's outcome, not a plugin timeout:
+/// whether the shim killed the plugin at that deadline (`timeout`), the call waited for the
+/// plugin behind earlier calls (`queue-timeout`) or the router gave up on the shim, the plugin
+/// was never given its timeout. Everything else is what the shim reported.
+fn attribute(failure: &CallFailure, deadline: Deadline) -> Outcome {
+    match deadline {
+        Deadline::Caller(_) if failure.code == Code::DeadlineExceeded => Outcome::CallerDeadline,
+        Deadline::Caller(_) | Deadline::Hook(_) => failure.outcome,
+    }
+}
+
+/// The call a result is recorded for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Made<'a> {
+    pub route: &'a Route,
+    pub hook: Hook,
+    pub invocation_id: &'a str,
+    /// Whose deadline the call ran under: it decides whether running out of time is the plugin's.
+    pub deadline: Deadline,
 }
 
 /// Gives a half-open breaker's trial back unless disarmed (see [`Router::call_one`]).
