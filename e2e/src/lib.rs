@@ -14,6 +14,7 @@ pub mod plugins;
 pub mod pods;
 pub mod router;
 pub mod sandbox;
+pub mod tenant;
 pub mod wait;
 
 use std::path::Path;

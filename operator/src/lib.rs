@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod fetch;
 pub mod metrics;
+pub mod ownership;
 pub mod plan;
 pub mod policy;
 pub mod quantity;

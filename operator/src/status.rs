@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use crate::ownership::{self, NotOwned, OBJECT_NOT_OWNED};
 use crate::plan::{Plan, Verdict};
 
 pub const VERIFIED: &str = "Verified";
@@ -77,12 +78,14 @@ pub enum RunningRevision {
     Quarantined,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub enum Outcome<'a> {
     /// Image or bundle could not be fetched or read.
     FetchFailed(&'a FetchFailure),
     /// A plan was made; `rollout` is the applied Deployment's state when the plan rolled out.
     Planned(&'a Plan, Option<&'a Rollout>),
+    /// A plan was made, but objects it would write are not the Plugin's: nothing was applied.
+    NotOwned(&'a Plan, &'a [NotOwned]),
 }
 
 /// One change worth telling the user about (Event + audit record).
@@ -135,7 +138,11 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
             set(READY, false, f.reason, format!("{}{suffix}", f.message));
             phase = phase_now;
         }
-        Outcome::Planned(plan, rollout) => {
+        Outcome::Planned(plan, _) | Outcome::NotOwned(plan, _) => {
+            let rollout = match outcome {
+                Outcome::Planned(_, rollout) => rollout,
+                _ => None,
+            };
             for (ty, verdict) in [
                 (COMPATIBLE, &plan.compatible),
                 (VERIFIED, &plan.verified),
@@ -151,6 +158,13 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                 .find_map(|v| match v {
                     Verdict::Blocked { reason, message } => Some((*reason, message.clone())),
                     Verdict::Ok { .. } => None,
+                })
+                .or_else(|| match outcome {
+                    // The verdicts stay True: the plan is good, the objects are in the way.
+                    Outcome::NotOwned(_, objects) => {
+                        Some((OBJECT_NOT_OWNED, ownership::message(objects)))
+                    }
+                    _ => None,
                 });
             match (blocked, plan.rollout.as_ref(), rollout) {
                 (Some((reason, message)), _, _) => {
@@ -466,6 +480,58 @@ mod tests {
             t.iter()
                 .any(|t| t.condition == PERMISSIONS_APPROVED && t.warning)
         );
+    }
+
+    #[test]
+    fn an_object_in_the_way_blocks_the_rollout_says_which_and_stays_quiet_when_unchanged() {
+        let p = plugin(HELLO);
+        let in_the_way = [NotOwned {
+            kind: "NetworkPolicy".into(),
+            namespace: "plugins".into(),
+            name: "hello".into(),
+            owner: crate::ownership::Owner::Nobody,
+        }];
+        let plan = ok_plan();
+        let s = next_status(
+            &p,
+            Outcome::NotOwned(&plan, &in_the_way),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(s.phase, Some(PluginPhase::Failed));
+        assert_eq!(cond(&s, VERIFIED).status, "True", "the plan itself is good");
+        assert_not_ready(
+            &s,
+            OBJECT_NOT_OWNED,
+            &[
+                "not rolled out",
+                "NetworkPolicy plugins/hello",
+                "delete/rename the existing NetworkPolicy hello",
+            ],
+        );
+        assert_eq!(s.current_revision, None, "nothing was rolled out");
+        assert!(
+            transitions(None, &s)
+                .iter()
+                .any(|t| t.reason == OBJECT_NOT_OWNED && t.warning),
+            "a Warning Event and an audit record"
+        );
+
+        // Looked at again later, nothing changed: the same status, no transition, no write.
+        let mut seen = p.clone();
+        seen.status = Some(s.clone());
+        let later = Timestamp::from_second(1_000_000).expect("valid");
+        let again = next_status(&seen, Outcome::NotOwned(&plan, &in_the_way), later);
+        assert_eq!(again, s);
+        assert!(transitions(Some(&s), &again).is_empty());
+
+        // What ran before keeps running, and the status says so.
+        let s = next_status(
+            &served_before(),
+            Outcome::NotOwned(&plan, &in_the_way),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(s.phase, Some(PluginPhase::Degraded));
+        assert_not_ready(&s, OBJECT_NOT_OWNED, &["rgood keeps serving"]);
     }
 
     #[test]

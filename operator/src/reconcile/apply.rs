@@ -2,6 +2,10 @@
 //! desired state or the object changed since this process applied it), rollback of a revision
 //! that missed its progress deadline to the last good one, and quarantine of a revision whose
 //! signer was revoked. Desired objects come from the pure builders in [`crate::build`].
+//!
+//! Applies are forced and set a controller owner reference, so they must only ever land on this
+//! Plugin's own objects: [`super::ownership`] runs before [`roll_out`] and lets it run only when
+//! every object it writes is absent or this Plugin's.
 
 use std::sync::Arc;
 
@@ -21,6 +25,7 @@ use super::watches::Watches;
 use super::{Context, Error, certificates};
 use crate::applied::{self, Fingerprint};
 use crate::build::{self, FIELD_MANAGER};
+use crate::ownership::{Ownership, ownership};
 use crate::status;
 
 /// A plugin signed by a revoked key must not keep running: scale its Deployment to zero. The
@@ -33,9 +38,13 @@ pub(super) async fn quarantine(
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let name = names::child_name(&plugin.name_any());
     let r = ObjectRef::<Deployment>::new(&name).within(&ns);
+    let uid = plugin.uid().unwrap_or_default();
+    // Only this Plugin's own Deployment: a Deployment of that name someone else made is not ours
+    // to scale (the watch sees any that carries Airlock's labels).
     let running = watches
         .deployments
         .get(&r)
+        .filter(|d| ownership(Some(d.meta()), &plugin.name_any(), &uid) == Ownership::Ours)
         .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
         .is_some_and(|n| n > 0);
     if running {
@@ -137,7 +146,9 @@ async fn apply_children(
 }
 
 /// The bundle Secret of the revision: immutable and named by digest, so it is created once and
-/// then only remembered (per Plugin uid: a re-created Plugin creates it again).
+/// then only remembered (per Plugin uid: a re-created Plugin creates it again). The ownership
+/// step looked at it just before: unknown here means it was absent (this Plugin's own is
+/// remembered there).
 async fn ensure_bundle_secret(
     plugin: &Plugin,
     rollout: &build::Rollout,
@@ -150,11 +161,13 @@ async fn ensure_bundle_secret(
     if ctx.caches.bundle_secret_known(&uid, &name) {
         return Ok(());
     }
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), ns);
-    if secrets.get_opt(&name).await?.is_none() {
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        secrets.patch(&name, &pp, &Patch::Apply(&secret)).await?;
-    }
+    Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
     ctx.caches.bundle_secret_exists(&uid, &name);
     Ok(())
 }

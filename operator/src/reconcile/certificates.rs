@@ -16,6 +16,7 @@ use super::watches::Watches;
 use super::{Context, Error};
 use crate::build::{self, FIELD_MANAGER};
 use crate::certs;
+use crate::ownership::{Owner, Ownership, ownership};
 
 /// Loads (or creates) the CA, retrying until it works: no plugin can be served without it.
 pub(super) async fn load_ca(ctx: &Context) -> Ca {
@@ -106,6 +107,14 @@ async fn adopt_storage(plugin: &Plugin, ctx: &Context, ns: &str) -> Result<(), E
         .flatten()
         .any(|o| o.uid == uid)
     {
+        return Ok(());
+    }
+    // Only a storage nobody controls is adopted; one another object controls (or an earlier
+    // Plugin's) is left alone: the ownership step reports it before anything is applied.
+    if ownership(Some(&storage.metadata), &plugin.name_any(), &uid)
+        != Ownership::Foreign(Owner::Nobody)
+    {
+        warn!(plugin = %plugin.name_any(), namespace = ns, "not adopting a PluginStorage that is not this Plugin's to adopt");
         return Ok(());
     }
     let patch = json!({

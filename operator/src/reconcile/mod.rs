@@ -6,7 +6,10 @@
 //!    the image from their sources ([`crate::fetch`]);
 //! 2. **verify** (pure): every signature and trust decision, one typed verdict ([`crate::trust`],
 //!    [`crate::verify`]);
-//! 3. **plan** (pure): the revision to roll out and each condition ([`crate::plan`]);
+//! 3. **plan** (pure): the revision to roll out and each condition ([`crate::plan`]); then
+//!    **ownership** ([`ownership`], rule in [`crate::ownership`]): an object the revision would
+//!    write that exists and is not this Plugin's stops it whole (`Ready=False`,
+//!    `ObjectNotOwned`): a Plugin never takes over an object someone else made;
 //! 4. **apply** (IO, [`apply`]): rollback to the last good revision when the planned one failed;
 //!    else the plugin's identity ([`certificates`]), then its children with server-side apply;
 //!    quarantine of a revoked one;
@@ -18,6 +21,7 @@
 mod apply;
 pub mod caches;
 mod certificates;
+mod ownership;
 mod pipeline;
 mod record;
 mod watches;

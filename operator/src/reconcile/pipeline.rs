@@ -1,7 +1,8 @@
-//! The reconcile of one Plugin, top-down: fetch → verify → plan → apply → status. Each step owns
-//! its output type: [`crate::plan::Fetched`] (or a [`crate::status::FetchFailure`] whose
-//! [`crate::status::RunningRevision`] says what happens to what runs), [`crate::plan::Plan`],
-//! [`crate::status::Rollout`], then the next [`airlock_crds::plugin::PluginStatus`].
+//! The reconcile of one Plugin, top-down: fetch → verify → plan → ownership → apply → status. Each
+//! step owns its output type: [`crate::plan::Fetched`] (or a [`crate::status::FetchFailure`] whose
+//! [`crate::status::RunningRevision`] says what happens to what runs), [`crate::plan::Plan`], the
+//! objects in the way ([`crate::ownership::NotOwned`]), [`crate::status::Rollout`], then the next
+//! [`airlock_crds::plugin::PluginStatus`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,12 +14,12 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::info;
 
 use super::watches::Watches;
-use super::{Context, Error, apply, record};
+use super::{Context, Error, apply, ownership, record};
 use crate::plan::{self, Plan};
 use crate::status::{self, Outcome};
 use crate::{fetch, policy, trust};
 
-/// One reconcile of `plugin`: fetch → verify → plan → apply → status.
+/// One reconcile of `plugin`: fetch → verify → plan → ownership → apply → status.
 pub(super) async fn run(
     plugin: &Plugin,
     ctx: &Context,
@@ -71,17 +72,33 @@ pub(super) async fn run(
                 .unwrap_or(airlock_crds::TrustLevel::Untrusted);
             let limits = policy::limits(&governing, level);
             let plan = plan::plan(plugin, fetched, limits.as_ref());
-            // 4. Apply: the revision's children (the plugin's identity first), or a rollback.
-            let applied = match &plan.rollout {
-                Some(rollout) => Some(apply::roll_out(plugin, rollout, ctx, watches).await?),
-                None => None,
+            // 3b. Ownership: an object the revision would write that exists and is not this
+            //     Plugin's (someone's NetworkPolicy named like the Plugin) stops the revision
+            //     whole: nothing is applied, the status names the object.
+            let not_owned = match &plan.rollout {
+                Some(rollout) => ownership::not_owned(plugin, rollout, ctx, watches).await?,
+                None => Vec::new(),
             };
-            let next = status::next_status(
-                plugin,
-                Outcome::Planned(&plan, applied.as_ref()),
-                status::now(),
-            );
-            (next, requeue_after(&plan, applied.as_ref()))
+            if !not_owned.is_empty() {
+                let next = status::next_status(
+                    plugin,
+                    Outcome::NotOwned(&plan, &not_owned),
+                    status::now(),
+                );
+                (next, crate::ownership::recheck_after(&not_owned))
+            } else {
+                // 4. Apply: the revision's children (the plugin's identity first), or a rollback.
+                let applied = match &plan.rollout {
+                    Some(rollout) => Some(apply::roll_out(plugin, rollout, ctx, watches).await?),
+                    None => None,
+                };
+                let next = status::next_status(
+                    plugin,
+                    Outcome::Planned(&plan, applied.as_ref()),
+                    status::now(),
+                );
+                (next, requeue_after(&plan, applied.as_ref()))
+            }
         }
     };
     // 5. Status, Events and audit records, from what was applied.

@@ -16,6 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::client::Body;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
@@ -40,6 +41,8 @@ struct State {
     requests: Vec<(Method, String)>,
     /// Bodies of PATCH requests, by path.
     patches: Vec<(String, Value)>,
+    /// Bodies of POST requests (Events), by path.
+    posts: Vec<(String, Value)>,
 }
 
 #[derive(Clone, Default)]
@@ -149,7 +152,10 @@ impl FakeApi {
                 st.objects.insert(object_path, object.clone());
                 (StatusCode::OK, object)
             }
-            Method::POST => (StatusCode::CREATED, body),
+            Method::POST => {
+                st.posts.push((path.clone(), body.clone()));
+                (StatusCode::CREATED, body)
+            }
             _ => not_found(),
         };
         let bytes = serde_json::to_vec(&answer).unwrap_or_default();
@@ -211,6 +217,12 @@ spec:
 "#
     ))
     .unwrap()
+}
+
+/// The owner references of an object the Plugin `hello` with `uid` made (its controller).
+fn owned_by(uid: &str) -> Value {
+    json!([{"apiVersion": "airlock.dev/v1alpha1", "kind": "Plugin", "name": "hello", "uid": uid,
+            "controller": true, "blockOwnerDeletion": true}])
 }
 
 /// A policy that lets unsigned plugins run at level Untrusted, and lists `keys`.
@@ -307,7 +319,8 @@ impl Harness {
         )
     }
 
-    async fn reconcile(&self, plugin: &Plugin) {
+    /// One reconcile of `plugin`; what it asks the controller to do next.
+    async fn reconcile(&self, plugin: &Plugin) -> Action {
         // The API server holds the Plugin (its status patch answers with the whole object).
         self.api.put(
             &format!("/apis/airlock.dev/v1alpha1/namespaces/{NS}/plugins/hello"),
@@ -315,7 +328,28 @@ impl Harness {
         );
         pipeline::run(plugin, &self.ctx, &self.watches)
             .await
-            .expect("the reconcile succeeds");
+            .expect("the reconcile succeeds")
+    }
+
+    /// `plugin` as the next reconcile would see it: with the status the last one wrote.
+    fn seen(&self, plugin: &Plugin) -> Plugin {
+        let mut seen = plugin.clone();
+        seen.status = serde_json::from_value(self.status()).ok();
+        seen
+    }
+
+    /// `(type, reason)` of each Event posted so far.
+    fn events(&self) -> Vec<(String, String)> {
+        self.api
+            .state()
+            .posts
+            .iter()
+            .filter(|(path, _)| path.contains("/events"))
+            .map(|(_, e)| {
+                let field = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (field("type"), field("reason"))
+            })
+            .collect()
     }
 
     /// The status the reconcile last wrote.
@@ -490,7 +524,8 @@ async fn a_revision_that_misses_its_deadline_is_rolled_back_to_the_last_good_one
     h.api.put(
         &deployment,
         json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "hello", "namespace": NS, "generation": 2},
+               "metadata": {"name": "hello", "namespace": NS, "generation": 2,
+                            "ownerReferences": owned_by("uid-1")},
                "status": {"observedGeneration": 2, "conditions": [
                    {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}}),
     );
@@ -542,7 +577,8 @@ async fn a_revoked_signer_quarantines_the_running_revision_without_asking_a_regi
     h.api.put(
         &deployment,
         json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "hello", "namespace": NS}, "spec": {"replicas": 2}}),
+               "metadata": {"name": "hello", "namespace": NS, "ownerReferences": owned_by("uid-1")},
+               "spec": {"replicas": 2}}),
     );
     h.watch_deployment();
     let mut p = plugin("uid-1", "[log]");
@@ -572,4 +608,157 @@ async fn a_revoked_signer_quarantines_the_running_revision_without_asking_a_regi
         h.api.requests().iter().all(|(_, p)| p.starts_with("/api")),
         "only API server requests"
     );
+}
+
+/// Writes other than the Plugin's status and Events: what a reconcile did to other objects.
+fn child_writes(writes: &[String]) -> Vec<&String> {
+    writes
+        .iter()
+        .filter(|w| !w.ends_with("/plugins/hello/status") && !w.starts_with("POST /apis/events"))
+        .collect()
+}
+
+const CHILDREN: [&str; 5] = [
+    "PATCH /api/v1/namespaces/plugins/serviceaccounts/hello",
+    "PATCH /api/v1/namespaces/plugins/secrets/hello-tls",
+    "PATCH /apis/networking.k8s.io/v1/namespaces/plugins/networkpolicies/hello",
+    "PATCH /api/v1/namespaces/plugins/services/hello",
+    "PATCH /apis/apps/v1/namespaces/plugins/deployments/hello",
+];
+
+#[tokio::test]
+async fn a_plugin_named_like_someone_elses_network_policy_takes_nothing_over_until_it_is_gone() {
+    let h = Harness::unsigned(MANIFEST);
+    // The namespace's own policy, made by its tenant: no owner, no Airlock labels (so no watch
+    // cache holds it), denying all ingress.
+    let victim_path = format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/hello");
+    let victim = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                        "metadata": {"name": "hello", "namespace": NS, "resourceVersion": "7"},
+                        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}});
+    h.api.put(&victim_path, victim.clone());
+    let p = plugin("uid-1", "[log]");
+    let action = h.reconcile(&p).await;
+
+    // Nothing of the plugin is written: no child at all, not only the policy.
+    let writes = h.api.take_writes();
+    assert_eq!(
+        child_writes(&writes),
+        Vec::<&String>::new(),
+        "no child is applied: {writes:#?}"
+    );
+    assert_eq!(
+        h.api.state().objects[&victim_path],
+        victim,
+        "the policy is untouched"
+    );
+    let status = h.status();
+    assert_eq!(status["phase"], "Failed", "{status}");
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("False".into(), "ObjectNotOwned".into())
+    );
+    let ready = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    for part in [
+        "NetworkPolicy plugins/hello",
+        "rename the Plugin or delete/rename the existing NetworkPolicy hello if it is not in use",
+    ] {
+        assert!(ready.contains(part), "{part:?} in {ready:?}");
+    }
+    assert_eq!(
+        condition(&status, "Verified").0,
+        "True",
+        "the plugin itself is fine"
+    );
+    assert!(
+        h.events()
+            .contains(&("Warning".into(), "ObjectNotOwned".into())),
+        "{:?}",
+        h.events()
+    );
+    let audited = h.audited();
+    assert!(
+        audited.contains(&("Ready".into(), "ObjectNotOwned".into())),
+        "{audited:?}"
+    );
+    // Not a hot loop: looked at again on a bounded interval (the policy is not watched).
+    assert_eq!(
+        action,
+        Action::requeue(crate::ownership::RECHECK_FOREIGN),
+        "{action:?}"
+    );
+
+    // Looked at again with nothing changed: no write at all, no new Event or audit record.
+    h.reconcile(&h.seen(&p)).await;
+    assert_eq!(h.api.take_writes(), Vec::<String>::new());
+    assert_eq!(h.audited(), audited);
+
+    // The tenant deletes the policy: the next reconcile rolls the plugin out as usual.
+    h.api.state().objects.remove(&victim_path);
+    h.reconcile(&h.seen(&p)).await;
+    let writes = h.api.take_writes();
+    for child in CHILDREN {
+        assert!(
+            writes.contains(&child.to_string()),
+            "{child} in {writes:#?}"
+        );
+    }
+    assert_eq!(h.status()["phase"], "Deploying");
+    assert_eq!(
+        h.api.state().objects[&victim_path]["metadata"]["ownerReferences"][0]["uid"],
+        "uid-1",
+        "the new policy is the plugin's own"
+    );
+}
+
+#[tokio::test]
+async fn leftovers_of_a_deleted_plugin_of_the_same_name_block_until_they_are_collected() {
+    let h = Harness::unsigned(MANIFEST);
+    h.reconcile(&plugin("uid-1", "[log]")).await;
+    record::cleanup(&plugin("uid-1", "[log]"), &h.ctx)
+        .await
+        .expect("cleanup");
+    h.api.take_writes();
+
+    // Re-created under the same name before the garbage collector removed the old children.
+    let p = plugin("uid-2", "[log]");
+    let action = h.reconcile(&p).await;
+    let writes = h.api.take_writes();
+    assert_eq!(
+        child_writes(&writes),
+        Vec::<&String>::new(),
+        "nothing of the old Plugin is taken over: {writes:#?}"
+    );
+    let status = h.status();
+    assert_eq!(condition(&status, "Ready").1, "ObjectNotOwned", "{status}");
+    assert!(
+        status
+            .to_string()
+            .contains("earlier Plugin hello (uid uid-1)"),
+        "{status}"
+    );
+    assert_eq!(
+        action,
+        Action::requeue(crate::ownership::RECHECK_GARBAGE_COLLECTION)
+    );
+
+    // Collected: the next reconcile creates the new Plugin's own children.
+    h.api.collect_garbage_of("uid-1");
+    h.reconcile(&h.seen(&p)).await;
+    let writes = h.api.take_writes();
+    for child in CHILDREN {
+        assert!(
+            writes.contains(&child.to_string()),
+            "{child} in {writes:#?}"
+        );
+    }
+    assert!(wrote(&writes, "secrets/hello-bundle-"), "{writes:#?}");
+    let deployment = &h.api.state().objects["/apis/apps/v1/namespaces/plugins/deployments/hello"];
+    assert_eq!(deployment["metadata"]["ownerReferences"][0]["uid"], "uid-2");
 }

@@ -1,0 +1,151 @@
+//! The ownership step, between plan and apply: every object the planned revision would write is
+//! looked at, and any that exists without being this Plugin's ([`crate::ownership::ownership`]
+//! decides) stops the whole revision — no child at all is applied, so no half-built workload
+//! appears next to someone else's object — and goes into the status instead.
+//!
+//! Where an object's metadata comes from: the watch caches when they hold it (a steady state
+//! costs no request), else a GET of its metadata. The caches only see objects labelled as
+//! Airlock's, so a cache miss does not mean "absent": someone else's object is found by asking.
+//! Secrets are not watched (that would take `list` on every Secret of the cluster); they are
+//! looked at when they would be written: the TLS Secret and the PluginStorage when the hourly
+//! identity checks are due, a bundle Secret until it is known to be this Plugin's.
+//!
+//! Recovery: a Plugin blocked by an earlier Plugin's leftovers (deleted, re-created under the
+//! same name) is woken by the watch when the garbage collector deletes a watched child (the
+//! deletion names the old owner's name, which is this Plugin's), and looks again after
+//! [`crate::ownership::RECHECK_GARBAGE_COLLECTION`] anyway; then everything is absent and the
+//! revision rolls out. A Plugin blocked by someone else's object looks again after
+//! [`crate::ownership::RECHECK_FOREIGN`], or at once when the Plugin changes.
+
+use std::time::Instant;
+
+use airlock_crds::{Plugin, PluginStorage};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::watches::Watches;
+use super::{Context, Error};
+use crate::build;
+use crate::ownership::{NotOwned, Owner, Ownership, ownership};
+
+/// The objects the revision `rollout` would write that exist and are not `plugin`'s, in a fixed
+/// order (so an unchanged world gives an unchanged status). Empty: the revision may be applied.
+pub(super) async fn not_owned(
+    plugin: &Plugin,
+    rollout: &build::Rollout,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<Vec<NotOwned>, Error> {
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let plugin_name = plugin.name_any();
+    let uid = plugin.uid().unwrap_or_default();
+    let child = build::child_name(&plugin_name);
+    let decide = |meta: Option<ObjectMeta>| ownership(meta.as_ref(), &plugin_name, &uid);
+    let mut looked: Vec<(String, String, Ownership)> = Vec::new();
+    let mut look = |kind: String, name: &str, found: Ownership| {
+        looked.push((kind, name.to_string(), found));
+    };
+
+    // The identity: written only when the hourly checks are due (see `certificates`).
+    if ctx.caches.hourly_checks_due(&uid, Instant::now()) {
+        let tls = build::tls_secret::tls_secret_name(&plugin_name);
+        look(
+            kind::<Secret>(),
+            &tls,
+            decide(fetched::<Secret>(ctx, &ns, &tls).await?),
+        );
+        // The PluginStorage an installer created (no controller) is adopted by design, and the
+        // router's reference to this Plugin is a loose one: only a storage another object
+        // controls, or an earlier Plugin's, is in the way.
+        let storage = decide(fetched::<PluginStorage>(ctx, &ns, &plugin_name).await?);
+        if storage != Ownership::Foreign(Owner::Nobody) {
+            look(kind::<PluginStorage>(), &plugin_name, storage);
+        }
+    }
+    look(
+        kind::<ServiceAccount>(),
+        &child,
+        decide(watched::<ServiceAccount, _>(ctx, &watches.service_accounts, &ns, &child).await?),
+    );
+    let bundle = build::bundle_secret::bundle_secret_name(&plugin_name, rollout);
+    if !ctx.caches.bundle_secret_known(&uid, &bundle) {
+        let found = decide(fetched::<Secret>(ctx, &ns, &bundle).await?);
+        if found == Ownership::Ours {
+            // Immutable and named by digest: this Plugin's means right; never looked at again.
+            ctx.caches.bundle_secret_exists(&uid, &bundle);
+        }
+        look(kind::<Secret>(), &bundle, found);
+    }
+    look(
+        kind::<NetworkPolicy>(),
+        &child,
+        decide(watched::<NetworkPolicy, _>(ctx, &watches.network_policies, &ns, &child).await?),
+    );
+    look(
+        kind::<Service>(),
+        &child,
+        decide(watched::<Service, _>(ctx, &watches.services, &ns, &child).await?),
+    );
+    look(
+        kind::<Deployment>(),
+        &child,
+        decide(watched::<Deployment, _>(ctx, &watches.deployments, &ns, &child).await?),
+    );
+
+    Ok(looked
+        .into_iter()
+        .filter_map(|(kind, name, found)| match found {
+            Ownership::Foreign(owner) => Some(NotOwned {
+                kind,
+                namespace: ns.clone(),
+                name,
+                owner,
+            }),
+            Ownership::Absent | Ownership::Ours => None,
+        })
+        .collect())
+}
+
+fn kind<K: Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).into_owned()
+}
+
+/// The metadata of `ns/name` from the watch cache `store`, else from the API server.
+async fn watched<K, C>(
+    ctx: &Context,
+    store: &Store<C>,
+    ns: &str,
+    name: &str,
+) -> Result<Option<ObjectMeta>, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    C: Resource<DynamicType = ()> + Clone,
+{
+    if let Some(cached) = store.get(&ObjectRef::new(name).within(ns)) {
+        return Ok(Some(cached.meta().clone()));
+    }
+    fetched::<K>(ctx, ns, name).await
+}
+
+/// The metadata of `ns/name` from the API server; `None` when there is no such object.
+async fn fetched<K>(ctx: &Context, ns: &str, name: &str) -> Result<Option<ObjectMeta>, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(Api::<K>::namespaced(ctx.client.clone(), ns)
+        .get_metadata_opt(name)
+        .await?
+        .map(|m| m.metadata))
+}
