@@ -14,4 +14,5 @@ helm upgrade --install airlock "$ROOT/charts/airlock" --namespace airlock-system
   --set operator.image="$AIRLOCK_OPERATOR_IMAGE" --set shim.image="$AIRLOCK_SHIM_IMAGE" \
   --set "insecureRegistries={${AIRLOCK_E2E_REGISTRY:-$REGISTRY}}" \
   --set "bundleHttp.insecureHosts={$NODE_IP}" --set "bundleHttp.allowedCidrs={$NODE_IP/32}" \
+  --set "clusterCidrs={$POD_CIDR,$SERVICE_CIDR}" \
   --wait --timeout 3m "$@" >/dev/null

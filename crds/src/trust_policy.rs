@@ -101,6 +101,12 @@ pub struct TrustLevelLimits {
     /// its host API `log` calls (counted by each router replica). Default 100.
     #[schemars(range(min = 1, max = 10000))]
     pub log_lines_per_minute: Option<u32>,
+    /// Networks a plugin of this level may be allowed to reach: each `spec.network.egress[].cidr`
+    /// must lie within one of them, e.g. ["203.0.113.0/24"]. Unset: any network except those the
+    /// operator always excludes (link-local, loopback, the cluster's own ranges). An entry that is
+    /// not a CIDR allows nothing.
+    #[schemars(length(max = 32))]
+    pub egress_cidrs: Option<Vec<String>>,
     /// Caps of a plugin's host API storage at this level; unset fields keep the defaults, which
     /// are also the most a level may allow (the storage is one Kubernetes object).
     pub storage: Option<StorageLimits>,

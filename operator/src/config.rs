@@ -54,6 +54,14 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub bundle_http_allowed_cidrs: Vec<ipnet::IpNet>,
+    /// The cluster's own Pod and Service ranges (e.g. 10.244.0.0/16,10.96.0.0/12): no plugin may
+    /// reach them through `spec.network.egress`; broader rules except them.
+    #[arg(
+        long = "cluster-cidr",
+        env = "AIRLOCK_CLUSTER_CIDRS",
+        value_delimiter = ','
+    )]
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
     /// Seconds a new revision has to become Ready.
     #[arg(long, default_value_t = 120)]
     pub progress_deadline_seconds: i32,
@@ -111,6 +119,7 @@ impl Config {
             progress_deadline_seconds: self.progress_deadline_seconds,
             seccomp_localhost_profile: self.seccomp_localhost_profile.clone(),
             host_api: self.router_host_api.clone(),
+            cluster_cidrs: self.cluster_cidrs.clone(),
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod build;
 pub mod bundle_http;
 pub mod certs;
 pub mod config;
+pub mod egress;
 pub mod fetch;
 pub mod metrics;
 pub mod ownership;

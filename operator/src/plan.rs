@@ -258,6 +258,14 @@ fn approval(plugin: &Plugin, manifest: &Manifest, limits: &Limits) -> Approval {
             }
         }
     }
+    let egress = spec.network.iter().flat_map(|n| n.egress.iter()).cloned();
+    if let Err(message) = crate::egress::check(
+        &egress.collect::<Vec<_>>(),
+        &limits.egress_within,
+        &crate::egress::never(&limits.cluster_cidrs),
+    ) {
+        return blocked("EgressNotAllowed", message);
+    }
     let resources = match resources(plugin, limits) {
         Ok(r) => r,
         Err(message) => return blocked("ResourcesAboveTrustLevel", message),
@@ -553,6 +561,45 @@ mod tests {
         };
         let v = plan(&p, &fetched(manifest("")), Some(&only_log)).permissions_approved;
         assert_blocked(&v, "NotAllowedByTrustLevel", "storage:read");
+    }
+
+    #[test]
+    fn egress_to_the_metadata_endpoint_or_outside_the_levels_networks_is_refused() {
+        let with_egress = |cidr: &str| {
+            plugin(&HELLO.replace(
+                "permissions: [log]",
+                &format!("permissions: [log]\n  network: {{egress: [{{cidr: {cidr}}}]}}"),
+            ))
+        };
+        let v = plan(
+            &with_egress("169.254.169.254/32"),
+            &fetched(manifest("")),
+            Some(&open_limits()),
+        )
+        .permissions_approved;
+        assert_blocked(&v, "EgressNotAllowed", "169.254.0.0/16");
+        let capped = Limits {
+            egress_within: vec![("platform".into(), vec!["203.0.113.0/24".parse().unwrap()])],
+            ..open_limits()
+        };
+        let v = plan(
+            &with_egress("198.51.100.0/24"),
+            &fetched(manifest("")),
+            Some(&capped),
+        )
+        .permissions_approved;
+        assert_blocked(&v, "EgressNotAllowed", "PluginTrustPolicy platform");
+        let v = plan(
+            &with_egress("203.0.113.8/29"),
+            &fetched(manifest("")),
+            Some(&capped),
+        )
+        .permissions_approved;
+        assert_eq!(
+            blocked_reason(&v),
+            "Ok",
+            "inside the level's networks: {v:?}"
+        );
     }
 
     #[test]

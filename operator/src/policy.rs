@@ -11,6 +11,8 @@ use airlock_crds::trust_policy::{TrustLevel, TrustLevelLimits};
 use airlock_crds::{Permission, PluginTrustPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use kube::ResourceExt;
+
 use crate::quantity;
 
 /// Does `selector` match `labels`? An absent selector matches everything.
@@ -64,6 +66,12 @@ pub struct Limits {
     pub storage_max_value_bytes: Option<u64>,
     pub storage_max_bytes: Option<u64>,
     pub storage_max_keys: Option<u32>,
+    /// Per governing policy that lists `egressCidrs` at this level: its name and networks (an
+    /// entry that is not a CIDR allows nothing).
+    pub egress_within: Vec<(String, Vec<ipnet::IpNet>)>,
+    /// The cluster's own ranges, which no plugin may reach (from the operator's `--cluster-cidr`,
+    /// added by the reconcile).
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl Limits {
@@ -124,6 +132,14 @@ pub fn limits(policies: &[&PluginTrustPolicy], level: TrustLevel) -> Option<Limi
         acc.storage_max_bytes = min_opt(acc.storage_max_bytes, l.storage_max_bytes);
         acc.storage_max_keys = min_opt(acc.storage_max_keys, l.storage_max_keys);
     }
+    acc.egress_within = policies
+        .iter()
+        .filter_map(|p| {
+            let listed = p.spec.trust_levels.get(&level)?.egress_cidrs.as_ref()?;
+            let nets = listed.iter().filter_map(|c| c.parse().ok()).collect();
+            Some((p.name_any(), nets))
+        })
+        .collect();
     Some(acc)
 }
 
@@ -162,6 +178,9 @@ fn one(level: Option<&TrustLevelLimits>) -> Limits {
         storage_max_value_bytes: l.storage.as_ref().and_then(|s| s.max_value_bytes),
         storage_max_bytes: l.storage.as_ref().and_then(|s| s.max_bytes),
         storage_max_keys: l.storage.as_ref().and_then(|s| s.max_keys),
+        // Set over all policies by `limits`, and by the reconcile.
+        egress_within: Vec::new(),
+        cluster_cidrs: Vec::new(),
     }
 }
 

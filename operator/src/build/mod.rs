@@ -38,6 +38,9 @@ pub struct BuildConfig {
     /// NetworkPolicy lets plugin pods reach the router's pods on [`HOST_API_PORT`] only then.
     /// `None`: plugins get no host API.
     pub host_api: Option<String>,
+    /// The cluster's own Pod and Service ranges: excepted from every egress rule (and refused as
+    /// a destination by the plan).
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// CPU and memory the plugin container gets, after the trust level's caps.
@@ -117,6 +120,7 @@ spec:
             progress_deadline_seconds: 60,
             seccomp_localhost_profile: None,
             host_api: None,
+            cluster_cidrs: vec!["10.96.0.0/12".parse().expect("cidr")],
         }
     }
 

@@ -25,7 +25,15 @@ pub fn network_policy(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) 
                     .iter()
                     .map(|p| json!({"protocol": "TCP", "port": p.port}))
                     .collect();
-                let mut r = json!({"to": [{"ipBlock": {"cidr": rule.cidr}}]});
+                // NetworkPolicies are additive: a broad rule must not open what no plugin may
+                // reach (the plan refuses rules that lie entirely inside such a range).
+                let except =
+                    crate::egress::except(&rule.cidr, &crate::egress::never(&config.cluster_cidrs));
+                let mut block = json!({"cidr": rule.cidr});
+                if !except.is_empty() {
+                    block["except"] = json!(except);
+                }
+                let mut r = json!({"to": [{"ipBlock": block}]});
                 if !ports.is_empty() {
                     r["ports"] = Value::Array(ports);
                 }
@@ -186,6 +194,24 @@ spec:
             spec.policy_types
                 .unwrap_or_default()
                 .contains(&"Egress".to_string())
+        );
+    }
+
+    #[test]
+    fn a_broad_egress_rule_excepts_link_local_loopback_and_the_cluster() {
+        let p = plugin(&WITH_EGRESS.replace("198.18.4.0/24", "0.0.0.0/0"));
+        let mut granted = rollout();
+        granted.permissions = [Permission::NetEgress].into_iter().collect();
+        let spec = network_policy(&p, &granted, &config()).spec.expect("spec");
+        let block = spec.egress.expect("egress")[0].to.clone().expect("to")[0]
+            .ip_block
+            .clone()
+            .expect("ipBlock");
+        assert_eq!(block.cidr, "0.0.0.0/0");
+        assert_eq!(
+            block.except.unwrap_or_default(),
+            ["169.254.0.0/16", "127.0.0.0/8", "10.96.0.0/12"],
+            "the metadata endpoint, loopback and the cluster's range (config) stay closed"
         );
     }
 }

@@ -70,7 +70,10 @@ pub(super) async fn run(
                 .as_ref()
                 .map(|(_, l)| *l)
                 .unwrap_or(airlock_crds::TrustLevel::Untrusted);
-            let limits = policy::limits(&governing, level);
+            let limits = policy::limits(&governing, level).map(|mut l| {
+                l.cluster_cidrs = ctx.build.cluster_cidrs.clone();
+                l
+            });
             let plan = plan::plan(plugin, fetched, limits.as_ref());
             // 3b. Ownership: an object the revision would write that exists and is not this
             //     Plugin's (someone's NetworkPolicy named like the Plugin) stops the revision

@@ -278,6 +278,7 @@ impl Harness {
                 progress_deadline_seconds: 20,
                 seccomp_localhost_profile: None,
                 host_api: None,
+                cluster_cidrs: vec![],
             },
             Registry::new(vec![], Duration::from_secs(3600)),
             Metrics::new().unwrap(),
