@@ -3,9 +3,11 @@
 //! reached with it (dropped by the NetworkPolicy), the service-account token read (none is
 //! mounted), the root filesystem written (read-only), its own bundle rewritten (a read-only
 //! mount), a 2 MiB answer (over the output limit), a log flood (rate-limited), a grandchild that
-//! outlives a timeout (killed with the plugin), a fork bomb (stopped by the pod's pids limit), and
-//! a caller that is not the router (refused by the shim's mutual TLS). Everything runs on the
-//! local cluster through the router, as installed by the chart.
+//! outlives a timeout (killed with the plugin), a fork bomb (stopped by the pod's pids limit), a
+//! netlink socket, ptrace or process_vm_readv of the shim (refused by the shim's seccomp filters,
+//! with or without egress), the shim's /proc files (closed: the shim is not dumpable) and its TLS
+//! key (hidden by Landlock), and a caller that is not the router (refused by the shim's mutual
+//! TLS). Everything runs on the local cluster through the router, as installed by the chart.
 
 use std::time::Duration;
 
@@ -40,7 +42,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "hostile",
         hook("2s"),
         json!(["log", "net:egress"]),
-        json!({"network": {"egress": [{"cidr": "198.18.255.0/24", "ports": [{"port": 9}]}]}}),
+        json!({"network": {"egress": [{"cidr": "198.19.200.0/24", "ports": [{"port": 9}]}]}}),
     )
     .await?;
     f.wait_serving(&["hello", "hostile", "hostile-net"], "transform")
@@ -82,6 +84,43 @@ async fn scenario(f: &Fixture) -> Result<()> {
         out["modify"] == "ReadOnlyFilesystem" && out["create"] == "ReadOnlyFilesystem",
         "the plugin cannot change its bundle: {out}"
     );
+
+    // The shim's sandbox of the plugin process, the same with net:egress: an allowlist of socket
+    // families (Unix, plus IPv4 and IPv6 with egress), no way into the shim (PID 1, the plugin's
+    // parent, holding the pod's mTLS key), and the key's directory hidden.
+    for plugin in ["hostile", "hostile-net"] {
+        let out = attack(plugin, json!({"attack": "netlink"})).await?;
+        ensure!(
+            out["netlink"] == "PermissionDenied",
+            "{plugin}: the seccomp filter refuses netlink sockets: {out}"
+        );
+        let out = attack(plugin, json!({"attack": "ptrace-shim"})).await?;
+        ensure!(
+            out["ptrace"] == "EPERM",
+            "{plugin}: the seccomp filter refuses ptrace of the shim: {out}"
+        );
+        let out = attack(plugin, json!({"attack": "vm-read"})).await?;
+        ensure!(
+            out["vm-read"] == "EPERM",
+            "{plugin}: the seccomp filter refuses process_vm_readv of the shim: {out}"
+        );
+        let out = attack(plugin, json!({"attack": "shim-environ"})).await?;
+        ensure!(
+            out["environ"] == "PermissionDenied",
+            "{plugin}: the shim is not dumpable, its /proc files are closed to the plugin: {out}"
+        );
+        let out = attack(plugin, json!({"attack": "read-key"})).await?;
+        ensure!(
+            out["key"] == "PermissionDenied",
+            "{plugin}: Landlock hides the shim's TLS key from the plugin: {out}"
+        );
+    }
+    let log = plugin_log(f, "hostile").await?;
+    ensure!(
+        log.contains("the TLS directory is hidden from the plugin process"),
+        "the shim reports at startup that Landlock hides its key"
+    );
+    hello_answers().await?;
 
     let output = json!({"attack": "output"});
     f.expect_failure("hostile", "transform", output, Code::ResourceExhausted, "")

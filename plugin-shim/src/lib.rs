@@ -5,9 +5,15 @@
 //!
 //! - [`cli`]: the subcommands (`unpack`, `run`, `sandbox-exec`) and their flags;
 //! - [`child`]: the plugin process (spawn, supervision, the stdio exchange);
-//! - [`sandbox`]: its seccomp filter and limits; [`reaper`]: orphans, as PID 1;
+//! - [`sandbox`]: its seccomp filters, the TLS directory hidden with Landlock, limits;
+//!   [`reaper`]: orphans, as PID 1;
 //! - [`server`]: the gRPC plugin API; [`host`]: the plugin's host calls, forwarded to the router;
 //! - [`logs`]: the plugin's stderr under a rate limit; [`telemetry`]: the shim's own logs.
+
+// The shim holds the pod's mTLS key next to an untrusted process: every system call it makes goes
+// through a safe wrapper (std, nix, seccompiler, landlock), and the plugin's sandbox is applied by
+// a re-exec rather than by code between fork and exec.
+#![forbid(unsafe_code)]
 
 pub mod child;
 pub mod cli;

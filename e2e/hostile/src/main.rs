@@ -12,6 +12,13 @@
 //! - `grandchild`: start a copy of itself in a new process group that outlives this process,
 //!   then hang (the call times out and the shim kills the plugin)
 //! - `processes`: list the processes it can see → `{"processes": [names]}`
+//! - `netlink`: open a netlink socket (the kernel's routing and interface tables) →
+//!   `{"netlink": "ok" | error kind}`
+//! - `ptrace-shim`: attach to its parent, the shim, with ptrace → `{"ptrace": "ok" | errno}`
+//! - `vm-read`: read the shim's memory with process_vm_readv → `{"vm-read": "ok" | errno}`
+//! - `shim-environ`: read the shim's /proc/<pid>/environ → `{"environ": "ok" | error kind}`
+//! - `read-key`: read the shim's TLS private key, `{"path": ...}` or the operator's mount →
+//!   `{"key": "found" | error kind}`
 //!
 //! Run as `hostile linger` it is the grandchild: it sleeps forever.
 
@@ -21,12 +28,25 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+use nix::unistd::Pid;
 use serde_json::{Value, json};
+
+/// Where the operator mounts the plugin's TLS Secret (`operator::build::TLS_DIR`).
+const TLS_KEY: &str = "/var/run/airlock/tls/tls.key";
 
 fn outcome<T>(r: std::io::Result<T>) -> String {
     match r {
         Ok(_) => "ok".into(),
         Err(e) => format!("{:?}", e.kind()),
+    }
+}
+
+/// The errno of a raw system call, by name (`EPERM`), or `ok`.
+fn errno<T>(r: nix::Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("{e:?}"),
     }
 }
 
@@ -113,6 +133,42 @@ fn attack(payload: &Value) -> Result<Value, String> {
             }
         }
         "processes" => Ok(json!({"processes": processes()})),
+        "netlink" => {
+            let r = socket(
+                AddressFamily::Netlink,
+                SockType::Raw,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            );
+            Ok(json!({"netlink": outcome(r.map_err(std::io::Error::from))}))
+        }
+        // The plugin's parent is the shim: PID 1 of the pod, holding the TLS key in memory.
+        "ptrace-shim" => Ok(json!({"ptrace": errno(nix::sys::ptrace::attach(Pid::parent()))})),
+        "vm-read" => {
+            let mut buf = [0u8; 64];
+            // Any address: the call is refused before the shim's memory map is looked at.
+            let remote = nix::sys::uio::RemoteIoVec {
+                base: 0x40_0000,
+                len: buf.len(),
+            };
+            let r = nix::sys::uio::process_vm_readv(
+                Pid::parent(),
+                &mut [std::io::IoSliceMut::new(&mut buf)],
+                &[remote],
+            );
+            Ok(json!({"vm-read": errno(r)}))
+        }
+        "shim-environ" => {
+            let path = format!("/proc/{}/environ", Pid::parent());
+            Ok(json!({"environ": outcome(std::fs::read(path))}))
+        }
+        "read-key" => {
+            let path = payload["path"].as_str().unwrap_or(TLS_KEY);
+            let r = std::fs::read(path);
+            Ok(
+                json!({"key": match r { Ok(_) => "found".to_string(), Err(e) => format!("{:?}", e.kind()) }}),
+            )
+        }
         other => Err(format!("unknown attack {other:?}")),
     }
 }

@@ -46,8 +46,8 @@ pub enum Command {
 /// Flags of `airlock-shim sandbox-exec` (and the sandbox part of `run`).
 #[derive(Debug, Clone, Args)]
 pub struct SandboxArgs {
-    /// Let the plugin open network sockets (its effective permissions include net:egress).
-    /// Without it, creating IPv4/IPv6/packet sockets fails with EACCES.
+    /// Let the plugin open IPv4 and IPv6 sockets (its effective permissions include net:egress).
+    /// Without it, only Unix sockets open; any other family fails with EACCES.
     #[arg(long)]
     pub allow_network: bool,
     /// Most files the plugin process may have open.
@@ -64,11 +64,13 @@ pub struct SandboxArgs {
 }
 
 impl SandboxArgs {
+    /// The sandbox these flags describe, hiding no directory (`run` adds its `--tls-dir`).
     pub fn spec(&self) -> SandboxSpec {
         SandboxSpec {
             allow_network: self.allow_network,
             max_open_files: self.max_open_files,
             max_processes: self.max_processes,
+            hidden_dir: None,
         }
     }
 }
@@ -78,9 +80,23 @@ impl SandboxArgs {
 pub struct SandboxExecArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// A directory the plugin may open nothing beneath (the shim's TLS identity), hidden with
+    /// Landlock where the kernel has it. `run` passes its --tls-dir.
+    #[arg(long, value_name = "DIR")]
+    pub hide_dir: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "ENTRY_POINT")]
     pub entry_point: Vec<String>,
+}
+
+impl SandboxExecArgs {
+    /// The sandbox these flags describe.
+    pub fn spec(&self) -> SandboxSpec {
+        SandboxSpec {
+            hidden_dir: self.hide_dir.clone(),
+            ..self.sandbox.spec()
+        }
+    }
 }
 
 /// The bundle and how to verify it: the same flags for `unpack` and `run`, which both check

@@ -116,6 +116,14 @@ pub enum RunError {
     /// Signal handlers could not be installed.
     #[error("cannot install the SIGTERM handler: {0}")]
     Signals(#[source] io::Error),
+    /// The shim could not make itself non-dumpable.
+    #[error(
+        "cannot keep the shim's memory from the plugin (prctl PR_SET_DUMPABLE): {0}; the shim does not run without it"
+    )]
+    Dumpable(#[source] nix::Error),
+    /// The TLS directory cannot be hidden from the plugin.
+    #[error(transparent)]
+    HideKey(#[from] crate::sandbox::HideError),
     /// The async runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
@@ -130,7 +138,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::SandboxExec(args) = &cli.command {
         // Only returns on failure; stderr is the plugin's log, where this belongs.
-        let Err(e) = crate::sandbox::exec(&args.sandbox.spec(), &args.entry_point);
+        let Err(e) = crate::sandbox::exec(&args.spec(), &args.entry_point);
         eprintln!("airlock-shim sandbox-exec: {e}");
         return ExitCode::from(126);
     }

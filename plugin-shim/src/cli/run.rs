@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +16,18 @@ use super::flags::RunArgs;
 use super::verify;
 use crate::child::{ChildSpec, Sandbox, Supervisor};
 use crate::host::{ClientTlsFiles, GrpcHost, HostCalls};
+use crate::sandbox::{SandboxSpec, hidden};
 use crate::server::{self, PluginService};
 use airlock_core::Hook;
 
 /// `airlock-shim run` from the command line: its own runtime, the listener bound, SIGTERM and
 /// SIGINT as the shutdown.
 pub(super) fn run_blocking(args: RunArgs) -> Result<(), RunError> {
+    // Before the key is read: a process that is not dumpable cannot be attached to, nor its
+    // /proc/<pid>/mem, environ or fds opened, by another process of the same user, which the
+    // plugin is. (The plugin's own sandbox refuses ptrace too; this also covers /proc.) Exec
+    // resets it, so the plugin process itself is unaffected.
+    nix::sys::prctl::set_dumpable(false).map_err(RunError::Dumpable)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // A plugin pod gets a fraction of a core; two workers are plenty for one plugin.
         .worker_threads(2)
@@ -71,6 +78,9 @@ pub async fn run(
             None
         }
     };
+    if let Some(dir) = &args.tls_dir {
+        log_key_protection(dir)?;
+    }
     let host = host_calls(&args)?;
     let health = match args.health_listen {
         Some(addr) => Some(
@@ -104,7 +114,11 @@ pub async fn run(
         log_lines_per_minute: args.max_log_lines_per_minute,
         host,
         sandbox: Some(Sandbox {
-            spec: args.sandbox.spec(),
+            spec: SandboxSpec {
+                // The key the shim serves with, out of the plugin's reach.
+                hidden_dir: args.tls_dir.clone(),
+                ..args.sandbox.spec()
+            },
             launcher: match &args.sandbox.sandbox_launcher {
                 Some(p) => p.clone(),
                 None => std::env::current_exe().map_err(RunError::CurrentExe)?,
@@ -154,6 +168,23 @@ pub async fn run(
     supervisor.shutdown().await;
     info!(restarts = supervisor.restarts(), "stopped");
     Ok(served?)
+}
+
+/// Says once whether the plugin process will be able to read the TLS directory (the sandbox of
+/// each start of the plugin hides it the same way, silently). Builds the Landlock ruleset in full,
+/// so a directory that cannot be hidden stops the shim here, with the reason.
+fn log_key_protection(dir: &Path) -> Result<(), RunError> {
+    if hidden::enforceable(dir)? {
+        info!(dir = %dir.display(), "the TLS directory is hidden from the plugin process (Landlock)");
+    } else {
+        warn!(
+            dir = %dir.display(),
+            "this kernel has no usable Landlock (it needs Linux 5.19 or later with Landlock \
+             enabled): the plugin process can read the TLS directory, the shim's private key \
+             included; the shim's memory stays out of its reach"
+        );
+    }
+    Ok(())
 }
 
 /// Where the plugin's host calls go: `--host-api` (over mutual TLS with `--tls-dir`), or nowhere.

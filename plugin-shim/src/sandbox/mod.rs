@@ -3,9 +3,11 @@
 //! and never the shim.
 //!
 //! - `no_new_privs`: no set-uid binary or file capability can raise its privileges;
-//! - a seccomp filter that refuses (EACCES) opening IPv4, IPv6 and raw packet sockets, and
-//!   io_uring (which can open sockets without `socket(2)`), unless the plugin has network egress;
-//!   Unix sockets stay allowed;
+//! - the shim's TLS directory hidden with Landlock where the kernel has it (see [`hidden`]): the
+//!   plugin runs as the shim's user, so file permissions alone would let it read the shim's key;
+//! - seccomp filters (see [`seccomp`]): only Unix sockets, plus IPv4 and IPv6 with network egress
+//!   (others fail with EACCES); no ptrace, io_uring, namespaces, mounts, kernel keyrings, eBPF, ...
+//!   (EPERM); no x32 system calls (ENOSYS);
 //! - resource limits: open files, no core dumps (memory of a crashed plugin never lands on disk),
 //!   and optionally processes (RLIMIT_NPROC counts every process of the same user on the node, so
 //!   it is only safe where plugins do not share a user; the pod's pids limit is the general one).
@@ -13,26 +15,33 @@
 //! The shim runs itself for this step (a re-exec, not code between fork and exec), so it needs
 //! no unsafe code: every call here is an ordinary, safe one in a single-threaded process.
 
-use std::collections::BTreeMap;
+#[cfg(test)]
+mod bpf;
+pub mod hidden;
+pub mod seccomp;
+
 use std::convert::Infallible;
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
+use std::path::PathBuf;
 
 use nix::sys::resource::{Resource, setrlimit};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::BpfProgram;
+
+pub use hidden::HideError;
 
 /// What the plugin process may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSpec {
-    /// Whether the plugin may open network sockets (its effective permissions include
+    /// Whether the plugin may open IPv4 and IPv6 sockets (its effective permissions include
     /// net:egress). The NetworkPolicy still decides where packets may go.
     pub allow_network: bool,
     /// RLIMIT_NOFILE.
     pub max_open_files: u64,
     /// RLIMIT_NPROC, when set.
     pub max_processes: Option<u64>,
+    /// A directory the plugin may open nothing beneath: the shim's TLS identity (`run` passes its
+    /// `--tls-dir`). Enforced where the kernel has Landlock.
+    pub hidden_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxSpec {
@@ -41,19 +50,28 @@ impl Default for SandboxSpec {
             allow_network: false,
             max_open_files: 256,
             max_processes: None,
+            hidden_dir: None,
         }
     }
 }
 
 impl SandboxSpec {
     /// The `sandbox-exec` flags that reproduce this spec.
-    pub fn to_args(&self) -> Vec<String> {
-        let mut args = vec![format!("--max-open-files={}", self.max_open_files)];
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args = vec![OsString::from(format!(
+            "--max-open-files={}",
+            self.max_open_files
+        ))];
         if self.allow_network {
             args.push("--allow-network".into());
         }
         if let Some(n) = self.max_processes {
-            args.push(format!("--max-processes={n}"));
+            args.push(format!("--max-processes={n}").into());
+        }
+        if let Some(dir) = &self.hidden_dir {
+            // Two words: a path need not be UTF-8.
+            args.push("--hide-dir".into());
+            args.push(dir.clone().into_os_string());
         }
         args
     }
@@ -70,6 +88,8 @@ pub enum SandboxError {
         resource: &'static str,
         source: nix::Error,
     },
+    #[error(transparent)]
+    Hide(#[from] HideError),
     #[error("the entry point {0:?} contains a NUL byte")]
     Nul(String),
     #[error("starting the entry point {program}: {source}")]
@@ -78,45 +98,9 @@ pub enum SandboxError {
     NoProgram,
 }
 
-/// Address families a plugin without egress may not open sockets of.
-const NETWORK_FAMILIES: [i32; 3] = [libc::AF_INET, libc::AF_INET6, libc::AF_PACKET];
-
-/// The seccomp filter for `spec`: `None` when nothing needs filtering.
-pub fn filter(spec: &SandboxSpec) -> Result<Option<BpfProgram>, SandboxError> {
-    if spec.allow_network {
-        return Ok(None);
-    }
-    let family_rules = NETWORK_FAMILIES
-        .iter()
-        .map(|family| {
-            SeccompRule::new(vec![SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                u64::from(family.unsigned_abs()),
-            )?])
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let rules = BTreeMap::from([
-        (libc::SYS_socket, family_rules),
-        // An empty rule list matches the syscall whatever its arguments.
-        (libc::SYS_io_uring_setup, vec![]),
-    ]);
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-        target_arch(),
-    )?;
-    Ok(Some(BpfProgram::try_from(filter)?))
-}
-
-fn target_arch() -> TargetArch {
-    if cfg!(target_arch = "aarch64") {
-        TargetArch::aarch64
-    } else {
-        TargetArch::x86_64
-    }
+/// The seccomp filters for `spec`, in the order they are installed (see [`seccomp`]).
+pub fn filters(spec: &SandboxSpec) -> Result<Vec<BpfProgram>, SandboxError> {
+    seccomp::filters(spec.allow_network)
 }
 
 fn limit(resource: Resource, name: &'static str, value: u64) -> Result<(), SandboxError> {
@@ -126,9 +110,17 @@ fn limit(resource: Resource, name: &'static str, value: u64) -> Result<(), Sandb
     })
 }
 
-/// Applies the sandbox to this process (limits first, then the filter, which also sets
-/// `no_new_privs`). Irreversible: call it only in the process that becomes the plugin.
+/// Applies the sandbox to this process: the hidden directory first (building its ruleset opens
+/// directories, so before the file limit; Landlock also sets `no_new_privs`), then the limits,
+/// then the seccomp filters. Irreversible: call it only in the process that becomes the plugin.
 pub fn enter(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    // Build the filters before anything is restricted: a failure leaves this process as it was.
+    let filters = filters(spec)?;
+    if let Some(dir) = &spec.hidden_dir {
+        // Where the kernel has no Landlock, nothing is hidden; the shim said so at startup, and
+        // the plugin runs as before.
+        hidden::hide(dir)?;
+    }
     limit(Resource::RLIMIT_CORE, "RLIMIT_CORE", 0)?;
     limit(
         Resource::RLIMIT_NOFILE,
@@ -138,12 +130,9 @@ pub fn enter(spec: &SandboxSpec) -> Result<(), SandboxError> {
     if let Some(n) = spec.max_processes {
         limit(Resource::RLIMIT_NPROC, "RLIMIT_NPROC", n)?;
     }
-    match filter(spec)? {
-        Some(program) => seccompiler::apply_filter(&program)?,
-        None => nix::sys::prctl::set_no_new_privs().map_err(|source| SandboxError::Limit {
-            resource: "no_new_privs",
-            source,
-        })?,
+    // Each install also sets no_new_privs. The kernel runs them all; the strictest answer wins.
+    for program in &filters {
+        seccompiler::apply_filter(program)?;
     }
     Ok(())
 }
@@ -174,16 +163,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn without_egress_a_filter_is_built_and_with_it_none() {
-        let program = filter(&SandboxSpec::default())
-            .expect("builds")
-            .expect("a filter");
-        assert!(!program.is_empty());
-        let open = SandboxSpec {
-            allow_network: true,
-            ..SandboxSpec::default()
-        };
-        assert!(filter(&open).expect("builds").is_none());
+    fn filters_are_built_with_and_without_egress() {
+        for allow_network in [false, true] {
+            let spec = SandboxSpec {
+                allow_network,
+                ..SandboxSpec::default()
+            };
+            let programs = filters(&spec).expect("builds");
+            assert_eq!(programs.len(), 3);
+            assert!(programs.iter().all(|p| !p.is_empty()));
+        }
     }
 
     #[test]
@@ -192,14 +181,28 @@ mod tests {
             allow_network: true,
             max_open_files: 64,
             max_processes: Some(32),
+            hidden_dir: Some("/var/run/airlock/tls".into()),
         };
         assert_eq!(
             spec.to_args(),
             vec![
                 "--max-open-files=64",
                 "--allow-network",
-                "--max-processes=32"
+                "--max-processes=32",
+                "--hide-dir",
+                "/var/run/airlock/tls",
             ]
         );
+        // ... and `sandbox-exec` reads them back as the same spec.
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let argv = [OsString::from("airlock-shim"), "sandbox-exec".into()]
+            .into_iter()
+            .chain(spec.to_args())
+            .chain(["--".into(), "/plugin".into()]);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::SandboxExec(args) => assert_eq!(args.spec(), spec),
+            other => panic!("not sandbox-exec: {other:?}"),
+        }
     }
 }
