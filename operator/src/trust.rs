@@ -43,6 +43,8 @@ pub struct TrustedKeys {
 /// A key's material with what the policies say about it.
 struct Listed<K> {
     key: K,
+    /// `<policy>/<key>` of the first policy that lists it.
+    name: KeyName,
     /// Governing policies that list it.
     by: BTreeSet<String>,
 }
@@ -70,6 +72,7 @@ pub fn trusted_keys(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy])
                 match signing::parse_public_key(text) {
                     Ok(key) => {
                         let e = bundle.entry(key.to_bytes()).or_insert(Listed {
+                            name: name.clone(),
                             key: BundleKey {
                                 name: name.clone(),
                                 level: k.trust_level,
@@ -96,6 +99,7 @@ pub fn trusted_keys(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy])
                     continue;
                 }
                 let e = image.entry(cosign_material(pem)).or_insert(Listed {
+                    name: name.clone(),
                     key: ImageKey {
                         name: name.clone(),
                         level: k.trust_level,
@@ -111,55 +115,32 @@ pub fn trusted_keys(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy])
     }
     let (revoked_bundle, revoked_image) = revoked_anywhere(all);
     let governing_names: BTreeSet<String> = governing.iter().map(|p| p.name_any()).collect();
-    for (material, mut listed) in bundle {
-        if let Some(by) = revoked_bundle.get(&material) {
-            listed.key.revoked = true;
-            listed.key.name = by.clone();
-        } else if let Some(missing) = not_agreed(&listed.by, &governing_names) {
-            out.problems.push(format!("{} {missing}", listed.key.name));
-            continue;
-        }
-        out.bundle.push(listed.key);
-    }
-    for (material, mut listed) in image {
-        if let Some((by, _)) = revoked_image.get(&material) {
-            listed.key.revoked = true;
-            listed.key.name = by.clone();
-        } else if let Some(missing) = not_agreed(&listed.by, &governing_names) {
-            out.problems.push(format!("{} {missing}", listed.key.name));
-            continue;
-        }
-        out.image.push(listed.key);
-    }
-    // A revoked key no governing policy lists still marks what it signed as revoked (quarantine),
-    // not merely as "not trusted".
-    for (material, name) in revoked_bundle {
-        if !out.bundle.iter().any(|k| k.key.to_bytes() == material)
-            && let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&material)
-        {
-            out.bundle.push(BundleKey {
-                name,
-                level: TrustLevel::Untrusted,
-                revoked: true,
-                key,
-            });
-        }
-    }
-    for (material, (name, pem)) in revoked_image {
-        if !out
-            .image
-            .iter()
-            .any(|k| cosign_material(&k.pem) == material)
-        {
-            out.image.push(ImageKey {
-                name,
-                level: TrustLevel::Untrusted,
-                revoked: true,
-                pem,
-            });
-        }
-    }
+    out.bundle = settle(bundle, revoked_bundle, &governing_names, &mut out.problems);
+    out.image = settle(image, revoked_image, &governing_names, &mut out.problems);
     out
+}
+
+/// The keys of one kind a namespace trusts: those every governing policy lists, reported in
+/// `problems` otherwise; and every revoked key of the cluster, listed here or not, so what it
+/// signed is quarantined rather than merely untrusted.
+fn settle<M: Ord, K>(
+    listed: BTreeMap<M, Listed<K>>,
+    revoked: BTreeMap<M, K>,
+    governing: &BTreeSet<String>,
+    problems: &mut Vec<String>,
+) -> Vec<K> {
+    let mut keys = Vec::new();
+    for (material, l) in listed {
+        if revoked.contains_key(&material) {
+            continue;
+        }
+        match not_agreed(&l.by, governing) {
+            Some(missing) => problems.push(format!("{} {missing}", l.name)),
+            None => keys.push(l.key),
+        }
+    }
+    keys.extend(revoked.into_values());
+    keys
 }
 
 /// Why a key listed by the policies `by` is not trusted in a namespace `governing` govern, if it
@@ -179,13 +160,11 @@ fn cosign_material(pem: &str) -> String {
     pem.split_whitespace().collect()
 }
 
-/// Revoked ed25519 keys by material, with `<policy>/<key>` of the (first) policy that revokes it.
-type RevokedBundleKeys = BTreeMap<[u8; 32], KeyName>;
-/// Revoked cosign keys by material, with the revoking `<policy>/<key>` and the PEM.
-type RevokedImageKeys = BTreeMap<String, (KeyName, String)>;
-
-/// Every key some policy of the cluster revokes.
-fn revoked_anywhere(all: &[PluginTrustPolicy]) -> (RevokedBundleKeys, RevokedImageKeys) {
+/// Every key some policy of the cluster revokes, by material, as a revoked key named after the
+/// (first) policy that revokes it: (ed25519, cosign).
+fn revoked_anywhere(
+    all: &[PluginTrustPolicy],
+) -> (BTreeMap<[u8; 32], BundleKey>, BTreeMap<String, ImageKey>) {
     let mut bundle = BTreeMap::new();
     let mut image = BTreeMap::new();
     for policy in all {
@@ -196,12 +175,22 @@ fn revoked_anywhere(all: &[PluginTrustPolicy]) -> (RevokedBundleKeys, RevokedIma
                 .as_deref()
                 .and_then(|t| signing::parse_public_key(t).ok())
             {
-                bundle.entry(key.to_bytes()).or_insert_with(|| name.clone());
+                bundle.entry(key.to_bytes()).or_insert_with(|| BundleKey {
+                    name: name.clone(),
+                    level: TrustLevel::Untrusted,
+                    revoked: true,
+                    key,
+                });
             }
             if let Some(pem) = &k.cosign {
                 image
                     .entry(cosign_material(pem))
-                    .or_insert((name, pem.trim().to_string()));
+                    .or_insert_with(|| ImageKey {
+                        name: name.clone(),
+                        level: TrustLevel::Untrusted,
+                        revoked: true,
+                        pem: pem.trim().to_string(),
+                    });
             }
         }
     }
