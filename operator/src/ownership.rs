@@ -181,6 +181,24 @@ mod tests {
         }
     }
 
+    /// An object whose one owner is `kind` `name` with `uid`, its controller or not.
+    fn one_owner(
+        kind: &str,
+        name: &str,
+        uid: &str,
+        controller: Option<bool>,
+    ) -> Option<ObjectMeta> {
+        Some(owned_by(vec![owner_ref(kind, name, uid, controller)]))
+    }
+
+    /// An object controlled by something alive that is not this Plugin.
+    fn other(kind: &str, name: &str) -> Ownership {
+        Ownership::Foreign(Owner::Other {
+            kind: kind.into(),
+            name: name.into(),
+        })
+    }
+
     #[test]
     fn only_a_controller_reference_to_this_plugins_uid_makes_an_object_ours() {
         let earlier = || Owner::EarlierPlugin {
@@ -191,12 +209,7 @@ mod tests {
             ("no object", None, Ownership::Absent),
             (
                 "made by this Plugin",
-                Some(owned_by(vec![owner_ref(
-                    "Plugin",
-                    "hello",
-                    UID,
-                    Some(true),
-                )])),
+                one_owner("Plugin", "hello", UID, Some(true)),
                 Ownership::Ours,
             ),
             (
@@ -211,53 +224,27 @@ mod tests {
             ),
             (
                 "a loose reference to this Plugin is not control",
-                Some(owned_by(vec![owner_ref("Plugin", "hello", UID, None)])),
+                one_owner("Plugin", "hello", UID, None),
                 Ownership::Foreign(Owner::Nobody),
             ),
             (
                 "controlled by a Deployment",
-                Some(owned_by(vec![owner_ref(
-                    "Deployment",
-                    "web",
-                    "uid-web",
-                    Some(true),
-                )])),
-                Ownership::Foreign(Owner::Other {
-                    kind: "Deployment".into(),
-                    name: "web".into(),
-                }),
+                one_owner("Deployment", "web", "uid-web", Some(true)),
+                other("Deployment", "web"),
             ),
             (
                 "controlled by another Plugin (a name collision across kinds)",
-                Some(owned_by(vec![owner_ref(
-                    "Plugin",
-                    "other",
-                    "uid-o",
-                    Some(true),
-                )])),
-                Ownership::Foreign(Owner::Other {
-                    kind: "Plugin".into(),
-                    name: "other".into(),
-                }),
+                one_owner("Plugin", "other", "uid-o", Some(true)),
+                other("Plugin", "other"),
             ),
             (
                 "left by a deleted Plugin of the same name",
-                Some(owned_by(vec![owner_ref(
-                    "Plugin",
-                    "hello",
-                    "uid-before",
-                    Some(true),
-                )])),
+                one_owner("Plugin", "hello", "uid-before", Some(true)),
                 Ownership::Foreign(earlier()),
             ),
             (
                 "loosely owned by a deleted Plugin of the same name only",
-                Some(owned_by(vec![owner_ref(
-                    "Plugin",
-                    "hello",
-                    "uid-before",
-                    None,
-                )])),
+                one_owner("Plugin", "hello", "uid-before", None),
                 Ownership::Foreign(earlier()),
             ),
             (

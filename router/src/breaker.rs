@@ -235,6 +235,16 @@ mod tests {
         last
     }
 
+    /// A breaker opened by three `outcome`s, once its cool-down is over with the trial call
+    /// admitted; the time of the trial.
+    fn in_trial(outcome: Outcome) -> (Health, Instant) {
+        let (mut h, t0) = fresh();
+        fail(&mut h, outcome, t0, 3);
+        let later = t0 + Duration::from_secs(31);
+        h.admit(later).expect("trial");
+        (h, later)
+    }
+
     #[test]
     fn the_breaker_opens_after_consecutive_failures_and_lets_one_trial_through_after_the_cool_down()
     {
@@ -257,10 +267,7 @@ mod tests {
 
     #[test]
     fn a_failed_trial_opens_the_breaker_again() {
-        let (mut h, t0) = fresh();
-        fail(&mut h, Outcome::Misbehaved, t0, 3);
-        let later = t0 + Duration::from_secs(31);
-        h.admit(later).expect("trial");
+        let (mut h, later) = in_trial(Outcome::Misbehaved);
         h.record(Outcome::Misbehaved, later, &CFG);
         assert_eq!(h.state_name(later), "open");
     }
@@ -312,10 +319,7 @@ mod tests {
 
     #[test]
     fn a_trial_cut_short_by_its_caller_lets_the_next_call_try() {
-        let (mut h, t0) = fresh();
-        fail(&mut h, Outcome::Unreachable, t0, 3);
-        let later = t0 + Duration::from_secs(31);
-        h.admit(later).expect("trial");
+        let (mut h, later) = in_trial(Outcome::Unreachable);
         h.record(Outcome::CallerDeadline, later, &CFG);
         h.admit(later).expect("another trial, not TrialInFlight");
     }

@@ -627,6 +627,29 @@ const CHILDREN: [&str; 5] = [
     "PATCH /apis/apps/v1/namespaces/plugins/deployments/hello",
 ];
 
+/// No write since the last look was to a child of the Plugin (`what` says what that means in the
+/// test).
+fn assert_no_child_written(h: &Harness, what: &str) {
+    let writes = h.api.take_writes();
+    assert_eq!(
+        child_writes(&writes),
+        Vec::<&String>::new(),
+        "{what}: {writes:#?}"
+    );
+}
+
+/// Every one of the [`CHILDREN`] was written since the last look; the writes, for more checks.
+fn assert_every_child_written(h: &Harness) -> Vec<String> {
+    let writes = h.api.take_writes();
+    for child in CHILDREN {
+        assert!(
+            writes.contains(&child.to_string()),
+            "{child} in {writes:#?}"
+        );
+    }
+    writes
+}
+
 #[tokio::test]
 async fn a_plugin_named_like_someone_elses_network_policy_takes_nothing_over_until_it_is_gone() {
     let h = Harness::unsigned(MANIFEST);
@@ -641,12 +664,7 @@ async fn a_plugin_named_like_someone_elses_network_policy_takes_nothing_over_unt
     let action = h.reconcile(&p).await;
 
     // Nothing of the plugin is written: no child at all, not only the policy.
-    let writes = h.api.take_writes();
-    assert_eq!(
-        child_writes(&writes),
-        Vec::<&String>::new(),
-        "no child is applied: {writes:#?}"
-    );
+    assert_no_child_written(&h, "no child is applied");
     assert_eq!(
         h.api.state().objects[&victim_path],
         victim,
@@ -703,13 +721,7 @@ async fn a_plugin_named_like_someone_elses_network_policy_takes_nothing_over_unt
     // The tenant deletes the policy: the next reconcile rolls the plugin out as usual.
     h.api.state().objects.remove(&victim_path);
     h.reconcile(&h.seen(&p)).await;
-    let writes = h.api.take_writes();
-    for child in CHILDREN {
-        assert!(
-            writes.contains(&child.to_string()),
-            "{child} in {writes:#?}"
-        );
-    }
+    assert_every_child_written(&h);
     assert_eq!(h.status()["phase"], "Deploying");
     assert_eq!(
         h.api.state().objects[&victim_path]["metadata"]["ownerReferences"][0]["uid"],
@@ -730,12 +742,7 @@ async fn leftovers_of_a_deleted_plugin_of_the_same_name_block_until_they_are_col
     // Re-created under the same name before the garbage collector removed the old children.
     let p = plugin("uid-2", "[log]");
     let action = h.reconcile(&p).await;
-    let writes = h.api.take_writes();
-    assert_eq!(
-        child_writes(&writes),
-        Vec::<&String>::new(),
-        "nothing of the old Plugin is taken over: {writes:#?}"
-    );
+    assert_no_child_written(&h, "nothing of the old Plugin is taken over");
     let status = h.status();
     assert_eq!(condition(&status, "Ready").1, "ObjectNotOwned", "{status}");
     assert!(
@@ -752,13 +759,7 @@ async fn leftovers_of_a_deleted_plugin_of_the_same_name_block_until_they_are_col
     // Collected: the next reconcile creates the new Plugin's own children.
     h.api.collect_garbage_of("uid-1");
     h.reconcile(&h.seen(&p)).await;
-    let writes = h.api.take_writes();
-    for child in CHILDREN {
-        assert!(
-            writes.contains(&child.to_string()),
-            "{child} in {writes:#?}"
-        );
-    }
+    let writes = assert_every_child_written(&h);
     assert!(wrote(&writes, "secrets/hello-bundle-"), "{writes:#?}");
     let deployment = &h.api.state().objects["/apis/apps/v1/namespaces/plugins/deployments/hello"];
     assert_eq!(deployment["metadata"]["ownerReferences"][0]["uid"], "uid-2");

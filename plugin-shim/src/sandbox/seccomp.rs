@@ -208,13 +208,7 @@ fn refused() -> Result<BpfProgram, SandboxError> {
         libc::SYS_personality,
         vec![SeccompRule::new(other_persona)?],
     );
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM.unsigned_abs()),
-        target_arch(),
-    )?;
-    Ok(BpfProgram::try_from(filter)?)
+    compile(rules, libc::EPERM)
 }
 
 /// The socket families a plugin may open: Unix sockets, and with network egress IPv4 and IPv6.
@@ -238,10 +232,15 @@ fn sockets(allow_network: bool) -> Result<BpfProgram, SandboxError> {
         (libc::SYS_socket, vec![rule.clone()]),
         (libc::SYS_socketpair, vec![rule]),
     ]);
+    compile(rules, libc::EACCES)
+}
+
+/// A program of seccompiler's: the system calls `rules` match → `errno`, every other one allowed.
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProgram, SandboxError> {
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES.unsigned_abs()),
+        SeccompAction::Errno(errno.unsigned_abs()),
         target_arch(),
     )?;
     Ok(BpfProgram::try_from(filter)?)

@@ -312,6 +312,14 @@ mod tests {
         format!("{}{}", "[".repeat(depth), "]".repeat(depth))
     }
 
+    /// A refusal's message names every one of `parts`.
+    fn assert_says(refusal: &impl std::fmt::Display, parts: &[&str]) {
+        let text = refusal.to_string();
+        for part in parts {
+            assert!(text.contains(part), "{part:?} in {text}");
+        }
+    }
+
     #[test]
     fn the_defaults_keep_a_request_line_within_the_protocols_line_limit() {
         assert_eq!(DEFAULT_MAX_BYTES, 1024 * 1024 - 4096);
@@ -362,22 +370,22 @@ mod tests {
                 limit: 3
             }
         );
-        let text = e.to_string();
-        for part in ["payload_json", "3 levels", "--max-payload-depth", "flatten"] {
-            assert!(text.contains(part), "{text}");
-        }
+        assert_says(
+            &e,
+            &["payload_json", "3 levels", "--max-payload-depth", "flatten"],
+        );
         assert_eq!(e.reason(), "payload_too_deep");
 
         let big = format!("\"{}\"", "x".repeat(1000));
         let e = check(&big, Field::OutputJson, &LIMITS).expect_err("too large");
-        let text = e.to_string();
-        for part in [
-            "output_json is 1002 bytes",
-            "at most 1000",
-            "--max-payload-bytes",
-        ] {
-            assert!(text.contains(part), "{text}");
-        }
+        assert_says(
+            &e,
+            &[
+                "output_json is 1002 bytes",
+                "at most 1000",
+                "--max-payload-bytes",
+            ],
+        );
         assert_eq!(e.reason(), "output_too_large");
 
         let e = check(r#"{"secret": tru"#, Field::PayloadJson, &LIMITS).expect_err("not JSON");
@@ -398,26 +406,26 @@ mod tests {
         check_fan_out(Hook::OnEvent, None, 250, 4, &limits).expect("4 × 250 = 1000");
         let e = check_fan_out(Hook::OnEvent, Some("shop"), 10, 5, &limits).expect_err("5 > 4");
         assert_eq!(e.reason(), "too_many_subscribers");
-        let text = e.to_string();
-        for part in [
-            "5 plugins subscribe to onEvent in namespace shop",
-            "at most 4",
-            "--max-broadcast-subscribers",
-            "one namespace at a time",
-        ] {
-            assert!(text.contains(part), "{text}");
-        }
+        assert_says(
+            &e,
+            &[
+                "5 plugins subscribe to onEvent in namespace shop",
+                "at most 4",
+                "--max-broadcast-subscribers",
+                "one namespace at a time",
+            ],
+        );
         let e = check_fan_out(Hook::OnEvent, None, 251, 4, &limits).expect_err("1004 > 1000");
         assert_eq!(e.reason(), "broadcast_too_large");
-        let text = e.to_string();
-        for part in [
-            "payload_json of 251 bytes to 4 subscribers of onEvent across all namespaces",
-            "1004 bytes",
-            "at most 1000",
-            "--max-broadcast-bytes",
-        ] {
-            assert!(text.contains(part), "{text}");
-        }
+        assert_says(
+            &e,
+            &[
+                "payload_json of 251 bytes to 4 subscribers of onEvent across all namespaces",
+                "1004 bytes",
+                "at most 1000",
+                "--max-broadcast-bytes",
+            ],
+        );
         // No overflow, whatever the numbers.
         check_fan_out(
             Hook::OnEvent,

@@ -10,11 +10,11 @@
 //! (breaker, metrics, auto-disable), kept apart so the call path reads as "check, admit, call,
 //! record".
 
+mod call;
 pub mod limits;
 mod outcome;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use airlock_core::PluginKey;
 use limits::{BroadcastLimits, Field, PayloadLimits};
 use outcome::{Made, TrialRelease};
 
+pub use call::{Answer, CallFailure, CallRequest, Caller, Deadline, Disabler};
 // `crate::dispatch::code_label` is the metric label the gRPC edge uses too.
 pub use outcome::code_label;
 
@@ -40,46 +41,6 @@ pub const MAX_INVOCATION_ID_LEN: usize = 256;
 /// Time the router allows on top of a plugin's deadline for the network and the shim, before it
 /// gives up on the call itself.
 pub const NETWORK_GRACE: Duration = Duration::from_millis(250);
-
-/// One call to a plugin's shim.
-#[derive(Debug, Clone)]
-pub struct CallRequest {
-    pub hook: Hook,
-    /// Shared, not copied, by every call of a broadcast (an `Arc<String>` rather than `Arc<str>`:
-    /// wrapping the request's own String costs no copy either). Only the gRPC edge copies it, once
-    /// per call, into the message it sends.
-    pub payload: Arc<String>,
-    /// What the plugin may take; the shim enforces it.
-    pub deadline: Duration,
-    pub invocation_id: String,
-}
-
-/// How long one call may take, and whose limit that is: it decides whether running out of time
-/// is the plugin's failure or the caller's choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deadline {
-    /// The hook's timeout (the caller asked for no less): running out is a plugin timeout.
-    Hook(Duration),
-    /// The caller's own deadline, shorter than the hook's timeout: running out says nothing about
-    /// the plugin and is not counted against it (see [`Outcome::CallerDeadline`]).
-    Caller(Duration),
-}
-
-impl Deadline {
-    /// The smaller of the hook's `timeout` and the caller's deadline, if it set one.
-    pub fn of(timeout: Duration, caller: Option<Duration>) -> Self {
-        match caller {
-            Some(c) if c < timeout => Self::Caller(c),
-            _ => Self::Hook(timeout),
-        }
-    }
-
-    pub fn duration(self) -> Duration {
-        match self {
-            Self::Hook(d) | Self::Caller(d) => d,
-        }
-    }
-}
 
 /// The RPC a request came in on, for the refusal metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,36 +58,6 @@ impl Rpc {
             Self::Transform => "transform",
         }
     }
-}
-
-/// A plugin's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub output: String,
-    pub duration: Duration,
-}
-
-/// A call that produced no answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallFailure {
-    pub code: Code,
-    pub message: String,
-    /// What the failure says about the plugin's health.
-    pub outcome: Outcome,
-}
-
-/// Calls a plugin's shim (gRPC in the router; a fake in tests).
-pub trait Caller: Send + Sync + 'static {
-    fn call(
-        &self,
-        route: Arc<Route>,
-        request: CallRequest,
-    ) -> impl Future<Output = Result<Answer, CallFailure>> + Send;
-}
-
-/// Takes a plugin out of service in the cluster (annotation, Event, audit record).
-pub trait Disabler: Send + Sync + 'static {
-    fn disable(&self, route: &Route, reason: &str);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -718,6 +649,29 @@ mod tests {
         setup_with(config(), plugins)
     }
 
+    /// Three subscribers of onEvent, all of policy Fail: "a", "b" and "c", in this order.
+    const SUBSCRIBERS: [(&str, Hook, u64, FailurePolicy, i32); 3] = [
+        ("a", OnEvent, 1000, Fail, 1),
+        ("b", OnEvent, 1000, Fail, 2),
+        ("c", OnEvent, 1000, Fail, 3),
+    ];
+
+    /// The [`SUBSCRIBERS`], with a broadcast allowed to reach at most `max_subscribers` of them
+    /// and to send at most 1000 bytes in all.
+    fn broadcast_limited_to(max_subscribers: usize) -> Setup {
+        let broadcast = BroadcastLimits {
+            max_subscribers,
+            max_bytes: 1000,
+        };
+        setup_with(
+            RouterConfig {
+                broadcast,
+                ..config()
+            },
+            &SUBSCRIBERS,
+        )
+    }
+
     /// [`setup`] with `config`.
     fn setup_with(
         config: RouterConfig,
@@ -1089,11 +1043,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_broadcast_shares_one_payload_among_its_subscribers() {
-        let s = setup(&[
-            ("a", OnEvent, 1000, Fail, 1),
-            ("b", OnEvent, 1000, Fail, 2),
-            ("c", OnEvent, 1000, Fail, 3),
-        ]);
+        let s = setup(&SUBSCRIBERS);
         s.broadcast("", r#"{"e":1}"#).await.expect("broadcast");
         let payloads = lock(&s.shims.payloads);
         assert_eq!(payloads.len(), 3);
@@ -1105,21 +1055,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_broadcast_over_the_fan_out_limits_is_refused_before_any_call() {
-        let plugins = [
-            ("a", OnEvent, 1000, Fail, 1),
-            ("b", OnEvent, 1000, Fail, 2),
-            ("c", OnEvent, 1000, Fail, 3),
-        ];
-        let s = setup_with(
-            RouterConfig {
-                broadcast: BroadcastLimits {
-                    max_subscribers: 2,
-                    max_bytes: 1000,
-                },
-                ..config()
-            },
-            &plugins,
-        );
+        let s = broadcast_limited_to(2);
         let e = s.broadcast("", "{}").await.expect_err("3 > 2 subscribers");
         assert_eq!(e.code, Code::FailedPrecondition);
         assert!(
@@ -1127,16 +1063,7 @@ mod tests {
                 .starts_with("3 plugins subscribe to onEvent across all namespaces; a broadcast reaches at most 2"),
             "{e}"
         );
-        let s = setup_with(
-            RouterConfig {
-                broadcast: BroadcastLimits {
-                    max_subscribers: 3,
-                    max_bytes: 1000,
-                },
-                ..config()
-            },
-            &plugins,
-        );
+        let s = broadcast_limited_to(3);
         let big = format!(r#"{{"x":"{}"}}"#, "x".repeat(326));
         let e = s.broadcast("", &big).await.expect_err("3 × 334 > 1000");
         assert_eq!(e.code, Code::FailedPrecondition);
