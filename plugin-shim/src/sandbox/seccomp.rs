@@ -98,7 +98,7 @@ pub const REFUSED: &[(i64, &str)] = &[
     ),
     // Namespaces: an unprivileged user namespace gives the plugin every capability inside it and
     // so reaches kernel code (mounts, netfilter, ...) otherwise closed to it. `clone` with
-    // namespace flags is refused by `namespace_clone_rules`.
+    // namespace flags (`NAMESPACE_FLAGS`) is refused in `refused()`.
     (
         libc::SYS_unshare,
         "new namespaces: capabilities inside a user namespace, and the kernel code they open",
