@@ -51,7 +51,7 @@ pub struct Config {
     )]
     pub max_payload_bytes: usize,
     /// Deepest nesting of arrays and objects in a payload_json (and pipeline step output) passed to
-    /// a plugin; deeper is refused with INVALID_ARGUMENT. At most 128, the most the Rust SDK's
+    /// a plugin; deeper is refused with INVALID_ARGUMENT. At most 126, the most the Rust SDK's
     /// parser takes.
     #[arg(
         long,

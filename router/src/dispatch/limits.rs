@@ -5,7 +5,7 @@
 //! Transform) and on every pipeline step's `output_json` (the next step's input: a hostile plugin
 //! must not be able to crash the plugin after it).
 //!
-//! Why the router checks the depth itself: it validates a payload with
+//! Why the router checks the depth itself: it used to validate a payload with
 //! `serde_json::from_str::<IgnoredAny>`, which skips values iteratively and so has *no* recursion
 //! limit; a 100,000-deep array went through and the plugin's own parser (serde_json's `Value`,
 //! limit 128; Python's recursion limit, ...) failed on it: a caller-caused failure counted
@@ -30,8 +30,10 @@ pub const DEFAULT_MAX_BYTES: usize = MAX_LINE_BYTES - ENVELOPE_BYTES;
 /// that wraps its input in a level or two.
 pub const DEFAULT_MAX_DEPTH: usize = 64;
 
-/// Deepest nesting that may be configured: a Rust-SDK plugin cannot parse more.
-pub const MAX_DEPTH: usize = 128;
+/// Deepest nesting that may be configured: a Rust-SDK plugin parses at most 127 levels
+/// (serde_json's limit of 128 counts the outermost), and the request line it parses wraps the
+/// payload in one more object.
+pub const MAX_DEPTH: usize = 126;
 
 /// The limits, from the router's flags (`--max-payload-bytes`, `--max-payload-depth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +244,10 @@ pub fn check_fan_out(
 }
 
 /// Whether `json`, the `field` of a message, may be passed to a plugin under `limits`: the size
-/// first (cheap, and bounds the two scans after it), then JSON validity, then the depth.
+/// first (cheap, and bounds the work after it), then the depth (a byte scan, so no document can
+/// reach a parser's recursion limit), then a full parse as the plugin's SDK will parse it.
+/// `IgnoredAny` is not enough for the last step: it skips `\u` escapes and number ranges
+/// unchecked, so `["\ud800"]` or `[1e400]` passed here and broke the plugin's parser.
 pub fn check(json: &str, field: Field, limits: &PayloadLimits) -> Result<(), PayloadError> {
     if json.len() > limits.max_bytes {
         return Err(PayloadError::TooLarge {
@@ -251,18 +256,18 @@ pub fn check(json: &str, field: Field, limits: &PayloadLimits) -> Result<(), Pay
             limit: limits.max_bytes,
         });
     }
-    // `IgnoredAny` skips values iteratively: no recursion, whatever the depth.
-    serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|e| PayloadError::NotJson {
-        field,
-        line: e.line(),
-        column: e.column(),
-    })?;
     if nests_deeper_than(json.as_bytes(), limits.max_depth) {
         return Err(PayloadError::TooDeep {
             field,
             limit: limits.max_depth,
         });
     }
+    // Depth is at most MAX_DEPTH here, under serde_json's own recursion limit.
+    serde_json::from_str::<serde_json::Value>(json).map_err(|e| PayloadError::NotJson {
+        field,
+        line: e.line(),
+        column: e.column(),
+    })?;
     Ok(())
 }
 
@@ -333,6 +338,47 @@ mod tests {
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         );
         assert!(line.len() - 1 <= MAX_LINE_BYTES, "{} bytes", line.len());
+    }
+
+    #[test]
+    fn documents_a_plugins_parser_would_reject_are_refused_here() {
+        let limits = PayloadLimits::default();
+        // A lone surrogate escape and a number out of f64 range: valid to IgnoredAny, not to the
+        // SDK's parser.
+        for json in [r#"["\ud800"]"#, "[1e400]", r#"{"a": 1,}"#, "[1, 2"] {
+            assert!(
+                matches!(
+                    check(json, Field::PayloadJson, &limits),
+                    Err(PayloadError::NotJson { .. })
+                ),
+                "{json}"
+            );
+        }
+        assert!(check(r#"["\ud83d\ude00", 1e300]"#, Field::PayloadJson, &limits).is_ok());
+    }
+
+    #[test]
+    fn a_payload_at_the_deepest_configurable_depth_parses_inside_a_request_line() {
+        // What a Rust-SDK plugin parses: the request line wraps the payload in an object.
+        let payload = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        let limits = PayloadLimits {
+            max_depth: MAX_DEPTH,
+            ..PayloadLimits::default()
+        };
+        assert!(check(&payload, Field::PayloadJson, &limits).is_ok());
+        let line =
+            airlock_sdk::protocol::encode_traced_request("id", "transform", &payload, 1000, None);
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line.trim_end()).is_ok(),
+            "the plugin could not parse a request at depth {MAX_DEPTH}"
+        );
+        let deeper = format!("[{payload}]");
+        let line =
+            airlock_sdk::protocol::encode_traced_request("id", "transform", &deeper, 1000, None);
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line.trim_end()).is_err(),
+            "MAX_DEPTH could be one higher"
+        );
     }
 
     #[test]
@@ -454,13 +500,13 @@ mod tests {
                 limit: 64
             }
         );
-        // And an unterminated one: not JSON (the parser is iterative too).
+        // And an unterminated one: refused by the scan before any parser sees it.
         let e = check(
             &"[".repeat(100_000),
             Field::PayloadJson,
             &PayloadLimits::default(),
         )
         .expect_err("refused");
-        assert!(matches!(e, PayloadError::NotJson { .. }), "{e}");
+        assert!(matches!(e, PayloadError::TooDeep { .. }), "{e}");
     }
 }
