@@ -51,6 +51,15 @@ pub const REFUSED: &[(i64, &str)] = &[
         libc::SYS_process_vm_writev,
         "write another process's memory",
     ),
+    (
+        libc::SYS_pidfd_getfd,
+        "copy an open file (the TLS key's, a socket) out of another process",
+    ),
+    (
+        libc::SYS_kcmp,
+        "compare another process's open files and memory with its own (a probe of the shim)",
+    ),
+    (libc::SYS_process_madvise, "act on another process's memory"),
     // The node's kernel.
     (libc::SYS_kexec_load, "replace the running kernel"),
     (SYS_KEXEC_FILE_LOAD, "replace the running kernel"),
