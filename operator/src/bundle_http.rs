@@ -45,6 +45,12 @@ pub enum Refused {
         "spec.bundle.source.http.url leads to {0}, an address that is not globally reachable (private, loopback, link-local or reserved); the operator does not download from there. Publish the bundle on a public server, use an OCI or ConfigMap source, or ask the cluster admin to list the range in the chart value bundleHttp.allowedCidrs"
     )]
     NotPublic(IpAddr),
+    /// A name that resolves only to such addresses. The addresses are not named: they would tell
+    /// a tenant what the operator's resolver knows (Services of other namespaces).
+    #[error(
+        "spec.bundle.source.http.url's host {0} does not lead to a globally reachable address; the operator does not download from there. Publish the bundle on a public server, use an OCI or ConfigMap source, or ask the cluster admin to list the range in the chart value bundleHttp.allowedCidrs"
+    )]
+    NotPublicName(String),
     #[error("spec.bundle.source.http.url's host {0} resolves to no address; check the name")]
     Unresolved(String),
 }
@@ -151,16 +157,16 @@ impl reqwest::dns::Resolve for Resolver {
         Box::pin(async move {
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let Some(first) = found.first() else {
+            if found.is_empty() {
                 return Err(Box::new(Refused::Unresolved(host)) as Box<_>);
-            };
+            }
             let allowed: Vec<SocketAddr> = found
                 .iter()
                 .copied()
                 .filter(|a| policy.check_ip(a.ip()).is_ok())
                 .collect();
             if allowed.is_empty() {
-                return Err(Box::new(Refused::NotPublic(first.ip())) as Box<_>);
+                return Err(Box::new(Refused::NotPublicName(host)) as Box<_>);
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
@@ -290,9 +296,17 @@ mod tests {
             Ok(addrs) => panic!("localhost resolved to {:?}", addrs.collect::<Vec<_>>()),
             Err(e) => e,
         };
-        assert!(
-            matches!(refusal_in(err.as_ref()), Some(Refused::NotPublic(ip)) if ip.is_loopback()),
+        let refusal = refusal_in(err.as_ref());
+        assert_eq!(
+            refusal,
+            Some(Refused::NotPublicName("localhost".into())),
             "{err}"
+        );
+        // The message names the host the tenant wrote, not what it resolved to.
+        let message = refusal.map(|r| r.to_string()).unwrap_or_default();
+        assert!(
+            !message.contains("127.0.0.1") && !message.contains("::1"),
+            "{message}"
         );
         // Allowed when the admin lists loopback.
         let allowing = Resolver(Arc::new(HttpPolicy {
@@ -320,7 +334,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(refusal_in(&err), Some(Refused::NotPublic(_))),
+            matches!(refusal_in(&err), Some(Refused::NotPublicName(_))),
             "{err:?}"
         );
     }

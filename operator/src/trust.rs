@@ -113,8 +113,9 @@ pub fn trusted_keys(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy])
             }
         }
     }
-    let (revoked_bundle, revoked_image) = revoked_anywhere(all);
     let governing_names: BTreeSet<String> = governing.iter().map(|p| p.name_any()).collect();
+    let (revoked_bundle, revoked_image) =
+        revoked_anywhere(all, &governing_names, &mut out.problems);
     out.bundle = settle(bundle, revoked_bundle, &governing_names, &mut out.problems);
     out.image = settle(image, revoked_image, &governing_names, &mut out.problems);
     out
@@ -161,20 +162,35 @@ fn cosign_material(pem: &str) -> String {
 }
 
 /// Every key some policy of the cluster revokes, by material, as a revoked key named after the
-/// (first) policy that revokes it: (ed25519, cosign).
+/// (first) policy that revokes it: (ed25519, cosign). A revoked key that cannot be read revokes
+/// nothing: it is reported in `problems` (for governing policies the key loop already did).
 fn revoked_anywhere(
     all: &[PluginTrustPolicy],
+    governing: &BTreeSet<String>,
+    problems: &mut Vec<String>,
 ) -> (BTreeMap<[u8; 32], BundleKey>, BTreeMap<String, ImageKey>) {
     let mut bundle = BTreeMap::new();
     let mut image = BTreeMap::new();
     for policy in all {
-        for k in policy.spec.keys.iter().filter(|k| k.revoked) {
+        for (i, k) in policy
+            .spec
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.revoked)
+        {
             let name = format!("{}/{}", policy.name_any(), k.name);
-            if let Some(key) = k
-                .ed25519
-                .as_deref()
-                .and_then(|t| signing::parse_public_key(t).ok())
+            let parsed = k.ed25519.as_deref().map(signing::parse_public_key);
+            if let Some(Err(e)) = &parsed
+                && !governing.contains(&policy.name_any())
             {
+                problems.push(format!(
+                    "PluginTrustPolicy {} spec.keys[{i}].ed25519 ({}) is revoked but cannot be read ({e}), so the revocation does not take effect; fix the key",
+                    policy.name_any(),
+                    k.name
+                ));
+            }
+            if let Some(Ok(key)) = parsed {
                 bundle.entry(key.to_bytes()).or_insert_with(|| BundleKey {
                     name: name.clone(),
                     level: TrustLevel::Untrusted,
@@ -521,6 +537,23 @@ mod tests {
             Signature::Revoked {
                 key: "elsewhere/k".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_revocation_that_cannot_be_read_is_reported_not_dropped() {
+        let (_, public) = keypair();
+        let here = with_key("here", &public, "Trusted", false);
+        let broken = policy(
+            "apiVersion: airlock.dev/v1alpha1\nkind: PluginTrustPolicy\nmetadata: {name: elsewhere}\nspec:\n  keys:\n  - name: k\n    ed25519: not-a-key\n    trustLevel: Trusted\n    revoked: true\n",
+        );
+        let keys = trusted_keys(&[&here], &[here.clone(), broken]);
+        assert!(
+            keys.problems.iter().any(|p| p.starts_with(
+                "PluginTrustPolicy elsewhere spec.keys[0].ed25519 (k) is revoked but cannot be read"
+            )),
+            "{:?}",
+            keys.problems
         );
     }
 
