@@ -201,7 +201,9 @@ impl Plugin for PluginService {
 /// The gRPC status for an invocation error; the only place that decides codes.
 pub fn status_of(error: &InvokeError) -> Status {
     let code = match error {
-        InvokeError::Timeout(_) | InvokeError::QueueTimeout(_) => Code::DeadlineExceeded,
+        InvokeError::Timeout(_)
+        | InvokeError::QueueTimeout(_)
+        | InvokeError::ShortenedTimeout { .. } => Code::DeadlineExceeded,
         InvokeError::Spawn { .. }
         | InvokeError::Exited { .. }
         | InvokeError::LoadFailed(_)
@@ -223,7 +225,10 @@ pub fn status_of(error: &InvokeError) -> Status {
 pub fn failure_kind(error: &InvokeError) -> FailureKind {
     match error {
         InvokeError::Timeout(_) => FailureKind::Timeout,
-        InvokeError::QueueTimeout(_) => FailureKind::QueueTimeout,
+        // Not counted as the plugin's timeout by the router (see ShortenedTimeout).
+        InvokeError::QueueTimeout(_) | InvokeError::ShortenedTimeout { .. } => {
+            FailureKind::QueueTimeout
+        }
         InvokeError::Spawn { .. } | InvokeError::Exited { .. } | InvokeError::LoadFailed(_) => {
             FailureKind::Crash
         }

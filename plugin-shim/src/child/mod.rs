@@ -96,6 +96,22 @@ pub enum InvokeError {
         .0.as_millis()
     )]
     QueueTimeout(Duration),
+    /// The plugin did not answer in the time left after the call waited for a previous call or a
+    /// restart: it was killed, but the timeout is not all its own (a caller could otherwise make
+    /// a healthy plugin time out by making it restart first).
+    #[error(
+        "the plugin did not answer within the {} ms left of the call's {} ms deadline after it \
+         waited for a previous call or a start of the plugin process; its processes were killed \
+         and it is being restarted",
+        .had.as_millis(),
+        .deadline.as_millis()
+    )]
+    ShortenedTimeout {
+        /// The call's deadline.
+        deadline: Duration,
+        /// What was left of it when the plugin got the request.
+        had: Duration,
+    },
     /// The entry point could not be started.
     #[error("the plugin process could not be started ({program}): {source}")]
     Spawn {

@@ -40,6 +40,45 @@ pub fn backoff(crashes: u32) -> Duration {
     }
 }
 
+/// Time a call may lose before the plugin gets it (taking the slot, encoding the request) and
+/// still count a timeout as the plugin's own.
+const QUEUE_TOLERANCE: Duration = Duration::from_millis(2);
+
+/// The error of a call whose plugin did not answer by the end of `deadline`, having `had` of it:
+/// the plugin's own timeout only if it had (nearly) all of it.
+fn timed_out(deadline: Duration, had: Duration) -> InvokeError {
+    if had + QUEUE_TOLERANCE >= deadline {
+        InvokeError::Timeout(deadline)
+    } else {
+        InvokeError::ShortenedTimeout { deadline, had }
+    }
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_the_plugins_own_only_when_it_had_the_whole_deadline() {
+        let deadline = Duration::from_millis(2000);
+        assert!(matches!(
+            timed_out(deadline, Duration::from_millis(1999)),
+            InvokeError::Timeout(_)
+        ));
+        // It waited 1.5 s for a restart a caller provoked: not counted against the plugin.
+        let e = timed_out(deadline, Duration::from_millis(500));
+        assert!(matches!(e, InvokeError::ShortenedTimeout { .. }), "{e:?}");
+        assert_eq!(
+            crate::server::failure_kind(&e),
+            airlock_core::failure::FailureKind::QueueTimeout
+        );
+        assert_eq!(
+            crate::server::status_of(&e).code(),
+            tonic::Code::DeadlineExceeded
+        );
+    }
+}
+
 #[cfg(test)]
 mod backoff_tests {
     use super::*;
@@ -170,7 +209,10 @@ impl Supervisor {
         if let Err(e) = &result {
             let killed = matches!(
                 e,
-                InvokeError::Timeout(_) | InvokeError::OutputTooLarge | InvokeError::Protocol(_)
+                InvokeError::Timeout(_)
+                    | InvokeError::ShortenedTimeout { .. }
+                    | InvokeError::OutputTooLarge
+                    | InvokeError::Protocol(_)
             );
             if killed {
                 // Dropping the handle kills the process group. Start the replacement now, in the
@@ -239,7 +281,12 @@ impl Supervisor {
         let exchanged = match timeout_at(until, running.exchange(&line, invocation_id, host)).await
         {
             Ok(exchanged) => exchanged,
-            Err(_) => return Err(InvokeError::Timeout(deadline)),
+            Err(_) => {
+                return Err(timed_out(
+                    deadline,
+                    until.saturating_duration_since(started),
+                ));
+            }
         };
         let duration = started.elapsed();
         match exchanged {
