@@ -58,14 +58,19 @@ pub async fn connect(client: &Client) -> Result<HookRouterClient<Channel>> {
     }
 }
 
-/// The /metrics text of every router pod, concatenated (each replica counts its own calls).
+/// The /metrics text of every running router pod, concatenated (each replica counts its own
+/// calls). Pods that ended (Completed, Evicted) keep their old address in their status: skipped.
 pub async fn metrics(client: &Client) -> Result<String> {
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
         .list(&ListParams::default().labels("app.kubernetes.io/name=airlock-router"))
         .await?;
     let mut out = String::new();
     for pod in pods.items {
-        let Some(ip) = pod.status.and_then(|s| s.pod_ip) else {
+        let Some(ip) = pod
+            .status
+            .filter(|s| s.phase.as_deref() == Some("Running"))
+            .and_then(|s| s.pod_ip)
+        else {
             continue;
         };
         out.push_str(&http_get(&format!("{ip}:8080"), "/metrics").await?);
