@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use airlock_crds::Plugin;
 use airlock_proto::router::v1::hook_router_client::HookRouterClient;
 use airlock_proto::router::v1::{
-    BroadcastRequest, BroadcastResponse, InvokeRequest, ListPluginsRequest, PluginRef,
-    TransformRequest, TransformResponse,
+    ActivePlugin, BroadcastRequest, BroadcastResponse, InvokeRequest, ListPluginsRequest,
+    PluginRef, TransformRequest, TransformResponse,
 };
 use anyhow::{Context, Result, bail, ensure};
 
@@ -270,6 +270,19 @@ impl Fixture {
         Ok(())
     }
 
+    /// What the router lists for the sandbox's namespace (`ListPlugins`).
+    pub async fn listed(&self) -> Result<Vec<ActivePlugin>> {
+        Ok(self
+            .grpc
+            .clone()
+            .list_plugins(ListPluginsRequest {
+                namespace: self.ns().into(),
+            })
+            .await?
+            .into_inner()
+            .plugins)
+    }
+
     /// Waits until the router lists every one of `names` (its watch trails the status a little).
     pub async fn wait_routed(&self, names: &[&str]) -> Result<()> {
         let what = format!("the router to list {names:?}");
@@ -277,16 +290,9 @@ impl Fixture {
             &what,
             crate::WAIT,
             async || {
-                let listed = self
-                    .grpc
-                    .clone()
-                    .list_plugins(ListPluginsRequest {
-                        namespace: self.ns().into(),
-                    })
+                Ok(self
+                    .listed()
                     .await?
-                    .into_inner();
-                Ok(listed
-                    .plugins
                     .iter()
                     .filter_map(|p| p.plugin.as_ref().map(|r| r.name.clone()))
                     .collect::<Vec<String>>())

@@ -9,7 +9,7 @@ use airlock_core::names::PLUGIN_LABEL;
 use airlock_crds::Plugin;
 use airlock_e2e::plugins::phase;
 use airlock_e2e::router::{self, Fixture, active, ensure_status, in_fixture};
-use airlock_proto::router::v1::{InvokeRequest, InvokeResponse, ListPluginsRequest};
+use airlock_proto::router::v1::{InvokeRequest, InvokeResponse};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -122,16 +122,9 @@ async fn calls_with_a_1ms_deadline_do_not_auto_disable_a_slow_plugin() -> Result
             "crash-test is not auto-disabled: annotation {annotation:?}, phase {:?}",
             phase(&plugin)
         );
-        let listed = f
-            .grpc
-            .clone()
-            .list_plugins(ListPluginsRequest {
-                namespace: f.ns().into(),
-            })
+        let breaker = f
+            .listed()
             .await?
-            .into_inner();
-        let breaker = listed
-            .plugins
             .iter()
             .find(|p| p.plugin.as_ref().is_some_and(|r| r.name == "crash-test"))
             .map(|p| p.breaker.clone());
