@@ -315,6 +315,42 @@ pub struct PluginStatus {
     /// Runtime limits from the plugin's trust level (defaults where it sets none), which the
     /// shim and the router's host API enforce.
     pub limits: Option<PluginLimits>,
+    /// What the current and the last good revision were approved with. Every reconcile checks the
+    /// running revision's record against today's trust policies, whatever becomes of the spec,
+    /// and a rollback only goes to a revision whose record still passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["revision"]))]
+    pub revisions: Vec<RevisionRecord>,
+}
+
+/// Who signed a revision and what it was approved with, recorded when it rolls out (see
+/// `PluginStatus.revisions`).
+#[skip_serializing_none]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRecord {
+    /// The revision (`status.currentRevision`, `status.lastGoodRevision`).
+    pub revision: String,
+    /// `sha256:<hex>` of the ed25519 public key that signed the bundle; absent when unsigned.
+    pub bundle_signer: Option<String>,
+    /// `sha256:<hex>` of the cosign public key that signed the image; absent when unsigned.
+    pub image_signer: Option<String>,
+    /// The trust level the signers earned when the revision was approved.
+    pub trust_level: Option<String>,
+    /// The permissions the revision holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<Permission>,
+    /// The egress networks its NetworkPolicy opens (`spec.network.egress` when approved).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
+    /// Its container CPU limit, as approved.
+    pub cpu_limit: Option<String>,
+    /// Its container memory limit, as approved.
+    pub memory_limit: Option<String>,
+    /// `sha256:<hex>` of the pod template the Plugin's Deployment ran the revision with, recorded
+    /// once it was Ready: a rollback re-applies only a ReplicaSet of that Deployment whose
+    /// template has exactly this digest.
+    pub template_digest: Option<String>,
 }
 
 /// The limits a plugin runs under (see `PluginStatus.limits`).

@@ -370,8 +370,20 @@ pub async fn fetch(
             .verify(&pinned_image, &image_digest, &keys.image)
             .await?
     };
-    let signed_by =
-        trust::signer(&bundle_signature, &image_signature, &keys.problems).map_err(refused)?;
+    let signed_by = trust::signer(&bundle_signature, &image_signature, &keys.problems)
+        .map_err(refused)?
+        .map(|(key, level)| {
+            let signer = |sig: &trust::Signature, of: &dyn Fn(&str) -> Option<String>| match sig {
+                trust::Signature::SignedBy { key, .. } => of(key),
+                _ => None,
+            };
+            crate::plan::Signer {
+                key,
+                level,
+                bundle_key: signer(&bundle_signature, &|k| keys.bundle_fingerprint(k)),
+                image_key: signer(&image_signature, &|k| keys.image_fingerprint(k)),
+            }
+        });
     let inspected = {
         let bytes = bytes.clone();
         tokio::task::spawn_blocking(move || {

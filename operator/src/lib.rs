@@ -17,6 +17,7 @@ pub mod plan;
 pub mod policy;
 pub mod quantity;
 pub mod reconcile;
+pub mod running;
 pub mod status;
 pub mod trust;
 pub mod verify;

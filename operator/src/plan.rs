@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use airlock_bundle::Manifest;
 use airlock_core::api;
 use airlock_core::duration::duration_ms;
+use airlock_crds::plugin::RevisionRecord;
 use airlock_crds::{Permission, Plugin, TrustLevel};
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
@@ -62,7 +63,19 @@ pub struct Fetched {
     pub manifest: Manifest,
     /// The trusted key(s) that signed both image and bundle, and the resulting trust level;
     /// `None` when neither is signed (then only `allowUnsigned` levels run the plugin).
-    pub signed_by: Option<(String, TrustLevel)>,
+    pub signed_by: Option<Signer>,
+}
+
+/// Who vouches for a revision: the trusted keys that signed its bundle and image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signer {
+    /// As the user knows it: `<policy>/<key>` (or one for the bundle and one for the image).
+    pub key: String,
+    /// The lower of the two keys' levels.
+    pub level: TrustLevel,
+    /// Fingerprints of the two keys, which the revision's record keeps ([`RevisionRecord`]).
+    pub bundle_key: Option<String>,
+    pub image_key: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +86,8 @@ pub struct Plan {
     pub trust_level: TrustLevel,
     /// Present only when every verdict is Ok.
     pub rollout: Option<Rollout>,
+    /// What `rollout` is approved with, for `status.revisions`; present with `rollout`.
+    pub record: Option<RevisionRecord>,
 }
 
 /// Decides a revision. `limits` is `None` when no PluginTrustPolicy governs the namespace.
@@ -80,7 +95,7 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
     let trust_level = fetched
         .signed_by
         .as_ref()
-        .map(|(_, level)| *level)
+        .map(|s| s.level)
         .unwrap_or(TrustLevel::Untrusted);
     let compatible = compatibility(plugin, &fetched.manifest);
     let verified = verification(plugin, fetched, limits, trust_level);
@@ -102,12 +117,43 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
         }
         _ => None,
     };
+    let record = rollout
+        .as_ref()
+        .map(|r| record(plugin, fetched, r, trust_level));
     Plan {
         compatible,
         verified,
         permissions_approved,
         trust_level,
         rollout,
+        record,
+    }
+}
+
+/// The record of an approved revision: its signers' fingerprints and what it holds, which
+/// [`crate::running`] checks again against every later state of the policies.
+fn record(
+    plugin: &Plugin,
+    fetched: &Fetched,
+    rollout: &Rollout,
+    level: TrustLevel,
+) -> RevisionRecord {
+    let signer = fetched.signed_by.as_ref();
+    RevisionRecord {
+        revision: rollout.revision.clone(),
+        bundle_signer: signer.and_then(|s| s.bundle_key.clone()),
+        image_signer: signer.and_then(|s| s.image_key.clone()),
+        trust_level: Some(format!("{level:?}")),
+        permissions: rollout.permissions.iter().copied().collect(),
+        egress: plugin
+            .spec
+            .network
+            .iter()
+            .flat_map(|n| n.egress.iter().map(|e| e.cidr.clone()))
+            .collect(),
+        cpu_limit: Some(rollout.resources.cpu_limit.clone()),
+        memory_limit: Some(rollout.resources.memory_limit.clone()),
+        template_digest: None,
     }
 }
 
@@ -201,7 +247,7 @@ fn verification(
         );
     }
     match &fetched.signed_by {
-        Some((key, level)) => Verdict::ok(
+        Some(Signer { key, level, .. }) => Verdict::ok(
             "Verified",
             format!("image and bundle signed by key {key} (trust level {level:?})"),
         ),
@@ -535,14 +581,24 @@ mod tests {
     #[test]
     fn a_signed_plugin_must_name_its_image_and_gets_its_signers_level() {
         let mut f = fetched(manifest(""));
-        f.signed_by = Some(("acme/author".into(), TrustLevel::Trusted));
+        f.signed_by = Some(Signer {
+            key: "acme/author".into(),
+            level: TrustLevel::Trusted,
+            bundle_key: Some("sha256:b".into()),
+            image_key: Some("sha256:i".into()),
+        });
         let v = plan(&plugin(HELLO), &f, Some(&open_limits())).verified;
         assert_eq!(blocked_reason(&v), "ImageNotBound");
 
         let bound = format!("sha256:{}", "b".repeat(64));
         let mut f = fetched(manifest(&format!("imageDigest: {bound}\n")));
         f.image_digest = bound;
-        f.signed_by = Some(("acme/author".into(), TrustLevel::Trusted));
+        f.signed_by = Some(Signer {
+            key: "acme/author".into(),
+            level: TrustLevel::Trusted,
+            bundle_key: Some("sha256:b".into()),
+            image_key: Some("sha256:i".into()),
+        });
         let p = plan(&plugin(HELLO), &f, Some(&open_limits()));
         assert!(p.verified.is_ok(), "{:?}", p.verified);
         assert_eq!(p.trust_level, TrustLevel::Trusted);

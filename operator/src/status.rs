@@ -7,13 +7,14 @@
 //! reconcile on an unchanged world produces an identical status and the controller writes nothing.
 
 use airlock_crds::Plugin;
-use airlock_crds::plugin::{AUTO_DISABLED_ANNOTATION, PluginPhase, PluginStatus};
+use airlock_crds::plugin::{AUTO_DISABLED_ANNOTATION, PluginPhase, PluginStatus, RevisionRecord};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::ownership::{self, NotOwned, OBJECT_NOT_OWNED};
 use crate::plan::{Plan, Verdict};
+use crate::running::Stop;
 
 pub const VERIFIED: &str = "Verified";
 pub const PERMISSIONS_APPROVED: &str = "PermissionsApproved";
@@ -36,6 +37,10 @@ pub struct Rollout {
     pub deadline_exceeded: bool,
     /// Set when `revision` is the last good one, re-applied because this newer revision failed.
     pub rolled_back_from: Option<String>,
+    /// [`crate::running::template_digest`] of the Deployment's pod template.
+    pub template_digest: Option<String>,
+    /// Why a revision that missed its deadline was not rolled back (when it was not).
+    pub no_rollback: Option<String>,
 }
 
 /// Why a reconcile could not get as far as a plan (fetching the bundle or image failed).
@@ -112,6 +117,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
         hooks: prev.hooks.clone(),
         permissions: prev.permissions.clone(),
         limits: prev.limits.clone(),
+        revisions: prev.revisions.clone(),
         ..Default::default()
     };
     let mut set = |ty: &str, ok: bool, reason: &str, message: String| {
@@ -127,6 +133,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
             // was revoked, which scales it to zero.
             let (phase_now, suffix) = match &prev.last_good_revision {
                 _ if f.running == RunningRevision::Quarantined => {
+                    status.permissions.clear();
                     (PluginPhase::Quarantined, String::new())
                 }
                 Some(good) => (
@@ -200,6 +207,13 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                         .collect();
                     status.permissions = planned.permissions.iter().copied().collect();
                     status.limits = Some(planned.limits.clone());
+                    if let Some(record) = plan
+                        .record
+                        .as_ref()
+                        .filter(|_| applied.revision == planned.revision)
+                    {
+                        remember(&mut status.revisions, record.clone());
+                    }
                     phase = ready(plugin, applied, &mut status, &prev, generation, now);
                 }
                 (None, _, _) => {
@@ -210,6 +224,53 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
         }
     }
     status.phase = Some(phase);
+    if phase == PluginPhase::Disabled {
+        // No pods run: nothing may call the host API as this plugin (a stolen identity neither).
+        status.permissions.clear();
+    }
+    // Records of the revisions the status still names; the others cannot come back.
+    let named = [&status.current_revision, &status.last_good_revision];
+    status.revisions.retain(|r| {
+        named
+            .iter()
+            .any(|n| n.as_deref() == Some(r.revision.as_str()))
+    });
+    status
+}
+
+/// Adds or replaces the record of `record.revision`, keeping a template digest already recorded
+/// for it (the digest is only known once the revision ran).
+fn remember(records: &mut Vec<RevisionRecord>, mut record: RevisionRecord) {
+    if let Some(old) = records.iter_mut().find(|r| r.revision == record.revision) {
+        record.template_digest = record.template_digest.or(old.template_digest.take());
+        *old = record;
+    } else {
+        records.push(record);
+    }
+}
+
+/// The running revision may not run under today's policies ([`crate::running::check`]): it was
+/// scaled to zero. Unless the reconcile replaced it with a revision that passes, the status says
+/// so: phase Quarantined, `Ready=False` with the stop's reason, no permissions.
+pub fn stopped(
+    plugin: &Plugin,
+    mut status: PluginStatus,
+    stop: &Stop,
+    now: Timestamp,
+) -> PluginStatus {
+    let prev = plugin.status.clone().unwrap_or_default();
+    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.push(condition(
+        &prev,
+        READY,
+        false,
+        stop.reason,
+        stop.message.clone(),
+        plugin.metadata.generation,
+        now,
+    ));
+    status.permissions.clear();
+    status.phase = Some(PluginPhase::Quarantined);
     status
 }
 
@@ -255,13 +316,27 @@ fn ready(
             false,
             "ProgressDeadlineExceeded",
             format!(
-                "revision {} did not become ready within its progress deadline; check the plugin pod's events and logs",
-                applied.revision
+                "revision {} did not become ready within its progress deadline; check the plugin pod's events and logs{}",
+                applied.revision,
+                applied
+                    .no_rollback
+                    .as_ref()
+                    .map(|why| format!(" ({why})"))
+                    .unwrap_or_default()
             ),
             PluginPhase::Degraded,
         )
     } else if rollout_complete(applied) {
         status.last_good_revision = Some(applied.revision.clone());
+        // What a rollback to this revision may re-apply: a ReplicaSet with this very template.
+        if let Some(record) = status
+            .revisions
+            .iter_mut()
+            .find(|r| r.revision == applied.revision)
+            && record.template_digest.is_none()
+        {
+            record.template_digest = applied.template_digest.clone();
+        }
         status.failed_revision = None;
         (
             true,
@@ -381,6 +456,11 @@ mod tests {
             },
             trust_level: airlock_crds::TrustLevel::Untrusted,
             rollout: Some(crate::build::test_support::rollout()),
+            record: Some(RevisionRecord {
+                revision: "r1a2b3c4d".into(),
+                bundle_signer: Some("sha256:b".into()),
+                ..Default::default()
+            }),
         }
     }
 
@@ -395,6 +475,8 @@ mod tests {
             observed: true,
             deadline_exceeded: false,
             rolled_back_from: None,
+            template_digest: Some("sha256:t".into()),
+            no_rollback: None,
         }
     }
 
@@ -544,6 +626,69 @@ mod tests {
         assert_eq!(s.phase, Some(PluginPhase::Disabled));
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, READY).reason, "Disabled");
+        assert!(
+            s.permissions.is_empty(),
+            "a disabled plugin holds no host API permission"
+        );
+    }
+
+    #[test]
+    fn a_revision_that_rolls_out_is_recorded_with_its_template_once_ready() {
+        let deploying = after_rollout(&plugin(HELLO), &applied(0));
+        let rec = &deploying.revisions[0];
+        assert_eq!(rec.revision, "r1a2b3c4d");
+        assert_eq!(rec.bundle_signer.as_deref(), Some("sha256:b"));
+        assert_eq!(
+            rec.template_digest, None,
+            "not ready yet: no template to go back to"
+        );
+        let ready = after_rollout(&plugin(HELLO), &applied(1));
+        assert_eq!(
+            ready.revisions[0].template_digest.as_deref(),
+            Some("sha256:t")
+        );
+    }
+
+    #[test]
+    fn only_the_current_and_the_last_good_revision_keep_their_records() {
+        let mut p = plugin(HELLO);
+        let mut prev = after_rollout(&p, &applied(1));
+        for r in ["rold", "rgood"] {
+            prev.revisions.push(RevisionRecord {
+                revision: r.into(),
+                ..Default::default()
+            });
+        }
+        prev.last_good_revision = Some("rgood".into());
+        p.status = Some(prev);
+        let mut a = applied(0);
+        a.template_digest = Some("sha256:new".into());
+        let plan = ok_plan();
+        let s = next_status(&p, Outcome::Planned(&plan, Some(&a)), Timestamp::now());
+        let kept: Vec<&str> = s.revisions.iter().map(|r| r.revision.as_str()).collect();
+        assert_eq!(kept, ["r1a2b3c4d", "rgood"]);
+        assert_eq!(
+            s.revisions[0].template_digest.as_deref(),
+            Some("sha256:t"),
+            "the template recorded when it was ready is kept"
+        );
+    }
+
+    #[test]
+    fn a_stopped_revision_is_quarantined_without_permissions() {
+        let mut p = plugin(HELLO);
+        let active = after_rollout(&p, &applied(1));
+        assert!(!active.permissions.is_empty());
+        p.status = Some(active.clone());
+        let stop = Stop {
+            reason: crate::trust::KEY_REVOKED,
+            message: "revision r1a2b3c4d was signed by a revoked key".into(),
+        };
+        let s = stopped(&p, active, &stop, Timestamp::now());
+        assert_eq!(s.phase, Some(PluginPhase::Quarantined));
+        assert!(s.permissions.is_empty());
+        assert_not_ready(&s, "KeyRevoked", &["revoked key"]);
+        assert_eq!(s.conditions.iter().filter(|c| c.type_ == READY).count(), 1);
     }
 
     #[test]

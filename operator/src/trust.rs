@@ -213,7 +213,44 @@ fn revoked_anywhere(
     (bundle, image)
 }
 
+/// `sha256:<hex>` of some key material: how a revision's record names its signers.
+fn fingerprint(material: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(material)))
+}
+
+impl BundleKey {
+    /// The fingerprint of the raw 32-byte public key.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(self.key.as_bytes())
+    }
+}
+
+impl ImageKey {
+    /// The fingerprint of the key's PEM text without white space (the identity
+    /// [`trusted_keys`] uses for cosign keys).
+    pub fn fingerprint(&self) -> String {
+        fingerprint(cosign_material(&self.pem).as_bytes())
+    }
+}
+
 impl TrustedKeys {
+    /// The fingerprint of the bundle key with this name.
+    pub fn bundle_fingerprint(&self, name: &str) -> Option<String> {
+        self.bundle
+            .iter()
+            .find(|k| k.name == name)
+            .map(BundleKey::fingerprint)
+    }
+
+    /// The fingerprint of the cosign key with this name.
+    pub fn image_fingerprint(&self, name: &str) -> Option<String> {
+        self.image
+            .iter()
+            .find(|k| k.name == name)
+            .map(ImageKey::fingerprint)
+    }
+
     /// SPKI PEM of the bundle key with this name, for the shim's own check.
     pub fn bundle_key_pem(&self, name: &str) -> Option<String> {
         use ed25519_dalek::pkcs8::EncodePublicKey;

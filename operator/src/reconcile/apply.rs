@@ -26,7 +26,9 @@ use super::{Context, Error, certificates};
 use crate::applied::{self, Fingerprint};
 use crate::build::{self, FIELD_MANAGER};
 use crate::ownership::{Ownership, ownership};
+use crate::running::Stop;
 use crate::status;
+use airlock_crds::plugin::RevisionRecord;
 
 /// A plugin signed by a revoked key must not keep running: scale its Deployment to zero. The
 /// next verified revision is applied by the normal path and brings the replicas back.
@@ -48,7 +50,7 @@ pub(super) async fn quarantine(
         .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
         .is_some_and(|n| n > 0);
     if running {
-        warn!(plugin = %plugin.name_any(), "signer key revoked: scaling the plugin to zero");
+        warn!(plugin = %plugin.name_any(), "the running revision may not run any more: scaling the plugin to zero");
         Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
             .patch(
                 &name,
@@ -60,70 +62,169 @@ pub(super) async fn quarantine(
     Ok(())
 }
 
+/// Whether a recorded revision may run under today's policies ([`crate::running::check`]).
+pub(super) type Judge<'a> = &'a (dyn Fn(&RevisionRecord) -> Option<Stop> + Sync);
+
+/// Stops the pods of `revision` while another revision rolls out: its ReplicaSets that the
+/// Plugin's own Deployment controls are scaled to zero. The Deployment controller never scales an
+/// old ReplicaSet up again (with `maxUnavailable: 0` it would otherwise keep its pods until the
+/// new revision is ready).
+pub(super) async fn stop_revision(
+    plugin: &Plugin,
+    revision: &str,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<(), Error> {
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let Some(deployment_uid) = own_deployment_uid(plugin, &ns, watches) else {
+        return Ok(());
+    };
+    let api = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns);
+    let selector = revision_selector(plugin, revision);
+    for rs in api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        let running = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0;
+        if running && controlled_by(&rs, &deployment_uid) {
+            warn!(plugin = %plugin.name_any(), %revision, "stopping the pods of a revision that may not run any more");
+            api.patch(
+                &rs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 0}})),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The uid of the Plugin's own Deployment, from the watch cache.
+fn own_deployment_uid(plugin: &Plugin, ns: &str, watches: &Watches) -> Option<String> {
+    let name = names::child_name(&plugin.name_any());
+    let uid = plugin.uid().unwrap_or_default();
+    watches
+        .deployments
+        .get(&ObjectRef::<Deployment>::new(&name).within(ns))
+        .filter(|d| ownership(Some(d.meta()), &plugin.name_any(), &uid) == Ownership::Ours)
+        .and_then(|d| d.uid())
+}
+
+/// The label selector of `revision`'s ReplicaSets.
+fn revision_selector(plugin: &Plugin, revision: &str) -> String {
+    format!(
+        "{}={},{}={revision}",
+        names::PLUGIN_LABEL,
+        plugin.name_any(),
+        names::REVISION_LABEL
+    )
+}
+
 /// Applies the planned revision, unless it already failed once; a revision that misses its
-/// progress deadline is replaced by the last good one.
+/// progress deadline is replaced by the last good one, if that one may still run.
 pub(super) async fn roll_out(
     plugin: &Plugin,
     rollout: &build::Rollout,
     ctx: &Context,
     watches: &Watches,
+    judge: Judge<'_>,
 ) -> Result<status::Rollout, Error> {
     let prev = plugin.status.clone().unwrap_or_default();
     let good = prev.last_good_revision.filter(|g| g != &rollout.revision);
     if let Some(good) = &good
         && prev.failed_revision.as_deref() == Some(rollout.revision.as_str())
-        && let Some(back) = rollback(plugin, rollout, good, ctx, watches).await?
+        && let Ok(back) = rollback(plugin, rollout, good, ctx, watches, judge).await?
     {
         return Ok(back);
     }
     // The plugin's identity before the pods that mount it. Not before a rollback above: going
     // back to a good revision must not wait on the CA or on storage ownership.
     certificates::ensure_identity(plugin, ctx, watches).await?;
-    let applied = apply_children(plugin, rollout, ctx, watches).await?;
+    let mut applied = apply_children(plugin, rollout, ctx, watches).await?;
     if applied.deadline_exceeded
         && let Some(good) = &good
-        && let Some(back) = rollback(plugin, rollout, good, ctx, watches).await?
     {
-        warn!(failed = %rollout.revision, %good, "rolled back");
-        return Ok(back);
+        match rollback(plugin, rollout, good, ctx, watches, judge).await? {
+            Ok(back) => {
+                warn!(failed = %rollout.revision, %good, "rolled back");
+                return Ok(back);
+            }
+            Err(why) => applied.no_rollback = Some(why),
+        }
     }
     Ok(applied)
 }
 
-/// Re-applies the Deployment with the pod template of `good`'s ReplicaSet. `None` when that
-/// ReplicaSet is gone (then the failed revision stays and the status says so).
+/// Re-applies the Deployment with the pod template of `good`, or says why not. Only a template
+/// the Deployment controller made from this Plugin's own Deployment goes back into service: a
+/// ReplicaSet controlled by that Deployment (by uid) whose template has the digest recorded when
+/// `good` was Ready — a ReplicaSet a tenant wrote, labels and owner reference included, has
+/// another template. And only when `good`'s record passes today's policies: a revoked or
+/// no-longer-allowed revision never comes back.
 async fn rollback(
     plugin: &Plugin,
     failed: &build::Rollout,
     good: &str,
     ctx: &Context,
     watches: &Watches,
-) -> Result<Option<status::Rollout>, Error> {
+    judge: Judge<'_>,
+) -> Result<Result<status::Rollout, String>, Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
-    let selector = format!(
-        "{}={},{}={good}",
-        names::PLUGIN_LABEL,
-        plugin.name_any(),
-        names::REVISION_LABEL
-    );
+    let record = plugin
+        .status
+        .iter()
+        .flat_map(|s| s.revisions.iter())
+        .find(|r| r.revision == good);
+    let Some(record) = record else {
+        return Ok(Err(format!(
+            "no record of revision {good} (it became ready under an older Airlock); nothing was rolled back"
+        )));
+    };
+    if let Some(stop) = judge(record) {
+        return Ok(Err(format!(
+            "revision {good} was not rolled back to: {}",
+            stop.message
+        )));
+    }
+    let Some(digest) = &record.template_digest else {
+        return Ok(Err(format!(
+            "the pod template of revision {good} was not recorded; nothing was rolled back"
+        )));
+    };
+    let Some(deployment_uid) = own_deployment_uid(plugin, &ns, watches) else {
+        return Ok(Err("the Plugin's Deployment is not known yet".into()));
+    };
+    let selector = revision_selector(plugin, good);
     let sets = Api::<ReplicaSet>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default().labels(&selector))
         .await?;
-    let Some(template) = sets
+    let template = sets
         .items
         .into_iter()
-        .max_by_key(|rs| rs.metadata.creation_timestamp.clone())
-        .and_then(|rs| rs.spec)
-        .and_then(|s| s.template)
-    else {
-        return Ok(None);
+        .filter(|rs| controlled_by(rs, &deployment_uid))
+        .filter_map(|rs| rs.spec.and_then(|s| s.template))
+        .find(|t| &crate::running::template_digest(t) == digest);
+    let Some(template) = template else {
+        return Ok(Err(format!(
+            "no ReplicaSet of the Plugin's Deployment has revision {good}'s recorded pod template (it was deleted, or changed); nothing was rolled back"
+        )));
     };
     let current = build::deployment::deployment(plugin, failed, &ctx.build);
     let deploy = build::deployment::rolled_back(current, template, good);
     let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
     let mut observed = observe(&applied, good);
     observed.rolled_back_from = Some(failed.revision.clone());
-    Ok(Some(observed))
+    Ok(Ok(observed))
+}
+
+/// Whether `rs`'s controller is the object with `uid`.
+fn controlled_by(rs: &ReplicaSet, uid: &str) -> bool {
+    rs.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
 async fn apply_children(
@@ -264,5 +365,10 @@ fn observe(d: &Deployment, revision: &str) -> status::Rollout {
         observed: st.observed_generation.unwrap_or_default() >= generation,
         deadline_exceeded,
         rolled_back_from: None,
+        no_rollback: None,
+        template_digest: d
+            .spec
+            .as_ref()
+            .map(|s| crate::running::template_digest(&s.template)),
     }
 }

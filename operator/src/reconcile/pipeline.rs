@@ -17,7 +17,8 @@ use super::watches::Watches;
 use super::{Context, Error, apply, ownership, record};
 use crate::plan::{self, Plan};
 use crate::status::{self, Outcome};
-use crate::{fetch, policy, trust};
+use crate::{fetch, policy, running, trust};
+use airlock_crds::plugin::RevisionRecord;
 
 /// One reconcile of `plugin`: fetch → verify → plan → ownership → apply → status.
 pub(super) async fn run(
@@ -52,8 +53,33 @@ pub(super) async fn run(
     let governing = policy::governing(&policies, &ns_labels);
     let keys = trust::trusted_keys(&governing, &policies);
     let fetched = fetch::fetch(client, &ctx.registry, plugin, &keys, ctx.max_bundle_bytes).await;
+    let judge = |record: &RevisionRecord| {
+        running::check(
+            record,
+            &keys,
+            |level| policy::limits(&governing, level),
+            &ctx.build.cluster_cidrs,
+        )
+    };
+    // 2b. What runs, judged under today's policies whatever the fetch said: a revoked or
+    //     no-longer-allowed revision is stopped now (a tenant who breaks the spec first must not
+    //     keep it running). The plan's record of the same revision is the fresher one.
+    // 3. Plan (pure), under the limits of the trust level the signer earned.
+    let planned = fetched.as_ref().map(|f| {
+        let limits = policy::limits(&governing, signed_level(f)).map(|mut l| {
+            l.cluster_cidrs = ctx.build.cluster_cidrs.clone();
+            l
+        });
+        plan::plan(plugin, f, limits.as_ref())
+    });
+    let planned_record = planned.as_ref().ok().and_then(|p| p.record.as_ref());
+    let stop = running_records(plugin, planned_record)
+        .into_iter()
+        .find_map(|r| judge(&r).map(|stop| (r.revision, stop)));
+    let stopped = stop.as_ref().map(|(r, _)| r.as_str());
+    let mut rolled_out = false;
 
-    let (next, requeue) = match &fetched {
+    let (next, requeue) = match planned {
         Err(failure) => {
             if failure.running == status::RunningRevision::Quarantined {
                 apply::quarantine(plugin, ctx, watches).await?;
@@ -63,18 +89,7 @@ pub(super) async fn run(
                 Duration::from_secs(30),
             )
         }
-        Ok(fetched) => {
-            // 3. Plan (pure), under the limits of the trust level the signer earned.
-            let level = fetched
-                .signed_by
-                .as_ref()
-                .map(|(_, l)| *l)
-                .unwrap_or(airlock_crds::TrustLevel::Untrusted);
-            let limits = policy::limits(&governing, level).map(|mut l| {
-                l.cluster_cidrs = ctx.build.cluster_cidrs.clone();
-                l
-            });
-            let plan = plan::plan(plugin, fetched, limits.as_ref());
+        Ok(plan) => {
             // 3b. Ownership: an object the revision would write that exists and is not this
             //     Plugin's (someone's NetworkPolicy named like the Plugin) stops the revision
             //     whole: nothing is applied, the status names the object.
@@ -91,8 +106,16 @@ pub(super) async fn run(
                 (next, crate::ownership::recheck_after(&not_owned))
             } else {
                 // 4. Apply: the revision's children (the plugin's identity first), or a rollback.
-                let applied = match &plan.rollout {
-                    Some(rollout) => Some(apply::roll_out(plugin, rollout, ctx, watches).await?),
+                // A revision just stopped is not rolled out again by the same reconcile.
+                let applied = match plan
+                    .rollout
+                    .as_ref()
+                    .filter(|r| stopped != Some(r.revision.as_str()))
+                {
+                    Some(rollout) => {
+                        rolled_out = true;
+                        Some(apply::roll_out(plugin, rollout, ctx, watches, &judge).await?)
+                    }
                     None => None,
                 };
                 let next = status::next_status(
@@ -104,9 +127,69 @@ pub(super) async fn run(
             }
         }
     };
+    // A stopped revision's pods stop now: only its ReplicaSets when another revision was just
+    // rolled out (its old pods would otherwise serve until the new ones are ready), else the
+    // whole Deployment. Unless a revision that passes replaced it, the status says so.
+    let mut next = next;
+    if let Some((revision, stop)) = &stop {
+        info!(%revision, reason = stop.reason, "a revision that may not run any more is stopped");
+        if rolled_out {
+            apply::stop_revision(plugin, revision, ctx, watches).await?;
+        } else {
+            apply::quarantine(plugin, ctx, watches).await?;
+        }
+        let current = next.current_revision.as_deref() == Some(revision.as_str());
+        if !current && next.last_good_revision.as_deref() == Some(revision.as_str()) {
+            // Never again a revision to return to.
+            next.last_good_revision = None;
+            next.revisions.retain(|r| &r.revision != revision);
+        }
+        if current || !rolled_out {
+            next = status::stopped(plugin, next, stop, status::now());
+        }
+    }
     // 5. Status, Events and audit records, from what was applied.
     record::record_status(plugin, next, ctx).await?;
     Ok(Action::requeue(requeue))
+}
+
+/// The trust level the fetched revision's signers earned.
+fn signed_level(fetched: &plan::Fetched) -> airlock_crds::TrustLevel {
+    fetched
+        .signed_by
+        .as_ref()
+        .map(|s| s.level)
+        .unwrap_or(airlock_crds::TrustLevel::Untrusted)
+}
+
+/// The records of the revisions whose pods may run: the current one (`planned` when the plan
+/// of the current spec made that same revision: the fresher record) and the last good one,
+/// whose pods serve while a newer revision is not ready. A revision rolled out by an Airlock
+/// that kept no records has none (the next successful fetch records it).
+fn running_records(plugin: &Plugin, planned: Option<&RevisionRecord>) -> Vec<RevisionRecord> {
+    let Some(status) = plugin.status.as_ref() else {
+        return Vec::new();
+    };
+    let recorded = |revision: &str| {
+        planned
+            .filter(|r| r.revision == revision)
+            .or_else(|| status.revisions.iter().find(|r| r.revision == revision))
+            .cloned()
+    };
+    let mut out: Vec<RevisionRecord> = status
+        .current_revision
+        .iter()
+        .filter_map(|r| recorded(r))
+        .collect();
+    if let Some(good) = status
+        .last_good_revision
+        .as_deref()
+        .filter(|g| status.current_revision.as_deref() != Some(*g))
+        .and_then(recorded)
+    {
+        out.push(good);
+    }
+    out
 }
 
 fn requeue_after(plan: &Plan, applied: Option<&status::Rollout>) -> Duration {

@@ -517,47 +517,124 @@ async fn a_plugin_recreated_under_the_same_name_gets_fresh_secrets() {
     assert_eq!(tls, "uid-2", "the new Secret belongs to the new Plugin");
 }
 
-#[tokio::test]
-async fn a_revision_that_misses_its_deadline_is_rolled_back_to_the_last_good_one() {
-    let h = Harness::unsigned(MANIFEST);
+/// A reconcile of a Plugin whose new revision missed its progress deadline, with a last good
+/// revision `rgood` (recorded with `record`) and the ReplicaSet `rs` in the namespace: the image
+/// the Deployment was applied with afterwards, and the status written.
+async fn after_deadline(record: Value, rs: Value) -> (Value, Value) {
+    let mut h = Harness::unsigned(MANIFEST);
     let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
     // The Deployment says the new revision did not progress in time.
     h.api.put(
         &deployment,
         json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "hello", "namespace": NS, "generation": 2,
+               "metadata": {"name": "hello", "namespace": NS, "generation": 2, "uid": "deploy-1",
                             "ownerReferences": owned_by("uid-1")},
                "status": {"observedGeneration": 2, "conditions": [
                    {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}}),
     );
-    // The last good revision's ReplicaSet, whose template is what rolls back.
+    h.watch_deployment();
     h.api.put(
         &format!("/apis/apps/v1/namespaces/{NS}/replicasets/hello-rgood"),
-        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-               "metadata": {"name": "hello-rgood", "namespace": NS,
-                            "labels": {"airlock.dev/plugin": "hello", "airlock.dev/revision": "rgood"}},
-               "spec": {"selector": {"matchLabels": {"airlock.dev/plugin": "hello"}},
-                        "template": {"metadata": {"labels": {"airlock.dev/plugin": "hello",
-                                                             "airlock.dev/revision": "rgood"}},
-                                     "spec": {"containers": [{"name": "plugin", "image": "good-image"}]}}}}),
+        rs,
     );
     let mut p = plugin("uid-1", "[log]");
-    p.status =
-        serde_json::from_value(json!({"lastGoodRevision": "rgood", "currentRevision": "rgood"}))
-            .ok();
+    p.status = serde_json::from_value(json!({
+        "lastGoodRevision": "rgood", "currentRevision": "rgood", "revisions": [record]}))
+    .ok();
     h.reconcile(&p).await;
-
-    let applied = h
+    let image = h
         .api
         .last_patch(&deployment)
-        .expect("the Deployment was applied");
+        .map(|d| d["spec"]["template"]["spec"]["containers"][0]["image"].clone())
+        .unwrap_or(Value::Null);
+    (image, h.status())
+}
+
+/// The last good revision's ReplicaSet as the Deployment controller makes it: controlled by the
+/// Deployment `deploy-1`, running `image`.
+fn replica_set(owner: Value, image: &str) -> (Value, String) {
+    let template = json!({"metadata": {"labels": {"airlock.dev/plugin": "hello",
+                                                  "airlock.dev/revision": "rgood"}},
+                          "spec": {"containers": [{"name": "plugin", "image": image}]}});
+    let digest =
+        crate::running::template_digest(&serde_json::from_value(template.clone()).unwrap());
+    let mut in_rs = template.clone();
+    in_rs["metadata"]["labels"]["pod-template-hash"] = json!("5d8f7");
+    let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "metadata": {"name": "hello-rgood", "namespace": NS, "ownerReferences": owner,
+                                 "labels": {"airlock.dev/plugin": "hello", "airlock.dev/revision": "rgood"}},
+                    "spec": {"selector": {"matchLabels": {"airlock.dev/plugin": "hello"}},
+                             "template": in_rs}});
+    (rs, digest)
+}
+
+fn controlled_by_deployment() -> Value {
+    json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "hello", "uid": "deploy-1",
+            "controller": true}])
+}
+
+#[tokio::test]
+async fn a_revision_that_misses_its_deadline_is_rolled_back_to_the_last_good_one() {
+    let (rs, digest) = replica_set(controlled_by_deployment(), "good-image");
+    let record = json!({"revision": "rgood", "permissions": ["log"], "templateDigest": digest});
+    let (image, status) = after_deadline(record, rs).await;
     assert_eq!(
-        applied["spec"]["template"]["spec"]["containers"][0]["image"], "good-image",
+        image, "good-image",
         "the last good revision's pod template is applied again"
     );
-    let status = h.status();
     assert_eq!(status["currentRevision"], "rgood", "{status}");
     assert!(status["failedRevision"].is_string(), "{status}");
+}
+
+#[tokio::test]
+async fn a_rollback_never_applies_a_template_the_deployment_controller_did_not_make() {
+    // The tenant's ReplicaSet carries the Plugin's labels, and even a forged controller
+    // reference to the Plugin's Deployment: its template is not the one recorded.
+    let (_, digest) = replica_set(controlled_by_deployment(), "good-image");
+    let record = json!({"revision": "rgood", "permissions": ["log"], "templateDigest": digest});
+    for (owner, what) in [
+        (json!(null), "no owner"),
+        (controlled_by_deployment(), "a forged controller reference"),
+    ] {
+        let (rs, _) = replica_set(owner, "tenant-image-printing-HIJACKED");
+        let (image, status) = after_deadline(record.clone(), rs).await;
+        assert_ne!(image, "tenant-image-printing-HIJACKED", "{what}");
+        assert_ne!(status["currentRevision"], "rgood", "{what}: {status}");
+        let (_, ready) = condition(&status, "Ready");
+        assert_eq!(ready, "ProgressDeadlineExceeded", "{what}: {status}");
+        assert!(
+            status["conditions"]
+                .to_string()
+                .contains("recorded pod template"),
+            "{what}: the status says why nothing was rolled back: {status}"
+        );
+    }
+    // The genuine template, but owned by another Deployment (or none): not this Plugin's.
+    let (rs, digest) = replica_set(json!(null), "good-image");
+    let record = json!({"revision": "rgood", "permissions": ["log"], "templateDigest": digest});
+    let (image, _) = after_deadline(record, rs).await;
+    assert_ne!(image, "good-image");
+}
+
+#[tokio::test]
+async fn a_rollback_never_brings_back_a_revision_todays_policies_refuse() {
+    let (rs, digest) = replica_set(controlled_by_deployment(), "good-image");
+    // The good revision holds net:egress, which its trust level no longer grants, or was signed
+    // by a key no policy lists any more.
+    for record in [
+        json!({"revision": "rgood", "permissions": ["log", "net:egress"], "templateDigest": digest}),
+        json!({"revision": "rgood", "bundleSigner": "sha256:gone", "templateDigest": digest}),
+    ] {
+        let (image, status) = after_deadline(record.clone(), rs.clone()).await;
+        assert_ne!(image, "good-image", "{record}");
+        assert_ne!(status["currentRevision"], "rgood", "{record}: {status}");
+        assert!(
+            status["conditions"]
+                .to_string()
+                .contains("was not rolled back to"),
+            "{record}: {status}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -763,4 +840,129 @@ async fn leftovers_of_a_deleted_plugin_of_the_same_name_block_until_they_are_col
     assert!(wrote(&writes, "secrets/hello-bundle-"), "{writes:#?}");
     let deployment = &h.api.state().objects["/apis/apps/v1/namespaces/plugins/deployments/hello"];
     assert_eq!(deployment["metadata"]["ownerReferences"][0]["uid"], "uid-2");
+}
+
+/// The attack of issue 12: break the spec first (a wrong `spec.bundle.digest`: the fetch fails
+/// before any signature is looked at), then keep the running revision after its signer was
+/// revoked or its policy tightened. The running revision's record is judged anyway.
+#[tokio::test]
+async fn a_broken_spec_does_not_keep_a_revoked_or_no_longer_allowed_revision_running() {
+    let (_, public) = airlock_bundle::signing::generate().unwrap();
+    let material = airlock_bundle::signing::parse_public_key(&public).unwrap();
+    let fingerprint = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(material.as_bytes()))
+    );
+    let key = |revoked: bool| json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted", "revoked": revoked}]);
+    for (keys, permissions, reason) in [
+        (key(true), json!(["log"]), "KeyRevoked"),
+        // Trusted allows only `log` in this policy: storage:write is no longer allowed.
+        (
+            key(false),
+            json!(["log", "storage:write"]),
+            "NoLongerAllowed",
+        ),
+    ] {
+        let mut h = Harness::new(
+            policy(keys),
+            json!({"metadata": {"name": "hello-bundle", "namespace": NS},
+                   "binaryData": {"bundle.tar.gz": b64(&bundle(MANIFEST))}}),
+        );
+        let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
+        h.api.put(
+            &deployment,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "hello", "namespace": NS, "ownerReferences": owned_by("uid-1")},
+                   "spec": {"replicas": 2}}),
+        );
+        h.watch_deployment();
+        let mut p = plugin("uid-1", "[log]");
+        p.spec.bundle.digest = Some(format!("sha256:{}", "0".repeat(64)));
+        p.status = serde_json::from_value(json!({
+            "phase": "Active", "currentRevision": "rgood", "lastGoodRevision": "rgood",
+            "permissions": permissions,
+            "revisions": [{"revision": "rgood", "bundleSigner": fingerprint,
+                           "imageSigner": null, "permissions": permissions}]}))
+        .ok();
+        h.reconcile(&p).await;
+
+        assert_eq!(
+            h.api
+                .last_patch(&deployment)
+                .map(|b| b["spec"]["replicas"].clone()),
+            Some(json!(0)),
+            "{reason}: scaled to zero"
+        );
+        let status = h.status();
+        assert_eq!(status["phase"], "Quarantined", "{status}");
+        assert_eq!(condition(&status, "Ready").1, reason, "{status}");
+        assert_eq!(
+            condition(&status, "Verified").1,
+            "BundleDigestMismatch",
+            "the spec's own problem is still reported"
+        );
+        assert!(status["permissions"].is_null(), "no host API: {status}");
+        assert!(
+            h.audited()
+                .contains(&("Phase".to_string(), "Quarantined".to_string())),
+            "{:?}",
+            h.audited()
+        );
+    }
+}
+
+/// A newer revision is rolling out while the last good one still serves (`maxUnavailable: 0`
+/// keeps its pods until the new ones are ready): revoking the last good one's key stops its
+/// ReplicaSet at once, and it is no longer a revision to return to.
+#[tokio::test]
+async fn a_revoked_last_good_revision_stops_serving_while_a_newer_one_rolls_out() {
+    let (_, public) = airlock_bundle::signing::generate().unwrap();
+    let material = airlock_bundle::signing::parse_public_key(&public).unwrap();
+    let fingerprint = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(material.as_bytes()))
+    );
+    let mut h = Harness::new(
+        policy(
+            json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted", "revoked": true}]),
+        ),
+        json!({"metadata": {"name": "hello-bundle", "namespace": NS},
+               "binaryData": {"bundle.tar.gz": b64(&bundle(MANIFEST))}}),
+    );
+    h.api.put(
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/hello"),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "hello", "namespace": NS, "uid": "deploy-1",
+                            "ownerReferences": owned_by("uid-1")},
+               "spec": {"replicas": 1}}),
+    );
+    h.watch_deployment();
+    let (mut rs, _) = replica_set(controlled_by_deployment(), "good-image");
+    rs["spec"]["replicas"] = json!(1);
+    let rs_path = format!("/apis/apps/v1/namespaces/{NS}/replicasets/hello-rgood");
+    h.api.put(&rs_path, rs);
+    let mut p = plugin("uid-1", "[log]");
+    p.status = serde_json::from_value(json!({
+        "currentRevision": "rnew", "lastGoodRevision": "rgood",
+        "revisions": [{"revision": "rgood", "bundleSigner": fingerprint, "permissions": ["log"]}]}))
+    .ok();
+    h.reconcile(&p).await;
+
+    assert_eq!(
+        h.api
+            .last_patch(&rs_path)
+            .map(|b| b["spec"]["replicas"].clone()),
+        Some(json!(0)),
+        "the revoked revision's ReplicaSet is scaled to zero"
+    );
+    let status = h.status();
+    assert!(status["lastGoodRevision"].is_null(), "{status}");
+    assert!(
+        status["revisions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|r| r["revision"] != "rgood"),
+        "{status}"
+    );
 }
