@@ -18,6 +18,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
+use crate::TestNamespace;
 use crate::sandbox::Sandbox;
 
 /// Name of the tenant's ServiceAccount (and of its RoleBinding).
@@ -44,7 +45,12 @@ impl Tenant {
     /// The tenant of `sandbox`'s namespace, once the API server lets it create Plugins and
     /// NetworkPolicies there (a new RoleBinding takes a moment to count).
     pub async fn of(sandbox: &Sandbox) -> Result<Self> {
-        let ns = sandbox.ns().to_string();
+        Self::of_namespace(&sandbox.ns).await
+    }
+
+    /// [`Tenant::of`] for a namespace made without a [`Sandbox`].
+    pub async fn of_namespace(namespace: &TestNamespace) -> Result<Self> {
+        let ns = namespace.name.clone();
         let account = ServiceAccount {
             metadata: ObjectMeta {
                 name: Some(TENANT.into()),
@@ -52,8 +58,7 @@ impl Tenant {
             },
             ..Default::default()
         };
-        sandbox
-            .ns
+        namespace
             .api::<ServiceAccount>()
             .create(&PostParams::default(), &account)
             .await
@@ -75,8 +80,7 @@ impl Tenant {
                 ..Default::default()
             }]),
         };
-        sandbox
-            .ns
+        namespace
             .api::<RoleBinding>()
             .create(&PostParams::default(), &binding)
             .await

@@ -21,14 +21,17 @@ use airlock_e2e::plugins::{
     active, audit_records, condition, ensure_phase, invoke, phase, wait_plugin,
 };
 use airlock_e2e::sandbox::put_bundle;
+use airlock_e2e::tenant::Tenant;
 use airlock_e2e::wait;
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const REGISTRY_LOG: &str = "/var/lib/airlock-cluster/logs/registry.log";
+/// The Trusted level's memory cap (the plugins ask for 32Mi).
+const MAX_MEMORY: &str = "64Mi";
 
 /// A cosign key pair made by the real cosign CLI (empty password).
 struct CosignKey {
@@ -86,7 +89,12 @@ struct Image {
 }
 
 fn variant(repository: &str) -> Result<Image> {
-    let (tag, digest) = push_unique_variant(&images_env("AIRLOCK_HELLO_IMAGE")?, repository)?;
+    variant_of("AIRLOCK_HELLO_IMAGE", repository)
+}
+
+/// [`variant`] of the image `images.env` names `env`.
+fn variant_of(env: &str, repository: &str) -> Result<Image> {
+    let (tag, digest) = push_unique_variant(&images_env(env)?, repository)?;
     let pinned = format!("{}/{repository}@{digest}", registry());
     Ok(Image {
         tag,
@@ -278,7 +286,7 @@ impl Matrix {
         })
         .await?;
         let deployments: Api<Deployment> = self.ns.api();
-        if reason != "KeyRevoked" {
+        if reason != "KeyRevoked" && reason != "NoLongerAllowed" {
             ensure!(
                 deployments.get_opt(name).await?.is_none()
                     || phase(&p) == Some(PluginPhase::Degraded),
@@ -302,15 +310,38 @@ impl Matrix {
         author_cosign: &str,
         revokee_cosign: &str,
     ) -> Result<()> {
+        self.set_policy(revoked, author_cosign, revokee_cosign, MAX_MEMORY)
+            .await
+    }
+
+    /// The namespace's policy: the author's keys, the revokee's (`revoked` or not), and the
+    /// Trusted level's memory cap `max_memory`.
+    async fn set_policy(
+        &self,
+        revoked: bool,
+        author_cosign: &str,
+        revokee_cosign: &str,
+        max_memory: &str,
+    ) -> Result<()> {
         let keys = json!([
             {"name": "author", "ed25519": self.author.public, "cosign": author_cosign, "trustLevel": "Trusted"},
             {"name": "revokee", "ed25519": self.revokee.public, "cosign": revokee_cosign, "trustLevel": "Trusted", "revoked": revoked}
         ]);
-        self.apply_policy(&self.policy, keys).await
+        self.apply_policy_capped(&self.policy, keys, max_memory)
+            .await
     }
 
     /// The trust policy `name` governing this namespace with `keys` and the Trusted level's caps.
     async fn apply_policy(&self, name: &str, keys: serde_json::Value) -> Result<()> {
+        self.apply_policy_capped(name, keys, MAX_MEMORY).await
+    }
+
+    async fn apply_policy_capped(
+        &self,
+        name: &str,
+        keys: serde_json::Value,
+        max_memory: &str,
+    ) -> Result<()> {
         let body = json!({
             "apiVersion": "airlock.dev/v1alpha1",
             "kind": "PluginTrustPolicy",
@@ -319,7 +350,7 @@ impl Matrix {
                 "namespaces": {"matchLabels": {"airlock.dev/e2e-signed": self.suffix}},
                 "keys": keys,
                 "trustLevels": {"Trusted": {
-                    "maxMemory": "64Mi", "maxCpu": "250m", "maxTimeout": "2s", "permissions": ["log"]
+                    "maxMemory": max_memory, "maxCpu": "250m", "maxTimeout": "2s", "permissions": ["log"]
                 }}
             }
         });
@@ -620,6 +651,12 @@ async fn matrix(m: &Matrix) -> Result<()> {
     }
     m.expect_active("late").await?;
 
+    // Revocation the tenant tries to dodge (issue 12): a spec broken before the revocation, a
+    // stuck upgrade whose last good revision is revoked, and a forged ReplicaSet to roll back to.
+    let tenant = Tenant::of_namespace(&m.ns).await?;
+    forged_rollback(m, &trusted, &tenant, &repo).await?;
+    let comeback = dodges_before_revocation(m, &trusted, &revokee_cosign, &tenant, &repo).await?;
+
     // Key revoked while the plugin runs: quarantined (scaled to zero).
     let revoked = variant(&format!("{repo}/revoked"))?;
     revokee_cosign.sign(&revoked.pinned)?;
@@ -651,7 +688,24 @@ async fn matrix(m: &Matrix) -> Result<()> {
     )
     .await?;
 
+    dodges_after_revocation(m, &comeback).await?;
+
     // Through all of it, the signed plugin kept serving.
+    m.expect_active("good").await?;
+
+    // A tightened policy reaches what runs: a memory cap below the plugins' 32Mi stops them
+    // (NoLongerAllowed) within one reconcile; restoring it brings them back.
+    m.set_policy(true, &trusted.public()?, &revokee_cosign.public()?, "16Mi")
+        .await?;
+    let p = m.expect_blocked("good", "Ready", "NoLongerAllowed").await?;
+    ensure_phase(
+        &p,
+        PluginPhase::Quarantined,
+        "its revision exceeds the new cap",
+    )?;
+    stopped(m, "good").await?;
+    m.set_revoked(true, &trusted.public()?, &revokee_cosign.public()?)
+        .await?;
     m.expect_active("good").await?;
 
     // A second policy governs the namespace: a key only the first one lists is not trusted here
@@ -690,4 +744,226 @@ async fn matrix(m: &Matrix) -> Result<()> {
         .delete(&second, &DeleteParams::default())
         .await;
     outcome
+}
+
+/// The revision `name` serves (`status.currentRevision`).
+async fn current_revision(m: &Matrix, name: &str) -> Result<String> {
+    let p = m.ns.api::<Plugin>().get(name).await?;
+    p.status
+        .and_then(|s| s.current_revision)
+        .with_context(|| format!("{name} has a current revision"))
+}
+
+/// Waits until the Plugin's Deployment asks for no pods and has none.
+async fn stopped(m: &Matrix, name: &str) -> Result<()> {
+    wait::until(
+        &format!("{name} to stop (spec.replicas, pods)"),
+        airlock_e2e::WAIT,
+        async || {
+            let d = m.ns.api::<Deployment>().get(name).await?;
+            let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(-1);
+            let running = d.status.and_then(|s| s.replicas).unwrap_or(0);
+            Ok((replicas, running))
+        },
+        |stopped| *stopped == (0, 0),
+    )
+    .await?;
+    let p = m.ns.api::<Plugin>().get(name).await?;
+    let held = p.status.map(|s| s.permissions).unwrap_or_default();
+    ensure!(
+        held.is_empty(),
+        "{name} still holds {held:?}: the host API must refuse it"
+    );
+    Ok(())
+}
+
+/// The attack of issue 12 on rollback: the tenant (namespace `edit`) writes a ReplicaSet with
+/// the Plugin's labels, the last good revision and even a controller reference to the Plugin's
+/// Deployment, whose template runs the tenant's command; then an upgrade never becomes ready.
+/// The rollback goes back to the genuine template.
+async fn forged_rollback(
+    m: &Matrix,
+    trusted: &CosignKey,
+    tenant: &Tenant,
+    repo: &str,
+) -> Result<()> {
+    let image = variant(&format!("{repo}/forged"))?;
+    trusted.sign(&image.pinned)?;
+    m.deploy("forged", &image.tag, &image.digest, &m.author, &["log"])
+        .await?;
+    m.expect_active("forged").await?;
+    let good = current_revision(m, "forged").await?;
+    let uid =
+        m.ns.api::<Deployment>()
+            .get("forged")
+            .await?
+            .metadata
+            .uid
+            .context("Deployment uid")?;
+    let labels = json!({"airlock.dev/plugin": "forged", "airlock.dev/revision": good});
+    let forged: ReplicaSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "forged-tenant", "labels": labels,
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                          "name": "forged", "uid": uid, "controller": true}]},
+        "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [{"name": "plugin", "image": image.pinned,
+                                  "command": ["/bin/sh", "-c", "echo HIJACKED: unsigned tenant code; sleep 3600"]}]}}}
+    }))?;
+    tenant
+        .api::<ReplicaSet>()
+        .create(&PostParams::default(), &forged)
+        .await
+        .context("the tenant may create ReplicaSets (edit)")?;
+
+    let broken = variant_of(
+        "AIRLOCK_HELLO_BROKEN_IMAGE",
+        &format!("{repo}/forged-broken"),
+    )?;
+    trusted.sign(&broken.pinned)?;
+    m.deploy("forged", &broken.tag, &broken.digest, &m.author, &["log"])
+        .await?;
+    let p = m.expect_blocked("forged", "Ready", "RolledBack").await?;
+    ensure!(
+        p.status.and_then(|s| s.current_revision).as_deref() == Some(good.as_str()),
+        "rolled back to {good}"
+    );
+    let d = m.ns.api::<Deployment>().get("forged").await?;
+    let template = serde_json::to_string(&d.spec.map(|s| s.template))?;
+    ensure!(
+        !template.contains("HIJACKED"),
+        "the rollback applied the tenant's template: {template}"
+    );
+    invoke(&m.client, &m.ns.name, "forged").await?;
+    m.ns.api::<Plugin>()
+        .delete("forged", &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+/// Before the revocation: `dodger` (signed by the revokee) has its spec broken by the tenant
+/// (a wrong bundle digest: the fetch fails before any signature is looked at), and `comeback`
+/// (signed by the revokee) is upgraded to a revision, signed by the author, that never becomes
+/// ready, so its last good revision keeps serving. Returns `comeback`'s last good revision.
+async fn dodges_before_revocation(
+    m: &Matrix,
+    trusted: &CosignKey,
+    revokee_cosign: &CosignKey,
+    tenant: &Tenant,
+    repo: &str,
+) -> Result<String> {
+    let dodger = variant(&format!("{repo}/dodger"))?;
+    revokee_cosign.sign(&dodger.pinned)?;
+    m.deploy("dodger", &dodger.tag, &dodger.digest, &m.revokee, &["log"])
+        .await?;
+    m.expect_active("dodger").await?;
+    tenant
+        .api::<Plugin>()
+        .patch(
+            "dodger",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"bundle": {"digest": format!("sha256:{}", "0".repeat(64))}}}),
+            ),
+        )
+        .await
+        .context("the tenant breaks the spec")?;
+    let p = m
+        .expect_blocked("dodger", "Verified", "BundleDigestMismatch")
+        .await?;
+    ensure_phase(&p, PluginPhase::Degraded, "the old revision keeps serving")?;
+
+    let comeback = variant(&format!("{repo}/comeback"))?;
+    revokee_cosign.sign(&comeback.pinned)?;
+    m.deploy(
+        "comeback",
+        &comeback.tag,
+        &comeback.digest,
+        &m.revokee,
+        &["log"],
+    )
+    .await?;
+    m.expect_active("comeback").await?;
+    let good = current_revision(m, "comeback").await?;
+    let broken = variant_of(
+        "AIRLOCK_HELLO_BROKEN_IMAGE",
+        &format!("{repo}/comeback-broken"),
+    )?;
+    trusted.sign(&broken.pinned)?;
+    m.deploy("comeback", &broken.tag, &broken.digest, &m.author, &["log"])
+        .await?;
+    wait_plugin(
+        &m.ns.api::<Plugin>(),
+        "comeback",
+        "the upgrade rolling out",
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.current_revision.as_deref())
+                .is_some_and(|r| r != good)
+        },
+    )
+    .await?;
+    Ok(good)
+}
+
+/// After the revocation: `dodger` is quarantined although its spec is broken, and `comeback`'s
+/// revoked last good revision stops serving and is never rolled back to.
+async fn dodges_after_revocation(m: &Matrix, comeback_good: &str) -> Result<()> {
+    let p = m.expect_blocked("dodger", "Ready", "KeyRevoked").await?;
+    ensure_phase(
+        &p,
+        PluginPhase::Quarantined,
+        "its signer is revoked, its spec broken",
+    )?;
+    stopped(m, "dodger").await?;
+
+    let selector = format!("airlock.dev/plugin=comeback,airlock.dev/revision={comeback_good}");
+    wait::until(
+        "comeback's revoked revision to have no pods",
+        airlock_e2e::WAIT,
+        async || {
+            let sets =
+                m.ns.api::<ReplicaSet>()
+                    .list(&ListParams::default().labels(&selector))
+                    .await?;
+            Ok(sets
+                .items
+                .iter()
+                .map(|rs| rs.status.as_ref().map(|s| s.replicas).unwrap_or(0))
+                .sum::<i32>())
+        },
+        |pods| *pods == 0,
+    )
+    .await?;
+    // Past the progress deadline (20s in the e2e install): no rollback to the revoked revision.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let p = m.ns.api::<Plugin>().get("comeback").await?;
+    let ready = condition(&p, "Ready").context("Ready")?;
+    ensure!(ready.status == "False", "comeback: {ready:?}");
+    ensure!(
+        p.status
+            .as_ref()
+            .and_then(|s| s.current_revision.as_deref())
+            != Some(comeback_good)
+            || phase(&p) == Some(PluginPhase::Quarantined),
+        "the revoked revision {comeback_good} serves again: {:?}",
+        p.status
+    );
+    let d = m.ns.api::<Deployment>().get("comeback").await?;
+    let pods_of_good =
+        m.ns.api::<ReplicaSet>()
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .iter()
+            .map(|rs| rs.status.as_ref().map(|s| s.replicas).unwrap_or(0))
+            .sum::<i32>();
+    ensure!(
+        pods_of_good == 0,
+        "{pods_of_good} pod(s) of the revoked revision run again (Deployment {:?})",
+        d.spec.map(|s| s.replicas)
+    );
+    Ok(())
 }
