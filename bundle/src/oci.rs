@@ -100,6 +100,56 @@ pub enum OciError {
     },
 }
 
+impl OciError {
+    /// This error in words that carry nothing a registry sent: what a status message may show
+    /// about a registry a tenant named (the details go to the log). Error bodies and status codes
+    /// would make a Plugin's status an oracle of what answers at an address.
+    pub fn kind(&self) -> String {
+        match self {
+            OciError::Registry {
+                action,
+                reference,
+                source,
+            } => {
+                format!("{action} {reference} failed: {}", registry_failure(source))
+            }
+            OciError::Download { reference, .. } => {
+                format!("{reference}: reading a layer failed")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// What kind of failure a registry answer was, without its body (see [`OciError::kind`]).
+pub fn registry_failure(error: &OciDistributionError) -> &'static str {
+    use OciDistributionError as E;
+    match error {
+        E::AuthenticationFailure(_)
+        | E::UnauthorizedError { .. }
+        | E::RegistryTokenDecodeError(_) => {
+            "the registry refused access (Airlock pulls anonymously)"
+        }
+        E::ImageManifestNotFoundError(_) => "no such image or tag",
+        E::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::ManifestUnknown
+                        | oci_client::errors::OciErrorCode::NameUnknown
+                )
+            }) =>
+        {
+            "no such image or tag"
+        }
+        E::RegistryError { .. } | E::ServerError { .. } => "the registry answered with an error",
+        E::RequestError(e) if e.is_timeout() => "the registry did not answer in time",
+        E::RequestError(e) if e.is_connect() => "the connection to the registry failed",
+        E::RequestError(_) | E::IoError(_) => "the request to the registry failed",
+        _ => "the answer was not a valid registry answer",
+    }
+}
+
 /// A registry client for bundle artifacts. `insecure`: `host:port` of registries reached over
 /// plain HTTP (a local test registry).
 pub fn client(insecure: Vec<String>) -> Client {
@@ -417,6 +467,25 @@ async fn download(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_registry_failure_shows_its_kind_never_what_the_server_sent() {
+        let answer = OciDistributionError::ServerError {
+            code: 500,
+            url: "http://169.254.169.254/v2/x/manifests/latest".into(),
+            message: "ami-id: secret-instance-data".into(),
+        };
+        let e = OciError::Registry {
+            action: "resolving",
+            reference: "169.254.169.254/x:latest".into(),
+            source: answer,
+        };
+        let shown = e.kind();
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(!shown.contains("500"), "no status code either: {shown}");
+        assert!(shown.contains("answered with an error"), "{shown}");
+    }
+
     use serde_json::{Value, json};
 
     use super::*;

@@ -280,10 +280,12 @@ impl Registry {
                     format!("spec.bundle.source.oci.ref: {e}"),
                 ),
                 OciError::Registry { .. } | OciError::Timeout { .. } | OciError::Download { .. } => {
+                    warn!(error = %e, "reading a bundle artifact failed");
                     failure(
                         "RegistryUnavailable",
                         format!(
-                            "could not read the bundle artifact {reference_text}: {e}; check that it was pushed (`airlockctl bundle push`) and the registry is reachable (retrying)"
+                            "could not read the bundle artifact {reference_text}: {}; check that it was pushed (`airlockctl bundle push`) and the registry is reachable (retrying)",
+                            e.kind()
                         ),
                     )
                 }
@@ -315,10 +317,16 @@ impl Registry {
                     reference.resolve_registry(),
                     REGISTRY_TIMEOUT.as_secs()
                 )))?
-            .map_err(|e| FetchFailure::verified("ImageUnresolvable", format!(
-                        "could not resolve spec.image {image} to a digest at {}: {e}; check that the image exists and the registry is reachable (retrying)",
-                        reference.resolve_registry()
-                    )))?,
+            .map_err(|e| {
+                // The details stay in the operator's log: a status that quoted the answer would
+                // tell a tenant what answers at any address it names as a registry.
+                warn!(error = %e, "resolving an image failed");
+                FetchFailure::verified("ImageUnresolvable", format!(
+                        "could not resolve spec.image {image} to a digest at {}: {}; check that the image exists and the registry is reachable (retrying)",
+                        reference.resolve_registry(),
+                        airlock_bundle::oci::registry_failure(&e)
+                    ))
+            })?,
         };
         let pinned = format!(
             "{}/{}@{digest}",

@@ -101,7 +101,23 @@ impl ImageVerifier {
         client
             .trusted_signature_layers(&Auth::Anonymous, &reference)
             .await
-            .map_err(|e| unavailable(e.to_string()))
+            .map_err(|e| {
+                // Only the kind reaches the status (see `airlock_bundle::oci::registry_failure`).
+                warn!(error = %e, "reading cosign signatures failed");
+                unavailable(signature_failure(&e).into())
+            })
+    }
+}
+
+/// What kind of failure reading signatures was, without anything the registry sent.
+fn signature_failure(error: &sigstore::errors::SigstoreError) -> &'static str {
+    use sigstore::errors::SigstoreError as E;
+    match error {
+        E::RegistryFetchManifestError { .. } | E::RegistryPullManifestError { .. } => {
+            "the registry did not give the signature manifest"
+        }
+        E::RegistryPullError { .. } => "the registry did not give a signature layer",
+        _ => "the signatures could not be read",
     }
 }
 
