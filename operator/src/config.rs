@@ -76,6 +76,12 @@ pub struct Config {
     /// Largest bundle accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_bundle_bytes: u64,
+    /// Most reconciles running at once. Each may hold a bundle (up to --max-bundle-bytes, plus
+    /// its unpacked check) in memory, so this bounds the operator's memory whatever the number
+    /// of Plugins: many Plugins with large bundles queue instead of exhausting the leader, which
+    /// would stop verification and quarantine for the whole cluster.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Address of the HTTP endpoints /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,

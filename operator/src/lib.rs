@@ -88,7 +88,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         metrics.registry.clone(),
         ready.clone(),
     ));
-    let ctx = Arc::new(reconcile::Context::new(
+    let mut ctx = reconcile::Context::new(
         client,
         build,
         fetch::Registry::new(
@@ -98,7 +98,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .with_bundle_http(config.bundle_http()),
         metrics,
         config.max_bundle_bytes,
-    ));
+    );
+    ctx.max_concurrent_reconciles = config.max_concurrent_reconciles;
+    let ctx = Arc::new(ctx);
     ready.store(true, Ordering::Relaxed);
     tracing::info!("airlock operator started");
     let work = async {

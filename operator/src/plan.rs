@@ -16,6 +16,9 @@ use crate::build::{Resources, Rollout};
 use crate::policy::Limits;
 use crate::quantity;
 
+/// Condition reason when no PluginTrustPolicy governs the Plugin's namespace.
+pub const NO_TRUST_POLICY: &str = "NoTrustPolicy";
+
 /// Defaults when the spec sets no resources (DESIGN §4: 64 MiB per plugin).
 pub const DEFAULT_CPU_LIMIT: &str = "250m";
 pub const DEFAULT_MEMORY_LIMIT: &str = "64Mi";
@@ -103,7 +106,7 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
         Some(l) => approval(plugin, &fetched.manifest, l),
         None => (
             Verdict::blocked(
-                "NoTrustPolicy",
+                NO_TRUST_POLICY,
                 "no permissions can be approved without a PluginTrustPolicy",
             ),
             BTreeSet::new(),
@@ -222,7 +225,7 @@ fn verification(
 ) -> Verdict {
     let Some(limits) = limits else {
         return Verdict::blocked(
-            "NoTrustPolicy",
+            NO_TRUST_POLICY,
             format!(
                 "no PluginTrustPolicy governs namespace {}; apply one that selects it (see examples/trust-policy.yaml)",
                 plugin.namespace().unwrap_or_default()

@@ -56,6 +56,9 @@ use watches::{Watches, cached_watch};
 
 pub const FINALIZER: &str = "airlock.dev/cleanup";
 
+/// Reconciles at once unless configured (`--max-concurrent-reconciles`).
+pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 8;
+
 /// Longest a reconcile may take; registry calls have their own, shorter timeouts.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -96,6 +99,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub max_bundle_bytes: u64,
+    /// Most reconciles at once (`--max-concurrent-reconciles`): with `max_bundle_bytes`, what
+    /// bounds the bundles held in memory.
+    pub max_concurrent_reconciles: u16,
     /// What this process remembers per Plugin (by uid), dropped when the Plugin is deleted.
     pub caches: PluginCaches,
     /// Where audit records go: [`audit::emit`], the operator's stdout.
@@ -159,6 +165,7 @@ impl Context {
             registry: Arc::new(registry),
             metrics,
             max_bundle_bytes,
+            max_concurrent_reconciles: DEFAULT_CONCURRENT_RECONCILES,
             caches: PluginCaches::default(),
             audit: Arc::new(audit::emit),
         }
@@ -220,7 +227,10 @@ pub async fn run(ctx: Arc<Context>) {
         },
     });
 
-    let controller = Controller::new(plugins, watcher::Config::default());
+    let controller = Controller::new(plugins, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default()
+            .concurrency(term.ctx.max_concurrent_reconciles.max(1)),
+    );
     let store = controller.store();
     controller
         .owns_stream(deployment_stream)

@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::watches::Watches;
 use super::{Context, Error, apply, ownership, record};
-use crate::plan::{self, Plan};
+use crate::plan::{self, NO_TRUST_POLICY, Plan};
 use crate::status::{self, Outcome};
 use crate::{fetch, policy, running, trust};
 use airlock_crds::plugin::RevisionRecord;
@@ -52,7 +52,18 @@ pub(super) async fn run(
         .collect();
     let governing = policy::governing(&policies, &ns_labels);
     let keys = trust::trusted_keys(&governing, &policies);
-    let fetched = fetch::fetch(client, &ctx.registry, plugin, &keys, ctx.max_bundle_bytes).await;
+    // Nothing is downloaded for a namespace no policy governs: a tenant cannot make the operator
+    // fetch (or unpack) anything before an admin decided what may run there.
+    let fetched = if governing.is_empty() {
+        Err(status::FetchFailure::verified(
+            NO_TRUST_POLICY,
+            format!(
+                "no PluginTrustPolicy governs namespace {ns}; nothing was downloaded. Apply one that selects it (see examples/trust-policy.yaml)"
+            ),
+        ))
+    } else {
+        fetch::fetch(client, &ctx.registry, plugin, &keys, ctx.max_bundle_bytes).await
+    };
     let judge = |record: &RevisionRecord| {
         running::check(
             record,

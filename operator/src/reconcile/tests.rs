@@ -966,3 +966,32 @@ async fn a_revoked_last_good_revision_stops_serving_while_a_newer_one_rolls_out(
         "{status}"
     );
 }
+
+/// Nothing is downloaded for a namespace no PluginTrustPolicy governs: the tenant's bundle
+/// source is not read at all (no ConfigMap GET), and the status says what is missing.
+#[tokio::test]
+async fn nothing_is_downloaded_for_a_namespace_no_policy_governs() {
+    let mut elsewhere = policy(json!([]));
+    elsewhere.spec.namespaces =
+        serde_json::from_value(json!({"matchLabels": {"team": "other"}})).unwrap();
+    let h = Harness::new(
+        elsewhere,
+        json!({"metadata": {"name": "hello-bundle", "namespace": NS},
+               "binaryData": {"bundle.tar.gz": b64(&bundle(MANIFEST))}}),
+    );
+    h.reconcile(&plugin("uid-1", "[log]")).await;
+    let status = h.status();
+    assert_eq!(
+        condition(&status, "Verified").1,
+        "NoTrustPolicy",
+        "{status}"
+    );
+    assert!(
+        h.api
+            .requests()
+            .iter()
+            .all(|(_, p)| !p.contains("/configmaps/")),
+        "the bundle was read: {:?}",
+        h.api.requests()
+    );
+}
