@@ -62,6 +62,10 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub cluster_cidrs: Vec<ipnet::IpNet>,
+    /// Let plugin shims run on nodes whose kernel cannot hide their TLS key from the plugin process
+    /// (no Landlock): the plugin can then read the key. Unset, such a shim refuses to start.
+    #[arg(long, env = "AIRLOCK_SHIM_ALLOW_READABLE_KEY")]
+    pub shim_allow_readable_key: bool,
     /// Seconds a new revision has to become Ready.
     #[arg(long, default_value_t = 120)]
     pub progress_deadline_seconds: i32,
@@ -126,6 +130,7 @@ impl Config {
             seccomp_localhost_profile: self.seccomp_localhost_profile.clone(),
             host_api: self.router_host_api.clone(),
             cluster_cidrs: self.cluster_cidrs.clone(),
+            allow_readable_key: self.shim_allow_readable_key,
         })
     }
 }

@@ -60,8 +60,12 @@ fn every_command_line_the_operator_builds_parses_with_the_shims_cli() {
             Some("198.19.0.20:50051"),
         ),
     ];
-    for (signed, permissions, host_api) in cases {
-        let lines = shim_command_lines(&rollout(signed, &permissions), &config(host_api));
+    for ((signed, permissions, host_api), readable) in cases.into_iter().zip([false, true, false]) {
+        let config = BuildConfig {
+            allow_readable_key: readable,
+            ..config(host_api)
+        };
+        let lines = shim_command_lines(&rollout(signed, &permissions), &config);
         assert_eq!(lines.len(), 3, "install, unpack and run: {lines:?}");
         let mut seen = Vec::new();
         for argv in lines {
@@ -78,6 +82,7 @@ fn every_command_line_the_operator_builds_parses_with_the_shims_cli() {
                         "{argv:?}"
                     );
                     assert_eq!(run.host_api.as_deref(), host_api, "{argv:?}");
+                    assert_eq!(run.allow_readable_key, readable, "{argv:?}");
                     assert_eq!(run.entry_point, ["python3", "-u", "main.py"], "{argv:?}");
                     "run"
                 }

@@ -112,6 +112,9 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
     if let Some(addr) = &config.host_api {
         shim_args.extend(["--host-api".into(), addr.clone()]);
     }
+    if config.allow_readable_key {
+        shim_args.push("--allow-readable-key".into());
+    }
     // The plugin process may open network sockets only with its egress permission (the shim's
     // seccomp filter); where its packets may go is the NetworkPolicy's business.
     if rollout

@@ -41,6 +41,9 @@ pub struct BuildConfig {
     /// The cluster's own Pod and Service ranges: excepted from every egress rule (and refused as
     /// a destination by the plan).
     pub cluster_cidrs: Vec<ipnet::IpNet>,
+    /// Let shims run where the kernel cannot hide their TLS key from the plugin process
+    /// (`airlock-shim run --allow-readable-key`); otherwise such a shim refuses to start.
+    pub allow_readable_key: bool,
 }
 
 /// CPU and memory the plugin container gets, after the trust level's caps.
@@ -121,6 +124,7 @@ spec:
             seccomp_localhost_profile: None,
             host_api: None,
             cluster_cidrs: vec!["10.96.0.0/12".parse().expect("cidr")],
+            allow_readable_key: false,
         }
     }
 

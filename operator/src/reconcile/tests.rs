@@ -279,6 +279,7 @@ impl Harness {
                 seccomp_localhost_profile: None,
                 host_api: None,
                 cluster_cidrs: vec![],
+                allow_readable_key: false,
             },
             Registry::new(vec![], Duration::from_secs(3600)),
             Metrics::new().unwrap(),

@@ -166,6 +166,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
 
+    /// Run even where the kernel cannot hide --tls-dir from the plugin process (no Landlock, or
+    /// only its first ABI): the plugin can then read the shim's private key and call the host API
+    /// as this plugin from anywhere. Without it the shim refuses to start there.
+    #[arg(long)]
+    pub allow_readable_key: bool,
+
     /// Also serve plain-text gRPC health (and nothing else) on this address, for the kubelet's
     /// probes.
     #[arg(long, value_name = "ADDR")]

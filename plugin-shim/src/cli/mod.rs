@@ -41,6 +41,15 @@ pub use verify::{UNPACKED_BUNDLE_DIR, UNPACKED_DIGEST_FILE, unpack};
 /// Why `run` stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The kernel cannot keep the plugin process from the TLS directory.
+    #[error(
+        "this kernel cannot hide {} from the plugin process (it needs Linux 5.19 or later with Landlock enabled), so the plugin could read the shim's private key; refusing to start. Run plugins on nodes with Landlock, or accept the risk with --allow-readable-key (chart value shim.allowReadableKey=true)",
+        dir.display()
+    )]
+    KeyNotHidden {
+        /// The TLS directory.
+        dir: PathBuf,
+    },
     /// The shim cannot find its own executable, which applies the plugin's sandbox.
     #[error("cannot find this executable (/proc/self/exe) to sandbox the plugin with: {0}")]
     CurrentExe(#[source] io::Error),

@@ -79,7 +79,7 @@ pub async fn run(
         }
     };
     if let Some(dir) = &args.tls_dir {
-        log_key_protection(dir)?;
+        key_protection(dir, args.allow_readable_key)?;
     }
     let host = host_calls(&args)?;
     let health = match args.health_listen {
@@ -170,20 +170,27 @@ pub async fn run(
     Ok(served?)
 }
 
-/// Says once whether the plugin process will be able to read the TLS directory (the sandbox of
-/// each start of the plugin hides it the same way, silently). Builds the Landlock ruleset in full,
-/// so a directory that cannot be hidden stops the shim here, with the reason.
-fn log_key_protection(dir: &Path) -> Result<(), RunError> {
+/// Whether the plugin process will be kept from the TLS directory (the sandbox of each start of
+/// the plugin hides it the same way, silently). Builds the Landlock ruleset in full, so a
+/// directory that cannot be hidden stops the shim here, with the reason. Where the kernel cannot
+/// hide it, the shim does not start unless `allow_readable_key` says the admin accepts that the
+/// plugin can read the key (fail closed: a plugin holding the key can act as itself from anywhere).
+fn key_protection(dir: &Path, allow_readable_key: bool) -> Result<(), RunError> {
     if hidden::enforceable(dir)? {
         info!(dir = %dir.display(), "the TLS directory is hidden from the plugin process (Landlock)");
-    } else {
-        warn!(
-            dir = %dir.display(),
-            "this kernel has no usable Landlock (it needs Linux 5.19 or later with Landlock \
-             enabled): the plugin process can read the TLS directory, the shim's private key \
-             included; the shim's memory stays out of its reach"
-        );
+        return Ok(());
     }
+    if !allow_readable_key {
+        return Err(RunError::KeyNotHidden {
+            dir: dir.to_path_buf(),
+        });
+    }
+    warn!(
+        dir = %dir.display(),
+        "this kernel has no usable Landlock (it needs Linux 5.19 or later with Landlock \
+         enabled) and --allow-readable-key is set: the plugin process can read the TLS directory, \
+         the shim's private key included; the shim's memory stays out of its reach"
+    );
     Ok(())
 }
 

@@ -78,6 +78,7 @@ impl Shim {
             workdir: dir.join("work"),
             listen: "127.0.0.1:0".parse().unwrap(),
             tls_dir: None,
+            allow_readable_key: false,
             unpacked: None,
             health_listen: None,
             default_deadline_ms: 5000,
