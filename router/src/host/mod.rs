@@ -6,6 +6,7 @@
 //! - [`log`]: log levels, message length and the per-plugin rate limit.
 //! - [`storage`]: a plugin's key-value store, its limits and its persisted JSON form.
 //! - [`event`]: what an emitted event may look like.
+//! - [`rate`]: how often a plugin may write its storage and emit.
 //!
 //! The adapters come on top of this and own no rules: [`service`], the gRPC service (which learns
 //! the caller's plugin from its mTLS certificate, calls [`permission::check`] then the matching
@@ -17,6 +18,7 @@ pub mod event;
 pub mod kube_storage;
 pub mod log;
 pub mod permission;
+pub mod rate;
 pub mod service;
 pub mod storage;
 

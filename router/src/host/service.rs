@@ -30,6 +30,7 @@ use crate::dispatch::{Caller, Router};
 use crate::host::kube_storage::{self, StorageBackend};
 use crate::host::log::{Level, LogLimiter, cut_message};
 use crate::host::permission::{HostCall, check};
+use crate::host::rate::WriteRates;
 use crate::host::storage::{DEFAULT_PAGE_SIZE, Limits};
 use crate::host::{HostError, event};
 use crate::metrics::Metrics;
@@ -44,6 +45,8 @@ pub struct HostService<C, S> {
     limits: Limits,
     max_event_bytes: usize,
     log: Mutex<LogLimiter<PluginKey>>,
+    /// Storage writes and emits per plugin ([`rate`]).
+    rates: Mutex<WriteRates>,
     metrics: Metrics,
     actor: String,
 }
@@ -56,11 +59,23 @@ impl<C, S> HostService<C, S> {
             limits: Limits::default(),
             max_event_bytes: event::DEFAULT_MAX_PAYLOAD_BYTES,
             log: Mutex::new(LogLimiter::default()),
+            rates: Mutex::new(WriteRates::default()),
             metrics,
             actor: format!(
                 "airlock-router/{}",
                 std::env::var("POD_NAME").unwrap_or_else(|_| "local".into())
             ),
+        }
+    }
+}
+
+impl<C, S> HostService<C, S> {
+    /// This service with other write rates: storage writes and events a plugin may make a
+    /// minute on this replica.
+    pub fn with_write_rates(self, storage_writes_per_minute: u32, emits_per_minute: u32) -> Self {
+        Self {
+            rates: Mutex::new(WriteRates::new(storage_writes_per_minute, emits_per_minute)),
+            ..self
         }
     }
 }
@@ -169,6 +184,14 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
             warn!(plugin = %plugin, call = call.as_str(), invocation = invocation_id, "host call denied");
             return Err(status_of(&HostError::Denied(denied)));
         }
+        self.rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(plugin, call, std::time::Instant::now())
+            .map_err(|over| {
+                warn!(plugin = %plugin, call = call.as_str(), "host call over its rate");
+                Status::resource_exhausted(over.to_string())
+            })?;
         Ok(holder)
     }
 
@@ -531,6 +554,45 @@ mod tests {
             .await
             .map(drop)
             .map_err(|e| e.code())
+    }
+
+    /// A plugin over its write rate is refused with RESOURCE_EXHAUSTED naming the rate, and
+    /// nothing is written; its reads go on.
+    #[tokio::test]
+    async fn storage_writes_and_emits_are_rate_limited_per_plugin() {
+        let (svc, storage) = service(&["storage:read", "storage:write", "events:emit"]);
+        let svc = svc.with_write_rates(2, 1);
+        svc.call_as(me(), put("a", "1")).await.expect("first write");
+        svc.call_as(me(), put("b", "2"))
+            .await
+            .expect("second write");
+        let over = svc
+            .call_as(me(), put("c", "3"))
+            .await
+            .expect_err("a third write in the same minute");
+        assert_eq!(over.code(), Code::ResourceExhausted);
+        assert!(
+            over.message().contains("2 storage writes a minute"),
+            "{over:?}"
+        );
+        let stored = storage.stored.lock().unwrap().clone().expect("stored").0;
+        assert!(!stored.contains_key("c"), "nothing written: {stored:?}");
+        svc.call_as(me(), get("a"))
+            .await
+            .expect("reads are not limited");
+        let emit = || api::EmitRequest {
+            invocation_id: "inv-1".into(),
+            event_type: "seen".into(),
+            payload_json: "{}".into(),
+        };
+        svc.call_as(me(), emit()).await.expect("first event");
+        assert_eq!(
+            svc.call_as(me(), emit())
+                .await
+                .map(drop)
+                .map_err(|e| e.code()),
+            Err(Code::ResourceExhausted)
+        );
     }
 
     /// Each RPC is checked as its own call: with no permission every one is denied, and each is
