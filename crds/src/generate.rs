@@ -3,7 +3,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::{Plugin, PluginStorage, PluginTrustPolicy};
+use crate::{Plugin, PluginCallerBinding, PluginStorage, PluginTrustPolicy};
 
 /// Directory of the generated CRDs, relative to the workspace root.
 pub const CHART_CRD_DIR: &str = "charts/airlock/crds";
@@ -28,6 +28,13 @@ pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         (
             "pluginstorages.airlock.dev.yaml",
             format!("{HEADER}{}", serde_yaml::to_string(&PluginStorage::crd())?),
+        ),
+        (
+            "plugincallerbindings.airlock.dev.yaml",
+            format!(
+                "{HEADER}{}",
+                serde_yaml::to_string(&PluginCallerBinding::crd())?
+            ),
         ),
     ])
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use airlock_crds::{Plugin, PluginStorage, PluginTrustPolicy};
+use airlock_crds::{Plugin, PluginCallerBinding, PluginStorage, PluginTrustPolicy};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
@@ -17,6 +17,7 @@ pub async fn install(client: &Client) -> Result<()> {
         Plugin::crd(),
         PluginTrustPolicy::crd(),
         PluginStorage::crd(),
+        PluginCallerBinding::crd(),
     ] {
         let name = crd.metadata.name.clone().context("CRD has a name")?;
         crds.patch(
