@@ -1,11 +1,12 @@
 //! The router's audit records (pure builders): a plugin it auto-disabled, a host-API call it
-//! refused. Written to the audit stream with [`airlock_runtime::audit::emit`], like the
+//! refused, a caller of the HookRouter API it refused. Written to the audit stream with [`airlock_runtime::audit::emit`], like the
 //! operator's lifecycle records.
 
 use airlock_core::PluginKey;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
+use crate::callers::gate::{Denial, Rpc};
 use crate::host::Denied;
 use crate::table::{Holder, Route};
 
@@ -63,4 +64,37 @@ pub fn host_call_denied(
             "version": holder.version,
         }),
     )
+}
+
+/// The record of a refused caller of the HookRouter API (pure): who (the ServiceAccount, when it
+/// got that far), which call of what, why (`reason`), and the message the caller got. Never the
+/// token: no [`Denial`] holds it.
+pub fn caller_denied(
+    rpc: Rpc,
+    denial: &Denial,
+    reason: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Value {
+    let target = match denial {
+        Denial::Forbidden(d) => json!({
+            "namespace": d.namespace, "plugin": d.plugin, "hook": d.hook,
+        }),
+        Denial::NoneGranted(n) => json!({
+            "namespace": n.namespace, "hook": n.hook, "subscribers": n.subscribers,
+        }),
+        Denial::Authn(_) | Denial::Busy(_) => Value::Null,
+    };
+    json!({
+        "stream": airlock_runtime::audit::STREAM,
+        "time": now.to_string(),
+        "actor": actor,
+        "event": "CallerDenied",
+        "status": "True",
+        "reason": reason,
+        "rpc": rpc.as_str(),
+        "caller": denial.caller().map(ToString::to_string),
+        "target": target,
+        "message": denial.to_string(),
+    })
 }

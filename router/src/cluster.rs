@@ -1,11 +1,12 @@
 //! The router's Kubernetes side: watches of Plugins and their Services that keep the
-//! [`RouteTable`] current, and the [`Disabler`] that records an auto-disable on the Plugin
-//! (annotation), as an Event and on the audit stream.
+//! [`RouteTable`] current, the watch of PluginCallerBindings that keeps the callers' grants
+//! current, and the [`Disabler`] that records an auto-disable on the Plugin (annotation), as an
+//! Event and on the audit stream.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use airlock_crds::Plugin;
+use airlock_crds::{Plugin, PluginCallerBinding};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::jiff::Timestamp;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::audit;
+use crate::callers::{Bindings, Gate};
 use crate::dispatch::{Caller, Disabler, Router};
 use crate::table::{AUTO_DISABLED_ANNOTATION, Route, RouteTable};
 use airlock_core::names::MANAGED_BY_SELECTOR;
@@ -68,6 +70,37 @@ pub async fn watch_routes<C: Caller>(
         }
     }
     warn!("the Plugin and Service watches ended");
+}
+
+/// Keeps `gate`'s PluginCallerBindings in step with the cluster (every namespace) until the watch
+/// ends. `loaded` turns true once they are listed: until then every call would be denied, so the
+/// router is not ready. A deleted binding stops granting as soon as the router sees the delete.
+pub async fn watch_bindings(client: Client, gate: Arc<Gate>, loaded: watch::Sender<bool>) {
+    let (bindings, writer) = reflector::store::<PluginCallerBinding>();
+    let events = reflector::reflector(
+        writer,
+        watcher(
+            Api::<PluginCallerBinding>::all(client),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .filter_map(|e| async move { change(e) });
+    let mut events = std::pin::pin!(events);
+    let mut listed = false;
+    while let Some(done) = events.next().await {
+        listed |= done;
+        if !listed {
+            continue;
+        }
+        let state = bindings.state();
+        gate.update_bindings(Bindings::new(state.iter().map(|b| b.as_ref())));
+        if !*loaded.borrow() {
+            info!(bindings = state.len(), "PluginCallerBindings loaded");
+            loaded.send_replace(true);
+        }
+    }
+    warn!("the PluginCallerBinding watch ended");
 }
 
 /// Whether a watch event changes the table: `Some(true)` when the initial list is complete,

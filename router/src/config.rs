@@ -59,8 +59,9 @@ pub struct Config {
         value_parser = RangedU64ValueParser::<usize>::new().range(1..=limits::MAX_DEPTH as u64),
     )]
     pub max_payload_depth: usize,
-    /// Most plugins one Broadcast reaches; more subscribers (in the requested namespace, or all)
-    /// and the broadcast is refused with FAILED_PRECONDITION before any plugin is called.
+    /// Most plugins one Broadcast reaches; more subscribers the caller may call (in the one
+    /// namespace a broadcast covers) and the broadcast is refused with FAILED_PRECONDITION before
+    /// any plugin is called.
     #[arg(
         long,
         default_value_t = limits::DEFAULT_MAX_SUBSCRIBERS,
@@ -76,6 +77,20 @@ pub struct Config {
         value_parser = RangedU64ValueParser::<usize>::new().range(1..),
     )]
     pub max_broadcast_bytes: usize,
+    /// Audience the callers' ServiceAccount tokens must be issued for (checked with a TokenReview):
+    /// `kubectl create token <sa> --audience <this>`, or a projected serviceAccountToken volume
+    /// with this audience. A token for another audience (the API server's own included) is refused
+    /// with UNAUTHENTICATED.
+    #[arg(long, default_value = crate::callers::DEFAULT_AUDIENCE, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub caller_audience: String,
+    /// Calls in flight per caller (ServiceAccount) and router replica; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        default_value_t = crate::callers::DEFAULT_MAX_CALLS_PER_CALLER,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..),
+    )]
+    pub max_calls_per_caller: usize,
     /// Secret (in --namespace) with the router's mTLS client certificate: tls.crt, tls.key and
     /// the operator CA's ca.crt. The operator issues and renews it. Empty: plugins are called in
     /// plain text (only for a shim run by hand during development).
@@ -124,6 +139,22 @@ mod tests {
     fn the_limit_flags_default_to_the_router_configs_defaults() {
         let config = parse(&[]).expect("defaults");
         assert_eq!(config.router_config(), RouterConfig::default());
+    }
+
+    #[test]
+    fn callers_need_a_token_for_the_routers_audience_by_default() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(config.caller_audience, "airlock-router");
+        assert_eq!(config.max_calls_per_caller, 64);
+        let config =
+            parse(&["--caller-audience=shop-router", "--max-calls-per-caller=8"]).expect("valid");
+        assert_eq!(
+            (config.caller_audience.as_str(), config.max_calls_per_caller),
+            ("shop-router", 8)
+        );
+        for bad in ["--caller-audience=", "--max-calls-per-caller=0"] {
+            assert!(parse(&[bad]).is_err(), "{bad} is refused");
+        }
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! The router's gRPC edges: `airlock.router.v1.HookRouter` served to host applications, and the
-//! [`Caller`] that reaches plugin shims over `airlock.plugin.v1`.
+//! The router's gRPC edges: `airlock.router.v1.HookRouter` served to host applications
+//! ([`hook_router`]), and the [`Caller`] that reaches plugin shims over `airlock.plugin.v1`.
+
+mod hook_router;
+
+pub use hook_router::HookRouterService;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,18 +12,15 @@ use std::time::Duration;
 
 use airlock_core::failure::{FAILURE_METADATA, FailureKind};
 use airlock_core::identity::plugin_identity;
-use airlock_crds::plugin::FailurePolicy;
 use airlock_proto::plugin::v1::InvokeRequest as ShimInvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
-use airlock_proto::router::v1 as api;
-use airlock_proto::router::v1::hook_router_server::HookRouter;
 use airlock_proto::trace::{TRACEPARENT, TraceContext};
 use airlock_tls::CertAndKey;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Status};
 
 use crate::breaker::Outcome;
-use crate::dispatch::{Answer, CallFailure, CallRequest, Caller, RouteError, Router, StepResult};
+use crate::dispatch::{Answer, CallFailure, CallRequest, Caller};
 use crate::table::Route;
 use airlock_core::PluginKey;
 
@@ -32,7 +33,7 @@ tokio::task_local! {
 
 /// The router's span for a host application's call (a child of the caller's `traceparent`, or
 /// a new trace).
-fn serving_span<T>(request: &Request<T>) -> TraceContext {
+pub(crate) fn serving_span<T>(request: &Request<T>) -> TraceContext {
     TraceContext::continue_from(
         request
             .metadata()
@@ -274,172 +275,6 @@ pub fn failure_of(status: &Status) -> CallFailure {
         code: status.code(),
         message: status.message().to_string(),
         outcome,
-    }
-}
-
-impl From<RouteError> for Status {
-    fn from(e: RouteError) -> Self {
-        Status::new(e.code, e.message)
-    }
-}
-
-/// `airlock.router.v1.HookRouter` over a [`Router`].
-#[derive(Debug)]
-pub struct HookRouterService<C> {
-    router: Arc<Router<C>>,
-}
-
-impl<C> HookRouterService<C> {
-    pub fn new(router: Arc<Router<C>>) -> Self {
-        Self { router }
-    }
-}
-
-fn namespace(ns: &str) -> Option<&str> {
-    (!ns.is_empty()).then_some(ns)
-}
-
-fn plugin_ref(key: &PluginKey) -> api::PluginRef {
-    api::PluginRef {
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
-    }
-}
-
-fn millis(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
-}
-
-fn policy_name(p: FailurePolicy) -> &'static str {
-    match p {
-        FailurePolicy::Fail => "Fail",
-        FailurePolicy::Ignore => "Ignore",
-    }
-}
-
-fn result(r: StepResult) -> api::PluginResult {
-    api::PluginResult {
-        plugin: Some(plugin_ref(&r.plugin)),
-        code: airlock_core::grpc::code_name(r.code as i32).into(),
-        output_json: r.output,
-        error: r.error,
-        duration_ms: millis(r.duration),
-        failure_policy: policy_name(r.failure_policy).into(),
-    }
-}
-
-/// Serves one call of a host application: `call` answers the request inside the call's span (a
-/// child of the caller's `traceparent`, or a new trace; calls to shims made while it runs are
-/// children of it).
-async fn traced<T, A>(
-    request: Request<T>,
-    call: impl AsyncFnOnce(T) -> Result<A, Status>,
-) -> Result<Response<A>, Status> {
-    let span = serving_span(&request);
-    TRACE
-        .scope(span, call(request.into_inner()))
-        .await
-        .map(Response::new)
-}
-
-#[tonic::async_trait]
-impl<C: Caller> HookRouter for HookRouterService<C> {
-    async fn invoke(
-        &self,
-        request: Request<api::InvokeRequest>,
-    ) -> Result<Response<api::InvokeResponse>, Status> {
-        traced(request, async |r| {
-            let plugin = r
-                .plugin
-                .filter(|p| !p.namespace.is_empty() && !p.name.is_empty())
-                .ok_or_else(|| {
-                    Status::invalid_argument("plugin (namespace and name) is required")
-                })?;
-            let key = PluginKey::new(plugin.namespace, plugin.name);
-            let (answer, id) = self
-                .router
-                .invoke(
-                    &key,
-                    &r.hook,
-                    r.payload_json,
-                    r.deadline_ms,
-                    r.invocation_id,
-                )
-                .await?;
-            Ok(api::InvokeResponse {
-                output_json: answer.output,
-                duration_ms: millis(answer.duration),
-                invocation_id: id,
-            })
-        })
-        .await
-    }
-
-    async fn broadcast(
-        &self,
-        request: Request<api::BroadcastRequest>,
-    ) -> Result<Response<api::BroadcastResponse>, Status> {
-        traced(request, async |r| {
-            let ns = namespace(&r.namespace);
-            let b = self
-                .router
-                .broadcast(&r.hook, r.payload_json, r.deadline_ms, r.invocation_id, ns)
-                .await?;
-            Ok(api::BroadcastResponse {
-                results: b.results.into_iter().map(result).collect(),
-                failed: b.failed,
-                invocation_id: b.invocation_id,
-            })
-        })
-        .await
-    }
-
-    async fn transform(
-        &self,
-        request: Request<api::TransformRequest>,
-    ) -> Result<Response<api::TransformResponse>, Status> {
-        traced(request, async |r| {
-            let ns = namespace(&r.namespace);
-            let p = self
-                .router
-                .transform(r.payload_json, r.deadline_ms, r.invocation_id, ns)
-                .await?;
-            Ok(api::TransformResponse {
-                output_json: p.output,
-                steps: p.steps.into_iter().map(result).collect(),
-                invocation_id: p.invocation_id,
-            })
-        })
-        .await
-    }
-
-    async fn list_plugins(
-        &self,
-        request: Request<api::ListPluginsRequest>,
-    ) -> Result<Response<api::ListPluginsResponse>, Status> {
-        let r = request.into_inner();
-        let plugins = self
-            .router
-            .list(namespace(&r.namespace))
-            .into_iter()
-            .map(|l| api::ActivePlugin {
-                plugin: Some(plugin_ref(&l.route.plugin)),
-                version: l.route.version.clone(),
-                hooks: l
-                    .route
-                    .hooks
-                    .iter()
-                    .map(|(name, h)| api::HookRoute {
-                        name: name.as_str().into(),
-                        timeout_ms: millis(h.timeout),
-                        failure_policy: policy_name(h.failure_policy).into(),
-                        priority: h.priority,
-                    })
-                    .collect(),
-                breaker: l.breaker.into(),
-            })
-            .collect();
-        Ok(Response::new(api::ListPluginsResponse { plugins }))
     }
 }
 

@@ -2,14 +2,16 @@
 //!
 //! Built like the controller, core first: [`table`] (which plugins can be called, a pure
 //! function of Plugins and Services), [`breaker`] (health accounting, pure), [`dispatch`]
-//! (invoke, broadcast, pipeline; independent of gRPC and Kubernetes), then the edges: [`grpc`]
-//! (the served API and the client of plugin shims) and [`cluster`] (watches, auto-disable).
+//! (invoke, broadcast, pipeline; independent of gRPC and Kubernetes), [`callers`] (who may call:
+//! authentication, authorization, per-caller bounds), then the edges: [`grpc`] (the served API
+//! and the client of plugin shims) and [`cluster`] (watches, auto-disable).
 //!
 //! Every router replica serves on its own (no leader): each watches the cluster and keeps its own
 //! breakers. An auto-disable is written to the Plugin, so every replica and the controller see it.
 
 pub mod audit;
 pub mod breaker;
+pub mod callers;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;

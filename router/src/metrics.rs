@@ -1,10 +1,31 @@
-//! The router's Prometheus metrics, served on its own `/metrics`: hook calls, breakers,
-//! auto-disables, plugin restarts and host-API calls. The operator has its own registry.
+//! The router's Prometheus metrics, served on its own `/metrics`: hook calls, refusals (of
+//! callers and of requests), token reviews, breakers, auto-disables, plugin restarts and host-API
+//! calls. The operator has its own registry.
 
 use std::time::Duration;
 
 use airlock_runtime::metrics::{KubeRequests, counter, gauge, histogram};
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+
+/// The RPCs of `airlock.router.v1.HookRouter`: the `rpc` label of refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    Invoke,
+    Broadcast,
+    Transform,
+    ListPlugins,
+}
+
+impl Rpc {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invoke => "invoke",
+            Self::Broadcast => "broadcast",
+            Self::Transform => "transform",
+            Self::ListPlugins => "list_plugins",
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -12,6 +33,7 @@ pub struct Metrics {
     pub kube_requests: KubeRequests,
     hook_invocations: IntCounterVec,
     refused: IntCounterVec,
+    token_reviews: IntCounterVec,
     hook_duration: HistogramVec,
     auto_disabled: IntCounterVec,
     plugin_restarts: IntCounterVec,
@@ -34,8 +56,14 @@ impl Metrics {
             refused: counter(
                 &registry,
                 "airlock_router_refused_total",
-                "Requests (or pipeline steps' outputs) the router refused before calling a plugin with them, by RPC (invoke, broadcast, transform) and reason (payload_too_large, payload_too_deep, payload_not_json, output_too_large, output_too_deep, output_not_json, too_many_subscribers, broadcast_too_large)",
+                "Requests (or pipeline steps' outputs) the router refused before calling a plugin with them, by RPC (invoke, broadcast, transform, list_plugins) and reason (unauthenticated: no or a refused token; forbidden: no PluginCallerBinding grants the call; caller_concurrency: too many calls of one caller in flight; token_review_unavailable: the caller's token could not be checked; payload_too_large, payload_too_deep, payload_not_json, output_too_large, output_too_deep, output_not_json, too_many_subscribers, broadcast_too_large)",
                 &["rpc", "reason"],
+            )?,
+            token_reviews: counter(
+                &registry,
+                "airlock_router_token_reviews_total",
+                "TokenReviews the router asked the API server for (callers' tokens not in its cache), by result (authenticated, rejected, error: the review failed, busy: too many reviews waiting)",
+                &["result"],
             )?,
             hook_duration: histogram(
                 &registry,
@@ -95,6 +123,11 @@ impl Metrics {
     /// label, never request content).
     pub fn refused(&self, rpc: &str, reason: &str) {
         self.refused.with_label_values(&[rpc, reason]).inc();
+    }
+
+    /// A TokenReview the router made (a cache miss), by result.
+    pub fn token_review(&self, result: &str) {
+        self.token_reviews.with_label_values(&[result]).inc();
     }
 
     pub fn plugin_restarted(&self, plugin: &str) {

@@ -1,5 +1,6 @@
 //! Starting the router: the Kubernetes client and watches, the HookRouter API for host
-//! applications, the host API for plugin shims, and the HTTP endpoints; all until SIGTERM.
+//! applications (behind the callers' gate: TokenReview, PluginCallerBindings, per-caller bounds),
+//! the host API for plugin shims, and the HTTP endpoints; all until SIGTERM.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::info;
 
+use crate::callers::{Gate, KubeTokenReviewer};
 use crate::dispatch::Router;
 use crate::metrics::Metrics;
-use crate::{Config, cluster, dispatch, grpc, host};
+use crate::{Config, audit, cluster, dispatch, grpc, host};
 
 /// The fully qualified name of the router service, as health and reflection know it.
 pub const SERVICE_NAME: &str = "airlock.router.v1.HookRouter";
@@ -74,6 +76,19 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
         router.clone(),
         loaded_tx,
     ));
+    let gate = Arc::new(Gate::new(
+        Arc::new(KubeTokenReviewer::new(client.clone())),
+        config.caller_audience.clone(),
+        config.max_calls_per_caller,
+        metrics.clone(),
+        Arc::new(audit::emit),
+    ));
+    let (bindings_tx, mut bindings_loaded) = tokio::sync::watch::channel(false);
+    tokio::spawn(cluster::watch_bindings(
+        client.clone(),
+        gate.clone(),
+        bindings_tx,
+    ));
 
     let ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn(airlock_runtime::http::serve_or_fail(
@@ -84,10 +99,12 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
 
     let (reporter, health) = tonic_health::server::health_reporter();
     report(&reporter, ServingStatus::NotServing).await;
-    // Serving once the route table is loaded: a router that answered NOT_FOUND for every plugin
-    // while it was still listing them would look like an outage.
+    // Serving once the route table and the callers' bindings are loaded: a router that answered
+    // NOT_FOUND or PERMISSION_DENIED for every call while it was still listing them would look
+    // like an outage.
     tokio::spawn(async move {
         if loaded.wait_for(|l| *l).await.is_ok()
+            && bindings_loaded.wait_for(|l| *l).await.is_ok()
             && (plain || identity_loaded.wait_for(|l| l.is_some()).await.is_ok())
         {
             report(&reporter, ServingStatus::Serving).await;
@@ -108,11 +125,13 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
         tokio::spawn(serve_host(config.host_addr, service, identity))
     });
     let addr = config.grpc_addr;
-    info!(%addr, "serving {SERVICE_NAME}");
+    info!(%addr, audience = %config.caller_audience, "serving {SERVICE_NAME} to callers with a ServiceAccount token for the audience");
     let grpc = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(HookRouterServer::new(grpc::HookRouterService::new(router)))
+        .add_service(HookRouterServer::new(grpc::HookRouterService::new(
+            router, gate,
+        )))
         .serve_with_shutdown(addr, airlock_runtime::shutdown::signal());
     let host_failed = async move {
         match host {

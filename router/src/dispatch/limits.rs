@@ -165,31 +165,30 @@ impl Default for BroadcastLimits {
 
 /// Why a broadcast was refused as a whole (no plugin called). FAILED_PRECONDITION, not
 /// RESOURCE_EXHAUSTED: the same request fails the same way until the caller narrows it (a smaller
-/// payload, one namespace) or the admin raises the limit, whereas RESOURCE_EXHAUSTED from the
+/// payload) or the admin raises the limit, whereas RESOURCE_EXHAUSTED from the
 /// router means "busy, retry later" (the per-plugin concurrency limit) and clients retry it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FanOutError {
     #[error(
-        "{subscribers} plugins subscribe to {}{}; a broadcast reaches at most {limit} \
-         (--max-broadcast-subscribers): broadcast to one namespace at a time \
-         (BroadcastRequest.namespace), or ask the admin to raise the limit",
-        .hook.as_str(), scope(.namespace.as_deref())
+        "{subscribers} plugins you may call subscribe to {} in namespace {namespace}; a broadcast \
+         reaches at most {limit} (--max-broadcast-subscribers): ask the admin to raise the limit",
+        .hook.as_str()
     )]
     TooManySubscribers {
         hook: Hook,
-        namespace: Option<String>,
+        namespace: String,
         subscribers: usize,
         limit: usize,
     },
     #[error(
-        "payload_json of {payload_bytes} bytes to {subscribers} subscribers of {}{} makes {} \
-         bytes to send; a broadcast sends at most {limit} (--max-broadcast-bytes, payload bytes \
-         times subscribers): send a smaller payload, or broadcast to one namespace at a time",
-        .hook.as_str(), scope(.namespace.as_deref()), .payload_bytes.saturating_mul(*.subscribers)
+        "payload_json of {payload_bytes} bytes to {subscribers} subscribers of {} in namespace \
+         {namespace} makes {} bytes to send; a broadcast sends at most {limit} \
+         (--max-broadcast-bytes, payload bytes times subscribers): send a smaller payload",
+        .hook.as_str(), .payload_bytes.saturating_mul(*.subscribers)
     )]
     TooManyBytes {
         hook: Hook,
-        namespace: Option<String>,
+        namespace: String,
         payload_bytes: usize,
         subscribers: usize,
         limit: usize,
@@ -206,23 +205,16 @@ impl FanOutError {
     }
 }
 
-fn scope(namespace: Option<&str>) -> String {
-    namespace.map_or_else(
-        || " across all namespaces".to_string(),
-        |ns| format!(" in namespace {ns}"),
-    )
-}
-
-/// Whether a broadcast of `payload_bytes` to `subscribers` plugins of `hook` (in `namespace`, or
-/// all) stays within `limits`.
+/// Whether a broadcast of `payload_bytes` to `subscribers` plugins of `hook` in `namespace` stays
+/// within `limits`.
 pub fn check_fan_out(
     hook: Hook,
-    namespace: Option<&str>,
+    namespace: &str,
     payload_bytes: usize,
     subscribers: usize,
     limits: &BroadcastLimits,
 ) -> Result<(), FanOutError> {
-    let namespace = namespace.map(str::to_string);
+    let namespace = namespace.to_string();
     if subscribers > limits.max_subscribers {
         return Err(FanOutError::TooManySubscribers {
             hook,
@@ -449,24 +441,23 @@ mod tests {
             max_subscribers: 4,
             max_bytes: 1000,
         };
-        check_fan_out(Hook::OnEvent, None, 250, 4, &limits).expect("4 × 250 = 1000");
-        let e = check_fan_out(Hook::OnEvent, Some("shop"), 10, 5, &limits).expect_err("5 > 4");
+        check_fan_out(Hook::OnEvent, "shop", 250, 4, &limits).expect("4 × 250 = 1000");
+        let e = check_fan_out(Hook::OnEvent, "shop", 10, 5, &limits).expect_err("5 > 4");
         assert_eq!(e.reason(), "too_many_subscribers");
         assert_says(
             &e,
             &[
-                "5 plugins subscribe to onEvent in namespace shop",
+                "5 plugins you may call subscribe to onEvent in namespace shop",
                 "at most 4",
                 "--max-broadcast-subscribers",
-                "one namespace at a time",
             ],
         );
-        let e = check_fan_out(Hook::OnEvent, None, 251, 4, &limits).expect_err("1004 > 1000");
+        let e = check_fan_out(Hook::OnEvent, "shop", 251, 4, &limits).expect_err("1004 > 1000");
         assert_eq!(e.reason(), "broadcast_too_large");
         assert_says(
             &e,
             &[
-                "payload_json of 251 bytes to 4 subscribers of onEvent across all namespaces",
+                "payload_json of 251 bytes to 4 subscribers of onEvent in namespace shop",
                 "1004 bytes",
                 "at most 1000",
                 "--max-broadcast-bytes",
@@ -475,7 +466,7 @@ mod tests {
         // No overflow, whatever the numbers.
         check_fan_out(
             Hook::OnEvent,
-            None,
+            "shop",
             usize::MAX,
             2,
             &BroadcastLimits::default(),
