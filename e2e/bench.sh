@@ -24,6 +24,8 @@ AIRLOCK_BENCH_IMAGE=$BENCH_REPO@$BENCH_DIGEST AIRLOCK_BENCH_COSIGN_PUB=$KEYDIR/c
   cargo bench -q --locked -p airlock-operator --bench verification
 
 # --- the router's cost: the same call direct to the shim and through the router, and a pipeline --
+# Through the router it calls as a host application does: a ServiceAccount token for the audience
+# airlock-router, granted by a PluginCallerBinding (the bench's fixture makes both).
 log "router bench: direct to the shim vs through the router (3 data-formatter plugins)"
 cargo run -q --locked -p airlock-e2e --bin router-bench
 

@@ -30,14 +30,22 @@ kubectl -n "$NS" wait plugin/hello --for=jsonpath='{.status.phase}'=Active --tim
 kubectl -n "$NS" get plugins
 kubectl -n "$NS" get pods -l airlock.dev/plugin=hello -o wide
 
+log "a caller: the ServiceAccount hello-client, granted hello's transform by a PluginCallerBinding"
+# The router serves authenticated callers only (a ServiceAccount token for the audience
+# airlock-router) and only what the plugin's namespace grants them (default deny).
+kubectl -n "$NS" apply -f "$ROOT/examples/hello-caller.yaml" >/dev/null
+AIRLOCK_TOKEN=$(kubectl -n "$NS" create token hello-client --audience airlock-router --duration 1h)
+export AIRLOCK_TOKEN
+
 AIRLOCKCTL=$ROOT/target/debug/airlockctl
 kubectl -n airlock-system rollout status deploy/airlock-router --timeout=120s >/dev/null
 AIRLOCK_ROUTER=http://$(kubectl -n airlock-system get svc airlock-router -o jsonpath='{.spec.clusterIP}'):50050
 export AIRLOCK_ROUTER
 invoke() { # invoke <namespace>
   local out
-  log "invoking hook transform on $1/hello through the router ($AIRLOCK_ROUTER)"
-  # The router learns of the plugin from its watch a moment after the status says Active.
+  log "invoking hook transform on $1/hello through the router ($AIRLOCK_ROUTER) as $NS/hello-client"
+  # The router learns of the plugin (and of the binding) from its watches a moment after the
+  # status says Active.
   for _ in $(seq 1 30); do
     if out=$("$AIRLOCKCTL" invoke "$1/hello" transform --payload '{"name":"platform team"}' 2>/dev/null); then
       echo "$out"
@@ -94,7 +102,17 @@ kubectl -n "$SNS" wait plugin/hello --for=jsonpath='{.status.phase}'=Active --ti
 kubectl -n "$SNS" get plugins
 kubectl -n "$SNS" get plugin hello \
   -o jsonpath='{range .status.conditions[?(@.type=="Verified")]}Verified: {.message}{"\n"}{end}'
+log "$SNS grants $NS/hello-client its hello: a call across namespaces needs the target's consent"
+kubectl -n "$SNS" apply -f - >/dev/null <<EOF
+apiVersion: airlock.dev/v1alpha1
+kind: PluginCallerBinding
+metadata: {name: from-$NS}
+spec:
+  callers: [{serviceAccount: hello-client, namespace: $NS}]
+  plugins: [hello]
+  hooks: [transform]
+EOF
 invoke "$SNS"
-log "what the router can call:"
+log "what $NS/hello-client may call through the router:"
 "$AIRLOCKCTL" plugins
 log "demo done: both plugins keep running; kubectl -n $SNS describe plugin hello shows the conditions"

@@ -1,5 +1,5 @@
 //! `airlockctl invoke` (one hook of one plugin, through the router) and `airlockctl plugins`
-//! (what the router can call).
+//! (what the caller may call through the router), as the ServiceAccount whose token they send.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -8,17 +8,95 @@ use std::time::Instant;
 use airlock_proto::router::v1::hook_router_client::HookRouterClient;
 use airlock_proto::router::v1::{InvokeRequest, ListPluginsRequest, PluginRef};
 use clap::Args;
-use tonic::Code;
-use tonic::transport::Channel;
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
 
-/// Where the router is: a flag, else `AIRLOCK_ROUTER`, else a local port-forward.
+/// The environment variable a token may come in (never a flag: a flag's value shows in process
+/// listings and shell history).
+pub const TOKEN_ENV: &str = "AIRLOCK_TOKEN";
+
+/// Where the router is (a flag, else `AIRLOCK_ROUTER`, else a local port-forward) and who calls it.
 #[derive(Args, Debug, Clone)]
 pub struct RouterArgs {
     /// gRPC address of the Airlock router, e.g. http://198.19.0.20:50050, or the local end of
     /// `kubectl port-forward -n airlock-system svc/airlock-router 50050`.
     #[arg(long, env = "AIRLOCK_ROUTER", default_value = "http://127.0.0.1:50050")]
     pub router: String,
+    /// File holding the caller's ServiceAccount token for the router's audience, sent as
+    /// `authorization: Bearer <token>`: e.g. saved from `kubectl create token <serviceaccount> -n
+    /// <namespace> --audience airlock-router`, or a pod's projected token. Without it the token
+    /// is taken from the environment variable AIRLOCK_TOKEN. The token is never printed. What the
+    /// ServiceAccount may call is granted by PluginCallerBindings in the plugins' namespaces.
+    #[arg(long, value_name = "PATH", env = "AIRLOCK_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
+
+/// Sends `authorization: Bearer <token>` with every request, when there is a token. Its Debug
+/// leaves the token out, and the metadata value is marked sensitive.
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BearerToken(..)"
+        } else {
+            "BearerToken(none)"
+        })
+    }
+}
+
+impl BearerToken {
+    /// The token `text` (surrounding whitespace ignored; `None` when empty). `from` says where it
+    /// came from, for the error.
+    pub fn new(text: &str, from: &str) -> Result<Self, InvokeError> {
+        let token = text.trim();
+        if token.is_empty() {
+            return Ok(Self(None));
+        }
+        if token.contains(char::is_whitespace) {
+            return Err(InvokeError::BadToken(from.to_string()));
+        }
+        let mut value: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| InvokeError::BadToken(from.to_string()))?;
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+
+    /// The token of `args`: the file named by --token-file, else AIRLOCK_TOKEN, else none.
+    pub fn of(args: &RouterArgs) -> Result<Self, InvokeError> {
+        if let Some(path) = &args.token_file {
+            let text = std::fs::read_to_string(path).map_err(|source| InvokeError::TokenFile {
+                path: path.clone(),
+                source,
+            })?;
+            let token = Self::new(&text, &path.display().to_string())?;
+            if token.0.is_none() {
+                return Err(InvokeError::BadToken(format!("{} (empty)", path.display())));
+            }
+            return Ok(token);
+        }
+        Self::new(&std::env::var(TOKEN_ENV).unwrap_or_default(), TOKEN_ENV)
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A client of the router that authenticates every call.
+pub type RouterClient = HookRouterClient<InterceptedService<Channel, BearerToken>>;
 
 #[derive(Args, Debug)]
 pub struct InvokeArgs {
@@ -45,7 +123,8 @@ pub struct InvokeArgs {
 
 #[derive(Args, Debug)]
 pub struct PluginsArgs {
-    /// Only plugins in this namespace. Default: every namespace.
+    /// Only plugins in this namespace. Default: every namespace (only the plugins the caller may
+    /// call are listed, with the hooks it may call).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
     #[command(flatten)]
@@ -67,8 +146,26 @@ pub enum InvokeError {
         address: String,
         source: tonic::transport::Error,
     },
-    #[error("{}: {message}", code_name(*.code))]
+    #[error("reading the token file {}: {source}", .path.display())]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    // Says where the token came from, never what it is.
+    #[error("the token in {0} is not a bearer token (printable ASCII without spaces)")]
+    BadToken(String),
+    #[error("{}: {message}{}", code_name(*.code), hint(*.code))]
     Call { code: Code, message: String },
+}
+
+/// What airlockctl adds to the router's message of a refused caller.
+fn hint(code: Code) -> &'static str {
+    match code {
+        Code::Unauthenticated => {
+            " (airlockctl sends the token in the file --token-file names, or in AIRLOCK_TOKEN)"
+        }
+        _ => "",
+    }
 }
 
 impl From<tonic::Status> for InvokeError {
@@ -90,9 +187,11 @@ impl InvokeError {
                 Code::NotFound => 5,
                 Code::Unavailable | Code::ResourceExhausted => 6,
                 Code::InvalidArgument => 2,
+                Code::Unauthenticated | Code::PermissionDenied => 7,
                 _ => 1,
             },
             InvokeError::Payload(_) | InvokeError::NotJson(_) => 2,
+            InvokeError::TokenFile { .. } | InvokeError::BadToken(_) => 7,
             InvokeError::Connect { .. } => 6,
         }
     }
@@ -110,13 +209,18 @@ fn code_name(code: Code) -> String {
     out
 }
 
-async fn connect(args: &RouterArgs) -> Result<HookRouterClient<Channel>, InvokeError> {
-    HookRouterClient::connect(args.router.clone())
+async fn connect(args: &RouterArgs) -> Result<RouterClient, InvokeError> {
+    let token = BearerToken::of(args)?;
+    let failed = |source| InvokeError::Connect {
+        address: args.router.clone(),
+        source,
+    };
+    let channel = Endpoint::new(args.router.clone())
+        .map_err(failed)?
+        .connect()
         .await
-        .map_err(|source| InvokeError::Connect {
-            address: args.router.clone(),
-            source,
-        })
+        .map_err(failed)?;
+    Ok(HookRouterClient::with_interceptor(channel, token))
 }
 
 fn read_payload(args: &InvokeArgs) -> Result<String, InvokeError> {
@@ -263,9 +367,63 @@ mod tests {
         assert_eq!(call(Code::DeadlineExceeded).exit_code(), 4);
         assert_eq!(call(Code::NotFound).exit_code(), 5);
         assert_eq!(call(Code::Unavailable).exit_code(), 6);
+        assert_eq!(call(Code::Unauthenticated).exit_code(), 7);
+        assert_eq!(call(Code::PermissionDenied).exit_code(), 7);
         assert_eq!(
             call(Code::DeadlineExceeded).to_string(),
             "DEADLINE_EXCEEDED: m"
+        );
+        assert_eq!(
+            call(Code::Unauthenticated).to_string(),
+            "UNAUTHENTICATED: m (airlockctl sends the token in the file --token-file names, or in \
+             AIRLOCK_TOKEN)"
+        );
+    }
+
+    #[test]
+    fn the_token_is_sent_as_a_bearer_and_never_shown() {
+        let mut token = BearerToken::new(" secret.token\n", "AIRLOCK_TOKEN").expect("token");
+        assert_eq!(format!("{token:?}"), "BearerToken(..)");
+        let request = token.call(Request::new(())).expect("intercepted");
+        let sent = request.metadata().get("authorization").expect("sent");
+        assert_eq!(sent.to_str().ok(), Some("Bearer secret.token"));
+        assert!(!format!("{sent:?}").contains("secret"), "{sent:?}");
+        // No token: nothing sent (the router answers UNAUTHENTICATED, saying how to get one).
+        let mut none = BearerToken::new("", "AIRLOCK_TOKEN").expect("none");
+        let request = none.call(Request::new(())).expect("intercepted");
+        assert!(request.metadata().get("authorization").is_none());
+        let e = BearerToken::new("a secret with spaces", "the file t").expect_err("bad");
+        assert_eq!(
+            e.to_string(),
+            "the token in the file t is not a bearer token (printable ASCII without spaces)"
+        );
+        assert_eq!(e.exit_code(), 7);
+    }
+
+    #[test]
+    fn a_token_file_is_read_and_an_empty_one_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "abc.def.ghi\n").expect("write");
+        let args = RouterArgs {
+            router: "http://127.0.0.1:50050".into(),
+            token_file: Some(path.clone()),
+        };
+        let mut token = BearerToken::of(&args).expect("read");
+        let request = token.call(Request::new(())).expect("intercepted");
+        assert_eq!(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer abc.def.ghi")
+        );
+        std::fs::write(&path, "\n").expect("write");
+        let e = BearerToken::of(&args).expect_err("empty");
+        assert!(
+            e.to_string()
+                .ends_with("(empty) is not a bearer token (printable ASCII without spaces)"),
+            "{e}"
         );
     }
 

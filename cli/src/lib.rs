@@ -100,10 +100,17 @@ the plugin's JSON output (pretty-printed) on stdout; timing and the invocation i
 
 The payload comes from --payload, --payload-file, or stdin (--payload - or --payload-file -).
 
+The router serves only authenticated callers: send a token of a ServiceAccount for the audience \
+airlock-router with --token-file PATH, or in the environment variable AIRLOCK_TOKEN (the token is \
+never printed). The ServiceAccount may call only what a PluginCallerBinding in the plugin's \
+namespace grants it.
+
 Examples:
   kubectl port-forward -n airlock-system svc/airlock-router 50050 &
+  export AIRLOCK_TOKEN=$(kubectl create token frontend -n team-a --audience airlock-router)
   airlockctl invoke team-a/hello transform --payload '{\"name\":\"you\"}'
-  echo '{\"type\":\"deploy\"}' | airlockctl invoke event-logger onEvent -n team-a --payload -",
+  echo '{\"type\":\"deploy\"}' | airlockctl invoke event-logger onEvent -n team-a --payload -
+  airlockctl invoke team-a/hello transform --token-file /var/run/secrets/airlock/token",
         after_long_help = "\
 Exit codes:
   0  the plugin answered
@@ -112,11 +119,14 @@ Exit codes:
   3  the plugin answered with an error (ABORTED)
   4  the plugin did not answer within its timeout (DEADLINE_EXCEEDED)
   5  no such Active plugin (NOT_FOUND: disabled, auto-disabled, not verified, or absent)
-  6  the router or the plugin cannot take the call now (UNAVAILABLE, RESOURCE_EXHAUSTED)"
+  6  the router or the plugin cannot take the call now (UNAVAILABLE, RESOURCE_EXHAUSTED)
+  7  the router refused the caller: no or a refused token (UNAUTHENTICATED), no PluginCallerBinding \
+grants the call (PERMISSION_DENIED), or the token file is unreadable"
     )]
     Invoke(invoke::InvokeArgs),
 
-    /// List the plugins the router can call, their hooks and circuit breakers.
+    /// List the plugins the caller may call through the router, their hooks and circuit breakers
+    /// (authenticated like `invoke`: --token-file or AIRLOCK_TOKEN).
     Plugins(invoke::PluginsArgs),
 }
 
