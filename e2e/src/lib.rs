@@ -6,6 +6,7 @@
 //! `KUBECONFIG` is not set), or any cluster `KUBECONFIG` points at. No part of Kubernetes is mocked.
 
 pub mod artifacts;
+pub mod callers;
 pub mod crds;
 pub mod images;
 pub mod install;

@@ -1,9 +1,10 @@
 //! Calling the hook router the way a host application does: over gRPC to the `airlock-router`
-//! Service the chart installs, plus reading the router pods' metrics.
+//! Service the chart installs, as a ServiceAccount with a token for the router's audience (see
+//! [`crate::callers`]), plus reading the router pods' metrics.
 
 use std::time::{Duration, Instant};
 
-use airlock_crds::Plugin;
+use airlock_crds::{Plugin, PluginCallerBinding};
 use airlock_proto::router::v1::hook_router_client::HookRouterClient;
 use airlock_proto::router::v1::{
     ActivePlugin, BroadcastRequest, BroadcastResponse, InvokeRequest, ListPluginsRequest,
@@ -16,10 +17,10 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::TestNamespace;
+use crate::callers::{self, Bearer, RouterClient, Subject};
 use crate::install::{NAMESPACE, images_env};
 pub use crate::plugins::active;
 use crate::plugins::{condition, phase, wait_plugin};
@@ -42,13 +43,14 @@ pub async fn address(client: &Client) -> Result<String> {
     Ok(format!("{ip}:{ROUTER_PORT}"))
 }
 
-/// A client of the router, retried while its pods start.
-pub async fn connect(client: &Client) -> Result<HookRouterClient<Channel>> {
+/// A client of the router that sends `bearer` with every call, retried while its pods start.
+pub async fn connect_with(client: &Client, bearer: Bearer) -> Result<RouterClient> {
     let addr = address(client).await?;
     let deadline = Instant::now() + crate::WAIT;
     loop {
-        match HookRouterClient::connect(format!("http://{addr}")).await {
-            Ok(c) => return Ok(c),
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?;
+        match endpoint.connect().await {
+            Ok(c) => return Ok(HookRouterClient::with_interceptor(c, bearer)),
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -109,13 +111,21 @@ pub async fn http_get(addr: &str, path: &str) -> Result<String> {
     }
 }
 
+/// The ServiceAccount a [`Fixture`] calls the router as, in the fixture's namespace.
+pub const CALLER: &str = "e2e-caller";
+
 /// A [`Sandbox`] (namespace + trust policy allowing `permissions`) and a client of the router:
-/// what the router and sandbox e2e tests call plugins through.
+/// what the router and sandbox e2e tests call plugins through. The client calls as the
+/// ServiceAccount [`CALLER`] of the sandbox's namespace, which a PluginCallerBinding `CALLER`
+/// there lets call every plugin and hook of that namespace (the router denies by default).
 pub struct Fixture {
     pub sandbox: Sandbox,
     pub client: Client,
     pub ns: TestNamespace,
-    pub grpc: HookRouterClient<Channel>,
+    pub grpc: RouterClient,
+    /// [`CALLER`]'s token for the router's audience, for clients started as programs (grpcurl,
+    /// Python): pass it in their environment, never on a command line.
+    pub token: String,
 }
 
 impl std::fmt::Debug for Fixture {
@@ -127,12 +137,23 @@ impl std::fmt::Debug for Fixture {
 impl Fixture {
     pub async fn new(prefix: &str, permissions: &[&str]) -> Result<Self> {
         let sandbox = Sandbox::new(prefix, permissions).await?;
-        let grpc = connect(&sandbox.client).await?;
+        let (client, ns) = (sandbox.client.clone(), sandbox.ns.clone());
+        callers::bind(
+            &ns.api::<PluginCallerBinding>(),
+            CALLER,
+            &[Subject::local(CALLER)],
+            &["*"],
+            &["*"],
+        )
+        .await?;
+        let token = callers::token(&client, &ns.name, CALLER, &[callers::ROUTER_AUDIENCE]).await?;
+        let grpc = connect_with(&client, Bearer::token(&token)?).await?;
         Ok(Self {
-            client: sandbox.client.clone(),
-            ns: sandbox.ns.clone(),
+            client,
+            ns,
             sandbox,
             grpc,
+            token,
         })
     }
 

@@ -151,8 +151,10 @@ async fn scenario(f: &Fixture) -> Result<()> {
         f.describe("crash-test").await
     );
 
-    // Clients nobody here wrote: grpcurl (through server reflection) and Python grpcio.
+    // Clients nobody here wrote: grpcurl (through server reflection) and Python grpcio, each with
+    // the caller's token in its environment (as the README shows: never on a command line).
     let addr = router::address(&f.client).await?;
+    let token = [("AIRLOCK_TOKEN", f.token.as_str())];
     let request = json!({
         "plugin": {"namespace": f.ns(), "name": "hello"},
         "hook": "transform",
@@ -162,11 +164,15 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "grpcurl",
         &[
             "-plaintext",
+            "-expand-headers",
+            "-H",
+            "authorization: Bearer ${AIRLOCK_TOKEN}",
             "-d",
             &request.to_string(),
             &addr,
             "airlock.router.v1.HookRouter/Invoke",
         ],
+        &token,
     )?;
     let answer: Value = serde_json::from_str(&out)?;
     let output: Value = serde_json::from_str(answer["outputJson"].as_str().unwrap_or_default())?;
@@ -187,6 +193,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
             "transform",
             &json!({"name": "python"}).to_string(),
         ],
+        &token,
     )?;
     let answer: Value = serde_json::from_str(&out)?;
     let output: Value = serde_json::from_str(answer["output_json"].as_str().unwrap_or_default())?;
@@ -373,10 +380,12 @@ async fn scenario(f: &Fixture) -> Result<()> {
         .await
 }
 
-/// Runs a client program and returns its stdout; fails with its stderr.
-fn run(program: &str, args: &[&str]) -> Result<String> {
+/// Runs a client program with `env` added to its environment and returns its stdout; fails with
+/// its stderr.
+fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String> {
     let out = std::process::Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .with_context(|| {
             format!("running {program}: `make client-deps` builds grpcurl and the Python venv")
