@@ -91,6 +91,22 @@ pub struct Config {
         value_parser = RangedU64ValueParser::<usize>::new().range(1..),
     )]
     pub max_calls_per_caller: usize,
+    /// Storage writes (put and delete) a plugin may make a minute on this replica; more are
+    /// refused with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        default_value_t = crate::host::rate::DEFAULT_STORAGE_WRITES_PER_MINUTE,
+        value_parser = clap::value_parser!(u32).range(1..),
+    )]
+    pub max_storage_writes_per_minute: u32,
+    /// Events a plugin may emit a minute on this replica; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        default_value_t = crate::host::rate::DEFAULT_EMITS_PER_MINUTE,
+        value_parser = clap::value_parser!(u32).range(1..),
+    )]
+    pub max_emits_per_minute: u32,
     /// Secret (in --namespace) with the router's mTLS client certificate: tls.crt, tls.key and
     /// the operator CA's ca.crt. The operator issues and renews it. Empty: plugins are called in
     /// plain text (only for a shim run by hand during development).

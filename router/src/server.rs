@@ -121,6 +121,10 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
             router.clone(),
             host::KubeStorage::new(client.clone()),
             metrics.clone(),
+        )
+        .with_write_rates(
+            config.max_storage_writes_per_minute,
+            config.max_emits_per_minute,
         );
         tokio::spawn(serve_host(config.host_addr, service, identity))
     });

@@ -56,6 +56,17 @@ pub struct Holder {
     pub limits: airlock_crds::plugin::PluginLimits,
 }
 
+/// Whether `plugin` may call the host API: not being deleted, not disabled (by its spec or the
+/// router) and not stopped by the controller (phase Quarantined).
+fn may_call_host(plugin: &Plugin) -> bool {
+    let quarantined = plugin
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p == airlock_crds::plugin::PluginPhase::Quarantined);
+    plugin.metadata.deletion_timestamp.is_none() && plugin.should_run() && !quarantined
+}
+
 impl RouteTable {
     /// The table for `plugins`, whose Services have the cluster IPs in `service_ips` (keyed by
     /// namespace and Service name).
@@ -66,7 +77,9 @@ impl RouteTable {
         let mut table = Self::default();
         for plugin in plugins {
             let key = PluginKey::new(plugin.namespace().unwrap_or_default(), plugin.name_any());
-            if plugin.metadata.deletion_timestamp.is_none() {
+            // Only a plugin that may run may call the host API: a Quarantined or disabled one
+            // loses it at once, also from a stolen identity of one of its pods.
+            if may_call_host(plugin) {
                 table.holders.insert(
                     key.clone(),
                     Holder {
@@ -236,6 +249,30 @@ mod tests {
             "status": {"phase": phase, "hooks": names},
         }))
         .expect("plugin")
+    }
+
+    /// Issue 12: a Quarantined or disabled plugin loses the host API at once — the key of one of
+    /// its pods (stolen before it stopped) is worth nothing then.
+    #[test]
+    fn only_a_plugin_that_may_run_may_call_the_host_api() {
+        let hooks = json!([{"name": "transform"}]);
+        let active = plugin("t", "ok", "Active", hooks.clone());
+        let quarantined = plugin("t", "q", "Quarantined", hooks.clone());
+        let mut disabled = plugin("t", "d", "Disabled", hooks.clone());
+        disabled.spec.enabled = false;
+        let mut auto = plugin("t", "a", "Active", hooks.clone());
+        auto.metadata.annotations = Some(
+            [(
+                airlock_crds::plugin::AUTO_DISABLED_ANNOTATION.to_string(),
+                "5 timeouts".to_string(),
+            )]
+            .into(),
+        );
+        let table = RouteTable::build([&active, &quarantined, &disabled, &auto], &ips(&[]));
+        assert!(table.holder(&PluginKey::new("t", "ok")).is_some());
+        for name in ["q", "d", "a"] {
+            assert!(table.holder(&PluginKey::new("t", name)).is_none(), "{name}");
+        }
     }
 
     fn ips(entries: &[(&str, &str, &str)]) -> HashMap<(String, String), String> {

@@ -168,7 +168,7 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
     ) -> Result<Holder, Status> {
         let holder = self.router.holder(plugin).ok_or_else(|| {
             Status::permission_denied(format!(
-                "there is no Plugin {plugin} (or it is being deleted); its calls are refused"
+                "there is no Plugin {plugin} that may run (it is being deleted, disabled or quarantined); its calls are refused"
             ))
         })?;
         if let Err(denied) = check(call, &holder.permissions) {
