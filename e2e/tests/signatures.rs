@@ -235,6 +235,24 @@ impl Matrix {
         self.apply(&self.plugin(name, image, permissions)).await
     }
 
+    /// An upgrade of the Plugin `name` to `image`: a new bundle bound to `image_digest`, signed
+    /// by `signer`, in its own ConfigMap `<name>-<tag>-bundle`.
+    async fn upgrade(
+        &self,
+        name: &str,
+        tag: &str,
+        image: &Image,
+        signer: &BundleKey,
+    ) -> Result<()> {
+        let versioned = format!("{name}-{tag}");
+        let b = bundle(self.work.path(), &versioned, &image.digest)?;
+        self.publish_signed(&versioned, b, signer).await?;
+        let mut plugin = self.plugin(name, &image.tag, &["log"]);
+        plugin["spec"]["bundle"] =
+            json!({"source": {"configMapRef": {"name": format!("{versioned}-bundle")}}});
+        self.apply(&plugin).await
+    }
+
     /// `publish` with the signature of `signer`.
     async fn publish_signed(
         &self,
@@ -822,8 +840,7 @@ async fn forged_rollback(
         &format!("{repo}/forged-broken"),
     )?;
     trusted.sign(&broken.pinned)?;
-    m.deploy("forged", &broken.tag, &broken.digest, &m.author, &["log"])
-        .await?;
+    m.upgrade("forged", "broken", &broken, &m.author).await?;
     let p = m.expect_blocked("forged", "Ready", "RolledBack").await?;
     ensure!(
         p.status.and_then(|s| s.current_revision).as_deref() == Some(good.as_str()),
@@ -891,8 +908,7 @@ async fn dodges_before_revocation(
         &format!("{repo}/comeback-broken"),
     )?;
     trusted.sign(&broken.pinned)?;
-    m.deploy("comeback", &broken.tag, &broken.digest, &m.author, &["log"])
-        .await?;
+    m.upgrade("comeback", "broken", &broken, &m.author).await?;
     wait_plugin(
         &m.ns.api::<Plugin>(),
         "comeback",
