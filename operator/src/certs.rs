@@ -107,6 +107,18 @@ pub async fn ensure_certificate(
     identity: &str,
     ca: &Ca,
 ) -> Result<Option<String>, CertError> {
+    ensure_bound_certificate(client, meta, identity, None, ca).await
+}
+
+/// [`ensure_certificate`] for a plugin: the certificate is bound to the Plugin's `uid` and
+/// short-lived ([`pki::PLUGIN_LEAF_LIFETIME`]).
+pub async fn ensure_bound_certificate(
+    client: &Client,
+    meta: ObjectMeta,
+    identity: &str,
+    uid: Option<&str>,
+    ca: &Ca,
+) -> Result<Option<String>, CertError> {
     let namespace = meta.namespace.clone().unwrap_or_default();
     let name = meta.name.clone().unwrap_or_default();
     let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
@@ -115,13 +127,16 @@ pub async fn ensure_certificate(
         None => "there is no certificate yet".to_string(),
         Some(s) => match text(&s, CERT_KEY) {
             None => "the Secret has no certificate".to_string(),
-            Some(cert) => match pki::renewal_due(&cert, ca, identity, now) {
+            Some(cert) => match pki::renewal_due_bound(&cert, ca, identity, uid, now) {
                 None => return Ok(None),
                 Some(why) => why,
             },
         },
     };
-    let issued = ca.issue(identity, now)?;
+    let issued = match uid {
+        Some(uid) => ca.issue_bound(identity, uid, now)?,
+        None => ca.issue(identity, now)?,
+    };
     secrets
         .patch(
             &name,

@@ -267,6 +267,26 @@ pub fn peer_identities(certs: &[CertificateDer<'_>]) -> Vec<String> {
     dns_names(&cert)
 }
 
+/// Prefix of the URI name that binds a plugin's certificate to one Plugin object (its uid): a
+/// certificate of a deleted Plugin is worth nothing for a new Plugin of the same name.
+pub const PLUGIN_UID_URI_PREFIX: &str = "urn:airlock:plugin-uid:";
+
+/// The Plugin uid a peer's certificate is bound to ([`PLUGIN_UID_URI_PREFIX`]), if any.
+pub fn peer_plugin_uid(certs: &[CertificateDer<'_>]) -> Option<String> {
+    let leaf = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    bound_uid(&cert)
+}
+
+/// The Plugin uid a certificate is bound to, from its URI name.
+pub fn bound_uid(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
+    let san = cert.subject_alternative_name().ok().flatten()?;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) => u.strip_prefix(PLUGIN_UID_URI_PREFIX).map(str::to_string),
+        _ => None,
+    })
+}
+
 /// The DNS names a certificate is for (its subject alternative names): how Airlock identities
 /// are carried (see `airlock_proto::identity`).
 pub fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {

@@ -16,8 +16,12 @@ use rcgen::{
 use time::OffsetDateTime;
 use x509_parser::pem::parse_x509_pem;
 
-/// How long a certificate the CA issues is valid.
+/// How long a certificate the CA issues is valid (the router's).
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a plugin's certificate is valid: a key a plugin's pod leaked stops working within a
+/// day (it is renewed after two thirds, so the operator may be down for hours without harm).
+pub const PLUGIN_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+pub use crate::PLUGIN_UID_URI_PREFIX;
 /// How long the CA is valid.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Issued certificates start being valid this long before they are issued, so a node whose clock
@@ -97,10 +101,35 @@ impl Ca {
     /// A certificate for `identity` (its only DNS name), usable as server and as client, valid
     /// for [`LEAF_LIFETIME`] from `now`.
     pub fn issue(&self, identity: &str, now: SystemTime) -> Result<Issued, PkiError> {
+        self.issue_with(identity, None, LEAF_LIFETIME, now)
+    }
+
+    /// A plugin's certificate: for `identity`, bound to the Plugin with `uid` (a URI name
+    /// [`PLUGIN_UID_URI_PREFIX`]`<uid>`), valid for [`PLUGIN_LEAF_LIFETIME`] from `now`.
+    pub fn issue_bound(
+        &self,
+        identity: &str,
+        uid: &str,
+        now: SystemTime,
+    ) -> Result<Issued, PkiError> {
+        self.issue_with(identity, Some(uid), PLUGIN_LEAF_LIFETIME, now)
+    }
+
+    fn issue_with(
+        &self,
+        identity: &str,
+        uid: Option<&str>,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<Issued, PkiError> {
         let ca_key = KeyPair::from_pem(&self.0.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&self.0.cert_pem, ca_key)?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![identity.to_string()])?;
+        if let Some(uid) = uid {
+            let uri = rcgen::string::Ia5String::try_from(format!("{PLUGIN_UID_URI_PREFIX}{uid}"))?;
+            params.subject_alt_names.push(rcgen::SanType::URI(uri));
+        }
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, identity);
         params.is_ca = IsCa::ExplicitNoCa;
@@ -111,7 +140,7 @@ impl Ca {
         ];
         params.use_authority_key_identifier_extension = true;
         params.not_before = at(now - BACKDATE)?;
-        params.not_after = at(now + LEAF_LIFETIME)?;
+        params.not_after = at(now + lifetime)?;
         let cert = params.signed_by(&key, &issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -123,6 +152,19 @@ impl Ca {
 /// Why the certificate in `cert_pem` must be issued again for `identity`, or `None` while it is
 /// good: issued by `ca` for exactly `identity` with more than a third of its lifetime left.
 pub fn renewal_due(cert_pem: &str, ca: &Ca, identity: &str, now: SystemTime) -> Option<String> {
+    renewal_due_bound(cert_pem, ca, identity, None, now)
+}
+
+/// [`renewal_due`] for a plugin's certificate, which must also be bound to the Plugin `uid`
+/// (one issued for an earlier Plugin of the same name, or before certificates were bound, is
+/// issued again).
+pub fn renewal_due_bound(
+    cert_pem: &str,
+    ca: &Ca,
+    identity: &str,
+    uid: Option<&str>,
+    now: SystemTime,
+) -> Option<String> {
     let (_, pem) = match parse_x509_pem(cert_pem.as_bytes()) {
         Ok(p) => p,
         Err(e) => return Some(format!("the stored certificate is not PEM ({e})")),
@@ -135,6 +177,13 @@ pub fn renewal_due(cert_pem: &str, ca: &Ca, identity: &str, now: SystemTime) -> 
     if names != [identity] {
         return Some(format!(
             "the stored certificate names {names:?}, not {identity:?}"
+        ));
+    }
+    if let Some(uid) = uid
+        && crate::bound_uid(&cert).as_deref() != Some(uid)
+    {
+        return Some(format!(
+            "the stored certificate is not bound to this Plugin (uid {uid})"
         ));
     }
     let signed_by_ca = parse_x509_pem(ca.cert_pem().as_bytes())
@@ -164,6 +213,46 @@ pub fn renewal_due(cert_pem: &str, ca: &Ca, identity: &str, now: SystemTime) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plugin_certificate_is_short_lived_and_bound_to_its_plugin_object() {
+        let now = SystemTime::now();
+        let ca = Ca::generate(now).unwrap();
+        let issued = ca.issue_bound("p.t.plugin.airlock", "uid-1", now).unwrap();
+        let (_, pem) = parse_x509_pem(issued.cert_pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        assert_eq!(crate::bound_uid(&cert).as_deref(), Some("uid-1"));
+        assert_eq!(
+            dns_names(&cert),
+            ["p.t.plugin.airlock"],
+            "the identity is unchanged"
+        );
+        let lifetime = cert.validity().not_after.timestamp() - now_secs(now);
+        assert!(lifetime <= 24 * 3600, "{lifetime} s");
+        let due = |uid, at| renewal_due_bound(&issued.cert_pem, &ca, "p.t.plugin.airlock", uid, at);
+        assert_eq!(due(Some("uid-1"), now), None);
+        assert!(
+            due(Some("uid-2"), now).is_some(),
+            "a re-created Plugin gets a new one"
+        );
+        assert!(due(Some("uid-1"), now + Duration::from_secs(17 * 3600)).is_some());
+        let unbound = ca.issue("p.t.plugin.airlock", now).unwrap();
+        assert!(
+            renewal_due_bound(
+                &unbound.cert_pem,
+                &ca,
+                "p.t.plugin.airlock",
+                Some("uid-1"),
+                now
+            )
+            .is_some(),
+            "a certificate issued before binding is replaced"
+        );
+    }
+
+    fn now_secs(t: SystemTime) -> i64 {
+        i64::try_from(t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()).unwrap()
+    }
 
     fn names_of(pem: &str) -> Vec<String> {
         let (_, p) = parse_x509_pem(pem.as_bytes()).unwrap();

@@ -85,7 +85,11 @@ async fn issue_plugin_certificate(
 ) -> Result<(), Error> {
     let identity = airlock_core::identity::plugin_identity(ns, &plugin.name_any());
     let meta = build::tls_secret::plugin_tls_meta(plugin);
-    if let Some(why) = certs::ensure_certificate(&ctx.client, meta, &identity, &watches.ca).await? {
+    let uid = plugin.uid();
+    if let Some(why) =
+        certs::ensure_bound_certificate(&ctx.client, meta, &identity, uid.as_deref(), &watches.ca)
+            .await?
+    {
         info!(plugin = %plugin.name_any(), namespace = ns, reason = %why, "issued the plugin's certificate");
     }
     Ok(())

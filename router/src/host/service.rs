@@ -92,6 +92,13 @@ fn limits_of(base: &Limits, holder: &Holder) -> Limits {
     }
 }
 
+/// The Plugin uid the request's client certificate is bound to, if any.
+fn caller_uid<T>(request: &Request<T>) -> Option<String> {
+    request
+        .peer_certs()
+        .and_then(|certs| airlock_tls::peer_plugin_uid(&certs))
+}
+
 /// The plugin a request comes from, by its client certificate.
 fn caller<T>(request: &Request<T>) -> Result<PluginKey, Status> {
     let Some(certs) = request.peer_certs() else {
@@ -195,6 +202,26 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
         Ok(holder)
     }
 
+    /// Whether a certificate bound to `uid` speaks for the Plugin `plugin` is now: a certificate of
+    /// a deleted Plugin (or one issued before certificates were bound) does not speak for a new
+    /// Plugin of the same name.
+    fn bound_to(&self, plugin: &PluginKey, uid: Option<&str>) -> Result<(), Status> {
+        let Some(holder) = self.router.holder(plugin) else {
+            // No Plugin that may run: `authorize` refuses the call and says so.
+            return Ok(());
+        };
+        if uid == Some(holder.uid.as_str()) {
+            return Ok(());
+        }
+        warn!(plugin = %plugin, "host call with a certificate of another Plugin object");
+        self.metrics
+            .host_call(&plugin.to_string(), "certificate", "permission_denied");
+        Err(Status::permission_denied(format!(
+            "the client certificate is not bound to the Plugin {plugin} that exists now (uid {}): it was issued for an earlier Plugin of that name, or before certificates were bound; the operator issues a new one to the plugin's pods",
+            holder.uid
+        )))
+    }
+
     /// Runs `request` as `plugin` (whom the client certificate names): authorizes it, answers it
     /// once it is allowed, and counts the result.
     async fn call_as<R: HostRequest>(
@@ -251,6 +278,7 @@ macro_rules! host_rpcs {
                     request: Request<api::$request>,
                 ) -> Result<Response<api::$response>, Status> {
                     let plugin = caller(&request)?;
+                    self.bound_to(&plugin, caller_uid(&request).as_deref())?;
                     self.call_as(plugin, request.into_inner())
                         .await
                         .map(Response::new)
@@ -554,6 +582,20 @@ mod tests {
             .await
             .map(drop)
             .map_err(|e| e.code())
+    }
+
+    /// Issue 12: a plugin's certificate speaks only for the Plugin object it was issued to. One of
+    /// a deleted Plugin (a leaked key of its pods), or one bound to no Plugin, is refused for a new
+    /// Plugin of the same name.
+    #[tokio::test]
+    async fn a_certificate_speaks_only_for_the_plugin_object_it_was_bound_to() {
+        let (svc, _) = service(&["log"]);
+        assert!(svc.bound_to(&me(), Some("uid-1")).is_ok());
+        for uid in [Some("uid-of-an-earlier-logger"), None] {
+            let err = svc.bound_to(&me(), uid).expect_err("another Plugin object");
+            assert_eq!(err.code(), Code::PermissionDenied);
+            assert!(err.message().contains("uid uid-1"), "{err:?}");
+        }
     }
 
     /// A plugin over its write rate is refused with RESOURCE_EXHAUSTED naming the rate, and
