@@ -270,11 +270,20 @@ async fn namespaces_grant_their_own_plugins(a: &Fixture, b: &Fixture) -> Result<
         .await
         .err()
         .context("a broadcast into B, which grants nothing")?;
+    // Refused on B's bindings alone, before the route table is read: the answer says nothing
+    // of B's subscribers (not how many, nor whether there are any).
     ensure_status(
         &e,
         Code::PermissionDenied,
-        "may call none of the 1 plugins subscribed to onEvent",
+        &format!(
+            "may call no plugin of namespace {bns}: no PluginCallerBinding in that namespace \
+             lists the caller"
+        ),
     )?;
+    ensure!(
+        !e.message().contains("subscribed"),
+        "the refusal hints at B's subscribers: {e:?}"
+    );
     let listed: Vec<String> = frontend
         .clone()
         .list_plugins(ListPluginsRequest::default())

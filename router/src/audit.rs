@@ -6,6 +6,7 @@ use airlock_core::PluginKey;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
+use crate::callers::authz::ScopeWhy;
 use crate::callers::gate::{Denial, Rpc};
 use crate::host::Denied;
 use crate::table::{Holder, Route};
@@ -66,9 +67,24 @@ pub fn host_call_denied(
     )
 }
 
+/// Longest text of a caller's choosing (names it sent, the message that quotes them) kept in an
+/// audit record: a Kubernetes object name is at most 253 characters. The gRPC edge refuses longer
+/// names already; this bounds a record whatever a future check forgets.
+pub const MAX_FIELD_CHARS: usize = 253;
+/// Longest message kept in an audit record (it quotes a few bounded names and the fix).
+pub const MAX_MESSAGE_CHARS: usize = 2048;
+
+/// `text`, cut to `max` characters (with `…` when cut).
+fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 /// The record of a refused caller of the HookRouter API (pure): who (the ServiceAccount, when it
 /// got that far), which call of what, why (`reason`), and the message the caller got. Never the
-/// token: no [`Denial`] holds it.
+/// token: no [`Denial`] holds it. Every field of the caller's choosing is bounded.
 pub fn caller_denied(
     rpc: Rpc,
     denial: &Denial,
@@ -76,13 +92,18 @@ pub fn caller_denied(
     actor: &str,
     now: Timestamp,
 ) -> Value {
+    let field = |s: &str| bounded(s, MAX_FIELD_CHARS);
     let target = match denial {
         Denial::Forbidden(d) => json!({
-            "namespace": d.namespace, "plugin": d.plugin, "hook": d.hook,
+            "namespace": field(&d.namespace), "plugin": field(&d.plugin), "hook": field(&d.hook),
         }),
-        Denial::NoneGranted(n) => json!({
-            "namespace": n.namespace, "hook": n.hook, "subscribers": n.subscribers,
-        }),
+        Denial::OutOfScope(d) => {
+            let mut target = json!({"namespace": field(&d.namespace), "hook": field(&d.hook)});
+            if let ScopeWhy::Ungranted(plugins) = &d.why {
+                target["plugins"] = plugins.iter().map(|p| field(p)).collect();
+            }
+            target
+        }
         Denial::Authn(_) | Denial::Busy(_) => Value::Null,
     };
     json!({
@@ -93,8 +114,63 @@ pub fn caller_denied(
         "status": "True",
         "reason": reason,
         "rpc": rpc.as_str(),
-        "caller": denial.caller().map(ToString::to_string),
+        "caller": denial.caller().map(|c| field(&c.to_string())),
         "target": target,
-        "message": denial.to_string(),
+        "message": bounded(&denial.to_string(), MAX_MESSAGE_CHARS),
     })
+}
+
+/// The summary of refusals of one class whose records were dropped over its budget (pure).
+pub fn caller_denials_dropped(reason: &str, dropped: u64, actor: &str, now: Timestamp) -> Value {
+    json!({
+        "stream": airlock_runtime::audit::STREAM,
+        "time": now.to_string(),
+        "actor": actor,
+        "event": "CallerDenialsNotAudited",
+        "status": "True",
+        "reason": reason,
+        "dropped": dropped,
+        "message": format!(
+            "{dropped} denials of class {reason} not audited (over the budget of {} audit records \
+             a minute per class and router replica); every denial is counted in \
+             airlock_router_refused_total",
+            crate::callers::audit_budget::AUDITED_PER_MINUTE
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callers::CallerId;
+    use crate::callers::authz::Denied;
+
+    /// Issue (MEDIUM): names of any size went into audit records as sent.
+    #[test]
+    fn fields_of_the_callers_choosing_are_bounded() {
+        let huge = "n".repeat(100_000);
+        let denial = Denial::Forbidden(Box::new(Denied {
+            caller: CallerId::new("a", "fe"),
+            namespace: huge.clone(),
+            plugin: huge.clone(),
+            hook: huge.clone(),
+            why: crate::callers::authz::Why::NotListed,
+        }));
+        let r = caller_denied(
+            Rpc::Invoke,
+            &denial,
+            "PermissionDenied",
+            "airlock-router",
+            Timestamp::UNIX_EPOCH,
+        );
+        for f in ["namespace", "plugin", "hook"] {
+            let v = r["target"][f].as_str().expect("a string");
+            assert_eq!(v.chars().count(), MAX_FIELD_CHARS + 1, "{f}");
+            assert!(v.ends_with('…'));
+        }
+        let message = r["message"].as_str().expect("a string");
+        assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert_eq!(r["target"]["namespace"].as_str().map(str::len), Some(256));
+        assert_eq!(bounded("short", MAX_FIELD_CHARS), "short");
+    }
 }

@@ -3,7 +3,7 @@
 
 mod hook_router;
 
-pub use hook_router::HookRouterService;
+pub use hook_router::{HookRouterService, server as hook_router};
 
 use std::collections::HashMap;
 use std::future::Future;

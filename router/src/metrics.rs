@@ -62,7 +62,7 @@ impl Metrics {
             token_reviews: counter(
                 &registry,
                 "airlock_router_token_reviews_total",
-                "TokenReviews the router asked the API server for (callers' tokens not in its cache), by result (authenticated, rejected, error: the review failed, busy: too many reviews waiting)",
+                "TokenReviews the router asked the API server for (callers' tokens not in its cache that pass its local pre-check), by result (authenticated, rejected, error: the review failed, busy: not asked, every review lane the token may use was full)",
                 &["result"],
             )?,
             hook_duration: histogram(

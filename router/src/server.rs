@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use airlock_proto::router::v1::hook_router_server::HookRouterServer;
 use airlock_runtime::StartError;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -19,6 +18,20 @@ use crate::{Config, audit, cluster, dispatch, grpc, host};
 
 /// The fully qualified name of the router service, as health and reflection know it.
 pub const SERVICE_NAME: &str = "airlock.router.v1.HookRouter";
+
+/// Requests in flight on one HTTP/2 connection of the gRPC port: the streams a client may open
+/// (SETTINGS_MAX_CONCURRENT_STREAMS, rather than hyper's default of the moment) and the requests
+/// served at once. One connection is one client, anonymous or not: each of its requests holds its
+/// headers, and what flow control lets it send of its body, while it waits for admission. Four
+/// times the default per-caller limit, so a caller at its own limit never waits here.
+pub const MAX_CALLS_PER_CONNECTION: usize = 256;
+
+/// The gRPC server of the HookRouter port, with its per-connection bounds.
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CALLS_PER_CONNECTION as u32)
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -83,6 +96,15 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
         metrics.clone(),
         Arc::new(audit::emit),
     ));
+    // Summaries of refusals dropped over the audit budgets, also when the flood has stopped.
+    let summaries = gate.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(crate::callers::audit_budget::SUMMARY_EVERY);
+        loop {
+            every.tick().await;
+            summaries.flush_audit();
+        }
+    });
     let (bindings_tx, mut bindings_loaded) = tokio::sync::watch::channel(false);
     tokio::spawn(cluster::watch_bindings(
         client.clone(),
@@ -130,12 +152,10 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     });
     let addr = config.grpc_addr;
     info!(%addr, audience = %config.caller_audience, "serving {SERVICE_NAME} to callers with a ServiceAccount token for the audience");
-    let grpc = tonic::transport::Server::builder()
+    let grpc = grpc_server()
         .add_service(health)
         .add_service(reflection)
-        .add_service(HookRouterServer::new(grpc::HookRouterService::new(
-            router, gate,
-        )))
+        .add_service(grpc::hook_router(router, gate, config.max_payload_bytes))
         .serve_with_shutdown(addr, airlock_runtime::shutdown::signal());
     let host_failed = async move {
         match host {

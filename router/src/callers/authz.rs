@@ -106,6 +106,16 @@ impl Bindings {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Whether some binding in `namespace` lists `caller` at all (for whatever plugins and hooks).
+    /// A broadcast or pipeline into a namespace none of whose bindings lists the caller is refused
+    /// on this alone, before the route table is read: the answer must not tell a stranger to the
+    /// namespace whether it has subscribers, or how many.
+    pub fn lists(&self, namespace: &str, caller: &CallerId) -> bool {
+        self.by_namespace
+            .get(namespace)
+            .is_some_and(|grants| grants.iter().any(|g| g.lists(caller)))
+    }
 }
 
 /// Whether `caller` may call `hook` of the Plugin `namespace`/`plugin`: some binding in
@@ -182,21 +192,63 @@ pub enum Why {
     HookNotListed(Vec<String>),
 }
 
-/// A Broadcast or Transform whose namespace has subscribers of the hook but none the caller may
-/// call (PERMISSION_DENIED).
+/// A Broadcast or Transform the caller may not make in a namespace (PERMISSION_DENIED). The
+/// message names the caller, the namespace, the hook, what is missing and the fix; never how many
+/// plugins subscribe.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{caller} may call none of the {subscribers} plugins subscribed to {hook} in namespace \
-     {namespace}: create a PluginCallerBinding in namespace {namespace} listing serviceAccount {} \
-     of namespace {} (spec.callers) with the plugins (spec.plugins, or \"*\") and hook {hook} \
-     (spec.hooks, or \"*\")",
-    .caller.name, .caller.namespace
-)]
-pub struct NoneGranted {
+#[error("{}", scope_message(self))]
+pub struct ScopeDenied {
     pub caller: CallerId,
     pub namespace: String,
     pub hook: String,
-    pub subscribers: usize,
+    pub why: ScopeWhy,
+}
+
+/// Why a broadcast or a pipeline is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeWhy {
+    /// No binding of the namespace lists the caller: refused before the route table is read, so
+    /// the answer is the same whether or not the namespace has subscribers.
+    NotListed,
+    /// Bindings list the caller, but it may call none of the subscribers of the hook.
+    NoneGranted,
+    /// A pipeline with transform plugins the caller may not call (these, by name): a pipeline
+    /// runs every transform plugin of its namespace or none, so that a step meant to see every
+    /// document (a sanitiser) is never skipped for a caller granted only the others.
+    Ungranted(Vec<String>),
+}
+
+fn scope_message(d: &ScopeDenied) -> String {
+    let ScopeDenied {
+        caller,
+        namespace,
+        hook,
+        why,
+    } = d;
+    let binding = format!(
+        "a PluginCallerBinding in namespace {namespace} listing serviceAccount {} of namespace {} \
+         (spec.callers)",
+        caller.name, caller.namespace
+    );
+    match why {
+        ScopeWhy::NotListed => format!(
+            "{caller} may call no plugin of namespace {namespace}: no PluginCallerBinding in that \
+             namespace lists the caller; create {binding} with the plugins (spec.plugins, or \
+             \"*\") and hook {hook} (spec.hooks, or \"*\")"
+        ),
+        ScopeWhy::NoneGranted => format!(
+            "{caller} may call none of the plugins subscribed to {hook} in namespace {namespace}: \
+             the PluginCallerBindings there that list the caller grant none of them; create \
+             {binding} with the plugins (spec.plugins, or \"*\") and hook {hook} (spec.hooks, or \
+             \"*\")"
+        ),
+        ScopeWhy::Ungranted(plugins) => format!(
+            "{caller} may not run the {hook} pipeline of namespace {namespace}: it may not call \
+             hook {hook} of the Plugins {plugins:?} there, and a pipeline runs every {hook} plugin \
+             of its namespace or none (no step is ever skipped); create {binding} with these \
+             plugins (spec.plugins, or \"*\") and hook {hook} (spec.hooks, or \"*\")"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -397,5 +449,51 @@ mod tests {
         let b = Bindings::new(&objects);
         assert!(b.is_empty());
         assert!(authorize(&b, &sa("a", "fe"), "a", "p", "transform").is_err());
+    }
+
+    #[test]
+    fn a_namespace_lists_a_caller_if_any_of_its_bindings_does() {
+        let b = bindings(
+            &[
+                binding(
+                    "b",
+                    "narrow",
+                    "[{serviceAccount: fe, namespace: a}]",
+                    "[p]",
+                    "[onLoad]",
+                ),
+                binding("c", "local", "[{serviceAccount: fe}]", "['*']", "['*']"),
+            ]
+            .join("\n---\n"),
+        );
+        assert!(b.lists("b", &sa("a", "fe")), "whatever it grants");
+        assert!(!b.lists("b", &sa("b", "fe")));
+        assert!(!b.lists("c", &sa("a", "fe")));
+        assert!(!b.lists("nowhere", &sa("a", "fe")));
+    }
+
+    #[test]
+    fn scope_refusals_name_the_fix_and_no_count() {
+        let d = |why| ScopeDenied {
+            caller: sa("a", "fe"),
+            namespace: "b".into(),
+            hook: "transform".into(),
+            why,
+        };
+        assert_eq!(
+            d(ScopeWhy::NotListed).to_string(),
+            "system:serviceaccount:a:fe may call no plugin of namespace b: no PluginCallerBinding \
+             in that namespace lists the caller; create a PluginCallerBinding in namespace b \
+             listing serviceAccount fe of namespace a (spec.callers) with the plugins \
+             (spec.plugins, or \"*\") and hook transform (spec.hooks, or \"*\")"
+        );
+        let e = d(ScopeWhy::Ungranted(vec!["sanitise".into()])).to_string();
+        assert!(
+            e.starts_with(
+                "system:serviceaccount:a:fe may not run the transform pipeline of namespace b: \
+                 it may not call hook transform of the Plugins [\"sanitise\"] there"
+            ),
+            "{e}"
+        );
     }
 }

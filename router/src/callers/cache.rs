@@ -68,7 +68,8 @@ impl<V: Clone> ReviewCache<V> {
         self.entries.is_empty()
     }
 
-    fn remove(&mut self, key: &TokenHash) {
+    /// Forgets `key`.
+    pub fn remove(&mut self, key: &TokenHash) {
         if let Some(old) = self.entries.remove(key) {
             self.order.remove(&old.seq);
         }

@@ -1,19 +1,21 @@
 //! The gate of the HookRouter API: what the gRPC edge calls before the router's core sees a
 //! request ([`Gate::admit`]: authenticate, take a per-caller slot, snapshot the bindings), and the
 //! one place where a refused caller becomes a gRPC status, a count in
-//! `airlock_router_refused_total{rpc,reason}` and an audit record ([`Gate::deny`]).
+//! `airlock_router_refused_total{rpc,reason}` and an audit record ([`Gate::deny`]), within the
+//! audit budgets of [`super::audit_budget`].
 
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
-use airlock_core::rate::LineBudget;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 use super::CallerId;
+use super::audit_budget::{AUDITED_PER_MINUTE, Budgets, Class, WARNINGS_PER_MINUTE};
 use super::authn::{Authenticator, AuthnError};
-use super::authz::{Bindings, Denied, NoneGranted, authorize};
+use super::authz::{Bindings, Denied, ScopeDenied, authorize};
 use super::limit::{Busy, CallerLimits, CallerPermit};
 use super::review::TokenReviewer;
 use crate::metrics::Metrics;
@@ -22,11 +24,6 @@ pub use crate::metrics::Rpc;
 /// Where audit records go: the audit stream in the router ([`crate::audit::emit`]), a recorder in
 /// tests.
 pub type AuditSink = Arc<dyn Fn(&Value) + Send + Sync>;
-
-/// Audit records of refused callers per minute and replica. A flood of anonymous calls must not
-/// become a flood of audit lines: past this, refusals are still counted in the metric, only their
-/// records are dropped.
-pub const AUDITED_DENIALS_PER_MINUTE: u32 = 1000;
 
 /// A refused caller. Each message names what is missing and how to get it; none holds a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,10 +34,9 @@ pub enum Denial {
     /// No binding lets the caller call this hook of this plugin (PERMISSION_DENIED).
     #[error(transparent)]
     Forbidden(Box<Denied>),
-    /// No binding lets the caller call any subscriber of a broadcast or pipeline
-    /// (PERMISSION_DENIED).
+    /// A broadcast or pipeline the caller may not make in that namespace (PERMISSION_DENIED).
     #[error(transparent)]
-    NoneGranted(NoneGranted),
+    OutOfScope(Box<ScopeDenied>),
     /// Too many calls of this caller in flight (RESOURCE_EXHAUSTED).
     #[error(transparent)]
     Busy(Busy),
@@ -49,32 +45,31 @@ pub enum Denial {
 impl Denial {
     /// The gRPC code of this refusal: the one mapping.
     pub fn code(&self) -> Code {
-        match self {
-            Self::Authn(AuthnError::Unavailable(_)) => Code::Unavailable,
-            Self::Authn(_) => Code::Unauthenticated,
-            Self::Forbidden(_) | Self::NoneGranted(_) => Code::PermissionDenied,
-            Self::Busy(_) => Code::ResourceExhausted,
+        match self.class() {
+            Class::Unavailable => Code::Unavailable,
+            Class::Unauthenticated => Code::Unauthenticated,
+            Class::Forbidden => Code::PermissionDenied,
+            Class::Busy => Code::ResourceExhausted,
         }
     }
 
     /// The `reason` label of `airlock_router_refused_total`.
     pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Authn(AuthnError::Unavailable(_)) => "token_review_unavailable",
-            Self::Authn(_) => "unauthenticated",
-            Self::Forbidden(_) | Self::NoneGranted(_) => "forbidden",
-            Self::Busy(_) => "caller_concurrency",
+        match self.class() {
+            Class::Unavailable => "token_review_unavailable",
+            Class::Unauthenticated => "unauthenticated",
+            Class::Forbidden => "forbidden",
+            Class::Busy => "caller_concurrency",
         }
     }
 
-    /// The audit record's `reason`; `None`: not a refusal of the caller (the router could not
-    /// check its token), so not audited.
-    fn audit_reason(&self) -> Option<&'static str> {
+    /// The class of this refusal: its audit budget, and whether it is audited at all.
+    pub fn class(&self) -> Class {
         match self {
-            Self::Authn(AuthnError::Unavailable(_)) => None,
-            Self::Authn(_) => Some("Unauthenticated"),
-            Self::Forbidden(_) | Self::NoneGranted(_) => Some("PermissionDenied"),
-            Self::Busy(_) => Some("CallerConcurrency"),
+            Self::Authn(AuthnError::Unavailable(_) | AuthnError::Busy(_)) => Class::Unavailable,
+            Self::Authn(_) => Class::Unauthenticated,
+            Self::Forbidden(_) | Self::OutOfScope(_) => Class::Forbidden,
+            Self::Busy(_) => Class::Busy,
         }
     }
 
@@ -83,7 +78,7 @@ impl Denial {
         match self {
             Self::Authn(_) | Self::Busy(Busy::Callers) => None,
             Self::Forbidden(d) => Some(&d.caller),
-            Self::NoneGranted(n) => Some(&n.caller),
+            Self::OutOfScope(d) => Some(&d.caller),
             Self::Busy(Busy::Caller { caller, .. }) => Some(caller),
         }
     }
@@ -107,6 +102,26 @@ impl Pass {
     pub fn may_call(&self, namespace: &str, plugin: &str, hook: &str) -> bool {
         self.check(namespace, plugin, hook).is_ok()
     }
+
+    /// Whether some binding in `namespace` lists the caller at all.
+    pub fn listed_in(&self, namespace: &str) -> bool {
+        self.bindings.lists(namespace, &self.caller)
+    }
+}
+
+/// A request admitted before its body was read (by the gRPC edge's admission layer), as a request
+/// extension for the handler. Extensions are the server's own: nothing on the wire sets them.
+#[derive(Debug, Clone)]
+pub struct Admitted(Arc<Pass>);
+
+impl Admitted {
+    pub fn new(pass: Pass) -> Self {
+        Self(Arc::new(pass))
+    }
+
+    pub fn pass(&self) -> Arc<Pass> {
+        Arc::clone(&self.0)
+    }
 }
 
 pub struct Gate {
@@ -115,7 +130,7 @@ pub struct Gate {
     bindings: RwLock<Arc<Bindings>>,
     metrics: Metrics,
     audit: AuditSink,
-    audit_budget: Mutex<LineBudget>,
+    budgets: Mutex<Budgets>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -135,16 +150,28 @@ impl Gate {
         metrics: Metrics,
         audit: AuditSink,
     ) -> Self {
+        Self::with_authenticator(
+            Authenticator::new(reviewer, audience, metrics.clone()),
+            max_calls_per_caller,
+            metrics,
+            audit,
+        )
+    }
+
+    /// A gate with this authenticator (tests size its review lanes).
+    pub fn with_authenticator(
+        authn: Authenticator,
+        max_calls_per_caller: usize,
+        metrics: Metrics,
+        audit: AuditSink,
+    ) -> Self {
         Self {
-            authn: Authenticator::new(reviewer, audience, metrics.clone()),
+            authn,
             limits: CallerLimits::new(max_calls_per_caller),
             bindings: RwLock::default(),
             metrics,
             audit,
-            audit_budget: Mutex::new(LineBudget::new(
-                AUDITED_DENIALS_PER_MINUTE,
-                std::time::Instant::now(),
-            )),
+            budgets: Mutex::new(Budgets::new(AUDITED_PER_MINUTE, WARNINGS_PER_MINUTE, now())),
         }
     }
 
@@ -179,38 +206,74 @@ impl Gate {
         })
     }
 
-    /// Records `denial` of a request of `rpc` (metric, audit record) and makes its status.
+    /// Records `denial` of a request of `rpc` (metric, audit record or warning, within the budget
+    /// of its class) and makes its status.
     pub fn deny(&self, rpc: Rpc, denial: Denial) -> Status {
         self.metrics.refused(rpc.as_str(), denial.reason());
-        match denial.audit_reason() {
-            Some(reason) => {
-                let now = std::time::Instant::now();
-                let budget = self
-                    .audit_budget
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take(now);
-                if budget {
-                    (self.audit)(&crate::audit::caller_denied(
-                        rpc,
-                        &denial,
-                        reason,
-                        crate::cluster::ACTOR,
-                        Timestamp::now(),
-                    ));
-                }
-            }
-            None => {
-                tracing::warn!(rpc = rpc.as_str(), error = %denial, "cannot authenticate a caller")
-            }
+        let class = denial.class();
+        let now = now();
+        let (kept, due) = {
+            let mut budgets = lock(&self.budgets);
+            (budgets.take(class, now), budgets.due(now))
+        };
+        self.summarize(due);
+        if kept && class.audited() {
+            (self.audit)(&crate::audit::caller_denied(
+                rpc,
+                &denial,
+                class.reason(),
+                crate::cluster::ACTOR,
+                Timestamp::now(),
+            ));
+        } else if kept {
+            tracing::warn!(rpc = rpc.as_str(), error = %denial, "cannot authenticate a caller");
         }
         Status::new(denial.code(), denial.to_string())
     }
+
+    /// Writes the summaries of refusals dropped over the budgets that are due (at most one a
+    /// minute per class). Called by every refusal and, so that the last minute of a flood is not
+    /// left unsummarized when the flood stops, periodically by the server.
+    pub fn flush_audit(&self) {
+        let due = lock(&self.budgets).due(now());
+        self.summarize(due);
+    }
+
+    fn summarize(&self, due: Vec<(Class, u64)>) {
+        for (class, dropped) in due {
+            if class.audited() {
+                (self.audit)(&crate::audit::caller_denials_dropped(
+                    class.reason(),
+                    dropped,
+                    crate::cluster::ACTOR,
+                    Timestamp::now(),
+                ));
+            } else {
+                tracing::warn!(
+                    dropped,
+                    "{dropped} more warnings about callers' tokens the router could not check \
+                     were suppressed (at most {WARNINGS_PER_MINUTE} a minute)"
+                );
+            }
+        }
+    }
+}
+
+/// The gate's clock: tokio's, so tests with paused time see budgets refill.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::authz::Why;
+    use super::super::audit_budget::SUMMARY_EVERY;
+    use super::super::authn::tests::FakeReviewer;
+    use super::super::authz::{ScopeWhy, Why};
+    use super::super::lanes::LanesFull;
     use super::super::token::TokenError;
     use super::*;
 
@@ -230,6 +293,21 @@ mod tests {
                 Denial::Authn(AuthnError::Unavailable("down".into())),
                 Code::Unavailable,
                 "token_review_unavailable",
+            ),
+            (
+                Denial::Authn(AuthnError::Busy(LanesFull)),
+                Code::Unavailable,
+                "token_review_unavailable",
+            ),
+            (
+                Denial::OutOfScope(Box::new(ScopeDenied {
+                    caller: caller.clone(),
+                    namespace: "b".into(),
+                    hook: "onEvent".into(),
+                    why: ScopeWhy::NotListed,
+                })),
+                Code::PermissionDenied,
+                "forbidden",
             ),
             (
                 Denial::Forbidden(Box::new(Denied {
@@ -278,5 +356,66 @@ mod tests {
             serde_json::json!({"namespace": "b", "plugin": "p", "hook": "transform"})
         );
         assert_eq!(r["message"], denial.to_string());
+    }
+
+    /// Issue (MEDIUM): one audit budget for every refusal: an anonymous flood used it up and a
+    /// tenant's probes of other namespaces that followed went unaudited, without a trace.
+    #[tokio::test(start_paused = true)]
+    async fn an_anonymous_flood_does_not_silence_the_audit_of_forbidden_calls() {
+        let records = Arc::new(Mutex::new(Vec::<Value>::new()));
+        let sink = records.clone();
+        let gate = Gate::new(
+            Arc::new(FakeReviewer::default()),
+            "airlock-router".into(),
+            64,
+            Metrics::new().expect("metrics"),
+            Arc::new(move |r: &Value| lock(&sink).push(r.clone())),
+        );
+        let flood = AUDITED_PER_MINUTE as usize + 500;
+        for _ in 0..flood {
+            gate.admit(Rpc::Invoke, &MetadataMap::new())
+                .await
+                .expect_err("no token");
+        }
+        let probe = Denial::Forbidden(Box::new(Denied {
+            caller: CallerId::new("a", "fe"),
+            namespace: "b".into(),
+            plugin: "p".into(),
+            hook: "transform".into(),
+            why: Why::NotListed,
+        }));
+        gate.deny(Rpc::Invoke, probe);
+        let reasons = |records: &[Value], reason: &str| {
+            records
+                .iter()
+                .filter(|r| r["event"] == "CallerDenied" && r["reason"] == reason)
+                .count()
+        };
+        {
+            let records = lock(&records);
+            assert_eq!(
+                reasons(&records, "Unauthenticated"),
+                AUDITED_PER_MINUTE as usize
+            );
+            assert_eq!(reasons(&records, "PermissionDenied"), 1, "the probe");
+        }
+        // A minute on, with the flood over: one summary of what was not audited.
+        tokio::time::advance(SUMMARY_EVERY).await;
+        gate.flush_audit();
+        gate.flush_audit();
+        let summaries: Vec<Value> = lock(&records)
+            .iter()
+            .filter(|r| r["event"] == "CallerDenialsNotAudited")
+            .cloned()
+            .collect();
+        assert_eq!(summaries.len(), 1, "{summaries:?}");
+        assert_eq!(summaries[0]["reason"], "Unauthenticated");
+        assert_eq!(summaries[0]["dropped"], 500);
+        assert_eq!(
+            summaries[0]["message"],
+            "500 denials of class Unauthenticated not audited (over the budget of 1000 audit \
+             records a minute per class and router replica); every denial is counted in \
+             airlock_router_refused_total"
+        );
     }
 }

@@ -18,17 +18,22 @@
 //!
 //! **Bounds.** At most `--max-calls-per-caller` calls in flight per caller and router replica
 //! ([`limit`]); TokenReviews are cached by the token's SHA-256, never by the token ([`cache`]), so
-//! the per-call cost of a known caller is one hash and one map lookup.
+//! the per-call cost of a known caller is one hash and one map lookup. Callers without a token
+//! for the router cannot crowd out those with one: junk is refused before any review, strangers'
+//! reviews have a lane of their own, and no request ever waits for a place ([`lanes`]).
 //!
-//! Modules: [`token`] (the bearer token of a request, its hash, its `exp`), [`review`]
-//! (TokenReview: the seam, the Kubernetes client, the pure judgement of an answer), [`cache`],
-//! [`authn`] (all of it together), [`authz`], [`limit`], and [`gate`]: what the gRPC edge calls,
+//! Modules: [`token`] (the bearer token of a request, its hash, the local pre-check of its
+//! claims), [`review`] (TokenReview: the seam, the Kubernetes client, the pure judgement of an
+//! answer), [`cache`], [`lanes`], [`authn`] (all of it together), [`authz`], [`limit`],
+//! [`audit_budget`] (how many refusals are written down), and [`gate`]: what the gRPC edge calls,
 //! and the one place where a refusal becomes a gRPC status, a metric and an audit record.
 
+pub mod audit_budget;
 pub mod authn;
 pub mod authz;
 pub mod cache;
 pub mod gate;
+pub mod lanes;
 pub mod limit;
 pub mod review;
 pub mod token;
@@ -36,7 +41,7 @@ pub mod token;
 use std::fmt;
 
 pub use authn::{Authenticator, AuthnError};
-pub use authz::{Bindings, Denied, NoneGranted, authorize};
+pub use authz::{Bindings, Denied, ScopeDenied, ScopeWhy, authorize};
 pub use gate::{Denial, Gate, Pass};
 pub use review::{KubeTokenReviewer, TokenReviewer};
 

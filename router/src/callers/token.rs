@@ -1,7 +1,13 @@
 //! The caller's bearer token as the router handles it (pure): read from the request's
-//! `authorization` metadata, kept only as its SHA-256 ([`TokenHash`]), and its `exp` claim read
-//! without verifying anything (the TokenReview verified the token; `exp` only caps how long the
-//! review's answer is reused).
+//! `authorization` metadata, kept only as its SHA-256 ([`TokenHash`]), and its claims read without
+//! verifying anything ([`precheck`]).
+//!
+//! Unverified claims are used for two things only, and neither can let a token in: the
+//! [`precheck`] *refuses* a token that cannot be one the API server would accept for the router
+//! (not a JWT, not for the router's audience, expired) before any TokenReview is asked for, so
+//! junk costs the router a base64 decode and never a place among the reviews in flight; and `exp`
+//! caps how long an accepted review's answer is reused. Anyone can forge claims that pass the
+//! pre-check: what bounds such tokens is the review lane ([`super::lanes`]), not this.
 //!
 //! The token itself never goes into a log line, an error message, an audit record or a cache key:
 //! nothing here implements Display for it, and [`TokenHash`]'s Debug prints no bytes.
@@ -79,18 +85,97 @@ impl std::fmt::Debug for TokenHash {
     }
 }
 
+/// How far past its `exp` the pre-check still sends a token on: the API server validates
+/// ServiceAccount tokens with a leeway of one minute for clock skew (go-jose's default), and the
+/// router's clock is not the API server's. Refusing earlier would refuse tokens it accepts.
+pub const EXPIRY_LEEWAY_SECS: u64 = 60;
+
+/// Why a token is refused without a TokenReview (UNAUTHENTICATED). The messages never quote the
+/// token or its claims (they are the caller's to choose, of any size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unfit {
+    #[error(
+        "it is not a JSON Web Token (three base64url parts separated by `.`, the second a JSON \
+         object of claims)"
+    )]
+    NotAJwt,
+    #[error("its `aud` claim does not name the router's audience")]
+    WrongAudience,
+    #[error("it has no numeric `exp` claim")]
+    NoExpiry,
+    #[error("it has expired (its `exp` claim is past)")]
+    Expired,
+}
+
+/// The claims of a JWT the pre-check looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// `aud`: one string or a list of them (RFC 7519 allows both).
+    pub audiences: Vec<String>,
+    /// `exp`, seconds since the Unix epoch.
+    pub expiry: Option<u64>,
+}
+
+/// The claims of `token` if it is shaped like a JWT (three non-empty base64url parts, the second
+/// a JSON object), without verifying anything.
+pub fn claims(token: &str) -> Option<Claims> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Audience {
+        One(String),
+        Many(Vec<String>),
+    }
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        aud: Option<Audience>,
+        exp: Option<f64>,
+    }
+    let mut parts = token.split('.');
+    let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
+    let base64url = |p: &str| {
+        !p.is_empty()
+            && p.trim_end_matches('=')
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if parts.next().is_some() || ![header, payload, signature].into_iter().all(base64url) {
+        return None;
+    }
+    // Unpadded base64url per RFC 7515; tolerate padding some issuers add.
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let raw = serde_json::from_slice::<Raw>(&bytes).ok()?;
+    Some(Claims {
+        audiences: match raw.aud {
+            Some(Audience::One(a)) => vec![a],
+            Some(Audience::Many(a)) => a,
+            None => Vec::new(),
+        },
+        expiry: raw
+            .exp
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .map(|e| e as u64),
+    })
+}
+
 /// The `exp` claim (seconds since the Unix epoch) of a JWT, read without verifying the token;
 /// `None` when the token is not a JWT with a numeric `exp`.
 pub fn expiry(token: &str) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Claims {
-        exp: Option<f64>,
+    claims(token)?.expiry
+}
+
+/// The local check every token passes before it may be reviewed (pure; `unix_now` in seconds):
+/// a JWT whose unverified `aud` names `audience` and whose `exp` is not past (but for
+/// [`EXPIRY_LEEWAY_SECS`]). It only ever refuses: passing it proves nothing. Returns `exp`.
+pub fn precheck(token: &str, audience: &str, unix_now: u64) -> Result<u64, Unfit> {
+    let claims = claims(token).ok_or(Unfit::NotAJwt)?;
+    if !claims.audiences.iter().any(|a| a == audience) {
+        return Err(Unfit::WrongAudience);
     }
-    let payload = token.split('.').nth(1)?;
-    // Unpadded base64url per RFC 7515; tolerate padding some issuers add.
-    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let exp = serde_json::from_slice::<Claims>(&bytes).ok()?.exp?;
-    (exp.is_finite() && exp >= 0.0).then_some(exp as u64)
+    let exp = claims.expiry.ok_or(Unfit::NoExpiry)?;
+    if exp.saturating_add(EXPIRY_LEEWAY_SECS) <= unix_now {
+        return Err(Unfit::Expired);
+    }
+    Ok(exp)
 }
 
 /// Replaces every occurrence of `token` in `text` (an API server's or client's message about it)
@@ -173,6 +258,63 @@ pub(crate) mod tests {
         assert_eq!(expiry(&jwt(serde_json::json!({"exp": "soon"}))), None);
         assert_eq!(expiry("opaque-token"), None);
         assert_eq!(expiry("a.%%%.c"), None);
+    }
+
+    /// Issue: every junk token used to be reviewed by the API server (and wait for a place among
+    /// the reviews in flight). Only what could be a token for the router is reviewed now.
+    #[test]
+    fn the_precheck_refuses_what_cannot_be_a_token_for_the_router() {
+        let aud = "airlock-router";
+        let now = 1_800_000_000;
+        let good = |claims| precheck(&jwt(claims), aud, now);
+        assert_eq!(
+            good(serde_json::json!({"aud": [aud, "other"], "exp": now + 600})),
+            Ok(now + 600)
+        );
+        assert_eq!(
+            good(serde_json::json!({"aud": aud, "exp": now + 1})),
+            Ok(now + 1),
+            "aud may be one string"
+        );
+        assert_eq!(
+            good(serde_json::json!({"aud": aud, "exp": now - 30})),
+            Ok(now - 30),
+            "within the API server's leeway"
+        );
+        assert_eq!(
+            good(serde_json::json!({"aud": aud, "exp": now - EXPIRY_LEEWAY_SECS})),
+            Err(Unfit::Expired)
+        );
+        assert_eq!(
+            good(serde_json::json!({"aud": ["api"], "exp": now + 600})),
+            Err(Unfit::WrongAudience)
+        );
+        assert_eq!(
+            good(serde_json::json!({"exp": now + 600})),
+            Err(Unfit::WrongAudience),
+            "no aud: the API server's own audience"
+        );
+        assert_eq!(good(serde_json::json!({"aud": aud})), Err(Unfit::NoExpiry));
+        assert_eq!(
+            good(serde_json::json!({"aud": aud, "exp": "soon"})),
+            Err(Unfit::NotAJwt)
+        );
+        let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"aud":"{aud}","exp":{}}}"#, now + 9));
+        for junk in [
+            "junk".to_string(),
+            "a.b".to_string(),
+            format!("eyJhbGciOiJub25lIn0.{payload}."),
+            format!("eyJ.{payload}.c2ln.extra"),
+            format!("ey%J.{payload}.c2ln"),
+            "eyJhbGciOiJub25lIn0.e30.c2ln".to_string(),
+            "eyJhbGciOiJub25lIn0.bm90IGpzb24.c2ln".to_string(),
+        ] {
+            assert!(precheck(&junk, aud, now).is_err(), "{junk}");
+        }
+        assert_eq!(
+            precheck(&format!("eyJhbGciOiJub25lIn0.{payload}.c2ln"), aud, now),
+            Ok(now + 9)
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 mod call;
 pub mod limits;
 mod outcome;
+mod scope;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +36,7 @@ use limits::{BroadcastLimits, Field, PayloadLimits};
 use outcome::{Made, TrialRelease};
 
 pub use call::{Answer, CallFailure, CallRequest, Caller, Deadline, Disabler};
+pub use scope::Scope;
 // `crate::dispatch::code_label` is the metric label the gRPC edge uses too.
 pub use outcome::code_label;
 
@@ -112,42 +114,11 @@ pub struct Pipeline {
     pub output: String,
     pub steps: Vec<StepResult>,
     pub invocation_id: String,
-    /// `transform` plugins in the namespace the caller may not call: not run.
-    pub skipped: usize,
-}
-
-/// Which plugins a broadcast or a pipeline covers: those of one namespace that the caller may call
-/// (the gRPC edge decides both from the caller's identity and the bindings). One namespace, so a
-/// pipeline's priority orders only plugins that namespace's owner put there: no tenant's plugin
-/// runs before another tenant's in the same pipeline.
-#[derive(Clone, Copy)]
-pub struct Scope<'a> {
-    pub namespace: &'a str,
-    /// Whether the caller may call this hook of this plugin; the others are skipped.
-    pub may_call: &'a (dyn Fn(&PluginKey, Hook) -> bool + Sync),
-}
-
-impl std::fmt::Debug for Scope<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scope")
-            .field("namespace", &self.namespace)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Scope<'_> {
-    /// The subscribers of `hook` in the scope's namespace the caller may call (in pipeline order),
-    /// and how many it may not.
-    fn subscribers(&self, table: &RouteTable, hook: Hook) -> (Vec<(Arc<Route>, HookRoute)>, usize) {
-        let all = table.subscribers(hook, Some(self.namespace));
-        let total = all.len();
-        let allowed: Vec<_> = all
-            .into_iter()
-            .filter(|(route, _)| (self.may_call)(&route.plugin, hook))
-            .collect();
-        let skipped = total - allowed.len();
-        (allowed, skipped)
-    }
+    /// `transform` plugins in the namespace the caller may not call. When there are any, *no*
+    /// step ran (`steps` is empty, `output` the input): a pipeline runs all of its namespace's
+    /// transform plugins or none, so that a step meant to see every document (a sanitiser) is
+    /// never skipped for a caller granted only the others. The gRPC edge refuses it.
+    pub ungranted: Vec<PluginKey>,
 }
 
 /// An active plugin and its breaker state, for listings.
@@ -302,14 +273,16 @@ impl<C: Caller> Router<C> {
             results,
             failed,
             invocation_id: id,
-            skipped,
+            skipped: skipped.len(),
         })
     }
 
     /// Runs `payload` through every `transform` plugin in `scope` in priority order within
     /// `budget_ms` (0: each step within its hook's timeout, so the whole within the sum of them).
     /// Each step's output is checked like a request's payload before it goes on: a plugin must
-    /// not be able to hand the next one what a caller could not.
+    /// not be able to hand the next one what a caller could not. If the scope leaves out any
+    /// transform plugin of its namespace, nothing runs ([`Pipeline::ungranted`]): decided on the
+    /// same reading of the route table as the steps, so no plugin added meanwhile is skipped.
     pub async fn transform(
         &self,
         payload: String,
@@ -319,7 +292,15 @@ impl<C: Caller> Router<C> {
     ) -> Result<Pipeline, RouteError> {
         self.check_payload(Rpc::Transform, &payload)?;
         let id = self.invocation_id(invocation_id)?;
-        let (subscribers, skipped) = scope.subscribers(&self.table(), Hook::Transform);
+        let (subscribers, ungranted) = scope.subscribers(&self.table(), Hook::Transform);
+        if !ungranted.is_empty() {
+            return Ok(Pipeline {
+                output: payload,
+                steps: Vec::new(),
+                invocation_id: id,
+                ungranted,
+            });
+        }
         let budget = caller_deadline(budget_ms);
         let started = tokio::time::Instant::now();
         let mut current = Arc::new(payload);
@@ -361,7 +342,7 @@ impl<C: Caller> Router<C> {
             output: Arc::try_unwrap(current).unwrap_or_else(|shared| shared.as_ref().clone()),
             steps,
             invocation_id: id,
-            skipped,
+            ungranted,
         })
     }
 
@@ -549,14 +530,22 @@ fn step(
 }
 
 fn parse_hook(hook: &str) -> Result<Hook, RouteError> {
+    // The hook is the caller's text, of any size: quoted only when short (hook names are).
+    const QUOTED: usize = 32;
     Hook::parse(hook).ok_or_else(|| {
-            RouteError::new(
-                Code::InvalidArgument,
-                format!(
-                    "hook {hook:?} is not a hook of plugin API version 1; use one of onLoad, onUnload, transform, onEvent"
-                ),
-            )
-        })
+        let what = if hook.len() <= QUOTED {
+            format!("hook {hook:?}")
+        } else {
+            format!("the hook ({} bytes)", hook.len())
+        };
+        RouteError::new(
+            Code::InvalidArgument,
+            format!(
+                "{what} is not a hook of plugin API version 1; use one of onLoad, onUnload, \
+                 transform, onEvent"
+            ),
+        )
+    })
 }
 
 /// The caller's deadline of a request: `deadline_ms`, 0 for none.

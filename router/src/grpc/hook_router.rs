@@ -2,11 +2,21 @@
 //! (who calls, within its per-caller bound), then is authorized against the caller's
 //! `PluginCallerBinding`s and answered by the [`Router`].
 //!
-//! Order of checks in Invoke: the caller's token (UNAUTHENTICATED), its concurrency
-//! (RESOURCE_EXHAUSTED), the request's shape, then authorization (PERMISSION_DENIED) *before* the
+//! Order of checks in Invoke: the caller's token (UNAUTHENTICATED) and its concurrency
+//! (RESOURCE_EXHAUSTED) from the headers, before the body is read ([`admission`]); the request's
+//! shape (names: INVALID_ARGUMENT, [`names`]); then authorization (PERMISSION_DENIED) *before* the
 //! route table is consulted, so a caller learns nothing about plugins it may not call (not even
 //! whether they exist). Broadcast and Transform cover one namespace — the caller's own unless the
-//! request names another — and in it only the plugins the caller may call.
+//! request names another: a namespace none of whose bindings lists the caller is refused before
+//! the route table is read (the answer says nothing of its subscribers). In it, a Broadcast
+//! reaches only the plugins the caller may call (fan-out: each subscriber gets its own copy), but
+//! a Transform runs only if the caller may call *every* transform plugin there (a pipeline: a
+//! sanitiser step skipped for one caller would be a bypass).
+
+mod admission;
+pub mod names;
+
+pub use admission::Admission;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +24,35 @@ use std::time::Duration;
 use airlock_core::{Hook, PluginKey};
 use airlock_crds::plugin::FailurePolicy;
 use airlock_proto::router::v1 as api;
-use airlock_proto::router::v1::hook_router_server::HookRouter;
+use airlock_proto::router::v1::hook_router_server::{HookRouter, HookRouterServer};
 use tonic::{Request, Response, Status};
 
 use super::{TRACE, serving_span};
-use crate::callers::authz::NoneGranted;
-use crate::callers::gate::{Denial, Gate, Pass, Rpc};
+use crate::callers::authz::{ScopeDenied, ScopeWhy};
+use crate::callers::gate::{Admitted, Denial, Gate, Pass, Rpc};
+use crate::dispatch::limits::ENVELOPE_BYTES;
 use crate::dispatch::{Caller, RouteError, Router, Scope, StepResult};
+
+/// Room for a request's fields other than `payload_json` in the largest message the service
+/// decodes: `invocation_id` (at most 256 bytes), a plugin's namespace and name (63 and 253), the
+/// hook, the deadline and protobuf's tags and lengths — well under the plugin protocol's envelope,
+/// which is reused so there is one number to reason about.
+pub const REQUEST_ENVELOPE_BYTES: usize = ENVELOPE_BYTES;
+
+/// The HookRouter service as the router serves it: callers admitted from the headers before the
+/// body is read ([`Admission`]), and no request message longer than `max_payload_bytes` (the
+/// router's `--max-payload-bytes`) plus [`REQUEST_ENVELOPE_BYTES`] decoded at all — tonic's
+/// default is 4 MiB, four times what any valid request needs. Longer: OUT_OF_RANGE from the gRPC
+/// layer, before any of it is buffered past the limit.
+pub fn server<C: Caller>(
+    router: Arc<Router<C>>,
+    gate: Arc<Gate>,
+    max_payload_bytes: usize,
+) -> Admission<HookRouterServer<HookRouterService<C>>> {
+    let service = HookRouterServer::new(HookRouterService::new(router, Arc::clone(&gate)))
+        .max_decoding_message_size(max_payload_bytes.saturating_add(REQUEST_ENVELOPE_BYTES));
+    Admission::new(service, gate)
+}
 
 impl From<RouteError> for Status {
     fn from(e: RouteError) -> Self {
@@ -71,25 +103,30 @@ fn result(r: StepResult) -> api::PluginResult {
 }
 
 /// The namespace a Broadcast or Transform covers: the one it names, else the caller's own.
-fn covered<'a>(requested: &'a str, pass: &'a Pass) -> &'a str {
+fn covered<'a>(requested: &'a str, pass: &'a Pass) -> Result<&'a str, Status> {
     if requested.is_empty() {
-        &pass.caller.namespace
-    } else {
-        requested
+        return Ok(&pass.caller.namespace);
     }
+    names::namespace("namespace", requested)?;
+    Ok(requested)
 }
 
 impl<C: Caller> HookRouterService<C> {
-    /// Admits a request of `rpc` at the gate, then answers it with `call` inside the call's span
-    /// (a child of the caller's `traceparent`, or a new trace; calls to shims made while it runs
-    /// are children of it). The caller's slot is held until the answer is ready.
+    /// Takes the request of `rpc` as the gate admitted it before its body was read (or admits it
+    /// now, when served without the [`Admission`] layer: in-process tests), then answers it with
+    /// `call` inside the call's span (a child of the caller's `traceparent`, or a new trace; calls
+    /// to shims made while it runs are children of it). The caller's slot is held until the
+    /// answer is ready.
     async fn serve<T, A>(
         &self,
         rpc: Rpc,
-        request: Request<T>,
+        mut request: Request<T>,
         call: impl AsyncFnOnce(&Pass, T) -> Result<A, Status>,
     ) -> Result<Response<A>, Status> {
-        let pass = self.gate.admit(rpc, request.metadata()).await?;
+        let pass = match request.extensions_mut().remove::<Admitted>() {
+            Some(admitted) => admitted.pass(),
+            None => Arc::new(self.gate.admit(rpc, request.metadata()).await?),
+        };
         let span = serving_span(&request);
         TRACE
             .scope(span, call(&pass, request.into_inner()))
@@ -97,25 +134,34 @@ impl<C: Caller> HookRouterService<C> {
             .map(Response::new)
     }
 
-    /// PERMISSION_DENIED for a broadcast or pipeline of `hook` in `namespace` where the caller may
-    /// call none of the `skipped` subscribers.
-    fn none_granted(
+    /// PERMISSION_DENIED for a broadcast or pipeline of `hook` in `namespace`, for `why`.
+    fn out_of_scope(
         &self,
         rpc: Rpc,
         pass: &Pass,
         namespace: &str,
         hook: Hook,
-        skipped: usize,
+        why: ScopeWhy,
     ) -> Status {
         self.gate.deny(
             rpc,
-            Denial::NoneGranted(NoneGranted {
+            Denial::OutOfScope(Box::new(ScopeDenied {
                 caller: pass.caller.clone(),
                 namespace: namespace.to_string(),
                 hook: hook.as_str().to_string(),
-                subscribers: skipped,
-            }),
+                why,
+            })),
         )
+    }
+
+    /// Refuses a broadcast or pipeline of `hook` into `namespace` when no binding there lists the
+    /// caller: decided on the bindings alone, before the route table is read, so the answer is
+    /// the same whether the namespace has subscribers or not.
+    fn listed(&self, rpc: Rpc, pass: &Pass, namespace: &str, hook: Hook) -> Result<(), Status> {
+        if pass.listed_in(namespace) {
+            return Ok(());
+        }
+        Err(self.out_of_scope(rpc, pass, namespace, hook, ScopeWhy::NotListed))
     }
 }
 
@@ -132,6 +178,8 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
                 .ok_or_else(|| {
                     Status::invalid_argument("plugin (namespace and name) is required")
                 })?;
+            names::namespace("plugin.namespace", &plugin.namespace)?;
+            names::name("plugin.name", &plugin.name)?;
             // A hook that is no hook at all is refused by the router as INVALID_ARGUMENT, before
             // any lookup; every real hook is authorized here first.
             if let Some(hook) = Hook::parse(&r.hook) {
@@ -163,7 +211,17 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
         request: Request<api::BroadcastRequest>,
     ) -> Result<Response<api::BroadcastResponse>, Status> {
         self.serve(Rpc::Broadcast, request, async |pass, r| {
-            let namespace = covered(&r.namespace, pass);
+            let namespace = covered(&r.namespace, pass)?;
+            // An unknown hook is refused by the router (INVALID_ARGUMENT) before it reads the
+            // route table; every real one needs the caller listed in the namespace first.
+            let hook = if r.hook.is_empty() {
+                Some(Hook::OnEvent)
+            } else {
+                Hook::parse(&r.hook)
+            };
+            if let Some(hook) = hook {
+                self.listed(Rpc::Broadcast, pass, namespace, hook)?;
+            }
             let may_call = |key: &PluginKey, hook: Hook| {
                 pass.may_call(&key.namespace, &key.name, hook.as_str())
             };
@@ -181,8 +239,16 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
                     scope,
                 )
                 .await?;
+            // Fan-out may be partial (each subscriber gets the event for itself), but not empty
+            // when there were subscribers: say which binding is missing.
             if b.results.is_empty() && b.skipped > 0 {
-                return Err(self.none_granted(Rpc::Broadcast, pass, namespace, b.hook, b.skipped));
+                return Err(self.out_of_scope(
+                    Rpc::Broadcast,
+                    pass,
+                    namespace,
+                    b.hook,
+                    ScopeWhy::NoneGranted,
+                ));
             }
             Ok(api::BroadcastResponse {
                 results: b.results.into_iter().map(result).collect(),
@@ -198,7 +264,8 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
         request: Request<api::TransformRequest>,
     ) -> Result<Response<api::TransformResponse>, Status> {
         self.serve(Rpc::Transform, request, async |pass, r| {
-            let namespace = covered(&r.namespace, pass);
+            let namespace = covered(&r.namespace, pass)?;
+            self.listed(Rpc::Transform, pass, namespace, Hook::Transform)?;
             let may_call = |key: &PluginKey, hook: Hook| {
                 pass.may_call(&key.namespace, &key.name, hook.as_str())
             };
@@ -210,13 +277,15 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
                 .router
                 .transform(r.payload_json, r.deadline_ms, r.invocation_id, scope)
                 .await?;
-            if p.steps.is_empty() && p.skipped > 0 {
-                return Err(self.none_granted(
+            // Fail closed: a pipeline with a step the caller may not call did not run at all.
+            if !p.ungranted.is_empty() {
+                let plugins = p.ungranted.into_iter().map(|k| k.name).collect();
+                return Err(self.out_of_scope(
                     Rpc::Transform,
                     pass,
                     namespace,
                     Hook::Transform,
-                    p.skipped,
+                    ScopeWhy::Ungranted(plugins),
                 ));
             }
             Ok(api::TransformResponse {
@@ -236,6 +305,9 @@ impl<C: Caller> HookRouter for HookRouterService<C> {
     ) -> Result<Response<api::ListPluginsResponse>, Status> {
         self.serve(Rpc::ListPlugins, request, async |pass, r| {
             let namespace = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
+            if let Some(namespace) = namespace {
+                names::namespace("namespace", namespace)?;
+            }
             let plugins = self
                 .router
                 .list(namespace)

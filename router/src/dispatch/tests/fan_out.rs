@@ -211,9 +211,11 @@ fn route(namespace: &str, name: &str, hook: Hook, priority: i32) -> Route {
     }
 }
 
-/// Issue 12: a broadcast and a pipeline cover one namespace, and in it only the plugins the caller
-/// may call; the others are skipped (counted, never called), and the fan-out limits count only the
-/// plugins called. A plugin of another namespace never runs, whatever its priority.
+/// Issue 12: a broadcast and a pipeline cover one namespace. A broadcast reaches only the plugins
+/// the caller may call there; the others are skipped (counted, never called), and the fan-out
+/// limits count only the plugins called. A pipeline runs all of the namespace's transform plugins
+/// or none: one the caller may not call stops it before any step runs. A plugin of another
+/// namespace never runs, whatever its priority.
 #[tokio::test(start_paused = true)]
 async fn broadcasts_and_pipelines_cover_one_namespace_and_only_what_the_caller_may_call() {
     let s = broadcast_limited_to(2);
@@ -239,19 +241,33 @@ async fn broadcasts_and_pipelines_cover_one_namespace_and_only_what_the_caller_m
         .expect("broadcast");
     assert_eq!(codes(&b.results), vec![("a", Code::Ok), ("b", Code::Ok)]);
     assert_eq!((b.hook, b.skipped), (OnEvent, 1));
+    // Issue: t-granted alone used to run, past t-private (say, a sanitiser) before it.
     let p = s
         .router
         .transform(r#"{"path":[]}"#.into(), 0, String::new(), scope)
         .await
         .expect("pipeline");
-    assert_eq!(codes(&p.steps), vec![("t-granted", Code::Ok)]);
-    assert_eq!(p.output, r#"{"path":["t-granted"]}"#);
-    assert_eq!(p.skipped, 1);
+    assert!(p.steps.is_empty(), "no step ran");
+    assert_eq!(p.output, r#"{"path":[]}"#, "the input, untouched");
+    assert_eq!(p.ungranted, [PluginKey::new("ns", "t-private")]);
     let called: Vec<String> = lock(&s.shims.calls)
         .iter()
         .map(|(n, _)| n.clone())
         .collect();
-    assert_eq!(called, ["a", "b", "t-granted"]);
+    assert_eq!(called, ["a", "b"]);
+    // Every transform plugin of the namespace granted: the whole pipeline, in order.
+    let transforms = |key: &PluginKey, hook: Hook| key.namespace == "ns" && hook == Transform;
+    let all = Scope {
+        namespace: "ns",
+        may_call: &transforms,
+    };
+    let p = s
+        .router
+        .transform(r#"{"path":[]}"#.into(), 0, String::new(), all)
+        .await
+        .expect("pipeline");
+    assert_eq!(p.output, r#"{"path":["t-private","t-granted"]}"#);
+    assert!(p.ungranted.is_empty());
 
     // Nothing granted: nothing called, every subscriber skipped (the gRPC edge answers
     // PERMISSION_DENIED naming the missing binding).
@@ -267,5 +283,5 @@ async fn broadcasts_and_pipelines_cover_one_namespace_and_only_what_the_caller_m
         .expect("an empty broadcast");
     assert!(b.results.is_empty());
     assert_eq!(b.skipped, 1);
-    assert_eq!(lock(&s.shims.calls).len(), 3, "no new call");
+    assert_eq!(lock(&s.shims.calls).len(), 4, "no new call");
 }
