@@ -40,20 +40,30 @@ async fn a_payload_nested_too_deep_is_refused_at_the_router_and_the_plugin_lives
         ensure_status(&refused, Code::InvalidArgument, "payload_json")?;
         ensure_status(&refused, Code::InvalidArgument, "64 levels")?;
         ensure_status(&refused, Code::InvalidArgument, "flatten the document")?;
-        // Over the size limit too (1 MiB less 4 KiB; under the 4 MiB gRPC message limit).
-        let big = json!({"blob": "x".repeat(2 << 20)}).to_string();
-        let refused = invoke_raw(f, "hello", "transform", big, 0)
+        // Just over the size limit (1 MiB less 4 KiB): refused by the router's own check.
+        let over = json!({"blob": "x".repeat(1_044_480)}).to_string();
+        let refused = invoke_raw(f, "hello", "transform", over, 0)
             .await
             .err()
-            .context("a 2 MiB payload must be refused")?;
+            .context("a payload over --max-payload-bytes must be refused")?;
         ensure_status(
             &refused,
             Code::InvalidArgument,
-            "payload_json is 2097163 bytes",
+            "payload_json is 1044491 bytes",
         )?;
         ensure!(
             !refused.message().contains("xxxx"),
             "no payload bytes in the message: {refused:?}"
+        );
+        // Far over it: the request is not even decoded (the limit plus 4 KiB of envelope).
+        let big = json!({"blob": "x".repeat(2 << 20)}).to_string();
+        let refused = invoke_raw(f, "hello", "transform", big, 0)
+            .await
+            .err()
+            .context("a 2 MiB request must be refused")?;
+        ensure!(
+            refused.code() == Code::OutOfRange && !refused.message().contains("xxxx"),
+            "a 2 MiB request: {refused:?}"
         );
 
         f.expect_greeting("hello", json!({"name": "still here"}), "hello, still here")
