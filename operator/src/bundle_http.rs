@@ -135,14 +135,22 @@ fn is_global_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_global_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    !(ip.is_unspecified()
+    let s = ip.segments();
+    let first = s[0];
+    // Ranges that carry an IPv4 address or lead into someone's network by translation are not
+    // judged by the address they carry: they are refused whole (fail closed).
+    let embeds_v4 = s[..6] == [0; 6] // ::/96 IPv4-compatible (deprecated): ::169.254.169.254
+        || first == 0x2002 // 2002::/16 6to4: 2002:a9fe:a9fe:: is 169.254.169.254
+        || first == 0x2001 && s[1] < 0x0200; // 2001::/23 IETF assignments, Teredo 2001::/32 among them
+    !(embeds_v4
+        || ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
         || first & 0xfe00 == 0xfc00 // fc00::/7 unique local
         || first & 0xffc0 == 0xfe80 // fe80::/10 link-local
         || first == 0x2001 && ip.segments()[1] == 0x0db8 // 2001:db8::/32 documentation
-        || first == 0x0064 && ip.segments()[1] == 0xff9b) // 64:ff9b::/96 NAT64 of anything
+        || first == 0x0064 && s[1] == 0xff9b // 64:ff9b::/96 and 64:ff9b:1::/48 NAT64
+        || first == 0x0100 && s[1..4] == [0; 3]) // 100::/64 discard-only
 }
 
 /// The DNS resolver of the bundle client: a name resolves only to the addresses the policy
@@ -251,6 +259,11 @@ mod tests {
             "https://127.0.0.1:6443/api",
             "https://[::1]/",
             "https://[::ffff:169.254.169.254]/",
+            "https://[::169.254.169.254]/",
+            "https://[2002:a9fe:a9fe::1]/",
+            "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+            "https://[64:ff9b:1::a9fe:a9fe]/",
+            "https://[100::1]/",
             "https://[fd00::1]/",
             "https://[fe80::1]/",
             "https://192.168.1.1/",
