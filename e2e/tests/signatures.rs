@@ -693,18 +693,7 @@ async fn matrix(m: &Matrix) -> Result<()> {
         .expect_blocked("revoked", "Verified", "KeyRevoked")
         .await?;
     ensure_phase(&p, PluginPhase::Quarantined, "its signing key is revoked")?;
-    wait::until(
-        "the quarantined plugin to stop (spec.replicas, pods)",
-        airlock_e2e::WAIT,
-        async || {
-            let d = m.ns.api::<Deployment>().get("revoked").await?;
-            let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(-1);
-            let running = d.status.and_then(|s| s.replicas).unwrap_or(0);
-            Ok((replicas, running))
-        },
-        |stopped| *stopped == (0, 0),
-    )
-    .await?;
+    stopped(m, "revoked").await?;
 
     dodges_after_revocation(m, &comeback).await?;
 
