@@ -72,9 +72,6 @@ pub(super) async fn run(
             &ctx.build.cluster_cidrs,
         )
     };
-    // 2b. What runs, judged under today's policies whatever the fetch said: a revoked or
-    //     no-longer-allowed revision is stopped now (a tenant who breaks the spec first must not
-    //     keep it running). The plan's record of the same revision is the fresher one.
     // 3. Plan (pure), under the limits of the trust level the signer earned.
     let planned = fetched.as_ref().map(|f| {
         let limits = policy::limits(&governing, signed_level(f)).map(|mut l| {
@@ -83,6 +80,10 @@ pub(super) async fn run(
         });
         plan::plan(plugin, f, limits.as_ref())
     });
+    // 3a. What runs, judged under today's policies whatever the fetch said: a revoked or
+    //     no-longer-allowed revision is stopped (below, once it is known whether another one
+    //     replaces it): a tenant who breaks the spec first must not keep it running. The plan's
+    //     record of the same revision is the fresher one.
     let planned_record = planned.as_ref().ok().and_then(|p| p.record.as_ref());
     let stop = running_records(plugin, planned_record)
         .into_iter()
