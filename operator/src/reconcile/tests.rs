@@ -848,12 +848,7 @@ async fn leftovers_of_a_deleted_plugin_of_the_same_name_block_until_they_are_col
 /// revoked or its policy tightened. The running revision's record is judged anyway.
 #[tokio::test]
 async fn a_broken_spec_does_not_keep_a_revoked_or_no_longer_allowed_revision_running() {
-    let (_, public) = airlock_bundle::signing::generate().unwrap();
-    let material = airlock_bundle::signing::parse_public_key(&public).unwrap();
-    let fingerprint = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(material.as_bytes()))
-    );
+    let (public, fingerprint) = signer_key();
     let key = |revoked: bool| json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted", "revoked": revoked}]);
     for (keys, permissions, reason) in [
         (key(true), json!(["log"]), "KeyRevoked"),
@@ -888,9 +883,7 @@ async fn a_broken_spec_does_not_keep_a_revoked_or_no_longer_allowed_revision_run
         h.reconcile(&p).await;
 
         assert_eq!(
-            h.api
-                .last_patch(&deployment)
-                .map(|b| b["spec"]["replicas"].clone()),
+            replicas_patched(&h, &deployment),
             Some(json!(0)),
             "{reason}: scaled to zero"
         );
@@ -917,12 +910,7 @@ async fn a_broken_spec_does_not_keep_a_revoked_or_no_longer_allowed_revision_run
 /// ReplicaSet at once, and it is no longer a revision to return to.
 #[tokio::test]
 async fn a_revoked_last_good_revision_stops_serving_while_a_newer_one_rolls_out() {
-    let (_, public) = airlock_bundle::signing::generate().unwrap();
-    let material = airlock_bundle::signing::parse_public_key(&public).unwrap();
-    let fingerprint = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(material.as_bytes()))
-    );
+    let (public, fingerprint) = signer_key();
     let mut h = Harness::new(
         policy(
             json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted", "revoked": true}]),
@@ -950,9 +938,7 @@ async fn a_revoked_last_good_revision_stops_serving_while_a_newer_one_rolls_out(
     h.reconcile(&p).await;
 
     assert_eq!(
-        h.api
-            .last_patch(&rs_path)
-            .map(|b| b["spec"]["replicas"].clone()),
+        replicas_patched(&h, &rs_path),
         Some(json!(0)),
         "the revoked revision's ReplicaSet is scaled to zero"
     );
@@ -995,4 +981,22 @@ async fn nothing_is_downloaded_for_a_namespace_no_policy_governs() {
         "the bundle was read: {:?}",
         h.api.requests()
     );
+}
+
+/// A bundle signing key's public PEM and the fingerprint a revision record names it by.
+fn signer_key() -> (String, String) {
+    let (_, public) = airlock_bundle::signing::generate().unwrap();
+    let material = airlock_bundle::signing::parse_public_key(&public).unwrap();
+    let fingerprint = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(material.as_bytes()))
+    );
+    (public, fingerprint)
+}
+
+/// `spec.replicas` of the last patch of the object at `path`.
+fn replicas_patched(h: &Harness, path: &str) -> Option<Value> {
+    h.api
+        .last_patch(path)
+        .map(|b| b["spec"]["replicas"].clone())
 }
