@@ -190,7 +190,7 @@ pub struct ConfigMapBundleSource {
 }
 
 /// One hook the host may call.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HookSpec {
     /// Name of the hook.
@@ -304,7 +304,8 @@ pub struct PluginStatus {
     /// A revision that did not become Ready within its progress deadline and was rolled back. It
     /// is not tried again until the spec (or what it resolves to) changes.
     pub failed_revision: Option<String>,
-    /// Hooks the router can call on this plugin.
+    /// Hooks the router can call on this plugin (their settings are in the current revision's
+    /// record, `revisions[].hooks`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<String>,
     /// Permissions the plugin holds: declared in its signed manifest, approved in
@@ -347,6 +348,12 @@ pub struct RevisionRecord {
     pub cpu_limit: Option<String>,
     /// Its container memory limit, as approved.
     pub memory_limit: Option<String>,
+    /// Its hooks with the timeout, failure policy and priority they were approved with: the
+    /// router calls these, never what the spec says now (a spec the plan blocked — say, a
+    /// timeout above the trust level's maxTimeout — must not reach the calls).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub hooks: Vec<HookSpec>,
     /// `sha256:<hex>` of the pod template the Plugin's Deployment ran the revision with, recorded
     /// once it was Ready: a rollback re-applies only a ReplicaSet of that Deployment whose
     /// template has exactly this digest.

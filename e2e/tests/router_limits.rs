@@ -1,18 +1,20 @@
 //! The router's limits against a hostile host application (issue 12): a payload nested 100,000
 //! deep is refused at the router and never reaches (and crashes) the plugin; calls with a 1 ms
-//! deadline against a slow hook are the caller's outcome and do not auto-disable the plugin.
+//! deadline against a slow hook are the caller's outcome and do not auto-disable the plugin; a
+//! hook timeout the trust level does not allow never reaches the calls.
 //! Airlock is installed by its Helm chart; nothing is mocked.
 
 use std::time::Duration;
 
 use airlock_core::names::PLUGIN_LABEL;
 use airlock_crds::Plugin;
-use airlock_e2e::plugins::phase;
+use airlock_crds::plugin::PluginPhase;
+use airlock_e2e::plugins::{condition, ensure_phase, phase, wait_plugin};
 use airlock_e2e::router::{self, Fixture, active, ensure_status, in_fixture};
 use airlock_proto::router::v1::{InvokeRequest, InvokeResponse};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use tonic::{Code, Status};
 
@@ -163,6 +165,78 @@ async fn calls_with_a_1ms_deadline_do_not_auto_disable_a_slow_plugin() -> Result
             "not as plugin timeouts ({})",
             series("timeout")
         );
+        Ok(())
+    })
+    .await
+}
+
+/// Issue 12: the router calls a hook with the settings approved with the revision that serves,
+/// never with the spec's. A tenant raises a hook's timeout to 20 s (the CRD allows 30 s) where
+/// the trust level allows 2 s: the plan blocks the spec, the old revision keeps serving — and
+/// the router keeps calling it with 2 s and the approved priority. Before the fix the router
+/// took the spec's settings at once (`table.rs` read `spec.hooks`), so the blocked spec set the
+/// timeout of every call.
+#[tokio::test]
+async fn a_hook_timeout_above_the_trust_level_never_reaches_the_calls() -> Result<()> {
+    in_fixture("limits-timeout", &["log"], async |f: &Fixture| {
+        let hooks = json!([{"name": "transform", "timeout": "2s", "priority": 10}]);
+        f.apply("hello", "hello", hooks, json!(["log"]), json!({}))
+            .await?;
+        f.wait_serving(&["hello"], "transform").await?;
+        let routed = async || -> Result<(u32, i32)> {
+            let listed = f.listed().await?;
+            let hook = listed
+                .iter()
+                .filter(|p| p.plugin.as_ref().is_some_and(|r| r.name == "hello"))
+                .flat_map(|p| p.hooks.iter())
+                .find(|h| h.name == "transform")
+                .context("the router lists hello's transform")?;
+            Ok((hook.timeout_ms, hook.priority))
+        };
+        ensure!(routed().await? == (2000, 10), "approved settings routed");
+
+        let api = f.ns.api::<Plugin>();
+        api.patch(
+            "hello",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"hooks": [
+                {"name": "transform", "timeout": "20s", "priority": 0, "failurePolicy": "Ignore"}
+            ]}})),
+        )
+        .await
+        .context("raising the hook's timeout in the spec")?;
+        let p = wait_plugin(
+            &api,
+            "hello",
+            "PermissionsApproved=False TimeoutAboveTrustLevel",
+            |p| {
+                condition(p, "PermissionsApproved")
+                    .is_some_and(|c| c.status == "False" && c.reason == "TimeoutAboveTrustLevel")
+            },
+        )
+        .await?;
+        ensure_phase(
+            &p,
+            PluginPhase::Degraded,
+            "the approved revision keeps serving",
+        )?;
+        let message = condition(&p, "PermissionsApproved")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ensure!(
+            message.contains("spec.hooks[transform].timeout 20s") && message.contains("lower it"),
+            "the condition names the field and the fix: {message}"
+        );
+        // The router's watch has seen the new spec by now; give it a moment more to show a change.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ensure!(
+            routed().await? == (2000, 10),
+            "the blocked spec's 20 s / priority 0 must not reach the calls: {:?}",
+            routed().await?
+        );
+        f.expect_greeting("hello", json!({"name": "still"}), "hello, still")
+            .await
+            .context("hello keeps answering with the approved settings")?;
         Ok(())
     })
     .await

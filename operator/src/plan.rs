@@ -156,6 +156,7 @@ fn record(
             .collect(),
         cpu_limit: Some(rollout.resources.cpu_limit.clone()),
         memory_limit: Some(rollout.resources.memory_limit.clone()),
+        hooks: plugin.spec.hooks.clone(),
         template_digest: None,
     }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+use airlock_core::duration::duration_ms;
 use airlock_crds::TrustLevel;
 use airlock_crds::plugin::{EgressRule, RevisionRecord};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -154,6 +155,19 @@ fn within(
             limits.max_memory.as_deref().unwrap_or_default()
         ));
     }
+    if let Some(max) = limits.max_timeout_ms
+        && let Some(h) = record
+            .hooks
+            .iter()
+            .find(|h| duration_ms(&h.timeout).is_none_or(|t| t > max))
+    {
+        return Some(format!(
+            "its hook {} has timeout {}, above trust level {level:?}'s maxTimeout {}",
+            h.name.as_str(),
+            h.timeout,
+            limits.max_timeout.as_deref().unwrap_or_default()
+        ));
+    }
     None
 }
 
@@ -218,6 +232,10 @@ mod tests {
             egress: vec!["203.0.113.0/24".into()],
             cpu_limit: Some("250m".into()),
             memory_limit: Some("64Mi".into()),
+            hooks: vec![
+                serde_json::from_value(serde_json::json!({"name": "transform", "timeout": "2s"}))
+                    .expect("hook"),
+            ],
             template_digest: None,
         }
     }
@@ -304,6 +322,19 @@ mod tests {
         };
         let stop = check(&rec, &ks, small, &[]).expect("stopped");
         assert!(stop.message.contains("maxMemory 32Mi"), "{}", stop.message);
+        let short = |_: TrustLevel| {
+            let mut l = open();
+            l.max_timeout_ms = Some(1000);
+            l.max_timeout = Some("1s".into());
+            Some(l)
+        };
+        let stop = check(&rec, &ks, short, &[]).expect("stopped");
+        assert!(
+            stop.message.contains("hook transform has timeout 2s")
+                && stop.message.contains("maxTimeout 1s"),
+            "{}",
+            stop.message
+        );
         let narrow_egress = |_: TrustLevel| {
             let mut l = open();
             l.egress_within = vec![("p".into(), vec!["198.51.100.0/24".parse().expect("net")])];

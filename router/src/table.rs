@@ -198,24 +198,7 @@ fn route(
         .get(&(key.namespace.clone(), service.clone()))
         .filter(|ip| !ip.is_empty() && ip.as_str() != "None")
         .ok_or_else(|| format!("Plugin {key} has no Service {service} yet; retry shortly"))?;
-    // Only hooks the controller verified against the signed manifest (status.hooks).
-    let hooks = plugin
-        .spec
-        .hooks
-        .iter()
-        .filter(|h| status.hooks.iter().any(|s| s == h.name.as_str()))
-        .map(|h| {
-            let timeout = duration_ms(&h.timeout).unwrap_or(200);
-            (
-                h.name,
-                HookRoute {
-                    timeout: Duration::from_millis(timeout),
-                    failure_policy: h.failure_policy,
-                    priority: h.priority,
-                },
-            )
-        })
-        .collect();
+    let hooks = approved_hooks(&status);
     Ok(Route {
         plugin: key.clone(),
         uid: plugin.uid().unwrap_or_default(),
@@ -223,6 +206,53 @@ fn route(
         endpoint: format!("{ip}:{GRPC_PORT}"),
         hooks,
     })
+}
+
+/// The hooks of the revision that serves, as the controller approved them with it
+/// (`status.revisions[].hooks` of `status.currentRevision`, else of `status.lastGoodRevision`);
+/// never the spec's settings, which may be a spec the plan blocked (a timeout above the trust
+/// level's maxTimeout, say).
+///
+/// A status written by an Airlock that recorded no hook settings routes the hooks it names
+/// (`status.hooks`) at the CRD's defaults (200ms, Fail, priority 100) until the next reconcile
+/// records them; the spec is never trusted for them.
+fn approved_hooks(status: &airlock_crds::plugin::PluginStatus) -> BTreeMap<Hook, HookRoute> {
+    let record = [&status.current_revision, &status.last_good_revision]
+        .into_iter()
+        .flatten()
+        .find_map(|rev| status.revisions.iter().find(|r| &r.revision == rev))
+        .filter(|r| !r.hooks.is_empty());
+    match record {
+        Some(record) => record
+            .hooks
+            .iter()
+            .map(|h| {
+                (
+                    h.name,
+                    HookRoute {
+                        timeout: Duration::from_millis(duration_ms(&h.timeout).unwrap_or(200)),
+                        failure_policy: h.failure_policy,
+                        priority: h.priority,
+                    },
+                )
+            })
+            .collect(),
+        None => status
+            .hooks
+            .iter()
+            .filter_map(|name| Hook::parse(name))
+            .map(|hook| {
+                (
+                    hook,
+                    HookRoute {
+                        timeout: Duration::from_millis(200),
+                        failure_policy: FailurePolicy::default(),
+                        priority: 100,
+                    },
+                )
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -246,7 +276,12 @@ mod tests {
                 "pluginApiVersion": 1,
                 "hooks": hooks,
             },
-            "status": {"phase": phase, "hooks": names},
+            "status": {
+                "phase": phase,
+                "hooks": names,
+                "currentRevision": "r1",
+                "revisions": [{"revision": "r1", "hooks": hooks}],
+            },
         }))
         .expect("plugin")
     }
@@ -357,20 +392,65 @@ mod tests {
         assert!(why("ghost").contains("there is no Plugin a/ghost"));
     }
 
+    /// Issue 12: the settings the router calls with are the approved ones. A tenant who raises
+    /// a hook's timeout above the trust level's maxTimeout gets a blocked plan (Degraded, the
+    /// old revision keeps serving) — and the calls keep the approved timeout, priority and
+    /// failure policy, and no hook the spec adds.
     #[test]
-    fn only_hooks_verified_against_the_manifest_are_routed() {
+    fn a_blocked_spec_does_not_change_how_hooks_are_called() {
         let mut p = plugin(
             "a",
             "p",
             "Active",
-            json!([{"name": "transform"}, {"name": "onEvent"}]),
+            json!([{"name": "transform", "timeout": "2s", "priority": 50}]),
         );
-        p.status.as_mut().expect("status").hooks = vec!["transform".into()];
+        p.spec.hooks = serde_json::from_value(json!([
+            {"name": "transform", "timeout": "30s", "failurePolicy": "Ignore", "priority": 0},
+            {"name": "onEvent"},
+        ]))
+        .expect("hooks");
+        p.status.as_mut().expect("status").phase = Some(PluginPhase::Degraded);
+        p.status.as_mut().expect("status").last_good_revision = Some("r1".into());
         let t = RouteTable::build([&p], &ips(&[("a", &svc("p"), "198.19.0.1")]));
         let r = t.get(&PluginKey::new("a", "p")).expect("route");
         assert_eq!(
-            r.hooks.keys().copied().collect::<Vec<_>>(),
-            vec![Hook::Transform]
+            r.hooks,
+            BTreeMap::from([(
+                Hook::Transform,
+                HookRoute {
+                    timeout: Duration::from_secs(2),
+                    failure_policy: FailurePolicy::Fail,
+                    priority: 50
+                }
+            )])
+        );
+    }
+
+    /// A status written before records carried hook settings: the hooks it names, at the CRD's
+    /// defaults, whatever the spec says (the next reconcile records the approved settings).
+    #[test]
+    fn without_recorded_settings_the_named_hooks_are_called_at_the_defaults() {
+        let mut p = plugin(
+            "a",
+            "p",
+            "Active",
+            json!([{"name": "transform", "timeout": "30s", "priority": 0}, {"name": "onEvent"}]),
+        );
+        let status = p.status.as_mut().expect("status");
+        status.revisions.clear();
+        status.hooks = vec!["transform".into()];
+        let t = RouteTable::build([&p], &ips(&[("a", &svc("p"), "198.19.0.1")]));
+        let r = t.get(&PluginKey::new("a", "p")).expect("route");
+        assert_eq!(
+            r.hooks,
+            BTreeMap::from([(
+                Hook::Transform,
+                HookRoute {
+                    timeout: Duration::from_millis(200),
+                    failure_policy: FailurePolicy::Fail,
+                    priority: 100
+                }
+            )])
         );
     }
 
