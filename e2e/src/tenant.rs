@@ -87,11 +87,7 @@ impl Tenant {
             .with_context(|| format!("binding {ns}/{TENANT} to the ClusterRole edit"))?;
 
         let user = format!("system:serviceaccount:{ns}:{TENANT}");
-        let mut config = admin_config().await?;
-        // Without groups, the API server gives an impersonated ServiceAccount its usual ones
-        // (system:serviceaccounts, system:serviceaccounts:<ns>, system:authenticated).
-        config.auth_info.impersonate = Some(user.clone());
-        let client = Client::try_from(config).context("building the tenant's client")?;
+        let client = impersonating(&user).await?;
         let tenant = Self { client, user, ns };
         for (group, resource) in [
             ("airlock.dev", "plugins"),
@@ -145,6 +141,16 @@ impl Tenant {
     {
         Api::namespaced(self.client.clone(), &self.ns)
     }
+}
+
+/// A client whose every request is authorized as `user` (the e2e admin impersonates it): what a
+/// stolen token of that user could do. Without groups, the API server gives an impersonated
+/// ServiceAccount its usual ones (system:serviceaccounts, system:serviceaccounts:<ns>,
+/// system:authenticated).
+pub async fn impersonating(user: &str) -> Result<Client> {
+    let mut config = admin_config().await?;
+    config.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(config).with_context(|| format!("building a client acting as {user}"))
 }
 
 /// The configuration [`crate::client`] connects with (`KUBECONFIG`, else the local cluster), to

@@ -5,6 +5,10 @@
 //! names the object and what to do, and the policy is left exactly as its owner made it — while a
 //! correctly named Plugin next to it runs as usual.
 //!
+//! The same for Secrets, which the operator may not even read outside its namespace: the API
+//! server's admission policy refuses its write to a Secret that is not the Plugin's, and a stolen
+//! operator token reads no Secret of a tenant (issue 12, point 7).
+//!
 //! The tenant is a ServiceAccount bound to the built-in `edit` ClusterRole in the sandbox only
 //! (`airlock_e2e::tenant`): it can create Plugins through the chart's `airlock-plugin-editor`,
 //! which `rbac.aggregateToEdit` (default true) aggregates into `edit`.
@@ -17,12 +21,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use airlock_e2e::plugins::{self, active, condition, wait_plugin};
 use airlock_e2e::sandbox::{self, Sandbox};
-use airlock_e2e::tenant::Tenant;
+use airlock_e2e::tenant::{Tenant, impersonating};
 use airlock_e2e::wait;
 
 const VICTIM: &str = "victim";
@@ -173,5 +177,123 @@ async fn takeover(s: &Sandbox) -> Result<()> {
         "the other Plugin still runs: {}",
         hello["status"]
     );
+    Ok(())
+}
+
+/// The Secret a tenant made, named like the TLS Secret of its Plugin `sec`.
+const SECRET_PLUGIN: &str = "sec";
+const TENANT_SECRET_VALUE: &str = "tenant-only-value";
+
+#[tokio::test]
+async fn the_operator_reads_no_tenant_secret_and_takes_none_over() -> Result<()> {
+    sandbox::in_sandbox("secrets", &["log"], async |s: &Sandbox| {
+        s.with_hello_bundle().await?;
+        secrets(s).await
+    })
+    .await
+}
+
+async fn secrets(s: &Sandbox) -> Result<()> {
+    let tenant = Tenant::of(s).await?;
+    let ns = s.ns();
+    let name = format!("{SECRET_PLUGIN}-tls");
+    let theirs: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name},
+        "stringData": {"token": TENANT_SECRET_VALUE},
+    }))?;
+    let tenant_secrets: Api<Secret> = tenant.api();
+    tenant_secrets
+        .create(&PostParams::default(), &theirs)
+        .await
+        .context("creating the Secret as the tenant")?;
+    let original = tenant_secrets.get(&name).await?;
+    let tenant_plugins: Api<Plugin> = tenant.api();
+    plugins::apply(&tenant_plugins, &s.hello(SECRET_PLUGIN)?).await?;
+    plugins::apply(&tenant_plugins, &s.hello("hello")?).await?;
+
+    // The write was refused by the API server, and the Plugin names the Secret.
+    let watched: Api<Plugin> = s.ns.api();
+    let names_it = format!("Secret {ns}/{name} already exists");
+    wait_plugin(
+        &watched,
+        SECRET_PLUGIN,
+        "Ready=False ObjectNotOwned naming the Secret",
+        |p| {
+            condition(p, "Ready").is_some_and(|c| {
+                c.status == "False" && c.reason == "ObjectNotOwned" && c.message.contains(&names_it)
+            })
+        },
+    )
+    .await?;
+    let now = tenant_secrets.get(&name).await?;
+    ensure!(
+        now.data == original.data && now.metadata.owner_references.is_none(),
+        "the tenant's Secret is untouched: owners {:?}",
+        now.metadata.owner_references
+    );
+    ensure!(
+        watched
+            .get_opt(SECRET_PLUGIN)
+            .await?
+            .is_some_and(|p| p.status.is_some_and(|st| st.current_revision.is_none())),
+        "nothing of the refused Plugin rolled out"
+    );
+    ensure!(
+        s.ns.api::<Deployment>()
+            .get_opt(SECRET_PLUGIN)
+            .await?
+            .is_none(),
+        "no Deployment of the refused Plugin"
+    );
+    // The operator's own writes pass the same policy: the other Plugin runs.
+    wait_plugin(&watched, "hello", "phase Active", active).await?;
+
+    // What a stolen operator token could do with the tenant's Secrets: nothing.
+    let operator = impersonating(&format!(
+        "system:serviceaccount:{}:airlock-operator",
+        airlock_e2e::install::NAMESPACE
+    ))
+    .await?;
+    let as_operator: Api<Secret> = Api::namespaced(operator, ns);
+    let read = as_operator.get(&name).await;
+    ensure!(
+        matches!(&read, Err(kube::Error::Api(e)) if e.code == 403),
+        "the operator may not read a tenant's Secret: {:?}",
+        read.map(|s| s.metadata.name)
+    );
+    let listed = as_operator.list(&ListParams::default()).await;
+    ensure!(
+        matches!(&listed, Err(kube::Error::Api(e)) if e.code == 403),
+        "the operator may not list a tenant's Secrets"
+    );
+    // A patch answers with the whole object: a no-op one would read it. Refused, with nothing
+    // of the Secret in the answer.
+    let patched = as_operator
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"probe": "x"}}})),
+        )
+        .await;
+    match patched {
+        Err(kube::Error::Api(e)) => ensure!(
+            e.code == 403
+                && e.message.contains("airlock-operator-secrets")
+                && !e.message.contains(TENANT_SECRET_VALUE),
+            "refused by the admission policy, without the Secret's content: {e:?}"
+        ),
+        other => anyhow::bail!(
+            "the operator patched a tenant's Secret: {:?}",
+            other.map(|s| s.metadata.name)
+        ),
+    }
+
+    // The tenant removes its Secret: the Plugin gets its own identity and runs.
+    tenant_secrets
+        .delete(&name, &DeleteParams::default())
+        .await
+        .context("deleting the Secret as the tenant")?;
+    wait_plugin(&watched, SECRET_PLUGIN, "phase Active", active).await?;
     Ok(())
 }

@@ -98,25 +98,13 @@ pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<Ca, C
     }
 }
 
-/// Makes the TLS Secret `meta` names hold a good certificate for `identity` from `ca`, issuing one
-/// when it is missing or [`pki::renewal_due`]. Returns why it issued, `None` when the stored one
-/// is good.
+/// Makes the TLS Secret `meta` names (in the operator's own namespace, where it may read
+/// Secrets) hold a good certificate for `identity` from `ca`, issuing one when it is missing or
+/// [`pki::renewal_due`]. Returns why it issued, `None` when the stored one is good.
 pub async fn ensure_certificate(
     client: &Client,
     meta: ObjectMeta,
     identity: &str,
-    ca: &Ca,
-) -> Result<Option<String>, CertError> {
-    ensure_bound_certificate(client, meta, identity, None, ca).await
-}
-
-/// [`ensure_certificate`] for a plugin: the certificate is bound to the Plugin's `uid` and
-/// short-lived ([`pki::PLUGIN_LEAF_LIFETIME`]).
-pub async fn ensure_bound_certificate(
-    client: &Client,
-    meta: ObjectMeta,
-    identity: &str,
-    uid: Option<&str>,
     ca: &Ca,
 ) -> Result<Option<String>, CertError> {
     let namespace = meta.namespace.clone().unwrap_or_default();
@@ -127,16 +115,13 @@ pub async fn ensure_bound_certificate(
         None => "there is no certificate yet".to_string(),
         Some(s) => match text(&s, CERT_KEY) {
             None => "the Secret has no certificate".to_string(),
-            Some(cert) => match pki::renewal_due_bound(&cert, ca, identity, uid, now) {
+            Some(cert) => match pki::renewal_due(&cert, ca, identity, now) {
                 None => return Ok(None),
                 Some(why) => why,
             },
         },
     };
-    let issued = match uid {
-        Some(uid) => ca.issue_bound(identity, uid, now)?,
-        None => ca.issue(identity, now)?,
-    };
+    let issued = ca.issue(identity, now)?;
     secrets
         .patch(
             &name,
@@ -146,4 +131,30 @@ pub async fn ensure_bound_certificate(
         .await?;
     info!(secret = %format!("{namespace}/{name}"), %identity, reason = %why, "issued a certificate");
     Ok(Some(why))
+}
+
+/// Issues a certificate for the plugin identity `identity`, bound to the Plugin `uid`, into the
+/// plugin's TLS Secret `meta` names, without reading it first: the operator may not read Secrets
+/// outside its own namespace, so the caller decides when one is due (see
+/// `reconcile::certificates`), and the chart's admission policy refuses the write unless the
+/// Secret is absent or this Plugin's.
+pub async fn issue_plugin_certificate(
+    client: &Client,
+    meta: ObjectMeta,
+    identity: &str,
+    uid: &str,
+    ca: &Ca,
+    now: SystemTime,
+) -> Result<(), CertError> {
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    let issued = ca.issue_bound(identity, uid, now)?;
+    Api::<Secret>::namespaced(client.clone(), &namespace)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&tls_secret(meta, &issued, ca.cert_pem())),
+        )
+        .await?;
+    Ok(())
 }

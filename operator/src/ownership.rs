@@ -151,6 +151,63 @@ pub fn recheck_after(objects: &[NotOwned]) -> Duration {
     }
 }
 
+/// What the chart's ValidatingAdmissionPolicy `<release>-operator-secrets` puts at the start of
+/// its message when it refuses the operator a Secret that is not the Plugin's. The operator may
+/// not read Secrets outside its own namespace, so the API server checks ownership at the write,
+/// atomically, and tells who holds the object: this marker, then each owner reference of the
+/// existing Secret as `kind|apiVersion|name|uid|c` (`c` for the controller) separated by `,`.
+pub const SECRET_NOT_OWNED_MARKER: &str = "airlock-not-owned:";
+
+/// The Secret `namespace/name` a write to was refused by that policy, as an object in the way:
+/// `None` when `message` is not the policy's refusal.
+pub fn secret_refusal(
+    message: &str,
+    namespace: &str,
+    name: &str,
+    plugin_name: &str,
+    plugin_uid: &str,
+) -> Option<NotOwned> {
+    let (_, rest) = message.split_once(SECRET_NOT_OWNED_MARKER)?;
+    // The message ends with the list (the API server may append nothing after it, but a word
+    // that is not a reference ends it).
+    let refs: Vec<OwnerReference> = rest
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|r| {
+            let f: Vec<&str> = r.split('|').collect();
+            let [kind, api_version, name, uid, controller] = f.as_slice() else {
+                return None;
+            };
+            Some(OwnerReference {
+                kind: (*kind).into(),
+                api_version: (*api_version).into(),
+                name: (*name).into(),
+                uid: (*uid).into(),
+                controller: Some(*controller == "c"),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let meta = ObjectMeta {
+        owner_references: (!refs.is_empty()).then_some(refs),
+        ..Default::default()
+    };
+    let owner = match ownership(Some(&meta), plugin_name, plugin_uid) {
+        Ownership::Foreign(owner) => owner,
+        // Refused although it names this Plugin as controller: nothing we can tell apart from
+        // someone else's object; say so rather than retry in a loop.
+        Ownership::Ours | Ownership::Absent => Owner::Nobody,
+    };
+    Some(NotOwned {
+        kind: "Secret".into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        owner,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +369,44 @@ mod tests {
             RECHECK_GARBAGE_COLLECTION
         );
         assert_eq!(recheck_after(&[earlier, foreign]), RECHECK_FOREIGN);
+    }
+
+    /// The policy's refusals as the API server words them (`ValidatingAdmissionPolicy '…' with
+    /// binding '…' denied request: <message>`), parsed back into who holds the Secret.
+    #[test]
+    fn a_refused_secret_write_names_who_holds_the_secret() {
+        let denied = |list: &str| {
+            format!(
+                "secrets \"hello-tls\" is forbidden: ValidatingAdmissionPolicy 'airlock-operator-secrets' \
+                 with binding 'airlock-operator-secrets' denied request: {SECRET_NOT_OWNED_MARKER}{list}"
+            )
+        };
+        let refused = |list: &str| {
+            secret_refusal(&denied(list), "t", "hello-tls", "hello", "uid-2").expect("refusal")
+        };
+        assert_eq!(refused("").owner, Owner::Nobody);
+        assert_eq!(
+            refused("Deployment|apps/v1|web|u9|c").owner,
+            Owner::Other {
+                kind: "Deployment".into(),
+                name: "web".into()
+            }
+        );
+        assert_eq!(
+            refused("Plugin|airlock.dev/v1alpha1|hello|uid-1|c").owner,
+            Owner::EarlierPlugin {
+                name: "hello".into(),
+                uid: "uid-1".into()
+            }
+        );
+        let n = refused("Plugin|airlock.dev/v1alpha1|hello|uid-1|");
+        assert_eq!(
+            (n.kind.as_str(), n.namespace.as_str(), n.name.as_str()),
+            ("Secret", "t", "hello-tls")
+        );
+        assert!(
+            secret_refusal("secrets is forbidden: RBAC", "t", "x", "hello", "uid-2").is_none(),
+            "another refusal is not an ownership answer"
+        );
     }
 }

@@ -234,9 +234,11 @@ async fn apply_children(
     watches: &Watches,
 ) -> Result<status::Rollout, Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    // The Secret first: a refusal (someone else's Secret of that name) leaves nothing else
+    // written.
+    ensure_bundle_secret(plugin, rollout, ctx, &ns).await?;
     let sa = build::service_account::service_account(plugin);
     ensure(plugin, &sa, ctx, &watches.service_accounts).await?;
-    ensure_bundle_secret(plugin, rollout, ctx, &ns).await?;
     let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
     ensure(plugin, &np, ctx, &watches.network_policies).await?;
     let svc = build::service::service(plugin);
@@ -247,9 +249,7 @@ async fn apply_children(
 }
 
 /// The bundle Secret of the revision: immutable and named by digest, so it is created once and
-/// then only remembered (per Plugin uid: a re-created Plugin creates it again). The ownership
-/// step looked at it just before: unknown here means it was absent (this Plugin's own is
-/// remembered there).
+/// then only remembered (per Plugin uid: a re-created Plugin creates it again).
 async fn ensure_bundle_secret(
     plugin: &Plugin,
     rollout: &build::Rollout,
@@ -262,13 +262,16 @@ async fn ensure_bundle_secret(
     if ctx.caches.bundle_secret_known(&uid, &name) {
         return Ok(());
     }
+    // Not looked at first: the operator may not read Secrets outside its namespace. The chart's
+    // admission policy refuses the write unless the Secret is absent or this Plugin's.
     Api::<Secret>::namespaced(ctx.client.clone(), ns)
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&secret),
         )
-        .await?;
+        .await
+        .map_err(|e| Error::from_secret_write(e, plugin, ns, &name))?;
     ctx.caches.bundle_secret_exists(&uid, &name);
     Ok(())
 }

@@ -11,14 +11,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use airlock_tls::pki::PLUGIN_LEAF_LIFETIME;
 
 use airlock_crds::plugin::PluginStatus;
 
 use crate::applied::Applied;
 
 /// How long a plugin's certificate and storage ownership, once found good, are not looked at
-/// again (renewal starts with a third of the 30-day lifetime left, so an hour is plenty).
+/// again (renewal starts with a third of the 24-hour lifetime left, so an hour is plenty).
 pub const HOURLY_CHECKS_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Default)]
@@ -38,6 +40,9 @@ struct PerPlugin {
     bundle_secrets: HashSet<String>,
     /// When the certificate and storage checks last passed.
     checked_at: Option<Instant>,
+    /// When the certificate this process issued for the Plugin is due for renewal (the Secret
+    /// itself is not read: see [`PluginCaches::certificate_due`]).
+    certificate_renew_at: Option<SystemTime>,
 }
 
 impl PluginCaches {
@@ -79,6 +84,24 @@ impl PluginCaches {
 
     pub fn hourly_checks_passed(&self, uid: &str, now: Instant) {
         self.with(uid, |p| p.checked_at = Some(now));
+    }
+
+    /// Why the Plugin `uid` needs a new certificate at `now`, if it does: this process issued
+    /// none for it (it cannot read the Secret to learn about one issued before it started, so a
+    /// restarted operator issues each plugin a fresh one), or the one it issued has less than a
+    /// third of its lifetime left.
+    pub fn certificate_due(&self, uid: &str, now: SystemTime) -> Option<&'static str> {
+        match self.read(uid, |p| p.certificate_renew_at).flatten() {
+            None => Some("this operator has issued it none yet"),
+            Some(at) if now >= at => Some("its certificate has a third of its lifetime left"),
+            Some(_) => None,
+        }
+    }
+
+    /// A certificate of [`PLUGIN_LEAF_LIFETIME`] was issued for the Plugin `uid` at `now`.
+    pub fn certificate_issued(&self, uid: &str, now: SystemTime) {
+        let renew_at = now + PLUGIN_LEAF_LIFETIME * 2 / 3;
+        self.with(uid, |p| p.certificate_renew_at = Some(renew_at));
     }
 
     /// The Plugin `uid` is gone: so is everything remembered about it.

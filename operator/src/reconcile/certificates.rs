@@ -2,7 +2,7 @@
 //! router's certificate (kept fresh for the term), and per Plugin the named pipeline step
 //! [`ensure_identity`]: certificate issuing and storage adoption.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use airlock_crds::Plugin;
 use airlock_tls::pki::Ca;
@@ -76,22 +76,35 @@ pub(super) async fn ensure_identity(
     Ok(())
 }
 
-/// Issues (or renews) the certificate of the plugin's mTLS identity into its TLS Secret.
+/// Issues (or renews) the certificate of the plugin's mTLS identity into its TLS Secret when one
+/// is due: when this process has not issued one for the Plugin (a new Plugin, or a restarted
+/// operator, which cannot read the Secret to tell), or when the one it issued has a third of its
+/// lifetime left.
 async fn issue_plugin_certificate(
     plugin: &Plugin,
     ctx: &Context,
     watches: &Watches,
     ns: &str,
 ) -> Result<(), Error> {
+    let uid = plugin.uid().unwrap_or_default();
+    let now = SystemTime::now();
+    let Some(why) = ctx.caches.certificate_due(&uid, now) else {
+        return Ok(());
+    };
     let identity = airlock_core::identity::plugin_identity(ns, &plugin.name_any());
     let meta = build::tls_secret::plugin_tls_meta(plugin);
-    let uid = plugin.uid();
-    if let Some(why) =
-        certs::ensure_bound_certificate(&ctx.client, meta, &identity, uid.as_deref(), &watches.ca)
-            .await?
+    let name = meta.name.clone().unwrap_or_default();
+    match certs::issue_plugin_certificate(&ctx.client, meta, &identity, &uid, &watches.ca, now)
+        .await
     {
-        info!(plugin = %plugin.name_any(), namespace = ns, reason = %why, "issued the plugin's certificate");
+        Ok(()) => {}
+        Err(certs::CertError::Kube(e)) => {
+            return Err(Error::from_secret_write(e, plugin, ns, &name));
+        }
+        Err(e) => return Err(e.into()),
     }
+    ctx.caches.certificate_issued(&uid, now);
+    info!(plugin = %plugin.name_any(), namespace = ns, reason = why, "issued the plugin's certificate");
     Ok(())
 }
 

@@ -74,6 +74,25 @@ pub enum Error {
     Task(String),
     #[error("plugin certificate: {0}")]
     Certificate(#[from] certs::CertError),
+    /// A Secret the revision writes is not the Plugin's (the API server's admission policy
+    /// refused the write): the pipeline turns it into `Ready=False ObjectNotOwned`.
+    #[error("{}", .0.message())]
+    NotOwned(crate::ownership::NotOwned),
+}
+
+impl Error {
+    /// `e`, from a write of the Plugin's Secret `ns/name`, as [`Error::NotOwned`] when it is the
+    /// chart's admission policy refusing a Secret that is not the Plugin's.
+    pub(crate) fn from_secret_write(e: kube::Error, plugin: &Plugin, ns: &str, name: &str) -> Self {
+        let uid = plugin.uid().unwrap_or_default();
+        match &e {
+            kube::Error::Api(ae) if ae.code == 403 || ae.code == 422 => {
+                crate::ownership::secret_refusal(&ae.message, ns, name, &plugin.name_any(), &uid)
+                    .map_or(Error::Kube(e), Error::NotOwned)
+            }
+            _ => Error::Kube(e),
+        }
+    }
 }
 
 impl Error {
@@ -85,6 +104,7 @@ impl Error {
             Error::NoNamespace => "no_namespace",
             Error::Task(_) => "task",
             Error::Certificate(_) => "certificate",
+            Error::NotOwned(_) => "not_owned",
         }
     }
 }

@@ -6,9 +6,11 @@
 //! Where an object's metadata comes from: the watch caches when they hold it (a steady state
 //! costs no request), else a GET of its metadata. The caches only see objects labelled as
 //! Airlock's, so a cache miss does not mean "absent": someone else's object is found by asking.
-//! Secrets are not watched (that would take `list` on every Secret of the cluster); they are
-//! looked at when they would be written: the TLS Secret and the PluginStorage when the hourly
-//! identity checks are due, a bundle Secret until it is known to be this Plugin's.
+//! Secrets are neither watched nor read: the operator may not read Secrets outside its own
+//! namespace (a stolen operator token must not read the cluster's Secrets). Their ownership is
+//! checked by the API server at the write, atomically, by the chart's ValidatingAdmissionPolicy;
+//! a refusal becomes the same `ObjectNotOwned` ([`super::Error::NotOwned`]). The PluginStorage
+//! is looked at when the hourly identity checks are due.
 //!
 //! Recovery: a Plugin blocked by an earlier Plugin's leftovers (deleted, re-created under the
 //! same name) is woken by the watch when the garbage collector deletes a watched child (the
@@ -22,7 +24,7 @@ use std::time::Instant;
 use airlock_crds::{Plugin, PluginStorage};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -34,11 +36,11 @@ use super::{Context, Error};
 use crate::build;
 use crate::ownership::{NotOwned, Owner, Ownership, ownership};
 
-/// The objects the revision `rollout` would write that exist and are not `plugin`'s, in a fixed
-/// order (so an unchanged world gives an unchanged status). Empty: the revision may be applied.
+/// The objects a revision of `plugin` would write (but its Secrets: see above) that exist and are
+/// not `plugin`'s, in a fixed order (so an unchanged world gives an unchanged status). Empty: the
+/// revision may be applied.
 pub(super) async fn not_owned(
     plugin: &Plugin,
-    rollout: &build::Rollout,
     ctx: &Context,
     watches: &Watches,
 ) -> Result<Vec<NotOwned>, Error> {
@@ -52,17 +54,10 @@ pub(super) async fn not_owned(
         looked.push((kind, name.to_string(), found));
     };
 
-    // The identity: written only when the hourly checks are due (see `certificates`).
+    // The PluginStorage an installer created (no controller) is adopted by design, and the
+    // router's reference to this Plugin is a loose one: only a storage another object controls,
+    // or an earlier Plugin's, is in the way. Looked at when the hourly checks are due.
     if ctx.caches.hourly_checks_due(&uid, Instant::now()) {
-        let tls = build::tls_secret::tls_secret_name(&plugin_name);
-        look(
-            kind::<Secret>(),
-            &tls,
-            decide(fetched::<Secret>(ctx, &ns, &tls).await?),
-        );
-        // The PluginStorage an installer created (no controller) is adopted by design, and the
-        // router's reference to this Plugin is a loose one: only a storage another object
-        // controls, or an earlier Plugin's, is in the way.
         let storage = decide(fetched::<PluginStorage>(ctx, &ns, &plugin_name).await?);
         if storage != Ownership::Foreign(Owner::Nobody) {
             look(kind::<PluginStorage>(), &plugin_name, storage);
@@ -73,15 +68,6 @@ pub(super) async fn not_owned(
         &child,
         decide(watched::<ServiceAccount, _>(ctx, &watches.service_accounts, &ns, &child).await?),
     );
-    let bundle = build::bundle_secret::bundle_secret_name(&plugin_name, rollout);
-    if !ctx.caches.bundle_secret_known(&uid, &bundle) {
-        let found = decide(fetched::<Secret>(ctx, &ns, &bundle).await?);
-        if found == Ownership::Ours {
-            // Immutable and named by digest: this Plugin's means right; never looked at again.
-            ctx.caches.bundle_secret_exists(&uid, &bundle);
-        }
-        look(kind::<Secret>(), &bundle, found);
-    }
     look(
         kind::<NetworkPolicy>(),
         &child,

@@ -105,10 +105,32 @@ pub(super) async fn run(
             // 3b. Ownership: an object the revision would write that exists and is not this
             //     Plugin's (someone's NetworkPolicy named like the Plugin) stops the revision
             //     whole: nothing is applied, the status names the object.
-            let not_owned = match &plan.rollout {
-                Some(rollout) => ownership::not_owned(plugin, rollout, ctx, watches).await?,
+            let mut not_owned = match &plan.rollout {
+                Some(_) => ownership::not_owned(plugin, ctx, watches).await?,
                 None => Vec::new(),
             };
+            let mut applied = None;
+            if not_owned.is_empty() {
+                // 4. Apply: the revision's children (the plugin's identity first), or a rollback.
+                // A revision just stopped is not rolled out again by the same reconcile. Its
+                // Secrets go first, and the API server refuses one that is not the Plugin's
+                // (they are not read beforehand): then nothing else is written.
+                if let Some(rollout) = plan
+                    .rollout
+                    .as_ref()
+                    .filter(|r| stopped != Some(r.revision.as_str()))
+                {
+                    rolled_out = true;
+                    match apply::roll_out(plugin, rollout, ctx, watches, &judge).await {
+                        Ok(a) => applied = Some(a),
+                        Err(Error::NotOwned(secret)) => {
+                            rolled_out = false;
+                            not_owned.push(secret);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
             if !not_owned.is_empty() {
                 let next = status::next_status(
                     plugin,
@@ -117,19 +139,6 @@ pub(super) async fn run(
                 );
                 (next, crate::ownership::recheck_after(&not_owned))
             } else {
-                // 4. Apply: the revision's children (the plugin's identity first), or a rollback.
-                // A revision just stopped is not rolled out again by the same reconcile.
-                let applied = match plan
-                    .rollout
-                    .as_ref()
-                    .filter(|r| stopped != Some(r.revision.as_str()))
-                {
-                    Some(rollout) => {
-                        rolled_out = true;
-                        Some(apply::roll_out(plugin, rollout, ctx, watches, &judge).await?)
-                    }
-                    None => None,
-                };
                 let next = status::next_status(
                     plugin,
                     Outcome::Planned(&plan, applied.as_ref()),

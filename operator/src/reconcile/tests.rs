@@ -126,6 +126,17 @@ impl FakeApi {
                 Some(o) => (StatusCode::OK, o.clone()),
                 None => not_found(),
             },
+            Method::PATCH if refused_secret_write(&st, &path, &body).is_some() => {
+                let list = refused_secret_write(&st, &path, &body).unwrap_or_default();
+                (
+                    StatusCode::FORBIDDEN,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "reason": "Forbidden", "code": 403,
+                           "message": format!("secrets is forbidden: ValidatingAdmissionPolicy \
+                               'airlock-operator-secrets' with binding 'airlock-operator-secrets' \
+                               denied request: {}{list}", crate::ownership::SECRET_NOT_OWNED_MARKER)}),
+                )
+            }
             Method::PATCH => {
                 st.patches.push((path.clone(), body.clone()));
                 let (object_path, status_only) = match path.strip_suffix("/status") {
@@ -163,6 +174,46 @@ impl FakeApi {
         *response.status_mut() = code;
         Ok(response)
     }
+}
+
+/// What the chart's admission policy `airlock-operator-secrets` decides for the operator's write
+/// of a Secret outside its namespace (the real policy is exercised by the e2e suite): refused
+/// unless the Secret is absent or controlled by the uid the write names as controller. The
+/// refusal lists the existing Secret's owner references as the policy words them.
+fn refused_secret_write(st: &State, path: &str, body: &Value) -> Option<String> {
+    if !path.contains("/secrets/") {
+        return None;
+    }
+    let existing = st.objects.get(path)?;
+    let controller = |o: &Value| {
+        o["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["controller"] == true)
+            .map(|r| r["uid"].clone())
+    };
+    if controller(existing).is_some() && controller(existing) == controller(body) {
+        return None;
+    }
+    Some(
+        existing["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                format!(
+                    "{}|{}|{}|{}|{}",
+                    r["kind"].as_str().unwrap_or_default(),
+                    r["apiVersion"].as_str().unwrap_or_default(),
+                    r["name"].as_str().unwrap_or_default(),
+                    r["uid"].as_str().unwrap_or_default(),
+                    if r["controller"] == true { "c" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 fn not_found() -> (StatusCode, Value) {
@@ -805,6 +856,64 @@ async fn a_plugin_named_like_someone_elses_network_policy_takes_nothing_over_unt
         h.api.state().objects[&victim_path]["metadata"]["ownerReferences"][0]["uid"],
         "uid-1",
         "the new policy is the plugin's own"
+    );
+}
+
+/// Issue 12, point 7: the operator never reads a Secret outside its namespace (its role does not
+/// allow it), and a Secret named like the Plugin's TLS Secret that someone else made is neither
+/// overwritten nor made the Plugin's: the admission policy refuses the write and the Plugin says
+/// which Secret is in the way, with nothing else written.
+#[tokio::test]
+async fn a_secret_named_like_the_plugins_own_is_not_taken_over_and_no_secret_is_read() {
+    let h = Harness::unsigned(MANIFEST);
+    let tls_path = format!("/api/v1/namespaces/{NS}/secrets/hello-tls");
+    let theirs = json!({"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": "hello-tls", "namespace": NS},
+                        "data": {"password": "c2VjcmV0"}});
+    h.api.put(&tls_path, theirs.clone());
+    let p = plugin("uid-1", "[log]");
+    let action = h.reconcile(&p).await;
+
+    assert_eq!(
+        h.api.state().objects[&tls_path],
+        theirs,
+        "their Secret is untouched"
+    );
+    let writes = h.api.take_writes();
+    assert_eq!(
+        child_writes(&writes),
+        vec![&format!("PATCH {tls_path}")],
+        "only the refused attempt: nothing else of the plugin is written"
+    );
+    let status = h.status();
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("False".into(), "ObjectNotOwned".into()),
+        "{status}"
+    );
+    assert!(
+        status
+            .to_string()
+            .contains("Secret plugins/hello-tls already exists"),
+        "{status}"
+    );
+    assert_eq!(action, Action::requeue(crate::ownership::RECHECK_FOREIGN));
+    assert!(
+        h.api
+            .requests()
+            .iter()
+            .all(|(m, p)| !(*m == Method::GET && p.contains("/secrets"))),
+        "no Secret is read: {:?}",
+        h.api.requests()
+    );
+
+    // Their Secret goes: the plugin gets its own identity and everything else.
+    h.api.state().objects.remove(&tls_path);
+    h.reconcile(&h.seen(&p)).await;
+    assert_every_child_written(&h);
+    assert_eq!(
+        h.api.state().objects[&tls_path]["metadata"]["ownerReferences"][0]["uid"],
+        "uid-1"
     );
 }
 
