@@ -319,7 +319,9 @@ pub struct PluginStatus {
     /// What the current and the last good revision were approved with. Every reconcile checks the
     /// running revision's record against today's trust policies, whatever becomes of the spec,
     /// and a rollback only goes to a revision whose record still passes.
+    /// At most two are kept (the current and the last good revision).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["revision"]))]
     pub revisions: Vec<RevisionRecord>,
 }
@@ -352,6 +354,7 @@ pub struct RevisionRecord {
     /// router calls these, never what the spec says now (a spec the plan blocked — say, a
     /// timeout above the trust level's maxTimeout — must not reach the calls).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub hooks: Vec<HookSpec>,
     /// `sha256:<hex>` of the pod template the Plugin's Deployment ran the revision with, recorded

@@ -177,6 +177,86 @@ async fn takeover(s: &Sandbox) -> Result<()> {
         "the other Plugin still runs: {}",
         hello["status"]
     );
+    cannot_widen_plugin_network(&tenant).await
+}
+
+/// The tenant cannot open its plugins' network beyond the trust policy (the chart's admission
+/// policy `airlock-plugin-isolation`): NetworkPolicies add up, so a policy allowing all egress
+/// for every pod, or a plugin pod without its `airlock.dev/` labels (its own policy then no
+/// longer selects it), would. Before the policy both were accepted for anyone with `edit`.
+async fn cannot_widen_plugin_network(tenant: &Tenant) -> Result<()> {
+    let policies: Api<NetworkPolicy> = tenant.api();
+    let open_egress = |name: &str, pod_selector: Value| -> Result<NetworkPolicy> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name},
+            "spec": {"podSelector": pod_selector, "policyTypes": ["Egress"], "egress": [{}]},
+        }))?)
+    };
+    let refused = policies
+        .create(
+            &PostParams::default(),
+            &open_egress("allow-all-egress", json!({}))?,
+        )
+        .await;
+    match refused {
+        Err(kube::Error::Api(e)) => ensure!(
+            e.code == 403
+                && e.message.contains("airlock-plugin-isolation")
+                && e.message.contains("operator: DoesNotExist"),
+            "refused, saying how to exclude plugin pods: {e:?}"
+        ),
+        other => anyhow::bail!(
+            "a tenant opened all egress for the plugin pods: {:?}",
+            other.map(|p| p.metadata.name)
+        ),
+    }
+    // The same policy that leaves plugin pods out is the tenant's business.
+    policies
+        .create(
+            &PostParams::default(),
+            &open_egress(
+                "allow-all-egress",
+                json!({"matchExpressions": [{"key": "airlock.dev/plugin", "operator": "DoesNotExist"}]}),
+            )?,
+        )
+        .await
+        .context("an egress policy excluding plugin pods is accepted")?;
+
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = tenant.api();
+    let pod = pods
+        .list(&ListParams::default().labels("airlock.dev/plugin=hello"))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .context("hello's pod")?;
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let unlabelled = pods
+        .patch(
+            &pod_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"airlock.dev/plugin": null}}})),
+        )
+        .await;
+    match unlabelled {
+        Err(kube::Error::Api(e)) => ensure!(
+            e.code == 403 && e.message.contains("cannot be changed or removed"),
+            "refused: {e:?}"
+        ),
+        other => anyhow::bail!(
+            "a tenant took the plugin label off {pod_name}: {:?}",
+            other.map(|p| p.metadata.labels)
+        ),
+    }
+    // Other labels stay the tenant's to set.
+    pods.patch(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "blue"}}})),
+    )
+    .await
+    .context("a label of the tenant's own on a plugin pod is accepted")?;
     Ok(())
 }
 

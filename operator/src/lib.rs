@@ -8,6 +8,7 @@ pub mod audit;
 pub mod build;
 pub mod bundle_http;
 pub mod certs;
+pub mod cluster_ranges;
 pub mod config;
 pub mod egress;
 pub mod fetch;
@@ -81,6 +82,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     if build.host_api.is_none() {
         build.host_api = router_host_api(&client, &build.router_namespace).await;
+    }
+    // The chart's clusterCidrs and what the cluster says it occupies: a forgotten value must not
+    // let a broad egress rule reach the cluster's own Pods, Services and nodes.
+    match cluster_ranges::discover(&client).await {
+        Ok(found) => {
+            build.cluster_cidrs = cluster_ranges::merged(&build.cluster_cidrs, &found);
+            tracing::info!(ranges = ?build.cluster_cidrs, "the cluster's own ranges, excepted from every plugin's egress");
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot list the nodes and ServiceCIDRs (chart RBAC too old?): only the chart value clusterCidrs is excepted from plugin egress"
+        ),
     }
     let ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn(airlock_runtime::http::serve_or_fail(

@@ -47,6 +47,10 @@ pub enum Owner {
     EarlierPlugin { name: String, uid: String },
     /// The controller is another object.
     Other { kind: String, name: String },
+    /// Not told: the API server refused the write for what the existing object is (a Secret of
+    /// another type, or an immutable one), before anyone said whose it is; the operator may not
+    /// read Secrets outside its namespace to find out.
+    Unknown,
 }
 
 /// Decides whose `existing` is for the Plugin `plugin_name` with uid `plugin_uid`.
@@ -120,6 +124,11 @@ impl NotOwned {
                  {owner_name}, not by this Plugin; Airlock does not take over objects it did not \
                  create: {what_to_do}"
             ),
+            Owner::Unknown => format!(
+                "{kind} {namespace}/{name} already exists and is not this Plugin's (its type or \
+                 immutability differs from what Airlock writes); Airlock does not take over \
+                 objects it did not create: {what_to_do}"
+            ),
             Owner::EarlierPlugin { name: plugin, uid } => format!(
                 "{kind} {namespace}/{name} still belongs to an earlier Plugin {plugin} (uid {uid}) \
                  that was deleted; Kubernetes' garbage collector removes it shortly and this \
@@ -149,6 +158,20 @@ pub fn recheck_after(objects: &[NotOwned]) -> Duration {
     } else {
         RECHECK_FOREIGN
     }
+}
+
+/// The Secret `namespace/name` the API server refused a write to because of what the existing
+/// one is (a 422 naming an immutable field: another type, or `immutable: true` with other
+/// data). Airlock's own Secrets never change type and its immutable ones never change data, so
+/// such a Secret is not the Plugin's. Validation runs before admission policies, so this comes
+/// instead of [`secret_refusal`] for such Secrets.
+pub fn secret_invalid(message: &str, namespace: &str, name: &str) -> Option<NotOwned> {
+    message.contains("field is immutable").then(|| NotOwned {
+        kind: "Secret".into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        owner: Owner::Unknown,
+    })
 }
 
 /// What the chart's ValidatingAdmissionPolicy `<release>-operator-secrets` puts at the start of
@@ -408,5 +431,19 @@ mod tests {
             secret_refusal("secrets is forbidden: RBAC", "t", "x", "hello", "uid-2").is_none(),
             "another refusal is not an ownership answer"
         );
+        // A Secret of another type is refused by validation, before the policy says whose it is.
+        let n = secret_invalid(
+            "Secret \"hello-tls\" is invalid: type: Invalid value: \"kubernetes.io/tls\": field is immutable",
+            "t",
+            "hello-tls",
+        )
+        .expect("not ours");
+        assert_eq!(n.owner, Owner::Unknown);
+        assert!(
+            n.message().contains("Secret t/hello-tls already exists"),
+            "{}",
+            n.message()
+        );
+        assert!(secret_invalid("Secret \"x\" is invalid: metadata.name", "t", "x").is_none());
     }
 }

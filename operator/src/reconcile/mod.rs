@@ -88,6 +88,7 @@ impl Error {
         match &e {
             kube::Error::Api(ae) if ae.code == 403 || ae.code == 422 => {
                 crate::ownership::secret_refusal(&ae.message, ns, name, &plugin.name_any(), &uid)
+                    .or_else(|| crate::ownership::secret_invalid(&ae.message, ns, name))
                     .map_or(Error::Kube(e), Error::NotOwned)
             }
             _ => Error::Kube(e),
