@@ -787,7 +787,10 @@ async fn stopped(m: &Matrix, name: &str) -> Result<()> {
 /// The attack of issue 12 on rollback: the tenant (namespace `edit`) writes a ReplicaSet with
 /// the Plugin's labels, the last good revision and even a controller reference to the Plugin's
 /// Deployment, whose template runs the tenant's command; then an upgrade never becomes ready.
-/// The rollback goes back to the genuine template.
+/// The chart's admission policy `airlock-plugin-workloads` refuses the tenant's ReplicaSet (it
+/// used to be accepted; its pods would also have become endpoints of the plugin's Service). The
+/// same ReplicaSet written by a cluster admin (exempt from the policy) is still never rolled back
+/// to: the rollback goes back to the genuine template.
 async fn forged_rollback(
     m: &Matrix,
     trusted: &CosignKey,
@@ -818,11 +821,26 @@ async fn forged_rollback(
                               "spec": {"containers": [{"name": "plugin", "image": image.pinned,
                                   "command": ["/bin/sh", "-c", "echo HIJACKED: unsigned tenant code; sleep 3600"]}]}}}
     }))?;
-    tenant
+    match tenant
         .api::<ReplicaSet>()
         .create(&PostParams::default(), &forged)
         .await
-        .context("the tenant may create ReplicaSets (edit)")?;
+    {
+        Err(kube::Error::Api(e)) => ensure!(
+            e.code == 403
+                && e.message.contains("airlock-plugin-workloads")
+                && e.message.contains("change the Plugin instead"),
+            "the tenant's ReplicaSet is refused by the admission policy: {e:?}"
+        ),
+        other => anyhow::bail!(
+            "the tenant wrote a ReplicaSet with the plugin's labels: {:?}",
+            other.map(|rs| rs.metadata.name)
+        ),
+    }
+    m.ns.api::<ReplicaSet>()
+        .create(&PostParams::default(), &forged)
+        .await
+        .context("the cluster admin writes the forged ReplicaSet")?;
 
     let broken = variant_of(
         "AIRLOCK_HELLO_BROKEN_IMAGE",

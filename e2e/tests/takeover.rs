@@ -181,7 +181,7 @@ async fn takeover(s: &Sandbox) -> Result<()> {
 }
 
 /// The tenant cannot open its plugins' network beyond the trust policy (the chart's admission
-/// policy `airlock-plugin-isolation`): NetworkPolicies add up, so a policy allowing all egress
+/// policies `airlock-plugin-network` and `airlock-plugin-pods`): NetworkPolicies add up, so a policy allowing all egress
 /// for every pod, or a plugin pod without its `airlock.dev/` labels (its own policy then no
 /// longer selects it), would. Before the policy both were accepted for anyone with `edit`.
 async fn cannot_widen_plugin_network(tenant: &Tenant) -> Result<()> {
@@ -202,7 +202,7 @@ async fn cannot_widen_plugin_network(tenant: &Tenant) -> Result<()> {
     match refused {
         Err(kube::Error::Api(e)) => ensure!(
             e.code == 403
-                && e.message.contains("airlock-plugin-isolation")
+                && e.message.contains("airlock-plugin-network")
                 && e.message.contains("operator: DoesNotExist"),
             "refused, saying how to exclude plugin pods: {e:?}"
         ),
@@ -241,7 +241,9 @@ async fn cannot_widen_plugin_network(tenant: &Tenant) -> Result<()> {
         .await;
     match unlabelled {
         Err(kube::Error::Api(e)) => ensure!(
-            e.code == 403 && e.message.contains("cannot be changed or removed"),
+            e.code == 403
+                && e.message.contains("airlock-plugin-pods")
+                && e.message.contains("cannot be changed or removed"),
             "refused: {e:?}"
         ),
         other => anyhow::bail!(
