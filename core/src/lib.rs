@@ -11,7 +11,8 @@
 //! - [`api`]: the plugin API versions this Airlock serves;
 //! - [`duration`]: the duration spellings the CRDs allow (`200ms`, `2s`);
 //! - [`names`]: ports, labels and child-object names the control and data planes agree on;
-//! - [`rate::LineBudget`]: the token bucket behind every per-minute line limit.
+//! - [`rate::LineBudget`]: the token bucket behind every per-minute line limit;
+//! - [`json_depth`]: how deep a JSON payload nests, without parsing it.
 
 pub mod api;
 pub mod duration;
@@ -19,6 +20,7 @@ pub mod failure;
 pub mod grpc;
 pub mod hook;
 pub mod identity;
+pub mod json_depth;
 pub mod names;
 pub mod permission;
 pub mod plugin_key;

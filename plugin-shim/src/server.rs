@@ -118,6 +118,17 @@ impl Plugin for PluginService {
                 declared.join(", ")
             )));
         }
+        // The router refuses deeper payloads already; a plugin's parser must never meet one
+        // that reaches its recursion limit (it would crash the process: a caller-made crash).
+        if airlock_core::json_depth::nests_deeper_than(
+            payload_json.as_bytes(),
+            airlock_core::json_depth::MAX_DEPTH,
+        ) {
+            return Err(Status::invalid_argument(format!(
+                "payload_json nests deeper than {} levels; flatten the document",
+                airlock_core::json_depth::MAX_DEPTH
+            )));
+        }
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&payload_json) {
             // The position only: the payload itself never goes into errors or logs.
             return Err(Status::invalid_argument(format!(

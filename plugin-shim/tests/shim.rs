@@ -255,6 +255,20 @@ async fn unknown_hook_and_bad_json_are_invalid_argument() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
+    // Nested past what a plugin's parser takes (the router refuses it first; the shim too, in
+    // case anything else reaches it): refused, the plugin process never parses it.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let err = client
+        .invoke(InvokeRequest {
+            hook: "transform".into(),
+            payload_json: deep,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("126 levels"), "{}", err.message());
+
     for bad in ["", "{\"secret\": ", "{} {}", "not json"] {
         let err = client
             .invoke(InvokeRequest {

@@ -30,10 +30,8 @@ pub const DEFAULT_MAX_BYTES: usize = MAX_LINE_BYTES - ENVELOPE_BYTES;
 /// that wraps its input in a level or two.
 pub const DEFAULT_MAX_DEPTH: usize = 64;
 
-/// Deepest nesting that may be configured: a Rust-SDK plugin parses at most 127 levels
-/// (serde_json's limit of 128 counts the outermost), and the request line it parses wraps the
-/// payload in one more object.
-pub const MAX_DEPTH: usize = 126;
+/// Deepest nesting that may be configured (the shim refuses anything deeper itself).
+pub use airlock_core::json_depth::MAX_DEPTH;
 
 /// The limits, from the router's flags (`--max-payload-bytes`, `--max-payload-depth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +246,7 @@ pub fn check(json: &str, field: Field, limits: &PayloadLimits) -> Result<(), Pay
             limit: limits.max_bytes,
         });
     }
-    if nests_deeper_than(json.as_bytes(), limits.max_depth) {
+    if airlock_core::json_depth::nests_deeper_than(json.as_bytes(), limits.max_depth) {
         return Err(PayloadError::TooDeep {
             field,
             limit: limits.max_depth,
@@ -261,39 +259,6 @@ pub fn check(json: &str, field: Field, limits: &PayloadLimits) -> Result<(), Pay
         column: e.column(),
     })?;
     Ok(())
-}
-
-/// Whether the JSON text `json` nests arrays and objects more than `limit` levels deep. One pass
-/// over the bytes with a counter (no recursion, no allocation); stops at the first level past the
-/// limit. Brackets inside strings do not count: a string ends at the first `"` not escaped by a
-/// backslash. Working on bytes is exact for UTF-8: `"`, `\`, brackets and braces never occur
-/// inside a multi-byte character.
-fn nests_deeper_than(json: &[u8], limit: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in json {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
 }
 
 #[cfg(test)]
