@@ -264,6 +264,7 @@ pub fn check(json: &str, field: Field, limits: &PayloadLimits) -> Result<(), Pay
 #[cfg(test)]
 mod tests {
     use super::*;
+    use airlock_core::json_depth::nests_deeper_than;
 
     const LIMITS: PayloadLimits = PayloadLimits {
         max_bytes: 1000,
