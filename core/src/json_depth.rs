@@ -49,7 +49,10 @@ mod tests {
     fn depth_counts_brackets_outside_strings_only() {
         assert!(!nests_deeper_than(br#"{"a":[1,{"b":[]}]}"#, 4));
         assert!(nests_deeper_than(br#"{"a":[1,{"b":[]}]}"#, 3));
-        assert!(!nests_deeper_than(br#"["[[[[\"[[["]"#, 1), "brackets in strings");
+        assert!(
+            !nests_deeper_than(br#"["[[[[\"[[["]"#, 1),
+            "brackets in strings"
+        );
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(nests_deeper_than(deep.as_bytes(), MAX_DEPTH));
     }

@@ -61,7 +61,25 @@ pub fn now() -> Timestamp {
     Timestamp::from_second(now.as_second()).unwrap_or(now)
 }
 
+/// Reasons of failures that say "not now" rather than "no": the API server, a registry or a bundle
+/// server did not answer (or not in time), or the operator could not inspect the bundle. The
+/// reconcile retries them; a Plugin without a revision that ran stays `Pending` rather than the
+/// terminal-looking `Failed` (which tells automation to give up, and which 431 of 1,000 Plugins
+/// showed in a creation burst that only slowed the API server down).
+pub const RETRIED_REASONS: [&str; 5] = [
+    "BundleUnreadable",
+    "RegistryUnavailable",
+    "RegistryTimeout",
+    "ImageUnresolvable",
+    "BundleInspectionFailed",
+];
+
 impl FetchFailure {
+    /// Whether the failure is retried rather than a verdict ([`RETRIED_REASONS`]).
+    pub fn is_retried(&self) -> bool {
+        RETRIED_REASONS.contains(&self.reason)
+    }
+
     /// A failure of the `Verified` condition that leaves what runs alone.
     pub fn verified(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -140,6 +158,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                     PluginPhase::Degraded,
                     format!(" (revision {good} keeps serving)"),
                 ),
+                None if f.is_retried() => (PluginPhase::Pending, String::new()),
                 None => (PluginPhase::Failed, String::new()),
             };
             set(READY, false, f.reason, format!("{}{suffix}", f.message));
@@ -538,6 +557,35 @@ mod tests {
         let second = next_status(&p, Outcome::Planned(&plan, Some(&applied(1))), later);
         assert_eq!(first, second, "no write, no hot loop");
         assert!(transitions(Some(&first), &second).is_empty());
+    }
+
+    /// Issue 13: an API server or registry that does not answer is not a verdict. A new Plugin
+    /// stays Pending (Ready=False with the reason, a Warning Event), never the terminal-looking
+    /// Failed; a refusal stays Failed.
+    #[test]
+    fn a_failure_that_is_retried_leaves_a_new_plugin_pending_and_a_refusal_fails_it() {
+        let p = plugin(HELLO);
+        for reason in RETRIED_REASONS {
+            let f = FetchFailure::verified(
+                reason,
+                "reading ConfigMap plugins/hello-bundle: no response (retrying)",
+            );
+            let s = next_status(&p, Outcome::FetchFailed(&f), Timestamp::UNIX_EPOCH);
+            assert_eq!(s.phase, Some(PluginPhase::Pending), "{reason}");
+            assert_not_ready(&s, reason, &["(retrying)"]);
+            assert!(
+                transitions(None, &s)
+                    .iter()
+                    .any(|t| t.condition == READY && t.warning),
+                "{reason}: still a Warning Event"
+            );
+        }
+        let refused = FetchFailure::verified(
+            "BundleNotFound",
+            "ConfigMap plugins/hello-bundle does not exist",
+        );
+        let s = next_status(&p, Outcome::FetchFailed(&refused), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, Some(PluginPhase::Failed));
     }
 
     #[test]
