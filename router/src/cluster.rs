@@ -1,4 +1,4 @@
-//! The router's Kubernetes side: watches of Plugins and their Services that keep the
+//! The router's Kubernetes side: watches of Plugins and their EndpointSlices that keep the
 //! [`RouteTable`] current, the watch of PluginCallerBindings that keeps the callers' grants
 //! current, and the [`Disabler`] that records an auto-disable on the Plugin (annotation), as an
 //! Event and on the audit stream.
@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use airlock_crds::{Plugin, PluginCallerBinding};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -36,7 +37,7 @@ pub async fn watch_routes<C: Caller>(
     loaded: watch::Sender<bool>,
 ) {
     let (plugins, plugin_writer) = reflector::store::<Plugin>();
-    let (services, service_writer) = reflector::store::<Service>();
+    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     // Each watch event becomes (which watch, whether it finished its initial list).
     let plugin_events = reflector::reflector(
         plugin_writer,
@@ -47,29 +48,31 @@ pub async fn watch_routes<C: Caller>(
     )
     .default_backoff()
     .filter_map(|e| async move { change(e).map(|listed| (0, listed)) });
-    let service_events = reflector::reflector(
-        service_writer,
+    // The EndpointSlice controller copies the Service's labels onto its slices: only the slices
+    // of Airlock's Services are watched.
+    let slice_events = reflector::reflector(
+        slice_writer,
         watcher(
-            Api::<Service>::all(client),
+            Api::<EndpointSlice>::all(client),
             watcher::Config::default().labels(MANAGED_BY_SELECTOR),
         ),
     )
     .default_backoff()
     .filter_map(|e| async move { change(e).map(|listed| (1, listed)) });
-    let mut changes = std::pin::pin!(futures::stream::select(plugin_events, service_events));
+    let mut changes = std::pin::pin!(futures::stream::select(plugin_events, slice_events));
     let mut listed = [false, false];
     while let Some((watch, done)) = changes.next().await {
         listed[watch] |= done;
         if !listed.iter().all(|l| *l) {
             continue;
         }
-        router.update(table(&plugins, &services));
+        router.update(table(&plugins, &slices));
         if !*loaded.borrow() {
             info!(plugins = plugins.state().len(), "route table loaded");
             loaded.send_replace(true);
         }
     }
-    warn!("the Plugin and Service watches ended");
+    warn!("the Plugin and EndpointSlice watches ended");
 }
 
 /// Keeps `gate`'s PluginCallerBindings in step with the cluster (every namespace) until the watch
@@ -117,17 +120,59 @@ fn change<K>(event: Result<watcher::Event<K>, watcher::Error>) -> Option<bool> {
     }
 }
 
-fn table(plugins: &Store<Plugin>, services: &Store<Service>) -> RouteTable {
-    let ips: HashMap<(String, String), String> = services
-        .state()
-        .iter()
-        .filter_map(|s| {
-            let ip = s.spec.as_ref()?.cluster_ip.clone()?;
-            Some(((s.namespace()?, s.name_any()), ip))
-        })
-        .collect();
+fn table(plugins: &Store<Plugin>, slices: &Store<EndpointSlice>) -> RouteTable {
+    let slices = slices.state();
+    let ready = ready_endpoints(slices.iter().map(|s| s.as_ref()));
     let plugins = plugins.state();
-    RouteTable::build(plugins.iter().map(|p| p.as_ref()), &ips)
+    RouteTable::build(plugins.iter().map(|p| p.as_ref()), &ready)
+}
+
+/// `host:port` of every ready endpoint of each Service (by namespace and name), from its
+/// EndpointSlices (pure). Ready means the pod passes its readiness probe and is not terminating:
+/// a pod that is starting, or draining after a delete or a rollout, gets no new call. Sorted, so
+/// an unchanged world gives an unchanged table.
+pub fn ready_endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> HashMap<(String, String), Vec<String>> {
+    let mut out: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for slice in slices {
+        let (Some(ns), Some(service)) = (
+            slice.namespace(),
+            slice.labels().get("kubernetes.io/service-name").cloned(),
+        ) else {
+            continue;
+        };
+        let port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find_map(|p| p.port)
+            .unwrap_or(airlock_core::names::GRPC_PORT);
+        let entry = out.entry((ns, service)).or_default();
+        for e in &slice.endpoints {
+            let ready = e
+                .conditions
+                .as_ref()
+                .is_some_and(|c| c.ready == Some(true) && c.terminating != Some(true));
+            if !ready {
+                continue;
+            }
+            for address in &e.addresses {
+                // An IPv6 address needs brackets in host:port.
+                let host = if address.contains(':') {
+                    format!("[{address}]")
+                } else {
+                    address.clone()
+                };
+                entry.push(format!("{host}:{port}"));
+            }
+        }
+    }
+    for endpoints in out.values_mut() {
+        endpoints.sort();
+        endpoints.dedup();
+    }
+    out
 }
 
 /// Records an auto-disable in the cluster: the annotation (which the controller turns into
@@ -258,5 +303,56 @@ pub async fn watch_identity(
         }
         let every = if loaded.borrow().is_some() { 30 } else { 2 };
         tokio::time::sleep(std::time::Duration::from_secs(every)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(service: &str, endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-abcde"), "namespace": "t",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }))
+        .expect("slice")
+    }
+
+    /// Issue 13: only pods that are ready and not terminating get calls; a Service's slices are
+    /// merged.
+    #[test]
+    fn only_ready_endpoints_that_are_not_terminating_are_routed() {
+        let a = slice(
+            "hello",
+            json!([
+                {"addresses": ["198.18.0.7"], "conditions": {"ready": true}},
+                {"addresses": ["198.18.0.8"], "conditions": {"ready": false}},
+                {"addresses": ["198.18.0.9"], "conditions": {"ready": true, "terminating": true}},
+                {"addresses": ["198.18.0.10"]},
+            ]),
+        );
+        let b = slice(
+            "hello",
+            json!([{"addresses": ["198.18.0.3"], "conditions": {"ready": true}}]),
+        );
+        let starting = slice(
+            "new",
+            json!([{"addresses": ["198.18.0.4"], "conditions": {"ready": false}}]),
+        );
+        let ready = ready_endpoints([&a, &b, &starting]);
+        assert_eq!(
+            ready[&("t".to_string(), "hello".to_string())],
+            vec![
+                "198.18.0.3:50051".to_string(),
+                "198.18.0.7:50051".to_string()
+            ]
+        );
+        assert_eq!(
+            ready[&("t".to_string(), "new".to_string())],
+            Vec::<String>::new()
+        );
     }
 }

@@ -7,6 +7,7 @@ pub use hook_router::{HookRouterService, server as hook_router};
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,15 +63,66 @@ enum Transport {
     Mutual(Option<ClientIdentity>),
 }
 
-/// Reaches plugin shims over gRPC, one lazily connected channel per endpoint and plugin.
+/// Reaches plugin shims over gRPC, one lazily connected channel per ready pod (endpoint) and
+/// plugin. A call goes to one of the plugin's ready pods, the less busy of two picked at random
+/// ("power of two choices" on the calls in flight from this router): load spreads over replicas
+/// without a global view, and a slow pod gets fewer calls.
 ///
 /// With mutual TLS every channel expects the plugin's own identity
-/// (`airlock_proto::identity::plugin_identity`) in the shim's certificate: a Service IP that now
-/// leads to another plugin fails the handshake instead of running the wrong plugin's hook.
+/// (`airlock_proto::identity::plugin_identity`) in the shim's certificate: an address that now
+/// leads to another plugin's pod fails the handshake instead of running the wrong plugin's hook.
 #[derive(Debug)]
 pub struct GrpcCaller {
-    channels: Mutex<HashMap<(String, PluginKey), Channel>>,
+    channels: Mutex<HashMap<(String, PluginKey), Conn>>,
     transport: Mutex<Transport>,
+}
+
+/// A channel to one pod and the calls in flight on it.
+#[derive(Debug, Clone)]
+struct Conn {
+    channel: Channel,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One call in flight on a [`Conn`], counted until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Of `endpoints`, the one to call: the only one, or of two distinct ones picked by `pick_two`
+/// the one with fewer calls in flight (`busy`), the first on a tie.
+fn choose(
+    endpoints: &[String],
+    busy: impl Fn(&str) -> usize,
+    pick_two: impl FnOnce(usize) -> (usize, usize),
+) -> Option<&str> {
+    match endpoints {
+        [] => None,
+        [one] => Some(one),
+        many => {
+            let (i, j) = pick_two(many.len());
+            let (a, b) = (&many[i], &many[j]);
+            Some(if busy(b) < busy(a) { b } else { a })
+        }
+    }
+}
+
+/// Two distinct indices below `n` (n ≥ 2), at random.
+fn two_at_random(n: usize) -> (usize, usize) {
+    let i = fastrand::usize(..n);
+    let j = (i + 1 + fastrand::usize(..n - 1)) % n;
+    (i, j)
 }
 
 impl Default for GrpcCaller {
@@ -112,8 +164,40 @@ impl GrpcCaller {
         true
     }
 
-    fn channel(&self, route: &Route) -> Result<Channel, CallFailure> {
-        let key = (route.endpoint.clone(), route.plugin.clone());
+    /// Forgets the channels to pods no route lists any more (deleted or not ready), so that the
+    /// map follows the pods instead of growing with every one that ever ran.
+    pub fn retain_endpoints(&self, live: &std::collections::HashSet<(String, PluginKey)>) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
+    }
+
+    /// The channel to the pod of `route` this call goes to, counted as in flight on it.
+    fn pick(&self, route: &Route) -> Result<(Channel, InFlight), CallFailure> {
+        let failure = |message: String| CallFailure {
+            code: Code::Unavailable,
+            message,
+            outcome: Outcome::Unreachable,
+        };
+        let endpoint = {
+            let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            let busy = |endpoint: &str| {
+                channels
+                    .get(&(endpoint.to_string(), route.plugin.clone()))
+                    .map_or(0, |c| c.in_flight.load(Ordering::Relaxed))
+            };
+            choose(&route.endpoints, busy, two_at_random)
+                .ok_or_else(|| failure(format!("Plugin {} has no ready pod", route.plugin)))?
+                .to_string()
+        };
+        let conn = self.conn(&endpoint, route)?;
+        let guard = InFlight::start(&conn.in_flight);
+        Ok((conn.channel, guard))
+    }
+
+    fn conn(&self, endpoint: &str, route: &Route) -> Result<Conn, CallFailure> {
+        let key = (endpoint.to_string(), route.plugin.clone());
         if let Some(c) = self
             .channels
             .lock()
@@ -133,8 +217,8 @@ impl GrpcCaller {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let endpoint = match transport {
-            Transport::Plain => Endpoint::from_shared(format!("http://{}", route.endpoint))
-                .map_err(|e| failure(format!("bad plugin endpoint {}: {e}", route.endpoint)))?,
+            Transport::Plain => Endpoint::from_shared(format!("http://{endpoint}"))
+                .map_err(|e| failure(format!("bad plugin endpoint {endpoint}: {e}")))?,
             Transport::Mutual(None) => {
                 return Err(failure(
                     "the router has no client certificate yet: the operator issues it into the \
@@ -147,34 +231,53 @@ impl GrpcCaller {
                     .ca_certificate(Certificate::from_pem(&id.ca_pem))
                     .identity(Identity::from_pem(&id.leaf.cert_pem, &id.leaf.key_pem))
                     .domain_name(plugin_identity(&route.plugin.namespace, &route.plugin.name));
-                Endpoint::from_shared(format!("https://{}", route.endpoint))
+                Endpoint::from_shared(format!("https://{endpoint}"))
                     .and_then(|e| e.tls_config(tls))
-                    .map_err(|e| failure(format!("bad plugin endpoint {}: {e}", route.endpoint)))?
+                    .map_err(|e| failure(format!("bad plugin endpoint {endpoint}: {e}")))?
             }
         };
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        self.channels
+        let conn = Conn {
+            channel: endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy(),
+            in_flight: Arc::default(),
+        };
+        // Two calls racing to open the same channel: the first one stored is kept.
+        Ok(self
+            .channels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, channel.clone());
-        Ok(channel)
+            .entry(key)
+            .or_insert(conn)
+            .clone())
     }
 }
 
 impl Caller for Arc<GrpcCaller> {
+    fn routes_changed(&self, table: &crate::table::RouteTable) {
+        let live = table
+            .routes(None)
+            .flat_map(|r| r.endpoints.iter().map(|e| (e.clone(), r.plugin.clone())))
+            .collect();
+        self.retain_endpoints(&live);
+    }
+
     fn call(
         &self,
         route: Arc<Route>,
         request: CallRequest,
     ) -> impl Future<Output = Result<Answer, CallFailure>> + Send {
-        let channel = self.channel(&route);
+        let picked = self.pick(&route);
         async move {
             let parent = TRACE.try_with(|t| *t).ok();
             let span = parent.map_or_else(TraceContext::root, |p| p.child());
             let started = std::time::Instant::now();
+            // The guard counts the call as in flight on its pod until it is answered.
+            let (channel, _in_flight) = match picked {
+                Ok((channel, guard)) => (Ok(channel), Some(guard)),
+                Err(e) => (Err(e), None),
+            };
             let result = GrpcCaller::call_shim(channel, &request, &span).await;
             // The router's span record of this call, correlated with the shim's by trace id.
             tracing::info!(
@@ -281,6 +384,47 @@ pub fn failure_of(status: &Status) -> CallFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 13: a call goes to the less busy of two ready pods; with one pod, to it; with none,
+    /// nowhere (the caller learns there is no ready pod instead of a connection error).
+    #[test]
+    fn a_call_goes_to_the_less_busy_of_two_pods() {
+        let pods: Vec<String> = ["a:1", "b:1", "c:1"].map(String::from).to_vec();
+        let busy = |e: &str| match e {
+            "a:1" => 5,
+            "b:1" => 1,
+            _ => 3,
+        };
+        assert_eq!(choose(&pods, busy, |_| (0, 1)), Some("b:1"));
+        assert_eq!(choose(&pods, busy, |_| (1, 0)), Some("b:1"));
+        assert_eq!(choose(&pods, busy, |_| (0, 2)), Some("c:1"));
+        assert_eq!(
+            choose(&pods, |_| 0, |_| (2, 0)),
+            Some("c:1"),
+            "a tie keeps the first"
+        );
+        assert_eq!(choose(&pods[..1], busy, |_| unreachable!()), Some("a:1"));
+        assert_eq!(choose(&[], busy, |_| unreachable!()), None);
+        for n in 2..6 {
+            for _ in 0..200 {
+                let (i, j) = two_at_random(n);
+                assert!(i < n && j < n && i != j, "{n}: {i} {j}");
+            }
+        }
+    }
+
+    /// The calls in flight on a pod are counted while they last.
+    #[test]
+    fn a_call_in_flight_is_counted_until_it_ends() {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let first = InFlight::start(&counter);
+        let second = InFlight::start(&counter);
+        assert_eq!(counter.load(Ordering::Relaxed), 2);
+        drop(first);
+        assert_eq!(counter.load(Ordering::Relaxed), 1);
+        drop(second);
+        assert_eq!(counter.load(Ordering::Relaxed), 0);
+    }
 
     fn with_kind(code: Code, kind: Option<&'static str>) -> Status {
         let mut s = Status::new(code, "x");

@@ -1,5 +1,6 @@
 //! The router's view of the cluster, computed by a pure function: which Plugins can be called,
-//! where their pods answer, and each hook's timeout, failure policy and priority. A Plugin that
+//! which of their pods are ready to answer (from their EndpointSlices: a pod that is starting or
+//! terminating gets no call), and each hook's timeout, failure policy and priority. A Plugin that
 //! cannot be called keeps a one-line reason, so a host application asking for it learns why.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -14,7 +15,7 @@ use kube::ResourceExt;
 
 use airlock_core::PluginKey;
 use airlock_core::duration::duration_ms;
-use airlock_core::names::{GRPC_PORT, child_name};
+use airlock_core::names::child_name;
 
 /// How one hook of one plugin is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +31,9 @@ pub struct Route {
     pub plugin: PluginKey,
     pub uid: String,
     pub version: String,
-    /// host:port of the plugin's Service.
-    pub endpoint: String,
+    /// host:port of each ready pod of the plugin (never empty; sorted). Each call goes to one
+    /// of them (`crate::grpc` balances them).
+    pub endpoints: Vec<String>,
     pub hooks: BTreeMap<Hook, HookRoute>,
 }
 
@@ -68,11 +70,11 @@ fn may_call_host(plugin: &Plugin) -> bool {
 }
 
 impl RouteTable {
-    /// The table for `plugins`, whose Services have the cluster IPs in `service_ips` (keyed by
-    /// namespace and Service name).
+    /// The table for `plugins`, whose Services have the ready endpoints (`host:port`) in
+    /// `endpoints` (keyed by namespace and Service name).
     pub fn build<'a>(
         plugins: impl IntoIterator<Item = &'a Plugin>,
-        service_ips: &HashMap<(String, String), String>,
+        endpoints: &HashMap<(String, String), Vec<String>>,
     ) -> Self {
         let mut table = Self::default();
         for plugin in plugins {
@@ -98,7 +100,7 @@ impl RouteTable {
                     },
                 );
             }
-            match route(plugin, &key, service_ips) {
+            match route(plugin, &key, endpoints) {
                 Ok(r) => {
                     table.routes.insert(key, Arc::new(r));
                 }
@@ -163,7 +165,7 @@ impl RouteTable {
 fn route(
     plugin: &Plugin,
     key: &PluginKey,
-    service_ips: &HashMap<(String, String), String>,
+    endpoints: &HashMap<(String, String), Vec<String>>,
 ) -> Result<Route, String> {
     if plugin.metadata.deletion_timestamp.is_some() {
         return Err(format!("Plugin {key} is being deleted"));
@@ -194,16 +196,20 @@ fn route(
         }
     }
     let service = child_name(&key.name);
-    let ip = service_ips
-        .get(&(key.namespace.clone(), service.clone()))
-        .filter(|ip| !ip.is_empty() && ip.as_str() != "None")
-        .ok_or_else(|| format!("Plugin {key} has no Service {service} yet; retry shortly"))?;
+    let ready = endpoints
+        .get(&(key.namespace.clone(), service))
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "Plugin {key} has no ready pod yet (starting, restarting or scaling up); retry shortly"
+            )
+        })?;
     let hooks = approved_hooks(&status);
     Ok(Route {
         plugin: key.clone(),
         uid: plugin.uid().unwrap_or_default(),
         version: plugin.spec.version.clone(),
-        endpoint: format!("{ip}:{GRPC_PORT}"),
+        endpoints: ready.clone(),
         hooks,
     })
 }
@@ -258,6 +264,7 @@ fn approved_hooks(status: &airlock_crds::plugin::PluginStatus) -> BTreeMap<Hook,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use airlock_core::names::GRPC_PORT;
     use serde_json::json;
 
     fn plugin(ns: &str, name: &str, phase: &str, hooks: serde_json::Value) -> Plugin {
@@ -310,10 +317,16 @@ mod tests {
         }
     }
 
-    fn ips(entries: &[(&str, &str, &str)]) -> HashMap<(String, String), String> {
+    /// One ready pod at `ip` for each (namespace, Service).
+    fn ips(entries: &[(&str, &str, &str)]) -> HashMap<(String, String), Vec<String>> {
         entries
             .iter()
-            .map(|(ns, svc, ip)| ((ns.to_string(), svc.to_string()), ip.to_string()))
+            .map(|(ns, svc, ip)| {
+                (
+                    (ns.to_string(), svc.to_string()),
+                    vec![format!("{ip}:{GRPC_PORT}")],
+                )
+            })
             .collect()
     }
 
@@ -322,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn an_active_plugin_is_routed_to_its_service_with_its_hook_settings() {
+    fn an_active_plugin_is_routed_to_its_ready_pods_with_its_hook_settings() {
         let p = plugin(
             "team",
             "fmt",
@@ -331,7 +344,7 @@ mod tests {
         );
         let t = RouteTable::build([&p], &ips(&[("team", &svc("fmt"), "198.19.0.9")]));
         let r = t.get(&PluginKey::new("team", "fmt")).expect("route");
-        assert_eq!(r.endpoint, format!("198.19.0.9:{GRPC_PORT}"));
+        assert_eq!(r.endpoints, vec![format!("198.19.0.9:{GRPC_PORT}")]);
         assert_eq!(
             r.hooks[&Hook::Transform],
             HookRoute {
@@ -339,6 +352,20 @@ mod tests {
                 failure_policy: FailurePolicy::Ignore,
                 priority: 5
             }
+        );
+    }
+
+    /// Issue 13: a plugin whose pods are all starting or terminating (an EndpointSlice with no
+    /// ready endpoint) gets no call: the caller learns to retry instead of a connection error.
+    #[test]
+    fn an_active_plugin_without_a_ready_pod_is_not_routed() {
+        let p = plugin("a", "p", "Active", json!([{"name": "transform"}]));
+        let none_ready = HashMap::from([(("a".to_string(), svc("p")), Vec::new())]);
+        let t = RouteTable::build([&p], &none_ready);
+        let why = t.get(&PluginKey::new("a", "p")).expect_err("no route");
+        assert!(
+            why.contains("no ready pod yet") && why.contains("retry"),
+            "{why}"
         );
     }
 
@@ -388,7 +415,7 @@ mod tests {
         assert!(why("bad").contains("auto-disabled (5 consecutive timeouts)"));
         assert!(why("bad").contains("airlock.dev/auto-disabled-"));
         assert!(why("never").contains("is Degraded"), "{}", why("never"));
-        assert!(why("lonely").contains("no Service"), "{}", why("lonely"));
+        assert!(why("lonely").contains("no ready pod"), "{}", why("lonely"));
         assert!(why("ghost").contains("there is no Plugin a/ghost"));
     }
 

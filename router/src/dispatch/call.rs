@@ -75,6 +75,10 @@ pub trait Caller: Send + Sync + 'static {
         route: Arc<Route>,
         request: CallRequest,
     ) -> impl Future<Output = Result<Answer, CallFailure>> + Send;
+
+    /// The route table changed to `table`: a caller that keeps connections per pod drops those
+    /// to pods no route lists any more.
+    fn routes_changed(&self, _table: &crate::table::RouteTable) {}
 }
 
 /// Takes a plugin out of service in the cluster (annotation, Event, audit record).

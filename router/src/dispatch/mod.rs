@@ -176,6 +176,7 @@ impl<C: Caller> Router<C> {
             .collect();
         lock(&self.health).retain(|k, _| live.contains_key(k));
         lock(&self.slots).retain(|k, _| live.contains_key(k));
+        self.caller.routes_changed(&table);
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
     }
 

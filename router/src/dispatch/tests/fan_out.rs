@@ -199,7 +199,7 @@ fn route(namespace: &str, name: &str, hook: Hook, priority: i32) -> Route {
         plugin: PluginKey::new(namespace, name),
         uid: format!("uid-{name}"),
         version: "1.0.0".into(),
-        endpoint: "198.19.0.1:50051".into(),
+        endpoints: vec!["198.19.0.1:50051".into()],
         hooks: BTreeMap::from([(
             hook,
             HookRoute {

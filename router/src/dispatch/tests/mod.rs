@@ -140,7 +140,7 @@ fn setup_with(config: RouterConfig, plugins: &[(&str, Hook, u64, FailurePolicy, 
         plugin: PluginKey::new("ns", *name),
         uid: format!("uid-{name}"),
         version: "1.0.0".into(),
-        endpoint: "198.19.0.1:50051".into(),
+        endpoints: vec!["198.19.0.1:50051".into()],
         hooks: BTreeMap::from([(
             *hook,
             HookRoute {

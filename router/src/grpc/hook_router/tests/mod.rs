@@ -125,7 +125,7 @@ fn routes() -> RouteTable {
             plugin: PluginKey::new(*ns, *name),
             uid: format!("uid-{name}"),
             version: "1.0.0".into(),
-            endpoint: "198.19.0.1:50051".into(),
+            endpoints: vec!["198.19.0.1:50051".into()],
             hooks: hooks
                 .iter()
                 .map(|h| {
