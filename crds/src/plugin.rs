@@ -52,6 +52,14 @@ impl Plugin {
     plural = "plugins",
     namespaced,
     status = "PluginStatus",
+    // `kubectl scale plugin/x --replicas=3` and a HorizontalPodAutoscaler work on a Plugin: they
+    // write spec.replicas (still capped at 10 by the schema), read the ready pods in
+    // status.replicas and find the pods with status.selector.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     shortname = "plg",
     category = "airlock",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
@@ -299,6 +307,11 @@ pub struct PluginStatus {
     pub trust_level: Option<String>,
     /// Revision being rolled out or serving.
     pub current_revision: Option<String>,
+    /// Ready plugin pods (the `scale` subresource's status replicas).
+    pub replicas: Option<i32>,
+    /// Label selector of the plugin's pods, e.g. `airlock.dev/plugin=hello` (the `scale`
+    /// subresource's selector, which a HorizontalPodAutoscaler reads).
+    pub selector: Option<String>,
     /// Last revision that became Ready; a failed rollout returns to it.
     pub last_good_revision: Option<String>,
     /// A revision that did not become Ready within its progress deadline and was rolled back. It

@@ -454,3 +454,83 @@ async fn one_trace_across_router_and_shim(f: &Fixture) -> Result<()> {
     wait::until(&what, within, found, |seen| seen.iter().all(|(_, ok)| *ok)).await?;
     Ok(())
 }
+
+/// Issue 13: a Plugin scales like a workload (the `scale` subresource `kubectl scale` and an HPA
+/// use), and the router spreads
+/// calls over the ready pods instead of one Service connection: after scaling hello to 3, calls
+/// through the router land on more than one pod (each pod's shim logs the invocation ids it
+/// served). Before, every call of a router replica went to the same pod.
+#[tokio::test]
+async fn a_scaled_plugin_gets_calls_on_every_ready_pod() -> Result<()> {
+    in_fixture("scale", &["log"], async |f: &Fixture| {
+        let hooks = json!([{"name": "transform", "timeout": "2s"}]);
+        f.apply("hello", "hello", hooks, json!(["log"]), json!({}))
+            .await?;
+        f.wait_serving(&["hello"], "transform").await?;
+        // What `kubectl scale plugin/hello --replicas=3` sends: a patch of the scale subresource.
+        let api = f.ns.api::<Plugin>();
+        api.patch_scale(
+            "hello",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .context("scaling the Plugin through its scale subresource")?;
+        let p = wait_plugin(&api, "hello", "3 ready pods in status.replicas", |p| {
+            p.status.as_ref().and_then(|s| s.replicas) == Some(3) && active(p)
+        })
+        .await?;
+        ensure!(
+            p.status.as_ref().and_then(|s| s.selector.as_deref())
+                == Some("airlock.dev/plugin=hello"),
+            "the scale selector: {:?}",
+            p.status.as_ref().map(|s| &s.selector)
+        );
+        // The router sees the three ready endpoints shortly after the pods are ready.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for i in 0..30 {
+            let request = airlock_proto::router::v1::InvokeRequest {
+                plugin: f.plugin_ref("hello"),
+                hook: "transform".into(),
+                payload_json: json!({"name": "spread"}).to_string(),
+                deadline_ms: 0,
+                invocation_id: format!("e2e-spread-{i}"),
+            };
+            f.grpc.clone().invoke(request).await?;
+        }
+        let pods = f.ns.api::<k8s_openapi::api::core::v1::Pod>();
+        let served = async || {
+            let mut served = Vec::new();
+            for pod in pods
+                .list(&ListParams::default().labels("airlock.dev/plugin=hello"))
+                .await?
+                .items
+            {
+                let name = pod.metadata.name.unwrap_or_default();
+                let log = pods
+                    .logs(&name, &Default::default())
+                    .await
+                    .unwrap_or_default();
+                let calls = log
+                    .lines()
+                    .filter(|l| l.contains("span shim.invoke") && l.contains("e2e-spread-"))
+                    .count();
+                served.push((name, calls));
+            }
+            Ok(served)
+        };
+        let spread = wait::until(
+            "the 30 calls in the shims' logs",
+            Duration::from_secs(30),
+            served,
+            |s| s.iter().map(|(_, n)| n).sum::<usize>() >= 30,
+        )
+        .await?;
+        ensure!(
+            spread.iter().filter(|(_, n)| *n > 0).count() >= 2,
+            "calls landed on one pod only: {spread:?}"
+        );
+        Ok(())
+    })
+    .await
+}

@@ -130,6 +130,12 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
         bundle_digest: prev.bundle_digest.clone(),
         trust_level: prev.trust_level.clone(),
         current_revision: prev.current_revision.clone(),
+        replicas: prev.replicas,
+        selector: Some(format!(
+            "{}={}",
+            airlock_core::names::PLUGIN_LABEL,
+            plugin.metadata.name.as_deref().unwrap_or_default()
+        )),
         last_good_revision: prev.last_good_revision.clone(),
         failed_revision: prev.failed_revision.clone(),
         hooks: prev.hooks.clone(),
@@ -152,6 +158,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
             let (phase_now, suffix) = match &prev.last_good_revision {
                 _ if f.running == RunningRevision::Quarantined => {
                     status.permissions.clear();
+                    status.replicas = Some(0);
                     (PluginPhase::Quarantined, String::new())
                 }
                 Some(good) => (
@@ -218,6 +225,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                     status.bundle_digest = Some(planned.bundle_digest.clone());
                     status.trust_level = Some(format!("{:?}", plan.trust_level));
                     status.current_revision = Some(applied.revision.clone());
+                    status.replicas = Some(applied.ready_replicas);
                     status.hooks = plugin
                         .spec
                         .hooks
@@ -246,6 +254,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
     if phase == PluginPhase::Disabled {
         // No pods run: nothing may call the host API as this plugin (a stolen identity neither).
         status.permissions.clear();
+        status.replicas = Some(0);
     }
     // Records of the revisions the status still names; the others cannot come back.
     let named = [&status.current_revision, &status.last_good_revision];
@@ -288,6 +297,7 @@ pub fn stopped(
         plugin.metadata.generation,
         now,
     ));
+    status.replicas = Some(0);
     status.permissions.clear();
     status.phase = Some(PluginPhase::Quarantined);
     status
@@ -545,6 +555,18 @@ mod tests {
         assert_eq!(s.hooks, vec!["transform".to_string()]);
         // The effective permissions, which the host API checks calls against.
         assert_eq!(s.permissions, vec![airlock_crds::Permission::Log]);
+    }
+
+    /// Issue 13: the `scale` subresource reads the ready pods and their selector from the status
+    /// (what `kubectl scale` and a HorizontalPodAutoscaler use).
+    #[test]
+    fn the_status_carries_the_ready_pods_and_their_selector_for_scaling() {
+        let p = plugin(HELLO);
+        let s = after_rollout(&p, &applied(0));
+        assert_eq!(s.replicas, Some(0));
+        assert_eq!(s.selector.as_deref(), Some("airlock.dev/plugin=hello"));
+        let s = after_rollout(&p, &applied(1));
+        assert_eq!(s.replicas, Some(1));
     }
 
     #[test]
