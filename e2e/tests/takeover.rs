@@ -259,6 +259,107 @@ async fn cannot_widen_plugin_network(tenant: &Tenant) -> Result<()> {
     )
     .await
     .context("a label of the tenant's own on a plugin pod is accepted")?;
+    cannot_replace_plugin_code(tenant, &pod_name).await
+}
+
+/// Fails unless `result` is the admission policy `policy` refusing (403).
+fn refused_by<T: std::fmt::Debug>(result: kube::Result<T>, policy: &str, what: &str) -> Result<()> {
+    match result {
+        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(policy) => Ok(()),
+        other => anyhow::bail!("{what} must be refused by {policy}: {other:?}"),
+    }
+}
+
+/// The tenant cannot make its own code serve the plugin's calls (its pods would pass the router's
+/// check: the tenant can read the plugin's TLS Secret): no pod of its own gets the plugin label,
+/// a plugin pod's image cannot be changed, no other kind of workload gets labelled pods made by
+/// its controller, and the plugin's Service and NetworkPolicy are the operator's alone. Scaling
+/// the Plugin stays the tenant's. Before the admission policies each of these was accepted.
+async fn cannot_replace_plugin_code(tenant: &Tenant, plugin_pod: &str) -> Result<()> {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = tenant.api();
+    let own: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "impostor"},
+        "spec": {"containers": [{"name": "c", "image": "198.19.255.1:5000/examples/hello:1.0.0",
+            "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}}]},
+    }))?;
+    pods.create(&PostParams::default(), &own)
+        .await
+        .context("the tenant creates a pod of its own")?;
+    refused_by(
+        pods.patch(
+            "impostor",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"airlock.dev/plugin": "hello"}}})),
+        )
+        .await,
+        "airlock-plugin-pods",
+        "labelling a pod of the tenant's as the plugin's",
+    )?;
+    refused_by(
+        pods.patch(
+            plugin_pod,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"containers": [{"name": "plugin", "image": "198.19.255.1:5000/examples/hello:broken"}]}})),
+        )
+        .await,
+        "airlock-plugin-pods",
+        "changing the plugin pod's image",
+    )?;
+
+    // A StatefulSet with the plugin label: its controller may not make the pod.
+    let sets: Api<StatefulSet> = tenant.api();
+    let labels = json!({"airlock.dev/plugin": "hello"});
+    let set: StatefulSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "impostor-set"},
+        "spec": {"replicas": 1, "serviceName": "hello", "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": own.spec}},
+    }))?;
+    sets.create(&PostParams::default(), &set)
+        .await
+        .context("the tenant creates a StatefulSet")?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let made = pods
+        .get_opt("impostor-set-0")
+        .await?
+        .map(|p| p.metadata.name);
+    ensure!(
+        made.is_none(),
+        "the StatefulSet controller made a pod with the plugin label: {made:?}"
+    );
+
+    let services: Api<Service> = tenant.api();
+    refused_by(
+        services
+            .patch(
+                "hello",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"selector": {"airlock.dev/plugin": "impostor"}}})),
+            )
+            .await,
+        "airlock-plugin-objects",
+        "changing the plugin Service's selector",
+    )?;
+    let policies: Api<NetworkPolicy> = tenant.api();
+    refused_by(
+        policies.delete("hello", &DeleteParams::default()).await,
+        "airlock-plugin-objects",
+        "deleting the plugin's NetworkPolicy",
+    )?;
+    // Scaling is the tenant's (the scale subresource, through `edit`).
+    tenant
+        .api::<Plugin>()
+        .patch_scale(
+            "hello",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .context("the tenant scales its Plugin")?;
     Ok(())
 }
 

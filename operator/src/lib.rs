@@ -87,6 +87,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // let a broad egress rule reach the cluster's own Pods, Services and nodes.
     match cluster_ranges::discover(&client).await {
         Ok(found) => {
+            // Node addresses alone: no Pod or Service range was found.
+            if found.iter().all(|n| n.prefix_len() == n.max_prefix_len()) {
+                tracing::warn!(
+                    "the nodes list no Pod ranges and there are no ServiceCIDRs (a CNI with its own IP pools?): set the chart value clusterCidrs to the cluster's Pod and Service ranges"
+                );
+            }
             build.cluster_cidrs = cluster_ranges::merged(&build.cluster_cidrs, &found);
             tracing::info!(ranges = ?build.cluster_cidrs, "the cluster's own ranges, excepted from every plugin's egress");
         }

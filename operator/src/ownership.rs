@@ -181,6 +181,9 @@ pub fn secret_invalid(message: &str, namespace: &str, name: &str) -> Option<NotO
 /// existing Secret as `kind|apiVersion|name|uid|c` (`c` for the controller) separated by `,`.
 pub const SECRET_NOT_OWNED_MARKER: &str = "airlock-not-owned:";
 
+/// The name of that policy, which the API server puts in each of its refusals.
+pub const SECRET_POLICY: &str = "airlock-operator-secrets";
+
 /// The Secret `namespace/name` a write to was refused by that policy, as an object in the way:
 /// `None` when `message` is not the policy's refusal.
 pub fn secret_refusal(
@@ -190,7 +193,17 @@ pub fn secret_refusal(
     plugin_name: &str,
     plugin_uid: &str,
 ) -> Option<NotOwned> {
-    let (_, rest) = message.split_once(SECRET_NOT_OWNED_MARKER)?;
+    let Some((_, rest)) = message.split_once(SECRET_NOT_OWNED_MARKER) else {
+        // The policy's refusal without its list: the API server drops a message expression
+        // whose result it cannot use (a tenant can put a newline into an owner reference's
+        // name). Still the policy's answer: not the Plugin's, owner not told.
+        return message.contains(SECRET_POLICY).then(|| NotOwned {
+            kind: "Secret".into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            owner: Owner::Unknown,
+        });
+    };
     // The message ends with the list (the API server may append nothing after it, but a word
     // that is not a reference ends it).
     let refs: Vec<OwnerReference> = rest
@@ -430,6 +443,12 @@ mod tests {
         assert!(
             secret_refusal("secrets is forbidden: RBAC", "t", "x", "hello", "uid-2").is_none(),
             "another refusal is not an ownership answer"
+        );
+        // The policy's refusal without its list (the API server dropped the message expression).
+        let bare = "secrets \"hello-tls\" is forbidden: ValidatingAdmissionPolicy 'airlock-operator-secrets' with binding 'airlock-operator-secrets' denied request: failed expression: oldObject == null";
+        assert_eq!(
+            secret_refusal(bare, "t", "hello-tls", "hello", "uid-2").map(|n| n.owner),
+            Some(Owner::Unknown)
         );
         // A Secret of another type is refused by validation, before the policy says whose it is.
         let n = secret_invalid(
