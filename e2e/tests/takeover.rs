@@ -243,7 +243,7 @@ async fn cannot_widen_plugin_network(tenant: &Tenant) -> Result<()> {
         Err(kube::Error::Api(e)) => ensure!(
             e.code == 403
                 && e.message.contains("airlock-plugin-pods")
-                && e.message.contains("cannot be changed or removed"),
+                && e.message.contains("cannot be added, changed or removed"),
             "refused: {e:?}"
         ),
         other => anyhow::bail!(
