@@ -77,11 +77,45 @@ pub struct GrpcCaller {
     transport: Mutex<Transport>,
 }
 
-/// A channel to one pod and the calls in flight on it.
+/// A channel to one pod, the calls in flight on it and whether it is set aside.
 #[derive(Debug, Clone)]
 struct Conn {
     channel: Channel,
     in_flight: Arc<AtomicUsize>,
+    outlier: Arc<Mutex<Outlier>>,
+}
+
+/// Consecutive connection failures after which a pod is set aside (outlier ejection).
+const EJECT_AFTER: u32 = 3;
+/// How long a pod is set aside before it gets calls again.
+const EJECT_FOR: Duration = Duration::from_secs(10);
+
+/// A pod that cannot be reached (connection refused, TLS handshake failed) while the plugin's
+/// other pods answer: after [`EJECT_AFTER`] such failures in a row it gets no call for
+/// [`EJECT_FOR`]. Only reachability counts: a plugin that times out or crashes is the plugin's
+/// breaker's business (`crate::breaker`), kept per plugin.
+#[derive(Debug, Default)]
+struct Outlier {
+    failures: u32,
+    ejected_until: Option<std::time::Instant>,
+}
+
+impl Outlier {
+    fn record(&mut self, unreachable: bool, now: std::time::Instant) {
+        if !unreachable {
+            self.failures = 0;
+            return;
+        }
+        self.failures += 1;
+        if self.failures >= EJECT_AFTER {
+            self.failures = 0;
+            self.ejected_until = Some(now + EJECT_FOR);
+        }
+    }
+
+    fn ejected(&self, now: std::time::Instant) -> bool {
+        self.ejected_until.is_some_and(|until| now < until)
+    }
 }
 
 /// One call in flight on a [`Conn`], counted until dropped.
@@ -173,8 +207,9 @@ impl GrpcCaller {
             .retain(|k, _| live.contains(k));
     }
 
-    /// The channel to the pod of `route` this call goes to, counted as in flight on it.
-    fn pick(&self, route: &Route) -> Result<(Channel, InFlight), CallFailure> {
+    /// The channel to the pod of `route` this call goes to, counted as in flight on it, and that
+    /// pod's outlier record. Pods set aside are skipped while another one is not.
+    fn pick(&self, route: &Route) -> Result<(Channel, InFlight, Arc<Mutex<Outlier>>), CallFailure> {
         let failure = |message: String| CallFailure {
             code: Code::Unavailable,
             message,
@@ -182,18 +217,38 @@ impl GrpcCaller {
         };
         let endpoint = {
             let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-            let busy = |endpoint: &str| {
-                channels
-                    .get(&(endpoint.to_string(), route.plugin.clone()))
-                    .map_or(0, |c| c.in_flight.load(Ordering::Relaxed))
+            let conn_of =
+                |endpoint: &str| channels.get(&(endpoint.to_string(), route.plugin.clone()));
+            let now = std::time::Instant::now();
+            let healthy: Vec<String> = route
+                .endpoints
+                .iter()
+                .filter(|e| {
+                    conn_of(e).is_none_or(|c| {
+                        !c.outlier
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .ejected(now)
+                    })
+                })
+                .cloned()
+                .collect();
+            // Every pod set aside: better to try them than to refuse the call.
+            let candidates = if healthy.is_empty() {
+                &route.endpoints
+            } else {
+                &healthy
             };
-            choose(&route.endpoints, busy, two_at_random)
+            let busy = |endpoint: &str| {
+                conn_of(endpoint).map_or(0, |c| c.in_flight.load(Ordering::Relaxed))
+            };
+            choose(candidates, busy, two_at_random)
                 .ok_or_else(|| failure(format!("Plugin {} has no ready pod", route.plugin)))?
                 .to_string()
         };
         let conn = self.conn(&endpoint, route)?;
         let guard = InFlight::start(&conn.in_flight);
-        Ok((conn.channel, guard))
+        Ok((conn.channel, guard, conn.outlier))
     }
 
     fn conn(&self, endpoint: &str, route: &Route) -> Result<Conn, CallFailure> {
@@ -242,6 +297,7 @@ impl GrpcCaller {
                 .tcp_nodelay(true)
                 .connect_lazy(),
             in_flight: Arc::default(),
+            outlier: Arc::default(),
         };
         // Two calls racing to open the same channel: the first one stored is kept.
         Ok(self
@@ -274,11 +330,18 @@ impl Caller for Arc<GrpcCaller> {
             let span = parent.map_or_else(TraceContext::root, |p| p.child());
             let started = std::time::Instant::now();
             // The guard counts the call as in flight on its pod until it is answered.
-            let (channel, _in_flight) = match picked {
-                Ok((channel, guard)) => (Ok(channel), Some(guard)),
-                Err(e) => (Err(e), None),
+            let (channel, _in_flight, outlier) = match picked {
+                Ok((channel, guard, outlier)) => (Ok(channel), Some(guard), Some(outlier)),
+                Err(e) => (Err(e), None, None),
             };
             let result = GrpcCaller::call_shim(channel, &request, &span).await;
+            if let Some(outlier) = outlier {
+                let unreachable = matches!(&result, Err(f) if f.outcome == Outcome::Unreachable);
+                outlier
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(unreachable, std::time::Instant::now());
+            }
             // The router's span record of this call, correlated with the shim's by trace id.
             tracing::info!(
                 target: "airlock::trace",
@@ -411,6 +474,24 @@ mod tests {
                 assert!(i < n && j < n && i != j, "{n}: {i} {j}");
             }
         }
+    }
+
+    /// Issue 13: a pod that cannot be reached three times in a row is set aside for a while;
+    /// any answer (or a plugin error, which is an answer from a reachable pod) resets the count.
+    #[test]
+    fn a_pod_unreachable_three_times_in_a_row_is_set_aside_for_a_while() {
+        let t0 = std::time::Instant::now();
+        let mut o = Outlier::default();
+        o.record(true, t0);
+        o.record(true, t0);
+        o.record(false, t0);
+        o.record(true, t0);
+        o.record(true, t0);
+        assert!(!o.ejected(t0), "the answer in between reset the count");
+        o.record(true, t0);
+        assert!(o.ejected(t0));
+        assert!(o.ejected(t0 + EJECT_FOR - Duration::from_millis(1)));
+        assert!(!o.ejected(t0 + EJECT_FOR), "back after {EJECT_FOR:?}");
     }
 
     /// The calls in flight on a pod are counted while they last.
