@@ -199,18 +199,11 @@ async fn cannot_widen_plugin_network(tenant: &Tenant) -> Result<()> {
             &open_egress("allow-all-egress", json!({}))?,
         )
         .await;
-    match refused {
-        Err(kube::Error::Api(e)) => ensure!(
-            e.code == 403
-                && e.message.contains("airlock-plugin-network")
-                && e.message.contains("operator: DoesNotExist"),
-            "refused, saying how to exclude plugin pods: {e:?}"
-        ),
-        other => anyhow::bail!(
-            "a tenant opened all egress for the plugin pods: {:?}",
-            other.map(|p| p.metadata.name)
-        ),
-    }
+    refused_by(
+        refused,
+        &["airlock-plugin-network", "operator: DoesNotExist"],
+        "a tenant's policy opening all egress for the plugin pods",
+    )?;
     // The same policy that leaves plugin pods out is the tenant's business.
     policies
         .create(
@@ -239,18 +232,11 @@ async fn cannot_widen_plugin_network(tenant: &Tenant) -> Result<()> {
             &Patch::Merge(json!({"metadata": {"labels": {"airlock.dev/plugin": null}}})),
         )
         .await;
-    match unlabelled {
-        Err(kube::Error::Api(e)) => ensure!(
-            e.code == 403
-                && e.message.contains("airlock-plugin-pods")
-                && e.message.contains("cannot be added, changed or removed"),
-            "refused: {e:?}"
-        ),
-        other => anyhow::bail!(
-            "a tenant took the plugin label off {pod_name}: {:?}",
-            other.map(|p| p.metadata.labels)
-        ),
-    }
+    refused_by(
+        unlabelled,
+        &["airlock-plugin-pods", "cannot be added, changed or removed"],
+        "taking the plugin label off a plugin pod",
+    )?;
     // Other labels stay the tenant's to set.
     pods.patch(
         &pod_name,
@@ -262,11 +248,20 @@ async fn cannot_widen_plugin_network(tenant: &Tenant) -> Result<()> {
     cannot_replace_plugin_code(tenant, &pod_name).await
 }
 
-/// Fails unless `result` is the admission policy `policy` refusing (403).
-fn refused_by<T: std::fmt::Debug>(result: kube::Result<T>, policy: &str, what: &str) -> Result<()> {
+/// Fails unless `result` is a refusal (403) whose message names each of `needles` (the admission
+/// policy first, then what the message must tell).
+fn refused_by<T: std::fmt::Debug>(
+    result: kube::Result<T>,
+    needles: &[&str],
+    what: &str,
+) -> Result<()> {
     match result {
-        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(policy) => Ok(()),
-        other => anyhow::bail!("{what} must be refused by {policy}: {other:?}"),
+        Err(kube::Error::Api(e))
+            if e.code == 403 && needles.iter().all(|n| e.message.contains(n)) =>
+        {
+            Ok(())
+        }
+        other => anyhow::bail!("{what} must be refused, naming {needles:?}: {other:?}"),
     }
 }
 
@@ -296,7 +291,7 @@ async fn cannot_replace_plugin_code(tenant: &Tenant, plugin_pod: &str) -> Result
             &Patch::Merge(json!({"metadata": {"labels": {"airlock.dev/plugin": "hello"}}})),
         )
         .await,
-        "airlock-plugin-pods",
+        &["airlock-plugin-pods"],
         "labelling a pod of the tenant's as the plugin's",
     )?;
     refused_by(
@@ -306,7 +301,7 @@ async fn cannot_replace_plugin_code(tenant: &Tenant, plugin_pod: &str) -> Result
             &Patch::Strategic(json!({"spec": {"containers": [{"name": "plugin", "image": "198.19.255.1:5000/examples/hello:broken"}]}})),
         )
         .await,
-        "airlock-plugin-pods",
+        &["airlock-plugin-pods"],
         "changing the plugin pod's image",
     )?;
 
@@ -341,13 +336,13 @@ async fn cannot_replace_plugin_code(tenant: &Tenant, plugin_pod: &str) -> Result
                 &Patch::Merge(json!({"spec": {"selector": {"airlock.dev/plugin": "impostor"}}})),
             )
             .await,
-        "airlock-plugin-objects",
+        &["airlock-plugin-objects"],
         "changing the plugin Service's selector",
     )?;
     let policies: Api<NetworkPolicy> = tenant.api();
     refused_by(
         policies.delete("hello", &DeleteParams::default()).await,
-        "airlock-plugin-objects",
+        &["airlock-plugin-objects"],
         "deleting the plugin's NetworkPolicy",
     )?;
     // Scaling is the tenant's (the scale subresource, through `edit`).
