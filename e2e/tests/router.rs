@@ -434,16 +434,7 @@ async fn one_trace_across_router_and_shim(f: &Fixture) -> Result<()> {
             .iter()
             .any(|l| l.contains("span router.call") && l.contains("e2e-traced"));
         let mut shim_ok = false;
-        for pod in pods
-            .list(&ListParams::default().labels("airlock.dev/plugin=hello"))
-            .await?
-            .items
-        {
-            let name = pod.metadata.name.unwrap_or_default();
-            let log = pods
-                .logs(&name, &Default::default())
-                .await
-                .unwrap_or_default();
+        for (_, log) in pod_logs(&pods, "hello").await? {
             shim_ok |= log.lines().any(|l| {
                 l.contains("span shim.invoke") && l.contains(trace_id) && l.contains("e2e-traced")
             });
@@ -501,16 +492,7 @@ async fn a_scaled_plugin_gets_calls_on_every_ready_pod() -> Result<()> {
         let pods = f.ns.api::<k8s_openapi::api::core::v1::Pod>();
         let served = async || {
             let mut served = Vec::new();
-            for pod in pods
-                .list(&ListParams::default().labels("airlock.dev/plugin=hello"))
-                .await?
-                .items
-            {
-                let name = pod.metadata.name.unwrap_or_default();
-                let log = pods
-                    .logs(&name, &Default::default())
-                    .await
-                    .unwrap_or_default();
+            for (name, log) in pod_logs(&pods, "hello").await? {
                 let calls = log
                     .lines()
                     .filter(|l| l.contains("span shim.invoke") && l.contains("e2e-spread-"))
@@ -533,4 +515,26 @@ async fn a_scaled_plugin_gets_calls_on_every_ready_pod() -> Result<()> {
         Ok(())
     })
     .await
+}
+
+/// `(pod name, log)` of each pod of the plugin `plugin` (an unreadable log reads as empty).
+async fn pod_logs(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    plugin: &str,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let selector = format!("airlock.dev/plugin={plugin}");
+    for pod in pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        let name = pod.metadata.name.unwrap_or_default();
+        let log = pods
+            .logs(&name, &Default::default())
+            .await
+            .unwrap_or_default();
+        out.push((name, log));
+    }
+    Ok(out)
 }
