@@ -1,5 +1,11 @@
-//! The plugin API versions this Airlock serves. `Plugin.spec.pluginApiVersion` and the signed
-//! manifest's `apiVersion` must both name one of them, and the same one.
+//! The plugin API versions this Airlock serves (`Plugin.spec.pluginApiVersion` and the signed
+//! manifest's `apiVersion` must both name one of them, and the same one), and how many calls a
+//! plugin pod may run side by side.
+
+/// The most plugin processes one pod runs side by side (`Plugin.spec.concurrency`, the trust
+/// level's `maxConcurrency`, the shim's `--concurrency`): each has its own stdio and one call in
+/// flight, and all share the pod's CPU, memory and process limits.
+pub const MAX_CONCURRENCY: u32 = 64;
 
 /// Supported plugin API versions, oldest first.
 pub const SUPPORTED_PLUGIN_API_VERSIONS: &[u32] = &[1];

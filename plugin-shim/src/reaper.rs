@@ -3,9 +3,9 @@
 //! a timeout kills the plugin's process group). Nobody else waits for those; unreaped they stay
 //! zombies and use up the pod's PID limit. This task reaps them.
 //!
-//! The current plugin process must not be reaped here: tokio waits for it and needs its exit
-//! status. The supervisor's lock is held while reaping, and every start of a plugin process
-//! happens under that lock, so the current process is known exactly.
+//! The live plugin processes must not be reaped here: tokio waits for them and needs their exit
+//! status. The supervisor's record of live processes is locked while reaping, and every start of
+//! a plugin process is recorded under that lock, so the live processes are known exactly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +40,7 @@ pub fn spawn(supervisor: Arc<Supervisor>) -> tokio::task::JoinHandle<()> {
                 }
                 None => tokio::time::sleep(Duration::from_secs(2)).await,
             }
-            let reaped = supervisor.with_current_pid(reap_orphans).await;
+            let reaped = supervisor.with_live_pids(reap_orphans);
             if reaped > 0 {
                 debug!(reaped, "reaped orphaned processes");
             }
@@ -48,8 +48,8 @@ pub fn spawn(supervisor: Arc<Supervisor>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Reaps every exited child except `keep`; returns how many.
-fn reap_orphans(keep: Option<i32>) -> usize {
+/// Reaps every exited child except those in `keep`; returns how many.
+fn reap_orphans(keep: &std::collections::BTreeSet<i32>) -> usize {
     let mut reaped = 0;
     loop {
         // Look without reaping (WNOWAIT) first, so the current plugin process is left for tokio.
@@ -64,8 +64,8 @@ fn reap_orphans(keep: Option<i32>) -> usize {
                 None => return reaped,
             },
         };
-        if Some(pid.as_raw()) == keep {
-            // The plugin process itself exited; tokio reaps it, then the rest can be seen.
+        if keep.contains(&pid.as_raw()) {
+            // A plugin process itself exited; tokio reaps it, then the rest can be seen.
             return reaped;
         }
         match waitpid(Pid::from_raw(pid.as_raw()), Some(WaitPidFlag::WNOHANG)) {

@@ -672,3 +672,121 @@ async fn the_trace_context_reaches_the_plugin() {
     assert_eq!(started.len(), 55, "{started}");
     shim.stop().await;
 }
+
+/// A Python plugin for the concurrency tests. `transform` with `{"meet": n, "dir": d}` marks its
+/// arrival in `d` and answers only once `n` calls have arrived there (so `n` calls can all answer
+/// only if they run side by side); with `{"hang": true, "dir": d}` it marks that in `d` and never
+/// answers; otherwise it answers
+/// at once. Every answer carries the process's pid.
+const MEET_PLUGIN: &str = r#"
+import json, os, sys, time
+for line in sys.stdin:
+    req = json.loads(line)
+    p = req["payload"]
+    if p.get("hang"):
+        open(os.path.join(p["dir"], "hanging"), "w").close()
+        time.sleep(60)
+    if "meet" in p:
+        open(os.path.join(p["dir"], req["id"]), "w").close()
+        while len(os.listdir(p["dir"])) < p["meet"]:
+            time.sleep(0.01)
+    print(json.dumps({"id": req["id"], "ok": True, "output": {"pid": os.getpid()}}), flush=True)
+"#;
+
+/// A shim running [`MEET_PLUGIN`] with `concurrency` processes.
+async fn meet_plugin(concurrency: u32) -> (Shim, PluginClient<Channel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = tgz(&[
+        (
+            "plugin.yaml",
+            &manifest("[transform]", "[python3, plugin.py]"),
+        ),
+        ("plugin.py", MEET_PLUGIN),
+    ]);
+    let args = RunArgs {
+        concurrency,
+        ..run_args(dir.path(), &bundle)
+    };
+    let shim = Shim::start(dir, args).await;
+    let client = shim.client().await;
+    (shim, client)
+}
+
+/// `n` `transform` calls at once, each waiting for all `n` to arrive: their results.
+async fn meeting(
+    shim: &Shim,
+    client: &PluginClient<Channel>,
+    n: usize,
+    deadline_ms: u32,
+) -> Vec<Result<Value, tonic::Status>> {
+    let dir = tempfile::tempdir_in(shim.dir.path()).unwrap();
+    let payload = json!({"meet": n, "dir": dir.path()});
+    futures::future::join_all((0..n).map(|_| {
+        let mut client = client.clone();
+        let payload = payload.clone();
+        async move { transform(&mut client, payload, deadline_ms).await }
+    }))
+    .await
+}
+
+fn pid_of(output: &Value) -> u64 {
+    output["pid"]
+        .as_u64()
+        .expect("an answer with the plugin's pid")
+}
+
+#[tokio::test]
+async fn with_concurrency_n_calls_run_side_by_side_on_n_processes() {
+    let (shim, client) = meet_plugin(4).await;
+    // Four calls that each wait for the other three: they can only all answer side by side.
+    let answers = meeting(&shim, &client, 4, 10_000).await;
+    let pids: std::collections::BTreeSet<u64> = answers
+        .iter()
+        .map(|a| pid_of(a.as_ref().expect("every call of the meeting answers")))
+        .collect();
+    assert_eq!(pids.len(), 4, "one process per call: {pids:?}");
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn without_concurrency_calls_are_taken_one_at_a_time() {
+    let (shim, client) = meet_plugin(1).await;
+    // The same meeting of two on one process: the first call waits for a second that is queued
+    // behind it, so neither answers.
+    for answer in meeting(&shim, &client, 2, 1500).await {
+        let err = answer.expect_err("two calls cannot meet on one process");
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    }
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn a_process_killed_for_its_timeout_takes_no_other_process_of_the_pool_with_it() {
+    let (shim, client) = meet_plugin(2).await;
+    let mut hanging = client.clone();
+    let marks = tempfile::tempdir_in(shim.dir.path()).unwrap();
+    let hang_payload = json!({"hang": true, "dir": marks.path()});
+    let hang = tokio::spawn(async move { transform(&mut hanging, hang_payload, 1500).await });
+    let hanging_mark = marks.path().join("hanging");
+    eventually("the hanging call reached a process", || async {
+        hanging_mark.exists().then_some(())
+    })
+    .await;
+    // While one process hangs, the other takes calls.
+    let mut other = client.clone();
+    let survivor = pid_of(&transform(&mut other, json!({}), 1000).await.unwrap());
+    let err = hang.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+
+    // The hanging process was killed and replaced; the other one still runs and still answers:
+    // two calls that must meet land on the survivor and the replacement.
+    let answers = meeting(&shim, &client, 2, 10_000).await;
+    let pids: Vec<u64> = answers
+        .iter()
+        .map(|a| pid_of(a.as_ref().unwrap()))
+        .collect();
+    assert!(pids.contains(&survivor), "{survivor} not among {pids:?}");
+    let again = transform(&mut other, json!({}), 1000).await.unwrap();
+    assert!(pid_of(&again) > 0);
+    shim.stop().await;
+}

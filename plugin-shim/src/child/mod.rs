@@ -1,13 +1,14 @@
 //! The plugin process: starting it, talking to it (see [`airlock_sdk::protocol`]) and replacing
 //! it.
 //!
-//! Owns exactly one child process at a time. The child runs the manifest's entry point with a
-//! clean environment (`PATH` and `AIRLOCK_BUNDLE_DIR` only), in the bundle directory, in a
-//! process group of its own so that everything it forks can be killed with it. Invocations are
-//! serialised (one in flight per child). A child that misses its deadline, answers with more than
-//! the output limit or breaks the protocol is killed (SIGKILL to the whole group) and replaced
-//! right away; a child that exited by itself is replaced on the next call. Every replacement is
-//! counted. Publishes whether the plugin is ready (started and answered) on a watch channel.
+//! Owns a pool of child processes (`--concurrency`, one by default), each with one invocation in
+//! flight at a time. Each child runs the manifest's entry point with a clean environment (`PATH`
+//! and `AIRLOCK_BUNDLE_DIR` only), in the bundle directory, in a process group of its own so that
+//! everything it forks can be killed with it. A child that misses its deadline, answers with more
+//! than the output limit or breaks the protocol is killed (SIGKILL to its whole group, never the
+//! others') and replaced right away; a child that exited by itself is replaced on the next call
+//! it gets. Every replacement is counted, crash backoff is per child. Publishes whether the
+//! plugin is ready (at least one child started and answered) on a watch channel.
 //!
 //! While a request is in flight, the plugin may make host calls (see [`crate::host`]): each one is
 //! handed to the configured [`HostCalls`] with the request's id and its result written back on the
@@ -17,8 +18,8 @@
 //! split by concern, each module owning one:
 //!
 //! - `spawn`: starting the sandboxed process and the handle that kills its group when dropped;
-//! - `supervisor`: [`Supervisor`], which serialises invocations, restarts the process with
-//!   backoff and publishes readiness;
+//! - `supervisor`: [`Supervisor`], which hands each invocation to a free process of the pool,
+//!   restarts processes with backoff and publishes readiness;
 //! - `exchange`: one request on the process's stdio, with the host calls it makes until it
 //!   answers.
 

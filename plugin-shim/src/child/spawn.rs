@@ -5,6 +5,7 @@
 //! bundle directory and in a process group of its own. [`Running`] holds its pipes; dropping it kills the whole group, so a process
 //! the supervisor lets go of can never linger.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -52,13 +53,32 @@ fn locate(program: &std::path::Path) -> io::Result<PathBuf> {
         })
 }
 
+/// The process groups of a pool's live plugin processes (each process leads its own, so these
+/// are also their pids). A process is added when it is spawned and removed when its handle is
+/// dropped, both under the lock, so whoever holds it knows every live plugin process exactly.
+#[derive(Debug, Default)]
+pub(super) struct Groups(std::sync::Mutex<BTreeSet<i32>>);
+
+impl Groups {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<i32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with the live groups while none can be added or removed.
+    pub(super) fn with_live<T>(&self, f: impl FnOnce(&BTreeSet<i32>) -> T) -> T {
+        f(&self.lock())
+    }
+}
+
 /// Starts the plugin process of `spec`: its entry point (behind the sandbox launcher when `spec`
 /// has a sandbox), with a clean environment, in the bundle directory, in a process group of its
-/// own, its stderr forwarded to the shim's under `log_budget` (counted in `log_stats`).
+/// own (recorded in `groups`), its stderr forwarded to the shim's under `log_budget` (counted in
+/// `log_stats`).
 pub(super) fn spawn(
     spec: &ChildSpec,
     log_budget: &Arc<std::sync::Mutex<LineBudget>>,
     log_stats: &Arc<LogStats>,
+    groups: &Arc<Groups>,
 ) -> Result<Running, InvokeError> {
     let spawn_err = |program: &str, source| InvokeError::Spawn {
         program: program.to_string(),
@@ -107,11 +127,18 @@ pub(super) fn spawn(
         // A group of its own, led by the child: killpg reaches everything it forks.
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| spawn_err(program, e))?;
-    let pid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .unwrap_or(0);
+    // Spawned and recorded under the lock: a kill of another process of the pool, which spares
+    // the recorded groups only, can never catch this one in between.
+    let (mut child, pid) = {
+        let mut live = groups.lock();
+        let child = cmd.spawn().map_err(|e| spawn_err(program, e))?;
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .unwrap_or(0);
+        live.insert(pid);
+        (child, pid)
+    };
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(crate::logs::forward(
             stderr,
@@ -121,6 +148,8 @@ pub(super) fn spawn(
         ));
     }
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        // Never happens with piped stdio; the child dies with its handle (kill_on_drop).
+        groups.lock().remove(&pid);
         return Err(spawn_err(
             program,
             io::Error::other("the child's stdin/stdout pipes are missing"),
@@ -131,6 +160,7 @@ pub(super) fn spawn(
         pid,
         stdin: Some(stdin),
         stdout: BufReader::new(stdout),
+        groups: Arc::clone(groups),
     })
 }
 
@@ -142,6 +172,7 @@ pub(super) struct Running {
     pub(super) pid: i32,
     pub(super) stdin: Option<ChildStdin>,
     pub(super) stdout: BufReader<ChildStdout>,
+    groups: Arc<Groups>,
 }
 
 impl Running {
@@ -166,20 +197,71 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.pid > 0 {
-            // The child leads its own group (process_group(0)), so its pid is the group id; this
-            // also reaches every process it forked that stayed in the group. ESRCH (already gone)
-            // is fine. tokio reaps the direct child in the background (kill_on_drop).
-            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
-            // A descendant that left the group (setsid) is not reached by killpg. As PID 1 of
-            // the container's PID namespace, the shim is the only process that is not the
-            // plugin's, so signalling every process (-1, which spares PID 1) kills exactly the
-            // plugin's whole tree. Never anywhere else: outside a container -1 means the host.
-            if std::process::id() == 1 {
+        if self.pid <= 0 {
+            return;
+        }
+        let mut live = self.groups.lock();
+        live.remove(&self.pid);
+        // The child leads its own group (process_group(0)), so its pid is the group id; this
+        // also reaches every process it forked that stayed in the group. ESRCH (already gone)
+        // is fine. tokio reaps the direct child in the background (kill_on_drop).
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        // A descendant that left the group (setsid) is not reached by killpg. As PID 1 of the
+        // container's PID namespace, the shim is the only process that is not the plugin's.
+        // Never anywhere else: outside a container that would mean the host's processes.
+        if std::process::id() == 1 {
+            if live.is_empty() {
+                // No other plugin process: signalling every process (-1, which spares PID 1)
+                // kills exactly the plugin's whole tree.
                 let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+            } else {
+                // Other processes of the pool live on: kill every process outside their groups.
+                // A detached helper of one of them dies too; it is the same plugin's code, and
+                // leaving the group it was started in is not allowed.
+                kill_outside(&live);
             }
         }
     }
+}
+
+/// SIGKILL to every process of this PID namespace except PID 1 and the members of `spare`'s
+/// process groups.
+fn kill_outside(spare: &BTreeSet<i32>) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == 1 {
+            continue;
+        }
+        // Gone already (or unreadable): nothing to kill.
+        let Some(group) = process_group(pid) else {
+            continue;
+        };
+        if !spare.contains(&group) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The process group of `pid`, from `/proc/<pid>/stat` (the fifth field; the second, the
+/// command name, may hold spaces and parentheses, so fields are counted after its last `)`).
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_process_group(&stat)
+}
+
+fn parse_process_group(stat: &str) -> Option<i32> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // state, ppid, pgrp
+    after_name.split_whitespace().nth(2)?.parse().ok()
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -191,5 +273,28 @@ fn describe(status: ExitStatus) -> String {
             Err(_) => format!("killed by signal {signal}"),
         },
         _ => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_group_is_read_after_the_command_name_whatever_it_holds() {
+        assert_eq!(
+            parse_process_group("42 (sh) S 1 40 40 0 -1 4194560"),
+            Some(40)
+        );
+        // A command name may contain spaces and parentheses: counting from the start would
+        // misread it.
+        assert_eq!(parse_process_group("42 (a) b ) S 7 13 13 0 -1"), Some(13));
+        assert_eq!(parse_process_group("42 (trunc"), None);
+    }
+
+    #[test]
+    fn the_own_group_is_read_from_proc() {
+        let me = std::process::id() as i32;
+        assert_eq!(process_group(me), Some(nix::unistd::getpgrp().as_raw()));
     }
 }

@@ -1,20 +1,22 @@
-//! [`Supervisor`]: runs invocations on the plugin process, one at a time, and keeps a process
-//! there: started on demand (with `onLoad`, when the plugin has one), replaced after a crash, a
-//! missed deadline or a protocol breach, with a growing backoff while it keeps crashing. Publishes
-//! whether the plugin is ready, and stops it (`onUnload`) at shutdown.
+//! [`Supervisor`]: runs invocations on a pool of plugin processes (`--concurrency`, one by
+//! default), one invocation at a time on each, and keeps each process there: started on demand
+//! (with `onLoad`, when the plugin has one), replaced after a crash, a missed deadline or a
+//! protocol breach, with a growing backoff while it keeps crashing — all per process, so one
+//! misbehaving call costs the others nothing. Publishes whether the plugin is ready (at least one
+//! process is), and stops every process (`onUnload`) at shutdown.
 //!
 //! Starting a process is [`super::spawn`]; one request on its stdio is [`super::exchange`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
 use super::exchange::ExchangeError;
-use super::spawn::{self, Running};
+use super::spawn::{self, Groups, Running};
 use super::{Answer, ChildSpec, InvokeError};
 use crate::logs::LogStats;
 use airlock_core::Hook;
@@ -94,43 +96,90 @@ mod backoff_tests {
     }
 }
 
-/// The lock on the plugin process slot, held for a whole invocation.
+/// The lock on one plugin process slot, held for a whole invocation.
 type Slot = OwnedMutexGuard<Option<Running>>;
 
-/// Runs invocations on the plugin process, starting and replacing it as needed.
+/// One process of the pool and what belongs to it alone: a crash or a timeout of this process
+/// backs off and restarts this one only.
+#[derive(Debug, Default)]
+struct Member {
+    /// Consecutive crashes and when the next start may happen (guarded by the slot lock's
+    /// holder; a std mutex because it is never held across an await).
+    crashes: std::sync::Mutex<CrashBackoff>,
+    slot: Arc<Mutex<Option<Running>>>,
+    /// Started (and loaded) and not known to have failed since.
+    ready: AtomicBool,
+    starts: AtomicU64,
+}
+
+/// Runs invocations on a pool of plugin processes, starting and replacing each as needed.
 #[derive(Debug)]
 pub struct Supervisor {
     spec: ChildSpec,
-    /// Consecutive crashes and when the next start may happen (guarded by the slot lock's holder;
-    /// a std mutex because it is never held across an await).
-    crashes: std::sync::Mutex<CrashBackoff>,
-    /// Shared by every process of this plugin: a restart does not refill it.
+    /// Shared by every process of this plugin: neither a restart nor a second process refills it.
     log_budget: Arc<std::sync::Mutex<LineBudget>>,
     log_stats: Arc<LogStats>,
-    slot: Arc<Mutex<Option<Running>>>,
+    members: Vec<Member>,
+    /// Members no invocation holds, the most recently released last (so a light load keeps
+    /// using the same, warm processes).
+    idle: std::sync::Mutex<Vec<usize>>,
+    /// One permit per entry of `idle`: an invocation waits here, in arrival order, for a free
+    /// process.
+    permits: Semaphore,
+    /// Process groups of the live plugin processes (what a kill must spare).
+    groups: Arc<Groups>,
+    /// Starts of any process so far; names `onLoad` requests.
     starts: AtomicU64,
     ready: watch::Sender<bool>,
 }
 
+/// An idle member taken by one invocation; given back when dropped (also when the invocation's
+/// future is dropped early).
+struct Lease<'a> {
+    supervisor: &'a Supervisor,
+    index: usize,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.supervisor
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.index);
+        self.supervisor.permits.add_permits(1);
+    }
+}
+
 impl Supervisor {
-    /// A supervisor that has not started the plugin yet; see [`Supervisor::warm_up`].
-    pub fn new(spec: ChildSpec) -> Arc<Self> {
+    /// A supervisor of `processes` plugin processes (at least one) that has not started any yet;
+    /// see [`Supervisor::warm_up`].
+    pub fn new(spec: ChildSpec, processes: usize) -> Arc<Self> {
+        let processes = processes.max(1);
         Arc::new(Self {
-            crashes: std::sync::Mutex::default(),
             log_budget: Arc::new(std::sync::Mutex::new(LineBudget::new(
                 spec.log_lines_per_minute,
                 Instant::now().into_std(),
             ))),
             log_stats: Arc::default(),
             spec,
-            slot: Arc::new(Mutex::new(None)),
+            members: (0..processes).map(|_| Member::default()).collect(),
+            // Reversed: the first process is the first one taken.
+            idle: std::sync::Mutex::new((0..processes).rev().collect()),
+            permits: Semaphore::new(processes),
+            groups: Arc::default(),
             starts: AtomicU64::new(0),
             ready: watch::Sender::new(false),
         })
     }
 
-    /// Whether the plugin started and answered (`onLoad`, when it has one). Changes when the
-    /// plugin is restarted.
+    /// How many plugin processes run invocations side by side.
+    pub fn processes(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the plugin is ready: at least one of its processes started and answered
+    /// (`onLoad`, when it has one). Changes when processes are restarted.
     pub fn subscribe_ready(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
     }
@@ -143,32 +192,70 @@ impl Supervisor {
         )
     }
 
-    /// How many times the plugin process was started again after the first start.
+    /// How many times a plugin process was started again after its first start (over all
+    /// processes of the pool).
     pub fn restarts(&self) -> u64 {
-        self.starts.load(Ordering::Relaxed).saturating_sub(1)
+        self.members
+            .iter()
+            .map(|m| m.starts.load(Ordering::Relaxed).saturating_sub(1))
+            .sum()
     }
 
-    /// Starts the plugin if it is not running. Without an `onLoad` hook there is nothing to ask
-    /// it, so it counts as started once it is still running after a short grace period.
+    fn set_ready(&self, index: usize, ready: bool) {
+        self.members[index].ready.store(ready, Ordering::Relaxed);
+        let any = self.members.iter().any(|m| m.ready.load(Ordering::Relaxed));
+        self.ready
+            .send_if_modified(|now| std::mem::replace(now, any) != any);
+    }
+
+    /// Starts every process that is not running, side by side. Without an `onLoad` hook there
+    /// is nothing to ask a process, so it counts as started once it is still running after a
+    /// short grace period. Fails with the first failure; the processes that did start stay.
     pub async fn warm_up(&self) -> Result<(), InvokeError> {
-        let mut slot = self.slot.lock().await;
-        self.ensure_running(&mut slot, self.spec.on_load).await?;
+        let started =
+            futures::future::join_all((0..self.members.len()).map(|i| self.warm_up_one(i))).await;
+        started.into_iter().collect()
+    }
+
+    async fn warm_up_one(&self, index: usize) -> Result<(), InvokeError> {
+        let mut slot = self.members[index].slot.lock().await;
+        self.ensure_running(index, &mut slot, self.spec.on_load)
+            .await?;
         if !self.spec.on_load {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if let Some(running) = slot.as_mut()
                 && let Some(status) = running.exited()
             {
                 *slot = None;
-                self.ready.send_replace(false);
+                self.set_ready(index, false);
                 return Err(InvokeError::Exited { status });
             }
-            self.ready.send_replace(true);
+            self.set_ready(index, true);
         }
         Ok(())
     }
 
-    /// Runs `hook` on `payload_json` (valid JSON) within `deadline` from now, queueing and a
-    /// plugin (re)start included.
+    /// Takes an idle member, preferring one whose process is running and not being restarted.
+    /// The caller holds a permit, so there is one.
+    fn lease(&self) -> Lease<'_> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let usable = |&i: &usize| {
+            let member = &self.members[i];
+            member.ready.load(Ordering::Relaxed) && member.slot.try_lock().is_ok()
+        };
+        let at = idle
+            .iter()
+            .rposition(usable)
+            .unwrap_or(idle.len().saturating_sub(1));
+        let index = idle.remove(at);
+        Lease {
+            supervisor: self,
+            index,
+        }
+    }
+
+    /// Runs `hook` on `payload_json` (valid JSON) within `deadline` from now, on the first free
+    /// process, queueing and a plugin (re)start included.
     ///
     /// Callers must not drop this future before it finishes (run it in its own task): a request
     /// abandoned between write and read would leave its answer for the next call.
@@ -183,12 +270,24 @@ impl Supervisor {
         traceparent: Option<&str>,
     ) -> Result<Answer, InvokeError> {
         let until = Instant::now() + deadline;
-        let slot = timeout_at(until, Arc::clone(&self.slot).lock_owned())
+        let permit = timeout_at(until, self.permits.acquire())
+            .await
+            .map_err(|_| InvokeError::QueueTimeout(deadline))?
+            .map_err(|_| InvokeError::Exited {
+                status: "the shim is shutting down".into(),
+            })?;
+        // The lease, not the permit, gives the process back (with its permit).
+        permit.forget();
+        let lease = self.lease();
+        let index = lease.index;
+        let member = &self.members[index];
+        let slot = timeout_at(until, Arc::clone(&member.slot).lock_owned())
             .await
             .map_err(|_| InvokeError::QueueTimeout(deadline))?;
-        let mut slot = self.running_by(slot, until, deadline).await?;
+        let mut slot = self.running_by(index, slot, until, deadline).await?;
         let result = self
             .exchange_on(
+                index,
                 &mut slot,
                 protocol::encode_traced_request(
                     invocation_id,
@@ -204,7 +303,7 @@ impl Supervisor {
             .await;
         // Any answer, even an error one, shows the process works.
         if matches!(result, Ok(_) | Err(InvokeError::Plugin(_))) {
-            *self.crashes.lock().unwrap_or_else(|e| e.into_inner()) = CrashBackoff::default();
+            *member.crashes.lock().unwrap_or_else(|e| e.into_inner()) = CrashBackoff::default();
         }
         if let Err(e) = &result {
             let killed = matches!(
@@ -222,23 +321,25 @@ impl Supervisor {
                 drop(slot);
                 let this = Arc::clone(self);
                 tokio::spawn(async move {
-                    let mut slot = this.slot.lock().await;
-                    if let Err(e) = this.ensure_running(&mut slot, true).await {
-                        warn!(error = %e, "restarting the plugin failed; retrying on the next call");
+                    let mut slot = this.members[index].slot.lock().await;
+                    if let Err(e) = this.ensure_running(index, &mut slot, true).await {
+                        warn!(error = %e, process = index, "restarting the plugin process failed; retrying on the next call");
                     }
                 });
             }
             tracing::Span::current().record("restarts", self.restarts());
         }
+        drop(lease);
         result
     }
 
-    /// Returns the lock with a running, loaded plugin in it, starting one if needed. A start
+    /// Returns the lock with a running, loaded process in it, starting one if needed. A start
     /// runs in a task of its own with the lifecycle timeout: if it outlasts this call's deadline,
     /// the call fails with DEADLINE_EXCEEDED but the start completes for the calls after it
     /// (otherwise a plugin with a slow onLoad could never be restarted by short calls).
     async fn running_by(
         self: &Arc<Self>,
+        index: usize,
         mut slot: Slot,
         until: Instant,
         deadline: Duration,
@@ -251,7 +352,10 @@ impl Supervisor {
         }
         let this = Arc::clone(self);
         let start = tokio::spawn(async move {
-            let started = this.ensure_running(&mut slot, true).await.map(|_| ());
+            let started = this
+                .ensure_running(index, &mut slot, true)
+                .await
+                .map(|_| ());
             (slot, started)
         });
         match timeout_at(until, start).await {
@@ -264,9 +368,11 @@ impl Supervisor {
         }
     }
 
-    /// Sends the request `line` (for `invocation_id`) and waits for its answer until `until`.
+    /// Sends the request `line` (for `invocation_id`) to process `index` and waits for its answer
+    /// until `until`.
     async fn exchange_on(
         &self,
+        index: usize,
         slot: &mut Option<Running>,
         line: String,
         invocation_id: &str,
@@ -295,30 +401,34 @@ impl Supervisor {
             Err(ExchangeError::Closed) => {
                 let status = running.exit_status().await;
                 *slot = None;
-                self.crashed();
+                self.crashed(index);
                 Err(InvokeError::Exited { status })
             }
             Err(ExchangeError::Fatal(e)) => Err(e),
         }
     }
 
-    /// Makes sure a plugin process is running and loaded, starting one if there is none or the
+    /// Makes sure process `index` is running and loaded, starting one if there is none or the
     /// last one exited. A new process is reported ready if `mark_ready`; a failed start always
-    /// reports not ready.
+    /// reports it not ready.
     async fn ensure_running<'a>(
         &self,
+        index: usize,
         slot: &'a mut Option<Running>,
         mark_ready: bool,
     ) -> Result<&'a mut Running, InvokeError> {
         if let Some(running) = slot.as_mut()
             && let Some(status) = running.exited()
         {
-            warn!(%status, "the plugin process exited; restarting it");
+            warn!(%status, process = index, "the plugin process exited; restarting it");
             *slot = None;
-            self.crashed();
+            self.crashed(index);
         }
         if slot.is_none() {
-            let state = *self.crashes.lock().unwrap_or_else(|e| e.into_inner());
+            let state = *self.members[index]
+                .crashes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if let Some(at) = state.not_before
                 && Instant::now() < at
             {
@@ -327,19 +437,19 @@ impl Supervisor {
                     retry_in: at - Instant::now(),
                 });
             }
-            let started = self.start().await;
+            let started = self.start(index).await;
             if started.is_err() {
-                self.crashed();
+                self.crashed(index);
             }
             match started {
                 Ok(running) => {
                     *slot = Some(running);
                     if mark_ready {
-                        self.ready.send_replace(true);
+                        self.set_ready(index, true);
                     }
                 }
                 Err(e) => {
-                    self.ready.send_replace(false);
+                    self.set_ready(index, false);
                     return Err(e);
                 }
             }
@@ -349,22 +459,28 @@ impl Supervisor {
         })
     }
 
-    /// Counts a crash (an exit the shim did not cause, or a failed start) and sets when the next
-    /// start may happen.
-    fn crashed(&self) {
-        let mut state = self.crashes.lock().unwrap_or_else(|e| e.into_inner());
+    /// Counts a crash of process `index` (an exit the shim did not cause, or a failed start)
+    /// and sets when its next start may happen.
+    fn crashed(&self, index: usize) {
+        let mut state = self.members[index]
+            .crashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         state.crashes = state.crashes.saturating_add(1);
         state.not_before = Some(Instant::now() + backoff(state.crashes));
     }
 
-    /// Spawns the plugin process and, if it has one, runs its `onLoad` hook within the
+    /// Spawns plugin process `index` and, if it has one, runs its `onLoad` hook within the
     /// lifecycle timeout.
-    async fn start(&self) -> Result<Running, InvokeError> {
-        let mut running = spawn::spawn(&self.spec, &self.log_budget, &self.log_stats)?;
+    async fn start(&self, index: usize) -> Result<Running, InvokeError> {
+        let mut running =
+            spawn::spawn(&self.spec, &self.log_budget, &self.log_stats, &self.groups)?;
         let n = self.starts.fetch_add(1, Ordering::Relaxed);
+        let restarts = self.members[index].starts.fetch_add(1, Ordering::Relaxed);
         info!(
             pid = running.pid,
-            restarts = n,
+            process = index,
+            restarts,
             "started the plugin process"
         );
         if self.spec.on_load {
@@ -392,22 +508,26 @@ impl Supervisor {
         Ok(running)
     }
 
-    /// Runs `f` with the pid of the current plugin process (if any) while no process can be
-    /// started or replaced. An exited plugin process is reaped (by tokio) first.
-    pub(crate) async fn with_current_pid<T>(&self, f: impl FnOnce(Option<i32>) -> T) -> T {
-        let mut slot = self.slot.lock().await;
-        let pid = slot.as_mut().map(|running| {
-            let _ = running.exited();
-            running.pid
-        });
-        f(pid)
+    /// Runs `f` with the pids of the live plugin processes while no process can be started or
+    /// let go of.
+    pub(crate) fn with_live_pids<T>(
+        &self,
+        f: impl FnOnce(&std::collections::BTreeSet<i32>) -> T,
+    ) -> T {
+        self.groups.with_live(f)
     }
 
-    /// Stops the plugin: `onUnload` (if declared, within the lifecycle timeout), then closes its
-    /// stdin and gives it a moment to exit before killing its process group.
+    /// Stops every process: `onUnload` (if declared, within the lifecycle timeout), then closes
+    /// its stdin and gives it a moment to exit before killing its process group.
     pub async fn shutdown(&self) {
-        let mut slot = self.slot.lock().await;
-        self.ready.send_replace(false);
+        // No invocation starts from here on.
+        self.permits.close();
+        futures::future::join_all((0..self.members.len()).map(|i| self.stop_one(i))).await;
+    }
+
+    async fn stop_one(&self, index: usize) {
+        let mut slot = self.members[index].slot.lock().await;
+        self.set_ready(index, false);
         let Some(mut running) = slot.take() else {
             return;
         };
@@ -424,10 +544,14 @@ impl Supervisor {
             )
             .await
             {
-                Ok(Ok(Ok(_))) => debug!("onUnload done"),
-                Ok(Ok(Err(message))) => warn!(%message, "the plugin's onUnload hook failed"),
-                Ok(Err(e)) => warn!(error = %e.describe(), "the plugin's onUnload hook failed"),
-                Err(_) => warn!("the plugin's onUnload hook timed out"),
+                Ok(Ok(Ok(_))) => debug!(process = index, "onUnload done"),
+                Ok(Ok(Err(message))) => {
+                    warn!(%message, process = index, "the plugin's onUnload hook failed")
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e.describe(), process = index, "the plugin's onUnload hook failed")
+                }
+                Err(_) => warn!(process = index, "the plugin's onUnload hook timed out"),
             }
         }
         running.stdin = None;
@@ -435,7 +559,10 @@ impl Supervisor {
             .await
             .is_err()
         {
-            debug!("the plugin did not exit after its stdin closed; killing it");
+            debug!(
+                process = index,
+                "the plugin did not exit after its stdin closed; killing it"
+            );
         }
         // Dropping `running` kills whatever is left of the group.
     }

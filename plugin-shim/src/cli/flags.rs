@@ -185,6 +185,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub lifecycle_timeout_ms: u32,
 
+    /// Plugin processes that take calls side by side, each one call at a time (each sandboxed,
+    /// restarted and backed off on its own; all share this container's CPU and memory).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(airlock_core::api::MAX_CONCURRENCY)))]
+    pub concurrency: u32,
+
     /// Lines of the plugin's log (stderr) forwarded per minute; more are dropped and counted.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_log_lines_per_minute: u32,

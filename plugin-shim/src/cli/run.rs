@@ -105,26 +105,29 @@ pub async fn run(
     } else {
         args.entry_point.clone()
     };
-    let supervisor = Supervisor::new(ChildSpec {
-        argv,
-        bundle_dir,
-        on_load: manifest.hooks.contains(&Hook::OnLoad),
-        on_unload: manifest.hooks.contains(&Hook::OnUnload),
-        lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
-        log_lines_per_minute: args.max_log_lines_per_minute,
-        host,
-        sandbox: Some(Sandbox {
-            spec: SandboxSpec {
-                // The key the shim serves with, out of the plugin's reach.
-                hidden_dir: args.tls_dir.clone(),
-                ..args.sandbox.spec()
-            },
-            launcher: match &args.sandbox.sandbox_launcher {
-                Some(p) => p.clone(),
-                None => std::env::current_exe().map_err(RunError::CurrentExe)?,
-            },
-        }),
-    });
+    let supervisor = Supervisor::new(
+        ChildSpec {
+            argv,
+            bundle_dir,
+            on_load: manifest.hooks.contains(&Hook::OnLoad),
+            on_unload: manifest.hooks.contains(&Hook::OnUnload),
+            lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
+            log_lines_per_minute: args.max_log_lines_per_minute,
+            host,
+            sandbox: Some(Sandbox {
+                spec: SandboxSpec {
+                    // The key the shim serves with, out of the plugin's reach.
+                    hidden_dir: args.tls_dir.clone(),
+                    ..args.sandbox.spec()
+                },
+                launcher: match &args.sandbox.sandbox_launcher {
+                    Some(p) => p.clone(),
+                    None => std::env::current_exe().map_err(RunError::CurrentExe)?,
+                },
+            }),
+        },
+        args.concurrency as usize,
+    );
     let service = PluginService::new(
         supervisor.clone(),
         manifest,
@@ -139,7 +142,7 @@ pub async fn run(
         loop {
             match warm.warm_up().await {
                 Ok(()) => {
-                    info!("the plugin is ready");
+                    info!(processes = warm.processes(), "the plugin is ready");
                     break;
                 }
                 Err(e) => {
