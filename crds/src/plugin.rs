@@ -132,12 +132,23 @@ pub struct PluginSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 10))]
     pub replicas: i32,
+
+    /// Calls one plugin pod takes side by side: the pod runs this many processes of the plugin,
+    /// each answering one call at a time, each restarted on its own; all share the pod's CPU and
+    /// memory. For plugins that wait (I/O); CPU-bound plugins scale with replicas instead. At
+    /// most the trust level's maxConcurrency. Default 1.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = airlock_core::api::MAX_CONCURRENCY))]
+    pub concurrency: i32,
 }
 
 fn default_true() -> bool {
     true
 }
 fn default_replicas() -> i32 {
+    1
+}
+fn default_concurrency() -> i32 {
     1
 }
 
@@ -363,6 +374,8 @@ pub struct RevisionRecord {
     pub cpu_limit: Option<String>,
     /// Its container memory limit, as approved.
     pub memory_limit: Option<String>,
+    /// Its plugin processes per pod (`spec.concurrency` when approved); absent means 1.
+    pub concurrency: Option<i32>,
     /// Its hooks with the timeout, failure policy and priority they were approved with: the
     /// router calls these, never what the spec says now (a spec the plan blocked — say, a
     /// timeout above the trust level's maxTimeout — must not reach the calls).

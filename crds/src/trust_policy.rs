@@ -93,6 +93,10 @@ pub struct TrustLevelLimits {
     /// Longest hook timeout, e.g. 200ms.
     #[schemars(length(max = 16))]
     pub max_timeout: Option<String>,
+    /// Most calls a plugin pod of this level may take side by side (`spec.concurrency`: plugin
+    /// processes per pod). Unset: up to 64.
+    #[schemars(range(min = 1, max = airlock_core::api::MAX_CONCURRENCY))]
+    pub max_concurrency: Option<i32>,
     /// Permissions a plugin of this level may be granted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]

@@ -116,7 +116,13 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
     let rollout = match (&compatible, &verified, &permissions_approved, resources) {
         (Verdict::Ok { .. }, Verdict::Ok { .. }, Verdict::Ok { .. }, Some(resources)) => {
             let runtime = limits.map(Limits::runtime).unwrap_or_default();
-            Some(rollout(fetched, effective, resources, runtime))
+            Some(rollout(
+                fetched,
+                effective,
+                resources,
+                runtime,
+                concurrency(plugin),
+            ))
         }
         _ => None,
     };
@@ -156,6 +162,7 @@ fn record(
             .collect(),
         cpu_limit: Some(rollout.resources.cpu_limit.clone()),
         memory_limit: Some(rollout.resources.memory_limit.clone()),
+        concurrency: (rollout.concurrency > 1).then_some(rollout.concurrency as i32),
         hooks: plugin.spec.hooks.clone(),
         template_digest: None,
     }
@@ -320,6 +327,17 @@ fn approval(plugin: &Plugin, manifest: &Manifest, limits: &Limits) -> Approval {
         Ok(r) => r,
         Err(message) => return blocked("ResourcesAboveTrustLevel", message),
     };
+    if let Some(max) = limits.max_concurrency
+        && i64::from(spec.concurrency) > i64::from(max)
+    {
+        return blocked(
+            "ConcurrencyAboveTrustLevel",
+            format!(
+                "spec.concurrency {} is above the trust level's maxConcurrency {max}; lower it, or raise spec.replicas instead",
+                spec.concurrency
+            ),
+        );
+    }
     let effective = requested.intersection(&declared).copied().collect();
     (
         Verdict::ok(
@@ -388,11 +406,19 @@ fn resources(plugin: &Plugin, limits: &Limits) -> Result<Resources, String> {
     })
 }
 
+/// `spec.concurrency` as the shim takes it: 1 to [`api::MAX_CONCURRENCY`] (the schema's range).
+fn concurrency(plugin: &Plugin) -> u32 {
+    u32::try_from(plugin.spec.concurrency)
+        .unwrap_or(1)
+        .clamp(1, api::MAX_CONCURRENCY)
+}
+
 fn rollout(
     fetched: &Fetched,
     permissions: BTreeSet<Permission>,
     resources: Resources,
     limits: airlock_crds::plugin::PluginLimits,
+    concurrency: u32,
 ) -> Rollout {
     let entry_point = fetched.manifest.entry_point.clone();
     // Everything that changes the pod, and nothing that does not (replicas, enabled).
@@ -421,6 +447,11 @@ fn rollout(
         h.update(part.as_bytes());
         h.update([0xff]);
     }
+    // Only when not the default, so that plugins from before the field keep their revision.
+    if concurrency > 1 {
+        h.update(format!("concurrency={concurrency}").as_bytes());
+        h.update([0xff]);
+    }
     let revision = format!("r{}", &hex::encode(h.finalize())[..10]);
     Rollout {
         pinned_image: fetched.pinned_image.clone(),
@@ -432,6 +463,7 @@ fn rollout(
         permissions,
         resources,
         limits,
+        concurrency,
         revision,
     }
 }
@@ -678,5 +710,36 @@ mod tests {
         };
         let v = plan(&plugin(HELLO), &fetched(manifest("")), Some(&slow)).permissions_approved;
         assert_eq!(blocked_reason(&v), "TimeoutAboveTrustLevel");
+    }
+
+    #[test]
+    fn concurrency_is_approved_up_to_the_trust_level_and_recorded() {
+        let mut p = plugin(HELLO);
+        p.spec.concurrency = 4;
+        let four = Limits {
+            max_concurrency: Some(4),
+            ..open_limits()
+        };
+        let approved = plan(&p, &fetched(manifest("")), Some(&four));
+        assert_eq!(approved.rollout.as_ref().expect("approved").concurrency, 4);
+        assert_eq!(approved.record.expect("recorded").concurrency, Some(4));
+
+        let two = Limits {
+            max_concurrency: Some(2),
+            ..open_limits()
+        };
+        let v = plan(&p, &fetched(manifest("")), Some(&two)).permissions_approved;
+        assert_blocked(&v, "ConcurrencyAboveTrustLevel", "spec.concurrency 4");
+        assert_blocked(&v, "ConcurrencyAboveTrustLevel", "maxConcurrency 2");
+    }
+
+    #[test]
+    fn more_processes_per_pod_is_a_new_revision() {
+        let mut p = plugin(HELLO);
+        let f = fetched(manifest(""));
+        let one = plan(&p, &f, Some(&open_limits())).rollout.expect("one");
+        p.spec.concurrency = 2;
+        let two = plan(&p, &f, Some(&open_limits())).rollout.expect("two");
+        assert_ne!(one.revision, two.revision);
     }
 }

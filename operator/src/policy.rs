@@ -61,6 +61,8 @@ pub struct Limits {
     pub max_memory: Option<String>,
     pub max_timeout_ms: Option<u64>,
     pub max_timeout: Option<String>,
+    /// Most plugin processes per pod (`spec.concurrency`).
+    pub max_concurrency: Option<u32>,
     /// Runtime caps; `None` where no policy sets one (the default applies).
     pub log_lines_per_minute: Option<u32>,
     pub storage_max_value_bytes: Option<u64>,
@@ -126,6 +128,7 @@ pub fn limits(policies: &[&PluginTrustPolicy], level: TrustLevel) -> Option<Limi
             l.max_timeout_ms,
             l.max_timeout,
         );
+        acc.max_concurrency = min_opt(acc.max_concurrency, l.max_concurrency);
         acc.log_lines_per_minute = min_opt(acc.log_lines_per_minute, l.log_lines_per_minute);
         acc.storage_max_value_bytes =
             min_opt(acc.storage_max_value_bytes, l.storage_max_value_bytes);
@@ -174,6 +177,10 @@ fn one(level: Option<&TrustLevelLimits>) -> Limits {
         max_cpu: l.max_cpu.clone(),
         max_memory: l.max_memory.clone(),
         max_timeout: l.max_timeout.clone(),
+        // The schema keeps it within 1..=64; anything else caps at 1, never widens.
+        max_concurrency: l
+            .max_concurrency
+            .map(|n| u32::try_from(n).unwrap_or(1).max(1)),
         log_lines_per_minute: l.log_lines_per_minute,
         storage_max_value_bytes: l.storage.as_ref().and_then(|s| s.max_value_bytes),
         storage_max_bytes: l.storage.as_ref().and_then(|s| s.max_bytes),

@@ -155,6 +155,14 @@ fn within(
             limits.max_memory.as_deref().unwrap_or_default()
         ));
     }
+    if let Some(max) = limits.max_concurrency
+        && let Some(n) = record.concurrency
+        && i64::from(n) > i64::from(max)
+    {
+        return Some(format!(
+            "its concurrency {n} is above trust level {level:?}'s maxConcurrency {max}"
+        ));
+    }
     if let Some(max) = limits.max_timeout_ms
         && let Some(h) = record
             .hooks
@@ -232,6 +240,7 @@ mod tests {
             egress: vec!["203.0.113.0/24".into()],
             cpu_limit: Some("250m".into()),
             memory_limit: Some("64Mi".into()),
+            concurrency: Some(4),
             hooks: vec![
                 serde_json::from_value(serde_json::json!({"name": "transform", "timeout": "2s"}))
                     .expect("hook"),
@@ -332,6 +341,17 @@ mod tests {
         assert!(
             stop.message.contains("hook transform has timeout 2s")
                 && stop.message.contains("maxTimeout 1s"),
+            "{}",
+            stop.message
+        );
+        let fewer = |_: TrustLevel| {
+            let mut l = open();
+            l.max_concurrency = Some(2);
+            Some(l)
+        };
+        let stop = check(&rec, &ks, fewer, &[]).expect("stopped");
+        assert!(
+            stop.message.contains("concurrency 4") && stop.message.contains("maxConcurrency 2"),
             "{}",
             stop.message
         );

@@ -124,6 +124,10 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
         shim_args.push("--allow-network".into());
     }
     shim_args.extend(["--max-processes".into(), PLUGIN_MAX_PROCESSES.to_string()]);
+    // Only when asked for: the template of a plugin without it stays as it was.
+    if rollout.concurrency > 1 {
+        shim_args.extend(["--concurrency".into(), rollout.concurrency.to_string()]);
+    }
     shim_args.push("--".into());
     shim_args.extend(rollout.entry_point.iter().cloned());
 
@@ -452,6 +456,16 @@ mod tests {
             value_of(&args, "--max-processes"),
             PLUGIN_MAX_PROCESSES.to_string()
         );
+        // One process, the default: the template says nothing of it (and stays what it was
+        // before the field existed, so no plugin is restarted by an upgrade).
+        assert!(!args.iter().any(|a| a == "--concurrency"), "{args:?}");
+        let pool = Rollout {
+            concurrency: 4,
+            ..rollout()
+        };
+        let pod = pod_spec(&deployment(&plugin(HELLO), &pool, &config()));
+        let args = pod.containers[0].args.clone().unwrap_or_default();
+        assert_eq!(value_of(&args, "--concurrency"), "4");
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct Rollout {
     pub resources: Resources,
     /// Runtime limits from the trust level (or the defaults).
     pub limits: airlock_crds::plugin::PluginLimits,
+    /// Plugin processes per pod (`spec.concurrency`, approved).
+    pub concurrency: u32,
     /// Short hash of everything that changes the pod; names the revision in status.
     pub revision: String,
 }
@@ -153,6 +155,7 @@ spec:
                 memory_request: "64Mi".into(),
             },
             limits: Default::default(),
+            concurrency: 1,
             revision: "r1a2b3c4d".into(),
         }
     }
