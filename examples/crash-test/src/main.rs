@@ -3,7 +3,10 @@
 //! - `transform` throws: it answers with an error (the caller gets ABORTED; the process keeps
 //!   running). With `{"mode": "exit"}` the process exits mid-call, with `{"mode": "panic"}` it
 //!   panics (built with `panic = "abort"`, as this workspace's release profile is, that kills the
-//!   process): both are crashes the shim restarts and the router counts.
+//!   process): both are crashes the shim restarts and the router counts. With
+//!   `{"mode": "slow", "ms": N}` it is merely slow: it sleeps N ms (at most 10 s) and answers
+//!   where it ran (`host`: the pod's name, `pid`), which shows how calls spread over pods and
+//!   processes (`spec.concurrency`).
 //! - `onEvent` loops forever: the shim kills it at the deadline and starts a fresh process.
 //! - `onLoad` exhausts memory when the bundle's `crash-test.json` says
 //!   `{"onLoad": "exhaust-memory"}`: the kernel kills it at the pod's memory limit and the plugin
@@ -29,6 +32,13 @@ fn exhaust_memory() -> ! {
     }
 }
 
+/// The pod's name (the hostname of its UTS namespace); empty when unreadable.
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn main() -> std::io::Result<()> {
     airlock_sdk::run(|hook: &str, payload: Value| match hook {
         "onLoad" => match load_mode().as_deref() {
@@ -41,6 +51,11 @@ fn main() -> std::io::Result<()> {
                 std::process::exit(3);
             }
             Some("panic") => panic!("crash-test: transform panics"),
+            Some("slow") => {
+                let ms = payload["ms"].as_u64().unwrap_or(5).min(10_000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(json!({"slept": ms, "host": host(), "pid": std::process::id()}))
+            }
             _ => Err("crash-test: transform throws, as it was written to".to_string()),
         },
         "onEvent" => loop {
