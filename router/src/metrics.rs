@@ -40,6 +40,17 @@ pub struct Metrics {
     host_calls: IntCounterVec,
     host_log_dropped: IntCounterVec,
     breaker_open: IntGaugeVec,
+    calls_in_flight: IntGaugeVec,
+}
+
+/// One call in flight to a plugin, counted in `airlock_router_calls_in_flight` until dropped.
+#[derive(Debug)]
+pub struct InFlightCall(prometheus::IntGauge);
+
+impl Drop for InFlightCall {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -92,6 +103,12 @@ impl Metrics {
                 "1 while the router's circuit breaker for a plugin refuses calls (open or half-open), else 0",
                 &["plugin"],
             )?,
+            calls_in_flight: gauge(
+                &registry,
+                "airlock_router_calls_in_flight",
+                "Calls this router replica has in flight to a plugin's pods, by plugin: what a HorizontalPodAutoscaler on the Plugin scales on (through a metrics adapter; sum over router replicas, divide by spec.replicas × spec.concurrency for the load per process)",
+                &["plugin"],
+            )?,
             host_calls: counter(
                 &registry,
                 "airlock_host_calls_total",
@@ -132,6 +149,13 @@ impl Metrics {
 
     pub fn plugin_restarted(&self, plugin: &str) {
         self.plugin_restarts.with_label_values(&[plugin]).inc();
+    }
+
+    /// Counts a call to `plugin` as in flight until the returned guard is dropped.
+    pub fn call_in_flight(&self, plugin: &str) -> InFlightCall {
+        let gauge = self.calls_in_flight.with_label_values(&[plugin]);
+        gauge.inc();
+        InFlightCall(gauge)
     }
 
     pub fn breaker(&self, plugin: &str, open: bool) {

@@ -403,6 +403,7 @@ impl<C: Caller> Router<C> {
                 outcome: Outcome::Answered,
             });
         };
+        let _in_flight = self.metrics.call_in_flight(&key.to_string());
         let request = CallRequest {
             hook,
             payload,

@@ -559,4 +559,33 @@ async fn calls_beyond_the_concurrency_limit_are_refused() {
     assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn calls_in_flight_are_counted_per_plugin_while_they_run() {
+    let s = setup(&[
+        ("slow", Transform, 1000, Fail, 1),
+        ("idle", Transform, 1000, Fail, 1),
+    ]);
+    s.behave("slow", Behaviour::Append(Duration::from_millis(500)));
+    let series = "airlock_router_calls_in_flight{plugin=\"ns/slow\"}";
+    let watch = async {
+        // Both calls have started (paused time moves only when every task waits).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let during = s.metric(series);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        (during, s.metric(series))
+    };
+    let (a, b, (during, after)) = tokio::join!(
+        s.invoke("slow", "transform", "{}"),
+        s.invoke("slow", "transform", "{}"),
+        watch
+    );
+    assert!(a.is_ok() && b.is_ok());
+    assert_eq!(during, 2, "two calls in flight");
+    assert_eq!(after, 0, "none once they answered");
+    assert_eq!(
+        s.metric("airlock_router_calls_in_flight{plugin=\"ns/idle\"}"),
+        0
+    );
+}
+
 mod fan_out;
