@@ -8,6 +8,7 @@
 pub mod artifacts;
 pub mod callers;
 pub mod crds;
+pub mod floors;
 pub mod images;
 pub mod install;
 pub mod namespace;

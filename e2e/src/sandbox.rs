@@ -89,6 +89,20 @@ impl Sandbox {
         &self.ns.name
     }
 
+    /// Merges `limits` into the sandbox policy's Untrusted level (e.g. `{"maxCpu": "1"}` for a
+    /// bench that needs more than the tests do).
+    pub async fn set_limits(&self, limits: serde_json::Value) -> Result<()> {
+        Api::<airlock_crds::PluginTrustPolicy>::all(self.client.clone())
+            .patch(
+                &self.policy,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"trustLevels": {"Untrusted": limits}}})),
+            )
+            .await
+            .context("changing the sandbox's trust level")?;
+        Ok(())
+    }
+
     /// Puts `bundle` in the ConfigMap `name` (key `bundle.tar.gz`), as the README tells users to.
     pub async fn put_bundle(&self, name: &str, bundle: Vec<u8>) -> Result<()> {
         put_bundle(&self.ns, name, bundle, None).await

@@ -517,6 +517,55 @@ async fn a_scaled_plugin_gets_calls_on_every_ready_pod() -> Result<()> {
     .await
 }
 
+/// Issue 13: `spec.concurrency: 2` runs two plugin processes in one pod, calls run side by side,
+/// and a process killed for its timeout takes nothing else with it. In the pod the shim is PID 1,
+/// where a kill used to signal every process of the container: a call in flight on the other
+/// process would have died with it.
+#[tokio::test]
+async fn concurrent_processes_in_one_pod_and_a_timeout_kills_only_its_own() -> Result<()> {
+    in_fixture("concurrency", &["log"], async |f: &Fixture| {
+        let hooks = json!([
+            {"name": "transform", "timeout": "2s"},
+            {"name": "onEvent", "timeout": "500ms", "failurePolicy": "Ignore"},
+        ]);
+        f.apply(
+            "pool",
+            "crash-test",
+            hooks,
+            json!(["log"]),
+            json!({"concurrency": 2}),
+        )
+        .await?;
+        f.wait_serving(&["pool"], "transform").await?;
+        let slow = |ms: u64| async move {
+            f.invoke("pool", "transform", json!({"mode": "slow", "ms": ms}))
+                .await
+        };
+        // Two slow calls at once are answered by two processes of the same pod.
+        let (a, b) = tokio::join!(slow(1000), slow(1000));
+        let (a, b) = (a?, b?);
+        ensure!(
+            a["host"] == b["host"] && a["pid"] != b["pid"],
+            "two calls at once: {a} and {b}"
+        );
+        // One process sleeps through a call while the other spins in onEvent until it is killed
+        // at 500 ms: the sleeping call still answers, from a process that was there before.
+        let (long, spun) = tokio::join!(slow(1500), async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            f.invoke_err("pool", "onEvent", json!({})).await
+        });
+        let spun = spun?;
+        ensure!(spun.code() == Code::DeadlineExceeded, "onEvent: {spun:?}");
+        let long = long.context("the call on the other process, while onEvent was killed")?;
+        ensure!(
+            long["pid"] == a["pid"] || long["pid"] == b["pid"],
+            "the call ran on a process started meanwhile: {long} (before: {a}, {b})"
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// `(pod name, log)` of each pod of the plugin `plugin` (an unreadable log reads as empty).
 async fn pod_logs(
     pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,

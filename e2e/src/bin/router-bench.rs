@@ -40,6 +40,8 @@ struct Stats {
     p50: Duration,
     p99: Duration,
     per_second: f64,
+    /// Calls made in all (warm-up, sequential and concurrent).
+    calls: u64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -85,6 +87,7 @@ where
         p50: percentile(&took, 0.50),
         p99: percentile(&took, 0.99),
         per_second: total as f64 / THROUGHPUT_WINDOW.as_secs_f64(),
+        calls: 200 + SEQUENTIAL as u64 + total,
     })
 }
 
@@ -109,6 +112,7 @@ async fn bench(f: &Fixture) -> Result<()> {
     let shim = PluginClient::new(
         airlock_e2e::plugins::shim_channel(&f.client, &ns, "fmt-a", &router_id).await?,
     );
+    let shim_cpu = airlock_e2e::floors::cpu_of("airlock-shim");
     let direct = measure(move || {
         let mut shim = shim.clone();
         async move {
@@ -118,8 +122,10 @@ async fn bench(f: &Fixture) -> Result<()> {
         }
     })
     .await?;
+    let shim_cpu = airlock_e2e::floors::cpu_of("airlock-shim").saturating_sub(shim_cpu);
 
     let reviews_before = token_reviews(f).await?;
+    let router_cpu = airlock_e2e::floors::cpu_of("airlock-router");
     let router = f.grpc.clone();
     let ns_one = ns.clone();
     let routed = measure(move || {
@@ -143,6 +149,7 @@ async fn bench(f: &Fixture) -> Result<()> {
         }
     })
     .await?;
+    let router_cpu = airlock_e2e::floors::cpu_of("airlock-router").saturating_sub(router_cpu);
 
     let mut router = f.grpc.clone();
     let mut took = Vec::with_capacity(PIPELINE_CALLS);
@@ -162,21 +169,50 @@ async fn bench(f: &Fixture) -> Result<()> {
     }
     took.sort();
     let reviews = token_reviews(f).await? - reviews_before;
+    let floors = floors().await?;
 
     println!(
         "\nrouter bench: 1 KiB JSON transform (data-formatter), {SEQUENTIAL} sequential calls, then {CONCURRENCY} concurrent callers for {}s",
         THROUGHPUT_WINDOW.as_secs()
     );
-    println!("  {:<14} {:>10} {:>10} {:>14}", "", "p50", "p99", "calls/s");
-    for (name, s) in [("direct to shim", &direct), ("via router", &routed)] {
+    println!("  {:<22} {:>10} {:>10} {:>14}", "", "p50", "p99", "calls/s");
+    for (name, s) in [
+        ("floor: bare tonic echo", &floors.echo),
+        ("direct to shim", &direct),
+        ("via router", &routed),
+    ] {
         println!(
-            "  {:<14} {:>10} {:>10} {:>14.0}",
+            "  {:<22} {:>10} {:>10} {:>14.0}",
             name,
             ms(s.p50),
             ms(s.p99),
             s.per_second
         );
     }
+    println!(
+        "  {:<22} {:>10} {:>10}",
+        "floor: pipe round trip",
+        ms(floors.pipe_p50),
+        ms(floors.pipe_p99)
+    );
+    let one_hop = floors.echo.p50 + floors.pipe_p50;
+    let two_hops = floors.echo.p50 * 2 + floors.pipe_p50;
+    println!(
+        "  direct / floor (one gRPC hop + one pipe round trip, {}): x{:.2}; via router / floor \
+         (two hops + one pipe round trip, {}): x{:.2} (goal <= x1.5)",
+        ms(one_hop),
+        direct.p50.as_secs_f64() / one_hop.as_secs_f64(),
+        ms(two_hops),
+        routed.p50.as_secs_f64() / two_hops.as_secs_f64()
+    );
+    println!(
+        "  router overhead at p50 (via router minus direct): {:.0} us (goal <= 150 us); CPU per \
+         call: router {:.0} us (goal <= 60 us), shim {:.0} us (all replicas and shims on the \
+         node, from /proc)",
+        (routed.p50.as_secs_f64() - direct.p50.as_secs_f64()) * 1e6,
+        router_cpu.as_secs_f64() * 1e6 / routed.calls as f64,
+        shim_cpu.as_secs_f64() * 1e6 / direct.calls as f64,
+    );
     println!(
         "  router/direct: p50 x{:.2}, p99 x{:.2}, throughput x{:.2}",
         routed.p50.as_secs_f64() / direct.p50.as_secs_f64(),
@@ -195,7 +231,240 @@ async fn bench(f: &Fixture) -> Result<()> {
         ms(percentile(&took, 0.99)),
         percentile(&took, 0.50).as_secs_f64() / routed.p50.as_secs_f64()
     );
+    io_bound(f).await
+}
+
+/// Each call of the I/O-bound plugin sleeps this long.
+const IO_SLEEP_MS: u64 = 5;
+/// Callers at once: more than 3 pods × 4 processes can take, so every process stays busy.
+const IO_CALLERS: usize = 24;
+const IO_WINDOW: Duration = Duration::from_secs(10);
+
+/// What IO_CALLERS callers got through the router from the I/O-bound plugin in IO_WINDOW.
+#[derive(Debug, Default)]
+struct Spread {
+    per_second: f64,
+    /// Answers by pod name.
+    by_pod: std::collections::BTreeMap<String, u64>,
+    /// Failed calls by gRPC code.
+    failed: std::collections::BTreeMap<String, u64>,
+}
+
+/// One call of the slow plugin through the router: the pod and process that answered.
+async fn slow_call(
+    router: &mut airlock_e2e::callers::RouterClient,
+    ns: &str,
+) -> Result<(String, u64), tonic::Status> {
+    let out = router
+        .invoke(InvokeRequest {
+            plugin: Some(airlock_proto::router::v1::PluginRef {
+                namespace: ns.into(),
+                name: "slow".into(),
+            }),
+            hook: "transform".into(),
+            payload_json: json!({"mode": "slow", "ms": IO_SLEEP_MS}).to_string(),
+            deadline_ms: 2000,
+            invocation_id: "bench-io".into(),
+        })
+        .await?
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_str(&out.output_json)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok((
+        v["host"].as_str().unwrap_or_default().to_string(),
+        v["pid"].as_u64().unwrap_or_default(),
+    ))
+}
+
+/// IO_CALLERS callers for IO_WINDOW; `meanwhile` runs alongside (e.g. deletes a pod).
+async fn spread(f: &Fixture, meanwhile: impl Future<Output = Result<()>>) -> Result<Spread> {
+    let until = Instant::now() + IO_WINDOW;
+    let workers: Vec<_> = (0..IO_CALLERS)
+        .map(|_| {
+            let mut router = f.grpc.clone();
+            let ns = f.ns().to_string();
+            tokio::spawn(async move {
+                let mut s = Spread::default();
+                while Instant::now() < until {
+                    match slow_call(&mut router, &ns).await {
+                        Ok((host, _)) => *s.by_pod.entry(host).or_default() += 1,
+                        Err(e) => *s.failed.entry(format!("{:?}", e.code())).or_default() += 1,
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    meanwhile.await?;
+    let mut all = Spread::default();
+    for w in workers {
+        let s = w.await?;
+        for (k, n) in s.by_pod {
+            *all.by_pod.entry(k).or_default() += n;
+        }
+        for (k, n) in s.failed {
+            *all.failed.entry(k).or_default() += n;
+        }
+    }
+    all.per_second = all.by_pod.values().sum::<u64>() as f64 / IO_WINDOW.as_secs_f64();
+    Ok(all)
+}
+
+/// Waits until `n` calls at once through the router reach `pods` pods and `processes` distinct
+/// (pod, pid) pairs: the rollout or scale is done and the router routes to every new endpoint.
+async fn wait_spread(f: &Fixture, pods: usize, processes: usize) -> Result<()> {
+    let what = format!("{pods} pods and {processes} processes answering through the router");
+    airlock_e2e::wait::until(
+        &what,
+        airlock_e2e::WAIT,
+        async || {
+            let calls = (0..processes * 3).map(|_| {
+                let mut router = f.grpc.clone();
+                let ns = f.ns().to_string();
+                async move { slow_call(&mut router, &ns).await.ok() }
+            });
+            let seen: std::collections::BTreeSet<(String, u64)> = futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            let hosts: std::collections::BTreeSet<&String> = seen.iter().map(|(h, _)| h).collect();
+            Ok((hosts.len(), seen.len()))
+        },
+        |(h, p)| *h == pods && *p >= processes,
+    )
+    .await
+    .map(drop)
+}
+
+/// The I/O-bound plugin (crash-test in slow mode: each call sleeps IO_SLEEP_MS): calls/s with one
+/// process, with `spec.concurrency: 4`, and with 3 replicas of that, the share of each pod, and
+/// what a pod deleted under load costs the callers.
+async fn io_bound(f: &Fixture) -> Result<()> {
+    use airlock_crds::Plugin;
+    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+    // The tests' sandbox caps plugins at 250m of CPU; this bench wants the CPU to be no limit.
+    f.sandbox.set_limits(json!({"maxCpu": "1"})).await?;
+    let hooks = json!([{"name": "transform", "timeout": "2s"}]);
+    let resources = json!({"resources": {"limits": {"cpu": "1", "memory": "64Mi"}}});
+    f.apply("slow", "crash-test", hooks, json!(["log"]), resources)
+        .await?;
+    f.wait_serving(&["slow"], "transform").await?;
+    wait_spread(f, 1, 1).await?;
+    let one = spread(f, async { Ok(()) }).await?;
+
+    let plugins: Api<Plugin> = f.ns.api();
+    let patch = |spec: serde_json::Value| Patch::Merge(json!({"spec": spec}));
+    plugins
+        .patch(
+            "slow",
+            &PatchParams::default(),
+            &patch(json!({"concurrency": 4})),
+        )
+        .await?;
+    wait_spread(f, 1, 4).await?;
+    let four = spread(f, async { Ok(()) }).await?;
+
+    plugins
+        .patch_scale(
+            "slow",
+            &PatchParams::default(),
+            &patch(json!({"replicas": 3})),
+        )
+        .await?;
+    wait_spread(f, 3, 12).await?;
+    let three = spread(f, async { Ok(()) }).await?;
+
+    // A pod deleted in the middle of a window.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = f.ns.api();
+    let victim = pods
+        .list(&ListParams::default().labels("airlock.dev/plugin=slow"))
+        .await?
+        .items
+        .into_iter()
+        .find_map(|p| p.metadata.name)
+        .ok_or_else(|| anyhow::anyhow!("no pod of the slow plugin"))?;
+    let delete = async {
+        tokio::time::sleep(IO_WINDOW / 2).await;
+        pods.delete(&victim, &DeleteParams::default()).await?;
+        Ok(())
+    };
+    let deleted = spread(f, delete).await?;
+
+    println!(
+        "\nI/O-bound plugin (each call sleeps {IO_SLEEP_MS} ms; crash-test slow mode, CPU limit 1), \
+         {IO_CALLERS} callers through the router for {}s each",
+        IO_WINDOW.as_secs()
+    );
+    let share = |s: &Spread| {
+        let mean = s.by_pod.values().sum::<u64>() as f64 / s.by_pod.len().max(1) as f64;
+        s.by_pod
+            .values()
+            .map(|n| format!("{:+.0}%", (*n as f64 / mean - 1.0) * 100.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for (name, s) in [
+        ("1 pod, concurrency 1", &one),
+        ("1 pod, concurrency 4", &four),
+        ("3 pods, concurrency 4", &three),
+    ] {
+        println!(
+            "  {name:<22} {:>8.0} calls/s  pods {}  share vs mean: {}  failed: {:?}",
+            s.per_second,
+            s.by_pod.len(),
+            share(s),
+            s.failed
+        );
+    }
+    println!(
+        "  concurrency 4 / 1: x{:.2} (goal >= x3.5); 3 pods / 1 pod at concurrency 4: x{:.2} \
+         (goal >= x3, each pod within 15% of the mean share)",
+        four.per_second / one.per_second,
+        three.per_second / four.per_second
+    );
+    println!(
+        "  a pod deleted mid-window (3 pods, concurrency 4): {:.0} calls/s, failed calls {:?} \
+         (at most 4 were in flight on it)",
+        deleted.per_second, deleted.failed
+    );
     Ok(())
+}
+
+struct Floors {
+    echo: Stats,
+    pipe_p50: Duration,
+    pipe_p99: Duration,
+}
+
+/// The floors of this machine, measured like the paths above: a bare tonic echo (one gRPC hop)
+/// and a pipe round trip to a child that does nothing.
+async fn floors() -> Result<Floors> {
+    let echo = airlock_e2e::floors::tonic_echo().await?;
+    let echo = measure(move || {
+        let mut echo = echo.clone();
+        async move {
+            let out = echo.invoke(transform_request(payload(), "floor")).await?;
+            ensure!(!out.get_ref().output_json.is_empty());
+            Ok(())
+        }
+    })
+    .await?;
+    let mut pipe = airlock_e2e::floors::PipeEcho::start()?;
+    let line = payload();
+    for _ in 0..200 {
+        pipe.round_trip(&line).await?;
+    }
+    let mut took = Vec::with_capacity(SEQUENTIAL);
+    for _ in 0..SEQUENTIAL {
+        took.push(pipe.round_trip(&line).await?);
+    }
+    took.sort();
+    Ok(Floors {
+        echo,
+        pipe_p50: percentile(&took, 0.50),
+        pipe_p99: percentile(&took, 0.99),
+    })
 }
 
 /// TokenReviews the router replicas made so far (all results).
