@@ -60,6 +60,28 @@ pub async fn connect_with(client: &Client, bearer: Bearer) -> Result<RouterClien
     }
 }
 
+/// One client per running router pod (its pod IP), each sending `bearer`: to make each replica
+/// see calls, where the Service would pick one per connection.
+pub async fn connect_each_replica(client: &Client, bearer: Bearer) -> Result<Vec<RouterClient>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .list(&ListParams::default().labels("app.kubernetes.io/name=airlock-router"))
+        .await?;
+    let mut out = Vec::new();
+    for pod in pods.items {
+        let status = pod.status.unwrap_or_default();
+        let (Some("Running"), Some(ip)) = (status.phase.as_deref(), status.pod_ip) else {
+            continue;
+        };
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{ip}:{ROUTER_PORT}"))?
+                .connect()
+                .await
+                .with_context(|| format!("connecting to the router pod at {ip}"))?;
+        out.push(HookRouterClient::with_interceptor(channel, bearer.clone()));
+    }
+    Ok(out)
+}
+
 /// The /metrics text of every running router pod, concatenated (each replica counts its own
 /// calls). Pods that ended (Completed, Evicted) keep their old address in their status: skipped.
 pub async fn metrics(client: &Client) -> Result<String> {

@@ -566,6 +566,75 @@ async fn concurrent_processes_in_one_pod_and_a_timeout_kills_only_its_own() -> R
     .await
 }
 
+/// Issue 13: each router replica counts the failures of its own calls, so both may reach the
+/// auto-disable threshold together; the annotation is the shared truth, and the Plugin gets one
+/// AutoDisabled Event and one audit record, not one per replica.
+#[tokio::test]
+async fn router_replicas_at_the_threshold_together_disable_a_plugin_once() -> Result<()> {
+    in_fixture("disable-once", &["log"], async |f: &Fixture| {
+        let hooks = json!([
+            {"name": "transform", "timeout": "2s"},
+            {"name": "onEvent", "timeout": "300ms", "failurePolicy": "Ignore"},
+        ]);
+        f.apply("spin", "crash-test", hooks, json!(["log"]), json!({}))
+            .await?;
+        f.wait_serving(&["spin"], "transform").await?;
+        let bearer = airlock_e2e::callers::Bearer::token(&f.token)?;
+        let replicas = router::connect_each_replica(&f.client, bearer).await?;
+        ensure!(replicas.len() >= 2, "the chart runs two router replicas");
+        // Every replica times out five times in a row, all at once.
+        let drive = replicas.into_iter().map(|mut r| async move {
+            let mut codes = Vec::new();
+            for i in 0..5 {
+                let request = airlock_proto::router::v1::InvokeRequest {
+                    plugin: f.plugin_ref("spin"),
+                    hook: "onEvent".into(),
+                    payload_json: "{}".into(),
+                    deadline_ms: 0,
+                    invocation_id: format!("e2e-once-{i}"),
+                };
+                codes.push(r.invoke(request).await.err().map(|e| e.code()));
+            }
+            codes
+        });
+        let codes = futures::future::join_all(drive).await;
+        let api = f.ns.api::<Plugin>();
+        wait_plugin(&api, "spin", "auto-disabled", |p| {
+            phase(p) == Some(PluginPhase::Disabled)
+        })
+        .await
+        .with_context(|| format!("codes per replica: {codes:?}"))?;
+        // Give a replica that lost the race the time to (not) write its own records.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let records = router::router_audit(&f.client)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r["event"] == "AutoDisabled"
+                    && r["plugin"]["name"] == "spin"
+                    && r["plugin"]["namespace"] == f.ns()
+            })
+            .count();
+        let events =
+            f.ns.api::<Event>()
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some("AutoDisabled")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("spin")
+                })
+                .count();
+        ensure!(
+            records == 1 && events == 1,
+            "one decision: {records} audit records, {events} Events (codes per replica: {codes:?})"
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// `(pod name, log)` of each pod of the plugin `plugin` (an unreadable log reads as empty).
 async fn pod_logs(
     pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,

@@ -176,10 +176,88 @@ pub fn ready_endpoints<'a>(
 }
 
 /// Records an auto-disable in the cluster: the annotation (which the controller turns into
-/// zero replicas and a status), an Event and an audit record.
+/// zero replicas and a status), an Event, an audit record and the metric.
+///
+/// Each router replica counts the failures of the calls it makes, so two replicas may reach the
+/// threshold at nearly the same time. The annotation is the shared truth: a replica records the
+/// decision only if its write adds the annotation (a write conditional on the resourceVersion it
+/// read), so the Plugin gets one Event, one audit record and one count, whatever the number of
+/// replicas.
 pub struct KubeDisabler {
     client: Client,
     recorder: Recorder,
+    metrics: crate::metrics::Metrics,
+}
+
+/// What a replica that wants to auto-disable a Plugin does, given the Plugin as it is now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DisableStep {
+    /// The Plugin is gone, or another object of the same name replaced it: nothing to disable.
+    Gone,
+    /// Already auto-disabled (by another replica, or by this one before): record nothing.
+    AlreadyDisabled(String),
+    /// Write the annotation, on condition that the Plugin is still at this resourceVersion.
+    Write { resource_version: String },
+}
+
+/// The pure decision of [`KubeDisabler`]: `current` is the Plugin as read now, `uid` the one the
+/// route was built from.
+pub fn disable_step(current: Option<&Plugin>, uid: &str) -> DisableStep {
+    let Some(plugin) = current else {
+        return DisableStep::Gone;
+    };
+    if plugin.metadata.uid.as_deref() != Some(uid) {
+        return DisableStep::Gone;
+    }
+    if let Some(why) = plugin.auto_disabled() {
+        return DisableStep::AlreadyDisabled(why.to_string());
+    }
+    match &plugin.metadata.resource_version {
+        Some(rv) => DisableStep::Write {
+            resource_version: rv.clone(),
+        },
+        // Never happens for an object read from the API server; nothing to condition on.
+        None => DisableStep::Gone,
+    }
+}
+
+/// How a replica's attempt to auto-disable a Plugin ended.
+#[derive(Debug)]
+enum Claimed {
+    /// This replica's write added the annotation: the decision is its own to record.
+    Decided,
+    Skipped(DisableStep),
+}
+
+/// Writes the annotation unless it is there already; retried (a few times) when the Plugin
+/// changed between the read and the write.
+async fn claim(api: &Api<Plugin>, route: &Route, reason: &str) -> Result<Claimed, kube::Error> {
+    let key = &route.plugin;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = api.get_opt(&key.name).await?;
+        let resource_version = match disable_step(current.as_ref(), &route.uid) {
+            DisableStep::Write { resource_version } => resource_version,
+            skipped => return Ok(Claimed::Skipped(skipped)),
+        };
+        // Both preconditions: the same object (uid), unchanged since it was read.
+        let patch = json!({
+            "metadata": {
+                "uid": route.uid,
+                "resourceVersion": resource_version,
+                "annotations": {AUTO_DISABLED_ANNOTATION: reason},
+            }
+        });
+        match api
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(Claimed::Decided),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl std::fmt::Debug for KubeDisabler {
@@ -189,7 +267,7 @@ impl std::fmt::Debug for KubeDisabler {
 }
 
 impl KubeDisabler {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, metrics: crate::metrics::Metrics) -> Self {
         let reporter = Reporter {
             controller: ACTOR.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -197,38 +275,45 @@ impl KubeDisabler {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            metrics,
         }
     }
 }
 
 impl Disabler for KubeDisabler {
     fn disable(&self, route: &Route, reason: &str) {
-        // Written first, so the record exists even if the API calls below fail.
-        audit::emit(&audit::auto_disabled(
-            route,
-            reason,
-            ACTOR,
-            Timestamp::now(),
-        ));
         let (client, recorder) = (self.client.clone(), self.recorder.clone());
+        let metrics = self.metrics.clone();
         let (route, reason) = (route.clone(), reason.to_string());
         tokio::spawn(async move {
             let key = &route.plugin;
             let api: Api<Plugin> = Api::namespaced(client, &key.namespace);
-            // The uid precondition: never disable a Plugin re-created under the same name.
-            let patch = json!({
-                "metadata": {
-                    "uid": route.uid,
-                    "annotations": {AUTO_DISABLED_ANNOTATION: reason},
+            match claim(&api, &route, &reason).await {
+                Ok(Claimed::Decided) => {}
+                Ok(Claimed::Skipped(step)) => {
+                    info!(plugin = %key, ?step, "not auto-disabling the Plugin again: it is already disabled or gone");
+                    return;
                 }
-            });
-            if let Err(e) = api
-                .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                warn!(plugin = %key, error = %e, "could not annotate the auto-disabled Plugin; this router keeps refusing its calls");
-                return;
+                Err(e) => {
+                    // This replica refuses the plugin's calls all the same: keep the record of
+                    // that decision, though the cluster may not know it.
+                    audit::emit(&audit::auto_disabled(
+                        &route,
+                        &reason,
+                        ACTOR,
+                        Timestamp::now(),
+                    ));
+                    warn!(plugin = %key, error = %e, "could not annotate the auto-disabled Plugin; this router keeps refusing its calls");
+                    return;
+                }
             }
+            audit::emit(&audit::auto_disabled(
+                &route,
+                &reason,
+                ACTOR,
+                Timestamp::now(),
+            ));
+            metrics.auto_disabled();
             let reference = ObjectReference {
                 api_version: Some("airlock.dev/v1alpha1".into()),
                 kind: Some("Plugin".into()),
@@ -354,5 +439,48 @@ mod tests {
             ready[&("t".to_string(), "new".to_string())],
             Vec::<String>::new()
         );
+    }
+
+    fn plugin(uid: &str, rv: &str, disabled: Option<&str>) -> Plugin {
+        let mut p: Plugin = serde_json::from_value(json!({
+            "apiVersion": "airlock.dev/v1alpha1", "kind": "Plugin",
+            "metadata": {"name": "p", "namespace": "t", "uid": uid, "resourceVersion": rv},
+            "spec": {"version": "1.0.0", "image": "r/i:1", "pluginApiVersion": 1,
+                     "bundle": {"source": {"configMapRef": {"name": "b"}}}},
+        }))
+        .expect("plugin");
+        if let Some(why) = disabled {
+            p.metadata.annotations = Some(
+                [(AUTO_DISABLED_ANNOTATION.to_string(), why.to_string())]
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        p
+    }
+
+    /// Issue 13: two router replicas reaching the threshold together record one decision: the
+    /// second finds the annotation and writes nothing; a write is conditional on what was read.
+    #[test]
+    fn only_the_first_replica_to_disable_a_plugin_records_it() {
+        assert_eq!(
+            disable_step(Some(&plugin("u1", "42", None)), "u1"),
+            DisableStep::Write {
+                resource_version: "42".into()
+            }
+        );
+        assert_eq!(
+            disable_step(
+                Some(&plugin("u1", "43", Some("5 consecutive timeouts"))),
+                "u1"
+            ),
+            DisableStep::AlreadyDisabled("5 consecutive timeouts".into())
+        );
+        // Re-created under the same name, or deleted: the new object is not this one to disable.
+        assert_eq!(
+            disable_step(Some(&plugin("u2", "44", None)), "u1"),
+            DisableStep::Gone
+        );
+        assert_eq!(disable_step(None, "u1"), DisableStep::Gone);
     }
 }

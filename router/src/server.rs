@@ -78,7 +78,7 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     }
     let router = Arc::new(Router::new(
         caller,
-        Arc::new(cluster::KubeDisabler::new(client.clone())),
+        Arc::new(cluster::KubeDisabler::new(client.clone(), metrics.clone())),
         config.router_config(),
         metrics.clone(),
     ));

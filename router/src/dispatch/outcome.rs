@@ -77,7 +77,8 @@ impl<C: Caller> Router<C> {
         self.metrics.breaker(&label, state != "closed");
         if let Some(reason) = disabled {
             warn!(plugin = %key, %reason, "auto-disabling the plugin");
-            self.metrics.auto_disabled();
+            // Whether this replica's decision is the one recorded (and counted) is the
+            // disabler's business: another replica may have decided first.
             self.disabler.disable(route, &reason);
         } else if let Err(f) = result {
             let caller_deadline = outcome == Outcome::CallerDeadline;
