@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use airlock_bundle as bundle;
 use airlock_crds::Plugin;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client as OciClient, Reference};
 
@@ -67,7 +66,14 @@ pub struct Registry {
     pub images: ImageVerifier,
     /// Per Plugin uid.
     pins: Mutex<HashMap<String, Pins>>,
+    /// Bundles inspected (unpacked and checked) so far, by digest: Plugins that share a bundle,
+    /// and every later reconcile of one, are not unpacked again.
+    inspected: Mutex<HashMap<String, bundle::Extracted>>,
 }
+
+/// Most bundles whose inspection is remembered; past it the memory starts over (a bundle's
+/// manifest is small, but digests are unbounded over time).
+const MAX_INSPECTED: usize = 1024;
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,6 +91,7 @@ impl Registry {
             bundle_http: Arc::default(),
             images: ImageVerifier::new(insecure, reverify),
             pins: Mutex::default(),
+            inspected: Mutex::default(),
         }
     }
 
@@ -341,12 +348,13 @@ impl Registry {
 pub async fn fetch(
     client: &Client,
     registry: &Arc<Registry>,
+    config_maps: &crate::bundle_config_maps::BundleConfigMaps,
     plugin: &Plugin,
     keys: &TrustedKeys,
     max_bundle_bytes: u64,
 ) -> Result<Fetched, FetchFailure> {
     let SignedBundle { bytes, signature } =
-        read_bundle(client, registry, plugin, max_bundle_bytes).await?;
+        read_bundle(client, registry, config_maps, plugin, max_bundle_bytes).await?;
     let digest = bundle::digest(&bytes);
     if let Some(pinned) = &plugin.spec.bundle.digest
         && &digest != pinned
@@ -392,9 +400,17 @@ pub async fn fetch(
                 image_key: signer(&image_signature, &|k| keys.image_fingerprint(k)),
             }
         });
-    let inspected = {
+    let known = registry
+        .inspected
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&digest)
+        .cloned();
+    let inspected = if let Some(known) = known {
+        known
+    } else {
         let bytes = bytes.clone();
-        tokio::task::spawn_blocking(move || {
+        let inspected = tokio::task::spawn_blocking(move || {
             // Full extraction into a throw-away directory: the same safety checks the shim makes
             // (paths, links, devices, size), before anything is rolled out.
             let dir = tempfile::tempdir().map_err(|e| FetchFailure::verified("BundleInspectionFailed", format!(
@@ -403,7 +419,13 @@ pub async fn fetch(
             bundle::extract(&bytes, dir.path(), max_bundle_bytes).map_err(|e| FetchFailure::verified(e.reason(), format!("the bundle was refused: {e}; fix the bundle and publish it again")))
         })
         .await
-        .map_err(|e| FetchFailure::verified("BundleInspectionFailed", format!("inspecting the bundle did not finish: {e} (retrying)")))??
+        .map_err(|e| FetchFailure::verified("BundleInspectionFailed", format!("inspecting the bundle did not finish: {e} (retrying)")))??;
+        let mut known = registry.inspected.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_INSPECTED {
+            known.clear();
+        }
+        known.insert(digest.clone(), inspected.clone());
+        inspected
     };
     Ok(Fetched {
         pinned_image,
@@ -439,6 +461,7 @@ fn refused(refusal: trust::Refusal) -> FetchFailure {
 async fn read_bundle(
     client: &Client,
     registry: &Registry,
+    config_maps: &crate::bundle_config_maps::BundleConfigMaps,
     plugin: &Plugin,
     max_bytes: u64,
 ) -> Result<SignedBundle, FetchFailure> {
@@ -462,13 +485,15 @@ async fn read_bundle(
         .key
         .clone()
         .unwrap_or_else(|| crate::build::bundle_secret::BUNDLE_KEY.to_string());
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let cm = api.get_opt(&cm_ref.name).await.map_err(|e| {
-        FetchFailure::verified(
-            "BundleUnreadable",
-            format!("reading ConfigMap {ns}/{}: {e} (retrying)", cm_ref.name),
-        )
-    })?;
+    let cm = config_maps
+        .get(client, &ns, &cm_ref.name)
+        .await
+        .map_err(|e| {
+            FetchFailure::verified(
+                "BundleUnreadable",
+                format!("reading ConfigMap {ns}/{}: {e} (retrying)", cm_ref.name),
+            )
+        })?;
     let Some(cm) = cm else {
         return Err(FetchFailure::verified(
             "BundleNotFound",
@@ -478,14 +503,18 @@ async fn read_bundle(
             ),
         ));
     };
-    let mut data = cm.binary_data.unwrap_or_default();
+    let data = cm.binary_data.as_ref();
     let sig_key = format!("{key}{}", bundle::SIGNATURE_SUFFIX);
     // The signature is text: `kubectl create configmap --from-file` puts it under data.
-    let signature = cm.data.and_then(|mut d| d.remove(&sig_key)).or_else(|| {
-        data.remove(&sig_key)
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-    });
-    let bytes = data.remove(&key).map(|b| b.0).ok_or_else(|| FetchFailure::verified("BundleNotFound", format!(
+    let signature = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&sig_key).cloned())
+        .or_else(|| {
+            data.and_then(|d| d.get(&sig_key))
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        });
+    let bytes = data.and_then(|d| d.get(&key)).map(|b| b.0.clone()).ok_or_else(|| FetchFailure::verified("BundleNotFound", format!(
                 "ConfigMap {ns}/{} has no binaryData key {key:?}; put the bundle there with --from-file={key}=<bundle.tar.gz>",
                 cm_ref.name
             )))?;

@@ -6,6 +6,7 @@
 pub mod applied;
 pub mod audit;
 pub mod build;
+pub mod bundle_config_maps;
 pub mod bundle_http;
 pub mod certs;
 pub mod cluster_ranges;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use airlock_crds::{Plugin, PluginTrustPolicy};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -229,6 +229,12 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
         cfg.clone(),
     );
+    // Metadata only: which version each ConfigMap has, not its content (read once per version,
+    // and only for ConfigMaps a Plugin names).
+    let (config_maps, config_maps_listed, config_map_stream) = cached_watch(
+        Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let ca = certificates::load_ca(&ctx).await;
     let router_certificate = tokio::spawn(certificates::maintain_router_certificate(
         client.clone(),
@@ -243,6 +249,10 @@ pub async fn run(ctx: Arc<Context>) {
             services,
             network_policies,
             service_accounts,
+            bundle_config_maps: crate::bundle_config_maps::BundleConfigMaps::new(
+                config_maps,
+                config_maps_listed,
+            ),
             policies_listed,
             ca,
         },
@@ -253,6 +263,7 @@ pub async fn run(ctx: Arc<Context>) {
             .concurrency(term.ctx.max_concurrent_reconciles.max(1)),
     );
     let store = controller.store();
+    let users = controller.store();
     controller
         .owns_stream(deployment_stream)
         .owns_stream(service_stream)
@@ -263,6 +274,24 @@ pub async fn run(ctx: Arc<Context>) {
             store
                 .state()
                 .iter()
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        // A bundle ConfigMap changed (a new bundle uploaded): re-check the Plugins that use it.
+        .watches_stream(config_map_stream, move |cm| {
+            let (ns, name) = (cm.namespace().unwrap_or_default(), cm.name_any());
+            users
+                .state()
+                .iter()
+                .filter(|p| {
+                    p.namespace().as_deref() == Some(ns.as_str())
+                        && p.spec
+                            .bundle
+                            .source
+                            .config_map_ref
+                            .as_ref()
+                            .is_some_and(|r| r.name == name)
+                })
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
         })

@@ -62,7 +62,15 @@ pub(super) async fn run(
             ),
         ))
     } else {
-        fetch::fetch(client, &ctx.registry, plugin, &keys, ctx.max_bundle_bytes).await
+        fetch::fetch(
+            client,
+            &ctx.registry,
+            &watches.bundle_config_maps,
+            plugin,
+            &keys,
+            ctx.max_bundle_bytes,
+        )
+        .await
     };
     let judge = |record: &RevisionRecord| {
         running::check(

@@ -352,6 +352,11 @@ impl Harness {
             services: reflector::store().0,
             network_policies: reflector::store().0,
             service_accounts: reflector::store().0,
+            // Empty and listed: every ConfigMap is read from the (fake) API server.
+            bundle_config_maps: crate::bundle_config_maps::BundleConfigMaps::new(
+                reflector::store().0,
+                tokio::sync::watch::channel(true).1,
+            ),
             ca: Ca::generate(SystemTime::now()).unwrap(),
         };
         Self {

@@ -24,6 +24,8 @@ pub(super) struct Watches {
     pub services: Store<PartialObjectMeta<Service>>,
     pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
     pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    /// Bundles in ConfigMaps, read once per ConfigMap version (metadata watched).
+    pub bundle_config_maps: crate::bundle_config_maps::BundleConfigMaps,
     /// The CA that issues the plugins' certificates, loaded when this term began.
     pub ca: Ca,
 }
