@@ -38,3 +38,25 @@ fn the_controller_bench_reports_on_a_few_plugins() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_router_bench_reports_every_path_and_its_floors() -> Result<()> {
+    let report = run_bench(
+        env!("CARGO_BIN_EXE_router-bench"),
+        &[("BENCH_ROUTER_CALLS", "50"), ("BENCH_ROUTER_SECONDS", "2")],
+    )?;
+    for line in [
+        "floor: bare tonic echo",
+        "floor: pipe round trip",
+        "via router / floor",
+        "CPU per call: router",
+        "concurrency 4 / 1:",
+        "a pod deleted mid-window",
+    ] {
+        ensure!(
+            report.contains(line),
+            "no {line:?} in the report:\n{report}"
+        );
+    }
+    Ok(())
+}

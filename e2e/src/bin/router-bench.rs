@@ -20,10 +20,22 @@ use airlock_proto::router::v1::{InvokeRequest, TransformRequest};
 use anyhow::{Result, ensure};
 use serde_json::json;
 
-const SEQUENTIAL: usize = 2000;
+/// Sequential calls per path (`BENCH_ROUTER_CALLS`, default 2000; the suite's smoke uses few).
+static SEQUENTIAL: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| env_number("BENCH_ROUTER_CALLS", 2000));
 const PIPELINE_CALLS: usize = 500;
 const CONCURRENCY: usize = 8;
-const THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
+/// Each throughput window (`BENCH_ROUTER_SECONDS`, default 10).
+static THROUGHPUT_WINDOW: std::sync::LazyLock<Duration> =
+    std::sync::LazyLock::new(|| Duration::from_secs(env_number("BENCH_ROUTER_SECONDS", 10) as u64));
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -58,14 +70,14 @@ where
     for _ in 0..200 {
         call().await?;
     }
-    let mut took = Vec::with_capacity(SEQUENTIAL);
-    for _ in 0..SEQUENTIAL {
+    let mut took = Vec::with_capacity(*SEQUENTIAL);
+    for _ in 0..*SEQUENTIAL {
         let t = Instant::now();
         call().await?;
         took.push(t.elapsed());
     }
     took.sort();
-    let until = Instant::now() + THROUGHPUT_WINDOW;
+    let until = Instant::now() + *THROUGHPUT_WINDOW;
     let workers: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
             let call = call.clone();
@@ -87,7 +99,7 @@ where
         p50: percentile(&took, 0.50),
         p99: percentile(&took, 0.99),
         per_second: total as f64 / THROUGHPUT_WINDOW.as_secs_f64(),
-        calls: 200 + SEQUENTIAL as u64 + total,
+        calls: 200 + *SEQUENTIAL as u64 + total,
     })
 }
 
@@ -172,7 +184,8 @@ async fn bench(f: &Fixture) -> Result<()> {
     let floors = floors().await?;
 
     println!(
-        "\nrouter bench: 1 KiB JSON transform (data-formatter), {SEQUENTIAL} sequential calls, then {CONCURRENCY} concurrent callers for {}s",
+        "\nrouter bench: 1 KiB JSON transform (data-formatter), {} sequential calls, then {CONCURRENCY} concurrent callers for {}s",
+        *SEQUENTIAL,
         THROUGHPUT_WINDOW.as_secs()
     );
     println!("  {:<22} {:>10} {:>10} {:>14}", "", "p50", "p99", "calls/s");
@@ -238,9 +251,8 @@ async fn bench(f: &Fixture) -> Result<()> {
 const IO_SLEEP_MS: u64 = 5;
 /// Callers at once: more than 3 pods × 4 processes can take, so every process stays busy.
 const IO_CALLERS: usize = 24;
-const IO_WINDOW: Duration = Duration::from_secs(10);
 
-/// What IO_CALLERS callers got through the router from the I/O-bound plugin in IO_WINDOW.
+/// What IO_CALLERS callers got through the router from the I/O-bound plugin in THROUGHPUT_WINDOW.
 #[derive(Debug, Default)]
 struct Spread {
     per_second: f64,
@@ -276,9 +288,9 @@ async fn slow_call(
     ))
 }
 
-/// IO_CALLERS callers for IO_WINDOW; `meanwhile` runs alongside (e.g. deletes a pod).
+/// IO_CALLERS callers for THROUGHPUT_WINDOW; `meanwhile` runs alongside (e.g. deletes a pod).
 async fn spread(f: &Fixture, meanwhile: impl Future<Output = Result<()>>) -> Result<Spread> {
-    let until = Instant::now() + IO_WINDOW;
+    let until = Instant::now() + *THROUGHPUT_WINDOW;
     let workers: Vec<_> = (0..IO_CALLERS)
         .map(|_| {
             let mut router = f.grpc.clone();
@@ -306,7 +318,7 @@ async fn spread(f: &Fixture, meanwhile: impl Future<Output = Result<()>>) -> Res
             *all.failed.entry(k).or_default() += n;
         }
     }
-    all.per_second = all.by_pod.values().sum::<u64>() as f64 / IO_WINDOW.as_secs_f64();
+    all.per_second = all.by_pod.values().sum::<u64>() as f64 / THROUGHPUT_WINDOW.as_secs_f64();
     Ok(all)
 }
 
@@ -385,7 +397,7 @@ async fn io_bound(f: &Fixture) -> Result<()> {
         .find_map(|p| p.metadata.name)
         .ok_or_else(|| anyhow::anyhow!("no pod of the slow plugin"))?;
     let delete = async {
-        tokio::time::sleep(IO_WINDOW / 2).await;
+        tokio::time::sleep(*THROUGHPUT_WINDOW / 2).await;
         pods.delete(&victim, &DeleteParams::default()).await?;
         Ok(())
     };
@@ -394,7 +406,7 @@ async fn io_bound(f: &Fixture) -> Result<()> {
     println!(
         "\nI/O-bound plugin (each call sleeps {IO_SLEEP_MS} ms; crash-test slow mode, CPU limit 1), \
          {IO_CALLERS} callers through the router for {}s each",
-        IO_WINDOW.as_secs()
+        THROUGHPUT_WINDOW.as_secs()
     );
     let share = |s: &Spread| {
         let mean = s.by_pod.values().sum::<u64>() as f64 / s.by_pod.len().max(1) as f64;
@@ -455,8 +467,8 @@ async fn floors() -> Result<Floors> {
     for _ in 0..200 {
         pipe.round_trip(&line).await?;
     }
-    let mut took = Vec::with_capacity(SEQUENTIAL);
-    for _ in 0..SEQUENTIAL {
+    let mut took = Vec::with_capacity(*SEQUENTIAL);
+    for _ in 0..*SEQUENTIAL {
         took.push(pipe.round_trip(&line).await?);
     }
     took.sort();
