@@ -568,7 +568,7 @@ async fn concurrent_processes_in_one_pod_and_a_timeout_kills_only_its_own() -> R
 
 /// Issue 13: each router replica counts the failures of its own calls, so both may reach the
 /// auto-disable threshold together; the annotation is the shared truth, and the Plugin gets one
-/// AutoDisabled Event and one audit record, not one per replica.
+/// AutoDisabled Event from the router and one audit record, not one per replica.
 #[tokio::test]
 async fn router_replicas_at_the_threshold_together_disable_a_plugin_once() -> Result<()> {
     in_fixture("disable-once", &["log"], async |f: &Fixture| {
@@ -576,8 +576,16 @@ async fn router_replicas_at_the_threshold_together_disable_a_plugin_once() -> Re
             {"name": "transform", "timeout": "2s"},
             {"name": "onEvent", "timeout": "300ms", "failurePolicy": "Ignore"},
         ]);
-        f.apply("spin", "crash-test", hooks, json!(["log"]), json!({}))
-            .await?;
+        // Two processes, so that each replica's call has one to itself: calls queued behind
+        // another's timeout would be the caller's loss, not counted against the plugin.
+        f.apply(
+            "spin",
+            "crash-test",
+            hooks,
+            json!(["log"]),
+            json!({"concurrency": 2}),
+        )
+        .await?;
         f.wait_serving(&["spin"], "transform").await?;
         let bearer = airlock_e2e::callers::Bearer::token(&f.token)?;
         let replicas = router::connect_each_replica(&f.client, bearer).await?;
@@ -594,6 +602,8 @@ async fn router_replicas_at_the_threshold_together_disable_a_plugin_once() -> Re
                     invocation_id: format!("e2e-once-{i}"),
                 };
                 codes.push(r.invoke(request).await.err().map(|e| e.code()));
+                // Time for the shim to replace the killed process, as between a host's calls.
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
             codes
         });
@@ -622,7 +632,9 @@ async fn router_replicas_at_the_threshold_together_disable_a_plugin_once() -> Re
                 .items
                 .into_iter()
                 .filter(|e| {
+                    // The router's Events (the operator reports the phase change with its own).
                     e.reason.as_deref() == Some("AutoDisabled")
+                        && e.reporting_controller.as_deref() == Some("airlock-router")
                         && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("spin")
                 })
                 .count();
