@@ -183,10 +183,18 @@ fn route(
     }
     let status = plugin.status.clone().unwrap_or_default();
     // Degraded with a last good revision: a newer revision is blocked or failed and the last good
-    // one still serves. Without one, nothing serves.
+    // one still serves. Without one, nothing serves. Deploying with an approved revision: pods are
+    // being added or replaced (a scale, a deleted pod, a rolling update) and the ready ones serve
+    // meanwhile — refusing every call until the last pod is ready would turn the loss of one pod
+    // of three into an outage.
+    let approved = [&status.current_revision, &status.last_good_revision]
+        .into_iter()
+        .flatten()
+        .any(|rev| status.revisions.iter().any(|r| &r.revision == rev));
     match status.phase {
         Some(PluginPhase::Active) => {}
         Some(PluginPhase::Degraded) if status.last_good_revision.is_some() => {}
+        Some(PluginPhase::Deploying) if approved => {}
         phase => {
             let phase = phase.map_or("Pending".to_string(), |p| format!("{p:?}"));
             return Err(format!(
@@ -374,7 +382,9 @@ mod tests {
         let hooks = json!([{"name": "transform"}]);
         let mut disabled = plugin("a", "off", "Disabled", hooks.clone());
         disabled.spec.enabled = false;
-        let deploying = plugin("a", "new", "Deploying", hooks.clone());
+        // Deploying, nothing approved yet (a Deploying plugin with an approved revision serves).
+        let mut deploying = plugin("a", "new", "Deploying", hooks.clone());
+        deploying.status.as_mut().expect("status").revisions.clear();
         let mut auto = plugin("a", "bad", "Active", hooks.clone());
         auto.annotations_mut().insert(
             AUTO_DISABLED_ANNOTATION.into(),
@@ -450,6 +460,28 @@ mod tests {
                     priority: 50
                 }
             )])
+        );
+    }
+
+    /// Issue 13: a Plugin Deploying an approved revision (one of its pods deleted, a scale up, a
+    /// rolling update) keeps serving on its ready pods; one that has no approved revision yet is
+    /// not routed, whatever pods exist.
+    #[test]
+    fn a_deploying_plugin_serves_on_its_ready_pods_once_a_revision_is_approved() {
+        let mut p = plugin("a", "p", "Active", json!([{"name": "transform"}]));
+        let status = p.status.as_mut().expect("status");
+        status.phase = Some(PluginPhase::Deploying);
+        status.current_revision = Some("r1".into());
+        let endpoints = ips(&[("a", &svc("p"), "198.19.0.1")]);
+        let t = RouteTable::build([&p], &endpoints);
+        assert!(t.get(&PluginKey::new("a", "p")).is_ok(), "routed");
+
+        let status = p.status.as_mut().expect("status");
+        status.revisions.clear();
+        let t = RouteTable::build([&p], &endpoints);
+        assert!(
+            t.get(&PluginKey::new("a", "p")).is_err(),
+            "nothing approved"
         );
     }
 

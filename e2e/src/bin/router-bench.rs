@@ -249,8 +249,11 @@ async fn bench(f: &Fixture) -> Result<()> {
 
 /// Each call of the I/O-bound plugin sleeps this long.
 const IO_SLEEP_MS: u64 = 5;
-/// Callers at once: more than 3 pods × 4 processes can take, so every process stays busy.
-const IO_CALLERS: usize = 24;
+/// Callers at once: more than 3 pods × 4 processes can take, so every process stays busy, and
+/// no more than a router replica lets in flight to one plugin (chart value
+/// `router.maxConcurrency`, 16), past which calls are refused at once and refused callers would
+/// spin.
+const IO_CALLERS: usize = 16;
 
 /// What IO_CALLERS callers got through the router from the I/O-bound plugin in THROUGHPUT_WINDOW.
 #[derive(Debug, Default)]
