@@ -145,6 +145,19 @@ pub fn cpu_of(comm: &str) -> Duration {
     Duration::from_secs_f64(ticks as f64 / ticks_per_second as f64)
 }
 
+/// CPU time (user + system) this process used so far, all its threads.
+pub fn cpu_of_self() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| cpu_ticks(&s))
+        .unwrap_or(0);
+    let per_second = match clock_ticks() {
+        0 => 100,
+        n => n,
+    };
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
 /// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, counted after the command
 /// name's closing parenthesis (the name may hold spaces).
 fn cpu_ticks(stat: &str) -> Option<u64> {

@@ -218,13 +218,17 @@ async fn bench(f: &Fixture) -> Result<()> {
         ms(two_hops),
         routed.p50.as_secs_f64() / two_hops.as_secs_f64()
     );
+    let per_call = |cpu: Duration, calls: u64| cpu.as_secs_f64() * 1e6 / calls as f64;
+    let hop = floors.echo_cpu_per_call.as_secs_f64() * 1e6;
     println!(
         "  router overhead at p50 (via router minus direct): {:.0} us (goal <= 150 us); CPU per \
-         call: router {:.0} us (goal <= 60 us), shim {:.0} us (all replicas and shims on the \
-         node, from /proc)",
+         call: router {:.0} us (goal <= 60 us; x{:.2} one bare gRPC hop's {hop:.0} us, client \
+         and server), shim {:.0} us (x{:.2}) (all replicas and shims on the node, from /proc)",
         (routed.p50.as_secs_f64() - direct.p50.as_secs_f64()) * 1e6,
-        router_cpu.as_secs_f64() * 1e6 / routed.calls as f64,
-        shim_cpu.as_secs_f64() * 1e6 / direct.calls as f64,
+        per_call(router_cpu, routed.calls),
+        per_call(router_cpu, routed.calls) / hop,
+        per_call(shim_cpu, direct.calls),
+        per_call(shim_cpu, direct.calls) / hop,
     );
     println!(
         "  router/direct: p50 x{:.2}, p99 x{:.2}, throughput x{:.2}",
@@ -448,6 +452,8 @@ async fn io_bound(f: &Fixture) -> Result<()> {
 
 struct Floors {
     echo: Stats,
+    /// CPU of one bare gRPC call, client and server together.
+    echo_cpu_per_call: Duration,
     pipe_p50: Duration,
     pipe_p99: Duration,
 }
@@ -456,6 +462,8 @@ struct Floors {
 /// and a pipe round trip to a child that does nothing.
 async fn floors() -> Result<Floors> {
     let echo = airlock_e2e::floors::tonic_echo().await?;
+    // The echo's client and server both run in this process: its CPU is one hop's, both ends.
+    let cpu = airlock_e2e::floors::cpu_of_self();
     let echo = measure(move || {
         let mut echo = echo.clone();
         async move {
@@ -465,6 +473,7 @@ async fn floors() -> Result<Floors> {
         }
     })
     .await?;
+    let echo_cpu = airlock_e2e::floors::cpu_of_self().saturating_sub(cpu);
     let mut pipe = airlock_e2e::floors::PipeEcho::start()?;
     let line = payload();
     for _ in 0..200 {
@@ -476,6 +485,7 @@ async fn floors() -> Result<Floors> {
     }
     took.sort();
     Ok(Floors {
+        echo_cpu_per_call: echo_cpu / u32::try_from(echo.calls).unwrap_or(u32::MAX).max(1),
         echo,
         pipe_p50: percentile(&took, 0.50),
         pipe_p99: percentile(&took, 0.99),
