@@ -517,6 +517,61 @@ async fn a_scaled_plugin_gets_calls_on_every_ready_pod() -> Result<()> {
     .await
 }
 
+/// Issue 13: a HorizontalPodAutoscaler drives a Plugin through its `scale` subresource, and the
+/// operator follows. This cluster has no metrics API, so the HPA acts on its bounds only (a
+/// Plugin below minReplicas is scaled up to it, one above maxReplicas down) — the same writes it
+/// makes when a metrics adapter serves `airlock_router_calls_in_flight`.
+#[tokio::test]
+async fn a_horizontal_pod_autoscaler_scales_a_plugin() -> Result<()> {
+    in_fixture("hpa", &["log"], async |f: &Fixture| {
+        use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+        let hooks = json!([{"name": "transform", "timeout": "2s"}]);
+        f.apply("hello", "hello", hooks, json!(["log"]), json!({}))
+            .await?;
+        f.wait_serving(&["hello"], "transform").await?;
+        let hpas = f.ns.api::<HorizontalPodAutoscaler>();
+        let hpa = |min: i32, max: i32| {
+            json!({
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "hello"},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "airlock.dev/v1alpha1", "kind": "Plugin", "name": "hello"},
+                    "minReplicas": min,
+                    "maxReplicas": max,
+                    "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}],
+                }
+            })
+        };
+        let apply = PatchParams::apply("airlock-e2e").force();
+        hpas.patch("hello", &apply, &Patch::Apply(hpa(2, 3))).await?;
+        let api = f.ns.api::<Plugin>();
+        let replicas = |n: i32| {
+            move |p: &Plugin| {
+                p.spec.replicas == n && p.status.as_ref().and_then(|s| s.replicas) == Some(n)
+            }
+        };
+        let describe_hpa = async || {
+            hpas.get("hello")
+                .await
+                .map(|h| format!("{:?}", h.status))
+                .unwrap_or_else(|e| e.to_string())
+        };
+        if let Err(e) = wait_plugin(&api, "hello", "the HPA's minReplicas 2, ready", replicas(2)).await
+        {
+            anyhow::bail!("{e:#}; HPA status: {}", describe_hpa().await);
+        }
+        hpas.patch("hello", &apply, &Patch::Apply(hpa(1, 1))).await?;
+        if let Err(e) = wait_plugin(&api, "hello", "the HPA's maxReplicas 1", replicas(1)).await {
+            anyhow::bail!("{e:#}; HPA status: {}", describe_hpa().await);
+        }
+        // Still serving through it all.
+        f.expect_greeting("hello", json!({}), "hello, world").await?;
+        Ok(())
+    })
+    .await
+}
+
 /// Issue 13: `spec.concurrency: 2` runs two plugin processes in one pod, calls run side by side,
 /// and a process killed for its timeout takes nothing else with it. In the pod the shim is PID 1,
 /// where a kill used to signal every process of the container: a call in flight on the other
