@@ -27,6 +27,7 @@ fn the_controller_bench_reports_on_a_few_plugins() -> Result<()> {
     for line in [
         "== airlock controller bench: 20 disabled Plugins ==",
         "time to steady state:",
+        "API server floor:",
         "API requests per Plugin:",
         "API writes/min, steady state:",
         "operator RSS:",

@@ -2,7 +2,10 @@
 //! 1000) are created in one namespace at once; it prints the time until every one reports phase
 //! Disabled, the Kubernetes API requests per Plugin, the operator's API writes per minute at
 //! steady state against the same operator idle before the Plugins existed (the floor, measured in
-//! the same run; goal: no more writes than idle), and the operator's resident memory.
+//! the same run; goal: no more writes than idle), and the operator's resident memory. The time to
+//! steady state is compared with the API server's own write rate, measured in the same run (the
+//! same number of clients creating small ConfigMaps): how long the API server alone would take to
+//! accept the Plugins and every write the operator made for them.
 //! Counts come from the operator's own request counter (`airlock_kube_requests_total`) on the
 //! leader (the standby reconciles nothing). It asserts nothing: numbers depend on the machine.
 
@@ -24,6 +27,8 @@ use serde_json::json;
 
 /// Parallel creators: enough that the API server, not the bench, is what limits creation.
 const CREATORS: usize = 8;
+/// ConfigMaps written to measure the API server's write rate (fewer if there are fewer Plugins).
+const FLOOR_WRITES: usize = 500;
 /// The longest the Plugins may take to settle before the bench gives up.
 const SETTLE_LIMIT: Duration = Duration::from_secs(1800);
 /// The operator's leader election Lease and metrics port (see the chart).
@@ -142,6 +147,33 @@ async fn bench(sandbox: &Sandbox, n: usize, steady: Duration) -> Result<()> {
     tokio::time::sleep(steady).await;
     let idle1 = leader_counts(&client).await?;
 
+    let floor_writes = FLOOR_WRITES.min(n.max(20));
+    eprintln!(
+        "floor: the API server's write rate ({floor_writes} ConfigMaps, {CREATORS} at a time)"
+    );
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), sandbox.ns());
+    let t = Instant::now();
+    futures::stream::iter(0..floor_writes)
+        .map(|i| {
+            let config_maps = config_maps.clone();
+            async move {
+                let cm = serde_json::from_value(json!({
+                    "metadata": {"name": format!("floor-{i}")},
+                    "data": {"n": i.to_string()},
+                }))?;
+                config_maps
+                    .create(&PostParams::default(), &cm)
+                    .await
+                    .with_context(|| format!("creating ConfigMap floor-{i}"))?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CREATORS)
+        .try_collect::<()>()
+        .await?;
+    let floor_rate = floor_writes as f64 / t.elapsed().as_secs_f64();
+
     eprintln!("creating {n} disabled Plugins ({CREATORS} at a time)");
     let before = leader_counts(&client).await?;
     let t0 = Instant::now();
@@ -192,6 +224,7 @@ async fn bench(sandbox: &Sandbox, n: usize, steady: Duration) -> Result<()> {
             created,
             settled,
             steady,
+            floor_rate,
             (idle0, idle1),
             (before, after, end)
         )
@@ -206,6 +239,7 @@ fn report(
     created: Duration,
     settled: Duration,
     steady: Duration,
+    floor_rate: f64,
     idle: (Counts, Counts),
     run: (Counts, Counts, Counts),
 ) -> String {
@@ -218,16 +252,21 @@ fn report(
         "n/a".to_string()
     };
     let n_f = n as f64;
+    // The Plugins themselves and every write the operator made for them, at the floor's rate.
+    let writes = n_f + (run.1.writes - run.0.writes);
+    let floor = writes / floor_rate.max(f64::MIN_POSITIVE);
     format!(
         "\n== airlock controller bench: {n} disabled Plugins ==\n\
          Plugins created in:            {:.1} s\n\
          time to steady state:          {:.1} s from the first create ({:.1} Plugins/s)\n\
+         API server floor:              {floor_rate:.0} writes/s; the {writes:.0} writes (Plugins and the operator's) alone take {floor:.1} s: steady state x{:.2} (goal <= x1.3)\n\
          API requests per Plugin:       {:.1} (writes {:.1})\n\
          API writes/min, steady state:  {steady_writes:.1}   (floor, no Plugins: {idle_writes:.1}; ratio {ratio})\n\
          operator RSS:                  {:.1} MiB\n",
         created.as_secs_f64(),
         settled.as_secs_f64(),
         n_f / settled.as_secs_f64(),
+        settled.as_secs_f64() / floor,
         (run.1.requests - run.0.requests) / n_f,
         (run.1.writes - run.0.writes) / n_f,
         run.2.rss_bytes / 1_048_576.0,
@@ -269,10 +308,16 @@ mod tests {
             Duration::from_secs(10),
             Duration::from_secs(50),
             Duration::from_secs(60),
+            100.0,
             (at(0.0), at(2.0)),
             (at(10.0), at(3010.0), at(3014.0)),
         );
         assert!(text.contains("(20.0 Plugins/s)"), "{text}");
+        // 1000 Plugins + 3000 operator writes at 100 writes/s: 40 s alone; settled in 50 s.
+        assert!(
+            text.contains("100 writes/s; the 4000 writes (Plugins and the operator's) alone take 40.0 s: steady state x1.25"),
+            "{text}"
+        );
         assert!(
             text.contains("API requests per Plugin:       6.0 (writes 3.0)"),
             "{text}"
