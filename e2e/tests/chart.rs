@@ -51,45 +51,60 @@ fn run(cmd: &mut Command, input: &[u8]) -> Result<Vec<u8>> {
 async fn the_chart_lints_and_its_manifests_pass_a_server_side_dry_run() -> Result<()> {
     airlock_e2e::install::ensure_installed().await?;
     let chart = workspace().join("charts/airlock");
-    let mut lint = tool("helm");
-    lint.arg("lint").arg("--strict").arg(&chart).args(values()?);
-    run(&mut lint, &[]).context("helm lint")?;
-
-    let mut template = tool("helm");
-    template
-        .args(["template", "airlock"])
-        .arg(&chart)
-        .args([
-            "--namespace",
-            NAMESPACE,
-            "--include-crds",
-            "--kube-version",
-            "1.34.0",
-        ])
-        .args(values()?);
-    let rendered = run(&mut template, &[]).context("helm template")?;
-    let mut apply = tool("kubectl");
-    apply.args([
-        "apply",
-        "--dry-run=server",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        "-",
-    ]);
-    let out =
-        run(&mut apply, &rendered).context("a server-side dry run of the rendered manifests")?;
-    let accepted = String::from_utf8_lossy(&out);
-    for kind in [
-        "customresourcedefinition",
-        "clusterrole",
-        "deployment",
-        "service",
+    // The defaults, and the router's own autoscaler turned on.
+    for (extra, expect) in [
+        (&[][..], "deployment"),
+        (
+            &["--set", "router.autoscaling.enabled=true"][..],
+            "horizontalpodautoscaler",
+        ),
     ] {
-        ensure!(
-            accepted.contains(kind),
-            "no {kind} in the dry run: {accepted}"
-        );
+        let mut lint = tool("helm");
+        lint.arg("lint")
+            .arg("--strict")
+            .arg(&chart)
+            .args(values()?)
+            .args(extra);
+        run(&mut lint, &[]).context("helm lint")?;
+
+        let mut template = tool("helm");
+        template
+            .args(["template", "airlock"])
+            .arg(&chart)
+            .args([
+                "--namespace",
+                NAMESPACE,
+                "--include-crds",
+                "--kube-version",
+                "1.34.0",
+            ])
+            .args(values()?)
+            .args(extra);
+        let rendered = run(&mut template, &[]).context("helm template")?;
+        let mut apply = tool("kubectl");
+        apply.args([
+            "apply",
+            "--dry-run=server",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ]);
+        let out = run(&mut apply, &rendered)
+            .context("a server-side dry run of the rendered manifests")?;
+        let accepted = String::from_utf8_lossy(&out);
+        for kind in [
+            "customresourcedefinition",
+            "clusterrole",
+            "deployment",
+            "service",
+            expect,
+        ] {
+            ensure!(
+                accepted.contains(kind),
+                "no {kind} in the dry run ({extra:?}): {accepted}"
+            );
+        }
     }
     Ok(())
 }
