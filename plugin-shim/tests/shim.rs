@@ -790,3 +790,37 @@ async fn a_process_killed_for_its_timeout_takes_no_other_process_of_the_pool_wit
     assert!(pid_of(&again) > 0);
     shim.stop().await;
 }
+
+/// A pod being stopped (SIGTERM) finishes the calls it has in flight before the plugin stops:
+/// only new calls are turned away.
+#[tokio::test]
+async fn calls_in_flight_when_the_shim_stops_still_answer() {
+    let (shim, client) = meet_plugin(2).await;
+    let marks = tempfile::tempdir_in(shim.dir.path()).unwrap();
+    // Two calls that each wait for the other: in flight together, answering only once both came.
+    let dir = marks.path().to_path_buf();
+    let calls = tokio::spawn({
+        let client = client.clone();
+        async move {
+            futures::future::join_all((0..2).map(|_| {
+                let mut client = client.clone();
+                let payload = json!({"meet": 3, "dir": dir});
+                async move { transform(&mut client, payload, 5000).await }
+            }))
+            .await
+        }
+    });
+    let seen = marks.path().to_path_buf();
+    eventually("both calls reached the plugin", || async {
+        (std::fs::read_dir(&seen).map(|d| d.count()).unwrap_or(0) >= 2).then_some(())
+    })
+    .await;
+    // Stop the shim while both are in flight, then let them finish.
+    let stopping = tokio::spawn(shim.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(marks.path().join("third"), "").unwrap();
+    for answer in calls.await.unwrap() {
+        answer.expect("a call in flight at shutdown answers");
+    }
+    stopping.await.unwrap();
+}
