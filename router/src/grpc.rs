@@ -118,6 +118,16 @@ impl Outlier {
     }
 }
 
+/// The pod a call goes to.
+struct Picked {
+    endpoint: String,
+    channel: Channel,
+    in_flight: InFlight,
+    outlier: Arc<Mutex<Outlier>>,
+    /// Another ready pod this call has not tried yet exists.
+    others_untried: bool,
+}
+
 /// One call in flight on a [`Conn`], counted until dropped.
 struct InFlight(Arc<AtomicUsize>);
 
@@ -207,9 +217,10 @@ impl GrpcCaller {
             .retain(|k, _| live.contains(k));
     }
 
-    /// The channel to the pod of `route` this call goes to, counted as in flight on it, and that
-    /// pod's outlier record. Pods set aside are skipped while another one is not.
-    fn pick(&self, route: &Route) -> Result<(Channel, InFlight, Arc<Mutex<Outlier>>), CallFailure> {
+    /// The pod of `route` this call goes to (its endpoint), the channel to it, counted as in
+    /// flight on it, and that pod's outlier record. Pods set aside, and those in `tried` (this
+    /// call could not connect to them), are skipped while another one is not.
+    fn pick(&self, route: &Route, tried: &[String]) -> Result<Picked, CallFailure> {
         let failure = |message: String| CallFailure {
             code: Code::Unavailable,
             message,
@@ -223,6 +234,7 @@ impl GrpcCaller {
             let healthy: Vec<String> = route
                 .endpoints
                 .iter()
+                .filter(|e| !tried.contains(e))
                 .filter(|e| {
                     conn_of(e).is_none_or(|c| {
                         !c.outlier
@@ -248,7 +260,16 @@ impl GrpcCaller {
         };
         let conn = self.conn(&endpoint, route)?;
         let guard = InFlight::start(&conn.in_flight);
-        Ok((conn.channel, guard, conn.outlier))
+        Ok(Picked {
+            others_untried: route
+                .endpoints
+                .iter()
+                .any(|e| *e != endpoint && !tried.contains(e)),
+            endpoint,
+            channel: conn.channel,
+            in_flight: guard,
+            outlier: conn.outlier,
+        })
     }
 
     fn conn(&self, endpoint: &str, route: &Route) -> Result<Conn, CallFailure> {
@@ -324,24 +345,47 @@ impl Caller for Arc<GrpcCaller> {
         route: Arc<Route>,
         request: CallRequest,
     ) -> impl Future<Output = Result<Answer, CallFailure>> + Send {
-        let picked = self.pick(&route);
+        let this = Arc::clone(self);
         async move {
             let parent = TRACE.try_with(|t| *t).ok();
             let span = parent.map_or_else(TraceContext::root, |p| p.child());
             let started = std::time::Instant::now();
-            // The guard counts the call as in flight on its pod until it is answered.
-            let (channel, _in_flight, outlier) = match picked {
-                Ok((channel, guard, outlier)) => (Ok(channel), Some(guard), Some(outlier)),
-                Err(e) => (Err(e), None, None),
-            };
-            let result = GrpcCaller::call_shim(channel, &request, &span).await;
-            if let Some(outlier) = outlier {
-                let unreachable = matches!(&result, Err(f) if f.outcome == Outcome::Unreachable);
+            let until = tokio::time::Instant::now() + request.deadline;
+            // Pods this call could not connect to: a pod that went away before the router
+            // heard of it costs the call a retry on another ready pod, not a failure.
+            let mut tried: Vec<String> = Vec::new();
+            let result = loop {
+                let picked = match this.pick(&route, &tried) {
+                    Ok(p) => p,
+                    Err(e) => break Err(e),
+                };
+                // The guard counts the call as in flight on its pod until it is answered.
+                let Picked {
+                    endpoint,
+                    channel,
+                    in_flight: _in_flight,
+                    outlier,
+                    others_untried,
+                } = picked;
+                let result =
+                    GrpcCaller::call_shim(channel, &request, &span, until, !others_untried).await;
+                let unreachable =
+                    matches!(&result, Err(a) if a.failure.outcome == Outcome::Unreachable);
                 outlier
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .record(unreachable, std::time::Instant::now());
-            }
+                match result {
+                    Err(f)
+                        if f.never_sent
+                            && others_untried
+                            && tokio::time::Instant::now() < until =>
+                    {
+                        tried.push(endpoint);
+                    }
+                    other => break other.map_err(|a| a.failure),
+                }
+            };
             // The router's span record of this call, correlated with the shim's by trace id.
             tracing::info!(
                 target: "airlock::trace",
@@ -360,21 +404,32 @@ impl Caller for Arc<GrpcCaller> {
     }
 }
 
+/// A failed attempt on one pod, and whether the request never left (so trying another pod
+/// cannot run the hook twice).
+struct Attempt {
+    failure: CallFailure,
+    never_sent: bool,
+}
+
 impl GrpcCaller {
+    /// One call on `channel` until `until`. A connection failure (nothing sent) is retried on
+    /// the same pod with a short backoff when `retry_connect` (it is the only pod left to try),
+    /// else given back at once for the caller to try another pod.
     async fn call_shim(
-        channel: Result<Channel, CallFailure>,
+        channel: Channel,
         request: &CallRequest,
         span: &TraceContext,
-    ) -> Result<Answer, CallFailure> {
-        let client = PluginClient::new(channel?);
-        let until = tokio::time::Instant::now() + request.deadline;
+        until: tokio::time::Instant,
+        retry_connect: bool,
+    ) -> Result<Answer, Attempt> {
+        let client = PluginClient::new(channel);
         let mut backoff = Duration::from_millis(20);
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             let deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
             let mut req = Request::new(ShimInvokeRequest {
                 hook: request.hook.as_str().to_string(),
-                // The one copy per call: the message owns its String (see `CallRequest`).
+                // The one copy per attempt: the message owns its String (see `CallRequest`).
                 payload_json: String::clone(&request.payload),
                 deadline_ms,
                 invocation_id: request.invocation_id.clone(),
@@ -396,12 +451,18 @@ impl GrpcCaller {
                 // (the network policy of new pods is programmed asynchronously).
                 Err(status)
                     if is_connect_failure(&status)
+                        && retry_connect
                         && tokio::time::Instant::now() + backoff < until =>
                 {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
-                Err(status) => return Err(failure_of(&status)),
+                Err(status) => {
+                    return Err(Attempt {
+                        never_sent: is_connect_failure(&status),
+                        failure: failure_of(&status),
+                    });
+                }
             }
         }
     }
@@ -492,6 +553,76 @@ mod tests {
         assert!(o.ejected(t0));
         assert!(o.ejected(t0 + EJECT_FOR - Duration::from_millis(1)));
         assert!(!o.ejected(t0 + EJECT_FOR), "back after {EJECT_FOR:?}");
+    }
+
+    /// A shim that answers every call with its payload.
+    struct EchoShim;
+
+    #[tonic::async_trait]
+    impl airlock_proto::plugin::v1::plugin_server::Plugin for EchoShim {
+        async fn handshake(
+            &self,
+            _: Request<airlock_proto::plugin::v1::HandshakeRequest>,
+        ) -> Result<tonic::Response<airlock_proto::plugin::v1::HandshakeResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn invoke(
+            &self,
+            request: Request<ShimInvokeRequest>,
+        ) -> Result<tonic::Response<airlock_proto::plugin::v1::InvokeResponse>, Status> {
+            let r = request.into_inner();
+            Ok(tonic::Response::new(
+                airlock_proto::plugin::v1::InvokeResponse {
+                    output_json: r.payload_json,
+                    duration_ms: 0,
+                    invocation_id: r.invocation_id,
+                },
+            ))
+        }
+    }
+
+    /// Issue 13: a pod that went away before the router heard of it (nothing listens at its
+    /// address) costs a call a retry on another ready pod, never the call.
+    #[tokio::test]
+    async fn a_call_to_a_pod_that_is_gone_is_made_on_another_ready_pod() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(airlock_proto::plugin::v1::plugin_server::PluginServer::new(
+                    EchoShim,
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        // A port nothing listens on any more.
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let route = Arc::new(Route {
+            plugin: PluginKey::new("t", "p"),
+            uid: "u".into(),
+            version: "1".into(),
+            endpoints: vec![gone, live],
+            hooks: Default::default(),
+        });
+        let caller = Arc::new(GrpcCaller::plain());
+        for i in 0..20 {
+            let answer = caller
+                .call(
+                    Arc::clone(&route),
+                    CallRequest {
+                        hook: airlock_core::Hook::Transform,
+                        payload: Arc::new(format!("{{\"n\":{i}}}")),
+                        deadline: Duration::from_secs(2),
+                        invocation_id: format!("t-{i}"),
+                    },
+                )
+                .await
+                .expect("answered by the pod that is there");
+            assert_eq!(answer.output, format!("{{\"n\":{i}}}"));
+        }
     }
 
     /// The calls in flight on a pod are counted while they last.
