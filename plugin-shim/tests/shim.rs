@@ -686,6 +686,19 @@ for line in sys.stdin:
     if p.get("hang"):
         open(os.path.join(p["dir"], "hanging"), "w").close()
         time.sleep(60)
+    if "join" in p:
+        # The attack: a child of this process moves into another process's group, where a
+        # kill of this process's group would miss it.
+        child = os.fork()
+        if child == 0:
+            try:
+                os.setpgid(0, p["join"])
+                os._exit(0)
+            except OSError:
+                os._exit(1)
+        joined = os.waitpid(child, 0)[1] == 0
+        print(json.dumps({"id": req["id"], "ok": True, "output": {"pid": os.getpid(), "joined": joined, "session": os.getsid(0), "group": os.getpgid(0)}}), flush=True)
+        continue
     if "meet" in p:
         open(os.path.join(p["dir"], req["id"]), "w").close()
         while len(os.listdir(p["dir"])) < p["meet"]:
@@ -823,4 +836,42 @@ async fn calls_in_flight_when_the_shim_stops_still_answer() {
         answer.expect("a call in flight at shutdown answers");
     }
     stopping.await.unwrap();
+}
+
+/// Attack (issue 13 review): each process of the pool has a session of its own, so code running
+/// in one cannot move into the process group of another — where the kill of its own group, when
+/// it times out, would miss it.
+#[tokio::test]
+async fn a_process_of_the_pool_cannot_hide_in_another_ones_group() {
+    let (shim, client) = meet_plugin(2).await;
+    // Two calls side by side: the pids of both processes.
+    let pids: Vec<u64> = meeting(&shim, &client, 2, 10_000)
+        .await
+        .into_iter()
+        .map(|a| pid_of(&a.unwrap()))
+        .collect();
+    assert_ne!(pids[0], pids[1]);
+    // Whichever process takes this call, it asks to join the group of one of the two; at least
+    // one of the two tries is another process's group, and every such try is refused.
+    for target in &pids {
+        let mut c = client.clone();
+        let out = transform(&mut c, json!({"join": target}), 5000)
+            .await
+            .unwrap();
+        let me = pid_of(&out);
+        assert_eq!(
+            out["session"],
+            json!(me),
+            "each process leads a session of its own"
+        );
+        if me != *target {
+            assert_eq!(
+                out["joined"],
+                json!(false),
+                "process {me} moved into the group of process {target}: {out}"
+            );
+            assert_eq!(out["group"], json!(me));
+        }
+    }
+    shim.stop().await;
 }

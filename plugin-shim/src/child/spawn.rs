@@ -103,6 +103,8 @@ pub(super) fn spawn(
             // program is reported by name, as a direct spawn would.
             locate(&resolved).map_err(|e| spawn_err(program, e))?;
             let mut cmd = Command::new(&sandbox.launcher);
+            // No process_group here: the launcher makes itself a session leader (setsid), which
+            // a group leader cannot; its session's group id is its pid all the same.
             cmd.arg("sandbox-exec")
                 .args(sandbox.spec.to_args())
                 .arg("--")
@@ -112,7 +114,9 @@ pub(super) fn spawn(
         }
         None => {
             let mut cmd = Command::new(&resolved);
-            cmd.args(&spec.argv[1..]);
+            cmd.args(&spec.argv[1..])
+                // A group of its own, led by the child: killpg reaches everything it forks.
+                .process_group(0);
             cmd
         }
     };
@@ -124,8 +128,6 @@ pub(super) fn spawn(
         .stdout(Stdio::piped())
         // The plugin's log goes to the container log through the rate limit.
         .stderr(Stdio::piped())
-        // A group of its own, led by the child: killpg reaches everything it forks.
-        .process_group(0)
         .kill_on_drop(true);
     // Spawned and recorded under the lock: a kill of another process of the pool, which spares
     // the recorded groups only, can never catch this one in between.
@@ -202,10 +204,13 @@ impl Drop for Running {
         }
         let mut live = self.groups.lock();
         live.remove(&self.pid);
-        // The child leads its own group (process_group(0)), so its pid is the group id; this
-        // also reaches every process it forked that stayed in the group. ESRCH (already gone)
-        // is fine. tokio reaps the direct child in the background (kill_on_drop).
+        // The child leads its own group (its own session, made by the sandbox launcher; a group
+        // of its own without one), so its pid is the group id; this also reaches every process
+        // it forked that stayed in the group. The child itself too, in case it had not made its
+        // session yet. ESRCH (already gone) is fine. tokio reaps the direct child in the
+        // background (kill_on_drop).
         let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL);
         // A descendant that left the group (setsid) is not reached by killpg. As PID 1 of the
         // container's PID namespace, the shim is the only process that is not the plugin's.
         // Never anywhere else: outside a container that would mean the host's processes.
@@ -217,18 +222,26 @@ impl Drop for Running {
             } else {
                 // Other processes of the pool live on: kill every process outside their groups.
                 // A detached helper of one of them dies too; it is the same plugin's code, and
-                // leaving the group it was started in is not allowed.
-                kill_outside(&live);
+                // leaving the group it was started in is not allowed. Each process of the pool
+                // has a session of its own, so none can hide in another's group. Repeated until
+                // a pass finds nothing: one pass is not atomic with a fork loop.
+                for _ in 0..16 {
+                    if kill_outside(&live) == 0 {
+                        break;
+                    }
+                }
             }
         }
     }
 }
 
-/// SIGKILL to every process of this PID namespace except PID 1 and the members of `spare`'s
-/// process groups.
-fn kill_outside(spare: &BTreeSet<i32>) {
+/// SIGKILL to every process of this PID namespace except PID 1, the processes of `spare` and
+/// the members of their process groups (a process just spawned may not have made its own
+/// session yet); returns how many were signalled.
+fn kill_outside(spare: &BTreeSet<i32>) -> usize {
+    let mut killed = 0;
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
+        return killed;
     };
     for entry in entries.flatten() {
         let Some(pid) = entry
@@ -238,30 +251,38 @@ fn kill_outside(spare: &BTreeSet<i32>) {
         else {
             continue;
         };
-        if pid == 1 {
+        if pid == 1 || spare.contains(&pid) {
             continue;
         }
-        // Gone already (or unreadable): nothing to kill.
-        let Some(group) = process_group(pid) else {
+        // Gone already (or unreadable): nothing to kill. A zombie holds nothing but its pid,
+        // which the reaper frees.
+        let Some((state, group)) = process_state(pid) else {
             continue;
         };
-        if !spare.contains(&group) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if state != 'Z'
+            && !spare.contains(&group)
+            && nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+        {
+            killed += 1;
         }
     }
+    killed
 }
 
-/// The process group of `pid`, from `/proc/<pid>/stat` (the fifth field; the second, the
-/// command name, may hold spaces and parentheses, so fields are counted after its last `)`).
-fn process_group(pid: i32) -> Option<i32> {
+/// The state (`R`, `S`, `Z`, ...) and process group of `pid`, from `/proc/<pid>/stat` (the third
+/// and fifth fields; the second, the command name, may hold spaces and parentheses, so fields
+/// are counted after its last `)`).
+fn process_state(pid: i32) -> Option<(char, i32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_process_group(&stat)
+    parse_process_state(&stat)
 }
 
-fn parse_process_group(stat: &str) -> Option<i32> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
+fn parse_process_state(stat: &str) -> Option<(char, i32)> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
     // state, ppid, pgrp
-    after_name.split_whitespace().nth(2)?.parse().ok()
+    let state = fields.next()?.chars().next()?;
+    let group = fields.nth(1)?.parse().ok()?;
+    Some((state, group))
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -281,20 +302,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_process_group_is_read_after_the_command_name_whatever_it_holds() {
+    fn state_and_group_are_read_after_the_command_name_whatever_it_holds() {
         assert_eq!(
-            parse_process_group("42 (sh) S 1 40 40 0 -1 4194560"),
-            Some(40)
+            parse_process_state("42 (sh) S 1 40 40 0 -1 4194560"),
+            Some(('S', 40))
         );
         // A command name may contain spaces and parentheses: counting from the start would
         // misread it.
-        assert_eq!(parse_process_group("42 (a) b ) S 7 13 13 0 -1"), Some(13));
-        assert_eq!(parse_process_group("42 (trunc"), None);
+        assert_eq!(
+            parse_process_state("42 (a) b ) Z 7 13 13 0 -1"),
+            Some(('Z', 13))
+        );
+        assert_eq!(parse_process_state("42 (trunc"), None);
     }
 
     #[test]
     fn the_own_group_is_read_from_proc() {
         let me = std::process::id() as i32;
-        assert_eq!(process_group(me), Some(nix::unistd::getpgrp().as_raw()));
+        assert_eq!(
+            process_state(me).map(|(_, group)| group),
+            Some(nix::unistd::getpgrp().as_raw())
+        );
     }
 }

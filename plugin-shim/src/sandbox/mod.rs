@@ -145,6 +145,12 @@ pub fn exec(spec: &SandboxSpec, argv: &[String]) -> Result<Infallible, SandboxEr
         .iter()
         .map(|a| CString::new(a.as_bytes()).map_err(|_| SandboxError::Nul(a.clone())))
         .collect::<Result<Vec<_>, _>>()?;
+    // A session (and process group) of its own, first: a process of this plugin can then move
+    // only within its own session's groups, never into the group of another process of the
+    // pool (setpgid refuses groups of other sessions), where a kill of its own process would
+    // miss it (see `child::spawn`). Fails only for a group leader, which the shim does not make
+    // of this process.
+    let _ = nix::unistd::setsid();
     enter(spec)?;
     let path = &cargs[0];
     let result = if program.contains('/') {
