@@ -26,6 +26,26 @@ struct Read {
     config_map: Arc<ConfigMap>,
 }
 
+/// Most bytes of ConfigMap content kept at once: past it, every other ConfigMap read is
+/// forgotten (and read again when next used), so ConfigMaps a tenant keeps after deleting their
+/// Plugins cannot grow the operator's memory.
+const MAX_BYTES_KEPT: usize = 64 << 20;
+
+/// Bytes of content of a ConfigMap (data and binaryData).
+fn content_bytes(cm: &ConfigMap) -> usize {
+    cm.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.len())
+        .chain(
+            cm.binary_data
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.0.len()),
+        )
+        .sum()
+}
+
 /// See the module documentation.
 pub struct BundleConfigMaps {
     /// Every ConfigMap's metadata (resourceVersion), from the watch.
@@ -35,6 +55,8 @@ pub struct BundleConfigMaps {
     /// Per ConfigMap: the last version read, behind a lock of its own so that Plugins asking for
     /// the same ConfigMap at once wait for one GET instead of each making one.
     read: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Read>>>>>,
+    /// Bytes of content held in `read` (approximately: updated as versions are read).
+    bytes_kept: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for BundleConfigMaps {
@@ -59,6 +81,7 @@ impl BundleConfigMaps {
             versions,
             listed,
             read: Mutex::default(),
+            bytes_kept: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -92,9 +115,30 @@ impl BundleConfigMaps {
         }
         let got = Api::<ConfigMap>::namespaced(client.clone(), namespace)
             .get_opt(name)
-            .await?;
+            .await;
+        let got = match got {
+            Ok(got) => got,
+            Err(e) => {
+                if slot.is_none() {
+                    // Nothing read yet: keep no entry for a name that only failed.
+                    drop(slot);
+                    self.forget(&key);
+                }
+                return Err(e);
+            }
+        };
+        use std::sync::atomic::Ordering;
+        if let Some(old) = slot.as_ref() {
+            self.bytes_kept
+                .fetch_sub(content_bytes(&old.config_map), Ordering::Relaxed);
+        }
         match got {
             Some(cm) => {
+                let bytes = content_bytes(&cm);
+                if self.bytes_kept.load(Ordering::Relaxed) + bytes > MAX_BYTES_KEPT {
+                    self.forget_all_but(&key);
+                }
+                self.bytes_kept.fetch_add(bytes, Ordering::Relaxed);
                 let config_map = Arc::new(cm);
                 *slot = config_map
                     .metadata
@@ -110,13 +154,26 @@ impl BundleConfigMaps {
                 // Gone: forget it (and its bytes).
                 *slot = None;
                 drop(slot);
-                self.read
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key);
+                self.forget(&key);
                 Ok(None)
             }
         }
+    }
+
+    fn forget(&self, key: &Key) {
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Forgets every ConfigMap read but `key` (which the caller holds). Entries another caller
+    /// holds right now stay reachable to it and are dropped when it lets go.
+    fn forget_all_but(&self, key: &Key) {
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        read.retain(|k, _| k == key);
+        self.bytes_kept
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -254,7 +254,23 @@ async fn claim(api: &Api<Plugin>, route: &Route, reason: &str) -> Result<Claimed
             .await
         {
             Ok(_) => return Ok(Claimed::Decided),
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => continue,
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => {
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            // The Plugin keeps changing under us (status writes, scaling): write the annotation
+            // without the version condition (the uid still guards it) rather than leave the
+            // plugin serving in the other replicas; at worst the decision is recorded twice.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let patch = json!({
+                    "metadata": {
+                        "uid": route.uid,
+                        "annotations": {AUTO_DISABLED_ANNOTATION: reason},
+                    }
+                });
+                api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                return Ok(Claimed::Decided);
+            }
             Err(e) => return Err(e),
         }
     }

@@ -245,11 +245,18 @@ impl GrpcCaller {
                 })
                 .cloned()
                 .collect();
-            // Every pod set aside: better to try them than to refuse the call.
-            let candidates = if healthy.is_empty() {
-                &route.endpoints
-            } else {
-                &healthy
+            // Every pod set aside: better to try them (those this call has not) than to refuse
+            // the call.
+            let untried: Vec<String> = route
+                .endpoints
+                .iter()
+                .filter(|e| !tried.contains(e))
+                .cloned()
+                .collect();
+            let candidates = match (healthy.is_empty(), untried.is_empty()) {
+                (false, _) => &healthy,
+                (true, false) => &untried,
+                (true, true) => &route.endpoints,
             };
             let busy = |endpoint: &str| {
                 conn_of(endpoint).map_or(0, |c| c.in_flight.load(Ordering::Relaxed))

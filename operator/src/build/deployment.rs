@@ -31,6 +31,13 @@ pub const PLUGIN_UID_RANGE: u64 = 1_000_000;
 /// process; the shim's own threads count too). The pod's pids limit still caps the pod.
 pub const PLUGIN_MAX_PROCESSES: u32 = 256;
 
+/// RLIMIT_NPROC for a pod of `concurrency` plugin processes: [`PLUGIN_MAX_PROCESSES`] for one,
+/// 128 more for each further process (threads count too: a threaded runtime in each process must
+/// not be starved by its siblings).
+pub fn max_processes(concurrency: u32) -> u32 {
+    PLUGIN_MAX_PROCESSES + 128 * concurrency.saturating_sub(1)
+}
+
 /// The non-root user (and group) a plugin's pod runs as: one per Plugin (namespace and name),
 /// so that RLIMIT_NPROC, which Linux counts per user on the whole node, bounds this plugin alone,
 /// and plugins on one node cannot signal each other's processes. Derived from a hash, so
@@ -123,7 +130,10 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
     {
         shim_args.push("--allow-network".into());
     }
-    shim_args.extend(["--max-processes".into(), PLUGIN_MAX_PROCESSES.to_string()]);
+    shim_args.extend([
+        "--max-processes".into(),
+        max_processes(rollout.concurrency).to_string(),
+    ]);
     // Only when asked for: the template of a plugin without it stays as it was.
     if rollout.concurrency > 1 {
         shim_args.extend(["--concurrency".into(), rollout.concurrency.to_string()]);
@@ -466,6 +476,11 @@ mod tests {
         let pod = pod_spec(&deployment(&plugin(HELLO), &pool, &config()));
         let args = pod.containers[0].args.clone().unwrap_or_default();
         assert_eq!(value_of(&args, "--concurrency"), "4");
+        assert_eq!(
+            value_of(&args, "--max-processes"),
+            (PLUGIN_MAX_PROCESSES + 3 * 128).to_string(),
+            "room for the threads of four processes"
+        );
     }
 
     #[test]

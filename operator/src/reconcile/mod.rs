@@ -231,9 +231,15 @@ pub async fn run(ctx: Arc<Context>) {
     );
     // Metadata only: which version each ConfigMap has, not its content (read once per version,
     // and only for ConfigMaps a Plugin names).
-    let (config_maps, config_maps_listed, config_map_stream) = cached_watch(
+    // Annotations and labels are dropped: a client-side `kubectl apply` copies the whole
+    // content into an annotation, which would put every ConfigMap of the cluster in memory.
+    let (config_maps, config_maps_listed, config_map_stream) = watches::cached_watch_stripped(
         Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
         watcher::Config::default(),
+        |cm| {
+            cm.annotations_mut().clear();
+            cm.labels_mut().clear();
+        },
     );
     let ca = certificates::load_ca(&ctx).await;
     let router_certificate = tokio::spawn(certificates::maintain_router_certificate(

@@ -50,11 +50,36 @@ where
         + Sync
         + 'static,
 {
+    cached_watch_stripped(api, config, |_| {})
+}
+
+/// [`cached_watch`], with `strip` also removing from each cached object what is never read.
+pub(super) fn cached_watch_stripped<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    strip: fn(&mut K),
+) -> (
+    Store<K>,
+    tokio::sync::watch::Receiver<bool>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store();
     let (events, ready) = signal_listed(
         watcher(api, config)
             .default_backoff()
-            .modify(|o: &mut K| o.managed_fields_mut().clear())
+            .modify(move |o: &mut K| {
+                o.managed_fields_mut().clear();
+                strip(o);
+            })
             .reflect(writer),
     );
     (store, ready, events.touched_objects())
