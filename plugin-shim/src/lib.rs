@@ -19,6 +19,7 @@ pub mod child;
 pub mod cli;
 pub mod host;
 pub mod logs;
+mod procfs;
 pub mod reaper;
 pub mod sandbox;
 pub mod server;

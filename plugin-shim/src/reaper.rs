@@ -81,61 +81,14 @@ fn reap_orphans(keep: &std::collections::BTreeSet<i32>) -> usize {
 /// returns how many.
 fn reap_zombies_except(keep: &std::collections::BTreeSet<i32>) -> usize {
     let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut reaped = 0;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if keep.contains(&pid) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if zombie_child_of(&stat, me)
-            && matches!(
-                waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
+    crate::procfs::processes()
+        .into_iter()
+        .filter(|p| p.state == 'Z' && p.parent == me && !keep.contains(&p.pid))
+        .filter(|p| {
+            matches!(
+                waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG)),
                 Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
             )
-        {
-            reaped += 1;
-        }
-    }
-    reaped
-}
-
-/// Whether a `/proc/<pid>/stat` line is of a zombie whose parent is `parent` (fields after the
-/// command name: state, then ppid).
-fn zombie_child_of(stat: &str, parent: i32) -> bool {
-    let Some(end) = stat.rfind(')') else {
-        return false;
-    };
-    let mut fields = stat[end + 1..].split_whitespace();
-    fields.next() == Some("Z") && fields.next().and_then(|p| p.parse::<i32>().ok()) == Some(parent)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_zombie_child_is_told_from_its_stat_line() {
-        assert!(zombie_child_of("7 (sleep) Z 1 7 7 0 -1", 1));
-        assert!(!zombie_child_of("7 (sleep) S 1 7 7 0 -1", 1), "running");
-        assert!(
-            !zombie_child_of("7 (sleep) Z 2 7 7 0 -1", 1),
-            "someone else's"
-        );
-        assert!(
-            zombie_child_of("7 (a) Z b) Z 1 7 7 0 -1", 1),
-            "a name with ) in it"
-        );
-    }
+        })
+        .count()
 }

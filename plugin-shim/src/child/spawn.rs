@@ -237,52 +237,15 @@ impl Drop for Running {
 
 /// SIGKILL to every process of this PID namespace except PID 1, the processes of `spare` and
 /// the members of their process groups (a process just spawned may not have made its own
-/// session yet); returns how many were signalled.
+/// session yet); returns how many were signalled. A zombie holds nothing but its pid, which the
+/// reaper frees.
 fn kill_outside(spare: &BTreeSet<i32>) -> usize {
-    let mut killed = 0;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return killed;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == 1 || spare.contains(&pid) {
-            continue;
-        }
-        // Gone already (or unreadable): nothing to kill. A zombie holds nothing but its pid,
-        // which the reaper frees.
-        let Some((state, group)) = process_state(pid) else {
-            continue;
-        };
-        if state != 'Z'
-            && !spare.contains(&group)
-            && nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
-        {
-            killed += 1;
-        }
-    }
-    killed
-}
-
-/// The state (`R`, `S`, `Z`, ...) and process group of `pid`, from `/proc/<pid>/stat` (the third
-/// and fifth fields; the second, the command name, may hold spaces and parentheses, so fields
-/// are counted after its last `)`).
-fn process_state(pid: i32) -> Option<(char, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_process_state(&stat)
-}
-
-fn parse_process_state(stat: &str) -> Option<(char, i32)> {
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    // state, ppid, pgrp
-    let state = fields.next()?.chars().next()?;
-    let group = fields.nth(1)?.parse().ok()?;
-    Some((state, group))
+    crate::procfs::processes()
+        .into_iter()
+        .filter(|p| p.pid != 1 && p.state != 'Z')
+        .filter(|p| !spare.contains(&p.pid) && !spare.contains(&p.group))
+        .filter(|p| nix::sys::signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL).is_ok())
+        .count()
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -294,34 +257,5 @@ fn describe(status: ExitStatus) -> String {
             Err(_) => format!("killed by signal {signal}"),
         },
         _ => status.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_and_group_are_read_after_the_command_name_whatever_it_holds() {
-        assert_eq!(
-            parse_process_state("42 (sh) S 1 40 40 0 -1 4194560"),
-            Some(('S', 40))
-        );
-        // A command name may contain spaces and parentheses: counting from the start would
-        // misread it.
-        assert_eq!(
-            parse_process_state("42 (a) b ) Z 7 13 13 0 -1"),
-            Some(('Z', 13))
-        );
-        assert_eq!(parse_process_state("42 (trunc"), None);
-    }
-
-    #[test]
-    fn the_own_group_is_read_from_proc() {
-        let me = std::process::id() as i32;
-        assert_eq!(
-            process_state(me).map(|(_, group)| group),
-            Some(nix::unistd::getpgrp().as_raw())
-        );
     }
 }
