@@ -57,6 +57,8 @@ pub struct BundleConfigMaps {
     read: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Read>>>>>,
     /// Bytes of content held in `read` (approximately: updated as versions are read).
     bytes_kept: std::sync::atomic::AtomicUsize,
+    /// [`MAX_BYTES_KEPT`], smaller in tests.
+    max_bytes_kept: usize,
 }
 
 impl std::fmt::Debug for BundleConfigMaps {
@@ -82,6 +84,7 @@ impl BundleConfigMaps {
             listed,
             read: Mutex::default(),
             bytes_kept: std::sync::atomic::AtomicUsize::new(0),
+            max_bytes_kept: MAX_BYTES_KEPT,
         }
     }
 
@@ -135,7 +138,7 @@ impl BundleConfigMaps {
         match got {
             Some(cm) => {
                 let bytes = content_bytes(&cm);
-                if self.bytes_kept.load(Ordering::Relaxed) + bytes > MAX_BYTES_KEPT {
+                if self.bytes_kept.load(Ordering::Relaxed) + bytes > self.max_bytes_kept {
                     self.forget_all_but(&key);
                 }
                 self.bytes_kept.fetch_add(bytes, Ordering::Relaxed);
@@ -206,6 +209,34 @@ mod tests {
             }
         });
         Client::new(service, "t")
+    }
+
+    /// Attack (issue 13 review): a tenant keeps many large ConfigMaps its Plugins once named;
+    /// the operator keeps at most its budget of their content, and reads again what it dropped.
+    #[tokio::test]
+    async fn the_content_kept_is_bounded() {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let client = api_server(Arc::new(Mutex::new("7".to_string())), Arc::clone(&requests));
+        let (store, mut writer) = reflector::store();
+        watched(&mut writer, "7");
+        let mut cms = BundleConfigMaps::new(store, tokio::sync::watch::channel(true).1);
+        // Each ConfigMap of the fake API server holds 16 bytes ("bundle.tar.gz" and 3 bytes).
+        cms.max_bytes_kept = 40;
+        for ns in ["a", "b", "c", "d", "e"] {
+            cms.get(&client, ns, "bundle").await.unwrap();
+        }
+        assert!(
+            cms.read.lock().unwrap().len() <= 2,
+            "at most 40 bytes of 16-byte ConfigMaps kept"
+        );
+        assert!(cms.bytes_kept.load(Ordering::SeqCst) <= 40);
+        // A ConfigMap forgotten is read again when a Plugin needs it.
+        let before = requests.load(Ordering::SeqCst);
+        cms.get(&client, "a", "bundle")
+            .await
+            .unwrap()
+            .expect("read again");
+        assert_eq!(requests.load(Ordering::SeqCst), before + 1);
     }
 
     /// The watch reports the ConfigMap at `rv`.
