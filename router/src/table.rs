@@ -230,14 +230,19 @@ fn route(
 /// A status written by an Airlock that recorded no hook settings routes the hooks it names
 /// (`status.hooks`) at the CRD's defaults (200ms, Fail, priority 100) until the next reconcile
 /// records them; the spec is never trusted for them.
+///
+/// While a Plugin is Deploying a new revision, the ready pods are of both revisions and a call
+/// may land on either: only the hooks both revisions were approved with are routed, each with
+/// the shorter of the two timeouts (within what either was approved with), the new revision's
+/// failure policy and priority otherwise.
 fn approved_hooks(status: &airlock_crds::plugin::PluginStatus) -> BTreeMap<Hook, HookRoute> {
-    let record = [&status.current_revision, &status.last_good_revision]
-        .into_iter()
-        .flatten()
-        .find_map(|rev| status.revisions.iter().find(|r| &r.revision == rev))
-        .filter(|r| !r.hooks.is_empty());
-    match record {
-        Some(record) => record
+    let record_of = |rev: &Option<String>| {
+        rev.as_ref()
+            .and_then(|rev| status.revisions.iter().find(|r| &r.revision == rev))
+            .filter(|r| !r.hooks.is_empty())
+    };
+    let routes = |record: &airlock_crds::plugin::RevisionRecord| -> BTreeMap<Hook, HookRoute> {
+        record
             .hooks
             .iter()
             .map(|h| {
@@ -250,8 +255,28 @@ fn approved_hooks(status: &airlock_crds::plugin::PluginStatus) -> BTreeMap<Hook,
                     },
                 )
             })
-            .collect(),
-        None => status
+            .collect()
+    };
+    let (current, last_good) = (
+        record_of(&status.current_revision),
+        record_of(&status.last_good_revision),
+    );
+    match (current, last_good) {
+        (Some(new), Some(old))
+            if status.phase == Some(PluginPhase::Deploying) && new.revision != old.revision =>
+        {
+            let old = routes(old);
+            routes(new)
+                .into_iter()
+                .filter_map(|(hook, mut route)| {
+                    let before = old.get(&hook)?;
+                    route.timeout = route.timeout.min(before.timeout);
+                    Some((hook, route))
+                })
+                .collect()
+        }
+        (Some(record), _) | (None, Some(record)) => routes(record),
+        (None, None) => status
             .hooks
             .iter()
             .filter_map(|name| Hook::parse(name))
@@ -483,6 +508,48 @@ mod tests {
             t.get(&PluginKey::new("a", "p")).is_err(),
             "nothing approved"
         );
+    }
+
+    /// While a new revision rolls out, calls may land on pods of either revision: only hooks
+    /// both were approved with are routed, at the shorter timeout.
+    #[test]
+    fn during_a_rollout_only_what_both_revisions_were_approved_with_is_routed() {
+        let mut p = plugin(
+            "a",
+            "p",
+            "Deploying",
+            json!([{"name": "transform", "timeout": "2s", "priority": 5}, {"name": "onEvent"}]),
+        );
+        let status = p.status.as_mut().expect("status");
+        status.current_revision = Some("r2".into());
+        status.last_good_revision = Some("r1".into());
+        status.revisions = vec![
+            serde_json::from_value(json!({"revision": "r1", "hooks": [{"name": "transform", "timeout": "500ms", "priority": 9}]}))
+                .expect("r1"),
+            serde_json::from_value(json!({"revision": "r2", "hooks": [{"name": "transform", "timeout": "2s", "priority": 5}, {"name": "onEvent"}]}))
+                .expect("r2"),
+        ];
+        let endpoints = ips(&[("a", &svc("p"), "198.19.0.1")]);
+        let t = RouteTable::build([&p], &endpoints);
+        let r = t.get(&PluginKey::new("a", "p")).expect("route");
+        assert_eq!(
+            r.hooks,
+            BTreeMap::from([(
+                Hook::Transform,
+                HookRoute {
+                    timeout: Duration::from_millis(500),
+                    failure_policy: FailurePolicy::Fail,
+                    priority: 5
+                }
+            )]),
+            "onEvent only r2 declares is not routed; the timeout is r1's shorter one"
+        );
+        // Rolled out: the new revision's settings alone.
+        p.status.as_mut().expect("status").phase = Some(PluginPhase::Active);
+        let t = RouteTable::build([&p], &endpoints);
+        let r = t.get(&PluginKey::new("a", "p")).expect("route");
+        assert_eq!(r.hooks.len(), 2);
+        assert_eq!(r.hooks[&Hook::Transform].timeout, Duration::from_secs(2));
     }
 
     /// A status written before records carried hook settings: the hooks it names, at the CRD's
