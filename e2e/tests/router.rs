@@ -723,3 +723,209 @@ async fn pod_logs(
     }
     Ok(out)
 }
+
+/// Issue 13: a caller of a plugin that is being enabled, scaled up, scaled down or re-enabled
+/// after an auto-disable sees no failure but the router's own refusal while the plugin is off
+/// (never a connection error to a pod that is not ready, never a call cut by a pod going away).
+/// One caller calls without pause through it all; each step is judged on its own calls.
+#[tokio::test]
+async fn a_steady_stream_of_calls_survives_enable_scale_and_re_enable() -> Result<()> {
+    in_fixture("steady", &["log"], async |f: &Fixture| {
+        let hooks = json!([{"name": "transform", "timeout": "2s"}]);
+        f.apply(
+            "hello",
+            "hello",
+            hooks,
+            json!(["log"]),
+            json!({"enabled": false}),
+        )
+        .await?;
+        let api = f.ns.api::<Plugin>();
+        wait_plugin(&api, "hello", "phase Disabled", |p| {
+            phase(p) == Some(PluginPhase::Disabled)
+        })
+        .await?;
+        let step = std::sync::Mutex::new(Step::Enable);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let calls = std::sync::Mutex::new(Vec::<(Step, Result<(), String>)>::new());
+        let set = |s: Step| *step.lock().expect("step") = s;
+        let caller = async {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let current = *step.lock().expect("step");
+                let request = airlock_proto::router::v1::InvokeRequest {
+                    plugin: f.plugin_ref("hello"),
+                    hook: "transform".into(),
+                    payload_json: json!({"name": "steady"}).to_string(),
+                    deadline_ms: 0,
+                    invocation_id: format!("e2e-steady-{i}"),
+                };
+                let outcome = match f.grpc.clone().invoke(request).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("{:?}: {}", e.code(), e.message())),
+                };
+                calls.lock().expect("calls").push((current, outcome));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let steps = async {
+            let result = async {
+                let succeeded = |s: Step| {
+                    let calls = &calls;
+                    async move {
+                        wait::until(
+                            &format!("a successful call while {s:?}"),
+                            airlock_e2e::WAIT,
+                            async || {
+                                Ok(calls
+                                    .lock()
+                                    .expect("calls")
+                                    .iter()
+                                    .filter(|(at, r)| *at == s && r.is_ok())
+                                    .count())
+                            },
+                            |n| *n >= 50,
+                        )
+                        .await
+                        .map(drop)
+                    }
+                };
+                api.patch(
+                    "hello",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"enabled": true}})),
+                )
+                .await?;
+                wait_plugin(&api, "hello", "phase Active", active).await?;
+                succeeded(Step::Enable).await?;
+
+                set(Step::ScaleUp);
+                scale(&api, 3).await?;
+                // The new pods in the router's tables, and calls landing on them.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                succeeded(Step::ScaleUp).await?;
+
+                set(Step::ScaleDown);
+                scale(&api, 1).await?;
+                // Until the two removed pods are gone.
+                let pods = f.ns.api::<k8s_openapi::api::core::v1::Pod>();
+                wait::until(
+                    "one hello pod left",
+                    airlock_e2e::WAIT,
+                    async || Ok(pod_logs(&pods, "hello").await?.len()),
+                    |n| *n == 1,
+                )
+                .await?;
+                succeeded(Step::ScaleDown).await?;
+
+                set(Step::AutoDisabled);
+                // What the router writes when a plugin reaches its auto-disable threshold.
+                api.patch(
+                    "hello",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {
+                        AUTO_DISABLED: "5 consecutive timeouts (written by the e2e)"
+                    }}})),
+                )
+                .await?;
+                wait_plugin(&api, "hello", "auto-disabled", |p| {
+                    phase(p) == Some(PluginPhase::Disabled)
+                })
+                .await?;
+                wait::until(
+                    "the router to refuse calls to the auto-disabled plugin",
+                    airlock_e2e::WAIT,
+                    async || {
+                        Ok(calls.lock().expect("calls").last().is_some_and(|(_, r)| {
+                            r.as_ref().is_err_and(|e| e.contains("auto-disabled"))
+                        }))
+                    },
+                    |refused| *refused,
+                )
+                .await?;
+
+                set(Step::ReEnable);
+                api.patch(
+                    "hello",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {AUTO_DISABLED: null}}})),
+                )
+                .await?;
+                wait_plugin(&api, "hello", "phase Active again", active).await?;
+                succeeded(Step::ReEnable).await?;
+                anyhow::Ok(())
+            }
+            .await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            result
+        };
+        let ((), result) = tokio::join!(caller, steps);
+        result?;
+        let calls = calls.into_inner().expect("calls");
+        let mut problems = Vec::new();
+        for s in [
+            Step::Enable,
+            Step::ScaleUp,
+            Step::ScaleDown,
+            Step::AutoDisabled,
+            Step::ReEnable,
+        ] {
+            let mine: Vec<&Result<(), String>> = calls
+                .iter()
+                .filter(|(at, _)| *at == s)
+                .map(|(_, r)| r)
+                .collect();
+            let first_ok = mine.iter().position(|r| r.is_ok()).unwrap_or(mine.len());
+            for (i, r) in mine.iter().enumerate() {
+                let Err(e) = r else { continue };
+                // While the plugin is off, the router refuses (and says why); nothing else fails.
+                let refused = e.contains("is disabled")
+                    || e.contains("auto-disabled")
+                    || e.contains("not Active")
+                    || e.contains("no ready pod yet");
+                let allowed = match s {
+                    Step::Enable | Step::ReEnable => refused && i < first_ok,
+                    Step::AutoDisabled => refused,
+                    Step::ScaleUp | Step::ScaleDown => false,
+                };
+                if !allowed {
+                    problems.push(format!("{s:?}, call {i} of {}: {e}", mine.len()));
+                }
+            }
+        }
+        ensure!(
+            problems.is_empty(),
+            "{} of {} calls failed where none may: {problems:#?}",
+            problems.len(),
+            calls.len()
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Enable,
+    ScaleUp,
+    ScaleDown,
+    AutoDisabled,
+    ReEnable,
+}
+
+/// `kubectl scale plugin/hello --replicas=n`, then waits until that many pods are ready.
+async fn scale(api: &kube::Api<Plugin>, n: i32) -> Result<()> {
+    api.patch_scale(
+        "hello",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": n}})),
+    )
+    .await
+    .context("scaling the Plugin through its scale subresource")?;
+    wait_plugin(api, "hello", &format!("{n} ready pods"), |p| {
+        p.status.as_ref().and_then(|s| s.replicas) == Some(n) && active(p)
+    })
+    .await
+    .map(drop)
+}

@@ -49,8 +49,17 @@ struct Child {
     name: String,
 }
 
-/// Per child of one Plugin: the desired hash applied and the fingerprint that resulted.
-type PluginChildren = HashMap<Child, (u64, Fingerprint)>;
+/// Per child of one Plugin: what this process applied and what the API server answered.
+#[derive(Debug, Clone)]
+struct Record {
+    desired_hash: u64,
+    fingerprint: Fingerprint,
+    /// The resourceVersion of the answer: the watch event carrying the same version is the echo
+    /// of this process's own write, which needs no reconcile.
+    resource_version: Option<String>,
+}
+
+type PluginChildren = HashMap<Child, Record>;
 
 /// Per Plugin (by uid), what was applied to its children.
 #[derive(Debug, Default)]
@@ -76,16 +85,18 @@ impl Applied {
         };
         map.get(plugin_uid)
             .and_then(|children| children.get(&child))
-            .is_some_and(|(h, fp)| *h == desired_hash && fp == current)
+            .is_some_and(|r| r.desired_hash == desired_hash && &r.fingerprint == current)
     }
 
+    /// Records that `desired_hash` was applied to the child and the API server answered with
+    /// `result` (its metadata).
     pub fn record(
         &self,
         plugin_uid: &str,
         kind: &str,
         name: &str,
         desired_hash: u64,
-        result: Fingerprint,
+        result: &ObjectMeta,
     ) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(plugin_uid.to_string()).or_default().insert(
@@ -93,8 +104,36 @@ impl Applied {
                 kind: kind.into(),
                 name: name.into(),
             },
-            (desired_hash, result),
+            Record {
+                desired_hash,
+                fingerprint: Fingerprint::of(kind, result),
+                resource_version: result.resource_version.clone(),
+            },
         );
+    }
+
+    /// True when the child `kind`/`name` of the Plugin `plugin_uid`, as a watch event shows it
+    /// (`resource_version`), is exactly what this process's last apply left: the echo of its own
+    /// write. Anything else — a status written by the Deployment controller, an edit, a deletion
+    /// (which carries a new version) — is not.
+    pub fn is_own_write(
+        &self,
+        plugin_uid: &str,
+        kind: &str,
+        name: &str,
+        resource_version: Option<&str>,
+    ) -> bool {
+        let Some(rv) = resource_version else {
+            return false;
+        };
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let child = Child {
+            kind: kind.into(),
+            name: name.into(),
+        };
+        map.get(plugin_uid)
+            .and_then(|children| children.get(&child))
+            .is_some_and(|r| r.resource_version.as_deref() == Some(rv))
     }
 
     /// The Plugin is gone: so are its children.
@@ -142,13 +181,7 @@ mod tests {
         ];
         for (kind, (hash, rv, generation), (want, seen_rv, seen_generation), skipped) in cases {
             let a = Applied::default();
-            a.record(
-                "u",
-                kind,
-                "p",
-                hash,
-                Fingerprint::of(kind, &meta(rv, generation)),
-            );
+            a.record("u", kind, "p", hash, &meta(rv, generation));
             let seen = Fingerprint::of(kind, &meta(seen_rv, seen_generation));
             assert_eq!(
                 a.is_current("u", kind, "p", want, &seen),
@@ -162,10 +195,24 @@ mod tests {
     fn forgetting_a_plugin_forgets_its_children_only() {
         let a = Applied::default();
         let fp = Fingerprint::of("Service", &meta("5", 1));
-        a.record("u1", "Service", "p", 7, fp.clone());
-        a.record("u2", "Service", "p", 7, fp.clone());
+        a.record("u1", "Service", "p", 7, &meta("5", 1));
+        a.record("u2", "Service", "p", 7, &meta("5", 1));
         a.forget("u1");
         assert!(!a.is_current("u1", "Service", "p", 7, &fp));
         assert!(a.is_current("u2", "Service", "p", 7, &fp));
+    }
+
+    #[test]
+    fn only_the_exact_version_this_process_wrote_is_its_own_write() {
+        let a = Applied::default();
+        a.record("u", "Deployment", "p", 7, &meta("5", 2));
+        // The watch event of our own apply.
+        assert!(a.is_own_write("u", "Deployment", "p", Some("5")));
+        // The Deployment controller's status update, someone's edit, a deletion: new versions.
+        assert!(!a.is_own_write("u", "Deployment", "p", Some("6")));
+        // Another child, another Plugin, an object without a version.
+        assert!(!a.is_own_write("u", "Service", "p", Some("5")));
+        assert!(!a.is_own_write("u2", "Deployment", "p", Some("5")));
+        assert!(!a.is_own_write("u", "Deployment", "p", None));
     }
 }

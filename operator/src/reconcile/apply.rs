@@ -325,7 +325,7 @@ where
         .await?;
     ctx.caches
         .applied
-        .record(&uid, &kind, &name, hash, Fingerprint::of(&kind, obj.meta()));
+        .record(&uid, &kind, &name, hash, obj.meta());
     Ok(Ensured::Applied(obj))
 }
 

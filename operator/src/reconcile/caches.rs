@@ -26,7 +26,8 @@ pub const HOURLY_CHECKS_EVERY: Duration = Duration::from_secs(3600);
 #[derive(Debug, Default)]
 pub struct PluginCaches {
     /// What this process applied to each child: an unchanged reconcile writes nothing.
-    pub applied: Applied,
+    /// Shared with the watches, which drop the echoes of these applies ([`super::triggers`]).
+    pub applied: std::sync::Arc<Applied>,
     plugins: Mutex<HashMap<String, PerPlugin>>,
 }
 

@@ -24,6 +24,7 @@ mod certificates;
 mod ownership;
 mod pipeline;
 mod record;
+mod triggers;
 mod watches;
 
 #[cfg(test)]
@@ -206,7 +207,18 @@ pub async fn run(ctx: Arc<Context>) {
         return;
     }
     let client = ctx.client.clone();
-    let plugins: Api<Plugin> = Api::all(client.clone());
+    // Status-only changes (the operator's own writes) start no reconcile ([`triggers`]), and
+    // managedFields, never read, are kept out of the cache.
+    let (plugins, plugin_writer) = reflector::store();
+    let plugin_triggers = watcher(
+        Api::<Plugin>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|p: &mut Plugin| p.managed_fields_mut().clear())
+    .reflect(plugin_writer)
+    .applied_objects()
+    .predicate_filter(triggers::plugin_changes, Default::default());
     let cfg = watcher::Config::default().labels(names::MANAGED_BY_SELECTOR);
 
     // The same watch fills the policy cache and triggers the reconciles, so a reconcile caused by
@@ -264,17 +276,31 @@ pub async fn run(ctx: Arc<Context>) {
         },
     });
 
-    let controller = Controller::new(plugins, watcher::Config::default()).with_config(
+    let controller = Controller::for_stream(plugin_triggers, plugins).with_config(
         kube::runtime::controller::Config::default()
             .concurrency(term.ctx.max_concurrent_reconciles.max(1)),
     );
     let store = controller.store();
     let users = controller.store();
+    // The echo of this process's own apply of a child starts no reconcile ([`triggers`]).
+    let applied = &term.ctx.caches.applied;
     controller
-        .owns_stream(deployment_stream)
-        .owns_stream(service_stream)
-        .owns_stream(network_policy_stream)
-        .owns_stream(service_account_stream)
+        .owns_stream(triggers::without_own_writes(
+            deployment_stream,
+            applied.clone(),
+        ))
+        .owns_stream(triggers::without_own_writes(
+            service_stream,
+            applied.clone(),
+        ))
+        .owns_stream(triggers::without_own_writes(
+            network_policy_stream,
+            applied.clone(),
+        ))
+        .owns_stream(triggers::without_own_writes(
+            service_account_stream,
+            applied.clone(),
+        ))
         // A trust policy change can block or unblock any plugin: re-check them all.
         .watches_stream(policy_stream, move |_policy| {
             store
