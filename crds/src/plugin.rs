@@ -307,7 +307,9 @@ pub struct PluginStatus {
     pub phase: Option<PluginPhase>,
     /// The metadata.generation this status describes.
     pub observed_generation: Option<i64>,
-    /// Verified, PermissionsApproved, Compatible, Ready, Healthy (kstatus-compatible).
+    /// Verified, PermissionsApproved, Compatible, Ready; and, for kstatus (Flux health checks,
+    /// `kubectl wait`), Reconciling while Airlock works on the Plugin and Stalled when it cannot go
+    /// on without a change from the user, each present only while True.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The image digest the pods are pinned to.
@@ -415,17 +417,20 @@ impl Default for PluginLimits {
     }
 }
 
-/// Lifecycle phase, for humans and `kubectl get`; automation should read the conditions.
+/// Lifecycle phase, for humans and `kubectl get`; automation should read the conditions
+/// (`Ready`, and kstatus' `Reconciling` / `Stalled`).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PluginPhase {
+    /// Not decided yet: being verified, or waiting for a registry or bundle server that did not
+    /// answer (retried).
     Pending,
-    Verifying,
+    /// A revision is rolling out (pods starting, scaling, being replaced).
     Deploying,
     Active,
     Degraded,
     Disabled,
     /// Signed by a key that was revoked: scaled to zero until a trusted signature replaces it.
     Quarantined,
+    /// Blocked: nothing runs until the user changes something (the `Ready` condition says what).
     Failed,
-    Terminating,
 }

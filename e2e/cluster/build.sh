@@ -118,7 +118,31 @@ build_grpcurl() {
   go_install grpcurl "$GRPCURL_VERSION" github.com/fullstorydev/grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl CGO_ENABLED=0
 }
 
-ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl)
+# kstatus, as the cli-utils library computes it (what Flux's health checks, kpt and Config Sync use):
+# a small helper of ours (e2e/kstatus/main.go) around that library. Its cache entry remembers the
+# helper's hash, so an edit of it rebuilds it.
+build_kstatus() {
+  local src=$CLUSTER_DIR/../kstatus/main.go out sum
+  out=$(bin_dir kstatus "$CLI_UTILS_VERSION")
+  sum=$(sha256sum "$src" | cut -d' ' -f1)
+  if [ "$(cat "$(done_marker kstatus "$CLI_UTILS_VERSION")" 2>/dev/null)" = "$sum" ]; then
+    log "kstatus $CLI_UTILS_VERSION: cached"
+    return
+  fi
+  local mod=$AIRLOCK_CACHE/src/kstatus-$CLI_UTILS_VERSION
+  mkdir -p "$mod" "$out"
+  cp "$src" "$mod/main.go"
+  (
+    cd "$mod" || exit
+    [ -f go.mod ] || go mod init local/kstatus >/dev/null 2>&1
+    with_progress "kstatus $CLI_UTILS_VERSION: resolve modules" go get "sigs.k8s.io/cli-utils@$CLI_UTILS_VERSION"
+    go mod tidy >/dev/null 2>&1
+    with_progress "kstatus $CLI_UTILS_VERSION: build" env CGO_ENABLED=0 go build -p 2 -trimpath -ldflags "-s -w" -o "$out/kstatus" .
+  )
+  echo "$sum" > "$(done_marker kstatus "$CLI_UTILS_VERSION")"
+}
+
+ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus)
 [ $# -gt 0 ] || set -- "${ALL[@]}"
 for c in "$@"; do
   "build_${c//-/_}"

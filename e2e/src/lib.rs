@@ -11,6 +11,7 @@ pub mod crds;
 pub mod floors;
 pub mod images;
 pub mod install;
+pub mod kstatus;
 pub mod namespace;
 pub mod plugins;
 pub mod pods;

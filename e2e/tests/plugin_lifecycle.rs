@@ -19,7 +19,7 @@ use serde_json::json;
 use airlock_e2e::install::images_env;
 use airlock_e2e::plugins::{active, condition, ensure_phase, invoke, set_enabled, wait_plugin};
 use airlock_e2e::sandbox::{self, Sandbox};
-use airlock_e2e::wait;
+use airlock_e2e::{kstatus, wait};
 
 async fn running_pods(client: &Client, ns: &str, plugin: &str) -> Result<usize> {
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
@@ -194,6 +194,7 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revisi
         let good = s.hello("hello")?;
         s.apply(&good).await?;
         let p = wait_plugin(&plugins, "hello", "phase Active", active).await?;
+        kstatus::expect("Active", &p, "Current")?;
         let good_revision = p
             .status
             .and_then(|st| st.current_revision)
@@ -203,11 +204,18 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revisi
         let mut broken = good.clone();
         broken["spec"]["image"] = json!(images_env("AIRLOCK_HELLO_BROKEN_IMAGE")?);
         s.apply(&broken).await?;
+        // Until its progress deadline, the upgrade is a rollout in progress.
+        let p = wait_plugin(&plugins, "hello", "phase Deploying", |p| {
+            p.status.as_ref().and_then(|st| st.phase) == Some(PluginPhase::Deploying)
+        })
+        .await?;
+        kstatus::expect("Deploying", &p, "InProgress")?;
         let p = wait_plugin(&plugins, "hello", "Ready=False reason RolledBack", |p| {
             condition(p, "Ready").is_some_and(|c| c.reason == "RolledBack")
         })
         .await?;
         ensure_phase(&p, PluginPhase::Degraded, "the last good revision serves")?;
+        kstatus::expect("RolledBack", &p, "Failed")?;
         let st = p.status.clone().context("status")?;
         ensure!(
             st.current_revision.as_deref() == Some(good_revision.as_str()),
@@ -246,6 +254,48 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revisi
         // Fixing the spec rolls forward again.
         s.apply(&good).await?;
         wait_plugin(&plugins, "hello", "Active after the fix", active).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Issue 14: a Plugin in a namespace no trust policy governs is blocked for good (kstatus reads
+/// Failed, as Flux's health check would), and never without a status a moment after it is created
+/// (kstatus reads an object without one as Current).
+#[tokio::test]
+async fn a_plugin_no_policy_governs_reads_failed_in_kstatus() -> Result<()> {
+    airlock_e2e::install::ensure_installed().await?;
+    airlock_e2e::namespace::with_namespace("no-policy", &[], |ns| async move {
+        let plugins: Api<Plugin> = ns.api();
+        let plugin = json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "Plugin",
+            "metadata": {"name": "orphan"},
+            "spec": {
+                "version": "1.0.0",
+                "image": images_env("AIRLOCK_HELLO_IMAGE")?,
+                "bundle": {"source": {"configMapRef": {"name": "orphan-bundle"}}},
+                "pluginApiVersion": 1,
+                "hooks": [{"name": "transform"}],
+            }
+        });
+        airlock_e2e::plugins::apply(&plugins, &plugin).await?;
+        let p = wait_plugin(&plugins, "orphan", "a status", |p| p.status.is_some()).await?;
+        let verdict = kstatus::of(&p)?;
+        ensure!(
+            verdict.0 != "Current",
+            "kstatus reads the Plugin's first status as {verdict:?}: {:?}",
+            p.status
+        );
+        let p = wait_plugin(
+            &plugins,
+            "orphan",
+            "Ready=False reason NoTrustPolicy",
+            |p| condition(p, "Ready").is_some_and(|c| c.reason == "NoTrustPolicy"),
+        )
+        .await?;
+        ensure_phase(&p, PluginPhase::Failed, "nothing may run here")?;
+        kstatus::expect("NoTrustPolicy", &p, "Failed")?;
         Ok(())
     })
     .await

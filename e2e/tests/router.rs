@@ -741,10 +741,12 @@ async fn a_steady_stream_of_calls_survives_enable_scale_and_re_enable() -> Resul
         )
         .await?;
         let api = f.ns.api::<Plugin>();
-        wait_plugin(&api, "hello", "phase Disabled", |p| {
+        let p = wait_plugin(&api, "hello", "phase Disabled", |p| {
             phase(p) == Some(PluginPhase::Disabled)
         })
         .await?;
+        // Issue 14: disabled by its spec is where the user wants it (kstatus Current).
+        airlock_e2e::kstatus::expect("Disabled", &p, "Current")?;
         let step = std::sync::Mutex::new(Step::Enable);
         let stop = std::sync::atomic::AtomicBool::new(false);
         let calls = std::sync::Mutex::new(Vec::<(Step, Result<(), String>)>::new());
@@ -829,10 +831,12 @@ async fn a_steady_stream_of_calls_survives_enable_scale_and_re_enable() -> Resul
                     }}})),
                 )
                 .await?;
-                wait_plugin(&api, "hello", "auto-disabled", |p| {
+                let p = wait_plugin(&api, "hello", "auto-disabled", |p| {
                     phase(p) == Some(PluginPhase::Disabled)
                 })
                 .await?;
+                // Issue 14: auto-disabled needs the user (kstatus Failed, Stalled says why).
+                airlock_e2e::kstatus::expect("AutoDisabled", &p, "Failed")?;
                 wait::until(
                     "the router to refuse calls to the auto-disabled plugin",
                     airlock_e2e::WAIT,

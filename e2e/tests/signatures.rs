@@ -303,6 +303,14 @@ impl Matrix {
             }))
         })
         .await?;
+        // kstatus (Flux's health checks): blocked for good, except a registry that did not answer
+        // in time, which is retried.
+        let expected = if reason == "RegistryTimeout" {
+            "InProgress"
+        } else {
+            "Failed"
+        };
+        airlock_e2e::kstatus::expect(&format!("{name} blocked with {reason}"), &p, expected)?;
         let deployments: Api<Deployment> = self.ns.api();
         if reason != "KeyRevoked" && reason != "NoLongerAllowed" {
             ensure!(

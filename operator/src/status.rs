@@ -20,6 +20,10 @@ pub const VERIFIED: &str = "Verified";
 pub const PERMISSIONS_APPROVED: &str = "PermissionsApproved";
 pub const COMPATIBLE: &str = "Compatible";
 pub const READY: &str = "Ready";
+/// kstatus' abnormal-true conditions (what Flux health checks, `kubectl wait`, kpt and Config Sync
+/// read): present only while true, derived from the phase and `Ready` by [`kstatus`].
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
 
 /// What the cluster says about the plugin's Deployment after the apply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -263,6 +267,97 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
             .iter()
             .any(|n| n.as_deref() == Some(r.revision.as_str()))
     });
+    kstatus(&mut status, &prev, generation, now);
+    status
+}
+
+/// Reasons of `Ready=False` that are the normal course of a rollout, not a problem: their Events
+/// are Normal, not Warnings.
+pub const NORMAL_PROGRESS: [&str; 2] = ["Pending", "Deploying"];
+
+/// What a status means to kstatus: Airlock is still working on it, or it cannot go on without a
+/// change from the user, or neither (the plugin is where its spec asks: Active, or disabled by
+/// `spec.enabled: false`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// `Reconciling=True`: a rollout, a first verification, or a retried failure ("not now").
+    Reconciling,
+    /// `Stalled=True`: blocked verification, a revoked key, a missing policy, a rollback, a missed
+    /// progress deadline, auto-disabled — each needs the user to change something.
+    Stalled,
+    Settled,
+}
+
+/// [`Progress`] of a status, from its phase and the reason of `Ready`.
+pub fn progress(status: &PluginStatus) -> Progress {
+    let ready_reason = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| c.reason.as_str());
+    let retried = ready_reason.is_some_and(|r| RETRIED_REASONS.contains(&r));
+    match status.phase {
+        None | Some(PluginPhase::Pending | PluginPhase::Deploying) => Progress::Reconciling,
+        Some(PluginPhase::Active) => Progress::Settled,
+        Some(PluginPhase::Disabled) if ready_reason == Some("AutoDisabled") => Progress::Stalled,
+        Some(PluginPhase::Disabled) => Progress::Settled,
+        // The last good revision serves while the new spec waits for a registry: not a verdict.
+        Some(PluginPhase::Degraded) if retried => Progress::Reconciling,
+        Some(PluginPhase::Degraded | PluginPhase::Failed | PluginPhase::Quarantined) => {
+            Progress::Stalled
+        }
+    }
+}
+
+/// Sets `Reconciling` or `Stalled` (reason and message those of `Ready`, which says what to do) and
+/// removes the one that does not hold: kstatus reads a Plugin whose `Ready` is False as in
+/// progress forever, unless `Stalled` says it failed.
+fn kstatus(
+    status: &mut PluginStatus,
+    prev: &PluginStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    status
+        .conditions
+        .retain(|c| c.type_ != RECONCILING && c.type_ != STALLED);
+    let ty = match progress(status) {
+        Progress::Reconciling => RECONCILING,
+        Progress::Stalled => STALLED,
+        Progress::Settled => return,
+    };
+    let (reason, message) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .unwrap_or_else(|| ("Pending".into(), "the operator has not decided yet".into()));
+    status
+        .conditions
+        .push(condition(prev, ty, true, &reason, message, generation, now));
+}
+
+/// The status a Plugin gets the first time the operator sees it, before anything is fetched:
+/// kstatus reads an object without a status as Current, so a Plugin must never be left without
+/// one while its verification runs.
+pub fn first_sight(plugin: &Plugin, now: Timestamp) -> PluginStatus {
+    let prev = PluginStatus::default();
+    let generation = plugin.metadata.generation;
+    let mut status = PluginStatus {
+        observed_generation: generation,
+        phase: Some(PluginPhase::Pending),
+        conditions: vec![condition(
+            &prev,
+            READY,
+            false,
+            "Pending",
+            "the operator is verifying the plugin's image and bundle".into(),
+            generation,
+            now,
+        )],
+        ..Default::default()
+    };
+    kstatus(&mut status, &prev, generation, now);
     status
 }
 
@@ -300,6 +395,7 @@ pub fn stopped(
     status.replicas = Some(0);
     status.permissions.clear();
     status.phase = Some(PluginPhase::Quarantined);
+    kstatus(&mut status, &prev, plugin.metadata.generation, now);
     status
 }
 
@@ -430,10 +526,16 @@ fn condition(
 }
 
 /// Conditions whose status or reason changed, and a phase change; each gets an Event and an audit
-/// record. Message-only changes (e.g. a ready-pod count) are not transitions.
+/// record. Message-only changes (e.g. a ready-pod count) are not transitions. `Reconciling` and
+/// `Stalled` restate `Ready` for kstatus and are not told twice. A condition turning False is a
+/// Warning, unless it only says that the normal work goes on ([`NORMAL_PROGRESS`]).
 pub fn transitions(prev: Option<&PluginStatus>, next: &PluginStatus) -> Vec<Transition> {
     let mut out = Vec::new();
-    for c in &next.conditions {
+    for c in next
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != RECONCILING && c.type_ != STALLED)
+    {
         let before = prev.and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_));
         if before.is_none_or(|b| b.status != c.status || b.reason != c.reason) {
             out.push(Transition {
@@ -441,7 +543,7 @@ pub fn transitions(prev: Option<&PluginStatus>, next: &PluginStatus) -> Vec<Tran
                 status: c.status.clone(),
                 reason: c.reason.clone(),
                 message: c.message.clone(),
-                warning: c.status == "False",
+                warning: c.status == "False" && !NORMAL_PROGRESS.contains(&c.reason.as_str()),
             });
         }
     }
@@ -848,5 +950,134 @@ mod tests {
         let s = after_rollout(&plugin(HELLO), &a);
         assert_eq!(s.phase, Some(PluginPhase::Degraded));
         assert_not_ready(&s, "ProgressDeadlineExceeded", &["r1a2b3c4d"]);
+    }
+
+    /// Issue 14: what kstatus reads from each situation (`Reconciling` / `Stalled`, present only
+    /// while True, restating `Ready`'s reason); the e2e checks the same table with the cli-utils
+    /// library itself.
+    #[test]
+    fn kstatus_conditions_say_in_progress_or_stalled_with_the_reason() {
+        let p = plugin(HELLO);
+        let fetch = |reason: &'static str| {
+            next_status(
+                &p,
+                Outcome::FetchFailed(&FetchFailure::verified(reason, "why")),
+                Timestamp::UNIX_EPOCH,
+            )
+        };
+        let mut revoked = FetchFailure::verified("KeyRevoked", "revoked");
+        revoked.running = RunningRevision::Quarantined;
+        let mut off = plugin(HELLO);
+        off.spec.enabled = false;
+        let mut auto = plugin(HELLO);
+        auto.annotations_mut()
+            .insert(AUTO_DISABLED_ANNOTATION.into(), "5 timeouts".into());
+        let mut rolled_back = applied(1);
+        rolled_back.rolled_back_from = Some("rbad".into());
+        let mut deadline = applied(0);
+        deadline.deadline_exceeded = true;
+        /// (condition, reason) expected besides Ready, if any.
+        type Abnormal = Option<(&'static str, &'static str)>;
+        let cases: Vec<(&str, PluginStatus, Abnormal)> = vec![
+            ("Active", after_rollout(&p, &applied(1)), None),
+            (
+                "Deploying",
+                after_rollout(&p, &applied(0)),
+                Some((RECONCILING, "Deploying")),
+            ),
+            ("Disabled", after_rollout(&off, &applied(0)), None),
+            (
+                "AutoDisabled",
+                after_rollout(&auto, &applied(0)),
+                Some((STALLED, "AutoDisabled")),
+            ),
+            (
+                "NoTrustPolicy",
+                fetch(crate::plan::NO_TRUST_POLICY),
+                Some((STALLED, "NoTrustPolicy")),
+            ),
+            (
+                "ImageNotSigned",
+                fetch("ImageNotSigned"),
+                Some((STALLED, "ImageNotSigned")),
+            ),
+            (
+                "KeyRevoked",
+                next_status(
+                    &served_before(),
+                    Outcome::FetchFailed(&revoked),
+                    Timestamp::UNIX_EPOCH,
+                ),
+                Some((STALLED, "KeyRevoked")),
+            ),
+            (
+                "RolledBack",
+                after_rollout(&p, &rolled_back),
+                Some((STALLED, "RolledBack")),
+            ),
+            (
+                "ProgressDeadlineExceeded",
+                after_rollout(&p, &deadline),
+                Some((STALLED, "ProgressDeadlineExceeded")),
+            ),
+            (
+                "registry down, new Plugin",
+                fetch("RegistryUnavailable"),
+                Some((RECONCILING, "RegistryUnavailable")),
+            ),
+            (
+                "registry down, the last good revision serves",
+                next_status(
+                    &served_before(),
+                    Outcome::FetchFailed(&FetchFailure::verified("RegistryUnavailable", "why")),
+                    Timestamp::UNIX_EPOCH,
+                ),
+                Some((RECONCILING, "RegistryUnavailable")),
+            ),
+            (
+                "first sight",
+                first_sight(&p, Timestamp::UNIX_EPOCH),
+                Some((RECONCILING, "Pending")),
+            ),
+        ];
+        for (what, status, expected) in cases {
+            let abnormal: Vec<(&str, &str, &str)> = status
+                .conditions
+                .iter()
+                .filter(|c| c.type_ == RECONCILING || c.type_ == STALLED)
+                .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+                .collect();
+            let expected: Vec<(&str, &str, &str)> =
+                expected.into_iter().map(|(t, r)| (t, "True", r)).collect();
+            assert_eq!(abnormal, expected, "{what}");
+            assert_eq!(status.observed_generation, Some(3), "{what}");
+        }
+    }
+
+    /// Issue 14: a rollout in progress is told with Normal Events; a blocked Plugin with Warnings;
+    /// `Reconciling` and `Stalled` add no Events of their own.
+    #[test]
+    fn only_problems_are_warnings_and_kstatus_conditions_are_not_told_twice() {
+        let p = plugin(HELLO);
+        let deploying = after_rollout(&p, &applied(0));
+        let t = transitions(None, &deploying);
+        assert!(t.iter().all(|t| !t.warning), "{t:?}");
+        assert!(
+            t.iter()
+                .all(|t| t.condition != RECONCILING && t.condition != STALLED)
+        );
+        let mut plan = ok_plan();
+        plan.verified = Verdict::Blocked {
+            reason: "ImageNotSigned",
+            message: "no signature".into(),
+        };
+        plan.rollout = None;
+        let blocked = next_status(&p, Outcome::Planned(&plan, None), Timestamp::UNIX_EPOCH);
+        let t = transitions(Some(&deploying), &blocked);
+        assert!(t.iter().any(|t| t.condition == READY && t.warning), "{t:?}");
+        assert!(
+            t.iter()
+                .all(|t| t.condition != RECONCILING && t.condition != STALLED)
+        );
     }
 }

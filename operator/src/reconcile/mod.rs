@@ -349,6 +349,22 @@ async fn reconcile(plugin: Arc<Plugin>, term: Arc<Term>) -> Result<Action, Error
     let started = Instant::now();
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &ns);
+    // kstatus reads a Plugin without a status as Current: give it one at once, before the
+    // finalizer and the (possibly slow) verification.
+    if plugin.status.is_none()
+        && plugin.metadata.deletion_timestamp.is_none()
+        && ctx
+            .caches
+            .last_written(&plugin.uid().unwrap_or_default())
+            .is_none()
+    {
+        record::record_status(
+            &plugin,
+            crate::status::first_sight(&plugin, crate::status::now()),
+            ctx,
+        )
+        .await?;
+    }
     let result = finalizer(&api, FINALIZER, plugin, |event| async {
         match event {
             // On its own task: a reconcile that blocks its thread must not freeze the
