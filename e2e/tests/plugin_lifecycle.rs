@@ -91,6 +91,20 @@ async fn lifecycle(s: &Sandbox) -> Result<()> {
         ns.api::<Deployment>().get_opt("hello").await?.is_some(),
         "a disabled plugin keeps its Deployment (scaled to zero)"
     );
+    // Issue 13: its NetworkPolicy and Service, which cost the cluster work while idle, go once no
+    // pod of it can be left (the pods' grace period after the Deployment reached zero).
+    wait::until(
+        "the disabled plugin's NetworkPolicy and Service removed",
+        airlock_e2e::WAIT,
+        async || {
+            Ok((
+                ns.api::<NetworkPolicy>().get_opt("hello").await?.is_some(),
+                ns.api::<Service>().get_opt("hello").await?.is_some(),
+            ))
+        },
+        |(np, svc)| !np && !svc,
+    )
+    .await?;
     set_enabled(&plugins, "hello", true).await?;
     let out = invoke(client, &ns.name, "hello").await?;
     ensure!(

@@ -21,6 +21,7 @@ pub mod quantity;
 pub mod reconcile;
 pub mod running;
 pub mod status;
+pub mod stopped;
 pub mod trust;
 pub mod verify;
 

@@ -45,6 +45,25 @@ pub struct Rollout {
     pub template_digest: Option<String>,
     /// Why a revision that missed its deadline was not rolled back (when it was not).
     pub no_rollback: Option<String>,
+    /// When the reconcile must look again although nothing may change meanwhile (a stopped
+    /// plugin's NetworkPolicy and Service, removed once no pod can be left).
+    pub recheck_after: Option<std::time::Duration>,
+}
+
+impl Rollout {
+    /// A revision of a Plugin that does not run and never ran: it has no Deployment.
+    pub fn nothing_runs(revision: &str) -> Self {
+        Self {
+            revision: revision.to_string(),
+            observed: true,
+            ..Default::default()
+        }
+    }
+
+    /// The Deployment has seen its spec and reports no pod at all.
+    pub fn at_zero(&self) -> bool {
+        self.observed && self.desired_replicas == 0 && self.total_replicas == 0
+    }
 }
 
 /// Why a reconcile could not get as far as a plan (fetching the bundle or image failed).
@@ -608,6 +627,7 @@ mod tests {
             rolled_back_from: None,
             template_digest: Some("sha256:t".into()),
             no_rollback: None,
+            recheck_after: None,
         }
     }
 

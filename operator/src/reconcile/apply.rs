@@ -13,13 +13,15 @@ use airlock_core::names;
 use airlock_crds::Plugin;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::watches::Watches;
 use super::{Context, Error, certificates};
@@ -28,6 +30,7 @@ use crate::build::{self, FIELD_MANAGER};
 use crate::ownership::{Ownership, ownership};
 use crate::running::Stop;
 use crate::status;
+use crate::stopped::{self, Network};
 use airlock_crds::plugin::RevisionRecord;
 
 /// A plugin signed by a revoked key must not keep running: scale its Deployment to zero. The
@@ -234,6 +237,11 @@ async fn apply_children(
     watches: &Watches,
 ) -> Result<status::Rollout, Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    let uid = plugin.uid().unwrap_or_default();
+    if !plugin.should_run() {
+        return apply_stopped(plugin, rollout, ctx, watches, &ns, &uid).await;
+    }
+    ctx.caches.not_stopped(&uid);
     // The Secret first: a refusal (someone else's Secret of that name) leaves nothing else
     // written.
     ensure_bundle_secret(plugin, rollout, ctx, &ns).await?;
@@ -246,6 +254,107 @@ async fn apply_children(
     let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
     let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
     Ok(observe(&applied, &rollout.revision))
+}
+
+/// The children of a Plugin that does not run ([`crate::stopped`]): none if it never ran; else its
+/// Deployment scaled to zero, and its NetworkPolicy and Service until no pod can be left.
+async fn apply_stopped(
+    plugin: &Plugin,
+    rollout: &build::Rollout,
+    ctx: &Context,
+    watches: &Watches,
+    ns: &str,
+    uid: &str,
+) -> Result<status::Rollout, Error> {
+    if own_deployment_uid(plugin, ns, watches).is_none() {
+        return Ok(status::Rollout::nothing_runs(&rollout.revision));
+    }
+    let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
+    let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
+    let mut observed = observe(&applied, &rollout.revision);
+    let now = std::time::Instant::now();
+    let since = if observed.at_zero() {
+        Some(ctx.caches.stopped_since(uid, now))
+    } else {
+        ctx.caches.not_stopped(uid);
+        None
+    };
+    match stopped::network(since, now) {
+        Network::Remove => remove_network(plugin, ns, ctx, watches).await?,
+        Network::Keep { recheck_after } => {
+            // Pods may still be running: they stay confined (and reachable for their last
+            // calls). Once the Deployment is at zero, only what exists is kept: an operator
+            // that restarts does not re-create what a previous one removed.
+            if !observed.at_zero() {
+                let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
+                ensure(plugin, &np, ctx, &watches.network_policies).await?;
+                let svc = build::service::service(plugin);
+                ensure(plugin, &svc, ctx, &watches.services).await?;
+            }
+            observed.recheck_after = recheck_after;
+        }
+    }
+    Ok(observed)
+}
+
+/// Deletes the Plugin's own NetworkPolicy and Service (as the watch caches show them; the uid
+/// precondition makes sure it is that very object).
+async fn remove_network(
+    plugin: &Plugin,
+    ns: &str,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<(), Error> {
+    let name = names::child_name(&plugin.name_any());
+    let uid = plugin.uid().unwrap_or_default();
+    let ours = |meta: &kube::core::ObjectMeta| {
+        ownership(Some(meta), &plugin.name_any(), &uid) == Ownership::Ours
+    };
+    let np = watches
+        .network_policies
+        .get(&ObjectRef::new(&name).within(ns))
+        .filter(|o| ours(o.meta()))
+        .and_then(|o| o.uid());
+    if let Some(np_uid) = np {
+        delete_exactly::<NetworkPolicy>(ctx, ns, &name, np_uid).await?;
+    }
+    let svc = watches
+        .services
+        .get(&ObjectRef::new(&name).within(ns))
+        .filter(|o| ours(o.meta()))
+        .and_then(|o| o.uid());
+    if let Some(svc_uid) = svc {
+        delete_exactly::<Service>(ctx, ns, &name, svc_uid).await?;
+    }
+    Ok(())
+}
+
+/// Deletes `name` if it is still the object with `uid` (gone already is fine).
+async fn delete_exactly<K>(ctx: &Context, ns: &str, name: &str, uid: String) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match Api::<K>::namespaced(ctx.client.clone(), ns)
+        .delete(name, &params)
+        .await
+    {
+        Ok(_) => {
+            info!(kind = %K::kind(&()), %name, namespace = ns, "removed: the plugin does not run");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The bundle Secret of the revision: immutable and named by digest, so it is created once and
@@ -373,5 +482,6 @@ fn observe(d: &Deployment, revision: &str) -> status::Rollout {
             .spec
             .as_ref()
             .map(|s| crate::running::template_digest(&s.template)),
+        recheck_after: None,
     }
 }

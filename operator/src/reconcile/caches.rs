@@ -44,6 +44,9 @@ struct PerPlugin {
     /// When the certificate this process issued for the Plugin is due for renewal (the Secret
     /// itself is not read: see [`PluginCaches::certificate_due`]).
     certificate_renew_at: Option<SystemTime>,
+    /// Since when the Plugin, not running, has had its Deployment at zero pods
+    /// ([`crate::stopped::network`]).
+    stopped_since: Option<Instant>,
 }
 
 impl PluginCaches {
@@ -97,6 +100,17 @@ impl PluginCaches {
             Some(at) if now >= at => Some("its certificate has a third of its lifetime left"),
             Some(_) => None,
         }
+    }
+
+    /// Since when the Plugin `uid` has been seen stopped (its Deployment at zero pods): `now` the
+    /// first time.
+    pub fn stopped_since(&self, uid: &str, now: Instant) -> Instant {
+        self.with(uid, |p| *p.stopped_since.get_or_insert(now))
+    }
+
+    /// The Plugin `uid` runs (or is scaling down): the clock of [`Self::stopped_since`] restarts.
+    pub fn not_stopped(&self, uid: &str) {
+        self.with(uid, |p| p.stopped_since = None);
     }
 
     /// A certificate of [`PLUGIN_LEAF_LIFETIME`] was issued for the Plugin `uid` at `now`.

@@ -65,12 +65,16 @@ pub(super) async fn ensure_identity(
     watches: &Watches,
 ) -> Result<(), Error> {
     let uid = plugin.uid().unwrap_or_default();
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    // A plugin without pods needs no certificate (issue 13: a disabled Plugin costs nothing);
+    // enabling it issues one before its pods start. Renewal has its own clock.
+    if plugin.should_run() {
+        issue_plugin_certificate(plugin, ctx, watches, &ns).await?;
+    }
     let now = Instant::now();
     if !ctx.caches.hourly_checks_due(&uid, now) {
         return Ok(());
     }
-    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
-    issue_plugin_certificate(plugin, ctx, watches, &ns).await?;
     adopt_storage(plugin, ctx, &ns).await?;
     ctx.caches.hourly_checks_passed(&uid, now);
     Ok(())

@@ -222,6 +222,9 @@ fn running_records(plugin: &Plugin, planned: Option<&RevisionRecord>) -> Vec<Rev
 }
 
 fn requeue_after(plan: &Plan, applied: Option<&status::Rollout>) -> Duration {
+    if let Some(at) = applied.and_then(|a| a.recheck_after) {
+        return at;
+    }
     match (plan.rollout.as_ref(), applied) {
         // Changes of the owned Deployment wake us up; this is only a safety net.
         (Some(_), Some(a)) if a.ready_replicas < a.desired_replicas => Duration::from_secs(15),

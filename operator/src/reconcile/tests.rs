@@ -15,7 +15,11 @@ use base64::Engine as _;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::client::Body;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
@@ -160,6 +164,10 @@ impl FakeApi {
                     }
                 }
                 object["metadata"]["resourceVersion"] = json!(st.requests.len().to_string());
+                if object["metadata"]["uid"].is_null() {
+                    // The API server gives every object a uid when it creates it.
+                    object["metadata"]["uid"] = json!(format!("uid-of-{object_path}"));
+                }
                 st.objects.insert(object_path, object.clone());
                 (StatusCode::OK, object)
             }
@@ -167,6 +175,10 @@ impl FakeApi {
                 st.posts.push((path.clone(), body.clone()));
                 (StatusCode::CREATED, body)
             }
+            Method::DELETE => match st.objects.remove(&path) {
+                Some(o) => (StatusCode::OK, o),
+                None => not_found(),
+            },
             _ => not_found(),
         };
         let bytes = serde_json::to_vec(&answer).unwrap_or_default();
@@ -303,6 +315,8 @@ struct Harness {
     audit: Arc<Mutex<Vec<Value>>>,
     watches: Watches,
     deployments: Writer<Deployment>,
+    services: Writer<PartialObjectMeta<Service>>,
+    network_policies: Writer<PartialObjectMeta<NetworkPolicy>>,
     _listed: tokio::sync::watch::Sender<bool>,
 }
 
@@ -344,13 +358,15 @@ impl Harness {
         let (policies, mut policy_writer) = reflector::store();
         policy_writer.apply_watcher_event(&watcher::Event::Apply(policy));
         let (deployments, deployment_writer) = reflector::store();
+        let (services, service_writer) = reflector::store();
+        let (network_policies, network_policy_writer) = reflector::store();
         let (listed_tx, policies_listed) = tokio::sync::watch::channel(true);
         let watches = Watches {
             policies,
             policies_listed,
             deployments,
-            services: reflector::store().0,
-            network_policies: reflector::store().0,
+            services,
+            network_policies,
             service_accounts: reflector::store().0,
             // Empty and listed: every ConfigMap is read from the (fake) API server.
             bundle_config_maps: crate::bundle_config_maps::BundleConfigMaps::new(
@@ -365,6 +381,8 @@ impl Harness {
             audit,
             watches,
             deployments: deployment_writer,
+            services: service_writer,
+            network_policies: network_policy_writer,
             _listed: listed_tx,
         }
     }
@@ -431,6 +449,60 @@ impl Harness {
                 (field("event"), field("reason"))
             })
             .collect()
+    }
+
+    /// The plugin's Service and NetworkPolicy as the watches would show them now (gone ones
+    /// removed).
+    fn watch_network(&mut self) {
+        let objects = self.api.state().objects.clone();
+        let meta = |path: &str| {
+            objects
+                .get(path)
+                .map(|o| serde_json::from_value::<ObjectMeta>(o["metadata"].clone()).unwrap())
+        };
+        let service = format!("/api/v1/namespaces/{NS}/services/hello");
+        match meta(&service) {
+            Some(m) => {
+                self.services
+                    .apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta {
+                        types: None,
+                        metadata: m,
+                        _phantom: Default::default(),
+                    }))
+            }
+            None => self
+                .services
+                .apply_watcher_event(&watcher::Event::Delete(PartialObjectMeta {
+                    types: None,
+                    metadata: ObjectMeta {
+                        name: Some("hello".into()),
+                        namespace: Some(NS.into()),
+                        ..Default::default()
+                    },
+                    _phantom: Default::default(),
+                })),
+        }
+        let np = format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/hello");
+        match meta(&np) {
+            Some(m) => self
+                .network_policies
+                .apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta {
+                    types: None,
+                    metadata: m,
+                    _phantom: Default::default(),
+                })),
+            None => self
+                .network_policies
+                .apply_watcher_event(&watcher::Event::Delete(PartialObjectMeta {
+                    types: None,
+                    metadata: ObjectMeta {
+                        name: Some("hello".into()),
+                        namespace: Some(NS.into()),
+                        ..Default::default()
+                    },
+                    _phantom: Default::default(),
+                })),
+        }
     }
 
     /// The plugin's Deployment as the watch would show it now.
@@ -1113,4 +1185,102 @@ fn replicas_patched(h: &Harness, path: &str) -> Option<Value> {
     h.api
         .last_patch(path)
         .map(|b| b["spec"]["replicas"].clone())
+}
+
+/// Issue 13: a Plugin created disabled costs the cluster nothing: no ServiceAccount, Secret,
+/// NetworkPolicy, Service or Deployment, only its status.
+#[tokio::test]
+async fn a_plugin_that_never_ran_has_no_children() {
+    let h = Harness::unsigned(MANIFEST);
+    let mut p = plugin("uid-1", "[log]");
+    p.spec.enabled = false;
+    h.reconcile(&p).await;
+    let writes = h.api.take_writes();
+    let children: Vec<&String> = writes
+        .iter()
+        .filter(|w| !w.contains("/plugins/hello/status") && !w.contains("/events"))
+        .collect();
+    assert!(children.is_empty(), "{children:#?}");
+    assert_eq!(h.status()["phase"], "Disabled", "{}", h.status());
+}
+
+/// Issue 13: a plugin that stops keeps its Deployment (scaled to zero: its ReplicaSets are what a
+/// rollback re-applies) and its NetworkPolicy while a pod may still be terminating; once none
+/// can be left, the NetworkPolicy and Service go — the very objects the watches show as its own.
+#[tokio::test]
+async fn a_stopped_plugin_keeps_its_network_policy_until_no_pod_can_be_left() {
+    let mut h = Harness::unsigned(MANIFEST);
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+    h.watch_deployment();
+    h.watch_network();
+    h.api.take_writes();
+
+    let mut off = h.seen(&p);
+    off.spec.enabled = false;
+    let action = h.reconcile(&off).await;
+    h.watch_deployment();
+    let writes = h.api.take_writes();
+    assert!(
+        wrote(
+            &writes,
+            "PATCH /apis/apps/v1/namespaces/plugins/deployments/hello"
+        ),
+        "scaled to zero: {writes:#?}"
+    );
+    assert!(
+        !wrote(&writes, "DELETE"),
+        "pods may be terminating: {writes:#?}"
+    );
+    // Nothing will change meanwhile: the reconcile asks to look again when the window ends.
+    let debug = format!("{action:?}");
+    let requeue: f64 = debug
+        .split("Some(")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a requeue in {debug}"));
+    let window = crate::stopped::POD_GONE_AFTER.as_secs_f64();
+    assert!(requeue > window - 5.0 && requeue <= window, "{debug}");
+
+    // The window has passed (the operator saw the Deployment at zero a minute ago).
+    let uid = "uid-1";
+    let earlier = std::time::Instant::now()
+        .checked_sub(Duration::from_secs(60))
+        .expect("the machine has been up a minute");
+    h.ctx.caches.not_stopped(uid);
+    h.ctx.caches.stopped_since(uid, earlier);
+    h.reconcile(&h.seen(&off)).await;
+    let writes = h.api.take_writes();
+    for gone in [
+        "DELETE /apis/networking.k8s.io/v1/namespaces/plugins/networkpolicies/hello",
+        "DELETE /api/v1/namespaces/plugins/services/hello",
+    ] {
+        assert!(writes.contains(&gone.to_string()), "{gone} in {writes:#?}");
+    }
+    assert!(
+        !wrote(&writes, "DELETE /apis/apps"),
+        "the Deployment stays: {writes:#?}"
+    );
+    assert_eq!(h.status()["phase"], "Disabled");
+
+    // Gone from the watches: nothing more to do, and nothing re-created.
+    h.watch_network();
+    h.reconcile(&h.seen(&off)).await;
+    let writes = h.api.take_writes();
+    assert!(
+        !wrote(&writes, "networkpolicies") && !wrote(&writes, "services"),
+        "{writes:#?}"
+    );
+
+    // Enabled again: the NetworkPolicy and Service come back with the pods.
+    let on = h.seen(&p);
+    h.reconcile(&on).await;
+    let writes = h.api.take_writes();
+    for back in [
+        "PATCH /apis/networking.k8s.io/v1/namespaces/plugins/networkpolicies/hello",
+        "PATCH /api/v1/namespaces/plugins/services/hello",
+    ] {
+        assert!(writes.contains(&back.to_string()), "{back} in {writes:#?}");
+    }
 }
