@@ -28,14 +28,20 @@ pub(super) async fn run(
 ) -> Result<Action, Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let client = &ctx.client;
+    let namespace = ctx.namespaces.get(&ObjectRef::new(&ns));
+    if namespace
+        .as_ref()
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
+    {
+        // The namespace goes with everything in it, and refuses every create meanwhile (children,
+        // Events): writing would only fail and retry. The Plugin's own deletion follows.
+        return Ok(Action::await_change());
+    }
 
     // 1. Fetch: namespace labels and policies from the watch caches, then the bundle and image
     //    (2. verify happens inside: signatures are checked before the bundle is parsed).
-    let ns_labels: BTreeMap<String, String> = ctx
-        .namespaces
-        .get(&ObjectRef::new(&ns))
-        .map(|n| n.labels().clone())
-        .unwrap_or_default();
+    let ns_labels: BTreeMap<String, String> =
+        namespace.map(|n| n.labels().clone()).unwrap_or_default();
     // Deciding with an empty policy cache would block every plugin for a moment: wait for it
     // (at once after the first list; a list that takes longer is retried, not waited on).
     let mut listed = watches.policies_listed.clone();

@@ -315,6 +315,7 @@ struct Harness {
     audit: Arc<Mutex<Vec<Value>>>,
     watches: Watches,
     deployments: Writer<Deployment>,
+    namespaces: Writer<PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
     services: Writer<PartialObjectMeta<Service>>,
     network_policies: Writer<PartialObjectMeta<NetworkPolicy>>,
     _listed: tokio::sync::watch::Sender<bool>,
@@ -332,7 +333,7 @@ impl Harness {
             move |req| api.clone().answer(req)
         });
         let client = kube::Client::new(service, NS);
-        let (namespaces, _) = reflector::store();
+        let (namespaces, namespace_writer) = reflector::store();
         let mut ctx = Context::with_namespaces(
             client,
             namespaces,
@@ -381,6 +382,7 @@ impl Harness {
             audit,
             watches,
             deployments: deployment_writer,
+            namespaces: namespace_writer,
             services: service_writer,
             network_policies: network_policy_writer,
             _listed: listed_tx,
@@ -1283,4 +1285,25 @@ async fn a_stopped_plugin_keeps_its_network_policy_until_no_pod_can_be_left() {
     ] {
         assert!(writes.contains(&back.to_string()), "{back} in {writes:#?}");
     }
+}
+
+/// A Plugin whose namespace is being deleted writes nothing (every create there is refused, and
+/// the namespace takes the children with it); its own deletion follows.
+#[tokio::test]
+async fn nothing_is_written_for_a_plugin_whose_namespace_is_going_away() {
+    let mut h = Harness::unsigned(MANIFEST);
+    h.namespaces
+        .apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some(NS.into()),
+                deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                )),
+                ..Default::default()
+            },
+            _phantom: Default::default(),
+        }));
+    h.reconcile(&plugin("uid-1", "[log]")).await;
+    assert_eq!(h.api.take_writes(), Vec::<String>::new());
 }
