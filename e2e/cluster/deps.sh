@@ -3,7 +3,7 @@
 # shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
 PKGS="containerd runc containernetworking-plugins iptables ipset conntrack socat ebtables iproute2 \
-  docker-registry musl-tools openssl curl ca-certificates jq python3-venv shellcheck"
+  docker-registry musl-tools openssl curl ca-certificates jq python3-venv shellcheck lua5.1"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

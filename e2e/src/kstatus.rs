@@ -37,12 +37,23 @@ pub fn of<T: Serialize>(object: &T) -> Result<(String, String)> {
     ))
 }
 
-/// Fails unless kstatus reads `object` as `expected` (the README's table); `what` names the case.
+/// Fails unless kstatus reads `object` as `expected`, and Argo CD's health check (Airlock's Lua
+/// script, [`crate::argocd`]) as the README's table says for it: Current is Healthy (Suspended for
+/// a Plugin disabled by its spec), InProgress is Progressing, Failed is Degraded. `what` names
+/// the case.
 pub fn expect<T: Serialize>(what: &str, object: &T, expected: &str) -> Result<()> {
     let (status, message) = of(object)?;
     ensure!(
         status == expected,
         "{what}: kstatus reads {status} ({message:?}), the README's table says {expected}"
     );
-    Ok(())
+    let value = serde_json::to_value(object)?;
+    let argo = match expected {
+        "Current" if value["status"]["phase"] == "Disabled" => "Suspended",
+        "Current" => "Healthy",
+        "InProgress" => "Progressing",
+        "Failed" => "Degraded",
+        other => other,
+    };
+    crate::argocd::expect(what, object, argo)
 }

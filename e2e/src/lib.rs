@@ -5,6 +5,7 @@
 //! The cluster is the local one that `e2e/cluster/up.sh` starts (its admin kubeconfig is used when
 //! `KUBECONFIG` is not set), or any cluster `KUBECONFIG` points at. No part of Kubernetes is mocked.
 
+pub mod argocd;
 pub mod artifacts;
 pub mod callers;
 pub mod crds;

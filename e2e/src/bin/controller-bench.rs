@@ -65,6 +65,7 @@ struct Counts {
     requests: f64,
     writes: f64,
     rss_bytes: f64,
+    reconciles: f64,
 }
 
 impl Counts {
@@ -87,6 +88,8 @@ impl Counts {
                 }
             } else if series == "process_resident_memory_bytes" {
                 counts.rss_bytes = value;
+            } else if series == "airlock_reconcile_duration_seconds_count" {
+                counts.reconciles = value;
             }
         }
         counts
@@ -260,7 +263,7 @@ fn report(
          Plugins created in:            {:.1} s\n\
          time to steady state:          {:.1} s from the first create ({:.1} Plugins/s)\n\
          API server floor:              {floor_rate:.0} writes/s; the {writes:.0} writes (Plugins and the operator's) alone take {floor:.1} s: steady state x{:.2} (goal <= x1.3)\n\
-         API requests per Plugin:       {:.1} (writes {:.1})\n\
+         API requests per Plugin:       {:.1} (writes {:.1}); reconciles per Plugin: {:.1}\n\
          API writes/min, steady state:  {steady_writes:.1}   (floor, no Plugins: {idle_writes:.1}; ratio {ratio})\n\
          operator RSS:                  {:.1} MiB\n",
         created.as_secs_f64(),
@@ -269,6 +272,7 @@ fn report(
         settled.as_secs_f64() / floor,
         (run.1.requests - run.0.requests) / n_f,
         (run.1.writes - run.0.writes) / n_f,
+        (run.1.reconciles - run.0.reconciles) / n_f,
         run.2.rss_bytes / 1_048_576.0,
     )
 }
@@ -285,13 +289,15 @@ mod tests {
             airlock_kube_requests_total{method=\"POST\"} 3\n\
             airlock_kube_requests_total{method=\"DELETE\"} 1\n\
             airlock_plugins{phase=\"Disabled\"} 1000\n\
+            airlock_reconcile_duration_seconds_count 4000\n\
             process_resident_memory_bytes 2.097152e7\n";
         assert_eq!(
             Counts::parse(text),
             Counts {
                 requests: 51.0,
                 writes: 11.0,
-                rss_bytes: 20_971_520.0
+                rss_bytes: 20_971_520.0,
+                reconciles: 4000.0,
             }
         );
     }
@@ -302,6 +308,7 @@ mod tests {
             requests: writes * 2.0,
             writes,
             rss_bytes: 50.0 * 1_048_576.0,
+            reconciles: writes / 2.0,
         };
         let text = report(
             1000,
@@ -319,7 +326,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("API requests per Plugin:       6.0 (writes 3.0)"),
+            text.contains(
+                "API requests per Plugin:       6.0 (writes 3.0); reconciles per Plugin: 1.5"
+            ),
             "{text}"
         );
         assert!(
