@@ -28,6 +28,7 @@ pub const ANY: &str = "*";
     version = "v1alpha1",
     kind = "PluginCallerBinding",
     plural = "plugincallerbindings",
+    doc = "Grants workloads (ServiceAccounts) of a namespace the right to call that namespace's plugins through the Airlock router, on the plugins and hooks listed.",
     shortname = "pcb",
     category = "airlock",
     namespaced,

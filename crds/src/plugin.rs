@@ -50,6 +50,7 @@ impl Plugin {
     version = "v1alpha1",
     kind = "Plugin",
     plural = "plugins",
+    doc = "A plugin: code someone else wrote (a container image and a signed bundle), run by Airlock only after its signatures verify against a PluginTrustPolicy, sandboxed, and called through the Airlock router on the hooks listed in spec.hooks. status says what Airlock decided and why.",
     namespaced,
     status = "PluginStatus",
     // `kubectl scale plugin/x --replicas=3` and a HorizontalPodAutoscaler work on a Plugin: they
@@ -70,7 +71,19 @@ impl Plugin {
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.currentRevision",
+        priority = 1
+    ),
+    printcolumn(name = "Signer", type_ = "string", json_path = ".status.signer", priority = 1),
     validation = Rule::new("size(self.metadata.name) <= 52")
         .message("metadata.name must be at most 52 characters: the Plugin's Deployment, Service and Secrets are named after it")
         .reason(kube::core::Reason::FieldValueInvalid),
@@ -112,8 +125,10 @@ pub struct PluginSpec {
     pub plugin_api_version: i32,
 
     /// Hooks the host may call on this plugin; each must be declared by the signed manifest.
+    /// A map keyed by name (server-side apply and GitOps diffs merge items by name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub hooks: Vec<HookSpec>,
 
     /// Permissions the applier approves. The plugin runs with the intersection of these, the ones
@@ -318,6 +333,9 @@ pub struct PluginStatus {
     pub bundle_digest: Option<String>,
     /// Trust level derived from the key that signed the plugin; never taken from the spec.
     pub trust_level: Option<String>,
+    /// The trusted key that signed the running revision, as `<policy>/<key>`; absent for an
+    /// unsigned plugin a policy allows.
+    pub signer: Option<String>,
     /// Revision being rolled out or serving.
     pub current_revision: Option<String>,
     /// Ready plugin pods (the `scale` subresource's status replicas).

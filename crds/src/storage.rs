@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "PluginStorage",
     plural = "pluginstorages",
+    doc = "The key-value storage of one plugin (named like its Plugin, in its namespace), read and written by the plugin through the host API; an installer may create it first with initial data.",
     shortname = "pst",
     category = "airlock",
     namespaced,

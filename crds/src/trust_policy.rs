@@ -22,9 +22,9 @@ use airlock_core::Permission;
     version = "v1alpha1",
     kind = "PluginTrustPolicy",
     plural = "plugintrustpolicies",
+    doc = "Which signing keys a cluster admin trusts for which namespaces, at which trust level, and what each level may do (permissions, resources, timeouts, egress). When several policies select a namespace, the most restrictive answer wins.",
     shortname = "ptp",
     category = "airlock",
-    printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
     printcolumn(
         name = "Age",
         type_ = "date",

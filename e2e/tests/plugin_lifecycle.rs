@@ -140,6 +140,14 @@ async fn lifecycle(s: &Sandbox) -> Result<()> {
         "nothing is rolled out for an incompatible plugin"
     );
 
+    // Issue 14: no finalizer only the operator could remove (deleting the Plugin, its namespace
+    // or the CRD would hang without it).
+    let p = plugins.get("hello").await?;
+    ensure!(
+        p.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty()),
+        "finalizers on a Plugin: {:?}",
+        p.metadata.finalizers
+    );
     // Delete: every child goes.
     plugins.delete("hello", &DeleteParams::default()).await?;
     wait::until(
@@ -160,6 +168,19 @@ async fn lifecycle(s: &Sandbox) -> Result<()> {
             ])
         },
         |left| left.iter().all(|l| !l),
+    )
+    .await?;
+    // The deletion is still recorded (from the delete event).
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    wait::found(
+        "the audit record of the deletion",
+        Duration::from_secs(30),
+        async || {
+            Ok(airlock_e2e::plugins::audit_records(client)
+                .await?
+                .into_iter()
+                .find(|r| r["event"] == "Deleted" && r["plugin"]["uid"] == uid.as_str()))
+        },
     )
     .await?;
     let _ = plugins

@@ -87,6 +87,8 @@ pub struct Plan {
     pub verified: Verdict,
     pub permissions_approved: Verdict,
     pub trust_level: TrustLevel,
+    /// The trusted key that signed the revision, as the user knows it (`<policy>/<key>`).
+    pub signer: Option<String>,
     /// Present only when every verdict is Ok.
     pub rollout: Option<Rollout>,
     /// What `rollout` is approved with, for `status.revisions`; present with `rollout`.
@@ -134,6 +136,7 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
         verified,
         permissions_approved,
         trust_level,
+        signer: fetched.signed_by.as_ref().map(|s| s.key.clone()),
         rollout,
         record,
     }

@@ -41,7 +41,6 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -55,7 +54,11 @@ use airlock_core::names;
 use caches::PluginCaches;
 use watches::{Watches, cached_watch};
 
-pub const FINALIZER: &str = "airlock.dev/cleanup";
+/// The finalizer Airlock set on every Plugin before issue 14. Only the operator removed it, so
+/// deleting a Plugin, its namespace or the CRD hung while the operator was away (after
+/// `helm uninstall`, say). Plugins get none now; the operator removes it from those that have it.
+/// A deletion is recorded from the watch's delete event instead ([`record::cleanup`]).
+pub const LEGACY_FINALIZER: &str = "airlock.dev/cleanup";
 
 /// Reconciles at once unless configured (`--max-concurrent-reconciles`).
 pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 8;
@@ -67,8 +70,6 @@ const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
     #[error("Plugin has no namespace")]
     NoNamespace,
     #[error("the reconcile task failed: {0}")]
@@ -102,7 +103,6 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
             Error::NoNamespace => "no_namespace",
             Error::Task(_) => "task",
             Error::Certificate(_) => "certificate",
@@ -210,6 +210,17 @@ pub async fn run(ctx: Arc<Context>) {
     // Status-only changes (the operator's own writes) start no reconcile ([`triggers`]), and
     // managedFields, never read, are kept out of the cache.
     let (plugins, plugin_writer) = reflector::store();
+    // A deleted Plugin is recorded (audit record, Event) and forgotten as its delete event goes
+    // by: no finalizer holds the deletion for the operator.
+    let (deleted_tx, mut deleted) = tokio::sync::mpsc::unbounded_channel::<Plugin>();
+    let recorder = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            while let Some(p) = deleted.recv().await {
+                record::cleanup(&p, &ctx).await;
+            }
+        }
+    });
     let plugin_triggers = watcher(
         Api::<Plugin>::all(client.clone()),
         watcher::Config::default(),
@@ -217,6 +228,11 @@ pub async fn run(ctx: Arc<Context>) {
     .default_backoff()
     .modify(|p: &mut Plugin| p.managed_fields_mut().clear())
     .reflect(plugin_writer)
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Delete(p)) = event {
+            let _ = deleted_tx.send(p.clone());
+        }
+    })
     .applied_objects()
     .predicate_filter(triggers::plugin_changes, Default::default());
     let cfg = watcher::Config::default().labels(names::MANAGED_BY_SELECTOR);
@@ -336,6 +352,7 @@ pub async fn run(ctx: Arc<Context>) {
         })
         .await;
     router_certificate.abort();
+    recorder.abort();
 }
 
 fn error_policy(_plugin: Arc<Plugin>, error: &Error, term: Arc<Term>) -> Action {
@@ -347,10 +364,24 @@ fn error_policy(_plugin: Arc<Plugin>, error: &Error, term: Arc<Term>) -> Action 
 async fn reconcile(plugin: Arc<Plugin>, term: Arc<Term>) -> Result<Action, Error> {
     let ctx = &term.ctx;
     let started = Instant::now();
+    let result = reconcile_plugin(plugin, &term).await;
+    ctx.metrics.observe_reconcile(started.elapsed());
+    result
+}
+
+async fn reconcile_plugin(plugin: Arc<Plugin>, term: &Arc<Term>) -> Result<Action, Error> {
+    let ctx = &term.ctx;
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &ns);
+    if plugin.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
+        remove_legacy_finalizer(&api, &plugin).await?;
+    }
+    if plugin.metadata.deletion_timestamp.is_some() {
+        // Going away (children with it, by garbage collection); its delete event is recorded.
+        return Ok(Action::await_change());
+    }
     // kstatus reads a Plugin without a status as Current: give it one at once, before the
-    // finalizer and the (possibly slow) verification.
+    // (possibly slow) verification.
     if plugin.status.is_none()
         && plugin.metadata.deletion_timestamp.is_none()
         && ctx
@@ -365,43 +396,46 @@ async fn reconcile(plugin: Arc<Plugin>, term: Arc<Term>) -> Result<Action, Error
         )
         .await?;
     }
-    let result = finalizer(&api, FINALIZER, plugin, |event| async {
-        match event {
-            // On its own task: a reconcile that blocks its thread must not freeze the
-            // controller's stream, which drives every other reconcile.
-            Finalizer::Apply(p) => {
-                let term = term.clone();
-                tokio::spawn(
-                    async move {
-                        // A reconcile that never finishes would hold every later trigger of
-                        // this Plugin. Every await below has its own timeout (API requests:
-                        // kube_client::REQUEST_TIMEOUT; registry calls); this is the backstop.
-                        tokio::time::timeout(
-                            RECONCILE_TIMEOUT,
-                            pipeline::run(&p, &term.ctx, &term.watches),
-                        )
-                        .await
-                        .map_err(|_| {
-                            warn!(
-                                "reconcile did not finish within {RECONCILE_TIMEOUT:?}; retrying"
-                            );
-                            Error::Task(format!("timed out after {RECONCILE_TIMEOUT:?}"))
-                        })?
-                    }
-                    .in_current_span(),
-                )
-                .await
-                .map_err(|e| Error::Task(e.to_string()))?
-            }
-            Finalizer::Cleanup(p) => record::cleanup(&p, ctx).await,
+    // On its own task: a reconcile that blocks its thread must not freeze the controller's
+    // stream, which drives every other reconcile.
+    let term = term.clone();
+    tokio::spawn(
+        async move {
+            // A reconcile that never finishes would hold every later trigger of this Plugin.
+            // Every await below has its own timeout (API requests: kube_client::REQUEST_TIMEOUT;
+            // registry calls); this is the backstop.
+            tokio::time::timeout(
+                RECONCILE_TIMEOUT,
+                pipeline::run(&plugin, &term.ctx, &term.watches),
+            )
+            .await
+            .map_err(|_| {
+                warn!("reconcile did not finish within {RECONCILE_TIMEOUT:?}; retrying");
+                Error::Task(format!("timed out after {RECONCILE_TIMEOUT:?}"))
+            })?
         }
-    })
+        .in_current_span(),
+    )
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+    .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Removes [`LEGACY_FINALIZER`], keeping any other (the resourceVersion makes it a conditional
+/// write: a conflict is retried with the fresh object).
+async fn remove_legacy_finalizer(api: &Api<Plugin>, plugin: &Plugin) -> Result<(), Error> {
+    let rest: Vec<&String> = plugin
+        .finalizers()
+        .iter()
+        .filter(|f| *f != LEGACY_FINALIZER)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": rest, "resourceVersion": plugin.resource_version()}
     });
-    ctx.metrics.observe_reconcile(started.elapsed());
-    result
+    api.patch(
+        &plugin.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
 }

@@ -1,11 +1,11 @@
-//! The status step: conditions written with server-side apply only when they changed, one Event
-//! and one audit record per transition; and the record of a deletion.
+//! The status step: conditions written with server-side apply only when they changed, one audit
+//! record per transition and one Event per change ([`status::event`]); and the record of a
+//! deletion.
 
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginStatus;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -33,6 +33,8 @@ pub(super) async fn record_status(
     let now = Timestamp::now();
     for t in &transitions {
         (ctx.audit)(&audit::record(plugin, &next, t, now));
+    }
+    if let Some(t) = status::event(&transitions) {
         let event = Event {
             type_: if t.warning {
                 EventType::Warning
@@ -81,8 +83,9 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Deletion: children go with their owner (garbage collection); record it before letting go.
-pub(super) async fn cleanup(plugin: &Plugin, ctx: &Context) -> Result<Action, Error> {
+/// Deletion (the Plugin's delete event): its children go with it (garbage collection); the audit
+/// record and Event say so, and everything remembered about it is dropped.
+pub(super) async fn cleanup(plugin: &Plugin, ctx: &Context) {
     let status = plugin.status.clone().unwrap_or_default();
     let t = status::Transition {
         condition: "Deleted".into(),
@@ -107,5 +110,4 @@ pub(super) async fn cleanup(plugin: &Plugin, ctx: &Context) -> Result<Action, Er
     ctx.metrics.forget(plugin);
     ctx.caches.forget(&uid);
     ctx.registry.forget(&uid);
-    Ok(Action::await_change())
 }

@@ -618,9 +618,7 @@ async fn a_plugin_recreated_under_the_same_name_gets_fresh_secrets() {
     assert!(wrote(&first, "secrets/hello-bundle-") && wrote(&first, "secrets/hello-tls"));
 
     // Deleted: the controller records it, Kubernetes collects what the Plugin owned.
-    record::cleanup(&plugin("uid-1", "[log]"), &h.ctx)
-        .await
-        .expect("cleanup");
+    record::cleanup(&plugin("uid-1", "[log]"), &h.ctx).await;
     assert!(h.audited().contains(&("Deleted".into(), "Deleted".into())));
     h.api.collect_garbage_of("uid-1");
     h.api.take_writes();
@@ -1000,9 +998,7 @@ async fn a_secret_named_like_the_plugins_own_is_not_taken_over_and_no_secret_is_
 async fn leftovers_of_a_deleted_plugin_of_the_same_name_block_until_they_are_collected() {
     let h = Harness::unsigned(MANIFEST);
     h.reconcile(&plugin("uid-1", "[log]")).await;
-    record::cleanup(&plugin("uid-1", "[log]"), &h.ctx)
-        .await
-        .expect("cleanup");
+    record::cleanup(&plugin("uid-1", "[log]"), &h.ctx).await;
     h.api.take_writes();
 
     // Re-created under the same name before the garbage collector removed the old children.
