@@ -103,6 +103,14 @@ pub(super) async fn stop_revision(
     Ok(())
 }
 
+/// Whether a rollout of `plugin` writes children: it runs, or it ran (its Deployment is kept).
+pub(super) fn writes_children(plugin: &Plugin, watches: &Watches) -> bool {
+    plugin.should_run()
+        || plugin
+            .namespace()
+            .is_some_and(|ns| own_deployment_uid(plugin, &ns, watches).is_some())
+}
+
 /// The uid of the Plugin's own Deployment, from the watch cache.
 fn own_deployment_uid(plugin: &Plugin, ns: &str, watches: &Watches) -> Option<String> {
     let name = names::child_name(&plugin.name_any());

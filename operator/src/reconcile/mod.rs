@@ -376,14 +376,18 @@ async fn reconcile_plugin(plugin: Arc<Plugin>, term: &Arc<Term>) -> Result<Actio
     if plugin.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
         remove_legacy_finalizer(&api, &plugin).await?;
     }
-    if plugin.metadata.deletion_timestamp.is_some() {
-        // Going away (children with it, by garbage collection); its delete event is recorded.
+    let namespace_going = ctx
+        .namespaces
+        .get(&ObjectRef::new(&ns))
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_some());
+    if plugin.metadata.deletion_timestamp.is_some() || namespace_going {
+        // Going away (children with it, by garbage collection; a namespace being deleted also
+        // refuses every create meanwhile); its delete event is recorded.
         return Ok(Action::await_change());
     }
     // kstatus reads a Plugin without a status as Current: give it one at once, before the
     // (possibly slow) verification.
     if plugin.status.is_none()
-        && plugin.metadata.deletion_timestamp.is_none()
         && ctx
             .caches
             .last_written(&plugin.uid().unwrap_or_default())

@@ -57,32 +57,32 @@ pub(super) async fn not_owned(
     // The PluginStorage an installer created (no controller) is adopted by design, and the
     // router's reference to this Plugin is a loose one: only a storage another object controls,
     // or an earlier Plugin's, is in the way. Looked at when the hourly checks are due.
-    if ctx.caches.hourly_checks_due(&uid, Instant::now()) {
-        let storage = decide(fetched::<PluginStorage>(ctx, &ns, &plugin_name).await?);
-        if storage != Ownership::Foreign(Owner::Nobody) {
-            look(kind::<PluginStorage>(), &plugin_name, storage);
+    // Looked up at once (each a cache read, or a GET on a miss), decided in a fixed order.
+    let storage = async {
+        if ctx.caches.hourly_checks_due(&uid, Instant::now()) {
+            fetched::<PluginStorage>(ctx, &ns, &plugin_name)
+                .await
+                .map(Some)
+        } else {
+            Ok(None)
         }
+    };
+    let (storage, sa, np, svc, deployment) = futures::try_join!(
+        storage,
+        watched::<ServiceAccount, _>(ctx, &watches.service_accounts, &ns, &child),
+        watched::<NetworkPolicy, _>(ctx, &watches.network_policies, &ns, &child),
+        watched::<Service, _>(ctx, &watches.services, &ns, &child),
+        watched::<Deployment, _>(ctx, &watches.deployments, &ns, &child),
+    )?;
+    if let Some(storage) = storage.map(decide)
+        && storage != Ownership::Foreign(Owner::Nobody)
+    {
+        look(kind::<PluginStorage>(), &plugin_name, storage);
     }
-    look(
-        kind::<ServiceAccount>(),
-        &child,
-        decide(watched::<ServiceAccount, _>(ctx, &watches.service_accounts, &ns, &child).await?),
-    );
-    look(
-        kind::<NetworkPolicy>(),
-        &child,
-        decide(watched::<NetworkPolicy, _>(ctx, &watches.network_policies, &ns, &child).await?),
-    );
-    look(
-        kind::<Service>(),
-        &child,
-        decide(watched::<Service, _>(ctx, &watches.services, &ns, &child).await?),
-    );
-    look(
-        kind::<Deployment>(),
-        &child,
-        decide(watched::<Deployment, _>(ctx, &watches.deployments, &ns, &child).await?),
-    );
+    look(kind::<ServiceAccount>(), &child, decide(sa));
+    look(kind::<NetworkPolicy>(), &child, decide(np));
+    look(kind::<Service>(), &child, decide(svc));
+    look(kind::<Deployment>(), &child, decide(deployment));
 
     Ok(looked
         .into_iter()

@@ -119,9 +119,13 @@ pub(super) async fn run(
             // 3b. Ownership: an object the revision would write that exists and is not this
             //     Plugin's (someone's NetworkPolicy named like the Plugin) stops the revision
             //     whole: nothing is applied, the status names the object.
+            // A Plugin that does not run and never ran writes no child (crate::stopped): nothing
+            // to look at.
             let mut not_owned = match &plan.rollout {
-                Some(_) => ownership::not_owned(plugin, ctx, watches).await?,
-                None => Vec::new(),
+                Some(_) if apply::writes_children(plugin, watches) => {
+                    ownership::not_owned(plugin, ctx, watches).await?
+                }
+                _ => Vec::new(),
             };
             let mut applied = None;
             if not_owned.is_empty() {

@@ -1303,3 +1303,32 @@ async fn nothing_is_written_for_a_plugin_whose_namespace_is_going_away() {
     h.reconcile(&plugin("uid-1", "[log]")).await;
     assert_eq!(h.api.take_writes(), Vec::<String>::new());
 }
+
+/// Issue 14: the finalizer older versions set is removed (a conditional write: the
+/// resourceVersion it was read at), and a finalizer of someone else stays.
+#[tokio::test]
+async fn the_finalizer_of_older_versions_is_removed_and_others_are_kept() {
+    let h = Harness::unsigned(MANIFEST);
+    let mut p = plugin("uid-1", "[log]");
+    p.metadata.finalizers = Some(vec![
+        "example.com/keep".into(),
+        super::LEGACY_FINALIZER.into(),
+    ]);
+    p.metadata.resource_version = Some("42".into());
+    h.api.put(
+        &format!("/apis/airlock.dev/v1alpha1/namespaces/{NS}/plugins/hello"),
+        serde_json::to_value(&p).unwrap(),
+    );
+    let api = kube::Api::<Plugin>::namespaced(h.ctx.client.clone(), NS);
+    super::remove_legacy_finalizer(&api, &p)
+        .await
+        .expect("removed");
+    let body = h
+        .api
+        .last_patch(&format!(
+            "/apis/airlock.dev/v1alpha1/namespaces/{NS}/plugins/hello"
+        ))
+        .expect("a patch of the Plugin");
+    assert_eq!(body["metadata"]["finalizers"], json!(["example.com/keep"]));
+    assert_eq!(body["metadata"]["resourceVersion"], "42");
+}
