@@ -50,6 +50,11 @@ pub async fn ensure_installed() -> Result<()> {
         .map(|_| ())
 }
 
+/// Installs Airlock again as the suite does (after a test that uninstalled it).
+pub fn reinstall() -> Result<()> {
+    helm_install(&["--set", "progressDeadlineSeconds=20"])
+}
+
 /// Runs `e2e/helm-install.sh` with extra Helm arguments.
 fn helm_install(extra: &[&str]) -> Result<()> {
     let script = workspace().join("e2e/helm-install.sh");
