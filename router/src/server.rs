@@ -37,13 +37,26 @@ pub fn grpc_server() -> tonic::transport::Server {
 pub enum RouterError {
     #[error(transparent)]
     Start(#[from] StartError),
-    #[error("gRPC endpoint on {addr}: {source}")]
+    #[error("gRPC endpoint on {addr}: {}", chain(source))]
     Grpc {
         addr: SocketAddr,
         source: tonic::transport::Error,
     },
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// An error with its causes (tonic's transport error says only "transport error" itself; the
+/// cause, e.g. the address in use, is its source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Runs the router until SIGTERM/SIGINT.

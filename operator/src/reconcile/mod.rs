@@ -393,7 +393,7 @@ async fn reconcile_plugin(plugin: Arc<Plugin>, term: &Arc<Term>) -> Result<Actio
             .last_written(&plugin.uid().unwrap_or_default())
             .is_none()
     {
-        record::record_status(
+        record::record_first_sight(
             &plugin,
             crate::status::first_sight(&plugin, crate::status::now()),
             ctx,

@@ -21,6 +21,26 @@ pub(super) async fn record_status(
     next: PluginStatus,
     ctx: &Context,
 ) -> Result<(), Error> {
+    write_status(plugin, next, ctx, true).await
+}
+
+/// The status a Plugin gets at first sight ([`status::first_sight`]): written and audited, but no
+/// Event: nothing happened yet that a user would look for (and at 1,000 Plugins each Event is an
+/// API write on the way to steady state).
+pub(super) async fn record_first_sight(
+    plugin: &Plugin,
+    next: PluginStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    write_status(plugin, next, ctx, false).await
+}
+
+async fn write_status(
+    plugin: &Plugin,
+    next: PluginStatus,
+    ctx: &Context,
+    with_event: bool,
+) -> Result<(), Error> {
     let uid = plugin.uid().unwrap_or_default();
     let prev = ctx
         .caches
@@ -34,8 +54,9 @@ pub(super) async fn record_status(
     for t in &transitions {
         (ctx.audit)(&audit::record(plugin, &next, t, now));
     }
-    if let Some(t) = status::event(&transitions) {
-        let event = Event {
+    let event = status::event(&transitions)
+        .filter(|_| with_event)
+        .map(|t| Event {
             type_: if t.warning {
                 EventType::Warning
             } else {
@@ -45,12 +66,17 @@ pub(super) async fn record_status(
             note: Some(truncate(&t.message, 1000)),
             action: t.condition.clone(),
             secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &plugin.object_ref(&())).await {
-            // An Event is a courtesy; the status and the audit record carry the same facts.
+        });
+    // The Event goes out beside the status write, not before it: one request's wait less per
+    // status change. An Event is a courtesy (the status and the audit record carry the same
+    // facts): a failure is logged, never retried.
+    let publish = async {
+        if let Some(event) = &event
+            && let Err(e) = ctx.recorder.publish(event, &plugin.object_ref(&())).await
+        {
             warn!(error = %e, "could not publish an Event");
         }
-    }
+    };
     if !transitions.is_empty() {
         info!(phase = ?next.phase, "status changed");
     }
@@ -60,13 +86,15 @@ pub(super) async fn record_status(
         "kind": "Plugin",
         "status": next,
     });
-    Api::<Plugin>::namespaced(ctx.client.clone(), &ns)
-        .patch_status(
-            &plugin.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+    let api = Api::<Plugin>::namespaced(ctx.client.clone(), &ns);
+    let (name, params, patch) = (
+        plugin.name_any(),
+        PatchParams::apply(FIELD_MANAGER).force(),
+        Patch::Apply(&patch),
+    );
+    let write = api.patch_status(&name, &params, &patch);
+    let ((), written) = tokio::join!(publish, write);
+    written?;
     ctx.metrics.set_phase(plugin, &next);
     ctx.caches.written(&uid, next);
     Ok(())
