@@ -475,3 +475,56 @@ async fn secrets(s: &Sandbox) -> Result<()> {
     wait_plugin(&watched, SECRET_PLUGIN, "phase Active", active).await?;
     Ok(())
 }
+
+/// Issue 13's stopped plugins lose their NetworkPolicy once their pods are gone; a tenant with
+/// `edit` must not give a plugin pods behind the operator's back. Scaling the plugin's Deployment
+/// or ReplicaSet through their `scale` subresource (what `kubectl scale deploy/…` does, and
+/// `edit` allows) is refused by the chart's admission policy `airlock-plugin-scale`; the Plugin's
+/// own scale subresource stays the way.
+#[tokio::test]
+async fn a_tenant_cannot_scale_a_plugins_deployment_or_replica_set() -> Result<()> {
+    sandbox::in_sandbox("scale-attack", &["log"], async |s: &Sandbox| {
+        s.with_hello_bundle().await?;
+        let tenant = Tenant::of(s).await?;
+        let tenant_plugins: Api<Plugin> = tenant.api();
+        plugins::apply(&tenant_plugins, &s.hello("hello")?).await?;
+        wait_plugin(&s.ns.api(), "hello", "phase Active", active).await?;
+        let scale = Patch::Merge(json!({"spec": {"replicas": 3}}));
+        let deployments: Api<Deployment> = tenant.api();
+        let refused = deployments
+            .patch_scale("hello", &PatchParams::default(), &scale)
+            .await
+            .err()
+            .context("the tenant scaled the plugin's Deployment")?;
+        ensure!(
+            refused.to_string().contains("airlock-plugin-scale"),
+            "refused, but not by the policy: {refused}"
+        );
+        let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> = s.ns.api();
+        let set = sets
+            .list(&ListParams::default().labels("airlock.dev/plugin=hello"))
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .context("the plugin's ReplicaSet")?;
+        let name = set.metadata.name.clone().unwrap_or_default();
+        let tenant_sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> = tenant.api();
+        let refused = tenant_sets
+            .patch_scale(&name, &PatchParams::default(), &scale)
+            .await
+            .err()
+            .context("the tenant scaled the plugin's ReplicaSet")?;
+        ensure!(
+            refused.to_string().contains("airlock-plugin-scale"),
+            "refused, but not by the policy: {refused}"
+        );
+        // The way that works: the Plugin's own scale subresource.
+        tenant_plugins
+            .patch_scale("hello", &PatchParams::default(), &scale)
+            .await
+            .context("scaling the Plugin as the tenant")?;
+        Ok(())
+    })
+    .await
+}

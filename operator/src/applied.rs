@@ -136,6 +136,25 @@ impl Applied {
             .is_some_and(|r| r.resource_version.as_deref() == Some(rv))
     }
 
+    /// The child was deleted: the next apply of it is a real one.
+    pub fn forget_child(&self, plugin_uid: &str, kind: &str, name: &str) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(children) = map.get_mut(plugin_uid) {
+            children.remove(&Child {
+                kind: kind.into(),
+                name: name.into(),
+            });
+        }
+    }
+
+    /// Keeps only the Plugins whose uid `alive` accepts.
+    pub fn retain(&self, alive: &dyn Fn(&str) -> bool) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|uid, _| alive(uid));
+    }
+
     /// The Plugin is gone: so are its children.
     pub fn forget(&self, plugin_uid: &str) {
         self.inner

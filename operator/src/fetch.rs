@@ -104,6 +104,14 @@ impl Registry {
     }
 
     /// The Plugin is gone.
+    /// Keeps only the pins of Plugins whose uid `alive` accepts.
+    pub fn retain(&self, alive: &dyn Fn(&str) -> bool) {
+        self.pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|uid, _| alive(uid));
+    }
+
     pub fn forget(&self, uid: &str) {
         self.pins
             .lock()

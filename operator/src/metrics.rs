@@ -86,6 +86,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Stops counting every Plugin whose `namespace/name` `alive` does not accept.
+    pub fn retain(&self, alive: &dyn Fn(&str) -> bool) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|key, (p, t)| {
+            let keep = alive(key);
+            if !keep {
+                self.plugins
+                    .with_label_values(&[p.as_str(), t.as_str()])
+                    .dec();
+            }
+            keep
+        });
+    }
+
     pub fn forget(&self, plugin: &Plugin) {
         let key = format!(
             "{}/{}",

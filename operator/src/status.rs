@@ -240,7 +240,25 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                         }
                         _ => {
                             set(READY, false, reason, format!("not rolled out: {message}"));
-                            phase = PluginPhase::Failed;
+                            // In the way only of an earlier Plugin of the same name, which the
+                            // garbage collector removes shortly (a delete and re-create, as GitOps
+                            // does): in progress, not a verdict.
+                            let collected_soon = matches!(
+                                outcome,
+                                Outcome::NotOwned(_, objects) if !objects.is_empty()
+                                    && objects.iter().all(|o| matches!(o.owner, ownership::Owner::EarlierPlugin { .. }))
+                            ) && [
+                                &plan.compatible,
+                                &plan.verified,
+                                &plan.permissions_approved,
+                            ]
+                            .iter()
+                            .all(|v| matches!(v, Verdict::Ok { .. }));
+                            phase = if collected_soon {
+                                PluginPhase::Pending
+                            } else {
+                                PluginPhase::Failed
+                            };
                         }
                     }
                 }

@@ -23,7 +23,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 /// Parallel creators: enough that the API server, not the bench, is what limits creation.
@@ -32,6 +32,8 @@ const CREATORS: usize = 8;
 const FLOOR_WRITES: usize = 500;
 /// The longest the Plugins may take to settle before the bench gives up.
 const SETTLE_LIMIT: Duration = Duration::from_secs(1800);
+/// Marks what the floor measurements create, so that exactly that is deleted after them.
+const FLOOR_LABEL: &str = "airlock.dev/bench-floor";
 /// The operator's leader election Lease and metrics port (see the chart).
 const LEASE: &str = "airlock-operator";
 const METRICS_PORT: u16 = 8080;
@@ -163,7 +165,7 @@ async fn bench(sandbox: &Sandbox, n: usize, steady: Duration) -> Result<()> {
             let config_maps = config_maps.clone();
             async move {
                 let cm = serde_json::from_value(json!({
-                    "metadata": {"name": format!("floor-{i}")},
+                    "metadata": {"name": format!("floor-{i}"), "labels": {FLOOR_LABEL: "true"}},
                     "data": {"n": i.to_string()},
                 }))?;
                 config_maps
@@ -177,8 +179,12 @@ async fn bench(sandbox: &Sandbox, n: usize, steady: Duration) -> Result<()> {
         .try_collect::<()>()
         .await?;
     let floor_rate = floor_writes as f64 / t.elapsed().as_secs_f64();
+    // Only the floor's: the Plugins' bundle ConfigMap is in the same namespace.
     config_maps
-        .delete_collection(&Default::default(), &ListParams::default())
+        .delete_collection(
+            &Default::default(),
+            &ListParams::default().labels(FLOOR_LABEL),
+        )
         .await?;
     eprintln!(
         "floor: the API server accepting the {n} Plugins alone (the operator scaled to zero)"
@@ -287,7 +293,10 @@ async fn plugins_alone(
             .map(|i| {
                 let (api, image) = (api.clone(), image.to_string());
                 async move {
-                    let plugin = disabled_plugin(&format!("floor-{i}"), &image)?;
+                    let mut plugin = disabled_plugin(&format!("floor-{i}"), &image)?;
+                    plugin
+                        .labels_mut()
+                        .insert(FLOOR_LABEL.into(), "true".into());
                     api.create(&PostParams::default(), &plugin)
                         .await
                         .with_context(|| format!("creating Plugin floor-{i}"))?;
@@ -298,9 +307,9 @@ async fn plugins_alone(
             .try_collect::<()>()
             .await?;
         let took = t.elapsed();
-        api.delete_collection(&Default::default(), &ListParams::default())
-            .await?;
-        while !api.list(&ListParams::default()).await?.items.is_empty() {
+        let floor = ListParams::default().labels(FLOOR_LABEL);
+        api.delete_collection(&Default::default(), &floor).await?;
+        while !api.list(&floor).await?.items.is_empty() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         anyhow::Ok(took)

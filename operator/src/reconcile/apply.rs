@@ -143,7 +143,10 @@ pub(super) async fn roll_out(
 ) -> Result<status::Rollout, Error> {
     let prev = plugin.status.clone().unwrap_or_default();
     let good = prev.last_good_revision.filter(|g| g != &rollout.revision);
+    // Only for a plugin that runs: a stopped one goes through `apply_children`, which keeps it
+    // at zero (and re-enabling brings its network objects back before its pods).
     if let Some(good) = &good
+        && plugin.should_run()
         && prev.failed_revision.as_deref() == Some(rollout.revision.as_str())
         && let Ok(back) = rollback(plugin, rollout, good, ctx, watches, judge).await?
     {
@@ -221,6 +224,10 @@ async fn rollback(
             "no ReplicaSet of the Plugin's Deployment has revision {good}'s recorded pod template (it was deleted, or changed); nothing was rolled back"
         )));
     };
+    // The pods of `good` start confined and reachable: a stopped plugin's NetworkPolicy and
+    // Service were removed (crate::stopped), and its certificate not renewed meanwhile.
+    certificates::ensure_identity(plugin, ctx, watches).await?;
+    ensure_network(plugin, failed, ctx, watches).await?;
     let current = build::deployment::deployment(plugin, failed, &ctx.build);
     let deploy = build::deployment::rolled_back(current, template, good);
     let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
@@ -253,15 +260,27 @@ async fn apply_children(
     // The Secret first: a refusal (someone else's Secret of that name) leaves nothing else
     // written.
     ensure_bundle_secret(plugin, rollout, ctx, &ns).await?;
+    ensure_network(plugin, rollout, ctx, watches).await?;
+    let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
+    let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
+    Ok(observe(&applied, &rollout.revision))
+}
+
+/// What the plugin's pods need around them before they start: their ServiceAccount, the
+/// NetworkPolicy that confines them and the Service the router finds them through.
+async fn ensure_network(
+    plugin: &Plugin,
+    rollout: &build::Rollout,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<(), Error> {
     let sa = build::service_account::service_account(plugin);
     ensure(plugin, &sa, ctx, &watches.service_accounts).await?;
     let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
     ensure(plugin, &np, ctx, &watches.network_policies).await?;
     let svc = build::service::service(plugin);
     ensure(plugin, &svc, ctx, &watches.services).await?;
-    let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
-    let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
-    Ok(observe(&applied, &rollout.revision))
+    Ok(())
 }
 
 /// The children of a Plugin that does not run ([`crate::stopped`]): none if it never ran; else its
@@ -325,6 +344,10 @@ async fn remove_network(
         .and_then(|o| o.uid());
     if let Some(np_uid) = np {
         delete_exactly::<NetworkPolicy>(ctx, ns, &name, np_uid).await?;
+        // Whatever the (possibly lagging) watch still shows, the next ensure applies it again.
+        ctx.caches
+            .applied
+            .forget_child(&uid, &NetworkPolicy::kind(&()), &name);
     }
     let svc = watches
         .services
@@ -333,6 +356,9 @@ async fn remove_network(
         .and_then(|o| o.uid());
     if let Some(svc_uid) = svc {
         delete_exactly::<Service>(ctx, ns, &name, svc_uid).await?;
+        ctx.caches
+            .applied
+            .forget_child(&uid, &Service::kind(&()), &name);
     }
     Ok(())
 }

@@ -119,6 +119,16 @@ impl PluginCaches {
         self.with(uid, |p| p.certificate_renew_at = Some(renew_at));
     }
 
+    /// Keeps only the Plugins whose uid `alive` accepts: a sweep for deletions no delete event
+    /// reported (a watch that relists after a gap emits none).
+    pub fn retain(&self, alive: &dyn Fn(&str) -> bool) {
+        self.applied.retain(alive);
+        self.plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|uid, _| alive(uid));
+    }
+
     /// The Plugin `uid` is gone: so is everything remembered about it.
     pub fn forget(&self, uid: &str) {
         self.applied.forget(uid);
@@ -177,6 +187,18 @@ mod tests {
             caches.bundle_secret_known("uid-2", BUNDLE_SECRET),
             "another Plugin is kept"
         );
+    }
+
+    /// A deletion no delete event reported is swept all the same.
+    #[test]
+    fn a_sweep_drops_the_plugins_that_no_longer_exist() {
+        let caches = PluginCaches::default();
+        let now = Instant::now();
+        remember(&caches, "uid-1", now);
+        remember(&caches, "uid-2", now);
+        caches.retain(&|uid| uid == "uid-2");
+        assert_knows_nothing_of(&caches, "uid-1", now);
+        assert!(caches.bundle_secret_known("uid-2", BUNDLE_SECRET));
     }
 
     #[test]

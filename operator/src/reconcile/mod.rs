@@ -221,6 +221,7 @@ pub async fn run(ctx: Arc<Context>) {
             }
         }
     });
+    let sweeper = tokio::spawn(sweep_forgotten_deletions(ctx.clone(), plugins.clone()));
     let plugin_triggers = watcher(
         Api::<Plugin>::all(client.clone()),
         watcher::Config::default(),
@@ -243,7 +244,7 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<PluginTrustPolicy>::all(client.clone()),
         watcher::Config::default(),
     );
-    let (deployments, _, deployment_stream) =
+    let (deployments, deployments_listed, deployment_stream) =
         cached_watch(Api::<Deployment>::all(client.clone()), cfg.clone());
     let (services, _, service_stream) = cached_watch(
         Api::<PartialObjectMeta<Service>>::all(client.clone()),
@@ -280,6 +281,7 @@ pub async fn run(ctx: Arc<Context>) {
         watches: Watches {
             policies,
             deployments,
+            deployments_listed,
             services,
             network_policies,
             service_accounts,
@@ -353,6 +355,36 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
     router_certificate.abort();
     recorder.abort();
+    sweeper.abort();
+}
+
+/// How often what this process remembers per Plugin is checked against the Plugins that exist.
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// Drops what is remembered about Plugins that no longer exist although no delete event said so
+/// (the watch relisted after a gap, or a reconcile in flight refilled a cache after the delete):
+/// per-Plugin caches, registry pins and the phase gauge. Their `Deleted` audit record is lost —
+/// only the watch could have told.
+async fn sweep_forgotten_deletions(ctx: Arc<Context>, plugins: Store<Plugin>) {
+    if plugins.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let state = plugins.state();
+        let uids: std::collections::HashSet<String> =
+            state.iter().filter_map(|p| p.uid()).collect();
+        let keys: std::collections::HashSet<String> = state
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        let alive = |uid: &str| uids.contains(uid);
+        ctx.caches.retain(&alive);
+        ctx.registry.retain(&alive);
+        ctx.metrics.retain(&|key: &str| keys.contains(key));
+    }
 }
 
 fn error_policy(_plugin: Arc<Plugin>, error: &Error, term: Arc<Term>) -> Action {

@@ -44,11 +44,17 @@ pub(super) async fn run(
         namespace.map(|n| n.labels().clone()).unwrap_or_default();
     // Deciding with an empty policy cache would block every plugin for a moment: wait for it
     // (at once after the first list; a list that takes longer is retried, not waited on).
-    let mut listed = watches.policies_listed.clone();
-    let ready = tokio::time::timeout(Duration::from_secs(10), listed.wait_for(|l| *l));
-    if !matches!(ready.await, Ok(Ok(_))) {
-        info!("the trust policy cache is not filled yet; retrying in 5s");
-        return Ok(Action::requeue(Duration::from_secs(5)));
+    // The same for the Deployments: what runs is judged by them.
+    for (what, listed) in [
+        ("trust policy", &watches.policies_listed),
+        ("Deployment", &watches.deployments_listed),
+    ] {
+        let mut listed = listed.clone();
+        let ready = tokio::time::timeout(Duration::from_secs(10), listed.wait_for(|l| *l));
+        if !matches!(ready.await, Ok(Ok(_))) {
+            info!("the {what} cache is not filled yet; retrying in 5s");
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
     }
     let policies: Vec<PluginTrustPolicy> = watches
         .policies

@@ -365,6 +365,7 @@ impl Harness {
         let watches = Watches {
             policies,
             policies_listed,
+            deployments_listed: tokio::sync::watch::channel(true).1,
             deployments,
             services,
             network_policies,
@@ -1013,6 +1014,9 @@ async fn leftovers_of_a_deleted_plugin_of_the_same_name_block_until_they_are_col
             .contains("earlier Plugin hello (uid uid-1)"),
         "{status}"
     );
+    // Issue 14: a delete and re-create (as GitOps does) is in progress for kstatus, not failed.
+    assert_eq!(status["phase"], "Pending", "{status}");
+    assert_eq!(condition(&status, "Reconciling").0, "True", "{status}");
     assert_eq!(
         action,
         Action::requeue(crate::ownership::RECHECK_GARBAGE_COLLECTION)
@@ -1261,6 +1265,28 @@ async fn a_stopped_plugin_keeps_its_network_policy_until_no_pod_can_be_left() {
         "the Deployment stays: {writes:#?}"
     );
     assert_eq!(h.status()["phase"], "Disabled");
+
+    // Enabled again before the watches saw the deletion: applied again all the same (the pods
+    // must not start without their NetworkPolicy because a lagging cache still shows it).
+    let on = h.seen(&p);
+    h.reconcile(&on).await;
+    let writes = h.api.take_writes();
+    assert!(
+        writes.contains(
+            &"PATCH /apis/networking.k8s.io/v1/namespaces/plugins/networkpolicies/hello"
+                .to_string()
+        ),
+        "{writes:#?}"
+    );
+    // Stopped again, and this time the window long passed at once.
+    h.watch_deployment();
+    h.watch_network();
+    h.reconcile(&h.seen(&off)).await;
+    h.watch_deployment();
+    h.ctx.caches.not_stopped(uid);
+    h.ctx.caches.stopped_since(uid, earlier);
+    h.reconcile(&h.seen(&off)).await;
+    h.api.take_writes();
 
     // Gone from the watches: nothing more to do, and nothing re-created.
     h.watch_network();

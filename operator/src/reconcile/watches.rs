@@ -21,6 +21,9 @@ pub(super) struct Watches {
     /// True once `policies` holds the first complete list.
     pub policies_listed: tokio::sync::watch::Receiver<bool>,
     pub deployments: Store<Deployment>,
+    /// True once `deployments` holds the first complete list: before, "no Deployment" could be a
+    /// running plugin's not listed yet (a stopped plugin would be taken for one that never ran).
+    pub deployments_listed: tokio::sync::watch::Receiver<bool>,
     pub services: Store<PartialObjectMeta<Service>>,
     pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
     pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
