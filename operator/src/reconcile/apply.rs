@@ -313,10 +313,7 @@ async fn apply_stopped(
             // calls). Once the Deployment is at zero, only what exists is kept: an operator
             // that restarts does not re-create what a previous one removed.
             if !observed.at_zero() {
-                let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
-                ensure(plugin, &np, ctx, &watches.network_policies).await?;
-                let svc = build::service::service(plugin);
-                ensure(plugin, &svc, ctx, &watches.services).await?;
+                ensure_network(plugin, rollout, ctx, watches).await?;
             }
             observed.recheck_after = recheck_after;
         }
