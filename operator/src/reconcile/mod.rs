@@ -221,7 +221,14 @@ pub async fn run(ctx: Arc<Context>) {
             }
         }
     });
-    let sweeper = tokio::spawn(sweep_forgotten_deletions(ctx.clone(), plugins.clone()));
+    // Not `Store::wait_until_ready`: the controller waits on this store, and in kube-runtime 5.0
+    // a second waiter can leave one of them asleep for ever (see `watches::signal_listed`).
+    let (plugins_listed_tx, plugins_listed) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(sweep_forgotten_deletions(
+        ctx.clone(),
+        plugins.clone(),
+        plugins_listed,
+    ));
     let plugin_triggers = watcher(
         Api::<Plugin>::all(client.clone()),
         watcher::Config::default(),
@@ -230,6 +237,9 @@ pub async fn run(ctx: Arc<Context>) {
     .modify(|p: &mut Plugin| p.managed_fields_mut().clear())
     .reflect(plugin_writer)
     .inspect(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            plugins_listed_tx.send_replace(true);
+        }
         if let Ok(watcher::Event::Delete(p)) = event {
             let _ = deleted_tx.send(p.clone());
         }
@@ -365,8 +375,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// (the watch relisted after a gap, or a reconcile in flight refilled a cache after the delete):
 /// per-Plugin caches, registry pins and the phase gauge. Their `Deleted` audit record is lost —
 /// only the watch could have told.
-async fn sweep_forgotten_deletions(ctx: Arc<Context>, plugins: Store<Plugin>) {
-    if plugins.wait_until_ready().await.is_err() {
+async fn sweep_forgotten_deletions(
+    ctx: Arc<Context>,
+    plugins: Store<Plugin>,
+    mut listed: tokio::sync::watch::Receiver<bool>,
+) {
+    // Never against an empty cache that is not listed yet: it would forget every Plugin.
+    if listed.wait_for(|l| *l).await.is_err() {
         return;
     }
     let mut every = tokio::time::interval(SWEEP_EVERY);
