@@ -13,9 +13,8 @@ use airlock_core::names;
 use airlock_crds::Plugin;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -329,34 +328,35 @@ async fn remove_network(
     ctx: &Context,
     watches: &Watches,
 ) -> Result<(), Error> {
+    remove_own(plugin, ns, &watches.network_policies, ctx).await?;
+    remove_own(plugin, ns, &watches.services, ctx).await
+}
+
+/// Deletes the Plugin's own child of kind `K` if the watch cache `store` shows one.
+async fn remove_own<K>(
+    plugin: &Plugin,
+    ns: &str,
+    store: &Store<PartialObjectMeta<K>>,
+    ctx: &Context,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
     let name = names::child_name(&plugin.name_any());
     let uid = plugin.uid().unwrap_or_default();
-    let ours = |meta: &kube::core::ObjectMeta| {
-        ownership(Some(meta), &plugin.name_any(), &uid) == Ownership::Ours
+    let Some(child_uid) = store
+        .get(&ObjectRef::new(&name).within(ns))
+        .filter(|o| ownership(Some(o.meta()), &plugin.name_any(), &uid) == Ownership::Ours)
+        .and_then(|o| o.uid())
+    else {
+        return Ok(());
     };
-    let np = watches
-        .network_policies
-        .get(&ObjectRef::new(&name).within(ns))
-        .filter(|o| ours(o.meta()))
-        .and_then(|o| o.uid());
-    if let Some(np_uid) = np {
-        delete_exactly::<NetworkPolicy>(ctx, ns, &name, np_uid).await?;
-        // Whatever the (possibly lagging) watch still shows, the next ensure applies it again.
-        ctx.caches
-            .applied
-            .forget_child(&uid, &NetworkPolicy::kind(&()), &name);
-    }
-    let svc = watches
-        .services
-        .get(&ObjectRef::new(&name).within(ns))
-        .filter(|o| ours(o.meta()))
-        .and_then(|o| o.uid());
-    if let Some(svc_uid) = svc {
-        delete_exactly::<Service>(ctx, ns, &name, svc_uid).await?;
-        ctx.caches
-            .applied
-            .forget_child(&uid, &Service::kind(&()), &name);
-    }
+    delete_exactly::<K>(ctx, ns, &name, child_uid).await?;
+    // Whatever the (possibly lagging) watch still shows, the next ensure applies it again.
+    ctx.caches.applied.forget_child(&uid, &K::kind(&()), &name);
     Ok(())
 }
 
