@@ -194,20 +194,7 @@ async fn bench(sandbox: &Sandbox, n: usize, steady: Duration) -> Result<()> {
     eprintln!("creating {n} disabled Plugins ({CREATORS} at a time)");
     let before = leader_counts(&client).await?;
     let t0 = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let (api, image) = (api.clone(), image.clone());
-            async move {
-                let plugin = disabled_plugin(&format!("bench-{i}"), &image)?;
-                api.create(&PostParams::default(), &plugin)
-                    .await
-                    .with_context(|| format!("creating Plugin bench-{i}"))?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(CREATORS)
-        .try_collect::<()>()
-        .await?;
+    create_plugins(&api, n, "bench", &image, None).await?;
     let created = t0.elapsed();
 
     loop {
@@ -289,23 +276,7 @@ async fn plugins_alone(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let t = Instant::now();
-        futures::stream::iter(0..n)
-            .map(|i| {
-                let (api, image) = (api.clone(), image.to_string());
-                async move {
-                    let mut plugin = disabled_plugin(&format!("floor-{i}"), &image)?;
-                    plugin
-                        .labels_mut()
-                        .insert(FLOOR_LABEL.into(), "true".into());
-                    api.create(&PostParams::default(), &plugin)
-                        .await
-                        .with_context(|| format!("creating Plugin floor-{i}"))?;
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(CREATORS)
-            .try_collect::<()>()
-            .await?;
+        create_plugins(api, n, "floor", image, Some(FLOOR_LABEL)).await?;
         let took = t.elapsed();
         let floor = ListParams::default().labels(FLOOR_LABEL);
         api.delete_collection(&Default::default(), &floor).await?;
@@ -319,6 +290,32 @@ async fn plugins_alone(
     // The new leader answers before the measured run starts.
     leader_counts(client).await?;
     result
+}
+
+/// Creates `n` disabled Plugins `<prefix>-<i>` from [`CREATORS`] clients at once, each with the
+/// label `label` (value `true`) if given.
+async fn create_plugins(
+    api: &Api<Plugin>,
+    n: usize,
+    prefix: &str,
+    image: &str,
+    label: Option<&str>,
+) -> Result<()> {
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let name = format!("{prefix}-{i}");
+            let mut plugin = disabled_plugin(&name, image)?;
+            if let Some(label) = label {
+                plugin.labels_mut().insert(label.into(), "true".into());
+            }
+            api.create(&PostParams::default(), &plugin)
+                .await
+                .with_context(|| format!("creating Plugin {name}"))?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(CREATORS)
+        .try_collect::<()>()
+        .await
 }
 
 /// The API server's own speed, measured in the same run.

@@ -457,55 +457,32 @@ impl Harness {
     /// The plugin's Service and NetworkPolicy as the watches would show them now (gone ones
     /// removed).
     fn watch_network(&mut self) {
-        let objects = self.api.state().objects.clone();
-        let meta = |path: &str| {
-            objects
-                .get(path)
-                .map(|o| serde_json::from_value::<ObjectMeta>(o["metadata"].clone()).unwrap())
-        };
-        let service = format!("/api/v1/namespaces/{NS}/services/hello");
-        match meta(&service) {
-            Some(m) => {
-                self.services
-                    .apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta {
-                        types: None,
-                        metadata: m,
-                        _phantom: Default::default(),
-                    }))
+        /// The watch event for the object the fake holds (`None`: it was deleted).
+        fn seen<K>(object: Option<&Value>) -> watcher::Event<PartialObjectMeta<K>> {
+            let event = |metadata| PartialObjectMeta {
+                types: None,
+                metadata,
+                _phantom: Default::default(),
+            };
+            match object {
+                Some(o) => watcher::Event::Apply(event(
+                    serde_json::from_value(o["metadata"].clone()).unwrap(),
+                )),
+                None => watcher::Event::Delete(event(ObjectMeta {
+                    name: Some("hello".into()),
+                    namespace: Some(NS.into()),
+                    ..Default::default()
+                })),
             }
-            None => self
-                .services
-                .apply_watcher_event(&watcher::Event::Delete(PartialObjectMeta {
-                    types: None,
-                    metadata: ObjectMeta {
-                        name: Some("hello".into()),
-                        namespace: Some(NS.into()),
-                        ..Default::default()
-                    },
-                    _phantom: Default::default(),
-                })),
         }
-        let np = format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/hello");
-        match meta(&np) {
-            Some(m) => self
-                .network_policies
-                .apply_watcher_event(&watcher::Event::Apply(PartialObjectMeta {
-                    types: None,
-                    metadata: m,
-                    _phantom: Default::default(),
-                })),
-            None => self
-                .network_policies
-                .apply_watcher_event(&watcher::Event::Delete(PartialObjectMeta {
-                    types: None,
-                    metadata: ObjectMeta {
-                        name: Some("hello".into()),
-                        namespace: Some(NS.into()),
-                        ..Default::default()
-                    },
-                    _phantom: Default::default(),
-                })),
-        }
+        let objects = self.api.state().objects.clone();
+        self.services.apply_watcher_event(&seen(
+            objects.get(&format!("/api/v1/namespaces/{NS}/services/hello")),
+        ));
+        self.network_policies
+            .apply_watcher_event(&seen(objects.get(&format!(
+                "/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/hello"
+            ))));
     }
 
     /// The plugin's Deployment as the watch would show it now.
