@@ -142,7 +142,36 @@ build_kstatus() {
   echo "$sum" > "$(done_marker kstatus "$CLI_UTILS_VERSION")"
 }
 
-ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus)
+# Flux's controllers, to drive Airlock from an OCI artifact as a GitOps user does. Each is built as
+# its own main module (a writable copy of the published module source) so that its go.mod replaces
+# apply; the nested ./api module is not part of the module zip, so it is replaced by the api module
+# published under the same tag. The CRDs come from the same source, next to the binary.
+build_flux_controller() {
+  local name=$1 version=$2 module=github.com/fluxcd/$1
+  local out; out=$(bin_dir "$name" "$version")
+  is_built "$name" "$version" && { log "$name $version: cached"; return; }
+  local src=$AIRLOCK_CACHE/src/$name-$version dir
+  dir=$(go mod download -json "$module@$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -d "$dir" ] || die "could not download $module@$version"
+  rm -rf "$src" && mkdir -p "$(dirname "$src")" "$out/crds" && cp -r "$dir" "$src" && chmod -R u+w "$src"
+  (
+    cd "$src" || exit
+    go mod edit -replace="$module/api=$module/api@$version"
+    local r
+    for r in ${GO_REPLACES:-}; do go mod edit -replace="$r"; done
+    # -mod=mod records only what the build needs; `go mod tidy` would also fetch test-only modules,
+    # some of which the proxy here refuses.
+    with_progress "$name $version: build" env CGO_ENABLED=0 go build -mod=mod -p 2 -trimpath -ldflags "-s -w" -o "$out/$name" .
+  )
+  cp "$src"/config/crd/bases/*.yaml "$out/crds/"
+  mark_built "$name" "$version"
+}
+build_flux() {
+  GO_REPLACES=$FLUX_SOURCE_CONTROLLER_GO_REPLACES build_flux_controller source-controller "$FLUX_SOURCE_CONTROLLER_VERSION"
+  build_flux_controller kustomize-controller "$FLUX_KUSTOMIZE_CONTROLLER_VERSION"
+}
+
+ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus flux)
 [ $# -gt 0 ] || set -- "${ALL[@]}"
 for c in "$@"; do
   "build_${c//-/_}"
