@@ -18,5 +18,5 @@ pub mod trust_policy;
 pub use airlock_core::{Hook, Permission};
 pub use caller_binding::{CallerSubject, PluginCallerBinding, PluginCallerBindingSpec};
 pub use plugin::{Plugin, PluginSpec, PluginStatus};
-pub use storage::{PluginStorage, PluginStorageSpec};
+pub use storage::{PluginStorage, PluginStorageSpec, PluginStorageStatus};
 pub use trust_policy::{PluginTrustPolicy, PluginTrustPolicySpec, TrustLevel};

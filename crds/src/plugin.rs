@@ -18,20 +18,64 @@ pub const MAX_PLUGIN_NAME_LEN: usize = 52;
 /// Upper bound of any hook timeout; a trust level may cap it further.
 pub const MAX_HOOK_TIMEOUT: &str = "30s";
 
-/// Annotation the router sets on a Plugin it auto-disabled after repeated timeouts or crashes;
-/// its value says why. The controller scales such a plugin to zero and reports it (Ready=False,
-/// reason AutoDisabled) until an admin removes the annotation:
-/// `kubectl annotate plugin -n <ns> <name> airlock.dev/auto-disabled-`.
+/// Annotation with which routers before `status.autoDisabled` marked a Plugin they auto-disabled
+/// (its value says why). Still honoured, so a plugin auto-disabled before an upgrade stays so;
+/// removing it re-enables such a plugin. Nothing writes it any more.
 pub const AUTO_DISABLED_ANNOTATION: &str = "airlock.dev/auto-disabled";
 
+/// What to do to re-enable the auto-disabled Plugin `ns`/`name` once it is fixed: give
+/// `spec.reEnable` a new value (in Git, for a Plugin a GitOps tool applies).
+pub fn re_enable_hint(ns: &str, name: &str) -> String {
+    format!(
+        r#"set spec.reEnable to a new value such as today's date (in the manifest your GitOps tool applies, or `kubectl patch plugin -n {ns} {name} --type merge -p '{{"spec":{{"reEnable":"<today's date>"}}}}'`)"#
+    )
+}
+
 impl Plugin {
-    /// Why the router auto-disabled this plugin, if it did.
+    /// Why the router auto-disabled this plugin, if that is in effect: `status.autoDisabled`
+    /// recorded under the `spec.reEnable` the spec still has (a new value re-enables), or the
+    /// legacy annotation.
     pub fn auto_disabled(&self) -> Option<&str> {
-        self.metadata
+        if let Some(why) = self
+            .metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(AUTO_DISABLED_ANNOTATION))
-            .map(String::as_str)
+        {
+            return Some(why);
+        }
+        self.auto_disabled_record()
+            .filter(|a| a.re_enable == self.spec.re_enable)
+            .map(|a| a.reason.as_str())
+    }
+
+    /// What to do to re-enable this auto-disabled plugin once it is fixed (for messages).
+    pub fn re_enable_hint(&self) -> String {
+        let ns = self.metadata.namespace.as_deref().unwrap_or_default();
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        let legacy = self
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(AUTO_DISABLED_ANNOTATION));
+        match legacy {
+            true => format!(
+                "remove the annotation an older router set: `kubectl annotate plugin -n {ns} {name} {AUTO_DISABLED_ANNOTATION}-`"
+            ),
+            false => re_enable_hint(ns, name),
+        }
+    }
+
+    /// The router's record of an auto-disable, in effect or not.
+    pub fn auto_disabled_record(&self) -> Option<&AutoDisabled> {
+        self.status.as_ref().and_then(|s| s.auto_disabled.as_ref())
+    }
+
+    /// A `status.autoDisabled` that `spec.reEnable` has since moved past: the plugin runs again
+    /// and the record is to be removed.
+    pub fn re_enabled(&self) -> bool {
+        self.auto_disabled_record()
+            .is_some_and(|a| a.re_enable != self.spec.re_enable)
     }
 
     /// Whether the plugin should run pods: enabled in its spec and not auto-disabled.
@@ -155,6 +199,14 @@ pub struct PluginSpec {
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = airlock_core::api::MAX_CONCURRENCY))]
     pub concurrency: i32,
+
+    /// Re-enables a plugin the router auto-disabled. Any value; a date is customary (e.g.
+    /// "2026-12-01T10:00"). The router records the value this field has when it auto-disables the
+    /// plugin (`status.autoDisabled.reEnable`); a different value re-enables it. Declarative: a
+    /// sync that re-applies the same value never clears an auto-disable, and `kubectl airlock
+    /// enable` sets it to the current time.
+    #[schemars(length(min = 1, max = 64))]
+    pub re_enable: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -368,6 +420,35 @@ pub struct PluginStatus {
     #[schemars(length(max = 4))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["revision"]))]
     pub revisions: Vec<RevisionRecord>,
+    /// Written by the router when it auto-disabled the plugin after repeated timeouts or crashes:
+    /// no pods run and calls are refused while `spec.reEnable` still has the value recorded here.
+    /// Removed by the controller once `spec.reEnable` changes. Kept in status, so no sync of the
+    /// spec or metadata (apply, replace) can clear it by accident.
+    pub auto_disabled: Option<AutoDisabled>,
+}
+
+/// The router's record of an auto-disable (`PluginStatus.autoDisabled`).
+#[skip_serializing_none]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoDisabled {
+    /// Why, e.g. "5 timeouts within 60s".
+    pub reason: String,
+    /// When (RFC 3339).
+    pub since: Option<String>,
+    /// `spec.reEnable` at that time (absent when it was unset): a different value re-enables.
+    pub re_enable: Option<String>,
+}
+
+impl AutoDisabled {
+    /// The record of auto-disabling `plugin` for `reason`, under the `spec.reEnable` it has now.
+    pub fn under(plugin: &Plugin, reason: &str) -> Self {
+        Self {
+            reason: reason.to_string(),
+            since: None,
+            re_enable: plugin.spec.re_enable.clone(),
+        }
+    }
 }
 
 /// Who signed a revision and what it was approved with, recorded when it rolls out (see

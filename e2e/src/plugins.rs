@@ -95,6 +95,43 @@ pub async fn set_enabled(api: &Api<Plugin>, name: &str, enabled: bool) -> Result
     wait_plugin(api, name, &what, |p| phase(p) == Some(want)).await
 }
 
+/// Re-enables the auto-disabled Plugin `name` as a user does from Git: a new `spec.reEnable`
+/// (`value`), through a field manager of its own; waits until it is Active again.
+pub async fn re_enable(api: &Api<Plugin>, name: &str, value: &str) -> Result<Plugin> {
+    api.patch(
+        name,
+        &PatchParams::apply("airlock-e2e-re-enable").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "airlock.dev/v1alpha1", "kind": "Plugin",
+            "spec": {"reEnable": value},
+        })),
+    )
+    .await
+    .with_context(|| format!("setting spec.reEnable of Plugin {name}"))?;
+    let p = wait_plugin(api, name, "phase Active after a new spec.reEnable", active).await?;
+    wait_plugin(api, name, "status.autoDisabled removed", |p| {
+        p.auto_disabled_record().is_none()
+    })
+    .await?;
+    Ok(p)
+}
+
+/// Records an auto-disable of `name` for `reason` exactly as the router does (a merge patch of
+/// `status.autoDisabled` under the Plugin's current `spec.reEnable`), for tests that need one
+/// without making a plugin fail.
+pub async fn auto_disable(api: &Api<Plugin>, name: &str, reason: &str) -> Result<()> {
+    let p = api.get(name).await?;
+    let record = airlock_crds::plugin::AutoDisabled::under(&p, reason);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"autoDisabled": record}})),
+    )
+    .await
+    .with_context(|| format!("recording an auto-disable of Plugin {name}"))?;
+    Ok(())
+}
+
 pub fn condition<'a>(
     p: &'a Plugin,
     ty: &str,

@@ -83,6 +83,48 @@ async fn scenario(f: &Fixture) -> Result<()> {
         count_in(&storage).await? == before + 1,
         "the write reached the PluginStorage object"
     );
+    // Issue 14: desired state only in spec. The installer's seed is exactly as applied (what a
+    // GitOps tool compares), the live data is in status.
+    let seeded = storage.get("event-logger").await?;
+    ensure!(
+        seeded.spec.entries.get("count").map(String::as_str) == Some("41")
+            && seeded.spec.entries.len() == 2,
+        "the seed in spec is never written by Airlock: {:?}",
+        seeded.spec.entries
+    );
+    ensure!(
+        seeded
+            .status
+            .as_ref()
+            .is_some_and(|s| s.key_count >= 2 && s.seed_generation == seeded.metadata.generation),
+        "status holds the live data and the seed it merged: {:?}",
+        seeded.status
+    );
+    // A changed seed (a new commit) sets its keys; the plugin's other data stays.
+    storage
+        .patch(
+            "event-logger",
+            &PatchParams::apply("airlock-e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "airlock.dev/v1alpha1",
+                "kind": "PluginStorage",
+                "metadata": {"name": "event-logger"},
+                "spec": {"entries": {
+                    "greeting": "\"hello again from the installer\"",
+                    "count": "1000",
+                }},
+            })),
+        )
+        .await
+        .context("changing the seed")?;
+    let out = f
+        .invoke("event-logger", "onEvent", json!({"type": "order.created"}))
+        .await?;
+    ensure!(
+        out["greeting"] == "hello again from the installer" && out["count"] == json!(1001),
+        "a changed seed is what the plugin reads next (count 1000 + 1): {out}"
+    );
+    let before = count_in(&storage).await? - 1;
     // No events:emit: refused, and the plugin still answered.
     ensure!(
         out["emit"] == "PERMISSION_DENIED",
@@ -186,10 +228,10 @@ async fn scenario(f: &Fixture) -> Result<()> {
 async fn count_in(storage: &kube::Api<PluginStorage>) -> Result<u64> {
     let s = storage.get("event-logger").await?;
     let text = s
-        .spec
-        .entries
-        .get("count")
-        .context("the storage has a count")?;
+        .status
+        .as_ref()
+        .and_then(|s| s.entries.get("count"))
+        .context("the storage has a live count")?;
     let v: Value = serde_json::from_str(text)?;
     v.as_u64().context("count is a number")
 }

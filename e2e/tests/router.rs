@@ -8,18 +8,16 @@ use std::time::{Duration, Instant};
 
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
-use airlock_e2e::plugins::{condition, phase, wait_plugin};
+use airlock_e2e::plugins::{auto_disable, condition, phase, re_enable, wait_plugin};
 use airlock_e2e::router::{self, Fixture, active, in_fixture};
 use airlock_e2e::wait;
 use airlock_proto::router::v1::PluginResult;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tonic::Code;
-
-const AUTO_DISABLED: &str = "airlock.dev/auto-disabled";
 
 #[tokio::test]
 async fn hooks_through_the_router_and_a_misbehaving_plugin_contained() -> Result<()> {
@@ -249,11 +247,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
             .context("crash-test's onEvent never answers")?;
         codes.push(e.code());
         let p = api.get("crash-test").await?;
-        if p.metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(AUTO_DISABLED))
-        {
+        if p.auto_disabled().is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -264,19 +258,46 @@ async fn scenario(f: &Fixture) -> Result<()> {
     })
     .await
     .with_context(|| format!("calls made: {codes:?}"))?;
-    let why = disabled
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(AUTO_DISABLED))
-        .cloned()
-        .unwrap_or_default();
-    ensure!(why == "5 consecutive timeouts", "annotation: {why:?}");
+    let why = disabled.auto_disabled().unwrap_or_default();
+    ensure!(
+        why == "5 consecutive timeouts",
+        "status.autoDisabled: {:?}",
+        disabled.auto_disabled_record()
+    );
+    ensure!(
+        disabled
+            .metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key("airlock.dev/auto-disabled")),
+        "nothing in the metadata a sync owns: {:?}",
+        disabled.metadata.annotations
+    );
     let ready = condition(&disabled, "Ready").context("Ready condition")?;
     ensure!(
-        ready.message.contains("kubectl annotate plugin"),
+        ready.message.contains("spec.reEnable"),
         "the status says how to re-enable: {}",
         ready.message
+    );
+    // Issue 14: a replace-style sync (the spec and metadata as they were applied) cannot clear
+    // an auto-disable: status is not part of what a replace writes.
+    for attempt in 1..=5 {
+        let mut replaced = api.get("crash-test").await?;
+        replaced.status = None;
+        match api
+            .replace("crash-test", &PostParams::default(), &replaced)
+            .await
+        {
+            Ok(_) => break,
+            // Changed in between (a status write): read again, as `kubectl replace` users do.
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => continue,
+            Err(e) => return Err(e).context("replacing the Plugin as a replace-style sync does"),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        api.get("crash-test").await?.auto_disabled().is_some(),
+        "a replace of the Plugin left it auto-disabled"
     );
     f.expect_failure(
         "crash-test",
@@ -334,14 +355,8 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "timeouts counted per plugin and hook ({series})"
     );
 
-    // Re-enable: the documented admin action is removing the annotation.
-    api.patch(
-        "crash-test",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {AUTO_DISABLED: null}}})),
-    )
-    .await?;
-    wait_plugin(&api, "crash-test", "Active again", active).await?;
+    // Re-enable, declaratively: a new spec.reEnable.
+    re_enable(&api, "crash-test", "2026-12-01T10:00").await?;
     f.wait_routed(&["crash-test"]).await?;
     f.expect_failure("crash-test", "transform", json!({}), Code::Aborted, "")
         .await
@@ -823,14 +838,7 @@ async fn a_steady_stream_of_calls_survives_enable_scale_and_re_enable() -> Resul
 
                 set(Step::AutoDisabled);
                 // What the router writes when a plugin reaches its auto-disable threshold.
-                api.patch(
-                    "hello",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"annotations": {
-                        AUTO_DISABLED: "5 consecutive timeouts (written by the e2e)"
-                    }}})),
-                )
-                .await?;
+                auto_disable(&api, "hello", "5 consecutive timeouts (written by the e2e)").await?;
                 let p = wait_plugin(&api, "hello", "auto-disabled", |p| {
                     phase(p) == Some(PluginPhase::Disabled)
                 })
@@ -850,13 +858,7 @@ async fn a_steady_stream_of_calls_survives_enable_scale_and_re_enable() -> Resul
                 .await?;
 
                 set(Step::ReEnable);
-                api.patch(
-                    "hello",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"annotations": {AUTO_DISABLED: null}}})),
-                )
-                .await?;
-                wait_plugin(&api, "hello", "phase Active again", active).await?;
+                re_enable(&api, "hello", "steady-stream-1").await?;
                 succeeded(Step::ReEnable).await?;
                 anyhow::Ok(())
             }

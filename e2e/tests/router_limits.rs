@@ -18,8 +18,6 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use tonic::{Code, Status};
 
-const AUTO_DISABLED: &str = "airlock.dev/auto-disabled";
-
 /// What the shim logs each time it starts the plugin process (the first start included).
 const PROCESS_STARTED: &str = "started the plugin process";
 
@@ -123,15 +121,10 @@ async fn calls_with_a_1ms_deadline_do_not_auto_disable_a_slow_plugin() -> Result
         // An auto-disable is written at once; give it time to show if it were coming.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let plugin = f.ns.api::<Plugin>().get("crash-test").await?;
-        let annotation = plugin
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(AUTO_DISABLED))
-            .cloned();
+        let record = plugin.auto_disabled_record().cloned();
         ensure!(
-            annotation.is_none() && active(&plugin),
-            "crash-test is not auto-disabled: annotation {annotation:?}, phase {:?}",
+            record.is_none() && active(&plugin),
+            "crash-test is not auto-disabled: status.autoDisabled {record:?}, phase {:?}",
             phase(&plugin)
         );
         let breaker = f

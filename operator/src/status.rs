@@ -7,10 +7,9 @@
 //! reconcile on an unchanged world produces an identical status and the controller writes nothing.
 
 use airlock_crds::Plugin;
-use airlock_crds::plugin::{AUTO_DISABLED_ANNOTATION, PluginPhase, PluginStatus, RevisionRecord};
+use airlock_crds::plugin::{PluginPhase, PluginStatus, RevisionRecord};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 
 use crate::ownership::{self, NotOwned, OBJECT_NOT_OWNED};
 use crate::plan::{Plan, Verdict};
@@ -485,9 +484,8 @@ fn ready(
             false,
             "AutoDisabled",
             format!(
-                "the router auto-disabled the plugin ({why}): no pods run, storage is kept. Fix the plugin, then re-enable it with `kubectl annotate plugin -n {} {} {AUTO_DISABLED_ANNOTATION}-`",
-                plugin.namespace().unwrap_or_default(),
-                plugin.name_any()
+                "the router auto-disabled the plugin ({why}): no pods run, storage is kept. Fix the plugin, then {}",
+                plugin.re_enable_hint()
             ),
             PluginPhase::Disabled,
         )
@@ -943,9 +941,8 @@ mod tests {
     #[test]
     fn auto_disabled_is_not_ready_and_says_how_to_re_enable() {
         let mut p = plugin(HELLO);
-        p.annotations_mut().insert(
-            AUTO_DISABLED_ANNOTATION.into(),
-            "5 consecutive timeouts".into(),
+        p.status.get_or_insert_default().auto_disabled = Some(
+            airlock_crds::plugin::AutoDisabled::under(&p, "5 consecutive timeouts"),
         );
         let mut a = applied(0);
         a.desired_replicas = 0;
@@ -954,7 +951,15 @@ mod tests {
         assert_not_ready(
             &s,
             "AutoDisabled",
-            &["(5 consecutive timeouts)", "airlock.dev/auto-disabled-"],
+            &[
+                "(5 consecutive timeouts)",
+                "spec.reEnable",
+                "kubectl patch plugin",
+            ],
+        );
+        assert_eq!(
+            s.auto_disabled, None,
+            "the router's record is never part of the status the controller applies"
         );
         assert!(
             transitions(None, &s)
@@ -1047,8 +1052,9 @@ mod tests {
         let mut off = plugin(HELLO);
         off.spec.enabled = false;
         let mut auto = plugin(HELLO);
-        auto.annotations_mut()
-            .insert(AUTO_DISABLED_ANNOTATION.into(), "5 timeouts".into());
+        auto.status.get_or_insert_default().auto_disabled = Some(
+            airlock_crds::plugin::AutoDisabled::under(&auto, "5 timeouts"),
+        );
         let mut rolled_back = applied(1);
         rolled_back.rolled_back_from = Some("rbad".into());
         let mut deadline = applied(0);

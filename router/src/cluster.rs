@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use airlock_crds::plugin::AutoDisabled;
 use airlock_crds::{Plugin, PluginCallerBinding};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -23,7 +24,7 @@ use tracing::{info, warn};
 use crate::audit;
 use crate::callers::{Bindings, Gate};
 use crate::dispatch::{Caller, Disabler, Router};
-use crate::table::{AUTO_DISABLED_ANNOTATION, Route, RouteTable};
+use crate::table::{Route, RouteTable};
 use airlock_core::names::MANAGED_BY_SELECTOR;
 
 /// Who the router's audit records and Events name.
@@ -196,7 +197,8 @@ pub enum DisableStep {
     Gone,
     /// Already auto-disabled (by another replica, or by this one before): record nothing.
     AlreadyDisabled(String),
-    /// Write the annotation, on condition that the Plugin is still at this resourceVersion.
+    /// Write `status.autoDisabled` (with the `spec.reEnable` the Plugin has, which a later
+    /// change re-enables), on condition that the Plugin is still at this resourceVersion.
     Write { resource_version: String },
 }
 
@@ -241,33 +243,36 @@ async fn claim(api: &Api<Plugin>, route: &Route, reason: &str) -> Result<Claimed
             DisableStep::Write { resource_version } => resource_version,
             skipped => return Ok(Claimed::Skipped(skipped)),
         };
-        // Both preconditions: the same object (uid), unchanged since it was read.
+        let Some(current) = current else {
+            return Ok(Claimed::Skipped(DisableStep::Gone));
+        };
+        let record = AutoDisabled {
+            since: Some(Timestamp::now().to_string()),
+            ..AutoDisabled::under(&current, reason)
+        };
+        // Both preconditions: the same object (uid), unchanged since it was read — so the
+        // recorded spec.reEnable is the one in force, and only one replica decides.
         let patch = json!({
-            "metadata": {
-                "uid": route.uid,
-                "resourceVersion": resource_version,
-                "annotations": {AUTO_DISABLED_ANNOTATION: reason},
-            }
+            "metadata": {"uid": route.uid, "resourceVersion": resource_version},
+            "status": {"autoDisabled": record},
         });
         match api
-            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => return Ok(Claimed::Decided),
             Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => {
                 tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
             }
-            // The Plugin keeps changing under us (status writes, scaling): write the annotation
+            // The Plugin keeps changing under us (status writes, scaling): write the record
             // without the version condition (the uid still guards it) rather than leave the
             // plugin serving in the other replicas; at worst the decision is recorded twice.
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 let patch = json!({
-                    "metadata": {
-                        "uid": route.uid,
-                        "annotations": {AUTO_DISABLED_ANNOTATION: reason},
-                    }
+                    "metadata": {"uid": route.uid},
+                    "status": {"autoDisabled": record},
                 });
-                api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
                 return Ok(Claimed::Decided);
             }
@@ -342,8 +347,8 @@ impl Disabler for KubeDisabler {
                 type_: EventType::Warning,
                 reason: "AutoDisabled".into(),
                 note: Some(format!(
-                    "auto-disabled by the router: {reason}. Re-enable with `kubectl annotate plugin -n {} {} {AUTO_DISABLED_ANNOTATION}-`",
-                    key.namespace, key.name
+                    "auto-disabled by the router: {reason}. Once it is fixed, {}",
+                    airlock_crds::plugin::re_enable_hint(&key.namespace, &key.name)
                 )),
                 action: "Disable".into(),
                 secondary: None,
@@ -466,17 +471,13 @@ mod tests {
         }))
         .expect("plugin");
         if let Some(why) = disabled {
-            p.metadata.annotations = Some(
-                [(AUTO_DISABLED_ANNOTATION.to_string(), why.to_string())]
-                    .into_iter()
-                    .collect(),
-            );
+            p.status.get_or_insert_default().auto_disabled = Some(AutoDisabled::under(&p, why));
         }
         p
     }
 
     /// Issue 13: two router replicas reaching the threshold together record one decision: the
-    /// second finds the annotation and writes nothing; a write is conditional on what was read.
+    /// second finds the record and writes nothing; a write is conditional on what was read.
     #[test]
     fn only_the_first_replica_to_disable_a_plugin_records_it() {
         assert_eq!(
@@ -491,6 +492,15 @@ mod tests {
                 "u1"
             ),
             DisableStep::AlreadyDisabled("5 consecutive timeouts".into())
+        );
+        // Re-enabled since (spec.reEnable moved on): a new decision is recorded.
+        let mut re_enabled = plugin("u1", "45", Some("5 consecutive timeouts"));
+        re_enabled.spec.re_enable = Some("2026-12-01".into());
+        assert_eq!(
+            disable_step(Some(&re_enabled), "u1"),
+            DisableStep::Write {
+                resource_version: "45".into()
+            }
         );
         // Re-created under the same name, or deleted: the new object is not this one to disable.
         assert_eq!(

@@ -177,8 +177,8 @@ fn route(
     }
     if let Some(why) = plugin.auto_disabled() {
         return Err(format!(
-            "Plugin {key} was auto-disabled ({why}); after fixing it, re-enable it with `kubectl annotate plugin -n {} {} {AUTO_DISABLED_ANNOTATION}-`",
-            key.namespace, key.name
+            "Plugin {key} was auto-disabled ({why}); after fixing it, {}",
+            plugin.re_enable_hint()
         ));
     }
     let status = plugin.status.clone().unwrap_or_default();
@@ -336,12 +336,8 @@ mod tests {
         let mut disabled = plugin("t", "d", "Disabled", hooks.clone());
         disabled.spec.enabled = false;
         let mut auto = plugin("t", "a", "Active", hooks.clone());
-        auto.metadata.annotations = Some(
-            [(
-                airlock_crds::plugin::AUTO_DISABLED_ANNOTATION.to_string(),
-                "5 timeouts".to_string(),
-            )]
-            .into(),
+        auto.status.get_or_insert_default().auto_disabled = Some(
+            airlock_crds::plugin::AutoDisabled::under(&auto, "5 timeouts"),
         );
         let table = RouteTable::build([&active, &quarantined, &disabled, &auto], &ips(&[]));
         assert!(table.holder(&PluginKey::new("t", "ok")).is_some());
@@ -411,9 +407,8 @@ mod tests {
         let mut deploying = plugin("a", "new", "Deploying", hooks.clone());
         deploying.status.as_mut().expect("status").revisions.clear();
         let mut auto = plugin("a", "bad", "Active", hooks.clone());
-        auto.annotations_mut().insert(
-            AUTO_DISABLED_ANNOTATION.into(),
-            "5 consecutive timeouts".into(),
+        auto.status.get_or_insert_default().auto_disabled = Some(
+            airlock_crds::plugin::AutoDisabled::under(&auto, "5 consecutive timeouts"),
         );
         let never_served = plugin("a", "never", "Degraded", hooks.clone());
         let mut still_serving = plugin("a", "serving", "Degraded", hooks.clone());
@@ -448,7 +443,7 @@ mod tests {
         assert!(why("off").contains("spec.enabled: false"), "{}", why("off"));
         assert!(why("new").contains("is Deploying"), "{}", why("new"));
         assert!(why("bad").contains("auto-disabled (5 consecutive timeouts)"));
-        assert!(why("bad").contains("airlock.dev/auto-disabled-"));
+        assert!(why("bad").contains("spec.reEnable"));
         assert!(why("never").contains("is Degraded"), "{}", why("never"));
         assert!(why("lonely").contains("no ready pod"), "{}", why("lonely"));
         assert!(why("ghost").contains("there is no Plugin a/ghost"));

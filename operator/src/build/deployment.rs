@@ -571,6 +571,15 @@ mod tests {
     #[test]
     fn an_auto_disabled_plugin_runs_no_pods() {
         let mut p = plugin(HELLO);
+        p.status.get_or_insert_default().auto_disabled = Some(
+            airlock_crds::plugin::AutoDisabled::under(&p, "3 crashes within 60 minutes"),
+        );
+        let d = deployment(&p, &rollout(), &config());
+        assert_eq!(d.spec.expect("spec").replicas, Some(0));
+        // A new spec.reEnable re-enables it; so does removing the annotation an older router set.
+        p.spec.re_enable = Some("2026-12-01".into());
+        let d = deployment(&p, &rollout(), &config());
+        assert_eq!(d.spec.expect("spec").replicas, Some(1));
         p.metadata.annotations = Some(
             [(
                 airlock_crds::plugin::AUTO_DISABLED_ANNOTATION.to_string(),

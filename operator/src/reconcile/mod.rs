@@ -423,6 +423,9 @@ async fn reconcile_plugin(plugin: Arc<Plugin>, term: &Arc<Term>) -> Result<Actio
     if plugin.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
         remove_legacy_finalizer(&api, &plugin).await?;
     }
+    if plugin.re_enabled() {
+        forget_auto_disable(&api, &plugin).await?;
+    }
     let namespace_going = ctx
         .namespaces
         .get(&ObjectRef::new(&ns))
@@ -469,6 +472,25 @@ async fn reconcile_plugin(plugin: Arc<Plugin>, term: &Arc<Term>) -> Result<Actio
     )
     .await
     .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Removes `status.autoDisabled` once `spec.reEnable` moved past it (the plugin runs again
+/// either way: [`Plugin::auto_disabled`] ignores such a record). A merge patch, because the
+/// router owns that field; conditional on the version read, so an auto-disable recorded in
+/// between under the new `spec.reEnable` is never removed (a conflict is retried).
+async fn forget_auto_disable(api: &Api<Plugin>, plugin: &Plugin) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": plugin.resource_version()},
+        "status": {"autoDisabled": null},
+    });
+    api.patch_status(
+        &plugin.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    tracing::info!("spec.reEnable changed: the router's auto-disable no longer applies");
+    Ok(())
 }
 
 /// Removes [`LEGACY_FINALIZER`], keeping any other (the resourceVersion makes it a conditional

@@ -42,10 +42,15 @@ async fn write_status(
     with_event: bool,
 ) -> Result<(), Error> {
     let uid = plugin.uid().unwrap_or_default();
+    // status.autoDisabled is the router's: never part of what is compared or applied here.
     let prev = ctx
         .caches
         .last_written(&uid)
-        .or_else(|| plugin.status.clone());
+        .or_else(|| plugin.status.clone())
+        .map(|s| PluginStatus {
+            auto_disabled: None,
+            ..s
+        });
     if prev.as_ref() == Some(&next) {
         return Ok(());
     }

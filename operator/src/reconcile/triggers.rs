@@ -33,6 +33,8 @@ pub(super) fn plugin_changes(plugin: &Plugin) -> Option<u64> {
     plugin.annotations().hash(&mut h);
     plugin.labels().hash(&mut h);
     plugin.finalizers().hash(&mut h);
+    // The router's auto-disable is recorded in status: the one status change not our own.
+    plugin.auto_disabled_record().hash(&mut h);
     meta.deletion_timestamp
         .as_ref()
         .map(|t| t.0.as_second())

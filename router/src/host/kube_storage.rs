@@ -1,5 +1,8 @@
-//! Where a plugin's key-value store is persisted: the Plugin's `PluginStorage` object (same name
-//! and namespace, owned by the Plugin), read and replaced with optimistic concurrency.
+//! Where a plugin's key-value store is persisted: the `status` of the Plugin's `PluginStorage`
+//! object (same name and namespace, owned by the Plugin), read and replaced with optimistic
+//! concurrency. The object's `spec` is the installer's seed: read, merged in when it changes
+//! ([`airlock_crds::storage::effective_entries`]), never written here, so a GitOps tool that
+//! applies the seed and the router never fight over a field.
 //!
 //! Owns the [`StorageBackend`] seam (so the host service is tested without a cluster), its
 //! Kubernetes implementation [`KubeStorage`], and [`update`], the load → change → save loop that
@@ -10,7 +13,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use airlock_crds::{PluginStorage, PluginStorageSpec};
+use airlock_crds::storage::effective_entries;
+use airlock_crds::{PluginStorage, PluginStorageSpec, PluginStorageStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
@@ -24,8 +28,8 @@ use airlock_core::PluginKey;
 #[derive(Debug, Clone, Default)]
 pub struct Stored {
     pub store: Store,
-    /// The stored object's metadata (its resourceVersion is what a write replaces; labels,
-    /// annotations and owners someone else set are kept); `None` when there is no object yet.
+    /// The stored object's metadata (its resourceVersion is what a write replaces, its
+    /// generation the seed a write records as merged); `None` when there is no object yet.
     pub meta: Option<ObjectMeta>,
 }
 
@@ -84,7 +88,8 @@ impl StorageBackend for KubeStorage {
         let Some(obj) = obj else {
             return Ok(Stored::default());
         };
-        let store = Store::from_entries(&obj.spec.entries).map_err(|why| {
+        let (entries, _) = effective_entries(&obj);
+        let store = Store::from_entries(&entries).map_err(|why| {
             Status::failed_precondition(format!(
                 "PluginStorage {plugin} is damaged: {why}; fix or remove that entry with `kubectl edit pluginstorage -n {} {}`",
                 plugin.namespace, plugin.name
@@ -104,37 +109,34 @@ impl StorageBackend for KubeStorage {
         previous: Option<ObjectMeta>,
     ) -> Result<(), SaveError> {
         let usage = store.usage();
-        let exists = previous.is_some();
-        // Keep what others set (GitOps tools annotate and label what they manage); add ours.
-        let mut metadata = previous.unwrap_or_else(|| ObjectMeta {
-            name: Some(plugin.name.clone()),
-            namespace: Some(plugin.namespace.clone()),
-            ..Default::default()
-        });
-        metadata.managed_fields = None;
-        metadata.labels.get_or_insert_with(BTreeMap::new).insert(
-            airlock_core::names::PLUGIN_LABEL.to_string(),
-            plugin.name.clone(),
-        );
-        // Deleted with the Plugin (uninstall), kept while it is disabled or upgraded.
-        let owners = metadata.owner_references.get_or_insert_with(Vec::new);
-        if !owners.iter().any(|o| o.uid == owner.uid) {
-            owners.push(OwnerReference {
-                api_version: "airlock.dev/v1alpha1".into(),
-                kind: "Plugin".into(),
-                name: plugin.name.clone(),
-                uid: owner.uid.clone(),
-                controller: None,
-                block_owner_deletion: Some(true),
-            });
-        }
-        let obj = PluginStorage {
-            metadata,
-            spec: PluginStorageSpec {
-                entries: store.to_entries(),
-                key_count: u32::try_from(usage.keys).unwrap_or(u32::MAX),
-                bytes: usage.bytes as u64,
+        let status = PluginStorageStatus {
+            entries: store.to_entries(),
+            key_count: u32::try_from(usage.keys).unwrap_or(u32::MAX),
+            bytes: usage.bytes as u64,
+            seed_generation: None,
+        };
+        let api = self.api(plugin);
+        let mut metadata = match previous {
+            Some(meta) => meta,
+            // No object yet: create one with no seed (and the owner, so it is deleted with the
+            // Plugin), then write its status like any other.
+            None => match api
+                .create(&PostParams::default(), &new_storage(plugin, owner))
+                .await
+            {
+                Ok(created) => created.metadata,
+                Err(kube::Error::Api(e)) if e.code == 409 => return Err(SaveError::Conflict),
+                Err(e) => return Err(unavailable(e)),
             },
+        };
+        metadata.managed_fields = None;
+        let obj = PluginStorage {
+            status: Some(PluginStorageStatus {
+                seed_generation: metadata.generation,
+                ..status
+            }),
+            metadata,
+            spec: PluginStorageSpec::default(),
         };
         let size = serde_json::to_vec(&obj).map_or(usize::MAX, |v| v.len());
         if size > MAX_OBJECT_BYTES {
@@ -144,21 +146,48 @@ impl StorageBackend for KubeStorage {
                  characters JSON must escape take more room); delete keys or store smaller values"
             ))));
         }
-        let api = self.api(plugin);
-        let written = match exists {
-            false => api.create(&PostParams::default(), &obj).await.map(|_| ()),
-            true => api
-                .replace(&plugin.name, &PostParams::default(), &obj)
-                .await
-                .map(|_| ()),
-        };
-        match written {
-            Ok(()) => Ok(()),
+        // The status subresource ignores the spec sent along: only the live data is replaced,
+        // on condition of the resourceVersion read.
+        match api
+            .replace_status(&plugin.name, &PostParams::default(), &obj)
+            .await
+        {
+            Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => Err(SaveError::Conflict),
-            Err(e) => Err(SaveError::Failed(Status::unavailable(format!(
-                "cannot write the plugin's storage ({e}); retry"
-            )))),
+            Err(e) => Err(unavailable(e)),
         }
+    }
+}
+
+fn unavailable(e: kube::Error) -> SaveError {
+    SaveError::Failed(Status::unavailable(format!(
+        "cannot write the plugin's storage ({e}); retry"
+    )))
+}
+
+/// A PluginStorage for a plugin that has none: no seed, owned by the Plugin (deleted with it,
+/// kept while it is disabled or upgraded), labelled with its name.
+fn new_storage(plugin: &PluginKey, owner: &Holder) -> PluginStorage {
+    PluginStorage {
+        metadata: ObjectMeta {
+            name: Some(plugin.name.clone()),
+            namespace: Some(plugin.namespace.clone()),
+            labels: Some(BTreeMap::from([(
+                airlock_core::names::PLUGIN_LABEL.to_string(),
+                plugin.name.clone(),
+            )])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "airlock.dev/v1alpha1".into(),
+                kind: "Plugin".into(),
+                name: plugin.name.clone(),
+                uid: owner.uid.clone(),
+                controller: None,
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: PluginStorageSpec::default(),
+        status: None,
     }
 }
 
