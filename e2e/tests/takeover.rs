@@ -528,3 +528,53 @@ async fn a_tenant_cannot_scale_a_plugins_deployment_or_replica_set() -> Result<(
     })
     .await
 }
+
+/// Issue 14: the router's records live in status, which a tenant with `edit` cannot write. It
+/// cannot forge a PluginStorage's live data (another plugin's state a plugin trusts), nor clear
+/// or forge an auto-disable; it re-enables its plugin the declared way, a new `spec.reEnable`.
+#[tokio::test]
+async fn a_tenant_cannot_write_what_the_router_records_in_status() -> Result<()> {
+    sandbox::in_sandbox("status-attack", &["log"], async |s: &Sandbox| {
+        s.with_hello_bundle().await?;
+        let tenant = Tenant::of(s).await?;
+        let tenant_plugins: Api<Plugin> = tenant.api();
+        plugins::apply(&tenant_plugins, &s.hello("hello")?).await?;
+        let admin: Api<Plugin> = s.ns.api();
+        wait_plugin(&admin, "hello", "phase Active", active).await?;
+        plugins::auto_disable(
+            &admin,
+            "hello",
+            "5 consecutive timeouts (written by the e2e)",
+        )
+        .await?;
+        wait_plugin(&admin, "hello", "auto-disabled", |p| {
+            p.auto_disabled().is_some() && !active(p)
+        })
+        .await?;
+        let clear = Patch::Merge(json!({"status": {"autoDisabled": null}}));
+        let refused = tenant_plugins
+            .patch_status("hello", &PatchParams::default(), &clear)
+            .await
+            .err()
+            .context("the tenant cleared status.autoDisabled")?;
+        ensure!(
+            matches!(&refused, kube::Error::Api(e) if e.code == 403),
+            "refused, but not as forbidden: {refused}"
+        );
+        let storages: Api<airlock_crds::PluginStorage> = tenant.api();
+        let forged = Patch::Merge(json!({"status": {"entries": {"owner": "\"tenant\""}}}));
+        let refused = storages
+            .patch_status("hello", &PatchParams::default(), &forged)
+            .await
+            .err()
+            .context("the tenant wrote a PluginStorage's live data")?;
+        ensure!(
+            matches!(&refused, kube::Error::Api(e) if e.code == 403 || e.code == 404),
+            "refused, but not as forbidden or absent: {refused}"
+        );
+        // The declared way works for the tenant.
+        plugins::re_enable(&tenant_plugins, "hello", "2026-12-01").await?;
+        Ok(())
+    })
+    .await
+}
