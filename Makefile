@@ -6,7 +6,7 @@ CLUSTER := e2e/cluster
 include $(CLUSTER)/versions.env
 CACHE ?= $(HOME)/.cache/airlock
 # Upstream tools built by the cluster scripts, on PATH for every recipe.
-TOOLS_PATH := $(CACHE)/bin/kubernetes-$(K8S_VERSION):$(CACHE)/bin/crane-$(CRANE_VERSION):$(CACHE)/bin/helm-$(HELM_VERSION):$(CACHE)/bin/cosign-$(COSIGN_VERSION):$(CACHE)/bin/crictl-$(CRICTL_VERSION):$(CACHE)/bin/grpcurl-$(GRPCURL_VERSION):$(CACHE)/bin/kstatus-$(CLI_UTILS_VERSION)
+TOOLS_PATH := $(CACHE)/bin/kubernetes-$(K8S_VERSION):$(CACHE)/bin/crane-$(CRANE_VERSION):$(CACHE)/bin/helm-$(HELM_VERSION):$(CACHE)/bin/cosign-$(COSIGN_VERSION):$(CACHE)/bin/crictl-$(CRICTL_VERSION):$(CACHE)/bin/grpcurl-$(GRPCURL_VERSION):$(CACHE)/bin/kstatus-$(CLI_UTILS_VERSION):$(CACHE)/bin/source-controller-$(FLUX_SOURCE_CONTROLLER_VERSION):$(CACHE)/bin/kustomize-controller-$(FLUX_KUSTOMIZE_CONTROLLER_VERSION)
 export PATH := $(TOOLS_PATH):$(PATH)
 # Python with grpcio, for the e2e test that calls the router from a Python client.
 export AIRLOCK_PYTHON ?= $(CACHE)/venv/bin/python

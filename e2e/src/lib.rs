@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod callers;
 pub mod crds;
 pub mod floors;
+pub mod flux;
 pub mod images;
 pub mod install;
 pub mod kstatus;
