@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use airlock_crds::generate::{CHART_CRD_DIR, crd_files};
+use airlock_crds::generate::{CHART_CRD_DIR, SCHEMA_LOCK, crd_files, lock};
 
 #[test]
 fn committed_crds_match_the_rust_types() {
@@ -18,4 +18,19 @@ fn committed_crds_match_the_rust_types() {
             path.display()
         );
     }
+}
+
+/// A schema change comes with a new SCHEMA_REVISION (crdgen enforces it and writes the lock);
+/// the operator relies on it to upgrade the cluster's CRDs and never downgrade them.
+#[test]
+fn the_schema_lock_matches_the_rust_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(SCHEMA_LOCK);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == lock().expect("CRDs serialise"),
+        "{} is out of date with crds/src: run `cargo run -p airlock-crds --bin crdgen` (it tells you when to bump SCHEMA_REVISION) and commit the result",
+        path.display()
+    );
 }

@@ -55,6 +55,13 @@ pub fn reinstall() -> Result<()> {
     helm_install(&["--set", "progressDeadlineSeconds=20"])
 }
 
+/// `helm upgrade` to the suite's install with `extra` values on top (e.g. `crds.upgrade=false`).
+pub fn upgrade_with(extra: &[&str]) -> Result<()> {
+    let mut args = vec!["--set", "progressDeadlineSeconds=20"];
+    args.extend_from_slice(extra);
+    helm_install(&args)
+}
+
 /// Runs `e2e/helm-install.sh` with extra Helm arguments.
 fn helm_install(extra: &[&str]) -> Result<()> {
     let script = workspace().join("e2e/helm-install.sh");

@@ -37,11 +37,72 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
 }
 
 #[tokio::test]
-async fn uninstall_then_deleting_namespaces_and_crds_never_hangs() -> Result<()> {
-    let result = scenario().await;
+async fn upgrade_updates_the_crds_and_uninstall_never_hangs() -> Result<()> {
+    let result = match crd_upgrade().await {
+        Ok(()) => scenario().await,
+        Err(e) => Err(e),
+    };
     // Whatever happened, the suite after this binary finds Airlock installed.
     let reinstalled = tokio::task::spawn_blocking(airlock_e2e::install::reinstall).await?;
     result.and(reinstalled)
+}
+
+/// Issue 14: `helm upgrade` from the previous chart version updates the CRDs. The previous
+/// chart's operator ran without `--upgrade-crds` (here: `crds.upgrade=false`) and its CRDs are in
+/// the cluster (here: its PluginStorage CRD, without the status subresource this version needs);
+/// a plain `helm upgrade` to this chart must leave the current schema served.
+async fn crd_upgrade() -> Result<()> {
+    tokio::task::spawn_blocking(|| {
+        airlock_e2e::install::upgrade_with(&["--set", "crds.upgrade=false"])
+    })
+    .await??;
+    let previous = airlock_e2e::install::workspace()
+        .join("e2e/fixtures/previous-chart/pluginstorages.airlock.dev.yaml");
+    run(
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=helm",
+            "-f",
+            &previous.to_string_lossy(),
+        ],
+    )?;
+    let crds: Api<CustomResourceDefinition> = Api::all(airlock_e2e::client().await?);
+    let name = "pluginstorages.airlock.dev";
+    let has_status = |crd: &CustomResourceDefinition| {
+        crd.spec
+            .versions
+            .iter()
+            .any(|v| v.subresources.as_ref().is_some_and(|s| s.status.is_some()))
+    };
+    ensure!(
+        !has_status(&crds.get(name).await?),
+        "the previous chart's CRD is served"
+    );
+    let started = Instant::now();
+    tokio::task::spawn_blocking(airlock_e2e::install::reinstall).await??;
+    let revision = airlock_crds::generate::SCHEMA_REVISION.to_string();
+    let crd = wait::until(
+        "the upgraded operator to bring the CRD up to its schema",
+        WITHIN,
+        async || crds.get(name).await.map_err(Into::into),
+        |crd| {
+            has_status(crd)
+                && crd
+                    .annotations()
+                    .get(airlock_crds::generate::SCHEMA_REVISION_ANNOTATION)
+                    == Some(&revision)
+        },
+    )
+    .await?;
+    println!(
+        "helm upgrade: {name} at schema revision {revision}, with its status subresource, {:.1} s after the upgrade began",
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(has_status(&crd));
+    Ok(())
 }
 
 async fn scenario() -> Result<()> {

@@ -101,6 +101,10 @@ pub struct Config {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "AIRLOCK_LOG_JSON")]
     pub log_json: bool,
+    /// Brings Airlock's CRDs up to this build's schema at start (Helm never upgrades a chart's
+    /// CRDs); needs get and patch on them (the chart's value crds.upgrade).
+    #[arg(long, env = "AIRLOCK_UPGRADE_CRDS")]
+    pub upgrade_crds: bool,
 }
 
 impl Config {

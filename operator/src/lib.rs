@@ -11,6 +11,7 @@ pub mod bundle_http;
 pub mod certs;
 pub mod cluster_ranges;
 pub mod config;
+pub mod crd_upgrade;
 pub mod egress;
 pub mod fetch;
 pub mod metrics;
@@ -82,6 +83,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         airlock_runtime::kube_client::client(config, &metrics.kube_requests)
             .map_err(airlock_runtime::StartError::from)?
     };
+    // Before any controller reads a Plugin: the new fields of this build must be served.
+    if config.upgrade_crds
+        && let Err(e) = crd_upgrade::upgrade(&client).await
+    {
+        tracing::warn!(error = %e, "could not bring Airlock's CRDs up to this operator's schema (the chart's RBAC allows get and patch on them when crds.upgrade is true); running with the CRDs the cluster serves");
+    }
     if build.host_api.is_none() {
         build.host_api = router_host_api(&client, &build.router_namespace).await;
     }

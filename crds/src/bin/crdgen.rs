@@ -1,10 +1,11 @@
-//! Writes the Airlock CRDs into the Helm chart. Run from the workspace root:
+//! Writes the Airlock CRDs into the Helm chart, and their revision and digest into
+//! `crds/schema.lock` (refusing a changed schema under an unchanged revision). Run from the workspace root:
 //! `cargo run -p airlock-crds --bin crdgen`.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use airlock_crds::generate::{CHART_CRD_DIR, crd_files};
+use airlock_crds::generate::{CHART_CRD_DIR, SCHEMA_LOCK, crd_files, lock, revision_not_bumped};
 
 fn main() -> ExitCode {
     let dir = Path::new(CHART_CRD_DIR);
@@ -15,6 +16,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let committed = std::fs::read_to_string(SCHEMA_LOCK).unwrap_or_default();
+    match (revision_not_bumped(&committed), lock()) {
+        (Ok(Some(why)), _) => {
+            eprintln!("crdgen: {why}");
+            return ExitCode::FAILURE;
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("crdgen: serialising the CRDs failed: {e}");
+            return ExitCode::FAILURE;
+        }
+        (Ok(None), Ok(lock)) => {
+            if let Err(e) = std::fs::write(SCHEMA_LOCK, lock) {
+                eprintln!("crdgen: cannot write {SCHEMA_LOCK}: {e} (run from the workspace root)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Err(e) = std::fs::create_dir_all(dir) {
         eprintln!(
             "crdgen: cannot create {}: {e} (run from the workspace root)",
