@@ -458,6 +458,52 @@ impl Flux {
         );
         Ok(applies)
     }
+
+    /// For a window in which new commits land: the applies of Kustomization `ns/name` after the
+    /// first `since` ([`Flux::applies`]) must change nothing unless they apply a revision other
+    /// than the apply before them (a commit or a revert: its changes are the commit's). Any change
+    /// by a re-apply of the same revision is drift: an object moved away from Git in between
+    /// (another field manager wrote a field Flux applied) and Flux put it back. Fails naming those
+    /// applies; returns the first apply of each new revision, to check what each commit changed.
+    pub fn expect_changes_only_on_new_revisions(
+        &self,
+        ns: &str,
+        name: &str,
+        since: usize,
+    ) -> Result<Vec<Apply>> {
+        let all = self.applies(ns, name)?;
+        ensure!(
+            since <= all.len(),
+            "only {} applies of {ns}/{name}, asked for those after {since}",
+            all.len()
+        );
+        let previous = since.checked_sub(1).map(|i| all[i].revision.as_str());
+        let (new_revisions, drifted) = split_by_revision(previous, &all[since..]);
+        ensure!(
+            drifted.is_empty(),
+            "Flux changed objects of {ns}/{name} re-applying a revision it had applied already \
+             (drift corrected): {drifted:#?}"
+        );
+        Ok(new_revisions)
+    }
+}
+
+/// Splits `applies` (oldest first; `previous` is the revision of the apply before them) into the
+/// first apply of each new revision and the re-applies of a revision that changed something.
+fn split_by_revision(previous: Option<&str>, applies: &[Apply]) -> (Vec<Apply>, Vec<Apply>) {
+    let mut previous = previous;
+    let (mut new_revisions, mut drifted) = (Vec::new(), Vec::new());
+    for a in applies {
+        if previous == Some(a.revision.as_str()) {
+            if !a.changed().is_empty() {
+                drifted.push(a.clone());
+            }
+        } else {
+            new_revisions.push(a.clone());
+        }
+        previous = Some(&a.revision);
+    }
+    (new_revisions, drifted)
 }
 
 /// One server-side apply of a Kustomization, as kustomize-controller logged it.
@@ -916,6 +962,27 @@ mod tests {
         ));
         assert!(!is_change_set("Health check passed in 24ms"));
         assert!(!is_change_set(""));
+    }
+
+    #[test]
+    fn only_a_new_revision_may_change_objects() {
+        let apply = |revision: &str, action: &str| Apply {
+            at: String::new(),
+            revision: revision.to_string(),
+            actions: [("Plugin/a/hello".to_string(), action.to_string())].into(),
+        };
+        let applies = [
+            apply("c", "unchanged"),
+            apply("e", "configured"),
+            apply("e", "unchanged"),
+            apply("e", "configured"),
+            apply("c", "configured"),
+        ];
+        let (new_revisions, drifted) = split_by_revision(Some("c"), &applies);
+        assert_eq!(new_revisions, [applies[1].clone(), applies[4].clone()]);
+        assert_eq!(drifted, [applies[3].clone()]);
+        let (new_revisions, drifted) = split_by_revision(None, &applies[..1]);
+        assert_eq!((new_revisions.len(), drifted.len()), (1, 0));
     }
 
     #[test]
