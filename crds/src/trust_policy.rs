@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,9 @@ use airlock_core::Permission;
 /// When several policies select a namespace, the most restrictive answer wins: a key is trusted
 /// there only if every selecting policy lists it (at the lowest level any gives it), a key that
 /// any policy of the cluster revokes is revoked everywhere, and caps are the smallest of them.
+// Printer columns of the same type repeat `type_ = "integer"`, which clippy mistakes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -25,6 +28,18 @@ use airlock_core::Permission;
     doc = "Which signing keys a cluster admin trusts for which namespaces, at which trust level, and what each level may do (permissions, resources, timeouts, egress). When several policies select a namespace, the most restrictive answer wins.",
     shortname = "ptp",
     category = "airlock",
+    printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
+    printcolumn(
+        name = "Namespaces",
+        type_ = "integer",
+        json_path = ".status.namespaces"
+    ),
+    printcolumn(name = "Plugins", type_ = "integer", json_path = ".status.plugins"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -132,11 +147,26 @@ pub struct StorageLimits {
     pub max_keys: Option<u32>,
 }
 
+/// What the policy does in the cluster now, kept by the operator.
 #[skip_serializing_none]
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginTrustPolicyStatus {
+    /// The metadata.generation this status describes.
     pub observed_generation: Option<i64>,
+    /// Ready (its keys are readable; True with what it governs) and, for kstatus, Stalled while a
+    /// key cannot be read (present only while True).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
     /// Number of keys that are not revoked.
     pub key_count: Option<i32>,
+    /// Namespaces the policy governs now (spec.namespaces matches their labels).
+    pub namespaces: Option<i32>,
+    /// Plugins in those namespaces.
+    pub plugins: Option<i32>,
+    /// Where another policy governs the same namespaces and the most restrictive answer makes
+    /// keys of this one untrusted there (each names the other policy, a namespace and the keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub conflicts: Vec<String>,
 }

@@ -335,3 +335,75 @@ async fn a_plugin_no_policy_governs_reads_failed_in_kstatus() -> Result<()> {
     })
     .await
 }
+
+/// Issue 14: a PluginTrustPolicy's status says what it governs (namespaces, Plugins, keys) and is
+/// kstatus-correct: Current when its keys read, Failed (Stalled, naming the field) when one does
+/// not. The bad policy governs no namespace, so no other test is disturbed.
+#[tokio::test]
+async fn a_trust_policy_reports_what_it_governs_and_a_bad_key() -> Result<()> {
+    in_sandbox("policy-status", async |s: &Sandbox| {
+        s.apply(&s.hello("hello")?).await?;
+        wait_plugin(&s.ns.api(), "hello", "phase Active", active).await?;
+        let policies: Api<airlock_crds::PluginTrustPolicy> = Api::all(s.client.clone());
+        let governing = wait::until(
+            "the sandbox policy's status to count its namespace and Plugin",
+            airlock_e2e::WAIT,
+            async || Ok(policies.get(&s.policy).await?),
+            |p| {
+                p.status.as_ref().is_some_and(|st| {
+                    st.namespaces == Some(1)
+                        && st.plugins == Some(1)
+                        && st.observed_generation == p.metadata.generation
+                })
+            },
+        )
+        .await?;
+        kstatus::expect("a trust policy whose keys read", &governing, "Current")?;
+
+        let bad = format!("{}-bad-key", s.policy);
+        let body = json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "PluginTrustPolicy",
+            "metadata": {"name": bad},
+            "spec": {
+                "keys": [{"name": "typo", "ed25519": "bm90IGEga2V5", "trustLevel": "Trusted"}],
+                "namespaces": {"matchLabels": {"airlock.dev/e2e-nothing": "selected"}},
+            }
+        });
+        policies
+            .patch(
+                &bad,
+                &kube::api::PatchParams::apply("airlock-e2e").force(),
+                &kube::api::Patch::Apply(&body),
+            )
+            .await?;
+        let checked = wait::until(
+            "the bad key's policy to be Stalled",
+            airlock_e2e::WAIT,
+            async || Ok(policies.get(&bad).await?),
+            |p| {
+                p.status.as_ref().is_some_and(|st| {
+                    st.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Stalled" && c.status == "True")
+                })
+            },
+        )
+        .await;
+        let deleted = policies.delete(&bad, &DeleteParams::default()).await;
+        let p = checked?;
+        deleted?;
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+            .context("Ready condition")?;
+        ensure!(
+            ready.reason == "InvalidKey" && ready.message.contains("spec.keys[0].ed25519"),
+            "the condition names the field: {ready:?}"
+        );
+        kstatus::expect("a trust policy with a key that does not read", &p, "Failed")?;
+        Ok(())
+    })
+    .await
+}

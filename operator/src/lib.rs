@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod ownership;
 pub mod plan;
 pub mod policy;
+pub mod policy_status;
 pub mod quantity;
 pub mod reconcile;
 pub mod running;

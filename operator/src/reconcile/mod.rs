@@ -227,7 +227,7 @@ pub async fn run(ctx: Arc<Context>) {
     let sweeper = tokio::spawn(sweep_forgotten_deletions(
         ctx.clone(),
         plugins.clone(),
-        plugins_listed,
+        plugins_listed.clone(),
     ));
     let plugin_triggers = watcher(
         Api::<Plugin>::all(client.clone()),
@@ -253,6 +253,23 @@ pub async fn run(ctx: Arc<Context>) {
     let (policies, policies_listed, policy_stream) = cached_watch(
         Api::<PluginTrustPolicy>::all(client.clone()),
         watcher::Config::default(),
+    );
+    // Each policy's status: what it governs, its keys, its conflicts with others.
+    let policy_statuses = tokio::spawn(crate::policy_status::maintain(
+        client.clone(),
+        policies.clone(),
+        plugins.clone(),
+        ctx.namespaces.clone(),
+        [plugins_listed, policies_listed.clone()],
+    ));
+    // Only a change of a policy's spec (or labels) can change what it allows: its status, written
+    // above, must not re-check every Plugin.
+    let cached = policies.clone();
+    let policy_stream = policy_stream.predicate_filter(
+        move |p: &PluginTrustPolicy| {
+            triggers::policy_changes(p, cached.get(&ObjectRef::from_obj(p)).is_some())
+        },
+        Default::default(),
     );
     let (deployments, deployments_listed, deployment_stream) =
         cached_watch(Api::<Deployment>::all(client.clone()), cfg.clone());
@@ -366,6 +383,7 @@ pub async fn run(ctx: Arc<Context>) {
     router_certificate.abort();
     recorder.abort();
     sweeper.abort();
+    policy_statuses.abort();
 }
 
 /// How often what this process remembers per Plugin is checked against the Plugins that exist.

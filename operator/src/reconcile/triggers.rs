@@ -42,6 +42,20 @@ pub(super) fn plugin_changes(plugin: &Plugin) -> Option<u64> {
     Some(h.finish())
 }
 
+/// What of a trust policy can change what Plugins may do: its spec (generation), labels and
+/// whether it exists (`cached`: still in the policy cache, which a delete event has already left);
+/// its status (written by this process, [`crate::policy_status`]) cannot.
+pub(super) fn policy_changes(
+    policy: &airlock_crds::PluginTrustPolicy,
+    cached: bool,
+) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    policy.meta().generation.hash(&mut h);
+    policy.labels().hash(&mut h);
+    cached.hash(&mut h);
+    Some(h.finish())
+}
+
 /// `children` without the events that show a child exactly as this process last applied it.
 /// Errors pass through (the controller's own backoff handles them).
 pub(super) fn without_own_writes<K, S>(
