@@ -2,23 +2,19 @@
 
 use std::time::{Duration, Instant};
 
-use airlock_crds::{Plugin, PluginCallerBinding, PluginStorage, PluginTrustPolicy};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, CustomResourceExt};
 
 const MANAGER: &str = "airlock-e2e";
 
 /// Installs (server-side applies) the CRDs and waits until they are Established.
 pub async fn install(client: &Client) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [
-        Plugin::crd(),
-        PluginTrustPolicy::crd(),
-        PluginStorage::crd(),
-        PluginCallerBinding::crd(),
-    ] {
+    // Exactly what the chart installs and the operator keeps current (every served version,
+    // the schema revision).
+    for crd in airlock_crds::generate::crds() {
         let name = crd.metadata.name.clone().context("CRD has a name")?;
         crds.patch(
             &name,

@@ -4,7 +4,7 @@
 
 use airlock_crds::Plugin;
 use anyhow::{Context, Result, bail, ensure};
-use kube::Client;
+use kube::{Api, Client};
 use serde_json::{Value, json};
 
 fn valid_plugin(name: &str) -> Value {
@@ -143,4 +143,65 @@ async fn check_cases(client: &Client) -> Result<()> {
     .await;
     ns.delete().await?;
     outcome
+}
+
+/// Issue 14, API versions: an object written (and stored) as v1alpha1 reads the same as v1beta1,
+/// and one written as v1beta1 is stored as v1alpha1 (the storage version) and reads back as it.
+/// The plan for when the schemas differ is in ARCHITECTURE.md.
+#[tokio::test]
+async fn an_object_stored_as_v1alpha1_reads_as_v1beta1() -> Result<()> {
+    let client = airlock_e2e::client().await?;
+    airlock_e2e::crds::install(&client).await?;
+    let ns = airlock_e2e::TestNamespace::create(&client, "versions", &[]).await?;
+    let outcome = async {
+        // A namespaced kind with no operator side effects: PluginStorage.
+        let storage = |v: &str| {
+            kube::api::ApiResource::from_gvk_with_plural(
+                &kube::api::GroupVersionKind::gvk("airlock.dev", v, "PluginStorage"),
+                "pluginstorages",
+            )
+        };
+        let alpha: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns.name, &storage("v1alpha1"));
+        let beta: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns.name, &storage("v1beta1"));
+        let written = json!({
+            "apiVersion": "airlock.dev/v1alpha1", "kind": "PluginStorage",
+            "metadata": {"name": "old"},
+            "spec": {"entries": {"greeting": "\"written as v1alpha1\""}},
+        });
+        alpha
+            .create(&Default::default(), &serde_json::from_value(written)?)
+            .await?;
+        let read = beta.get("old").await?;
+        ensure!(
+            read.types.as_ref().map(|t| t.api_version.as_str()) == Some("airlock.dev/v1beta1")
+                && read.data["spec"]["entries"]["greeting"] == "\"written as v1alpha1\"",
+            "read as v1beta1: {read:?}"
+        );
+        let written = json!({
+            "apiVersion": "airlock.dev/v1beta1", "kind": "PluginStorage",
+            "metadata": {"name": "new"},
+            "spec": {"entries": {"greeting": "\"written as v1beta1\""}},
+        });
+        beta.create(&Default::default(), &serde_json::from_value(written)?)
+            .await?;
+        let read = alpha.get("new").await?;
+        ensure!(
+            read.data["spec"]["entries"]["greeting"] == "\"written as v1beta1\"",
+            "read as v1alpha1: {read:?}"
+        );
+        let crd = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(client.clone())
+            .get("pluginstorages.airlock.dev")
+            .await?;
+        let stored = crd.status.and_then(|s| s.stored_versions).unwrap_or_default();
+        ensure!(
+            stored == ["v1alpha1"],
+            "only the storage version is stored: {stored:?}"
+        );
+        Ok(())
+    }
+    .await;
+    let deleted = ns.delete().await;
+    outcome.and(deleted)
 }
