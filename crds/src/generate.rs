@@ -14,7 +14,7 @@ pub const CHART_CRD_DIR: &str = "charts/airlock/crds";
 /// write a changed schema under the revision [`SCHEMA_LOCK`] holds. The operator upgrades the
 /// cluster's CRDs to this revision at start and leaves alone one marked with a higher revision
 /// (a newer Airlock, rolled back: its fields must not be pruned).
-pub const SCHEMA_REVISION: u32 = 3;
+pub const SCHEMA_REVISION: u32 = 4;
 
 /// The annotation on each CRD that carries [`SCHEMA_REVISION`].
 pub const SCHEMA_REVISION_ANNOTATION: &str = "airlock.dev/schema-revision";
@@ -97,14 +97,20 @@ pub fn lock() -> Result<String, serde_yaml::Error> {
     Ok(format!("{SCHEMA_REVISION} {}\n", schema_digest()?))
 }
 
-/// Whether a schema change left [`SCHEMA_REVISION`] where the committed lock has it: then the
-/// operator of this build could not tell the cluster's older CRDs from its own.
+/// Whether a schema change left [`SCHEMA_REVISION`] where the committed lock has it (then the
+/// operator of this build could not tell the cluster's older CRDs from its own), or the revision
+/// went down.
 pub fn revision_not_bumped(committed_lock: &str) -> Result<Option<String>, serde_yaml::Error> {
     let mut parts = committed_lock.split_whitespace();
     let (Some(revision), Some(digest)) = (parts.next(), parts.next()) else {
         return Ok(None);
     };
     let revision: u32 = revision.parse().unwrap_or(0);
+    if revision > SCHEMA_REVISION {
+        return Ok(Some(format!(
+            "SCHEMA_REVISION is {SCHEMA_REVISION}, lower than the {revision} of the committed {SCHEMA_LOCK} (a bad merge?): operators of this build would take the cluster's CRDs for newer ones and never apply theirs; set it to at least {revision}"
+        )));
+    }
     if digest != schema_digest()? && revision >= SCHEMA_REVISION {
         return Ok(Some(format!(
             "the CRD schemas changed but SCHEMA_REVISION is still {SCHEMA_REVISION} (the committed {SCHEMA_LOCK} has {revision}): set it to {} in crds/src/generate.rs, then run crdgen again",

@@ -203,8 +203,7 @@ pub struct PluginSpec {
     /// Re-enables a plugin the router auto-disabled. Any value; a date is customary (e.g.
     /// "2026-12-01T10:00"). The router records the value this field has when it auto-disables the
     /// plugin (`status.autoDisabled.reEnable`); a different value re-enables it. Declarative: a
-    /// sync that re-applies the same value never clears an auto-disable, and `kubectl airlock
-    /// enable` sets it to the current time.
+    /// sync that re-applies the same value never clears an auto-disable.
     #[schemars(length(min = 1, max = 64))]
     pub re_enable: Option<String>,
 }

@@ -181,6 +181,32 @@ mod tests {
                 "kind": "PluginTrustPolicy", "metadata": {"name": "t"}}),
                 "Healthy",
             ),
+            (
+                "a trust policy whose keys read",
+                json!({"apiVersion": "airlock.dev/v1alpha1",
+                "kind": "PluginTrustPolicy", "metadata": {"name": "t", "generation": 1},
+                "status": {"observedGeneration": 1, "keyCount": 1, "namespaces": 2, "plugins": 3,
+                           "conditions": [cond("Ready", "True", "Valid")]}}),
+                "Healthy",
+            ),
+            (
+                "a trust policy with a key that does not read",
+                json!({"apiVersion": "airlock.dev/v1alpha1",
+                "kind": "PluginTrustPolicy", "metadata": {"name": "t", "generation": 1},
+                "status": {"observedGeneration": 1,
+                           "conditions": [cond("Ready", "False", "InvalidKey"),
+                                          cond("Stalled", "True", "InvalidKey")]}}),
+                "Degraded",
+            ),
+            (
+                "a plugin's storage (live data in status, no conditions)",
+                json!({"apiVersion": "airlock.dev/v1alpha1",
+                "kind": "PluginStorage", "metadata": {"name": "s", "generation": 2},
+                "spec": {"entries": {"count": "0"}},
+                "status": {"entries": {"count": "41"}, "keyCount": 1, "bytes": 7,
+                           "seedGeneration": 2}}),
+                "Healthy",
+            ),
         ];
         for (what, object, expected) in cases {
             let (status, message) = health(&object).expect("the script runs");

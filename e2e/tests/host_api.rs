@@ -100,6 +100,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "status holds the live data and the seed it merged: {:?}",
         seeded.status
     );
+    airlock_e2e::kstatus::expect("a plugin's storage", &seeded, "Current")?;
     // A changed seed (a new commit) sets its keys; the plugin's other data stays.
     storage
         .patch(

@@ -561,7 +561,20 @@ async fn a_tenant_cannot_write_what_the_router_records_in_status() -> Result<()>
             matches!(&refused, kube::Error::Api(e) if e.code == 403),
             "refused, but not as forbidden: {refused}"
         );
+        // The tenant seeds its plugin's storage (the spec), but cannot write the live data.
         let storages: Api<airlock_crds::PluginStorage> = tenant.api();
+        storages
+            .patch(
+                "hello",
+                &PatchParams::apply("tenant-gitops").force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "airlock.dev/v1alpha1", "kind": "PluginStorage",
+                    "metadata": {"name": "hello"},
+                    "spec": {"entries": {"greeting": "\"seeded by the tenant\""}},
+                })),
+            )
+            .await
+            .context("the tenant seeding its plugin's storage")?;
         let forged = Patch::Merge(json!({"status": {"entries": {"owner": "\"tenant\""}}}));
         let refused = storages
             .patch_status("hello", &PatchParams::default(), &forged)
@@ -569,8 +582,8 @@ async fn a_tenant_cannot_write_what_the_router_records_in_status() -> Result<()>
             .err()
             .context("the tenant wrote a PluginStorage's live data")?;
         ensure!(
-            matches!(&refused, kube::Error::Api(e) if e.code == 403 || e.code == 404),
-            "refused, but not as forbidden or absent: {refused}"
+            matches!(&refused, kube::Error::Api(e) if e.code == 403),
+            "refused, but not as forbidden: {refused}"
         );
         // The declared way works for the tenant.
         plugins::re_enable(&tenant_plugins, "hello", "2026-12-01").await?;

@@ -58,17 +58,8 @@ async fn crd_upgrade() -> Result<()> {
     .await??;
     let previous = airlock_e2e::install::workspace()
         .join("e2e/fixtures/previous-chart/pluginstorages.airlock.dev.yaml");
-    run(
-        "kubectl",
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=helm",
-            "-f",
-            &previous.to_string_lossy(),
-        ],
-    )?;
+    // Replaced whole, as the previous chart's install left it: its schema, no revision mark.
+    run("kubectl", &["replace", "-f", &previous.to_string_lossy()])?;
     let crds: Api<CustomResourceDefinition> = Api::all(airlock_e2e::client().await?);
     let name = "pluginstorages.airlock.dev";
     let has_status = |crd: &CustomResourceDefinition| {
@@ -185,5 +176,44 @@ async fn scenario() -> Result<()> {
         "uninstall, namespace and CRDs took {took:?} (bound {WITHIN:?})"
     );
     eprintln!("uninstall, namespace and CRDs gone in {took:?}");
+
+    // The README's "remove Airlock for good": what Helm did not make (the CA and router
+    // certificate Secrets, the leader Lease, Events) goes with airlock-system. Then nothing of
+    // Airlock is left in the cluster.
+    run(
+        "kubectl",
+        &["delete", "namespace", "airlock-system", "--wait=false"],
+    )?;
+    wait::until(
+        "namespace airlock-system gone",
+        WITHIN,
+        async || Ok(namespaces.get_opt("airlock-system").await?.is_some()),
+        |exists| !exists,
+    )
+    .await?;
+    let mut left = Vec::new();
+    for kind in [
+        "clusterroles",
+        "clusterrolebindings",
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicybindings",
+        "customresourcedefinitions",
+    ] {
+        let names = run("kubectl", &["get", kind, "-o", "name"])?;
+        left.extend(
+            names
+                .lines()
+                .filter(|n| {
+                    (n.contains("/airlock") || n.contains("airlock.dev"))
+                        && !n.contains("airlock-e2e")
+                })
+                .map(str::to_string),
+        );
+    }
+    ensure!(
+        left.is_empty(),
+        "left behind after removing Airlock: {left:?}"
+    );
+    eprintln!("nothing of Airlock left after {:?}", t0.elapsed());
     Ok(())
 }

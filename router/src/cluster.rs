@@ -1,6 +1,6 @@
 //! The router's Kubernetes side: watches of Plugins and their EndpointSlices that keep the
 //! [`RouteTable`] current, the watch of PluginCallerBindings that keeps the callers' grants
-//! current, and the [`Disabler`] that records an auto-disable on the Plugin (annotation), as an
+//! current, and the [`Disabler`] that records an auto-disable on the Plugin (`status.autoDisabled`), as an
 //! Event and on the audit stream.
 
 use std::collections::HashMap;
@@ -176,12 +176,12 @@ pub fn ready_endpoints<'a>(
     out
 }
 
-/// Records an auto-disable in the cluster: the annotation (which the controller turns into
+/// Records an auto-disable in the cluster: `status.autoDisabled` (which the controller turns into
 /// zero replicas and a status), an Event, an audit record and the metric.
 ///
 /// Each router replica counts the failures of the calls it makes, so two replicas may reach the
-/// threshold at nearly the same time. The annotation is the shared truth: a replica records the
-/// decision only if its write adds the annotation (a write conditional on the resourceVersion it
+/// threshold at nearly the same time. The record is the shared truth: a replica records the
+/// decision only if its write adds the record (a write conditional on the resourceVersion it
 /// read), so the Plugin gets one Event, one audit record and one count, whatever the number of
 /// replicas.
 pub struct KubeDisabler {
@@ -226,14 +226,38 @@ pub fn disable_step(current: Option<&Plugin>, uid: &str) -> DisableStep {
 /// How a replica's attempt to auto-disable a Plugin ended.
 #[derive(Debug)]
 enum Claimed {
-    /// This replica's write added the annotation: the decision is its own to record.
+    /// This replica's write added the record: the decision is its own to record.
     Decided,
     Skipped(DisableStep),
 }
 
-/// Writes the annotation unless it is there already; retried (a few times) when the Plugin
-/// changed between the read and the write.
-async fn claim(api: &Api<Plugin>, route: &Route, reason: &str) -> Result<Claimed, kube::Error> {
+/// Why an auto-disable could not be recorded.
+#[derive(Debug, thiserror::Error)]
+enum ClaimError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// The write was accepted but the record is not there: the served Plugin CRD predates
+    /// `status.autoDisabled` and the API server pruned it.
+    #[error(
+        "the API server dropped status.autoDisabled: the Plugin CRD in the cluster is older than this router; upgrade Airlock's CRDs (the chart's crds.upgrade=true does it at operator start, or `kubectl apply --server-side -f charts/airlock/crds/`)"
+    )]
+    NotStored,
+}
+
+/// Whether the Plugin as written carries this decision (an older CRD prunes the field).
+fn stored(written: &Plugin, record: &AutoDisabled) -> Result<Claimed, ClaimError> {
+    match written.auto_disabled_record() {
+        Some(r) if r.reason == record.reason => Ok(Claimed::Decided),
+        _ => Err(ClaimError::NotStored),
+    }
+}
+
+/// Conditional writes tried before giving up (≈ 2.7 s of backoff in all).
+const CLAIM_ATTEMPTS: u64 = 10;
+
+/// Writes `status.autoDisabled` unless an auto-disable is in effect already; retried when the
+/// Plugin changed between the read and the write.
+async fn claim(api: &Api<Plugin>, route: &Route, reason: &str) -> Result<Claimed, ClaimError> {
     let key = &route.plugin;
     let mut attempt = 0;
     loop {
@@ -250,33 +274,26 @@ async fn claim(api: &Api<Plugin>, route: &Route, reason: &str) -> Result<Claimed
             since: Some(Timestamp::now().to_string()),
             ..AutoDisabled::under(&current, reason)
         };
-        // Both preconditions: the same object (uid), unchanged since it was read — so the
-        // recorded spec.reEnable is the one in force, and only one replica decides.
+        // Unchanged since it was read (the resourceVersion; disable_step checked the uid) — so
+        // the recorded spec.reEnable is the one in force, and only one replica decides.
         let patch = json!({
-            "metadata": {"uid": route.uid, "resourceVersion": resource_version},
+            "metadata": {"resourceVersion": resource_version},
             "status": {"autoDisabled": record},
         });
         match api
             .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => return Ok(Claimed::Decided),
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => {
+            Ok(written) => return stored(&written, &record),
+            // Changed in between (status writes, scaling): read again and decide again. Never
+            // unconditionally: a status patch's metadata.uid is not checked, so only the
+            // resourceVersion keeps a Plugin re-created under the same name from being disabled
+            // for its predecessor's failures. After the last attempt this replica still refuses
+            // the plugin's calls (the caller logs it).
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < CLAIM_ATTEMPTS => {
                 tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
             }
-            // The Plugin keeps changing under us (status writes, scaling): write the record
-            // without the version condition (the uid still guards it) rather than leave the
-            // plugin serving in the other replicas; at worst the decision is recorded twice.
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                let patch = json!({
-                    "metadata": {"uid": route.uid},
-                    "status": {"autoDisabled": record},
-                });
-                api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
-                return Ok(Claimed::Decided);
-            }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -324,7 +341,7 @@ impl Disabler for KubeDisabler {
                         ACTOR,
                         Timestamp::now(),
                     ));
-                    warn!(plugin = %key, error = %e, "could not annotate the auto-disabled Plugin; this router keeps refusing its calls");
+                    warn!(plugin = %key, error = %e, "could not record the auto-disable in the Plugin's status; this router keeps refusing its calls");
                     return;
                 }
             }
@@ -474,6 +491,25 @@ mod tests {
             p.status.get_or_insert_default().auto_disabled = Some(AutoDisabled::under(&p, why));
         }
         p
+    }
+
+    /// Against a Plugin CRD older than `status.autoDisabled` the API server accepts the patch and
+    /// prunes the field: that is no decision (the caller says to upgrade the CRDs), never a
+    /// silent success that leaves the other replicas routing.
+    #[test]
+    fn a_record_the_api_server_pruned_is_no_decision() {
+        let asked = AutoDisabled::under(&plugin("u1", "1", None), "5 consecutive timeouts");
+        let pruned = plugin("u1", "2", None);
+        assert!(matches!(
+            stored(&pruned, &asked),
+            Err(ClaimError::NotStored)
+        ));
+        assert!(
+            ClaimError::NotStored.to_string().contains("crds.upgrade"),
+            "says what to do"
+        );
+        let kept = plugin("u1", "2", Some("5 consecutive timeouts"));
+        assert!(matches!(stored(&kept, &asked), Ok(Claimed::Decided)));
     }
 
     /// Issue 13: two router replicas reaching the threshold together record one decision: the

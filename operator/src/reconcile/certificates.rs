@@ -113,8 +113,8 @@ async fn issue_plugin_certificate(
 }
 
 /// The `PluginStorage` an installer created for the plugin (initial data) becomes owned by it, so
-/// it is deleted with the Plugin even if the plugin never writes it (the router sets the owner
-/// when it does).
+/// it is deleted with the Plugin (the router sets the owner only on a PluginStorage it creates
+/// itself, for a plugin that had none).
 async fn adopt_storage(plugin: &Plugin, ctx: &Context, ns: &str) -> Result<(), Error> {
     let api = Api::<airlock_crds::PluginStorage>::namespaced(ctx.client.clone(), ns);
     let Some(storage) = api.get_opt(&plugin.name_any()).await? else {

@@ -31,6 +31,8 @@ pub struct Stored {
     /// The stored object's metadata (its resourceVersion is what a write replaces, its
     /// generation the seed a write records as merged); `None` when there is no object yet.
     pub meta: Option<ObjectMeta>,
+    /// Bytes of the installer's seed (the spec), stored beside the live data in one object.
+    pub seed_bytes: usize,
 }
 
 /// Why a write did not happen.
@@ -50,6 +52,7 @@ pub trait StorageBackend: Send + Sync + 'static {
         owner: &Holder,
         store: &Store,
         previous: Option<ObjectMeta>,
+        seed_bytes: usize,
     ) -> impl Future<Output = Result<(), SaveError>> + Send;
 }
 
@@ -91,12 +94,13 @@ impl StorageBackend for KubeStorage {
         let (entries, _) = effective_entries(&obj);
         let store = Store::from_entries(&entries).map_err(|why| {
             Status::failed_precondition(format!(
-                "PluginStorage {plugin} is damaged: {why}; fix or remove that entry with `kubectl edit pluginstorage -n {} {}`",
-                plugin.namespace, plugin.name
+                "PluginStorage {plugin} is damaged: {why}; an admin fixes or removes that entry (in spec.entries, the seed: `kubectl edit pluginstorage -n {} {}`; in status.entries: `kubectl edit --subresource=status pluginstorage -n {} {}`)",
+                plugin.namespace, plugin.name, plugin.namespace, plugin.name
             ))
         })?;
         Ok(Stored {
             store,
+            seed_bytes: serde_json::to_vec(&obj.spec).map_or(0, |v| v.len()),
             meta: Some(obj.metadata),
         })
     }
@@ -107,6 +111,7 @@ impl StorageBackend for KubeStorage {
         owner: &Holder,
         store: &Store,
         previous: Option<ObjectMeta>,
+        seed_bytes: usize,
     ) -> Result<(), SaveError> {
         let usage = store.usage();
         let status = PluginStorageStatus {
@@ -138,12 +143,17 @@ impl StorageBackend for KubeStorage {
             metadata,
             spec: PluginStorageSpec::default(),
         };
-        let size = serde_json::to_vec(&obj).map_or(usize::MAX, |v| v.len());
+        // The object holds the seed (spec) and the live data (status) together.
+        let size = serde_json::to_vec(&obj)
+            .map_or(usize::MAX, |v| v.len())
+            .saturating_add(seed_bytes);
         if size > MAX_OBJECT_BYTES {
             return Err(SaveError::Failed(Status::resource_exhausted(format!(
-                "the stored form of this plugin's storage would be {size} bytes, over the \
+                "the stored form of this plugin's storage would be {size} bytes (its live data \
+                 plus the installer's seed of {seed_bytes} bytes in spec.entries), over the \
                  {MAX_OBJECT_BYTES} bytes a Kubernetes object may hold (values with many \
-                 characters JSON must escape take more room); delete keys or store smaller values"
+                 characters JSON must escape take more room); delete keys, store smaller values \
+                 or shrink the seed"
             ))));
         }
         // The status subresource ignores the spec sent along: only the live data is replaced,
@@ -154,6 +164,13 @@ impl StorageBackend for KubeStorage {
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => Err(SaveError::Conflict),
+            // Retrying cannot help: the object is over what the API server or etcd takes.
+            Err(kube::Error::Api(e)) if e.code == 413 || e.message.contains("too large") => {
+                Err(SaveError::Failed(Status::resource_exhausted(format!(
+                    "the API server refused this plugin's storage as too large ({}); delete keys, store smaller values or shrink the seed in spec.entries",
+                    e.message
+                ))))
+            }
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -208,12 +225,16 @@ pub async fn update<S: StorageBackend, R>(
     change: impl Fn(&mut Store) -> Result<(R, bool), Status>,
 ) -> Result<R, Status> {
     for _ in 0..SAVE_ATTEMPTS {
-        let Stored { mut store, meta } = storage.load(plugin).await?;
+        let Stored {
+            mut store,
+            meta,
+            seed_bytes,
+        } = storage.load(plugin).await?;
         let (out, changed) = change(&mut store)?;
         if !changed {
             return Ok(out);
         }
-        match storage.save(plugin, holder, &store, meta).await {
+        match storage.save(plugin, holder, &store, meta, seed_bytes).await {
             Ok(()) => return Ok(out),
             Err(SaveError::Conflict) => continue,
             Err(SaveError::Failed(s)) => return Err(s),
@@ -258,6 +279,7 @@ pub(crate) mod memory {
                         resource_version: Some(v.to_string()),
                         ..Default::default()
                     }),
+                    seed_bytes: 0,
                 },
             })
         }
@@ -268,6 +290,7 @@ pub(crate) mod memory {
             _owner: &Holder,
             store: &Store,
             previous: Option<ObjectMeta>,
+            _seed_bytes: usize,
         ) -> Result<(), SaveError> {
             let version = previous.and_then(|m| m.resource_version);
             let mut stored = self.stored.lock().unwrap();
