@@ -203,9 +203,11 @@ async fn scenario() -> Result<()> {
         left.extend(
             names
                 .lines()
+                // Not the local cluster's own (`airlock-local:…`, e2e/cluster) nor the tests'.
                 .filter(|n| {
                     (n.contains("/airlock") || n.contains("airlock.dev"))
                         && !n.contains("airlock-e2e")
+                        && !n.contains("/airlock-local:")
                 })
                 .map(str::to_string),
         );
