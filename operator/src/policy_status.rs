@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use airlock_crds::trust_policy::PluginTrustPolicyStatus;
 use airlock_crds::{Plugin, PluginTrustPolicy};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
@@ -139,22 +138,9 @@ pub fn status_of(
             ),
         ),
     };
+    let prev = prev.map(|p| p.conditions.as_slice()).unwrap_or_default();
     let condition = |ty: &str, status: bool| {
-        let status = if status { "True" } else { "False" }.to_string();
-        let last_transition_time = prev
-            .into_iter()
-            .flat_map(|p| &p.conditions)
-            .find(|c| c.type_ == ty && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or(Time(now));
-        Condition {
-            type_: ty.into(),
-            status,
-            reason: reason.into(),
-            message: message.clone(),
-            observed_generation: generation,
-            last_transition_time,
-        }
+        crate::status::condition(prev, ty, status, reason, message.clone(), generation, now)
     };
     let mut conditions = vec![condition("Ready", ok)];
     if !ok {

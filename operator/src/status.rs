@@ -168,9 +168,15 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
         ..Default::default()
     };
     let mut set = |ty: &str, ok: bool, reason: &str, message: String| {
-        status
-            .conditions
-            .push(condition(&prev, ty, ok, reason, message, generation, now));
+        status.conditions.push(condition(
+            &prev.conditions,
+            ty,
+            ok,
+            reason,
+            message,
+            generation,
+            now,
+        ));
     };
     let phase;
     match outcome {
@@ -404,22 +410,27 @@ fn kstatus(
         .find(|c| c.type_ == READY)
         .map(|c| (c.reason.clone(), c.message.clone()))
         .unwrap_or_else(|| ("Pending".into(), "the operator has not decided yet".into()));
-    status
-        .conditions
-        .push(condition(prev, ty, true, &reason, message, generation, now));
+    status.conditions.push(condition(
+        &prev.conditions,
+        ty,
+        true,
+        &reason,
+        message,
+        generation,
+        now,
+    ));
 }
 
 /// The status a Plugin gets the first time the operator sees it, before anything is fetched:
 /// kstatus reads an object without a status as Current, so a Plugin must never be left without
 /// one while its verification runs.
 pub fn first_sight(plugin: &Plugin, now: Timestamp) -> PluginStatus {
-    let prev = PluginStatus::default();
     let generation = plugin.metadata.generation;
     let mut status = PluginStatus {
         observed_generation: generation,
         phase: Some(PluginPhase::Pending),
         conditions: vec![condition(
-            &prev,
+            &[],
             READY,
             false,
             "Pending",
@@ -429,7 +440,7 @@ pub fn first_sight(plugin: &Plugin, now: Timestamp) -> PluginStatus {
         )],
         ..Default::default()
     };
-    kstatus(&mut status, &prev, generation, now);
+    kstatus(&mut status, &PluginStatus::default(), generation, now);
     status
 }
 
@@ -456,7 +467,7 @@ pub fn stopped(
     let prev = plugin.status.clone().unwrap_or_default();
     status.conditions.retain(|c| c.type_ != READY);
     status.conditions.push(condition(
-        &prev,
+        &prev.conditions,
         READY,
         false,
         stop.reason,
@@ -554,9 +565,15 @@ fn ready(
             PluginPhase::Deploying,
         )
     };
-    status
-        .conditions
-        .push(condition(prev, READY, ok, reason, message, generation, now));
+    status.conditions.push(condition(
+        &prev.conditions,
+        READY,
+        ok,
+        reason,
+        message,
+        generation,
+        now,
+    ));
     phase
 }
 
@@ -570,8 +587,9 @@ fn rollout_complete(r: &Rollout) -> bool {
         && r.available_replicas >= r.desired_replicas
 }
 
-fn condition(
-    prev: &PluginStatus,
+/// The condition `ty`, keeping its lastTransitionTime from `prev` while its status is unchanged.
+pub(crate) fn condition(
+    prev: &[Condition],
     ty: &str,
     ok: bool,
     reason: &str,
@@ -581,7 +599,6 @@ fn condition(
 ) -> Condition {
     let status = if ok { "True" } else { "False" }.to_string();
     let last_transition_time = prev
-        .conditions
         .iter()
         .find(|c| c.type_ == ty && c.status == status)
         .map(|c| c.last_transition_time.clone())
