@@ -30,6 +30,10 @@ use airlock_core::names::MANAGED_BY_SELECTOR;
 /// Who the router's audit records and Events name.
 pub const ACTOR: &str = "airlock-router";
 
+/// Most watch events folded into one rebuild of the route table (they are all in the stores by
+/// then; the bound only keeps one batch's buffer small).
+const EVENTS_PER_REBUILD: usize = 1024;
+
 /// Keeps `router`'s table in step with the cluster until the watches end. `loaded` turns true
 /// once both watches listed everything (the router is then ready to serve).
 pub async fn watch_routes<C: Caller>(
@@ -45,7 +49,8 @@ pub async fn watch_routes<C: Caller>(
         watcher(
             Api::<Plugin>::all(client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        .modify(slim),
     )
     .default_backoff()
     .filter_map(|e| async move { change(e).map(|listed| (0, listed)) });
@@ -56,14 +61,22 @@ pub async fn watch_routes<C: Caller>(
         watcher(
             Api::<EndpointSlice>::all(client),
             watcher::Config::default().labels(MANAGED_BY_SELECTOR),
-        ),
+        )
+        .modify(slim),
     )
     .default_backoff()
     .filter_map(|e| async move { change(e).map(|listed| (1, listed)) });
-    let mut changes = std::pin::pin!(futures::stream::select(plugin_events, slice_events));
+    // The table is rebuilt from both stores (O(Plugins)) once per batch of the events that are
+    // waiting, not once per event: a burst of N changes (10,000 Plugins and their slices being
+    // created) costs a few rebuilds while the previous one ran, instead of N × O(N).
+    let mut changes = std::pin::pin!(
+        futures::stream::select(plugin_events, slice_events).ready_chunks(EVENTS_PER_REBUILD)
+    );
     let mut listed = [false, false];
-    while let Some((watch, done)) = changes.next().await {
-        listed[watch] |= done;
+    while let Some(batch) = changes.next().await {
+        for (watch, done) in batch {
+            listed[watch] |= done;
+        }
         if !listed.iter().all(|l| *l) {
             continue;
         }
@@ -74,6 +87,15 @@ pub async fn watch_routes<C: Caller>(
         }
     }
     warn!("the Plugin and EndpointSlice watches ended");
+}
+
+/// What the route table never reads, left out of the watch caches (their memory grows with the
+/// number of Plugins): who wrote which field, and `kubectl apply`'s copy of the whole object.
+fn slim<K: ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    object
+        .annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
 /// Keeps `gate`'s PluginCallerBindings in step with the cluster (every namespace) until the watch

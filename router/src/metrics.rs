@@ -41,6 +41,7 @@ pub struct Metrics {
     host_log_dropped: IntCounterVec,
     breaker_open: IntGaugeVec,
     calls_in_flight: IntGaugeVec,
+    routes: IntGaugeVec,
 }
 
 /// One call in flight to a plugin, counted in `airlock_router_calls_in_flight` until dropped.
@@ -109,6 +110,12 @@ impl Metrics {
                 "Calls this router replica has in flight to a plugin's pods, by plugin: what a HorizontalPodAutoscaler on the Plugin scales on (through a metrics adapter; sum over router replicas, divide by spec.replicas × spec.concurrency for the load per process)",
                 &["plugin"],
             )?,
+            routes: gauge(
+                &registry,
+                "airlock_router_routes",
+                "Plugins in this router replica's route table (Active or Deploying, with their ready endpoints), and the ready endpoints they have in all",
+                &["kind"],
+            )?,
             host_calls: counter(
                 &registry,
                 "airlock_host_calls_total",
@@ -162,6 +169,17 @@ impl Metrics {
         self.breaker_open
             .with_label_values(&[plugin])
             .set(i64::from(open));
+    }
+
+    /// The size of the route table just installed: its plugins and their ready endpoints.
+    pub fn routes(&self, plugins: usize, endpoints: usize) {
+        let set = |kind: &str, n: usize| {
+            self.routes
+                .with_label_values(&[kind])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("plugins", plugins);
+        set("endpoints", endpoints);
     }
 
     pub fn host_call(&self, plugin: &str, call: &str, result: &str) {

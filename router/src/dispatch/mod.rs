@@ -177,6 +177,10 @@ impl<C: Caller> Router<C> {
         lock(&self.health).retain(|k, _| live.contains_key(k));
         lock(&self.slots).retain(|k, _| live.contains_key(k));
         self.caller.routes_changed(&table);
+        self.metrics.routes(
+            live.len(),
+            table.routes(None).map(|r| r.endpoints.len()).sum(),
+        );
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
     }
 
