@@ -61,7 +61,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Runs the router until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), RouterError> {
-    airlock_runtime::telemetry::init_tracing(config.log_json);
+    let _logs = airlock_runtime::telemetry::init_tracing(config.log_json);
     let metrics = Metrics::new().map_err(airlock_runtime::StartError::from)?;
     let client = {
         let kube_config = kube::Config::infer().await.map_err(|e| {

@@ -151,7 +151,7 @@ pub fn main() -> ExitCode {
         eprintln!("airlock-shim sandbox-exec: {e}");
         return ExitCode::from(126);
     }
-    crate::telemetry::init();
+    let _logs = crate::telemetry::init();
     let result = match cli.command {
         Command::Install(args) => install(&args.dest).map(|path| {
             info!(path = %path.display(), "installed airlock-shim");
