@@ -6,7 +6,7 @@ CLUSTER := e2e/cluster
 include $(CLUSTER)/versions.env
 CACHE ?= $(HOME)/.cache/airlock
 # Upstream tools built by the cluster scripts, on PATH for every recipe.
-TOOLS_PATH := $(CACHE)/bin/kubernetes-$(K8S_VERSION):$(CACHE)/bin/crane-$(CRANE_VERSION):$(CACHE)/bin/helm-$(HELM_VERSION):$(CACHE)/bin/cosign-$(COSIGN_VERSION):$(CACHE)/bin/crictl-$(CRICTL_VERSION):$(CACHE)/bin/grpcurl-$(GRPCURL_VERSION):$(CACHE)/bin/kstatus-$(CLI_UTILS_VERSION):$(CACHE)/bin/source-controller-$(FLUX_SOURCE_CONTROLLER_VERSION):$(CACHE)/bin/kustomize-controller-$(FLUX_KUSTOMIZE_CONTROLLER_VERSION)
+TOOLS_PATH := $(CACHE)/bin/kubernetes-$(K8S_VERSION):$(CACHE)/bin/crane-$(CRANE_VERSION):$(CACHE)/bin/helm-$(HELM_VERSION):$(CACHE)/bin/cosign-$(COSIGN_VERSION):$(CACHE)/bin/crictl-$(CRICTL_VERSION):$(CACHE)/bin/grpcurl-$(GRPCURL_VERSION):$(CACHE)/bin/kstatus-$(CLI_UTILS_VERSION):$(CACHE)/bin/source-controller-$(FLUX_SOURCE_CONTROLLER_VERSION):$(CACHE)/bin/kustomize-controller-$(FLUX_KUSTOMIZE_CONTROLLER_VERSION):$(CACHE)/bin/kwok-$(KWOK_VERSION)
 export PATH := $(TOOLS_PATH):$(PATH)
 # Python with grpcio, for the e2e test that calls the router from a Python client.
 export AIRLOCK_PYTHON ?= $(CACHE)/venv/bin/python
@@ -29,7 +29,7 @@ demo: tools cluster-up e2e-images ## local cluster, Airlock installed with Helm,
 	cargo build --locked -p airlockctl
 	@bash e2e/demo.sh
 
-bench: tools cluster-up e2e-images ## benchmarks: verification, router vs direct shim, 1000 disabled Plugins (BENCH_PLUGINS=N)
+bench: tools cluster-up e2e-images ## benchmarks: verification, router vs direct shim, 1000 disabled Plugins (BENCH_PLUGINS=N), 10,000 on fake nodes (BENCH_KWOK_PLUGINS=N)
 	@bash e2e/bench.sh
 
 test: tools lint unit e2e ## the whole suite: fmt, clippy, shellcheck, unit tests, cluster e2e

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks: image verification (cold vs cached), the router against direct shim calls
 # (e2e/src/bin/router-bench.rs), and the controller at scale (e2e/src/bin/controller-bench.rs:
-# BENCH_PLUGINS disabled Plugins, default 1000; BENCH_STEADY_SECONDS, default 60).
+# BENCH_PLUGINS disabled Plugins, default 1000; BENCH_STEADY_SECONDS, default 60), and the control
+# plane at 10,000 enabled Plugins on KWOK's fake nodes (e2e/src/bin/kwok-bench.rs: BENCH_KWOK_PLUGINS,
+# default 10000, 0 to skip; BENCH_KWOK_NAMESPACES, default 100).
 # This script prepares what the Rust benches need from upstream tools (a cosign-signed image).
 # shellcheck source=SCRIPTDIR/cluster/lib.sh
 . "$(dirname "$0")/cluster/lib.sh"
@@ -32,3 +34,7 @@ cargo run -q --locked -p airlock-e2e --bin router-bench
 # --- the controller at scale: N disabled Plugins, writes at steady state against an idle floor ----
 log "controller bench: ${BENCH_PLUGINS:-1000} disabled Plugins"
 cargo run -q --locked -p airlock-e2e --bin controller-bench
+
+# --- the control plane at 10,000 enabled Plugins, their pods on KWOK's fake nodes -----------------
+log "control plane bench: ${BENCH_KWOK_PLUGINS:-10000} enabled Plugins on fake nodes"
+cargo run -q --locked -p airlock-e2e --bin kwok-bench

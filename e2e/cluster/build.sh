@@ -171,7 +171,11 @@ build_flux() {
   build_flux_controller kustomize-controller "$FLUX_KUSTOMIZE_CONTROLLER_VERSION"
 }
 
-ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus flux)
+# KWOK: fake nodes whose pods "run" without containers, for the 10,000-Plugin bench
+# (`make bench-kwok`); run on the host against the local cluster by `airlock_e2e::kwok`.
+build_kwok() { go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok CGO_ENABLED=0; }
+
+ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus flux kwok)
 [ $# -gt 0 ] || set -- "${ALL[@]}"
 for c in "$@"; do
   "build_${c//-/_}"

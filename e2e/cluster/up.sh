@@ -156,6 +156,10 @@ start etcd "$ETCD_BIN/etcd" --name airlock --data-dir "$STATE/etcd" \
   --initial-cluster airlock=http://127.0.0.1:2380 --log-level warn
 wait_for "etcd" 60 etcd curl -sf http://127.0.0.1:2379/health
 
+# PodNodeSelector and PodTolerationRestriction (upstream plugins, off by default) let a namespace's
+# annotations put its pods on given nodes: the KWOK bench confines its pods to fake nodes with them
+# (e2e/src/kwok.rs). A namespace without those annotations is not affected.
+ADMISSION_PLUGINS=NodeRestriction,PodNodeSelector,PodTolerationRestriction
 start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --etcd-servers=http://127.0.0.1:2379 --bind-address="$NODE_IP" --secure-port=6443 \
   --advertise-address="$NODE_IP" --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true \
@@ -163,7 +167,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
-  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+  --authorization-mode=Node,RBAC --enable-admission-plugins="$ADMISSION_PLUGINS" \
   --kubelet-preferred-address-types=InternalIP --service-node-port-range=30000-32767 --profiling=false
 KUBECONFIG_ADMIN=$PKI/admin.kubeconfig
 kc() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }

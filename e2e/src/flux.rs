@@ -91,7 +91,7 @@ pub fn controller_binary(name: &str, version_key: &str) -> Result<PathBuf> {
     let path = cache.join(format!("bin/{name}-{version}/{name}"));
     ensure!(
         path.is_file(),
-        "{name} {version} is not built: run `e2e/cluster/build.sh flux` (looked on PATH and at {})",
+        "{name} {version} is not built: run `make tools` (e2e/cluster/build.sh; looked on PATH and at {})",
         path.display()
     );
     Ok(path)
@@ -555,12 +555,12 @@ async fn lock_machine() -> Result<File> {
 }
 
 /// A TCP port free on 127.0.0.1 right now (the OS picks it; it is released for the child).
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The status code of `GET path` on 127.0.0.1:`port`, or `None` while nothing answers.
-async fn http_status(port: u16, path: &str) -> Option<u16> {
+pub(crate) async fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;

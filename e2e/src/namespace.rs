@@ -29,7 +29,22 @@ impl std::fmt::Debug for TestNamespace {
 impl TestNamespace {
     /// Creates `airlock-e2e-<prefix>-<suffix>` with the given extra labels.
     pub async fn create(client: &Client, prefix: &str, labels: &[(&str, &str)]) -> Result<Self> {
+        Self::create_annotated(client, prefix, labels, &[]).await
+    }
+
+    /// Like [`TestNamespace::create`], with annotations too (e.g. the node selector and default
+    /// tolerations that put a bench's pods on KWOK's fake nodes).
+    pub async fn create_annotated(
+        client: &Client,
+        prefix: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> Result<Self> {
         let name = format!("airlock-e2e-{prefix}-{}", crate::unique_suffix());
+        let annotations: BTreeMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
         let mut all: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
@@ -39,6 +54,7 @@ impl TestNamespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 labels: Some(all),
+                annotations: (!annotations.is_empty()).then_some(annotations),
                 ..Default::default()
             },
             ..Default::default()

@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
 use airlock_e2e::install::{NAMESPACE, images_env};
+use airlock_e2e::operator_metrics::{Counts, LEASE, leader_counts};
 use airlock_e2e::plugins::phase;
-use airlock_e2e::router::http_get;
 use airlock_e2e::sandbox::Sandbox;
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -34,9 +33,6 @@ const FLOOR_WRITES: usize = 500;
 const SETTLE_LIMIT: Duration = Duration::from_secs(1800);
 /// Marks what the floor measurements create, so that exactly that is deleted after them.
 const FLOOR_LABEL: &str = "airlock.dev/bench-floor";
-/// The operator's leader election Lease and metrics port (see the chart).
-const LEASE: &str = "airlock-operator";
-const METRICS_PORT: u16 = 8080;
 
 fn env_number(name: &str, default: u64) -> Result<u64> {
     match std::env::var(name) {
@@ -60,69 +56,6 @@ async fn main() -> Result<()> {
     // Deleting 1000 Plugins takes a while: the namespace waits for their finalizers.
     let cleanup = sandbox.teardown().await;
     result.and(cleanup)
-}
-
-/// The operator's counters, read from the leader.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct Counts {
-    requests: f64,
-    writes: f64,
-    rss_bytes: f64,
-    reconciles: f64,
-}
-
-impl Counts {
-    fn parse(metrics: &str) -> Self {
-        let mut counts = Counts::default();
-        for line in metrics.lines().filter(|l| !l.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            if let Some(labels) = series.strip_prefix("airlock_kube_requests_total") {
-                counts.requests += value;
-                if ["POST", "PUT", "PATCH", "DELETE"]
-                    .iter()
-                    .any(|m| labels.contains(&format!("method=\"{m}\"")))
-                {
-                    counts.writes += value;
-                }
-            } else if series == "process_resident_memory_bytes" {
-                counts.rss_bytes = value;
-            } else if series == "airlock_reconcile_duration_seconds_count" {
-                counts.reconciles = value;
-            }
-        }
-        counts
-    }
-}
-
-/// The metrics of the operator that holds the leader Lease. After an upgrade the Lease may still
-/// name a pod that is gone until a new leader takes over: retried for a minute.
-async fn leader_counts(client: &Client) -> Result<Counts> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let holder = leases
-            .get_opt(LEASE)
-            .await?
-            .and_then(|l| l.spec?.holder_identity);
-        if let Some(holder) = holder {
-            let ip = pods.get_opt(&holder).await?.and_then(|p| p.status?.pod_ip);
-            if let Some(ip) = ip
-                && let Ok(text) = http_get(&format!("{ip}:{METRICS_PORT}"), "/metrics").await
-            {
-                return Ok(Counts::parse(&text));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("no operator pod holds the Lease {NAMESPACE}/{LEASE} and answers on /metrics");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 fn disabled_plugin(name: &str, image: &str) -> Result<Plugin> {
@@ -377,33 +310,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_read_requests_writes_and_memory_from_the_operator_metrics() {
-        let text = "# HELP airlock_kube_requests_total Requests\n\
-            airlock_kube_requests_total{method=\"GET\"} 40\n\
-            airlock_kube_requests_total{method=\"PATCH\"} 7\n\
-            airlock_kube_requests_total{method=\"POST\"} 3\n\
-            airlock_kube_requests_total{method=\"DELETE\"} 1\n\
-            airlock_plugins{phase=\"Disabled\"} 1000\n\
-            airlock_reconcile_duration_seconds_count 4000\n\
-            process_resident_memory_bytes 2.097152e7\n";
-        assert_eq!(
-            Counts::parse(text),
-            Counts {
-                requests: 51.0,
-                writes: 11.0,
-                rss_bytes: 20_971_520.0,
-                reconciles: 4000.0,
-            }
-        );
-    }
-
-    #[test]
     fn the_report_compares_steady_writes_with_the_idle_floor() {
         let at = |writes: f64| Counts {
             requests: writes * 2.0,
             writes,
             rss_bytes: 50.0 * 1_048_576.0,
             reconciles: writes / 2.0,
+            cpu_seconds: 0.0,
         };
         let text = report(
             1000,
