@@ -13,7 +13,12 @@
 //! permissions: [log, storage:read]
 //! entryPoint: ["python3", "main.py"]
 //! imageDigest: sha256:0123...   # optional: binds the bundle to one image
+//! multiplexed: true              # optional (default false): one process takes several calls at once
 //! ```
+//!
+//! `multiplexed` says how the plugin takes `concurrency` N > 1 (`sdk/PROTOCOL.md`, "Multiplexed
+//! plugins"): without it the shim runs N processes with one request each; with it, one process
+//! with up to N requests in flight, answered by id in any order.
 
 use std::fmt;
 
@@ -44,6 +49,10 @@ pub struct Manifest {
     pub entry_point: Vec<String>,
     /// The image the bundle is bound to, `sha256:<64 hex>`, if any.
     pub image_digest: Option<String>,
+    /// The plugin process takes several requests at once and answers them by id, in any order:
+    /// with `concurrency` N > 1 the shim runs one process with N requests in flight instead of N
+    /// processes with one each. Default false.
+    pub multiplexed: bool,
 }
 
 /// Why a `plugin.yaml` was rejected. Each message names the field and says how to fix it.
@@ -139,6 +148,7 @@ const FIELDS: &[&str] = &[
     "permissions",
     "entryPoint",
     "imageDigest",
+    "multiplexed",
 ];
 
 fn list<T: fmt::Display>(items: &[T]) -> String {
@@ -180,6 +190,7 @@ impl Manifest {
                 "permissions" => &mut raw.permissions,
                 "entryPoint" => &mut raw.entry_point,
                 "imageDigest" => &mut raw.image_digest,
+                "multiplexed" => &mut raw.multiplexed,
                 _ => {
                     let hint = closest(&field, FIELDS)
                         .map(|f| format!("did you mean `{f}`? "))
@@ -270,6 +281,7 @@ struct RawFields {
     permissions: Option<Value>,
     entry_point: Option<Value>,
     image_digest: Option<Value>,
+    multiplexed: Option<Value>,
 }
 
 impl RawFields {
@@ -369,6 +381,20 @@ impl RawFields {
             }
         };
 
+        let multiplexed = match self.multiplexed {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(other) => {
+                return Err(ManifestError::InvalidField {
+                    field: "multiplexed",
+                    problem: format!("is {}, not true or false", yaml_inline(&other)),
+                    fix: "write `multiplexed: true` (one process takes several calls at once) or \
+                          leave the field out"
+                        .to_string(),
+                });
+            }
+        };
+
         Ok(Manifest {
             name,
             version,
@@ -377,6 +403,7 @@ impl RawFields {
             permissions,
             entry_point,
             image_digest,
+            multiplexed,
         })
     }
 }
@@ -539,6 +566,7 @@ imageDigest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab
         );
         assert_eq!(m.entry_point, vec!["python3", "main.py"]);
         assert!(m.image_digest.is_some());
+        assert!(!m.multiplexed, "multiplexed is off unless asked for");
         assert!(m.declares("transform") && !m.declares("onEvent"));
         m.check_api_version().unwrap();
     }
@@ -550,6 +578,28 @@ imageDigest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab
         let m = Manifest::parse(yaml).unwrap();
         assert!(m.permissions.is_empty());
         assert_eq!(m.image_digest, None);
+    }
+
+    #[test]
+    fn multiplexed_is_a_boolean() {
+        let m = Manifest::parse(&format!("{GOOD}multiplexed: true\n")).unwrap();
+        assert!(m.multiplexed);
+        let m = Manifest::parse(&format!("{GOOD}multiplexed: false\n")).unwrap();
+        assert!(!m.multiplexed);
+        let (e, msg) = err(&format!("{GOOD}multiplexed: \"yes\"\n"));
+        assert!(
+            matches!(
+                e,
+                ManifestError::InvalidField {
+                    field: "multiplexed",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(msg.contains("`multiplexed: true`"), "{msg}");
+        let (_, msg) = err(&format!("{GOOD}multiplex: true\n"));
+        assert!(msg.contains("did you mean `multiplexed`?"), "{msg}");
     }
 
     #[test]

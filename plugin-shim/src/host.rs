@@ -464,6 +464,7 @@ mod tests {
             call: name.to_string(),
             call_id: "c1".to_string(),
             args: args.to_string(),
+            request: None,
         }
     }
 

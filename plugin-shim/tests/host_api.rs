@@ -151,6 +151,7 @@ fn line(call: &str, args: Value) -> HostCallLine {
         call: call.into(),
         call_id: "c1".into(),
         args: args.to_string(),
+        request: None,
     }
 }
 
@@ -193,6 +194,7 @@ async fn each_call_is_its_rpc_and_each_answer_a_result_line() {
         call: "storage.put".into(),
         call_id: "c1".into(),
         args: r#"{"key":"k","value":{"total": 1.10}}"#.into(),
+        request: None,
     };
     assert_eq!(host.call("inv-9", put).await, Ok("{}".to_string()));
     assert_eq!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{Shim, assert_deadline_exceeded, assert_status, tgz};
+use common::{MUX_PLUGIN, Shim, assert_deadline_exceeded, assert_status, mux_manifest, tgz};
 
 use airlock_plugin_shim::cli::RunArgs;
 use airlock_plugin_shim::host::{CallFuture, HostCalls};
@@ -349,5 +349,108 @@ async fn the_host_call_example_in_protocol_md_works() {
         "{}",
         err.message()
     );
+    shim.stop().await;
+}
+
+/// A shim running `bundle` (a multiplexed plugin) with `--concurrency 2`, its host calls going to
+/// `host`, and a client of it.
+async fn start_multiplexed(bundle: &[u8], host: Arc<FakeHost>) -> (Shim, PluginClient<Channel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let args = RunArgs {
+        host_calls: Some(host),
+        concurrency: 2,
+        ..Shim::args(dir.path(), bundle)
+    };
+    let shim = Shim::start(dir, args).await;
+    let client = shim.client().await;
+    (shim, client)
+}
+
+/// Invokes `transform` as `id` with `payload`: the plugin's output.
+async fn invoke_as(
+    client: &PluginClient<Channel>,
+    id: &str,
+    payload: Value,
+) -> Result<Value, tonic::Status> {
+    let r = client
+        .clone()
+        .invoke(InvokeRequest {
+            hook: "transform".into(),
+            payload_json: payload.to_string(),
+            deadline_ms: 5000,
+            invocation_id: id.into(),
+        })
+        .await?
+        .into_inner();
+    Ok(serde_json::from_str(&r.output_json).unwrap())
+}
+
+#[tokio::test]
+async fn host_calls_of_concurrent_requests_carry_their_request_and_results_reach_it() {
+    let host = Arc::new(FakeHost::default());
+    let bundle = tgz(&[
+        ("plugin.yaml", &mux_manifest("[transform]")),
+        ("plugin.py", MUX_PLUGIN),
+    ]);
+    let (shim, client) = start_multiplexed(&bundle, host.clone()).await;
+    // Both requests are in flight (they meet) before either makes its call.
+    let get =
+        |key: &str| json!({"meet": 2, "calls": [{"call": "storage.get", "args": {"key": key}}]});
+    let (a, b) = tokio::join!(
+        invoke_as(&client, "inv-a", get("count")),
+        invoke_as(&client, "inv-b", get("other")),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a["pid"], b["pid"], "one process");
+    // Each request got the result of its own call.
+    assert_eq!(
+        a["results"][0]["result"],
+        json!({"found": true, "value": 41})
+    );
+    assert!(
+        b["results"][0]["result"]["value"]["big"].is_number(),
+        "{}",
+        b["results"][0]
+    );
+    // The host was told which invocation each call belongs to.
+    let mut seen: Vec<(String, Value)> = host
+        .seen()
+        .into_iter()
+        .map(|(id, call)| (id, serde_json::from_str(&call.args).unwrap()))
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        seen,
+        [
+            ("inv-a".to_string(), json!({"key": "count"})),
+            ("inv-b".to_string(), json!({"key": "other"})),
+        ]
+    );
+    shim.stop().await;
+}
+
+/// The Python example of "Multiplexed plugins" in PROTOCOL.md, run as it is written there.
+#[tokio::test]
+async fn the_multiplexed_example_in_protocol_md_works() {
+    let doc = include_str!("../../sdk/PROTOCOL.md");
+    let section = &doc[doc.find("## Multiplexed plugins").unwrap()..];
+    let start = section.find("```python\n").unwrap() + "```python\n".len();
+    let code = &section[start..start + section[start..].find("```").unwrap()];
+
+    let manifest = "name: counter\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\n\
+                    permissions: [storage:read]\nmultiplexed: true\n\
+                    entryPoint: [python3, -B, plugin.py]\n";
+    let bundle = tgz(&[("plugin.yaml", manifest), ("plugin.py", code)]);
+    let host = Arc::new(FakeHost::default());
+    let (shim, client) = start_multiplexed(&bundle, host.clone()).await;
+    let (a, b) = tokio::join!(
+        invoke_as(&client, "inv-1", json!({"n": 1})),
+        invoke_as(&client, "inv-2", json!({"n": 2})),
+    );
+    assert_eq!(a.unwrap(), json!({"echo": {"n": 1}, "count": 41}));
+    assert_eq!(b.unwrap(), json!({"echo": {"n": 2}, "count": 41}));
+    let mut ids: Vec<String> = host.seen().into_iter().map(|(id, _)| id).collect();
+    ids.sort();
+    assert_eq!(ids, ["inv-1", "inv-2"]);
     shim.stop().await;
 }

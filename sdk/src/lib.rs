@@ -31,6 +31,25 @@
 //! }
 //! ```
 //!
+//! A multiplexed plugin (`multiplexed: true` in `plugin.yaml`; `PROTOCOL.md`, "Multiplexed
+//! plugins") takes several requests at once on one process: [`run_multiplexed`] and
+//! [`run_multiplexed_with_host`] run each on a thread of its own, so the handler is
+//! `Fn + Send + Sync`:
+//!
+//! ```no_run
+//! use serde_json::json;
+//!
+//! fn main() -> std::io::Result<()> {
+//!     airlock_sdk::run_multiplexed_with_host(8, |host, hook, payload| match hook {
+//!         "transform" => {
+//!             let count = host.get("count").map_err(|e| e.to_string())?;
+//!             Ok(json!({ "echo": payload, "count": count.unwrap_or(0.into()) }))
+//!         }
+//!         other => Err(format!("unsupported hook {other}")),
+//!     })
+//! }
+//! ```
+//!
 //! The crate depends on `serde_json` alone. [`protocol`] is the wire format itself (the shim uses
 //! the same module), for authors who want the lines without the run loop.
 //!
@@ -43,8 +62,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde_json::{Value, json};
 
+mod multiplexed;
 pub mod protocol;
 
+pub use crate::multiplexed::{
+    run_multiplexed, run_multiplexed_with_host, serve_multiplexed_with_host,
+};
 use crate::protocol::{MAX_HOST_CALLS, calls};
 
 /// Answers requests from the shim until it closes stdin, calling `handler` for each one.
@@ -121,22 +144,32 @@ where
     F: FnMut(&str, Value) -> Result<Value, String>,
 {
     match protocol::parse_request(line) {
-        Ok(request) => {
-            let result = catch_unwind(AssertUnwindSafe(|| handler(&request.hook, request.payload)))
-                .unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_string());
-                    Err(format!("the plugin panicked: {message}"))
-                });
-            protocol::encode_response(&request.id, &result)
-        }
-        // Without an id the shim cannot match this answer; it will restart the plugin, which is
-        // the right outcome for a request this SDK cannot read.
-        Err(e) => protocol::encode_response("", &Err(format!("unreadable request: {e}"))),
+        Ok(request) => answer(request, handler),
+        Err(e) => unreadable(&e),
     }
+}
+
+/// The answer line to `request`: the handler's result, or its panic as an error answer.
+fn answer<F>(request: protocol::Request, handler: &mut F) -> String
+where
+    F: FnMut(&str, Value) -> Result<Value, String>,
+{
+    let result = catch_unwind(AssertUnwindSafe(|| handler(&request.hook, request.payload)))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(format!("the plugin panicked: {message}"))
+        });
+    protocol::encode_response(&request.id, &result)
+}
+
+/// The answer line to a request line this SDK cannot read. Without an id the shim cannot match
+/// it; it will restart the plugin, which is the right outcome for such a request.
+fn unreadable(e: &protocol::ProtocolError) -> String {
+    protocol::encode_response("", &Err(format!("unreadable request: {e}")))
 }
 
 /// Why a host call failed: the `code` and `error` of the result line, or a failure of the SDK
@@ -171,9 +204,23 @@ impl HostError {
 /// and waits for its result on stdin (synchronously; the time counts against the request's
 /// deadline). A failed call is an `Err` for the handler to decide on; the plugin keeps running.
 pub struct Host<'a> {
-    input: &'a mut dyn BufRead,
-    output: &'a mut dyn Write,
+    link: Link<'a>,
     calls: u32,
+}
+
+/// How a [`Host`] reaches the shim.
+enum Link<'a> {
+    /// One request at a time: the call's result is the next line of stdin.
+    Stdio {
+        input: &'a mut dyn BufRead,
+        output: &'a mut dyn Write,
+    },
+    /// Several requests in flight ([`run_multiplexed_with_host`]): calls name their request and
+    /// one reader thread hands each result to the call with its `callId`.
+    Shared {
+        request: &'a str,
+        mux: &'a (dyn multiplexed::Calls + 'a),
+    },
 }
 
 impl fmt::Debug for Host<'_> {
@@ -188,8 +235,7 @@ impl<'a> Host<'a> {
     /// make one over in-memory buffers.
     pub fn new(input: &'a mut dyn BufRead, output: &'a mut dyn Write) -> Self {
         Self {
-            input,
-            output,
+            link: Link::Stdio { input, output },
             calls: 0,
         }
     }
@@ -205,6 +251,10 @@ impl<'a> Host<'a> {
             ));
         }
         self.calls += 1;
+        let (input, output) = match &mut self.link {
+            Link::Stdio { input, output } => (input, output),
+            Link::Shared { request, mux } => return mux.call(request, call, &args),
+        };
         let call_id = format!("c{}", self.calls);
         let broken = |e: io::Error| {
             HostError::new(
@@ -212,12 +262,12 @@ impl<'a> Host<'a> {
                 format!("cannot talk to the shim over stdin/stdout: {e}"),
             )
         };
-        self.output
+        output
             .write_all(protocol::encode_host_call(call, &call_id, &args).as_bytes())
-            .and_then(|()| self.output.flush())
+            .and_then(|()| output.flush())
             .map_err(broken)?;
         let mut line = String::new();
-        if self.input.read_line(&mut line).map_err(broken)? == 0 {
+        if input.read_line(&mut line).map_err(broken)? == 0 {
             return Err(HostError::new(
                 "UNAVAILABLE",
                 "stdin closed while waiting for the result of a host call",

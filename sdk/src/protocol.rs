@@ -1,7 +1,9 @@
 //! The wire format between the shim and the plugin process: newline-delimited JSON over the
-//! plugin's stdin (requests) and stdout (responses), one request in flight at a time. The plugin's
-//! stderr is its log. `PROTOCOL.md` in this crate is the reference for plugin authors; this module
-//! is the only code that reads or writes these lines, for both the shim and the Rust SDK.
+//! plugin's stdin (requests) and stdout (responses), one request in flight at a time (several,
+//! answered by `id` in any order, for a multiplexed plugin; its host calls name their `request`).
+//! The plugin's stderr is its log. `PROTOCOL.md` in this crate is the reference for plugin
+//! authors; this module is the only code that reads or writes these lines, for both the shim and
+//! the Rust SDK.
 //!
 //! ```text
 //! shim → plugin  {"id":"inv-1","hook":"transform","payload":{"a":1},"deadlineMs":200}
@@ -101,6 +103,9 @@ pub struct HostCallLine {
     /// The call's arguments: a JSON object as the plugin wrote it (`{}` when left out), kept as
     /// text so a stored value is passed on without rounding.
     pub args: String,
+    /// The `id` of the request the call is made for. A multiplexed plugin (several requests in
+    /// flight on one process) must name it; a plugin with one request at a time may leave it out.
+    pub request: Option<String>,
 }
 
 /// A line the plugin wrote on its stdout while handling a request.
@@ -258,9 +263,22 @@ pub fn encode_call_result(call_id: &str, result: &Result<String, CallError>) -> 
 
 /// Encodes a host call line (with its trailing newline), as a plugin writes it on its stdout.
 pub fn encode_host_call(call: &str, call_id: &str, args: &Value) -> String {
+    encode_request_host_call(None, call, call_id, args)
+}
+
+/// [`encode_host_call`] naming the `request` it is made for, as a multiplexed plugin must.
+pub fn encode_request_host_call(
+    request: Option<&str>,
+    call: &str,
+    call_id: &str,
+    args: &Value,
+) -> String {
     let mut obj = Map::new();
     obj.insert("call".into(), Value::from(call));
     obj.insert("callId".into(), Value::from(call_id));
+    if let Some(request) = request {
+        obj.insert("request".into(), Value::from(request));
+    }
     obj.insert("args".into(), args.clone());
     format!("{}\n", Value::Object(obj))
 }
@@ -344,6 +362,11 @@ fn host_call_from_fields(mut fields: RawFields) -> Result<HostCallLine, Protocol
     };
     let call = string(&fields, "call")?;
     let call_id = string(&fields, "callId")?;
+    let request = if fields.contains_key("request") {
+        Some(string(&fields, "request")?)
+    } else {
+        None
+    };
     let args = match fields.remove("args") {
         None => "{}".to_string(),
         // A raw value holds exactly the value's text, so an object starts with its brace.
@@ -358,6 +381,7 @@ fn host_call_from_fields(mut fields: RawFields) -> Result<HostCallLine, Protocol
         call,
         call_id,
         args,
+        request,
     })
 }
 
@@ -427,6 +451,7 @@ mod tests {
                 // The arguments are passed on as written: no rounding, no reformatting.
                 args: r#"{"key":"k","value":{"n": 1.10, "big": 123456789012345678901234567890}}"#
                     .into(),
+                request: None,
             })
         );
         // Arguments may be left out; unknown calls and extra fields are not a protocol error.
@@ -436,6 +461,7 @@ mod tests {
                 call: "storage.drop".into(),
                 call_id: "c2".into(),
                 args: "{}".into(),
+                request: None,
             })
         );
         assert_eq!(
@@ -445,6 +471,13 @@ mod tests {
                 result: Ok(r#"{"a":2}"#.into()),
             })
         );
+        // A multiplexed plugin names the request a call is made for.
+        let line = encode_request_host_call(Some("inv-2"), "log", "c3", &json!({"level": "info"}));
+        let StdoutLine::HostCall(call) = parse_stdout_line(&line).unwrap() else {
+            panic!("{line} is not a host call")
+        };
+        assert_eq!(call.request.as_deref(), Some("inv-2"));
+        assert_eq!(call.call_id, "c3");
         // An "id" makes it an answer, whatever else the line has.
         assert!(matches!(
             parse_stdout_line(r#"{"id":"inv-1","ok":false,"error":"e","call":"log"}"#).unwrap(),
@@ -490,6 +523,10 @@ mod tests {
             (
                 r#"{"call":["log"],"callId":"c"}"#,
                 "\"call\" must be a string",
+            ),
+            (
+                r#"{"call":"log","callId":"c","request":7}"#,
+                "\"request\" must be a string",
             ),
             (
                 r#"{"call":"log","callId":"c","args":[1]}"#,

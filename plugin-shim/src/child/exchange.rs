@@ -11,7 +11,9 @@ use tracing::debug;
 use super::InvokeError;
 use super::spawn::Running;
 use crate::host::HostCalls;
-use airlock_sdk::protocol::{self, MAX_HOST_CALLS, MAX_LINE_BYTES, StdoutLine};
+use airlock_sdk::protocol::{
+    self, CallError, HostCallLine, MAX_HOST_CALLS, MAX_LINE_BYTES, StdoutLine,
+};
 
 /// Why an exchange ended without the answer. Either way the process is of no further use; the
 /// supervisor tells a crash (counted, backed off) from a misbehaving plugin by this.
@@ -30,6 +32,30 @@ impl ExchangeError {
             ExchangeError::Fatal(e) => e.to_string(),
         }
     }
+}
+
+/// The result of host call `call`, made during invocation `id` through `host`: a call this shim
+/// does not know and a shim without a host API are answered here.
+pub(super) async fn answer_call(
+    host: Option<&dyn HostCalls>,
+    id: &str,
+    call: HostCallLine,
+) -> Result<String, CallError> {
+    let (name, call_id) = (call.call.clone(), call.call_id.clone());
+    let result = match host {
+        _ if !protocol::calls::ALL.contains(&name.as_str()) => {
+            Err(crate::host::unimplemented(&name))
+        }
+        Some(host) => host.call(id, call).await,
+        None => Err(crate::host::not_configured()),
+    };
+    match &result {
+        Ok(_) => debug!(invocation = id, call = %name, call_id, "host call done"),
+        Err(e) => {
+            debug!(invocation = id, call = %name, call_id, code = %e.code, "host call failed");
+        }
+    }
+    result
 }
 
 impl Running {
@@ -68,20 +94,8 @@ impl Running {
                     "more than {MAX_HOST_CALLS} host calls while handling request {id:?}"
                 ))));
             }
-            let (name, call_id) = (call.call.clone(), call.call_id.clone());
-            let result = match host {
-                _ if !protocol::calls::ALL.contains(&name.as_str()) => {
-                    Err(crate::host::unimplemented(&name))
-                }
-                Some(host) => host.call(id, call).await,
-                None => Err(crate::host::not_configured()),
-            };
-            match &result {
-                Ok(_) => debug!(invocation = id, call = %name, call_id, "host call done"),
-                Err(e) => {
-                    debug!(invocation = id, call = %name, call_id, code = %e.code, "host call failed");
-                }
-            }
+            let call_id = call.call_id.clone();
+            let result = answer_call(host, id, call).await;
             self.write_line(&protocol::encode_call_result(&call_id, &result))
                 .await?;
         }
@@ -99,7 +113,7 @@ impl Running {
     }
 
     /// Reads one line (newline included) of the plugin's stdout.
-    async fn read_line(&mut self) -> Result<String, ExchangeError> {
+    pub(super) async fn read_line(&mut self) -> Result<String, ExchangeError> {
         let mut buf = Vec::new();
         (&mut self.stdout)
             .take(MAX_LINE_BYTES as u64 + 1)

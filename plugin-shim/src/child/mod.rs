@@ -2,7 +2,8 @@
 //! it.
 //!
 //! Owns a pool of child processes (`--concurrency`, one by default), each with one invocation in
-//! flight at a time. Each child runs the manifest's entry point with a clean environment (`PATH`
+//! flight at a time — or, for a plugin whose manifest says `multiplexed: true`, one process with
+//! up to `--concurrency` invocations in flight, answered by id in any order. Each child runs the manifest's entry point with a clean environment (`PATH`
 //! and `AIRLOCK_BUNDLE_DIR` only), in the bundle directory, in a process group of its own so that
 //! everything it forks can be killed with it. A child that misses its deadline, answers with more
 //! than the output limit or breaks the protocol is killed (SIGKILL to its whole group, never the
@@ -21,9 +22,11 @@
 //! - `supervisor`: [`Supervisor`], which hands each invocation to a free process of the pool,
 //!   restarts processes with backoff and publishes readiness;
 //! - `exchange`: one request on the process's stdio, with the host calls it makes until it
-//!   answers.
+//!   answers;
+//! - `mux`: a multiplexed process, its requests and host calls in flight side by side.
 
 mod exchange;
+mod mux;
 mod spawn;
 mod supervisor;
 
@@ -62,6 +65,9 @@ pub struct ChildSpec {
     /// Where the plugin's host calls go. `None`: every call fails with UNAVAILABLE (the plugin
     /// is told, and goes on).
     pub host: Option<Arc<dyn HostCalls>>,
+    /// The manifest's `multiplexed`: with a concurrency above 1, run one process with that many
+    /// requests in flight instead of that many processes.
+    pub multiplexed: bool,
 }
 
 /// The sandbox of the plugin process and the executable that applies it.

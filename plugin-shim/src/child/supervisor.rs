@@ -5,7 +5,10 @@
 //! misbehaving call costs the others nothing. Publishes whether the plugin is ready (at least one
 //! process is), and stops every process (`onUnload`) at shutdown.
 //!
-//! Starting a process is [`super::spawn`]; one request on its stdio is [`super::exchange`].
+//! Starting a process is [`super::spawn`]; one request on its stdio is [`super::exchange`]. A
+//! multiplexed plugin (one process, several requests in flight) is run by `multiplexed`.
+
+mod multiplexed;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -131,6 +134,9 @@ pub struct Supervisor {
     /// Starts of any process so far; names `onLoad` requests.
     starts: AtomicU64,
     ready: watch::Sender<bool>,
+    /// For a multiplexed plugin with a concurrency above 1: its one process, which takes every
+    /// call (`members` is then empty; `permits` still bounds the calls in flight).
+    mux: Option<multiplexed::MuxSlot>,
 }
 
 /// An idle member taken by one invocation; given back when dropped (also when the invocation's
@@ -153,9 +159,13 @@ impl Drop for Lease<'_> {
 
 impl Supervisor {
     /// A supervisor of `processes` plugin processes (at least one) that has not started any yet;
-    /// see [`Supervisor::warm_up`].
+    /// see [`Supervisor::warm_up`]. For a multiplexed plugin (`spec.multiplexed`), `processes`
+    /// above 1 means one process with that many calls in flight instead.
     pub fn new(spec: ChildSpec, processes: usize) -> Arc<Self> {
-        let processes = processes.max(1);
+        let concurrency = processes.max(1);
+        let mux =
+            (spec.multiplexed && concurrency > 1).then(|| multiplexed::MuxSlot::new(concurrency));
+        let processes = if mux.is_some() { 0 } else { concurrency };
         Arc::new(Self {
             log_budget: Arc::new(std::sync::Mutex::new(LineBudget::new(
                 spec.log_lines_per_minute,
@@ -166,16 +176,21 @@ impl Supervisor {
             members: (0..processes).map(|_| Member::default()).collect(),
             // Reversed: the first process is the first one taken.
             idle: std::sync::Mutex::new((0..processes).rev().collect()),
-            permits: Semaphore::new(processes),
+            permits: Semaphore::new(concurrency),
             groups: Arc::default(),
             starts: AtomicU64::new(0),
             ready: watch::Sender::new(false),
+            mux,
         })
     }
 
     /// How many plugin processes run invocations side by side.
     pub fn processes(&self) -> usize {
-        self.members.len()
+        if self.mux.is_some() {
+            1
+        } else {
+            self.members.len()
+        }
     }
 
     /// Whether the plugin is ready: at least one of its processes started and answered
@@ -195,10 +210,12 @@ impl Supervisor {
     /// How many times a plugin process was started again after its first start (over all
     /// processes of the pool).
     pub fn restarts(&self) -> u64 {
+        let mux = self.mux.as_ref().map_or(0, multiplexed::MuxSlot::restarts);
         self.members
             .iter()
             .map(|m| m.starts.load(Ordering::Relaxed).saturating_sub(1))
-            .sum()
+            .sum::<u64>()
+            + mux
     }
 
     fn set_ready(&self, index: usize, ready: bool) {
@@ -212,6 +229,9 @@ impl Supervisor {
     /// is nothing to ask a process, so it counts as started once it is still running after a
     /// short grace period. Fails with the first failure; the processes that did start stay.
     pub async fn warm_up(&self) -> Result<(), InvokeError> {
+        if let Some(mux) = &self.mux {
+            return self.warm_up_multiplexed(mux).await;
+        }
         let started =
             futures::future::join_all((0..self.members.len()).map(|i| self.warm_up_one(i))).await;
         started.into_iter().collect()
@@ -269,6 +289,16 @@ impl Supervisor {
         deadline: Duration,
         traceparent: Option<&str>,
     ) -> Result<Answer, InvokeError> {
+        if self.mux.is_some() {
+            let call = multiplexed::Call {
+                hook,
+                payload_json,
+                invocation_id,
+                deadline,
+                traceparent,
+            };
+            return self.invoke_multiplexed(call).await;
+        }
         let until = Instant::now() + deadline;
         let permit = timeout_at(until, self.permits.acquire())
             .await
@@ -520,6 +550,9 @@ impl Supervisor {
     /// Stops every process: `onUnload` (if declared, within the lifecycle timeout), then closes
     /// its stdin and gives it a moment to exit before killing its process group.
     pub async fn shutdown(&self) {
+        if let Some(mux) = &self.mux {
+            return self.shutdown_multiplexed(mux).await;
+        }
         // No invocation starts from here on.
         self.permits.close();
         futures::future::join_all((0..self.members.len()).map(|i| self.stop_one(i))).await;

@@ -186,7 +186,8 @@ pub struct RunArgs {
     pub lifecycle_timeout_ms: u32,
 
     /// Plugin processes that take calls side by side, each one call at a time (each sandboxed,
-    /// restarted and backed off on its own; all share this container's CPU and memory).
+    /// restarted and backed off on its own; all share this container's CPU and memory). For a
+    /// plugin whose manifest says `multiplexed: true`: one process with up to N calls in flight.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(airlock_core::api::MAX_CONCURRENCY)))]
     pub concurrency: u32,

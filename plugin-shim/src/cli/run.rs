@@ -114,6 +114,7 @@ pub async fn run(
             lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
             log_lines_per_minute: args.max_log_lines_per_minute,
             host,
+            multiplexed: manifest.multiplexed,
             sandbox: Some(Sandbox {
                 spec: SandboxSpec {
                     // The key the shim serves with, out of the plugin's reach.

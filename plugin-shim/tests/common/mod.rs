@@ -241,3 +241,80 @@ impl Pki {
         std::fs::write(dir.join("ca.crt"), &self.ca_pem).unwrap();
     }
 }
+
+/// A multiplexed Python plugin (`multiplexed: true`): every request runs on a thread of its own
+/// and is answered when it is done, whatever came before it. Answers carry the process's pid.
+/// `onLoad` and `onUnload` are noted in the file `lifecycle` of the bundle directory. Payload
+/// fields: `meet` (wait until that many requests have arrived), `hang` (never answer),
+/// `sleep` (seconds), `calls` (host calls to make, `[{"call", "args"}]`, each naming its
+/// request; their results are answered), `raw` (write this line instead of an answer), `gather`
+/// (wait until that many requests have arrived, then answer them in the reverse order of their
+/// arrival).
+pub const MUX_PLUGIN: &str = r#"
+import json, os, sys, threading, time
+out = threading.Lock()
+calls, ids, gathered, arrived = {}, [0], [], [0]
+meet = threading.Condition()
+
+def write(msg):
+    with out:
+        print(json.dumps(msg), flush=True)
+
+def host(req_id, call, args):
+    with out:
+        ids[0] += 1
+        cid = "c%d" % ids[0]
+        calls[cid] = slot = [threading.Event(), None]
+        print(json.dumps({"call": call, "callId": cid, "request": req_id, "args": args}), flush=True)
+    slot[0].wait()
+    return calls.pop(cid)[1]
+
+def handle(req):
+    p = req["payload"] if isinstance(req["payload"], dict) else {}
+    output = {"pid": os.getpid(), "id": req["id"], "echo": p}
+    if req["hook"] in ("onLoad", "onUnload"):
+        with open("lifecycle", "a") as f:
+            f.write(req["hook"] + " ")
+    if "meet" in p:
+        with meet:
+            arrived[0] += 1
+            meet.notify_all()
+            meet.wait_for(lambda: arrived[0] >= p["meet"], timeout=10)
+    if p.get("hang"):
+        time.sleep(60)
+    time.sleep(p.get("sleep", 0))
+    if "calls" in p:
+        output["results"] = [host(req["id"], c["call"], c.get("args", {})) for c in p["calls"]]
+    if "raw" in p:
+        with out:
+            print(p["raw"], flush=True)
+        return
+    if "gather" in p:
+        with meet:
+            gathered.append(req)
+            if len(gathered) < p["gather"]:
+                return
+            batch = list(enumerate(gathered))[::-1]
+        for answered, (arrival, r) in enumerate(batch):
+            write({"id": r["id"], "ok": True, "output": {"pid": os.getpid(),
+                   "echo": r["payload"], "arrival": arrival, "answered": answered}})
+        return
+    write({"id": req["id"], "ok": True, "output": output})
+
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "callId" in msg:
+        slot = calls[msg["callId"]]
+        slot[1] = msg
+        slot[0].set()
+    else:
+        threading.Thread(target=handle, args=(msg,)).start()
+"#;
+
+/// The manifest of [`MUX_PLUGIN`] (`multiplexed: true`, hooks `hooks`).
+pub fn mux_manifest(hooks: &str) -> String {
+    format!(
+        "name: mux\nversion: 1.0.0\napiVersion: 1\nhooks: {hooks}\nmultiplexed: true\n\
+         permissions: [log, storage:read]\nentryPoint: [python3, -B, plugin.py]\n"
+    )
+}
