@@ -173,7 +173,23 @@ build_flux() {
 
 # KWOK: fake nodes whose pods "run" without containers, for the 10,000-Plugin bench
 # (`make bench-kwok`); run on the host against the local cluster by `airlock_e2e::kwok`.
-build_kwok() { go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok CGO_ENABLED=0; }
+# kwok has no built-in behaviour: its "stages" (how a fake node becomes Ready and keeps its lease, how
+# a pod gets an IP, runs, becomes Ready and is deleted) come from the same module, as one config
+# file next to the binary.
+build_kwok() {
+  go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok CGO_ENABLED=0
+  local out dir stage; out=$(bin_dir kwok "$KWOK_VERSION")
+  [ -f "$out/stages.yaml" ] && return
+  dir=$(cd "$AIRLOCK_CACHE/src/kwok-$KWOK_VERSION" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -d "$dir" ] || die "could not download sigs.k8s.io/kwok@$KWOK_VERSION"
+  for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+    pod/general/pod-create pod/general/pod-init-container-running pod/general/pod-init-container-completed \
+    pod/general/pod-ready pod/general/pod-complete pod/general/pod-delete; do
+    printf -- '---\n'
+    cat "$dir/kustomize/stage/$stage.yaml"
+  done >"$out/stages.yaml.tmp"
+  mv "$out/stages.yaml.tmp" "$out/stages.yaml"
+}
 
 ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus flux kwok)
 [ $# -gt 0 ] || set -- "${ALL[@]}"

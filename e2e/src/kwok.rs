@@ -66,6 +66,13 @@ impl Kwok {
     pub async fn start(client: &Client, nodes: usize, pods_per_node: u32) -> Result<Self> {
         ensure!(nodes > 0, "at least one fake node is needed");
         let bin = controller_binary("kwok", "KWOK_VERSION")?;
+        // How fake nodes and pods behave: the stages `e2e/cluster/build.sh kwok` put next to it.
+        let stages = bin.with_file_name("stages.yaml");
+        ensure!(
+            stages.is_file(),
+            "{} is missing: run `make tools` (e2e/cluster/build.sh kwok writes it)",
+            stages.display()
+        );
         delete_nodes(client).await?;
         let dir = tempfile::Builder::new()
             .prefix("airlock-bench-kwok-")
@@ -78,6 +85,8 @@ impl Kwok {
         let child = Command::new(&bin)
             .arg("--kubeconfig")
             .arg(&kubeconfig)
+            .arg("--config")
+            .arg(&stages)
             .args([
                 "--manage-all-nodes=false".to_string(),
                 format!("--manage-nodes-with-label-selector={SELECTOR}"),

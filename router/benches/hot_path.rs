@@ -137,13 +137,19 @@ where
     Ok((took[n / 2], cpu / n as u32))
 }
 
+/// Accepted connections with TCP_NODELAY, as the shim and the router binary serve them (Nagle
+/// would hold each answer's last small write for the client's delayed ACK, ≈ 40 ms a call).
+fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 async fn serve_echo() -> Result<String, Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(plugin::plugin_server::PluginServer::new(Echo))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming(listener)),
     );
     Ok(addr)
 }
@@ -192,13 +198,35 @@ async fn serve_router(shim: &str) -> Result<String, Error> {
     tokio::spawn(
         airlock_router::server::grpc_server()
             .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming(listener)),
     );
     Ok(addr)
 }
 
+/// How the process logs (`BENCH_HOT_PATH_LOG`): what the router binary does (`background`, the
+/// default: JSON lines written by a background thread), what it did before (`blocking`: each line
+/// written to stderr by the thread that logs) or no subscriber at all (`none`). The router logs a
+/// span record per call, so this is part of its hot path. Lines go to stderr: redirect it.
+fn init_logs() -> (String, Option<airlock_runtime::telemetry::LogGuard>) {
+    let mode = std::env::var("BENCH_HOT_PATH_LOG").unwrap_or_else(|_| "background".into());
+    let guard = match mode.as_str() {
+        "none" => None,
+        "blocking" => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+                .with_writer(std::io::stderr)
+                .json()
+                .init();
+            None
+        }
+        _ => Some(airlock_runtime::telemetry::init_tracing(true)),
+    };
+    (mode, guard)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    let (logs, _guard) = init_logs();
     // `cargo bench` passes --bench; nothing else is read from the command line.
     let n: usize = std::env::var("BENCH_HOT_PATH_CALLS")
         .ok()
@@ -267,7 +295,7 @@ async fn main() -> Result<(), Error> {
     let own_cpu = micros(router_cpu) - 2.0 * micros(floor_cpu);
     let own_latency = micros(router_p50) - 2.0 * micros(floor_p50);
     println!(
-        "\n== airlock router hot path, in one process ({n} sequential calls, 1 KiB, plain text) ==\n\
+        "\n== airlock router hot path, in one process ({n} sequential calls, 1 KiB, plain text, logs: {logs}) ==\n\
          floor: one bare gRPC hop       p50 {:>7.1} µs   CPU {:>7.1} µs per call\n\
          through the router (2 hops)    p50 {:>7.1} µs   CPU {:>7.1} µs per call\n\
          the router beyond its 2 hops   p50 {own_latency:>7.1} µs   CPU {own_cpu:>7.1} µs per call \
