@@ -25,6 +25,14 @@ AIRLOCK_BENCH_IMAGE=$BENCH_REPO@$BENCH_DIGEST AIRLOCK_BENCH_COSIGN_PUB=$KEYDIR/c
   AIRLOCK_BENCH_REGISTRY_LOG=$STATE/logs/registry.log \
   cargo bench -q --locked -p airlock-operator --bench verification
 
+# --- the router's own cost per call, in one process (no cluster): logs as the binary writes them,
+# then as it did before they moved to a background writer. Its log lines go to a file.
+log "router hot path in one process (router/benches/hot_path.rs)"
+for logs in background blocking; do
+  BENCH_HOT_PATH_LOG=$logs cargo bench -q --locked -p airlock-router --bench hot_path 2>"$STATE/logs/bench-hot-path.log" \
+    || { tail -20 "$STATE/logs/bench-hot-path.log"; exit 1; }
+done
+
 # --- the router's cost: the same call direct to the shim and through the router, and a pipeline --
 # Through the router it calls as a host application does: a ServiceAccount token for the audience
 # airlock-router, granted by a PluginCallerBinding (the bench's fixture makes both).
