@@ -80,7 +80,14 @@ pub async fn watch_routes<C: Caller>(
         if !listed.iter().all(|l| *l) {
             continue;
         }
-        router.update(table(&plugins, &slices));
+        // Off the async workers: at thousands of Plugins a rebuild takes long enough to starve
+        // the tasks that answer calls and the kubelet's probes (found at 8,600 Plugins: /healthz
+        // timed out, the kubelet restarted the router, which listed everything again, and so on).
+        let (p, s, r) = (plugins.clone(), slices.clone(), Arc::clone(&router));
+        if let Err(e) = tokio::task::spawn_blocking(move || r.update(table(&p, &s))).await {
+            warn!(error = %e, "rebuilding the route table failed");
+            continue;
+        }
         if !*loaded.borrow() {
             info!(plugins = plugins.state().len(), "route table loaded");
             loaded.send_replace(true);

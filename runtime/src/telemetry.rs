@@ -7,7 +7,11 @@
 //! [`QUEUED_LINES`] lines wait for the writer, logging blocks until there is room again.
 
 /// Lines that may wait for the background writer before logging blocks.
-pub const QUEUED_LINES: usize = 128_000;
+///
+/// Bounded memory, not only order: a line is a few hundred bytes, so 16,384 waiting lines hold a
+/// few MiB at most (the writer empties the queue far faster than calls fill it; when stderr
+/// stalls, logging waits instead of growing the pod toward its memory limit).
+pub const QUEUED_LINES: usize = 16_384;
 
 /// Keeps the background writer of [`init_tracing`]: the lines still queued are written when it is
 /// dropped, so hold it until the process ends.
