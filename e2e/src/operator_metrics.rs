@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
@@ -16,6 +16,16 @@ use crate::router::http_get;
 /// chart).
 pub const LEASE: &str = "airlock-operator";
 pub const METRICS_PORT: u16 = 8080;
+
+/// A whole number from the environment (a bench's size or window), `default` when unset.
+pub fn env_number(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v}: expected a whole number")),
+        Err(_) => Ok(default),
+    }
+}
 
 /// The operator's counters, read from the leader.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

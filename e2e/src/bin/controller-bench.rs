@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
 use airlock_e2e::install::{NAMESPACE, images_env};
-use airlock_e2e::operator_metrics::{Counts, LEASE, leader_counts};
+use airlock_e2e::operator_metrics::{Counts, LEASE, env_number, leader_counts};
 use airlock_e2e::plugins::phase;
 use airlock_e2e::sandbox::Sandbox;
 use anyhow::{Context, Result, bail};
@@ -33,15 +33,6 @@ const FLOOR_WRITES: usize = 500;
 const SETTLE_LIMIT: Duration = Duration::from_secs(1800);
 /// Marks what the floor measurements create, so that exactly that is deleted after them.
 const FLOOR_LABEL: &str = "airlock.dev/bench-floor";
-
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v}: expected a whole number")),
-        Err(_) => Ok(default),
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -14,7 +14,7 @@ use airlock_crds::plugin::PluginPhase;
 use airlock_e2e::TestNamespace;
 use airlock_e2e::install::images_env;
 use airlock_e2e::kwok::Kwok;
-use airlock_e2e::operator_metrics::{Counts, leader_counts};
+use airlock_e2e::operator_metrics::{Counts, env_number, leader_counts};
 use airlock_e2e::plugins::phase;
 use airlock_e2e::router::metrics as router_metrics;
 use airlock_e2e::sandbox::put_bundle;
@@ -34,15 +34,6 @@ const PODS_PER_NODE: usize = 250;
 const SETTLE_LIMIT: Duration = Duration::from_secs(3600);
 /// Label of the bench's namespaces and Plugins (value: the run's suffix).
 const BENCH_LABEL: &str = "airlock.dev/kwok-bench";
-
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v}: expected a whole number")),
-        Err(_) => Ok(default),
-    }
-}
 
 /// What the bench was asked for.
 #[derive(Clone, Copy, Debug)]
