@@ -419,7 +419,7 @@ struct Attempt {
 }
 
 impl GrpcCaller {
-    /// One call on `channel` until `until`. A connection failure (nothing sent) is retried on
+    /// One call on `channel` until `until`. A call that never left (see [`never_sent`]) is retried on
     /// the same pod with a short backoff when `retry_connect` (it is the only pod left to try),
     /// else given back at once for the caller to try another pod.
     async fn call_shim(
@@ -457,7 +457,7 @@ impl GrpcCaller {
                 // hook twice. A pod that just became ready may not be reachable for a moment
                 // (the network policy of new pods is programmed asynchronously).
                 Err(status)
-                    if is_connect_failure(&status)
+                    if never_sent(&status)
                         && retry_connect
                         && tokio::time::Instant::now() + backoff < until =>
                 {
@@ -466,7 +466,7 @@ impl GrpcCaller {
                 }
                 Err(status) => {
                     return Err(Attempt {
-                        never_sent: is_connect_failure(&status),
+                        never_sent: never_sent(&status),
                         failure: failure_of(&status),
                     });
                 }
@@ -475,11 +475,36 @@ impl GrpcCaller {
     }
 }
 
-/// Whether the call failed before a connection to the shim existed (nothing was sent).
-fn is_connect_failure(status: &Status) -> bool {
-    status.code() == Code::Unavailable
-        && status.metadata().get(FAILURE_METADATA).is_none()
-        && status.message().contains("connect error")
+/// Whether the request never reached a plugin, so sending it again cannot run a hook twice:
+/// no connection to the shim could be made; or hyper gave the request back before writing it
+/// (the connection closed under it: a pod that stopped between the router's choice and the
+/// call); or the shim's HTTP/2 GOAWAY (a pod shutting down) or a REFUSED_STREAM said the stream
+/// was not processed. A call the shim answered, however badly, carries its verdict and is
+/// never retried; nor is a call that ran out of time.
+fn never_sent(status: &Status) -> bool {
+    if status.metadata().get(FAILURE_METADATA).is_some() {
+        return false;
+    }
+    if status.code() == Code::Unavailable && status.message().contains("connect error") {
+        return true;
+    }
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if let Some(e) = e.downcast_ref::<hyper::Error>()
+            && e.is_canceled()
+        {
+            return true;
+        }
+        if let Some(e) = e.downcast_ref::<h2::Error>() {
+            // A graceful GOAWAY (NO_ERROR) fails only the streams above the last one the
+            // server took, which it promises not to have processed (RFC 9113, 6.8).
+            let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR));
+            return refused;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// What a shim's error status means for the plugin's health.
@@ -632,6 +657,77 @@ mod tests {
         }
     }
 
+    /// A pod shutting down: it takes each HTTP/2 connection, says GOAWAY at once (what a shim
+    /// does once its drain delay after SIGTERM is over) and refuses the streams that crossed
+    /// it. Counts the streams it refused.
+    async fn shutting_down_pod() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let refused = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&refused);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    conn.graceful_shutdown();
+                    // A stream that came before the GOAWAY did: refused, not processed.
+                    while let Some(Ok((_, mut respond))) = conn.accept().await {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        (addr, refused)
+    }
+
+    /// Issue 13 (seen in CI: `Cancelled: operation was canceled` on a scale-down): a pod that
+    /// refuses the call because it is shutting down (GOAWAY before the stream) costs the call
+    /// a retry on another ready pod, never the call.
+    #[tokio::test]
+    async fn a_call_refused_by_a_pod_shutting_down_is_made_on_another_ready_pod() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(airlock_proto::plugin::v1::plugin_server::PluginServer::new(
+                    EchoShim,
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let (stopping, refused) = shutting_down_pod().await;
+        let route = Arc::new(Route {
+            plugin: PluginKey::new("t", "p"),
+            uid: "u".into(),
+            version: "1".into(),
+            endpoints: vec![stopping, live],
+            hooks: Default::default(),
+        });
+        let caller = Arc::new(GrpcCaller::plain());
+        for i in 0..20 {
+            let answer = caller
+                .call(
+                    Arc::clone(&route),
+                    CallRequest {
+                        hook: airlock_core::Hook::Transform,
+                        payload: Arc::new(format!("{{\"n\":{i}}}")),
+                        deadline: Duration::from_secs(2),
+                        invocation_id: format!("t-{i}"),
+                    },
+                )
+                .await
+                .unwrap_or_else(|f| panic!("call {i} failed: {f:?}"));
+            assert_eq!(answer.output, format!("{{\"n\":{i}}}"));
+        }
+        assert!(
+            refused.load(Ordering::Relaxed) > 0,
+            "the pod shutting down was never tried"
+        );
+    }
+
     /// The calls in flight on a pod are counted while they last.
     #[test]
     fn a_call_in_flight_is_counted_until_it_ends() {
@@ -678,19 +774,12 @@ mod tests {
     }
 
     #[test]
-    fn only_a_failure_to_connect_is_retried() {
-        assert!(is_connect_failure(&Status::unavailable(
-            "tcp connect error"
-        )));
-        assert!(!is_connect_failure(&with_kind(
-            Code::Unavailable,
-            Some("crash")
-        )));
-        assert!(!is_connect_failure(&Status::unavailable(
-            "connection reset"
-        )));
-        assert!(!is_connect_failure(&Status::deadline_exceeded(
-            "tcp connect error"
-        )));
+    fn only_a_call_that_never_left_is_retried() {
+        assert!(never_sent(&Status::unavailable("tcp connect error")));
+        assert!(!never_sent(&with_kind(Code::Unavailable, Some("crash"))));
+        assert!(!never_sent(&Status::unavailable("connection reset")));
+        assert!(!never_sent(&Status::deadline_exceeded("tcp connect error")));
+        // The router's own time limit on a call ends it as Cancelled too: never retried.
+        assert!(!never_sent(&Status::cancelled("Timeout expired")));
     }
 }

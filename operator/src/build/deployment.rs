@@ -174,7 +174,9 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
                     "serviceAccountName": name,
                     "automountServiceAccountToken": false,
                     "enableServiceLinks": false,
-                    "terminationGracePeriodSeconds": 10,
+                    // The shim's drain delay after SIGTERM (3 s, routers learning the pod is
+                    // terminating), then calls in flight and onUnload (up to 5 s) finish.
+                    "terminationGracePeriodSeconds": 15,
                     "securityContext": {
                         "runAsNonRoot": true,
                         "runAsUser": uid,

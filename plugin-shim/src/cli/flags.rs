@@ -185,6 +185,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub lifecycle_timeout_ms: u32,
 
+    /// After SIGTERM, how long the shim still takes new calls before it drains and stops, in
+    /// milliseconds: the kubelet signals the pod about when the EndpointSlice marks it
+    /// terminating, and a router that has not seen that update yet still sends calls here
+    /// (stopping at once turned them into failed calls on every scale-down). Must stay well
+    /// under the pod's termination grace period (15 s), which also covers the drain and
+    /// onUnload.
+    #[arg(long, value_name = "MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u32).range(0..=8000))]
+    pub drain_delay_ms: u32,
+
     /// Plugin processes that take calls side by side, each one call at a time (each sandboxed,
     /// restarted and backed off on its own; all share this container's CPU and memory). For a
     /// plugin whose manifest says `multiplexed: true`: one process with up to N calls in flight.

@@ -41,19 +41,33 @@ pub(super) fn run_blocking(args: RunArgs) -> Result<(), RunError> {
                 addr: args.listen,
                 source,
             })?;
-        let shutdown = shutdown_signal().map_err(RunError::Signals)?;
+        let drain_delay = Duration::from_millis(u64::from(args.drain_delay_ms));
+        let shutdown = shutdown_signal(drain_delay).map_err(RunError::Signals)?;
         run(args, listener, shutdown).await
     })
 }
 
-/// SIGTERM (the kubelet stopping the pod) or SIGINT.
-fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+/// SIGTERM (the kubelet stopping the pod), then `drain_delay` more of taking calls while the
+/// routers learn from the EndpointSlice that this pod is terminating; or SIGINT (a person at a
+/// terminal: no router to wait for), or a second signal, at once.
+fn shutdown_signal(drain_delay: Duration) -> io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     Ok(async move {
         tokio::select! {
-            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = term.recv() => {
+                info!(
+                    drain_delay_ms = drain_delay.as_millis() as u64,
+                    "SIGTERM: still taking calls while the routers learn the pod is terminating"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(drain_delay) => {}
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                info!("shutting down: draining calls in flight");
+            }
             _ = int.recv() => info!("SIGINT: shutting down"),
         }
     })

@@ -83,6 +83,7 @@ impl Shim {
             health_listen: None,
             default_deadline_ms: 5000,
             lifecycle_timeout_ms: 5000,
+            drain_delay_ms: 0,
             concurrency: 1,
             max_log_lines_per_minute: 100,
             host_api: None,
