@@ -77,6 +77,13 @@ impl Kwok {
         let dir = tempfile::Builder::new()
             .prefix("airlock-bench-kwok-")
             .tempdir()?;
+        // A kubelet reports its pods Ready again when its node is back; kwok's stages do not
+        // (their pod-ready stage needs phase Pending). Under a creation burst the API server
+        // answers the fake nodes' lease renewals late, the node lifecycle controller marks
+        // every pod on them NotReady, and without this stage they stayed so: Plugins went
+        // from Active back to Deploying for good (1000-Plugin run of 2026-12-02).
+        let ready_again = dir.path().join("pod-ready-again.yaml");
+        std::fs::write(&ready_again, POD_READY_AGAIN)?;
         let log = dir.path().join("kwok.log");
         let out = File::create(&log)?;
         let health_port = free_port()?;
@@ -87,6 +94,8 @@ impl Kwok {
             .arg(&kubeconfig)
             .arg("--config")
             .arg(&stages)
+            .arg("--config")
+            .arg(&ready_again)
             .args([
                 "--manage-all-nodes=false".to_string(),
                 format!("--manage-nodes-with-label-selector={SELECTOR}"),
@@ -212,6 +221,40 @@ impl Drop for Kwok {
             .status();
     }
 }
+
+/// A kwok stage: a running pod marked NotReady (by the node lifecycle controller, while its
+/// fake node's lease was late) is Ready again a second later, as a kubelet would report it.
+const POD_READY_AGAIN: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: airlock-pod-ready-again
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running']
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'In'
+      values: ['False']
+  delay:
+    durationMilliseconds: 1000
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - lastProbeTime: null
+        lastTransitionTime: {{ $now | Quote }}
+        message: ''
+        reason: ''
+        status: "True"
+        type: Ready
+"#;
 
 fn node_name(i: usize) -> String {
     format!("airlock-kwok-{i}")

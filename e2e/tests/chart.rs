@@ -6,13 +6,25 @@ use std::process::{Command, Stdio};
 use airlock_e2e::install::{NAMESPACE, images_env, workspace};
 use anyhow::{Context, Result, ensure};
 
+/// The images `make e2e-images` pushed, as the chart takes them: repository and digest.
 fn values() -> Result<Vec<String>> {
-    Ok(vec![
-        "--set".into(),
-        format!("operator.image={}", images_env("AIRLOCK_OPERATOR_IMAGE")?),
-        "--set".into(),
-        format!("shim.image={}", images_env("AIRLOCK_SHIM_IMAGE")?),
-    ])
+    let mut values = Vec::new();
+    for (key, var) in [
+        ("operator", "AIRLOCK_OPERATOR_IMAGE"),
+        ("shim", "AIRLOCK_SHIM_IMAGE"),
+    ] {
+        let reference = images_env(var)?;
+        let (repository, digest) = reference
+            .split_once('@')
+            .with_context(|| format!("{var}={reference} is not pinned by digest"))?;
+        values.extend([
+            "--set".into(),
+            format!("{key}.image.repository={repository}"),
+            "--set".into(),
+            format!("{key}.image.digest={digest}"),
+        ]);
+    }
+    Ok(values)
 }
 
 fn tool(name: &str) -> Command {
@@ -106,5 +118,71 @@ async fn the_chart_lints_and_its_manifests_pass_a_server_side_dry_run() -> Resul
             );
         }
     }
+    Ok(())
+}
+
+/// `helm test` against the release the suite installed: the router's health, asked through its
+/// Service by `airlock-router health` from the operator image.
+#[tokio::test]
+async fn helm_test_finds_the_router_serving() -> Result<()> {
+    airlock_e2e::install::ensure_installed().await?;
+    let mut test = tool("helm");
+    test.args([
+        "test",
+        "airlock",
+        "--namespace",
+        NAMESPACE,
+        "--timeout",
+        "3m",
+        "--logs",
+    ]);
+    let out = run(&mut test, &[]).context("helm test")?;
+    let out = String::from_utf8_lossy(&out);
+    ensure!(
+        out.contains("Phase:          Succeeded") || out.contains("Phase: Succeeded"),
+        "helm test did not report a succeeded test pod: {out}"
+    );
+    ensure!(
+        out.contains("SERVING"),
+        "the test pod's log does not show the router SERVING: {out}"
+    );
+    Ok(())
+}
+
+/// A second release of the chart in another namespace names nothing the installed release
+/// already has (CRDs aside, which the two share by design): every namespaced and cluster-scoped
+/// object it would create is absent from the cluster.
+#[tokio::test]
+async fn a_second_release_collides_with_nothing_the_first_installed() -> Result<()> {
+    airlock_e2e::install::ensure_installed().await?;
+    let mut template = tool("helm");
+    template
+        .args(["template", "airlock2"])
+        .arg(workspace().join("charts/airlock"))
+        .args(["--namespace", "airlock2-system", "--kube-version", "1.34.0"])
+        .args(values()?);
+    let rendered = run(&mut template, &[]).context("helm template of a second release")?;
+    let mut checked = 0;
+    let rendered = String::from_utf8(rendered)?;
+    for doc in rendered.split("\n---") {
+        let value: serde_yaml::Value = serde_yaml::from_str(doc)?;
+        let (Some(kind), Some(name)) = (value["kind"].as_str(), value["metadata"]["name"].as_str())
+        else {
+            continue;
+        };
+        let mut get = tool("kubectl");
+        get.args(["get", kind, name, "--ignore-not-found", "-o", "name"]);
+        if let Some(ns) = value["metadata"]["namespace"].as_str() {
+            get.args(["--namespace", ns]);
+        }
+        let found = run(&mut get, &[]).with_context(|| format!("kubectl get {kind} {name}"))?;
+        ensure!(
+            found.is_empty(),
+            "the second release's {kind} {name} already exists: {}",
+            String::from_utf8_lossy(&found)
+        );
+        checked += 1;
+    }
+    ensure!(checked >= 10, "only {checked} objects rendered: {rendered}");
     Ok(())
 }

@@ -27,10 +27,13 @@ pub struct Config {
     )]
     pub router_labels: Vec<String>,
     /// host:port plugin shims call the router's host API on. Unset: the cluster IP of the
-    /// `airlock-router` Service in --router-namespace, port 50051, looked up at start (plugin pods
+    /// --router-service Service in --router-namespace, port 50051, looked up at start (plugin pods
     /// resolve no DNS: their NetworkPolicy allows no egress but this).
     #[arg(long, env = "AIRLOCK_ROUTER_HOST_API")]
     pub router_host_api: Option<String>,
+    /// Name of the router's Service in --router-namespace (the chart's `<fullname>-router`).
+    #[arg(long, env = "AIRLOCK_ROUTER_SERVICE", default_value = "airlock-router")]
+    pub router_service: String,
     /// Registries (host:port) reached over plain HTTP instead of HTTPS, e.g. a local test registry.
     #[arg(
         long = "insecure-registry",

@@ -46,12 +46,12 @@ pub enum StartError {
     LostLeadership,
 }
 
-/// `ip:port` of the router's host API: the cluster IP of its Service. `None` (with a warning) when
-/// there is no such Service: plugins then get no host API.
-async fn router_host_api(client: &kube::Client, namespace: &str) -> Option<String> {
+/// `ip:port` of the router's host API: the cluster IP of its Service `name`. `None` (with a
+/// warning) when there is no such Service: plugins then get no host API.
+async fn router_host_api(client: &kube::Client, namespace: &str, name: &str) -> Option<String> {
     let services =
         kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), namespace);
-    match services.get_opt("airlock-router").await {
+    match services.get_opt(name).await {
         Ok(Some(svc)) => {
             let ip = svc.spec.and_then(|s| s.cluster_ip)?;
             Some(format!("{ip}:{}", build::HOST_API_PORT))
@@ -59,7 +59,8 @@ async fn router_host_api(client: &kube::Client, namespace: &str) -> Option<Strin
         Ok(None) => {
             tracing::warn!(
                 namespace,
-                "no Service airlock-router: plugins get no host API"
+                service = name,
+                "no such router Service (--router-service): plugins get no host API"
             );
             None
         }
@@ -91,7 +92,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::warn!(error = %e, "could not bring Airlock's CRDs up to this operator's schema (the chart's RBAC allows get and patch on them when crds.upgrade is true); running with the CRDs the cluster serves");
     }
     if build.host_api.is_none() {
-        build.host_api = router_host_api(&client, &build.router_namespace).await;
+        build.host_api =
+            router_host_api(&client, &build.router_namespace, &config.router_service).await;
     }
     // The chart's clusterCidrs and what the cluster says it occupies: a forgotten value must not
     // let a broad egress rule reach the cluster's own Pods, Services and nodes.

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod grpc;
+pub mod health_check;
 pub mod host;
 pub mod metrics;
 pub mod server;

@@ -3,9 +3,39 @@
 use std::process::ExitCode;
 
 use airlock_router::Config;
-use clap::Parser;
+use airlock_router::health_check::{self, HealthArgs};
+use clap::{Parser, Subcommand};
+
+/// Airlock hook router: calls plugin hooks on behalf of host applications. Without a
+/// subcommand, serves.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(flatten)]
+    serve: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Asks a router's gRPC health service and exits 0 only if it is SERVING (`helm test`).
+    Health(HealthArgs),
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    airlock_runtime::exit_code("airlock-router", airlock_router::run(Config::parse()).await)
+    match Cli::parse() {
+        Cli {
+            command: Some(Command::Health(args)),
+            ..
+        } => airlock_runtime::exit_code("airlock-router health", health_check::check(&args).await),
+        Cli { serve, .. } => {
+            airlock_runtime::exit_code("airlock-router", airlock_router::run(serve).await)
+        }
+    }
 }
