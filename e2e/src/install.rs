@@ -1,5 +1,7 @@
-//! Airlock installed the way users install it: `helm upgrade --install` of `charts/airlock` with
-//! the images `make e2e-images` pushed, the operator running in-cluster under the chart's RBAC.
+//! Airlock installed the way users install it: `helm upgrade --install` of `charts/airlock`
+//! packaged with the images `make e2e-images` pushed pinned by digest and installed from the local
+//! registry (`oci://`, `e2e/chart-package.sh`), the operator running in-cluster under the chart's
+//! RBAC.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

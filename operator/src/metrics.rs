@@ -47,6 +47,7 @@ impl Metrics {
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(plugins.clone()))?;
         let kube_requests = KubeRequests::register(&registry, "operator")?;
+        airlock_runtime::metrics::build_info(&registry, "operator")?;
         Ok(Self {
             registry,
             kube_requests,

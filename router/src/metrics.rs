@@ -1,10 +1,16 @@
 //! The router's Prometheus metrics, served on its own `/metrics`: hook calls, refusals (of
 //! callers and of requests), token reviews, breakers, auto-disables, plugin restarts and host-API
-//! calls. The operator has its own registry.
+//! calls, and `airlock_build_info`. The operator has its own registry.
+//!
+//! Per-plugin series name the Plugin by `plugin="namespace/name"`, except the latency histogram,
+//! which has kube-state-metrics' label names `namespace` and `plugin` (the Plugin's name), so it
+//! joins with `kube_*` series, and which drops them (empty values) when
+//! [`Metrics::with_per_plugin`] is false: its buckets are by far the most series per plugin.
 
 use std::time::Duration;
 
-use airlock_runtime::metrics::{KubeRequests, counter, gauge, histogram};
+use airlock_core::PluginKey;
+use airlock_runtime::metrics::{KubeRequests, build_info, counter, gauge, histogram};
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 
 /// The RPCs of `airlock.router.v1.HookRouter`: the `rpc` label of refusals.
@@ -42,6 +48,8 @@ pub struct Metrics {
     breaker_open: IntGaugeVec,
     calls_in_flight: IntGaugeVec,
     routes: IntGaugeVec,
+    /// Whether the latency histogram has a series per plugin (`--metrics-per-plugin`).
+    per_plugin: bool,
 }
 
 /// One call in flight to a plugin, counted in `airlock_router_calls_in_flight` until dropped.
@@ -55,9 +63,17 @@ impl Drop for InFlightCall {
 }
 
 impl Metrics {
+    /// The router's metrics, the latency histogram per plugin.
     pub fn new() -> Result<Self, prometheus::Error> {
+        Self::with_per_plugin(true)
+    }
+
+    /// The router's metrics; `per_plugin` false leaves the latency histogram's `namespace` and
+    /// `plugin` labels empty (one series set per hook instead of per hook and plugin).
+    pub fn with_per_plugin(per_plugin: bool) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        Ok(Self {
+        build_info(&registry, "router")?;
+        let metrics = Self {
             kube_requests: KubeRequests::register(&registry, "router")?,
             hook_invocations: counter(
                 &registry,
@@ -80,11 +96,11 @@ impl Metrics {
             hook_duration: histogram(
                 &registry,
                 "airlock_hook_duration_seconds",
-                "Time of one hook call as the router saw it, by hook",
+                "Time of one hook call the router made, as it saw it, by the Plugin's namespace and name (kube-state-metrics' label names; both empty with --metrics-per-plugin=false) and hook",
                 &[
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0,
                 ],
-                &["hook"],
+                &["namespace", "plugin", "hook"],
             )?,
             auto_disabled: counter(
                 &registry,
@@ -129,16 +145,34 @@ impl Metrics {
                 &["plugin"],
             )?,
             registry,
-        })
+            per_plugin,
+        };
+        // The label-less counter exists (at 0) from the start: `increase()` over a series that
+        // is born at 1 sees no increase, and the first auto-disable would go unalerted.
+        metrics.auto_disabled.with_label_values::<&str>(&[]);
+        Ok(metrics)
     }
 
-    pub fn hook_invocation(&self, plugin: &str, hook: &str, result: &str, took: Option<Duration>) {
+    /// A call of `hook` of `plugin` with `result` (a stable label); `took` is how long a call
+    /// made took (none for a call refused before it was made: no latency to observe).
+    pub fn hook_invocation(
+        &self,
+        plugin: &PluginKey,
+        hook: &str,
+        result: &str,
+        took: Option<Duration>,
+    ) {
         self.hook_invocations
-            .with_label_values(&[plugin, hook, result])
+            .with_label_values(&[plugin.to_string().as_str(), hook, result])
             .inc();
         if let Some(took) = took {
+            let (namespace, name) = if self.per_plugin {
+                (plugin.namespace.as_str(), plugin.name.as_str())
+            } else {
+                ("", "")
+            };
             self.hook_duration
-                .with_label_values(&[hook])
+                .with_label_values(&[namespace, name, hook])
                 .observe(took.as_secs_f64());
         }
     }
@@ -199,5 +233,66 @@ impl Metrics {
     /// The registry in Prometheus' text format (what `/metrics` serves).
     pub fn render(&self) -> String {
         airlock_runtime::http::render(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of `metrics`' text that start with `name`.
+    fn lines(metrics: &Metrics, name: &str) -> Vec<String> {
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_latency_histogram_names_the_plugin_like_kube_state_metrics() {
+        let metrics = Metrics::new().unwrap();
+        let key = PluginKey::new("shop", "slow");
+        metrics.hook_invocation(&key, "transform", "ok", Some(Duration::from_millis(300)));
+        // Refused before the call: counted, but no latency.
+        metrics.hook_invocation(&key, "onEvent", "refused", None);
+        let text = metrics.render();
+        for line in [
+            r#"airlock_hook_duration_seconds_bucket{hook="transform",namespace="shop",plugin="slow",le="0.2"} 0"#,
+            r#"airlock_hook_duration_seconds_bucket{hook="transform",namespace="shop",plugin="slow",le="0.5"} 1"#,
+            r#"airlock_hook_duration_seconds_count{hook="transform",namespace="shop",plugin="slow"} 1"#,
+            r#"airlock_hook_invocations_total{hook="transform",plugin="shop/slow",result="ok"} 1"#,
+            r#"airlock_hook_invocations_total{hook="onEvent",plugin="shop/slow",result="refused"} 1"#,
+            r#"airlock_build_info{component="router",version=""#,
+            "airlock_plugins_auto_disabled_total 0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert_eq!(
+            lines(&metrics, "airlock_hook_duration_seconds_count").len(),
+            1,
+            "no latency for the refused call"
+        );
+    }
+
+    #[test]
+    fn without_per_plugin_series_the_labels_stay_empty() {
+        let metrics = Metrics::with_per_plugin(false).unwrap();
+        for name in ["fast", "slow"] {
+            let key = PluginKey::new("shop", name);
+            metrics.hook_invocation(&key, "transform", "ok", Some(Duration::from_millis(3)));
+        }
+        assert_eq!(
+            lines(&metrics, "airlock_hook_duration_seconds_count"),
+            [r#"airlock_hook_duration_seconds_count{hook="transform",namespace="",plugin=""} 2"#]
+        );
+        // The invocation counter stays per plugin.
+        assert_eq!(
+            lines(&metrics, "airlock_hook_invocations_total").len(),
+            2,
+            "{}",
+            metrics.render()
+        );
     }
 }

@@ -62,7 +62,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Runs the router until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), RouterError> {
     let _logs = airlock_runtime::telemetry::init_tracing(config.log_json);
-    let metrics = Metrics::new().map_err(airlock_runtime::StartError::from)?;
+    let metrics = Metrics::with_per_plugin(config.metrics_per_plugin)
+        .map_err(airlock_runtime::StartError::from)?;
     let client = {
         let kube_config = kube::Config::infer().await.map_err(|e| {
             RouterError::from(StartError::Config(format!("finding the cluster: {e}")))

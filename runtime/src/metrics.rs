@@ -1,6 +1,6 @@
 //! The metrics every Airlock binary that talks to Kubernetes exports, whatever else it measures:
 //! API requests by method (so the cost of a reconcile, and of a steady state that should write
-//! nothing, shows) and the process collector. Each binary owns its own registry and series, and
+//! nothing, shows), the process collector and `airlock_build_info` (which build runs where). Each binary owns its own registry and series, and
 //! makes them with [`counter`], [`gauge`] and [`histogram`] (created and registered in one step).
 
 use prometheus::core::Collector;
@@ -39,6 +39,23 @@ pub fn histogram(
     registered(registry, HistogramVec::new(opts, labels)?)
 }
 
+/// Registers `airlock_build_info{component, version} 1` in `registry`: the usual info-gauge, so
+/// `airlock_build_info` tells which build each scraped pod runs (and joins its version onto other
+/// series with `* on(pod) group_left(version)`). `component` is `operator` or `router`; the
+/// version is the workspace's (every crate shares it). No `git_commit` label: the build does not
+/// know its commit (adding one needs the image build to pass it in).
+pub fn build_info(registry: &Registry, component: &str) -> Result<()> {
+    let info = gauge(
+        registry,
+        "airlock_build_info",
+        "Always 1: the Airlock component (operator or router) and its version",
+        &["component", "version"],
+    )?;
+    info.with_label_values(&[component, env!("CARGO_PKG_VERSION")])
+        .set(1);
+    Ok(())
+}
+
 /// `airlock_kube_requests_total{method}`.
 #[derive(Clone, Debug)]
 pub struct KubeRequests(IntCounterVec);
@@ -64,5 +81,24 @@ impl KubeRequests {
     /// Requests so far with `method` (for tests and benches).
     pub fn get(&self, method: &str) -> u64 {
         self.0.with_label_values(&[method]).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_info_names_the_component_and_version() {
+        let registry = Registry::new();
+        build_info(&registry, "router").unwrap();
+        let text = crate::http::render(&registry);
+        let line = format!(
+            "airlock_build_info{{component=\"router\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&line), "{line} in\n{text}");
+        // One per registry: a second registration is refused, not a second series.
+        assert!(build_info(&registry, "router").is_err());
     }
 }

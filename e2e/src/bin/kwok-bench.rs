@@ -60,13 +60,36 @@ async fn main() -> Result<()> {
     let kwok = Kwok::start(&client, nodes, PODS_PER_NODE as u32).await?;
     let suffix = airlock_e2e::unique_suffix();
     let mut namespaces = Vec::new();
-    let result = bench(&client, size, &suffix, &mut namespaces).await;
+    // Interrupted (Ctrl-C, or SIGTERM from `timeout`): clean up all the same — a thousand
+    // Plugins left behind keep the API server and kube-router busy for whatever runs next.
+    let result = tokio::select! {
+        r = bench(&client, size, &suffix, &mut namespaces) => r,
+        _ = interrupted() => Err(anyhow::anyhow!("interrupted; cleaning up")),
+    };
     if result.is_err() {
         eprintln!("{}", kwok.log_tail(40));
     }
     let cleanup = teardown(&client, &suffix, &namespaces).await;
     let stopped = kwok.stop().await;
     result.and(cleanup).and(stopped)
+}
+
+/// SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        // No handler: never interrupted from here (the signal's default action applies).
+        _ => std::future::pending().await,
+    }
 }
 
 async fn bench(

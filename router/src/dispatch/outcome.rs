@@ -23,7 +23,7 @@ impl<C: Caller> Router<C> {
     /// Only the metric: the plugin was not called, so there is no outcome for its breaker.
     pub(super) fn record_refused(&self, key: &PluginKey, hook: Hook) {
         self.metrics
-            .hook_invocation(&key.to_string(), hook.as_str(), "refused", None);
+            .hook_invocation(key, hook.as_str(), "refused", None);
     }
 
     /// Records the `result` of `call` that took `elapsed`: the invocation metric, the outcome in
@@ -53,7 +53,7 @@ impl<C: Caller> Router<C> {
             (Err(f), _) => code_label(f.code),
         };
         self.metrics
-            .hook_invocation(&key.to_string(), hook.as_str(), label, Some(elapsed));
+            .hook_invocation(key, hook.as_str(), label, Some(elapsed));
         let now = now();
         let (disabled, state) = self.health_of(key, |h| {
             (
