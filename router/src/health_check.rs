@@ -72,7 +72,7 @@ pub async fn check(args: &HealthArgs) -> Result<(), HealthError> {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| unreachable(with_causes(&e)))?;
+            .map_err(|e| unreachable(crate::server::chain(&e)))?;
         HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: args.service.clone(),
@@ -95,18 +95,6 @@ pub async fn check(args: &HealthArgs) -> Result<(), HealthError> {
             status: status.as_str_name().to_string(),
         })
     }
-}
-
-/// `e` and its causes ("transport error" alone says nothing).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub enum RouterError {
 
 /// An error with its causes (tonic's transport error says only "transport error" itself; the
 /// cause, e.g. the address in use, is its source).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
