@@ -614,12 +614,10 @@ mod tests {
         }
     }
 
-    /// Issue 13: a pod that went away before the router heard of it (nothing listens at its
-    /// address) costs a call a retry on another ready pod, never the call.
-    #[tokio::test]
-    async fn a_call_to_a_pod_that_is_gone_is_made_on_another_ready_pod() {
+    /// An echo shim on loopback; its address.
+    async fn echo_pod() -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let live = listener.local_addr().unwrap().to_string();
+        let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(airlock_proto::plugin::v1::plugin_server::PluginServer::new(
@@ -627,16 +625,16 @@ mod tests {
                 ))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        // A port nothing listens on any more.
-        let gone = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().to_string()
-        };
+        addr
+    }
+
+    /// Twenty calls to a plugin with these pods, each answered with its own payload.
+    async fn twenty_calls_answered(endpoints: Vec<String>) {
         let route = Arc::new(Route {
             plugin: PluginKey::new("t", "p"),
             uid: "u".into(),
             version: "1".into(),
-            endpoints: vec![gone, live],
+            endpoints,
             hooks: Default::default(),
         });
         let caller = Arc::new(GrpcCaller::plain());
@@ -652,9 +650,22 @@ mod tests {
                     },
                 )
                 .await
-                .expect("answered by the pod that is there");
+                .unwrap_or_else(|f| panic!("call {i} failed: {f:?}"));
             assert_eq!(answer.output, format!("{{\"n\":{i}}}"));
         }
+    }
+
+    /// Issue 13: a pod that went away before the router heard of it (nothing listens at its
+    /// address) costs a call a retry on another ready pod, never the call.
+    #[tokio::test]
+    async fn a_call_to_a_pod_that_is_gone_is_made_on_another_ready_pod() {
+        let live = echo_pod().await;
+        // A port nothing listens on any more.
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        twenty_calls_answered(vec![gone, live]).await;
     }
 
     /// A pod shutting down: it takes each HTTP/2 connection, says GOAWAY at once (what a shim
@@ -689,39 +700,9 @@ mod tests {
     /// a retry on another ready pod, never the call.
     #[tokio::test]
     async fn a_call_refused_by_a_pod_shutting_down_is_made_on_another_ready_pod() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let live = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(airlock_proto::plugin::v1::plugin_server::PluginServer::new(
-                    EchoShim,
-                ))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let live = echo_pod().await;
         let (stopping, refused) = shutting_down_pod().await;
-        let route = Arc::new(Route {
-            plugin: PluginKey::new("t", "p"),
-            uid: "u".into(),
-            version: "1".into(),
-            endpoints: vec![stopping, live],
-            hooks: Default::default(),
-        });
-        let caller = Arc::new(GrpcCaller::plain());
-        for i in 0..20 {
-            let answer = caller
-                .call(
-                    Arc::clone(&route),
-                    CallRequest {
-                        hook: airlock_core::Hook::Transform,
-                        payload: Arc::new(format!("{{\"n\":{i}}}")),
-                        deadline: Duration::from_secs(2),
-                        invocation_id: format!("t-{i}"),
-                    },
-                )
-                .await
-                .unwrap_or_else(|f| panic!("call {i} failed: {f:?}"));
-            assert_eq!(answer.output, format!("{{\"n\":{i}}}"));
-        }
+        twenty_calls_answered(vec![stopping, live]).await;
         assert!(
             refused.load(Ordering::Relaxed) > 0,
             "the pod shutting down was never tried"
