@@ -14,7 +14,8 @@
 //!
 //! The second layer is there only when the bundle is signed. Every layer is size-checked before it
 //! is downloaded and digest-checked after; every registry request has a deadline. Registries are
-//! reached anonymously.
+//! reached with the `RegistryAuth` the caller gives (anonymous, or credentials). A [`Client`]
+//! remembers the first credentials it used per registry: use one client per credentials.
 
 use std::fmt;
 use std::io;
@@ -24,7 +25,7 @@ use futures::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest, OciManifest};
-use oci_client::secrets::RegistryAuth;
+pub use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, ParseError, Reference};
 
 use crate::archive::digest;
@@ -119,6 +120,28 @@ impl OciError {
             other => other.to_string(),
         }
     }
+
+    /// Did the registry refuse access (401/403, or a token it would not give)?
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, OciError::Registry { source, .. } if is_unauthorized(source))
+    }
+}
+
+/// Did the registry refuse access (401/403, or a token it would not give)?
+pub fn is_unauthorized(error: &OciDistributionError) -> bool {
+    use OciDistributionError as E;
+    match error {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => true,
+        E::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                oci_client::errors::OciErrorCode::Unauthorized
+                    | oci_client::errors::OciErrorCode::Denied
+            )
+        }),
+        E::ServerError { code, .. } => *code == 401 || *code == 403,
+        _ => false,
+    }
 }
 
 /// What kind of failure a registry answer was, without its body (see [`OciError::kind`]).
@@ -127,9 +150,7 @@ pub fn registry_failure(error: &OciDistributionError) -> &'static str {
     match error {
         E::AuthenticationFailure(_)
         | E::UnauthorizedError { .. }
-        | E::RegistryTokenDecodeError(_) => {
-            "the registry refused access (Airlock pulls anonymously)"
-        }
+        | E::RegistryTokenDecodeError(_) => "the registry refused access",
         E::ImageManifestNotFoundError(_) => "no such image or tag",
         E::RegistryError { envelope, .. }
             if envelope.errors.iter().any(|e| {
@@ -238,6 +259,7 @@ pub fn artifact(bundle: &[u8], signature: Option<&str>) -> Result<Artifact, serd
 pub async fn push(
     client: &Client,
     reference: &Reference,
+    auth: &RegistryAuth,
     artifact: &Artifact,
 ) -> Result<String, OciError> {
     let shown = reference.whole();
@@ -250,7 +272,7 @@ pub async fn push(
         }
     };
     client
-        .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
+        .store_auth_if_needed(reference.resolve_registry(), auth)
         .await;
     for layer in &artifact.layers {
         client
@@ -295,6 +317,7 @@ pub struct Pulled {
 pub async fn pull(
     client: &Client,
     reference: &Reference,
+    auth: &RegistryAuth,
     max_bytes: u64,
     timeout: Duration,
 ) -> Result<Pulled, OciError> {
@@ -303,7 +326,7 @@ pub async fn pull(
         timeout,
         "pulling",
         &shown,
-        client.pull_manifest(reference, &RegistryAuth::Anonymous),
+        client.pull_manifest(reference, auth),
     )
     .await?
     .map_err(|source| OciError::Registry {

@@ -181,7 +181,13 @@ pub async fn push(args: &PushArgs) -> Result<PushReport, OciError> {
 
     let artifact = oci::artifact(&bytes, signature.as_deref()).map_err(OciError::Manifest)?;
     let client = oci::client(args.registry.insecure.clone());
-    let digest = oci::push(&client, &reference, &artifact).await?;
+    let digest = oci::push(
+        &client,
+        &reference,
+        &oci::RegistryAuth::Anonymous,
+        &artifact,
+    )
+    .await?;
     Ok(PushReport {
         pinned: format!("{}@{digest}", args.reference),
         bundle_digest: extracted.digest,
@@ -239,7 +245,14 @@ impl fmt::Display for PullReport {
 pub async fn pull(args: &PullArgs) -> Result<PullReport, OciError> {
     let reference = oci::parse_reference(&args.reference)?;
     let client = oci::client(args.registry.insecure.clone());
-    let pulled = oci::pull(&client, &reference, args.max_bytes, REQUEST_TIMEOUT).await?;
+    let pulled = oci::pull(
+        &client,
+        &reference,
+        &oci::RegistryAuth::Anonymous,
+        args.max_bytes,
+        REQUEST_TIMEOUT,
+    )
+    .await?;
     let (bytes, signature) = (pulled.bundle, pulled.signature);
 
     files::write_atomically(&args.output, &bytes, 0o644)?;

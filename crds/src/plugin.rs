@@ -160,6 +160,15 @@ pub struct PluginSpec {
         .message("spec.image must be an image reference such as registry.example/acme/plugin:1.2.3"))]
     pub image: String,
 
+    /// Secrets of type `kubernetes.io/dockerconfigjson` in the Plugin's namespace that the
+    /// plugin's pods pull `spec.image` with (the pod's `imagePullSecrets`). The operator never
+    /// reads them: it reads a private registry with the credentials an admin names in a
+    /// PluginTrustPolicy's `spec.registries`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub image_pull_secrets: Vec<ImagePullSecret>,
+
     /// The signed plugin package: its manifest (plugin.yaml) and files.
     pub bundle: BundleSpec,
 
@@ -206,6 +215,14 @@ pub struct PluginSpec {
     /// sync that re-applies the same value never clears an auto-disable.
     #[schemars(length(min = 1, max = 64))]
     pub re_enable: Option<String>,
+}
+
+/// A Secret in the Plugin's namespace, by name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ImagePullSecret {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 fn default_true() -> bool {

@@ -59,6 +59,31 @@ pub struct PluginTrustPolicySpec {
     pub trust_levels: BTreeMap<TrustLevel, TrustLevelLimits>,
     /// Namespaces this policy governs. Empty: every namespace.
     pub namespaces: Option<LabelSelector>,
+    /// Credentials the operator uses to read images, signatures and bundle artifacts from private
+    /// registries, for Plugins in the namespaces this policy governs. The longest matching prefix
+    /// wins. A Plugin's pods pull with the Plugin's own `spec.imagePullSecrets`, never with these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(o, o.prefix == r.prefix))")
+        .message("spec.registries: each prefix may appear once"))]
+    pub registries: Vec<RegistryCredentials>,
+}
+
+/// Which Secret holds the credentials for a registry, or for the repositories under a path of it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCredentials {
+    /// `host[:port]` of the registry, optionally followed by a repository path
+    /// (`registry.example.com/acme`): matched by whole path segments, without scheme, tag or
+    /// trailing slash.
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[a-zA-Z0-9][a-zA-Z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$')")
+        .message("spec.registries[].prefix: write host[:port][/path], e.g. registry.example.com/acme (no scheme, tag or trailing slash)"))]
+    pub prefix: String,
+    /// Name of a Secret of type `kubernetes.io/dockerconfigjson` in the namespace Airlock is
+    /// installed in (tenants cannot read or write it there).
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: String,
 }
 
 #[skip_serializing_none]

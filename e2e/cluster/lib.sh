@@ -27,6 +27,12 @@ SERVICE_CIDR=198.19.0.0/17
 KUBERNETES_SVC_IP=198.19.0.1
 CLUSTER_DNS_IP=198.19.0.10
 REGISTRY=$NODE_IP:5000
+# A second registry that requires HTTP Basic auth (htpasswd), for the private-registry e2e tests.
+# Its password is generated per cluster state; crane/cosign use it with DOCKER_CONFIG=$PRIVATE_REGISTRY_DOCKER_CONFIG.
+PRIVATE_REGISTRY=$NODE_IP:5001
+PRIVATE_REGISTRY_USER=airlock-e2e
+PRIVATE_REGISTRY_STATE=$STATE/registry-private
+PRIVATE_REGISTRY_DOCKER_CONFIG=$PRIVATE_REGISTRY_STATE/docker-config
 BRIDGE=airlockbr0
 
 _t0=${_t0:-$(date +%s)}

@@ -5,7 +5,7 @@
 . "$(dirname "$0")/lib.sh"
 quiet=false; [ "${1:-}" = --quiet ] && quiet=true
 say() { $quiet || echo "$@"; }
-DAEMONS="registry containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router"
+DAEMONS="registry registry-private containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router"
 ok=true
 for d in $DAEMONS; do
   if [ -f "$PIDS/$d.pid" ] && kill -0 "$(cat "$PIDS/$d.pid")" 2>/dev/null; then
@@ -32,6 +32,8 @@ if $ok; then
   say "  export KUBECONFIG=$STATE/kubeconfig PATH=$(bin_dir kubernetes "$K8S_VERSION"):\$PATH"
   say "  kubectl get nodes"
   say "Registry: http://$REGISTRY (plain HTTP; push with: crane --insecure)"
+  say "Private registry: http://$PRIVATE_REGISTRY (HTTP Basic, user $PRIVATE_REGISTRY_USER; password in $PRIVATE_REGISTRY_STATE/password;"
+  say "  push with: DOCKER_CONFIG=$PRIVATE_REGISTRY_DOCKER_CONFIG crane --insecure)"
   say "Logs: $LOGS/<component>.log    Stop and clean up: make cluster-down"
   exit 0
 fi

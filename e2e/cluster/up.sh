@@ -76,6 +76,39 @@ EOF
 start registry docker-registry serve "$STATE/etc/registry.yml"
 wait_for "registry at $REGISTRY" 30 registry curl -sf "http://$REGISTRY/v2/"
 
+# The private registry: same server, HTTP Basic auth from an htpasswd file. The password is made
+# once per cluster state and kept there (root only), with a docker config for crane/cosign. The
+# kubelet gets the credentials from the pods' imagePullSecrets only, never from containerd's config.
+mkdir -p "$AIRLOCK_CACHE/registry-private" "$PRIVATE_REGISTRY_DOCKER_CONFIG"
+chmod 700 "$PRIVATE_REGISTRY_STATE" "$PRIVATE_REGISTRY_DOCKER_CONFIG"
+if [ ! -s "$PRIVATE_REGISTRY_STATE/password" ]; then
+  (umask 077; openssl rand -hex 16 >"$PRIVATE_REGISTRY_STATE/password")
+fi
+PRIVATE_REGISTRY_PASSWORD=$(cat "$PRIVATE_REGISTRY_STATE/password")
+# bcrypt is the only hash the registry accepts; htpasswd reports success on stderr, so keep it for errors.
+out=$(htpasswd -B -i -c "$PRIVATE_REGISTRY_STATE/htpasswd" "$PRIVATE_REGISTRY_USER" <<<"$PRIVATE_REGISTRY_PASSWORD" 2>&1) ||
+  die "htpasswd (Debian package apache2-utils) failed: $out"
+(umask 077; cat >"$PRIVATE_REGISTRY_DOCKER_CONFIG/config.json" <<EOF
+{"auths":{"$PRIVATE_REGISTRY":{"auth":"$(printf '%s:%s' "$PRIVATE_REGISTRY_USER" "$PRIVATE_REGISTRY_PASSWORD" | base64 -w0)"}}}
+EOF
+)
+cat >"$STATE/etc/registry-private.yml" <<EOF
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $AIRLOCK_CACHE/registry-private}
+  delete: {enabled: true}
+http: {addr: "$PRIVATE_REGISTRY"}
+auth:
+  htpasswd: {realm: airlock-e2e, path: $PRIVATE_REGISTRY_STATE/htpasswd}
+EOF
+start registry-private docker-registry serve "$STATE/etc/registry-private.yml"
+# Ready when it answers, and asks anonymous clients to authenticate.
+wait_for "private registry at $PRIVATE_REGISTRY" 30 registry-private \
+  sh -c "curl -s -o /dev/null -w '%{http_code}' 'http://$PRIVATE_REGISTRY/v2/' | grep -qx 401"
+curl -sf -o /dev/null -u "$PRIVATE_REGISTRY_USER:$PRIVATE_REGISTRY_PASSWORD" "http://$PRIVATE_REGISTRY/v2/" ||
+  die "the private registry at $PRIVATE_REGISTRY refuses its own credentials; its log is $LOGS/registry-private.log"
+
 # The sandbox ("pause") image: a 20 KB static binary, built locally, never pulled from outside.
 PAUSE_IMAGE=$REGISTRY/pause:3.10
 if ! "$CRANE" digest --insecure "$PAUSE_IMAGE" >/dev/null 2>&1; then
@@ -93,13 +126,18 @@ fi
 CTRD_ROOT=$STATE/containerd
 CTRD_RUN=/run/airlock-containerd
 CTRD_SOCK=$CTRD_RUN/containerd.sock
-mkdir -p "$CTRD_ROOT" "$CTRD_RUN" "$STATE/etc/certs.d/$REGISTRY" "$STATE/etc/cni"
-cat >"$STATE/etc/certs.d/$REGISTRY/hosts.toml" <<EOF
-server = "http://$REGISTRY"
-[host."http://$REGISTRY"]
+mkdir -p "$CTRD_ROOT" "$CTRD_RUN" "$STATE/etc/cni"
+# Both registries over plain HTTP. No credentials here: the private one's come with each pull
+# (the kubelet passes the pod's imagePullSecrets through CRI).
+for r in "$REGISTRY" "$PRIVATE_REGISTRY"; do
+  mkdir -p "$STATE/etc/certs.d/$r"
+  cat >"$STATE/etc/certs.d/$r/hosts.toml" <<EOF
+server = "http://$r"
+[host."http://$r"]
   capabilities = ["pull", "resolve", "push"]
   skip_verify = true
 EOF
+done
 cat >"$STATE/etc/cni/10-airlock.conflist" <<EOF
 {
   "cniVersion": "0.4.0",

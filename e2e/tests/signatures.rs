@@ -523,9 +523,14 @@ async fn matrix(m: &Matrix) -> Result<()> {
         let signature = std::fs::read_to_string(work.join("good-oci.tar.gz.sig"))?;
         let artifact = oci::artifact(&std::fs::read(&bundle_path)?, Some(&signature))?;
         let client = oci::client(vec![registry()]);
-        oci::push(&client, &oci::parse_reference(&bundle_ref)?, &artifact)
-            .await
-            .context("pushing the bundle artifact")?;
+        oci::push(
+            &client,
+            &oci::parse_reference(&bundle_ref)?,
+            &oci::RegistryAuth::Anonymous,
+            &artifact,
+        )
+        .await
+        .context("pushing the bundle artifact")?;
     }
     let mut from_oci = m.plugin("good-oci", &good.tag, &["log"]);
     from_oci["spec"]["bundle"] = json!({"source": {"oci": {"ref": bundle_ref}}});

@@ -50,6 +50,7 @@ async fn main() {
         pem,
     }];
 
+    let anonymous = airlock_operator::fetch::Access::anonymous();
     let run = async |cold: bool| {
         let shared = ImageVerifier::new(vec![registry.clone()], Duration::from_secs(3600));
         let before = registry_requests(&log, &repository);
@@ -63,7 +64,7 @@ async fn main() {
                 &shared
             };
             let t = Instant::now();
-            let sig = verifier.verify(&pinned, &digest, &keys).await;
+            let sig = verifier.verify(&pinned, &digest, &keys, &anonymous).await;
             times.push(t.elapsed());
             match sig {
                 Ok(Signature::SignedBy { .. }) => {}

@@ -98,6 +98,10 @@ pub struct Config {
     /// Namespace of the leader-election Lease (in-cluster: the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "airlock-system")]
     pub lease_namespace: String,
+    /// Namespace of the registry credentials Secrets that PluginTrustPolicies name in
+    /// `spec.registries` (in-cluster: the operator's own; the chart lets it read Secrets there only).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "airlock-system")]
+    pub credentials_namespace: String,
     /// Identity in the leader-election Lease (in-cluster: the pod name).
     #[arg(long, env = "POD_NAME", default_value = "airlock-operator")]
     pub identity: String,

@@ -21,6 +21,7 @@ use tracing::warn;
 
 use crate::bundle_http::{self, HttpPolicy, Refused};
 use crate::plan::Fetched;
+use crate::registry_auth::{self, Grant};
 use crate::status::{FetchFailure, RunningRevision, VERIFIED};
 use crate::trust::{self, TrustedKeys};
 use crate::verify::ImageVerifier;
@@ -57,9 +58,16 @@ fn bundle_client(policy: Arc<HttpPolicy>) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("the operator's HTTP client could not start ({e}); check the operator's log and restart it"))
 }
 
-/// Talks to image registries. One client for the process: it caches registry tokens.
+/// Talks to image registries. One client for anonymous access and one per set of credentials:
+/// a client keeps the first credentials (and tokens) it used for a registry, so sharing one would
+/// lend one tenant's granted access to another's anonymous request.
 pub struct Registry {
     client: OciClient,
+    insecure: Vec<String>,
+    /// By [`registry_auth::Credentials::identity`].
+    credential_clients: Mutex<HashMap<u64, OciClient>>,
+    /// Where granted credentials are read: Secrets in the operator's own namespace.
+    credentials: Option<(kube::Api<k8s_openapi::api::core::v1::Secret>, String)>,
     /// For `spec.bundle.source.http`, under `bundle_http` (see [`crate::bundle_http`]).
     http: Result<reqwest::Client, String>,
     bundle_http: Arc<HttpPolicy>,
@@ -75,6 +83,50 @@ pub struct Registry {
 /// manifest is small, but digests are unbounded over time).
 const MAX_INSPECTED: usize = 1024;
 
+/// Most per-credential clients kept; past it they start over (tokens are fetched again).
+const MAX_CREDENTIAL_CLIENTS: usize = 64;
+
+/// How the operator reaches a registry for one Plugin: anonymously or with granted credentials.
+pub struct Access {
+    client: OciClient,
+    auth: RegistryAuth,
+    /// 0: anonymous; else [`registry_auth::Credentials::identity`].
+    pub identity: u64,
+    /// For messages.
+    described: String,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials.
+        f.debug_struct("Access")
+            .field("described", &self.described)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Access {
+    /// Anonymous access with a client of its own (HTTPS only).
+    pub fn anonymous() -> Self {
+        Self {
+            client: airlock_bundle::oci::client(vec![]),
+            auth: RegistryAuth::Anonymous,
+            identity: 0,
+            described: "anonymous access".into(),
+        }
+    }
+
+    /// The same credentials for the signature client.
+    pub fn signature_auth(&self) -> sigstore::registry::Auth {
+        match &self.auth {
+            RegistryAuth::Basic(user, password) => {
+                sigstore::registry::Auth::Basic(user.clone(), password.clone())
+            }
+            _ => sigstore::registry::Auth::Anonymous,
+        }
+    }
+}
+
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Registry")
@@ -87,12 +139,100 @@ impl Registry {
     pub fn new(insecure: Vec<String>, reverify: std::time::Duration) -> Self {
         Self {
             client: airlock_bundle::oci::client(insecure.clone()),
+            insecure: insecure.clone(),
+            credential_clients: Mutex::default(),
+            credentials: None,
             http: bundle_client(Arc::default()),
             bundle_http: Arc::default(),
             images: ImageVerifier::new(insecure, reverify),
             pins: Mutex::default(),
             inspected: Mutex::default(),
         }
+    }
+
+    /// Reads the registry credentials PluginTrustPolicies grant from Secrets in `namespace`.
+    pub fn with_credentials(mut self, client: Client, namespace: &str) -> Self {
+        self.credentials = Some((
+            kube::Api::namespaced(client, namespace),
+            namespace.to_string(),
+        ));
+        self
+    }
+
+    /// How to reach `reference`'s repository under `grants` (see [`registry_auth`]).
+    pub async fn access(
+        &self,
+        grants: &[Grant],
+        reference: &Reference,
+    ) -> Result<Access, FetchFailure> {
+        let registry = reference.registry();
+        let Some(grant) = registry_auth::grant_for(grants, registry, reference.repository()) else {
+            return Ok(Access {
+                client: self.client.clone(),
+                auth: RegistryAuth::Anonymous,
+                identity: 0,
+                described: "anonymous access".into(),
+            });
+        };
+        let Some((secrets, namespace)) = &self.credentials else {
+            return Err(FetchFailure::verified(
+                registry_auth::CREDENTIALS_UNAVAILABLE,
+                format!(
+                    "PluginTrustPolicy {} grants credentials for {}, but this operator was started without a namespace to read them from; run it with the chart",
+                    grant.policy, grant.prefix
+                ),
+            ));
+        };
+        let credentials = registry_auth::read(secrets, namespace, grant, registry).await?;
+        let identity = credentials.identity(registry);
+        let client = {
+            let mut clients = self
+                .credential_clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !clients.contains_key(&identity) && clients.len() >= MAX_CREDENTIAL_CLIENTS {
+                clients.clear();
+            }
+            clients
+                .entry(identity)
+                .or_insert_with(|| airlock_bundle::oci::client(self.insecure.clone()))
+                .clone()
+        };
+        Ok(Access {
+            client,
+            auth: RegistryAuth::Basic(credentials.username, credentials.password),
+            identity,
+            described: format!(
+                "the credentials of Secret {namespace}/{} (PluginTrustPolicy {})",
+                grant.secret, grant.policy
+            ),
+        })
+    }
+
+    /// The failure of a registry that refused `access` to `what`.
+    fn unauthorized(&self, access: &Access, what: &str, reference: &Reference) -> FetchFailure {
+        let registry = reference.registry();
+        let fix = if access.identity == 0 {
+            let namespace = self
+                .credentials
+                .as_ref()
+                .map_or("the operator's namespace", |(_, ns)| ns.as_str());
+            format!(
+                "if it is private, an admin grants the operator credentials for it: a Secret of type kubernetes.io/dockerconfigjson in {namespace}, named in spec.registries of a PluginTrustPolicy that governs this namespace (the Plugin's pods pull with its spec.imagePullSecrets)"
+            )
+        } else {
+            format!(
+                "check that those credentials may pull {registry}/{}",
+                reference.repository()
+            )
+        };
+        FetchFailure::verified(
+            registry_auth::UNAUTHORIZED,
+            format!(
+                "the registry {registry} refused {} to {what}; {fix} (retrying)",
+                access.described
+            ),
+        )
     }
 
     /// Downloads HTTP bundles under `policy` instead of the default (HTTPS to public addresses).
@@ -154,10 +294,15 @@ impl Registry {
         Ok(answer)
     }
 
-    /// [`Registry::resolve`], once per Plugin generation.
-    async fn resolve_pinned(&self, plugin: &Plugin) -> Result<(String, String), FetchFailure> {
+    /// [`Registry::resolve`], once per Plugin generation (and credentials).
+    async fn resolve_pinned(
+        &self,
+        plugin: &Plugin,
+        access: &Access,
+    ) -> Result<(String, String), FetchFailure> {
         let image = &plugin.spec.image;
-        self.once_per_generation(plugin, image, |p| &mut p.image, self.resolve(image))
+        let key = format!("{image} {}", access.identity);
+        self.once_per_generation(plugin, &key, |p| &mut p.image, self.resolve(image, access))
             .await
     }
 
@@ -257,6 +402,7 @@ impl Registry {
     async fn pull_bundle(
         &self,
         reference_text: &str,
+        grants: &[Grant],
         max_bytes: u64,
     ) -> Result<SignedBundle, FetchFailure> {
         use airlock_bundle::oci::{self, OciError};
@@ -272,9 +418,21 @@ impl Registry {
                 format!("spec.bundle.source.oci.ref: {e}"),
             )
         })?;
-        let pulled = oci::pull(&self.client, &reference, max_bytes, REGISTRY_TIMEOUT)
-            .await
-            .map_err(|e| match e {
+        let access = self.access(grants, &reference).await?;
+        let pulled = oci::pull(
+            &access.client,
+            &reference,
+            &access.auth,
+            max_bytes,
+            REGISTRY_TIMEOUT,
+        )
+        .await
+        .map_err(|e| match e {
+                e if e.is_unauthorized() => self.unauthorized(
+                    &access,
+                    &format!("the bundle artifact {reference_text} (spec.bundle.source.oci.ref)"),
+                    &reference,
+                ),
                 OciError::NotABundle { .. }
                 | OciError::Malformed { .. }
                 | OciError::DigestMismatch { .. } => {
@@ -311,20 +469,20 @@ impl Registry {
         })
     }
 
-    /// `(repository@digest, digest)` of an image reference given by tag or digest.
-    pub async fn resolve(&self, image: &str) -> Result<(String, String), FetchFailure> {
-        let reference: Reference = image.parse().map_err(|e| {
-            FetchFailure::verified(
-                "InvalidImageReference",
-                format!("spec.image {image:?} is not a valid image reference: {e}"),
-            )
-        })?;
+    /// `(repository@digest, digest)` of an image reference given by tag or digest. A reference
+    /// by digest is looked up only with credentials (it proves they work, with a clear error if
+    /// not); anonymously the digest is taken as written.
+    pub async fn resolve(
+        &self,
+        image: &str,
+        access: &Access,
+    ) -> Result<(String, String), FetchFailure> {
+        let reference = image_reference(image)?;
         let digest = match reference.digest() {
-            Some(d) => d.to_string(),
-            None => tokio::time::timeout(
+            Some(d) if access.identity == 0 => d.to_string(),
+            _ => tokio::time::timeout(
                 REGISTRY_TIMEOUT,
-                self.client
-                    .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous),
+                access.client.fetch_manifest_digest(&reference, &access.auth),
             )
             .await
             .map_err(|_| FetchFailure::verified("RegistryTimeout", format!(
@@ -333,6 +491,9 @@ impl Registry {
                     REGISTRY_TIMEOUT.as_secs()
                 )))?
             .map_err(|e| {
+                if airlock_bundle::oci::is_unauthorized(&e) {
+                    return self.unauthorized(access, &format!("spec.image {image}"), &reference);
+                }
                 // The details stay in the operator's log: a status that quoted the answer would
                 // tell a tenant what answers at any address it names as a registry.
                 warn!(error = %e, "resolving an image failed");
@@ -352,17 +513,47 @@ impl Registry {
     }
 }
 
+/// `spec.image` as a reference.
+fn image_reference(image: &str) -> Result<Reference, FetchFailure> {
+    image.parse().map_err(|e| {
+        FetchFailure::verified(
+            "InvalidImageReference",
+            format!("spec.image {image:?} is not a valid image reference: {e}"),
+        )
+    })
+}
+
+/// What a fetch may use beyond the Plugin itself.
+#[allow(missing_debug_implementations)] // references to the reconcile's context
+pub struct Inputs<'a> {
+    pub client: &'a Client,
+    pub registry: &'a Arc<Registry>,
+    pub config_maps: &'a crate::bundle_config_maps::BundleConfigMaps,
+    pub keys: &'a TrustedKeys,
+    /// Registry credentials the governing policies grant.
+    pub grants: &'a [Grant],
+    pub max_bundle_bytes: u64,
+}
+
 /// Reads, verifies and inspects the plugin's bundle, then resolves and verifies its image.
-pub async fn fetch(
-    client: &Client,
-    registry: &Arc<Registry>,
-    config_maps: &crate::bundle_config_maps::BundleConfigMaps,
-    plugin: &Plugin,
-    keys: &TrustedKeys,
-    max_bundle_bytes: u64,
-) -> Result<Fetched, FetchFailure> {
-    let SignedBundle { bytes, signature } =
-        read_bundle(client, registry, config_maps, plugin, max_bundle_bytes).await?;
+pub async fn fetch(inputs: &Inputs<'_>, plugin: &Plugin) -> Result<Fetched, FetchFailure> {
+    let Inputs {
+        client,
+        registry,
+        config_maps,
+        keys,
+        grants,
+        max_bundle_bytes,
+    } = *inputs;
+    let SignedBundle { bytes, signature } = read_bundle(
+        client,
+        registry,
+        config_maps,
+        plugin,
+        grants,
+        max_bundle_bytes,
+    )
+    .await?;
     let digest = bundle::digest(&bytes);
     if let Some(pinned) = &plugin.spec.bundle.digest
         && &digest != pinned
@@ -384,14 +575,17 @@ pub async fn fetch(
             FetchFailure::verified(trust::KEY_REVOKED, "the bundle's signer was revoked")
         }));
     }
-    let (pinned_image, image_digest) = registry.resolve_pinned(plugin).await?;
+    let image_access = registry
+        .access(grants, &image_reference(&plugin.spec.image)?)
+        .await?;
+    let (pinned_image, image_digest) = registry.resolve_pinned(plugin, &image_access).await?;
     let image_signature = if keys.image.is_empty() && signature.is_none() {
         // Nothing could verify it and nothing else is signed: skip the registry round trip.
         trust::Signature::Absent
     } else {
         registry
             .images
-            .verify(&pinned_image, &image_digest, &keys.image)
+            .verify(&pinned_image, &image_digest, &keys.image, &image_access)
             .await?
     };
     let signed_by = trust::signer(&bundle_signature, &image_signature, &keys.problems)
@@ -471,11 +665,12 @@ async fn read_bundle(
     registry: &Registry,
     config_maps: &crate::bundle_config_maps::BundleConfigMaps,
     plugin: &Plugin,
+    grants: &[Grant],
     max_bytes: u64,
 ) -> Result<SignedBundle, FetchFailure> {
     let source = &plugin.spec.bundle.source;
     if let Some(oci) = &source.oci {
-        let pull = registry.pull_bundle(&oci.reference, max_bytes);
+        let pull = registry.pull_bundle(&oci.reference, grants, max_bytes);
         return registry.pinned_bundle(plugin, &oci.reference, pull).await;
     }
     if let Some(http) = &source.http {

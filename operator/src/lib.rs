@@ -21,6 +21,7 @@ pub mod policy;
 pub mod policy_status;
 pub mod quantity;
 pub mod reconcile;
+pub mod registry_auth;
 pub mod running;
 pub mod status;
 pub mod stopped;
@@ -120,13 +121,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         ready.clone(),
     ));
     let mut ctx = reconcile::Context::new(
-        client,
+        client.clone(),
         build,
         fetch::Registry::new(
             config.insecure_registries.clone(),
             std::time::Duration::from_secs(config.reverify_interval_seconds),
         )
-        .with_bundle_http(config.bundle_http()),
+        .with_bundle_http(config.bundle_http())
+        .with_credentials(client.clone(), &config.credentials_namespace),
         metrics,
         config.max_bundle_bytes,
     );

@@ -1,10 +1,12 @@
 //! Image signature verification (IO): the cosign signatures of an image digest, checked against
 //! the trusted cosign keys with the `sigstore` crate, offline (no Rekor, no Fulcio: key-based).
 //!
-//! Results are cached by (digest, key set): a re-reconcile of an unchanged Plugin makes no
+//! Results are cached by (digest, key set, credentials): a re-reconcile of an unchanged Plugin makes no
 //! registry request. A cached result expires after the re-verification interval, so a signature
 //! removed from the registry or a policy edited outside the watch is noticed; a change of the key
-//! set (a key added, removed or revoked) is a different cache entry and is verified at once.
+//! set (a key added, removed or revoked) is a different cache entry and is verified at once. The
+//! credentials the registry was read with are part of the key: a Plugin without access to a
+//! private registry never inherits the verdict of one that has it.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -22,11 +24,14 @@ use crate::trust::{ImageKey, Signature};
 /// How long a registry may take for the whole signature lookup.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// (image digest, key set, credentials identity; 0 = anonymous).
+type CacheKey = (String, u64, u64);
+
 #[derive(Debug)]
 pub struct ImageVerifier {
     insecure: Vec<String>,
     ttl: Duration,
-    cache: Mutex<HashMap<(String, u64), (Signature, Instant)>>,
+    cache: Mutex<HashMap<CacheKey, (Signature, Instant)>>,
 }
 
 impl ImageVerifier {
@@ -45,8 +50,9 @@ impl ImageVerifier {
         pinned: &str,
         digest: &str,
         keys: &[ImageKey],
+        access: &crate::fetch::Access,
     ) -> Result<Signature, FetchFailure> {
-        let cache_key = (digest.to_string(), key_set_hash(keys));
+        let cache_key = (digest.to_string(), key_set_hash(keys), access.identity);
         if let Some((sig, at)) = self
             .cache
             .lock()
@@ -56,7 +62,8 @@ impl ImageVerifier {
         {
             return Ok(sig.clone());
         }
-        let layers = tokio::time::timeout(VERIFY_TIMEOUT, self.signature_layers(pinned))
+        let auth = access.signature_auth();
+        let layers = tokio::time::timeout(VERIFY_TIMEOUT, self.signature_layers(pinned, &auth))
             .await
             .map_err(|_| FetchFailure::verified("RegistryTimeout", format!(
                     "the registry did not answer within {}s while reading the cosign signatures of {pinned}; nothing is rolled out until it does (retrying)",
@@ -73,6 +80,7 @@ impl ImageVerifier {
     async fn signature_layers(
         &self,
         pinned: &str,
+        auth: &Auth,
     ) -> Result<Vec<sigstore::cosign::SignatureLayer>, FetchFailure> {
         let unavailable = |e: String| {
             FetchFailure::verified(
@@ -99,7 +107,7 @@ impl ImageVerifier {
             .map_err(|e| unavailable(e.to_string()))?;
         // A missing `.sig` tag is "no signatures": the client answers with an empty list.
         client
-            .trusted_signature_layers(&Auth::Anonymous, &reference)
+            .trusted_signature_layers(auth, &reference)
             .await
             .map_err(|e| {
                 // Only the kind reaches the status (see `airlock_bundle::oci::registry_failure`).

@@ -150,7 +150,7 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
         })
     };
 
-    let value = json!({
+    let mut value = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
@@ -255,6 +255,12 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
             },
         },
     });
+    // Only when set: the template of a plugin without pull secrets stays as it was (no rollout).
+    // The kubelet reads these Secrets in the Plugin's namespace; the operator never does.
+    if !plugin.spec.image_pull_secrets.is_empty() {
+        value["spec"]["template"]["spec"]["imagePullSecrets"] =
+            json!(plugin.spec.image_pull_secrets);
+    }
     from_json(value)
 }
 
@@ -360,6 +366,28 @@ mod tests {
         );
         let init = &pod.init_containers.expect("init")[0];
         assert_eq!(init.image.as_deref(), Some(config().shim_image.as_str()));
+    }
+
+    #[test]
+    fn the_pods_pull_with_the_plugin_s_own_pull_secrets_and_none_without_them() {
+        let pod = pod_spec(&deployment(&plugin(HELLO), &rollout(), &config()));
+        assert_eq!(
+            pod.image_pull_secrets, None,
+            "a template without them is as before"
+        );
+
+        let mut private = plugin(HELLO);
+        private.spec.image_pull_secrets = vec![airlock_crds::plugin::ImagePullSecret {
+            name: "acme-pull".into(),
+        }];
+        let pod = pod_spec(&deployment(&private, &rollout(), &config()));
+        let names: Vec<_> = pod
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["acme-pull"]);
     }
 
     #[test]

@@ -74,15 +74,16 @@ pub(super) async fn run(
             ),
         ))
     } else {
-        fetch::fetch(
+        let grants = crate::registry_auth::grants(&governing);
+        let inputs = fetch::Inputs {
             client,
-            &ctx.registry,
-            &watches.bundle_config_maps,
-            plugin,
-            &keys,
-            ctx.max_bundle_bytes,
-        )
-        .await
+            registry: &ctx.registry,
+            config_maps: &watches.bundle_config_maps,
+            keys: &keys,
+            grants: &grants,
+            max_bundle_bytes: ctx.max_bundle_bytes,
+        };
+        fetch::fetch(&inputs, plugin).await
     };
     let judge = |record: &RevisionRecord| {
         running::check(

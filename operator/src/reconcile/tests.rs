@@ -1335,3 +1335,74 @@ async fn the_finalizer_of_older_versions_is_removed_and_others_are_kept() {
     assert_eq!(body["metadata"]["finalizers"], json!(["example.com/keep"]));
     assert_eq!(body["metadata"]["resourceVersion"], "42");
 }
+
+/// A harness whose policy grants the credentials Secret `acme-pull` (in `airlock-system`) for the
+/// repositories under `198.19.255.1:5000/acme`, which the test Plugin's image is in.
+fn with_registry_grant() -> Harness {
+    let mut grant = policy(json!([]));
+    grant.spec.registries = vec![airlock_crds::trust_policy::RegistryCredentials {
+        prefix: "198.19.255.1:5000/acme".into(),
+        credentials_secret: "acme-pull".into(),
+    }];
+    let mut h = Harness::new(
+        grant,
+        json!({"metadata": {"name": "hello-bundle", "namespace": NS},
+               "binaryData": {"bundle.tar.gz": b64(&bundle(MANIFEST))}}),
+    );
+    h.ctx.registry = Arc::new(
+        Registry::new(vec![], Duration::from_secs(3600))
+            .with_credentials(h.ctx.client.clone(), "airlock-system"),
+    );
+    h
+}
+
+#[tokio::test]
+async fn granted_credentials_that_do_not_exist_block_the_rollout_and_say_who_creates_them() {
+    let h = with_registry_grant();
+    h.reconcile(&plugin("uid-1", "[log]")).await;
+
+    let writes = h.api.take_writes();
+    assert!(
+        !wrote(&writes, "/deployments/"),
+        "nothing is rolled out: {writes:#?}"
+    );
+    let status = h.status();
+    let (ok, reason) = condition(&status, "Verified");
+    assert_eq!(
+        (ok.as_str(), reason.as_str()),
+        ("False", "RegistryCredentialsUnavailable"),
+        "{status}"
+    );
+    let message = status.to_string();
+    for part in [
+        "PluginTrustPolicy dev",
+        "airlock-system/acme-pull",
+        "kubectl -n airlock-system create secret docker-registry acme-pull",
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_granted_secret_of_the_wrong_kind_is_named_without_its_content() {
+    let h = with_registry_grant();
+    h.api.put(
+        "/api/v1/namespaces/airlock-system/secrets/acme-pull",
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "acme-pull", "namespace": "airlock-system"},
+               "data": {"password": b64(b"hunter2")}}),
+    );
+    h.reconcile(&plugin("uid-1", "[log]")).await;
+
+    let status = h.status();
+    assert_eq!(
+        condition(&status, "Verified").1,
+        "RegistryCredentialsUnavailable"
+    );
+    let message = status.to_string();
+    assert!(
+        message.contains(r#"is of type \"Opaque\", not kubernetes.io/dockerconfigjson"#),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2") && !message.contains(&b64(b"hunter2")));
+}
