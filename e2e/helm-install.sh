@@ -17,7 +17,7 @@ read -r chart version < <("$ROOT/e2e/chart-package.sh") || die "packaging the ch
 # own schema (crds.upgrade), as for any user: no separate step here.
 helm upgrade --install airlock "$chart" --version "$version" --plain-http \
   --namespace airlock-system --create-namespace \
-  --set "insecureRegistries={${AIRLOCK_E2E_REGISTRY:-$REGISTRY}}" \
+  --set "insecureRegistries={${AIRLOCK_E2E_REGISTRY:-$REGISTRY},$PRIVATE_REGISTRY}" \
   --set "bundleHttp.insecureHosts={$NODE_IP}" --set "bundleHttp.allowedCidrs={$NODE_IP/32}" \
   --set "clusterCidrs={$POD_CIDR,$SERVICE_CIDR}" \
   --wait --timeout 3m "$@" >/dev/null

@@ -1,6 +1,9 @@
 //! `airlockctl bundle push` and `bundle pull`: a bundle (and its signature) as an OCI artifact in
 //! an image registry, written and read by [`airlock_bundle::oci`], the same code the operator reads
-//! `spec.bundle.source.oci` with. Registries are reached anonymously.
+//! `spec.bundle.source.oci` with. Registries are reached with the credentials `docker login`
+//! (or `crane auth login`, `cosign login`) stored for them in the docker config
+//! (`$DOCKER_CONFIG/config.json`, default `~/.docker/config.json`, credential helpers included);
+//! anonymously when it has none.
 
 use std::fmt;
 use std::io;
@@ -85,12 +88,18 @@ pub enum OciError {
     )]
     PushToDigest(String),
     #[error(
-        "{source}; check the reference and that the registry is reachable and allows anonymous access (for a plain-HTTP registry pass --insecure-registry {registry})"
+        "{source}; check the reference, that the registry is reachable and that the docker config has credentials for {registry} if it is private (`docker login {registry}`; for a plain-HTTP registry pass --insecure-registry {registry})"
     )]
     Registry {
         registry: String,
         #[source]
         source: ArtifactError,
+    },
+    #[error("{problem} (docker config {}); fix it with `docker login {registry}` (or `crane auth login`), or remove the entry to go anonymous", path.display())]
+    Credentials {
+        registry: String,
+        path: PathBuf,
+        problem: String,
     },
     #[error(transparent)]
     Artifact(ArtifactError),
@@ -181,13 +190,8 @@ pub async fn push(args: &PushArgs) -> Result<PushReport, OciError> {
 
     let artifact = oci::artifact(&bytes, signature.as_deref()).map_err(OciError::Manifest)?;
     let client = oci::client(args.registry.insecure.clone());
-    let digest = oci::push(
-        &client,
-        &reference,
-        &oci::RegistryAuth::Anonymous,
-        &artifact,
-    )
-    .await?;
+    let auth = registry_auth(reference.registry())?;
+    let digest = oci::push(&client, &reference, &auth, &artifact).await?;
     Ok(PushReport {
         pinned: format!("{}@{digest}", args.reference),
         bundle_digest: extracted.digest,
@@ -245,14 +249,8 @@ impl fmt::Display for PullReport {
 pub async fn pull(args: &PullArgs) -> Result<PullReport, OciError> {
     let reference = oci::parse_reference(&args.reference)?;
     let client = oci::client(args.registry.insecure.clone());
-    let pulled = oci::pull(
-        &client,
-        &reference,
-        &oci::RegistryAuth::Anonymous,
-        args.max_bytes,
-        REQUEST_TIMEOUT,
-    )
-    .await?;
+    let auth = registry_auth(reference.registry())?;
+    let pulled = oci::pull(&client, &reference, &auth, args.max_bytes, REQUEST_TIMEOUT).await?;
     let (bytes, signature) = (pulled.bundle, pulled.signature);
 
     files::write_atomically(&args.output, &bytes, 0o644)?;
@@ -274,4 +272,104 @@ pub async fn pull(args: &PullArgs) -> Result<PullReport, OciError> {
         bundle_digest: bundle::digest(&bytes),
         signature,
     })
+}
+
+/// Where the docker config is: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+fn docker_config_path() -> Option<PathBuf> {
+    let dir = match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".docker"),
+    };
+    Some(dir.join("config.json"))
+}
+
+/// The credentials the docker config holds for `registry`; anonymous when there is no config or
+/// no entry for it. A config that cannot be used is an error, not a silent anonymous request.
+fn registry_auth(registry: &str) -> Result<oci::RegistryAuth, OciError> {
+    let Some(path) = docker_config_path() else {
+        return Ok(oci::RegistryAuth::Anonymous);
+    };
+    match std::fs::read(&path) {
+        Ok(config) => auth_from_config(&config, registry, &path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(oci::RegistryAuth::Anonymous),
+        Err(e) => Err(OciError::Credentials {
+            registry: registry.to_string(),
+            path,
+            problem: format!("cannot read it: {e}"),
+        }),
+    }
+}
+
+fn auth_from_config(
+    config: &[u8],
+    registry: &str,
+    path: &std::path::Path,
+) -> Result<oci::RegistryAuth, OciError> {
+    use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+    let problem = |problem: String| OciError::Credentials {
+        registry: registry.to_string(),
+        path: path.to_path_buf(),
+        problem,
+    };
+    match docker_credential::get_credential_from_reader(config, registry) {
+        Ok(DockerCredential::UsernamePassword(user, password)) => {
+            Ok(oci::RegistryAuth::Basic(user, password))
+        }
+        Ok(DockerCredential::IdentityToken(_)) => Err(problem(format!(
+            "the entry for {registry} holds an identity token, which airlockctl cannot use; log in with a user name and password (or access token)"
+        ))),
+        Err(E::NoCredentialConfigured) => Ok(oci::RegistryAuth::Anonymous),
+        // A helper's stdout may hold a credential: only its name and stderr are shown.
+        Err(E::HelperFailure { helper, stderr, .. }) => Err(problem(format!(
+            "the credential helper docker-credential-{helper} failed: {}",
+            stderr.trim()
+        ))),
+        Err(e) => Err(problem(format!(
+            "its entry for {registry} is unusable: {e}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+
+    fn auth(config: &str, registry: &str) -> Result<oci::RegistryAuth, OciError> {
+        auth_from_config(
+            config.as_bytes(),
+            registry,
+            std::path::Path::new("config.json"),
+        )
+    }
+
+    #[test]
+    fn the_docker_config_entry_of_the_registry_is_used_and_others_go_anonymous() {
+        // "robot:s3cret"
+        let config = r#"{"auths":{"reg.example:5001":{"auth":"cm9ib3Q6czNjcmV0"}}}"#;
+        match auth(config, "reg.example:5001") {
+            Ok(oci::RegistryAuth::Basic(user, password)) => {
+                assert_eq!((user.as_str(), password.as_str()), ("robot", "s3cret"));
+            }
+            other => panic!("expected Basic, got {other:?}"),
+        }
+        assert!(matches!(
+            auth(config, "other.example"),
+            Ok(oci::RegistryAuth::Anonymous)
+        ));
+    }
+
+    #[test]
+    fn an_unusable_entry_is_an_error_that_shows_no_secret() {
+        let config = r#"{"auths":{"reg.example":{"auth":"!!not-base64-s3cret"}}}"#;
+        let e = auth(config, "reg.example").expect_err("refused");
+        let text = e.to_string();
+        assert!(text.contains("docker login reg.example"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        let token = r#"{"auths":{"reg.example":{"identitytoken":"tok-s3cret"}}}"#;
+        let text = auth(token, "reg.example").expect_err("refused").to_string();
+        assert!(
+            text.contains("identity token") && !text.contains("tok-s3cret"),
+            "{text}"
+        );
+    }
 }

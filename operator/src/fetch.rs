@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::bundle_http::{self, HttpPolicy, Refused};
 use crate::plan::Fetched;
-use crate::registry_auth::{self, Grant};
+use crate::registry_auth::{self, Grants};
 use crate::status::{FetchFailure, RunningRevision, VERIFIED};
 use crate::trust::{self, TrustedKeys};
 use crate::verify::ImageVerifier;
@@ -92,6 +92,9 @@ pub struct Access {
     auth: RegistryAuth,
     /// 0: anonymous; else [`registry_auth::Credentials::identity`].
     pub identity: u64,
+    /// Under a prefix some policy of the cluster grants credentials for (see
+    /// [`registry_auth::Grants::private`]): looked up even when given by digest.
+    known_private: bool,
     /// For messages.
     described: String,
 }
@@ -112,8 +115,18 @@ impl Access {
             client: airlock_bundle::oci::client(vec![]),
             auth: RegistryAuth::Anonymous,
             identity: 0,
+            known_private: false,
             described: "anonymous access".into(),
         }
+    }
+
+    /// The registry client for this access.
+    pub(crate) fn client(&self) -> &OciClient {
+        &self.client
+    }
+
+    pub(crate) fn auth(&self) -> &RegistryAuth {
+        &self.auth
     }
 
     /// The same credentials for the signature client.
@@ -162,15 +175,18 @@ impl Registry {
     /// How to reach `reference`'s repository under `grants` (see [`registry_auth`]).
     pub async fn access(
         &self,
-        grants: &[Grant],
+        grants: &Grants,
         reference: &Reference,
     ) -> Result<Access, FetchFailure> {
         let registry = reference.registry();
-        let Some(grant) = registry_auth::grant_for(grants, registry, reference.repository()) else {
+        let repository = reference.repository();
+        let Some(grant) = registry_auth::grant_for(&grants.granted, registry, repository) else {
             return Ok(Access {
                 client: self.client.clone(),
                 auth: RegistryAuth::Anonymous,
                 identity: 0,
+                known_private: registry_auth::grant_for(&grants.private, registry, repository)
+                    .is_some(),
                 described: "anonymous access".into(),
             });
         };
@@ -202,6 +218,7 @@ impl Registry {
             client,
             auth: RegistryAuth::Basic(credentials.username, credentials.password),
             identity,
+            known_private: true,
             described: format!(
                 "the credentials of Secret {namespace}/{} (PluginTrustPolicy {})",
                 grant.secret, grant.policy
@@ -402,7 +419,7 @@ impl Registry {
     async fn pull_bundle(
         &self,
         reference_text: &str,
-        grants: &[Grant],
+        grants: &Grants,
         max_bytes: u64,
     ) -> Result<SignedBundle, FetchFailure> {
         use airlock_bundle::oci::{self, OciError};
@@ -470,8 +487,8 @@ impl Registry {
     }
 
     /// `(repository@digest, digest)` of an image reference given by tag or digest. A reference
-    /// by digest is looked up only with credentials (it proves they work, with a clear error if
-    /// not); anonymously the digest is taken as written.
+    /// by digest is looked up only in a repository an admin declared private (it proves the
+    /// access works, or fails with a clear error); elsewhere the digest is taken as written.
     pub async fn resolve(
         &self,
         image: &str,
@@ -479,7 +496,7 @@ impl Registry {
     ) -> Result<(String, String), FetchFailure> {
         let reference = image_reference(image)?;
         let digest = match reference.digest() {
-            Some(d) if access.identity == 0 => d.to_string(),
+            Some(d) if !access.known_private => d.to_string(),
             _ => tokio::time::timeout(
                 REGISTRY_TIMEOUT,
                 access.client.fetch_manifest_digest(&reference, &access.auth),
@@ -530,8 +547,8 @@ pub struct Inputs<'a> {
     pub registry: &'a Arc<Registry>,
     pub config_maps: &'a crate::bundle_config_maps::BundleConfigMaps,
     pub keys: &'a TrustedKeys,
-    /// Registry credentials the governing policies grant.
-    pub grants: &'a [Grant],
+    /// Registry credentials the governing policies grant, and the private prefixes.
+    pub grants: &'a Grants,
     pub max_bundle_bytes: u64,
 }
 
@@ -665,7 +682,7 @@ async fn read_bundle(
     registry: &Registry,
     config_maps: &crate::bundle_config_maps::BundleConfigMaps,
     plugin: &Plugin,
-    grants: &[Grant],
+    grants: &Grants,
     max_bytes: u64,
 ) -> Result<SignedBundle, FetchFailure> {
     let source = &plugin.spec.bundle.source;

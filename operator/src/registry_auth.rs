@@ -35,10 +35,28 @@ pub struct Grant {
     pub secret: String,
 }
 
-/// Every grant of the governing policies.
-pub fn grants(governing: &[&PluginTrustPolicy]) -> Vec<Grant> {
-    governing
-        .iter()
+/// The grants that decide how a Plugin's namespace reaches registries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Those of the policies governing the namespace: the credentials it may use.
+    pub granted: Vec<Grant>,
+    /// Those of every policy of the cluster: repositories an admin declared private. An image
+    /// there is always looked up in the registry, even by digest and without credentials, so a
+    /// namespace without a grant is refused by the registry instead of rolling out a private
+    /// image that a node may hold from another tenant's pull.
+    pub private: Vec<Grant>,
+}
+
+/// The grants of `governing`, and of `all` policies.
+pub fn grants(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy]) -> Grants {
+    Grants {
+        granted: of(governing.iter().copied()),
+        private: of(all.iter()),
+    }
+}
+
+fn of<'a>(policies: impl Iterator<Item = &'a PluginTrustPolicy>) -> Vec<Grant> {
+    policies
         .flat_map(|p| {
             p.spec.registries.iter().map(|r| Grant {
                 policy: p.name_any(),

@@ -88,12 +88,16 @@ pub fn now() -> Timestamp {
 /// reconcile retries them; a Plugin without a revision that ran stays `Pending` rather than the
 /// terminal-looking `Failed` (which tells automation to give up, and which 431 of 1,000 Plugins
 /// showed in a creation burst that only slowed the API server down).
-pub const RETRIED_REASONS: [&str; 5] = [
+/// A registry that refuses access, or granted credentials not there yet, wait for an admin's
+/// grant or Secret, which no watch reports: retried too.
+pub const RETRIED_REASONS: [&str; 7] = [
     "BundleUnreadable",
     "RegistryUnavailable",
     "RegistryTimeout",
     "ImageUnresolvable",
     "BundleInspectionFailed",
+    crate::registry_auth::UNAUTHORIZED,
+    crate::registry_auth::CREDENTIALS_UNAVAILABLE,
 ];
 
 impl FetchFailure {

@@ -74,7 +74,7 @@ pub(super) async fn run(
             ),
         ))
     } else {
-        let grants = crate::registry_auth::grants(&governing);
+        let grants = crate::registry_auth::grants(&governing, &policies);
         let inputs = fetch::Inputs {
             client,
             registry: &ctx.registry,
