@@ -11,6 +11,7 @@ pub mod bundle_http;
 pub mod certs;
 pub mod cluster_ranges;
 pub mod config;
+pub mod cosign_bundle;
 pub mod crd_upgrade;
 pub mod egress;
 pub mod fetch;

@@ -1,5 +1,8 @@
 //! Image signature verification (IO): the cosign signatures of an image digest, checked against
-//! the trusted cosign keys with the `sigstore` crate, offline (no Rekor, no Fulcio: key-based).
+//! the trusted cosign keys, offline (no Rekor, no Fulcio: key-based). Both formats cosign writes:
+//! the classic `.sig` tag (read and checked with the `sigstore` crate) and the sigstore bundle
+//! (cosign v3's default; [`crate::cosign_bundle`]), which is read only when the classic
+//! signatures prove no trusted key.
 //!
 //! Results are cached by (digest, key set, credentials): a re-reconcile of an unchanged Plugin makes no
 //! registry request. A cached result expires after the re-verification interval, so a signature
@@ -18,6 +21,7 @@ use sigstore::cosign::{ClientBuilder, CosignCapabilities};
 use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
 use tracing::warn;
 
+use crate::cosign_bundle;
 use crate::status::FetchFailure;
 use crate::trust::{ImageKey, Signature};
 
@@ -69,7 +73,16 @@ impl ImageVerifier {
                     "the registry did not answer within {}s while reading the cosign signatures of {pinned}; nothing is rolled out until it does (retrying)",
                     VERIFY_TIMEOUT.as_secs()
                 )))??;
-        let sig = judge(&layers, keys);
+        let mut sig = judge(&layers, &[], digest, keys);
+        if !keys.is_empty() && !matches!(sig, Signature::SignedBy { .. }) {
+            let bundles = tokio::time::timeout(VERIFY_TIMEOUT, self.bundles(pinned, digest, access))
+                .await
+                .map_err(|_| FetchFailure::verified("RegistryTimeout", format!(
+                    "the registry did not answer within {}s while reading the cosign signature bundles of {pinned}; nothing is rolled out until it does (retrying)",
+                    VERIFY_TIMEOUT.as_secs()
+                )))??;
+            sig = judge(&layers, &bundles, digest, keys);
+        }
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -117,6 +130,42 @@ impl ImageVerifier {
     }
 }
 
+impl ImageVerifier {
+    /// The sigstore bundles (cosign's new format) that refer to `digest`, unverified. A registry
+    /// failure is an error, never "none" (fail closed).
+    async fn bundles(
+        &self,
+        pinned: &str,
+        digest: &str,
+        access: &crate::fetch::Access,
+    ) -> Result<Vec<Vec<u8>>, FetchFailure> {
+        let reference: oci_client::Reference = pinned.parse().map_err(|e| {
+            FetchFailure::verified(
+                "InvalidImageReference",
+                format!("{pinned} is not a valid image reference: {e}"),
+            )
+        })?;
+        cosign_bundle::find_bundles(
+            access.client(),
+            access.auth(),
+            &reference,
+            digest,
+            &cosign_bundle::Limits::default(),
+        )
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "reading cosign signature bundles failed");
+            FetchFailure::verified(
+                "RegistryUnavailable",
+                format!(
+                    "could not read the cosign signature bundles of {pinned}: {}; nothing is rolled out until the registry answers (retrying)",
+                    e.kind()
+                ),
+            )
+        })
+    }
+}
+
 /// What kind of failure reading signatures was, without anything the registry sent.
 fn signature_failure(error: &sigstore::errors::SigstoreError) -> &'static str {
     use sigstore::errors::SigstoreError as E;
@@ -129,20 +178,42 @@ fn signature_failure(error: &sigstore::errors::SigstoreError) -> &'static str {
     }
 }
 
-/// The best a set of signature layers proves: a trusted key beats a revoked one.
-fn judge(layers: &[sigstore::cosign::SignatureLayer], keys: &[ImageKey]) -> Signature {
-    if layers.is_empty() {
+/// The best the classic signature layers and the sigstore bundles of `digest` prove: a trusted
+/// key beats a revoked one. A bundle that a listed key verifies as an attestation of another
+/// predicate type is not a signature (cosign's own `verify --key` would take it for one).
+fn judge(
+    layers: &[sigstore::cosign::SignatureLayer],
+    bundles: &[Vec<u8>],
+    digest: &str,
+    keys: &[ImageKey],
+) -> Signature {
+    let attestation = |bundle: &Vec<u8>| {
+        keys.iter().any(|k| {
+            matches!(
+                cosign_bundle::verify_bundle(bundle, digest, &k.pem),
+                Err(cosign_bundle::BundleRefusal::PredicateType(_))
+            )
+        })
+    };
+    if layers.is_empty() && bundles.iter().all(attestation) {
         return Signature::Absent;
     }
-    let verifies = |key: &&ImageKey| match PublicKeyVerifier::try_from(key.pem.as_bytes()) {
-        Ok(verifier) => {
-            let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
-            sigstore::cosign::verify_constraints(layers, constraints.iter()).is_ok()
-        }
-        Err(e) => {
-            warn!(key = %key.name, error = %e, "cosign key cannot be used");
-            false
-        }
+    let verifies = |key: &&ImageKey| {
+        let legacy = !layers.is_empty()
+            && match PublicKeyVerifier::try_from(key.pem.as_bytes()) {
+                Ok(verifier) => {
+                    let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
+                    sigstore::cosign::verify_constraints(layers, constraints.iter()).is_ok()
+                }
+                Err(e) => {
+                    warn!(key = %key.name, error = %e, "cosign key cannot be used");
+                    false
+                }
+            };
+        legacy
+            || bundles
+                .iter()
+                .any(|b| cosign_bundle::verify_bundle(b, digest, &key.pem).is_ok())
     };
     Signature::verified_by(
         keys.iter()
@@ -157,4 +228,87 @@ fn key_set_hash(keys: &[ImageKey]) -> u64 {
     let mut h = DefaultHasher::new();
     sorted.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use airlock_crds::trust_policy::TrustLevel;
+
+    use super::*;
+
+    // Made by cosign v2.6.4 (`sign` / `attest --type https://example.com/other`, both with
+    // `--new-bundle-format`, by the key cosign.pub); other.pub is another key pair's.
+    const SIGN: &[u8] = include_bytes!("testdata/cosign_bundle/sign.bundle.json");
+    const ATTEST_OTHER: &[u8] = include_bytes!("testdata/cosign_bundle/attest-other.bundle.json");
+    const KEY: &str = include_str!("testdata/cosign_bundle/cosign.pub");
+    const OTHER_KEY: &str = include_str!("testdata/cosign_bundle/other.pub");
+    const DIGEST: &str = include_str!("testdata/cosign_bundle/image-digest.txt");
+
+    fn key(name: &str, pem: &str, revoked: bool) -> ImageKey {
+        ImageKey {
+            name: name.into(),
+            level: TrustLevel::Trusted,
+            revoked,
+            pem: pem.into(),
+        }
+    }
+
+    fn judged(bundles: &[&[u8]], keys: &[ImageKey]) -> Signature {
+        let bundles: Vec<Vec<u8>> = bundles.iter().map(|b| b.to_vec()).collect();
+        judge(&[], &bundles, DIGEST.trim(), keys)
+    }
+
+    #[test]
+    fn a_bundle_signature_by_a_listed_key_signs_the_image() {
+        let sig = judged(
+            &[ATTEST_OTHER, SIGN],
+            &[
+                key("p/other", OTHER_KEY, false),
+                key("p/release", KEY, false),
+            ],
+        );
+        assert_eq!(
+            sig,
+            Signature::SignedBy {
+                key: "p/release".into(),
+                level: TrustLevel::Trusted
+            }
+        );
+    }
+
+    #[test]
+    fn an_attestation_by_a_listed_key_is_no_signature() {
+        assert_eq!(
+            judged(&[ATTEST_OTHER], &[key("p/release", KEY, false)]),
+            Signature::Absent
+        );
+        assert_eq!(
+            judged(&[], &[key("p/release", KEY, false)]),
+            Signature::Absent
+        );
+    }
+
+    #[test]
+    fn a_bundle_signature_by_no_listed_key_is_untrusted_and_a_revoked_key_is_revoked() {
+        assert_eq!(
+            judged(&[SIGN], &[key("p/other", OTHER_KEY, false)]),
+            Signature::NotTrusted
+        );
+        assert_eq!(
+            judged(&[SIGN], &[key("p/release", KEY, true)]),
+            Signature::Revoked {
+                key: "p/release".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_bundle_signature_of_another_image_signs_nothing() {
+        let other = format!("sha256:{}", "0".repeat(64));
+        let bundles = vec![SIGN.to_vec()];
+        assert_eq!(
+            judge(&[], &bundles, &other, &[key("p/release", KEY, false)]),
+            Signature::NotTrusted
+        );
+    }
 }
