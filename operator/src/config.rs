@@ -65,6 +65,14 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub cluster_cidrs: Vec<ipnet::IpNet>,
+    /// Secret (in each plugin's namespace) every plugin pod pulls with, besides its Plugin's
+    /// spec.imagePullSecrets, e.g. for a private mirror of the shim image. Repeat for several.
+    #[arg(
+        long = "plugin-image-pull-secret",
+        env = "AIRLOCK_PLUGIN_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    pub plugin_image_pull_secrets: Vec<String>,
     /// Let plugin shims run on nodes whose kernel cannot hide their TLS key from the plugin process
     /// (no Landlock): the plugin can then read the key. Unset, such a shim refuses to start.
     #[arg(long, env = "AIRLOCK_SHIM_ALLOW_READABLE_KEY")]
@@ -142,6 +150,7 @@ impl Config {
             host_api: self.router_host_api.clone(),
             cluster_cidrs: self.cluster_cidrs.clone(),
             allow_readable_key: self.shim_allow_readable_key,
+            image_pull_secrets: self.plugin_image_pull_secrets.clone(),
         })
     }
 }

@@ -257,9 +257,21 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
     });
     // Only when set: the template of a plugin without pull secrets stays as it was (no rollout).
     // The kubelet reads these Secrets in the Plugin's namespace; the operator never does.
-    if !plugin.spec.image_pull_secrets.is_empty() {
-        value["spec"]["template"]["spec"]["imagePullSecrets"] =
-            json!(plugin.spec.image_pull_secrets);
+    let mut pull_secrets: Vec<&str> = config
+        .image_pull_secrets
+        .iter()
+        .map(String::as_str)
+        .collect();
+    for s in &plugin.spec.image_pull_secrets {
+        if !pull_secrets.contains(&s.name.as_str()) {
+            pull_secrets.push(&s.name);
+        }
+    }
+    if !pull_secrets.is_empty() {
+        value["spec"]["template"]["spec"]["imagePullSecrets"] = pull_secrets
+            .iter()
+            .map(|name| json!({"name": name}))
+            .collect();
     }
     from_json(value)
 }
@@ -388,6 +400,18 @@ mod tests {
             .map(|s| s.name.as_str())
             .collect();
         assert_eq!(names, ["acme-pull"]);
+
+        // The chart's default comes first, once.
+        let mut with_default = config();
+        with_default.image_pull_secrets = vec!["mirror".into(), "acme-pull".into()];
+        let pod = pod_spec(&deployment(&private, &rollout(), &with_default));
+        let names: Vec<_> = pod
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["mirror", "acme-pull"]);
     }
 
     #[test]

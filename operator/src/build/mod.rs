@@ -44,6 +44,9 @@ pub struct BuildConfig {
     /// Let shims run where the kernel cannot hide their TLS key from the plugin process
     /// (`airlock-shim run --allow-readable-key`); otherwise such a shim refuses to start.
     pub allow_readable_key: bool,
+    /// Secrets every plugin pod pulls with, besides its Plugin's `spec.imagePullSecrets` (e.g.
+    /// for a private mirror of the shim image); each plugin namespace must hold them.
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// CPU and memory the plugin container gets, after the trust level's caps.
@@ -127,6 +130,7 @@ spec:
             host_api: None,
             cluster_cidrs: vec!["10.96.0.0/12".parse().expect("cidr")],
             allow_readable_key: false,
+            image_pull_secrets: vec![],
         }
     }
 

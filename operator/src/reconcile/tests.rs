@@ -346,6 +346,7 @@ impl Harness {
                 host_api: None,
                 cluster_cidrs: vec![],
                 allow_readable_key: false,
+                image_pull_secrets: vec![],
             },
             Registry::new(vec![], Duration::from_secs(3600)),
             Metrics::new().unwrap(),
