@@ -418,27 +418,21 @@ impl Registry {
     /// a bundle layer over `max_bytes` is refused before it is downloaded.
     async fn pull_bundle(
         &self,
-        reference_text: &str,
-        grants: &Grants,
+        reference: &Reference,
+        access: &Access,
         max_bytes: u64,
     ) -> Result<SignedBundle, FetchFailure> {
         use airlock_bundle::oci::{self, OciError};
+        let reference_text = &reference.whole();
         let failure = |reason: &'static str, message: String| FetchFailure {
             condition: VERIFIED,
             reason,
             message,
             running: RunningRevision::KeepsServing,
         };
-        let reference = oci::parse_reference(reference_text).map_err(|e| {
-            failure(
-                "InvalidBundleReference",
-                format!("spec.bundle.source.oci.ref: {e}"),
-            )
-        })?;
-        let access = self.access(grants, &reference).await?;
         let pulled = oci::pull(
             &access.client,
-            &reference,
+            reference,
             &access.auth,
             max_bytes,
             REGISTRY_TIMEOUT,
@@ -446,9 +440,9 @@ impl Registry {
         .await
         .map_err(|e| match e {
                 e if e.is_unauthorized() => self.unauthorized(
-                    &access,
+                    access,
                     &format!("the bundle artifact {reference_text} (spec.bundle.source.oci.ref)"),
-                    &reference,
+                    reference,
                 ),
                 OciError::NotABundle { .. }
                 | OciError::Malformed { .. }
@@ -687,8 +681,17 @@ async fn read_bundle(
 ) -> Result<SignedBundle, FetchFailure> {
     let source = &plugin.spec.bundle.source;
     if let Some(oci) = &source.oci {
-        let pull = registry.pull_bundle(&oci.reference, grants, max_bytes);
-        return registry.pinned_bundle(plugin, &oci.reference, pull).await;
+        let reference = airlock_bundle::oci::parse_reference(&oci.reference).map_err(|e| {
+            FetchFailure::verified(
+                "InvalidBundleReference",
+                format!("spec.bundle.source.oci.ref: {e}"),
+            )
+        })?;
+        let access = registry.access(grants, &reference).await?;
+        // Pinned with the access it was read with: a grant removed later is noticed at once.
+        let key = format!("{} {}", oci.reference, access.identity);
+        let pull = registry.pull_bundle(&reference, &access, max_bytes);
+        return registry.pinned_bundle(plugin, &key, pull).await;
     }
     if let Some(http) = &source.http {
         let download = registry.download_bundle(&http.url, max_bytes);
