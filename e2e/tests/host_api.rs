@@ -166,7 +166,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
     let metrics = router::metrics(&f.client).await?;
     let series = |call: &str, result: &str| {
         format!(
-            "airlock_host_calls_total{{call=\"{call}\",plugin=\"{}/event-logger\",result=\"{result}\"}}",
+            "airlock_host_calls_total{{call=\"{call}\",namespace=\"{}\",plugin=\"event-logger\",result=\"{result}\"}}",
             f.ns()
         )
     };

@@ -347,7 +347,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
         "airlock_plugins_auto_disabled_total counted it"
     );
     let series = format!(
-        "airlock_hook_invocations_total{{hook=\"onEvent\",plugin=\"{}/crash-test\",result=\"timeout\"}}",
+        "airlock_hook_invocations_total{{hook=\"onEvent\",namespace=\"{}\",plugin=\"crash-test\",result=\"timeout\"}}",
         f.ns()
     );
     ensure!(

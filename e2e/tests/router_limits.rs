@@ -144,7 +144,7 @@ async fn calls_with_a_1ms_deadline_do_not_auto_disable_a_slow_plugin() -> Result
         let metrics = router::metrics(&f.client).await?;
         let series = |result: &str| {
             format!(
-                "airlock_hook_invocations_total{{hook=\"onEvent\",plugin=\"{}/crash-test\",result=\"{result}\"}}",
+                "airlock_hook_invocations_total{{hook=\"onEvent\",namespace=\"{}\",plugin=\"crash-test\",result=\"{result}\"}}",
                 f.ns()
             )
         };

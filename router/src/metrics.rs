@@ -2,10 +2,10 @@
 //! callers and of requests), token reviews, breakers, auto-disables, plugin restarts and host-API
 //! calls, and `airlock_build_info`. The operator has its own registry.
 //!
-//! Per-plugin series name the Plugin by `plugin="namespace/name"`, except the latency histogram,
-//! which has kube-state-metrics' label names `namespace` and `plugin` (the Plugin's name), so it
-//! joins with `kube_*` series, and which drops them (empty values) when
-//! [`Metrics::with_per_plugin`] is false: its buckets are by far the most series per plugin.
+//! Per-plugin series name the Plugin by kube-state-metrics' label names `namespace` and `plugin`
+//! (the Plugin's name), so they join with `kube_*` series. The latency histogram drops them
+//! (empty values) when [`Metrics::with_per_plugin`] is false: its buckets are by far the most
+//! series per plugin; the counters and gauges stay per plugin.
 
 use std::time::Duration;
 
@@ -78,8 +78,8 @@ impl Metrics {
             hook_invocations: counter(
                 &registry,
                 "airlock_hook_invocations_total",
-                "Hook calls the router made or refused, by plugin (namespace/name), hook and result (ok, timeout, caller_deadline, unavailable, plugin_error, resource_exhausted, internal, refused, ...); caller_deadline: the caller's deadline, shorter than the hook's timeout, ran out (not counted against the plugin)",
-                &["plugin", "hook", "result"],
+                "Hook calls the router made or refused, by the Plugin's namespace and name, hook and result (ok, timeout, caller_deadline, unavailable, plugin_error, resource_exhausted, internal, refused, ...); caller_deadline: the caller's deadline, shorter than the hook's timeout, ran out (not counted against the plugin)",
+                &["namespace", "plugin", "hook", "result"],
             )?,
             refused: counter(
                 &registry,
@@ -111,20 +111,20 @@ impl Metrics {
             plugin_restarts: counter(
                 &registry,
                 "airlock_plugin_restarts_total",
-                "Plugin processes the shim replaced after a call the router made (timeout, crash, protocol violation, oversized answer), by plugin",
-                &["plugin"],
+                "Plugin processes the shim replaced after a call the router made (timeout, crash, protocol violation, oversized answer), by the Plugin's namespace and name",
+                &["namespace", "plugin"],
             )?,
             breaker_open: gauge(
                 &registry,
                 "airlock_breaker_open",
-                "1 while the router's circuit breaker for a plugin refuses calls (open or half-open), else 0",
-                &["plugin"],
+                "1 while the router's circuit breaker for a plugin refuses calls (open or half-open), else 0, by the Plugin's namespace and name",
+                &["namespace", "plugin"],
             )?,
             calls_in_flight: gauge(
                 &registry,
                 "airlock_router_calls_in_flight",
-                "Calls this router replica has in flight to a plugin's pods, by plugin: what a HorizontalPodAutoscaler on the Plugin scales on (through a metrics adapter; sum over router replicas, divide by spec.replicas × spec.concurrency for the load per process)",
-                &["plugin"],
+                "Calls this router replica has in flight to a plugin's pods, by the Plugin's namespace and name: what a HorizontalPodAutoscaler on the Plugin scales on (through a metrics adapter; sum over router replicas, divide by spec.replicas × spec.concurrency for the load per process)",
+                &["namespace", "plugin"],
             )?,
             routes: gauge(
                 &registry,
@@ -135,14 +135,14 @@ impl Metrics {
             host_calls: counter(
                 &registry,
                 "airlock_host_calls_total",
-                "Host API calls plugins made (log, storage.*, emit), by plugin, call and result (ok or the gRPC code)",
-                &["plugin", "call", "result"],
+                "Host API calls plugins made (log, storage.*, emit), by the Plugin's namespace and name, call and result (ok or the gRPC code)",
+                &["namespace", "plugin", "call", "result"],
             )?,
             host_log_dropped: counter(
                 &registry,
                 "airlock_host_log_dropped_total",
-                "Host API log lines dropped over a plugin's rate limit, by plugin",
-                &["plugin"],
+                "Host API log lines dropped over a plugin's rate limit, by the Plugin's namespace and name",
+                &["namespace", "plugin"],
             )?,
             registry,
             per_plugin,
@@ -163,7 +163,12 @@ impl Metrics {
         took: Option<Duration>,
     ) {
         self.hook_invocations
-            .with_label_values(&[plugin.to_string().as_str(), hook, result])
+            .with_label_values(&[
+                plugin.namespace.as_str(),
+                plugin.name.as_str(),
+                hook,
+                result,
+            ])
             .inc();
         if let Some(took) = took {
             let (namespace, name) = if self.per_plugin {
@@ -188,20 +193,22 @@ impl Metrics {
         self.token_reviews.with_label_values(&[result]).inc();
     }
 
-    pub fn plugin_restarted(&self, plugin: &str) {
-        self.plugin_restarts.with_label_values(&[plugin]).inc();
+    pub fn plugin_restarted(&self, plugin: &PluginKey) {
+        self.plugin_restarts
+            .with_label_values(&labels(plugin))
+            .inc();
     }
 
     /// Counts a call to `plugin` as in flight until the returned guard is dropped.
-    pub fn call_in_flight(&self, plugin: &str) -> InFlightCall {
-        let gauge = self.calls_in_flight.with_label_values(&[plugin]);
+    pub fn call_in_flight(&self, plugin: &PluginKey) -> InFlightCall {
+        let gauge = self.calls_in_flight.with_label_values(&labels(plugin));
         gauge.inc();
         InFlightCall(gauge)
     }
 
-    pub fn breaker(&self, plugin: &str, open: bool) {
+    pub fn breaker(&self, plugin: &PluginKey, open: bool) {
         self.breaker_open
-            .with_label_values(&[plugin])
+            .with_label_values(&labels(plugin))
             .set(i64::from(open));
     }
 
@@ -216,14 +223,21 @@ impl Metrics {
         set("endpoints", endpoints);
     }
 
-    pub fn host_call(&self, plugin: &str, call: &str, result: &str) {
+    pub fn host_call(&self, plugin: &PluginKey, call: &str, result: &str) {
         self.host_calls
-            .with_label_values(&[plugin, call, result])
+            .with_label_values(&[
+                plugin.namespace.as_str(),
+                plugin.name.as_str(),
+                call,
+                result,
+            ])
             .inc();
     }
 
-    pub fn host_log_dropped(&self, plugin: &str) {
-        self.host_log_dropped.with_label_values(&[plugin]).inc();
+    pub fn host_log_dropped(&self, plugin: &PluginKey) {
+        self.host_log_dropped
+            .with_label_values(&labels(plugin))
+            .inc();
     }
 
     pub fn auto_disabled(&self) {
@@ -234,6 +248,11 @@ impl Metrics {
     pub fn render(&self) -> String {
         airlock_runtime::http::render(&self.registry)
     }
+}
+
+/// The `namespace` and `plugin` label values of `plugin`.
+fn labels(plugin: &PluginKey) -> [&str; 2] {
+    [plugin.namespace.as_str(), plugin.name.as_str()]
 }
 
 #[cfg(test)]
@@ -262,8 +281,8 @@ mod tests {
             r#"airlock_hook_duration_seconds_bucket{hook="transform",namespace="shop",plugin="slow",le="0.2"} 0"#,
             r#"airlock_hook_duration_seconds_bucket{hook="transform",namespace="shop",plugin="slow",le="0.5"} 1"#,
             r#"airlock_hook_duration_seconds_count{hook="transform",namespace="shop",plugin="slow"} 1"#,
-            r#"airlock_hook_invocations_total{hook="transform",plugin="shop/slow",result="ok"} 1"#,
-            r#"airlock_hook_invocations_total{hook="onEvent",plugin="shop/slow",result="refused"} 1"#,
+            r#"airlock_hook_invocations_total{hook="transform",namespace="shop",plugin="slow",result="ok"} 1"#,
+            r#"airlock_hook_invocations_total{hook="onEvent",namespace="shop",plugin="slow",result="refused"} 1"#,
             r#"airlock_build_info{component="router",version=""#,
             "airlock_plugins_auto_disabled_total 0",
         ] {
@@ -273,6 +292,33 @@ mod tests {
             lines(&metrics, "airlock_hook_duration_seconds_count").len(),
             1,
             "no latency for the refused call"
+        );
+    }
+
+    #[test]
+    fn the_per_plugin_counters_and_gauges_name_the_plugin_like_kube_state_metrics() {
+        // Even without per-plugin latency series: only the histogram drops the labels.
+        let metrics = Metrics::with_per_plugin(false).unwrap();
+        let key = PluginKey::new("shop", "slow");
+        metrics.plugin_restarted(&key);
+        metrics.breaker(&key, true);
+        let in_flight = metrics.call_in_flight(&key);
+        metrics.host_call(&key, "log", "ok");
+        metrics.host_log_dropped(&key);
+        let text = metrics.render();
+        for line in [
+            r#"airlock_plugin_restarts_total{namespace="shop",plugin="slow"} 1"#,
+            r#"airlock_breaker_open{namespace="shop",plugin="slow"} 1"#,
+            r#"airlock_router_calls_in_flight{namespace="shop",plugin="slow"} 1"#,
+            r#"airlock_host_calls_total{call="log",namespace="shop",plugin="slow",result="ok"} 1"#,
+            r#"airlock_host_log_dropped_total{namespace="shop",plugin="slow"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        drop(in_flight);
+        assert_eq!(
+            lines(&metrics, "airlock_router_calls_in_flight"),
+            [r#"airlock_router_calls_in_flight{namespace="shop",plugin="slow"} 0"#]
         );
     }
 

@@ -407,7 +407,7 @@ impl<C: Caller> Router<C> {
                 outcome: Outcome::Answered,
             });
         };
-        let _in_flight = self.metrics.call_in_flight(&key.to_string());
+        let _in_flight = self.metrics.call_in_flight(&key);
         let request = CallRequest {
             hook,
             payload,

@@ -62,7 +62,6 @@ impl<C: Caller> Router<C> {
             )
         });
         trial.armed = false;
-        let label = key.to_string();
         // The shim replaced the plugin process after these (whoever's deadline it missed: the
         // shim kills at the deadline it was given); an error answer or an unreachable pod is no
         // restart.
@@ -72,9 +71,9 @@ impl<C: Caller> Router<C> {
                 Outcome::Timeout | Outcome::Crash | Outcome::Misbehaved
             )
         {
-            self.metrics.plugin_restarted(&label);
+            self.metrics.plugin_restarted(key);
         }
-        self.metrics.breaker(&label, state != "closed");
+        self.metrics.breaker(key, state != "closed");
         if let Some(reason) = disabled {
             warn!(plugin = %key, %reason, "auto-disabling the plugin");
             // Whether this replica's decision is the one recorded (and counted) is the

@@ -215,7 +215,7 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
         }
         warn!(plugin = %plugin, "host call with a certificate of another Plugin object");
         self.metrics
-            .host_call(&plugin.to_string(), "certificate", "permission_denied");
+            .host_call(plugin, "certificate", "permission_denied");
         Err(Status::permission_denied(format!(
             "the client certificate is not bound to the Plugin {plugin} that exists now (uid {}): it was issued for an earlier Plugin of that name, or before certificates were bound; the operator issues a new one to the plugin's pods",
             holder.uid
@@ -241,7 +241,7 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
             Err(e) => Err(e),
         };
         self.metrics
-            .host_call(&plugin.to_string(), R::CALL.as_str(), result_label(&result));
+            .host_call(&plugin, R::CALL.as_str(), result_label(&result));
         result
     }
 }
@@ -323,7 +323,7 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
                 "plugin log"
             );
         } else {
-            self.metrics.host_log_dropped(&plugin.to_string());
+            self.metrics.host_log_dropped(plugin);
         }
         Ok(api::LogResponse {
             kept: admission.kept,

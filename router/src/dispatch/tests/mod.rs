@@ -391,14 +391,14 @@ async fn the_callers_short_deadline_is_not_counted_against_the_plugin() {
     assert!(lock(&s.disabled.0).is_empty(), "not auto-disabled");
     assert_eq!(
         s.metric(
-            "airlock_hook_invocations_total{hook=\"transform\",plugin=\"ns/slow\",result=\"caller_deadline\"}"
+            "airlock_hook_invocations_total{hook=\"transform\",namespace=\"ns\",plugin=\"slow\",result=\"caller_deadline\"}"
         ),
         7
     );
     // Still restarts: the shim kills a plugin at whatever deadline it was given (the five
     // calls the router gave up on, and the one the shim reported as a timeout).
     assert_eq!(
-        s.metric("airlock_plugin_restarts_total{plugin=\"ns/slow\"}"),
+        s.metric("airlock_plugin_restarts_total{namespace=\"ns\",plugin=\"slow\"}"),
         6
     );
 
@@ -498,11 +498,11 @@ async fn repeated_failures_open_the_breaker_and_timeouts_auto_disable() {
     );
     let text = s.router.metrics.render();
     assert!(
-        text.contains("airlock_plugin_restarts_total{plugin=\"ns/bad\"} 5"),
+        text.contains("airlock_plugin_restarts_total{namespace=\"ns\",plugin=\"bad\"} 5"),
         "{text}"
     );
     assert!(
-        text.contains("airlock_breaker_open{plugin=\"ns/bad\"} 1"),
+        text.contains("airlock_breaker_open{namespace=\"ns\",plugin=\"bad\"} 1"),
         "{text}"
     );
     // The other plugin never noticed.
@@ -562,7 +562,7 @@ async fn calls_in_flight_are_counted_per_plugin_while_they_run() {
         ("idle", Transform, 1000, Fail, 1),
     ]);
     s.behave("slow", Behaviour::Append(Duration::from_millis(500)));
-    let series = "airlock_router_calls_in_flight{plugin=\"ns/slow\"}";
+    let series = "airlock_router_calls_in_flight{namespace=\"ns\",plugin=\"slow\"}";
     let watch = async {
         // Both calls have started (paused time moves only when every task waits).
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -579,7 +579,7 @@ async fn calls_in_flight_are_counted_per_plugin_while_they_run() {
     assert_eq!(during, 2, "two calls in flight");
     assert_eq!(after, 0, "none once they answered");
     assert_eq!(
-        s.metric("airlock_router_calls_in_flight{plugin=\"ns/idle\"}"),
+        s.metric("airlock_router_calls_in_flight{namespace=\"ns\",plugin=\"idle\"}"),
         0
     );
 }
