@@ -21,6 +21,7 @@ pub mod plugins;
 pub mod pods;
 pub mod router;
 pub mod sandbox;
+pub mod signing;
 pub mod tenant;
 pub mod wait;
 

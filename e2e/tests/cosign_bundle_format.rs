@@ -9,7 +9,6 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 
 use airlock_bundle::signing;
 use airlock_crds::Plugin;
@@ -17,7 +16,7 @@ use airlock_e2e::images::{push_unique_variant, registry};
 use airlock_e2e::install::images_env;
 use airlock_e2e::plugins::{active, condition, invoke, wait_plugin};
 use airlock_e2e::sandbox::{Sandbox, in_sandbox, put_bundle};
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
@@ -55,20 +54,7 @@ fn loopback_registry() -> Result<u16> {
 
 /// Runs the real cosign CLI in `dir` (keys there, empty password).
 fn cosign(dir: &Path, args: &[&str]) -> Result<()> {
-    let bin = std::env::var("COSIGN").unwrap_or_else(|_| "cosign".into());
-    let out = Command::new(&bin)
-        .args(args)
-        .current_dir(dir)
-        .env("COSIGN_PASSWORD", "")
-        .output()
-        .with_context(|| format!("running {bin}: put cosign on PATH (make test does)"))?;
-    ensure!(
-        out.status.success(),
-        "cosign {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+    airlock_e2e::signing::cosign(dir, args, None)
 }
 
 /// A fresh variant of the hello image: `(repository@digest, digest, repository)`.
@@ -116,15 +102,7 @@ async fn deploy(
     image_digest: &str,
     bundle_key: &str,
 ) -> Result<()> {
-    let dir = work.join(format!("bundle-{name}"));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("plugin.yaml"),
-        format!(
-            "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\npermissions: [log]\nentryPoint: [/hello]\nimageDigest: {image_digest}\n"
-        ),
-    )?;
-    let bundle = airlock_bundle::pack::pack(&dir, airlock_bundle::DEFAULT_MAX_BYTES)?.bytes;
+    let bundle = airlock_e2e::signing::hello_bundle(work, name, image_digest)?;
     let signature = signing::sign(
         &signing::parse_private_key(bundle_key)?,
         &airlock_bundle::digest(&bundle),

@@ -10,7 +10,6 @@
 //! operator's caches or another tenant's access.
 
 use std::path::Path;
-use std::process::Command;
 
 use airlock_bundle::{oci, signing};
 use airlock_crds::Plugin;
@@ -21,6 +20,7 @@ use airlock_e2e::images::{
 use airlock_e2e::install::images_env;
 use airlock_e2e::plugins::{active, condition, invoke, wait_plugin};
 use airlock_e2e::sandbox::{Sandbox, in_sandbox};
+use airlock_e2e::signing::{cosign, hello_bundle};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -86,48 +86,24 @@ async fn grant(s: &Sandbox, prefix: &str, secret: &str, signer: Option<&Signer>)
 /// Signs `image` (by digest) with a fresh key made by the real cosign CLI, pushing the signature
 /// to the private registry with its docker config. Returns the public key.
 fn cosign_sign(dir: &Path, image: &str) -> Result<String> {
-    let bin = std::env::var("COSIGN").unwrap_or_else(|_| "cosign".into());
-    for args in [
-        vec!["generate-key-pair"],
-        vec![
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--allow-http-registry",
-            "-y",
-            image,
-        ],
-    ] {
-        let out = Command::new(&bin)
-            .args(&args)
-            .current_dir(dir)
-            .env("COSIGN_PASSWORD", "")
-            .env("DOCKER_CONFIG", private_registry_docker_config_dir())
-            .output()
-            .with_context(|| format!("running {bin}: put cosign on PATH (make test does)"))?;
-        ensure!(
-            out.status.success(),
-            "cosign {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let config = private_registry_docker_config_dir();
+    cosign(dir, &["generate-key-pair"], Some(&config))?;
+    let sign = [
+        "sign",
+        "--key",
+        "cosign.key",
+        "--tlog-upload=false",
+        "--allow-http-registry",
+        "-y",
+    ];
+    cosign(dir, &[&sign[..], &[image]].concat(), Some(&config))?;
     Ok(std::fs::read_to_string(dir.join("cosign.pub"))?)
 }
 
 /// Pushes the hello bundle bound to `image_digest`, signed with a fresh ed25519 key, as an OCI
 /// artifact to `reference` in the private registry. Returns the public key.
 async fn push_bundle(work: &Path, reference: &str, image_digest: &str) -> Result<String> {
-    let dir = work.join("bundle");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("plugin.yaml"),
-        format!(
-            "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\npermissions: [log]\nentryPoint: [/hello]\nimageDigest: {image_digest}\n"
-        ),
-    )?;
-    let bundle = airlock_bundle::pack::pack(&dir, airlock_bundle::DEFAULT_MAX_BYTES)?.bytes;
+    let bundle = hello_bundle(work, "private", image_digest)?;
     let (private, public) = signing::generate()?;
     let signature = signing::sign(
         &signing::parse_private_key(&private)?,

@@ -65,20 +65,7 @@ impl CosignKey {
 }
 
 fn cosign(dir: &Path, args: &[&str]) -> Result<()> {
-    let bin = std::env::var("COSIGN").unwrap_or_else(|_| "cosign".into());
-    let out = Command::new(&bin)
-        .args(args)
-        .current_dir(dir)
-        .env("COSIGN_PASSWORD", "")
-        .output()
-        .with_context(|| format!("running {bin}: put cosign on PATH (make test does)"))?;
-    ensure!(
-        out.status.success(),
-        "cosign {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+    airlock_e2e::signing::cosign(dir, args, None)
 }
 
 /// An image variant of the hello example: `(tag reference, repository@digest, digest)`.
@@ -103,18 +90,7 @@ fn variant_of(env: &str, repository: &str) -> Result<Image> {
     })
 }
 
-/// The hello bundle, bound to `image_digest`, packed the way `airlockctl bundle pack` packs it.
-fn bundle(work: &Path, name: &str, image_digest: &str) -> Result<Vec<u8>> {
-    let dir = work.join(format!("bundle-{name}"));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("plugin.yaml"),
-        format!(
-            "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\npermissions: [log]\nentryPoint: [/hello]\nimageDigest: {image_digest}\n"
-        ),
-    )?;
-    Ok(airlock_bundle::pack::pack(&dir, airlock_bundle::DEFAULT_MAX_BYTES)?.bytes)
-}
+use airlock_e2e::signing::hello_bundle as bundle;
 
 /// A bundle with this `plugin.yaml`, packed without the checks `airlockctl bundle pack` makes,
 /// as an attacker (or a broken tool) could.

@@ -164,6 +164,8 @@ pub fn from_secret(secret: &Secret, registry: &str) -> Result<Credentials, Secre
 
 /// The credentials for `registry` in a docker config JSON (`{"auths": {host: {auth | username,
 /// password}}}`). Keys may carry a scheme and a path (`https://index.docker.io/v1/`).
+/// Not the `docker_credential` crate airlockctl uses: it runs the credential helpers a config
+/// names (`credsStore`, `credHelpers`), and the operator must not run a program a Secret names.
 pub fn from_docker_config(json: &[u8], registry: &str) -> Result<Credentials, SecretProblem> {
     #[derive(serde::Deserialize)]
     struct Config {
