@@ -673,15 +673,22 @@ async fn within<T>(
         })
 }
 
+/// Bundles made by cosign v2.6.4 (`sign` / `attest --type https://example.com/other`, both with
+/// `--new-bundle-format`, by the key cosign.pub); other.pub is another key pair's.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    pub const SIGN: &[u8] = include_bytes!("testdata/cosign_bundle/sign.bundle.json");
+    pub const ATTEST_OTHER: &[u8] =
+        include_bytes!("testdata/cosign_bundle/attest-other.bundle.json");
+    pub const KEY: &str = include_str!("testdata/cosign_bundle/cosign.pub");
+    pub const OTHER_KEY: &str = include_str!("testdata/cosign_bundle/other.pub");
+    pub const DIGEST: &str = include_str!("testdata/cosign_bundle/image-digest.txt");
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{ATTEST_OTHER, DIGEST, KEY, OTHER_KEY, SIGN};
     use super::*;
-
-    const SIGN: &[u8] = include_bytes!("testdata/cosign_bundle/sign.bundle.json");
-    const ATTEST_OTHER: &[u8] = include_bytes!("testdata/cosign_bundle/attest-other.bundle.json");
-    const KEY: &str = include_str!("testdata/cosign_bundle/cosign.pub");
-    const OTHER_KEY: &str = include_str!("testdata/cosign_bundle/other.pub");
-    const DIGEST: &str = include_str!("testdata/cosign_bundle/image-digest.txt");
     const SIGN_MANIFEST: &[u8] = include_bytes!("testdata/cosign_bundle/sign.manifest.json");
     const FALLBACK_INDEX: &[u8] = include_bytes!("testdata/cosign_bundle/fallback.index.json");
     const ANOTHER_DIGEST: &str =

@@ -235,14 +235,7 @@ mod tests {
     use airlock_crds::trust_policy::TrustLevel;
 
     use super::*;
-
-    // Made by cosign v2.6.4 (`sign` / `attest --type https://example.com/other`, both with
-    // `--new-bundle-format`, by the key cosign.pub); other.pub is another key pair's.
-    const SIGN: &[u8] = include_bytes!("testdata/cosign_bundle/sign.bundle.json");
-    const ATTEST_OTHER: &[u8] = include_bytes!("testdata/cosign_bundle/attest-other.bundle.json");
-    const KEY: &str = include_str!("testdata/cosign_bundle/cosign.pub");
-    const OTHER_KEY: &str = include_str!("testdata/cosign_bundle/other.pub");
-    const DIGEST: &str = include_str!("testdata/cosign_bundle/image-digest.txt");
+    use crate::cosign_bundle::fixtures::{ATTEST_OTHER, DIGEST, KEY, OTHER_KEY, SIGN};
 
     fn key(name: &str, pem: &str, revoked: bool) -> ImageKey {
         ImageKey {

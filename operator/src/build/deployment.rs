@@ -392,26 +392,20 @@ mod tests {
         private.spec.image_pull_secrets = vec![airlock_crds::plugin::ImagePullSecret {
             name: "acme-pull".into(),
         }];
-        let pod = pod_spec(&deployment(&private, &rollout(), &config()));
-        let names: Vec<_> = pod
-            .image_pull_secrets
-            .iter()
-            .flatten()
-            .map(|s| s.name.as_str())
-            .collect();
-        assert_eq!(names, ["acme-pull"]);
+        let pulled_with = |config: &BuildConfig| -> Vec<String> {
+            let pod = pod_spec(&deployment(&private, &rollout(), config));
+            pod.image_pull_secrets
+                .into_iter()
+                .flatten()
+                .map(|s| s.name)
+                .collect()
+        };
+        assert_eq!(pulled_with(&config()), ["acme-pull"]);
 
         // The chart's default comes first, once.
         let mut with_default = config();
         with_default.image_pull_secrets = vec!["mirror".into(), "acme-pull".into()];
-        let pod = pod_spec(&deployment(&private, &rollout(), &with_default));
-        let names: Vec<_> = pod
-            .image_pull_secrets
-            .iter()
-            .flatten()
-            .map(|s| s.name.as_str())
-            .collect();
-        assert_eq!(names, ["mirror", "acme-pull"]);
+        assert_eq!(pulled_with(&with_default), ["mirror", "acme-pull"]);
     }
 
     #[test]
