@@ -5,7 +5,10 @@
 //! the operator's API requests and writes per Plugin, its API writes per minute at steady state
 //! against the same operator idle before the Plugins existed (goal: no more than idle, i.e. the
 //! lease renewals), the operator's resident memory and CPU, and each router replica's memory with
-//! every route loaded. It asserts nothing: numbers depend on the machine.
+//! every route loaded. Then the floor, on the same cluster emptied again: the objects Airlock
+//! wrote for one Plugin, written directly for as many Plugins with the same concurrency, until
+//! every Deployment is Available — Airlock's time is printed as a ratio to it. It asserts
+//! nothing: numbers depend on the machine.
 
 use std::time::{Duration, Instant};
 
@@ -20,10 +23,13 @@ use airlock_e2e::router::metrics as router_metrics;
 use airlock_e2e::sandbox::put_bundle;
 use anyhow::{Context, Result, bail, ensure};
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Parallel creators, as in the controller bench.
 const CREATORS: usize = 8;
@@ -34,6 +40,8 @@ const PODS_PER_NODE: usize = 250;
 const SETTLE_LIMIT: Duration = Duration::from_secs(3600);
 /// Label of the bench's namespaces and Plugins (value: the run's suffix).
 const BENCH_LABEL: &str = "airlock.dev/kwok-bench";
+/// Label of the floor's objects (value: the run's suffix).
+const FLOOR_LABEL: &str = "airlock.dev/kwok-bench-floor";
 
 /// What the bench was asked for.
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +77,7 @@ async fn main() -> Result<()> {
     if result.is_err() {
         eprintln!("{}", kwok.log_tail(40));
     }
-    let cleanup = teardown(&client, &suffix, &namespaces).await;
+    let cleanup = teardown(&client, &suffix, &mut namespaces).await;
     let stopped = kwok.stop().await;
     result.and(cleanup).and(stopped)
 }
@@ -206,18 +214,210 @@ async fn bench(
     eprintln!("steady state: watching for {}s", size.steady.as_secs());
     tokio::time::sleep(size.steady).await;
     let end = leader_counts(client).await?;
+    let templates = children_of(&namespaces[0], "bench-0").await?;
+
+    // The floor runs on an empty cluster, as Airlock's run did: its Plugins go first.
+    eprintln!("deleting the Plugins' namespaces before the floor");
+    teardown_namespaces(client, suffix, namespaces).await?;
+    let floor = floor(client, size, suffix, &templates, namespaces).await?;
     print!(
         "{}",
         report(
             size,
             created,
-            settled,
+            (settled, floor),
             (idle0, idle1),
             (before, after, end),
             &routers
         )
     );
     Ok(())
+}
+
+/// The kinds of object Airlock writes for a Plugin, in the order the floor writes them (the
+/// workload last, as the operator does).
+fn child_kinds() -> [ApiResource; 5] {
+    [
+        ApiResource::erase::<k8s_openapi::api::core::v1::ServiceAccount>(&()),
+        ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+        ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
+        ApiResource::erase::<k8s_openapi::api::networking::v1::NetworkPolicy>(&()),
+        ApiResource::erase::<Deployment>(&()),
+    ]
+}
+
+/// What Airlock wrote for the Plugin `plugin` (the objects it owns), as creatable templates: no
+/// server-set fields, no owner (the floor has no Plugin), no cluster IP (each Service gets its
+/// own).
+async fn children_of(ns: &TestNamespace, plugin: &str) -> Result<Vec<(ApiResource, Value)>> {
+    let mut out = Vec::new();
+    for kind in child_kinds() {
+        let api: Api<DynamicObject> = Api::namespaced_with(ns.client.clone(), &ns.name, &kind);
+        for obj in api.list(&ListParams::default()).await?.items {
+            let owned = obj
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "Plugin" && o.name == plugin);
+            if owned {
+                out.push((kind.clone(), template(serde_json::to_value(&obj)?)));
+            }
+        }
+    }
+    ensure!(
+        out.iter().any(|(k, _)| k.kind == "Deployment"),
+        "Airlock wrote no Deployment for Plugin {}/{plugin}: nothing to measure the floor with",
+        ns.name
+    );
+    Ok(out)
+}
+
+/// `obj` without what the API server sets or what ties it to its Plugin.
+fn template(mut obj: Value) -> Value {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+            "ownerReferences",
+        ] {
+            meta.remove(field);
+        }
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove("deployment.kubernetes.io/revision");
+        }
+    }
+    if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
+    }
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+    obj
+}
+
+/// `template` for the `i`th copy: every mention of the template's Plugin and namespace renamed
+/// (object names, selectors, labels), marked with the floor's label.
+fn copy_of(template: &Value, from: (&str, &str), to: (&str, &str), suffix: &str) -> Result<Value> {
+    // Whole quoted names and name prefixes only ("bench-0" also starts "bench-0-tls"); a longer
+    // Plugin name such as "bench-01" never occurs in bench-0's objects.
+    let text = serde_json::to_string(template)?
+        .replace(from.1, to.1)
+        .replace(from.0, to.0);
+    let mut obj: Value = serde_json::from_str(&text)?;
+    obj["metadata"]["labels"][FLOOR_LABEL] = Value::from(suffix);
+    Ok(obj)
+}
+
+/// The floor: Airlock's objects for `size.plugins` Plugins written directly, with the creators'
+/// concurrency, into fresh namespaces; returns the time from the first write until every
+/// Deployment is Available (what "Active" waits for in Airlock's run).
+async fn floor(
+    client: &Client,
+    size: Size,
+    suffix: &str,
+    templates: &[(ApiResource, Value)],
+    namespaces: &mut Vec<TestNamespace>,
+) -> Result<Duration> {
+    let template_ns = templates[0].1["metadata"]["namespace"]
+        .as_str()
+        .context("a template without a namespace")?
+        .to_string();
+    for _ in 0..size.namespaces {
+        let ns = TestNamespace::create_annotated(
+            client,
+            "kwok-floor",
+            &[(BENCH_LABEL, suffix)],
+            &Kwok::namespace_annotations(),
+        )
+        .await?;
+        namespaces.push(ns);
+    }
+    eprintln!(
+        "floor: writing the same {} objects per Plugin for {} Plugins directly ({CREATORS} at a time)",
+        templates.len(),
+        size.plugins
+    );
+    let t0 = Instant::now();
+    let namespaces_ref = &*namespaces;
+    let template_ns = template_ns.as_str();
+    futures::stream::iter(0..size.plugins)
+        .map(|i| {
+            let ns = &namespaces_ref[i % namespaces_ref.len()];
+            async move {
+                let name = format!("floor-{i}");
+                for (kind, template) in templates {
+                    let obj = copy_of(
+                        template,
+                        (template_ns, "bench-0"),
+                        (&ns.name, &name),
+                        suffix,
+                    )?;
+                    let obj: DynamicObject = serde_json::from_value(obj)?;
+                    Api::<DynamicObject>::namespaced_with(client.clone(), &ns.name, kind)
+                        .create(&PostParams::default(), &obj)
+                        .await
+                        .with_context(|| format!("creating {} {}/{name}", kind.kind, ns.name))?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CREATORS)
+        .try_collect::<()>()
+        .await?;
+    eprintln!("floor: written in {:.1} s", t0.elapsed().as_secs_f64());
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    let ours = format!("{FLOOR_LABEL}={suffix}");
+    let mut last_report = Instant::now();
+    loop {
+        let available = available_deployments(&deployments, &ours).await?;
+        if available >= size.plugins {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > SETTLE_LIMIT {
+            bail!(
+                "floor: only {available} of {} Deployments became Available in {}s",
+                size.plugins,
+                SETTLE_LIMIT.as_secs()
+            );
+        }
+        if last_report.elapsed() > Duration::from_secs(30) {
+            eprintln!(
+                "{:>6.0} s: {available} of {} Deployments Available",
+                t0.elapsed().as_secs_f64(),
+                size.plugins
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Deployments matching `selector` with every wanted replica available (one paged list).
+async fn available_deployments(api: &Api<Deployment>, selector: &str) -> Result<usize> {
+    let mut params = ListParams::default().labels(selector).limit(500);
+    let mut available = 0;
+    loop {
+        let page = api.list(&params).await?;
+        available += page
+            .items
+            .iter()
+            .filter(|d| {
+                let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let ready = d.status.as_ref().and_then(|s| s.available_replicas);
+                ready.unwrap_or(0) >= wanted
+            })
+            .count();
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    Ok(available)
 }
 
 fn policy_name(suffix: &str) -> String {
@@ -363,7 +563,7 @@ fn parse_routers(text: &str) -> Vec<RouterFigures> {
 fn report(
     size: Size,
     created: Duration,
-    settled: Duration,
+    (settled, floor): (Duration, Duration),
     idle: (Counts, Counts),
     run: (Counts, Counts, Counts),
     routers: &[RouterFigures],
@@ -391,6 +591,7 @@ fn report(
         "\n== airlock control plane bench: {} enabled Plugins in {} namespaces on KWOK nodes ==\n\
          Plugins created in:            {:.1} s\n\
          time to all Active:            {:.1} s from the first create ({:.1} Plugins/s)\n\
+         floor, same objects written:   {:.1} s until every Deployment is Available; Airlock / floor = {:.2} (goal <= 1.3)\n\
          API requests per Plugin:       {:.1} (writes {:.1}); reconciles per Plugin: {:.1}\n\
          API writes/min, steady state:  {steady_writes:.1}   (floor, operator idle before: {idle_writes:.1})\n\
          operator RSS:                  {:.1} MiB (goal <= 256)\n\
@@ -401,6 +602,8 @@ fn report(
         created.as_secs_f64(),
         settled.as_secs_f64(),
         n / settled.as_secs_f64(),
+        floor.as_secs_f64(),
+        settled.as_secs_f64() / floor.as_secs_f64().max(0.001),
         (run.1.requests - run.0.requests) / n,
         (run.1.writes - run.0.writes) / n,
         (run.1.reconciles - run.0.reconciles) / n,
@@ -410,10 +613,14 @@ fn report(
     )
 }
 
-/// Deletes the bench's namespaces (waits, bounded) and its trust policy.
-async fn teardown(client: &Client, suffix: &str, namespaces: &[TestNamespace]) -> Result<()> {
+/// Deletes `namespaces` and waits (bounded) until none of the run's namespaces is left.
+async fn teardown_namespaces(
+    client: &Client,
+    suffix: &str,
+    namespaces: &mut Vec<TestNamespace>,
+) -> Result<()> {
     let t = Instant::now();
-    for ns in namespaces {
+    for ns in namespaces.iter() {
         ns.delete().await?;
     }
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
@@ -430,6 +637,17 @@ async fn teardown(client: &Client, suffix: &str, namespaces: &[TestNamespace]) -
         namespaces.len(),
         t.elapsed().as_secs_f64()
     );
+    namespaces.clear();
+    Ok(())
+}
+
+/// Deletes the bench's namespaces (waits, bounded) and its trust policy.
+async fn teardown(
+    client: &Client,
+    suffix: &str,
+    namespaces: &mut Vec<TestNamespace>,
+) -> Result<()> {
+    teardown_namespaces(client, suffix, namespaces).await?;
     match Api::<airlock_crds::PluginTrustPolicy>::all(client.clone())
         .delete(&policy_name(suffix), &DeleteParams::default())
         .await
@@ -490,7 +708,7 @@ mod tests {
                 steady: Duration::from_secs(60),
             },
             Duration::from_secs(20),
-            Duration::from_secs(100),
+            (Duration::from_secs(100), Duration::from_secs(80)),
             (at(0.0, 0.0), at(6.0, 1.0)),
             (at(10.0, 1.0), at(4010.0, 51.0), at(4016.0, 51.6)),
             &[RouterFigures {
@@ -505,6 +723,10 @@ mod tests {
         );
         assert!(
             text.contains("100.0 s from the first create (10.0 Plugins/s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("80.0 s until every Deployment is Available; Airlock / floor = 1.25"),
             "{text}"
         );
         assert!(
@@ -525,5 +747,45 @@ mod tests {
             text.contains("50.0 MiB with 1000 routes (1000 endpoints)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_floor_copy_is_renamed_everywhere_and_keeps_nothing_the_server_set() {
+        let obj = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": "bench-0", "namespace": "airlock-e2e-kwok-a1",
+                "uid": "u", "resourceVersion": "7", "managedFields": [],
+                "ownerReferences": [{"kind": "Plugin", "name": "bench-0"}],
+                "labels": {"airlock.dev/plugin": "bench-0"},
+                "annotations": {"deployment.kubernetes.io/revision": "1", "keep": "me"}
+            },
+            "spec": {"selector": {"matchLabels": {"airlock.dev/plugin": "bench-0"}},
+                     "template": {"spec": {"serviceAccountName": "bench-0-sa"}}},
+            "status": {"availableReplicas": 1}
+        });
+        let copy = copy_of(
+            &template(obj),
+            ("airlock-e2e-kwok-a1", "bench-0"),
+            ("airlock-e2e-kwok-floor-b2", "floor-7"),
+            "run1",
+        )
+        .unwrap();
+        assert_eq!(
+            copy,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {
+                    "name": "floor-7", "namespace": "airlock-e2e-kwok-floor-b2",
+                    "labels": {"airlock.dev/plugin": "floor-7", FLOOR_LABEL: "run1"},
+                    "annotations": {"keep": "me"}
+                },
+                "spec": {"selector": {"matchLabels": {"airlock.dev/plugin": "floor-7"}},
+                         "template": {"spec": {"serviceAccountName": "floor-7-sa"}}}
+            })
+        );
+        let service = template(json!({"kind": "Service", "metadata": {"name": "x"},
+            "spec": {"clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1"], "ports": []}}));
+        assert_eq!(service["spec"], json!({"ports": []}));
     }
 }
