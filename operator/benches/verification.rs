@@ -50,15 +50,15 @@ async fn main() {
         pem,
     }];
 
-    let anonymous = airlock_operator::fetch::Access::anonymous();
+    let anonymous = airlock_operator::fetch::Access::anonymous(vec![registry.clone()]);
     let run = async |cold: bool| {
-        let shared = ImageVerifier::new(vec![registry.clone()], Duration::from_secs(3600));
+        let shared = ImageVerifier::new(Duration::from_secs(3600));
         let before = registry_requests(&log, &repository);
         let mut times = Vec::new();
         for _ in 0..ROUNDS {
             let fresh;
             let verifier = if cold {
-                fresh = ImageVerifier::new(vec![registry.clone()], Duration::from_secs(3600));
+                fresh = ImageVerifier::new(Duration::from_secs(3600));
                 &fresh
             } else {
                 &shared

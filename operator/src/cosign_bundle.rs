@@ -242,7 +242,7 @@ fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 /// DSSE allows standard and URL-safe base64; protobuf JSON writers may drop the padding.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let config =
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     GeneralPurpose::new(&base64::alphabet::STANDARD, config)
@@ -270,20 +270,20 @@ fn bundle_version(media_type: &str) -> Option<u8> {
 }
 
 /// The hex of `sha256:<64 lowercase hex>`.
-fn image_hex(digest: &str) -> Option<&str> {
+pub(crate) fn image_hex(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;
     (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
 }
 
 /// `text` quoted, cut to [`SHOWN_CHARS`] characters.
-fn shown(text: &str) -> String {
+pub(crate) fn shown(text: &str) -> String {
     match text.char_indices().nth(SHOWN_CHARS) {
         Some((end, _)) => format!("{:?}…", &text[..end]),
         None => format!("{text:?}"),
     }
 }
 
-/// Bounds on what [`find_bundles`] fetches.
+/// Bounds on what [`find_bundles`] and [`crate::cosign_classic::find_signatures`] fetch.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Artifacts that may refer to one image; more is an error, not a truncation, so that a
@@ -293,6 +293,11 @@ pub struct Limits {
     pub max_manifest_bytes: u64,
     /// A bundle layer.
     pub max_bundle_bytes: u64,
+    /// Signatures under an image's classic `.sig` tag (each `cosign sign` adds one); more is an
+    /// error, like too many referrers.
+    pub max_signatures: usize,
+    /// The signed payload of a classic signature (a few hundred bytes as cosign writes it).
+    pub max_payload_bytes: u64,
     /// Each registry request.
     pub request_timeout: Duration,
 }
@@ -303,6 +308,8 @@ impl Default for Limits {
             max_referrers: 16,
             max_manifest_bytes: 64 * 1024,
             max_bundle_bytes: MAX_BUNDLE_BYTES as u64,
+            max_signatures: 32,
+            max_payload_bytes: MAX_PAYLOAD_BYTES as u64,
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -333,6 +340,14 @@ pub enum FetchProblem {
         "{reference}: {count} artifacts refer to the image, over the limit of {limit}; remove old signatures and attestations"
     )]
     TooManyReferrers {
+        reference: String,
+        count: usize,
+        limit: usize,
+    },
+    #[error(
+        "{reference}: {count} signatures, over the limit of {limit}; re-sign the image once (cosign sign --key … after cosign clean --type signature)"
+    )]
+    TooManySignatures {
         reference: String,
         count: usize,
         limit: usize,
@@ -486,7 +501,17 @@ pub async fn find_bundles(
         let Some(layer) = bundle_layer(&manifest, image_digest) else {
             continue;
         };
-        bundles.push(fetch_bundle_layer(client, &at, &shown_manifest, layer, limits).await?);
+        bundles.push(
+            fetch_layer(
+                client,
+                &at,
+                &shown_manifest,
+                layer,
+                ("bundle layer", limits.max_bundle_bytes),
+                limits.request_timeout,
+            )
+            .await?,
+        );
     }
     Ok(bundles)
 }
@@ -570,16 +595,18 @@ async fn fallback_index(
     Ok(Some(index.manifests))
 }
 
-async fn fetch_bundle_layer(
+/// The blob `layer` of the manifest at `at`, read up to `limit` bytes (the registry may send more
+/// than the descriptor says) and checked against its digest. `what` names it in errors.
+pub(crate) async fn fetch_layer(
     client: &Client,
     at: &Reference,
     shown_manifest: &str,
     layer: &OciDescriptor,
-    limits: &Limits,
+    (what, limit): (&'static str, u64),
+    timeout: Duration,
 ) -> Result<Vec<u8>, FetchProblem> {
-    let limit = limits.max_bundle_bytes;
     let too_large = |size: i64| FetchProblem::TooLarge {
-        what: "bundle layer",
+        what,
         reference: shown_manifest.to_string(),
         digest: shown(&layer.digest),
         size,
@@ -588,13 +615,13 @@ async fn fetch_bundle_layer(
     if !layer.digest.starts_with("sha256:") {
         return Err(FetchProblem::Malformed {
             reference: shown_manifest.to_string(),
-            problem: "the bundle layer's digest is not sha256".into(),
+            problem: format!("the {what}'s digest is not sha256"),
         });
     }
     if u64::try_from(layer.size).map_or(true, |size| size > limit) {
         return Err(too_large(layer.size));
     }
-    let action = "fetching the bundle layer of";
+    let action = "fetching a layer of";
     let read = async {
         let mut stream = client
             .pull_blob_stream(at, layer)
@@ -615,7 +642,7 @@ async fn fetch_bundle_layer(
         }
         Ok(data)
     };
-    let data = within(limits.request_timeout, action, shown_manifest, read).await??;
+    let data = within(timeout, action, shown_manifest, read).await??;
     // The stream checks the digest only when read to its end; checked here whatever happened.
     if format!("sha256:{}", hex::encode(Sha256::digest(&data))) != layer.digest {
         return Err(FetchProblem::DigestMismatch {
@@ -627,7 +654,7 @@ async fn fetch_bundle_layer(
 }
 
 /// A clean "no such manifest": a 404, or an error body whose every code says "unknown".
-fn is_not_found(error: &OciDistributionError) -> bool {
+pub(crate) fn is_not_found(error: &OciDistributionError) -> bool {
     match error {
         OciDistributionError::ImageManifestNotFoundError(_) => true,
         OciDistributionError::ServerError { code, .. } => *code == 404,
@@ -646,7 +673,7 @@ fn is_not_found(error: &OciDistributionError) -> bool {
     }
 }
 
-fn registry_error(
+pub(crate) fn registry_error(
     action: &'static str,
     reference: &str,
 ) -> impl FnOnce(OciDistributionError) -> FetchProblem {
@@ -658,7 +685,7 @@ fn registry_error(
     }
 }
 
-async fn within<T>(
+pub(crate) async fn within<T>(
     timeout: Duration,
     action: &'static str,
     reference: &str,
@@ -689,6 +716,7 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::{ATTEST_OTHER, DIGEST, KEY, OTHER_KEY, SIGN};
     use super::*;
+    use crate::test_registry::{fake_registry, route, sha};
     const SIGN_MANIFEST: &[u8] = include_bytes!("testdata/cosign_bundle/sign.manifest.json");
     const FALLBACK_INDEX: &[u8] = include_bytes!("testdata/cosign_bundle/fallback.index.json");
     const ANOTHER_DIGEST: &str =
@@ -1018,68 +1046,6 @@ mod tests {
 
     const ATTEST_MANIFEST: &[u8] =
         include_bytes!("testdata/cosign_bundle/attest-other.manifest.json");
-
-    /// A registry answering each path with a canned status and body (status 0: never answers);
-    /// other paths get distribution's 404 for an unknown manifest.
-    async fn fake_registry(routes: Vec<(String, u16, Vec<u8>)>) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let routes = std::sync::Arc::new(routes);
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let routes = routes.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).to_string();
-                    let path = head
-                        .split_whitespace()
-                        .nth(1)
-                        .unwrap_or_default()
-                        .split('?')
-                        .next()
-                        .unwrap_or_default()
-                        .replace("%3A", ":");
-                    let (status, body) = routes
-                        .iter()
-                        .find(|(p, ..)| *p == path)
-                        .map(|(_, s, b)| (*s, b.clone()))
-                        .unwrap_or((
-                            404,
-                            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#
-                                .to_vec(),
-                        ));
-                    if status == 0 {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        return;
-                    }
-                    let answer = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = conn.write_all(answer.as_bytes()).await;
-                    let _ = conn.write_all(&body).await;
-                    let _ = conn.shutdown().await;
-                });
-            }
-        });
-        addr
-    }
-
-    fn route(path: String, status: u16, body: &[u8]) -> (String, u16, Vec<u8>) {
-        (path, status, body.to_vec())
-    }
-
-    fn sha(bytes: &[u8]) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-    }
 
     /// `/v2/`, and the two manifests and bundle layers cosign wrote, but no referrers listing.
     fn cosign_artifacts() -> Vec<(String, u16, Vec<u8>)> {

@@ -109,10 +109,11 @@ impl std::fmt::Debug for Access {
 }
 
 impl Access {
-    /// Anonymous access with a client of its own (HTTPS only).
-    pub fn anonymous() -> Self {
+    /// Anonymous access with a client of its own; `insecure`: `host:port` of registries
+    /// reached over plain HTTP.
+    pub fn anonymous(insecure: Vec<String>) -> Self {
         Self {
-            client: airlock_bundle::oci::client(vec![]),
+            client: airlock_bundle::oci::client(insecure),
             auth: RegistryAuth::Anonymous,
             identity: 0,
             known_private: false,
@@ -127,16 +128,6 @@ impl Access {
 
     pub(crate) fn auth(&self) -> &RegistryAuth {
         &self.auth
-    }
-
-    /// The same credentials for the signature client.
-    pub fn signature_auth(&self) -> sigstore::registry::Auth {
-        match &self.auth {
-            RegistryAuth::Basic(user, password) => {
-                sigstore::registry::Auth::Basic(user.clone(), password.clone())
-            }
-            _ => sigstore::registry::Auth::Anonymous,
-        }
     }
 }
 
@@ -157,7 +148,7 @@ impl Registry {
             credentials: None,
             http: bundle_client(Arc::default()),
             bundle_http: Arc::default(),
-            images: ImageVerifier::new(insecure, reverify),
+            images: ImageVerifier::new(reverify),
             pins: Mutex::default(),
             inspected: Mutex::default(),
         }

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod cluster_ranges;
 pub mod config;
 pub mod cosign_bundle;
+pub mod cosign_classic;
 pub mod crd_upgrade;
 pub mod egress;
 pub mod fetch;
@@ -26,6 +27,8 @@ pub mod registry_auth;
 pub mod running;
 pub mod status;
 pub mod stopped;
+#[cfg(test)]
+mod test_registry;
 pub mod trust;
 pub mod verify;
 

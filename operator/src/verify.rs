@@ -1,8 +1,9 @@
 //! Image signature verification (IO): the cosign signatures of an image digest, checked against
 //! the trusted cosign keys, offline (no Rekor, no Fulcio: key-based). Both formats cosign writes:
-//! the classic `.sig` tag (read and checked with the `sigstore` crate) and the sigstore bundle
-//! (cosign v3's default; [`crate::cosign_bundle`]), which is read only when the classic
-//! signatures prove no trusted key.
+//! the classic `.sig` tag ([`crate::cosign_classic`]) and the sigstore bundle (cosign v3's
+//! default; [`crate::cosign_bundle`]), which is read only when the classic signatures prove no
+//! trusted key. Both are read with bounded requests that fail closed: a registry error is never
+//! taken for "unsigned".
 //!
 //! Results are cached by (digest, key set, credentials): a re-reconcile of an unchanged Plugin makes no
 //! registry request. A cached result expires after the re-verification interval, so a signature
@@ -16,12 +17,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sigstore::cosign::verification_constraint::{PublicKeyVerifier, VerificationConstraintVec};
-use sigstore::cosign::{ClientBuilder, CosignCapabilities};
-use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
 use tracing::warn;
 
 use crate::cosign_bundle;
+use crate::cosign_classic::{self, ClassicSignature};
 use crate::status::FetchFailure;
 use crate::trust::{ImageKey, Signature};
 
@@ -33,15 +32,13 @@ type CacheKey = (String, u64, u64);
 
 #[derive(Debug)]
 pub struct ImageVerifier {
-    insecure: Vec<String>,
     ttl: Duration,
     cache: Mutex<HashMap<CacheKey, (Signature, Instant)>>,
 }
 
 impl ImageVerifier {
-    pub fn new(insecure: Vec<String>, ttl: Duration) -> Self {
+    pub fn new(ttl: Duration) -> Self {
         Self {
-            insecure,
             ttl,
             cache: Mutex::default(),
         }
@@ -66,8 +63,10 @@ impl ImageVerifier {
         {
             return Ok(sig.clone());
         }
-        let auth = access.signature_auth();
-        let layers = tokio::time::timeout(VERIFY_TIMEOUT, self.signature_layers(pinned, &auth))
+        let layers = tokio::time::timeout(
+            VERIFY_TIMEOUT,
+            self.classic_signatures(pinned, digest, access),
+        )
             .await
             .map_err(|_| FetchFailure::verified("RegistryTimeout", format!(
                     "the registry did not answer within {}s while reading the cosign signatures of {pinned}; nothing is rolled out until it does (retrying)",
@@ -90,43 +89,33 @@ impl ImageVerifier {
         Ok(sig)
     }
 
-    async fn signature_layers(
+    /// The classic signatures of `digest` (the `.sig` tag), unverified. A registry failure is
+    /// an error, never "none" (fail closed).
+    async fn classic_signatures(
         &self,
         pinned: &str,
-        auth: &Auth,
-    ) -> Result<Vec<sigstore::cosign::SignatureLayer>, FetchFailure> {
-        let unavailable = |e: String| {
+        digest: &str,
+        access: &crate::fetch::Access,
+    ) -> Result<Vec<ClassicSignature>, FetchFailure> {
+        let reference = reference_of(pinned)?;
+        cosign_classic::find_signatures(
+            access.client(),
+            access.auth(),
+            &reference,
+            digest,
+            &cosign_bundle::Limits::default(),
+        )
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "reading cosign signatures failed");
             FetchFailure::verified(
                 "RegistryUnavailable",
                 format!(
-                    "could not read the cosign signatures of {pinned}: {e}; nothing is rolled out until the registry answers (retrying)"
+                    "could not read the cosign signatures of {pinned}: {}; nothing is rolled out until the registry answers (retrying)",
+                    e.kind()
                 ),
             )
-        };
-        let reference: OciReference = pinned.parse().map_err(|e| {
-            FetchFailure::verified(
-                "InvalidImageReference",
-                format!("{pinned} is not a valid image reference: {e}"),
-            )
-        })?;
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
-            ..Default::default()
-        };
-        // The client needs `&mut self`; one per verification (verifications are cached).
-        let mut client = ClientBuilder::default()
-            .with_oci_client_config(config)
-            .build()
-            .map_err(|e| unavailable(e.to_string()))?;
-        // A missing `.sig` tag is "no signatures": the client answers with an empty list.
-        client
-            .trusted_signature_layers(auth, &reference)
-            .await
-            .map_err(|e| {
-                // Only the kind reaches the status (see `airlock_bundle::oci::registry_failure`).
-                warn!(error = %e, "reading cosign signatures failed");
-                unavailable(signature_failure(&e).into())
-            })
+        })
     }
 }
 
@@ -139,12 +128,7 @@ impl ImageVerifier {
         digest: &str,
         access: &crate::fetch::Access,
     ) -> Result<Vec<Vec<u8>>, FetchFailure> {
-        let reference: oci_client::Reference = pinned.parse().map_err(|e| {
-            FetchFailure::verified(
-                "InvalidImageReference",
-                format!("{pinned} is not a valid image reference: {e}"),
-            )
-        })?;
+        let reference = reference_of(pinned)?;
         cosign_bundle::find_bundles(
             access.client(),
             access.auth(),
@@ -166,23 +150,20 @@ impl ImageVerifier {
     }
 }
 
-/// What kind of failure reading signatures was, without anything the registry sent.
-fn signature_failure(error: &sigstore::errors::SigstoreError) -> &'static str {
-    use sigstore::errors::SigstoreError as E;
-    match error {
-        E::RegistryFetchManifestError { .. } | E::RegistryPullManifestError { .. } => {
-            "the registry did not give the signature manifest"
-        }
-        E::RegistryPullError { .. } => "the registry did not give a signature layer",
-        _ => "the signatures could not be read",
-    }
+fn reference_of(pinned: &str) -> Result<oci_client::Reference, FetchFailure> {
+    pinned.parse().map_err(|e| {
+        FetchFailure::verified(
+            "InvalidImageReference",
+            format!("{pinned} is not a valid image reference: {e}"),
+        )
+    })
 }
 
-/// The best the classic signature layers and the sigstore bundles of `digest` prove: a trusted
+/// The best the classic signatures and the sigstore bundles of `digest` prove: a trusted
 /// key beats a revoked one. A bundle that a listed key verifies as an attestation of another
 /// predicate type is not a signature (cosign's own `verify --key` would take it for one).
 fn judge(
-    layers: &[sigstore::cosign::SignatureLayer],
+    layers: &[ClassicSignature],
     bundles: &[Vec<u8>],
     digest: &str,
     keys: &[ImageKey],
@@ -199,17 +180,16 @@ fn judge(
         return Signature::Absent;
     }
     let verifies = |key: &&ImageKey| {
-        let legacy = !layers.is_empty()
-            && match PublicKeyVerifier::try_from(key.pem.as_bytes()) {
-                Ok(verifier) => {
-                    let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
-                    sigstore::cosign::verify_constraints(layers, constraints.iter()).is_ok()
-                }
-                Err(e) => {
+        let legacy = layers.iter().any(|sig| {
+            match cosign_classic::verify_signature(sig, digest, &key.pem) {
+                Ok(()) => true,
+                Err(e @ cosign_classic::SignatureRefusal::KeyUnusable(_)) => {
                     warn!(key = %key.name, error = %e, "cosign key cannot be used");
                     false
                 }
-            };
+                Err(_) => false,
+            }
+        });
         legacy
             || bundles
                 .iter()
@@ -249,6 +229,36 @@ mod tests {
     fn judged(bundles: &[&[u8]], keys: &[ImageKey]) -> Signature {
         let bundles: Vec<Vec<u8>> = bundles.iter().map(|b| b.to_vec()).collect();
         judge(&[], &bundles, DIGEST.trim(), keys)
+    }
+
+    #[test]
+    fn a_classic_signature_by_a_listed_key_signs_the_image_and_no_other() {
+        use crate::cosign_classic::fixtures as classic;
+        let keys = [
+            key("p/other", OTHER_KEY, false),
+            key("p/release", classic::KEY, false),
+        ];
+        assert_eq!(
+            judge(&[classic::signature()], &[], classic::DIGEST, &keys),
+            Signature::SignedBy {
+                key: "p/release".into(),
+                level: TrustLevel::Trusted
+            }
+        );
+        assert_eq!(
+            judge(&[classic::signature()], &[], classic::DIGEST, &keys[..1]),
+            Signature::NotTrusted
+        );
+        // The same signature shown for another image signs nothing there.
+        assert_eq!(
+            judge(
+                &[classic::signature()],
+                &[],
+                "sha256:0000000000000000000000000000000000000000000000000000000000000001",
+                &keys
+            ),
+            Signature::NotTrusted
+        );
     }
 
     #[test]
