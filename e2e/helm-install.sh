@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (or upgrades) Airlock from charts/airlock, packaged with the images `make e2e-images`
 # pushed and installed from the local registry (oci://).
-# The node address may serve bundles over plain HTTP (the e2e's file servers listen there).
+# The node address may serve bundles over plain HTTP (the e2e's file servers listen there);
+# $NODE_IP:5002 is the faulty registry of e2e/tests/registry_faults.rs (a proxy, only while it runs).
 # Extra arguments go to helm (e.g. --set progressDeadlineSeconds=20).
 # shellcheck source=SCRIPTDIR/cluster/lib.sh
 . "$(dirname "$0")/cluster/lib.sh"
@@ -17,7 +18,7 @@ read -r chart version < <("$ROOT/e2e/chart-package.sh") || die "packaging the ch
 # own schema (crds.upgrade), as for any user: no separate step here.
 helm upgrade --install airlock "$chart" --version "$version" --plain-http \
   --namespace airlock-system --create-namespace \
-  --set "insecureRegistries={${AIRLOCK_E2E_REGISTRY:-$REGISTRY},$PRIVATE_REGISTRY}" \
+  --set "insecureRegistries={${AIRLOCK_E2E_REGISTRY:-$REGISTRY},$PRIVATE_REGISTRY,$NODE_IP:5002}" \
   --set "bundleHttp.insecureHosts={$NODE_IP}" --set "bundleHttp.allowedCidrs={$NODE_IP/32}" \
   --set "clusterCidrs={$POD_CIDR,$SERVICE_CIDR}" \
   --wait --timeout 3m "$@" >/dev/null
