@@ -67,6 +67,17 @@ pub struct PluginTrustPolicySpec {
     #[x_kube(validation = Rule::new("self.all(r, self.exists_one(o, o.prefix == r.prefix))")
         .message("spec.registries: each prefix may appear once"))]
     pub registries: Vec<RegistryCredentials>,
+    /// Registries (`host[:port]`, optionally followed by a repository path, matched by whole
+    /// path segments) that Plugins of the governed namespaces may name in `spec.image` and
+    /// `spec.bundle.source.oci.ref`. Any other reference is refused (reason
+    /// `RegistryNotAllowed`) before the operator sends a request there. Empty: no restriction
+    /// from this policy. Several governing policies: a reference must be allowed by each one
+    /// that lists any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 255)))]
+    #[x_kube(validation = Rule::new(r"self.all(p, p.matches('^[a-zA-Z0-9][a-zA-Z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$'))")
+        .message("spec.allowedRegistries: write each as host[:port][/path], e.g. registry.example.com/acme (no scheme, tag or trailing slash)"))]
+    pub allowed_registries: Vec<String>,
 }
 
 /// Which Secret holds the credentials for a registry, or for the repositories under a path of it.

@@ -163,7 +163,8 @@ impl Registry {
         self
     }
 
-    /// How to reach `reference`'s repository under `grants` (see [`registry_auth`]).
+    /// How to reach `reference`'s repository under `grants` (see [`registry_auth`]); refused
+    /// when a governing policy does not allow its registry.
     pub async fn access(
         &self,
         grants: &Grants,
@@ -171,6 +172,11 @@ impl Registry {
     ) -> Result<Access, FetchFailure> {
         let registry = reference.registry();
         let repository = reference.repository();
+        // Before any request: a tenant may not make the operator talk to a registry no
+        // governing policy allows.
+        if let Some(why) = registry_auth::refusal(grants, registry, repository) {
+            return Err(FetchFailure::verified(registry_auth::NOT_ALLOWED, why));
+        }
         let Some(grant) = registry_auth::grant_for(&grants.granted, registry, repository) else {
             return Ok(Access {
                 client: self.client.clone(),

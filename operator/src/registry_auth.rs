@@ -45,6 +45,9 @@ pub struct Grants {
     /// namespace without a grant is refused by the registry instead of rolling out a private
     /// image that a node may hold from another tenant's pull.
     pub private: Vec<Grant>,
+    /// Per governing policy that lists `spec.allowedRegistries`: its name and prefixes. A
+    /// reference must match a prefix of each (see [`refusal`]).
+    pub allowed: Vec<(String, Vec<String>)>,
 }
 
 /// The grants of `governing`, and of `all` policies.
@@ -52,7 +55,36 @@ pub fn grants(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy]) -> Gr
     Grants {
         granted: of(governing.iter().copied()),
         private: of(all.iter()),
+        allowed: governing
+            .iter()
+            .filter(|p| !p.spec.allowed_registries.is_empty())
+            .map(|p| (p.name_any(), p.spec.allowed_registries.clone()))
+            .collect(),
     }
+}
+
+/// The condition reason when a reference is outside a governing policy's allowed registries.
+pub const NOT_ALLOWED: &str = "RegistryNotAllowed";
+
+/// Why `registry`/`repository` may not be read for this namespace: the first governing policy
+/// (by name) whose `spec.allowedRegistries` has no prefix for it. `None`: allowed (by every
+/// policy that lists any; a policy without a list restricts nothing).
+pub fn refusal(grants: &Grants, registry: &str, repository: &str) -> Option<String> {
+    let mut refusing: Vec<&(String, Vec<String>)> = grants
+        .allowed
+        .iter()
+        .filter(|(_, prefixes)| {
+            !prefixes
+                .iter()
+                .any(|p| matched_segments(p, registry, repository).is_some())
+        })
+        .collect();
+    refusing.sort_by(|a, b| a.0.cmp(&b.0));
+    let (policy, prefixes) = refusing.first()?;
+    Some(format!(
+        "{registry}/{repository} is outside the registries PluginTrustPolicy {policy} allows (spec.allowedRegistries: {}); use an image from one of them, or ask an admin to add its registry",
+        prefixes.join(", ")
+    ))
 }
 
 fn of<'a>(policies: impl Iterator<Item = &'a PluginTrustPolicy>) -> Vec<Grant> {
@@ -278,6 +310,59 @@ mod tests {
         assert_eq!(found("reg.example", "acme/hello"), None);
         assert_eq!(found("reg.example:5000.evil.io", "acme/hello"), None);
         assert_eq!(found("reg.example:5000", "other/acme/hello"), None);
+    }
+
+    fn policy(name: &str, allowed: &[&str]) -> PluginTrustPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "airlock.dev/v1alpha1", "kind": "PluginTrustPolicy",
+            "metadata": {"name": name},
+            "spec": {"keys": [], "allowedRegistries": allowed}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn allowed_registries_restrict_by_whole_segments_and_every_listing_policy_must_allow() {
+        let acme = policy("acme", &["reg.example/acme", "mirror.example:5000"]);
+        let open = policy("open", &[]);
+        let strict = policy("strict", &["reg.example/acme/approved"]);
+        let all = [acme.clone(), open.clone(), strict.clone()];
+
+        // No policy lists any: everything allowed.
+        let g = grants(&[&open], &all);
+        assert_eq!(refusal(&g, "evil.example", "x"), None);
+
+        // One policy lists some; one without a list widens nothing.
+        let g = grants(&[&acme, &open], &all);
+        assert_eq!(refusal(&g, "reg.example", "acme/hello"), None);
+        assert_eq!(refusal(&g, "mirror.example:5000", "any/thing"), None);
+        for (registry, repository) in [
+            ("reg.example", "acme-evil/hello"),
+            ("reg.example.evil", "acme/hello"),
+            ("reg.example", "other/hello"),
+            ("mirror.example", "any/thing"),
+            ("mirror.example:5001", "any/thing"),
+        ] {
+            let why = refusal(&g, registry, repository).expect(registry);
+            assert!(
+                why.contains("PluginTrustPolicy acme")
+                    && why
+                        .contains("spec.allowedRegistries: reg.example/acme, mirror.example:5000"),
+                "{why}"
+            );
+        }
+
+        // Two lists: the intersection; the refusal names the first refusing policy.
+        let g = grants(&[&strict, &acme], &all);
+        assert_eq!(refusal(&g, "reg.example", "acme/approved/hello"), None);
+        let why = refusal(&g, "reg.example", "acme/hello").unwrap();
+        assert!(why.contains("PluginTrustPolicy strict"), "{why}");
+        let why = refusal(&g, "evil.example", "x").unwrap();
+        assert!(why.contains("PluginTrustPolicy acme"), "{why}");
+
+        // A policy that governs another namespace restricts nothing here.
+        let g = grants(&[&open], &all);
+        assert_eq!(refusal(&g, "reg.example", "other/hello"), None);
     }
 
     #[test]
