@@ -30,6 +30,7 @@ async fn refused(api: &Api<Plugin>, name: &str, reason: &str) -> Result<String> 
 #[tokio::test]
 async fn an_image_outside_the_allowed_registries_is_refused_before_any_request() -> Result<()> {
     in_sandbox("allowed-registries", &["log"], async |s: &Sandbox| {
+        s.with_hello_bundle().await?;
         let policies = Api::<airlock_crds::PluginTrustPolicy>::all(s.client.clone());
         let allow = async |prefixes: &[&str]| {
             policies
