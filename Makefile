@@ -13,7 +13,7 @@ export AIRLOCK_PYTHON ?= $(CACHE)/venv/bin/python
 # The local cluster unless the caller points at another one.
 export KUBECONFIG ?= /var/lib/airlock-cluster/kubeconfig
 
-.PHONY: help tools demo bench test lint fmt-check clippy shellcheck chart-lint alerts-test unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
+.PHONY: help tools demo bench test lint fmt-check clippy shellcheck chart-lint alerts-test deny unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
 
 help: ## list the recipes
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -34,7 +34,7 @@ bench: tools cluster-up e2e-images ## benchmarks: verification, router vs direct
 
 test: tools lint unit e2e ## the whole suite: fmt, clippy, shellcheck, unit tests, cluster e2e
 
-lint: fmt-check clippy shellcheck chart-lint alerts-test ## formatting and lints (Rust, shell, the Helm chart and its alert rules)
+lint: fmt-check clippy shellcheck chart-lint alerts-test deny ## formatting and lints (Rust, shell, the Helm chart and its alert rules, dependencies)
 
 fmt-check:
 	cargo fmt --all --check
@@ -48,6 +48,9 @@ shellcheck:
 
 chart-lint: ## helm lint --strict and render of charts/airlock: defaults and every charts/airlock/ci/*.yaml
 	e2e/chart-lint.sh
+
+deny: ## cargo-deny offline: licenses, bans, sources (deny.toml; advisories need the network)
+	e2e/cargo-deny.sh
 
 alerts-test: ## promtool check and unit tests of the chart's alert rules (charts/airlock/files/alerts*.yaml)
 	e2e/alerts-test.sh
