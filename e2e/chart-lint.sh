@@ -29,4 +29,20 @@ for values in "" "$CHART"/ci/*.yaml; do
     helm template airlock2 "$CHART" --namespace airlock2-system --kube-version "$KUBE_VERSION" "${args[@]}"
   [[ $failed == 0 ]] && echo "chart-lint: ok ${name:-defaults}"
 done
+
+# Two releases' dashboards must not overwrite each other in one Grafana (uid and title).
+dashboard() {
+  helm template "$1" "$CHART" --namespace "$2" --kube-version "$KUBE_VERSION" \
+    --set metrics.dashboard.enabled=true --show-only templates/dashboard.yaml |
+    grep -E '^ *"(uid|title)": "Airlock|^ *"uid": "airlock-' | sort
+}
+first=$(dashboard airlock airlock-system)
+second=$(dashboard airlock2 airlock2-system)
+if [[ $(wc -l <<<"$first") != 2 ]] || [[ -n $(comm -12 <(echo "$first") <(echo "$second")) ]]; then
+  printf 'chart-lint: FAILED two releases render the same dashboard uid or title:\n%s\n%s\n' \
+    "$first" "$second" >&2
+  failed=1
+else
+  echo "chart-lint: ok one dashboard uid and title per release"
+fi
 exit "$failed"
