@@ -444,9 +444,12 @@ async fn download(
         digest: layer.digest.clone(),
         problem,
     };
-    if !layer.digest.starts_with("sha256:") {
-        return Err(mismatch("only sha256 layer digests are supported"));
-    }
+    let Some(layer) = fetchable(layer) else {
+        return Err(mismatch(
+            "only sha256 layer digests (sha256:<64 lowercase hex digits>) are supported",
+        ));
+    };
+    let layer = &layer;
     if u64::try_from(layer.size).map_or(true, |size| size > limit) {
         return Err(OciError::TooLarge {
             what,
@@ -486,6 +489,25 @@ async fn download(
         return Err(mismatch("the content does not match the digest"));
     }
     Ok(data)
+}
+
+/// Whether `digest` is exactly `sha256:` and 64 lowercase hex digits, the only digests Airlock
+/// pins or fetches by.
+pub fn is_sha256_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// `layer` as it may be fetched: `None` unless its digest is [`is_sha256_digest`] (the digest
+/// goes into the request path: anything else could name another path on the registry), and
+/// without `urls` (oci-client tries those addresses when the registry fails: hosts the
+/// manifest's writer chose, outside every registry check of the caller).
+pub fn fetchable(layer: &OciDescriptor) -> Option<OciDescriptor> {
+    is_sha256_digest(&layer.digest).then(|| OciDescriptor {
+        urls: None,
+        ..layer.clone()
+    })
 }
 
 #[cfg(test)]
@@ -583,5 +605,31 @@ mod tests {
         );
         let e = parse_reference("no spaces/in references:x").unwrap_err();
         assert!(e.to_string().contains("REGISTRY/REPOSITORY:TAG"), "{e}");
+    }
+
+    #[test]
+    fn only_plain_sha256_layers_are_fetched_and_never_from_their_urls() {
+        use super::{OciDescriptor, fetchable};
+        let hex = "a".repeat(64);
+        let layer = |digest: String| OciDescriptor {
+            media_type: "application/octet-stream".into(),
+            digest,
+            size: 3,
+            urls: Some(vec!["http://169.254.169.254/latest/meta-data".into()]),
+            annotations: None,
+            artifact_type: None,
+        };
+        let ok = fetchable(&layer(format!("sha256:{hex}"))).unwrap();
+        assert_eq!(ok.urls, None);
+        assert_eq!(ok.digest, format!("sha256:{hex}"));
+        for bad in [
+            format!("sha256:{}", "A".repeat(64)),
+            format!("sha256:{}", "a".repeat(63)),
+            format!("sha256:/../../../team-b/x/blobs/{hex}"),
+            format!("sha512:{}", "a".repeat(128)),
+            format!("sha256:{hex}/../x"),
+        ] {
+            assert!(fetchable(&layer(bad.clone())).is_none(), "{bad}");
+        }
     }
 }

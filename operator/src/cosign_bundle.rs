@@ -460,7 +460,9 @@ pub async fn find_bundles(
         // artifactType of an index entry is not trusted to say what the manifest is (cosign
         // writes `application/vnd.oci.empty.v1+json` there): every listed manifest is read.
         let shown_manifest = format!("{registry}/{repository}@{}", shown(&entry.digest));
-        if entry.media_type != OCI_IMAGE_MEDIA_TYPE || !entry.digest.starts_with("sha256:") {
+        // The digest goes into the request path: exactly sha256:<64 hex>, or the entry is
+        // skipped (it could name another path on the registry).
+        if entry.media_type != OCI_IMAGE_MEDIA_TYPE || image_hex(&entry.digest).is_none() {
             tracing::debug!(manifest = %shown_manifest, media_type = %entry.media_type, "skipping a referrer that is not an OCI image manifest");
             continue;
         }
@@ -612,12 +614,13 @@ pub(crate) async fn fetch_layer(
         size,
         limit,
     };
-    if !layer.digest.starts_with("sha256:") {
+    let Some(layer) = airlock_bundle::oci::fetchable(layer) else {
         return Err(FetchProblem::Malformed {
             reference: shown_manifest.to_string(),
-            problem: format!("the {what}'s digest is not sha256"),
+            problem: format!("the {what}'s digest is not sha256:<64 lowercase hex digits>"),
         });
-    }
+    };
+    let layer = &layer;
     if u64::try_from(layer.size).map_or(true, |size| size > limit) {
         return Err(too_large(layer.size));
     }

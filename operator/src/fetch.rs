@@ -512,6 +512,23 @@ impl Registry {
                     ))
             })?,
         };
+        // It goes into the pod's image and every later request: sha256 only, and nothing the
+        // registry sent is quoted.
+        if !airlock_bundle::oci::is_sha256_digest(&digest) {
+            return Err(FetchFailure::verified(
+                "InvalidImageReference",
+                if reference.digest().is_some() {
+                    format!(
+                        "spec.image {image} pins a digest that is not sha256:<64 lowercase hex digits>; Airlock pins images by sha256 only"
+                    )
+                } else {
+                    format!(
+                        "the registry {} resolved spec.image {image} to a digest that is not sha256:<64 lowercase hex digits>; Airlock pins images by sha256 only: pin the image by its sha256 digest",
+                        reference.resolve_registry()
+                    )
+                },
+            ));
+        }
         let pinned = format!(
             "{}/{}@{digest}",
             reference.registry(),

@@ -5,7 +5,7 @@
 //! trusted key. Both are read with bounded requests that fail closed: a registry error is never
 //! taken for "unsigned".
 //!
-//! Results are cached by (digest, key set, credentials): a re-reconcile of an unchanged Plugin makes no
+//! Results are cached by (repository, digest, key set, credentials): a re-reconcile of an unchanged Plugin makes no
 //! registry request. A cached result expires after the re-verification interval, so a signature
 //! removed from the registry or a policy edited outside the watch is noticed; a change of the key
 //! set (a key added, removed or revoked) is a different cache entry and is verified at once. The
@@ -27,8 +27,11 @@ use crate::trust::{ImageKey, Signature};
 /// How long a registry may take for the whole signature lookup.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// (image digest, key set, credentials identity; 0 = anonymous).
-type CacheKey = (String, u64, u64);
+/// (repository, image digest, key set, credentials identity; 0 = anonymous). The repository is
+/// part of it because signatures live next to each image: a tenant naming the same digest in a
+/// repository of its own (unsigned, or holding a revoked signature) must not decide the verdict
+/// for another tenant's image.
+type CacheKey = (String, String, u64, u64);
 
 #[derive(Debug)]
 pub struct ImageVerifier {
@@ -53,7 +56,17 @@ impl ImageVerifier {
         keys: &[ImageKey],
         access: &crate::fetch::Access,
     ) -> Result<Signature, FetchFailure> {
-        let cache_key = (digest.to_string(), key_set_hash(keys), access.identity);
+        let repository = pinned
+            .split('@')
+            .next()
+            .unwrap_or(pinned)
+            .to_ascii_lowercase();
+        let cache_key = (
+            repository,
+            digest.to_string(),
+            key_set_hash(keys),
+            access.identity,
+        );
         if let Some((sig, at)) = self
             .cache
             .lock()
@@ -259,6 +272,52 @@ mod tests {
             ),
             Signature::NotTrusted
         );
+    }
+
+    /// Finding of a review: the cache was keyed by digest only, so a tenant naming the same
+    /// digest in a repository of its own (no signature there) cached "unsigned" for everyone.
+    #[tokio::test]
+    async fn a_verdict_for_one_repository_never_answers_for_another() {
+        use crate::cosign_classic::fixtures as classic;
+        use crate::test_registry::{fake_registry, route, sha};
+        let hex = &classic::DIGEST[7..];
+        let addr = fake_registry(vec![
+            route("/v2/".into(), 200, b"{}"),
+            route(
+                format!("/v2/signed/manifests/sha256-{hex}.sig"),
+                200,
+                classic::MANIFEST,
+            ),
+            route(
+                format!("/v2/signed/blobs/{}", sha(classic::PAYLOAD)),
+                200,
+                classic::PAYLOAD,
+            ),
+        ])
+        .await;
+        let access = crate::fetch::Access::anonymous(vec![addr.clone()]);
+        let verifier = ImageVerifier::new(Duration::from_secs(3600));
+        let keys = [key("p/release", classic::KEY, false)];
+        let verify = async |repository: &str| {
+            verifier
+                .verify(
+                    &format!("{addr}/{repository}@{}", classic::DIGEST),
+                    classic::DIGEST,
+                    &keys,
+                    &access,
+                )
+                .await
+                .unwrap()
+        };
+        assert_eq!(verify("elsewhere").await, Signature::Absent);
+        assert_eq!(
+            verify("signed").await,
+            Signature::SignedBy {
+                key: "p/release".into(),
+                level: TrustLevel::Trusted
+            }
+        );
+        assert_eq!(verify("elsewhere").await, Signature::Absent);
     }
 
     #[test]
