@@ -5,12 +5,12 @@
 //! trusted key. Both are read with bounded requests that fail closed: a registry error is never
 //! taken for "unsigned".
 //!
-//! Results are cached by (repository, digest, key set, credentials): a re-reconcile of an unchanged Plugin makes no
-//! registry request. A cached result expires after the re-verification interval, so a signature
-//! removed from the registry or a policy edited outside the watch is noticed; a change of the key
-//! set (a key added, removed or revoked) is a different cache entry and is verified at once. The
-//! credentials the registry was read with are part of the key: a Plugin without access to a
-//! private registry never inherits the verdict of one that has it.
+//! Results are cached by (repository, digest, key set, credentials): a re-reconcile of an
+//! unchanged Plugin makes no registry request. A cached result expires after the re-verification
+//! interval, so a signature removed from the registry or a policy edited outside the watch is
+//! noticed; a change of the key set (a key added, removed or revoked) is a different cache entry
+//! and is verified at once. The credentials the registry was read with are part of the key: a
+//! Plugin without access to a private registry never inherits the verdict of one that has it.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -76,7 +76,7 @@ impl ImageVerifier {
         {
             return Ok(sig.clone());
         }
-        let layers = tokio::time::timeout(
+        let classic = tokio::time::timeout(
             VERIFY_TIMEOUT,
             self.classic_signatures(pinned, digest, access),
         )
@@ -85,7 +85,7 @@ impl ImageVerifier {
                     "the registry did not answer within {}s while reading the cosign signatures of {pinned}; nothing is rolled out until it does (retrying)",
                     VERIFY_TIMEOUT.as_secs()
                 )))??;
-        let mut sig = judge(&layers, &[], digest, keys);
+        let mut sig = judge(&classic, &[], digest, keys);
         if !keys.is_empty() && !matches!(sig, Signature::SignedBy { .. }) {
             let bundles = tokio::time::timeout(VERIFY_TIMEOUT, self.bundles(pinned, digest, access))
                 .await
@@ -93,7 +93,7 @@ impl ImageVerifier {
                     "the registry did not answer within {}s while reading the cosign signature bundles of {pinned}; nothing is rolled out until it does (retrying)",
                     VERIFY_TIMEOUT.as_secs()
                 )))??;
-            sig = judge(&layers, &bundles, digest, keys);
+            sig = judge(&classic, &bundles, digest, keys);
         }
         self.cache
             .lock()
@@ -176,7 +176,7 @@ fn reference_of(pinned: &str) -> Result<oci_client::Reference, FetchFailure> {
 /// key beats a revoked one. A bundle that a listed key verifies as an attestation of another
 /// predicate type is not a signature (cosign's own `verify --key` would take it for one).
 fn judge(
-    layers: &[ClassicSignature],
+    classic: &[ClassicSignature],
     bundles: &[Vec<u8>],
     digest: &str,
     keys: &[ImageKey],
@@ -189,11 +189,11 @@ fn judge(
             )
         })
     };
-    if layers.is_empty() && bundles.iter().all(attestation) {
+    if classic.is_empty() && bundles.iter().all(attestation) {
         return Signature::Absent;
     }
     let verifies = |key: &&ImageKey| {
-        let legacy = layers.iter().any(|sig| {
+        let legacy = classic.iter().any(|sig| {
             match cosign_classic::verify_signature(sig, digest, &key.pem) {
                 Ok(()) => true,
                 Err(e @ cosign_classic::SignatureRefusal::KeyUnusable(_)) => {
