@@ -3,6 +3,9 @@
 //! is 1–4 policies, each configuring any subset of the trust levels with arbitrary caps —
 //! including spellings that do not parse, which must never widen anything.
 
+// Helpers outside `#[test]` functions build fixtures; a failed expectation is a failed test.
+#![allow(clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use airlock_crds::trust_policy::{StorageLimits, TrustLevel, TrustLevelLimits};
