@@ -132,6 +132,17 @@ pub async fn auto_disable(api: &Api<Plugin>, name: &str, reason: &str) -> Result
     Ok(())
 }
 
+/// Waits until `name`'s Verified condition is False with `reason`; returns its message.
+pub async fn refused(api: &Api<Plugin>, name: &str, reason: &str) -> Result<String> {
+    let p = wait_plugin(api, name, &format!("Verified=False reason {reason}"), |p| {
+        condition(p, "Verified").is_some_and(|c| c.status == "False" && c.reason == reason)
+    })
+    .await?;
+    Ok(condition(&p, "Verified")
+        .map(|c| c.message.clone())
+        .unwrap_or_default())
+}
+
 pub fn condition<'a>(
     p: &'a Plugin,
     ty: &str,

@@ -30,6 +30,24 @@ pub fn cosign(dir: &Path, args: &[&str], docker_config: Option<&Path>) -> Result
     Ok(())
 }
 
+/// `cosign sign` as the README tells users to: the key `cosign.key` in `dir`, no transparency log,
+/// a plain-HTTP registry, cosign v2's classic `.sig` format.
+pub fn sign_classic(dir: &Path, image_by_digest: &str, docker_config: Option<&Path>) -> Result<()> {
+    cosign(
+        dir,
+        &[
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "-y",
+            image_by_digest,
+        ],
+        docker_config,
+    )
+}
+
 /// The hello bundle whose signed manifest names `image_digest`, packed (in `work/bundle-<name>`)
 /// the way `airlockctl bundle pack` packs it.
 pub fn hello_bundle(work: &Path, name: &str, image_digest: &str) -> Result<Vec<u8>> {

@@ -10,22 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use airlock_crds::Plugin;
 use airlock_e2e::images::registry;
 use airlock_e2e::install::images_env;
-use airlock_e2e::plugins::{active, condition, wait_plugin};
+use airlock_e2e::plugins::{active, condition, refused, wait_plugin};
 use airlock_e2e::sandbox::{Sandbox, in_sandbox};
 use anyhow::{Result, ensure};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-
-/// Waits until `name`'s Verified condition is False with `reason`; returns its message.
-async fn refused(api: &Api<Plugin>, name: &str, reason: &str) -> Result<String> {
-    let p = wait_plugin(api, name, &format!("Verified=False reason {reason}"), |p| {
-        condition(p, "Verified").is_some_and(|c| c.status == "False" && c.reason == reason)
-    })
-    .await?;
-    Ok(condition(&p, "Verified")
-        .map(|c| c.message.clone())
-        .unwrap_or_default())
-}
 
 #[tokio::test]
 async fn an_image_outside_the_allowed_registries_is_refused_before_any_request() -> Result<()> {

@@ -14,7 +14,7 @@ use airlock_bundle::signing;
 use airlock_crds::Plugin;
 use airlock_e2e::images::{push_unique_variant, registry};
 use airlock_e2e::install::images_env;
-use airlock_e2e::plugins::{active, condition, invoke, wait_plugin};
+use airlock_e2e::plugins::{active, invoke, refused, wait_plugin};
 use airlock_e2e::sandbox::{Sandbox, in_sandbox, put_bundle};
 use anyhow::{Result, ensure};
 use kube::api::{Api, Patch, PatchParams};
@@ -113,15 +113,6 @@ async fn deploy(
     plugin["spec"]["bundle"] =
         json!({"source": {"configMapRef": {"name": format!("{name}-bundle")}}});
     s.apply(&plugin).await
-}
-
-/// Waits until `name`'s Verified condition is False with `reason`.
-async fn refused(api: &Api<Plugin>, name: &str, reason: &str) -> Result<()> {
-    wait_plugin(api, name, &format!("Verified=False reason {reason}"), |p| {
-        condition(p, "Verified").is_some_and(|c| c.status == "False" && c.reason == reason)
-    })
-    .await?;
-    Ok(())
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use airlock_crds::Plugin;
-use airlock_e2e::plugins::{active, condition, wait_plugin};
+use airlock_e2e::plugins::{active, condition, refused, wait_plugin};
 use airlock_e2e::sandbox::{Sandbox, in_sandbox};
 use anyhow::{Result, ensure};
 use kube::Api;
@@ -41,17 +41,6 @@ async fn apply_with_url(s: &Sandbox, name: &str, url: &str) -> Result<()> {
     let mut plugin = s.hello(name)?;
     plugin["spec"]["bundle"] = json!({"source": {"http": {"url": url}}});
     s.apply(&plugin).await
-}
-
-/// Waits until `name`'s Verified condition is False with `reason`, and returns its message.
-async fn refused(api: &Api<Plugin>, name: &str, reason: &str) -> Result<String> {
-    let p = wait_plugin(api, name, &format!("Verified=False reason {reason}"), |p| {
-        condition(p, "Verified").is_some_and(|c| c.status == "False" && c.reason == reason)
-    })
-    .await?;
-    Ok(condition(&p, "Verified")
-        .map(|c| c.message.clone())
-        .unwrap_or_default())
 }
 
 #[tokio::test]

@@ -88,15 +88,7 @@ async fn grant(s: &Sandbox, prefix: &str, secret: &str, signer: Option<&Signer>)
 fn cosign_sign(dir: &Path, image: &str) -> Result<String> {
     let config = private_registry_docker_config_dir();
     cosign(dir, &["generate-key-pair"], Some(&config))?;
-    let sign = [
-        "sign",
-        "--key",
-        "cosign.key",
-        "--tlog-upload=false",
-        "--allow-http-registry",
-        "-y",
-    ];
-    cosign(dir, &[&sign[..], &[image]].concat(), Some(&config))?;
+    airlock_e2e::signing::sign_classic(dir, image, Some(&config))?;
     Ok(std::fs::read_to_string(dir.join("cosign.pub"))?)
 }
 

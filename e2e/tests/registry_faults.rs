@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use airlock_crds::Plugin;
 use airlock_e2e::images::{push_unique_variant, registry};
 use airlock_e2e::install::images_env;
-use airlock_e2e::plugins::{condition, wait_plugin};
+use airlock_e2e::plugins::{condition, refused, wait_plugin};
 use airlock_e2e::sandbox::{Sandbox, in_sandbox, put_bundle};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -134,17 +134,9 @@ async fn a_registry_failing_on_the_signature_fails_closed_and_recovers_by_itself
 
         let repository = "e2e-registry-faults/signed";
         let (_, digest) = push_unique_variant(&images_env("AIRLOCK_HELLO_IMAGE")?, repository)?;
-        airlock_e2e::signing::cosign(
+        airlock_e2e::signing::sign_classic(
             dir,
-            &[
-                "sign",
-                "--key",
-                "cosign.key",
-                "--tlog-upload=false",
-                "--allow-http-registry",
-                "-y",
-                &format!("{}/{repository}@{digest}", registry()),
-            ],
+            &format!("{}/{repository}@{digest}", registry()),
             None,
         )?;
         let faulty = FaultyRegistry::start().await?;
@@ -163,22 +155,10 @@ async fn a_registry_failing_on_the_signature_fails_closed_and_recovers_by_itself
         s.apply(&plugin).await?;
 
         let api: Api<Plugin> = s.ns.api();
-        let p = wait_plugin(
-            &api,
-            "signed",
-            "Verified=False reason RegistryUnavailable",
-            |p| {
-                condition(p, "Verified")
-                    .is_some_and(|c| c.status == "False" && c.reason == "RegistryUnavailable")
-            },
-        )
-        .await?;
-        let message = condition(&p, "Verified").map(|c| c.message.clone());
+        let message = refused(&api, "signed", "RegistryUnavailable").await?;
         ensure!(
-            message
-                .as_deref()
-                .is_some_and(|m| m.contains("cosign signatures") && m.contains("retrying")),
-            "the condition says what failed and that it is retried: {message:?}"
+            message.contains("cosign signatures") && message.contains("retrying"),
+            "the condition says what failed and that it is retried: {message}"
         );
         ensure!(
             faulty.failed.load(Ordering::SeqCst) > 0,

@@ -49,18 +49,7 @@ impl CosignKey {
     }
     /// `cosign sign` as the README tells users to: key-based, no transparency log, HTTP registry.
     fn sign(&self, image_by_digest: &str) -> Result<()> {
-        cosign(
-            &self.dir,
-            &[
-                "sign",
-                "--key",
-                "cosign.key",
-                "--tlog-upload=false",
-                "--allow-http-registry",
-                "-y",
-                image_by_digest,
-            ],
-        )
+        airlock_e2e::signing::sign_classic(&self.dir, image_by_digest, None)
     }
 }
 

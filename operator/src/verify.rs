@@ -119,16 +119,7 @@ impl ImageVerifier {
             &cosign_bundle::Limits::default(),
         )
         .await
-        .map_err(|e| {
-            warn!(error = %e, "reading cosign signatures failed");
-            FetchFailure::verified(
-                "RegistryUnavailable",
-                format!(
-                    "could not read the cosign signatures of {pinned}: {}; nothing is rolled out until the registry answers (retrying)",
-                    e.kind()
-                ),
-            )
-        })
+        .map_err(|e| unreadable("cosign signatures", pinned, &e))
     }
 }
 
@@ -150,17 +141,21 @@ impl ImageVerifier {
             &cosign_bundle::Limits::default(),
         )
         .await
-        .map_err(|e| {
-            warn!(error = %e, "reading cosign signature bundles failed");
-            FetchFailure::verified(
-                "RegistryUnavailable",
-                format!(
-                    "could not read the cosign signature bundles of {pinned}: {}; nothing is rolled out until the registry answers (retrying)",
-                    e.kind()
-                ),
-            )
-        })
+        .map_err(|e| unreadable("cosign signature bundles", pinned, &e))
     }
+}
+
+/// A registry failure while reading `what` of `pinned`: retried, the details in the log only
+/// (the status carries the kind, nothing the registry sent).
+fn unreadable(what: &str, pinned: &str, e: &cosign_bundle::FetchProblem) -> FetchFailure {
+    warn!(error = %e, "reading {what} failed");
+    FetchFailure::verified(
+        "RegistryUnavailable",
+        format!(
+            "could not read the {what} of {pinned}: {}; nothing is rolled out until the registry answers (retrying)",
+            e.kind()
+        ),
+    )
 }
 
 fn reference_of(pinned: &str) -> Result<oci_client::Reference, FetchFailure> {
