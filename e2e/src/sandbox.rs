@@ -89,6 +89,23 @@ impl Sandbox {
         &self.ns.name
     }
 
+    /// Makes the sandbox policy trust one key `release`, for images (`cosign`, a cosign.pub) and
+    /// bundles (`ed25519`), at the Untrusted level the sandbox configures.
+    pub async fn trust_release_key(&self, cosign: &str, ed25519: &str) -> Result<()> {
+        Api::<airlock_crds::PluginTrustPolicy>::all(self.client.clone())
+            .patch(
+                &self.policy,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"keys": [{
+                    "name": "release", "cosign": cosign, "ed25519": ed25519,
+                    "trustLevel": "Untrusted",
+                }]}})),
+            )
+            .await
+            .context("trusting the release key in the sandbox policy")?;
+        Ok(())
+    }
+
     /// Merges `limits` into the sandbox policy's Untrusted level (e.g. `{"maxCpu": "1"}` for a
     /// bench that needs more than the tests do).
     pub async fn set_limits(&self, limits: serde_json::Value) -> Result<()> {

@@ -17,7 +17,7 @@ use airlock_e2e::install::images_env;
 use airlock_e2e::plugins::{active, invoke, refused, wait_plugin};
 use airlock_e2e::sandbox::{Sandbox, in_sandbox, put_bundle};
 use anyhow::{Result, ensure};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
 
 /// Forwards 127.0.0.1:<port> to the registry, on threads of its own (cosign runs as a blocking
@@ -131,16 +131,7 @@ async fn an_image_signed_in_cosign_s_bundle_format_is_verified_and_an_attestatio
         )?;
         let (bundle_private, bundle_public) = signing::generate()?;
         let cosign_public = std::fs::read_to_string(keys.join("trusted.pub"))?;
-        Api::<airlock_crds::PluginTrustPolicy>::all(s.client.clone())
-            .patch(
-                &s.policy,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"keys": [{
-                    "name": "release", "cosign": cosign_public, "ed25519": bundle_public,
-                    "trustLevel": "Untrusted",
-                }]}})),
-            )
-            .await?;
+        s.trust_release_key(&cosign_public, &bundle_public).await?;
         let port = loopback_registry()?;
         let api: Api<Plugin> = s.ns.api();
 

@@ -21,7 +21,7 @@ use airlock_e2e::plugins::{condition, refused, wait_plugin};
 use airlock_e2e::sandbox::{Sandbox, in_sandbox, put_bundle};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -121,16 +121,7 @@ async fn a_registry_failing_on_the_signature_fails_closed_and_recovers_by_itself
         airlock_e2e::signing::cosign(dir, &["generate-key-pair"], None)?;
         let (bundle_private, bundle_public) = airlock_bundle::signing::generate()?;
         let cosign_public = std::fs::read_to_string(dir.join("cosign.pub"))?;
-        Api::<airlock_crds::PluginTrustPolicy>::all(s.client.clone())
-            .patch(
-                &s.policy,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"keys": [{
-                    "name": "release", "cosign": cosign_public, "ed25519": bundle_public,
-                    "trustLevel": "Untrusted",
-                }]}})),
-            )
-            .await?;
+        s.trust_release_key(&cosign_public, &bundle_public).await?;
 
         let repository = "e2e-registry-faults/signed";
         let (_, digest) = push_unique_variant(&images_env("AIRLOCK_HELLO_IMAGE")?, repository)?;
