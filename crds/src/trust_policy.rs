@@ -100,8 +100,10 @@ pub struct RegistryCredentials {
 #[skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.ed25519) || has(self.cosign)")
-    .message("a key needs ed25519 (bundle signatures) or cosign (image signatures), or both"))]
+#[x_kube(validation = Rule::new("has(self.ed25519) || has(self.cosign) || has(self.certificate)")
+    .message("a key needs ed25519 (bundle signatures), or cosign or certificate (image signatures), or both kinds"))]
+#[x_kube(validation = Rule::new("!(has(self.cosign) && has(self.certificate))")
+    .message("a key verifies image signatures with cosign (a public key) or certificate (a CA and identities), not both: write two keys"))]
 pub struct TrustedKey {
     /// Name of the key, referenced in status and audit records.
     #[schemars(length(min = 1, max = 63))]
@@ -112,11 +114,35 @@ pub struct TrustedKey {
     /// PEM public key that verifies cosign image signatures.
     #[schemars(length(max = 4096))]
     pub cosign: Option<String>,
+    /// Image signatures made with a certificate of the organisation's own PKI
+    /// (`cosign sign --key … --certificate … --certificate-chain …`): verified offline against
+    /// these roots and identities, instead of one public key.
+    pub certificate: Option<CertificateSigner>,
     /// Trust level of plugins signed with this key.
     pub trust_level: TrustLevel,
     /// A revoked key verifies nothing; running plugins it signed are quarantined.
     #[serde(default)]
     pub revoked: bool,
+}
+
+/// Who may sign images with a certificate: a signature counts when its certificate chains to
+/// one of `roots` (through `intermediates` and the chain cosign stored with the signature), is
+/// valid now, is for code signing, and names one of `identities`.
+#[skip_serializing_none]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateSigner {
+    /// PEM of the root CA certificate(s) (`-----BEGIN CERTIFICATE-----`), at most 8.
+    #[schemars(length(min = 1, max = 65536))]
+    pub roots: String,
+    /// PEM of intermediate CA certificates. Needed for cosign's new bundle format, which stores
+    /// the signing certificate without its chain; classic signatures carry their chain.
+    #[schemars(length(max = 65536))]
+    pub intermediates: Option<String>,
+    /// Identities the signing certificate must name in its Subject Alternative Name (an email
+    /// address, URI or DNS name, compared exactly); one is enough.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 256)))]
+    pub identities: Vec<String>,
 }
 
 #[derive(

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use airlock_crds::trust_policy::TrustLevel;
-use airlock_operator::trust::{ImageKey, Signature};
+use airlock_operator::trust::{ImageKey, ImageSigner, Signature};
 use airlock_operator::verify::ImageVerifier;
 
 const ROUNDS: usize = 20;
@@ -47,7 +47,7 @@ async fn main() {
         name: "bench/key".into(),
         level: TrustLevel::Trusted,
         revoked: false,
-        pem,
+        signer: ImageSigner::Key(pem),
     }];
 
     let anonymous = airlock_operator::fetch::Access::anonymous(vec![registry.clone()]);

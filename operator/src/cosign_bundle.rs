@@ -142,6 +142,15 @@ pub fn verify_bundle(
 ) -> Result<(), BundleRefusal> {
     let key = CosignVerificationKey::try_from_pem(key_pem.as_bytes())
         .map_err(|e| BundleRefusal::KeyUnusable(e.to_string()))?;
+    verify_bundle_with_key(bundle_json, image_digest, &key)
+}
+
+/// [`verify_bundle`] with a key already read (from a policy or from a certificate).
+pub fn verify_bundle_with_key(
+    bundle_json: &[u8],
+    image_digest: &str,
+    key: &CosignVerificationKey,
+) -> Result<(), BundleRefusal> {
     let image_hex = image_hex(image_digest)
         .ok_or_else(|| BundleRefusal::BadImageDigest(shown(image_digest)))?;
     if bundle_json.len() > MAX_BUNDLE_BYTES {

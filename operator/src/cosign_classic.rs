@@ -38,6 +38,11 @@ pub struct ClassicSignature {
     pub payload: Vec<u8>,
     /// The annotation's value: base64 of the signature.
     pub signature: String,
+    /// The signing certificate (PEM) of a certificate-signed signature
+    /// ([`crate::cosign_certificate::CERTIFICATE_ANNOTATION`]), untrusted until its path is.
+    pub certificate: Option<String>,
+    /// Its chain (PEM) ([`crate::cosign_certificate::CHAIN_ANNOTATION`]): path candidates only.
+    pub chain: Option<String>,
 }
 
 /// Why a classic signature is not a signature of the image by the key.
@@ -86,9 +91,18 @@ pub fn verify_signature(
     image_digest: &str,
     key_pem: &str,
 ) -> Result<(), SignatureRefusal> {
-    image_hex(image_digest).ok_or_else(|| SignatureRefusal::BadImageDigest(shown(image_digest)))?;
     let key = CosignVerificationKey::try_from_pem(key_pem.as_bytes())
         .map_err(|e| SignatureRefusal::KeyUnusable(e.to_string()))?;
+    verify_signature_with_key(sig, image_digest, &key)
+}
+
+/// [`verify_signature`] with a key already read (from a policy or from a certificate).
+pub fn verify_signature_with_key(
+    sig: &ClassicSignature,
+    image_digest: &str,
+    key: &CosignVerificationKey,
+) -> Result<(), SignatureRefusal> {
+    image_hex(image_digest).ok_or_else(|| SignatureRefusal::BadImageDigest(shown(image_digest)))?;
     let raw = decode_base64(&sig.signature).ok_or(SignatureRefusal::Base64)?;
     key.verify_signature(Signature::Raw(&raw), &sig.payload)
         .map_err(|_| SignatureRefusal::SignatureInvalid)?;
@@ -178,9 +192,15 @@ pub async fn find_signatures(
     }
     let mut signatures = Vec::new();
     for layer in &manifest.layers {
-        let Some(signature) = signature_of(layer) else {
+        let Some((signature, annotations)) = signature_of(layer) else {
             continue;
         };
+        let certificate = annotations
+            .get(crate::cosign_certificate::CERTIFICATE_ANNOTATION)
+            .cloned();
+        let chain = annotations
+            .get(crate::cosign_certificate::CHAIN_ANNOTATION)
+            .cloned();
         let payload = fetch_layer(
             client,
             &at,
@@ -190,21 +210,26 @@ pub async fn find_signatures(
             limits.request_timeout,
         )
         .await?;
-        signatures.push(ClassicSignature { payload, signature });
+        signatures.push(ClassicSignature {
+            payload,
+            signature,
+            certificate,
+            chain,
+        });
     }
     Ok(signatures)
 }
 
-/// The signature annotation of a simple signing layer; `None` for any other layer.
-fn signature_of(layer: &OciDescriptor) -> Option<String> {
+/// The signature annotation of a simple signing layer, with all its annotations; `None` for
+/// any other layer.
+fn signature_of(
+    layer: &OciDescriptor,
+) -> Option<(String, &std::collections::BTreeMap<String, String>)> {
     if layer.media_type != SIMPLE_SIGNING_MEDIA_TYPE {
         return None;
     }
-    layer
-        .annotations
-        .as_ref()?
-        .get(SIGNATURE_ANNOTATION)
-        .cloned()
+    let annotations = layer.annotations.as_ref()?;
+    Some((annotations.get(SIGNATURE_ANNOTATION)?.clone(), annotations))
 }
 
 /// A signature cosign v2.6.4 made (`cosign sign --key cosign.key --tlog-upload=false
@@ -225,6 +250,8 @@ pub(crate) mod fixtures {
                 .as_str()
                 .unwrap()
                 .to_string(),
+            certificate: None,
+            chain: None,
         }
     }
 }
@@ -294,7 +321,7 @@ mod tests {
         for payload in [&b""[..], b"{", b"\xff\xfe", b"[]", b"{\"critical\":1}"] {
             let sig = ClassicSignature {
                 payload: payload.to_vec(),
-                signature: signature().signature,
+                ..signature()
             };
             assert_eq!(
                 verify_signature(&sig, DIGEST, KEY),

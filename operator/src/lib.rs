@@ -12,6 +12,7 @@ pub mod certs;
 pub mod cluster_ranges;
 pub mod config;
 pub mod cosign_bundle;
+pub mod cosign_certificate;
 pub mod cosign_classic;
 pub mod crd_upgrade;
 pub mod egress;

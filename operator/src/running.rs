@@ -200,7 +200,7 @@ pub fn template_digest(template: &PodTemplateSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::{BundleKey, ImageKey};
+    use crate::trust::{BundleKey, ImageKey, ImageSigner};
     use airlock_crds::Permission;
 
     fn bundle_key(seed: u8, level: TrustLevel, revoked: bool) -> BundleKey {
@@ -218,7 +218,9 @@ mod tests {
             name: format!("policy/c{n}"),
             level,
             revoked,
-            pem: format!("-----BEGIN PUBLIC KEY-----\nAAAA{n}\n-----END PUBLIC KEY-----"),
+            signer: ImageSigner::Key(format!(
+                "-----BEGIN PUBLIC KEY-----\nAAAA{n}\n-----END PUBLIC KEY-----"
+            )),
         }
     }
 

@@ -12,6 +12,8 @@ use airlock_crds::trust_policy::TrustLevel;
 use ed25519_dalek::VerifyingKey;
 use kube::ResourceExt;
 
+use crate::cosign_certificate::CertificateTrust;
+
 /// A key as the user knows it: `<policy>/<key name>`.
 pub type KeyName = String;
 
@@ -23,13 +25,22 @@ pub struct BundleKey {
     pub key: VerifyingKey,
 }
 
-/// A cosign public key (PEM), checked against image signatures by [`crate::verify`].
+/// Who may sign images, checked against image signatures by [`crate::verify`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageKey {
     pub name: KeyName,
     pub level: TrustLevel,
     pub revoked: bool,
-    pub pem: String,
+    pub signer: ImageSigner,
+}
+
+/// The two ways a policy names an image signer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ImageSigner {
+    /// `spec.keys[].cosign`: a public key (PEM, trimmed).
+    Key(String),
+    /// `spec.keys[].certificate`: identities of a CA.
+    Certificate(CertificateTrust),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -90,26 +101,25 @@ pub fn trusted_keys(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy])
                     )),
                 }
             }
-            if let Some(pem) = &k.cosign {
-                if !pem.contains("BEGIN PUBLIC KEY") {
-                    out.problems.push(format!(
-                        "PluginTrustPolicy {policy_name} spec.keys[{i}].cosign ({}): not a PEM public key; paste the cosign.pub file `cosign generate-key-pair` wrote",
-                        k.name
-                    ));
-                    continue;
-                }
-                let e = image.entry(cosign_material(pem)).or_insert(Listed {
-                    name: name.clone(),
-                    key: ImageKey {
+            match image_signer(k) {
+                None => {}
+                Some(Err(problem)) => out.problems.push(format!(
+                    "PluginTrustPolicy {policy_name} spec.keys[{i}].{problem}"
+                )),
+                Some(Ok(signer)) => {
+                    let e = image.entry(signer.material()).or_insert(Listed {
                         name: name.clone(),
-                        level: k.trust_level,
-                        revoked: false,
-                        pem: pem.trim().to_string(),
-                    },
-                    by: BTreeSet::new(),
-                });
-                e.key.level = e.key.level.min(k.trust_level);
-                e.by.insert(policy_name.clone());
+                        key: ImageKey {
+                            name: name.clone(),
+                            level: k.trust_level,
+                            revoked: false,
+                            signer,
+                        },
+                        by: BTreeSet::new(),
+                    });
+                    e.key.level = e.key.level.min(k.trust_level);
+                    e.by.insert(policy_name.clone());
+                }
             }
         }
     }
@@ -156,9 +166,45 @@ fn not_agreed(by: &BTreeSet<String>, governing: &BTreeSet<String>) -> Option<Str
     })
 }
 
-/// A cosign PEM without its white space: the same key pasted with other line breaks is the same.
-fn cosign_material(pem: &str) -> String {
-    pem.split_whitespace().collect()
+/// The image signer a policy's key entry names, if any; a problem names the field (after
+/// `spec.keys[i].`) and the fix.
+fn image_signer(k: &airlock_crds::trust_policy::TrustedKey) -> Option<Result<ImageSigner, String>> {
+    if let Some(pem) = &k.cosign {
+        return Some(if pem.contains("BEGIN PUBLIC KEY") {
+            Ok(ImageSigner::Key(pem.trim().to_string()))
+        } else {
+            Err(format!(
+                "cosign ({}): not a PEM public key; paste the cosign.pub file `cosign generate-key-pair` wrote",
+                k.name
+            ))
+        });
+    }
+    let certificate = k.certificate.as_ref()?;
+    Some(
+        crate::cosign_certificate::trust_of(certificate)
+            .map(ImageSigner::Certificate)
+            .map_err(|e| format!("certificate ({}): {e}", k.name)),
+    )
+}
+
+impl ImageSigner {
+    /// What identifies the signer, whatever the spelling: a cosign PEM without its white space
+    /// (the same key pasted with other line breaks is the same); for a certificate signer its
+    /// roots and identities (intermediates only help find a path, they trust nothing).
+    fn material(&self) -> String {
+        match self {
+            ImageSigner::Key(pem) => pem.split_whitespace().collect(),
+            ImageSigner::Certificate(trust) => {
+                let mut roots: Vec<String> = trust.roots.iter().map(hex::encode).collect();
+                roots.sort();
+                format!(
+                    "certificate roots={} identities={}",
+                    roots.join(","),
+                    trust.identities.join(",")
+                )
+            }
+        }
+    }
 }
 
 /// Every key some policy of the cluster revokes, by material, as a revoked key named after the
@@ -198,15 +244,22 @@ fn revoked_anywhere(
                     key,
                 });
             }
-            if let Some(pem) = &k.cosign {
-                image
-                    .entry(cosign_material(pem))
-                    .or_insert_with(|| ImageKey {
+            match image_signer(k) {
+                Some(Ok(signer)) => {
+                    image.entry(signer.material()).or_insert_with(|| ImageKey {
                         name: name.clone(),
                         level: TrustLevel::Untrusted,
                         revoked: true,
-                        pem: pem.trim().to_string(),
+                        signer,
                     });
+                }
+                Some(Err(problem)) if !governing.contains(&policy.name_any()) => {
+                    problems.push(format!(
+                        "PluginTrustPolicy {} spec.keys[{i}].{problem}; it is revoked but cannot be read, so the revocation does not take effect",
+                        policy.name_any()
+                    ));
+                }
+                _ => {}
             }
         }
     }
@@ -227,10 +280,10 @@ impl BundleKey {
 }
 
 impl ImageKey {
-    /// The fingerprint of the key's PEM text without white space (the identity
-    /// [`trusted_keys`] uses for cosign keys).
+    /// The fingerprint of the signer's material (the identity [`trusted_keys`] uses for image
+    /// signers).
     pub fn fingerprint(&self) -> String {
-        fingerprint(cosign_material(&self.pem).as_bytes())
+        fingerprint(self.signer.material().as_bytes())
     }
 }
 
@@ -271,8 +324,9 @@ pub enum Signature {
     /// Made by a key a governing policy revoked (and by no trusted key).
     Revoked { key: KeyName },
     /// Signatures exist but none verifies against a trusted key: made by another key, or the
-    /// content changed after signing.
-    NotTrusted,
+    /// content changed after signing. With why a certificate a signature carries does not
+    /// speak for a listed certificate signer (expired, another identity, another CA …).
+    NotTrusted(Option<String>),
     /// The signature cannot be parsed.
     Malformed(String),
 }
@@ -313,7 +367,7 @@ impl Signature {
         }
         match revoked {
             Some(key) => Signature::Revoked { key },
-            None => Signature::NotTrusted,
+            None => Signature::NotTrusted(None),
         }
     }
 }
@@ -395,16 +449,22 @@ pub fn signer(
         ));
     }
     match (bundle, image) {
-        (Signature::NotTrusted, _) => Err(Refusal::blocked(
+        (Signature::NotTrusted(_), _) => Err(Refusal::blocked(
             "BundleSignatureInvalid",
             format!(
                 "the bundle's signature does not verify against any trusted ed25519 key: the bundle was changed after signing, or signed by a key no governing PluginTrustPolicy lists{hint}. Re-sign it with a trusted key (`airlockctl sign`)"
             ),
         )),
-        (_, Signature::NotTrusted) => Err(Refusal::blocked(
+        (_, Signature::NotTrusted(None)) => Err(Refusal::blocked(
             "ImageSignatureUntrusted",
             format!(
-                "the image has cosign signatures, but none by a key listed in spec.keys[].cosign of a governing PluginTrustPolicy{hint}. Sign it with a trusted key (`cosign sign --key …`)"
+                "the image has cosign signatures, but none by a key listed in spec.keys[].cosign or a certificate of spec.keys[].certificate of a governing PluginTrustPolicy{hint}. Sign it with a trusted key (`cosign sign --key …`)"
+            ),
+        )),
+        (_, Signature::NotTrusted(Some(why))) => Err(Refusal::blocked(
+            "ImageSignatureUntrusted",
+            format!(
+                "the image is signed with a certificate, but not one a governing PluginTrustPolicy trusts: {why}{hint}. Sign it with a certificate that is valid now, for code signing, names one of spec.keys[].certificate.identities and chains to spec.keys[].certificate.roots"
             ),
         )),
         (
@@ -484,12 +544,12 @@ mod tests {
         let flipped = DIGEST.replace("11", "12");
         assert_eq!(
             bundle_signature(&keys, &flipped, Some(&sig)),
-            Signature::NotTrusted
+            Signature::NotTrusted(None)
         );
         let foreign = signing::sign(&other, DIGEST);
         assert_eq!(
             bundle_signature(&keys, DIGEST, Some(&foreign)),
-            Signature::NotTrusted
+            Signature::NotTrusted(None)
         );
         assert_eq!(bundle_signature(&keys, DIGEST, None), Signature::Absent);
         assert!(matches!(
@@ -530,7 +590,7 @@ mod tests {
         let sig = signing::sign(&sk, DIGEST);
         assert_eq!(
             bundle_signature(&keys, DIGEST, Some(&sig)),
-            Signature::NotTrusted
+            Signature::NotTrusted(None)
         );
         assert_eq!(keys.problems.len(), 2, "{:?}", keys.problems);
         assert!(
@@ -541,8 +601,12 @@ mod tests {
             keys.problems
         );
         // The refusal a user reads names it.
-        let refusal = signer(&Signature::NotTrusted, &Signature::Absent, &keys.problems)
-            .expect_err("refused");
+        let refusal = signer(
+            &Signature::NotTrusted(None),
+            &Signature::Absent,
+            &keys.problems,
+        )
+        .expect_err("refused");
         assert!(
             refusal
                 .message()
@@ -634,11 +698,24 @@ mod tests {
         let cases = [
             (ok.clone(), Signature::Absent, "ImageNotSigned"),
             (Signature::Absent, ok.clone(), "BundleNotSigned"),
-            (ok.clone(), Signature::NotTrusted, "ImageSignatureUntrusted"),
-            (Signature::NotTrusted, ok.clone(), "BundleSignatureInvalid"),
+            (
+                ok.clone(),
+                Signature::NotTrusted(None),
+                "ImageSignatureUntrusted",
+            ),
+            (
+                ok.clone(),
+                Signature::NotTrusted(Some("p/ca: expired".into())),
+                "ImageSignatureUntrusted",
+            ),
+            (
+                Signature::NotTrusted(None),
+                ok.clone(),
+                "BundleSignatureInvalid",
+            ),
             (
                 Signature::Absent,
-                Signature::NotTrusted,
+                Signature::NotTrusted(None),
                 "ImageSignatureUntrusted",
             ),
             (
@@ -674,6 +751,68 @@ mod tests {
         assert_eq!(keys.problems.len(), 1);
         assert!(
             keys.problems[0].contains("spec.keys[0].ed25519"),
+            "{:?}",
+            keys.problems
+        );
+    }
+
+    fn with_certificate(
+        name: &str,
+        roots: &str,
+        identity: &str,
+        revoked: bool,
+    ) -> PluginTrustPolicy {
+        let spec = serde_json::json!({"keys": [{
+            "name": "org-ca",
+            "certificate": {"roots": roots, "identities": [identity]},
+            "trustLevel": "Trusted",
+            "revoked": revoked,
+        }]});
+        policy(&format!(
+            "apiVersion: airlock.dev/v1alpha1\nkind: PluginTrustPolicy\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+        ))
+    }
+
+    #[test]
+    fn a_certificate_signer_is_listed_revoked_and_reported_like_a_key() {
+        use crate::cosign_certificate::fixtures::{IDENTITY, ROOT};
+        let a = with_certificate("a", ROOT, IDENTITY, false);
+        let keys = keys_of(&[&a]);
+        assert_eq!(keys.problems, Vec::<String>::new());
+        let [signer] = keys.image.as_slice() else {
+            panic!("{:?}", keys.image)
+        };
+        assert_eq!(signer.name, "a/org-ca");
+        assert!(
+            matches!(&signer.signer, ImageSigner::Certificate(t) if t.identities == [IDENTITY])
+        );
+        // Another identity of the same CA is another signer; the same one pasted with other
+        // line breaks is the same and its revocation anywhere revokes it here.
+        let other = with_certificate("b", ROOT, "ops@example.com", true);
+        assert!(
+            !keys_of(&[&a, &other])
+                .image
+                .iter()
+                .any(|k| k.revoked && k.name == "a/org-ca")
+        );
+        let same = with_certificate("c", &ROOT.replace('\n', "\r\n"), IDENTITY, true);
+        let revoked = trusted_keys(&[&a], &[a.clone(), same]);
+        assert!(
+            revoked.image.iter().all(|k| k.revoked),
+            "{:?}",
+            revoked.image
+        );
+        // Roots that are no certificates are named with the field and the fix.
+        let broken = with_certificate(
+            "d",
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+            IDENTITY,
+            false,
+        );
+        let keys = keys_of(&[&broken]);
+        assert!(keys.image.is_empty());
+        assert!(
+            keys.problems[0].contains("spec.keys[0].certificate (org-ca): roots: no certificate"),
             "{:?}",
             keys.problems
         );

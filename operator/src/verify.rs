@@ -12,17 +12,20 @@
 //! and is verified at once. The credentials the registry was read with are part of the key: a
 //! Plugin without access to a private registry never inherits the verdict of one that has it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tracing::warn;
+use rustls_pki_types::UnixTime;
+use sigstore::crypto::CosignVerificationKey;
+use tracing::{debug, warn};
 
-use crate::cosign_bundle;
 use crate::cosign_classic::{self, ClassicSignature};
 use crate::status::FetchFailure;
-use crate::trust::{ImageKey, Signature};
+use crate::trust::{ImageKey, ImageSigner, Signature};
+use crate::{cosign_bundle, cosign_certificate};
 
 /// How long a registry may take for the whole signature lookup.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -85,7 +88,8 @@ impl ImageVerifier {
                     "the registry did not answer within {}s while reading the cosign signatures of {pinned}; nothing is rolled out until it does (retrying)",
                     VERIFY_TIMEOUT.as_secs()
                 )))??;
-        let mut sig = judge(&classic, &[], digest, keys);
+        let now = UnixTime::now();
+        let mut sig = judge(&classic, &[], digest, keys, now);
         if !keys.is_empty() && !matches!(sig, Signature::SignedBy { .. }) {
             let bundles = tokio::time::timeout(VERIFY_TIMEOUT, self.bundles(pinned, digest, access))
                 .await
@@ -93,7 +97,7 @@ impl ImageVerifier {
                     "the registry did not answer within {}s while reading the cosign signature bundles of {pinned}; nothing is rolled out until it does (retrying)",
                     VERIFY_TIMEOUT.as_secs()
                 )))??;
-            sig = judge(&classic, &bundles, digest, keys);
+            sig = judge(&classic, &bundles, digest, keys, now);
         }
         self.cache
             .lock()
@@ -167,19 +171,22 @@ fn reference_of(pinned: &str) -> Result<oci_client::Reference, FetchFailure> {
     })
 }
 
-/// The best the classic signatures and the sigstore bundles of `digest` prove: a trusted
-/// key beats a revoked one. A bundle that a listed key verifies as an attestation of another
-/// predicate type is not a signature (cosign's own `verify --key` would take it for one).
+/// The best the classic signatures and the sigstore bundles of `digest` prove at `now`: a
+/// trusted signer beats a revoked one. A bundle that a listed signer verifies as an attestation
+/// of another predicate type is not a signature (cosign's own `verify --key` would take it for
+/// one).
 fn judge(
     classic: &[ClassicSignature],
     bundles: &[Vec<u8>],
     digest: &str,
     keys: &[ImageKey],
+    now: UnixTime,
 ) -> Signature {
+    let checkers: Vec<Checker<'_>> = keys.iter().map(Checker::of).collect();
     let attestation = |bundle: &Vec<u8>| {
-        keys.iter().any(|k| {
+        checkers.iter().any(|c| {
             matches!(
-                cosign_bundle::verify_bundle(bundle, digest, &k.pem),
+                c.bundle(bundle, digest, now),
                 Err(cosign_bundle::BundleRefusal::PredicateType(_))
             )
         })
@@ -187,27 +194,111 @@ fn judge(
     if classic.is_empty() && bundles.iter().all(attestation) {
         return Signature::Absent;
     }
-    let verifies = |key: &&ImageKey| {
-        let legacy = classic.iter().any(|sig| {
-            match cosign_classic::verify_signature(sig, digest, &key.pem) {
-                Ok(()) => true,
-                Err(e @ cosign_classic::SignatureRefusal::KeyUnusable(_)) => {
-                    warn!(key = %key.name, error = %e, "cosign key cannot be used");
-                    false
-                }
-                Err(_) => false,
+    let verdict = Signature::verified_by(
+        checkers
+            .iter()
+            .filter(|c| {
+                classic.iter().any(|sig| c.classic(sig, digest, now))
+                    || bundles.iter().any(|b| c.bundle(b, digest, now).is_ok())
+            })
+            .map(|c| (&c.signer.name, c.signer.level, c.signer.revoked)),
+    );
+    match verdict {
+        Signature::NotTrusted(None) => Signature::NotTrusted(checkers.iter().find_map(|c| {
+            let refusal = c.refusal.borrow();
+            refusal
+                .as_ref()
+                .map(|r| format!("{} refuses its certificate: {r}", c.signer.name))
+        })),
+        other => other,
+    }
+}
+
+/// How one listed signer checks signatures: with its public key, read once, or with the key
+/// of each signature's certificate once that certificate speaks for it.
+struct Checker<'k> {
+    signer: &'k ImageKey,
+    key: Option<CosignVerificationKey>,
+    /// Why the first certificate a signature carried does not speak for this signer: what a
+    /// user needs to hear when nothing else signs the image (an expired certificate, …).
+    refusal: RefCell<Option<cosign_certificate::CertificateRefusal>>,
+}
+
+impl<'k> Checker<'k> {
+    fn of(signer: &'k ImageKey) -> Self {
+        let key = match &signer.signer {
+            ImageSigner::Key(pem) => CosignVerificationKey::try_from_pem(pem.as_bytes())
+                .inspect_err(|e| warn!(key = %signer.name, error = %e, "cosign key cannot be used"))
+                .ok(),
+            ImageSigner::Certificate(_) => None,
+        };
+        Self {
+            signer,
+            key,
+            refusal: RefCell::default(),
+        }
+    }
+
+    /// The key a signature carrying `certificates` (leaf first, then its chain) is checked
+    /// with; `None` when the signer does not stand behind it.
+    fn key_for(
+        &self,
+        certificates: Option<(Vec<u8>, Vec<Vec<u8>>)>,
+        now: UnixTime,
+    ) -> Option<CosignVerificationKey> {
+        match &self.signer.signer {
+            ImageSigner::Key(_) => self.key.clone(),
+            ImageSigner::Certificate(trust) => {
+                let (leaf, chain) = certificates?;
+                cosign_certificate::signing_key(trust, &leaf, &chain, now)
+                    .inspect_err(|e| {
+                        debug!(key = %self.signer.name, refusal = %e, "a signature's certificate does not speak for this signer");
+                        self.refusal.borrow_mut().get_or_insert_with(|| e.clone());
+                    })
+                    .ok()
             }
-        });
-        legacy
-            || bundles
-                .iter()
-                .any(|b| cosign_bundle::verify_bundle(b, digest, &key.pem).is_ok())
-    };
-    Signature::verified_by(
-        keys.iter()
-            .filter(verifies)
-            .map(|k| (&k.name, k.level, k.revoked)),
-    )
+        }
+    }
+
+    fn classic(&self, sig: &ClassicSignature, digest: &str, now: UnixTime) -> bool {
+        let certificates = || {
+            let leaf = cosign_certificate::pem_certificates(sig.certificate.as_deref()?)
+                .ok()?
+                .into_iter()
+                .next()?;
+            let chain =
+                cosign_certificate::pem_certificates(sig.chain.as_deref().unwrap_or("")).ok()?;
+            Some((leaf, chain))
+        };
+        let certificates = match self.signer.signer {
+            ImageSigner::Key(_) => None,
+            ImageSigner::Certificate(_) => certificates(),
+        };
+        self.key_for(certificates, now)
+            .is_some_and(|key| cosign_classic::verify_signature_with_key(sig, digest, &key).is_ok())
+    }
+
+    fn bundle(
+        &self,
+        bundle: &[u8],
+        digest: &str,
+        now: UnixTime,
+    ) -> Result<(), cosign_bundle::BundleRefusal> {
+        let certificates = match self.signer.signer {
+            ImageSigner::Key(_) => None,
+            ImageSigner::Certificate(_) => {
+                let mut all = cosign_certificate::bundle_certificates(bundle);
+                (!all.is_empty()).then(|| {
+                    let leaf = all.remove(0);
+                    (leaf, all)
+                })
+            }
+        };
+        let key = self
+            .key_for(certificates, now)
+            .ok_or(cosign_bundle::BundleRefusal::SignatureInvalid)?;
+        cosign_bundle::verify_bundle_with_key(bundle, digest, &key)
+    }
 }
 
 fn key_set_hash(keys: &[ImageKey]) -> u64 {
@@ -230,13 +321,13 @@ mod tests {
             name: name.into(),
             level: TrustLevel::Trusted,
             revoked,
-            pem: pem.into(),
+            signer: ImageSigner::Key(pem.into()),
         }
     }
 
     fn judged(bundles: &[&[u8]], keys: &[ImageKey]) -> Signature {
         let bundles: Vec<Vec<u8>> = bundles.iter().map(|b| b.to_vec()).collect();
-        judge(&[], &bundles, DIGEST.trim(), keys)
+        judge(&[], &bundles, DIGEST.trim(), keys, UnixTime::now())
     }
 
     #[test]
@@ -247,15 +338,27 @@ mod tests {
             key("p/release", classic::KEY, false),
         ];
         assert_eq!(
-            judge(&[classic::signature()], &[], classic::DIGEST, &keys),
+            judge(
+                &[classic::signature()],
+                &[],
+                classic::DIGEST,
+                &keys,
+                UnixTime::now()
+            ),
             Signature::SignedBy {
                 key: "p/release".into(),
                 level: TrustLevel::Trusted
             }
         );
         assert_eq!(
-            judge(&[classic::signature()], &[], classic::DIGEST, &keys[..1]),
-            Signature::NotTrusted
+            judge(
+                &[classic::signature()],
+                &[],
+                classic::DIGEST,
+                &keys[..1],
+                UnixTime::now()
+            ),
+            Signature::NotTrusted(None)
         );
         // The same signature shown for another image signs nothing there.
         assert_eq!(
@@ -263,9 +366,10 @@ mod tests {
                 &[classic::signature()],
                 &[],
                 "sha256:0000000000000000000000000000000000000000000000000000000000000001",
-                &keys
+                &keys,
+                UnixTime::now()
             ),
-            Signature::NotTrusted
+            Signature::NotTrusted(None)
         );
     }
 
@@ -349,7 +453,7 @@ mod tests {
     fn a_bundle_signature_by_no_listed_key_is_untrusted_and_a_revoked_key_is_revoked() {
         assert_eq!(
             judged(&[SIGN], &[key("p/other", OTHER_KEY, false)]),
-            Signature::NotTrusted
+            Signature::NotTrusted(None)
         );
         assert_eq!(
             judged(&[SIGN], &[key("p/release", KEY, true)]),
@@ -364,8 +468,149 @@ mod tests {
         let other = format!("sha256:{}", "0".repeat(64));
         let bundles = vec![SIGN.to_vec()];
         assert_eq!(
-            judge(&[], &bundles, &other, &[key("p/release", KEY, false)]),
-            Signature::NotTrusted
+            judge(
+                &[],
+                &bundles,
+                &other,
+                &[key("p/release", KEY, false)],
+                UnixTime::now()
+            ),
+            Signature::NotTrusted(None)
+        );
+    }
+
+    fn certificate_signer(name: &str, identities: &[&str], with_intermediate: bool) -> ImageKey {
+        ImageKey {
+            name: name.into(),
+            level: TrustLevel::Trusted,
+            revoked: false,
+            signer: ImageSigner::Certificate(crate::cosign_certificate::fixtures::trust(
+                identities,
+                with_intermediate,
+            )),
+        }
+    }
+
+    #[test]
+    fn cosign_s_certificate_signatures_in_both_formats_sign_for_the_listed_identity() {
+        use crate::cosign_certificate::fixtures::*;
+        let org = |with_intermediate| {
+            [certificate_signer(
+                "p/org-ca",
+                &[IDENTITY],
+                with_intermediate,
+            )]
+        };
+        let signed = Signature::SignedBy {
+            key: "p/org-ca".into(),
+            level: TrustLevel::Trusted,
+        };
+        // Classic: the chain travels with the signature.
+        let classic = [classic_signature()];
+        assert_eq!(
+            judge(&classic, &[], DIGEST.trim(), &org(false), while_valid()),
+            signed
+        );
+        // Bundle: cosign stores the leaf alone; the policy supplies the intermediate.
+        let bundles = [BUNDLE.to_vec()];
+        assert_eq!(
+            judge(
+                &[],
+                &bundles,
+                BUNDLE_DIGEST.trim(),
+                &org(true),
+                while_valid()
+            ),
+            signed
+        );
+        // Without the intermediate, the user is told where to put it.
+        let Signature::NotTrusted(Some(why)) = judge(
+            &[],
+            &bundles,
+            BUNDLE_DIGEST.trim(),
+            &org(false),
+            while_valid(),
+        ) else {
+            panic!("a bundle without its intermediate signed")
+        };
+        assert!(
+            why.contains("list them in spec.keys[].certificate.intermediates"),
+            "{why}"
+        );
+        // A signature of one image is none of another.
+        assert_eq!(
+            judge(
+                &classic,
+                &[],
+                BUNDLE_DIGEST.trim(),
+                &org(false),
+                while_valid()
+            ),
+            Signature::NotTrusted(None)
+        );
+    }
+
+    #[test]
+    fn a_certificate_signature_outside_its_validity_or_identity_signs_nothing() {
+        use crate::cosign_certificate::fixtures::*;
+        let classic = [classic_signature()];
+        let org = [certificate_signer("p/org-ca", &[IDENTITY], true)];
+        let expired = UnixTime::since_unix_epoch(Duration::from_secs(2_145_916_800)); // 2038
+        let why = |s: Signature| match s {
+            Signature::NotTrusted(Some(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        let expired_why = why(judge(&classic, &[], DIGEST.trim(), &org, expired));
+        assert_eq!(
+            expired_why,
+            "p/org-ca refuses its certificate: the signing certificate is not valid for code signing under a listed root: a certificate on the path expired at 2036-11-29T16:11:08Z"
+        );
+        let someone_else = [certificate_signer("p/org-ca", &["ops@example.com"], true)];
+        assert_eq!(
+            why(judge(
+                &classic,
+                &[],
+                DIGEST.trim(),
+                &someone_else,
+                while_valid()
+            )),
+            "p/org-ca refuses its certificate: the signing certificate names \"release@example.com\", \"https://ci.example.com/release\", none of the listed identities"
+        );
+        // The certificate alone proves nothing: its signature must verify with its key.
+        let mut forged = classic_signature();
+        forged.payload = String::from_utf8(forged.payload)
+            .unwrap()
+            .replace("\"optional\":null", "\"optional\":{}")
+            .into_bytes();
+        assert_eq!(
+            judge(&[forged], &[], DIGEST.trim(), &org, while_valid()),
+            Signature::NotTrusted(None)
+        );
+        // A signature without a certificate does not speak for a certificate signer.
+        let mut bare = classic_signature();
+        bare.certificate = None;
+        assert_eq!(
+            judge(&[bare], &[], DIGEST.trim(), &org, while_valid()),
+            Signature::NotTrusted(None)
+        );
+    }
+
+    #[test]
+    fn a_revoked_certificate_signer_revokes_what_it_signed() {
+        use crate::cosign_certificate::fixtures::*;
+        let mut revoked = certificate_signer("p/org-ca", &[IDENTITY], true);
+        revoked.revoked = true;
+        assert_eq!(
+            judge(
+                &[classic_signature()],
+                &[],
+                DIGEST.trim(),
+                &[revoked],
+                while_valid()
+            ),
+            Signature::Revoked {
+                key: "p/org-ca".into()
+            }
         );
     }
 }
