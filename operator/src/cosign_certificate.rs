@@ -227,6 +227,7 @@ fn path_problem(error: &webpki::Error) -> String {
         webpki::Error::RequiredEkuNotFoundContext(_) => {
             "a certificate on the path does not allow code signing (extended key usage)".into()
         }
+        webpki::Error::InvalidSignatureForPublicKey => "a certificate on the path is not signed by the CA it names (a look-alike CA with the same name as a listed one?)".into(),
         webpki::Error::CaUsedAsEndEntity => "the signing certificate is a CA certificate".into(),
         other => format!("{other:?}"),
     }
@@ -490,6 +491,43 @@ mod tests {
     }
 
     #[test]
+    fn a_leaf_of_an_intermediate_chains_through_the_presented_chain() {
+        let root = Pki::new("Acme Root");
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Acme Signing CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        let intermediate_der = params.signed_by(&key, &root.issuer).unwrap().der().to_vec();
+        let intermediate = Pki {
+            issuer: Issuer::new(params, key),
+            root_der: intermediate_der.clone(),
+        };
+        let leaf = intermediate.leaf(
+            "dev@acme.test",
+            vec![ExtendedKeyUsagePurpose::CodeSigning],
+            false,
+        );
+        let trust = root.trust("dev@acme.test");
+        signing_key(
+            &trust,
+            &leaf,
+            std::slice::from_ref(&intermediate_der),
+            now(),
+        )
+        .unwrap();
+        signing_key(
+            &trust,
+            &leaf,
+            &[intermediate_der, root.root_der.clone()],
+            now(),
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn an_identity_is_compared_exactly() {
         let pki = Pki::new("Acme Root");
         let code = vec![ExtendedKeyUsagePurpose::CodeSigning];
@@ -519,15 +557,17 @@ mod tests {
             vec![ExtendedKeyUsagePurpose::CodeSigning],
             false,
         );
-        assert!(matches!(
+        assert_eq!(
             signing_key(
                 &trusted.trust("dev@acme.test"),
                 &leaf,
                 std::slice::from_ref(&impostor.root_der),
                 now()
-            ),
-            Err(CertificateRefusal::Chain(_))
-        ));
+            )
+            .err()
+            .map(|e| e.to_string()),
+            Some("the signing certificate is not valid for code signing under a listed root: a certificate on the path is not signed by the CA it names (a look-alike CA with the same name as a listed one?)".into())
+        );
     }
 
     #[test]

@@ -128,7 +128,29 @@ pub fn trusted_keys(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy])
         revoked_anywhere(all, &governing_names, &mut out.problems);
     out.bundle = settle(bundle, revoked_bundle, &governing_names, &mut out.problems);
     out.image = settle(image, revoked_image, &governing_names, &mut out.problems);
+    drop_revoked_certificate_identities(&mut out.image);
     out
+}
+
+/// A certificate signer that shares a root and an identity with a revoked one is not trusted
+/// either: a revoked entry means "what this CA certified for these identities is compromised",
+/// however another policy spells the list. (Keys match by material alone in [`settle`].)
+fn drop_revoked_certificate_identities(image: &mut Vec<ImageKey>) {
+    let revoked: Vec<CertificateTrust> = image
+        .iter()
+        .filter(|k| k.revoked)
+        .filter_map(|k| match &k.signer {
+            ImageSigner::Certificate(t) => Some(t.clone()),
+            ImageSigner::Key(_) => None,
+        })
+        .collect();
+    image.retain(|k| match &k.signer {
+        ImageSigner::Certificate(t) if !k.revoked => !revoked.iter().any(|r| {
+            r.roots.iter().any(|root| t.roots.contains(root))
+                && r.identities.iter().any(|i| t.identities.contains(i))
+        }),
+        _ => true,
+    });
 }
 
 /// The keys of one kind a namespace trusts: those every governing policy lists, reported in
@@ -802,6 +824,15 @@ mod tests {
             "{:?}",
             revoked.image
         );
+        // Revoking one identity of a CA revokes every listing of it, whatever else it lists.
+        let listed = policy(&format!(
+            "apiVersion: airlock.dev/v1alpha1\nkind: PluginTrustPolicy\nmetadata: {{name: e}}\nspec: {}\n",
+            serde_json::json!({"keys": [{"name": "org-ca", "trustLevel": "Trusted",
+                "certificate": {"roots": ROOT, "identities": [IDENTITY, "ops@example.com"]}}]})
+        ));
+        let revoker = with_certificate("f", ROOT, IDENTITY, true);
+        let keys = trusted_keys(&[&listed], &[listed.clone(), revoker]);
+        assert!(keys.image.iter().all(|k| k.revoked), "{:?}", keys.image);
         // Roots that are no certificates are named with the field and the fix.
         let broken = with_certificate(
             "d",
