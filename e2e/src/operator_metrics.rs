@@ -2,6 +2,7 @@
 //! requests (`airlock_kube_requests_total`, writes apart), reconciles, resident memory and CPU.
 //! The standby replica reconciles nothing, so the leader's counters are the operator's.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -28,10 +29,12 @@ pub fn env_number(name: &str, default: u64) -> Result<u64> {
 }
 
 /// The operator's counters, read from the leader.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Counts {
     pub requests: f64,
     pub writes: f64,
+    /// Writes by `"<METHOD> <resource>"` (e.g. `PATCH plugins/status`): where they go.
+    pub writes_by: BTreeMap<String, f64>,
     pub rss_bytes: f64,
     pub reconciles: f64,
     /// `process_cpu_seconds_total`.
@@ -50,11 +53,19 @@ impl Counts {
             };
             if let Some(labels) = series.strip_prefix("airlock_kube_requests_total") {
                 counts.requests += value;
-                if ["POST", "PUT", "PATCH", "DELETE"]
-                    .iter()
-                    .any(|m| labels.contains(&format!("method=\"{m}\"")))
-                {
+                let label = |name: &str| {
+                    let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+                    let len = labels[start..].find('"')?;
+                    Some(labels[start..start + len].to_string())
+                };
+                let method = label("method").unwrap_or_default();
+                if ["POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
                     counts.writes += value;
+                    let resource = label("resource").unwrap_or_else(|| "?".into());
+                    *counts
+                        .writes_by
+                        .entry(format!("{method} {resource}"))
+                        .or_default() += value;
                 }
             } else if series == "process_resident_memory_bytes" {
                 counts.rss_bytes = value;
@@ -65,6 +76,25 @@ impl Counts {
             }
         }
         counts
+    }
+}
+
+impl Counts {
+    /// The writes made since `before`, per Plugin of `n`, by kind, most first:
+    /// `PATCH plugins/status 4.0, POST events 3.1, …`.
+    pub fn writes_per_plugin_by_kind(&self, before: &Counts, n: f64) -> String {
+        let mut kinds: Vec<(f64, &String)> = self
+            .writes_by
+            .iter()
+            .map(|(kind, v)| ((v - before.writes_by.get(kind).unwrap_or(&0.0)) / n, kind))
+            .filter(|(v, _)| *v >= 0.05)
+            .collect();
+        kinds.sort_by(|a, b| b.0.total_cmp(&a.0));
+        kinds
+            .iter()
+            .map(|(v, kind)| format!("{kind} {v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -107,7 +137,8 @@ mod tests {
     fn counts_read_requests_writes_and_memory_from_the_operator_metrics() {
         let text = "# HELP airlock_kube_requests_total Requests\n\
             airlock_kube_requests_total{method=\"GET\"} 40\n\
-            airlock_kube_requests_total{method=\"PATCH\"} 7\n\
+            airlock_kube_requests_total{method=\"PATCH\",resource=\"plugins/status\"} 5\n\
+            airlock_kube_requests_total{method=\"PATCH\",resource=\"deployments\"} 2\n\
             airlock_kube_requests_total{method=\"POST\"} 3\n\
             airlock_kube_requests_total{method=\"DELETE\"} 1\n\
             airlock_plugins{phase=\"Disabled\"} 1000\n\
@@ -119,6 +150,13 @@ mod tests {
             Counts {
                 requests: 51.0,
                 writes: 11.0,
+                writes_by: [
+                    ("DELETE ?".to_string(), 1.0),
+                    ("PATCH deployments".to_string(), 2.0),
+                    ("PATCH plugins/status".to_string(), 5.0),
+                    ("POST ?".to_string(), 3.0),
+                ]
+                .into(),
                 rss_bytes: 20_971_520.0,
                 reconciles: 4000.0,
                 cpu_seconds: 12.5,

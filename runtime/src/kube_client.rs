@@ -38,7 +38,7 @@ pub struct RequestTimedOut {
 pub fn client(config: kube::Config, requests: &KubeRequests) -> Result<kube::Client, kube::Error> {
     let counter = requests.clone();
     let count = tower::util::MapRequestLayer::new(move |req: http::Request<Body>| {
-        counter.count(req.method().as_str());
+        counter.count(req.method().as_str(), req.uri().path());
         req
     });
     Ok(kube::client::ClientBuilder::try_from(config)?

@@ -56,9 +56,31 @@ pub fn build_info(registry: &Registry, component: &str) -> Result<()> {
     Ok(())
 }
 
-/// `airlock_kube_requests_total{method}`.
+/// `airlock_kube_requests_total{method, resource}`.
 #[derive(Clone, Debug)]
 pub struct KubeRequests(IntCounterVec);
+
+/// The resource (and subresource) a Kubernetes API path addresses, e.g. `deployments`,
+/// `plugins/status`, `leases`: what a request cost is broken down by. Never an object or
+/// namespace name (bounded cardinality); `other` for a path of no known shape.
+pub fn resource_of(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // /api/v1/... or /apis/<group>/<version>/...
+    let rest = match segments.as_slice() {
+        ["api", _version, rest @ ..] => rest,
+        ["apis", _group, _version, rest @ ..] => rest,
+        _ => return "other".into(),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+        other => other,
+    };
+    match rest {
+        [resource] | [resource, _] => (*resource).to_string(),
+        [resource, _, sub] => format!("{resource}/{sub}"),
+        _ => "other".into(),
+    }
+}
 
 impl KubeRequests {
     /// Creates the series and registers it, with the process collector, in `registry`.
@@ -66,27 +88,93 @@ impl KubeRequests {
         let help = format!(
             "Requests the {binary} sent to the Kubernetes API, by HTTP method (writes: POST, PUT, PATCH, DELETE)"
         );
-        let requests = counter(registry, "airlock_kube_requests_total", &help, &["method"])?;
+        let requests = counter(
+            registry,
+            "airlock_kube_requests_total",
+            &help,
+            &["method", "resource"],
+        )?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(Self(requests))
     }
 
-    /// One request with `method`.
-    pub fn count(&self, method: &str) {
-        self.0.with_label_values(&[method]).inc();
+    /// One request with `method` to `path` (counted under [`resource_of`] the path).
+    pub fn count(&self, method: &str, path: &str) {
+        self.0
+            .with_label_values(&[method, &resource_of(path)])
+            .inc();
     }
 
-    /// Requests so far with `method` (for tests and benches).
+    /// Requests so far with `method`, all resources (for tests and benches).
     pub fn get(&self, method: &str) -> u64 {
-        self.0.with_label_values(&[method]).get()
+        use prometheus::core::Collector;
+        self.0
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "method" && l.value() == method)
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_counted_by_resource_never_by_name() {
+        for (path, resource) in [
+            (
+                "/apis/apps/v1/namespaces/acme/deployments/hello",
+                "deployments",
+            ),
+            ("/apis/apps/v1/namespaces/acme/deployments", "deployments"),
+            (
+                "/apis/airlock.dev/v1alpha1/namespaces/acme/plugins/hello/status",
+                "plugins/status",
+            ),
+            ("/api/v1/namespaces/acme/events", "events"),
+            ("/api/v1/namespaces/acme", "namespaces"),
+            ("/api/v1/namespaces", "namespaces"),
+            (
+                "/apis/coordination.k8s.io/v1/namespaces/airlock-system/leases/airlock",
+                "leases",
+            ),
+            (
+                "/apis/airlock.dev/v1alpha1/plugintrustpolicies/p/status",
+                "plugintrustpolicies/status",
+            ),
+            (
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/plugins.airlock.dev",
+                "customresourcedefinitions",
+            ),
+            ("/version", "other"),
+            ("/api/v1/namespaces/acme/pods/a/b/c", "other"),
+        ] {
+            assert_eq!(resource_of(path), resource, "{path}");
+        }
+        let registry = Registry::new();
+        let requests = KubeRequests::register(&registry, "operator").unwrap();
+        requests.count("PATCH", "/apis/apps/v1/namespaces/acme/deployments/hello");
+        requests.count("PATCH", "/api/v1/namespaces/acme/events/x");
+        requests.count("GET", "/api/v1/namespaces/acme/events/x");
+        assert_eq!(requests.get("PATCH"), 2);
+        let text = crate::http::render(&registry);
+        assert!(
+            text.contains(
+                r#"airlock_kube_requests_total{method="PATCH",resource="deployments"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("hello"), "{text}");
+    }
 
     #[test]
     fn build_info_names_the_component_and_version() {

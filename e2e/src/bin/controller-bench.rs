@@ -283,6 +283,7 @@ fn report(
          time to steady state:          {:.1} s from the first create ({:.1} Plugins/s)\n\
          API server floor:              the {n} Plugins alone {alone:.1} s, then the operator's {operator_writes:.0} writes at {floor_rate:.0} writes/s: {floor:.1} s; steady state x{:.2} (goal <= x1.3)\n\
          API requests per Plugin:       {:.1} (writes {:.1}); reconciles per Plugin: {:.1}\n\
+         writes per Plugin, by kind:    {}\n\
          API writes/min, steady state:  {steady_writes:.1}   (floor, no Plugins: {idle_writes:.1}; ratio {ratio})\n\
          operator RSS:                  {:.1} MiB\n",
         created.as_secs_f64(),
@@ -292,6 +293,7 @@ fn report(
         (run.1.requests - run.0.requests) / n_f,
         (run.1.writes - run.0.writes) / n_f,
         (run.1.reconciles - run.0.reconciles) / n_f,
+        run.1.writes_per_plugin_by_kind(&run.0, n_f),
         run.2.rss_bytes / 1_048_576.0,
     )
 }
@@ -305,6 +307,7 @@ mod tests {
         let at = |writes: f64| Counts {
             requests: writes * 2.0,
             writes,
+            writes_by: [("PATCH plugins/status".to_string(), writes)].into(),
             rss_bytes: 50.0 * 1_048_576.0,
             reconciles: writes / 2.0,
             cpu_seconds: 0.0,
@@ -332,6 +335,10 @@ mod tests {
             text.contains(
                 "API requests per Plugin:       6.0 (writes 3.0); reconciles per Plugin: 1.5"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("writes per Plugin, by kind:    PATCH plugins/status 3.0\n"),
             "{text}"
         );
         assert!(

@@ -593,6 +593,7 @@ fn report(
          time to all Active:            {:.1} s from the first create ({:.1} Plugins/s)\n\
          floor, same objects written:   {:.1} s until every Deployment is Available; Airlock / floor = {:.2} (goal <= 1.3)\n\
          API requests per Plugin:       {:.1} (writes {:.1}); reconciles per Plugin: {:.1}\n\
+         writes per Plugin, by kind:    {}\n\
          API writes/min, steady state:  {steady_writes:.1}   (floor, operator idle before: {idle_writes:.1})\n\
          operator RSS:                  {:.1} MiB (goal <= 256)\n\
          operator CPU:                  {cpu:.1} s until all Active ({:.2} ms per Plugin); {:.1}% of a core at steady state\n\
@@ -607,6 +608,7 @@ fn report(
         (run.1.requests - run.0.requests) / n,
         (run.1.writes - run.0.writes) / n,
         (run.1.reconciles - run.0.reconciles) / n,
+        run.1.writes_per_plugin_by_kind(&run.0, n),
         mib(run.2.rss_bytes),
         cpu * 1000.0 / n,
         steady_cpu * 100.0 / size.steady.as_secs_f64().max(1.0),
@@ -697,6 +699,11 @@ mod tests {
         let at = |writes: f64, cpu: f64| Counts {
             requests: writes * 2.0,
             writes,
+            writes_by: [
+                ("PATCH plugins/status".to_string(), writes * 0.75),
+                ("POST events".to_string(), writes * 0.25),
+            ]
+            .into(),
             rss_bytes: 100.0 * 1_048_576.0,
             reconciles: writes / 4.0,
             cpu_seconds: cpu,
@@ -732,6 +739,12 @@ mod tests {
         assert!(
             text.contains(
                 "API requests per Plugin:       8.0 (writes 4.0); reconciles per Plugin: 1.0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "writes per Plugin, by kind:    PATCH plugins/status 3.0, POST events 1.0\n"
             ),
             "{text}"
         );
