@@ -13,7 +13,7 @@ export AIRLOCK_PYTHON ?= $(CACHE)/venv/bin/python
 # The local cluster unless the caller points at another one.
 export KUBECONFIG ?= /var/lib/airlock-cluster/kubeconfig
 
-.PHONY: help tools demo bench test lint fmt-check clippy shellcheck chart-lint alerts-test deny unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
+.PHONY: help tools demo bench fuzz fuzz-smoke test lint fmt-check clippy shellcheck chart-lint alerts-test deny unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
 
 help: ## list the recipes
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -32,7 +32,14 @@ demo: tools cluster-up e2e-images ## local cluster, Airlock installed with Helm,
 bench: tools cluster-up e2e-images ## benchmarks: verification, router vs direct shim, 1000 disabled Plugins (BENCH_PLUGINS=N), 10,000 on fake nodes (BENCH_KWOK_PLUGINS=N)
 	@bash e2e/bench.sh
 
-test: tools lint unit e2e ## the whole suite: fmt, clippy, shellcheck, unit tests, cluster e2e
+test: tools lint unit fuzz-smoke e2e ## the whole suite: fmt, clippy, shellcheck, unit tests, a fuzz smoke, cluster e2e
+
+fuzz: tools ## every fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS each (default 60); crashes left in fuzz/artifacts
+	fuzz/run.sh
+
+# A bounded smoke of `make fuzz` for the suite: every target builds and runs 10 s on its seeds.
+fuzz-smoke: tools
+	FUZZ_SECONDS=10 FUZZ_NICE=0 fuzz/run.sh
 
 lint: fmt-check clippy shellcheck chart-lint alerts-test deny ## formatting and lints (Rust, shell, the Helm chart and its alert rules, dependencies)
 
@@ -44,7 +51,7 @@ clippy:
 
 # The Debian package, installed by `make tools` (e2e/cluster/deps.sh).
 shellcheck:
-	shellcheck -x e2e/*.sh e2e/cluster/*.sh .ci/run
+	shellcheck -x e2e/*.sh e2e/cluster/*.sh fuzz/run.sh .ci/run
 
 chart-lint: ## helm lint --strict and render of charts/airlock: defaults and every charts/airlock/ci/*.yaml
 	e2e/chart-lint.sh

@@ -4,7 +4,7 @@
 . "$(dirname "$0")/lib.sh"
 PKGS="containerd runc containernetworking-plugins iptables ipset conntrack socat ebtables iproute2 \
   docker-registry musl-tools openssl curl ca-certificates jq python3-venv shellcheck lua5.1 \
-  prometheus apache2-utils"
+  prometheus apache2-utils g++"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
