@@ -124,7 +124,8 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("7 bytes"), "{err}");
-        for bad in ["", "{", "1 2"] {
+        // Also what only a full parse refuses: an event no subscriber could read.
+        for bad in ["", "{", "1 2", r#""\ud800""#, "1e400"] {
             assert!(
                 matches!(
                     check_event("t", bad, 100),

@@ -283,9 +283,12 @@ fn check_key(key: &str, limits: &Limits) -> Result<(), StorageError> {
 
 /// `text` without insignificant whitespace, if it is one JSON document.
 pub(super) fn compact_json(text: &str) -> Result<String, serde_json::Error> {
-    // IgnoredAny checks the syntax (and that nothing follows the document) without building a
-    // tree, so nothing is converted and printed back.
-    serde_json::from_str::<serde::de::IgnoredAny>(text)?;
+    // A full parse, as every reader does (the SDKs parse call results and event payloads into
+    // values): serde's IgnoredAny takes lone surrogate escapes ("\ud800") and numbers out of
+    // range (1e400) that those readers refuse, so one plugin could store or emit a document
+    // that breaks every plugin reading it (found by fuzz/host_api_args). The text is still kept
+    // as sent (without insignificant whitespace), not printed back from the tree.
+    serde_json::from_str::<serde_json::Value>(text)?;
     Ok(compact_valid_json(text))
 }
 
@@ -363,6 +366,24 @@ mod tests {
         put(&mut s, "null", "null").unwrap();
         assert_eq!(s.get("null"), Some("null"));
         assert_eq!(s.get("missing"), None);
+    }
+
+    #[test]
+    fn a_value_no_reader_could_parse_is_refused() {
+        let mut s = Store::new();
+        for unreadable in [r#""\ud800""#, r#"{"a": "\udfff x"}"#, "1e400", "[-1e999]"] {
+            assert!(
+                matches!(
+                    s.put("k", unreadable, &Limits::default()),
+                    Err(StorageError::NotJson { .. })
+                ),
+                "{unreadable} was stored"
+            );
+            assert!(serde_json::from_str::<serde_json::Value>(unreadable).is_err());
+        }
+        // A surrogate pair is one character, and a big integer is a number readers take.
+        s.put("k", r#"["\ud83d\ude00", 123456789012345678901234567890]"#, &Limits::default())
+            .unwrap();
     }
 
     #[test]
