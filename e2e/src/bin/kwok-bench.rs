@@ -572,6 +572,13 @@ fn report(
     let per_minute = |writes: f64| writes * 60.0 / size.steady.as_secs_f64().max(1.0);
     let idle_writes = per_minute(idle.1.writes - idle.0.writes);
     let steady_writes = per_minute(run.2.writes - run.1.writes);
+    // Where steady-state writes go, when there are any beyond the lease renewals.
+    let steady_kinds = run.2.writes_per_plugin_by_kind(&run.1, 1.0);
+    let steady_kinds = if steady_writes > idle_writes * 2.0 && !steady_kinds.is_empty() {
+        format!("; in the window: {steady_kinds}")
+    } else {
+        String::new()
+    };
     let cpu = run.1.cpu_seconds - run.0.cpu_seconds;
     let steady_cpu = run.2.cpu_seconds - run.1.cpu_seconds;
     let mib = |b: f64| b / 1_048_576.0;
@@ -594,7 +601,7 @@ fn report(
          floor, same objects written:   {:.1} s until every Deployment is Available; Airlock / floor = {:.2} (goal <= 1.3)\n\
          API requests per Plugin:       {:.1} (writes {:.1}); reconciles per Plugin: {:.1}\n\
          writes per Plugin, by kind:    {}\n\
-         API writes/min, steady state:  {steady_writes:.1}   (floor, operator idle before: {idle_writes:.1})\n\
+         API writes/min, steady state:  {steady_writes:.1}   (floor, operator idle before: {idle_writes:.1}){steady_kinds}\n\
          operator RSS:                  {:.1} MiB (goal <= 256)\n\
          operator CPU:                  {cpu:.1} s until all Active ({:.2} ms per Plugin); {:.1}% of a core at steady state\n\
          router replicas:               {routers}\n",
