@@ -66,13 +66,12 @@ fuzz_target!(|data: &[u8]| {
             .expect("a document the router passed breaks the plugin's request parse");
         assert_eq!(request.payload, value);
     }
-    // The byte scan agrees with the parsed depth on every JSON document.
+    // The byte scan is at least as deep as the parsed document, on every JSON document.
     if let Ok(value) = serde_json::from_str::<Value>(json) {
+        // Only a lower bound: with duplicate keys the parsed value keeps the last one, so a
+        // deeper earlier duplicate is seen by the scan and not by the tree (the scan refusing
+        // more is the safe side; found by this target).
         let d = depth(&value);
-        assert!(
-            !nests_deeper_than(json.as_bytes(), d),
-            "scan deeper than {d}"
-        );
         if d > 0 {
             assert!(
                 nests_deeper_than(json.as_bytes(), d - 1),
