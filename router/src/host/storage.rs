@@ -382,8 +382,12 @@ mod tests {
             assert!(serde_json::from_str::<serde_json::Value>(unreadable).is_err());
         }
         // A surrogate pair is one character, and a big integer is a number readers take.
-        s.put("k", r#"["\ud83d\ude00", 123456789012345678901234567890]"#, &Limits::default())
-            .unwrap();
+        s.put(
+            "k",
+            r#"["\ud83d\ude00", 123456789012345678901234567890]"#,
+            &Limits::default(),
+        )
+        .unwrap();
     }
 
     #[test]
