@@ -229,8 +229,41 @@ fn path_problem(error: &webpki::Error) -> String {
         }
         webpki::Error::InvalidSignatureForPublicKey => "a certificate on the path is not signed by the CA it names (a look-alike CA with the same name as a listed one?)".into(),
         webpki::Error::CaUsedAsEndEntity => "the signing certificate is a CA certificate".into(),
-        other => format!("{other:?}"),
+        webpki::Error::UnsupportedSignatureAlgorithmContext(_)
+        | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "a certificate on the path is signed with an algorithm Airlock does not verify (ECDSA P-256/P-384, Ed25519 and RSA 2048–8192 are supported)".into()
+        }
+        // Other variants may carry bytes of the certificates (written by whoever can push a
+        // signature): only the variant's name is shown.
+        other => {
+            let debug = format!("{other:?}");
+            let name: String = debug
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .take(60)
+                .collect();
+            format!("the path is invalid ({name})")
+        }
     }
+}
+
+/// What identifies a root as a trust anchor: its subject and public key (what path validation
+/// compares), not its DER: the same CA re-issued with another validity or serial is the same
+/// anchor, for listing and for revocation. Hex of sha256; unreadable DER falls back to the DER's
+/// own hash (such a root anchors nothing anyway).
+pub fn anchor_id(root: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    match X509Certificate::from_der(root) {
+        Ok((_, certificate)) => {
+            hash.update(b"subject:");
+            hash.update(certificate.subject().as_raw());
+            hash.update(b"spki:");
+            hash.update(certificate.public_key().raw);
+        }
+        Err(_) => hash.update(root),
+    }
+    hex::encode(hash.finalize())
 }
 
 /// The email addresses, URIs and DNS names of a certificate's Subject Alternative Name.
@@ -567,6 +600,24 @@ mod tests {
             .err()
             .map(|e| e.to_string()),
             Some("the signing certificate is not valid for code signing under a listed root: a certificate on the path is not signed by the CA it names (a look-alike CA with the same name as a listed one?)".into())
+        );
+    }
+
+    #[test]
+    fn a_root_is_known_by_subject_and_key_not_by_its_bytes() {
+        let pki = Pki::new("Acme Root");
+        // The same subject and key, re-issued (another serial and validity).
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Acme Root");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let reissued = params.self_signed(pki.issuer.key()).unwrap().der().to_vec();
+        assert_ne!(reissued, pki.root_der);
+        assert_eq!(anchor_id(&reissued), anchor_id(&pki.root_der));
+        assert_ne!(
+            anchor_id(&Pki::new("Acme Root").root_der),
+            anchor_id(&pki.root_der)
         );
     }
 

@@ -128,29 +128,41 @@ pub fn trusted_keys(governing: &[&PluginTrustPolicy], all: &[PluginTrustPolicy])
         revoked_anywhere(all, &governing_names, &mut out.problems);
     out.bundle = settle(bundle, revoked_bundle, &governing_names, &mut out.problems);
     out.image = settle(image, revoked_image, &governing_names, &mut out.problems);
-    drop_revoked_certificate_identities(&mut out.image);
+    revoke_certificate_identities(&mut out.image);
     out
 }
 
-/// A certificate signer that shares a root and an identity with a revoked one is not trusted
-/// either: a revoked entry means "what this CA certified for these identities is compromised",
-/// however another policy spells the list. (Keys match by material alone in [`settle`].)
-fn drop_revoked_certificate_identities(image: &mut Vec<ImageKey>) {
-    let revoked: Vec<CertificateTrust> = image
+/// A certificate signer that shares a root (by subject and key) and an identity with a revoked
+/// one is revoked too: a revoked entry means "what this CA certified for these identities is
+/// compromised", however another policy spells the list or re-issues the root. It stays listed,
+/// revoked, so what it signed is quarantined as `KeyRevoked`. (Keys match by material alone in
+/// [`settle`].)
+fn revoke_certificate_identities(image: &mut [ImageKey]) {
+    let anchors = |t: &CertificateTrust| -> Vec<String> {
+        t.roots
+            .iter()
+            .map(|r| crate::cosign_certificate::anchor_id(r))
+            .collect()
+    };
+    let revoked: Vec<(Vec<String>, Vec<String>)> = image
         .iter()
         .filter(|k| k.revoked)
         .filter_map(|k| match &k.signer {
-            ImageSigner::Certificate(t) => Some(t.clone()),
+            ImageSigner::Certificate(t) => Some((anchors(t), t.identities.clone())),
             ImageSigner::Key(_) => None,
         })
         .collect();
-    image.retain(|k| match &k.signer {
-        ImageSigner::Certificate(t) if !k.revoked => !revoked.iter().any(|r| {
-            r.roots.iter().any(|root| t.roots.contains(root))
-                && r.identities.iter().any(|i| t.identities.contains(i))
-        }),
-        _ => true,
-    });
+    for k in image.iter_mut().filter(|k| !k.revoked) {
+        if let ImageSigner::Certificate(t) = &k.signer {
+            let roots = anchors(t);
+            if revoked.iter().any(|(r_roots, r_identities)| {
+                r_roots.iter().any(|r| roots.contains(r))
+                    && r_identities.iter().any(|i| t.identities.contains(i))
+            }) {
+                k.revoked = true;
+            }
+        }
+    }
 }
 
 /// The keys of one kind a namespace trusts: those every governing policy lists, reported in
@@ -217,13 +229,15 @@ impl ImageSigner {
         match self {
             ImageSigner::Key(pem) => pem.split_whitespace().collect(),
             ImageSigner::Certificate(trust) => {
-                let mut roots: Vec<String> = trust.roots.iter().map(hex::encode).collect();
+                let mut roots: Vec<String> = trust
+                    .roots
+                    .iter()
+                    .map(|r| crate::cosign_certificate::anchor_id(r))
+                    .collect();
                 roots.sort();
-                format!(
-                    "certificate roots={} identities={}",
-                    roots.join(","),
-                    trust.identities.join(",")
-                )
+                // JSON: an identity may contain any separator (a URI with a comma).
+                serde_json::json!({"certificate": {"roots": roots, "identities": trust.identities}})
+                    .to_string()
             }
         }
     }
@@ -833,6 +847,22 @@ mod tests {
         let revoker = with_certificate("f", ROOT, IDENTITY, true);
         let keys = trusted_keys(&[&listed], &[listed.clone(), revoker]);
         assert!(keys.image.iter().all(|k| k.revoked), "{:?}", keys.image);
+        // It stays listed, revoked: what it signed is quarantined as KeyRevoked.
+        assert!(
+            keys.image.iter().any(|k| k.name == "e/org-ca"),
+            "{:?}",
+            keys.image
+        );
+        // Identities are not run together: ["a,b"] is not ["a", "b"].
+        let joined = with_certificate("g", ROOT, "a,b", false);
+        let split = policy(&format!(
+            "apiVersion: airlock.dev/v1alpha1\nkind: PluginTrustPolicy\nmetadata: {{name: h}}\nspec: {}\n",
+            serde_json::json!({"keys": [{"name": "org-ca", "trustLevel": "Trusted",
+                "certificate": {"roots": ROOT, "identities": ["a", "b"]}}]})
+        ));
+        let both = keys_of(&[&joined, &split]);
+        assert!(both.image.is_empty(), "{:?}", both.image);
+        assert_eq!(both.problems.len(), 2, "{:?}", both.problems);
         // Roots that are no certificates are named with the field and the fix.
         let broken = with_certificate(
             "d",

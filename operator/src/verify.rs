@@ -194,23 +194,57 @@ fn judge(
     if classic.is_empty() && bundles.iter().all(attestation) {
         return Signature::Absent;
     }
+    // A signature a revoked signer accepts counts for no one: a leaked key certified by a
+    // listed CA, or a leaf another listing of the same CA still accepts, must not sign through
+    // the back door (finding of a review).
+    let revoked: Vec<&Checker<'_>> = checkers.iter().filter(|c| c.signer.revoked).collect();
+    let tainted_classic: Vec<bool> = classic
+        .iter()
+        .map(|sig| revoked.iter().any(|c| c.classic(sig, digest, now)))
+        .collect();
+    let tainted_bundle: Vec<bool> = bundles
+        .iter()
+        .map(|b| revoked.iter().any(|c| c.bundle(b, digest, now).is_ok()))
+        .collect();
     let verdict = Signature::verified_by(
         checkers
             .iter()
             .filter(|c| {
-                classic.iter().any(|sig| c.classic(sig, digest, now))
-                    || bundles.iter().any(|b| c.bundle(b, digest, now).is_ok())
+                let counts = |tainted: bool| c.signer.revoked || !tainted;
+                classic
+                    .iter()
+                    .zip(&tainted_classic)
+                    .any(|(sig, t)| counts(*t) && c.classic(sig, digest, now))
+                    || bundles
+                        .iter()
+                        .zip(&tainted_bundle)
+                        .any(|(b, t)| counts(*t) && c.bundle(b, digest, now).is_ok())
             })
             .map(|c| (&c.signer.name, c.signer.level, c.signer.revoked)),
     );
     match verdict {
         Signature::NotTrusted(None) => Signature::NotTrusted(checkers.iter().find_map(|c| {
             let refusal = c.refusal.borrow();
-            refusal
-                .as_ref()
-                .map(|r| format!("{} refuses its certificate: {r}", c.signer.name))
+            refusal.as_ref().map(|r| {
+                cut(
+                    &format!("{} refuses its certificate: {r}", c.signer.name),
+                    MAX_WHY_CHARS,
+                )
+            })
         })),
         other => other,
+    }
+}
+
+/// Longest reason a certificate refusal adds to a condition: parts of it come from the
+/// signature's certificates, written by whoever can push to the repository.
+const MAX_WHY_CHARS: usize = 400;
+
+/// `text` cut to `max` characters, marked when cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
     }
 }
 
@@ -612,5 +646,50 @@ mod tests {
                 key: "p/org-ca".into()
             }
         );
+    }
+
+    /// Finding of a review: a signature a revoked signer accepts must not sign through another
+    /// listing (here a cosign key, revoked after it leaked, whose certificate a listed CA issued).
+    #[test]
+    fn a_signature_a_revoked_signer_accepts_signs_for_no_one() {
+        use crate::cosign_certificate::fixtures::*;
+        let leaked = ImageKey {
+            name: "p/leaked".into(),
+            level: TrustLevel::Trusted,
+            revoked: true,
+            signer: ImageSigner::Key(
+                include_str!("testdata/cosign_certificate/imported.pub").into(),
+            ),
+        };
+        let org = certificate_signer("p/org-ca", &[IDENTITY], true);
+        let classic = [classic_signature()];
+        assert_eq!(
+            judge(
+                &classic,
+                &[],
+                DIGEST.trim(),
+                std::slice::from_ref(&org),
+                while_valid()
+            ),
+            Signature::SignedBy {
+                key: "p/org-ca".into(),
+                level: TrustLevel::Trusted
+            }
+        );
+        for keys in [[org.clone(), leaked.clone()], [leaked, org]] {
+            assert_eq!(
+                judge(&classic, &[], DIGEST.trim(), &keys, while_valid()),
+                Signature::Revoked {
+                    key: "p/leaked".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_reason_from_a_certificate_is_bounded() {
+        let long = "x".repeat(10_000);
+        assert_eq!(cut(&long, MAX_WHY_CHARS).chars().count(), MAX_WHY_CHARS + 1);
+        assert_eq!(cut("short", MAX_WHY_CHARS), "short");
     }
 }
