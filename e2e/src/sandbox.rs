@@ -120,6 +120,30 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The hello bundle bound to `image_digest`, signed with the ed25519 `bundle_key`, in the
+    /// ConfigMap `<name>-bundle`; and the Plugin `name` running `image` from it.
+    pub async fn deploy_signed_hello(
+        &self,
+        work: &std::path::Path,
+        name: &str,
+        image: &str,
+        image_digest: &str,
+        bundle_key: &str,
+    ) -> Result<()> {
+        use airlock_bundle::signing;
+        let bundle = crate::signing::hello_bundle(work, name, image_digest)?;
+        let signature = signing::sign(
+            &signing::parse_private_key(bundle_key)?,
+            &airlock_bundle::digest(&bundle),
+        );
+        put_bundle(&self.ns, &format!("{name}-bundle"), bundle, Some(signature)).await?;
+        let mut plugin = self.hello(name)?;
+        plugin["spec"]["image"] = json!(image);
+        plugin["spec"]["bundle"] =
+            json!({"source": {"configMapRef": {"name": format!("{name}-bundle")}}});
+        self.apply(&plugin).await
+    }
+
     /// Puts `bundle` in the ConfigMap `name` (key `bundle.tar.gz`), as the README tells users to.
     pub async fn put_bundle(&self, name: &str, bundle: Vec<u8>) -> Result<()> {
         put_bundle(&self.ns, name, bundle, None).await

@@ -17,7 +17,7 @@ use airlock_crds::plugin::PluginPhase;
 use airlock_e2e::images::{push_unique_variant, registry};
 use airlock_e2e::install::images_env;
 use airlock_e2e::plugins::{active, invoke, phase, refused, wait_plugin};
-use airlock_e2e::sandbox::{Sandbox, in_sandbox, put_bundle};
+use airlock_e2e::sandbox::{Sandbox, in_sandbox};
 use airlock_e2e::signing::cosign;
 use anyhow::{Result, ensure};
 use kube::api::{Api, Patch, PatchParams};
@@ -134,17 +134,8 @@ async fn deploy_signed(
     let (_, digest) = push_unique_variant(&images_env("AIRLOCK_HELLO_IMAGE")?, &repository)?;
     let image = format!("{}/{repository}@{digest}", registry());
     sign_with_certificate(work, signer, &image)?;
-    let bundle = airlock_e2e::signing::hello_bundle(work, name, &digest)?;
-    let signature = signing::sign(
-        &signing::parse_private_key(bundle_key)?,
-        &airlock_bundle::digest(&bundle),
-    );
-    put_bundle(&s.ns, &format!("{name}-bundle"), bundle, Some(signature)).await?;
-    let mut plugin = s.hello(name)?;
-    plugin["spec"]["image"] = json!(image);
-    plugin["spec"]["bundle"] =
-        json!({"source": {"configMapRef": {"name": format!("{name}-bundle")}}});
-    s.apply(&plugin).await
+    s.deploy_signed_hello(work, name, &image, &digest, bundle_key)
+        .await
 }
 
 /// The sandbox policy trusts the bundle key and "IDENTITY of `ca`" for images.

@@ -15,10 +15,9 @@ use airlock_crds::Plugin;
 use airlock_e2e::images::{push_unique_variant, registry};
 use airlock_e2e::install::images_env;
 use airlock_e2e::plugins::{active, invoke, refused, wait_plugin};
-use airlock_e2e::sandbox::{Sandbox, in_sandbox, put_bundle};
+use airlock_e2e::sandbox::{Sandbox, in_sandbox};
 use anyhow::{Result, ensure};
 use kube::api::Api;
-use serde_json::json;
 
 /// Forwards 127.0.0.1:<port> to the registry, on threads of its own (cosign runs as a blocking
 /// child process meanwhile). cosign v2.6.4 speaks plain HTTP in the new bundle format only to
@@ -92,29 +91,6 @@ fn sign_new_format(
     cosign(dir, &args)
 }
 
-/// The hello bundle bound to `image_digest`, signed with `bundle_key`, in ConfigMap
-/// `<name>-bundle`; and the Plugin `name` running `image` from it.
-async fn deploy(
-    s: &Sandbox,
-    work: &Path,
-    name: &str,
-    image: &str,
-    image_digest: &str,
-    bundle_key: &str,
-) -> Result<()> {
-    let bundle = airlock_e2e::signing::hello_bundle(work, name, image_digest)?;
-    let signature = signing::sign(
-        &signing::parse_private_key(bundle_key)?,
-        &airlock_bundle::digest(&bundle),
-    );
-    put_bundle(&s.ns, &format!("{name}-bundle"), bundle, Some(signature)).await?;
-    let mut plugin = s.hello(name)?;
-    plugin["spec"]["image"] = json!(image);
-    plugin["spec"]["bundle"] =
-        json!({"source": {"configMapRef": {"name": format!("{name}-bundle")}}});
-    s.apply(&plugin).await
-}
-
 #[tokio::test]
 async fn an_image_signed_in_cosign_s_bundle_format_is_verified_and_an_attestation_is_no_signature()
 -> Result<()> {
@@ -138,7 +114,8 @@ async fn an_image_signed_in_cosign_s_bundle_format_is_verified_and_an_attestatio
         // Signed by the trusted key in the bundle format: verified, Active, answers.
         let (signed, digest, repository) = fresh_image("signed")?;
         sign_new_format(keys, port, "sign", "trusted.key", &repository, &digest, &[])?;
-        deploy(s, keys, "signed", &signed, &digest, &bundle_private).await?;
+        s.deploy_signed_hello(keys, "signed", &signed, &digest, &bundle_private)
+            .await?;
         let p = wait_plugin(&api, "signed", "Active", active).await?;
         let signer = p.status.as_ref().and_then(|st| st.signer.clone());
         ensure!(
@@ -166,7 +143,8 @@ async fn an_image_signed_in_cosign_s_bundle_format_is_verified_and_an_attestatio
                 "https://example.com/provenance",
             ],
         )?;
-        deploy(s, keys, "attested", &attested, &digest, &bundle_private).await?;
+        s.deploy_signed_hello(keys, "attested", &attested, &digest, &bundle_private)
+            .await?;
         refused(&api, "attested", "ImageNotSigned").await?;
 
         // Signed in the bundle format by a key no policy lists: untrusted.
@@ -180,7 +158,8 @@ async fn an_image_signed_in_cosign_s_bundle_format_is_verified_and_an_attestatio
             &digest,
             &[],
         )?;
-        deploy(s, keys, "stranger", &stranger, &digest, &bundle_private).await?;
+        s.deploy_signed_hello(keys, "stranger", &stranger, &digest, &bundle_private)
+            .await?;
         refused(&api, "stranger", "ImageSignatureUntrusted").await?;
         Ok(())
     })
