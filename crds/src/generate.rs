@@ -14,7 +14,7 @@ pub const CHART_CRD_DIR: &str = "charts/airlock/crds";
 /// write a changed schema under the revision [`SCHEMA_LOCK`] holds. The operator upgrades the
 /// cluster's CRDs to this revision at start and leaves alone one marked with a higher revision
 /// (a newer Airlock, rolled back: its fields must not be pruned).
-pub const SCHEMA_REVISION: u32 = 7;
+pub const SCHEMA_REVISION: u32 = 8;
 
 /// The annotation on each CRD that carries [`SCHEMA_REVISION`].
 pub const SCHEMA_REVISION_ANNOTATION: &str = "airlock.dev/schema-revision";
@@ -33,7 +33,10 @@ pub const NEXT_API_VERSION: &str = "v1beta1";
 /// Every Airlock CRD as generated from the Rust types, without the revision mark.
 fn unmarked() -> [(&'static str, CustomResourceDefinition); 4] {
     [
-        ("plugins.airlock.dev.yaml", Plugin::crd()),
+        (
+            "plugins.airlock.dev.yaml",
+            with_pending_status(Plugin::crd()),
+        ),
         (
             "plugintrustpolicies.airlock.dev.yaml",
             PluginTrustPolicy::crd(),
@@ -45,6 +48,31 @@ fn unmarked() -> [(&'static str, CustomResourceDefinition); 4] {
         ),
     ]
     .map(|(file, crd)| (file, with_next_version(crd)))
+}
+
+/// The status a Plugin has before the operator wrote one: `phase: Pending` and an
+/// `observedGeneration` of 0, which kstatus (Flux health checks, `kubectl wait`, Argo CD) reads as
+/// "the controller has not seen this generation yet". The API server fills it in on every read of
+/// a Plugin without a status (structural defaulting), so no Plugin ever looks Current before the
+/// operator looked at it, and the operator writes no status of its own for that: at 1,000 Plugins
+/// that write was one of the ≈ 15 each Plugin cost on the way to Active.
+fn with_pending_status(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(status) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"))
+        {
+            status.default = Some(
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                    serde_json::json!({"phase": "Pending", "observedGeneration": 0}),
+                ),
+            );
+        }
+    }
+    crd
 }
 
 /// `crd` also serving [`NEXT_API_VERSION`] (not stored) with the stored version's schema.
@@ -118,4 +146,34 @@ pub fn revision_not_bumped(committed_lock: &str) -> Result<Option<String>, serde
         )));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::PluginPhase;
+
+    /// Every served version defaults a missing status to Pending at generation 0, and the
+    /// operator reads that default as a status of its own type.
+    #[test]
+    fn a_plugin_without_a_status_reads_as_pending_at_generation_zero() {
+        let crd = &crds()[0];
+        assert_eq!(crd.spec.names.kind, "Plugin");
+        assert_eq!(crd.spec.versions.len(), 2);
+        for version in &crd.spec.versions {
+            let default = version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .and_then(|s| s.properties.as_ref())
+                .and_then(|p| p.get("status"))
+                .and_then(|s| s.default.as_ref())
+                .unwrap_or_else(|| panic!("{}: no status default", version.name));
+            let status: crate::plugin::PluginStatus =
+                serde_json::from_value(default.0.clone()).expect("a PluginStatus");
+            assert_eq!(status.phase, Some(PluginPhase::Pending));
+            assert_eq!(status.observed_generation, Some(0));
+            assert!(status.conditions.is_empty());
+        }
+    }
 }

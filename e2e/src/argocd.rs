@@ -119,6 +119,11 @@ mod tests {
                 "Progressing",
             ),
             (
+                "not seen yet: the CRD's default status",
+                plugin(1, json!({"observedGeneration": 0, "phase": "Pending"})),
+                "Progressing",
+            ),
+            (
                 "spec not seen",
                 plugin(
                     2,

@@ -78,10 +78,9 @@ impl Kwok {
             .prefix("airlock-bench-kwok-")
             .tempdir()?;
         // A kubelet reports its pods Ready again when its node is back; kwok's stages do not
-        // (their pod-ready stage needs phase Pending). Under a creation burst the API server
-        // answers the fake nodes' lease renewals late, the node lifecycle controller marks
-        // every pod on them NotReady, and without this stage they stayed so: Plugins went
-        // from Active back to Deploying for good (1000-Plugin run of 2026-12-02).
+        // (their pod-ready stage needs phase Pending). Should a fake node's lease renewal come
+        // late (a creation burst), the node lifecycle controller marks every pod on it
+        // NotReady, and without this stage they would stay so.
         let ready_again = dir.path().join("pod-ready-again.yaml");
         std::fs::write(&ready_again, POD_READY_AGAIN)?;
         let log = dir.path().join("kwok.log");
@@ -103,6 +102,13 @@ impl Kwok {
                 format!("--cidr={POD_CIDR}"),
                 format!("--node-ip={NODE_IP}"),
                 format!("--server-address=127.0.0.1:{health_port}"),
+                // Node leases, as a kubelet renews them. kwok renews none by default, and the
+                // stages' node heartbeat comes every 10 minutes: ≈ 50 s after its creation the
+                // node lifecycle controller took each fake node for gone and marked every pod on
+                // it NotReady — every Plugin went Active → Deploying → Active at once (2 status
+                // writes each, 350 writes/min at 100 Plugins), and after 5 minutes the
+                // `unreachable` taint would evict the pods.
+                "--node-lease-duration-seconds=40".to_string(),
             ])
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -222,8 +228,8 @@ impl Drop for Kwok {
     }
 }
 
-/// A kwok stage: a running pod marked NotReady (by the node lifecycle controller, while its
-/// fake node's lease was late) is Ready again a second later, as a kubelet would report it.
+/// A kwok stage: a running pod marked NotReady (by the node lifecycle controller, should its
+/// fake node's lease be late) is Ready again a second later, as a kubelet would report it.
 const POD_READY_AGAIN: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:

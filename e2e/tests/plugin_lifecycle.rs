@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use airlock_e2e::install::images_env;
@@ -227,7 +227,24 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revisi
     in_sandbox("rollback", async |s| {
         let plugins: Api<Plugin> = s.ns.api();
         let good = s.hello("hello")?;
-        s.apply(&good).await?;
+        // What the API server answers at once, before the operator can have looked: the CRD's
+        // default status, which no kstatus tool may take for Current.
+        let created = plugins
+            .patch(
+                "hello",
+                &PatchParams::apply("airlock-e2e").force(),
+                &Patch::Apply(&good),
+            )
+            .await?;
+        let seen = created
+            .status
+            .as_ref()
+            .map(|st| (st.phase, st.observed_generation));
+        ensure!(
+            seen == Some((Some(PluginPhase::Pending), Some(0))),
+            "a new Plugin reads phase Pending at observedGeneration 0: {seen:?}"
+        );
+        kstatus::expect("not looked at yet", &created, "InProgress")?;
         let p = wait_plugin(&plugins, "hello", "phase Active", active).await?;
         kstatus::expect("Active", &p, "Current")?;
         let good_revision = p

@@ -36,6 +36,10 @@ struct PerPlugin {
     /// The status this process last wrote. The watch cache can lag behind our own writes;
     /// comparing with it would repeat Events and audit records for the same transition.
     last_written: Option<PluginStatus>,
+    /// The status the last Event of this process described (`Some(None)`: the Plugin had no
+    /// status when progress was first left untold); `None`: nothing known, the previous status
+    /// stands in ([`crate::status::event`]).
+    told: Option<Option<PluginStatus>>,
     /// Bundle Secrets known to exist: immutable and named by digest, so existing means right.
     /// (Not watched: a watch on Secrets would need `list` on every Secret in the cluster.)
     bundle_secrets: HashSet<String>,
@@ -67,6 +71,15 @@ impl PluginCaches {
 
     pub fn written(&self, uid: &str, status: PluginStatus) {
         self.with(uid, |p| p.last_written = Some(status));
+    }
+
+    /// The status the last Event about the Plugin `uid` described, if this process knows it.
+    pub fn told(&self, uid: &str) -> Option<Option<PluginStatus>> {
+        self.read(uid, |p| p.told.clone()).flatten()
+    }
+
+    pub fn tell(&self, uid: &str, status: Option<PluginStatus>) {
+        self.with(uid, |p| p.told = Some(status));
     }
 
     /// Whether the bundle Secret `name` of the Plugin `uid` is known to exist.

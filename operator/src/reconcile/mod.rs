@@ -461,7 +461,7 @@ async fn reconcile_plugin(plugin: Arc<Plugin>, term: &Arc<Term>) -> Result<Actio
             .last_written(&plugin.uid().unwrap_or_default())
             .is_none()
     {
-        record::record_first_sight(
+        record::record_status(
             &plugin,
             crate::status::first_sight(&plugin, crate::status::now()),
             ctx,

@@ -1,5 +1,5 @@
 //! The status step: conditions written with server-side apply only when they changed, one audit
-//! record per transition and one Event per change ([`status::event`]); and the record of a
+//! record per transition and an Event per outcome ([`status::event`]); and the record of a
 //! deletion.
 
 use airlock_crds::Plugin;
@@ -15,31 +15,12 @@ use super::{Context, Error};
 use crate::build::FIELD_MANAGER;
 use crate::{audit, status};
 
-/// Events and audit records for every transition, then the status itself — only if it changed.
+/// Audit records for every transition, an Event when there is something to tell
+/// ([`status::event`]), then the status itself — only if it changed.
 pub(super) async fn record_status(
     plugin: &Plugin,
     next: PluginStatus,
     ctx: &Context,
-) -> Result<(), Error> {
-    write_status(plugin, next, ctx, true).await
-}
-
-/// The status a Plugin gets at first sight ([`status::first_sight`]): written and audited, but no
-/// Event: nothing happened yet that a user would look for (and at 1,000 Plugins each Event is an
-/// API write on the way to steady state).
-pub(super) async fn record_first_sight(
-    plugin: &Plugin,
-    next: PluginStatus,
-    ctx: &Context,
-) -> Result<(), Error> {
-    write_status(plugin, next, ctx, false).await
-}
-
-async fn write_status(
-    plugin: &Plugin,
-    next: PluginStatus,
-    ctx: &Context,
-    with_event: bool,
 ) -> Result<(), Error> {
     let uid = plugin.uid().unwrap_or_default();
     // status.autoDisabled is the router's: never part of what is compared or applied here.
@@ -55,23 +36,23 @@ async fn write_status(
         return Ok(());
     }
     let transitions = status::transitions(prev.as_ref(), &next);
+    let told = ctx.caches.told(&uid);
+    let told_before = told.clone().unwrap_or_else(|| prev.clone());
     let now = Timestamp::now();
     for t in &transitions {
         (ctx.audit)(&audit::record(plugin, &next, t, now));
     }
-    let event = status::event(&transitions)
-        .filter(|_| with_event)
-        .map(|t| Event {
-            type_: if t.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: t.reason.clone(),
-            note: Some(truncate(&t.message, 1000)),
-            action: t.condition.clone(),
-            secondary: None,
-        });
+    let event = status::event(told_before.as_ref(), &next).map(|t| Event {
+        type_: if t.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: t.reason.clone(),
+        note: Some(truncate(&t.message, 1000)),
+        action: t.condition.clone(),
+        secondary: None,
+    });
     // The Event goes out beside the status write, not before it: one request's wait less per
     // status change. An Event is a courtesy (the status and the audit record carry the same
     // facts): a failure is logged, never retried.
@@ -101,6 +82,12 @@ async fn write_status(
     let ((), written) = tokio::join!(publish, write);
     written?;
     ctx.metrics.set_phase(plugin, &next);
+    if event.is_some() {
+        ctx.caches.tell(&uid, Some(next.clone()));
+    } else if told.is_none() {
+        // Untold progress: the next Event tells what changed since the status before it.
+        ctx.caches.tell(&uid, prev);
+    }
     ctx.caches.written(&uid, next);
     Ok(())
 }

@@ -487,6 +487,24 @@ impl Harness {
     }
 
     /// The plugin's Deployment as the watch would show it now.
+    /// The watch shows the applied Deployment with all its pods ready.
+    fn watch_deployment_ready(&mut self) {
+        let path = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
+        let mut d: Deployment =
+            serde_json::from_value(self.api.state().objects[&path].clone()).unwrap();
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            observed_generation: d.metadata.generation,
+            replicas: Some(replicas),
+            ready_replicas: Some(replicas),
+            updated_replicas: Some(replicas),
+            available_replicas: Some(replicas),
+            ..Default::default()
+        });
+        self.deployments
+            .apply_watcher_event(&watcher::Event::Apply(d));
+    }
+
     fn watch_deployment(&mut self) {
         let path = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
         let d: Deployment =
@@ -534,7 +552,11 @@ async fn a_new_plugin_gets_its_identity_and_children_then_an_unchanged_one_write
         );
     }
     assert!(wrote(&writes, "secrets/hello-bundle-"), "{writes:#?}");
-    assert!(wrote(&writes, "POST /apis/events.k8s.io/v1"), "{writes:#?}");
+    // Pods starting is progress: in the status and the audit stream, not an Event.
+    assert!(
+        !wrote(&writes, "/apis/events.k8s.io/v1"),
+        "no Event while deploying: {writes:#?}"
+    );
     let status = h.status();
     assert_eq!(status["phase"], "Deploying", "{status}");
     assert_eq!(condition(&status, "Verified").0, "True");
@@ -566,6 +588,53 @@ async fn a_new_plugin_gets_its_identity_and_children_then_an_unchanged_one_write
         "no writes for an unchanged Plugin"
     );
     assert_eq!(h.audited(), audited, "and no audit record");
+}
+
+/// Progress is not told; the outcome is, once, with what the untold statuses changed.
+#[tokio::test]
+async fn a_plugin_becoming_active_is_one_event_that_tells_its_verification() {
+    let mut h = Harness::unsigned(MANIFEST);
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+    assert_eq!(h.status()["phase"], "Deploying");
+    assert_eq!(
+        h.events(),
+        Vec::<(String, String)>::new(),
+        "nothing told yet"
+    );
+
+    h.watch_deployment_ready();
+    let mut seen = p.clone();
+    seen.status = serde_json::from_value(h.status()).ok();
+    h.reconcile(&seen).await;
+    assert_eq!(h.status()["phase"], "Active", "{}", h.status());
+    assert_eq!(
+        h.events(),
+        vec![("Normal".to_string(), "Active".to_string())]
+    );
+    let note = h
+        .api
+        .state()
+        .posts
+        .iter()
+        .rev()
+        .find(|(path, _)| path.contains("/events"))
+        .map(|(_, e)| e["note"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    for part in [
+        "is serving on 1 pod(s)",
+        "Verified=True",
+        "phase none -> Active",
+    ] {
+        assert!(note.contains(part), "{part:?} in {note:?}");
+    }
+    let audited = h.audited();
+    for phase in ["Deploying", "Active"] {
+        assert!(
+            audited.contains(&("Phase".into(), phase.into())),
+            "every transition is audited: {audited:?}"
+        );
+    }
 }
 
 #[tokio::test]
