@@ -44,6 +44,15 @@ pub fn phase(p: &Plugin) -> Option<PluginPhase> {
     p.status.as_ref().and_then(|s| s.phase)
 }
 
+/// Whether the operator has written a status: a Plugin it has not looked at yet reads the
+/// CRD's default status (`phase: Pending, observedGeneration: 0`).
+pub fn seen_by_operator(p: &Plugin) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .is_some_and(|g| g > 0)
+}
+
 /// Whether the Plugin is in phase Active.
 pub fn active(p: &Plugin) -> bool {
     phase(p) == Some(PluginPhase::Active)

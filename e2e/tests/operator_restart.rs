@@ -18,9 +18,12 @@ async fn killing_the_operator_mid_rollout_converges_without_duplicates() -> Resu
         let plugins: Api<Plugin> = s.ns.api();
         s.apply(&s.hello("survivor")?).await?;
         // As soon as the operator has started on it, kill every operator pod.
-        wait_plugin(&plugins, "survivor", "the rollout to start", |p| {
-            p.status.is_some()
-        })
+        wait_plugin(
+            &plugins,
+            "survivor",
+            "the rollout to start",
+            airlock_e2e::plugins::seen_by_operator,
+        )
         .await?;
         let operators: Api<Pod> =
             Api::namespaced(s.client.clone(), airlock_e2e::install::NAMESPACE);

@@ -17,7 +17,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use airlock_e2e::install::images_env;
-use airlock_e2e::plugins::{active, condition, ensure_phase, invoke, set_enabled, wait_plugin};
+use airlock_e2e::plugins::{
+    active, condition, ensure_phase, invoke, seen_by_operator, set_enabled, wait_plugin,
+};
 use airlock_e2e::sandbox::{self, Sandbox};
 use airlock_e2e::{kstatus, wait};
 
@@ -332,7 +334,7 @@ async fn a_plugin_no_policy_governs_reads_failed_in_kstatus() -> Result<()> {
             }
         });
         airlock_e2e::plugins::apply(&plugins, &plugin).await?;
-        let p = wait_plugin(&plugins, "orphan", "a status", |p| p.status.is_some()).await?;
+        let p = wait_plugin(&plugins, "orphan", "a status", seen_by_operator).await?;
         let verdict = kstatus::of(&p)?;
         ensure!(
             verdict.0 != "Current",

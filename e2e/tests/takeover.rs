@@ -414,7 +414,8 @@ async fn secrets(s: &Sandbox) -> Result<()> {
         watched
             .get_opt(SECRET_PLUGIN)
             .await?
-            .is_some_and(|p| p.status.is_some_and(|st| st.current_revision.is_none())),
+            .is_some_and(|p| airlock_e2e::plugins::seen_by_operator(&p)
+                && p.status.is_some_and(|st| st.current_revision.is_none())),
         "nothing of the refused Plugin rolled out"
     );
     ensure!(

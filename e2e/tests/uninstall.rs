@@ -102,7 +102,13 @@ async fn scenario() -> Result<()> {
     let plugins: Api<Plugin> = s.ns.api();
     s.apply(&s.hello("hello")?).await?;
     s.apply(&s.hello("old")?).await?;
-    wait_plugin(&plugins, "hello", "a status", |p| p.status.is_some()).await?;
+    wait_plugin(
+        &plugins,
+        "hello",
+        "a status",
+        airlock_e2e::plugins::seen_by_operator,
+    )
+    .await?;
 
     // What an older Airlock left on its Plugins: the operator of today removes it.
     plugins
