@@ -82,11 +82,19 @@ pub(super) async fn record_status(
     let ((), written) = tokio::join!(publish, write);
     written?;
     ctx.metrics.set_phase(plugin, &next);
+    // Only what status::event compares is kept (a status with its revision records is
+    // several KiB; at 1,000 Plugins that adds up in the operator's memory).
+    let what_event_reads = |s: &PluginStatus| PluginStatus {
+        phase: s.phase,
+        conditions: s.conditions.clone(),
+        current_revision: s.current_revision.clone(),
+        ..Default::default()
+    };
     if event.is_some() {
-        ctx.caches.tell(&uid, Some(next.clone()));
+        ctx.caches.tell(&uid, Some(what_event_reads(&next)));
     } else if told.is_none() {
         // Untold progress: the next Event tells what changed since the status before it.
-        ctx.caches.tell(&uid, prev);
+        ctx.caches.tell(&uid, prev.as_ref().map(what_event_reads));
     }
     ctx.caches.written(&uid, next);
     Ok(())
