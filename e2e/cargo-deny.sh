@@ -12,4 +12,8 @@ if [[ ! -x $BIN_DIR/bin/cargo-deny ]]; then
   rm -rf "$BIN_DIR" && mv "$BIN_DIR.tmp" "$BIN_DIR"
 fi
 cd "$ROOT"
+# cargo-deny reads the metadata of every target platform, whose crates a build on this machine
+# never downloaded (android_system_properties, ...): offline, a fresh machine failed there.
+# crates.io is reachable; only the advisory database is not.
+cargo fetch --locked --quiet
 "$BIN_DIR/bin/cargo-deny" --locked --offline check --hide-inclusion-graph licenses bans sources
