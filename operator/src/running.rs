@@ -136,7 +136,15 @@ fn within(
     if let Err(why) = egress::check(&rules, &limits.egress_within, &egress::never(cluster_cidrs)) {
         return Some(why);
     }
-    let above = |value: &Option<String>, cap: Option<u64>, parse: fn(&str) -> Option<u64>| matches!((value.as_deref().and_then(parse), cap), (Some(v), Some(max)) if v > max);
+    // A limit that does not parse under a cap counts as above it: fail closed (the plan parsed
+    // it when the revision was recorded; only a parser stricter since, or beyond u64, gets here).
+    let above = |value: &Option<String>, cap: Option<u64>, parse: fn(&str) -> Option<u64>| match (
+        value.as_deref(),
+        cap,
+    ) {
+        (Some(text), Some(max)) => parse(text).is_none_or(|v| v > max),
+        _ => false,
+    };
     if above(&record.cpu_limit, limits.max_cpu_millis, |v| {
         quantity::cpu_millis(v).ok()
     }) {
@@ -308,6 +316,34 @@ mod tests {
         let stop = check(&record(&b, &i), &ks, all_levels, &[]).expect("stopped");
         assert_eq!(stop.reason, NO_LONGER_ALLOWED);
         assert!(stop.message.contains(&b.fingerprint()), "{}", stop.message);
+    }
+
+    /// A recorded limit the parser cannot read (beyond u64 here) is not waved through: under a
+    /// cap it counts as above it. Without a cap nothing is compared.
+    #[test]
+    fn a_limit_that_does_not_parse_counts_as_above_the_cap() {
+        let (b, i) = (
+            bundle_key(1, TrustLevel::Trusted, false),
+            image_key(1, TrustLevel::Trusted, false),
+        );
+        let ks = keys(vec![b.clone()], vec![i.clone()]);
+        let mut rec = record(&b, &i);
+        rec.memory_limit = Some("16Ei".into());
+        assert_eq!(check(&rec, &ks, all_levels, &[]), None, "no cap");
+        let capped = |_: TrustLevel| {
+            let mut l = open();
+            l.max_memory_bytes = Some(1 << 30);
+            l.max_memory = Some("1Gi".into());
+            Some(l)
+        };
+        let stop = check(&rec, &ks, capped, &[]).expect("stopped");
+        assert!(
+            stop.message.contains("memory limit 16Ei"),
+            "{}",
+            stop.message
+        );
+        rec.memory_limit = Some("64Mi".into());
+        assert_eq!(check(&rec, &ks, capped, &[]), None, "64Mi is within 1Gi");
     }
 
     #[test]
