@@ -33,7 +33,9 @@
 //!   while the API server's scanner reads it as 0;
 //! - a negative value is refused, since caps are ≥ 0 ("-0" is 0);
 //! - a value beyond `u64` is refused, where the API server caps binary-suffixed values at
-//!   2^63 - 1 ("16Ei") and truncates exponents to 32 bits ("1e4294967296" is 1 there);
+//!   2^63 - 1 ("16Ei");
+//! - a decimal exponent of magnitude [`MAX_EXP`] or more is refused: the API server keeps an
+//!   exponent's low 32 bits ("1e4294967296" is 1 there, "1e-4294967287" is 10^9);
 //! - more than [`MAX_LEN`] characters are refused (quantities are short in practice).
 
 use thiserror::Error;
@@ -60,10 +62,14 @@ pub fn memory_bytes(value: &str) -> Result<u64, QuantityError> {
 /// The longest quantity read, after trimming; longer ones are refused.
 const MAX_LEN: usize = 64;
 
-/// Exponents are clamped to this magnitude: with at most [`MAX_LEN`] digits, any larger
-/// exponent already overflows a `u64` (or, negative, rounds up to 1), so the clamp changes no
-/// result and keeps the arithmetic below small.
-const EXP_CLAMP: i64 = 10_000;
+/// Decimal exponents of this magnitude or more are refused. The API server reads an exponent as
+/// an int64 and then keeps its low 32 bits, so "1e-4294967287" is 10^9 there: read here as a
+/// tiny number rounded up to 1 byte, it passed a 1 GiB cap while the pod got 1 GB — a tenant's
+/// way past its trust level's caps (attack review, 2026-12-03). Refusing every large exponent
+/// keeps this parser on the strict side of the API server's: such a Plugin is refused with the
+/// field named, never read smaller than Kubernetes reads it. With at most [`MAX_LEN`] digits,
+/// no value this side of the bound needs more (it overflows a `u64`, or rounds up to 1).
+const MAX_EXP: i64 = 10_000;
 
 /// The trimmed `value` read in units of 10^-`unit_exp` (3: millis, 0: ones), or the error naming
 /// the `kind` of quantity it should be.
@@ -150,8 +156,11 @@ fn suffix(s: &[u8]) -> Option<(i64, u32)> {
         return None;
     }
     let magnitude = exponent.iter().fold(0, |acc: i64, d| {
-        (acc * 10 + i64::from(d - b'0')).min(EXP_CLAMP)
+        (acc * 10 + i64::from(d - b'0')).min(MAX_EXP)
     });
+    if magnitude >= MAX_EXP {
+        return None;
+    }
     Some((if negative { -magnitude } else { magnitude }, 0))
 }
 
@@ -248,8 +257,7 @@ mod tests {
             ("100e-2", 1000),
             ("0.000000001", 1),
             ("0.0000000000000000000000001", 1),
-            ("1e-999999999", 1),
-            ("1e-99999999999999999999999999", 1),
+            ("1e-9999", 1),
         ] {
             assert_eq!(cpu_millis(value), Ok(millis), "{value:?}");
         }
@@ -345,7 +353,7 @@ mod tests {
             ("1e19", 10_000_000_000_000_000_000),
             ("18446744073709551615", u64::MAX),
             ("15Ei", 15 << 60),
-            ("1e-999999999", 1),
+            ("1e-9999", 1),
             (" 64Mi\n", 64 << 20),
         ] {
             assert_eq!(memory_bytes(value), Ok(bytes), "{value:?}");
@@ -396,21 +404,8 @@ mod tests {
     #[test]
     fn zero_in_any_form() {
         for value in [
-            "0",
-            "-0",
-            "+0",
-            "0.0",
-            "-0.0",
-            "0.",
-            ".0",
-            "000",
-            "0m",
-            "-0Mi",
-            "0Ei",
-            "0E",
-            "0e9",
-            "0e999999999",
-            "-0e-5",
+            "0", "-0", "+0", "0.0", "-0.0", "0.", ".0", "000", "0m", "-0Mi", "0Ei", "0E", "0e9",
+            "0e9999", "-0e-5",
         ] {
             assert_eq!(cpu_millis(value), Ok(0), "{value:?}");
             assert_eq!(memory_bytes(value), Ok(0), "{value:?}");
@@ -475,6 +470,12 @@ mod tests {
             "1e999999999",
             "1e99999999999999999999999999",
             "1e21",
+            // The API server keeps an exponent's low 32 bits: these are 10^9 and 10^9 there.
+            "1e-4294967287",
+            "1e-8589934583",
+            "1e-10000",
+            "0e10000",
+            "1e-999999999",
         ] {
             assert!(cpu_millis(value).is_err(), "{value:?}");
             assert!(memory_bytes(value).is_err(), "{value:?}");
@@ -493,12 +494,21 @@ mod tests {
         assert_eq!(memory_bytes(&format!("  {longest}  ")), Ok(1));
     }
 
-    /// Exponents are capped before any arithmetic (a loop per exponent unit would hang here).
+    /// Exponents are bounded before any arithmetic (a loop per exponent unit would hang here),
+    /// and a large one is refused, never read smaller than the API server reads it.
     #[test]
     fn huge_exponents_are_refused() {
         assert!(memory_bytes("1e999999999").is_err());
         assert!(cpu_millis("9e9223372036854775807").is_err());
-        assert_eq!(memory_bytes("1e-9223372036854775808"), Ok(1));
+        assert!(memory_bytes("1e-9223372036854775808").is_err());
+        assert!(
+            memory_bytes("8e-4294967286").is_err(),
+            "80 GB for the API server"
+        );
+        assert!(
+            cpu_millis("1e-4294967293").is_err(),
+            "1000 cores for the API server"
+        );
     }
 
     #[test]

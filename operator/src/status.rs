@@ -333,7 +333,27 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
 /// the revision it replaced. At 1,000 Plugins Events were 2 of the 15 writes each Plugin cost on
 /// the way to Active, and a readiness dip cost 2 more; the audit stream keeps one record per
 /// transition either way.
-pub fn event(told: Option<&PluginStatus>, next: &PluginStatus) -> Option<Transition> {
+pub fn event(
+    told: Option<&PluginStatus>,
+    prev: Option<&PluginStatus>,
+    next: &PluginStatus,
+) -> Option<Transition> {
+    let progress = |s: &PluginStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .is_some_and(|c| c.status == "False" && NORMAL_PROGRESS.contains(&c.reason.as_str()))
+    };
+    match told_since(told, next) {
+        // The same failure as the last Event, after an untold new attempt (a second upgrade
+        // rolled back like the first): the attempt's outcome is told all the same.
+        None if !progress(next) && prev.is_some_and(progress) => told_since(prev, next),
+        told => told,
+    }
+}
+
+/// [`event`] against `told` alone.
+fn told_since(told: Option<&PluginStatus>, next: &PluginStatus) -> Option<Transition> {
     let ready = next.conditions.iter().find(|c| c.type_ == READY);
     let transitions = transitions(told, next);
     let progress_only = ready
@@ -353,7 +373,7 @@ pub fn event(told: Option<&PluginStatus>, next: &PluginStatus) -> Option<Transit
         status: ready.status.clone(),
         reason: ready.reason.clone(),
         message: ready.message.clone(),
-        warning: false,
+        warning: ready.status == "False" && !NORMAL_PROGRESS.contains(&ready.reason.as_str()),
     });
     let headline = transitions
         .iter()
@@ -380,7 +400,7 @@ pub fn event(told: Option<&PluginStatus>, next: &PluginStatus) -> Option<Transit
         status: headline.status.clone(),
         reason: headline.reason.clone(),
         message: note.join("; "),
-        warning: transitions.iter().any(|t| t.warning),
+        warning: headline.warning || transitions.iter().any(|t| t.warning),
     })
 }
 
@@ -1222,15 +1242,19 @@ mod tests {
     fn an_outcome_is_one_event_headed_by_ready_and_progress_is_not_told() {
         let p = plugin(HELLO);
         let pending = first_sight(&p, Timestamp::UNIX_EPOCH);
-        assert_eq!(event(None, &pending), None, "verifying is not told");
+        assert_eq!(event(None, None, &pending), None, "verifying is not told");
         let deploying = after_rollout(&p, &applied(0));
         assert!(transitions(None, &deploying).len() > 1);
-        assert_eq!(event(None, &deploying), None, "pods starting is not told");
-        assert_eq!(event(Some(&pending), &deploying), None);
+        assert_eq!(
+            event(None, None, &deploying),
+            None,
+            "pods starting is not told"
+        );
+        assert_eq!(event(Some(&pending), None, &deploying), None);
 
         // Active: told once, with what the untold statuses changed (the verification).
         let active = after_rollout(&p, &applied(1));
-        let e = event(None, &active).expect("an Event");
+        let e = event(None, None, &active).expect("an Event");
         assert_eq!((e.condition.as_str(), e.reason.as_str()), (READY, "Active"));
         assert!(!e.warning, "{e:?}");
         for part in [
@@ -1241,20 +1265,24 @@ mod tests {
             assert!(e.message.contains(part), "{part:?} in {}", e.message);
         }
         assert!(
-            event(Some(&pending), &active)
+            event(Some(&pending), None, &active)
                 .expect("an Event")
                 .message
                 .contains("phase Pending -> Active")
         );
         // Told against what was told last, not the status just before: a readiness dip
         // (Active -> Deploying -> Active, same revision) tells nothing at all.
-        assert_eq!(event(Some(&active), &deploying), None);
-        assert_eq!(event(Some(&active), &active), None, "no change, no Event");
+        assert_eq!(event(Some(&active), None, &deploying), None);
+        assert_eq!(
+            event(Some(&active), None, &active),
+            None,
+            "no change, no Event"
+        );
 
         // A new revision serving where the old one did: told, naming both.
         let mut upgraded = active.clone();
         upgraded.current_revision = Some("r9e8d7c6b".into());
-        let e = event(Some(&active), &upgraded).expect("an Event");
+        let e = event(Some(&active), None, &upgraded).expect("an Event");
         assert_eq!(e.reason, "Active");
         assert!(
             e.message.contains("revision r1a2b3c4d -> r9e8d7c6b"),
@@ -1270,8 +1298,25 @@ mod tests {
         };
         plan.rollout = None;
         let blocked = next_status(&p, Outcome::Planned(&plan, None), Timestamp::UNIX_EPOCH);
-        let e = event(Some(&deploying), &blocked).expect("an Event");
+        let e = event(Some(&deploying), None, &blocked).expect("an Event");
         assert_eq!(e.reason, "ImageNotSigned");
         assert!(e.warning);
+
+        // The same failure again after an untold new attempt: told again, as a Warning
+        // (attack review: a second rolled-back upgrade was told nothing).
+        assert_eq!(event(Some(&blocked), None, &blocked), None, "nothing new");
+        let e = event(Some(&blocked), Some(&deploying), &blocked).expect("an Event");
+        assert_eq!(e.reason, "ImageNotSigned");
+        assert!(e.warning, "{e:?}");
+
+        // A new revision that failed where the last told one had failed the same way: the
+        // revision change heads the Event, a Warning all the same.
+        let mut failed_again = blocked.clone();
+        failed_again.current_revision = Some("r9e8d7c6b".into());
+        let mut failed_before = blocked.clone();
+        failed_before.current_revision = Some("r1a2b3c4d".into());
+        let e = event(Some(&failed_before), None, &failed_again).expect("an Event");
+        assert_eq!(e.reason, "ImageNotSigned");
+        assert!(e.warning, "{e:?}");
     }
 }

@@ -42,7 +42,7 @@ pub(super) async fn record_status(
     for t in &transitions {
         (ctx.audit)(&audit::record(plugin, &next, t, now));
     }
-    let event = status::event(told_before.as_ref(), &next).map(|t| Event {
+    let event = status::event(told_before.as_ref(), prev.as_ref(), &next).map(|t| Event {
         type_: if t.warning {
             EventType::Warning
         } else {
