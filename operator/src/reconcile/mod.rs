@@ -454,7 +454,8 @@ async fn reconcile_plugin(plugin: Arc<Plugin>, term: &Arc<Term>) -> Result<Actio
         return Ok(Action::await_change());
     }
     // kstatus reads a Plugin without a status as Current: give it one at once, before the
-    // (possibly slow) verification.
+    // (possibly slow) verification. The CRD's default status (Pending, observedGeneration 0)
+    // makes this write unneeded; it stays for a Plugin read through a CRD without that default.
     if plugin.status.is_none()
         && ctx
             .caches
