@@ -266,17 +266,23 @@ mod tests {
         }
     }
 
+    /// A Trusted bundle key and image key, and the trusted keys listing just them.
+    fn trusted() -> (BundleKey, ImageKey, TrustedKeys) {
+        let (b, i) = (
+            bundle_key(1, TrustLevel::Trusted, false),
+            image_key(1, TrustLevel::Trusted, false),
+        );
+        let ks = keys(vec![b.clone()], vec![i.clone()]);
+        (b, i, ks)
+    }
+
     fn all_levels(_: TrustLevel) -> Option<Limits> {
         Some(open())
     }
 
     #[test]
     fn a_revision_signed_by_trusted_keys_within_its_limits_keeps_running() {
-        let (b, i) = (
-            bundle_key(1, TrustLevel::Trusted, false),
-            image_key(1, TrustLevel::Trusted, false),
-        );
-        let ks = keys(vec![b.clone()], vec![i.clone()]);
+        let (b, i, ks) = trusted();
         assert_eq!(check(&record(&b, &i), &ks, all_levels, &[]), None);
     }
 
@@ -322,11 +328,7 @@ mod tests {
     /// cap it counts as above it. Without a cap nothing is compared.
     #[test]
     fn a_limit_that_does_not_parse_counts_as_above_the_cap() {
-        let (b, i) = (
-            bundle_key(1, TrustLevel::Trusted, false),
-            image_key(1, TrustLevel::Trusted, false),
-        );
-        let ks = keys(vec![b.clone()], vec![i.clone()]);
+        let (b, i, ks) = trusted();
         let mut rec = record(&b, &i);
         rec.memory_limit = Some("16Ei".into());
         assert_eq!(check(&rec, &ks, all_levels, &[]), None, "no cap");
@@ -348,11 +350,7 @@ mod tests {
 
     #[test]
     fn a_tightened_policy_stops_what_it_no_longer_allows() {
-        let (b, i) = (
-            bundle_key(1, TrustLevel::Trusted, false),
-            image_key(1, TrustLevel::Trusted, false),
-        );
-        let ks = keys(vec![b.clone()], vec![i.clone()]);
+        let (b, i, ks) = trusted();
         let rec = record(&b, &i);
         let no_write = |_: TrustLevel| {
             let mut l = open();
