@@ -229,8 +229,7 @@ async fn rollback(
     ensure_network(plugin, failed, ctx, watches).await?;
     let current = build::deployment::deployment(plugin, failed, &ctx.build);
     let deploy = build::deployment::rolled_back(current, template, good);
-    let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
-    let mut observed = observe(&applied, good);
+    let mut observed = ensure_deployment(plugin, &deploy, ctx, watches, good).await?;
     observed.rolled_back_from = Some(failed.revision.clone());
     Ok(Ok(observed))
 }
@@ -261,8 +260,7 @@ async fn apply_children(
     ensure_bundle_secret(plugin, rollout, ctx, &ns).await?;
     ensure_network(plugin, rollout, ctx, watches).await?;
     let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
-    let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
-    Ok(observe(&applied, &rollout.revision))
+    ensure_deployment(plugin, &deploy, ctx, watches, &rollout.revision).await
 }
 
 /// What the plugin's pods need around them before they start: their ServiceAccount, the
@@ -296,8 +294,7 @@ async fn apply_stopped(
         return Ok(status::Rollout::nothing_runs(&rollout.revision));
     }
     let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
-    let applied = ensure_deployment(plugin, &deploy, ctx, watches).await?;
-    let mut observed = observe(&applied, &rollout.revision);
+    let mut observed = ensure_deployment(plugin, &deploy, ctx, watches, &rollout.revision).await?;
     let now = std::time::Instant::now();
     let since = if observed.at_zero() {
         Some(ctx.caches.stopped_since(uid, now))
@@ -469,18 +466,30 @@ where
     Ok(Ensured::Applied(obj))
 }
 
-/// [`ensure`] for the Deployment, whose status the rollout is judged by: when nothing was sent,
-/// the watch cache has the current status.
+/// [`ensure`] for the Deployment, and what its status says about `revision`: when nothing was
+/// sent, the watch cache has the current status (and the digest of the template it no longer
+/// holds, [`super::watches::strip_deployment`]).
 async fn ensure_deployment(
     plugin: &Plugin,
     desired: &Deployment,
     ctx: &Context,
     watches: &Watches,
-) -> Result<Deployment, Error> {
+    revision: &str,
+) -> Result<status::Rollout, Error> {
     let ensured = ensure(plugin, desired, ctx, &watches.deployments).await?;
     Ok(match ensured {
-        Ensured::Applied(applied) => applied,
-        Ensured::Unchanged(cached) => cached.as_ref().clone(),
+        Ensured::Applied(applied) => {
+            let digest = applied
+                .spec
+                .as_ref()
+                .map(|s| crate::running::template_digest(&s.template));
+            observe(&applied, revision, digest)
+        }
+        Ensured::Unchanged(cached) => observe(
+            &cached,
+            revision,
+            super::watches::cached_template_digest(&cached),
+        ),
     })
 }
 
@@ -489,7 +498,8 @@ fn name_of<K: Resource>(obj: &K) -> String {
 }
 
 /// What the Deployment's status says about the revision just applied.
-fn observe(d: &Deployment, revision: &str) -> status::Rollout {
+/// `template_digest`: of the Deployment's pod template ([`crate::running::template_digest`]).
+fn observe(d: &Deployment, revision: &str, template_digest: Option<String>) -> status::Rollout {
     let generation = d.metadata.generation.unwrap_or_default();
     let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let st = d.status.clone().unwrap_or_default();
@@ -509,10 +519,7 @@ fn observe(d: &Deployment, revision: &str) -> status::Rollout {
         deadline_exceeded,
         rolled_back_from: None,
         no_rollback: None,
-        template_digest: d
-            .spec
-            .as_ref()
-            .map(|s| crate::running::template_digest(&s.template)),
+        template_digest,
         recheck_after: None,
     }
 }
