@@ -328,7 +328,7 @@ fn approval(plugin: &Plugin, manifest: &Manifest, limits: &Limits) -> Approval {
     }
     let resources = match resources(plugin, limits) {
         Ok(r) => r,
-        Err(message) => return blocked("ResourcesAboveTrustLevel", message),
+        Err((reason, message)) => return blocked(reason, message),
     };
     if let Some(max) = limits.max_concurrency
         && i64::from(spec.concurrency) > i64::from(max)
@@ -366,46 +366,74 @@ fn blocked(reason: &'static str, message: String) -> Approval {
 }
 
 /// Limits from the spec (or the defaults), checked against the caps; requests default to a small
-/// CPU share and the full memory limit (memory is not overcommitted).
-fn resources(plugin: &Plugin, limits: &Limits) -> Result<Resources, String> {
+/// CPU share and the full memory limit (memory is not overcommitted), and may not exceed the
+/// limits. The pod gets each value as read here ([`quantity::cpu_for_pod`]).
+fn resources(plugin: &Plugin, limits: &Limits) -> Result<Resources, (&'static str, String)> {
     let spec_res = plugin.spec.resources.clone().unwrap_or_default();
     let lim = spec_res.limits.unwrap_or_default();
     let req = spec_res.requests.unwrap_or_default();
+    let invalid = |m: String| ("InvalidResources", m);
     let cpu_limit = lim.cpu.unwrap_or_else(|| DEFAULT_CPU_LIMIT.into());
     let memory_limit = lim.memory.unwrap_or_else(|| DEFAULT_MEMORY_LIMIT.into());
-    let cpu =
-        quantity::cpu_millis(&cpu_limit).map_err(|e| format!("spec.resources.limits.cpu: {e}"))?;
+    let cpu = quantity::cpu_millis(&cpu_limit)
+        .map_err(|e| invalid(format!("spec.resources.limits.cpu: {e}")))?;
     let mem = quantity::memory_bytes(&memory_limit)
-        .map_err(|e| format!("spec.resources.limits.memory: {e}"))?;
+        .map_err(|e| invalid(format!("spec.resources.limits.memory: {e}")))?;
     if let Some(max) = limits.max_cpu_millis
         && cpu > max
     {
-        return Err(format!(
-            "spec.resources.limits.cpu {cpu_limit} is above the trust level's maxCpu {}; lower it",
-            limits.max_cpu.as_deref().unwrap_or_default()
+        return Err((
+            "ResourcesAboveTrustLevel",
+            format!(
+                "spec.resources.limits.cpu {cpu_limit} is above the trust level's maxCpu {}; lower it",
+                limits.max_cpu.as_deref().unwrap_or_default()
+            ),
         ));
     }
     if let Some(max) = limits.max_memory_bytes
         && mem > max
     {
-        return Err(format!(
-            "spec.resources.limits.memory {memory_limit} is above the trust level's maxMemory {}; lower it",
-            limits.max_memory.as_deref().unwrap_or_default()
+        return Err((
+            "ResourcesAboveTrustLevel",
+            format!(
+                "spec.resources.limits.memory {memory_limit} is above the trust level's maxMemory {}; lower it",
+                limits.max_memory.as_deref().unwrap_or_default()
+            ),
         ));
     }
-    let cpu_request = req.cpu.unwrap_or_else(|| {
-        if cpu < 50 {
-            cpu_limit.clone()
-        } else {
-            "50m".into()
+    let (cpu_request, cpu_req) = match req.cpu {
+        Some(given) => {
+            let millis = quantity::cpu_millis(&given)
+                .map_err(|e| invalid(format!("spec.resources.requests.cpu: {e}")))?;
+            (given, millis)
         }
-    });
-    let memory_request = req.memory.unwrap_or_else(|| memory_limit.clone());
+        None if cpu < 50 => (cpu_limit.clone(), cpu),
+        None => ("50m".into(), 50),
+    };
+    let (memory_request, mem_req) = match req.memory {
+        Some(given) => {
+            let bytes = quantity::memory_bytes(&given)
+                .map_err(|e| invalid(format!("spec.resources.requests.memory: {e}")))?;
+            (given, bytes)
+        }
+        None => (memory_limit.clone(), mem),
+    };
+    // The API server refuses such a pod template; said here, it names the Plugin's field.
+    if cpu_req > cpu {
+        return Err(invalid(format!(
+            "spec.resources.requests.cpu {cpu_request} is above spec.resources.limits.cpu {cpu_limit}; lower the request or raise the limit"
+        )));
+    }
+    if mem_req > mem {
+        return Err(invalid(format!(
+            "spec.resources.requests.memory {memory_request} is above spec.resources.limits.memory {memory_limit}; lower the request or raise the limit"
+        )));
+    }
     Ok(Resources {
-        cpu_limit,
-        memory_limit,
-        cpu_request,
-        memory_request,
+        cpu_limit: quantity::cpu_for_pod(&cpu_limit, cpu),
+        memory_limit: quantity::memory_for_pod(&memory_limit, mem),
+        cpu_request: quantity::cpu_for_pod(&cpu_request, cpu_req),
+        memory_request: quantity::memory_for_pod(&memory_request, mem_req),
     })
 }
 
@@ -713,6 +741,74 @@ mod tests {
         };
         let v = plan(&plugin(HELLO), &fetched(manifest("")), Some(&slow)).permissions_approved;
         assert_eq!(blocked_reason(&v), "TimeoutAboveTrustLevel");
+    }
+
+    /// Limits and requests reach the pod as the caps read them; a request above its limit or a
+    /// value that is no quantity is refused with the field named, never sent to the API server.
+    #[test]
+    fn resources_reach_the_pod_as_read_and_bad_ones_are_named() {
+        let with = |limits: serde_json::Value, requests: serde_json::Value| {
+            let mut p = plugin(HELLO);
+            p.spec.resources = Some(
+                serde_json::from_value(serde_json::json!({"limits": limits, "requests": requests}))
+                    .expect("resources"),
+            );
+            plan(&p, &fetched(manifest("")), Some(&open_limits()))
+        };
+        let usual = with(
+            serde_json::json!({"cpu": "500m", "memory": "128Mi"}),
+            serde_json::json!({"cpu": "100m", "memory": "64Mi"}),
+        );
+        let r = usual.rollout.expect("approved").resources;
+        assert_eq!(
+            (r.cpu_limit.as_str(), r.memory_limit.as_str()),
+            ("500m", "128Mi"),
+            "plain values unchanged: no new revision for a usual Plugin"
+        );
+        assert_eq!(
+            (r.cpu_request.as_str(), r.memory_request.as_str()),
+            ("100m", "64Mi")
+        );
+        let odd = with(
+            serde_json::json!({"cpu": "0.5", "memory": "1e8"}),
+            serde_json::json!({"cpu": "1e-1", "memory": "0.5e8"}),
+        );
+        let r = odd.rollout.expect("approved").resources;
+        assert_eq!(
+            (r.cpu_limit, r.memory_limit, r.cpu_request, r.memory_request),
+            (
+                "500m".into(),
+                "100000000".into(),
+                "100m".into(),
+                "50000000".into()
+            )
+        );
+        let v = with(
+            serde_json::json!({"cpu": "100m"}),
+            serde_json::json!({"cpu": "200m"}),
+        )
+        .permissions_approved;
+        assert_blocked(
+            &v,
+            "InvalidResources",
+            "spec.resources.requests.cpu 200m is above spec.resources.limits.cpu 100m",
+        );
+        let v =
+            with(serde_json::json!({}), serde_json::json!({"memory": "1Gi"})).permissions_approved;
+        assert_blocked(
+            &v,
+            "InvalidResources",
+            "spec.resources.requests.memory 1Gi is above spec.resources.limits.memory 64Mi",
+        );
+        let v =
+            with(serde_json::json!({}), serde_json::json!({"memory": "lots"})).permissions_approved;
+        assert_blocked(&v, "InvalidResources", "spec.resources.requests.memory");
+        let v = with(
+            serde_json::json!({"cpu": "1e-4294967293"}),
+            serde_json::json!({}),
+        )
+        .permissions_approved;
+        assert_blocked(&v, "InvalidResources", "spec.resources.limits.cpu");
     }
 
     #[test]

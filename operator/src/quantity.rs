@@ -59,6 +59,41 @@ pub fn memory_bytes(value: &str) -> Result<u64, QuantityError> {
     parse(value, "memory", "64Mi, 1Gi, 500M", 0)
 }
 
+/// `value`, whose CPU is `millis` ([`cpu_millis`]), as the pod is given it: unchanged when it is
+/// plain ([`is_plain`]), else the millicores read here ("0.5" → "500m", "2e-1" → "200m"). What
+/// the kubelet enforces is then what the caps were checked against, whatever another parser
+/// would make of fractions and exponents; plain values stay as written, so the pod template (and
+/// the revision) of a usual Plugin does not change.
+pub fn cpu_for_pod(value: &str, millis: u64) -> String {
+    if is_plain(value) {
+        value.trim().to_string()
+    } else {
+        format!("{millis}m")
+    }
+}
+
+/// [`cpu_for_pod`] for memory: `value` unchanged when plain, else its bytes ("1.5Ki" → "1536").
+pub fn memory_for_pod(value: &str, bytes: u64) -> String {
+    if is_plain(value) {
+        value.trim().to_string()
+    } else {
+        bytes.to_string()
+    }
+}
+
+/// Digits with at most one suffix (no sign, fraction or exponent, not n or u): a form every
+/// quantity parser reads alike, as a whole number of units.
+fn is_plain(value: &str) -> bool {
+    let value = value.trim();
+    let digits = value.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0
+        && digits <= MAX_LEN
+        && matches!(
+            &value[digits..],
+            "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+        )
+}
+
 /// The longest quantity read, after trimming; longer ones are refused.
 const MAX_LEN: usize = 64;
 
@@ -223,6 +258,39 @@ fn scaled(int: &[u8], frac: &[u8], exp10: i64, shift: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pod gets plain values as written and everything else as the exact value the caps were
+    /// checked against.
+    #[test]
+    fn the_pod_gets_plain_values_as_written_and_others_as_read() {
+        for (given, pod) in [
+            ("250m", "250m"),
+            ("2", "2"),
+            (" 1 ", "1"),
+            ("0.5", "500m"),
+            ("2e-1", "200m"),
+            ("1e-4", "1m"),
+            ("+1", "1000m"),
+            ("100000u", "100m"),
+        ] {
+            let millis = cpu_millis(given).expect(given);
+            assert_eq!(cpu_for_pod(given, millis), pod, "CPU {given:?}");
+        }
+        for (given, pod) in [
+            ("64Mi", "64Mi"),
+            ("1G", "1G"),
+            ("1000", "1000"),
+            ("1.5Ki", "1536"),
+            ("1e3", "1000"),
+            ("0.5Gi", "536870912"),
+            ("1e3Ki", "1e3Ki"),
+        ] {
+            match memory_bytes(given) {
+                Ok(bytes) => assert_eq!(memory_for_pod(given, bytes), pod, "memory {given:?}"),
+                Err(_) => assert_eq!(given, "1e3Ki", "only the invalid form fails"),
+            }
+        }
+    }
 
     #[test]
     fn cpu_in_millicores() {
