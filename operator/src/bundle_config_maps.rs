@@ -29,7 +29,7 @@ struct Read {
 /// Most bytes of ConfigMap content kept at once: past it, every other ConfigMap read is
 /// forgotten (and read again when next used), so ConfigMaps a tenant keeps after deleting their
 /// Plugins cannot grow the operator's memory.
-const MAX_BYTES_KEPT: usize = 64 << 20;
+const MAX_BYTES_KEPT: usize = 16 << 20;
 
 /// Bytes of content of a ConfigMap (data and binaryData).
 fn content_bytes(cm: &ConfigMap) -> usize {

@@ -38,7 +38,65 @@ struct SignedBundle {
 struct Pins {
     generation: i64,
     image: Option<(String, (String, String))>,
-    bundle: Option<(String, SignedBundle)>,
+    /// Which bundle: its bytes are in [`Registry::kept`], shared and bounded, not per Plugin.
+    bundle: Option<(String, PinnedBundle)>,
+}
+
+/// A bundle pinned for a Plugin generation, without its bytes.
+#[derive(Clone, Debug)]
+struct PinnedBundle {
+    digest: String,
+    signature: Option<String>,
+}
+
+/// Most bytes of bundles from registries and web servers kept at once, shared by every Plugin
+/// (a bundle is kept once however many Plugins use it). Past it the oldest are dropped and read
+/// again when next needed, so 1,000 Plugins with bundles of their own cannot hold 1,000 bundles
+/// in the operator's memory (issue 13: no per-Plugin bundle bytes after rollout).
+const MAX_BUNDLE_BYTES_KEPT: usize = 16 << 20;
+
+/// Bundle bytes by digest, oldest first out, at most `max_bytes` in all.
+#[derive(Debug)]
+struct KeptBundles {
+    by_digest: HashMap<String, Arc<Vec<u8>>>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl KeptBundles {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            by_digest: HashMap::new(),
+            order: Default::default(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn get(&self, digest: &str) -> Option<Arc<Vec<u8>>> {
+        self.by_digest.get(digest).cloned()
+    }
+
+    /// Keeps `bytes` under `digest`, dropping the oldest to stay within the bound; a bundle
+    /// larger than the bound is not kept at all.
+    fn keep(&mut self, digest: &str, bytes: &[u8]) {
+        if self.by_digest.contains_key(digest) || bytes.len() > self.max_bytes {
+            return;
+        }
+        while self.bytes + bytes.len() > self.max_bytes {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.by_digest.remove(&oldest) {
+                self.bytes -= gone.len();
+            }
+        }
+        self.bytes += bytes.len();
+        self.order.push_back(digest.to_string());
+        self.by_digest
+            .insert(digest.to_string(), Arc::new(bytes.to_vec()));
+    }
 }
 
 /// How long one registry request may take: a hung registry must not hold a reconcile slot.
@@ -77,6 +135,8 @@ pub struct Registry {
     /// Bundles inspected (unpacked and checked) so far, by digest: Plugins that share a bundle,
     /// and every later reconcile of one, are not unpacked again.
     inspected: Mutex<HashMap<String, bundle::Extracted>>,
+    /// The bytes of pinned bundles ([`Pins::bundle`]).
+    kept: Mutex<KeptBundles>,
 }
 
 /// Most bundles whose inspection is remembered; past it the memory starts over (a bundle's
@@ -151,6 +211,7 @@ impl Registry {
             images: ImageVerifier::new(reverify),
             pins: Mutex::default(),
             inspected: Mutex::default(),
+            kept: Mutex::new(KeptBundles::new(MAX_BUNDLE_BYTES_KEPT)),
         }
     }
 
@@ -296,6 +357,20 @@ impl Registry {
             return Ok(hit);
         }
         let answer = fetch.await?;
+        self.pin(plugin, key, slot, answer.clone());
+        Ok(answer)
+    }
+
+    /// Pins `answer` for `key` in `slot` of the Plugin's current generation.
+    fn pin<T>(
+        &self,
+        plugin: &Plugin,
+        key: &str,
+        slot: fn(&mut Pins) -> &mut Option<(String, T)>,
+        answer: T,
+    ) {
+        let uid = plugin.uid().unwrap_or_default();
+        let generation = plugin.metadata.generation.unwrap_or_default();
         let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
         let entry = pins.entry(uid).or_default();
         if entry.generation != generation {
@@ -304,8 +379,7 @@ impl Registry {
                 ..Default::default()
             };
         }
-        *slot(entry) = Some((key.to_string(), answer.clone()));
-        Ok(answer)
+        *slot(entry) = Some((key.to_string(), answer));
     }
 
     /// [`Registry::resolve`], once per Plugin generation (and credentials).
@@ -320,15 +394,58 @@ impl Registry {
             .await
     }
 
-    /// The bundle at `location` (a registry or a web server), fetched once per Plugin generation.
-    async fn pinned_bundle(
+    /// The bundle at `location` (a registry or a web server), fetched once per Plugin generation
+    /// while its bytes stay kept ([`MAX_BUNDLE_BYTES_KEPT`]); read again (and pinned anew, as
+    /// after a restart) once they were dropped. `fetch` makes each read.
+    async fn pinned_bundle<F>(
         &self,
         plugin: &Plugin,
         location: &str,
-        fetch: impl std::future::Future<Output = Result<SignedBundle, FetchFailure>>,
-    ) -> Result<SignedBundle, FetchFailure> {
-        self.once_per_generation(plugin, location, |p| &mut p.bundle, fetch)
-            .await
+        fetch: impl Fn() -> F,
+    ) -> Result<SignedBundle, FetchFailure>
+    where
+        F: std::future::Future<Output = Result<SignedBundle, FetchFailure>>,
+    {
+        let read_and_keep = || async {
+            let read = fetch().await?;
+            let digest = bundle::digest(&read.bytes);
+            self.kept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keep(&digest, &read.bytes);
+            Ok::<_, FetchFailure>((
+                PinnedBundle {
+                    digest,
+                    signature: read.signature.clone(),
+                },
+                read,
+            ))
+        };
+        let mut fresh = None;
+        let pin = self
+            .once_per_generation(plugin, location, |p| &mut p.bundle, async {
+                let (pin, read) = read_and_keep().await?;
+                fresh = Some(read);
+                Ok(pin)
+            })
+            .await?;
+        if let Some(read) = fresh {
+            return Ok(read);
+        }
+        let kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pin.digest);
+        if let Some(bytes) = kept {
+            return Ok(SignedBundle {
+                bytes: bytes.as_ref().clone(),
+                signature: pin.signature,
+            });
+        }
+        let (pin, read) = read_and_keep().await?;
+        self.pin(plugin, location, |p| &mut p.bundle, pin);
+        Ok(read)
     }
 
     /// Downloads a bundle and `<url>.sig` (absent: unsigned), refusing more than `max_bytes`.
@@ -704,11 +821,11 @@ async fn read_bundle(
         let access = registry.access(grants, &reference).await?;
         // Pinned with the access it was read with: a grant removed later is noticed at once.
         let key = format!("{} {}", oci.reference, access.identity);
-        let pull = registry.pull_bundle(&reference, &access, max_bytes);
+        let pull = || registry.pull_bundle(&reference, &access, max_bytes);
         return registry.pinned_bundle(plugin, &key, pull).await;
     }
     if let Some(http) = &source.http {
-        let download = registry.download_bundle(&http.url, max_bytes);
+        let download = || registry.download_bundle(&http.url, max_bytes);
         return registry.pinned_bundle(plugin, &http.url, download).await;
     }
     let Some(cm_ref) = &source.config_map_ref else {
@@ -858,5 +975,69 @@ mod tests {
         .await
         .expect("fetched");
         assert_eq!(requests.load(Ordering::SeqCst), before + 1);
+    }
+
+    /// A bundle's bytes are held once, shared by every Plugin pinning it, and within a bound:
+    /// past it the oldest are dropped, and a Plugin whose bundle was dropped reads it again (one
+    /// request) rather than keeping a copy of its own.
+    #[tokio::test]
+    async fn pinned_bundles_share_bounded_bytes_and_are_read_again_once_dropped() {
+        let mut registry = Registry::new(vec![], std::time::Duration::from_secs(60));
+        registry.kept = Mutex::new(KeptBundles::new(10));
+        let requests = AtomicUsize::new(0);
+        let read = |content: &'static [u8]| {
+            let requests = &requests;
+            move || async move {
+                requests.fetch_add(1, Ordering::SeqCst);
+                Ok(SignedBundle {
+                    bytes: content.to_vec(),
+                    signature: Some("sig".into()),
+                })
+            }
+        };
+        let (a, b) = (plugin("uid-a", 1), plugin("uid-b", 1));
+        let got = registry
+            .pinned_bundle(&a, "https://b/one", read(b"aaaaaa"))
+            .await
+            .expect("read");
+        assert_eq!(
+            (got.bytes, got.signature.as_deref()),
+            (b"aaaaaa".to_vec(), Some("sig"))
+        );
+        registry
+            .pinned_bundle(&b, "https://b/one", read(b"aaaaaa"))
+            .await
+            .expect("read");
+        assert_eq!(
+            registry.kept.lock().expect("lock").bytes,
+            6,
+            "kept once for both"
+        );
+        // Pinned and kept: no request.
+        let again = registry
+            .pinned_bundle(&a, "https://b/one", read(b"changed"))
+            .await
+            .expect("kept");
+        assert_eq!(again.bytes, b"aaaaaa".to_vec());
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        // Another bundle pushes the first out of the bound: the next reconcile of `a` reads it
+        // again (one request), and is pinned to what it read then.
+        registry
+            .pinned_bundle(&b, "https://b/two", read(b"bbbbbbb"))
+            .await
+            .expect("read");
+        assert_eq!(registry.kept.lock().expect("lock").bytes, 7);
+        let reread = registry
+            .pinned_bundle(&a, "https://b/one", read(b"aaaaaa"))
+            .await
+            .expect("read again");
+        assert_eq!(reread.bytes, b"aaaaaa".to_vec());
+        assert_eq!(requests.load(Ordering::SeqCst), 4);
+        // A bundle larger than the bound is never kept.
+        registry
+            .pinned_bundle(&a, "https://b/big", read(b"0123456789ab"))
+            .await
+            .expect("read");
+        assert!(registry.kept.lock().expect("lock").bytes <= 10);
     }
 }
