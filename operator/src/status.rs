@@ -47,6 +47,9 @@ pub struct Rollout {
     /// When the reconcile must look again although nothing may change meanwhile (a stopped
     /// plugin's NetworkPolicy and Service, removed once no pod can be left).
     pub recheck_after: Option<std::time::Duration>,
+    /// The Deployment's `progressDeadlineSeconds`: also how long pods of a revision that already
+    /// served may stay unready before it is a problem ([`PODS_NOT_READY`]).
+    pub progress_deadline: Option<std::time::Duration>,
 }
 
 impl Rollout {
@@ -609,6 +612,22 @@ fn ready(
             ),
             PluginPhase::Active,
         )
+    } else if let Some(deadline) = unready_past_deadline(applied, prev, now) {
+        (
+            false,
+            PODS_NOT_READY,
+            format!(
+                "revision {} served, but only {}/{} pod(s) have been ready for longer than the progress deadline ({}s): its pods crash or fail their readiness probe; see `kubectl -n {} describe pods -l {}={}` and the pods' logs",
+                applied.revision,
+                applied.ready_replicas,
+                applied.desired_replicas,
+                deadline.as_secs(),
+                plugin.metadata.namespace.as_deref().unwrap_or_default(),
+                airlock_core::names::PLUGIN_LABEL,
+                plugin.metadata.name.as_deref().unwrap_or_default(),
+            ),
+            PluginPhase::Deploying,
+        )
     } else {
         (
             false,
@@ -630,6 +649,34 @@ fn ready(
         now,
     ));
     phase
+}
+
+/// `Ready=False` reason of a revision that already served whose pods have not all been ready for
+/// longer than the progress deadline (a crash loop after a completed rollout). The Deployment
+/// controller applies no deadline to a rollout it completed, and progress gets no Event
+/// ([`event`]): without this, such a plugin would say "Deploying" for ever and tell no one.
+pub const PODS_NOT_READY: &str = "PodsNotReady";
+
+/// The deadline, when the revision that served (the last good one) has been unready since the
+/// previous status for longer than it.
+fn unready_past_deadline(
+    applied: &Rollout,
+    prev: &PluginStatus,
+    now: Timestamp,
+) -> Option<std::time::Duration> {
+    let deadline = applied.progress_deadline?;
+    if prev.last_good_revision.as_deref() != Some(applied.revision.as_str()) {
+        return None;
+    }
+    let since = prev
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY && c.status == "False")
+        .filter(|c| c.reason == "Deploying" || c.reason == PODS_NOT_READY)?
+        .last_transition_time
+        .0;
+    let unready = now.duration_since(since).unsigned_abs();
+    (unready >= deadline).then_some(deadline)
 }
 
 /// The same test as `kubectl rollout status`: the controller saw the current spec, every pod runs
@@ -753,7 +800,97 @@ mod tests {
             template_digest: Some("sha256:t".into()),
             no_rollback: None,
             recheck_after: None,
+            progress_deadline: None,
         }
+    }
+
+    /// Pods of a revision that served and then stopped being ready (a crash loop after the
+    /// rollout completed): Deploying — progress, no Event — until the progress deadline has
+    /// passed since they stopped, then `PodsNotReady`, a Warning Event that says where to look.
+    /// A revision rolling out for the first time is left to the Deployment's own deadline.
+    #[test]
+    fn a_served_revision_unready_past_the_deadline_is_told_as_a_warning() {
+        let t0 = Timestamp::from_second(1_000_000).expect("time");
+        let later = |s: i64| Timestamp::from_second(1_000_000 + s).expect("time");
+        let deadline = |ready| Rollout {
+            progress_deadline: Some(std::time::Duration::from_secs(120)),
+            ..applied(ready)
+        };
+        let mut p = plugin(HELLO);
+        let active = next_status(&p, Outcome::Planned(&ok_plan(), Some(&deadline(1))), t0);
+        assert_eq!(cond(&active, READY).reason, "Active");
+        p.status = Some(active.clone());
+        let dipped = next_status(
+            &p,
+            Outcome::Planned(&ok_plan(), Some(&deadline(0))),
+            later(10),
+        );
+        assert_eq!(cond(&dipped, READY).reason, "Deploying");
+        assert_eq!(event(Some(&active), Some(&active), &dipped), None);
+        p.status = Some(dipped.clone());
+        let within = next_status(
+            &p,
+            Outcome::Planned(&ok_plan(), Some(&deadline(0))),
+            later(129),
+        );
+        assert_eq!(
+            cond(&within, READY).reason,
+            "Deploying",
+            "not yet 120 s unready"
+        );
+        let past = next_status(
+            &p,
+            Outcome::Planned(&ok_plan(), Some(&deadline(0))),
+            later(130),
+        );
+        let ready = cond(&past, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", PODS_NOT_READY)
+        );
+        assert!(ready.message.contains("0/1 pod(s)"), "{}", ready.message);
+        assert!(
+            ready.message.contains("airlock.dev/plugin=hello"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(past.phase, Some(PluginPhase::Deploying));
+        assert_eq!(progress(&past), Progress::Reconciling);
+        let e = event(Some(&active), Some(&dipped), &past).expect("an Event");
+        assert!(e.warning, "{e:?}");
+        assert_eq!(e.reason, PODS_NOT_READY);
+        // It stays so (no new Event) and recovers with an Active Event.
+        p.status = Some(past.clone());
+        let still = next_status(
+            &p,
+            Outcome::Planned(&ok_plan(), Some(&deadline(0))),
+            later(400),
+        );
+        assert_eq!(cond(&still, READY).reason, PODS_NOT_READY);
+        assert_eq!(event(Some(&past), Some(&past), &still), None);
+        p.status = Some(still.clone());
+        let back = next_status(
+            &p,
+            Outcome::Planned(&ok_plan(), Some(&deadline(1))),
+            later(401),
+        );
+        assert_eq!(cond(&back, READY).reason, "Active");
+        assert!(
+            !event(Some(&still), Some(&still), &back)
+                .expect("an Event")
+                .warning
+        );
+
+        // A first rollout that takes long is not this: the Deployment's deadline tells it.
+        let mut fresh = plugin(HELLO);
+        let starting = next_status(&fresh, Outcome::Planned(&ok_plan(), Some(&deadline(0))), t0);
+        fresh.status = Some(starting);
+        let slow = next_status(
+            &fresh,
+            Outcome::Planned(&ok_plan(), Some(&deadline(0))),
+            later(500),
+        );
+        assert_eq!(cond(&slow, READY).reason, "Deploying");
     }
 
     fn cond<'a>(s: &'a PluginStatus, ty: &str) -> &'a Condition {

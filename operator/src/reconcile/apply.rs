@@ -477,7 +477,8 @@ async fn ensure_deployment(
     revision: &str,
 ) -> Result<status::Rollout, Error> {
     let ensured = ensure(plugin, desired, ctx, &watches.deployments).await?;
-    Ok(match ensured {
+    let deadline = u64::try_from(ctx.build.progress_deadline_seconds).unwrap_or_default();
+    let observed = match ensured {
         Ensured::Applied(applied) => {
             let digest = applied
                 .spec
@@ -490,6 +491,10 @@ async fn ensure_deployment(
             revision,
             super::watches::cached_template_digest(&cached),
         ),
+    };
+    Ok(status::Rollout {
+        progress_deadline: Some(std::time::Duration::from_secs(deadline)),
+        ..observed
     })
 }
 
@@ -521,5 +526,6 @@ fn observe(d: &Deployment, revision: &str, template_digest: Option<String>) -> s
         no_rollback: None,
         template_digest,
         recheck_after: None,
+        progress_deadline: None,
     }
 }

@@ -238,6 +238,9 @@ fn running_records(plugin: &Plugin, planned: Option<&RevisionRecord>) -> Vec<Rev
     out
 }
 
+/// How often a plugin whose pods are not all ready is looked at besides its Deployment's events.
+const NOT_READY_RECHECK: Duration = Duration::from_secs(120);
+
 fn requeue_after(plan: &Plan, applied: Option<&status::Rollout>) -> Duration {
     if let Some(at) = applied.and_then(|a| a.recheck_after) {
         return at;
@@ -248,7 +251,13 @@ fn requeue_after(plan: &Plan, applied: Option<&status::Rollout>) -> Duration {
         // out at once those polls alone asked for ≈ 65 reconciles/s, several times what the
         // operator could run, and new Plugins waited behind them for minutes (KWOK bench,
         // 2026-12-02: ≈ 19 reconciles per Plugin, 416 of 1,000 without a status after 11 min).
-        (Some(_), Some(a)) if a.ready_replicas < a.desired_replicas => Duration::from_secs(120),
+        // Pods of a revision that served and stay unready are told once the progress deadline
+        // has passed (status::PODS_NOT_READY): nothing else wakes us then.
+        (Some(_), Some(a)) if a.ready_replicas < a.desired_replicas => {
+            a.progress_deadline.map_or(NOT_READY_RECHECK, |d| {
+                (d + Duration::from_secs(1)).min(NOT_READY_RECHECK)
+            })
+        }
         (Some(_), _) => Duration::from_secs(300),
         // Blocked: the user must change something; spec and policy changes wake us up.
         (None, _) => Duration::from_secs(300),
