@@ -1,0 +1,1537 @@
+//! Bounded reads of registry manifests, referrers lists and registry tokens.
+//!
+//! Why this exists: oci-client reads every response body whole (`res.bytes()` for manifests
+//! and referrers, `text()` for the token exchange). The registry is named by a tenant, so a
+//! hostile registry can stream gigabytes into the operator's memory well within the request
+//! timeout. Here every body is read with a cap: a declared `Content-Length` above the cap is
+//! refused before a byte is read, and otherwise the body is read chunk by chunk and the read
+//! stops as soon as the cap is passed, so at most `limit` bytes plus one transport chunk are
+//! ever held.
+//!
+//! Errors are reported as oci-client's [`OciDistributionError`] (status mapping as in its
+//! `validate_registry_response`), so callers keep classifying "not found", "unauthorized" and
+//! transport errors as they did; only an oversized body gets its own variant,
+//! [`BoundedError::TooLarge`].
+//!
+//! Secrets: tokens and passwords are only ever put into request headers (which reqwest marks
+//! sensitive). They never appear in an error, and [`BoundedReader`]'s `Debug` shows no token.
+//! Text that comes from the registry (error bodies, token service answers, envelope messages)
+//! is cut to [`MESSAGE_CHARS`] characters with control characters blanked, because it comes
+//! from a stranger and ends up in logs and Kubernetes status fields.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use oci_client::Reference;
+use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
+use reqwest::{Response, StatusCode, Url};
+use sha2::Digest as _;
+
+/// Cap on error bodies and token service answers: enough for any real OCI error envelope or
+/// token (JWTs of a few KiB), far too little to hurt.
+pub const SMALL_BODY_LIMIT: u64 = 64 * 1024;
+
+/// Longest registry-supplied text kept in an error, in characters.
+pub const MESSAGE_CHARS: usize = 200;
+
+/// Media type of the referrers API's answer (an OCI image index).
+pub const REFERRERS_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The token lifetime the distribution token spec says to assume when `expires_in` is absent.
+const DEFAULT_TOKEN_SECONDS: u64 = 60;
+
+/// A token is dropped from the cache this long before it expires, so that a request never
+/// leaves with a token that lapses on its way.
+const TOKEN_MARGIN: Duration = Duration::from_secs(10);
+
+/// A hostile token service cannot make us keep a token for longer than this.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Bound on the token cache: tenants choose registries and repositories, so the number of
+/// cache keys is theirs to choose too. Past this size expired entries are swept, and if that
+/// is not enough the cache is emptied (tokens are cheap to fetch again).
+const MAX_CACHED_TOKENS: usize = 1024;
+
+/// Bound on the set of registries known to answer with a Basic challenge, for the same reason.
+const MAX_BASIC_REGISTRIES: usize = 1024;
+
+/// At most this many errors of a registry's error envelope are kept.
+const MAX_ENVELOPE_ERRORS: usize = 8;
+
+/// Errors of [`BoundedReader`].
+#[derive(Debug, thiserror::Error)]
+pub enum BoundedError {
+    /// More than `limit` bytes (by Content-Length, or counted while reading): reading stopped
+    /// there.
+    #[error("the registry's {what} is larger than {limit} bytes")]
+    TooLarge {
+        /// What was being read: "manifest", "referrers" or "token".
+        what: &'static str,
+        /// The cap that was passed.
+        limit: u64,
+    },
+    /// Everything else, as oci-client reports it, so callers keep classifying errors as today.
+    #[error(transparent)]
+    Registry(#[from] OciDistributionError),
+}
+
+impl From<reqwest::Error> for BoundedError {
+    fn from(error: reqwest::Error) -> Self {
+        BoundedError::Registry(OciDistributionError::RequestError(error))
+    }
+}
+
+/// Reads manifests and referrers lists from OCI registries without ever holding more than a
+/// caller-chosen number of bytes of a registry's answer.
+pub struct BoundedReader {
+    client: reqwest::Client,
+    /// `host:port` entries reached over plain http.
+    insecure: Vec<String>,
+    /// Bearer tokens obtained from token services, per registry, repository and credentials.
+    tokens: Mutex<HashMap<TokenKey, CachedToken>>,
+    /// Registries that answered with a Basic challenge: with Basic credentials they are sent
+    /// up front next time, saving the anonymous round trip.
+    basic_registries: Mutex<HashSet<String>>,
+}
+
+impl fmt::Debug for BoundedReader {
+    /// Shows no token: only the insecure list and how many tokens are cached.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundedReader")
+            .field("insecure", &self.insecure)
+            .field("cached_tokens", &lock(&self.tokens).len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Key of the token cache. The credentials are part of it (as a hash): a token obtained with
+/// one tenant's credentials must never serve a request made with another's (or anonymously).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct TokenKey {
+    registry: String,
+    repository: String,
+    credentials: [u8; 32],
+}
+
+impl TokenKey {
+    fn new(registry: &str, repository: &str, auth: &RegistryAuth) -> Self {
+        let mut hasher = sha2::Sha256::new();
+        match auth {
+            RegistryAuth::Basic(user, password) => {
+                hasher.update(b"basic\0");
+                hasher.update(user.as_bytes());
+                hasher.update(b"\0");
+                hasher.update(password.as_bytes());
+            }
+            RegistryAuth::Bearer(_) => hasher.update(b"bearer"),
+            RegistryAuth::Anonymous => hasher.update(b"anonymous"),
+        }
+        TokenKey {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            credentials: hasher.finalize().into(),
+        }
+    }
+}
+
+/// A token and the instant it stops being used.
+struct CachedToken {
+    token: String,
+    until: Instant,
+}
+
+/// What a request carries in its Authorization header.
+enum Credential<'a> {
+    Nothing,
+    Bearer(&'a str),
+    Basic(&'a str, &'a str),
+}
+
+/// The challenge of a 401 answer we know how to meet.
+#[derive(Debug, PartialEq, Eq)]
+enum Challenge {
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+    Basic,
+}
+
+/// A token service's answer (distribution token auth; `access_token` is the OAuth2 name).
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    /// Lenient: anything but a non-negative integer means "use the default".
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+impl BoundedReader {
+    /// `insecure`: `host:port` entries reached over plain http (as oci-client's
+    /// `ClientProtocol::HttpsExcept`).
+    ///
+    /// Only a connect timeout is set: the whole call's deadline is the caller's (it wraps calls
+    /// in `tokio::time::timeout`). Redirects are followed at most 5 times; reqwest drops the
+    /// Authorization header when a redirect changes host, port or scheme.
+    pub fn new(insecure: Vec<String>) -> Result<Self, BoundedError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()?;
+        Ok(BoundedReader {
+            client,
+            insecure,
+            tokens: Mutex::new(HashMap::new()),
+            basic_registries: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// GET `{scheme}://{registry}/v2/{repository}/manifests/{digest or tag}` with `Accept` =
+    /// `accept` joined by ", ". Returns the body and its digest. When `reference` has a digest,
+    /// the body must hash to it (else a `DigestError`), and that digest is returned; otherwise
+    /// the digest is `sha256:<hex of body>`.
+    ///
+    /// The registry's `Docker-Content-Digest` header is not consulted: for a digest reference
+    /// the reference is what must hold, and for a tag the body's own hash is the truth.
+    pub async fn manifest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        accept: &[&str],
+        limit: u64,
+    ) -> Result<(Vec<u8>, String), BoundedError> {
+        let url = self.manifest_url(reference);
+        let response = self
+            .authorized_get(reference, auth, &url, &accept.join(", "))
+            .await?;
+        let response = check_status(response, &url).await?;
+        let body = read_capped(response, limit, "manifest").await?;
+        let digest = match reference.digest() {
+            Some(expected) => verify_digest(&body, expected)?,
+            None => format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))),
+        };
+        Ok((body, digest))
+    }
+
+    /// GET `/v2/{repository}/referrers/{digest}` (Accept: an OCI image index). `Ok(None)` on
+    /// 404, which the distribution spec defines as "this registry has no referrers API" (the
+    /// caller falls back to the referrers tag schema); the raw body otherwise.
+    pub async fn referrers(
+        &self,
+        subject: &Reference,
+        auth: &RegistryAuth,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, BoundedError> {
+        let digest = subject.digest().ok_or_else(|| {
+            OciDistributionError::GenericError(Some(
+                "Getting referrers for a tag is not supported".into(),
+            ))
+        })?;
+        let registry = subject.resolve_registry();
+        let url = format!(
+            "{scheme}://{registry}/v2/{repository}/referrers/{digest}",
+            scheme = self.scheme_for(registry),
+            repository = subject.repository(),
+        );
+        let response = self
+            .authorized_get(subject, auth, &url, REFERRERS_MEDIA_TYPE)
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = check_status(response, &url).await?;
+        read_capped(response, limit, "referrers").await.map(Some)
+    }
+
+    /// The manifest URL exactly as oci-client builds it (including its `?ns=` for mirrors).
+    fn manifest_url(&self, reference: &Reference) -> String {
+        let registry = reference.resolve_registry();
+        format!(
+            "{scheme}://{registry}/v2/{repository}/manifests/{target}{ns}",
+            scheme = self.scheme_for(registry),
+            repository = reference.repository(),
+            target = match reference.digest() {
+                Some(digest) => digest,
+                None => reference.tag().unwrap_or("latest"),
+            },
+            ns = reference
+                .namespace()
+                .map(|ns| format!("?ns={ns}"))
+                .unwrap_or_default(),
+        )
+    }
+
+    fn is_insecure(&self, registry: &str) -> bool {
+        self.insecure.iter().any(|entry| entry == registry)
+    }
+
+    fn scheme_for(&self, registry: &str) -> &'static str {
+        if self.is_insecure(registry) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    /// Sends the GET, meeting one authentication challenge if the registry answers 401.
+    ///
+    /// The answer is returned unread (whatever its status) so the caller reads it with its own
+    /// cap; only a 401 that cannot be met becomes an error here.
+    async fn authorized_get(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        url: &str,
+        accept: &str,
+    ) -> Result<Response, BoundedError> {
+        let registry = reference.resolve_registry();
+        let repository = reference.repository();
+        let key = TokenKey::new(registry, repository, auth);
+        let cached = self.cached_token(&key);
+        let first = match (auth, &cached) {
+            (RegistryAuth::Bearer(token), _) => Credential::Bearer(token),
+            (_, Some(token)) => Credential::Bearer(token),
+            (RegistryAuth::Basic(user, password), None) if self.wants_basic(registry) => {
+                Credential::Basic(user, password)
+            }
+            _ => Credential::Nothing,
+        };
+        let response = self.send(url, accept, &first).await?;
+        if response.status() != StatusCode::UNAUTHORIZED || matches!(auth, RegistryAuth::Bearer(_))
+        {
+            // A caller-given bearer token is used as is, like oci-client does; its 401 becomes
+            // UnauthorizedError in the status check.
+            return Ok(response);
+        }
+        if cached.is_some() {
+            self.forget_token(&key);
+        }
+        let challenge = challenge_of(&response);
+        // The 401's body is never read: nothing in it is needed.
+        drop(response);
+        match (challenge, auth, &first) {
+            (Some(Challenge::Bearer { realm, service }), ..) => {
+                let token = self
+                    .fetch_token(registry, repository, auth, &realm, service.as_deref())
+                    .await?;
+                let response = self
+                    .send(url, accept, &Credential::Bearer(&token.token))
+                    .await?;
+                // A token the registry itself just refused is not worth keeping.
+                if response.status() != StatusCode::UNAUTHORIZED {
+                    self.remember_token(key, token);
+                }
+                Ok(response)
+            }
+            (Some(Challenge::Basic), RegistryAuth::Basic(user, password), first)
+                if !matches!(first, Credential::Basic(..)) =>
+            {
+                self.remember_basic(registry);
+                self.send(url, accept, &Credential::Basic(user, password))
+                    .await
+            }
+            _ => Err(unauthorized(url)),
+        }
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        accept: &str,
+        credential: &Credential<'_>,
+    ) -> Result<Response, BoundedError> {
+        let mut request = self.client.get(url);
+        if !accept.is_empty() {
+            request = request.header(ACCEPT, accept);
+        }
+        request = match credential {
+            Credential::Nothing => request,
+            Credential::Bearer(token) => request.bearer_auth(token),
+            Credential::Basic(user, password) => request.basic_auth(user, Some(password)),
+        };
+        Ok(request.send().await?)
+    }
+
+    /// Distribution token auth: asks the realm for a pull token for `repository`, with Basic
+    /// credentials when we have them. The answer is read with [`SMALL_BODY_LIMIT`].
+    async fn fetch_token(
+        &self,
+        registry: &str,
+        repository: &str,
+        auth: &RegistryAuth,
+        realm: &str,
+        service: Option<&str>,
+    ) -> Result<CachedToken, BoundedError> {
+        let mut url = token_service_url(realm, self.is_insecure(registry))?;
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("scope", &format!("repository:{repository}:pull"));
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+        }
+        let mut request = self.client.get(url);
+        if let RegistryAuth::Basic(user, password) = auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let reason = read_prefix(response, SMALL_BODY_LIMIT).await;
+            return Err(OciDistributionError::AuthenticationFailure(format!(
+                "the registry's token service answered {status}: {}",
+                cut(&String::from_utf8_lossy(&reason))
+            ))
+            .into());
+        }
+        let body = read_capped(response, SMALL_BODY_LIMIT, "token").await?;
+        parse_token_answer(&body, Instant::now())
+    }
+
+    fn cached_token(&self, key: &TokenKey) -> Option<String> {
+        let tokens = lock(&self.tokens);
+        tokens
+            .get(key)
+            .filter(|cached| cached.until > Instant::now())
+            .map(|cached| cached.token.clone())
+    }
+
+    fn remember_token(&self, key: TokenKey, token: CachedToken) {
+        let now = Instant::now();
+        if token.until <= now {
+            return;
+        }
+        let mut tokens = lock(&self.tokens);
+        if tokens.len() >= MAX_CACHED_TOKENS {
+            tokens.retain(|_, cached| cached.until > now);
+            if tokens.len() >= MAX_CACHED_TOKENS {
+                tokens.clear();
+            }
+        }
+        tokens.insert(key, token);
+    }
+
+    fn forget_token(&self, key: &TokenKey) {
+        lock(&self.tokens).remove(key);
+    }
+
+    fn wants_basic(&self, registry: &str) -> bool {
+        lock(&self.basic_registries).contains(registry)
+    }
+
+    fn remember_basic(&self, registry: &str) {
+        let mut registries = lock(&self.basic_registries);
+        if registries.len() >= MAX_BASIC_REGISTRIES {
+            registries.clear();
+        }
+        registries.insert(registry.to_string());
+    }
+}
+
+/// A poisoned lock only means another task panicked mid-update of a cache; the cache is still
+/// usable (at worst a token is fetched again), so the poison is ignored rather than spread.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unauthorized(url: &str) -> BoundedError {
+    OciDistributionError::UnauthorizedError {
+        url: url.to_string(),
+    }
+    .into()
+}
+
+/// The token service URL from a Bearer challenge's realm: it must be an absolute http(s) URL,
+/// and plain http only when the registry itself is reached over http — otherwise a registry
+/// reached over https could have the credentials sent in the clear.
+fn token_service_url(realm: &str, registry_insecure: bool) -> Result<Url, OciDistributionError> {
+    let refuse = |why: &str| {
+        OciDistributionError::AuthenticationFailure(format!(
+            "the registry's token service {} {why}",
+            cut(realm)
+        ))
+    };
+    let url = Url::parse(realm).map_err(|_| refuse("is not an absolute URL"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if registry_insecure => Ok(url),
+        "http" => Err(refuse("is not https")),
+        _ => Err(refuse("is not an http or https URL")),
+    }
+}
+
+/// The first challenge we can meet among the 401's WWW-Authenticate headers: Bearer (with a
+/// realm) before Basic. Parsing stops at the first syntax error of a header, keeping what was
+/// parsed before it.
+fn challenge_of(response: &Response) -> Option<Challenge> {
+    let mut basic = false;
+    for value in response.headers().get_all(WWW_AUTHENTICATE) {
+        let Ok(value) = value.to_str() else { continue };
+        match parse_challenge(value) {
+            Some(bearer @ Challenge::Bearer { .. }) => return Some(bearer),
+            Some(Challenge::Basic) => basic = true,
+            None => {}
+        }
+    }
+    basic.then_some(Challenge::Basic)
+}
+
+fn parse_challenge(header: &str) -> Option<Challenge> {
+    let mut basic = false;
+    for challenge in http_auth::parser::ChallengeParser::new(header) {
+        let Ok(challenge) = challenge else { break };
+        if challenge.scheme.eq_ignore_ascii_case("bearer") {
+            let param = |name: &str| {
+                challenge
+                    .params
+                    .iter()
+                    .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                    .map(|(_, value)| value.to_unescaped())
+            };
+            if let Some(realm) = param("realm") {
+                return Some(Challenge::Bearer {
+                    realm,
+                    service: param("service"),
+                });
+            }
+        } else if challenge.scheme.eq_ignore_ascii_case("basic") {
+            basic = true;
+        }
+    }
+    basic.then_some(Challenge::Basic)
+}
+
+/// Decodes a token service's answer. Decode errors name only the position and kind of the
+/// fault, never the text (which holds the token).
+fn parse_token_answer(body: &[u8], now: Instant) -> Result<CachedToken, BoundedError> {
+    let answer: TokenAnswer = serde_json::from_slice(body).map_err(|e| {
+        OciDistributionError::RegistryTokenDecodeError(format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let token = [answer.token, answer.access_token]
+        .into_iter()
+        .flatten()
+        .find(|token| !token.is_empty())
+        .ok_or_else(|| {
+            OciDistributionError::RegistryTokenDecodeError(
+                "the answer has neither a token nor an access_token".into(),
+            )
+        })?;
+    let seconds = answer
+        .expires_in
+        .as_ref()
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(DEFAULT_TOKEN_SECONDS);
+    let lifetime = Duration::from_secs(seconds)
+        .min(MAX_TOKEN_LIFETIME)
+        .saturating_sub(TOKEN_MARGIN);
+    Ok(CachedToken {
+        token,
+        until: now + lifetime,
+    })
+}
+
+/// oci-client's `validate_registry_response`, reading an error body only up to
+/// [`SMALL_BODY_LIMIT`]: 200 passes; 401 → `UnauthorizedError`; other 2xx →
+/// `SpecViolationError`; 4xx → `RegistryError` when the body is an OCI error envelope, else
+/// `ServerError`; anything else → `ServerError`.
+async fn check_status(response: Response, url: &str) -> Result<Response, BoundedError> {
+    let status = response.status();
+    if status == StatusCode::OK {
+        return Ok(response);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(unauthorized(url));
+    }
+    if status.is_success() {
+        return Err(OciDistributionError::SpecViolationError(format!(
+            "Expected HTTP Status {}, got {status} instead",
+            StatusCode::OK
+        ))
+        .into());
+    }
+    let body = read_prefix(response, SMALL_BODY_LIMIT).await;
+    if status.is_client_error()
+        && let Ok(envelope) = serde_json::from_slice::<OciEnvelope>(&body)
+    {
+        return Err(OciDistributionError::RegistryError {
+            envelope: tame(envelope),
+            url: url.to_string(),
+        }
+        .into());
+    }
+    Err(OciDistributionError::ServerError {
+        code: status.as_u16(),
+        url: url.to_string(),
+        message: cut(&String::from_utf8_lossy(&body)),
+    }
+    .into())
+}
+
+/// Keeps an envelope's codes (what callers classify by) and cuts what a stranger wrote:
+/// messages and unknown codes to [`MESSAGE_CHARS`], at most [`MAX_ENVELOPE_ERRORS`] errors,
+/// and no free-form `detail`.
+fn tame(mut envelope: OciEnvelope) -> OciEnvelope {
+    envelope.errors.truncate(MAX_ENVELOPE_ERRORS);
+    for error in &mut envelope.errors {
+        error.message = cut(&error.message);
+        error.detail = serde_json::Value::Null;
+        if let OciErrorCode::Other(code) = &mut error.code {
+            *code = cut(code);
+        }
+    }
+    envelope
+}
+
+/// Reads a whole body of at most `limit` bytes: a larger declared Content-Length is refused
+/// unread, and the read stops as soon as the count passes `limit`. Dropping the response then
+/// closes the connection, so the registry cannot push more.
+async fn read_capped(
+    mut response: Response,
+    limit: u64,
+    what: &'static str,
+) -> Result<Vec<u8>, BoundedError> {
+    let too_large = BoundedError::TooLarge { what, limit };
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(too_large);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let total = u64::try_from(body.len().saturating_add(chunk.len())).unwrap_or(u64::MAX);
+        if total > limit {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The first `limit` bytes of a body whose content only serves as an error message. A
+/// transport error ends the read quietly: the status already says what went wrong.
+async fn read_prefix(mut response: Response, limit: u64) -> Vec<u8> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
+}
+
+/// Checks `body` against `expected` (`algorithm:hex`) as oci-client does, for sha256, sha384
+/// and sha512; returns the verified digest.
+fn verify_digest(body: &[u8], expected: &str) -> Result<String, OciDistributionError> {
+    let (algorithm, hex_digest) = expected
+        .split_once(':')
+        .ok_or(DigestError::MissingAlgorithm)?;
+    let actual = match algorithm {
+        "sha256" => hex::encode(sha2::Sha256::digest(body)),
+        "sha384" => hex::encode(sha2::Sha384::digest(body)),
+        "sha512" => hex::encode(sha2::Sha512::digest(body)),
+        other => return Err(DigestError::UnsupportedAlgorithm(cut(other)).into()),
+    };
+    if actual != hex_digest {
+        return Err(DigestError::VerificationError {
+            expected: expected.to_string(),
+            actual: format!("{algorithm}:{actual}"),
+        }
+        .into());
+    }
+    Ok(expected.to_string())
+}
+
+/// Registry-supplied text made fit for an error: at most [`MESSAGE_CHARS`] characters (the
+/// last one an ellipsis when cut), control characters (newlines, terminal escapes) blanked.
+fn cut(text: &str) -> String {
+    let clean = |c: char| if c.is_control() { ' ' } else { c };
+    if text.chars().nth(MESSAGE_CHARS).is_none() {
+        return text.chars().map(clean).collect();
+    }
+    let mut out: String = text.chars().take(MESSAGE_CHARS - 1).map(clean).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! Every test talks to a real HTTP/1.1 server on 127.0.0.1 that the test starts, so that
+    //! reqwest's and hyper's own body handling is what is exercised.
+
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    /// The server itself stops an endless body here, so a reader that reads everything ends
+    /// (and fails the test) instead of hanging.
+    const ENDLESS_CAP: u64 = 64 * MIB;
+    /// How much an endless body may have been sent past the reader's cap: hyper's read buffer
+    /// plus the loopback socket buffers (the server's send buffer is kept small).
+    const SLACK: u64 = MIB;
+    const USER: &str = "robot";
+    const PASSWORD: &str = "hunter2-password";
+    /// `robot:hunter2-password`, base64.
+    const BASIC: &str = "Basic cm9ib3Q6aHVudGVyMi1wYXNzd29yZA==";
+    const TOKEN: &str = "tok-123-very-secret";
+
+    #[derive(Clone, Debug)]
+    struct Seen {
+        path: String,
+        query: Vec<(String, String)>,
+        authorization: Option<String>,
+        accept: Option<String>,
+    }
+
+    impl Seen {
+        fn query(&self, name: &str) -> Option<&str> {
+            self.query
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+        }
+    }
+
+    enum Body {
+        Fixed(Vec<u8>),
+        /// Chunked transfer encoding, no Content-Length, never ends (until ENDLESS_CAP).
+        EndlessChunked,
+        /// No Content-Length, no chunking: the body ends when the connection closes.
+        EndlessUntilClose,
+        /// Declares this Content-Length and then sends nothing, holding the connection.
+        Declared(u64),
+    }
+
+    struct Answer {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Body,
+    }
+
+    impl Answer {
+        fn new(status: u16, body: &[u8]) -> Self {
+            Answer {
+                status,
+                headers: Vec::new(),
+                body: Body::Fixed(body.to_vec()),
+            }
+        }
+        fn with_body(status: u16, body: Body) -> Self {
+            Answer {
+                status,
+                headers: Vec::new(),
+                body,
+            }
+        }
+        fn header(mut self, name: &str, value: &str) -> Self {
+            self.headers.push((name.to_string(), value.to_string()));
+            self
+        }
+    }
+
+    struct Server {
+        addr: String,
+        seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+        /// Bytes of endless bodies the server managed to write.
+        sent: Arc<AtomicU64>,
+        /// Endless bodies whose writing has ended (reader gone or ENDLESS_CAP reached).
+        endless_done: Arc<AtomicUsize>,
+    }
+
+    impl Server {
+        fn seen(&self, path: &str) -> Vec<Seen> {
+            self.seen
+                .lock()
+                .expect("seen")
+                .iter()
+                .filter(|seen| seen.path == path)
+                .cloned()
+                .collect()
+        }
+
+        /// Waits until `count` endless bodies stopped being written, then says how many bytes
+        /// went out in all.
+        async fn endless_sent(&self, count: usize) -> u64 {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while self.endless_done.load(Ordering::SeqCst) < count {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("the endless body never stopped being written");
+            self.sent.load(Ordering::SeqCst)
+        }
+
+        fn reader(&self) -> BoundedReader {
+            BoundedReader::new(vec![self.addr.clone()]).expect("reader")
+        }
+
+        fn reference(&self, tail: &str) -> Reference {
+            format!("{}/{tail}", self.addr).parse().expect("reference")
+        }
+    }
+
+    /// Starts a server; `make` gets the server's `host:port` and returns the request handler.
+    async fn serve<F>(make: impl FnOnce(String) -> F) -> Server
+    where
+        F: Fn(&Seen) -> Answer + Send + Sync + 'static,
+    {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        // Accepted sockets inherit this: a small send buffer keeps what the kernel absorbs
+        // after the reader stops small, so the byte count reflects what the reader took.
+        socket.set_send_buffer_size(16 * 1024).expect("send buffer");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let listener = socket.listen(64).expect("listen");
+        let addr = listener.local_addr().expect("local address").to_string();
+        let handler = Arc::new(make(addr.clone()));
+        let server = Server {
+            addr,
+            seen: Arc::default(),
+            sent: Arc::default(),
+            endless_done: Arc::default(),
+        };
+        let (seen, sent, done) = (
+            server.seen.clone(),
+            server.sent.clone(),
+            server.endless_done.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let (handler, seen, sent, done) =
+                    (handler.clone(), seen.clone(), sent.clone(), done.clone());
+                tokio::spawn(async move {
+                    answer(conn, &*handler, &seen, &sent, &done).await;
+                });
+            }
+        });
+        server
+    }
+
+    async fn answer(
+        mut conn: tokio::net::TcpStream,
+        handler: &(dyn Fn(&Seen) -> Answer + Send + Sync),
+        seen: &std::sync::Mutex<Vec<Seen>>,
+        sent: &AtomicU64,
+        done: &AtomicUsize,
+    ) {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let mut lines = head.split("\r\n");
+        let target = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default();
+        let url = Url::parse(&format!("http://server{target}")).expect("target");
+        let header = |name: &str| {
+            head.split("\r\n").skip(1).find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_string())
+            })
+        };
+        let request = Seen {
+            path: url.path().to_string(),
+            query: url
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            authorization: header("authorization"),
+            accept: header("accept"),
+        };
+        seen.lock().expect("seen").push(request.clone());
+        let reply = handler(&request);
+        let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", reply.status);
+        for (name, value) in &reply.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        match &reply.body {
+            Body::Fixed(body) => out.push_str(&format!("Content-Length: {}\r\n", body.len())),
+            Body::EndlessChunked => out.push_str("Transfer-Encoding: chunked\r\n"),
+            Body::EndlessUntilClose => {}
+            Body::Declared(length) => out.push_str(&format!("Content-Length: {length}\r\n")),
+        }
+        out.push_str("\r\n");
+        if conn.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+        match reply.body {
+            Body::Fixed(body) => {
+                let _ = conn.write_all(&body).await;
+                let _ = conn.shutdown().await;
+            }
+            Body::Declared(_) => tokio::time::sleep(Duration::from_secs(60)).await,
+            Body::EndlessChunked | Body::EndlessUntilClose => {
+                let chunked = matches!(reply.body, Body::EndlessChunked);
+                let data = vec![b'x'; 16 * 1024];
+                let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
+                framed.extend_from_slice(&data);
+                framed.extend_from_slice(b"\r\n");
+                let mut total = 0;
+                while total < ENDLESS_CAP {
+                    let piece = if chunked { &framed } else { &data };
+                    if conn.write_all(piece).await.is_err() {
+                        break;
+                    }
+                    total += data.len() as u64;
+                    sent.fetch_add(data.len() as u64, Ordering::SeqCst);
+                }
+                if chunked && total >= ENDLESS_CAP {
+                    let _ = conn.write_all(b"0\r\n\r\n").await;
+                }
+                let _ = conn.shutdown().await;
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn sha256(body: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)))
+    }
+
+    fn basic() -> RegistryAuth {
+        RegistryAuth::Basic(USER.into(), PASSWORD.into())
+    }
+
+    fn oci(error: BoundedError) -> OciDistributionError {
+        match error {
+            BoundedError::Registry(error) => error,
+            other => panic!("expected a registry error, got {other:?}"),
+        }
+    }
+
+    const MANIFEST: &[u8] =
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+
+    #[tokio::test]
+    async fn manifest_by_digest_is_checked_against_its_body() {
+        let digest = sha256(MANIFEST);
+        let other = sha256(b"something else");
+        let (good, bad) = (
+            format!("/v2/team/app/manifests/{digest}"),
+            format!("/v2/team/app/manifests/{other}"),
+        );
+        let server = serve(move |_| {
+            move |seen: &Seen| {
+                if seen.path == good || seen.path == bad || seen.path.ends_with("/v1") {
+                    Answer::new(200, MANIFEST)
+                } else {
+                    Answer::new(404, b"")
+                }
+            }
+        })
+        .await;
+        let reader = server.reader();
+        let accept = ["application/a", "application/b"];
+
+        let (body, got) = reader
+            .manifest(
+                &server.reference(&format!("team/app@{digest}")),
+                &RegistryAuth::Anonymous,
+                &accept,
+                64 * KIB,
+            )
+            .await
+            .expect("manifest");
+        assert_eq!(body, MANIFEST);
+        assert_eq!(got, digest);
+        let seen = server.seen(&format!("/v2/team/app/manifests/{digest}"));
+        assert_eq!(
+            seen[0].accept.as_deref(),
+            Some("application/a, application/b")
+        );
+        assert_eq!(seen[0].authorization, None);
+
+        // By tag: the digest is the body's own.
+        let (_, got) = reader
+            .manifest(
+                &server.reference("team/app:v1"),
+                &RegistryAuth::Anonymous,
+                &accept,
+                64 * KIB,
+            )
+            .await
+            .expect("manifest by tag");
+        assert_eq!(got, digest);
+
+        let error = reader
+            .manifest(
+                &server.reference(&format!("team/app@{other}")),
+                &RegistryAuth::Anonymous,
+                &accept,
+                64 * KIB,
+            )
+            .await
+            .expect_err("a body not matching its digest");
+        assert!(
+            matches!(
+                oci(error),
+                OciDistributionError::DigestError(DigestError::VerificationError { .. })
+            ),
+            "wrong error"
+        );
+    }
+
+    async fn endless_manifest_is_cut(body: fn() -> Body) {
+        let server = serve(move |_| move |_: &Seen| Answer::with_body(200, body())).await;
+        let limit = 64 * KIB;
+        let error = tokio::time::timeout(
+            Duration::from_secs(20),
+            server.reader().manifest(
+                &server.reference("team/app:v1"),
+                &RegistryAuth::Anonymous,
+                &["application/json"],
+                limit,
+            ),
+        )
+        .await
+        .expect("the read stops by itself")
+        .expect_err("an endless manifest");
+        assert!(
+            matches!(error, BoundedError::TooLarge { what: "manifest", limit: l } if l == limit),
+            "{error:?}"
+        );
+        let sent = server.endless_sent(1).await;
+        assert!(
+            sent < limit + SLACK,
+            "the reader took {sent} bytes of an endless body"
+        );
+    }
+
+    #[tokio::test]
+    async fn endless_chunked_manifest_is_cut_at_the_limit() {
+        endless_manifest_is_cut(|| Body::EndlessChunked).await;
+    }
+
+    #[tokio::test]
+    async fn endless_close_delimited_manifest_is_cut_at_the_limit() {
+        endless_manifest_is_cut(|| Body::EndlessUntilClose).await;
+    }
+
+    #[tokio::test]
+    async fn declared_length_above_the_limit_is_refused_unread() {
+        // The server declares 10 MiB and sends none of it: a reader that tried to read the
+        // body would hang until the timeout.
+        let server = serve(|_| |_: &Seen| Answer::with_body(200, Body::Declared(10 * MIB))).await;
+        let error = tokio::time::timeout(
+            Duration::from_secs(5),
+            server.reader().manifest(
+                &server.reference("team/app:v1"),
+                &RegistryAuth::Anonymous,
+                &["application/json"],
+                64 * KIB,
+            ),
+        )
+        .await
+        .expect("refused without reading the body")
+        .expect_err("too large");
+        assert!(
+            matches!(
+                error,
+                BoundedError::TooLarge {
+                    what: "manifest",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+
+    /// A registry with token auth: manifests need `Bearer TOKEN`, `/token` hands it out for
+    /// the Basic credentials and a pull scope on `team/app`. `team/denied` refuses even the
+    /// token.
+    async fn token_registry() -> Server {
+        serve(|addr| {
+            let challenge = format!(r#"Bearer realm="http://{addr}/token",service="reg""#);
+            move |seen: &Seen| match seen.path.as_str() {
+                "/token" => {
+                    let scope_ok = matches!(
+                        seen.query("scope"),
+                        Some("repository:team/app:pull" | "repository:team/denied:pull")
+                    );
+                    if seen.authorization.as_deref() == Some(BASIC)
+                        && scope_ok
+                        && seen.query("service") == Some("reg")
+                    {
+                        Answer::new(
+                            200,
+                            format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).as_bytes(),
+                        )
+                    } else {
+                        Answer::new(401, b"bad credentials")
+                    }
+                }
+                path if path.starts_with("/v2/team/app/")
+                    && seen.authorization.as_deref() == Some(&format!("Bearer {TOKEN}")) =>
+                {
+                    Answer::new(200, MANIFEST)
+                }
+                _ => Answer::new(
+                    401,
+                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}"#,
+                )
+                .header("WWW-Authenticate", &challenge),
+            }
+        })
+        .await
+    }
+
+    fn assert_no_secret(error: &BoundedError) {
+        for text in [format!("{error}"), format!("{error:?}")] {
+            assert!(!text.contains(TOKEN), "the token leaked: {text}");
+            assert!(!text.contains(PASSWORD), "the password leaked: {text}");
+            assert!(
+                !text.contains(&BASIC[6..]),
+                "the credentials leaked: {text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bearer_flow_fetches_a_token_once_and_caches_it() {
+        let server = token_registry().await;
+        let reader = server.reader();
+        let digest = sha256(MANIFEST);
+        let (body, _) = reader
+            .manifest(
+                &server.reference(&format!("team/app@{digest}")),
+                &basic(),
+                &["application/json"],
+                64 * KIB,
+            )
+            .await
+            .expect("manifest through the token flow");
+        assert_eq!(body, MANIFEST);
+        // Another manifest of the same repository: the cached token goes up front.
+        reader
+            .manifest(
+                &server.reference("team/app:v1"),
+                &basic(),
+                &["application/json"],
+                64 * KIB,
+            )
+            .await
+            .expect("second manifest");
+        assert_eq!(server.seen("/token").len(), 1, "the token was not cached");
+        assert_eq!(
+            server.seen("/v2/team/app/manifests/v1")[0]
+                .authorization
+                .as_deref(),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
+        assert!(!format!("{reader:?}").contains(TOKEN));
+
+        // The token belongs to these credentials: an anonymous read must not use it.
+        let error = reader
+            .manifest(
+                &server.reference("team/app:v1"),
+                &RegistryAuth::Anonymous,
+                &["application/json"],
+                64 * KIB,
+            )
+            .await
+            .expect_err("anonymous");
+        assert_eq!(server.seen("/token").len(), 2);
+        assert_eq!(server.seen("/token")[1].authorization, None);
+        assert!(
+            matches!(oci(error), OciDistributionError::AuthenticationFailure(ref why) if why.contains("401")),
+        );
+
+        // A registry refusing even the token: UnauthorizedError, with no secret in it.
+        let error = reader
+            .manifest(
+                &server.reference("team/denied:v1"),
+                &basic(),
+                &["application/json"],
+                64 * KIB,
+            )
+            .await
+            .expect_err("denied");
+        assert_no_secret(&error);
+        assert!(
+            matches!(oci(error), OciDistributionError::UnauthorizedError { .. }),
+            "wrong error"
+        );
+
+        // Wrong password: AuthenticationFailure, with no secret in it.
+        let wrong = RegistryAuth::Basic(USER.into(), format!("{PASSWORD}-wrong"));
+        let error = server
+            .reader()
+            .manifest(
+                &server.reference("team/app:v1"),
+                &wrong,
+                &["application/json"],
+                64 * KIB,
+            )
+            .await
+            .expect_err("wrong password");
+        assert_no_secret(&error);
+        assert!(matches!(
+            oci(error),
+            OciDistributionError::AuthenticationFailure(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn caller_bearer_token_is_sent_directly() {
+        let server = token_registry().await;
+        server
+            .reader()
+            .manifest(
+                &server.reference("team/app:v1"),
+                &RegistryAuth::Bearer(TOKEN.into()),
+                &["application/json"],
+                64 * KIB,
+            )
+            .await
+            .expect("manifest");
+        assert!(server.seen("/token").is_empty());
+        assert_eq!(server.seen("/v2/team/app/manifests/v1").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn basic_challenge_is_met_with_basic_credentials() {
+        let server = serve(|_| {
+            |seen: &Seen| {
+                if seen.authorization.as_deref() == Some(BASIC) {
+                    Answer::new(200, MANIFEST)
+                } else {
+                    Answer::new(401, b"").header("WWW-Authenticate", r#"Basic realm="reg""#)
+                }
+            }
+        })
+        .await;
+        let reader = server.reader();
+        for _ in 0..2 {
+            reader
+                .manifest(
+                    &server.reference("team/app:v1"),
+                    &basic(),
+                    &["application/json"],
+                    64 * KIB,
+                )
+                .await
+                .expect("manifest with Basic");
+        }
+        // One anonymous try, then Basic; the second read sent Basic up front.
+        assert_eq!(server.seen("/v2/team/app/manifests/v1").len(), 3);
+        let error = reader
+            .manifest(
+                &server.reference("team/app:v1"),
+                &RegistryAuth::Anonymous,
+                &["application/json"],
+                64 * KIB,
+            )
+            .await
+            .expect_err("anonymous");
+        assert!(matches!(
+            oci(error),
+            OciDistributionError::UnauthorizedError { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn endless_token_answer_is_cut() {
+        let server = serve(|addr| {
+            let challenge = format!(r#"Bearer realm="http://{addr}/token",service="reg""#);
+            move |seen: &Seen| {
+                if seen.path == "/token" {
+                    Answer::with_body(200, Body::EndlessChunked)
+                } else {
+                    Answer::new(401, b"").header("WWW-Authenticate", &challenge)
+                }
+            }
+        })
+        .await;
+        let error = tokio::time::timeout(
+            Duration::from_secs(20),
+            server.reader().manifest(
+                &server.reference("team/app:v1"),
+                &basic(),
+                &["application/json"],
+                64 * KIB,
+            ),
+        )
+        .await
+        .expect("the read stops by itself")
+        .expect_err("an endless token");
+        assert!(
+            matches!(error, BoundedError::TooLarge { what: "token", limit } if limit == SMALL_BODY_LIMIT),
+            "{error:?}"
+        );
+        let sent = server.endless_sent(1).await;
+        assert!(sent < SMALL_BODY_LIMIT + SLACK, "took {sent} bytes");
+    }
+
+    #[tokio::test]
+    async fn error_statuses_map_as_oci_client_does() {
+        let long = "y".repeat(10_000);
+        let envelope = format!(
+            r#"{{"errors":[{{"code":"MANIFEST_UNKNOWN","message":"{long}","detail":{{"x":"{long}"}}}}]}}"#
+        );
+        let server = serve(move |_| {
+            move |seen: &Seen| match seen.path.as_str() {
+                "/v2/team/app/manifests/missing" => Answer::new(404, envelope.as_bytes()),
+                "/v2/team/app/manifests/plain" => Answer::new(404, b"not here\n\x1b[31m"),
+                "/v2/team/app/manifests/created" => Answer::new(201, b""),
+                _ => Answer::with_body(500, Body::EndlessUntilClose),
+            }
+        })
+        .await;
+        let reader = server.reader();
+        let read = |tag: &'static str| {
+            let reference = server.reference(&format!("team/app:{tag}"));
+            let reader = &reader;
+            async move {
+                reader
+                    .manifest(
+                        &reference,
+                        &RegistryAuth::Anonymous,
+                        &["application/json"],
+                        64 * KIB,
+                    )
+                    .await
+                    .expect_err("an error status")
+            }
+        };
+
+        match oci(read("missing").await) {
+            OciDistributionError::RegistryError { envelope, url } => {
+                assert_eq!(envelope.errors[0].code, OciErrorCode::ManifestUnknown);
+                assert!(envelope.errors[0].message.chars().count() <= MESSAGE_CHARS);
+                assert!(url.ends_with("/v2/team/app/manifests/missing"));
+            }
+            other => panic!("expected RegistryError, got {other:?}"),
+        }
+        match oci(read("plain").await) {
+            OciDistributionError::ServerError { code, message, .. } => {
+                assert_eq!(code, 404);
+                assert!(!message.contains('\x1b') && !message.contains('\n'));
+            }
+            other => panic!("expected ServerError, got {other:?}"),
+        }
+        assert!(matches!(
+            oci(read("created").await),
+            OciDistributionError::SpecViolationError(_)
+        ));
+        match oci(read("broken").await) {
+            OciDistributionError::ServerError { code, message, .. } => {
+                assert_eq!(code, 500);
+                assert!(message.chars().count() <= MESSAGE_CHARS, "{message}");
+            }
+            other => panic!("expected ServerError, got {other:?}"),
+        }
+        let sent = server.endless_sent(1).await;
+        assert!(sent < SMALL_BODY_LIMIT + SLACK, "took {sent} bytes");
+    }
+
+    #[tokio::test]
+    async fn referrers_none_body_or_too_large() {
+        let (absent, present, endless) =
+            (sha256(b"absent"), sha256(b"present"), sha256(b"endless"));
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        let paths = [absent.clone(), present.clone()]
+            .map(|digest| format!("/v2/team/app/referrers/{digest}"));
+        let server = serve(move |_| {
+            move |seen: &Seen| {
+                if seen.path == paths[0] {
+                    Answer::new(404, b"")
+                } else if seen.path == paths[1] {
+                    Answer::new(200, index)
+                } else {
+                    Answer::with_body(200, Body::EndlessChunked)
+                }
+            }
+        })
+        .await;
+        let reader = server.reader();
+        let subject = |digest: &str| server.reference(&format!("team/app@{digest}"));
+        let anonymous = RegistryAuth::Anonymous;
+
+        let none = reader
+            .referrers(&subject(&absent), &anonymous, 64 * KIB)
+            .await
+            .expect("404");
+        assert_eq!(none, None);
+        let some = reader
+            .referrers(&subject(&present), &anonymous, 64 * KIB)
+            .await
+            .expect("200");
+        assert_eq!(some.as_deref(), Some(&index[..]));
+        assert_eq!(
+            server.seen(&format!("/v2/team/app/referrers/{present}"))[0]
+                .accept
+                .as_deref(),
+            Some(REFERRERS_MEDIA_TYPE)
+        );
+        let error = reader
+            .referrers(&subject(&endless), &anonymous, 64 * KIB)
+            .await
+            .expect_err("endless");
+        assert!(
+            matches!(
+                error,
+                BoundedError::TooLarge {
+                    what: "referrers",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let sent = server.endless_sent(1).await;
+        assert!(sent < 64 * KIB + SLACK, "took {sent} bytes");
+
+        let by_tag = reader
+            .referrers(&server.reference("team/app:v1"), &anonymous, 64 * KIB)
+            .await
+            .expect_err("a tag has no referrers");
+        assert!(matches!(oci(by_tag), OciDistributionError::GenericError(_)));
+    }
+
+    #[test]
+    fn token_service_must_be_https_unless_the_registry_is_insecure() {
+        assert!(token_service_url("https://auth.example/token", false).is_ok());
+        assert!(token_service_url("http://127.0.0.1:5000/token", true).is_ok());
+        for (realm, insecure) in [
+            ("http://auth.example/token", false),
+            ("/token", true),
+            ("ftp://auth.example/token", true),
+            ("file:///etc/passwd", true),
+            ("", false),
+        ] {
+            match token_service_url(realm, insecure) {
+                Err(OciDistributionError::AuthenticationFailure(why)) => {
+                    assert!(why.contains("token service"), "{why}")
+                }
+                other => panic!("{realm} was not refused: {other:?}"),
+            }
+        }
+        match token_service_url("http://auth.example/token", false) {
+            Err(OciDistributionError::AuthenticationFailure(why)) => {
+                assert!(why.ends_with("is not https"), "{why}")
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn challenges_are_parsed_with_http_auth() {
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"bearer realm="https://a/t""#),
+            Some(Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: None,
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x", Bearer realm="https://a/t""#),
+            Some(Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: None,
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge("Bearer"), None);
+        assert_eq!(parse_challenge("Negotiate"), None);
+        assert_eq!(parse_challenge("\"garbage"), None);
+    }
+
+    #[test]
+    fn token_answers_are_decoded_without_showing_them() {
+        let now = Instant::now();
+        let token = parse_token_answer(br#"{"access_token":"abc"}"#, now).expect("token");
+        assert_eq!(token.token, "abc");
+        assert_eq!(
+            token.until,
+            now + Duration::from_secs(DEFAULT_TOKEN_SECONDS) - TOKEN_MARGIN
+        );
+        let token =
+            parse_token_answer(br#"{"token":"t","expires_in":999999999}"#, now).expect("token");
+        assert_eq!(token.until, now + MAX_TOKEN_LIFETIME - TOKEN_MARGIN);
+        let token = parse_token_answer(br#"{"token":"t","expires_in":"300"}"#, now).expect("t");
+        assert_eq!(token.token, "t");
+        for bad in [
+            &br#"{"token":"secret-value""#[..],
+            br#"{"expires_in":3}"#,
+            b"[]",
+        ] {
+            match parse_token_answer(bad, now) {
+                Err(BoundedError::Registry(OciDistributionError::RegistryTokenDecodeError(
+                    why,
+                ))) => assert!(!why.contains("secret-value"), "{why}"),
+                Err(other) => panic!("wrong error {other:?}"),
+                Ok(_) => panic!("accepted a bad answer"),
+            }
+        }
+    }
+
+    /// The operator drives these calls from spawned tasks: the futures must be `Send` and the
+    /// reader shareable.
+    #[test]
+    fn futures_are_send_and_the_reader_is_sync() {
+        fn send<T: Send>(_: &T) {}
+        fn sync<T: Send + Sync>() {}
+        sync::<BoundedReader>();
+        let reader = BoundedReader::new(Vec::new()).expect("reader");
+        let reference: Reference = "registry.example/a/b:v1".parse().expect("reference");
+        let auth = RegistryAuth::Anonymous;
+        send(&reader.manifest(&reference, &auth, &[], 1));
+        send(&reader.referrers(&reference, &auth, 1));
+    }
+
+    #[test]
+    fn cut_keeps_at_most_200_printable_characters() {
+        assert_eq!(cut("short\nline"), "short line");
+        let long = "é".repeat(1000);
+        let cut_long = cut(&long);
+        assert_eq!(cut_long.chars().count(), MESSAGE_CHARS);
+        assert!(cut_long.ends_with('…'));
+        assert_eq!(cut(&"a".repeat(200)), "a".repeat(200));
+    }
+}
