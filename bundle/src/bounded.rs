@@ -752,6 +752,23 @@ mod tests {
         }
     }
 
+    /// A JSON manifest of at most 64 KiB, `tail` on `server` (most tests read one so).
+    async fn json_manifest(
+        reader: &BoundedReader,
+        server: &Server,
+        tail: &str,
+        auth: &RegistryAuth,
+    ) -> Result<(Vec<u8>, String), BoundedError> {
+        reader
+            .manifest(
+                &server.reference(tail),
+                auth,
+                &["application/json"],
+                64 * KIB,
+            )
+            .await
+    }
+
     struct Server {
         addr: String,
         seen: Arc<std::sync::Mutex<Vec<Seen>>>,
@@ -1049,11 +1066,11 @@ mod tests {
         let server = serve(|_| |_: &Seen| Answer::with_body(200, Body::Declared(10 * MIB))).await;
         let error = tokio::time::timeout(
             Duration::from_secs(5),
-            server.reader().manifest(
-                &server.reference("team/app:v1"),
+            json_manifest(
+                &server.reader(),
+                &server,
+                "team/app:v1",
                 &RegistryAuth::Anonymous,
-                &["application/json"],
-                64 * KIB,
             ),
         )
         .await
@@ -1126,24 +1143,12 @@ mod tests {
         let server = token_registry().await;
         let reader = server.reader();
         let digest = sha256(MANIFEST);
-        let (body, _) = reader
-            .manifest(
-                &server.reference(&format!("team/app@{digest}")),
-                &basic(),
-                &["application/json"],
-                64 * KIB,
-            )
+        let (body, _) = json_manifest(&reader, &server, &format!("team/app@{digest}"), &basic())
             .await
             .expect("manifest through the token flow");
         assert_eq!(body, MANIFEST);
         // Another manifest of the same repository: the cached token goes up front.
-        reader
-            .manifest(
-                &server.reference("team/app:v1"),
-                &basic(),
-                &["application/json"],
-                64 * KIB,
-            )
+        json_manifest(&reader, &server, "team/app:v1", &basic())
             .await
             .expect("second manifest");
         assert_eq!(server.seen("/token").len(), 1, "the token was not cached");
@@ -1156,13 +1161,7 @@ mod tests {
         assert!(!format!("{reader:?}").contains(TOKEN));
 
         // The token belongs to these credentials: an anonymous read must not use it.
-        let error = reader
-            .manifest(
-                &server.reference("team/app:v1"),
-                &RegistryAuth::Anonymous,
-                &["application/json"],
-                64 * KIB,
-            )
+        let error = json_manifest(&reader, &server, "team/app:v1", &RegistryAuth::Anonymous)
             .await
             .expect_err("anonymous");
         assert_eq!(server.seen("/token").len(), 2);
@@ -1172,13 +1171,7 @@ mod tests {
         );
 
         // A registry refusing even the token: UnauthorizedError, with no secret in it.
-        let error = reader
-            .manifest(
-                &server.reference("team/denied:v1"),
-                &basic(),
-                &["application/json"],
-                64 * KIB,
-            )
+        let error = json_manifest(&reader, &server, "team/denied:v1", &basic())
             .await
             .expect_err("denied");
         assert_no_secret(&error);
@@ -1237,25 +1230,13 @@ mod tests {
         .await;
         let reader = server.reader();
         for _ in 0..2 {
-            reader
-                .manifest(
-                    &server.reference("team/app:v1"),
-                    &basic(),
-                    &["application/json"],
-                    64 * KIB,
-                )
+            json_manifest(&reader, &server, "team/app:v1", &basic())
                 .await
                 .expect("manifest with Basic");
         }
         // One anonymous try, then Basic; the second read sent Basic up front.
         assert_eq!(server.seen("/v2/team/app/manifests/v1").len(), 3);
-        let error = reader
-            .manifest(
-                &server.reference("team/app:v1"),
-                &RegistryAuth::Anonymous,
-                &["application/json"],
-                64 * KIB,
-            )
+        let error = json_manifest(&reader, &server, "team/app:v1", &RegistryAuth::Anonymous)
             .await
             .expect_err("anonymous");
         assert!(matches!(
@@ -1279,12 +1260,7 @@ mod tests {
         .await;
         let error = tokio::time::timeout(
             Duration::from_secs(20),
-            server.reader().manifest(
-                &server.reference("team/app:v1"),
-                &basic(),
-                &["application/json"],
-                64 * KIB,
-            ),
+            json_manifest(&server.reader(), &server, "team/app:v1", &basic()),
         )
         .await
         .expect("the read stops by itself")
