@@ -675,8 +675,9 @@ fn unready_past_deadline(
         .filter(|c| c.reason == "Deploying" || c.reason == PODS_NOT_READY)?
         .last_transition_time
         .0;
-    let unready = now.duration_since(since).unsigned_abs();
-    (unready >= deadline).then_some(deadline)
+    // A transition time ahead of this clock (another replica's skew) counts as just now.
+    let unready = now.duration_since(since);
+    (!unready.is_negative() && unready.unsigned_abs() >= deadline).then_some(deadline)
 }
 
 /// The same test as `kubectl rollout status`: the controller saw the current spec, every pod runs
