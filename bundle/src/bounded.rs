@@ -28,7 +28,7 @@ use oci_client::Reference;
 use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
-use reqwest::{Response, StatusCode, Url};
+use reqwest::{Method, Response, StatusCode, Url};
 use sha2::Digest as _;
 
 /// Cap on error bodies and token service answers: enough for any real OCI error envelope or
@@ -77,6 +77,12 @@ pub enum BoundedError {
     /// Everything else, as oci-client reports it, so callers keep classifying errors as today.
     #[error(transparent)]
     Registry(#[from] OciDistributionError),
+}
+
+impl From<DigestError> for BoundedError {
+    fn from(error: DigestError) -> Self {
+        BoundedError::Registry(error.into())
+    }
 }
 
 impl From<reqwest::Error> for BoundedError {
@@ -209,7 +215,7 @@ impl BoundedReader {
     ) -> Result<(Vec<u8>, String), BoundedError> {
         let url = self.manifest_url(reference);
         let response = self
-            .authorized_get(reference, auth, &url, &accept.join(", "))
+            .authorized(reference, auth, Method::GET, &url, &accept.join(", "))
             .await?;
         let response = check_status(response, &url).await?;
         let body = read_capped(response, limit, "manifest").await?;
@@ -241,13 +247,85 @@ impl BoundedReader {
             repository = subject.repository(),
         );
         let response = self
-            .authorized_get(subject, auth, &url, REFERRERS_MEDIA_TYPE)
+            .authorized(subject, auth, Method::GET, &url, REFERRERS_MEDIA_TYPE)
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         let response = check_status(response, &url).await?;
         read_capped(response, limit, "referrers").await.map(Some)
+    }
+
+    /// GET `/v2/{repository}/blobs/{digest}`: the blob of `reference`'s repository, read up to
+    /// `limit` bytes and checked against `digest` (`what` names it in a [`BoundedError::TooLarge`]).
+    /// Registries often answer with a redirect to storage on another host; reqwest follows it
+    /// without the Authorization header.
+    pub async fn blob(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        auth: &RegistryAuth,
+        (what, limit): (&'static str, u64),
+    ) -> Result<Vec<u8>, BoundedError> {
+        // The digest goes into the request path: only `algorithm:hex` of a known algorithm.
+        let (algorithm, hex_digest) = digest
+            .split_once(':')
+            .ok_or(DigestError::MissingAlgorithm)?;
+        if !matches!(algorithm, "sha256" | "sha384" | "sha512")
+            || hex_digest.is_empty()
+            || !hex_digest.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(DigestError::UnsupportedAlgorithm(cut(digest)).into());
+        }
+        let registry = reference.resolve_registry();
+        let url = format!(
+            "{scheme}://{registry}/v2/{repository}/blobs/{digest}{ns}",
+            scheme = self.scheme_for(registry),
+            repository = reference.repository(),
+            ns = namespace_query(reference),
+        );
+        let response = self
+            .authorized(reference, auth, Method::GET, &url, "")
+            .await?;
+        let response = check_status(response, &url).await?;
+        let body = read_capped(response, limit, what).await?;
+        verify_digest(&body, digest)?;
+        Ok(body)
+    }
+
+    /// The digest of the manifest `reference` names (a tag is resolved, as `crane digest`
+    /// does): a HEAD request's `Docker-Content-Digest`, or, when the registry sends none, the
+    /// hash of the manifest read with a GET capped at `limit`. For a digest reference the
+    /// registry's header must equal it.
+    pub async fn digest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        accept: &[&str],
+        limit: u64,
+    ) -> Result<String, BoundedError> {
+        let url = self.manifest_url(reference);
+        let response = self
+            .authorized(reference, auth, Method::HEAD, &url, &accept.join(", "))
+            .await?;
+        let response = check_status(response, &url).await?;
+        let header = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        drop(response);
+        match (header, reference.digest()) {
+            (Some(found), Some(expected)) if found != expected => {
+                Err(DigestError::VerificationError {
+                    expected: expected.to_string(),
+                    actual: cut(&found),
+                }
+                .into())
+            }
+            (Some(found), _) => Ok(found),
+            (None, _) => Ok(self.manifest(reference, auth, accept, limit).await?.1),
+        }
     }
 
     /// The manifest URL exactly as oci-client builds it (including its `?ns=` for mirrors).
@@ -261,10 +339,7 @@ impl BoundedReader {
                 Some(digest) => digest,
                 None => reference.tag().unwrap_or("latest"),
             },
-            ns = reference
-                .namespace()
-                .map(|ns| format!("?ns={ns}"))
-                .unwrap_or_default(),
+            ns = namespace_query(reference),
         )
     }
 
@@ -284,10 +359,11 @@ impl BoundedReader {
     ///
     /// The answer is returned unread (whatever its status) so the caller reads it with its own
     /// cap; only a 401 that cannot be met becomes an error here.
-    async fn authorized_get(
+    async fn authorized(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
+        method: Method,
         url: &str,
         accept: &str,
     ) -> Result<Response, BoundedError> {
@@ -303,7 +379,7 @@ impl BoundedReader {
             }
             _ => Credential::Nothing,
         };
-        let response = self.send(url, accept, &first).await?;
+        let response = self.send(method.clone(), url, accept, &first).await?;
         if response.status() != StatusCode::UNAUTHORIZED || matches!(auth, RegistryAuth::Bearer(_))
         {
             // A caller-given bearer token is used as is, like oci-client does; its 401 becomes
@@ -322,7 +398,7 @@ impl BoundedReader {
                     .fetch_token(registry, repository, auth, &realm, service.as_deref())
                     .await?;
                 let response = self
-                    .send(url, accept, &Credential::Bearer(&token.token))
+                    .send(method, url, accept, &Credential::Bearer(&token.token))
                     .await?;
                 // A token the registry itself just refused is not worth keeping.
                 if response.status() != StatusCode::UNAUTHORIZED {
@@ -334,7 +410,7 @@ impl BoundedReader {
                 if !matches!(first, Credential::Basic(..)) =>
             {
                 self.remember_basic(registry);
-                self.send(url, accept, &Credential::Basic(user, password))
+                self.send(method, url, accept, &Credential::Basic(user, password))
                     .await
             }
             _ => Err(unauthorized(url)),
@@ -343,11 +419,12 @@ impl BoundedReader {
 
     async fn send(
         &self,
+        method: Method,
         url: &str,
         accept: &str,
         credential: &Credential<'_>,
     ) -> Result<Response, BoundedError> {
-        let mut request = self.client.get(url);
+        let mut request = self.client.request(method, url);
         if !accept.is_empty() {
             request = request.header(ACCEPT, accept);
         }
@@ -437,6 +514,14 @@ impl BoundedReader {
 
 /// A poisoned lock only means another task panicked mid-update of a cache; the cache is still
 /// usable (at worst a token is fetched again), so the poison is ignored rather than spread.
+/// oci-client's `?ns=` query of a mirrored reference, or nothing.
+fn namespace_query(reference: &Reference) -> String {
+    reference
+        .namespace()
+        .map(|ns| format!("?ns={ns}"))
+        .unwrap_or_default()
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -700,6 +785,7 @@ mod tests {
 
     #[derive(Clone, Debug)]
     struct Seen {
+        method: String,
         path: String,
         query: Vec<(String, String)>,
         authorization: Option<String>,
@@ -866,12 +952,9 @@ mod tests {
         }
         let head = String::from_utf8_lossy(&head).to_string();
         let mut lines = head.split("\r\n");
-        let target = lines
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default();
+        let mut request_line = lines.next().unwrap_or_default().split_whitespace();
+        let method = request_line.next().unwrap_or_default().to_string();
+        let target = request_line.next().unwrap_or_default();
         let url = Url::parse(&format!("http://server{target}")).expect("target");
         let header = |name: &str| {
             head.split("\r\n").skip(1).find_map(|line| {
@@ -882,6 +965,7 @@ mod tests {
             })
         };
         let request = Seen {
+            method,
             path: url.path().to_string(),
             query: url
                 .query_pairs()
@@ -1499,6 +1583,8 @@ mod tests {
         let auth = RegistryAuth::Anonymous;
         send(&reader.manifest(&reference, &auth, &[], 1));
         send(&reader.referrers(&reference, &auth, 1));
+        send(&reader.blob(&reference, "sha256:00", &auth, ("blob", 1)));
+        send(&reader.digest(&reference, &auth, &[], 1));
     }
 
     #[test]
@@ -1509,5 +1595,194 @@ mod tests {
         assert_eq!(cut_long.chars().count(), MESSAGE_CHARS);
         assert!(cut_long.ends_with('…'));
         assert_eq!(cut(&"a".repeat(200)), "a".repeat(200));
+    }
+
+    #[tokio::test]
+    async fn blob_through_the_token_flow_is_checked_and_capped() {
+        let server = token_registry().await;
+        let reader = server.reader();
+        let at = server.reference("team/app:v1");
+        let digest = sha256(MANIFEST);
+        let body = reader
+            .blob(&at, &digest, &basic(), ("bundle", 64 * KIB))
+            .await
+            .expect("blob through the token flow");
+        assert_eq!(body, MANIFEST);
+        let seen = server.seen(&format!("/v2/team/app/blobs/{digest}"));
+        assert_eq!(seen.last().map(|s| s.method.as_str()), Some("GET"));
+
+        // Content that does not hash to the digest asked for is refused.
+        let other = sha256(b"something else");
+        let error = reader
+            .blob(&at, &other, &basic(), ("bundle", 64 * KIB))
+            .await
+            .expect_err("wrong content");
+        assert!(
+            matches!(oci(error), OciDistributionError::DigestError(_)),
+            "wrong error"
+        );
+
+        // Larger than the caller's cap: named as the caller named it.
+        let error = reader
+            .blob(&at, &digest, &basic(), ("signature", 8))
+            .await
+            .expect_err("too large");
+        assert!(
+            matches!(
+                error,
+                BoundedError::TooLarge {
+                    what: "signature",
+                    limit: 8
+                }
+            ),
+            "{error:?}"
+        );
+
+        // A digest that is not `algorithm:hex` never reaches the request path.
+        let before = server.seen.lock().expect("seen").len();
+        for bad in ["sha256:../../x", "md5:abcd", "nodigest", "sha256:"] {
+            reader
+                .blob(&at, bad, &basic(), ("bundle", 64 * KIB))
+                .await
+                .expect_err(bad);
+        }
+        assert_eq!(server.seen.lock().expect("seen").len(), before);
+    }
+
+    #[tokio::test]
+    async fn endless_blob_is_cut_at_the_limit() {
+        let server = serve(|_| |_: &Seen| Answer::with_body(200, Body::EndlessChunked)).await;
+        let digest = sha256(b"x");
+        let error = server
+            .reader()
+            .blob(
+                &server.reference("team/app:v1"),
+                &digest,
+                &RegistryAuth::Anonymous,
+                ("bundle", MIB),
+            )
+            .await
+            .expect_err("endless");
+        assert!(
+            matches!(error, BoundedError::TooLarge { what: "bundle", .. }),
+            "{error:?}"
+        );
+        let sent = server.endless_sent(1).await;
+        assert!(
+            sent <= MIB + SLACK,
+            "{sent} bytes were sent for a 1 MiB cap"
+        );
+    }
+
+    #[tokio::test]
+    async fn digest_from_head_or_from_the_capped_body() {
+        let named = sha256(b"the index");
+        let header_digest = named.clone();
+        let server = serve(move |_| {
+            move |seen: &Seen| match (seen.method.as_str(), seen.path.as_str()) {
+                ("HEAD", "/v2/team/app/manifests/v1") => {
+                    Answer::new(200, b"").header("Docker-Content-Digest", &header_digest)
+                }
+                // No header: the digest must come from the body.
+                ("HEAD", "/v2/team/plain/manifests/v1") => Answer::new(200, b""),
+                ("GET", "/v2/team/plain/manifests/v1") => Answer::new(200, MANIFEST),
+                ("GET", "/v2/team/huge/manifests/v1") => {
+                    Answer::with_body(200, Body::EndlessChunked)
+                }
+                ("HEAD", "/v2/team/huge/manifests/v1") => Answer::new(200, b""),
+                _ => Answer::new(404, b""),
+            }
+        })
+        .await;
+        let reader = server.reader();
+        let accept = ["application/vnd.oci.image.index.v1+json"];
+        let anonymous = RegistryAuth::Anonymous;
+        let found = reader
+            .digest(
+                &server.reference("team/app:v1"),
+                &anonymous,
+                &accept,
+                64 * KIB,
+            )
+            .await
+            .expect("digest from HEAD");
+        assert_eq!(found, named);
+        assert_eq!(
+            server.seen("/v2/team/app/manifests/v1")[0]
+                .accept
+                .as_deref(),
+            Some(accept[0])
+        );
+        let found = reader
+            .digest(
+                &server.reference("team/plain:v1"),
+                &anonymous,
+                &accept,
+                64 * KIB,
+            )
+            .await
+            .expect("digest from the body");
+        assert_eq!(found, sha256(MANIFEST));
+        let methods: Vec<_> = server
+            .seen("/v2/team/plain/manifests/v1")
+            .into_iter()
+            .map(|s| s.method)
+            .collect();
+        assert_eq!(methods, ["HEAD", "GET"]);
+        let error = reader
+            .digest(
+                &server.reference("team/huge:v1"),
+                &anonymous,
+                &accept,
+                64 * KIB,
+            )
+            .await
+            .expect_err("endless");
+        assert!(matches!(
+            error,
+            BoundedError::TooLarge {
+                what: "manifest",
+                ..
+            }
+        ));
+        let error = reader
+            .digest(
+                &server.reference("team/gone:v1"),
+                &anonymous,
+                &accept,
+                64 * KIB,
+            )
+            .await
+            .expect_err("404");
+        assert!(
+            matches!(
+                oci(error),
+                OciDistributionError::ServerError { code: 404, .. }
+            ),
+            "wrong error"
+        );
+    }
+
+    #[tokio::test]
+    async fn digest_reference_must_match_the_registry_header() {
+        let server = serve(|_| {
+            |_: &Seen| Answer::new(200, b"").header("Docker-Content-Digest", &sha256(b"another"))
+        })
+        .await;
+        let asked = sha256(b"pinned");
+        let error = server
+            .reader()
+            .digest(
+                &server.reference(&format!("team/app@{asked}")),
+                &RegistryAuth::Anonymous,
+                &["application/json"],
+                64 * KIB,
+            )
+            .await
+            .expect_err("a registry naming another digest");
+        assert!(
+            matches!(oci(error), OciDistributionError::DigestError(_)),
+            "wrong error"
+        );
     }
 }

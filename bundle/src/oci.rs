@@ -18,10 +18,8 @@
 //! remembers the first credentials it used per registry: use one client per credentials.
 
 use std::fmt;
-use std::io;
 use std::time::Duration;
 
-use futures::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest, OciManifest};
@@ -29,6 +27,20 @@ pub use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, ParseError, Reference};
 
 use crate::archive::digest;
+pub use crate::bounded::{BoundedError, BoundedReader};
+
+/// The manifest types a pull accepts (oci-client's list): OCI and Docker v2 manifests and
+/// indexes.
+pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    OCI_IMAGE_MEDIA_TYPE,
+    "application/vnd.oci.image.index.v1+json",
+];
+
+/// The largest manifest read: the distribution spec's 4 MiB, which registries accept at least.
+/// A bundle artifact's manifest is under 1 KiB.
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 
 /// `artifactType` of a bundle artifact.
 pub const OCI_ARTIFACT_TYPE: &str = "application/vnd.airlock.bundle.v1";
@@ -92,13 +104,6 @@ pub enum OciError {
         digest: String,
         problem: &'static str,
     },
-    #[error("{reference}: reading layer {digest}: {source}")]
-    Download {
-        reference: String,
-        digest: String,
-        #[source]
-        source: io::Error,
-    },
 }
 
 impl OciError {
@@ -113,9 +118,6 @@ impl OciError {
                 source,
             } => {
                 format!("{action} {reference} failed: {}", registry_failure(source))
-            }
-            OciError::Download { reference, .. } => {
-                format!("{reference}: reading a layer failed")
             }
             other => other.to_string(),
         }
@@ -311,28 +313,39 @@ pub struct Pulled {
     pub manifest_digest: String,
 }
 
-/// Reads the bundle artifact at `reference`: refuses anything that is not one, a bundle layer
-/// over `max_bytes` before downloading it, and content that does not match its digest. Each
-/// registry request must answer within `timeout`.
+/// Reads the bundle artifact at `reference`: refuses anything that is not one, a manifest over
+/// [`MAX_MANIFEST_BYTES`], a bundle layer over `max_bytes` before downloading it, and content
+/// that does not match its digest. Each registry request must answer within `timeout`. Every
+/// read is capped ([`BoundedReader`]): the registry may be a stranger's.
 pub async fn pull(
-    client: &Client,
+    reader: &BoundedReader,
     reference: &Reference,
     auth: &RegistryAuth,
     max_bytes: u64,
     timeout: Duration,
 ) -> Result<Pulled, OciError> {
     let shown = reference.whole();
-    let (manifest, manifest_digest) = within(
+    let (body, manifest_digest) = within(
         timeout,
         "pulling",
         &shown,
-        client.pull_manifest(reference, auth),
+        reader.manifest(reference, auth, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES),
     )
     .await?
-    .map_err(|source| OciError::Registry {
-        action: "pulling",
+    .map_err(|error| match error {
+        BoundedError::TooLarge { limit, .. } => OciError::Malformed {
+            reference: shown.clone(),
+            problem: format!("the manifest is larger than {limit} bytes"),
+        },
+        BoundedError::Registry(source) => OciError::Registry {
+            action: "pulling",
+            reference: shown.clone(),
+            source,
+        },
+    })?;
+    let manifest: OciManifest = serde_json::from_slice(&body).map_err(|e| OciError::Malformed {
         reference: shown.clone(),
-        source,
+        problem: format!("the manifest is not an OCI manifest ({e})"),
     })?;
     let OciManifest::Image(manifest) = manifest else {
         return Err(OciError::NotABundle {
@@ -342,18 +355,24 @@ pub async fn pull(
     };
     let (bundle_layer, signature_layer) = bundle_layers(&shown, &manifest)?;
     let bundle = download(
-        client,
-        reference,
+        reader,
+        (reference, auth),
         bundle_layer,
-        "bundle",
-        max_bytes,
+        ("bundle", max_bytes),
         timeout,
     )
     .await?;
     let signature = match signature_layer {
         Some(layer) => {
             let limit = MAX_SIGNATURE_BYTES;
-            let bytes = download(client, reference, layer, "signature", limit, timeout).await?;
+            let bytes = download(
+                reader,
+                (reference, auth),
+                layer,
+                ("signature", limit),
+                timeout,
+            )
+            .await?;
             Some(String::from_utf8_lossy(&bytes).into_owned())
         }
         None => None,
@@ -425,20 +444,15 @@ pub fn bundle_layers<'m>(
 }
 
 /// Downloads one layer, at most `limit` bytes, and checks it against its descriptor's digest.
+/// The read stops at the descriptor's size: a registry sending more is sending something else.
 async fn download(
-    client: &Client,
-    reference: &Reference,
+    reader: &BoundedReader,
+    (reference, auth): (&Reference, &RegistryAuth),
     layer: &OciDescriptor,
-    what: &'static str,
-    limit: u64,
+    (what, limit): (&'static str, u64),
     timeout: Duration,
 ) -> Result<Vec<u8>, OciError> {
     let shown = reference.whole();
-    let err = |source| OciError::Download {
-        reference: shown.clone(),
-        digest: layer.digest.clone(),
-        source,
-    };
     let mismatch = |problem| OciError::DigestMismatch {
         reference: shown.clone(),
         digest: layer.digest.clone(),
@@ -449,46 +463,34 @@ async fn download(
             "only sha256 layer digests (sha256:<64 lowercase hex digits>) are supported",
         ));
     };
-    let layer = &layer;
-    if u64::try_from(layer.size).map_or(true, |size| size > limit) {
-        return Err(OciError::TooLarge {
-            what,
-            reference: shown.clone(),
-            digest: layer.digest.clone(),
-            size: layer.size,
-            limit,
-        });
-    }
-    let read = async {
-        let mut stream = client
-            .pull_blob_stream(reference, layer)
-            .await
-            .map_err(|source| OciError::Registry {
+    let size = match u64::try_from(layer.size) {
+        Ok(size) if size <= limit => size,
+        _ => {
+            return Err(OciError::TooLarge {
+                what,
+                reference: shown.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+                limit,
+            });
+        }
+    };
+    let read = reader.blob(reference, &layer.digest, auth, (what, size));
+    within(timeout, "pulling a layer of", &shown, read)
+        .await?
+        .map_err(|error| match error {
+            BoundedError::TooLarge { .. } => {
+                mismatch("the registry sent more bytes than the layer's size")
+            }
+            BoundedError::Registry(OciDistributionError::DigestError(_)) => {
+                mismatch("the content does not match the digest")
+            }
+            BoundedError::Registry(source) => OciError::Registry {
                 action: "pulling a layer of",
                 reference: shown.clone(),
                 source,
-            })?;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            data.extend_from_slice(&chunk.map_err(err)?);
-            // The registry may send more than the descriptor said.
-            if u64::try_from(data.len()).unwrap_or(u64::MAX) > limit {
-                return Err(OciError::TooLarge {
-                    what,
-                    reference: shown.clone(),
-                    digest: layer.digest.clone(),
-                    size: i64::try_from(data.len()).unwrap_or(i64::MAX),
-                    limit,
-                });
-            }
-        }
-        Ok(data)
-    };
-    let data = within(timeout, "pulling a layer of", &shown, read).await??;
-    if digest(&data) != layer.digest {
-        return Err(mismatch("the content does not match the digest"));
-    }
-    Ok(data)
+            },
+        })
 }
 
 /// Whether `digest` is exactly `sha256:` and 64 lowercase hex digits, the only digests Airlock

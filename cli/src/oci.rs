@@ -103,6 +103,8 @@ pub enum OciError {
     },
     #[error(transparent)]
     Artifact(ArtifactError),
+    #[error("the HTTP client could not start ({0}); check the system's TLS setup")]
+    Client(String),
     #[error("cannot serialise the artifact manifest: {0}")]
     Manifest(#[source] serde_json::Error),
 }
@@ -113,8 +115,7 @@ impl From<ArtifactError> for OciError {
     fn from(e: ArtifactError) -> Self {
         let registry = match &e {
             ArtifactError::Registry { reference, .. }
-            | ArtifactError::Timeout { reference, .. }
-            | ArtifactError::Download { reference, .. } => Some(
+            | ArtifactError::Timeout { reference, .. } => Some(
                 reference
                     .split('/')
                     .next()
@@ -248,9 +249,10 @@ impl fmt::Display for PullReport {
 
 pub async fn pull(args: &PullArgs) -> Result<PullReport, OciError> {
     let reference = oci::parse_reference(&args.reference)?;
-    let client = oci::client(args.registry.insecure.clone());
+    let reader = oci::BoundedReader::new(args.registry.insecure.clone())
+        .map_err(|e| OciError::Client(e.to_string()))?;
     let auth = registry_auth(reference.registry())?;
-    let pulled = oci::pull(&client, &reference, &auth, args.max_bytes, REQUEST_TIMEOUT).await?;
+    let pulled = oci::pull(&reader, &reference, &auth, args.max_bytes, REQUEST_TIMEOUT).await?;
     let (bytes, signature) = (pulled.bundle, pulled.signature);
 
     files::write_atomically(&args.output, &bytes, 0o644)?;

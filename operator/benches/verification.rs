@@ -50,7 +50,11 @@ async fn main() {
         signer: ImageSigner::Key(pem),
     }];
 
-    let anonymous = airlock_operator::fetch::Access::anonymous(vec![registry.clone()]);
+    let anonymous = airlock_operator::fetch::Access::anonymous(vec![registry.clone()])
+        .unwrap_or_else(|e| {
+            eprintln!("the registry client could not start: {e}");
+            std::process::exit(2)
+        });
     let run = async |cold: bool| {
         let shared = ImageVerifier::new(Duration::from_secs(3600));
         let before = registry_requests(&log, &repository);

@@ -16,15 +16,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use airlock_bundle::oci::{BoundedError, BoundedReader};
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use futures::StreamExt;
+use oci_client::Reference;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 use sigstore::crypto::{CosignVerificationKey, Signature};
 
 /// The only predicate type that makes a bundle a signature of its subject.
@@ -371,6 +370,13 @@ pub enum FetchProblem {
     },
     #[error("{reference}: blob {digest} is not what its digest says")]
     DigestMismatch { reference: String, digest: String },
+    /// Counted while reading: the read stopped at the limit.
+    #[error("{reference}: the registry's {what} is larger than {limit} bytes")]
+    Oversized {
+        what: &'static str,
+        reference: String,
+        limit: u64,
+    },
 }
 
 impl FetchProblem {
@@ -413,7 +419,7 @@ struct ArtifactManifest {
 /// An empty list means the registry cleanly said there is nothing: no referrers (or a referrers
 /// API answering 404) and a 404 for the fallback tag. Any other registry failure is an error.
 pub async fn find_bundles(
-    client: &Client,
+    reader: &BoundedReader,
     auth: &RegistryAuth,
     repository_ref: &Reference,
     image_digest: &str,
@@ -432,29 +438,38 @@ pub async fn find_bundles(
     let shown_subject = format!("{registry}/{repository}@{image_digest}");
     let timeout = limits.request_timeout;
 
-    // `pull_referrers` takes no credentials: it uses those stored for the registry.
-    client
-        .store_auth_if_needed(subject.resolve_registry(), auth)
-        .await;
     let action = "listing the artifacts referring to";
     let listed = within(
         timeout,
         action,
         &shown_subject,
-        client.pull_referrers(&subject, None),
+        reader.referrers(&subject, auth, limits.max_manifest_bytes),
     )
     .await?
-    .map_err(registry_error(action, &shown_subject))?;
-    let entries = if listed.manifests.is_empty() {
-        // oci-client falls back to the tag itself when the referrers API answers 404, but it
-        // turns most failures of that fallback (403, a 4xx with an error body) into an empty
-        // list. An empty list is therefore asked again, here, where only a 404 means "none".
-        match fallback_index(client, auth, &subject, limits).await? {
+    .map_err(bounded_error(action, "referrers list", &shown_subject))?;
+    let listed = match listed {
+        Some(body) => {
+            let index: oci_client::manifest::OciImageIndex = serde_json::from_slice(&body)
+                .map_err(|e| FetchProblem::Malformed {
+                    reference: shown_subject.clone(),
+                    problem: format!(
+                        "the referrers list is not an OCI image index: {}",
+                        shown(&e.to_string())
+                    ),
+                })?;
+            index.manifests
+        }
+        None => Vec::new(),
+    };
+    let entries = if listed.is_empty() {
+        // No referrers API (404), or nothing listed by it (a registry may keep cosign's
+        // fallback tag only): the tag `sha256-<hex>` is asked, where only a 404 means "none".
+        match fallback_index(reader, auth, &subject, limits).await? {
             Some(entries) => entries,
             None => return Ok(Vec::new()),
         }
     } else {
-        listed.manifests
+        listed
     };
     if entries.len() > limits.max_referrers {
         return Err(FetchProblem::TooManyReferrers {
@@ -486,24 +501,20 @@ pub async fn find_bundles(
         }
         let at = Reference::with_digest(registry.clone(), repository.clone(), entry.digest.clone());
         let action = "fetching a referring manifest";
-        // oci-client checks the body against the digest of a by-digest reference.
+        // The reader checks the body against the digest of a by-digest reference.
         let (body, _) = within(
             timeout,
             action,
             &shown_manifest,
-            client.pull_manifest_raw(&at, auth, &[OCI_IMAGE_MEDIA_TYPE]),
+            reader.manifest(
+                &at,
+                auth,
+                &[OCI_IMAGE_MEDIA_TYPE],
+                limits.max_manifest_bytes,
+            ),
         )
         .await?
-        .map_err(registry_error(action, &shown_manifest))?;
-        if body.len() as u64 > limits.max_manifest_bytes {
-            return Err(FetchProblem::TooLarge {
-                what: "manifest",
-                reference: shown_subject,
-                digest: entry.digest,
-                size: i64::try_from(body.len()).unwrap_or(i64::MAX),
-                limit: limits.max_manifest_bytes,
-            });
-        }
+        .map_err(bounded_error(action, "manifest", &shown_manifest))?;
         let manifest: ArtifactManifest =
             serde_json::from_slice(&body).map_err(|e| FetchProblem::Malformed {
                 reference: shown_manifest.clone(),
@@ -514,7 +525,7 @@ pub async fn find_bundles(
         };
         bundles.push(
             fetch_layer(
-                client,
+                (reader, auth),
                 &at,
                 &shown_manifest,
                 layer,
@@ -550,7 +561,7 @@ fn bundle_layer<'m>(
 /// The referrers index under the tag `sha256-<hex>`: `None` when the registry says there is no
 /// such tag.
 async fn fallback_index(
-    client: &Client,
+    reader: &BoundedReader,
     auth: &RegistryAuth,
     subject: &Reference,
     limits: &Limits,
@@ -573,23 +584,19 @@ async fn fallback_index(
         limits.request_timeout,
         action,
         &shown_tag,
-        client.pull_manifest_raw(&at, auth, &[OCI_IMAGE_INDEX_MEDIA_TYPE]),
+        reader.manifest(
+            &at,
+            auth,
+            &[OCI_IMAGE_INDEX_MEDIA_TYPE],
+            limits.max_manifest_bytes,
+        ),
     )
     .await?;
     let body = match answer {
         Ok((body, _)) => body,
-        Err(e) if is_not_found(&e) => return Ok(None),
-        Err(e) => return Err(registry_error(action, &shown_tag)(e)),
+        Err(BoundedError::Registry(e)) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(bounded_error(action, "referrers index", &shown_tag)(e)),
     };
-    if body.len() as u64 > limits.max_manifest_bytes {
-        return Err(FetchProblem::TooLarge {
-            what: "referrers index",
-            reference: shown_tag,
-            digest: String::new(),
-            size: i64::try_from(body.len()).unwrap_or(i64::MAX),
-            limit: limits.max_manifest_bytes,
-        });
-    }
     let index: oci_client::manifest::OciImageIndex =
         serde_json::from_slice(&body).map_err(|e| FetchProblem::Malformed {
             reference: shown_tag.clone(),
@@ -606,63 +613,79 @@ async fn fallback_index(
     Ok(Some(index.manifests))
 }
 
-/// The blob `layer` of the manifest at `at`, read up to `limit` bytes (the registry may send more
-/// than the descriptor says) and checked against its digest. `what` names it in errors.
+/// The blob `layer` of the manifest at `at`, read up to `limit` bytes and checked against its
+/// digest. `what` names it in errors. The read stops at the descriptor's size: a registry that
+/// sends more is sending something else.
 pub(crate) async fn fetch_layer(
-    client: &Client,
+    (reader, auth): (&BoundedReader, &RegistryAuth),
     at: &Reference,
     shown_manifest: &str,
     layer: &OciDescriptor,
     (what, limit): (&'static str, u64),
     timeout: Duration,
 ) -> Result<Vec<u8>, FetchProblem> {
-    let too_large = |size: i64| FetchProblem::TooLarge {
-        what,
-        reference: shown_manifest.to_string(),
-        digest: shown(&layer.digest),
-        size,
-        limit,
-    };
     let Some(layer) = airlock_bundle::oci::fetchable(layer) else {
         return Err(FetchProblem::Malformed {
             reference: shown_manifest.to_string(),
             problem: format!("the {what}'s digest is not sha256:<64 lowercase hex digits>"),
         });
     };
-    let layer = &layer;
-    if u64::try_from(layer.size).map_or(true, |size| size > limit) {
-        return Err(too_large(layer.size));
-    }
-    let action = "fetching a layer of";
-    let read = async {
-        let mut stream = client
-            .pull_blob_stream(at, layer)
-            .await
-            .map_err(registry_error(action, shown_manifest))?;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| FetchProblem::Registry {
-                action,
+    let size = match u64::try_from(layer.size) {
+        Ok(size) if size <= limit => size,
+        _ => {
+            return Err(FetchProblem::TooLarge {
+                what,
                 reference: shown_manifest.to_string(),
-                source: OciDistributionError::IoError(e),
-            })?;
-            data.extend_from_slice(&chunk);
-            // The registry may send more than the descriptor said.
-            if data.len() as u64 > limit {
-                return Err(too_large(i64::try_from(data.len()).unwrap_or(i64::MAX)));
-            }
+                digest: shown(&layer.digest),
+                size: layer.size,
+                limit,
+            });
         }
-        Ok(data)
     };
-    let data = within(timeout, action, shown_manifest, read).await??;
-    // The stream checks the digest only when read to its end; checked here whatever happened.
-    if format!("sha256:{}", hex::encode(Sha256::digest(&data))) != layer.digest {
-        return Err(FetchProblem::DigestMismatch {
+    let mismatch = || FetchProblem::DigestMismatch {
+        reference: shown_manifest.to_string(),
+        digest: shown(&layer.digest),
+    };
+    let action = "fetching a layer of";
+    within(
+        timeout,
+        action,
+        shown_manifest,
+        reader.blob(at, &layer.digest, auth, (what, size)),
+    )
+    .await?
+    .map_err(|e| match e {
+        // More than the descriptor's size, or other bytes: not the blob the digest names.
+        BoundedError::TooLarge { .. }
+        | BoundedError::Registry(OciDistributionError::DigestError(_)) => mismatch(),
+        BoundedError::Registry(source) => FetchProblem::Registry {
+            action,
             reference: shown_manifest.to_string(),
-            digest: shown(&layer.digest),
-        });
+            source,
+        },
+    })
+}
+
+/// A [`BoundedReader`] error while doing `action` on `reference`; `what` names an oversized
+/// answer.
+pub(crate) fn bounded_error(
+    action: &'static str,
+    what: &'static str,
+    reference: &str,
+) -> impl FnOnce(BoundedError) -> FetchProblem {
+    let reference = reference.to_string();
+    move |error| match error {
+        BoundedError::TooLarge { limit, .. } => FetchProblem::Oversized {
+            what,
+            reference,
+            limit,
+        },
+        BoundedError::Registry(source) => FetchProblem::Registry {
+            action,
+            reference,
+            source,
+        },
     }
-    Ok(data)
 }
 
 /// A clean "no such manifest": a 404, or an error body whose every code says "unknown".
@@ -682,18 +705,6 @@ pub(crate) fn is_not_found(error: &OciDistributionError) -> bool {
                 })
         }
         _ => false,
-    }
-}
-
-pub(crate) fn registry_error(
-    action: &'static str,
-    reference: &str,
-) -> impl FnOnce(OciDistributionError) -> FetchProblem {
-    let reference = reference.to_string();
-    move |source| FetchProblem::Registry {
-        action,
-        reference,
-        source,
     }
 }
 
@@ -729,6 +740,7 @@ mod tests {
     use super::fixtures::{ATTEST_OTHER, DIGEST, KEY, OTHER_KEY, SIGN};
     use super::*;
     use crate::test_registry::{fake_registry, route, sha};
+    use sha2::{Digest as _, Sha256};
     const SIGN_MANIFEST: &[u8] = include_bytes!("testdata/cosign_bundle/sign.manifest.json");
     const FALLBACK_INDEX: &[u8] = include_bytes!("testdata/cosign_bundle/fallback.index.json");
     const ANOTHER_DIGEST: &str =
@@ -1091,10 +1103,10 @@ mod tests {
         limits: Limits,
     ) -> Result<Vec<Vec<u8>>, FetchProblem> {
         let addr = fake_registry(routes).await;
-        let client = airlock_bundle::oci::client(vec![addr.clone()]);
+        let reader = BoundedReader::new(vec![addr.clone()]).unwrap();
         let reference: Reference = format!("{addr}/repo:1").parse().unwrap();
         find_bundles(
-            &client,
+            &reader,
             &RegistryAuth::Anonymous,
             &reference,
             digest(),
@@ -1153,6 +1165,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_oversized_referrers_list_is_an_error_not_none() {
+        let mut routes = cosign_artifacts();
+        let huge = vec![b' '; 200 * 1024];
+        routes.push(route(
+            format!("/v2/repo/referrers/{}", digest()),
+            200,
+            &huge,
+        ));
+        routes.push(route(fallback_path(), 200, FALLBACK_INDEX));
+        let err = find(routes, Limits::default()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FetchProblem::Oversized {
+                    what: "referrers list",
+                    limit: 65536,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_failing_referrers_api_is_an_error() {
         let mut routes = cosign_artifacts();
         routes.push(route(
@@ -1191,13 +1227,7 @@ mod tests {
         ));
         routes.push(route(fallback_path(), 200, FALLBACK_INDEX));
         let err = find(routes, Limits::default()).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                FetchProblem::DigestMismatch { .. } | FetchProblem::Registry { .. }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, FetchProblem::DigestMismatch { .. }), "{err}");
     }
 
     #[tokio::test]
@@ -1343,10 +1373,10 @@ mod tests {
         .await;
         let key = std::fs::read_to_string(dir.path().join("cosign.pub")).unwrap();
 
-        let client = airlock_bundle::oci::client(vec![registry.clone()]);
+        let reader = BoundedReader::new(vec![registry.clone()]).unwrap();
         let auth = RegistryAuth::Anonymous;
         let limits = Limits::default();
-        let found = find_bundles(&client, &auth, &signed.parse().unwrap(), &digest, &limits)
+        let found = find_bundles(&reader, &auth, &signed.parse().unwrap(), &digest, &limits)
             .await
             .unwrap();
         assert_eq!(found.len(), 2, "the signature and the attestation");
@@ -1365,7 +1395,7 @@ mod tests {
                 .any(|v| matches!(v, Err(BundleRefusal::PredicateType(_))))
         );
 
-        let none = find_bundles(&client, &auth, &unsigned.parse().unwrap(), &digest, &limits)
+        let none = find_bundles(&reader, &auth, &unsigned.parse().unwrap(), &digest, &limits)
             .await
             .unwrap();
         assert!(none.is_empty());

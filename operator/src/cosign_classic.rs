@@ -11,14 +11,15 @@
 //! on this tag, so a registry failing on it reads as "unsigned"); [`verify_signature`] (pure)
 //! says whether one of them is a signature of the image by a key.
 
+use airlock_bundle::oci::{BoundedError, BoundedReader};
+use oci_client::Reference;
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use serde::Deserialize;
 use sigstore::crypto::{CosignVerificationKey, Signature};
 
 use crate::cosign_bundle::{
-    FetchProblem, Limits, decode_base64, fetch_layer, image_hex, is_not_found, registry_error,
+    FetchProblem, Limits, bounded_error, decode_base64, fetch_layer, image_hex, is_not_found,
     shown, within,
 };
 
@@ -136,7 +137,7 @@ struct SignatureManifest {
 /// An empty list means the registry cleanly said there is no `.sig` tag. Any other failure is
 /// an error (fail closed), and so is a manifest with more than `limits.max_signatures` layers.
 pub async fn find_signatures(
-    client: &Client,
+    reader: &BoundedReader,
     auth: &RegistryAuth,
     repository_ref: &Reference,
     image_digest: &str,
@@ -157,27 +158,19 @@ pub async fn find_signatures(
         limits.request_timeout,
         action,
         &shown_tag,
-        client.pull_manifest_raw(
+        reader.manifest(
             &at,
             auth,
             &[OCI_IMAGE_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE],
+            limits.max_manifest_bytes,
         ),
     )
     .await?;
     let body = match answer {
         Ok((body, _)) => body,
-        Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-        Err(e) => return Err(registry_error(action, &shown_tag)(e)),
+        Err(BoundedError::Registry(e)) if is_not_found(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(bounded_error(action, "signature manifest", &shown_tag)(e)),
     };
-    if body.len() as u64 > limits.max_manifest_bytes {
-        return Err(FetchProblem::TooLarge {
-            what: "signature manifest",
-            reference: shown_tag,
-            digest: String::new(),
-            size: i64::try_from(body.len()).unwrap_or(i64::MAX),
-            limit: limits.max_manifest_bytes,
-        });
-    }
     let manifest: SignatureManifest =
         serde_json::from_slice(&body).map_err(|e| FetchProblem::Malformed {
             reference: shown_tag.clone(),
@@ -202,7 +195,7 @@ pub async fn find_signatures(
             .get(crate::cosign_certificate::CHAIN_ANNOTATION)
             .cloned();
         let payload = fetch_layer(
-            client,
+            (reader, auth),
             &at,
             &shown_tag,
             layer,
@@ -348,13 +341,10 @@ mod tests {
         limits: Limits,
     ) -> Result<Vec<ClassicSignature>, FetchProblem> {
         let addr = fake_registry(routes).await;
-        let client = Client::new(oci_client::client::ClientConfig {
-            protocol: oci_client::client::ClientProtocol::Http,
-            ..Default::default()
-        });
+        let reader = BoundedReader::new(vec![addr.clone()]).unwrap();
         let reference: Reference = format!("{addr}/repo:v1").parse().unwrap();
         find_signatures(
-            &client,
+            &reader,
             &RegistryAuth::Anonymous,
             &reference,
             DIGEST,
@@ -414,7 +404,17 @@ mod tests {
             ..Limits::default()
         };
         let e = find(cosign_signature(), small).await.unwrap_err();
-        assert!(matches!(e, FetchProblem::TooLarge { .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                FetchProblem::Oversized {
+                    what: "signature manifest",
+                    limit: 100,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
 
         let small = Limits {
             max_payload_bytes: 100,
@@ -432,7 +432,8 @@ mod tests {
             "{e:?}"
         );
 
-        // A layer that says it is small but is not: read only up to the limit, then refused.
+        // A layer that says it is small but is not: read only up to its declared size, then
+        // refused as not the blob its digest names.
         let mut manifest: serde_json::Value = serde_json::from_slice(MANIFEST).unwrap();
         let big = vec![b' '; 200_000];
         manifest["layers"][0]["digest"] = sha(&big).into();
@@ -444,7 +445,7 @@ mod tests {
             route(format!("/v2/repo/blobs/{}", sha(&big)), 200, &big),
         ];
         let e = find(routes, Limits::default()).await.unwrap_err();
-        assert!(matches!(e, FetchProblem::TooLarge { .. }), "{e:?}");
+        assert!(matches!(e, FetchProblem::DigestMismatch { .. }), "{e:?}");
     }
 
     #[tokio::test]
@@ -464,15 +465,8 @@ mod tests {
     async fn a_layer_not_matching_its_digest_is_refused() {
         let mut routes = cosign_signature();
         routes[2].2 = PAYLOAD.iter().map(|b| b.to_ascii_uppercase()).collect();
-        // oci-client's stream notices at its end, or this module's own check does.
         let e = find(routes, Limits::default()).await.unwrap_err();
-        assert!(
-            matches!(
-                e,
-                FetchProblem::DigestMismatch { .. } | FetchProblem::Registry { .. }
-            ),
-            "{e:?}"
-        );
+        assert!(matches!(e, FetchProblem::DigestMismatch { .. }), "{e:?}");
     }
 
     #[tokio::test]

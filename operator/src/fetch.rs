@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use airlock_bundle as bundle;
+use airlock_bundle::oci::{BoundedError, BoundedReader};
 use airlock_crds::Plugin;
 use kube::{Client, ResourceExt};
+use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client as OciClient, Reference};
 
 use tracing::warn;
 
@@ -116,14 +117,12 @@ fn bundle_client(policy: Arc<HttpPolicy>) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("the operator's HTTP client could not start ({e}); check the operator's log and restart it"))
 }
 
-/// Talks to image registries. One client for anonymous access and one per set of credentials:
-/// a client keeps the first credentials (and tokens) it used for a registry, so sharing one would
-/// lend one tenant's granted access to another's anonymous request.
+/// Talks to image registries. One [`BoundedReader`] for every access: it keys the tokens it
+/// caches by the credentials they were obtained with, so one tenant's granted access is never
+/// lent to another's anonymous request, and it caps every answer a registry (a stranger's
+/// server, named by a tenant) sends.
 pub struct Registry {
-    client: OciClient,
-    insecure: Vec<String>,
-    /// By [`registry_auth::Credentials::identity`].
-    credential_clients: Mutex<HashMap<u64, OciClient>>,
+    reader: Arc<BoundedReader>,
     /// Where granted credentials are read: Secrets in the operator's own namespace.
     credentials: Option<(kube::Api<k8s_openapi::api::core::v1::Secret>, String)>,
     /// For `spec.bundle.source.http`, under `bundle_http` (see [`crate::bundle_http`]).
@@ -143,12 +142,9 @@ pub struct Registry {
 /// manifest is small, but digests are unbounded over time).
 const MAX_INSPECTED: usize = 1024;
 
-/// Most per-credential clients kept; past it they start over (tokens are fetched again).
-const MAX_CREDENTIAL_CLIENTS: usize = 64;
-
 /// How the operator reaches a registry for one Plugin: anonymously or with granted credentials.
 pub struct Access {
-    client: OciClient,
+    reader: Arc<BoundedReader>,
     auth: RegistryAuth,
     /// 0: anonymous; else [`registry_auth::Credentials::identity`].
     pub identity: u64,
@@ -169,21 +165,21 @@ impl std::fmt::Debug for Access {
 }
 
 impl Access {
-    /// Anonymous access with a client of its own; `insecure`: `host:port` of registries
+    /// Anonymous access with a reader of its own; `insecure`: `host:port` of registries
     /// reached over plain HTTP.
-    pub fn anonymous(insecure: Vec<String>) -> Self {
-        Self {
-            client: airlock_bundle::oci::client(insecure),
+    pub fn anonymous(insecure: Vec<String>) -> Result<Self, BoundedError> {
+        Ok(Self {
+            reader: Arc::new(BoundedReader::new(insecure)?),
             auth: RegistryAuth::Anonymous,
             identity: 0,
             known_private: false,
             described: "anonymous access".into(),
-        }
+        })
     }
 
-    /// The registry client for this access.
-    pub(crate) fn client(&self) -> &OciClient {
-        &self.client
+    /// The registry reader for this access.
+    pub(crate) fn reader(&self) -> &BoundedReader {
+        &self.reader
     }
 
     pub(crate) fn auth(&self) -> &RegistryAuth {
@@ -200,11 +196,10 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// `insecure`: `host:port` of registries reached over plain HTTP (the local test registry).
     /// `reverify`: how long an image verification result is trusted before it is checked again.
-    pub fn new(insecure: Vec<String>, reverify: std::time::Duration) -> Self {
-        Self {
-            client: airlock_bundle::oci::client(insecure.clone()),
-            insecure: insecure.clone(),
-            credential_clients: Mutex::default(),
+    /// Fails only when the HTTP client cannot start (no TLS roots, say).
+    pub fn new(insecure: Vec<String>, reverify: std::time::Duration) -> Result<Self, BoundedError> {
+        Ok(Self {
+            reader: Arc::new(BoundedReader::new(insecure)?),
             credentials: None,
             http: bundle_client(Arc::default()),
             bundle_http: Arc::default(),
@@ -212,7 +207,7 @@ impl Registry {
             pins: Mutex::default(),
             inspected: Mutex::default(),
             kept: Mutex::new(KeptBundles::new(MAX_BUNDLE_BYTES_KEPT)),
-        }
+        })
     }
 
     /// Reads the registry credentials PluginTrustPolicies grant from Secrets in `namespace`.
@@ -240,7 +235,7 @@ impl Registry {
         }
         let Some(grant) = registry_auth::grant_for(&grants.granted, registry, repository) else {
             return Ok(Access {
-                client: self.client.clone(),
+                reader: self.reader.clone(),
                 auth: RegistryAuth::Anonymous,
                 identity: 0,
                 known_private: registry_auth::grant_for(&grants.private, registry, repository)
@@ -259,21 +254,8 @@ impl Registry {
         };
         let credentials = registry_auth::read(secrets, namespace, grant, registry).await?;
         let identity = credentials.identity(registry);
-        let client = {
-            let mut clients = self
-                .credential_clients
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if !clients.contains_key(&identity) && clients.len() >= MAX_CREDENTIAL_CLIENTS {
-                clients.clear();
-            }
-            clients
-                .entry(identity)
-                .or_insert_with(|| airlock_bundle::oci::client(self.insecure.clone()))
-                .clone()
-        };
         Ok(Access {
-            client,
+            reader: self.reader.clone(),
             auth: RegistryAuth::Basic(credentials.username, credentials.password),
             identity,
             known_private: true,
@@ -545,7 +527,7 @@ impl Registry {
             running: RunningRevision::KeepsServing,
         };
         let pulled = oci::pull(
-            &access.client,
+            &access.reader,
             reference,
             &access.auth,
             max_bytes,
@@ -577,7 +559,7 @@ impl Registry {
                     "InvalidBundleReference",
                     format!("spec.bundle.source.oci.ref: {e}"),
                 ),
-                OciError::Registry { .. } | OciError::Timeout { .. } | OciError::Download { .. } => {
+                OciError::Registry { .. } | OciError::Timeout { .. } => {
                     warn!(error = %e, "reading a bundle artifact failed");
                     failure(
                         "RegistryUnavailable",
@@ -607,7 +589,12 @@ impl Registry {
             Some(d) if !access.known_private => d.to_string(),
             _ => tokio::time::timeout(
                 REGISTRY_TIMEOUT,
-                access.client.fetch_manifest_digest(&reference, &access.auth),
+                access.reader.digest(
+                    &reference,
+                    &access.auth,
+                    airlock_bundle::oci::MANIFEST_MEDIA_TYPES,
+                    airlock_bundle::oci::MAX_MANIFEST_BYTES,
+                ),
             )
             .await
             .map_err(|_| FetchFailure::verified("RegistryTimeout", format!(
@@ -616,6 +603,15 @@ impl Registry {
                     REGISTRY_TIMEOUT.as_secs()
                 )))?
             .map_err(|e| {
+                let e = match e {
+                    BoundedError::Registry(e) => e,
+                    BoundedError::TooLarge { limit, .. } => {
+                        return FetchFailure::verified("ImageUnresolvable", format!(
+                            "could not resolve spec.image {image} to a digest at {}: its manifest is larger than {limit} bytes; pin the image by digest (retrying)",
+                            reference.resolve_registry()
+                        ));
+                    }
+                };
                 if airlock_bundle::oci::is_unauthorized(&e) {
                     return self.unauthorized(access, &format!("spec.image {image}"), &reference);
                 }
@@ -927,7 +923,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_is_pinned_per_generation_and_key_and_a_failure_never_is() {
-        let registry = Registry::new(vec![], std::time::Duration::from_secs(60));
+        let registry = Registry::new(vec![], std::time::Duration::from_secs(60)).unwrap();
         let requests = AtomicUsize::new(0);
         let v1 = plugin("uid-1", 1);
 
@@ -982,7 +978,7 @@ mod tests {
     /// request) rather than keeping a copy of its own.
     #[tokio::test]
     async fn pinned_bundles_share_bounded_bytes_and_are_read_again_once_dropped() {
-        let mut registry = Registry::new(vec![], std::time::Duration::from_secs(60));
+        let mut registry = Registry::new(vec![], std::time::Duration::from_secs(60)).unwrap();
         registry.kept = Mutex::new(KeptBundles::new(10));
         let requests = AtomicUsize::new(0);
         let read = |content: &'static [u8]| {

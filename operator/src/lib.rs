@@ -132,6 +132,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             config.insecure_registries.clone(),
             std::time::Duration::from_secs(config.reverify_interval_seconds),
         )
+        .map_err(|e| {
+            airlock_runtime::StartError::Config(format!(
+                "the registry client could not start ({e}); check the image's TLS roots"
+            ))
+        })?
         .with_bundle_http(config.bundle_http())
         .with_credentials(client.clone(), &config.credentials_namespace),
         metrics,

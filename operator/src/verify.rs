@@ -116,7 +116,7 @@ impl ImageVerifier {
     ) -> Result<Vec<ClassicSignature>, FetchFailure> {
         let reference = reference_of(pinned)?;
         cosign_classic::find_signatures(
-            access.client(),
+            access.reader(),
             access.auth(),
             &reference,
             digest,
@@ -138,7 +138,7 @@ impl ImageVerifier {
     ) -> Result<Vec<Vec<u8>>, FetchFailure> {
         let reference = reference_of(pinned)?;
         cosign_bundle::find_bundles(
-            access.client(),
+            access.reader(),
             access.auth(),
             &reference,
             digest,
@@ -428,7 +428,7 @@ mod tests {
             ),
         ])
         .await;
-        let access = crate::fetch::Access::anonymous(vec![addr.clone()]);
+        let access = crate::fetch::Access::anonymous(vec![addr.clone()]).unwrap();
         let verifier = ImageVerifier::new(Duration::from_secs(3600));
         let keys = [key("p/release", classic::KEY, false)];
         let verify = async |repository: &str| {

@@ -348,7 +348,7 @@ impl Harness {
                 allow_readable_key: false,
                 image_pull_secrets: vec![],
             },
-            Registry::new(vec![], Duration::from_secs(3600)),
+            Registry::new(vec![], Duration::from_secs(3600)).unwrap(),
             Metrics::new().unwrap(),
             airlock_bundle::DEFAULT_MAX_BYTES,
         );
@@ -1421,6 +1421,7 @@ fn with_registry_grant() -> Harness {
     );
     h.ctx.registry = Arc::new(
         Registry::new(vec![], Duration::from_secs(3600))
+            .unwrap()
             .with_credentials(h.ctx.client.clone(), "airlock-system"),
     );
     h
