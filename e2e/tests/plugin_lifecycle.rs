@@ -313,6 +313,100 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back_while_the_old_revisi
     .await
 }
 
+/// Issue 13: a revision that served and then loses its pods for longer than the progress
+/// deadline (the e2e installs with 20 s) is told: Ready=False `PodsNotReady` naming the ready
+/// count, a Warning Event, kstatus InProgress; and Active again once pods come back. The pods
+/// are lost as a cluster loses them: the namespace's quota leaves no room for a replacement.
+#[tokio::test]
+async fn a_served_revision_whose_pods_stay_gone_is_told_pods_not_ready() -> Result<()> {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    in_sandbox("unready", async |s| {
+        let plugins: Api<Plugin> = s.ns.api();
+        s.apply(&s.hello("hello")?).await?;
+        let p = wait_plugin(&plugins, "hello", "phase Active", active).await?;
+        let serving = p
+            .status
+            .and_then(|st| st.current_revision)
+            .context("current revision")?;
+
+        let quotas: Api<ResourceQuota> = s.ns.api();
+        let quota = json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "no-pods"},
+            "spec": {"hard": {"pods": "0"}},
+        });
+        quotas
+            .patch(
+                "no-pods",
+                &PatchParams::apply("airlock-e2e").force(),
+                &Patch::Apply(&quota),
+            )
+            .await?;
+        // The quota controller must have counted the namespace before a pod create is refused.
+        wait::until(
+            "the quota counts the namespace's pods",
+            Duration::from_secs(60),
+            async || Ok(quotas.get("no-pods").await?.status.and_then(|st| st.used)),
+            |used| used.as_ref().is_some_and(|u| u.contains_key("pods")),
+        )
+        .await?;
+        let pods: Api<Pod> = s.ns.api();
+        pods.delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("airlock.dev/plugin=hello"),
+        )
+        .await?;
+
+        let p = wait_plugin(&plugins, "hello", "Ready=False reason PodsNotReady", |p| {
+            condition(p, "Ready").is_some_and(|c| c.reason == "PodsNotReady")
+        })
+        .await?;
+        ensure_phase(&p, PluginPhase::Deploying, "its pods are gone")?;
+        kstatus::expect("PodsNotReady", &p, "InProgress")?;
+        let message = &condition(&p, "Ready").context("Ready")?.message;
+        ensure!(
+            message.contains("0/1 pod(s)"),
+            "the message names the ready count: {message}"
+        );
+        ensure!(
+            p.status
+                .as_ref()
+                .and_then(|st| st.current_revision.as_deref())
+                == Some(&serving),
+            "still the revision that served"
+        );
+        let events: Api<k8s_openapi::api::events::v1::Event> = s.ns.api();
+        let warned = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("hello"))
+            .any(|e| {
+                e.reason.as_deref() == Some("PodsNotReady") && e.type_.as_deref() == Some("Warning")
+            });
+        ensure!(
+            warned,
+            "no Warning Event tells that the pods stayed unready"
+        );
+
+        // Room again: the ReplicaSet replaces the pod and the plugin is Active with no change.
+        quotas.delete("no-pods", &DeleteParams::default()).await?;
+        let p = wait_plugin(&plugins, "hello", "Active again", active).await?;
+        ensure!(
+            p.status
+                .as_ref()
+                .and_then(|st| st.current_revision.as_deref())
+                == Some(&serving),
+            "the same revision serves again"
+        );
+        let out = invoke(&s.client, &s.ns.name, "hello").await?;
+        ensure!(out["greeting"] == "hello, airlock", "after recovery: {out}");
+        Ok(())
+    })
+    .await
+}
+
 /// Issue 14: a Plugin in a namespace no trust policy governs is blocked for good (kstatus reads
 /// Failed, as Flux's health check would), and never without a status a moment after it is created
 /// (kstatus reads an object without one as Current).
