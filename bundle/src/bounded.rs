@@ -51,10 +51,18 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 /// A hostile token service cannot make us keep a token for longer than this.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// Bound on the token cache: tenants choose registries and repositories, so the number of
-/// cache keys is theirs to choose too. Past this size expired entries are swept, and if that
-/// is not enough the cache is emptied (tokens are cheap to fetch again).
+/// Bounds on the token cache: tenants choose registries and repositories, so the number of
+/// cache keys is theirs to choose too, and a hostile token service chooses the tokens' size.
+/// Expired entries are swept first; past a bound the entries closest to expiry go (of the
+/// same registry for the per-registry bound, so a registry with many repositories only
+/// evicts its own tokens). An evicted token is merely fetched again.
 const MAX_CACHED_TOKENS: usize = 1024;
+/// Tokens of one registry kept at most.
+const MAX_TOKENS_PER_REGISTRY: usize = 64;
+/// A longer token is used for its request but not kept (real ones are a few KiB).
+const MAX_CACHED_TOKEN_BYTES: usize = 16 * 1024;
+/// Bytes of tokens kept at most, all registries together.
+const MAX_TOKEN_CACHE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Bound on the set of registries known to answer with a Basic challenge, for the same reason.
 const MAX_BASIC_REGISTRIES: usize = 1024;
@@ -69,7 +77,7 @@ pub enum BoundedError {
     /// there.
     #[error("the registry's {what} is larger than {limit} bytes")]
     TooLarge {
-        /// What was being read: "manifest", "referrers" or "token".
+        /// What was being read: "manifest", "referrers", or the name a caller gave a blob.
         what: &'static str,
         /// The cap that was passed.
         limit: u64,
@@ -125,16 +133,24 @@ struct TokenKey {
 
 impl TokenKey {
     fn new(registry: &str, repository: &str, auth: &RegistryAuth) -> Self {
+        // Each field is length-prefixed, so no two credential pairs hash alike (a user name
+        // holding a NUL cannot pose as another user/password split).
         let mut hasher = sha2::Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        };
         match auth {
             RegistryAuth::Basic(user, password) => {
-                hasher.update(b"basic\0");
-                hasher.update(user.as_bytes());
-                hasher.update(b"\0");
-                hasher.update(password.as_bytes());
+                field(b"basic");
+                field(user.as_bytes());
+                field(password.as_bytes());
             }
-            RegistryAuth::Bearer(_) => hasher.update(b"bearer"),
-            RegistryAuth::Anonymous => hasher.update(b"anonymous"),
+            RegistryAuth::Bearer(token) => {
+                field(b"bearer");
+                field(token.as_bytes());
+            }
+            RegistryAuth::Anonymous => field(b"anonymous"),
         }
         TokenKey {
             registry: registry.to_string(),
@@ -308,12 +324,21 @@ impl BoundedReader {
         let response = self
             .authorized(reference, auth, Method::HEAD, &url, &accept.join(", "))
             .await?;
-        let response = check_status(response, &url).await?;
-        let header = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_string);
+        // Only a 200's header counts. Registries that do not serve HEAD (405, 501) or answer
+        // it oddly still serve the GET below, which reports any real error itself; a 401 that
+        // could not be met is final.
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Err(unauthorized(&url));
+        }
+        let header = (response.status() == StatusCode::OK)
+            .then(|| {
+                response
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string)
+            })
+            .flatten();
         drop(response);
         match (header, reference.digest()) {
             (Some(found), Some(expected)) if found != expected => {
@@ -355,10 +380,18 @@ impl BoundedReader {
         }
     }
 
-    /// Sends the GET, meeting one authentication challenge if the registry answers 401.
+    /// Sends the request, meeting one authentication challenge if the registry asks for one.
     ///
     /// The answer is returned unread (whatever its status) so the caller reads it with its own
     /// cap; only a 401 that cannot be met becomes an error here.
+    ///
+    /// Credentials are not sent before the registry asks for them, with one exception learnt
+    /// from real registries: many hide private repositories from anonymous callers behind a
+    /// 404 or 403 instead of a 401 (and a cached token may have lapsed between two reads of
+    /// one verification). When we hold Basic credentials and such an answer comes back to an
+    /// anonymous try, the registry's `/v2/` is asked for its challenge and the request is
+    /// sent again with what it asks for — a "not found" is believed only once the
+    /// credentials were offered.
     async fn authorized(
         &self,
         reference: &Reference,
@@ -380,18 +413,38 @@ impl BoundedReader {
             _ => Credential::Nothing,
         };
         let response = self.send(method.clone(), url, accept, &first).await?;
-        if response.status() != StatusCode::UNAUTHORIZED || matches!(auth, RegistryAuth::Bearer(_))
-        {
+        if matches!(auth, RegistryAuth::Bearer(_)) {
             // A caller-given bearer token is used as is, like oci-client does; its 401 becomes
             // UnauthorizedError in the status check.
             return Ok(response);
         }
-        if cached.is_some() {
-            self.forget_token(&key);
-        }
-        let challenge = challenge_of(&response);
-        // The 401's body is never read: nothing in it is needed.
-        drop(response);
+        let status = response.status();
+        let challenge = if status == StatusCode::UNAUTHORIZED {
+            if cached.is_some() {
+                self.forget_token(&key);
+            }
+            // A challenge is only met when the registry itself made it: after a redirect to
+            // another host (storage, a mirror) it would send our credentials, or ask a token
+            // service with them, on that host's word.
+            let own = same_origin(response.url(), url);
+            let challenge = own.then(|| challenge_of(&response)).flatten();
+            // The 401's body is never read: nothing in it is needed.
+            drop(response);
+            challenge
+        } else if matches!(status, StatusCode::NOT_FOUND | StatusCode::FORBIDDEN)
+            && matches!(first, Credential::Nothing)
+            && matches!(auth, RegistryAuth::Basic(..))
+        {
+            match self.ask_challenge(registry).await {
+                Some(challenge) => {
+                    drop(response);
+                    Some(challenge)
+                }
+                None => return Ok(response),
+            }
+        } else {
+            return Ok(response);
+        };
         match (challenge, auth, &first) {
             (Some(Challenge::Bearer { realm, service }), ..) => {
                 let token = self
@@ -415,6 +468,21 @@ impl BoundedReader {
             }
             _ => Err(unauthorized(url)),
         }
+    }
+
+    /// The challenge of the registry's API root (`GET /v2/` with no credentials, as Docker's
+    /// and containerd's clients ask it), when it answers 401 with one we can meet; `None` for
+    /// any other answer or a transport error (the caller then keeps the answer it has).
+    async fn ask_challenge(&self, registry: &str) -> Option<Challenge> {
+        let url = format!("{}://{registry}/v2/", self.scheme_for(registry));
+        let response = self
+            .send(Method::GET, &url, "", &Credential::Nothing)
+            .await
+            .ok()?;
+        if response.status() != StatusCode::UNAUTHORIZED || !same_origin(response.url(), &url) {
+            return None;
+        }
+        challenge_of(&response)
     }
 
     async fn send(
@@ -468,7 +536,18 @@ impl BoundedReader {
             ))
             .into());
         }
-        let body = read_capped(response, SMALL_BODY_LIMIT, "token").await?;
+        // An oversized answer is the token service failing, not a registry object too large.
+        let body = read_capped(response, SMALL_BODY_LIMIT, "token")
+            .await
+            .map_err(|error| match error {
+                BoundedError::TooLarge { limit, .. } => {
+                    OciDistributionError::AuthenticationFailure(format!(
+                        "the registry's token service answered more than {limit} bytes"
+                    ))
+                    .into()
+                }
+                other => other,
+            })?;
         parse_token_answer(&body, Instant::now())
     }
 
@@ -482,14 +561,25 @@ impl BoundedReader {
 
     fn remember_token(&self, key: TokenKey, token: CachedToken) {
         let now = Instant::now();
-        if token.until <= now {
+        if token.until <= now || token.token.len() > MAX_CACHED_TOKEN_BYTES {
             return;
         }
         let mut tokens = lock(&self.tokens);
-        if tokens.len() >= MAX_CACHED_TOKENS {
-            tokens.retain(|_, cached| cached.until > now);
-            if tokens.len() >= MAX_CACHED_TOKENS {
-                tokens.clear();
+        tokens.remove(&key);
+        tokens.retain(|_, cached| cached.until > now);
+        while tokens
+            .keys()
+            .filter(|cached| cached.registry == key.registry)
+            .count()
+            >= MAX_TOKENS_PER_REGISTRY
+        {
+            evict_soonest(&mut tokens, |cached| cached.registry == key.registry);
+        }
+        while tokens.len() >= MAX_CACHED_TOKENS
+            || token_bytes(&tokens) + token.token.len() > MAX_TOKEN_CACHE_BYTES
+        {
+            if !evict_soonest(&mut tokens, |_| true) {
+                break;
             }
         }
         tokens.insert(key, token);
@@ -512,8 +602,29 @@ impl BoundedReader {
     }
 }
 
-/// A poisoned lock only means another task panicked mid-update of a cache; the cache is still
-/// usable (at worst a token is fetched again), so the poison is ignored rather than spread.
+/// Removes the cached token closest to expiry among the keys `which` picks; false when none.
+fn evict_soonest(
+    tokens: &mut HashMap<TokenKey, CachedToken>,
+    which: impl Fn(&TokenKey) -> bool,
+) -> bool {
+    let soonest = tokens
+        .iter()
+        .filter(|(key, _)| which(key))
+        .min_by_key(|(_, cached)| cached.until)
+        .map(|(key, _)| key.clone());
+    soonest.is_some_and(|key| tokens.remove(&key).is_some())
+}
+
+fn token_bytes(tokens: &HashMap<TokenKey, CachedToken>) -> usize {
+    tokens.values().map(|cached| cached.token.len()).sum()
+}
+
+/// Whether `answered` (where a response came from, after redirects) has the scheme, host and
+/// port of `asked`.
+fn same_origin(answered: &Url, asked: &str) -> bool {
+    Url::parse(asked).is_ok_and(|asked| asked.origin() == answered.origin())
+}
+
 /// oci-client's `?ns=` query of a mirrored reference, or nothing.
 fn namespace_query(reference: &Reference) -> String {
     reference
@@ -522,6 +633,8 @@ fn namespace_query(reference: &Reference) -> String {
         .unwrap_or_default()
 }
 
+/// A poisoned lock only means another task panicked mid-update of a cache; the cache is still
+/// usable (at worst a token is fetched again), so the poison is ignored rather than spread.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -1349,10 +1462,15 @@ mod tests {
         .await
         .expect("the read stops by itself")
         .expect_err("an endless token");
-        assert!(
-            matches!(error, BoundedError::TooLarge { what: "token", limit } if limit == SMALL_BODY_LIMIT),
-            "{error:?}"
-        );
+        // A token service failing, not an object too large: callers report it as the
+        // credentials' problem.
+        match oci(error) {
+            OciDistributionError::AuthenticationFailure(why) => assert!(
+                why.contains(&format!("more than {SMALL_BODY_LIMIT} bytes")),
+                "{why}"
+            ),
+            other => panic!("expected AuthenticationFailure, got {other:?}"),
+        }
         let sent = server.endless_sent(1).await;
         assert!(sent < SMALL_BODY_LIMIT + SLACK, "took {sent} bytes");
     }
@@ -1690,6 +1808,9 @@ mod tests {
                     Answer::with_body(200, Body::EndlessChunked)
                 }
                 ("HEAD", "/v2/team/huge/manifests/v1") => Answer::new(200, b""),
+                // A registry that does not serve HEAD: the GET still gives the digest.
+                ("HEAD", "/v2/team/nohead/manifests/v1") => Answer::new(405, b""),
+                ("GET", "/v2/team/nohead/manifests/v1") => Answer::new(200, MANIFEST),
                 _ => Answer::new(404, b""),
             }
         })
@@ -1729,6 +1850,16 @@ mod tests {
             .map(|s| s.method)
             .collect();
         assert_eq!(methods, ["HEAD", "GET"]);
+        let found = reader
+            .digest(
+                &server.reference("team/nohead:v1"),
+                &anonymous,
+                &accept,
+                64 * KIB,
+            )
+            .await
+            .expect("digest when HEAD is refused");
+        assert_eq!(found, sha256(MANIFEST));
         let error = reader
             .digest(
                 &server.reference("team/huge:v1"),
@@ -1784,5 +1915,205 @@ mod tests {
             matches!(oci(error), OciDistributionError::DigestError(_)),
             "wrong error"
         );
+    }
+
+    /// A registry that answers anonymous callers 404 (or 403) for private repositories and
+    /// shows its challenge only at `/v2/`, as many hosted registries do.
+    async fn hiding_registry(challenge: fn(&str) -> String) -> Server {
+        serve(move |addr| {
+            let challenge = challenge(&addr);
+            move |seen: &Seen| match (seen.path.as_str(), seen.authorization.as_deref()) {
+                ("/v2/", _) => Answer::new(401, b"").header("WWW-Authenticate", &challenge),
+                ("/token", Some(BASIC)) => Answer::new(
+                    200,
+                    format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).as_bytes(),
+                ),
+                (path, Some(auth))
+                    if path.starts_with("/v2/team/")
+                        && !path.ends_with("/missing")
+                        && (auth == BASIC || auth == format!("Bearer {TOKEN}")) =>
+                {
+                    Answer::new(200, MANIFEST)
+                }
+                (path, _) if path.starts_with("/v2/team/forbidden/") => Answer::new(403, b""),
+                _ => Answer::new(404, b""),
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn private_repository_hidden_behind_404_or_403_is_read_with_the_credentials() {
+        let bearer = |addr: &str| format!(r#"Bearer realm="http://{addr}/token",service="reg""#);
+        let basic_challenge = |_: &str| r#"Basic realm="reg""#.to_string();
+        for (kind, challenge) in [
+            ("bearer", bearer as fn(&str) -> String),
+            ("basic", basic_challenge),
+        ] {
+            let server = hiding_registry(challenge).await;
+            let reader = server.reader();
+            for repository in ["team/app", "team/forbidden"] {
+                let (body, _) =
+                    json_manifest(&reader, &server, &format!("{repository}:v1"), &basic())
+                        .await
+                        .unwrap_or_else(|e| panic!("{kind} {repository}: {e}"));
+                assert_eq!(body, MANIFEST);
+            }
+            // The challenge was asked for once; later reads carry the credentials up front.
+            json_manifest(&reader, &server, "team/app:v2", &basic())
+                .await
+                .expect("again");
+            assert_eq!(
+                server.seen("/v2/").len(),
+                1 + usize::from(kind == "bearer"),
+                "{kind}"
+            );
+            assert!(
+                server.seen("/v2/team/app/manifests/v2")[0]
+                    .authorization
+                    .is_some(),
+                "{kind}: the second read did not send the credentials first"
+            );
+
+            // Really missing: the 404 stands once the credentials were offered.
+            let error = json_manifest(&reader, &server, "team/app:missing", &basic())
+                .await
+                .expect_err("missing");
+            assert!(
+                matches!(
+                    oci(error),
+                    OciDistributionError::ServerError { code: 404, .. }
+                ),
+                "{kind}"
+            );
+            // Anonymous callers get the registry's answer; /v2/ is not asked for them.
+            let probes = server.seen("/v2/").len();
+            let error = json_manifest(&reader, &server, "team/app:v1", &RegistryAuth::Anonymous)
+                .await
+                .expect_err("anonymous");
+            assert!(
+                matches!(
+                    oci(error),
+                    OciDistributionError::ServerError { code: 404, .. }
+                ),
+                "{kind}"
+            );
+            assert_eq!(server.seen("/v2/").len(), probes, "{kind}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_challenge_from_a_redirect_target_is_not_met() {
+        // `elsewhere` asks for credentials (Basic, and a token service of its own); the
+        // registry redirects its manifest there. Our credentials must not follow.
+        let elsewhere = serve(|addr| {
+            let bearer = format!(r#"Bearer realm="http://{addr}/token",service="x""#);
+            move |seen: &Seen| {
+                let challenge = if seen.path.contains("bearer") {
+                    bearer.as_str()
+                } else {
+                    r#"Basic realm="x""#
+                };
+                Answer::new(401, b"").header("WWW-Authenticate", challenge)
+            }
+        })
+        .await;
+        let target = elsewhere.addr.clone();
+        let registry = serve(move |_| {
+            move |seen: &Seen| {
+                Answer::new(302, b"").header("Location", &format!("http://{target}{}", seen.path))
+            }
+        })
+        .await;
+        let reader = registry.reader();
+        for tag in ["basic", "bearer"] {
+            let error = json_manifest(&reader, &registry, &format!("team/app:{tag}"), &basic())
+                .await
+                .expect_err("a foreign challenge");
+            assert!(
+                matches!(oci(error), OciDistributionError::UnauthorizedError { .. }),
+                "{tag}"
+            );
+        }
+        let seen = elsewhere.seen.lock().expect("seen").clone();
+        assert!(!seen.is_empty(), "the redirect was not followed");
+        assert!(
+            seen.iter()
+                .all(|s| s.authorization.is_none() && s.path != "/token"),
+            "credentials went to the redirect target: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn token_cache_is_bounded_per_registry_in_count_and_in_bytes() {
+        let reader = BoundedReader::new(Vec::new()).expect("reader");
+        let now = Instant::now();
+        let token = |text: String, seconds: u64| CachedToken {
+            token: text,
+            until: now + Duration::from_secs(seconds),
+        };
+        let key = |registry: &str, repository: String| {
+            TokenKey::new(registry, &repository, &RegistryAuth::Anonymous)
+        };
+        // Another tenant's registry holds a token that expires soonest of all.
+        reader.remember_token(key("good.example", "app".into()), token("good".into(), 100));
+        // A registry with many repositories only pushes out its own tokens.
+        for n in 0..500 {
+            reader.remember_token(
+                key("hostile.example", format!("r{n}")),
+                token(format!("t{n}"), 1000 + n),
+            );
+        }
+        let tokens = lock(&reader.tokens);
+        assert_eq!(
+            tokens
+                .keys()
+                .filter(|k| k.registry == "hostile.example")
+                .count(),
+            MAX_TOKENS_PER_REGISTRY
+        );
+        // The ones kept are those that live longest.
+        assert!(tokens.contains_key(&key("hostile.example", "r499".into())));
+        assert!(!tokens.contains_key(&key("hostile.example", "r0".into())));
+        drop(tokens);
+        assert_eq!(
+            reader
+                .cached_token(&key("good.example", "app".into()))
+                .as_deref(),
+            Some("good")
+        );
+
+        // A huge token is used but never kept.
+        reader.remember_token(
+            key("big.example", "a".into()),
+            token("x".repeat(MAX_CACHED_TOKEN_BYTES + 1), 1000),
+        );
+        assert_eq!(reader.cached_token(&key("big.example", "a".into())), None);
+
+        // Many registries with large tokens: the bytes stay bounded.
+        let large = MAX_CACHED_TOKEN_BYTES;
+        for n in 0..400 {
+            reader.remember_token(
+                key(&format!("r{n}.example"), "a".into()),
+                token("y".repeat(large), 2000),
+            );
+        }
+        let tokens = lock(&reader.tokens);
+        assert!(token_bytes(&tokens) <= MAX_TOKEN_CACHE_BYTES);
+        assert!(tokens.len() <= MAX_CACHED_TOKENS);
+        assert!(
+            tokens.contains_key(&key("r399.example", "a".into())),
+            "the newest was not kept"
+        );
+    }
+
+    #[test]
+    fn token_keys_of_different_credentials_differ() {
+        let key = |auth: RegistryAuth| TokenKey::new("r", "a", &auth);
+        let split_one = key(RegistryAuth::Basic("a\0b".into(), "c".into()));
+        let split_two = key(RegistryAuth::Basic("a".into(), "b\0c".into()));
+        assert!(split_one != split_two);
+        assert!(key(RegistryAuth::Bearer("one".into())) != key(RegistryAuth::Bearer("two".into())));
+        assert!(key(RegistryAuth::Anonymous) != key(RegistryAuth::Bearer(String::new())));
     }
 }
