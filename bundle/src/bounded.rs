@@ -1818,15 +1818,12 @@ mod tests {
         let reader = server.reader();
         let accept = ["application/vnd.oci.image.index.v1+json"];
         let anonymous = RegistryAuth::Anonymous;
-        let found = reader
-            .digest(
-                &server.reference("team/app:v1"),
-                &anonymous,
-                &accept,
-                64 * KIB,
-            )
-            .await
-            .expect("digest from HEAD");
+        let digest_of = |tail: &'static str| {
+            let (reader, reference) = (&reader, server.reference(tail));
+            let (anonymous, accept) = (&anonymous, &accept);
+            async move { reader.digest(&reference, anonymous, accept, 64 * KIB).await }
+        };
+        let found = digest_of("team/app:v1").await.expect("digest from HEAD");
         assert_eq!(found, named);
         assert_eq!(
             server.seen("/v2/team/app/manifests/v1")[0]
@@ -1834,13 +1831,7 @@ mod tests {
                 .as_deref(),
             Some(accept[0])
         );
-        let found = reader
-            .digest(
-                &server.reference("team/plain:v1"),
-                &anonymous,
-                &accept,
-                64 * KIB,
-            )
+        let found = digest_of("team/plain:v1")
             .await
             .expect("digest from the body");
         assert_eq!(found, sha256(MANIFEST));
@@ -1850,25 +1841,11 @@ mod tests {
             .map(|s| s.method)
             .collect();
         assert_eq!(methods, ["HEAD", "GET"]);
-        let found = reader
-            .digest(
-                &server.reference("team/nohead:v1"),
-                &anonymous,
-                &accept,
-                64 * KIB,
-            )
+        let found = digest_of("team/nohead:v1")
             .await
             .expect("digest when HEAD is refused");
         assert_eq!(found, sha256(MANIFEST));
-        let error = reader
-            .digest(
-                &server.reference("team/huge:v1"),
-                &anonymous,
-                &accept,
-                64 * KIB,
-            )
-            .await
-            .expect_err("endless");
+        let error = digest_of("team/huge:v1").await.expect_err("endless");
         assert!(matches!(
             error,
             BoundedError::TooLarge {
@@ -1876,15 +1853,7 @@ mod tests {
                 ..
             }
         ));
-        let error = reader
-            .digest(
-                &server.reference("team/gone:v1"),
-                &anonymous,
-                &accept,
-                64 * KIB,
-            )
-            .await
-            .expect_err("404");
+        let error = digest_of("team/gone:v1").await.expect_err("404");
         assert!(
             matches!(
                 oci(error),
