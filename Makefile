@@ -92,5 +92,7 @@ client-deps: tools ## gRPC clients written elsewhere, for the e2e: grpcurl (Go, 
 e2e: cluster-up e2e-images client-deps ## end-to-end tests against the cluster
 	@# Airlock is installed once for the run (the tests skip their own install when told so);
 	@# a short progress deadline so the rollback test does not wait two minutes.
+	@# The OpenTelemetry backend the tracing e2e reads spans back from (Jaeger, memory storage).
+	$(CLUSTER)/collector.sh
 	e2e/helm-install.sh --set progressDeadlineSeconds=20
 	AIRLOCK_E2E_INSTALLED=1 cargo test --locked -p airlock-e2e -- --test-threads=4

@@ -191,7 +191,14 @@ build_kwok() {
   mv "$out/stages.yaml.tmp" "$out/stages.yaml"
 }
 
-ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus flux kwok)
+# Jaeger's all-in-one: an OpenTelemetry backend that accepts OTLP (gRPC on 4317) and answers trace
+# queries over HTTP (16686); the e2e checks that one invocation arrives as one trace with the
+# router's, the shim's and the plugin's spans. Memory storage only, run on the host by the test.
+build_jaeger() {
+  go_install jaeger "$JAEGER_VERSION" github.com/jaegertracing/jaeger github.com/jaegertracing/jaeger/cmd/all-in-one CGO_ENABLED=0
+}
+
+ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus flux kwok jaeger)
 [ $# -gt 0 ] || set -- "${ALL[@]}"
 for c in "$@"; do
   "build_${c//-/_}"

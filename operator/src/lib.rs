@@ -79,7 +79,7 @@ async fn router_host_api(client: &kube::Client, namespace: &str, name: &str) -> 
 
 /// Starts the operator and runs it until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let _logs = airlock_runtime::telemetry::init_tracing(config.log_json);
+    let _logs = airlock_runtime::telemetry::init_tracing(config.log_json, "airlock-operator");
     let mut build = config
         .build_config()
         .map_err(airlock_runtime::StartError::Config)?;

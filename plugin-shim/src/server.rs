@@ -15,7 +15,7 @@ use airlock_proto::plugin::v1::plugin_server::{Plugin, PluginServer};
 use airlock_proto::plugin::v1::{
     HandshakeRequest, HandshakeResponse, InvokeRequest, InvokeResponse,
 };
-use airlock_proto::trace::{TRACEPARENT, TraceContext};
+use airlock_proto::trace::{TRACEPARENT, TraceContext, relay};
 use tokio::net::TcpListener;
 use tonic::{Code, Request, Response, Status};
 use tonic_health::ServingStatus;
@@ -163,8 +163,10 @@ impl Plugin for PluginService {
         let supervisor = Arc::clone(&self.supervisor);
         let (task_hook, task_id) = (hook.clone(), invocation_id.clone());
         // The plugin's own span, a child of the shim's.
-        let plugin_span = span.child().traceparent();
+        let plugin_ctx = span.child();
+        let plugin_span = plugin_ctx.traceparent();
         let started = std::time::Instant::now();
+        let started_at = std::time::SystemTime::now();
         let result = tokio::spawn(async move {
             supervisor
                 .invoke(
@@ -191,18 +193,45 @@ impl Plugin for PluginService {
             "span shim.invoke"
         );
 
+        // The router exports the shim's span and the plugin's (this pod has no egress): their
+        // ids and times go back in the answer's metadata.
+        let ended_at = std::time::SystemTime::now();
+        let shim_measured = relay::Measured {
+            span_id: span.span_id,
+            start: started_at,
+            end: ended_at,
+        };
+        let spans = |plugin_time: Option<Duration>| {
+            let plugin = plugin_time.map(|d| relay::Measured {
+                span_id: plugin_ctx.span_id,
+                // The answer was read just before `ended_at`; the plugin took `d` to write it.
+                start: ended_at
+                    .checked_sub(d)
+                    .unwrap_or(started_at)
+                    .max(started_at),
+                end: ended_at,
+            });
+            tonic::metadata::MetadataValue::try_from(relay::encode(shim_measured, plugin)).ok()
+        };
         match result {
             Ok(answer) => {
                 debug!(%hook, %invocation_id, duration_ms = answer.duration.as_millis() as u64, "invoked");
-                Ok(Response::new(InvokeResponse {
+                let mut response = Response::new(InvokeResponse {
                     output_json: answer.output,
                     duration_ms: u32::try_from(answer.duration.as_millis()).unwrap_or(u32::MAX),
                     invocation_id,
-                }))
+                });
+                if let Some(v) = spans(Some(answer.duration)) {
+                    response.metadata_mut().insert(relay::METADATA_KEY, v);
+                }
+                Ok(response)
             }
             Err(e) => {
-                let status = status_of(&e);
+                let mut status = status_of(&e);
                 warn!(%hook, %invocation_id, code = ?status.code(), error = %e, "invocation failed");
+                if let Some(v) = spans(None) {
+                    status.metadata_mut().insert(relay::METADATA_KEY, v);
+                }
                 Err(status)
             }
         }

@@ -11,6 +11,7 @@ use common::{Shim, assert_deadline_exceeded, assert_status, eventually, tgz, wai
 use airlock_plugin_shim::cli::{self, RunArgs};
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::plugin::v1::{HandshakeRequest, InvokeRequest};
+use airlock_proto::trace::{TraceContext, relay};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -656,8 +657,17 @@ async fn the_trace_context_reaches_the_plugin() {
     });
     req.metadata_mut()
         .insert("traceparent", caller.parse().unwrap());
-    let out: Value =
-        serde_json::from_str(&client.invoke(req).await.unwrap().into_inner().output_json).unwrap();
+    let before = std::time::SystemTime::now();
+    let answer = client.invoke(req).await.unwrap();
+    let after = std::time::SystemTime::now();
+    // The shim's span and the plugin's go back to the router in the answer's metadata.
+    let relayed = answer
+        .metadata()
+        .get(relay::METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(relay::decode)
+        .expect("the answer relays the shim's spans");
+    let out: Value = serde_json::from_str(&answer.into_inner().output_json).unwrap();
     let seen = out["traceparent"]
         .as_str()
         .expect("the plugin got a traceparent");
@@ -669,6 +679,19 @@ async fn the_trace_context_reaches_the_plugin() {
         !seen.contains("00f067aa0ba902b7"),
         "a span of its own: {seen}"
     );
+    let (shim_span, plugin_span) = relayed;
+    let plugin_span = plugin_span.expect("the plugin answered: its span is relayed");
+    let seen_ctx = TraceContext::parse(seen).unwrap();
+    assert_eq!(
+        plugin_span.span_id, seen_ctx.span_id,
+        "the span the plugin was told"
+    );
+    assert_ne!(shim_span.span_id, plugin_span.span_id);
+    let micros =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+    assert!(micros(before) <= micros(shim_span.start) + 1);
+    assert!(shim_span.start <= plugin_span.start && plugin_span.end <= shim_span.end);
+    assert!(shim_span.end <= after);
     let out = transform(&mut client, json!({}), 5000).await.unwrap();
     let started = out["traceparent"].as_str().expect("a new trace");
     assert_eq!(started.len(), 55, "{started}");

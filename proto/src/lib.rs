@@ -151,6 +151,141 @@ pub mod trace {
         }
     }
 
+    /// The shim's spans, carried to the router in the metadata of its answer (success or
+    /// error). The shim cannot export traces (its pod has no egress: a collector a plugin pod
+    /// can reach is one the plugin's code can reach), so it tells the router which ids it gave
+    /// its span and the plugin process's span and when they ran; the router exports them
+    /// (`airlock_telemetry::relay`).
+    pub mod relay {
+        use std::time::{Duration, SystemTime};
+
+        use super::TraceContext;
+
+        /// The metadata key.
+        pub const METADATA_KEY: &str = "airlock-spans";
+
+        /// The longest value the router reads (two spans need 2 × (16 + 2 × 20 + 2) + 1 bytes).
+        pub const MAX_LEN: usize = 128;
+
+        /// A span the shim measured: its id and its times.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct Measured {
+            pub span_id: [u8; 8],
+            pub start: SystemTime,
+            pub end: SystemTime,
+        }
+
+        fn micros(t: SystemTime) -> u128 {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros())
+        }
+
+        fn hex8(b: &[u8; 8]) -> String {
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        }
+
+        /// The metadata value for the shim's span and, when the plugin process answered, its span.
+        pub fn encode(shim: Measured, plugin: Option<Measured>) -> String {
+            let one =
+                |m: Measured| format!("{}-{}-{}", hex8(&m.span_id), micros(m.start), micros(m.end));
+            match plugin {
+                Some(p) => format!("{};{}", one(shim), one(p)),
+                None => one(shim),
+            }
+        }
+
+        fn parse_one(s: &str) -> Option<Measured> {
+            let mut it = s.split('-');
+            let (id, start, end) = (it.next()?, it.next()?, it.next()?);
+            if it.next().is_some() {
+                return None;
+            }
+            // The same rules as a traceparent's span id: lowercase hex, not all zero.
+            let span_id = TraceContext::parse(&format!("00-{}-{id}-01", "1".repeat(32)))?.span_id;
+            let at = |v: &str| -> Option<SystemTime> {
+                let us: u64 = v.parse().ok()?;
+                SystemTime::UNIX_EPOCH.checked_add(Duration::from_micros(us))
+            };
+            Some(Measured {
+                span_id,
+                start: at(start)?,
+                end: at(end)?,
+            })
+        }
+
+        /// Reads a value written by [`encode`]; `None` when it is malformed, too long, or names more
+        /// than two spans.
+        pub fn decode(value: &str) -> Option<(Measured, Option<Measured>)> {
+            if value.len() > MAX_LEN {
+                return None;
+            }
+            let mut parts = value.split(';');
+            let shim = parse_one(parts.next()?)?;
+            let plugin = parts.next().map(parse_one);
+            if parts.next().is_some() {
+                return None;
+            }
+            match plugin {
+                None => Some((shim, None)),
+                Some(Some(p)) => Some((shim, Some(p))),
+                Some(None) => None,
+            }
+        }
+
+        #[cfg(test)]
+        mod tests {
+            use super::*;
+
+            fn at(us: u64) -> SystemTime {
+                SystemTime::UNIX_EPOCH + Duration::from_micros(us)
+            }
+
+            #[test]
+            fn the_shims_spans_round_trip_through_the_metadata() {
+                let shim = Measured {
+                    span_id: [0xab; 8],
+                    start: at(1_000),
+                    end: at(5_000),
+                };
+                let plugin = Measured {
+                    span_id: [0x0c; 8],
+                    start: at(2_000),
+                    end: at(4_000),
+                };
+                let v = encode(shim, Some(plugin));
+                assert_eq!(v, "abababababababab-1000-5000;0c0c0c0c0c0c0c0c-2000-4000");
+                assert!(v.len() <= MAX_LEN);
+                assert_eq!(decode(&v), Some((shim, Some(plugin))));
+                assert_eq!(decode(&encode(shim, None)), Some((shim, None)));
+                // The longest honest value (times of the year 2500 and beyond) still fits.
+                let far = Measured {
+                    span_id: [0xff; 8],
+                    start: at(u64::MAX / 2),
+                    end: at(u64::MAX / 2),
+                };
+                assert!(encode(far, Some(far)).len() <= MAX_LEN);
+            }
+
+            #[test]
+            fn a_hostile_value_is_ignored() {
+                for bad in [
+                    "",
+                    "zz",
+                    "abababababababab-1-2;",
+                    "abababababababab-1-2;0c0c0c0c0c0c0c0c-1-2;0d0d0d0d0d0d0d0d-1-2",
+                    "0000000000000000-1-2",
+                    "ABABABABABABABAB-1-2",
+                    "abababababababab--1-2",
+                    "abababababababab-1-2-3",
+                    "abababababababab-99999999999999999999999-2",
+                    &format!("abababababababab-1-{}", "9".repeat(200)),
+                ] {
+                    assert_eq!(decode(bad), None, "{bad:?}");
+                }
+            }
+        }
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;

@@ -219,7 +219,10 @@ fn init_logs() -> (String, Option<airlock_runtime::telemetry::LogGuard>) {
                 .init();
             None
         }
-        _ => Some(airlock_runtime::telemetry::init_tracing(true)),
+        _ => Some(airlock_runtime::telemetry::init_tracing(
+            true,
+            "airlock-router-bench",
+        )),
     };
     (mode, guard)
 }

@@ -24,6 +24,7 @@ use crate::breaker::Outcome;
 use crate::dispatch::{Answer, CallFailure, CallRequest, Caller};
 use crate::table::Route;
 use airlock_core::PluginKey;
+use airlock_proto::trace::relay;
 
 tokio::task_local! {
     /// The span of the host application's call being served (see `airlock_proto::trace`): each
@@ -33,15 +34,17 @@ tokio::task_local! {
 }
 
 /// The router's span for a host application's call (a child of the caller's `traceparent`, or
-/// a new trace).
-pub(crate) fn serving_span<T>(request: &Request<T>) -> TraceContext {
-    TraceContext::continue_from(
+/// a new trace) and the caller's span it continues, sampled as `OTEL_TRACES_SAMPLER` says when
+/// traces are exported.
+pub(crate) fn serving_span<T>(request: &Request<T>) -> (TraceContext, Option<TraceContext>) {
+    let (mut span, parent) = TraceContext::continue_from(
         request
             .metadata()
             .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok()),
-    )
-    .0
+    );
+    airlock_telemetry::sample(&mut span, parent.as_ref());
+    (span, parent)
 }
 
 /// The router's mTLS client identity: its certificate and key, and the CA plugin certificates
@@ -355,8 +358,19 @@ impl Caller for Arc<GrpcCaller> {
         let this = Arc::clone(self);
         async move {
             let parent = TRACE.try_with(|t| *t).ok();
-            let span = parent.map_or_else(TraceContext::root, |p| p.child());
+            let span = parent.map_or_else(
+                || {
+                    let mut root = TraceContext::root();
+                    airlock_telemetry::sample(&mut root, None);
+                    root
+                },
+                |p| p.child(),
+            );
             let started = std::time::Instant::now();
+            let started_at = std::time::SystemTime::now();
+            // The shim's spans of the attempt that was answered (read only when exporting).
+            let mut relayed = None;
+            let mut pod = None;
             let until = tokio::time::Instant::now() + request.deadline;
             // Pods this call could not connect to: a pod that went away before the router
             // heard of it costs the call a retry on another ready pod, not a failure.
@@ -374,8 +388,16 @@ impl Caller for Arc<GrpcCaller> {
                     outlier,
                     others_untried,
                 } = picked;
-                let result =
-                    GrpcCaller::call_shim(channel, &request, &span, until, !others_untried).await;
+                let result = GrpcCaller::call_shim(
+                    channel,
+                    &request,
+                    &span,
+                    until,
+                    !others_untried,
+                    &mut relayed,
+                )
+                .await;
+                pod = Some(endpoint.clone());
                 let unreachable =
                     matches!(&result, Err(a) if a.failure.outcome == Outcome::Unreachable);
                 outlier
@@ -406,6 +428,18 @@ impl Caller for Arc<GrpcCaller> {
                 result = match &result { Ok(_) => "ok", Err(f) => crate::dispatch::code_label(f.code) },
                 "span router.call"
             );
+            if airlock_telemetry::enabled() {
+                export_call(
+                    &span,
+                    parent.as_ref(),
+                    started_at,
+                    &route,
+                    &request,
+                    pod,
+                    &result,
+                    relayed,
+                );
+            }
             result
         }
     }
@@ -428,7 +462,17 @@ impl GrpcCaller {
         span: &TraceContext,
         until: tokio::time::Instant,
         retry_connect: bool,
+        relayed: &mut Option<(relay::Measured, Option<relay::Measured>)>,
     ) -> Result<Answer, Attempt> {
+        let read_relayed = |m: &tonic::metadata::MetadataMap| {
+            if airlock_telemetry::enabled() {
+                m.get(relay::METADATA_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(relay::decode)
+            } else {
+                None
+            }
+        };
         let client = PluginClient::new(channel);
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -447,6 +491,7 @@ impl GrpcCaller {
             }
             match client.clone().invoke(req).await {
                 Ok(res) => {
+                    *relayed = read_relayed(res.metadata());
                     let res = res.into_inner();
                     return Ok(Answer {
                         output: res.output_json,
@@ -465,6 +510,7 @@ impl GrpcCaller {
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
                 Err(status) => {
+                    *relayed = read_relayed(status.metadata());
                     return Err(Attempt {
                         never_sent: never_sent(&status),
                         failure: failure_of(&status),
@@ -473,6 +519,60 @@ impl GrpcCaller {
             }
         }
     }
+}
+
+/// Exports the router's span of one call to a plugin and the spans its shim relayed (see
+/// `airlock_telemetry::relay`).
+#[allow(clippy::too_many_arguments)]
+fn export_call(
+    span: &TraceContext,
+    parent: Option<&TraceContext>,
+    started_at: std::time::SystemTime,
+    route: &Route,
+    request: &CallRequest,
+    pod: Option<String>,
+    result: &Result<Answer, CallFailure>,
+    relayed: Option<(relay::Measured, Option<relay::Measured>)>,
+) {
+    use airlock_telemetry::{Attribute, CallSpan, Kind, Origin, export};
+    let mut attributes = vec![
+        Attribute::new("airlock.plugin", route.plugin.to_string()),
+        Attribute::new("airlock.hook", request.hook.as_str()),
+        Attribute::new("airlock.invocation_id", request.invocation_id.clone()),
+    ];
+    if let Some(pod) = pod {
+        attributes.push(Attribute::new("server.address", pod));
+    }
+    let error = result
+        .as_ref()
+        .err()
+        .map(|f| crate::dispatch::code_label(f.code).to_string());
+    let call = airlock_telemetry::relay::RouterCall {
+        context: *span,
+        start: started_at,
+        end: std::time::SystemTime::now(),
+        attributes,
+        error,
+    };
+    if let Some((shim, plugin)) = relayed {
+        for s in airlock_telemetry::relay::spans(&call, shim, plugin) {
+            export(Origin::Shim, s);
+        }
+    }
+    export(
+        Origin::Own,
+        CallSpan {
+            name: "router.call",
+            kind: Kind::Client,
+            context: call.context,
+            parent: parent.map(|p| p.span_id),
+            parent_is_remote: false,
+            start: call.start,
+            end: call.end,
+            attributes: call.attributes,
+            error: call.error,
+        },
+    );
 }
 
 /// Whether the request never reached a plugin, so sending it again cannot run a hook twice:

@@ -31,6 +31,17 @@ impl Rpc {
             Self::ListPlugins => "list_plugins",
         }
     }
+
+    /// The name of the router's span for a call of this method (OpenTelemetry's gRPC
+    /// convention: `package.Service/Method`).
+    pub fn span_name(self) -> &'static str {
+        match self {
+            Self::Invoke => "airlock.router.v1.HookRouter/Invoke",
+            Self::Broadcast => "airlock.router.v1.HookRouter/Broadcast",
+            Self::Transform => "airlock.router.v1.HookRouter/Transform",
+            Self::ListPlugins => "airlock.router.v1.HookRouter/ListPlugins",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

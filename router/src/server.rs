@@ -61,7 +61,7 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 
 /// Runs the router until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), RouterError> {
-    let _logs = airlock_runtime::telemetry::init_tracing(config.log_json);
+    let _logs = airlock_runtime::telemetry::init_tracing(config.log_json, "airlock-router");
     let metrics = Metrics::with_per_plugin(config.metrics_per_plugin)
         .map_err(airlock_runtime::StartError::from)?;
     let client = {

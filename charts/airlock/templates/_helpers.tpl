@@ -137,3 +137,22 @@ affinity: {{- toYaml . | nindent 2 }}
 topologySpreadConstraints: {{- tpl (toYaml .) $ctx | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* The OTEL_* environment of the operator and the router (values: tracing). */}}
+{{- define "airlock.tracingEnv" -}}
+{{- with .Values.tracing }}
+{{- if .otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .otlpEndpoint | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .sampler | quote }}
+{{- with .samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- with .extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+{{- end }}

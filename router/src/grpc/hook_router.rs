@@ -127,11 +127,32 @@ impl<C: Caller> HookRouterService<C> {
             Some(admitted) => admitted.pass(),
             None => Arc::new(self.gate.admit(rpc, request.metadata()).await?),
         };
-        let span = serving_span(&request);
-        TRACE
-            .scope(span, call(&pass, request.into_inner()))
-            .await
-            .map(Response::new)
+        let (span, parent) = serving_span(&request);
+        let started = std::time::SystemTime::now();
+        let answer = TRACE.scope(span, call(&pass, request.into_inner())).await;
+        if airlock_telemetry::enabled() {
+            airlock_telemetry::export(
+                airlock_telemetry::Origin::Own,
+                airlock_telemetry::CallSpan {
+                    name: rpc.span_name(),
+                    kind: airlock_telemetry::Kind::Server,
+                    context: span,
+                    parent: parent.map(|p| p.span_id),
+                    parent_is_remote: true,
+                    start: started,
+                    end: std::time::SystemTime::now(),
+                    attributes: vec![
+                        airlock_telemetry::Attribute::new("rpc.system", "grpc"),
+                        airlock_telemetry::Attribute::new(
+                            "airlock.caller",
+                            format!("{}/{}", pass.caller.namespace, pass.caller.name),
+                        ),
+                    ],
+                    error: answer.as_ref().err().map(|s| format!("{:?}", s.code())),
+                },
+            );
+        }
+        answer.map(Response::new)
     }
 
     /// PERMISSION_DENIED for a broadcast or pipeline of `hook` in `namespace`, for `why`.

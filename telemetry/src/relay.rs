@@ -1,0 +1,105 @@
+//! The shim's spans, exported by the router (the wire format is `airlock_proto::trace::relay`).
+//!
+//! The value comes from a pod that runs untrusted code, so the router believes little of it: the
+//! trace id and the parent are the router's own, the names are fixed, at most two spans are read,
+//! and their times are clamped into the router's own call.
+
+use std::time::SystemTime;
+
+use airlock_proto::trace::TraceContext;
+use airlock_proto::trace::relay::Measured;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+
+use crate::CallSpan;
+
+/// The router's view of one call to a shim: its call span and when it ran.
+#[derive(Debug, Clone)]
+pub struct RouterCall {
+    pub context: TraceContext,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<KeyValue>,
+    pub error: Option<String>,
+}
+
+/// The spans to export for the shim of `call`: the shim's (a child of the router's call span)
+/// and the plugin process's (a child of the shim's), their times inside the router's call.
+pub fn spans(call: &RouterCall, shim: Measured, plugin: Option<Measured>) -> Vec<CallSpan> {
+    let clamp = |t: SystemTime| t.clamp(call.start, call.end.max(call.start));
+    let shim_ctx = TraceContext {
+        span_id: shim.span_id,
+        ..call.context
+    };
+    let mut out = vec![CallSpan {
+        name: "shim.invoke",
+        kind: SpanKind::Server,
+        context: shim_ctx,
+        parent: Some(call.context.span_id),
+        parent_is_remote: true,
+        start: clamp(shim.start),
+        end: clamp(shim.end),
+        attributes: call.attributes.clone(),
+        error: call.error.clone(),
+    }];
+    if let Some(p) = plugin {
+        let (start, end) = (clamp(shim.start), clamp(shim.end));
+        out.push(CallSpan {
+            name: "plugin.invoke",
+            kind: SpanKind::Internal,
+            context: TraceContext {
+                span_id: p.span_id,
+                ..call.context
+            },
+            parent: Some(shim.span_id),
+            parent_is_remote: false,
+            // Inside the shim's span too.
+            start: p.start.clamp(start, end),
+            end: p.end.clamp(start, end),
+            attributes: call.attributes.clone(),
+            error: None,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(us: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_micros(us)
+    }
+
+    #[test]
+    fn relayed_spans_are_children_of_the_routers_call_inside_its_time() {
+        let call = RouterCall {
+            context: TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .unwrap(),
+            start: at(10_000),
+            end: at(20_000),
+            attributes: vec![],
+            error: None,
+        };
+        // A shim whose clock is off (or that lies) cannot stretch the trace.
+        let shim = Measured {
+            span_id: [0xab; 8],
+            start: at(1),
+            end: at(99_000_000),
+        };
+        let plugin = Measured {
+            span_id: [0x0c; 8],
+            start: at(12_000),
+            end: at(15_000),
+        };
+        let spans = spans(&call, shim, Some(plugin));
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].context.trace_id, call.context.trace_id);
+        assert_eq!(spans[0].parent, Some(call.context.span_id));
+        assert_eq!((spans[0].start, spans[0].end), (at(10_000), at(20_000)));
+        assert_eq!(spans[1].parent, Some([0xab; 8]));
+        assert_eq!(spans[1].context.trace_id, call.context.trace_id);
+        assert_eq!((spans[1].start, spans[1].end), (at(12_000), at(15_000)));
+    }
+}
