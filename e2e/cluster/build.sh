@@ -193,12 +193,13 @@ build_kwok() {
 
 # Jaeger's all-in-one: an OpenTelemetry backend that accepts OTLP (gRPC on 4317) and answers trace
 # queries over HTTP (16686); the e2e checks that one invocation arrives as one trace with the
-# router's, the shim's and the plugin's spans. Memory storage only, run on the host by the test.
+# router's, the shim's and the plugin's spans. Memory storage only, run on the host by
+# collector.sh, which builds it (not part of ALL: `make demo` does not need it).
 build_jaeger() {
   go_install jaeger "$JAEGER_VERSION" github.com/jaegertracing/jaeger github.com/jaegertracing/jaeger/cmd/all-in-one CGO_ENABLED=0
 }
 
-ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus flux kwok jaeger)
+ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus flux kwok)
 [ $# -gt 0 ] || set -- "${ALL[@]}"
 for c in "$@"; do
   "build_${c//-/_}"

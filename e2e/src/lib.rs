@@ -23,6 +23,7 @@ pub mod router;
 pub mod sandbox;
 pub mod signing;
 pub mod tenant;
+pub mod traces;
 pub mod wait;
 
 use std::path::Path;
