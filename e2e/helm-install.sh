@@ -16,14 +16,17 @@ read -r chart version < <("$ROOT/e2e/chart-package.sh") || die "packaging the ch
 [[ -n ${version:-} ]] || die "e2e/chart-package.sh printed no chart version"
 # Helm installs the CRDs on the first install; on an upgrade the operator brings them up to its
 # own schema (crds.upgrade), as for any user: no separate step here.
-# Traces go to the e2e's collector (e2e/cluster/collector.sh) when it runs.
-tracing=()
+# Traces and audit events go to the e2e's receivers (e2e/cluster/collector.sh) when they run.
+telemetry=()
 if curl -sf "http://$NODE_IP:16686/api/services" >/dev/null 2>&1; then
-  tracing=(--set "tracing.otlpEndpoint=http://$NODE_IP:4317")
+  telemetry+=(--set "tracing.otlpEndpoint=http://$NODE_IP:4317")
+fi
+if curl -sf "http://$NODE_IP:8099/events" >/dev/null 2>&1; then
+  telemetry+=(--set "audit.sinkUrl=http://$NODE_IP:8099/events")
 fi
 helm upgrade --install airlock "$chart" --version "$version" --plain-http \
   --namespace airlock-system --create-namespace \
   --set "insecureRegistries={${AIRLOCK_E2E_REGISTRY:-$REGISTRY},$PRIVATE_REGISTRY,$NODE_IP:5002}" \
   --set "bundleHttp.insecureHosts={$NODE_IP}" --set "bundleHttp.allowedCidrs={$NODE_IP/32}" \
   --set "clusterCidrs={$POD_CIDR,$SERVICE_CIDR}" \
-  "${tracing[@]}" --wait --timeout 3m "$@" >/dev/null
+  "${telemetry[@]}" --wait --timeout 3m "$@" >/dev/null

@@ -199,6 +199,29 @@ build_jaeger() {
   go_install jaeger "$JAEGER_VERSION" github.com/jaegertracing/jaeger github.com/jaegertracing/jaeger/cmd/all-in-one CGO_ENABLED=0
 }
 
+# The receiver of Airlock's audit sink in the e2e (e2e/event-sink/main.go): the CloudEvents Go SDK
+# decides what a valid event is. Rebuilt when the helper changes (its hash is the cache mark).
+build_event_sink() {
+  local src=$CLUSTER_DIR/../event-sink/main.go out sum
+  out=$(bin_dir event-sink "$CLOUDEVENTS_SDK_VERSION")
+  sum=$(sha256sum "$src" | cut -d' ' -f1)
+  if [ "$(cat "$(done_marker event-sink "$CLOUDEVENTS_SDK_VERSION")" 2>/dev/null)" = "$sum" ]; then
+    log "event-sink $CLOUDEVENTS_SDK_VERSION: cached"
+    return
+  fi
+  local mod=$AIRLOCK_CACHE/src/event-sink-$CLOUDEVENTS_SDK_VERSION
+  mkdir -p "$mod" "$out"
+  cp "$src" "$mod/main.go"
+  (
+    cd "$mod" || exit
+    [ -f go.mod ] || go mod init local/event-sink >/dev/null 2>&1
+    with_progress "event-sink: resolve modules" go get "github.com/cloudevents/sdk-go/v2@$CLOUDEVENTS_SDK_VERSION"
+    go mod tidy >/dev/null 2>&1
+    with_progress "event-sink: build" env CGO_ENABLED=0 go build -p 2 -trimpath -ldflags "-s -w" -o "$out/event-sink" .
+  )
+  echo "$sum" > "$(done_marker event-sink "$CLOUDEVENTS_SDK_VERSION")"
+}
+
 ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus flux kwok)
 [ $# -gt 0 ] || set -- "${ALL[@]}"
 for c in "$@"; do

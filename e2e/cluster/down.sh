@@ -47,7 +47,7 @@ for cg in /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods; do
     find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
   fi
 done
-for d in containerd etcd kube-apiserver registry registry-private jaeger; do stop "$d"; done
+for d in containerd etcd kube-apiserver registry registry-private jaeger event-sink; do stop "$d"; done
 stop kube-apiserver; stop etcd
 
 # NetworkPolicy and Service rules: each tool cleans its own chains and ipsets.

@@ -302,6 +302,22 @@ async fn operator_logs(client: &Client) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// The audit record (`data`) of one audit-stream line: a CloudEvent 1.0 with an id, a type under
+/// `dev.airlock.audit.`, a source, a time and the audit schema, else `None`.
+pub fn audit_record(line: &str) -> Option<serde_json::Value> {
+    let mut event: serde_json::Value = serde_json::from_str(line).ok()?;
+    let valid = event["specversion"] == "1.0"
+        && event["stream"] == "airlock.audit"
+        && event["dataschema"] == "urn:airlock:audit:v1"
+        && event["id"].as_str().is_some_and(|i| !i.is_empty())
+        && event["source"].as_str().is_some_and(|s| !s.is_empty())
+        && event["time"].is_string()
+        && event["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("dev.airlock.audit."));
+    valid.then(|| event["data"].take())
+}
+
 /// The audit records the operator pods wrote (their stdout), oldest first per pod.
 pub async fn audit_records(client: &Client) -> Result<Vec<serde_json::Value>> {
     Ok(operator_logs(client)
@@ -310,7 +326,7 @@ pub async fn audit_records(client: &Client) -> Result<Vec<serde_json::Value>> {
         .flat_map(|(_, text)| {
             text.lines()
                 .filter(|l| l.contains("\"airlock.audit\""))
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(audit_record)
                 .collect::<Vec<_>>()
         })
         .collect())

@@ -418,7 +418,7 @@ pub async fn router_audit(client: &Client) -> Result<Vec<Value>> {
     Ok(router_log_lines(client, "\"airlock.audit\"")
         .await?
         .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|l| crate::plugins::audit_record(l))
         .collect())
 }
 

@@ -116,6 +116,15 @@ pub struct Config {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "AIRLOCK_LOG_JSON")]
     pub log_json: bool,
+    /// Also POST every audit record and plugin event (CloudEvents, JSON) to this http(s) URL;
+    /// stdout keeps them either way. Empty: stdout only.
+    #[arg(
+        long,
+        env = "AIRLOCK_AUDIT_SINK_URL",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub audit_sink_url: String,
     /// Brings Airlock's CRDs up to this build's schema at start (Helm never upgrades a chart's
     /// CRDs); needs get and patch on them (the chart's value crds.upgrade).
     #[arg(long, env = "AIRLOCK_UPGRADE_CRDS")]

@@ -80,6 +80,10 @@ async fn router_host_api(client: &kube::Client, namespace: &str, name: &str) -> 
 /// Starts the operator and runs it until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let _logs = airlock_runtime::telemetry::init_tracing(config.log_json, "airlock-operator");
+    if !config.audit_sink_url.is_empty() {
+        airlock_runtime::audit::sink::start(&config.audit_sink_url)
+            .map_err(|e| airlock_runtime::StartError::Config(e.to_string()))?;
+    }
     let mut build = config
         .build_config()
         .map_err(airlock_runtime::StartError::Config)?;

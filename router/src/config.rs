@@ -118,6 +118,15 @@ pub struct Config {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "AIRLOCK_LOG_JSON")]
     pub log_json: bool,
+    /// Also POST every audit record and plugin event (CloudEvents, JSON) to this http(s) URL;
+    /// stdout keeps them either way. Empty: stdout only.
+    #[arg(
+        long,
+        env = "AIRLOCK_AUDIT_SINK_URL",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub audit_sink_url: String,
     /// Label the hook latency histogram (airlock_hook_duration_seconds) with each Plugin's
     /// `namespace` and name (`plugin`), so the slow plugin shows. Its cost is 15 series (13
     /// buckets with +Inf, _sum, _count) × hooks called (at most 4) × plugins, per router replica:

@@ -62,6 +62,10 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 /// Runs the router until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), RouterError> {
     let _logs = airlock_runtime::telemetry::init_tracing(config.log_json, "airlock-router");
+    if !config.audit_sink_url.is_empty() {
+        airlock_runtime::audit::sink::start(&config.audit_sink_url)
+            .map_err(|e| RouterError::from(StartError::Config(e.to_string())))?;
+    }
     let metrics = Metrics::with_per_plugin(config.metrics_per_plugin)
         .map_err(airlock_runtime::StartError::from)?;
     let client = {

@@ -138,8 +138,12 @@ topologySpreadConstraints: {{- tpl (toYaml .) $ctx | nindent 2 }}
 {{- end }}
 {{- end }}
 
-{{/* The OTEL_* environment of the operator and the router (values: tracing). */}}
+{{/* The telemetry environment of the operator and the router (values: audit, tracing). */}}
 {{- define "airlock.tracingEnv" -}}
+{{- with .Values.audit.sinkUrl }}
+- name: AIRLOCK_AUDIT_SINK_URL
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.tracing }}
 {{- if .otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT

@@ -234,7 +234,11 @@ pub async fn run(ctx: Arc<Context>) {
         watcher::Config::default(),
     )
     .default_backoff()
-    .modify(|p: &mut Plugin| p.managed_fields_mut().clear())
+    .modify(|p: &mut Plugin| {
+        // Who last changed the spec, for audit records, before managedFields leave the cache.
+        crate::audit::keep_spec_writer(p);
+        p.managed_fields_mut().clear();
+    })
     .reflect(plugin_writer)
     .inspect(move |event| {
         if let Ok(watcher::Event::InitDone) = event {

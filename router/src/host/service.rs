@@ -393,20 +393,20 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
         let (plugin, r) = (&call.plugin, &call.request);
         let ev = event::check_event(&r.event_type, &r.payload_json, self.max_event_bytes)
             .map_err(|e| status_of(&e.into()))?;
-        // The plugin's events stream: one JSON line per event on the router's stdout
-        // (next to the audit stream), stamped with who emitted it and when.
+        // The plugin's events stream: one CloudEvent per line on the router's stdout (next to
+        // the audit stream) and to the audit sink, stamped with who emitted it and when.
         // Embedded as sent (no re-encoding of numbers); check_event made sure it is JSON.
         let payload = serde_json::value::RawValue::from_string(ev.payload_json.clone())
             .map_err(|e| Status::invalid_argument(format!("payload_json: {e}")))?;
-        let line = serde_json::json!({
-            "stream": "airlock.events",
-            "time": Timestamp::now().to_string(),
-            "plugin": {"namespace": plugin.namespace, "name": plugin.name, "uid": call.holder.uid},
-            "invocationId": r.invocation_id,
-            "type": ev.event_type,
-            "payload": payload,
-        });
-        println!("{line}");
+        airlock_runtime::audit::publish(airlock_runtime::audit::plugin_event(
+            &plugin.namespace,
+            &plugin.name,
+            &call.holder.uid,
+            &r.invocation_id,
+            &ev.event_type,
+            &payload,
+            &Timestamp::now().to_string(),
+        ));
         Ok(api::EmitResponse {})
     }
 }
