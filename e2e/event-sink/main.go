@@ -23,7 +23,7 @@ func main() {
 	flag.Parse()
 
 	var mu sync.Mutex
-	var events []json.RawMessage
+	events := []json.RawMessage{}
 	ctx := context.Background()
 	p, err := cloudevents.NewHTTP()
 	if err != nil {

@@ -172,12 +172,12 @@ pub fn publish(mut line: String) {
 /// The optional HTTP sink: every event POSTed as `application/cloudevents+json`.
 ///
 /// Stdout stays the record: the sink is a copy for consumers that want events pushed. Events wait
-/// in a bounded queue ([`QUEUE`]); a full queue (the sink slower than Airlock, or down) drops the
+/// in a bounded queue ([`QUEUE`] events, [`QUEUED_BYTES`]); a full queue (the sink slower than Airlock, or down) drops the
 /// newest and counts it, a failed POST is retried with backoff a few times and then dropped and
 /// counted — never a growing backlog in the operator or the router.
 pub mod sink {
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::time::Duration;
 
     use tokio::sync::mpsc;
@@ -185,12 +185,17 @@ pub mod sink {
     /// Events that may wait for the sink.
     pub const QUEUE: usize = 1024;
 
+    /// Bytes of events that may wait for the sink: a plugin's event can be 100 KiB, so the count
+    /// alone would let a plugin emitting while the sink is down hold ≈ 100 MiB of the router.
+    pub const QUEUED_BYTES: usize = 4 * 1024 * 1024;
+
     /// Tries per event (the first and retries).
     pub const ATTEMPTS: u32 = 4;
 
     static SENDER: OnceLock<mpsc::Sender<String>> = OnceLock::new();
     static DROPPED: AtomicU64 = AtomicU64::new(0);
     static DELIVERED: AtomicU64 = AtomicU64::new(0);
+    static QUEUED: AtomicUsize = AtomicUsize::new(0);
 
     /// Why the sink could not be started.
     #[derive(Debug, thiserror::Error)]
@@ -213,9 +218,16 @@ pub mod sink {
     }
 
     pub(super) fn offer(line: String) {
-        if let Some(tx) = SENDER.get()
-            && tx.try_send(line).is_err()
-        {
+        let Some(tx) = SENDER.get() else { return };
+        let len = line.len();
+        let queued = admit(&QUEUED, len) && {
+            let sent = tx.try_send(line).is_ok();
+            if !sent {
+                QUEUED.fetch_sub(len, Ordering::AcqRel);
+            }
+            sent
+        };
+        if !queued {
             let n = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -224,6 +236,15 @@ pub mod sink {
                 );
             }
         }
+    }
+
+    /// Counts `len` more bytes as queued unless that passes [`QUEUED_BYTES`].
+    fn admit(queued: &AtomicUsize, len: usize) -> bool {
+        queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + len <= QUEUED_BYTES).then_some(q + len)
+            })
+            .is_ok()
     }
 
     /// Starts POSTing every event to `url` (inside the Tokio runtime, once). The URL's path and
@@ -247,6 +268,7 @@ pub mod sink {
         tracing::info!(%host, "audit records and plugin events are also POSTed to the audit sink");
         tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
+                QUEUED.fetch_sub(line.len(), Ordering::AcqRel);
                 if deliver(&client, &parsed, line).await {
                     DELIVERED.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -306,6 +328,18 @@ pub mod sink {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn the_queue_is_bounded_in_bytes() {
+            let q = AtomicUsize::new(0);
+            let event = 100 * 1024;
+            let admitted = (0..QUEUE).take_while(|_| admit(&q, event)).count();
+            assert_eq!(admitted, QUEUED_BYTES / event);
+            assert!(!admit(&q, event));
+            // Room again once the sender took one.
+            q.fetch_sub(event, Ordering::AcqRel);
+            assert!(admit(&q, event));
+        }
 
         #[test]
         fn a_bad_url_is_refused_without_echoing_its_secrets() {
