@@ -1,14 +1,16 @@
 //! The audit stream: one JSON record per lifecycle transition of a plugin (who, what, when, why,
 //! digests, trust level), written as a CloudEvent line to the operator's stdout where log
 //! collectors pick it up (and to the audit sink, see `airlock_runtime::audit`). Records are
-//! written before the status that reflects them, so a crash in between repeats a record (with the
-//! same CloudEvent id) rather than losing one.
+//! written before the status that reflects them, so a crash in between repeats a record rather
+//! than losing one.
 //!
 //! `actor` is who performed the transition (the operator); `initiator` is who last changed what
 //! the operator acted on: the newest writer of the Plugin's spec in its `managedFields` (the field
 //! manager the client named, e.g. `kubectl-client-side-apply`, `kustomize-controller`, the
-//! operation and time). A field manager is chosen by the client, not authenticated: the API
-//! server's own audit log says which user it was.
+//! operation and time). A field manager is chosen by the client, not authenticated (a tenant may
+//! call itself anything, even `airlock-operator`), and managedFields are writable: the record
+//! says what the object claims, the API server's own audit log says which user it was. Entries
+//! dated in the future are not believed (they would otherwise win every later record).
 
 use std::sync::Arc;
 
@@ -29,16 +31,20 @@ pub const ACTOR: &str = "airlock-operator";
 /// overwrites or removes whatever a tenant put there.
 pub const CACHED_SPEC_WRITER: &str = "airlock.dev/cached-spec-writer";
 
-/// Field managers of Airlock itself: their writes are not a user's change.
-const OWN_MANAGERS: [&str; 2] = ["airlock-operator", "airlock-router"];
+/// How far ahead of the operator's clock a managedFields time may be (clock skew between the API
+/// server and the operator).
+const FUTURE_SKEW_SECONDS: i64 = 300;
 
-/// The newest writer of the spec among `fields` (not a subresource, not Airlock itself), as the
-/// `initiator` of audit records: `{manager, operation, time}`.
-pub fn spec_writer(fields: &[ManagedFieldsEntry]) -> Option<serde_json::Value> {
+/// The newest writer of the spec among `fields` (not through a subresource, not dated after
+/// `now` + skew), as the `initiator` of audit records: `{manager, operation, time}`. Airlock
+/// never writes a Plugin's spec (only its status and, once, its finalizers), so its own
+/// managers need no exclusion.
+pub fn spec_writer(fields: &[ManagedFieldsEntry], now: Timestamp) -> Option<serde_json::Value> {
+    let latest = now.as_second().saturating_add(FUTURE_SKEW_SECONDS);
     fields
         .iter()
         .filter(|f| f.subresource.as_deref().unwrap_or("").is_empty())
-        .filter(|f| !OWN_MANAGERS.contains(&f.manager.as_deref().unwrap_or("")))
+        .filter(|f| f.time.as_ref().is_some_and(|t| t.0.as_second() <= latest))
         .filter(|f| {
             f.fields_v1
                 .as_ref()
@@ -57,7 +63,7 @@ pub fn spec_writer(fields: &[ManagedFieldsEntry]) -> Option<serde_json::Value> {
 /// Keeps the newest spec writer of a Plugin in [`CACHED_SPEC_WRITER`] before its
 /// `managedFields` are dropped from the cache; a value the object came with is replaced.
 pub fn keep_spec_writer(plugin: &mut Plugin) {
-    let writer = spec_writer(plugin.managed_fields()).map(|w| w.to_string());
+    let writer = spec_writer(plugin.managed_fields(), Timestamp::now()).map(|w| w.to_string());
     let annotations = plugin.annotations_mut();
     match writer {
         Some(w) => {
@@ -72,7 +78,7 @@ pub fn keep_spec_writer(plugin: &mut Plugin) {
 /// The initiator [`keep_spec_writer`] kept, or the one in the object's own `managedFields`.
 fn initiator(plugin: &Plugin) -> serde_json::Value {
     if !plugin.managed_fields().is_empty() {
-        return spec_writer(plugin.managed_fields()).unwrap_or_default();
+        return spec_writer(plugin.managed_fields(), Timestamp::now()).unwrap_or_default();
     }
     plugin
         .annotations()
@@ -159,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn the_initiator_is_the_newest_spec_writer_that_is_not_airlock() {
+    fn the_initiator_is_the_newest_believable_spec_writer() {
         let fields = vec![
             entry("kubectl-client-side-apply", "Update", None, 100, spec()),
             entry("kustomize-controller", "Apply", None, 200, spec()),
@@ -171,7 +177,7 @@ mod tests {
                 300,
                 json!({"f:metadata": {"f:labels": {}}}),
             ),
-            // Newer, but Airlock's own writes and status subresource writes.
+            // Newer, but a status subresource write.
             entry(
                 "airlock-router",
                 "Update",
@@ -179,9 +185,10 @@ mod tests {
                 400,
                 json!({"f:status": {}}),
             ),
-            entry("airlock-operator", "Apply", None, 500, spec()),
+            // A forged entry dated in the future (managedFields are writable) is not believed.
+            entry("platform-admin", "Apply", None, 4_000_000_000, spec()),
         ];
-        let w = spec_writer(&fields).unwrap();
+        let w = spec_writer(&fields, Timestamp::from_second(1_000).unwrap()).unwrap();
         assert_eq!(w["manager"], "kustomize-controller");
         assert_eq!(w["operation"], "Apply");
         assert_eq!(w["time"], "1970-01-01T00:03:20Z");

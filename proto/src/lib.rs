@@ -206,10 +206,13 @@ pub mod trace {
                 let us: u64 = v.parse().ok()?;
                 SystemTime::UNIX_EPOCH.checked_add(Duration::from_micros(us))
             };
-            Some(Measured {
+            let (start, end) = (at(start)?, at(end)?);
+            // A span that ends before it starts is no measurement (and would make a clamp
+            // into it panic).
+            (start <= end).then_some(Measured {
                 span_id,
-                start: at(start)?,
-                end: at(end)?,
+                start,
+                end,
             })
         }
 
@@ -227,8 +230,9 @@ pub mod trace {
             }
             match plugin {
                 None => Some((shim, None)),
-                Some(Some(p)) => Some((shim, Some(p))),
-                Some(None) => None,
+                // Two spans with one id would be one span twice.
+                Some(Some(p)) if p.span_id != shim.span_id => Some((shim, Some(p))),
+                Some(_) => None,
             }
         }
 
@@ -279,6 +283,11 @@ pub mod trace {
                     "abababababababab-1-2-3",
                     "abababababababab-99999999999999999999999-2",
                     &format!("abababababababab-1-{}", "9".repeat(200)),
+                    // Ends before it starts (a clock stepped back, or a lie).
+                    "abababababababab-9000-1000;0c0c0c0c0c0c0c0c-1-2",
+                    "abababababababab-1000-9000;0c0c0c0c0c0c0c0c-2-1",
+                    // The plugin's span with the shim's id.
+                    "abababababababab-1-2;abababababababab-1-2",
                 ] {
                     assert_eq!(decode(bad), None, "{bad:?}");
                 }

@@ -240,9 +240,12 @@ async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
         .map_err(|source| RouterError::from(StartError::Http { addr, source }))?;
     info!(%addr, "serving airlock.host.v1.Host (mutual TLS, plugins only)");
     tonic::transport::Server::builder()
-        .add_service(airlock_proto::host::v1::host_server::HostServer::new(
-            service,
-        ))
+        .add_service(
+            // A host call's largest honest message is a storage value (100 KiB) or an event
+            // (100 KiB) with its key and ids; tonic's default would take 4 MiB from a plugin.
+            airlock_proto::host::v1::host_server::HostServer::new(service)
+                .max_decoding_message_size(crate::host::MAX_HOST_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             acceptor.incoming(listener),
             airlock_runtime::shutdown::signal(),

@@ -5,8 +5,8 @@
 //! The operator writes a record per lifecycle transition of a plugin, the router one per
 //! auto-disable and per refused call; each builds its records (pure) and hands them to [`emit`],
 //! which wraps them: `data` is the record, `type` is `dev.airlock.audit.<event>`, `source` the
-//! Plugin's API path, `id` a digest of the record (a record written twice after a crash has the
-//! same id, so a consumer can drop the repeat), `dataschema` the record's schema version, and the
+//! Plugin's API path, `id` a digest of the event (time included: two records are two events),
+//! `dataschema` the record's schema version, and the
 //! extension `stream` says which stream (`airlock.audit` or `airlock.events`). Events a plugin
 //! emits through the host API are wrapped by [`plugin_event`]: their type is always under
 //! `dev.airlock.plugin.`, so a plugin cannot pass its events off as Airlock's audit records.
@@ -56,7 +56,7 @@ struct CloudEvent<'a, D: serde::Serialize> {
 }
 
 /// The CloudEvent around `data`, as one JSON line (without the newline): its id is the digest of
-/// the event's stream, type, source and data.
+/// the event's stream, type, source, time and data.
 fn envelope<D: serde::Serialize>(
     stream: &'static str,
     kind: String,
@@ -68,7 +68,8 @@ fn envelope<D: serde::Serialize>(
 ) -> String {
     let data_json = serde_json::to_string(&data).unwrap_or_default();
     let mut digest = Sha256::new();
-    for part in [stream, &kind, &source, &data_json] {
+    let time_text = time.to_string();
+    for part in [stream, &kind, &source, &time_text, &data_json] {
         // Length-prefixed: no two different events hash the same parts.
         digest.update((part.len() as u64).to_be_bytes());
         digest.update(part.as_bytes());
@@ -151,13 +152,18 @@ pub fn plugin_event(
 
 /// Writes one audit record, as a CloudEvent, to stdout and offers it to the HTTP sink.
 pub fn emit(record: &Value) {
-    publish(audit_event(record));
+    write(audit_event(record), sink::Share::Audit);
 }
 
-/// Writes one CloudEvent (a JSON line from [`audit_event`] or [`plugin_event`]) to stdout
-/// (locked for the write, so concurrent writers never interleave within a line) and offers it to
-/// the HTTP sink.
-pub fn publish(mut line: String) {
+/// Writes one event a plugin emitted (a JSON line from [`plugin_event`]) to stdout and offers it
+/// to the HTTP sink, within the plugins' share of its queue.
+pub fn publish(line: String) {
+    write(line, sink::Share::PluginEvents);
+}
+
+/// Writes one CloudEvent line to stdout (locked for the write, so concurrent writers never
+/// interleave within a line) and offers it to the HTTP sink.
+fn write(mut line: String, share: sink::Share) {
     line.push('\n');
     {
         let mut out = std::io::stdout().lock();
@@ -166,7 +172,7 @@ pub fn publish(mut line: String) {
         let _ = out.flush();
     }
     line.pop();
-    sink::offer(line);
+    sink::offer(line, share);
 }
 
 /// The optional HTTP sink: every event POSTed as `application/cloudevents+json`.
@@ -217,10 +223,34 @@ pub mod sink {
         )
     }
 
-    pub(super) fn offer(line: String) {
+    /// Whose events: plugins' events may fill half the queue only, so that a plugin emitting
+    /// while the sink is slow never keeps Airlock's own audit records out of it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Share {
+        Audit,
+        PluginEvents,
+    }
+
+    impl Share {
+        fn bytes(self) -> usize {
+            match self {
+                Self::Audit => QUEUED_BYTES,
+                Self::PluginEvents => QUEUED_BYTES / 2,
+            }
+        }
+
+        fn room(self, free_slots: usize) -> bool {
+            match self {
+                Self::Audit => free_slots > 0,
+                Self::PluginEvents => free_slots > QUEUE / 2,
+            }
+        }
+    }
+
+    pub(super) fn offer(line: String, share: Share) {
         let Some(tx) = SENDER.get() else { return };
         let len = line.len();
-        let queued = admit(&QUEUED, len) && {
+        let queued = share.room(tx.capacity()) && admit(&QUEUED, len, share.bytes()) && {
             let sent = tx.try_send(line).is_ok();
             if !sent {
                 QUEUED.fetch_sub(len, Ordering::AcqRel);
@@ -238,11 +268,11 @@ pub mod sink {
         }
     }
 
-    /// Counts `len` more bytes as queued unless that passes [`QUEUED_BYTES`].
-    fn admit(queued: &AtomicUsize, len: usize) -> bool {
+    /// Counts `len` more bytes as queued unless that passes `limit`.
+    fn admit(queued: &AtomicUsize, len: usize, limit: usize) -> bool {
         queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q + len <= QUEUED_BYTES).then_some(q + len)
+                (q + len <= limit).then_some(q + len)
             })
             .is_ok()
     }
@@ -333,12 +363,16 @@ pub mod sink {
         fn the_queue_is_bounded_in_bytes() {
             let q = AtomicUsize::new(0);
             let event = 100 * 1024;
-            let admitted = (0..QUEUE).take_while(|_| admit(&q, event)).count();
-            assert_eq!(admitted, QUEUED_BYTES / event);
-            assert!(!admit(&q, event));
-            // Room again once the sender took one.
-            q.fetch_sub(event, Ordering::AcqRel);
-            assert!(admit(&q, event));
+            let plugins = Share::PluginEvents.bytes();
+            let admitted = (0..QUEUE).take_while(|_| admit(&q, event, plugins)).count();
+            assert_eq!(admitted, plugins / event);
+            assert!(!admit(&q, event, plugins));
+            // Plugins' events filled their half: audit records still get in.
+            assert!(admit(&q, event, Share::Audit.bytes()));
+            // Room again once the sender took some.
+            q.fetch_sub(2 * event, Ordering::AcqRel);
+            assert!(admit(&q, event, plugins));
+            assert!(Share::Audit.room(1) && !Share::PluginEvents.room(QUEUE / 2));
         }
 
         #[test]

@@ -47,6 +47,14 @@ pub enum TelemetryError {
          (e.g. http://collector.monitoring:4317, gRPC) or unset it to run without trace export"
     )]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error(
+        "reading the collector's CA certificate {path} (OTEL_EXPORTER_OTLP_CERTIFICATE): {source}; \
+         mount the PEM file there or unset the variable"
+    )]
+    Certificate {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Whether the environment asks for trace export: an OTLP endpoint is set and export is not
@@ -98,10 +106,31 @@ fn resource(default_service: &'static str) -> Resource {
     }
 }
 
+/// The OTLP/gRPC exporter: endpoint, headers, timeout and compression from `OTEL_EXPORTER_OTLP_*`
+/// (read by the exporter itself); over TLS for an `https://` endpoint, trusting the system's
+/// roots and the CA in `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE` (a PEM file), the standard way
+/// to name a collector's private CA.
 fn exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-    Ok(opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()?)
+    use opentelemetry_otlp::WithTonicConfig;
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    let ca = [
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ]
+    .into_iter()
+    .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
+    if let Some(path) = ca {
+        let pem = std::fs::read(&path).map_err(|source| TelemetryError::Certificate {
+            path: path.clone(),
+            source,
+        })?;
+        builder = builder.with_tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                .with_native_roots(),
+        );
+    }
+    Ok(builder.build()?)
 }
 
 impl Otlp {

@@ -26,7 +26,16 @@ pub struct RouterCall {
 /// The spans to export for the shim of `call`: the shim's (a child of the router's call span)
 /// and the plugin process's (a child of the shim's), their times inside the router's call.
 pub fn spans(call: &RouterCall, shim: Measured, plugin: Option<Measured>) -> Vec<CallSpan> {
-    let clamp = |t: SystemTime| t.clamp(call.start, call.end.max(call.start));
+    // The router's own ids cannot be taken: a span that names itself as its parent, or two
+    // spans with one id, would be a cycle in the backend.
+    if shim.span_id == call.context.span_id
+        || plugin.is_some_and(|p| p.span_id == call.context.span_id || p.span_id == shim.span_id)
+    {
+        return Vec::new();
+    }
+    // Bounds built with max/min, never `clamp` on untrusted values (it panics when lo > hi).
+    let within = |t: SystemTime, lo: SystemTime, hi: SystemTime| t.max(lo).min(hi.max(lo));
+    let clamp = |t: SystemTime| within(t, call.start, call.end);
     let shim_ctx = TraceContext {
         span_id: shim.span_id,
         ..call.context
@@ -54,8 +63,8 @@ pub fn spans(call: &RouterCall, shim: Measured, plugin: Option<Measured>) -> Vec
             parent: Some(shim.span_id),
             parent_is_remote: false,
             // Inside the shim's span too.
-            start: p.start.clamp(start, end),
-            end: p.end.clamp(start, end),
+            start: within(p.start, start, end),
+            end: within(p.end, start, end),
             attributes: call.attributes.clone(),
             error: None,
         });
@@ -101,5 +110,76 @@ mod tests {
         assert_eq!(spans[1].parent, Some([0xab; 8]));
         assert_eq!(spans[1].context.trace_id, call.context.trace_id);
         assert_eq!((spans[1].start, spans[1].end), (at(12_000), at(15_000)));
+    }
+
+    /// Review H1: a reversed span (start after end) used to panic in `clamp` and, with
+    /// `panic = "abort"`, take the router down for every tenant. Whatever the times, no panic,
+    /// and every span stays inside the router's call.
+    #[test]
+    fn reversed_or_wild_times_never_panic() {
+        let call = RouterCall {
+            context: TraceContext::root(),
+            start: at(10_000),
+            end: at(20_000),
+            attributes: vec![],
+            error: None,
+        };
+        let times = [
+            0,
+            5_000,
+            10_000,
+            12_000,
+            15_000,
+            20_000,
+            30_000,
+            u64::MAX / 4,
+        ];
+        for &a in &times {
+            for &b in &times {
+                for &c in &times {
+                    for &d in &times {
+                        let shim = Measured {
+                            span_id: [0xab; 8],
+                            start: at(a),
+                            end: at(b),
+                        };
+                        let plugin = Measured {
+                            span_id: [0x0c; 8],
+                            start: at(c),
+                            end: at(d),
+                        };
+                        for s in spans(&call, shim, Some(plugin)) {
+                            assert!(
+                                call.start <= s.start && s.start <= call.end,
+                                "{a} {b} {c} {d}"
+                            );
+                            assert!(call.start <= s.end && s.end <= call.end, "{a} {b} {c} {d}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Review L1: a shim cannot reuse the router's span id or give both spans one id.
+    #[test]
+    fn a_shim_cannot_take_the_routers_span_id() {
+        let call = RouterCall {
+            context: TraceContext::root(),
+            start: at(10_000),
+            end: at(20_000),
+            attributes: vec![],
+            error: None,
+        };
+        let own = call.context.span_id;
+        let m = |id| Measured {
+            span_id: id,
+            start: at(11_000),
+            end: at(12_000),
+        };
+        assert!(spans(&call, m(own), None).is_empty());
+        assert!(spans(&call, m([1; 8]), Some(m(own))).is_empty());
+        assert!(spans(&call, m([1; 8]), Some(m([1; 8]))).is_empty());
+        assert_eq!(spans(&call, m([1; 8]), Some(m([2; 8]))).len(), 2);
     }
 }

@@ -25,6 +25,11 @@ pub mod storage;
 // The paths the rest of the router (and its users) name: `host::HostService`,
 // `host::KubeStorage`, `host::StorageBackend`, whichever module owns them.
 pub use kube_storage::{KubeStorage, StorageBackend};
+
+/// The largest host-call request the router decodes: the largest honest one is a storage value or
+/// an event payload (100 KiB each at most) with its key, type and ids. Larger is
+/// RESOURCE_EXHAUSTED before any of it is read into a request.
+pub const MAX_HOST_MESSAGE_BYTES: usize = 256 * 1024;
 pub use permission::{Denied, HostCall};
 pub use service::HostService;
 

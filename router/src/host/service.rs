@@ -178,6 +178,16 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
                 "there is no Plugin {plugin} that may run (it is being deleted, disabled or quarantined); its calls are refused"
             ))
         })?;
+        // The rate first: a denied call costs its budget too, so a plugin that repeats a call it
+        // may not make writes at most its rate of audit records, not one per attempt.
+        self.rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(plugin, call, std::time::Instant::now())
+            .map_err(|over| {
+                warn!(plugin = %plugin, call = call.as_str(), "host call over its rate");
+                Status::resource_exhausted(over.to_string())
+            })?;
         if let Err(denied) = check(call, &holder.permissions) {
             let record = crate::audit::host_call_denied(
                 plugin,
@@ -191,14 +201,6 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
             warn!(plugin = %plugin, call = call.as_str(), invocation = invocation_id, "host call denied");
             return Err(status_of(&HostError::Denied(denied)));
         }
-        self.rates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admit(plugin, call, std::time::Instant::now())
-            .map_err(|over| {
-                warn!(plugin = %plugin, call = call.as_str(), "host call over its rate");
-                Status::resource_exhausted(over.to_string())
-            })?;
         Ok(holder)
     }
 
@@ -229,7 +231,17 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
         plugin: PluginKey,
         request: R,
     ) -> Result<R::Response, Status> {
-        let result = match self.authorize(&plugin, R::CALL, request.invocation_id()) {
+        // The id goes into logs, audit records and events: as bounded as on the HookRouter API.
+        let id_len = request.invocation_id().len();
+        let result = if id_len > crate::dispatch::MAX_INVOCATION_ID_LEN {
+            Err(Status::invalid_argument(format!(
+                "invocation_id is {id_len} bytes long; the limit is {}: pass on the id the plugin was called with",
+                crate::dispatch::MAX_INVOCATION_ID_LEN
+            )))
+        } else {
+            self.authorize(&plugin, R::CALL, request.invocation_id())
+        };
+        let result = match result {
             Ok(holder) => {
                 let call = Call {
                     plugin: plugin.clone(),
@@ -508,6 +520,39 @@ mod tests {
             }
         }
         kept
+    }
+
+    /// Review (issue 15 telemetry): the id goes into logs, audit records and events; a plugin
+    /// cannot make it any size.
+    #[tokio::test]
+    async fn an_overlong_invocation_id_is_refused_before_anything_runs() {
+        let (svc, storage) = service(&["storage:write"]);
+        let mut p = put("k", "1");
+        p.invocation_id = "x".repeat(crate::dispatch::MAX_INVOCATION_ID_LEN + 1);
+        let e = svc.call_as(me(), p).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("invocation_id"), "{e:?}");
+        let mut g = get("k");
+        g.invocation_id = "x".repeat(crate::dispatch::MAX_INVOCATION_ID_LEN);
+        assert!(
+            svc.call_as(me(), g).await.is_ok(),
+            "the limit itself is allowed"
+        );
+        drop(storage);
+    }
+
+    /// A plugin repeating a call it may not make is held to the call's rate: past it the answer
+    /// is RESOURCE_EXHAUSTED (no audit record), not one PERMISSION_DENIED record per attempt.
+    #[tokio::test]
+    async fn denied_calls_are_held_to_the_calls_rate() {
+        let (svc, _) = service(&["log"]);
+        let mut codes = std::collections::BTreeMap::new();
+        for _ in 0..2000 {
+            let code = svc.call_as(me(), put("k", "1")).await.unwrap_err().code();
+            *codes.entry(format!("{code:?}")).or_insert(0) += 1;
+        }
+        assert!(codes.contains_key("PermissionDenied"), "{codes:?}");
+        assert!(codes.contains_key("ResourceExhausted"), "{codes:?}");
     }
 
     #[tokio::test]
