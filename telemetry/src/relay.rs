@@ -81,6 +81,17 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_micros(us)
     }
 
+    /// A router call of `context` from 10 ms to 20 ms after the epoch.
+    fn call_from(context: TraceContext) -> RouterCall {
+        RouterCall {
+            context,
+            start: at(10_000),
+            end: at(20_000),
+            attributes: vec![],
+            error: None,
+        }
+    }
+
     #[test]
     fn relayed_spans_are_children_of_the_routers_call_inside_its_time() {
         let call = RouterCall {
@@ -117,13 +128,7 @@ mod tests {
     /// and every span stays inside the router's call.
     #[test]
     fn reversed_or_wild_times_never_panic() {
-        let call = RouterCall {
-            context: TraceContext::root(),
-            start: at(10_000),
-            end: at(20_000),
-            attributes: vec![],
-            error: None,
-        };
+        let call = call_from(TraceContext::root());
         let times = [
             0,
             5_000,
@@ -164,13 +169,7 @@ mod tests {
     /// Review L1: a shim cannot reuse the router's span id or give both spans one id.
     #[test]
     fn a_shim_cannot_take_the_routers_span_id() {
-        let call = RouterCall {
-            context: TraceContext::root(),
-            start: at(10_000),
-            end: at(20_000),
-            attributes: vec![],
-            error: None,
-        };
+        let call = call_from(TraceContext::root());
         let own = call.context.span_id;
         let m = |id| Measured {
             span_id: id,
