@@ -48,6 +48,7 @@ impl Metrics {
         registry.register(Box::new(plugins.clone()))?;
         let kube_requests = KubeRequests::register(&registry, "operator")?;
         airlock_runtime::metrics::build_info(&registry, "operator")?;
+        airlock_runtime::metrics::audit_sink(&registry)?;
         Ok(Self {
             registry,
             kube_requests,

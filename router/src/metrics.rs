@@ -84,6 +84,7 @@ impl Metrics {
     pub fn with_per_plugin(per_plugin: bool) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         build_info(&registry, "router")?;
+        airlock_runtime::metrics::audit_sink(&registry)?;
         let metrics = Self {
             kube_requests: KubeRequests::register(&registry, "router")?,
             hook_invocations: counter(

@@ -202,6 +202,24 @@ pub mod sink {
     static DROPPED: AtomicU64 = AtomicU64::new(0);
     static DELIVERED: AtomicU64 = AtomicU64::new(0);
     static QUEUED: AtomicUsize = AtomicUsize::new(0);
+    static METRIC: OnceLock<prometheus::IntCounterVec> = OnceLock::new();
+
+    /// Counts deliveries and drops into `events` too (`airlock_audit_sink_events_total`).
+    pub(crate) fn count_into(events: prometheus::IntCounterVec) {
+        let _ = METRIC.set(events);
+    }
+
+    fn count(result: &str) -> u64 {
+        if let Some(m) = METRIC.get() {
+            m.with_label_values(&[result]).inc();
+        }
+        let counter = if result == "delivered" {
+            &DELIVERED
+        } else {
+            &DROPPED
+        };
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
 
     /// Why the sink could not be started.
     #[derive(Debug, thiserror::Error)]
@@ -258,7 +276,7 @@ pub mod sink {
             sent
         };
         if !queued {
-            let n = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = count("dropped");
             if n.is_power_of_two() {
                 tracing::warn!(
                     dropped = n,
@@ -300,9 +318,9 @@ pub mod sink {
             while let Some(line) = rx.recv().await {
                 QUEUED.fetch_sub(line.len(), Ordering::AcqRel);
                 if deliver(&client, &parsed, line).await {
-                    DELIVERED.fetch_add(1, Ordering::Relaxed);
+                    count("delivered");
                 } else {
-                    let n = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+                    let n = count("dropped");
                     tracing::warn!(%host, dropped = n, "the audit sink did not take an event after {ATTEMPTS} tries; dropped (stdout still has it)");
                 }
             }

@@ -56,6 +56,23 @@ pub fn build_info(registry: &Registry, component: &str) -> Result<()> {
     Ok(())
 }
 
+/// Registers `airlock_audit_sink_events_total{result}` in `registry` (`delivered`, `dropped`: the
+/// audit sink's queue was full or every try failed), counted by [`crate::audit::sink`]. Zero
+/// while no sink is configured.
+pub fn audit_sink(registry: &Registry) -> Result<()> {
+    let events = counter(
+        registry,
+        "airlock_audit_sink_events_total",
+        "Audit records and plugin events the audit sink took (delivered) or lost (dropped; stdout still has them)",
+        &["result"],
+    )?;
+    for result in ["delivered", "dropped"] {
+        events.with_label_values(&[result]);
+    }
+    crate::audit::sink::count_into(events);
+    Ok(())
+}
+
 /// `airlock_kube_requests_total{method, resource}`.
 #[derive(Clone, Debug)]
 pub struct KubeRequests(IntCounterVec);
