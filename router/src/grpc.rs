@@ -367,6 +367,8 @@ impl Caller for Arc<GrpcCaller> {
                 |p| p.child(),
             );
             let started = std::time::Instant::now();
+            // Spans of unsampled calls (and all, without export) cost nothing more.
+            let exporting = airlock_telemetry::enabled() && span.flags & 1 == 1;
             let started_at = std::time::SystemTime::now();
             // The shim's spans of the attempt that was answered (read only when exporting).
             let mut relayed = None;
@@ -397,7 +399,9 @@ impl Caller for Arc<GrpcCaller> {
                     &mut relayed,
                 )
                 .await;
-                pod = Some(endpoint.clone());
+                if exporting {
+                    pod = Some(endpoint.clone());
+                }
                 let unreachable =
                     matches!(&result, Err(a) if a.failure.outcome == Outcome::Unreachable);
                 outlier
@@ -428,7 +432,7 @@ impl Caller for Arc<GrpcCaller> {
                 result = match &result { Ok(_) => "ok", Err(f) => crate::dispatch::code_label(f.code) },
                 "span router.call"
             );
-            if airlock_telemetry::enabled() {
+            if exporting {
                 export_call(
                     &span,
                     parent.as_ref(),
