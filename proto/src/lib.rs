@@ -159,7 +159,7 @@ pub mod trace {
     pub mod relay {
         use std::time::{Duration, SystemTime};
 
-        use super::TraceContext;
+        use super::{hex, unhex};
 
         /// The metadata key.
         pub const METADATA_KEY: &str = "airlock-spans";
@@ -180,14 +180,10 @@ pub mod trace {
                 .map_or(0, |d| d.as_micros())
         }
 
-        fn hex8(b: &[u8; 8]) -> String {
-            b.iter().map(|x| format!("{x:02x}")).collect()
-        }
-
         /// The metadata value for the shim's span and, when the plugin process answered, its span.
         pub fn encode(shim: Measured, plugin: Option<Measured>) -> String {
             let one =
-                |m: Measured| format!("{}-{}-{}", hex8(&m.span_id), micros(m.start), micros(m.end));
+                |m: Measured| format!("{}-{}-{}", hex(&m.span_id), micros(m.start), micros(m.end));
             match plugin {
                 Some(p) => format!("{};{}", one(shim), one(p)),
                 None => one(shim),
@@ -201,7 +197,7 @@ pub mod trace {
                 return None;
             }
             // The same rules as a traceparent's span id: lowercase hex, not all zero.
-            let span_id = TraceContext::parse(&format!("00-{}-{id}-01", "1".repeat(32)))?.span_id;
+            let span_id = unhex::<8>(id).filter(|b| *b != [0; 8])?;
             let at = |v: &str| -> Option<SystemTime> {
                 let us: u64 = v.parse().ok()?;
                 SystemTime::UNIX_EPOCH.checked_add(Duration::from_micros(us))
