@@ -11,6 +11,7 @@
 //! - [`api`]: the plugin API versions this Airlock serves;
 //! - [`duration`]: the duration spellings the CRDs allow (`200ms`, `2s`);
 //! - [`names`]: ports, labels and child-object names the control and data planes agree on;
+//! - [`shard`]: which Plugins one Airlock release serves (the `airlock.dev/shard` label);
 //! - [`rate::LineBudget`]: the token bucket behind every per-minute line limit;
 //! - [`json_depth`]: how deep a JSON payload nests, without parsing it.
 
@@ -25,6 +26,7 @@ pub mod names;
 pub mod permission;
 pub mod plugin_key;
 pub mod rate;
+pub mod shard;
 pub mod vocabulary;
 
 pub use failure::FailureKind;

@@ -592,3 +592,91 @@ async fn a_tenant_cannot_write_what_the_router_records_in_status() -> Result<()>
     })
     .await
 }
+
+/// A Plugin's shard label picks the release that verifies and runs it (issue 15, shards). A
+/// tenant who could move a running Plugin to a shard no release serves (or serves without
+/// looking at it yet) would take it out of every operator's sight: a later revocation would stop
+/// nothing. The chart's `<fullname>-plugin-shard` admission policy fixes the label at creation:
+/// it cannot be added, changed or removed by the tenant, nor created empty; an admin may.
+#[tokio::test]
+async fn a_tenant_cannot_move_a_plugin_to_another_shard() -> Result<()> {
+    sandbox::in_sandbox("shard-move", &["log"], async |s: &Sandbox| {
+        s.with_hello_bundle().await?;
+        let tenant = Tenant::of(s).await?;
+        let tenant_plugins: Api<Plugin> = tenant.api();
+        plugins::apply(&tenant_plugins, &s.hello("hello")?).await?;
+        let refused = |what: &str, answer: Result<Plugin, kube::Error>| -> Result<()> {
+            match answer {
+                Err(kube::Error::Api(e))
+                    if e.code == 403 && e.message.contains("airlock.dev/shard") =>
+                {
+                    Ok(())
+                }
+                other => anyhow::bail!(
+                    "{what}: expected a refusal naming airlock.dev/shard, got {other:?}"
+                ),
+            }
+        };
+        for (what, labels) in [
+            (
+                "moving it to a shard",
+                json!({"airlock.dev/shard": "canary"}),
+            ),
+            (
+                "moving it to a shard nobody serves",
+                json!({"airlock.dev/shard": ""}),
+            ),
+        ] {
+            let answer = tenant_plugins
+                .patch(
+                    "hello",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": labels}})),
+                )
+                .await;
+            refused(what, answer)?;
+        }
+        let mut empty = s.hello("empty-shard")?;
+        empty["metadata"]["labels"] = json!({"airlock.dev/shard": ""});
+        let answer = tenant_plugins
+            .create(&PostParams::default(), &serde_json::from_value(empty)?)
+            .await;
+        refused("creating a Plugin with an empty shard", answer)?;
+
+        // Created in a shard, it stays there: the label cannot be removed either.
+        let mut canary = s.hello("canary")?;
+        canary["metadata"]["labels"] = json!({"airlock.dev/shard": "canary"});
+        tenant_plugins
+            .create(&PostParams::default(), &serde_json::from_value(canary)?)
+            .await
+            .context("creating a Plugin in shard canary as the tenant")?;
+        let answer = tenant_plugins
+            .patch(
+                "canary",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"airlock.dev/shard": null}}})),
+            )
+            .await;
+        refused("taking a Plugin out of its shard", answer)?;
+
+        // Other labels stay the tenant's to change; an admin may still move a Plugin.
+        tenant_plugins
+            .patch(
+                "hello",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+            )
+            .await
+            .context("another label, as the tenant")?;
+        s.ns.api::<Plugin>()
+            .patch(
+                "canary",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"airlock.dev/shard": null}}})),
+            )
+            .await
+            .context("an admin moves the Plugin")?;
+        Ok(())
+    })
+    .await
+}

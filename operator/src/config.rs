@@ -125,6 +125,10 @@ pub struct Config {
         hide_env_values = true
     )]
     pub audit_sink_url: String,
+    /// Serve only the Plugins and PluginTrustPolicies labelled airlock.dev/shard=<this>, so that a
+    /// second release can run beside another; empty (the default): only those without the label.
+    #[arg(long, env = "AIRLOCK_SHARD", default_value = "")]
+    pub shard: airlock_core::shard::Shard,
     /// Brings Airlock's CRDs up to this build's schema at start (Helm never upgrades a chart's
     /// CRDs); needs get and patch on them (the chart's value crds.upgrade).
     #[arg(long, env = "AIRLOCK_UPGRADE_CRDS")]

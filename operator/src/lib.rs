@@ -147,9 +147,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config.max_bundle_bytes,
     );
     ctx.max_concurrent_reconciles = config.max_concurrent_reconciles;
+    ctx.shard = config.shard.clone();
     let ctx = Arc::new(ctx);
     ready.store(true, Ordering::Relaxed);
-    tracing::info!("airlock operator started");
+    tracing::info!(shard = %config.shard, "airlock operator started");
     let work = async {
         if config.leader_election {
             lead(&ctx.client, &config, reconcile::run(ctx.clone())).await

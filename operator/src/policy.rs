@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
 use crate::quantity;
+use airlock_core::shard::{SHARD_LABEL, Shard};
 
 /// Does `selector` match `labels`? An absent selector matches everything.
 pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
@@ -38,15 +39,24 @@ pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, Strin
     labels_ok && exprs_ok
 }
 
-/// The policies that govern a namespace with these labels.
+/// The policies of `shard` that govern a namespace with these labels. (Another release's
+/// policies grant nothing here; their revocations still count: [`crate::trust`] reads every
+/// policy for those.)
 pub fn governing<'a>(
     policies: &'a [PluginTrustPolicy],
     namespace_labels: &BTreeMap<String, String>,
+    shard: &Shard,
 ) -> Vec<&'a PluginTrustPolicy> {
     policies
         .iter()
+        .filter(|p| in_shard(p, shard))
         .filter(|p| selects(p.spec.namespaces.as_ref(), namespace_labels))
         .collect()
+}
+
+/// Whether `policy` is one of `shard`'s (its label `airlock.dev/shard`).
+pub fn in_shard(policy: &PluginTrustPolicy, shard: &Shard) -> bool {
+    shard.serves(policy.labels().get(SHARD_LABEL).map(String::as_str))
 }
 
 /// What a plugin at one trust level may have, combined over every governing policy.
@@ -237,16 +247,46 @@ spec:
         let all = [policy(TEAM)];
         let a = BTreeMap::from([("team".to_string(), "a".to_string())]);
         let b = BTreeMap::from([("team".to_string(), "b".to_string())]);
-        assert_eq!(governing(&all, &a).len(), 1);
-        assert!(governing(&all, &b).is_empty());
-        assert!(limits(&governing(&all, &b), TrustLevel::Untrusted).is_none());
+        assert_eq!(governing(&all, &a, &Shard::default()).len(), 1);
+        assert!(governing(&all, &b, &Shard::default()).is_empty());
+        assert!(
+            limits(
+                &governing(&all, &b, &Shard::default()),
+                TrustLevel::Untrusted
+            )
+            .is_none()
+        );
+    }
+
+    /// Two releases in one cluster: each is governed only by the policies of its shard, so a
+    /// canary's laxer policy grants nothing to the main release's Plugins and the other way round.
+    #[test]
+    fn a_policy_governs_only_for_the_release_of_its_shard() {
+        let mut canary = policy(STRICT);
+        canary
+            .labels_mut()
+            .insert(SHARD_LABEL.into(), "canary".into());
+        let all = [policy(TEAM), canary];
+        let a = BTreeMap::from([("team".to_string(), "a".to_string())]);
+        let main = governing(&all, &a, &Shard::default());
+        assert_eq!(main.len(), 1);
+        assert_eq!(main[0].name_any(), "team");
+        let shard: Shard = "canary".parse().unwrap();
+        let of_canary = governing(&all, &a, &shard);
+        assert_eq!(of_canary.len(), 1);
+        assert_eq!(of_canary[0].name_any(), "strict");
+        assert!(governing(&all, &a, &"other".parse().unwrap()).is_empty());
     }
 
     #[test]
     fn the_most_restrictive_policy_wins() {
         let all = [policy(TEAM), policy(STRICT)];
         let a = BTreeMap::from([("team".to_string(), "a".to_string())]);
-        let l = limits(&governing(&all, &a), TrustLevel::Untrusted).expect("governed");
+        let l = limits(
+            &governing(&all, &a, &Shard::default()),
+            TrustLevel::Untrusted,
+        )
+        .expect("governed");
         assert!(!l.allow_unsigned);
         assert_eq!(l.permissions, BTreeSet::from([Permission::Log]));
         assert_eq!(l.max_memory_bytes, Some(64 << 20));
@@ -258,7 +298,8 @@ spec:
     fn a_level_no_policy_configures_allows_nothing() {
         let all = [policy(TEAM)];
         let a = BTreeMap::from([("team".to_string(), "a".to_string())]);
-        let l = limits(&governing(&all, &a), TrustLevel::Trusted).expect("governed");
+        let l =
+            limits(&governing(&all, &a, &Shard::default()), TrustLevel::Trusted).expect("governed");
         assert!(!l.allow_unsigned);
         assert!(l.permissions.is_empty());
         assert_eq!(l.max_memory_bytes, Some(0));

@@ -161,6 +161,7 @@ pub fn status_of(
 /// server-side apply) only statuses that changed.
 pub async fn maintain(
     client: kube::Client,
+    shard: airlock_core::shard::Shard,
     policies: Store<PluginTrustPolicy>,
     plugins: Store<Plugin>,
     namespaces: Store<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
@@ -178,7 +179,13 @@ pub async fn maintain(
     loop {
         every.tick().await;
         let mut cluster = Cluster {
-            policies: policies.state().iter().map(|p| (**p).clone()).collect(),
+            // This release's policies only: another release counts its own Plugins into its own.
+            policies: policies
+                .state()
+                .iter()
+                .filter(|p| crate::policy::in_shard(p, &shard))
+                .map(|p| (**p).clone())
+                .collect(),
             namespaces: namespaces
                 .state()
                 .iter()

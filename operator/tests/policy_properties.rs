@@ -8,9 +8,10 @@
 
 use std::collections::BTreeMap;
 
+use airlock_core::shard::{SHARD_LABEL, Shard};
 use airlock_crds::trust_policy::{StorageLimits, TrustLevel, TrustLevelLimits};
 use airlock_crds::{Permission, PluginTrustPolicy};
-use airlock_operator::policy::{Limits, limits};
+use airlock_operator::policy::{Limits, governing, limits};
 use proptest::prelude::*;
 
 fn quantity(good: &'static [&'static str]) -> impl Strategy<Value = Option<String>> {
@@ -190,6 +191,27 @@ proptest! {
             &limits(&after, level).expect("governed"),
             &limits(&before, level).expect("governed"),
         )?;
+    }
+
+    /// Two releases (shards): the policies labelled for another shard never change what this
+    /// release allows, however lax or strict they are (`policy::governing`), and this release's
+    /// own set governs exactly as it would alone.
+    #[test]
+    fn another_shards_policies_never_count(set in policies(), other in policies(), level in level()) {
+        let mut all = set.clone();
+        for (i, mut p) in other.into_iter().enumerate() {
+            p.metadata.name = Some(format!("canary-{i}"));
+            p.metadata.labels = Some([(SHARD_LABEL.to_string(), "canary".to_string())].into());
+            all.push(p);
+        }
+        let ns = BTreeMap::new();
+        let mine = governing(&all, &ns, &Shard::default());
+        prop_assert_eq!(mine.len(), set.len());
+        let alone: Vec<&PluginTrustPolicy> = set.iter().collect();
+        prop_assert_eq!(
+            numbers(&limits(&mine, level).expect("governed")),
+            numbers(&limits(&alone, level).expect("governed"))
+        );
     }
 
     /// The order the policies are listed in does not matter.

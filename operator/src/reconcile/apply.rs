@@ -43,23 +43,31 @@ pub(super) async fn quarantine(
     let name = names::child_name(&plugin.name_any());
     let r = ObjectRef::<Deployment>::new(&name).within(&ns);
     let uid = plugin.uid().unwrap_or_default();
+    let api = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
+    // Not in the cache: read it. The cache holds this shard's children only, and children still
+    // labelled for another shard (a Plugin an admin moved, whose new release has not rolled it
+    // out yet) must stop too: a stop never trusts a cache miss.
+    let deployment = match watches.deployments.get(&r) {
+        Some(d) => Some((*d).clone()),
+        None => api.get_opt(&name).await?,
+    };
     // Only this Plugin's own Deployment: a Deployment of that name someone else made is not ours
     // to scale (the watch sees any that carries Airlock's labels).
-    let running = watches
-        .deployments
-        .get(&r)
-        .filter(|d| ownership(Some(d.meta()), &plugin.name_any(), &uid) == Ownership::Ours)
+    let own = deployment
+        .filter(|d| ownership(Some(d.meta()), &plugin.name_any(), &uid) == Ownership::Ours);
+    let running = own
+        .as_ref()
         .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
         .is_some_and(|n| n > 0);
-    if running {
+    if let (true, Some(own)) = (running, own) {
         warn!(plugin = %plugin.name_any(), "the running revision may not run any more: scaling the plugin to zero");
-        Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"replicas": 0}})),
-            )
-            .await?;
+        // Only the Deployment just judged (its uid), not one re-created under the name since.
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"uid": own.uid()}, "spec": {"replicas": 0}})),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -50,7 +50,7 @@ use crate::build::BuildConfig;
 use crate::fetch::Registry;
 use crate::metrics::Metrics;
 use crate::{audit, certs};
-use airlock_core::names;
+use airlock_core::shard::Shard;
 use caches::PluginCaches;
 use watches::{Watches, cached_watch};
 
@@ -128,6 +128,8 @@ pub struct Context {
     pub caches: PluginCaches,
     /// Where audit records go: [`audit::emit`], the operator's stdout.
     pub audit: audit::Sink,
+    /// Which Plugins and PluginTrustPolicies this release serves (`--shard`).
+    pub shard: Shard,
 }
 
 impl std::fmt::Debug for Context {
@@ -190,6 +192,7 @@ impl Context {
             max_concurrent_reconciles: DEFAULT_CONCURRENT_RECONCILES,
             caches: PluginCaches::default(),
             audit: Arc::new(audit::emit),
+            shard: Shard::default(),
         }
     }
 }
@@ -229,9 +232,12 @@ pub async fn run(ctx: Arc<Context>) {
         plugins.clone(),
         plugins_listed.clone(),
     ));
+    // Only this release's shard: another release serves the rest ([`airlock_core::shard`]). A
+    // Plugin relabelled into another shard leaves this watch as a delete event ([`record::cleanup`]
+    // tells the two apart).
     let plugin_triggers = watcher(
         Api::<Plugin>::all(client.clone()),
-        watcher::Config::default(),
+        watcher::Config::default().labels(&ctx.shard.selector()),
     )
     .default_backoff()
     .modify(|p: &mut Plugin| {
@@ -250,10 +256,14 @@ pub async fn run(ctx: Arc<Context>) {
     })
     .applied_objects()
     .predicate_filter(triggers::plugin_changes, Default::default());
-    let cfg = watcher::Config::default().labels(names::MANAGED_BY_SELECTOR);
+    // The children of this shard's Plugins carry its label ([`crate::build::labels::common`]).
+    let cfg = watcher::Config::default().labels(&ctx.shard.managed_selector());
 
     // The same watch fills the policy cache and triggers the reconciles, so a reconcile caused by
     // a policy change always sees that change.
+    // Every policy of the cluster, whatever its shard: a key revoked by any policy is revoked
+    // for every release. What a policy grants counts only for the release of its shard
+    // ([`crate::policy::governing`]), which alone writes its status.
     let (policies, policies_listed, policy_stream) = cached_watch(
         Api::<PluginTrustPolicy>::all(client.clone()),
         watcher::Config::default(),
@@ -261,6 +271,7 @@ pub async fn run(ctx: Arc<Context>) {
     // Each policy's status: what it governs, its keys, its conflicts with others.
     let policy_statuses = tokio::spawn(crate::policy_status::maintain(
         client.clone(),
+        ctx.shard.clone(),
         policies.clone(),
         plugins.clone(),
         ctx.namespaces.clone(),

@@ -62,7 +62,8 @@ pub(super) async fn run(
         .iter()
         .map(|p| p.as_ref().clone())
         .collect();
-    let governing = policy::governing(&policies, &ns_labels);
+    // Trust from this release's shard only; revocations from every policy of the cluster.
+    let governing = policy::governing(&policies, &ns_labels, &ctx.shard);
     let keys = trust::trusted_keys(&governing, &policies);
     // Nothing is downloaded for a namespace no policy governs: a tenant cannot make the operator
     // fetch (or unpack) anything before an admin decided what may run there.

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use super::{Context, Error};
 use crate::build::FIELD_MANAGER;
 use crate::{audit, status};
+use airlock_core::shard::SHARD_LABEL;
 
 /// Audit records for every transition, an Event when there is something to tell
 /// ([`status::event`]), then the status itself — only if it changed.
@@ -100,6 +101,28 @@ pub(super) async fn record_status(
     Ok(())
 }
 
+/// Reason of the record made when a Plugin leaves this release's shard.
+const SHARD_CHANGED: &str = "ShardChanged";
+
+/// `Some(its shard label now)` when the Plugin behind a delete event still exists (same uid, not
+/// being deleted) in a shard this release does not serve; `None` when it is gone — or cannot be
+/// read, which is then taken as the deletion the event says.
+async fn moved_to(plugin: &Plugin, ctx: &Context) -> Option<Option<String>> {
+    let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &plugin.namespace()?);
+    let now = match api.get_opt(&plugin.name_any()).await {
+        Ok(now) => now?,
+        Err(e) => {
+            warn!(error = %e, "could not read the Plugin back after its delete event; recording a deletion");
+            return None;
+        }
+    };
+    if now.uid() != plugin.uid() || now.meta().deletion_timestamp.is_some() {
+        return None;
+    }
+    let label = now.labels().get(SHARD_LABEL).cloned();
+    (!ctx.shard.serves(label.as_deref())).then_some(label)
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -111,23 +134,42 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Deletion (the Plugin's delete event): its children go with it (garbage collection); the audit
-/// record and Event say so, and everything remembered about it is dropped.
+/// The Plugin's delete event: either it was deleted (its children go with it, by garbage
+/// collection) or it was relabelled into another release's shard (the watch selects by the
+/// label, so it leaves as a delete); the audit record and Event say which, and everything
+/// remembered about it is dropped either way.
 pub(super) async fn cleanup(plugin: &Plugin, ctx: &Context) {
     let status = plugin.status.clone().unwrap_or_default();
-    let t = status::Transition {
-        condition: "Deleted".into(),
-        status: "True".into(),
-        reason: "Deleted".into(),
-        message: "the Plugin was deleted: its pods, Service, NetworkPolicy, ServiceAccount and bundle Secrets are removed".into(),
-        warning: false,
+    let t = match moved_to(plugin, ctx).await {
+        None => status::Transition {
+            condition: "Deleted".into(),
+            status: "True".into(),
+            reason: "Deleted".into(),
+            message: "the Plugin was deleted: its pods, Service, NetworkPolicy, ServiceAccount and bundle Secrets are removed".into(),
+            warning: false,
+        },
+        Some(shard) => status::Transition {
+            condition: "Shard".into(),
+            status: "True".into(),
+            reason: SHARD_CHANGED.into(),
+            message: format!(
+                "the Plugin's label {SHARD_LABEL} is now {}: the Airlock release of that shard serves it from now on, not this one (shard {})",
+                shard.map_or("absent".to_string(), |s| format!("{s:?}")),
+                ctx.shard
+            ),
+            warning: false,
+        },
     };
     (ctx.audit)(&audit::record(plugin, &status, &t, Timestamp::now()));
     let event = Event {
         type_: EventType::Normal,
-        reason: "Deleted".into(),
+        reason: t.reason.clone(),
         note: Some(t.message.clone()),
-        action: "Delete".into(),
+        action: if t.reason == SHARD_CHANGED {
+            "Release".into()
+        } else {
+            "Delete".into()
+        },
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &plugin.object_ref(&())).await {

@@ -694,6 +694,35 @@ async fn a_plugin_recreated_under_the_same_name_gets_fresh_secrets() {
     assert_eq!(tls, "uid-2", "the new Secret belongs to the new Plugin");
 }
 
+/// The Plugin watch selects this release's shard by label: a Plugin relabelled into another
+/// release's shard leaves it as a delete event. That is recorded as a hand-over, not a deletion
+/// (its children stay, the other release takes them); a Plugin really gone, or re-created under
+/// the same name, is recorded as deleted.
+#[tokio::test]
+async fn a_plugin_relabelled_into_another_shard_is_recorded_as_handed_over_not_deleted() {
+    let h = Harness::unsigned(MANIFEST);
+    let path = "/apis/airlock.dev/v1alpha1/namespaces/plugins/plugins/hello";
+    let mut moved = serde_json::to_value(plugin("uid-1", "[log]")).unwrap();
+    moved["metadata"]["labels"] = json!({airlock_core::shard::SHARD_LABEL: "canary"});
+    h.api.put(path, moved.clone());
+    record::cleanup(&plugin("uid-1", "[log]"), &h.ctx).await;
+    let audited = h.audited();
+    assert!(
+        audited.contains(&("Shard".into(), "ShardChanged".into())),
+        "{audited:?}"
+    );
+    assert!(
+        !audited.iter().any(|(_, reason)| reason == "Deleted"),
+        "{audited:?}"
+    );
+
+    // The same name, another Plugin (uid): the one this release served is gone.
+    moved["metadata"]["uid"] = json!("uid-2");
+    h.api.put(path, moved);
+    record::cleanup(&plugin("uid-1", "[log]"), &h.ctx).await;
+    assert!(h.audited().contains(&("Deleted".into(), "Deleted".into())));
+}
+
 /// A reconcile of a Plugin whose new revision missed its progress deadline, with a last good
 /// revision `rgood` (recorded with `record`) and the ReplicaSet `rs` in the namespace: the image
 /// the Deployment was applied with afterwards, and the status written.
@@ -814,19 +843,24 @@ async fn a_rollback_never_brings_back_a_revision_todays_policies_refuse() {
     }
 }
 
-#[tokio::test]
-async fn a_revoked_signer_quarantines_the_running_revision_without_asking_a_registry() {
+/// The hello bundle signed by key `acme`, which the policy revokes.
+fn revoked_signer_harness() -> Harness {
     let (private, public) = airlock_bundle::signing::generate().unwrap();
     let key = airlock_bundle::signing::parse_private_key(&private).unwrap();
     let bytes = bundle(MANIFEST);
     let signature = airlock_bundle::signing::sign(&key, &airlock_bundle::digest(&bytes));
-    let mut h = Harness::new(
+    Harness::new(
         policy(
             json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted", "revoked": true}]),
         ),
         json!({"metadata": {"name": "hello-bundle", "namespace": NS},
                "binaryData": {"bundle.tar.gz": b64(&bytes), "bundle.tar.gz.sig": b64(signature.as_bytes())}}),
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_revoked_signer_quarantines_the_running_revision_without_asking_a_registry() {
+    let mut h = revoked_signer_harness();
     // A revision of it is running.
     let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
     h.api.put(
@@ -863,6 +897,37 @@ async fn a_revoked_signer_quarantines_the_running_revision_without_asking_a_regi
         h.api.requests().iter().all(|(_, p)| p.starts_with("/api")),
         "only API server requests"
     );
+}
+
+/// A Plugin an admin moved to this release's shard keeps its children with the old shard's
+/// label until its rollout here succeeds, so this release's Deployment cache does not hold them.
+/// Quarantine must still stop it: a stop reads the Deployment when the cache has none.
+#[tokio::test]
+async fn a_revoked_signer_stops_a_deployment_the_cache_does_not_hold() {
+    let h = revoked_signer_harness();
+    let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
+    h.api.put(
+        &deployment,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "hello", "namespace": NS, "uid": "d-1",
+                            "labels": {"airlock.dev/shard": "canary"},
+                            "ownerReferences": owned_by("uid-1")},
+               "spec": {"replicas": 2}}),
+    );
+    // Not put in the watch cache.
+    let mut p = plugin("uid-1", "[log]");
+    p.status = serde_json::from_value(json!({"lastGoodRevision": "rgood"})).ok();
+    h.reconcile(&p).await;
+    let patch = h
+        .api
+        .last_patch(&deployment)
+        .expect("the Deployment was patched");
+    assert_eq!(patch["spec"]["replicas"], 0, "scaled to zero: {patch}");
+    assert_eq!(
+        patch["metadata"]["uid"], "d-1",
+        "only the Deployment judged: {patch}"
+    );
+    assert_eq!(h.status()["phase"], "Quarantined");
 }
 
 /// Writes other than the Plugin's status and Events: what a reconcile did to other objects.
