@@ -4,6 +4,8 @@
 # The node address may serve bundles over plain HTTP (the e2e's file servers listen there);
 # $NODE_IP:5002 is the faulty registry of e2e/tests/registry_faults.rs (a proxy, only while it runs).
 # Extra arguments go to helm (e.g. --set progressDeadlineSeconds=20).
+# AIRLOCK_RELEASE / AIRLOCK_RELEASE_NAMESPACE install another release (default airlock in
+# airlock-system), e.g. the second release of e2e/tests/shards.rs.
 # shellcheck source=SCRIPTDIR/cluster/lib.sh
 . "$(dirname "$0")/cluster/lib.sh"
 ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
@@ -24,8 +26,8 @@ fi
 if curl -sf "http://$NODE_IP:8099/events" >/dev/null 2>&1; then
   telemetry+=(--set "audit.sinkUrl=http://$NODE_IP:8099/events")
 fi
-helm upgrade --install airlock "$chart" --version "$version" --plain-http \
-  --namespace airlock-system --create-namespace \
+helm upgrade --install "${AIRLOCK_RELEASE:-airlock}" "$chart" --version "$version" --plain-http \
+  --namespace "${AIRLOCK_RELEASE_NAMESPACE:-airlock-system}" --create-namespace \
   --set "insecureRegistries={${AIRLOCK_E2E_REGISTRY:-$REGISTRY},$PRIVATE_REGISTRY,$NODE_IP:5002}" \
   --set "bundleHttp.insecureHosts={$NODE_IP}" --set "bundleHttp.allowedCidrs={$NODE_IP/32}" \
   --set "clusterCidrs={$POD_CIDR,$SERVICE_CIDR}" \

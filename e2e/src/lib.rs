@@ -60,6 +60,16 @@ pub async fn client() -> Result<Client> {
     Client::try_from(config).context("building the Kubernetes client")
 }
 
+/// A count from the environment variable `name` (the size knobs of the bench, chaos and soak
+/// binaries); `default` when unset, unparsable or zero.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
 /// A short random-enough suffix so that concurrent and repeated runs never collide on names.
 pub fn unique_suffix() -> String {
     let nanos = std::time::SystemTime::now()

@@ -102,6 +102,22 @@ pub async fn metrics(client: &Client) -> Result<String> {
     Ok(out)
 }
 
+/// Container restarts of the router pods that exist now (summed).
+pub async fn router_restarts(client: &Client) -> Result<i32> {
+    Ok(Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .list(&ListParams::default().labels("app.kubernetes.io/name=airlock-router"))
+        .await?
+        .items
+        .iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum())
+}
+
 /// Sum of a counter over every series whose line starts with `prefix` (name and labels).
 pub fn counter_sum(metrics: &str, prefix: &str) -> f64 {
     metrics
@@ -194,6 +210,21 @@ impl Fixture {
         permissions: Value,
         extra: Value,
     ) -> Result<()> {
+        self.apply_labelled(name, sample, hooks, permissions, extra, json!({}))
+            .await
+    }
+
+    /// [`Fixture::apply`] with `labels` on the Plugin from its first write (e.g. a shard label,
+    /// which must be there before any release sees the Plugin).
+    pub async fn apply_labelled(
+        &self,
+        name: &str,
+        sample: &str,
+        hooks: Value,
+        permissions: Value,
+        extra: Value,
+        labels: Value,
+    ) -> Result<()> {
         let key = sample.to_uppercase().replace('-', "_");
         let bundle = std::fs::read(images_env(&format!("AIRLOCK_{key}_BUNDLE"))?)?;
         self.sandbox
@@ -202,7 +233,7 @@ impl Fixture {
         let mut plugin = json!({
             "apiVersion": "airlock.dev/v1alpha1",
             "kind": "Plugin",
-            "metadata": {"name": name},
+            "metadata": {"name": name, "labels": labels},
             "spec": {
                 "version": "1.0.0",
                 "image": images_env(&format!("AIRLOCK_{key}_IMAGE"))?,

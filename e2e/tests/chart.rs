@@ -63,12 +63,17 @@ fn run(cmd: &mut Command, input: &[u8]) -> Result<Vec<u8>> {
 async fn the_chart_lints_and_its_manifests_pass_a_server_side_dry_run() -> Result<()> {
     airlock_e2e::install::ensure_installed().await?;
     let chart = workspace().join("charts/airlock");
-    // The defaults, and the router's own autoscaler turned on.
+    // The defaults, the router's own autoscaler turned on, and `helm test` calling a plugin.
     for (extra, expect) in [
         (&[][..], "deployment"),
         (
             &["--set", "router.autoscaling.enabled=true"][..],
             "horizontalpodautoscaler",
+        ),
+        // helm test calling a plugin: its ServiceAccount, binding and pod are valid objects.
+        (
+            &["--set", "tests.invoke.plugin=airlock-system/hello"][..],
+            "plugincallerbinding",
         ),
     ] {
         let mut lint = tool("helm");
@@ -93,6 +98,14 @@ async fn the_chart_lints_and_its_manifests_pass_a_server_side_dry_run() -> Resul
             .args(values()?)
             .args(extra);
         let rendered = run(&mut template, &[]).context("helm template")?;
+        // A dry run creates nothing, and the API server refuses a pod whose ServiceAccount does
+        // not exist: the invoke test's ServiceAccount is made for real around its dry run.
+        let caller = (expect == "plugincallerbinding").then_some("airlock-router-test-caller");
+        if let Some(sa) = caller {
+            let mut create = tool("kubectl");
+            create.args(["create", "serviceaccount", sa, "--namespace", NAMESPACE]);
+            run(&mut create, &[]).context("creating the invoke test's ServiceAccount")?;
+        }
         let mut apply = tool("kubectl");
         apply.args([
             "apply",
@@ -102,8 +115,13 @@ async fn the_chart_lints_and_its_manifests_pass_a_server_side_dry_run() -> Resul
             "-f",
             "-",
         ]);
-        let out = run(&mut apply, &rendered)
-            .context("a server-side dry run of the rendered manifests")?;
+        let out = run(&mut apply, &rendered);
+        if let Some(sa) = caller {
+            let mut delete = tool("kubectl");
+            delete.args(["delete", "serviceaccount", sa, "--namespace", NAMESPACE]);
+            run(&mut delete, &[]).context("deleting the invoke test's ServiceAccount")?;
+        }
+        let out = out.context("a server-side dry run of the rendered manifests")?;
         let accepted = String::from_utf8_lossy(&out);
         for kind in [
             "customresourcedefinition",

@@ -25,7 +25,7 @@ use crate::audit;
 use crate::callers::{Bindings, Gate};
 use crate::dispatch::{Caller, Disabler, Router};
 use crate::table::{Route, RouteTable};
-use airlock_core::names::MANAGED_BY_SELECTOR;
+use airlock_core::shard::Shard;
 
 /// Who the router's audit records and Events name.
 pub const ACTOR: &str = "airlock-router";
@@ -34,10 +34,12 @@ pub const ACTOR: &str = "airlock-router";
 /// then; the bound only keeps one batch's buffer small).
 const EVENTS_PER_REBUILD: usize = 1024;
 
-/// Keeps `router`'s table in step with the cluster until the watches end. `loaded` turns true
-/// once both watches listed everything (the router is then ready to serve).
+/// Keeps `router`'s table in step with the cluster until the watches end: the Plugins of
+/// `shard` (the operator of this release serves the same) and their EndpointSlices. `loaded`
+/// turns true once both watches listed everything (the router is then ready to serve).
 pub async fn watch_routes<C: Caller>(
     client: Client,
+    shard: Shard,
     router: Arc<Router<C>>,
     loaded: watch::Sender<bool>,
 ) {
@@ -48,19 +50,19 @@ pub async fn watch_routes<C: Caller>(
         plugin_writer,
         watcher(
             Api::<Plugin>::all(client.clone()),
-            watcher::Config::default(),
+            watcher::Config::default().labels(&shard.selector()),
         )
         .modify(slim),
     )
     .default_backoff()
     .filter_map(|e| async move { change(e).map(|listed| (0, listed)) });
     // The EndpointSlice controller copies the Service's labels onto its slices: only the slices
-    // of Airlock's Services are watched.
+    // of the Services Airlock made for this shard's Plugins are watched.
     let slice_events = reflector::reflector(
         slice_writer,
         watcher(
             Api::<EndpointSlice>::all(client),
-            watcher::Config::default().labels(MANAGED_BY_SELECTOR),
+            watcher::Config::default().labels(&shard.managed_selector()),
         )
         .modify(slim),
     )

@@ -127,6 +127,16 @@ pub struct Config {
         hide_env_values = true
     )]
     pub audit_sink_url: String,
+    /// Seconds the router keeps serving after SIGTERM, reporting NOT_SERVING and not ready, before
+    /// it stops taking connections and drains the calls in flight: the time the cluster needs to
+    /// take the terminating pod out of the Service's endpoints, so that no caller connects to a
+    /// closed port. Keep terminationGracePeriodSeconds above this plus the longest hook timeout.
+    #[arg(long, env = "AIRLOCK_SHUTDOWN_DELAY_SECONDS", default_value_t = 5)]
+    pub shutdown_delay_seconds: u64,
+    /// Route only to the Plugins labelled airlock.dev/shard=<this>, the shard of the operator of
+    /// the same release; empty (the default): only those without the label.
+    #[arg(long, env = "AIRLOCK_SHARD", default_value = "")]
+    pub shard: airlock_core::shard::Shard,
     /// Label the hook latency histogram (airlock_hook_duration_seconds) with each Plugin's
     /// `namespace` and name (`plugin`), so the slow plugin shows. Its cost is 15 series (13
     /// buckets with +Inf, _sum, _count) × hooks called (at most 4) × plugins, per router replica:

@@ -53,16 +53,24 @@ pub enum HealthError {
     },
 }
 
+/// A plain-text gRPC endpoint for a router's `HOST:PORT` whose connecting and each call take at
+/// most `timeout` (the `health` and `invoke` subcommands).
+pub(crate) fn plain_endpoint(
+    addr: &str,
+    timeout: Duration,
+) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout))
+}
+
 /// Asks once; `Ok` only when the answer is SERVING.
 pub async fn check(args: &HealthArgs) -> Result<(), HealthError> {
     let timeout = Duration::from_secs(args.timeout_seconds.max(1));
-    let endpoint = Endpoint::from_shared(format!("http://{}", args.addr))
-        .map_err(|source| HealthError::Address {
-            addr: args.addr.clone(),
-            source,
-        })?
-        .connect_timeout(timeout)
-        .timeout(timeout);
+    let endpoint = plain_endpoint(&args.addr, timeout).map_err(|source| HealthError::Address {
+        addr: args.addr.clone(),
+        source,
+    })?;
     let unreachable = |message: String| HealthError::Unreachable {
         addr: args.addr.clone(),
         seconds: timeout.as_secs(),

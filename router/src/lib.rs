@@ -18,6 +18,7 @@ pub mod dispatch;
 pub mod grpc;
 pub mod health_check;
 pub mod host;
+pub mod invoke_check;
 pub mod metrics;
 pub mod server;
 pub mod table;

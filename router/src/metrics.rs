@@ -7,10 +7,12 @@
 //! (empty values) when [`Metrics::with_per_plugin`] is false: its buckets are by far the most
 //! series per plugin; the counters and gauges stay per plugin.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use airlock_core::PluginKey;
 use airlock_runtime::metrics::{KubeRequests, build_info, counter, gauge, histogram};
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 
 /// The RPCs of `airlock.router.v1.HookRouter`: the `rpc` label of refusals.
@@ -218,6 +220,21 @@ impl Metrics {
         InFlightCall(gauge)
     }
 
+    /// Drops every per-plugin series of the Plugins not in `live` (the route table's): deleted,
+    /// stopped or moved to another shard. Without it each Plugin that ever existed keeps its
+    /// series — the cardinality grows with churn, and a deleted plugin's open breaker stays 1
+    /// for dashboards and alerts. A Plugin that comes back starts its counters again from zero
+    /// (a counter reset, which rate() and increase() handle).
+    pub fn forget_plugins_except(&self, live: &HashSet<PluginKey>) {
+        prune(&self.hook_invocations, live);
+        prune(&self.hook_duration, live);
+        prune(&self.plugin_restarts, live);
+        prune(&self.breaker_open, live);
+        prune(&self.calls_in_flight, live);
+        prune(&self.host_calls, live);
+        prune(&self.host_log_dropped, live);
+    }
+
     pub fn breaker(&self, plugin: &PluginKey, open: bool) {
         self.breaker_open
             .with_label_values(&labels(plugin))
@@ -263,6 +280,27 @@ impl Metrics {
 }
 
 /// The `namespace` and `plugin` label values of `plugin`.
+/// Removes from `vec` every series whose `namespace` and `plugin` labels name a Plugin not in
+/// `live` (series with both empty, the histogram's without --metrics-per-plugin, stay).
+fn prune<T: MetricVecBuilder>(vec: &MetricVec<T>, live: &HashSet<PluginKey>) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            let (Some(ns), Some(name)) = (labels.get("namespace"), labels.get("plugin")) else {
+                continue;
+            };
+            if (ns.is_empty() && name.is_empty()) || live.contains(&PluginKey::new(*ns, *name)) {
+                continue;
+            }
+            let _ = vec.remove(&labels);
+        }
+    }
+}
+
 fn labels(plugin: &PluginKey) -> [&str; 2] {
     [plugin.namespace.as_str(), plugin.name.as_str()]
 }
@@ -279,6 +317,52 @@ mod tests {
             .filter(|l| l.starts_with(name))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// Found by `make soak`: the routers still showed an open breaker (1) for a plugin deleted
+    /// minutes before. Every per-plugin series goes once the Plugin leaves the route table.
+    #[test]
+    fn a_plugin_gone_from_the_route_table_leaves_no_series() {
+        let metrics = Metrics::new().unwrap();
+        let (gone, kept) = (
+            PluginKey::new("shop", "gone"),
+            PluginKey::new("shop", "kept"),
+        );
+        for key in [&gone, &kept] {
+            metrics.hook_invocation(key, "transform", "ok", Some(Duration::from_millis(3)));
+            metrics.breaker(key, true);
+            metrics.plugin_restarted(key);
+            metrics.host_call(key, "log", "ok");
+            metrics.host_log_dropped(key);
+            drop(metrics.call_in_flight(key));
+        }
+        metrics.forget_plugins_except(&HashSet::from([kept.clone()]));
+        let text = metrics.render();
+        assert!(!text.contains(r#"plugin="gone""#), "{text}");
+        for name in [
+            "airlock_hook_invocations_total",
+            "airlock_hook_duration_seconds_count",
+            "airlock_breaker_open",
+            "airlock_plugin_restarts_total",
+            "airlock_host_calls_total",
+            "airlock_host_log_dropped_total",
+            "airlock_router_calls_in_flight",
+        ] {
+            assert_eq!(lines(&metrics, name).len(), 1, "{name} of kept in\n{text}");
+        }
+    }
+
+    /// Without --metrics-per-plugin the latency series have empty plugin labels: not a Plugin's.
+    #[test]
+    fn series_without_a_plugin_are_not_forgotten() {
+        let metrics = Metrics::with_per_plugin(false).unwrap();
+        let key = PluginKey::new("shop", "any");
+        metrics.hook_invocation(&key, "transform", "ok", Some(Duration::from_millis(3)));
+        metrics.forget_plugins_except(&HashSet::new());
+        assert_eq!(
+            lines(&metrics, "airlock_hook_duration_seconds_count").len(),
+            1
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use airlock_runtime::StartError;
 use tonic_health::ServingStatus;
@@ -104,6 +105,7 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     let (loaded_tx, mut loaded) = tokio::sync::watch::channel(false);
     tokio::spawn(cluster::watch_routes(
         client.clone(),
+        config.shard.clone(),
         router.clone(),
         loaded_tx,
     ));
@@ -142,14 +144,40 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     // Serving once the route table and the callers' bindings are loaded: a router that answered
     // NOT_FOUND or PERMISSION_DENIED for every call while it was still listing them would look
     // like an outage.
+    let stopping = Arc::new(AtomicBool::new(false));
+    let serving = {
+        let (reporter, ready, stopping) = (reporter.clone(), ready.clone(), stopping.clone());
+        tokio::spawn(async move {
+            if loaded.wait_for(|l| *l).await.is_ok()
+                && bindings_loaded.wait_for(|l| *l).await.is_ok()
+                && (plain || identity_loaded.wait_for(|l| l.is_some()).await.is_ok())
+                && !stopping.load(Ordering::SeqCst)
+            {
+                report(&reporter, ServingStatus::Serving).await;
+                ready.store(true, Ordering::Relaxed);
+            }
+        })
+    };
+    // SIGTERM: not ready and NOT_SERVING at once, but still serving for the shutdown delay while
+    // the cluster takes the pod out of the Service's endpoints (connections it would otherwise
+    // refuse), then no new connections, and the calls in flight are finished.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let delay = Duration::from_secs(config.shutdown_delay_seconds);
     tokio::spawn(async move {
-        if loaded.wait_for(|l| *l).await.is_ok()
-            && bindings_loaded.wait_for(|l| *l).await.is_ok()
-            && (plain || identity_loaded.wait_for(|l| l.is_some()).await.is_ok())
-        {
-            report(&reporter, ServingStatus::Serving).await;
-            ready.store(true, Ordering::Relaxed);
-        }
+        airlock_runtime::shutdown::signal().await;
+        stopping.store(true, Ordering::SeqCst);
+        serving.abort();
+        // Had it just reported SERVING, its report is overwritten below.
+        let _ = serving.await;
+        ready.store(false, Ordering::Relaxed);
+        report(&reporter, ServingStatus::NotServing).await;
+        info!(
+            seconds = delay.as_secs(),
+            "stopping: not ready; serving on until the endpoints have dropped this pod"
+        );
+        tokio::time::sleep(delay).await;
+        info!("stopping: no new connections; finishing the calls in flight");
+        stop_tx.send_replace(true);
     });
 
     let reflection = tonic_reflection::server::Builder::configure()
@@ -166,7 +194,12 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
             config.max_storage_writes_per_minute,
             config.max_emits_per_minute,
         );
-        tokio::spawn(serve_host(config.host_addr, service, identity))
+        tokio::spawn(serve_host(
+            config.host_addr,
+            service,
+            identity,
+            stopped(stop.clone()),
+        ))
     });
     let addr = config.grpc_addr;
     info!(%addr, audience = %config.caller_audience, "serving {SERVICE_NAME} to callers with a ServiceAccount token for the audience");
@@ -174,7 +207,7 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
         .add_service(health)
         .add_service(reflection)
         .add_service(grpc::hook_router(router, gate, config.max_payload_bytes))
-        .serve_with_shutdown(addr, airlock_runtime::shutdown::signal());
+        .serve_with_shutdown(addr, stopped(stop));
     let host_failed = async move {
         match host {
             Some(task) => match task.await {
@@ -191,6 +224,11 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     }
 }
 
+/// Resolves once the shutdown delay after SIGTERM has passed (or the sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Reports `status` for the router service and for the server as a whole (the service "").
 async fn report(reporter: &HealthReporter, status: ServingStatus) {
     for service in [SERVICE_NAME, ""] {
@@ -204,6 +242,7 @@ async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
     addr: SocketAddr,
     service: host::HostService<C, S>,
     mut identity: tokio::sync::watch::Receiver<Option<grpc::ClientIdentity>>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RouterError> {
     let config_of = |id: &grpc::ClientIdentity| {
         airlock_tls::server_config(
@@ -246,10 +285,7 @@ async fn serve_host<C: dispatch::Caller, S: host::StorageBackend>(
             airlock_proto::host::v1::host_server::HostServer::new(service)
                 .max_decoding_message_size(crate::host::MAX_HOST_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            acceptor.incoming(listener),
-            airlock_runtime::shutdown::signal(),
-        )
+        .serve_with_incoming_shutdown(acceptor.incoming(listener), shutdown)
         .await
         .map_err(|source| RouterError::Grpc { addr, source })
 }

@@ -182,6 +182,10 @@ impl<C: Caller> Router<C> {
             table.routes(None).map(|r| r.endpoints.len()).sum(),
         );
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
+        // After the swap: a call routed by the old table that ends now cannot bring a removed
+        // plugin's series back after they were dropped (only until the next update).
+        self.metrics
+            .forget_plugins_except(&live.keys().cloned().collect());
     }
 
     /// The plugin `key` as a caller of the host API.
