@@ -13,7 +13,7 @@ export AIRLOCK_PYTHON ?= $(CACHE)/venv/bin/python
 # The local cluster unless the caller points at another one.
 export KUBECONFIG ?= /var/lib/airlock-cluster/kubeconfig
 
-.PHONY: help tools demo bench fuzz fuzz-smoke test lint fmt-check clippy shellcheck chart-lint alerts-test deny unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
+.PHONY: help tools demo bench chaos soak fuzz fuzz-smoke test lint fmt-check clippy shellcheck chart-lint alerts-test deny unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
 
 help: ## list the recipes
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -31,6 +31,15 @@ demo: tools cluster-up e2e-images ## local cluster, Airlock installed with Helm,
 
 bench: tools cluster-up e2e-images ## benchmarks: verification, router vs direct shim, 1000 disabled Plugins (BENCH_PLUGINS=N), 10,000 on fake nodes (BENCH_KWOK_PLUGINS=N)
 	@bash e2e/bench.sh
+
+soak: tools cluster-up e2e-images ## the router under load with failing plugins, a row a minute (SOAK_SECONDS=600, SOAK_PLUGINS=20, SOAK_RATE=calls/s, default half the measured throughput)
+	cargo run --quiet --locked -p airlock-e2e --bin soak
+
+chaos: tools cluster-up e2e-images ## chaos scenarios on the local cluster, each bounded (CHAOS_SCENARIOS=router-pod-deleted,operator-leader-killed; CHAOS_ROUNDS, CHAOS_WORKERS, CHAOS_PLUGINS, CHAOS_KILLS)
+	@# The CloudEvents sink the operator scenario counts audit records at (the binary installs
+	@# Airlock, pointed at it, as the e2e does).
+	$(CLUSTER)/collector.sh
+	cargo run --quiet --locked -p airlock-e2e --bin chaos
 
 test: tools lint unit fuzz-smoke e2e ## the whole suite: fmt, clippy, shellcheck, unit tests, a fuzz smoke, cluster e2e
 

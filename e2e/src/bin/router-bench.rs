@@ -22,20 +22,13 @@ use serde_json::json;
 
 /// Sequential calls per path (`BENCH_ROUTER_CALLS`, default 2000; the suite's smoke uses few).
 static SEQUENTIAL: std::sync::LazyLock<usize> =
-    std::sync::LazyLock::new(|| env_number("BENCH_ROUTER_CALLS", 2000));
+    std::sync::LazyLock::new(|| airlock_e2e::env_count("BENCH_ROUTER_CALLS", 2000));
 const PIPELINE_CALLS: usize = 500;
 const CONCURRENCY: usize = 8;
 /// Each throughput window (`BENCH_ROUTER_SECONDS`, default 10).
-static THROUGHPUT_WINDOW: std::sync::LazyLock<Duration> =
-    std::sync::LazyLock::new(|| Duration::from_secs(env_number("BENCH_ROUTER_SECONDS", 10) as u64));
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(default)
-}
+static THROUGHPUT_WINDOW: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+    Duration::from_secs(airlock_e2e::env_count("BENCH_ROUTER_SECONDS", 10) as u64)
+});
 
 #[tokio::main]
 async fn main() -> Result<()> {
