@@ -1457,4 +1457,173 @@ mod tests {
         assert_eq!(e.reason, "ImageNotSigned");
         assert!(e.warning, "{e:?}");
     }
+
+    /// Issue 16: the status planner under any sequence of what reconciles can see — fetch and
+    /// verification failures (retried or verdicts, a revoked signer), a plan blocked by its
+    /// verification, rollouts ready or not, past their deadline or rolled back — with the Plugin
+    /// enabled and disabled in between. What a user and the router rely on must hold after
+    /// every step, whatever came before.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// What one reconcile saw.
+        #[derive(Clone, Debug)]
+        enum Seen {
+            FetchFailed {
+                reason: &'static str,
+                revoked: bool,
+            },
+            Blocked,
+            RolledOut {
+                ready: i32,
+                deadline_exceeded: bool,
+                rolled_back: bool,
+            },
+        }
+
+        /// Retried reasons and verdicts alike.
+        const REASONS: [&str; 10] = [
+            RETRIED_REASONS[0],
+            RETRIED_REASONS[1],
+            RETRIED_REASONS[2],
+            RETRIED_REASONS[3],
+            RETRIED_REASONS[4],
+            RETRIED_REASONS[5],
+            RETRIED_REASONS[6],
+            "ImageNotSigned",
+            "ImageSignatureUntrusted",
+            "KeyRevoked",
+        ];
+
+        fn seen() -> impl Strategy<Value = Seen> {
+            prop_oneof![
+                (prop::sample::select(&REASONS[..]), any::<bool>())
+                    .prop_map(|(reason, revoked)| Seen::FetchFailed { reason, revoked }),
+                Just(Seen::Blocked),
+                (0..=1i32, any::<bool>(), any::<bool>()).prop_map(
+                    |(ready, deadline_exceeded, rolled_back)| Seen::RolledOut {
+                        ready,
+                        deadline_exceeded,
+                        rolled_back,
+                    }
+                ),
+            ]
+        }
+
+        fn step(p: &Plugin, seen: &Seen, now: Timestamp) -> PluginStatus {
+            match seen {
+                Seen::FetchFailed { reason, revoked } => {
+                    let f = FetchFailure {
+                        condition: VERIFIED,
+                        reason,
+                        message: "what failed (retrying)".into(),
+                        running: if *revoked {
+                            RunningRevision::Quarantined
+                        } else {
+                            RunningRevision::KeepsServing
+                        },
+                    };
+                    next_status(p, Outcome::FetchFailed(&f), now)
+                }
+                Seen::Blocked => {
+                    let mut plan = ok_plan();
+                    plan.verified = Verdict::Blocked {
+                        reason: "ImageSignatureUntrusted",
+                        message: "signed by no trusted key".into(),
+                    };
+                    next_status(p, Outcome::Planned(&plan, None), now)
+                }
+                Seen::RolledOut {
+                    ready,
+                    deadline_exceeded,
+                    rolled_back,
+                } => {
+                    let applied = Rollout {
+                        ready_replicas: *ready,
+                        available_replicas: *ready,
+                        deadline_exceeded: *deadline_exceeded,
+                        rolled_back_from: rolled_back.then(|| "rbad".to_string()),
+                        ..applied(1)
+                    };
+                    next_status(p, Outcome::Planned(&ok_plan(), Some(&applied)), now)
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn every_status_transition_keeps_the_promises(
+                steps in prop::collection::vec((seen(), any::<bool>()), 1..12)
+            ) {
+                let mut p = plugin(HELLO);
+                let mut t = 1_000_000;
+                for (seen, enabled) in steps {
+                    p.spec.enabled = enabled;
+                    t += 7;
+                    let now = Timestamp::from_second(t).expect("time");
+                    let prev = p.status.clone().unwrap_or_default();
+                    let next = step(&p, &seen, now);
+
+                    // The same world seen again later writes nothing (no hot loop, no Event).
+                    let mut again = p.clone();
+                    again.status = Some(next.clone());
+                    let later = Timestamp::from_second(t + 3).expect("time");
+                    prop_assert_eq!(&step(&again, &seen, later), &next);
+
+                    // Nothing runs or may call the host API as a quarantined or disabled plugin.
+                    if matches!(next.phase, Some(PluginPhase::Quarantined | PluginPhase::Disabled)) {
+                        prop_assert!(next.permissions.is_empty(), "{:?}", next);
+                        prop_assert_eq!(next.replicas, Some(0));
+                    }
+                    if let Seen::FetchFailed { reason, revoked } = &seen {
+                        // A revoked signer stops what runs, whatever else is true.
+                        if *revoked {
+                            prop_assert_eq!(next.phase, Some(PluginPhase::Quarantined));
+                        } else if prev.last_good_revision.is_some() {
+                            // What served keeps serving through a failure of the new spec.
+                            prop_assert_eq!(next.phase, Some(PluginPhase::Degraded));
+                        } else if RETRIED_REASONS.contains(reason) {
+                            // "Not now" is never the terminal-looking Failed.
+                            prop_assert_eq!(next.phase, Some(PluginPhase::Pending));
+                        }
+                    }
+                    // A revision that served is never forgotten.
+                    if prev.last_good_revision.is_some() {
+                        prop_assert!(next.last_good_revision.is_some());
+                    }
+                    // Ready=True means serving (or disabled as asked); Active means Ready.
+                    let ready = next.conditions.iter().find(|c| c.type_ == READY);
+                    let ready_true = ready.is_some_and(|c| c.status == "True");
+                    if ready_true {
+                        prop_assert!(
+                            matches!(next.phase, Some(PluginPhase::Active | PluginPhase::Disabled)),
+                            "{:?}", next
+                        );
+                    }
+                    if next.phase == Some(PluginPhase::Active) {
+                        prop_assert!(ready_true, "{:?}", next);
+                    }
+                    // Every condition describes this generation; its transition time moves only
+                    // when its status does.
+                    for c in &next.conditions {
+                        prop_assert_eq!(c.observed_generation, p.metadata.generation);
+                        if let Some(old) = prev.conditions.iter().find(|o| o.type_ == c.type_)
+                            && old.status == c.status
+                        {
+                            prop_assert_eq!(&old.last_transition_time, &c.last_transition_time);
+                        }
+                    }
+                    // Records only of revisions the status still names.
+                    for r in &next.revisions {
+                        prop_assert!(
+                            next.current_revision.as_deref() == Some(r.revision.as_str())
+                                || next.last_good_revision.as_deref() == Some(r.revision.as_str())
+                        );
+                    }
+                    p.status = Some(next);
+                }
+            }
+        }
+    }
 }
