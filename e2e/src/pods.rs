@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{LogParams, PostParams};
+use kube::api::{ListParams, LogParams, PostParams};
 use serde_json::json;
 
 use crate::TestNamespace;
@@ -170,4 +170,25 @@ pub async fn wait_last_log_line(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Container restarts of the pods selected by `labels` in `namespace` (summed over the pods that
+/// exist now).
+pub async fn container_restarts(
+    client: &kube::Client,
+    namespace: &str,
+    labels: &str,
+) -> Result<i32> {
+    Ok(Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(labels))
+        .await?
+        .items
+        .iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum())
 }

@@ -104,18 +104,8 @@ pub async fn metrics(client: &Client) -> Result<String> {
 
 /// Container restarts of the router pods that exist now (summed).
 pub async fn router_restarts(client: &Client) -> Result<i32> {
-    Ok(Api::<Pod>::namespaced(client.clone(), NAMESPACE)
-        .list(&ListParams::default().labels("app.kubernetes.io/name=airlock-router"))
-        .await?
-        .items
-        .iter()
-        .flat_map(|p| {
-            p.status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-        })
-        .map(|c| c.restart_count)
-        .sum())
+    crate::pods::container_restarts(client, NAMESPACE, "app.kubernetes.io/name=airlock-router")
+        .await
 }
 
 /// Sum of a counter over every series whose line starts with `prefix` (name and labels).

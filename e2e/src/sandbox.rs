@@ -106,6 +106,18 @@ impl Sandbox {
         Ok(())
     }
 
+    /// A new release key pair made in `dir` — cosign's (`cosign.key`, for `signing::sign_classic`)
+    /// and an ed25519 one for bundles — and trusted by the sandbox policy; returns the bundle
+    /// signing key.
+    pub async fn trust_new_release_keys(&self, dir: &std::path::Path) -> Result<String> {
+        crate::signing::cosign(dir, &["generate-key-pair"], None)?;
+        let (bundle_private, bundle_public) = airlock_bundle::signing::generate()?;
+        let cosign_public = std::fs::read_to_string(dir.join("cosign.pub"))?;
+        self.trust_release_key(&cosign_public, &bundle_public)
+            .await?;
+        Ok(bundle_private)
+    }
+
     /// Merges `limits` into the sandbox policy's Untrusted level (e.g. `{"maxCpu": "1"}` for a
     /// bench that needs more than the tests do).
     pub async fn set_limits(&self, limits: serde_json::Value) -> Result<()> {

@@ -118,10 +118,7 @@ async fn a_registry_failing_on_the_signature_fails_closed_and_recovers_by_itself
     in_sandbox("registry-faults", &["log"], async |s: &Sandbox| {
         let work = tempfile::tempdir()?;
         let dir = work.path();
-        airlock_e2e::signing::cosign(dir, &["generate-key-pair"], None)?;
-        let (bundle_private, bundle_public) = airlock_bundle::signing::generate()?;
-        let cosign_public = std::fs::read_to_string(dir.join("cosign.pub"))?;
-        s.trust_release_key(&cosign_public, &bundle_public).await?;
+        let bundle_private = s.trust_new_release_keys(dir).await?;
 
         let repository = "e2e-registry-faults/signed";
         let (_, digest) = push_unique_variant(&images_env("AIRLOCK_HELLO_IMAGE")?, repository)?;

@@ -195,16 +195,7 @@ async fn router_pod_deleted(f: &Fixture) -> Result<()> {
     // round; every caller's calls succeed again once the replacement is Ready.
     let mut broken = Vec::new();
     for (round, name, killed, from, to, back) in &windows {
-        let inside: Vec<&Outcome> = outcomes
-            .iter()
-            .filter(|o| o.at >= *from && o.at < *to)
-            .collect();
-        let mut took: Vec<Duration> = inside.iter().map(|o| o.took).collect();
-        took.sort();
-        let p99 = took
-            .get(((took.len() as f64 - 1.0) * 0.99).round() as usize)
-            .copied()
-            .unwrap_or_default();
+        let (inside, p99) = window(&outcomes, *from, *to);
         let mut per_worker: BTreeMap<usize, usize> = BTreeMap::new();
         for o in inside.iter().filter(|o| o.error.is_some()) {
             *per_worker.entry(o.worker).or_default() += 1;
@@ -229,35 +220,19 @@ async fn router_pod_deleted(f: &Fixture) -> Result<()> {
             back.as_secs_f64()
         );
     }
-    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
-    let outside = failures
-        .iter()
-        .filter(|o| {
-            !windows
-                .iter()
-                .any(|(_, _, _, from, to, _)| o.at >= *from && o.at < *to)
-        })
-        .count();
+    let outside = failed_outside(&outcomes, windows.iter().map(|w| (w.3, w.4)));
     if outside > 0 {
         broken.push(format!(
             "{outside} calls failed while no router pod was going"
         ));
     }
-    let mut by_error: BTreeMap<&str, usize> = BTreeMap::new();
-    for o in &failures {
-        *by_error
-            .entry(o.error.as_deref().unwrap_or(""))
-            .or_default() += 1;
-    }
     let unsent = outcomes.iter().filter(|o| o.unsent).count();
     println!(
         "calls: {total} in {elapsed:.0}s ({:.0}/s), failed: {}; sent again because tonic had not sent them (GOAWAY): {unsent}",
         total as f64 / elapsed,
-        failures.len()
+        outcomes.iter().filter(|o| o.error.is_some()).count()
     );
-    for (error, n) in &by_error {
-        println!("  {n} × {error}");
-    }
+    print_failures(&outcomes);
 
     let plugin = f.ns.api::<Plugin>().get("hello").await?;
     let disabled = plugin.auto_disabled_record().is_some();
@@ -351,6 +326,44 @@ impl Callers {
             t.await?;
         }
         Ok(std::mem::take(&mut *self.outcomes.lock().await))
+    }
+}
+
+/// The calls made from `from` to `to` (on the callers' clock), and their p99 latency.
+fn window(outcomes: &[Outcome], from: Duration, to: Duration) -> (Vec<&Outcome>, Duration) {
+    let inside: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.at >= from && o.at < to)
+        .collect();
+    let mut took: Vec<Duration> = inside.iter().map(|o| o.took).collect();
+    took.sort();
+    let p99 = took
+        .get(((took.len() as f64 - 1.0) * 0.99).round() as usize)
+        .copied()
+        .unwrap_or_default();
+    (inside, p99)
+}
+
+/// How many calls failed outside every `(from, to)` window.
+fn failed_outside(
+    outcomes: &[Outcome],
+    windows: impl Iterator<Item = (Duration, Duration)> + Clone,
+) -> usize {
+    outcomes
+        .iter()
+        .filter(|o| o.error.is_some())
+        .filter(|o| !windows.clone().any(|(from, to)| o.at >= from && o.at < to))
+        .count()
+}
+
+/// The failed calls, counted by their error, for the report.
+fn print_failures(outcomes: &[Outcome]) {
+    let mut by_error: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in outcomes.iter().filter_map(|o| o.error.as_deref()) {
+        *by_error.entry(e).or_default() += 1;
+    }
+    for (error, n) in &by_error {
+        println!("  {n} × {error}");
     }
 }
 
@@ -451,22 +464,6 @@ async fn wait_api(client: &kube::Client, within: Duration) -> Result<Duration> {
     }
 }
 
-/// Container restarts of the pods selected by `labels` in `namespace`.
-async fn container_restarts(client: &kube::Client, namespace: &str, labels: &str) -> Result<i32> {
-    Ok(Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(labels))
-        .await?
-        .items
-        .iter()
-        .flat_map(|p| {
-            p.status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-        })
-        .map(|c| c.restart_count)
-        .sum())
-}
-
 /// Whether every pod selected by `labels` in `namespace` is Ready (and there is one).
 async fn pods_ready(client: &kube::Client, namespace: &str, labels: &str) -> Result<bool> {
     let pods = Api::<Pod>::namespaced(client.clone(), namespace)
@@ -545,7 +542,7 @@ async fn apiserver_restarted(s: &Sandbox) -> Result<()> {
     }
     let first = wait_all_active(&plugins, Duration::from_secs(600)).await?;
     let operator_restarts = async || {
-        container_restarts(
+        airlock_e2e::pods::container_restarts(
             &s.client,
             NAMESPACE,
             "app.kubernetes.io/name=airlock-operator",
@@ -644,10 +641,7 @@ async fn registry_down(s: &Sandbox) -> Result<()> {
     );
     let work = tempfile::tempdir()?;
     let dir = work.path();
-    airlock_e2e::signing::cosign(dir, &["generate-key-pair"], None)?;
-    let (bundle_private, bundle_public) = airlock_bundle::signing::generate()?;
-    let cosign_public = std::fs::read_to_string(dir.join("cosign.pub"))?;
-    s.trust_release_key(&cosign_public, &bundle_public).await?;
+    let bundle_private = s.trust_new_release_keys(dir).await?;
     // Two signed images: one running before the outage, one first seen during it.
     let repository = "e2e-chaos/registry-down";
     let mut images = Vec::new();
@@ -744,7 +738,8 @@ async fn kubelet_containerd_restarted(f: &Fixture) -> Result<()> {
     f.wait_serving(&["hello"], "transform").await?;
     let plugin_pods = "airlock.dev/plugin=hello";
     let router_before = airlock_e2e::router::router_restarts(&f.client).await?;
-    let plugin_before = container_restarts(&f.client, f.ns(), plugin_pods).await?;
+    let plugin_before =
+        airlock_e2e::pods::container_restarts(&f.client, f.ns(), plugin_pods).await?;
     println!(
         "== chaos kubelet-containerd-restarted: {workers} callers, the node's kubelet and containerd restarted {rounds} times =="
     );
@@ -816,16 +811,7 @@ async fn kubelet_containerd_restarted(f: &Fixture) -> Result<()> {
         "round", "how", "calls", "failed", "p99 ms", "pods Ready in", "routed in"
     );
     for (round, killed, from, to, back, routed) in &windows {
-        let inside: Vec<&Outcome> = outcomes
-            .iter()
-            .filter(|o| o.at >= *from && o.at < *to)
-            .collect();
-        let mut took: Vec<Duration> = inside.iter().map(|o| o.took).collect();
-        took.sort();
-        let p99 = took
-            .get(((took.len() as f64 - 1.0) * 0.99).round() as usize)
-            .copied()
-            .unwrap_or_default();
+        let (inside, p99) = window(&outcomes, *from, *to);
         println!(
             "{round:>5}  {:<7} {:>8} {:>8} {:>9.1} {:>13.1}s {:>13.1}s",
             if *killed { "killed" } else { "stopped" },
@@ -836,29 +822,19 @@ async fn kubelet_containerd_restarted(f: &Fixture) -> Result<()> {
             routed.as_secs_f64()
         );
     }
-    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
-    let mut by_error: BTreeMap<&str, usize> = BTreeMap::new();
-    for o in &failures {
-        *by_error
-            .entry(o.error.as_deref().unwrap_or(""))
-            .or_default() += 1;
-    }
-    println!("calls: {}, failed: {}", outcomes.len(), failures.len());
-    for (error, n) in &by_error {
-        println!("  {n} × {error}");
-    }
-    let outside = failures
-        .iter()
-        .filter(|o| {
-            !windows
-                .iter()
-                .any(|(_, _, from, to, _, _)| o.at >= *from && o.at < *to)
-        })
-        .count();
+    println!(
+        "calls: {}, failed: {}",
+        outcomes.len(),
+        outcomes.iter().filter(|o| o.error.is_some()).count()
+    );
+    print_failures(&outcomes);
+    let outside = failed_outside(&outcomes, windows.iter().map(|w| (w.2, w.3)));
     let plugin = f.ns.api::<Plugin>().get("hello").await?;
     let disabled = plugin.auto_disabled_record().is_some();
     let router = airlock_e2e::router::router_restarts(&f.client).await? - router_before;
-    let plugin_restarts = container_restarts(&f.client, f.ns(), plugin_pods).await? - plugin_before;
+    let plugin_restarts = airlock_e2e::pods::container_restarts(&f.client, f.ns(), plugin_pods)
+        .await?
+        - plugin_before;
     println!(
         "auto-disabled: {disabled}; container restarts: router {router}, plugin {plugin_restarts}"
     );
