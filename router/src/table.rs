@@ -153,6 +153,12 @@ impl RouteTable {
         out
     }
 
+    /// Every Plugin of the table, callable or not (disabled, auto-disabled, not ready, being
+    /// deleted): those the router still reports on.
+    pub fn plugins(&self) -> impl Iterator<Item = &PluginKey> {
+        self.routes.keys().chain(self.unroutable.keys())
+    }
+
     /// Every callable plugin, optionally in one namespace, by namespace and name.
     pub fn routes(&self, namespace: Option<&str>) -> impl Iterator<Item = &Arc<Route>> {
         self.routes
@@ -344,6 +350,27 @@ mod tests {
         for name in ["q", "d", "a"] {
             assert!(table.holder(&PluginKey::new("t", name)).is_none(), "{name}");
         }
+    }
+
+    /// The router keeps reporting on every Plugin of the table (its metric series stay): a
+    /// disabled or auto-disabled one is not callable but still listed; a deleted one is not.
+    #[test]
+    fn disabled_plugins_are_listed_but_not_routed() {
+        let hooks = json!([{"name": "transform"}]);
+        let mut disabled = plugin("t", "d", "Disabled", hooks.clone());
+        disabled.spec.enabled = false;
+        let mut auto = plugin("t", "a", "Active", hooks.clone());
+        auto.status.get_or_insert_default().auto_disabled = Some(
+            airlock_crds::plugin::AutoDisabled::under(&auto, "5 timeouts"),
+        );
+        let table = RouteTable::build([&disabled, &auto], &ips(&[]));
+        assert_eq!(table.routes(None).count(), 0);
+        let listed: Vec<&PluginKey> = table.plugins().collect();
+        assert_eq!(
+            listed,
+            [&PluginKey::new("t", "a"), &PluginKey::new("t", "d")],
+            "{listed:?}"
+        );
     }
 
     /// One ready pod at `ip` for each (namespace, Service).

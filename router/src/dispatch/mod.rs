@@ -18,7 +18,7 @@ pub mod limits;
 mod outcome;
 mod scope;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -181,11 +181,13 @@ impl<C: Caller> Router<C> {
             live.len(),
             table.routes(None).map(|r| r.endpoints.len()).sum(),
         );
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
         // After the swap: a call routed by the old table that ends now cannot bring a removed
-        // plugin's series back after they were dropped (only until the next update).
-        self.metrics
-            .forget_plugins_except(&live.keys().cloned().collect());
+        // plugin's series back after they were dropped (only until the next update). Only the
+        // series of Plugins gone from the table (deleted, moved to another shard) go: a disabled
+        // or auto-disabled plugin keeps its counters, the evidence of why it was disabled.
+        let known: HashSet<PluginKey> = table.plugins().cloned().collect();
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
+        self.metrics.forget_plugins_except(&known);
     }
 
     /// The plugin `key` as a caller of the host API.
