@@ -660,50 +660,57 @@ async fn registry_down(s: &Sandbox) -> Result<()> {
 
     let started = Instant::now();
     let outage = tokio::task::spawn_blocking(move || restart_daemons(&["registry"], down, false));
-    let address = registry();
-    airlock_e2e::wait::until(
-        "the registry refusing connections",
-        Duration::from_secs(30),
-        async || Ok(tokio::net::TcpStream::connect(&address).await.is_err()),
-        |refused| *refused,
-    )
-    .await?;
-    let (image, digest) = &images[1];
-    s.deploy_signed_hello(dir, "fresh", image, digest, &bundle_private)
+    // Whatever fails while it is down, the registry is started again before this returns
+    // (the restart runs on its own thread, which the process's exit would cut short).
+    let during = async {
+        let address = registry();
+        airlock_e2e::wait::until(
+            "the registry refusing connections",
+            Duration::from_secs(30),
+            async || Ok(tokio::net::TcpStream::connect(&address).await.is_err()),
+            |refused| *refused,
+        )
         .await?;
-    // Fail closed for the new Plugin, the old one untouched, every second of the outage.
-    let deployments = s.ns.api::<Deployment>();
-    let mut verified = std::collections::BTreeSet::new();
-    let mut steady_phases = std::collections::BTreeSet::new();
-    let mut samples = 0;
-    while !outage.is_finished() {
-        let fresh = plugins.get("fresh").await?;
-        let rolled_out = deployments.get_opt("fresh").await?.is_some();
-        ensure!(
-            !rolled_out && !matches!(phase(&fresh), Some(PluginPhase::Active)),
-            "the new Plugin was rolled out while its image's signature could not be read: {:?}",
-            fresh.status
-        );
-        if let Some(c) = condition(&fresh, "Verified") {
-            verified.insert(format!("{}/{}", c.status, c.reason));
+        let (image, digest) = &images[1];
+        s.deploy_signed_hello(dir, "fresh", image, digest, &bundle_private)
+            .await?;
+        // Fail closed for the new Plugin, the old one untouched, every second of the outage.
+        let deployments = s.ns.api::<Deployment>();
+        let mut verified = std::collections::BTreeSet::new();
+        let mut steady_phases = std::collections::BTreeSet::new();
+        let mut samples = 0;
+        while !outage.is_finished() {
+            let fresh = plugins.get("fresh").await?;
+            let rolled_out = deployments.get_opt("fresh").await?.is_some();
+            ensure!(
+                !rolled_out && !matches!(phase(&fresh), Some(PluginPhase::Active)),
+                "the new Plugin was rolled out while its image's signature could not be read: {:?}",
+                fresh.status
+            );
+            if let Some(c) = condition(&fresh, "Verified") {
+                verified.insert(format!("{}/{}", c.status, c.reason));
+            }
+            let steady = plugins.get("steady").await?;
+            let ready = deployments
+                .get("steady")
+                .await?
+                .status
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
+            ensure!(
+                ready >= 1,
+                "the Plugin that ran before the outage stopped serving: {:?}",
+                steady.status
+            );
+            steady_phases.insert(format!("{:?}", phase(&steady)));
+            samples += 1;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let steady = plugins.get("steady").await?;
-        let ready = deployments
-            .get("steady")
-            .await?
-            .status
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0);
-        ensure!(
-            ready >= 1,
-            "the Plugin that ran before the outage stopped serving: {:?}",
-            steady.status
-        );
-        steady_phases.insert(format!("{:?}", phase(&steady)));
-        samples += 1;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, anyhow::Error>((verified, steady_phases, samples))
     }
+    .await;
     outage.await??;
+    let (verified, steady_phases, samples) = during?;
     let back = started.elapsed();
     let fresh = airlock_e2e::plugins::wait_plugin(
         &plugins,
