@@ -197,6 +197,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                     status.replicas = Some(0);
                     (PluginPhase::Quarantined, String::new())
                 }
+                _ if switched_off(plugin).is_some() => (PluginPhase::Disabled, String::new()),
                 Some(good) => (
                     PluginPhase::Degraded,
                     format!(" (revision {good} keeps serving)"),
@@ -204,7 +205,12 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                 None if f.is_retried() => (PluginPhase::Pending, String::new()),
                 None => (PluginPhase::Failed, String::new()),
             };
-            set(READY, false, f.reason, format!("{}{suffix}", f.message));
+            // Switched off: Ready says so (Verified carries the failure); the pipeline scales
+            // to zero whatever the fetch said.
+            match switched_off(plugin).filter(|_| phase_now == PluginPhase::Disabled) {
+                Some((ok, reason, message)) => set(READY, ok, reason, message),
+                None => set(READY, false, f.reason, format!("{}{suffix}", f.message)),
+            }
             phase = phase_now;
         }
         Outcome::Planned(plan, _) | Outcome::NotOwned(plan, _) => {
@@ -249,6 +255,14 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                                 ),
                             );
                             phase = PluginPhase::Degraded;
+                        }
+                        _ if switched_off(plugin).is_some() => {
+                            // Nothing runs (the pipeline scales to zero); the verdicts above
+                            // say what is wrong with the spec.
+                            if let Some((ok, reason, message)) = switched_off(plugin) {
+                                set(READY, ok, reason, message);
+                            }
+                            phase = PluginPhase::Disabled;
                         }
                         _ => {
                             set(READY, false, reason, format!("not rolled out: {message}"));
@@ -540,6 +554,30 @@ pub fn stopped(
     status
 }
 
+/// `Ready` (status, reason, message) of a Plugin switched off by its spec or by the router's
+/// auto-disable: phase Disabled, whatever the fetch, the verification or the rollout say — the
+/// kill switch must not wait for a registry.
+fn switched_off(plugin: &Plugin) -> Option<(bool, &'static str, String)> {
+    if let Some(why) = plugin.auto_disabled() {
+        Some((
+            false,
+            "AutoDisabled",
+            format!(
+                "the router auto-disabled the plugin ({why}): no pods run, storage is kept. Fix the plugin, then {}",
+                plugin.re_enable_hint()
+            ),
+        ))
+    } else if !plugin.spec.enabled {
+        Some((
+            true,
+            "Disabled",
+            "spec.enabled is false: no pods run; storage and status are kept".to_string(),
+        ))
+    } else {
+        None
+    }
+}
+
 fn ready(
     plugin: &Plugin,
     applied: &Rollout,
@@ -548,23 +586,8 @@ fn ready(
     generation: Option<i64>,
     now: Timestamp,
 ) -> PluginPhase {
-    let (ok, reason, message, phase) = if let Some(why) = plugin.auto_disabled() {
-        (
-            false,
-            "AutoDisabled",
-            format!(
-                "the router auto-disabled the plugin ({why}): no pods run, storage is kept. Fix the plugin, then {}",
-                plugin.re_enable_hint()
-            ),
-            PluginPhase::Disabled,
-        )
-    } else if !plugin.spec.enabled {
-        (
-            true,
-            "Disabled",
-            "spec.enabled is false: no pods run; storage and status are kept".to_string(),
-            PluginPhase::Disabled,
-        )
+    let (ok, reason, message, phase) = if let Some((ok, reason, message)) = switched_off(plugin) {
+        (ok, reason, message, PluginPhase::Disabled)
     } else if let Some(failed) = &applied.rolled_back_from {
         status.failed_revision = Some(failed.clone());
         (
@@ -1554,11 +1577,16 @@ mod tests {
         proptest! {
             #[test]
             fn every_status_transition_keeps_the_promises(
-                steps in prop::collection::vec((seen(), any::<bool>()), 1..12)
+                steps in prop::collection::vec((seen(), any::<bool>(), any::<bool>()), 1..12)
             ) {
                 let mut p = plugin(HELLO);
                 let mut t = 1_000_000;
-                for (seen, enabled) in steps {
+                for (seen, enabled, edited) in steps {
+                    // A spec change between two reconciles (enabled flipped or not): a new
+                    // generation every condition must describe.
+                    if edited || p.spec.enabled != enabled {
+                        p.metadata.generation = Some(p.metadata.generation.unwrap_or(0) + 1);
+                    }
                     p.spec.enabled = enabled;
                     t += 7;
                     let now = Timestamp::from_second(t).expect("time");
@@ -1571,15 +1599,25 @@ mod tests {
                     let later = Timestamp::from_second(t + 3).expect("time");
                     prop_assert_eq!(&step(&again, &seen, later), &next);
 
-                    // Nothing runs or may call the host API as a quarantined or disabled plugin.
-                    if matches!(next.phase, Some(PluginPhase::Quarantined | PluginPhase::Disabled)) {
+                    // The kill switch holds whatever the registry or the rollout say: nothing
+                    // runs or may call the host API as a disabled plugin (nor a quarantined one).
+                    if !p.spec.enabled || next.phase == Some(PluginPhase::Quarantined) {
                         prop_assert!(next.permissions.is_empty(), "{:?}", next);
-                        prop_assert_eq!(next.replicas, Some(0));
+                        prop_assert_eq!(next.replicas, Some(0), "{:?}", next);
+                    }
+                    if !p.spec.enabled {
+                        prop_assert!(
+                            matches!(next.phase, Some(PluginPhase::Disabled | PluginPhase::Quarantined)),
+                            "{:?}", next
+                        );
                     }
                     if let Seen::FetchFailed { reason, revoked } = &seen {
                         // A revoked signer stops what runs, whatever else is true.
                         if *revoked {
                             prop_assert_eq!(next.phase, Some(PluginPhase::Quarantined));
+                        } else if !p.spec.enabled {
+                            // Switched off as asked, the registry down or not.
+                            prop_assert_eq!(next.phase, Some(PluginPhase::Disabled));
                         } else if prev.last_good_revision.is_some() {
                             // What served keeps serving through a failure of the new spec.
                             prop_assert_eq!(next.phase, Some(PluginPhase::Degraded));
@@ -1606,6 +1644,7 @@ mod tests {
                     }
                     // Every condition describes this generation; its transition time moves only
                     // when its status does.
+                    prop_assert_eq!(next.observed_generation, p.metadata.generation);
                     for c in &next.conditions {
                         prop_assert_eq!(c.observed_generation, p.metadata.generation);
                         if let Some(old) = prev.conditions.iter().find(|o| o.type_ == c.type_)

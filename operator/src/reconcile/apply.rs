@@ -32,12 +32,14 @@ use crate::status;
 use crate::stopped::{self, Network};
 use airlock_crds::plugin::RevisionRecord;
 
-/// A plugin signed by a revoked key must not keep running: scale its Deployment to zero. The
-/// next verified revision is applied by the normal path and brings the replicas back.
+/// Scales the Plugin's own Deployment to zero (`why` is logged): a plugin signed by a revoked key
+/// must not keep running, nor one switched off while no rollout can set its replicas (its spec
+/// fails to fetch or verify). The next revision the normal path applies brings replicas back.
 pub(super) async fn quarantine(
     plugin: &Plugin,
     ctx: &Context,
     watches: &Watches,
+    why: &'static str,
 ) -> Result<(), Error> {
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let name = names::child_name(&plugin.name_any());
@@ -60,7 +62,7 @@ pub(super) async fn quarantine(
         .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
         .is_some_and(|n| n > 0);
     if let (true, Some(own)) = (running, own) {
-        warn!(plugin = %plugin.name_any(), "the running revision may not run any more: scaling the plugin to zero");
+        warn!(plugin = %plugin.name_any(), "{why}: scaling the plugin to zero");
         // Only the Deployment just judged (its uid), not one re-created under the name since.
         api.patch(
             &name,

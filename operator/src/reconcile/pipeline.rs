@@ -116,7 +116,13 @@ pub(super) async fn run(
     let (next, requeue) = match planned {
         Err(failure) => {
             if failure.running == status::RunningRevision::Quarantined {
-                apply::quarantine(plugin, ctx, watches).await?;
+                apply::quarantine(
+                    plugin,
+                    ctx,
+                    watches,
+                    "the running revision may not run any more",
+                )
+                .await?;
             }
             (
                 status::next_status(plugin, Outcome::FetchFailed(failure), status::now()),
@@ -183,7 +189,13 @@ pub(super) async fn run(
         if rolled_out {
             apply::stop_revision(plugin, revision, ctx, watches).await?;
         } else {
-            apply::quarantine(plugin, ctx, watches).await?;
+            apply::quarantine(
+                plugin,
+                ctx,
+                watches,
+                "the running revision may not run any more",
+            )
+            .await?;
         }
         let current = next.current_revision.as_deref() == Some(revision.as_str());
         if !current && next.last_good_revision.as_deref() == Some(revision.as_str()) {
@@ -194,6 +206,12 @@ pub(super) async fn run(
         if current || !rolled_out {
             next = status::stopped(plugin, next, stop, status::now());
         }
+    }
+    // The kill switch (spec.enabled: false, the router's auto-disable) holds whatever the
+    // registry, the verification or the objects in the way said: with no rollout to set zero
+    // replicas, what runs is scaled to zero here (a no-op once it is).
+    if !plugin.should_run() && !rolled_out {
+        apply::quarantine(plugin, ctx, watches, "the plugin is switched off").await?;
     }
     // 5. Status, Events and audit records, from what was applied.
     record::record_status(plugin, next, ctx).await?;

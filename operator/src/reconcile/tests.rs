@@ -1205,6 +1205,68 @@ async fn a_broken_spec_does_not_keep_a_revoked_or_no_longer_allowed_revision_run
     }
 }
 
+/// The kill switch does not wait for the registry: a running Plugin switched off (by
+/// `spec.enabled: false` or the router's auto-disable) while its spec cannot be fetched or
+/// verified (here a bundle digest that does not match) is scaled to zero and loses its host-API
+/// permissions; before, it kept running as Degraded until the spec could be fetched again.
+#[tokio::test]
+async fn a_switched_off_plugin_stops_even_when_its_spec_cannot_be_fetched() {
+    let (public, fingerprint) = signer_key();
+    for how in ["spec.enabled", "auto-disabled"] {
+        let mut h = Harness::new(
+            policy(json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted"}])),
+            json!({"metadata": {"name": "hello-bundle", "namespace": NS},
+                   "binaryData": {"bundle.tar.gz": b64(&bundle(MANIFEST))}}),
+        );
+        let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
+        h.api.put(
+            &deployment,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "hello", "namespace": NS, "ownerReferences": owned_by("uid-1")},
+                   "spec": {"replicas": 2}}),
+        );
+        h.watch_deployment();
+        let mut p = plugin("uid-1", "[log]");
+        p.spec.bundle.digest = Some(format!("sha256:{}", "0".repeat(64)));
+        match how {
+            "spec.enabled" => p.spec.enabled = false,
+            _ => {
+                p.metadata.annotations = Some(
+                    [(
+                        airlock_crds::plugin::AUTO_DISABLED_ANNOTATION.to_string(),
+                        "timeouts".to_string(),
+                    )]
+                    .into(),
+                )
+            }
+        }
+        p.status = serde_json::from_value(json!({
+            "phase": "Active", "currentRevision": "rgood", "lastGoodRevision": "rgood",
+            "permissions": ["log"],
+            "revisions": [{"revision": "rgood", "bundleSigner": fingerprint,
+                           "imageSigner": null, "permissions": ["log"]}]}))
+        .ok();
+        h.reconcile(&p).await;
+
+        assert_eq!(
+            replicas_patched(&h, &deployment),
+            Some(json!(0)),
+            "{how}: scaled to zero"
+        );
+        let status = h.status();
+        assert_eq!(status["phase"], "Disabled", "{how}: {status}");
+        assert_eq!(
+            condition(&status, "Verified").1,
+            "BundleDigestMismatch",
+            "{how}: the spec's own problem is still reported"
+        );
+        assert!(
+            status["permissions"].is_null(),
+            "{how}: no host API: {status}"
+        );
+    }
+}
+
 /// A newer revision is rolling out while the last good one still serves (`maxUnavailable: 0`
 /// keeps its pods until the new ones are ready): revoking the last good one's key stops its
 /// ReplicaSet at once, and it is no longer a revision to return to.
