@@ -25,38 +25,84 @@ done
 [ $# -gt 0 ] || die "usage: restart.sh [--kill] [--down SECONDS] <daemon>... (names as in $PIDS)"
 [[ $down =~ ^[0-9]+$ ]] || die "--down takes whole seconds, not '$down'"
 
-declare -A cmdline environ workdir
-stopped=()
+# Alive: the process exists and is not a zombie (a zombie's /proc entry stays until it is reaped).
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+declare -A cmdline environ workdir pid_of
+# Every daemon is checked before any is stopped: a wrong name part-way must not leave the
+# daemons before it down.
 for d in "$@"; do
   f=$PIDS/$d.pid
   [ -f "$f" ] || die "no daemon '$d' recorded in $PIDS (is the cluster up? make cluster-up)"
   pid=$(cat "$f")
-  kill -0 "$pid" 2>/dev/null || die "daemon '$d' (pid $pid) is not running: make cluster-up"
+  if ! [[ $pid =~ ^[0-9]+$ ]] || ! alive "$pid"; then
+    die "daemon '$d' (pid $pid) is not running: make cluster-up"
+  fi
+  # A PID file can outlive its process and the PID be reused: only a process whose command
+  # line names this cluster's state directory is signalled.
+  args=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+  [[ $args == *"$STATE/"* ]] || die "pid $pid recorded for '$d' is not a daemon of this cluster ($args): make cluster-up"
   # NUL-separated, as the kernel keeps them; read before the process goes.
   cmdline[$d]=$(base64 -w0 <"/proc/$pid/cmdline")
   environ[$d]=$(base64 -w0 <"/proc/$pid/environ")
   workdir[$d]=$(readlink "/proc/$pid/cwd")
-  if $kill_now; then
-    kill -KILL "$pid"
-  else
-    kill -TERM "$pid"
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  log "stopped $d (pid $pid$($kill_now && echo ", killed"))"
-  stopped=("$d" "${stopped[@]}")
+  pid_of[$d]=$pid
 done
 
-[ "$down" -eq 0 ] || { log "down for ${down}s"; sleep "$down"; }
-
-for d in "${stopped[@]}"; do
+# Starts daemon $1 again as it ran; fails if it exits at once.
+start_again() {
+  local d=$1 args envs
   mapfile -d '' args < <(base64 -d <<<"${cmdline[$d]}")
   mapfile -d '' envs < <(base64 -d <<<"${environ[$d]}")
   echo "--- restarted by restart.sh at $(date -u +%FT%TZ) ---" >>"$LOGS/$d.log"
   (cd "${workdir[$d]}" && exec setsid env -i "${envs[@]}" "${args[@]}" >>"$LOGS/$d.log" 2>&1 </dev/null) &
   echo $! >"$PIDS/$d.pid"
   sleep 1
-  kill -0 "$(cat "$PIDS/$d.pid")" 2>/dev/null || { tail -n 20 "$LOGS/$d.log" >&2; die "$d exited at once after its restart; its log is $LOGS/$d.log"; }
+  alive "$(cat "$PIDS/$d.pid")" || { tail -n 20 "$LOGS/$d.log" >&2; log "ERROR: $d exited at once after its restart; its log is $LOGS/$d.log"; return 1; }
   log "started $d again (pid $(cat "$PIDS/$d.pid"))"
+}
+
+# Daemons stopped and not yet started again, last stopped first. Whatever ends this script —
+# an error, Ctrl-C, a TERM from the test that ran it — starts them again: a chaos run must
+# never leave the cluster without its API server or registry.
+stopped=()
+restore() {
+  local d
+  for d in "${stopped[@]}"; do
+    log "starting $d again (restart.sh is ending early)"
+    start_again "$d" || true
+  done
+  stopped=()
+}
+trap restore EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+for d in "$@"; do
+  pid=${pid_of[$d]}
+  if $kill_now; then
+    kill -KILL "$pid"
+  else
+    kill -TERM "$pid"
+    for _ in $(seq 1 20); do alive "$pid" || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  stopped=("$d" "${stopped[@]}")
+  for _ in $(seq 1 300); do alive "$pid" || break; sleep 0.1; done
+  alive "$pid" && die "$d (pid $pid) still runs 30 s after SIGKILL"
+  log "stopped $d (pid $pid$($kill_now && echo ", killed"))"
+done
+
+# In the background: bash runs a trap only once its foreground command is done.
+[ "$down" -eq 0 ] || { log "down for ${down}s"; sleep "$down" & wait $!; }
+
+while [ ${#stopped[@]} -gt 0 ]; do
+  d=${stopped[0]}
+  stopped=("${stopped[@]:1}")
+  start_again "$d" || die "$d did not start again"
 done

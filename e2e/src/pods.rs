@@ -192,3 +192,37 @@ pub async fn container_restarts(
         .map(|c| c.restart_count)
         .sum())
 }
+
+/// The running containers of the pods selected by `labels` in `namespace`, each as
+/// `pod (uid) container: containerID`. Two snapshots differ when a pod was replaced or a
+/// container restarted, even where a restart count would not show it (a new pod starts at 0).
+pub async fn containers(
+    client: &kube::Client,
+    namespace: &str,
+    labels: &str,
+) -> Result<std::collections::BTreeSet<String>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(labels))
+        .await?
+        .items;
+    Ok(pods
+        .iter()
+        .flat_map(|p| {
+            let pod = format!(
+                "{} ({})",
+                p.metadata.name.as_deref().unwrap_or_default(),
+                p.metadata.uid.as_deref().unwrap_or_default()
+            );
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .map(move |c| {
+                    format!(
+                        "{pod} {}: {}",
+                        c.name,
+                        c.container_id.as_deref().unwrap_or("(none)")
+                    )
+                })
+        })
+        .collect())
+}

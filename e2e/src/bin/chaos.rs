@@ -283,14 +283,14 @@ impl Callers {
                         deadline_ms: 5000,
                         invocation_id: format!("chaos-w{w}-{n}"),
                     };
-                    let mut answer = grpc.invoke(request.clone()).await;
+                    let mut answer = invoke(&mut grpc, request.clone()).await;
                     // A call the client never sent: tonic's connection had received the router's
                     // graceful GOAWAY, and hyper dropped the request unsent (Canceled, "connection
                     // closed"). gRPC's transparent retry (grpc-go, grpc-java) sends such a call
                     // again at once; tonic does not, so this caller does, once, and counts it.
                     let unsent = matches!(&answer, Err(s) if never_sent(s));
                     if unsent {
-                        answer = grpc.invoke(request).await;
+                        answer = invoke(&mut grpc, request).await;
                     }
                     let error = match answer {
                         Ok(a) if a.get_ref().output_json.contains(&format!("w{w}-{n}")) => None,
@@ -320,12 +320,38 @@ impl Callers {
         self.started.elapsed()
     }
 
-    async fn stop(self) -> Result<Vec<Outcome>> {
+    async fn stop(mut self) -> Result<Vec<Outcome>> {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             t.await?;
         }
         Ok(std::mem::take(&mut *self.outcomes.lock().await))
+    }
+}
+
+/// A scenario that fails part-way (`?`) drops its callers: they stop calling at once, so the
+/// next scenario's figures are its own.
+impl Drop for Callers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Longest wait for one call's answer: the call's own deadline (5 s) and a margin. A call the
+/// router never answers is a failure of its own, not a caller that hangs the scenario.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn invoke(
+    grpc: &mut airlock_e2e::callers::RouterClient,
+    request: InvokeRequest,
+) -> Result<tonic::Response<airlock_proto::router::v1::InvokeResponse>, tonic::Status> {
+    match tokio::time::timeout(CALL_TIMEOUT, grpc.invoke(request)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no answer from the router within {CALL_TIMEOUT:?} (client side)"
+        ))),
     }
 }
 
@@ -522,7 +548,22 @@ async fn wait_all_active(plugins: &Api<Plugin>, within: Duration) -> Result<Dura
     }
 }
 
+/// Runs [`apiserver_rollout`] with the chart's default progress deadline (120 s) instead of
+/// the suite's 20 s: an outage longer than the deadline is a legitimate rollback (the Deployment
+/// controller saw no progress), not what this scenario is about. The suite's value is restored
+/// whatever the outcome.
 async fn apiserver_restarted(s: &Sandbox) -> Result<()> {
+    let deadline = |seconds: &'static str| async move {
+        tokio::task::spawn_blocking(move || airlock_e2e::install::upgrade_with(&["--set", seconds]))
+            .await?
+    };
+    deadline("progressDeadlineSeconds=120").await?;
+    let outcome = apiserver_rollout(s).await;
+    let restored = deadline("progressDeadlineSeconds=20").await;
+    outcome.and(restored)
+}
+
+async fn apiserver_rollout(s: &Sandbox) -> Result<()> {
     let count = airlock_e2e::env_count("CHAOS_ROLLOUT_PLUGINS", 10);
     let down = env_seconds("CHAOS_APISERVER_DOWN_SECONDS", 10);
     println!(
@@ -558,11 +599,17 @@ async fn apiserver_restarted(s: &Sandbox) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     let mid = not_active(&plugins).await.len();
+    ensure!(
+        mid > 0,
+        "every rollout had ended 1 s after the upgrade: the restart would not be mid-rollout (raise CHAOS_ROLLOUT_PLUGINS)"
+    );
     tokio::task::spawn_blocking(move || restart_daemons(&["kube-apiserver", "etcd"], down, false))
         .await??;
     let started_again = started.elapsed();
     let answering = wait_api(&s.client, Duration::from_secs(180)).await? + started_again;
-    let converged = wait_all_active(&plugins, Duration::from_secs(600)).await? + answering;
+    // Bounded well below the stall this scenario found (the leader idle for minutes after the
+    // API server was back; fixed in runtime/src/kube_client.rs).
+    let converged = wait_all_active(&plugins, Duration::from_secs(300)).await? + answering;
 
     // One rollout per Plugin: its Deployment at revision 2 (the first and the upgrade), two
     // ReplicaSets, the new one with the new limit. A rollout repeated or undone and redone
@@ -744,9 +791,13 @@ async fn kubelet_containerd_restarted(f: &Fixture) -> Result<()> {
         .await?;
     f.wait_serving(&["hello"], "transform").await?;
     let plugin_pods = "airlock.dev/plugin=hello";
-    let router_before = airlock_e2e::router::router_restarts(&f.client).await?;
-    let plugin_before =
-        airlock_e2e::pods::container_restarts(&f.client, f.ns(), plugin_pods).await?;
+    let containers = async || -> Result<_> {
+        use airlock_e2e::pods::containers;
+        let mut all = containers(&f.client, f.ns(), plugin_pods).await?;
+        all.extend(containers(&f.client, NAMESPACE, ROUTER_SELECTOR).await?);
+        Ok(all)
+    };
+    let containers_before = containers().await?;
     println!(
         "== chaos kubelet-containerd-restarted: {workers} callers, the node's kubelet and containerd restarted {rounds} times =="
     );
@@ -801,16 +852,11 @@ async fn kubelet_containerd_restarted(f: &Fixture) -> Result<()> {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // The window ends here: from now on every call must be answered again, also in the
+        // pause before the next round.
         let routed = callers.at();
+        windows.push((round, killed, from, routed, back - from, routed - from));
         tokio::time::sleep(Duration::from_secs(3)).await;
-        windows.push((
-            round,
-            killed,
-            from,
-            callers.at(),
-            back - from,
-            routed - from,
-        ));
     }
     let outcomes = callers.stop().await?;
     println!(
@@ -838,16 +884,18 @@ async fn kubelet_containerd_restarted(f: &Fixture) -> Result<()> {
     let outside = failed_outside(&outcomes, windows.iter().map(|w| (w.2, w.3)));
     let plugin = f.ns.api::<Plugin>().get("hello").await?;
     let disabled = plugin.auto_disabled_record().is_some();
-    let router = airlock_e2e::router::router_restarts(&f.client).await? - router_before;
-    let plugin_restarts = airlock_e2e::pods::container_restarts(&f.client, f.ns(), plugin_pods)
-        .await?
-        - plugin_before;
+    // The same pods with the same containers: none replaced, none restarted.
+    let containers_after = containers().await?;
+    let changed: Vec<&String> = containers_before
+        .symmetric_difference(&containers_after)
+        .collect();
     println!(
-        "auto-disabled: {disabled}; container restarts: router {router}, plugin {plugin_restarts}"
+        "auto-disabled: {disabled}; router and plugin containers replaced or restarted: {}",
+        changed.len() / 2
     );
     ensure!(
-        outside == 0 && !disabled && router == 0 && plugin_restarts == 0,
-        "{outside} calls failed outside the restarts; auto-disabled {disabled}; container restarts: router {router}, plugin {plugin_restarts}"
+        outside == 0 && !disabled && changed.is_empty(),
+        "{outside} calls failed outside the restarts; auto-disabled {disabled}; containers before/after differ: {changed:?}"
     );
     Ok(())
 }
