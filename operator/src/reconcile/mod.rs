@@ -341,10 +341,12 @@ pub async fn run(ctx: Arc<Context>) {
         },
     });
 
-    let controller = Controller::for_stream(plugin_triggers, plugins).with_config(
-        kube::runtime::controller::Config::default()
-            .concurrency(term.ctx.max_concurrent_reconciles.max(1)),
-    );
+    let controller = Controller::for_stream(plugin_triggers, plugins)
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(term.ctx.max_concurrent_reconciles.max(1)),
+        )
+        .trigger_backoff(watches::EachWatchBacksOff);
     let store = controller.store();
     let users = controller.store();
     // The echo of this process's own apply of a child starts no reconcile ([`triggers`]).
