@@ -235,6 +235,12 @@ impl Metrics {
         prune(&self.host_log_dropped, live);
     }
 
+    /// Drops the breaker series of the plugins not in `routable`: a plugin the router does not
+    /// route to has no breaker (see [`crate::dispatch::Router::update`]).
+    pub fn forget_breakers_except(&self, routable: &HashSet<PluginKey>) {
+        prune(&self.breaker_open, routable);
+    }
+
     pub fn breaker(&self, plugin: &PluginKey, open: bool) {
         self.breaker_open
             .with_label_values(&labels(plugin))

@@ -112,6 +112,14 @@ impl RouteTable {
         table
     }
 
+    /// This table with `plugin` known but not routable for `why` (tests: a disabled plugin).
+    #[cfg(test)]
+    pub fn with_unroutable(mut self, plugin: PluginKey, why: &str) -> Self {
+        self.routes.remove(&plugin);
+        self.unroutable.insert(plugin, why.to_string());
+        self
+    }
+
     /// A table of exactly these routes (tests, benchmarks).
     pub fn from_routes(routes: impl IntoIterator<Item = Route>) -> Self {
         Self {

@@ -359,6 +359,39 @@ async fn a_payload_over_the_size_limit_is_refused_naming_field_limit_and_fix() {
     );
 }
 
+/// An auto-disabled (or disabled) plugin has no breaker: its `airlock_breaker_open` series goes
+/// when it leaves the routes (before, it read 1 for as long as the plugin stayed disabled),
+/// its call counters stay (why it was disabled), and a re-enabled plugin starts closed.
+#[tokio::test(start_paused = true)]
+async fn a_disabled_plugin_has_no_open_breaker_and_comes_back_closed() {
+    let s = setup(&[("slow", Transform, 1000, Fail, 1)]);
+    s.behave("slow", Behaviour::Hang);
+    for _ in 0..3 {
+        s.invoke("slow", "transform", "{}")
+            .await
+            .expect_err("timeout");
+    }
+    assert_eq!(s.breaker("slow"), "open");
+    let series = "airlock_breaker_open{namespace=\"ns\",plugin=\"slow\"}";
+    assert_eq!(s.metric(series), 1);
+
+    let table = s.router.table();
+    let routes: Vec<Route> = table.routes(None).map(|r| (**r).clone()).collect();
+    s.router.update(
+        RouteTable::from_routes(routes.clone())
+            .with_unroutable(PluginKey::new("ns", "slow"), "auto-disabled"),
+    );
+    let text = s.router.metrics.render();
+    assert!(!text.contains(series), "{text}");
+    assert!(
+        s.metric("airlock_hook_invocations_total{hook=\"transform\",namespace=\"ns\",plugin=\"slow\",result=\"timeout\"}") >= 3,
+        "the evidence stays: {text}"
+    );
+
+    s.router.update(RouteTable::from_routes(routes));
+    assert_eq!(s.breaker("slow"), "closed");
+}
+
 /// Issue 12: five calls with `deadline_ms: 1` to a slow plugin are the caller's outcome (the
 /// breaker stays closed, nothing is auto-disabled), while five real hook timeouts still open
 /// the breaker and auto-disable it.
