@@ -94,7 +94,9 @@ fn hint(code: Code) -> &'static str {
         Code::PermissionDenied | Code::Unauthenticated => {
             " — the test's PluginCallerBinding grants this hook of this Plugin to the test ServiceAccount; see the router's log for the reason"
         }
-        Code::Unavailable => " — is the router running and its Service's port right?",
+        Code::Unavailable => {
+            " — is the router running and its Service's port right, and does the Plugin have a ready pod?"
+        }
         _ => "",
     }
 }

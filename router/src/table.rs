@@ -42,7 +42,7 @@ pub struct Route {
 pub struct RouteTable {
     routes: BTreeMap<PluginKey, Arc<Route>>,
     /// Plugins that exist but cannot be called, with why.
-    unroutable: BTreeMap<PluginKey, String>,
+    unroutable: BTreeMap<PluginKey, Unroutable>,
     /// Every Plugin not being deleted, callable or not: whom host API calls may come from.
     holders: BTreeMap<PluginKey, Holder>,
 }
@@ -116,7 +116,7 @@ impl RouteTable {
     #[cfg(test)]
     pub fn with_unroutable(mut self, plugin: PluginKey, why: &str) -> Self {
         self.routes.remove(&plugin);
-        self.unroutable.insert(plugin, why.to_string());
+        self.unroutable.insert(plugin, refuse(why.to_string()));
         self
     }
 
@@ -139,12 +139,14 @@ impl RouteTable {
     }
 
     /// The route to `key`, or why there is none.
-    pub fn get(&self, key: &PluginKey) -> Result<Arc<Route>, String> {
+    pub fn get(&self, key: &PluginKey) -> Result<Arc<Route>, Unroutable> {
         if let Some(r) = self.routes.get(key) {
             return Ok(r.clone());
         }
         Err(self.unroutable.get(key).cloned().unwrap_or_else(|| {
-            format!("there is no Plugin {key}; `kubectl get plugins -A` lists them")
+            refuse(format!(
+                "there is no Plugin {key}; `kubectl get plugins -A` lists them"
+            ))
         }))
     }
 
@@ -175,25 +177,40 @@ impl RouteTable {
     }
 }
 
+/// Why a Plugin cannot be called now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unroutable {
+    /// What the caller is told: the cause and what to do.
+    pub why: String,
+    /// The plugin serves again by itself (its pods are starting): the caller should retry
+    /// (gRPC UNAVAILABLE), where the others need a change first (NOT_FOUND).
+    pub retry: bool,
+}
+
+/// A refusal that needs a change (to the Plugin, or a Plugin that does not exist).
+fn refuse(why: String) -> Unroutable {
+    Unroutable { why, retry: false }
+}
+
 /// The route to one Plugin, or the reason it has none (phrased for the caller).
 fn route(
     plugin: &Plugin,
     key: &PluginKey,
     endpoints: &HashMap<(String, String), Vec<String>>,
-) -> Result<Route, String> {
+) -> Result<Route, Unroutable> {
     if plugin.metadata.deletion_timestamp.is_some() {
-        return Err(format!("Plugin {key} is being deleted"));
+        return Err(refuse(format!("Plugin {key} is being deleted")));
     }
     if !plugin.spec.enabled {
-        return Err(format!(
+        return Err(refuse(format!(
             "Plugin {key} is disabled (spec.enabled: false); enable it to call it"
-        ));
+        )));
     }
     if let Some(why) = plugin.auto_disabled() {
-        return Err(format!(
+        return Err(refuse(format!(
             "Plugin {key} was auto-disabled ({why}); after fixing it, {}",
             plugin.re_enable_hint()
-        ));
+        )));
     }
     let status = plugin.status.clone().unwrap_or_default();
     // Degraded with a last good revision: a newer revision is blocked or failed and the last good
@@ -211,20 +228,21 @@ fn route(
         Some(PluginPhase::Deploying) if approved => {}
         phase => {
             let phase = phase.map_or("Pending".to_string(), |p| format!("{p:?}"));
-            return Err(format!(
+            return Err(refuse(format!(
                 "Plugin {key} is {phase}, not Active; `kubectl describe plugin -n {} {}` says why",
                 key.namespace, key.name
-            ));
+            )));
         }
     }
     let service = child_name(&key.name);
     let ready = endpoints
         .get(&(key.namespace.clone(), service))
         .filter(|e| !e.is_empty())
-        .ok_or_else(|| {
-            format!(
+        .ok_or_else(|| Unroutable {
+            why: format!(
                 "Plugin {key} has no ready pod yet (starting, restarting or scaling up); retry shortly"
-            )
+            ),
+            retry: true,
         })?;
     let hooks = approved_hooks(&status);
     Ok(Route {
@@ -426,11 +444,13 @@ mod tests {
         let p = plugin("a", "p", "Active", json!([{"name": "transform"}]));
         let none_ready = HashMap::from([(("a".to_string(), svc("p")), Vec::new())]);
         let t = RouteTable::build([&p], &none_ready);
-        let why = t.get(&PluginKey::new("a", "p")).expect_err("no route");
+        let refused = t.get(&PluginKey::new("a", "p")).expect_err("no route");
+        let why = &refused.why;
         assert!(
             why.contains("no ready pod yet") && why.contains("retry"),
             "{why}"
         );
+        assert!(refused.retry, "the caller is told to retry");
     }
 
     #[test]
@@ -474,7 +494,7 @@ mod tests {
             t.get(&PluginKey::new("a", "serving")).is_ok(),
             "the last good revision serves"
         );
-        let why = |n: &str| t.get(&PluginKey::new("a", n)).expect_err("no route");
+        let why = |n: &str| t.get(&PluginKey::new("a", n)).expect_err("no route").why;
         assert!(why("off").contains("spec.enabled: false"), "{}", why("off"));
         assert!(why("new").contains("is Deploying"), "{}", why("new"));
         assert!(why("bad").contains("auto-disabled (5 consecutive timeouts)"));

@@ -181,7 +181,19 @@ proptest! {
                     prop_assert_eq!(route.endpoints.len(), s.ready_pods.unwrap_or(0));
                 }
                 // Every Plugin the table saw answers with why, never "there is no Plugin".
-                Err(why) => prop_assert!(!why.contains("there is no Plugin"), "{why}"),
+                Err(refused) => {
+                    prop_assert!(!refused.why.contains("there is no Plugin"), "{refused:?}");
+                    // "Retry" only for a plugin that serves once a pod is ready.
+                    if refused.retry {
+                        prop_assert!(
+                            s.ready_pods.unwrap_or(0) == 0
+                                && s.enabled
+                                && !s.deleting
+                                && !s.auto_disabled,
+                            "{s:?}: {refused:?}"
+                        );
+                    }
+                }
             }
             // The host API: never a plugin being deleted, disabled or quarantined.
             if table.holder(&key(i, s)).is_some() {
@@ -233,5 +245,6 @@ fn a_plugin_the_table_never_saw_is_named_as_unknown() {
     let why = table
         .get(&PluginKey::new("ns", "ghost"))
         .expect_err("no route");
-    assert!(why.contains("there is no Plugin ns/ghost"), "{why}");
+    assert!(why.why.contains("there is no Plugin ns/ghost"), "{why:?}");
+    assert!(!why.retry, "a Plugin that does not exist is not retried");
 }

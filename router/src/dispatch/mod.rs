@@ -216,10 +216,14 @@ impl<C: Caller> Router<C> {
         let hook = parse_hook(hook)?;
         self.check_payload(Rpc::Invoke, &payload)?;
         let id = self.invocation_id(invocation_id)?;
-        let route = self
-            .table()
-            .get(plugin)
-            .map_err(|why| RouteError::new(Code::NotFound, why))?;
+        let route = self.table().get(plugin).map_err(|u| {
+            let code = if u.retry {
+                Code::Unavailable
+            } else {
+                Code::NotFound
+            };
+            RouteError::new(code, u.why)
+        })?;
         let Some(hook_route) = route.hooks.get(&hook).copied() else {
             let declared: Vec<_> = route.hooks.keys().map(|h| h.as_str()).collect();
             return Err(RouteError::new(
