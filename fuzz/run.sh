@@ -29,7 +29,7 @@ export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FUZZ_DIR/target}
 NICE=(nice -n "${FUZZ_NICE:-19}")
 
-ALL=(bundle_reader manifest signatures oci_artifact line_protocol host_api_args router_payload)
+ALL=(bundle_reader manifest signatures oci_artifact line_protocol host_api_args router_payload trust_policy_merge)
 if [[ $# -gt 0 ]]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 
 cd "$ROOT"

@@ -20,6 +20,9 @@ use crate::status::{self, Outcome};
 use crate::{fetch, policy, running, trust};
 use airlock_crds::plugin::RevisionRecord;
 
+/// Why a revision is scaled to zero by a revoked signer or today's policies (logged).
+const NOT_ALLOWED_ANY_MORE: &str = "the running revision may not run any more";
+
 /// One reconcile of `plugin`: fetch → verify → plan → ownership → apply → status.
 pub(super) async fn run(
     plugin: &Plugin,
@@ -116,13 +119,7 @@ pub(super) async fn run(
     let (next, requeue) = match planned {
         Err(failure) => {
             if failure.running == status::RunningRevision::Quarantined {
-                apply::quarantine(
-                    plugin,
-                    ctx,
-                    watches,
-                    "the running revision may not run any more",
-                )
-                .await?;
+                apply::quarantine(plugin, ctx, watches, NOT_ALLOWED_ANY_MORE).await?;
             }
             (
                 status::next_status(plugin, Outcome::FetchFailed(failure), status::now()),
@@ -189,13 +186,7 @@ pub(super) async fn run(
         if rolled_out {
             apply::stop_revision(plugin, revision, ctx, watches).await?;
         } else {
-            apply::quarantine(
-                plugin,
-                ctx,
-                watches,
-                "the running revision may not run any more",
-            )
-            .await?;
+            apply::quarantine(plugin, ctx, watches, NOT_ALLOWED_ANY_MORE).await?;
         }
         let current = next.current_revision.as_deref() == Some(revision.as_str());
         if !current && next.last_good_revision.as_deref() == Some(revision.as_str()) {

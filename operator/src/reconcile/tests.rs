@@ -1146,6 +1146,38 @@ async fn leftovers_of_a_deleted_plugin_of_the_same_name_block_until_they_are_col
 /// The attack of issue 12: break the spec first (a wrong `spec.bundle.digest`: the fetch fails
 /// before any signature is looked at), then keep the running revision after its signer was
 /// revoked or its policy tightened. The running revision's record is judged anyway.
+/// A Plugin whose revision `rgood` (bundle signed by `fingerprint`, granted `permissions`) runs
+/// as its Deployment of 2 replicas, under a policy of `keys`, while its spec names a bundle
+/// digest that does not match (its fetch fails). Returns the Deployment's API path too.
+fn running_with_a_broken_spec(
+    keys: Value,
+    fingerprint: &str,
+    permissions: Value,
+) -> (Harness, String, Plugin) {
+    let mut h = Harness::new(
+        policy(keys),
+        json!({"metadata": {"name": "hello-bundle", "namespace": NS},
+               "binaryData": {"bundle.tar.gz": b64(&bundle(MANIFEST))}}),
+    );
+    let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
+    h.api.put(
+        &deployment,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "hello", "namespace": NS, "ownerReferences": owned_by("uid-1")},
+               "spec": {"replicas": 2}}),
+    );
+    h.watch_deployment();
+    let mut p = plugin("uid-1", "[log]");
+    p.spec.bundle.digest = Some(format!("sha256:{}", "0".repeat(64)));
+    p.status = serde_json::from_value(json!({
+        "phase": "Active", "currentRevision": "rgood", "lastGoodRevision": "rgood",
+        "permissions": permissions,
+        "revisions": [{"revision": "rgood", "bundleSigner": fingerprint,
+                       "imageSigner": null, "permissions": permissions}]}))
+    .ok();
+    (h, deployment, p)
+}
+
 #[tokio::test]
 async fn a_broken_spec_does_not_keep_a_revoked_or_no_longer_allowed_revision_running() {
     let (public, fingerprint) = signer_key();
@@ -1159,27 +1191,7 @@ async fn a_broken_spec_does_not_keep_a_revoked_or_no_longer_allowed_revision_run
             "NoLongerAllowed",
         ),
     ] {
-        let mut h = Harness::new(
-            policy(keys),
-            json!({"metadata": {"name": "hello-bundle", "namespace": NS},
-                   "binaryData": {"bundle.tar.gz": b64(&bundle(MANIFEST))}}),
-        );
-        let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
-        h.api.put(
-            &deployment,
-            json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                   "metadata": {"name": "hello", "namespace": NS, "ownerReferences": owned_by("uid-1")},
-                   "spec": {"replicas": 2}}),
-        );
-        h.watch_deployment();
-        let mut p = plugin("uid-1", "[log]");
-        p.spec.bundle.digest = Some(format!("sha256:{}", "0".repeat(64)));
-        p.status = serde_json::from_value(json!({
-            "phase": "Active", "currentRevision": "rgood", "lastGoodRevision": "rgood",
-            "permissions": permissions,
-            "revisions": [{"revision": "rgood", "bundleSigner": fingerprint,
-                           "imageSigner": null, "permissions": permissions}]}))
-        .ok();
+        let (h, deployment, p) = running_with_a_broken_spec(keys, &fingerprint, permissions);
         h.reconcile(&p).await;
 
         assert_eq!(
@@ -1213,21 +1225,11 @@ async fn a_broken_spec_does_not_keep_a_revoked_or_no_longer_allowed_revision_run
 async fn a_switched_off_plugin_stops_even_when_its_spec_cannot_be_fetched() {
     let (public, fingerprint) = signer_key();
     for how in ["spec.enabled", "auto-disabled"] {
-        let mut h = Harness::new(
-            policy(json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted"}])),
-            json!({"metadata": {"name": "hello-bundle", "namespace": NS},
-                   "binaryData": {"bundle.tar.gz": b64(&bundle(MANIFEST))}}),
+        let (h, deployment, mut p) = running_with_a_broken_spec(
+            json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted"}]),
+            &fingerprint,
+            json!(["log"]),
         );
-        let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
-        h.api.put(
-            &deployment,
-            json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                   "metadata": {"name": "hello", "namespace": NS, "ownerReferences": owned_by("uid-1")},
-                   "spec": {"replicas": 2}}),
-        );
-        h.watch_deployment();
-        let mut p = plugin("uid-1", "[log]");
-        p.spec.bundle.digest = Some(format!("sha256:{}", "0".repeat(64)));
         match how {
             "spec.enabled" => p.spec.enabled = false,
             _ => {
@@ -1240,12 +1242,6 @@ async fn a_switched_off_plugin_stops_even_when_its_spec_cannot_be_fetched() {
                 )
             }
         }
-        p.status = serde_json::from_value(json!({
-            "phase": "Active", "currentRevision": "rgood", "lastGoodRevision": "rgood",
-            "permissions": ["log"],
-            "revisions": [{"revision": "rgood", "bundleSigner": fingerprint,
-                           "imageSigner": null, "permissions": ["log"]}]}))
-        .ok();
         h.reconcile(&p).await;
 
         assert_eq!(
