@@ -22,6 +22,8 @@ use airlock_crds::plugin::RevisionRecord;
 
 /// Why a revision is scaled to zero by a revoked signer or today's policies (logged).
 const NOT_ALLOWED_ANY_MORE: &str = "the running revision may not run any more";
+/// Why a switched-off Plugin (spec.enabled: false, auto-disabled) is scaled to zero (logged).
+const SWITCHED_OFF: &str = "the plugin is switched off";
 
 /// One reconcile of `plugin`: fetch → verify → plan → ownership → apply → status.
 pub(super) async fn run(
@@ -115,11 +117,14 @@ pub(super) async fn run(
         .find_map(|r| judge(&r).map(|stop| (r.revision, stop)));
     let stopped = stop.as_ref().map(|(r, _)| r.as_str());
     let mut rolled_out = false;
+    // Whether this reconcile already scaled the Plugin's Deployment to zero.
+    let mut scaled_to_zero = false;
 
     let (next, requeue) = match planned {
         Err(failure) => {
             if failure.running == status::RunningRevision::Quarantined {
                 apply::quarantine(plugin, ctx, watches, NOT_ALLOWED_ANY_MORE).await?;
+                scaled_to_zero = true;
             }
             (
                 status::next_status(plugin, Outcome::FetchFailed(failure), status::now()),
@@ -156,7 +161,17 @@ pub(super) async fn run(
                             rolled_out = false;
                             not_owned.push(secret);
                         }
-                        Err(e) => return Err(e),
+                        Err(e) => {
+                            // The kill switch holds when the stopped revision cannot be
+                            // applied: what runs stops while the error is retried.
+                            if !plugin.should_run()
+                                && let Err(stop) =
+                                    apply::quarantine(plugin, ctx, watches, SWITCHED_OFF).await
+                            {
+                                tracing::warn!(error = %stop, "could not scale the switched-off plugin to zero");
+                            }
+                            return Err(e);
+                        }
                     }
                 }
             }
@@ -187,6 +202,7 @@ pub(super) async fn run(
             apply::stop_revision(plugin, revision, ctx, watches).await?;
         } else {
             apply::quarantine(plugin, ctx, watches, NOT_ALLOWED_ANY_MORE).await?;
+            scaled_to_zero = true;
         }
         let current = next.current_revision.as_deref() == Some(revision.as_str());
         if !current && next.last_good_revision.as_deref() == Some(revision.as_str()) {
@@ -201,8 +217,8 @@ pub(super) async fn run(
     // The kill switch (spec.enabled: false, the router's auto-disable) holds whatever the
     // registry, the verification or the objects in the way said: with no rollout to set zero
     // replicas, what runs is scaled to zero here (a no-op once it is).
-    if !plugin.should_run() && !rolled_out {
-        apply::quarantine(plugin, ctx, watches, "the plugin is switched off").await?;
+    if !plugin.should_run() && !rolled_out && !scaled_to_zero {
+        apply::quarantine(plugin, ctx, watches, SWITCHED_OFF).await?;
     }
     // 5. Status, Events and audit records, from what was applied.
     record::record_status(plugin, next, ctx).await?;

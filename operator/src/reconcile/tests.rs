@@ -47,6 +47,9 @@ struct State {
     patches: Vec<(String, Value)>,
     /// Bodies of POST requests (Events), by path.
     posts: Vec<(String, Value)>,
+    /// Paths whose server-side apply the API server refuses (422): an admission policy or a
+    /// schema that rejects the object.
+    refused_applies: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -130,6 +133,15 @@ impl FakeApi {
                 Some(o) => (StatusCode::OK, o.clone()),
                 None => not_found(),
             },
+            Method::PATCH
+                if query.contains("fieldManager") && st.refused_applies.contains(&path) =>
+            {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "reason": "Invalid", "code": 422, "message": "refused by the test"}),
+                )
+            }
             Method::PATCH if refused_secret_write(&st, &path, &body).is_some() => {
                 let list = refused_secret_write(&st, &path, &body).unwrap_or_default();
                 (
@@ -1261,6 +1273,41 @@ async fn a_switched_off_plugin_stops_even_when_its_spec_cannot_be_fetched() {
             "{how}: no host API: {status}"
         );
     }
+}
+
+/// The kill switch holds when the switched-off revision cannot be applied (an admission policy,
+/// a quota or a schema refuses the Deployment): the reconcile fails and is retried, and what
+/// runs is scaled to zero meanwhile (attack review: before, the early return skipped it and
+/// the pods of a disabled plugin kept running).
+#[tokio::test]
+async fn a_disabled_plugin_stops_even_when_its_deployment_cannot_be_applied() {
+    let mut h = Harness::unsigned(MANIFEST);
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+    h.watch_deployment();
+    let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
+    // The API server runs it with 2 replicas; the next apply of it is refused.
+    let mut running = h.api.state().objects[&deployment].clone();
+    running["spec"]["replicas"] = json!(2);
+    h.api.put(&deployment, running);
+    h.watch_deployment();
+    h.api.state().refused_applies.push(deployment.clone());
+    h.api.take_writes();
+
+    let mut off = h.seen(&p);
+    off.spec.enabled = false;
+    h.api.put(
+        &format!("/apis/airlock.dev/v1alpha1/namespaces/{NS}/plugins/hello"),
+        serde_json::to_value(&off).unwrap(),
+    );
+    let result = pipeline::run(&off, &h.ctx, &h.watches).await;
+    assert!(result.is_err(), "the refused apply is an error (retried)");
+    assert_eq!(
+        replicas_patched(&h, &deployment),
+        Some(json!(0)),
+        "scaled to zero anyway: {:?}",
+        h.api.take_writes()
+    );
 }
 
 /// A newer revision is rolling out while the last good one still serves (`maxUnavailable: 0`
