@@ -39,6 +39,10 @@ pub const RETRY_ATTEMPTS: u32 = 8;
 pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(20);
 /// Longest backoff between two attempts.
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+/// Longest wait a `Retry-After` buys: the API server asks for about a second (API Priority and
+/// Fairness); a proxy or an aggregated API asking for minutes would stall a reconcile or a watch
+/// start for as long (× [`RETRY_ATTEMPTS`]).
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(10);
 /// Requests waiting for the retry stack's buffer at once, as kube's own client buffer.
 const BUFFER: usize = 1024;
 
@@ -53,7 +57,7 @@ pub type Attempts = tower::ServiceBuilder<
             tower::layer::util::Stack<
                 tower::buffer::BufferLayer<http::Request<Body>>,
                 tower::layer::util::Stack<
-                    tower::retry::RetryLayer<RetryPolicy>,
+                    tower::retry::RetryLayer<BoundedRetry>,
                     tower::layer::util::Identity,
                 >,
             >,
@@ -67,10 +71,44 @@ pub fn attempts(requests: &KubeRequests) -> Attempts {
         // Only min > max is refused; the constants are valid (the_retries_end_… counts them).
         .unwrap_or_default();
     tower::ServiceBuilder::new()
-        .layer(tower::retry::RetryLayer::new(retry))
+        .layer(tower::retry::RetryLayer::new(BoundedRetry(retry)))
         .layer(tower::buffer::BufferLayer::new(BUFFER))
         .layer(TimeoutLayer(REQUEST_TIMEOUT))
         .layer(CountLayer(requests.clone()))
+}
+
+/// kube's [`RetryPolicy`], with a server's `Retry-After` honoured up to [`RETRY_AFTER_MAX`].
+#[derive(Clone)]
+pub struct BoundedRetry(RetryPolicy);
+
+impl std::fmt::Debug for BoundedRetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoundedRetry")
+    }
+}
+
+impl<Res> tower::retry::Policy<http::Request<Body>, http::Response<Res>, BoxError>
+    for BoundedRetry
+{
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut http::Request<Body>,
+        result: &mut Result<http::Response<Res>, BoxError>,
+    ) -> Option<Self::Future> {
+        let wait = tower::retry::Policy::<_, _, BoxError>::retry(&mut self.0, req, result)?;
+        let latest = tokio::time::Instant::now() + RETRY_AFTER_MAX;
+        Some(if wait.deadline() > latest {
+            tokio::time::sleep_until(latest)
+        } else {
+            wait
+        })
+    }
+
+    fn clone_request(&mut self, req: &http::Request<Body>) -> Option<http::Request<Body>> {
+        tower::retry::Policy::<_, http::Response<Res>, BoxError>::clone_request(&mut self.0, req)
+    }
 }
 
 /// Builds the client for `config` (in-cluster service account or KUBECONFIG). Must run inside
@@ -127,7 +165,7 @@ where
 /// A request that got no response in time; the caller's error names the request.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{method} {path}: no response from the API server within {after:?} (the connection was dropped; the request is retried)"
+    "{method} {path}: no response from the API server within {after:?} (the connection was dropped; the caller retries)"
 )]
 pub struct RequestTimedOut {
     pub method: String,
@@ -328,16 +366,32 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_taking_longer_than_the_timeout_are_not_a_timeout() {
         let (mut svc, requests) = stack(Scripted::new(&[
-            Step::Busy(15),
-            Step::Busy(15),
-            Step::Busy(15),
+            Step::Busy(9),
+            Step::Busy(9),
+            Step::Busy(9),
+            Step::Busy(9),
             Step::Answer(200),
         ]));
         let started = tokio::time::Instant::now();
         let answer = svc.ready().await.expect("ready").call(list()).await;
         assert_eq!(answer.expect("no timeout").status(), 200);
         assert!(started.elapsed() > REQUEST_TIMEOUT, "Retry-After honoured");
-        assert_eq!(requests.get("GET"), 4);
+        assert_eq!(requests.get("GET"), 5);
+    }
+
+    /// Attack review: a proxy answering `Retry-After: 600` must not hold a reconcile for
+    /// 8 × 10 minutes.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_retry_after_is_honoured_only_up_to_its_cap() {
+        let (mut svc, _) = stack(Scripted::new(&[Step::Busy(600), Step::Answer(200)]));
+        let started = tokio::time::Instant::now();
+        let answer = svc.ready().await.expect("ready").call(list()).await;
+        assert_eq!(answer.expect("answered").status(), 200);
+        let waited = started.elapsed();
+        assert!(
+            waited >= RETRY_AFTER_MAX && waited < RETRY_AFTER_MAX + Duration::from_secs(1),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -175,8 +175,6 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
 
-    /// Every reconcile waiting for the policy cache must wake when it is filled — also when they
-    /// all started waiting before the list arrived (a new leader reconciling every Plugin).
     /// One watch erring must not hold the others: after its error, the next event of a healthy
     /// watch passes at once (kube-runtime's default joint backoff held it ≥ 800 ms, and up to
     /// 30 s as errors went on).
@@ -196,6 +194,8 @@ mod tests {
         assert_eq!(started.elapsed(), std::time::Duration::ZERO, "held back");
     }
 
+    /// Every reconcile waiting for the policy cache must wake when it is filled — also when they
+    /// all started waiting before the list arrived (a new leader reconciling every Plugin).
     #[tokio::test]
     async fn every_waiter_wakes_when_the_first_list_has_gone_by() {
         let (tx, rx) = futures::channel::mpsc::unbounded();

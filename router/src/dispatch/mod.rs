@@ -188,9 +188,10 @@ impl<C: Caller> Router<C> {
         let known: HashSet<PluginKey> = table.plugins().cloned().collect();
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
         self.metrics.forget_plugins_except(&known);
-        // A plugin that is not routable has no breaker any more (its health was forgotten
-        // above; a re-enable starts closed): its breaker series goes too, or an auto-disabled
-        // plugin's breaker would read open for as long as it stays disabled.
+        // A plugin that is not routable (disabled, auto-disabled, not Active, or no ready pod
+        // for now) has no breaker any more (its health was forgotten above; it starts closed
+        // when routed again): its breaker series goes too, or an auto-disabled plugin's breaker
+        // would read open for as long as it stays disabled.
         let routable: HashSet<PluginKey> = live.into_keys().collect();
         self.metrics.forget_breakers_except(&routable);
     }
