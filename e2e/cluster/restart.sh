@@ -25,15 +25,33 @@ done
 [ $# -gt 0 ] || die "usage: restart.sh [--kill] [--down SECONDS] <daemon>... (names as in $PIDS)"
 [[ $down =~ ^[0-9]+$ ]] || die "--down takes whole seconds, not '$down'"
 
-# Alive: the process exists and is not a zombie (a zombie's /proc entry stays until it is reaped).
+# Alive: the process exists and is not a zombie (a zombie's /proc entry stays until it is
+# reaped); with a second argument, it must also have started at that time (clock ticks since
+# boot, /proc/PID/stat field 22): a PID reused by another process is not "alive".
 alive() {
-  local stat
+  local stat fields
   stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
   stat=${stat##*) }
-  [ "${stat%% *}" != Z ]
+  read -ra fields <<<"$stat"
+  [ "${fields[0]}" != Z ] && { [ -z "${2:-}" ] || [ "${fields[19]}" = "$2" ]; }
 }
 
-declare -A cmdline environ workdir pid_of
+# When process $1 started (see alive).
+started_at() {
+  local stat fields
+  stat=$(cat "/proc/$1/stat") || return 1
+  stat=${stat##*) }
+  read -ra fields <<<"$stat"
+  echo "${fields[19]}"
+}
+
+# Sends signal $2 to daemon $1's recorded process, only if it is still that process.
+signal() {
+  local pid=${pid_of[$1]}
+  if alive "$pid" "${start_of[$1]}"; then kill "-$2" "$pid" 2>/dev/null || true; fi
+}
+
+declare -A cmdline environ workdir pid_of start_of
 # Every daemon is checked before any is stopped: a wrong name part-way must not leave the
 # daemons before it down.
 for d in "$@"; do
@@ -52,6 +70,7 @@ for d in "$@"; do
   environ[$d]=$(base64 -w0 <"/proc/$pid/environ")
   workdir[$d]=$(readlink "/proc/$pid/cwd")
   pid_of[$d]=$pid
+  start_of[$d]=$(started_at "$pid")
 done
 
 # Starts daemon $1 again as it ran; fails if it exits at once.
@@ -70,11 +89,16 @@ start_again() {
 # Daemons stopped and not yet started again, last stopped first. Whatever ends this script —
 # an error, Ctrl-C, a TERM from the test that ran it — starts them again: a chaos run must
 # never leave the cluster without its API server or registry.
-stopped=()
+# A daemon joins the list before it is signalled, so one interrupted while it stops is started
+# again too (after it is killed, if it still runs), and leaves it only once it runs again.
+stopped=() sleeper=''
 restore() {
   local d
+  [ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null || true
   for d in "${stopped[@]}"; do
     log "starting $d again (restart.sh is ending early)"
+    signal "$d" KILL
+    for _ in $(seq 1 100); do alive "${pid_of[$d]}" "${start_of[$d]}" || break; sleep 0.1; done
     start_again "$d" || true
   done
   stopped=()
@@ -84,25 +108,31 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 for d in "$@"; do
-  pid=${pid_of[$d]}
-  if $kill_now; then
-    kill -KILL "$pid"
-  else
-    kill -TERM "$pid"
-    for _ in $(seq 1 20); do alive "$pid" || break; sleep 0.5; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
+  pid=${pid_of[$d]} start=${start_of[$d]}
   stopped=("$d" "${stopped[@]}")
-  for _ in $(seq 1 300); do alive "$pid" || break; sleep 0.1; done
-  alive "$pid" && die "$d (pid $pid) still runs 30 s after SIGKILL"
+  if $kill_now; then
+    signal "$d" KILL
+  else
+    signal "$d" TERM
+    for _ in $(seq 1 20); do alive "$pid" "$start" || break; sleep 0.5; done
+    signal "$d" KILL
+  fi
+  for _ in $(seq 1 300); do alive "$pid" "$start" || break; sleep 0.1; done
+  if alive "$pid" "$start"; then die "$d (pid $pid) still runs 30 s after SIGKILL"; fi
   log "stopped $d (pid $pid$($kill_now && echo ", killed"))"
 done
 
 # In the background: bash runs a trap only once its foreground command is done.
-[ "$down" -eq 0 ] || { log "down for ${down}s"; sleep "$down" & wait $!; }
+if [ "$down" -gt 0 ]; then
+  log "down for ${down}s"
+  sleep "$down" &
+  sleeper=$!
+  wait "$sleeper"
+  sleeper=''
+fi
 
 while [ ${#stopped[@]} -gt 0 ]; do
   d=${stopped[0]}
-  stopped=("${stopped[@]:1}")
   start_again "$d" || die "$d did not start again"
+  stopped=("${stopped[@]:1}")
 done
