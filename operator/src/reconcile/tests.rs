@@ -870,10 +870,9 @@ fn revoked_signer_harness() -> Harness {
     )
 }
 
-#[tokio::test]
-async fn a_revoked_signer_quarantines_the_running_revision_without_asking_a_registry() {
-    let mut h = revoked_signer_harness();
-    // A revision of it is running.
+/// The Plugin uid-1's own Deployment, running 2 replicas, on the API server and in the
+/// watch cache; returns its API path.
+fn running_deployment_of_two(h: &mut Harness) -> String {
     let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
     h.api.put(
         &deployment,
@@ -882,6 +881,14 @@ async fn a_revoked_signer_quarantines_the_running_revision_without_asking_a_regi
                "spec": {"replicas": 2}}),
     );
     h.watch_deployment();
+    deployment
+}
+
+#[tokio::test]
+async fn a_revoked_signer_quarantines_the_running_revision_without_asking_a_registry() {
+    let mut h = revoked_signer_harness();
+    // A revision of it is running.
+    let deployment = running_deployment_of_two(&mut h);
     let mut p = plugin("uid-1", "[log]");
     p.status = serde_json::from_value(json!({"lastGoodRevision": "rgood"})).ok();
     h.reconcile(&p).await;
@@ -1171,14 +1178,7 @@ fn running_with_a_broken_spec(
         json!({"metadata": {"name": "hello-bundle", "namespace": NS},
                "binaryData": {"bundle.tar.gz": b64(&bundle(MANIFEST))}}),
     );
-    let deployment = format!("/apis/apps/v1/namespaces/{NS}/deployments/hello");
-    h.api.put(
-        &deployment,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "hello", "namespace": NS, "ownerReferences": owned_by("uid-1")},
-               "spec": {"replicas": 2}}),
-    );
-    h.watch_deployment();
+    let deployment = running_deployment_of_two(&mut h);
     let mut p = plugin("uid-1", "[log]");
     p.spec.bundle.digest = Some(format!("sha256:{}", "0".repeat(64)));
     p.status = serde_json::from_value(json!({
