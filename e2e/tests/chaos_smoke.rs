@@ -17,8 +17,8 @@ fn one_round_of_each_chaos_scenario_keeps_its_promise() -> Result<()> {
         .env("CHAOS_KILLS", "2")
         // Not apiserver-restarted: it passed in 4 of 5 runs on 2026-12-04; the failure was a
         // race of the scenario (Plugins reconciled by the old operator leader, with the
-        // suite's 20 s progress deadline, right after the upgrade to 120 s). Back in once
-        // the scenario waits for the new leader and has passed repeatedly.
+        // suite's 20 s progress deadline, right after the upgrade to 120 s). The scenario now
+        // waits for the new leader; back in once it has passed repeatedly.
         .env(
             "CHAOS_SCENARIOS",
             "router-pod-deleted,operator-leader-killed,registry-down,kubelet-containerd-restarted",

@@ -558,9 +558,49 @@ async fn apiserver_restarted(s: &Sandbox) -> Result<()> {
             .await?
     };
     deadline("progressDeadlineSeconds=120").await?;
+    wait_leader_with(&s.client, "--progress-deadline-seconds=120").await?;
     let outcome = apiserver_rollout(s).await;
     let restored = deadline("progressDeadlineSeconds=20").await;
     outcome.and(restored)
+}
+
+/// Waits until every operator pod runs with `arg` and one of them holds the leader lease: right
+/// after a `helm upgrade` the old leader, with its old flags, can still act for seconds (it
+/// rolled Plugins out with the old progress deadline once).
+async fn wait_leader_with(client: &kube::Client, arg: &str) -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
+    let leases = Api::<Lease>::namespaced(client.clone(), NAMESPACE);
+    let started = Instant::now();
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=airlock-operator"))
+            .await?
+            .items;
+        let with_arg = |p: &Pod| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.spec
+                    .iter()
+                    .flat_map(|s| &s.containers)
+                    .any(|c| c.args.iter().flatten().any(|a| a == arg))
+        };
+        let all_new = !list.is_empty() && list.iter().all(with_arg);
+        let holder = leases
+            .get_opt("airlock-operator")
+            .await?
+            .and_then(|l| l.spec?.holder_identity);
+        let leads = holder
+            .as_deref()
+            .is_some_and(|h| list.iter().any(|p| p.name_any() == h));
+        if all_new && leads {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(180),
+            "the operator's leader does not run with {arg} 180s after the upgrade (holder {holder:?})"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn apiserver_rollout(s: &Sandbox) -> Result<()> {
