@@ -144,11 +144,12 @@ pub async fn issue_plugin_certificate(
     identity: &str,
     uid: &str,
     ca: &Ca,
+    lifetime: std::time::Duration,
     now: SystemTime,
 ) -> Result<(), CertError> {
     let namespace = meta.namespace.clone().unwrap_or_default();
     let name = meta.name.clone().unwrap_or_default();
-    let issued = ca.issue_bound(identity, uid, now)?;
+    let issued = ca.issue_bound(identity, uid, lifetime, now)?;
     Api::<Secret>::namespaced(client.clone(), &namespace)
         .patch(
             &name,

@@ -77,6 +77,17 @@ pub struct Config {
     /// (no Landlock): the plugin can then read the key. Unset, such a shim refuses to start.
     #[arg(long, env = "AIRLOCK_SHIM_ALLOW_READABLE_KEY")]
     pub shim_allow_readable_key: bool,
+    /// How long each plugin's mTLS certificate is valid, in seconds; it is renewed with a third of
+    /// it left. Shorter: a leaked plugin key stops working sooner, for one Secret write per
+    /// Plugin per two thirds of it. At least 600 (the renewed certificate must reach the pod
+    /// through the kubelet's Secret sync before the old one ends), at most 30 days.
+    #[arg(
+        long,
+        env = "AIRLOCK_PLUGIN_CERTIFICATE_LIFETIME_SECONDS",
+        default_value_t = 86_400,
+        value_parser = clap::value_parser!(u64).range(600..=2_592_000)
+    )]
+    pub plugin_certificate_lifetime_seconds: u64,
     /// Seconds a new revision has to become Ready.
     #[arg(long, default_value_t = 120)]
     pub progress_deadline_seconds: i32,

@@ -148,6 +148,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
     ctx.max_concurrent_reconciles = config.max_concurrent_reconciles;
     ctx.shard = config.shard.clone();
+    ctx.plugin_certificate_lifetime =
+        std::time::Duration::from_secs(config.plugin_certificate_lifetime_seconds);
     let ctx = Arc::new(ctx);
     ready.store(true, Ordering::Relaxed);
     tracing::info!(shard = %config.shard, "airlock operator started");

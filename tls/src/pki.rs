@@ -18,9 +18,15 @@ use x509_parser::pem::parse_x509_pem;
 
 /// How long a certificate the CA issues is valid (the router's).
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
-/// How long a plugin's certificate is valid: a key a plugin's pod leaked stops working within a
+/// How long a plugin's certificate is valid by default (the operator's
+/// `--plugin-certificate-lifetime-seconds`): a key a plugin's pod leaked stops working within a
 /// day (it is renewed after two thirds, so the operator may be down for hours without harm).
 pub const PLUGIN_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The shortest plugin certificate lifetime the operator accepts. A renewed certificate reaches
+/// the pod through the kubelet's Secret volume sync (≈ 1–2 minutes) and the shim's reload
+/// (every 30 s): renewed with a third of its lifetime left, a 10-minute certificate still has
+/// 3 minutes, more than that path takes.
+pub const PLUGIN_LEAF_LIFETIME_MIN: Duration = Duration::from_secs(600);
 pub use crate::PLUGIN_UID_URI_PREFIX;
 /// How long the CA is valid.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -105,14 +111,16 @@ impl Ca {
     }
 
     /// A plugin's certificate: for `identity`, bound to the Plugin with `uid` (a URI name
-    /// [`PLUGIN_UID_URI_PREFIX`]`<uid>`), valid for [`PLUGIN_LEAF_LIFETIME`] from `now`.
+    /// [`PLUGIN_UID_URI_PREFIX`]`<uid>`), valid for `lifetime` from `now` (by default
+    /// [`PLUGIN_LEAF_LIFETIME`]).
     pub fn issue_bound(
         &self,
         identity: &str,
         uid: &str,
+        lifetime: Duration,
         now: SystemTime,
     ) -> Result<Issued, PkiError> {
-        self.issue_with(identity, Some(uid), PLUGIN_LEAF_LIFETIME, now)
+        self.issue_with(identity, Some(uid), lifetime, now)
     }
 
     fn issue_with(
@@ -218,7 +226,9 @@ mod tests {
     fn a_plugin_certificate_is_short_lived_and_bound_to_its_plugin_object() {
         let now = SystemTime::now();
         let ca = Ca::generate(now).unwrap();
-        let issued = ca.issue_bound("p.t.plugin.airlock", "uid-1", now).unwrap();
+        let issued = ca
+            .issue_bound("p.t.plugin.airlock", "uid-1", PLUGIN_LEAF_LIFETIME, now)
+            .unwrap();
         let (_, pem) = parse_x509_pem(issued.cert_pem.as_bytes()).unwrap();
         let cert = pem.parse_x509().unwrap();
         assert_eq!(crate::bound_uid(&cert).as_deref(), Some("uid-1"));
@@ -294,6 +304,63 @@ mod tests {
             Some("the stored certificate was issued by another CA")
         );
         assert!(renewal_due("garbage", &ca, "a", now).is_some());
+    }
+
+    /// Clock skew: a node whose clock is behind the operator's by less than [`BACKDATE`] accepts
+    /// a certificate issued a moment ago, on both sides of the mutual TLS (the router verifying
+    /// a plugin's server certificate, the shim verifying its client's); a larger skew is refused,
+    /// and so is a certificate past its end, however short its lifetime.
+    #[test]
+    fn a_fresh_certificate_is_accepted_by_a_clock_behind_by_less_than_an_hour() {
+        use rustls::client::WebPkiServerVerifier;
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        use rustls::server::WebPkiClientVerifier;
+        use std::sync::Arc;
+
+        let issued_at = SystemTime::now();
+        let ca = Ca::generate(issued_at - Duration::from_secs(86_400)).unwrap();
+        let lifetime = PLUGIN_LEAF_LIFETIME_MIN;
+        let leaf = ca
+            .issue_bound("p.t.plugin.airlock", "uid-1", lifetime, issued_at)
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+            .unwrap();
+        let roots = Arc::new(roots);
+        let as_server =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), crate::provider())
+                .build()
+                .unwrap();
+        let as_client = WebPkiClientVerifier::builder_with_provider(roots, crate::provider())
+            .build()
+            .unwrap();
+        let name = ServerName::try_from("p.t.plugin.airlock").unwrap();
+        let accepted = |clock: SystemTime| {
+            let now =
+                UnixTime::since_unix_epoch(clock.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+            let server = as_server
+                .verify_server_cert(&der, &[], &name, &[], now)
+                .is_ok();
+            let client = as_client.verify_client_cert(&der, &[], now).is_ok();
+            assert_eq!(server, client, "both sides judge the same clock alike");
+            server
+        };
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        assert!(accepted(issued_at));
+        assert!(
+            accepted(issued_at - minutes(50)),
+            "a node 50 minutes behind"
+        );
+        assert!(
+            !accepted(issued_at - minutes(70)),
+            "a node 70 minutes behind"
+        );
+        assert!(accepted(issued_at + lifetime - minutes(1)));
+        assert!(!accepted(issued_at + lifetime + minutes(1)), "past its end");
     }
 
     #[test]

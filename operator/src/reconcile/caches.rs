@@ -13,14 +13,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use airlock_tls::pki::PLUGIN_LEAF_LIFETIME;
-
 use airlock_crds::plugin::PluginStatus;
 
 use crate::applied::Applied;
 
-/// How long a plugin's certificate and storage ownership, once found good, are not looked at
-/// again (renewal starts with a third of the 24-hour lifetime left, so an hour is plenty).
+/// How long a plugin's storage ownership, once found good, is not looked at again.
 pub const HOURLY_CHECKS_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Default)]
@@ -43,7 +40,7 @@ struct PerPlugin {
     /// Bundle Secrets known to exist: immutable and named by digest, so existing means right.
     /// (Not watched: a watch on Secrets would need `list` on every Secret in the cluster.)
     bundle_secrets: HashSet<String>,
-    /// When the certificate and storage checks last passed.
+    /// When the storage check last passed.
     checked_at: Option<Instant>,
     /// When the certificate this process issued for the Plugin is due for renewal (the Secret
     /// itself is not read: see [`PluginCaches::certificate_due`]).
@@ -126,10 +123,20 @@ impl PluginCaches {
         self.with(uid, |p| p.stopped_since = None);
     }
 
-    /// A certificate of [`PLUGIN_LEAF_LIFETIME`] was issued for the Plugin `uid` at `now`.
-    pub fn certificate_issued(&self, uid: &str, now: SystemTime) {
-        let renew_at = now + PLUGIN_LEAF_LIFETIME * 2 / 3;
+    /// A certificate valid for `lifetime` was issued for the Plugin `uid` at `now`: it is
+    /// renewed with a third of that left.
+    pub fn certificate_issued(&self, uid: &str, now: SystemTime, lifetime: Duration) {
+        let renew_at = now + lifetime * 2 / 3;
         self.with(uid, |p| p.certificate_renew_at = Some(renew_at));
+    }
+
+    /// How long until the certificate this process issued for the Plugin `uid` is due for
+    /// renewal, if it issued one: the latest moment to look at the Plugin again, whatever else
+    /// wakes it (a steady Plugin is otherwise looked at every few minutes, more than a short
+    /// certificate lifetime's third).
+    pub fn certificate_renewal_in(&self, uid: &str, now: SystemTime) -> Option<Duration> {
+        let at = self.read(uid, |p| p.certificate_renew_at).flatten()?;
+        Some(at.duration_since(now).unwrap_or_default())
     }
 
     /// Keeps only the Plugins whose uid `alive` accepts: a sweep for deletions no delete event

@@ -98,16 +98,24 @@ async fn issue_plugin_certificate(
     let identity = airlock_core::identity::plugin_identity(ns, &plugin.name_any());
     let meta = build::tls_secret::plugin_tls_meta(plugin);
     let name = meta.name.clone().unwrap_or_default();
-    match certs::issue_plugin_certificate(&ctx.client, meta, &identity, &uid, &watches.ca, now)
-        .await
-    {
+    let issued = certs::issue_plugin_certificate(
+        &ctx.client,
+        meta,
+        &identity,
+        &uid,
+        &watches.ca,
+        ctx.plugin_certificate_lifetime,
+        now,
+    );
+    match issued.await {
         Ok(()) => {}
         Err(certs::CertError::Kube(e)) => {
             return Err(Error::from_secret_write(e, plugin, ns, &name));
         }
         Err(e) => return Err(e.into()),
     }
-    ctx.caches.certificate_issued(&uid, now);
+    ctx.caches
+        .certificate_issued(&uid, now, ctx.plugin_certificate_lifetime);
     info!(plugin = %plugin.name_any(), namespace = ns, reason = why, "issued the plugin's certificate");
     Ok(())
 }

@@ -130,6 +130,8 @@ pub struct Context {
     pub audit: audit::Sink,
     /// Which Plugins and PluginTrustPolicies this release serves (`--shard`).
     pub shard: Shard,
+    /// How long a plugin's certificate is valid (`--plugin-certificate-lifetime-seconds`).
+    pub plugin_certificate_lifetime: Duration,
 }
 
 impl std::fmt::Debug for Context {
@@ -193,6 +195,7 @@ impl Context {
             caches: PluginCaches::default(),
             audit: Arc::new(audit::emit),
             shard: Shard::default(),
+            plugin_certificate_lifetime: airlock_tls::pki::PLUGIN_LEAF_LIFETIME,
         }
     }
 }

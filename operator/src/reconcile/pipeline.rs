@@ -5,7 +5,7 @@
 //! [`airlock_crds::plugin::PluginStatus`].
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use airlock_crds::{Plugin, PluginTrustPolicy};
 use kube::ResourceExt;
@@ -222,7 +222,14 @@ pub(super) async fn run(
     }
     // 5. Status, Events and audit records, from what was applied.
     record::record_status(plugin, next, ctx).await?;
-    Ok(Action::requeue(requeue))
+    // Back in time to renew the certificate of a running plugin, a second after it comes due.
+    let uid = plugin.uid().unwrap_or_default();
+    let renewal = plugin
+        .should_run()
+        .then(|| ctx.caches.certificate_renewal_in(&uid, SystemTime::now()))
+        .flatten()
+        .map_or(requeue, |r| requeue.min(r + Duration::from_secs(1)));
+    Ok(Action::requeue(renewal))
 }
 
 /// The trust level the fetched revision's signers earned.

@@ -1452,15 +1452,9 @@ async fn a_stopped_plugin_keeps_its_network_policy_until_no_pod_can_be_left() {
         "pods may be terminating: {writes:#?}"
     );
     // Nothing will change meanwhile: the reconcile asks to look again when the window ends.
-    let debug = format!("{action:?}");
-    let requeue: f64 = debug
-        .split("Some(")
-        .nth(1)
-        .and_then(|s| s.split('s').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("a requeue in {debug}"));
+    let requeue = requeue_seconds(&action);
     let window = crate::stopped::POD_GONE_AFTER.as_secs_f64();
-    assert!(requeue > window - 5.0 && requeue <= window, "{debug}");
+    assert!(requeue > window - 5.0 && requeue <= window, "{action:?}");
 
     // The window has passed (the operator saw the Deployment at zero a minute ago).
     let uid = "uid-1";
@@ -1646,4 +1640,77 @@ async fn a_granted_secret_of_the_wrong_kind_is_named_without_its_content() {
         "{message}"
     );
     assert!(!message.contains("hunter2") && !message.contains(&b64(b"hunter2")));
+}
+
+/// In how many seconds the reconcile asked to look at the Plugin again (`Action` keeps it private).
+fn requeue_seconds(action: &Action) -> f64 {
+    let debug = format!("{action:?}");
+    debug
+        .split("Some(")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a requeue in {debug}"))
+}
+
+/// Seconds from now until the end of the certificate the last patch of the Plugin's TLS Secret
+/// wrote.
+fn certificate_left(h: &Harness) -> f64 {
+    let secret = h
+        .api
+        .last_patch(&format!("/api/v1/namespaces/{NS}/secrets/hello-tls"))
+        .expect("the TLS Secret was written");
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["tls.crt"].as_str().expect("tls.crt"))
+        .unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let not_after = pem.parse_x509().unwrap().validity().not_after.timestamp();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    not_after as f64 - now
+}
+
+/// A short certificate lifetime (`--plugin-certificate-lifetime-seconds`) is what the plugin's
+/// certificate gets, and the reconcile comes back in time to renew it with a third left, also
+/// when that is sooner than a steady Plugin's five-minute look.
+#[tokio::test]
+async fn a_short_lived_certificate_is_renewed_before_a_third_of_it_is_left() {
+    let mut h = Harness::unsigned(MANIFEST);
+    let lifetime = Duration::from_secs(600);
+    h.ctx.plugin_certificate_lifetime = lifetime;
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+    h.watch_deployment_ready();
+    let left = certificate_left(&h);
+    assert!((595.0..=600.0).contains(&left), "valid for {left} s");
+    h.api.take_writes();
+
+    let seen = h.seen(&p);
+    let secret = "PATCH /api/v1/namespaces/plugins/secrets/hello-tls";
+    // Issued 300 s ago (the renewal moment is set back rather than the clock forward): due in
+    // 100 s, sooner than the steady five-minute look.
+    let issued_ago = |s| SystemTime::now() - Duration::from_secs(s);
+    h.ctx
+        .caches
+        .certificate_issued("uid-1", issued_ago(300), lifetime);
+    let action = h.reconcile(&seen).await;
+    assert!(
+        !h.api.take_writes().contains(&secret.to_string()),
+        "not due yet"
+    );
+    let requeue = requeue_seconds(&action);
+    assert!(
+        requeue > 95.0 && requeue <= 101.0,
+        "back when two thirds of the lifetime have passed: {action:?}"
+    );
+
+    // Two thirds have passed.
+    h.ctx
+        .caches
+        .certificate_issued("uid-1", issued_ago(400), lifetime);
+    h.reconcile(&seen).await;
+    assert!(h.api.take_writes().contains(&secret.to_string()), "renewed");
+    assert!(certificate_left(&h) > 595.0);
 }
