@@ -120,15 +120,28 @@ pub(super) fn writes_children(plugin: &Plugin, watches: &Watches) -> bool {
             .is_some_and(|ns| own_deployment_uid(plugin, &ns, watches).is_some())
 }
 
-/// The uid of the Plugin's own Deployment, from the watch cache.
-fn own_deployment_uid(plugin: &Plugin, ns: &str, watches: &Watches) -> Option<String> {
+/// The Plugin's own Deployment, from the watch cache.
+fn own_deployment(plugin: &Plugin, ns: &str, watches: &Watches) -> Option<Arc<Deployment>> {
     let name = names::child_name(&plugin.name_any());
     let uid = plugin.uid().unwrap_or_default();
     watches
         .deployments
         .get(&ObjectRef::<Deployment>::new(&name).within(ns))
         .filter(|d| ownership(Some(d.meta()), &plugin.name_any(), &uid) == Ownership::Ours)
-        .and_then(|d| d.uid())
+}
+
+/// The uid of the Plugin's own Deployment, from the watch cache.
+fn own_deployment_uid(plugin: &Plugin, ns: &str, watches: &Watches) -> Option<String> {
+    own_deployment(plugin, ns, watches).and_then(|d| d.uid())
+}
+
+/// Whether the Plugin's own Deployment (watch cache) asks for pods, which serve with the
+/// certificate of its TLS Secret.
+pub(super) fn asks_for_pods(plugin: &Plugin, watches: &Watches) -> bool {
+    plugin
+        .namespace()
+        .and_then(|ns| own_deployment(plugin, &ns, watches))
+        .is_some_and(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) > 0)
 }
 
 /// The label selector of `revision`'s ReplicaSets.

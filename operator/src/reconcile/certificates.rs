@@ -80,6 +80,18 @@ pub(super) async fn ensure_identity(
     Ok(())
 }
 
+/// Renews the certificate of a plugin that keeps serving an earlier revision while its spec is
+/// not rolled out (its fetch or verification failed, its plan is blocked): its pods would stop
+/// serving at the certificate's end. Nothing is written while the certificate is good.
+pub(super) async fn renew_certificate(
+    plugin: &Plugin,
+    ctx: &Context,
+    watches: &Watches,
+) -> Result<(), Error> {
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
+    issue_plugin_certificate(plugin, ctx, watches, &ns).await
+}
+
 /// Issues (or renews) the certificate of the plugin's mTLS identity into its TLS Secret when one
 /// is due: when this process has not issued one for the Plugin (a new Plugin, or a restarted
 /// operator, which cannot read the Secret to tell), or when the one it issued has a third of its

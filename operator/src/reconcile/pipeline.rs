@@ -11,10 +11,10 @@ use airlock_crds::{Plugin, PluginTrustPolicy};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::watches::Watches;
-use super::{Context, Error, apply, ownership, record};
+use super::{Context, Error, apply, certificates, ownership, record};
 use crate::plan::{self, NO_TRUST_POLICY, Plan};
 use crate::status::{self, Outcome};
 use crate::{fetch, policy, running, trust};
@@ -120,11 +120,15 @@ pub(super) async fn run(
     // Whether this reconcile already scaled the Plugin's Deployment to zero.
     let mut scaled_to_zero = false;
 
+    // Whether nothing of the spec is applied and what ran before goes on serving.
+    let mut serves_as_before = false;
     let (next, requeue) = match planned {
         Err(failure) => {
             if failure.running == status::RunningRevision::Quarantined {
                 apply::quarantine(plugin, ctx, watches, NOT_ALLOWED_ANY_MORE).await?;
                 scaled_to_zero = true;
+            } else {
+                serves_as_before = true;
             }
             (
                 status::next_status(plugin, Outcome::FetchFailed(failure), status::now()),
@@ -144,6 +148,7 @@ pub(super) async fn run(
                 _ => Vec::new(),
             };
             let mut applied = None;
+            serves_as_before = plan.rollout.is_none();
             if not_owned.is_empty() {
                 // 4. Apply: the revision's children (the plugin's identity first), or a rollback.
                 // A revision just stopped is not rolled out again by the same reconcile. Its
@@ -214,6 +219,17 @@ pub(super) async fn run(
             next = status::stopped(plugin, next, stop, status::now());
         }
     }
+    // What keeps serving keeps a valid certificate: a spec that cannot be rolled out for longer
+    // than two thirds of the certificate's lifetime must not stop the running revision at its
+    // end. A failed renewal is retried at the next look, the status written meanwhile.
+    if serves_as_before
+        && stop.is_none()
+        && plugin.should_run()
+        && apply::asks_for_pods(plugin, watches)
+        && let Err(e) = certificates::renew_certificate(plugin, ctx, watches).await
+    {
+        warn!(error = %e, "could not renew the certificate of the plugin that keeps serving; retrying at the next look");
+    }
     // The kill switch (spec.enabled: false, the router's auto-disable) holds whatever the
     // registry, the verification or the objects in the way said: with no rollout to set zero
     // replicas, what runs is scaled to zero here (a no-op once it is).
@@ -222,12 +238,15 @@ pub(super) async fn run(
     }
     // 5. Status, Events and audit records, from what was applied.
     record::record_status(plugin, next, ctx).await?;
-    // Back in time to renew the certificate of a running plugin, a second after it comes due.
+    // Back in time to renew the certificate of a running plugin, a second after it comes due
+    // (one already due was renewed above or failed to be: the usual look retries it, never a
+    // tight loop).
     let uid = plugin.uid().unwrap_or_default();
     let renewal = plugin
         .should_run()
         .then(|| ctx.caches.certificate_renewal_in(&uid, SystemTime::now()))
         .flatten()
+        .filter(|r| !r.is_zero())
         .map_or(requeue, |r| requeue.min(r + Duration::from_secs(1)));
     Ok(Action::requeue(renewal))
 }

@@ -1714,3 +1714,42 @@ async fn a_short_lived_certificate_is_renewed_before_a_third_of_it_is_left() {
     assert!(h.api.take_writes().contains(&secret.to_string()), "renewed");
     assert!(certificate_left(&h) > 595.0);
 }
+
+/// A plugin whose new spec cannot be fetched or verified keeps serving its earlier revision
+/// (Degraded), for as long as the spec stays broken: its certificate must be renewed meanwhile,
+/// or the running pods stop serving at its end.
+#[tokio::test]
+async fn a_plugin_serving_an_earlier_revision_keeps_its_certificate_renewed() {
+    let (public, fingerprint) = signer_key();
+    let (mut h, _, p) = running_with_a_broken_spec(
+        json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted"}]),
+        &fingerprint,
+        json!(["log"]),
+    );
+    let lifetime = Duration::from_secs(600);
+    h.ctx.plugin_certificate_lifetime = lifetime;
+    let secret = "PATCH /api/v1/namespaces/plugins/secrets/hello-tls";
+    let issued_ago = |s| SystemTime::now() - Duration::from_secs(s);
+
+    h.ctx
+        .caches
+        .certificate_issued("uid-1", issued_ago(100), lifetime);
+    h.reconcile(&p).await;
+    assert_eq!(h.status()["phase"], "Degraded", "{}", h.status());
+    assert!(
+        !h.api.take_writes().contains(&secret.to_string()),
+        "a good certificate is not written again"
+    );
+
+    h.ctx
+        .caches
+        .certificate_issued("uid-1", issued_ago(400), lifetime);
+    h.reconcile(&p).await;
+    let writes = h.api.take_writes();
+    assert!(writes.contains(&secret.to_string()), "renewed: {writes:#?}");
+    assert!(certificate_left(&h) > 595.0);
+    assert!(
+        !wrote(&writes, "deployments/hello"),
+        "nothing of the broken spec is applied: {writes:#?}"
+    );
+}
