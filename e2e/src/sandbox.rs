@@ -142,17 +142,47 @@ impl Sandbox {
         image_digest: &str,
         bundle_key: &str,
     ) -> Result<()> {
+        let bundle = format!("{name}-bundle");
+        let no_more = json!({});
+        self.deploy_signed_hello_with(
+            work,
+            name,
+            &bundle,
+            image,
+            image_digest,
+            bundle_key,
+            no_more,
+        )
+        .await
+    }
+
+    /// [`Self::deploy_signed_hello`] with the bundle in the ConfigMap `bundle_name` (a new one
+    /// for an upgrade: bundle ConfigMaps are created, never changed) and `spec` merged into the
+    /// Plugin's spec (e.g. `{"enabled": false}`), in one apply.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn deploy_signed_hello_with(
+        &self,
+        work: &std::path::Path,
+        name: &str,
+        bundle_name: &str,
+        image: &str,
+        image_digest: &str,
+        bundle_key: &str,
+        spec: Value,
+    ) -> Result<()> {
         use airlock_bundle::signing;
         let bundle = crate::signing::hello_bundle(work, name, image_digest)?;
         let signature = signing::sign(
             &signing::parse_private_key(bundle_key)?,
             &airlock_bundle::digest(&bundle),
         );
-        put_bundle(&self.ns, &format!("{name}-bundle"), bundle, Some(signature)).await?;
+        put_bundle(&self.ns, bundle_name, bundle, Some(signature)).await?;
         let mut plugin = self.hello(name)?;
         plugin["spec"]["image"] = json!(image);
-        plugin["spec"]["bundle"] =
-            json!({"source": {"configMapRef": {"name": format!("{name}-bundle")}}});
+        plugin["spec"]["bundle"] = json!({"source": {"configMapRef": {"name": bundle_name}}});
+        for (k, v) in spec.as_object().into_iter().flatten() {
+            plugin["spec"][k] = v.clone();
+        }
         self.apply(&plugin).await
     }
 

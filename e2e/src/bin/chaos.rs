@@ -28,7 +28,10 @@
 //!   Plugin with a newly signed image is created. Promise: fail closed — nothing of it is rolled
 //!   out while its signature cannot be read, its `Verified` condition names a retried registry
 //!   failure; the Plugin that ran before keeps running; once the registry is back the new Plugin
-//!   becomes Active by itself.
+//!   becomes Active by itself. And the kill switch holds without the registry: a second running
+//!   Plugin is upgraded to an image the registry cannot vouch for and switched off
+//!   (`spec.enabled: false`) during the outage; its Deployment goes to zero before the registry
+//!   is back, and its phase is Disabled.
 //! - `kubelet-containerd-restarted`: host applications call a plugin through the router while the
 //!   node's kubelet and containerd are restarted `CHAOS_ROUNDS` times (default 3; stopped with
 //!   SIGTERM in odd rounds, killed in even ones). Promise: the plugin's and the router's containers
@@ -753,9 +756,13 @@ async fn registry_down(s: &Sandbox) -> Result<()> {
     }
     let plugins: Api<Plugin> = s.ns.api();
     let (image, digest) = &images[0];
-    s.deploy_signed_hello(dir, "steady", image, digest, &bundle_private)
-        .await?;
-    airlock_e2e::plugins::wait_plugin(&plugins, "steady", "Active", active).await?;
+    for name in ["steady", "switched"] {
+        s.deploy_signed_hello(dir, name, image, digest, &bundle_private)
+            .await?;
+    }
+    for name in ["steady", "switched"] {
+        airlock_e2e::plugins::wait_plugin(&plugins, name, "Active", active).await?;
+    }
 
     let started = Instant::now();
     let outage = tokio::task::spawn_blocking(move || restart_daemons(&["registry"], down, false));
@@ -773,12 +780,40 @@ async fn registry_down(s: &Sandbox) -> Result<()> {
         let (image, digest) = &images[1];
         s.deploy_signed_hello(dir, "fresh", image, digest, &bundle_private)
             .await?;
+        // A tenant upgrades a running Plugin and switches it off while nothing can be verified.
+        let off = json!({"enabled": false});
+        s.deploy_signed_hello_with(
+            dir,
+            "switched",
+            "switched-bundle-2",
+            image,
+            digest,
+            &bundle_private,
+            off,
+        )
+        .await?;
+        let switched_at = started.elapsed();
+        let mut switched_to_zero = None;
+        let mut switched_verified = std::collections::BTreeSet::new();
         // Fail closed for the new Plugin, the old one untouched, every second of the outage.
         let deployments = s.ns.api::<Deployment>();
         let mut verified = std::collections::BTreeSet::new();
         let mut steady_phases = std::collections::BTreeSet::new();
         let mut samples = 0;
         while !outage.is_finished() {
+            if switched_to_zero.is_none() {
+                let replicas = deployments
+                    .get("switched")
+                    .await?
+                    .spec
+                    .and_then(|s| s.replicas);
+                if replicas == Some(0) {
+                    switched_to_zero = Some(started.elapsed() - switched_at);
+                }
+            }
+            if let Some(c) = condition(&plugins.get("switched").await?, "Verified") {
+                switched_verified.insert(format!("{}/{}", c.status, c.reason));
+            }
             let fresh = plugins.get("fresh").await?;
             let rolled_out = deployments.get_opt("fresh").await?.is_some();
             ensure!(
@@ -805,11 +840,22 @@ async fn registry_down(s: &Sandbox) -> Result<()> {
             samples += 1;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        Ok::<_, anyhow::Error>((verified, steady_phases, samples))
+        Ok::<_, anyhow::Error>((
+            verified,
+            steady_phases,
+            samples,
+            (switched_to_zero, switched_verified),
+        ))
     }
     .await;
     outage.await??;
-    let (verified, steady_phases, samples) = during?;
+    let (verified, steady_phases, samples, (switched_to_zero, switched_verified)) = during?;
+    let Some(switched_to_zero) = switched_to_zero else {
+        bail!(
+            "the Plugin switched off during the outage still had replicas when the registry came back: {:?}",
+            plugins.get("switched").await?.status
+        );
+    };
     let back = started.elapsed();
     let fresh = airlock_e2e::plugins::wait_plugin(
         &plugins,
@@ -820,17 +866,43 @@ async fn registry_down(s: &Sandbox) -> Result<()> {
     .await?;
     let recovered = started.elapsed().saturating_sub(back);
     airlock_e2e::plugins::wait_plugin(&plugins, "steady", "Active", active).await?;
+    let switched = airlock_e2e::plugins::wait_plugin(&plugins, "switched", "Disabled", |p| {
+        matches!(phase(p), Some(PluginPhase::Disabled))
+    })
+    .await?;
+    airlock_e2e::wait::until(
+        "the switched-off Plugin's pods gone",
+        Duration::from_secs(120),
+        async || {
+            let pods = s.ns.api::<Pod>();
+            let listed = pods
+                .list(&ListParams::default().labels("airlock.dev/plugin=switched"))
+                .await?;
+            Ok(listed.items.len())
+        },
+        |n| *n == 0,
+    )
+    .await
+    .with_context(|| format!("the Plugin switched off: {:?}", switched.status))?;
     println!(
-        "the registry stopped, back after {:.1}s; {samples} samples during the outage: the new Plugin's Verified {verified:?}, never rolled out; the running Plugin's phases {steady_phases:?}, always serving; the new Plugin Active {:.1}s after the registry came back (signer {:?})",
+        "the registry stopped, back after {:.1}s; {samples} samples during the outage: the new Plugin's Verified {verified:?}, never rolled out; the running Plugin's phases {steady_phases:?}, always serving; the new Plugin Active {:.1}s after the registry came back (signer {:?}); the Plugin upgraded and switched off during the outage at zero replicas {:.1}s after the switch, its Verified {switched_verified:?}, Disabled",
         back.as_secs_f64(),
         recovered.as_secs_f64(),
-        fresh.status.as_ref().and_then(|s| s.signer.clone())
+        fresh.status.as_ref().and_then(|s| s.signer.clone()),
+        switched_to_zero.as_secs_f64()
     );
+    let registry_failed = |seen: &std::collections::BTreeSet<String>| {
+        seen.iter()
+            .any(|v| v == "False/RegistryUnavailable" || v == "False/RegistryTimeout")
+    };
     ensure!(
-        verified
-            .iter()
-            .any(|v| v == "False/RegistryUnavailable" || v == "False/RegistryTimeout"),
+        registry_failed(&verified),
         "the new Plugin's Verified condition never named the registry's failure: {verified:?}"
+    );
+    // The kill switch held although the upgraded spec could not be verified.
+    ensure!(
+        registry_failed(&switched_verified),
+        "the switched-off Plugin's upgrade was not refused for the registry's failure during the outage (the scenario did not test the kill switch without a registry): {switched_verified:?}"
     );
     Ok(())
 }
