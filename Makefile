@@ -35,7 +35,7 @@ bench: tools cluster-up e2e-images ## benchmarks: verification, router vs direct
 soak: tools cluster-up e2e-images ## the router under load with failing plugins, a row a minute (SOAK_SECONDS=600, SOAK_PLUGINS=20, SOAK_RATE=calls/s, default half the measured throughput)
 	cargo run --quiet --locked -p airlock-e2e --bin soak
 
-chaos: tools cluster-up e2e-images ## chaos scenarios on the local cluster, each bounded (CHAOS_SCENARIOS=router-pod-deleted,operator-leader-killed,apiserver-restarted,registry-down,kubelet-containerd-restarted; CHAOS_ROUNDS, CHAOS_WORKERS, CHAOS_PLUGINS, CHAOS_KILLS, CHAOS_ROLLOUT_PLUGINS, CHAOS_APISERVER_DOWN_SECONDS, CHAOS_REGISTRY_DOWN_SECONDS); needs root (restarts the cluster's daemons)
+chaos: tools cluster-up e2e-images ## chaos scenarios on the local cluster, each bounded (CHAOS_SCENARIOS=router-pod-deleted,operator-leader-killed,apiserver-restarted,registry-down,certificate-rotated,kubelet-containerd-restarted; CHAOS_ROUNDS, CHAOS_WORKERS, CHAOS_PLUGINS, CHAOS_KILLS, CHAOS_ROLLOUT_PLUGINS, CHAOS_APISERVER_DOWN_SECONDS, CHAOS_REGISTRY_DOWN_SECONDS, CHAOS_CERTIFICATE_LIFETIME_SECONDS); needs root (restarts the cluster's daemons)
 	@# The CloudEvents sink the operator scenario counts audit records at (the binary installs
 	@# Airlock, pointed at it, as the e2e does).
 	$(CLUSTER)/collector.sh
