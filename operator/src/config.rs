@@ -85,7 +85,8 @@ pub struct Config {
         long,
         env = "AIRLOCK_PLUGIN_CERTIFICATE_LIFETIME_SECONDS",
         default_value_t = 86_400,
-        value_parser = clap::value_parser!(u64).range(600..=2_592_000)
+        value_parser = clap::value_parser!(u64)
+            .range(airlock_tls::pki::PLUGIN_LEAF_LIFETIME_MIN.as_secs()..=2_592_000)
     )]
     pub plugin_certificate_lifetime_seconds: u64,
     /// Seconds a new revision has to become Ready.

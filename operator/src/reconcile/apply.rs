@@ -136,11 +136,13 @@ fn own_deployment_uid(plugin: &Plugin, ns: &str, watches: &Watches) -> Option<St
 }
 
 /// Whether the Plugin's own Deployment (watch cache) asks for pods, which serve with the
-/// certificate of its TLS Secret.
+/// certificate of its TLS Secret. Its plugin label counts too: only the operator can make a
+/// Deployment with it (the chart's admission policy `plugin-workloads`).
 pub(super) fn asks_for_pods(plugin: &Plugin, watches: &Watches) -> bool {
     plugin
         .namespace()
         .and_then(|ns| own_deployment(plugin, &ns, watches))
+        .filter(|d| d.labels().get(names::PLUGIN_LABEL) == Some(&plugin.name_any()))
         .is_some_and(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) > 0)
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use airlock_crds::plugin::PluginStatus;
 
@@ -44,7 +44,8 @@ struct PerPlugin {
     checked_at: Option<Instant>,
     /// When the certificate this process issued for the Plugin is due for renewal (the Secret
     /// itself is not read: see [`PluginCaches::certificate_due`]).
-    certificate_renew_at: Option<SystemTime>,
+    /// (On the monotonic clock: a wall clock stepped back must not delay a renewal.)
+    certificate_renew_at: Option<Instant>,
     /// Since when the Plugin, not running, has had its Deployment at zero pods
     /// ([`crate::stopped::network`]).
     stopped_since: Option<Instant>,
@@ -104,7 +105,7 @@ impl PluginCaches {
     /// none for it (it cannot read the Secret to learn about one issued before it started, so a
     /// restarted operator issues each plugin a fresh one), or the one it issued has less than a
     /// third of its lifetime left.
-    pub fn certificate_due(&self, uid: &str, now: SystemTime) -> Option<&'static str> {
+    pub fn certificate_due(&self, uid: &str, now: Instant) -> Option<&'static str> {
         match self.read(uid, |p| p.certificate_renew_at).flatten() {
             None => Some("this operator has issued it none yet"),
             Some(at) if now >= at => Some("its certificate has a third of its lifetime left"),
@@ -125,7 +126,7 @@ impl PluginCaches {
 
     /// A certificate valid for `lifetime` was issued for the Plugin `uid` at `now`: it is
     /// renewed with a third of that left.
-    pub fn certificate_issued(&self, uid: &str, now: SystemTime, lifetime: Duration) {
+    pub fn certificate_issued(&self, uid: &str, now: Instant, lifetime: Duration) {
         let renew_at = now + lifetime * 2 / 3;
         self.with(uid, |p| p.certificate_renew_at = Some(renew_at));
     }
@@ -134,9 +135,9 @@ impl PluginCaches {
     /// renewal, if it issued one: the latest moment to look at the Plugin again, whatever else
     /// wakes it (a steady Plugin is otherwise looked at every few minutes, more than a short
     /// certificate lifetime's third).
-    pub fn certificate_renewal_in(&self, uid: &str, now: SystemTime) -> Option<Duration> {
+    pub fn certificate_renewal_in(&self, uid: &str, now: Instant) -> Option<Duration> {
         let at = self.read(uid, |p| p.certificate_renew_at).flatten()?;
-        Some(at.duration_since(now).unwrap_or_default())
+        Some(at.saturating_duration_since(now))
     }
 
     /// Keeps only the Plugins whose uid `alive` accepts: a sweep for deletions no delete event
@@ -165,11 +166,12 @@ mod tests {
 
     const BUNDLE_SECRET: &str = "hello-bundle-0123";
 
-    /// The Plugin `uid` as a reconcile leaves it: its bundle Secret exists, its certificate and
-    /// storage were just checked, its status was written.
+    /// The Plugin `uid` as a reconcile leaves it: its bundle Secret exists, its certificate was
+    /// just issued and its storage checked, its status was written.
     fn remember(caches: &PluginCaches, uid: &str, now: Instant) {
         caches.bundle_secret_exists(uid, BUNDLE_SECRET);
         caches.hourly_checks_passed(uid, now);
+        caches.certificate_issued(uid, now, Duration::from_secs(600));
         caches.written(uid, PluginStatus::default());
     }
 
@@ -177,6 +179,7 @@ mod tests {
     fn assert_knows_nothing_of(caches: &PluginCaches, uid: &str, now: Instant) {
         assert!(!caches.bundle_secret_known(uid, BUNDLE_SECRET), "{uid}");
         assert!(caches.hourly_checks_due(uid, now), "{uid}");
+        assert!(caches.certificate_due(uid, now).is_some(), "{uid}");
         assert_eq!(caches.last_written(uid), None, "{uid}");
     }
 

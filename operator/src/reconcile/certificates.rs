@@ -57,8 +57,10 @@ pub(super) async fn maintain_router_certificate(client: Client, namespace: Strin
 
 /// The plugin's identity, before anything that runs it: its TLS Secret holds a good certificate
 /// for its identity ([`issue_plugin_certificate`]) and the `PluginStorage` an installer created for
-/// it is owned by it ([`adopt_storage`]). Both are checked once an hour per Plugin (by uid: a
-/// re-created Plugin is checked at once, its old Secrets having been garbage-collected).
+/// it is owned by it ([`adopt_storage`]). The certificate is renewed on its own clock
+/// ([`PluginCaches::certificate_due`](super::caches::PluginCaches::certificate_due)), the storage
+/// checked once an hour per Plugin (both by uid: a re-created Plugin is looked at at once, its
+/// old Secrets having been garbage-collected).
 pub(super) async fn ensure_identity(
     plugin: &Plugin,
     ctx: &Context,
@@ -103,7 +105,7 @@ async fn issue_plugin_certificate(
     ns: &str,
 ) -> Result<(), Error> {
     let uid = plugin.uid().unwrap_or_default();
-    let now = SystemTime::now();
+    let (now, wall) = (Instant::now(), SystemTime::now());
     let Some(why) = ctx.caches.certificate_due(&uid, now) else {
         return Ok(());
     };
@@ -117,7 +119,7 @@ async fn issue_plugin_certificate(
         &uid,
         &watches.ca,
         ctx.plugin_certificate_lifetime,
-        now,
+        wall,
     );
     match issued.await {
         Ok(()) => {}

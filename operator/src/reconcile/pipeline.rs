@@ -5,7 +5,7 @@
 //! [`airlock_crds::plugin::PluginStatus`].
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use airlock_crds::{Plugin, PluginTrustPolicy};
 use kube::ResourceExt;
@@ -148,7 +148,6 @@ pub(super) async fn run(
                 _ => Vec::new(),
             };
             let mut applied = None;
-            serves_as_before = plan.rollout.is_none();
             if not_owned.is_empty() {
                 // 4. Apply: the revision's children (the plugin's identity first), or a rollback.
                 // A revision just stopped is not rolled out again by the same reconcile. Its
@@ -180,6 +179,8 @@ pub(super) async fn run(
                     }
                 }
             }
+            // Blocked, or an object in the way: nothing of the revision was applied.
+            serves_as_before = plan.rollout.is_none() || !not_owned.is_empty();
             if !not_owned.is_empty() {
                 let next = status::next_status(
                     plugin,
@@ -221,8 +222,16 @@ pub(super) async fn run(
     }
     // What keeps serving keeps a valid certificate: a spec that cannot be rolled out for longer
     // than two thirds of the certificate's lifetime must not stop the running revision at its
-    // end. A failed renewal is retried at the next look, the status written meanwhile.
+    // end. Only a revision this operator rolled out counts (its status, which tenants cannot
+    // write, names it), never a Deployment a tenant made to look like the Plugin's: a Plugin
+    // never verified gets no certificate. A failed renewal is retried at the next look, the
+    // status written meanwhile.
+    let rolled_out_before = plugin
+        .status
+        .as_ref()
+        .is_some_and(|s| s.current_revision.is_some());
     if serves_as_before
+        && rolled_out_before
         && stop.is_none()
         && plugin.should_run()
         && apply::asks_for_pods(plugin, watches)
@@ -244,7 +253,7 @@ pub(super) async fn run(
     let uid = plugin.uid().unwrap_or_default();
     let renewal = plugin
         .should_run()
-        .then(|| ctx.caches.certificate_renewal_in(&uid, SystemTime::now()))
+        .then(|| ctx.caches.certificate_renewal_in(&uid, Instant::now()))
         .flatten()
         .filter(|r| !r.is_zero())
         .map_or(requeue, |r| requeue.min(r + Duration::from_secs(1)));

@@ -877,7 +877,8 @@ fn running_deployment_of_two(h: &mut Harness) -> String {
     h.api.put(
         &deployment,
         json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "hello", "namespace": NS, "ownerReferences": owned_by("uid-1")},
+               "metadata": {"name": "hello", "namespace": NS, "ownerReferences": owned_by("uid-1"),
+                            "labels": {"airlock.dev/plugin": "hello"}},
                "spec": {"replicas": 2}}),
     );
     h.watch_deployment();
@@ -1691,7 +1692,11 @@ async fn a_short_lived_certificate_is_renewed_before_a_third_of_it_is_left() {
     let secret = "PATCH /api/v1/namespaces/plugins/secrets/hello-tls";
     // Issued 300 s ago (the renewal moment is set back rather than the clock forward): due in
     // 100 s, sooner than the steady five-minute look.
-    let issued_ago = |s| SystemTime::now() - Duration::from_secs(s);
+    let issued_ago = |s| {
+        std::time::Instant::now()
+            .checked_sub(Duration::from_secs(s))
+            .expect("the machine has been up for minutes")
+    };
     h.ctx
         .caches
         .certificate_issued("uid-1", issued_ago(300), lifetime);
@@ -1729,7 +1734,11 @@ async fn a_plugin_serving_an_earlier_revision_keeps_its_certificate_renewed() {
     let lifetime = Duration::from_secs(600);
     h.ctx.plugin_certificate_lifetime = lifetime;
     let secret = "PATCH /api/v1/namespaces/plugins/secrets/hello-tls";
-    let issued_ago = |s| SystemTime::now() - Duration::from_secs(s);
+    let issued_ago = |s| {
+        std::time::Instant::now()
+            .checked_sub(Duration::from_secs(s))
+            .expect("the machine has been up for minutes")
+    };
 
     h.ctx
         .caches
@@ -1752,4 +1761,42 @@ async fn a_plugin_serving_an_earlier_revision_keeps_its_certificate_renewed() {
         !wrote(&writes, "deployments/hello"),
         "nothing of the broken spec is applied: {writes:#?}"
     );
+}
+
+/// The renewal above never gives a certificate to a Plugin the operator did not roll out: a tenant
+/// who makes a Deployment that looks like the Plugin's (its name, a controller reference with the
+/// Plugin's uid) for a Plugin whose spec fails to verify gets no CA-signed certificate written
+/// into a Secret they can read.
+#[tokio::test]
+async fn a_deployment_made_to_look_like_the_plugins_earns_it_no_certificate() {
+    let (public, fingerprint) = signer_key();
+    let secret = "PATCH /api/v1/namespaces/plugins/secrets/hello-tls";
+    for forged in ["never rolled out", "no plugin label"] {
+        let (mut h, deployment, mut p) = running_with_a_broken_spec(
+            json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted"}]),
+            &fingerprint,
+            json!(["log"]),
+        );
+        match forged {
+            // No status: the operator never rolled anything out for it.
+            "never rolled out" => p.status = None,
+            // The tenant's own Deployment cannot carry the label (admission policy).
+            _ => {
+                h.api.put(
+                    &deployment,
+                    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                           "metadata": {"name": "hello", "namespace": NS,
+                                        "ownerReferences": owned_by("uid-1")},
+                           "spec": {"replicas": 1}}),
+                );
+                h.watch_deployment();
+            }
+        }
+        h.reconcile(&p).await;
+        let writes = h.api.take_writes();
+        assert!(
+            !writes.contains(&secret.to_string()),
+            "{forged}: no certificate: {writes:#?}"
+        );
+    }
 }
