@@ -27,6 +27,10 @@ pub fn images_env(key: &str) -> Result<String> {
         .with_context(|| format!("{key} missing from {}", path.display()))
 }
 
+/// The chart's `pluginCertificateLifetimeSeconds` (charts/airlock/values.yaml), which the
+/// suite's install keeps.
+pub const DEFAULT_PLUGIN_CERTIFICATE_LIFETIME_SECONDS: u64 = 86_400;
+
 static INSTALLED: OnceCell<()> = OnceCell::const_new();
 
 /// Set by `make e2e` after it installed Airlock once for the whole run.

@@ -729,8 +729,53 @@ async fn apiserver_rollout(s: &Sandbox) -> Result<()> {
         "not one rollout per Plugin: {}",
         problems.join("; ")
     );
-    let want: Vec<(String, &str)> = (0..count).map(|i| (name(i), "Active")).collect();
+    // The routers' watches came back too: a Plugin created after the restart is routed by every
+    // router pod (a router whose Plugin watch stayed stuck would answer NOT_FOUND for it).
+    s.apply(&manifest(count, "32Mi")?).await?;
+    wait_all_active(&plugins, Duration::from_secs(300)).await?;
+    let routed = routers_route(&s.client, count + 1, Duration::from_secs(60)).await?;
+    println!(
+        "a Plugin created after the restart: Active, and routed by every router pod {:.1}s later",
+        routed.as_secs_f64()
+    );
+    let want: Vec<(String, &str)> = (0..=count).map(|i| (name(i), "Active")).collect();
     audit_records(s, &want).await
+}
+
+/// Waits until every router pod has at least `count` routable plugins in its route table
+/// (`airlock_router_routes{kind="plugins"}`); how long that took.
+async fn routers_route(client: &kube::Client, count: usize, within: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    loop {
+        let mut seen = Vec::new();
+        for p in pods
+            .list(&ListParams::default().labels(ROUTER_SELECTOR))
+            .await?
+            .items
+        {
+            let Some(ip) = p.status.and_then(|s| s.pod_ip) else {
+                continue;
+            };
+            let metrics = airlock_e2e::router::http_get(&format!("{ip}:8080"), "/metrics")
+                .await
+                .unwrap_or_default();
+            let routes = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("airlock_router_routes{kind=\"plugins\"} "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+            seen.push((p.metadata.name.unwrap_or_default(), routes));
+        }
+        if !seen.is_empty() && seen.iter().all(|(_, r)| *r >= count as f64) {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < within,
+            "a router pod does not route the {count} Active Plugins {within:?} after they were Active (routable plugins per pod: {seen:?})"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn registry_down(s: &Sandbox) -> Result<()> {
@@ -811,8 +856,12 @@ async fn registry_down(s: &Sandbox) -> Result<()> {
                     switched_to_zero = Some(started.elapsed() - switched_at);
                 }
             }
-            if let Some(c) = condition(&plugins.get("switched").await?, "Verified") {
+            let switched = plugins.get("switched").await?;
+            if let Some(c) = condition(&switched, "Verified") {
                 switched_verified.insert(format!("{}/{}", c.status, c.reason));
+            }
+            if matches!(phase(&switched), Some(PluginPhase::Disabled)) {
+                switched_verified.insert("phase Disabled".into());
             }
             let fresh = plugins.get("fresh").await?;
             let rolled_out = deployments.get_opt("fresh").await?.is_some();
@@ -885,7 +934,7 @@ async fn registry_down(s: &Sandbox) -> Result<()> {
     .await
     .with_context(|| format!("the Plugin switched off: {:?}", switched.status))?;
     println!(
-        "the registry stopped, back after {:.1}s; {samples} samples during the outage: the new Plugin's Verified {verified:?}, never rolled out; the running Plugin's phases {steady_phases:?}, always serving; the new Plugin Active {:.1}s after the registry came back (signer {:?}); the Plugin upgraded and switched off during the outage at zero replicas {:.1}s after the switch, its Verified {switched_verified:?}, Disabled",
+        "the registry stopped, back after {:.1}s; {samples} samples during the outage: the new Plugin's Verified {verified:?}, never rolled out; the running Plugin's phases {steady_phases:?}, always serving; the new Plugin Active {:.1}s after the registry came back (signer {:?}); the Plugin upgraded and switched off during the outage at zero replicas {:.1}s after the switch, its Verified and phase {switched_verified:?}",
         back.as_secs_f64(),
         recovered.as_secs_f64(),
         fresh.status.as_ref().and_then(|s| s.signer.clone()),
@@ -900,6 +949,10 @@ async fn registry_down(s: &Sandbox) -> Result<()> {
         "the new Plugin's Verified condition never named the registry's failure: {verified:?}"
     );
     // The kill switch held although the upgraded spec could not be verified.
+    ensure!(
+        switched_verified.contains("phase Disabled"),
+        "the Plugin switched off during the outage was never Disabled while the registry was down: {switched_verified:?}"
+    );
     ensure!(
         registry_failed(&switched_verified),
         "the switched-off Plugin's upgrade was not refused for the registry's failure during the outage (the scenario did not test the kill switch without a registry): {switched_verified:?}"
@@ -920,8 +973,19 @@ async fn certificate_rotated(f: &Fixture) -> Result<()> {
         Ok(()) => certificate_rotation(f, lifetime).await,
         Err(e) => Err(e),
     };
-    // The suite's install again (the chart's default lifetime), whatever the outcome.
-    let restored = tokio::task::spawn_blocking(|| airlock_e2e::install::upgrade_with(&[])).await?;
+    // The suite's install again (the chart's default lifetime), whatever the outcome, and its
+    // leader in charge before the next scenario starts.
+    let restored =
+        match tokio::task::spawn_blocking(|| airlock_e2e::install::upgrade_with(&[])).await? {
+            Ok(()) => {
+                let default = format!(
+                    "--plugin-certificate-lifetime-seconds={}",
+                    airlock_e2e::install::DEFAULT_PLUGIN_CERTIFICATE_LIFETIME_SECONDS
+                );
+                wait_leader_with(&f.client, &default).await
+            }
+            Err(e) => Err(e),
+        };
     outcome.and(restored)
 }
 
@@ -967,6 +1031,17 @@ async fn certificate_rotation(f: &Fixture, lifetime: Duration) -> Result<()> {
         "== chaos certificate-rotated: {workers} callers while the plugin's {}s certificate (ends in {left}s) is renewed and expires; then the router pods are replaced ==",
         lifetime.as_secs()
     );
+    let plugin_pods = "airlock.dev/plugin=hello";
+    let plugin_containers = airlock_e2e::pods::containers(&f.client, f.ns(), plugin_pods).await?;
+    let operator_restarts = async || {
+        airlock_e2e::pods::container_restarts(
+            &f.client,
+            NAMESPACE,
+            "app.kubernetes.io/name=airlock-operator",
+        )
+        .await
+    };
+    let operator_before = operator_restarts().await?;
     let callers = Callers::start(f, workers).await?;
     let mut renewed = None;
     // Until the first certificate ended, and 30 s more: a shim still serving it would now fail
@@ -992,10 +1067,22 @@ async fn certificate_rotation(f: &Fixture, lifetime: Duration) -> Result<()> {
     let Some((_, renewed_left)) = renewed else {
         bail!("the plugin's certificate was not renewed before it ended");
     };
+    // On its schedule: with a third of its lifetime left (a little less: the operator's look
+    // comes a second after, and this poll every 5 s), not early through an operator restart.
+    let third = i64::try_from(lifetime.as_secs() / 3)?;
     ensure!(
-        renewed_left > 0,
-        "the certificate was renewed only {}s after its end",
-        -renewed_left
+        renewed_left <= third && renewed_left > third - 60,
+        "the certificate was renewed {renewed_left}s before its end, not with a third ({third}s) left"
+    );
+    ensure!(
+        operator_restarts().await? == operator_before,
+        "the operator restarted meanwhile: the renewal may not have been the scheduled one"
+    );
+    // Served by the same plugin containers: reloaded, not restarted.
+    let containers_now = airlock_e2e::pods::containers(&f.client, f.ns(), plugin_pods).await?;
+    ensure!(
+        containers_now == plugin_containers,
+        "the plugin's containers changed while its certificate was renewed (a restart, not a reload): {plugin_containers:?} → {containers_now:?}"
     );
     // Every router ↔ shim connection anew: the router pods replaced one at a time.
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), NAMESPACE);
