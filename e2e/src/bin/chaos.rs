@@ -637,14 +637,7 @@ async fn apiserver_rollout(s: &Sandbox) -> Result<()> {
         s.apply(&manifest(i, "32Mi")?).await?;
     }
     let first = wait_all_active(&plugins, Duration::from_secs(600)).await?;
-    let operator_restarts = async || {
-        airlock_e2e::pods::container_restarts(
-            &s.client,
-            NAMESPACE,
-            "app.kubernetes.io/name=airlock-operator",
-        )
-        .await
-    };
+    let operator_restarts = async || operator_restarts(&s.client).await;
     let operator_before = operator_restarts().await?;
 
     // The upgrade: a new memory limit, a new revision of each.
@@ -740,6 +733,16 @@ async fn apiserver_rollout(s: &Sandbox) -> Result<()> {
     );
     let want: Vec<(String, &str)> = (0..=count).map(|i| (name(i), "Active")).collect();
     audit_records(s, &want).await
+}
+
+/// Restarts of the operator's containers so far (every pod of it).
+async fn operator_restarts(client: &kube::Client) -> Result<i32> {
+    airlock_e2e::pods::container_restarts(
+        client,
+        NAMESPACE,
+        "app.kubernetes.io/name=airlock-operator",
+    )
+    .await
 }
 
 /// Waits until every router pod has at least `count` routable plugins in its route table
@@ -1033,14 +1036,7 @@ async fn certificate_rotation(f: &Fixture, lifetime: Duration) -> Result<()> {
     );
     let plugin_pods = "airlock.dev/plugin=hello";
     let plugin_containers = airlock_e2e::pods::containers(&f.client, f.ns(), plugin_pods).await?;
-    let operator_restarts = async || {
-        airlock_e2e::pods::container_restarts(
-            &f.client,
-            NAMESPACE,
-            "app.kubernetes.io/name=airlock-operator",
-        )
-        .await
-    };
+    let operator_restarts = async || operator_restarts(&f.client).await;
     let operator_before = operator_restarts().await?;
     let callers = Callers::start(f, workers).await?;
     let mut renewed = None;

@@ -1643,6 +1643,17 @@ async fn a_granted_secret_of_the_wrong_kind_is_named_without_its_content() {
     assert!(!message.contains("hunter2") && !message.contains(&b64(b"hunter2")));
 }
 
+/// The write of the Plugin's TLS Secret (its certificate issued or renewed).
+const TLS_SECRET_WRITE: &str = "PATCH /api/v1/namespaces/plugins/secrets/hello-tls";
+
+/// `s` seconds ago on the monotonic clock (the renewal moment is set back rather than the clock
+/// forward).
+fn issued_ago(s: u64) -> std::time::Instant {
+    std::time::Instant::now()
+        .checked_sub(Duration::from_secs(s))
+        .expect("the machine has been up for minutes")
+}
+
 /// In how many seconds the reconcile asked to look at the Plugin again (`Action` keeps it private).
 fn requeue_seconds(action: &Action) -> f64 {
     let debug = format!("{action:?}");
@@ -1689,14 +1700,8 @@ async fn a_short_lived_certificate_is_renewed_before_a_third_of_it_is_left() {
     h.api.take_writes();
 
     let seen = h.seen(&p);
-    let secret = "PATCH /api/v1/namespaces/plugins/secrets/hello-tls";
-    // Issued 300 s ago (the renewal moment is set back rather than the clock forward): due in
-    // 100 s, sooner than the steady five-minute look.
-    let issued_ago = |s| {
-        std::time::Instant::now()
-            .checked_sub(Duration::from_secs(s))
-            .expect("the machine has been up for minutes")
-    };
+    let secret = TLS_SECRET_WRITE;
+    // Issued 300 s ago: due in 100 s, sooner than the steady five-minute look.
     h.ctx
         .caches
         .certificate_issued("uid-1", issued_ago(300), lifetime);
@@ -1733,12 +1738,7 @@ async fn a_plugin_serving_an_earlier_revision_keeps_its_certificate_renewed() {
     );
     let lifetime = Duration::from_secs(600);
     h.ctx.plugin_certificate_lifetime = lifetime;
-    let secret = "PATCH /api/v1/namespaces/plugins/secrets/hello-tls";
-    let issued_ago = |s| {
-        std::time::Instant::now()
-            .checked_sub(Duration::from_secs(s))
-            .expect("the machine has been up for minutes")
-    };
+    let secret = TLS_SECRET_WRITE;
 
     h.ctx
         .caches
@@ -1770,7 +1770,7 @@ async fn a_plugin_serving_an_earlier_revision_keeps_its_certificate_renewed() {
 #[tokio::test]
 async fn a_deployment_made_to_look_like_the_plugins_earns_it_no_certificate() {
     let (public, fingerprint) = signer_key();
-    let secret = "PATCH /api/v1/namespaces/plugins/secrets/hello-tls";
+    let secret = TLS_SECRET_WRITE;
     for forged in ["never rolled out", "no plugin label"] {
         let (mut h, deployment, mut p) = running_with_a_broken_spec(
             json!([{"name": "acme", "ed25519": public, "trustLevel": "Trusted"}]),
