@@ -1800,3 +1800,46 @@ async fn a_deployment_made_to_look_like_the_plugins_earns_it_no_certificate() {
         );
     }
 }
+
+/// A running Plugin whose next revision is held back by someone else's object named like one of
+/// its children (nothing of the revision is applied) keeps serving the last one: with its
+/// certificate renewed meanwhile.
+#[tokio::test]
+async fn a_plugin_held_back_by_an_object_in_the_way_keeps_its_certificate_renewed() {
+    let mut h = Harness::unsigned(MANIFEST);
+    running_deployment_of_two(&mut h);
+    h.api.put(
+        &format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/hello"),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": "hello", "namespace": NS, "resourceVersion": "7"},
+               "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+    );
+    let mut p = plugin("uid-1", "[log]");
+    p.status = serde_json::from_value(json!({
+        "phase": "Active", "currentRevision": "rgood", "lastGoodRevision": "rgood",
+        "permissions": ["log"],
+        "revisions": [{"revision": "rgood", "bundleSigner": null, "imageSigner": null,
+                       "permissions": ["log"]}]}))
+    .ok();
+    let lifetime = Duration::from_secs(600);
+    h.ctx.plugin_certificate_lifetime = lifetime;
+    h.ctx
+        .caches
+        .certificate_issued("uid-1", issued_ago(400), lifetime);
+    h.reconcile(&p).await;
+    let writes = h.api.take_writes();
+    let status = h.status();
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("False".into(), "ObjectNotOwned".into()),
+        "{status}"
+    );
+    assert!(
+        writes.contains(&TLS_SECRET_WRITE.to_string()),
+        "renewed: {writes:#?}"
+    );
+    assert!(
+        !wrote(&writes, "deployments/hello"),
+        "nothing of the held-back revision is applied: {writes:#?}"
+    );
+}
