@@ -50,24 +50,24 @@ pub async fn watch_routes<C: Caller>(
         plugin_writer,
         watcher(
             Api::<Plugin>::all(client.clone()),
-            watcher::Config::default().labels(&shard.selector()),
+            airlock_runtime::watch::config().labels(&shard.selector()),
         )
         .modify(slim),
     )
-    .default_backoff()
-    .filter_map(|e| async move { change(e).map(|listed| (0, listed)) });
+    .backoff(airlock_runtime::watch::WatchBackoff::default())
+    .filter_map(|e| async move { change("Plugin", e).map(|listed| (0, listed)) });
     // The EndpointSlice controller copies the Service's labels onto its slices: only the slices
     // of the Services Airlock made for this shard's Plugins are watched.
     let slice_events = reflector::reflector(
         slice_writer,
         watcher(
             Api::<EndpointSlice>::all(client),
-            watcher::Config::default().labels(&shard.managed_selector()),
+            airlock_runtime::watch::config().labels(&shard.managed_selector()),
         )
         .modify(slim),
     )
-    .default_backoff()
-    .filter_map(|e| async move { change(e).map(|listed| (1, listed)) });
+    .backoff(airlock_runtime::watch::WatchBackoff::default())
+    .filter_map(|e| async move { change("EndpointSlice", e).map(|listed| (1, listed)) });
     // The table is rebuilt from both stores (O(Plugins)) once per batch of the events that are
     // waiting, not once per event: a burst of N changes (10,000 Plugins and their slices being
     // created) costs a few rebuilds while the previous one ran, instead of N × O(N).
@@ -116,11 +116,11 @@ pub async fn watch_bindings(client: Client, gate: Arc<Gate>, loaded: watch::Send
         writer,
         watcher(
             Api::<PluginCallerBinding>::all(client),
-            watcher::Config::default(),
+            airlock_runtime::watch::config(),
         ),
     )
-    .default_backoff()
-    .filter_map(|e| async move { change(e) });
+    .backoff(airlock_runtime::watch::WatchBackoff::default())
+    .filter_map(|e| async move { change("PluginCallerBinding", e) });
     let mut events = std::pin::pin!(events);
     let mut listed = false;
     while let Some(done) = events.next().await {
@@ -140,13 +140,13 @@ pub async fn watch_bindings(client: Client, gate: Arc<Gate>, loaded: watch::Send
 
 /// Whether a watch event changes the table: `Some(true)` when the initial list is complete,
 /// `Some(false)` for an object applied or deleted, `None` for the rest (list pages, errors).
-fn change<K>(event: Result<watcher::Event<K>, watcher::Error>) -> Option<bool> {
+fn change<K>(watch: &str, event: Result<watcher::Event<K>, watcher::Error>) -> Option<bool> {
     match event {
         Ok(watcher::Event::InitDone) => Some(true),
         Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(false),
         Ok(_) => None,
         Err(e) => {
-            warn!(error = %e, "watch failed; retrying with backoff");
+            warn!(watch, error = %e, "watch failed; retrying with backoff");
             None
         }
     }

@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
+pub mod watch;
 
 pub use error::{StartError, exit_code};

@@ -155,10 +155,14 @@ impl Context {
             namespace_writer,
             watcher(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                watcher::Config::default(),
+                airlock_runtime::watch::config(),
             ),
         );
-        tokio::spawn(namespace_stream.default_backoff().for_each(|_| async {}));
+        tokio::spawn(
+            namespace_stream
+                .backoff(airlock_runtime::watch::WatchBackoff::default())
+                .for_each(|_| async {}),
+        );
         Self::with_namespaces(
             client,
             namespaces,
@@ -240,9 +244,9 @@ pub async fn run(ctx: Arc<Context>) {
     // tells the two apart).
     let plugin_triggers = watcher(
         Api::<Plugin>::all(client.clone()),
-        watcher::Config::default().labels(&ctx.shard.selector()),
+        airlock_runtime::watch::config().labels(&ctx.shard.selector()),
     )
-    .default_backoff()
+    .backoff(airlock_runtime::watch::WatchBackoff::default())
     .modify(|p: &mut Plugin| {
         // Who last changed the spec, for audit records, before managedFields leave the cache.
         crate::audit::keep_spec_writer(p);
@@ -260,7 +264,7 @@ pub async fn run(ctx: Arc<Context>) {
     .applied_objects()
     .predicate_filter(triggers::plugin_changes, Default::default());
     // The children of this shard's Plugins carry its label ([`crate::build::labels::common`]).
-    let cfg = watcher::Config::default().labels(&ctx.shard.managed_selector());
+    let cfg = airlock_runtime::watch::config().labels(&ctx.shard.managed_selector());
 
     // The same watch fills the policy cache and triggers the reconciles, so a reconcile caused by
     // a policy change always sees that change.
@@ -269,7 +273,7 @@ pub async fn run(ctx: Arc<Context>) {
     // ([`crate::policy::governing`]), which alone writes its status.
     let (policies, policies_listed, policy_stream) = cached_watch(
         Api::<PluginTrustPolicy>::all(client.clone()),
-        watcher::Config::default(),
+        airlock_runtime::watch::config(),
     );
     // Each policy's status: what it governs, its keys, its conflicts with others.
     let policy_statuses = tokio::spawn(crate::policy_status::maintain(
@@ -314,7 +318,7 @@ pub async fn run(ctx: Arc<Context>) {
     // content into an annotation, which would put every ConfigMap of the cluster in memory.
     let (config_maps, config_maps_listed, config_map_stream) = watches::cached_watch_stripped(
         Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
-        watcher::Config::default(),
+        airlock_runtime::watch::config(),
         |cm| {
             cm.annotations_mut().clear();
             cm.labels_mut().clear();

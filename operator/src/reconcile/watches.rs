@@ -35,7 +35,7 @@ pub(super) struct Watches {
 
 /// The controller's backoff over its merged trigger streams: none (kube-runtime's default is
 /// one exponential backoff for all of them together). Each watch backs off on its own
-/// (`default_backoff` in [`cached_watch`] and on the Plugin watch). A joint backoff stops every
+/// (`airlock_runtime::watch::WatchBackoff` in [`cached_watch`] and on the Plugin watch). A joint backoff stops every
 /// watch while any one errs: after an API server restart the watches' errors kept re-arming it
 /// (up to 30 s), the watches' bodies went unread and their requests timed out unpolled, which
 /// were errors again — the leader made no progress for minutes (make chaos
@@ -99,7 +99,7 @@ where
     let (store, writer) = reflector::store();
     let (events, ready) = signal_listed(
         watcher(api, config)
-            .default_backoff()
+            .backoff(airlock_runtime::watch::WatchBackoff::default())
             .modify(move |o: &mut K| {
                 o.managed_fields_mut().clear();
                 strip(o);
