@@ -169,15 +169,7 @@ async fn router_pod_deleted(f: &Fixture) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut windows = Vec::new();
     for round in 1..=rounds {
-        let mut running: Vec<String> = pods
-            .list(&ListParams::default().labels(ROUTER_SELECTOR))
-            .await?
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter_map(|p| p.metadata.name)
-            .collect();
-        running.sort();
+        let running = router_pods(&pods).await?;
         ensure!(
             running.len() >= 2,
             "the router runs {} pod(s): this scenario needs two (router.replicas)",
@@ -735,6 +727,20 @@ async fn apiserver_rollout(s: &Sandbox) -> Result<()> {
     audit_records(s, &want).await
 }
 
+/// The router pods not being deleted, by name.
+async fn router_pods(pods: &Api<Pod>) -> Result<Vec<String>> {
+    let mut names: Vec<String> = pods
+        .list(&ListParams::default().labels(ROUTER_SELECTOR))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Restarts of the operator's containers so far (every pod of it).
 async fn operator_restarts(client: &kube::Client) -> Result<i32> {
     airlock_e2e::pods::container_restarts(
@@ -1082,15 +1088,7 @@ async fn certificate_rotation(f: &Fixture, lifetime: Duration) -> Result<()> {
     );
     // Every router ↔ shim connection anew: the router pods replaced one at a time.
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), NAMESPACE);
-    let mut routers: Vec<String> = pods
-        .list(&ListParams::default().labels(ROUTER_SELECTOR))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    routers.sort();
+    let routers = router_pods(&pods).await?;
     let mut windows = Vec::new();
     for name in &routers {
         let from = callers.at();
