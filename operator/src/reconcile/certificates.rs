@@ -83,8 +83,9 @@ pub(super) async fn ensure_identity(
 }
 
 /// Renews the certificate of a plugin that keeps serving an earlier revision while its spec is
-/// not rolled out (its fetch or verification failed, its plan is blocked): its pods would stop
-/// serving at the certificate's end. Nothing is written while the certificate is good.
+/// not rolled out (its fetch or verification failed, its plan is blocked, an object is in the
+/// way): its pods would stop serving at the certificate's end. Nothing is written while the
+/// certificate is good.
 pub(super) async fn renew_certificate(
     plugin: &Plugin,
     ctx: &Context,
