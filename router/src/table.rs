@@ -227,11 +227,21 @@ fn route(
         Some(PluginPhase::Degraded) if status.last_good_revision.is_some() => {}
         Some(PluginPhase::Deploying) if approved => {}
         phase => {
+            // Not looked at yet, or its first revision rolling out (a new Plugin's first
+            // rollout goes untold in its status for a few seconds): the operator is at work,
+            // the caller retries. The other phases need a change first.
+            let retry = matches!(
+                phase,
+                None | Some(PluginPhase::Pending | PluginPhase::Deploying)
+            );
             let phase = phase.map_or("Pending".to_string(), |p| format!("{p:?}"));
-            return Err(refuse(format!(
-                "Plugin {key} is {phase}, not Active; `kubectl describe plugin -n {} {}` says why",
-                key.namespace, key.name
-            )));
+            return Err(Unroutable {
+                why: format!(
+                    "Plugin {key} is {phase}, not Active; `kubectl describe plugin -n {} {}` says why",
+                    key.namespace, key.name
+                ),
+                retry,
+            });
         }
     }
     let service = child_name(&key.name);
@@ -472,6 +482,7 @@ mod tests {
             .as_mut()
             .expect("status")
             .last_good_revision = Some("r1".into());
+        let pending = plugin("a", "pending", "Pending", hooks.clone());
         let no_service = plugin("a", "lonely", "Active", hooks);
         let t = RouteTable::build(
             [
@@ -480,6 +491,7 @@ mod tests {
                 &auto,
                 &never_served,
                 &still_serving,
+                &pending,
                 &no_service,
             ],
             &ips(&[
@@ -500,6 +512,13 @@ mod tests {
         assert!(why("bad").contains("auto-disabled (5 consecutive timeouts)"));
         assert!(why("bad").contains("spec.reEnable"));
         assert!(why("never").contains("is Degraded"), "{}", why("never"));
+        let retry = |n: &str| t.get(&PluginKey::new("a", n)).expect_err("no route").retry;
+        assert!(retry("new"), "a first rollout under way: retry");
+        assert!(retry("pending"), "not looked at yet: retry");
+        assert!(
+            !retry("never") && !retry("off") && !retry("bad"),
+            "these need a change first"
+        );
         assert!(why("lonely").contains("no ready pod"), "{}", why("lonely"));
         assert!(why("ghost").contains("there is no Plugin a/ghost"));
     }
