@@ -421,31 +421,6 @@ fn told_since(told: Option<&PluginStatus>, next: &PluginStatus) -> Option<Transi
     })
 }
 
-/// How long the first rollout of a Plugin that never served may go without a status of its own:
-/// a rollout whose pods are ready sooner goes from `Pending` straight to `Active` (or to what went
-/// wrong), one status write instead of two. At 1,000 Plugins created at once the status writes
-/// were 2 of the 9 writes each Plugin cost, each waited for in turn within the operator's
-/// reconcile slots (KWOK bench: the time to all Active was 1.38× that of the same children written
-/// directly). A slower rollout (a large image being pulled) shows `Deploying` after this.
-pub const FIRST_ROLLOUT_UNTOLD: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Whether `next` is a rollout in progress of a Plugin that has never served (no current or last
-/// good revision before): a status [`FIRST_ROLLOUT_UNTOLD`] may hold back. Never one of a Plugin
-/// that serves: the router routes a rollout's calls by its status (only the hooks both revisions
-/// were approved with), which it must learn at once; nor one whose pods went unready after
-/// serving (`PodsNotReady` counts from the `Deploying` status).
-pub fn first_rollout_in_progress(prev: Option<&PluginStatus>, next: &PluginStatus) -> bool {
-    let never_served =
-        prev.is_none_or(|p| p.current_revision.is_none() && p.last_good_revision.is_none());
-    never_served
-        && next.phase == Some(PluginPhase::Deploying)
-        && next.last_good_revision.is_none()
-        && next
-            .conditions
-            .iter()
-            .any(|c| c.type_ == READY && c.reason == "Deploying")
-}
-
 /// Reasons of `Ready=False` that are the normal course of a rollout, not a problem: no Warning,
 /// and no Event of their own ([`event`]).
 pub const NORMAL_PROGRESS: [&str; 2] = ["Pending", "Deploying"];
@@ -851,48 +826,6 @@ mod tests {
             recheck_after: None,
             progress_deadline: None,
         }
-    }
-
-    /// Only the first rollout of a Plugin that never served may go untold: not an upgrade of one
-    /// that serves (the router routes its calls by the status), not pods of a served revision
-    /// gone unready, not a failure.
-    #[test]
-    fn only_the_first_rollout_of_a_plugin_that_never_served_may_go_untold() {
-        let t0 = Timestamp::from_second(1_000_000).expect("time");
-        let mut p = plugin(HELLO);
-        let first = next_status(&p, Outcome::Planned(&ok_plan(), Some(&applied(0))), t0);
-        assert_eq!(first.phase, Some(PluginPhase::Deploying));
-        assert!(first_rollout_in_progress(None, &first));
-        assert!(first_rollout_in_progress(p.status.as_ref(), &first));
-        let active = next_status(&p, Outcome::Planned(&ok_plan(), Some(&applied(1))), t0);
-        assert!(
-            !first_rollout_in_progress(None, &active),
-            "the outcome is told"
-        );
-        // Served once: pods unready again is a status at once.
-        p.status = Some(active.clone());
-        let dipped = next_status(&p, Outcome::Planned(&ok_plan(), Some(&applied(0))), t0);
-        assert_eq!(dipped.phase, Some(PluginPhase::Deploying));
-        assert!(!first_rollout_in_progress(Some(&active), &dipped));
-        // An upgrade of a Plugin that serves: the router must learn the new revision at once.
-        let mut upgrade = ok_plan();
-        upgrade.record = Some(RevisionRecord {
-            revision: "r2".into(),
-            ..Default::default()
-        });
-        let rolling = next_status(
-            &p,
-            Outcome::Planned(
-                &upgrade,
-                Some(&Rollout {
-                    revision: "r2".into(),
-                    ..applied(0)
-                }),
-            ),
-            t0,
-        );
-        assert_eq!(rolling.phase, Some(PluginPhase::Deploying));
-        assert!(!first_rollout_in_progress(Some(&active), &rolling));
     }
 
     /// Pods of a revision that served and then stopped being ready (a crash loop after the

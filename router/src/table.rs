@@ -227,8 +227,7 @@ fn route(
         Some(PluginPhase::Degraded) if status.last_good_revision.is_some() => {}
         Some(PluginPhase::Deploying) if approved => {}
         phase => {
-            // Not looked at yet, or its first revision rolling out (a new Plugin's first
-            // rollout goes untold in its status for a few seconds): the operator is at work,
+            // Not looked at yet, or its first revision rolling out: the operator is at work,
             // the caller retries. The other phases need a change first.
             let retry = matches!(
                 phase,

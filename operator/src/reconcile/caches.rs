@@ -49,9 +49,6 @@ struct PerPlugin {
     /// Since when the Plugin, not running, has had its Deployment at zero pods
     /// ([`crate::stopped::network`]).
     stopped_since: Option<Instant>,
-    /// Since when the status of the Plugin's first rollout has been held back
-    /// ([`crate::status::FIRST_ROLLOUT_UNTOLD`]); cleared by the next status written.
-    untold_since: Option<Instant>,
 }
 
 impl PluginCaches {
@@ -71,16 +68,7 @@ impl PluginCaches {
     }
 
     pub fn written(&self, uid: &str, status: PluginStatus) {
-        self.with(uid, |p| {
-            p.last_written = Some(status);
-            p.untold_since = None;
-        });
-    }
-
-    /// Since when the status of the Plugin `uid`'s first rollout has been held back: `now` the
-    /// first time (until a status is written).
-    pub fn untold_since(&self, uid: &str, now: Instant) -> Instant {
-        self.with(uid, |p| *p.untold_since.get_or_insert(now))
+        self.with(uid, |p| p.last_written = Some(status));
     }
 
     /// The status the last Event about the Plugin `uid` described, if this process knows it.

@@ -132,9 +132,6 @@ pub struct Context {
     pub shard: Shard,
     /// How long a plugin's certificate is valid (`--plugin-certificate-lifetime-seconds`).
     pub plugin_certificate_lifetime: Duration,
-    /// How long the status of a first rollout may be held back
-    /// ([`crate::status::FIRST_ROLLOUT_UNTOLD`]; tests shorten it).
-    pub first_rollout_untold: Duration,
 }
 
 impl std::fmt::Debug for Context {
@@ -203,7 +200,6 @@ impl Context {
             audit: Arc::new(audit::emit),
             shard: Shard::default(),
             plugin_certificate_lifetime: airlock_tls::pki::PLUGIN_LEAF_LIFETIME,
-            first_rollout_untold: crate::status::FIRST_ROLLOUT_UNTOLD,
         }
     }
 }

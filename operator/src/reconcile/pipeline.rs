@@ -246,12 +246,7 @@ pub(super) async fn run(
         apply::quarantine(plugin, ctx, watches, SWITCHED_OFF).await?;
     }
     // 5. Status, Events and audit records, from what was applied.
-    // A first rollout's status held back is looked at again when it is due (its Deployment
-    // becoming ready wakes the reconcile sooner).
-    let requeue = match record::record_status(plugin, next, ctx).await? {
-        Some(held) => requeue.min(held + Duration::from_millis(100)),
-        None => requeue,
-    };
+    record::record_status(plugin, next, ctx).await?;
     // Back in time to renew the certificate of a running plugin, a second after it comes due
     // (one already due was renewed above or failed to be: the usual look retries it, never a
     // tight loop).

@@ -9,7 +9,6 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::{Context, Error};
@@ -18,15 +17,12 @@ use crate::{audit, status};
 use airlock_core::shard::SHARD_LABEL;
 
 /// Audit records for every transition, an Event when there is something to tell
-/// ([`status::event`]), then the status itself — only if it changed, and not yet while the first
-/// rollout of a Plugin that never served is within [`Context::first_rollout_untold`]: then
-/// nothing is recorded (the audit stream describes the statuses written, each transition once)
-/// and the answer is how soon to look again.
+/// ([`status::event`]), then the status itself — only if it changed.
 pub(super) async fn record_status(
     plugin: &Plugin,
     next: PluginStatus,
     ctx: &Context,
-) -> Result<Option<Duration>, Error> {
+) -> Result<(), Error> {
     let uid = plugin.uid().unwrap_or_default();
     // status.autoDisabled is the router's: never part of what is compared or applied here.
     let prev = ctx
@@ -38,14 +34,7 @@ pub(super) async fn record_status(
             ..s
         });
     if prev.as_ref() == Some(&next) {
-        return Ok(None);
-    }
-    if status::first_rollout_in_progress(prev.as_ref(), &next) {
-        let since = ctx.caches.untold_since(&uid, Instant::now());
-        let left = ctx.first_rollout_untold.saturating_sub(since.elapsed());
-        if !left.is_zero() {
-            return Ok(Some(left));
-        }
+        return Ok(());
     }
     let transitions = status::transitions(prev.as_ref(), &next);
     let told = ctx.caches.told(&uid);
@@ -109,7 +98,7 @@ pub(super) async fn record_status(
         ctx.caches.tell(&uid, prev.as_ref().map(what_event_reads));
     }
     ctx.caches.written(&uid, next);
-    Ok(None)
+    Ok(())
 }
 
 /// Reason of the record made when a Plugin leaves this release's shard.

@@ -364,9 +364,6 @@ impl Harness {
             Metrics::new().unwrap(),
             airlock_bundle::DEFAULT_MAX_BYTES,
         );
-        // Every rollout is told as it goes, as a slow one is: the tests of the first rollout's
-        // status held back set it themselves.
-        ctx.first_rollout_untold = Duration::ZERO;
         let audit = Arc::new(Mutex::new(Vec::new()));
         ctx.audit = Arc::new({
             let audit = audit.clone();
@@ -650,73 +647,6 @@ async fn a_plugin_becoming_active_is_one_event_that_tells_its_verification() {
             "every transition is audited: {audited:?}"
         );
     }
-}
-
-/// The first rollout of a new Plugin whose pods are ready soon is one status write: Pending
-/// straight to Active, one Event, each transition audited once. One whose pods take longer than
-/// the hold shows Deploying then.
-#[tokio::test]
-async fn a_first_rollout_ready_soon_is_one_status_write_and_a_slow_one_is_told_when_due() {
-    let mut h = Harness::unsigned(MANIFEST);
-    h.ctx.first_rollout_untold = Duration::from_secs(5);
-    let p = plugin("uid-1", "[log]");
-    let action = h.reconcile(&p).await;
-    let writes = h.api.take_writes();
-    assert!(
-        wrote(&writes, "deployments/hello"),
-        "the children are applied: {writes:#?}"
-    );
-    assert!(
-        !wrote(&writes, "/status"),
-        "no status while the first rollout is young: {writes:#?}"
-    );
-    assert_eq!(
-        h.audited(),
-        Vec::<(String, String)>::new(),
-        "nothing audited yet"
-    );
-    let again = requeue_seconds(&action);
-    assert!(
-        (4.0..=5.2).contains(&again),
-        "looked at again when the hold ends, not at the 21 s of a slow rollout: {again}"
-    );
-
-    h.watch_deployment_ready();
-    h.reconcile(&p).await;
-    let writes = h.api.take_writes();
-    let status_writes = writes.iter().filter(|w| w.ends_with("/status")).count();
-    assert_eq!(status_writes, 1, "{writes:#?}");
-    assert_eq!(h.status()["phase"], "Active", "{}", h.status());
-    assert_eq!(condition(&h.status(), "Verified").0, "True");
-    assert_eq!(
-        h.events(),
-        vec![("Normal".to_string(), "Active".to_string())]
-    );
-    let audited = h.audited();
-    assert!(
-        audited.contains(&("Phase".into(), "Active".into())),
-        "{audited:?}"
-    );
-    assert!(
-        !audited.contains(&("Phase".into(), "Deploying".into())),
-        "the audit stream describes the statuses written: {audited:?}"
-    );
-
-    // A slow rollout: once the hold has passed, Deploying is written and audited.
-    let mut h = Harness::unsigned(MANIFEST);
-    h.ctx.first_rollout_untold = Duration::from_millis(200);
-    h.reconcile(&p).await;
-    assert!(!wrote(&h.api.take_writes(), "/status"));
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    h.watch_deployment();
-    h.reconcile(&p).await;
-    assert!(wrote(&h.api.take_writes(), "/status"));
-    assert_eq!(h.status()["phase"], "Deploying", "{}", h.status());
-    assert!(
-        h.audited().contains(&("Phase".into(), "Deploying".into())),
-        "{:?}",
-        h.audited()
-    );
 }
 
 #[tokio::test]
