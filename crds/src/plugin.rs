@@ -436,11 +436,28 @@ pub struct PluginStatus {
     #[schemars(length(max = 4))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["revision"]))]
     pub revisions: Vec<RevisionRecord>,
+    /// The plugin's mTLS certificate as the operator last issued it into the TLS Secret
+    /// `<name>-tls`: an operator that did not issue it (restarted, a new leader) keeps it until
+    /// `renewAt` instead of issuing every running plugin a new one at once.
+    pub certificate: Option<PluginCertificate>,
     /// Written by the router when it auto-disabled the plugin after repeated timeouts or crashes:
     /// no pods run and calls are refused while `spec.reEnable` still has the value recorded here.
     /// Removed by the controller once `spec.reEnable` changes. Kept in status, so no sync of the
     /// spec or metadata (apply, replace) can clear it by accident.
     pub auto_disabled: Option<AutoDisabled>,
+}
+
+/// The operator's record of the plugin's certificate (`PluginStatus.certificate`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginCertificate {
+    /// When the certificate ends (RFC 3339).
+    pub not_after: String,
+    /// When the operator issues the next one, with a third of its lifetime left (RFC 3339).
+    pub renew_at: String,
+    /// `sha256:<hex>` of the CA certificate that signed it: a certificate of a CA the operator
+    /// no longer has (the CA was replaced) is issued again at once.
+    pub ca_digest: String,
 }
 
 /// The router's record of an auto-disable (`PluginStatus.autoDisabled`).

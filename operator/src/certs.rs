@@ -3,7 +3,10 @@
 //! certificates live in `kubernetes.io/tls` Secrets that are re-issued in place when
 //! [`pki::renewal_due`] says so.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use airlock_crds::plugin::PluginCertificate;
+use k8s_openapi::jiff::Timestamp;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
@@ -158,4 +161,97 @@ pub async fn issue_plugin_certificate(
         )
         .await?;
     Ok(())
+}
+
+/// `sha256:<hex>` of `ca`'s certificate: which CA a plugin certificate's record names.
+pub fn ca_digest(ca: &Ca) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(ca.cert_pem().as_bytes())))
+}
+
+/// The record (`PluginStatus.certificate`) of a plugin certificate `ca` issued at `now`, valid for
+/// `lifetime`: it ends then and is renewed with a third of its lifetime left (as
+/// `PluginCaches::certificate_issued` counts on the monotonic clock).
+pub fn certificate_record(ca: &Ca, lifetime: Duration, now: SystemTime) -> PluginCertificate {
+    let at = |t: SystemTime| {
+        let secs = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        Timestamp::from_second(secs)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    PluginCertificate {
+        not_after: at(now + lifetime),
+        renew_at: at(now + lifetime * 2 / 3),
+        ca_digest: ca_digest(ca),
+    }
+}
+
+/// How long the certificate `record` describes may be kept at `now` before it is renewed: while
+/// `ca` signed it, its renewal is ahead and it ends no later than one issued now for `lifetime`
+/// would (a lowered lifetime applies at once). `None`: a new one is issued now (also for a record
+/// that does not parse).
+pub fn kept_for(
+    record: &PluginCertificate,
+    ca: &Ca,
+    lifetime: Duration,
+    now: SystemTime,
+) -> Option<Duration> {
+    if record.ca_digest != ca_digest(ca) {
+        return None;
+    }
+    let instant = |s: &str| -> Option<SystemTime> {
+        let t: Timestamp = s.parse().ok()?;
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.as_second()).ok()?))
+    };
+    let (renew_at, not_after) = (instant(&record.renew_at)?, instant(&record.not_after)?);
+    // Whole seconds in the record: a certificate issued a moment ago ends up to a second later
+    // than `now + lifetime`.
+    if not_after > now + lifetime + Duration::from_secs(1) {
+        return None;
+    }
+    renew_at.duration_since(now).ok().filter(|d| !d.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a new leader reads from a Plugin's status: the certificate is kept until its renewal
+    /// only when the record is of today's CA and no longer-lived than today's lifetime.
+    #[test]
+    fn a_recorded_certificate_is_kept_until_its_renewal_unless_the_ca_or_the_lifetime_changed() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ca = Ca::generate(t0).unwrap();
+        let day = Duration::from_secs(86_400);
+        let record = certificate_record(&ca, day, t0);
+        assert_eq!(record.not_after, "2027-01-16T08:00:00Z");
+        assert_eq!(record.renew_at, "2027-01-16T00:00:00Z");
+        let hour = Duration::from_secs(3600);
+        assert_eq!(kept_for(&record, &ca, day, t0), Some(day * 2 / 3));
+        assert_eq!(
+            kept_for(&record, &ca, day, t0 + hour),
+            Some(day * 2 / 3 - hour)
+        );
+        assert_eq!(kept_for(&record, &ca, day, t0 + day * 2 / 3), None, "due");
+        assert_eq!(kept_for(&record, &ca, day, t0 + day), None, "ended");
+        let replaced = Ca::generate(t0).unwrap();
+        assert_eq!(kept_for(&record, &replaced, day, t0), None, "another CA");
+        assert_eq!(
+            kept_for(&record, &ca, Duration::from_secs(600), t0),
+            None,
+            "the lifetime was lowered to 10 minutes"
+        );
+        assert_eq!(
+            kept_for(&record, &ca, day * 2, t0),
+            Some(day * 2 / 3),
+            "raised: kept, the next one is longer"
+        );
+        let garbled = PluginCertificate {
+            renew_at: "soon".into(),
+            ..record
+        };
+        assert_eq!(kept_for(&garbled, &ca, day, t0), None);
+    }
 }

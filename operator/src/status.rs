@@ -172,6 +172,7 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
         permissions: prev.permissions.clone(),
         limits: prev.limits.clone(),
         revisions: prev.revisions.clone(),
+        certificate: prev.certificate.clone(),
         ..Default::default()
     };
     let mut set = |ty: &str, ok: bool, reason: &str, message: String| {

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use airlock_crds::plugin::PluginStatus;
+use airlock_crds::plugin::{PluginCertificate, PluginStatus};
 
 use crate::applied::Applied;
 
@@ -46,6 +46,9 @@ struct PerPlugin {
     /// itself is not read: see [`PluginCaches::certificate_due`]).
     /// (On the monotonic clock: a wall clock stepped back must not delay a renewal.)
     certificate_renew_at: Option<Instant>,
+    /// What the status says of that certificate (`status.certificate`), written with the next
+    /// status.
+    certificate: Option<PluginCertificate>,
     /// Since when the Plugin, not running, has had its Deployment at zero pods
     /// ([`crate::stopped::network`]).
     stopped_since: Option<Instant>,
@@ -101,13 +104,13 @@ impl PluginCaches {
         self.with(uid, |p| p.checked_at = Some(now));
     }
 
-    /// Why the Plugin `uid` needs a new certificate at `now`, if it does: this process issued
-    /// none for it (it cannot read the Secret to learn about one issued before it started, so a
-    /// restarted operator issues each plugin a fresh one), or the one it issued has less than a
-    /// third of its lifetime left.
+    /// Why the Plugin `uid` needs a new certificate at `now`, if it does: this process knows of
+    /// none (it cannot read the Secret; one recorded in the Plugin's status may still be kept:
+    /// `reconcile::certificates`), or the one it issued or kept has less than a third of its
+    /// lifetime left.
     pub fn certificate_due(&self, uid: &str, now: Instant) -> Option<&'static str> {
         match self.read(uid, |p| p.certificate_renew_at).flatten() {
-            None => Some("this operator has issued it none yet"),
+            None => Some("this operator knows of none yet"),
             Some(at) if now >= at => Some("its certificate has a third of its lifetime left"),
             Some(_) => None,
         }
@@ -127,8 +130,24 @@ impl PluginCaches {
     /// A certificate valid for `lifetime` was issued for the Plugin `uid` at `now`: it is
     /// renewed with a third of that left.
     pub fn certificate_issued(&self, uid: &str, now: Instant, lifetime: Duration) {
-        let renew_at = now + lifetime * 2 / 3;
-        self.with(uid, |p| p.certificate_renew_at = Some(renew_at));
+        self.certificate_renews_at(uid, now + lifetime * 2 / 3);
+    }
+
+    /// The certificate of the Plugin `uid`, which this process found recorded in its status and
+    /// keeps, is renewed at `at`.
+    pub fn certificate_renews_at(&self, uid: &str, at: Instant) {
+        self.with(uid, |p| p.certificate_renew_at = Some(at));
+    }
+
+    /// The record of the Plugin `uid`'s certificate for its status.
+    pub fn record_certificate(&self, uid: &str, record: PluginCertificate) {
+        self.with(uid, |p| p.certificate = Some(record));
+    }
+
+    /// What the status of the Plugin `uid` says of its certificate, if this process issued or
+    /// kept one.
+    pub fn certificate_record(&self, uid: &str) -> Option<PluginCertificate> {
+        self.read(uid, |p| p.certificate.clone()).flatten()
     }
 
     /// How long until the certificate this process issued for the Plugin `uid` is due for

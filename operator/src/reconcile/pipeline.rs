@@ -245,6 +245,13 @@ pub(super) async fn run(
     if !plugin.should_run() && !rolled_out && !scaled_to_zero {
         apply::quarantine(plugin, ctx, watches, SWITCHED_OFF).await?;
     }
+    // The certificate this process issued or kept, for the next operator to keep.
+    if let Some(record) = ctx
+        .caches
+        .certificate_record(&plugin.uid().unwrap_or_default())
+    {
+        next.certificate = Some(record);
+    }
     // 5. Status, Events and audit records, from what was applied.
     record::record_status(plugin, next, ctx).await?;
     // Back in time to renew the certificate of a running plugin, a second after it comes due

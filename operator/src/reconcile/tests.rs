@@ -1843,3 +1843,66 @@ async fn a_plugin_held_back_by_an_object_in_the_way_keeps_its_certificate_renewe
         "nothing of the held-back revision is applied: {writes:#?}"
     );
 }
+
+/// A restarted operator or a new leader (nothing remembered) keeps the certificate the Plugin's
+/// status records while it is of today's CA and lifetime — no Secret write, the renewal still on
+/// time — and issues one at once when the CA was replaced or the lifetime lowered.
+#[tokio::test]
+async fn a_new_leader_keeps_the_recorded_certificate_unless_the_ca_or_lifetime_changed() {
+    let mut h = Harness::unsigned(MANIFEST);
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+    h.watch_deployment_ready();
+    h.reconcile(&h.seen(&p)).await;
+    let seen = h.seen(&p);
+    let record = seen
+        .status
+        .as_ref()
+        .and_then(|s| s.certificate.clone())
+        .expect("the status records the certificate");
+    assert_eq!(record.ca_digest, crate::certs::ca_digest(&h.watches.ca));
+    assert_eq!(h.status()["phase"], "Active", "{}", h.status());
+    h.api.take_writes();
+
+    // A new leader.
+    h.ctx.caches = super::caches::PluginCaches::default();
+    h.reconcile(&seen).await;
+    let writes = h.api.take_writes();
+    assert!(
+        !writes.contains(&TLS_SECRET_WRITE.to_string()),
+        "the recorded certificate is kept: {writes:#?}"
+    );
+    let renewal = h
+        .ctx
+        .caches
+        .certificate_renewal_in("uid-1", std::time::Instant::now())
+        .expect("its renewal is known");
+    assert!(
+        renewal > Duration::from_secs(15 * 3600) && renewal <= Duration::from_secs(16 * 3600),
+        "renewed on the recorded schedule: {renewal:?}"
+    );
+
+    // The lifetime was lowered: a certificate that would outlive it is replaced at once.
+    h.ctx.caches = super::caches::PluginCaches::default();
+    h.ctx.plugin_certificate_lifetime = Duration::from_secs(600);
+    h.reconcile(&seen).await;
+    assert!(
+        h.api.take_writes().contains(&TLS_SECRET_WRITE.to_string()),
+        "a lowered lifetime applies at once"
+    );
+    h.ctx.plugin_certificate_lifetime = airlock_tls::pki::PLUGIN_LEAF_LIFETIME;
+
+    // The CA was replaced.
+    h.ctx.caches = super::caches::PluginCaches::default();
+    h.watches.ca = Ca::generate(SystemTime::now()).unwrap();
+    h.reconcile(&seen).await;
+    assert!(
+        h.api.take_writes().contains(&TLS_SECRET_WRITE.to_string()),
+        "a certificate of another CA is issued again"
+    );
+    assert_eq!(
+        h.status()["certificate"]["caDigest"],
+        crate::certs::ca_digest(&h.watches.ca),
+        "and recorded"
+    );
+}
