@@ -166,7 +166,10 @@ pub async fn issue_plugin_certificate(
 /// `sha256:<hex>` of `ca`'s certificate: which CA a plugin certificate's record names.
 pub fn ca_digest(ca: &Ca) -> String {
     use sha2::{Digest, Sha256};
-    format!("sha256:{}", hex::encode(Sha256::digest(ca.cert_pem().as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(ca.cert_pem().as_bytes()))
+    )
 }
 
 /// The record (`PluginStatus.certificate`) of a plugin certificate `ca` issued at `now`, valid for
