@@ -3,7 +3,7 @@
 # (e2e/src/bin/router-bench.rs), and the controller at scale (e2e/src/bin/controller-bench.rs:
 # BENCH_PLUGINS disabled Plugins, default 1000; BENCH_STEADY_SECONDS, default 60), and the control
 # plane at 10,000 enabled Plugins on KWOK's fake nodes (e2e/src/bin/kwok-bench.rs: BENCH_KWOK_PLUGINS,
-# default 10000, 0 to skip; BENCH_KWOK_NAMESPACES, default 100).
+# default 10000, 0 to skip; BENCH_KWOK_NAMESPACES, default 100; BENCH_KWOK_FLOOR=0 skips its floor).
 # This script prepares what the Rust benches need from upstream tools (a cosign-signed image).
 # shellcheck source=SCRIPTDIR/cluster/lib.sh
 . "$(dirname "$0")/cluster/lib.sh"
