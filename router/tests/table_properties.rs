@@ -183,15 +183,19 @@ proptest! {
                 // Every Plugin the table saw answers with why, never "there is no Plugin".
                 Err(refused) => {
                     prop_assert!(!refused.why.contains("there is no Plugin"), "{refused:?}");
-                    // "Retry" only for a plugin that serves once a pod is ready.
+                    // "Retry" only for a plugin switched on that serves once a pod is ready, or
+                    // that the operator has not finished with yet (not looked at, or its first
+                    // revision rolling out); always for the latter.
+                    let switched_on = s.enabled && !s.deleting && !s.auto_disabled;
+                    let operator_at_work = matches!(s.phase, None | Some("Pending" | "Deploying"));
                     if refused.retry {
                         prop_assert!(
-                            s.ready_pods.unwrap_or(0) == 0
-                                && s.enabled
-                                && !s.deleting
-                                && !s.auto_disabled,
+                            switched_on && (s.ready_pods.unwrap_or(0) == 0 || operator_at_work),
                             "{s:?}: {refused:?}"
                         );
+                    }
+                    if switched_on && matches!(s.phase, None | Some("Pending")) {
+                        prop_assert!(refused.retry, "not looked at yet: {s:?}: {refused:?}");
                     }
                 }
             }
