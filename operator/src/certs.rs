@@ -194,7 +194,9 @@ pub fn certificate_record(ca: &Ca, lifetime: Duration, now: SystemTime) -> Plugi
 /// How long the certificate `record` describes may be kept at `now` before it is renewed: while
 /// `ca` signed it, its renewal is ahead and it ends no later than one issued now for `lifetime`
 /// would (a lowered lifetime applies at once). `None`: a new one is issued now (also for a record
-/// that does not parse).
+/// that does not parse, or whose renewal is no earlier than its end or later than that of a
+/// certificate issued now: the router may patch the status too, and a record must not be able
+/// to postpone a renewal past the certificate's end).
 pub fn kept_for(
     record: &PluginCertificate,
     ca: &Ca,
@@ -211,7 +213,11 @@ pub fn kept_for(
     let (renew_at, not_after) = (instant(&record.renew_at)?, instant(&record.not_after)?);
     // Whole seconds in the record: a certificate issued a moment ago ends up to a second later
     // than `now + lifetime`.
-    if not_after > now + lifetime + Duration::from_secs(1) {
+    let slack = Duration::from_secs(1);
+    if not_after > now + lifetime + slack
+        || renew_at >= not_after
+        || renew_at > now + lifetime * 2 / 3 + slack
+    {
         return None;
     }
     renew_at.duration_since(now).ok().filter(|d| !d.is_zero())
@@ -250,6 +256,32 @@ mod tests {
             kept_for(&record, &ca, day * 2, t0),
             Some(day * 2 / 3),
             "raised: kept, the next one is longer"
+        );
+        // A record that would postpone the renewal past the certificate's end (written by
+        // whoever else may patch the status) is not kept.
+        let late = PluginCertificate {
+            renew_at: "2030-01-01T00:00:00Z".into(),
+            ..record.clone()
+        };
+        assert_eq!(kept_for(&late, &ca, day, t0), None, "renewal after the end");
+        let after_end = PluginCertificate {
+            not_after: "2027-01-15T12:00:00Z".into(),
+            renew_at: "2027-01-15T13:00:00Z".into(),
+            ..record.clone()
+        };
+        assert_eq!(
+            kept_for(&after_end, &ca, day, t0),
+            None,
+            "renewal after the end"
+        );
+        let with_an_hour_left = PluginCertificate {
+            renew_at: "2027-01-16T07:00:00Z".into(),
+            ..record.clone()
+        };
+        assert_eq!(
+            kept_for(&with_an_hour_left, &ca, day, t0),
+            None,
+            "renewal later than a certificate issued now would have it"
         );
         let garbled = PluginCertificate {
             renew_at: "soon".into(),
