@@ -18,7 +18,7 @@ use airlock_e2e::install::{NAMESPACE, images_env};
 use airlock_e2e::operator_metrics::{Counts, LEASE, env_number, leader_counts};
 use airlock_e2e::plugins::phase;
 use airlock_e2e::sandbox::Sandbox;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
@@ -196,7 +196,29 @@ async fn plugins_alone(
     };
     scale(0).await?;
     let result = async {
-        while !pods.list(&operators).await?.items.is_empty() {
+        // Gone, or finished: a pod that exited (phase Succeeded or Failed, e.g. after an
+        // eviction) is not deleted by its ReplicaSet and would be waited for for ever.
+        let t = Instant::now();
+        loop {
+            let running = pods
+                .list(&operators)
+                .await?
+                .items
+                .iter()
+                .filter(|p| {
+                    !matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded" | "Failed")
+                    )
+                })
+                .count();
+            if running == 0 {
+                break;
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(120),
+                "{running} operator pod(s) still running 120s after scaling the operator to zero"
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let t = Instant::now();
