@@ -2,6 +2,7 @@
 //! same way by the operator, the in-pod shim and `airlockctl`.
 //!
 //! - [`manifest`]: `plugin.yaml`, parsed strictly;
+//! - [`config`]: `Plugin.spec.config` checked against the manifest's `configSchema`;
 //! - [`archive`]: safe extraction of a bundle (treated as hostile even when signed) and its digest;
 //! - [`signing`]: detached ed25519 signatures of bundle digests;
 //! - [`pack`]: a plugin directory to a reproducible bundle, checked by [`archive::extract`];
@@ -12,6 +13,7 @@
 pub mod archive;
 #[cfg(feature = "oci")]
 pub mod bounded;
+pub mod config;
 pub mod manifest;
 #[cfg(feature = "oci")]
 pub mod oci;

@@ -14,6 +14,10 @@
 //! entryPoint: ["python3", "main.py"]
 //! imageDigest: sha256:0123...   # optional: binds the bundle to one image
 //! multiplexed: true              # optional (default false): one process takes several calls at once
+//! configSchema:                  # optional: the JSON Schema Plugin.spec.config must match
+//!   type: object
+//!   properties: {greeting: {type: string, maxLength: 64}}
+//!   additionalProperties: false
 //! ```
 //!
 //! `multiplexed` says how the plugin takes `concurrency` N > 1 (`sdk/PROTOCOL.md`, "Multiplexed
@@ -53,6 +57,9 @@ pub struct Manifest {
     /// with `concurrency` N > 1 the shim runs one process with N requests in flight instead of N
     /// processes with one each. Default false.
     pub multiplexed: bool,
+    /// The JSON Schema `Plugin.spec.config` must match ([`crate::config`]), if the author
+    /// declared one; it compiled when the manifest was parsed.
+    pub config_schema: Option<serde_json::Value>,
 }
 
 /// Why a `plugin.yaml` was rejected. Each message names the field and says how to fix it.
@@ -149,6 +156,7 @@ const FIELDS: &[&str] = &[
     "entryPoint",
     "imageDigest",
     "multiplexed",
+    "configSchema",
 ];
 
 fn list<T: fmt::Display>(items: &[T]) -> String {
@@ -191,6 +199,7 @@ impl Manifest {
                 "entryPoint" => &mut raw.entry_point,
                 "imageDigest" => &mut raw.image_digest,
                 "multiplexed" => &mut raw.multiplexed,
+                "configSchema" => &mut raw.config_schema,
                 _ => {
                     let hint = closest(&field, FIELDS)
                         .map(|f| format!("did you mean `{f}`? "))
@@ -282,6 +291,7 @@ struct RawFields {
     entry_point: Option<Value>,
     image_digest: Option<Value>,
     multiplexed: Option<Value>,
+    config_schema: Option<Value>,
 }
 
 impl RawFields {
@@ -395,6 +405,11 @@ impl RawFields {
             }
         };
 
+        let config_schema = match self.config_schema {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(config_schema(v)?),
+        };
+
         Ok(Manifest {
             name,
             version,
@@ -404,8 +419,25 @@ impl RawFields {
             entry_point,
             image_digest,
             multiplexed,
+            config_schema,
         })
     }
+}
+
+/// `configSchema` as JSON, compiled once to prove it is a schema Airlock can check against.
+fn config_schema(value: Value) -> Result<serde_json::Value, ManifestError> {
+    let invalid = |problem: String| ManifestError::InvalidField {
+        field: "configSchema",
+        problem,
+        fix: "write a JSON Schema object (e.g. `configSchema: {type: object, properties: \
+              {greeting: {type: string}}}`), re-pack and re-sign the bundle"
+            .to_string(),
+    };
+    let json = serde_json::to_value(&value)
+        .map_err(|e| invalid(format!("cannot be read as JSON ({e})")))?;
+    crate::config::ConfigSchema::compile(&json)
+        .map_err(|e| invalid(format!("is not usable: {e}")))?;
+    Ok(json)
 }
 
 fn required_string(
@@ -631,7 +663,7 @@ imageDigest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab
         ));
         assert!(matches!(e, ManifestError::UnknownHook { ref hook } if hook == "onSave"));
         assert!(
-            msg.contains("`onLoad`, `onUnload`, `transform`, `onEvent`"),
+            msg.contains("`onLoad`, `onUnload`, `onConfigChange`, `transform`, `onEvent`"),
             "{msg}"
         );
         let (e, msg) = err(&with(r#""storage:read""#, "root"));
@@ -715,5 +747,43 @@ imageDigest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab
             msg.contains("apiVersion 2 is not supported") && msg.contains("supports 1"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_config_schema_is_read_as_json_and_must_compile() {
+        let m = Manifest::parse(GOOD).unwrap();
+        assert_eq!(m.config_schema, None, "no schema unless declared");
+        let yaml = format!(
+            "{GOOD}configSchema:\n  type: object\n  properties:\n    greeting: {{type: string, maxLength: 8}}\n"
+        );
+        let m = Manifest::parse(&yaml).unwrap();
+        let schema = m.config_schema.unwrap();
+        assert_eq!(schema["properties"]["greeting"]["maxLength"], 8);
+        let (e, msg) = err(&format!("{GOOD}configSchema: {{type: objekt}}\n"));
+        assert!(
+            matches!(
+                e,
+                ManifestError::InvalidField {
+                    field: "configSchema",
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("re-sign"), "{msg}");
+        let (_, msg) = err(&format!("{GOOD}configSchema: [1]\n"));
+        assert!(msg.contains("configSchema"), "{msg}");
+        let (_, msg) = err(&format!("{GOOD}configSchem: {{}}\n"));
+        assert!(msg.contains("did you mean `configSchema`"), "{msg}");
+    }
+
+    #[test]
+    fn on_config_change_is_a_hook_a_manifest_may_declare() {
+        let m = Manifest::parse(&with(
+            "hooks: [transform, onLoad]",
+            "hooks: [onLoad, onConfigChange]",
+        ))
+        .unwrap();
+        assert!(m.declares("onConfigChange"));
     }
 }

@@ -7,6 +7,9 @@ crate::vocabulary! {
         OnLoad = "onLoad",
         /// Called once before the plugin stops.
         OnUnload = "onUnload",
+        /// Called with the new `spec.config` when it changes, instead of a restart (the plugin
+        /// declares it when it can take a new configuration while running).
+        OnConfigChange = "onConfigChange",
         /// Transforms a JSON document; plugins run as a pipeline in priority order.
         Transform = "transform",
         /// Receives an event broadcast to every subscribed plugin.

@@ -215,6 +215,22 @@ pub struct PluginSpec {
     /// sync that re-applies the same value never clears an auto-disable.
     #[schemars(length(min = 1, max = 64))]
     pub re_enable: Option<String>,
+
+    /// Configuration of the plugin: a JSON object of settings, checked against the JSON Schema
+    /// the signed manifest declares (`configSchema`; a mismatch is `Compatible=False` naming the
+    /// field) and handed to the plugin in its `onLoad` hook. A change reaches the running plugin
+    /// in `onConfigChange` when its manifest declares that hook, else through a rolling restart.
+    /// At most 64 KiB as JSON. Not for secrets: it is readable by whoever reads the Plugin.
+    #[schemars(schema_with = "config_schema")]
+    pub config: Option<serde_json::Value>,
+}
+
+/// `spec.config`: any JSON object, kept as written (the plugin's own schema applies, not ours).
+fn config_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// A Secret in the Plugin's namespace, by name.

@@ -102,7 +102,14 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
         .as_ref()
         .map(|s| s.level)
         .unwrap_or(TrustLevel::Untrusted);
-    let compatible = compatibility(plugin, &fetched.manifest);
+    let mut compatible = compatibility(plugin, &fetched.manifest);
+    let mut config = None;
+    if compatible.is_ok() {
+        match plugin_config(plugin, &fetched.manifest) {
+            Ok(c) => config = c,
+            Err((reason, message)) => compatible = Verdict::blocked(reason, message),
+        }
+    }
     let verified = verification(plugin, fetched, limits, trust_level);
     let (permissions_approved, effective, resources) = match limits {
         Some(l) => approval(plugin, &fetched.manifest, l),
@@ -124,6 +131,7 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
                 resources,
                 runtime,
                 concurrency(plugin),
+                config,
             ))
         }
         _ => None,
@@ -226,6 +234,52 @@ fn compatibility(plugin: &Plugin, manifest: &Manifest) -> Verdict {
             spec.plugin_api_version
         ),
     )
+}
+
+/// Condition reason of a `spec.config` the plugin cannot take.
+pub const CONFIG_INVALID: &str = "ConfigInvalid";
+
+/// `spec.config` as the pod receives it, checked against the signed manifest's `configSchema`
+/// (an absent `spec.config` is checked as `{}`, so a schema's required settings are asked for);
+/// `None` when the Plugin sets none. The error is the `Compatible` condition's reason and message.
+pub fn plugin_config(
+    plugin: &Plugin,
+    manifest: &Manifest,
+) -> Result<Option<crate::build::PluginConfig>, (&'static str, String)> {
+    use airlock_bundle::config::{ConfigSchema, check_shape};
+    let schema = match &manifest.config_schema {
+        // It compiled when the manifest was parsed; a failure here is still reported, not unwrapped.
+        Some(s) => Some(ConfigSchema::compile(s).map_err(|e| {
+            (
+                CONFIG_INVALID,
+                format!("the configSchema of the signed manifest is not usable: {e}; fix it, re-pack and re-sign the bundle"),
+            )
+        })?),
+        None => None,
+    };
+    let empty = serde_json::Value::Object(Default::default());
+    let config = plugin.spec.config.as_ref();
+    let text =
+        check_shape(config.unwrap_or(&empty)).map_err(|e| (CONFIG_INVALID, e.to_string()))?;
+    if let Some(schema) = &schema {
+        schema
+            .check(config.unwrap_or(&empty))
+            .map_err(|e| (CONFIG_INVALID, e.to_string()))?;
+    }
+    let Some(_) = config else {
+        return Ok(None);
+    };
+    if !manifest.hooks.contains(&airlock_core::Hook::OnLoad) {
+        return Err((
+            "ConfigNotReceived",
+            "spec.config is set but the signed manifest declares no onLoad hook, which is how a plugin receives its configuration; remove spec.config or use a plugin version that declares onLoad".into(),
+        ));
+    }
+    Ok(Some(crate::build::PluginConfig {
+        digest: hex::encode(Sha256::digest(text.as_bytes())),
+        json: text,
+        live: manifest.hooks.contains(&airlock_core::Hook::OnConfigChange),
+    }))
 }
 
 fn verification(
@@ -450,6 +504,7 @@ fn rollout(
     resources: Resources,
     limits: airlock_crds::plugin::PluginLimits,
     concurrency: u32,
+    config: Option<crate::build::PluginConfig>,
 ) -> Rollout {
     let entry_point = fetched.manifest.entry_point.clone();
     // Everything that changes the pod, and nothing that does not (replicas, enabled).
@@ -483,6 +538,12 @@ fn rollout(
         h.update(format!("concurrency={concurrency}").as_bytes());
         h.update([0xff]);
     }
+    // Only when set, like concurrency. A live configuration changes in place, not the revision.
+    match &config {
+        None => {}
+        Some(c) if c.live => h.update(b"config=live\xff"),
+        Some(c) => h.update(format!("config={}\u{ff}", c.digest).as_bytes()),
+    }
     let revision = format!("r{}", &hex::encode(h.finalize())[..10]);
     Rollout {
         pinned_image: fetched.pinned_image.clone(),
@@ -495,6 +556,7 @@ fn rollout(
         resources,
         limits,
         concurrency,
+        config,
         revision,
     }
 }

@@ -14,6 +14,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::bundle_secret::{BUNDLE_KEY, PUBLIC_KEY_KEY, SIGNATURE_KEY, bundle_secret_name};
+use super::config_map::{CONFIG_DIR, CONFIG_KEY, config_map_name};
 use super::tls_secret::tls_secret_name;
 use super::{BuildConfig, GRPC_PORT, HEALTH_PORT, Rollout, TLS_DIR, child_name, labels};
 
@@ -137,6 +138,9 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
     // Only when asked for: the template of a plugin without it stays as it was.
     if rollout.concurrency > 1 {
         shim_args.extend(["--concurrency".into(), rollout.concurrency.to_string()]);
+    }
+    if rollout.config.is_some() {
+        shim_args.extend(["--config-file".into(), format!("{CONFIG_DIR}/{CONFIG_KEY}")]);
     }
     shim_args.push("--".into());
     shim_args.extend(rollout.entry_point.iter().cloned());
@@ -272,6 +276,20 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
             .iter()
             .map(|name| json!({"name": name}))
             .collect();
+    }
+    // Only when set, like the pull secrets: a plugin without spec.config keeps its template.
+    if let Some(c) = &rollout.config {
+        let pod = &mut value["spec"]["template"]["spec"];
+        if let Some(volumes) = pod["volumes"].as_array_mut() {
+            volumes.push(json!({"name": "config", "configMap": {
+                "name": config_map_name(&plugin.name_any(), c),
+                "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
+                "defaultMode": 0o444,
+            }}));
+        }
+        if let Some(mounts) = pod["containers"][0]["volumeMounts"].as_array_mut() {
+            mounts.push(json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}));
+        }
     }
     from_json(value)
 }
@@ -529,6 +547,62 @@ mod tests {
             (PLUGIN_MAX_PROCESSES + 3 * 128).to_string(),
             "room for the threads of four processes"
         );
+    }
+
+    #[test]
+    fn a_configuration_is_mounted_read_only_and_named_to_the_shim() {
+        let without = pod_spec(&deployment(&plugin(HELLO), &rollout(), &config()));
+        let args = without.containers[0].args.clone().unwrap_or_default();
+        assert!(!args.iter().any(|a| a == "--config-file"), "{args:?}");
+        assert!(
+            !without
+                .volumes
+                .unwrap_or_default()
+                .iter()
+                .any(|v| v.name == "config"),
+            "no spec.config: the template stays as it was"
+        );
+        for (live, name) in [(false, "hello-config-abababab01"), (true, "hello-config")] {
+            let with = Rollout {
+                config: Some(crate::build::PluginConfig {
+                    json: "{}".into(),
+                    digest: format!("abababab01{}", "0".repeat(54)),
+                    live,
+                }),
+                ..rollout()
+            };
+            let pod = pod_spec(&deployment(&plugin(HELLO), &with, &config()));
+            let args = pod.containers[0].args.clone().unwrap_or_default();
+            assert_eq!(
+                value_of(&args, "--config-file"),
+                format!("{CONFIG_DIR}/{CONFIG_KEY}")
+            );
+            let dash = args.iter().position(|a| a == "--").unwrap_or_default();
+            let flag = args
+                .iter()
+                .position(|a| a == "--config-file")
+                .unwrap_or(usize::MAX);
+            assert!(flag < dash, "a shim flag, not the plugin's: {args:?}");
+            let volume = pod
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .find(|v| v.name == "config")
+                .and_then(|v| v.config_map)
+                .unwrap_or_default();
+            assert_eq!(volume.name, name);
+            let mount = pod.containers[0]
+                .volume_mounts
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|m| m.name == "config")
+                .unwrap_or_default();
+            assert_eq!(
+                (mount.mount_path.as_str(), mount.read_only),
+                (CONFIG_DIR, Some(true))
+            );
+        }
     }
 
     #[test]

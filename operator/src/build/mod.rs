@@ -3,6 +3,7 @@
 //! controller applies what these return with server-side apply.
 
 pub mod bundle_secret;
+pub mod config_map;
 pub mod deployment;
 pub mod labels;
 pub mod network_policy;
@@ -79,8 +80,25 @@ pub struct Rollout {
     pub limits: airlock_crds::plugin::PluginLimits,
     /// Plugin processes per pod (`spec.concurrency`, approved).
     pub concurrency: u32,
+    /// `spec.config`, checked against the signed manifest's `configSchema`; `None` when the
+    /// Plugin sets none (the pod then has no configuration mount and the plugin gets `{}`).
+    pub config: Option<PluginConfig>,
     /// Short hash of everything that changes the pod; names the revision in status.
     pub revision: String,
+}
+
+/// A plugin's checked configuration, as the pod receives it ([`config_map`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// `spec.config` as compact JSON: the file the shim reads and hands to the plugin.
+    pub json: String,
+    /// sha256 of `json`, 64 hex digits.
+    pub digest: String,
+    /// The plugin takes a new configuration while it runs (its signed manifest declares
+    /// `onConfigChange`): its pods mount one ConfigMap that is changed in place and the shim
+    /// passes each change on. Otherwise each configuration is an immutable ConfigMap of its own,
+    /// part of the revision: a change rolls the pods, and a rollback brings the old one back.
+    pub live: bool,
 }
 
 /// A verified detached bundle signature and the public key it verified under.
@@ -160,6 +178,7 @@ spec:
             },
             limits: Default::default(),
             concurrency: 1,
+            config: None,
             revision: "r1a2b3c4d".into(),
         }
     }
