@@ -8,6 +8,7 @@
 //! - [`sandbox`]: its seccomp filters, the TLS directory hidden with Landlock, limits;
 //!   [`reaper`]: orphans, as PID 1;
 //! - [`server`]: the gRPC plugin API; [`host`]: the plugin's host calls, forwarded to the router;
+//! - [`config`]: the plugin's configuration file, checked against its signed schema and watched;
 //! - [`logs`]: the plugin's stderr under a rate limit; [`telemetry`]: the shim's own logs.
 
 // The shim holds the pod's mTLS key next to an untrusted process: every system call it makes goes
@@ -17,6 +18,7 @@
 
 pub mod child;
 pub mod cli;
+pub mod config;
 pub mod host;
 pub mod logs;
 mod procfs;

@@ -41,7 +41,7 @@ use airlock_sdk::protocol::MAX_LINE_BYTES;
 
 // The public paths (`child::Supervisor`, `child::CHILD_PATH`, ...), whichever module owns them.
 pub use spawn::CHILD_PATH;
-pub use supervisor::{MAX_BACKOFF, Supervisor, backoff};
+pub use supervisor::{MAX_BACKOFF, Reconfigured, Supervisor, backoff};
 
 /// How to start the plugin process.
 #[derive(Debug, Clone)]
@@ -53,6 +53,12 @@ pub struct ChildSpec {
     pub bundle_dir: PathBuf,
     /// Whether to send `onLoad` after each start (and only then report ready).
     pub on_load: bool,
+    /// The configuration each new process gets in `onLoad` (`{"config": …}`): compact JSON of an
+    /// object, checked; `{}` when the Plugin sets none. [`Supervisor::reconfigure`] replaces it.
+    pub config: String,
+    /// Whether the plugin takes a new configuration in `onConfigChange` while it runs (else its
+    /// processes are restarted to get it).
+    pub on_config_change: bool,
     /// Whether to send `onUnload` before stopping.
     pub on_unload: bool,
     /// How long `onLoad` and `onUnload` may take.

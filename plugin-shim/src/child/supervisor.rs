@@ -133,10 +133,25 @@ pub struct Supervisor {
     groups: Arc<Groups>,
     /// Starts of any process so far; names `onLoad` requests.
     starts: AtomicU64,
+    /// The configuration a new process gets in `onLoad` (starts as `spec.config`).
+    config: std::sync::Mutex<Arc<str>>,
+    /// Configuration changes so far; names `onConfigChange` requests.
+    reconfigs: AtomicU64,
     ready: watch::Sender<bool>,
     /// For a multiplexed plugin with a concurrency above 1: its one process, which takes every
     /// call (`members` is then empty; `permits` still bounds the calls in flight).
     mux: Option<multiplexed::MuxSlot>,
+}
+
+/// What [`Supervisor::reconfigure`] did, for the log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Processes that took the new configuration in `onConfigChange`.
+    pub changed: usize,
+    /// Processes restarted to load it (no `onConfigChange`, or it failed).
+    pub restarted: usize,
+    /// Of those, processes that did not start again (retried on the next call).
+    pub failed: usize,
 }
 
 /// An idle member taken by one invocation; given back when dropped (also when the invocation's
@@ -166,6 +181,7 @@ impl Supervisor {
         let mux =
             (spec.multiplexed && concurrency > 1).then(|| multiplexed::MuxSlot::new(concurrency));
         let processes = if mux.is_some() { 0 } else { concurrency };
+        let config = std::sync::Mutex::new(Arc::from(spec.config.as_str()));
         Arc::new(Self {
             log_budget: Arc::new(std::sync::Mutex::new(LineBudget::new(
                 spec.log_lines_per_minute,
@@ -179,6 +195,8 @@ impl Supervisor {
             permits: Semaphore::new(concurrency),
             groups: Arc::default(),
             starts: AtomicU64::new(0),
+            config,
+            reconfigs: AtomicU64::new(0),
             ready: watch::Sender::new(false),
             mux,
         })
@@ -514,28 +532,95 @@ impl Supervisor {
             "started the plugin process"
         );
         if self.spec.on_load {
-            let limit = self.spec.lifecycle_timeout;
             let id = format!("onload-{}", n + 1);
-            let line = protocol::encode_request(
-                &id,
-                Hook::OnLoad.as_str(),
-                "{}",
-                limit.as_millis() as u64,
-            );
-            let host = self.spec.host.as_deref();
-            let loaded = match timeout(limit, running.exchange(&line, &id, host)).await {
-                Err(_) => Err(InvokeError::Timeout(limit)),
-                Ok(Ok(Ok(_))) => Ok(()),
-                Ok(Ok(Err(message))) => Err(InvokeError::Plugin(message)),
-                Ok(Err(ExchangeError::Closed)) => Err(InvokeError::Exited {
-                    status: running.exit_status().await,
-                }),
-                Ok(Err(ExchangeError::Fatal(e))) => Err(e),
-            };
+            let payload = self.lifecycle_payload();
             // A failed onLoad drops (kills) the new process.
-            loaded.map_err(|e| InvokeError::LoadFailed(Box::new(e)))?;
+            self.lifecycle(&mut running, &id, Hook::OnLoad, &payload)
+                .await
+                .map_err(|e| InvokeError::LoadFailed(Box::new(e)))?;
         }
         Ok(running)
+    }
+
+    /// Runs lifecycle `hook` with `payload_json` on `running` (which nothing else uses) within
+    /// the lifecycle timeout, as request `id`.
+    async fn lifecycle(
+        &self,
+        running: &mut Running,
+        id: &str,
+        hook: Hook,
+        payload_json: &str,
+    ) -> Result<(), InvokeError> {
+        let limit = self.spec.lifecycle_timeout;
+        let line =
+            protocol::encode_request(id, hook.as_str(), payload_json, limit.as_millis() as u64);
+        let host = self.spec.host.as_deref();
+        match timeout(limit, running.exchange(&line, id, host)).await {
+            Err(_) => Err(InvokeError::Timeout(limit)),
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(message))) => Err(InvokeError::Plugin(message)),
+            Ok(Err(ExchangeError::Closed)) => Err(InvokeError::Exited {
+                status: running.exit_status().await,
+            }),
+            Ok(Err(ExchangeError::Fatal(e))) => Err(e),
+        }
+    }
+
+    /// The payload of `onLoad` and `onConfigChange`: `{"config": <the current configuration>}`.
+    fn lifecycle_payload(&self) -> String {
+        let config = Arc::clone(&self.config.lock().unwrap_or_else(|e| e.into_inner()));
+        format!(r#"{{"config":{config}}}"#)
+    }
+
+    /// Hands a new configuration (compact JSON of an object, already checked) to the plugin.
+    /// Every process started from now on gets it in `onLoad`. Each running process gets it in
+    /// `onConfigChange`, one process at a time between its calls, when the plugin declares that
+    /// hook; it is restarted (so `onLoad` gives it the new one) when the plugin does not, or when
+    /// the hook fails or times out — never left running with the old configuration.
+    pub async fn reconfigure(self: &Arc<Self>, config: String) -> Reconfigured {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(config);
+        let payload = self.lifecycle_payload();
+        let n = self.reconfigs.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(mux) = &self.mux {
+            return self.reconfigure_multiplexed(mux, n, &payload).await;
+        }
+        let mut outcome = Reconfigured::default();
+        for index in 0..self.members.len() {
+            let mut slot = self.members[index].slot.lock().await;
+            let Some(running) = slot.as_mut() else {
+                // Not running: its next start gets the new configuration.
+                continue;
+            };
+            if running.exited().is_some() {
+                // Exited: the next call restarts it (counting the crash), with the new one.
+                continue;
+            }
+            if self.spec.on_config_change {
+                let id = format!("config-{n}-{index}");
+                match self
+                    .lifecycle(running, &id, Hook::OnConfigChange, &payload)
+                    .await
+                {
+                    Ok(()) => {
+                        outcome.changed += 1;
+                        continue;
+                    }
+                    Err(e) => warn!(
+                        error = %e,
+                        process = index,
+                        "the plugin's onConfigChange hook failed; restarting the process with the new configuration"
+                    ),
+                }
+            }
+            // Dropping the handle kills the process group; the new process loads the new one.
+            *slot = None;
+            outcome.restarted += 1;
+            if let Err(e) = self.ensure_running(index, &mut slot, true).await {
+                outcome.failed += 1;
+                warn!(error = %e, process = index, "restarting the plugin process with its new configuration failed; retrying on the next call");
+            }
+        }
+        outcome
     }
 
     /// Runs `f` with the pids of the live plugin processes while no process can be started or

@@ -213,6 +213,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub host_api: Option<String>,
 
+    /// The plugin's configuration (`Plugin.spec.config`): a file with a JSON object, checked
+    /// against the signed manifest's `configSchema` and handed to the plugin in `onLoad`. Read
+    /// again every 2 s: a change the schema accepts goes to the running plugin in
+    /// `onConfigChange` (or restarts its processes when it has no such hook); one it refuses is
+    /// logged and not passed on. Without it the plugin gets `{}`.
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// Host calls handled in-process instead of over --host-api (tests).
     #[arg(skip)]
     pub host_calls: Option<Arc<dyn HostCalls>>,

@@ -139,6 +139,17 @@ pub enum RunError {
     /// The server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// The plugin's configuration (`--config-file`) cannot be used.
+    #[error(
+        "{0}; the plugin is not started with a configuration its signed configSchema refuses (fix spec.config of the Plugin)"
+    )]
+    Config(#[from] crate::config::ConfigFileError),
+    /// The verified manifest's `configSchema` does not compile (the manifest check should have
+    /// refused it).
+    #[error(
+        "the configSchema of the plugin's signed manifest is not usable: {0}; fix it, re-pack and re-sign the bundle"
+    )]
+    ConfigSchema(String),
 }
 
 /// Entry point of the binary: parses flags, runs, and turns errors into a logged message and

@@ -15,6 +15,7 @@ use super::RunError;
 use super::flags::RunArgs;
 use super::verify;
 use crate::child::{ChildSpec, Sandbox, Supervisor};
+use crate::config::{self, ConfigFile};
 use crate::host::{ClientTlsFiles, GrpcHost, HostCalls};
 use crate::sandbox::{SandboxSpec, hidden};
 use crate::server::{self, PluginService};
@@ -114,6 +115,19 @@ pub async fn run(
         "the bundle is ready"
     );
 
+    // Checked before the plugin starts: it never runs with a configuration its schema refuses.
+    let config_file = match &args.config_file {
+        Some(path) => Some(Arc::new(
+            ConfigFile::new(path, manifest.config_schema.as_ref())
+                .map_err(RunError::ConfigSchema)?,
+        )),
+        None => None,
+    };
+    let config = match &config_file {
+        Some(file) => file.read()?,
+        None => "{}".to_string(),
+    };
+
     let argv = if args.entry_point.is_empty() {
         manifest.entry_point.clone()
     } else {
@@ -124,6 +138,8 @@ pub async fn run(
             argv,
             bundle_dir,
             on_load: manifest.hooks.contains(&Hook::OnLoad),
+            config: config.clone(),
+            on_config_change: manifest.hooks.contains(&Hook::OnConfigChange),
             on_unload: manifest.hooks.contains(&Hook::OnUnload),
             lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
             log_lines_per_minute: args.max_log_lines_per_minute,
@@ -169,6 +185,9 @@ pub async fn run(
         }
     });
 
+    let watch = config_file
+        .map(|file| tokio::spawn(file.watch(supervisor.clone(), config, config::WATCH_INTERVAL)));
+
     // As PID 1 of the container the shim inherits whatever the plugin forked and left behind.
     let reaper =
         crate::reaper::inherits_orphans().then(|| crate::reaper::spawn(supervisor.clone()));
@@ -180,6 +199,9 @@ pub async fn run(
     };
     let served = server::serve(service, listeners, shutdown).await;
     warm_up.abort();
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     if let Some(reaper) = reaper {
         reaper.abort();
     }

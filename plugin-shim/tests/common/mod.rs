@@ -87,6 +87,7 @@ impl Shim {
             concurrency: 1,
             max_log_lines_per_minute: 100,
             host_api: None,
+            config_file: None,
             host_calls: None,
             sandbox: sandbox(),
             entry_point: vec![],

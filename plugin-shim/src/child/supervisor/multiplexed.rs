@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
-use super::{CrashBackoff, Supervisor, backoff, timed_out};
+use super::{CrashBackoff, Reconfigured, Supervisor, backoff, timed_out};
 use crate::child::mux::{Fault, MuxProcess};
 use crate::child::spawn;
 use crate::child::{Answer, InvokeError};
@@ -64,16 +64,18 @@ pub(super) struct Call<'a> {
     pub(super) traceparent: Option<&'a str>,
 }
 
-/// Runs lifecycle `hook` (payload `{}`) on `process` within `limit`, as request `id`. The caller
-/// makes sure nothing else is in flight.
+/// Runs lifecycle `hook` with `payload_json` on `process` within `limit`, as request `id`. The
+/// caller makes sure nothing else is in flight.
 async fn alone(
     process: &MuxProcess,
     id: &str,
     hook: Hook,
+    payload_json: &str,
     limit: Duration,
 ) -> Result<(), InvokeError> {
-    let line =
-        |id: &str| protocol::encode_request(id, hook.as_str(), "{}", limit.as_millis() as u64);
+    let line = |id: &str| {
+        protocol::encode_request(id, hook.as_str(), payload_json, limit.as_millis() as u64)
+    };
     // Writing counts against the limit too: a plugin that does not read blocks the write.
     let exchange = async { process.send(id, line).await?.await.map_err(|_| dropped()) };
     match timeout(limit, exchange).await {
@@ -305,11 +307,63 @@ impl Supervisor {
         let process = MuxProcess::start(running, self.spec.host.clone());
         if self.spec.on_load {
             let id = format!("onload-{}", n + 1);
-            alone(&process, &id, Hook::OnLoad, self.spec.lifecycle_timeout)
-                .await
-                .map_err(|e| InvokeError::LoadFailed(Box::new(e)))?;
+            let payload = self.lifecycle_payload();
+            alone(
+                &process,
+                &id,
+                Hook::OnLoad,
+                &payload,
+                self.spec.lifecycle_timeout,
+            )
+            .await
+            .map_err(|e| InvokeError::LoadFailed(Box::new(e)))?;
         }
         Ok(process)
+    }
+
+    /// [`Supervisor::reconfigure`] for a multiplexed plugin: waits until no call is in flight
+    /// (each ends by its deadline) and holds new ones back while the process takes the new
+    /// configuration in `onConfigChange` alone, or is restarted to load it.
+    pub(super) async fn reconfigure_multiplexed(
+        &self,
+        mux: &MuxSlot,
+        n: u64,
+        payload: &str,
+    ) -> Reconfigured {
+        let mut outcome = Reconfigured::default();
+        // Closed: the shim is stopping; there is no process to give it to.
+        let Ok(_all) = self.permits.acquire_many(mux.concurrency).await else {
+            return outcome;
+        };
+        let mut slot = mux.process.lock().await;
+        let Some(process) = slot.clone().filter(|p| p.ended().is_none()) else {
+            // Not running: its next start gets the new configuration.
+            return outcome;
+        };
+        if self.spec.on_config_change {
+            let id = format!("config-{n}");
+            let limit = self.spec.lifecycle_timeout;
+            match alone(&process, &id, Hook::OnConfigChange, payload, limit).await {
+                Ok(()) => {
+                    outcome.changed = 1;
+                    return outcome;
+                }
+                Err(e) => warn!(
+                    error = %e,
+                    "the plugin's onConfigChange hook failed; restarting the process with the new configuration"
+                ),
+            }
+        }
+        process.kill(Fault::Exited(
+            "stopped by the shim to load its new configuration".to_string(),
+        ));
+        *slot = None;
+        outcome.restarted = 1;
+        if let Err(e) = self.ensure_multiplexed(mux, &mut slot, true).await {
+            outcome.failed = 1;
+            warn!(error = %e, "restarting the plugin process with its new configuration failed; retrying on the next call");
+        }
+        outcome
     }
 
     /// [`Supervisor::shutdown`] for a multiplexed plugin: the calls in flight finish (each by its
@@ -329,6 +383,7 @@ impl Supervisor {
                 &process,
                 "onunload",
                 Hook::OnUnload,
+                "{}",
                 self.spec.lifecycle_timeout,
             )
             .await
