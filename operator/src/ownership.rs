@@ -166,8 +166,14 @@ pub fn recheck_after(objects: &[NotOwned]) -> Duration {
 /// such a Secret is not the Plugin's. Validation runs before admission policies, so this comes
 /// instead of [`secret_refusal`] for such Secrets.
 pub fn secret_invalid(message: &str, namespace: &str, name: &str) -> Option<NotOwned> {
+    invalid("Secret", message, namespace, name)
+}
+
+/// [`secret_invalid`] for the kind `kind` (a ConfigMap of a plugin's configuration is immutable
+/// too).
+pub fn invalid(kind: &str, message: &str, namespace: &str, name: &str) -> Option<NotOwned> {
     message.contains("field is immutable").then(|| NotOwned {
-        kind: "Secret".into(),
+        kind: kind.into(),
         namespace: namespace.into(),
         name: name.into(),
         owner: Owner::Unknown,
@@ -184,6 +190,10 @@ pub const SECRET_NOT_OWNED_MARKER: &str = "airlock-not-owned:";
 /// The name of that policy, which the API server puts in each of its refusals.
 pub const SECRET_POLICY: &str = "airlock-operator-secrets";
 
+/// The policy that does the same for the ConfigMaps of plugins' configurations
+/// (`<release>-operator-configmaps`), with the same marker.
+pub const CONFIG_MAP_POLICY: &str = "airlock-operator-configmaps";
+
 /// The Secret `namespace/name` a write to was refused by that policy, as an object in the way:
 /// `None` when `message` is not the policy's refusal.
 pub fn secret_refusal(
@@ -193,12 +203,58 @@ pub fn secret_refusal(
     plugin_name: &str,
     plugin_uid: &str,
 ) -> Option<NotOwned> {
+    let target = Refused {
+        kind: "Secret",
+        policy: SECRET_POLICY,
+        namespace,
+        name,
+    };
+    refusal(target, message, plugin_name, plugin_uid)
+}
+
+/// [`secret_refusal`] for a ConfigMap of a plugin's configuration and [`CONFIG_MAP_POLICY`].
+pub fn config_map_refusal(
+    message: &str,
+    namespace: &str,
+    name: &str,
+    plugin_name: &str,
+    plugin_uid: &str,
+) -> Option<NotOwned> {
+    let target = Refused {
+        kind: "ConfigMap",
+        policy: CONFIG_MAP_POLICY,
+        namespace,
+        name,
+    };
+    refusal(target, message, plugin_name, plugin_uid)
+}
+
+/// An object a write to was refused, and the policy that may have refused it.
+struct Refused<'a> {
+    kind: &'static str,
+    policy: &'static str,
+    namespace: &'a str,
+    name: &'a str,
+}
+
+fn refusal(
+    target: Refused<'_>,
+    message: &str,
+    plugin_name: &str,
+    plugin_uid: &str,
+) -> Option<NotOwned> {
+    let Refused {
+        kind: object_kind,
+        policy,
+        namespace,
+        name,
+    } = target;
     let Some((_, rest)) = message.split_once(SECRET_NOT_OWNED_MARKER) else {
         // The policy's refusal without its list: the API server drops a message expression
         // whose result it cannot use (a tenant can put a newline into an owner reference's
         // name). Still the policy's answer: not the Plugin's, owner not told.
-        return message.contains(SECRET_POLICY).then(|| NotOwned {
-            kind: "Secret".into(),
+        return message.contains(policy).then(|| NotOwned {
+            kind: object_kind.into(),
             namespace: namespace.into(),
             name: name.into(),
             owner: Owner::Unknown,
@@ -237,7 +293,7 @@ pub fn secret_refusal(
         Ownership::Ours | Ownership::Absent => Owner::Nobody,
     };
     Some(NotOwned {
-        kind: "Secret".into(),
+        kind: object_kind.into(),
         namespace: namespace.into(),
         name: name.into(),
         owner,

@@ -661,6 +661,79 @@ mod tests {
         assert_ne!(a.revision, c.revision);
     }
 
+    /// A manifest with `hooks` and a configSchema that requires a short `greeting`.
+    fn configured(hooks: &str) -> Manifest {
+        Manifest::parse(&format!(
+            "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: {hooks}\npermissions: [log, storage:read]\n\
+             entryPoint: [/hello]\nconfigSchema:\n  type: object\n  properties:\n    greeting: {{type: string, maxLength: 8}}\n  required: [greeting]\n"
+        ))
+        .expect("manifest parses")
+    }
+
+    fn with_config(config: serde_json::Value) -> Plugin {
+        let mut p = plugin(HELLO);
+        p.spec.config = Some(config);
+        p
+    }
+
+    #[test]
+    fn a_configuration_the_signed_schema_refuses_is_not_compatible_naming_the_field() {
+        let f = fetched(configured("[onLoad, transform]"));
+        let plan_of = |p: &Plugin| plan(p, &f, Some(&open_limits()));
+        let bad = plan_of(&with_config(
+            serde_json::json!({"greeting": "far too long"}),
+        ));
+        assert_blocked(&bad.compatible, CONFIG_INVALID, "spec.config.greeting");
+        assert!(bad.rollout.is_none(), "nothing rolls out");
+        let Verdict::Blocked { message, .. } = &bad.compatible else {
+            unreachable!()
+        };
+        assert!(
+            !message.contains("far too long"),
+            "the value is not repeated: {message}"
+        );
+        // Absent is checked as {}: the schema's required setting is asked for.
+        let absent = plan_of(&plugin(HELLO));
+        assert_blocked(&absent.compatible, CONFIG_INVALID, "greeting");
+        let not_object = plan_of(&with_config(serde_json::json!([1])));
+        assert_blocked(&not_object.compatible, CONFIG_INVALID, "JSON object");
+        let good = plan_of(&with_config(serde_json::json!({"greeting": "hi"})));
+        let config = good.rollout.expect("rolls out").config.expect("config");
+        assert_eq!(config.json, r#"{"greeting":"hi"}"#);
+        assert!(!config.live, "no onConfigChange: restarted on change");
+    }
+
+    #[test]
+    fn a_configuration_needs_a_plugin_that_receives_it() {
+        let f = fetched(configured("[transform]"));
+        let p = with_config(serde_json::json!({"greeting": "hi"}));
+        let v = plan(&p, &f, Some(&open_limits())).compatible;
+        assert_blocked(&v, "ConfigNotReceived", "onLoad");
+    }
+
+    #[test]
+    fn a_new_configuration_is_a_new_revision_unless_the_plugin_takes_it_live() {
+        let revision = |hooks: &str, greeting: &str| {
+            let f = fetched(configured(hooks));
+            let p = with_config(serde_json::json!({"greeting": greeting}));
+            plan(&p, &f, Some(&open_limits()))
+                .rollout
+                .expect("rolls out")
+        };
+        let (a, b) = (
+            revision("[onLoad, transform]", "hi"),
+            revision("[onLoad, transform]", "hey"),
+        );
+        assert_ne!(a.revision, b.revision, "restarted: a new pod template");
+        let (a, b) = (
+            revision("[onLoad, onConfigChange, transform]", "hi"),
+            revision("[onLoad, onConfigChange, transform]", "hey"),
+        );
+        assert!(a.config.as_ref().is_some_and(|c| c.live));
+        assert_eq!(a.revision, b.revision, "live: the same pods get the change");
+        assert_ne!(a.config, b.config);
+    }
+
     #[test]
     fn an_unsupported_api_version_is_not_compatible() {
         let mut p = plugin(HELLO);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use airlock_core::names;
 use airlock_crds::Plugin;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -283,6 +283,7 @@ async fn apply_children(
     // The Secret first: a refusal (someone else's Secret of that name) leaves nothing else
     // written.
     ensure_bundle_secret(plugin, rollout, ctx, &ns).await?;
+    ensure_config_map(plugin, rollout, ctx, &ns).await?;
     ensure_network(plugin, rollout, ctx, watches).await?;
     let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
     ensure_deployment(plugin, &deploy, ctx, watches, &rollout.revision).await
@@ -435,6 +436,37 @@ async fn ensure_bundle_secret(
         .await
         .map_err(|e| Error::from_secret_write(e, plugin, ns, &name))?;
     ctx.caches.bundle_secret_exists(&uid, &name);
+    Ok(())
+}
+
+/// The ConfigMap of the revision's configuration, before the pods that mount it. Created once
+/// per configuration when immutable (named by digest); the live one is applied again when its
+/// configuration changes. Not looked at first, like the bundle Secret: the chart's admission
+/// policy refuses the write unless the ConfigMap is absent or this Plugin's.
+async fn ensure_config_map(
+    plugin: &Plugin,
+    rollout: &build::Rollout,
+    ctx: &Context,
+    ns: &str,
+) -> Result<(), Error> {
+    let Some(config) = &rollout.config else {
+        return Ok(());
+    };
+    let uid = plugin.uid().unwrap_or_default();
+    let map = build::config_map::config_map(plugin, config);
+    let name = name_of(&map);
+    if ctx.caches.config_map_known(&uid, &name, &config.digest) {
+        return Ok(());
+    }
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&map),
+        )
+        .await
+        .map_err(|e| Error::from_config_map_write(e, plugin, ns, &name))?;
+    ctx.caches.config_map_written(&uid, &name, &config.digest);
     Ok(())
 }
 

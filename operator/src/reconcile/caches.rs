@@ -40,6 +40,9 @@ struct PerPlugin {
     /// Bundle Secrets known to exist: immutable and named by digest, so existing means right.
     /// (Not watched: a watch on Secrets would need `list` on every Secret in the cluster.)
     bundle_secrets: HashSet<String>,
+    /// Configuration ConfigMaps this process wrote, as `name@digest` (a live one keeps its name
+    /// while its content changes).
+    config_maps: HashSet<String>,
     /// When the storage check last passed.
     checked_at: Option<Instant>,
     /// When the certificate this process issued for the Plugin is due for renewal (the Secret
@@ -91,6 +94,18 @@ impl PluginCaches {
 
     pub fn bundle_secret_exists(&self, uid: &str, name: &str) {
         self.with(uid, |p| p.bundle_secrets.insert(name.to_string()));
+    }
+
+    /// Whether this process wrote the configuration ConfigMap `name` of the Plugin `uid` with the
+    /// configuration of `digest`.
+    pub fn config_map_known(&self, uid: &str, name: &str, digest: &str) -> bool {
+        let key = format!("{name}@{digest}");
+        self.read(uid, |p| p.config_maps.contains(&key))
+            .unwrap_or(false)
+    }
+
+    pub fn config_map_written(&self, uid: &str, name: &str, digest: &str) {
+        self.with(uid, |p| p.config_maps.insert(format!("{name}@{digest}")));
     }
 
     /// Whether the hourly checks of the Plugin `uid` are due at `now`.

@@ -99,6 +99,33 @@ impl Error {
 }
 
 impl Error {
+    /// [`Error::from_secret_write`] for the ConfigMap of the Plugin's configuration `ns/name`
+    /// (the chart's policy `<release>-operator-configmaps`).
+    pub(crate) fn from_config_map_write(
+        e: kube::Error,
+        plugin: &Plugin,
+        ns: &str,
+        name: &str,
+    ) -> Self {
+        let uid = plugin.uid().unwrap_or_default();
+        match &e {
+            kube::Error::Api(ae) if ae.code == 403 || ae.code == 422 => {
+                crate::ownership::config_map_refusal(
+                    &ae.message,
+                    ns,
+                    name,
+                    &plugin.name_any(),
+                    &uid,
+                )
+                .or_else(|| crate::ownership::invalid("ConfigMap", &ae.message, ns, name))
+                .map_or(Error::Kube(e), Error::NotOwned)
+            }
+            _ => Error::Kube(e),
+        }
+    }
+}
+
+impl Error {
     /// Stable label for the errors metric.
     pub fn metric_label(&self) -> &'static str {
         match self {

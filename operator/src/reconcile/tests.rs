@@ -147,10 +147,15 @@ impl FakeApi {
                 (
                     StatusCode::FORBIDDEN,
                     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                           "reason": "Forbidden", "code": 403,
-                           "message": format!("secrets is forbidden: ValidatingAdmissionPolicy \
-                               'airlock-operator-secrets' with binding 'airlock-operator-secrets' \
-                               denied request: {}{list}", crate::ownership::SECRET_NOT_OWNED_MARKER)}),
+                    "reason": "Forbidden", "code": 403,
+                    "message": match path.contains("/configmaps/") {
+                        false => format!("secrets is forbidden: ValidatingAdmissionPolicy \
+                            'airlock-operator-secrets' with binding 'airlock-operator-secrets' \
+                            denied request: {}{list}", crate::ownership::SECRET_NOT_OWNED_MARKER),
+                        true => format!("configmaps is forbidden: ValidatingAdmissionPolicy \
+                            'airlock-operator-configmaps' with binding 'airlock-operator-configmaps' \
+                            denied request: {}{list}", crate::ownership::SECRET_NOT_OWNED_MARKER),
+                    }}),
                 )
             }
             Method::PATCH => {
@@ -205,7 +210,8 @@ impl FakeApi {
 /// unless the Secret is absent or controlled by the uid the write names as controller. The
 /// refusal lists the existing Secret's owner references as the policy words them.
 fn refused_secret_write(st: &State, path: &str, body: &Value) -> Option<String> {
-    if !path.contains("/secrets/") {
+    // The same for ConfigMaps of configurations (policy `airlock-operator-configmaps`).
+    if !path.contains("/secrets/") && !path.contains("/configmaps/") {
         return None;
     }
     let existing = st.objects.get(path)?;
@@ -1904,5 +1910,165 @@ async fn a_new_leader_keeps_the_recorded_certificate_unless_the_ca_or_lifetime_c
         h.status()["certificate"]["caDigest"],
         crate::certs::ca_digest(&h.watches.ca),
         "and recorded"
+    );
+}
+
+/// A manifest that takes a configuration (`onLoad`; `onConfigChange` when `live`) whose schema
+/// requires a short `greeting`.
+fn configured_manifest(live: bool) -> String {
+    let hooks = if live {
+        "[onLoad, onConfigChange, transform]"
+    } else {
+        "[onLoad, transform]"
+    };
+    format!(
+        "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: {hooks}\npermissions: [log]\n\
+         entryPoint: [/hello]\nconfigSchema:\n  type: object\n  properties:\n    \
+         greeting: {{type: string, maxLength: 8}}\n  required: [greeting]\n"
+    )
+}
+
+fn configured_plugin(greeting: &str) -> Plugin {
+    let mut p = plugin("uid-1", "[log]");
+    p.spec.config = Some(json!({"greeting": greeting}));
+    p
+}
+
+/// The configuration ConfigMaps the fake holds: name → data.
+fn config_maps(h: &Harness) -> BTreeMap<String, Value> {
+    h.api
+        .state()
+        .objects
+        .iter()
+        .filter(|(p, _)| p.contains("/configmaps/hello-config"))
+        .map(|(_, o)| {
+            (
+                o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                o["data"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// The ConfigMap the Deployment's pods mount.
+fn mounted_config(h: &Harness) -> String {
+    let d = &h.api.state().objects[&format!("/apis/apps/v1/namespaces/{NS}/deployments/hello")];
+    d["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "config")
+        .map(|v| {
+            v["configMap"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_configuration_is_written_once_before_the_pods_and_a_change_is_a_new_one() {
+    let mut h = Harness::unsigned(&configured_manifest(false));
+    let p = configured_plugin("hi");
+    h.reconcile(&p).await;
+    let writes = h.api.take_writes();
+    let first = config_maps(&h);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (name, data) = first.iter().next().unwrap();
+    assert_eq!(data["config.json"], r#"{"greeting":"hi"}"#);
+    assert_eq!(mounted_config(&h), *name, "the pods mount it");
+    let at = |what: &str| writes.iter().position(|w| w.contains(what));
+    assert!(
+        at("configmaps/hello-config") < at("deployments/hello"),
+        "written before the pods that mount it: {writes:#?}"
+    );
+
+    // Unchanged: not written again.
+    h.watch_deployment();
+    h.reconcile(&h.seen(&p)).await;
+    assert!(!wrote(&h.api.take_writes(), "configmaps/"), "written once");
+
+    // Changed: a new ConfigMap and a new revision mounting it; the old one stays for a rollback.
+    let changed = configured_plugin("hey");
+    h.reconcile(&h.seen(&changed)).await;
+    let second = config_maps(&h);
+    assert_eq!(second.len(), 2, "{second:?}");
+    let new = mounted_config(&h);
+    assert_ne!(&new, name);
+    assert_eq!(second[&new]["config.json"], r#"{"greeting":"hey"}"#);
+}
+
+#[tokio::test]
+async fn a_live_configuration_changes_in_place_without_a_new_revision() {
+    let mut h = Harness::unsigned(&configured_manifest(true));
+    let p = configured_plugin("hi");
+    h.reconcile(&p).await;
+    let revision = h.status()["revision"].clone();
+    assert_eq!(mounted_config(&h), "hello-config");
+    h.watch_deployment();
+    h.api.take_writes();
+    h.reconcile(&h.seen(&configured_plugin("hey"))).await;
+    let writes = h.api.take_writes();
+    assert!(wrote(&writes, "configmaps/hello-config"), "{writes:#?}");
+    assert!(
+        !wrote(&writes, "deployments/"),
+        "the pods stay: {writes:#?}"
+    );
+    assert_eq!(h.status()["revision"], revision);
+    assert_eq!(
+        config_maps(&h)["hello-config"]["config.json"],
+        r#"{"greeting":"hey"}"#
+    );
+}
+
+#[tokio::test]
+async fn a_configuration_the_signed_schema_refuses_is_a_condition_naming_the_field_and_nothing_rolls_out()
+ {
+    let h = Harness::unsigned(&configured_manifest(false));
+    h.reconcile(&configured_plugin("far too long")).await;
+    let status = h.status();
+    assert_eq!(
+        condition(&status, "Compatible"),
+        ("False".into(), "ConfigInvalid".into()),
+        "{status}"
+    );
+    let text = status.to_string();
+    assert!(text.contains("spec.config.greeting"), "{text}");
+    assert!(
+        !text.contains("far too long"),
+        "the value is not repeated: {text}"
+    );
+    assert_no_child_written(&h, "a refused configuration");
+}
+
+#[tokio::test]
+async fn a_config_map_named_like_the_plugins_configuration_is_not_taken_over() {
+    let h = Harness::unsigned(&configured_manifest(true));
+    let path = format!("/api/v1/namespaces/{NS}/configmaps/hello-config");
+    let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "hello-config", "namespace": NS},
+                        "data": {"config.json": "{\"greeting\":\"theirs\"}"}});
+    h.api.put(&path, theirs.clone());
+    h.reconcile(&configured_plugin("hi")).await;
+    assert_eq!(h.api.state().objects[&path], theirs, "untouched");
+    let status = h.status();
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("False".into(), "ObjectNotOwned".into()),
+        "{status}"
+    );
+    assert!(
+        status
+            .to_string()
+            .contains("ConfigMap plugins/hello-config already exists"),
+        "{status}"
+    );
+    assert!(
+        !wrote(&h.api.take_writes(), "deployments/"),
+        "no pods without their configuration"
     );
 }
