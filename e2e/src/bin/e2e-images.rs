@@ -241,13 +241,31 @@ fn run() -> Result<()> {
         layer: Layer::Root(python_root),
     })?;
     let python_dir = tool.root.join("examples/python-upper");
+    let python_files = [python_dir.join("plugin.yaml"), python_dir.join("plugin.py")];
     env.samples.push(Sample {
         key: Sample::key_of("python-upper"),
-        image,
+        image: image.clone(),
         bundle: tool.pack(&Bundle::from_files(
             "python-upper-bundle.tar.gz",
-            &[python_dir.join("plugin.yaml"), python_dir.join("plugin.py")],
+            &python_files,
         )?)?,
+    });
+    // python-upper without onConfigChange: a new configuration restarts it (a new revision).
+    let mut restart = Bundle::from_files("python-upper-restart-bundle.tar.gz", &python_files)?;
+    for (name, content) in &mut restart.files {
+        if name == "plugin.yaml" {
+            let manifest = String::from_utf8_lossy(content).replace("onConfigChange, ", "");
+            anyhow::ensure!(
+                !manifest.contains("onConfigChange"),
+                "python-upper's plugin.yaml no longer lists onConfigChange as expected"
+            );
+            *content = manifest.into_bytes();
+        }
+    }
+    env.samples.push(Sample {
+        key: Sample::key_of("python-upper-restart"),
+        image,
+        bundle: tool.pack(&restart)?,
     });
 
     let path = tool.out.join("images.env");

@@ -4,26 +4,68 @@
 //! It shows the host API from the plugin's side, including a refusal: the plugin declares `log`
 //! and `storage:write` but not `events:emit`, so its `emit` fails with PERMISSION_DENIED — which it
 //! reports in its answer rather than failing the event.
+//!
+//! Its configuration (`Plugin.spec.config`, checked against `configSchema` in `plugin.yaml`)
+//! picks the log level and the prefix of each log line; it arrives in `onLoad` and, when it
+//! changes, in `onConfigChange`, without a restart.
 
 use airlock_sdk::{self as sdk, Host};
 use serde_json::{Value, json};
 
 fn main() -> std::io::Result<()> {
+    let mut config = Config::default();
     sdk::run_with_host(
-        |host: &mut Host<'_>, hook: &str, payload: Value| match hook {
-            "onEvent" => on_event(host, &payload),
+        move |host: &mut Host<'_>, hook: &str, payload: Value| match hook {
+            "onLoad" | "onConfigChange" => {
+                config = Config::from_payload(&payload);
+                Ok(json!({}))
+            }
+            "onEvent" => on_event(host, &config, &payload),
             other => Err(format!("event-logger does not implement hook {other}")),
         },
     )
 }
 
+/// What `spec.config` sets (the shim already checked it against the signed `configSchema`).
+#[derive(Debug, Clone, PartialEq)]
+struct Config {
+    /// The level of the host log line: `debug`, `info` (default) or `warn`.
+    level: String,
+    /// The start of each log line; default `event-logger`.
+    prefix: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            prefix: "event-logger".into(),
+        }
+    }
+}
+
+impl Config {
+    /// From the `{"config": {...}}` of `onLoad` and `onConfigChange`; unset fields keep their
+    /// defaults.
+    fn from_payload(payload: &Value) -> Self {
+        let c = &payload["config"];
+        let default = Self::default();
+        let text = |key: &str, or: String| c[key].as_str().map(str::to_string).unwrap_or(or);
+        Self {
+            level: text("level", default.level),
+            prefix: text("prefix", default.prefix),
+        }
+    }
+}
+
 /// Logs the event, reads `greeting` and `count` (both set by the installer; a missing or
 /// non-numeric `count` counts as 0), stores `count + 1` and tries to emit `event-logger.seen`.
 /// A storage failure fails the event; the emit's outcome is part of the answer.
-fn on_event(host: &mut Host<'_>, payload: &Value) -> Result<Value, String> {
+fn on_event(host: &mut Host<'_>, config: &Config, payload: &Value) -> Result<Value, String> {
     let kind = payload["type"].as_str().unwrap_or("unknown").to_string();
+    let prefix = &config.prefix;
     // A line the host did not keep still goes to the container log (stderr).
-    let logged = match host.log("info", &format!("event-logger: event of type {kind}")) {
+    let logged = match host.log(&config.level, &format!("{prefix}: event of type {kind}")) {
         Ok(true) => true,
         Ok(false) => {
             eprintln!("event-logger: event of type {kind} (over the host's log rate limit)");
@@ -68,11 +110,17 @@ mod tests {
 
     /// Runs `on_event` against scripted host-call results; returns the answer and the calls made.
     fn run(results: &[&str]) -> (Result<Value, String>, Vec<Value>) {
+        run_with(&Config::default(), results)
+    }
+
+    /// [`run`] with `config`.
+    fn run_with(config: &Config, results: &[&str]) -> (Result<Value, String>, Vec<Value>) {
         let results = results.join("\n") + "\n";
         let mut input = results.as_bytes();
         let mut output = Vec::new();
         let answer = on_event(
             &mut Host::new(&mut input, &mut output),
+            config,
             &json!({"type": "deploy"}),
         );
         let calls = String::from_utf8(output)
@@ -128,5 +176,23 @@ mod tests {
         ]);
         let message = answer.unwrap_err();
         assert!(message.contains("UNAVAILABLE: no host API"), "{message}");
+    }
+
+    #[test]
+    fn the_configuration_sets_the_log_level_and_prefix_and_defaults_stay() {
+        let config = Config::from_payload(&json!({"config": {"level": "warn", "prefix": "audit"}}));
+        let (_, calls) = run_with(
+            &config,
+            &[r#"{"callId":"c1","ok":false,"code":"UNAVAILABLE","error":"stop here"}"#],
+        );
+        assert_eq!(
+            calls[0]["args"],
+            json!({"level": "warn", "message": "audit: event of type deploy"})
+        );
+        assert_eq!(
+            Config::from_payload(&json!({"config": {}})),
+            Config::default()
+        );
+        assert_eq!(Config::from_payload(&json!({})), Config::default());
     }
 }
