@@ -92,3 +92,43 @@ fn every_command_line_the_operator_builds_parses_with_the_shims_cli() {
         assert_eq!(seen, ["install", "unpack", "run"]);
     }
 }
+
+#[test]
+fn a_configured_plugin_gets_its_configuration_file_as_a_shim_flag() {
+    use airlock_operator::build::PluginConfig;
+    use airlock_operator::build::config_map::{CONFIG_DIR, CONFIG_KEY};
+    for live in [false, true] {
+        let configured = Rollout {
+            config: Some(PluginConfig {
+                json: r#"{"greeting":"hi"}"#.into(),
+                digest: "ab".repeat(32),
+                live,
+            }),
+            ..rollout(false, &[Permission::Log])
+        };
+        let run = shim_command_lines(&configured, &config(None))
+            .into_iter()
+            .map(|argv| Cli::try_parse_from(&argv).expect("parses"))
+            .find_map(|cli| match cli.command {
+                Command::Run(run) => Some(run),
+                _ => None,
+            })
+            .expect("a run command line");
+        assert_eq!(
+            run.config_file,
+            Some(format!("{CONFIG_DIR}/{CONFIG_KEY}").into()),
+            "the shim reads the mounted configuration, not the plugin"
+        );
+        assert_eq!(run.entry_point, ["python3", "-u", "main.py"]);
+    }
+    let plain = shim_command_lines(&rollout(false, &[Permission::Log]), &config(None));
+    let run = plain
+        .into_iter()
+        .map(|argv| Cli::try_parse_from(&argv).expect("parses"))
+        .find_map(|cli| match cli.command {
+            Command::Run(run) => Some(run),
+            _ => None,
+        })
+        .expect("a run command line");
+    assert_eq!(run.config_file, None);
+}

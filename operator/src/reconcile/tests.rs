@@ -2007,7 +2007,8 @@ async fn a_live_configuration_changes_in_place_without_a_new_revision() {
     let mut h = Harness::unsigned(&configured_manifest(true));
     let p = configured_plugin("hi");
     h.reconcile(&p).await;
-    let revision = h.status()["revision"].clone();
+    let revision = h.status()["currentRevision"].clone();
+    assert!(revision.is_string(), "{}", h.status());
     assert_eq!(mounted_config(&h), "hello-config");
     h.watch_deployment();
     h.api.take_writes();
@@ -2018,7 +2019,7 @@ async fn a_live_configuration_changes_in_place_without_a_new_revision() {
         !wrote(&writes, "deployments/"),
         "the pods stay: {writes:#?}"
     );
-    assert_eq!(h.status()["revision"], revision);
+    assert_eq!(h.status()["currentRevision"], revision);
     assert_eq!(
         config_maps(&h)["hello-config"]["config.json"],
         r#"{"greeting":"hey"}"#
