@@ -17,6 +17,15 @@ crate::vocabulary! {
     }
 }
 
+impl Hook {
+    /// The plugin's lifecycle (start, configuration, stop): its shim calls these and nobody else.
+    /// A caller that could send `onConfigChange` would configure the plugin past the Plugin's
+    /// checked `spec.config`; one that could send `onLoad`/`onUnload` would reset its state.
+    pub fn is_lifecycle(self) -> bool {
+        matches!(self, Hook::OnLoad | Hook::OnUnload | Hook::OnConfigChange)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,7 +151,14 @@ spec:
         let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(
             spec["properties"]["hooks"]["items"]["enum"],
-            serde_json::json!(["*", "onLoad", "onUnload", "transform", "onEvent"])
+            serde_json::json!([
+                "*",
+                "onLoad",
+                "onUnload",
+                "onConfigChange",
+                "transform",
+                "onEvent"
+            ])
         );
         assert_eq!(
             spec["required"],

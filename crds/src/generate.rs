@@ -14,7 +14,7 @@ pub const CHART_CRD_DIR: &str = "charts/airlock/crds";
 /// write a changed schema under the revision [`SCHEMA_LOCK`] holds. The operator upgrades the
 /// cluster's CRDs to this revision at start and leaves alone one marked with a higher revision
 /// (a newer Airlock, rolled back: its fields must not be pruned).
-pub const SCHEMA_REVISION: u32 = 10;
+pub const SCHEMA_REVISION: u32 = 11;
 
 /// The annotation on each CRD that carries [`SCHEMA_REVISION`].
 pub const SCHEMA_REVISION_ANNOTATION: &str = "airlock.dev/schema-revision";
@@ -174,6 +174,31 @@ mod tests {
             assert_eq!(status.phase, Some(PluginPhase::Pending));
             assert_eq!(status.observed_generation, Some(0));
             assert!(status.conditions.is_empty());
+        }
+    }
+
+    /// A Plugin written as before a field existed still applies: the spec requires only what a
+    /// plugin cannot run without. (A field with its own schema function is listed as required
+    /// unless it has a serde default; `spec.config` was, and refused every Plugin without one.)
+    #[test]
+    fn the_plugin_spec_requires_only_what_every_plugin_sets() {
+        let crd = &crds()[0];
+        for version in &crd.spec.versions {
+            let spec = version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .and_then(|s| s.properties.as_ref())
+                .and_then(|p| p.get("spec"))
+                .unwrap_or_else(|| panic!("{}: no spec", version.name));
+            let mut required = spec.required.clone().unwrap_or_default();
+            required.sort();
+            assert_eq!(
+                required,
+                ["bundle", "image", "pluginApiVersion", "version"],
+                "{}",
+                version.name
+            );
         }
     }
 }

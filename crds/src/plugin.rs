@@ -221,8 +221,46 @@ pub struct PluginSpec {
     /// field) and handed to the plugin in its `onLoad` hook. A change reaches the running plugin
     /// in `onConfigChange` when its manifest declares that hook, else through a rolling restart.
     /// At most 64 KiB as JSON. Not for secrets: it is readable by whoever reads the Plugin.
+    // `default`: a field with its own schema function is otherwise listed as required.
+    #[serde(default)]
     #[schemars(schema_with = "config_schema")]
     pub config: Option<serde_json::Value>,
+
+    /// Secrets the plugin gets with its configuration, by reference: each names a key of a
+    /// Secret in the Plugin's namespace, which the kubelet mounts into the plugin's pods only; the
+    /// shim hands the values to the plugin in `onLoad` (and `onConfigChange`, also when the
+    /// Secret changes) as `secrets.<name>`. The operator never reads them, and they appear in no
+    /// status, Event or log. A plugin that takes them needs an `onLoad` hook. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub config_secrets: Vec<ConfigSecret>,
+}
+
+/// One secret value for the plugin (`spec.configSecrets[]`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigSecret {
+    /// The name the plugin knows the value by (`secrets.<name>` in its `onLoad` payload).
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[A-Za-z][A-Za-z0-9_-]*$')")
+        .message("spec.configSecrets[].name must start with a letter and hold only letters, digits, _ and -"))]
+    pub name: String,
+    /// The Secret (in the Plugin's namespace) and its key that hold the value.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the Plugin's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in its data.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[-._a-zA-Z0-9]+$')")
+        .message("spec.configSecrets[].secretKeyRef.key must be a Secret data key (letters, digits, -, _ and .)"))]
+    pub key: String,
 }
 
 /// `spec.config`: any JSON object, kept as written (the plugin's own schema applies, not ours).

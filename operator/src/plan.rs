@@ -132,6 +132,7 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
                 runtime,
                 concurrency(plugin),
                 config,
+                config_secrets(plugin),
             ))
         }
         _ => None,
@@ -266,15 +267,23 @@ pub fn plugin_config(
             .check(config.unwrap_or(&empty))
             .map_err(|e| (CONFIG_INVALID, e.to_string()))?;
     }
+    let secrets = !plugin.spec.config_secrets.is_empty();
+    if (config.is_some() || secrets) && !manifest.hooks.contains(&airlock_core::Hook::OnLoad) {
+        let field = if config.is_some() {
+            "spec.config"
+        } else {
+            "spec.configSecrets"
+        };
+        return Err((
+            "ConfigNotReceived",
+            format!(
+                "{field} is set but the signed manifest declares no onLoad hook, which is how a plugin receives its configuration; remove {field} or use a plugin version that declares onLoad"
+            ),
+        ));
+    }
     let Some(_) = config else {
         return Ok(None);
     };
-    if !manifest.hooks.contains(&airlock_core::Hook::OnLoad) {
-        return Err((
-            "ConfigNotReceived",
-            "spec.config is set but the signed manifest declares no onLoad hook, which is how a plugin receives its configuration; remove spec.config or use a plugin version that declares onLoad".into(),
-        ));
-    }
     Ok(Some(crate::build::PluginConfig {
         digest: hex::encode(Sha256::digest(text.as_bytes())),
         json: text,
@@ -505,6 +514,7 @@ fn rollout(
     limits: airlock_crds::plugin::PluginLimits,
     concurrency: u32,
     config: Option<crate::build::PluginConfig>,
+    config_secrets: Vec<airlock_crds::plugin::ConfigSecret>,
 ) -> Rollout {
     let entry_point = fetched.manifest.entry_point.clone();
     // Everything that changes the pod, and nothing that does not (replicas, enabled).
@@ -544,6 +554,11 @@ fn rollout(
         Some(c) if c.live => h.update(b"config=live\xff"),
         Some(c) => h.update(format!("config={}\u{ff}", c.digest).as_bytes()),
     }
+    // The references only (the values are the kubelet's to mount, never the operator's to read).
+    for s in &config_secrets {
+        let r = &s.secret_key_ref;
+        h.update(format!("secret={}\u{fe}{}\u{fe}{}\u{ff}", s.name, r.name, r.key).as_bytes());
+    }
     let revision = format!("r{}", &hex::encode(h.finalize())[..10]);
     Rollout {
         pinned_image: fetched.pinned_image.clone(),
@@ -557,8 +572,17 @@ fn rollout(
         limits,
         concurrency,
         config,
+        config_secrets,
         revision,
     }
+}
+
+/// `spec.configSecrets`, in name order (the pod template and the revision do not depend on the
+/// order they were written in).
+fn config_secrets(plugin: &Plugin) -> Vec<airlock_crds::plugin::ConfigSecret> {
+    let mut secrets = plugin.spec.config_secrets.clone();
+    secrets.sort_by(|a, b| a.name.cmp(&b.name));
+    secrets
 }
 
 #[cfg(test)]
@@ -709,6 +733,38 @@ mod tests {
         let p = with_config(serde_json::json!({"greeting": "hi"}));
         let v = plan(&p, &f, Some(&open_limits())).compatible;
         assert_blocked(&v, "ConfigNotReceived", "onLoad");
+    }
+
+    #[test]
+    fn config_secrets_need_on_load_and_a_changed_reference_is_a_new_revision() {
+        use airlock_crds::plugin::{ConfigSecret, SecretKeyRef};
+        let with_secret = |key: &str| {
+            let mut p = with_config(serde_json::json!({"greeting": "hi"}));
+            p.spec.config_secrets = vec![ConfigSecret {
+                name: "apiToken".into(),
+                secret_key_ref: SecretKeyRef {
+                    name: "vendor".into(),
+                    key: key.into(),
+                },
+            }];
+            p
+        };
+        let mut no_config = with_secret("token");
+        no_config.spec.config = None;
+        let v = plan(&no_config, &fetched(manifest("")), Some(&open_limits())).compatible;
+        assert_blocked(&v, "ConfigNotReceived", "spec.configSecrets");
+        let f = fetched(configured("[onLoad, transform]"));
+        let a = plan(&with_secret("token"), &f, Some(&open_limits()))
+            .rollout
+            .expect("a");
+        let b = plan(&with_secret("token2"), &f, Some(&open_limits()))
+            .rollout
+            .expect("b");
+        assert_eq!(a.config_secrets.len(), 1);
+        assert_ne!(
+            a.revision, b.revision,
+            "another key is another pod template"
+        );
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The plugin's configuration (`Plugin.spec.config`) as the shim gets it: a file the operator
-//! fills from a ConfigMap (`airlock-shim run --config-file`), read at start and watched while the
-//! shim runs.
+//! fills from a ConfigMap (`airlock-shim run --config-file`) and the secrets the Plugin gives it
+//! (`spec.configSecrets`, a directory of files the kubelet fills from Secrets,
+//! `--config-secrets-dir`), read at start and watched while the shim runs.
+//!
+//! Secret values go to the plugin in its `onLoad` payload and nowhere else: no log line, error or
+//! `Debug` output of the shim holds one (errors name the secret, never its value).
 //!
 //! The shim checks the document again against the `configSchema` of the bundle it verified, on
 //! every read: the operator checked `spec.config`, but a live configuration's ConfigMap can be
@@ -16,7 +20,15 @@ use airlock_bundle::config::{ConfigError, ConfigSchema, MAX_CONFIG_BYTES, check_
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::child::Supervisor;
+use std::collections::BTreeMap;
+
+use crate::child::{LoadPayload, Supervisor};
+
+/// Largest secret value handed to the plugin.
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Most secrets (the CRD allows as many).
+pub const MAX_SECRETS: usize = 16;
 
 /// How often a watched configuration file is read again. The kubelet updates a mounted
 /// ConfigMap on its own schedule (up to about a minute); this only adds a little to that.
@@ -53,6 +65,16 @@ pub enum ConfigFileError {
         /// Where it broke (line and column; no content).
         #[source]
         source: serde_json::Error,
+    },
+    /// A secret cannot be used (its value is never part of the message).
+    #[error("the plugin's secret {name:?} in {} cannot be used: {reason}", dir.display())]
+    Secret {
+        /// The secrets directory.
+        dir: PathBuf,
+        /// The secret's name (`spec.configSecrets[].name`).
+        name: String,
+        /// Why.
+        reason: String,
     },
     /// JSON, but not a configuration the plugin's signed `configSchema` accepts.
     #[error("the plugin's configuration {} is refused: {source}", path.display())]
@@ -122,57 +144,131 @@ impl ConfigFile {
     pub fn read(&self) -> Result<String, ConfigFileError> {
         self.check(&self.read_raw()?)
     }
+}
 
-    /// Reads the file every `interval` and hands each new configuration that passes the check to
+/// Everything the plugin is configured with: the configuration file (if the Plugin sets
+/// `spec.config`) and the secrets directory (if it sets `spec.configSecrets`).
+#[derive(Debug, Default)]
+pub struct ConfigSource {
+    /// `--config-file`, with the signed schema.
+    pub file: Option<ConfigFile>,
+    /// `--config-secrets-dir`.
+    pub secrets_dir: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// Whether there is anything to read (else the plugin gets `{"config":{}}` and nothing is
+    /// watched).
+    pub fn is_empty(&self) -> bool {
+        self.file.is_none() && self.secrets_dir.is_none()
+    }
+
+    /// Reads and checks everything: the payload of `onLoad` and `onConfigChange`.
+    pub fn read(&self) -> Result<LoadPayload, ConfigFileError> {
+        let config = match &self.file {
+            Some(file) => file.read()?,
+            None => "{}".to_string(),
+        };
+        let secrets = match &self.secrets_dir {
+            Some(dir) => read_secrets(dir)?,
+            None => BTreeMap::new(),
+        };
+        Ok(LoadPayload::new(&config, &secrets))
+    }
+
+    /// Reads everything every `interval` and hands each new payload that passes the checks to
     /// `supervisor` ([`Supervisor::reconfigure`]); `current` is the one the plugin started with.
-    /// Runs until the task is dropped.
+    /// A failure is logged once (until it changes) and the plugin keeps what it has. Runs until
+    /// the task is dropped.
     pub async fn watch(
         self: Arc<Self>,
         supervisor: Arc<Supervisor>,
-        current: String,
+        current: LoadPayload,
         interval: Duration,
     ) {
-        let mut last_raw: Option<Vec<u8>> = None;
         let mut current = current;
+        let mut last_error: Option<String> = None;
         loop {
             tokio::time::sleep(interval).await;
-            let raw = match self.read_raw() {
-                Ok(raw) => raw,
-                Err(e) => {
-                    // E.g. the kubelet swapping the mount's files: try again next round, and
-                    // say it once per kind of failure only.
-                    if last_raw.is_some() {
-                        warn!(error = %e, "cannot read the plugin's configuration; keeping the current one");
-                        last_raw = None;
+            match self.read() {
+                Ok(payload) => {
+                    last_error = None;
+                    if payload == current {
+                        continue;
                     }
-                    continue;
-                }
-            };
-            if last_raw.as_deref() == Some(&raw[..]) {
-                continue;
-            }
-            let checked = self.check(&raw);
-            last_raw = Some(raw);
-            match checked {
-                Ok(text) if text == current => {}
-                Ok(text) => {
-                    let outcome = supervisor.reconfigure(text.clone()).await;
+                    let outcome = supervisor.reconfigure(payload.clone()).await;
                     info!(
                         changed = outcome.changed,
                         restarted = outcome.restarted,
                         failed = outcome.failed,
                         "the plugin's configuration changed"
                     );
-                    current = text;
+                    current = payload;
                 }
-                Err(e) => warn!(
-                    error = %e,
-                    "the plugin's configuration changed to one its signed configSchema refuses; \
-                     the plugin keeps its current configuration (fix spec.config of the Plugin)"
-                ),
+                Err(e) => {
+                    // E.g. the kubelet swapping the mounted files: tried again next round, told
+                    // once.
+                    let message = e.to_string();
+                    if last_error.as_deref() != Some(message.as_str()) {
+                        warn!(
+                            error = %message,
+                            "the plugin's configuration changed to one that cannot be used; \
+                             the plugin keeps its current configuration (fix spec.config or \
+                             spec.configSecrets of the Plugin)"
+                        );
+                        last_error = Some(message);
+                    }
+                }
             }
         }
     }
+}
+
+/// The secrets in `dir` (one file per secret, named as in `spec.configSecrets`; the kubelet's own
+/// entries, which start with `.`, skipped): name → value.
+fn read_secrets(dir: &Path) -> Result<BTreeMap<String, String>, ConfigFileError> {
+    let failed = |name: &str, reason: String| ConfigFileError::Secret {
+        dir: dir.to_path_buf(),
+        name: name.to_string(),
+        reason,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|source| ConfigFileError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut secrets = BTreeMap::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ConfigFileError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        // Follows the kubelet's symlinks to the current version of each file.
+        let meta = std::fs::metadata(entry.path()).map_err(|e| failed(&name, e.to_string()))?;
+        if !meta.is_file() {
+            continue;
+        }
+        if meta.len() > MAX_SECRET_BYTES {
+            return Err(failed(
+                &name,
+                format!(
+                    "it is {} bytes, more than the {MAX_SECRET_BYTES} a secret may have",
+                    meta.len()
+                ),
+            ));
+        }
+        let bytes = std::fs::read(entry.path()).map_err(|e| failed(&name, e.to_string()))?;
+        let value = String::from_utf8(bytes)
+            .map_err(|_| failed(&name, "its value is not UTF-8 text".into()))?;
+        secrets.insert(name, value);
+        if secrets.len() > MAX_SECRETS {
+            return Err(failed("", format!("more than {MAX_SECRETS} secrets")));
+        }
+    }
+    Ok(secrets)
 }
 
 #[cfg(test)]

@@ -110,6 +110,14 @@ impl Plugin for PluginService {
             deadline_ms,
             invocation_id,
         } = request.into_inner();
+        if airlock_core::Hook::parse(&hook).is_some_and(airlock_core::Hook::is_lifecycle) {
+            return Err(Status::permission_denied(format!(
+                "{hook} is a lifecycle hook of plugin {}: only its shim calls it (a new \
+                 configuration comes from the Plugin's spec.config, checked); call one of its \
+                 other hooks",
+                self.manifest.name
+            )));
+        }
         if !self.manifest.declares(&hook) {
             let declared: Vec<_> = self.manifest.hooks.iter().map(|h| h.as_str()).collect();
             return Err(Status::invalid_argument(format!(

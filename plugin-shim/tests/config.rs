@@ -21,7 +21,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 /// and configuration. Reads one request at a time (also as a multiplexed plugin).
 const CONFIG_PLUGIN: &str = r#"
 import json, os, sys
-config = None
+config, secrets = None, {}
 def log(hook, cfg):
     with open("lifecycle", "a") as f:
         f.write("%d %s %s\n" % (os.getpid(), hook, json.dumps(cfg, sort_keys=True)))
@@ -29,6 +29,8 @@ for line in sys.stdin:
     req = json.loads(line)
     hook, p = req["hook"], req["payload"]
     answer = {"id": req["id"], "ok": True, "output": {}}
+    if hook in ("onLoad", "onConfigChange"):
+        secrets = p.get("secrets", {})
     if hook == "onLoad":
         config = p["config"]
         log(hook, config)
@@ -39,7 +41,7 @@ for line in sys.stdin:
         else:
             config = p["config"]
     else:
-        answer["output"] = {"pid": os.getpid(), "config": config}
+        answer["output"] = {"pid": os.getpid(), "config": config, "secrets": secrets}
     print(json.dumps(answer), flush=True)
 "#;
 
@@ -266,4 +268,117 @@ async fn without_a_configuration_the_plugin_loads_an_empty_one() {
     let client = shim.client().await;
     assert_eq!(seen(&client).await.1, json!({}));
     shim.stop().await;
+}
+
+#[tokio::test]
+async fn no_caller_can_send_a_lifecycle_hook_past_the_plugins_configuration() {
+    let shim = start(
+        "[onLoad, onConfigChange, onUnload, transform]",
+        false,
+        1,
+        json!({"greeting": "hi"}),
+    )
+    .await;
+    let client = shim.client().await;
+    for hook in ["onConfigChange", "onLoad", "onUnload"] {
+        let e = client
+            .clone()
+            .invoke(InvokeRequest {
+                hook: hook.into(),
+                payload_json: json!({"config": {"greeting": "owned"}}).to_string(),
+                deadline_ms: 2000,
+                invocation_id: String::new(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{hook}: {e:?}");
+        assert!(e.message().contains("lifecycle hook"), "{e:?}");
+    }
+    assert_eq!(seen(&client).await.1, json!({"greeting": "hi"}));
+    shim.stop().await;
+}
+
+/// What the plugin last got as secrets.
+async fn secrets_seen(client: &PluginClient<Channel>) -> Value {
+    let out = client
+        .clone()
+        .invoke(InvokeRequest {
+            hook: "transform".into(),
+            payload_json: "{}".into(),
+            deadline_ms: 5000,
+            invocation_id: String::new(),
+        })
+        .await
+        .expect("the plugin answers")
+        .into_inner();
+    serde_json::from_str::<Value>(&out.output_json).unwrap()["secrets"].clone()
+}
+
+#[tokio::test]
+async fn secrets_reach_the_plugin_with_its_configuration_and_a_rotation_reaches_it_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("apiToken"), "s3cret-1").unwrap();
+    // The kubelet's own entries of a projected volume are skipped.
+    std::fs::create_dir(secrets.join("..data")).unwrap();
+    let args = RunArgs {
+        config_secrets_dir: Some(secrets.clone()),
+        ..args(
+            dir.path(),
+            "[onLoad, onConfigChange, transform]",
+            false,
+            1,
+            &json!({"greeting": "hi"}),
+        )
+    };
+    let shim = Shim::start(dir, args).await;
+    wait_health(shim.addr, ServingStatus::Serving).await;
+    let client = shim.client().await;
+    assert_eq!(secrets_seen(&client).await, json!({"apiToken": "s3cret-1"}));
+    let (pid, _) = seen(&client).await;
+
+    let tmp = secrets.join(".tmp");
+    std::fs::write(&tmp, "s3cret-2").unwrap();
+    std::fs::rename(&tmp, secrets.join("apiToken")).unwrap();
+    eventually("the rotated secret", || async {
+        (secrets_seen(&client).await == json!({"apiToken": "s3cret-2"})).then_some(())
+    })
+    .await;
+    assert_eq!(seen(&client).await.0, pid, "no restart");
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn an_unusable_secret_is_named_and_its_value_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let mut value = b"top-secret-".to_vec();
+    value.extend([0xff, 0xfe]);
+    std::fs::write(secrets.join("apiToken"), &value).unwrap();
+    let args = RunArgs {
+        config_secrets_dir: Some(secrets),
+        ..args(
+            dir.path(),
+            "[onLoad, transform]",
+            false,
+            1,
+            &json!({"greeting": "hi"}),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = cli::run(args, listener, std::future::pending())
+        .await
+        .expect_err("refused");
+    let message = e.to_string();
+    assert!(
+        message.contains("apiToken") && message.contains("not UTF-8"),
+        "{message}"
+    );
+    assert!(!message.contains("top-secret"), "{message}");
+    assert!(
+        !format!("{e:?}").contains("top-secret"),
+        "nor in its Debug form"
+    );
 }

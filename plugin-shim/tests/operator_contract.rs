@@ -104,6 +104,11 @@ fn a_configured_plugin_gets_its_configuration_file_as_a_shim_flag() {
                 digest: "ab".repeat(32),
                 live,
             }),
+            // (The CRD types, without a dependency on airlock-crds for one test.)
+            config_secrets: serde_json::from_value(serde_json::json!([
+                {"name": "apiToken", "secretKeyRef": {"name": "vendor", "key": "token"}},
+            ]))
+            .expect("spec.configSecrets"),
             ..rollout(false, &[Permission::Log])
         };
         let run = shim_command_lines(&configured, &config(None))
@@ -118,6 +123,10 @@ fn a_configured_plugin_gets_its_configuration_file_as_a_shim_flag() {
             run.config_file,
             Some(format!("{CONFIG_DIR}/{CONFIG_KEY}").into()),
             "the shim reads the mounted configuration, not the plugin"
+        );
+        assert_eq!(
+            run.config_secrets_dir,
+            Some(airlock_operator::build::config_map::SECRETS_DIR.into())
         );
         assert_eq!(run.entry_point, ["python3", "-u", "main.py"]);
     }

@@ -25,6 +25,10 @@ pub const CONFIG_KEY: &str = "config.json";
 /// Where the ConfigMap is mounted in the plugin container.
 pub const CONFIG_DIR: &str = "/var/run/airlock/config";
 
+/// Where `spec.configSecrets` are mounted in the plugin container: one file per secret, named as
+/// the plugin knows it (`airlock-shim run --config-secrets-dir`).
+pub const SECRETS_DIR: &str = "/var/run/airlock/secrets";
+
 /// `app.kubernetes.io/component` of a configuration ConfigMap: the chart's admission policy lets
 /// the operator write only ConfigMaps with this label that a Plugin controls.
 pub const CONFIG_COMPONENT: &str = "plugin-config";

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::bundle_secret::{BUNDLE_KEY, PUBLIC_KEY_KEY, SIGNATURE_KEY, bundle_secret_name};
-use super::config_map::{CONFIG_DIR, CONFIG_KEY, config_map_name};
+use super::config_map::{CONFIG_DIR, CONFIG_KEY, SECRETS_DIR, config_map_name};
 use super::tls_secret::tls_secret_name;
 use super::{BuildConfig, GRPC_PORT, HEALTH_PORT, Rollout, TLS_DIR, child_name, labels};
 
@@ -141,6 +141,9 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
     }
     if rollout.config.is_some() {
         shim_args.extend(["--config-file".into(), format!("{CONFIG_DIR}/{CONFIG_KEY}")]);
+    }
+    if !rollout.config_secrets.is_empty() {
+        shim_args.extend(["--config-secrets-dir".into(), SECRETS_DIR.into()]);
     }
     shim_args.push("--".into());
     shim_args.extend(rollout.entry_point.iter().cloned());
@@ -289,6 +292,33 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
         }
         if let Some(mounts) = pod["containers"][0]["volumeMounts"].as_array_mut() {
             mounts.push(json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}));
+        }
+    }
+    // Each secret a file named as the plugin knows it, readable by the pod's user only. The
+    // kubelet reads the Secrets (a missing one holds the pod in ContainerCreating, which the
+    // rollout's progress deadline reports); the operator never does.
+    if !rollout.config_secrets.is_empty() {
+        let sources: Vec<Value> = rollout
+            .config_secrets
+            .iter()
+            .map(|s| {
+                json!({"secret": {
+                    "name": s.secret_key_ref.name,
+                    "items": [{"key": s.secret_key_ref.key, "path": s.name}],
+                }})
+            })
+            .collect();
+        let pod = &mut value["spec"]["template"]["spec"];
+        if let Some(volumes) = pod["volumes"].as_array_mut() {
+            volumes.push(json!({"name": "config-secrets", "projected": {
+                "sources": sources,
+                "defaultMode": 0o440,
+            }}));
+        }
+        if let Some(mounts) = pod["containers"][0]["volumeMounts"].as_array_mut() {
+            mounts.push(
+                json!({"name": "config-secrets", "mountPath": SECRETS_DIR, "readOnly": true}),
+            );
         }
     }
     from_json(value)
@@ -603,6 +633,95 @@ mod tests {
                 (CONFIG_DIR, Some(true))
             );
         }
+    }
+
+    #[test]
+    fn config_secrets_are_mounted_by_reference_for_the_shim_only() {
+        use airlock_crds::plugin::{ConfigSecret, SecretKeyRef};
+        let secret = |name: &str, secret: &str, key: &str| ConfigSecret {
+            name: name.into(),
+            secret_key_ref: SecretKeyRef {
+                name: secret.into(),
+                key: key.into(),
+            },
+        };
+        let with = Rollout {
+            config_secrets: vec![
+                secret("apiToken", "vendor", "token"),
+                secret("signingKey", "keys", "hmac"),
+            ],
+            ..rollout()
+        };
+        let pod = pod_spec(&deployment(&plugin(HELLO), &with, &config()));
+        let args = pod.containers[0].args.clone().unwrap_or_default();
+        assert_eq!(value_of(&args, "--config-secrets-dir"), SECRETS_DIR);
+        let dash = args.iter().position(|a| a == "--").unwrap_or_default();
+        assert!(
+            args.iter().position(|a| a == "--config-secrets-dir") < Some(dash),
+            "a shim flag: {args:?}"
+        );
+        let projected = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == "config-secrets")
+            .and_then(|v| v.projected)
+            .expect("a projected volume");
+        assert_eq!(projected.default_mode, Some(0o440), "not world-readable");
+        let items: Vec<(String, String, String)> = projected
+            .sources
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| s.secret)
+            .flat_map(|s| {
+                let name = s.name.clone();
+                s.items
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |i| (name.clone(), i.key, i.path))
+            })
+            .collect();
+        assert_eq!(
+            items,
+            [
+                ("vendor".into(), "token".into(), "apiToken".into()),
+                ("keys".into(), "hmac".into(), "signingKey".into()),
+            ]
+        );
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+        let mount = mounts
+            .iter()
+            .find(|m| m.name == "config-secrets")
+            .expect("mounted");
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (SECRETS_DIR, Some(true))
+        );
+        assert!(
+            pod.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .all(|e| e.value_from.is_none()),
+            "never in the environment (inherited by every process, shown by describe)"
+        );
+        assert!(
+            pod.init_containers.iter().flatten().all(|c| c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != "config-secrets")),
+            "only the plugin container mounts them"
+        );
+        let without = pod_spec(&deployment(&plugin(HELLO), &rollout(), &config()));
+        assert!(
+            without
+                .volumes
+                .unwrap_or_default()
+                .iter()
+                .all(|v| v.name != "config-secrets"),
+            "none set: the template stays as it was"
+        );
     }
 
     #[test]

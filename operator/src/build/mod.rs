@@ -83,6 +83,9 @@ pub struct Rollout {
     /// `spec.config`, checked against the signed manifest's `configSchema`; `None` when the
     /// Plugin sets none (the pod then has no configuration mount and the plugin gets `{}`).
     pub config: Option<PluginConfig>,
+    /// `spec.configSecrets` in name order: Secret keys mounted into the pod for the shim to hand
+    /// to the plugin ([`config_map::SECRETS_DIR`]). References only; never read by the operator.
+    pub config_secrets: Vec<airlock_crds::plugin::ConfigSecret>,
     /// Short hash of everything that changes the pod; names the revision in status.
     pub revision: String,
 }
@@ -179,6 +182,7 @@ spec:
             limits: Default::default(),
             concurrency: 1,
             config: None,
+            config_secrets: vec![],
             revision: "r1a2b3c4d".into(),
         }
     }

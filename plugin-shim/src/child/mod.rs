@@ -53,9 +53,9 @@ pub struct ChildSpec {
     pub bundle_dir: PathBuf,
     /// Whether to send `onLoad` after each start (and only then report ready).
     pub on_load: bool,
-    /// The configuration each new process gets in `onLoad` (`{"config": …}`): compact JSON of an
-    /// object, checked; `{}` when the Plugin sets none. [`Supervisor::reconfigure`] replaces it.
-    pub config: String,
+    /// What each new process gets in `onLoad`: its configuration (and secrets).
+    /// [`Supervisor::reconfigure`] replaces it.
+    pub load_payload: LoadPayload,
     /// Whether the plugin takes a new configuration in `onConfigChange` while it runs (else its
     /// processes are restarted to get it).
     pub on_config_change: bool,
@@ -74,6 +74,44 @@ pub struct ChildSpec {
     /// The manifest's `multiplexed`: with a concurrency above 1, run one process with that many
     /// requests in flight instead of that many processes.
     pub multiplexed: bool,
+}
+
+/// The payload of `onLoad` and `onConfigChange`: `{"config": {...}}`, with `"secrets": {...}`
+/// when the Plugin gives the plugin secrets. Compact JSON of an object, checked. Its `Debug`
+/// shows its size only: it may hold secret values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LoadPayload(Arc<str>);
+
+impl LoadPayload {
+    /// `{"config": <config>}` (compact JSON of an object) with `secrets` (name → value) if any.
+    pub fn new(config: &str, secrets: &std::collections::BTreeMap<String, String>) -> Self {
+        let text = match secrets.is_empty() {
+            true => format!(r#"{{"config":{config}}}"#),
+            false => format!(
+                r#"{{"config":{config},"secrets":{}}}"#,
+                serde_json::to_string(secrets).unwrap_or_else(|_| "{}".into())
+            ),
+        };
+        Self(Arc::from(text))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for LoadPayload {
+    /// No configuration: `{"config":{}}`.
+    fn default() -> Self {
+        Self::new("{}", &Default::default())
+    }
+}
+
+impl std::fmt::Debug for LoadPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoadPayload({} bytes)", self.0.len())
+    }
 }
 
 /// The sandbox of the plugin process and the executable that applies it.

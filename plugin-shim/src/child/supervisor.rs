@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::exchange::ExchangeError;
 use super::spawn::{self, Groups, Running};
-use super::{Answer, ChildSpec, InvokeError};
+use super::{Answer, ChildSpec, InvokeError, LoadPayload};
 use crate::logs::LogStats;
 use airlock_core::Hook;
 use airlock_core::rate::LineBudget;
@@ -133,8 +133,8 @@ pub struct Supervisor {
     groups: Arc<Groups>,
     /// Starts of any process so far; names `onLoad` requests.
     starts: AtomicU64,
-    /// The configuration a new process gets in `onLoad` (starts as `spec.config`).
-    config: std::sync::Mutex<Arc<str>>,
+    /// What a new process gets in `onLoad` (starts as `spec.load_payload`).
+    config: std::sync::Mutex<LoadPayload>,
     /// Configuration changes so far; names `onConfigChange` requests.
     reconfigs: AtomicU64,
     ready: watch::Sender<bool>,
@@ -181,7 +181,7 @@ impl Supervisor {
         let mux =
             (spec.multiplexed && concurrency > 1).then(|| multiplexed::MuxSlot::new(concurrency));
         let processes = if mux.is_some() { 0 } else { concurrency };
-        let config = std::sync::Mutex::new(Arc::from(spec.config.as_str()));
+        let config = std::sync::Mutex::new(spec.load_payload.clone());
         Arc::new(Self {
             log_budget: Arc::new(std::sync::Mutex::new(LineBudget::new(
                 spec.log_lines_per_minute,
@@ -566,19 +566,23 @@ impl Supervisor {
         }
     }
 
-    /// The payload of `onLoad` and `onConfigChange`: `{"config": <the current configuration>}`.
+    /// The payload of `onLoad` and `onConfigChange`: the current configuration.
     fn lifecycle_payload(&self) -> String {
-        let config = Arc::clone(&self.config.lock().unwrap_or_else(|e| e.into_inner()));
-        format!(r#"{{"config":{config}}}"#)
+        let payload = self
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        payload.as_str().to_string()
     }
 
-    /// Hands a new configuration (compact JSON of an object, already checked) to the plugin.
+    /// Hands a new configuration (already checked) to the plugin.
     /// Every process started from now on gets it in `onLoad`. Each running process gets it in
     /// `onConfigChange`, one process at a time between its calls, when the plugin declares that
     /// hook; it is restarted (so `onLoad` gives it the new one) when the plugin does not, or when
     /// the hook fails or times out — never left running with the old configuration.
-    pub async fn reconfigure(self: &Arc<Self>, config: String) -> Reconfigured {
-        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(config);
+    pub async fn reconfigure(self: &Arc<Self>, config: LoadPayload) -> Reconfigured {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
         let payload = self.lifecycle_payload();
         let n = self.reconfigs.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(mux) = &self.mux {

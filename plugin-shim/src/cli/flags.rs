@@ -221,6 +221,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
+    /// The plugin's secrets (`Plugin.spec.configSecrets`): a directory with one file per secret,
+    /// named as the plugin knows it. Handed to the plugin with its configuration
+    /// (`"secrets": {name: value}`), read again every 2 s like --config-file; never logged.
+    #[arg(long, value_name = "DIR")]
+    pub config_secrets_dir: Option<PathBuf>,
+
     /// Host calls handled in-process instead of over --host-api (tests).
     #[arg(skip)]
     pub host_calls: Option<Arc<dyn HostCalls>>,

@@ -15,7 +15,7 @@ use super::RunError;
 use super::flags::RunArgs;
 use super::verify;
 use crate::child::{ChildSpec, Sandbox, Supervisor};
-use crate::config::{self, ConfigFile};
+use crate::config::{self, ConfigFile, ConfigSource};
 use crate::host::{ClientTlsFiles, GrpcHost, HostCalls};
 use crate::sandbox::{SandboxSpec, hidden};
 use crate::server::{self, PluginService};
@@ -116,17 +116,17 @@ pub async fn run(
     );
 
     // Checked before the plugin starts: it never runs with a configuration its schema refuses.
-    let config_file = match &args.config_file {
-        Some(path) => Some(Arc::new(
-            ConfigFile::new(path, manifest.config_schema.as_ref())
-                .map_err(RunError::ConfigSchema)?,
-        )),
-        None => None,
+    let source = ConfigSource {
+        file: match &args.config_file {
+            Some(path) => Some(
+                ConfigFile::new(path, manifest.config_schema.as_ref())
+                    .map_err(RunError::ConfigSchema)?,
+            ),
+            None => None,
+        },
+        secrets_dir: args.config_secrets_dir.clone(),
     };
-    let config = match &config_file {
-        Some(file) => file.read()?,
-        None => "{}".to_string(),
-    };
+    let load_payload = source.read()?;
 
     let argv = if args.entry_point.is_empty() {
         manifest.entry_point.clone()
@@ -138,7 +138,7 @@ pub async fn run(
             argv,
             bundle_dir,
             on_load: manifest.hooks.contains(&Hook::OnLoad),
-            config: config.clone(),
+            load_payload: load_payload.clone(),
             on_config_change: manifest.hooks.contains(&Hook::OnConfigChange),
             on_unload: manifest.hooks.contains(&Hook::OnUnload),
             lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
@@ -185,8 +185,10 @@ pub async fn run(
         }
     });
 
-    let watch = config_file
-        .map(|file| tokio::spawn(file.watch(supervisor.clone(), config, config::WATCH_INTERVAL)));
+    let watch = (!source.is_empty()).then(|| {
+        let source = Arc::new(source);
+        tokio::spawn(source.watch(supervisor.clone(), load_payload, config::WATCH_INTERVAL))
+    });
 
     // As PID 1 of the container the shim inherits whatever the plugin forked and left behind.
     let reaper =

@@ -88,6 +88,7 @@ impl Shim {
             max_log_lines_per_minute: 100,
             host_api: None,
             config_file: None,
+            config_secrets_dir: None,
             host_calls: None,
             sandbox: sandbox(),
             entry_point: vec![],

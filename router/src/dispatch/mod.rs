@@ -551,9 +551,19 @@ fn step(
     }
 }
 
+/// The hook a caller names, if a caller may call it: lifecycle hooks are the shims' own.
 fn parse_hook(hook: &str) -> Result<Hook, RouteError> {
     // The hook is the caller's text, of any size: quoted only when short (hook names are).
     const QUOTED: usize = 32;
+    if let Some(h) = Hook::parse(hook).filter(|h| h.is_lifecycle()) {
+        return Err(RouteError::new(
+            Code::InvalidArgument,
+            format!(
+                "{h} is a lifecycle hook: each plugin's shim calls it, callers do not; call \
+                 transform or onEvent"
+            ),
+        ));
+    }
     Hook::parse(hook).ok_or_else(|| {
         let what = if hook.len() <= QUOTED {
             format!("hook {hook:?}")
@@ -563,8 +573,8 @@ fn parse_hook(hook: &str) -> Result<Hook, RouteError> {
         RouteError::new(
             Code::InvalidArgument,
             format!(
-                "{what} is not a hook of plugin API version 1; use one of onLoad, onUnload, \
-                 transform, onEvent"
+                "{what} is not a hook of plugin API version 1; callers call transform or \
+                 onEvent"
             ),
         )
     })

@@ -275,7 +275,8 @@ async fn invoke_refuses_bad_input_and_unknown_plugins_with_a_reason() {
     let invalid = [
         ("transform", "{", "not a JSON document"),
         ("onEvent", "{}", "it declares transform"),
-        ("bogus", "{}", "use one of onLoad"),
+        ("bogus", "{}", "callers call transform or onEvent"),
+        ("onConfigChange", "{}", "lifecycle hook"),
     ];
     for (hook, payload, reason) in invalid {
         let e = s.invoke("a", hook, payload).await.expect_err("refused");
