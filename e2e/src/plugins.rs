@@ -289,7 +289,7 @@ pub async fn operator_warnings(client: &Client) -> Result<Vec<String>> {
 }
 
 /// The log of every operator pod, by pod name.
-async fn operator_logs(client: &Client) -> Result<Vec<(String, String)>> {
+pub async fn operator_logs(client: &Client) -> Result<Vec<(String, String)>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), crate::install::NAMESPACE);
     let lp = ListParams::default().labels("app.kubernetes.io/name=airlock-operator");
     let mut out = Vec::new();

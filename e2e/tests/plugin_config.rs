@@ -9,11 +9,11 @@ use std::time::Duration;
 use airlock_crds::Plugin;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use airlock_e2e::plugins::{condition, wait_plugin};
+use airlock_e2e::plugins::{condition, operator_logs, wait_plugin};
 use airlock_e2e::pods::containers;
 use airlock_e2e::router::{Fixture, in_fixture};
 use airlock_e2e::tenant::{Tenant, impersonating};
@@ -293,4 +293,121 @@ async fn plugin_logs(f: &Fixture, labels: &str) -> Result<String> {
         out.push_str(&pods.logs(&name, &Default::default()).await?);
     }
     Ok(out)
+}
+
+/// HMAC-SHA256 of `text` under `key`, hex, as python-upper signs (computed by Python's own
+/// `hmac`, the reference the plugin uses, rather than by the test).
+fn hmac_hex(key: &str, text: &str) -> Result<String> {
+    let python = std::env::var("AIRLOCK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import hmac,hashlib,sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha256).hexdigest())",
+            key,
+            text,
+        ])
+        .output()
+        .context("running python3 for the expected HMAC")?;
+    ensure!(out.status.success(), "python3: {out:?}");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+async fn put_secret(f: &Fixture, value: &str) -> Result<()> {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "signing"},
+        "stringData": {"hmac": value},
+    }))?;
+    f.ns.api::<Secret>()
+        .patch(
+            "signing",
+            &PatchParams::apply("airlock-e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "signing"},
+                "stringData": secret.string_data,
+            })),
+        )
+        .await
+        .context("writing the Secret signing")?;
+    Ok(())
+}
+
+/// The `signature` of python-upper's answer to the text `a`.
+async fn signature(f: &Fixture) -> Result<Option<String>, tonic::Status> {
+    f.invoke("upper", "transform", json!({"text": "a"}))
+        .await
+        .map(|out| out["signature"].as_str().map(str::to_string))
+}
+
+#[tokio::test]
+async fn a_secret_by_reference_reaches_the_plugin_only_and_a_rotation_reaches_it_live() -> Result<()>
+{
+    in_fixture("config-secret", &["log"], async |f: &Fixture| {
+        let (first, second) = ("e2e-signing-key-7f3a91", "e2e-signing-key-rotated-c04d");
+        put_secret(f, first).await?;
+        f.apply(
+            "upper",
+            "python-upper",
+            hooks(),
+            json!(["log"]),
+            json!({
+                "config": {"suffix": "!"},
+                "configSecrets": [
+                    {"name": "signingKey", "secretKeyRef": {"name": "signing", "key": "hmac"}},
+                ],
+            }),
+        )
+        .await?;
+        f.wait_serving(&["upper"], "transform").await?;
+        let want = hmac_hex(first, "A!")?;
+        wait::until(
+            "python-upper to sign with the mounted secret",
+            crate_wait(),
+            async || Ok(signature(f).await),
+            |s| matches!(s, Ok(Some(got)) if *got == want),
+        )
+        .await
+        .map(drop)?;
+        let labels = "airlock.dev/plugin=upper";
+        let before = containers(&f.client, f.ns(), labels).await?;
+
+        // Rotated in the Secret: the running plugin signs with the new key, no restart.
+        put_secret(f, second).await?;
+        let want = hmac_hex(second, "A!")?;
+        wait::until(
+            "python-upper to sign with the rotated secret",
+            LIVE_CHANGE,
+            async || Ok(signature(f).await),
+            |s| matches!(s, Ok(Some(got)) if *got == want),
+        )
+        .await
+        .map(drop)?;
+        ensure!(
+            containers(&f.client, f.ns(), labels).await? == before,
+            "no pod was replaced and no container restarted"
+        );
+
+        // Neither value in the Plugin (status included), its Deployment, its Events or the
+        // logs of the operator and the plugin pod.
+        let mut seen = serde_json::to_string(&f.ns.api::<Plugin>().get("upper").await?)?;
+        seen += &serde_json::to_string(&f.ns.api::<Deployment>().get("upper").await?)?;
+        let events =
+            f.ns.api::<k8s_openapi::api::events::v1::Event>()
+                .list(&ListParams::default())
+                .await?;
+        seen += &serde_json::to_string(&events.items)?;
+        for (_, log) in operator_logs(&f.client).await? {
+            seen += &log;
+        }
+        seen += &plugin_logs(f, labels).await?;
+        for value in [first, second] {
+            ensure!(!seen.contains(value), "the secret value {value} leaked");
+        }
+        ensure!(
+            seen.contains("secrets ['signingKey']"),
+            "the plugin logged the secret's name (so the logs were read)"
+        );
+        Ok(())
+    })
+    .await
 }

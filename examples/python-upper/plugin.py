@@ -4,27 +4,37 @@ The shim writes one JSON request per line to stdin and reads one JSON answer per
 stdout (plugin-shim/PROTOCOL.md); stderr is the plugin's log. `transform` upper-cases the
 payload's "text" and appends the configured "suffix"; `onEvent` counts the events it has seen.
 Its configuration (Plugin.spec.config, checked against configSchema in plugin.yaml) arrives in
-`onLoad` and, when it changes, in `onConfigChange`: no restart.
+`onLoad` and, when it changes, in `onConfigChange`: no restart. With the secret `signingKey`
+(Plugin.spec.configSecrets) each answer also carries an HMAC-SHA256 of its text under that key.
 """
+import hashlib
+import hmac
 import json
 import sys
 
 seen = 0
 config = {}
+secrets = {}
 
 
 def handle(hook, payload):
-    global seen, config
+    global seen, config, secrets
     if hook in ("onLoad", "onConfigChange"):
         config = payload.get("config") or {}
-        # The keys only: a configuration is not a log line.
-        print(f"python-upper: {hook}: configured {sorted(config)}", file=sys.stderr, flush=True)
+        secrets = payload.get("secrets") or {}
+        # Names only: neither a configuration nor a secret is a log line.
+        print(f"python-upper: {hook}: configured {sorted(config)}, secrets {sorted(secrets)}",
+              file=sys.stderr, flush=True)
         return {}
     if hook == "transform":
         text = payload.get("text") if isinstance(payload, dict) else None
         if not isinstance(text, str):
             raise ValueError('payload needs a string "text"')
-        return {"text": text.upper() + config.get("suffix", ""), "plugin": "python-upper"}
+        out = {"text": text.upper() + config.get("suffix", ""), "plugin": "python-upper"}
+        key = secrets.get("signingKey")
+        if key:
+            out["signature"] = hmac.new(key.encode(), out["text"].encode(), hashlib.sha256).hexdigest()
+        return out
     if hook == "onEvent":
         seen += 1
         print(f"python-upper: event #{seen}", file=sys.stderr, flush=True)
