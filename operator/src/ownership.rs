@@ -212,32 +212,18 @@ pub fn secret_refusal(
     refusal(target, message, plugin_name, plugin_uid)
 }
 
-/// [`secret_refusal`] for a ConfigMap of a plugin's configuration and [`CONFIG_MAP_POLICY`].
-pub fn config_map_refusal(
-    message: &str,
-    namespace: &str,
-    name: &str,
-    plugin_name: &str,
-    plugin_uid: &str,
-) -> Option<NotOwned> {
-    let target = Refused {
-        kind: "ConfigMap",
-        policy: CONFIG_MAP_POLICY,
-        namespace,
-        name,
-    };
-    refusal(target, message, plugin_name, plugin_uid)
+/// An object a write to was refused, and the policy that may have refused it (e.g. a ConfigMap
+/// of a plugin's configuration and [`CONFIG_MAP_POLICY`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Refused<'a> {
+    pub kind: &'static str,
+    pub policy: &'static str,
+    pub namespace: &'a str,
+    pub name: &'a str,
 }
 
-/// An object a write to was refused, and the policy that may have refused it.
-struct Refused<'a> {
-    kind: &'static str,
-    policy: &'static str,
-    namespace: &'a str,
-    name: &'a str,
-}
-
-fn refusal(
+/// [`secret_refusal`] for any kind and policy.
+pub fn refusal(
     target: Refused<'_>,
     message: &str,
     plugin_name: &str,

@@ -45,6 +45,9 @@ for line in sys.stdin:
     print(json.dumps(answer), flush=True)
 "#;
 
+/// The hooks of a plugin that takes a new configuration while it runs.
+const LIVE: &str = "[onLoad, onConfigChange, transform]";
+
 /// A signed manifest's `configSchema`: a short greeting is required.
 const SCHEMA: &str = "configSchema:\n  type: object\n  properties:\n    greeting: {type: string, maxLength: 8}\n    refuse: {type: boolean}\n  required: [greeting]\n";
 
@@ -114,13 +117,7 @@ fn lifecycle(shim: &Shim) -> String {
 
 #[tokio::test]
 async fn a_change_reaches_every_process_in_on_config_change_without_a_restart() {
-    let shim = start(
-        "[onLoad, onConfigChange, transform]",
-        false,
-        2,
-        json!({"greeting": "hi"}),
-    )
-    .await;
+    let shim = start(LIVE, false, 2, json!({"greeting": "hi"})).await;
     let client = shim.client().await;
     let (pid, config) = seen(&client).await;
     assert_eq!(config, json!({"greeting": "hi"}), "onLoad gave it the file");
@@ -156,62 +153,42 @@ async fn a_change_reaches_every_process_in_on_config_change_without_a_restart() 
     panic!("the first process ({pid}) no longer answers: it was restarted\n{log}");
 }
 
-#[tokio::test]
-async fn without_on_config_change_the_process_restarts_with_the_new_configuration() {
-    let shim = start("[onLoad, transform]", false, 1, json!({"greeting": "hi"})).await;
+/// Starts the plugin with `hooks` (multiplexed or not, `concurrency`) and `{"greeting": "hi"}`,
+/// changes the file to `to` and waits until a call sees it: the pids of the process that answered
+/// before and after.
+async fn change(hooks: &str, multiplexed: bool, concurrency: u32, to: Value) -> (u64, u64) {
+    let shim = start(hooks, multiplexed, concurrency, json!({"greeting": "hi"})).await;
     let client = shim.client().await;
     let (before, _) = seen(&client).await;
-    write_config(shim.dir.path(), &json!({"greeting": "hey"}));
-    let after = wait_for_config(&client, &json!({"greeting": "hey"})).await;
-    assert_ne!(before, after, "a new process loaded it");
+    write_config(shim.dir.path(), &to);
+    let after = wait_for_config(&client, &to).await;
     shim.stop().await;
+    (before, after)
+}
+
+#[tokio::test]
+async fn without_on_config_change_the_process_restarts_with_the_new_configuration() {
+    let (before, after) = change("[onLoad, transform]", false, 1, json!({"greeting": "hey"})).await;
+    assert_ne!(before, after, "a new process loaded it");
 }
 
 #[tokio::test]
 async fn a_change_the_plugin_refuses_restarts_it_with_the_new_configuration() {
-    let shim = start(
-        "[onLoad, onConfigChange, transform]",
-        false,
-        1,
-        json!({"greeting": "hi"}),
-    )
-    .await;
-    let client = shim.client().await;
-    let (before, _) = seen(&client).await;
-    let refused = json!({"greeting": "hey", "refuse": true});
-    write_config(shim.dir.path(), &refused);
     // Never left running with the old configuration: the new process loads the new one.
-    let after = wait_for_config(&client, &refused).await;
+    let refused = json!({"greeting": "hey", "refuse": true});
+    let (before, after) = change(LIVE, false, 1, refused).await;
     assert_ne!(before, after);
-    shim.stop().await;
 }
 
 #[tokio::test]
 async fn a_multiplexed_plugin_takes_the_change_alone_in_its_one_process() {
-    let shim = start(
-        "[onLoad, onConfigChange, transform]",
-        true,
-        3,
-        json!({"greeting": "hi"}),
-    )
-    .await;
-    let client = shim.client().await;
-    let (pid, _) = seen(&client).await;
-    write_config(shim.dir.path(), &json!({"greeting": "hey"}));
-    let after = wait_for_config(&client, &json!({"greeting": "hey"})).await;
-    assert_eq!(pid, after, "the one process took it without a restart");
-    shim.stop().await;
+    let (before, after) = change(LIVE, true, 3, json!({"greeting": "hey"})).await;
+    assert_eq!(before, after, "the one process took it without a restart");
 }
 
 #[tokio::test]
 async fn an_edit_the_signed_schema_refuses_never_reaches_the_plugin() {
-    let shim = start(
-        "[onLoad, onConfigChange, transform]",
-        false,
-        1,
-        json!({"greeting": "hi"}),
-    )
-    .await;
+    let shim = start(LIVE, false, 1, json!({"greeting": "hi"})).await;
     let client = shim.client().await;
     // Someone who may edit ConfigMaps in the namespace edits the live one past the operator.
     write_config(
@@ -324,13 +301,7 @@ async fn secrets_reach_the_plugin_with_its_configuration_and_a_rotation_reaches_
     std::fs::create_dir(secrets.join("..data")).unwrap();
     let args = RunArgs {
         config_secrets_dir: Some(secrets.clone()),
-        ..args(
-            dir.path(),
-            "[onLoad, onConfigChange, transform]",
-            false,
-            1,
-            &json!({"greeting": "hi"}),
-        )
+        ..args(dir.path(), LIVE, false, 1, &json!({"greeting": "hi"}))
     };
     let shim = Shim::start(dir, args).await;
     wait_health(shim.addr, ServingStatus::Serving).await;

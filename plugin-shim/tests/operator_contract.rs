@@ -93,6 +93,18 @@ fn every_command_line_the_operator_builds_parses_with_the_shims_cli() {
     }
 }
 
+/// The `run` command line the operator builds for `rollout`, parsed.
+fn run_args(rollout: &Rollout) -> Box<airlock_plugin_shim::cli::RunArgs> {
+    shim_command_lines(rollout, &config(None))
+        .into_iter()
+        .map(|argv| Cli::try_parse_from(&argv).expect("parses"))
+        .find_map(|cli| match cli.command {
+            Command::Run(run) => Some(run),
+            _ => None,
+        })
+        .expect("a run command line")
+}
+
 #[test]
 fn a_configured_plugin_gets_its_configuration_file_as_a_shim_flag() {
     use airlock_operator::build::PluginConfig;
@@ -111,14 +123,7 @@ fn a_configured_plugin_gets_its_configuration_file_as_a_shim_flag() {
             .expect("spec.configSecrets"),
             ..rollout(false, &[Permission::Log])
         };
-        let run = shim_command_lines(&configured, &config(None))
-            .into_iter()
-            .map(|argv| Cli::try_parse_from(&argv).expect("parses"))
-            .find_map(|cli| match cli.command {
-                Command::Run(run) => Some(run),
-                _ => None,
-            })
-            .expect("a run command line");
+        let run = run_args(&configured);
         assert_eq!(
             run.config_file,
             Some(format!("{CONFIG_DIR}/{CONFIG_KEY}").into()),
@@ -130,14 +135,6 @@ fn a_configured_plugin_gets_its_configuration_file_as_a_shim_flag() {
         );
         assert_eq!(run.entry_point, ["python3", "-u", "main.py"]);
     }
-    let plain = shim_command_lines(&rollout(false, &[Permission::Log]), &config(None));
-    let run = plain
-        .into_iter()
-        .map(|argv| Cli::try_parse_from(&argv).expect("parses"))
-        .find_map(|cli| match cli.command {
-            Command::Run(run) => Some(run),
-            _ => None,
-        })
-        .expect("a run command line");
-    assert_eq!(run.config_file, None);
+    let run = run_args(&rollout(false, &[Permission::Log]));
+    assert_eq!((run.config_file, run.config_secrets_dir), (None, None));
 }

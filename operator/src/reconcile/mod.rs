@@ -86,39 +86,50 @@ impl Error {
     /// `e`, from a write of the Plugin's Secret `ns/name`, as [`Error::NotOwned`] when it is the
     /// chart's admission policy refusing a Secret that is not the Plugin's.
     pub(crate) fn from_secret_write(e: kube::Error, plugin: &Plugin, ns: &str, name: &str) -> Self {
-        let uid = plugin.uid().unwrap_or_default();
-        match &e {
-            kube::Error::Api(ae) if ae.code == 403 || ae.code == 422 => {
-                crate::ownership::secret_refusal(&ae.message, ns, name, &plugin.name_any(), &uid)
-                    .or_else(|| crate::ownership::secret_invalid(&ae.message, ns, name))
-                    .map_or(Error::Kube(e), Error::NotOwned)
-            }
-            _ => Error::Kube(e),
-        }
+        let target = crate::ownership::Refused {
+            kind: "Secret",
+            policy: crate::ownership::SECRET_POLICY,
+            namespace: ns,
+            name,
+        };
+        Self::from_owned_write(e, plugin, target)
     }
-}
 
-impl Error {
-    /// [`Error::from_secret_write`] for the ConfigMap of the Plugin's configuration `ns/name`
-    /// (the chart's policy `<release>-operator-configmaps`).
+    /// The same for the ConfigMap of the Plugin's configuration (the chart's policy
+    /// `<release>-operator-configmaps`).
     pub(crate) fn from_config_map_write(
         e: kube::Error,
         plugin: &Plugin,
         ns: &str,
         name: &str,
     ) -> Self {
+        let target = crate::ownership::Refused {
+            kind: "ConfigMap",
+            policy: crate::ownership::CONFIG_MAP_POLICY,
+            namespace: ns,
+            name,
+        };
+        Self::from_owned_write(e, plugin, target)
+    }
+
+    fn from_owned_write(
+        e: kube::Error,
+        plugin: &Plugin,
+        target: crate::ownership::Refused<'_>,
+    ) -> Self {
         let uid = plugin.uid().unwrap_or_default();
         match &e {
             kube::Error::Api(ae) if ae.code == 403 || ae.code == 422 => {
-                crate::ownership::config_map_refusal(
-                    &ae.message,
-                    ns,
-                    name,
-                    &plugin.name_any(),
-                    &uid,
-                )
-                .or_else(|| crate::ownership::invalid("ConfigMap", &ae.message, ns, name))
-                .map_or(Error::Kube(e), Error::NotOwned)
+                crate::ownership::refusal(target, &ae.message, &plugin.name_any(), &uid)
+                    .or_else(|| {
+                        crate::ownership::invalid(
+                            target.kind,
+                            &ae.message,
+                            target.namespace,
+                            target.name,
+                        )
+                    })
+                    .map_or(Error::Kube(e), Error::NotOwned)
             }
             _ => Error::Kube(e),
         }
