@@ -235,6 +235,14 @@ pub struct PluginSpec {
     #[schemars(length(max = 16))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub config_secrets: Vec<ConfigSecret>,
+
+    /// Lets `spec.version` go below the version that last wrote the plugin's storage
+    /// (`PluginStorage` `status.writtenBy`). Without it such a downgrade is refused
+    /// (`Compatible=False`, reason `DowngradeRefused`) and the running revision keeps serving: an
+    /// older version may not understand what a newer one stored. Set it once you know the older
+    /// version reads that data (or after clearing the storage). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_downgrade: bool,
 }
 
 /// One secret value for the plugin (`spec.configSecrets[]`).

@@ -64,6 +64,11 @@ pub struct PluginStorageStatus {
     pub bytes: u64,
     /// The metadata.generation of the spec whose seed is merged into `entries`.
     pub seed_generation: Option<i64>,
+    /// The plugin version whose process last wrote `entries` (the version of its signed
+    /// manifest). The operator refuses a Plugin version below it unless the Plugin sets
+    /// `spec.allowDowngrade`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_by: Option<String>,
 }
 
 /// What the plugin reads: the live data, with the seed merged in when the spec changed since the

@@ -151,6 +151,68 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
     }
 }
 
+/// Condition reason when `spec.version` is below the version that last wrote the storage.
+pub const DOWNGRADE_REFUSED: &str = "DowngradeRefused";
+
+impl Plan {
+    /// Whether this plan would roll out a revision other than the one `plugin` runs now: only
+    /// then is the storage's version worth a look (a GET), not on every reconcile.
+    pub fn rolls_out_new_revision(&self, plugin: &Plugin) -> bool {
+        let current = plugin
+            .status
+            .as_ref()
+            .and_then(|s| s.current_revision.as_deref());
+        self.rollout
+            .as_ref()
+            .is_some_and(|r| Some(r.revision.as_str()) != current)
+    }
+
+    /// The plan with nothing to roll out and `Compatible` blocked by `verdict` (the running
+    /// revision keeps serving).
+    pub fn refuse(mut self, verdict: Verdict) -> Self {
+        self.compatible = verdict;
+        self.rollout = None;
+        self.record = None;
+        self
+    }
+}
+
+/// The verdict on rolling `plugin` out over storage that `written_by` (PluginStorage
+/// `status.writtenBy`) last wrote: `Some` blocked verdict when `spec.version` is below it and
+/// the Plugin does not set `allowDowngrade` (an older version may misread what a newer one
+/// stored), `None` when the rollout may go on. A recorded version that does not parse (the
+/// status was edited by hand) blocks too, naming it: whether it is a downgrade is not known.
+pub fn downgrade(plugin: &Plugin, written_by: Option<&str>) -> Option<Verdict> {
+    let written_by = written_by?;
+    if plugin.spec.allow_downgrade {
+        return None;
+    }
+    let storage = format!(
+        "PluginStorage {}/{}",
+        plugin.namespace().unwrap_or_default(),
+        plugin.name_any()
+    );
+    let wanted = &plugin.spec.version;
+    // spec.version is checked by the CRD's own rule; a value that still does not parse is not
+    // compared (the compatibility step names it).
+    let want = semver::Version::parse(wanted).ok()?;
+    match semver::Version::parse(written_by) {
+        Ok(stored) if want >= stored => None,
+        Ok(_) => Some(Verdict::blocked(
+            DOWNGRADE_REFUSED,
+            format!(
+                "spec.version {wanted} is older than version {written_by}, which last wrote the plugin's storage ({storage} status.writtenBy); the running revision keeps serving. Roll forward to {written_by} or later, or set spec.allowDowngrade: true once you know {wanted} reads that data"
+            ),
+        )),
+        Err(e) => Some(Verdict::blocked(
+            DOWNGRADE_REFUSED,
+            format!(
+                "the version that last wrote the plugin's storage ({storage} status.writtenBy = {written_by:?}) is not a semantic version ({e}), so a downgrade cannot be ruled out; set spec.allowDowngrade: true to roll out {wanted}, or fix the record"
+            ),
+        )),
+    }
+}
+
 /// The record of an approved revision: its signers' fingerprints and what it holds, which
 /// [`crate::running`] checks again against every later state of the policies.
 fn record(
@@ -659,6 +721,54 @@ mod tests {
             unreachable!()
         };
         assert!(message.contains(what), "{what:?} in {message}");
+    }
+
+    #[test]
+    fn a_version_below_the_one_that_wrote_the_storage_is_refused_unless_allowed() {
+        let at = |version: &str, allow: bool| {
+            let mut p = plugin(HELLO);
+            p.spec.version = version.into();
+            p.spec.allow_downgrade = allow;
+            p
+        };
+        // Never written, the same version, or newer: goes on.
+        assert_eq!(downgrade(&at("1.0.0", false), None), None);
+        assert_eq!(downgrade(&at("1.0.0", false), Some("1.0.0")), None);
+        assert_eq!(downgrade(&at("1.2.0", false), Some("1.1.9")), None);
+        // Semantic-version order, not text order: 1.10.0 is newer than 1.9.0.
+        assert_eq!(downgrade(&at("1.10.0", false), Some("1.9.0")), None);
+        let v = downgrade(&at("1.9.0", false), Some("1.10.0")).expect("refused");
+        assert_blocked(&v, DOWNGRADE_REFUSED, "spec.allowDowngrade: true");
+        assert_blocked(&v, DOWNGRADE_REFUSED, "1.10.0");
+        // A pre-release is older than its release.
+        let v = downgrade(&at("2.0.0-rc.1", false), Some("2.0.0")).expect("refused");
+        assert_blocked(&v, DOWNGRADE_REFUSED, "2.0.0-rc.1");
+        // Allowed by the Plugin: goes on.
+        assert_eq!(downgrade(&at("1.9.0", true), Some("1.10.0")), None);
+        // A record that is not a version (edited by hand) cannot rule a downgrade out.
+        let v = downgrade(&at("1.0.0", false), Some("latest")).expect("refused");
+        assert_blocked(&v, DOWNGRADE_REFUSED, "\"latest\"");
+        assert_eq!(downgrade(&at("1.0.0", true), Some("latest")), None);
+    }
+
+    #[test]
+    fn a_refused_plan_rolls_nothing_out_and_names_the_reason() {
+        let mut p = plugin(HELLO);
+        let planned = plan(&p, &fetched(manifest("")), Some(&open_limits()));
+        assert!(planned.rolls_out_new_revision(&p), "nothing runs yet");
+        let revision = planned.rollout.as_ref().expect("rolls out").revision.clone();
+        p.status = Some(airlock_crds::plugin::PluginStatus {
+            current_revision: Some(revision),
+            ..Default::default()
+        });
+        assert!(
+            !planned.rolls_out_new_revision(&p),
+            "the revision that runs: no storage look"
+        );
+        let refused = planned.refuse(Verdict::blocked(DOWNGRADE_REFUSED, "older"));
+        assert!(refused.rollout.is_none() && refused.record.is_none());
+        assert_blocked(&refused.compatible, DOWNGRADE_REFUSED, "older");
+        assert!(refused.verified.is_ok(), "the other verdicts stay");
     }
 
     #[test]

@@ -144,7 +144,12 @@ struct EmitArgs<'a> {
 impl HostRequest {
     /// The request for `call` made during `invocation_id`. Unknown fields of `args` are ignored
     /// (a newer plugin may send more); missing or mistyped ones are INVALID_ARGUMENT.
-    fn of(invocation_id: &str, call: &HostCallLine) -> Result<Self, CallError> {
+    /// `plugin_version` goes with the storage writes.
+    fn of(
+        invocation_id: &str,
+        plugin_version: &str,
+        call: &HostCallLine,
+    ) -> Result<Self, CallError> {
         fn args<'a, T: Deserialize<'a>>(call: &'a HostCallLine) -> Result<T, CallError> {
             serde_json::from_str(&call.args).map_err(|e| {
                 error(
@@ -173,11 +178,16 @@ impl HostRequest {
                     invocation_id,
                     key,
                     value_json: value.get().to_string(),
+                    plugin_version: plugin_version.to_string(),
                 })
             }
             calls::STORAGE_DELETE => {
                 let KeyArgs { key } = args(call)?;
-                Self::Delete(DeleteRequest { invocation_id, key })
+                Self::Delete(DeleteRequest {
+                    invocation_id,
+                    key,
+                    plugin_version: plugin_version.to_string(),
+                })
             }
             calls::STORAGE_LIST => {
                 let ListArgs {
@@ -335,6 +345,8 @@ pub struct GrpcHost {
     addr: String,
     tls: Option<ClientTlsFiles>,
     recheck_every: Duration,
+    /// The verified manifest's version, sent with each storage write (`PutRequest.plugin_version`).
+    plugin_version: String,
     current: Mutex<Current>,
 }
 
@@ -359,12 +371,20 @@ impl GrpcHost {
             addr: addr.to_string(),
             tls,
             recheck_every: RECHECK_CERTIFICATE_EVERY,
+            plugin_version: String::new(),
             current: Mutex::new(Current {
                 client,
                 cert_pem,
                 checked: Instant::now(),
             }),
         })
+    }
+
+    /// Says `version` (the verified manifest's) with each storage write, so the router records
+    /// which version wrote the plugin's storage (`status.writtenBy`).
+    pub fn with_plugin_version(mut self, version: &str) -> Self {
+        self.plugin_version = version.to_string();
+        self
     }
 
     /// Checks the certificate file for a change at most this often (default
@@ -447,7 +467,7 @@ fn build(
 impl HostCalls for GrpcHost {
     fn call<'a>(&'a self, invocation_id: &'a str, call: HostCallLine) -> CallFuture<'a> {
         Box::pin(async move {
-            let request = HostRequest::of(invocation_id, &call)?;
+            let request = HostRequest::of(invocation_id, &self.plugin_version, &call)?;
             request.send(&mut self.client()).await
         })
     }
@@ -469,7 +489,7 @@ mod tests {
     }
 
     fn request(name: &str, args: &str) -> Result<HostRequest, CallError> {
-        HostRequest::of("inv-7", &call(name, args))
+        HostRequest::of("inv-7", "1.2.3", &call(name, args))
     }
 
     #[test]
@@ -494,6 +514,7 @@ mod tests {
             Ok(HostRequest::Delete(DeleteRequest {
                 invocation_id: "inv-7".into(),
                 key: "k".into(),
+                plugin_version: "1.2.3".into(),
             }))
         );
         assert_eq!(
@@ -531,6 +552,8 @@ mod tests {
             put.value_json,
             r#"{"total": 1.10, "big": 123456789012345678901234567890}"#
         );
+        // Each write says which version of the plugin made it.
+        assert_eq!(put.plugin_version, "1.2.3");
         // null is a value like any other.
         let Ok(HostRequest::Put(put)) = request("storage.put", r#"{"key":"k","value":null}"#)
         else {

@@ -164,7 +164,9 @@ async fn call(host: &GrpcHost, call: &str, args: Value) -> Result<Value, CallErr
 #[tokio::test]
 async fn each_call_is_its_rpc_and_each_answer_a_result_line() {
     let (addr, seen) = serve(None).await;
-    let host = GrpcHost::connect_lazy(&addr, None).unwrap();
+    let host = GrpcHost::connect_lazy(&addr, None)
+        .unwrap()
+        .with_plugin_version("2.0.1");
 
     assert_eq!(
         call(&host, "log", json!({"level": "info", "message": "hi"})).await,
@@ -234,9 +236,9 @@ async fn each_call_is_its_rpc_and_each_answer_a_result_line() {
             r#"LogRequest { invocation_id: "inv-9", level: "bad", message: "hi" }"#,
             r#"GetRequest { invocation_id: "inv-9", key: "k" }"#,
             r#"GetRequest { invocation_id: "inv-9", key: "missing" }"#,
-            r#"PutRequest { invocation_id: "inv-9", key: "k", value_json: "{\"total\": 1.10}" }"#,
-            r#"PutRequest { invocation_id: "inv-9", key: "denied", value_json: "1" }"#,
-            r#"DeleteRequest { invocation_id: "inv-9", key: "old" }"#,
+            r#"PutRequest { invocation_id: "inv-9", key: "k", value_json: "{\"total\": 1.10}", plugin_version: "2.0.1" }"#,
+            r#"PutRequest { invocation_id: "inv-9", key: "denied", value_json: "1", plugin_version: "2.0.1" }"#,
+            r#"DeleteRequest { invocation_id: "inv-9", key: "old", plugin_version: "2.0.1" }"#,
             r#"ListRequest { invocation_id: "inv-9", prefix: "a", page_token: "", page_size: 0 }"#,
             r#"ListRequest { invocation_id: "inv-9", prefix: "a", page_token: "p2", page_size: 2 }"#,
             r#"EmitRequest { invocation_id: "inv-9", event_type: "seen", payload_json: "{\"n\":1}" }"#,

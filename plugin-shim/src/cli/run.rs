@@ -96,7 +96,6 @@ pub async fn run(
     if let Some(dir) = &args.tls_dir {
         key_protection(dir, args.allow_readable_key)?;
     }
-    let host = host_calls(&args)?;
     let health = match args.health_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -107,6 +106,7 @@ pub async fn run(
     };
     let (bundle_dir, manifest, digest) = verify::bundle_for_run(&args)?;
     manifest.check_api_version()?;
+    let host = host_calls(&args, &manifest.version.to_string())?;
     info!(
         plugin = %manifest.name,
         version = %manifest.version,
@@ -237,7 +237,8 @@ fn key_protection(dir: &Path, allow_readable_key: bool) -> Result<(), RunError> 
 }
 
 /// Where the plugin's host calls go: `--host-api` (over mutual TLS with `--tls-dir`), or nowhere.
-fn host_calls(args: &RunArgs) -> Result<Option<Arc<dyn HostCalls>>, RunError> {
+/// `version` is the verified manifest's, which the router records with each storage write.
+fn host_calls(args: &RunArgs, version: &str) -> Result<Option<Arc<dyn HostCalls>>, RunError> {
     if let Some(host) = &args.host_calls {
         return Ok(Some(Arc::clone(host)));
     }
@@ -249,5 +250,7 @@ fn host_calls(args: &RunArgs) -> Result<Option<Arc<dyn HostCalls>>, RunError> {
     if tls.is_none() {
         warn!(%addr, "no --tls-dir: calling the host API in plain text, as no plugin in particular");
     }
-    Ok(Some(Arc::new(GrpcHost::connect_lazy(addr, tls)?)))
+    Ok(Some(Arc::new(
+        GrpcHost::connect_lazy(addr, tls)?.with_plugin_version(version),
+    )))
 }

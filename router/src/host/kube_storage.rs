@@ -35,6 +35,30 @@ pub struct Stored {
     pub seed_bytes: usize,
 }
 
+/// Who writes a plugin's storage: the Plugin that owns it, and the plugin version whose process
+/// writes, recorded as `status.writtenBy` (the operator refuses a downgrade below it).
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    pub holder: &'a Holder,
+    pub version: &'a str,
+}
+
+impl<'a> Writer<'a> {
+    /// The version the plugin's shim reported (its verified manifest's) when it is a semantic
+    /// version, else the Plugin's `spec.version` (an older shim reports none). During a rollout
+    /// the two differ: an old pod still writing is recorded as the old version, so a rollback to
+    /// it is not refused as a downgrade. A stolen pod identity could report any version, but
+    /// could as well write any data: it decides nothing beyond this plugin's own storage.
+    pub fn new(holder: &'a Holder, reported: &'a str) -> Self {
+        let version = if reported.len() <= 64 && semver::Version::parse(reported).is_ok() {
+            reported
+        } else {
+            holder.version.as_str()
+        };
+        Self { holder, version }
+    }
+}
+
 /// Why a write did not happen.
 #[derive(Debug)]
 pub enum SaveError {
@@ -49,7 +73,7 @@ pub trait StorageBackend: Send + Sync + 'static {
     fn save(
         &self,
         plugin: &PluginKey,
-        owner: &Holder,
+        writer: Writer<'_>,
         store: &Store,
         previous: Option<ObjectMeta>,
         seed_bytes: usize,
@@ -108,7 +132,7 @@ impl StorageBackend for KubeStorage {
     async fn save(
         &self,
         plugin: &PluginKey,
-        owner: &Holder,
+        writer: Writer<'_>,
         store: &Store,
         previous: Option<ObjectMeta>,
         seed_bytes: usize,
@@ -119,6 +143,7 @@ impl StorageBackend for KubeStorage {
             key_count: u32::try_from(usage.keys).unwrap_or(u32::MAX),
             bytes: usage.bytes as u64,
             seed_generation: None,
+            written_by: Some(writer.version.to_string()),
         };
         let api = self.api(plugin);
         let mut metadata = match previous {
@@ -126,7 +151,7 @@ impl StorageBackend for KubeStorage {
             // No object yet: create one with no seed (and the owner, so it is deleted with the
             // Plugin), then write its status like any other.
             None => match api
-                .create(&PostParams::default(), &new_storage(plugin, owner))
+                .create(&PostParams::default(), &new_storage(plugin, writer.holder))
                 .await
             {
                 Ok(created) => created.metadata,
@@ -221,7 +246,7 @@ const SAVE_ATTEMPTS: usize = 5;
 pub async fn update<S: StorageBackend, R>(
     storage: &S,
     plugin: &PluginKey,
-    holder: &Holder,
+    writer: Writer<'_>,
     change: impl Fn(&mut Store) -> Result<(R, bool), Status>,
 ) -> Result<R, Status> {
     for _ in 0..SAVE_ATTEMPTS {
@@ -234,7 +259,7 @@ pub async fn update<S: StorageBackend, R>(
         if !changed {
             return Ok(out);
         }
-        match storage.save(plugin, holder, &store, meta, seed_bytes).await {
+        match storage.save(plugin, writer, &store, meta, seed_bytes).await {
             Ok(()) => return Ok(out),
             Err(SaveError::Conflict) => continue,
             Err(SaveError::Failed(s)) => return Err(s),
@@ -256,7 +281,7 @@ pub(crate) mod memory {
     use kube::api::ObjectMeta;
     use tonic::Status;
 
-    use super::{SaveError, StorageBackend, Stored};
+    use super::{SaveError, StorageBackend, Stored, Writer};
     use crate::host::storage::Store;
     use crate::table::Holder;
     use airlock_core::PluginKey;
@@ -266,6 +291,8 @@ pub(crate) mod memory {
     pub(crate) struct MemoryStorage {
         pub(crate) stored: Mutex<Option<(BTreeMap<String, String>, u64)>>,
         pub(crate) conflicts: AtomicUsize,
+        /// The version recorded by the last save (`status.writtenBy`).
+        pub(crate) written_by: Mutex<Option<String>>,
     }
 
     impl StorageBackend for Arc<MemoryStorage> {
@@ -287,7 +314,7 @@ pub(crate) mod memory {
         async fn save(
             &self,
             _plugin: &PluginKey,
-            _owner: &Holder,
+            writer: Writer<'_>,
             store: &Store,
             previous: Option<ObjectMeta>,
             _seed_bytes: usize,
@@ -308,6 +335,7 @@ pub(crate) mod memory {
             }
             let next = stored.as_ref().map_or(1, |(_, v)| v + 1);
             *stored = Some((store.to_entries(), next));
+            *self.written_by.lock().unwrap() = Some(writer.version.to_string());
             Ok(())
         }
     }
@@ -338,7 +366,7 @@ mod tests {
     /// `update` with a `put` of `key` = `value`.
     async fn put(storage: &Arc<MemoryStorage>, key: &str, value: &str) -> Result<(), Status> {
         let (plugin, holder) = me();
-        update(storage, &plugin, &holder, |store| {
+        update(storage, &plugin, Writer::new(&holder, ""), |store| {
             store
                 .put(key, value, &Limits::default())
                 .map(|()| ((), true))
@@ -363,5 +391,34 @@ mod tests {
         storage.conflicts.store(SAVE_ATTEMPTS, Ordering::SeqCst);
         let err = put(&storage, "c", "3").await.unwrap_err();
         assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn each_write_records_the_version_that_made_it() {
+        let (plugin, holder) = me();
+        let storage = Arc::new(MemoryStorage::default());
+        let write = |reported: &'static str| {
+            let (storage, plugin, holder) = (storage.clone(), plugin.clone(), holder.clone());
+            async move {
+                update(&storage, &plugin, Writer::new(&holder, reported), |store| {
+                    store
+                        .put("k", "1", &Limits::default())
+                        .map(|()| ((), true))
+                        .map_err(|e| Status::invalid_argument(e.to_string()))
+                })
+                .await
+                .unwrap();
+                storage.written_by.lock().unwrap().clone()
+            }
+        };
+        // What the shim reports (an old pod during a rollout writes as the old version)…
+        assert_eq!(write("0.9.0").await.as_deref(), Some("0.9.0"));
+        assert_eq!(write("2.0.0-rc.1").await.as_deref(), Some("2.0.0-rc.1"));
+        // …else the Plugin's spec.version: an older shim reports nothing, and text that is not a
+        // version is not recorded.
+        assert_eq!(write("").await.as_deref(), Some("1.0.0"));
+        assert_eq!(write("latest").await.as_deref(), Some("1.0.0"));
+        let long: &'static str = Box::leak(format!("1.0.0-{}", "a".repeat(80)).into_boxed_str());
+        assert_eq!(write(long).await.as_deref(), Some("1.0.0"));
     }
 }

@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::dispatch::{Caller, Router};
-use crate::host::kube_storage::{self, StorageBackend};
+use crate::host::kube_storage::{self, StorageBackend, Writer};
 use crate::host::log::{Level, LogLimiter, cut_message};
 use crate::host::permission::{HostCall, check};
 use crate::host::rate::WriteRates;
@@ -361,7 +361,8 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
     /// `storage.put`: stores the value within the plugin's storage limits.
     async fn put_value(&self, call: Call<api::PutRequest>) -> Result<api::PutResponse, Status> {
         let (r, limits) = (&call.request, limits_of(&self.limits, &call.holder));
-        kube_storage::update(&self.storage, &call.plugin, &call.holder, |store| {
+        let writer = Writer::new(&call.holder, &r.plugin_version);
+        kube_storage::update(&self.storage, &call.plugin, writer, |store| {
             store
                 .put(&r.key, &r.value_json, &limits)
                 .map(|()| ((), true))
@@ -376,7 +377,8 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
         &self,
         call: Call<api::DeleteRequest>,
     ) -> Result<api::DeleteResponse, Status> {
-        let existed = kube_storage::update(&self.storage, &call.plugin, &call.holder, |store| {
+        let writer = Writer::new(&call.holder, &call.request.plugin_version);
+        let existed = kube_storage::update(&self.storage, &call.plugin, writer, |store| {
             let existed = store.delete(&call.request.key);
             Ok((existed, existed))
         })
@@ -493,6 +495,7 @@ mod tests {
             invocation_id: "inv-1".into(),
             key: key.into(),
             value_json: value.into(),
+            plugin_version: String::new(),
         }
     }
 
@@ -557,10 +560,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_plugin_with_storage_write_stores_reads_lists_and_deletes() {
-        let (svc, _) = service(&["storage:write"]);
+        let (svc, storage) = service(&["storage:write"]);
         svc.call_as(me(), put("orders/1", "{ \"total\": 1.10 }"))
             .await
             .unwrap();
+        // A shim that reports no version: the write is the Plugin's spec.version's.
+        assert_eq!(storage.written_by.lock().unwrap().as_deref(), Some("1.0.0"));
         svc.call_as(me(), put("orders/2", "2")).await.unwrap();
         let got = svc.call_as(me(), get("orders/1")).await.unwrap();
         assert!(got.found);
@@ -588,11 +593,14 @@ mod tests {
                 api::DeleteRequest {
                     invocation_id: "inv-1".into(),
                     key: "orders/1".into(),
+                    plugin_version: "0.9.0".into(),
                 },
             )
             .await
             .unwrap();
         assert!(gone.existed);
+        // The delete came from a process of 0.9.0 (an old pod during a rollout).
+        assert_eq!(storage.written_by.lock().unwrap().as_deref(), Some("0.9.0"));
         assert!(!svc.call_as(me(), get("orders/1")).await.unwrap().found);
     }
 
@@ -694,6 +702,7 @@ mod tests {
         let delete = || api::DeleteRequest {
             invocation_id: "inv-1".into(),
             key: "k".into(),
+            ..Default::default()
         };
         let emit = || api::EmitRequest {
             invocation_id: "inv-1".into(),
