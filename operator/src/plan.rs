@@ -756,7 +756,12 @@ mod tests {
         let mut p = plugin(HELLO);
         let planned = plan(&p, &fetched(manifest("")), Some(&open_limits()));
         assert!(planned.rolls_out_new_revision(&p), "nothing runs yet");
-        let revision = planned.rollout.as_ref().expect("rolls out").revision.clone();
+        let revision = planned
+            .rollout
+            .as_ref()
+            .expect("rolls out")
+            .revision
+            .clone();
         p.status = Some(airlock_crds::plugin::PluginStatus {
             current_revision: Some(revision),
             ..Default::default()

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use airlock_crds::{Plugin, PluginTrustPolicy};
+use airlock_crds::{Plugin, PluginStorage, PluginTrustPolicy};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -107,6 +107,18 @@ pub(super) async fn run(
         });
         plan::plan(plugin, f, limits.as_ref())
     });
+    // 3'. A rollout below the version that last wrote the plugin's storage is refused (the
+    //     older code may misread what the newer one stored), unless the Plugin allows it.
+    let planned = match planned {
+        Ok(plan) if !plugin.spec.allow_downgrade && plan.rolls_out_new_revision(plugin) => {
+            let written_by = storage_written_by(plugin, ctx, &ns).await?;
+            Ok(match plan::downgrade(plugin, written_by.as_deref()) {
+                Some(refused) => plan.refuse(refused),
+                None => plan,
+            })
+        }
+        other => other,
+    };
     // 3a. What runs, judged under today's policies whatever the fetch said: a revoked or
     //     no-longer-allowed revision is stopped (below, once it is known whether another one
     //     replaces it): a tenant who breaks the spec first must not keep it running. The plan's
@@ -274,6 +286,19 @@ fn signed_level(fetched: &plan::Fetched) -> airlock_crds::TrustLevel {
         .as_ref()
         .map(|s| s.level)
         .unwrap_or(airlock_crds::TrustLevel::Untrusted)
+}
+
+/// The plugin version that last wrote `plugin`'s storage (PluginStorage `status.writtenBy`);
+/// `None` when it has no storage or none was recorded (written before versions were recorded).
+async fn storage_written_by(
+    plugin: &Plugin,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<String>, Error> {
+    let storage = kube::Api::<PluginStorage>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&plugin.name_any())
+        .await?;
+    Ok(storage.and_then(|s| s.status).and_then(|s| s.written_by))
 }
 
 /// The records of the revisions whose pods may run: the current one (`planned` when the plan

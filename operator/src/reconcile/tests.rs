@@ -2073,3 +2073,81 @@ async fn a_config_map_named_like_the_plugins_configuration_is_not_taken_over() {
         "no pods without their configuration"
     );
 }
+
+/// The plugin's storage as the router leaves it after `version`'s process wrote it.
+fn storage_written_by(h: &Harness, version: &str) {
+    h.api.put(
+        &format!("/apis/airlock.dev/v1alpha1/namespaces/{NS}/pluginstorages/hello"),
+        json!({"apiVersion": "airlock.dev/v1alpha1", "kind": "PluginStorage",
+               "metadata": {"name": "hello", "namespace": NS},
+               "spec": {"plugin": "hello"},
+               "data": {"schema": "v2"},
+               "status": {"writtenBy": version}}),
+    );
+}
+
+fn storage_reads(h: &Harness) -> usize {
+    h.api
+        .requests()
+        .iter()
+        .filter(|(m, p)| *m == Method::GET && p.ends_with("/pluginstorages/hello"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_version_below_the_one_that_wrote_the_storage_is_refused_until_the_plugin_allows_it() {
+    let h = Harness::unsigned(MANIFEST);
+    storage_written_by(&h, "1.1.0");
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+    let status = h.status();
+    assert_eq!(
+        condition(&status, "Compatible"),
+        ("False".into(), "DowngradeRefused".into()),
+        "{status}"
+    );
+    let text = status.to_string();
+    for what in [
+        "1.1.0",
+        "spec.allowDowngrade: true",
+        "PluginStorage plugins/hello",
+    ] {
+        assert!(text.contains(what), "{what:?} in {text}");
+    }
+    assert_no_child_written(&h, "a refused downgrade");
+    assert!(
+        h.events()
+            .iter()
+            .any(|(ty, reason)| ty == "Warning" && reason == "DowngradeRefused"),
+        "{:?}",
+        h.events()
+    );
+
+    // The Plugin says the older version reads that data: it rolls out.
+    let mut allowed = p.clone();
+    allowed.spec.allow_downgrade = true;
+    h.reconcile(&h.seen(&allowed)).await;
+    assert_every_child_written(&h);
+    assert_ne!(
+        condition(&h.status(), "Compatible").1,
+        "DowngradeRefused",
+        "{}",
+        h.status()
+    );
+}
+
+#[tokio::test]
+async fn the_storage_is_looked_at_only_when_a_new_revision_would_roll_out() {
+    let mut h = Harness::unsigned(MANIFEST);
+    // Written by this very version (or never): no refusal.
+    storage_written_by(&h, "1.0.0");
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+    assert!(storage_reads(&h) >= 1, "{:#?}", h.api.requests());
+    assert_every_child_written(&h);
+    // The revision that runs: reconciles do not read the storage again.
+    h.watch_deployment_ready();
+    h.reconcile(&h.seen(&p)).await;
+    h.reconcile(&h.seen(&p)).await;
+    assert_eq!(storage_reads(&h), 0, "{:#?}", h.api.requests());
+}

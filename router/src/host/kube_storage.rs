@@ -283,7 +283,6 @@ pub(crate) mod memory {
 
     use super::{SaveError, StorageBackend, Stored, Writer};
     use crate::host::storage::Store;
-    use crate::table::Holder;
     use airlock_core::PluginKey;
 
     /// Storage in memory; the first `conflicts` saves lose to "another replica".

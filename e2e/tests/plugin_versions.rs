@@ -1,0 +1,179 @@
+//! Plugin versions and their storage on the cluster (issue 17): the router records in the
+//! PluginStorage which plugin version last wrote it (`status.writtenBy`, reported by the shim
+//! from its verified manifest), and the operator refuses to roll out an older version over that
+//! data — the running revision keeps serving — until the Plugin says `allowDowngrade: true`.
+
+use airlock_crds::{Plugin, PluginStorage};
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::json;
+
+use airlock_e2e::plugins::{active, condition, wait_plugin};
+use airlock_e2e::router::{Fixture, in_fixture};
+use airlock_e2e::wait;
+
+const NAME: &str = "event-logger";
+
+#[tokio::test]
+async fn an_older_version_is_refused_over_storage_a_newer_one_wrote_until_allowed() -> Result<()> {
+    in_fixture("versions", &["log", "storage:write"], scenario).await
+}
+
+/// event-logger's signed manifest with `version` in place of its own, packed as
+/// `airlockctl bundle pack` packs it.
+fn bundle_of_version(version: &str) -> Result<Vec<u8>> {
+    let path = airlock_e2e::install::workspace().join("examples/event-logger/plugin.yaml");
+    let manifest = std::fs::read_to_string(&path)?;
+    ensure!(
+        manifest.contains("\nversion: 1.0.0\n"),
+        "{} declares version 1.0.0",
+        path.display()
+    );
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("plugin.yaml"),
+        manifest.replace("\nversion: 1.0.0\n", &format!("\nversion: {version}\n")),
+    )?;
+    Ok(airlock_bundle::pack::pack(dir.path(), airlock_bundle::DEFAULT_MAX_BYTES)?.bytes)
+}
+
+/// The ConfigMap holding the bundle of `version`.
+fn bundle_name(version: &str) -> String {
+    format!("{NAME}-{}", version.replace('.', "-"))
+}
+
+/// Switches the Plugin to `version` (its bundle in [`bundle_name`]), with `allow_downgrade`.
+async fn roll_to(f: &Fixture, version: &str, allow_downgrade: bool) -> Result<()> {
+    let bundle = bundle_name(version);
+    f.ns.api::<Plugin>()
+        .patch(
+            NAME,
+            &PatchParams::apply("airlock-e2e-versions").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "airlock.dev/v1alpha1", "kind": "Plugin",
+                "spec": {
+                    "version": version,
+                    "bundle": {"source": {"configMapRef": {"name": bundle}}},
+                    "allowDowngrade": allow_downgrade,
+                },
+            })),
+        )
+        .await
+        .with_context(|| format!("rolling {NAME} to {version}"))?;
+    Ok(())
+}
+
+/// Sends one event; the plugin counts it in its storage.
+async fn write_storage(f: &Fixture) -> Result<()> {
+    f.invoke(NAME, "onEvent", json!({"type": "order.created"}))
+        .await
+        .with_context(|| format!("{NAME} handling onEvent"))?;
+    Ok(())
+}
+
+async fn written_by(f: &Fixture) -> Result<Option<String>> {
+    Ok(f.ns
+        .api::<PluginStorage>()
+        .get_opt(NAME)
+        .await?
+        .and_then(|s| s.status)
+        .and_then(|s| s.written_by))
+}
+
+/// Until the storage says `version` wrote it last (the router writes it with each put).
+async fn wait_written_by(f: &Fixture, version: &str) -> Result<()> {
+    let what = format!("PluginStorage {NAME} status.writtenBy {version}");
+    wait::until(
+        &what,
+        std::time::Duration::from_secs(60),
+        async || {
+            write_storage(f).await?;
+            written_by(f).await
+        },
+        |seen| seen.as_deref() == Some(version),
+    )
+    .await
+    .map(drop)
+}
+
+async fn scenario(f: &Fixture) -> Result<()> {
+    let hooks = json!([{"name": "onEvent", "timeout": "2s"}]);
+    let plugins = f.ns.api::<Plugin>();
+    for version in ["1.0.0", "1.1.0"] {
+        f.sandbox
+            .put_bundle(&bundle_name(version), bundle_of_version(version)?)
+            .await?;
+    }
+    f.apply(
+        NAME,
+        NAME,
+        hooks,
+        json!(["log", "storage:write"]),
+        json!({}),
+    )
+    .await?;
+    roll_to(f, "1.1.0", false).await?;
+    let serving = wait_plugin(&plugins, NAME, "1.1.0 Active", |p| {
+        active(p) && p.spec.version == "1.1.0"
+    })
+    .await?;
+    let revision = current_revision(&serving);
+    f.wait_routed(&[NAME]).await?;
+    f.wait_reachable(NAME, "onEvent").await?;
+    wait_written_by(f, "1.1.0").await?;
+
+    // Back to 1.0.0 over the data 1.1.0 wrote: refused, and 1.1.0 keeps serving.
+    roll_to(f, "1.0.0", false).await?;
+    let refused = wait_plugin(&plugins, NAME, "Compatible=False DowngradeRefused", |p| {
+        condition(p, "Compatible")
+            .is_some_and(|c| c.status == "False" && c.reason == "DowngradeRefused")
+    })
+    .await?;
+    let message = condition(&refused, "Compatible")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    for what in ["1.1.0", "spec.allowDowngrade: true", "status.writtenBy"] {
+        ensure!(
+            message.contains(what),
+            "{what:?} in the condition: {message}"
+        );
+    }
+    ensure!(
+        current_revision(&refused) == revision,
+        "the running revision stays: {:?}",
+        refused.status
+    );
+    write_storage(f).await?;
+    ensure!(
+        written_by(f).await?.as_deref() == Some("1.1.0"),
+        "1.1.0 still serves and writes"
+    );
+    let warned =
+        f.ns.api::<Event>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NAME))
+            .any(|e| {
+                e.reason.as_deref() == Some("DowngradeRefused")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.note.as_deref().is_some_and(|n| n.contains("1.1.0"))
+            });
+    ensure!(warned, "a Warning Event names the refusal");
+
+    // The platform team says 1.0.0 reads that data: it rolls out, and writes as 1.0.0.
+    roll_to(f, "1.0.0", true).await?;
+    let downgraded = wait_plugin(&plugins, NAME, "1.0.0 Active on a new revision", |p| {
+        active(p) && current_revision(p) != revision
+    })
+    .await?;
+    ensure!(downgraded.spec.version == "1.0.0");
+    f.wait_serving(&[NAME], "onEvent").await?;
+    wait_written_by(f, "1.0.0").await
+}
+
+fn current_revision(p: &Plugin) -> Option<String> {
+    p.status.as_ref().and_then(|s| s.current_revision.clone())
+}
