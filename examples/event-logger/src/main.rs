@@ -7,7 +7,8 @@
 //!
 //! Its configuration (`Plugin.spec.config`, checked against `configSchema` in `plugin.yaml`)
 //! picks the log level and the prefix of each log line; it arrives in `onLoad` and, when it
-//! changes, in `onConfigChange`, without a restart.
+//! changes, in `onConfigChange`, without a restart. `onUnload`, sent by the shim before the pod
+//! stops, says so in the plugin's log.
 
 use airlock_sdk::{self as sdk, Host};
 use serde_json::{Value, json};
@@ -21,6 +22,12 @@ fn main() -> std::io::Result<()> {
                 Ok(json!({}))
             }
             "onEvent" => on_event(host, &config, &payload),
+            // The plugin is being stopped (disabled, upgraded, deleted or scaled down): its
+            // last word goes to its log (stderr), which the shim forwards to the pod's log.
+            "onUnload" => {
+                eprintln!("event-logger: onUnload: the plugin is stopping");
+                Ok(json!({}))
+            }
             other => Err(format!("event-logger does not implement hook {other}")),
         },
     )

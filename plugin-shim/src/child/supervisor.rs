@@ -666,7 +666,8 @@ impl Supervisor {
             )
             .await
             {
-                Ok(Ok(Ok(_))) => debug!(process = index, "onUnload done"),
+                // Info: the one line that shows on the cluster that the plugin was told.
+                Ok(Ok(Ok(_))) => info!(process = index, "the plugin's onUnload hook completed"),
                 Ok(Ok(Err(message))) => {
                     warn!(%message, process = index, "the plugin's onUnload hook failed")
                 }

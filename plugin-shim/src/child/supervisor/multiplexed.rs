@@ -388,7 +388,7 @@ impl Supervisor {
             )
             .await
             {
-                Ok(()) => debug!("onUnload done"),
+                Ok(()) => info!("the plugin's onUnload hook completed"),
                 Err(e) => warn!(error = %e, "the plugin's onUnload hook failed"),
             }
         }
