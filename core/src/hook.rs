@@ -10,6 +10,9 @@ crate::vocabulary! {
         /// Called with the new `spec.config` when it changes, instead of a restart (the plugin
         /// declares it when it can take a new configuration while running).
         OnConfigChange = "onConfigChange",
+        /// Called once per pod of a new version, with `{from, to}`, when the storage was last
+        /// written by an older version: the plugin migrates its data (its host calls are open).
+        OnUpgrade = "onUpgrade",
         /// Transforms a JSON document; plugins run as a pipeline in priority order.
         Transform = "transform",
         /// Receives an event broadcast to every subscribed plugin.
@@ -18,11 +21,14 @@ crate::vocabulary! {
 }
 
 impl Hook {
-    /// The plugin's lifecycle (start, configuration, stop): its shim calls these and nobody else.
+    /// The plugin's lifecycle (start, configuration, upgrade, stop): its shim calls these and nobody else.
     /// A caller that could send `onConfigChange` would configure the plugin past the Plugin's
     /// checked `spec.config`; one that could send `onLoad`/`onUnload` would reset its state.
     pub fn is_lifecycle(self) -> bool {
-        matches!(self, Hook::OnLoad | Hook::OnUnload | Hook::OnConfigChange)
+        matches!(
+            self,
+            Hook::OnLoad | Hook::OnUnload | Hook::OnConfigChange | Hook::OnUpgrade
+        )
     }
 }
 

@@ -33,8 +33,14 @@ async fn the_plugin_hears_on_unload_when_it_is_disabled_and_when_it_is_deleted()
 
 async fn scenario(f: &Fixture) -> Result<()> {
     let hooks = json!([{"name": "onEvent", "timeout": "2s"}]);
-    f.apply(NAME, NAME, hooks, json!(["log", "storage:write"]), json!({}))
-        .await?;
+    f.apply(
+        NAME,
+        NAME,
+        hooks,
+        json!(["log", "storage:write"]),
+        json!({}),
+    )
+    .await?;
     f.wait_serving(&[NAME], "onEvent").await?;
     let plugins = f.ns.api::<Plugin>();
 
@@ -98,7 +104,9 @@ async fn expect_unloaded(
     for (pod, task) in followed {
         let log = tokio::time::timeout(STOPPED_WITHIN, task)
             .await
-            .with_context(|| format!("pod {pod} did not stop within {STOPPED_WITHIN:?} of being {when}"))???;
+            .with_context(|| {
+                format!("pod {pod} did not stop within {STOPPED_WITHIN:?} of being {when}")
+            })???;
         ensure!(
             log.contains(PLUGIN_LINE) && log.contains(SHIM_LINE),
             "pod {pod}, {when}: the plugin's {PLUGIN_LINE:?} and the shim's {SHIM_LINE:?} in its last log:\n{log}"

@@ -2,6 +2,7 @@
 //! PluginStorage which plugin version last wrote it (`status.writtenBy`, reported by the shim
 //! from its verified manifest), and the operator refuses to roll out an older version over that
 //! data — the running revision keeps serving — until the Plugin says `allowDowngrade: true`.
+//! A newer version's pods get `onUpgrade {from, to}` and migrate the data an older one wrote.
 
 use airlock_crds::{Plugin, PluginStorage};
 use anyhow::{Context, Result, ensure};
@@ -176,4 +177,93 @@ async fn scenario(f: &Fixture) -> Result<()> {
 
 fn current_revision(p: &Plugin) -> Option<String> {
     p.status.as_ref().and_then(|s| s.current_revision.clone())
+}
+
+#[tokio::test]
+async fn an_upgrade_migrates_the_storage_an_older_version_wrote() -> Result<()> {
+    in_fixture("upgrade", &["log", "storage:write"], upgrade_scenario).await
+}
+
+/// The live entry `key` of the plugin's storage, as JSON.
+async fn entry(f: &Fixture, key: &str) -> Result<Option<serde_json::Value>> {
+    let storage = f.ns.api::<PluginStorage>().get(NAME).await?;
+    storage
+        .status
+        .and_then(|s| s.entries.get(key).cloned())
+        .map(|text| serde_json::from_str(&text).context("a stored value is JSON"))
+        .transpose()
+}
+
+async fn upgrade_scenario(f: &Fixture) -> Result<()> {
+    // Data of the 1.0 era: the installer seeded the count under its old name.
+    f.ns.api::<PluginStorage>()
+        .patch(
+            NAME,
+            &PatchParams::apply("airlock-e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "airlock.dev/v1alpha1", "kind": "PluginStorage",
+                "metadata": {"name": NAME},
+                "spec": {"entries": {"counter": "5"}},
+            })),
+        )
+        .await
+        .context("seeding the storage")?;
+    for version in ["1.0.0", "1.1.0"] {
+        f.sandbox
+            .put_bundle(&bundle_name(version), bundle_of_version(version)?)
+            .await?;
+    }
+    let hooks = json!([{"name": "onEvent", "timeout": "2s"}]);
+    let plugins = f.ns.api::<Plugin>();
+    f.apply(
+        NAME,
+        NAME,
+        hooks,
+        json!(["log", "storage:write"]),
+        json!({}),
+    )
+    .await?;
+    roll_to(f, "1.0.0", false).await?;
+    f.wait_serving(&[NAME], "onEvent").await?;
+    // 1.0.0 writes: the storage is now its data (the seed merged in).
+    wait_written_by(f, "1.0.0").await?;
+    ensure!(
+        entry(f, "counter").await? == Some(json!(5)),
+        "1.0.0 found nothing to migrate (it never ran onUpgrade over its own data)"
+    );
+    let counted = entry(f, "count")
+        .await?
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let before = current_revision(&plugins.get(NAME).await?);
+
+    roll_to(f, "1.1.0", false).await?;
+    wait_plugin(&plugins, NAME, "1.1.0 Active on a new revision", |p| {
+        active(p) && current_revision(p) != before
+    })
+    .await?;
+    // The new pod migrated before it served: counter moved into count, stamped by 1.1.0.
+    ensure!(
+        entry(f, "counter").await?.is_none(),
+        "the old key is gone: {:?}",
+        entry(f, "counter").await?
+    );
+    ensure!(
+        entry(f, "upgradedFrom").await? == Some(json!("1.0.0")),
+        "onUpgrade got from = 1.0.0: {:?}",
+        entry(f, "upgradedFrom").await?
+    );
+    let migrated = entry(f, "count")
+        .await?
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    ensure!(
+        migrated >= counted + 5,
+        "count {counted} + counter 5 = {migrated}"
+    );
+    ensure!(
+        written_by(f).await?.as_deref() == Some("1.1.0"),
+        "the migration's writes are 1.1.0's"
+    );
+    Ok(())
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use airlock_proto::host::v1::host_client::HostClient;
 use airlock_proto::host::v1::{
     DeleteRequest, DeleteResponse, EmitRequest, GetRequest, GetResponse, ListRequest, ListResponse,
-    LogRequest, LogResponse, PutRequest,
+    LogRequest, LogResponse, PutRequest, WrittenByRequest, WrittenByResponse,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -98,6 +98,7 @@ enum HostRequest {
     Put(PutRequest),
     Delete(DeleteRequest),
     List(ListRequest),
+    WrittenBy(WrittenByRequest),
     Emit(EmitRequest),
 }
 
@@ -202,6 +203,7 @@ impl HostRequest {
                     page_size,
                 })
             }
+            calls::STORAGE_WRITTEN_BY => Self::WrittenBy(WrittenByRequest { invocation_id }),
             calls::EMIT => {
                 let EmitArgs {
                     event_type,
@@ -235,6 +237,9 @@ impl HostRequest {
             )),
             Self::List(r) => Ok(list_result(
                 &client.list(r).await.map_err(status)?.into_inner(),
+            )),
+            Self::WrittenBy(r) => Ok(written_by_result(
+                &client.written_by(r).await.map_err(status)?.into_inner(),
             )),
             Self::Emit(r) => client
                 .emit(r)
@@ -271,6 +276,12 @@ fn delete_result(r: &DeleteResponse) -> String {
 
 fn list_result(r: &ListResponse) -> String {
     serde_json::json!({ "keys": r.keys, "nextPageToken": r.next_page_token }).to_string()
+}
+
+/// `{"writtenBy":"1.0.0"}`, or `{"writtenBy":null}` when no version is recorded.
+fn written_by_result(r: &WrittenByResponse) -> String {
+    let version = (!r.written_by.is_empty()).then_some(r.written_by.as_str());
+    serde_json::json!({ "writtenBy": version }).to_string()
 }
 
 /// The files of the shim's TLS identity, used as the client side of the mutual TLS to the host

@@ -255,6 +255,7 @@ pub fn status_of(error: &InvokeError) -> Status {
         InvokeError::Spawn { .. }
         | InvokeError::Exited { .. }
         | InvokeError::LoadFailed(_)
+        | InvokeError::UpgradeFailed(_)
         | InvokeError::Backoff { .. } => Code::Unavailable,
         InvokeError::Plugin(_) => Code::Aborted,
         InvokeError::OutputTooLarge => Code::ResourceExhausted,
@@ -277,9 +278,10 @@ pub fn failure_kind(error: &InvokeError) -> FailureKind {
         InvokeError::QueueTimeout(_) | InvokeError::ShortenedTimeout { .. } => {
             FailureKind::QueueTimeout
         }
-        InvokeError::Spawn { .. } | InvokeError::Exited { .. } | InvokeError::LoadFailed(_) => {
-            FailureKind::Crash
-        }
+        InvokeError::Spawn { .. }
+        | InvokeError::Exited { .. }
+        | InvokeError::LoadFailed(_)
+        | InvokeError::UpgradeFailed(_) => FailureKind::Crash,
         InvokeError::Backoff { .. } => FailureKind::Backoff,
         InvokeError::Plugin(_) => FailureKind::PluginError,
         InvokeError::OutputTooLarge => FailureKind::OutputTooLarge,

@@ -257,7 +257,7 @@ async fn no_caller_can_send_a_lifecycle_hook_past_the_plugins_configuration() {
     )
     .await;
     let client = shim.client().await;
-    for hook in ["onConfigChange", "onLoad", "onUnload"] {
+    for hook in ["onConfigChange", "onLoad", "onUnload", "onUpgrade"] {
         let e = client
             .clone()
             .invoke(InvokeRequest {

@@ -15,7 +15,8 @@ use airlock_plugin_shim::host::{ClientTlsFiles, GrpcHost, HostCalls};
 use airlock_proto::host::v1::host_server::{Host, HostServer};
 use airlock_proto::host::v1::{
     DeleteRequest, DeleteResponse, EmitRequest, EmitResponse, GetRequest, GetResponse, ListRequest,
-    ListResponse, LogRequest, LogResponse, PutRequest, PutResponse,
+    ListResponse, LogRequest, LogResponse, PutRequest, PutResponse, WrittenByRequest,
+    WrittenByResponse,
 };
 use airlock_sdk::protocol::{CallError, HostCallLine};
 use serde_json::{Value, json};
@@ -112,6 +113,16 @@ impl Host for FakeHost {
                 keys: vec!["c".into()],
                 next_page_token: String::new(),
             }
+        }))
+    }
+
+    async fn written_by(
+        &self,
+        request: Request<WrittenByRequest>,
+    ) -> Result<Response<WrittenByResponse>, Status> {
+        self.0.record(&request);
+        Ok(Response::new(WrittenByResponse {
+            written_by: "1.9.0".into(),
         }))
     }
 
@@ -223,6 +234,10 @@ async fn each_call_is_its_rpc_and_each_answer_a_result_line() {
         .await,
         Ok(json!({"keys": ["c"], "nextPageToken": ""}))
     );
+    assert_eq!(
+        call(&host, "storage.writtenBy", json!({})).await,
+        Ok(json!({"writtenBy": "1.9.0"}))
+    );
     let err = call(&host, "emit", json!({"type": "seen", "payload": {"n": 1}}))
         .await
         .unwrap_err();
@@ -241,6 +256,7 @@ async fn each_call_is_its_rpc_and_each_answer_a_result_line() {
             r#"DeleteRequest { invocation_id: "inv-9", key: "old", plugin_version: "2.0.1" }"#,
             r#"ListRequest { invocation_id: "inv-9", prefix: "a", page_token: "", page_size: 0 }"#,
             r#"ListRequest { invocation_id: "inv-9", prefix: "a", page_token: "p2", page_size: 2 }"#,
+            r#"WrittenByRequest { invocation_id: "inv-9" }"#,
             r#"EmitRequest { invocation_id: "inv-9", event_type: "seen", payload_json: "{\"n\":1}" }"#,
         ]
     );

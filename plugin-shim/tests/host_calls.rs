@@ -19,7 +19,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 /// Makes the host calls listed in the payload (`calls`: `[{"call", "args"}]`; onLoad makes one
-/// `log`), then answers with the results it read and its pid.
+/// `log`; onUpgrade stores its payload under `migrated`), then answers with the results it read
+/// and its pid.
 const PLUGIN: &str = r#"
 import json, os, sys
 def call(name, args, cid):
@@ -31,6 +32,8 @@ for line in sys.stdin:
     results = []
     if req["hook"] == "onLoad":
         results.append(call("log", {"level": "info", "message": "loading"}, "load"))
+    if req["hook"] == "onUpgrade":
+        results.append(call("storage.put", {"key": "migrated", "value": p}, "up"))
     for i, c in enumerate(p.get("calls", [])):
         results.append(call(c["call"], c.get("args", {}), "c%d" % i))
     out = {"results": results, "pid": os.getpid()}
@@ -44,12 +47,21 @@ for line in sys.stdin:
 struct FakeHost {
     seen: Mutex<Vec<(String, HostCallLine)>>,
     deny_put: bool,
+    /// What `storage.writtenBy` answers (`None`: nothing recorded).
+    written_by: Option<&'static str>,
 }
 
 impl FakeHost {
     fn denying_puts() -> Arc<Self> {
         Arc::new(Self {
             deny_put: true,
+            ..Self::default()
+        })
+    }
+
+    fn written_by(version: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            written_by: Some(version),
             ..Self::default()
         })
     }
@@ -80,6 +92,7 @@ impl HostCalls for FakeHost {
                               log, storage:read"
                         .into(),
                 }),
+                "storage.writtenBy" => Ok(json!({ "writtenBy": self.written_by }).to_string()),
                 "storage.list" => {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     Ok(r#"{"keys":[],"nextPageToken":""}"#.to_string())
@@ -285,6 +298,55 @@ async fn on_load_host_calls_carry_the_lifecycle_id() {
     assert_eq!(seen[0].1.call, "log");
     assert_eq!(seen[0].1.call_id, "load");
     shim.stop().await;
+}
+
+#[tokio::test]
+async fn on_upgrade_gets_from_and_to_once_when_an_older_version_wrote_the_storage() {
+    let host = FakeHost::written_by("0.9.0");
+    let (shim, mut client) = start("[onLoad, onUpgrade, transform]", Some(host.clone())).await;
+    invoke(&mut client, "inv-1", &[], 0).await.unwrap();
+    invoke(&mut client, "inv-2", &[], 0).await.unwrap();
+    let seen = host.seen();
+    let calls: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|(id, c)| (id.as_str(), c.call.as_str()))
+        .collect();
+    // onLoad first (the plugin migrates with its configuration), then the version is asked
+    // for, then onUpgrade runs with its host calls open; once for the shim, not per call.
+    assert_eq!(
+        calls,
+        [
+            ("onload-1", "log"),
+            ("onupgrade", "storage.writtenBy"),
+            ("onupgrade-1", "storage.put"),
+        ],
+        "{seen:?}"
+    );
+    let migrated: Value = serde_json::from_str(&seen[2].1.args).unwrap();
+    assert_eq!(
+        migrated["value"],
+        json!({"from": "0.9.0", "to": "1.0.0"}),
+        "{migrated}"
+    );
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn on_upgrade_is_not_sent_over_storage_of_the_same_or_a_newer_version_or_none() {
+    for written_by in [Some("1.0.0"), Some("1.2.0"), None] {
+        let host = Arc::new(FakeHost {
+            written_by,
+            ..FakeHost::default()
+        });
+        let (shim, mut client) = start("[onUpgrade, transform]", Some(host.clone())).await;
+        invoke(&mut client, "inv-1", &[], 0).await.unwrap();
+        let seen = host.seen();
+        assert!(
+            seen.iter().all(|(id, _)| !id.starts_with("onupgrade-")),
+            "written by {written_by:?}: {seen:?}"
+        );
+        shim.stop().await;
+    }
 }
 
 #[tokio::test]

@@ -345,6 +345,13 @@ impl<'a> Host<'a> {
         }
     }
 
+    /// `storage.writtenBy`: the plugin version that last wrote this plugin's storage, `None`
+    /// when none is recorded (nothing written yet). What `onUpgrade`'s `from` comes from.
+    pub fn written_by(&mut self) -> Result<Option<String>, HostError> {
+        let result = self.call(calls::STORAGE_WRITTEN_BY, json!({}))?;
+        Ok(result["writtenBy"].as_str().map(str::to_string))
+    }
+
     /// Emits an event of `event_type` (e.g. `order.created`) with `payload`. Needs
     /// `events:emit`.
     pub fn emit(&mut self, event_type: &str, payload: &Value) -> Result<(), HostError> {

@@ -79,15 +79,18 @@ pub mod calls {
     pub const STORAGE_DELETE: &str = "storage.delete";
     /// List keys by prefix, one page at a time (args `prefix`, `pageToken`, `pageSize`).
     pub const STORAGE_LIST: &str = "storage.list";
+    /// The plugin version that last wrote the plugin's storage (no args).
+    pub const STORAGE_WRITTEN_BY: &str = "storage.writtenBy";
     /// Emit an event to the host (args `type`, `payload`).
     pub const EMIT: &str = "emit";
     /// Every call, in the order of the RPCs of `airlock.host.v1.Host`.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 7] = [
         LOG,
         STORAGE_GET,
         STORAGE_PUT,
         STORAGE_DELETE,
         STORAGE_LIST,
+        STORAGE_WRITTEN_BY,
         EMIT,
     ];
 }

@@ -8,7 +8,7 @@
 //! Its configuration (`Plugin.spec.config`, checked against `configSchema` in `plugin.yaml`)
 //! picks the log level and the prefix of each log line; it arrives in `onLoad` and, when it
 //! changes, in `onConfigChange`, without a restart. `onUnload`, sent by the shim before the pod
-//! stops, says so in the plugin's log.
+//! stops, says so in the plugin's log. `onUpgrade` migrates the storage of an older version.
 
 use airlock_sdk::{self as sdk, Host};
 use serde_json::{Value, json};
@@ -22,6 +22,7 @@ fn main() -> std::io::Result<()> {
                 Ok(json!({}))
             }
             "onEvent" => on_event(host, &config, &payload),
+            "onUpgrade" => on_upgrade(host, &payload),
             // The plugin is being stopped (disabled, upgraded, deleted or scaled down): its
             // last word goes to its log (stderr), which the shim forwards to the pod's log.
             "onUnload" => {
@@ -63,6 +64,30 @@ impl Config {
             prefix: text("prefix", default.prefix),
         }
     }
+}
+
+/// `onUpgrade {from, to}`, sent by the shim once per pod of a new version when the storage was
+/// last written by an older one. Before 1.1.0 the plugin's installers seeded the count as
+/// `counter`; from 1.1.0 on it is `count`. A `counter` left over is added to `count` and removed,
+/// and `upgradedFrom` records the version the data came from. Safe to run again (two new pods
+/// at once, a retry after a crash): once `counter` is gone there is nothing to move.
+fn on_upgrade(host: &mut Host<'_>, payload: &Value) -> Result<Value, String> {
+    let storage = |e: sdk::HostError| format!("event-logger: migrating the storage failed: {e}");
+    let from = payload["from"].as_str().unwrap_or("unknown").to_string();
+    let to = payload["to"].as_str().unwrap_or("unknown");
+    if let Some(legacy) = host.get("counter").map_err(storage)? {
+        let count = host
+            .get("count")
+            .map_err(storage)?
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let moved = legacy.as_u64().unwrap_or(0);
+        host.put("count", &json!(count + moved)).map_err(storage)?;
+        host.delete("counter").map_err(storage)?;
+        eprintln!("event-logger: onUpgrade {from} → {to}: moved counter ({moved}) into count");
+    }
+    host.put("upgradedFrom", &json!(from)).map_err(storage)?;
+    Ok(json!({}))
 }
 
 /// Logs the event, reads `greeting` and `count` (both set by the installer; a missing or

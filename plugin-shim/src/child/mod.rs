@@ -61,6 +61,9 @@ pub struct ChildSpec {
     pub on_config_change: bool,
     /// Whether to send `onUnload` before stopping.
     pub on_unload: bool,
+    /// The plugin's (verified) version when it declares `onUpgrade`: the first process this
+    /// shim starts gets `onUpgrade {from, to}` when the storage was last written by an older one.
+    pub on_upgrade: Option<semver::Version>,
     /// How long `onLoad` and `onUnload` may take.
     pub lifecycle_timeout: Duration,
     /// The plugin process's own sandbox, applied by `airlock-shim sandbox-exec` in front of the
@@ -181,6 +184,10 @@ pub enum InvokeError {
     /// `onLoad` failed, so the new process is not used.
     #[error("the plugin's onLoad hook failed: {0}")]
     LoadFailed(Box<InvokeError>),
+    /// `onUpgrade` failed (or the storage's version could not be asked for), so the new
+    /// process is not used: it would serve data it did not migrate.
+    #[error("the plugin's onUpgrade hook failed: {0}")]
+    UpgradeFailed(Box<InvokeError>),
     /// The plugin keeps crashing: it is not started again before its backoff ends.
     #[error(
         "the plugin crashed {crashes} times in a row; it is started again in {} ms",

@@ -141,6 +141,9 @@ pub struct Supervisor {
     /// For a multiplexed plugin with a concurrency above 1: its one process, which takes every
     /// call (`members` is then empty; `permits` still bounds the calls in flight).
     mux: Option<multiplexed::MuxSlot>,
+    /// Whether `onUpgrade` is settled for this shim (ran, or was not needed). Held while it
+    /// runs, so processes starting side by side do not migrate the storage twice.
+    upgraded: Mutex<bool>,
 }
 
 /// What [`Supervisor::reconfigure`] did, for the log.
@@ -199,6 +202,7 @@ impl Supervisor {
             reconfigs: AtomicU64::new(0),
             ready: watch::Sender::new(false),
             mux,
+            upgraded: Mutex::new(false),
         })
     }
 
@@ -539,7 +543,68 @@ impl Supervisor {
                 .await
                 .map_err(|e| InvokeError::LoadFailed(Box::new(e)))?;
         }
+        let mut upgraded = self.upgraded.lock().await;
+        if !*upgraded {
+            if let Some(payload) = self.upgrade_payload().await? {
+                let id = format!("onupgrade-{}", n + 1);
+                self.lifecycle(&mut running, &id, Hook::OnUpgrade, &payload)
+                    .await
+                    .map_err(|e| InvokeError::UpgradeFailed(Box::new(e)))?;
+                info!(upgrade = %payload, "the plugin's onUpgrade hook completed");
+            }
+            *upgraded = true;
+        }
         Ok(running)
+    }
+
+    /// The payload of `onUpgrade`, `{"from": ..., "to": ...}`, when the plugin declares it and
+    /// its storage was last written by an older version (the router's `storage.writtenBy`);
+    /// `None` when there is nothing to migrate: never written, written by this version or a
+    /// newer one (a rollback the Plugin allowed), or no storage permission to migrate with.
+    /// Asked once per shim, after `onLoad`: the plugin migrates with its configuration loaded.
+    pub(super) async fn upgrade_payload(&self) -> Result<Option<String>, InvokeError> {
+        let (Some(to), Some(host)) = (&self.spec.on_upgrade, self.spec.host.as_deref()) else {
+            return Ok(None);
+        };
+        let line = protocol::HostCallLine {
+            call: protocol::calls::STORAGE_WRITTEN_BY.into(),
+            call_id: "onupgrade".into(),
+            args: "{}".into(),
+            request: None,
+        };
+        let answer = match host.call("onupgrade", line).await {
+            Ok(answer) => answer,
+            Err(e) if e.code == "PERMISSION_DENIED" => {
+                warn!(error = %e.message, "the plugin declares onUpgrade but may not read its storage; onUpgrade is not sent");
+                return Ok(None);
+            }
+            // Serving unmigrated data is worse than not serving yet: the start fails and is
+            // retried (the pod stays unready; a rollout that cannot finish is rolled back).
+            Err(e) => {
+                return Err(InvokeError::UpgradeFailed(Box::new(InvokeError::Plugin(
+                    format!(
+                        "asking the host which version last wrote the storage failed ({}: {})",
+                        e.code, e.message
+                    ),
+                ))));
+            }
+        };
+        let from = serde_json::from_str::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| v["writtenBy"].as_str().map(str::to_string));
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        match semver::Version::parse(&from) {
+            Ok(older) if older < *to => Ok(Some(
+                serde_json::json!({"from": from, "to": to.to_string()}).to_string(),
+            )),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                warn!(written_by = %from, error = %e, "the storage's writtenBy is not a version; onUpgrade is not sent");
+                Ok(None)
+            }
+        }
     }
 
     /// Runs lifecycle `hook` with `payload_json` on `running` (which nothing else uses) within

@@ -141,6 +141,7 @@ pub async fn run(
             load_payload: load_payload.clone(),
             on_config_change: manifest.hooks.contains(&Hook::OnConfigChange),
             on_unload: manifest.hooks.contains(&Hook::OnUnload),
+            on_upgrade: upgrades_storage(&manifest).then(|| manifest.version.clone()),
             lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
             log_lines_per_minute: args.max_log_lines_per_minute,
             host,
@@ -253,4 +254,21 @@ fn host_calls(args: &RunArgs, version: &str) -> Result<Option<Arc<dyn HostCalls>
     Ok(Some(Arc::new(
         GrpcHost::connect_lazy(addr, tls)?.with_plugin_version(version),
     )))
+}
+
+/// Whether the plugin gets `onUpgrade`: it declares the hook and may read its storage (what it
+/// migrates; asking for the storage's version without that permission would only be refused).
+fn upgrades_storage(manifest: &airlock_bundle::manifest::Manifest) -> bool {
+    use airlock_core::Permission;
+    let declared = manifest.hooks.contains(&Hook::OnUpgrade);
+    let storage = manifest
+        .permissions
+        .iter()
+        .any(|p| matches!(p, Permission::StorageRead | Permission::StorageWrite));
+    if declared && !storage {
+        tracing::warn!(
+            "the manifest declares onUpgrade but neither storage:read nor storage:write; onUpgrade is never sent (add storage:write to plugin.yaml to migrate the storage)"
+        );
+    }
+    declared && storage
 }

@@ -33,6 +33,8 @@ pub struct Stored {
     pub meta: Option<ObjectMeta>,
     /// Bytes of the installer's seed (the spec), stored beside the live data in one object.
     pub seed_bytes: usize,
+    /// The plugin version that last wrote the live data (`status.writtenBy`).
+    pub written_by: Option<String>,
 }
 
 /// Who writes a plugin's storage: the Plugin that owns it, and the plugin version whose process
@@ -125,6 +127,7 @@ impl StorageBackend for KubeStorage {
         Ok(Stored {
             store,
             seed_bytes: serde_json::to_vec(&obj.spec).map_or(0, |v| v.len()),
+            written_by: obj.status.and_then(|s| s.written_by),
             meta: Some(obj.metadata),
         })
     }
@@ -254,6 +257,7 @@ pub async fn update<S: StorageBackend, R>(
             mut store,
             meta,
             seed_bytes,
+            ..
         } = storage.load(plugin).await?;
         let (out, changed) = change(&mut store)?;
         if !changed {
@@ -306,6 +310,7 @@ pub(crate) mod memory {
                         ..Default::default()
                     }),
                     seed_bytes: 0,
+                    written_by: self.written_by.lock().unwrap().clone(),
                 },
             })
         }

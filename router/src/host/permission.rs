@@ -17,21 +17,24 @@ pub enum HostCall {
     Put,
     Delete,
     List,
+    WrittenBy,
     Emit,
 }
 
 impl HostCall {
-    pub const ALL: [HostCall; 6] = [
+    pub const ALL: [HostCall; 7] = [
         Self::Log,
         Self::Get,
         Self::Put,
         Self::Delete,
         Self::List,
+        Self::WrittenBy,
         Self::Emit,
     ];
 
     /// The call's name in the stdio protocol, in denials, audit records and metric labels:
-    /// "log", "storage.get", "storage.put", "storage.delete", "storage.list", "emit".
+    /// "log", "storage.get", "storage.put", "storage.delete", "storage.list",
+    /// "storage.writtenBy", "emit".
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Log => calls::LOG,
@@ -39,6 +42,7 @@ impl HostCall {
             Self::Put => calls::STORAGE_PUT,
             Self::Delete => calls::STORAGE_DELETE,
             Self::List => calls::STORAGE_LIST,
+            Self::WrittenBy => calls::STORAGE_WRITTEN_BY,
             Self::Emit => calls::EMIT,
         }
     }
@@ -62,7 +66,9 @@ impl fmt::Display for HostCall {
 pub fn required(call: HostCall) -> &'static [Permission] {
     match call {
         HostCall::Log => &[Permission::Log],
-        HostCall::Get | HostCall::List => &[Permission::StorageRead, Permission::StorageWrite],
+        HostCall::Get | HostCall::List | HostCall::WrittenBy => {
+            &[Permission::StorageRead, Permission::StorageWrite]
+        }
         HostCall::Put | HostCall::Delete => &[Permission::StorageWrite],
         HostCall::Emit => &[Permission::EventsEmit],
     }
@@ -137,6 +143,7 @@ mod tests {
                 "storage.put",
                 "storage.delete",
                 "storage.list",
+                "storage.writtenBy",
                 "emit"
             ]
         );

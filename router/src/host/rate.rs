@@ -73,7 +73,7 @@ impl WriteRates {
                 "storage writes",
             ),
             HostCall::Emit => (Kind::Emit, self.emits_per_minute, "events"),
-            HostCall::Log | HostCall::Get | HostCall::List => return Ok(()),
+            HostCall::Log | HostCall::Get | HostCall::List | HostCall::WrittenBy => return Ok(()),
         };
         let bucket = self
             .buckets

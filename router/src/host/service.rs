@@ -306,6 +306,7 @@ host_rpcs! {
     put(PutRequest) -> PutResponse: Put, put_value;
     delete(DeleteRequest) -> DeleteResponse: Delete, delete_key;
     list(ListRequest) -> ListResponse: List, list_keys;
+    written_by(WrittenByRequest) -> WrittenByResponse: WrittenBy, storage_written_by;
     emit(EmitRequest) -> EmitResponse: Emit, emit_event;
 }
 
@@ -399,6 +400,17 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
         Ok(api::ListResponse {
             keys: page.keys,
             next_page_token: page.next.unwrap_or_default(),
+        })
+    }
+
+    /// `storage.writtenBy`: the plugin version that last wrote the storage, if one is recorded.
+    async fn storage_written_by(
+        &self,
+        call: Call<api::WrittenByRequest>,
+    ) -> Result<api::WrittenByResponse, Status> {
+        let stored = self.storage.load(&call.plugin).await?;
+        Ok(api::WrittenByResponse {
+            written_by: stored.written_by.unwrap_or_default(),
         })
     }
 
@@ -601,6 +613,14 @@ mod tests {
         assert!(gone.existed);
         // The delete came from a process of 0.9.0 (an old pod during a rollout).
         assert_eq!(storage.written_by.lock().unwrap().as_deref(), Some("0.9.0"));
+        let asked = api::WrittenByRequest {
+            invocation_id: "inv-1".into(),
+        };
+        assert_eq!(
+            svc.call_as(me(), asked).await.unwrap().written_by,
+            "0.9.0",
+            "what onUpgrade's from comes from"
+        );
         assert!(!svc.call_as(me(), get("orders/1")).await.unwrap().found);
     }
 
@@ -709,24 +729,30 @@ mod tests {
             event_type: "seen".into(),
             payload_json: "{}".into(),
         };
+        let written_by = || api::WrittenByRequest {
+            invocation_id: "inv-1".into(),
+        };
         let denied = Err(Code::PermissionDenied);
         for (permissions, expected) in [
-            (&[][..], [denied, denied, denied, denied, denied, denied]),
+            (
+                &[][..],
+                [denied, denied, denied, denied, denied, denied, denied],
+            ),
             (
                 &["log"][..],
-                [Ok(()), denied, denied, denied, denied, denied],
+                [Ok(()), denied, denied, denied, denied, denied, denied],
             ),
             (
                 &["storage:read"][..],
-                [denied, Ok(()), denied, denied, Ok(()), denied],
+                [denied, Ok(()), denied, denied, Ok(()), Ok(()), denied],
             ),
             (
                 &["storage:write"][..],
-                [denied, Ok(()), Ok(()), Ok(()), Ok(()), denied],
+                [denied, Ok(()), Ok(()), Ok(()), Ok(()), Ok(()), denied],
             ),
             (
                 &["events:emit"][..],
-                [denied, denied, denied, denied, denied, Ok(())],
+                [denied, denied, denied, denied, denied, denied, Ok(())],
             ),
         ] {
             let got = [
@@ -735,11 +761,12 @@ mod tests {
                 outcome(permissions, put("k", "1")).await,
                 outcome(permissions, delete()).await,
                 outcome(permissions, list()).await,
+                outcome(permissions, written_by()).await,
                 outcome(permissions, emit()).await,
             ];
             assert_eq!(
                 got, expected,
-                "log, get, put, delete, list, emit with {permissions:?}"
+                "log, get, put, delete, list, writtenBy, emit with {permissions:?}"
             );
         }
     }

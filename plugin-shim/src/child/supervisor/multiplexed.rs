@@ -318,6 +318,23 @@ impl Supervisor {
             .await
             .map_err(|e| InvokeError::LoadFailed(Box::new(e)))?;
         }
+        let mut upgraded = self.upgraded.lock().await;
+        if !*upgraded {
+            if let Some(payload) = self.upgrade_payload().await? {
+                let id = format!("onupgrade-{}", n + 1);
+                alone(
+                    &process,
+                    &id,
+                    Hook::OnUpgrade,
+                    &payload,
+                    self.spec.lifecycle_timeout,
+                )
+                .await
+                .map_err(|e| InvokeError::UpgradeFailed(Box::new(e)))?;
+                info!(upgrade = %payload, "the plugin's onUpgrade hook completed");
+            }
+            *upgraded = true;
+        }
         Ok(process)
     }
 
