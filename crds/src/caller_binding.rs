@@ -156,6 +156,7 @@ spec:
                 "onLoad",
                 "onUnload",
                 "onConfigChange",
+                "onUpgrade",
                 "transform",
                 "onEvent"
             ])
