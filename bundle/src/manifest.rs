@@ -663,7 +663,9 @@ imageDigest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab
         ));
         assert!(matches!(e, ManifestError::UnknownHook { ref hook } if hook == "onSave"));
         assert!(
-            msg.contains("`onLoad`, `onUnload`, `onConfigChange`, `onUpgrade`, `transform`, `onEvent`"),
+            msg.contains(
+                "`onLoad`, `onUnload`, `onConfigChange`, `onUpgrade`, `transform`, `onEvent`"
+            ),
             "{msg}"
         );
         let (e, msg) = err(&with(r#""storage:read""#, "root"));

@@ -277,7 +277,11 @@ async fn invoke_refuses_bad_input_and_unknown_plugins_with_a_reason() {
         ("onEvent", "{}", "it declares transform"),
         ("bogus", "{}", "callers call transform or onEvent"),
         ("onConfigChange", "{}", "lifecycle hook"),
-        ("onUpgrade", "{\"from\":\"0.1.0\",\"to\":\"9.9.9\"}", "lifecycle hook"),
+        (
+            "onUpgrade",
+            "{\"from\":\"0.1.0\",\"to\":\"9.9.9\"}",
+            "lifecycle hook",
+        ),
     ];
     for (hook, payload, reason) in invalid {
         let e = s.invoke("a", hook, payload).await.expect_err("refused");
