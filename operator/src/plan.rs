@@ -153,6 +153,21 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
 
 /// Condition reason when `spec.version` is below the version that last wrote the storage.
 pub const DOWNGRADE_REFUSED: &str = "DowngradeRefused";
+/// Condition reason when the storage's version could not be read before a new revision.
+pub const STORAGE_UNREADABLE: &str = "StorageUnreadable";
+
+/// The verdict when the plugin's storage could not be read to rule a downgrade out: the new
+/// revision waits (the running one keeps serving) and the reconcile retries.
+pub fn storage_unreadable(plugin: &Plugin, error: &str) -> Verdict {
+    Verdict::blocked(
+        STORAGE_UNREADABLE,
+        format!(
+            "reading PluginStorage {}/{} (which version last wrote the plugin's data) failed: {error}; the new revision waits until it can be read (retried). If the operator's RBAC was customised, grant it get on pluginstorages",
+            plugin.namespace().unwrap_or_default(),
+            plugin.name_any()
+        ),
+    )
+}
 
 impl Plan {
     /// Whether this plan would roll out a revision other than the one `plugin` runs now: only
@@ -197,11 +212,12 @@ pub fn downgrade(plugin: &Plugin, written_by: Option<&str>) -> Option<Verdict> {
     // compared (the compatibility step names it).
     let want = semver::Version::parse(wanted).ok()?;
     match semver::Version::parse(written_by) {
-        Ok(stored) if want >= stored => None,
+        // Precedence: build metadata (`1.2.0+b2`) is the same version, not an older one.
+        Ok(stored) if want.cmp_precedence(&stored).is_ge() => None,
         Ok(_) => Some(Verdict::blocked(
             DOWNGRADE_REFUSED,
             format!(
-                "spec.version {wanted} is older than version {written_by}, which last wrote the plugin's storage ({storage} status.writtenBy); the running revision keeps serving. Roll forward to {written_by} or later, or set spec.allowDowngrade: true once you know {wanted} reads that data"
+                "spec.version {wanted} is older than version {written_by}, which last wrote the plugin's storage ({storage} status.writtenBy); nothing new rolls out (a running revision keeps serving). Roll forward to {written_by} or later, or set spec.allowDowngrade: true once you know {wanted} reads that data"
             ),
         )),
         Err(e) => Some(Verdict::blocked(
@@ -740,6 +756,9 @@ mod tests {
         let v = downgrade(&at("1.9.0", false), Some("1.10.0")).expect("refused");
         assert_blocked(&v, DOWNGRADE_REFUSED, "spec.allowDowngrade: true");
         assert_blocked(&v, DOWNGRADE_REFUSED, "1.10.0");
+        // Build metadata does not make a version older or newer.
+        assert_eq!(downgrade(&at("1.2.0", false), Some("1.2.0+b10")), None);
+        assert_eq!(downgrade(&at("1.2.0+b2", false), Some("1.2.0+b10")), None);
         // A pre-release is older than its release.
         let v = downgrade(&at("2.0.0-rc.1", false), Some("2.0.0")).expect("refused");
         assert_blocked(&v, DOWNGRADE_REFUSED, "2.0.0-rc.1");

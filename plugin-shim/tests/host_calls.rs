@@ -19,8 +19,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 /// Makes the host calls listed in the payload (`calls`: `[{"call", "args"}]`; onLoad makes one
-/// `log`; onUpgrade stores its payload under `migrated`), then answers with the results it read
-/// and its pid.
+/// `log`; onUpgrade stores its payload under `migrated`, and fails if that fails), then answers
+/// with the results it read and its pid.
 const PLUGIN: &str = r#"
 import json, os, sys
 def call(name, args, cid):
@@ -33,7 +33,10 @@ for line in sys.stdin:
     if req["hook"] == "onLoad":
         results.append(call("log", {"level": "info", "message": "loading"}, "load"))
     if req["hook"] == "onUpgrade":
-        results.append(call("storage.put", {"key": "migrated", "value": p}, "up"))
+        r = call("storage.put", {"key": "migrated", "value": p}, "up")
+        if not r.get("ok"):
+            print(json.dumps({"id": req["id"], "ok": False, "error": "migration failed"}), flush=True)
+            continue
     for i, c in enumerate(p.get("calls", [])):
         results.append(call(c["call"], c.get("args", {}), "c%d" % i))
     out = {"results": results, "pid": os.getpid()}
@@ -49,6 +52,8 @@ struct FakeHost {
     deny_put: bool,
     /// What `storage.writtenBy` answers (`None`: nothing recorded).
     written_by: Option<&'static str>,
+    /// How many `storage.put` calls fail (UNAVAILABLE) before they succeed.
+    failing_puts: std::sync::atomic::AtomicU32,
 }
 
 impl FakeHost {
@@ -86,6 +91,21 @@ impl HostCalls for FakeHost {
                 "storage.get" => Ok(
                     r#"{"found":true,"value":{"big":123456789012345678901234567890}}"#.to_string(),
                 ),
+                "storage.put"
+                    if self
+                        .failing_puts
+                        .fetch_update(
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                            |n| n.checked_sub(1),
+                        )
+                        .is_ok() =>
+                {
+                    Err(CallError {
+                        code: "UNAVAILABLE".into(),
+                        message: "the host API is not reachable".into(),
+                    })
+                }
                 "storage.put" if self.deny_put => Err(CallError {
                     code: "PERMISSION_DENIED".into(),
                     message: "storage.put needs the permission storage:write; the plugin has \
@@ -311,13 +331,14 @@ async fn on_upgrade_gets_from_and_to_once_when_an_older_version_wrote_the_storag
         .iter()
         .map(|(id, c)| (id.as_str(), c.call.as_str()))
         .collect();
-    // onLoad first (the plugin migrates with its configuration), then the version is asked
-    // for, then onUpgrade runs with its host calls open; once for the shim, not per call.
+    // The version is asked for before any onLoad (whose writes would carry this version), then
+    // onLoad (the plugin migrates with its configuration), then onUpgrade with its host calls
+    // open; once for the shim, not per call.
     assert_eq!(
         calls,
         [
-            ("onload-1", "log"),
             ("onupgrade", "storage.writtenBy"),
+            ("onload-1", "log"),
             ("onupgrade-1", "storage.put"),
         ],
         "{seen:?}"
@@ -327,6 +348,44 @@ async fn on_upgrade_gets_from_and_to_once_when_an_older_version_wrote_the_storag
         migrated["value"],
         json!({"from": "0.9.0", "to": "1.0.0"}),
         "{migrated}"
+    );
+    shim.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_on_upgrade_is_owed_until_it_succeeds_and_the_version_is_asked_once() {
+    let host = Arc::new(FakeHost {
+        written_by: Some("0.9.0"),
+        failing_puts: 1.into(),
+        ..FakeHost::default()
+    });
+    let (shim, mut client) = start("[onLoad, onUpgrade, transform]", Some(host.clone())).await;
+    // The first start's onUpgrade fails (the process is not used); the next start runs it
+    // again (its own writes, stamped 1.0.0, must not cancel it). Whether the shim's warm-up or
+    // a call makes the first start, a call is answered once the second one succeeded.
+    let mut answered = Err(tonic::Status::unknown("not called"));
+    for attempt in 1..=3 {
+        answered = invoke(&mut client, &format!("inv-{attempt}"), &[], 0).await;
+        if answered.is_ok() {
+            break;
+        }
+    }
+    assert!(answered.is_ok(), "{answered:?}");
+    let seen = host.seen();
+    let calls: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|(id, c)| (id.as_str(), c.call.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("onupgrade", "storage.writtenBy"),
+            ("onload-1", "log"),
+            ("onupgrade-1", "storage.put"),
+            ("onload-2", "log"),
+            ("onupgrade-2", "storage.put"),
+        ],
+        "{seen:?}"
     );
     shim.stop().await;
 }

@@ -111,8 +111,13 @@ pub(super) async fn run(
     //     older code may misread what the newer one stored), unless the Plugin allows it.
     let planned = match planned {
         Ok(plan) if !plugin.spec.allow_downgrade && plan.rolls_out_new_revision(plugin) => {
-            let written_by = storage_written_by(plugin, ctx, &ns).await?;
-            Ok(match plan::downgrade(plugin, written_by.as_deref()) {
+            // A failed read blocks only the new revision, never the rest of the reconcile (a
+            // kill switch or a revocation below must still act).
+            let verdict = match storage_written_by(plugin, ctx, &ns).await {
+                Ok(written_by) => plan::downgrade(plugin, written_by.as_deref()),
+                Err(e) => Some(plan::storage_unreadable(plugin, &e.to_string())),
+            };
+            Ok(match verdict {
                 Some(refused) => plan.refuse(refused),
                 None => plan,
             })

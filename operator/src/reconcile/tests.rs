@@ -50,6 +50,8 @@ struct State {
     /// Paths whose server-side apply the API server refuses (422): an admission policy or a
     /// schema that rejects the object.
     refused_applies: Vec<String>,
+    /// Paths whose GET the API server forbids (403): RBAC that lacks a verb.
+    forbidden_reads: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -129,6 +131,11 @@ impl FakeApi {
                     .collect();
                 (StatusCode::OK, json!({"metadata": {}, "items": items}))
             }
+            Method::GET if st.forbidden_reads.contains(&path) => (
+                StatusCode::FORBIDDEN,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "reason": "Forbidden", "code": 403, "message": "forbidden by the test"}),
+            ),
             Method::GET => match st.objects.get(&path) {
                 Some(o) => (StatusCode::OK, o.clone()),
                 None => not_found(),
@@ -2150,4 +2157,50 @@ async fn the_storage_is_looked_at_only_when_a_new_revision_would_roll_out() {
     h.reconcile(&h.seen(&p)).await;
     h.reconcile(&h.seen(&p)).await;
     assert_eq!(storage_reads(&h), 0, "{:#?}", h.api.requests());
+}
+
+#[tokio::test]
+async fn an_unreadable_storage_holds_the_new_revision_and_the_kill_switch_still_acts() {
+    let mut h = Harness::unsigned(MANIFEST);
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+    h.watch_deployment_ready();
+    h.reconcile(&h.seen(&p)).await;
+    let running = h.status()["currentRevision"].clone();
+    h.api.take_writes();
+    h.api.state().forbidden_reads.push(format!(
+        "/apis/airlock.dev/v1alpha1/namespaces/{NS}/pluginstorages/hello"
+    ));
+    // A new revision (another memory limit) cannot rule a downgrade out: it waits, named.
+    let mut changed = h.seen(&p);
+    changed.spec.resources = serde_json::from_value(json!({"limits": {"memory": "96Mi"}})).unwrap();
+    h.reconcile(&changed).await;
+    let status = h.status();
+    assert_eq!(
+        condition(&status, "Compatible"),
+        ("False".into(), "StorageUnreadable".into()),
+        "{status}"
+    );
+    assert!(
+        status.to_string().contains("get on pluginstorages"),
+        "{status}"
+    );
+    assert_eq!(
+        status["currentRevision"], running,
+        "the running revision stays"
+    );
+    assert_no_child_written(&h, "a revision that waits for the storage");
+    // Switched off meanwhile: it stops, whatever the storage read says.
+    let mut off = h.seen(&changed);
+    off.spec.enabled = false;
+    h.reconcile(&off).await;
+    assert!(
+        replicas_patched(
+            &h,
+            &format!("/apis/apps/v1/namespaces/{NS}/deployments/hello")
+        )
+        .is_some_and(|r| r == json!(0)),
+        "scaled to zero: {:#?}",
+        h.api.requests()
+    );
 }

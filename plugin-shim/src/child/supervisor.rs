@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, watch};
+use tokio::sync::{Mutex, MutexGuard, OwnedMutexGuard, Semaphore, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
@@ -141,9 +141,21 @@ pub struct Supervisor {
     /// For a multiplexed plugin with a concurrency above 1: its one process, which takes every
     /// call (`members` is then empty; `permits` still bounds the calls in flight).
     mux: Option<multiplexed::MuxSlot>,
-    /// Whether `onUpgrade` is settled for this shim (ran, or was not needed). Held while it
-    /// runs, so processes starting side by side do not migrate the storage twice.
-    upgraded: Mutex<bool>,
+    /// Where this shim stands with `onUpgrade`. Held from before the first process's `onLoad`
+    /// until its `onUpgrade` succeeded, so no process of this pod writes (and so stamps this
+    /// version over the older one) or serves before the storage is migrated.
+    upgrade: Mutex<Upgrade>,
+}
+
+/// Where a shim stands with `onUpgrade`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Upgrade {
+    /// Not decided yet: the host is asked before the first process loads.
+    Unasked,
+    /// Owed, with this payload: the next process start runs it before it serves.
+    Owed(String),
+    /// Ran, or nothing to migrate.
+    Settled,
 }
 
 /// What [`Supervisor::reconfigure`] did, for the log.
@@ -202,7 +214,7 @@ impl Supervisor {
             reconfigs: AtomicU64::new(0),
             ready: watch::Sender::new(false),
             mux,
-            upgraded: Mutex::new(false),
+            upgrade: Mutex::new(Upgrade::Unasked),
         })
     }
 
@@ -535,6 +547,7 @@ impl Supervisor {
             restarts,
             "started the plugin process"
         );
+        let (mut gate, pending) = self.upgrade_gate().await?;
         if self.spec.on_load {
             let id = format!("onload-{}", n + 1);
             let payload = self.lifecycle_payload();
@@ -543,28 +556,45 @@ impl Supervisor {
                 .await
                 .map_err(|e| InvokeError::LoadFailed(Box::new(e)))?;
         }
-        let mut upgraded = self.upgraded.lock().await;
-        if !*upgraded {
-            if let Some(payload) = self.upgrade_payload().await? {
-                let id = format!("onupgrade-{}", n + 1);
-                self.lifecycle(&mut running, &id, Hook::OnUpgrade, &payload)
-                    .await
-                    .map_err(|e| InvokeError::UpgradeFailed(Box::new(e)))?;
-                info!(upgrade = %payload, "the plugin's onUpgrade hook completed");
-            }
-            *upgraded = true;
+        if let (Some(payload), Some(state)) = (pending, gate.as_mut()) {
+            let id = format!("onupgrade-{}", n + 1);
+            self.lifecycle(&mut running, &id, Hook::OnUpgrade, &payload)
+                .await
+                .map_err(|e| InvokeError::UpgradeFailed(Box::new(e)))?;
+            info!(upgrade = %payload, "the plugin's onUpgrade hook completed");
+            **state = Upgrade::Settled;
         }
         Ok(running)
     }
 
-    /// The payload of `onUpgrade`, `{"from": ..., "to": ...}`, when the plugin declares it and
-    /// its storage was last written by an older version (the router's `storage.writtenBy`);
-    /// `None` when there is nothing to migrate: never written, written by this version or a
-    /// newer one (a rollback the Plugin allowed), or no storage permission to migrate with.
-    /// Asked once per shim, after `onLoad`: the plugin migrates with its configuration loaded.
-    pub(super) async fn upgrade_payload(&self) -> Result<Option<String>, InvokeError> {
+    /// The `onUpgrade` this shim still owes, decided once (before the first `onLoad`, whose
+    /// writes would be stamped with this version and hide an older one): the payload
+    /// `{"from": ..., "to": ...}` when the plugin declares the hook and its storage was last
+    /// written by an older version (the router's `storage.writtenBy`). Returns the lock, held
+    /// only while one is owed, so that the caller runs it before any other process of this pod
+    /// loads; a failed `onUpgrade` leaves it owed, for the next start.
+    pub(super) async fn upgrade_gate(
+        &self,
+    ) -> Result<(Option<MutexGuard<'_, Upgrade>>, Option<String>), InvokeError> {
+        let mut state = self.upgrade.lock().await;
+        if matches!(*state, Upgrade::Unasked) {
+            *state = self.ask_upgrade().await?;
+        }
+        Ok(match &*state {
+            Upgrade::Owed(payload) => {
+                let payload = payload.clone();
+                (Some(state), Some(payload))
+            }
+            Upgrade::Unasked | Upgrade::Settled => (None, None),
+        })
+    }
+
+    /// Asks the host which version last wrote the storage and decides whether `onUpgrade` is
+    /// owed. Nothing to migrate: no `onUpgrade` declared (or no storage permission declared),
+    /// never written, written by this version or a newer one (a rollback the Plugin allowed).
+    async fn ask_upgrade(&self) -> Result<Upgrade, InvokeError> {
         let (Some(to), Some(host)) = (&self.spec.on_upgrade, self.spec.host.as_deref()) else {
-            return Ok(None);
+            return Ok(Upgrade::Settled);
         };
         let line = protocol::HostCallLine {
             call: protocol::calls::STORAGE_WRITTEN_BY.into(),
@@ -572,37 +602,37 @@ impl Supervisor {
             args: "{}".into(),
             request: None,
         };
-        let answer = match host.call("onupgrade", line).await {
-            Ok(answer) => answer,
-            Err(e) if e.code == "PERMISSION_DENIED" => {
-                warn!(error = %e.message, "the plugin declares onUpgrade but may not read its storage; onUpgrade is not sent");
-                return Ok(None);
-            }
-            // Serving unmigrated data is worse than not serving yet: the start fails and is
-            // retried (the pod stays unready; a rollout that cannot finish is rolled back).
-            Err(e) => {
-                return Err(InvokeError::UpgradeFailed(Box::new(InvokeError::Plugin(
-                    format!(
-                        "asking the host which version last wrote the storage failed ({}: {})",
-                        e.code, e.message
-                    ),
-                ))));
-            }
+        // Serving unmigrated data is worse than not serving yet: an answer that is not a
+        // version fails the start, which is retried (the pod stays unready; a rollout that
+        // cannot finish is rolled back). A refusal too: the manifest declares a storage
+        // permission (else on_upgrade is None), so the router lags (a re-enable) or the
+        // Plugin's permissions were narrowed; both are the operator's to resolve.
+        let failed = |why: String| {
+            InvokeError::UpgradeFailed(Box::new(InvokeError::Plugin(format!(
+                "asking the host which version last wrote the storage failed: {why}"
+            ))))
+        };
+        let limit = self.spec.lifecycle_timeout;
+        let answer = match timeout(limit, host.call("onupgrade", line)).await {
+            Err(_) => return Err(failed(format!("no answer within {} ms", limit.as_millis()))),
+            Ok(Err(e)) => return Err(failed(format!("{}: {}", e.code, e.message))),
+            Ok(Ok(answer)) => answer,
         };
         let from = serde_json::from_str::<serde_json::Value>(&answer)
             .ok()
             .and_then(|v| v["writtenBy"].as_str().map(str::to_string));
         let Some(from) = from else {
-            return Ok(None);
+            return Ok(Upgrade::Settled);
         };
         match semver::Version::parse(&from) {
-            Ok(older) if older < *to => Ok(Some(
+            // Precedence: build metadata (`+b1`) is not a newer version.
+            Ok(older) if older.cmp_precedence(to).is_lt() => Ok(Upgrade::Owed(
                 serde_json::json!({"from": from, "to": to.to_string()}).to_string(),
             )),
-            Ok(_) => Ok(None),
+            Ok(_) => Ok(Upgrade::Settled),
             Err(e) => {
                 warn!(written_by = %from, error = %e, "the storage's writtenBy is not a version; onUpgrade is not sent");
-                Ok(None)
+                Ok(Upgrade::Settled)
             }
         }
     }

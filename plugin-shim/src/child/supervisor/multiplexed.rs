@@ -305,6 +305,7 @@ impl Supervisor {
             "started the multiplexed plugin process"
         );
         let process = MuxProcess::start(running, self.spec.host.clone());
+        let (mut gate, pending) = self.upgrade_gate().await?;
         if self.spec.on_load {
             let id = format!("onload-{}", n + 1);
             let payload = self.lifecycle_payload();
@@ -318,22 +319,19 @@ impl Supervisor {
             .await
             .map_err(|e| InvokeError::LoadFailed(Box::new(e)))?;
         }
-        let mut upgraded = self.upgraded.lock().await;
-        if !*upgraded {
-            if let Some(payload) = self.upgrade_payload().await? {
-                let id = format!("onupgrade-{}", n + 1);
-                alone(
-                    &process,
-                    &id,
-                    Hook::OnUpgrade,
-                    &payload,
-                    self.spec.lifecycle_timeout,
-                )
-                .await
-                .map_err(|e| InvokeError::UpgradeFailed(Box::new(e)))?;
-                info!(upgrade = %payload, "the plugin's onUpgrade hook completed");
-            }
-            *upgraded = true;
+        if let (Some(payload), Some(state)) = (pending, gate.as_mut()) {
+            let id = format!("onupgrade-{}", n + 1);
+            alone(
+                &process,
+                &id,
+                Hook::OnUpgrade,
+                &payload,
+                self.spec.lifecycle_timeout,
+            )
+            .await
+            .map_err(|e| InvokeError::UpgradeFailed(Box::new(e)))?;
+            info!(upgrade = %payload, "the plugin's onUpgrade hook completed");
+            **state = super::Upgrade::Settled;
         }
         Ok(process)
     }
