@@ -44,6 +44,24 @@ fn bundle_name(version: &str) -> String {
     format!("{NAME}-{}", version.replace('.', "-"))
 }
 
+/// event-logger (1.0.0) applied, with the bundles of 1.0.0 and 1.1.0 in their ConfigMaps.
+async fn apply_with_both_bundles(f: &Fixture) -> Result<()> {
+    for version in ["1.0.0", "1.1.0"] {
+        f.sandbox
+            .put_bundle(&bundle_name(version), bundle_of_version(version)?)
+            .await?;
+    }
+    let hooks = json!([{"name": "onEvent", "timeout": "2s"}]);
+    f.apply(
+        NAME,
+        NAME,
+        hooks,
+        json!(["log", "storage:write"]),
+        json!({}),
+    )
+    .await
+}
+
 /// Switches the Plugin to `version` (its bundle in [`bundle_name`]), with `allow_downgrade`.
 async fn roll_to(f: &Fixture, version: &str, allow_downgrade: bool) -> Result<()> {
     let bundle = bundle_name(version);
@@ -99,21 +117,8 @@ async fn wait_written_by(f: &Fixture, version: &str) -> Result<()> {
 }
 
 async fn scenario(f: &Fixture) -> Result<()> {
-    let hooks = json!([{"name": "onEvent", "timeout": "2s"}]);
     let plugins = f.ns.api::<Plugin>();
-    for version in ["1.0.0", "1.1.0"] {
-        f.sandbox
-            .put_bundle(&bundle_name(version), bundle_of_version(version)?)
-            .await?;
-    }
-    f.apply(
-        NAME,
-        NAME,
-        hooks,
-        json!(["log", "storage:write"]),
-        json!({}),
-    )
-    .await?;
+    apply_with_both_bundles(f).await?;
     roll_to(f, "1.1.0", false).await?;
     let serving = wait_plugin(&plugins, NAME, "1.1.0 Active", |p| {
         active(p) && p.spec.version == "1.1.0"
@@ -208,21 +213,8 @@ async fn upgrade_scenario(f: &Fixture) -> Result<()> {
         )
         .await
         .context("seeding the storage")?;
-    for version in ["1.0.0", "1.1.0"] {
-        f.sandbox
-            .put_bundle(&bundle_name(version), bundle_of_version(version)?)
-            .await?;
-    }
-    let hooks = json!([{"name": "onEvent", "timeout": "2s"}]);
     let plugins = f.ns.api::<Plugin>();
-    f.apply(
-        NAME,
-        NAME,
-        hooks,
-        json!(["log", "storage:write"]),
-        json!({}),
-    )
-    .await?;
+    apply_with_both_bundles(f).await?;
     roll_to(f, "1.0.0", false).await?;
     f.wait_serving(&[NAME], "onEvent").await?;
     // 1.0.0 writes: the storage is now its data (the seed merged in).

@@ -76,6 +76,13 @@ impl FakeHost {
     }
 }
 
+/// `(invocation id, call)` of each host call `seen`.
+fn invocations_and_calls(seen: &[(String, HostCallLine)]) -> Vec<(&str, &str)> {
+    seen.iter()
+        .map(|(id, c)| (id.as_str(), c.call.as_str()))
+        .collect()
+}
+
 impl HostCalls for FakeHost {
     fn call<'a>(&'a self, invocation_id: &'a str, call: HostCallLine) -> CallFuture<'a> {
         Box::pin(async move {
@@ -327,10 +334,7 @@ async fn on_upgrade_gets_from_and_to_once_when_an_older_version_wrote_the_storag
     invoke(&mut client, "inv-1", &[], 0).await.unwrap();
     invoke(&mut client, "inv-2", &[], 0).await.unwrap();
     let seen = host.seen();
-    let calls: Vec<(&str, &str)> = seen
-        .iter()
-        .map(|(id, c)| (id.as_str(), c.call.as_str()))
-        .collect();
+    let calls = invocations_and_calls(&seen);
     // The version is asked for before any onLoad (whose writes would carry this version), then
     // onLoad (the plugin migrates with its configuration), then onUpgrade with its host calls
     // open; once for the shim, not per call.
@@ -372,10 +376,7 @@ async fn a_failed_on_upgrade_is_owed_until_it_succeeds_and_the_version_is_asked_
     }
     assert!(answered.is_ok(), "{answered:?}");
     let seen = host.seen();
-    let calls: Vec<(&str, &str)> = seen
-        .iter()
-        .map(|(id, c)| (id.as_str(), c.call.as_str()))
-        .collect();
+    let calls = invocations_and_calls(&seen);
     assert_eq!(
         calls,
         [
