@@ -172,6 +172,20 @@ pub async fn wait_last_log_line(
     }
 }
 
+/// The names of the pods selected by `labels` that are not being deleted, sorted.
+pub async fn live_pod_names(api: &Api<Pod>, labels: &str) -> Result<Vec<String>> {
+    let mut names: Vec<String> = api
+        .list(&ListParams::default().labels(labels))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Container restarts of the pods selected by `labels` in `namespace` (summed over the pods that
 /// exist now).
 pub async fn container_restarts(

@@ -10,7 +10,7 @@ use airlock_crds::Plugin;
 use anyhow::{Context, Result, ensure};
 use futures::{AsyncBufReadExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, LogParams};
+use kube::api::{DeleteParams, LogParams};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -59,14 +59,8 @@ async fn scenario(f: &Fixture) -> Result<()> {
 /// container exits; each task ends with what was logged.
 async fn follow_pods(f: &Fixture) -> Result<Vec<(String, JoinHandle<Result<String>>)>> {
     let pods = f.ns.api::<Pod>();
-    let running: Vec<String> = pods
-        .list(&ListParams::default().labels(&format!("airlock.dev/plugin={NAME}")))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.name)
-        .collect();
+    let running =
+        airlock_e2e::pods::live_pod_names(&pods, &format!("airlock.dev/plugin={NAME}")).await?;
     ensure!(!running.is_empty(), "{NAME} has a running pod");
     let mut followed = Vec::new();
     for pod in running {

@@ -729,16 +729,7 @@ async fn apiserver_rollout(s: &Sandbox) -> Result<()> {
 
 /// The router pods not being deleted, by name.
 async fn router_pods(pods: &Api<Pod>) -> Result<Vec<String>> {
-    let mut names: Vec<String> = pods
-        .list(&ListParams::default().labels(ROUTER_SELECTOR))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    names.sort();
-    Ok(names)
+    airlock_e2e::pods::live_pod_names(pods, ROUTER_SELECTOR).await
 }
 
 /// Restarts of the operator's containers so far (every pod of it).
