@@ -537,6 +537,8 @@ impl Supervisor {
     /// Spawns plugin process `index` and, if it has one, runs its `onLoad` hook within the
     /// lifecycle timeout.
     async fn start(&self, index: usize) -> Result<Running, InvokeError> {
+        // Decided before a process is spawned: a host that cannot answer costs no process.
+        let (mut gate, pending) = self.upgrade_gate().await?;
         let mut running =
             spawn::spawn(&self.spec, &self.log_budget, &self.log_stats, &self.groups)?;
         let n = self.starts.fetch_add(1, Ordering::Relaxed);
@@ -547,7 +549,6 @@ impl Supervisor {
             restarts,
             "started the plugin process"
         );
-        let (mut gate, pending) = self.upgrade_gate().await?;
         if self.spec.on_load {
             let id = format!("onload-{}", n + 1);
             let payload = self.lifecycle_payload();

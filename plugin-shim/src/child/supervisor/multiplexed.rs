@@ -295,6 +295,7 @@ impl Supervisor {
     /// Spawns the process and, if it has one, runs its `onLoad` hook (alone) within the lifecycle
     /// timeout; a failed `onLoad` drops (kills) the new process.
     async fn start_multiplexed(&self, mux: &MuxSlot) -> Result<MuxProcess, InvokeError> {
+        let (mut gate, pending) = self.upgrade_gate().await?;
         let running = spawn::spawn(&self.spec, &self.log_budget, &self.log_stats, &self.groups)?;
         let n = self.starts.fetch_add(1, Ordering::Relaxed);
         let restarts = mux.starts.fetch_add(1, Ordering::Relaxed);
@@ -305,7 +306,6 @@ impl Supervisor {
             "started the multiplexed plugin process"
         );
         let process = MuxProcess::start(running, self.spec.host.clone());
-        let (mut gate, pending) = self.upgrade_gate().await?;
         if self.spec.on_load {
             let id = format!("onload-{}", n + 1);
             let payload = self.lifecycle_payload();
