@@ -15,7 +15,8 @@ export GOMAXPROCS=2
 
 done_marker() { echo "$(bin_dir "$1" "$2")/.complete"; }
 is_built() { [ -f "$(done_marker "$1" "$2")" ]; }
-mark_built() { touch "$(done_marker "$1" "$2")"; }
+mark_built() { touch "$(done_marker "$1" "$2")"; BUILT_SOMETHING=1; }
+BUILT_SOMETHING=
 
 k8s_ldflags() {
   local v=$K8S_VERSION min ld="-s -w"
@@ -140,6 +141,7 @@ build_kstatus() {
     with_progress "kstatus $CLI_UTILS_VERSION: build" env CGO_ENABLED=0 go build -p 2 -trimpath -ldflags "-s -w" -o "$out/kstatus" .
   )
   echo "$sum" > "$(done_marker kstatus "$CLI_UTILS_VERSION")"
+  BUILT_SOMETHING=1
 }
 
 # Flux's controllers, to drive Airlock from an OCI artifact as a GitOps user does. Each is built as
@@ -220,6 +222,7 @@ build_event_sink() {
     with_progress "event-sink: build" env CGO_ENABLED=0 go build -p 2 -trimpath -ldflags "-s -w" -o "$out/event-sink" .
   )
   echo "$sum" > "$(done_marker event-sink "$CLOUDEVENTS_SDK_VERSION")"
+  BUILT_SOMETHING=1
 }
 
 ALL=(kubernetes etcd kube_router crane helm cosign crictl grpcurl kstatus flux kwok)
@@ -228,3 +231,15 @@ for c in "$@"; do
   "build_${c//-/_}"
 done
 log "binaries ready under $BIN_CACHE"
+
+# The Go build and module caches are only for building again: what runs is the binary cached under
+# $BIN_CACHE. A cold build of everything leaves ~18 GiB in them (12 GiB of compiled packages for
+# Kubernetes alone), which on a machine with little free disk is what the Rust builds after it then
+# miss (a CI run failed with "No space left on device"). So a run that built something removes them;
+# a version bump re-downloads what it needs. AIRLOCK_KEEP_GO_CACHES=1 keeps them.
+if [ -n "$BUILT_SOMETHING" ] && [ -z "${AIRLOCK_KEEP_GO_CACHES:-}" ]; then
+  before=$(du -sm "$GOCACHE" "$GOMODCACHE" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+  go clean -cache >/dev/null 2>&1 || true
+  go clean -modcache >/dev/null 2>&1 || true
+  log "removed the Go build and module caches (${before} MiB; AIRLOCK_KEEP_GO_CACHES=1 keeps them)"
+fi
