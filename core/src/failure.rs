@@ -13,6 +13,9 @@ crate::vocabulary! {
         QueueTimeout = "queue-timeout",
         /// The plugin process could not start, exited, or failed its `onLoad`.
         Crash = "crash",
+        /// The kernel killed the plugin process at the container's memory limit (a crash whose
+        /// cause is known: the limit is too low for the plugin, or the plugin leaks).
+        OutOfMemory = "oom",
         /// The plugin process is being restarted after crashes; the call was refused meanwhile.
         Backoff = "backoff",
         /// The plugin answered with an error of its own.

@@ -507,6 +507,60 @@ pub struct PluginStatus {
     /// Removed by the controller once `spec.reEnable` changes. Kept in status, so no sync of the
     /// spec or metadata (apply, replace) can clear it by accident.
     pub auto_disabled: Option<AutoDisabled>,
+    /// Written by the router: the failures of the plugin's calls, counted by kind, and the last
+    /// one. Like `autoDisabled`, the router's, never the controller's.
+    pub health: Option<PluginHealth>,
+}
+
+/// The router's record of a plugin's failures (`PluginStatus.health`).
+#[skip_serializing_none]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginHealth {
+    /// Failed calls in a row as the router replica that reported last saw them; 0 once a call
+    /// was answered again.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// Failed calls since the Plugin was created, by kind (added up over every router replica).
+    #[serde(default)]
+    pub failures: FailureCounts,
+    /// The most recent failure.
+    pub last_failure: Option<LastFailure>,
+}
+
+/// Failed calls by kind (`PluginHealth.failures`); the kinds are those of the shim's
+/// `airlock-failure` trailer that say something about the plugin.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureCounts {
+    /// The plugin did not answer within its hook's timeout; the shim killed it.
+    #[serde(default)]
+    pub timeout: u64,
+    /// The plugin process exited, could not start or failed its onLoad.
+    #[serde(default)]
+    pub crash: u64,
+    /// The kernel killed the plugin process at the container's memory limit.
+    #[serde(default)]
+    pub oom: u64,
+    /// The plugin's answer was over the output limit.
+    #[serde(default)]
+    pub output_too_large: u64,
+    /// The plugin broke the stdio protocol.
+    #[serde(default)]
+    pub protocol: u64,
+}
+
+/// One failure (`PluginHealth.lastFailure`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LastFailure {
+    /// timeout, crash, oom, output-too-large or protocol.
+    pub kind: String,
+    /// What the shim said (at most 1,024 characters).
+    #[schemars(length(max = 1024))]
+    pub message: String,
+    /// When the router saw it (RFC 3339).
+    pub time: String,
 }
 
 /// The operator's record of the plugin's certificate (`PluginStatus.certificate`).

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod host;
 pub mod logs;
+pub mod memory;
 mod procfs;
 pub mod reaper;
 pub mod sandbox;

@@ -254,6 +254,7 @@ pub fn status_of(error: &InvokeError) -> Status {
         | InvokeError::ShortenedTimeout { .. } => Code::DeadlineExceeded,
         InvokeError::Spawn { .. }
         | InvokeError::Exited { .. }
+        | InvokeError::OutOfMemory { .. }
         | InvokeError::LoadFailed(_)
         | InvokeError::UpgradeFailed(_)
         | InvokeError::Backoff { .. } => Code::Unavailable,
@@ -272,6 +273,9 @@ pub fn status_of(error: &InvokeError) -> Status {
 /// What happened to the plugin process, for the [`FAILURE_METADATA`] trailer on every failed
 /// Invoke: the router counts timeouts and crashes from it without parsing messages.
 pub fn failure_kind(error: &InvokeError) -> FailureKind {
+    if error.out_of_memory().is_some() {
+        return FailureKind::OutOfMemory;
+    }
     match error {
         InvokeError::Timeout(_) => FailureKind::Timeout,
         // Not counted as the plugin's timeout by the router (see ShortenedTimeout).
@@ -280,6 +284,7 @@ pub fn failure_kind(error: &InvokeError) -> FailureKind {
         }
         InvokeError::Spawn { .. }
         | InvokeError::Exited { .. }
+        | InvokeError::OutOfMemory { .. }
         | InvokeError::LoadFailed(_)
         | InvokeError::UpgradeFailed(_) => FailureKind::Crash,
         InvokeError::Backoff { .. } => FailureKind::Backoff,
@@ -425,4 +430,41 @@ pub async fn serve(
         }
     }
     Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17: an out-of-memory kill is its own kind (the router counts it as such), also when
+    /// it ended an onLoad, and the message names the limit and the fix.
+    #[test]
+    fn an_out_of_memory_kill_is_told_apart_and_names_the_memory_limit() {
+        let oom = InvokeError::OutOfMemory {
+            limit: Some(64 << 20),
+        };
+        assert_eq!(failure_kind(&oom), FailureKind::OutOfMemory);
+        let in_load = InvokeError::LoadFailed(Box::new(InvokeError::OutOfMemory {
+            limit: Some(32 << 20),
+        }));
+        assert_eq!(failure_kind(&in_load), FailureKind::OutOfMemory);
+        let status = status_of(&in_load);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.metadata().get(FAILURE_METADATA).unwrap(),
+            FailureKind::OutOfMemory.as_str()
+        );
+        for part in [
+            "onLoad",
+            "out of memory",
+            "memory limit of 32Mi",
+            "spec.resources.limits.memory",
+        ] {
+            assert!(status.message().contains(part), "{part}: {}", status.message());
+        }
+        let crash = InvokeError::Exited {
+            status: "killed by SIGKILL".into(),
+        };
+        assert_eq!(failure_kind(&crash), FailureKind::Crash);
+    }
 }

@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use airlock_core::failure::FailureKind;
+
 /// Thresholds; defaults from the product requirements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerConfig {
@@ -40,8 +42,13 @@ pub enum Outcome {
     Timeout,
     /// The plugin process died or could not start.
     Crash,
-    /// Broke the protocol or answered with too much; the shim restarted it.
-    Misbehaved,
+    /// The kernel killed the plugin process at its memory limit: a crash (it counts toward the
+    /// crash rule) whose cause is known.
+    OutOfMemory,
+    /// Broke the protocol; the shim restarted it.
+    Protocol,
+    /// Answered with more than the output limit; the shim restarted it.
+    OutputTooLarge,
     /// Its pods could not be reached.
     Unreachable,
     /// Ran out of the caller's own deadline, which was shorter than the hook's timeout. Says
@@ -72,6 +79,21 @@ pub struct Health {
     crashes: VecDeque<Instant>,
     /// Set once the plugin met an auto-disable rule: why.
     disabled: Option<String>,
+}
+
+impl Outcome {
+    /// The kind of failure `status.health` counts it as; `None` for what says nothing about the
+    /// plugin (an answer, an unreachable pod, the caller's own deadline).
+    pub fn counted_kind(self) -> Option<FailureKind> {
+        match self {
+            Outcome::Timeout => Some(FailureKind::Timeout),
+            Outcome::Crash => Some(FailureKind::Crash),
+            Outcome::OutOfMemory => Some(FailureKind::OutOfMemory),
+            Outcome::Protocol => Some(FailureKind::Protocol),
+            Outcome::OutputTooLarge => Some(FailureKind::OutputTooLarge),
+            Outcome::Answered | Outcome::Unreachable | Outcome::CallerDeadline => None,
+        }
+    }
 }
 
 impl Default for Health {
@@ -151,7 +173,7 @@ impl Health {
         } else {
             0
         };
-        if outcome == Outcome::Crash {
+        if matches!(outcome, Outcome::Crash | Outcome::OutOfMemory) {
             self.crashes.push_back(now);
         }
         while self
@@ -200,6 +222,11 @@ impl Health {
             State::Open { until } if now < until => "open",
             State::Open { .. } | State::HalfOpen { .. } => "half-open",
         }
+    }
+
+    /// Failed calls in a row (an answer resets it).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
     }
 
     /// Whether an auto-disable rule was met.
@@ -267,8 +294,8 @@ mod tests {
 
     #[test]
     fn a_failed_trial_opens_the_breaker_again() {
-        let (mut h, later) = in_trial(Outcome::Misbehaved);
-        h.record(Outcome::Misbehaved, later, &CFG);
+        let (mut h, later) = in_trial(Outcome::Protocol);
+        h.record(Outcome::Protocol, later, &CFG);
         assert_eq!(h.state_name(later), "open");
     }
 
@@ -338,5 +365,23 @@ mod tests {
             h.record(Outcome::Crash, late, &CFG).as_deref(),
             Some("3 crashes within 60 minutes")
         );
+    }
+
+    #[test]
+    fn out_of_memory_kills_count_as_crashes() {
+        let (mut h, t0) = fresh();
+        h.record(Outcome::OutOfMemory, t0, &CFG);
+        h.record(Outcome::Answered, t0, &CFG);
+        h.record(Outcome::Crash, t0, &CFG);
+        assert_eq!(
+            h.record(Outcome::OutOfMemory, t0, &CFG).as_deref(),
+            Some("3 crashes within 60 minutes")
+        );
+        assert_eq!(
+            Outcome::OutOfMemory.counted_kind(),
+            Some(FailureKind::OutOfMemory)
+        );
+        assert_eq!(Outcome::CallerDeadline.counted_kind(), None);
+        assert_eq!(Outcome::Unreachable.counted_kind(), None);
     }
 }

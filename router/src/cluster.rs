@@ -1,7 +1,7 @@
 //! The router's Kubernetes side: watches of Plugins and their EndpointSlices that keep the
 //! [`RouteTable`] current, the watch of PluginCallerBindings that keeps the callers' grants
 //! current, and the [`Disabler`] that records an auto-disable on the Plugin (`status.autoDisabled`), as an
-//! Event and on the audit stream.
+//! Event and on the audit stream, and writes the plugin's failures into `status.health`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use crate::audit;
 use crate::callers::{Bindings, Gate};
 use crate::dispatch::{Caller, Disabler, Router};
+use crate::health_report::{HealthChange, Ledger, Pending, REPORT_EVERY, merged};
 use crate::table::{Route, RouteTable};
 use airlock_core::shard::Shard;
 
@@ -219,6 +220,8 @@ pub struct KubeDisabler {
     client: Client,
     recorder: Recorder,
     metrics: crate::metrics::Metrics,
+    /// Failures waiting for [`KubeDisabler::report_health`] to write them.
+    ledger: Arc<Ledger>,
 }
 
 /// What a replica that wants to auto-disable a Plugin does, given the Plugin as it is now.
@@ -345,11 +348,115 @@ impl KubeDisabler {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            ledger: Arc::default(),
+        }
+    }
+
+    /// Writes the failures noted since the last flush into each plugin's `status.health`, every
+    /// [`REPORT_EVERY`], until the process ends (see [`crate::health_report`]).
+    pub async fn report_health(self: Arc<Self>) {
+        let mut every = tokio::time::interval(REPORT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            for (key, pending) in self.ledger.take() {
+                let api: Api<Plugin> = Api::namespaced(self.client.clone(), &key.namespace);
+                match write_health(&api, &key.name, &pending).await {
+                    Ok(true) => self.tell_out_of_memory(&key, &pending).await,
+                    // Deleted, or re-created under the same name: not its failures.
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(plugin = %key, error = %e, "could not write status.health; kept for the next try");
+                        self.ledger.put_back(key, pending);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The Warning Event of out-of-memory kills, which names the memory limit (the shim's
+    /// message does).
+    async fn tell_out_of_memory(&self, key: &airlock_core::PluginKey, pending: &Pending) {
+        let Some(message) = &pending.out_of_memory else {
+            return;
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "OutOfMemory".into(),
+            note: Some(format!(
+                "{} call(s) failed because the plugin ran out of memory: {message}",
+                pending.added.oom
+            )),
+            action: "Invoke".into(),
+            secondary: None,
+        };
+        let reference = plugin_reference(key, &pending.uid);
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            warn!(plugin = %key, error = %e, "could not publish the OutOfMemory Event");
+        }
+    }
+}
+
+/// The Plugin `key` with `uid`, as an Event's object.
+fn plugin_reference(key: &airlock_core::PluginKey, uid: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("airlock.dev/v1alpha1".into()),
+        kind: Some("Plugin".into()),
+        namespace: Some(key.namespace.clone()),
+        name: Some(key.name.clone()),
+        uid: Some(uid.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Adds `pending` to the Plugin `name`'s `status.health`, conditional on the resourceVersion read
+/// (another replica adding its own counts in between is a conflict, read again and retried).
+/// `Ok(false)`: the Plugin is gone or is another object now.
+async fn write_health(
+    api: &Api<Plugin>,
+    name: &str,
+    pending: &Pending,
+) -> Result<bool, kube::Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(current) = api.get_opt(name).await? else {
+            return Ok(false);
+        };
+        if current.metadata.uid.as_deref() != Some(pending.uid.as_str()) {
+            return Ok(false);
+        }
+        let health = merged(
+            current.status.as_ref().and_then(|s| s.health.as_ref()),
+            pending,
+        );
+        let patch = json!({
+            "metadata": {"resourceVersion": current.metadata.resource_version},
+            "status": {"health": health},
+        });
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < CLAIM_ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
 
 impl Disabler for KubeDisabler {
+    fn health(&self, route: &Route, change: HealthChange) {
+        self.ledger.note(
+            &route.plugin,
+            &route.uid,
+            change,
+            &Timestamp::now().to_string(),
+        );
+    }
+
     fn disable(&self, route: &Route, reason: &str) {
         let (client, recorder) = (self.client.clone(), self.recorder.clone());
         let metrics = self.metrics.clone();
@@ -383,14 +490,7 @@ impl Disabler for KubeDisabler {
                 Timestamp::now(),
             ));
             metrics.auto_disabled();
-            let reference = ObjectReference {
-                api_version: Some("airlock.dev/v1alpha1".into()),
-                kind: Some("Plugin".into()),
-                namespace: Some(key.namespace.clone()),
-                name: Some(key.name.clone()),
-                uid: Some(route.uid.clone()),
-                ..Default::default()
-            };
+            let reference = plugin_reference(key, &route.uid);
             let event = Event {
                 type_: EventType::Warning,
                 reason: "AutoDisabled".into(),

@@ -621,7 +621,9 @@ pub fn failure_of(status: &Status) -> CallFailure {
     let outcome = match kind {
         Some(Some(FailureKind::Timeout)) => Outcome::Timeout,
         Some(Some(FailureKind::Crash)) => Outcome::Crash,
-        Some(Some(FailureKind::Protocol | FailureKind::OutputTooLarge)) => Outcome::Misbehaved,
+        Some(Some(FailureKind::OutOfMemory)) => Outcome::OutOfMemory,
+        Some(Some(FailureKind::Protocol)) => Outcome::Protocol,
+        Some(Some(FailureKind::OutputTooLarge)) => Outcome::OutputTooLarge,
         // Busy with an earlier call: a breaker failure, not a sign the plugin hangs.
         Some(Some(FailureKind::QueueTimeout)) => Outcome::Unreachable,
         // Not started again yet after crashes (already counted): the breaker's business only.
@@ -845,9 +847,15 @@ mod tests {
             Outcome::Timeout
         );
         assert_eq!(outcome(Code::Unavailable, Some("crash")), Outcome::Crash);
+        assert_eq!(outcome(Code::Internal, Some("protocol")), Outcome::Protocol);
         assert_eq!(
-            outcome(Code::Internal, Some("protocol")),
-            Outcome::Misbehaved
+            outcome(Code::ResourceExhausted, Some("output-too-large")),
+            Outcome::OutputTooLarge
+        );
+        assert_eq!(
+            outcome(Code::Unavailable, Some("oom")),
+            Outcome::OutOfMemory,
+            "an out-of-memory kill is told apart from other crashes"
         );
         assert_eq!(
             outcome(Code::Aborted, Some("plugin-error")),

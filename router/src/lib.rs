@@ -17,6 +17,7 @@ pub mod config;
 pub mod dispatch;
 pub mod grpc;
 pub mod health_check;
+pub mod health_report;
 pub mod host;
 pub mod invoke_check;
 pub mod metrics;

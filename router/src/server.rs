@@ -95,9 +95,11 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
             identity_tx,
         ));
     }
+    let disabler = Arc::new(cluster::KubeDisabler::new(client.clone(), metrics.clone()));
+    tokio::spawn(disabler.clone().report_health());
     let router = Arc::new(Router::new(
         caller,
-        Arc::new(cluster::KubeDisabler::new(client.clone(), metrics.clone())),
+        disabler,
         config.router_config(),
         metrics.clone(),
     ));

@@ -6,7 +6,8 @@
 //!   process): both are crashes the shim restarts and the router counts. With
 //!   `{"mode": "slow", "ms": N}` it is merely slow: it sleeps N ms (at most 10 s) and answers
 //!   where it ran (`host`: the pod's name, `pid`), which shows how calls spread over pods and
-//!   processes (`spec.concurrency`).
+//!   processes (`spec.concurrency`). With `{"mode": "exhaust-memory"}` it allocates until the
+//!   kernel kills it at the pod's memory limit (an out-of-memory kill the shim reports as such).
 //! - `onEvent` loops forever: the shim kills it at the deadline and starts a fresh process.
 //! - `onLoad` exhausts memory when the bundle's `crash-test.json` says
 //!   `{"onLoad": "exhaust-memory"}`: the kernel kills it at the pod's memory limit and the plugin
@@ -51,6 +52,7 @@ fn main() -> std::io::Result<()> {
                 std::process::exit(3);
             }
             Some("panic") => panic!("crash-test: transform panics"),
+            Some("exhaust-memory") => exhaust_memory(),
             Some("slow") => {
                 let ms = payload["ms"].as_u64().unwrap_or(5).min(10_000);
                 std::thread::sleep(std::time::Duration::from_millis(ms));

@@ -24,15 +24,22 @@ pub(super) async fn record_status(
     ctx: &Context,
 ) -> Result<(), Error> {
     let uid = plugin.uid().unwrap_or_default();
-    // status.autoDisabled is the router's: never part of what is compared or applied here.
+    // status.autoDisabled and status.health are the router's: never part of what is compared
+    // or applied here.
     let prev = ctx
         .caches
         .last_written(&uid)
         .or_else(|| plugin.status.clone())
         .map(|s| PluginStatus {
             auto_disabled: None,
+            health: None,
             ..s
         });
+    let next = PluginStatus {
+        auto_disabled: None,
+        health: None,
+        ..next
+    };
     if prev.as_ref() == Some(&next) {
         return Ok(());
     }

@@ -4,7 +4,8 @@
 //! the operator's own writes). Two kinds of event are not a reason to reconcile:
 //!
 //! - a change of the Plugin's **status** only: the operator writes the status itself, at the end
-//!   of the reconcile that decided it (the router never writes it);
+//!   of the reconcile that decided it (the router writes two fields of it: `autoDisabled`, which
+//!   does trigger, below, and `health`, which does not);
 //! - the watch event of a **child exactly as this process applied it** (same resourceVersion as
 //!   the API server's answer to the apply): the reconcile that applied it already acted on it.
 //!

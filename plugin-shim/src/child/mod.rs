@@ -134,6 +134,68 @@ pub struct Answer {
     pub duration: Duration,
 }
 
+/// How a plugin process ended, as far as the shim can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited, was killed, or is gone for a reason the shim knows (a description).
+    Status(String),
+    /// The kernel killed it at the container's memory limit (bytes, when known): see
+    /// [`crate::memory`].
+    OutOfMemory { limit: Option<u64> },
+}
+
+impl Exit {
+    /// The error of a call the process was in when it ended.
+    pub fn error(&self) -> InvokeError {
+        match self {
+            Exit::Status(status) => InvokeError::Exited {
+                status: status.clone(),
+            },
+            Exit::OutOfMemory { limit } => InvokeError::OutOfMemory { limit: *limit },
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Status(status) => f.write_str(status),
+            Exit::OutOfMemory { limit } => {
+                write!(
+                    f,
+                    "killed by the kernel: out of memory at {}",
+                    limit_text(*limit)
+                )
+            }
+        }
+    }
+}
+
+/// "the container's memory limit of 64Mi", or what is known without it.
+fn limit_text(limit: Option<u64>) -> String {
+    match limit {
+        Some(bytes) => format!(
+            "the container's memory limit of {}",
+            crate::memory::quantity(bytes)
+        ),
+        None => "the container's memory limit".to_string(),
+    }
+}
+
+impl InvokeError {
+    /// The memory limit the plugin process ran out of, if that is how this call failed (also
+    /// inside a failed `onLoad` or `onUpgrade`).
+    pub fn out_of_memory(&self) -> Option<Option<u64>> {
+        match self {
+            InvokeError::OutOfMemory { limit } => Some(*limit),
+            InvokeError::LoadFailed(inner) | InvokeError::UpgradeFailed(inner) => {
+                inner.out_of_memory()
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Why an invocation produced no output.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
@@ -180,6 +242,17 @@ pub enum InvokeError {
     Exited {
         /// Exit status, as far as it is known.
         status: String,
+    },
+    /// The kernel killed the plugin process at the container's memory limit.
+    #[error(
+        "the plugin process was killed by the kernel: out of memory at {}; it will be restarted \
+         on the next call. Raise spec.resources.limits.memory (within the trust level's \
+         maximum) or make the plugin use less",
+        limit_text(*.limit)
+    )]
+    OutOfMemory {
+        /// The container's memory limit in bytes, when it could be read.
+        limit: Option<u64>,
     },
     /// `onLoad` failed, so the new process is not used.
     #[error("the plugin's onLoad hook failed: {0}")]

@@ -19,9 +19,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::debug;
 
-use super::InvokeError;
 use super::exchange::{ExchangeError, answer_call};
 use super::spawn::Running;
+use super::{Exit, InvokeError};
 use crate::host::HostCalls;
 use airlock_sdk::protocol::{self, HostCallLine, MAX_HOST_CALLS, StdoutLine};
 
@@ -32,8 +32,8 @@ pub(super) type Outcome = Result<Result<String, String>, InvokeError>;
 /// Why a multiplexed process ended, as every request in flight on it is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Fault {
-    /// It is gone: it exited (its status), or the shim killed it (why).
-    Exited(String),
+    /// It is gone: it exited (how), or the shim killed it (why).
+    Exited(Exit),
     /// It wrote a line that breaks the protocol.
     Protocol(String),
     /// It wrote a line over the size limit.
@@ -43,9 +43,7 @@ pub(super) enum Fault {
 impl Fault {
     fn error(&self) -> InvokeError {
         match self {
-            Fault::Exited(status) => InvokeError::Exited {
-                status: status.clone(),
-            },
+            Fault::Exited(exit) => exit.error(),
             Fault::Protocol(why) => InvokeError::Protocol(why.clone()),
             Fault::TooLarge => InvokeError::OutputTooLarge,
         }
@@ -242,7 +240,9 @@ pub(super) struct MuxProcess {
 
 impl Drop for MuxProcess {
     fn drop(&mut self) {
-        self.kill(Fault::Exited("stopped by the shim".to_string()));
+        self.kill(Fault::Exited(Exit::Status(
+            "stopped by the shim".to_string(),
+        )));
     }
 }
 
@@ -291,7 +291,9 @@ impl MuxProcess {
         if self.shared.write_line(&line(&id)).await.is_err() {
             // stdin is closed: the process is exiting (or closed it itself, which is as good).
             self.shared.end(
-                Fault::Exited("the plugin process closed its stdin".to_string()),
+                Fault::Exited(Exit::Status(
+                    "the plugin process closed its stdin".to_string(),
+                )),
                 true,
             );
         }

@@ -18,8 +18,9 @@ use tokio::io::BufReader;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::timeout;
 
-use super::{ChildSpec, InvokeError};
+use super::{ChildSpec, Exit, InvokeError};
 use crate::logs::LogStats;
+use crate::memory::MemoryCgroup;
 use airlock_core::rate::LineBudget;
 
 /// The only `PATH` the plugin process sees.
@@ -131,6 +132,9 @@ pub(super) fn spawn(
         .kill_on_drop(true);
     // Spawned and recorded under the lock: a kill of another process of the pool, which spares
     // the recorded groups only, can never catch this one in between.
+    // Read before the process exists, so that only kills after its start can be its own.
+    let memory = MemoryCgroup::of_container();
+    let oom_kills_at_start = memory.as_ref().and_then(MemoryCgroup::oom_kills);
     let (mut child, pid) = {
         let mut live = groups.lock();
         let child = cmd.spawn().map_err(|e| spawn_err(program, e))?;
@@ -163,6 +167,8 @@ pub(super) fn spawn(
         stdin: Some(stdin),
         stdout: BufReader::new(stdout),
         groups: Arc::clone(groups),
+        memory,
+        oom_kills_at_start,
     })
 }
 
@@ -175,24 +181,46 @@ pub(super) struct Running {
     pub(super) stdin: Option<ChildStdin>,
     pub(super) stdout: BufReader<ChildStdout>,
     groups: Arc<Groups>,
+    /// The container's memory cgroup and its OOM kill count when the process started: a SIGKILL
+    /// while the count rose is the kernel's, for memory.
+    memory: Option<MemoryCgroup>,
+    oom_kills_at_start: Option<u64>,
 }
 
 impl Running {
-    /// `Some(status)` if the process has exited.
-    pub(super) fn exited(&mut self) -> Option<String> {
+    /// `Some(how)` if the process has exited.
+    pub(super) fn exited(&mut self) -> Option<Exit> {
         match self.child.try_wait() {
-            Ok(Some(status)) => Some(describe(status)),
+            Ok(Some(status)) => Some(self.ended(status)),
             Ok(None) => None,
-            Err(e) => Some(format!("unknown status: {e}")),
+            Err(e) => Some(Exit::Status(format!("unknown status: {e}"))),
         }
     }
 
-    /// The exit status, waiting briefly: a process that closed stdout may still be exiting.
-    pub(super) async fn exit_status(&mut self) -> String {
+    /// How it ended, waiting briefly: a process that closed stdout may still be exiting.
+    pub(super) async fn exit_status(&mut self) -> Exit {
         match timeout(Duration::from_millis(200), self.child.wait()).await {
-            Ok(Ok(status)) => describe(status),
-            Ok(Err(e)) => format!("unknown status: {e}"),
-            Err(_) => "closed its stdout but is still running; killed".to_string(),
+            Ok(Ok(status)) => self.ended(status),
+            Ok(Err(e)) => Exit::Status(format!("unknown status: {e}")),
+            Err(_) => Exit::Status("closed its stdout but is still running; killed".to_string()),
+        }
+    }
+
+    /// An exit status told apart: a SIGKILL the shim did not send (it drops the handle when it
+    /// kills) while the cgroup counted an OOM kill since the start is the kernel's, for memory.
+    fn ended(&self, status: ExitStatus) -> Exit {
+        use std::os::unix::process::ExitStatusExt;
+        let oom = status.signal() == Some(Signal::SIGKILL as i32)
+            && self.memory.as_ref().is_some_and(|m| {
+                m.oom_kills()
+                    .zip(self.oom_kills_at_start)
+                    .is_some_and(|(now, before)| now > before)
+            });
+        match (oom, &self.memory) {
+            (true, Some(memory)) => Exit::OutOfMemory {
+                limit: memory.limit_bytes(),
+            },
+            _ => Exit::Status(describe(status)),
         }
     }
 }

@@ -282,7 +282,7 @@ impl Supervisor {
             {
                 *slot = None;
                 self.set_ready(index, false);
-                return Err(InvokeError::Exited { status });
+                return Err(status.error());
             }
             self.set_ready(index, true);
         }
@@ -466,7 +466,7 @@ impl Supervisor {
                 let status = running.exit_status().await;
                 *slot = None;
                 self.crashed(index);
-                Err(InvokeError::Exited { status })
+                Err(status.error())
             }
             Err(ExchangeError::Fatal(e)) => Err(e),
         }
@@ -655,9 +655,7 @@ impl Supervisor {
             Err(_) => Err(InvokeError::Timeout(limit)),
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err(message))) => Err(InvokeError::Plugin(message)),
-            Ok(Err(ExchangeError::Closed)) => Err(InvokeError::Exited {
-                status: running.exit_status().await,
-            }),
+            Ok(Err(ExchangeError::Closed)) => Err(running.exit_status().await.error()),
             Ok(Err(ExchangeError::Fatal(e))) => Err(e),
         }
     }

@@ -81,7 +81,10 @@ pub trait Caller: Send + Sync + 'static {
     fn routes_changed(&self, _table: &crate::table::RouteTable) {}
 }
 
-/// Takes a plugin out of service in the cluster (annotation, Event, audit record).
+/// The cluster side of a plugin's health: takes a plugin out of service (status, Event, audit
+/// record), and keeps `status.health` (its failures by kind).
 pub trait Disabler: Send + Sync + 'static {
     fn disable(&self, route: &Route, reason: &str);
+    /// A counted failure of a call, or the first answer after failures.
+    fn health(&self, route: &Route, change: crate::health_report::HealthChange);
 }

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::{Answer, CallFailure, Caller, Deadline, Router, now};
 use crate::breaker::{Health, Outcome};
+use crate::health_report::HealthChange;
 use crate::table::Route;
 
 impl<C: Caller> Router<C> {
@@ -55,20 +56,43 @@ impl<C: Caller> Router<C> {
         self.metrics
             .hook_invocation(key, hook.as_str(), label, Some(elapsed));
         let now = now();
-        let (disabled, state) = self.health_of(key, |h| {
+        let (disabled, state, failing_before, failing) = self.health_of(key, |h| {
+            let before = h.consecutive_failures();
             (
                 h.record(outcome, now, &self.config.breaker),
                 h.state_name(now),
+                before,
+                h.consecutive_failures(),
             )
         });
         trial.armed = false;
+        // status.health: counted failures, and the first answer after failures (never every
+        // answer: that is the hot path).
+        match (result, outcome.counted_kind()) {
+            (Err(f), Some(kind)) => self.disabler.health(
+                route,
+                HealthChange::Failed {
+                    kind,
+                    message: f.message.clone(),
+                    consecutive: failing,
+                },
+            ),
+            (Ok(_), _) if failing_before > 0 => {
+                self.disabler.health(route, HealthChange::Recovered);
+            }
+            _ => {}
+        }
         // The shim replaced the plugin process after these (whoever's deadline it missed: the
         // shim kills at the deadline it was given); an error answer or an unreachable pod is no
         // restart.
         if let Err(f) = result
             && matches!(
                 f.outcome,
-                Outcome::Timeout | Outcome::Crash | Outcome::Misbehaved
+                Outcome::Timeout
+                    | Outcome::Crash
+                    | Outcome::OutOfMemory
+                    | Outcome::Protocol
+                    | Outcome::OutputTooLarge
             )
         {
             self.metrics.plugin_restarted(key);

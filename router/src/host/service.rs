@@ -463,6 +463,7 @@ mod tests {
     struct NoDisable;
     impl crate::dispatch::Disabler for NoDisable {
         fn disable(&self, _: &Route, _: &str) {}
+        fn health(&self, _: &Route, _: crate::health_report::HealthChange) {}
     }
 
     type Service = HostService<NoCalls, Arc<MemoryStorage>>;

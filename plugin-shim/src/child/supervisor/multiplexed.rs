@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::{CrashBackoff, Reconfigured, Supervisor, backoff, timed_out};
 use crate::child::mux::{Fault, MuxProcess};
 use crate::child::spawn;
-use crate::child::{Answer, InvokeError};
+use crate::child::{Answer, Exit, InvokeError};
 use airlock_core::Hook;
 use airlock_sdk::protocol;
 
@@ -156,11 +156,11 @@ impl Supervisor {
         let result = match timeout_at(until, exchange).await {
             Err(_) => {
                 // A late plugin is killed; the calls in flight with this one go with it.
-                process.kill(Fault::Exited(format!(
+                process.kill(Fault::Exited(Exit::Status(format!(
                     "killed by the shim because request {:?} missed its deadline of {} ms",
                     call.invocation_id,
                     deadline.as_millis()
-                )));
+                ))));
                 Err(timed_out(
                     deadline,
                     until.saturating_duration_since(started),
@@ -369,9 +369,9 @@ impl Supervisor {
                 ),
             }
         }
-        process.kill(Fault::Exited(
+        process.kill(Fault::Exited(Exit::Status(
             "stopped by the shim to load its new configuration".to_string(),
-        ));
+        )));
         *slot = None;
         outcome.restarted = 1;
         if let Err(e) = self.ensure_multiplexed(mux, &mut slot, true).await {
@@ -410,7 +410,9 @@ impl Supervisor {
         if !process.close(Duration::from_millis(500)).await {
             debug!("the plugin did not exit after its stdin closed; killing it");
         }
-        process.kill(Fault::Exited("stopped by the shim".to_string()));
+        process.kill(Fault::Exited(Exit::Status(
+            "stopped by the shim".to_string(),
+        )));
         drop(all);
     }
 }

@@ -2,6 +2,7 @@
 //! breakers, auto-disable, concurrency and the payload and fan-out limits.
 
 use super::*;
+use crate::health_report::HealthChange;
 use std::collections::BTreeMap;
 
 /// What a fake plugin does with a call.
@@ -72,11 +73,17 @@ impl Caller for Arc<FakeShims> {
 }
 
 #[derive(Default)]
-struct RecordingDisabler(Mutex<Vec<(String, String)>>);
+struct RecordingDisabler(
+    Mutex<Vec<(String, String)>>,
+    Mutex<Vec<(String, HealthChange)>>,
+);
 
 impl Disabler for RecordingDisabler {
     fn disable(&self, route: &Route, reason: &str) {
         lock(&self.0).push((route.plugin.to_string(), reason.to_string()));
+    }
+    fn health(&self, route: &Route, change: HealthChange) {
+        lock(&self.1).push((route.plugin.to_string(), change));
     }
 }
 
@@ -548,6 +555,51 @@ async fn repeated_failures_open_the_breaker_and_timeouts_auto_disable() {
     s.invoke("good", "transform", "{}")
         .await
         .expect("good answers");
+}
+
+/// Issue 17: status.health learns each counted failure with its kind and the consecutive count,
+/// and the first answer after failures; not answers in general (the hot path), nor a caller's own
+/// short deadline, nor an unreachable pod.
+#[tokio::test(start_paused = true)]
+async fn counted_failures_and_the_recovery_reach_the_health_record() {
+    let s = setup(&[("p", Transform, 1000, Fail, 1)]);
+    s.invoke("p", "transform", "{}").await.expect("answers");
+    s.behave(
+        "p",
+        Behaviour::Fail(Code::Unavailable, Outcome::OutOfMemory),
+    );
+    s.invoke("p", "transform", "{}").await.expect_err("oom");
+    s.behave(
+        "p",
+        Behaviour::Fail(Code::Unavailable, Outcome::Unreachable),
+    );
+    s.invoke("p", "transform", "{}")
+        .await
+        .expect_err("unreachable");
+    s.behave("p", Behaviour::Fail(Code::Internal, Outcome::Protocol));
+    s.invoke("p", "transform", "{}")
+        .await
+        .expect_err("protocol");
+    // Three failures opened the breaker: the trial call after the cool-down answers.
+    s.behave("p", Behaviour::Append(Duration::ZERO));
+    tokio::time::advance(Duration::from_secs(31)).await;
+    s.invoke("p", "transform", "{}").await.expect("answers");
+    s.invoke("p", "transform", "{}").await.expect("answers");
+    let failed = |kind, consecutive| HealthChange::Failed {
+        kind,
+        message: "p failed".to_string(),
+        consecutive,
+    };
+    let seen: Vec<HealthChange> = lock(&s.disabled.1).iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(
+        seen,
+        vec![
+            failed(airlock_core::failure::FailureKind::OutOfMemory, 1),
+            // The unreachable call is a breaker failure (consecutive 2) but not counted.
+            failed(airlock_core::failure::FailureKind::Protocol, 3),
+            HealthChange::Recovered,
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,106 @@
+//! Failure bookkeeping on the cluster (issue 17): a plugin process that outgrows its memory limit
+//! is killed by the kernel; the shim tells that kill from other crashes (the cgroup's OOM count),
+//! the caller's error names the limit and the fix, the router counts it in `status.health` as
+//! `oom` and publishes a Warning Event that names the limit, and the next answered call brings the
+//! consecutive count back to 0 while the totals stay.
+
+use std::time::Duration;
+
+use airlock_crds::Plugin;
+use airlock_crds::plugin::PluginHealth;
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::ListParams;
+use serde_json::json;
+use tonic::Code;
+
+use airlock_e2e::plugins::wait_plugin;
+use airlock_e2e::router::{Fixture, ensure_status, in_fixture};
+
+const NAME: &str = "crash-test";
+/// The memory limit the fixture gives every plugin (`resources.limits.memory: 64Mi`).
+const LIMIT: &str = "64Mi";
+
+#[tokio::test]
+async fn an_out_of_memory_kill_is_counted_and_explained_with_the_memory_limit() -> Result<()> {
+    in_fixture("health", &["log"], scenario).await
+}
+
+fn health(p: &Plugin) -> Option<&PluginHealth> {
+    p.status.as_ref()?.health.as_ref()
+}
+
+async fn scenario(f: &Fixture) -> Result<()> {
+    f.apply(
+        NAME,
+        NAME,
+        json!([{"name": "transform", "timeout": "10s"}]),
+        json!(["log"]),
+        json!({}),
+    )
+    .await?;
+    f.wait_serving(&[NAME], "transform").await?;
+
+    let status = f
+        .invoke_err(NAME, "transform", json!({"mode": "exhaust-memory"}))
+        .await?;
+    ensure_status(
+        &status,
+        Code::Unavailable,
+        &format!("out of memory at the container's memory limit of {LIMIT}"),
+    )
+    .context("the caller learns the plugin ran out of memory, and at which limit")?;
+    ensure!(
+        status.message().contains("spec.resources.limits.memory"),
+        "the error says what to do: {}",
+        status.message()
+    );
+
+    let plugins = f.ns.api::<Plugin>();
+    let counted = wait_plugin(&plugins, NAME, "status.health counting the oom", |p| {
+        health(p).is_some_and(|h| h.failures.oom >= 1)
+    })
+    .await?;
+    let h = health(&counted).context("status.health")?;
+    let last = h.last_failure.as_ref().context("status.health.lastFailure")?;
+    ensure!(
+        last.kind == "oom" && last.message.contains(LIMIT) && h.consecutive_failures >= 1,
+        "the last failure is the oom, with its limit: {h:?}"
+    );
+    ensure!(
+        h.failures.crash == 0 && h.failures.timeout == 0,
+        "an out-of-memory kill is not counted as another kind: {h:?}"
+    );
+
+    let events = f.ns.api::<Event>();
+    let mut told = false;
+    for _ in 0..30 {
+        told = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NAME))
+            .any(|e| {
+                e.reason.as_deref() == Some("OutOfMemory")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.note.as_deref().is_some_and(|n| n.contains(LIMIT))
+            });
+        if told {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    ensure!(told, "a Warning Event OutOfMemory names the limit {LIMIT}");
+
+    // A fresh process answers the next call (crash-test's transform throws: an answer, ABORTED):
+    // the consecutive count is 0 again, the totals stay.
+    f.expect_failure(NAME, "transform", json!({}), Code::Aborted, "throws")
+        .await
+        .context("the plugin answers again after the oom")?;
+    wait_plugin(&plugins, NAME, "status.health back to 0 consecutive failures", |p| {
+        health(p).is_some_and(|h| h.consecutive_failures == 0 && h.failures.oom >= 1)
+    })
+    .await?;
+    Ok(())
+}
