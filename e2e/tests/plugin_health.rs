@@ -62,7 +62,10 @@ async fn scenario(f: &Fixture) -> Result<()> {
     })
     .await?;
     let h = health(&counted).context("status.health")?;
-    let last = h.last_failure.as_ref().context("status.health.lastFailure")?;
+    let last = h
+        .last_failure
+        .as_ref()
+        .context("status.health.lastFailure")?;
     ensure!(
         last.kind == "oom" && last.message.contains(LIMIT) && h.consecutive_failures >= 1,
         "the last failure is the oom, with its limit: {h:?}"
@@ -98,9 +101,12 @@ async fn scenario(f: &Fixture) -> Result<()> {
     f.expect_failure(NAME, "transform", json!({}), Code::Aborted, "throws")
         .await
         .context("the plugin answers again after the oom")?;
-    wait_plugin(&plugins, NAME, "status.health back to 0 consecutive failures", |p| {
-        health(p).is_some_and(|h| h.consecutive_failures == 0 && h.failures.oom >= 1)
-    })
+    wait_plugin(
+        &plugins,
+        NAME,
+        "status.health back to 0 consecutive failures",
+        |p| health(p).is_some_and(|h| h.consecutive_failures == 0 && h.failures.oom >= 1),
+    )
     .await?;
     Ok(())
 }

@@ -460,7 +460,11 @@ mod tests {
             "memory limit of 32Mi",
             "spec.resources.limits.memory",
         ] {
-            assert!(status.message().contains(part), "{part}: {}", status.message());
+            assert!(
+                status.message().contains(part),
+                "{part}: {}",
+                status.message()
+            );
         }
         let crash = InvokeError::Exited {
             status: "killed by SIGKILL".into(),
