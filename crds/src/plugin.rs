@@ -651,6 +651,46 @@ pub struct PluginLimits {
     pub storage_max_bytes: u64,
     /// Most keys in the plugin's storage.
     pub storage_max_keys: u32,
+    /// When the router auto-disables the plugin, from its trust level (`autoDisable` of the
+    /// governing policies, the strictest of each); absent: the router's own settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_disable: Option<AutoDisablePolicy>,
+}
+
+/// Which failures auto-disable a plugin (`TrustLevelLimits.autoDisable`, and the result for one
+/// plugin in `PluginLimits.autoDisable`). Each unset field keeps the router's setting.
+#[skip_serializing_none]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoDisablePolicy {
+    /// Consecutive timeouts that auto-disable the plugin (the router's
+    /// `router.disableAfterTimeouts`, 5, when unset).
+    #[schemars(range(min = 1, max = 1000))]
+    pub after_timeouts: Option<u32>,
+    /// Failures of the `crashKinds` within an hour that auto-disable the plugin (the router's
+    /// `router.disableAfterCrashes`, 3, when unset).
+    #[schemars(range(min = 1, max = 1000))]
+    pub after_crashes: Option<u32>,
+    /// The kinds of failure that count toward `afterCrashes`, named as in
+    /// `status.health.failures` ([crash, oom] when unset).
+    #[schemars(length(max = 4))]
+    pub crash_kinds: Option<Vec<CrashKind>>,
+}
+
+/// A kind of failure that can count toward the crash rule of auto-disable.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum CrashKind {
+    /// The plugin process exited, could not start or failed its onLoad.
+    Crash,
+    /// The kernel killed it at its memory limit.
+    Oom,
+    /// It broke the stdio protocol.
+    Protocol,
+    /// Its answer was over the output limit.
+    OutputTooLarge,
 }
 
 impl Default for PluginLimits {
@@ -661,6 +701,7 @@ impl Default for PluginLimits {
             storage_max_value_bytes: 100 * 1024,
             storage_max_bytes: 1024 * 1024,
             storage_max_keys: 1024,
+            auto_disable: None,
         }
     }
 }

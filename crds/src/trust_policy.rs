@@ -191,6 +191,10 @@ pub struct TrustLevelLimits {
     /// Caps of a plugin's host API storage at this level; unset fields keep the defaults, which
     /// are also the most a level may allow (the storage is one Kubernetes object).
     pub storage: Option<StorageLimits>,
+    /// When the router auto-disables a plugin of this level: thresholds and which failures count
+    /// as crashes. Where several policies govern a namespace, the lowest threshold and every kind
+    /// any of them names apply; a field no governing policy sets keeps the router's setting.
+    pub auto_disable: Option<crate::plugin::AutoDisablePolicy>,
 }
 
 /// Host API storage caps of one trust level.

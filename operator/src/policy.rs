@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use airlock_crds::plugin::{AutoDisablePolicy, CrashKind};
 use airlock_crds::trust_policy::{TrustLevel, TrustLevelLimits};
 use airlock_crds::{Permission, PluginTrustPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -84,6 +85,8 @@ pub struct Limits {
     /// The cluster's own ranges, which no plugin may reach (from the operator's `--cluster-cidr`,
     /// added by the reconcile).
     pub cluster_cidrs: Vec<ipnet::IpNet>,
+    /// When the router auto-disables the plugin; `None` where no policy says.
+    pub auto_disable: Option<AutoDisablePolicy>,
 }
 
 impl Limits {
@@ -97,8 +100,34 @@ impl Limits {
                 .unwrap_or(d.storage_max_value_bytes),
             storage_max_bytes: self.storage_max_bytes.unwrap_or(d.storage_max_bytes),
             storage_max_keys: self.storage_max_keys.unwrap_or(d.storage_max_keys),
+            auto_disable: self.auto_disable.clone(),
         }
     }
+}
+
+/// Two policies' auto-disable rules as one, the strictest of each: the lower threshold, and every
+/// kind either counts as a crash. Like every cap here, what a policy leaves unset is no opinion
+/// (the router's setting applies only where no governing policy sets one).
+fn strictest_auto_disable(
+    a: Option<AutoDisablePolicy>,
+    b: Option<AutoDisablePolicy>,
+) -> Option<AutoDisablePolicy> {
+    let (a, b) = match (a, b) {
+        (Some(a), Some(b)) => (a, b),
+        (x, None) | (None, x) => return x,
+    };
+    let crash_kinds = match (a.crash_kinds, b.crash_kinds) {
+        (Some(x), Some(y)) => {
+            let all: BTreeSet<CrashKind> = x.into_iter().chain(y).collect();
+            Some(all.into_iter().collect())
+        }
+        (x, None) | (None, x) => x,
+    };
+    Some(AutoDisablePolicy {
+        after_timeouts: min_opt(a.after_timeouts, b.after_timeouts),
+        after_crashes: min_opt(a.after_crashes, b.after_crashes),
+        crash_kinds,
+    })
 }
 
 /// The smaller of two optional caps (unset = no cap).
@@ -144,6 +173,7 @@ pub fn limits(policies: &[&PluginTrustPolicy], level: TrustLevel) -> Option<Limi
             min_opt(acc.storage_max_value_bytes, l.storage_max_value_bytes);
         acc.storage_max_bytes = min_opt(acc.storage_max_bytes, l.storage_max_bytes);
         acc.storage_max_keys = min_opt(acc.storage_max_keys, l.storage_max_keys);
+        acc.auto_disable = strictest_auto_disable(acc.auto_disable.take(), l.auto_disable);
     }
     acc.egress_within = policies
         .iter()
@@ -198,6 +228,7 @@ fn one(level: Option<&TrustLevelLimits>) -> Limits {
         // Set over all policies by `limits`, and by the reconcile.
         egress_within: Vec::new(),
         cluster_cidrs: Vec::new(),
+        auto_disable: l.auto_disable.clone(),
     }
 }
 
@@ -292,6 +323,58 @@ spec:
         assert_eq!(l.max_memory_bytes, Some(64 << 20));
         assert_eq!(l.max_memory.as_deref(), Some("64Mi"));
         assert_eq!(l.max_timeout_ms, Some(2000));
+    }
+
+    /// Issue 17: auto-disable rules per trust level, the strictest of each over the governing
+    /// policies, reach the plugin's runtime limits (what the router reads).
+    #[test]
+    fn auto_disable_rules_combine_to_the_strictest_and_reach_the_runtime_limits() {
+        let strict = STRICT.replace(
+            "permissions: [log]}",
+            "permissions: [log], autoDisable: {afterCrashes: 1, crashKinds: [protocol]}}",
+        );
+        let team = TEAM.replace(
+            "permissions: [log, storage:read]}",
+            "permissions: [log, storage:read], autoDisable: {afterTimeouts: 2, afterCrashes: 4}}",
+        );
+        let a = BTreeMap::from([("team".to_string(), "a".to_string())]);
+        let only_team = [policy(&team)];
+        let one = limits(
+            &governing(&only_team, &a, &Shard::default()),
+            TrustLevel::Untrusted,
+        )
+        .expect("governed");
+        assert_eq!(
+            one.runtime().auto_disable,
+            Some(AutoDisablePolicy {
+                after_timeouts: Some(2),
+                after_crashes: Some(4),
+                crash_kinds: None,
+            })
+        );
+        let both = [policy(&team), policy(&strict)];
+        let l = limits(
+            &governing(&both, &a, &Shard::default()),
+            TrustLevel::Untrusted,
+        )
+        .expect("governed");
+        assert_eq!(
+            l.runtime().auto_disable,
+            Some(AutoDisablePolicy {
+                after_timeouts: Some(2),
+                after_crashes: Some(1),
+                // Only strict names kinds.
+                crash_kinds: Some(vec![CrashKind::Protocol]),
+            })
+        );
+        // No policy says: the router's settings.
+        let plain = [policy(TEAM)];
+        let l = limits(
+            &governing(&plain, &a, &Shard::default()),
+            TrustLevel::Untrusted,
+        )
+        .expect("governed");
+        assert_eq!(l.runtime().auto_disable, None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use airlock_core::shard::{SHARD_LABEL, Shard};
+use airlock_crds::plugin::{AutoDisablePolicy, CrashKind};
 use airlock_crds::trust_policy::{StorageLimits, TrustLevel, TrustLevelLimits};
 use airlock_crds::{Permission, PluginTrustPolicy};
 use airlock_operator::policy::{Limits, governing, limits};
@@ -37,22 +38,42 @@ fn level_limits() -> impl Strategy<Value = TrustLevelLimits> {
             proptest::option::of(0u64..1_048_576),
             proptest::option::of(0u32..2048),
         )),
+        proptest::option::of((
+            proptest::option::of(1u32..10),
+            proptest::option::of(1u32..10),
+            proptest::option::of(proptest::sample::subsequence(
+                vec![
+                    CrashKind::Crash,
+                    CrashKind::Oom,
+                    CrashKind::Protocol,
+                    CrashKind::OutputTooLarge,
+                ],
+                0..=4,
+            )),
+        )),
     )
         .prop_map(
-            |(allow_unsigned, mem, cpu, timeout, conc, perms, lines, storage)| TrustLevelLimits {
-                allow_unsigned,
-                max_memory: mem,
-                max_cpu: cpu,
-                max_timeout: timeout,
-                max_concurrency: conc,
-                permissions: perms,
-                log_lines_per_minute: lines,
-                egress_cidrs: None,
-                storage: storage.map(|(v, b, k)| StorageLimits {
-                    max_value_bytes: v,
-                    max_bytes: b,
-                    max_keys: k,
-                }),
+            |(allow_unsigned, mem, cpu, timeout, conc, perms, lines, storage, auto)| {
+                TrustLevelLimits {
+                    allow_unsigned,
+                    max_memory: mem,
+                    max_cpu: cpu,
+                    max_timeout: timeout,
+                    max_concurrency: conc,
+                    permissions: perms,
+                    log_lines_per_minute: lines,
+                    egress_cidrs: None,
+                    storage: storage.map(|(v, b, k)| StorageLimits {
+                        max_value_bytes: v,
+                        max_bytes: b,
+                        max_keys: k,
+                    }),
+                    auto_disable: auto.map(|(t, c, kinds)| AutoDisablePolicy {
+                        after_timeouts: t,
+                        after_crashes: c,
+                        crash_kinds: kinds,
+                    }),
+                }
             },
         )
 }
@@ -148,6 +169,23 @@ fn at_most(narrow: &Limits, wide: &Limits) -> Result<(), TestCaseError> {
         narrow.storage_max_keys,
         wide.storage_max_keys,
     )?;
+    // Auto-disable: thresholds no higher, every kind counted still counted.
+    let rule = |l: &Limits| l.auto_disable.clone().unwrap_or_default();
+    let (n, w) = (rule(narrow), rule(wide));
+    cap(
+        "autoDisable.afterTimeouts",
+        n.after_timeouts,
+        w.after_timeouts,
+    )?;
+    cap("autoDisable.afterCrashes", n.after_crashes, w.after_crashes)?;
+    // Kinds named by the wider are still counted (unset is no opinion, as for every cap).
+    if let Some(wide_kinds) = &w.crash_kinds {
+        let narrow_kinds = n.crash_kinds.clone().unwrap_or_default();
+        prop_assert!(
+            wide_kinds.iter().all(|k| narrow_kinds.contains(k)),
+            "autoDisable.crashKinds narrowed: {narrow_kinds:?} vs {wide_kinds:?}"
+        );
+    }
     Ok(())
 }
 

@@ -273,10 +273,9 @@ pub fn status_of(error: &InvokeError) -> Status {
 /// What happened to the plugin process, for the [`FAILURE_METADATA`] trailer on every failed
 /// Invoke: the router counts timeouts and crashes from it without parsing messages.
 pub fn failure_kind(error: &InvokeError) -> FailureKind {
-    if error.out_of_memory().is_some() {
-        return FailureKind::OutOfMemory;
-    }
     match error {
+        // Also when the kernel's kill ended onLoad or onUpgrade.
+        _ if error.out_of_memory().is_some() => FailureKind::OutOfMemory,
         InvokeError::Timeout(_) => FailureKind::Timeout,
         // Not counted as the plugin's timeout by the router (see ShortenedTimeout).
         InvokeError::QueueTimeout(_) | InvokeError::ShortenedTimeout { .. } => {
@@ -284,9 +283,9 @@ pub fn failure_kind(error: &InvokeError) -> FailureKind {
         }
         InvokeError::Spawn { .. }
         | InvokeError::Exited { .. }
-        | InvokeError::OutOfMemory { .. }
         | InvokeError::LoadFailed(_)
         | InvokeError::UpgradeFailed(_) => FailureKind::Crash,
+        InvokeError::OutOfMemory { .. } => FailureKind::OutOfMemory,
         InvokeError::Backoff { .. } => FailureKind::Backoff,
         InvokeError::Plugin(_) => FailureKind::PluginError,
         InvokeError::OutputTooLarge => FailureKind::OutputTooLarge,

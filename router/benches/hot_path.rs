@@ -178,6 +178,7 @@ async fn serve_router(shim: &str) -> Result<String, Error> {
                 priority: 100,
             },
         )]),
+        auto_disable: None,
     }]));
     let gate = Arc::new(Gate::new(
         Arc::new(Reviewer),

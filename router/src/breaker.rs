@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use airlock_core::failure::FailureKind;
+use airlock_crds::plugin::{AutoDisablePolicy, CrashKind};
 
 /// Thresholds; defaults from the product requirements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,73 @@ pub struct BreakerConfig {
     /// Crashes within [`Self::crash_window`] that auto-disable the plugin.
     pub disable_after_crashes: u32,
     pub crash_window: Duration,
+    /// Which failures count as crashes.
+    pub crash_kinds: CrashKinds,
+}
+
+/// A set of outcomes that count toward the crash rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashKinds {
+    crash: bool,
+    out_of_memory: bool,
+    protocol: bool,
+    output_too_large: bool,
+}
+
+impl CrashKinds {
+    /// Crashes and out-of-memory kills: what counts when no trust level names kinds.
+    pub const DEFAULT: Self = Self {
+        crash: true,
+        out_of_memory: true,
+        protocol: false,
+        output_too_large: false,
+    };
+
+    /// The kinds a trust level names.
+    pub fn of(kinds: &[CrashKind]) -> Self {
+        Self {
+            crash: kinds.contains(&CrashKind::Crash),
+            out_of_memory: kinds.contains(&CrashKind::Oom),
+            protocol: kinds.contains(&CrashKind::Protocol),
+            output_too_large: kinds.contains(&CrashKind::OutputTooLarge),
+        }
+    }
+
+    fn counts(self, outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Crash => self.crash,
+            Outcome::OutOfMemory => self.out_of_memory,
+            Outcome::Protocol => self.protocol,
+            Outcome::OutputTooLarge => self.output_too_large,
+            Outcome::Answered
+            | Outcome::Timeout
+            | Outcome::Unreachable
+            | Outcome::CallerDeadline => false,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// These settings with a plugin's trust-level rules (`status.limits.autoDisable`) in place of
+    /// the router's where they say something.
+    pub fn with_policy(self, policy: Option<&AutoDisablePolicy>) -> Self {
+        let Some(p) = policy else {
+            return self;
+        };
+        Self {
+            disable_after_timeouts: p
+                .after_timeouts
+                .map_or(self.disable_after_timeouts, |n| n.max(1)),
+            disable_after_crashes: p
+                .after_crashes
+                .map_or(self.disable_after_crashes, |n| n.max(1)),
+            crash_kinds: p
+                .crash_kinds
+                .as_deref()
+                .map_or(self.crash_kinds, CrashKinds::of),
+            ..self
+        }
+    }
 }
 
 impl Default for BreakerConfig {
@@ -29,6 +97,7 @@ impl Default for BreakerConfig {
             disable_after_timeouts: 5,
             disable_after_crashes: 3,
             crash_window: Duration::from_secs(3600),
+            crash_kinds: CrashKinds::DEFAULT,
         }
     }
 }
@@ -173,7 +242,7 @@ impl Health {
         } else {
             0
         };
-        if matches!(outcome, Outcome::Crash | Outcome::OutOfMemory) {
+        if cfg.crash_kinds.counts(outcome) {
             self.crashes.push_back(now);
         }
         while self
@@ -245,6 +314,7 @@ mod tests {
         disable_after_timeouts: 5,
         disable_after_crashes: 3,
         crash_window: Duration::from_secs(3600),
+        crash_kinds: CrashKinds::DEFAULT,
     };
 
     /// A new plugin's health, and the time it starts at.
@@ -383,5 +453,32 @@ mod tests {
         );
         assert_eq!(Outcome::CallerDeadline.counted_kind(), None);
         assert_eq!(Outcome::Unreachable.counted_kind(), None);
+    }
+
+    /// Issue 17: a trust level decides which failures count as crashes and the thresholds; what
+    /// it leaves unset stays the router's.
+    #[test]
+    fn a_trust_levels_rules_replace_the_routers_where_they_say_something() {
+        let policy = AutoDisablePolicy {
+            after_timeouts: None,
+            after_crashes: Some(2),
+            crash_kinds: Some(vec![CrashKind::Protocol]),
+        };
+        let cfg = CFG.with_policy(Some(&policy));
+        assert_eq!(
+            (cfg.disable_after_timeouts, cfg.disable_after_crashes),
+            (5, 2)
+        );
+        let (mut h, t0) = fresh();
+        // Crashes no longer count; protocol breaks do.
+        for _ in 0..3 {
+            assert_eq!(h.record(Outcome::Crash, t0, &cfg), None);
+        }
+        assert_eq!(h.record(Outcome::Protocol, t0, &cfg), None);
+        assert_eq!(
+            h.record(Outcome::Protocol, t0, &cfg).as_deref(),
+            Some("2 crashes within 60 minutes")
+        );
+        assert_eq!(CFG.with_policy(None), CFG);
     }
 }

@@ -56,6 +56,12 @@ pub async fn watch_routes<C: Caller>(
         .modify(slim),
     )
     .backoff(airlock_runtime::watch::WatchBackoff::default())
+    .filter({
+        // A write of status.health alone (every 10 s per failing plugin, by each replica) is
+        // not a reason to rebuild the table of every Plugin.
+        let mut seen = RouteInputs::default();
+        move |e| std::future::ready(seen.changed(e))
+    })
     .filter_map(|e| async move { change("Plugin", e).map(|listed| (0, listed)) });
     // The EndpointSlice controller copies the Service's labels onto its slices: only the slices
     // of the Services Airlock made for this shard's Plugins are watched.
@@ -97,6 +103,52 @@ pub async fn watch_routes<C: Caller>(
         }
     }
     warn!("the Plugin and EndpointSlice watches ended");
+}
+
+/// The hash of what the route table reads of each Plugin (everything but `status.health` and the
+/// resourceVersion), to tell the watch events that change a route from those that do not.
+#[derive(Default)]
+struct RouteInputs(HashMap<String, u64>);
+
+impl RouteInputs {
+    /// Whether `event` may change the table: not when it shows a Plugin whose route inputs are
+    /// those it had at its last event.
+    fn changed(&mut self, event: &Result<watcher::Event<Plugin>, watcher::Error>) -> bool {
+        match event {
+            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                let (uid, hash) = (p.metadata.uid.clone().unwrap_or_default(), route_inputs(p));
+                self.0.insert(uid, hash) != Some(hash)
+                    || matches!(event, Ok(watcher::Event::InitApply(_)))
+            }
+            Ok(watcher::Event::Delete(p)) => {
+                self.0.remove(p.metadata.uid.as_deref().unwrap_or_default());
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
+fn route_inputs(plugin: &Plugin) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let meta = &plugin.metadata;
+    (&meta.name, &meta.namespace, &meta.generation).hash(&mut h);
+    (&meta.labels, &meta.annotations).hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    // The spec and the status as JSON (neither derives Hash), the router's health record aside.
+    serde_json::to_string(&plugin.spec)
+        .unwrap_or_default()
+        .hash(&mut h);
+    // (No status reads as the default one, as the table reads it.)
+    let status = airlock_crds::plugin::PluginStatus {
+        health: None,
+        ..plugin.status.clone().unwrap_or_default()
+    };
+    serde_json::to_string(&status)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 /// What the route table never reads, left out of the watch caches (their memory grows with the
@@ -270,19 +322,19 @@ enum Claimed {
 enum ClaimError {
     #[error(transparent)]
     Kube(#[from] kube::Error),
-    /// The write was accepted but the record is not there: the served Plugin CRD predates
-    /// `status.autoDisabled` and the API server pruned it.
+    /// The write was accepted but the record is not there: the served Plugin CRD predates the
+    /// field and the API server pruned it.
     #[error(
-        "the API server dropped status.autoDisabled: the Plugin CRD in the cluster is older than this router; upgrade Airlock's CRDs (the chart's crds.upgrade=true does it at operator start, or `kubectl apply --server-side -f charts/airlock/crds/`)"
+        "the API server dropped {0}: the Plugin CRD in the cluster is older than this router; upgrade Airlock's CRDs (the chart's crds.upgrade=true does it at operator start, or `kubectl apply --server-side -f charts/airlock/crds/`)"
     )]
-    NotStored,
+    NotStored(&'static str),
 }
 
 /// Whether the Plugin as written carries this decision (an older CRD prunes the field).
 fn stored(written: &Plugin, record: &AutoDisabled) -> Result<Claimed, ClaimError> {
     match written.auto_disabled_record() {
         Some(r) if r.reason == record.reason => Ok(Claimed::Decided),
-        _ => Err(ClaimError::NotStored),
+        _ => Err(ClaimError::NotStored("status.autoDisabled")),
     }
 }
 
@@ -292,42 +344,83 @@ const CLAIM_ATTEMPTS: u64 = 10;
 /// Writes `status.autoDisabled` unless an auto-disable is in effect already; retried when the
 /// Plugin changed between the read and the write.
 async fn claim(api: &Api<Plugin>, route: &Route, reason: &str) -> Result<Claimed, ClaimError> {
-    let key = &route.plugin;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let current = api.get_opt(&key.name).await?;
-        let resource_version = match disable_step(current.as_ref(), &route.uid) {
-            DisableStep::Write { resource_version } => resource_version,
-            skipped => return Ok(Claimed::Skipped(skipped)),
-        };
+    let mut asked = None;
+    // Unchanged since it was read (the resourceVersion; disable_step checked the uid) — so the
+    // recorded spec.reEnable is the one in force, and only one replica decides. Never
+    // unconditionally: a status patch's metadata.uid is not checked, so only the resourceVersion
+    // keeps a Plugin re-created under the same name from being disabled for its predecessor's
+    // failures. After the last attempt this replica still refuses the plugin's calls (the caller
+    // logs it).
+    let outcome = write_status_if_unchanged(api, &route.plugin.name, |current| {
+        match disable_step(current.as_ref(), &route.uid) {
+            DisableStep::Write { .. } => {}
+            skipped => return Decision::Done(Claimed::Skipped(skipped)),
+        }
         let Some(current) = current else {
-            return Ok(Claimed::Skipped(DisableStep::Gone));
+            return Decision::Done(Claimed::Skipped(DisableStep::Gone));
         };
         let record = AutoDisabled {
             since: Some(Timestamp::now().to_string()),
             ..AutoDisabled::under(&current, reason)
         };
-        // Unchanged since it was read (the resourceVersion; disable_step checked the uid) — so
-        // the recorded spec.reEnable is the one in force, and only one replica decides.
+        let status = json!({"autoDisabled": record});
+        asked = Some(record);
+        Decision::Write(status)
+    })
+    .await?;
+    match (outcome, asked) {
+        (Written::Done(claimed), _) => Ok(claimed),
+        (Written::Wrote(written), Some(record)) => stored(&written, &record),
+        (Written::Wrote(_), None) => Err(ClaimError::NotStored("status.autoDisabled")),
+    }
+}
+
+/// What to do with a Plugin as read: nothing more (with the result), or write this status patch.
+enum Decision<T> {
+    Done(T),
+    Write(serde_json::Value),
+}
+
+/// How [`write_status_if_unchanged`] ended.
+enum Written<T> {
+    Done(T),
+    /// The Plugin as the API server stored the write.
+    Wrote(Box<Plugin>),
+}
+
+/// Reads the Plugin `name`, lets `decide` choose, and writes the status patch it asks for
+/// conditional on the resourceVersion read (a merge patch with `metadata.resourceVersion`: the API
+/// server refuses it with a conflict if the Plugin changed in between). On a conflict it reads and
+/// decides again, up to [`CLAIM_ATTEMPTS`] times with a growing pause.
+async fn write_status_if_unchanged<T>(
+    api: &Api<Plugin>,
+    name: &str,
+    mut decide: impl FnMut(Option<Plugin>) -> Decision<T>,
+) -> Result<Written<T>, kube::Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = api.get_opt(name).await?;
+        let resource_version = current
+            .as_ref()
+            .and_then(|p| p.metadata.resource_version.clone());
+        let status = match decide(current) {
+            Decision::Done(result) => return Ok(Written::Done(result)),
+            Decision::Write(status) => status,
+        };
         let patch = json!({
             "metadata": {"resourceVersion": resource_version},
-            "status": {"autoDisabled": record},
+            "status": status,
         });
         match api
-            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(written) => return stored(&written, &record),
-            // Changed in between (status writes, scaling): read again and decide again. Never
-            // unconditionally: a status patch's metadata.uid is not checked, so only the
-            // resourceVersion keeps a Plugin re-created under the same name from being disabled
-            // for its predecessor's failures. After the last attempt this replica still refuses
-            // the plugin's calls (the caller logs it).
+            Ok(written) => return Ok(Written::Wrote(Box::new(written))),
             Err(kube::Error::Api(e)) if e.code == 409 && attempt < CLAIM_ATTEMPTS => {
                 tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -411,38 +504,41 @@ fn plugin_reference(key: &airlock_core::PluginKey, uid: &str) -> ObjectReference
 
 /// Adds `pending` to the Plugin `name`'s `status.health`, conditional on the resourceVersion read
 /// (another replica adding its own counts in between is a conflict, read again and retried).
-/// `Ok(false)`: the Plugin is gone or is another object now.
+/// `Ok(false)`: the Plugin is gone or is another object now. Nothing is written when it would
+/// change nothing (a recovery after failures that were not counted, e.g. unreachable pods).
 async fn write_health(
     api: &Api<Plugin>,
     name: &str,
     pending: &Pending,
-) -> Result<bool, kube::Error> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let Some(current) = api.get_opt(name).await? else {
-            return Ok(false);
+) -> Result<bool, ClaimError> {
+    let mut asked = None;
+    let outcome = write_status_if_unchanged(api, name, |current| {
+        let Some(current) = current else {
+            return Decision::Done(false);
         };
         if current.metadata.uid.as_deref() != Some(pending.uid.as_str()) {
-            return Ok(false);
+            return Decision::Done(false);
         }
-        let health = merged(
-            current.status.as_ref().and_then(|s| s.health.as_ref()),
-            pending,
-        );
-        let patch = json!({
-            "metadata": {"resourceVersion": current.metadata.resource_version},
-            "status": {"health": health},
-        });
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < CLAIM_ATTEMPTS => {
-                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+        let now = current.status.as_ref().and_then(|s| s.health.as_ref());
+        let health = merged(now, pending);
+        if now == Some(&health) {
+            return Decision::Done(true);
+        }
+        let status = json!({"health": health});
+        asked = Some(health);
+        Decision::Write(status)
+    })
+    .await?;
+    match outcome {
+        Written::Done(result) => Ok(result),
+        // A CRD older than status.health prunes it: say so, never count it as written.
+        Written::Wrote(written) => {
+            let kept = written.status.as_ref().and_then(|s| s.health.as_ref());
+            if kept.is_some() && kept == asked.as_ref() {
+                Ok(true)
+            } else {
+                Err(ClaimError::NotStored("status.health"))
             }
-            Err(e) => return Err(e),
         }
     }
 }
@@ -624,6 +720,38 @@ mod tests {
         p
     }
 
+    /// Issue 17: a write of status.health alone (each failing plugin, every 10 s, by every router
+    /// replica) does not rebuild the route table; any other change of a Plugin does.
+    #[test]
+    fn a_health_write_alone_does_not_rebuild_the_route_table() {
+        use airlock_crds::plugin::{PluginHealth, PluginPhase};
+        let mut seen = RouteInputs::default();
+        let event = |p: &Plugin| Ok(watcher::Event::Apply(p.clone()));
+        let p = plugin("u1", "1", None);
+        assert!(seen.changed(&Ok(watcher::Event::InitApply(p.clone()))));
+        assert!(
+            !seen.changed(&event(&plugin("u1", "2", None))),
+            "same inputs"
+        );
+        let mut healthy = plugin("u1", "3", None);
+        healthy.status.get_or_insert_default().health = Some(PluginHealth {
+            consecutive_failures: 1,
+            ..Default::default()
+        });
+        assert!(
+            !seen.changed(&event(&healthy)),
+            "only status.health changed"
+        );
+        let mut active = healthy.clone();
+        active.status.get_or_insert_default().phase = Some(PluginPhase::Active);
+        assert!(
+            seen.changed(&event(&active)),
+            "the phase is read by the table"
+        );
+        assert!(seen.changed(&event(&plugin("u1", "5", Some("5 timeouts")))));
+        assert!(seen.changed(&Ok(watcher::Event::Delete(p))));
+    }
+
     /// Against a Plugin CRD older than `status.autoDisabled` the API server accepts the patch and
     /// prunes the field: that is no decision (the caller says to upgrade the CRDs), never a
     /// silent success that leaves the other replicas routing.
@@ -633,10 +761,12 @@ mod tests {
         let pruned = plugin("u1", "2", None);
         assert!(matches!(
             stored(&pruned, &asked),
-            Err(ClaimError::NotStored)
+            Err(ClaimError::NotStored("status.autoDisabled"))
         ));
         assert!(
-            ClaimError::NotStored.to_string().contains("crds.upgrade"),
+            ClaimError::NotStored("status.autoDisabled")
+                .to_string()
+                .contains("crds.upgrade"),
             "says what to do"
         );
         let kept = plugin("u1", "2", Some("5 consecutive timeouts"));

@@ -742,6 +742,7 @@ mod tests {
             version: "1".into(),
             endpoints,
             hooks: Default::default(),
+            auto_disable: None,
         });
         let caller = Arc::new(GrpcCaller::plain());
         for i in 0..20 {

@@ -6,11 +6,16 @@
 //! status write per plugin that had any. Each router replica adds its own counts to what the
 //! Plugin's status already says (a write conditional on the resourceVersion it read, retried on a
 //! conflict), so replicas add up instead of overwriting each other, and a failed write keeps its
-//! counts for the next flush: nothing is lost, nothing is counted twice.
+//! counts for the next flush.
 //!
 //! An out-of-memory kill also gets a Warning Event (`OutOfMemory`) that names the memory limit as
 //! the shim read it: the fix (a higher `spec.resources.limits.memory`, or a plugin that uses less)
 //! is the user's, and the Event is where `kubectl describe` shows it.
+//!
+//! Limits of the record: `consecutiveFailures` is the count of the replica that reported last (a
+//! replica that saw no failure reports nothing); counts of the last 10 s of a router that stops
+//! are lost; a write whose answer was lost (the API server stored it, the router saw an error) is
+//! counted again at the next flush.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -86,7 +91,14 @@ impl Ledger {
                 };
                 *count += 1;
                 entry.consecutive = consecutive;
-                let message: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+                // The shim's message can carry the plugin's own text (an onLoad error, the id it
+                // answered with): no control characters (terminal escapes, line breaks) reach
+                // the status that `kubectl` and dashboards print.
+                let message: String = message
+                    .chars()
+                    .take(MAX_MESSAGE_CHARS)
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
                 if kind == FailureKind::OutOfMemory {
                     entry.out_of_memory = Some(message.clone());
                 }
@@ -242,6 +254,20 @@ mod tests {
         let pending = ledger.take().remove(&key()).unwrap();
         assert_eq!(pending.uid, "u2");
         assert_eq!((pending.added.timeout, pending.added.protocol), (0, 1));
+    }
+
+    #[test]
+    fn control_characters_of_the_plugins_text_never_reach_the_status() {
+        let ledger = Ledger::default();
+        let change = HealthChange::Failed {
+            kind: FailureKind::Crash,
+            message: "onLoad failed: \u{1b}[2J\u{1b}]0;owned\u{7}\nfake line".to_string(),
+            consecutive: 1,
+        };
+        ledger.note(&key(), "u1", change, "t1");
+        let message = ledger.take().remove(&key()).unwrap().last.unwrap().message;
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert!(message.contains("fake line"));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Route {
     /// of them (`crate::grpc` balances them).
     pub endpoints: Vec<String>,
     pub hooks: BTreeMap<Hook, HookRoute>,
+    /// Its trust level's auto-disable rules (`status.limits.autoDisable`); `None`: the router's.
+    pub auto_disable: Option<airlock_crds::plugin::AutoDisablePolicy>,
 }
 
 /// Every Plugin the router knows, callable or not.
@@ -260,6 +262,7 @@ fn route(
         version: plugin.spec.version.clone(),
         endpoints: ready.clone(),
         hooks,
+        auto_disable: status.limits.as_ref().and_then(|l| l.auto_disable.clone()),
     })
 }
 

@@ -56,32 +56,31 @@ impl<C: Caller> Router<C> {
         self.metrics
             .hook_invocation(key, hook.as_str(), label, Some(elapsed));
         let now = now();
-        let (disabled, state, failing_before, failing) = self.health_of(key, |h| {
-            let before = h.consecutive_failures();
-            (
-                h.record(outcome, now, &self.config.breaker),
-                h.state_name(now),
-                before,
-                h.consecutive_failures(),
-            )
+        // The plugin's trust level may set its own auto-disable rules.
+        let rules = self.config.breaker.with_policy(route.auto_disable.as_ref());
+        let (disabled, state) = self.health_of(key, |h| {
+            let failing_before = h.consecutive_failures();
+            let disabled = h.record(outcome, now, &rules);
+            // status.health: counted failures, and the first answer after failures (never every
+            // answer: that is the hot path). Told under the breaker's lock, so the ledger sees
+            // them in the order the breaker counted them.
+            match (result, outcome.counted_kind()) {
+                (Err(f), Some(kind)) => self.disabler.health(
+                    route,
+                    HealthChange::Failed {
+                        kind,
+                        message: f.message.clone(),
+                        consecutive: h.consecutive_failures(),
+                    },
+                ),
+                (Ok(_), _) if failing_before > 0 => {
+                    self.disabler.health(route, HealthChange::Recovered);
+                }
+                _ => {}
+            }
+            (disabled, h.state_name(now))
         });
         trial.armed = false;
-        // status.health: counted failures, and the first answer after failures (never every
-        // answer: that is the hot path).
-        match (result, outcome.counted_kind()) {
-            (Err(f), Some(kind)) => self.disabler.health(
-                route,
-                HealthChange::Failed {
-                    kind,
-                    message: f.message.clone(),
-                    consecutive: failing,
-                },
-            ),
-            (Ok(_), _) if failing_before > 0 => {
-                self.disabler.health(route, HealthChange::Recovered);
-            }
-            _ => {}
-        }
         // The shim replaced the plugin process after these (whoever's deadline it missed: the
         // shim kills at the deadline it was given); an error answer or an unreachable pod is no
         // restart.

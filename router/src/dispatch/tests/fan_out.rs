@@ -208,6 +208,7 @@ fn route(namespace: &str, name: &str, hook: Hook, priority: i32) -> Route {
                 priority,
             },
         )]),
+        auto_disable: None,
     }
 }
 

@@ -156,6 +156,7 @@ fn setup_with(config: RouterConfig, plugins: &[(&str, Hook, u64, FailurePolicy, 
                 priority: *prio,
             },
         )]),
+        auto_disable: None,
     });
     router.update(RouteTable::from_routes(routes));
     Setup {

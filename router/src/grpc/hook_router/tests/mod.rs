@@ -140,6 +140,7 @@ fn routes() -> RouteTable {
                     )
                 })
                 .collect::<BTreeMap<_, _>>(),
+            auto_disable: None,
         }
     }))
 }
