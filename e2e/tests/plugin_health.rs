@@ -26,6 +26,92 @@ async fn an_out_of_memory_kill_is_counted_and_explained_with_the_memory_limit() 
     in_fixture("health", &["log"], scenario).await
 }
 
+/// The trust level decides which failures auto-disable: with `crashKinds: [oom]` and
+/// `afterCrashes: 2`, two crashes of another kind leave the plugin running (the router's default
+/// rule, 3 of crash or oom, would have disabled it at the first oom after them), and the second
+/// out-of-memory kill auto-disables it.
+#[tokio::test]
+async fn the_trust_level_decides_which_failures_auto_disable() -> Result<()> {
+    in_fixture("autodisable", &["log"], counted_kinds).await
+}
+
+async fn counted_kinds(f: &Fixture) -> Result<()> {
+    f.sandbox
+        .set_limits(json!({"autoDisable": {"afterCrashes": 2, "crashKinds": ["oom"]}}))
+        .await?;
+    f.apply(
+        NAME,
+        NAME,
+        json!([{"name": "transform", "timeout": "10s"}]),
+        json!(["log"]),
+        json!({}),
+    )
+    .await?;
+    let plugins = f.ns.api::<Plugin>();
+    wait_plugin(
+        &plugins,
+        NAME,
+        "status.limits.autoDisable from the trust level",
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.limits.as_ref())
+                .and_then(|l| l.auto_disable.as_ref())
+                .is_some_and(|a| a.after_crashes == Some(2))
+        },
+    )
+    .await?;
+    f.wait_serving(&[NAME], "transform").await?;
+
+    // One call after another, each after the shim's crash backoff (250 ms, doubling) is over.
+    let fail = |payload: serde_json::Value, code: Code, message: &'static str| async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        f.expect_failure(NAME, "transform", payload, code, message)
+            .await
+    };
+    for _ in 0..2 {
+        fail(json!({"mode": "exit"}), Code::Unavailable, "exited").await?;
+    }
+    fail(
+        json!({"mode": "exhaust-memory"}),
+        Code::Unavailable,
+        "out of memory",
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = plugins.get(NAME).await?;
+    ensure!(
+        p.auto_disabled().is_none(),
+        "crashes of a kind the trust level does not count leave the plugin running: {:?}",
+        p.status
+    );
+    fail(
+        json!({"mode": "exhaust-memory"}),
+        Code::Unavailable,
+        "out of memory",
+    )
+    .await?;
+    let disabled = wait_plugin(&plugins, NAME, "auto-disabled by the second oom", |p| {
+        p.auto_disabled().is_some()
+    })
+    .await?;
+    let why = disabled.auto_disabled().unwrap_or_default().to_string();
+    ensure!(
+        why.contains("2 crashes"),
+        "the reason names the rule met: {why}"
+    );
+    let counted = wait_plugin(&plugins, NAME, "status.health with both kinds", |p| {
+        health(p).is_some_and(|h| h.failures.oom >= 2 && h.failures.crash >= 2)
+    })
+    .await?;
+    ensure!(
+        health(&counted).is_some_and(|h| h.failures.timeout == 0),
+        "{:?}",
+        health(&counted)
+    );
+    Ok(())
+}
+
 fn health(p: &Plugin) -> Option<&PluginHealth> {
     p.status.as_ref()?.health.as_ref()
 }
