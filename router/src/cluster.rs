@@ -452,16 +452,21 @@ impl KubeDisabler {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            for (key, pending) in self.ledger.take() {
-                let api: Api<Plugin> = Api::namespaced(self.client.clone(), &key.namespace);
-                match write_health(&api, &key.name, &pending).await {
-                    Ok(true) => self.tell_out_of_memory(&key, &pending).await,
-                    // Deleted, or re-created under the same name: not its failures.
-                    Ok(false) => {}
-                    Err(e) => {
-                        warn!(plugin = %key, error = %e, "could not write status.health; kept for the next try");
-                        self.ledger.put_back(key, pending);
-                    }
+            self.flush().await;
+        }
+    }
+
+    /// Writes what is pending now (one pass); also the last one when the router stops.
+    pub async fn flush(&self) {
+        for (key, pending) in self.ledger.take() {
+            let api: Api<Plugin> = Api::namespaced(self.client.clone(), &key.namespace);
+            match write_health(&api, &key.name, &pending).await {
+                Ok(true) => self.tell_out_of_memory(&key, &pending).await,
+                // Deleted, or re-created under the same name: not its failures.
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(plugin = %key, error = %e, "could not write status.health; kept for the next try");
+                    self.ledger.put_back(key, pending);
                 }
             }
         }

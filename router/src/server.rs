@@ -99,7 +99,7 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
     tokio::spawn(disabler.clone().report_health());
     let router = Arc::new(Router::new(
         caller,
-        disabler,
+        disabler.clone(),
         config.router_config(),
         metrics.clone(),
     ));
@@ -219,12 +219,24 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         res = grpc => res.map_err(|source| RouterError::Grpc { addr, source }),
         res = host_failed => res,
         res = http => res.unwrap_or(Ok(())).map_err(RouterError::from),
+    };
+    // The failures of the last seconds go into status.health before the process ends (bounded:
+    // the pod's termination grace period is running).
+    if tokio::time::timeout(FINAL_FLUSH, disabler.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not write the last failure counts to status.health in time");
     }
+    result
 }
+
+/// How long a stopping router tries to write its last failure counts.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
 
 /// Resolves once the shutdown delay after SIGTERM has passed (or the sender is gone).
 async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
