@@ -13,8 +13,8 @@
 //! is the user's, and the Event is where `kubectl describe` shows it.
 //!
 //! Limits of the record: `consecutiveFailures` is the count of the replica that reported last (a
-//! replica that saw no failure reports nothing); counts of the last 10 s of a router that stops
-//! are lost; a write whose answer was lost (the API server stored it, the router saw an error) is
+//! replica that saw no failure reports nothing); a stopping router writes its last counts (for
+//! up to 5 s), one killed without its grace period loses up to 10 s of them; a write whose answer was lost (the API server stored it, the router saw an error) is
 //! counted again at the next flush.
 
 use std::collections::HashMap;
