@@ -548,13 +548,17 @@ pub struct FailureCounts {
     /// The plugin broke the stdio protocol.
     #[serde(default)]
     pub protocol: u64,
+    /// The plugin made a host call it holds no permission for (each refusal is also an audit
+    /// record `HostCallDenied`).
+    #[serde(default)]
+    pub denied: u64,
 }
 
 /// One failure (`PluginHealth.lastFailure`).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct LastFailure {
-    /// timeout, crash, oom, output-too-large or protocol.
+    /// timeout, crash, oom, outputTooLarge, protocol or denied (as in `failures`).
     pub kind: String,
     /// What the shim said (at most 1,024 characters).
     #[schemars(length(max = 1024))]

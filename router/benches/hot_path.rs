@@ -64,7 +64,13 @@ struct NoDisable;
 
 impl Disabler for NoDisable {
     fn disable(&self, _: &Route, _: &str) {}
-    fn health(&self, _: &Route, _: airlock_router::health_report::HealthChange) {}
+    fn health(
+        &self,
+        _: &airlock_core::PluginKey,
+        _: &str,
+        _: airlock_router::health_report::HealthChange,
+    ) {
+    }
 }
 
 /// The shim's side of one hop, without the plugin process: answers with the payload.

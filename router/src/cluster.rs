@@ -549,13 +549,9 @@ async fn write_health(
 }
 
 impl Disabler for KubeDisabler {
-    fn health(&self, route: &Route, change: HealthChange) {
-        self.ledger.note(
-            &route.plugin,
-            &route.uid,
-            change,
-            &Timestamp::now().to_string(),
-        );
+    fn health(&self, plugin: &airlock_core::PluginKey, uid: &str, change: HealthChange) {
+        self.ledger
+            .note(plugin, uid, change, &Timestamp::now().to_string());
     }
 
     fn disable(&self, route: &Route, reason: &str) {

@@ -43,6 +43,9 @@ pub enum HealthChange {
     },
     /// The first answer after failures: the consecutive count is 0 again.
     Recovered,
+    /// A host call refused for a permission the plugin does not hold (counted as `denied`; not a
+    /// failed call, so the consecutive count stays).
+    Denied { message: String },
 }
 
 /// What one plugin's status should learn at the next flush.
@@ -78,8 +81,15 @@ impl Ledger {
                 ..Default::default()
             };
         }
-        match change {
-            HealthChange::Recovered => entry.consecutive = 0,
+        let (kind, message) = match change {
+            HealthChange::Recovered => {
+                entry.consecutive = 0;
+                return;
+            }
+            HealthChange::Denied { message } => {
+                entry.added.denied = entry.added.denied.saturating_add(1);
+                ("denied", message)
+            }
             HealthChange::Failed {
                 kind,
                 message,
@@ -89,26 +99,19 @@ impl Ledger {
                 let Some(count) = count_of(&mut entry.added, kind) else {
                     return;
                 };
-                *count += 1;
+                *count = count.saturating_add(1);
                 entry.consecutive = consecutive;
-                // The shim's message can carry the plugin's own text (an onLoad error, the id it
-                // answered with): no control characters (terminal escapes, line breaks) reach
-                // the status that `kubectl` and dashboards print.
-                let message: String = message
-                    .chars()
-                    .take(MAX_MESSAGE_CHARS)
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect();
                 if kind == FailureKind::OutOfMemory {
-                    entry.out_of_memory = Some(message.clone());
+                    entry.out_of_memory = Some(clean(&message));
                 }
-                entry.last = Some(LastFailure {
-                    kind: kind.as_str().to_string(),
-                    message,
-                    time: time.to_string(),
-                });
+                (count_name(kind), message)
             }
-        }
+        };
+        entry.last = Some(LastFailure {
+            kind: kind.to_string(),
+            message: clean(&message),
+            time: time.to_string(),
+        });
     }
 
     /// Everything pending, leaving nothing.
@@ -144,6 +147,26 @@ impl Ledger {
     }
 }
 
+/// The shim's message can carry the plugin's own text (an onLoad error, the id it answered with):
+/// cut to what the CRD takes, and no control characters (terminal escapes, line breaks) reach the
+/// status that `kubectl` and dashboards print.
+fn clean(message: &str) -> String {
+    message
+        .chars()
+        .take(MAX_MESSAGE_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The name of a counted kind in `status.health` (its field in `failures`).
+fn count_name(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::OutOfMemory => "oom",
+        FailureKind::OutputTooLarge => "outputTooLarge",
+        other => other.as_str(),
+    }
+}
+
 /// The counter of `kind` in `counts`; `None` for the kinds that are not counted.
 fn count_of(counts: &mut FailureCounts, kind: FailureKind) -> Option<&mut u64> {
     match kind {
@@ -162,6 +185,7 @@ fn add(to: &mut FailureCounts, more: &FailureCounts) {
     to.oom = to.oom.saturating_add(more.oom);
     to.output_too_large = to.output_too_large.saturating_add(more.output_too_large);
     to.protocol = to.protocol.saturating_add(more.protocol);
+    to.denied = to.denied.saturating_add(more.denied);
 }
 
 /// `status.health` once `pending` is added to what it says now (`current`).
@@ -254,6 +278,35 @@ mod tests {
         let pending = ledger.take().remove(&key()).unwrap();
         assert_eq!(pending.uid, "u2");
         assert_eq!((pending.added.timeout, pending.added.protocol), (0, 1));
+    }
+
+    #[test]
+    fn a_refused_host_call_is_counted_as_denied_and_named_as_in_the_counts() {
+        let ledger = Ledger::default();
+        ledger.note(&key(), "u1", failed(FailureKind::OutputTooLarge, 2), "t1");
+        let denied = HealthChange::Denied {
+            message: "storage.put needs storage:write".into(),
+        };
+        ledger.note(&key(), "u1", denied, "t2");
+        let pending = ledger.take().remove(&key()).unwrap();
+        assert_eq!(
+            (pending.added.denied, pending.added.output_too_large),
+            (1, 1)
+        );
+        assert_eq!(pending.consecutive, 2, "a refusal is not a failed call");
+        let last = pending.last.unwrap();
+        assert_eq!((last.kind.as_str(), last.time.as_str()), ("denied", "t2"));
+        let mut l = Ledger::default();
+        l.note(&key(), "u1", failed(FailureKind::OutputTooLarge, 1), "t1");
+        assert_eq!(
+            l.pending.get_mut().unwrap()[&key()]
+                .last
+                .as_ref()
+                .unwrap()
+                .kind,
+            "outputTooLarge",
+            "lastFailure.kind is the name of the count"
+        );
     }
 
     #[test]

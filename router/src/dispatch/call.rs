@@ -2,6 +2,7 @@
 //! under, the answer or failure, and the two seams to the outside world ([`Caller`] for the
 //! network, [`Disabler`] for the cluster), which tests replace with fakes.
 
+use airlock_core::PluginKey;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +86,7 @@ pub trait Caller: Send + Sync + 'static {
 /// record), and keeps `status.health` (its failures by kind).
 pub trait Disabler: Send + Sync + 'static {
     fn disable(&self, route: &Route, reason: &str);
-    /// A counted failure of a call, or the first answer after failures.
-    fn health(&self, route: &Route, change: crate::health_report::HealthChange);
+    /// A counted failure of the plugin `plugin` (Plugin object `uid`): of a call, or a host call
+    /// refused; or the first answer after failures.
+    fn health(&self, plugin: &PluginKey, uid: &str, change: crate::health_report::HealthChange);
 }

@@ -201,6 +201,16 @@ impl<C: Caller> Router<C> {
         self.table().holder(key).cloned()
     }
 
+    /// Tells the plugin's health record of something the host API saw (a refused host call).
+    pub fn note_health(
+        &self,
+        key: &PluginKey,
+        uid: &str,
+        change: crate::health_report::HealthChange,
+    ) {
+        self.disabler.health(key, uid, change);
+    }
+
     fn table(&self) -> Arc<RouteTable> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -66,7 +66,8 @@ impl<C: Caller> Router<C> {
             // them in the order the breaker counted them.
             match (result, outcome.counted_kind()) {
                 (Err(f), Some(kind)) => self.disabler.health(
-                    route,
+                    key,
+                    &route.uid,
                     HealthChange::Failed {
                         kind,
                         message: f.message.clone(),
@@ -74,7 +75,8 @@ impl<C: Caller> Router<C> {
                     },
                 ),
                 (Ok(_), _) if failing_before > 0 => {
-                    self.disabler.health(route, HealthChange::Recovered);
+                    self.disabler
+                        .health(key, &route.uid, HealthChange::Recovered);
                 }
                 _ => {}
             }

@@ -199,7 +199,16 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
             );
             crate::audit::emit(&record);
             warn!(plugin = %plugin, call = call.as_str(), invocation = invocation_id, "host call denied");
-            return Err(status_of(&HostError::Denied(denied)));
+            let error = HostError::Denied(denied);
+            // Counted in status.health as `denied` (at most the call's rate of them, as above).
+            self.router.note_health(
+                plugin,
+                &holder.uid,
+                crate::health_report::HealthChange::Denied {
+                    message: error.to_string(),
+                },
+            );
+            return Err(status_of(&error));
         }
         Ok(holder)
     }
@@ -459,11 +468,19 @@ mod tests {
             })
         }
     }
-    #[derive(Debug)]
-    struct NoDisable;
-    impl crate::dispatch::Disabler for NoDisable {
+    /// Records what the host API tells the plugin's health record.
+    #[derive(Debug, Default)]
+    struct HealthSeen(std::sync::Mutex<Vec<crate::health_report::HealthChange>>);
+    impl crate::dispatch::Disabler for HealthSeen {
         fn disable(&self, _: &Route, _: &str) {}
-        fn health(&self, _: &Route, _: crate::health_report::HealthChange) {}
+        fn health(
+            &self,
+            _: &airlock_core::PluginKey,
+            _: &str,
+            change: crate::health_report::HealthChange,
+        ) {
+            self.0.lock().unwrap().push(change);
+        }
     }
 
     type Service = HostService<NoCalls, Arc<MemoryStorage>>;
@@ -486,17 +503,27 @@ mod tests {
     }
 
     fn service(permissions: &[&str]) -> (Service, Arc<MemoryStorage>) {
+        let (svc, storage, _) = service_seen(permissions);
+        (svc, storage)
+    }
+
+    fn service_seen(permissions: &[&str]) -> (Service, Arc<MemoryStorage>, Arc<HealthSeen>) {
         let plugin = logger(serde_json::json!({"phase": "Active", "permissions": permissions}));
         let metrics = Metrics::new().unwrap();
+        let seen = Arc::new(HealthSeen::default());
         let router = Arc::new(Router::new(
             NoCalls,
-            Arc::new(NoDisable),
+            seen.clone(),
             RouterConfig::default(),
             metrics.clone(),
         ));
         router.update(RouteTable::build([&plugin], &HashMap::new()));
         let storage = Arc::new(MemoryStorage::default());
-        (HostService::new(router, storage.clone(), metrics), storage)
+        (
+            HostService::new(router, storage.clone(), metrics),
+            storage,
+            seen,
+        )
     }
 
     fn me() -> PluginKey {
@@ -627,11 +654,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_without_its_permission_is_denied_and_changes_nothing() {
-        let (svc, storage) = service(&["log", "storage:read"]);
+        let (svc, storage, seen) = service_seen(&["log", "storage:read"]);
         let err = svc.call_as(me(), put("k", "1")).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
         assert!(err.message().contains("storage:write"), "{err:?}");
         assert!(storage.stored.lock().unwrap().is_none(), "nothing written");
+        // Issue 17: the refusal is part of the plugin's health (status.health.failures.denied);
+        // an allowed call is not.
+        svc.call_as(me(), get("k")).await.unwrap();
+        assert!(matches!(
+            seen.0.lock().unwrap().as_slice(),
+            [crate::health_report::HealthChange::Denied { message }] if message.contains("storage:write")
+        ));
         let err = svc
             .call_as(
                 me(),

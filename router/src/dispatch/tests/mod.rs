@@ -82,8 +82,8 @@ impl Disabler for RecordingDisabler {
     fn disable(&self, route: &Route, reason: &str) {
         lock(&self.0).push((route.plugin.to_string(), reason.to_string()));
     }
-    fn health(&self, route: &Route, change: HealthChange) {
-        lock(&self.1).push((route.plugin.to_string(), change));
+    fn health(&self, plugin: &PluginKey, _: &str, change: HealthChange) {
+        lock(&self.1).push((plugin.to_string(), change));
     }
 }
 

@@ -48,7 +48,7 @@ struct NoDisable;
 
 impl Disabler for NoDisable {
     fn disable(&self, _: &Route, _: &str) {}
-    fn health(&self, _: &Route, _: crate::health_report::HealthChange) {}
+    fn health(&self, _: &airlock_core::PluginKey, _: &str, _: crate::health_report::HealthChange) {}
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
