@@ -42,7 +42,7 @@ async fn counted_kinds(f: &Fixture) -> Result<()> {
     f.apply(
         NAME,
         NAME,
-        json!([{"name": "transform", "timeout": "10s"}]),
+        json!([{"name": "transform", "timeout": "2s"}]),
         json!(["log"]),
         json!({}),
     )
@@ -120,7 +120,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
     f.apply(
         NAME,
         NAME,
-        json!([{"name": "transform", "timeout": "10s"}]),
+        json!([{"name": "transform", "timeout": "2s"}]),
         json!(["log"]),
         json!({}),
     )

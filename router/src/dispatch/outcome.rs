@@ -74,7 +74,8 @@ impl<C: Caller> Router<C> {
                         consecutive: h.consecutive_failures(),
                     },
                 ),
-                (Ok(_), _) if failing_before > 0 => {
+                // An answer, also an error answer (`"ok": false`: the plugin is alive).
+                _ if outcome == Outcome::Answered && failing_before > 0 => {
                     self.disabler
                         .health(key, &route.uid, HealthChange::Recovered);
                 }

@@ -586,6 +586,16 @@ async fn counted_failures_and_the_recovery_reach_the_health_record() {
     tokio::time::advance(Duration::from_secs(31)).await;
     s.invoke("p", "transform", "{}").await.expect("answers");
     s.invoke("p", "transform", "{}").await.expect("answers");
+    // An error answer after a failure is a recovery too: the plugin answered.
+    s.behave(
+        "p",
+        Behaviour::Fail(Code::DeadlineExceeded, Outcome::Timeout),
+    );
+    s.invoke("p", "transform", "{}").await.expect_err("timeout");
+    s.behave("p", Behaviour::Fail(Code::Aborted, Outcome::Answered));
+    s.invoke("p", "transform", "{}")
+        .await
+        .expect_err("an error answer");
     let failed = |kind, consecutive| HealthChange::Failed {
         kind,
         message: "p failed".to_string(),
@@ -598,6 +608,8 @@ async fn counted_failures_and_the_recovery_reach_the_health_record() {
             failed(airlock_core::failure::FailureKind::OutOfMemory, 1),
             // The unreachable call is a breaker failure (consecutive 2) but not counted.
             failed(airlock_core::failure::FailureKind::Protocol, 3),
+            HealthChange::Recovered,
+            failed(airlock_core::failure::FailureKind::Timeout, 1),
             HealthChange::Recovered,
         ]
     );
