@@ -141,6 +141,27 @@ pub async fn auto_disable(api: &Api<Plugin>, name: &str, reason: &str) -> Result
     Ok(())
 }
 
+/// Whether the namespace of `events` holds a Warning Event `reason` about the Plugin `name` whose
+/// note contains `note`.
+pub async fn warned(
+    events: &Api<k8s_openapi::api::events::v1::Event>,
+    name: &str,
+    reason: &str,
+    note: &str,
+) -> Result<bool> {
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .any(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.type_.as_deref() == Some("Warning")
+                && e.note.as_deref().is_some_and(|n| n.contains(note))
+        }))
+}
+
 /// Waits until `name`'s Verified condition is False with `reason`; returns its message.
 pub async fn refused(api: &Api<Plugin>, name: &str, reason: &str) -> Result<String> {
     let p = wait_plugin(api, name, &format!("Verified=False reason {reason}"), |p| {

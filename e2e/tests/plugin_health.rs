@@ -10,11 +10,10 @@ use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginHealth;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::ListParams;
 use serde_json::json;
 use tonic::Code;
 
-use airlock_e2e::plugins::wait_plugin;
+use airlock_e2e::plugins::{wait_plugin, warned};
 use airlock_e2e::router::{Fixture, ensure_status, in_fixture};
 
 const NAME: &str = "crash-test";
@@ -39,14 +38,7 @@ async fn counted_kinds(f: &Fixture) -> Result<()> {
     f.sandbox
         .set_limits(json!({"autoDisable": {"afterCrashes": 2, "crashKinds": ["oom"]}}))
         .await?;
-    f.apply(
-        NAME,
-        NAME,
-        json!([{"name": "transform", "timeout": "2s"}]),
-        json!(["log"]),
-        json!({}),
-    )
-    .await?;
+    apply(f).await?;
     let plugins = f.ns.api::<Plugin>();
     wait_plugin(
         &plugins,
@@ -112,11 +104,8 @@ async fn counted_kinds(f: &Fixture) -> Result<()> {
     Ok(())
 }
 
-fn health(p: &Plugin) -> Option<&PluginHealth> {
-    p.status.as_ref()?.health.as_ref()
-}
-
-async fn scenario(f: &Fixture) -> Result<()> {
+/// crash-test with its transform (within the sandbox's maxTimeout).
+async fn apply(f: &Fixture) -> Result<()> {
     f.apply(
         NAME,
         NAME,
@@ -124,7 +113,15 @@ async fn scenario(f: &Fixture) -> Result<()> {
         json!(["log"]),
         json!({}),
     )
-    .await?;
+    .await
+}
+
+fn health(p: &Plugin) -> Option<&PluginHealth> {
+    p.status.as_ref()?.health.as_ref()
+}
+
+async fn scenario(f: &Fixture) -> Result<()> {
+    apply(f).await?;
     f.wait_serving(&[NAME], "transform").await?;
 
     let status = f
@@ -164,17 +161,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
     let events = f.ns.api::<Event>();
     let mut told = false;
     for _ in 0..30 {
-        told = events
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NAME))
-            .any(|e| {
-                e.reason.as_deref() == Some("OutOfMemory")
-                    && e.type_.as_deref() == Some("Warning")
-                    && e.note.as_deref().is_some_and(|n| n.contains(LIMIT))
-            });
+        told = warned(&events, NAME, "OutOfMemory", LIMIT).await?;
         if told {
             break;
         }

@@ -7,10 +7,10 @@
 use airlock_crds::{Plugin, PluginStorage};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use airlock_e2e::plugins::{active, condition, wait_plugin};
+use airlock_e2e::plugins::{active, condition, wait_plugin, warned};
 use airlock_e2e::router::{Fixture, in_fixture};
 use airlock_e2e::wait;
 
@@ -155,19 +155,10 @@ async fn scenario(f: &Fixture) -> Result<()> {
         written_by(f).await?.as_deref() == Some("1.1.0"),
         "1.1.0 still serves and writes"
     );
-    let warned =
-        f.ns.api::<Event>()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NAME))
-            .any(|e| {
-                e.reason.as_deref() == Some("DowngradeRefused")
-                    && e.type_.as_deref() == Some("Warning")
-                    && e.note.as_deref().is_some_and(|n| n.contains("1.1.0"))
-            });
-    ensure!(warned, "a Warning Event names the refusal");
+    ensure!(
+        warned(&f.ns.api::<Event>(), NAME, "DowngradeRefused", "1.1.0").await?,
+        "a Warning Event names the refusal"
+    );
 
     // The platform team says 1.0.0 reads that data: it rolls out, and writes as 1.0.0.
     roll_to(f, "1.0.0", true).await?;
