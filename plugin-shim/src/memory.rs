@@ -23,6 +23,8 @@ pub struct MemoryCgroup {
     events: PathBuf,
     /// The file with the limit in bytes (`max` when there is none on v2).
     limit: PathBuf,
+    /// v2's `memory.oom.group` (none on v1).
+    group: Option<PathBuf>,
 }
 
 impl MemoryCgroup {
@@ -34,12 +36,14 @@ impl MemoryCgroup {
             return Some(Self {
                 events: root.join("memory.events"),
                 limit: root.join("memory.max"),
+                group: Some(root.join("memory.oom.group")),
             });
         }
         let v1 = root.join("memory");
         v1.join("memory.oom_control").is_file().then(|| Self {
             events: v1.join("memory.oom_control"),
             limit: v1.join("memory.limit_in_bytes"),
+            group: None,
         })
     }
 
@@ -51,6 +55,16 @@ impl MemoryCgroup {
     /// Processes the kernel killed for memory in this cgroup so far.
     pub fn oom_kills(&self) -> Option<u64> {
         parse_oom_kills(&std::fs::read_to_string(&self.events).ok()?)
+    }
+
+    /// Whether the kernel kills the whole container at its limit (v2 `memory.oom.group` = 1, the
+    /// kubelet's default there): the shim dies with the plugin, so it cannot tell the kill; the
+    /// pod's container status says `OOMKilled` instead.
+    pub fn kills_as_a_group(&self) -> bool {
+        self.group
+            .as_ref()
+            .and_then(|g| std::fs::read_to_string(g).ok())
+            .is_some_and(|text| text.trim() == "1")
     }
 
     /// The memory limit in bytes; `None` when there is none or it cannot be read.
@@ -132,9 +146,13 @@ mod tests {
             (v1.oom_kills(), v1.limit_bytes()),
             (Some(1), Some(32 << 20))
         );
+        assert!(!v1.kills_as_a_group(), "v1 kills one process");
         std::fs::write(dir.path().join("memory.events"), "oom_kill 0\n").unwrap();
         std::fs::write(dir.path().join("memory.max"), "max\n").unwrap();
         let v2 = MemoryCgroup::under(dir.path()).unwrap();
         assert_eq!((v2.oom_kills(), v2.limit_bytes()), (Some(0), None));
+        assert!(!v2.kills_as_a_group());
+        std::fs::write(dir.path().join("memory.oom.group"), "1\n").unwrap();
+        assert!(v2.kills_as_a_group());
     }
 }

@@ -114,6 +114,11 @@ pub async fn run(
         read_only = args.unpacked.is_some(),
         "the bundle is ready"
     );
+    if crate::memory::MemoryCgroup::of_container().is_some_and(|m| m.kills_as_a_group()) {
+        warn!(
+            "the kernel kills this whole container at its memory limit (memory.oom.group=1): a plugin process that runs out of memory takes the shim with it, so the call fails as unreachable and the pod's container status says OOMKilled (not counted as oom in the Plugin's status.health)"
+        );
+    }
 
     // Checked before the plugin starts: it never runs with a configuration its schema refuses.
     let source = ConfigSource {
