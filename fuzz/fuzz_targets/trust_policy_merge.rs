@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use airlock_crds::plugin::{AutoDisablePolicy, CrashKind};
 use airlock_crds::trust_policy::{StorageLimits, TrustLevel, TrustLevelLimits};
 use airlock_crds::{Permission, PluginTrustPolicy};
 use airlock_operator::policy::{Limits, limits};
@@ -83,8 +84,25 @@ fn level_limits(input: &mut Input) -> TrustLevelLimits {
             max_bytes: input.option_u64(),
             max_keys: input.option_u32(),
         }),
+        auto_disable: (flags & 8 == 8).then(|| AutoDisablePolicy {
+            after_timeouts: input.option_u32(),
+            after_crashes: input.option_u32(),
+            // Any list, repeats and order included.
+            crash_kinds: (flags & 16 == 16).then(|| {
+                (0..input.byte() % 6)
+                    .map(|_| KINDS[usize::from(input.byte() % 4)])
+                    .collect()
+            }),
+        }),
     }
 }
+
+const KINDS: [CrashKind; 4] = [
+    CrashKind::Crash,
+    CrashKind::Oom,
+    CrashKind::Protocol,
+    CrashKind::OutputTooLarge,
+];
 
 fn policy(i: usize, levels: BTreeMap<TrustLevel, TrustLevelLimits>) -> PluginTrustPolicy {
     let mut p: PluginTrustPolicy = serde_json::from_value(serde_json::json!({
@@ -176,6 +194,30 @@ fn assert_at_most(narrow: &Limits, wide: &Limits, what: &str) {
         narrow.storage_max_keys,
         wide.storage_max_keys,
     );
+    // Auto-disable: thresholds no higher, every kind the wider counts still counted.
+    let (n, w) = (
+        narrow.auto_disable.clone().unwrap_or_default(),
+        wide.auto_disable.clone().unwrap_or_default(),
+    );
+    cap(
+        "autoDisable.afterTimeouts",
+        what,
+        n.after_timeouts,
+        w.after_timeouts,
+    );
+    cap(
+        "autoDisable.afterCrashes",
+        what,
+        n.after_crashes,
+        w.after_crashes,
+    );
+    if let Some(wide_kinds) = &w.crash_kinds {
+        let narrow_kinds = n.crash_kinds.clone().unwrap_or_default();
+        assert!(
+            wide_kinds.iter().all(|k| narrow_kinds.contains(k)),
+            "{what}: autoDisable.crashKinds narrowed: {narrow_kinds:?} vs {wide_kinds:?}"
+        );
+    }
 }
 
 /// The merge as a comparable value (of two equal caps either spelling may be kept).
@@ -191,6 +233,7 @@ fn numbers(l: &Limits) -> impl PartialEq + std::fmt::Debug + use<> {
             l.storage_max_bytes,
             l.storage_max_keys,
         ),
+        l.auto_disable.clone(),
     )
 }
 

@@ -228,7 +228,15 @@ fn one(level: Option<&TrustLevelLimits>) -> Limits {
         // Set over all policies by `limits`, and by the reconcile.
         egress_within: Vec::new(),
         cluster_cidrs: Vec::new(),
-        auto_disable: l.auto_disable.clone(),
+        // Kinds as a set (sorted, once each): the merge's answer must not depend on how a
+        // policy lists them.
+        auto_disable: l.auto_disable.clone().map(|mut a| {
+            if let Some(kinds) = &mut a.crash_kinds {
+                kinds.sort();
+                kinds.dedup();
+            }
+            a
+        }),
     }
 }
 

@@ -203,6 +203,7 @@ fn numbers(l: &Limits) -> impl PartialEq + std::fmt::Debug + use<> {
         l.storage_max_value_bytes,
         l.storage_max_bytes,
         l.storage_max_keys,
+        l.auto_disable.clone(),
     )
 }
 
