@@ -87,15 +87,9 @@ impl<C: Caller> Router<C> {
         // The shim replaced the plugin process after these (whoever's deadline it missed: the
         // shim kills at the deadline it was given); an error answer or an unreachable pod is no
         // restart.
+        // (Exactly the failures status.health counts.)
         if let Err(f) = result
-            && matches!(
-                f.outcome,
-                Outcome::Timeout
-                    | Outcome::Crash
-                    | Outcome::OutOfMemory
-                    | Outcome::Protocol
-                    | Outcome::OutputTooLarge
-            )
+            && f.outcome.counted_kind().is_some()
         {
             self.metrics.plugin_restarted(key);
         }
