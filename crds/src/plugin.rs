@@ -641,6 +641,14 @@ pub struct RevisionRecord {
     /// once it was Ready: a rollback re-applies only a ReplicaSet of that Deployment whose
     /// template has exactly this digest.
     pub template_digest: Option<String>,
+    /// `sha256:<hex>` of the bundle that was verified for the revision: the router calls only a
+    /// pod whose shim says (`Handshake`) it runs this bundle. Absent in a record written before
+    /// Airlock recorded it (then the router checks nothing until the next reconcile adds it).
+    #[schemars(length(max = 71))]
+    pub bundle_digest: Option<String>,
+    /// The plugin API version of the verified bundle's manifest (`apiVersion`): the router calls
+    /// only a pod whose shim says it serves this version.
+    pub plugin_api_version: Option<u32>,
 }
 
 /// The limits a plugin runs under (see `PluginStatus.limits`).

@@ -255,6 +255,8 @@ fn record(
         concurrency: (rollout.concurrency > 1).then_some(rollout.concurrency as i32),
         hooks: plugin.spec.hooks.clone(),
         template_digest: None,
+        bundle_digest: Some(rollout.bundle_digest.clone()),
+        plugin_api_version: Some(fetched.manifest.api_version),
     }
 }
 
@@ -1134,6 +1136,17 @@ mod tests {
         )
         .permissions_approved;
         assert_blocked(&v, "InvalidResources", "spec.resources.limits.cpu");
+    }
+
+    #[test]
+    fn the_record_names_the_verified_bundle_and_api_version_the_router_checks_pods_against() {
+        let approved = plan(&plugin(HELLO), &fetched(manifest("")), Some(&open_limits()));
+        let record = approved.record.expect("recorded");
+        assert_eq!(
+            record.bundle_digest.as_deref(),
+            Some(format!("sha256:{}", "c".repeat(64)).as_str())
+        );
+        assert_eq!(record.plugin_api_version, Some(1));
     }
 
     #[test]

@@ -256,6 +256,8 @@ mod tests {
                     .expect("hook"),
             ],
             template_digest: None,
+            bundle_digest: None,
+            plugin_api_version: None,
         }
     }
 

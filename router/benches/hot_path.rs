@@ -185,6 +185,7 @@ async fn serve_router(shim: &str) -> Result<String, Error> {
             },
         )]),
         auto_disable: None,
+        verified: Vec::new(),
     }]));
     let gate = Arc::new(Gate::new(
         Arc::new(Reviewer),

@@ -45,6 +45,28 @@ pub fn auto_disabled(route: &Route, reason: &str, actor: &str, now: Timestamp) -
     )
 }
 
+/// The record of a plugin pod the router refused to call after its handshake (pure): the pod
+/// does not run what the operator verified (see `crate::grpc::handshake`).
+pub fn handshake_mismatch(
+    route: &Route,
+    endpoint: &str,
+    reason: &str,
+    message: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Value {
+    with(
+        record(actor, now, &route.plugin, &route.uid, "HandshakeMismatch"),
+        json!({
+            "reason": "HandshakeMismatch",
+            "mismatch": reason,
+            "pod": endpoint,
+            "message": message,
+            "version": route.version,
+        }),
+    )
+}
+
 /// The record of a host API call the router refused for a missing permission (pure).
 pub fn host_call_denied(
     plugin: &PluginKey,
@@ -172,5 +194,31 @@ mod tests {
         assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1);
         assert_eq!(r["target"]["namespace"].as_str().map(str::len), Some(256));
         assert_eq!(bounded("short", MAX_FIELD_CHARS), "short");
+    }
+
+    #[test]
+    fn a_refused_pod_is_recorded_with_the_plugin_the_pod_and_why() {
+        let route = crate::table::Route {
+            plugin: PluginKey::new("team", "fmt"),
+            uid: "uid-1".into(),
+            version: "1.2.0".into(),
+            endpoints: vec![],
+            hooks: Default::default(),
+            auto_disable: None,
+            verified: vec![],
+        };
+        let r = handshake_mismatch(
+            &route,
+            "198.19.0.9:50051",
+            "bundle_digest",
+            "pod 198.19.0.9:50051 of Plugin team/fmt runs bundle sha256:bb",
+            "airlock-router",
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(r["event"], "HandshakeMismatch");
+        assert_eq!(r["plugin"]["namespace"], "team");
+        assert_eq!(r["plugin"]["uid"], "uid-1");
+        assert_eq!(r["pod"], "198.19.0.9:50051");
+        assert_eq!(r["mismatch"], "bundle_digest");
     }
 }

@@ -548,6 +548,38 @@ async fn write_health(
     }
 }
 
+/// A pod refused after its handshake (`crate::grpc::handshake`): the metric, and a Warning Event
+/// `HandshakeMismatch` on the Plugin that names the pod, what it runs and what was verified.
+impl crate::grpc::handshake::RefusalObserver for KubeDisabler {
+    fn refused(&self, route: &Route, endpoint: &str, refusal: &crate::grpc::handshake::Refusal) {
+        self.metrics
+            .handshake_refused(&route.plugin, refusal.reason.as_str());
+        audit::emit(&audit::handshake_mismatch(
+            route,
+            endpoint,
+            refusal.reason.as_str(),
+            &refusal.message,
+            ACTOR,
+            Timestamp::now(),
+        ));
+        let recorder = self.recorder.clone();
+        let reference = plugin_reference(&route.plugin, &route.uid);
+        let (key, message) = (route.plugin.clone(), refusal.message.clone());
+        tokio::spawn(async move {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "HandshakeMismatch".into(),
+                note: Some(message),
+                action: "Handshake".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!(plugin = %key, error = %e, "could not publish the HandshakeMismatch Event");
+            }
+        });
+    }
+}
+
 impl Disabler for KubeDisabler {
     fn health(&self, plugin: &airlock_core::PluginKey, uid: &str, change: HealthChange) {
         self.ledger

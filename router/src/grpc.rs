@@ -1,6 +1,7 @@
 //! The router's gRPC edges: `airlock.router.v1.HookRouter` served to host applications
 //! ([`hook_router`]), and the [`Caller`] that reaches plugin shims over `airlock.plugin.v1`.
 
+pub mod handshake;
 mod hook_router;
 
 pub use hook_router::{HookRouterService, server as hook_router};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use airlock_core::failure::{FAILURE_METADATA, FailureKind};
 use airlock_core::identity::plugin_identity;
+use airlock_proto::plugin::v1::HandshakeRequest;
 use airlock_proto::plugin::v1::InvokeRequest as ShimInvokeRequest;
 use airlock_proto::plugin::v1::plugin_client::PluginClient;
 use airlock_proto::trace::{TRACEPARENT, TraceContext};
@@ -74,18 +76,24 @@ enum Transport {
 /// With mutual TLS every channel expects the plugin's own identity
 /// (`airlock_proto::identity::plugin_identity`) in the shim's certificate: an address that now
 /// leads to another plugin's pod fails the handshake instead of running the wrong plugin's hook.
+/// Before the first call on a channel the shim is asked what it runs ([`handshake`]): a pod that
+/// does not run a bundle the operator verified for a revision that may serve gets no call.
 #[derive(Debug)]
 pub struct GrpcCaller {
     channels: Mutex<HashMap<(String, PluginKey), Conn>>,
     transport: Mutex<Transport>,
+    /// Told of each pod refused after its handshake (once per connection).
+    observer: Option<Arc<dyn handshake::RefusalObserver>>,
 }
 
-/// A channel to one pod, the calls in flight on it and whether it is set aside.
+/// A channel to one pod, the calls in flight on it, whether it is set aside and what it said it
+/// runs.
 #[derive(Debug, Clone)]
 struct Conn {
     channel: Channel,
     in_flight: Arc<AtomicUsize>,
     outlier: Arc<Mutex<Outlier>>,
+    checked: Arc<handshake::Checked>,
 }
 
 /// Consecutive connection failures after which a pod is set aside (outlier ejection).
@@ -127,6 +135,7 @@ struct Picked {
     channel: Channel,
     in_flight: InFlight,
     outlier: Arc<Mutex<Outlier>>,
+    checked: Arc<handshake::Checked>,
     /// Another ready pod this call has not tried yet exists.
     others_untried: bool,
 }
@@ -184,6 +193,7 @@ impl GrpcCaller {
         Self {
             channels: Mutex::default(),
             transport: Mutex::new(Transport::Plain),
+            observer: None,
         }
     }
 
@@ -192,7 +202,14 @@ impl GrpcCaller {
         Self {
             channels: Mutex::default(),
             transport: Mutex::new(Transport::Mutual(None)),
+            observer: None,
         }
+    }
+
+    /// This caller, telling `observer` of each pod it refuses after its handshake.
+    pub fn with_observer(mut self, observer: Arc<dyn handshake::RefusalObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Uses `identity` from now on (a re-issued certificate): later calls open new connections
@@ -222,20 +239,42 @@ impl GrpcCaller {
 
     /// The pod of `route` this call goes to (its endpoint), the channel to it, counted as in
     /// flight on it, and that pod's outlier record. Pods set aside, and those in `tried` (this
-    /// call could not connect to them), are skipped while another one is not.
+    /// call could not connect to them), are skipped while another one is not; a pod whose
+    /// handshake showed it does not run a verified revision is never picked.
     fn pick(&self, route: &Route, tried: &[String]) -> Result<Picked, CallFailure> {
         let failure = |message: String| CallFailure {
             code: Code::Unavailable,
             message,
             outcome: Outcome::Unreachable,
         };
-        let endpoint = {
+        let (endpoint, eligible) = {
             let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
             let conn_of =
                 |endpoint: &str| channels.get(&(endpoint.to_string(), route.plugin.clone()));
-            let now = std::time::Instant::now();
-            let healthy: Vec<String> = route
+            let mut refusal = None;
+            let eligible: Vec<String> = route
                 .endpoints
+                .iter()
+                .filter(|e| {
+                    let said = conn_of(e).and_then(|c| c.checked.said().cloned());
+                    match said.map(|said| handshake::check(route, e, &said)) {
+                        Some(Err(r)) => {
+                            refusal.get_or_insert(r);
+                            false
+                        }
+                        _ => true,
+                    }
+                })
+                .cloned()
+                .collect();
+            if let (true, Some(r)) = (eligible.is_empty(), refusal) {
+                return Err(failure(format!(
+                    "no ready pod of Plugin {} runs a revision the operator verified; {}",
+                    route.plugin, r.message
+                )));
+            }
+            let now = std::time::Instant::now();
+            let healthy: Vec<String> = eligible
                 .iter()
                 .filter(|e| !tried.contains(e))
                 .filter(|e| {
@@ -250,8 +289,7 @@ impl GrpcCaller {
                 .collect();
             // Every pod set aside: better to try them (those this call has not) than to refuse
             // the call.
-            let untried: Vec<String> = route
-                .endpoints
+            let untried: Vec<String> = eligible
                 .iter()
                 .filter(|e| !tried.contains(e))
                 .cloned()
@@ -259,27 +297,81 @@ impl GrpcCaller {
             let candidates = match (healthy.is_empty(), untried.is_empty()) {
                 (false, _) => &healthy,
                 (true, false) => &untried,
-                (true, true) => &route.endpoints,
+                (true, true) => &eligible,
             };
             let busy = |endpoint: &str| {
                 conn_of(endpoint).map_or(0, |c| c.in_flight.load(Ordering::Relaxed))
             };
-            choose(candidates, busy, two_at_random)
+            let endpoint = choose(candidates, busy, two_at_random)
                 .ok_or_else(|| failure(format!("Plugin {} has no ready pod", route.plugin)))?
-                .to_string()
+                .to_string();
+            (endpoint, eligible)
         };
         let conn = self.conn(&endpoint, route)?;
         let guard = InFlight::start(&conn.in_flight);
         Ok(Picked {
-            others_untried: route
-                .endpoints
+            others_untried: eligible
                 .iter()
                 .any(|e| *e != endpoint && !tried.contains(e)),
             endpoint,
             channel: conn.channel,
             in_flight: guard,
             outlier: conn.outlier,
+            checked: conn.checked,
         })
+    }
+
+    /// Whether the pod behind `channel` may be called for `route`: asked once per connection
+    /// (within the call's deadline) what it runs, and refused — reported once — unless that is
+    /// what the operator verified. `Err(None)`: refused; `Err(Some(_))`: it did not answer, so
+    /// nothing is known (the call never left; asked again next time).
+    async fn verify(
+        &self,
+        route: &Route,
+        endpoint: &str,
+        channel: &Channel,
+        checked: &handshake::Checked,
+        until: tokio::time::Instant,
+    ) -> Result<(), Option<Attempt>> {
+        if route.verified.is_empty() {
+            return Ok(());
+        }
+        let host_api_version = handshake::host_api_version(&route.verified);
+        let said = checked
+            .said_or_ask(|| async {
+                let mut req = Request::new(HandshakeRequest { host_api_version });
+                req.set_timeout(until.saturating_duration_since(tokio::time::Instant::now()));
+                let answer = PluginClient::new(channel.clone())
+                    .handshake(req)
+                    .await
+                    .map(tonic::Response::into_inner);
+                handshake::Said::from_answer(answer)
+            })
+            .await
+            .map_err(|status| {
+                Some(Attempt {
+                    never_sent: true,
+                    failure: CallFailure {
+                        code: status.code(),
+                        message: format!(
+                            "could not ask pod {endpoint} of Plugin {} what it runs: {}",
+                            route.plugin,
+                            status.message()
+                        ),
+                        outcome: Outcome::Unreachable,
+                    },
+                })
+            })?;
+        let Err(refusal) = handshake::check(route, endpoint, said) else {
+            return Ok(());
+        };
+        if checked.first_report() {
+            tracing::warn!(plugin = %route.plugin, pod = endpoint, reason = refusal.reason.as_str(), message = %refusal.message, "refusing a plugin pod after its handshake");
+            if let Some(observer) = &self.observer {
+                observer.refused(route, endpoint, &refusal);
+            }
+        }
+        Err(None)
     }
 
     fn conn(&self, endpoint: &str, route: &Route) -> Result<Conn, CallFailure> {
@@ -329,6 +421,7 @@ impl GrpcCaller {
                 .connect_lazy(),
             in_flight: Arc::default(),
             outlier: Arc::default(),
+            checked: Arc::default(),
         };
         // Two calls racing to open the same channel: the first one stored is kept.
         Ok(self
@@ -388,17 +481,28 @@ impl Caller for Arc<GrpcCaller> {
                     channel,
                     in_flight: _in_flight,
                     outlier,
+                    checked,
                     others_untried,
                 } = picked;
-                let result = GrpcCaller::call_shim(
-                    channel,
-                    &request,
-                    &span,
-                    until,
-                    !others_untried,
-                    &mut relayed,
-                )
-                .await;
+                let result = match this
+                    .verify(&route, &endpoint, &channel, &checked, until)
+                    .await
+                {
+                    Ok(()) => {
+                        GrpcCaller::call_shim(
+                            channel,
+                            &request,
+                            &span,
+                            until,
+                            !others_untried,
+                            &mut relayed,
+                        )
+                        .await
+                    }
+                    // Never picked again: the next pick takes another pod or says why none.
+                    Err(None) => continue,
+                    Err(Some(attempt)) => Err(attempt),
+                };
                 if exporting {
                     pod = Some(endpoint.clone());
                 }
@@ -743,6 +847,7 @@ mod tests {
             endpoints,
             hooks: Default::default(),
             auto_disable: None,
+            verified: Vec::new(),
         });
         let caller = Arc::new(GrpcCaller::plain());
         for i in 0..20 {
@@ -813,6 +918,167 @@ mod tests {
         assert!(
             refused.load(Ordering::Relaxed) > 0,
             "the pod shutting down was never tried"
+        );
+    }
+
+    /// A shim that says it runs `bundle_digest` and counts the calls it answers.
+    #[derive(Clone)]
+    struct SayingShim {
+        bundle_digest: String,
+        answered: Arc<AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl airlock_proto::plugin::v1::plugin_server::Plugin for SayingShim {
+        async fn handshake(
+            &self,
+            request: Request<airlock_proto::plugin::v1::HandshakeRequest>,
+        ) -> Result<tonic::Response<airlock_proto::plugin::v1::HandshakeResponse>, Status> {
+            // What the real shim does with the version asked (plugin-shim/src/server.rs).
+            let host = request.into_inner().host_api_version;
+            if host != 0 && host != 1 {
+                return Err(Status::failed_precondition(format!(
+                    "the host speaks plugin API version {host}, this plugin targets version 1"
+                )));
+            }
+            Ok(tonic::Response::new(
+                airlock_proto::plugin::v1::HandshakeResponse {
+                    plugin_api_version: 1,
+                    bundle_digest: self.bundle_digest.clone(),
+                    ..Default::default()
+                },
+            ))
+        }
+
+        async fn invoke(
+            &self,
+            request: Request<ShimInvokeRequest>,
+        ) -> Result<tonic::Response<airlock_proto::plugin::v1::InvokeResponse>, Status> {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+            EchoShim.invoke(request).await
+        }
+    }
+
+    async fn saying_pod(digest: &str) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let shim = SayingShim {
+            bundle_digest: digest.to_string(),
+            answered: Arc::clone(&answered),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(airlock_proto::plugin::v1::plugin_server::PluginServer::new(
+                    shim,
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (addr, answered)
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorded(Mutex<Vec<(String, handshake::Reason)>>);
+
+    impl handshake::RefusalObserver for Recorded {
+        fn refused(&self, _: &Route, endpoint: &str, refusal: &handshake::Refusal) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((endpoint.to_string(), refusal.reason));
+        }
+    }
+
+    fn verified_route(endpoints: Vec<String>, api: u32) -> Arc<Route> {
+        Arc::new(Route {
+            plugin: PluginKey::new("t", "p"),
+            uid: "u".into(),
+            version: "1".into(),
+            endpoints,
+            hooks: Default::default(),
+            auto_disable: None,
+            verified: vec![crate::table::VerifiedRevision {
+                revision: "r1".into(),
+                bundle_digest: format!("sha256:{}", "a".repeat(64)),
+                plugin_api_version: api,
+            }],
+        })
+    }
+
+    fn call_of(i: usize) -> CallRequest {
+        CallRequest {
+            hook: airlock_core::Hook::Transform,
+            payload: Arc::new(format!("{{\"n\":{i}}}")),
+            deadline: Duration::from_secs(2),
+            invocation_id: format!("t-{i}"),
+        }
+    }
+
+    /// Issue 17: a pod whose shim says it runs another bundle than the verified one gets no
+    /// call (the others get them all) and is reported once; with no other pod the call is
+    /// refused, UNAVAILABLE, naming the pod and both bundles.
+    #[tokio::test]
+    async fn a_pod_that_does_not_run_the_verified_bundle_gets_no_call() {
+        let verified = format!("sha256:{}", "a".repeat(64));
+        let other = format!("sha256:{}", "b".repeat(64));
+        let (good, good_calls) = saying_pod(&verified).await;
+        let (bad, bad_calls) = saying_pod(&other).await;
+        let observer = Arc::new(Recorded::default());
+        let caller = Arc::new(GrpcCaller::plain().with_observer(observer.clone()));
+        let route = verified_route(vec![bad.clone(), good.clone()], 1);
+        for i in 0..20 {
+            let answer = caller
+                .call(Arc::clone(&route), call_of(i))
+                .await
+                .unwrap_or_else(|f| panic!("call {i}: {f:?}"));
+            assert_eq!(answer.output, format!("{{\"n\":{i}}}"));
+        }
+        assert_eq!(good_calls.load(Ordering::Relaxed), 20);
+        assert_eq!(bad_calls.load(Ordering::Relaxed), 0, "never called");
+        assert_eq!(
+            observer.0.lock().unwrap().as_slice(),
+            [(bad.clone(), handshake::Reason::BundleDigest)],
+            "reported once"
+        );
+
+        let alone = verified_route(vec![bad.clone()], 1);
+        let refused = caller
+            .call(alone, call_of(99))
+            .await
+            .expect_err("no verified pod");
+        assert_eq!(refused.code, Code::Unavailable);
+        assert_eq!(refused.outcome, Outcome::Unreachable);
+        for part in [bad.as_str(), &other, &verified, "does not call it"] {
+            assert!(
+                refused.message.contains(part),
+                "{part} in {}",
+                refused.message
+            );
+        }
+        assert_eq!(bad_calls.load(Ordering::Relaxed), 0);
+    }
+
+    /// Issue 17: a shim serving another plugin API version than the verified revision's refuses
+    /// the handshake itself; the router refuses the pod.
+    #[tokio::test]
+    async fn a_pod_serving_another_api_version_is_refused() {
+        let (pod, calls) = saying_pod(&format!("sha256:{}", "a".repeat(64))).await;
+        let observer = Arc::new(Recorded::default());
+        let caller = Arc::new(GrpcCaller::plain().with_observer(observer.clone()));
+        let refused = caller
+            .call(verified_route(vec![pod.clone()], 2), call_of(0))
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code, Code::Unavailable);
+        assert!(
+            refused.message.contains("targets version 1"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            observer.0.lock().unwrap().as_slice(),
+            [(pod, handshake::Reason::ApiVersion)]
         );
     }
 

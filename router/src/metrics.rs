@@ -58,6 +58,7 @@ pub struct Metrics {
     plugin_restarts: IntCounterVec,
     host_calls: IntCounterVec,
     host_log_dropped: IntCounterVec,
+    handshake_refusals: IntCounterVec,
     breaker_open: IntGaugeVec,
     calls_in_flight: IntGaugeVec,
     routes: IntGaugeVec,
@@ -158,6 +159,12 @@ impl Metrics {
                 "Host API log lines dropped over a plugin's rate limit, by the Plugin's namespace and name",
                 &["namespace", "plugin"],
             )?,
+            handshake_refusals: counter(
+                &registry,
+                "airlock_router_handshake_refusals_total",
+                "Plugin pods the router refused to call after asking them what they run (Handshake), once per connection, by the Plugin's namespace and name and reason (bundle_digest: not a bundle verified for a revision that may serve; api_version: another plugin API version; handshake_failed: an error a shim never gives)",
+                &["namespace", "plugin", "reason"],
+            )?,
             registry,
             per_plugin,
         };
@@ -207,6 +214,13 @@ impl Metrics {
         self.token_reviews.with_label_values(&[result]).inc();
     }
 
+    /// A pod of `plugin` refused after its handshake, for `reason` (a stable label).
+    pub fn handshake_refused(&self, plugin: &PluginKey, reason: &str) {
+        self.handshake_refusals
+            .with_label_values(&[plugin.namespace.as_str(), plugin.name.as_str(), reason])
+            .inc();
+    }
+
     pub fn plugin_restarted(&self, plugin: &PluginKey) {
         self.plugin_restarts
             .with_label_values(&labels(plugin))
@@ -233,6 +247,7 @@ impl Metrics {
         prune(&self.calls_in_flight, live);
         prune(&self.host_calls, live);
         prune(&self.host_log_dropped, live);
+        prune(&self.handshake_refusals, live);
     }
 
     /// Drops the breaker series of the plugins not in `routable`: a plugin the router does not
@@ -338,6 +353,7 @@ mod tests {
             metrics.hook_invocation(key, "transform", "ok", Some(Duration::from_millis(3)));
             metrics.breaker(key, true);
             metrics.plugin_restarted(key);
+            metrics.handshake_refused(key, "bundle_digest");
             metrics.host_call(key, "log", "ok");
             metrics.host_log_dropped(key);
             drop(metrics.call_in_flight(key));
@@ -353,6 +369,7 @@ mod tests {
             "airlock_host_calls_total",
             "airlock_host_log_dropped_total",
             "airlock_router_calls_in_flight",
+            "airlock_router_handshake_refusals_total",
         ] {
             assert_eq!(lines(&metrics, name).len(), 1, "{name} of kept in\n{text}");
         }

@@ -76,12 +76,16 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
         airlock_runtime::kube_client::client(kube_config, &metrics.kube_requests)
             .map_err(airlock_runtime::StartError::from)?
     };
-    let caller = Arc::new(if config.tls_secret.is_empty() {
-        tracing::warn!("--tls-secret is empty: calling plugins in plain text");
-        grpc::GrpcCaller::plain()
-    } else {
-        grpc::GrpcCaller::mutual()
-    });
+    let disabler = Arc::new(cluster::KubeDisabler::new(client.clone(), metrics.clone()));
+    let caller = Arc::new(
+        if config.tls_secret.is_empty() {
+            tracing::warn!("--tls-secret is empty: calling plugins in plain text");
+            grpc::GrpcCaller::plain()
+        } else {
+            grpc::GrpcCaller::mutual()
+        }
+        .with_observer(disabler.clone()),
+    );
     // Ready needs the client certificate too: without it no plugin can be called.
     let (identity_tx, identity) = tokio::sync::watch::channel(None);
     let plain = config.tls_secret.is_empty();
@@ -95,7 +99,6 @@ pub async fn run(config: Config) -> Result<(), RouterError> {
             identity_tx,
         ));
     }
-    let disabler = Arc::new(cluster::KubeDisabler::new(client.clone(), metrics.clone()));
     tokio::spawn(disabler.clone().report_health());
     let router = Arc::new(Router::new(
         caller,

@@ -37,6 +37,20 @@ pub struct Route {
     pub hooks: BTreeMap<Hook, HookRoute>,
     /// Its trust level's auto-disable rules (`status.limits.autoDisable`); `None`: the router's.
     pub auto_disable: Option<airlock_crds::plugin::AutoDisablePolicy>,
+    /// The verified bundle and plugin API version of each revision that may serve: a pod is
+    /// called only once its shim said (`Handshake`) it runs one of them (`crate::grpc`). Empty:
+    /// the status recorded none yet (written by an Airlock before this field), nothing checked.
+    pub verified: Vec<VerifiedRevision>,
+}
+
+/// What the operator verified for one revision, as its record in `status.revisions` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedRevision {
+    pub revision: String,
+    /// `sha256:<hex>` of the bundle.
+    pub bundle_digest: String,
+    /// `apiVersion` of the bundle's manifest.
+    pub plugin_api_version: u32,
 }
 
 /// Every Plugin the router knows, callable or not.
@@ -263,7 +277,27 @@ fn route(
         endpoints: ready.clone(),
         hooks,
         auto_disable: status.limits.as_ref().and_then(|l| l.auto_disable.clone()),
+        verified: verified_revisions(&status),
     })
+}
+
+/// The verified bundle and API version of every revision the status keeps a record of (the
+/// current and the last good one: while a revision rolls out, pods of both serve). Empty when
+/// any of them lacks one — a record from before the fields, rewritten by the next reconcile:
+/// checking only some revisions would refuse the pods of the others.
+fn verified_revisions(status: &airlock_crds::plugin::PluginStatus) -> Vec<VerifiedRevision> {
+    status
+        .revisions
+        .iter()
+        .map(|r| {
+            Some(VerifiedRevision {
+                revision: r.revision.clone(),
+                bundle_digest: r.bundle_digest.clone()?,
+                plugin_api_version: r.plugin_api_version?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default()
 }
 
 /// The hooks of the revision that serves, as the controller approved them with it
@@ -621,6 +655,45 @@ mod tests {
         let r = t.get(&PluginKey::new("a", "p")).expect("route");
         assert_eq!(r.hooks.len(), 2);
         assert_eq!(r.hooks[&Hook::Transform].timeout, Duration::from_secs(2));
+    }
+
+    /// Issue 17: a route carries what each revision that may serve was verified with (both, while
+    /// one rolls out); a record from before the fields makes it check nothing rather than refuse
+    /// the pods of the revision it could not name.
+    #[test]
+    fn a_route_carries_the_verified_bundle_of_each_revision_that_may_serve() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let mut p = plugin("a", "p", "Deploying", json!([{"name": "transform"}]));
+        let status = p.status.as_mut().expect("status");
+        status.current_revision = Some("r2".into());
+        status.last_good_revision = Some("r1".into());
+        status.revisions = vec![
+            serde_json::from_value(
+                json!({"revision": "r1", "bundleDigest": digest('a'), "pluginApiVersion": 1}),
+            )
+            .expect("r1"),
+            serde_json::from_value(
+                json!({"revision": "r2", "bundleDigest": digest('b'), "pluginApiVersion": 1}),
+            )
+            .expect("r2"),
+        ];
+        let endpoints = ips(&[("a", &svc("p"), "198.19.0.1")]);
+        let r = RouteTable::build([&p], &endpoints)
+            .get(&PluginKey::new("a", "p"))
+            .expect("route");
+        let digests: Vec<&str> = r
+            .verified
+            .iter()
+            .map(|v| v.bundle_digest.as_str())
+            .collect();
+        assert_eq!(digests, [digest('a'), digest('b')]);
+        assert!(r.verified.iter().all(|v| v.plugin_api_version == 1));
+
+        p.status.as_mut().expect("status").revisions[0].bundle_digest = None;
+        let r = RouteTable::build([&p], &endpoints)
+            .get(&PluginKey::new("a", "p"))
+            .expect("route");
+        assert!(r.verified.is_empty(), "{:?}", r.verified);
     }
 
     /// A status written before records carried hook settings: the hooks it names, at the CRD's

@@ -209,6 +209,7 @@ fn route(namespace: &str, name: &str, hook: Hook, priority: i32) -> Route {
             },
         )]),
         auto_disable: None,
+        verified: Vec::new(),
     }
 }
 

@@ -157,6 +157,7 @@ fn setup_with(config: RouterConfig, plugins: &[(&str, Hook, u64, FailurePolicy, 
             },
         )]),
         auto_disable: None,
+        verified: Vec::new(),
     });
     router.update(RouteTable::from_routes(routes));
     Setup {

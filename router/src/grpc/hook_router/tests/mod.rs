@@ -141,6 +141,7 @@ fn routes() -> RouteTable {
                 })
                 .collect::<BTreeMap<_, _>>(),
             auto_disable: None,
+            verified: Vec::new(),
         }
     }))
 }
