@@ -18,7 +18,13 @@
 //!   type: object
 //!   properties: {greeting: {type: string, maxLength: 64}}
 //!   additionalProperties: false
+//! requires: [storage:read, config] # optional: permissions and host features it cannot do without
+//! sdk: {name: airlock-sdk, version: 0.1.0}  # optional: the SDK it was built with
 //! ```
+//!
+//! `requires` lists permissions the plugin cannot work without (each also in `permissions`) and
+//! host features (`airlock_core::api::HOST_FEATURES`); a feature this version does not know is
+//! not a parse error — the operator refuses it as one this Airlock does not provide, by name.
 //!
 //! `multiplexed` says how the plugin takes `concurrency` N > 1 (`sdk/PROTOCOL.md`, "Multiplexed
 //! plugins"): without it the shim runs N processes with one request each; with it, one process
@@ -60,7 +66,42 @@ pub struct Manifest {
     /// The JSON Schema `Plugin.spec.config` must match ([`crate::config`]), if the author
     /// declared one; it compiled when the manifest was parsed.
     pub config_schema: Option<serde_json::Value>,
+    /// What the plugin cannot run without, in manifest order, no duplicates.
+    pub requires: Vec<Requirement>,
+    /// The SDK the plugin was built with, if the author said.
+    pub sdk: Option<Sdk>,
 }
+
+/// One entry of `requires`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// A permission the plugin cannot work without: the operator refuses to run it unless the
+    /// permission is granted (declared, approved by `Plugin.spec.permissions`, allowed by the
+    /// trust level).
+    Permission(Permission),
+    /// A host feature by name (`airlock_core::api::HOST_FEATURES`, or one a newer Airlock has).
+    Feature(String),
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Requirement::Permission(p) => p.fmt(f),
+            Requirement::Feature(name) => f.write_str(name),
+        }
+    }
+}
+
+/// The SDK a plugin was built with (`sdk`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sdk {
+    /// Its name, e.g. `airlock-sdk` (the Rust SDK's crate).
+    pub name: String,
+    pub version: semver::Version,
+}
+
+/// Most entries of `requires`.
+const MAX_REQUIREMENTS: usize = 16;
 
 /// Why a `plugin.yaml` was rejected. Each message names the field and says how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +198,8 @@ const FIELDS: &[&str] = &[
     "imageDigest",
     "multiplexed",
     "configSchema",
+    "requires",
+    "sdk",
 ];
 
 fn list<T: fmt::Display>(items: &[T]) -> String {
@@ -200,6 +243,8 @@ impl Manifest {
                 "imageDigest" => &mut raw.image_digest,
                 "multiplexed" => &mut raw.multiplexed,
                 "configSchema" => &mut raw.config_schema,
+                "requires" => &mut raw.requires,
+                "sdk" => &mut raw.sdk,
                 _ => {
                     let hint = closest(&field, FIELDS)
                         .map(|f| format!("did you mean `{f}`? "))
@@ -292,6 +337,8 @@ struct RawFields {
     image_digest: Option<Value>,
     multiplexed: Option<Value>,
     config_schema: Option<Value>,
+    requires: Option<Value>,
+    sdk: Option<Value>,
 }
 
 impl RawFields {
@@ -410,6 +457,18 @@ impl RawFields {
             Some(v) => Some(config_schema(v)?),
         };
 
+        let requires = match self.requires {
+            None | Some(Value::Null) => Vec::new(),
+            some => requirements(
+                string_list(some, "requires", "requires: [storage:read, config]")?,
+                &permissions,
+            )?,
+        };
+        let sdk = match self.sdk {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(sdk(v)?),
+        };
+
         Ok(Manifest {
             name,
             version,
@@ -420,8 +479,116 @@ impl RawFields {
             image_digest,
             multiplexed,
             config_schema,
+            requires,
+            sdk,
         })
     }
+}
+
+/// `requires`: permissions (each one the manifest declares) and host feature names.
+fn requirements(
+    items: Vec<String>,
+    declared: &[Permission],
+) -> Result<Vec<Requirement>, ManifestError> {
+    if items.len() > MAX_REQUIREMENTS {
+        return Err(ManifestError::InvalidField {
+            field: "requires",
+            problem: format!("lists {} entries", items.len()),
+            fix: format!("list at most {MAX_REQUIREMENTS}"),
+        });
+    }
+    unique(items, "requires", |item| {
+        if let Some(p) = Permission::parse(&item) {
+            return if declared.contains(&p) {
+                Ok(Requirement::Permission(p))
+            } else {
+                Err(ManifestError::InvalidField {
+                    field: "requires",
+                    problem: format!("lists the permission `{p}`, which `permissions` does not"),
+                    fix: format!("add `{p}` to `permissions` too, or remove it from `requires`"),
+                })
+            };
+        }
+        if is_feature_name(&item) {
+            Ok(Requirement::Feature(item))
+        } else {
+            Err(ManifestError::InvalidField {
+                field: "requires",
+                problem: format!(
+                    "lists `{}`, which is neither a permission nor a host feature name",
+                    item.chars().take(64).collect::<String>()
+                ),
+                fix: format!(
+                    "list permissions ({}) and host features ({})",
+                    list(Permission::ALL),
+                    list(api::HOST_FEATURES)
+                ),
+            })
+        }
+    })
+}
+
+/// A host feature's name: a lowercase letter, then up to 31 letters and digits (camelCase).
+fn is_feature_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(u8::is_ascii_alphanumeric)
+}
+
+/// `sdk: {name, version}`.
+fn sdk(value: Value) -> Result<Sdk, ManifestError> {
+    let example = "sdk: {name: airlock-sdk, version: 0.1.0}";
+    let invalid = |problem: String| ManifestError::InvalidField {
+        field: "sdk",
+        problem,
+        fix: format!("write `{example}` (the SDK's name and semantic version), or leave it out"),
+    };
+    let Value::Mapping(map) = value else {
+        return Err(invalid(format!(
+            "is {}, not a mapping",
+            yaml_inline(&value)
+        )));
+    };
+    let (mut name, mut version) = (None, None);
+    for (k, v) in map {
+        match (k.as_str(), v) {
+            (Some("name"), Value::String(s)) if name.is_none() => name = Some(s),
+            (Some("version"), Value::String(s)) if version.is_none() => version = Some(s),
+            // `version: 1.0` is a number to YAML; said as a version that does not parse.
+            (Some("version"), Value::Number(n)) if version.is_none() => {
+                version = Some(n.to_string())
+            }
+            (Some(key), v) => {
+                return Err(invalid(format!(
+                    "has `{key}: {}`, but only `name` and `version` strings",
+                    yaml_inline(&v)
+                )));
+            }
+            (None, _) => return Err(invalid("has a key that is not a string".to_string())),
+        }
+    }
+    let name = name.ok_or_else(|| invalid("has no `name`".to_string()))?;
+    let well_formed = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'));
+    if !well_formed {
+        return Err(invalid(format!(
+            "has the name `{}`, which is not 1-64 letters, digits, `-`, `_`, `.` or `/`",
+            name.chars().take(64).collect::<String>()
+        )));
+    }
+    let text = version.ok_or_else(|| invalid("has no `version`".to_string()))?;
+    let version = semver::Version::parse(&text).map_err(|e| {
+        invalid(format!(
+            "has the version `{}`, which is not a semantic version ({e})",
+            text.chars().take(64).collect::<String>()
+        ))
+    })?;
+    Ok(Sdk { name, version })
 }
 
 /// `configSchema` as JSON, compiled once to prove it is a schema Airlock can check against.
@@ -632,6 +799,76 @@ imageDigest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab
         assert!(msg.contains("`multiplexed: true`"), "{msg}");
         let (_, msg) = err(&format!("{GOOD}multiplex: true\n"));
         assert!(msg.contains("did you mean `multiplexed`?"), "{msg}");
+    }
+
+    #[test]
+    fn requires_lists_declared_permissions_and_feature_names() {
+        let m = Manifest::parse(&format!(
+            "{GOOD}requires: [storage:read, config, kvWatch]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            m.requires,
+            vec![
+                Requirement::Permission(Permission::StorageRead),
+                Requirement::Feature("config".into()),
+                Requirement::Feature("kvWatch".into()),
+            ],
+            "a feature this version does not know parses: the operator names it"
+        );
+        assert!(Manifest::parse(GOOD).unwrap().requires.is_empty());
+
+        let (_, msg) = err(&format!("{GOOD}requires: [events:emit]\n"));
+        assert!(
+            msg.contains("`events:emit`, which `permissions` does not")
+                && msg.contains("add `events:emit` to `permissions`"),
+            "{msg}"
+        );
+        let (_, msg) = err(&format!("{GOOD}requires: [\"Storage Write\"]\n"));
+        assert!(
+            msg.contains("neither a permission nor a host feature") && msg.contains("`liveConfig`"),
+            "{msg}"
+        );
+        let (_, msg) = err(&format!("{GOOD}requires: [config, config]\n"));
+        assert!(msg.contains("lists `config` more than once"), "{msg}");
+        let many: Vec<String> = (0..17).map(|i| format!("f{i}")).collect();
+        let (_, msg) = err(&format!("{GOOD}requires: [{}]\n", many.join(", ")));
+        assert!(msg.contains("at most 16"), "{msg}");
+    }
+
+    #[test]
+    fn sdk_names_the_sdk_and_its_semantic_version() {
+        let m = Manifest::parse(&format!(
+            "{GOOD}sdk: {{name: airlock-sdk, version: 0.1.0}}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            m.sdk,
+            Some(Sdk {
+                name: "airlock-sdk".into(),
+                version: semver::Version::new(0, 1, 0)
+            })
+        );
+        for (bad, says) in [
+            ("sdk: airlock-sdk", "not a mapping"),
+            ("sdk: {name: airlock-sdk}", "has no `version`"),
+            ("sdk: {version: 1.0.0}", "has no `name`"),
+            (
+                "sdk: {name: airlock-sdk, version: 1.0}",
+                "not a semantic version",
+            ),
+            ("sdk: {name: \"a b\", version: 1.0.0}", "not 1-64 letters"),
+            (
+                "sdk: {name: x, version: 1.0.0, extra: 1}",
+                "only `name` and `version`",
+            ),
+        ] {
+            let (e, msg) = err(&format!("{GOOD}{bad}\n"));
+            assert!(
+                matches!(e, ManifestError::InvalidField { field: "sdk", .. }) && msg.contains(says),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

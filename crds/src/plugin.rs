@@ -454,7 +454,9 @@ pub struct PluginStatus {
     pub observed_generation: Option<i64>,
     /// Verified, PermissionsApproved, Compatible, Ready; and, for kstatus (Flux health checks,
     /// `kubectl wait`), Reconciling while Airlock works on the Plugin and Stalled when it cannot go
-    /// on without a change from the user, each present only while True.
+    /// on without a change from the user, each present only while True; and Deprecated, present
+    /// only while the plugin targets a plugin API version that is going away (its message names
+    /// the Airlock release that removes it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The image digest the pods are pinned to.

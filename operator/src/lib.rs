@@ -10,6 +10,7 @@ pub mod bundle_config_maps;
 pub mod bundle_http;
 pub mod certs;
 pub mod cluster_ranges;
+pub mod compat;
 pub mod config;
 pub mod cosign_bundle;
 pub mod cosign_certificate;

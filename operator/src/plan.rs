@@ -43,7 +43,7 @@ impl Verdict {
             message: message.into(),
         }
     }
-    fn blocked(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn blocked(reason: &'static str, message: impl Into<String>) -> Self {
         Self::Blocked {
             reason,
             message: message.into(),
@@ -84,6 +84,8 @@ pub struct Signer {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub compatible: Verdict,
+    /// Why the plugin's API version is going away (the `Deprecated` condition), if it is.
+    pub deprecated: Option<String>,
     pub verified: Verdict,
     pub permissions_approved: Verdict,
     pub trust_level: TrustLevel,
@@ -103,6 +105,15 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
         .map(|s| s.level)
         .unwrap_or(TrustLevel::Untrusted);
     let mut compatible = compatibility(plugin, &fetched.manifest);
+    if compatible.is_ok() {
+        let approved: BTreeSet<Permission> = plugin.spec.permissions.iter().copied().collect();
+        let allowed = limits.map(|l| &l.permissions);
+        if let Some(refused) = crate::compat::sdk_support(&fetched.manifest)
+            .or_else(|| crate::compat::unmet(&fetched.manifest, &approved, allowed))
+        {
+            compatible = refused;
+        }
+    }
     let mut config = None;
     if compatible.is_ok() {
         match plugin_config(plugin, &fetched.manifest) {
@@ -141,6 +152,10 @@ pub fn plan(plugin: &Plugin, fetched: &Fetched, limits: Option<&Limits>) -> Plan
         .as_ref()
         .map(|r| record(plugin, fetched, r, trust_level));
     Plan {
+        deprecated: crate::compat::deprecation(
+            fetched.manifest.api_version,
+            api::DEPRECATED_PLUGIN_API_VERSIONS,
+        ),
         compatible,
         verified,
         permissions_approved,
@@ -739,6 +754,47 @@ mod tests {
             unreachable!()
         };
         assert!(message.contains(what), "{what:?} in {message}");
+    }
+
+    /// Issue 17: what the signed manifest requires is checked before anything rolls out: a
+    /// required permission the spec does not approve, a host feature this Airlock lacks, an SDK
+    /// older than served: `Compatible=False`, nothing to roll out.
+    #[test]
+    fn a_plugin_whose_requirements_are_not_met_is_not_rolled_out() {
+        let p = plugin(HELLO);
+        let refused = |extra: &str| {
+            let plan = plan(&p, &fetched(manifest(extra)), Some(&open_limits()));
+            assert!(plan.rollout.is_none() && plan.record.is_none(), "{extra}");
+            plan.compatible
+        };
+        assert_blocked(
+            &refused("requires: [storage:read, kvWatch]"),
+            crate::compat::REQUIREMENT_NOT_MET,
+            "kvWatch",
+        );
+        assert_blocked(
+            &refused("requires: [storage:read]"),
+            crate::compat::REQUIREMENT_NOT_MET,
+            "add storage:read to spec.permissions",
+        );
+        assert_blocked(
+            &refused("sdk: {name: airlock-sdk, version: 0.0.1}"),
+            crate::compat::SDK_NOT_SUPPORTED,
+            "airlock-sdk 0.0.1",
+        );
+        let met = plan(
+            &p,
+            &fetched(manifest(
+                "requires: [log, config]\nsdk: {name: airlock-sdk, version: 0.1.0}",
+            )),
+            Some(&open_limits()),
+        );
+        assert!(
+            met.compatible.is_ok() && met.rollout.is_some(),
+            "{:?}",
+            met.compatible
+        );
+        assert_eq!(met.deprecated, None);
     }
 
     #[test]

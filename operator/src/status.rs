@@ -23,6 +23,10 @@ pub const READY: &str = "Ready";
 /// read): present only while true, derived from the phase and `Ready` by [`kstatus`].
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
+/// Present (True) only while the plugin targets a plugin API version that is going away: it
+/// runs, and the message names the Airlock release that removes the version (a Warning Event
+/// tells it once).
+pub const DEPRECATED: &str = "Deprecated";
 
 /// What the cluster says about the plugin's Deployment after the apply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -228,6 +232,14 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
                     Verdict::Ok { reason, message } => set(ty, true, reason, message.clone()),
                     Verdict::Blocked { reason, message } => set(ty, false, reason, message.clone()),
                 }
+            }
+            if let Some(message) = &plan.deprecated {
+                set(
+                    DEPRECATED,
+                    true,
+                    crate::compat::DEPRECATED_PLUGIN_API_VERSION,
+                    message.clone(),
+                );
             }
             let blocked = [&plan.compatible, &plan.verified, &plan.permissions_approved]
                 .into_iter()
@@ -758,7 +770,8 @@ pub fn transitions(prev: Option<&PluginStatus>, next: &PluginStatus) -> Vec<Tran
                 status: c.status.clone(),
                 reason: c.reason.clone(),
                 message: c.message.clone(),
-                warning: c.status == "False" && !NORMAL_PROGRESS.contains(&c.reason.as_str()),
+                warning: (c.status == "False" && !NORMAL_PROGRESS.contains(&c.reason.as_str()))
+                    || (c.type_ == DEPRECATED && c.status == "True"),
             });
         }
     }
@@ -788,6 +801,7 @@ mod tests {
 
     fn ok_plan() -> Plan {
         Plan {
+            deprecated: None,
             compatible: Verdict::Ok {
                 reason: "Compatible",
                 message: "ok".into(),
@@ -833,6 +847,45 @@ mod tests {
     /// rollout completed): Deploying — progress, no Event — until the progress deadline has
     /// passed since they stopped, then `PodsNotReady`, a Warning Event that says where to look.
     /// A revision rolling out for the first time is left to the Deployment's own deadline.
+    /// Issue 17: a plugin API version going away: the plugin runs (Active), with a `Deprecated`
+    /// condition naming the release that removes it, told once as a Warning Event; the condition
+    /// goes when the plugin no longer targets it.
+    #[test]
+    fn a_deprecated_api_version_runs_with_a_warning_condition_told_once() {
+        let t0 = Timestamp::from_second(1_000_000).expect("time");
+        let mut p = plugin(HELLO);
+        let active = next_status(&p, Outcome::Planned(&ok_plan(), Some(&applied(1))), t0);
+        p.status = Some(active.clone());
+        let going = Plan {
+            deprecated: crate::compat::deprecation(1, &[(1, "0.9.0")]),
+            ..ok_plan()
+        };
+        let warned = next_status(&p, Outcome::Planned(&going, Some(&applied(1))), t0);
+        assert_eq!(warned.phase, Some(PluginPhase::Active), "it still runs");
+        let c = cond(&warned, DEPRECATED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", crate::compat::DEPRECATED_PLUGIN_API_VERSION)
+        );
+        assert!(
+            c.message.contains("removed in Airlock 0.9.0"),
+            "{}",
+            c.message
+        );
+        let told = event(Some(&active), Some(&active), &warned).expect("an Event");
+        assert!(told.warning && told.message.contains("0.9.0"), "{told:?}");
+        p.status = Some(warned.clone());
+        let again = next_status(&p, Outcome::Planned(&going, Some(&applied(1))), t0);
+        assert_eq!(
+            event(Some(&warned), Some(&warned), &again),
+            None,
+            "told once"
+        );
+        p.status = Some(again);
+        let rebuilt = next_status(&p, Outcome::Planned(&ok_plan(), Some(&applied(1))), t0);
+        assert!(!rebuilt.conditions.iter().any(|c| c.type_ == DEPRECATED));
+    }
+
     #[test]
     fn a_served_revision_unready_past_the_deadline_is_told_as_a_warning() {
         let t0 = Timestamp::from_second(1_000_000).expect("time");
