@@ -250,3 +250,76 @@ async fn upgrade_scenario(f: &Fixture) -> Result<()> {
     );
     Ok(())
 }
+
+const PYTHON: &str = "python-upper";
+
+/// The non-Rust sample migrates too (issue 17): python-upper's `onUpgrade`, written against the
+/// stdio protocol without an SDK, renames the storage key an older version counted under.
+#[tokio::test]
+async fn a_python_plugin_migrates_a_storage_key_an_older_version_wrote() -> Result<()> {
+    in_fixture(
+        "pyupgrade",
+        &["log", "storage:read", "storage:write"],
+        python_upgrade,
+    )
+    .await
+}
+
+async fn python_upgrade(f: &Fixture) -> Result<()> {
+    // Data of a 0.9 version (seeded), and the record that 0.9.0 wrote it last (what the router
+    // records; set here as the cluster admin, as no 0.9 bundle exists).
+    let storages = f.ns.api::<PluginStorage>();
+    storages
+        .patch(
+            PYTHON,
+            &PatchParams::apply("airlock-e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "airlock.dev/v1alpha1", "kind": "PluginStorage",
+                "metadata": {"name": PYTHON},
+                "spec": {"entries": {"seen": "7"}},
+            })),
+        )
+        .await
+        .context("seeding python-upper's storage")?;
+    storages
+        .patch_status(
+            PYTHON,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"writtenBy": "0.9.0"}})),
+        )
+        .await
+        .context("recording 0.9.0 as the last writer")?;
+    f.apply(
+        PYTHON,
+        PYTHON,
+        json!([{"name": "transform", "timeout": "2s"}]),
+        json!(["log", "storage:read", "storage:write"]),
+        json!({}),
+    )
+    .await?;
+    f.wait_serving(&[PYTHON], "transform").await?;
+
+    let storage = storages.get(PYTHON).await?.status.unwrap_or_default();
+    let value = |key: &str| {
+        storage
+            .entries
+            .get(key)
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+    };
+    ensure!(
+        value("events") == Some(json!(7)) && value("seen").is_none(),
+        "onUpgrade moved seen (7) to events: {:?}",
+        storage.entries
+    );
+    ensure!(
+        value("upgradedFrom") == Some(json!("0.9.0")),
+        "onUpgrade got from = 0.9.0: {:?}",
+        storage.entries
+    );
+    ensure!(
+        storage.written_by.as_deref() == Some("1.0.0"),
+        "the migration's writes are 1.0.0's: {:?}",
+        storage.written_by
+    );
+    Ok(())
+}

@@ -6,15 +6,44 @@ payload's "text" and appends the configured "suffix"; `onEvent` counts the event
 Its configuration (Plugin.spec.config, checked against configSchema in plugin.yaml) arrives in
 `onLoad` and, when it changes, in `onConfigChange`: no restart. With the secret `signingKey`
 (Plugin.spec.configSecrets) each answer also carries an HMAC-SHA256 of its text under that key.
+`onUpgrade` (sent once, before the first `onLoad`, when an older version wrote the plugin's
+storage) renames the key versions before 1.0 counted events under, `seen`, to `events`.
 """
 import hashlib
 import hmac
+import itertools
 import json
 import sys
 
 seen = 0
 config = {}
 secrets = {}
+call_ids = itertools.count(1)
+
+
+def host(call, args):
+    """One host call while handling a request (sdk/PROTOCOL.md, "Host calls"): the call on
+    stdout, its result the next line on stdin."""
+    print(json.dumps({"call": call, "callId": f"c{next(call_ids)}", "args": args}), flush=True)
+    result = json.loads(sys.stdin.readline())
+    if not result.get("ok"):
+        raise RuntimeError(f"{call}: {result.get('code')}: {result.get('error')}")
+    return result["result"]
+
+
+def upgrade(payload):
+    """Moves `seen` to `events`. Idempotent and resumable from the data itself: a pod that died
+    half way, or a second new pod doing the same at once, finds `events` already there and only
+    removes the old key."""
+    old = host("storage.get", {"key": "seen"})
+    if old.get("found"):
+        if not host("storage.get", {"key": "events"}).get("found"):
+            host("storage.put", {"key": "events", "value": old["value"]})
+        host("storage.delete", {"key": "seen"})
+    host("storage.put", {"key": "upgradedFrom", "value": payload.get("from")})
+    print(f"python-upper: onUpgrade from {payload.get('from')} to {payload.get('to')}",
+          file=sys.stderr, flush=True)
+    return {}
 
 
 def handle(hook, payload):
@@ -26,6 +55,8 @@ def handle(hook, payload):
         print(f"python-upper: {hook}: configured {sorted(config)}, secrets {sorted(secrets)}",
               file=sys.stderr, flush=True)
         return {}
+    if hook == "onUpgrade":
+        return upgrade(payload)
     if hook == "transform":
         text = payload.get("text") if isinstance(payload, dict) else None
         if not isinstance(text, str):

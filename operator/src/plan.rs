@@ -655,6 +655,11 @@ fn rollout(
         h.update(format!("secret={}\u{fe}{}\u{fe}{}\u{ff}", s.name, r.name, r.key).as_bytes());
     }
     let revision = format!("r{}", &hex::encode(h.finalize())[..10]);
+    // A function of the bundle and the permissions, both in the revision already.
+    let manifest = &fetched.manifest;
+    let no_upgrade = manifest.hooks.contains(&airlock_core::Hook::OnUpgrade)
+        && manifest.permissions.iter().any(|p| p.opens_storage())
+        && !permissions.iter().any(|p| p.opens_storage());
     Rollout {
         pinned_image: fetched.pinned_image.clone(),
         image_digest: fetched.image_digest.clone(),
@@ -668,6 +673,7 @@ fn rollout(
         concurrency,
         config,
         config_secrets,
+        no_upgrade,
         revision,
     }
 }
@@ -1203,6 +1209,31 @@ mod tests {
             Some(format!("sha256:{}", "c".repeat(64)).as_str())
         );
         assert_eq!(record.plugin_api_version, Some(1));
+    }
+
+    #[test]
+    fn on_upgrade_is_left_out_only_for_a_plugin_not_granted_the_storage_it_declares() {
+        let no_upgrade = |manifest_extra: &str, approved: &[Permission]| {
+            let mut p = plugin(HELLO);
+            p.spec.permissions = approved.to_vec();
+            let m = Manifest::parse(&format!(
+                "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform{manifest_extra}]\npermissions: [log, storage:write]\nentryPoint: [/hello]\n"
+            ))
+            .expect("manifest");
+            plan(&p, &fetched(m), Some(&open_limits()))
+                .rollout
+                .expect("rolled out")
+                .no_upgrade
+        };
+        assert!(no_upgrade(", onUpgrade", &[Permission::Log]));
+        assert!(!no_upgrade(
+            ", onUpgrade",
+            &[Permission::Log, Permission::StorageWrite]
+        ));
+        assert!(
+            !no_upgrade("", &[Permission::Log]),
+            "no onUpgrade to leave out"
+        );
     }
 
     #[test]

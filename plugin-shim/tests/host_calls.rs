@@ -409,6 +409,33 @@ async fn on_upgrade_is_not_sent_over_storage_of_the_same_or_a_newer_version_or_n
     }
 }
 
+/// Issue 17: `--no-upgrade` (the operator's flag for a plugin not granted the storage it
+/// declares): the storage's version is never asked and onUpgrade never sent, even over storage
+/// an older version wrote; the plugin serves.
+#[tokio::test]
+async fn with_no_upgrade_the_storage_version_is_not_asked_and_on_upgrade_not_sent() {
+    let host = FakeHost::written_by("0.9.0");
+    let manifest = "name: caller\nversion: 1.0.0\napiVersion: 1\nhooks: [onUpgrade, transform]\n\
+                    permissions: [log, storage:read]\nentryPoint: [python3, plugin.py]\n";
+    let bundle = tgz(&[("plugin.yaml", manifest), ("plugin.py", PLUGIN)]);
+    let dir = tempfile::tempdir().unwrap();
+    let args = RunArgs {
+        host_calls: Some(host.clone()),
+        no_upgrade: true,
+        ..Shim::args(dir.path(), &bundle)
+    };
+    let shim = Shim::start(dir, args).await;
+    let mut client = shim.client().await;
+    invoke(&mut client, "inv-1", &[], 0).await.unwrap();
+    let seen = host.seen();
+    assert!(
+        seen.iter()
+            .all(|(id, c)| !id.starts_with("onupgrade") && c.call != "storage.writtenBy"),
+        "{seen:?}"
+    );
+    shim.stop().await;
+}
+
 #[tokio::test]
 async fn without_a_host_api_calls_fail_with_unavailable_and_the_plugin_goes_on() {
     let (shim, mut client) = start("[transform]", None).await;

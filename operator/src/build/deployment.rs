@@ -145,6 +145,9 @@ pub fn deployment(plugin: &Plugin, rollout: &Rollout, config: &BuildConfig) -> D
     if !rollout.config_secrets.is_empty() {
         shim_args.extend(["--config-secrets-dir".into(), SECRETS_DIR.into()]);
     }
+    if rollout.no_upgrade {
+        shim_args.push("--no-upgrade".into());
+    }
     shim_args.push("--".into());
     shim_args.extend(rollout.entry_point.iter().cloned());
 
@@ -805,6 +808,26 @@ mod tests {
         open.permissions.insert(airlock_crds::Permission::NetEgress);
         let a = args(&open);
         let flag = a.iter().position(|x| x == "--allow-network").expect("flag");
+        let dashdash = a.iter().position(|x| x == "--").expect("--");
+        assert!(flag < dashdash, "a shim flag, not the plugin's: {a:?}");
+    }
+
+    /// Issue 17: a plugin that declares onUpgrade and storage but is not granted storage runs
+    /// without onUpgrade (its shim is told), instead of failing every start on a refused
+    /// question about its storage's version.
+    #[test]
+    fn a_plugin_without_its_storage_is_started_without_on_upgrade() {
+        let args = |r: &Rollout| {
+            let d = deployment(&plugin(HELLO), r, &config());
+            let spec = d.spec.expect("spec").template.spec.expect("pod");
+            spec.containers[0].args.clone().expect("args")
+        };
+        assert!(!args(&rollout()).contains(&"--no-upgrade".to_string()));
+        let a = args(&Rollout {
+            no_upgrade: true,
+            ..rollout()
+        });
+        let flag = a.iter().position(|x| x == "--no-upgrade").expect("flag");
         let dashdash = a.iter().position(|x| x == "--").expect("--");
         assert!(flag < dashdash, "a shim flag, not the plugin's: {a:?}");
     }

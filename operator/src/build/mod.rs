@@ -86,6 +86,11 @@ pub struct Rollout {
     /// `spec.configSecrets` in name order: Secret keys mounted into the pod for the shim to hand
     /// to the plugin ([`config_map::SECRETS_DIR`]). References only; never read by the operator.
     pub config_secrets: Vec<airlock_crds::plugin::ConfigSecret>,
+    /// The signed manifest declares `onUpgrade` and a storage permission, but the Plugin holds
+    /// neither storage permission: its shim is told not to send `onUpgrade` (`--no-upgrade`).
+    /// It could migrate nothing, and asking the host for the storage's version would be
+    /// refused, which fails every start of a plugin that has to run without its storage.
+    pub no_upgrade: bool,
     /// Short hash of everything that changes the pod; names the revision in status.
     pub revision: String,
 }
@@ -183,6 +188,7 @@ spec:
             concurrency: 1,
             config: None,
             config_secrets: vec![],
+            no_upgrade: false,
             revision: "r1a2b3c4d".into(),
         }
     }

@@ -227,6 +227,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub config_secrets_dir: Option<PathBuf>,
 
+    /// Never send `onUpgrade`, though the manifest declares it: the plugin holds neither storage
+    /// permission, so it has nothing it may migrate (and the host would refuse the question of
+    /// which version wrote its storage). The operator passes it for such a plugin.
+    #[arg(long)]
+    pub no_upgrade: bool,
+
     /// Host calls handled in-process instead of over --host-api (tests).
     #[arg(skip)]
     pub host_calls: Option<Arc<dyn HostCalls>>,

@@ -146,7 +146,8 @@ pub async fn run(
             load_payload: load_payload.clone(),
             on_config_change: manifest.hooks.contains(&Hook::OnConfigChange),
             on_unload: manifest.hooks.contains(&Hook::OnUnload),
-            on_upgrade: upgrades_storage(&manifest).then(|| manifest.version.clone()),
+            on_upgrade: (!args.no_upgrade && upgrades_storage(&manifest))
+                .then(|| manifest.version.clone()),
             lifecycle_timeout: Duration::from_millis(u64::from(args.lifecycle_timeout_ms)),
             log_lines_per_minute: args.max_log_lines_per_minute,
             host,

@@ -89,6 +89,7 @@ impl Shim {
             host_api: None,
             config_file: None,
             config_secrets_dir: None,
+            no_upgrade: false,
             host_calls: None,
             sandbox: sandbox(),
             entry_point: vec![],
