@@ -14,6 +14,18 @@ fuzz_target!(|data: &[u8]| {
         for hook in ["transform", "validate", "notify", "", "x"] {
             let _ = manifest.declares(hook);
         }
+        // A required permission is always a declared one; a feature name is short and plain
+        // (it reaches the Plugin's condition message).
+        for r in &manifest.requires {
+            match r {
+                airlock_bundle::manifest::Requirement::Permission(p) => {
+                    assert!(manifest.permissions.contains(p))
+                }
+                airlock_bundle::manifest::Requirement::Feature(f) => {
+                    assert!(f.len() <= 32 && f.bytes().all(|c| c.is_ascii_alphanumeric()))
+                }
+            }
+        }
         // Parsing is a function of the text: the same text gives the same manifest.
         assert_eq!(Manifest::parse(yaml).ok(), Some(manifest));
     }
