@@ -274,6 +274,15 @@ impl Manifest {
     pub fn declares(&self, hook: &str) -> bool {
         self.hooks.iter().any(|h| h.as_str() == hook)
     }
+
+    /// Whether the plugin migrates its storage on upgrade: it declares `onUpgrade` and
+    /// `storage:write` (what a migration writes with). The shim sends `onUpgrade` only to such a
+    /// plugin, and only when the Plugin grants it `storage:write` (else the operator passes
+    /// `--no-upgrade`).
+    pub fn upgrades_storage(&self) -> bool {
+        self.hooks.contains(&Hook::OnUpgrade)
+            && self.permissions.contains(&Permission::StorageWrite)
+    }
 }
 
 /// The top-level mapping as written, keys in order and duplicates kept, so they can be reported
@@ -462,6 +471,7 @@ impl RawFields {
             some => requirements(
                 string_list(some, "requires", "requires: [storage:read, config]")?,
                 &permissions,
+                &hooks,
             )?,
         };
         let sdk = match self.sdk {
@@ -489,6 +499,7 @@ impl RawFields {
 fn requirements(
     items: Vec<String>,
     declared: &[Permission],
+    hooks: &[Hook],
 ) -> Result<Vec<Requirement>, ManifestError> {
     if items.len() > MAX_REQUIREMENTS {
         return Err(ManifestError::InvalidField {
@@ -508,6 +519,30 @@ fn requirements(
                     fix: format!("add `{p}` to `permissions` too, or remove it from `requires`"),
                 })
             };
+        }
+        // A feature the plugin could not use as declared is a mistake in the manifest.
+        let needs: Option<(Hook, Option<Permission>)> = match item.as_str() {
+            "liveConfig" => Some((Hook::OnConfigChange, None)),
+            "upgrade" => Some((Hook::OnUpgrade, Some(Permission::StorageWrite))),
+            _ => None,
+        };
+        if let Some((hook, permission)) = needs {
+            if !hooks.contains(&hook) {
+                return Err(ManifestError::InvalidField {
+                    field: "requires",
+                    problem: format!("lists `{item}`, but `hooks` does not declare `{hook}`"),
+                    fix: format!("add `{hook}` to `hooks`, or remove `{item}` from `requires`"),
+                });
+            }
+            if let Some(p) = permission.filter(|p| !declared.contains(p)) {
+                return Err(ManifestError::InvalidField {
+                    field: "requires",
+                    problem: format!("lists `{item}`, but `permissions` does not declare `{p}`"),
+                    fix: format!(
+                        "add `{p}` to `permissions` (a migration writes the storage), or remove `{item}` from `requires`"
+                    ),
+                });
+            }
         }
         if is_feature_name(&item) {
             Ok(Requirement::Feature(item))
@@ -561,9 +596,11 @@ fn sdk(value: Value) -> Result<Sdk, ManifestError> {
                 version = Some(n.to_string())
             }
             (Some(key), v) => {
+                let short = |t: &str| t.chars().take(64).collect::<String>();
                 return Err(invalid(format!(
-                    "has `{key}: {}`, but only `name` and `version` strings",
-                    yaml_inline(&v)
+                    "has `{}: {}`, but only `name` and `version` strings",
+                    short(key),
+                    short(&yaml_inline(&v))
                 )));
             }
             (None, _) => return Err(invalid("has a key that is not a string".to_string())),
@@ -829,6 +866,17 @@ imageDigest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab
             msg.contains("neither a permission nor a host feature") && msg.contains("`liveConfig`"),
             "{msg}"
         );
+        let (_, msg) = err(&format!("{GOOD}requires: [liveConfig]\n"));
+        assert!(
+            msg.contains("`hooks` does not declare `onConfigChange`"),
+            "{msg}"
+        );
+        let (_, msg) = err(&with(
+            "hooks: [transform, onLoad]",
+            "hooks: [transform, onUpgrade]",
+        )
+        .replace("\nentryPoint", "\nrequires: [upgrade]\nentryPoint"));
+        assert!(msg.contains("does not declare `storage:write`"), "{msg}");
         let (_, msg) = err(&format!("{GOOD}requires: [config, config]\n"));
         assert!(msg.contains("lists `config` more than once"), "{msg}");
         let many: Vec<String> = (0..17).map(|i| format!("f{i}")).collect();

@@ -18,14 +18,6 @@ crate::vocabulary! {
     }
 }
 
-impl Permission {
-    /// Whether it opens the plugin's own storage (to read, or to read and write): what
-    /// `onUpgrade` needs to migrate anything.
-    pub fn opens_storage(self) -> bool {
-        matches!(self, Permission::StorageRead | Permission::StorageWrite)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ pub const CHART_CRD_DIR: &str = "charts/airlock/crds";
 /// write a changed schema under the revision [`SCHEMA_LOCK`] holds. The operator upgrades the
 /// cluster's CRDs to this revision at start and leaves alone one marked with a higher revision
 /// (a newer Airlock, rolled back: its fields must not be pruned).
-pub const SCHEMA_REVISION: u32 = 18;
+pub const SCHEMA_REVISION: u32 = 19;
 
 /// The annotation on each CRD that carries [`SCHEMA_REVISION`].
 pub const SCHEMA_REVISION_ANNOTATION: &str = "airlock.dev/schema-revision";

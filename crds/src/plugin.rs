@@ -495,7 +495,8 @@ pub struct PluginStatus {
     /// What the current and the last good revision were approved with. Every reconcile checks the
     /// running revision's record against today's trust policies, whatever becomes of the spec,
     /// and a rollback only goes to a revision whose record still passes.
-    /// At most two are kept (the current and the last good revision).
+    /// Kept: the current and the last good revision, and while a revision rolls out the latest one
+    /// it replaced (a spec changed again mid-rollout leaves its pods serving for a while).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["revision"]))]
@@ -645,7 +646,8 @@ pub struct RevisionRecord {
     pub template_digest: Option<String>,
     /// `sha256:<hex>` of the bundle that was verified for the revision: the router calls only a
     /// pod whose shim says (`Handshake`) it runs this bundle. Absent in a record written before
-    /// Airlock recorded it (then the router checks nothing until the next reconcile adds it).
+    /// Airlock recorded it: while any kept record lacks it the router checks nothing (the current
+    /// revision's record gets it at the next reconcile, an older one when it is dropped).
     #[schemars(length(max = 71))]
     pub bundle_digest: Option<String>,
     /// The plugin API version of the verified bundle's manifest (`apiVersion`): the router calls

@@ -7,7 +7,9 @@ Its configuration (Plugin.spec.config, checked against configSchema in plugin.ya
 `onLoad` and, when it changes, in `onConfigChange`: no restart. With the secret `signingKey`
 (Plugin.spec.configSecrets) each answer also carries an HMAC-SHA256 of its text under that key.
 `onUpgrade` (sent once, before the first `onLoad`, when an older version wrote the plugin's
-storage) renames the key versions before 1.0 counted events under, `seen`, to `events`.
+storage and the Plugin grants storage:write) shows a migration: it renames the key versions
+before 1.0 kept their event count under, `seen`, to `events`, for whoever reads the storage
+(this version counts in memory).
 """
 import hashlib
 import hmac

@@ -50,18 +50,31 @@ pub fn unmet(
             api::HOST_FEATURES.join(", ")
         ));
     }
-    let permissions = manifest.requires.iter().filter_map(|r| match r {
-        Requirement::Permission(p) => Some(*p),
-        Requirement::Feature(_) => None,
-    });
+    // `upgrade` is this Airlock's only for a plugin granted what a migration writes with (the
+    // manifest parser made sure it declares it): without it, onUpgrade is never sent.
+    let upgrade = manifest
+        .requires
+        .iter()
+        .any(|r| matches!(r, Requirement::Feature(f) if f == "upgrade"))
+        .then_some(Permission::StorageWrite);
+    let permissions = manifest
+        .requires
+        .iter()
+        .filter_map(|r| match r {
+            Requirement::Permission(p) => Some(*p),
+            Requirement::Feature(_) => None,
+        })
+        .chain(upgrade)
+        .collect::<BTreeSet<_>>();
     for p in permissions {
         let allowed_here = allowed.map(|a| a.contains(&p));
         match (approved.contains(&p), allowed_here) {
-            (_, None) | (true, Some(true)) => {}
+            // No policy, granted, or asked for but not allowed (PermissionsApproved says that).
+            (_, None) | (true, Some(_)) => {}
             (false, Some(true)) => missing.push(format!(
                 "the permission {p}, which spec.permissions does not approve: add {p} to spec.permissions (its trust level allows it)"
             )),
-            (_, Some(false)) => missing.push(format!(
+            (false, Some(false)) => missing.push(format!(
                 "the permission {p}, which its trust level does not allow: an admin must allow {p} for that trust level in the PluginTrustPolicy, or use a plugin that does not require it"
             )),
         }
@@ -150,7 +163,7 @@ mod tests {
         );
         assert_eq!(
             unmet(
-                &manifest("requires: [config, liveConfig]"),
+                &manifest("requires: [config, multiplexed]"),
                 &BTreeSet::new(),
                 None
             ),
@@ -171,10 +184,15 @@ mod tests {
                 && msg.contains("add storage:write to spec.permissions"),
             "{msg}"
         );
-        let msg = message(unmet(&m, &write, Some(&log_only)));
+        let msg = message(unmet(&m, &BTreeSet::new(), Some(&log_only)));
         assert!(
             msg.contains("trust level does not allow") && msg.contains("PluginTrustPolicy"),
             "{msg}"
+        );
+        assert_eq!(
+            unmet(&m, &write, Some(&log_only)),
+            None,
+            "asked for but not allowed: PermissionsApproved=False says it, once"
         );
         assert_eq!(unmet(&m, &write, Some(&all)), None, "granted");
         assert_eq!(
@@ -184,6 +202,26 @@ mod tests {
         );
         assert_eq!(
             unmet(&manifest(""), &BTreeSet::new(), Some(&log_only)),
+            None
+        );
+    }
+
+    /// Issue 17 (review): `upgrade` is provided only to a plugin granted storage:write (else its
+    /// shim never sends onUpgrade).
+    #[test]
+    fn requiring_upgrade_needs_storage_write_granted() {
+        let m = Manifest::parse(
+            "name: p\nversion: 1.0.0\napiVersion: 1\nhooks: [onUpgrade]\npermissions: [log, storage:write]\nentryPoint: [/p]\nrequires: [upgrade]",
+        )
+        .expect("manifest");
+        let all = set(Permission::ALL);
+        let msg = message(unmet(&m, &set(&[Permission::Log]), Some(&all)));
+        assert!(
+            msg.contains("add storage:write to spec.permissions"),
+            "{msg}"
+        );
+        assert_eq!(
+            unmet(&m, &set(&[Permission::StorageWrite]), Some(&all)),
             None
         );
     }

@@ -656,10 +656,8 @@ fn rollout(
     }
     let revision = format!("r{}", &hex::encode(h.finalize())[..10]);
     // A function of the bundle and the permissions, both in the revision already.
-    let manifest = &fetched.manifest;
-    let no_upgrade = manifest.hooks.contains(&airlock_core::Hook::OnUpgrade)
-        && manifest.permissions.iter().any(|p| p.opens_storage())
-        && !permissions.iter().any(|p| p.opens_storage());
+    let no_upgrade =
+        fetched.manifest.upgrades_storage() && !permissions.contains(&Permission::StorageWrite);
     Rollout {
         pinned_image: fetched.pinned_image.clone(),
         image_digest: fetched.image_digest.clone(),

@@ -194,6 +194,11 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
     match outcome {
         Outcome::FetchFailed(f) => {
             set(f.condition, false, f.reason, f.message.clone());
+            // What the last plan said of the plugin's API version still holds: a failed fetch
+            // changed no bundle (and the warning is not told again when the fetch succeeds).
+            if let Some(c) = prev.conditions.iter().find(|c| c.type_ == DEPRECATED) {
+                set(DEPRECATED, true, &c.reason, c.message.clone());
+            }
             // An earlier revision that was rolled out keeps running untouched — unless its signer
             // was revoked, which scales it to zero.
             let (phase_now, suffix) = match &prev.last_good_revision {
@@ -338,13 +343,23 @@ pub fn next_status(plugin: &Plugin, outcome: Outcome<'_>, now: Timestamp) -> Plu
         status.permissions.clear();
         status.replicas = Some(0);
     }
-    // Records of the revisions the status still names; the others cannot come back.
+    // Records of the revisions the status still names; the others cannot come back. While a
+    // revision rolls out, also the latest one it replaced: a spec changed again mid-rollout
+    // leaves that revision's ready pods serving (neither current nor last good) until the
+    // Deployment scales them down, and the router calls only pods of a recorded revision.
     let named = [&status.current_revision, &status.last_good_revision];
-    status.revisions.retain(|r| {
+    let is_named = |r: &RevisionRecord| {
         named
             .iter()
             .any(|n| n.as_deref() == Some(r.revision.as_str()))
-    });
+    };
+    let replaced = (status.phase == Some(PluginPhase::Deploying))
+        .then(|| status.revisions.iter().rev().find(|r| !is_named(r)))
+        .flatten()
+        .map(|r| r.revision.clone());
+    status
+        .revisions
+        .retain(|r| is_named(r) || replaced.as_ref() == Some(&r.revision));
     kstatus(&mut status, &prev, generation, now);
     status
 }
@@ -843,10 +858,6 @@ mod tests {
         }
     }
 
-    /// Pods of a revision that served and then stopped being ready (a crash loop after the
-    /// rollout completed): Deploying — progress, no Event — until the progress deadline has
-    /// passed since they stopped, then `PodsNotReady`, a Warning Event that says where to look.
-    /// A revision rolling out for the first time is left to the Deployment's own deadline.
     /// Issue 17: a plugin API version going away: the plugin runs (Active), with a `Deprecated`
     /// condition naming the release that removes it, told once as a Warning Event; the condition
     /// goes when the plugin no longer targets it.
@@ -881,11 +892,22 @@ mod tests {
             None,
             "told once"
         );
+        // A registry hiccup in between keeps it (no second Warning when the fetch works again).
+        let failed = next_status(
+            &p,
+            Outcome::FetchFailed(&FetchFailure::verified("RegistryUnavailable", "retrying")),
+            t0,
+        );
+        assert_eq!(cond(&failed, DEPRECATED).message, c.message);
         p.status = Some(again);
         let rebuilt = next_status(&p, Outcome::Planned(&ok_plan(), Some(&applied(1))), t0);
         assert!(!rebuilt.conditions.iter().any(|c| c.type_ == DEPRECATED));
     }
 
+    /// Pods of a revision that served and then stopped being ready (a crash loop after the
+    /// rollout completed): Deploying — progress, no Event — until the progress deadline has
+    /// passed since they stopped, then `PodsNotReady`, a Warning Event that says where to look.
+    /// A revision rolling out for the first time is left to the Deployment's own deadline.
     #[test]
     fn a_served_revision_unready_past_the_deadline_is_told_as_a_warning() {
         let t0 = Timestamp::from_second(1_000_000).expect("time");
@@ -1183,11 +1205,15 @@ mod tests {
         );
     }
 
+    /// The current and the last good revision keep their records; while a revision rolls out,
+    /// so does the latest one it replaced (a spec changed again mid-rollout: its ready pods still
+    /// serve, and the router calls only pods of a recorded revision); once the rollout is over,
+    /// only the two.
     #[test]
-    fn only_the_current_and_the_last_good_revision_keep_their_records() {
+    fn the_current_the_last_good_and_while_rolling_out_the_replaced_revision_keep_records() {
         let mut p = plugin(HELLO);
         let mut prev = after_rollout(&p, &applied(1));
-        for r in ["rold", "rgood"] {
+        for r in ["rgood", "rmid"] {
             prev.revisions.push(RevisionRecord {
                 revision: r.into(),
                 ..Default::default()
@@ -1199,12 +1225,27 @@ mod tests {
         a.template_digest = Some("sha256:new".into());
         let plan = ok_plan();
         let s = next_status(&p, Outcome::Planned(&plan, Some(&a)), Timestamp::now());
+        assert_eq!(s.phase, Some(PluginPhase::Deploying));
         let kept: Vec<&str> = s.revisions.iter().map(|r| r.revision.as_str()).collect();
-        assert_eq!(kept, ["r1a2b3c4d", "rgood"]);
+        assert_eq!(kept, ["r1a2b3c4d", "rgood", "rmid"]);
         assert_eq!(
             s.revisions[0].template_digest.as_deref(),
             Some("sha256:t"),
             "the template recorded when it was ready is kept"
+        );
+
+        p.status = Some(s);
+        let done = next_status(
+            &p,
+            Outcome::Planned(&plan, Some(&applied(1))),
+            Timestamp::now(),
+        );
+        assert_eq!(done.phase, Some(PluginPhase::Active));
+        let kept: Vec<&str> = done.revisions.iter().map(|r| r.revision.as_str()).collect();
+        assert_eq!(
+            kept,
+            ["r1a2b3c4d"],
+            "rolled out: the last good is the current one"
         );
     }
 

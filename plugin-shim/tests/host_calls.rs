@@ -134,7 +134,7 @@ impl HostCalls for FakeHost {
 async fn start(hooks: &str, host: Option<Arc<dyn HostCalls>>) -> (Shim, PluginClient<Channel>) {
     let manifest = format!(
         "name: caller\nversion: 1.0.0\napiVersion: 1\nhooks: {hooks}\n\
-         permissions: [log, storage:read]\nentryPoint: [python3, plugin.py]\n"
+         permissions: [log, storage:read, storage:write]\nentryPoint: [python3, plugin.py]\n"
     );
     let bundle = tgz(&[("plugin.yaml", &manifest), ("plugin.py", PLUGIN)]);
     start_bundle(tempfile::tempdir().unwrap(), &bundle, host).await
@@ -416,7 +416,7 @@ async fn on_upgrade_is_not_sent_over_storage_of_the_same_or_a_newer_version_or_n
 async fn with_no_upgrade_the_storage_version_is_not_asked_and_on_upgrade_not_sent() {
     let host = FakeHost::written_by("0.9.0");
     let manifest = "name: caller\nversion: 1.0.0\napiVersion: 1\nhooks: [onUpgrade, transform]\n\
-                    permissions: [log, storage:read]\nentryPoint: [python3, plugin.py]\n";
+                    permissions: [log, storage:read, storage:write]\nentryPoint: [python3, plugin.py]\n";
     let bundle = tgz(&[("plugin.yaml", manifest), ("plugin.py", PLUGIN)]);
     let dir = tempfile::tempdir().unwrap();
     let args = RunArgs {

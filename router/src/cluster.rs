@@ -481,10 +481,10 @@ impl KubeDisabler {
         let event = Event {
             type_: EventType::Warning,
             reason: "OutOfMemory".into(),
-            note: Some(format!(
+            note: Some(airlock_runtime::events::note(&format!(
                 "{} call(s) failed because the plugin ran out of memory: {message}",
                 pending.added.oom
-            )),
+            ))),
             action: "Invoke".into(),
             secondary: None,
         };
@@ -569,7 +569,7 @@ impl crate::grpc::handshake::RefusalObserver for KubeDisabler {
             let event = Event {
                 type_: EventType::Warning,
                 reason: "HandshakeMismatch".into(),
-                note: Some(message),
+                note: Some(airlock_runtime::events::note(&message)),
                 action: "Handshake".into(),
                 secondary: None,
             };

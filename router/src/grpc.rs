@@ -255,16 +255,15 @@ impl GrpcCaller {
             let eligible: Vec<String> = route
                 .endpoints
                 .iter()
-                .filter(|e| {
-                    let said = conn_of(e).and_then(|c| c.checked.said().cloned());
-                    match said.map(|said| handshake::check(route, e, &said)) {
+                .filter(
+                    |e| match conn_of(e).and_then(|c| c.checked.verdict(route, e)) {
                         Some(Err(r)) => {
                             refusal.get_or_insert(r);
                             false
                         }
                         _ => true,
-                    }
-                })
+                    },
+                )
                 .cloned()
                 .collect();
             if let (true, Some(r)) = (eligible.is_empty(), refusal) {
@@ -322,9 +321,10 @@ impl GrpcCaller {
     }
 
     /// Whether the pod behind `channel` may be called for `route`: asked once per connection
-    /// (within the call's deadline) what it runs, and refused — reported once — unless that is
-    /// what the operator verified. `Err(None)`: refused; `Err(Some(_))`: it did not answer, so
-    /// nothing is known (the call never left; asked again next time).
+    /// (within the call's deadline, at most [`handshake::HANDSHAKE_TIMEOUT`]) what it runs, and
+    /// refused — reported once — unless that is what the operator verified. `Err(None)`:
+    /// refused; `Err(Some(_))`: no definite answer, so nothing is known (the call never left;
+    /// asked again next time).
     async fn verify(
         &self,
         route: &Route,
@@ -336,16 +336,19 @@ impl GrpcCaller {
         if route.verified.is_empty() {
             return Ok(());
         }
-        let host_api_version = handshake::host_api_version(&route.verified);
-        let said = checked
-            .said_or_ask(|| async {
+        let verdict = checked
+            .verdict_or_ask(route, endpoint, |host_api_version| async move {
                 let mut req = Request::new(HandshakeRequest { host_api_version });
-                req.set_timeout(until.saturating_duration_since(tokio::time::Instant::now()));
+                req.set_timeout(
+                    until
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .min(handshake::HANDSHAKE_TIMEOUT),
+                );
                 let answer = PluginClient::new(channel.clone())
                     .handshake(req)
                     .await
                     .map(tonic::Response::into_inner);
-                handshake::Said::from_answer(answer)
+                handshake::Said::from_answer(answer, host_api_version)
             })
             .await
             .map_err(|status| {
@@ -362,7 +365,7 @@ impl GrpcCaller {
                     },
                 })
             })?;
-        let Err(refusal) = handshake::check(route, endpoint, said) else {
+        let Err(refusal) = verdict else {
             return Ok(());
         };
         if checked.first_report() {
@@ -1056,6 +1059,74 @@ mod tests {
             );
         }
         assert_eq!(bad_calls.load(Ordering::Relaxed), 0);
+    }
+
+    /// A shim that answers its first handshake with an error a shim never gives (a proxy's, a
+    /// pod still starting), then what it runs.
+    struct FlakyShim {
+        handshakes: AtomicUsize,
+    }
+
+    #[tonic::async_trait]
+    impl airlock_proto::plugin::v1::plugin_server::Plugin for FlakyShim {
+        async fn handshake(
+            &self,
+            _: Request<airlock_proto::plugin::v1::HandshakeRequest>,
+        ) -> Result<tonic::Response<airlock_proto::plugin::v1::HandshakeResponse>, Status> {
+            if self.handshakes.fetch_add(1, Ordering::Relaxed) == 0 {
+                return Err(Status::internal("h2 protocol error"));
+            }
+            Ok(tonic::Response::new(
+                airlock_proto::plugin::v1::HandshakeResponse {
+                    plugin_api_version: 1,
+                    bundle_digest: format!("sha256:{}", "a".repeat(64)),
+                    ..Default::default()
+                },
+            ))
+        }
+
+        async fn invoke(
+            &self,
+            request: Request<ShimInvokeRequest>,
+        ) -> Result<tonic::Response<airlock_proto::plugin::v1::InvokeResponse>, Status> {
+            EchoShim.invoke(request).await
+        }
+    }
+
+    /// Issue 17 (review): an error that says nothing about what a pod runs is not kept: the
+    /// call that met it fails (UNAVAILABLE, naming the pod), nothing is reported, and the next
+    /// call asks again and is answered.
+    #[tokio::test]
+    async fn a_passing_handshake_error_is_asked_again_not_kept() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pod = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(airlock_proto::plugin::v1::plugin_server::PluginServer::new(
+                    FlakyShim {
+                        handshakes: AtomicUsize::new(0),
+                    },
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let observer = Arc::new(Recorded::default());
+        let caller = Arc::new(GrpcCaller::plain().with_observer(observer.clone()));
+        let route = verified_route(vec![pod.clone()], 1);
+        let first = caller
+            .call(Arc::clone(&route), call_of(0))
+            .await
+            .expect_err("not asked successfully yet");
+        assert!(
+            first.message.contains(&format!("could not ask pod {pod}")),
+            "{}",
+            first.message
+        );
+        let second = caller
+            .call(route, call_of(1))
+            .await
+            .expect("asked again and answered");
+        assert_eq!(second.output, "{\"n\":1}");
+        assert!(observer.0.lock().unwrap().is_empty(), "nothing refused");
     }
 
     /// Issue 17: a shim serving another plugin API version than the verified revision's refuses

@@ -282,9 +282,9 @@ fn route(
 }
 
 /// The verified bundle and API version of every revision the status keeps a record of (the
-/// current and the last good one: while a revision rolls out, pods of both serve). Empty when
-/// any of them lacks one — a record from before the fields, rewritten by the next reconcile:
-/// checking only some revisions would refuse the pods of the others.
+/// current and the last good one, and while a revision rolls out the one it replaced: pods of
+/// each may serve). Empty when any of them lacks one — a record from before the fields: checking
+/// only some revisions would refuse the pods of the others.
 fn verified_revisions(status: &airlock_crds::plugin::PluginStatus) -> Vec<VerifiedRevision> {
     status
         .revisions

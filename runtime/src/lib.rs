@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod kube_client;
 pub mod metrics;

@@ -57,7 +57,7 @@ pub(super) async fn record_status(
             EventType::Normal
         },
         reason: t.reason.clone(),
-        note: Some(truncate(&t.message, 1000)),
+        note: Some(airlock_runtime::events::note(&t.message)),
         action: t.condition.clone(),
         secondary: None,
     });
@@ -128,17 +128,6 @@ async fn moved_to(plugin: &Plugin, ctx: &Context) -> Option<Option<String>> {
     }
     let label = now.labels().get(SHARD_LABEL).cloned();
     (!ctx.shard.serves(label.as_deref())).then_some(label)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// The Plugin's delete event: either it was deleted (its children go with it, by garbage

@@ -262,19 +262,16 @@ fn host_calls(args: &RunArgs, version: &str) -> Result<Option<Arc<dyn HostCalls>
     )))
 }
 
-/// Whether the plugin gets `onUpgrade`: it declares the hook and may read its storage (what it
-/// migrates; asking for the storage's version without that permission would only be refused).
+/// Whether the plugin gets `onUpgrade`: [`Manifest::upgrades_storage`] (it declares the hook and
+/// `storage:write`, what a migration writes with).
+///
+/// [`Manifest::upgrades_storage`]: airlock_bundle::manifest::Manifest::upgrades_storage
 fn upgrades_storage(manifest: &airlock_bundle::manifest::Manifest) -> bool {
-    use airlock_core::Permission;
-    let declared = manifest.hooks.contains(&Hook::OnUpgrade);
-    let storage = manifest
-        .permissions
-        .iter()
-        .any(|p| matches!(p, Permission::StorageRead | Permission::StorageWrite));
-    if declared && !storage {
+    let upgrades = manifest.upgrades_storage();
+    if manifest.hooks.contains(&Hook::OnUpgrade) && !upgrades {
         tracing::warn!(
-            "the manifest declares onUpgrade but neither storage:read nor storage:write; onUpgrade is never sent (add storage:write to plugin.yaml to migrate the storage)"
+            "the manifest declares onUpgrade but not storage:write; onUpgrade is never sent (add storage:write to plugin.yaml to migrate the storage)"
         );
     }
-    declared && storage
+    upgrades
 }

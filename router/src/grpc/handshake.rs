@@ -10,13 +10,19 @@
 //! shim serving another API version. What it cannot catch: a pod that lies about what it runs (its
 //! server is not Airlock's shim then); the admission policies keep those out (SECURITY.md).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use airlock_proto::plugin::v1::HandshakeResponse;
-use tokio::sync::OnceCell;
 use tonic::{Code, Status};
 
 use crate::table::{Route, VerifiedRevision};
+
+/// Longest a pod may take to answer the handshake (within the call's deadline): a pod that takes
+/// the connection but does not answer costs a call this, not its whole deadline, before the call
+/// goes to another pod.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a pod's shim said when asked, kept for the connection's life (a pod's bundle never
 /// changes; which revisions may serve does, so each call checks it against its route again).
@@ -27,36 +33,37 @@ pub enum Said {
         bundle_digest: String,
         plugin_api_version: u32,
     },
-    /// It refused the handshake itself (FAILED_PRECONDITION: it serves another plugin API version
-    /// than the one asked), or answered with an error a shim never gives: its message.
-    Refused { code: Code, message: String },
+    /// Asked for plugin API version `asked`, it refused (FAILED_PRECONDITION: it serves
+    /// another one), with this message. Holds only while the router would ask the same.
+    RefusedVersion { asked: u32, message: String },
 }
 
 impl Said {
-    /// What a shim's answer to a handshake says; `Err` when it says nothing about the pod (it
-    /// could not be reached or ran out of time): asked again on the next call.
-    pub fn from_answer(answer: Result<HandshakeResponse, Status>) -> Result<Self, Status> {
+    /// What a shim's answer to a handshake that asked for `asked` says; `Err` when it says
+    /// nothing definite about the pod (unreachable, late, or an error a shim never gives, which
+    /// a proxy or a pod still starting may): not kept, asked again on the next call.
+    pub fn from_answer(
+        answer: Result<HandshakeResponse, Status>,
+        asked: u32,
+    ) -> Result<Self, Status> {
         match answer {
             Ok(r) => Ok(Said::Runs {
                 bundle_digest: printable(&r.bundle_digest, 80),
                 plugin_api_version: r.plugin_api_version,
             }),
-            Err(s)
-                if matches!(
-                    s.code(),
-                    Code::Unavailable
-                        | Code::DeadlineExceeded
-                        | Code::Cancelled
-                        | Code::Unknown
-                        | Code::ResourceExhausted
-                ) =>
-            {
-                Err(s)
-            }
-            Err(s) => Ok(Said::Refused {
-                code: s.code(),
+            Err(s) if s.code() == Code::FailedPrecondition => Ok(Said::RefusedVersion {
+                asked,
                 message: printable(s.message(), 256),
             }),
+            Err(s) => Err(s),
+        }
+    }
+
+    /// Whether this answer still holds for a route that asks for `asked`.
+    fn holds_for(&self, asked: u32) -> bool {
+        match self {
+            Said::Runs { .. } => true,
+            Said::RefusedVersion { asked: then, .. } => *then == asked,
         }
     }
 }
@@ -83,8 +90,6 @@ pub enum Reason {
     /// It runs a verified bundle but serves another plugin API version, or refused the version
     /// the router asked for.
     ApiVersion,
-    /// It answered the handshake with an error a shim never gives.
-    HandshakeFailed,
 }
 
 impl Reason {
@@ -92,14 +97,13 @@ impl Reason {
         match self {
             Reason::BundleDigest => "bundle_digest",
             Reason::ApiVersion => "api_version",
-            Reason::HandshakeFailed => "handshake_failed",
         }
     }
 }
 
 /// The plugin API version the router asks a pod of `verified` for: the one every revision that
-/// may serve targets, or 0 ("do not check": the answer is compared here) while two revisions
-/// that target different versions roll out.
+/// may serve targets, or 0 ("do not check": the answer is compared here) while revisions that
+/// target different versions roll out.
 pub fn host_api_version(verified: &[VerifiedRevision]) -> u32 {
     match verified.split_first() {
         Some((first, rest))
@@ -113,45 +117,25 @@ pub fn host_api_version(verified: &[VerifiedRevision]) -> u32 {
     }
 }
 
-/// Whether the pod at `endpoint` of `route`, which said `said`, may be called.
+/// Whether the pod at `endpoint` of `route`, which said `said`, may be called. Compares first;
+/// the message is written only for a refusal.
 pub fn check(route: &Route, endpoint: &str, said: &Said) -> Result<(), Refusal> {
     if route.verified.is_empty() {
         return Ok(());
     }
-    let verified = route
-        .verified
-        .iter()
-        .map(|v| {
-            format!(
-                "{} (bundle {}, plugin API version {})",
-                v.revision, v.bundle_digest, v.plugin_api_version
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let key = &route.plugin;
-    let what_to_do = format!(
-        "the router does not call it. If the operator did not make it (`kubectl get pod -n {} \
-         -o wide` shows the pod at that address; the operator's pods are controlled by the \
-         ReplicaSets of Deployment {}), delete it and find who can create pods with the \
-         plugin's labels",
-        key.namespace,
-        airlock_core::names::child_name(&key.name)
-    );
     let (reason, runs) = match said {
         Said::Runs {
             bundle_digest,
             plugin_api_version,
         } => {
-            let digest_ok = route
-                .verified
-                .iter()
-                .any(|v| &v.bundle_digest == bundle_digest);
-            let both_ok = route.verified.iter().any(|v| {
-                &v.bundle_digest == bundle_digest && v.plugin_api_version == *plugin_api_version
-            });
-            if both_ok {
-                return Ok(());
+            let mut digest_ok = false;
+            for v in &route.verified {
+                if &v.bundle_digest == bundle_digest {
+                    if v.plugin_api_version == *plugin_api_version {
+                        return Ok(());
+                    }
+                    digest_ok = true;
+                }
             }
             (
                 if digest_ok {
@@ -162,44 +146,78 @@ pub fn check(route: &Route, endpoint: &str, said: &Said) -> Result<(), Refusal> 
                 format!("runs bundle {bundle_digest} for plugin API version {plugin_api_version}"),
             )
         }
-        Said::Refused { code, message } => (
-            if *code == Code::FailedPrecondition {
-                Reason::ApiVersion
-            } else {
-                Reason::HandshakeFailed
-            },
-            format!("refused the handshake ({code:?}: {message})"),
+        Said::RefusedVersion { asked, message } => (
+            Reason::ApiVersion,
+            format!("refused plugin API version {asked} ({message})"),
         ),
     };
+    let verified = route
+        .verified
+        .iter()
+        .map(|v| {
+            format!(
+                "{} = {} v{}",
+                v.revision, v.bundle_digest, v.plugin_api_version
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let key = &route.plugin;
     Err(Refusal {
         reason,
         message: format!(
-            "pod {endpoint} of Plugin {key} {runs}, which is not what the operator verified for \
-             a revision that may serve ({verified}): {what_to_do}"
+            "pod {endpoint} of Plugin {key} {runs}, not what the operator verified for a revision \
+             that may serve ({verified}); the router does not call it. If the operator did not \
+             make it (`kubectl get pod -n {} -o wide` shows it; the operator's are controlled by \
+             ReplicaSets of Deployment {}), delete it and find who can create pods with the \
+             plugin's labels",
+            key.namespace,
+            airlock_core::names::child_name(&key.name)
         ),
     })
 }
 
-/// The handshake of one connection: asked once (concurrent first calls wait for the same
-/// answer), reported once.
+/// The handshake of one connection: asked at most once at a time (concurrent first calls wait
+/// for the same answer), a definite answer kept, a refusal reported once.
 #[derive(Debug, Default)]
 pub struct Checked {
-    said: OnceCell<Said>,
+    said: Mutex<Option<Said>>,
+    asking: tokio::sync::Mutex<()>,
     reported: AtomicBool,
 }
 
 impl Checked {
-    /// What the pod said, if it was asked already.
-    pub fn said(&self) -> Option<&Said> {
-        self.said.get()
+    /// The verdict on this pod for `route` from what it said, if it said something that still
+    /// holds (`None`: to be asked).
+    pub fn verdict(&self, route: &Route, endpoint: &str) -> Option<Result<(), Refusal>> {
+        let said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        said.as_ref()
+            .filter(|s| s.holds_for(host_api_version(&route.verified)))
+            .map(|s| check(route, endpoint, s))
     }
 
-    /// What the pod says, asking it with `ask` unless it was asked already.
-    pub async fn said_or_ask<F>(&self, ask: impl FnOnce() -> F) -> Result<&Said, Status>
+    /// The verdict on this pod for `route`, asking it with `ask(version)` unless what it said
+    /// still holds. `Err`: it could not be asked (kept nothing).
+    pub async fn verdict_or_ask<F>(
+        &self,
+        route: &Route,
+        endpoint: &str,
+        ask: impl FnOnce(u32) -> F,
+    ) -> Result<Result<(), Refusal>, Status>
     where
         F: std::future::Future<Output = Result<Said, Status>>,
     {
-        self.said.get_or_try_init(ask).await
+        if let Some(v) = self.verdict(route, endpoint) {
+            return Ok(v);
+        }
+        let _one_at_a_time = self.asking.lock().await;
+        if let Some(v) = self.verdict(route, endpoint) {
+            return Ok(v);
+        }
+        let said = ask(host_api_version(&route.verified)).await?;
+        let verdict = check(route, endpoint, &said);
+        *self.said.lock().unwrap_or_else(|e| e.into_inner()) = Some(said);
+        Ok(verdict)
     }
 
     /// True the first time only: the refusal of this connection is logged and reported once,
@@ -210,7 +228,7 @@ impl Checked {
 }
 
 /// Told when a pod is refused after its handshake (the router's Kubernetes side: a Warning Event
-/// on the Plugin and the metric).
+/// on the Plugin, an audit record and the metric).
 pub trait RefusalObserver: Send + Sync + std::fmt::Debug + 'static {
     fn refused(&self, route: &Route, endpoint: &str, refusal: &Refusal);
 }
@@ -261,7 +279,7 @@ mod tests {
         for part in [
             "pod 198.19.0.9:50051 of Plugin team/fmt",
             &format!("runs bundle {}", digest('c')),
-            &format!("r1 (bundle {}, plugin API version 1)", digest('a')),
+            &format!("r1 = {} v1", digest('a')),
             "kubectl get pod -n team -o wide",
             "the router does not call it",
         ] {
@@ -278,15 +296,18 @@ mod tests {
 
     #[test]
     fn what_a_pod_says_reaches_messages_bounded_and_without_control_characters() {
-        let said = Said::from_answer(Ok(HandshakeResponse {
-            bundle_digest: format!("sha256:\n{}", "x".repeat(10_000)),
-            plugin_api_version: 1,
-            ..Default::default()
-        }))
+        let said = Said::from_answer(
+            Ok(HandshakeResponse {
+                bundle_digest: format!("sha256:\n{}", "x".repeat(10_000)),
+                plugin_api_version: 1,
+                ..Default::default()
+            }),
+            1,
+        )
         .expect("an answer");
         let refusal = check(&route(&[("r1", 'a', 1)]), "e", &said).expect_err("refused");
         assert!(!refusal.message.contains('\n'), "{}", refusal.message);
-        assert!(refusal.message.len() < 1_000, "{}", refusal.message.len());
+        assert!(refusal.message.len() < 800, "{}", refusal.message.len());
     }
 
     #[test]
@@ -295,11 +316,14 @@ mod tests {
     }
 
     #[test]
-    fn a_shim_that_refuses_the_version_asked_is_refused_and_silence_is_asked_again() {
+    fn a_shim_that_refuses_the_version_asked_is_refused_and_anything_else_is_asked_again() {
         let r = route(&[("r1", 'a', 1)]);
-        let said = Said::from_answer(Err(Status::failed_precondition(
-            "the host speaks plugin API version 1, this plugin targets version 2",
-        )))
+        let said = Said::from_answer(
+            Err(Status::failed_precondition(
+                "the host speaks plugin API version 1, this plugin targets version 2",
+            )),
+            1,
+        )
         .expect("a definite answer");
         let refusal = check(&r, "e", &said).expect_err("refused");
         assert_eq!(refusal.reason, Reason::ApiVersion);
@@ -308,19 +332,62 @@ mod tests {
             "{}",
             refusal.message
         );
-
-        let odd = Said::from_answer(Err(Status::unimplemented("no"))).expect("definite");
-        assert_eq!(
-            check(&r, "e", &odd).expect_err("refused").reason,
-            Reason::HandshakeFailed
-        );
-        for silent in [
+        // A proxy's or a starting pod's error says nothing about what it runs: not kept.
+        for passing in [
             Status::unavailable("tcp connect error"),
             Status::deadline_exceeded("late"),
             Status::cancelled("timeout expired"),
+            Status::internal("h2 protocol error"),
+            Status::unimplemented("404"),
+            Status::permission_denied("403 from a sidecar"),
         ] {
-            assert!(Said::from_answer(Err(silent)).is_err(), "asked again later");
+            assert!(
+                Said::from_answer(Err(passing), 1).is_err(),
+                "asked again later"
+            );
         }
+    }
+
+    /// Issue 17 (review): a pod that refused the version asked is asked again once the router
+    /// would ask another (a new revision's record arrived); a kept answer is reused.
+    #[tokio::test]
+    async fn a_refused_version_holds_only_while_the_same_one_is_asked() {
+        let checked = Checked::default();
+        let v1 = route(&[("r1", 'a', 1)]);
+        let asked = std::sync::atomic::AtomicU32::new(0);
+        let refuse = |version: u32| {
+            asked.fetch_add(1, Ordering::Relaxed);
+            async move {
+                Said::from_answer(
+                    Err(Status::failed_precondition("this plugin targets version 2")),
+                    version,
+                )
+            }
+        };
+        let first = checked
+            .verdict_or_ask(&v1, "e", refuse)
+            .await
+            .expect("asked");
+        assert!(first.is_err());
+        let again = checked
+            .verdict_or_ask(&v1, "e", refuse)
+            .await
+            .expect("kept");
+        assert!(again.is_err());
+        assert_eq!(
+            asked.load(Ordering::Relaxed),
+            1,
+            "kept for the same version"
+        );
+
+        let v2 = route(&[("r2", 'a', 2)]);
+        let runs_v2 = |_: u32| async { Ok(runs('a', 2)) };
+        let now = checked
+            .verdict_or_ask(&v2, "e", runs_v2)
+            .await
+            .expect("asked");
+        assert_eq!(now, Ok(()), "asked again for version 2, and it runs it");
+        assert_eq!(checked.verdict(&v2, "e"), Some(Ok(())));
     }
 
     #[test]
