@@ -46,19 +46,19 @@ fn bundle_requiring_kv_watch() -> Result<Vec<u8>> {
     Ok(airlock_bundle::pack::pack(dir.path(), airlock_bundle::DEFAULT_MAX_BYTES)?.bytes)
 }
 
-/// The Plugin's permissions (applied by this test's field manager).
-async fn set_permissions(f: &Fixture, permissions: serde_json::Value) -> Result<()> {
+/// Applies `spec` to the Plugin with this test's field manager.
+async fn change_spec(f: &Fixture, spec: serde_json::Value) -> Result<()> {
     f.ns.api::<Plugin>()
         .patch(
             NAME,
             &PatchParams::apply("airlock-e2e-requires").force(),
             &Patch::Apply(json!({
                 "apiVersion": "airlock.dev/v1alpha1", "kind": "Plugin",
-                "spec": {"permissions": permissions},
+                "spec": spec,
             })),
         )
         .await
-        .context("changing spec.permissions")?;
+        .with_context(|| format!("changing the Plugin's spec to {spec}"))?;
     Ok(())
 }
 
@@ -100,7 +100,7 @@ async fn scenario(f: &Fixture) -> Result<()> {
     );
 
     // Granted: it runs.
-    set_permissions(f, json!(["log", "storage:write"])).await?;
+    change_spec(f, json!({"permissions": ["log", "storage:write"]})).await?;
     let serving = wait_plugin(&f.ns.api::<Plugin>(), NAME, "Active once granted", active).await?;
     let revision = serving
         .status
@@ -112,20 +112,14 @@ async fn scenario(f: &Fixture) -> Result<()> {
     f.sandbox
         .put_bundle("event-logger-kv", bundle_requiring_kv_watch()?)
         .await?;
-    f.ns.api::<Plugin>()
-        .patch(
-            NAME,
-            &PatchParams::apply("airlock-e2e-requires").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "airlock.dev/v1alpha1", "kind": "Plugin",
-                "spec": {
-                    "version": "1.1.0",
-                    "bundle": {"source": {"configMapRef": {"name": "event-logger-kv"}}},
-                },
-            })),
-        )
-        .await
-        .context("rolling to 1.1.0")?;
+    change_spec(
+        f,
+        json!({
+            "version": "1.1.0",
+            "bundle": {"source": {"configMapRef": {"name": "event-logger-kv"}}},
+        }),
+    )
+    .await?;
     let (p, message) = refused(f, "RequirementNotMet").await?;
     for what in [
         "kvWatch",

@@ -829,12 +829,17 @@ mod tests {
 
     /// An echo shim on loopback; its address.
     async fn echo_pod() -> String {
+        serve(EchoShim).await
+    }
+
+    /// `shim` served on loopback; its address.
+    async fn serve(shim: impl airlock_proto::plugin::v1::plugin_server::Plugin) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(airlock_proto::plugin::v1::plugin_server::PluginServer::new(
-                    EchoShim,
+                    shim,
                 ))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
@@ -924,11 +929,14 @@ mod tests {
         );
     }
 
-    /// A shim that says it runs `bundle_digest` and counts the calls it answers.
+    /// A shim that says it runs `bundle_digest` (after answering its first `failing`
+    /// handshakes with an error a shim never gives: a proxy's, a pod still starting) and counts
+    /// the calls it answers.
     #[derive(Clone)]
     struct SayingShim {
         bundle_digest: String,
         answered: Arc<AtomicUsize>,
+        failing: Arc<AtomicUsize>,
     }
 
     #[tonic::async_trait]
@@ -937,6 +945,13 @@ mod tests {
             &self,
             request: Request<airlock_proto::plugin::v1::HandshakeRequest>,
         ) -> Result<tonic::Response<airlock_proto::plugin::v1::HandshakeResponse>, Status> {
+            let fail = self
+                .failing
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                return Err(Status::internal("h2 protocol error"));
+            }
             // What the real shim does with the version asked (plugin-shim/src/server.rs).
             let host = request.into_inner().host_api_version;
             if host != 0 && host != 1 {
@@ -963,21 +978,18 @@ mod tests {
     }
 
     async fn saying_pod(digest: &str) -> (String, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        flaky_pod(digest, 0).await
+    }
+
+    /// [`saying_pod`] whose first `failing` handshakes fail.
+    async fn flaky_pod(digest: &str, failing: usize) -> (String, Arc<AtomicUsize>) {
         let answered = Arc::new(AtomicUsize::new(0));
         let shim = SayingShim {
             bundle_digest: digest.to_string(),
             answered: Arc::clone(&answered),
+            failing: Arc::new(AtomicUsize::new(failing)),
         };
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(airlock_proto::plugin::v1::plugin_server::PluginServer::new(
-                    shim,
-                ))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (addr, answered)
+        (serve(shim).await, answered)
     }
 
     #[derive(Debug, Default)]
@@ -1061,54 +1073,12 @@ mod tests {
         assert_eq!(bad_calls.load(Ordering::Relaxed), 0);
     }
 
-    /// A shim that answers its first handshake with an error a shim never gives (a proxy's, a
-    /// pod still starting), then what it runs.
-    struct FlakyShim {
-        handshakes: AtomicUsize,
-    }
-
-    #[tonic::async_trait]
-    impl airlock_proto::plugin::v1::plugin_server::Plugin for FlakyShim {
-        async fn handshake(
-            &self,
-            _: Request<airlock_proto::plugin::v1::HandshakeRequest>,
-        ) -> Result<tonic::Response<airlock_proto::plugin::v1::HandshakeResponse>, Status> {
-            if self.handshakes.fetch_add(1, Ordering::Relaxed) == 0 {
-                return Err(Status::internal("h2 protocol error"));
-            }
-            Ok(tonic::Response::new(
-                airlock_proto::plugin::v1::HandshakeResponse {
-                    plugin_api_version: 1,
-                    bundle_digest: format!("sha256:{}", "a".repeat(64)),
-                    ..Default::default()
-                },
-            ))
-        }
-
-        async fn invoke(
-            &self,
-            request: Request<ShimInvokeRequest>,
-        ) -> Result<tonic::Response<airlock_proto::plugin::v1::InvokeResponse>, Status> {
-            EchoShim.invoke(request).await
-        }
-    }
-
     /// Issue 17 (review): an error that says nothing about what a pod runs is not kept: the
     /// call that met it fails (UNAVAILABLE, naming the pod), nothing is reported, and the next
     /// call asks again and is answered.
     #[tokio::test]
     async fn a_passing_handshake_error_is_asked_again_not_kept() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pod = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(airlock_proto::plugin::v1::plugin_server::PluginServer::new(
-                    FlakyShim {
-                        handshakes: AtomicUsize::new(0),
-                    },
-                ))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let (pod, _) = flaky_pod(&format!("sha256:{}", "a".repeat(64)), 1).await;
         let observer = Arc::new(Recorded::default());
         let caller = Arc::new(GrpcCaller::plain().with_observer(observer.clone()));
         let route = verified_route(vec![pod.clone()], 1);
