@@ -254,10 +254,13 @@ fn run() -> Result<()> {
     let mut restart = Bundle::from_files("python-upper-restart-bundle.tar.gz", &python_files)?;
     for (name, content) in &mut restart.files {
         if name == "plugin.yaml" {
-            let manifest = String::from_utf8_lossy(content).replace("onConfigChange, ", "");
+            // Nor does it require live configuration changes, which it could not take.
+            let manifest = String::from_utf8_lossy(content)
+                .replace("onConfigChange, ", "")
+                .replace("\nrequires: [liveConfig]\n", "\n");
             anyhow::ensure!(
-                !manifest.contains("onConfigChange"),
-                "python-upper's plugin.yaml no longer lists onConfigChange as expected"
+                !manifest.contains("onConfigChange") && !manifest.contains("liveConfig"),
+                "python-upper's plugin.yaml no longer lists onConfigChange and requires liveConfig as expected"
             );
             *content = manifest.into_bytes();
         }
