@@ -13,7 +13,7 @@ export AIRLOCK_PYTHON ?= $(CACHE)/venv/bin/python
 # The local cluster unless the caller points at another one.
 export KUBECONFIG ?= /var/lib/airlock-cluster/kubeconfig
 
-.PHONY: help tools demo bench chaos soak fuzz fuzz-smoke test lint fmt-check clippy shellcheck chart-lint alerts-test deny unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
+.PHONY: help tools demo bench chaos soak fuzz fuzz-smoke test lint fmt-check clippy shellcheck chart-lint alerts-test docs-links deny unit cluster-deps cluster-build cluster-up cluster-down cluster-status e2e-images client-deps e2e
 
 help: ## list the recipes
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -53,7 +53,7 @@ fuzz: tools ## every fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS each (defa
 fuzz-smoke: tools
 	FUZZ_RUNS=100000 FUZZ_NICE=0 fuzz/run.sh
 
-lint: fmt-check clippy shellcheck chart-lint alerts-test deny ## formatting and lints (Rust, shell, the Helm chart and its alert rules, dependencies)
+lint: fmt-check clippy shellcheck chart-lint alerts-test deny docs-links ## formatting and lints (Rust, shell, the Helm chart and its alert rules, dependencies, the docs' links)
 
 fmt-check:
 	cargo fmt --all --check
@@ -73,6 +73,9 @@ deny: ## cargo-deny offline: licenses, bans, sources (deny.toml; advisories need
 
 alerts-test: ## promtool check and unit tests of the chart's alert rules (charts/airlock/files/alerts*.yaml)
 	e2e/alerts-test.sh
+
+docs-links: ## every relative link (and #anchor) of docs/ and the top-level Markdown files resolves; the CRD reference matches the CRDs
+	cargo test --locked -p airlock-crds --test docs_links --test crd_drift
 
 unit: ## unit tests (no cluster)
 	cargo test --workspace --locked --exclude airlock-e2e

@@ -12,6 +12,7 @@ pub const API_VERSION: &str = "v1alpha1";
 pub mod caller_binding;
 pub mod generate;
 pub mod plugin;
+pub mod reference;
 pub mod storage;
 pub mod trust_policy;
 

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use airlock_crds::generate::{CHART_CRD_DIR, SCHEMA_LOCK, crd_files, lock};
+use airlock_crds::generate::{CHART_CRD_DIR, SCHEMA_LOCK, crd_files, crds, lock};
+use airlock_crds::reference::{REFERENCE_FILE, markdown};
 
 #[test]
 fn committed_crds_match_the_rust_types() {
@@ -18,6 +19,20 @@ fn committed_crds_match_the_rust_types() {
             path.display()
         );
     }
+}
+
+/// The CRD reference in docs/ says what the CRDs say (their descriptions and limits).
+#[test]
+fn the_crd_reference_matches_the_crds() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(REFERENCE_FILE);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == markdown(&crds()),
+        "{} is out of date with crds/src: run `cargo run -p airlock-crds --bin crdgen` and commit the result",
+        path.display()
+    );
 }
 
 /// A schema change comes with a new SCHEMA_REVISION (crdgen enforces it and writes the lock);

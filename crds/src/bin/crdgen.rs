@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use airlock_crds::generate::{CHART_CRD_DIR, SCHEMA_LOCK, crd_files, lock, revision_not_bumped};
+use airlock_crds::generate::{
+    CHART_CRD_DIR, SCHEMA_LOCK, crd_files, crds, lock, revision_not_bumped,
+};
+use airlock_crds::reference::{REFERENCE_FILE, markdown};
 
 fn main() -> ExitCode {
     let dir = Path::new(CHART_CRD_DIR);
@@ -48,5 +51,15 @@ fn main() -> ExitCode {
         }
         println!("wrote {}", path.display());
     }
+    let reference = Path::new(REFERENCE_FILE);
+    let written = reference
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(reference, markdown(&crds())));
+    if let Err(e) = written {
+        eprintln!("crdgen: cannot write {REFERENCE_FILE}: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!("wrote {REFERENCE_FILE}");
     ExitCode::SUCCESS
 }
