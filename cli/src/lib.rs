@@ -4,7 +4,8 @@
 //! - [`pack`]: `bundle pack`, a plugin directory to a reproducible bundle;
 //! - [`signing`]: `sign` and `verify`, detached bundle signatures;
 //! - [`oci`]: `bundle push` and `bundle pull`, bundles as OCI artifacts in a registry;
-//! - [`invoke`]: `invoke`, one hook call through the router, and `plugins`, what it can call.
+//! - [`invoke`]: `invoke`, one hook call through the router, and `plugins`, what it can call;
+//! - [`status`]: `status`, `why`, `enable` and `disable` of a Plugin, with the kubeconfig.
 //!
 //! Each command returns a report whose `Display` is what the user sees; [`Error::exit_code`] is
 //! the one place errors become exit codes.
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod oci;
 pub mod pack;
 pub mod signing;
+pub mod status;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -128,7 +130,59 @@ grants the call (PERMISSION_DENIED), or the token file is unreadable"
     /// List the plugins the caller may call through the router, their hooks and circuit breakers
     /// (authenticated like `invoke`: --token-file or AIRLOCK_TOKEN).
     Plugins(invoke::PluginsArgs),
+
+    /// A Plugin's phase, conditions, revision, signer, health and recent Events (kubeconfig).
+    #[command(
+        long_about = "\
+A Plugin's phase, conditions, revision, signer, trust level, ready replicas, status.health and \
+recent Events, read with your kubeconfig (its current context; its namespace unless -n or \
+NAMESPACE/NAME says another). -o json or -o yaml prints the same as one document.
+
+Example:
+  airlockctl status hello -n team-a -o json",
+        after_long_help = STATUS_EXIT_CODES
+    )]
+    Status(status::PluginArgs),
+
+    /// Why a Plugin does not serve, and what to do (kubeconfig).
+    #[command(
+        long_about = "\
+Whether a Plugin serves and, if not, why: the first condition that blocks it (Verified, \
+Compatible, PermissionsApproved, Ready) with Airlock's message, which says what to do; an \
+auto-disabled or disabled plugin, with the command that re-enables it; and the recent Warning \
+Events about it.
+
+Example:
+  airlockctl why team-a/hello",
+        after_long_help = STATUS_EXIT_CODES
+    )]
+    Why(status::PluginArgs),
+
+    /// Enable a Plugin: spec.enabled true and, if the router auto-disabled it, a new spec.reEnable.
+    #[command(
+        long_about = "\
+Enable a Plugin: sets spec.enabled to true and, when the router auto-disabled it, spec.reEnable \
+to the current time (a new value re-enables; for a plugin an older router disabled, its \
+annotation is removed). Fix what made it fail first: `airlockctl why` shows it. A Plugin a \
+GitOps tool applies is changed in Git instead, or the tool reverts this.
+
+Example:
+  airlockctl enable team-a/crash-test",
+        after_long_help = STATUS_EXIT_CODES
+    )]
+    Enable(status::PluginArgs),
+
+    /// Disable a Plugin: spec.enabled false (its pods stop, calls are refused).
+    #[command(after_long_help = STATUS_EXIT_CODES)]
+    Disable(status::PluginArgs),
 }
+
+/// Exit codes of status, why, enable and disable.
+const STATUS_EXIT_CODES: &str = "\
+Exit codes:
+  0  done (for `why`: whether or not the plugin serves; -o json says it in `serving`)
+  1  the cluster could not be reached or refused (kubeconfig, RBAC)
+  5  there is no such Plugin";
 
 #[derive(Args, Debug)]
 pub struct BundleArgs {
@@ -192,6 +246,8 @@ pub enum Error {
     Oci(#[from] oci::OciError),
     #[error(transparent)]
     Invoke(#[from] invoke::InvokeError),
+    #[error(transparent)]
+    Status(#[from] status::StatusError),
 }
 
 impl Error {
@@ -201,6 +257,7 @@ impl Error {
         match self {
             Error::Verify(e) => e.exit_code(),
             Error::Invoke(e) => e.exit_code(),
+            Error::Status(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -219,6 +276,10 @@ pub async fn run(cli: Cli) -> Result<String, Error> {
         Command::Verify(args) => signing::verify(&args)?.to_string(),
         Command::Invoke(args) => invoke::run(args).await?,
         Command::Plugins(args) => invoke::plugins(args).await?,
+        Command::Status(args) => status::status(&args).await?,
+        Command::Why(args) => status::why(&args).await?,
+        Command::Enable(args) => status::switch(&args, true).await?,
+        Command::Disable(args) => status::switch(&args, false).await?,
     })
 }
 

@@ -1,0 +1,174 @@
+//! The real `airlockctl` binary against the cluster (issue 18): `status` and `why` of a Plugin
+//! read with a kubeconfig whose context names the namespace (no `-n`), `-o json` parsed here,
+//! `why` of an auto-disabled plugin naming the cause and the command that fixes it, `enable`
+//! bringing it back to Active, and exit code 5 for a Plugin that does not exist.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use airlock_crds::Plugin;
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+
+use airlock_e2e::install::workspace;
+use airlock_e2e::plugins::{active, auto_disable, wait_plugin};
+use airlock_e2e::router::{Fixture, in_fixture};
+
+const NAME: &str = "hello";
+
+#[tokio::test]
+async fn the_cli_shows_status_explains_why_and_re_enables() -> Result<()> {
+    in_fixture("cli", &["log"], scenario).await
+}
+
+/// The airlockctl binary of this workspace, built now if it is not up to date.
+fn airlockctl() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--locked", "-q", "-p", "airlockctl"])
+        .current_dir(workspace())
+        .status()
+        .context("running cargo build -p airlockctl")?;
+    ensure!(built.success(), "cargo build -p airlockctl failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target"));
+    Ok(target.join("debug").join("airlockctl"))
+}
+
+/// A copy of the kubeconfig whose current context's namespace is `namespace`.
+fn kubeconfig_in(namespace: &str, dir: &Path) -> Result<PathBuf> {
+    let mut config = kube::config::Kubeconfig::read().context("reading the kubeconfig")?;
+    let current = config
+        .current_context
+        .clone()
+        .context("the kubeconfig has a current context")?;
+    let context = config
+        .contexts
+        .iter_mut()
+        .find(|c| c.name == current)
+        .and_then(|c| c.context.as_mut())
+        .context("the current context")?;
+    context.namespace = Some(namespace.to_string());
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    Ok(path)
+}
+
+/// Runs `airlockctl args...` with `kubeconfig`.
+fn run(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
+    std::process::Command::new(bin)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .with_context(|| format!("running airlockctl {}", args.join(" ")))
+}
+
+/// `airlockctl args... -o json`, which must succeed; its document.
+fn json_of(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = run(bin, kubeconfig, &all)?;
+    ensure!(
+        out.status.success(),
+        "airlockctl {} failed ({}): {}",
+        all.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "airlockctl {} printed no JSON: {}",
+            all.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+async fn scenario(f: &Fixture) -> Result<()> {
+    let bin = airlockctl()?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = kubeconfig_in(f.ns(), dir.path())?;
+    f.apply(
+        NAME,
+        "hello",
+        json!([{"name": "transform", "timeout": "2s"}]),
+        json!(["log"]),
+        json!({}),
+    )
+    .await?;
+    let plugins = f.ns.api::<Plugin>();
+    wait_plugin(&plugins, NAME, "Active", active).await?;
+
+    // The kubeconfig's namespace, no -n.
+    let status = json_of(&bin, &kubeconfig, &["status", NAME])?;
+    ensure!(
+        status["phase"] == "Active" && status["namespace"] == f.ns() && status["name"] == NAME,
+        "status: {status}"
+    );
+    ensure!(
+        status["conditions"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")),
+        "status lists Ready=True: {status}"
+    );
+    let why = json_of(&bin, &kubeconfig, &["why", NAME])?;
+    ensure!(why["serving"] == true, "why of an Active plugin: {why}");
+
+    // Auto-disabled: why names it and the command that re-enables it.
+    auto_disable(
+        &plugins,
+        NAME,
+        "5 consecutive timeouts (written by the e2e)",
+    )
+    .await?;
+    wait_plugin(&plugins, NAME, "auto-disabled, not Active", |p| {
+        p.auto_disabled().is_some() && !active(p)
+    })
+    .await?;
+    let why = json_of(&bin, &kubeconfig, &["why", NAME])?;
+    let enable = format!("airlockctl enable {}/{NAME}", f.ns());
+    ensure!(
+        why["serving"] == false
+            && why["cause"] == "AutoDisabled"
+            && why["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("5 consecutive timeouts"))
+            && why["next"] == enable.as_str(),
+        "why of an auto-disabled plugin: {why}"
+    );
+    let table = run(&bin, &kubeconfig, &["why", NAME])?;
+    let text = String::from_utf8_lossy(&table.stdout);
+    ensure!(
+        table.status.success() && text.contains("does not serve") && text.contains(&enable),
+        "why, as a table: {text}"
+    );
+
+    // enable (as NAMESPACE/NAME): Active again.
+    let out = run(
+        &bin,
+        &kubeconfig,
+        &["enable", &format!("{}/{NAME}", f.ns())],
+    )?;
+    ensure!(
+        out.status.success(),
+        "enable failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_plugin(&plugins, NAME, "Active again after enable", |p| {
+        active(p) && p.auto_disabled().is_none()
+    })
+    .await?;
+    f.wait_serving(&[NAME], "transform").await?;
+
+    // A Plugin that does not exist: exit code 5, a message that says how to list them.
+    let missing = run(&bin, &kubeconfig, &["status", "no-such-plugin"])?;
+    ensure!(
+        missing.status.code() == Some(5)
+            && String::from_utf8_lossy(&missing.stderr).contains("kubectl get plugins -A"),
+        "status of a missing Plugin: {:?} {}",
+        missing.status.code(),
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    Ok(())
+}
