@@ -41,19 +41,23 @@ fn documents() -> Vec<PathBuf> {
     out
 }
 
+/// The lines of `markdown` outside fenced code blocks.
+fn prose_lines(markdown: &str) -> impl Iterator<Item = &str> {
+    let mut fenced = false;
+    markdown.lines().filter(move |line| {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            return false;
+        }
+        !fenced
+    })
+}
+
 /// The targets of the inline links `[text](target)` of `markdown`, outside code blocks and
 /// code spans.
 fn links(markdown: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut fenced = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
-        if fenced {
-            continue;
-        }
+    for line in prose_lines(markdown) {
         // Drop code spans: `[a](b)` inside backticks is not a link.
         let prose: String = line
             .split('`')
@@ -77,13 +81,8 @@ fn links(markdown: &str) -> Vec<String> {
 /// spaces as `-`, a repeated heading suffixed `-1`, `-2`, ...
 fn anchors(markdown: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut fenced = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
-        let Some(heading) = line.strip_prefix('#').filter(|_| !fenced) else {
+    for line in prose_lines(markdown) {
+        let Some(heading) = line.strip_prefix('#') else {
             continue;
         };
         let text = heading.trim_start_matches('#').trim();
