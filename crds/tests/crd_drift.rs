@@ -1,15 +1,20 @@
 //! The CRDs committed in the chart must be exactly what the Rust types generate.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use airlock_crds::generate::{CHART_CRD_DIR, SCHEMA_LOCK, crd_files, crds, lock};
 use airlock_crds::reference::{REFERENCE_FILE, markdown};
 
+/// `relative` (to the workspace root) as a path from here.
+fn in_workspace(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
 #[test]
 fn committed_crds_match_the_rust_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(CHART_CRD_DIR);
+    let dir = in_workspace(CHART_CRD_DIR);
     for (name, generated) in crd_files().expect("CRDs serialise") {
         let path = dir.join(name);
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
@@ -24,9 +29,7 @@ fn committed_crds_match_the_rust_types() {
 /// The CRD reference in docs/ says what the CRDs say (their descriptions and limits).
 #[test]
 fn the_crd_reference_matches_the_crds() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(REFERENCE_FILE);
+    let path = in_workspace(REFERENCE_FILE);
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == markdown(&crds()),
@@ -39,9 +42,7 @@ fn the_crd_reference_matches_the_crds() {
 /// the operator relies on it to upgrade the cluster's CRDs and never downgrade them.
 #[test]
 fn the_schema_lock_matches_the_rust_types() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(SCHEMA_LOCK);
+    let path = in_workspace(SCHEMA_LOCK);
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == lock().expect("CRDs serialise"),

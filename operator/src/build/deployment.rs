@@ -795,21 +795,27 @@ mod tests {
         assert_eq!(d.spec.expect("spec").replicas, Some(0));
     }
 
+    /// The shim's arguments in hello's pod for `r`.
+    fn shim_args(r: &Rollout) -> Vec<String> {
+        let d = deployment(&plugin(HELLO), r, &config());
+        let spec = d.spec.expect("spec").template.spec.expect("pod");
+        spec.containers[0].args.clone().expect("args")
+    }
+
+    /// `flag` is among `args` as a shim flag (before `--`), not one of the plugin's.
+    fn assert_shim_flag(args: &[String], flag: &str) {
+        let at = args.iter().position(|x| x == flag).expect("flag");
+        let dashdash = args.iter().position(|x| x == "--").expect("--");
+        assert!(at < dashdash, "a shim flag, not the plugin's: {args:?}");
+    }
+
     #[test]
     fn only_a_plugin_with_egress_may_open_network_sockets() {
-        let args = |r: &Rollout| {
-            let d = deployment(&plugin(HELLO), r, &config());
-            let spec = d.spec.expect("spec").template.spec.expect("pod");
-            spec.containers[0].args.clone().expect("args")
-        };
         let closed = rollout();
-        assert!(!args(&closed).contains(&"--allow-network".to_string()));
+        assert!(!shim_args(&closed).contains(&"--allow-network".to_string()));
         let mut open = rollout();
         open.permissions.insert(airlock_crds::Permission::NetEgress);
-        let a = args(&open);
-        let flag = a.iter().position(|x| x == "--allow-network").expect("flag");
-        let dashdash = a.iter().position(|x| x == "--").expect("--");
-        assert!(flag < dashdash, "a shim flag, not the plugin's: {a:?}");
+        assert_shim_flag(&shim_args(&open), "--allow-network");
     }
 
     /// Issue 17: a plugin that declares onUpgrade and storage but is not granted storage runs
@@ -817,19 +823,12 @@ mod tests {
     /// question about its storage's version.
     #[test]
     fn a_plugin_without_its_storage_is_started_without_on_upgrade() {
-        let args = |r: &Rollout| {
-            let d = deployment(&plugin(HELLO), r, &config());
-            let spec = d.spec.expect("spec").template.spec.expect("pod");
-            spec.containers[0].args.clone().expect("args")
-        };
-        assert!(!args(&rollout()).contains(&"--no-upgrade".to_string()));
-        let a = args(&Rollout {
+        assert!(!shim_args(&rollout()).contains(&"--no-upgrade".to_string()));
+        let a = shim_args(&Rollout {
             no_upgrade: true,
             ..rollout()
         });
-        let flag = a.iter().position(|x| x == "--no-upgrade").expect("flag");
-        let dashdash = a.iter().position(|x| x == "--").expect("--");
-        assert!(flag < dashdash, "a shim flag, not the plugin's: {a:?}");
+        assert_shim_flag(&a, "--no-upgrade");
     }
 
     #[test]
