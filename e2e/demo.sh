@@ -38,22 +38,25 @@ AIRLOCK_TOKEN=$(kubectl -n "$NS" create token hello-client --audience airlock-ro
 export AIRLOCK_TOKEN
 
 AIRLOCKCTL=$ROOT/target/debug/airlockctl
+# `kubectl airlock` is the same binary as a kubectl plugin (kubectl-airlock on PATH). It reaches
+# the router through a port-forward it opens with the kubeconfig: no address, no kubectl
+# port-forward beside it.
+PATH="$ROOT/target/debug:$PATH"
+unset AIRLOCK_ROUTER
 kubectl -n airlock-system rollout status deploy/airlock-router --timeout=120s >/dev/null
-AIRLOCK_ROUTER=http://$(kubectl -n airlock-system get svc airlock-router -o jsonpath='{.spec.clusterIP}'):50050
-export AIRLOCK_ROUTER
 invoke() { # invoke <namespace>
   local out
-  log "invoking hook transform on $1/hello through the router ($AIRLOCK_ROUTER) as $NS/hello-client"
+  log "invoking hook transform on $1/hello with kubectl airlock (through the router, port-forwarded) as $NS/hello-client"
   # The router learns of the plugin (and of the binding) from its watches a moment after the
   # status says Active.
   for _ in $(seq 1 30); do
-    if out=$("$AIRLOCKCTL" invoke "$1/hello" transform --payload '{"name":"platform team"}' 2>/dev/null); then
+    if out=$(kubectl airlock invoke "$1/hello" transform --payload '{"name":"platform team"}' 2>/dev/null); then
       echo "$out"
       return 0
     fi
     sleep 1
   done
-  "$AIRLOCKCTL" invoke "$1/hello" transform --payload '{"name":"platform team"}' ||
+  kubectl airlock invoke "$1/hello" transform --payload '{"name":"platform team"}' ||
     die "the hook did not answer; see: kubectl -n $1 logs deploy/hello"
 }
 invoke "$NS"
@@ -114,5 +117,6 @@ spec:
 EOF
 invoke "$SNS"
 log "what $NS/hello-client may call through the router:"
-"$AIRLOCKCTL" plugins
+kubectl airlock plugins
+kubectl airlock status -n "$SNS" hello
 log "demo done: both plugins keep running; kubectl -n $SNS describe plugin hello shows the conditions"

@@ -8,29 +8,48 @@ use std::time::Instant;
 use airlock_proto::router::v1::hook_router_client::HookRouterClient;
 use airlock_proto::router::v1::{InvokeRequest, ListPluginsRequest, PluginRef};
 use clap::Args;
+use serde::Serialize;
 use tonic::codegen::InterceptedService;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::output::{Output, PrintError, print};
+use crate::reach::{self, ReachError};
+
 /// The environment variable a token may come in (never a flag: a flag's value shows in process
 /// listings and shell history).
 pub const TOKEN_ENV: &str = "AIRLOCK_TOKEN";
 
-/// Where the router is (a flag, else `AIRLOCK_ROUTER`, else a local port-forward) and who calls it.
+/// Where the router is (an address, else a port-forward through the kubeconfig) and who calls it.
 #[derive(Args, Debug, Clone)]
 pub struct RouterArgs {
-    /// gRPC address of the Airlock router, e.g. http://198.19.0.20:50050, or the local end of
-    /// `kubectl port-forward -n airlock-system svc/airlock-router 50050`.
-    #[arg(long, env = "AIRLOCK_ROUTER", default_value = "http://127.0.0.1:50050")]
-    pub router: String,
+    /// gRPC address of the Airlock router when this machine reaches it directly, e.g.
+    /// http://198.19.0.20:50050 or http://127.0.0.1:50050. Without it, a port-forward to a ready
+    /// pod of --router-service is opened through the kubeconfig for this command and closed when
+    /// it ends (this needs `create` on pods/portforward in that namespace).
+    #[arg(long, env = "AIRLOCK_ROUTER", hide_env_values = true)]
+    pub router: Option<String>,
+    /// The router's Service, NAMESPACE/NAME, for the port-forward when --router is not given.
+    #[arg(
+        long,
+        env = "AIRLOCK_ROUTER_SERVICE",
+        hide_env_values = true,
+        default_value = reach::DEFAULT_SERVICE
+    )]
+    pub router_service: String,
     /// File holding the caller's ServiceAccount token for the router's audience, sent as
     /// `authorization: Bearer <token>`: e.g. saved from `kubectl create token <serviceaccount> -n
     /// <namespace> --audience airlock-router`, or a pod's projected token. Without it the token
     /// is taken from the environment variable AIRLOCK_TOKEN. The token is never printed. What the
     /// ServiceAccount may call is granted by PluginCallerBindings in the plugins' namespaces.
-    #[arg(long, value_name = "PATH", env = "AIRLOCK_TOKEN_FILE")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "AIRLOCK_TOKEN_FILE",
+        hide_env_values = true
+    )]
     pub token_file: Option<PathBuf>,
 }
 
@@ -104,9 +123,9 @@ pub struct InvokeArgs {
     pub plugin: String,
     /// Hook to call: transform, onEvent, onLoad or onUnload.
     pub hook: String,
-    /// Namespace of the Plugin when PLUGIN has none.
-    #[arg(long, short = 'n', default_value = "default")]
-    pub namespace: String,
+    /// Namespace of the Plugin when PLUGIN has none. Default: the kubeconfig context's namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
     /// JSON payload; `-` reads stdin. Default: {}.
     #[arg(long, conflicts_with = "payload_file")]
     pub payload: Option<String>,
@@ -117,6 +136,10 @@ pub struct InvokeArgs {
     /// hook timeout.
     #[arg(long, default_value_t = 0)]
     pub deadline_ms: u32,
+    /// How to print: table (default: the plugin's output, pretty-printed; timing on stderr), or
+    /// json/yaml: one document with the plugin, hook, invocation id, elapsed time and output.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
     #[command(flatten)]
     pub router: RouterArgs,
 }
@@ -127,6 +150,9 @@ pub struct PluginsArgs {
     /// call are listed, with the hooks it may call).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
+    /// How to print: table (default), json or yaml.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
     #[command(flatten)]
     pub router: RouterArgs,
 }
@@ -140,12 +166,13 @@ pub enum InvokeError {
     )]
     NotJson(serde_json::Error),
     #[error(
-        "cannot connect to the router at {address}: {source}; pass --router (or AIRLOCK_ROUTER), or run `kubectl port-forward -n airlock-system svc/airlock-router 50050`"
+        "cannot connect to the router at {address}: {reason}; check the address, or leave --router (and AIRLOCK_ROUTER) out to port-forward to the router through the kubeconfig"
     )]
-    Connect {
-        address: String,
-        source: tonic::transport::Error,
-    },
+    Connect { address: String, reason: String },
+    #[error(transparent)]
+    Reach(#[from] ReachError),
+    #[error(transparent)]
+    Print(#[from] PrintError),
     #[error("reading the token file {}: {source}", .path.display())]
     TokenFile {
         path: PathBuf,
@@ -192,7 +219,8 @@ impl InvokeError {
             },
             InvokeError::Payload(_) | InvokeError::NotJson(_) => 2,
             InvokeError::TokenFile { .. } | InvokeError::BadToken(_) => 7,
-            InvokeError::Connect { .. } => 6,
+            InvokeError::Connect { .. } | InvokeError::Reach(_) => 6,
+            InvokeError::Print(_) => 1,
         }
     }
 }
@@ -209,17 +237,36 @@ fn code_name(code: Code) -> String {
     out
 }
 
+/// `error` and its sources, "a: b: c" (tonic's transport error alone says only "transport
+/// error").
+pub fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// A client of the router at --router, or through a port-forward to --router-service.
 async fn connect(args: &RouterArgs) -> Result<RouterClient, InvokeError> {
     let token = BearerToken::of(args)?;
-    let failed = |source| InvokeError::Connect {
-        address: args.router.clone(),
-        source,
+    let channel = match &args.router {
+        Some(address) => {
+            let failed = |e: tonic::transport::Error| InvokeError::Connect {
+                address: address.clone(),
+                reason: causes(&e),
+            };
+            Endpoint::new(address.clone())
+                .map_err(failed)?
+                .connect()
+                .await
+                .map_err(failed)?
+        }
+        None => reach::port_forward(&args.router_service).await?.0,
     };
-    let channel = Endpoint::new(args.router.clone())
-        .map_err(failed)?
-        .connect()
-        .await
-        .map_err(failed)?;
     Ok(HookRouterClient::with_interceptor(channel, token))
 }
 
@@ -254,13 +301,30 @@ pub fn plugin_ref(plugin: &str, default_ns: &str) -> PluginRef {
     }
 }
 
+/// What `invoke -o json|yaml` prints.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    pub plugin: String,
+    pub hook: String,
+    pub invocation_id: String,
+    pub elapsed_ms: u64,
+    /// The plugin's output; its text when it is not JSON.
+    pub output: serde_json::Value,
+}
+
 pub async fn run(args: InvokeArgs) -> Result<String, InvokeError> {
     let payload = read_payload(&args)?;
+    let namespace = match &args.namespace {
+        Some(ns) => ns.clone(),
+        None => crate::kubeconfig::namespace().await,
+    };
+    let plugin = plugin_ref(&args.plugin, &namespace);
     let mut client = connect(&args.router).await?;
     let started = Instant::now();
     let answer = client
         .invoke(InvokeRequest {
-            plugin: Some(plugin_ref(&args.plugin, &args.namespace)),
+            plugin: Some(plugin.clone()),
             hook: args.hook.clone(),
             payload_json: payload,
             deadline_ms: args.deadline_ms,
@@ -269,17 +333,42 @@ pub async fn run(args: InvokeArgs) -> Result<String, InvokeError> {
         .await
         .map_err(InvokeError::from)?
         .into_inner();
-    let pretty = serde_json::from_str::<serde_json::Value>(&answer.output_json)
-        .and_then(|v| serde_json::to_string_pretty(&v))
-        .unwrap_or(answer.output_json);
-    eprintln!(
-        "{} {} answered in {} ms (invocation {})",
-        args.plugin,
-        args.hook,
-        started.elapsed().as_millis(),
-        answer.invocation_id
-    );
-    Ok(pretty)
+    let answer = Answer {
+        plugin: format!("{}/{}", plugin.namespace, plugin.name),
+        hook: args.hook.clone(),
+        invocation_id: answer.invocation_id,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        output: serde_json::from_str(&answer.output_json)
+            .unwrap_or(serde_json::Value::String(answer.output_json)),
+    };
+    if args.output == Output::Table {
+        eprintln!(
+            "{} {} answered in {} ms (invocation {})",
+            answer.plugin, answer.hook, answer.elapsed_ms, answer.invocation_id
+        );
+    }
+    Ok(print(&answer, args.output, |a| {
+        serde_json::to_string_pretty(&a.output).unwrap_or_default()
+    })?)
+}
+
+/// One plugin of `plugins -o json|yaml`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listed {
+    pub plugin: String,
+    pub version: String,
+    pub breaker: String,
+    pub hooks: Vec<ListedHook>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedHook {
+    pub name: String,
+    pub timeout_ms: u32,
+    pub failure_policy: String,
+    pub priority: i32,
 }
 
 pub async fn plugins(args: PluginsArgs) -> Result<String, InvokeError> {
@@ -291,14 +380,42 @@ pub async fn plugins(args: PluginsArgs) -> Result<String, InvokeError> {
         .await
         .map_err(InvokeError::from)?
         .into_inner();
+    let listed: Vec<Listed> = listed
+        .plugins
+        .into_iter()
+        .map(|p| {
+            let r = p.plugin.unwrap_or_default();
+            Listed {
+                plugin: format!("{}/{}", r.namespace, r.name),
+                version: p.version,
+                breaker: p.breaker,
+                hooks: p
+                    .hooks
+                    .into_iter()
+                    .map(|h| ListedHook {
+                        name: h.name,
+                        timeout_ms: h.timeout_ms,
+                        failure_policy: h.failure_policy,
+                        priority: h.priority,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Ok(print(&listed, args.output, |listed| plugins_table(listed))?)
+}
+
+fn plugins_table(listed: &[Listed]) -> String {
+    if listed.is_empty() {
+        return "no active plugins".into();
+    }
     let mut rows = vec![[
         "PLUGIN".to_string(),
         "VERSION".into(),
         "BREAKER".into(),
         "HOOKS".into(),
     ]];
-    for p in listed.plugins {
-        let r = p.plugin.unwrap_or_default();
+    for p in listed {
         let hooks: Vec<String> = p
             .hooks
             .iter()
@@ -310,16 +427,13 @@ pub async fn plugins(args: PluginsArgs) -> Result<String, InvokeError> {
             })
             .collect();
         rows.push([
-            format!("{}/{}", r.namespace, r.name),
-            p.version,
-            p.breaker,
+            p.plugin.clone(),
+            p.version.clone(),
+            p.breaker.clone(),
             hooks.join(" "),
         ]);
     }
-    if rows.len() == 1 {
-        return Ok("no active plugins".into());
-    }
-    Ok(table(&rows))
+    table(&rows)
 }
 
 /// Left-aligned columns, two spaces apart.
@@ -406,7 +520,8 @@ mod tests {
         let path = dir.path().join("token");
         std::fs::write(&path, "abc.def.ghi\n").expect("write");
         let args = RouterArgs {
-            router: "http://127.0.0.1:50050".into(),
+            router: Some("http://127.0.0.1:50050".into()),
+            router_service: reach::DEFAULT_SERVICE.into(),
             token_file: Some(path.clone()),
         };
         let mut token = BearerToken::of(&args).expect("read");

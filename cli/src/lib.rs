@@ -5,7 +5,9 @@
 //! - [`signing`]: `sign` and `verify`, detached bundle signatures;
 //! - [`oci`]: `bundle push` and `bundle pull`, bundles as OCI artifacts in a registry;
 //! - [`invoke`]: `invoke`, one hook call through the router, and `plugins`, what it can call;
-//! - [`status`]: `status`, `why`, `enable` and `disable` of a Plugin, with the kubeconfig.
+//! - [`reach`]: how those reach the router (an address, or a port-forward of their own);
+//! - [`status`]: `status`, `why`, `enable` and `disable` of a Plugin, with the kubeconfig;
+//! - [`kubeconfig`], [`output`]: the kubeconfig's cluster and namespace, and `-o` for all.
 //!
 //! Each command returns a report whose `Display` is what the user sees; [`Error::exit_code`] is
 //! the one place errors become exit codes.
@@ -13,12 +15,19 @@
 pub mod files;
 pub mod invoke;
 pub mod keys;
+pub mod kubeconfig;
 pub mod oci;
+pub mod output;
 pub mod pack;
+pub mod reach;
+pub mod reference;
 pub mod signing;
 pub mod status;
 
-use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 const LONG_ABOUT: &str = "\
 Command line of Airlock: make signing keys, pack, sign, verify and publish plugin bundles, and \
@@ -100,7 +109,13 @@ signature, or a bundle the operator would refuse"
 Call one hook of one plugin through the Airlock router, as a host application would, and print \
 the plugin's JSON output (pretty-printed) on stdout; timing and the invocation id go to stderr.
 
-The payload comes from --payload, --payload-file, or stdin (--payload - or --payload-file -).
+The payload comes from --payload, --payload-file, or stdin (--payload - or --payload-file -). \
+-o json or -o yaml prints one document: plugin, hook, invocationId, elapsedMs and output.
+
+The router is reached at --router (or AIRLOCK_ROUTER) when given; otherwise through a \
+port-forward to a ready pod of the router's Service (--router-service, default \
+airlock-system/airlock-router) that this command opens with your kubeconfig and closes when it \
+ends, which needs `create` on pods/portforward there.
 
 The router serves only authenticated callers: send a token of a ServiceAccount for the audience \
 airlock-router with --token-file PATH, or in the environment variable AIRLOCK_TOKEN (the token is \
@@ -108,11 +123,11 @@ never printed). The ServiceAccount may call only what a PluginCallerBinding in t
 namespace grants it.
 
 Examples:
-  kubectl port-forward -n airlock-system svc/airlock-router 50050 &
   export AIRLOCK_TOKEN=$(kubectl create token frontend -n team-a --audience airlock-router)
   airlockctl invoke team-a/hello transform --payload '{\"name\":\"you\"}'
   echo '{\"type\":\"deploy\"}' | airlockctl invoke event-logger onEvent -n team-a --payload -
-  airlockctl invoke team-a/hello transform --token-file /var/run/secrets/airlock/token",
+  airlockctl invoke team-a/hello transform -o json --router http://airlock-router.airlock-system:50050 \
+    --token-file /var/run/secrets/airlock/token",
         after_long_help = "\
 Exit codes:
   0  the plugin answered
@@ -175,6 +190,23 @@ Example:
     /// Disable a Plugin: spec.enabled false (its pods stop, calls are refused).
     #[command(after_long_help = STATUS_EXIT_CODES)]
     Disable(status::PluginArgs),
+
+    /// Print a shell completion script: bash, zsh or fish.
+    #[command(long_about = "\
+Print a completion script for bash, zsh or fish on stdout.
+
+Examples:
+  source <(airlockctl completion bash)
+  airlockctl completion zsh > \"${fpath[1]}/_airlockctl\"
+  airlockctl completion fish > ~/.config/fish/completions/airlockctl.fish
+As a kubectl plugin, `kubectl-airlock completion bash` completes `kubectl-airlock`.")]
+    Completion(CompletionArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }
 
 /// Exit codes of status, why, enable and disable.
@@ -263,8 +295,8 @@ impl Error {
     }
 }
 
-/// Runs one command; the `Ok` text is its report for stdout.
-pub async fn run(cli: Cli) -> Result<String, Error> {
+/// Runs one command as `program`; the `Ok` text is its report for stdout.
+pub async fn run(cli: Cli, program: &str) -> Result<String, Error> {
     Ok(match cli.command {
         Command::Keygen(args) => keys::run(&args)?.to_string(),
         Command::Bundle(BundleArgs { command }) => match command {
@@ -280,7 +312,41 @@ pub async fn run(cli: Cli) -> Result<String, Error> {
         Command::Why(args) => status::why(&args).await?,
         Command::Enable(args) => status::switch(&args, true).await?,
         Command::Disable(args) => status::switch(&args, false).await?,
+        Command::Completion(args) => completion(args.shell, program),
     })
+}
+
+/// The completion script of `shell` for the binary `program` is run as.
+fn completion(shell: clap_complete::Shell, program: &str) -> String {
+    // A kubectl plugin's own binary is what a shell completes (kubectl-airlock); kubectl hands
+    // plugin completion to `kubectl_complete-<plugin>` programs, not to these scripts.
+    let bin = program.replace("kubectl ", "kubectl-");
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), &bin, &mut script);
+    String::from_utf8_lossy(&script).trim_end().to_string()
+}
+
+/// The whole program, as `program` (airlockctl, or kubectl airlock for the kubectl plugin):
+/// parse the command line, run the command, print its report or its error, and exit with the
+/// documented code.
+pub async fn main(program: &'static str) -> ExitCode {
+    let command = Cli::command().name(program).bin_name(program);
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli, program).await {
+        Ok(out) => {
+            // Not println!: it panics when the reader went away (`airlockctl ... | head -1`).
+            // The command did its work; a closed stdout is the reader's choice, not a failure.
+            let _ = writeln!(std::io::stdout(), "{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "{program}: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -292,5 +358,19 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completion_scripts_complete_the_commands_of_the_binary_run() {
+        let bash = completion(clap_complete::Shell::Bash, "airlockctl");
+        assert!(bash.contains("complete -F _airlockctl"), "{bash}");
+        for command in ["status", "why", "enable", "invoke", "completion"] {
+            assert!(bash.contains(command), "bash completes {command}");
+        }
+        let plugin = completion(clap_complete::Shell::Fish, "kubectl airlock");
+        assert!(
+            plugin.contains("complete -c kubectl-airlock"),
+            "the kubectl plugin's binary is completed: {plugin}"
+        );
     }
 }

@@ -7,22 +7,15 @@ use std::fmt::Write;
 
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde::Serialize;
 use serde_json::json;
 
-/// How a command prints what it found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// Lines for people.
-    #[default]
-    Table,
-    Json,
-    Yaml,
-}
+pub use crate::output::Output;
+use crate::output::{PrintError, print};
 
 #[derive(Args, Debug)]
 pub struct PluginArgs {
@@ -46,8 +39,8 @@ pub enum StatusError {
     NotFound { namespace: String, name: String },
     #[error("the API server refused: {0}")]
     Api(#[from] kube::Error),
-    #[error("printing: {0}")]
-    Print(String),
+    #[error(transparent)]
+    Print(#[from] PrintError),
 }
 
 impl StatusError {
@@ -307,19 +300,16 @@ pub fn enable_patch(plugin: &Plugin, now: &str) -> serde_json::Value {
 /// The Plugin and namespace PLUGIN names (NAMESPACE/NAME, or NAME in `namespace` or the
 /// kubeconfig's).
 async fn target(args: &PluginArgs) -> Result<(Client, String, String), StatusError> {
-    let config = kube::Config::infer()
+    let (client, default_namespace) = crate::kubeconfig::client()
         .await
-        .map_err(|e| StatusError::Config(e.to_string()))?;
+        .map_err(StatusError::Config)?;
     let (namespace, name) = match args.plugin.split_once('/') {
         Some((ns, name)) => (ns.to_string(), name.to_string()),
         None => (
-            args.namespace
-                .clone()
-                .unwrap_or_else(|| config.default_namespace.clone()),
+            args.namespace.clone().unwrap_or(default_namespace),
             args.plugin.clone(),
         ),
     };
-    let client = Client::try_from(config).map_err(|e| StatusError::Config(e.to_string()))?;
     Ok((client, namespace, name))
 }
 
@@ -342,22 +332,6 @@ async fn read(
         .map(|l| l.items)
         .unwrap_or_default();
     Ok((plugin, events))
-}
-
-fn print<T: Serialize>(
-    value: &T,
-    output: Output,
-    table: impl FnOnce(&T) -> String,
-) -> Result<String, StatusError> {
-    match output {
-        Output::Table => Ok(table(value)),
-        Output::Json => {
-            serde_json::to_string_pretty(value).map_err(|e| StatusError::Print(e.to_string()))
-        }
-        Output::Yaml => serde_yaml::to_string(value)
-            .map(|s| s.trim_end().to_string())
-            .map_err(|e| StatusError::Print(e.to_string())),
-    }
 }
 
 fn events_table(out: &mut String, title: &str, events: &[ShownEvent]) {
@@ -428,14 +402,22 @@ fn diagnosis_table(d: &Diagnosis) -> String {
 pub async fn status(args: &PluginArgs) -> Result<String, StatusError> {
     let (client, namespace, name) = target(args).await?;
     let (plugin, events) = read(&client, &namespace, &name).await?;
-    print(&summary(&plugin, &events), args.output, summary_table)
+    Ok(print(
+        &summary(&plugin, &events),
+        args.output,
+        summary_table,
+    )?)
 }
 
 /// `why`.
 pub async fn why(args: &PluginArgs) -> Result<String, StatusError> {
     let (client, namespace, name) = target(args).await?;
     let (plugin, events) = read(&client, &namespace, &name).await?;
-    print(&diagnose(&plugin, &events), args.output, diagnosis_table)
+    Ok(print(
+        &diagnose(&plugin, &events),
+        args.output,
+        diagnosis_table,
+    )?)
 }
 
 /// `enable` (`on`) or `disable`: a merge patch of the spec, then the Plugin as written.
@@ -456,9 +438,9 @@ pub async fn switch(args: &PluginArgs, on: bool) -> Result<String, StatusError> 
     } else {
         "disabled (its pods stop; calls are refused)"
     };
-    print(&summary(&written, &[]), args.output, |s| {
+    Ok(print(&summary(&written, &[]), args.output, |s| {
         format!("Plugin {}/{} {done}", s.namespace, s.name)
-    })
+    })?)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The real `airlockctl` binary against the cluster (issue 18): `status` and `why` of a Plugin
 //! read with a kubeconfig whose context names the namespace (no `-n`), `-o json` parsed here,
 //! `why` of an auto-disabled plugin naming the cause and the command that fixes it, `enable`
-//! bringing it back to Active, and exit code 5 for a Plugin that does not exist.
+//! bringing it back to Active, `invoke` and `plugins` reaching the router through a port-forward
+//! the binary opens itself (no --router, no `kubectl port-forward`), and exit code 5 for a Plugin
+//! that does not exist.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -55,20 +57,29 @@ fn kubeconfig_in(namespace: &str, dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs `airlockctl args...` with `kubeconfig`.
-fn run(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
+/// Runs `airlockctl args...` with `kubeconfig`, and `token` for the router in AIRLOCK_TOKEN
+/// (never on the command line). No router address: it must find the router itself.
+fn run_as(bin: &Path, kubeconfig: &Path, token: &str, args: &[&str]) -> Result<Output> {
     std::process::Command::new(bin)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
+        .env("AIRLOCK_TOKEN", token)
+        .env_remove("AIRLOCK_ROUTER")
+        .env_remove("AIRLOCK_ROUTER_SERVICE")
         .output()
         .with_context(|| format!("running airlockctl {}", args.join(" ")))
 }
 
-/// `airlockctl args... -o json`, which must succeed; its document.
-fn json_of(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Value> {
+/// Runs `airlockctl args...` with `kubeconfig` and no router token.
+fn run(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
+    run_as(bin, kubeconfig, "", args)
+}
+
+/// `airlockctl args... -o json` (with the router `token`), which must succeed; its document.
+fn json_as(bin: &Path, kubeconfig: &Path, token: &str, args: &[&str]) -> Result<Value> {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
-    let out = run(bin, kubeconfig, &all)?;
+    let out = run_as(bin, kubeconfig, token, &all)?;
     ensure!(
         out.status.success(),
         "airlockctl {} failed ({}): {}",
@@ -83,6 +94,11 @@ fn json_of(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Value> {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// `airlockctl args... -o json`, which must succeed; its document.
+fn json_of(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Value> {
+    json_as(bin, kubeconfig, "", args)
 }
 
 async fn scenario(f: &Fixture) -> Result<()> {
@@ -160,6 +176,47 @@ async fn scenario(f: &Fixture) -> Result<()> {
     })
     .await?;
     f.wait_serving(&[NAME], "transform").await?;
+
+    // invoke and plugins: no --router, no kubectl port-forward; the binary port-forwards to the
+    // router through the kubeconfig, calls as the fixture's caller, and -o json is one document.
+    let answer = json_as(
+        &bin,
+        &kubeconfig,
+        &f.token,
+        &[
+            "invoke",
+            NAME,
+            "transform",
+            "--payload",
+            r#"{"name":"cli"}"#,
+        ],
+    )?;
+    ensure!(
+        answer["output"]["greeting"] == "hello, cli"
+            && answer["plugin"] == format!("{}/{NAME}", f.ns()).as_str()
+            && answer["hook"] == "transform"
+            && answer["invocationId"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()),
+        "invoke -o json through the CLI's own port-forward: {answer}"
+    );
+    let listed = json_as(&bin, &kubeconfig, &f.token, &["plugins", "-n", f.ns()])?;
+    ensure!(
+        listed.as_array().is_some_and(|l| l
+            .iter()
+            .any(|p| p["plugin"] == format!("{}/{NAME}", f.ns()).as_str()
+                && p["hooks"][0]["name"] == "transform")),
+        "plugins -o json lists {NAME} with its transform hook: {listed}"
+    );
+    // Without a token the router refuses the caller: exit code 7, and the message says how.
+    let refused = run(&bin, &kubeconfig, &["invoke", NAME, "transform"])?;
+    ensure!(
+        refused.status.code() == Some(7)
+            && String::from_utf8_lossy(&refused.stderr).contains("UNAUTHENTICATED"),
+        "invoke without a token: {:?} {}",
+        refused.status.code(),
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     // A Plugin that does not exist: exit code 5, a message that says how to list them.
     let missing = run(&bin, &kubeconfig, &["status", "no-such-plugin"])?;
