@@ -2,7 +2,7 @@
 //! (what the caller may call through the router), as the ServiceAccount whose token they send.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use airlock_proto::router::v1::hook_router_client::HookRouterClient;
@@ -225,7 +225,8 @@ impl InvokeError {
     }
 }
 
-fn code_name(code: Code) -> String {
+/// The gRPC spelling of `code` (DEADLINE_EXCEEDED), as users search for it.
+pub fn code_name(code: Code) -> String {
     // "DeadlineExceeded" → the gRPC spelling users search for.
     let mut out = String::new();
     for (i, c) in format!("{code:?}").chars().enumerate() {
@@ -270,15 +271,17 @@ async fn connect(args: &RouterArgs) -> Result<RouterClient, InvokeError> {
     Ok(HookRouterClient::with_interceptor(channel, token))
 }
 
-fn read_payload(args: &InvokeArgs) -> Result<String, InvokeError> {
+/// The JSON payload of `--payload` (`-`: stdin) or `--payload-file` (`-`: stdin), `{}` without
+/// either; refused when it is not JSON.
+pub fn payload_of(payload: Option<&str>, file: Option<&Path>) -> Result<String, InvokeError> {
     let stdin = || -> std::io::Result<String> {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
         Ok(s)
     };
-    let payload = match (&args.payload, &args.payload_file) {
-        (Some(p), _) if p == "-" => stdin()?,
-        (Some(p), _) => p.clone(),
+    let payload = match (payload, file) {
+        (Some("-"), _) => stdin()?,
+        (Some(p), _) => p.to_string(),
         (None, Some(f)) if f.as_os_str() == "-" => stdin()?,
         (None, Some(f)) => std::fs::read_to_string(f)?,
         (None, None) => "{}".into(),
@@ -314,7 +317,7 @@ pub struct Answer {
 }
 
 pub async fn run(args: InvokeArgs) -> Result<String, InvokeError> {
-    let payload = read_payload(&args)?;
+    let payload = payload_of(args.payload.as_deref(), args.payload_file.as_deref())?;
     let namespace = match &args.namespace {
         Some(ns) => ns.clone(),
         None => crate::kubeconfig::namespace().await,

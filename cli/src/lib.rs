@@ -21,6 +21,7 @@ pub mod output;
 pub mod pack;
 pub mod reach;
 pub mod reference;
+pub mod run;
 pub mod signing;
 pub mod status;
 
@@ -191,6 +192,18 @@ Example:
     #[command(after_long_help = STATUS_EXIT_CODES)]
     Disable(status::PluginArgs),
 
+    /// Run a plugin on this machine, as its pod runs it, and call a hook or run its test cases.
+    #[command(
+        long_about = RUN_ABOUT,
+        after_long_help = "\
+Exit codes:
+  0  the call answered, or every test case passed
+  1  a test case failed (the report says which and why), or the plugin could not start
+  2  bad input: the plugin directory or bundle, --grant, --config, --storage or the cases file
+  3-7  the call failed, with invoke's exit codes (3 the plugin answered an error, 4 timeout, ...)"
+    )]
+    Run(run::RunArgs),
+
     /// Print a shell completion script: bash, zsh or fish.
     #[command(long_about = "\
 Print a completion script for bash, zsh or fish on stdout.
@@ -208,6 +221,46 @@ pub struct CompletionArgs {
     /// The shell.
     pub shell: clap_complete::Shell,
 }
+
+const RUN_ABOUT: &str = "\
+Run a plugin on this machine the way its pod runs it, then call one hook or run a file of test \
+cases: a plugin's tests without a cluster.
+
+The directory is packed and checked as `bundle pack` does (or a bundle file is checked as the \
+shim checks it); the shim starts the plugin in the pod's sandbox (its seccomp filter and limits, \
+where this kernel allows) and speaks the same stdio protocol. The plugin's host calls are \
+answered by the router's own host API, in this process: the permissions the manifest declares \
+(or only those --grant names) are enforced as in the cluster, with the cluster's limits; log \
+lines and emitted events are printed on stderr; storage is kept in memory, or in --storage FILE. \
+--config gives what Plugin.spec.config would hold, checked against the manifest's configSchema.
+
+The manifest's entryPoint is usually a path in the image (/hello): give the program on this \
+machine after `--`, e.g. `-- target/debug/hello`, `-- go run .` or `-- python3 plugin.py`.
+
+A test cases file (YAML or JSON):
+  config: {suffix: \"!\"}            # optional: the configuration for the run
+  storage: {seen: 3}                 # optional: storage at start (key: JSON value)
+  cases:                             # run in order; storage carries over
+    - name: greets by name
+      hook: transform
+      payload: {name: you}
+      expect:
+        output: {greeting: hello, you}          # equal as JSON
+    - name: refuses an empty name
+      hook: transform
+      payload: {name: \"\"}
+      expect:
+        error: {code: ABORTED, message: name}  # the code, and a part of the message
+    - name: counts
+      hook: onEvent
+      payload: {type: deploy}
+      expect:
+        storage: {count: 1}                     # these keys after the call (null: absent)
+        emitted: [{type: counted, payload: {n: 1}}]
+
+Examples:
+  airlockctl run examples/python-upper transform --payload '{\"text\":\"hi\"}' -- python3 -B plugin.py
+  cargo build -p hello && airlockctl run examples/hello --test examples/hello/cases.yaml -- target/debug/hello";
 
 /// Exit codes of status, why, enable and disable.
 const STATUS_EXIT_CODES: &str = "\
@@ -280,6 +333,8 @@ pub enum Error {
     Invoke(#[from] invoke::InvokeError),
     #[error(transparent)]
     Status(#[from] status::StatusError),
+    #[error(transparent)]
+    Run(#[from] run::RunError),
 }
 
 impl Error {
@@ -290,6 +345,7 @@ impl Error {
             Error::Verify(e) => e.exit_code(),
             Error::Invoke(e) => e.exit_code(),
             Error::Status(e) => e.exit_code(),
+            Error::Run(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -312,6 +368,7 @@ pub async fn run(cli: Cli, program: &str) -> Result<String, Error> {
         Command::Why(args) => status::why(&args).await?,
         Command::Enable(args) => status::switch(&args, true).await?,
         Command::Disable(args) => status::switch(&args, false).await?,
+        Command::Run(args) => run::run(args).await?,
         Command::Completion(args) => completion(args.shell, program),
     })
 }
@@ -329,7 +386,28 @@ fn completion(shell: clap_complete::Shell, program: &str) -> String {
 /// The whole program, as `program` (airlockctl, or kubectl airlock for the kubectl plugin):
 /// parse the command line, run the command, print its report or its error, and exit with the
 /// documented code.
-pub async fn main(program: &'static str) -> ExitCode {
+pub fn main(program: &'static str) -> ExitCode {
+    // `run` starts each plugin process behind this binary's `sandbox-exec`, as the shim does
+    // behind its own: handled first, with no async runtime and no threads, as in the shim.
+    if std::env::args().nth(1).as_deref() == Some(SANDBOX_EXEC) {
+        return airlock_plugin_shim::cli::main();
+    }
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(main_async(program)),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "{program}: cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The argument the shim starts a sandboxed plugin process with (`airlock-shim sandbox-exec`).
+const SANDBOX_EXEC: &str = "sandbox-exec";
+
+async fn main_async(program: &'static str) -> ExitCode {
     let command = Cli::command().name(program).bin_name(program);
     let cli = match Cli::from_arg_matches(&command.get_matches()) {
         Ok(cli) => cli,

@@ -25,6 +25,8 @@ use airlock_proto::host::v1::{
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tonic::client::GrpcService;
+use tonic::codegen::{Body, Bytes, StdError as BoxError};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 use tracing::{info, warn};
@@ -88,6 +90,34 @@ fn error(code: Code, message: String) -> CallError {
         code: code_name(code).to_string(),
         message,
     }
+}
+
+/// What the host API client can run over: a channel to the router ([`GrpcHost`]), or a host API
+/// service in this process ([`InProcessHost`]).
+pub trait HostTransport:
+    GrpcService<
+        tonic::body::Body,
+        Error: Into<BoxError>,
+        Future: Send,
+        ResponseBody: Body<Data = Bytes, Error: Into<BoxError> + Send> + Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> HostTransport for T where
+    T: GrpcService<
+            tonic::body::Body,
+            Error: Into<BoxError>,
+            Future: Send,
+            ResponseBody: Body<Data = Bytes, Error: Into<BoxError> + Send> + Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// A host call turned into its RPC's request.
@@ -220,7 +250,7 @@ impl HostRequest {
     }
 
     /// Makes the RPC; the result JSON of `sdk/PROTOCOL.md` or the call's failure.
-    async fn send(self, client: &mut HostClient<Channel>) -> Result<String, CallError> {
+    async fn send<T: HostTransport>(self, client: &mut HostClient<T>) -> Result<String, CallError> {
         let status = |s: Status| call_error(&s);
         match self {
             Self::Log(r) => Ok(log_result(
@@ -480,6 +510,42 @@ impl HostCalls for GrpcHost {
         Box::pin(async move {
             let request = HostRequest::of(invocation_id, &self.plugin_version, &call)?;
             request.send(&mut self.client()).await
+        })
+    }
+}
+
+/// [`HostCalls`] answered by a host API service in this process: the same requests and answers
+/// as over gRPC (each call encoded, served and decoded), with no socket. `kubectl airlock run`
+/// hands the router's own service for the one plugin it runs here, so an author's plugin gets
+/// the cluster's answers.
+pub struct InProcessHost<T> {
+    client: HostClient<T>,
+    plugin_version: String,
+}
+
+impl<T: HostTransport> InProcessHost<T> {
+    /// Calls go to `service`; storage writes say `plugin_version` wrote them.
+    pub fn new(service: T, plugin_version: &str) -> Self {
+        Self {
+            client: HostClient::new(service),
+            plugin_version: plugin_version.to_string(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for InProcessHost<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessHost")
+            .field("plugin_version", &self.plugin_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: HostTransport> HostCalls for InProcessHost<T> {
+    fn call<'a>(&'a self, invocation_id: &'a str, call: HostCallLine) -> CallFuture<'a> {
+        Box::pin(async move {
+            let request = HostRequest::of(invocation_id, &self.plugin_version, &call)?;
+            request.send(&mut self.client.clone()).await
         })
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod event;
 pub mod kube_storage;
+pub mod local;
 pub mod log;
 pub mod permission;
 pub mod rate;
@@ -31,7 +32,7 @@ pub use kube_storage::{KubeStorage, StorageBackend};
 /// RESOURCE_EXHAUSTED before any of it is read into a request.
 pub const MAX_HOST_MESSAGE_BYTES: usize = 256 * 1024;
 pub use permission::{Denied, HostCall};
-pub use service::HostService;
+pub use service::{AuditStream, HostService, RecordSink};
 
 /// Why a host call failed: everything a call can be refused for. The Display is the message the
 /// plugin gets; none of them contains a value or payload the plugin sent.

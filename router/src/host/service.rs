@@ -37,6 +37,30 @@ use crate::metrics::Metrics;
 use crate::table::Holder;
 use airlock_core::PluginKey;
 
+/// Where the service's audit records (of denied calls) and the events plugins emit go: the
+/// router's audit stream (stdout and the sink) in the cluster, the terminal and a test's
+/// expectations on an author's machine (`kubectl airlock run`).
+pub trait RecordSink: Send + Sync + std::fmt::Debug {
+    /// An audit record of the router (a denied call).
+    fn audit(&self, record: &serde_json::Value);
+    /// One event a plugin emitted, as the CloudEvent line of the plugins' events stream.
+    fn event(&self, line: String);
+}
+
+/// The router's audit stream: stdout, and the HTTP sink when one is configured.
+#[derive(Debug, Default)]
+pub struct AuditStream;
+
+impl RecordSink for AuditStream {
+    fn audit(&self, record: &serde_json::Value) {
+        crate::audit::emit(record);
+    }
+
+    fn event(&self, line: String) {
+        airlock_runtime::audit::publish(line);
+    }
+}
+
 /// The `airlock.host.v1.Host` service.
 #[derive(Debug)]
 pub struct HostService<C, S> {
@@ -49,6 +73,7 @@ pub struct HostService<C, S> {
     rates: Mutex<WriteRates>,
     metrics: Metrics,
     actor: String,
+    records: Arc<dyn RecordSink>,
 }
 
 impl<C, S> HostService<C, S> {
@@ -65,7 +90,13 @@ impl<C, S> HostService<C, S> {
                 "airlock-router/{}",
                 std::env::var("POD_NAME").unwrap_or_else(|_| "local".into())
             ),
+            records: Arc::new(AuditStream),
         }
+    }
+
+    /// This service with its audit records and the plugins' events going to `records`.
+    pub fn with_records(self, records: Arc<dyn RecordSink>) -> Self {
+        Self { records, ..self }
     }
 }
 
@@ -197,7 +228,7 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
                 &self.actor,
                 Timestamp::now(),
             );
-            crate::audit::emit(&record);
+            self.records.audit(&record);
             warn!(plugin = %plugin, call = call.as_str(), invocation = invocation_id, "host call denied");
             let error = HostError::Denied(denied);
             // Counted in status.health as `denied` (at most the call's rate of them, as above).
@@ -306,7 +337,38 @@ macro_rules! host_rpcs {
                 }
             )*
         }
+
+        #[tonic::async_trait]
+        impl<C: Caller, S: StorageBackend> Host for AsPlugin<C, S> {
+            $(
+                async fn $rpc(
+                    &self,
+                    request: Request<api::$request>,
+                ) -> Result<Response<api::$response>, Status> {
+                    self.service
+                        .call_as(self.plugin.clone(), request.into_inner())
+                        .await
+                        .map(Response::new)
+                }
+            )*
+        }
     };
+}
+
+/// The host API for one plugin fixed when it is made, with no certificate: every call is made as
+/// that plugin, with the same checks, rules and limits. It is never served on a socket: an
+/// author's `kubectl airlock run` hands it to the shim in-process
+/// ([`crate::host::local::LocalHost`]), so no other process can speak as the plugin.
+#[derive(Debug)]
+pub struct AsPlugin<C, S> {
+    service: Arc<HostService<C, S>>,
+    plugin: PluginKey,
+}
+
+impl<C, S> AsPlugin<C, S> {
+    pub fn new(service: Arc<HostService<C, S>>, plugin: PluginKey) -> Self {
+        Self { service, plugin }
+    }
 }
 
 host_rpcs! {
@@ -433,7 +495,7 @@ impl<C: Caller, S: StorageBackend> HostService<C, S> {
         // Embedded as sent (no re-encoding of numbers); check_event made sure it is JSON.
         let payload = serde_json::value::RawValue::from_string(ev.payload_json.clone())
             .map_err(|e| Status::invalid_argument(format!("payload_json: {e}")))?;
-        airlock_runtime::audit::publish(airlock_runtime::audit::plugin_event(
+        self.records.event(airlock_runtime::audit::plugin_event(
             &plugin.namespace,
             &plugin.name,
             &call.holder.uid,
