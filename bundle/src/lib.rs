@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod oci;
 #[cfg(feature = "pack")]
 pub mod pack;
+pub mod schema;
 pub mod signing;
 
 pub use archive::{

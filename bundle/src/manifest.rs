@@ -188,7 +188,8 @@ pub enum ManifestError {
     },
 }
 
-const FIELDS: &[&str] = &[
+/// The fields of `plugin.yaml`, in the order the documentation lists them.
+pub const FIELDS: &[&str] = &[
     "name",
     "version",
     "apiVersion",
