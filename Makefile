@@ -79,6 +79,9 @@ docs-links: ## every relative link (and #anchor) of docs/ and the top-level Mark
 
 unit: ## unit tests (no cluster)
 	cargo test --workspace --locked --exclude airlock-e2e
+	@# The Go and Python SDKs' own tests (their conformance with the real shim is cli/tests/new.rs).
+	cd sdk/go && GOTOOLCHAIN=local GOFLAGS=-mod=mod go vet ./... && GOTOOLCHAIN=local GOFLAGS=-mod=mod go test ./...
+	python3 -m unittest discover -s sdk/python
 	@# The e2e crate's own unit tests (artifacts, waits, bench reports) need no cluster either.
 	cargo test --locked -p airlock-e2e --lib --bins
 

@@ -16,6 +16,7 @@ pub mod files;
 pub mod invoke;
 pub mod keys;
 pub mod kubeconfig;
+pub mod new;
 pub mod oci;
 pub mod output;
 pub mod pack;
@@ -192,6 +193,20 @@ Example:
     #[command(after_long_help = STATUS_EXIT_CODES)]
     Disable(status::PluginArgs),
 
+    /// Make a plugin skeleton in Rust, Go or Python: code, manifest, test cases, image recipe.
+    #[command(long_about = "\
+Make a plugin skeleton in Rust, Go or Python: the plugin (a transform hook and an onEvent hook \
+that uses storage, events and the log), its plugin.yaml (with the JSON Schema editors validate \
+it against), test cases that `run --test` passes, a Containerfile for its image and a README \
+with the signed-bundle recipe. The SDK of this Airlock is copied in (standard library only for \
+Go and Python; serde_json for Rust), so the skeleton builds offline.
+
+Examples:
+  airlockctl new --lang python greeter && cd greeter && airlockctl run bundle --test cases.yaml
+  airlockctl new --lang go greeter && cd greeter && go build -o greeter . && \
+    airlockctl run bundle --test cases.yaml -- ./greeter")]
+    New(new::NewArgs),
+
     /// Run a plugin on this machine, as its pod runs it, and call a hook or run its test cases.
     #[command(
         long_about = RUN_ABOUT,
@@ -335,6 +350,8 @@ pub enum Error {
     Status(#[from] status::StatusError),
     #[error(transparent)]
     Run(#[from] run::RunError),
+    #[error(transparent)]
+    New(#[from] new::NewError),
 }
 
 impl Error {
@@ -369,6 +386,7 @@ pub async fn run(cli: Cli, program: &str) -> Result<String, Error> {
         Command::Enable(args) => status::switch(&args, true).await?,
         Command::Disable(args) => status::switch(&args, false).await?,
         Command::Run(args) => run::run(args).await?,
+        Command::New(args) => new::run(&args)?.to_string(),
         Command::Completion(args) => completion(args.shell, program),
     })
 }

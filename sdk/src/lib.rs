@@ -76,25 +76,6 @@ pub const NAME: &str = "airlock-sdk";
 /// This SDK's version, for `plugin.yaml`'s `sdk.version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-#[cfg(test)]
-mod manifest_tests {
-    /// The Rust sample's signed manifest names this SDK at this version: bumping the SDK without
-    /// its sample's `sdk:` line would ship a sample that says it was built with another.
-    #[test]
-    fn the_rust_sample_names_this_sdk_and_version() {
-        let manifest = include_str!("../../examples/event-logger/plugin.yaml");
-        let line = format!(
-            "\nsdk: {{name: {}, version: {}}}\n",
-            super::NAME,
-            super::VERSION
-        );
-        assert!(
-            manifest.contains(&line),
-            "{line:?} in examples/event-logger/plugin.yaml"
-        );
-    }
-}
-
 /// Answers requests from the shim until it closes stdin, calling `handler` for each one.
 ///
 /// An `Err(message)` from the handler becomes an error answer with that message (the caller

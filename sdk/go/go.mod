@@ -1,0 +1,3 @@
+module airlock.dev/sdk
+
+go 1.22
