@@ -8,6 +8,29 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::artifacts::{IMAGE_USER, Image};
+
+/// Pushes `image` (its one layer, run as [`IMAGE_USER`], with the layer's entry point) and
+/// returns its reference by digest.
+pub fn push(image: &Image) -> Result<String> {
+    let layer = tempfile::NamedTempFile::new().context("creating the layer file")?;
+    std::fs::write(layer.path(), image.layer.tar()?)
+        .with_context(|| format!("writing the layer of {}", image.reference))?;
+    let layer_path = layer.path().to_string_lossy().into_owned();
+    crane(&["append", "-f", &layer_path, "-t", &image.reference])
+        .with_context(|| format!("pushing {}", image.reference))?;
+    let mut mutate = vec!["mutate".to_string(), format!("--user={IMAGE_USER}")];
+    if let Some(entrypoint) = image.layer.entrypoint() {
+        mutate.push(format!("--entrypoint={entrypoint}"));
+    }
+    mutate.push(image.reference.clone());
+    crane(&mutate.iter().map(String::as_str).collect::<Vec<_>>())
+        .with_context(|| format!("configuring {}", image.reference))?;
+    let digest = crane(&["digest", &image.reference])?;
+    let repository = strip_tag(&image.reference);
+    Ok(format!("{repository}@{digest}"))
+}
+
 /// The registry the local cluster's containerd pulls from (plain HTTP on the node address).
 pub const LOCAL_REGISTRY: &str = "198.19.255.1:5000";
 

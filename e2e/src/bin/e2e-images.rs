@@ -10,9 +10,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use airlock_e2e::artifacts::{
-    Bundle, IMAGE_PACKAGES, IMAGE_USER, Image, ImagesEnv, Layer, MUSL_TARGET, Sample,
+    Bundle, IMAGE_PACKAGES, Image, ImagesEnv, Layer, MUSL_TARGET, Sample,
 };
-use airlock_e2e::images::{crane, registry};
+use airlock_e2e::images::{push, registry};
 use airlock_e2e::install::workspace;
 use anyhow::{Context, Result, bail};
 
@@ -72,26 +72,9 @@ impl Tool {
 
     /// Pushes `image` and returns its reference by digest.
     fn push(&self, image: &Image) -> Result<String> {
-        let layer = tempfile::NamedTempFile::new().context("creating the layer file")?;
-        std::fs::write(layer.path(), image.layer.tar()?)
-            .with_context(|| format!("writing the layer of {}", image.reference))?;
-        let layer_path = layer.path().to_string_lossy().into_owned();
-        crane(&["append", "-f", &layer_path, "-t", &image.reference])
-            .with_context(|| format!("pushing {}", image.reference))?;
-        let mut mutate = vec!["mutate".to_string(), format!("--user={IMAGE_USER}")];
-        if let Some(entrypoint) = image.layer.entrypoint() {
-            mutate.push(format!("--entrypoint={entrypoint}"));
-        }
-        mutate.push(image.reference.clone());
-        crane(&mutate.iter().map(String::as_str).collect::<Vec<_>>())
-            .with_context(|| format!("configuring {}", image.reference))?;
-        let digest = crane(&["digest", &image.reference])?;
-        self.log(&format!("pushed {} ({digest})", image.reference));
-        let repository = image
-            .reference
-            .rsplit_once(':')
-            .map_or(image.reference.as_str(), |(repo, _tag)| repo);
-        Ok(format!("{repository}@{digest}"))
+        let pushed = push(image)?;
+        self.log(&format!("pushed {pushed}"));
+        Ok(pushed)
     }
 
     /// Packs `bundle` into `target/e2e` and returns its path.
