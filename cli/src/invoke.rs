@@ -252,7 +252,7 @@ pub fn causes(error: &dyn std::error::Error) -> String {
 }
 
 /// A client of the router at --router, or through a port-forward to --router-service.
-async fn connect(args: &RouterArgs) -> Result<RouterClient, InvokeError> {
+pub(crate) async fn connect(args: &RouterArgs) -> Result<RouterClient, InvokeError> {
     let token = BearerToken::of(args)?;
     let channel = match &args.router {
         Some(address) => {
@@ -412,7 +412,7 @@ fn plugins_table(listed: &[Listed]) -> String {
     if listed.is_empty() {
         return "no active plugins".into();
     }
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "PLUGIN".to_string(),
         "VERSION".into(),
         "BREAKER".into(),
@@ -429,7 +429,7 @@ fn plugins_table(listed: &[Listed]) -> String {
                 )
             })
             .collect();
-        rows.push([
+        rows.push(vec![
             p.plugin.clone(),
             p.version.clone(),
             p.breaker.clone(),
@@ -439,17 +439,23 @@ fn plugins_table(listed: &[Listed]) -> String {
     table(&rows)
 }
 
-/// Left-aligned columns, two spaces apart.
-fn table(rows: &[[String; 4]]) -> String {
-    let widths: Vec<usize> = (0..4)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+/// Left-aligned columns, two spaces apart; the last column is not padded.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     rows.iter()
         .map(|r| {
             r.iter()
                 .enumerate()
                 .map(|(i, c)| {
-                    if i == 3 {
+                    if i + 1 == r.len() {
                         c.clone()
                     } else {
                         format!("{c:<w$}", w = widths[i])
@@ -548,13 +554,13 @@ mod tests {
     #[test]
     fn the_listing_is_aligned() {
         let rows = [
-            [
+            vec![
                 "PLUGIN".to_string(),
                 "V".into(),
                 "BREAKER".into(),
                 "HOOKS".into(),
             ],
-            [
+            vec![
                 "a/longer".to_string(),
                 "1.0.0".into(),
                 "closed".into(),

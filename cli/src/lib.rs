@@ -12,6 +12,7 @@
 //! Each command returns a report whose `Display` is what the user sees; [`Error::exit_code`] is
 //! the one place errors become exit codes.
 
+pub mod fanout;
 pub mod files;
 pub mod invoke;
 pub mod keys;
@@ -143,6 +144,34 @@ Exit codes:
 grants the call (PERMISSION_DENIED), or the token file is unreadable"
     )]
     Invoke(invoke::InvokeArgs),
+
+    /// Send one event to every plugin of a namespace that declares the hook (default onEvent).
+    #[command(
+        long_about = "\
+Send one event through the router to every plugin of a namespace that declares the hook \
+(default onEvent) and that the caller may call, and print what each did: its code, time, \
+failure policy and output or error. Reached and authenticated as `invoke` is.
+
+Example:
+  airlockctl broadcast -n team-a --payload '{\"type\":\"deploy\"}'",
+        after_long_help = "\
+Exit codes: as `invoke`; 3 when a plugin whose failurePolicy is Fail did not answer OK (the \
+results are printed first)."
+    )]
+    Broadcast(fanout::BroadcastArgs),
+
+    /// Run a JSON document through a namespace's transform pipeline and print the result.
+    #[command(
+        long_about = "\
+Run a JSON document through the transform pipeline of a namespace (every plugin with a \
+transform hook the caller may call, by priority) and print the final document; the steps go to \
+stderr, or into the one document -o json|yaml prints. Reached and authenticated as `invoke` is.
+
+Example:
+  echo '{\"text\":\"hi\"}' | airlockctl transform -n team-a --payload -",
+        after_long_help = "Exit codes: as `invoke`."
+    )]
+    Transform(fanout::TransformArgs),
 
     /// List the plugins the caller may call through the router, their hooks and circuit breakers
     /// (authenticated like `invoke`: --token-file or AIRLOCK_TOKEN).
@@ -381,6 +410,8 @@ pub async fn run(cli: Cli, program: &str) -> Result<String, Error> {
         Command::Verify(args) => signing::verify(&args)?.to_string(),
         Command::Invoke(args) => invoke::run(args).await?,
         Command::Plugins(args) => invoke::plugins(args).await?,
+        Command::Broadcast(args) => fanout::broadcast(args).await?,
+        Command::Transform(args) => fanout::transform(args).await?,
         Command::Status(args) => status::status(&args).await?,
         Command::Why(args) => status::why(&args).await?,
         Command::Enable(args) => status::switch(&args, true).await?,

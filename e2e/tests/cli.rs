@@ -1,8 +1,9 @@
 //! The real `airlockctl` binary against the cluster (issue 18): `status` and `why` of a Plugin
 //! read with a kubeconfig whose context names the namespace (no `-n`), `-o json` parsed here,
 //! `why` of an auto-disabled plugin naming the cause and the command that fixes it, `enable`
-//! bringing it back to Active, `invoke` and `plugins` reaching the router through a port-forward
-//! the binary opens itself (no --router, no `kubectl port-forward`), and exit code 5 for a Plugin
+//! bringing it back to Active, `invoke`, `transform`, `broadcast` and `plugins` reaching the
+//! router through a port-forward the binary opens itself (no --router, no `kubectl
+//! port-forward`), and exit code 5 for a Plugin
 //! that does not exist.
 
 use std::path::{Path, PathBuf};
@@ -207,6 +208,43 @@ async fn scenario(f: &Fixture) -> Result<()> {
             .any(|p| p["plugin"] == format!("{}/{NAME}", f.ns()).as_str()
                 && p["hooks"][0]["name"] == "transform")),
         "plugins -o json lists {NAME} with its transform hook: {listed}"
+    );
+    // transform and broadcast: the router's other modes, one document each with -o json.
+    let piped = json_as(
+        &bin,
+        &kubeconfig,
+        &f.token,
+        &[
+            "transform",
+            "-n",
+            f.ns(),
+            "--payload",
+            r#"{"name":"pipeline"}"#,
+        ],
+    )?;
+    ensure!(
+        piped["output"]["greeting"] == "hello, pipeline"
+            && piped["steps"][0]["plugin"] == format!("{}/{NAME}", f.ns()).as_str()
+            && piped["steps"][0]["code"] == "OK",
+        "transform -o json: {piped}"
+    );
+    let sent = json_as(
+        &bin,
+        &kubeconfig,
+        &f.token,
+        &[
+            "broadcast",
+            "--hook",
+            "transform",
+            "-n",
+            f.ns(),
+            "--payload",
+            r#"{"name":"all"}"#,
+        ],
+    )?;
+    ensure!(
+        sent["failed"] == false && sent["results"][0]["output"]["greeting"] == "hello, all",
+        "broadcast -o json: {sent}"
     );
     // Without a token the router refuses the caller: exit code 7, and the message says how.
     let refused = run(&bin, &kubeconfig, &["invoke", NAME, "transform"])?;
