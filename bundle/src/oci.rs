@@ -53,6 +53,38 @@ pub const OCI_EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// Content of the OCI empty descriptor.
 pub const OCI_EMPTY_CONTENT: &[u8] = b"{}";
 
+/// What an Airlock artifact holds: its `artifactType`, the media type of layer 0 (its content)
+/// and of layer 1 (the content's detached ed25519 signature, when there is one). Bundles and
+/// catalog indexes are both such artifacts, read and written by the same code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kind {
+    /// What it is, for messages: "bundle", "catalog index".
+    pub name: &'static str,
+    pub artifact_type: &'static str,
+    pub content: &'static str,
+    pub signature: &'static str,
+    /// The command that pushes one, for messages.
+    pub pushed_by: &'static str,
+}
+
+/// A plugin bundle.
+pub const BUNDLE: Kind = Kind {
+    name: "bundle",
+    artifact_type: OCI_ARTIFACT_TYPE,
+    content: OCI_BUNDLE_MEDIA_TYPE,
+    signature: OCI_SIGNATURE_MEDIA_TYPE,
+    pushed_by: "airlockctl bundle push",
+};
+
+/// A catalog index of signed plugins (`airlockctl catalog publish`).
+pub const CATALOG: Kind = Kind {
+    name: "catalog index",
+    artifact_type: "application/vnd.airlock.catalog.v1",
+    content: "application/vnd.airlock.catalog.v1+json",
+    signature: "application/vnd.airlock.catalog.signature.v1",
+    pushed_by: "airlockctl catalog publish",
+};
+
 /// A signature is 88 base64 characters and a newline; anything much larger is not one. The same
 /// limit as a signature next to an HTTP or ConfigMap bundle.
 pub const MAX_SIGNATURE_BYTES: u64 = 4096;
@@ -83,10 +115,17 @@ pub enum OciError {
         timeout: Duration,
     },
     #[error(
-        "{reference} is not an Airlock bundle (artifactType {found}, expected {OCI_ARTIFACT_TYPE}); push bundles with `airlockctl bundle push`"
+        "{reference} is not an Airlock {} (artifactType {found}, expected {}); push one with `{}`",
+        kind.name, kind.artifact_type, kind.pushed_by
     )]
-    NotABundle { reference: String, found: String },
-    #[error("{reference}: {problem}; push it again with `airlockctl bundle push`")]
+    NotABundle {
+        reference: String,
+        found: String,
+        kind: &'static Kind,
+    },
+    #[error(
+        "{reference}: {problem}; push it again with `airlockctl bundle push` (a catalog index: `airlockctl catalog publish`)"
+    )]
     Malformed { reference: String, problem: String },
     #[error("{reference}: the {what} layer {digest} is {size} bytes, over the limit of {limit}")]
     TooLarge {
@@ -97,7 +136,7 @@ pub enum OciError {
         limit: u64,
     },
     #[error(
-        "{reference}: layer {digest} is not what its digest says ({problem}); the artifact was changed or corrupted: push it again with `airlockctl bundle push`"
+        "{reference}: layer {digest} is not what its digest says ({problem}); the artifact was changed or corrupted: push it again"
     )]
     DigestMismatch {
         reference: String,
@@ -126,6 +165,26 @@ impl OciError {
     /// Did the registry refuse access (401/403, or a token it would not give)?
     pub fn is_unauthorized(&self) -> bool {
         matches!(self, OciError::Registry { source, .. } if is_unauthorized(source))
+    }
+
+    /// Does the registry have no such repository or tag (a catalog index not published yet)?
+    pub fn is_not_found(&self) -> bool {
+        use OciDistributionError as E;
+        match self {
+            OciError::Registry { source, .. } => match source {
+                E::ImageManifestNotFoundError(_) => true,
+                E::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        oci_client::errors::OciErrorCode::ManifestUnknown
+                            | oci_client::errors::OciErrorCode::NameUnknown
+                    )
+                }),
+                E::ServerError { code, .. } => *code == 404,
+                _ => false,
+            },
+            _ => false,
+        }
     }
 }
 
@@ -231,22 +290,31 @@ impl fmt::Debug for Artifact {
 /// Builds the artifact of `bundle` and its optional `signature` text. Pure; the manifest is
 /// serialised here, once, so the printed digest is the digest of the bytes sent.
 pub fn artifact(bundle: &[u8], signature: Option<&str>) -> Result<Artifact, serde_json::Error> {
+    artifact_of(&BUNDLE, bundle, signature)
+}
+
+/// [`artifact`] of any [`Kind`]: `content` and its optional `signature` text.
+pub fn artifact_of(
+    kind: &Kind,
+    content: &[u8],
+    signature: Option<&str>,
+) -> Result<Artifact, serde_json::Error> {
     let config = Config::new(OCI_EMPTY_CONTENT, OCI_EMPTY_MEDIA_TYPE.to_string(), None);
     let mut layers = vec![ImageLayer::new(
-        bundle.to_vec(),
-        OCI_BUNDLE_MEDIA_TYPE.to_string(),
+        content.to_vec(),
+        kind.content.to_string(),
         None,
     )];
     if let Some(signature) = signature {
         layers.push(ImageLayer::new(
             signature.as_bytes().to_vec(),
-            OCI_SIGNATURE_MEDIA_TYPE.to_string(),
+            kind.signature.to_string(),
             None,
         ));
     }
     let mut manifest = OciImageManifest::build(&layers, &config, None);
     manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
-    manifest.artifact_type = Some(OCI_ARTIFACT_TYPE.to_string());
+    manifest.artifact_type = Some(kind.artifact_type.to_string());
     let manifest_json = serde_json::to_vec(&manifest)?;
     let manifest_digest = digest(&manifest_json);
     Ok(Artifact {
@@ -303,9 +371,10 @@ pub async fn push(
     Ok(artifact.manifest_digest.clone())
 }
 
-/// A bundle read from its artifact: both layers digest-checked.
+/// A bundle (or another [`Kind`]'s content) read from its artifact: both layers digest-checked.
 #[derive(Debug)]
 pub struct Pulled {
+    /// The content: the bundle, or the catalog index.
     pub bundle: Vec<u8>,
     /// The signature layer's text, if the artifact has one.
     pub signature: Option<String>,
@@ -318,6 +387,18 @@ pub struct Pulled {
 /// that does not match its digest. Each registry request must answer within `timeout`. Every
 /// read is capped ([`BoundedReader`]): the registry may be a stranger's.
 pub async fn pull(
+    reader: &BoundedReader,
+    reference: &Reference,
+    auth: &RegistryAuth,
+    max_bytes: u64,
+    timeout: Duration,
+) -> Result<Pulled, OciError> {
+    pull_of(&BUNDLE, reader, reference, auth, max_bytes, timeout).await
+}
+
+/// [`pull`] of any [`Kind`].
+pub async fn pull_of(
+    kind: &'static Kind,
     reader: &BoundedReader,
     reference: &Reference,
     auth: &RegistryAuth,
@@ -351,14 +432,15 @@ pub async fn pull(
         return Err(OciError::NotABundle {
             reference: shown,
             found: "(an image index)".to_string(),
+            kind,
         });
     };
-    let (bundle_layer, signature_layer) = bundle_layers(&shown, &manifest)?;
+    let (bundle_layer, signature_layer) = layers_of(kind, &shown, &manifest)?;
     let bundle = download(
         reader,
         (reference, auth),
         bundle_layer,
-        ("bundle", max_bytes),
+        (kind.name, max_bytes),
         timeout,
     )
     .await?;
@@ -404,11 +486,21 @@ pub fn bundle_layers<'m>(
     reference: &str,
     manifest: &'m OciImageManifest,
 ) -> Result<(&'m OciDescriptor, Option<&'m OciDescriptor>), OciError> {
+    layers_of(&BUNDLE, reference, manifest)
+}
+
+/// [`bundle_layers`] of any [`Kind`]: its content and signature layers.
+pub fn layers_of<'m>(
+    kind: &'static Kind,
+    reference: &str,
+    manifest: &'m OciImageManifest,
+) -> Result<(&'m OciDescriptor, Option<&'m OciDescriptor>), OciError> {
     let found = manifest.artifact_type.as_deref().unwrap_or("(none)");
-    if found != OCI_ARTIFACT_TYPE {
+    if found != kind.artifact_type {
         return Err(OciError::NotABundle {
             reference: reference.to_string(),
             found: found.to_string(),
+            kind,
         });
     }
     let malformed = |problem: String| OciError::Malformed {
@@ -420,24 +512,25 @@ pub fn bundle_layers<'m>(
         [b, s] => (b, Some(s)),
         other => {
             return Err(malformed(format!(
-                "the artifact has {} layers; a bundle artifact has the bundle and optionally its \
+                "the artifact has {} layers; a {} artifact has the content and optionally its \
                  signature",
-                other.len()
+                other.len(),
+                kind.name
             )));
         }
     };
-    if bundle_layer.media_type != OCI_BUNDLE_MEDIA_TYPE {
+    if bundle_layer.media_type != kind.content {
         return Err(malformed(format!(
-            "layer 0 has media type {}, expected {OCI_BUNDLE_MEDIA_TYPE}",
-            bundle_layer.media_type
+            "layer 0 has media type {}, expected {}",
+            bundle_layer.media_type, kind.content
         )));
     }
     if let Some(s) = signature_layer
-        && s.media_type != OCI_SIGNATURE_MEDIA_TYPE
+        && s.media_type != kind.signature
     {
         return Err(malformed(format!(
-            "layer 1 has media type {}, expected {OCI_SIGNATURE_MEDIA_TYPE}",
-            s.media_type
+            "layer 1 has media type {}, expected {}",
+            s.media_type, kind.signature
         )));
     }
     Ok((bundle_layer, signature_layer))

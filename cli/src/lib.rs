@@ -12,6 +12,7 @@
 //! Each command returns a report whose `Display` is what the user sees; [`Error::exit_code`] is
 //! the one place errors become exit codes.
 
+pub mod catalog;
 pub mod fanout;
 pub mod files;
 pub mod invoke;
@@ -222,6 +223,34 @@ Example:
     #[command(after_long_help = STATUS_EXIT_CODES)]
     Disable(status::PluginArgs),
 
+    /// Signed plugins from the catalogs the cluster trusts: publish, search, show, install, upgrade.
+    #[command(
+        long_about = "\
+Signed plugins from catalogs. A catalog is an index of plugin versions (image and bundle pinned \
+by digest, hooks, permissions, the key that signed the bundle) published as a signed OCI \
+artifact; the cluster's PluginCatalog objects name the indexes to read and the keys they must \
+be signed with. An index that does not verify is refused; an entry is installed only after its \
+bundle, pulled by digest, verifies under the key the entry names. install and upgrade write a \
+Plugin pinned by digest (label airlock.dev/catalog), which the operator verifies against the \
+PluginTrustPolicy as any other. upgrade keeps the Plugin's hook settings and grants no \
+permission the Plugin did not approve.
+
+Examples:
+  airlockctl catalog publish --index registry.example.com/catalogs/acme:stable \\
+    --bundle registry.example.com/plugins/hello:1.0.0@sha256:... --image registry.example.com/hello@sha256:... \\
+    --key ~/.airlock/acme.key --key-name acme --description 'greets'
+  airlockctl catalog search
+  airlockctl catalog install hello@1.0.0 -n team-a
+  airlockctl catalog upgrade hello -n team-a",
+        after_long_help = "\
+Exit codes:
+  0  done
+  1  refused (an index or entry whose signature does not verify), or a registry or API failure
+  2  bad input (NAME@VERSION, an image not pinned by digest)
+  5  no such catalog, plugin or Plugin"
+    )]
+    Catalog(catalog::CatalogArgs),
+
     /// Make a plugin skeleton in Rust, Go or Python: code, manifest, test cases, image recipe.
     #[command(long_about = "\
 Make a plugin skeleton in Rust, Go or Python: the plugin (a transform hook and an onEvent hook \
@@ -381,6 +410,8 @@ pub enum Error {
     Run(#[from] run::RunError),
     #[error(transparent)]
     New(#[from] new::NewError),
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
 }
 
 impl Error {
@@ -392,6 +423,7 @@ impl Error {
             Error::Invoke(e) => e.exit_code(),
             Error::Status(e) => e.exit_code(),
             Error::Run(e) => e.exit_code(),
+            Error::Catalog(e) => e.exit_code(),
             _ => 1,
         }
     }
@@ -418,6 +450,7 @@ pub async fn run(cli: Cli, program: &str) -> Result<String, Error> {
         Command::Disable(args) => status::switch(&args, false).await?,
         Command::Run(args) => run::run(args).await?,
         Command::New(args) => new::run(&args)?.to_string(),
+        Command::Catalog(args) => catalog::run(&args).await?,
         Command::Completion(args) => completion(args.shell, program),
     })
 }

@@ -276,6 +276,49 @@ pub async fn pull(args: &PullArgs) -> Result<PullReport, OciError> {
     })
 }
 
+/// Pulls an artifact of `kind` at `reference` with the docker config's credentials: its content
+/// (at most `max_bytes`), its signature if any, and the reference pinned by digest. `None` when
+/// the registry has no such repository or tag.
+pub async fn pull_kind(
+    kind: &'static oci::Kind,
+    reference: &str,
+    registry: &RegistryArgs,
+    max_bytes: u64,
+) -> Result<Option<(oci::Pulled, String)>, OciError> {
+    let parsed = oci::parse_reference(reference)?;
+    let reader = oci::BoundedReader::new(registry.insecure.clone())
+        .map_err(|e| OciError::Client(e.to_string()))?;
+    let auth = registry_auth(parsed.registry())?;
+    match oci::pull_of(kind, &reader, &parsed, &auth, max_bytes, REQUEST_TIMEOUT).await {
+        Ok(pulled) => {
+            let pinned = oci::pinned(&parsed, &pulled.manifest_digest);
+            Ok(Some((pulled, pinned)))
+        }
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Pushes `content` and its `signature` as an artifact of `kind` to `reference` (a tag); the
+/// reference pinned by digest.
+pub async fn push_kind(
+    kind: &oci::Kind,
+    reference: &str,
+    registry: &RegistryArgs,
+    content: &[u8],
+    signature: &str,
+) -> Result<String, OciError> {
+    let parsed = oci::parse_reference(reference)?;
+    if parsed.digest().is_some() {
+        return Err(OciError::PushToDigest(reference.to_string()));
+    }
+    let artifact = oci::artifact_of(kind, content, Some(signature)).map_err(OciError::Manifest)?;
+    let client = oci::client(registry.insecure.clone());
+    let auth = registry_auth(parsed.registry())?;
+    let digest = oci::push(&client, &parsed, &auth, &artifact).await?;
+    Ok(oci::pinned(&parsed, &digest))
+}
+
 /// Where the docker config is: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
 fn docker_config_path() -> Option<PathBuf> {
     let dir = match std::env::var_os("DOCKER_CONFIG") {

@@ -5,7 +5,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use sha2::{Digest, Sha256};
 
-use crate::{Plugin, PluginCallerBinding, PluginStorage, PluginTrustPolicy};
+use crate::{Plugin, PluginCallerBinding, PluginCatalog, PluginStorage, PluginTrustPolicy};
 
 /// Directory of the generated CRDs, relative to the workspace root.
 pub const CHART_CRD_DIR: &str = "charts/airlock/crds";
@@ -14,7 +14,7 @@ pub const CHART_CRD_DIR: &str = "charts/airlock/crds";
 /// write a changed schema under the revision [`SCHEMA_LOCK`] holds. The operator upgrades the
 /// cluster's CRDs to this revision at start and leaves alone one marked with a higher revision
 /// (a newer Airlock, rolled back: its fields must not be pruned).
-pub const SCHEMA_REVISION: u32 = 19;
+pub const SCHEMA_REVISION: u32 = 21;
 
 /// The annotation on each CRD that carries [`SCHEMA_REVISION`].
 pub const SCHEMA_REVISION_ANNOTATION: &str = "airlock.dev/schema-revision";
@@ -31,7 +31,7 @@ const HEADER: &str =
 pub const NEXT_API_VERSION: &str = "v1beta1";
 
 /// Every Airlock CRD as generated from the Rust types, without the revision mark.
-fn unmarked() -> [(&'static str, CustomResourceDefinition); 4] {
+fn unmarked() -> [(&'static str, CustomResourceDefinition); 5] {
     [
         (
             "plugins.airlock.dev.yaml",
@@ -46,6 +46,7 @@ fn unmarked() -> [(&'static str, CustomResourceDefinition); 4] {
             "plugincallerbindings.airlock.dev.yaml",
             PluginCallerBinding::crd(),
         ),
+        ("plugincatalogs.airlock.dev.yaml", PluginCatalog::crd()),
     ]
     .map(|(file, crd)| (file, with_next_version(crd)))
 }

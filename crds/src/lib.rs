@@ -10,6 +10,7 @@ pub const API_GROUP: &str = "airlock.dev";
 pub const API_VERSION: &str = "v1alpha1";
 
 pub mod caller_binding;
+pub mod catalog;
 pub mod generate;
 pub mod plugin;
 pub mod reference;
@@ -18,6 +19,7 @@ pub mod trust_policy;
 
 pub use airlock_core::{Hook, Permission};
 pub use caller_binding::{CallerSubject, PluginCallerBinding, PluginCallerBindingSpec};
+pub use catalog::{CatalogKey, PluginCatalog, PluginCatalogSpec};
 pub use plugin::{Plugin, PluginSpec, PluginStatus};
 pub use storage::{PluginStorage, PluginStorageSpec, PluginStorageStatus};
 pub use trust_policy::{PluginTrustPolicy, PluginTrustPolicySpec, TrustLevel};

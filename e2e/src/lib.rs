@@ -8,6 +8,7 @@
 pub mod argocd;
 pub mod artifacts;
 pub mod callers;
+pub mod cli;
 pub mod crds;
 pub mod floors;
 pub mod flux;

@@ -13,7 +13,7 @@ use airlock_crds::Plugin;
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-use airlock_e2e::install::workspace;
+use airlock_e2e::cli::airlockctl;
 use airlock_e2e::plugins::{active, auto_disable, wait_plugin};
 use airlock_e2e::router::{Fixture, in_fixture};
 
@@ -22,21 +22,6 @@ const NAME: &str = "hello";
 #[tokio::test]
 async fn the_cli_shows_status_explains_why_and_re_enables() -> Result<()> {
     in_fixture("cli", &["log"], scenario).await
-}
-
-/// The airlockctl binary of this workspace, built now if it is not up to date.
-fn airlockctl() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = std::process::Command::new(cargo)
-        .args(["build", "--locked", "-q", "-p", "airlockctl"])
-        .current_dir(workspace())
-        .status()
-        .context("running cargo build -p airlockctl")?;
-    ensure!(built.success(), "cargo build -p airlockctl failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace().join("target"));
-    Ok(target.join("debug").join("airlockctl"))
 }
 
 /// A copy of the kubeconfig whose current context's namespace is `namespace`.

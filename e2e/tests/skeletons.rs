@@ -16,8 +16,9 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use airlock_e2e::artifacts::{Image, Layer, MUSL_TARGET};
+use airlock_e2e::cli::airlockctl;
 use airlock_e2e::images::{push, registry};
-use airlock_e2e::install::{images_env, workspace};
+use airlock_e2e::install::images_env;
 use airlock_e2e::plugins::{active, wait_plugin};
 use airlock_e2e::router::{Fixture, in_fixture};
 
@@ -45,21 +46,6 @@ async fn a_rust_skeleton_answers_the_same_on_the_cluster() -> Result<()> {
         scenario(f, "rust").await
     })
     .await
-}
-
-/// The airlockctl binary of this workspace, built now if it is not up to date.
-fn airlockctl() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args(["build", "--locked", "-q", "-p", "airlockctl"])
-        .current_dir(workspace())
-        .status()
-        .context("running cargo build -p airlockctl")?;
-    ensure!(built.success(), "cargo build -p airlockctl failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace().join("target"));
-    Ok(target.join("debug").join("airlockctl"))
 }
 
 fn run(dir: &Path, program: &Path, args: &[&str]) -> Result<std::process::Output> {

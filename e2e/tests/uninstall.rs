@@ -166,6 +166,7 @@ async fn scenario() -> Result<()> {
                 "plugintrustpolicies.airlock.dev",
                 "pluginstorages.airlock.dev",
                 "plugincallerbindings.airlock.dev",
+                "plugincatalogs.airlock.dev",
             ] {
                 if crds.get_opt(name).await?.is_some() {
                     left.push(name);

@@ -56,7 +56,7 @@ pub async fn upgrade(client: &Client) -> Result<(), kube::Error> {
         let name = ours.metadata.name.clone().unwrap_or_default();
         match step(api.get_opt(&name).await?.as_ref(), SCHEMA_REVISION) {
             Step::Missing => {
-                warn!(crd = %name, "the CRD is not installed: install or upgrade the Airlock chart")
+                warn!(crd = %name, "the CRD is not installed (an upgrade never creates a CRD new in this version): kubectl apply --server-side -f charts/airlock/crds/ of this chart")
             }
             Step::Newer(r) => warn!(
                 crd = %name,
