@@ -2,7 +2,6 @@
 //! (a document through the namespace's transform pipeline): the router's two other modes, as the
 //! ServiceAccount whose token they send, reached as `invoke` reaches the router.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use airlock_proto::router::v1::{BroadcastRequest, PluginResult, TransformRequest};
@@ -10,7 +9,7 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::invoke::{InvokeError, RouterArgs, connect, payload_of, table};
+use crate::invoke::{InvokeError, PayloadArgs, RouterArgs, connect, table};
 use crate::output::{Output, print};
 
 #[derive(Args, Debug)]
@@ -22,12 +21,9 @@ pub struct BroadcastArgs {
     /// ServiceAccount's namespace).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
-    /// JSON payload, the same for every plugin; `-` reads stdin. Default: {}.
-    #[arg(long, conflicts_with = "payload_file")]
-    pub payload: Option<String>,
-    /// File holding the JSON payload (`-` for stdin).
-    #[arg(long, short = 'f')]
-    pub payload_file: Option<PathBuf>,
+    /// The payload, the same for every plugin.
+    #[command(flatten)]
+    pub payload: PayloadArgs,
     /// Deadline for the whole broadcast in milliseconds. 0: each plugin's hook timeout.
     #[arg(long, default_value_t = 0)]
     pub deadline_ms: u32,
@@ -43,12 +39,9 @@ pub struct TransformArgs {
     /// The namespace whose transform plugins run. Default: the caller's own.
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
-    /// The JSON document to transform; `-` reads stdin. Default: {}.
-    #[arg(long, conflicts_with = "payload_file")]
-    pub payload: Option<String>,
-    /// File holding the JSON document (`-` for stdin).
-    #[arg(long, short = 'f')]
-    pub payload_file: Option<PathBuf>,
+    /// The document to transform.
+    #[command(flatten)]
+    pub payload: PayloadArgs,
     /// Budget for the whole pipeline in milliseconds. 0: each step its hook timeout.
     #[arg(long, default_value_t = 0)]
     pub deadline_ms: u32,
@@ -144,7 +137,7 @@ fn invocation_id() -> String {
 /// `broadcast`. A plugin whose failurePolicy is Fail that did not answer OK makes it fail with
 /// exit code 3 (the results are printed first).
 pub async fn broadcast(args: BroadcastArgs) -> Result<String, InvokeError> {
-    let payload = payload_of(args.payload.as_deref(), args.payload_file.as_deref())?;
+    let payload = args.payload.read()?;
     let mut client = connect(&args.router).await?;
     let answer = client
         .broadcast(BroadcastRequest {
@@ -180,7 +173,7 @@ pub async fn broadcast(args: BroadcastArgs) -> Result<String, InvokeError> {
 
 /// `transform`.
 pub async fn transform(args: TransformArgs) -> Result<String, InvokeError> {
-    let payload = payload_of(args.payload.as_deref(), args.payload_file.as_deref())?;
+    let payload = args.payload.read()?;
     let mut client = connect(&args.router).await?;
     let started = Instant::now();
     let answer = client

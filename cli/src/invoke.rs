@@ -117,6 +117,24 @@ impl Interceptor for BearerToken {
 /// A client of the router that authenticates every call.
 pub type RouterClient = HookRouterClient<InterceptedService<Channel, BearerToken>>;
 
+/// Where a JSON payload comes from: `--payload` or `--payload-file` (`-`: stdin), `{}` without.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PayloadArgs {
+    /// JSON payload; `-` reads stdin. Default: {}.
+    #[arg(long, conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+    /// File holding the JSON payload (`-` for stdin).
+    #[arg(long, short = 'f')]
+    pub payload_file: Option<PathBuf>,
+}
+
+impl PayloadArgs {
+    /// The payload, checked to be JSON.
+    pub fn read(&self) -> Result<String, InvokeError> {
+        payload_of(self.payload.as_deref(), self.payload_file.as_deref())
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct InvokeArgs {
     /// The Plugin: NAMESPACE/NAME, or NAME with --namespace.
@@ -126,12 +144,8 @@ pub struct InvokeArgs {
     /// Namespace of the Plugin when PLUGIN has none. Default: the kubeconfig context's namespace.
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
-    /// JSON payload; `-` reads stdin. Default: {}.
-    #[arg(long, conflicts_with = "payload_file")]
-    pub payload: Option<String>,
-    /// File holding the JSON payload (`-` for stdin).
-    #[arg(long, short = 'f')]
-    pub payload_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
     /// Deadline in milliseconds; the plugin gets the smaller of this and its hook timeout. 0: the
     /// hook timeout.
     #[arg(long, default_value_t = 0)]
@@ -317,7 +331,7 @@ pub struct Answer {
 }
 
 pub async fn run(args: InvokeArgs) -> Result<String, InvokeError> {
-    let payload = payload_of(args.payload.as_deref(), args.payload_file.as_deref())?;
+    let payload = args.payload.read()?;
     let namespace = match &args.namespace {
         Some(ns) => ns.clone(),
         None => crate::kubeconfig::namespace().await,

@@ -210,6 +210,10 @@ async fn scenario(
     })
     .await?;
 
+    // The local registry is plain HTTP.
+    let plain = airlockctl::oci::RegistryArgs {
+        insecure: vec![registry.clone()],
+    };
     // Forgery 1: an index signed by another key, under the catalog's name: refused whole.
     let (other, _) = signing::generate()?;
     let mut forged = Index::new();
@@ -217,9 +221,7 @@ async fn scenario(
         let pulled = airlockctl::oci::pull_kind(
             &airlock_bundle::oci::CATALOG,
             &index,
-            &airlockctl::oci::RegistryArgs {
-                insecure: vec![registry.clone()],
-            },
+            &plain,
             airlockctl::catalog::index::MAX_INDEX_BYTES,
         )
         .await?
@@ -240,9 +242,7 @@ async fn scenario(
     airlockctl::oci::push_kind(
         &airlock_bundle::oci::CATALOG,
         &forged_index,
-        &airlockctl::oci::RegistryArgs {
-            insecure: vec![registry.clone()],
-        },
+        &plain,
         &bytes,
         &sign(&other, &bytes)?,
     )
@@ -284,9 +284,7 @@ async fn scenario(
     let pulled = airlockctl::oci::pull_kind(
         &airlock_bundle::oci::BUNDLE,
         &rogue_bundle,
-        &airlockctl::oci::RegistryArgs {
-            insecure: vec![registry.clone()],
-        },
+        &plain,
         airlock_bundle::DEFAULT_MAX_BYTES,
     )
     .await?
@@ -302,9 +300,7 @@ async fn scenario(
     airlockctl::oci::push_kind(
         &airlock_bundle::oci::CATALOG,
         &forged_index,
-        &airlockctl::oci::RegistryArgs {
-            insecure: vec![registry.clone()],
-        },
+        &plain,
         &bytes,
         &sign(&key, &bytes)?,
     )

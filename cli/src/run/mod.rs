@@ -26,7 +26,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-use crate::invoke::{Answer, InvokeError};
+use crate::invoke::{Answer, InvokeError, PayloadArgs};
 use crate::output::{Output, PrintError, print};
 use cases::{Cases, CasesError, ExpectEvent, Observed};
 
@@ -45,12 +45,8 @@ pub struct RunArgs {
     /// The hook to call once, e.g. transform. Without it, give --test.
     #[arg(required_unless_present = "test")]
     pub hook: Option<String>,
-    /// The hook's JSON payload; `-` reads stdin. Default: {}.
-    #[arg(long, conflicts_with = "payload_file")]
-    pub payload: Option<String>,
-    /// File holding the JSON payload (`-` for stdin).
-    #[arg(long, short = 'f')]
-    pub payload_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
     /// A file of test cases to run instead of one call (see the help above for its format).
     #[arg(long, value_name = "CASES", conflicts_with_all = ["hook", "payload", "payload_file"])]
     pub test: Option<PathBuf>,
@@ -462,7 +458,7 @@ async fn call(
 
 async fn one_call(args: &RunArgs, client: &mut PluginClient<Channel>) -> Result<String, RunError> {
     let hook = args.hook.clone().unwrap_or_default();
-    let payload = crate::invoke::payload_of(args.payload.as_deref(), args.payload_file.as_deref())?;
+    let payload = args.payload.read()?;
     let started = Instant::now();
     let (output, invocation_id) = call(client, &hook, payload, args.deadline_ms)
         .await
