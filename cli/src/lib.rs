@@ -301,7 +301,8 @@ cases: a plugin's tests without a cluster.
 
 The directory is packed and checked as `bundle pack` does (or a bundle file is checked as the \
 shim checks it); the shim starts the plugin in the pod's sandbox (its seccomp filter and limits, \
-where this kernel allows) and speaks the same stdio protocol. The plugin's host calls are \
+where this kernel allows) and speaks the same stdio protocol. It is not the pod: the plugin runs \
+as you, sees your files and may use Unix sockets; run only code you would run yourself. The plugin's host calls are \
 answered by the router's own host API, in this process: the permissions the manifest declares \
 (or only those --grant names) are enforced as in the cluster, with the cluster's limits; log \
 lines and emitted events are printed on stderr; storage is kept in memory, or in --storage FILE. \
@@ -471,7 +472,10 @@ fn completion(shell: clap_complete::Shell, program: &str) -> String {
 pub fn main(program: &'static str) -> ExitCode {
     // `run` starts each plugin process behind this binary's `sandbox-exec`, as the shim does
     // behind its own: handled first, with no async runtime and no threads, as in the shim.
-    if std::env::args().nth(1).as_deref() == Some(SANDBOX_EXEC) {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == SANDBOX_EXEC)
+    {
         return airlock_plugin_shim::cli::main();
     }
     match tokio::runtime::Builder::new_current_thread()

@@ -32,7 +32,7 @@ pub struct NewArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum NewError {
     #[error(
-        "{0:?} is not a plugin name: use lowercase letters, digits and `-`, starting and ending with a letter or digit, at most 63 (a DNS label, as plugin.yaml needs)"
+        "{0:?} is not a plugin name: use lowercase letters, digits and `-`, starting with a letter and ending with a letter or digit, at most 63 (a DNS label, as plugin.yaml needs)"
     )]
     BadName(String),
     #[error("{} exists and is not empty; choose another --dir or remove it", .0.display())]
@@ -167,7 +167,7 @@ fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name.chars().all(|c| ok(c) || c == '-')
-        && name.starts_with(ok)
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.ends_with(ok)
 }
 
@@ -212,6 +212,7 @@ pub fn files(lang: Lang, name: &str) -> Result<Vec<(PathBuf, String)>, NewError>
 #[derive(Debug)]
 pub struct NewReport {
     pub dir: PathBuf,
+    pub name: String,
     pub lang: Lang,
     pub files: usize,
 }
@@ -279,6 +280,7 @@ pub fn run(args: &NewArgs) -> Result<NewReport, NewError> {
     }
     Ok(NewReport {
         dir,
+        name: args.name.clone(),
         lang: args.lang,
         files: files.len(),
     })
@@ -320,8 +322,23 @@ mod tests {
     }
 
     #[test]
+    fn a_name_yaml_would_read_as_a_number_stays_a_string() {
+        for lang in [Lang::Rust, Lang::Go, Lang::Python] {
+            let files = files(lang, "true").expect("files");
+            let text = |p: &str| &files.iter().find(|(f, _)| f == Path::new(p)).expect(p).1;
+            let manifest = airlock_bundle::Manifest::parse(text("bundle/plugin.yaml"));
+            assert_eq!(manifest.expect("parses").name, "true", "{lang:?}");
+            let cases = crate::run::cases::Cases::parse(text("cases.yaml")).expect("cases");
+            assert_eq!(
+                cases.cases[0].expect.output.as_ref().expect("output")["plugin"],
+                "true"
+            );
+        }
+    }
+
+    #[test]
     fn a_name_that_is_not_a_dns_label_is_refused() {
-        for bad in ["My-Plugin", "-x", "x-", "", "a_b", &"x".repeat(64)] {
+        for bad in ["My-Plugin", "-x", "x-", "", "a_b", "123", &"x".repeat(64)] {
             let e = files(Lang::Go, bad).expect_err(bad);
             assert!(e.to_string().contains("DNS label"), "{e}");
         }

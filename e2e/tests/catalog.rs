@@ -119,6 +119,7 @@ async fn scenario(
                 "acme",
                 "--description",
                 "greets whoever it is given",
+                "--create",
                 "--insecure-registry",
                 &registry,
             ],
@@ -229,13 +230,13 @@ async fn scenario(
         serde_json::from_slice(&pulled.0.bundle)?
     };
     for entry in &good.entries {
-        forged.put(entry.clone());
+        forged.put(entry.clone()).map_err(anyhow::Error::msg)?;
     }
     let forged_index = format!("{registry}/e2e/catalog-{suffix}-forged:stable");
     let sign = |key: &str, bytes: &[u8]| -> Result<String> {
         Ok(signing::sign(
             &signing::parse_private_key(key)?,
-            &airlock_bundle::digest(bytes),
+            &airlockctl::catalog::index::index_digest(bytes),
         ))
     };
     let bytes = forged.to_bytes();
@@ -290,12 +291,14 @@ async fn scenario(
     .await?
     .context("the rogue bundle")?;
     let mut tampered = good.clone();
-    tampered.put(Entry {
-        version: "1.2.0".parse()?,
-        bundle: rogue_bundle,
-        bundle_digest: airlock_bundle::digest(&pulled.0.bundle),
-        ..good.entries[0].clone()
-    });
+    tampered
+        .put(Entry {
+            version: "1.2.0".parse()?,
+            bundle: rogue_bundle,
+            bundle_digest: airlock_bundle::digest(&pulled.0.bundle),
+            ..good.entries[0].clone()
+        })
+        .map_err(anyhow::Error::msg)?;
     let bytes = tampered.to_bytes();
     airlockctl::oci::push_kind(
         &airlock_bundle::oci::CATALOG,

@@ -232,7 +232,13 @@ func Serve(r io.Reader, w io.Writer, handler Handler) error {
 	for {
 		line, err := readLine(in)
 		if len(bytes.TrimSpace(line)) > 0 {
-			if werr := writeLine(w, answerTo(line, handler, in, w)); werr != nil {
+			a := answerTo(line, handler, in, w)
+			if _, merr := json.Marshal(a); merr != nil {
+				// An output encoding/json cannot write (NaN, a channel): an error answer, not the
+				// end of the plugin.
+				a = answer{ID: a.ID, Error: "the output is not JSON: " + merr.Error()}
+			}
+			if werr := writeLine(w, a); werr != nil {
 				return werr
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 )
@@ -101,5 +102,14 @@ func TestAtMost64HostCallsAreSentAndAPanicIsAnAnswer(t *testing.T) {
 	}
 	if out[65]["id"] != "r2" || out[65]["error"] != "panic: boom" {
 		t.Errorf("a panic: %v", out[65])
+	}
+}
+
+func TestAnOutputThatIsNotJSONIsAnErrorAnswer(t *testing.T) {
+	out := serve(t, func(hook string, payload json.RawMessage, host *Host) (any, error) {
+		return map[string]float64{"x": math.NaN()}, nil
+	}, `{"id":"a","hook":"transform","payload":{}}`, `{"id":"b","hook":"transform","payload":{}}`)
+	if len(out) != 2 || out[0]["ok"] != false || !strings.Contains(out[0]["error"].(string), "not JSON") || out[1]["id"] != "b" {
+		t.Errorf("answers: %v", out)
 	}
 }

@@ -122,7 +122,20 @@ class Host:
 
 def _write(out, line):
     # One line, flushed at once: an answer left in a buffer is a timeout (PROTOCOL.md, rule 3).
-    out.write(json.dumps(line, separators=(",", ":")) + "\n")
+    # Strict JSON only: NaN and Infinity are not JSON, and the shim would end the process.
+    out.write(json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n")
+    out.flush()
+
+
+def _write_answer(out, line):
+    """Writes an answer; an output that is not JSON (a set, NaN, ...) becomes an error answer
+    instead of ending the plugin."""
+    try:
+        text = json.dumps(line, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        text = json.dumps({"id": line.get("id"), "ok": False,
+                           "error": f"the output is not JSON: {e}"})
+    out.write(text + "\n")
     out.flush()
 
 
@@ -146,4 +159,4 @@ def run(handler, stdin=None, stdout=None):
     stdout = stdout or sys.stdout
     for line in iter(stdin.readline, ""):
         if line.strip():
-            _write(stdout, answer(line, handler, stdin, stdout))
+            _write_answer(stdout, answer(line, handler, stdin, stdout))

@@ -70,6 +70,15 @@ class Protocol(unittest.TestCase):
         self.assertFalse(out[-1]["ok"])
         self.assertIn("RESOURCE_EXHAUSTED", out[-1]["error"])
 
+    def test_an_output_that_is_not_json_is_an_error_answer_and_the_plugin_goes_on(self):
+        def handler(hook, payload, host):
+            return {"nan": float("nan")} if hook == "a" else {1, 2}
+
+        out = serve(handler, '{"id":"a","hook":"a","payload":{}}', '{"id":"b","hook":"b","payload":{}}')
+        self.assertEqual([o["ok"] for o in out], [False, False])
+        self.assertIn("not JSON", out[0]["error"])
+        self.assertEqual(out[1]["id"], "b")
+
     def test_list_follows_every_page(self):
         def handler(hook, payload, host):
             return host.list("a/")

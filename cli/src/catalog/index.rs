@@ -18,6 +18,10 @@ pub const MAX_INDEX_BYTES: u64 = 4 * 1024 * 1024;
 /// The label an installed Plugin carries: the catalog it came from (how `upgrade` finds it).
 pub const CATALOG_LABEL: &str = "airlock.dev/catalog";
 
+/// The annotation an installed Plugin carries: the catalog entry's plugin name (the Plugin may be
+/// named otherwise), so `upgrade` moves it along that plugin's versions only.
+pub const ENTRY_ANNOTATION: &str = "airlock.dev/catalog-plugin";
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Index {
@@ -76,15 +80,34 @@ fn key_names(keys: &[CatalogKey]) -> String {
         .join(", ")
 }
 
-/// Whether `signature` (text) of `bytes` verifies under the ed25519 key `key`.
-fn verifies(key: &CatalogKey, bytes: &[u8], signature: &str) -> bool {
+/// What an index signature signs: the digest of the index behind a purpose prefix, so that an
+/// index signature is never also a valid bundle signature of the same key (a catalog key is
+/// trusted for bundles too) and the other way round.
+const INDEX_SIGNATURE_PREFIX: &[u8] = b"airlock-catalog-index-v1\0";
+
+/// The digest an index signature signs.
+pub fn index_digest(bytes: &[u8]) -> String {
+    let mut prefixed = INDEX_SIGNATURE_PREFIX.to_vec();
+    prefixed.extend_from_slice(bytes);
+    airlock_bundle::digest(&prefixed)
+}
+
+/// Whether `signature` (text) of the digest `digest` verifies under the ed25519 key `key`.
+fn verifies(key: &CatalogKey, digest: &str, signature: &str) -> bool {
     let (Ok(public), Ok(signature)) = (
         signing::parse_public_key(&key.ed25519),
         signing::parse_signature(signature),
     ) else {
         return false;
     };
-    signing::verifies(&public, &airlock_bundle::digest(bytes), &signature)
+    signing::verifies(&public, digest, &signature)
+}
+
+/// Whether `reference` is pinned: it ends in `@sha256:<64 lowercase hex>`.
+fn pinned(reference: &str) -> bool {
+    reference
+        .rsplit_once('@')
+        .is_some_and(|(_, d)| airlock_bundle::oci::is_sha256_digest(d))
 }
 
 impl Index {
@@ -108,7 +131,8 @@ impl Index {
                 keys: key_names(keys),
             });
         };
-        if !keys.iter().any(|k| verifies(k, bytes, signature)) {
+        let digest = index_digest(bytes);
+        if !keys.iter().any(|k| verifies(k, &digest, signature)) {
             return Err(IndexError::BadSignature {
                 catalog: catalog.into(),
                 keys: key_names(keys),
@@ -127,16 +151,51 @@ impl Index {
                 ),
             });
         }
+        let invalid = |reason: String| IndexError::Invalid {
+            catalog: catalog.into(),
+            reason,
+        };
+        for (i, e) in index.entries.iter().enumerate() {
+            if !pinned(&e.image) || !pinned(&e.bundle) {
+                return Err(invalid(format!(
+                    "entry {}@{} is not pinned by digest (image {}, bundle {})",
+                    e.name, e.version, e.image, e.bundle
+                )));
+            }
+            let twice = index.entries[..i]
+                .iter()
+                .any(|o| (o.name == e.name && o.version == e.version) || o.bundle == e.bundle);
+            if twice {
+                return Err(invalid(format!(
+                    "entry {}@{} repeats a name and version or a bundle of another entry",
+                    e.name, e.version
+                )));
+            }
+        }
         Ok(index)
     }
 
-    /// Adds `entry`, replacing the same name and version; entries stay sorted.
-    pub fn put(&mut self, entry: Entry) {
-        self.entries
-            .retain(|e| !(e.name == entry.name && e.version == entry.version));
+    /// Adds `entry`; entries stay sorted. A version once published is never replaced by another
+    /// bundle (Plugins installed from it would lose their entry): the same entry again is a no-op.
+    pub fn put(&mut self, entry: Entry) -> Result<(), String> {
+        if let Some(existing) = self
+            .entries
+            .iter()
+            .find(|e| e.name == entry.name && e.version == entry.version)
+        {
+            if existing.bundle_digest != entry.bundle_digest {
+                return Err(format!(
+                    "{}@{} is already published with another bundle ({}); publish a new version",
+                    entry.name, entry.version, existing.bundle_digest
+                ));
+            }
+            self.entries
+                .retain(|e| !(e.name == entry.name && e.version == entry.version));
+        }
         self.entries.push(entry);
         self.entries
             .sort_by(|a, b| a.name.cmp(&b.name).then(a.version.cmp(&b.version)));
+        Ok(())
     }
 
     /// The entry `name` at `version`, or its newest version.
@@ -203,13 +262,50 @@ impl Entry {
         let Some(signature) = signature else {
             return Err(refuse("its bundle is unsigned".into()));
         };
-        if !verifies(key, bundle, signature) {
+        if !verifies(key, &airlock_bundle::digest(bundle), signature) {
             return Err(refuse(format!(
                 "its bundle's signature does not verify under the catalog key {}",
                 key.name
             )));
         }
         Ok(())
+    }
+
+    /// Checks the entry against the signed manifest of its bundle: what the index says about the
+    /// plugin (name, version, API version, hooks, permissions) must be what the signer signed.
+    pub fn check_manifest(
+        &self,
+        catalog: &str,
+        manifest: &airlock_bundle::Manifest,
+    ) -> Result<(), IndexError> {
+        let hooks: Vec<String> = manifest.hooks.iter().map(|h| h.to_string()).collect();
+        let permissions: Vec<String> = manifest.permissions.iter().map(|p| p.to_string()).collect();
+        let differs = [
+            ("name", self.name != manifest.name),
+            ("version", self.version != manifest.version),
+            (
+                "pluginApiVersion",
+                self.plugin_api_version != manifest.api_version,
+            ),
+            ("hooks", self.hooks != hooks),
+            ("permissions", self.permissions != permissions),
+        ]
+        .into_iter()
+        .filter(|(_, d)| *d)
+        .map(|(f, _)| f)
+        .collect::<Vec<_>>();
+        if differs.is_empty() {
+            return Ok(());
+        }
+        Err(IndexError::Entry {
+            catalog: catalog.into(),
+            name: self.name.clone(),
+            version: self.version.to_string(),
+            problem: format!(
+                "its {} differ from its bundle's signed plugin.yaml",
+                differs.join(", ")
+            ),
+        })
     }
 
     /// The Plugin this entry becomes in `namespace` under the name `name`, pinned by digest and
@@ -234,6 +330,7 @@ impl Entry {
                 "name": name,
                 "namespace": namespace,
                 "labels": {CATALOG_LABEL: catalog},
+                "annotations": {ENTRY_ANNOTATION: self.name},
             },
             "spec": {
                 "version": self.version.to_string(),
@@ -269,6 +366,13 @@ mod tests {
         )
     }
 
+    fn sign_index(private: &str, bytes: &[u8]) -> String {
+        signing::sign(
+            &signing::parse_private_key(private).expect("key"),
+            &index_digest(bytes),
+        )
+    }
+
     fn entry(version: &str, bundle: &[u8]) -> Entry {
         Entry {
             name: "hello".into(),
@@ -288,9 +392,11 @@ mod tests {
     fn an_index_is_trusted_only_with_a_signature_of_one_of_its_keys() {
         let (private, keys) = keys();
         let mut index = Index::new();
-        index.put(entry("1.0.0", b"b1"));
+        index.put(entry("1.0.0", b"b1")).expect("put");
         let bytes = index.to_bytes();
-        let signature = sign(&private, &bytes);
+        let signature = sign_index(&private, &bytes);
+        // A bundle-style signature of the same bytes is not an index signature.
+        assert!(Index::verified("acme", &bytes, Some(&sign(&private, &bytes)), &keys).is_err());
         assert_eq!(
             Index::verified("acme", &bytes, Some(&signature), &keys),
             Ok(index.clone())
@@ -298,7 +404,7 @@ mod tests {
         let e = Index::verified("acme", &bytes, None, &keys).expect_err("unsigned");
         assert!(e.to_string().contains("unsigned"), "{e}");
         let (other, _) = self::keys();
-        let e = Index::verified("acme", &bytes, Some(&sign(&other, &bytes)), &keys)
+        let e = Index::verified("acme", &bytes, Some(&sign_index(&other, &bytes)), &keys)
             .expect_err("another key");
         assert!(e.to_string().contains("does not verify"), "{e}");
         let mut changed = bytes.clone();
@@ -333,10 +439,16 @@ mod tests {
     fn the_newest_version_is_found_and_listed_once() {
         let mut index = Index::new();
         for v in ["1.1.0", "1.0.0", "1.10.0", "1.2.0"] {
-            index.put(entry(v, v.as_bytes()));
+            index.put(entry(v, v.as_bytes())).expect("put");
         }
-        index.put(entry("1.2.0", b"again"));
-        assert_eq!(index.entries.len(), 4, "the same version is replaced");
+        index
+            .put(entry("1.2.0", b"1.2.0"))
+            .expect("the same entry again");
+        let e = index
+            .put(entry("1.2.0", b"again"))
+            .expect_err("another bundle");
+        assert!(e.contains("already published"), "{e}");
+        assert_eq!(index.entries.len(), 4);
         assert_eq!(
             index.find("hello", None).map(|e| e.version.to_string()),
             Some("1.10.0".into())
@@ -348,6 +460,41 @@ mod tests {
         );
         assert_eq!(index.search("GREET").len(), 1);
         assert!(index.search("nothing").is_empty());
+    }
+
+    #[test]
+    fn an_index_with_an_unpinned_or_repeated_entry_is_refused() {
+        let (private, keys) = keys();
+        let mut unpinned = entry("1.0.0", b"b");
+        unpinned.image = "r/hello:latest".into();
+        let mut repeated = entry("1.1.0", b"c");
+        repeated.bundle = entry("1.0.0", b"b").bundle;
+        for bad in [unpinned, repeated] {
+            let index = Index {
+                api_version: INDEX_API_VERSION.into(),
+                entries: vec![entry("1.0.0", b"b"), bad],
+            };
+            let bytes = index.to_bytes();
+            let e = Index::verified("c", &bytes, Some(&sign_index(&private, &bytes)), &keys)
+                .expect_err("refused");
+            assert!(matches!(e, IndexError::Invalid { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_entry_must_say_what_its_bundle_signed() {
+        let e = entry("1.0.0", b"b");
+        let manifest = |perms: &str| {
+            airlock_bundle::Manifest::parse(&format!(
+                "name: hello\nversion: 1.0.0\napiVersion: 1\nhooks: [transform]\npermissions: {perms}\nentryPoint: [/hello]\n"
+            ))
+            .expect("manifest")
+        };
+        assert_eq!(e.check_manifest("c", &manifest("[log]")), Ok(()));
+        let lie = e
+            .check_manifest("c", &manifest("[log, net:egress]"))
+            .expect_err("permissions differ");
+        assert!(lie.to_string().contains("permissions differ"), "{lie}");
     }
 
     #[test]

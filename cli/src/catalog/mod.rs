@@ -23,7 +23,9 @@ use serde_json::Value;
 use crate::invoke::table;
 use crate::oci::{OciError, RegistryArgs, pull_kind, push_kind};
 use crate::output::{Output, PrintError, print};
-use index::{CATALOG_LABEL, Entry, Index, IndexError, MAX_INDEX_BYTES};
+use index::{
+    CATALOG_LABEL, ENTRY_ANNOTATION, Entry, Index, IndexError, MAX_INDEX_BYTES, index_digest,
+};
 
 /// The field manager of what `install` and `upgrade` write.
 const FIELD_MANAGER: &str = "kubectl-airlock";
@@ -69,6 +71,10 @@ pub struct PublishArgs {
     /// What the plugin does, for `catalog search`.
     #[arg(long, default_value = "")]
     pub description: String,
+    /// Create the index when the registry has none (without it, a missing index is an error:
+    /// a registry that lost or hides the index must not make publish start an empty one).
+    #[arg(long)]
+    pub create: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -130,6 +136,10 @@ pub struct UpgradeArgs {
     /// The version to move to. Default: the catalog's newest.
     #[arg(long)]
     pub to: Option<semver::Version>,
+    /// Allow moving to an older version (an older signed index served again would otherwise
+    /// roll the Plugin back unnoticed).
+    #[arg(long)]
+    pub allow_downgrade: bool,
     #[arg(long)]
     pub dry_run: bool,
     #[arg(long, short = 'o', value_enum, default_value_t)]
@@ -179,6 +189,16 @@ pub enum CatalogError {
     NotFromCatalog(String),
     #[error("there is no Plugin {0}")]
     NoPlugin(String),
+    #[error(
+        "{plugin}: {to} is older than the installed {from}; pass --allow-downgrade to move back (the operator still refuses a version older than the one that last wrote the plugin's storage)"
+    )]
+    Downgrade {
+        plugin: String,
+        from: String,
+        to: String,
+    },
+    #[error("{0}")]
+    Publish(String),
     #[error(transparent)]
     Print(#[from] PrintError),
 }
@@ -188,7 +208,9 @@ impl CatalogError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CatalogError::NotFound(_) | CatalogError::NoPlugin(_) | CatalogError::NoCatalog(_) => 5,
-            CatalogError::BadName(_) | CatalogError::ImageNotPinned(_) => 2,
+            CatalogError::BadName(_)
+            | CatalogError::ImageNotPinned(_)
+            | CatalogError::Downgrade { .. } => 2,
             _ => 1,
         }
     }
@@ -300,6 +322,17 @@ async fn check_entry(
         &pulled.bundle,
         pulled.signature.as_deref(),
     )?;
+    let scratch = tempfile::tempdir().map_err(|e| CatalogError::Bundle {
+        bundle: entry.bundle.clone(),
+        reason: format!("a scratch directory: {e}"),
+    })?;
+    let manifest = airlock_bundle::extract(&pulled.bundle, scratch.path(), DEFAULT_MAX_BYTES)
+        .map_err(|e| CatalogError::Bundle {
+            bundle: entry.bundle.clone(),
+            reason: e.to_string(),
+        })?
+        .manifest;
+    entry.check_manifest(&name_of(catalog), &manifest)?;
     Ok(())
 }
 
@@ -471,25 +504,22 @@ pub async fn upgrade(args: &UpgradeArgs) -> Result<String, CatalogError> {
         .ok_or_else(|| CatalogError::NotFromCatalog(shown.clone()))?;
     let current_json = serde_json::to_value(&current).unwrap_or_default();
     let plugin_version = current_json["spec"]["version"].as_str().unwrap_or_default();
-    // The plugin's own name is in its bundle; the catalog entry is found by the image's
-    // repository-independent name the install wrote: the Plugin's bundle reference's entry.
-    let bundle_ref = current_json["spec"]["bundle"]["source"]["oci"]["ref"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    // The catalog plugin the install recorded (the Plugin may be named otherwise): upgrades move
+    // along that plugin's versions only.
+    let entry_name = current
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ENTRY_ANNOTATION))
+        .cloned()
+        .ok_or_else(|| CatalogError::NotFromCatalog(shown.clone()))?;
     let catalog = catalogs(&client, Some(&catalog_name)).await?.remove(0);
     let index = load(&catalog, &args.registry).await?;
-    let installed = index
-        .entries
-        .iter()
-        .find(|e| e.bundle == bundle_ref)
-        .ok_or_else(|| CatalogError::NotFound(format!("the entry of {shown} ({bundle_ref})")))?;
     let target = index
-        .find(&installed.name, args.to.as_ref())
+        .find(&entry_name, args.to.as_ref())
         .ok_or_else(|| {
             CatalogError::NotFound(format!(
-                "{}@{}",
-                installed.name,
+                "{entry_name}@{}",
                 args.to
                     .as_ref()
                     .map(ToString::to_string)
@@ -507,6 +537,14 @@ pub async fn upgrade(args: &UpgradeArgs) -> Result<String, CatalogError> {
                 "newest"
             }
         ));
+    }
+    let older = semver::Version::parse(plugin_version).is_ok_and(|v| target.version < v);
+    if older && !args.allow_downgrade {
+        return Err(CatalogError::Downgrade {
+            plugin: shown,
+            from: plugin_version.to_string(),
+            to: target.version.to_string(),
+        });
     }
     check_entry(&catalog, &target, &args.registry).await?;
     let hooks = current_json["spec"]["hooks"]
@@ -624,11 +662,17 @@ pub async fn publish(args: &PublishArgs) -> Result<String, CatalogError> {
             current.signature.as_deref(),
             &keys,
         )?,
-        None => Index::new(),
+        None if args.create => Index::new(),
+        None => {
+            return Err(CatalogError::Publish(format!(
+                "the registry has no index at {}; pass --create to start one",
+                args.index
+            )));
+        }
     };
-    index.put(entry.clone());
+    index.put(entry.clone()).map_err(CatalogError::Publish)?;
     let bytes = index.to_bytes();
-    let signature = signing::sign(&private, &airlock_bundle::digest(&bytes));
+    let signature = signing::sign(&private, &index_digest(&bytes));
     let pinned = push_kind(&CATALOG, &args.index, &args.registry, &bytes, &signature).await?;
     Ok(format!(
         "published {}@{} in {pinned} ({} entries, signed with {})",

@@ -60,7 +60,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub storage: Option<PathBuf>,
     /// Grant only these permissions (what a Plugin's spec.permissions approves), comma-separated
-    /// or repeated. Default: every permission the manifest declares.
+    /// or repeated. Default: every permission the manifest declares except net:egress, which
+    /// lets the plugin open sockets from this machine and is granted only by name.
     #[arg(long, value_delimiter = ',', value_name = "PERMISSION")]
     pub grant: Option<Vec<String>>,
     /// Deadline of each call in milliseconds.
@@ -201,11 +202,12 @@ fn bundle_of(plugin: &Path, work: &Path) -> Result<(PathBuf, Manifest), RunError
     Ok((plugin.to_path_buf(), extracted.manifest))
 }
 
-/// The permissions granted: `grant` (each must be declared), or all the manifest declares.
+/// The permissions granted: `grant` (each must be declared), or all the manifest declares but
+/// `net:egress`: a plugin reaches the network from this machine only when the author says so.
 pub fn granted(manifest: &Manifest, grant: Option<&[String]>) -> Result<Vec<String>, RunError> {
     let declared: Vec<String> = manifest.permissions.iter().map(|p| p.to_string()).collect();
     let Some(grant) = grant else {
-        return Ok(declared);
+        return Ok(declared.into_iter().filter(|p| p != "net:egress").collect());
     };
     grant
         .iter()
@@ -565,8 +567,16 @@ mod tests {
 
     #[test]
     fn only_declared_permissions_can_be_granted() {
-        let m = manifest("[log, storage:read]");
-        assert_eq!(granted(&m, None).unwrap(), ["log", "storage:read"]);
+        let m = manifest("[log, storage:read, net:egress]");
+        assert_eq!(
+            granted(&m, None).unwrap(),
+            ["log", "storage:read"],
+            "net:egress only when granted by name"
+        );
+        assert_eq!(
+            granted(&m, Some(&["net:egress".into()])).unwrap(),
+            ["net:egress"]
+        );
         assert_eq!(granted(&m, Some(&["log".into()])).unwrap(), ["log"]);
         let e = granted(&m, Some(&["events:emit".into()])).unwrap_err();
         assert!(e.to_string().contains("NotDeclaredBySigner"), "{e}");

@@ -75,10 +75,12 @@ pub fn local_host(
     ));
     router.update(RouteTable::build([&object], &HashMap::new()));
     let service = HostService::new(router, storage, metrics).with_records(records);
+    // The cluster's request limit too (router/src/server.rs).
     Ok(HostServer::new(AsPlugin::new(
         Arc::new(service),
         PluginKey::new(LOCAL_NAMESPACE, &plugin.name),
-    )))
+    ))
+    .max_decoding_message_size(crate::host::MAX_HOST_MESSAGE_BYTES))
 }
 
 /// The local host API makes no hook calls: it is the plugin's side only.
