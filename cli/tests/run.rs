@@ -136,19 +136,30 @@ fn a_case_that_does_not_hold_fails_naming_the_difference() {
 }
 
 #[test]
-fn host_calls_are_refused_as_in_the_cluster_without_the_permission() {
-    // python-upper's onUpgrade needs storage; granted only log, the shim is told not to send it
-    // (as the operator tells it) and nothing touches storage.
+fn without_storage_write_granted_no_migration_runs_and_an_undeclared_grant_is_refused() {
+    // python-upper's onUpgrade writes storage; granted only log and storage:read, the shim is told
+    // not to send it (as the operator tells it), so the older version's key stays where it was.
+    let dir = tempfile::tempdir().expect("dir");
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        "writtenBy: 0.9.0\nstorage: {seen: 7}\ncases:\n- name: no migration\n  hook: transform\n  payload: {text: x}\n  expect:\n    output: {text: X, plugin: python-upper}\n    storage: {seen: 7, events: null, upgradedFrom: null}\n",
+    )
+    .expect("write");
     let out = airlockctl(&[
         "run",
         "examples/python-upper",
-        "transform",
-        "--payload",
-        r#"{"text":"x"}"#,
+        "--test",
+        cases.to_str().expect("utf-8"),
         "--grant",
-        "log",
+        "log,storage:read",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let refused = airlockctl(&[
         "run",
         "examples/python-upper",
