@@ -303,6 +303,23 @@ async fn resolve(
     }
 }
 
+/// The plugin.yaml of `bundle` (pulled from `reference`), unpacked with the shim's checks.
+fn signed_manifest(
+    reference: &str,
+    bundle: &[u8],
+) -> Result<airlock_bundle::Manifest, CatalogError> {
+    let refused = |reason: String| CatalogError::Bundle {
+        bundle: reference.to_string(),
+        reason,
+    };
+    let scratch = tempfile::tempdir().map_err(|e| refused(format!("a scratch directory: {e}")))?;
+    Ok(
+        airlock_bundle::extract(bundle, scratch.path(), DEFAULT_MAX_BYTES)
+            .map_err(|e| refused(e.to_string()))?
+            .manifest,
+    )
+}
+
 /// Pulls the entry's bundle by its pinned reference and checks it against the entry.
 async fn check_entry(
     catalog: &PluginCatalog,
@@ -322,16 +339,7 @@ async fn check_entry(
         &pulled.bundle,
         pulled.signature.as_deref(),
     )?;
-    let scratch = tempfile::tempdir().map_err(|e| CatalogError::Bundle {
-        bundle: entry.bundle.clone(),
-        reason: format!("a scratch directory: {e}"),
-    })?;
-    let manifest = airlock_bundle::extract(&pulled.bundle, scratch.path(), DEFAULT_MAX_BYTES)
-        .map_err(|e| CatalogError::Bundle {
-            bundle: entry.bundle.clone(),
-            reason: e.to_string(),
-        })?
-        .manifest;
+    let manifest = signed_manifest(&entry.bundle, &pulled.bundle)?;
     entry.check_manifest(&name_of(catalog), &manifest)?;
     Ok(())
 }
@@ -629,16 +637,7 @@ pub async fn publish(args: &PublishArgs) -> Result<String, CatalogError> {
             reason: "the registry does not have it; push it with `airlockctl bundle push`".into(),
         });
     };
-    let scratch = tempfile::tempdir().map_err(|e| CatalogError::Bundle {
-        bundle: args.bundle.clone(),
-        reason: format!("a scratch directory: {e}"),
-    })?;
-    let manifest = airlock_bundle::extract(&pulled.bundle, scratch.path(), DEFAULT_MAX_BYTES)
-        .map_err(|e| CatalogError::Bundle {
-            bundle: args.bundle.clone(),
-            reason: e.to_string(),
-        })?
-        .manifest;
+    let manifest = signed_manifest(&args.bundle, &pulled.bundle)?;
     let entry = Entry {
         name: manifest.name.clone(),
         version: manifest.version.clone(),
