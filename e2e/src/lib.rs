@@ -24,6 +24,7 @@ pub mod router;
 pub mod sandbox;
 pub mod signing;
 pub mod tenant;
+pub mod timeline;
 pub mod traces;
 pub mod wait;
 

@@ -10,7 +10,7 @@
 //! every Deployment is Available — Airlock's time is printed as a ratio to it
 //! (`BENCH_KWOK_FLOOR=0`: not measured). It asserts nothing: numbers depend on the machine.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use airlock_crds::Plugin;
 use airlock_crds::plugin::PluginPhase;
@@ -21,6 +21,7 @@ use airlock_e2e::operator_metrics::{Counts, env_number, leader_counts};
 use airlock_e2e::plugins::phase;
 use airlock_e2e::router::metrics as router_metrics;
 use airlock_e2e::sandbox::put_bundle;
+use airlock_e2e::timeline;
 use anyhow::{Context, Result, bail, ensure};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -172,6 +173,7 @@ async fn bench(
     let image = images_env("AIRLOCK_HELLO_IMAGE")?;
     let before = leader_counts(client).await?;
     let t0 = Instant::now();
+    let started = SystemTime::now();
     let namespaces_ref = &*namespaces;
     futures::stream::iter(0..size.plugins)
         .map(|i| {
@@ -219,6 +221,11 @@ async fn bench(
     let settled = t0.elapsed();
     let after = leader_counts(client).await?;
     let routers = router_figures(client).await?;
+    let stages = timeline::airlock(
+        started,
+        &list_all::<Plugin>(client, &format!("{BENCH_LABEL}={suffix}")).await?,
+        &list_all::<Deployment>(client, "app.kubernetes.io/managed-by=airlock").await?,
+    );
     eprintln!("steady state: watching for {}s", size.steady.as_secs());
     tokio::time::sleep(size.steady).await;
     let end = leader_counts(client).await?;
@@ -227,10 +234,11 @@ async fn bench(
     // The floor runs on an empty cluster, as Airlock's run did: its Plugins go first.
     eprintln!("deleting the Plugins' namespaces before the floor");
     teardown_namespaces(client, suffix, namespaces).await?;
-    let floor = if size.floor {
-        Some(floor(client, size, suffix, &templates, namespaces).await?)
+    let (floor, floor_stages) = if size.floor {
+        let (took, stages) = floor(client, size, suffix, &templates, namespaces).await?;
+        (Some(took), Some(stages))
     } else {
-        None
+        (None, None)
     };
     print!(
         "{}",
@@ -243,27 +251,53 @@ async fn bench(
             &routers
         )
     );
+    // Where each run's time went, stage by stage: a gap between the two sits in one of them.
+    print!("{}", stages.render("Airlock, stage by stage"));
+    if let Some(f) = floor_stages {
+        print!("{}", f.render("floor, stage by stage"));
+    }
     Ok(())
 }
 
-/// The kinds of object Airlock writes for a Plugin, in the order the floor writes them (the
-/// workload last, as the operator does).
-fn child_kinds() -> [ApiResource; 5] {
+/// The kinds of object Airlock writes for a Plugin, each with the step the floor writes it in —
+/// the operator's steps: its Secrets one after the other, then what the pods need around them at
+/// once, the workload last.
+fn child_kinds() -> [(ApiResource, u8); 5] {
     [
-        ApiResource::erase::<k8s_openapi::api::core::v1::ServiceAccount>(&()),
-        ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
-        ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
-        ApiResource::erase::<k8s_openapi::api::networking::v1::NetworkPolicy>(&()),
-        ApiResource::erase::<Deployment>(&()),
+        (
+            ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+            0,
+        ),
+        (
+            ApiResource::erase::<k8s_openapi::api::core::v1::ServiceAccount>(&()),
+            1,
+        ),
+        (
+            ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
+            1,
+        ),
+        (
+            ApiResource::erase::<k8s_openapi::api::networking::v1::NetworkPolicy>(&()),
+            1,
+        ),
+        (ApiResource::erase::<Deployment>(&()), 2),
     ]
+}
+
+/// One object Airlock wrote for a Plugin, as the floor writes it.
+struct Child {
+    kind: ApiResource,
+    /// The floor writes step by step; the objects of one step at once.
+    step: u8,
+    template: Value,
 }
 
 /// What Airlock wrote for the Plugin `plugin` (the objects it owns), as creatable templates: no
 /// server-set fields, no owner (the floor has no Plugin), no cluster IP (each Service gets its
 /// own).
-async fn children_of(ns: &TestNamespace, plugin: &str) -> Result<Vec<(ApiResource, Value)>> {
+async fn children_of(ns: &TestNamespace, plugin: &str) -> Result<Vec<Child>> {
     let mut out = Vec::new();
-    for kind in child_kinds() {
+    for (kind, step) in child_kinds() {
         let api: Api<DynamicObject> = Api::namespaced_with(ns.client.clone(), &ns.name, &kind);
         for obj in api.list(&ListParams::default()).await?.items {
             let owned = obj
@@ -273,12 +307,16 @@ async fn children_of(ns: &TestNamespace, plugin: &str) -> Result<Vec<(ApiResourc
                 .flatten()
                 .any(|o| o.kind == "Plugin" && o.name == plugin);
             if owned {
-                out.push((kind.clone(), template(serde_json::to_value(&obj)?)));
+                out.push(Child {
+                    kind: kind.clone(),
+                    step,
+                    template: template(serde_json::to_value(&obj)?),
+                });
             }
         }
     }
     ensure!(
-        out.iter().any(|(k, _)| k.kind == "Deployment"),
+        out.iter().any(|c| c.kind.kind == "Deployment"),
         "Airlock wrote no Deployment for Plugin {}/{plugin}: nothing to measure the floor with",
         ns.name
     );
@@ -327,15 +365,15 @@ fn copy_of(template: &Value, from: (&str, &str), to: (&str, &str), suffix: &str)
 
 /// The floor: Airlock's objects for `size.plugins` Plugins written directly, with the creators'
 /// concurrency, into fresh namespaces; returns the time from the first write until every
-/// Deployment is Available (what "Active" waits for in Airlock's run).
-async fn floor(
+/// Deployment is Available (what "Active" waits for in Airlock's run), and its stages.
+async fn floor<'a>(
     client: &Client,
     size: Size,
     suffix: &str,
-    templates: &[(ApiResource, Value)],
+    templates: &'a [Child],
     namespaces: &mut Vec<TestNamespace>,
-) -> Result<Duration> {
-    let template_ns = templates[0].1["metadata"]["namespace"]
+) -> Result<(Duration, timeline::Stages)> {
+    let template_ns = templates[0].template["metadata"]["namespace"]
         .as_str()
         .context("a template without a namespace")?
         .to_string();
@@ -355,25 +393,39 @@ async fn floor(
         size.plugins
     );
     let t0 = Instant::now();
+    let started = SystemTime::now();
     let namespaces_ref = &*namespaces;
     let template_ns = template_ns.as_str();
     futures::stream::iter(0..size.plugins)
         .map(|i| {
             let ns = &namespaces_ref[i % namespaces_ref.len()];
             async move {
-                let name = format!("floor-{i}");
-                for (kind, template) in templates {
+                let name = &format!("floor-{i}");
+                let write = |c: &'a Child| async move {
                     let obj = copy_of(
-                        template,
+                        &c.template,
                         (template_ns, "bench-0"),
-                        (&ns.name, &name),
+                        (&ns.name, name),
                         suffix,
                     )?;
                     let obj: DynamicObject = serde_json::from_value(obj)?;
-                    Api::<DynamicObject>::namespaced_with(client.clone(), &ns.name, kind)
+                    Api::<DynamicObject>::namespaced_with(client.clone(), &ns.name, &c.kind)
                         .create(&PostParams::default(), &obj)
                         .await
-                        .with_context(|| format!("creating {} {}/{name}", kind.kind, ns.name))?;
+                        .with_context(|| format!("creating {} {}/{name}", c.kind.kind, ns.name))?;
+                    anyhow::Ok(())
+                };
+                // As the operator: the Secrets one after the other, then each later step's
+                // objects at once.
+                for step in 0..=2 {
+                    let of_step = templates.iter().filter(|c| c.step == step);
+                    if step == 0 {
+                        for c in of_step {
+                            write(c).await?;
+                        }
+                    } else {
+                        futures::future::try_join_all(of_step.map(write)).await?;
+                    }
                 }
                 anyhow::Ok(())
             }
@@ -388,7 +440,9 @@ async fn floor(
     loop {
         let available = available_deployments(&deployments, &ours).await?;
         if available >= size.plugins {
-            return Ok(t0.elapsed());
+            let took = t0.elapsed();
+            let stages = timeline::floor(started, &list_all::<Deployment>(client, &ours).await?);
+            return Ok((took, stages));
         }
         if t0.elapsed() > settle_limit(size.plugins) {
             bail!(
@@ -406,6 +460,28 @@ async fn floor(
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Every `K` in the cluster matching `selector` (a paged list).
+async fn list_all<K>(client: &Client, selector: &str) -> Result<Vec<K>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let mut params = ListParams::default().labels(selector).limit(500);
+    let mut out = Vec::new();
+    loop {
+        let page = api.list(&params).await?;
+        out.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(out),
+        }
     }
 }
 

@@ -177,9 +177,14 @@ pub(super) async fn roll_out(
         return Ok(back);
     }
     // The plugin's identity before the pods that mount it. Not before a rollback above: going
-    // back to a good revision must not wait on the CA or on storage ownership.
+    // back to a good revision must not wait on the CA or on storage ownership. The storage
+    // check goes beside the children: it writes nothing they need (issue 13: each request a new
+    // Plugin waits for in turn is a round trip of the API server under load).
     certificates::ensure_identity(plugin, ctx, watches).await?;
-    let mut applied = apply_children(plugin, rollout, ctx, watches).await?;
+    let ((), mut applied) = tokio::try_join!(
+        certificates::hourly_checks(plugin, ctx),
+        apply_children(plugin, rollout, ctx, watches)
+    )?;
     if applied.deadline_exceeded
         && let Some(good) = &good
     {
@@ -251,6 +256,7 @@ async fn rollback(
     // The pods of `good` start confined and reachable: a stopped plugin's NetworkPolicy and
     // Service were removed (crate::stopped), and its certificate not renewed meanwhile.
     certificates::ensure_identity(plugin, ctx, watches).await?;
+    certificates::hourly_checks(plugin, ctx).await?;
     ensure_network(plugin, failed, ctx, watches).await?;
     let current = build::deployment::deployment(plugin, failed, &ctx.build);
     let deploy = build::deployment::rolled_back(current, template, good);
@@ -281,16 +287,20 @@ async fn apply_children(
     }
     ctx.caches.not_stopped(&uid);
     // The Secret first: a refusal (someone else's Secret of that name) leaves nothing else
-    // written.
+    // written. Then what the pods need around them, all at once (none needs another), and the
+    // Deployment only when all of it exists.
     ensure_bundle_secret(plugin, rollout, ctx, &ns).await?;
-    ensure_config_map(plugin, rollout, ctx, &ns).await?;
-    ensure_network(plugin, rollout, ctx, watches).await?;
+    tokio::try_join!(
+        ensure_config_map(plugin, rollout, ctx, &ns),
+        ensure_network(plugin, rollout, ctx, watches)
+    )?;
     let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
     ensure_deployment(plugin, &deploy, ctx, watches, &rollout.revision).await
 }
 
 /// What the plugin's pods need around them before they start: their ServiceAccount, the
-/// NetworkPolicy that confines them and the Service the router finds them through.
+/// NetworkPolicy that confines them and the Service the router finds them through — written at
+/// once (independent objects; the caller waits for all three before any pod can exist).
 async fn ensure_network(
     plugin: &Plugin,
     rollout: &build::Rollout,
@@ -298,11 +308,13 @@ async fn ensure_network(
     watches: &Watches,
 ) -> Result<(), Error> {
     let sa = build::service_account::service_account(plugin);
-    ensure(plugin, &sa, ctx, &watches.service_accounts).await?;
     let np = build::network_policy::network_policy(plugin, rollout, &ctx.build);
-    ensure(plugin, &np, ctx, &watches.network_policies).await?;
     let svc = build::service::service(plugin);
-    ensure(plugin, &svc, ctx, &watches.services).await?;
+    tokio::try_join!(
+        ensure(plugin, &sa, ctx, &watches.service_accounts),
+        ensure(plugin, &np, ctx, &watches.network_policies),
+        ensure(plugin, &svc, ctx, &watches.services),
+    )?;
     Ok(())
 }
 

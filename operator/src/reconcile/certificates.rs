@@ -56,23 +56,30 @@ pub(super) async fn maintain_router_certificate(client: Client, namespace: Strin
 }
 
 /// The plugin's identity, before anything that runs it: its TLS Secret holds a good certificate
-/// for its identity ([`issue_plugin_certificate`]) and the `PluginStorage` an installer created for
-/// it is owned by it ([`adopt_storage`]). The certificate is renewed on its own clock
-/// ([`PluginCaches::certificate_due`](super::caches::PluginCaches::certificate_due)), the storage
-/// checked once an hour per Plugin (both by uid: a re-created Plugin is looked at at once, its
-/// old Secrets having been garbage-collected).
+/// for its identity ([`issue_plugin_certificate`]), renewed on its own clock
+/// ([`PluginCaches::certificate_due`](super::caches::PluginCaches::certificate_due)), by uid: a
+/// re-created Plugin gets one at once, its old Secret having been garbage-collected.
 pub(super) async fn ensure_identity(
     plugin: &Plugin,
     ctx: &Context,
     watches: &Watches,
 ) -> Result<(), Error> {
-    let uid = plugin.uid().unwrap_or_default();
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     // A plugin without pods needs no certificate (issue 13: a disabled Plugin costs nothing);
     // enabling it issues one before its pods start. Renewal has its own clock.
     if plugin.should_run() {
         issue_plugin_certificate(plugin, ctx, watches, &ns).await?;
     }
+    Ok(())
+}
+
+/// What is looked at once an hour per Plugin (by uid: a re-created Plugin at once), not on every
+/// reconcile: the `PluginStorage` an installer created for it, which nobody controls, is adopted
+/// ([`adopt_storage`]). Never needed before the pods start (the
+/// storage is reached through the router), so it may run beside the children's writes.
+pub(super) async fn hourly_checks(plugin: &Plugin, ctx: &Context) -> Result<(), Error> {
+    let uid = plugin.uid().unwrap_or_default();
+    let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let now = Instant::now();
     if !ctx.caches.hourly_checks_due(&uid, now) {
         return Ok(());
