@@ -176,15 +176,9 @@ pub(super) async fn roll_out(
     {
         return Ok(back);
     }
-    // The plugin's identity before the pods that mount it. Not before a rollback above: going
-    // back to a good revision must not wait on the CA or on storage ownership. The storage
-    // check goes beside the children: it writes nothing they need (issue 13: each request a new
-    // Plugin waits for in turn is a round trip of the API server under load).
+    // The plugin's identity before the pods that mount it (a rollback above sees to its own).
     certificates::ensure_identity(plugin, ctx, watches).await?;
-    let ((), mut applied) = tokio::try_join!(
-        certificates::hourly_checks(plugin, ctx),
-        apply_children(plugin, rollout, ctx, watches)
-    )?;
+    let mut applied = apply_children(plugin, rollout, ctx, watches).await?;
     if applied.deadline_exceeded
         && let Some(good) = &good
     {
@@ -283,17 +277,25 @@ async fn apply_children(
     let ns = plugin.namespace().ok_or(Error::NoNamespace)?;
     let uid = plugin.uid().unwrap_or_default();
     if !plugin.should_run() {
+        certificates::hourly_checks(plugin, ctx).await?;
         return apply_stopped(plugin, rollout, ctx, watches, &ns, &uid).await;
     }
     ctx.caches.not_stopped(&uid);
-    // The Secret first: a refusal (someone else's Secret of that name) leaves nothing else
-    // written. Then what the pods need around them, all at once (none needs another), and the
-    // Deployment only when all of it exists.
-    ensure_bundle_secret(plugin, rollout, ctx, &ns).await?;
-    tokio::try_join!(
-        ensure_config_map(plugin, rollout, ctx, &ns),
-        ensure_network(plugin, rollout, ctx, watches)
-    )?;
+    // The bundle Secret first, then the configuration: a refusal of either (someone else's
+    // object of that name) leaves nothing else written. The hourly storage check goes beside the
+    // Secret (it writes nothing the pods need; issue 13: each request a new Plugin waits for in
+    // turn is a round trip of an API server under load); both finish, so a refused Secret does
+    // not cut the check short, and the Secret's refusal is the one reported. Then what the pods
+    // need around them, all at once (none needs another), and the Deployment only when all of it
+    // exists.
+    let (checked, secret) = tokio::join!(
+        certificates::hourly_checks(plugin, ctx),
+        ensure_bundle_secret(plugin, rollout, ctx, &ns)
+    );
+    secret?;
+    checked?;
+    ensure_config_map(plugin, rollout, ctx, &ns).await?;
+    ensure_network(plugin, rollout, ctx, watches).await?;
     let deploy = build::deployment::deployment(plugin, rollout, &ctx.build);
     ensure_deployment(plugin, &deploy, ctx, watches, &rollout.revision).await
 }

@@ -1,6 +1,6 @@
 //! The plugin's and the router's mTLS identities: the CA (loaded or created once per term), the
-//! router's certificate (kept fresh for the term), and per Plugin the named pipeline step
-//! [`ensure_identity`]: certificate issuing and storage adoption.
+//! router's certificate (kept fresh for the term), and per Plugin the named pipeline steps
+//! [`ensure_identity`] (certificate issuing) and [`hourly_checks`] (storage adoption).
 
 use std::time::{Duration, Instant, SystemTime};
 

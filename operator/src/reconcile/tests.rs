@@ -2075,9 +2075,85 @@ async fn a_config_map_named_like_the_plugins_configuration_is_not_taken_over() {
             .contains("ConfigMap plugins/hello-config already exists"),
         "{status}"
     );
+    let writes = h.api.take_writes();
     assert!(
-        !wrote(&h.api.take_writes(), "deployments/"),
+        !wrote(&writes, "deployments/"),
         "no pods without their configuration"
+    );
+    // Nothing after the refused write either (the network objects come after the
+    // configuration): a name squatted by a tenant gets the plugin no further.
+    for later in ["serviceaccounts/", "networkpolicies/", "services/"] {
+        assert!(!wrote(&writes, later), "{later} in {writes:#?}");
+    }
+}
+
+/// A Secret named like the Plugin's bundle Secret that someone else made is neither overwritten
+/// nor made the Plugin's: the write is refused (admission policy), the Plugin says which Secret
+/// is in the way, and nothing after it is written — not its ConfigMap, network objects or pods.
+#[tokio::test]
+async fn a_secret_named_like_the_plugins_bundle_secret_stops_the_rollout_there() {
+    // The bundle Secret's name (named by digest) as a first reconcile writes it.
+    let first = Harness::unsigned(MANIFEST);
+    first.reconcile(&plugin("uid-0", "[log]")).await;
+    let writes = first.api.take_writes();
+    let bundle_path = writes
+        .iter()
+        .find_map(|w| {
+            w.strip_prefix("PATCH ")
+                .filter(|p| p.contains("/secrets/hello-bundle-"))
+        })
+        .expect("a bundle Secret is written")
+        .to_string();
+
+    let h = Harness::unsigned(MANIFEST);
+    let theirs = json!({"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": bundle_path.rsplit('/').next(), "namespace": NS},
+                        "data": {"plugin.yaml": "dGhlaXJz"}});
+    h.api.put(&bundle_path, theirs.clone());
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+
+    assert_eq!(h.api.state().objects[&bundle_path], theirs, "untouched");
+    let writes = h.api.take_writes();
+    assert_eq!(
+        child_writes(&writes),
+        vec![
+            &format!("PATCH /api/v1/namespaces/{NS}/secrets/hello-tls"),
+            &format!("PATCH {bundle_path}"),
+        ],
+        "the identity, then the refused attempt: nothing after it"
+    );
+    let status = h.status();
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("False".into(), "ObjectNotOwned".into()),
+        "{status}"
+    );
+    assert!(
+        status.to_string().contains(&format!(
+            "Secret {NS}/{} already exists",
+            bundle_path.rsplit('/').next().unwrap_or_default()
+        )),
+        "{status}"
+    );
+
+    // Their Secret goes: the plugin's own and everything after it follow (its certificate,
+    // issued before, is not issued again).
+    h.api.state().objects.remove(&bundle_path);
+    h.reconcile(&h.seen(&p)).await;
+    let writes = h.api.take_writes();
+    for child in [
+        &bundle_path,
+        "serviceaccounts/hello",
+        "networkpolicies/hello",
+        "services/hello",
+        "deployments/hello",
+    ] {
+        assert!(wrote(&writes, child), "{child} in {writes:#?}");
+    }
+    assert_eq!(
+        h.api.state().objects[&bundle_path]["metadata"]["ownerReferences"][0]["uid"],
+        "uid-1"
     );
 }
 
