@@ -18,8 +18,32 @@ use kube::ResourceExt;
 pub struct Stages {
     /// (name, seconds) in the order they are printed.
     pub stages: Vec<(&'static str, Vec<f64>)>,
-    /// (name, seconds) per object between two stages (the wait an object spent in one step).
-    pub waits: Vec<(&'static str, Vec<f64>)>,
+    /// Per object, the wait between two stages (the time it spent in one step).
+    pub waits: Vec<Wait>,
+}
+
+/// The wait of every object between two stages, and which object waited longest (to look it up
+/// in the operator's log and audit stream).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Wait {
+    pub name: &'static str,
+    pub seconds: Vec<f64>,
+    /// `namespace/name` of the object with the longest wait.
+    pub slowest: Option<String>,
+}
+
+impl Wait {
+    fn new(name: &'static str, waits: Vec<(f64, String)>) -> Wait {
+        let slowest = waits
+            .iter()
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, who)| who.clone());
+        Wait {
+            name,
+            seconds: waits.into_iter().map(|(s, _)| s).collect(),
+            slowest,
+        }
+    }
 }
 
 /// Seconds from `start` to `t` (negative when `t` is earlier: a clock the API server reads
@@ -88,6 +112,7 @@ pub fn airlock(start: SystemTime, plugins: &[Plugin], deployments: &[Deployment]
         created.push(c);
         let ns = p.namespace().unwrap_or_default();
         let name = p.name_any();
+        let who = format!("{ns}/{name}");
         let d = by_plugin.get(&(ns, name.as_str()));
         let w = d.and_then(|d| d.metadata.creation_timestamp.as_ref());
         let w = w.map(|t| since(start, t));
@@ -95,12 +120,12 @@ pub fn airlock(start: SystemTime, plugins: &[Plugin], deployments: &[Deployment]
         let r = ready_at(p).map(|t| since(start, t));
         if let Some(w) = w {
             written.push(w);
-            to_written.push(w - c);
+            to_written.push((w - c, who.clone()));
         }
         available.extend(a);
         active.extend(r);
         if let (Some(a), Some(r)) = (a, r) {
-            to_active.push(r - a);
+            to_active.push((r - a, who));
         }
     }
     Stages {
@@ -111,8 +136,8 @@ pub fn airlock(start: SystemTime, plugins: &[Plugin], deployments: &[Deployment]
             ("Plugin Active", active),
         ],
         waits: vec![
-            ("created -> Deployment written", to_written),
-            ("Available -> Plugin Active", to_active),
+            Wait::new("created -> Deployment written", to_written),
+            Wait::new("Available -> Plugin Active", to_active),
         ],
     }
 }
@@ -167,8 +192,11 @@ impl Stages {
         for (name, v) in &self.stages {
             row(&mut out, name, v);
         }
-        for (name, v) in &self.waits {
-            row(&mut out, &format!("wait {name}"), v);
+        for w in &self.waits {
+            row(&mut out, &format!("wait {}", w.name), &w.seconds);
+            if let Some(who) = &w.slowest {
+                let _ = writeln!(out, "    longest: {who}");
+            }
         }
         out
     }
@@ -232,14 +260,17 @@ mod tests {
         assert_eq!(s.stages[1].1, vec![4.0, 20.0]);
         assert_eq!(s.stages[2].1, vec![10.0]);
         assert_eq!(s.stages[3].1, vec![12.0]);
-        assert_eq!(s.waits[0].1, vec![4.0, 19.0]);
-        assert_eq!(s.waits[1].1, vec![2.0]);
+        assert_eq!(s.waits[0].seconds, vec![4.0, 19.0]);
+        assert_eq!(s.waits[0].slowest.as_deref(), Some("ns/b"));
+        assert_eq!(s.waits[1].seconds, vec![2.0]);
+        assert_eq!(s.waits[1].slowest.as_deref(), Some("ns/a"));
         let text = s.render("airlock");
         assert!(
             text.contains("Deployment written                    2 objects      4 /    20 /    20"),
             "{text}"
         );
         assert!(text.contains("wait Available -> Plugin Active"), "{text}");
+        assert!(text.contains("    longest: ns/b\n"), "{text}");
 
         let f = floor(start, &deployments);
         assert_eq!(f.stages[0].1, vec![4.0, 20.0]);
