@@ -990,6 +990,22 @@ fn assert_no_child_written(h: &Harness, what: &str) {
     );
 }
 
+/// The Plugin's status says `object` (`Kind namespace/name`) is someone else's and in the way.
+fn assert_in_the_way(h: &Harness, object: &str) {
+    let status = h.status();
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("False".into(), "ObjectNotOwned".into()),
+        "{status}"
+    );
+    assert!(
+        status
+            .to_string()
+            .contains(&format!("{object} already exists")),
+        "{status}"
+    );
+}
+
 /// Every one of the [`CHILDREN`] was written since the last look; the writes, for more checks.
 fn assert_every_child_written(h: &Harness) -> Vec<String> {
     let writes = h.api.take_writes();
@@ -1108,18 +1124,7 @@ async fn a_secret_named_like_the_plugins_own_is_not_taken_over_and_no_secret_is_
         vec![&format!("PATCH {tls_path}")],
         "only the refused attempt: nothing else of the plugin is written"
     );
-    let status = h.status();
-    assert_eq!(
-        condition(&status, "Ready"),
-        ("False".into(), "ObjectNotOwned".into()),
-        "{status}"
-    );
-    assert!(
-        status
-            .to_string()
-            .contains("Secret plugins/hello-tls already exists"),
-        "{status}"
-    );
+    assert_in_the_way(&h, "Secret plugins/hello-tls");
     assert_eq!(action, Action::requeue(crate::ownership::RECHECK_FOREIGN));
     assert!(
         h.api
@@ -2063,18 +2068,7 @@ async fn a_config_map_named_like_the_plugins_configuration_is_not_taken_over() {
     h.api.put(&path, theirs.clone());
     h.reconcile(&configured_plugin("hi")).await;
     assert_eq!(h.api.state().objects[&path], theirs, "untouched");
-    let status = h.status();
-    assert_eq!(
-        condition(&status, "Ready"),
-        ("False".into(), "ObjectNotOwned".into()),
-        "{status}"
-    );
-    assert!(
-        status
-            .to_string()
-            .contains("ConfigMap plugins/hello-config already exists"),
-        "{status}"
-    );
+    assert_in_the_way(&h, "ConfigMap plugins/hello-config");
     let writes = h.api.take_writes();
     assert!(
         !wrote(&writes, "deployments/"),
@@ -2123,18 +2117,12 @@ async fn a_secret_named_like_the_plugins_bundle_secret_stops_the_rollout_there()
         ],
         "the identity, then the refused attempt: nothing after it"
     );
-    let status = h.status();
-    assert_eq!(
-        condition(&status, "Ready"),
-        ("False".into(), "ObjectNotOwned".into()),
-        "{status}"
-    );
-    assert!(
-        status.to_string().contains(&format!(
-            "Secret {NS}/{} already exists",
+    assert_in_the_way(
+        &h,
+        &format!(
+            "Secret {NS}/{}",
             bundle_path.rsplit('/').next().unwrap_or_default()
-        )),
-        "{status}"
+        ),
     );
 
     // Their Secret goes: the plugin's own and everything after it follow (its certificate,
