@@ -434,11 +434,10 @@ async fn floor<'a>(
         .try_collect::<()>()
         .await?;
     eprintln!("floor: written in {:.1} s", t0.elapsed().as_secs_f64());
-    let deployments: Api<Deployment> = Api::all(client.clone());
     let ours = format!("{FLOOR_LABEL}={suffix}");
     let mut last_report = Instant::now();
     loop {
-        let available = available_deployments(&deployments, &ours).await?;
+        let available = available_deployments(client, &ours).await?;
         if available >= size.plugins {
             let took = t0.elapsed();
             let stages = timeline::floor(started, &list_all::<Deployment>(client, &ours).await?);
@@ -486,26 +485,16 @@ where
 }
 
 /// Deployments matching `selector` with every wanted replica available (one paged list).
-async fn available_deployments(api: &Api<Deployment>, selector: &str) -> Result<usize> {
-    let mut params = ListParams::default().labels(selector).limit(500);
-    let mut available = 0;
-    loop {
-        let page = api.list(&params).await?;
-        available += page
-            .items
-            .iter()
-            .filter(|d| {
-                let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                let ready = d.status.as_ref().and_then(|s| s.available_replicas);
-                ready.unwrap_or(0) >= wanted
-            })
-            .count();
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => break,
-        }
-    }
-    Ok(available)
+async fn available_deployments(client: &Client, selector: &str) -> Result<usize> {
+    let deployments = list_all::<Deployment>(client, selector).await?;
+    Ok(deployments
+        .iter()
+        .filter(|d| {
+            let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let ready = d.status.as_ref().and_then(|s| s.available_replicas);
+            ready.unwrap_or(0) >= wanted
+        })
+        .count())
 }
 
 fn policy_name(suffix: &str) -> String {
@@ -589,23 +578,11 @@ async fn active_plugins(client: &Client) -> Result<usize> {
 /// Whether all `n` of the bench's Plugins read phase Active (one paged list; the gauge said so
 /// first).
 async fn all_active(client: &Client, suffix: &str, n: usize) -> Result<bool> {
-    let api: Api<Plugin> = Api::all(client.clone());
-    let mut params = ListParams::default()
-        .labels(&format!("{BENCH_LABEL}={suffix}"))
-        .limit(500);
-    let mut active = 0;
-    loop {
-        let page = api.list(&params).await?;
-        active += page
-            .items
-            .iter()
-            .filter(|p| phase(p) == Some(PluginPhase::Active))
-            .count();
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => break,
-        }
-    }
+    let plugins = list_all::<Plugin>(client, &format!("{BENCH_LABEL}={suffix}")).await?;
+    let active = plugins
+        .iter()
+        .filter(|p| phase(p) == Some(PluginPhase::Active))
+        .count();
     Ok(active >= n)
 }
 
