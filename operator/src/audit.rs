@@ -2,7 +2,8 @@
 //! digests, trust level), written as a CloudEvent line to the operator's stdout where log
 //! collectors pick it up (and to the audit sink, see `airlock_runtime::audit`). Records are
 //! written before the status that reflects them, so a crash in between repeats a record rather
-//! than losing one.
+//! than losing one; a status write that fails (the API server went away) is tried again without
+//! its records, which the process remembers until the write succeeds.
 //!
 //! `actor` is who performed the transition (the operator); `initiator` is who last changed what
 //! the operator acted on: the newest writer of the Plugin's spec in its `managedFields` (the field

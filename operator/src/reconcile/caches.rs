@@ -33,6 +33,11 @@ struct PerPlugin {
     /// The status this process last wrote. The watch cache can lag behind our own writes;
     /// comparing with it would repeat Events and audit records for the same transition.
     last_written: Option<PluginStatus>,
+    /// The status whose transitions are in the audit stream but whose write failed (the API
+    /// server went away mid-rollout): the next attempt records only what changed since, not the
+    /// same transitions again. Only `phase` and `conditions` are kept (what
+    /// [`crate::status::transitions`] reads); dropped once a status is written.
+    recorded_unwritten: Option<PluginStatus>,
     /// The status the last Event of this process described (`Some(None)`: the Plugin had no
     /// status when progress was first left untold); `None`: nothing known, the previous status
     /// stands in ([`crate::status::event`]).
@@ -74,7 +79,27 @@ impl PluginCaches {
     }
 
     pub fn written(&self, uid: &str, status: PluginStatus) {
-        self.with(uid, |p| p.last_written = Some(status));
+        self.with(uid, |p| {
+            p.last_written = Some(status);
+            p.recorded_unwritten = None;
+        });
+    }
+
+    /// The audit stream has the transitions to `status` of the Plugin `uid`, whose write is
+    /// about to be tried ([`Self::written`] once it succeeded).
+    pub fn recorded(&self, uid: &str, status: PluginStatus) {
+        self.with(uid, |p| p.recorded_unwritten = Some(status));
+    }
+
+    /// The status the audit stream went on to while its write failed, if one did.
+    pub fn recorded_unwritten(&self, uid: &str) -> Option<PluginStatus> {
+        self.read(uid, |p| p.recorded_unwritten.clone()).flatten()
+    }
+
+    /// [`Self::recorded_unwritten`], forgotten: the status stands where it was written.
+    pub fn take_recorded_unwritten(&self, uid: &str) -> Option<PluginStatus> {
+        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
+        plugins.get_mut(uid)?.recorded_unwritten.take()
     }
 
     /// The status the last Event about the Plugin `uid` described, if this process knows it.

@@ -41,16 +41,28 @@ pub(super) async fn record_status(
         ..next
     };
     if prev.as_ref() == Some(&next) {
+        // The status is already this. If the audit stream went on to another status whose write
+        // failed, it is brought back here (the truth: that status never stood).
+        if let Some(recorded) = ctx.caches.take_recorded_unwritten(&uid) {
+            let now = Timestamp::now();
+            for t in &status::transitions(Some(&recorded), &next) {
+                (ctx.audit)(&audit::record(plugin, &next, t, now));
+            }
+        }
         return Ok(());
     }
-    let transitions = status::transitions(prev.as_ref(), &next);
+    // What the audit stream already has: a status recorded before a write that failed (the API
+    // server went away) is not recorded again when the write is tried again.
+    let recorded = ctx.caches.recorded_unwritten(&uid).or_else(|| prev.clone());
+    let transitions = status::transitions(recorded.as_ref(), &next);
     let told = ctx.caches.told(&uid);
     let told_before = told.clone().unwrap_or_else(|| prev.clone());
     let now = Timestamp::now();
     for t in &transitions {
         (ctx.audit)(&audit::record(plugin, &next, t, now));
     }
-    let event = status::event(told_before.as_ref(), prev.as_ref(), &next).map(|t| Event {
+    ctx.caches.recorded(&uid, what_event_reads(&next));
+    let event = status::event(told_before.as_ref(), recorded.as_ref(), &next).map(|t| Event {
         type_: if t.warning {
             EventType::Warning
         } else {
@@ -88,24 +100,30 @@ pub(super) async fn record_status(
     );
     let write = api.patch_status(&name, &params, &patch);
     let ((), written) = tokio::join!(publish, write);
-    written?;
-    ctx.metrics.set_phase(plugin, &next);
-    // Only what status::event compares is kept (a status with its revision records is
-    // several KiB; at 1,000 Plugins that adds up in the operator's memory).
-    let what_event_reads = |s: &PluginStatus| PluginStatus {
-        phase: s.phase,
-        conditions: s.conditions.clone(),
-        current_revision: s.current_revision.clone(),
-        ..Default::default()
-    };
+    // An Event is out once published, whether or not the status write beside it succeeded: a
+    // retried write does not tell it again.
     if event.is_some() {
         ctx.caches.tell(&uid, Some(what_event_reads(&next)));
     } else if told.is_none() {
         // Untold progress: the next Event tells what changed since the status before it.
         ctx.caches.tell(&uid, prev.as_ref().map(what_event_reads));
     }
+    written?;
+    ctx.metrics.set_phase(plugin, &next);
     ctx.caches.written(&uid, next);
     Ok(())
+}
+
+/// What the status's Events and audit records compare ([`status::event`],
+/// [`status::transitions`]): a status with its revision records is several KiB, and at 1,000
+/// Plugins what is kept per Plugin adds up in the operator's memory.
+fn what_event_reads(s: &PluginStatus) -> PluginStatus {
+    PluginStatus {
+        phase: s.phase,
+        conditions: s.conditions.clone(),
+        current_revision: s.current_revision.clone(),
+        ..Default::default()
+    }
 }
 
 /// Reason of the record made when a Plugin leaves this release's shard.

@@ -52,6 +52,8 @@ struct State {
     refused_applies: Vec<String>,
     /// Paths whose GET the API server forbids (403): RBAC that lacks a verb.
     forbidden_reads: Vec<String>,
+    /// Paths whose writes fail (503) and change nothing: an API server going away.
+    unavailable: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -140,6 +142,12 @@ impl FakeApi {
                 Some(o) => (StatusCode::OK, o.clone()),
                 None => not_found(),
             },
+            Method::PATCH if st.unavailable.contains(&path) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "reason": "ServiceUnavailable", "code": 503,
+                       "message": "the API server is going away (the test)"}),
+            ),
             Method::PATCH
                 if query.contains("fieldManager") && st.refused_applies.contains(&path) =>
             {
@@ -434,6 +442,15 @@ impl Harness {
         pipeline::run(plugin, &self.ctx, &self.watches)
             .await
             .expect("the reconcile succeeds")
+    }
+
+    /// One reconcile of `plugin` that may fail (the API server answered an error).
+    async fn try_reconcile(&self, plugin: &Plugin) -> Result<Action, super::Error> {
+        self.api.put(
+            &format!("/apis/airlock.dev/v1alpha1/namespaces/{NS}/plugins/hello"),
+            serde_json::to_value(plugin).unwrap(),
+        );
+        pipeline::run(plugin, &self.ctx, &self.watches).await
     }
 
     /// `plugin` as the next reconcile would see it: with the status the last one wrote.
@@ -2267,4 +2284,71 @@ async fn an_unreadable_storage_holds_the_new_revision_and_the_kill_switch_still_
         "scaled to zero: {:#?}",
         h.api.requests()
     );
+}
+
+const STATUS_PATH: &str = "/apis/airlock.dev/v1alpha1/namespaces/plugins/plugins/hello/status";
+
+/// The API server goes away as a Plugin turns Active: the audit record and the Event went out,
+/// the status write beside them failed. Tried again (the reconcile's error is retried), the
+/// status is written and nothing is recorded or told twice — the audit stream's consumers count
+/// transitions.
+#[tokio::test]
+async fn a_status_write_that_failed_is_tried_again_without_recording_its_transitions_twice() {
+    let mut h = Harness::unsigned(MANIFEST);
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+    assert_eq!(h.status()["phase"], "Deploying");
+    let deploying = h.seen(&p);
+
+    h.watch_deployment_ready();
+    h.api.state().unavailable.push(STATUS_PATH.into());
+    assert!(
+        h.try_reconcile(&deploying).await.is_err(),
+        "the failed write fails the reconcile (retried with backoff)"
+    );
+    assert_eq!(h.status()["phase"], "Deploying", "nothing was written");
+    let audited = h.audited();
+    assert!(
+        audited.contains(&("Phase".into(), "Active".into())),
+        "recorded before the write: {audited:?}"
+    );
+    let events = h.events();
+    assert_eq!(events, vec![("Normal".to_string(), "Active".to_string())]);
+
+    h.api.state().unavailable.clear();
+    h.reconcile(&deploying).await;
+    assert_eq!(h.status()["phase"], "Active", "written when tried again");
+    assert_eq!(h.audited(), audited, "no transition recorded twice");
+    assert_eq!(h.events(), events, "no Event told twice");
+
+    // And steady from then on.
+    h.reconcile(&h.seen(&p)).await;
+    assert_eq!(h.audited(), audited);
+}
+
+/// A status recorded but never written, and by the next attempt no longer true (the pods lost
+/// their readiness while the API server was away): the audit stream is brought back to the
+/// status that stands, so that it never ends on a phase the Plugin did not have.
+#[tokio::test]
+async fn a_recorded_status_whose_write_failed_is_taken_back_when_it_no_longer_holds() {
+    let mut h = Harness::unsigned(MANIFEST);
+    let p = plugin("uid-1", "[log]");
+    h.reconcile(&p).await;
+    let deploying = h.seen(&p);
+
+    h.watch_deployment_ready();
+    h.api.state().unavailable.push(STATUS_PATH.into());
+    assert!(h.try_reconcile(&deploying).await.is_err());
+    h.api.state().unavailable.clear();
+
+    h.watch_deployment();
+    h.reconcile(&deploying).await;
+    assert_eq!(h.status()["phase"], "Deploying");
+    let phases: Vec<String> = h
+        .audited()
+        .into_iter()
+        .filter(|(event, _)| event == "Phase")
+        .map(|(_, phase)| phase)
+        .collect();
+    assert_eq!(phases, ["Deploying", "Active", "Deploying"]);
 }
