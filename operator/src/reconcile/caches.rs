@@ -35,8 +35,8 @@ struct PerPlugin {
     last_written: Option<PluginStatus>,
     /// The status whose transitions are in the audit stream but whose write failed (the API
     /// server went away mid-rollout): the next attempt records only what changed since, not the
-    /// same transitions again. Only `phase` and `conditions` are kept (what
-    /// [`crate::status::transitions`] reads); dropped once a status is written.
+    /// same transitions again. Only what [`crate::status::transitions`] and
+    /// [`crate::status::event`] read is kept; dropped once a status is written.
     recorded_unwritten: Option<PluginStatus>,
     /// The status the last Event of this process described (`Some(None)`: the Plugin had no
     /// status when progress was first left untold); `None`: nothing known, the previous status
@@ -94,12 +94,6 @@ impl PluginCaches {
     /// The status the audit stream went on to while its write failed, if one did.
     pub fn recorded_unwritten(&self, uid: &str) -> Option<PluginStatus> {
         self.read(uid, |p| p.recorded_unwritten.clone()).flatten()
-    }
-
-    /// [`Self::recorded_unwritten`], forgotten: the status stands where it was written.
-    pub fn take_recorded_unwritten(&self, uid: &str) -> Option<PluginStatus> {
-        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
-        plugins.get_mut(uid)?.recorded_unwritten.take()
     }
 
     /// The status the last Event about the Plugin `uid` described, if this process knows it.

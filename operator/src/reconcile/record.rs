@@ -17,7 +17,7 @@ use crate::{audit, status};
 use airlock_core::shard::SHARD_LABEL;
 
 /// Audit records for every transition, an Event when there is something to tell
-/// ([`status::event`]), then the status itself — only if it changed.
+/// ([`status::event`]), then the status itself — only if it changed or its last write failed.
 pub(super) async fn record_status(
     plugin: &Plugin,
     next: PluginStatus,
@@ -40,20 +40,16 @@ pub(super) async fn record_status(
         health: None,
         ..next
     };
-    if prev.as_ref() == Some(&next) {
-        // The status is already this. If the audit stream went on to another status whose write
-        // failed, it is brought back here (the truth: that status never stood).
-        if let Some(recorded) = ctx.caches.take_recorded_unwritten(&uid) {
-            let now = Timestamp::now();
-            for t in &status::transitions(Some(&recorded), &next) {
-                (ctx.audit)(&audit::record(plugin, &next, t, now));
-            }
-        }
+    // What the audit stream already has: a status recorded before a write that failed (the API
+    // server went away) is not recorded again when the write is tried again. Its write is tried
+    // again even when the status to write is the one written before it: the failed write may
+    // have landed all the same (its answer lost), and the audit stream is brought back from the
+    // status it recorded.
+    let unwritten = ctx.caches.recorded_unwritten(&uid);
+    if unwritten.is_none() && prev.as_ref() == Some(&next) {
         return Ok(());
     }
-    // What the audit stream already has: a status recorded before a write that failed (the API
-    // server went away) is not recorded again when the write is tried again.
-    let recorded = ctx.caches.recorded_unwritten(&uid).or_else(|| prev.clone());
+    let recorded = unwritten.or_else(|| prev.clone());
     let transitions = status::transitions(recorded.as_ref(), &next);
     let told = ctx.caches.told(&uid);
     let told_before = told.clone().unwrap_or_else(|| prev.clone());
@@ -75,12 +71,17 @@ pub(super) async fn record_status(
     });
     // The Event goes out beside the status write, not before it: one request's wait less per
     // status change. An Event is a courtesy (the status and the audit record carry the same
-    // facts): a failure is logged, never retried.
+    // facts): a failure is logged.
     let publish = async {
-        if let Some(event) = &event
-            && let Err(e) = ctx.recorder.publish(event, &plugin.object_ref(&())).await
-        {
-            warn!(error = %e, "could not publish an Event");
+        match &event {
+            Some(event) => match ctx.recorder.publish(event, &plugin.object_ref(&())).await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(error = %e, "could not publish an Event");
+                    false
+                }
+            },
+            None => false,
         }
     };
     if !transitions.is_empty() {
@@ -99,12 +100,13 @@ pub(super) async fn record_status(
         Patch::Apply(&patch),
     );
     let write = api.patch_status(&name, &params, &patch);
-    let ((), written) = tokio::join!(publish, write);
+    let (published, written) = tokio::join!(publish, write);
     // An Event is out once published, whether or not the status write beside it succeeded: a
-    // retried write does not tell it again.
-    if event.is_some() {
+    // retried write does not tell it again. One that could not be published is told again only
+    // with that retried write (a courtesy: once the status stands, it is not retried).
+    if published || (event.is_some() && written.is_ok()) {
         ctx.caches.tell(&uid, Some(what_event_reads(&next)));
-    } else if told.is_none() {
+    } else if event.is_none() && told.is_none() {
         // Untold progress: the next Event tells what changed since the status before it.
         ctx.caches.tell(&uid, prev.as_ref().map(what_event_reads));
     }

@@ -203,6 +203,12 @@ impl FakeApi {
                 st.objects.insert(object_path, object.clone());
                 (StatusCode::OK, object)
             }
+            Method::POST if st.unavailable.contains(&path) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "reason": "ServiceUnavailable", "code": 503,
+                       "message": "the API server is going away (the test)"}),
+            ),
             Method::POST => {
                 st.posts.push((path.clone(), body.clone()));
                 (StatusCode::CREATED, body)
@@ -2288,12 +2294,13 @@ async fn an_unreadable_storage_holds_the_new_revision_and_the_kill_switch_still_
 
 const STATUS_PATH: &str = "/apis/airlock.dev/v1alpha1/namespaces/plugins/plugins/hello/status";
 
-/// The API server goes away as a Plugin turns Active: the audit record and the Event went out,
-/// the status write beside them failed. Tried again (the reconcile's error is retried), the
-/// status is written and nothing is recorded or told twice — the audit stream's consumers count
-/// transitions.
-#[tokio::test]
-async fn a_status_write_that_failed_is_tried_again_without_recording_its_transitions_twice() {
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/plugins/events";
+
+/// The API server goes away as a Plugin turns Active: the audit record went out, the status
+/// write beside it failed (and the Event with it, when `events_fail`). Tried again (the
+/// reconcile's error is retried), the status is written and nothing is recorded or told twice —
+/// the audit stream's consumers count transitions — nor is the Event lost.
+async fn active_while_the_api_server_goes_away(events_fail: bool) {
     let mut h = Harness::unsigned(MANIFEST);
     let p = plugin("uid-1", "[log]");
     h.reconcile(&p).await;
@@ -2302,6 +2309,9 @@ async fn a_status_write_that_failed_is_tried_again_without_recording_its_transit
 
     h.watch_deployment_ready();
     h.api.state().unavailable.push(STATUS_PATH.into());
+    if events_fail {
+        h.api.state().unavailable.push(EVENTS_PATH.into());
+    }
     assert!(
         h.try_reconcile(&deploying).await.is_err(),
         "the failed write fails the reconcile (retried with backoff)"
@@ -2312,18 +2322,29 @@ async fn a_status_write_that_failed_is_tried_again_without_recording_its_transit
         audited.contains(&("Phase".into(), "Active".into())),
         "recorded before the write: {audited:?}"
     );
-    let events = h.events();
-    assert_eq!(events, vec![("Normal".to_string(), "Active".to_string())]);
+    let active = vec![("Normal".to_string(), "Active".to_string())];
+    assert_eq!(h.events().is_empty(), events_fail, "{:?}", h.events());
 
     h.api.state().unavailable.clear();
     h.reconcile(&deploying).await;
     assert_eq!(h.status()["phase"], "Active", "written when tried again");
     assert_eq!(h.audited(), audited, "no transition recorded twice");
-    assert_eq!(h.events(), events, "no Event told twice");
+    assert_eq!(h.events(), active, "told once");
 
     // And steady from then on.
     h.reconcile(&h.seen(&p)).await;
     assert_eq!(h.audited(), audited);
+    assert_eq!(h.events(), active);
+}
+
+#[tokio::test]
+async fn a_status_write_that_failed_is_tried_again_without_recording_its_transitions_twice() {
+    active_while_the_api_server_goes_away(false).await;
+}
+
+#[tokio::test]
+async fn an_event_that_failed_with_the_status_write_is_told_when_it_is_tried_again() {
+    active_while_the_api_server_goes_away(true).await;
 }
 
 /// A status recorded but never written, and by the next attempt no longer true (the pods lost
