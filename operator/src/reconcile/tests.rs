@@ -142,7 +142,7 @@ impl FakeApi {
                 Some(o) => (StatusCode::OK, o.clone()),
                 None => not_found(),
             },
-            Method::PATCH if st.unavailable.contains(&path) => (
+            Method::PATCH | Method::POST if st.unavailable.contains(&path) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                        "reason": "ServiceUnavailable", "code": 503,
@@ -203,12 +203,6 @@ impl FakeApi {
                 st.objects.insert(object_path, object.clone());
                 (StatusCode::OK, object)
             }
-            Method::POST if st.unavailable.contains(&path) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                       "reason": "ServiceUnavailable", "code": 503,
-                       "message": "the API server is going away (the test)"}),
-            ),
             Method::POST => {
                 st.posts.push((path.clone(), body.clone()));
                 (StatusCode::CREATED, body)
